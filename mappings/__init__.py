@@ -1,0 +1,1 @@
+"""Default declarative mappings, one TOML file per (connector type, entity)."""

@@ -1,0 +1,223 @@
+"""The connector plugin surface, and the one place its capability flags are enforced.
+
+A connector speaks one system's native records for each entity it supports. It never sees
+another connector, the state store or canonical records: the engine maps for it.
+
+Writing a connector::
+
+    class MyConnector(Connector):
+        type_name = "mine"
+        Options = MyOptions                     # a pydantic model of its [connectors.X] table
+
+        def entities(self) -> tuple[str, ...]: ...
+        def capabilities(self, entity: str) -> Capabilities: ...
+        def read(self, entity: str) -> Iterator[NativeRecord]: ...
+        def create(self, entity, data, *, key) -> NativeRecord: ...
+        def update(self, entity, native_id, patch, *, full, new_id=None) -> NativeRecord | None: ...
+        def delete(self, entity, native_id) -> None: ...
+        def find(self, entity, data) -> list[NativeRecord]: ...     # optional, for crash recovery
+        def flush(self, entity) -> None: ...                        # optional, for batching members
+
+and register it in ``pyproject.toml``::
+
+    [project.entry-points."syncengine.connectors"]
+    mine = "my_package:MyConnector"
+
+The engine only calls a write method when the capability allows it; ``checked()`` wraps a
+connector so that a forbidden call raises instead of reaching the member.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from syncengine.errors import ConfigError, FatalConnectorError, Problem
+
+NativeData = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    read: bool = True
+    create: bool = True
+    update: bool = True
+    delete: bool = True
+    assigns_ids: bool = False
+    """True when the member takes the engine's record key as the native id on create
+    (spreadsheets: the ``Sync ID`` column). False when the member assigns its own ids."""
+
+    def allows(self, op: str) -> bool:
+        return bool(getattr(self, op))
+
+    @property
+    def read_only(self) -> bool:
+        return not (self.create or self.update or self.delete)
+
+
+READ_ONLY = Capabilities(create=False, update=False, delete=False)
+
+
+@dataclass(frozen=True)
+class NativeRecord:
+    """One record as a member gives it.
+
+    ``provisional`` marks a record the member has no stable id for yet (a spreadsheet row a
+    person added with a blank ``Sync ID``). Its ``id`` only locates it for this run; the engine
+    gives it a real id through ``update(..., new_id=KEY)``.
+    """
+
+    id: str
+    data: NativeData
+    provisional: bool = False
+    location: str = ""
+    """Where a person finds the record (``customers.csv line 14``), for messages."""
+    error: str = ""
+    """Set when the member could read the record's location but not its content
+    (a malformed row): the engine reports it and leaves the record alone."""
+    digest: str = field(default="", compare=False)
+
+    def native_hash(self) -> str:
+        if self.digest:
+            return self.digest
+        return raw_hash(self.data)
+
+
+def raw_hash(data: Mapping[str, Any]) -> str:
+    """A stable hash of a native record, for the unchanged-record short-circuit."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+class ConnectorOptions(BaseModel):
+    """Base for a connector's options model. Unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+
+
+@dataclass
+class ConnectorContext:
+    """What the engine gives a connector besides its options."""
+
+    name: str
+    """The connector instance's name in the config (``hcp``, ``books``)."""
+    base_dir: str = "."
+    """Directory relative paths in the options are resolved against (the config's folder)."""
+    secrets: tuple[str, ...] = ()
+    """Secret values to redact from anything this connector logs or raises."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Test hooks, e.g. an httpx transport for an in-process sandbox."""
+
+
+class Connector(ABC):
+    """Base class of every connector. See the module docstring."""
+
+    type_name: ClassVar[str] = ""
+    Options: ClassVar[type[ConnectorOptions]] = ConnectorOptions
+
+    def __init__(self, options: ConnectorOptions, context: ConnectorContext) -> None:
+        self.options = options
+        self.context = context
+        self.name = context.name
+
+    # -- description
+    @abstractmethod
+    def entities(self) -> tuple[str, ...]:
+        """The canonical entities this member holds."""
+
+    def capabilities(self, entity: str) -> Capabilities:
+        return Capabilities()
+
+    # -- reading
+    @abstractmethod
+    def read(self, entity: str) -> Iterator[NativeRecord]:
+        """Stream every record of ``entity``, page by page."""
+
+    def find(self, entity: str, data: NativeData) -> list[NativeRecord]:
+        """Records on the member that carry ``data`` (used to resolve an interrupted create).
+
+        The default reads the whole entity; connectors with a search API do better.
+        """
+        found = []
+        for record in self.read(entity):
+            if all(record.data.get(k) == v for k, v in data.items() if v not in (None, "")):
+                found.append(record)
+        return found
+
+    # -- writing
+    def create(self, entity: str, data: NativeData, *, key: str) -> NativeRecord:
+        raise FatalConnectorError("create is not supported", connector=self.name, entity=entity)
+
+    def update(
+        self,
+        entity: str,
+        native_id: str,
+        patch: NativeData,
+        *,
+        full: NativeData,
+        new_id: str | None = None,
+    ) -> NativeRecord | None:
+        """Change the fields in ``patch``; ``full`` is the whole record with the patch applied.
+
+        Returns the record as the member now has it, or ``None`` if the member cannot tell
+        (the engine then takes ``full`` as what the member holds).
+        """
+        raise FatalConnectorError("update is not supported", connector=self.name, entity=entity)
+
+    def delete(self, entity: str, native_id: str) -> None:
+        raise FatalConnectorError("delete is not supported", connector=self.name, entity=entity)
+
+    def flush(self, entity: str) -> None:
+        """Make buffered writes durable. Members that write through immediately do nothing."""
+
+    def close(self) -> None:
+        """Release connections and files."""
+
+
+class CapabilityViolation(FatalConnectorError):
+    pass
+
+
+def check_allowed(connector: Connector, entity: str, op: str) -> None:
+    """The one place capability flags are enforced: raise before a forbidden write."""
+    caps = connector.capabilities(entity)
+    if not caps.allows(op):
+        raise CapabilityViolation(
+            f"{connector.type_name} cannot {op} {entity}", connector=connector.name, entity=entity
+        )
+
+
+# ------------------------------------------------------------------------------------ registry
+
+ENTRY_POINT_GROUP = "syncengine.connectors"
+
+
+def connector_types() -> dict[str, type[Connector]]:
+    """Every connector class registered in the ``syncengine.connectors`` entry-point group."""
+    found: dict[str, type[Connector]] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        cls = ep.load()
+        if not (isinstance(cls, type) and issubclass(cls, Connector)):
+            continue
+        found[ep.name] = cls
+    return found
+
+
+def connector_class(type_name: str, location: str) -> type[Connector]:
+    types = connector_types()
+    try:
+        return types[type_name]
+    except KeyError:
+        known = ", ".join(sorted(types)) or "(none installed)"
+        raise ConfigError(
+            [Problem(location, f"unknown connector type {type_name!r}", f"use one of: {known}")]
+        ) from None

@@ -1,0 +1,104 @@
+"""Every error syncengine raises on purpose, grouped by what the caller should do.
+
+    SyncEngineError                 root; never raised itself
+    ├── ConfigError                 fix the configuration or mapping (exit 2, nothing read or written)
+    │     carries a list of Problem(location, message, fix) so that all problems show at once
+    ├── UsageError                  the command line asked for something impossible (exit 2)
+    ├── ConnectorError              a member misbehaved while reading or writing
+    │   ├── RetriableError          a temporary failure (429, 5xx, timeout): retry later
+    │   ├── AuthError               the credentials were refused (401/403): stop talking to it
+    │   ├── FatalConnectorError     the member cannot be used this run (bad response shape, ...)
+    │   └── ConflictingWriteError   the target changed under us (file edited since read)
+    ├── RecordError                 skip this one record, report it, carry on
+    │   └── NotFoundError           the record is gone on the member
+    ├── SafetyGuardError            a guard stopped an entity (mass delete, empty member): exit 3
+    └── StateError                  the state store is unusable (wrong schema, locked)
+
+Library exceptions (httpx, sqlite3, csv, tomllib) are translated into these at the boundary
+where they happen; nothing above the connector or state layer ever sees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the configuration, with where it is and how to fix it."""
+
+    location: str
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.location}: {self.message}"
+        if self.fix:
+            text += f" (fix: {self.fix})"
+        return text
+
+
+class SyncEngineError(Exception):
+    """Root of every error syncengine raises on purpose."""
+
+
+class ConfigError(SyncEngineError):
+    """The configuration or a mapping is wrong. Carries every problem found, not just the first."""
+
+    def __init__(self, problems: list[Problem] | str, *, location: str = "config") -> None:
+        if isinstance(problems, str):
+            problems = [Problem(location, problems)]
+        self.problems: list[Problem] = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UsageError(SyncEngineError):
+    """The command line asked for something that cannot be done."""
+
+
+class ConnectorError(SyncEngineError):
+    """A member failed while being read or written."""
+
+    def __init__(self, message: str, *, connector: str = "", entity: str = "") -> None:
+        self.connector = connector
+        self.entity = entity
+        prefix = ":".join(p for p in (connector, entity) if p)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class RetriableError(ConnectorError):
+    """A temporary failure; the same request may succeed later."""
+
+
+class AuthError(ConnectorError):
+    """The member refused our credentials."""
+
+
+class FatalConnectorError(ConnectorError):
+    """The member cannot be used for the rest of this run."""
+
+
+class ConflictingWriteError(ConnectorError):
+    """The target changed since it was read; writing would overwrite someone's edit."""
+
+
+class RecordError(SyncEngineError):
+    """One record cannot be processed; it is reported and skipped, the run goes on."""
+
+    def __init__(self, message: str, *, location: str = "", field: str = "") -> None:
+        self.location = location
+        self.field = field
+        parts = [p for p in (location, f"field {field!r}" if field else "") if p]
+        super().__init__(f"{', '.join(parts)}: {message}" if parts else message)
+
+
+class NotFoundError(RecordError):
+    """The record does not exist (any more) on the member."""
+
+
+class SafetyGuardError(SyncEngineError):
+    """A safety guard refused to go on (mass delete, a member that suddenly returns nothing)."""
+
+
+class StateError(SyncEngineError):
+    """The state store cannot be used."""

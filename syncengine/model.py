@@ -1,0 +1,244 @@
+"""The canonical schema: the fields each entity has inside the engine, and their normal forms.
+
+A canonical record is a flat ``dict[str, Any]`` keyed by canonical field names. Nested
+things are flattened with dots (``addresses.service.city``) so that the three-way merge works
+field by field. Values are always in normal form:
+
+- ``str``: stripped; empty strings become ``None`` (an empty cell and a missing value agree)
+- ``email``: stripped and lower-cased
+- ``phone``: E.164 (``+15551234567``) where parseable, else the stripped original
+- ``bool``: ``True`` / ``False``
+- ``tags``: a sorted list without duplicates (a set with a stable order)
+- ``datetime``: ISO 8601 in UTC with a ``Z`` suffix, seconds precision
+- ``cents``: ``int``
+
+Integrator fields ``custom.<name>`` are strings unless a transform gives another type.
+Metadata fields (``created_at``, ``updated_at``) are read for the ``newest`` conflict rule and
+shown in diffs, but they are never merged or written to another member.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import phonenumbers
+
+FieldType = Literal["str", "email", "phone", "bool", "tags", "datetime", "cents", "int"]
+
+Record = dict[str, Any]
+"""A canonical record: canonical field name -> normal-form value."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    type: FieldType = "str"
+    meta: bool = False
+    """Metadata: read, shown, used by ``newest``; never merged or written."""
+
+
+@dataclass(frozen=True)
+class EntitySpec:
+    name: str
+    fields: tuple[FieldSpec, ...]
+    match_keys: tuple[str, ...] = ()
+    """Default fields used to link a new record to an existing one, in order of preference."""
+    depends_on: tuple[str, ...] = ()
+    by_name: dict[str, FieldSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {f.name: f for f in self.fields})
+
+    def field_spec(self, name: str) -> FieldSpec | None:
+        """The spec of a canonical field; ``custom.*`` fields are accepted as strings."""
+        spec = self.by_name.get(name)
+        if spec is None and name.startswith("custom.") and len(name) > len("custom."):
+            return FieldSpec(name, "str")
+        return spec
+
+    def is_meta(self, name: str) -> bool:
+        spec = self.by_name.get(name)
+        return bool(spec and spec.meta)
+
+
+ADDRESS_TYPES = ("service", "billing")
+ADDRESS_PARTS = ("street", "street_line_2", "city", "state", "zip", "country")
+
+CUSTOMER = EntitySpec(
+    name="customers",
+    fields=(
+        FieldSpec("first_name"),
+        FieldSpec("last_name"),
+        FieldSpec("email", "email"),
+        FieldSpec("mobile_number", "phone"),
+        FieldSpec("home_number", "phone"),
+        FieldSpec("work_number", "phone"),
+        FieldSpec("company"),
+        FieldSpec("notifications_enabled", "bool"),
+        FieldSpec("lead_source"),
+        FieldSpec("tags", "tags"),
+        *(
+            FieldSpec(f"addresses.{kind}.{part}")
+            for kind in ADDRESS_TYPES
+            for part in ADDRESS_PARTS
+        ),
+        FieldSpec("created_at", "datetime", meta=True),
+        FieldSpec("updated_at", "datetime", meta=True),
+    ),
+    match_keys=("email", "mobile_number"),
+)
+
+ENTITIES: dict[str, EntitySpec] = {CUSTOMER.name: CUSTOMER}
+
+
+def entity_spec(name: str) -> EntitySpec:
+    try:
+        return ENTITIES[name]
+    except KeyError:
+        known = ", ".join(sorted(ENTITIES))
+        raise KeyError(f"unknown entity {name!r}; known entities: {known}") from None
+
+
+def dependency_order(names: Iterable[str]) -> list[str]:
+    """Entities ordered so that each comes after the ones it references."""
+    wanted = list(dict.fromkeys(names))
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        for dep in ENTITIES[name].depends_on:
+            if dep in wanted:
+                visit(dep)
+        ordered.append(name)
+
+    for name in wanted:
+        visit(name)
+    return ordered
+
+
+# ---------------------------------------------------------------------------------- normal forms
+
+DEFAULT_REGION = "US"
+
+
+def norm_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def norm_email(value: Any) -> str | None:
+    text = norm_str(value)
+    return text.lower() if text else None
+
+
+def norm_phone(value: Any, region: str = DEFAULT_REGION) -> str | None:
+    text = norm_str(value)
+    if text is None:
+        return None
+    if text.startswith("+") and text[1:].isdigit() and 8 <= len(text) <= 16:
+        return text  # already E.164: skip the ~20 µs parse
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return text
+    if not phonenumbers.is_possible_number(parsed):
+        return text
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+_TRUE = {"true", "yes", "y", "1", "on", "t"}
+_FALSE = {"false", "no", "n", "0", "off", "f"}
+
+
+def norm_bool(value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return bool(value)
+    text = str(value).strip().lower()
+    if not text:
+        return None
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"{value!r} is not a yes/no value (use one of: yes, no, true, false, 1, 0)")
+
+
+def norm_tags(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    tags = sorted({str(t).strip() for t in items if str(t).strip()})
+    return tags or None
+
+
+def norm_datetime(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, dt.date):
+        moment = dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    else:
+        text = str(value).strip()
+        if not text:
+            return None
+        try:
+            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO 8601 date-time") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    moment = moment.astimezone(dt.UTC).replace(microsecond=0)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def norm_int(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a whole number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number") from None
+
+
+NORMALISERS: dict[str, Callable[[Any], Any]] = {
+    "str": norm_str,
+    "email": norm_email,
+    "phone": norm_phone,
+    "bool": norm_bool,
+    "tags": norm_tags,
+    "datetime": norm_datetime,
+    "cents": norm_int,
+    "int": norm_int,
+}
+
+
+def normalise(spec: EntitySpec, name: str, value: Any) -> Any:
+    """The normal form of one canonical field's value. Raises ``ValueError`` on bad input."""
+    fspec = spec.field_spec(name)
+    kind = fspec.type if fspec else "str"
+    if kind == "str" and not isinstance(value, str | type(None)):
+        # custom fields carrying transformed non-strings (numbers, bools, lists) keep their type
+        return value
+    return NORMALISERS[kind](value)
+
+
+def normalise_record(spec: EntitySpec, record: Mapping[str, Any]) -> Record:
+    return {name: normalise(spec, name, value) for name, value in record.items()}
