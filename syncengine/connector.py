@@ -123,6 +123,9 @@ class Connector(ABC):
 
     type_name: ClassVar[str] = ""
     Options: ClassVar[type[ConnectorOptions]] = ConnectorOptions
+    buffered_writes: ClassVar[bool] = False
+    """True when writes are held until ``flush`` (a file rewritten at once). The engine then
+    commits the state of those writes only after the flush succeeded."""
 
     def __init__(self, options: ConnectorOptions, context: ConnectorContext) -> None:
         self.options = options

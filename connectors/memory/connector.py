@@ -1,0 +1,156 @@
+"""An in-memory member with configurable capabilities. See the package docstring."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+from syncengine.connector import (
+    Capabilities,
+    Connector,
+    ConnectorContext,
+    ConnectorOptions,
+    NativeData,
+    NativeRecord,
+)
+from syncengine.errors import NotFoundError, RetriableError
+
+FailHook = Callable[[str, str, str], bool]
+"""``(op, entity, native_id_or_key) -> True`` to make that write fail."""
+
+
+class MemoryOptions(ConnectorOptions):
+    dataset: str = ""
+    """Name of the shared dataset; defaults to the connector's name."""
+    entities: list[str] = ["customers"]
+    create: bool = True
+    update: bool = True
+    delete: bool = True
+    assigns_ids: bool = False
+    """Take the engine's key as the id on create (like a spreadsheet's Sync ID)."""
+    stamp_updated_at: bool = True
+    """Set ``updated_at`` on every write, like an API that tracks modification times."""
+
+
+class MemoryDataset:
+    """The records of one memory member, per entity. Thread-safe."""
+
+    _EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, NativeData]] = {}
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._tick = 0
+
+    def table(self, entity: str) -> dict[str, NativeData]:
+        return self.records.setdefault(entity, {})
+
+    def next_id(self) -> str:
+        with self._lock:
+            self._counter += 1
+            return f"m{self._counter}"
+
+    def now(self) -> str:
+        """A strictly increasing clock, so ``newest`` is decidable in tests."""
+        with self._lock:
+            self._tick += 1
+            moment = self._EPOCH + dt.timedelta(seconds=self._tick)
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    # helpers for tests acting as "a person editing the member"
+    def put(self, entity: str, native_id: str, data: NativeData) -> None:
+        self.table(entity)[native_id] = {**data, "updated_at": self.now()}
+
+    def edit(self, entity: str, native_id: str, **changes: Any) -> None:
+        record = self.table(entity)[native_id]
+        record.update(changes)
+        record["updated_at"] = self.now()
+
+    def remove(self, entity: str, native_id: str) -> None:
+        del self.table(entity)[native_id]
+
+
+class MemoryConnector(Connector):
+    type_name: ClassVar[str] = "memory"
+    Options: ClassVar[type[ConnectorOptions]] = MemoryOptions
+    datasets: ClassVar[dict[str, MemoryDataset]] = {}
+    _registry_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, options: ConnectorOptions, context: ConnectorContext) -> None:
+        super().__init__(options, context)
+        assert isinstance(options, MemoryOptions)
+        self.opts = options
+        self.dataset = self.get_dataset(options.dataset or context.name)
+        self._fail: FailHook | None = context.extra.get("fail_write")
+
+    @classmethod
+    def get_dataset(cls, name: str) -> MemoryDataset:
+        with cls._registry_lock:
+            return cls.datasets.setdefault(name, MemoryDataset())
+
+    @classmethod
+    def reset(cls) -> None:
+        with cls._registry_lock:
+            cls.datasets.clear()
+
+    def entities(self) -> tuple[str, ...]:
+        return tuple(self.opts.entities)
+
+    def capabilities(self, entity: str) -> Capabilities:
+        return Capabilities(
+            read=True,
+            create=self.opts.create,
+            update=self.opts.update,
+            delete=self.opts.delete,
+            assigns_ids=self.opts.assigns_ids,
+        )
+
+    def read(self, entity: str) -> Iterator[NativeRecord]:
+        table = self.dataset.table(entity)
+        for native_id, data in list(table.items()):
+            yield NativeRecord(id=native_id, data=copy.deepcopy(data),
+                               location=f"{self.name} {entity} {native_id}")
+
+    def _maybe_fail(self, op: str, entity: str, ref: str) -> None:
+        if self._fail is not None and self._fail(op, entity, ref):
+            raise RetriableError(f"injected {op} failure for {ref}", connector=self.name,
+                                 entity=entity)
+
+    def create(self, entity: str, data: NativeData, *, key: str) -> NativeRecord:
+        self._maybe_fail("create", entity, key)
+        native_id = key if self.opts.assigns_ids else self.dataset.next_id()
+        record = copy.deepcopy(data)
+        if self.opts.stamp_updated_at:
+            record["updated_at"] = self.dataset.now()
+        self.dataset.table(entity)[native_id] = record
+        return NativeRecord(id=native_id, data=copy.deepcopy(record))
+
+    def update(
+        self,
+        entity: str,
+        native_id: str,
+        patch: NativeData,
+        *,
+        full: NativeData,
+        new_id: str | None = None,
+    ) -> NativeRecord | None:
+        self._maybe_fail("update", entity, native_id)
+        table = self.dataset.table(entity)
+        if native_id not in table:
+            raise NotFoundError(f"{entity} {native_id} not found", location=self.name)
+        record = table[native_id]
+        record.update(copy.deepcopy(patch))
+        if self.opts.stamp_updated_at:
+            record["updated_at"] = self.dataset.now()
+        if new_id is not None and new_id != native_id:
+            table[new_id] = table.pop(native_id)
+            native_id = new_id
+        return NativeRecord(id=native_id, data=copy.deepcopy(record))
+
+    def delete(self, entity: str, native_id: str) -> None:
+        self._maybe_fail("delete", entity, native_id)
+        self.dataset.table(entity).pop(native_id, None)

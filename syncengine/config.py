@@ -1,0 +1,405 @@
+"""Loading and validating ``config.toml``: every problem is found and reported at once.
+
+Validation never mutates the parsed input and never reads or writes a member. Secrets come
+from the environment through ``${VAR}`` references; their values are collected so that the
+logging layer and error messages can redact them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from syncengine import model
+from syncengine.connector import Connector, ConnectorContext, ConnectorOptions, connector_class
+from syncengine.errors import ConfigError, Problem
+from syncengine.mapping import EntityMapping, load_mapping
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_KEY = re.compile(r"(key|token|secret|password|passwd|credential)", re.IGNORECASE)
+CONFLICT_RULE_WORDS = ("newest", "manual")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StateSection(_Strict):
+    url: str = "sqlite:///syncengine-state.db"
+    journal_retention_days: int = Field(default=30, ge=1)
+
+
+class DeletesSection(_Strict):
+    propagate: bool = True
+    """True: a record deleted on one member is deleted on the others. False: the others keep it
+    and the member that deleted it is not given it again."""
+    max_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    """Abort an entity when more than this share of a member's linked records would be deleted."""
+    min_count: int = Field(default=5, ge=0)
+    """Deleting fewer records than this never trips the max_fraction guard (small data sets)."""
+
+
+class PipelineSection(_Strict):
+    name: str
+    members: list[str] = Field(min_length=2)
+    entities: list[str] = Field(default_factory=lambda: ["customers"], min_length=1)
+    schedule: str | None = None
+    conflicts: dict[str, list[str]] = Field(default_factory=lambda: {"default": ["manual"]})
+    deletes: DeletesSection = Field(default_factory=DeletesSection)
+    match: dict[str, list[str]] = Field(default_factory=dict)
+    """Per entity, the canonical fields that link a new record to an existing one, in order."""
+    mappings: dict[str, dict[str, str]] = Field(default_factory=dict)
+    """Per member, per entity: a mapping file that replaces the connector's default mapping."""
+    batch_size: int = Field(default=200, ge=1, le=5000)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError("use letters, digits, '-', '_' or '.' (it names state and runs)")
+        return value
+
+
+class ConfigFile(_Strict):
+    state: StateSection = Field(default_factory=StateSection)
+    region: str = "US"
+    """Default region for phone numbers written without a country code."""
+    connectors: dict[str, dict[str, Any]]
+    pipelines: list[PipelineSection] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    name: str
+    type: str
+    cls: type[Connector]
+    options: ConnectorOptions
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    members: tuple[str, ...]
+    entities: tuple[str, ...]
+    section: PipelineSection
+    mappings: dict[tuple[str, str], EntityMapping]
+    """(member, entity) -> mapping in force for this pipeline."""
+
+    def conflict_rules(self, entity: str, field_name: str) -> list[str]:
+        rules = self.section.conflicts
+        for key in (f"{entity}.{field_name}", entity, "default"):
+            if key in rules:
+                return rules[key]
+        return ["manual"]
+
+    def match_keys(self, entity: str) -> tuple[str, ...]:
+        if entity in self.section.match:
+            return tuple(self.section.match[entity])
+        for member in self.members:
+            mapping = self.mappings.get((member, entity))
+            if mapping is not None and mapping.match_keys != model.entity_spec(entity).match_keys:
+                return mapping.match_keys
+        return model.entity_spec(entity).match_keys
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    base_dir: Path
+    state_url: str
+    journal_retention_days: int
+    region: str
+    connectors: dict[str, ConnectorConfig]
+    pipelines: dict[str, Pipeline]
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    def pipeline(self, name: str | None) -> list[Pipeline]:
+        if name is None:
+            return list(self.pipelines.values())
+        if name not in self.pipelines:
+            known = ", ".join(self.pipelines)
+            raise ConfigError([Problem(str(self.path), f"no pipeline named {name!r}",
+                                       f"use one of: {known}")])
+        return [self.pipelines[name]]
+
+    def make_connector(self, name: str, extra: Mapping[str, Any] | None = None) -> Connector:
+        cc = self.connectors[name]
+        context = ConnectorContext(
+            name=name,
+            base_dir=str(self.base_dir),
+            secrets=self.secrets,
+            extra=dict(extra or {}),
+        )
+        return cc.cls(cc.options, context)
+
+
+# --------------------------------------------------------------------------------- interpolation
+
+def _interpolate(
+    value: Any, where: str, env: Mapping[str, str], problems: list[Problem], secrets: set[str]
+) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _interpolate(v, f"{where}.{k}" if where else k, env, problems, secrets)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _interpolate(v, f"{where}[{i}]", env, problems, secrets) for i, v in enumerate(value)
+        ]
+    if not isinstance(value, str):
+        return value
+    leaf = where.rsplit(".", 1)[-1]
+    is_secret = bool(_SECRET_KEY.search(leaf))
+
+    def substitute(match: re.Match[str]) -> str:
+        var, default = match.group(1), match.group(2)
+        if var in env:
+            return env[var]
+        if default is not None:
+            return default
+        problems.append(Problem(where, f"environment variable {var} is not set",
+                                f"export {var}=... before running, or use ${{{var}:-default}}"))
+        return ""
+
+    result = _ENV_REF.sub(substitute, value)
+    if is_secret and result:
+        secrets.add(result)
+    return result
+
+
+# ------------------------------------------------------------------------------------ validation
+
+def _pydantic_problems(err: ValidationError, prefix: str, model_cls: type[BaseModel]) -> list[Problem]:
+    problems = []
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"])
+        where = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+        kind = item["type"]
+        fix = ""
+        if kind == "extra_forbidden":
+            known = _known_keys(model_cls, item["loc"][:-1])
+            close = difflib.get_close_matches(str(item["loc"][-1]), known, n=1)
+            msg = f"unknown key {item['loc'][-1]!r}"
+            fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+        elif kind == "missing":
+            msg = "is required"
+            fix = "add it"
+        else:
+            msg = item["msg"]
+            if "input" in item and not isinstance(item["input"], dict | list):
+                shown = item["input"]
+                if _SECRET_KEY.search(loc):
+                    shown = "***"
+                msg += f" (got {shown!r})"
+        problems.append(Problem(where, msg, fix))
+    return problems
+
+
+def _known_keys(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    current: Any = model_cls
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        annotation = fields[part].annotation
+        current = _unwrap_model(annotation)
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def _unwrap_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _unwrap_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """Parse, interpolate and validate a config file and every mapping it uses.
+
+    Raises ``ConfigError`` with every problem found; returns a ready ``Config`` otherwise.
+    """
+    path = Path(path)
+    env = os.environ if env is None else env
+    shown = str(path)
+    try:
+        raw_text = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([Problem(shown, "file not found",
+                                   "pass --config PATH, or copy config.example.toml")]) from None
+    except OSError as exc:
+        raise ConfigError([Problem(shown, f"cannot read: {exc.strerror}")]) from None
+    try:
+        raw = tomllib.loads(raw_text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem(shown, f"not UTF-8 text (byte {exc.start})",
+                                   "save the file as UTF-8")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem(shown, f"TOML syntax error: {exc}",
+                                   "check quotes, brackets and '=' on that line")]) from None
+
+    problems: list[Problem] = []
+    secrets: set[str] = set()
+    data = _interpolate(raw, "", env, problems, secrets)
+    base_dir = path.resolve().parent
+
+    try:
+        parsed = ConfigFile.model_validate(data)
+    except ValidationError as err:
+        problems.extend(_prefixed(_pydantic_problems(err, "", ConfigFile), shown))
+        raise ConfigError(problems) from None
+
+    connectors: dict[str, ConnectorConfig] = {}
+    for name, table in parsed.connectors.items():
+        where = f"connectors.{name}"
+        if not isinstance(table, dict):
+            problems.append(Problem(f"{shown}: {where}", "must be a table"))
+            continue
+        type_name = table.get("type")
+        if not isinstance(type_name, str):
+            problems.append(Problem(f"{shown}: {where}.type", "is required",
+                                    'add type = "housecallpro" | "spreadsheet" | ...'))
+            continue
+        try:
+            cls = connector_class(type_name, f"{shown}: {where}.type")
+        except ConfigError as err:
+            problems.extend(err.problems)
+            continue
+        try:
+            options = cls.Options.model_validate(table)
+        except ValidationError as err:
+            problems.extend(_prefixed(_pydantic_problems(err, where, cls.Options), shown))
+            continue
+        connectors[name] = ConnectorConfig(name, type_name, cls, options)
+
+    pipelines: dict[str, Pipeline] = {}
+    for index, section in enumerate(parsed.pipelines):
+        where = f"{shown}: pipelines[{index}]"
+        pipelines_problems = _check_pipeline(section, parsed, connectors, where, base_dir)
+        problems.extend(pipelines_problems[0])
+        if section.name in pipelines:
+            problems.append(Problem(f"{where}.name", f"duplicate pipeline name {section.name!r}",
+                                    "give each pipeline its own name"))
+        pipelines[section.name] = Pipeline(
+            name=section.name,
+            members=tuple(section.members),
+            entities=tuple(model.dependency_order(
+                [e for e in section.entities if e in model.ENTITIES])),
+            section=section,
+            mappings=pipelines_problems[1],
+        )
+
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        path=path,
+        base_dir=base_dir,
+        state_url=parsed.state.url,
+        journal_retention_days=parsed.state.journal_retention_days,
+        region=parsed.region,
+        connectors=connectors,
+        pipelines=pipelines,
+        secrets=tuple(sorted(secrets, key=len, reverse=True)),
+    )
+
+
+def _prefixed(problems: list[Problem], shown: str) -> list[Problem]:
+    return [Problem(f"{shown}: {p.location}", p.message, p.fix) for p in problems]
+
+
+def _check_pipeline(
+    section: PipelineSection,
+    parsed: ConfigFile,
+    connectors: dict[str, ConnectorConfig],
+    where: str,
+    base_dir: Path,
+) -> tuple[list[Problem], dict[tuple[str, str], EntityMapping]]:
+    problems: list[Problem] = []
+    mappings: dict[tuple[str, str], EntityMapping] = {}
+    known_connectors = list(parsed.connectors)
+    for i, member in enumerate(section.members):
+        if member not in parsed.connectors:
+            close = difflib.get_close_matches(member, known_connectors, n=1)
+            problems.append(Problem(f"{where}.members[{i}]", f"no connector named {member!r}",
+                                    f"did you mean {close[0]!r}?" if close else
+                                    f"define [connectors.{member}] or use one of: "
+                                    f"{', '.join(known_connectors)}"))
+    if len(set(section.members)) != len(section.members):
+        problems.append(Problem(f"{where}.members", "a member is listed twice",
+                                "list each connector once"))
+    for i, entity in enumerate(section.entities):
+        if entity not in model.ENTITIES:
+            problems.append(Problem(f"{where}.entities[{i}]", f"unknown entity {entity!r}",
+                                    f"use one of: {', '.join(model.ENTITIES)}"))
+
+    valid_entities = [e for e in section.entities if e in model.ENTITIES]
+    for member in section.members:
+        cc = connectors.get(member)
+        if cc is None:
+            continue
+        overrides = section.mappings.get(member, {})
+        for entity in overrides:
+            if entity not in valid_entities:
+                problems.append(Problem(f"{where}.mappings.{member}.{entity}",
+                                        "not an entity of this pipeline",
+                                        f"use one of: {', '.join(valid_entities)}"))
+        for entity in valid_entities:
+            override = overrides.get(entity)
+            override_path = None
+            if override is not None:
+                override_path = Path(override)
+                if not override_path.is_absolute():
+                    override_path = base_dir / override_path
+            try:
+                mappings[(member, entity)] = load_mapping(cc.type, entity, override_path)
+            except ConfigError as err:
+                problems.extend(err.problems)
+            except FileNotFoundError:
+                problems.append(Problem(f"{where}.mappings.{member}.{entity}",
+                                        f"mapping file {override_path} not found",
+                                        "check the path (relative to the config file)"))
+    for unknown in set(section.mappings) - set(section.members):
+        problems.append(Problem(f"{where}.mappings.{unknown}", "not a member of this pipeline"))
+
+    members = set(section.members)
+    for scope, rules in section.conflicts.items():
+        entity_part = scope.split(".", 1)[0]
+        if scope != "default" and entity_part not in valid_entities:
+            problems.append(Problem(
+                f"{where}.conflicts.{scope}",
+                "scope must be 'default', an entity, or 'entity.field'",
+                f"entities here: {', '.join(valid_entities)}"))
+        if "." in scope and entity_part in valid_entities:
+            field_name = scope.split(".", 1)[1]
+            if model.entity_spec(entity_part).field_spec(field_name) is None:
+                problems.append(Problem(f"{where}.conflicts.{scope}",
+                                        f"{entity_part} has no field {field_name!r}"))
+        for rule in rules:
+            if rule not in members and rule not in CONFLICT_RULE_WORDS:
+                problems.append(Problem(
+                    f"{where}.conflicts.{scope}", f"unknown rule {rule!r}",
+                    f"use a member name ({', '.join(section.members)}), 'newest' or 'manual'"))
+    for entity, keys in section.match.items():
+        if entity not in valid_entities:
+            problems.append(Problem(f"{where}.match.{entity}", "not an entity of this pipeline"))
+            continue
+        spec = model.entity_spec(entity)
+        for k in keys:
+            if spec.field_spec(k) is None:
+                problems.append(Problem(f"{where}.match.{entity}", f"no field {k!r}"))
+    return problems, mappings
+

@@ -1,0 +1,661 @@
+"""The sync engine: read → map → detect → match → reconcile → plan, then apply → commit.
+
+``Engine.sync(pipeline)`` runs one pipeline over its entities in dependency order. The stages
+up to the plan only read; ``dry_run=True`` stops there and writes nothing anywhere, neither
+to a member nor to the state store. Apply goes through the write-ahead journal in batches:
+
+1. the batch's intents are committed (``pending``) before any member is called;
+2. the actions run (bounded concurrency for members that write through);
+3. one transaction records the outcomes: links, last-seen versions, the base.
+
+Members that buffer writes (a spreadsheet file) make them durable in ``flush``; the state of
+the keys they touch is committed only after the flush succeeded, and a failed write marks
+the member's link dirty so that the next run writes it again instead of forgetting it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from syncengine import model
+from syncengine.config import Config, Pipeline
+from syncengine.connector import Capabilities, Connector, NativeRecord, check_allowed
+from syncengine.errors import (
+    AuthError,
+    ConnectorError,
+    FatalConnectorError,
+    RecordError,
+    SafetyGuardError,
+    SyncEngineError,
+)
+from syncengine.mapping import EntityMapping
+from syncengine.match import Observed, match
+from syncengine.plan import (
+    Action,
+    Create,
+    Delete,
+    EntityPlan,
+    Issue,
+    KeyPlan,
+    LinkPlan,
+    Plan,
+    Update,
+)
+from syncengine.reconcile import Context, MemberView, reconcile
+from syncengine.state import RecordState, StateStore
+
+log = structlog.get_logger("syncengine.engine")
+
+ProgressFn = Callable[[str, int, int | None], None]
+"""(what, done, total or None) — called while reading and applying."""
+
+
+@dataclass
+class Member:
+    name: str
+    connector: Connector
+    mapping: EntityMapping
+    caps: Capabilities
+    type: str
+
+    @property
+    def buffered(self) -> bool:
+        return bool(self.connector.buffered_writes)
+
+
+@dataclass
+class EntityOutcome:
+    plan: EntityPlan
+    applied: dict[str, dict[str, int]] = field(default_factory=dict)
+    failures: list[Issue] = field(default_factory=list)
+
+
+@dataclass
+class SyncResult:
+    pipeline: str
+    dry_run: bool
+    run_id: str
+    plan: Plan
+    outcomes: list[EntityOutcome] = field(default_factory=list)
+    guard: str | None = None
+    open_conflicts: int = 0
+    pending_recovery: int = 0
+    duration_s: float = 0.0
+
+    @property
+    def failures(self) -> list[Issue]:
+        return [f for o in self.outcomes for f in o.failures]
+
+    @property
+    def exit_code(self) -> int:
+        if self.guard:
+            return 3
+        issues = any(ep.issues for ep in self.plan.entities) or self.failures
+        if issues or self.open_conflicts:
+            return 1
+        return 0
+
+    def to_json(self) -> dict[str, Any]:
+        entities: dict[str, Any] = {}
+        for outcome in self.outcomes:
+            counts = outcome.plan.counts()
+            counts["failed"] = len(outcome.failures)
+            if outcome.plan.guard:
+                counts["guard"] = outcome.plan.guard
+            entities[outcome.plan.entity] = counts
+        return {
+            "pipeline": self.pipeline,
+            "dry_run": self.dry_run,
+            "run_id": self.run_id,
+            "entities": entities,
+            "open_conflicts": self.open_conflicts,
+            "exit_code": self.exit_code,
+            "duration_s": round(self.duration_s, 3),
+        }
+
+
+@dataclass
+class _Read:
+    """What one member's read of one entity produced."""
+
+    changed: dict[str, Observed] = field(default_factory=dict)
+    unchanged: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    """key -> (native_id, native JSON, native hash): no need to map it again."""
+    new: list[Observed] = field(default_factory=list)
+    gone: dict[str, str] = field(default_factory=dict)
+    """key -> native_id of records linked but no longer there."""
+    blocked: set[str] = field(default_factory=set)
+    linked: int = 0
+    count: int = 0
+
+
+class Engine:
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        *,
+        dry_run: bool = False,
+        connector_extra: dict[str, dict[str, Any]] | None = None,
+        progress: ProgressFn | None = None,
+        allow_mass_delete: bool = False,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.dry_run = dry_run
+        self.connector_extra = connector_extra or {}
+        self.progress = progress or (lambda what, done, total: None)
+        self.allow_mass_delete = allow_mass_delete
+
+    # ------------------------------------------------------------------------------ entry
+    def sync(self, pipeline: Pipeline, entities: Sequence[str] | None = None) -> SyncResult:
+        started = time.monotonic()
+        run_uuid = uuid.uuid4().hex
+        plan = Plan(pipeline.name, self.dry_run)
+        result = SyncResult(pipeline.name, self.dry_run, run_uuid, plan)
+        bound = log.bind(pipeline=pipeline.name, run_id=run_uuid, dry_run=self.dry_run)
+        connectors = {m: self.config.make_connector(m, self.connector_extra.get(m))
+                      for m in pipeline.members}
+        run_row: int | None = None
+        try:
+            if not self.dry_run:
+                with self.store.transaction() as tx:
+                    run_row = tx.start_run(pipeline.name, False, run_uuid)
+            hints = self._recover(pipeline, connectors, result, run_uuid)
+            wanted = [e for e in pipeline.entities if entities is None or e in entities]
+            for entity in wanted:
+                members = [self._member(pipeline, connectors[m], entity) for m in pipeline.members]
+                ent_plan = self.plan_entity(pipeline, entity, members, hints)
+                plan.entities.append(ent_plan)
+                outcome = EntityOutcome(ent_plan)
+                result.outcomes.append(outcome)
+                bound.info("planned", entity=entity, actions=len(ent_plan.actions),
+                           conflicts=len(ent_plan.conflicts), issues=len(ent_plan.issues),
+                           guard=ent_plan.guard)
+                if ent_plan.guard:
+                    result.guard = ent_plan.guard
+                    continue
+                if not self.dry_run:
+                    self.apply_entity(pipeline, members, ent_plan, outcome, run_uuid)
+            result.open_conflicts = len(self.store.open_conflicts(pipeline.name)) + (
+                sum(1 for c in plan.entities for x in c.conflicts if x.winner is None)
+                if self.dry_run else 0)
+            return result
+        finally:
+            result.duration_s = time.monotonic() - started
+            for conn in connectors.values():
+                try:
+                    conn.close()
+                except Exception as exc:  # closing must not hide the real outcome
+                    bound.warning("close failed", connector=conn.name, error=str(exc))
+            if run_row is not None:
+                outcome_word = {0: "ok", 1: "errors", 3: "guard"}.get(result.exit_code, "error")
+                with self.store.transaction() as tx:
+                    tx.finish_run(run_row, outcome_word, result.to_json()["entities"],
+                                  [f"{i.member} {i.location}: {i.message}"
+                                   for o in result.outcomes
+                                   for i in (o.plan.issues + o.failures)][:200])
+                    retention = dt.timedelta(days=self.config.journal_retention_days)
+                    tx.prune_journal(pipeline.name, dt.datetime.now(dt.UTC) - retention)
+            bound.info("finished", exit_code=result.exit_code,
+                       seconds=round(result.duration_s, 3))
+
+    def _member(self, pipeline: Pipeline, connector: Connector, entity: str) -> Member:
+        if entity not in connector.entities():
+            raise FatalConnectorError(
+                f"{connector.type_name} does not hold {entity}; remove it from the pipeline "
+                "or the member", connector=connector.name, entity=entity)
+        return Member(connector.name, connector, pipeline.mappings[(connector.name, entity)],
+                      connector.capabilities(entity), connector.type_name)
+
+    # --------------------------------------------------------------------------- recovery
+    def _recover(
+        self, pipeline: Pipeline, connectors: dict[str, Connector], result: SyncResult,
+        run_uuid: str,
+    ) -> dict[tuple[str, str], str]:
+        """Settle writes an interrupted run left pending. Returns match hints."""
+        hints: dict[tuple[str, str], str] = {}
+        intents = self.store.pending_intents(pipeline.name)
+        result.pending_recovery = len(intents)
+        if not intents:
+            return hints
+        for intent in intents:
+            if intent.op == "update" and intent.payload.get("assign_id"):
+                row_hash = intent.payload.get("native_hash")
+                if row_hash:
+                    hints[(intent.member, row_hash)] = intent.key
+        if self.dry_run:
+            return hints
+        for intent in intents:
+            conn = connectors.get(intent.member)
+            state, native_id, error = "abandoned", None, None
+            if intent.op == "create" and conn is not None and intent.entity in pipeline.entities:
+                mapping = pipeline.mappings[(intent.member, intent.entity)]
+                try:
+                    found = conn.find(intent.entity, intent.payload.get("native", {}))
+                except SyncEngineError as exc:
+                    found, error = [], f"recovery lookup failed: {exc}"
+                linked = self.store.link_index(pipeline.name, intent.entity, intent.member)
+                fresh = [r for r in found if r.id not in linked and not r.provisional]
+                if len(fresh) == 1:
+                    rec = fresh[0]
+                    native_id = rec.id
+                    state = "done"
+                    with self.store.transaction() as tx:
+                        if not self.store.load_records(pipeline.name, intent.entity,
+                                                       [intent.key]):
+                            tx.put_record(pipeline.name, intent.entity, intent.key,
+                                          intent.payload.get("base", {}))
+                        tx.put_link(pipeline.name, intent.entity, intent.key, intent.member,
+                                    native_id=rec.id, native_hash=rec.native_hash(),
+                                    last_seen=self._canonical(mapping, rec))
+                        tx.finish_intent(intent.id, state, native_id=native_id)
+                    log.info("recovered interrupted create", pipeline=pipeline.name,
+                             member=intent.member, key=intent.key, native_id=rec.id)
+                    continue
+                if len(fresh) > 1:
+                    error = (f"{len(fresh)} records on {intent.member} look like the one an "
+                             "interrupted run created; left for matching")
+            with self.store.transaction() as tx:
+                tx.finish_intent(intent.id, state, native_id=native_id, error=error)
+        return hints
+
+    @staticmethod
+    def _canonical(mapping: EntityMapping, rec: NativeRecord) -> model.Record:
+        try:
+            return mapping.to_canonical(rec.data, location=rec.location)
+        except RecordError:
+            return {}
+
+    # ------------------------------------------------------------------------------- plan
+    def plan_entity(
+        self,
+        pipeline: Pipeline,
+        entity: str,
+        members: list[Member],
+        hints: dict[tuple[str, str], str] | None = None,
+    ) -> EntityPlan:
+        spec = model.entity_spec(entity)
+        ent = EntityPlan(entity, tuple(m.name for m in members))
+        reads: dict[str, _Read] = {}
+        for member in members:
+            reads[member.name] = self._read_member(pipeline, entity, member, ent)
+            ent.seen[member.name] = reads[member.name].count
+        for member in members:
+            r = reads[member.name]
+            if r.count == 0 and r.linked > 0:
+                ent.guard = (f"{member.name} returned no {entity} but {r.linked} are linked to "
+                             "it; refusing to treat that as deleting them all (check the "
+                             "member's path/credentials, or run `syncengine sync "
+                             "--allow-mass-delete` if they really are gone)")
+                if not self.allow_mass_delete:
+                    return ent
+
+        # which hub records need a look this run
+        touched: set[str] = set(self.store.dirty_keys(pipeline.name, entity))
+        live: dict[str, set[str]] = {}
+        for name, r in reads.items():
+            touched.update(r.changed, r.gone, r.blocked)
+            for key in (*r.changed, *r.unchanged, *r.gone, *r.blocked):
+                live.setdefault(key, set()).add(name)
+        for member in members:
+            if member.caps.create:
+                touched.update(k for k, holders in live.items() if member.name not in holders)
+
+        new_records = {name: r.new for name, r in reads.items() if r.new}
+        result = None
+        if new_records:
+            existing = (
+                (rs.key, rs.base, frozenset(
+                    m for m, ln in rs.links.items() if ln.native_id and not ln.tombstone))
+                for rs in self.store.iter_records(pipeline.name, entity)
+            )
+            result = match([m.name for m in members], new_records, existing,
+                           pipeline.match_keys(entity), hints=hints)
+            for obs, why in result.ambiguous:
+                ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
+            touched.update(k for k in result.groups if k not in result.new_keys)
+
+        states = self.store.load_records(pipeline.name, entity, touched) if touched else {}
+        ctx = Context(
+            entity=spec,
+            members=tuple(m.name for m in members),
+            mappings={m.name: m.mapping for m in members},
+            caps={m.name: m.caps for m in members},
+            types={m.name: m.type for m in members},
+            rules=lambda f: pipeline.conflict_rules(entity, f),
+            propagate_deletes=pipeline.section.deletes.propagate,
+            parked=self.store.open_conflict_fields(pipeline.name, entity),
+        )
+        groups = result.groups if result else {}
+        for key in sorted(touched | set(groups)):
+            rs = states.get(key)
+            if rs is None and key not in groups:
+                continue
+            views = self._views(key, rs, reads, groups.get(key, {}), members)
+            kp = reconcile(ctx, key, rs.base if rs else None, views,
+                           new_key=rs is None)
+            if kp.changes_state:
+                ent.keys.append(kp)
+        self._guard_deletes(pipeline, ent, reads)
+        return ent
+
+    def _read_member(self, pipeline: Pipeline, entity: str, member: Member,
+                     ent: EntityPlan) -> _Read:
+        out = _Read()
+        index = self.store.link_index(pipeline.name, entity, member.name)
+        out.linked = len(index)
+        seen: set[str] = set()
+        for rec in member.connector.read(entity):
+            out.count += 1
+            if out.count % 1000 == 0:
+                self.progress(f"reading {member.name} {entity}", out.count, None)
+            linked = None if rec.provisional else index.get(rec.id)
+            if rec.error:
+                ent.issues.append(Issue(entity, member.name, rec.location, rec.error))
+                if linked:
+                    seen.add(rec.id)
+                    out.blocked.add(linked[0])
+                continue
+            digest = rec.native_hash()
+            if linked is not None:
+                seen.add(rec.id)
+                key, known_hash = linked
+                if known_hash == digest:
+                    out.unchanged[key] = (rec.id, json.dumps(rec.data), digest)
+                    continue
+            try:
+                canonical = member.mapping.to_canonical(rec.data, location=rec.location)
+            except RecordError as exc:
+                ent.issues.append(Issue(entity, member.name, rec.location, str(exc)))
+                if linked:
+                    out.blocked.add(linked[0])
+                continue
+            obs = Observed(member.name, rec, canonical, digest)
+            if linked is None:
+                out.new.append(obs)
+            else:
+                out.changed[linked[0]] = obs
+        for native_id, (key, _hash) in index.items():
+            if native_id not in seen:
+                out.gone[key] = native_id
+        self.progress(f"reading {member.name} {entity}", out.count, out.count)
+        return out
+
+    @staticmethod
+    def _views(key: str, rs: RecordState | None, reads: dict[str, _Read],
+               group: dict[str, Observed], members: list[Member]) -> dict[str, MemberView]:
+        views: dict[str, MemberView] = {}
+        for member in members:
+            name = member.name
+            r = reads[name]
+            link = rs.links.get(name) if rs else None
+            dirty = bool(link and link.dirty)
+            last_seen = link.last_seen if link else None
+            if key in r.blocked:
+                views[name] = MemberView(name, "blocked")
+            elif name in group:
+                obs = group[name]
+                views[name] = MemberView(
+                    name, "new", obs.record.id, obs.canonical, None, obs.record.data,
+                    obs.native_hash, obs.record.provisional, dirty, obs.record.location)
+            elif key in r.changed:
+                obs = r.changed[key]
+                views[name] = MemberView(
+                    name, "changed", obs.record.id, obs.canonical, last_seen, obs.record.data,
+                    obs.native_hash, False, dirty, obs.record.location)
+            elif key in r.unchanged:
+                native_id, native_json, digest = r.unchanged[key]
+                views[name] = MemberView(
+                    name, "unchanged", native_id, last_seen, last_seen, json.loads(native_json),
+                    digest, False, dirty)
+            elif key in r.gone:
+                views[name] = MemberView(name, "gone", r.gone[key], None, last_seen)
+            elif link is not None and link.tombstone:
+                views[name] = MemberView(name, "tombstone")
+            else:
+                views[name] = MemberView(name, "absent", dirty=dirty)
+        return views
+
+    def _guard_deletes(self, pipeline: Pipeline, ent: EntityPlan,
+                       reads: dict[str, _Read]) -> None:
+        if self.allow_mass_delete or ent.guard:
+            return
+        rules = pipeline.section.deletes
+        deletes: dict[str, int] = {}
+        for action in ent.actions:
+            if isinstance(action, Delete):
+                deletes[action.member] = deletes.get(action.member, 0) + 1
+        for member, count in deletes.items():
+            linked = reads[member].linked
+            if count >= max(rules.min_count, 1) and count > rules.max_fraction * linked:
+                ent.guard = (f"{count} of {linked} linked {ent.entity} would be deleted on "
+                             f"{member} (more than max_fraction = {rules.max_fraction}); "
+                             "nothing was written. If that is intended, run with "
+                             "--allow-mass-delete or raise [pipelines.deletes] max_fraction")
+                return
+
+    # ------------------------------------------------------------------------------ apply
+    def apply_entity(self, pipeline: Pipeline, members: list[Member], ent: EntityPlan,
+                     outcome: EntityOutcome, run_id: str) -> None:
+        by_name = {m.name: m for m in members}
+        batch_size = pipeline.section.batch_size
+        deferred: list[tuple[KeyPlan, dict[int, Any]]] = []
+        intent_ids: dict[tuple[int, int], int] = {}
+        total = len(ent.keys)
+        done = 0
+        buffered_used: set[str] = set()
+        for batch in _chunks(ent.keys, batch_size):
+            actions = [(kp, i, a) for kp in batch for i, a in enumerate(kp.actions)]
+            if actions:
+                with self.store.transaction() as tx:
+                    ids = tx.add_intents([
+                        {"run_id": run_id, "pipeline": pipeline.name, "entity": ent.entity,
+                         "key": kp.key, "member": a.member, "op": a.op,
+                         "payload": _intent_payload(a, kp)}
+                        for kp, _i, a in actions])
+                for (kp, i, _a), intent_id in zip(actions, ids, strict=True):
+                    intent_ids[(id(kp), i)] = intent_id
+            results = self._execute(actions, by_name)
+            with self.store.transaction() as tx:
+                finished = []
+                for kp in batch:
+                    res = results.get(id(kp), {})
+                    buffered = {a.member for a in kp.actions if by_name[a.member].buffered}
+                    buffered_used |= buffered
+                    for i, a in enumerate(kp.actions):
+                        outcome_i = res.get(i)
+                        if isinstance(outcome_i, Exception):
+                            finished.append({"id": intent_ids[(id(kp), i)],
+                                             "state": "failed", "error": str(outcome_i)})
+                        elif a.member not in buffered:
+                            finished.append({"id": intent_ids[(id(kp), i)],
+                                             "state": "done",
+                                             "native_id": _native_id(outcome_i, a)})
+                    if buffered:
+                        self._commit_partial(tx, pipeline, kp, res, by_name)
+                        deferred.append((kp, res))
+                    else:
+                        self._commit_key(tx, pipeline, kp, res, by_name, outcome)
+                if finished:
+                    tx.finish_intents(finished)
+            done += len(batch)
+            self.progress(f"applying {ent.entity}", done, total)
+
+        flush_errors: dict[str, Exception] = {}
+        for name in sorted(buffered_used):
+            try:
+                by_name[name].connector.flush(ent.entity)
+            except SyncEngineError as exc:
+                flush_errors[name] = exc
+                outcome.failures.append(Issue(ent.entity, name, "", f"nothing written: {exc}"))
+        if deferred:
+            with self.store.transaction() as tx:
+                finished = []
+                for kp, res in deferred:
+                    for i, a in enumerate(kp.actions):
+                        if a.member in flush_errors and not isinstance(res.get(i), Exception):
+                            res[i] = flush_errors[a.member]
+                            state = "failed"
+                        elif isinstance(res.get(i), Exception):
+                            continue
+                        elif by_name[a.member].buffered:
+                            state = "done"
+                        else:
+                            continue
+                        finished.append({"id": intent_ids[(id(kp), i)], "state": state,
+                                         "native_id": _native_id(res.get(i), a)})
+                    self._commit_key(tx, pipeline, kp, res, by_name, outcome)
+                if finished:
+                    tx.finish_intents(finished)
+        for kp in ent.keys:
+            for a in kp.actions:
+                counts = outcome.applied.setdefault(a.member, {})
+                counts[a.op] = counts.get(a.op, 0) + 1
+
+    def _execute(self, actions: list[tuple[KeyPlan, int, Action]],
+                 by_name: dict[str, Member]) -> dict[int, dict[int, Any]]:
+        results: dict[int, dict[int, Any]] = {}
+
+        def run(item: tuple[KeyPlan, int, Action]) -> tuple[int, int, Any]:
+            kp, i, action = item
+            member = by_name[action.member]
+            try:
+                return id(kp), i, _perform(member, action)
+            except AuthError:
+                raise
+            except (ConnectorError, RecordError) as exc:
+                return id(kp), i, exc
+
+        unbuffered = [a for a in actions if not by_name[a[2].member].buffered]
+        buffered = [a for a in actions if by_name[a[2].member].buffered]
+        workers = max((int(getattr(by_name[a[2].member].connector.options, "concurrency", 1))
+                       for a in unbuffered), default=1)
+        if workers > 1 and len(unbuffered) > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                outs = list(pool.map(run, unbuffered))
+        else:
+            outs = [run(a) for a in unbuffered]
+        outs += [run(a) for a in buffered]
+        for kp_id, i, out in outs:
+            results.setdefault(kp_id, {})[i] = out
+        return results
+
+    # ----------------------------------------------------------------------------- commit
+    def _commit_partial(self, tx: Any, pipeline: Pipeline, kp: KeyPlan, res: dict[int, Any],
+                        by_name: dict[str, Member]) -> None:
+        """Before a buffered member's flush: make records created on write-through members
+        durable at once, so a crash now cannot lead to creating them twice."""
+        created = [(i, a) for i, a in enumerate(kp.actions)
+                   if isinstance(a, Create) and not by_name[a.member].buffered
+                   and isinstance(res.get(i), NativeRecord)]
+        if not created:
+            return
+        tx.put_record(pipeline.name, kp.entity, kp.key, kp.base_after or kp.base_before or {})
+        for i, a in created:
+            rec = res[i]
+            tx.put_link(pipeline.name, kp.entity, kp.key, a.member, native_id=rec.id,
+                        native_hash=rec.native_hash(),
+                        last_seen=self._canonical(by_name[a.member].mapping, rec))
+
+    def _commit_key(self, tx: Any, pipeline: Pipeline, kp: KeyPlan, res: dict[int, Any],
+                    by_name: dict[str, Member], outcome: EntityOutcome) -> None:
+        p, e = pipeline.name, kp.entity
+        failed_members: set[str] = set()
+        delete_failed = False
+        links: dict[str, LinkPlan] = dict(kp.links)
+        for i, a in enumerate(kp.actions):
+            out = res.get(i)
+            member = by_name[a.member]
+            if isinstance(out, Exception):
+                failed_members.add(a.member)
+                if isinstance(a, Delete):
+                    delete_failed = True
+                where = a.native_id if isinstance(a, Update | Delete) else a.key
+                outcome.failures.append(Issue(e, a.member, f"{kp.label} ({where})",
+                                              f"{a.op} failed: {out}"))
+                continue
+            if isinstance(a, Delete):
+                links[a.member] = LinkPlan(a.member, None, None, None, remove=True)
+                continue
+            rec = out if isinstance(out, NativeRecord) else None
+            if isinstance(a, Create):
+                if rec is None:
+                    continue
+                data, native_id = rec.data, rec.id
+            else:
+                data = rec.data if rec else a.full
+                native_id = rec.id if rec else (a.assign_id or a.native_id)
+            written = NativeRecord(native_id, data)
+            links[a.member] = LinkPlan(a.member, native_id, written.native_hash(),
+                                       self._canonical(member.mapping, written))
+
+        if kp.base_after is None and not delete_failed:
+            tx.delete_record(p, e, kp.key)
+            return
+        base = kp.base_after if kp.base_after is not None else (kp.base_before or {})
+        tx.put_record(p, e, kp.key, base)
+        rows = []
+        for name, lp in links.items():
+            if delete_failed and lp.remove and name not in {a.member for a in kp.actions}:
+                continue  # keep the deleting member's link: the delete is retried next run
+            if lp.remove:
+                tx.delete_link(p, e, kp.key, name)
+                continue
+            rows.append({"pipeline": p, "entity": e, "key": kp.key, "member": name,
+                         "native_id": lp.native_id, "native_hash": lp.native_hash,
+                         "last_seen": lp.last_seen, "dirty": lp.dirty,
+                         "tombstone": lp.tombstone})
+        if rows:
+            tx.put_links(rows)
+        if failed_members:
+            tx.set_dirty(p, e, kp.key, failed_members)
+        for c in kp.conflicts:
+            if c.winner is None:
+                tx.add_conflict(p, e, kp.key, c.field, c.values, c.base_value)
+
+
+def _perform(member: Member, action: Action) -> NativeRecord | None:
+    conn = member.connector
+    check_allowed(conn, action.entity, "update" if isinstance(action, Update) else action.op)
+    if isinstance(action, Create):
+        return conn.create(action.entity, action.native, key=action.key)
+    if isinstance(action, Update):
+        return conn.update(action.entity, action.native_id, action.patch, full=action.full,
+                           new_id=action.assign_id)
+    conn.delete(action.entity, action.native_id)
+    return None
+
+
+def _native_id(out: Any, action: Action) -> str | None:
+    if isinstance(out, NativeRecord):
+        return out.id
+    if isinstance(action, Update | Delete):
+        return action.native_id
+    return None
+
+
+def _intent_payload(action: Action, kp: KeyPlan) -> dict[str, Any]:
+    if isinstance(action, Create):
+        return {"native": action.native, "base": kp.base_after or {}}
+    if isinstance(action, Update):
+        payload: dict[str, Any] = {"patch": action.patch}
+        if action.assign_id:
+            payload["assign_id"] = action.assign_id
+            payload["native_hash"] = action.read_hash
+        return payload
+    return {"native_id": action.native_id}
+
+
+def _chunks(items: list[KeyPlan], size: int) -> Iterator[list[KeyPlan]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,111 @@
+"""Match: link records that are new on a member to the hub record they already belong to.
+
+A record is new on a member when the member has no link for it (a customer typed into HCP,
+a row added to the spreadsheet). Before it becomes a new hub record, it is looked up by the
+pipeline's match keys (default: email, then E.164 mobile) among hub records that member does
+not hold yet, and among records new on other members in this run. One candidate: linked.
+Several: reported as ambiguous and left alone, never guessed. None: a new hub record.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncengine.connector import NativeRecord
+from syncengine.model import Record
+
+
+@dataclass
+class Observed:
+    """A record as read from a member this run, mapped to canonical form."""
+
+    member: str
+    record: NativeRecord
+    canonical: Record
+    native_hash: str
+
+
+@dataclass
+class MatchResult:
+    groups: dict[str, dict[str, Observed]] = field(default_factory=dict)
+    """key -> member -> the new record linked to it."""
+    new_keys: set[str] = field(default_factory=set)
+    ambiguous: list[tuple[Observed, str]] = field(default_factory=list)
+    """(record, explanation) for records that matched several hub records."""
+
+
+def new_key() -> str:
+    return uuid.uuid4().hex
+
+
+def match(
+    members: Sequence[str],
+    new_records: Mapping[str, list[Observed]],
+    existing: Iterable[tuple[str, Record, frozenset[str]]],
+    match_keys: Sequence[str],
+    *,
+    hints: Mapping[tuple[str, str], str] | None = None,
+    make_key: Callable[[], str] = new_key,
+) -> MatchResult:
+    """Group new records with hub records or with each other.
+
+    ``existing`` yields ``(key, base, members holding a live link)``; ``hints`` maps
+    ``(member, native_hash)`` to the key an interrupted run had already given that record.
+    """
+    result = MatchResult()
+    index: dict[tuple[str, Any], list[str]] = {}
+    holders: dict[str, set[str]] = {}
+    wanted = {m for m, records in new_records.items() if records}
+    for key, base, linked in existing:
+        if wanted <= linked:
+            continue  # every member with new records already holds this one
+        holders[key] = set(linked)
+        for name in match_keys:
+            value = base.get(name)
+            if value not in (None, ""):
+                index.setdefault((name, value), []).append(key)
+
+    hints = hints or {}
+    for member in members:
+        for obs in new_records.get(member, []):
+            hinted = hints.get((member, obs.native_hash))
+            if hinted is not None and member not in holders.get(hinted, {member}):
+                _attach(result, holders, hinted, obs)
+                continue
+            chosen: str | None = None
+            ambiguous = ""
+            for name in match_keys:
+                value = obs.canonical.get(name)
+                if value in (None, ""):
+                    continue
+                candidates = [k for k in index.get((name, value), [])
+                              if member not in holders.get(k, set())]
+                if len(candidates) == 1:
+                    chosen = candidates[0]
+                    break
+                if len(candidates) > 1:
+                    ambiguous = (f"{name} {value!r} matches {len(candidates)} records "
+                                 "already linked elsewhere; give them distinct values or link "
+                                 "by hand")
+                    break
+            if ambiguous:
+                result.ambiguous.append((obs, ambiguous))
+                continue
+            if chosen is None:
+                chosen = make_key()
+                result.new_keys.add(chosen)
+                holders[chosen] = set()
+                for name in match_keys:
+                    value = obs.canonical.get(name)
+                    if value not in (None, ""):
+                        index.setdefault((name, value), []).append(chosen)
+            _attach(result, holders, chosen, obs)
+    return result
+
+
+def _attach(result: MatchResult, holders: dict[str, set[str]], key: str, obs: Observed) -> None:
+    result.groups.setdefault(key, {})[obs.member] = obs
+    holders.setdefault(key, set()).add(obs.member)

@@ -1,0 +1,191 @@
+"""The plan: a plain value saying what a sync would do, built by pure stages.
+
+Actions (``Create``, ``Update``, ``Delete``) carry what the executor and the journal need and
+describe themselves for ``--dry-run``. A ``KeyPlan`` groups everything decided about one hub
+record: the base before and after the merge, the actions on members, and how each member's
+link should look once the actions succeed (``LinkPlan``). State-only changes (a refreshed
+hash, a newly matched link) are link plans, not actions: a second sync with nothing new to do
+plans zero actions even when it refreshes state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncengine.model import Record
+
+Value = Any
+
+
+@dataclass(frozen=True)
+class Create:
+    entity: str
+    member: str
+    key: str
+    values: Record
+    """Canonical values written (for display and the journal)."""
+    native: dict[str, Any]
+    """The native record to create (nested)."""
+    op: str = "create"
+
+    def describe(self) -> str:
+        return f"create on {self.member}"
+
+
+@dataclass(frozen=True)
+class Update:
+    entity: str
+    member: str
+    key: str
+    native_id: str
+    changes: dict[str, tuple[Value, Value]]
+    """Canonical field -> (value on the member now, value it will get)."""
+    patch: dict[str, Any]
+    """Flat native patch: native path -> native value."""
+    full: dict[str, Any]
+    """The member's whole native record with the patch applied."""
+    assign_id: str | None = None
+    """Give a provisional record (a spreadsheet row without Sync ID) this id."""
+    read_hash: str = ""
+    """The native hash of the record as read (finds a provisional row again after a crash)."""
+    op: str = "update"
+
+    def describe(self) -> str:
+        if self.assign_id and not self.changes:
+            return f"link on {self.member} (write Sync ID)"
+        return f"update on {self.member}"
+
+
+@dataclass(frozen=True)
+class Delete:
+    entity: str
+    member: str
+    key: str
+    native_id: str
+    values: Record = field(default_factory=dict)
+    op: str = "delete"
+
+    def describe(self) -> str:
+        return f"delete on {self.member}"
+
+
+Action = Create | Update | Delete
+
+
+@dataclass(frozen=True)
+class Conflict:
+    entity: str
+    key: str
+    field: str
+    values: dict[str, Value]
+    """member -> the value it changed the field to."""
+    base_value: Value
+    winner: str | None
+    """The member whose value won by rule, or None when parked for a person."""
+    rule: str
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Skip:
+    entity: str
+    member: str
+    key: str
+    reason: str
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Issue:
+    """A record-level error: reported, the record left alone, the run goes on."""
+
+    entity: str
+    member: str
+    location: str
+    message: str
+
+
+@dataclass(frozen=True)
+class LinkPlan:
+    """How a member's link should look after the key's actions succeed."""
+
+    member: str
+    native_id: str | None
+    native_hash: str | None
+    last_seen: Record | None
+    tombstone: bool = False
+    remove: bool = False
+    dirty: bool = False
+
+
+@dataclass
+class KeyPlan:
+    entity: str
+    key: str
+    label: str
+    new_key: bool
+    base_before: Record | None
+    base_after: Record | None
+    """None: the hub record is deleted (every member dropped it)."""
+    actions: list[Action] = field(default_factory=list)
+    links: dict[str, LinkPlan] = field(default_factory=dict)
+    conflicts: list[Conflict] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+
+    @property
+    def changes_state(self) -> bool:
+        return bool(self.actions or self.links or self.new_key
+                    or self.base_before != self.base_after)
+
+
+@dataclass
+class EntityPlan:
+    entity: str
+    members: tuple[str, ...]
+    keys: list[KeyPlan] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+    guard: str | None = None
+    """Set when a safety guard stops this entity: nothing is applied."""
+    seen: dict[str, int] = field(default_factory=dict)
+    """member -> records read."""
+    recovered: int = 0
+
+    @property
+    def actions(self) -> list[Action]:
+        return [a for kp in self.keys for a in kp.actions]
+
+    @property
+    def conflicts(self) -> list[Conflict]:
+        return [c for kp in self.keys for c in kp.conflicts]
+
+    @property
+    def skips(self) -> list[Skip]:
+        return [s for kp in self.keys for s in kp.skips]
+
+    def counts(self) -> dict[str, Any]:
+        per: dict[str, Counter[str]] = {m: Counter() for m in self.members}
+        for action in self.actions:
+            per[action.member][action.op] += 1
+        out: dict[str, Any] = {
+            m: {"create": c["create"], "update": c["update"], "delete": c["delete"]}
+            for m, c in per.items()
+        }
+        out["conflicts"] = sum(1 for c in self.conflicts if c.winner is None)
+        out["conflicts_settled"] = sum(1 for c in self.conflicts if c.winner is not None)
+        out["errors"] = len(self.issues)
+        out["skipped"] = len(self.skips)
+        out["read"] = dict(self.seen)
+        return out
+
+
+@dataclass
+class Plan:
+    pipeline: str
+    dry_run: bool
+    entities: list[EntityPlan] = field(default_factory=list)
+
+    @property
+    def actions(self) -> list[Action]:
+        return [a for ep in self.entities for a in ep.actions]

@@ -1,0 +1,249 @@
+"""Reconcile: the field-level three-way merge of one hub record, as a pure function.
+
+For every member the engine knows what the member holds now (``current``) and what it held
+when last seen (``last_seen``, in the member's own normal form). A field *changed on a member*
+when those differ; that is echo suppression: a value we wrote and read back is not a change,
+however the member formats it. Changes propagate; several different changes to one field are
+a conflict, settled by the ordered rules (member names, ``newest``, ``manual``) or parked.
+
+The result is a ``KeyPlan``: actions per member plus how each link looks afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from syncengine.connector import Capabilities
+from syncengine.mapping import EntityMapping
+from syncengine.model import EntitySpec, Record
+from syncengine.plan import Conflict, Create, Delete, KeyPlan, LinkPlan, Skip, Update
+
+Status = Literal["unchanged", "changed", "new", "gone", "absent", "tombstone", "blocked"]
+
+
+@dataclass
+class MemberView:
+    """One member's side of one hub record in this run."""
+
+    member: str
+    status: Status
+    native_id: str | None = None
+    current: Record | None = None
+    last_seen: Record | None = None
+    native: dict[str, Any] | None = None
+    native_hash: str | None = None
+    provisional: bool = False
+    dirty: bool = False
+    location: str = ""
+
+    @property
+    def present(self) -> bool:
+        return self.status in ("unchanged", "changed", "new")
+
+
+@dataclass
+class Context:
+    entity: EntitySpec
+    members: tuple[str, ...]
+    mappings: Mapping[str, EntityMapping]
+    caps: Mapping[str, Capabilities]
+    rules: Callable[[str], list[str]]
+    """field -> ordered conflict rules."""
+    types: Mapping[str, str] = field(default_factory=dict)
+    """member -> connector type, for messages such as 'housecallpro cannot update invoices'."""
+    propagate_deletes: bool = True
+    parked: Mapping[str, set[str]] = field(default_factory=dict)
+    """key -> fields with an open (parked) conflict: left alone until a person resolves it."""
+
+
+def label_of(record: Record | None, fallback: str) -> str:
+    """A human name for a record in messages: name and email where known."""
+    if not record:
+        return fallback
+    name = " ".join(str(record[k]) for k in ("first_name", "last_name") if record.get(k))
+    name = name or str(record.get("company") or "")
+    email = record.get("email")
+    if name and email:
+        return f"{name} <{email}>"
+    return name or str(email or fallback)
+
+
+def decide(
+    rules: list[str],
+    values: dict[str, Any],
+    updated: dict[str, Any],
+) -> tuple[str | None, str]:
+    """Apply ordered conflict rules to competing values: (winner or None, rule used)."""
+    for rule in rules:
+        if rule == "manual":
+            return None, "manual"
+        if rule == "newest":
+            stamps = {m: updated.get(m) for m in values}
+            if all(stamps.values()):
+                ordered = sorted(stamps.items(), key=lambda kv: str(kv[1]), reverse=True)
+                if len(ordered) == 1 or ordered[0][1] != ordered[1][1]:
+                    return ordered[0][0], "newest"
+            continue
+        if rule in values:
+            return rule, rule
+    return None, "no rule decided"
+
+
+def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, MemberView],
+              *, new_key: bool = False) -> KeyPlan:
+    spec = ctx.entity
+    shown = label_of(base, key)
+    for view in views.values():
+        if view.present and view.current:
+            shown = label_of(view.current, shown)
+            break
+    plan = KeyPlan(entity=spec.name, key=key, label=shown, new_key=new_key,
+                   base_before=base, base_after=base)
+
+    if any(v.status == "blocked" for v in views.values()):
+        return plan  # a malformed record on some member: leave the whole key alone
+
+    present = {m: v for m, v in views.items() if v.present}
+    gone = {m: v for m, v in views.items() if v.status == "gone"}
+    base_now: Record = dict(base or {})
+
+    # ------------------------------------------------------------------ what changed where
+    parked = ctx.parked.get(key, set())
+    changed: dict[str, dict[str, Any]] = {}  # field -> member -> value
+    for member, view in present.items():
+        mapping = ctx.mappings[member]
+        current = view.current or {}
+        for name in mapping.readable:
+            if spec.is_meta(name) or name in parked:
+                continue
+            value = current.get(name)
+            if view.last_seen is not None:
+                if value == view.last_seen.get(name):
+                    continue
+            elif value is None or value == base_now.get(name):
+                continue  # a newly linked record only brings values the base lacks or differs on
+            changed.setdefault(name, {})[member] = value
+
+    # ---------------------------------------------------------------------------- deletes
+    if gone:
+        modified_elsewhere = bool(changed) or any(v.status == "new" for v in present.values())
+        if not present:
+            plan.base_after = None
+            for member in gone:
+                plan.links[member] = LinkPlan(member, None, None, None, remove=True)
+            return plan
+        if ctx.propagate_deletes and not modified_elsewhere:
+            for member, view in present.items():
+                if ctx.caps[member].delete and view.native_id and not view.provisional:
+                    plan.actions.append(Delete(spec.name, member, key, view.native_id,
+                                               values=dict(view.current or {})))
+                    plan.links[member] = LinkPlan(member, None, None, None, remove=True)
+                else:
+                    plan.skips.append(Skip(spec.name, member, key,
+                                           f"{_type_of(ctx, member)} cannot delete {spec.name}",
+                                           shown))
+            for member in gone:
+                plan.links[member] = LinkPlan(member, None, None, None, remove=True)
+            if all(isinstance(a, Delete) for a in plan.actions) and len(plan.actions) == len(
+                present
+            ):
+                plan.base_after = None
+            else:
+                # some member keeps it: remember the deleting members chose not to have it
+                for member in gone:
+                    plan.links[member] = LinkPlan(member, None, None, None, tombstone=True)
+            return plan
+        if not ctx.propagate_deletes:
+            for member in gone:
+                plan.links[member] = LinkPlan(member, None, None, None, tombstone=True)
+            gone = {}
+        # else: a delete/modify conflict keeps the data: the deleting members get it back
+        # (they are treated as absent below and re-created)
+
+    # ----------------------------------------------------------------------------- merge
+    updated_at = {m: (v.current or {}).get("updated_at") for m, v in present.items()}
+    new_base = dict(base_now)
+    for name, by_member in changed.items():
+        distinct = {_freeze(v) for v in by_member.values()}
+        if len(distinct) == 1:
+            new_base[name] = next(iter(by_member.values()))
+            continue
+        winner, rule = decide(ctx.rules(name), by_member, updated_at)
+        plan.conflicts.append(Conflict(spec.name, key, name, dict(by_member),
+                                       base_now.get(name), winner, rule, shown))
+        if winner is not None:
+            new_base[name] = by_member[winner]
+        elif base is None:
+            new_base.pop(name, None)
+    # drop nulls so "missing" and "empty" agree in the base
+    new_base = {k: v for k, v in new_base.items() if v is not None}
+    plan.base_after = new_base
+    base_changed = {n for n in set(new_base) | set(base_now)
+                    if new_base.get(n) != base_now.get(n)}
+    parked_now = parked | {c.field for c in plan.conflicts if c.winner is None}
+
+    # ----------------------------------------------------------------------------- writes
+    for member in ctx.members:
+        view = views.get(member) or MemberView(member, "absent")
+        if member in gone:
+            view = MemberView(member, "absent")
+        caps = ctx.caps[member]
+        mapping = ctx.mappings[member]
+        if view.present:
+            current = view.current or {}
+            must_check_all = view.dirty or view.status == "new" or view.last_seen is None
+            fields = sorted(
+                n for n in mapping.writable
+                if n not in parked_now
+                and (must_check_all or n in base_changed)
+                and new_base.get(n) != current.get(n)
+                and not (n not in new_base and current.get(n) is None)
+            )
+            assign = key if view.provisional else None
+            if fields or assign:
+                if not caps.update:
+                    if fields:
+                        plan.skips.append(Skip(spec.name, member, key,
+                                               f"{_type_of(ctx, member)} cannot update "
+                                               f"{spec.name}", shown))
+                    plan.links[member] = _keep(view, dirty=False)
+                    continue
+                values = {n: new_base.get(n) for n in fields}
+                patch = mapping.to_native(values, fields) if fields else {}
+                full = mapping.apply_patch(view.native or {}, patch)
+                changes = {n: (current.get(n), new_base.get(n)) for n in fields}
+                plan.actions.append(Update(spec.name, member, key, view.native_id or "",
+                                           changes, patch, full, assign_id=assign,
+                                           read_hash=view.native_hash or ""))
+                # the link is finalised by the executor from what the member returns
+            elif view.status != "unchanged" or view.dirty:
+                plan.links[member] = _keep(view, dirty=False)
+        elif view.status == "absent":
+            if not caps.create:
+                continue
+            values = {n: v for n, v in new_base.items()
+                      if n in mapping.writable and n not in parked_now}
+            if not values:
+                continue
+            native = mapping.build_native(mapping.to_native(values))
+            plan.actions.append(Create(spec.name, member, key, values, native))
+    return plan
+
+
+def _keep(view: MemberView, *, dirty: bool) -> LinkPlan:
+    native_id = None if view.provisional else view.native_id
+    return LinkPlan(view.member, native_id, view.native_hash, view.current, dirty=dirty)
+
+
+def _type_of(ctx: Context, member: str) -> str:
+    return ctx.types.get(member, member)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
