@@ -1,0 +1,471 @@
+"""The spreadsheet connector: one file per entity in a folder, one row per record.
+
+A row's native id is its ``Sync ID`` cell, which the engine chooses (``assigns_ids``). A row a
+person added with a blank ``Sync ID`` is read as a provisional record ``@line:N`` and gets its
+id through ``update(..., new_id=KEY)``. The record's data is every column except the id
+column, as text; the engine's mapping picks the columns it uses and everything else in the
+file — other columns, other rows, blank lines, the row order — is written back as it was.
+
+Writes are buffered per entity and made durable by ``flush(entity)``, which writes the file
+atomically and refuses when someone changed it since it was read. The file format sits behind
+:class:`~.table.Table`; CSV is the one there is.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePath
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from syncengine.connector import (
+    Capabilities,
+    Connector,
+    ConnectorContext,
+    ConnectorOptions,
+    NativeData,
+    NativeRecord,
+)
+from syncengine.errors import (
+    ConflictingWriteError,
+    FatalConnectorError,
+    NotFoundError,
+    RecordError,
+)
+
+from .csvtable import CsvTable
+from .table import Row, Sheet, Table
+
+DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "customers": (
+        "First Name",
+        "Last Name",
+        "Email",
+        "Mobile",
+        "Home Phone",
+        "Work Phone",
+        "Company",
+        "Tags",
+        "Street",
+        "City",
+        "State",
+        "Zip",
+    ),
+}
+"""The columns after the id column that a new file of each entity starts with."""
+
+SUFFIXES = (".csv",)
+"""File types there is a :class:`Table` backend for."""
+
+PROVISIONAL = "@line:"
+
+
+class SpreadsheetOptions(ConnectorOptions):
+    path: str
+    """The folder holding the files; relative to the config file's folder."""
+    id_column: str = "Sync ID"
+    encoding: str = "utf-8"
+    delimiter: str = ","
+    create_missing: bool = True
+    """Create the folder, and a file holding only the header, when they do not exist."""
+    files: dict[str, str] = Field(default_factory=dict)
+    """File name per entity instead of ``<entity>.csv``: ``{customers = "clients.csv"}``."""
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(
+                f"unknown encoding {value!r}; "
+                "use a name such as utf-8, utf-8-sig, cp1252 or latin-1"
+            ) from None
+        return value
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        if len(value) != 1 or value in '"\r\n':
+            raise ValueError(
+                f"the delimiter must be one character other than a quote or a newline, "
+                f'not {value!r} (for tab-separated files write delimiter = "\\t")'
+            )
+        return value
+
+    @field_validator("id_column")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError('id_column must name a column, such as "Sync ID"')
+        return value.strip()
+
+    @field_validator("files")
+    @classmethod
+    def _file_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for entity, name in value.items():
+            if entity not in DEFAULT_COLUMNS:
+                known = ", ".join(DEFAULT_COLUMNS)
+                raise ValueError(f"files: unknown entity {entity!r}; the spreadsheet holds {known}")
+            if not name or PurePath(name).name != name or name in (".", ".."):
+                raise ValueError(
+                    f"files.{entity}: {name!r} must be a file name inside the folder given as path"
+                )
+            if PurePath(name).suffix.lower() not in SUFFIXES:
+                raise ValueError(
+                    f"files.{entity}: {name!r} is not a supported file type; use one of "
+                    + ", ".join(SUFFIXES)
+                )
+        return value
+
+
+class SpreadsheetConnector(Connector):
+    """A folder of spreadsheet files, one per entity (``customers.csv``)."""
+
+    type_name = "spreadsheet"
+    Options = SpreadsheetOptions
+
+    def __init__(self, options: ConnectorOptions, context: ConnectorContext) -> None:
+        if not isinstance(options, SpreadsheetOptions):
+            raise TypeError(f"{type(self).__name__} needs SpreadsheetOptions, got {options!r}")
+        super().__init__(options, context)
+        self.settings = options
+        folder = Path(options.path).expanduser()
+        self.folder = folder if folder.is_absolute() else Path(context.base_dir) / folder
+        self._work: dict[str, _Working] = {}
+
+    # -- description
+    def entities(self) -> tuple[str, ...]:
+        return tuple(DEFAULT_COLUMNS)
+
+    def capabilities(self, entity: str) -> Capabilities:
+        return Capabilities(assigns_ids=True)
+
+    def file_name(self, entity: str) -> str:
+        return self.settings.files.get(entity, f"{entity}.csv")
+
+    # -- reading
+    def read(self, entity: str) -> Iterator[NativeRecord]:
+        yield from self._working(entity, reload=True).records()
+
+    def find(self, entity: str, data: NativeData) -> list[NativeRecord]:
+        work = self._work.get(entity)
+        if work is None or work.stale:
+            work = self._working(entity, reload=True)
+        return work.find(data)
+
+    # -- writing
+    def create(self, entity: str, data: NativeData, *, key: str) -> NativeRecord:
+        return self._writable(entity).create(data, key)
+
+    def update(
+        self,
+        entity: str,
+        native_id: str,
+        patch: NativeData,
+        *,
+        full: NativeData,
+        new_id: str | None = None,
+    ) -> NativeRecord | None:
+        return self._writable(entity).update(native_id, patch, new_id)
+
+    def delete(self, entity: str, native_id: str) -> None:
+        self._writable(entity).delete(native_id)
+
+    def flush(self, entity: str) -> None:
+        work = self._work.get(entity)
+        if work is not None:
+            work.flush()
+
+    def close(self) -> None:
+        self._work.clear()
+
+    # -- the working copies
+    def _working(self, entity: str, *, reload: bool = False) -> _Working:
+        work = self._work.get(entity)
+        if work is None or (reload and (work.stale or not work.pending)):
+            work = self._load(entity)
+            self._work[entity] = work
+        return work
+
+    def _writable(self, entity: str) -> _Working:
+        work = self._working(entity)
+        if work.stale:
+            raise work.table.conflict_error()
+        return work
+
+    def _load(self, entity: str) -> _Working:
+        if entity not in DEFAULT_COLUMNS:
+            known = ", ".join(DEFAULT_COLUMNS)
+            raise FatalConnectorError(
+                f"the spreadsheet has no entity {entity!r}; it holds {known}",
+                connector=self.name,
+                entity=entity,
+            )
+        table = self._table(entity)
+        default = Row([self.settings.id_column, *DEFAULT_COLUMNS[entity]])
+        sheet = table.load()
+        if sheet is None:
+            if not self.settings.create_missing:
+                raise table.fatal(
+                    f"{table.path} does not exist; create it with a header row "
+                    "(or set create_missing = true to let the sync create it)"
+                )
+            return _Working(table, Sheet(header=default), self.settings.id_column, create=True)
+        if not sheet.header.cells:  # an empty file
+            sheet.header = default
+        return _Working(table, sheet, self.settings.id_column, create=False)
+
+    def _table(self, entity: str) -> Table:
+        name = self.file_name(entity)
+        return CsvTable(
+            self.folder / name,
+            display=name,
+            encoding=self.settings.encoding,
+            delimiter=self.settings.delimiter,
+            connector=self.name,
+            entity=entity,
+        )
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+class _Working:
+    """The connector's copy of one entity's file: rows as loaded plus the buffered writes."""
+
+    def __init__(self, table: Table, sheet: Sheet, id_column: str, *, create: bool) -> None:
+        self.table = table
+        self.id_column = id_column
+        self.header = sheet.header
+        self.preamble = sheet.preamble
+        self.rows: dict[int, Row] = dict(enumerate(sheet.rows))
+        self._next = len(self.rows)
+        self.by_line = {row.line: handle for handle, row in self.rows.items()}
+        self.pending = create  # a missing file is created at the next flush
+        self.stale = False  # the file changed under us: nothing more is written to it
+        self._index_columns()
+        self.by_id: dict[str, list[int]] = {}
+        for handle, row in self.rows.items():
+            if (sync_id := self.row_id(row)) and not row.blank:
+                self.by_id.setdefault(sync_id, []).append(handle)
+
+    def _index_columns(self) -> None:
+        self.columns: dict[str, int] = {}
+        for index, name in enumerate(self.header.cells):
+            if name.strip():
+                self.columns.setdefault(name.strip(), index)
+        self.id_index = self.columns.get(self.id_column)
+
+    # -- describing rows
+    def row_id(self, row: Row) -> str:
+        if self.id_index is None:
+            return ""
+        return self.table.decode_cell(row.get(self.id_index)).strip()
+
+    def location(self, row: Row) -> str:
+        where = f"line {row.line}" if row.line else "(new row)"
+        return f"{self.table.display} {where}"
+
+    def ragged(self, row: Row) -> str:
+        width = len(self.header.cells)
+        if len(row.cells) <= width or all(not cell.strip() for cell in row.cells[width:]):
+            return ""
+        return (
+            f"{self.location(row)}: {len(row.cells)} cells but the header has {width} columns "
+            "(is there an unquoted comma?)"
+        )
+
+    def duplicated(self, sync_id: str) -> str:
+        handles = self.by_id.get(sync_id, [])
+        if len(handles) < 2:
+            return ""
+        lines = [str(self.rows[h].line) for h in handles]
+        listed = ", ".join(lines[:-1]) + " and " + lines[-1]
+        which = "one of them" if len(lines) == 2 else "all but one of them"
+        return (
+            f"{self.table.display} lines {listed} share {self.id_column} {sync_id}; "
+            f"give {which} a new (blank) {self.id_column}"
+        )
+
+    def record(self, row: Row) -> NativeRecord:
+        sync_id = self.row_id(row)
+        ragged = self.ragged(row)
+        error = ragged or (self.duplicated(sync_id) if sync_id else "")
+        data: NativeData = {}
+        if not ragged:  # its cells do not line up with the columns: no data rather than wrong data
+            decode = self.table.decode_cell
+            data = {
+                name: decode(row.get(index))
+                for name, index in self.columns.items()
+                if index != self.id_index
+            }
+        return NativeRecord(
+            id=sync_id or f"{PROVISIONAL}{row.line}",
+            data=data,
+            provisional=not sync_id,
+            location=self.location(row),
+            error=error,
+        )
+
+    # -- reading
+    def records(self) -> Iterator[NativeRecord]:
+        for row in self.rows.values():
+            if not row.blank:
+                yield self.record(row)
+
+    def find(self, data: Mapping[str, Any]) -> list[NativeRecord]:
+        sync_id = _text(data.get(self.id_column)).strip()
+        if sync_id:
+            return [self.record(self.rows[h]) for h in self.by_id.get(sync_id, [])]
+        wanted = {name: _text(v) for name, v in data.items() if _text(v) != ""}
+        found = []
+        for row in self.rows.values():
+            if row.blank or self.ragged(row):
+                continue
+            record = self.record(row)
+            if all(record.data.get(name) == value for name, value in wanted.items()):
+                found.append(record)
+        return found
+
+    # -- writing
+    def _locate(self, native_id: str, new_id: str | None = None) -> tuple[int, Row]:
+        display = self.table.display
+        if native_id.startswith(PROVISIONAL):
+            line = native_id[len(PROVISIONAL) :]
+            handle = self.by_line.get(int(line)) if line.isdigit() else None
+            row = self.rows.get(handle) if handle is not None else None
+            if handle is None or row is None or row.blank:
+                raise NotFoundError(f"no row at line {line}", location=display)
+            current = self.row_id(row)
+            if current and new_id is not None and current != new_id:
+                raise RecordError(
+                    f"the row already has {self.id_column} {current}", location=self.location(row)
+                )
+        else:
+            handles = self.by_id.get(native_id, [])
+            if not handles:
+                raise NotFoundError(f"no row has {self.id_column} {native_id}", location=display)
+            if len(handles) > 1:
+                raise RecordError(self.duplicated(native_id))
+            handle = handles[0]
+            row = self.rows[handle]
+        if problem := self.ragged(row):
+            raise RecordError(f"{problem}; the row is left as it is until someone fixes it")
+        return handle, row
+
+    def _check_new_id(self, sync_id: str, handle: int | None) -> None:
+        if not sync_id or sync_id != sync_id.strip() or sync_id.startswith(PROVISIONAL):
+            raise RecordError(
+                f"{sync_id!r} cannot be a {self.id_column}", location=self.table.display
+            )
+        others = [h for h in self.by_id.get(sync_id, []) if h != handle]
+        if others:
+            raise RecordError(
+                f"{self.id_column} {sync_id} is already used",
+                location=self.location(self.rows[others[0]]),
+            )
+
+    def _stage(self, values: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        """(column, value, cell) for every value to write; raises before anything changes."""
+        staged = []
+        for name, value in values.items():
+            if not name.strip() or name.strip() == self.id_column:
+                continue
+            text = _text(value)
+            staged.append((name.strip(), text, self.table.encode_cell(text)))
+        new = [name for name, _, _ in staged if name not in self.columns]
+        if new:
+            width = len(self.header.cells)
+            for row in self.rows.values():
+                if self.ragged(row):
+                    raise RecordError(
+                        f"cannot add column {new[0]!r} while {self.location(row)} has "
+                        f"{len(row.cells)} cells and the header {width} columns: the extra cells "
+                        "would land in the new column; fix that row first",
+                        location=self.table.display,
+                    )
+        return staged
+
+    def _ensure_id_column(self) -> None:
+        """A file without the id column gets it as its first column at its first write."""
+        if self.id_index is not None:
+            return
+        self.header.insert(0, self.id_column)
+        for row in self.rows.values():
+            if not row.blank:
+                row.insert(0, "")
+        self._index_columns()
+
+    def _apply(self, row: Row, staged: list[tuple[str, str, str]]) -> None:
+        for name, text, cell in staged:
+            index = self.columns.get(name)
+            if index is None:
+                index = len(self.header.cells)
+                self.header.set(index, name)
+                self.columns[name] = index
+            if self.table.decode_cell(row.get(index)) != text:
+                row.set(index, cell)
+
+    def create(self, data: Mapping[str, Any], key: str) -> NativeRecord:
+        self._check_new_id(key, None)
+        id_cell = self.table.encode_cell(key)
+        staged = self._stage(data)
+        self._ensure_id_column()
+        assert self.id_index is not None
+        row = Row([""] * len(self.header.cells))
+        row.set(self.id_index, id_cell)
+        self._apply(row, staged)
+        handle, self._next = self._next, self._next + 1
+        self.rows[handle] = row
+        self.by_id[key] = [handle]
+        self.pending = True
+        return self.record(row)
+
+    def update(self, native_id: str, patch: Mapping[str, Any], new_id: str | None) -> NativeRecord:
+        handle, row = self._locate(native_id, new_id)
+        id_cell = ""
+        if new_id is not None:
+            self._check_new_id(new_id, handle)
+            id_cell = self.table.encode_cell(new_id)
+        staged = self._stage(patch)
+        self._ensure_id_column()
+        assert self.id_index is not None
+        self._apply(row, staged)
+        if new_id is not None and self.row_id(row) != new_id:
+            old = self.row_id(row)
+            if old:
+                self.by_id.pop(old, None)
+            row.set(self.id_index, id_cell)
+            self.by_id[new_id] = [handle]
+        self.pending = self.pending or row.original is None or self.header.original is None
+        return self.record(row)
+
+    def delete(self, native_id: str) -> None:
+        try:
+            handle, row = self._locate(native_id)
+        except NotFoundError:
+            return  # already gone: the outcome a delete wants
+        sync_id = self.row_id(row)
+        if sync_id:
+            self.by_id.pop(sync_id, None)
+        del self.rows[handle]
+        self.pending = True
+
+    def flush(self) -> None:
+        if self.stale:
+            raise self.table.conflict_error()
+        if not self.pending:
+            return
+        sheet = Sheet(header=self.header, rows=list(self.rows.values()), preamble=self.preamble)
+        try:
+            self.table.save(sheet)
+        except ConflictingWriteError:
+            self.stale = True
+            raise
+        self.pending = False

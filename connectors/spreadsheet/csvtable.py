@@ -1,0 +1,174 @@
+"""The CSV backend of the spreadsheet connector.
+
+Reading keeps what a person would notice if it changed: the encoding and a UTF-8 byte-order
+mark, the newline style (``\\r\\n``, ``\\n`` or ``\\r``), blank lines, and the exact text of
+every row the sync does not change, so that a row nobody touched is written back byte for
+byte. Rows the sync changes or adds are written with minimal quoting in the file's newline
+style.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+from pathlib import Path
+
+from syncengine.errors import RecordError
+
+from .table import Row, Sheet, Table
+
+# A physical line, split exactly where the csv module splits lines (\r\n, \r or \n).
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+_QUOTE = '"'
+
+
+class CsvTable(Table):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        display: str,
+        encoding: str = "utf-8",
+        delimiter: str = ",",
+        connector: str = "",
+        entity: str = "",
+    ) -> None:
+        super().__init__(path, display=display, connector=connector, entity=entity)
+        name = codecs.lookup(encoding).name
+        self.encoding = encoding
+        self.delimiter = delimiter
+        # A UTF-8 file may or may not start with a BOM: accept both, keep whichever it had.
+        self._utf8 = name in ("utf-8", "utf-8-sig")
+        self._codec = "utf-8" if self._utf8 else name
+        self._bom = name == "utf-8-sig"
+        self._newline = "\n"
+
+    # -- reading
+    def parse(self, data: bytes) -> Sheet:
+        skipped = 0
+        bom = False
+        if self._utf8 and data.startswith(codecs.BOM_UTF8):
+            data, skipped, bom = data[len(codecs.BOM_UTF8) :], len(codecs.BOM_UTF8), True
+        try:
+            text = data.decode(self._codec)
+        except UnicodeDecodeError as exc:
+            raise self._undecodable(data, exc, skipped) from None
+        if self._utf8:
+            self._bom = bom
+        found = _NEWLINE.search(text)
+        self._newline = found.group() if found else "\n"
+
+        lines = _LINE.findall(text)
+        reader = csv.reader(iter(lines), delimiter=self.delimiter, quotechar=_QUOTE, strict=False)
+        preamble: list[Row] = []
+        header: Row | None = None
+        rows: list[Row] = []
+        last: Row | None = None
+        done = 0
+        try:
+            for cells in reader:
+                start, done = done + 1, reader.line_num
+                row = Row(cells, start, "".join(lines[start - 1 : done]))
+                if header is None:
+                    if row.blank:
+                        preamble.append(row)
+                    else:
+                        header = row
+                else:
+                    rows.append(row)
+                last = row
+        except csv.Error as exc:
+            raise self.fatal(f"{self.display} line {done + 1}: {exc}") from None
+        if last is not None and last.original and _ends_inside_quotes(last.original, self):
+            raise self.fatal(
+                f"{self.display} line {last.line}: a quoted cell is opened but never closed, "
+                "so everything after it would be read as one cell; close or remove the stray "
+                f"{_QUOTE} in that row"
+            )
+        return Sheet(header=header or Row([]), rows=rows, preamble=preamble)
+
+    def _undecodable(self, data: bytes, exc: UnicodeDecodeError, skipped: int) -> Exception:
+        bad = data[exc.start : exc.end].hex(" ")
+        where = f"byte offset {exc.start + skipped}"
+        if "\n".encode(self._codec) == b"\n":
+            line = data[: exc.start].count(b"\n") + 1
+            where += f" (line {line})"
+        return self.fatal(
+            f"{self.display} is not valid {self.encoding}: byte(s) {bad} at {where}; nothing "
+            f"was read or written. Set the connector's encoding option to the file's encoding "
+            f'(for example encoding = "cp1252" for a file saved by Excel on Windows)'
+        )
+
+    # -- writing
+    def encode_cell(self, value: str) -> str:
+        cell = super().encode_cell(value)
+        try:
+            cell.encode(self._codec)
+        except UnicodeEncodeError as exc:
+            raise RecordError(
+                f"{value[exc.start : exc.end]!r} cannot be stored in {self.display}, which is "
+                f"written as {self.encoding}; use an encoding such as utf-8 that can hold it",
+                location=self.display,
+            ) from None
+        return cell
+
+    def serialize(self, sheet: Sheet) -> bytes:
+        buffer = io.StringIO()
+        writer = csv.writer(
+            buffer,
+            delimiter=self.delimiter,
+            quotechar=_QUOTE,
+            quoting=csv.QUOTE_MINIMAL,
+            # \r\n makes the writer quote any cell holding \r or \n, whatever the file's style;
+            # the terminator is then swapped for the file's own.
+            lineterminator="\r\n",
+        )
+        pieces: list[str] = []
+        for row in [*sheet.preamble, sheet.header, *sheet.rows]:
+            if row.original is not None:
+                text = row.original
+            else:
+                buffer.seek(0)
+                buffer.truncate()
+                writer.writerow(row.cells)
+                text = buffer.getvalue()[: -len("\r\n")] + self._newline
+            if pieces and not pieces[-1].endswith(("\n", "\r")):
+                pieces[-1] += self._newline
+            pieces.append(text)
+        body = "".join(pieces)
+        try:
+            encoded = body.encode(self._codec)
+        except UnicodeEncodeError as exc:
+            raise self.fatal(
+                f"{self.display} cannot hold {body[exc.start : exc.end]!r} in {self.encoding}"
+            ) from None
+        return (codecs.BOM_UTF8 if self._utf8 and self._bom else b"") + encoded
+
+
+def _ends_inside_quotes(text: str, table: CsvTable) -> bool:
+    """True when ``text`` (one whole row) ends inside a quoted cell, as the csv module reads it."""
+    delimiter, quote = table.delimiter, _QUOTE
+    start, unquoted, quoted, quote_in_quoted = range(4)
+    state = start
+    for char in text:
+        if state == start:
+            if char == quote:
+                state = quoted
+            elif char not in (delimiter, "\r", "\n"):
+                state = unquoted
+        elif state == unquoted:
+            if char in (delimiter, "\r", "\n"):
+                state = start
+        elif state == quoted:
+            if char == quote:
+                state = quote_in_quoted
+        elif char == quote:
+            state = quoted
+        elif char in (delimiter, "\r", "\n"):
+            state = start
+        else:
+            state = unquoted
+    return state == quoted
