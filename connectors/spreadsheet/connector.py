@@ -126,6 +126,7 @@ class SpreadsheetConnector(Connector):
 
     type_name = "spreadsheet"
     Options = SpreadsheetOptions
+    buffered_writes = True
 
     def __init__(self, options: ConnectorOptions, context: ConnectorContext) -> None:
         if not isinstance(options, SpreadsheetOptions):
@@ -297,6 +298,11 @@ class _Working:
         sync_id = self.row_id(row)
         ragged = self.ragged(row)
         error = ragged or (self.duplicated(sync_id) if sync_id else "")
+        if not error and sync_id.startswith(PROVISIONAL):
+            error = (
+                f"{self.location(row)}: {self.id_column} {sync_id} looks like the sync's "
+                f"name for a row without one; clear that cell"
+            )
         data: NativeData = {}
         if not ragged:  # its cells do not line up with the columns: no data rather than wrong data
             decode = self.table.decode_cell
