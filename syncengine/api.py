@@ -1,0 +1,127 @@
+"""The library API the CLI (and the daemon, and integrators' scripts) are thin layers over."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from syncengine.config import Config, load_config
+from syncengine.engine import Engine, ProgressFn, SyncResult
+from syncengine.errors import ConfigError, Problem, UsageError
+from syncengine.state import ConflictRow, StateStore
+
+
+def open_store(config: Config, *, create: bool = True) -> StateStore:
+    return StateStore.open(config.state_url, base_dir=str(config.base_dir), create=create)
+
+
+def sync(
+    config: Config,
+    *,
+    pipeline: str | None = None,
+    entities: Sequence[str] | None = None,
+    dry_run: bool = False,
+    progress: ProgressFn | None = None,
+    allow_mass_delete: bool = False,
+    connector_extra: dict[str, dict[str, Any]] | None = None,
+) -> list[SyncResult]:
+    """Run (or with ``dry_run`` only plan) the chosen pipelines. Returns one result each."""
+    pipelines = config.pipeline(pipeline)
+    if entities:
+        known = {e for p in pipelines for e in p.entities}
+        unknown = [e for e in entities if e not in known]
+        if unknown:
+            raise UsageError(f"--entity {', '.join(unknown)}: not synced by "
+                             f"{'pipeline ' + pipeline if pipeline else 'any pipeline'} "
+                             f"(entities: {', '.join(sorted(known))})")
+    store = open_store(config, create=not dry_run)
+    try:
+        engine = Engine(config, store, dry_run=dry_run, progress=progress,
+                        allow_mass_delete=allow_mass_delete, connector_extra=connector_extra)
+        return [engine.sync(p, entities) for p in pipelines]
+    finally:
+        store.close()
+
+
+def validate(path: str | Path) -> Config:
+    """Load the config and every mapping it uses; raise ``ConfigError`` listing all problems."""
+    return load_config(path)
+
+
+@dataclass(frozen=True)
+class PipelineStatus:
+    name: str
+    members: tuple[str, ...]
+    entities: tuple[str, ...]
+    last_run: dict[str, Any] | None
+    open_conflicts: int
+    pending_writes: int
+
+
+def status(config: Config) -> list[PipelineStatus]:
+    store = open_store(config, create=False)
+    try:
+        out = []
+        for p in config.pipelines.values():
+            runs = store.runs(p.name, limit=1)
+            last = None
+            if runs:
+                r = runs[0]
+                last = {"started_at": r.started_at.isoformat(),
+                        "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                        "outcome": r.outcome or "running or interrupted",
+                        "counts": r.counts, "errors": r.errors[:10]}
+            out.append(PipelineStatus(p.name, p.members, p.entities, last,
+                                      len(store.open_conflicts(p.name)),
+                                      len(store.pending_intents(p.name))))
+        return out
+    finally:
+        store.close()
+
+
+def list_conflicts(config: Config, pipeline: str | None = None) -> list[ConflictRow]:
+    store = open_store(config, create=False)
+    try:
+        return store.open_conflicts(pipeline)
+    finally:
+        store.close()
+
+
+def resolve_conflict(config: Config, conflict_id: int, take: str) -> ConflictRow:
+    """Settle a parked conflict with one member's value; the next sync writes it everywhere."""
+    store = open_store(config, create=False)
+    try:
+        row = store.get_conflict(conflict_id)
+        if row is None or row.status != "open":
+            raise UsageError(f"no open conflict with id {conflict_id} "
+                             "(see `syncengine conflicts list`)")
+        if take not in row.values:
+            raise UsageError(f"conflict {conflict_id} has values from "
+                             f"{', '.join(row.values)}; --take one of those")
+        states = store.load_records(row.pipeline, row.entity, [row.key])
+        if row.key not in states:
+            raise UsageError(f"the record of conflict {conflict_id} no longer exists; "
+                             "it was closed")
+        base = dict(states[row.key].base)
+        value = row.values[take]
+        if value is None:
+            base.pop(row.field, None)
+        else:
+            base[row.field] = value
+        with store.transaction() as tx:
+            tx.put_record(row.pipeline, row.entity, row.key, base)
+            tx.set_dirty(row.pipeline, row.entity, row.key, None)
+            tx.resolve_conflict(conflict_id, {"take": take, "value": value})
+        return row
+    finally:
+        store.close()
+
+
+def require_config(path: str | Path) -> Config:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError([Problem(str(p), "file not found",
+                                   "pass --config PATH (see config.example.toml)")])
+    return load_config(p)

@@ -1,0 +1,298 @@
+"""The ``syncengine`` command: a thin layer over ``syncengine.api``.
+
+One error handler turns exceptions into a message and an exit code:
+0 success · 1 finished with record-level errors or unresolved conflicts (or a member failed) ·
+2 configuration or usage error, nothing read or written · 3 aborted by a safety guard.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from syncengine import api
+from syncengine.errors import (
+    ConfigError,
+    ConnectorError,
+    SafetyGuardError,
+    StateError,
+    SyncEngineError,
+    UsageError,
+)
+from syncengine.logging import REDACTOR, configure, redact_text
+
+EXIT_OK, EXIT_ISSUES, EXIT_CONFIG, EXIT_GUARD, EXIT_BUG = 0, 1, 2, 3, 70
+
+app = typer.Typer(
+    name="syncengine",
+    help=(
+        "Keep customers (and soon invoices and payments) in step between Housecall Pro, "
+        "spreadsheets and CRMs.\n\n"
+        "Start with `syncengine demo`, then copy config.example.toml, check it with "
+        "`syncengine validate`, preview with `syncengine sync --dry-run` and run "
+        "`syncengine sync`.\n\n"
+        "Exit codes: 0 ok · 1 record errors or open conflicts · 2 configuration/usage error "
+        "(nothing read or written) · 3 stopped by a safety guard."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+conflicts_app = typer.Typer(help="List and settle conflicts parked for a person.",
+                            no_args_is_help=True)
+app.add_typer(conflicts_app, name="conflicts")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ConfigOpt = Annotated[Path, typer.Option(
+    "--config", "-c", envvar="SYNCENGINE_CONFIG",
+    help="The config file (TOML). See config.example.toml.")]
+LogLevelOpt = Annotated[str, typer.Option(
+    "--log-level", help="debug, info, warning or error (logs go to stderr).")]
+
+
+def _fail(code: int, lines: list[str]) -> NoReturn:
+    for line in lines:
+        err.print(escape(redact_text(line, REDACTOR.secrets)))
+    raise typer.Exit(code)
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """Turn every expected error into a clear message and its exit code; no tracebacks."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except ConfigError as exc:
+        lines = [f"configuration error ({len(exc.problems)} problem"
+                 f"{'s' if len(exc.problems) != 1 else ''}; nothing was read or written):"]
+        lines += [f"  {p}" for p in exc.problems]
+        _fail(EXIT_CONFIG, lines)
+    except UsageError as exc:
+        _fail(EXIT_CONFIG, [f"usage error: {exc}"])
+    except StateError as exc:
+        _fail(EXIT_CONFIG, [f"state store error: {exc}"])
+    except SafetyGuardError as exc:
+        _fail(EXIT_GUARD, [f"stopped by a safety guard: {exc}"])
+    except ConnectorError as exc:
+        _fail(EXIT_ISSUES, [f"sync failed: {exc}",
+                            "nothing further was written; writes already made are recorded "
+                            "and the next sync carries on from them"])
+    except SyncEngineError as exc:
+        _fail(EXIT_ISSUES, [f"error: {exc}"])
+    except KeyboardInterrupt:
+        _fail(130, ["interrupted; the next sync resumes from the journal"])
+    except Exception:
+        text = redact_text(traceback.format_exc(), REDACTOR.secrets)
+        err.print(escape(text))
+        _fail(EXIT_BUG, ["internal error: this is a bug in syncengine, please report it "
+                         "with the traceback above"])
+
+
+def _setup(level: str, config_secrets: tuple[str, ...] = ()) -> None:
+    level = level.lower()
+    if level not in ("debug", "info", "warning", "error"):
+        _fail(EXIT_CONFIG, [f"usage error: --log-level {level!r}: use debug, info, warning "
+                            "or error"])
+    configure(level, secrets=config_secrets)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, int, int | None], None] | None]:
+    if not enabled:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(what: str, done: int, total: int | None) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done, total=total)
+
+        yield report
+
+
+@app.command()
+def sync(
+    config: ConfigOpt = Path("config.toml"),
+    pipeline: Annotated[str | None, typer.Option(
+        "--pipeline", "-p", help="Run only this pipeline (default: all).")] = None,
+    entity: Annotated[list[str] | None, typer.Option(
+        "--entity", "-e", help="Sync only this entity (repeatable).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", "-n", help="Show every change per record and field; write nothing, "
+        "neither to a member nor to the state store.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                          help="List every record, also after a real sync.")
+                       ] = False,
+    allow_mass_delete: Annotated[bool, typer.Option(
+        "--allow-mass-delete", help="Let deletes past [pipelines.deletes] max_fraction "
+        "through, and accept a member that returns nothing.")] = False,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Sync the pipelines in CONFIG: read every member, plan, and apply (or only show)."""
+    with handled():
+        _setup(log_level)
+        cfg = api.require_config(config)
+        REDACTOR.add(cfg.secrets)
+        with _progress(sys.stderr.isatty() and not as_json) as progress:
+            results = api.sync(cfg, pipeline=pipeline, entities=entity, dry_run=dry_run,
+                               progress=progress, allow_mass_delete=allow_mass_delete)
+        if as_json:
+            objs = [r.to_json() for r in results]
+            out.print_json(json.dumps(objs[0] if len(objs) == 1 else {"pipelines": objs}))
+        else:
+            for r in results:
+                from syncengine.render import render_result
+                render_result(out, r, verbose=verbose)
+        code = max((r.exit_code for r in results), default=0)
+        if code:
+            raise typer.Exit(code)
+
+
+@app.command()
+def validate(config: ConfigOpt = Path("config.toml"), log_level: LogLevelOpt = "warning") -> None:
+    """Check the config and every mapping it uses; report all problems at once (no I/O)."""
+    with handled():
+        _setup(log_level)
+        cfg = api.require_config(config)
+        pipes = ", ".join(f"{p.name} ({' + '.join(p.members)}: {', '.join(p.entities)})"
+                          for p in cfg.pipelines.values())
+        out.print(f"{config}: ok — {len(cfg.connectors)} connectors, pipelines: {pipes}")
+
+
+@app.command()
+def status(
+    config: ConfigOpt = Path("config.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show each pipeline's last run, open conflicts and interrupted writes."""
+    with handled():
+        _setup("warning")
+        cfg = api.require_config(config)
+        rows = api.status(cfg)
+        if as_json:
+            out.print_json(json.dumps([r.__dict__ for r in rows], default=str))
+            return
+        for r in rows:
+            out.print(f"[bold]{r.name}[/] ({' + '.join(r.members)}; {', '.join(r.entities)})")
+            if r.last_run is None:
+                out.print("  never run")
+            else:
+                lr = r.last_run
+                out.print(f"  last run: {lr['started_at']} → {lr['outcome']}")
+                for ent, counts in (lr["counts"] or {}).items():
+                    parts = [f"{m}: +{c['create']} ~{c['update']} -{c['delete']}"
+                             for m, c in counts.items() if isinstance(c, dict) and "create" in c]
+                    out.print(f"    {ent}: {'; '.join(parts)}; errors {counts.get('errors', 0)}")
+                for e in lr["errors"]:
+                    out.print(f"    [red]{escape(str(e))}[/]")
+            out.print(f"  open conflicts: {r.open_conflicts}")
+            if r.pending_writes:
+                out.print(f"  interrupted writes to settle on the next sync: {r.pending_writes}")
+
+
+@conflicts_app.command("list")
+def conflicts_list(
+    config: ConfigOpt = Path("config.toml"),
+    pipeline: Annotated[str | None, typer.Option("--pipeline", "-p")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List conflicts waiting for a person, with each member's value."""
+    with handled():
+        _setup("warning")
+        cfg = api.require_config(config)
+        rows = api.list_conflicts(cfg, pipeline)
+        if as_json:
+            out.print_json(json.dumps([{
+                "id": c.id, "pipeline": c.pipeline, "entity": c.entity, "key": c.key,
+                "field": c.field, "values": c.values, "base": c.base_value,
+                "created_at": c.created_at.isoformat()} for c in rows]))
+            return
+        if not rows:
+            out.print("No open conflicts.")
+            return
+        for c in rows:
+            out.print(f"[bold]#{c.id}[/] {c.pipeline} {c.entity} {c.key} field [bold]{c.field}"
+                      f"[/] (was {escape(repr(c.base_value))})")
+            for member, value in c.values.items():
+                out.print(f"    {member}: {escape(repr(value))}")
+        out.print("Settle one with: syncengine conflicts resolve ID --take MEMBER")
+
+
+@conflicts_app.command("resolve")
+def conflicts_resolve(
+    conflict_id: Annotated[int, typer.Argument(help="The conflict's id (conflicts list).")],
+    take: Annotated[str, typer.Option("--take", help="The member whose value wins.")],
+    config: ConfigOpt = Path("config.toml"),
+) -> None:
+    """Settle a parked conflict with one member's value; the next sync writes it everywhere."""
+    with handled():
+        _setup("warning")
+        cfg = api.require_config(config)
+        row = api.resolve_conflict(cfg, conflict_id, take)
+        out.print(f"conflict #{row.id} on {row.field}: {take}'s value "
+                  f"{escape(repr(row.values[take]))} taken; run `syncengine sync` to write it")
+
+
+@app.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.1).")] = 8765,
+    api_key: Annotated[str, typer.Option("--api-key", envvar="HCP_API_KEY",
+                                         help="The key clients must send.")] = "sandbox",
+    seed: Annotated[int, typer.Option(help="Generate this many customers.")] = 0,
+    latency_ms: Annotated[int, typer.Option("--latency-ms", help="Delay per request.")] = 0,
+    error_rate: Annotated[float, typer.Option(
+        "--error-rate", help="Share of requests answered 500 (0..1).")] = 0.0,
+    rate_limit: Annotated[float | None, typer.Option(
+        "--rate-limit", help="Requests per second before 429 + Retry-After.")] = None,
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="Load customers from this JSON file instead of generating them.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+) -> None:
+    """Run the Housecall Pro sandbox: a stateful local emulator of the HCP API."""
+    with handled():
+        if not 0 <= error_rate <= 1:
+            raise UsageError("--error-rate must be between 0 and 1")
+        from syncengine.connectors.housecallpro.sandbox import serve
+        serve(host, port, api_key=api_key, seed=seed or None, latency_ms=latency_ms,
+              error_rate=error_rate, rate_limit=rate_limit,
+              data_file=str(data) if data else None)
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option(
+        "--dir", help="Where to put the demo's config, spreadsheet and state.")
+    ] = Path("syncengine-demo"),
+) -> None:
+    """Set up a sandbox and a spreadsheet, then dry-run, sync and sync again — and explain."""
+    with handled():
+        _setup("warning")
+        from syncengine.demo import run_demo
+        code = run_demo(directory, out)
+        if code:
+            raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

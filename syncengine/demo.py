@@ -1,0 +1,223 @@
+"""``syncengine demo``: a guided first run against the built-in Housecall Pro sandbox.
+
+It sets up a folder with a config, a bookkeeper's spreadsheet that overlaps the sandbox's
+customers (identical rows, rows that fill in what HCP lacks, new rows, one real conflict, a
+column syncengine does not know), then runs a dry run, a sync, and a second sync that has
+nothing left to do — and says what to look at.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from rich.console import Console
+
+from syncengine import api
+from syncengine.config import load_config
+from syncengine.render import render_result
+
+API_KEY = "sandbox"
+SEED = 12
+
+CONFIG = """\
+# Written by `syncengine demo`. The sandbox it talks to runs only while the demo runs;
+# restart it with the data the demo left behind:
+#     syncengine sandbox --port {port} --api-key sandbox --data hcp-data.json
+# then: HCP_API_KEY=sandbox syncengine sync --config config.toml --dry-run
+[state]
+url = "sqlite:///state.db"
+
+[connectors.hcp]
+type = "housecallpro"
+base_url = "http://127.0.0.1:{port}"
+api_key = "${{HCP_API_KEY}}"
+rate_limit = 50.0
+delete_customers = true
+
+[connectors.books]
+type = "spreadsheet"
+path = "books"
+
+[[pipelines]]
+name = "hcp-books"
+members = ["hcp", "books"]
+entities = ["customers"]
+
+[pipelines.conflicts]
+default = ["hcp"]                       # where both sides differ, Housecall Pro wins...
+"customers.mobile_number" = ["manual"]  # ...except phone numbers: a person decides
+
+[pipelines.deletes]
+propagate = true
+max_fraction = 0.2
+"""
+
+COLUMNS = ["Sync ID", "First Name", "Last Name", "Email", "Mobile", "Home Phone", "Work Phone",
+           "Company", "Tags", "Street", "City", "State", "Zip", "Notes"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def background_sandbox(port: int, **options: Any) -> Iterator[Any]:
+    """Run the sandbox on 127.0.0.1:port in a thread; yields the sandbox state."""
+    from syncengine.connectors.housecallpro.sandbox import create_app
+
+    app = create_app(API_KEY, **options)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, name="sandbox", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the sandbox did not start on port {port}")
+        time.sleep(0.02)
+    try:
+        yield app.state.sandbox
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _national(e164: str | None) -> str:
+    digits = "".join(ch for ch in e164 or "" if ch.isdigit())[-10:]
+    if len(digits) != 10:
+        return e164 or ""
+    return f"({digits[:3]}) {digits[3:6]}-{digits[6:]}"
+
+
+def _row(c: dict[str, Any], **overrides: str) -> dict[str, str]:
+    service = next((a for a in c.get("addresses") or [] if a.get("type") == "service"), {})
+    row = {
+        "Sync ID": "",
+        "First Name": c.get("first_name") or "",
+        "Last Name": c.get("last_name") or "",
+        "Email": c.get("email") or "",
+        "Mobile": _national(c.get("mobile_number")),
+        "Home Phone": _national(c.get("home_number")),
+        "Work Phone": _national(c.get("work_number")),
+        "Company": c.get("company") or "",
+        "Tags": ", ".join(c.get("tags") or []),
+        "Street": service.get("street") or "",
+        "City": service.get("city") or "",
+        "State": service.get("state") or "",
+        "Zip": service.get("zip") or "",
+        "Notes": "",
+    }
+    row.update(overrides)
+    return row
+
+
+def write_spreadsheet(path: Path, customers: list[dict[str, Any]]) -> list[str]:
+    """The bookkeeper's sheet; returns what was put in it, for the explanation."""
+    story = []
+    rows = []
+    for c in customers[:4]:
+        rows.append(_row(c, Notes="pays by check"))
+    story.append("4 rows identical to HCP customers (they get linked, nothing changes)")
+    filled = [c for c in customers[4:] if not c.get("company")][:2]
+    for c in filled:
+        rows.append(_row(c, Company=f"{c.get('last_name') or 'Acme'} Property Management"))
+    story.append(f"{len(filled)} rows where the bookkeeper filled in a company HCP lacks "
+                 "(it flows to HCP)")
+    target = next(c for c in customers[6:] if c.get("mobile_number"))
+    rows.append(_row(target, Mobile="(555) 010-9999"))
+    story.append(f"1 row for {target.get('first_name')} {target.get('last_name')} with a "
+                 "different mobile number than HCP (a conflict parked for a person)")
+    rows += [
+        {"First Name": "Dana", "Last Name": "Whitfield", "Email": "Dana.Whitfield@Example.org ",
+         "Mobile": "555-303-4411", "Company": "Whitfield Bakery", "Tags": "commercial",
+         "Street": "12 Mill Rd", "City": "Austin", "State": "TX", "Zip": "78701",
+         "Notes": "new this week"},
+        {"First Name": "Luis", "Last Name": "Ortega", "Email": "luis.ortega@example.org",
+         "Mobile": "+1 555 303 4412", "Tags": "residential; vip".replace(";", ","),
+         "Street": "88 Elm St", "City": "Austin", "State": "TX", "Zip": "78702"},
+        {"First Name": "Priya", "Last Name": "Natarajan", "Email": "priya.n@example.org",
+         "Work Phone": "(555) 303-4413", "Street": "5 Oak Ave", "City": "Round Rock",
+         "State": "TX", "Zip": "78664"},
+    ]
+    story.append("3 new rows typed in by the bookkeeper (they are created in HCP; note the "
+                 "messy email and phone formats)")
+    story.append("an extra 'Notes' column syncengine does not map (it is kept as it is)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in COLUMNS})
+    return story
+
+
+def run_demo(directory: Path, console: Console) -> int:
+    directory = directory.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in ("state.db", "state.db-wal", "state.db-shm", "hcp-data.json"):
+        (directory / stale).unlink(missing_ok=True)
+    shutil.rmtree(directory / "books", ignore_errors=True)
+    os.environ.setdefault("HCP_API_KEY", API_KEY)
+
+    port = free_port()
+    console.print(f"[bold]syncengine demo[/] in {directory}\n")
+    with background_sandbox(port, seed=SEED) as sandbox:
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, headers={"Authorization": f"Token {API_KEY}"}) as hc:
+            customers = hc.get("/customers", params={"page_size": 100,
+                                                     "sort_direction": "asc"}).json()["customers"]
+        console.print(f"1. Started the Housecall Pro sandbox on {base} with "
+                      f"{len(customers)} customers.")
+        story = write_spreadsheet(directory / "books" / "customers.csv", customers)
+        console.print("2. Wrote the bookkeeper's spreadsheet books/customers.csv:")
+        for line in story:
+            console.print(f"     - {line}")
+        (directory / "config.toml").write_text(CONFIG.format(port=port), encoding="utf-8")
+        console.print("3. Wrote config.toml (hcp + books, Housecall Pro wins conflicts, "
+                      "mobile numbers are decided by a person).\n")
+        config = load_config(directory / "config.toml")
+
+        console.rule("4. syncengine sync --dry-run  (shows every change; writes nothing)")
+        dry = api.sync(config, dry_run=True)[0]
+        render_result(console, dry)
+        console.rule("5. syncengine sync")
+        first = api.sync(config)[0]
+        render_result(console, first)
+        console.rule("6. syncengine sync  (again: nothing left to do)")
+        second = api.sync(config)[0]
+        render_result(console, second)
+        (directory / "hcp-data.json").write_text(json.dumps(sandbox.dump(), indent=1),
+                                                 encoding="utf-8")
+
+    console.rule("What to look at")
+    for line in (
+        f"books/customers.csv  every row now has a Sync ID; HCP's other customers were "
+        f"appended; the Notes column is untouched  ({directory / 'books' / 'customers.csv'})",
+        f"syncengine conflicts list -c {directory / 'config.toml'}   the parked mobile number",
+        f"syncengine conflicts resolve ID --take books -c {directory / 'config.toml'}   "
+        "settle it (then sync again)",
+        f"syncengine status -c {directory / 'config.toml'}   last run, conflicts",
+        f"hcp-data.json   what the sandbox held at the end; restart it with "
+        f"`syncengine sandbox --port {port} --data {directory / 'hcp-data.json'}`",
+    ):
+        console.print(f"  • {line}")
+    ok = (not second.plan.actions and not first.failures and not second.guard
+          and first.exit_code in (0, 1))
+    if not ok:
+        console.print("[red]The demo did not converge as expected; see the output above.[/]")
+        return 1
+    return 0
