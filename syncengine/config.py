@@ -178,7 +178,9 @@ def _interpolate(
 
 # ------------------------------------------------------------------------------------ validation
 
-def _pydantic_problems(err: ValidationError, prefix: str, model_cls: type[BaseModel]) -> list[Problem]:
+def _pydantic_problems(
+    err: ValidationError, prefix: str, model_cls: type[BaseModel]
+) -> list[Problem]:
     problems = []
     for item in err.errors():
         loc = ".".join(str(p) for p in item["loc"])

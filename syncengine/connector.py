@@ -30,8 +30,8 @@ connector so that a forbidden call raises instead of reaching the member.
 from __future__ import annotations
 
 import hashlib
-from abc import ABC, abstractmethod
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -179,10 +179,10 @@ class Connector(ABC):
     def delete(self, entity: str, native_id: str) -> None:
         raise FatalConnectorError("delete is not supported", connector=self.name, entity=entity)
 
-    def flush(self, entity: str) -> None:
+    def flush(self, entity: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """Make buffered writes durable. Members that write through immediately do nothing."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release connections and files."""
 
 

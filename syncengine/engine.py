@@ -34,7 +34,6 @@ from syncengine.errors import (
     ConnectorError,
     FatalConnectorError,
     RecordError,
-    SafetyGuardError,
     SyncEngineError,
 )
 from syncengine.mapping import EntityMapping

@@ -1,7 +1,7 @@
 """Every error syncengine raises on purpose, grouped by what the caller should do.
 
     SyncEngineError                 root; never raised itself
-    ├── ConfigError                 fix the configuration or mapping (exit 2, nothing read or written)
+    ├── ConfigError                 fix the configuration or a mapping (exit 2, no I/O done)
     │     carries a list of Problem(location, message, fix) so that all problems show at once
     ├── UsageError                  the command line asked for something impossible (exit 2)
     ├── ConnectorError              a member misbehaved while reading or writing

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
+from pydantic import Field
+
 from syncengine.connector import (
     Capabilities,
     Connector,
@@ -25,7 +27,7 @@ FailHook = Callable[[str, str, str], bool]
 class MemoryOptions(ConnectorOptions):
     dataset: str = ""
     """Name of the shared dataset; defaults to the connector's name."""
-    entities: list[str] = ["customers"]
+    entities: list[str] = Field(default_factory=lambda: ["customers"])
     create: bool = True
     update: bool = True
     delete: bool = True
