@@ -1,0 +1,838 @@
+"""Declarative mappings between one member's native records and canonical records.
+
+A mapping is a TOML file per (connector type, entity); the defaults live in ``mappings/`` and
+are installed as ``syncengine.mappings``. The grammar::
+
+    match_keys = ["email", "mobile_number"]      # optional: overrides the entity's defaults
+    flat = false                                 # optional: true = native names are never paths
+
+    [fields]
+    first_name = "First Name"                    # canonical = native, both ways
+    mobile_number = { native = "Mobile", transform = "phone" }
+    lead_source = { native = "Source", direction = "read" }   # both | read | write
+    "custom.account_manager" = { native = "Account Manager" } # integrator-defined field
+    tags = { native = "Tags", transform = { name = "list", sep = ";" } }
+    notifications_enabled = { native = "Notify", transform = "bool", default = false }
+    "addresses.service.street" = "addresses[type=service].street"
+    "custom.ref" = { native_key = "Ref. No." }   # a single key even though it has a '.'
+
+Native names without ``.`` or ``[`` are single keys (column names such as ``First Name``);
+otherwise they are paths into nested JSON: ``a.b.c``, and ``list[key=value]`` selects the
+element of ``list`` whose ``key`` is ``value`` (created as ``{key: value}`` when writing and it
+is missing). ``default`` is a canonical value used when the native value is missing or empty.
+``transform`` is a name, an inline table or a list of those (see ``syncengine.transforms``).
+
+Every problem in a file is reported at once, naming the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import difflib
+import functools
+import importlib.resources
+import json
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any, Literal, cast, get_args
+
+from syncengine import model
+from syncengine.errors import ConfigError, Problem, RecordError
+from syncengine.transforms import Transform, build_transform
+
+__all__ = [
+    "Direction",
+    "EntityMapping",
+    "FieldMapping",
+    "NativePath",
+    "default_mapping_path",
+    "load_mapping",
+    "load_mapping_file",
+    "parse_mapping",
+    "parse_path",
+]
+
+Direction = Literal["both", "read", "write"]
+DIRECTIONS: tuple[str, ...] = get_args(Direction)
+
+FIELD_KEYS = ("native", "native_key", "transform", "direction", "default")
+TOP_LEVEL_KEYS = ("fields", "match_keys", "flat")
+
+
+# -------------------------------------------------------------------------------- native paths
+
+Step = tuple[str, tuple[str, str] | None]
+"""One step of a path: a key, and optionally a ``(key, value)`` selection in the list there."""
+
+
+class NativePath:
+    """A compiled native name: a single key, or a path of keys and list selections."""
+
+    __slots__ = ("key", "steps", "text")
+
+    def __init__(self, text: str, steps: tuple[Step, ...]) -> None:
+        self.text = text
+        self.steps = steps
+        self.key: str | None = steps[0][0] if len(steps) == 1 and steps[0][1] is None else None
+        """The key when the path is a single key (the fast case)."""
+
+    @classmethod
+    def single_key(cls, key: str) -> NativePath:
+        return cls(key, ((key, None),))
+
+    def __repr__(self) -> str:
+        return f"NativePath({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NativePath) and self.steps == other.steps
+
+    def __hash__(self) -> int:
+        return hash(self.steps)
+
+    def overlaps(self, other: NativePath) -> bool:
+        """Whether one path is the other or leads into it (writing both would clash)."""
+        n = min(len(self.steps), len(other.steps))
+        if self.steps[:n] == other.steps[:n]:
+            return True
+        # a[type=x].b and a.c clash too: both write ``a`` (a list, and a table)
+        for (key_a, sel_a), (key_b, sel_b) in zip(self.steps[:n], other.steps[:n], strict=True):
+            if key_a != key_b:
+                return False
+            if sel_a != sel_b:
+                return sel_a is None or sel_b is None
+        return False
+
+    def get(self, doc: Mapping[str, Any]) -> Any:
+        """The value at this path, or ``None`` when any part of the way is missing."""
+        if self.key is not None:
+            return doc.get(self.key)
+        current: Any = doc
+        for key, selection in self.steps:
+            if type(current) is not dict and not isinstance(current, Mapping):
+                return None
+            current = current.get(key)
+            if selection is not None:
+                current = _select(current, selection)
+        return current
+
+    def set(self, doc: dict[str, Any], value: Any) -> None:
+        """Set the value at this path in ``doc``, in place, creating tables and selected list
+        elements on the way. Setting ``None`` where the way does not exist does nothing."""
+        if self.key is not None:
+            doc[self.key] = value
+            return
+        current = doc
+        last = len(self.steps) - 1
+        for index, (key, selection) in enumerate(self.steps):
+            if selection is None:
+                if index == last:
+                    current[key] = value
+                    return
+                child = current.get(key)
+                if not isinstance(child, dict):
+                    if value is None:
+                        return
+                    child = current[key] = {}
+                current = child
+                continue
+            items = current.get(key)
+            if not isinstance(items, list):
+                if value is None:
+                    return
+                items = current[key] = []
+            element = _select(items, selection)
+            if not isinstance(element, dict):
+                if value is None:
+                    return
+                element = {selection[0]: selection[1]}
+                items.append(element)
+            current = element
+
+
+def _select(items: Any, selection: tuple[str, str]) -> Any:
+    if type(items) is not list:
+        return None
+    key, wanted = selection
+    for element in items:
+        if type(element) is dict or isinstance(element, Mapping):
+            found = element.get(key)
+            if found == wanted or (
+                found is not None and not isinstance(found, str) and str(found) == wanted
+            ):
+                return element
+    return None
+
+
+_SELECTION = re.compile(r"\[([^\[\]=]+)=([^\[\]]*)\]")
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_path(text: str) -> NativePath:
+    """Compile a native name. Raises ``ValueError`` with a message on a malformed path."""
+    if not isinstance(text, str) or not text:
+        raise ValueError("a native name must be a non-empty string")
+    if "." not in text and "[" not in text and "]" not in text:
+        return NativePath.single_key(text)
+    steps: list[Step] = []
+    position = 0
+    while True:
+        end = position
+        while end < len(text) and text[end] not in ".[]":
+            end += 1
+        key = text[position:end]
+        if not key.strip():
+            raise ValueError(
+                f"the path {text!r} has an empty part at character {position + 1}"
+                " (write a.b.c, or list[key=value].c)"
+            )
+        selection: tuple[str, str] | None = None
+        if end < len(text) and text[end] == "[":
+            match = _SELECTION.match(text, end)
+            if match is None:
+                raise ValueError(
+                    f"the path {text!r} has a malformed selection at character {end + 1}"
+                    " (write list[key=value])"
+                )
+            selection = (match.group(1).strip(), _unquote(match.group(2).strip()))
+            end = match.end()
+        steps.append((key, selection))
+        if end == len(text):
+            break
+        if text[end] != ".":
+            raise ValueError(
+                f"the path {text!r} has an unexpected {text[end]!r} at character {end + 1}"
+            )
+        position = end + 1
+    if steps[-1][1] is not None:
+        raise ValueError(
+            f"the path {text!r} ends with a list selection; name a key inside it"
+            " (e.g. addresses[type=service].street)"
+        )
+    return NativePath(text, tuple(steps))
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
+    return text
+
+
+# -------------------------------------------------------------------------------- the mapping
+
+
+@dataclass(frozen=True)
+class FieldMapping:
+    """One canonical field mapped to one native name."""
+
+    canonical: str
+    native: str
+    transform: Transform | None = None
+    direction: Direction = "both"
+    default: Any = None
+    """Canonical value used when reading finds the native value missing or empty."""
+    literal: bool = False
+    """``native`` is a single key even if it contains ``.`` or ``[``."""
+
+    def path(self) -> NativePath:
+        return NativePath.single_key(self.native) if self.literal else parse_path(self.native)
+
+
+_Reader = tuple[
+    str,  # canonical name
+    str,  # the native key: the whole name, or the last step of a path
+    int,  # -1 for a single key, else the index of the path's container in _containers
+    Callable[[Any], Any] | None,  # transform.read
+    Callable[[Any], Any],  # canonical normaliser
+    Any,  # default
+    str,  # native name, for errors
+]
+_Writer = tuple[str, str, Callable[[Any], Any] | None]  # canonical, native, transform.write
+
+
+class EntityMapping:
+    """A parsed, compiled mapping of one entity for one connector type."""
+
+    def __init__(
+        self,
+        entity: model.EntitySpec,
+        fields: Iterable[FieldMapping],
+        source: str = "",
+        match_keys: Sequence[str] | None = None,
+    ) -> None:
+        self.entity = entity
+        self.fields: tuple[FieldMapping, ...] = tuple(fields)
+        self.source = source
+        self.readable: frozenset[str] = frozenset(
+            f.canonical for f in self.fields if f.direction in ("both", "read")
+        )
+        self.writable: frozenset[str] = frozenset(
+            f.canonical
+            for f in self.fields
+            if f.direction in ("both", "write") and not entity.is_meta(f.canonical)
+        )
+        self.match_keys: tuple[str, ...] = (
+            entity.match_keys if match_keys is None else tuple(match_keys)
+        )
+        """The file's ``match_keys``, else the entity's defaults."""
+
+        self._paths: dict[str, NativePath] = {}
+        self._containers: list[NativePath] = []
+        """Distinct containers of the read paths, each resolved once per record."""
+        self._readers: list[_Reader] = []
+        self._writers: list[_Writer] = []
+        for f in self.fields:
+            try:
+                path = f.path()
+            except ValueError as exc:
+                raise ConfigError([Problem(source or "mapping", str(exc))]) from None
+            self._paths.setdefault(f.native, path)
+            if f.direction != "write":
+                if path.key is not None:
+                    key, container = path.key, -1
+                else:
+                    key = path.steps[-1][0]
+                    parent = NativePath(path.text, path.steps[:-1])
+                    if parent not in self._containers:
+                        self._containers.append(parent)
+                    container = self._containers.index(parent)
+                self._readers.append(
+                    (
+                        f.canonical,
+                        key,
+                        container,
+                        f.transform.read if f.transform else None,
+                        _normaliser(entity, f.canonical),
+                        f.default,
+                        f.native,
+                    )
+                )
+            if f.direction != "read" and not entity.is_meta(f.canonical):
+                self._writers.append(
+                    (f.canonical, f.native, f.transform.write if f.transform else None)
+                )
+
+    def __repr__(self) -> str:
+        return f"EntityMapping({self.entity.name!r}, {len(self.fields)} fields, {self.source!r})"
+
+    def native_name(self, canonical: str) -> str | None:
+        """The native name a canonical field is read from (else written to), if mapped."""
+        for f in self.fields:
+            if f.canonical == canonical and f.direction != "write":
+                return f.native
+        for f in self.fields:
+            if f.canonical == canonical:
+                return f.native
+        return None
+
+    def to_canonical(self, native: Mapping[str, Any], *, location: str = "") -> dict[str, Any]:
+        """The canonical record of a native record: every readable field, in normal form
+        (``None`` where missing). Raises one ``RecordError`` naming every bad field."""
+        record: dict[str, Any] = {}
+        bad: list[tuple[str, str]] | None = None
+        containers = [c.get(native) for c in self._containers]
+        for canonical, key, container, read, normalise, default, native_name in self._readers:
+            if container < 0:
+                raw = native.get(key)
+            else:
+                parent = containers[container]
+                if type(parent) is dict or isinstance(parent, Mapping):
+                    raw = parent.get(key)
+                else:
+                    raw = None
+            if raw is None or raw == "":
+                record[canonical] = list(default) if type(default) is list else default
+                continue
+            try:
+                value = normalise(raw if read is None else read(raw))
+            except (ValueError, TypeError) as exc:
+                message = str(exc) if isinstance(exc, ValueError) else f"{raw!r} is not valid here"
+                if bad is None:
+                    bad = []
+                bad.append((native_name, message))
+                record[canonical] = None
+                continue
+            if value is None and default is not None:
+                value = list(default) if type(default) is list else default
+            record[canonical] = value
+        if bad:
+            raise _record_error(bad, location)
+        return record
+
+    def to_native(
+        self,
+        record: Mapping[str, Any],
+        fields: Iterable[str] | None = None,
+        *,
+        location: str = "",
+    ) -> dict[str, Any]:
+        """A flat patch ``{native name: native value}`` of the writable fields present in
+        ``record`` (only those in ``fields`` when given). ``None`` is written as ``None``.
+        Raises one ``RecordError`` naming every value that cannot be written."""
+        wanted = None if fields is None else set(fields)
+        patch: dict[str, Any] = {}
+        bad: list[tuple[str, str]] | None = None
+        for canonical, native_name, write in self._writers:
+            if wanted is not None and canonical not in wanted:
+                continue
+            if canonical not in record:
+                continue
+            value = record[canonical]
+            if value is not None and write is not None:
+                try:
+                    value = write(value)
+                except (ValueError, TypeError) as exc:
+                    if bad is None:
+                        bad = []
+                    message = (
+                        str(exc) if isinstance(exc, ValueError) else f"{value!r} cannot be written"
+                    )
+                    bad.append((native_name, message))
+                    continue
+            elif isinstance(value, list | dict):
+                value = _copy(value)
+            patch[native_name] = value
+        if bad:
+            raise _record_error(bad, location)
+        return patch
+
+    def apply_patch(self, native: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+        """A new native record: a deep copy of ``native`` with every path of ``patch`` set.
+        Neither argument is modified."""
+        result: dict[str, Any] = _copy(dict(native))
+        # values first, then Nones: clearing a key never depends on the order of the patch
+        for clearing in (False, True):
+            for name, value in patch.items():
+                if (value is None) is clearing:
+                    path = self._paths.get(name)
+                    if path is None:
+                        path = parse_path(name)
+                    path.set(result, _copy(value))
+        return result
+
+    def build_native(self, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """A new native record holding just ``patch``."""
+        return self.apply_patch({}, patch)
+
+
+def _record_error(bad: list[tuple[str, str]], location: str) -> RecordError:
+    if len(bad) == 1:
+        native_name, message = bad[0]
+        return RecordError(message, location=location, field=native_name)
+    message = "; ".join(f"{name!r}: {text}" for name, text in bad)
+    return RecordError(message, location=location, field=", ".join(name for name, _ in bad))
+
+
+def _normaliser(entity: model.EntitySpec, name: str) -> Callable[[Any], Any]:
+    """``model.normalise`` of one field, looked up once instead of per value."""
+    spec = entity.field_spec(name)
+    kind = spec.type if spec else "str"
+    if kind != "str":
+        return model.NORMALISERS[kind]
+    norm_str = model.NORMALISERS["str"]
+
+    def normalise_str(value: Any) -> Any:
+        # as model.normalise: values a transform made non-strings keep their type
+        return norm_str(value) if value is None or isinstance(value, str) else value
+
+    return normalise_str
+
+
+_IMMUTABLE = (str, int, float, bool, type(None), Decimal, dt.date, dt.time, tuple, frozenset)
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of JSON-like data, fast for dicts, lists and scalars."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, _IMMUTABLE):
+        return value
+    return copy.deepcopy(value)
+
+
+# ------------------------------------------------------------------------------------ parsing
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def _flatten_fields(table: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """Canonical names and their specs; ``[fields.addresses.service]`` tables and unquoted
+    dotted keys (``addresses.service.street = ...``) are flattened to dotted names."""
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and not any(k in value for k in FIELD_KEYS):
+            yield from _flatten_fields(value, f"{name}.")
+        else:
+            yield name, value
+
+
+def _close(word: str, choices: Iterable[str]) -> list[str]:
+    return difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def parse_mapping(data: Mapping[str, Any], *, entity: str, source: str) -> EntityMapping:
+    """Check and compile the parsed TOML of a mapping file. Every problem is reported at once
+    in one ``ConfigError``."""
+    try:
+        spec = model.entity_spec(entity)
+    except KeyError as exc:
+        raise ConfigError([Problem(source, str(exc.args[0]))]) from None
+    problems: list[Problem] = []
+
+    def problem(where: str, message: str, fix: str = "") -> None:
+        problems.append(Problem(f"{source}: {where}" if where else source, message, fix))
+
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            close = _close(key, TOP_LEVEL_KEYS)
+            problem(
+                _toml_key(key),
+                f"unknown key {key!r}",
+                f"did you mean {close[0]!r}?"
+                if close
+                else "a mapping has " + ", ".join(TOP_LEVEL_KEYS) + " at its top level",
+            )
+
+    flat = data.get("flat", False)
+    if not isinstance(flat, bool):
+        problem("flat", f"must be true or false, not {_type_name(flat)}")
+        flat = False
+
+    table = data.get("fields")
+    if table is None:
+        problem("fields", "no [fields] table", 'add [fields] with lines like email = "Email"')
+        table = {}
+    elif not isinstance(table, Mapping):
+        problem("fields", f"must be a table, not {_type_name(table)}")
+        table = {}
+    elif not table:
+        problem("fields", "no fields are mapped", 'add lines like email = "Email"')
+
+    field_names = [f.name for f in spec.fields]
+    mappings: list[FieldMapping] = []
+    paths: list[tuple[str, NativePath, FieldMapping]] = []
+    for canonical, value in _flatten_fields(table):
+        where = f"fields.{_toml_key(canonical)}"
+        fspec = spec.field_spec(canonical)
+        if fspec is None:
+            close = _close(canonical, field_names)
+            fix = (
+                f"did you mean {' or '.join(repr(c) for c in close)}?"
+                if close
+                else f"{spec.name} fields are: {', '.join(field_names)}; "
+                "or name your own as custom.<name>"
+            )
+            problem(where, f"unknown canonical field {canonical!r} for {spec.name}", fix)
+        fm = _parse_field(canonical, value, where, spec, flat, problem)
+        if fm is None or fspec is None:
+            continue
+        try:
+            path = fm.path()
+        except ValueError as exc:
+            problem(f"{where}.native", str(exc))
+            continue
+        mappings.append(fm)
+        paths.append((where, path, fm))
+
+    _check_duplicates(spec, paths, problem)
+
+    match_keys: list[str] | None = None
+    raw_keys = data.get("match_keys")
+    if raw_keys is not None:
+        if not isinstance(raw_keys, list) or not all(isinstance(k, str) for k in raw_keys):
+            problem(
+                "match_keys",
+                f"must be a list of canonical field names, not {_type_name(raw_keys)}",
+                'e.g. match_keys = ["email", "mobile_number"]',
+            )
+        else:
+            readable = {f.canonical for f in mappings if f.direction in ("both", "read")}
+            match_keys = []
+            for key in raw_keys:
+                if spec.field_spec(key) is None:
+                    close = _close(key, field_names)
+                    problem(
+                        "match_keys",
+                        f"unknown canonical field {key!r}",
+                        f"did you mean {close[0]!r}?" if close else "",
+                    )
+                elif key not in readable:
+                    problem(
+                        "match_keys",
+                        f"{key!r} is not read from this member, so it cannot match records",
+                        f"map {key!r} in [fields] (direction both or read), or drop it here",
+                    )
+                elif key not in match_keys:
+                    match_keys.append(key)
+
+    if problems:
+        raise ConfigError(problems)
+    return EntityMapping(spec, mappings, source, match_keys)
+
+
+def _parse_field(
+    canonical: str,
+    value: Any,
+    where: str,
+    spec: model.EntitySpec,
+    flat: bool,
+    problem: Callable[..., None],
+) -> FieldMapping | None:
+    if isinstance(value, str):
+        if not value:
+            problem(where, "the native name is empty", 'write e.g. email = "Email"')
+            return None
+        return FieldMapping(canonical, value, literal=flat)
+    if not isinstance(value, Mapping):
+        problem(
+            where,
+            f"must be a native name or a table, not {_type_name(value)}",
+            f'write {_toml_key(canonical)} = "Native Name" or '
+            f'{_toml_key(canonical)} = {{ native = "...", transform = "..." }}',
+        )
+        return None
+    ok = True
+    for key in value:
+        if key not in FIELD_KEYS:
+            close = _close(key, FIELD_KEYS)
+            problem(
+                f"{where}.{_toml_key(key)}",
+                f"unknown key {key!r}",
+                (f"did you mean {close[0]!r}? " if close else "")
+                + "a field table has: "
+                + ", ".join(FIELD_KEYS),
+            )
+            ok = False
+
+    native = value.get("native")
+    native_key = value.get("native_key")
+    literal = flat
+    if native is not None and native_key is not None:
+        problem(where, "has both native and native_key", "keep one of them")
+        ok = False
+    elif native_key is not None:
+        native, literal = native_key, True
+    name_key = "native_key" if native_key is not None else "native"
+    if native is None:
+        problem(where, "has no native name", 'add native = "..." (the column or JSON path)')
+        ok = False
+    elif not isinstance(native, str) or not native:
+        problem(f"{where}.{name_key}", f"must be a non-empty string, not {_type_name(native)}")
+        ok = False
+
+    direction = value.get("direction", "both")
+    if direction not in DIRECTIONS:
+        problem(
+            f"{where}.direction",
+            f"{direction!r} is not a direction",
+            "use one of: " + ", ".join(repr(d) for d in DIRECTIONS),
+        )
+        ok = False
+    elif direction == "write" and spec.is_meta(canonical):
+        problem(
+            f"{where}.direction",
+            f"{canonical!r} is metadata: it is read, never written to a member",
+            'use direction = "read"',
+        )
+        ok = False
+
+    transform: Transform | None = None
+    if "transform" in value:
+        try:
+            transform = build_transform(value["transform"], f"{where}.transform")
+        except ConfigError as exc:
+            # the transform's problems already name this file's key; prefix the file
+            for p in exc.problems:
+                problem(p.location, p.message, p.fix)
+            ok = False
+
+    default = value.get("default")
+    if default is not None:
+        if direction == "write":
+            problem(
+                f"{where}.default",
+                "a default is used when reading, but this field is only written",
+                'drop default, or use direction = "both"',
+            )
+            ok = False
+        elif (
+            (fspec := spec.field_spec(canonical)) is not None
+            and fspec.type == "str"
+            and not canonical.startswith("custom.")
+            and not isinstance(default, str)
+        ):
+            problem(f"{where}.default", f"must be a string, not {_type_name(default)}")
+            ok = False
+        elif fspec is not None:
+            try:
+                default = _normaliser(spec, canonical)(default)
+            except (ValueError, TypeError) as exc:
+                problem(f"{where}.default", f"is not a valid {canonical}: {exc}")
+                ok = False
+
+    if not ok:
+        return None
+    return FieldMapping(
+        canonical,
+        cast(str, native),
+        transform,
+        cast(Direction, direction),
+        default,
+        literal,
+    )
+
+
+def _check_duplicates(
+    spec: model.EntitySpec,
+    paths: list[tuple[str, NativePath, FieldMapping]],
+    problem: Callable[..., None],
+) -> None:
+    read_by: dict[str, str] = {}
+    written_by: dict[str, str] = {}
+    writers: list[tuple[str, NativePath, FieldMapping]] = []
+    for where, path, fm in paths:
+        if fm.direction in ("both", "read"):
+            if fm.canonical in read_by:
+                problem(
+                    where,
+                    f"{fm.canonical!r} is already read from {read_by[fm.canonical]!r}",
+                    'map each canonical field once, or make one direction = "write"',
+                )
+            read_by.setdefault(fm.canonical, fm.native)
+        if fm.direction in ("both", "write") and not spec.is_meta(fm.canonical):
+            if fm.canonical in written_by:
+                problem(
+                    where,
+                    f"{fm.canonical!r} is already written to {written_by[fm.canonical]!r}",
+                    'map each canonical field once, or make one direction = "read"',
+                )
+            written_by.setdefault(fm.canonical, fm.native)
+            for other_where, other_path, other in writers:
+                if path.overlaps(other_path):
+                    clash = (
+                        f"the native name {fm.native!r} is already written by {other_where}"
+                        if path == other_path
+                        else f"the native name {fm.native!r} overlaps {other.native!r}, "
+                        f"written by {other_where}"
+                    )
+                    problem(
+                        where,
+                        clash,
+                        'write each native name from one field; make the others direction = "read"',
+                    )
+                    break
+            writers.append((where, path, fm))
+
+
+# ------------------------------------------------------------------------------------ loading
+
+_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
+_TOML_END = re.compile(r"\s*\(at end of document\)\s*$")
+
+
+def _parse_text(text: str, *, entity: str, source: str) -> EntityMapping:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        location = source
+        position = _TOML_POSITION.search(message)
+        if position:
+            location = f"{source}:{position.group(1)}:{position.group(2)}"
+            message = message[: position.start()]
+        elif _TOML_END.search(message):
+            location = f"{source}: end of file"
+            message = _TOML_END.sub("", message)
+        raise ConfigError(
+            [
+                Problem(
+                    location,
+                    f"TOML syntax error: {message}",
+                    'check quotes, brackets and "=" on that line',
+                )
+            ]
+        ) from None
+    return parse_mapping(data, entity=entity, source=source)
+
+
+def _read_text(path: Path | Traversable, source: str) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [Problem(source, f"is not UTF-8 text ({exc.reason})", "save the file as UTF-8")]
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            [
+                Problem(
+                    source,
+                    f"cannot read the mapping file: {exc.strerror or exc}",
+                    "check the path and the file's permissions",
+                )
+            ]
+        ) from None
+
+
+def load_mapping_file(path: Path | str, *, entity: str) -> EntityMapping:
+    """Load and check one mapping file of ``entity``."""
+    source = str(path)
+    return _parse_text(_read_text(Path(path), source), entity=entity, source=source)
+
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def default_mapping_path(connector_type: str, entity: str) -> Traversable:
+    """Where the default mapping of (connector type, entity) is installed."""
+    for what, name in (("connector type", connector_type), ("entity", entity)):
+        if not _NAME.fullmatch(name) or ".." in name:
+            raise ConfigError([Problem(what, f"{name!r} is not a valid {what} name")])
+    try:
+        root: Traversable = importlib.resources.files("syncengine.mappings")
+    except ModuleNotFoundError:
+        # a source checkout that is not installed: mappings/ sits beside syncengine/
+        root = Path(__file__).resolve().parent.parent / "mappings"
+    return root / connector_type / f"{entity}.toml"
+
+
+def load_mapping(
+    connector_type: str, entity: str, override: str | Path | None = None
+) -> EntityMapping:
+    """The mapping of ``entity`` for ``connector_type``: the ``override`` file when given (it
+    replaces the default entirely), else the default installed with syncengine."""
+    if override is not None:
+        return load_mapping_file(Path(override), entity=entity)
+    path = default_mapping_path(connector_type, entity)
+    source = f"mappings/{connector_type}/{entity}.toml"
+    if not path.is_file():
+        raise ConfigError(
+            [
+                Problem(
+                    source,
+                    f"there is no default mapping of {entity} for connector type "
+                    f"{connector_type!r}",
+                    "write a mapping file for it and give its path in the configuration",
+                )
+            ]
+        )
+    return _parse_text(_read_text(path, source), entity=entity, source=source)
