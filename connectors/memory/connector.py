@@ -41,12 +41,14 @@ class MemoryDataset:
     """The records of one memory member, per entity. Thread-safe."""
 
     _EPOCH = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    _clock_lock = threading.Lock()
+    _tick = 0
+    """One clock for every dataset, so update times compare across members."""
 
     def __init__(self) -> None:
         self.records: dict[str, dict[str, NativeData]] = {}
         self._lock = threading.Lock()
         self._counter = 0
-        self._tick = 0
 
     def table(self, entity: str) -> dict[str, NativeData]:
         return self.records.setdefault(entity, {})
@@ -58,9 +60,9 @@ class MemoryDataset:
 
     def now(self) -> str:
         """A strictly increasing clock, so ``newest`` is decidable in tests."""
-        with self._lock:
-            self._tick += 1
-            moment = self._EPOCH + dt.timedelta(seconds=self._tick)
+        with MemoryDataset._clock_lock:
+            MemoryDataset._tick += 1
+            moment = self._EPOCH + dt.timedelta(seconds=MemoryDataset._tick)
         return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
     # helpers for tests acting as "a person editing the member"

@@ -1,0 +1,54 @@
+"""Helpers for building configs and checking members in tests."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from syncengine.config import Config, load_config
+
+
+def write_config(tmp_path: Path, body: str, name: str = "config.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body), encoding="utf-8")
+    return path
+
+
+def memory_config(
+    tmp_path: Path,
+    members: dict[str, dict[str, Any]],
+    *,
+    conflicts: dict[str, list[str]] | None = None,
+    deletes: dict[str, Any] | None = None,
+    state: str = "sqlite:///state.db",
+) -> Config:
+    """A config with one pipeline "p" over memory members (options per member)."""
+    lines = [f'[state]\nurl = "{state}"\n']
+    for name, options in members.items():
+        lines.append(f"[connectors.{name}]\ntype = \"memory\"")
+        for key, value in options.items():
+            lines.append(f"{key} = {_toml(value)}")
+        lines.append("")
+    lines.append("[[pipelines]]\nname = \"p\"")
+    lines.append(f"members = {_toml(list(members))}")
+    lines.append('entities = ["customers"]')
+    lines.append("[pipelines.conflicts]")
+    for scope, rules in (conflicts or {"default": [next(iter(members))]}).items():
+        lines.append(f'"{scope}" = {_toml(rules)}')
+    if deletes:
+        lines.append("[pipelines.deletes]")
+        for key, value in deletes.items():
+            lines.append(f"{key} = {_toml(value)}")
+    path = write_config(tmp_path, "\n".join(lines) + "\n")
+    return load_config(path)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)

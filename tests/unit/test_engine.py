@@ -1,0 +1,300 @@
+"""The core pipeline end to end over real memory members and a real SQLite state file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncengine import api
+from syncengine.config import Config
+from syncengine.connectors.memory import MemoryConnector, MemoryDataset
+from syncengine.engine import SyncResult
+from syncengine.plan import Create, Delete, Update
+from tests.helpers import memory_config
+
+C = "customers"
+
+
+def ds(name: str) -> MemoryDataset:
+    return MemoryConnector.get_dataset(name)
+
+
+def rows(name: str) -> list[dict[str, Any]]:
+    return sorted(({k: v for k, v in r.items() if k != "updated_at"}
+                   for r in ds(name).table(C).values()), key=lambda r: str(r.get("email")))
+
+
+def run(cfg: Config, **kwargs: Any) -> SyncResult:
+    return api.sync(cfg, **kwargs)[0]
+
+
+def ops(result: SyncResult) -> list[tuple[str, str]]:
+    return sorted((a.op, a.member) for a in result.plan.actions)
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> Config:
+    return memory_config(tmp_path, {"a": {}, "b": {"assigns_ids": True}})
+
+
+def test_initial_sync_links_by_email_and_creates_the_rest(two: Config) -> None:
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com", "mobile_number": "+15552013344"})
+    ds("a").put(C, "a2", {"first_name": "Bob", "email": "bob@x.com"})
+    ds("b").put(C, "b1", {"first_name": "Ann", "email": " ANN@X.com", "company": "Acme"})
+    first = run(two)
+    assert ops(first) == [("create", "b"), ("update", "a"), ("update", "b")]
+    assert len(ds("a").table(C)) == 2 and len(ds("b").table(C)) == 2
+    ann_a = ds("a").table(C)["a1"]
+    assert ann_a["company"] == "Acme"  # filled in from b
+    ann_b = ds("b").table(C)["b1"]
+    assert ann_b["mobile_number"] == "+15552013344"
+    second = run(two)
+    assert second.plan.actions == []
+    assert second.exit_code == 0
+
+
+def test_edit_propagates_once_and_echo_is_not_a_change(two: Config) -> None:
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com",
+                          "mobile_number": "(555) 201-3344"})
+    run(two)
+    # b holds the E.164 form, a its own national format: same canonical value, no ping-pong
+    assert ds("b").table(C) and next(iter(ds("b").table(C).values()))["mobile_number"] == \
+        "+15552013344"
+    assert run(two).plan.actions == []
+    ds("a").edit(C, "a1", first_name="Anne")
+    result = run(two)
+    assert ops(result) == [("update", "b")]
+    change = result.plan.actions[0]
+    assert isinstance(change, Update) and change.changes == {"first_name": ("Ann", "Anne")}
+    assert run(two).plan.actions == []
+
+
+def test_conflict_settled_by_member_rule(tmp_path: Path) -> None:
+    cfg = memory_config(tmp_path, {"a": {}, "b": {}}, conflicts={"default": ["b"]})
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
+    run(cfg)
+    b_id = next(iter(ds("b").table(C)))
+    ds("a").edit(C, "a1", first_name="Anna")
+    ds("b").edit(C, b_id, first_name="Annie")
+    result = run(cfg)
+    [conflict] = result.plan.entities[0].conflicts
+    assert conflict.winner == "b" and conflict.field == "first_name"
+    assert ds("a").table(C)["a1"]["first_name"] == "Annie"
+    assert run(cfg).plan.actions == []
+
+
+def test_newest_rule_uses_update_times_then_falls_back(tmp_path: Path) -> None:
+    cfg = memory_config(tmp_path, {"a": {}, "b": {}}, conflicts={"default": ["newest", "a"]})
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
+    run(cfg)
+    b_id = next(iter(ds("b").table(C)))
+    ds("b").edit(C, b_id, first_name="Older")
+    ds("a").edit(C, "a1", first_name="Newer")  # the memory clock only moves forward
+    result = run(cfg)
+    [conflict] = result.plan.entities[0].conflicts
+    assert (conflict.winner, conflict.rule) == ("a", "newest")
+    assert ds("b").table(C)[b_id]["first_name"] == "Newer"
+
+
+def test_manual_conflict_is_parked_then_resolved(tmp_path: Path) -> None:
+    cfg = memory_config(tmp_path, {"a": {}, "b": {}},
+                        conflicts={"default": ["a"], "customers.company": ["manual"]})
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com", "company": "A"})
+    run(cfg)
+    b_id = next(iter(ds("b").table(C)))
+    ds("a").edit(C, "a1", company="From A", first_name="Anne")
+    ds("b").edit(C, b_id, company="From B")
+    result = run(cfg)
+    assert result.exit_code == 1 and result.open_conflicts == 1
+    assert ds("b").table(C)[b_id]["first_name"] == "Anne"  # other fields still flow
+    assert ds("b").table(C)[b_id]["company"] == "From B"  # the parked one does not
+    again = run(cfg)
+    assert again.plan.actions == [] and again.exit_code == 1
+    [row] = api.list_conflicts(cfg)
+    assert row.values == {"a": "From A", "b": "From B"}
+    api.resolve_conflict(cfg, row.id, "b")
+    after = run(cfg)
+    assert ops(after) == [("update", "a")]
+    assert ds("a").table(C)["a1"]["company"] == "From B"
+    assert after.exit_code == 0 and api.list_conflicts(cfg) == []
+    assert run(cfg).plan.actions == []
+
+
+def test_delete_propagates(two: Config) -> None:
+    for i in range(10):
+        ds("a").put(C, f"a{i}", {"first_name": f"N{i}", "email": f"n{i}@x.com"})
+    run(two)
+    ds("a").remove(C, "a3")
+    result = run(two)
+    assert ops(result) == [("delete", "b")]
+    assert len(ds("b").table(C)) == 9
+    assert run(two).plan.actions == []
+
+
+def test_delete_modify_conflict_keeps_the_data(two: Config) -> None:
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
+    ds("a").put(C, "a2", {"first_name": "Bob", "email": "bob@x.com"})
+    run(two)
+    b_id = next(k for k, r in ds("b").table(C).items() if r["email"] == "ann@x.com")
+    ds("a").remove(C, "a1")
+    ds("b").edit(C, b_id, first_name="Still here")
+    result = run(two)
+    assert [type(a) for a in result.plan.actions] == [Create]
+    assert sorted(r["first_name"] for r in ds("a").table(C).values()) == ["Bob", "Still here"]
+    assert run(two).plan.actions == []
+
+
+def test_deletes_not_propagated_leave_a_tombstone(tmp_path: Path) -> None:
+    cfg = memory_config(tmp_path, {"a": {}, "b": {}}, deletes={"propagate": False})
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
+    run(cfg)
+    ds("a").remove(C, "a1")
+    assert run(cfg).plan.actions == []
+    assert len(ds("b").table(C)) == 1 and not ds("a").table(C)
+    assert run(cfg).plan.actions == []  # not re-created on a either
+
+
+def test_mass_delete_guard_stops_and_writes_nothing(two: Config) -> None:
+    for i in range(20):
+        ds("a").put(C, f"a{i}", {"first_name": f"N{i}", "email": f"n{i}@x.com"})
+    run(two)
+    for i in range(10):
+        ds("a").remove(C, f"a{i}")
+    result = run(two)
+    assert result.exit_code == 3 and result.guard and "max_fraction" in result.guard
+    assert len(ds("b").table(C)) == 20
+    allowed = run(two, allow_mass_delete=True)
+    assert allowed.exit_code == 0 and len(ds("b").table(C)) == 10
+
+
+def test_member_that_suddenly_returns_nothing_is_refused(two: Config) -> None:
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
+    run(two)
+    ds("b").table(C).clear()
+    result = run(two)
+    assert result.exit_code == 3 and "returned no customers" in (result.guard or "")
+    assert len(ds("a").table(C)) == 1
+
+
+def test_failed_write_is_retried_next_run_without_duplicates(tmp_path: Path) -> None:
+    failing = {"on": True}
+
+    def fail(op: str, entity: str, ref: str) -> bool:
+        return failing["on"] and op == "update"
+
+    cfg = memory_config(tmp_path, {"a": {}, "b": {}})
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
+    run(cfg)
+    ds("a").edit(C, "a1", first_name="Anne")
+    result = api.sync(cfg, connector_extra={"b": {"fail_write": fail}})[0]
+    assert result.exit_code == 1 and len(result.failures) == 1
+    [b_row] = ds("b").table(C).values()
+    assert b_row["first_name"] == "Ann"
+    failing["on"] = False
+    retry = run(cfg)
+    assert ops(retry) == [("update", "b")]
+    assert [r["first_name"] for r in ds("b").table(C).values()] == ["Anne"]
+    assert run(cfg).plan.actions == []
+
+
+def test_failed_create_is_retried(tmp_path: Path) -> None:
+    cfg = memory_config(tmp_path, {"a": {}, "b": {}})
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
+    result = api.sync(cfg, connector_extra={"b": {"fail_write": lambda *a: True}})[0]
+    assert result.failures and not ds("b").table(C)
+    assert ops(run(cfg)) == [("create", "b")]
+    assert len(ds("b").table(C)) == 1
+    assert run(cfg).plan.actions == []
+
+
+def test_read_only_member_is_never_written(tmp_path: Path) -> None:
+    cfg = memory_config(tmp_path, {"a": {}, "ro": {"create": False, "update": False,
+                                                    "delete": False}})
+    ds("ro").put(C, "r1", {"first_name": "Ro", "email": "ro@x.com"})
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
+    before = rows("ro")
+    run(cfg)
+    assert rows("ro") == before
+    assert {r["email"] for r in rows("a")} == {"ann@x.com", "ro@x.com"}
+    assert run(cfg).plan.actions == []
+
+
+def test_dry_run_writes_nothing_anywhere(two: Config, tmp_path: Path) -> None:
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
+    result = run(two, dry_run=True)
+    assert ops(result) == [("create", "b")]
+    assert not ds("b").table(C)
+    assert not (tmp_path / "state.db").exists()
+    real = run(two)
+    assert ops(real) == [("create", "b")]
+    ds("a").edit(C, "a1", first_name="Anne")
+    state_before = (tmp_path / "state.db").read_bytes()
+    preview = run(two, dry_run=True)
+    assert ops(preview) == [("update", "b")]
+    assert (tmp_path / "state.db").read_bytes() == state_before
+
+
+def test_ambiguous_match_is_reported_not_guessed(two: Config) -> None:
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "same@x.com"})
+    ds("a").put(C, "a2", {"first_name": "Annie", "email": "same@x.com"})
+    ds("b").put(C, "b1", {"first_name": "Who", "email": "same@x.com"})
+    result = run(two)
+    issues = result.plan.entities[0].issues
+    assert len(issues) == 1 and "matches 2 records" in issues[0].message
+    assert result.exit_code == 1
+    assert len(ds("b").table(C)) == 3  # a1 and a2 were created; b1 left alone, not merged
+
+
+def test_three_members_change_anywhere_reaches_the_others(tmp_path: Path) -> None:
+    cfg = memory_config(tmp_path, {"a": {}, "b": {}, "c": {"assigns_ids": True}},
+                        conflicts={"default": ["newest", "a"]})
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
+    ds("b").put(C, "b1", {"first_name": "Bob", "email": "bob@x.com"})
+    ds("c").put(C, "c1", {"first_name": "Cy", "email": "cy@x.com"})
+    run(cfg)
+    for name in "abc":
+        assert {r["email"] for r in rows(name)} == {"ann@x.com", "bob@x.com", "cy@x.com"}
+    c_ann = next(k for k, r in ds("c").table(C).items() if r["email"] == "ann@x.com")
+    ds("c").edit(C, c_ann, company="Cy's edit")
+    result = run(cfg)
+    assert ops(result) == [("update", "a"), ("update", "b")]
+    assert ds("a").table(C)["a1"]["company"] == "Cy's edit"
+    ds("b").remove(C, "b1")
+    result = run(cfg, allow_mass_delete=True)
+    assert ops(result) == [("delete", "a"), ("delete", "c")]
+    assert run(cfg).plan.actions == []
+
+
+def test_interrupted_create_is_found_not_repeated(two: Config, tmp_path: Path) -> None:
+    """A create whose response was lost: the journal's pending intent is settled by `find`."""
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
+
+    def crash_after_write(op: str, entity: str, ref: str) -> bool:
+        if op == "create":
+            ds("b").table(C)[ref] = {"first_name": "Ann", "email": "ann@x.com"}
+            raise KeyboardInterrupt  # the process dies right after the member applied it
+        return False
+
+    with pytest.raises(KeyboardInterrupt):
+        api.sync(two, connector_extra={"b": {"fail_write": crash_after_write}})
+    assert len(ds("b").table(C)) == 1
+    cfg_store = api.open_store(two)
+    assert [i.op for i in cfg_store.pending_intents("p")] == ["create"]
+    cfg_store.close()
+    result = run(two)
+    assert result.pending_recovery == 1
+    assert result.plan.actions == []
+    assert len(ds("b").table(C)) == 1
+    assert run(two).plan.actions == []
+
+
+def test_delete_actions_carry_ids(two: Config) -> None:
+    for i in range(6):
+        ds("a").put(C, f"a{i}", {"first_name": f"N{i}", "email": f"n{i}@x.com"})
+    run(two)
+    ds("b").remove(C, next(iter(ds("b").table(C))))
+    result = run(two)
+    [action] = result.plan.actions
+    assert isinstance(action, Delete) and action.member == "a" and action.native_id.startswith("a")
