@@ -1,0 +1,206 @@
+"""The state store's tables, as SQLAlchemy Core `Table`s on one `MetaData`.
+
+Core, not ORM: the engine streams whole entities (100k records) through the store and
+must never hold one Python object per row beyond the batch it is working on.
+
+Migrations under `migrations/versions/` create exactly these tables; a unit test checks
+that the migrated schema and this module agree (`alembic` `compare_metadata`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+__all__ = [
+    "CONFLICT_STATUSES",
+    "INTENT_OPS",
+    "INTENT_STATES",
+    "UTCDateTime",
+    "conflicts",
+    "journal",
+    "leases",
+    "links",
+    "metadata",
+    "records",
+    "runs",
+    "skips",
+]
+
+INTENT_OPS = ("create", "update", "delete", "assign")
+INTENT_STATES = ("pending", "done", "failed", "abandoned")
+CONFLICT_STATUSES = ("open", "resolved")
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    Naive datetimes are refused when written (they are ambiguous). SQLite has no time zone
+    type, so there the value is stored as naive UTC and made aware again when read;
+    PostgreSQL stores `timestamptz`.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: state store timestamps must be aware")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):  # pragma: no cover - drivers return datetimes
+            raise TypeError(f"expected a datetime from the database, got {value!r}")
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _in(column: str, allowed: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(a) for a in allowed)})"
+
+
+metadata = sa.MetaData(naming_convention={"pk": "pk_%(table_name)s"})
+
+# The golden/base canonical record per hub key.
+records = sa.Table(
+    "records",
+    metadata,
+    sa.Column("pipeline", sa.String(), primary_key=True),
+    sa.Column("entity", sa.String(), primary_key=True),
+    sa.Column("key", sa.String(), primary_key=True),
+    sa.Column("base", sa.JSON(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# One row per (record, member): the member's native id, the hash of its native record and
+# its canonical values as last seen (echo suppression and the raw-hash short-circuit).
+# Every link belongs to a record; the check is deferred to commit so that a batch may
+# write links before their record.
+links = sa.Table(
+    "links",
+    metadata,
+    sa.Column("pipeline", sa.String(), primary_key=True),
+    sa.Column("entity", sa.String(), primary_key=True),
+    sa.Column("key", sa.String(), primary_key=True),
+    sa.Column("member", sa.String(), primary_key=True),
+    sa.Column("native_id", sa.String(), nullable=True),
+    sa.Column("native_hash", sa.String(), nullable=True),
+    sa.Column("last_seen", sa.JSON(), nullable=True),
+    sa.Column("dirty", sa.Boolean(), nullable=False),
+    sa.Column("tombstone", sa.Boolean(), nullable=False),
+    sa.ForeignKeyConstraint(
+        ["pipeline", "entity", "key"],
+        ["records.pipeline", "records.entity", "records.key"],
+        name="fk_links_records",
+        ondelete="CASCADE",
+        deferrable=True,
+        initially="DEFERRED",
+    ),
+    sa.Index("uq_links_native_id", "pipeline", "entity", "member", "native_id", unique=True),
+    sa.Index("ix_links_dirty", "pipeline", "entity", "dirty"),
+)
+
+# Write-ahead intents: recorded before a write is attempted, finished after.
+journal = sa.Table(
+    "journal",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(), nullable=False),
+    sa.Column("pipeline", sa.String(), nullable=False),
+    sa.Column("entity", sa.String(), nullable=False),
+    sa.Column("key", sa.String(), nullable=False),
+    sa.Column("member", sa.String(), nullable=False),
+    sa.Column("op", sa.String(), nullable=False),
+    sa.Column("payload", sa.JSON(), nullable=False),
+    sa.Column("state", sa.String(), nullable=False),
+    sa.Column("native_id", sa.String(), nullable=True),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.CheckConstraint(_in("op", INTENT_OPS), name="ck_journal_op"),
+    sa.CheckConstraint(_in("state", INTENT_STATES), name="ck_journal_state"),
+    sa.Index("ix_journal_pipeline_state", "pipeline", "state"),
+    sqlite_autoincrement=True,
+)
+
+# Field-level conflicts. At most one open conflict per (pipeline, entity, key, field):
+# a partial unique index, which the upsert in `Tx.add_conflict` targets.
+conflicts = sa.Table(
+    "conflicts",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("pipeline", sa.String(), nullable=False),
+    sa.Column("entity", sa.String(), nullable=False),
+    sa.Column("key", sa.String(), nullable=False),
+    sa.Column("field", sa.String(), nullable=False),
+    sa.Column("values", sa.JSON(), nullable=False),
+    sa.Column("base_value", sa.JSON(), nullable=True),
+    sa.Column("status", sa.String(), nullable=False),
+    sa.Column("resolution", sa.JSON(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("resolved_at", UTCDateTime(), nullable=True),
+    sa.CheckConstraint(_in("status", CONFLICT_STATUSES), name="ck_conflicts_status"),
+    sa.Index(
+        "uq_conflicts_open",
+        "pipeline",
+        "entity",
+        "key",
+        "field",
+        unique=True,
+        sqlite_where=sa.text("status = 'open'"),
+        postgresql_where=sa.text("status = 'open'"),
+    ),
+    sa.Index("ix_conflicts_status", "status", "pipeline", "entity"),
+    sqlite_autoincrement=True,
+)
+
+# Run history.
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("run_uuid", sa.String(), nullable=False),
+    sa.Column("pipeline", sa.String(), nullable=False),
+    sa.Column("dry_run", sa.Boolean(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("outcome", sa.String(), nullable=True),
+    sa.Column("counts", sa.JSON(), nullable=False),
+    sa.Column("errors", sa.JSON(), nullable=False),
+    sa.Index("uq_runs_run_uuid", "run_uuid", unique=True),
+    sa.Index("ix_runs_pipeline_id", "pipeline", "id"),
+    sqlite_autoincrement=True,
+)
+
+# Writes a member cannot take (remembered so they are reported once, not retried forever).
+skips = sa.Table(
+    "skips",
+    metadata,
+    sa.Column("pipeline", sa.String(), primary_key=True),
+    sa.Column("entity", sa.String(), primary_key=True),
+    sa.Column("key", sa.String(), primary_key=True),
+    sa.Column("member", sa.String(), primary_key=True),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("first_seen", UTCDateTime(), nullable=False),
+    sa.Column("last_seen", UTCDateTime(), nullable=False),
+)
+
+# One runner per pipeline.
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("pipeline", sa.String(), primary_key=True),
+    sa.Column("holder", sa.String(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+)
