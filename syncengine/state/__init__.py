@@ -1,0 +1,33 @@
+"""The state store: base records, links, the write-ahead journal, conflicts and runs.
+
+Usage::
+
+    store = StateStore.open("sqlite:///state.db", base_dir=config_dir)
+    states = store.load_records("main", "customers", keys)
+    with store.transaction() as tx:
+        tx.put_records(rows)
+"""
+
+from syncengine.state.store import (
+    BATCH_SIZE,
+    ConflictRow,
+    Intent,
+    LinkState,
+    RecordState,
+    RunRow,
+    StateStore,
+    Tx,
+    mask_url,
+)
+
+__all__ = [
+    "BATCH_SIZE",
+    "ConflictRow",
+    "Intent",
+    "LinkState",
+    "RecordState",
+    "RunRow",
+    "StateStore",
+    "Tx",
+    "mask_url",
+]

@@ -1,0 +1,1074 @@
+"""The state store: the only code that issues SQL.
+
+`StateStore.open(url)` connects (SQLite file or PostgreSQL), brings the schema to the newest
+Alembic revision and returns a store with batched read methods and `transaction()`, which
+yields a `Tx` with the write methods. Every SQLAlchemy or driver error is translated into
+`StateError` here, with the URL's password masked.
+
+Reads never issue one query per record: `load_records` takes keys in batches of
+`BATCH_SIZE` (two queries per batch: records, then their links), `iter_records` pages by
+key. Writes take lists of rows and run them as one `executemany`.
+
+SQLite specifics (all behind a dialect check): the file is created `0600` before SQLite
+opens it; every connection runs in WAL mode with `synchronous=NORMAL`, foreign keys on and a
+30 s busy timeout; the driver's implicit transaction handling is switched off and the store
+issues `BEGIN` itself, `BEGIN IMMEDIATE` for writes, so that a writer waits for the lock
+up front instead of failing half way when another process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache, lru_cache, partial
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError as AlembicError
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import StaticPool
+
+from syncengine.errors import StateError
+from syncengine.state.schema import (
+    INTENT_OPS,
+    INTENT_STATES,
+    UTCDateTime,
+    conflicts,
+    journal,
+    links,
+    records,
+    runs,
+)
+
+__all__ = [
+    "BATCH_SIZE",
+    "MIGRATIONS_DIR",
+    "ConflictRow",
+    "Intent",
+    "LinkState",
+    "RecordState",
+    "RunRow",
+    "StateStore",
+    "Tx",
+    "alembic_config",
+    "mask_url",
+]
+
+BATCH_SIZE: Final = 500
+MIGRATIONS_DIR: Final = Path(__file__).resolve().with_name("migrations")
+
+_SQLITE_PRAGMAS: Final = (
+    "PRAGMA busy_timeout=30000",
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA foreign_keys=ON",
+)
+# Key of the PostgreSQL advisory lock that serialises concurrent migrations ("syncmig").
+_PG_MIGRATION_LOCK: Final = 0x73796E636D6967
+_FINAL_INTENT_STATES: Final = frozenset(INTENT_STATES) - {"pending"}
+_SECRET_QUERY_KEYS: Final = frozenset({"password", "passwd", "pass"})
+_URL_EXAMPLES: Final = "e.g. sqlite:///state.db or postgresql+psycopg://user@host/dbname"
+_json_dumps = partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Values returned by reads
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """One member's side of a record: its native id and what we last saw there."""
+
+    member: str
+    native_id: str | None
+    native_hash: str | None
+    last_seen: dict[str, Any] | None
+    dirty: bool
+    tombstone: bool
+
+
+@dataclass(frozen=True)
+class RecordState:
+    """A hub record: the agreed base values and the link to each member."""
+
+    key: str
+    base: dict[str, Any]
+    links: dict[str, LinkState]
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A journalled write that was started and not (yet) finished."""
+
+    id: int
+    run_id: str
+    pipeline: str
+    entity: str
+    key: str
+    member: str
+    op: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ConflictRow:
+    """A field whose members disagree; `values` maps member name to that member's value."""
+
+    id: int
+    pipeline: str
+    entity: str
+    key: str
+    field: str
+    values: dict[str, Any]
+    base_value: Any
+    status: str
+    created_at: datetime
+    resolution: dict[str, Any] | None = None
+    resolved_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One sync run in the history."""
+
+    id: int
+    run_uuid: str
+    pipeline: str
+    dry_run: bool
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str | None
+    counts: dict[str, Any]
+    errors: list[Any]
+
+
+# ---------------------------------------------------------------------------------------
+# URLs, secrets and error messages
+
+
+def _secrets(url: URL) -> list[str]:
+    found = [url.password] if url.password else []
+    for name, value in url.query.items():
+        if name.lower() in _SECRET_QUERY_KEYS:
+            found.extend([value] if isinstance(value, str) else list(value))
+    return [s for s in found if s]
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by `***`, fit for logs and error messages."""
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    masked = {k: "***" for k in parsed.query if k.lower() in _SECRET_QUERY_KEYS}
+    if masked:
+        parsed = parsed.update_query_dict(masked)
+    return parsed.render_as_string(hide_password=True)
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
+    """A one-line reason from a SQLAlchemy/driver error, without SQL, parameters or secrets."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig) if orig is not None else str(exc)
+    if orig is None:
+        text = text.split("\n(Background on this error", 1)[0].split("\n[SQL:", 1)[0]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return _scrub("; ".join(lines) or type(exc).__name__, secrets)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ---------------------------------------------------------------------------------------
+# Alembic
+
+
+def alembic_config(connection: sa.Connection | None = None) -> Config:
+    """An Alembic configuration for the packaged migrations; no alembic.ini involved."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@lru_cache(maxsize=1)
+def _script_directory() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def _current_revisions(conn: sa.Connection) -> set[str]:
+    return set(MigrationContext.configure(conn).get_current_heads())
+
+
+@contextmanager
+def _alembic_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except AlembicError as exc:
+        raise StateError(f"cannot migrate state store {where}: {exc}") from exc
+
+
+def _check_not_newer(current: set[str], known: set[str]) -> None:
+    unknown = sorted(current - known)
+    if unknown:
+        raise StateError(
+            "state store schema is newer than this syncengine; upgrade syncengine "
+            f"(database is at revision {', '.join(unknown)}, this version knows up to "
+            f"{', '.join(sorted(_script_directory().get_heads()))})"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Engines
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite touches it; tighten an existing one."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            if candidate.exists() and (candidate.stat().st_mode & 0o777) != 0o600:
+                os.chmod(candidate, 0o600)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StateError(f"cannot open state store file {path}: {reason}") from exc
+
+
+def _install_sqlite_listeners(engine: sa.Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy's "begin" event below; the sqlite3 module
+        # would otherwise begin lazily, only before DML, leaving DDL outside transactions.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in _SQLITE_PRAGMAS:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        immediate = conn.get_execution_options().get("syncengine_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _sqlite_engine(url: URL | str, *, memory: bool) -> sa.Engine:
+    options: dict[str, Any] = {
+        "connect_args": {"check_same_thread": False},
+        "json_serializer": _json_dumps,
+    }
+    if memory:
+        options["poolclass"] = StaticPool
+    engine = sa.create_engine(url, **options)
+    _install_sqlite_listeners(engine)
+    return engine
+
+
+def _postgresql_engine(url: URL) -> sa.Engine:
+    connect_args: dict[str, Any] = {}
+    if url.get_driver_name() in ("psycopg", "psycopg2") and "connect_timeout" not in url.query:
+        connect_args["connect_timeout"] = 10
+    return sa.create_engine(
+        url, pool_pre_ping=True, json_serializer=_json_dumps, connect_args=connect_args
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The store
+
+
+class StateStore:
+    """Sync state: base records, links, journal, conflicts and run history.
+
+    Open with `StateStore.open(url)`. Reads are methods on the store, each in its own short
+    read transaction; writes go through `with store.transaction() as tx:`.
+    """
+
+    url_for_display: str
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        url_for_display: str,
+        secrets: Sequence[str] = (),
+        path: Path | None = None,
+        ephemeral: bool = False,
+    ) -> None:
+        self._engine = engine
+        self._secrets = list(secrets)
+        self.url_for_display = url_for_display
+        self.path = path
+        """The SQLite database file, or None (PostgreSQL, in-memory)."""
+        self.ephemeral = ephemeral
+        """True when backed by an in-memory database: nothing written survives `close()`."""
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, *, base_dir: str = ".", create: bool = True) -> StateStore:
+        """Connect to the state store at `url` and migrate it to the current schema.
+
+        SQLite paths that are relative are resolved against `base_dir`. With
+        `create=False` a missing SQLite file is not created: the store is then backed by an
+        empty in-memory database (`ephemeral` is True), so a dry run on a fresh setup reads
+        "no state" and leaves no file behind.
+        """
+        display = mask_url(url)
+        try:
+            parsed = make_url(url)
+        except (sa_exc.ArgumentError, ValueError) as exc:
+            raise StateError(
+                f"invalid state store URL {display!r} ({_scrub(str(exc), [])}); "
+                f"expected {_URL_EXAMPLES}"
+            ) from None
+        secrets = _secrets(parsed)
+        backend = parsed.get_backend_name()
+        path: Path | None = None
+        ephemeral = False
+        try:
+            if backend == "sqlite":
+                database = parsed.database or ""
+                if database in ("", ":memory:"):
+                    engine = _sqlite_engine("sqlite://", memory=True)
+                    ephemeral = True
+                else:
+                    path = Path(base_dir, os.path.expanduser(database)).absolute()
+                    if not create and not path.exists():
+                        engine = _sqlite_engine("sqlite://", memory=True)
+                        ephemeral = True
+                    else:
+                        if create:
+                            _mkdir_parent(path)
+                        _prepare_sqlite_file(path)
+                        engine = _sqlite_engine(parsed.set(database=str(path)), memory=False)
+            elif backend == "postgresql":
+                engine = _postgresql_engine(parsed)
+            else:
+                raise StateError(
+                    f"unsupported state store URL {display!r}: only SQLite and PostgreSQL "
+                    f"are supported ({_URL_EXAMPLES})"
+                )
+        except ImportError as exc:
+            raise StateError(
+                f"cannot use state store {display}: database driver {exc.name or ''} is not "
+                "installed (for PostgreSQL: pip install 'psycopg[binary]')"
+            ) from None
+        except sa_exc.SQLAlchemyError as exc:
+            raise StateError(
+                f"invalid state store URL {display!r}: {_describe(exc, secrets)}"
+            ) from None
+        store = cls(
+            engine, url_for_display=display, secrets=secrets, path=path, ephemeral=ephemeral
+        )
+        try:
+            store._migrate()
+        except BaseException:
+            engine.dispose()
+            raise
+        return store
+
+    def _migrate(self) -> None:
+        script = _script_directory()
+        heads = set(script.get_heads())
+        known = {rev.revision for rev in script.walk_revisions()}
+        where = str(self.path) if self.path is not None else self.url_for_display
+        if self.ephemeral:
+            where = "in-memory state store"
+        with self._translate(f"cannot open state store {where}"), _alembic_errors(where):
+            with self._engine.connect() as conn, conn.begin():
+                current = _current_revisions(conn)
+            _check_not_newer(current, known)
+            if current == heads:
+                return
+            with self._write() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+                current = _current_revisions(conn)  # another process may have migrated
+                _check_not_newer(current, known)
+                if current != heads:
+                    command.upgrade(alembic_config(conn), "head")
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The SQLAlchemy engine, for instrumentation in tests. Do not issue SQL with it."""
+        return self._engine
+
+    @property
+    def dialect_name(self) -> str:
+        return self._engine.dialect.name
+
+    @contextmanager
+    def _translate(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sa_exc.SQLAlchemyError as exc:
+            raise StateError(f"{what}: {_describe(exc, self._secrets)}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with (
+            self._translate(f"state store {self.url_for_display}: read failed"),
+            self._engine.connect() as conn,
+            conn.begin(),
+        ):
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        with self._engine.connect() as conn:
+            conn.execution_options(syncengine_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """One database transaction: committed on exit, rolled back on an exception."""
+        with (
+            self._translate(f"state store {self.url_for_display}: write failed"),
+            self._write() as conn,
+        ):
+            yield Tx(conn)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"StateStore({self.url_for_display!r})"
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def link_index(
+        self, pipeline: str, entity: str, member: str
+    ) -> dict[str, tuple[str, str | None]]:
+        """native_id -> (key, native_hash) for the member's live links (not tombstoned)."""
+        query = sa.select(links.c.native_id, links.c.key, links.c.native_hash).where(
+            links.c.pipeline == pipeline,
+            links.c.entity == entity,
+            links.c.member == member,
+            links.c.native_id.is_not(None),
+            links.c.tombstone == sa.false(),
+        )
+        with self._read() as conn:
+            return {nid: (key, nhash) for nid, key, nhash in conn.execute(query)}
+
+    def linked_count(self, pipeline: str, entity: str, member: str) -> int:
+        """How many records the member has a live link for (as counted by `link_index`)."""
+        query = sa.select(sa.func.count()).where(
+            links.c.pipeline == pipeline,
+            links.c.entity == entity,
+            links.c.member == member,
+            links.c.native_id.is_not(None),
+            links.c.tombstone == sa.false(),
+        )
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def load_records(
+        self, pipeline: str, entity: str, keys: Iterable[str]
+    ) -> dict[str, RecordState]:
+        """The records among `keys` that exist, with their links; missing keys are absent.
+
+        Two queries (records, then their links) per batch of `BATCH_SIZE` keys."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, RecordState] = {}
+        with self._read() as conn:
+            for chunk in _chunks(wanted, BATCH_SIZE):
+                batch = _bases(
+                    conn, _record_select(pipeline, entity).where(records.c.key.in_(chunk))
+                )
+                _attach_links(conn, pipeline, entity, batch, links.c.key.in_(list(batch)))
+                found.update(batch)
+        return found
+
+    def iter_records(self, pipeline: str, entity: str, batch: int = 1000) -> Iterator[RecordState]:
+        """Every record of the entity, in key order, read `batch` records at a time.
+
+        Each batch is its own short read transaction, so iterating does not hold the
+        database open while the caller works, and the caller may write in between.
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be positive, got {batch}")
+        after: str | None = None
+        while True:
+            query = _record_select(pipeline, entity).order_by(records.c.key).limit(batch)
+            if after is not None:
+                query = query.where(records.c.key > after)
+            with self._read() as conn:
+                page = _bases(conn, query)
+                if not page:
+                    return
+                keys = list(page)
+                _attach_links(conn, pipeline, entity, page, links.c.key.between(keys[0], keys[-1]))
+            yield from page.values()
+            if len(page) < batch:
+                return
+            after = keys[-1]
+
+    def dirty_keys(self, pipeline: str, entity: str) -> set[str]:
+        """Keys with at least one link marked dirty."""
+        query = (
+            sa.select(links.c.key)
+            .where(
+                links.c.pipeline == pipeline,
+                links.c.entity == entity,
+                links.c.dirty == sa.true(),
+            )
+            .distinct()
+        )
+        with self._read() as conn:
+            return set(conn.execute(query).scalars())
+
+    def pending_intents(self, pipeline: str) -> list[Intent]:
+        """Journalled writes of the pipeline that never finished, oldest first."""
+        query = (
+            sa.select(
+                journal.c.id,
+                journal.c.run_id,
+                journal.c.pipeline,
+                journal.c.entity,
+                journal.c.key,
+                journal.c.member,
+                journal.c.op,
+                journal.c.payload,
+            )
+            .where(journal.c.pipeline == pipeline, journal.c.state == "pending")
+            .order_by(journal.c.id)
+        )
+        with self._read() as conn:
+            return [Intent(*row) for row in conn.execute(query)]
+
+    def open_conflicts(
+        self, pipeline: str | None = None, entity: str | None = None
+    ) -> list[ConflictRow]:
+        query = _conflict_select().where(conflicts.c.status == "open").order_by(conflicts.c.id)
+        if pipeline is not None:
+            query = query.where(conflicts.c.pipeline == pipeline)
+        if entity is not None:
+            query = query.where(conflicts.c.entity == entity)
+        with self._read() as conn:
+            return [ConflictRow(*row) for row in conn.execute(query)]
+
+    def open_conflict_fields(self, pipeline: str, entity: str) -> dict[str, set[str]]:
+        """key -> the fields of that record with an open conflict."""
+        query = sa.select(conflicts.c.key, conflicts.c.field).where(
+            conflicts.c.status == "open",
+            conflicts.c.pipeline == pipeline,
+            conflicts.c.entity == entity,
+        )
+        fields: dict[str, set[str]] = {}
+        with self._read() as conn:
+            for key, field in conn.execute(query):
+                fields.setdefault(key, set()).add(field)
+        return fields
+
+    def get_conflict(self, conflict_id: int) -> ConflictRow | None:
+        query = _conflict_select().where(conflicts.c.id == conflict_id)
+        with self._read() as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else ConflictRow(*row)
+
+    def runs(self, pipeline: str | None = None, limit: int = 20) -> list[RunRow]:
+        """The most recent runs, newest first."""
+        query = (
+            sa.select(
+                runs.c.id,
+                runs.c.run_uuid,
+                runs.c.pipeline,
+                runs.c.dry_run,
+                runs.c.started_at,
+                runs.c.finished_at,
+                runs.c.outcome,
+                runs.c.counts,
+                runs.c.errors,
+            )
+            .order_by(runs.c.id.desc())
+            .limit(limit)
+        )
+        if pipeline is not None:
+            query = query.where(runs.c.pipeline == pipeline)
+        with self._read() as conn:
+            return [RunRow(*row) for row in conn.execute(query)]
+
+    def pipelines(self) -> list[str]:
+        """Pipelines that have any records or runs."""
+        query = sa.union(
+            sa.select(records.c.pipeline).distinct(), sa.select(runs.c.pipeline).distinct()
+        )
+        with self._read() as conn:
+            return sorted(conn.execute(query).scalars())
+
+
+def _mkdir_parent(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StateError(
+            f"cannot create directory {path.parent} for the state store: {reason}"
+        ) from exc
+
+
+def _bases(conn: sa.Connection, query: sa.Select[tuple[str, Any]]) -> dict[str, RecordState]:
+    """Records from a query of (key, base), in the query's order, without links yet."""
+    return {key: RecordState(key, base, {}) for key, base in conn.execute(query).all()}
+
+
+def _attach_links(
+    conn: sa.Connection,
+    pipeline: str,
+    entity: str,
+    found: dict[str, RecordState],
+    link_filter: sa.ColumnElement[bool],
+) -> None:
+    """Fill in the links of `found` with one query (`link_filter` narrows it to their keys)."""
+    if not found:
+        return
+    query = sa.select(
+        links.c.key,
+        links.c.member,
+        links.c.native_id,
+        links.c.native_hash,
+        links.c.last_seen,
+        links.c.dirty,
+        links.c.tombstone,
+    ).where(links.c.pipeline == pipeline, links.c.entity == entity, link_filter)
+    rows = conn.execute(query).all()
+    for key, member, native_id, native_hash, last_seen, dirty, tombstone in rows:
+        state = found.get(key)
+        if state is not None:  # a link's record can only be missing inside a write batch
+            state.links[member] = LinkState(
+                member, native_id, native_hash, last_seen, bool(dirty), bool(tombstone)
+            )
+
+
+def _record_select(pipeline: str, entity: str) -> sa.Select[tuple[str, Any]]:
+    return sa.select(records.c.key, records.c.base).where(
+        records.c.pipeline == pipeline, records.c.entity == entity
+    )
+
+
+def _conflict_select() -> sa.Select[
+    tuple[int, str, str, str, str, Any, Any, str, datetime, Any, datetime | None]
+]:
+    return sa.select(
+        conflicts.c.id,
+        conflicts.c.pipeline,
+        conflicts.c.entity,
+        conflicts.c.key,
+        conflicts.c.field,
+        conflicts.c["values"],
+        conflicts.c.base_value,
+        conflicts.c.status,
+        conflicts.c.created_at,
+        conflicts.c.resolution,
+        conflicts.c.resolved_at,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Writes
+
+
+@cache
+def _upsert(dialect: str, table: sa.Table, conflict_on: tuple[str, ...]) -> sa.Insert:
+    """INSERT ... ON CONFLICT (conflict_on) DO UPDATE SET every other column."""
+    update = [c.name for c in table.columns if c.name not in conflict_on]
+    if dialect == "sqlite":
+        lite = sqlite.insert(table)
+        return lite.on_conflict_do_update(
+            index_elements=list(conflict_on), set_={c: lite.excluded[c] for c in update}
+        )
+    if dialect == "postgresql":
+        pg = postgresql.insert(table)
+        return pg.on_conflict_do_update(
+            index_elements=list(conflict_on), set_={c: pg.excluded[c] for c in update}
+        )
+    raise StateError(f"unsupported database dialect {dialect!r}")
+
+
+_OPEN_CONFLICT = sa.text("status = 'open'")
+
+
+@cache
+def _conflict_upsert(dialect: str) -> sa.Insert:
+    """Insert an open conflict, or update the values of the open one for the same field."""
+    target = ["pipeline", "entity", "key", "field"]
+    if dialect == "sqlite":
+        lite = sqlite.insert(conflicts)
+        return lite.on_conflict_do_update(
+            index_elements=target,
+            index_where=_OPEN_CONFLICT,
+            set_={"values": lite.excluded["values"], "base_value": lite.excluded.base_value},
+        )
+    if dialect == "postgresql":
+        pg = postgresql.insert(conflicts)
+        return pg.on_conflict_do_update(
+            index_elements=target,
+            index_where=_OPEN_CONFLICT,
+            set_={"values": pg.excluded["values"], "base_value": pg.excluded.base_value},
+        )
+    raise StateError(f"unsupported database dialect {dialect!r}")
+
+
+_FINISH_INTENT = (
+    sa.update(journal)
+    .where(journal.c.id == sa.bindparam("b_id", type_=sa.Integer()))
+    .values(
+        state=sa.bindparam("b_state", type_=sa.String()),
+        native_id=sa.func.coalesce(
+            sa.bindparam("b_native_id", type_=sa.String()), journal.c.native_id
+        ),
+        error=sa.func.coalesce(sa.bindparam("b_error", type_=sa.Text()), journal.c.error),
+        finished_at=sa.bindparam("b_finished_at", type_=UTCDateTime()),
+    )
+)
+
+
+class Tx:
+    """The write methods, all inside one database transaction (see `StateStore.transaction`).
+
+    Bulk methods take sequences of dicts whose keys are the keyword arguments of the
+    single-row method, and run one statement for the whole sequence.
+    """
+
+    def __init__(self, conn: sa.Connection) -> None:
+        self._conn = conn
+        self._dialect = conn.dialect.name
+
+    # -- records and links ---------------------------------------------------------------
+
+    def put_record(self, pipeline: str, entity: str, key: str, base: dict[str, Any]) -> None:
+        """Insert or replace the base record of a key."""
+        self.put_records([{"pipeline": pipeline, "entity": entity, "key": key, "base": base}])
+
+    def put_records(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Bulk `put_record`: rows with pipeline, entity, key, base."""
+        now = _now()
+        unique = {
+            (r["pipeline"], r["entity"], r["key"]): {
+                "pipeline": r["pipeline"],
+                "entity": r["entity"],
+                "key": r["key"],
+                "base": r["base"],
+                "updated_at": now,
+            }
+            for r in rows
+        }
+        if unique:
+            stmt = _upsert(self._dialect, records, ("pipeline", "entity", "key"))
+            self._conn.execute(stmt, list(unique.values()))
+
+    def delete_record(self, pipeline: str, entity: str, key: str) -> None:
+        """Delete a record with its links and its open conflicts (resolved ones are history)."""
+        self._conn.execute(
+            sa.delete(links).where(
+                links.c.pipeline == pipeline, links.c.entity == entity, links.c.key == key
+            )
+        )
+        self._conn.execute(
+            sa.delete(conflicts).where(
+                conflicts.c.pipeline == pipeline,
+                conflicts.c.entity == entity,
+                conflicts.c.key == key,
+                conflicts.c.status == "open",
+            )
+        )
+        self._conn.execute(
+            sa.delete(records).where(
+                records.c.pipeline == pipeline, records.c.entity == entity, records.c.key == key
+            )
+        )
+
+    def put_link(
+        self,
+        pipeline: str,
+        entity: str,
+        key: str,
+        member: str,
+        *,
+        native_id: str | None,
+        native_hash: str | None,
+        last_seen: dict[str, Any] | None,
+        dirty: bool = False,
+        tombstone: bool = False,
+    ) -> None:
+        """Insert or replace one member's link for a key. Its record must exist by commit."""
+        self.put_links(
+            [
+                {
+                    "pipeline": pipeline,
+                    "entity": entity,
+                    "key": key,
+                    "member": member,
+                    "native_id": native_id,
+                    "native_hash": native_hash,
+                    "last_seen": last_seen,
+                    "dirty": dirty,
+                    "tombstone": tombstone,
+                }
+            ]
+        )
+
+    def put_links(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Bulk `put_link`: rows with pipeline, entity, key, member and optionally native_id,
+        native_hash, last_seen (default None), dirty and tombstone (default False)."""
+        unique = {
+            (r["pipeline"], r["entity"], r["key"], r["member"]): {
+                "pipeline": r["pipeline"],
+                "entity": r["entity"],
+                "key": r["key"],
+                "member": r["member"],
+                "native_id": r.get("native_id"),
+                "native_hash": r.get("native_hash"),
+                "last_seen": r.get("last_seen"),
+                "dirty": bool(r.get("dirty", False)),
+                "tombstone": bool(r.get("tombstone", False)),
+            }
+            for r in rows
+        }
+        if unique:
+            stmt = _upsert(self._dialect, links, ("pipeline", "entity", "key", "member"))
+            self._conn.execute(stmt, list(unique.values()))
+
+    def delete_link(self, pipeline: str, entity: str, key: str, member: str) -> None:
+        self._conn.execute(
+            sa.delete(links).where(
+                links.c.pipeline == pipeline,
+                links.c.entity == entity,
+                links.c.key == key,
+                links.c.member == member,
+            )
+        )
+
+    def set_dirty(
+        self, pipeline: str, entity: str, key: str, members: Iterable[str] | None = None
+    ) -> None:
+        """Mark the key's links dirty: all of them, or only those of `members`."""
+        stmt = (
+            sa.update(links)
+            .where(links.c.pipeline == pipeline, links.c.entity == entity, links.c.key == key)
+            .values(dirty=True)
+        )
+        if members is not None:
+            stmt = stmt.where(links.c.member.in_(list(members)))
+        self._conn.execute(stmt)
+
+    # -- journal -------------------------------------------------------------------------
+
+    def add_intent(
+        self,
+        run_id: str,
+        pipeline: str,
+        entity: str,
+        key: str,
+        member: str,
+        op: str,
+        payload: dict[str, Any],
+    ) -> int:
+        """Journal a write before attempting it; returns the intent id."""
+        row = {
+            "run_id": run_id,
+            "pipeline": pipeline,
+            "entity": entity,
+            "key": key,
+            "member": member,
+            "op": op,
+            "payload": payload,
+        }
+        return self.add_intents([row])[0]
+
+    def add_intents(self, rows: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Bulk `add_intent`; returns the ids in the order of `rows`."""
+        if not rows:
+            return []
+        now = _now()
+        values = []
+        for r in rows:
+            if r["op"] not in INTENT_OPS:
+                raise ValueError(f"intent op must be one of {INTENT_OPS}, got {r['op']!r}")
+            values.append(
+                {
+                    "run_id": r["run_id"],
+                    "pipeline": r["pipeline"],
+                    "entity": r["entity"],
+                    "key": r["key"],
+                    "member": r["member"],
+                    "op": r["op"],
+                    "payload": r["payload"],
+                    "state": "pending",
+                    "created_at": now,
+                }
+            )
+        stmt = sa.insert(journal).returning(journal.c.id, sort_by_parameter_order=True)
+        return list(self._conn.execute(stmt, values).scalars())
+
+    def finish_intent(
+        self,
+        intent_id: int,
+        state: str,
+        *,
+        native_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record the outcome of a journalled write (done, failed or abandoned).
+
+        `native_id` and `error` keep their previous value when not given.
+        """
+        self.finish_intents(
+            [{"id": intent_id, "state": state, "native_id": native_id, "error": error}]
+        )
+
+    def finish_intents(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Bulk `finish_intent`: rows with id, state and optionally native_id, error."""
+        now = _now()
+        params = []
+        for r in rows:
+            if r["state"] not in _FINAL_INTENT_STATES:
+                raise ValueError(
+                    f"a finished intent's state must be one of {sorted(_FINAL_INTENT_STATES)}, "
+                    f"got {r['state']!r}"
+                )
+            params.append(
+                {
+                    "b_id": r["id"],
+                    "b_state": r["state"],
+                    "b_native_id": r.get("native_id"),
+                    "b_error": r.get("error"),
+                    "b_finished_at": now,
+                }
+            )
+        if not params:
+            return
+        result = self._conn.execute(_FINISH_INTENT, params)
+        expected = len({p["b_id"] for p in params})
+        if self._conn.dialect.supports_sane_multi_rowcount and result.rowcount < expected:
+            raise StateError(f"cannot finish intents: {expected - result.rowcount} unknown id(s)")
+
+    def prune_journal(self, pipeline: str, older_than: datetime) -> int:
+        """Delete the pipeline's finished intents (done, failed, abandoned) that finished
+        before `older_than`; returns how many were deleted. Pending intents are kept."""
+        if older_than.tzinfo is None or older_than.utcoffset() is None:
+            raise ValueError(f"older_than must be timezone-aware, got {older_than!r}")
+        result = self._conn.execute(
+            sa.delete(journal).where(
+                journal.c.pipeline == pipeline,
+                journal.c.state.in_(sorted(_FINAL_INTENT_STATES)),
+                journal.c.finished_at < older_than,
+            )
+        )
+        return int(result.rowcount)
+
+    # -- conflicts -----------------------------------------------------------------------
+
+    def add_conflict(
+        self,
+        pipeline: str,
+        entity: str,
+        key: str,
+        field: str,
+        values: dict[str, Any],
+        base_value: Any,
+    ) -> int:
+        """Open a conflict on a field, or update the values of the one already open there.
+
+        Returns the conflict id (the existing one when it was updated)."""
+        stmt = _conflict_upsert(self._dialect).returning(conflicts.c.id)
+        row = {
+            "pipeline": pipeline,
+            "entity": entity,
+            "key": key,
+            "field": field,
+            "values": values,
+            "base_value": base_value,
+            "status": "open",
+            "created_at": _now(),
+        }
+        return int(self._conn.execute(stmt, row).scalar_one())
+
+    def resolve_conflict(self, conflict_id: int, resolution: dict[str, Any]) -> None:
+        """Close an open conflict with the resolution chosen for it."""
+        result = self._conn.execute(
+            sa.update(conflicts)
+            .where(conflicts.c.id == conflict_id, conflicts.c.status == "open")
+            .values(status="resolved", resolution=resolution, resolved_at=_now())
+        )
+        if result.rowcount == 1:
+            return
+        status = self._conn.execute(
+            sa.select(conflicts.c.status).where(conflicts.c.id == conflict_id)
+        ).scalar_one_or_none()
+        if status is None:
+            raise StateError(f"conflict {conflict_id} does not exist")
+        raise StateError(f"conflict {conflict_id} is already {status}")
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def start_run(self, pipeline: str, dry_run: bool, run_uuid: str) -> int:
+        """Record the start of a run; returns its id."""
+        stmt = (
+            sa.insert(runs)
+            .values(
+                run_uuid=run_uuid,
+                pipeline=pipeline,
+                dry_run=dry_run,
+                started_at=_now(),
+                counts={},
+                errors=[],
+            )
+            .returning(runs.c.id)
+        )
+        return int(self._conn.execute(stmt).scalar_one())
+
+    def finish_run(
+        self, run_id: int, outcome: str, counts: dict[str, Any], errors: list[Any]
+    ) -> None:
+        result = self._conn.execute(
+            sa.update(runs)
+            .where(runs.c.id == run_id)
+            .values(finished_at=_now(), outcome=outcome, counts=counts, errors=errors)
+        )
+        if result.rowcount != 1:
+            raise StateError(f"run {run_id} does not exist")
