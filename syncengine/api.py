@@ -119,9 +119,9 @@ def resolve_conflict(config: Config, conflict_id: int, take: str) -> ConflictRow
         store.close()
 
 
-def require_config(path: str | Path) -> Config:
+def require_config(path: str | Path, *, strict_env: bool = True) -> Config:
     p = Path(path)
     if not p.exists():
         raise ConfigError([Problem(str(p), "file not found",
                                    "pass --config PATH (see config.example.toml)")])
-    return load_config(p)
+    return load_config(p, strict_env=strict_env)

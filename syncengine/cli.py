@@ -184,7 +184,7 @@ def status(
     """Show each pipeline's last run, open conflicts and interrupted writes."""
     with handled():
         _setup("warning")
-        cfg = api.require_config(config)
+        cfg = api.require_config(config, strict_env=False)
         rows = api.status(cfg)
         if as_json:
             out.print_json(json.dumps([r.__dict__ for r in rows], default=str))
@@ -216,7 +216,7 @@ def conflicts_list(
     """List conflicts waiting for a person, with each member's value."""
     with handled():
         _setup("warning")
-        cfg = api.require_config(config)
+        cfg = api.require_config(config, strict_env=False)
         rows = api.list_conflicts(cfg, pipeline)
         if as_json:
             out.print_json(json.dumps([{
@@ -244,7 +244,7 @@ def conflicts_resolve(
     """Settle a parked conflict with one member's value; the next sync writes it everywhere."""
     with handled():
         _setup("warning")
-        cfg = api.require_config(config)
+        cfg = api.require_config(config, strict_env=False)
         row = api.resolve_conflict(cfg, conflict_id, take)
         out.print(f"conflict #{row.id} on {row.field}: {take}'s value "
                   f"{escape(repr(row.values[take]))} taken; run `syncengine sync` to write it")

@@ -144,16 +144,19 @@ class Config:
 # --------------------------------------------------------------------------------- interpolation
 
 def _interpolate(
-    value: Any, where: str, env: Mapping[str, str], problems: list[Problem], secrets: set[str]
+    value: Any, where: str, env: Mapping[str, str], problems: list[Problem], secrets: set[str],
+    source: str = "", strict_env: bool = True,
 ) -> Any:
     if isinstance(value, dict):
         return {
-            k: _interpolate(v, f"{where}.{k}" if where else k, env, problems, secrets)
+            k: _interpolate(v, f"{where}.{k}" if where else k, env, problems, secrets, source,
+                            strict_env)
             for k, v in value.items()
         }
     if isinstance(value, list):
         return [
-            _interpolate(v, f"{where}[{i}]", env, problems, secrets) for i, v in enumerate(value)
+            _interpolate(v, f"{where}[{i}]", env, problems, secrets, source, strict_env)
+            for i, v in enumerate(value)
         ]
     if not isinstance(value, str):
         return value
@@ -166,9 +169,11 @@ def _interpolate(
             return env[var]
         if default is not None:
             return default
-        problems.append(Problem(where, f"environment variable {var} is not set",
-                                f"export {var}=... before running, or use ${{{var}:-default}}"))
-        return ""
+        if strict_env:
+            problems.append(Problem(f"{source}: {where}", f"environment variable {var} is not set",
+                                    f"export {var}=... before running, or use "
+                                    f"${{{var}:-default}}"))
+        return match.group(0)  # left as written: one problem is enough
 
     result = _ENV_REF.sub(substitute, value)
     if is_secret and result:
@@ -230,10 +235,14 @@ def _unwrap_model(annotation: Any) -> Any:
     return None
 
 
-def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path, *, env: Mapping[str, str] | None = None, strict_env: bool = True
+) -> Config:
     """Parse, interpolate and validate a config file and every mapping it uses.
 
     Raises ``ConfigError`` with every problem found; returns a ready ``Config`` otherwise.
+    ``strict_env=False`` tolerates unset environment variables (for commands that only read
+    the state store, such as ``status``: they need no credentials).
     """
     path = Path(path)
     env = os.environ if env is None else env
@@ -256,7 +265,7 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
 
     problems: list[Problem] = []
     secrets: set[str] = set()
-    data = _interpolate(raw, "", env, problems, secrets)
+    data = _interpolate(raw, "", env, problems, secrets, shown, strict_env)
     base_dir = path.resolve().parent
 
     try:

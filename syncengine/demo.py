@@ -137,7 +137,8 @@ def write_spreadsheet(path: Path, customers: list[dict[str, Any]]) -> list[str]:
         rows.append(_row(c, Company=f"{c.get('last_name') or 'Acme'} Property Management"))
     story.append(f"{len(filled)} rows where the bookkeeper filled in a company HCP lacks "
                  "(it flows to HCP)")
-    target = next(c for c in customers[6:] if c.get("mobile_number"))
+    target = next(c for c in customers[4:] if c.get("mobile_number") and c.get("email")
+                  and c not in filled)
     rows.append(_row(target, Mobile="(555) 010-9999"))
     story.append(f"1 row for {target.get('first_name')} {target.get('last_name')} with a "
                  "different mobile number than HCP (a conflict parked for a person)")

@@ -103,6 +103,15 @@ class SyncResult:
             return 1
         return 0
 
+    @property
+    def outcome(self) -> str:
+        """One word for run history: ok, conflicts, errors or guard."""
+        if self.guard:
+            return "guard"
+        if any(ep.issues for ep in self.plan.entities) or self.failures:
+            return "errors"
+        return "conflicts" if self.open_conflicts else "ok"
+
     def to_json(self) -> dict[str, Any]:
         entities: dict[str, Any] = {}
         for outcome in self.outcomes:
@@ -197,7 +206,7 @@ class Engine:
                 except Exception as exc:  # closing must not hide the real outcome
                     bound.warning("close failed", connector=conn.name, error=str(exc))
             if run_row is not None:
-                outcome_word = {0: "ok", 1: "errors", 3: "guard"}.get(result.exit_code, "error")
+                outcome_word = result.outcome
                 with self.store.transaction() as tx:
                     tx.finish_run(run_row, outcome_word, result.to_json()["entities"],
                                   [f"{i.member} {i.location}: {i.message}"

@@ -58,10 +58,7 @@ def match(
     result = MatchResult()
     index: dict[tuple[str, Any], list[str]] = {}
     holders: dict[str, set[str]] = {}
-    wanted = {m for m, records in new_records.items() if records}
     for key, base, linked in existing:
-        if wanted <= linked:
-            continue  # every member with new records already holds this one
         holders[key] = set(linked)
         for name in match_keys:
             value = base.get(name)
@@ -69,6 +66,7 @@ def match(
                 index.setdefault((name, value), []).append(key)
 
     hints = hints or {}
+    contested: set[str] = set()
     for member in members:
         for obs in new_records.get(member, []):
             hinted = hints.get((member, obs.native_hash))
@@ -81,8 +79,8 @@ def match(
                 value = obs.canonical.get(name)
                 if value in (None, ""):
                     continue
-                candidates = [k for k in index.get((name, value), [])
-                              if member not in holders.get(k, set())]
+                same_value = index.get((name, value), [])
+                candidates = [k for k in same_value if member not in holders.get(k, set())]
                 if len(candidates) == 1:
                     chosen = candidates[0]
                     break
@@ -90,6 +88,14 @@ def match(
                     ambiguous = (f"{name} {value!r} matches {len(candidates)} records "
                                  "already linked elsewhere; give them distinct values or link "
                                  "by hand")
+                    contested.update(k for k in candidates if k in result.new_keys)
+                    break
+                twins = [k for k in same_value if holders.get(k, set()) - {member}]
+                if twins:
+                    ambiguous = (f"{name} {value!r} is already used by another record on "
+                                 f"{member} that is linked to the other members: a possible "
+                                 "duplicate, not synced (merge the two, or give this one a "
+                                 "distinct value)")
                     break
             if ambiguous:
                 result.ambiguous.append((obs, ambiguous))
@@ -103,6 +109,13 @@ def match(
                     if value not in (None, ""):
                         index.setdefault((name, value), []).append(chosen)
             _attach(result, holders, chosen, obs)
+    # new hub records that an ambiguous record might also belong to are held back too:
+    # creating them elsewhere could duplicate what a person has to sort out first
+    for key in contested:
+        for obs in result.groups.pop(key, {}).values():
+            result.ambiguous.append((obs, "held back: another record matches it ambiguously "
+                                          "(see the other error for this value)"))
+        result.new_keys.discard(key)
     return result
 
 

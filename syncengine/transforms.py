@@ -505,9 +505,9 @@ def _cents(params: Params) -> Transform:
 
 
 class ListTransform(_Base):
-    """A canonical list of strings <-> text delimited by ``sep``. Items are stripped and
-    empty items dropped; ``","`` is written as ``", "``. Writing an item that contains the
-    separator is an error, since it would read back as two items."""
+    """A canonical list of strings <-> text delimited by ``sep`` (a native list is read too).
+    Items are stripped and empty items dropped; ``","`` is written as ``", "``. Writing an
+    item that contains the separator is an error, since it would read back as two items."""
 
     def __init__(self, sep: str = ",") -> None:
         self.name = "list"
@@ -518,7 +518,13 @@ class ListTransform(_Base):
         if isinstance(native, str):
             items = native.split(self.sep)
         elif isinstance(native, list | tuple | set | frozenset):
-            items = [i if isinstance(i, str) else str(i) for i in native if i is not None]
+            # items are split too: what this reads must be writable back to one string
+            items = [
+                part
+                for i in native
+                if i is not None
+                for part in (i if isinstance(i, str) else str(i)).split(self.sep)
+            ]
         else:
             items = [str(native)]
         kept = [s for s in (i.strip() for i in items) if s]
@@ -698,20 +704,21 @@ class DateTransform(_Base):
         self._zone = dt.UTC if timezone == "UTC" else zoneinfo.ZoneInfo(timezone)
 
     def _read(self, native: Any) -> Any:
-        if isinstance(native, dt.datetime):
-            moment = native
-        elif isinstance(native, dt.date):
-            moment = dt.datetime(native.year, native.month, native.day)
-        else:
-            text = (native if isinstance(native, str) else str(native)).strip()
-            if not text:
-                return None
-            try:
-                moment = dt.datetime.strptime(text, self.format)
-            except ValueError:
-                raise ValueError(
-                    f"{native!r} is not a date in the format {self.format!r}"
-                ) from None
+        if isinstance(native, dt.date):
+            # a date or datetime object (a spreadsheet cell): as precise as the format, so
+            # that it reads the same as the text it is written back as
+            if not isinstance(native, dt.datetime):
+                native = dt.datetime(native.year, native.month, native.day)
+            if native.tzinfo is None:
+                native = native.replace(tzinfo=self._zone)
+            native = native.astimezone(self._zone).strftime(self.format)
+        text = (native if isinstance(native, str) else str(native)).strip()
+        if not text:
+            return None
+        try:
+            moment = dt.datetime.strptime(text, self.format)
+        except ValueError:
+            raise ValueError(f"{native!r} is not a date in the format {self.format!r}") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=self._zone)
         return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -736,7 +743,7 @@ def _date(params: Params) -> Transform:
     fmt = params.get("format", str, "%Y-%m-%d")
     zone = params.get("timezone", str, "UTC")
     try:
-        sample = dt.datetime(2001, 12, 31, 23, 59, 58).strftime(fmt)
+        sample = dt.datetime(2001, 12, 31, 23, 59, 58, tzinfo=dt.UTC).strftime(fmt)
         dt.datetime.strptime(sample, fmt)
         if "%" not in fmt:
             raise ValueError("no directive")

@@ -242,9 +242,22 @@ def test_ambiguous_match_is_reported_not_guessed(two: Config) -> None:
     ds("b").put(C, "b1", {"first_name": "Who", "email": "same@x.com"})
     result = run(two)
     issues = result.plan.entities[0].issues
-    assert len(issues) == 1 and "matches 2 records" in issues[0].message
+    assert [i.member for i in issues if "matches 2 records" in i.message] == ["b"]
+    assert sorted(i.location for i in issues if "held back" in i.message) == [
+        "a customers a1", "a customers a2"]
     assert result.exit_code == 1
-    assert len(ds("b").table(C)) == 3  # a1 and a2 were created; b1 left alone, not merged
+    assert result.plan.actions == []  # nothing guessed, nothing duplicated
+    assert len(ds("b").table(C)) == 1 and len(ds("a").table(C)) == 2
+
+
+def test_possible_duplicate_on_one_member_is_reported(two: Config) -> None:
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
+    run(two)
+    ds("b").put(C, "b-new", {"first_name": "Ann again", "email": "ANN@x.com"})
+    result = run(two)
+    [issue] = result.plan.entities[0].issues
+    assert "possible duplicate" in issue.message and issue.member == "b"
+    assert result.plan.actions == [] and len(ds("a").table(C)) == 1
 
 
 def test_three_members_change_anywhere_reaches_the_others(tmp_path: Path) -> None:
