@@ -79,7 +79,7 @@ class ConfigFile(_Strict):
 @dataclass(frozen=True)
 class ConnectorConfig:
     name: str
-    type: str
+    type_name: str
     cls: type[Connector]
     options: ConnectorOptions
 
@@ -376,7 +376,7 @@ def _check_pipeline(
                 if not override_path.is_absolute():
                     override_path = base_dir / override_path
             try:
-                mappings[(member, entity)] = load_mapping(cc.type, entity, override_path)
+                mappings[(member, entity)] = load_mapping(cc.type_name, entity, override_path)
             except ConfigError as err:
                 problems.extend(err.problems)
             except FileNotFoundError:

@@ -104,7 +104,8 @@ def _national(e164: str | None) -> str:
 
 
 def _row(c: dict[str, Any], **overrides: str) -> dict[str, str]:
-    service = next((a for a in c.get("addresses") or [] if a.get("type") == "service"), {})
+    service: dict[str, Any] = next(
+        (a for a in c.get("addresses") or [] if a.get("type") == "service"), {})
     row = {
         "Sync ID": "",
         "First Name": c.get("first_name") or "",

@@ -18,7 +18,7 @@ from syncengine.connector import (
     NativeData,
     NativeRecord,
 )
-from syncengine.errors import NotFoundError, RetriableError
+from syncengine.errors import NotFoundError, RecordError, RetriableError
 
 FailHook = Callable[[str, str, str], bool]
 """``(op, entity, native_id_or_key) -> True`` to make that write fail."""
@@ -127,6 +127,9 @@ class MemoryConnector(Connector):
     def create(self, entity: str, data: NativeData, *, key: str) -> NativeRecord:
         self._maybe_fail("create", entity, key)
         native_id = key if self.opts.assigns_ids else self.dataset.next_id()
+        if native_id in self.dataset.table(entity):
+            raise RecordError(f"{entity} {native_id} already exists; not overwritten",
+                              location=self.name)
         record = copy.deepcopy(data)
         if self.opts.stamp_updated_at:
             record["updated_at"] = self.dataset.now()
@@ -146,6 +149,9 @@ class MemoryConnector(Connector):
         table = self.dataset.table(entity)
         if native_id not in table:
             raise NotFoundError(f"{entity} {native_id} not found", location=self.name)
+        if new_id is not None and new_id != native_id and new_id in table:
+            raise RecordError(f"cannot give {entity} {native_id} the id {new_id}: another "
+                              "record has it", location=self.name)
         record = table[native_id]
         record.update(copy.deepcopy(patch))
         if self.opts.stamp_updated_at:

@@ -73,30 +73,6 @@ class TestMemoryConnectorAssigningIds(TestMemoryConnector):
 
     assigns_ids: ClassVar[bool] = True
 
-    # TEMPORARY xfails: known MemoryConnector failures, reported to its owner. Remove the two
-    # overrides below once MemoryConnector refuses to overwrite an id in use; strict=True makes
-    # the fix show up as XPASS -> failure, so they cannot be forgotten.
-    @pytest.mark.xfail(
-        strict=True,
-        reason="MemoryConnector.create with assigns_ids=True and a key already in use silently "
-        "replaces the existing record (table[key] = record) instead of raising RecordError",
-    )
-    def test_create_never_overwrites_a_record_with_the_same_key(
-        self, connector: Connector, sample: Sample, reopen: Reopen
-    ) -> None:
-        super().test_create_never_overwrites_a_record_with_the_same_key(connector, sample, reopen)
-
-    @pytest.mark.xfail(
-        strict=True,
-        reason="MemoryConnector.update(..., new_id=X) with X already held by another record "
-        "silently replaces that record (table[new_id] = table.pop(native_id)) instead of "
-        "raising RecordError",
-    )
-    def test_update_new_id_never_takes_an_id_in_use(
-        self, connector: Connector, sample: Sample, reopen: Reopen
-    ) -> None:
-        super().test_update_new_id_never_takes_an_id_in_use(connector, sample, reopen)
-
 
 # ----------------------------------------------------------- capability flags (memory only)
 # Only the memory connector can be built with a write forbidden, so the enforcement of a

@@ -40,7 +40,8 @@ def two(tmp_path: Path) -> Config:
 
 
 def test_initial_sync_links_by_email_and_creates_the_rest(two: Config) -> None:
-    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com", "mobile_number": "+15552013344"})
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com",
+                          "mobile_number": "+15552013344"})
     ds("a").put(C, "a2", {"first_name": "Bob", "email": "bob@x.com"})
     ds("b").put(C, "b1", {"first_name": "Ann", "email": " ANN@X.com", "company": "Acme"})
     first = run(two)

@@ -17,9 +17,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 from structlog.testing import capture_logs
-from syncengine.connectors.housecallpro import HousecallProConnector, HousecallProOptions
 
 from syncengine.connector import ConnectorContext, NativeRecord
+from syncengine.connectors.housecallpro import HousecallProConnector, HousecallProOptions
 from syncengine.errors import (
     AuthError,
     FatalConnectorError,

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+
 from syncengine.connectors.housecallpro.sandbox import (
     MAX_PAGE_SIZE,
     Clock,
@@ -24,7 +25,6 @@ from syncengine.connectors.housecallpro.sandbox import (
     create_app,
     generate_customers,
 )
-
 from syncengine.errors import ConfigError
 
 KEY = "test-key"
