@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -53,6 +53,7 @@ from syncengine.reconcile import Context, MemberView, reconcile
 from syncengine.state import RecordState, StateStore
 
 log = structlog.get_logger("syncengine.engine")
+T = TypeVar("T")
 
 ProgressFn = Callable[[str, int, int | None], None]
 """(what, done, total or None) — called while reading and applying."""
@@ -144,6 +145,46 @@ class _Read:
     blocked: set[str] = field(default_factory=set)
     linked: int = 0
     count: int = 0
+
+
+class _Writes:
+    """State changes of one batch, sent as a few bulk statements instead of one per record."""
+
+    def __init__(self, tx: Any) -> None:
+        self.tx = tx
+        self.records: list[dict[str, Any]] = []
+        self.links: list[dict[str, Any]] = []
+        self.unlinks: list[tuple[str, str, str, str]] = []
+        self.dirty: list[tuple[str, str, str, set[str] | None]] = []
+        self.conflicts: list[tuple[Any, ...]] = []
+        self.deleted: list[tuple[str, str, str]] = []
+
+    def put_record(self, pipeline: str, entity: str, key: str, base: model.Record) -> None:
+        self.records.append({"pipeline": pipeline, "entity": entity, "key": key, "base": base})
+
+    def put_link(self, pipeline: str, entity: str, key: str, member: str, *,
+                 native_id: str | None, native_hash: str | None,
+                 last_seen: model.Record | None, dirty: bool = False,
+                 tombstone: bool = False) -> None:
+        self.links.append({"pipeline": pipeline, "entity": entity, "key": key,
+                           "member": member, "native_id": native_id,
+                           "native_hash": native_hash, "last_seen": last_seen,
+                           "dirty": dirty, "tombstone": tombstone})
+
+    def flush(self) -> None:
+        tx = self.tx
+        if self.records:
+            tx.put_records(self.records)
+        for unlink in self.unlinks:
+            tx.delete_link(*unlink)
+        if self.links:
+            tx.put_links(self.links)
+        for pipeline, entity, key, members in self.dirty:
+            tx.set_dirty(pipeline, entity, key, members)
+        for conflict in self.conflicts:
+            tx.add_conflict(*conflict)
+        for deleted in self.deleted:
+            tx.delete_record(*deleted)
 
 
 class Engine:
@@ -475,6 +516,7 @@ class Engine:
                     intent_ids[(id(kp), i)] = intent_id
             results = self._execute(actions, by_name)
             with self.store.transaction() as tx:
+                writes = _Writes(tx)
                 finished = []
                 for kp in batch:
                     res = results.get(id(kp), {})
@@ -490,10 +532,11 @@ class Engine:
                                              "state": "done",
                                              "native_id": _native_id(outcome_i, a)})
                     if buffered:
-                        self._commit_partial(tx, pipeline, kp, res, by_name)
+                        self._commit_partial(writes, pipeline, kp, res, by_name)
                         deferred.append((kp, res))
                     else:
-                        self._commit_key(tx, pipeline, kp, res, by_name, outcome)
+                        self._commit_key(writes, pipeline, kp, res, by_name, outcome)
+                writes.flush()
                 if finished:
                     tx.finish_intents(finished)
             done += len(batch)
@@ -506,10 +549,11 @@ class Engine:
             except SyncEngineError as exc:
                 flush_errors[name] = exc
                 outcome.failures.append(Issue(ent.entity, name, "", f"nothing written: {exc}"))
-        if deferred:
+        for chunk in _chunks(deferred, batch_size):
             with self.store.transaction() as tx:
+                writes = _Writes(tx)
                 finished = []
-                for kp, res in deferred:
+                for kp, res in chunk:
                     for i, a in enumerate(kp.actions):
                         if a.member in flush_errors and not isinstance(res.get(i), Exception):
                             res[i] = flush_errors[a.member]
@@ -522,7 +566,8 @@ class Engine:
                             continue
                         finished.append({"id": intent_ids[(id(kp), i)], "state": state,
                                          "native_id": _native_id(res.get(i), a)})
-                    self._commit_key(tx, pipeline, kp, res, by_name, outcome)
+                    self._commit_key(writes, pipeline, kp, res, by_name, outcome)
+                writes.flush()
                 if finished:
                     tx.finish_intents(finished)
         for kp in ent.keys:
@@ -559,7 +604,7 @@ class Engine:
         return results
 
     # ----------------------------------------------------------------------------- commit
-    def _commit_partial(self, tx: Any, pipeline: Pipeline, kp: KeyPlan, res: dict[int, Any],
+    def _commit_partial(self, tx: _Writes, pipeline: Pipeline, kp: KeyPlan, res: dict[int, Any],
                         by_name: dict[str, Member]) -> None:
         """Before a buffered member's flush: make records created on write-through members
         durable at once, so a crash now cannot lead to creating them twice."""
@@ -575,7 +620,7 @@ class Engine:
                         native_hash=rec.native_hash(),
                         last_seen=self._canonical(by_name[a.member].mapping, rec))
 
-    def _commit_key(self, tx: Any, pipeline: Pipeline, kp: KeyPlan, res: dict[int, Any],
+    def _commit_key(self, tx: _Writes, pipeline: Pipeline, kp: KeyPlan, res: dict[int, Any],
                     by_name: dict[str, Member], outcome: EntityOutcome) -> None:
         p, e = pipeline.name, kp.entity
         failed_members: set[str] = set()
@@ -608,7 +653,7 @@ class Engine:
                                        self._canonical(member.mapping, written))
 
         if kp.base_after is None and not delete_failed:
-            tx.delete_record(p, e, kp.key)
+            tx.deleted.append((p, e, kp.key))
             return
         base = kp.base_after if kp.base_after is not None else (kp.base_before or {})
         tx.put_record(p, e, kp.key, base)
@@ -617,19 +662,18 @@ class Engine:
             if delete_failed and lp.remove and name not in {a.member for a in kp.actions}:
                 continue  # keep the deleting member's link: the delete is retried next run
             if lp.remove:
-                tx.delete_link(p, e, kp.key, name)
+                tx.unlinks.append((p, e, kp.key, name))
                 continue
             rows.append({"pipeline": p, "entity": e, "key": kp.key, "member": name,
                          "native_id": lp.native_id, "native_hash": lp.native_hash,
                          "last_seen": lp.last_seen, "dirty": lp.dirty,
                          "tombstone": lp.tombstone})
-        if rows:
-            tx.put_links(rows)
+        tx.links.extend(rows)
         if failed_members:
-            tx.set_dirty(p, e, kp.key, failed_members)
+            tx.dirty.append((p, e, kp.key, failed_members))
         for c in kp.conflicts:
             if c.winner is None:
-                tx.add_conflict(p, e, kp.key, c.field, c.values, c.base_value)
+                tx.conflicts.append((p, e, kp.key, c.field, c.values, c.base_value))
 
 
 def _perform(member: Member, action: Action) -> NativeRecord | None:
@@ -664,6 +708,6 @@ def _intent_payload(action: Action, kp: KeyPlan) -> dict[str, Any]:
     return {"native_id": action.native_id}
 
 
-def _chunks(items: list[KeyPlan], size: int) -> Iterator[list[KeyPlan]]:
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
