@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -326,6 +327,7 @@ class StateStore:
     ) -> None:
         self._engine = engine
         self._secrets = list(secrets)
+        self._local = threading.local()
         self.url_for_display = url_for_display
         self.path = path
         """The SQLite database file, or None (PostgreSQL, in-memory)."""
@@ -438,12 +440,16 @@ class StateStore:
 
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
-        with (
-            self._translate(f"state store {self.url_for_display}: read failed"),
-            self._engine.connect() as conn,
-            conn.begin(),
-        ):
-            yield conn
+        """A connection to read with: the open transaction's, if this thread is inside
+        `transaction()` (reads then see its writes, and an in-memory store with its single
+        connection works), else a fresh short read transaction."""
+        with self._translate(f"state store {self.url_for_display}: read failed"):
+            active: sa.Connection | None = getattr(self._local, "conn", None)
+            if active is not None:
+                yield active
+                return
+            with self._engine.connect() as conn, conn.begin():
+                yield conn
 
     @contextmanager
     def _write(self) -> Iterator[sa.Connection]:
@@ -454,12 +460,23 @@ class StateStore:
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        """One database transaction: committed on exit, rolled back on an exception."""
-        with (
-            self._translate(f"state store {self.url_for_display}: write failed"),
-            self._write() as conn,
-        ):
-            yield Tx(conn)
+        """One database transaction: committed on exit, rolled back on an exception.
+
+        Reads made on the store by the same thread while it is open run inside it. A nested
+        `transaction()` joins it as a savepoint: an exception rolls back the inner block.
+        """
+        with self._translate(f"state store {self.url_for_display}: write failed"):
+            active: sa.Connection | None = getattr(self._local, "conn", None)
+            if active is not None:
+                with active.begin_nested():
+                    yield Tx(active)
+                return
+            with self._write() as conn:
+                self._local.conn = conn
+                try:
+                    yield Tx(conn)
+                finally:
+                    self._local.conn = None
 
     def close(self) -> None:
         self._engine.dispose()

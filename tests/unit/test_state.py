@@ -348,6 +348,33 @@ def test_transaction_rolls_back_on_exception(store: StateStore) -> None:
     assert store.load_records(P, E, ["k1"]) == {}
 
 
+def test_reads_inside_a_transaction_see_its_writes(store: StateStore, tmp_path: Path) -> None:
+    ephemeral = StateStore.open("sqlite:///none.db", base_dir=str(tmp_path), create=False)
+    for s in (store, ephemeral):  # the in-memory store has a single connection
+        with s.transaction() as tx:
+            tx.put_record(P, E, "k1", {"v": 1})
+            tx.put_link(P, E, "k1", "hcp", native_id="c1", native_hash=None, last_seen=None)
+            assert s.load_records(P, E, ["k1"])["k1"].base == {"v": 1}
+            assert s.link_index(P, E, "hcp") == {"c1": ("k1", None)}
+            assert [r.key for r in s.iter_records(P, E)] == ["k1"]
+        assert s.linked_count(P, E, "hcp") == 1
+    ephemeral.close()
+
+
+def test_a_nested_transaction_is_a_savepoint(store: StateStore) -> None:
+    with store.transaction() as outer:
+        outer.put_record(P, E, "kept", {})
+        with pytest.raises(RuntimeError), store.transaction() as inner:
+            inner.put_record(P, E, "undone", {})
+            raise RuntimeError("inner fails")
+        with store.transaction() as inner:
+            inner.put_record(P, E, "also kept", {})
+    assert set(store.load_records(P, E, ["kept", "undone", "also kept"])) == {
+        "kept",
+        "also kept",
+    }
+
+
 def test_load_records_is_batched(store: StateStore) -> None:
     seed(store, 2000)
     keys = [f"k{i:05d}" for i in range(2000)] + ["missing"]
