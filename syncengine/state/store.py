@@ -250,10 +250,10 @@ def _check_not_newer(current: set[str], known: set[str]) -> None:
 # Engines
 
 
-def _prepare_sqlite_file(path: Path) -> None:
+def _prepare_sqlite_file(path: Path, *, create: bool) -> None:
     """Create the database file 0600 before SQLite touches it; tighten an existing one."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
         os.close(fd)
         for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
             if candidate.exists() and (candidate.stat().st_mode & 0o777) != 0o600:
@@ -311,7 +311,8 @@ class StateStore:
     """Sync state: base records, links, journal, conflicts and run history.
 
     Open with `StateStore.open(url)`. Reads are methods on the store, each in its own short
-    read transaction; writes go through `with store.transaction() as tx:`.
+    read transaction (or inside the thread's open transaction); writes go through
+    `with store.transaction() as tx:`.
     """
 
     url_for_display: str
@@ -350,8 +351,7 @@ class StateStore:
             parsed = make_url(url)
         except (sa_exc.ArgumentError, ValueError) as exc:
             raise StateError(
-                f"invalid state store URL {display!r} ({_scrub(str(exc), [])}); "
-                f"expected {_URL_EXAMPLES}"
+                f"invalid state store URL {display!r} ({exc}); expected {_URL_EXAMPLES}"
             ) from None
         secrets = _secrets(parsed)
         backend = parsed.get_backend_name()
@@ -371,7 +371,7 @@ class StateStore:
                     else:
                         if create:
                             _mkdir_parent(path)
-                        _prepare_sqlite_file(path)
+                        _prepare_sqlite_file(path, create=create)
                         engine = _sqlite_engine(parsed.set(database=str(path)), memory=False)
             elif backend == "postgresql":
                 engine = _postgresql_engine(parsed)
