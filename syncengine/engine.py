@@ -386,7 +386,13 @@ class Engine:
             parked=self.store.open_conflict_fields(pipeline.name, entity),
         )
         groups = result.groups if result else {}
-        for key in sorted(touched | set(groups)):
+        # new records keep the order their member listed them in (a sheet gets HCP's order)
+        position: dict[str, int] = {}
+        for key, group in groups.items():
+            for obs in group.values():
+                position[key] = min(position.get(key, obs.order), obs.order)
+        ordered = sorted(touched | set(groups), key=lambda k: (position.get(k, -1), k))
+        for key in ordered:
             rs = states.get(key)
             if rs is None and key not in groups:
                 continue
@@ -429,7 +435,7 @@ class Engine:
                 if linked:
                     out.blocked.add(linked[0])
                 continue
-            obs = Observed(member.name, rec, canonical, digest)
+            obs = Observed(member.name, rec, canonical, digest, out.count)
             if linked is None:
                 out.new.append(obs)
             else:

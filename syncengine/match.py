@@ -26,6 +26,8 @@ class Observed:
     record: NativeRecord
     canonical: Record
     native_hash: str
+    order: int = 0
+    """Position in the member's read, to keep the member's order for new records."""
 
 
 @dataclass
