@@ -307,6 +307,15 @@ class Engine:
                         tx.put_link(pipeline.name, intent.entity, intent.key, intent.member,
                                     native_id=rec.id, native_hash=rec.native_hash(),
                                     last_seen=self._canonical(mapping, rec))
+                        for source, source_id in intent.payload.get("sources", {}).items():
+                            if source == intent.member or source not in connectors:
+                                continue
+                            taken = self.store.link_index(pipeline.name, intent.entity, source)
+                            if source_id not in taken:
+                                # hash and last-seen unknown: the next read maps it afresh
+                                tx.put_link(pipeline.name, intent.entity, intent.key, source,
+                                            native_id=source_id, native_hash=None,
+                                            last_seen=None)
                         tx.finish_intent(intent.id, state, native_id=native_id)
                     log.info("recovered interrupted create", pipeline=pipeline.name,
                              member=intent.member, key=intent.key, native_id=rec.id)
@@ -704,7 +713,11 @@ def _native_id(out: Any, action: Action) -> str | None:
 
 def _intent_payload(action: Action, kp: KeyPlan) -> dict[str, Any]:
     if isinstance(action, Create):
-        return {"native": action.native, "base": kp.base_after or {}}
+        # the members that already hold the record: recovery re-links them with the create,
+        # so a record without match keys cannot be copied twice after a crash
+        sources = {m: lp.native_id for m, lp in kp.links.items()
+                   if lp.native_id and not lp.remove and not lp.tombstone}
+        return {"native": action.native, "base": kp.base_after or {}, "sources": sources}
     if isinstance(action, Update):
         payload: dict[str, Any] = {"patch": action.patch}
         if action.assign_id:

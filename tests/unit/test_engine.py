@@ -312,3 +312,22 @@ def test_delete_actions_carry_ids(two: Config) -> None:
     result = run(two)
     [action] = result.plan.actions
     assert isinstance(action, Delete) and action.member == "a" and action.native_id.startswith("a")
+
+
+def test_interrupted_create_without_match_keys_is_not_copied_twice(two: Config) -> None:
+    """No email or phone to match by: recovery re-links the source with the found create."""
+    ds("a").put(C, "a1", {"first_name": "Nameless", "company": "No Contact Ltd"})
+
+    def crash_after_write(op: str, entity: str, ref: str) -> bool:
+        if op == "create":
+            ds("b").table(C)[ref] = {"first_name": "Nameless", "company": "No Contact Ltd"}
+            raise KeyboardInterrupt
+        return False
+
+    with pytest.raises(KeyboardInterrupt):
+        api.sync(two, connector_extra={"b": {"fail_write": crash_after_write}})
+    result = run(two)
+    assert result.pending_recovery == 1
+    assert result.plan.actions == []
+    assert len(ds("a").table(C)) == 1 and len(ds("b").table(C)) == 1
+    assert run(two).plan.actions == []
