@@ -444,7 +444,21 @@ def test_date_reads_date_objects() -> None:
 
     day = build_transform({"name": "date", "timezone": "Europe/Berlin"}, "x")
     assert day.read(dt.date(2024, 1, 2)) == "2024-01-01T23:00:00Z"
-    assert day.read(dt.datetime(2024, 1, 2, 12, 0)) == "2024-01-02T11:00:00Z"
+    # as precise as the format: the same as the text it is written back as
+    assert day.read(dt.datetime(2024, 1, 2, 12, 0)) == "2024-01-01T23:00:00Z"
+    stamp = build_transform(
+        {"name": "date", "format": "%Y-%m-%d %H:%M", "timezone": "Europe/Berlin"}, "x"
+    )
+    assert stamp.read(dt.datetime(2024, 1, 2, 12, 0, 59)) == "2024-01-02T11:00:00Z"
+    assert stamp.read(dt.datetime(2024, 1, 2, 12, 0, tzinfo=dt.UTC)) == "2024-01-02T12:00:00Z"
+
+
+def test_date_with_utc_offset_format() -> None:
+    stamp = build_transform(
+        {"name": "date", "format": "%Y-%m-%dT%H:%M:%S%z", "timezone": "Europe/Berlin"}, "x"
+    )
+    assert stamp.read("2024-01-02T12:00:00-0500") == "2024-01-02T17:00:00Z"
+    assert stamp.write("2024-01-02T17:00:00Z") == "2024-01-02T18:00:00+0100"
 
 
 def test_date_errors() -> None:
