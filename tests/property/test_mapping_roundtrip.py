@@ -1,0 +1,332 @@
+"""Round trips: native -> canonical -> native -> canonical is a fixed point, for every built-in
+transform and every built-in mapping file.
+
+The first read may lose information (a date-only column drops the time, stray spaces go), so
+the property is about the second canonical value, not the second native one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.resources
+import zoneinfo
+from decimal import Decimal
+from typing import Any
+
+import phonenumbers
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from syncengine import model
+from syncengine.mapping import load_mapping
+from syncengine.transforms import build_transform, known_transforms
+
+SETTINGS = settings(suppress_health_check=[HealthCheck.too_slow])
+
+# -------------------------------------------------------------------------------- strategies
+
+PHONE_REGIONS = ["US", "CA", "GB", "DE", "FR", "AU", "IN", "MX", "IT", "JP", "BR", "SH"]
+PHONE_STYLES = [
+    phonenumbers.PhoneNumberFormat.E164,
+    phonenumbers.PhoneNumberFormat.INTERNATIONAL,
+    phonenumbers.PhoneNumberFormat.NATIONAL,
+    phonenumbers.PhoneNumberFormat.RFC3966,
+]
+
+
+def _example(region: str, style: int, kind: int) -> str:
+    number = phonenumbers.example_number_for_type(region, kind) or phonenumbers.example_number(
+        region
+    )
+    assert number is not None
+    return str(phonenumbers.format_number(number, style))
+
+
+real_phones = st.builds(
+    _example,
+    st.sampled_from(PHONE_REGIONS),
+    st.sampled_from(PHONE_STYLES),
+    st.sampled_from(
+        [
+            phonenumbers.PhoneNumberType.MOBILE,
+            phonenumbers.PhoneNumberType.FIXED_LINE,
+            phonenumbers.PhoneNumberType.TOLL_FREE,
+        ]
+    ),
+)
+us_phones = st.from_regex(
+    r"\A(\+1|1)?[ .-]?\(?[2-9][0-9]{2}\)?[ .-]?[2-9][0-9]{2}[ .-]?[0-9]{4}"
+    r"( ?(x|ext\.?) ?[0-9]{1,4})?\Z"
+)
+plus_phones = st.builds(
+    lambda code, rest: f"+{code}{rest}",
+    st.integers(1, 999),
+    st.from_regex(r"\A[0-9 ()-]{0,16}\Z"),
+)
+phone_junk = st.text(alphabet="0123456789 +-().xext#*", max_size=22)
+phones = st.one_of(real_phones, us_phones, plus_phones, phone_junk, st.text(max_size=20))
+
+emails = st.one_of(
+    st.emails(),
+    st.emails().map(lambda e: f"  {e.upper()} "),
+    st.text(max_size=30),
+)
+texts = st.text(max_size=30)
+maybe = st.one_of(st.none(), st.just(""), st.just("   "))
+
+
+@st.composite
+def amounts(draw: st.DrawFn) -> Any:
+    """Amounts of 0 to 10^10 cents in the forms people and programs write them."""
+    cents = draw(st.integers(0, 10**10))
+    negative = draw(st.booleans()) and cents > 0
+    units, fraction = divmod(cents, 100)
+    grouped = f"{units:,}"
+    style = draw(st.integers(0, 6))
+    if style == 0:
+        text = f"{units}.{fraction:02d}"
+    elif style == 1:
+        text = f"{units}.{fraction:02d}".rstrip("0").rstrip(".") if fraction else f"{units}"
+    elif style == 2:
+        text = f"{grouped}.{fraction:02d}"
+    elif style == 3:
+        text = f"${grouped}.{fraction:02d}"
+    elif style == 4:
+        return Decimal(cents).scaleb(-2) * (-1 if negative else 1)
+    elif style == 5 and not fraction:
+        return -units if negative else units
+    else:
+        text = f" $ {units}.{fraction:02d} "
+    if negative:
+        text = draw(st.sampled_from([f"-{text.strip()}", f"({text.strip()})"]))
+    return text
+
+
+def _casing(words: list[str]) -> st.SearchStrategy[str]:
+    return st.builds(
+        lambda word, style, pad: (
+            pad + (word, word.upper(), word.lower(), word.title())[style] + pad
+        ),
+        st.sampled_from(words),
+        st.integers(0, 3),
+        st.sampled_from(["", " ", "  "]),
+    )
+
+
+@st.composite
+def delimited(draw: st.DrawFn, sep: str) -> str:
+    items = draw(st.lists(st.text(max_size=12).filter(lambda t: sep not in t), max_size=6))
+    joiner = draw(st.sampled_from([sep, f"{sep} ", f" {sep} "]))
+    return joiner.join(items)
+
+
+UTC = dt.UTC
+moments = st.datetimes(
+    min_value=dt.datetime(1900, 1, 2), max_value=dt.datetime(2199, 12, 30), timezones=st.just(UTC)
+)
+
+
+def formatted_moments(fmt: str, zone: str) -> st.SearchStrategy[Any]:
+    tz = zoneinfo.ZoneInfo(zone)
+    as_text = moments.map(lambda m: m.astimezone(tz).strftime(fmt))
+    as_objects = moments.map(lambda m: m.astimezone(tz).replace(tzinfo=None))
+    return st.one_of(as_text, as_objects, moments.map(lambda m: m.date()))
+
+
+MAP_VALUES = {"Active": "active", "On Hold": "paused", "Closed": "closed", "1": "one"}
+
+TRANSFORM_CASES: list[tuple[Any, st.SearchStrategy[Any]]] = [
+    ("phone", phones),
+    ({"name": "phone", "format": "national"}, phones),
+    ({"name": "phone", "format": "international"}, phones),
+    ({"name": "phone", "format": "national", "region": "GB"}, phones),
+    ("email", emails),
+    ("lower", texts),
+    ("upper", texts),
+    ("strip", texts),
+    ("str", st.one_of(texts, st.integers())),
+    (
+        "int",
+        st.one_of(st.integers(), st.integers().map(str), st.integers().map(lambda i: f"{i}.0")),
+    ),
+    ("cents", amounts()),
+    ({"name": "cents", "places": 3}, amounts()),
+    ("list", st.one_of(delimited(","), texts, st.lists(texts, max_size=5))),
+    ({"name": "list", "sep": ";"}, st.one_of(delimited(";"), texts)),
+    ("bool", st.one_of(_casing(["yes", "no", "true", "false", "1", "0"]), st.booleans())),
+    ({"name": "bool", "true": "Y", "false": "N"}, _casing(["y", "n", "yes", "no"])),
+    ({"name": "map", "values": MAP_VALUES}, _casing(list(MAP_VALUES))),
+    (
+        {"name": "map", "values": MAP_VALUES, "unknown": "keep"},
+        st.one_of(_casing(["active"]), texts),
+    ),
+    ("date", formatted_moments("%Y-%m-%d", "UTC")),
+    (
+        {"name": "date", "timezone": "America/New_York"},
+        formatted_moments("%Y-%m-%d", "America/New_York"),
+    ),
+    (
+        {"name": "date", "format": "%m/%d/%Y %H:%M", "timezone": "America/New_York"},
+        formatted_moments("%m/%d/%Y %H:%M", "America/New_York"),
+    ),
+    (
+        {"name": "date", "format": "%d.%m.%Y %H:%M:%S", "timezone": "Australia/Lord_Howe"},
+        formatted_moments("%d.%m.%Y %H:%M:%S", "Australia/Lord_Howe"),
+    ),
+    (
+        {"name": "date", "format": "%Y-%m-%dT%H:%M:%S%z", "timezone": "Europe/Berlin"},
+        formatted_moments("%Y-%m-%dT%H:%M:%S%z", "Europe/Berlin"),
+    ),
+]
+
+
+def _case_id(case: tuple[Any, Any]) -> str:
+    spec = case[0]
+    if isinstance(spec, str):
+        return spec
+    return "-".join(str(v) for v in spec.values() if not isinstance(v, dict))
+
+
+def test_every_built_in_transform_has_a_round_trip_case() -> None:
+    covered = {spec if isinstance(spec, str) else spec["name"] for spec, _ in TRANSFORM_CASES}
+    assert set(known_transforms()) <= covered
+
+
+@pytest.mark.parametrize(("spec", "natives"), TRANSFORM_CASES, ids=map(_case_id, TRANSFORM_CASES))
+@SETTINGS
+@given(data=st.data())
+def test_transform_round_trip_is_a_fixed_point(
+    spec: Any, natives: st.SearchStrategy[Any], data: st.DataObject
+) -> None:
+    transform = build_transform(spec, "test")
+    native = data.draw(natives, label="native")
+    first = transform.read(native)
+    written = transform.write(first)
+    second = transform.read(written)
+    assert second == first, (native, first, written)
+    assert transform.write(second) == written
+
+
+# ----------------------------------------------------------------------------- mapping files
+
+
+def _address(kind: st.SearchStrategy[str]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {"type": kind},
+        optional={
+            "id": st.text(min_size=1, max_size=8),
+            **{part: st.one_of(texts, maybe) for part in model.ADDRESS_PARTS},
+        },
+    )
+
+
+iso_moments = st.one_of(
+    moments.map(lambda m: m.isoformat()),
+    moments.map(lambda m: m.strftime("%Y-%m-%dT%H:%M:%SZ")),
+    moments.map(lambda m: m.astimezone(zoneinfo.ZoneInfo("America/Chicago")).isoformat()),
+)
+
+hcp_customers = st.fixed_dictionaries(
+    {"id": st.text(min_size=1, max_size=10)},
+    optional={
+        "first_name": st.one_of(texts, maybe),
+        "last_name": st.one_of(texts, maybe),
+        "email": st.one_of(emails, maybe),
+        "mobile_number": st.one_of(phones, maybe),
+        "home_number": st.one_of(phones, maybe),
+        "work_number": st.one_of(phones, maybe),
+        "company": st.one_of(texts, maybe),
+        "notifications_enabled": st.one_of(st.booleans(), st.none()),
+        "lead_source": st.one_of(texts, maybe),
+        "tags": st.one_of(st.lists(texts, max_size=5), st.none()),
+        "addresses": st.lists(
+            _address(st.sampled_from(["service", "billing", "other"])), max_size=4
+        ),
+        "created_at": st.one_of(iso_moments, st.none()),
+        "updated_at": st.one_of(iso_moments, st.none()),
+        "unmapped": st.integers(),
+    },
+)
+
+spreadsheet_rows = st.fixed_dictionaries(
+    {"Sync ID": st.one_of(st.just(""), st.uuids().map(str))},
+    optional={
+        "First Name": st.one_of(texts, maybe),
+        "Last Name": st.one_of(texts, maybe),
+        "Email": st.one_of(emails, maybe),
+        "Mobile": st.one_of(phones, maybe),
+        "Home Phone": st.one_of(phones, maybe),
+        "Work Phone": st.one_of(phones, maybe),
+        "Company": st.one_of(texts, maybe),
+        "Tags": st.one_of(delimited(","), texts, maybe),
+        "Street": st.one_of(texts, maybe),
+        "City": st.one_of(texts, maybe),
+        "State": st.one_of(texts, maybe),
+        "Zip": st.one_of(texts, maybe),
+        "Notes": texts,
+    },
+)
+
+
+def _memory_value(spec: model.FieldSpec) -> st.SearchStrategy[Any]:
+    by_type: dict[str, st.SearchStrategy[Any]] = {
+        "str": texts,
+        "email": emails,
+        "phone": phones,
+        "bool": st.one_of(st.booleans(), _casing(["yes", "no", "true", "false"])),
+        "tags": st.one_of(st.lists(texts, max_size=5), delimited(",")),
+        "datetime": iso_moments,
+    }
+    return st.one_of(by_type[spec.type], maybe)
+
+
+memory_records = st.fixed_dictionaries(
+    {},
+    optional={f.name: _memory_value(f) for f in model.CUSTOMER.fields if f.name != "created_at"},
+)
+
+MAPPING_CASES = [
+    ("housecallpro", hcp_customers),
+    ("spreadsheet", spreadsheet_rows),
+    ("memory", memory_records),
+]
+
+
+@pytest.mark.parametrize(("connector", "natives"), MAPPING_CASES, ids=[c for c, _ in MAPPING_CASES])
+@SETTINGS
+@given(data=st.data())
+def test_mapping_round_trip_is_a_fixed_point(
+    connector: str, natives: st.SearchStrategy[dict[str, Any]], data: st.DataObject
+) -> None:
+    mapping = load_mapping(connector, "customers")
+    native = data.draw(natives, label="native")
+    snapshot = repr(native)
+
+    first = mapping.to_canonical(native)
+    patch = mapping.to_native(first)
+    updated = mapping.apply_patch(native, patch)
+    second = mapping.to_canonical(updated)
+    assert second == first, (patch, updated)
+    assert repr(native) == snapshot  # the input is never mutated
+
+    # a record created from the canonical values alone reads back the same written fields
+    created = mapping.build_native(patch)
+    third = mapping.to_canonical(created)
+    assert {k: third[k] for k in mapping.writable} == {k: first[k] for k in mapping.writable}
+
+    # and writing again changes nothing
+    assert mapping.to_native(second) == patch
+
+
+def test_every_built_in_mapping_file_has_a_round_trip_case() -> None:
+    root = importlib.resources.files("syncengine.mappings")
+    files = {
+        (folder.name, file.name.removesuffix(".toml"))
+        for folder in root.iterdir()
+        if folder.is_dir()
+        for file in folder.iterdir()
+        if file.name.endswith(".toml")
+    }
+    assert files
+    assert files <= {(c, "customers") for c, _ in MAPPING_CASES}
