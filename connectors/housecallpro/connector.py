@@ -233,7 +233,7 @@ class HousecallProConnector(Connector):
         source = {**{k: patch[k] for k in patch if k in top_keys}, **full}
         for missing in top_keys - source.keys():
             source[missing] = None  # removed on our side: clear it on theirs
-        body = _writable(source, top_keys)
+        body = _writable(source, top_keys, clear=True)
         if not body:
             return None
         path = self._customer_path(native_id)
@@ -394,17 +394,34 @@ def _top_key(path: str) -> str:
     return _PATH_SPLIT.split(path, maxsplit=1)[0]
 
 
-def _writable(source: Mapping[str, Any], keys: Any) -> dict[str, Any]:
-    """The keys of ``source`` the API accepts on a write: read-only keys dropped, and address
-    ids dropped where they are None (new addresses; the API assigns their ids)."""
+_LIST_KEYS = frozenset({"tags", "addresses"})
+_UNCLEARABLE = frozenset({"notifications_enabled"})
+
+
+def _writable(source: Mapping[str, Any], keys: Any, *, clear: bool = False) -> dict[str, Any]:
+    """The keys of ``source`` the API accepts on a write, in the shapes the spec allows.
+
+    Read-only keys are dropped. The spec's fields are not nullable, so a value of None is left
+    out of a create; on an update (``clear``) it becomes the field's empty value ("" or []),
+    which is how a field is cleared. Address ids that are None (new addresses) are dropped:
+    the API assigns them.
+    """
     body: dict[str, Any] = {}
     for key in keys:
         if key in READ_ONLY_KEYS or key not in source:
             continue
         value = source[key]
+        if value is None:
+            if not clear or key in _UNCLEARABLE:
+                continue
+            value = [] if key in _LIST_KEYS else ""
         if key == "addresses" and isinstance(value, list):
             value = [
-                {k: v for k, v in a.items() if not (k == "id" and v is None)}
+                {
+                    k: ("" if v is None else v)
+                    for k, v in a.items()
+                    if v is not None or (clear and k != "id")
+                }
                 if isinstance(a, Mapping)
                 else a
                 for a in value

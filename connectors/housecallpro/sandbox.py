@@ -830,19 +830,29 @@ def _list_params(request: Request) -> tuple[dict[str, Any], Errors]:
     return values, errors
 
 
+def _wire(value: Any) -> Any:
+    """A record as the API sends it: keys without a value are left out, because the spec's
+    OpenAPI 3.1 string fields do not allow null (Prism's response validation holds us to it)."""
+    if isinstance(value, dict):
+        return {k: _wire(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_wire(v) for v in value]
+    return value
+
+
 def _customer_routes(state: SandboxState) -> list[Route]:
     async def list_customers(request: Request) -> Response:
         values, errors = _list_params(request)
         if errors:
             return _invalid(errors)
-        return JSONResponse(state.list_customers(**values))
+        return JSONResponse(_wire(state.list_customers(**values)))
 
     async def create_customer(request: Request) -> Response:
         body = await _json_object(request)
         if body is None:
             return _invalid({"body": ["must be a JSON object"]})
         try:
-            return JSONResponse(state.create_customer(body), status_code=201)
+            return JSONResponse(_wire(state.create_customer(body)), status_code=201)
         except ValidationFailed as exc:
             return _invalid(exc.errors)
 
@@ -850,7 +860,7 @@ def _customer_routes(state: SandboxState) -> list[Route]:
         record = state.get_customer(request.path_params["customer_id"])
         if record is None:
             return _error(404, "customer not found")
-        return JSONResponse(record)
+        return JSONResponse(_wire(record))
 
     async def update_customer(request: Request) -> Response:
         body = await _json_object(request)
@@ -862,7 +872,7 @@ def _customer_routes(state: SandboxState) -> list[Route]:
             return _invalid(exc.errors)
         if record is None:
             return _error(404, "customer not found")
-        return JSONResponse(record)
+        return JSONResponse(_wire(record))
 
     async def delete_customer(request: Request) -> Response:
         if not state.delete_customer(request.path_params["customer_id"]):

@@ -401,7 +401,8 @@ def test_update_clears_a_field_removed_from_full() -> None:
     fake = FakeHCP([customer(1, company="Acme")])
     full = {k: v for k, v in customer(1).items() if k != "company"}
     connector(fake).update("customers", "cus_0001", {"company": None}, full=full)
-    assert json.loads(fake.requests[-1].content) == {"company": None}
+    # the spec's strings are not nullable: "" is how a field is cleared
+    assert json.loads(fake.requests[-1].content) == {"company": ""}
 
 
 def test_update_with_nothing_writable_sends_nothing() -> None:
