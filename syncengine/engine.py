@@ -406,8 +406,14 @@ class Engine:
             if rs is None and key not in groups:
                 continue
             views = self._views(key, rs, reads, groups.get(key, {}), members)
-            kp = reconcile(ctx, key, rs.base if rs else None, views,
-                           new_key=rs is None)
+            try:
+                kp = reconcile(ctx, key, rs.base if rs else None, views, new_key=rs is None)
+            except RecordError as exc:
+                # a value one member cannot take (a tag holding the list separator, ...):
+                # report this record, leave it as it is everywhere, plan the rest
+                where = next((v.location for v in views.values() if v.location), key)
+                ent.issues.append(Issue(entity, exc.location or "", where, str(exc)))
+                continue
             if kp.changes_state:
                 ent.keys.append(kp)
         self._guard_deletes(pipeline, ent, reads)

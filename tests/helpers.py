@@ -26,8 +26,10 @@ def memory_config(
     """A config with one pipeline "p" over memory members (options per member)."""
     lines = [f'[state]\nurl = "{state}"\n']
     for name, options in members.items():
-        lines.append(f"[connectors.{name}]\ntype = \"memory\"")
+        lines.append(f"[connectors.{name}]\ntype = {_toml(options.get('type', 'memory'))}")
         for key, value in options.items():
+            if key == "type":
+                continue
             lines.append(f"{key} = {_toml(value)}")
         lines.append("")
     lines.append("[[pipelines]]\nname = \"p\"")

@@ -331,3 +331,14 @@ def test_interrupted_create_without_match_keys_is_not_copied_twice(two: Config) 
     assert result.plan.actions == []
     assert len(ds("a").table(C)) == 1 and len(ds("b").table(C)) == 1
     assert run(two).plan.actions == []
+
+
+def test_a_value_one_member_cannot_take_is_reported_and_the_rest_syncs(tmp_path: Path) -> None:
+    cfg = memory_config(tmp_path, {"a": {}, "books": {"type": "spreadsheet", "path": "books"}})
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com", "tags": ["x, y"]})
+    ds("a").put(C, "a2", {"first_name": "Bob", "email": "bob@x.com", "tags": ["vip"]})
+    result = run(cfg)
+    [issue] = result.plan.entities[0].issues
+    assert "x, y" in issue.message and result.exit_code == 1
+    text = (tmp_path / "books" / "customers.csv").read_text()
+    assert "bob@x.com" in text and "ann@x.com" not in text
