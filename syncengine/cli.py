@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from syncengine import api
 from syncengine.errors import (
+    AuthError,
     ConfigError,
     ConnectorError,
     SafetyGuardError,
@@ -86,6 +87,11 @@ def handled() -> Iterator[None]:
         _fail(EXIT_CONFIG, [f"state store error: {exc}"])
     except SafetyGuardError as exc:
         _fail(EXIT_GUARD, [f"stopped by a safety guard: {exc}"])
+    except AuthError as exc:
+        _fail(EXIT_ISSUES, [f"sync failed: {exc}",
+                            "the member refused the credentials: check its api_key in the "
+                            "config (and the environment variable it names); nothing further "
+                            "was written"])
     except ConnectorError as exc:
         _fail(EXIT_ISSUES, [f"sync failed: {exc}",
                             "nothing further was written; writes already made are recorded "
@@ -155,6 +161,11 @@ def sync(
                                progress=progress, allow_mass_delete=allow_mass_delete)
         if as_json:
             objs = [r.to_json() for r in results]
+            for obj in objs:  # the rows a person must fix, also where cron mails stderr
+                for ent in obj["entities"].values():
+                    for p in ent["problems"]:
+                        err.print(escape(f"{p['kind']}: {p['member']} {p['location']}: "
+                                         f"{p['message']}"))
             out.print_json(json.dumps(objs[0] if len(objs) == 1 else {"pipelines": objs}))
         else:
             for r in results:

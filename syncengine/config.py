@@ -268,14 +268,21 @@ def load_config(
     data = _interpolate(raw, "", env, problems, secrets, shown, strict_env)
     base_dir = path.resolve().parent
 
-    try:
-        parsed = ConfigFile.model_validate(data)
-    except ValidationError as err:
-        problems.extend(_prefixed(_pydantic_problems(err, "", ConfigFile), shown))
-        raise ConfigError(problems) from None
+    # Each section is validated on its own, so that a mistake in one never hides another.
+    top = _validate_top(data, shown, problems)
+    connector_tables = data.get("connectors") if isinstance(data.get("connectors"), dict) else {}
+    sections: list[tuple[int, PipelineSection]] = []
+    raw_pipelines = data.get("pipelines")
+    if isinstance(raw_pipelines, list):
+        for index, raw in enumerate(raw_pipelines):
+            try:
+                sections.append((index, PipelineSection.model_validate(raw)))
+            except ValidationError as err:
+                problems.extend(_prefixed(
+                    _pydantic_problems(err, f"pipelines.{index}", PipelineSection), shown))
 
     connectors: dict[str, ConnectorConfig] = {}
-    for name, table in parsed.connectors.items():
+    for name, table in connector_tables.items():
         where = f"connectors.{name}"
         if not isinstance(table, dict):
             problems.append(Problem(f"{shown}: {where}", "must be a table"))
@@ -298,9 +305,10 @@ def load_config(
         connectors[name] = ConnectorConfig(name, type_name, cls, options)
 
     pipelines: dict[str, Pipeline] = {}
-    for index, section in enumerate(parsed.pipelines):
+    for index, section in sections:
         where = f"{shown}: pipelines[{index}]"
-        pipelines_problems = _check_pipeline(section, parsed, connectors, where, base_dir)
+        pipelines_problems = _check_pipeline(section, list(connector_tables), connectors, where,
+                                             base_dir)
         problems.extend(pipelines_problems[0])
         if section.name in pipelines:
             problems.append(Problem(f"{where}.name", f"duplicate pipeline name {section.name!r}",
@@ -319,13 +327,37 @@ def load_config(
     return Config(
         path=path,
         base_dir=base_dir,
-        state_url=parsed.state.url,
-        journal_retention_days=parsed.state.journal_retention_days,
-        region=parsed.region,
+        state_url=top.state.url,
+        journal_retention_days=top.state.journal_retention_days,
+        region=top.region,
         connectors=connectors,
         pipelines=pipelines,
         secrets=tuple(sorted(secrets, key=len, reverse=True)),
     )
+
+
+class _TopLevel(_Strict):
+    state: StateSection = Field(default_factory=StateSection)
+    region: str = "US"
+    connectors: dict[str, Any]
+    pipelines: list[Any] = Field(min_length=1)
+
+
+def _validate_top(data: dict[str, Any], shown: str, problems: list[Problem]) -> _TopLevel:
+    """The top-level keys and [state]; connectors and pipelines are checked one by one."""
+    try:
+        return _TopLevel.model_validate(data)
+    except ValidationError as err:
+        problems.extend(_prefixed(_pydantic_problems(err, "", ConfigFile), shown))
+    state = data.get("state", {})
+    try:
+        state_section = StateSection.model_validate(state)
+    except ValidationError:
+        state_section = StateSection()
+    region = data.get("region")
+    return _TopLevel.model_construct(
+        state=state_section, region=region if isinstance(region, str) else "US",
+        connectors={}, pipelines=[])
 
 
 def _prefixed(problems: list[Problem], shown: str) -> list[Problem]:
@@ -334,16 +366,15 @@ def _prefixed(problems: list[Problem], shown: str) -> list[Problem]:
 
 def _check_pipeline(
     section: PipelineSection,
-    parsed: ConfigFile,
+    known_connectors: list[str],
     connectors: dict[str, ConnectorConfig],
     where: str,
     base_dir: Path,
 ) -> tuple[list[Problem], dict[tuple[str, str], EntityMapping]]:
     problems: list[Problem] = []
     mappings: dict[tuple[str, str], EntityMapping] = {}
-    known_connectors = list(parsed.connectors)
     for i, member in enumerate(section.members):
-        if member not in parsed.connectors:
+        if member not in known_connectors:
             close = difflib.get_close_matches(member, known_connectors, n=1)
             problems.append(Problem(f"{where}.members[{i}]", f"no connector named {member!r}",
                                     f"did you mean {close[0]!r}?" if close else

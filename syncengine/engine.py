@@ -36,6 +36,7 @@ from syncengine.errors import (
     RecordError,
     SyncEngineError,
 )
+from syncengine.logging import redact_text
 from syncengine.mapping import EntityMapping
 from syncengine.match import Observed, match
 from syncengine.plan import (
@@ -54,6 +55,8 @@ from syncengine.state import RecordState, StateStore
 
 log = structlog.get_logger("syncengine.engine")
 T = TypeVar("T")
+MAX_REPORTED = 200
+"""Record-level problems listed per entity in JSON output and run history (all are counted)."""
 
 ProgressFn = Callable[[str, int, int | None], None]
 """(what, done, total or None) — called while reading and applying."""
@@ -90,6 +93,8 @@ class SyncResult:
     open_conflicts: int = 0
     pending_recovery: int = 0
     duration_s: float = 0.0
+    error: str = ""
+    """Set when the run stopped on an exception (a member failed, an interrupt)."""
 
     @property
     def failures(self) -> list[Issue]:
@@ -106,7 +111,9 @@ class SyncResult:
 
     @property
     def outcome(self) -> str:
-        """One word for run history: ok, conflicts, errors or guard."""
+        """One word for run history: ok, conflicts, errors, guard or failed."""
+        if self.error:
+            return "failed"
         if self.guard:
             return "guard"
         if any(ep.issues for ep in self.plan.entities) or self.failures:
@@ -118,6 +125,12 @@ class SyncResult:
         for outcome in self.outcomes:
             counts = outcome.plan.counts()
             counts["failed"] = len(outcome.failures)
+            counts["problems"] = [
+                {"member": i.member, "location": i.location, "message": i.message,
+                 "kind": kind}
+                for kind, items in (("error", outcome.plan.issues), ("failed", outcome.failures))
+                for i in items
+            ][:MAX_REPORTED]
             if outcome.plan.guard:
                 counts["guard"] = outcome.plan.guard
             entities[outcome.plan.entity] = counts
@@ -239,6 +252,9 @@ class Engine:
                 sum(1 for c in plan.entities for x in c.conflicts if x.winner is None)
                 if self.dry_run else 0)
             return result
+        except BaseException as exc:
+            result.error = redact_text(f"{type(exc).__name__}: {exc}", self.config.secrets)
+            raise
         finally:
             result.duration_s = time.monotonic() - started
             for conn in connectors.values():
@@ -247,16 +263,19 @@ class Engine:
                 except Exception as exc:  # closing must not hide the real outcome
                     bound.warning("close failed", connector=conn.name, error=str(exc))
             if run_row is not None:
-                outcome_word = result.outcome
+                errors = [i.describe() for o in result.outcomes
+                          for i in (o.plan.issues + o.failures)][:MAX_REPORTED]
+                if result.error:
+                    errors.insert(0, result.error)
                 with self.store.transaction() as tx:
-                    tx.finish_run(run_row, outcome_word, result.to_json()["entities"],
-                                  [f"{i.member} {i.location}: {i.message}"
-                                   for o in result.outcomes
-                                   for i in (o.plan.issues + o.failures)][:200])
+                    tx.finish_run(run_row, result.outcome, result.to_json()["entities"], errors)
                     retention = dt.timedelta(days=self.config.journal_retention_days)
                     tx.prune_journal(pipeline.name, dt.datetime.now(dt.UTC) - retention)
-            bound.info("finished", exit_code=result.exit_code,
-                       seconds=round(result.duration_s, 3))
+            if result.error:
+                bound.error("failed", error=result.error, seconds=round(result.duration_s, 3))
+            else:
+                bound.info("finished", exit_code=result.exit_code,
+                           seconds=round(result.duration_s, 3))
 
     def _member(self, pipeline: Pipeline, connector: Connector, entity: str) -> Member:
         if entity not in connector.entities():
@@ -458,6 +477,17 @@ class Engine:
         for native_id, (key, _hash) in index.items():
             if native_id not in seen:
                 out.gone[key] = native_id
+        unreadable = sum(1 for i in ent.issues if i.member == member.name)
+        if out.gone and unreadable:
+            # a record that seems gone may be one of the rows we could not read (a Sync ID
+            # pasted over another): deleting it elsewhere could lose data, so wait
+            ent.issues.append(Issue(
+                entity, member.name, member.name,
+                f"{len(out.gone)} linked {entity} are missing from {member.name}; they are "
+                f"not treated as deleted while it has {unreadable} unreadable record(s) — fix "
+                "those and sync again"))
+            out.blocked.update(out.gone)
+            out.gone = {}
         self.progress(f"reading {member.name} {entity}", out.count, out.count)
         return out
 

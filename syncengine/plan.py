@@ -106,6 +106,12 @@ class Issue:
     location: str
     message: str
 
+    def describe(self) -> str:
+        """``member location: message``, without saying the location twice."""
+        if not self.location or self.message.startswith(self.location):
+            return f"{self.member}: {self.message}"
+        return f"{self.member} {self.location}: {self.message}"
+
 
 @dataclass(frozen=True)
 class LinkPlan:

@@ -57,8 +57,7 @@ def render_entity_plan(console: Console, ep: EntityPlan, *, verbose: bool) -> No
     if shown > MAX_SHOWN and not verbose:
         console.print(f"  … and {shown - MAX_SHOWN} more records (use --verbose to list all)")
     for issue in ep.issues:
-        console.print(f"[red]error[/] {issue.member} {escape(issue.location)}: "
-                      f"{escape(issue.message)}")
+        console.print(f"[red]error[/] {escape(issue.describe())}")
 
 
 def render_result(console: Console, result: SyncResult, *, verbose: bool = False) -> None:
@@ -73,11 +72,9 @@ def render_result(console: Console, result: SyncResult, *, verbose: bool = False
             render_entity_plan(console, ep, verbose=verbose)
         else:
             for issue in ep.issues:
-                console.print(f"[red]error[/] {issue.member} {escape(issue.location)}: "
-                              f"{escape(issue.message)}")
+                console.print(f"[red]error[/] {escape(issue.describe())}")
         for failure in outcome.failures:
-            console.print(f"[red]failed[/] {failure.member} {escape(failure.location)}: "
-                          f"{escape(failure.message)}")
+            console.print(f"[red]failed[/] {escape(failure.describe())}")
         if ep.guard:
             console.print(f"[bold red]stopped by a safety guard[/]: {escape(ep.guard)}")
     console.print(summary_table(result))

@@ -184,10 +184,6 @@ def test_bad_config_exits_2_names_the_problem_and_writes_nothing(
         assert all(t in line for t in KNOWN_TRANSFORMS), line
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "load_config stops at the first pydantic failure of the top-level ConfigFile model: an "
-    "unknown key inside [[pipelines]] (or at the top level) hides every problem inside the "
-    "[connectors.*] tables, so `validate` reports 1 problem instead of 2"))
 def test_unknown_keys_in_a_pipeline_and_a_connector_are_reported_together(
     tmp_path: Path, cli: Cli, idle_sandbox: Sandbox
 ) -> None:
@@ -254,9 +250,6 @@ def test_ragged_row_is_a_row_error_the_others_sync_and_it_is_left_as_it_was(
         ragged_index + 1] == ragged_line
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with --json the per-row errors are counted (entities.customers.errors == 1) but their "
-    "messages (file and line) are printed nowhere: not in the JSON object, not on stderr"))
 def test_json_output_still_names_the_bad_row(
     tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
 ) -> None:
@@ -303,11 +296,6 @@ def test_copy_pasted_row_with_the_same_sync_id_is_a_row_error(
     assert box.customer(target_id).get("last_name") == "Edited-Surname"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a row whose Sync ID was overwritten with another row's (two rows share an id, one id "
-    "vanishes) makes the engine treat the vanished id as deleted in the spreadsheet: the sync "
-    "sends DELETE /customers/<id> to HCP although that customer's row is still in the file, "
-    "held back as a per-row error"))
 def test_sync_id_overwritten_by_another_rows_does_not_delete_the_customer(
     tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
 ) -> None:
