@@ -145,6 +145,11 @@ class Connector(ABC):
     def read(self, entity: str) -> Iterator[NativeRecord]:
         """Stream every record of ``entity``, page by page."""
 
+    def get(self, entity: str, native_id: str) -> NativeRecord | None:
+        """One record by id, or None. The default reads the whole entity."""
+        return next((r for r in self.read(entity) if r.id == native_id and not r.provisional),
+                    None)
+
     def find(self, entity: str, data: NativeData) -> list[NativeRecord]:
         """Records on the member that carry ``data`` (used to resolve an interrupted create).
 

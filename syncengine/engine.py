@@ -33,6 +33,7 @@ from syncengine.errors import (
     AuthError,
     ConnectorError,
     FatalConnectorError,
+    NotFoundError,
     RecordError,
     SyncEngineError,
 )
@@ -160,6 +161,30 @@ class _Read:
     count: int = 0
 
 
+@dataclass
+class _Recovery:
+    match: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(member, native hash of a provisional record) -> the key it was being given."""
+    written: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    """(entity, key, member) -> canonical values an interrupted update was writing."""
+    updates: dict[str, list[int]] = field(default_factory=dict)
+    """entity -> ids of the interrupted update intents, finished once the entity commits."""
+
+
+def _apply_written_hints(entity: str, key: str, views: dict[str, MemberView],
+                         written: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+    """Where a member holds exactly what an interrupted update wrote, count it as seen."""
+    for member, view in views.items():
+        values = written.get((entity, key, member))
+        if not values or not view.present or view.current is None or view.last_seen is None:
+            continue
+        seen = dict(view.last_seen or {})
+        for name, value in values.items():
+            if view.current.get(name) == value:
+                seen[name] = value
+        view.last_seen = seen
+
+
 class _Writes:
     """State changes of one batch, sent as a few bulk statements instead of one per record."""
 
@@ -232,11 +257,11 @@ class Engine:
             if not self.dry_run:
                 with self.store.transaction() as tx:
                     run_row = tx.start_run(pipeline.name, False, run_uuid)
-            hints = self._recover(pipeline, connectors, result, run_uuid)
+            recovery = self._recover(pipeline, connectors, result)
             wanted = [e for e in pipeline.entities if entities is None or e in entities]
             for entity in wanted:
                 members = [self._member(pipeline, connectors[m], entity) for m in pipeline.members]
-                ent_plan = self.plan_entity(pipeline, entity, members, hints)
+                ent_plan = self.plan_entity(pipeline, entity, members, recovery)
                 plan.entities.append(ent_plan)
                 outcome = EntityOutcome(ent_plan)
                 result.outcomes.append(outcome)
@@ -248,6 +273,11 @@ class Engine:
                     continue
                 if not self.dry_run:
                     self.apply_entity(pipeline, members, ent_plan, outcome, run_uuid)
+                    settled = recovery.updates.pop(entity, [])
+                    if settled:  # the entity's state now reflects them
+                        with self.store.transaction() as tx:
+                            tx.finish_intents([{"id": i, "state": "abandoned"}
+                                               for i in settled])
             result.open_conflicts = len(self.store.open_conflicts(pipeline.name)) + (
                 sum(1 for c in plan.entities for x in c.conflicts if x.winner is None)
                 if self.dry_run else 0)
@@ -288,63 +318,87 @@ class Engine:
     # --------------------------------------------------------------------------- recovery
     def _recover(
         self, pipeline: Pipeline, connectors: dict[str, Connector], result: SyncResult,
-        run_uuid: str,
-    ) -> dict[tuple[str, str], str]:
-        """Settle writes an interrupted run left pending. Returns match hints."""
-        hints: dict[tuple[str, str], str] = {}
+    ) -> _Recovery:
+        """Settle the writes an interrupted run left pending.
+
+        - A create is looked up on its target (by id where the engine chose it, else by the
+          data it carried). Found: it is linked, with what was written as its last-seen
+          version, so that an edit made since then is still seen as an edit. Not found: it
+          is abandoned and planned again.
+        - An update may or may not have reached the member. Its intended values become
+          hints: where the member now holds exactly them, they count as our own write, not
+          as an edit of the member's (which could otherwise win a conflict against a newer
+          edit elsewhere). These intents stay pending until the entity's state is committed.
+        - A provisional record's id assignment becomes a match hint for that record.
+        """
+        recovery = _Recovery()
         intents = self.store.pending_intents(pipeline.name)
         result.pending_recovery = len(intents)
-        if not intents:
-            return hints
         for intent in intents:
-            if intent.op == "update" and intent.payload.get("assign_id"):
-                row_hash = intent.payload.get("native_hash")
-                if row_hash:
-                    hints[(intent.member, row_hash)] = intent.key
+            if intent.op == "update":
+                if intent.payload.get("assign_id") and intent.payload.get("native_hash"):
+                    recovery.match[(intent.member, intent.payload["native_hash"])] = intent.key
+                values = intent.payload.get("values") or {}
+                if values:
+                    recovery.written.setdefault(
+                        (intent.entity, intent.key, intent.member), {}).update(values)
+                recovery.updates.setdefault(intent.entity, []).append(intent.id)
         if self.dry_run:
-            return hints
+            return recovery
         for intent in intents:
+            if intent.op == "update":
+                continue
             conn = connectors.get(intent.member)
-            state, native_id, error = "abandoned", None, None
-            if intent.op == "create" and conn is not None and intent.entity in pipeline.entities:
-                mapping = pipeline.mappings[(intent.member, intent.entity)]
-                try:
-                    found = conn.find(intent.entity, intent.payload.get("native", {}))
-                except SyncEngineError as exc:
-                    found, error = [], f"recovery lookup failed: {exc}"
-                linked = self.store.link_index(pipeline.name, intent.entity, intent.member)
-                fresh = [r for r in found if r.id not in linked and not r.provisional]
-                if len(fresh) == 1:
-                    rec = fresh[0]
-                    native_id = rec.id
-                    state = "done"
-                    with self.store.transaction() as tx:
-                        if not self.store.load_records(pipeline.name, intent.entity,
-                                                       [intent.key]):
-                            tx.put_record(pipeline.name, intent.entity, intent.key,
-                                          intent.payload.get("base", {}))
-                        tx.put_link(pipeline.name, intent.entity, intent.key, intent.member,
-                                    native_id=rec.id, native_hash=rec.native_hash(),
-                                    last_seen=self._canonical(mapping, rec))
-                        for source, source_id in intent.payload.get("sources", {}).items():
-                            if source == intent.member or source not in connectors:
-                                continue
-                            taken = self.store.link_index(pipeline.name, intent.entity, source)
-                            if source_id not in taken:
-                                # hash and last-seen unknown: the next read maps it afresh
-                                tx.put_link(pipeline.name, intent.entity, intent.key, source,
-                                            native_id=source_id, native_hash=None,
-                                            last_seen=None)
-                        tx.finish_intent(intent.id, state, native_id=native_id)
-                    log.info("recovered interrupted create", pipeline=pipeline.name,
-                             member=intent.member, key=intent.key, native_id=rec.id)
-                    continue
-                if len(fresh) > 1:
-                    error = (f"{len(fresh)} records on {intent.member} look like the one an "
-                             "interrupted run created; left for matching")
+            if (intent.op == "create" and conn is not None
+                    and intent.entity in pipeline.entities
+                    and self._recover_create(pipeline, conn, intent, connectors)):
+                continue
             with self.store.transaction() as tx:
-                tx.finish_intent(intent.id, state, native_id=native_id, error=error)
-        return hints
+                tx.finish_intent(intent.id, "abandoned")
+        return recovery
+
+    def _recover_create(self, pipeline: Pipeline, conn: Connector, intent: Any,
+                        connectors: dict[str, Connector]) -> bool:
+        p, e = pipeline.name, intent.entity
+        mapping = pipeline.mappings[(intent.member, e)]
+        native = intent.payload.get("native", {})
+        error = None
+        try:
+            if conn.capabilities(e).assigns_ids:
+                found = [r for r in [conn.get(e, intent.key)] if r is not None]
+            else:
+                found = conn.find(e, native)
+        except NotFoundError:
+            found = []
+        except SyncEngineError as exc:
+            found, error = [], f"recovery lookup failed: {exc}"
+        linked = self.store.link_index(p, e, intent.member)
+        fresh = [r for r in found if r.id not in linked and not r.provisional]
+        if len(fresh) != 1:
+            if len(fresh) > 1:
+                error = (f"{len(fresh)} records on {intent.member} look like the one an "
+                         "interrupted run created; left for matching")
+            with self.store.transaction() as tx:
+                tx.finish_intent(intent.id, "abandoned", error=error)
+            return False
+        rec = fresh[0]
+        written = self._canonical(mapping, NativeRecord(rec.id, native))
+        with self.store.transaction() as tx:
+            if not self.store.load_records(p, e, [intent.key]):
+                tx.put_record(p, e, intent.key, intent.payload.get("base", {}))
+            # last seen = what was written; the hash is unknown so the next read maps it
+            tx.put_link(p, e, intent.key, intent.member, native_id=rec.id, native_hash=None,
+                        last_seen=written)
+            for source, source_id in intent.payload.get("sources", {}).items():
+                if source == intent.member or source not in connectors:
+                    continue
+                if source_id not in self.store.link_index(p, e, source):
+                    tx.put_link(p, e, intent.key, source, native_id=source_id,
+                                native_hash=None, last_seen=None)
+            tx.finish_intent(intent.id, "done", native_id=rec.id)
+        log.info("recovered interrupted create", pipeline=p, member=intent.member,
+                 key=intent.key, native_id=rec.id)
+        return True
 
     @staticmethod
     def _canonical(mapping: EntityMapping, rec: NativeRecord) -> model.Record:
@@ -359,7 +413,7 @@ class Engine:
         pipeline: Pipeline,
         entity: str,
         members: list[Member],
-        hints: dict[tuple[str, str], str] | None = None,
+        recovery: _Recovery | None = None,
     ) -> EntityPlan:
         spec = model.entity_spec(entity)
         ent = EntityPlan(entity, tuple(m.name for m in members))
@@ -397,7 +451,8 @@ class Engine:
                 for rs in self.store.iter_records(pipeline.name, entity)
             )
             result = match([m.name for m in members], new_records, existing,
-                           pipeline.match_keys(entity), hints=hints)
+                           pipeline.match_keys(entity),
+                           hints=recovery.match if recovery else None)
             for obs, why in result.ambiguous:
                 ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
             touched.update(k for k in result.groups if k not in result.new_keys)
@@ -425,6 +480,8 @@ class Engine:
             if rs is None and key not in groups:
                 continue
             views = self._views(key, rs, reads, groups.get(key, {}), members)
+            if recovery and recovery.written:
+                _apply_written_hints(entity, key, views, recovery.written)
             try:
                 kp = reconcile(ctx, key, rs.base if rs else None, views, new_key=rs is None)
             except RecordError as exc:
@@ -558,6 +615,21 @@ class Engine:
             actions = [(kp, i, a) for kp in batch for i, a in enumerate(kp.actions)]
             if actions:
                 with self.store.transaction() as tx:
+                    early = _Writes(tx)
+                    for kp in batch:
+                        if kp.new_key and kp.actions and kp.prior:
+                            early.put_record(pipeline.name, ent.entity, kp.key,
+                                             kp.base_after or {})
+                            writing = {a.member for a in kp.actions}
+                            for lp in kp.prior.values():
+                                # dirty until its write is confirmed: if we die first, the
+                                # next run still owes this member the merged values
+                                early.put_link(pipeline.name, ent.entity, kp.key, lp.member,
+                                               native_id=lp.native_id,
+                                               native_hash=lp.native_hash,
+                                               last_seen=lp.last_seen,
+                                               dirty=lp.member in writing)
+                    early.flush()
                     ids = tx.add_intents([
                         {"run_id": run_id, "pipeline": pipeline.name, "entity": ent.entity,
                          "key": kp.key, "member": a.member, "op": a.op,
@@ -578,7 +650,10 @@ class Engine:
                         if isinstance(outcome_i, Exception):
                             finished.append({"id": intent_ids[(id(kp), i)],
                                              "state": "failed", "error": str(outcome_i)})
-                        elif a.member not in buffered:
+                        elif a.member not in buffered and (not buffered or isinstance(a, Create)):
+                            # an update of a key that also waits for a buffered member stays
+                            # pending until the key's state is committed after the flush: if
+                            # we die first, recovery knows the member may hold our values
                             finished.append({"id": intent_ids[(id(kp), i)],
                                              "state": "done",
                                              "native_id": _native_id(outcome_i, a)})
@@ -611,10 +686,10 @@ class Engine:
                             state = "failed"
                         elif isinstance(res.get(i), Exception):
                             continue
-                        elif by_name[a.member].buffered:
+                        elif by_name[a.member].buffered or not isinstance(a, Create):
                             state = "done"
                         else:
-                            continue
+                            continue  # a write-through create: finished with its batch
                         finished.append({"id": intent_ids[(id(kp), i)], "state": state,
                                          "native_id": _native_id(res.get(i), a)})
                     self._commit_key(writes, pipeline, kp, res, by_name, outcome)
@@ -755,7 +830,10 @@ def _intent_payload(action: Action, kp: KeyPlan) -> dict[str, Any]:
                    if lp.native_id and not lp.remove and not lp.tombstone}
         return {"native": action.native, "base": kp.base_after or {}, "sources": sources}
     if isinstance(action, Update):
-        payload: dict[str, Any] = {"patch": action.patch}
+        payload: dict[str, Any] = {
+            "patch": action.patch,
+            "values": {f: new for f, (_old, new) in action.changes.items()},
+        }
         if action.assign_id:
             payload["assign_id"] = action.assign_id
             payload["native_hash"] = action.read_hash

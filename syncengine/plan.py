@@ -139,6 +139,10 @@ class KeyPlan:
     links: dict[str, LinkPlan] = field(default_factory=dict)
     conflicts: list[Conflict] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
+    prior: dict[str, LinkPlan] = field(default_factory=dict)
+    """What each member holding the record had before this run's writes. For a new hub
+    record it is committed before any write, so that a crash after a write leaves a base
+    to merge against (an interrupted write is then recognised, not taken for an edit)."""
 
     @property
     def changes_state(self) -> bool:

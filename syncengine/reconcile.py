@@ -107,6 +107,9 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
 
     present = {m: v for m, v in views.items() if v.present}
     gone = {m: v for m, v in views.items() if v.status == "gone"}
+    if new_key:
+        plan.prior = {m: _keep(v, dirty=False) for m, v in present.items()
+                      if not v.provisional}
     base_now: Record = dict(base or {})
 
     # ------------------------------------------------------------------ what changed where
