@@ -19,7 +19,14 @@ from syncengine.connector import (
     check_allowed,
 )
 from syncengine.connectors.memory import MemoryConnector, MemoryOptions
-from tests.contract.connector_suite import ENTITY, Change, ConnectorContract, Reopen, Sample
+from tests.contract.connector_suite import (
+    ENTITY,
+    AssignsIdsContract,
+    Change,
+    ConnectorContract,
+    Reopen,
+    Sample,
+)
 
 DATASET = "contract"
 
@@ -68,7 +75,7 @@ class TestMemoryConnector(ConnectorContract):
         return again
 
 
-class TestMemoryConnectorAssigningIds(TestMemoryConnector):
+class TestMemoryConnectorAssigningIds(TestMemoryConnector, AssignsIdsContract):
     """The same member taking the engine's key as the id (like a spreadsheet's Sync ID)."""
 
     assigns_ids: ClassVar[bool] = True

@@ -14,8 +14,8 @@ from syncengine.connector import Connector, ConnectorContext, NativeData
 from syncengine.connectors.spreadsheet import SpreadsheetConnector, SpreadsheetOptions
 from tests.contract.connector_suite import (
     ENTITY,
+    AssignsIdsContract,
     Change,
-    ConnectorContract,
     Reopen,
     Sample,
     key,
@@ -27,7 +27,7 @@ def sheet(folder: Path, name: str = "books") -> SpreadsheetConnector:
     return SpreadsheetConnector(options, ConnectorContext(name=name, base_dir=str(folder)))
 
 
-class TestSpreadsheetConnector(ConnectorContract):
+class TestSpreadsheetConnector(AssignsIdsContract):
     @pytest.fixture
     def folder(self, tmp_path: Path) -> Path:
         return tmp_path / "books"
