@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import cProfile
 import csv
+import gc
 import io
 import json
 import math
@@ -89,6 +90,33 @@ def rss_mib() -> tuple[float, float]:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
         current = pages * os.sysconf("SC_PAGE_SIZE") / 2**20
     return current, peak_kib / 1024
+
+
+class GcMeter:
+    """Time spent in the cyclic garbage collector (all generations) while active.
+
+    Large live heaps (the in-process sandbox's N customers, the engine's per-entity dicts)
+    make full collections expensive; this shows how much of a scenario they take."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.full = 0
+        self._started = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.full += info.get("generation") == 2
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        gc.callbacks.append(self._callback)
+        try:
+            yield
+        finally:
+            gc.callbacks.remove(self._callback)
 
 
 class StageClock:
@@ -303,8 +331,9 @@ def hcp_links(config: Config) -> dict[str, str]:
 def run_sync(config: Config, transport: CountingTransport, profile: bool) -> tuple[
         Any, float, float, dict[str, float], str]:
     clock = StageClock()
+    meter = GcMeter()
     profiler = cProfile.Profile() if profile else None
-    with clock.wrapped():
+    with clock.wrapped(), meter.active():
         start, cpu = time.perf_counter(), time.process_time()
         if profiler:
             profiler.enable()
@@ -318,6 +347,8 @@ def run_sync(config: Config, transport: CountingTransport, profile: bool) -> tup
         cpu_seconds = time.process_time() - cpu
     stages: dict[str, float] = {k: round(v, 4) for k, v in sorted(clock.totals.items())}
     stages["other"] = round(seconds - sum(clock.totals.values()), 4)
+    stages["gc"] = round(meter.seconds, 4)  # overlaps the stages above: inside them
+    stages["gc_full"] = meter.full
     report = ""
     if profiler:
         out = io.StringIO()
@@ -329,10 +360,15 @@ def run_sync(config: Config, transport: CountingTransport, profile: bool) -> tup
 
 
 def bench_one(n: int, page_size: int, batch_size: int | None, profile: set[str],
-              floor_repeats: int, say: Callable[[str], None]) -> RunResult:
+              floor_repeats: int, say: Callable[[str], None], freeze: bool = False) -> RunResult:
     start = time.perf_counter()
     app = create_app(API_KEY, seed=n)
     seed_seconds = time.perf_counter() - start
+    if freeze:
+        # the sandbox's N customers stand in for a remote API: keep them out of the
+        # collector's full passes, as they would be in a real deployment
+        gc.collect()
+        gc.freeze()
     transport = CountingTransport(SyncASGITransport(app))
     rng = random.Random(n)
     with tempfile.TemporaryDirectory(prefix="syncengine-bench-") as tmp:
@@ -417,9 +453,12 @@ def render_scenario(n: int, sc: Scenario) -> str:
         f"    planned {json.dumps({k: v for k, v in sc.planned.items() if k != 'read'})}",
         f"    expected {sc.expected}: {'yes' if sc.as_expected else 'NO'}  "
         f"(exit code {sc.exit_code})",
-        "    stages " + "  ".join(f"{k} {v:.3f}s" for k, v in sc.stages.items())
+        "    stages " + "  ".join(f"{k} {v:.3f}s" for k, v in sc.stages.items()
+                                if not k.startswith("gc"))
         + "   (floor: " + "  ".join(f"read:{k} {v:.3f}s" for k, v in sc.floor_split.items())
         + ")",
+        f"    garbage collector {sc.stages.get('gc', 0):.3f}s within those "
+        f"({sc.stages.get('gc_full', 0):.0f} full collections)",
         f"    RSS now {sc.rss_mib} MiB, process peak so far {sc.peak_rss_mib} MiB",
     ]
     if sc.profile:
@@ -430,7 +469,7 @@ def render_scenario(n: int, sc: Scenario) -> str:
 def render_table(results: list[RunResult]) -> str:
     head = ("N", "scenario", "seconds", "floor s", "ratio", "CPU ratio", "records/s",
             "requests", "minimum", "planned", "ok", "read hcp", "read books", "plan", "apply",
-            "other", "peak MiB")
+            "other", "gc", "peak MiB")
     rows = [head]
     for r in results:
         for sc in r.scenarios:
@@ -444,7 +483,8 @@ def render_table(results: list[RunResult]) -> str:
                 "yes" if sc.as_expected else "NO",
                 f"{sc.stages.get('read:hcp', 0):.2f}", f"{sc.stages.get('read:books', 0):.2f}",
                 f"{sc.stages.get('plan', 0):.2f}", f"{sc.stages.get('apply', 0):.2f}",
-                f"{sc.stages.get('other', 0):.2f}", f"{sc.peak_rss_mib:.0f}",
+                f"{sc.stages.get('other', 0):.2f}", f"{sc.stages.get('gc', 0):.2f}",
+                f"{sc.peak_rss_mib:.0f}",
             ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     out = []
@@ -492,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
                              "functions (timings then include profiling overhead)")
     parser.add_argument("--floor-repeats", type=int, default=3,
                         help="read the floor this many times per scenario; the median counts")
+    parser.add_argument("--freeze-sandbox", action="store_true",
+                        help="gc.freeze() the seeded sandbox so that the garbage collector's "
+                             "full passes no longer walk its N customers (a remote API's data "
+                             "would not be in this process)")
     parser.add_argument("--in-process", action="store_true",
                         help="run every N in this process (peak RSS then accumulates)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -504,19 +548,21 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.child:
         result = bench_one(sizes[0], page_size, args.batch_size, set(args.profile),
-                           args.floor_repeats, say)
+                           args.floor_repeats, say, args.freeze_sandbox)
         print(json.dumps(asdict(result)))
         return 0
 
     env = environment()
+    env["freeze_sandbox"] = str(args.freeze_sandbox).lower()
     say(f"syncengine sync benchmark — Python {env['python']} on {env['machine']} "
         f"({env['cpus']} CPUs, load average {env['load_average']}), commit {env['commit']}; "
-        f"page_size {page_size}, floor = median of {args.floor_repeats} reads")
+        f"page_size {page_size}, floor = median of {args.floor_repeats} reads"
+        + (", sandbox frozen out of the GC" if args.freeze_sandbox else ""))
     results: list[RunResult] = []
     for n in sizes:
         if args.in_process:
             results.append(bench_one(n, page_size, args.batch_size, set(args.profile),
-                                     args.floor_repeats, say))
+                                     args.floor_repeats, say, args.freeze_sandbox))
             continue
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--customers", str(n),
                "--page-size", str(page_size), "--floor-repeats", str(args.floor_repeats)]
@@ -524,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--batch-size", str(args.batch_size)]
         for name in args.profile:
             cmd += ["--profile", name]
+        if args.freeze_sandbox:
+            cmd.append("--freeze-sandbox")
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
         if proc.returncode != 0:
             say(f"N={n}: the benchmark process failed (exit {proc.returncode})")
