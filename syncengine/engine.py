@@ -423,13 +423,12 @@ class Engine:
             ent.seen[member.name] = reads[member.name].count
         for member in members:
             r = reads[member.name]
-            if r.count == 0 and r.linked > 0:
+            if r.count == 0 and r.linked > 0 and not self.allow_mass_delete:
                 ent.guard = (f"{member.name} returned no {entity} but {r.linked} are linked to "
                              "it; refusing to treat that as deleting them all (check the "
                              "member's path/credentials, or run `syncengine sync "
                              "--allow-mass-delete` if they really are gone)")
-                if not self.allow_mass_delete:
-                    return ent
+                return ent
 
         # which hub records need a look this run
         touched: set[str] = set(self.store.dirty_keys(pipeline.name, entity))
@@ -750,15 +749,12 @@ class Engine:
                     by_name: dict[str, Member], outcome: EntityOutcome) -> None:
         p, e = pipeline.name, kp.entity
         failed_members: set[str] = set()
-        delete_failed = False
         links: dict[str, LinkPlan] = dict(kp.links)
         for i, a in enumerate(kp.actions):
             out = res.get(i)
             member = by_name[a.member]
             if isinstance(out, Exception):
                 failed_members.add(a.member)
-                if isinstance(a, Delete):
-                    delete_failed = True
                 where = a.native_id if isinstance(a, Update | Delete) else a.key
                 outcome.failures.append(Issue(e, a.member, f"{kp.label} ({where})",
                                               f"{a.op} failed: {out}"))
@@ -778,15 +774,12 @@ class Engine:
             links[a.member] = LinkPlan(a.member, native_id, written.native_hash(),
                                        self._canonical(member.mapping, written))
 
-        if kp.base_after is None and not delete_failed:
+        if kp.base_after is None or (kp.purge and not failed_members):
             tx.deleted.append((p, e, kp.key))
             return
-        base = kp.base_after if kp.base_after is not None else (kp.base_before or {})
-        tx.put_record(p, e, kp.key, base)
+        tx.put_record(p, e, kp.key, kp.base_after)
         rows = []
         for name, lp in links.items():
-            if delete_failed and lp.remove and name not in {a.member for a in kp.actions}:
-                continue  # keep the deleting member's link: the delete is retried next run
             if lp.remove:
                 tx.unlinks.append((p, e, kp.key, name))
                 continue

@@ -106,11 +106,15 @@ def match(
                 chosen = make_key()
                 result.new_keys.add(chosen)
                 holders[chosen] = set()
-                for name in match_keys:
-                    value = obs.canonical.get(name)
-                    if value not in (None, ""):
-                        index.setdefault((name, value), []).append(chosen)
             _attach(result, holders, chosen, obs)
+            # the record's own values now lead to its key too: a third member's record that
+            # shares only the email with it (not the phone it was matched by) finds it
+            for name in match_keys:
+                value = obs.canonical.get(name)
+                if value not in (None, ""):
+                    keys = index.setdefault((name, value), [])
+                    if chosen not in keys:
+                        keys.append(chosen)
     # new hub records that an ambiguous record might also belong to are held back too:
     # creating them elsewhere could duplicate what a person has to sort out first
     for key in contested:

@@ -31,6 +31,9 @@ FieldType = Literal["str", "email", "phone", "bool", "tags", "datetime", "cents"
 Record = dict[str, Any]
 """A canonical record: canonical field name -> normal-form value."""
 
+DELETED = "_deleted"
+"""Marks a hub record deleted while some member still holds it (see reconcile)."""
+
 
 @dataclass(frozen=True)
 class FieldSpec:

@@ -139,6 +139,8 @@ class KeyPlan:
     links: dict[str, LinkPlan] = field(default_factory=dict)
     conflicts: list[Conflict] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
+    purge: bool = False
+    """Drop the hub record once every planned delete succeeded (nobody else holds it)."""
     prior: dict[str, LinkPlan] = field(default_factory=dict)
     """What each member holding the record had before this run's writes. For a new hub
     record it is committed before any write, so that a crash after a write leaves a base

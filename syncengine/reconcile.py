@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from syncengine.connector import Capabilities
 from syncengine.mapping import EntityMapping
-from syncengine.model import EntitySpec, Record
+from syncengine.model import DELETED, EntitySpec, Record
 from syncengine.plan import Conflict, Create, Delete, KeyPlan, LinkPlan, Skip, Update
 
 Status = Literal["unchanged", "changed", "new", "gone", "absent", "tombstone", "blocked"]
@@ -130,40 +130,41 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
             changed.setdefault(name, {})[member] = value
 
     # ---------------------------------------------------------------------------- deletes
-    if gone:
-        modified_elsewhere = bool(changed) or any(v.status == "new" for v in present.values())
+    # A deleted record stays in the hub, marked, for as long as some member still holds it
+    # (a delete that failed, a member that cannot delete): each run deletes it where it can,
+    # and nothing re-creates it. A modification anywhere brings it back (the data wins).
+    deleted = bool(base_now.get(DELETED))
+    modified = bool(changed) or any(v.status == "new" for v in present.values())
+    if gone and not deleted and not ctx.propagate_deletes:
+        for member in gone:  # the others keep it; this member is not given it again
+            plan.links[member] = LinkPlan(member, None, None, None, tombstone=True)
+        gone = {}
+    if (gone or deleted) and not modified:
+        for member in gone:
+            plan.links[member] = LinkPlan(member, None, None, None, remove=True)
         if not present:
             plan.base_after = None
-            for member in gone:
-                plan.links[member] = LinkPlan(member, None, None, None, remove=True)
             return plan
-        if ctx.propagate_deletes and not modified_elsewhere:
-            for member, view in present.items():
-                if ctx.caps[member].delete and view.native_id and not view.provisional:
-                    plan.actions.append(Delete(spec.name, member, key, view.native_id,
-                                               values=dict(view.current or {})))
-                    plan.links[member] = LinkPlan(member, None, None, None, remove=True)
-                else:
-                    plan.skips.append(Skip(spec.name, member, key,
-                                           f"{_type_of(ctx, member)} cannot delete {spec.name}",
-                                           shown))
-            for member in gone:
-                plan.links[member] = LinkPlan(member, None, None, None, remove=True)
-            if all(isinstance(a, Delete) for a in plan.actions) and len(plan.actions) == len(
-                present
-            ):
-                plan.base_after = None
+        keepers = []
+        for member, view in present.items():
+            if ctx.caps[member].delete and view.native_id and not view.provisional:
+                plan.actions.append(Delete(spec.name, member, key, view.native_id,
+                                           values=dict(view.current or {})))
             else:
-                # some member keeps it: remember the deleting members chose not to have it
-                for member in gone:
-                    plan.links[member] = LinkPlan(member, None, None, None, tombstone=True)
-            return plan
-        if not ctx.propagate_deletes:
-            for member in gone:
-                plan.links[member] = LinkPlan(member, None, None, None, tombstone=True)
-            gone = {}
-        # else: a delete/modify conflict keeps the data: the deleting members get it back
-        # (they are treated as absent below and re-created)
+                keepers.append(member)
+                if not deleted:
+                    plan.skips.append(Skip(spec.name, member, key,
+                                           f"{_type_of(ctx, member)} cannot delete "
+                                           f"{spec.name}; it keeps this record", shown))
+        plan.base_after = {**base_now, DELETED: True}
+        plan.purge = not keepers
+        return plan
+    if gone or deleted:
+        # a delete/modify conflict keeps the data: the deleting members get it back (they
+        # count as absent from here on, and are re-created where they can be)
+        base_now.pop(DELETED, None)
+        for member in gone:
+            plan.links[member] = LinkPlan(member, None, None, None, remove=True)
 
     # ----------------------------------------------------------------------------- merge
     updated_at = {m: (v.current or {}).get("updated_at") for m, v in present.items()}
