@@ -44,7 +44,7 @@ from typing import Any, Literal, cast, get_args
 
 from syncengine import model
 from syncengine.errors import ConfigError, Problem, RecordError
-from syncengine.transforms import Transform, build_transform
+from syncengine.transforms import Transform, build_transform, describe_value
 
 __all__ = [
     "Direction",
@@ -479,16 +479,6 @@ def _close(word: str, choices: Iterable[str]) -> list[str]:
     return difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
 
 
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true/false"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list):
-        return "a list"
-    return f"{type(value).__name__} {value!r}"
-
-
 def parse_mapping(data: Mapping[str, Any], *, entity: str, source: str) -> EntityMapping:
     """Check and compile the parsed TOML of a mapping file. Every problem is reported at once
     in one ``ConfigError``."""
@@ -514,7 +504,7 @@ def parse_mapping(data: Mapping[str, Any], *, entity: str, source: str) -> Entit
 
     flat = data.get("flat", False)
     if not isinstance(flat, bool):
-        problem("flat", f"must be true or false, not {_type_name(flat)}")
+        problem("flat", f"must be true or false, not {describe_value(flat)}")
         flat = False
 
     table = data.get("fields")
@@ -522,7 +512,7 @@ def parse_mapping(data: Mapping[str, Any], *, entity: str, source: str) -> Entit
         problem("fields", "no [fields] table", 'add [fields] with lines like email = "Email"')
         table = {}
     elif not isinstance(table, Mapping):
-        problem("fields", f"must be a table, not {_type_name(table)}")
+        problem("fields", f"must be a table, not {describe_value(table)}")
         table = {}
     elif not table:
         problem("fields", "no fields are mapped", 'add lines like email = "Email"')
@@ -561,7 +551,7 @@ def parse_mapping(data: Mapping[str, Any], *, entity: str, source: str) -> Entit
         if not isinstance(raw_keys, list) or not all(isinstance(k, str) for k in raw_keys):
             problem(
                 "match_keys",
-                f"must be a list of canonical field names, not {_type_name(raw_keys)}",
+                f"must be a list of canonical field names, not {describe_value(raw_keys)}",
                 'e.g. match_keys = ["email", "mobile_number"]',
             )
         else:
@@ -605,7 +595,7 @@ def _parse_field(
     if not isinstance(value, Mapping):
         problem(
             where,
-            f"must be a native name or a table, not {_type_name(value)}",
+            f"must be a native name or a table, not {describe_value(value)}",
             f'write {_toml_key(canonical)} = "Native Name" or '
             f'{_toml_key(canonical)} = {{ native = "...", transform = "..." }}',
         )
@@ -636,7 +626,7 @@ def _parse_field(
         problem(where, "has no native name", 'add native = "..." (the column or JSON path)')
         ok = False
     elif not isinstance(native, str) or not native:
-        problem(f"{where}.{name_key}", f"must be a non-empty string, not {_type_name(native)}")
+        problem(f"{where}.{name_key}", f"must be a non-empty string, not {describe_value(native)}")
         ok = False
 
     direction = value.get("direction", "both")
@@ -680,7 +670,7 @@ def _parse_field(
             and not canonical.startswith("custom.")
             and not isinstance(default, str)
         ):
-            problem(f"{where}.default", f"must be a string, not {_type_name(default)}")
+            problem(f"{where}.default", f"must be a string, not {describe_value(default)}")
             ok = False
         elif fspec is not None:
             try:

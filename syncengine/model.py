@@ -182,8 +182,9 @@ def norm_tags(value: Any) -> list[str] | None:
     return tags or None
 
 
-def norm_datetime(value: Any) -> str | None:
-    if value is None or value == "":
+def parse_datetime(value: Any) -> dt.datetime | None:
+    """A timezone-aware datetime from a datetime, a date or ISO 8601 text (naive = UTC)."""
+    if value is None:
         return None
     if isinstance(value, dt.datetime):
         moment = value
@@ -197,10 +198,14 @@ def norm_datetime(value: Any) -> str | None:
             moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(f"{value!r} is not an ISO 8601 date-time") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    moment = moment.astimezone(dt.UTC).replace(microsecond=0)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def norm_datetime(value: Any) -> str | None:
+    moment = parse_datetime(value)
+    if moment is None:
+        return None
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def norm_int(value: Any) -> int | None:

@@ -29,6 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import phonenumbers
 
 from syncengine.errors import ConfigError, Problem
+from syncengine.model import parse_datetime
 
 __all__ = [
     "Params",
@@ -103,7 +104,7 @@ class Params:
         wanted = types if isinstance(types, tuple) else (types,)
         if (isinstance(value, bool) and bool not in wanted) or not isinstance(value, wanted):
             names = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in wanted)
-            self.problem(key, f"must be {names}, not {_describe(value)}")
+            self.problem(key, f"must be {names}, not {describe_value(value)}")
             return default
         if choices and value not in choices:
             self.problem(
@@ -141,7 +142,8 @@ _TYPE_NAMES: dict[type, str] = {
 }
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """How a config value is named in a message (``a table``, ``int 5``)."""
     if isinstance(value, bool):
         return "true/false"
     if isinstance(value, Mapping):
@@ -193,7 +195,7 @@ def build_transform(spec: TransformSpec, location: str = "transform") -> Transfo
             [
                 Problem(
                     location,
-                    f"a transform must be a name, a table or a list, not {_describe(spec)}",
+                    f"a transform must be a name, a table or a list, not {describe_value(spec)}",
                     "use one of: " + ", ".join(known_transforms()),
                 )
             ]
@@ -232,7 +234,7 @@ def build_chain(specs: Sequence[str | Mapping[str, Any]], location: str = "trans
             problems.append(
                 Problem(
                     f"{location}[{index}]",
-                    f"a transform must be a name or a table, not {_describe(spec)}",
+                    f"a transform must be a name or a table, not {describe_value(spec)}",
                 )
             )
             continue
@@ -677,7 +679,7 @@ def _map(params: Params) -> Transform:
             params.problem(
                 f"values.{native}",
                 f"a mapped value must be a string, a number or true/false, "
-                f"not {_describe(canonical)}",
+                f"not {describe_value(canonical)}",
             )
             continue
         key = _hashable(canonical)
@@ -724,18 +726,9 @@ class DateTransform(_Base):
         return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def _write(self, value: Any) -> Any:
-        if isinstance(value, dt.datetime):
-            moment = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-        else:
-            text = (value if isinstance(value, str) else str(value)).strip()
-            if not text:
-                return None
-            try:
-                moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-            except ValueError:
-                raise ValueError(f"{value!r} is not an ISO 8601 date-time") from None
-            if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=dt.UTC)
+        moment = parse_datetime(value)
+        if moment is None:
+            return None
         return moment.astimezone(self._zone).strftime(self.format)
 
 
