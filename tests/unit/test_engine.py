@@ -342,3 +342,15 @@ def test_a_value_one_member_cannot_take_is_reported_and_the_rest_syncs(tmp_path:
     assert "x, y" in issue.message and result.exit_code == 1
     text = (tmp_path / "books" / "customers.csv").read_text()
     assert "bob@x.com" in text and "ann@x.com" not in text
+
+
+def test_a_record_matched_by_phone_also_leads_others_by_its_email(tmp_path: Path) -> None:
+    cfg = memory_config(tmp_path, {"a": {}, "b": {}, "c": {}})
+    ds("a").put(C, "a1", {"mobile_number": "(555) 201-0001"})
+    ds("b").put(C, "b1", {"email": "u0@x.com", "mobile_number": "+15552010001"})
+    ds("c").put(C, "c1", {"email": "U0@x.com"})  # shares only the email, with b's record
+    result = run(cfg)
+    assert result.plan.entities[0].issues == []
+    for name in "abc":
+        assert len(ds(name).table(C)) == 1, name
+    assert run(cfg).plan.actions == []
