@@ -95,26 +95,26 @@ class ConnectorContract:
 
     @pytest.fixture
     def connector(self) -> Iterator[Connector]:
-        raise NotImplementedError(
+        pytest.fail(
             f"{type(self).__name__} must provide a `connector` fixture: a fresh, empty member "
             f"holding {ENTITY!r}"
         )
 
     @pytest.fixture
     def sample(self) -> Sample:
-        raise NotImplementedError(
+        pytest.fail(
             f"{type(self).__name__} must provide a `sample` fixture: n -> a valid native record"
         )
 
     @pytest.fixture
     def change(self) -> Change:
-        raise NotImplementedError(
+        pytest.fail(
             f"{type(self).__name__} must provide a `change` fixture: data -> a one-field patch"
         )
 
     @pytest.fixture
     def reopen(self) -> Reopen:
-        raise NotImplementedError(
+        pytest.fail(
             f"{type(self).__name__} must provide a `reopen` fixture: connector -> a new "
             "instance over the same data"
         )
