@@ -192,7 +192,7 @@ class Connector(ABC):
 
 
 class CapabilityViolation(FatalConnectorError):
-    pass
+    """A write the member's capability flags forbid was attempted (a bug in the caller)."""
 
 
 def check_allowed(connector: Connector, entity: str, op: str) -> None:

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json as jsonlib
 import random
@@ -195,6 +196,8 @@ class HttpStats:
 # ------------------------------------------------------------------------------ parsing
 
 
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|infinity|nan)", re.I)
+
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date).
 
@@ -206,11 +209,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     text = value.strip()
     if not text:
         return None
-    try:
+    if _NUMBER.fullmatch(text):  # delay-seconds; otherwise an HTTP date
         seconds = float(text)
-    except ValueError:
-        pass
-    else:
         if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN / inf
             return None
         return max(0.0, seconds)
@@ -297,12 +297,8 @@ def error_message(response: httpx.Response) -> str:
     content_type = response.headers.get("content-type", "").lower()
     stripped = text.lstrip()
     if "json" in content_type or stripped[:1] in ("{", "["):
-        try:
-            body = jsonlib.loads(text)
-        except ValueError:
-            pass
-        else:
-            return _clip(_message_from_json(body))
+        with contextlib.suppress(ValueError):  # not JSON after all: read it as text below
+            return _clip(_message_from_json(jsonlib.loads(text)))
     if "html" in content_type or stripped[:1] == "<":
         title = _TITLE.search(text)
         if title and title.group(1).strip():
