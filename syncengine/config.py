@@ -69,11 +69,15 @@ class PipelineSection(_Strict):
 
 
 class ConfigFile(_Strict):
+    """The top level. Connector tables and pipelines are validated one by one afterwards
+    (by each connector's options model and ``PipelineSection``), so that a mistake in one
+    never hides a mistake in another."""
+
     state: StateSection = Field(default_factory=StateSection)
     region: str = "US"
     """Default region for phone numbers written without a country code."""
-    connectors: dict[str, dict[str, Any]]
-    pipelines: list[PipelineSection] = Field(min_length=1)
+    connectors: dict[str, Any]
+    pipelines: list[Any] = Field(min_length=1)
 
 
 @dataclass(frozen=True)
@@ -336,17 +340,10 @@ def load_config(
     )
 
 
-class _TopLevel(_Strict):
-    state: StateSection = Field(default_factory=StateSection)
-    region: str = "US"
-    connectors: dict[str, Any]
-    pipelines: list[Any] = Field(min_length=1)
-
-
-def _validate_top(data: dict[str, Any], shown: str, problems: list[Problem]) -> _TopLevel:
+def _validate_top(data: dict[str, Any], shown: str, problems: list[Problem]) -> ConfigFile:
     """The top-level keys and [state]; connectors and pipelines are checked one by one."""
     try:
-        return _TopLevel.model_validate(data)
+        return ConfigFile.model_validate(data)
     except ValidationError as err:
         problems.extend(_prefixed(_pydantic_problems(err, "", ConfigFile), shown))
     state = data.get("state", {})
@@ -355,7 +352,7 @@ def _validate_top(data: dict[str, Any], shown: str, problems: list[Problem]) -> 
     except ValidationError:
         state_section = StateSection()
     region = data.get("region")
-    return _TopLevel.model_construct(
+    return ConfigFile.model_construct(
         state=state_section, region=region if isinstance(region, str) else "US",
         connectors={}, pipelines=[])
 

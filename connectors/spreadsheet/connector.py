@@ -34,26 +34,22 @@ from syncengine.errors import (
     NotFoundError,
     RecordError,
 )
+from syncengine.mapping import load_mapping
 
 from .csvtable import CsvTable
 from .table import Row, Sheet, Table
 
+
+def _default_columns(entity: str) -> tuple[str, ...]:
+    """The columns the default mapping writes, in its order: the header of a new file."""
+    mapping = load_mapping("spreadsheet", entity)
+    return tuple(f.native for f in mapping.fields if f.direction != "read")
+
+
 DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "customers": (
-        "First Name",
-        "Last Name",
-        "Email",
-        "Mobile",
-        "Home Phone",
-        "Work Phone",
-        "Company",
-        "Tags",
-        "Street",
-        "City",
-        "State",
-        "Zip",
-    ),
+    entity: _default_columns(entity) for entity in ("customers",)
 }
+"""Per entity the header of a new file (after the id column), from the default mapping."""
 """The columns after the id column that a new file of each entity starts with."""
 
 SUFFIXES = (".csv",)
