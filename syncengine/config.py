@@ -386,6 +386,16 @@ def _check_pipeline(
                                     f"use one of: {', '.join(model.ENTITIES)}"))
 
     valid_entities = [e for e in section.entities if e in model.ENTITIES]
+    for entity in valid_entities:
+        spec = model.ENTITIES[entity]
+        for name, target in spec.refs.items():
+            if target in spec.depends_on and target not in valid_entities:
+                problems.append(Problem(
+                    f"{where}.entities",
+                    f"{entity} refer to {target} (their {name!r}), which this pipeline does "
+                    "not sync",
+                    f"add {target!r} to entities: a {entity[:-1]} cannot be written anywhere "
+                    f"without its {name}"))
     for member in section.members:
         cc = connectors.get(member)
         if cc is None:
@@ -404,7 +414,14 @@ def _check_pipeline(
                 if not override_path.is_absolute():
                     override_path = base_dir / override_path
             try:
-                mappings[(member, entity)] = load_mapping(cc.type_name, entity, override_path)
+                zone = getattr(cc.options, "timezone", None)
+                mapping = load_mapping(cc.type_name, entity, override_path,
+                                       timezone=zone if isinstance(zone, str) else None)
+                # references to entities this pipeline does not sync are not synced either
+                # (an invoice's job, where jobs are not in the pipeline)
+                outside = [f for f, (target, _by) in mapping.refs.items()
+                           if target not in valid_entities]
+                mappings[(member, entity)] = mapping.without(outside) if outside else mapping
             except ConfigError as err:
                 problems.extend(err.problems)
             except FileNotFoundError:

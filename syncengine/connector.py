@@ -17,6 +17,7 @@ Writing a connector::
         def delete(self, entity, native_id) -> None: ...
         def find(self, entity, data) -> list[NativeRecord]: ...     # optional, for crash recovery
         def flush(self, entity) -> None: ...                        # optional, for batching members
+        def prepare(self, entity, mapping) -> None: ...             # optional: learn the mapping
 
 and register it in ``pyproject.toml``::
 
@@ -35,11 +36,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from syncengine.errors import ConfigError, FatalConnectorError, Problem
+
+if TYPE_CHECKING:
+    from syncengine.mapping import EntityMapping
 
 NativeData = dict[str, Any]
 
@@ -183,6 +187,11 @@ class Connector(ABC):
 
     def delete(self, entity: str, native_id: str) -> None:
         raise FatalConnectorError("delete is not supported", connector=self.name, entity=entity)
+
+    def prepare(self, entity: str, mapping: EntityMapping) -> None:  # noqa: B027 - optional
+        """Called before the entity is read with the mapping in force for this member: a
+        file-backed member can take the columns of a new file from it, or the kinds of values
+        (money, dates) its cells hold. A connector must work without it too."""
 
     def flush(self, entity: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """Make buffered writes durable. Members that write through immediately do nothing."""

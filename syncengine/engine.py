@@ -328,7 +328,9 @@ class Engine:
             raise FatalConnectorError(
                 f"{connector.type_name} does not hold {entity}; remove it from the pipeline "
                 "or the member", connector=connector.name, entity=entity)
-        return Member(connector.name, connector, pipeline.mappings[(connector.name, entity)],
+        mapping = pipeline.mappings[(connector.name, entity)]
+        connector.prepare(entity, mapping)
+        return Member(connector.name, connector, mapping,
                       connector.capabilities(entity), connector.type_name)
 
     # --------------------------------------------------------------------------- recovery

@@ -15,12 +15,17 @@ are installed as ``syncengine.mappings``. The grammar::
     notifications_enabled = { native = "Notify", transform = "bool", default = false }
     "addresses.service.street" = "addresses[type=service].street"
     "custom.ref" = { native_key = "Ref. No." }   # a single key even though it has a '.'
+    customer = { native = "Customer Email", ref_by = "email" }   # a reference by human key
 
 Native names without ``.`` or ``[`` are single keys (column names such as ``First Name``);
 otherwise they are paths into nested JSON: ``a.b.c``, and ``list[key=value]`` selects the
 element of ``list`` whose ``key`` is ``value`` (created as ``{key: value}`` when writing and it
 is missing). ``default`` is a canonical value used when the native value is missing or empty.
 ``transform`` is a name, an inline table or a list of those (see ``syncengine.transforms``).
+
+A reference field (an invoice's ``customer``, a payment's ``invoice``) holds the member's own
+native id of the record referred to, unless ``ref_by`` names a field of that entity which the
+member shows instead (a sheet's ``Customer Email``); the engine resolves either to hub keys.
 
 Every problem in a file is reported at once, naming the file, the key and the fix.
 """
@@ -61,7 +66,7 @@ __all__ = [
 Direction = Literal["both", "read", "write"]
 DIRECTIONS: tuple[str, ...] = get_args(Direction)
 
-FIELD_KEYS = ("native", "native_key", "transform", "direction", "default")
+FIELD_KEYS = ("native", "native_key", "transform", "direction", "default", "ref_by")
 TOP_LEVEL_KEYS = ("fields", "match_keys", "flat")
 
 
@@ -238,6 +243,8 @@ class FieldMapping:
     """Canonical value used when reading finds the native value missing or empty."""
     literal: bool = False
     """``native`` is a single key even if it contains ``.`` or ``[``."""
+    ref_by: str | None = None
+    """Reference fields: the referred entity's field the member shows instead of its id."""
 
     def path(self) -> NativePath:
         return NativePath.single_key(self.native) if self.literal else parse_path(self.native)
@@ -281,6 +288,12 @@ class EntityMapping:
         )
         """The file's ``match_keys``, else the entity's defaults."""
 
+        self.refs: dict[str, tuple[str, str | None]] = {
+            f.canonical: (entity.by_name[f.canonical].ref, f.ref_by)
+            for f in self.fields
+            if f.canonical in entity.by_name and entity.by_name[f.canonical].type == "ref"
+        }
+        """Reference fields -> (entity referred to, its field shown natively or None = id)."""
         self._paths: dict[str, NativePath] = {}
         self._containers: list[NativePath] = []
         """Distinct containers of the read paths, each resolved once per record."""
@@ -319,6 +332,30 @@ class EntityMapping:
 
     def __repr__(self) -> str:
         return f"EntityMapping({self.entity.name!r}, {len(self.fields)} fields, {self.source!r})"
+
+    def without(self, names: Iterable[str]) -> EntityMapping:
+        """This mapping without some canonical fields (references to entities a pipeline does
+        not sync)."""
+        dropped = set(names)
+        return EntityMapping(self.entity, [f for f in self.fields if f.canonical not in dropped],
+                             self.source, self.match_keys)
+
+    def equivalent(self, name: str, a: Any, b: Any) -> bool:
+        """Whether two canonical values of a field look the same on this member: written and
+        read back they agree (a local date shows 09:00Z and 17:00Z of one day alike)."""
+        if a == b:
+            return True
+        if a is None or b is None:
+            return False
+        field = next((f for f in self.fields if f.canonical == name), None)
+        if field is None or field.transform is None:
+            return False
+        normalise = _normaliser(self.entity, name)
+        try:
+            return bool(normalise(field.transform.read(field.transform.write(a)))
+                        == normalise(field.transform.read(field.transform.write(b))))
+        except (ValueError, TypeError):
+            return False
 
     def native_name(self, canonical: str) -> str | None:
         """The native name a canonical field is read from (else written to), if mapped."""
@@ -432,8 +469,8 @@ def _normaliser(entity: model.EntitySpec, name: str) -> Callable[[Any], Any]:
     """``model.normalise`` of one field, looked up once instead of per value."""
     spec = entity.field_spec(name)
     kind = spec.type if spec else "str"
-    if kind != "str":
-        return model.NORMALISERS[kind]
+    if spec is not None and kind != "str":
+        return spec.normalise
     norm_str = model.NORMALISERS["str"]
 
     def normalise_str(value: Any) -> Any:
@@ -479,7 +516,8 @@ def _close(word: str, choices: Iterable[str]) -> list[str]:
     return difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
 
 
-def parse_mapping(data: Mapping[str, Any], *, entity: str, source: str) -> EntityMapping:
+def parse_mapping(data: Mapping[str, Any], *, entity: str, source: str,
+                  timezone: str | None = None) -> EntityMapping:
     """Check and compile the parsed TOML of a mapping file. Every problem is reported at once
     in one ``ConfigError``."""
     try:
@@ -532,7 +570,7 @@ def parse_mapping(data: Mapping[str, Any], *, entity: str, source: str) -> Entit
                 "or name your own as custom.<name>"
             )
             problem(where, f"unknown canonical field {canonical!r} for {spec.name}", fix)
-        fm = _parse_field(canonical, value, where, spec, flat, problem)
+        fm = _parse_field(canonical, value, where, spec, flat, problem, timezone)
         if fm is None or fspec is None:
             continue
         try:
@@ -586,6 +624,7 @@ def _parse_field(
     spec: model.EntitySpec,
     flat: bool,
     problem: Callable[..., None],
+    timezone: str | None = None,
 ) -> FieldMapping | None:
     if isinstance(value, str):
         if not value:
@@ -645,10 +684,25 @@ def _parse_field(
         )
         ok = False
 
+    ref_by = value.get("ref_by")
+    fspec_ = spec.field_spec(canonical)
+    if ref_by is not None:
+        if fspec_ is None or fspec_.type != "ref":
+            problem(f"{where}.ref_by", f"{canonical!r} is not a reference field",
+                    "ref_by belongs to fields such as an invoice's customer; drop it here")
+            ok = False
+        elif not isinstance(ref_by, str) or model.ENTITIES[fspec_.ref].field_spec(ref_by) is None:
+            target = model.ENTITIES[fspec_.ref]
+            problem(f"{where}.ref_by",
+                    f"{ref_by!r} is not a field of {target.name}",
+                    f"use one of: {', '.join(f.name for f in target.fields if not f.meta)}")
+            ok = False
+
     transform: Transform | None = None
     if "transform" in value:
         try:
-            transform = build_transform(value["transform"], f"{where}.transform")
+            transform = build_transform(_zoned(value["transform"], timezone),
+                                        f"{where}.transform")
         except ConfigError as exc:
             # the transform's problems already name this file's key; prefix the file
             for p in exc.problems:
@@ -688,7 +742,22 @@ def _parse_field(
         cast(Direction, direction),
         default,
         literal,
+        ref_by if isinstance(ref_by, str) else None,
     )
+
+
+def _zoned(spec: Any, timezone: str | None) -> Any:
+    """A transform spec whose ``date`` transforms default to ``timezone`` (a member's
+    ``timezone`` option) instead of UTC; an explicit ``timezone`` parameter wins."""
+    if timezone is None:
+        return spec
+    if spec == "date":
+        return {"name": "date", "timezone": timezone}
+    if isinstance(spec, Mapping) and spec.get("name") == "date" and "timezone" not in spec:
+        return {**spec, "timezone": timezone}
+    if isinstance(spec, list):
+        return [_zoned(s, timezone) for s in spec]
+    return spec
 
 
 def _check_duplicates(
@@ -739,7 +808,8 @@ _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 _TOML_END = re.compile(r"\s*\(at end of document\)\s*$")
 
 
-def _parse_text(text: str, *, entity: str, source: str) -> EntityMapping:
+def _parse_text(text: str, *, entity: str, source: str,
+                timezone: str | None = None) -> EntityMapping:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -761,7 +831,7 @@ def _parse_text(text: str, *, entity: str, source: str) -> EntityMapping:
                 )
             ]
         ) from None
-    return parse_mapping(data, entity=entity, source=source)
+    return parse_mapping(data, entity=entity, source=source, timezone=timezone)
 
 
 def _read_text(path: Path | Traversable, source: str) -> str:
@@ -783,10 +853,12 @@ def _read_text(path: Path | Traversable, source: str) -> str:
         ) from None
 
 
-def load_mapping_file(path: Path | str, *, entity: str) -> EntityMapping:
+def load_mapping_file(path: Path | str, *, entity: str,
+                      timezone: str | None = None) -> EntityMapping:
     """Load and check one mapping file of ``entity``."""
     source = str(path)
-    return _parse_text(_read_text(Path(path), source), entity=entity, source=source)
+    return _parse_text(_read_text(Path(path), source), entity=entity, source=source,
+                       timezone=timezone)
 
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -806,12 +878,14 @@ def default_mapping_path(connector_type: str, entity: str) -> Traversable:
 
 
 def load_mapping(
-    connector_type: str, entity: str, override: str | Path | None = None
+    connector_type: str, entity: str, override: str | Path | None = None,
+    *, timezone: str | None = None,
 ) -> EntityMapping:
     """The mapping of ``entity`` for ``connector_type``: the ``override`` file when given (it
-    replaces the default entirely), else the default installed with syncengine."""
+    replaces the default entirely), else the default installed with syncengine. ``timezone``
+    (a member's option) is the default zone of the ``date`` transforms in it."""
     if override is not None:
-        return load_mapping_file(Path(override), entity=entity)
+        return load_mapping_file(Path(override), entity=entity, timezone=timezone)
     path = default_mapping_path(connector_type, entity)
     source = f"mappings/{connector_type}/{entity}.toml"
     if not path.is_file():
@@ -825,4 +899,5 @@ def load_mapping(
                 )
             ]
         )
-    return _parse_text(_read_text(path, source), entity=entity, source=source)
+    return _parse_text(_read_text(path, source), entity=entity, source=source,
+                       timezone=timezone)

@@ -11,6 +11,11 @@ field by field. Values are always in normal form:
 - ``tags``: a sorted list without duplicates (a set with a stable order)
 - ``datetime``: ISO 8601 in UTC with a ``Z`` suffix, seconds precision
 - ``cents``: ``int``
+- ``enum``: one of the field's ``choices``, lower-case with ``_`` for spaces and hyphens
+  (``"In Progress"`` is ``in_progress``); anything else is a bad value
+- ``ref``: the hub key of a record of the entity the field ``ref``ers to. A mapping reads a
+  member's native form of the reference (its native id, or a human key such as the customer's
+  email with ``ref_by``) and the engine resolves it through the link table or the hub.
 
 Integrator fields ``custom.<name>`` are strings unless a transform gives another type.
 Metadata fields (``created_at``, ``updated_at``) are read for the ``newest`` conflict rule and
@@ -20,13 +25,16 @@ shown in diffs, but they are never merged or written to another member.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import phonenumbers
 
-FieldType = Literal["str", "email", "phone", "bool", "tags", "datetime", "cents", "int"]
+FieldType = Literal[
+    "str", "email", "phone", "bool", "tags", "datetime", "cents", "int", "enum", "ref"
+]
 
 Record = dict[str, Any]
 """A canonical record: canonical field name -> normal-form value."""
@@ -41,6 +49,18 @@ class FieldSpec:
     type: FieldType = "str"
     meta: bool = False
     """Metadata: read, shown, used by ``newest``; never merged or written."""
+    choices: tuple[str, ...] = ()
+    """``enum`` fields: the values allowed, in normal form."""
+    ref: str = ""
+    """``ref`` fields: the entity referred to."""
+    label: str = ""
+    """How a person calls the field in messages (``payment status``); defaults to the name."""
+
+    def normalise(self, value: Any) -> Any:
+        """The normal form of a value of this field. Raises ``ValueError`` on bad input."""
+        if self.type == "enum":
+            return norm_enum(value, self.choices, self.label or self.name)
+        return NORMALISERS[self.type](value)
 
 
 @dataclass(frozen=True)
@@ -50,6 +70,7 @@ class EntitySpec:
     match_keys: tuple[str, ...] = ()
     """Default fields used to link a new record to an existing one, in order of preference."""
     depends_on: tuple[str, ...] = ()
+    """Entities a pipeline must sync with this one (its required references)."""
     by_name: dict[str, FieldSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -65,6 +86,15 @@ class EntitySpec:
     def is_meta(self, name: str) -> bool:
         spec = self.by_name.get(name)
         return bool(spec and spec.meta)
+
+    @property
+    def refs(self) -> dict[str, str]:
+        """Reference fields -> the entity each refers to."""
+        return {f.name: f.ref for f in self.fields if f.type == "ref"}
+
+    def label_fields(self) -> tuple[str, ...]:
+        """Fields that name a record for a person, in order of preference."""
+        return self.match_keys or tuple(f.name for f in self.fields[:1])
 
 
 ADDRESS_TYPES = ("service", "billing")
@@ -94,7 +124,66 @@ CUSTOMER = EntitySpec(
     match_keys=("email", "mobile_number"),
 )
 
-ENTITIES: dict[str, EntitySpec] = {CUSTOMER.name: CUSTOMER}
+JOB_STATUSES = (
+    # the spec's enum, then what the live API sends ("needs scheduling", "complete rated")
+    "unscheduled", "scheduled", "in_progress", "complete", "completed_unrated",
+    "user_canceled", "pro_canceled", "needs_scheduling", "complete_rated", "complete_unrated",
+)
+INVOICE_STATUSES = ("draft", "open", "sent", "paid", "voided", "canceled")
+"""The spec's enum plus ``open``, which the live API sends for unpaid invoices."""
+PAYMENT_METHODS = ("cash", "check", "credit_card", "ach", "other")
+PAYMENT_STATUSES = ("succeeded", "pending", "failed", "refunded")
+
+JOB = EntitySpec(
+    name="jobs",
+    fields=(
+        FieldSpec("customer", "ref", ref="customers"),
+        FieldSpec("description"),
+        FieldSpec("work_status", "enum", choices=JOB_STATUSES, label="job status"),
+        FieldSpec("scheduled_start", "datetime"),
+        FieldSpec("scheduled_end", "datetime"),
+        FieldSpec("total_amount", "cents"),
+        FieldSpec("outstanding_balance", "cents"),
+        FieldSpec("notes"),
+        FieldSpec("tags", "tags"),
+        FieldSpec("created_at", "datetime", meta=True),
+        FieldSpec("updated_at", "datetime", meta=True),
+    ),
+    depends_on=("customers",),
+)
+
+INVOICE = EntitySpec(
+    name="invoices",
+    fields=(
+        FieldSpec("invoice_number"),
+        FieldSpec("customer", "ref", ref="customers"),
+        FieldSpec("job", "ref", ref="jobs"),
+        FieldSpec("status", "enum", choices=INVOICE_STATUSES, label="invoice status"),
+        FieldSpec("amount", "cents"),
+        FieldSpec("balance", "cents"),
+        FieldSpec("due_at", "datetime"),
+        # the invoice's date: part of the books, so synced (HCP sets it, a sheet shows it)
+        FieldSpec("created_at", "datetime"),
+        FieldSpec("updated_at", "datetime", meta=True),
+    ),
+    match_keys=("invoice_number",),
+    depends_on=("customers",),  # and jobs, where the pipeline syncs them
+)
+
+PAYMENT = EntitySpec(
+    name="payments",
+    fields=(
+        FieldSpec("invoice", "ref", ref="invoices"),
+        FieldSpec("amount", "cents"),
+        FieldSpec("method", "enum", choices=PAYMENT_METHODS, label="payment method"),
+        FieldSpec("status", "enum", choices=PAYMENT_STATUSES, label="payment status"),
+        FieldSpec("paid_at", "datetime"),
+        FieldSpec("note"),
+    ),
+    depends_on=("invoices",),
+)
+
+ENTITIES: dict[str, EntitySpec] = {e.name: e for e in (CUSTOMER, JOB, INVOICE, PAYMENT)}
 
 
 def entity_spec(name: str) -> EntitySpec:
@@ -113,7 +202,7 @@ def dependency_order(names: Iterable[str]) -> list[str]:
     def visit(name: str) -> None:
         if name in ordered:
             return
-        for dep in ENTITIES[name].depends_on:
+        for dep in (*ENTITIES[name].depends_on, *ENTITIES[name].refs.values()):
             if dep in wanted:
                 visit(dep)
         ordered.append(name)
@@ -226,6 +315,16 @@ def norm_int(value: Any) -> int | None:
         raise ValueError(f"{value!r} is not a whole number") from None
 
 
+def norm_enum(value: Any, choices: tuple[str, ...], what: str = "value") -> str | None:
+    text = norm_str(value)
+    if text is None:
+        return None
+    word = re.sub(r"[\s\-]+", "_", text.lower())
+    if word not in choices:
+        raise ValueError(f"{value!r} is not a known {what} (use one of: {', '.join(choices)})")
+    return word
+
+
 NORMALISERS: dict[str, Callable[[Any], Any]] = {
     "str": norm_str,
     "email": norm_email,
@@ -235,17 +334,17 @@ NORMALISERS: dict[str, Callable[[Any], Any]] = {
     "datetime": norm_datetime,
     "cents": norm_int,
     "int": norm_int,
+    "ref": norm_str,
 }
 
 
 def normalise(spec: EntitySpec, name: str, value: Any) -> Any:
     """The normal form of one canonical field's value. Raises ``ValueError`` on bad input."""
     fspec = spec.field_spec(name)
-    kind = fspec.type if fspec else "str"
-    if kind == "str" and not isinstance(value, str | type(None)):
+    if fspec is None or (fspec.type == "str" and not isinstance(value, str | type(None))):
         # custom fields carrying transformed non-strings (numbers, bools, lists) keep their type
-        return value
-    return NORMALISERS[kind](value)
+        return norm_str(value) if isinstance(value, str) else value
+    return fspec.normalise(value)
 
 
 def normalise_record(spec: EntitySpec, record: Mapping[str, Any]) -> Record:
