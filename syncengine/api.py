@@ -10,6 +10,7 @@ from typing import Any
 from syncengine.config import Config, load_config
 from syncengine.engine import Engine, ProgressFn, SyncResult
 from syncengine.errors import ConfigError, Problem, UsageError
+from syncengine.reconcile import label_of
 from syncengine.state import ConflictRow, StateStore
 
 
@@ -58,6 +59,12 @@ class PipelineStatus:
     last_run: dict[str, Any] | None
     open_conflicts: int
     pending_writes: int
+    skipped: list[dict[str, Any]]
+    """Writes members could not take (newest first, at most ``SKIPS_SHOWN``)."""
+    skipped_total: int
+
+
+SKIPS_SHOWN = 50
 
 
 def status(config: Config) -> list[PipelineStatus]:
@@ -75,10 +82,23 @@ def status(config: Config) -> list[PipelineStatus]:
                         "counts": r.counts, "errors": r.errors[:10]}
             out.append(PipelineStatus(p.name, p.members, p.entities, last,
                                       len(store.open_conflicts(p.name)),
-                                      len(store.pending_intents(p.name))))
+                                      len(store.pending_intents(p.name)),
+                                      _skipped(store, p.name), store.skipped_count(p.name)))
         return out
     finally:
         store.close()
+
+
+def _skipped(store: StateStore, pipeline: str) -> list[dict[str, Any]]:
+    rows = store.skipped(pipeline, limit=SKIPS_SHOWN)
+    labels: dict[tuple[str, str], str] = {}
+    for entity in {r.entity for r in rows}:
+        keys = [r.key for r in rows if r.entity == entity]
+        for key, state in store.load_records(pipeline, entity, keys).items():
+            labels[(entity, key)] = label_of(state.base, key)
+    return [{"entity": r.entity, "key": r.key, "record": labels.get((r.entity, r.key), r.key),
+             "member": r.member, "reason": r.reason, "first_seen": r.first_seen.isoformat(),
+             "last_seen": r.last_seen.isoformat()} for r in rows]
 
 
 def list_conflicts(config: Config, pipeline: str | None = None) -> list[ConflictRow]:

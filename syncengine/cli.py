@@ -192,7 +192,8 @@ def status(
     config: ConfigOpt = Path("config.toml"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Show each pipeline's last run, open conflicts and interrupted writes."""
+    """Show each pipeline's last run, open conflicts, interrupted writes and the writes a
+    member could not take (skipped: e.g. Housecall Pro cannot update invoices)."""
     with handled():
         _setup("warning")
         cfg = api.require_config(config, strict_env=False)
@@ -216,6 +217,13 @@ def status(
             out.print(f"  open conflicts: {r.open_conflicts}")
             if r.pending_writes:
                 out.print(f"  interrupted writes to settle on the next sync: {r.pending_writes}")
+            if r.skipped_total:
+                out.print(f"  skipped writes: {r.skipped_total}"
+                          + (f" (newest {len(r.skipped)} shown)"
+                             if r.skipped_total > len(r.skipped) else ""))
+                for sk in r.skipped:
+                    out.print(f"    {sk['entity']} · {escape(sk['record'])} on {sk['member']}: "
+                              f"{escape(sk['reason'])} (since {sk['first_seen'][:19]})")
 
 
 @conflicts_app.command("list")

@@ -58,6 +58,7 @@ from syncengine.plan import (
     Update,
 )
 from syncengine.reconcile import Context, MemberView, reconcile
+from syncengine.refs import MemberRefs, References
 from syncengine.state import RecordState, StateStore
 
 log = structlog.get_logger("syncengine.engine")
@@ -76,6 +77,7 @@ class Member:
     mapping: EntityMapping
     caps: Capabilities
     type: str
+    refs: MemberRefs | None = None
 
     @property
     def buffered(self) -> bool:
@@ -202,6 +204,7 @@ class _Writes:
         self.dirty: list[tuple[str, str, str, set[str] | None]] = []
         self.conflicts: list[tuple[Any, ...]] = []
         self.deleted: list[tuple[str, str, str]] = []
+        self.skips: list[tuple[str, str, str, dict[str, str]]] = []
 
     def put_record(self, pipeline: str, entity: str, key: str, base: model.Record) -> None:
         self.records.append({"pipeline": pipeline, "entity": entity, "key": key, "base": base})
@@ -229,6 +232,8 @@ class _Writes:
             tx.add_conflict(*conflict)
         for deleted in self.deleted:
             tx.delete_record(*deleted)
+        for skip in self.skips:
+            tx.set_skips(*skip)
 
 
 class Engine:
@@ -273,11 +278,13 @@ class Engine:
             if not self.dry_run:
                 with self.store.transaction() as tx:
                     run_row = tx.start_run(pipeline.name, False, run_uuid)
-            recovery = self._recover(pipeline, connectors, result)
+            refs = References(self.store, pipeline.name, dry_run=self.dry_run)
+            recovery = self._recover(pipeline, connectors, result, refs)
             wanted = [e for e in pipeline.entities if entities is None or e in entities]
             for entity in wanted:
-                members = [self._member(pipeline, connectors[m], entity) for m in pipeline.members]
-                ent_plan = self.plan_entity(pipeline, entity, members, recovery)
+                members = [self._member(pipeline, connectors[m], entity, refs)
+                           for m in pipeline.members]
+                ent_plan = self.plan_entity(pipeline, entity, members, recovery, refs)
                 plan.entities.append(ent_plan)
                 outcome = EntityOutcome(ent_plan)
                 result.outcomes.append(outcome)
@@ -286,6 +293,7 @@ class Engine:
                            guard=ent_plan.guard)
                 if ent_plan.guard:
                     result.guard = ent_plan.guard
+                    refs.planned(ent_plan)
                     continue
                 if not self.dry_run:
                     self.apply_entity(pipeline, members, ent_plan, outcome, run_uuid)
@@ -294,6 +302,7 @@ class Engine:
                         with self.store.transaction() as tx:
                             tx.finish_intents([{"id": i, "state": "abandoned"}
                                                for i in settled])
+                refs.planned(ent_plan)  # entities referring to this one see its new state
             result.open_conflicts = len(self.store.open_conflicts(pipeline.name)) + (
                 sum(1 for c in plan.entities for x in c.conflicts if x.winner is None)
                 if self.dry_run else 0)
@@ -323,7 +332,8 @@ class Engine:
                 bound.info("finished", exit_code=result.exit_code,
                            seconds=round(result.duration_s, 3))
 
-    def _member(self, pipeline: Pipeline, connector: Connector, entity: str) -> Member:
+    def _member(self, pipeline: Pipeline, connector: Connector, entity: str,
+                refs: References | None = None) -> Member:
         if entity not in connector.entities():
             raise FatalConnectorError(
                 f"{connector.type_name} does not hold {entity}; remove it from the pipeline "
@@ -331,11 +341,13 @@ class Engine:
         mapping = pipeline.mappings[(connector.name, entity)]
         connector.prepare(entity, mapping)
         return Member(connector.name, connector, mapping,
-                      connector.capabilities(entity), connector.type_name)
+                      connector.capabilities(entity), connector.type_name,
+                      refs.for_member(connector.name, mapping) if refs else None)
 
     # --------------------------------------------------------------------------- recovery
     def _recover(
         self, pipeline: Pipeline, connectors: dict[str, Connector], result: SyncResult,
+        refs: References | None = None,
     ) -> _Recovery:
         """Settle the writes an interrupted run left pending.
 
@@ -369,16 +381,17 @@ class Engine:
             conn = connectors.get(intent.member)
             if (intent.op == "create" and conn is not None
                     and intent.entity in pipeline.entities
-                    and self._recover_create(pipeline, conn, intent, connectors)):
+                    and self._recover_create(pipeline, conn, intent, connectors, refs)):
                 continue
             with self.store.transaction() as tx:
                 tx.finish_intent(intent.id, "abandoned")
         return recovery
 
     def _recover_create(self, pipeline: Pipeline, conn: Connector, intent: Any,
-                        connectors: dict[str, Connector]) -> bool:
+                        connectors: dict[str, Connector], refs: References | None) -> bool:
         p, e = pipeline.name, intent.entity
         mapping = pipeline.mappings[(intent.member, e)]
+        member_refs = refs.for_member(intent.member, mapping) if refs else None
         native = intent.payload.get("native", {})
         error = None
         try:
@@ -400,7 +413,7 @@ class Engine:
                 tx.finish_intent(intent.id, "abandoned", error=error)
             return False
         rec = fresh[0]
-        written = self._canonical(mapping, NativeRecord(rec.id, native))
+        written = self._canonical(mapping, NativeRecord(rec.id, native), member_refs)
         with self.store.transaction() as tx:
             if not self.store.load_records(p, e, [intent.key]):
                 tx.put_record(p, e, intent.key, intent.payload.get("base", {}))
@@ -419,11 +432,17 @@ class Engine:
         return True
 
     @staticmethod
-    def _canonical(mapping: EntityMapping, rec: NativeRecord) -> model.Record:
+    def _canonical(mapping: EntityMapping, rec: NativeRecord,
+                   refs: MemberRefs | None = None) -> model.Record:
+        """The canonical record of what a member holds, references resolved (a reference
+        that cannot be resolved is left empty: the next read tells)."""
         try:
-            return mapping.to_canonical(rec.data, location=rec.location)
+            record = mapping.to_canonical(rec.data, location=rec.location)
         except RecordError:
             return {}
+        if refs is not None:
+            refs.resolve(record)
+        return record
 
     # ------------------------------------------------------------------------------- plan
     def plan_entity(
@@ -432,6 +451,7 @@ class Engine:
         entity: str,
         members: list[Member],
         recovery: _Recovery | None = None,
+        refs: References | None = None,
     ) -> EntityPlan:
         spec = model.entity_spec(entity)
         ent = EntityPlan(entity, tuple(m.name for m in members))
@@ -450,6 +470,8 @@ class Engine:
 
         # which hub records need a look this run
         touched: set[str] = set(self.store.dirty_keys(pipeline.name, entity))
+        if refs is not None:
+            touched |= self._stale_references(pipeline, entity, members, refs)
         live: dict[str, set[str]] = {}
         for name, r in reads.items():
             touched.update(r.changed, r.gone, r.blocked)
@@ -484,6 +506,8 @@ class Engine:
             rules=lambda f: pipeline.conflict_rules(entity, f),
             propagate_deletes=pipeline.section.deletes.propagate,
             parked=self.store.open_conflict_fields(pipeline.name, entity),
+            refs={m.name: m.refs for m in members if m.refs is not None},
+            referenced=self._users(pipeline, entity, reads),
         )
         groups = result.groups if result else {}
         # new records keep the order their member listed them in (a sheet gets HCP's order)
@@ -510,7 +534,55 @@ class Engine:
             if kp.changes_state:
                 ent.keys.append(kp)
         self._guard_deletes(pipeline, ent, reads)
+        ent.skipped_before = {row.key for row in self.store.skipped(pipeline.name)
+                              if row.entity == entity}
         return ent
+
+    def _stale_references(self, pipeline: Pipeline, entity: str, members: list[Member],
+                          refs: References) -> set[str]:
+        """Records that show a reference by a human key which this run changed (an invoice
+        row's Customer Email, after the customer's email changed): they need rewriting."""
+        changed: dict[str, set[str]] = {}
+        for member in members:
+            if member.refs is None:
+                continue
+            for f in member.refs.by_value:
+                if f.ref_by is not None and f.mapping is not None:
+                    keys = refs.changed(f.target, f.ref_by)
+                    if keys:
+                        changed.setdefault(f.name, set()).update(keys)
+        if not changed:
+            return set()
+        return {key for key, base in self.store.iter_bases(pipeline.name, entity)
+                if any(base.get(name) in keys for name, keys in changed.items())}
+
+    def _users(self, pipeline: Pipeline, entity: str,
+               reads: dict[str, _Read]) -> Callable[[str], int] | None:
+        """How many live records of the pipeline's other entities refer to a key of this one;
+        counted only when something of this entity is being deleted."""
+        if not any(r.gone for r in reads.values()):
+            return None
+        users: dict[str, int] | None = None
+
+        def count(key: str) -> int:
+            nonlocal users
+            if users is None:
+                users = {}
+                for other in pipeline.entities:
+                    names = [n for n, target in model.ENTITIES[other].refs.items()
+                             if target == entity]
+                    if not names or other == entity:
+                        continue
+                    for _key, base in self.store.iter_bases(pipeline.name, other):
+                        if base.get(model.DELETED):
+                            continue
+                        for name in names:
+                            value = base.get(name)
+                            if value is not None:
+                                users[value] = users.get(value, 0) + 1
+            return users.get(key, 0)
+
+        return count
 
     def _read_member(self, pipeline: Pipeline, entity: str, member: Member,
                      ent: EntityPlan) -> _Read:
@@ -543,6 +615,14 @@ class Engine:
                 if linked:
                     out.blocked.add(linked[0])
                 continue
+            if member.refs is not None:
+                unresolved = member.refs.resolve(canonical)
+                if unresolved:
+                    ent.issues.append(Issue(entity, member.name, rec.location,
+                                            "; ".join(unresolved)))
+                    if linked:
+                        out.blocked.add(linked[0])
+                    continue
             obs = Observed(member.name, rec, canonical, digest, out.count)
             if linked is None:
                 out.new.append(obs)
@@ -761,10 +841,12 @@ class Engine:
             rec = res[i]
             tx.put_link(pipeline.name, kp.entity, kp.key, a.member, native_id=rec.id,
                         native_hash=rec.native_hash(),
-                        last_seen=self._canonical(by_name[a.member].mapping, rec))
+                        last_seen=self._canonical(by_name[a.member].mapping, rec,
+                                                  by_name[a.member].refs))
 
     def _commit_key(self, tx: _Writes, pipeline: Pipeline, kp: KeyPlan, res: dict[int, Any],
                     by_name: dict[str, Member], outcome: EntityOutcome) -> None:
+        skipped_before = outcome.plan.skipped_before
         p, e = pipeline.name, kp.entity
         failed_members: set[str] = set()
         links: dict[str, LinkPlan] = dict(kp.links)
@@ -790,7 +872,7 @@ class Engine:
                 native_id = rec.id if rec else (a.assign_id or a.native_id)
             written = NativeRecord(native_id, data)
             links[a.member] = LinkPlan(a.member, native_id, written.native_hash(),
-                                       self._canonical(member.mapping, written))
+                                       self._canonical(member.mapping, written, member.refs))
 
         if kp.base_after is None or (kp.purge and not failed_members):
             tx.deleted.append((p, e, kp.key))
@@ -808,6 +890,8 @@ class Engine:
         tx.links.extend(rows)
         if failed_members:
             tx.dirty.append((p, e, kp.key, failed_members))
+        if kp.skips or kp.key in skipped_before:
+            tx.skips.append((p, e, kp.key, {s.member: s.reason for s in kp.skips}))
         for c in kp.conflicts:
             if c.winner is None:
                 tx.conflicts.append((p, e, kp.key, c.field, c.values, c.base_value))

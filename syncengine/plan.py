@@ -90,11 +90,16 @@ class Conflict:
 
 @dataclass(frozen=True)
 class Skip:
+    """A write left out: the member cannot take it (``unsupported``: it is reported, and not
+    tried again until the record changes), or it must wait (``deferred``: a reference that is
+    not on the member yet; tried again every run)."""
+
     entity: str
     member: str
     key: str
     reason: str
     label: str = ""
+    kind: str = "unsupported"
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,7 @@ class KeyPlan:
 
     @property
     def changes_state(self) -> bool:
-        return bool(self.actions or self.links or self.new_key
+        return bool(self.actions or self.links or self.new_key or self.skips
                     or self.base_before != self.base_after)
 
 
@@ -163,6 +168,8 @@ class EntityPlan:
     seen: dict[str, int] = field(default_factory=dict)
     """member -> records read."""
     recovered: int = 0
+    skipped_before: set[str] = field(default_factory=set)
+    """Keys with skipped writes on record before this run (their rows are refreshed)."""
 
     @property
     def actions(self) -> list[Action]:

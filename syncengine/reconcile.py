@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from syncengine.connector import Capabilities
 from syncengine.mapping import EntityMapping
 from syncengine.model import DELETED, EntitySpec, Record
 from syncengine.plan import Conflict, Create, Delete, KeyPlan, LinkPlan, Skip, Update
+
+if TYPE_CHECKING:
+    from syncengine.refs import MemberRefs
 
 Status = Literal["unchanged", "changed", "new", "gone", "absent", "tombstone", "blocked"]
 
@@ -56,12 +59,23 @@ class Context:
     propagate_deletes: bool = True
     parked: Mapping[str, set[str]] = field(default_factory=dict)
     """key -> fields with an open (parked) conflict: left alone until a person resolves it."""
+    refs: Mapping[str, MemberRefs] = field(default_factory=dict)
+    """member -> how it shows references (members whose mapping has reference fields)."""
+    referenced: Callable[[str], int] | None = None
+    """key -> how many live records of other entities refer to it (they keep it alive)."""
 
 
 def label_of(record: Record | None, fallback: str) -> str:
     """A human name for a record in messages: name and email where known."""
     if not record:
         return fallback
+    if record.get("invoice_number"):
+        return f"invoice {record['invoice_number']}"
+    if "amount" in record and "first_name" not in record:
+        amount = record.get("amount")
+        money = format_cents(amount) if isinstance(amount, int) else "?"
+        when = str(record.get("paid_at") or record.get("scheduled_start") or "")[:10]
+        return f"{money}{' on ' + when if when else ''} ({fallback})"
     name = " ".join(str(record[k]) for k in ("first_name", "last_name") if record.get(k))
     name = name or str(record.get("company") or "")
     email = record.get("email")
@@ -125,7 +139,7 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
             if view.last_seen is not None:
                 if value == view.last_seen.get(name):
                     continue
-            elif value is None or value == base_now.get(name):
+            elif value is None or mapping.equivalent(name, value, base_now.get(name)):
                 continue  # a newly linked record only brings values the base lacks or differs on
             changed.setdefault(name, {})[member] = value
 
@@ -139,6 +153,17 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
         for member in gone:  # the others keep it; this member is not given it again
             plan.links[member] = LinkPlan(member, None, None, None, tombstone=True)
         gone = {}
+    if gone and not deleted and not modified and ctx.referenced is not None:
+        users = ctx.referenced(key)
+        if users:
+            # records of other entities still refer to it (a customer's invoices): deleting it
+            # now would leave them dangling. Wait; once they are gone it goes too.
+            for member, view in present.items():
+                plan.skips.append(Skip(spec.name, member, key,
+                                       f"deleted on {', '.join(sorted(gone))}, but {users} "
+                                       "record(s) of other entities still refer to it; it is "
+                                       "deleted once they are", shown, kind="deferred"))
+            return plan
     if (gone or deleted) and not modified:
         for member in gone:
             plan.links[member] = LinkPlan(member, None, None, None, remove=True)
@@ -195,16 +220,21 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
             view = MemberView(member, "absent")
         caps = ctx.caps[member]
         mapping = ctx.mappings[member]
+        member_refs = ctx.refs.get(member)
         if view.present:
             current = view.current or {}
             must_check_all = view.dirty or view.status == "new" or view.last_seen is None
-            fields = sorted(
+            wanted = {
                 n for n in mapping.writable
                 if n not in parked_now
                 and (must_check_all or n in base_changed)
                 and new_base.get(n) != current.get(n)
                 and not (n not in new_base and current.get(n) is None)
-            )
+                and not mapping.equivalent(n, new_base.get(n), current.get(n))
+            }
+            if member_refs is not None:
+                wanted |= member_refs.stale_fields(view.native, new_base) - parked_now
+            fields = sorted(wanted)
             assign = key if view.provisional else None
             if fields or assign:
                 if not caps.update:
@@ -215,6 +245,14 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
                     plan.links[member] = _keep(view, dirty=False)
                     continue
                 values = {n: new_base.get(n) for n in fields}
+                if member_refs is not None and fields:
+                    values, missing = member_refs.render(values)
+                    if missing:
+                        plan.skips.append(Skip(spec.name, member, key,
+                                               "waits: " + "; ".join(missing), shown,
+                                               kind="deferred"))
+                        plan.links[member] = _keep(view, dirty=True)
+                        continue
                 patch = mapping.to_native(values, fields) if fields else {}
                 full = mapping.apply_patch(view.native or {}, patch)
                 changes = {n: (current.get(n), new_base.get(n)) for n in fields}
@@ -225,15 +263,35 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
             elif view.status != "unchanged" or view.dirty:
                 plan.links[member] = _keep(view, dirty=False)
         elif view.status == "absent":
-            if not caps.create:
-                continue
             values = {n: v for n, v in new_base.items()
                       if n in mapping.writable and n not in parked_now}
-            if not values:
+            if not values or new_base.get(DELETED):
                 continue
-            native = mapping.build_native(mapping.to_native(values))
+            if not caps.create:
+                if any(v.status == "new" for v in present.values()):
+                    # reported once, when the record first appears; not retried every run
+                    plan.skips.append(Skip(spec.name, member, key,
+                                           f"{_type_of(ctx, member)} cannot create "
+                                           f"{spec.name}", shown))
+                continue
+            written = values
+            if member_refs is not None:
+                written, missing = member_refs.render(values)
+                if missing:
+                    plan.skips.append(Skip(spec.name, member, key,
+                                           "waits: " + "; ".join(missing), shown,
+                                           kind="deferred"))
+                    continue
+            native = mapping.build_native(mapping.to_native(written))
             plan.actions.append(Create(spec.name, member, key, values, native))
     return plan
+
+
+def format_cents(cents: int, symbol: str = "$") -> str:
+    """Integer cents as currency for people: 123450 -> ``$1,234.50``."""
+    sign = "-" if cents < 0 else ""
+    units, fraction = divmod(abs(cents), 100)
+    return f"{sign}{symbol}{units:,}.{fraction:02d}"
 
 
 def _keep(view: MemberView, *, dirty: bool) -> LinkPlan:

@@ -22,6 +22,7 @@ def memory_config(
     conflicts: dict[str, list[str]] | None = None,
     deletes: dict[str, Any] | None = None,
     state: str = "sqlite:///state.db",
+    entities: tuple[str, ...] = ("customers",),
 ) -> Config:
     """A config with one pipeline "p" over memory members (options per member)."""
     lines = [f'[state]\nurl = "{state}"\n']
@@ -34,7 +35,7 @@ def memory_config(
         lines.append("")
     lines.append("[[pipelines]]\nname = \"p\"")
     lines.append(f"members = {_toml(list(members))}")
-    lines.append('entities = ["customers"]')
+    lines.append(f"entities = {_toml(list(entities))}")
     lines.append("[pipelines.conflicts]")
     for scope, rules in (conflicts or {"default": [next(iter(members))]}).items():
         lines.append(f'"{scope}" = {_toml(rules)}')
@@ -53,4 +54,6 @@ def _toml(value: Any) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml(k)} = {_toml(v)}" for k, v in value.items()) + "}"
     return str(value)

@@ -33,6 +33,10 @@ class MemoryOptions(ConnectorOptions):
     delete: bool = True
     assigns_ids: bool = False
     """Take the engine's key as the id on create (like a spreadsheet's Sync ID)."""
+    only: dict[str, list[str]] = Field(default_factory=dict)
+    """Per entity, the writes it takes (``{payments = []}``: payments are read-only; an
+    ``{invoices = ["create"]}``: invoices can be created, not updated or deleted), like an
+    API that takes some writes of some entities only."""
     stamp_updated_at: bool = True
     """Set ``updated_at`` on every write, like an API that tracks modification times."""
 
@@ -105,11 +109,12 @@ class MemoryConnector(Connector):
         return tuple(self.opts.entities)
 
     def capabilities(self, entity: str) -> Capabilities:
+        only = self.opts.only.get(entity)
         return Capabilities(
             read=True,
-            create=self.opts.create,
-            update=self.opts.update,
-            delete=self.opts.delete,
+            create=self.opts.create if only is None else "create" in only,
+            update=self.opts.update if only is None else "update" in only,
+            delete=self.opts.delete if only is None else "delete" in only,
             assigns_ids=self.opts.assigns_ids,
         )
 

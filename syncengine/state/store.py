@@ -53,6 +53,7 @@ from syncengine.state.schema import (
     links,
     records,
     runs,
+    skips,
 )
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "LinkState",
     "RecordState",
     "RunRow",
+    "SkipRow",
     "StateStore",
     "Tx",
     "alembic_config",
@@ -123,6 +125,19 @@ class Intent:
     member: str
     op: str
     payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SkipRow:
+    """A write a member could not take (or that waits for a reference), as last planned."""
+
+    pipeline: str
+    entity: str
+    key: str
+    member: str
+    reason: str
+    first_seen: datetime
+    last_seen: datetime
 
 
 @dataclass(frozen=True)
@@ -564,6 +579,39 @@ class StateStore:
                 return
             after = keys[-1]
 
+    def iter_bases(self, pipeline: str, entity: str,
+                   batch: int = 5000) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(key, base) of every record of the entity, without links, in key order."""
+        after: str | None = None
+        while True:
+            query = _record_select(pipeline, entity).order_by(records.c.key).limit(batch)
+            if after is not None:
+                query = query.where(records.c.key > after)
+            with self._read() as conn:
+                page = conn.execute(query).all()
+            for key, base in page:
+                yield key, base
+            if len(page) < batch:
+                return
+            after = page[-1][0]
+
+    def skipped(self, pipeline: str | None = None, limit: int | None = None) -> list[SkipRow]:
+        """Writes members could not take, newest first."""
+        query = sa.select(skips.c.pipeline, skips.c.entity, skips.c.key, skips.c.member,
+                          skips.c.reason, skips.c.first_seen, skips.c.last_seen)
+        if pipeline is not None:
+            query = query.where(skips.c.pipeline == pipeline)
+        query = query.order_by(skips.c.last_seen.desc(), skips.c.entity, skips.c.key)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._read() as conn:
+            return [SkipRow(*row) for row in conn.execute(query)]
+
+    def skipped_count(self, pipeline: str) -> int:
+        query = sa.select(sa.func.count()).select_from(skips).where(skips.c.pipeline == pipeline)
+        with self._read() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def dirty_keys(self, pipeline: str, entity: str) -> set[str]:
         """Keys with at least one link marked dirty."""
         query = (
@@ -838,6 +886,34 @@ class Tx:
                 records.c.pipeline == pipeline, records.c.entity == entity, records.c.key == key
             )
         )
+        self._conn.execute(
+            sa.delete(skips).where(
+                skips.c.pipeline == pipeline, skips.c.entity == entity, skips.c.key == key
+            )
+        )
+
+    def set_skips(self, pipeline: str, entity: str, key: str,
+                  reasons: Mapping[str, str]) -> None:
+        """The skipped writes of one record are now ``reasons`` (member -> reason): rows for
+        other members are dropped, an unchanged reason keeps its first-seen time."""
+        now = _now()
+        where = sa.and_(skips.c.pipeline == pipeline, skips.c.entity == entity,
+                        skips.c.key == key)
+        current = {m: (r, first) for m, r, first in self._conn.execute(
+            sa.select(skips.c.member, skips.c.reason, skips.c.first_seen).where(where))}
+        gone = [m for m in current if m not in reasons]
+        if gone:
+            self._conn.execute(sa.delete(skips).where(where, skips.c.member.in_(gone)))
+        for member, reason in reasons.items():
+            if member in current:
+                old_reason, first = current[member]
+                self._conn.execute(sa.update(skips).where(where, skips.c.member == member)
+                                   .values(reason=reason, last_seen=now,
+                                           first_seen=first if old_reason == reason else now))
+            else:
+                self._conn.execute(sa.insert(skips).values(
+                    pipeline=pipeline, entity=entity, key=key, member=member, reason=reason,
+                    first_seen=now, last_seen=now))
 
     def put_link(
         self,

@@ -1,0 +1,256 @@
+"""References between entities: an invoice's customer, a payment's invoice.
+
+Inside the engine a reference is the hub key of the record referred to. Each member shows it
+its own way, as its mapping says: by the member's native id of that record (HCP's
+``customer_id``), resolved through the link table, or by a human key with ``ref_by`` (a sheet's
+``Customer Email``), resolved through the hub's base records. This module turns one into the
+other for one member, in both directions:
+
+- reading: the native form a mapping produced -> the hub key, or a reason it cannot be
+  resolved (no such customer, several customers with that email);
+- writing: the hub key -> the member's native form, or a reason it cannot be written yet (the
+  customer is not on that member yet: the record waits, it is never written half-formed).
+
+Referenced entities sync first (dependency order), so by the time invoices are planned the
+customers' links and bases in the state store are current. A dry run writes no state: there
+the plan of the referenced entity is laid over the state (its new links and merged values),
+so that a dry run of a first sync shows invoices as they would be written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncengine import model
+from syncengine.mapping import EntityMapping, FieldMapping
+from syncengine.plan import Create, EntityPlan
+from syncengine.state import StateStore
+
+AMBIGUOUS = object()
+"""An index entry shared by several hub records."""
+
+PENDING = "(created by this sync)"
+"""A dry run's stand-in for the native id a planned create would get."""
+
+
+@dataclass
+class _Index:
+    forward: dict[Any, Any] = field(default_factory=dict)
+    """native form -> hub key (or AMBIGUOUS)."""
+    back: dict[str, Any] = field(default_factory=dict)
+    """hub key -> native form."""
+
+    def add(self, native: Any, key: str) -> None:
+        if native is None:
+            return
+        known = self.forward.get(native)
+        if known is not None and known != key:
+            self.forward[native] = AMBIGUOUS
+        else:
+            self.forward[native] = key
+        self.back[key] = native
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    target: str
+    ref_by: str | None
+    mapping: FieldMapping | None
+    normalise: Callable[[Any], Any]
+
+    def what(self) -> str:
+        return model.ENTITIES[self.target].name[:-1]  # "customer", "invoice"
+
+
+class References:
+    """Reference indexes of one pipeline run, built on first use and cached per member."""
+
+    def __init__(self, store: StateStore, pipeline: str, *, dry_run: bool = False) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.dry_run = dry_run
+        self.plans: dict[str, EntityPlan] = {}
+        """entity -> this run's plan (laid over the state in a dry run)."""
+        self._indexes: dict[tuple[str, str, str | None], _Index] = {}
+
+    def planned(self, plan: EntityPlan) -> None:
+        """Tell the indexes about an entity's plan; indexes of it are rebuilt when next used."""
+        self.plans[plan.entity] = plan
+        for cache_key in [k for k in self._indexes if k[0] == plan.entity]:
+            del self._indexes[cache_key]
+
+    def changed(self, target: str, ref_by: str) -> set[str]:
+        """Keys of ``target`` whose ``ref_by`` value this run's plan changes (a customer's new
+        email): records that show it by value need rewriting."""
+        plan = self.plans.get(target)
+        if plan is None:
+            return set()
+        return {kp.key for kp in plan.keys
+                if kp.base_before is not None and kp.base_after is not None
+                and kp.base_before.get(ref_by) != kp.base_after.get(ref_by)}
+
+    def for_member(self, member: str, mapping: EntityMapping) -> MemberRefs | None:
+        if not mapping.refs:
+            return None
+        return MemberRefs(self, member, mapping)
+
+    def index(self, target: str, member: str, ref_by: str | None) -> _Index:
+        cache_key = (target, member if ref_by is None else "", ref_by)
+        found = self._indexes.get(cache_key)
+        if found is None:
+            found = self._indexes[cache_key] = self._build(target, member, ref_by)
+        return found
+
+    def _build(self, target: str, member: str, ref_by: str | None) -> _Index:
+        index = _Index()
+        plan = self.plans.get(target) if self.dry_run else None
+        if ref_by is None:
+            for native_id, (key, _hash) in self.store.link_index(
+                    self.pipeline, target, member).items():
+                index.add(native_id, key)
+            if plan is not None:
+                for kp in plan.keys:
+                    for lp in (*kp.prior.values(), *kp.links.values()):
+                        if lp.member == member and lp.native_id and not lp.remove:
+                            index.add(lp.native_id, kp.key)
+                    for action in kp.actions:
+                        if isinstance(action, Create) and action.member == member:
+                            index.back.setdefault(kp.key, PENDING)
+            return index
+        spec = model.ENTITIES[target].field_spec(ref_by)
+        normalise = spec.normalise if spec else model.norm_str
+        deleted: set[str] = set()
+        overlay = ({kp.key: kp.base_after for kp in plan.keys} if plan is not None else {})
+        for key, base in self.store.iter_bases(self.pipeline, target):
+            if key in overlay:
+                continue
+            if base.get(model.DELETED):
+                deleted.add(key)
+            index.add(_safe(normalise, base.get(ref_by)), key)
+        for key, base in overlay.items():
+            if base is not None:
+                index.add(_safe(normalise, base.get(ref_by)), key)
+        # a value shared by a live and a deleted record means the live one
+        for key in deleted:
+            value = index.back.get(key)
+            if value is not None and index.forward.get(value) is AMBIGUOUS:
+                live = [k for k, v in index.back.items() if v == value and k not in deleted]
+                if len(live) == 1:
+                    index.forward[value] = live[0]
+        return index
+
+
+def _safe(normalise: Callable[[Any], Any], value: Any) -> Any:
+    try:
+        return normalise(value)
+    except (ValueError, TypeError):
+        return None
+
+
+class MemberRefs:
+    """The references of one member's records of one entity."""
+
+    def __init__(self, refs: References, member: str, mapping: EntityMapping) -> None:
+        self.refs = refs
+        self.member = member
+        self.mapping = mapping
+        by_name = {f.canonical: f for f in mapping.fields}
+        self.fields: list[_Field] = []
+        for name, (target, ref_by) in mapping.refs.items():
+            spec = model.ENTITIES[target].field_spec(ref_by) if ref_by else None
+            self.fields.append(_Field(name, target, ref_by, by_name.get(name),
+                                      spec.normalise if spec else model.norm_str))
+        self.by_value = [f for f in self.fields if f.ref_by is not None]
+
+    def _index(self, f: _Field) -> _Index:
+        return self.refs.index(f.target, self.member, f.ref_by)
+
+    # ---------------------------------------------------------------------------- reading
+    def resolve(self, record: dict[str, Any]) -> list[str]:
+        """Replace the native form of each reference in ``record`` by the hub key, in place.
+        Returns what could not be resolved (the record must then be left alone)."""
+        problems: list[str] = []
+        for f in self.fields:
+            if f.name not in record:
+                continue
+            raw = record[f.name]
+            if raw is None:
+                continue
+            value = _safe(f.normalise, raw)
+            key = self._index(f).forward.get(value)
+            column = f.mapping.native if f.mapping else f.name
+            if key is None:
+                if f.ref_by is None:
+                    problems.append(f"{column} {raw!r}: no {f.what()} with that id is synced "
+                                    f"(the {f.what()} must sync first; see errors above, if any)")
+                else:
+                    problems.append(f"{column} {raw!r}: no {f.what()} has {f.ref_by} {raw!r} "
+                                    f"(fix the cell, or add that {f.what()} first)")
+                record[f.name] = None
+            elif key is AMBIGUOUS:
+                problems.append(f"{column} {raw!r}: several {f.target} have {f.ref_by} "
+                                f"{raw!r}; it cannot say which one is meant")
+                record[f.name] = None
+            else:
+                record[f.name] = key
+        return problems
+
+    def stale_fields(self, native: Mapping[str, Any] | None,
+                     values: Mapping[str, Any]) -> set[str]:
+        """The by-value reference fields whose cell differs from what ``values`` would show."""
+        if native is None:
+            return set()
+        out = set()
+        for f in self.by_value:
+            key = values.get(f.name)
+            if key is None or f.mapping is None or f.name not in self.mapping.writable:
+                continue
+            want = self._index(f).back.get(key)
+            if want is not None and want != self._shown(f, native):
+                out.add(f.name)
+        return out
+
+    def _shown(self, f: _Field, native: Mapping[str, Any]) -> Any:
+        assert f.mapping is not None
+        raw = f.mapping.path().get(native)
+        if f.mapping.transform is not None and raw is not None:
+            try:
+                raw = f.mapping.transform.read(raw)
+            except (ValueError, TypeError):
+                return raw
+        return _safe(f.normalise, raw)
+
+    # ---------------------------------------------------------------------------- writing
+    def render(self, values: Mapping[str, Any],
+               fields: Iterable[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+        """``values`` with each reference as this member shows it, and what cannot be shown
+        yet (then nothing may be written)."""
+        out = dict(values)
+        missing: list[str] = []
+        wanted = None if fields is None else set(fields)
+        for f in self.fields:
+            if f.name not in out or (wanted is not None and f.name not in wanted):
+                continue
+            key = out[f.name]
+            if key is None:
+                continue
+            native = self._index(f).back.get(key)
+            if native is None:
+                if f.ref_by is None:
+                    missing.append(f"its {f.name} is not on {self.member} yet")
+                else:
+                    missing.append(f"its {f.name} has no {f.ref_by}, which {self.member} "
+                                   f"uses to refer to {f.target}")
+                continue
+            out[f.name] = native
+        return out, missing
+
+    def label(self, name: str, key: Any) -> Any:
+        """How this member shows a reference value (for messages)."""
+        for f in self.fields:
+            if f.name == name:
+                return self._index(f).back.get(key, key)
+        return key

@@ -1,0 +1,182 @@
+"""References between entities through the engine, with memory members.
+
+"hcp" plays Housecall Pro (invoices created, never updated; payments read-only) and "books"
+a member that takes everything. References are each member's own native ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncengine import api
+from syncengine.connectors.memory import MemoryConnector
+from tests.helpers import memory_config
+
+ENTITIES = ("customers", "invoices", "payments")
+
+
+def _config(tmp_path: Path, **hcp: Any) -> Any:
+    return memory_config(
+        tmp_path,
+        {"hcp": {"entities": list(ENTITIES),
+                 "only": {"invoices": ["create"], "payments": []}, **hcp},
+         "books": {"entities": list(ENTITIES)}},
+        entities=ENTITIES,
+    )
+
+
+def _sync(config: Any, *, dry_run: bool = False) -> Any:
+    [result] = api.sync(config, dry_run=dry_run)
+    return result
+
+
+def _seed(hcp: Any) -> None:
+    hcp.put("customers", "c1", {"first_name": "Ann", "email": "ann@example.com"})
+    hcp.put("customers", "c2", {"first_name": "Bob", "email": "bob@example.com"})
+    hcp.put("invoices", "i1", {"invoice_number": "1001", "customer": "c1", "amount": 10000,
+                               "balance": 2500, "status": "sent"})
+    hcp.put("invoices", "i2", {"invoice_number": "1002", "customer": "c2", "amount": 500,
+                               "balance": 0, "status": "paid"})
+    hcp.put("payments", "p1", {"invoice": "i1", "amount": 7500, "method": "cash",
+                               "status": "succeeded"})
+    hcp.put("payments", "p2", {"invoice": "i2", "amount": 500, "method": "check",
+                               "status": "succeeded"})
+
+
+def _by(table: dict[str, dict[str, Any]], **want: Any) -> tuple[str, dict[str, Any]]:
+    found = [(k, v) for k, v in table.items() if all(v.get(f) == x for f, x in want.items())]
+    assert len(found) == 1, (want, table)
+    return found[0]
+
+
+def test_references_are_translated_to_each_members_ids(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    hcp = MemoryConnector.get_dataset("hcp")
+    books = MemoryConnector.get_dataset("books")
+    _seed(hcp)
+
+    dry = _sync(config, dry_run=True)
+    assert dry.exit_code == 0, dry.to_json()
+    assert [len(ep.actions) for ep in dry.plan.entities] == [2, 2, 2]
+    assert not any(ep.skips for ep in dry.plan.entities), "a dry run sees planned customers"
+
+    first = _sync(config)
+    assert first.exit_code == 0, first.to_json()
+    ann_id, _ = _by(books.table("customers"), email="ann@example.com")
+    inv_id, inv = _by(books.table("invoices"), invoice_number="1001")
+    assert inv["customer"] == ann_id  # books' own id of Ann, not hcp's c1
+    _pay_id, pay = _by(books.table("payments"), amount=7500)
+    assert pay["invoice"] == inv_id
+
+    second = _sync(config)
+    assert second.plan.actions == [], [a.describe() for a in second.plan.actions]
+    assert second.exit_code == 0
+
+
+def test_a_payment_recorded_later_arrives_once(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    hcp = MemoryConnector.get_dataset("hcp")
+    books = MemoryConnector.get_dataset("books")
+    _seed(hcp)
+    _sync(config)
+    hcp.put("payments", "p3", {"invoice": "i1", "amount": 2500, "method": "ach",
+                               "status": "succeeded"})
+    hcp.edit("invoices", "i1", balance=0, status="paid")
+    result = _sync(config)
+    assert result.exit_code == 0
+    counts = {ep.entity: ep.counts()["books"] for ep in result.plan.entities}
+    assert counts["payments"]["create"] == 1
+    assert counts["invoices"]["update"] == 1
+    assert len(books.table("payments")) == 3
+    assert _sync(config).plan.actions == []
+
+
+def test_writes_hcp_cannot_take_are_skipped_and_listed(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    hcp = MemoryConnector.get_dataset("hcp")
+    books = MemoryConnector.get_dataset("books")
+    _seed(hcp)
+    _sync(config)
+    inv_id, _ = _by(books.table("invoices"), invoice_number="1001")
+    books.edit("invoices", inv_id, amount=12000)
+    books.put("payments", "bp", {"invoice": inv_id, "amount": 100, "method": "cash",
+                                 "status": "succeeded"})
+    dry = _sync(config, dry_run=True)
+    reasons = sorted(s.reason for ep in dry.plan.entities for s in ep.skips)
+    assert reasons == ["memory cannot create payments", "memory cannot update invoices"]
+    result = _sync(config)
+    assert result.exit_code == 0
+    [status] = api.status(config)
+    assert sorted(s["reason"] for s in status.skipped) == reasons
+    # not retried forever: the next run plans nothing and says nothing new
+    again = _sync(config)
+    assert again.plan.actions == [] and not any(ep.skips for ep in again.plan.entities)
+    assert hcp.table("invoices")["i1"]["amount"] == 10000
+
+
+def test_a_record_whose_reference_is_missing_waits(tmp_path: Path) -> None:
+    failing = {"n": 0}
+
+    def fail(op: str, entity: str, ref: str) -> bool:
+        return op == "create" and entity == "customers" and failing["n"] == 0
+
+    config = _config(tmp_path)
+    hcp = MemoryConnector.get_dataset("hcp")
+    books = MemoryConnector.get_dataset("books")
+    _seed(hcp)
+    [first] = api.sync(config, connector_extra={"books": {"fail_write": fail}})
+    assert first.exit_code == 1  # the failed creates
+    skips = [s for ep in first.plan.entities for s in ep.skips]
+    assert {s.kind for s in skips} == {"deferred"}
+    assert any("customer is not on books yet" in s.reason for s in skips)
+    assert books.table("invoices") == {} and books.table("payments") == {}
+    failing["n"] = 1
+    second = _sync(config)
+    assert second.exit_code == 0, second.to_json()
+    assert len(books.table("invoices")) == 2 and len(books.table("payments")) == 2
+    assert _sync(config).plan.actions == []
+
+
+def test_unresolvable_reference_is_a_row_error_and_blocks_nothing_else(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    hcp = MemoryConnector.get_dataset("hcp")
+    books = MemoryConnector.get_dataset("books")
+    _seed(hcp)
+    _sync(config)
+    books.put("payments", "orphan", {"invoice": "nope", "amount": 1, "method": "cash",
+                                     "status": "succeeded"})
+    hcp.edit("customers", "c2", first_name="Robert")
+    result = _sync(config)
+    assert result.exit_code == 1
+    [issue] = [i for ep in result.plan.entities for i in ep.issues]
+    assert "no invoice with that id" in issue.message and issue.member == "books"
+    assert _by(books.table("customers"), email="bob@example.com")[1]["first_name"] == "Robert"
+    assert "orphan" in books.table("payments")
+
+
+def test_a_referenced_customer_is_deleted_after_its_invoices(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    hcp = MemoryConnector.get_dataset("hcp")
+    books = MemoryConnector.get_dataset("books")
+    _seed(hcp)
+    _sync(config)
+    hcp.remove("customers", "c2")
+    result = _sync(config)
+    [skip] = [s for ep in result.plan.entities for s in ep.skips]
+    assert skip.kind == "deferred" and "still refer to it" in skip.reason
+    assert len(books.table("customers")) == 2
+    hcp.remove("payments", "p2")
+    hcp.remove("invoices", "i2")
+    # each level of reference takes one more sync: the payment goes, then the invoice
+    # nobody refers to any more, then the customer
+    for _ in range(3):
+        _sync(config)
+    assert len(books.table("customers")) == 1 and len(books.table("invoices")) == 1
+    assert _sync(config).plan.actions == []
+
+
+@pytest.fixture(autouse=True)
+def _fresh() -> None:
+    MemoryConnector.reset()
