@@ -11,6 +11,8 @@ from syncengine.config import Config, load_config
 from syncengine.engine import Engine, ProgressFn, SyncResult
 from syncengine.errors import ConfigError, Problem, UsageError
 from syncengine.reconcile import label_of
+from syncengine.report import Report
+from syncengine.report import reconcile_report as build_report
 from syncengine.state import ConflictRow, StateStore
 
 
@@ -135,6 +137,19 @@ def resolve_conflict(config: Config, conflict_id: int, take: str) -> ConflictRow
             tx.set_dirty(row.pipeline, row.entity, row.key, None)
             tx.resolve_conflict(conflict_id, {"take": take, "value": value})
         return row
+    finally:
+        store.close()
+
+
+def reconcile_report(config: Config, pipeline: str | None = None) -> list[Report]:
+    """The reconciliation report of each chosen pipeline that syncs invoices (read-only)."""
+    pipelines = [p for p in config.pipeline(pipeline) if pipeline or "invoices" in p.entities]
+    if not pipelines:
+        raise UsageError("no pipeline syncs invoices: there are no books to reconcile "
+                         "(add \"invoices\" and \"payments\" to a pipeline's entities)")
+    store = open_store(config, create=False)
+    try:
+        return [build_report(config, store, p) for p in pipelines]
     finally:
         store.close()
 

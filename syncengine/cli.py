@@ -37,7 +37,7 @@ EXIT_OK, EXIT_ISSUES, EXIT_CONFIG, EXIT_GUARD, EXIT_BUG = 0, 1, 2, 3, 70
 app = typer.Typer(
     name="syncengine",
     help=(
-        "Keep customers (and soon invoices and payments) in step between Housecall Pro, "
+        "Keep customers, invoices and payments in step between Housecall Pro, "
         "spreadsheets and CRMs.\n\n"
         "Start with `syncengine demo`, then copy config.example.toml, check it with "
         "`syncengine validate`, preview with `syncengine sync --dry-run` and run "
@@ -172,6 +172,38 @@ def sync(
                 from syncengine.render import render_result
                 render_result(out, r, verbose=verbose)
         code = max((r.exit_code for r in results), default=0)
+        if code:
+            raise typer.Exit(code)
+
+
+@app.command("reconcile-report")
+def reconcile_report(
+    config: ConfigOpt = Path("config.toml"),
+    pipeline: Annotated[str | None, typer.Option(
+        "--pipeline", "-p", help="Report on this pipeline (default: every pipeline that "
+        "syncs invoices).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    all_invoices: Annotated[bool, typer.Option(
+        "--all", help="List every invoice, not only those with disagreements.")] = False,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Prove the books agree: per invoice, the amount, the succeeded payments and the
+    outstanding balance on each member, and every disagreement (a balance that is not amount
+    minus payments, a payment on one member and not another, an invoice number naming two
+    invoices). Reads every member; writes nothing. Exit 1 when anything disagrees."""
+    with handled():
+        _setup(log_level)
+        cfg = api.require_config(config)
+        REDACTOR.add(cfg.secrets)
+        reports = api.reconcile_report(cfg, pipeline)
+        if as_json:
+            objs = [r.to_json() for r in reports]
+            out.print_json(json.dumps(objs[0] if len(objs) == 1 else {"pipelines": objs}))
+        else:
+            from syncengine.render import render_report
+            for r in reports:
+                render_report(out, r, all_invoices=all_invoices)
+        code = max((r.exit_code for r in reports), default=0)
         if code:
             raise typer.Exit(code)
 

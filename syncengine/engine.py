@@ -57,7 +57,7 @@ from syncengine.plan import (
     Plan,
     Update,
 )
-from syncengine.reconcile import Context, MemberView, reconcile
+from syncengine.reconcile import Context, MemberView, label_of, reconcile
 from syncengine.refs import MemberRefs, References
 from syncengine.state import RecordState, StateStore
 
@@ -534,9 +534,37 @@ class Engine:
             if kp.changes_state:
                 ent.keys.append(kp)
         self._guard_deletes(pipeline, ent, reads)
+        if self.dry_run and refs is not None:
+            self._label_references(pipeline, ent, refs)
         ent.skipped_before = {row.key for row in self.store.skipped(pipeline.name)
                               if row.entity == entity}
         return ent
+
+    def _label_references(self, pipeline: Pipeline, ent: EntityPlan,
+                          refs: References) -> None:
+        """Names of the records the planned actions refer to, for the dry run to show."""
+        fields = model.ENTITIES[ent.entity].refs
+        wanted: dict[str, set[str]] = {}
+        for action in ent.actions:
+            if isinstance(action, Create):
+                values = [action.values]
+            elif isinstance(action, Update):
+                values = [{n: v for n, (_old, v) in action.changes.items()},
+                          {n: v for n, (v, _new) in action.changes.items()}]
+            else:
+                continue
+            for record in values:
+                for name, target in fields.items():
+                    if isinstance(record.get(name), str):
+                        wanted.setdefault(target, set()).add(record[name])
+        for target, keys in wanted.items():
+            plan = refs.plans.get(target)
+            bases = {kp.key: kp.base_after for kp in plan.keys} if plan else {}
+            missing = [k for k in keys if k not in bases]
+            for key, state in self.store.load_records(pipeline.name, target, missing).items():
+                bases[key] = state.base
+            for key in keys:
+                ent.ref_labels[key] = label_of(bases.get(key), key)
 
     def _stale_references(self, pipeline: Pipeline, entity: str, members: list[Member],
                           refs: References) -> set[str]:

@@ -169,6 +169,8 @@ class EntityPlan:
     """member -> records read."""
     recovered: int = 0
     skipped_before: set[str] = field(default_factory=set)
+    ref_labels: dict[str, str] = field(default_factory=dict)
+    """Hub keys of referenced records -> their names, for showing references to people."""
     """Keys with skipped writes on record before this run (their rows are refreshed)."""
 
     @property

@@ -158,7 +158,7 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
         if users:
             # records of other entities still refer to it (a customer's invoices): deleting it
             # now would leave them dangling. Wait; once they are gone it goes too.
-            for member, view in present.items():
+            for member in present:
                 plan.skips.append(Skip(spec.name, member, key,
                                        f"deleted on {', '.join(sorted(gone))}, but {users} "
                                        "record(s) of other entities still refer to it; it is "

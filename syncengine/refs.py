@@ -130,9 +130,9 @@ class References:
             if base.get(model.DELETED):
                 deleted.add(key)
             index.add(_safe(normalise, base.get(ref_by)), key)
-        for key, base in overlay.items():
-            if base is not None:
-                index.add(_safe(normalise, base.get(ref_by)), key)
+        for key, planned in overlay.items():
+            if planned is not None:
+                index.add(_safe(normalise, planned.get(ref_by)), key)
         # a value shared by a live and a deleted record means the live one
         for key in deleted:
             value = index.back.get(key)

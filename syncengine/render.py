@@ -8,16 +8,23 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from syncengine import model
 from syncengine.engine import SyncResult
 from syncengine.plan import Create, Delete, EntityPlan, Update
+from syncengine.reconcile import format_cents
+from syncengine.report import Report
 
 MAX_SHOWN = 200
 """A dry run lists at most this many records per entity in detail; the totals count all."""
 
 
-def show_value(value: Any) -> str:
+def show_value(value: Any, entity: str = "", name: str = "") -> str:
+    """A value for people: money as currency, references by the record's name."""
     if value is None:
         return "(empty)"
+    spec = model.ENTITIES[entity].field_spec(name) if entity in model.ENTITIES else None
+    if spec is not None and spec.type == "cents" and isinstance(value, int):
+        return format_cents(value)
     if isinstance(value, list):
         return "[" + ", ".join(str(v) for v in value) + "]"
     return repr(value) if isinstance(value, str) else str(value)
@@ -25,6 +32,7 @@ def show_value(value: Any) -> str:
 
 def render_entity_plan(console: Console, ep: EntityPlan, *, verbose: bool) -> None:
     shown = 0
+    refs = model.ENTITIES[ep.entity].refs if ep.entity in model.ENTITIES else {}
     for kp in ep.keys:
         if not (kp.actions or kp.conflicts or kp.skips):
             continue
@@ -36,16 +44,21 @@ def render_entity_plan(console: Console, ep: EntityPlan, *, verbose: bool) -> No
             if isinstance(action, Create):
                 console.print(f"  [green]+ {action.describe()}[/]")
                 for name, value in sorted(action.values.items()):
-                    console.print(f"      {name}: {escape(show_value(value))}")
+                    display = ep.ref_labels.get(value, value) if name in refs else value
+                    console.print(f"      {name}: "
+                                  f"{escape(show_value(display, ep.entity, name))}")
             elif isinstance(action, Update):
                 console.print(f"  [yellow]~ {action.describe()}[/]")
                 for name, (old, new) in sorted(action.changes.items()):
-                    console.print(f"      {name}: {escape(show_value(old))} → "
-                                  f"{escape(show_value(new))}")
+                    if name in refs:
+                        old, new = ep.ref_labels.get(old, old), ep.ref_labels.get(new, new)
+                    console.print(f"      {name}: {escape(show_value(old, ep.entity, name))} → "
+                                  f"{escape(show_value(new, ep.entity, name))}")
             elif isinstance(action, Delete):
                 console.print(f"  [red]- {action.describe()}[/]")
         for c in kp.conflicts:
-            values = ", ".join(f"{m}={show_value(v)}" for m, v in c.values.items())
+            values = ", ".join(f"{m}={show_value(v, ep.entity, c.field)}"
+                               for m, v in c.values.items())
             if c.winner:
                 console.print(f"  [magenta]! conflict on {c.field}: {escape(values)} → "
                               f"{c.winner} wins (rule: {c.rule})[/]")
@@ -111,3 +124,47 @@ def summary_table(result: SyncResult) -> Table:
             captions.append(f"{outcome.plan.entity}: " + "; ".join(extra))
     table.caption = "\n".join(captions) or None
     return table
+
+
+def render_report(console: Console, report: Report, *, all_invoices: bool = False) -> None:
+    console.print(f"[bold]Reconciliation of pipeline {report.pipeline}[/]")
+    table = Table(show_lines=False)
+    table.add_column("invoice")
+    for member in report.members:
+        table.add_column(f"{member}\namount / paid / balance", justify="right")
+    table.add_column("disagreements")
+    listed = 0
+    for line in report.invoices:
+        if not (all_invoices or line.problems):
+            continue
+        listed += 1
+        cells = [escape(line.invoice_number or line.key)]
+        for member in report.members:
+            if member not in line.amount:
+                cells.append("—")
+                continue
+            balance = line.balance.get(member)
+            cells.append(" / ".join((
+                _money(line.amount.get(member)), format_cents(line.paid.get(member, 0)),
+                _money(balance) if member in line.balance else "n/a")))
+        cells.append(escape("\n".join(p.message for p in line.problems)) or "ok")
+        table.add_row(*cells)
+    if listed:
+        console.print(table)
+    for problem in report.general:
+        console.print(f"[red]{problem.kind}[/] {escape(problem.member)}: "
+                      f"{escape(problem.message)}")
+    totals = report.totals()
+    for member, t in totals.items():
+        console.print(f"{member}: {t['invoices']} invoices, amount {format_cents(t['amount'])}, "
+                      f"paid {format_cents(t['paid'])}, outstanding {format_cents(t['balance'])}")
+    bad = sum(1 for line in report.invoices if line.problems) + len(report.general)
+    if bad:
+        console.print(f"[bold red]{bad} disagreement(s)[/]: the books do not reconcile")
+    else:
+        console.print(f"[green]The books reconcile[/]: {len(report.invoices)} invoices agree "
+                      "on every member.")
+
+
+def _money(value: Any) -> str:
+    return format_cents(value) if isinstance(value, int) else "(none)"

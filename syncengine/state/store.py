@@ -589,8 +589,7 @@ class StateStore:
                 query = query.where(records.c.key > after)
             with self._read() as conn:
                 page = conn.execute(query).all()
-            for key, base in page:
-                yield key, base
+            yield from ((key, base) for key, base in page)
             if len(page) < batch:
                 return
             after = page[-1][0]

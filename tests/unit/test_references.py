@@ -180,3 +180,31 @@ def test_a_referenced_customer_is_deleted_after_its_invoices(tmp_path: Path) -> 
 @pytest.fixture(autouse=True)
 def _fresh() -> None:
     MemoryConnector.reset()
+
+
+def test_reconcile_report_is_clean_after_a_sync_and_names_disagreements(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    hcp = MemoryConnector.get_dataset("hcp")
+    books = MemoryConnector.get_dataset("books")
+    _seed(hcp)
+    _sync(config)
+    [report] = api.reconcile_report(config)
+    assert report.clean, report.to_json()
+    assert report.totals()["books"] == {"invoices": 2, "amount": 10500, "paid": 8000,
+                                        "balance": 2500}
+
+    inv_id, _ = _by(books.table("invoices"), invoice_number="1001")
+    books.edit("invoices", inv_id, balance=100)                      # balance ≠ amount − paid
+    pay_id, _ = _by(books.table("payments"), amount=500)
+    books.remove("payments", pay_id)                                 # payment on one side only
+    books.put("invoices", "dup", {"invoice_number": "1002", "amount": 1, "status": "open"})
+    [report] = api.reconcile_report(config)
+    assert report.exit_code == 1
+    kinds = {(p.kind, p.member) for line in report.invoices for p in line.problems}
+    assert ("balance", "books") in kinds
+    assert ("missing", "books") in kinds
+    assert ("duplicate", "books") in kinds
+    books.put("payments", "new", {"invoice": inv_id, "amount": 5, "method": "cash",
+                                  "status": "pending"})
+    [report] = api.reconcile_report(config)
+    assert [p.kind for p in report.general] == ["unlinked"]

@@ -1,0 +1,282 @@
+"""The reconciliation report: do the books agree, invoice by invoice, on every member?
+
+``reconcile_report`` reads the invoices and payments of every member of a pipeline as they
+are now (not as the state store last saw them), through the members' mappings, with
+references resolved the way a sync resolves them. Per invoice it gives the amount, the sum of
+succeeded payments and the outstanding balance on each member, and every disagreement:
+
+- ``balance``: a member's balance is not its amount minus its succeeded payments;
+- ``amount``: members disagree on the amount (or on the succeeded payments' sum);
+- ``missing``: a member lacks an invoice or a payment another member has;
+- ``duplicate``: an invoice number names two invoices (on one member, or across members);
+- ``unreadable`` / ``unlinked``: a record that could not be read, or is not synced yet.
+
+It writes nothing anywhere. A clean report after a sync is the proof that the books agree.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncengine.config import Config, Pipeline
+from syncengine.errors import RecordError, UsageError
+from syncengine.reconcile import format_cents
+from syncengine.refs import References
+from syncengine.state import StateStore
+
+
+@dataclass
+class Disagreement:
+    kind: str
+    message: str
+    member: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "member": self.member, "message": self.message}
+
+
+@dataclass
+class InvoiceLine:
+    """One invoice as each member shows it."""
+
+    key: str
+    invoice_number: str | None
+    amount: dict[str, int | None] = field(default_factory=dict)
+    paid: dict[str, int] = field(default_factory=dict)
+    """member -> sum of succeeded payments."""
+    balance: dict[str, int | None] = field(default_factory=dict)
+    payments: dict[str, set[str]] = field(default_factory=dict)
+    """member -> payment keys."""
+    problems: list[Disagreement] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "invoice_number": self.invoice_number,
+                "members": {m: {"amount": self.amount.get(m), "paid": self.paid.get(m, 0),
+                                "balance": self.balance.get(m),
+                                "payments": len(self.payments.get(m, ()))}
+                            for m in self.amount},
+                "disagreements": [p.to_json() for p in self.problems]}
+
+
+@dataclass
+class Report:
+    pipeline: str
+    members: tuple[str, ...]
+    invoices: list[InvoiceLine]
+    general: list[Disagreement] = field(default_factory=list)
+    """Disagreements not tied to one invoice (unreadable rows, orphan payments)."""
+
+    @property
+    def clean(self) -> bool:
+        return not self.general and not any(line.problems for line in self.invoices)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.clean else 1
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for member in self.members:
+            out[member] = {
+                "invoices": sum(1 for x in self.invoices if member in x.amount),
+                "amount": sum(x.amount.get(member) or 0 for x in self.invoices),
+                "paid": sum(x.paid.get(member, 0) for x in self.invoices),
+                "balance": sum(x.balance.get(member) or 0 for x in self.invoices),
+            }
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pipeline": self.pipeline, "members": list(self.members), "clean": self.clean,
+                "totals": self.totals(),
+                "disagreements": sum(len(x.problems) for x in self.invoices) + len(self.general),
+                "general": [d.to_json() for d in self.general],
+                "invoices": [x.to_json() for x in self.invoices]}
+
+
+@dataclass
+class _Seen:
+    key: str | None
+    record: dict[str, Any]
+    location: str
+
+
+def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> Report:
+    if "invoices" not in pipeline.entities:
+        raise UsageError(f"pipeline {pipeline.name} does not sync invoices: there are no books "
+                         "to reconcile (add \"invoices\" and \"payments\" to its entities)")
+    refs = References(store, pipeline.name)
+    report = Report(pipeline.name, pipeline.members, [])
+    cache: dict[str, dict[str, str]] = {}
+    invoices: dict[str, dict[str, list[_Seen]]] = {}
+    payments: dict[str, dict[str, list[_Seen]]] = {}
+    for member in pipeline.members:
+        connector = config.make_connector(member)
+        try:
+            invoices[member] = _read(store, pipeline, refs, connector, member, "invoices",
+                                     report, cache)
+            if "payments" in pipeline.entities:
+                payments[member] = _read(store, pipeline, refs, connector, member, "payments",
+                                         report, cache)
+        finally:
+            connector.close()
+
+    lines: dict[str, InvoiceLine] = {}
+
+    def line_for(key: str, number: str | None) -> InvoiceLine:
+        line = lines.get(key)
+        if line is None:
+            line = lines[key] = InvoiceLine(key, number)
+        elif line.invoice_number is None:
+            line.invoice_number = number
+        return line
+
+    numbers: dict[str, set[str]] = defaultdict(set)
+    for member, by_key in invoices.items():
+        per_member_numbers: dict[str, list[str]] = defaultdict(list)
+        for key, seen in by_key.items():
+            record = seen[0].record
+            number = record.get("invoice_number")
+            line = line_for(key, number)
+            line.amount[member] = record.get("amount")
+            if "balance" in record:
+                line.balance[member] = record.get("balance")
+            line.paid.setdefault(member, 0)
+            line.payments.setdefault(member, set())
+            if number:
+                numbers[number].add(key)
+                per_member_numbers[number].append(key)
+            if len(seen) > 1:
+                line.problems.append(Disagreement(
+                    "duplicate", f"{member} holds this invoice {len(seen)} times "
+                    f"({', '.join(s.location for s in seen)})", member))
+        for number, keys in per_member_numbers.items():
+            if len(keys) > 1:
+                for key in keys:
+                    lines[key].problems.append(Disagreement(
+                        "duplicate", f"invoice number {number} names {len(keys)} invoices on "
+                        f"{member}", member))
+
+    for member, by_key in payments.items():
+        for pay_key, seen in by_key.items():
+            record = seen[0].record
+            invoice_key = record.get("invoice")
+            owner = lines.get(invoice_key) if invoice_key else None
+            if owner is None:
+                report.general.append(Disagreement(
+                    "missing", f"payment at {seen[0].location} refers to an invoice no member "
+                    "holds", member))
+                continue
+            owner.payments.setdefault(member, set()).add(pay_key)
+            if len(seen) > 1:
+                owner.problems.append(Disagreement(
+                    "duplicate", f"{member} holds one payment {len(seen)} times "
+                    f"({', '.join(s.location for s in seen)}): it would be counted twice",
+                    member))
+            if record.get("status") == "succeeded" and isinstance(record.get("amount"), int):
+                owner.paid[member] = owner.paid.get(member, 0) + record["amount"] * len(seen)
+
+    for number, holders_of in numbers.items():
+        if len(holders_of) > 1:
+            for key in holders_of:
+                lines[key].problems.append(Disagreement(
+                    "duplicate", f"invoice number {number} maps to {len(holders_of)} different "
+                    "records across members"))
+
+    members = pipeline.members
+    for line in lines.values():
+        holders = [m for m in members if m in line.amount]
+        for member in members:
+            if member not in line.amount:
+                line.problems.append(Disagreement(
+                    "missing", f"{member} does not hold this invoice "
+                    f"(held by {', '.join(holders)})", member))
+        for member in holders:
+            amount, balance = line.amount[member], line.balance.get(member)
+            if isinstance(amount, int) and isinstance(balance, int):
+                expected = amount - line.paid.get(member, 0)
+                if balance != expected:
+                    line.problems.append(Disagreement(
+                        "balance", f"balance {format_cents(balance)} on {member} but amount "
+                        f"{format_cents(amount)} − payments "
+                        f"{format_cents(line.paid.get(member, 0))} = {format_cents(expected)}",
+                        member))
+        amounts = {line.amount[m] for m in holders}
+        if len(amounts) > 1:
+            shown = ", ".join(f"{m} {_money(line.amount[m])}" for m in holders)
+            line.problems.append(Disagreement("amount", f"amounts differ: {shown}"))
+        paid = {line.paid.get(m, 0) for m in holders}
+        if len(paid) > 1:
+            shown = ", ".join(f"{m} {format_cents(line.paid.get(m, 0))}" for m in holders)
+            line.problems.append(Disagreement("amount", f"succeeded payments differ: {shown}"))
+        every = set().union(*(line.payments.get(m, set()) for m in holders)) if holders else set()
+        for member in holders:
+            if "payments" not in pipeline.entities:
+                break
+            lacking = every - line.payments.get(member, set())
+            if lacking:
+                line.problems.append(Disagreement(
+                    "missing", f"{len(lacking)} payment(s) held elsewhere are not on {member}",
+                    member))
+    report.invoices = sorted(lines.values(),
+                             key=lambda x: (x.invoice_number or "", x.key))
+    return report
+
+
+def _money(value: int | None) -> str:
+    return format_cents(value) if isinstance(value, int) else "(none)"
+
+
+def _read(store: StateStore, pipeline: Pipeline, refs: References, connector: Any,
+          member: str, entity: str, report: Report,
+          cache: dict[str, dict[str, str]]) -> dict[str, list[_Seen]]:
+    """Every record of the entity on the member, by hub key (unlinked ones by a stand-in)."""
+    mapping = pipeline.mappings[(member, entity)]
+    connector.prepare(entity, mapping)
+    member_refs = refs.for_member(member, mapping)
+    links = store.link_index(pipeline.name, entity, member)
+    out: dict[str, list[_Seen]] = defaultdict(list)
+    for rec in _records(connector, entity):
+        if rec.error:
+            report.general.append(Disagreement("unreadable", f"{rec.location}: {rec.error}",
+                                               member))
+            continue
+        try:
+            record = mapping.to_canonical(rec.data, location=rec.location)
+        except RecordError as exc:
+            report.general.append(Disagreement("unreadable", f"{rec.location}: {exc}", member))
+            continue
+        if member_refs is not None:
+            problems = member_refs.resolve(record)
+            if problems:
+                report.general.append(Disagreement(
+                    "unreadable", f"{rec.location}: {'; '.join(problems)}", member))
+                continue
+        linked = None if rec.provisional else links.get(rec.id)
+        key: str | None = linked[0] if linked is not None else None
+        if key is None:
+            # not synced yet: an invoice is matched by its number, a payment stands alone
+            number = record.get("invoice_number")
+            key = _numbers(store, pipeline.name, cache).get(number) if number else None
+            if key is None:
+                key = f"unlinked:{member}:{rec.id}"
+                report.general.append(Disagreement(
+                    "unlinked", f"{rec.location}: not synced yet (run syncengine sync)",
+                    member))
+        out[key].append(_Seen(key, record, rec.location or f"{member} {rec.id}"))
+    return out
+
+
+def _records(connector: Any, entity: str) -> Iterator[Any]:
+    yield from connector.read(entity)
+
+
+def _numbers(store: StateStore, pipeline: str, cache: dict[str, dict[str, str]]) -> dict[str, str]:
+    """invoice number -> hub key, read from the store once per report."""
+    if "numbers" not in cache:
+        cache["numbers"] = {base["invoice_number"]: key
+                            for key, base in store.iter_bases(pipeline, "invoices")
+                            if base.get("invoice_number")}
+    return cache["numbers"]
