@@ -9,7 +9,8 @@ from typing import Any
 
 from syncengine.config import Config, load_config
 from syncengine.engine import Engine, ProgressFn, SyncResult
-from syncengine.errors import ConfigError, Problem, UsageError
+from syncengine.errors import ConfigError, Problem, RecordError, SyncEngineError, UsageError
+from syncengine.mapping import load_mapping
 from syncengine.reconcile import label_of
 from syncengine.report import Report
 from syncengine.report import reconcile_report as build_report
@@ -152,6 +153,66 @@ def reconcile_report(config: Config, pipeline: str | None = None) -> list[Report
         return [build_report(config, store, p) for p in pipelines]
     finally:
         store.close()
+
+
+@dataclass
+class ProbeEntity:
+    entity: str
+    mapping: str
+    records: list[dict[str, Any]]
+    """Up to ``limit`` records: ``{"id", "location", "native", "canonical", "error"}``."""
+    error: str = ""
+    read: int = 0
+
+
+def probe(config: Config, connector: str, *, pipeline: str | None = None,
+          entities: Sequence[str] | None = None, limit: int = 3) -> list[ProbeEntity]:
+    """Read the first records of each entity of one connector and map them to canonical
+    fields, as a sync would (references are shown as the member holds them). For debugging
+    a connector description or a mapping; writes nothing."""
+    if connector not in config.connectors:
+        raise UsageError(f"no connector named {connector!r}; use one of: "
+                         f"{', '.join(config.connectors)}")
+    chosen = [p for p in config.pipeline(pipeline) if connector in p.members]
+    cc = config.connectors[connector]
+    conn = config.make_connector(connector)
+    try:
+        held = conn.entities()
+        wanted = list(entities) if entities else (
+            [e for e in chosen[0].entities if e in held] if chosen else list(held))
+        unknown = [e for e in wanted if e not in held]
+        if unknown:
+            raise UsageError(f"{connector} ({cc.type_name}) does not hold "
+                             f"{', '.join(unknown)}; it holds {', '.join(held)}")
+        out = []
+        for entity in wanted:
+            if chosen and (connector, entity) in chosen[0].mappings:
+                mapping = chosen[0].mappings[(connector, entity)]
+            else:
+                mapping = load_mapping(cc.type_name, entity)
+            result = ProbeEntity(entity, mapping.source, [])
+            conn.prepare(entity, mapping)
+            try:
+                for rec in conn.read(entity):
+                    result.read += 1
+                    row: dict[str, Any] = {"id": rec.id, "location": rec.location,
+                                           "native": rec.data, "canonical": None,
+                                           "error": rec.error}
+                    if not rec.error:
+                        try:
+                            row["canonical"] = mapping.to_canonical(rec.data,
+                                                                    location=rec.location)
+                        except RecordError as exc:
+                            row["error"] = str(exc)
+                    result.records.append(row)
+                    if result.read >= limit:
+                        break
+            except SyncEngineError as exc:
+                result.error = str(exc)
+            out.append(result)
+        return out
+    finally:
+        conn.close()
 
 
 def require_config(path: str | Path, *, strict_env: bool = True) -> Config:

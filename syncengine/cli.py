@@ -176,6 +176,54 @@ def sync(
             raise typer.Exit(code)
 
 
+@app.command()
+def probe(
+    config: ConfigOpt = Path("config.toml"),
+    connector: Annotated[str, typer.Option(
+        "--connector", help="The connector (a [connectors.NAME] of the config) to probe.")] = "",
+    pipeline: Annotated[str | None, typer.Option(
+        "--pipeline", "-p", help="Use this pipeline's mappings (default: the first pipeline "
+        "the connector is a member of).")] = None,
+    entity: Annotated[list[str] | None, typer.Option(
+        "--entity", "-e", help="Probe only this entity (repeatable).")] = None,
+    limit: Annotated[int, typer.Option(help="Records shown per entity.", min=1)] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    log_level: LogLevelOpt = "warning",
+) -> None:
+    """Read the first records of each entity from one connector and show them as read and
+    as mapped to canonical fields — the way to debug a connector description or a mapping.
+    Reads only (the first page of each entity); writes nothing. Exit 1 when a read or a
+    mapping fails."""
+    with handled():
+        _setup(log_level)
+        if not connector:
+            raise UsageError("name the connector to probe: --connector NAME")
+        cfg = api.require_config(config)
+        REDACTOR.add(cfg.secrets)
+        results = api.probe(cfg, connector, pipeline=pipeline, entities=entity, limit=limit)
+        failed = any(r.error or any(x["error"] for x in r.records) for r in results)
+        if as_json:
+            out.print_json(json.dumps([r.__dict__ for r in results], default=str))
+        else:
+            for r in results:
+                out.print(f"[bold]{connector} · {r.entity}[/] (mapping {escape(r.mapping)})")
+                if r.error:
+                    out.print(f"  [red]read failed[/]: {escape(r.error)}")
+                if not r.records and not r.error:
+                    out.print("  no records")
+                for x in r.records:
+                    out.print(f"  [bold]{escape(str(x['location'] or x['id']))}[/]")
+                    out.print(f"    native:    {escape(json.dumps(x['native'], default=str))}")
+                    if x["error"]:
+                        out.print(f"    [red]error[/]: {escape(str(x['error']))}")
+                    else:
+                        shown = {k: v for k, v in (x["canonical"] or {}).items()
+                                 if v is not None}
+                        out.print(f"    canonical: {escape(json.dumps(shown, default=str))}")
+        if failed:
+            raise typer.Exit(EXIT_ISSUES)
+
+
 @app.command("reconcile-report")
 def reconcile_report(
     config: ConfigOpt = Path("config.toml"),
