@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +43,7 @@ from syncengine.errors import (
     NotFoundError,
     RecordError,
     SyncEngineError,
+    SyncStopped,
 )
 from syncengine.logging import redact_text
 from syncengine.mapping import EntityMapping
@@ -122,7 +124,7 @@ class SyncResult:
     def outcome(self) -> str:
         """One word for run history: ok, conflicts, errors, guard or failed."""
         if self.error:
-            return "failed"
+            return "stopped" if self.error.startswith("SyncStopped") else "failed"
         if self.guard:
             return "guard"
         if any(ep.issues for ep in self.plan.entities) or self.failures:
@@ -246,6 +248,7 @@ class Engine:
         connector_extra: dict[str, dict[str, Any]] | None = None,
         progress: ProgressFn | None = None,
         allow_mass_delete: bool = False,
+        stop: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -253,6 +256,9 @@ class Engine:
         self.connector_extra = connector_extra or {}
         self.progress = progress or (lambda what, done, total: None)
         self.allow_mass_delete = allow_mass_delete
+        self.stop = stop
+        """Set it to stop at the next batch boundary: the batch in flight is applied and
+        committed (buffered members flushed), then ``SyncStopped`` is raised."""
 
     # ------------------------------------------------------------------------------ entry
     def sync(self, pipeline: Pipeline, entities: Sequence[str] | None = None) -> SyncResult:
@@ -282,6 +288,7 @@ class Engine:
             recovery = self._recover(pipeline, connectors, result, refs)
             wanted = [e for e in pipeline.entities if entities is None or e in entities]
             for entity in wanted:
+                self._check_stop()
                 members = [self._member(pipeline, connectors[m], entity, refs)
                            for m in pipeline.members]
                 ent_plan = self.plan_entity(pipeline, entity, members, recovery, refs)
@@ -331,6 +338,11 @@ class Engine:
             else:
                 bound.info("finished", exit_code=result.exit_code,
                            seconds=round(result.duration_s, 3))
+
+    def _check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise SyncStopped("stopped on request; what was applied is committed, the next "
+                              "run goes on from there")
 
     def _member(self, pipeline: Pipeline, connector: Connector, entity: str,
                 refs: References | None = None) -> Member:
@@ -736,7 +748,11 @@ class Engine:
         total = len(ent.keys)
         done = 0
         buffered_used: set[str] = set()
+        stopped = False
         for batch in _chunks(ent.keys, batch_size):
+            if self.stop is not None and self.stop.is_set():
+                stopped = True  # finish like a normal end: flush, commit, then stop
+                break
             actions = [(kp, i, a) for kp in batch for i, a in enumerate(kp.actions)]
             if actions:
                 with self.store.transaction() as tx:
@@ -821,10 +837,12 @@ class Engine:
                 writes.flush()
                 if finished:
                     tx.finish_intents(finished)
-        for kp in ent.keys:
+        for kp in ent.keys[:done]:
             for a in kp.actions:
                 counts = outcome.applied.setdefault(a.member, {})
                 counts[a.op] = counts.get(a.op, 0) + 1
+        if stopped:
+            self._check_stop()
 
     def _execute(self, actions: list[tuple[KeyPlan, int, Action]],
                  by_name: dict[str, Member]) -> dict[int, dict[int, Any]]:

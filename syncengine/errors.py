@@ -102,3 +102,8 @@ class SafetyGuardError(SyncEngineError):
 
 class StateError(SyncEngineError):
     """The state store cannot be used."""
+
+
+class SyncStopped(SyncEngineError):
+    """A sync stopped early on request (a daemon shutting down): what was applied so far is
+    committed, the rest is planned again by the next run."""

@@ -208,3 +208,38 @@ def test_reconcile_report_is_clean_after_a_sync_and_names_disagreements(tmp_path
                                   "status": "pending"})
     [report] = api.reconcile_report(config)
     assert [p.kind for p in report.general] == ["unlinked"]
+
+
+def test_a_stop_request_finishes_the_batch_commits_and_the_next_run_goes_on(
+        tmp_path: Path) -> None:
+    import threading
+
+    from syncengine.engine import Engine
+    from syncengine.errors import SyncStopped
+
+    config = _config(tmp_path)
+    hcp = MemoryConnector.get_dataset("hcp")
+    books = MemoryConnector.get_dataset("books")
+    for i in range(450):
+        hcp.put("customers", f"c{i}", {"first_name": f"N{i}", "email": f"n{i}@example.com"})
+    stop = threading.Event()
+
+    def progress(what: str, done: int, total: int | None) -> None:
+        if what.startswith("applying") and done >= 200:
+            stop.set()  # after the first batch of 200
+
+    [pipeline] = config.pipeline(None)
+    store = api.open_store(config)
+    try:
+        engine = Engine(config, store, progress=progress, stop=stop)
+        with pytest.raises(SyncStopped):
+            engine.sync(pipeline)
+        assert len(books.table("customers")) == 200
+        assert store.pending_intents("p") == []
+        assert store.runs("p", limit=1)[0].outcome == "stopped"
+    finally:
+        store.close()
+    result = _sync(config)
+    assert result.exit_code == 0
+    assert len(books.table("customers")) == 450
+    assert _sync(config).plan.actions == []
