@@ -1,10 +1,24 @@
-"""The Housecall Pro connector: customers over the HCP public REST API.
+"""The Housecall Pro connector: customers, jobs, invoices and payments over the HCP public
+REST API.
 
 Built to ``spec/housecallpro-openapi.yaml`` and to what the live API is known to do
-(``spec/HCP-REAL-API-NOTES.md``): the list envelope ``{customers, page, page_size,
+(``spec/HCP-REAL-API-NOTES.md``): the list envelope ``{<resource>, page, page_size,
 total_pages, total_items}``, ``Authorization: Token KEY`` (or ``Bearer``), optional
 ``X-Company-Id``, inconsistent error bodies (parsed by ``syncengine.http``), and an HTML 404
 for routes the live API does not have (``DELETE /customers/{id}``).
+
+What it can do, per entity (the spec's operations)::
+
+    customers   read, create, update, delete (only with delete_customers = true)
+    jobs        read, create, update, delete
+    invoices    read, create            (the API has no invoice update or delete)
+    payments    read                    (the API takes no payments)
+
+Native records: customers and invoices as the API sends them; a job with ``customer_id``
+instead of the nested customer (``jobs.py``); an invoice without its nested ``payments`` and
+with ``customer_id`` filled in from its job when the live API leaves it out; a payment with
+``invoice_id`` and ``processed_at`` whichever shape it came in (``billing.py``). References
+are HCP's own ids. Reads page oldest first (``sort_by=created_at&sort_direction=asc``).
 
 Options (the ``[connectors.<name>]`` table)::
 
@@ -18,7 +32,8 @@ Options (the ``[connectors.<name>]`` table)::
     max_retries = 5
     company_id = "..."                          # optional, sent as X-Company-Id
     delete_customers = false                    # the live API has no customer delete
-    concurrency = 4                             # concurrent writes (engine); reads page in order
+    concurrency = 4                             # concurrent writes (engine), and payment
+                                                # reads per invoice when not nested
 
 Test hooks in ``ConnectorContext.extra``: ``transport`` (an ``httpx.BaseTransport``, e.g.
 ``httpx.MockTransport`` or an in-process sandbox) and ``sleep`` (replaces ``time.sleep`` for
@@ -29,7 +44,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
@@ -45,13 +60,27 @@ from syncengine.connector import (
     NativeData,
     NativeRecord,
 )
-from syncengine.errors import FatalConnectorError, RetriableError
-from syncengine.http import HttpClient, QueryParams, is_html
+from syncengine.connectors.housecallpro.billing import INVOICES, PAYMENTS, Billing
+from syncengine.connectors.housecallpro.jobs import (
+    JOBS,
+    JobCustomers,
+    identifying,
+    job_body,
+    job_path,
+    job_record,
+    same_job,
+    search_params,
+    top_key,
+)
+from syncengine.connectors.housecallpro.paging import Pager
+from syncengine.errors import FatalConnectorError
+from syncengine.http import HttpClient, is_html
 
 CUSTOMERS = "customers"
+ENTITIES = (CUSTOMERS, JOBS, INVOICES, PAYMENTS)
 READ_ONLY_KEYS = frozenset({"id", "created_at", "updated_at"})
-"""Top-level keys the API owns: never sent on create or update."""
-_PATH_SPLIT = re.compile(r"[.\[]")
+"""Top-level customer keys the API owns: never sent on create or update."""
+_OLDEST_FIRST = {"sort_by": "created_at", "sort_direction": "asc"}
 
 
 class HousecallProOptions(ConnectorOptions):
@@ -96,7 +125,7 @@ class HousecallProOptions(ConnectorOptions):
 
 
 class HousecallProConnector(Connector):
-    """Customers on Housecall Pro. See the module docstring for options and behaviour."""
+    """Customers, jobs, invoices and payments on Housecall Pro. See the module docstring."""
 
     type_name: ClassVar[str] = "housecallpro"
     Options: ClassVar[type[ConnectorOptions]] = HousecallProOptions
@@ -131,48 +160,85 @@ class HousecallProConnector(Connector):
             name=self.name,
             sleep=sleep,
         )
+        self.pager = Pager(self.http, self.name, options.page_size)
+        self.job_customers = JobCustomers(self.pager)
+        self.billing = Billing(
+            self.pager, concurrency=options.concurrency, customer_of=self.job_customers.customer_of
+        )
 
     # -- description
     def entities(self) -> tuple[str, ...]:
-        return (CUSTOMERS,)
+        return ENTITIES
 
     def capabilities(self, entity: str) -> Capabilities:
         self._check_entity(entity)
-        return Capabilities(
-            read=True,
-            create=True,
-            update=True,
-            delete=self.opts.delete_customers,
-            assigns_ids=False,
-        )
+        if entity == CUSTOMERS:
+            return Capabilities(delete=self.opts.delete_customers)
+        if entity == JOBS:
+            return Capabilities()
+        if entity == INVOICES:
+            return Capabilities(update=False, delete=False)
+        return Capabilities(create=False, update=False, delete=False)
 
     # -- reading
     def read(self, entity: str) -> Iterator[NativeRecord]:
-        """Every customer, oldest first (``sort_by=created_at&sort_direction=asc``).
+        """Every record, oldest first (``sort_by=created_at&sort_direction=asc``).
 
-        Oldest-first keeps pagination stable while customers are being added. If the total
-        shrinks while paging (a customer deleted mid-read shifts later ones onto pages already
-        read, so one may have been skipped), the read ends with a RetriableError rather than
-        letting the engine take a skipped customer for a deleted one.
+        Oldest-first keeps pagination stable while records are being added. If a list's total
+        shrinks while paging, the read ends with a RetriableError (see ``paging``). Payments
+        come from the invoices this instance read last when those carried them.
         """
         self._check_entity(entity)
-        yield from self._paginate(
-            {"sort_by": "created_at", "sort_direction": "asc"}, guard_shrink=True
-        )
+        if entity == CUSTOMERS:
+            for item in self.pager.items(
+                "/customers", CUSTOMERS, CUSTOMERS, _OLDEST_FIRST, guard_shrink=True
+            ):
+                yield _customer_record(item)
+        elif entity == JOBS:
+            for item in self.pager.items("/jobs", JOBS, JOBS, _OLDEST_FIRST, guard_shrink=True):
+                record = job_record(item, str(item["id"]))
+                self.job_customers.learn(record)
+                yield record
+            self.job_customers.complete = True
+        elif entity == INVOICES:
+            yield from self.billing.read_invoices()
+        else:
+            yield from self.billing.read_payments()
 
-    def get(self, entity: str, native_id: str) -> NativeRecord:
-        """One customer by id; NotFoundError when it does not exist."""
+    def get(self, entity: str, native_id: str) -> NativeRecord | None:
+        """One record by id; NotFoundError when it does not exist. Payments have no such
+        endpoint: they are looked for among all payments (None when not there)."""
         self._check_entity(entity)
-        path = self._customer_path(native_id)
+        if entity == PAYMENTS:
+            return super().get(entity, native_id)
+        path = self._path(entity, native_id)
+        if entity == INVOICES:
+            return self.billing.get_invoice(native_id)
         body = self.http.get_json(path)
+        if entity == JOBS:
+            return self._job(body, f"GET {path}")
         return self._record(body, f"GET {path}")
 
     def find(self, entity: str, data: NativeData) -> list[NativeRecord]:
-        """Customers equal to ``data`` on its non-empty top-level scalar fields, found through
-        the API's search (``q`` = email, then mobile number, then "first last", each tried
-        until one finds a match). Emails compare case-insensitively, phone numbers by their
-        digits. Without any search term it falls back to reading every customer."""
+        """Records that carry ``data`` (resolving an interrupted create):
+
+        - customers: equal on the non-empty top-level scalar fields, searched with ``q``
+          (email, then mobile number, then "first last"); emails compare case-insensitively,
+          phone numbers by their digits; without a search term, among all customers;
+        - jobs: among the customer's jobs (``customer_id`` filter) starting at the scheduled
+          start (``scheduled_start_min/max``), the ones with the same description, notes,
+          number and scheduled times;
+        - invoices: the ones with the invoice number (without one: the same job, customer,
+          amount, due date and status), among the customer's (``customer_uuid[]``);
+        - payments: never created here; looked for among all payments.
+        """
         self._check_entity(entity)
+        if entity == JOBS:
+            return self._find_job(data)
+        if entity == INVOICES:
+            return self.billing.find_invoices(data)
+        if entity == PAYMENTS:
+            return super().find(entity, data)
         wanted = {
             k: v
             for k, v in data.items()
@@ -181,18 +247,26 @@ class HousecallProConnector(Connector):
             and not (isinstance(v, str) and not v.strip())
         }
 
-        def matches(records: Iterator[NativeRecord]) -> list[NativeRecord]:
+        def matches(items: Iterator[dict[str, Any]]) -> list[NativeRecord]:
+            records = (_customer_record(item) for item in items)
             return [
                 r for r in records if all(_same(k, v, r.data.get(k)) for k, v in wanted.items())
             ]
 
         terms = _search_terms(data)
         if not terms:
-            return matches(self.read(entity))
+            return matches(
+                self.pager.items(
+                    "/customers", CUSTOMERS, CUSTOMERS, _OLDEST_FIRST, guard_shrink=True
+                )
+            )
         for term in terms:
             found = matches(
-                self._paginate(
-                    {"q": term, "sort_by": "created_at", "sort_direction": "asc"},
+                self.pager.items(
+                    "/customers",
+                    CUSTOMERS,
+                    CUSTOMERS,
+                    {"q": term, **_OLDEST_FIRST},
                     guard_shrink=False,
                 )
             )
@@ -202,13 +276,20 @@ class HousecallProConnector(Connector):
 
     # -- writing
     def create(self, entity: str, data: NativeData, *, key: str) -> NativeRecord:
-        """POST /customers. Never retried: if the outcome is unknown (timeout, 5xx) this
+        """POST the record. Never retried: if the outcome is unknown (timeout, 5xx) this
         raises RetriableError and the engine's journal resolves it later through ``find``."""
         self._check_entity(entity)
-        body = _writable(data, data.keys())
-        response = self.http.request("POST", "/customers", json=body, retry=False)
-        created = self.http.decode("POST", "/customers", response)
-        return self._record(created, "POST /customers")
+        if entity == INVOICES:
+            return self.billing.create_invoice(data)
+        if entity == PAYMENTS:
+            raise self._cannot("create", entity)
+        body = self._body(entity, data, data.keys(), clear=False)
+        path = f"/{entity}"
+        response = self.http.request("POST", path, json=body, retry=False)
+        created = self.http.decode("POST", path, response)
+        if entity == JOBS:
+            return self._job(created, f"POST {path}")
+        return self._record(created, f"POST {path}")
 
     def update(
         self,
@@ -219,40 +300,50 @@ class HousecallProConnector(Connector):
         full: NativeData,
         new_id: str | None = None,
     ) -> NativeRecord | None:
-        """PUT /customers/{id} with the changed top-level keys of ``full`` (a change anywhere
-        under ``addresses`` sends the whole ``addresses`` list). Returns the customer as the
-        API now has it, or None when nothing writable changed (no request is sent)."""
+        """PUT the changed top-level keys of ``full`` (a change anywhere under ``addresses``
+        or ``schedule`` sends that whole object). Returns the record as the API now has it,
+        or None when nothing writable changed (no request is sent)."""
         self._check_entity(entity)
+        if entity in (INVOICES, PAYMENTS):
+            raise self._cannot("update", entity)
         if new_id is not None and new_id != native_id:
             raise FatalConnectorError(
-                f"cannot give customer {native_id} the id {new_id}: Housecall Pro assigns ids",
+                f"cannot give {entity} record {native_id} the id {new_id}: Housecall Pro "
+                "assigns ids",
                 connector=self.name,
                 entity=entity,
             )
-        top_keys = {_top_key(path) for path in patch}
+        top_keys = {top_key(path) for path in patch}
         source = {**{k: patch[k] for k in patch if k in top_keys}, **full}
         for missing in top_keys - source.keys():
             source[missing] = None  # removed on our side: clear it on theirs
-        body = _writable(source, top_keys, clear=True)
+        body = self._body(entity, source, top_keys, clear=True)
         if not body:
             return None
-        path = self._customer_path(native_id)
+        path = self._path(entity, native_id)
         response = self.http.request("PUT", path, json=body)
         updated = self.http.decode("PUT", path, response)
         if updated is None:
             return None
+        if entity == JOBS:
+            return self._job(updated, f"PUT {path}")
         return self._record(updated, f"PUT {path}")
 
     def delete(self, entity: str, native_id: str) -> None:
-        """DELETE /customers/{id}; a JSON 404 means already deleted. An HTML 404 means the
-        API has no such route (the live API): that is a configuration problem, not success."""
+        """DELETE the record; a JSON 404 means already deleted. An HTML 404 means the API has
+        no such route (the live API's customers): that is a configuration problem, not
+        success. A job that still has invoices is refused by HCP (a RecordError)."""
         self._check_entity(entity)
-        path = self._customer_path(native_id)
+        if entity in (INVOICES, PAYMENTS):
+            raise self._cannot("delete", entity)
+        path = self._path(entity, native_id)
         response = self.http.request("DELETE", path, allow_status=(404,))
         if response.status_code == 404 and is_html(response):
+            fix = "set delete_customers = false for this connector" if entity == CUSTOMERS else (
+                "stop propagating deletes of this entity to it"
+            )
             raise FatalConnectorError(
-                f"DELETE {path}: this API does not support deleting customers (HTML 404); "
-                "set delete_customers = false for this connector",
+                f"DELETE {path}: this API does not support deleting {entity} (HTML 404); {fix}",
                 connector=self.name,
                 entity=entity,
             )
@@ -262,19 +353,54 @@ class HousecallProConnector(Connector):
 
     # -- internals
     def _check_entity(self, entity: str) -> None:
-        if entity != CUSTOMERS:
+        if entity not in ENTITIES:
             raise FatalConnectorError(
-                f"unknown entity {entity!r} (this connector has: {CUSTOMERS})",
+                f"unknown entity {entity!r} (this connector has: {', '.join(ENTITIES)})",
                 connector=self.name,
                 entity=entity,
             )
 
-    def _customer_path(self, native_id: str) -> str:
+    def _cannot(self, op: str, entity: str) -> FatalConnectorError:
+        return FatalConnectorError(
+            f"Housecall Pro's API cannot {op} {entity}", connector=self.name, entity=entity
+        )
+
+    def _path(self, entity: str, native_id: str) -> str:
+        noun = entity.removesuffix("s")
         if not native_id or "/" in native_id or native_id.strip() != native_id:
             raise FatalConnectorError(
-                f"invalid customer id {native_id!r}", connector=self.name, entity=CUSTOMERS
+                f"invalid {noun} id {native_id!r}", connector=self.name, entity=entity
             )
-        return f"/customers/{quote(native_id, safe='')}"
+        if entity == JOBS:
+            return job_path(native_id)
+        return f"/{entity}/{quote(native_id, safe='')}"
+
+    @staticmethod
+    def _body(
+        entity: str, source: Mapping[str, Any], keys: Iterable[str], *, clear: bool
+    ) -> NativeData:
+        if entity == JOBS:
+            return job_body(source, keys, clear=clear)
+        return _writable(source, keys, clear=clear)
+
+    def _find_job(self, data: NativeData) -> list[NativeRecord]:
+        params = search_params(data)
+        if not identifying(data) and not params:
+            return []  # nothing to tell one job from another
+        found = []
+        for item in self.pager.items(
+            "/jobs", JOBS, JOBS, [*_OLDEST_FIRST.items(), *params], guard_shrink=False
+        ):
+            record = job_record(item, str(item["id"]))
+            if same_job(data, record.data):
+                found.append(record)
+        return found
+
+    def _job(self, body: Any, where: str) -> NativeRecord:
+        job_id = self.pager.item_id(body, JOBS, f"{where}: the job in the response")
+        record = job_record(body, job_id)
+        self.job_customers.learn(record)
+        return record
 
     def _record(self, body: Any, where: str) -> NativeRecord:
         if not isinstance(body, dict):
@@ -290,108 +416,15 @@ class HousecallProConnector(Connector):
                 connector=self.name,
                 entity=CUSTOMERS,
             )
-        return NativeRecord(id=customer_id, data=body, location=f"customer {customer_id}")
-
-    def _paginate(self, params: Mapping[str, str], *, guard_shrink: bool) -> Iterator[NativeRecord]:
-        """Page through ``GET /customers`` with the HCP envelope.
-
-        Stops after ``total_pages``, at an empty page, or, when the envelope lacks
-        ``total_pages``, once ``total_items`` customers were seen or (lacking that too) at a
-        page shorter than the page size. A page holding only customers
-        already seen (a server ignoring ``page``) is a FatalConnectorError, not an endless loop;
-        a customer repeated on a later page (the list shifted while paging) is yielded once.
-        """
-        size = self.opts.page_size
-        seen: set[str] = set()
-        first_total: int | None = None
-        last_total: int | None = None
-        page = 1
-        while True:
-            query: QueryParams = {**params, "page": page, "page_size": size}
-            body = self.http.get_json("/customers", params=query)
-            where = f"GET /customers page {page}"
-            items, envelope = self._page_items(body, where)
-            total = envelope.get("total_items")
-            if isinstance(total, int) and not isinstance(total, bool):
-                first_total = total if first_total is None else first_total
-                last_total = total
-            if not items:
-                break
-            fresh: list[NativeRecord] = []
-            for index, item in enumerate(items):
-                record = self._page_record(item, where, index)
-                if record.id in seen:
-                    continue
-                seen.add(record.id)
-                fresh.append(record)
-            if not fresh:
-                raise FatalConnectorError(
-                    f"{where}: the server returned only customers from earlier pages "
-                    "(it seems to ignore the page parameter); stopped instead of looping",
-                    connector=self.name,
-                    entity=CUSTOMERS,
-                )
-            yield from fresh
-            total_pages = envelope.get("total_pages")
-            if isinstance(total_pages, int) and not isinstance(total_pages, bool):
-                if page >= total_pages:
-                    break
-            elif isinstance(total, int) and not isinstance(total, bool):
-                if len(seen) >= total:
-                    break
-            else:
-                served = envelope.get("page_size")
-                expected = served if isinstance(served, int) and served > 0 else size
-                if len(items) < min(expected, size):
-                    break
-            page += 1
-        shrank = first_total is not None and last_total is not None and last_total < first_total
-        if guard_shrink and shrank:
-            raise RetriableError(
-                f"the customer list shrank from {first_total} to {last_total} while it was "
-                "being read, so a customer may have been skipped; read it again",
-                connector=self.name,
-                entity=CUSTOMERS,
-            )
-
-    def _page_items(self, body: Any, where: str) -> tuple[list[Any], dict[str, Any]]:
-        if not isinstance(body, dict):
-            raise FatalConnectorError(
-                f"{where}: expected a JSON object with a 'customers' list, "
-                f"got {type(body).__name__}",
-                connector=self.name,
-                entity=CUSTOMERS,
-            )
-        items = body.get(CUSTOMERS)
-        if items is None:
-            items = body.get("data")  # tolerate a generic envelope
-        if not isinstance(items, list):
-            raise FatalConnectorError(
-                f"{where}: the response has no 'customers' list (keys: {', '.join(sorted(body))})",
-                connector=self.name,
-                entity=CUSTOMERS,
-            )
-        return items, body
-
-    def _page_record(self, item: Any, where: str, index: int) -> NativeRecord:
-        if not isinstance(item, dict):
-            raise FatalConnectorError(
-                f"{where}: item {index} is not an object", connector=self.name, entity=CUSTOMERS
-            )
-        customer_id = item.get("id")
-        if not isinstance(customer_id, str) or not customer_id:
-            raise FatalConnectorError(
-                f"{where}: item {index} has no id", connector=self.name, entity=CUSTOMERS
-            )
-        return NativeRecord(id=customer_id, data=item, location=f"customer {customer_id}")
+        return _customer_record(body)
 
 
 # ------------------------------------------------------------------------------ helpers
 
 
-def _top_key(path: str) -> str:
-    """``addresses.0.city`` / ``addresses[0].city`` -> ``addresses``."""
-    return _PATH_SPLIT.split(path, maxsplit=1)[0]
+def _customer_record(item: dict[str, Any]) -> NativeRecord:
+    customer_id = str(item["id"])
+    return NativeRecord(id=customer_id, data=item, location=f"customer {customer_id}")
 
 
 _LIST_KEYS = frozenset({"tags", "addresses"})

@@ -260,8 +260,8 @@ def test_get_one_customer() -> None:
 
 
 def test_unknown_entity_is_refused() -> None:
-    with pytest.raises(FatalConnectorError, match="unknown entity 'invoices'"):
-        list(connector(FakeHCP()).read("invoices"))
+    with pytest.raises(FatalConnectorError, match="unknown entity 'estimates'"):
+        list(connector(FakeHCP()).read("estimates"))
 
 
 # ------------------------------------------------------------------------------ headers, auth
@@ -460,7 +460,23 @@ def test_capabilities_follow_delete_customers() -> None:
     caps = connector(FakeHCP(), delete_customers=True).capabilities("customers")
     assert (caps.read, caps.create, caps.update, caps.delete) == (True, True, True, True)
     assert caps.assigns_ids is False
-    assert connector(FakeHCP()).entities() == ("customers",)
+    assert connector(FakeHCP()).entities() == ("customers", "jobs", "invoices", "payments")
+
+
+def test_capabilities_follow_the_spec() -> None:
+    hcp = connector(FakeHCP())
+    flags = {
+        entity: tuple(op for op in ("read", "create", "update", "delete")
+                      if hcp.capabilities(entity).allows(op))
+        for entity in hcp.entities()
+    }  # fmt: skip
+    assert flags == {
+        "customers": ("read", "create", "update"),
+        "jobs": ("read", "create", "update", "delete"),
+        "invoices": ("read", "create"),
+        "payments": ("read",),
+    }
+    assert not any(hcp.capabilities(e).assigns_ids for e in hcp.entities())
 
 
 # ------------------------------------------------------------------------------ find

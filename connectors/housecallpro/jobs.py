@@ -1,0 +1,189 @@
+"""Housecall Pro jobs as the connector gives and takes them.
+
+The native job record is the API's job with the nested ``customer`` object reduced to
+``customer_id`` (the spec nests the whole customer; some live payloads send ``customer_id``):
+the mapping reads one reference, and a customer's own edits do not make its jobs look changed.
+Everything else is kept as sent (``schedule``, ``work_timestamps``, ``total_amount``, …).
+
+Writes send the spec's ``Job`` shape with nothing null: the customer both as ``customer_id``
+(what the live API takes) and as the spec's ``customer: {"id": ...}``; read-only fields
+(ids, timestamps, totals, work timestamps) are never sent. Clearing on an update sends the
+field's empty value (``""``, ``[]``); fields without one (``work_status``, the schedule's
+date-times and ``arrival_window``) cannot be cleared through the API and are left out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from syncengine.connector import NativeData, NativeRecord
+from syncengine.connectors.housecallpro.paging import Pager
+from syncengine.connectors.housecallpro.values import instant, same_instant
+from syncengine.errors import NotFoundError
+
+JOBS = "jobs"
+READ_ONLY = frozenset(
+    {
+        "id",
+        "created_at",
+        "updated_at",
+        "total_amount",
+        "outstanding_balance",
+        "work_timestamps",
+        "customer",
+    }
+)
+"""Keys of a job the API owns (``customer`` is carried as ``customer_id``)."""
+_LIST_KEYS = frozenset({"tags", "assigned_employees"})
+_UNCLEARABLE = frozenset({"work_status", "schedule", "address"})
+"""Fields with no empty value the spec allows: a None for them is left out."""
+_PATH_SPLIT = re.compile(r"[.\[]")
+MATCHED_TEXT = ("description", "notes", "invoice_number")
+MATCHED_TIMES = ("scheduled_start", "scheduled_end")
+
+
+def job_record(item: dict[str, Any], job_id: str) -> NativeRecord:
+    """The native record of a job as the API sent it (see the module docstring)."""
+    data = dict(item)
+    customer = data.pop("customer", None)
+    if not isinstance(data.get("customer_id"), str) and isinstance(customer, dict):
+        nested = customer.get("id")
+        if isinstance(nested, str) and nested:
+            data["customer_id"] = nested
+    number = data.get("invoice_number")
+    where = f"job {number} ({job_id})" if isinstance(number, str) and number else f"job {job_id}"
+    return NativeRecord(id=job_id, data=data, location=where)
+
+
+def top_key(path: str) -> str:
+    """``schedule.scheduled_start`` / ``addresses[0].city`` -> ``schedule`` / ``addresses``."""
+    return _PATH_SPLIT.split(path, maxsplit=1)[0]
+
+
+def job_body(source: Mapping[str, Any], keys: Iterable[str], *, clear: bool = False) -> NativeData:
+    """The request body for the ``keys`` of ``source`` (see the module docstring)."""
+    body: NativeData = {}
+    for key in keys:
+        if key in READ_ONLY or key not in source:
+            continue
+        value = source[key]
+        if key == "customer_id":
+            if isinstance(value, str) and value:
+                body["customer_id"] = value
+                body["customer"] = {"id": value}
+            continue
+        if value is None:
+            if not clear or key in _UNCLEARABLE:
+                continue
+            value = [] if key in _LIST_KEYS else ""
+        if key == "schedule" and isinstance(value, Mapping):
+            value = {k: v for k, v in value.items() if v is not None}
+            if not value:
+                continue
+        elif key == "address" and isinstance(value, Mapping):
+            value = {
+                k: ("" if v is None else v)
+                for k, v in value.items()
+                if v is not None or (clear and k not in ("id", "type"))
+            }
+        elif key == "assigned_employees" and isinstance(value, list):
+            value = [
+                {k: v for k, v in e.items() if v is not None} if isinstance(e, Mapping) else e
+                for e in value
+            ]
+        body[key] = value
+    return body
+
+
+def search_params(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """List filters that narrow a search for the job ``data`` describes: its customer and
+    its scheduled start."""
+    params: list[tuple[str, str]] = []
+    customer_id = data.get("customer_id")
+    if isinstance(customer_id, str) and customer_id:
+        params.append(("customer_id", customer_id))
+    schedule = data.get("schedule")
+    start = schedule.get("scheduled_start") if isinstance(schedule, Mapping) else None
+    if isinstance(start, str) and instant(start) is not None:
+        params += [("scheduled_start_min", start), ("scheduled_start_max", start)]
+    return params
+
+
+def same_job(wanted: Mapping[str, Any], found: Mapping[str, Any]) -> bool:
+    """Whether the job ``found`` is the one ``wanted`` describes: same customer, and the same
+    description, notes, number and scheduled times where ``wanted`` has them."""
+    customer_id = wanted.get("customer_id")
+    if customer_id and found.get("customer_id") != customer_id:
+        return False
+    for key in MATCHED_TEXT:
+        value = wanted.get(key)
+        if isinstance(value, str) and value.strip():
+            other = found.get(key)
+            if not isinstance(other, str) or other.strip() != value.strip():
+                return False
+    schedule = wanted.get("schedule")
+    theirs = found.get("schedule")
+    if isinstance(schedule, Mapping):
+        for key in MATCHED_TIMES:
+            value = schedule.get(key)
+            if value is None:
+                continue
+            other = theirs.get(key) if isinstance(theirs, Mapping) else None
+            if not same_instant(value, other):
+                return False
+    return True
+
+
+def identifying(data: Mapping[str, Any]) -> bool:
+    """Whether ``data`` says enough to recognise its job among a customer's jobs."""
+    schedule = data.get("schedule")
+    has_time = isinstance(schedule, Mapping) and any(schedule.get(k) for k in MATCHED_TIMES)
+    has_text = any(isinstance(data.get(k), str) and data[k].strip() for k in MATCHED_TEXT)
+    return has_time or has_text
+
+
+class JobCustomers:
+    """Job id -> customer id, for invoices that come without their customer (the live API
+    sends invoices with ``job_id`` only).
+
+    Filled for free while this connector reads, creates, updates or gets jobs. A job it has
+    not seen is looked up with one read of the whole job list (once per connector instance),
+    and, if still unknown (a job added since), with ``GET /jobs/{id}``.
+    """
+
+    def __init__(self, pager: Pager) -> None:
+        self._pager = pager
+        self._known: dict[str, str | None] = {}
+        self.complete = False
+        """True once every job was read: an unknown job is then fetched by id."""
+
+    def learn(self, record: NativeRecord) -> None:
+        customer_id = record.data.get("customer_id")
+        self._known[record.id] = customer_id if isinstance(customer_id, str) else None
+
+    def customer_of(self, job_id: str) -> str | None:
+        if job_id in self._known:
+            return self._known[job_id]
+        if not self.complete:
+            oldest_first = {"sort_by": "created_at", "sort_direction": "asc"}
+            for job in self._pager.items("/jobs", JOBS, JOBS, oldest_first, guard_shrink=False):
+                self.learn(job_record(job, str(job["id"])))
+            self.complete = True
+            if job_id in self._known:
+                return self._known[job_id]
+        try:
+            found: Any = self._pager.http.get_json(job_path(job_id))
+        except NotFoundError:
+            found = None
+        if isinstance(found, dict) and found.get("id") == job_id:
+            self.learn(job_record(found, job_id))
+        else:
+            self._known[job_id] = None
+        return self._known.get(job_id)
+
+
+def job_path(job_id: str) -> str:
+    return f"/jobs/{quote(job_id, safe='')}"
