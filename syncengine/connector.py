@@ -219,22 +219,37 @@ ENTRY_POINT_GROUP = "syncengine.connectors"
 
 
 def connector_types() -> dict[str, type[Connector]]:
-    """Every connector class registered in the ``syncengine.connectors`` entry-point group."""
+    """Every connector class registered in the ``syncengine.connectors`` entry-point group
+    that loads (a plugin that fails to import is left out here; asking for it by name says
+    why)."""
     found: dict[str, type[Connector]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        cls = ep.load()
-        if not (isinstance(cls, type) and issubclass(cls, Connector)):
+        try:
+            cls = ep.load()
+        except Exception:  # one broken plugin must not hide the others
             continue
-        found[ep.name] = cls
+        if isinstance(cls, type) and issubclass(cls, Connector):
+            found[ep.name] = cls
     return found
 
 
 def connector_class(type_name: str, location: str) -> type[Connector]:
-    types = connector_types()
-    try:
-        return types[type_name]
-    except KeyError:
-        known = ", ".join(sorted(types)) or "(none installed)"
+    """The class of one connector type; only that plugin is imported."""
+    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == type_name]
+    if not matches:
+        known = ", ".join(sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}))
         raise ConfigError(
-            [Problem(location, f"unknown connector type {type_name!r}", f"use one of: {known}")]
-        ) from None
+            [Problem(location, f"unknown connector type {type_name!r}",
+                     f"use one of: {known or '(none installed)'}")]
+        )
+    ep = matches[0]
+    try:
+        cls = ep.load()
+    except Exception as exc:  # a plugin import error is a config problem
+        raise ConfigError([Problem(location, f"the connector type {type_name!r} ({ep.value}) "
+                                   f"cannot be loaded: {type(exc).__name__}: {exc}",
+                                   "reinstall the package that provides it")]) from None
+    if not (isinstance(cls, type) and issubclass(cls, Connector)):
+        raise ConfigError([Problem(location, f"{ep.value} is not a syncengine Connector class",
+                                   "check the package's syncengine.connectors entry point")])
+    return cls
