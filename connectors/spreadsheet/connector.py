@@ -1,24 +1,40 @@
-"""The spreadsheet connector: one file per entity in a folder, one row per record.
+"""The spreadsheet connector: customers, invoices and payments kept in spreadsheet files.
+
+Two storage formats, chosen by ``path``:
+
+* a path ending in ``.xlsx`` is **one workbook** with a sheet per entity (``Customers``,
+  ``Invoices``, ``Payments``), created when missing; the workbook's other sheets, styles,
+  widths, number formats and formulas stay as the bookkeeper set them (:mod:`.xlsxtable`);
+* any other path is **a folder of CSV files**, one per entity (``customers.csv``,
+  ``invoices.csv``, ``payments.csv``; :mod:`.csvtable`).
 
 A row's native id is its ``Sync ID`` cell, which the engine chooses (``assigns_ids``). A row a
-person added with a blank ``Sync ID`` is read as a provisional record ``@line:N`` and gets its
-id through ``update(..., new_id=KEY)``. The record's data is every column except the id
-column, as text; the engine's mapping picks the columns it uses and everything else in the
-file — other columns, other rows, blank lines, the row order — is written back as it was.
+person added with a blank ``Sync ID`` is read as a provisional record ``@line:N`` (N is the CSV
+line or the sheet's row number) and gets its id through ``update(..., new_id=KEY)``. The
+record's data is every named column except the id column, as text; the engine's mapping picks
+the columns it uses and everything else — other columns, other rows, blank lines, the row
+order — is left as it was.
 
-Writes are buffered per entity and made durable by ``flush(entity)``, which writes the file
-atomically and refuses when someone changed it since it was read. The file format sits behind
-:class:`~.table.Table`; CSV is the one there is.
+The mapping in force for each entity (``prepare``) decides the header of a sheet the sync
+creates (the columns the mapping writes, in its order) and, in a workbook, which columns hold
+money and dates. Without ``prepare`` the default mappings in ``mappings/spreadsheet/`` apply.
+
+Writes are buffered per entity and made durable by ``flush(entity)``, which saves the file (for
+a workbook: the whole workbook, once) atomically and refuses when someone changed it since it
+was read. The storage format sits behind :class:`~.table.Table`.
 """
 
 from __future__ import annotations
 
 import codecs
+import functools
+import re
+import zoneinfo
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePath
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from syncengine.connector import (
     Capabilities,
@@ -34,40 +50,77 @@ from syncengine.errors import (
     NotFoundError,
     RecordError,
 )
-from syncengine.mapping import load_mapping
+from syncengine.mapping import EntityMapping, load_mapping
 
+from .columns import ColumnKind, column_kinds, new_columns
 from .csvtable import CsvTable
-from .table import Row, Sheet, Table
+from .table import CellValue, Row, Sheet, Table, is_blank
+from .xlsxtable import Workbook, XlsxTable
+
+ENTITIES = ("customers", "invoices", "payments")
+"""What the spreadsheet holds, in the order a new workbook gets its sheets."""
 
 
-def _default_columns(entity: str) -> tuple[str, ...]:
-    """The columns the default mapping writes, in its order: the header of a new file."""
-    mapping = load_mapping("spreadsheet", entity)
-    return tuple(f.native for f in mapping.fields if f.direction != "read")
+@functools.cache
+def default_mapping(entity: str) -> EntityMapping:
+    """The default mapping of an entity (``mappings/spreadsheet/<entity>.toml``)."""
+    return load_mapping("spreadsheet", entity)
 
 
 DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
-    entity: _default_columns(entity) for entity in ("customers",)
+    entity: new_columns(default_mapping(entity)) for entity in ENTITIES
 }
-"""Per entity the header of a new file (after the id column), from the default mapping."""
-"""The columns after the id column that a new file of each entity starts with."""
+"""Per entity the header of a new file or sheet (after the id column), from the default
+mapping; a mapping given through ``prepare`` takes its place."""
+
+SHEETS: dict[str, str] = {entity: entity.capitalize() for entity in ENTITIES}
+"""The sheet of each entity in a workbook."""
 
 SUFFIXES = (".csv",)
-"""File types there is a :class:`Table` backend for."""
+"""File types a folder may hold (the ``files`` option)."""
+WORKBOOK_SUFFIX = ".xlsx"
+_OTHER_WORKBOOKS = (".xls", ".xlsm", ".xlsb", ".ods", ".numbers")
+_SHEET_TITLE_FORBIDDEN = re.compile(r"[\[\]:*?/\\]")
 
 PROVISIONAL = "@line:"
 
 
+def is_workbook(path: str) -> bool:
+    return PurePath(path).suffix.lower() == WORKBOOK_SUFFIX
+
+
 class SpreadsheetOptions(ConnectorOptions):
     path: str
-    """The folder holding the files; relative to the config file's folder."""
+    """A workbook (``books.xlsx``: one sheet per entity) or a folder of CSV files (any other
+    path); relative to the config file's folder."""
     id_column: str = "Sync ID"
     encoding: str = "utf-8"
+    """CSV only: the files' text encoding."""
     delimiter: str = ","
+    """CSV only: the cell delimiter."""
     create_missing: bool = True
-    """Create the folder, and a file holding only the header, when they do not exist."""
+    """Create the folder, files holding only the header, the workbook and its sheets when
+    they do not exist."""
     files: dict[str, str] = Field(default_factory=dict)
-    """File name per entity instead of ``<entity>.csv``: ``{customers = "clients.csv"}``."""
+    """CSV only: file name per entity instead of ``<entity>.csv``:
+    ``{customers = "clients.csv"}``."""
+    sheets: dict[str, str] = Field(default_factory=dict)
+    """Workbook only: sheet title per entity instead of ``Customers``, ``Invoices``,
+    ``Payments``: ``{customers = "Clients"}``."""
+    timezone: str | None = None
+    """The IANA time zone (``America/Chicago``) the sheet's dates and times are shown in:
+    the default zone of the ``date`` transforms of this member's mappings (UTC when unset)."""
+
+    @field_validator("path")
+    @classmethod
+    def _supported_path(cls, value: str) -> str:
+        suffix = PurePath(value).suffix.lower()
+        if suffix in _OTHER_WORKBOOKS:
+            raise ValueError(
+                f"{value!r}: {suffix} workbooks are not supported; save the workbook as an "
+                "Excel workbook (.xlsx), or give a folder of CSV files"
+            )
+        return value
 
     @field_validator("encoding")
     @classmethod
@@ -102,9 +155,7 @@ class SpreadsheetOptions(ConnectorOptions):
     @classmethod
     def _file_names(cls, value: dict[str, str]) -> dict[str, str]:
         for entity, name in value.items():
-            if entity not in DEFAULT_COLUMNS:
-                known = ", ".join(DEFAULT_COLUMNS)
-                raise ValueError(f"files: unknown entity {entity!r}; the spreadsheet holds {known}")
+            _check_entity("files", entity)
             if not name or PurePath(name).name != name or name in (".", ".."):
                 raise ValueError(
                     f"files.{entity}: {name!r} must be a file name inside the folder given as path"
@@ -113,12 +164,62 @@ class SpreadsheetOptions(ConnectorOptions):
                 raise ValueError(
                     f"files.{entity}: {name!r} is not a supported file type; use one of "
                     + ", ".join(SUFFIXES)
+                    + " (a workbook is one .xlsx file given as path)"
                 )
         return value
 
+    @field_validator("sheets")
+    @classmethod
+    def _sheet_titles(cls, value: dict[str, str]) -> dict[str, str]:
+        for entity, title in value.items():
+            _check_entity("sheets", entity)
+            if not title.strip() or len(title) > 31 or _SHEET_TITLE_FORBIDDEN.search(title):
+                raise ValueError(
+                    f"sheets.{entity}: {title!r} cannot be a sheet title; use at most 31 "
+                    "characters and none of [ ] : * ? / \\"
+                )
+        titles = [t.casefold() for t in value.values()]
+        if len(set(titles)) != len(titles):
+            raise ValueError("sheets: two entities cannot share one sheet")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}; use an IANA name such as "
+                '"America/Chicago", "Europe/London" or "UTC"'
+            ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _options_of_the_format(self) -> SpreadsheetOptions:
+        if is_workbook(self.path) and self.files:
+            raise ValueError(
+                "files names CSV files in a folder, but path is a workbook; "
+                "rename its sheets with the sheets option instead"
+            )
+        if not is_workbook(self.path) and self.sheets:
+            raise ValueError(
+                "sheets names the sheets of a workbook, but path is a folder of CSV files; "
+                "rename its files with the files option instead (or give a path ending in .xlsx)"
+            )
+        return self
+
+
+def _check_entity(option: str, entity: str) -> None:
+    if entity not in ENTITIES:
+        known = ", ".join(ENTITIES)
+        raise ValueError(f"{option}: unknown entity {entity!r}; the spreadsheet holds {known}")
+
 
 class SpreadsheetConnector(Connector):
-    """A folder of spreadsheet files, one per entity (``customers.csv``)."""
+    """Customers, invoices and payments in a workbook or a folder of CSV files."""
 
     type_name = "spreadsheet"
     Options = SpreadsheetOptions
@@ -129,19 +230,56 @@ class SpreadsheetConnector(Connector):
             raise TypeError(f"{type(self).__name__} needs SpreadsheetOptions, got {options!r}")
         super().__init__(options, context)
         self.settings = options
-        folder = Path(options.path).expanduser()
-        self.folder = folder if folder.is_absolute() else Path(context.base_dir) / folder
+        path = Path(options.path).expanduser()
+        path = path if path.is_absolute() else Path(context.base_dir) / path
+        self.workbook: Workbook | None = None
+        if is_workbook(options.path):
+            self.folder = path.parent
+            self.workbook = Workbook(
+                path,
+                connector=self.name,
+                create_missing=options.create_missing,
+                new_sheets=self._new_sheets,
+            )
+        else:
+            self.folder = path
         self._work: dict[str, _Working] = {}
+        self._mappings: dict[str, EntityMapping] = {}
 
     # -- description
     def entities(self) -> tuple[str, ...]:
-        return tuple(DEFAULT_COLUMNS)
+        return ENTITIES
 
     def capabilities(self, entity: str) -> Capabilities:
         return Capabilities(assigns_ids=True)
 
     def file_name(self, entity: str) -> str:
         return self.settings.files.get(entity, f"{entity}.csv")
+
+    def sheet_title(self, entity: str) -> str:
+        return self.settings.sheets.get(entity, SHEETS.get(entity, entity))
+
+    def prepare(self, entity: str, mapping: EntityMapping) -> None:
+        self._mappings[entity] = mapping
+        work = self._work.get(entity)
+        if work is not None and isinstance(work.table, XlsxTable):
+            work.table.kinds = self._kinds(entity)
+
+    def mapping(self, entity: str) -> EntityMapping:
+        """The mapping in force for ``entity``: the one given to ``prepare``, else the default."""
+        found = self._mappings.get(entity)
+        return found if found is not None else default_mapping(entity)
+
+    def new_header(self, entity: str) -> list[str]:
+        """The header of a new file or sheet of ``entity``."""
+        columns = [c for c in new_columns(self.mapping(entity)) if c != self.settings.id_column]
+        return [self.settings.id_column, *columns]
+
+    def _new_sheets(self) -> dict[str, list[str]]:
+        return {self.sheet_title(e): self.new_header(e) for e in ENTITIES}
+
+    def _kinds(self, entity: str) -> dict[str, ColumnKind]:
+        return column_kinds(self.mapping(entity))
 
     # -- reading
     def read(self, entity: str) -> Iterator[NativeRecord]:
@@ -178,6 +316,8 @@ class SpreadsheetConnector(Connector):
 
     def close(self) -> None:
         self._work.clear()
+        if self.workbook is not None:
+            self.workbook.close()
 
     # -- the working copies
     def _working(self, entity: str, *, reload: bool = False) -> _Working:
@@ -194,28 +334,33 @@ class SpreadsheetConnector(Connector):
         return work
 
     def _load(self, entity: str) -> _Working:
-        if entity not in DEFAULT_COLUMNS:
-            known = ", ".join(DEFAULT_COLUMNS)
+        if entity not in ENTITIES:
+            known = ", ".join(ENTITIES)
             raise FatalConnectorError(
                 f"the spreadsheet has no entity {entity!r}; it holds {known}",
                 connector=self.name,
                 entity=entity,
             )
         table = self._table(entity)
-        default = Row([self.settings.id_column, *DEFAULT_COLUMNS[entity]])
+        default = Row(list[CellValue](self.new_header(entity)))
         sheet = table.load()
         if sheet is None:
             if not self.settings.create_missing:
-                raise table.fatal(
-                    f"{table.path} does not exist; create it with a header row "
-                    "(or set create_missing = true to let the sync create it)"
-                )
+                raise table.fatal(table.missing())
             return _Working(table, Sheet(header=default), self.settings.id_column, create=True)
-        if not sheet.header.cells:  # an empty file
+        if not sheet.header.cells:  # an empty file or sheet
             sheet.header = default
         return _Working(table, sheet, self.settings.id_column, create=False)
 
     def _table(self, entity: str) -> Table:
+        if self.workbook is not None:
+            return XlsxTable(
+                self.workbook,
+                self.sheet_title(entity),
+                connector=self.name,
+                entity=entity,
+                kinds=self._kinds(entity),
+            )
         name = self.file_name(entity)
         return CsvTable(
             self.folder / name,
@@ -254,24 +399,26 @@ class _Working:
 
     def _index_columns(self) -> None:
         self.columns: dict[str, int] = {}
-        for index, name in enumerate(self.header.cells):
-            if name.strip():
-                self.columns.setdefault(name.strip(), index)
+        for index, cell in enumerate(self.header.cells):
+            name = self.table.header_text(cell).strip()
+            if name:
+                self.columns.setdefault(name, index)
         self.id_index = self.columns.get(self.id_column)
 
     # -- describing rows
     def row_id(self, row: Row) -> str:
         if self.id_index is None:
             return ""
-        return self.table.decode_cell(row.get(self.id_index)).strip()
+        return self.table.decode_cell(row.get(self.id_index), self.id_column).strip()
 
     def location(self, row: Row) -> str:
-        where = f"line {row.line}" if row.line else "(new row)"
-        return f"{self.table.display} {where}"
+        return self.table.location(row.line)
 
     def ragged(self, row: Row) -> str:
+        if not self.table.checks_width:
+            return ""
         width = len(self.header.cells)
-        if len(row.cells) <= width or all(not cell.strip() for cell in row.cells[width:]):
+        if len(row.cells) <= width or all(is_blank(cell) for cell in row.cells[width:]):
             return ""
         return (
             f"{self.location(row)}: {len(row.cells)} cells but the header has {width} columns "
@@ -282,11 +429,10 @@ class _Working:
         handles = self.by_id.get(sync_id, [])
         if len(handles) < 2:
             return ""
-        lines = [str(self.rows[h].line) for h in handles]
-        listed = ", ".join(lines[:-1]) + " and " + lines[-1]
+        lines = [self.rows[h].line for h in handles]
         which = "one of them" if len(lines) == 2 else "all but one of them"
         return (
-            f"{self.table.display} lines {listed} share {self.id_column} {sync_id}; "
+            f"{self.table.locations(lines)} share {self.id_column} {sync_id}; "
             f"give {which} a new (blank) {self.id_column}"
         )
 
@@ -303,7 +449,7 @@ class _Working:
         if not ragged:  # its cells do not line up with the columns: no data rather than wrong data
             decode = self.table.decode_cell
             data = {
-                name: decode(row.get(index))
+                name: decode(row.get(index), name)
                 for name, index in self.columns.items()
                 if index != self.id_index
             }
@@ -325,7 +471,12 @@ class _Working:
         sync_id = _text(data.get(self.id_column)).strip()
         if sync_id:
             return [self.record(self.rows[h]) for h in self.by_id.get(sync_id, [])]
-        wanted = {name: _text(v) for name, v in data.items() if _text(v) != ""}
+        # the text a cell would hold once written (a workbook shows 1234.50 as 1234.5)
+        wanted = {
+            name: self.table.decode_cell(self.table.encode_cell(_text(v), name), name)
+            for name, v in data.items()
+            if _text(v) != ""
+        }
         found = []
         for row in self.rows.values():
             if row.blank or self.ragged(row):
@@ -343,7 +494,9 @@ class _Working:
             handle = self.by_line.get(int(line)) if line.isdigit() else None
             row = self.rows.get(handle) if handle is not None else None
             if handle is None or row is None or row.blank:
-                raise NotFoundError(f"no row at line {line}", location=display)
+                raise NotFoundError(
+                    f"no row at {self.table.line_word} {line}", location=display
+                )
             current = self.row_id(row)
             if current and new_id is not None and current != new_id:
                 raise RecordError(
@@ -373,15 +526,15 @@ class _Working:
                 location=self.location(self.rows[others[0]]),
             )
 
-    def _stage(self, values: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-        """(column, value, cell) for every value to write; raises before anything changes."""
+    def _stage(self, values: Mapping[str, Any]) -> list[tuple[str, CellValue]]:
+        """(column, cell) for every value to write; raises before anything changes."""
         staged = []
         for name, value in values.items():
-            if not name.strip() or name.strip() == self.id_column:
+            column = name.strip()
+            if not column or column == self.id_column:
                 continue
-            text = _text(value)
-            staged.append((name.strip(), text, self.table.encode_cell(text)))
-        new = [name for name, _, _ in staged if name not in self.columns]
+            staged.append((column, self.table.encode_cell(_text(value), column)))
+        new = [name for name, _ in staged if name not in self.columns]
         if new:
             width = len(self.header.cells)
             for row in self.rows.values():
@@ -395,28 +548,34 @@ class _Working:
         return staged
 
     def _ensure_id_column(self) -> None:
-        """A file without the id column gets it as its first column at its first write."""
+        """A sheet without the id column gets it at its first write: as its first column in
+        a CSV file, as its last in a workbook (where no cell may move)."""
         if self.id_index is not None:
             return
-        self.header.insert(0, self.id_column)
-        for row in self.rows.values():
-            if not row.blank:
-                row.insert(0, "")
+        if self.table.id_column_first:
+            self.header.insert(0, self.id_column)
+            for row in self.rows.values():
+                if not row.blank:
+                    row.insert(0, "")
+        else:
+            self.header.set(len(self.header.cells), self.id_column)
         self._index_columns()
 
-    def _apply(self, row: Row, staged: list[tuple[str, str, str]]) -> None:
-        for name, text, cell in staged:
+    def _apply(self, row: Row, staged: list[tuple[str, CellValue]]) -> None:
+        decode = self.table.decode_cell
+        for name, cell in staged:
             index = self.columns.get(name)
             if index is None:
                 index = len(self.header.cells)
                 self.header.set(index, name)
                 self.columns[name] = index
-            if self.table.decode_cell(row.get(index)) != text:
+            # a cell that already shows the value is left as it is (its type, its formula)
+            if decode(row.get(index), name) != decode(cell, name):
                 row.set(index, cell)
 
     def create(self, data: Mapping[str, Any], key: str) -> NativeRecord:
         self._check_new_id(key, None)
-        id_cell = self.table.encode_cell(key)
+        id_cell = self.table.encode_cell(key, self.id_column)
         staged = self._stage(data)
         self._ensure_id_column()
         assert self.id_index is not None
@@ -431,10 +590,10 @@ class _Working:
 
     def update(self, native_id: str, patch: Mapping[str, Any], new_id: str | None) -> NativeRecord:
         handle, row = self._locate(native_id, new_id)
-        id_cell = ""
+        id_cell: CellValue = ""
         if new_id is not None:
             self._check_new_id(new_id, handle)
-            id_cell = self.table.encode_cell(new_id)
+            id_cell = self.table.encode_cell(new_id, self.id_column)
         staged = self._stage(patch)
         self._ensure_id_column()
         assert self.id_index is not None

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from syncengine.errors import RecordError
 
-from .table import Row, Sheet, Table
+from .formulas import neutralise
+from .table import CellValue, FileTable, Row, Sheet
 
 # A physical line, split exactly where the csv module splits lines (\r\n, \r or \n).
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
@@ -25,7 +26,7 @@ _NEWLINE = re.compile(r"\r\n|\r|\n")
 _QUOTE = '"'
 
 
-class CsvTable(Table):
+class CsvTable(FileTable):
     def __init__(
         self,
         path: Path,
@@ -71,7 +72,7 @@ class CsvTable(Table):
         try:
             for cells in reader:
                 start, done = done + 1, reader.line_num
-                row = Row(cells, start, "".join(lines[start - 1 : done]))
+                row = Row([*cells], start, "".join(lines[start - 1 : done]))
                 if header is None:
                     if row.blank:
                         preamble.append(row)
@@ -103,8 +104,8 @@ class CsvTable(Table):
         )
 
     # -- writing
-    def encode_cell(self, value: str) -> str:
-        cell = super().encode_cell(value)
+    def encode_cell(self, value: str, column: str = "") -> CellValue:
+        cell = neutralise(value)
         try:
             cell.encode(self._codec)
         except UnicodeEncodeError as exc:

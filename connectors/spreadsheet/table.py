@@ -1,61 +1,80 @@
-"""The storage side of the spreadsheet connector: one sheet kept in one file.
+"""The storage side of the spreadsheet connector: one sheet of rows per entity.
 
-A :class:`Table` turns a file into a :class:`Sheet` (a header row and data rows of text
-cells) and back. The file handling every format shares lives here: remembering exactly what
+A :class:`Table` is the view of one entity's sheet: ``load()`` gives a :class:`Sheet` (a header
+row and data rows of cells), ``save()`` writes a changed sheet back, and ``encode_cell`` /
+``decode_cell`` translate between the text the engine's mappings see and what a cell stores.
+A CSV cell stores text; a workbook cell stores a typed value (a number, a date), which is why
+cells are :data:`CellValue` and not plain strings.
+
+The file handling every format shares lives in :class:`StoredFile`: remembering exactly what
 was read (mtime, size and a content hash), refusing to save over a file someone changed since,
-and replacing the file atomically with its permissions kept. A format only supplies
-``parse`` and ``serialize`` (and, if its cells can hold formulas, ``encode_cell`` /
-``decode_cell``): :mod:`.csvtable` is the CSV one; a workbook backend goes beside it.
+and replacing the file atomically with its permissions kept. :class:`FileTable` is a table
+stored alone in one file (a CSV file, :mod:`.csvtable`); a workbook holds several tables in
+one file and shares one :class:`StoredFile` between them (:mod:`.xlsxtable`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import os
 import secrets
 import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 from syncengine.errors import ConflictingWriteError, FatalConnectorError
 
 from .formulas import neutralise, restore
 
+CellValue = (
+    str | int | float | Decimal | bool | dt.datetime | dt.date | dt.time | dt.timedelta | None
+)
+"""What one cell holds: always ``str`` in a CSV file; a typed value in a workbook."""
+
+
+def is_blank(cell: CellValue) -> bool:
+    """An empty cell, or one holding only whitespace."""
+    return cell is None or (isinstance(cell, str) and not cell.strip())
+
 
 @dataclass
 class Row:
-    """One row of text cells.
+    """One row of cells.
 
-    ``line`` is the 1-based line where the row started in the file as loaded (0 for a row
-    added since). ``original`` is the backend's own copy of the row as loaded (the CSV text);
-    it is kept only while the cells are unchanged, so that a backend can write untouched rows
-    back exactly as they were. Change cells through :meth:`set` and :meth:`insert`.
+    ``line`` is the 1-based line (CSV) or row number (workbook) where the row starts in the
+    file as loaded (0 for a row added since). ``original`` is the backend's own record of the
+    row as loaded (the CSV text; a marker for a workbook); it is kept only while the cells are
+    unchanged, so that a backend can leave untouched rows exactly as they were. Change cells
+    through :meth:`set` and :meth:`insert`.
     """
 
-    cells: list[str]
+    cells: list[CellValue]
     line: int = 0
     original: str | None = field(default=None, repr=False)
 
-    def get(self, index: int) -> str:
+    def get(self, index: int) -> CellValue:
         return self.cells[index] if index < len(self.cells) else ""
 
-    def set(self, index: int, value: str) -> None:
-        if self.get(index) == value:
+    def set(self, index: int, value: CellValue) -> None:
+        current = self.get(index)
+        if current is value or (type(current) is type(value) and current == value):
             return
         if index >= len(self.cells):
             self.cells.extend([""] * (index + 1 - len(self.cells)))
         self.cells[index] = value
         self.original = None
 
-    def insert(self, index: int, value: str) -> None:
+    def insert(self, index: int, value: CellValue) -> None:
         self.cells.insert(index, value)
         self.original = None
 
     @property
     def blank(self) -> bool:
-        return all(cell.strip() == "" for cell in self.cells)
+        return all(is_blank(cell) for cell in self.cells)
 
 
 @dataclass
@@ -67,6 +86,78 @@ class Sheet:
     preamble: list[Row] = field(default_factory=list)
 
 
+def plain_text(cell: CellValue) -> str:
+    """A cell as text without any knowledge of its column (headers, messages)."""
+    if cell is None:
+        return ""
+    return cell if isinstance(cell, str) else str(cell)
+
+
+class Table(ABC):
+    """The view of one entity's sheet. See the module docstring.
+
+    ``display`` names the sheet in messages (``customers.csv``,
+    ``books.xlsx, sheet Invoices``).
+    """
+
+    line_word = "line"
+    """What a row's position is called in messages: CSV lines, workbook rows."""
+    id_column_first = True
+    """Where a missing id column is added: first (CSV), or last so that no cell moves."""
+    checks_width = True
+    """Whether cells to the right of the header are a malformed row (an unquoted comma in a
+    CSV file) rather than data nobody named (a workbook)."""
+
+    def __init__(self, *, display: str, connector: str = "", entity: str = "") -> None:
+        self.display = display
+        self.connector = connector
+        self.entity = entity
+
+    @abstractmethod
+    def load(self) -> Sheet | None:
+        """The sheet as stored now (``None`` when it does not exist); remembers what it saw."""
+
+    @abstractmethod
+    def save(self, sheet: Sheet) -> None:
+        """Store ``sheet``; raise ConflictingWriteError when the storage changed since load."""
+
+    @abstractmethod
+    def missing(self) -> str:
+        """Why there is no sheet to load, and how to make one (create_missing is false)."""
+
+    @abstractmethod
+    def conflict_error(self, what: str = "changed") -> ConflictingWriteError:
+        """The error for a write refused because the storage changed since it was read."""
+
+    def encode_cell(self, value: str, column: str = "") -> CellValue:
+        """The cell that stores the text ``value`` in ``column``: formula-like text is
+        neutralised (CSV)."""
+        return neutralise(value)
+
+    def decode_cell(self, cell: CellValue, column: str = "") -> str:
+        """The text a cell of ``column`` holds: the inverse of :meth:`encode_cell`."""
+        return restore(plain_text(cell))
+
+    def header_text(self, cell: CellValue) -> str:
+        """The column name a header cell holds."""
+        return plain_text(cell)
+
+    def location(self, line: int) -> str:
+        """Where a person finds the row at ``line`` (0: a row the sync added)."""
+        return f"{self.display} {self.line_word} {line}" if line else f"{self.display} (new row)"
+
+    def locations(self, lines: list[int]) -> str:
+        """Several rows at once: ``customers.csv lines 4 and 9``."""
+        listed = ", ".join(str(n) for n in lines[:-1]) + " and " + str(lines[-1])
+        return f"{self.display} {self.line_word}s {listed}"
+
+    def fatal(self, message: str) -> FatalConnectorError:
+        return FatalConnectorError(message, connector=self.connector, entity=self.entity)
+
+
+# ------------------------------------------------------------------------------ the file
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     """What a file looked like when it was read."""
@@ -76,92 +167,80 @@ class Fingerprint:
     digest: str
 
 
-def _digest(data: bytes) -> str:
+def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=20).hexdigest()
 
 
-class Table(ABC):
-    """One sheet stored in one file.
+class StoredFile:
+    """One file read whole and replaced whole.
 
-    ``load()`` reads the file (``None`` when it does not exist) and remembers what it saw;
-    ``save()`` writes a sheet back atomically, and refuses with
-    :class:`~syncengine.errors.ConflictingWriteError` when the file changed since ``load()``.
-    ``display`` names the file in messages (``customers.csv``).
+    ``read()`` returns its bytes (``None`` when it does not exist) and remembers what it saw;
+    ``replace()`` writes new bytes to a temp file beside it, fsyncs, and renames it over the
+    file with the file's permissions kept, refusing with ConflictingWriteError when the file
+    changed since it was last read or replaced. ``entity`` in the methods only labels errors.
     """
 
-    def __init__(self, path: Path, *, display: str, connector: str = "", entity: str = "") -> None:
+    def __init__(self, path: Path, *, connector: str = "") -> None:
         self.path = path
-        self.display = display
         self.connector = connector
-        self.entity = entity
-        self._loaded = False
-        self._seen: Fingerprint | None = None
+        self.loaded = False
+        self.seen: Fingerprint | None = None
 
-    # -- what a format supplies
-    @abstractmethod
-    def parse(self, data: bytes) -> Sheet:
-        """Turn the file's bytes into a sheet; raise FatalConnectorError if they cannot be."""
+    def fatal(self, message: str, entity: str = "") -> FatalConnectorError:
+        return FatalConnectorError(message, connector=self.connector, entity=entity)
 
-    @abstractmethod
-    def serialize(self, sheet: Sheet) -> bytes:
-        """Turn a sheet into the file's bytes (for a new file when nothing was loaded)."""
+    def conflict_error(self, what: str = "changed", entity: str = "") -> ConflictingWriteError:
+        return ConflictingWriteError(
+            f"{self.path} {what} since it was read; nothing was written to it "
+            "(run the sync again to pick up the change)",
+            connector=self.connector,
+            entity=entity,
+        )
 
-    def encode_cell(self, value: str) -> str:
-        """The cell text that stores ``value``: formula-like text is neutralised."""
-        return neutralise(value)
-
-    def decode_cell(self, cell: str) -> str:
-        """The value a cell holds: the inverse of :meth:`encode_cell`."""
-        return restore(cell)
-
-    # -- the shared file handling
-    def fatal(self, message: str) -> FatalConnectorError:
-        return FatalConnectorError(message, connector=self.connector, entity=self.entity)
-
-    def load(self) -> Sheet | None:
+    def read(self, entity: str = "") -> bytes | None:
         try:
             with open(self.path, "rb") as fh:
                 info = os.fstat(fh.fileno())
                 data = fh.read()
         except FileNotFoundError:
-            self._loaded, self._seen = True, None
+            self.loaded, self.seen = True, None
             return None
         except OSError as exc:
-            raise self.fatal(f"cannot read {self.path}: {exc.strerror or exc}") from exc
-        sheet = self.parse(data)
-        self._loaded = True
-        self._seen = Fingerprint(info.st_mtime_ns, info.st_size, _digest(data))
-        return sheet
+            raise self.fatal(f"cannot read {self.path}: {exc.strerror or exc}", entity) from exc
+        self.loaded = True
+        self.seen = Fingerprint(info.st_mtime_ns, info.st_size, digest(data))
+        return data
 
-    def save(self, sheet: Sheet) -> None:
-        """Replace the file with ``sheet``: temp file beside it, fsync, rename over it."""
-        if not self._loaded:
-            raise self.fatal(f"{self.display} was saved without being read first")
-        data = self.serialize(sheet)
+    def replace(self, data: bytes, entity: str = "") -> None:
+        """Replace the file with ``data``: temp file beside it, fsync, rename over it."""
+        if not self.loaded:
+            raise self.fatal(f"{self.path.name} was saved without being read first", entity)
         folder = self.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise self.fatal(f"cannot create folder {folder}: {exc.strerror or exc}") from exc
+            raise self.fatal(
+                f"cannot create folder {folder}: {exc.strerror or exc}", entity
+            ) from exc
         tmp = folder / f".{self.path.name}.{secrets.token_hex(6)}.tmp"
         try:
-            self._write_temp(tmp, data)
-            self._check_unchanged()
+            self._write_temp(tmp, data, entity)
+            self.check_unchanged(entity)
             os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(folder)
         info = os.stat(self.path)
-        self._seen = Fingerprint(info.st_mtime_ns, info.st_size, _digest(data))
+        self.seen = Fingerprint(info.st_mtime_ns, info.st_size, digest(data))
 
-    def _write_temp(self, tmp: Path, data: bytes) -> None:
+    def _write_temp(self, tmp: Path, data: bytes, entity: str) -> None:
         mode: int | None = None
-        if self._seen is not None:
+        if self.seen is not None:
             try:
                 mode = stat.S_IMODE(os.stat(self.path).st_mode)
             except OSError:
-                mode = None  # gone: _check_unchanged reports it
+                mode = None  # gone: check_unchanged reports it
         try:
             # 0o666 lets the umask decide for a new file, as any editor's save would.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -175,36 +254,29 @@ class Table(ABC):
             finally:
                 os.close(fd)
         except OSError as exc:
-            raise self.fatal(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            raise self.fatal(f"cannot write {self.path}: {exc.strerror or exc}", entity) from exc
 
-    def _check_unchanged(self) -> None:
-        seen = self._seen
+    def check_unchanged(self, entity: str = "") -> None:
+        """Raise ConflictingWriteError unless the file is as last read or replaced."""
+        seen = self.seen
         try:
             info = os.stat(self.path)
         except FileNotFoundError:
             if seen is None:
                 return
-            raise self.conflict_error("was deleted") from None
+            raise self.conflict_error("was deleted", entity) from None
         except OSError as exc:
-            raise self.fatal(f"cannot check {self.path}: {exc.strerror or exc}") from exc
+            raise self.fatal(f"cannot check {self.path}: {exc.strerror or exc}", entity) from exc
         if seen is None:
-            raise self.conflict_error("was created by someone else")
+            raise self.conflict_error("was created by someone else", entity)
         if (info.st_mtime_ns, info.st_size) != (seen.mtime_ns, seen.size):
-            raise self.conflict_error("was modified")
+            raise self.conflict_error("was modified", entity)
         try:
             current = self.path.read_bytes()
         except OSError as exc:
-            raise self.fatal(f"cannot check {self.path}: {exc.strerror or exc}") from exc
-        if _digest(current) != seen.digest:
-            raise self.conflict_error("was modified")
-
-    def conflict_error(self, what: str = "changed") -> ConflictingWriteError:
-        return ConflictingWriteError(
-            f"{self.path} {what} since it was read; nothing was written to it "
-            "(run the sync again to pick up the change)",
-            connector=self.connector,
-            entity=self.entity,
-        )
+            raise self.fatal(f"cannot check {self.path}: {exc.strerror or exc}", entity) from exc
+        if digest(current) != seen.digest:
+            raise self.conflict_error("was modified", entity)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -218,3 +290,39 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class FileTable(Table):
+    """A table stored alone in one file. A format only supplies ``parse`` and ``serialize``
+    (and, if its cells need it, ``encode_cell`` / ``decode_cell``)."""
+
+    def __init__(self, path: Path, *, display: str, connector: str = "", entity: str = "") -> None:
+        super().__init__(display=display, connector=connector, entity=entity)
+        self.path = path
+        self.file = StoredFile(path, connector=connector)
+
+    @abstractmethod
+    def parse(self, data: bytes) -> Sheet:
+        """Turn the file's bytes into a sheet; raise FatalConnectorError if they cannot be."""
+
+    @abstractmethod
+    def serialize(self, sheet: Sheet) -> bytes:
+        """Turn a sheet into the file's bytes (for a new file when nothing was loaded)."""
+
+    def load(self) -> Sheet | None:
+        data = self.file.read(self.entity)
+        return None if data is None else self.parse(data)
+
+    def save(self, sheet: Sheet) -> None:
+        if not self.file.loaded:
+            raise self.fatal(f"{self.display} was saved without being read first")
+        self.file.replace(self.serialize(sheet), self.entity)
+
+    def missing(self) -> str:
+        return (
+            f"{self.path} does not exist; create it with a header row "
+            "(or set create_missing = true to let the sync create it)"
+        )
+
+    def conflict_error(self, what: str = "changed") -> ConflictingWriteError:
+        return self.file.conflict_error(what, self.entity)

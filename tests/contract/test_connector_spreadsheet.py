@@ -1,13 +1,15 @@
-"""The connector contract for the spreadsheet connector, over a real folder of CSV files.
+"""The connector contract for the spreadsheet connector, over a real folder of CSV files and
+over a real .xlsx workbook.
 
 Writes are buffered until ``flush``; ``reopen`` is a new connector instance reading the same
-folder, so the suite's durability checks see only what reached the file.
+folder or workbook, so the suite's durability checks see only what reached the file.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import openpyxl
 import pytest
 
 from syncengine.connector import Connector, ConnectorContext, NativeData
@@ -22,19 +24,21 @@ from tests.contract.connector_suite import (
 )
 
 
-def sheet(folder: Path, name: str = "books") -> SpreadsheetConnector:
-    options = SpreadsheetOptions(type="spreadsheet", path=str(folder))
-    return SpreadsheetConnector(options, ConnectorContext(name=name, base_dir=str(folder)))
+def sheet(path: Path, name: str = "books") -> SpreadsheetConnector:
+    options = SpreadsheetOptions(type="spreadsheet", path=str(path))
+    return SpreadsheetConnector(options, ConnectorContext(name=name, base_dir=str(path.parent)))
 
 
-class TestSpreadsheetConnector(AssignsIdsContract):
-    @pytest.fixture
-    def folder(self, tmp_path: Path) -> Path:
-        return tmp_path / "books"
+class SpreadsheetContract(AssignsIdsContract):
+    """The suite with the fixtures both storage formats share; ``path`` is the format's."""
 
     @pytest.fixture
-    def connector(self, folder: Path) -> SpreadsheetConnector:
-        return sheet(folder)
+    def path(self, tmp_path: Path) -> Path:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def connector(self, path: Path) -> SpreadsheetConnector:
+        return sheet(path)
 
     @pytest.fixture
     def sample(self) -> Sample:
@@ -46,6 +50,7 @@ class TestSpreadsheetConnector(AssignsIdsContract):
                 "Mobile": f"(555) 000-{n:04d}",
                 "Company": f'Cobol "{n}", Inc.',
                 "City": "Zürich",
+                "Zip": f"0{n:04d}",
             }
 
         return make
@@ -58,12 +63,16 @@ class TestSpreadsheetConnector(AssignsIdsContract):
         return patch
 
     @pytest.fixture
-    def reopen(self, folder: Path) -> Reopen:
+    def reopen(self, path: Path) -> Reopen:
         def again(conn: Connector) -> Connector:
             assert isinstance(conn, SpreadsheetConnector)
-            return sheet(folder, "books-reopened")
+            return sheet(path, "books-reopened")
 
         return again
+
+    def write_rows(self, path: Path, rows: list[list[str]]) -> None:
+        """A customers sheet as a person would save it."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------ spreadsheet-specific
 
@@ -77,13 +86,15 @@ class TestSpreadsheetConnector(AssignsIdsContract):
         assert [r.id for r in reopen(connector).read(ENTITY)] == [created.id]
 
     def test_provisional_row_gets_its_id_through_update(
-        self, folder: Path, connector: Connector, reopen: Reopen
+        self, path: Path, connector: Connector, reopen: Reopen
     ) -> None:
-        folder.mkdir(parents=True)
-        (folder / "customers.csv").write_text(
-            "Sync ID,First Name,Last Name,Email\n"
-            "rec-0001,Ada,Lovelace,ada@example.com\n"
-            ",Grace,Hopper,grace@example.com\n"
+        self.write_rows(
+            path,
+            [
+                ["Sync ID", "First Name", "Last Name", "Email"],
+                ["rec-0001", "Ada", "Lovelace", "ada@example.com"],
+                ["", "Grace", "Hopper", "grace@example.com"],
+            ],
         )
         records = list(connector.read(ENTITY))
         provisional = [r for r in records if r.provisional]
@@ -102,3 +113,32 @@ class TestSpreadsheetConnector(AssignsIdsContract):
         assert not found["rec-0002"].provisional
         assert found["rec-0002"].data == row.data
         assert found["rec-0002"].native_hash() == returned.native_hash()
+
+
+class TestSpreadsheetConnector(SpreadsheetContract):
+    """A folder of CSV files."""
+
+    @pytest.fixture
+    def path(self, tmp_path: Path) -> Path:
+        return tmp_path / "books"
+
+    def write_rows(self, path: Path, rows: list[list[str]]) -> None:
+        path.mkdir(parents=True)
+        (path / "customers.csv").write_text("".join(",".join(r) + "\n" for r in rows))
+
+
+class TestSpreadsheetWorkbookConnector(SpreadsheetContract):
+    """One .xlsx workbook."""
+
+    @pytest.fixture
+    def path(self, tmp_path: Path) -> Path:
+        return tmp_path / "books" / "books.xlsx"
+
+    def write_rows(self, path: Path, rows: list[list[str]]) -> None:
+        path.parent.mkdir(parents=True)
+        book = openpyxl.Workbook()
+        ws = book.active
+        ws.title = "Customers"
+        for row in rows:
+            ws.append([cell or None for cell in row])
+        book.save(path)

@@ -54,7 +54,7 @@ def by_id(conn: SpreadsheetConnector) -> dict[str, NativeRecord]:
 def test_describes_itself(tmp_path: Path) -> None:
     conn = connector(tmp_path)
     assert conn.type_name == "spreadsheet"
-    assert conn.entities() == ("customers",)
+    assert conn.entities() == ("customers", "invoices", "payments")
     caps = conn.capabilities("customers")
     assert (caps.read, caps.create, caps.update, caps.delete, caps.assigns_ids) == (
         True,
@@ -147,7 +147,7 @@ def test_files_option_renames_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"files": {"invoices": "x.csv"}}, "unknown entity 'invoices'"),
+        ({"files": {"jobs": "x.csv"}}, "unknown entity 'jobs'"),
         ({"files": {"customers": "clients.xlsx"}}, "not a supported file type"),
         ({"files": {"customers": "../clients.csv"}}, "must be a file name"),
         ({"encoding": "klingon"}, "unknown encoding 'klingon'"),
