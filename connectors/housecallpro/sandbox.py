@@ -53,7 +53,11 @@ endpoints for tests and demos (neither logged nor throttled):
     GET    /_sandbox/health                        {"ok": true}
     GET    /_sandbox/requests                      {"requests": [{method, path, query, status}]}
     DELETE /_sandbox/requests                      clear that log
-    POST   /_sandbox/reset                         restore the seeded (or loaded) data
+    POST   /_sandbox/reset                         restore the seeded (or loaded) data and
+                                                   the options the sandbox started with
+    GET    /_sandbox/options                       {"nest_payments": …, "live_invoices": …}
+    PUT    /_sandbox/options                       change them (for a sandbox in another
+                                                   process)
     POST   /_sandbox/invoices/{id}/payments        record a payment: {amount, payment_method,
                                                    status, note, processed_at}; updates the
                                                    invoice's balance (and status: paid) -> 201
@@ -436,6 +440,9 @@ def _sandbox_routes(state: SandboxState) -> list[Route]:
         state.reset()
         return JSONResponse({"ok": True})
 
+    async def options(request: Request) -> Response:
+        return JSONResponse(state.options())
+
     def record_payment(path: dict[str, str], body: dict[str, Any]) -> Any:
         return state.record_payment(path["invoice_id"], body)
 
@@ -447,6 +454,12 @@ def _sandbox_routes(state: SandboxState) -> list[Route]:
         Route("/_sandbox/requests", list_requests, methods=["GET"]),
         Route("/_sandbox/requests", clear_requests, methods=["DELETE"]),
         Route("/_sandbox/reset", reset, methods=["POST"]),
+        Route("/_sandbox/options", options, methods=["GET"]),
+        Route(
+            "/_sandbox/options",
+            _writer(lambda _path, body: state.set_options(body)),
+            methods=["PUT"],
+        ),
         Route(
             "/_sandbox/invoices/{invoice_id}/payments",
             _writer(record_payment, status=201, missing="invoice not found"),

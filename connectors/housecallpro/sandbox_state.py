@@ -402,6 +402,7 @@ class SandboxState:
         self.error_rate = error_rate
         self.nest_payments = nest_payments
         self.live_invoices = live_invoices
+        self._initial_options = self.options()
         self.limiter: TokenBucket | None = TokenBucket(rate_limit) if rate_limit else None
         self.clock = Clock(now)
         self.customers = Collection(
@@ -479,8 +480,32 @@ class SandboxState:
             }
 
     def reset(self) -> None:
-        """Back to the seeded (or loaded) data. Ids handed out later stay unique."""
-        self._install(self._initial)
+        """Back to the seeded (or loaded) data and the live-API emulation options the state
+        was made with. Ids handed out later stay unique."""
+        with self.lock:
+            self._install(self._initial)
+            self.set_options(self._initial_options)
+
+    def options(self) -> dict[str, bool]:
+        """The live-API emulation options (see the class docstring)."""
+        with self.lock:
+            return {"nest_payments": self.nest_payments, "live_invoices": self.live_invoices}
+
+    def set_options(self, body: Mapping[str, Any]) -> dict[str, bool]:
+        """Change some of the options; raises ``ValidationFailed`` on unknown names or values
+        that are not true or false."""
+        errors: Errors = {}
+        for name, value in body.items():
+            if name not in ("nest_payments", "live_invoices"):
+                add_error(errors, name, "is not an option (nest_payments, live_invoices)")
+            elif not isinstance(value, bool):
+                add_error(errors, name, "must be true or false")
+        if errors:
+            raise ValidationFailed(errors)
+        with self.lock:
+            self.nest_payments = bool(body.get("nest_payments", self.nest_payments))
+            self.live_invoices = bool(body.get("live_invoices", self.live_invoices))
+            return self.options()
 
     def new_id(self, prefix: str) -> str:
         with self.lock:
