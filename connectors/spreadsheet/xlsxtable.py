@@ -20,7 +20,8 @@ A :class:`Workbook` is the file: the connector's three :class:`XlsxTable` views 
 * **No clobbering.** Reading is from one snapshot of the file's bytes; a save refuses with
   ConflictingWriteError when the file changed since (content digest), or when a spreadsheet
   program has it open (its lock file ``~$books.xlsx`` or ``.~lock.books.xlsx#`` lies beside
-  it), and replaces the file atomically otherwise, keeping its permissions.
+  it; a RetriableError: the same save succeeds once the program closes it), and replaces the
+  file atomically otherwise, keeping its permissions.
 
 A deleted record's row is emptied rather than removed, so that no row below it moves:
 references to those rows (formulas on other sheets, a chart's range) keep meaning what they
@@ -45,7 +46,7 @@ import openpyxl  # type: ignore[import-untyped]
 from openpyxl.styles import Font  # type: ignore[import-untyped]
 from openpyxl.utils import get_column_letter  # type: ignore[import-untyped]
 
-from syncengine.errors import ConflictingWriteError
+from syncengine.errors import ConflictingWriteError, RetriableError
 
 from .columns import ColumnKind
 from .table import CellValue, Row, Sheet, StoredFile, Table, digest, is_blank
@@ -195,7 +196,7 @@ class Workbook:
             raise self.file.fatal(f"{self.display} was saved without being read first", entity)
         lock = self.open_in_another_program()
         if lock:
-            raise ConflictingWriteError(
+            raise RetriableError(
                 f"{self.path} is open in another program (its lock file {lock} is beside it); "
                 "nothing was written to it. Close the workbook there and run the sync again "
                 f"(if nobody has it open, delete the leftover {lock})",

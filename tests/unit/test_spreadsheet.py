@@ -25,6 +25,7 @@ from syncengine.errors import (
     NotFoundError,
     RecordError,
 )
+from syncengine.mapping import load_mapping, parse_mapping
 
 HEADER = "Sync ID,First Name,Last Name,Email,Notes"
 
@@ -634,3 +635,73 @@ def test_a_sync_id_that_looks_like_a_provisional_id_is_reported(tmp_path: Path) 
     records = read(connector(tmp_path))
     assert "@line:3 looks like the sync's name for a row without one" in records[0].error
     assert (records[1].id, records[1].provisional, records[1].error) == ("@line:3", True, "")
+
+
+# ------------------------------------------------------------------ invoices and payments
+
+
+def test_invoices_and_payments_files_start_with_their_mapped_headers(tmp_path: Path) -> None:
+    conn = connector(tmp_path)
+    for entity in ("invoices", "payments"):
+        assert list(conn.read(entity)) == []
+        conn.flush(entity)
+    assert (tmp_path / "invoices.csv").read_text() == (
+        "Sync ID,Invoice #,Customer Email,Status,Amount,Balance,Due Date,Created\n"
+    )
+    payments = (tmp_path / "payments.csv").read_text()
+    assert payments == "Sync ID,Invoice #,Amount,Method,Status,Date\n"
+    assert not (tmp_path / "customers.csv").exists()  # a folder gets only the files it syncs
+
+
+def test_invoices_round_trip_through_the_default_mapping(tmp_path: Path) -> None:
+    mapping = load_mapping("spreadsheet", "invoices", timezone="America/Chicago")
+    canonical = {
+        "invoice_number": "INV-7",
+        "customer": "ann@example.com",
+        "status": "sent",
+        "amount": 123450,
+        "balance": 3,
+        "due_at": "2024-03-01T06:00:00Z",
+        "created_at": None,
+    }
+    conn = connector(tmp_path, timezone="America/Chicago")
+    conn.prepare("invoices", mapping)
+    created = conn.create("invoices", mapping.to_native(canonical), key="k1")
+    conn.flush("invoices")
+    assert (tmp_path / "invoices.csv").read_text().split("\n")[1] == (
+        "k1,INV-7,ann@example.com,sent,1234.50,0.03,2024-03-01,"
+    )
+    (read_back,) = connector(tmp_path).read("invoices")
+    assert read_back.data == created.data
+    assert mapping.to_canonical(read_back.data) == canonical
+
+
+def test_payments_keep_what_a_person_typed_and_report_bad_rows_by_line(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "Sync ID,Invoice #,Amount,Method,Status,Date\n"
+        'p1,INV-7,"$1,234.50",check,succeeded,2024-03-01\n'
+        "p2,INV-7,ten,cash,succeeded,2024-03-01\n"
+        "p3,INV-7,5,cash,succeeded,03/01/2024\n",
+        name="payments.csv",
+    )
+    mapping = load_mapping("spreadsheet", "payments")
+    found = {r.id: r for r in connector(tmp_path).read("payments")}
+    assert mapping.to_canonical(found["p1"].data)["amount"] == 123450
+    with pytest.raises(RecordError, match=r"payments\.csv line 3.*'ten' is not an amount"):
+        mapping.to_canonical(found["p2"].data, location=found["p2"].location)
+    with pytest.raises(RecordError, match=r"payments\.csv line 4.*not a date"):
+        mapping.to_canonical(found["p3"].data, location=found["p3"].location)
+
+
+def test_a_prepared_mapping_gives_the_header_of_a_new_file(tmp_path: Path) -> None:
+    mapping = parse_mapping(
+        {"fields": {"invoice_number": "Number",
+                    "amount": {"native": "Total", "transform": "cents"}}},
+        entity="invoices", source="mine.toml",
+    )
+    conn = connector(tmp_path, files={"invoices": "bills.csv"})
+    conn.prepare("invoices", mapping)
+    conn.create("invoices", {"Number": "9", "Total": "1.50"}, key="k1")
+    conn.flush("invoices")
+    assert (tmp_path / "bills.csv").read_text() == "Sync ID,Number,Total\nk1,9,1.50\n"
