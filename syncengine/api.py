@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,8 @@ from syncengine.mapping import load_mapping
 from syncengine.reconcile import label_of
 from syncengine.report import Report
 from syncengine.report import reconcile_report as build_report
-from syncengine.state import ConflictRow, StateStore
+from syncengine.schedule import parse_timezone
+from syncengine.state import ConflictRow, Lease, PipelineState, RunRow, StateStore
 
 
 def open_store(config: Config, *, create: bool = True) -> StateStore:
@@ -65,6 +67,16 @@ class PipelineStatus:
     skipped: list[dict[str, Any]]
     """Writes members could not take (newest first, at most ``SKIPS_SHOWN``)."""
     skipped_total: int
+    schedule: str = ""
+    next_run: str | None = None
+    """ISO time of the next scheduled run (estimated from the schedule and the last run);
+    None while paused."""
+    lease: dict[str, Any] | None = None
+    """``{"holder", "expires_at"}`` while a runner holds the pipeline's lease."""
+    paused: dict[str, Any] | None = None
+    """``{"reason", "since"}`` while paused (``syncengine resume`` lifts it)."""
+    backoff: dict[str, Any] | None = None
+    """``{"failures", "until", "last_error"}`` after failed runs."""
 
 
 SKIPS_SHOWN = 50
@@ -74,6 +86,8 @@ def status(config: Config) -> list[PipelineStatus]:
     store = open_store(config, create=False)
     try:
         out = []
+        now = dt.datetime.now(dt.UTC)
+        leases, states = store.leases(), store.pipeline_states()
         for p in config.pipelines.values():
             runs = store.runs(p.name, limit=1)
             last = None
@@ -86,8 +100,77 @@ def status(config: Config) -> list[PipelineStatus]:
             out.append(PipelineStatus(p.name, p.members, p.entities, last,
                                       len(store.open_conflicts(p.name)),
                                       len(store.pending_intents(p.name)),
-                                      _skipped(store, p.name), store.skipped_count(p.name)))
+                                      _skipped(store, p.name), store.skipped_count(p.name),
+                                      **_daemon_status(config, store, p.name, runs, now,
+                                                       leases, states)))
         return out
+    finally:
+        store.close()
+
+
+def _daemon_status(config: Config, store: StateStore, name: str, runs: list[RunRow],
+                   now: dt.datetime, leases: dict[str, Lease],
+                   states: dict[str, PipelineState]) -> dict[str, Any]:
+    """The scheduling part of a pipeline's status: schedule, next run, lease, pause, backoff."""
+    schedule = config.schedule(name)
+    state = states.get(name)
+    lease = leases.get(name)
+    out: dict[str, Any] = {"schedule": schedule.text}
+    if lease is not None and not lease.expired(now):
+        out["lease"] = {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()}
+    if state is not None and state.paused:
+        out["paused"] = {"reason": state.paused_reason,
+                         "since": state.paused_at.isoformat() if state.paused_at else None}
+    if state is not None and (state.failures or state.backoff_until):
+        out["backoff"] = {"failures": state.failures,
+                          "until": state.backoff_until.isoformat()
+                          if state.backoff_until else None,
+                          "last_error": state.last_error}
+    if "paused" not in out:
+        started = next((r.started_at for r in runs if not r.dry_run), None)
+        when = schedule.next_run(started, now, parse_timezone(config.daemon.timezone))
+        if state is not None and state.backoff_until and state.backoff_until > when:
+            when = state.backoff_until
+        out["next_run"] = when.isoformat()
+    return out
+
+
+def runs(config: Config, pipeline: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """Run history, newest first: one dict per run (times in ISO, duration in seconds)."""
+    if pipeline is not None:
+        config.pipeline(pipeline)  # an unknown name is a usage error, not an empty list
+    store = open_store(config, create=False)
+    try:
+        rows = store.runs(pipeline, limit=limit)
+    finally:
+        store.close()
+    return [{"id": r.id, "run_id": r.run_uuid, "pipeline": r.pipeline, "dry_run": r.dry_run,
+             "started_at": r.started_at.isoformat(),
+             "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+             "seconds": round((r.finished_at - r.started_at).total_seconds(), 3)
+             if r.finished_at else None,
+             "outcome": r.outcome or "running or interrupted", "counts": r.counts,
+             "errors": r.errors} for r in rows]
+
+
+def pause(config: Config, pipeline: str, reason: str = "") -> None:
+    """Pause a pipeline for every daemon on the store until ``resume``."""
+    config.pipeline(pipeline)
+    store = open_store(config)
+    try:
+        with store.transaction() as tx:
+            tx.pause_pipeline(pipeline, reason or "paused by an operator (syncengine pause)")
+    finally:
+        store.close()
+
+
+def resume(config: Config, pipeline: str | None = None) -> list[str]:
+    """Lift the pause and the failure backoff of one pipeline (or all); the names lifted."""
+    names = [p.name for p in config.pipeline(pipeline)]
+    store = open_store(config, create=False)
+    try:
+        with store.transaction() as tx:
+            return [n for n in names if tx.resume_pipeline(n)]
     finally:
         store.close()
 

@@ -16,12 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from syncengine import model
 from syncengine.connector import Connector, ConnectorContext, ConnectorOptions, connector_class
 from syncengine.errors import ConfigError, Problem
 from syncengine.mapping import EntityMapping, load_mapping
+from syncengine.schedule import Schedule, parse_schedule, parse_timezone
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_KEY = re.compile(r"(key|token|secret|password|passwd|credential)", re.IGNORECASE)
@@ -47,6 +55,51 @@ class DeletesSection(_Strict):
     """Deleting fewer records than this never trips the max_fraction guard (small data sets)."""
 
 
+class DaemonSection(_Strict):
+    """``[daemon]``: how ``syncengine daemon`` schedules, leases and backs off (seconds)."""
+
+    schedule: str = "every 15m"
+    """The schedule of pipelines that give none of their own."""
+    timezone: str = "UTC"
+    """The time zone of cron schedules (an IANA name)."""
+    max_concurrent: int = Field(default=4, ge=1, le=64)
+    """Pipelines synced at the same time by one daemon."""
+    lease_ttl: float = Field(default=60.0, ge=0.5, le=3600)
+    """A running pipeline's lease lasts this long and is renewed every third of it; a crashed
+    daemon's pipelines are taken over by another daemon once it expires."""
+    shutdown_grace: float = Field(default=30.0, ge=0, le=3600)
+    """On SIGTERM, running syncs get this long to finish their batch and commit."""
+    misfire_grace: int = Field(default=60, ge=1)
+    """A run that could not start on time still starts if no later than this."""
+    backoff_initial: float = Field(default=30.0, gt=0)
+    """After a failed run the pipeline waits this long, doubling with each failure ..."""
+    backoff_max: float = Field(default=3600.0, gt=0)
+    """... up to this (and never less than its schedule)."""
+    history_days: float = Field(default=90.0, gt=0)
+    """Run history older than this is pruned (the newest run of each pipeline is kept)."""
+    reload_poll: float = Field(default=5.0, ge=0)
+    """How often the config file and mapping files are checked for changes (0: only SIGHUP)."""
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_ok(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_ok(cls, value: str) -> str:
+        parse_timezone(value)
+        return value
+
+    @model_validator(mode="after")
+    def _backoff_ok(self) -> DaemonSection:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError(f"backoff_max ({self.backoff_max}) is less than backoff_initial "
+                             f"({self.backoff_initial})")
+        return self
+
+
 class PipelineSection(_Strict):
     name: str
     members: list[str] = Field(min_length=2)
@@ -67,6 +120,13 @@ class PipelineSection(_Strict):
             raise ValueError("use letters, digits, '-', '_' or '.' (it names state and runs)")
         return value
 
+    @field_validator("schedule")
+    @classmethod
+    def _schedule_ok(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_schedule(value)
+        return value
+
 
 class ConfigFile(_Strict):
     """The top level. Connector tables and pipelines are validated one by one afterwards
@@ -74,6 +134,7 @@ class ConfigFile(_Strict):
     never hides a mistake in another."""
 
     state: StateSection = Field(default_factory=StateSection)
+    daemon: DaemonSection = Field(default_factory=DaemonSection)
     region: str = "US"
     """Default region for phone numbers written without a country code."""
     connectors: dict[str, Any]
@@ -124,6 +185,11 @@ class Config:
     connectors: dict[str, ConnectorConfig]
     pipelines: dict[str, Pipeline]
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    daemon: DaemonSection = field(default_factory=DaemonSection)
+
+    def schedule(self, pipeline: str) -> Schedule:
+        """The pipeline's schedule, or the ``[daemon]`` default when it gives none."""
+        return parse_schedule(self.pipelines[pipeline].section.schedule or self.daemon.schedule)
 
     def pipeline(self, name: str | None) -> list[Pipeline]:
         if name is None:
@@ -337,6 +403,7 @@ def load_config(
         connectors=connectors,
         pipelines=pipelines,
         secrets=tuple(sorted(secrets, key=len, reverse=True)),
+        daemon=top.daemon,
     )
 
 
@@ -352,8 +419,13 @@ def _validate_top(data: dict[str, Any], shown: str, problems: list[Problem]) -> 
     except ValidationError:
         state_section = StateSection()
     region = data.get("region")
+    try:
+        daemon_section = DaemonSection.model_validate(data.get("daemon", {}))
+    except ValidationError:
+        daemon_section = DaemonSection()
     return ConfigFile.model_construct(
-        state=state_section, region=region if isinstance(region, str) else "US",
+        state=state_section, daemon=daemon_section,
+        region=region if isinstance(region, str) else "US",
         connectors={}, pipelines=[])
 
 

@@ -59,6 +59,20 @@ class Redactor:
 REDACTOR = Redactor()
 
 
+class _StdlibBridge(logging.Handler):
+    """Sends warnings of libraries that log through ``logging`` (APScheduler) to structlog,
+    so that they come out in the same format (one JSON object per line for the daemon)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            extra: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                extra["exception"] = logging.Formatter().formatException(record.exc_info)
+            structlog.get_logger(record.name).log(record.levelno, record.getMessage(), **extra)
+        except Exception:
+            self.handleError(record)
+
+
 def configure(level: str = "warning", *, json_output: bool = False,
               stream: TextIO | None = None, secrets: Iterable[str] = ()) -> None:
     """Configure structlog for a command-line entry point."""
@@ -79,3 +93,7 @@ def configure(level: str = "warning", *, json_output: bool = False,
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibBridge)]:
+        root.removeHandler(handler)
+    root.addHandler(_StdlibBridge(logging.WARNING))

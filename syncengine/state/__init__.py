@@ -8,8 +8,10 @@ Usage::
         tx.put_records(rows)
 """
 
+from syncengine.state.leases import Lease, PipelineState
 from syncengine.state.store import (
     BATCH_SIZE,
+    COMPLETED_OUTCOMES,
     ConflictRow,
     Intent,
     LinkState,
@@ -23,9 +25,12 @@ from syncengine.state.store import (
 
 __all__ = [
     "BATCH_SIZE",
+    "COMPLETED_OUTCOMES",
     "ConflictRow",
     "Intent",
+    "Lease",
     "LinkState",
+    "PipelineState",
     "RecordState",
     "RunRow",
     "SkipRow",

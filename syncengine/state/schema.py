@@ -25,6 +25,7 @@ __all__ = [
     "leases",
     "links",
     "metadata",
+    "pipeline_state",
     "records",
     "runs",
     "skips",
@@ -180,6 +181,7 @@ runs = sa.Table(
     sa.Column("errors", sa.JSON(), nullable=False),
     sa.Index("uq_runs_run_uuid", "run_uuid", unique=True),
     sa.Index("ix_runs_pipeline_id", "pipeline", "id"),
+    sa.Index("ix_runs_started_at", "started_at"),
     sqlite_autoincrement=True,
 )
 
@@ -203,4 +205,20 @@ leases = sa.Table(
     sa.Column("pipeline", sa.String(), primary_key=True),
     sa.Column("holder", sa.String(), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+# Per pipeline, what the daemon decided about running it: paused (until someone resumes it)
+# and the failure backoff. Shared by every daemon on the store (migration 0002).
+pipeline_state = sa.Table(
+    "pipeline_state",
+    metadata,
+    sa.Column("pipeline", sa.String(), primary_key=True),
+    sa.Column("paused", sa.Boolean(), nullable=False),
+    sa.Column("paused_reason", sa.Text(), nullable=True),
+    sa.Column("paused_at", UTCDateTime(), nullable=True),
+    sa.Column("paused_fingerprint", sa.String(), nullable=True),
+    sa.Column("failures", sa.Integer(), nullable=False),
+    sa.Column("backoff_until", UTCDateTime(), nullable=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
 )

@@ -22,7 +22,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +44,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
 from syncengine.errors import StateError
+from syncengine.state import leases as _leases
+from syncengine.state.leases import Lease, PipelineState
 from syncengine.state.schema import (
     INTENT_OPS,
     INTENT_STATES,
@@ -72,6 +74,8 @@ __all__ = [
 ]
 
 BATCH_SIZE: Final = 500
+COMPLETED_OUTCOMES: Final = ("ok", "conflicts", "errors")
+"""Run outcomes that count as a completed sync (record-level problems are reported, not fatal)."""
 MIGRATIONS_DIR: Final = Path(__file__).resolve().with_name("migrations")
 
 _SQLITE_PRAGMAS: Final = (
@@ -704,6 +708,26 @@ class StateStore:
         with self._read() as conn:
             return sorted(conn.execute(query).scalars())
 
+    def leases(self) -> dict[str, Lease]:
+        """pipeline -> its lease row (``Lease.expired`` tells whether it still holds)."""
+        with self._read() as conn:
+            return _leases.read_leases(conn)
+
+    def pipeline_states(self) -> dict[str, PipelineState]:
+        """pipeline -> paused state and backoff, for pipelines that have a row."""
+        with self._read() as conn:
+            return _leases.read_pipeline_states(conn)
+
+    def last_success(self, pipeline: str) -> datetime | None:
+        """When the pipeline's newest completed run (ok, conflicts, errors) finished."""
+        query = (sa.select(runs.c.finished_at)
+                 .where(runs.c.pipeline == pipeline, runs.c.dry_run == sa.false(),
+                        runs.c.outcome.in_(COMPLETED_OUTCOMES))
+                 .order_by(runs.c.id.desc()).limit(1))
+        with self._read() as conn:
+            value: datetime | None = conn.execute(query).scalar_one_or_none()
+        return value
+
 
 def _mkdir_parent(path: Path) -> None:
     try:
@@ -1164,3 +1188,34 @@ class Tx:
         )
         if result.rowcount != 1:
             raise StateError(f"run {run_id} does not exist")
+
+    def prune_runs(self, older_than: datetime) -> int:
+        """Delete runs started before `older_than`, except each pipeline's newest run."""
+        newest = sa.select(sa.func.max(runs.c.id)).group_by(runs.c.pipeline)
+        result = self._conn.execute(
+            sa.delete(runs).where(runs.c.started_at < older_than, runs.c.id.not_in(newest)))
+        return int(result.rowcount)
+
+    # -- leases, pauses and backoff (see `leases.py`) -------------------------------------
+
+    def acquire_lease(self, pipeline: str, holder: str, ttl: float) -> bool:
+        return _leases.acquire(self._conn, pipeline, holder, ttl)
+
+    def renew_lease(self, pipeline: str, holder: str, ttl: float) -> bool:
+        return _leases.renew(self._conn, pipeline, holder, ttl)
+
+    def release_lease(self, pipeline: str, holder: str) -> bool:
+        return _leases.release(self._conn, pipeline, holder)
+
+    def pause_pipeline(self, pipeline: str, reason: str, fingerprint: str | None = None) -> None:
+        _leases.pause(self._conn, pipeline, reason, fingerprint)
+
+    def resume_pipeline(self, pipeline: str) -> bool:
+        return _leases.resume(self._conn, pipeline)
+
+    def record_failure(self, pipeline: str, error: str,
+                       backoff: Callable[[int], float]) -> PipelineState:
+        return _leases.record_failure(self._conn, pipeline, error, backoff)
+
+    def record_success(self, pipeline: str) -> None:
+        _leases.record_success(self._conn, pipeline)
