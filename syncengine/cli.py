@@ -107,12 +107,13 @@ def handled() -> Iterator[None]:
                          "with the traceback above"])
 
 
-def _setup(level: str, config_secrets: tuple[str, ...] = ()) -> None:
+def _setup(level: str, config_secrets: tuple[str, ...] = (), *,
+           json_output: bool = False) -> None:
     level = level.lower()
     if level not in ("debug", "info", "warning", "error"):
         _fail(EXIT_CONFIG, [f"usage error: --log-level {level!r}: use debug, info, warning "
                             "or error"])
-    configure(level, secrets=config_secrets)
+    configure(level, secrets=config_secrets, json_output=json_output)
 
 
 @contextmanager
@@ -294,6 +295,7 @@ def status(
                     out.print(f"    {ent}: {'; '.join(parts)}; errors {counts.get('errors', 0)}")
                 for e in lr["errors"]:
                     out.print(f"    [red]{escape(str(e))}[/]")
+            _print_schedule(r)
             out.print(f"  open conflicts: {r.open_conflicts}")
             if r.pending_writes:
                 out.print(f"  interrupted writes to settle on the next sync: {r.pending_writes}")
@@ -304,6 +306,115 @@ def status(
                 for sk in r.skipped:
                     out.print(f"    {sk['entity']} · {escape(sk['record'])} on {sk['member']}: "
                               f"{escape(sk['reason'])} (since {sk['first_seen'][:19]})")
+
+
+def _print_schedule(r: api.PipelineStatus) -> None:
+    if r.paused:
+        out.print(f"  [red]PAUSED[/] since {r.paused['since']}: {escape(str(r.paused['reason']))}")
+        out.print(f"    resume with: syncengine resume -p {r.name}")
+    else:
+        out.print(f"  schedule: {escape(r.schedule)}; next run: {r.next_run}")
+    if r.backoff:
+        out.print(f"  [yellow]backing off[/] after {r.backoff['failures']} failed run(s) until "
+                  f"{r.backoff['until']}: {escape(str(r.backoff['last_error']))}")
+    if r.lease:
+        out.print(f"  running on {r.lease['holder']} (lease until {r.lease['expires_at']})")
+
+
+@app.command()
+def daemon(
+    config: ConfigOpt = Path("config.toml"),
+    once: Annotated[bool, typer.Option(
+        "--once", help="Run every due pipeline once and exit (for cron); the exit code is "
+        "the worst pipeline's.")] = False,
+    http: Annotated[str | None, typer.Option(
+        "--http", help="Serve /healthz and /metrics (Prometheus) on HOST:PORT, "
+        "e.g. 127.0.0.1:9464.")] = None,
+    log_level: LogLevelOpt = "info",
+    log_format: Annotated[str, typer.Option(
+        "--log-format", help="json (one object per line) or console.")] = "json",
+) -> None:
+    """Run every pipeline on its schedule ([daemon] and each pipeline's `schedule`) until
+    SIGTERM: one runner per pipeline across daemons sharing the state store, backoff after
+    failures, a pause when credentials are refused, reload on SIGHUP or a changed config.
+    SIGTERM/SIGINT let running syncs commit and exit 0; a second signal exits at once."""
+    with handled():
+        if log_format not in ("json", "console"):
+            raise UsageError(f"--log-format {log_format!r}: use json or console")
+        _setup(log_level, json_output=log_format == "json")
+        cfg = api.require_config(config)
+        REDACTOR.add(cfg.secrets)
+        from syncengine import daemon as daemon_mod
+        try:
+            address = daemon_mod.parse_http_address(http) if http else None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        code = daemon_mod.run(cfg, once=once, http=address)
+        if code:
+            raise typer.Exit(code)
+
+
+@app.command()
+def runs(
+    config: ConfigOpt = Path("config.toml"),
+    pipeline: Annotated[str | None, typer.Option("--pipeline", "-p")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Runs shown.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the run history, newest first: start, duration, outcome, changes, errors."""
+    with handled():
+        _setup("warning")
+        cfg = api.require_config(config, strict_env=False)
+        rows = api.runs(cfg, pipeline, limit)
+        if as_json:
+            out.print_json(json.dumps(rows))
+            return
+        if not rows:
+            out.print("No runs yet.")
+            return
+        for r in rows:
+            seconds = f"{r['seconds']:.1f}s" if r["seconds"] is not None else "-"
+            changes = []
+            for ent, counts in (r["counts"] or {}).items():
+                for member, c in counts.items():
+                    if isinstance(c, dict) and "create" in c and any(c.values()):
+                        changes.append(f"{ent} {member} +{c['create']} ~{c['update']} "
+                                       f"-{c['delete']}")
+            out.print(f"#{r['id']} {r['pipeline']} {r['started_at'][:19]} {seconds} "
+                      f"{r['outcome']}" + (f" ({'; '.join(changes)})" if changes else ""))
+            for e in r["errors"][:3]:
+                out.print(f"    [red]{escape(str(e))}[/]")
+
+
+@app.command()
+def pause(
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline.")],
+    config: ConfigOpt = Path("config.toml"),
+    reason: Annotated[str, typer.Option(help="Shown by `syncengine status`.")] = "",
+) -> None:
+    """Stop daemons from running a pipeline until `syncengine resume` (a run in flight
+    finishes)."""
+    with handled():
+        _setup("warning")
+        cfg = api.require_config(config, strict_env=False)
+        api.pause(cfg, pipeline, reason)
+        out.print(f"{pipeline}: paused; `syncengine resume -p {pipeline}` lifts it")
+
+
+@app.command()
+def resume(
+    config: ConfigOpt = Path("config.toml"),
+    pipeline: Annotated[str | None, typer.Option(
+        "--pipeline", "-p", help="The pipeline (default: all).")] = None,
+) -> None:
+    """Lift a pause (after refused credentials, or `syncengine pause`) and any failure
+    backoff: daemons run the pipeline again at its next scheduled time."""
+    with handled():
+        _setup("warning")
+        cfg = api.require_config(config, strict_env=False)
+        lifted = api.resume(cfg, pipeline)
+        out.print(f"resumed: {', '.join(lifted)}" if lifted else
+                  "nothing to resume: no pipeline was paused or backing off")
 
 
 @conflicts_app.command("list")
