@@ -269,6 +269,185 @@ spreadsheet_rows = st.fixed_dictionaries(
 )
 
 
+# Invoices, payments and jobs. References are plain strings at mapping level: the member's id
+# of the record referred to (HCP ``cus_…``, memory ``m12``), or with ``ref_by`` a field of it
+# (the sheet's ``Customer Email``, ``Invoice #``); the engine resolves them, not the mapping.
+
+
+def hcp_ids(prefix: str) -> st.SearchStrategy[str]:
+    return st.text(alphabet="0123456789abcdef", min_size=6, max_size=32).map(
+        lambda h: f"{prefix}_{h}"
+    )
+
+
+def enum_words(choices: tuple[str, ...]) -> st.SearchStrategy[str]:
+    """An enum value as a person or an API writes it: ``in_progress``, ``In Progress``,
+    ``IN-PROGRESS``, `` complete rated ``."""
+    return st.builds(
+        lambda word, sep, style, pad: (
+            pad + (str.lower, str.upper, str.title, str.capitalize)[style](
+                word.replace("_", sep)
+            ) + pad
+        ),
+        st.sampled_from(choices),
+        st.sampled_from(["_", " ", "-", "  "]),
+        st.integers(0, 3),
+        st.sampled_from(["", " ", "  "]),
+    )
+
+
+def exact_words(choices: tuple[str, ...]) -> st.SearchStrategy[str]:
+    return st.sampled_from(choices)
+
+
+hcp_cents = st.one_of(st.integers(-(10**10), 10**10), st.none())
+hcp_moments = st.one_of(iso_moments, st.none())
+names = st.one_of(texts, maybe)
+
+hcp_address = st.fixed_dictionaries(
+    {"id": hcp_ids("adr"), "type": st.sampled_from(["service", "billing"])},
+    optional={part: st.one_of(texts, maybe) for part in model.ADDRESS_PARTS},
+)
+
+hcp_jobs = st.fixed_dictionaries(
+    {"id": hcp_ids("job")},
+    optional={
+        "customer_id": st.one_of(hcp_ids("cus"), maybe),
+        "description": names,
+        # the spec's enum (in_progress) and the live API's (in progress, complete rated)
+        "work_status": st.one_of(
+            exact_words(model.JOB_STATUSES),
+            exact_words(model.JOB_STATUSES).map(lambda w: w.replace("_", " ")),
+            st.none(),
+        ),
+        "schedule": st.one_of(
+            st.none(),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "scheduled_start": hcp_moments,
+                    "scheduled_end": hcp_moments,
+                    "arrival_window": st.integers(0, 600),
+                },
+            ),
+        ),
+        "total_amount": hcp_cents,
+        "outstanding_balance": hcp_cents,
+        "notes": names,
+        "tags": st.one_of(st.lists(texts, max_size=5), st.none()),
+        "created_at": hcp_moments,
+        "updated_at": hcp_moments,
+        # unmapped: kept as they are
+        "invoice_number": st.from_regex(r"\A[0-9]{1,6}\Z"),
+        "address": hcp_address,
+        "work_timestamps": st.fixed_dictionaries(
+            {}, optional={"on_my_way_at": hcp_moments, "started_at": hcp_moments,
+                          "completed_at": hcp_moments}),
+        "assigned_employees": st.lists(
+            st.fixed_dictionaries({"id": hcp_ids("pro"), "first_name": texts}), max_size=2),
+    },
+)
+
+hcp_invoices = st.fixed_dictionaries(
+    {"id": st.one_of(hcp_ids("inv"), st.uuids().map(str))},
+    optional={
+        "invoice_number": st.one_of(st.from_regex(r"\A[0-9]{1,7}(-[0-9]{1,2})?\Z"), names),
+        "customer_id": st.one_of(hcp_ids("cus"), maybe),
+        "job_id": st.one_of(hcp_ids("job"), maybe),
+        "status": st.one_of(exact_words(model.INVOICE_STATUSES), st.none()),
+        "amount": hcp_cents,
+        "outstanding_balance": hcp_cents,
+        "due_at": hcp_moments,
+        "created_at": hcp_moments,
+        # unmapped (the live API's extras)
+        "subtotal": hcp_cents,
+        "due_amount": hcp_cents,
+        "sent_at": hcp_moments,
+        "paid_at": hcp_moments,
+    },
+)
+
+hcp_payments = st.fixed_dictionaries(
+    {"id": hcp_ids("pmt"), "invoice_id": st.one_of(hcp_ids("inv"), st.uuids().map(str))},
+    optional={
+        "amount": hcp_cents,
+        "payment_method": st.one_of(exact_words(model.PAYMENT_METHODS), st.none()),
+        "status": st.one_of(exact_words(model.PAYMENT_STATUSES), st.none()),
+        "processed_at": hcp_moments,
+        "note": names,
+        "category": texts,  # unmapped (nested payments carry it)
+    },
+)
+
+
+def sheet_dates(zone: str) -> st.SearchStrategy[Any]:
+    """A date column as typed (the mapping's format) or as a workbook cell gives it."""
+    return st.one_of(formatted_moments("%Y-%m-%d", zone), maybe)
+
+
+def sheet_amounts() -> st.SearchStrategy[Any]:
+    """An amount cell as typed ("1,234.50", "$12", "12.5", "(3.00)") or as a workbook gives
+    it (an int, a float of whole cents)."""
+    return st.one_of(
+        amounts(),
+        st.integers(-(10**10), 10**10).map(lambda c: c / 100),
+        maybe,
+    )
+
+
+def sheet_invoices(zone: str) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {"Sync ID": st.one_of(st.just(""), st.uuids().map(str))},
+        optional={
+            "Invoice #": st.one_of(st.from_regex(r"\A *[0-9]{1,7} *\Z"), names),
+            "Customer Email": st.one_of(emails, maybe),
+            "Status": st.one_of(enum_words(model.INVOICE_STATUSES), maybe),
+            "Amount": sheet_amounts(),
+            "Balance": sheet_amounts(),
+            "Due Date": sheet_dates(zone),
+            "Created": sheet_dates(zone),
+            "Notes": texts,  # a column of the bookkeeper's own
+        },
+    )
+
+
+def sheet_payments(zone: str) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {"Sync ID": st.one_of(st.just(""), st.uuids().map(str))},
+        optional={
+            "Invoice #": st.one_of(st.from_regex(r"\A *[0-9]{1,7} *\Z"), names),
+            "Amount": sheet_amounts(),
+            "Method": st.one_of(enum_words(model.PAYMENT_METHODS), maybe),
+            "Status": st.one_of(enum_words(model.PAYMENT_STATUSES), maybe),
+            "Date": sheet_dates(zone),
+            "Checked": st.sampled_from(["", "x", "yes"]),
+        },
+    )
+
+
+rest_customers = st.fixed_dictionaries(
+    {"id": st.one_of(st.integers(1, 10**6), st.uuids().map(str))},
+    optional={
+        "firstName": names,
+        "lastName": names,
+        "email": st.one_of(emails, maybe),
+        "phone": st.one_of(phones, maybe),
+        "company": names,
+        "tags": st.one_of(st.lists(texts, max_size=5), st.none()),
+        "address": st.one_of(
+            st.none(),
+            st.fixed_dictionaries(
+                {}, optional={k: names for k in ("street", "city", "state", "zip", "country")}
+            ),
+        ),
+        "updatedAt": hcp_moments,
+        "vip": st.booleans(),  # unmapped
+    },
+)
+
+memory_ids = st.one_of(st.from_regex(r"\A[mt][0-9]{1,5}\Z"), st.uuids().map(lambda u: u.hex))
+
+
 def _memory_value(spec: model.FieldSpec) -> st.SearchStrategy[Any]:
     by_type: dict[str, st.SearchStrategy[Any]] = {
         "str": texts,
@@ -277,29 +456,62 @@ def _memory_value(spec: model.FieldSpec) -> st.SearchStrategy[Any]:
         "bool": st.one_of(st.booleans(), _casing(["yes", "no", "true", "false"])),
         "tags": st.one_of(st.lists(texts, max_size=5), delimited(",")),
         "datetime": iso_moments,
+        "cents": st.one_of(
+            st.integers(-(10**10), 10**10),
+            st.integers(-(10**10), 10**10).map(str),
+            st.integers(-(10**10), 10**10).map(lambda c: f" {c} "),
+        ),
+        "enum": enum_words(spec.choices),
+        "ref": memory_ids,
     }
     return st.one_of(by_type[spec.type], maybe)
 
 
-memory_records = st.fixed_dictionaries(
-    {},
-    optional={f.name: _memory_value(f) for f in model.CUSTOMER.fields if f.name != "created_at"},
-)
+def memory_records(entity: str) -> st.SearchStrategy[dict[str, Any]]:
+    """A memory member's record: native names are the canonical names, of every type."""
+    mapping = load_mapping("memory", entity)
+    spec = mapping.entity
+    fields = {}
+    for f in mapping.fields:
+        fspec = spec.field_spec(f.canonical)
+        assert fspec is not None
+        fields[f.native] = _memory_value(fspec)
+    return st.fixed_dictionaries({}, optional=fields)
 
-MAPPING_CASES = [
-    ("housecallpro", hcp_customers),
-    ("spreadsheet", spreadsheet_rows),
-    ("memory", memory_records),
+
+MappingCase = tuple[str, str, str | None, st.SearchStrategy[dict[str, Any]]]
+"""(connector type, entity, the member's timezone option, native records)."""
+
+MAPPING_CASES: list[MappingCase] = [
+    ("housecallpro", "customers", None, hcp_customers),
+    ("housecallpro", "jobs", None, hcp_jobs),
+    ("housecallpro", "invoices", None, hcp_invoices),
+    ("housecallpro", "payments", None, hcp_payments),
+    ("rest", "customers", None, rest_customers),
+    ("spreadsheet", "customers", None, spreadsheet_rows),
+    ("spreadsheet", "invoices", None, sheet_invoices("UTC")),
+    ("spreadsheet", "invoices", "America/Chicago", sheet_invoices("America/Chicago")),
+    ("spreadsheet", "payments", None, sheet_payments("UTC")),
+    ("spreadsheet", "payments", "Australia/Lord_Howe", sheet_payments("Australia/Lord_Howe")),
+    *(("memory", entity, None, memory_records(entity))
+      for entity in ("customers", "jobs", "invoices", "payments")),
 ]
 
 
-@pytest.mark.parametrize(("connector", "natives"), MAPPING_CASES, ids=[c for c, _ in MAPPING_CASES])
+def _mapping_case_id(case: MappingCase) -> str:
+    connector, entity, zone, _ = case
+    return f"{connector}-{entity}" + (f"-{zone}" if zone else "")
+
+
+@pytest.mark.parametrize(("connector", "entity", "zone", "natives"), MAPPING_CASES,
+                         ids=map(_mapping_case_id, MAPPING_CASES))
 @SETTINGS
 @given(data=st.data())
 def test_mapping_round_trip_is_a_fixed_point(
-    connector: str, natives: st.SearchStrategy[dict[str, Any]], data: st.DataObject
+    connector: str, entity: str, zone: str | None,
+    natives: st.SearchStrategy[dict[str, Any]], data: st.DataObject,
 ) -> None:
-    mapping = load_mapping(connector, "customers")
+    mapping = load_mapping(connector, entity, timezone=zone)
     native = data.draw(natives, label="native")
     snapshot = repr(native)
 
@@ -329,4 +541,4 @@ def test_every_built_in_mapping_file_has_a_round_trip_case() -> None:
         if file.name.endswith(".toml")
     }
     assert files
-    assert files <= {(c, "customers") for c, _ in MAPPING_CASES}
+    assert files <= {(c, e) for c, e, _, _ in MAPPING_CASES}
