@@ -264,6 +264,7 @@ class SpreadsheetConnector(Connector):
         work = self._work.get(entity)
         if work is not None and isinstance(work.table, XlsxTable):
             work.table.kinds = self._kinds(entity)
+            work.table.mapped = self._read_columns(entity)
 
     def mapping(self, entity: str) -> EntityMapping:
         """The mapping in force for ``entity``: the one given to ``prepare``, else the default."""
@@ -275,11 +276,20 @@ class SpreadsheetConnector(Connector):
         columns = [c for c in new_columns(self.mapping(entity)) if c != self.settings.id_column]
         return [self.settings.id_column, *columns]
 
-    def _new_sheets(self) -> dict[str, list[str]]:
-        return {self.sheet_title(e): self.new_header(e) for e in ENTITIES}
+    def _new_sheets(self, saving: str) -> dict[str, list[str]]:
+        """The sheets a workbook should hold when ``saving`` is saved: those of the entities
+        the engine prepared (the pipeline's, whose mappings are known), else all of them."""
+        chosen = [e for e in ENTITIES if e in self._mappings or e == saving]
+        return {
+            self.sheet_title(e): self.new_header(e)
+            for e in (chosen if self._mappings else ENTITIES)
+        }
 
     def _kinds(self, entity: str) -> dict[str, ColumnKind]:
         return column_kinds(self.mapping(entity))
+
+    def _read_columns(self, entity: str) -> frozenset[str]:
+        return frozenset(f.native for f in self.mapping(entity).fields if f.direction != "write")
 
     # -- reading
     def read(self, entity: str) -> Iterator[NativeRecord]:
@@ -360,6 +370,7 @@ class SpreadsheetConnector(Connector):
                 connector=self.name,
                 entity=entity,
                 kinds=self._kinds(entity),
+                mapped=self._read_columns(entity),
             )
         name = self.file_name(entity)
         return CsvTable(
@@ -445,6 +456,16 @@ class _Working:
                 f"{self.location(row)}: {self.id_column} {sync_id} looks like the sync's "
                 f"name for a row without one; clear that cell"
             )
+        if not error:
+            unknown = self.table.unknown_cells(row, self.columns)
+            if unknown:
+                error = (
+                    f"{self.location(row)}: {', '.join(unknown)} "
+                    f"{'holds a formula' if len(unknown) == 1 else 'hold formulas'} whose value "
+                    "was never calculated (the workbook was last saved by a program that does "
+                    "not calculate formulas); open it in Excel or LibreOffice, save it, and sync "
+                    "again"
+                )
         data: NativeData = {}
         if not ragged:  # its cells do not line up with the columns: no data rather than wrong data
             decode = self.table.decode_cell
@@ -558,15 +579,26 @@ class _Working:
                 if not row.blank:
                     row.insert(0, "")
         else:
-            self.header.set(len(self.header.cells), self.id_column)
+            self.header.set(self._free_column(), self.id_column)
         self._index_columns()
+
+    def _free_column(self) -> int:
+        """Where a new column goes: right of the header and of every cell that holds anything
+        (a workbook may hold data in columns nobody named)."""
+        width = len(self.header.cells)
+        for row in self.rows.values():
+            for index in range(len(row.cells) - 1, width - 1, -1):
+                if not is_blank(row.cells[index]):
+                    width = index + 1
+                    break
+        return width
 
     def _apply(self, row: Row, staged: list[tuple[str, CellValue]]) -> None:
         decode = self.table.decode_cell
         for name, cell in staged:
             index = self.columns.get(name)
             if index is None:
-                index = len(self.header.cells)
+                index = self._free_column()
                 self.header.set(index, name)
                 self.columns[name] = index
             # a cell that already shows the value is left as it is (its type, its formula)

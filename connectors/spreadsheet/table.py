@@ -22,6 +22,7 @@ import os
 import secrets
 import stat
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -141,6 +142,11 @@ class Table(ABC):
     def header_text(self, cell: CellValue) -> str:
         """The column name a header cell holds."""
         return plain_text(cell)
+
+    def unknown_cells(self, row: Row, columns: Mapping[str, int]) -> list[str]:
+        """The mapped columns (of ``columns``: name -> index) whose value in ``row`` cannot be
+        known: formulas a workbook holds without their calculated value."""
+        return []
 
     def location(self, line: int) -> str:
         """Where a person finds the row at ``line`` (0: a row the sync added)."""

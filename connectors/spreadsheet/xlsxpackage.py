@@ -34,6 +34,8 @@ _NEW_FORMULA_CELL = re.compile(
     rb"(?:<v\s*/>|<v></v>)"
 )
 
+_CELL_REF = re.compile(r"([A-Z]{1,3})([0-9]+)")
+
 _KEPT_PARTS = {
     "pictures": re.compile(r"^xl/media/"),
     "drawings (pictures, shapes, charts)": re.compile(r"^xl/drawings/[^/]+\.xml$"),
@@ -137,6 +139,46 @@ def _sheet_formula_values(xml: bytes) -> dict[str, tuple[str, str]]:
     return values
 
 
+def uncalculated_formulas(data: bytes, title: str) -> set[tuple[int, int]]:
+    """(row, column), both from 1, of the formula cells of sheet ``title`` that hold no
+    calculated value (a workbook saved by a program that does not calculate formulas)."""
+    found: set[tuple[int, int]] = set()
+    with zipfile.ZipFile(io.BytesIO(data)) as package:
+        part = sheet_parts(package).get(title)
+        if part is None:
+            return found
+        try:
+            xml = package.read(part)
+        except KeyError:
+            return found
+    if not _HAS_FORMULA.search(xml):
+        return found
+    for _event, element in ElementTree.iterparse(io.BytesIO(xml), events=("end",)):
+        if _local(element.tag) != "c":
+            continue
+        formula = False
+        value = ""
+        for child in element:
+            name = _local(child.tag)
+            if name == "f":
+                formula = True
+            elif name == "v":
+                value = child.text or ""
+        where = _CELL_REF.fullmatch(element.get("r") or "")
+        if formula and not value and where:
+            found.add((int(where[2]), column_number(where[1])))
+        element.clear()
+    return found
+
+
+def column_number(letters: str) -> int:
+    """``A`` -> 1, ``Z`` -> 26, ``AA`` -> 27."""
+    number = 0
+    for letter in letters:
+        number = number * 26 + ord(letter) - ord("A") + 1
+    return number
+
+
 def restore_formula_values(data: bytes, values: FormulaValues) -> bytes:
     """The workbook ``data`` (as openpyxl saved it) with the formula cells named in ``values``
     holding those values again, where they still hold a formula."""
@@ -186,6 +228,5 @@ def lost_parts(before: bytes, after: bytes) -> list[str]:
             {what: sum(1 for n in names if pattern.search(n)) for what, pattern in
              _KEPT_PARTS.items()}
         )
-        # parts openpyxl rewrites keep their number, not their names
     had, has = counts
     return [what for what in _KEPT_PARTS if has[what] < had[what]]

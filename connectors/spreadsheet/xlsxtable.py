@@ -36,11 +36,13 @@ from __future__ import annotations
 import io
 import re
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import openpyxl  # type: ignore[import-untyped]
 from openpyxl.styles import Font  # type: ignore[import-untyped]
@@ -51,7 +53,12 @@ from syncengine.errors import ConflictingWriteError, RetriableError
 from .columns import ColumnKind
 from .table import CellValue, Row, Sheet, StoredFile, Table, digest, is_blank
 from .xlsxcells import cell_text, cell_value, number_format_for
-from .xlsxpackage import formula_values, lost_parts, restore_formula_values
+from .xlsxpackage import (
+    formula_values,
+    lost_parts,
+    restore_formula_values,
+    uncalculated_formulas,
+)
 
 Values = tuple[CellValue, ...]
 
@@ -85,14 +92,15 @@ class Workbook:
         *,
         connector: str = "",
         create_missing: bool = True,
-        new_sheets: Callable[[], Mapping[str, list[str]]] = dict,
+        new_sheets: Callable[[str], Mapping[str, list[str]]] = lambda entity: {},
     ) -> None:
         self.path = path
         self.display = path.name
         self.connector = connector
         self.create_missing = create_missing
         self.new_sheets = new_sheets
-        """Title -> header of every sheet the workbook should hold (created when missing)."""
+        """Entity being saved -> title and header of every sheet the workbook should hold
+        then (each created when missing)."""
         self.file = StoredFile(path, connector=connector)
         self.generation = 0
         self._version: str | None = None
@@ -100,6 +108,7 @@ class Workbook:
         self._data: bytes | None = None
         self._reader: Any = None
         self._rows: dict[str, list[Values]] = {}
+        self._uncalculated: dict[str, set[tuple[int, int]]] = {}
         self._editable: tuple[str, Any] | None = None
 
     # -- reading
@@ -109,7 +118,7 @@ class Workbook:
     def refresh(self, entity: str = "") -> None:
         """Read the file; a version not seen before drops what was parsed from the last one."""
         data = self.file.read(entity)
-        version = None if data is None else digest(data)
+        version = None if self.file.seen is None else self.file.seen.digest
         if self._seen_once and version == self._version:
             return
         if self._seen_once:
@@ -121,6 +130,7 @@ class Workbook:
         self._close_reader()
         self._data, self._version = data, version
         self._rows = {}
+        self._uncalculated = {}
         if self._editable is not None and self._editable[0] != version:
             self._editable = None
 
@@ -181,6 +191,20 @@ class Workbook:
         self._rows[title] = rows
         return rows
 
+    def uncalculated(self, title: str) -> set[tuple[int, int]]:
+        """(row, column) of the formula cells of sheet ``title`` without a calculated value."""
+        found = self._uncalculated.get(title)
+        if found is None:
+            assert self._data is not None
+            try:
+                found = uncalculated_formulas(self._data, title)
+            except (zipfile.BadZipFile, KeyError, ElementTree.ParseError) as exc:
+                raise self.file.fatal(
+                    f"{self.display}, sheet {title} cannot be read ({_describe(exc)})"
+                ) from exc
+            self._uncalculated[title] = found
+        return found
+
     # -- writing
     def open_in_another_program(self) -> str:
         """The lock file a spreadsheet program keeps beside a workbook it has open, if any."""
@@ -206,11 +230,13 @@ class Workbook:
         self.file.check_unchanged(entity)  # before the expensive part
         book, lost = self._load_editable(entity)
         self._editable = None  # edited from here on: only a successful save keeps it
-        for title, header in self.new_sheets().items():
+        blank = book.worksheets[0] if self._data is None else None
+        wanted = self.new_sheets(entity)
+        for title, header in wanted.items():
             if self._find(book, title) is None and self.create_missing:
                 _add_sheet(book, title, header)
-        if "Sheet" in book.sheetnames and self._data is None and len(book.sheetnames) > 1:
-            book.remove(book["Sheet"])  # the blank sheet a new openpyxl workbook starts with
+        if blank is not None and blank.title.casefold() not in {t.casefold() for t in wanted}:
+            book.remove(blank)  # the empty sheet a new openpyxl workbook starts with
         edit(book)
         out = io.BytesIO()
         book.save(out)
@@ -310,6 +336,7 @@ class XlsxTable(Table):
         connector: str = "",
         entity: str = "",
         kinds: Mapping[str, ColumnKind] | None = None,
+        mapped: frozenset[str] = frozenset(),
     ) -> None:
         super().__init__(
             display=f"{workbook.display}, sheet {title}", connector=connector, entity=entity
@@ -317,6 +344,9 @@ class XlsxTable(Table):
         self.workbook = workbook
         self.title = title
         self.kinds: dict[str, ColumnKind] = dict(kinds or {})
+        self.mapped = mapped
+        """The columns the mapping reads (where a formula without a value is an error)."""
+        self._unknown: dict[int, set[int]] = {}
         self.generation = -1
         self._header_line = 0
         self._loaded: dict[int, Values] = {}
@@ -330,6 +360,16 @@ class XlsxTable(Table):
 
     def header_text(self, cell: CellValue) -> str:
         return cell_text(cell)
+
+    def unknown_cells(self, row: Row, columns: Mapping[str, int]) -> list[str]:
+        unknown = self._unknown.get(row.line)
+        if not unknown:
+            return []
+        return [
+            name
+            for name, index in columns.items()
+            if index in unknown and name in self.mapped and is_blank(row.get(index))
+        ]
 
     def location(self, line: int) -> str:
         return f"{self.display}, row {line}" if line else f"{self.display} (new row)"
@@ -345,6 +385,7 @@ class XlsxTable(Table):
         self.generation = wb.generation
         self._header_line = 0
         self._loaded = {}
+        self._unknown = {}
         if not wb.exists():
             return None
         title = wb.title_of(self.title)
@@ -352,6 +393,8 @@ class XlsxTable(Table):
             return None
         self.title = title
         self.display = f"{wb.display}, sheet {title}"
+        for line, column in wb.uncalculated(title):
+            self._unknown.setdefault(line, set()).add(column - 1)
         preamble: list[Row] = []
         header: Row | None = None
         rows: list[Row] = []

@@ -128,6 +128,12 @@ def test_the_header_of_a_new_sheet_follows_the_mapping_in_force(tmp_path: Path) 
     conn.create("invoices", {"No.": "7", "Total": "5.00"}, key="k1")
     conn.flush("invoices")
     assert values(path, "Invoices") == [["Sync ID", "No.", "Total"], ["k1", "7", 5]]
+    # only the sheets of prepared entities (the pipeline's), whose mappings are known
+    assert openpyxl.load_workbook(path).sheetnames == ["Invoices"]
+    conn.prepare("payments", load_mapping("spreadsheet", "payments"))
+    list(conn.read("payments"))
+    conn.flush("payments")
+    assert openpyxl.load_workbook(path).sheetnames == ["Invoices", "Payments"]
     assert values(path, "Payments")[0] == ["Sync ID", *DEFAULT_COLUMNS["payments"]]
 
 
@@ -616,3 +622,60 @@ def test_flush_of_a_new_file_needs_no_read_first(tmp_path: Path) -> None:
     conn.flush("invoices")  # nothing read, nothing pending: nothing to do
     assert not (tmp_path / "books.xlsx").exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_formula_never_calculated_in_a_mapped_column_is_a_row_error(tmp_path: Path) -> None:
+    path = invoices(
+        tmp_path / "books.xlsx",
+        [*row("INV-1", 100, sync_id="k1"), "=E2*2"],
+        row("INV-2", 200, sync_id="k2"),
+    )
+    book = openpyxl.load_workbook(path)
+    book["Invoices"]["I1"] = "Double"
+    book["Invoices"]["F3"] = "=E3-10"  # Balance: mapped, no calculated value (openpyxl saved it)
+    book.save(path)
+    found = records(connector(path))
+    assert not found["k1"].error  # column I is not mapped: its missing value harms nobody
+    assert found["k2"].error == (
+        "books.xlsx, sheet Invoices, row 3: Balance holds a formula whose value was never "
+        "calculated (the workbook was last saved by a program that does not calculate "
+        "formulas); open it in Excel or LibreOffice, save it, and sync again"
+    )
+    with_cached_values(path, "Invoices", {"F3": "190"})
+    found = records(connector(path))
+    assert not found["k2"].error and found["k2"].data["Balance"] == "190"
+
+
+def test_new_columns_go_right_of_data_in_columns_nobody_named(tmp_path: Path) -> None:
+    path = workbook(tmp_path / "books.xlsx", {"Customers": [
+        ["Sync ID", "Email"], ["c1", "ann@example.com", "a note without a header"]]})
+    conn = connector(path)
+    assert records(conn, "customers")["c1"].data == {"Email": "ann@example.com"}
+    conn.update("customers", "c1", {"Company": "Acme"}, full={})
+    conn.flush("customers")
+    assert values(path, "Customers") == [
+        ["Sync ID", "Email", None, "Company"],
+        ["c1", "ann@example.com", "a note without a header", "Acme"],
+    ]
+
+
+def test_features_openpyxl_would_drop_stop_the_save(tmp_path: Path) -> None:
+    path = invoices(tmp_path / "books.xlsx", row("INV-1", 1, sync_id="k1"))
+    out = io.BytesIO()
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "xl/worksheets/sheet1.xml":
+                data = data.replace(
+                    b"</worksheet>", b'<extLst><ext uri="{00000000-0000-0000-0000-00000000000A}"'
+                    b' xmlns:x="urn:example"><x:sparklines/></ext></extLst></worksheet>'
+                )
+            dst.writestr(info, data)
+    path.write_bytes(out.getvalue())
+    original = path.read_bytes()
+    conn = connector(path)
+    records(conn)
+    conn.update("invoices", "k1", {"Status": "paid"}, full={})
+    with pytest.raises(FatalConnectorError, match="extension is not supported and will be removed"):
+        conn.flush("invoices")
+    assert path.read_bytes() == original
