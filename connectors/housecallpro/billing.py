@@ -12,8 +12,9 @@ from its job when the API left it out (``JobCustomers``). A native payment alway
 ``invoice_id`` and ``processed_at`` (a nested payment's ``paid_at``). Statuses outside the
 spec's enum (the live ``open``) pass through for the mapping to judge.
 
-Requests are the minimum: when the invoices of a read carried their payments, reading the
-payments of the same connector instance sends nothing (the payments were kept); otherwise it
+Requests are the minimum: when the invoices of a read carried their payments, the next
+payments read of the same connector instance sends nothing (the payments were kept; a later
+payments read lists the invoices again rather than serve old ones); otherwise it
 sends one ``GET /invoices/{id}/payments`` per invoice (more only for an invoice with more
 payments than a page holds), ``concurrency`` at a time, all through the client's rate limit.
 """
@@ -67,7 +68,7 @@ class Billing:
         self.concurrency = max(1, concurrency)
         self._customer_of = customer_of
         self._last_read: list[_Seen] | None = None
-        """The invoices of the last complete invoice read, for the payments read."""
+        """The invoices of the last complete invoice read, for the next payments read."""
 
     # -- invoices
 
@@ -138,7 +139,7 @@ class Billing:
 
     def read_payments(self) -> Iterator[NativeRecord]:
         """Every payment, invoice by invoice (see the module docstring for the requests)."""
-        invoices = self._last_read
+        invoices, self._last_read = self._last_read, None  # used once: never stale next time
         if invoices is None:  # no invoice read before: list them (customers not needed)
             invoices = []
             for item in self._invoice_items():

@@ -703,6 +703,10 @@ class SandboxState:
             customer_id = patch.get("customer_id")
             if customer_id is not None and customer_id not in self.customers:
                 add_error(errors, "customer_id", f"customer {customer_id} does not exist")
+            elif customer_id not in (None, current["customer_id"]) and self.invoices.lookup(
+                "job_id", job_id
+            ):
+                add_error(errors, "customer_id", "cannot change: the job has invoices")
             employees = self._employees(patch, errors)
             schedule = {**current["schedule"], **patch.get("schedule", {})}
             check_schedule_order(schedule, errors)

@@ -94,6 +94,10 @@ def test_nested_payments_are_read_with_the_invoice_pages_only(
     assert sent(state) == [("GET", "/invoices")] * pages(len(data["invoices"]))
     payments = list(conn.read("payments"))
     assert sent(state) == [], "the payments came with the invoices"
+    assert list(conn.read("payments")) == payments
+    assert sent(state) == [("GET", "/invoices")] * pages(len(data["invoices"])), (
+        "kept payments serve one read only: a later one lists the invoices again"
+    )
     assert [r.id for r in invoices] == [
         i["id"] for i in sorted(data["invoices"], key=lambda i: (i["created_at"], i["id"]))
     ]

@@ -346,6 +346,17 @@ def test_update_job_is_partial_and_merges_the_schedule(app: Any, client: httpx.C
     assert client.put("/jobs/job_nope", json={"notes": "x"}).status_code == 404
 
 
+def test_the_customer_of_an_invoiced_job_stays(app: Any, client: httpx.Client) -> None:
+    data = state_of(app).dump()
+    job_id = data["invoices"][0]["job_id"]
+    job = next(j for j in data["jobs"] if j["id"] == job_id)
+    other = next(c["id"] for c in data["customers"] if c["id"] != job["customer_id"])
+    response = client.put(f"/jobs/{job_id}", json={"customer_id": other})
+    assert response.json() == {"errors": {"customer_id": ["cannot change: the job has invoices"]}}
+    same = client.put(f"/jobs/{job_id}", json={"customer": {"id": job["customer_id"]}})
+    assert same.status_code == 200
+
+
 def test_delete_job_and_its_guard(app: Any, client: httpx.Client) -> None:
     invoiced = state_of(app).dump()["invoices"][0]["job_id"]
     response = client.delete(f"/jobs/{invoiced}")
