@@ -7,8 +7,9 @@ voided or canceled. On average a customer has about one invoice and an invoice a
 payments. Everything is a function of the arguments: the same customers and seed give the
 same ids, numbers, amounts and timestamps.
 
-It is built for size (100k customers in about a second): one ``Dice`` (cheap draws), no
-per-record parsing beyond the customer's creation time, cached timestamp formatting.
+It is built for size (the work of 100k customers in about two seconds): one ``Dice`` (cheap
+draws), no parsing beyond each customer's creation time, cached timestamp formatting, nested
+records shared where equal.
 """
 
 from __future__ import annotations
