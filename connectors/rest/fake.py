@@ -19,6 +19,8 @@ the body), ``link`` (``page``/``per_page`` and a ``Link`` header with ``rel="nex
 server caps the page size), ``ignore_paging`` (always the first page), ``cursor_loop`` (the
 cursor after the second page points back at the first), ``link_loop`` (the same),
 ``trailing_empty_page`` (the last full page still announces a next one, which is empty),
+``send_total`` (``X-Total-Count`` on page and offset lists too), ``omit_last_link`` (no
+``Link`` header at all on the last page, as some APIs do on a single page),
 ``wrap_key`` (bodies and responses as ``{wrap_key: record}``), ``records_key`` (the list
 inside an object; empty: a bare list), ``require`` (headers or query parameters that must be
 present, else 401). ``requests`` records every request.
@@ -62,6 +64,8 @@ class FakeCrm:
         base_url: str = "http://crm.test",
         id_prefix: str = "",
         stamp_updates: bool = True,
+        send_total: bool = False,
+        omit_last_link: bool = False,
     ) -> None:
         if style not in STYLES:
             raise ValueError(f"unknown style {style!r}; use one of {STYLES}")
@@ -82,6 +86,8 @@ class FakeCrm:
         self.base_url = base_url.rstrip("/")
         self.id_prefix = id_prefix
         self.stamp_updates = stamp_updates
+        self.send_total = send_total
+        self.omit_last_link = omit_last_link
         self.records: dict[str, dict[str, Any]] = {}
         self.requests: list[httpx.Request] = []
         self._next_id = 1
@@ -233,7 +239,7 @@ class FakeCrm:
             size = self._size(params, "per_page")
             number = 1 if self.ignore_paging else int(params.get("page", 1))
             chosen = records[(number - 1) * size: number * size]
-            if style == "total_count":
+            if style == "total_count" or self.send_total:
                 headers["X-Total-Count"] = str(len(records))
             if style == "link":
                 last = max(1, -(-len(records) // size))
@@ -242,16 +248,21 @@ class FakeCrm:
                 target = number + 1
                 if self.link_loop and number == 2:
                     target = 1
+                first = f'<{self.base_url}/{self.collection}?page=1>; rel="first"'
                 if number < last:
                     pairs: list[tuple[str, str | int | float | bool | None]] = [
                         (k, v) for k, v in params.multi_items() if k != "page"]
                     query = httpx.QueryParams([*pairs, ("page", str(target))])
-                    headers["Link"] = (f'<{self.base_url}/{self.collection}?{query}>; rel="next", '
-                                       f'<{self.base_url}/{self.collection}?page=1>; rel="first"')
+                    headers["Link"] = (f'<{self.base_url}/{self.collection}?{query}>; '
+                                       f'rel="next", {first}')
+                elif not self.omit_last_link:
+                    headers["Link"] = first
         elif style == "offset":
             size = self._size(params, "limit")
             start = 0 if self.ignore_paging else int(params.get("offset", 0))
             chosen = records[start: start + size]
+            if self.send_total:
+                headers["X-Total-Count"] = str(len(records))
         else:  # cursor
             size = self._size(params, "limit")
             start = 0

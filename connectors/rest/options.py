@@ -45,13 +45,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from syncengine import model
 from syncengine.connector import ConnectorOptions
@@ -217,6 +218,35 @@ def _describe_errors(
     return out
 
 
+def _with_known_keys(err: ValidationError, model_cls: type[BaseModel]) -> ValidationError:
+    """``err`` with each unknown-key error saying which keys are known (and the closest)."""
+    details: builtins.list[InitErrorDetails] = []
+    for item in err.errors():
+        if item["type"] != "extra_forbidden":  # kept as it was (its type, message, input)
+            kept = PydanticCustomError(item["type"], "{message}", {"message": item["msg"]})
+            details.append(InitErrorDetails(type=kept, loc=item["loc"], input=item["input"]))
+            continue
+        loc = item["loc"]
+        key = str(loc[-1])
+        known = _fields_at(model_cls, loc[:-1])
+        close = difflib.get_close_matches(key, known, n=1)
+        fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+        details.append(InitErrorDetails(type=_problem(f"unknown key {key!r} ({fix})"), loc=loc,
+                                        input=key))
+    return ValidationError.from_exception_data(err.title, details)
+
+
+def _fields_at(model_cls: type[BaseModel], loc: tuple[int | str, ...]) -> builtins.list[str]:
+    current: type[BaseModel] | None = model_cls
+    for part in loc:
+        if current is None or str(part) not in current.model_fields:
+            return []
+        annotation = current.model_fields[str(part)].annotation
+        current = annotation if isinstance(annotation, type) and issubclass(
+            annotation, BaseModel) else None
+    return sorted(current.model_fields) if current is not None else []
+
+
 def _auth_options(value: Any) -> Any:
     return _styled(value, AUTH_STYLES, "auth", "bearer")
 
@@ -358,6 +388,17 @@ class EntityOptions(BaseModel):
         if problems:
             raise _problem("; ".join(problems))
         return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _unknown_keys(cls, data: Any, handler: ModelWrapValidatorHandler[EntityOptions]
+                      ) -> EntityOptions:
+        """Unknown keys named with the known ones (the loader cannot look inside the
+        ``entities`` table to list them)."""
+        try:
+            return handler(data)
+        except ValidationError as err:
+            raise _with_known_keys(err, cls) from None
 
     @model_validator(mode="after")
     def _whole(self) -> EntityOptions:

@@ -506,6 +506,7 @@ class LinkPaginator(Paginator):
         assert isinstance(options, LinkOptions)
         self.link_opts: LinkOptions = options
         self.seen: set[str] = set()
+        self.probed = 0
 
     def _first(self) -> PageRequest:
         o = self.link_opts
@@ -524,14 +525,7 @@ class LinkPaginator(Paginator):
             return None
         header = page.headers.get("link")
         if header is None:
-            if len(page.records) >= self.size:
-                raise self.where.fatal(
-                    f"{where}: the response has no Link header although the page was full "
-                    f"(setting {self._setting('style', 'link')}); does the server need "
-                    "pagination.page_param / pagination.size_param before it sends links, or "
-                    "another pagination style? Nothing was written."
-                )
-            return None
+            return self._probe(page, where)
         target = next_link(header, o.rel)
         if target is None:
             return None
@@ -553,6 +547,24 @@ class LinkPaginator(Paginator):
         self.seen.add(key)
         params = tuple((k, v) for k, v in absolute.params.multi_items())
         return PageRequest(str(absolute.copy_with(query=None)), params, "the next link")
+
+    def _probe(self, page: Page, where: str) -> PageRequest | None:
+        """No Link header. The end, unless the page was full: then, when pages can be asked
+        for by number, the next one is asked for (some APIs send no Link on a single page);
+        records there mean the server pages without links, which this style cannot follow."""
+        o = self.link_opts
+        if page.request.label.startswith("probe"):
+            raise self.where.fatal(
+                f"{where}: the server pages ({o.page_param}={self.probed} has records) but "
+                f"sends no Link header (setting {self._setting('style', 'link')}); use "
+                "style = 'page' for this API. Nothing was written."
+            )
+        if len(page.records) < self.size or not o.page_param or self.probed:
+            return None
+        self.probed = o.first_page + 1
+        params = (*self.base, (o.page_param, self.probed),
+                  *(((o.size_param, self.size),) if o.size_param else ()))
+        return PageRequest(self.path, params, f"probe of page {self.probed} (no Link header)")
 
     def advance_setting(self) -> str:
         return f"the Link header's rel={self.link_opts.rel!r} ({self._setting('style', 'link')})"

@@ -150,13 +150,11 @@ def records_of(body: Any, path: str, where: Where, context: str) -> list[dict[st
     if found is MISSING or not isinstance(found, list):
         candidates = _list_keys(body)
         if found is MISSING:
-            what = (
-                f"the response has no {path!r}"
-                if path
-                else "the response is not a list"
-            )
+            what = f"the response has no {path!r}"
         else:
-            what = f"{path or 'the response'} is {describe_shape(found)}, not a list"
+            named = repr(path) if path else "the response"
+            what = f"{named} is {describe_shape(found)}, not a list"
+        shape = f"; the response is {describe_shape(body)}" if path else ""
         hint = (
             f"set records_path to the key holding the records (here: "
             f"{', '.join(repr(c) for c in candidates)})"
@@ -165,8 +163,8 @@ def records_of(body: Any, path: str, where: Where, context: str) -> list[dict[st
             "(empty when the body itself is the list)"
         )
         raise where.fatal(
-            f"{context}: {what} (setting {where.setting('records_path', path)}); the response "
-            f"is {describe_shape(body)}; {hint}. Nothing was written."
+            f"{context}: {what} (setting {where.setting('records_path', path)}){shape}; "
+            f"{hint}. Nothing was written."
         )
     for index, item in enumerate(found):
         if not isinstance(item, dict):
