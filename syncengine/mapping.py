@@ -16,6 +16,7 @@ are installed as ``syncengine.mappings``. The grammar::
     "addresses.service.street" = "addresses[type=service].street"
     "custom.ref" = { native_key = "Ref. No." }   # a single key even though it has a '.'
     customer = { native = "Customer Email", ref_by = "email" }   # a reference by human key
+    customer = { native = "Customer", ref_by = ["email", "mobile_number"] }  # first one set
 
 Native names without ``.`` or ``[`` are single keys (column names such as ``First Name``);
 otherwise they are paths into nested JSON: ``a.b.c``, and ``list[key=value]`` selects the
@@ -243,8 +244,9 @@ class FieldMapping:
     """Canonical value used when reading finds the native value missing or empty."""
     literal: bool = False
     """``native`` is a single key even if it contains ``.`` or ``[``."""
-    ref_by: str | None = None
-    """Reference fields: the referred entity's field the member shows instead of its id."""
+    ref_by: tuple[str, ...] | None = None
+    """Reference fields: the referred entity's fields the member shows instead of its id (the
+    first one the record has is written; any of them is read)."""
 
     def path(self) -> NativePath:
         return NativePath.single_key(self.native) if self.literal else parse_path(self.native)
@@ -288,7 +290,7 @@ class EntityMapping:
         )
         """The file's ``match_keys``, else the entity's defaults."""
 
-        self.refs: dict[str, tuple[str, str | None]] = {
+        self.refs: dict[str, tuple[str, tuple[str, ...] | None]] = {
             f.canonical: (entity.by_name[f.canonical].ref, f.ref_by)
             for f in self.fields
             if f.canonical in entity.by_name and entity.by_name[f.canonical].type == "ref"
@@ -691,12 +693,21 @@ def _parse_field(
             problem(f"{where}.ref_by", f"{canonical!r} is not a reference field",
                     "ref_by belongs to fields such as an invoice's customer; drop it here")
             ok = False
-        elif not isinstance(ref_by, str) or model.ENTITIES[fspec_.ref].field_spec(ref_by) is None:
+        else:
             target = model.ENTITIES[fspec_.ref]
-            problem(f"{where}.ref_by",
-                    f"{ref_by!r} is not a field of {target.name}",
-                    f"use one of: {', '.join(f.name for f in target.fields if not f.meta)}")
-            ok = False
+            names = [ref_by] if isinstance(ref_by, str) else ref_by
+            if (not isinstance(names, list) or not names
+                    or not all(isinstance(n, str) for n in names)):
+                problem(f"{where}.ref_by", f"must be a field name or a list of them, not "
+                        f"{describe_value(ref_by)}", 'e.g. ref_by = "email"')
+                ok = False
+            else:
+                for name in names:
+                    if target.field_spec(name) is None:
+                        problem(f"{where}.ref_by", f"{name!r} is not a field of {target.name}",
+                                "use one of: " + ", ".join(f.name for f in target.fields
+                                                           if not f.meta))
+                        ok = False
 
     transform: Transform | None = None
     if "transform" in value:
@@ -742,7 +753,7 @@ def _parse_field(
         cast(Direction, direction),
         default,
         literal,
-        ref_by if isinstance(ref_by, str) else None,
+        (ref_by,) if isinstance(ref_by, str) else tuple(ref_by) if ref_by else None,
     )
 
 

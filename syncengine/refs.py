@@ -57,12 +57,24 @@ class _Index:
 class _Field:
     name: str
     target: str
-    ref_by: str | None
+    ref_by: tuple[str, ...] | None
     mapping: FieldMapping | None
-    normalise: Callable[[Any], Any]
+    normalisers: tuple[Callable[[Any], Any], ...]
 
     def what(self) -> str:
         return model.ENTITIES[self.target].name[:-1]  # "customer", "invoice"
+
+    def shown_by(self) -> str:
+        return " or ".join(self.ref_by or ("id",))
+
+    def candidates(self, raw: Any) -> list[Any]:
+        """The normal forms a native value may take, one per field it may show."""
+        out = []
+        for normalise in self.normalisers:
+            value = _safe(normalise, raw)
+            if value is not None and value not in out:
+                out.append(value)
+        return out
 
 
 class References:
@@ -74,7 +86,7 @@ class References:
         self.dry_run = dry_run
         self.plans: dict[str, EntityPlan] = {}
         """entity -> this run's plan (laid over the state in a dry run)."""
-        self._indexes: dict[tuple[str, str, str | None], _Index] = {}
+        self._indexes: dict[tuple[str, str, tuple[str, ...] | None], _Index] = {}
 
     def planned(self, plan: EntityPlan) -> None:
         """Tell the indexes about an entity's plan; indexes of it are rebuilt when next used."""
@@ -82,29 +94,29 @@ class References:
         for cache_key in [k for k in self._indexes if k[0] == plan.entity]:
             del self._indexes[cache_key]
 
-    def changed(self, target: str, ref_by: str) -> set[str]:
-        """Keys of ``target`` whose ``ref_by`` value this run's plan changes (a customer's new
-        email): records that show it by value need rewriting."""
+    def changed(self, target: str, ref_by: tuple[str, ...]) -> set[str]:
+        """Keys of ``target`` whose ``ref_by`` values this run's plan changes (a customer's new
+        email): records that show them need rewriting."""
         plan = self.plans.get(target)
         if plan is None:
             return set()
         return {kp.key for kp in plan.keys
                 if kp.base_before is not None and kp.base_after is not None
-                and kp.base_before.get(ref_by) != kp.base_after.get(ref_by)}
+                and any(kp.base_before.get(f) != kp.base_after.get(f) for f in ref_by)}
 
     def for_member(self, member: str, mapping: EntityMapping) -> MemberRefs | None:
         if not mapping.refs:
             return None
         return MemberRefs(self, member, mapping)
 
-    def index(self, target: str, member: str, ref_by: str | None) -> _Index:
+    def index(self, target: str, member: str, ref_by: tuple[str, ...] | None) -> _Index:
         cache_key = (target, member if ref_by is None else "", ref_by)
         found = self._indexes.get(cache_key)
         if found is None:
             found = self._indexes[cache_key] = self._build(target, member, ref_by)
         return found
 
-    def _build(self, target: str, member: str, ref_by: str | None) -> _Index:
+    def _build(self, target: str, member: str, ref_by: tuple[str, ...] | None) -> _Index:
         index = _Index()
         plan = self.plans.get(target) if self.dry_run else None
         if ref_by is None:
@@ -120,19 +132,33 @@ class References:
                         if isinstance(action, Create) and action.member == member:
                             index.back.setdefault(kp.key, PENDING)
             return index
-        spec = model.ENTITIES[target].field_spec(ref_by)
-        normalise = spec.normalise if spec else model.norm_str
+        spec = model.ENTITIES[target]
+        shown = [(name, _normaliser(spec, name)) for name in ref_by]
         deleted: set[str] = set()
         overlay = ({kp.key: kp.base_after for kp in plan.keys} if plan is not None else {})
+
+        def add(key: str, base: Mapping[str, Any]) -> None:
+            # every field indexes the record; the first one it has is how it is shown
+            first = None
+            for name, normalise in shown:
+                value = _safe(normalise, base.get(name))
+                if value is None:
+                    continue
+                index.add(value, key)
+                if first is None:
+                    first = value
+            if first is not None:
+                index.back[key] = first
+
         for key, base in self.store.iter_bases(self.pipeline, target):
             if key in overlay:
                 continue
             if base.get(model.DELETED):
                 deleted.add(key)
-            index.add(_safe(normalise, base.get(ref_by)), key)
+            add(key, base)
         for key, planned in overlay.items():
             if planned is not None:
-                index.add(_safe(normalise, planned.get(ref_by)), key)
+                add(key, planned)
         # a value shared by a live and a deleted record means the live one
         for key in deleted:
             value = index.back.get(key)
@@ -141,6 +167,11 @@ class References:
                 if len(live) == 1:
                     index.forward[value] = live[0]
         return index
+
+
+def _normaliser(spec: model.EntitySpec, name: str) -> Callable[[Any], Any]:
+    field_spec = spec.field_spec(name)
+    return field_spec.normalise if field_spec else model.norm_str
 
 
 def _safe(normalise: Callable[[Any], Any], value: Any) -> Any:
@@ -160,9 +191,10 @@ class MemberRefs:
         by_name = {f.canonical: f for f in mapping.fields}
         self.fields: list[_Field] = []
         for name, (target, ref_by) in mapping.refs.items():
-            spec = model.ENTITIES[target].field_spec(ref_by) if ref_by else None
-            self.fields.append(_Field(name, target, ref_by, by_name.get(name),
-                                      spec.normalise if spec else model.norm_str))
+            spec = model.ENTITIES[target]
+            normalisers = (tuple(_normaliser(spec, f) for f in ref_by) if ref_by
+                           else (model.norm_str,))
+            self.fields.append(_Field(name, target, ref_by, by_name.get(name), normalisers))
         self.by_value = [f for f in self.fields if f.ref_by is not None]
 
     def _index(self, f: _Field) -> _Index:
@@ -179,19 +211,20 @@ class MemberRefs:
             raw = record[f.name]
             if raw is None:
                 continue
-            value = _safe(f.normalise, raw)
-            key = self._index(f).forward.get(value)
+            forward = self._index(f).forward
+            found = [forward[v] for v in f.candidates(raw) if v in forward]
+            key = found[0] if len(found) == 1 else AMBIGUOUS if found else None
             column = f.mapping.native if f.mapping else f.name
             if key is None:
                 if f.ref_by is None:
                     problems.append(f"{column} {raw!r}: no {f.what()} with that id is synced "
                                     f"(the {f.what()} must sync first; see errors above, if any)")
                 else:
-                    problems.append(f"{column} {raw!r}: no {f.what()} has {f.ref_by} {raw!r} "
-                                    f"(fix the cell, or add that {f.what()} first)")
+                    problems.append(f"{column} {raw!r}: no {f.what()} has {f.shown_by()} "
+                                    f"{raw!r} (fix the cell, or add that {f.what()} first)")
                 record[f.name] = None
             elif key is AMBIGUOUS:
-                problems.append(f"{column} {raw!r}: several {f.target} have {f.ref_by} "
+                problems.append(f"{column} {raw!r}: several {f.target} have {f.shown_by()} "
                                 f"{raw!r}; it cannot say which one is meant")
                 record[f.name] = None
             else:
@@ -200,7 +233,8 @@ class MemberRefs:
 
     def stale_fields(self, native: Mapping[str, Any] | None,
                      values: Mapping[str, Any]) -> set[str]:
-        """The by-value reference fields whose cell differs from what ``values`` would show."""
+        """The by-value reference fields whose cell differs from what ``values`` would show
+        (the customer's e-mail changed since the row was written)."""
         if native is None:
             return set()
         out = set()
@@ -209,19 +243,20 @@ class MemberRefs:
             if key is None or f.mapping is None or f.name not in self.mapping.writable:
                 continue
             want = self._index(f).back.get(key)
-            if want is not None and want != self._shown(f, native):
+            if want is not None and want not in self._shown(f, native):
                 out.add(f.name)
         return out
 
-    def _shown(self, f: _Field, native: Mapping[str, Any]) -> Any:
+    def _shown(self, f: _Field, native: Mapping[str, Any]) -> list[Any]:
+        """The normal forms of what the member's cell shows now."""
         assert f.mapping is not None
         raw = f.mapping.path().get(native)
         if f.mapping.transform is not None and raw is not None:
             try:
                 raw = f.mapping.transform.read(raw)
             except (ValueError, TypeError):
-                return raw
-        return _safe(f.normalise, raw)
+                return [raw]
+        return f.candidates(raw)
 
     # ---------------------------------------------------------------------------- writing
     def render(self, values: Mapping[str, Any],
@@ -242,8 +277,8 @@ class MemberRefs:
                 if f.ref_by is None:
                     missing.append(f"its {f.name} is not on {self.member} yet")
                 else:
-                    missing.append(f"its {f.name} has no {f.ref_by}, which {self.member} "
-                                   f"uses to refer to {f.target}")
+                    missing.append(f"its {f.name} has no {f.shown_by()}, which "
+                                   f"{self.member} uses to refer to {f.target}")
                 continue
             out[f.name] = native
         return out, missing
