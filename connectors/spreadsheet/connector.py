@@ -516,7 +516,7 @@ class _Working:
             row = self.rows.get(handle) if handle is not None else None
             if handle is None or row is None or row.blank:
                 raise NotFoundError(
-                    f"no row at {self.table.line_word} {line}", location=display
+                    f"{self.table.line_word} {line} holds no row", location=display
                 )
             current = self.row_id(row)
             if current and new_id is not None and current != new_id:

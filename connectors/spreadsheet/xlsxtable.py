@@ -239,7 +239,14 @@ class Workbook:
             book.remove(blank)  # the empty sheet a new openpyxl workbook starts with
         edit(book)
         out = io.BytesIO()
-        book.save(out)
+        try:
+            book.save(out)
+        except Exception as exc:  # openpyxl's own failures, translated here
+            raise self.file.fatal(
+                f"{self.display} could not be written ({_describe(exc)}); nothing was written "
+                "to it",
+                entity,
+            ) from exc
         data = out.getvalue()
         if self._data is not None:
             lost += lost_parts(self._data, data)

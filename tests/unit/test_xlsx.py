@@ -679,3 +679,11 @@ def test_features_openpyxl_would_drop_stop_the_save(tmp_path: Path) -> None:
     with pytest.raises(FatalConnectorError, match="extension is not supported and will be removed"):
         conn.flush("invoices")
     assert path.read_bytes() == original
+
+
+def test_find_matches_values_as_a_workbook_holds_them(tmp_path: Path) -> None:
+    path = invoices(tmp_path / "books.xlsx", row("INV-1", 1234.5, sync_id="k1"))
+    conn = connector(path)
+    found = conn.find("invoices", {"Invoice #": "INV-1", "Amount": "1234.50", "Status": "open"})
+    assert [r.id for r in found] == ["k1"]
+    assert conn.find("invoices", {"Invoice #": "INV-1", "Amount": "1234.51"}) == []
