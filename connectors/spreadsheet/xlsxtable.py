@@ -12,7 +12,9 @@ A :class:`Workbook` is the file: the connector's three :class:`XlsxTable` views 
 * **Typed cells.** Money columns (read through the ``cents`` transform) are written as numbers
   with a currency number format, date columns (``date``) as dates with a date format; a
   number format the bookkeeper gave the cell is kept where it suits the value. Other columns
-  are written as text, so ``02134`` stays ``02134`` (see :mod:`.xlsxcells`).
+  are written as text, so ``02134`` stays ``02134`` (see :mod:`.xlsxcells`); text that a
+  spreadsheet program would run as a formula (``=...``) is stored as text with a quote
+  prefix, never as a formula.
 * **Formulas.** A formula cell is read as its last calculated value, and stays a formula
   unless its column is mapped and the sync writes a different value into it. Formula cells
   keep their calculated values through a save (openpyxl alone would blank them), and the
@@ -51,6 +53,7 @@ from openpyxl.utils import get_column_letter  # type: ignore[import-untyped]
 from syncengine.errors import ConflictingWriteError, RetriableError
 
 from .columns import ColumnKind
+from .formulas import neutralise
 from .table import CellValue, Row, Sheet, StoredFile, Table, digest, is_blank
 from .xlsxcells import cell_text, cell_value, number_format_for
 from .xlsxpackage import (
@@ -501,6 +504,8 @@ class XlsxTable(Table):
         cell.value = None if value == "" else value
         if isinstance(value, str) and value:
             cell.data_type = "s"  # text that looks like a formula or an error stays text
+            if neutralise(value) != value:
+                cell.quotePrefix = True  # and stays text when someone edits the cell
         if fmt != cell.number_format:
             cell.number_format = fmt
 

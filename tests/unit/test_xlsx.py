@@ -251,6 +251,8 @@ def test_text_columns_stay_text(tmp_path: Path) -> None:
     cells = {ws.cell(1, c).value: ws.cell(2, c) for c in range(1, ws.max_column + 1)}
     for name in ("First Name", "Zip", "Company"):
         assert cells[name].data_type == "s" and cells[name].value == written[name]
+    assert cells["First Name"].quotePrefix  # text even once someone edits the cell
+    assert not cells["Zip"].quotePrefix
     read = records(connector(path), "customers")["c1"]
     assert read.data == created.data
     assert read.data["Street"] == "  1 Main St  "
