@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from typing import Any
 
 from syncengine.connectors.housecallpro.sandbox_fields import (
     EPOCH,
-    Dice,
     Errors,
     Record,
     add_error,
@@ -157,15 +157,16 @@ _TAGS = ("vip", "residential", "commercial", "maintenance-plan", "referral", "wa
 _LEAD_SOURCES = ("Google", "Yelp", "Referral", "Facebook", "Angi", "Nextdoor", "Website")
 
 
-def _phone(rng: Dice, used: set[str]) -> str:
+def _phone(rng: random.Random, used: set[str]) -> str:
     """A unique 555 number in one of the formats people type: (555) 201-3344, 555-201-3344,
     +15552013344."""
     while True:
-        digits = f"555{rng.between(200, 999):03d}{rng.between(0, 9999):04d}"
+        exchange, line = rng.randint(200, 999), rng.randint(0, 9999)
+        digits = f"555{exchange:03d}{line:04d}"
         if digits not in used:
             used.add(digits)
             break
-    style = rng.between(0, 2)
+    style = rng.randrange(3)
     if style == 0:
         return f"({digits[:3]}) {digits[3:6]}-{digits[6:]}"
     if style == 1:
@@ -173,66 +174,55 @@ def _phone(rng: Dice, used: set[str]) -> str:
     return f"+1{digits}"
 
 
-def _address(rng: Dice, kind: str) -> Record:
-    city, state, zip_prefix = rng.pick(_CITIES)
+def _address(rng: random.Random, kind: str) -> Record:
+    city, state, zip_prefix = rng.choice(_CITIES)
     line_2 = None
-    if rng.chance(0.1):
-        line_2 = f"{rng.pick(('Apt', 'Suite', 'Unit'))} {rng.between(1, 400)}"
+    if rng.random() < 0.1:
+        line_2 = f"{rng.choice(('Apt', 'Suite', 'Unit'))} {rng.randint(1, 400)}"
     return {
         "id": hex_id(rng, "adr_"),
         "type": kind,
-        "street": f"{rng.between(100, 9999)} {rng.pick(_STREETS)} {rng.pick(_STREET_SUFFIXES)}",
+        "street": f"{rng.randint(100, 9999)} {rng.choice(_STREETS)} {rng.choice(_STREET_SUFFIXES)}",
         "street_line_2": line_2,
         "city": city,
         "state": state,
-        "zip": f"{zip_prefix}{rng.between(0, 99):02d}",
+        "zip": f"{zip_prefix}{rng.randint(0, 99):02d}",
         "country": "US",
     }
 
 
-def _tags(rng: Dice) -> list[str]:
-    count = rng.pick((0, 0, 1, 1, 2))
-    if count == 0:
-        return []
-    first = rng.between(0, len(_TAGS) - 1)
-    if count == 1:
-        return [_TAGS[first]]
-    second = (first + rng.between(1, len(_TAGS) - 1)) % len(_TAGS)
-    return [_TAGS[first], _TAGS[second]]
-
-
 def generate_customers(count: int, random_seed: int = 0) -> list[Record]:
     """``count`` realistic customers; the same arguments always give identical records."""
-    rng = Dice(random_seed)
+    rng = random.Random(random_seed)
     phones: set[str] = set()
     customers: list[Record] = []
     created = EPOCH
     for n in range(1, count + 1):
-        created += rng.between(60, 3600)
-        updated = created if rng.chance(0.6) else created + rng.between(60, 90 * 86400)
-        first, last = rng.pick(_FIRST_NAMES), rng.pick(_LAST_NAMES)
-        stamp = format_timestamp(created)
+        created += rng.randint(60, 3600)
+        updated = created if rng.random() < 0.6 else created + rng.randint(60, 90 * 86400)
+        first, last = rng.choice(_FIRST_NAMES), rng.choice(_LAST_NAMES)
+        record = blank_customer(hex_id(rng, "cus_"), format_timestamp(created))
+        record["updated_at"] = format_timestamp(updated)
+        record["first_name"], record["last_name"] = first, last
+        if rng.random() < 0.92:
+            record["email"] = f"{first}.{last}{n}@example.com".lower()
+        if rng.random() < 0.9:
+            record["mobile_number"] = _phone(rng, phones)
+        if rng.random() < 0.2:
+            record["home_number"] = _phone(rng, phones)
+        if rng.random() < 0.15:
+            record["work_number"] = _phone(rng, phones)
+        if rng.random() < 0.25:
+            record["company"] = rng.choice(_COMPANIES)
+        record["notifications_enabled"] = rng.random() < 0.7
+        if rng.random() < 0.6:
+            record["lead_source"] = rng.choice(_LEAD_SOURCES)
+        record["tags"] = rng.sample(_TAGS, rng.choice((0, 0, 1, 1, 2)))
         addresses = []
-        if rng.chance(0.85):
+        if rng.random() < 0.85:
             addresses.append(_address(rng, "service"))
-        if rng.chance(0.25):
+        if rng.random() < 0.25:
             addresses.append(_address(rng, "billing"))
-        customers.append(
-            {
-                "id": hex_id(rng, "cus_"),
-                "first_name": first,
-                "last_name": last,
-                "email": f"{first}.{last}{n}@example.com".lower() if rng.chance(0.92) else None,
-                "mobile_number": _phone(rng, phones) if rng.chance(0.9) else None,
-                "home_number": _phone(rng, phones) if rng.chance(0.2) else None,
-                "work_number": _phone(rng, phones) if rng.chance(0.15) else None,
-                "company": rng.pick(_COMPANIES) if rng.chance(0.25) else None,
-                "notifications_enabled": rng.chance(0.7),
-                "lead_source": rng.pick(_LEAD_SOURCES) if rng.chance(0.6) else None,
-                "tags": _tags(rng),
-                "addresses": addresses,
-                "created_at": stamp,
-                "updated_at": stamp if updated == created else format_timestamp(updated),
-            }
-        )
+        record["addresses"] = addresses
+        customers.append(record)
     return customers
