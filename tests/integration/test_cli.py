@@ -131,7 +131,7 @@ def test_dry_run_shows_per_field_diffs_and_writes_nothing_anywhere(
     box, config = synced_pair(cli, sandbox_factory, tmp_path, seed=6)
     csv_path = tmp_path / "books" / "customers.csv"
     rows = read_csv(csv_path)
-    edited = rows[0]
+    edited = next(row for row in rows if row["Email"])  # found again in HCP by its e-mail
     old_company = edited["Company"]
     edited["Company"] = "Dry Run Plumbing LLC"
     rows.append({"First Name": "Nora", "Last Name": "Newcombe",
