@@ -155,13 +155,14 @@ def records_of(body: Any, path: str, where: Where, context: str) -> list[dict[st
             named = repr(path) if path else "the response"
             what = f"{named} is {describe_shape(found)}, not a list"
         shape = f"; the response is {describe_shape(body)}" if path else ""
-        hint = (
-            f"set records_path to the key holding the records (here: "
-            f"{', '.join(repr(c) for c in candidates)})"
-            if candidates
-            else "set records_path to the dotted path of the list of records "
-            "(empty when the body itself is the list)"
-        )
+        if candidates:
+            hint = (f"set records_path to the key holding the records (here: "
+                    f"{', '.join(repr(c) for c in candidates)})")
+        elif isinstance(body, list):
+            hint = 'the body itself is the list of records: set records_path = ""'
+        else:
+            hint = ("set records_path to the dotted path of the list of records "
+                    "(empty when the body itself is the list)")
         raise where.fatal(
             f"{context}: {what} (setting {where.setting('records_path', path)}){shape}; "
             f"{hint}. Nothing was written."
