@@ -21,8 +21,8 @@ import datetime as dt
 import re
 from decimal import Decimal, InvalidOperation
 
-from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # type: ignore[import-untyped]
-from openpyxl.styles.numbers import is_date_format  # type: ignore[import-untyped]
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.styles.numbers import is_date_format
 
 from syncengine.errors import RecordError
 

@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
-import openpyxl  # type: ignore[import-untyped]
-from openpyxl.styles import Font  # type: ignore[import-untyped]
-from openpyxl.utils import get_column_letter  # type: ignore[import-untyped]
+import openpyxl
+from openpyxl.styles import Font
+from openpyxl.utils import get_column_letter
 
 from syncengine.errors import ConflictingWriteError, RetriableError
 
