@@ -6,7 +6,8 @@ spreadsheets in ``tmp_path``. Run history is read straight from the state store.
 
 - two pipelines on one-second schedules keep two sheets and the sandbox in step; SIGTERM
   while a sync is creating records exits 0 with the run recorded as ``stopped``, and the
-  next daemon finishes the job with no duplicate and no lost edit;
+  next daemon finishes the job with no duplicate and no lost edit; a second SIGTERM exits at
+  once (128 + 15) and the daemon after it still finishes with no duplicate;
 - two daemons on one state store (SQLite file, PostgreSQL database) never run one pipeline
   at the same time (checked from the run history), and SIGKILL of the one holding a lease
   hands the pipeline to the other once the lease has expired;
@@ -408,9 +409,36 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
             assert len(got) == len(set(got)), f"a row was copied twice in {name}"
         assert company_everywhere(email, "Edited In Sheet A")
         assert last_name_in_sheets(other["email"].lower(), "Edited-In-HCP")
+
+        # a second signal exits at once, mid-sync; the journal lets the next daemon finish
+        rows = sheet(tmp_path, "books_a")
+        more = [{**dict.fromkeys(rows[0], ""), "First Name": f"More{i}", "Last Name": "Row",
+                 "Email": f"more{i}@daemon.test"} for i in range(25)]
+        posts_before = hcp.posts()
+        replace_sheet(tmp_path, "books_a", rows + more)
+        wait_until(lambda: hcp.posts() >= posts_before + 3, 30, "the creates to start",
+                   second.text)
         second.signal(signal.SIGTERM)
-        assert second.wait(30) == 0, second.text()[-4000:]
-        assert_no_overlap(history(tmp_path, state))
+        second.wait_event("signal received: finishing running syncs, then exiting", 10)
+        signalled = time.monotonic()
+        second.signal(signal.SIGTERM)
+        assert second.wait(10) == 128 + signal.SIGTERM, second.text()[-4000:]
+        forced_at = time.time()
+        assert time.monotonic() - signalled < 5
+        assert second.events()[-1]["event"] == "second signal: exiting at once"
+
+        third = daemons(config)
+        wait_until(lambda: converged(seeded + 50), 60, "the daemon after the forced exit",
+                   third.text)
+        hcp_emails = [c["email"].lower() for c in hcp.customers() if c.get("email")]
+        assert len(hcp_emails) == len(set(hcp_emails)), "a customer was created twice"
+        for name in ("books_a", "books_b"):
+            got = emails(sheet(tmp_path, name))
+            assert len(got) == len(set(got)), f"a row was copied twice in {name}"
+        third.signal(signal.SIGTERM)
+        assert third.wait(30) == 0, third.text()[-4000:]
+        runs = history(tmp_path, state)
+        assert_no_overlap(runs, {r.id: forced_at for r in runs if r.finished_at is None})
     finally:
         hcp.close()
         box.stop()
