@@ -386,6 +386,8 @@ class Daemon:
     def start(self) -> None:
         """Start the scheduler, the lease keeper and the HTTP endpoint (if asked for)."""
         self._prepare()
+        if self._http_address is not None:  # first: a port in use fails before any run
+            self._start_http(*self._http_address)
         section = self.config.daemon
         self._scheduler = BackgroundScheduler(
             executors={"default": JobPool(max_workers=section.max_concurrent)},
@@ -399,8 +401,6 @@ class Daemon:
         self._keeper = threading.Thread(target=self._keep_leases, name="lease-keeper",
                                         daemon=True)
         self._keeper.start()
-        if self._http_address is not None:
-            self._start_http(*self._http_address)
         log.info("daemon started", holder=self.holder, pipelines=list(self.config.pipelines),
                  max_concurrent=section.max_concurrent, lease_ttl=section.lease_ttl,
                  state=self.store.url_for_display)

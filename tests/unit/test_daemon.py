@@ -39,21 +39,25 @@ from syncengine.logging import configure
 from syncengine.metrics import http_stats
 from syncengine.state import StateStore
 
+DAEMON = {"backoff_initial": "0.2", "backoff_max": "0.4", "lease_ttl": "5",
+          "shutdown_grace": "5", "reload_poll": "0"}
+
 
 def write_config(folder: Path, *, daemon: str = "", key: str = "k1",
                  p_schedule: str = "every 1h", q_schedule: str = "every 1h") -> Path:
+    """Two pipelines over memory members; ``daemon`` lines override the [daemon] defaults."""
+    settings = dict(DAEMON)
+    for line in daemon.splitlines():
+        name, _, value = line.partition("=")
+        settings[name.strip()] = value.strip()
     path = folder / "config.toml"
+    lines = "\n".join(f"{k} = {v}" for k, v in settings.items())
     path.write_text(f"""
 [state]
 url = "sqlite:///state.db"
 
 [daemon]
-backoff_initial = 0.2
-backoff_max = 0.4
-lease_ttl = 5
-shutdown_grace = 5
-reload_poll = 0
-{daemon}
+{lines}
 
 [connectors.a]
 type = "memory"
@@ -326,6 +330,38 @@ def test_shutdown_stops_a_running_sync_and_releases_its_lease(setup: Any) -> Non
     assert daemon.metrics.value("syncengine_runs_total",
                                 {"pipeline": "p", "outcome": "stopped"}) == 1
     assert not daemon.health()[0]
+
+
+def test_a_sync_that_outlives_the_grace_period_is_abandoned_with_exit_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(write_config(tmp_path, daemon="shutdown_grace = 0.3"))
+    store = api.open_store(config)
+    entered, release = threading.Event(), threading.Event()
+
+    def stubborn(config: Config, store: StateStore, pipeline: Pipeline,
+                 stop: threading.Event, connectors: list[Connector]) -> SyncResult:
+        if pipeline.name == "p":
+            entered.set()
+            release.wait(10)  # a batch that takes longer than the grace period
+            raise SyncStopped("stopped")
+        return engine_sync(config, store, pipeline, stop, connectors)
+
+    def exit_now(code: int) -> None:
+        raise SystemExit(code)
+
+    monkeypatch.setattr("syncengine.daemon._flush_and_exit", exit_now)
+    daemon = Daemon(config, store, sync=stubborn, holder="me:1:aaaa")
+    daemon.start()
+    try:
+        assert entered.wait(10)
+        with pytest.raises(SystemExit) as info:
+            daemon.shutdown()
+        assert info.value.code == 1
+        assert "p" not in store.leases()  # released for the next daemon before exiting
+    finally:
+        release.set()
+        wait_for(lambda: not daemon.running)
+        store.close()
 
 
 def test_health_and_metrics_over_http_while_one_pipeline_keeps_failing(
