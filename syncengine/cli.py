@@ -465,14 +465,26 @@ def sandbox(
     port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.1).")] = 8765,
     api_key: Annotated[str, typer.Option("--api-key", envvar="HCP_API_KEY",
                                          help="The key clients must send.")] = "sandbox",
-    seed: Annotated[int, typer.Option(help="Generate this many customers.")] = 0,
+    seed: Annotated[int, typer.Option(
+        help="Generate this many customers, most with jobs, invoices and payments.")] = 0,
+    random_seed: Annotated[int, typer.Option(
+        "--random-seed", help="Vary the generated data (the same value gives the same data).")
+    ] = 0,
+    nest_payments: Annotated[bool, typer.Option(
+        "--nest-payments/--no-nest-payments",
+        help="Nest each invoice's payments in it, as the live API does.")] = True,
+    live_invoices: Annotated[bool, typer.Option(
+        "--live-invoices",
+        help="Send invoices without customer_id and updated_at, as the live API does.")
+    ] = False,
     latency_ms: Annotated[int, typer.Option("--latency-ms", help="Delay per request.")] = 0,
     error_rate: Annotated[float, typer.Option(
         "--error-rate", help="Share of requests answered 500 (0..1).")] = 0.0,
     rate_limit: Annotated[float | None, typer.Option(
         "--rate-limit", help="Requests per second before 429 + Retry-After.")] = None,
     data: Annotated[Path | None, typer.Option(
-        "--data", help="Load customers from this JSON file instead of generating them.")] = None,
+        "--data", help="Load customers, employees, jobs, invoices and payments from this JSON "
+        "file (what the demo's hcp-data.json holds) instead of generating them.")] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
 ) -> None:
     """Run the Housecall Pro sandbox: a stateful local emulator of the HCP API."""
@@ -482,7 +494,8 @@ def sandbox(
         from syncengine.connectors.housecallpro.sandbox import serve
         serve(host, port, api_key=api_key, seed=seed or None, latency_ms=latency_ms,
               error_rate=error_rate, rate_limit=rate_limit,
-              data_file=str(data) if data else None)
+              data_file=str(data) if data else None, random_seed=random_seed,
+              nest_payments=nest_payments, live_invoices=live_invoices)
 
 
 @app.command()

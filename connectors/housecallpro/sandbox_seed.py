@@ -111,6 +111,8 @@ class _WorkMaker:
         rng = self.rng
         if rng.random() >= 0.75:
             return
+        if not (customer.get("email") or customer.get("mobile_number")):
+            return  # a pro can neither reach nor bill someone without an e-mail or a phone
         when = parse_timestamp(customer["created_at"])
         service = next((a for a in customer["addresses"] if a["type"] == "service"), None)
         for _ in range(rng.pick(_JOBS_PER_CUSTOMER)):
