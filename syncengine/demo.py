@@ -2,8 +2,9 @@
 
 It sets up a folder with a config, a bookkeeper's spreadsheet that overlaps the sandbox's
 customers (identical rows, rows that fill in what HCP lacks, new rows, one real conflict, a
-column syncengine does not know), then runs a dry run, a sync, and a second sync that has
-nothing left to do — and says what to look at.
+column syncengine does not know), then runs a dry run, a sync (customers, then their invoices
+and payments into invoices.csv and payments.csv), and a second sync that has nothing left to
+do, proves the books reconcile — and says what to look at.
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ delete_customers = true
 
 [connectors.books]
 type = "spreadsheet"
-path = "books"
+path = "books"                          # or "books.xlsx": one workbook with three sheets
+timezone = "America/Chicago"            # the sheet shows dates as the office sees them
 
 [[pipelines]]
 name = "hcp-books"
 members = ["hcp", "books"]
-entities = ["customers"]
+entities = ["customers", "invoices", "payments"]
 
 [pipelines.conflicts]
 default = ["hcp"]                       # where both sides differ, Housecall Pro wins...
@@ -202,6 +204,10 @@ def run_demo(directory: Path, console: Console) -> int:
         console.rule("6. syncengine sync  (again: nothing left to do)")
         second = api.sync(config)[0]
         render_result(console, second)
+        console.rule("7. syncengine reconcile-report  (do the books agree?)")
+        from syncengine.render import render_report
+        report = api.reconcile_report(config)[0]
+        render_report(console, report)
         (directory / "hcp-data.json").write_text(json.dumps(sandbox.dump(), indent=1),
                                                  encoding="utf-8")
 
@@ -209,16 +215,21 @@ def run_demo(directory: Path, console: Console) -> int:
     for line in (
         f"books/customers.csv  every row now has a Sync ID; HCP's other customers were "
         f"appended; the Notes column is untouched  ({directory / 'books' / 'customers.csv'})",
+        "books/invoices.csv, books/payments.csv   every invoice and payment, amounts as "
+        "1234.50, dates in the office's time zone, customers by e-mail",
+        f"syncengine reconcile-report -c {directory / 'config.toml'} --all   the books, "
+        "invoice by invoice",
         f"syncengine conflicts list -c {directory / 'config.toml'}   the parked mobile number",
         f"syncengine conflicts resolve ID --take books -c {directory / 'config.toml'}   "
         "settle it (then sync again)",
-        f"syncengine status -c {directory / 'config.toml'}   last run, conflicts",
+        f"syncengine status -c {directory / 'config.toml'}   last run, conflicts, skipped "
+        "writes",
         f"hcp-data.json   what the sandbox held at the end; restart it with "
         f"`syncengine sandbox --port {port} --data {directory / 'hcp-data.json'}`",
     ):
         console.print(f"  • {line}")
     ok = (not second.plan.actions and not first.failures and not second.guard
-          and first.exit_code in (0, 1))
+          and first.exit_code in (0, 1) and report.clean)
     if not ok:
         console.print("[red]The demo did not converge as expected; see the output above.[/]")
         return 1
