@@ -44,11 +44,26 @@ def sync(
                              f"(entities: {', '.join(sorted(known))})")
     store = open_store(config, create=not dry_run)
     try:
+        if not dry_run:
+            _check_not_running(store, [p.name for p in pipelines])
         engine = Engine(config, store, dry_run=dry_run, progress=progress,
                         allow_mass_delete=allow_mass_delete, connector_extra=connector_extra)
         return [engine.sync(p, entities) for p in pipelines]
     finally:
         store.close()
+
+
+def _check_not_running(store: StateStore, names: Sequence[str]) -> None:
+    """Refuse to sync a pipeline a daemon is syncing right now (its lease is live)."""
+    leases = store.leases()
+    now = dt.datetime.now(dt.UTC)
+    for name in names:
+        lease = leases.get(name)
+        if lease is not None and not lease.expired(now):
+            raise UsageError(
+                f"pipeline {name} is being synced right now by {lease.holder} (its lease runs "
+                f"until {lease.expires_at:%Y-%m-%d %H:%M:%S} UTC); nothing was done. Wait for "
+                f"that run to finish, or `syncengine pause -p {name}` to keep the daemon off it")
 
 
 def validate(path: str | Path) -> Config:

@@ -15,6 +15,7 @@ the member's link dirty so that the next run writes it again instead of forgetti
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import gc
 import threading
@@ -70,6 +71,31 @@ MAX_REPORTED = 200
 
 ProgressFn = Callable[[str, int, int | None], None]
 """(what, done, total or None) — called while reading and applying."""
+
+
+class _GcThreshold:
+    """The young-generation GC threshold raised while any sync of this process runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._saved: tuple[int, ...] = ()
+
+    def enter(self) -> None:
+        with self._lock:
+            if self._active == 0:
+                self._saved = gc.get_threshold()
+                gc.set_threshold(max(self._saved[0], 50_000), *self._saved[1:])
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active == 0 and self._saved:
+                gc.set_threshold(*self._saved)
+
+
+_GC = _GcThreshold()
 
 
 @dataclass
@@ -264,16 +290,19 @@ class Engine:
     def sync(self, pipeline: Pipeline, entities: Sequence[str] | None = None) -> SyncResult:
         # A sync allocates many long-lived small objects (one entity's records) and no
         # reference cycles of note: collect the young generation less often while it runs.
-        thresholds = gc.get_threshold()
-        gc.set_threshold(max(thresholds[0], 50_000), *thresholds[1:])
+        # Several syncs may overlap in one process (the daemon): the first raises the
+        # threshold, the last restores it.
+        _GC.enter()
         try:
-            return self._sync(pipeline, entities)
+            with structlog.contextvars.bound_contextvars(pipeline=pipeline.name, run_id=None):
+                return self._sync(pipeline, entities)
         finally:
-            gc.set_threshold(*thresholds)
+            _GC.leave()
 
     def _sync(self, pipeline: Pipeline, entities: Sequence[str] | None) -> SyncResult:
         started = time.monotonic()
         run_uuid = uuid.uuid4().hex
+        structlog.contextvars.bind_contextvars(run_id=run_uuid)  # every line of this run
         plan = Plan(pipeline.name, self.dry_run)
         result = SyncResult(pipeline.name, self.dry_run, run_uuid, plan)
         bound = log.bind(pipeline=pipeline.name, run_id=run_uuid, dry_run=self.dry_run)
@@ -863,8 +892,10 @@ class Engine:
         workers = max((int(getattr(by_name[a[2].member].connector.options, "concurrency", 1))
                        for a in unbuffered), default=1)
         if workers > 1 and len(unbuffered) > 1:
+            # the writers' log lines carry the run's context (pipeline, run id) too
+            context = contextvars.copy_context()
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                outs = list(pool.map(run, unbuffered))
+                outs = list(pool.map(lambda item: context.copy().run(run, item), unbuffered))
         else:
             outs = [run(a) for a in unbuffered]
         outs += [run(a) for a in buffered]

@@ -243,3 +243,20 @@ def test_a_stop_request_finishes_the_batch_commits_and_the_next_run_goes_on(
     assert result.exit_code == 0
     assert len(books.table("customers")) == 450
     assert _sync(config).plan.actions == []
+
+
+def test_a_manual_sync_refuses_a_pipeline_a_daemon_is_running(tmp_path: Path) -> None:
+    from syncengine.errors import UsageError
+
+    config = _config(tmp_path)
+    _seed(MemoryConnector.get_dataset("hcp"))
+    store = api.open_store(config)
+    try:
+        with store.transaction() as tx:
+            assert tx.acquire_lease("p", "otherhost:4242:abcd", 60)
+    finally:
+        store.close()
+    with pytest.raises(UsageError, match="being synced right now by otherhost:4242:abcd"):
+        _sync(config)
+    assert MemoryConnector.get_dataset("books").table("customers") == {}
+    assert _sync(config, dry_run=True).plan.actions  # a dry run only reads: allowed
