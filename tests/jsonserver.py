@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -178,14 +180,34 @@ class JsonServer:
         assert self._client is not None, "json-server is not started"
         return self._client
 
-    def db(self) -> dict[str, Any]:
-        """The data as json-server last wrote it to ``db.json``."""
-        data = json.loads(self.path.read_text(encoding="utf-8"))
-        assert isinstance(data, dict)
-        return data
+    def db(self, until: Callable[[dict[str, Any]], bool] | None = None,
+           timeout: float = 10.0) -> dict[str, Any]:
+        """The data as json-server last wrote it to ``db.json``. json-server writes the file
+        after it answers, so a test expecting a change passes ``until`` (a condition on the
+        data) to wait for it; the last data read is returned when it does not come."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+            except ValueError:  # caught in the middle of a write
+                data = None
+            done = isinstance(data, dict) and (until is None or until(data))
+            if done or time.monotonic() > deadline:
+                assert isinstance(data, dict), f"{self.path} is not a JSON object"
+                return data
+            time.sleep(0.05)
 
-    def db_bytes(self) -> bytes:
-        return self.path.read_bytes()
+    def db_bytes(self, settle: float = 0.3) -> bytes:
+        """The bytes of ``db.json`` once they stopped changing for ``settle`` seconds (a write
+        json-server answered may still be on its way to the file)."""
+        last = self.path.read_bytes()
+        stable_since = time.monotonic()
+        while time.monotonic() - stable_since < settle:
+            time.sleep(0.05)
+            now = self.path.read_bytes()
+            if now != last:
+                last, stable_since = now, time.monotonic()
+        return last
 
     def records(self, collection: str = "customers") -> list[dict[str, Any]]:
         """The collection through the API (what a person sees)."""

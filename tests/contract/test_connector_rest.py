@@ -135,7 +135,7 @@ class JsonServerContract(_RestContract):
         self, json_server: JsonServer, collection: str, connector: Connector, sample: Sample
     ) -> None:
         created = connector.create(ENTITY, sample(1), key=key(1))
-        stored = json_server.db()[collection]
+        stored = json_server.db(until=lambda data: bool(data[collection]))[collection]
         assert [str(r["id"]) for r in stored] == [created.id]
         assert stored[0] == created.data
 
