@@ -203,3 +203,29 @@ def test_json_server_is_the_pinned_version(json_server: JsonServer) -> None:
 
     assert json_server_version(json_server.binary) == JSON_SERVER_VERSION
     assert Path(json_server.binary).name == "json-server"
+
+
+@pytest.mark.parametrize("style", ["link", "total_count", "page", "offset", "none"])
+@pytest.mark.parametrize("n", [0, 1, PAGE_SIZE, PAGE_SIZE + 1, 3 * PAGE_SIZE])
+def test_every_style_json_server_speaks_pages_it_exactly(
+    json_server: JsonServer, style: str, n: int
+) -> None:
+    """Against json-server itself: every record once, with the fewest list calls the style
+    allows (an exact multiple of the page size ends with an empty page for the styles that
+    learn the end from the records; ``link`` and ``total_count`` know it from the headers)."""
+    collection = f"c{next(_numbers):03d}"
+    assert int(collection[1:]) < COLLECTIONS
+    created = [json_server.post(sample_customer(i), collection) for i in range(n)]
+    recorder = RecordingTransport()
+    options = RestOptions.model_validate(json_server_options(
+        json_server.url, f"/{collection}", style=style, page_size=PAGE_SIZE))
+    conn = RestConnector(options, ConnectorContext("crm", extra={"transport": recorder}))
+    try:
+        ids = [r.id for r in conn.read(ENTITY)]
+    finally:
+        conn.close()
+    assert ids == [str(c["id"]) for c in created]
+    pages = max(1, math.ceil(n / PAGE_SIZE))
+    learns_the_end = style in ("page", "offset") and (n % PAGE_SIZE == 0 or n < PAGE_SIZE)
+    expected = 1 if style == "none" else pages + (1 if learns_the_end and n else 0)
+    assert len(recorder.exchanges) == expected, [e.url for e in recorder.exchanges]
