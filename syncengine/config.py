@@ -266,7 +266,9 @@ def _pydantic_problems(
             known = _known_keys(model_cls, item["loc"][:-1])
             close = difflib.get_close_matches(str(item["loc"][-1]), known, n=1)
             msg = f"unknown key {item['loc'][-1]!r}"
-            fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+            fix = (f"did you mean {close[0]!r}?" if close
+                   else f"known keys: {', '.join(known)}" if known
+                   else "remove it (see the connector's documented options)")
         elif kind == "missing":
             msg = "is required"
             fix = "add it"
@@ -274,7 +276,9 @@ def _pydantic_problems(
             msg = item["msg"]
             if "input" in item and not isinstance(item["input"], dict | list):
                 shown = item["input"]
-                if _SECRET_KEY.search(loc):
+                # a secret-looking key name, not pydantic's own "[key]" marker of dict keys
+                names = [str(p) for p in item["loc"] if isinstance(p, str) and p != "[key]"]
+                if any(_SECRET_KEY.search(name) for name in names):
                     shown = "***"
                 msg += f" (got {shown!r})"
         problems.append(Problem(where, msg, fix))
