@@ -12,6 +12,7 @@ Writing a connector::
         def entities(self) -> tuple[str, ...]: ...
         def capabilities(self, entity: str) -> Capabilities: ...
         def read(self, entity: str) -> Iterator[NativeRecord]: ...
+        def read_incremental(self, entity, token) -> ReadPass | None: ...  # optional
         def create(self, entity, data, *, key) -> NativeRecord: ...
         def update(self, entity, native_id, patch, *, full, new_id=None) -> NativeRecord | None: ...
         def delete(self, entity, native_id) -> None: ...
@@ -33,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -100,6 +101,31 @@ def raw_hash(data: Mapping[str, Any]) -> str:
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 
+class ReadPass:
+    """One read of an entity that may be partial (see ``Connector.read_incremental``).
+
+    Iterate ``records`` once; after they are exhausted ``token()`` is the token to store once
+    what was read is committed (``None`` before that, or when the connector has none to give).
+    """
+
+    def __init__(self, records: Iterator[NativeRecord], *, complete: bool,
+                 finish: Callable[[], str | None]) -> None:
+        self.complete = complete
+        """True: the whole listing (a linked record missing from it is gone). False: only the
+        records changed since the token (a linked record missing from it is unchanged)."""
+        self._records = records
+        self._finish = finish
+        self._token: str | None = None
+
+    @property
+    def records(self) -> Iterator[NativeRecord]:
+        yield from self._records
+        self._token = self._finish()
+
+    def token(self) -> str | None:
+        return self._token
+
+
 class ConnectorOptions(BaseModel):
     """Base for a connector's options model. Unknown keys are errors, not silently ignored."""
 
@@ -148,6 +174,18 @@ class Connector(ABC):
     @abstractmethod
     def read(self, entity: str) -> Iterator[NativeRecord]:
         """Stream every record of ``entity``, page by page."""
+
+    def read_incremental(self, entity: str, token: str | None) -> ReadPass | None:
+        """A read of ``entity`` that may list only what changed since ``token``, or None when
+        the member cannot read that way (the default): the engine then calls ``read``.
+
+        The token is opaque to the engine: it is what an earlier pass's ``ReadPass.token()``
+        gave (None the first time), stored by the engine only once everything that pass read
+        was committed. A pass that is not ``complete`` lists only the records changed since the
+        token, so a record missing from it is unchanged, not deleted; a connector must make a
+        complete pass from time to time, since deletes are only seen in complete passes. An
+        absent or unreadable token must give a complete pass."""
+        return None
 
     def get(self, entity: str, native_id: str) -> NativeRecord | None:
         """One record by id, or None. The default reads the whole entity."""

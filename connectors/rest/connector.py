@@ -43,11 +43,11 @@ from syncengine.connector import (
     ConnectorOptions,
     NativeData,
     NativeRecord,
+    ReadPass,
 )
 from syncengine.connectors.rest.incremental import (
     HighWater,
     Mark,
-    ReadPass,
     decode_token,
     encode_token,
     mark_param,
@@ -137,8 +137,9 @@ class RestConnector(Connector):
 
     def read_incremental(self, entity: str, token: str | None) -> ReadPass | None:
         """Only the records updated since the mark in ``token`` (or everything, when a full
-        pass is due). None when the entity has no incremental reads configured: the caller then
-        uses ``read``. See ``syncengine.connectors.rest.incremental``."""
+        pass is due), as ``Connector.read_incremental`` describes. None when the entity has no
+        incremental reads configured: the engine then uses ``read``. See
+        ``syncengine.connectors.rest.incremental``."""
         spec = self._spec(entity)
         inc = spec.incremental
         if not inc.enabled:

@@ -1,13 +1,13 @@
 """Incremental reads: only the records updated since the last read, with full passes between.
 
 The engine takes a record missing from ``read()`` as deleted, so a filtered listing must never
-be presented as a full one. ``read()`` therefore always lists everything; an engine that
-understands partial reads calls ``RestConnector.read_incremental(entity, token)`` instead and
-gets a :class:`ReadPass`: the records, whether they are the complete listing, and (once they
-are exhausted) the token to store *after* it committed what it read. The token is opaque to the
-engine; it holds the high-water mark (the newest update time seen, as the server writes it)
-and when the last full pass started, so that a full pass is made at least every
-``full_every_hours`` (deletes are only seen by full passes).
+be presented as a full one. ``read()`` therefore always lists everything; the engine calls
+``RestConnector.read_incremental(entity, token)`` (``Connector.read_incremental``) instead and
+gets a ``syncengine.connector.ReadPass`` (re-exported here): the records, whether they are the
+complete listing, and (once they are exhausted) the token to store *after* it committed what
+it read. The token is opaque to the engine; it holds the high-water mark (the newest update
+time seen, as the server writes it) and when the last full pass started, so that a full pass
+is made at least every ``full_every_hours`` (deletes are only seen by full passes).
 
 Nothing here is used unless ``incremental.enabled = true`` for the entity.
 """
@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from syncengine.connector import NativeRecord
+from syncengine.connector import ReadPass
 from syncengine.model import parse_datetime
 
 __all__ = ["HighWater", "Mark", "ReadPass", "decode_token", "encode_token", "mark_param"]
@@ -113,25 +112,3 @@ def mark_param(since: str | int | float, overlap_seconds: float) -> str | int | 
     earlier = (moment - dt.timedelta(seconds=overlap_seconds)).astimezone(dt.UTC)
     text: str = earlier.isoformat(timespec="microseconds" if earlier.microsecond else "seconds")
     return text.replace("+00:00", "Z")
-
-
-class ReadPass:
-    """One incremental read: iterate ``records``; after they are exhausted ``token()`` is the
-    token to store once what was read is committed (``None`` before that)."""
-
-    def __init__(self, records: Iterator[NativeRecord], *, complete: bool,
-                 finish: Callable[[], str]) -> None:
-        self.complete = complete
-        """True: the whole listing (a record missing from it is gone). False: only records
-        updated since the mark (a record missing from it is unchanged)."""
-        self._records = records
-        self._finish = finish
-        self._token: str | None = None
-
-    @property
-    def records(self) -> Iterator[NativeRecord]:
-        yield from self._records
-        self._token = self._finish()
-
-    def token(self) -> str | None:
-        return self._token
