@@ -1,4 +1,5 @@
-"""The state store: base records, links, the write-ahead journal, conflicts and runs.
+"""The state store: base records, links, the write-ahead journal, conflicts, runs and the
+marks incremental reads start from.
 
 Usage::
 

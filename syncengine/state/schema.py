@@ -26,6 +26,7 @@ __all__ = [
     "links",
     "metadata",
     "pipeline_state",
+    "read_marks",
     "records",
     "runs",
     "skips",
@@ -220,5 +221,17 @@ pipeline_state = sa.Table(
     sa.Column("failures", sa.Integer(), nullable=False),
     sa.Column("backoff_until", UTCDateTime(), nullable=True),
     sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# Per pipeline, entity and member, the token of the member's last incremental read whose
+# records were all committed (opaque: the connector gives it and reads it back; migration 0003).
+read_marks = sa.Table(
+    "read_marks",
+    metadata,
+    sa.Column("pipeline", sa.String(), primary_key=True),
+    sa.Column("entity", sa.String(), primary_key=True),
+    sa.Column("member", sa.String(), primary_key=True),
+    sa.Column("token", sa.Text(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )

@@ -53,6 +53,7 @@ from syncengine.state.schema import (
     conflicts,
     journal,
     links,
+    read_marks,
     records,
     runs,
     skips,
@@ -327,7 +328,7 @@ def _postgresql_engine(url: URL) -> sa.Engine:
 
 
 class StateStore:
-    """Sync state: base records, links, journal, conflicts and run history.
+    """Sync state: base records, links, journal, conflicts, run history and read marks.
 
     Open with `StateStore.open(url)`. Reads are methods on the store, each in its own short
     read transaction (or inside the thread's open transaction); writes go through
@@ -597,6 +598,18 @@ class StateStore:
             if len(page) < batch:
                 return
             after = page[-1][0]
+
+    def read_mark(self, pipeline: str, entity: str, member: str) -> str | None:
+        """The token of the member's last incremental read of the entity whose records were
+        all committed (see `Tx.put_read_mark`), or None."""
+        query = sa.select(read_marks.c.token).where(
+            read_marks.c.pipeline == pipeline,
+            read_marks.c.entity == entity,
+            read_marks.c.member == member,
+        )
+        with self._read() as conn:
+            token: str | None = conn.execute(query).scalar_one_or_none()
+        return token
 
     def skipped(self, pipeline: str | None = None, limit: int | None = None) -> list[SkipRow]:
         """Writes members could not take, newest first."""
@@ -1011,6 +1024,15 @@ class Tx:
         if members is not None:
             stmt = stmt.where(links.c.member.in_(list(members)))
         self._conn.execute(stmt)
+
+    # -- read marks ----------------------------------------------------------------------
+
+    def put_read_mark(self, pipeline: str, entity: str, member: str, token: str) -> None:
+        """Insert or replace the token the member's next incremental read of the entity starts
+        from. The token is opaque here: only the connector that gave it reads it."""
+        stmt = _upsert(self._dialect, read_marks, ("pipeline", "entity", "member"))
+        self._conn.execute(stmt, [{"pipeline": pipeline, "entity": entity, "member": member,
+                                   "token": token, "updated_at": _now()}])
 
     # -- journal -------------------------------------------------------------------------
 
