@@ -146,6 +146,10 @@ class KeyPlan:
     skips: list[Skip] = field(default_factory=list)
     purge: bool = False
     """Drop the hub record once every planned delete succeeded (nobody else holds it)."""
+    waiting: set[str] = field(default_factory=set)
+    """Members that deleted this record while records of other entities still refer to it:
+    the delete waits (see ``Engine._settle_waiting_deletes``), and until then nothing may be
+    written on them referring to it."""
     prior: dict[str, LinkPlan] = field(default_factory=dict)
     """What each member holding the record had before this run's writes. For a new hub
     record it is committed before any write, so that a crash after a write leaves a base

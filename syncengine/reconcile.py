@@ -162,7 +162,9 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
                 plan.skips.append(Skip(spec.name, member, key,
                                        f"deleted on {', '.join(sorted(gone))}, but {users} "
                                        "record(s) of other entities still refer to it; it is "
-                                       "deleted once they are", shown, kind="deferred"))
+                                       "deleted once they are, or restored where it was "
+                                       "deleted if they stay", shown, kind="deferred"))
+            plan.waiting = set(gone)
             return plan
     if (gone or deleted) and not modified:
         for member in gone:

@@ -87,10 +87,16 @@ class References:
         self.plans: dict[str, EntityPlan] = {}
         """entity -> this run's plan (laid over the state in a dry run)."""
         self._indexes: dict[tuple[str, str, tuple[str, ...] | None], _Index] = {}
+        self._waiting: dict[tuple[str, str], set[str]] = {}
+        """(entity, member) -> keys that member deleted while they are still referred to:
+        its link still names the deleted record, so nothing may refer to it there."""
 
     def planned(self, plan: EntityPlan) -> None:
         """Tell the indexes about an entity's plan; indexes of it are rebuilt when next used."""
         self.plans[plan.entity] = plan
+        for kp in plan.keys:
+            for member in kp.waiting:
+                self._waiting.setdefault((plan.entity, member), set()).add(kp.key)
         for cache_key in [k for k in self._indexes if k[0] == plan.entity]:
             del self._indexes[cache_key]
 
@@ -131,6 +137,8 @@ class References:
                     for action in kp.actions:
                         if isinstance(action, Create) and action.member == member:
                             index.back.setdefault(kp.key, PENDING)
+            for key in self._waiting.get((target, member), ()):
+                index.back.pop(key, None)
             return index
         spec = model.ENTITIES[target]
         shown = [(name, _normaliser(spec, name)) for name in ref_by]
