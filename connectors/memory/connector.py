@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
@@ -17,6 +18,7 @@ from syncengine.connector import (
     ConnectorOptions,
     NativeData,
     NativeRecord,
+    ReadPass,
 )
 from syncengine.errors import NotFoundError, RecordError, RetriableError
 
@@ -39,6 +41,17 @@ class MemoryOptions(ConnectorOptions):
     API that takes some writes of some entities only."""
     stamp_updated_at: bool = True
     """Set ``updated_at`` on every write, like an API that tracks modification times."""
+    incremental: bool = False
+    """Offer incremental reads (``read_incremental``), like an API with an updated-since
+    filter: a pass since a token lists only the records whose ``updated_at`` is newer than the
+    newest one the token's pass saw (records without one are always listed), and every
+    ``full_every``-th pass is complete (it lists everything, so deletes are seen)."""
+    full_every: int = Field(default=3, ge=1)
+    """With ``incremental``: the first pass and then every ``full_every``-th one is complete
+    (1: every pass is complete)."""
+    put_updates: bool = False
+    """Updates replace the whole record with ``full`` (like an API whose update is a PUT)
+    instead of applying ``patch`` to it."""
 
 
 class MemoryDataset:
@@ -53,6 +66,9 @@ class MemoryDataset:
         self.records: dict[str, dict[str, NativeData]] = {}
         self._lock = threading.Lock()
         self._counter = 0
+        self.calls: list[tuple[str, str, str]] = []
+        """(op, entity, detail) of incremental passes (``pass``, ``complete``/``partial``) and
+        ``get`` calls (``get``, the id), for tests to count."""
 
     def table(self, entity: str) -> dict[str, NativeData]:
         return self.records.setdefault(entity, {})
@@ -124,6 +140,45 @@ class MemoryConnector(Connector):
             yield NativeRecord(id=native_id, data=copy.deepcopy(data),
                                location=f"{self.name} {entity} {native_id}")
 
+    def read_incremental(self, entity: str, token: str | None) -> ReadPass | None:
+        """With ``incremental``: the records updated since the token's pass, or everything on
+        the first and every ``full_every``-th pass. The token holds the newest ``updated_at``
+        seen and how many partial passes followed the last complete one."""
+        if not self.opts.incremental:
+            return None
+        since, partial = _decode(token)
+        complete = since is None or partial + 1 >= self.opts.full_every
+        self.dataset.calls.append(("pass", entity, "complete" if complete else "partial"))
+        newest = None if complete else since
+
+        def records() -> Iterator[NativeRecord]:
+            nonlocal newest
+            for record in self.read(entity):
+                stamp = record.data.get("updated_at")
+                if not isinstance(stamp, str):
+                    yield record  # no update time: it cannot be left out
+                    continue
+                if not complete and since is not None and stamp <= since:
+                    continue
+                if newest is None or stamp > newest:
+                    newest = stamp
+                yield record
+
+        def finish() -> str | None:
+            if newest is None:
+                return None  # nothing carries an update time: every pass stays complete
+            return json.dumps({"since": newest, "partial": 0 if complete else partial + 1})
+
+        return ReadPass(records(), complete=complete, finish=finish)
+
+    def get(self, entity: str, native_id: str) -> NativeRecord | None:
+        self.dataset.calls.append(("get", entity, native_id))
+        data = self.dataset.table(entity).get(native_id)
+        if data is None:
+            return None
+        return NativeRecord(id=native_id, data=copy.deepcopy(data),
+                            location=f"{self.name} {entity} {native_id}")
+
     def _maybe_fail(self, op: str, entity: str, ref: str) -> None:
         if self._fail is not None and self._fail(op, entity, ref):
             raise RetriableError(f"injected {op} failure for {ref}", connector=self.name,
@@ -158,7 +213,11 @@ class MemoryConnector(Connector):
             raise RecordError(f"cannot give {entity} {native_id} the id {new_id}: another "
                               "record has it", location=self.name)
         record = table[native_id]
-        record.update(copy.deepcopy(patch))
+        if self.opts.put_updates:
+            record.clear()
+            record.update(copy.deepcopy(full))
+        else:
+            record.update(copy.deepcopy(patch))
         if self.opts.stamp_updated_at:
             record["updated_at"] = self.dataset.now()
         if new_id is not None and new_id != native_id:
@@ -169,3 +228,18 @@ class MemoryConnector(Connector):
     def delete(self, entity: str, native_id: str) -> None:
         self._maybe_fail("delete", entity, native_id)
         self.dataset.table(entity).pop(native_id, None)
+
+
+def _decode(token: str | None) -> tuple[str | None, int]:
+    """(newest update time seen, partial passes since the last complete one) of a token;
+    anything unreadable means "no mark" (a complete pass)."""
+    try:
+        data = json.loads(token) if token else None
+    except ValueError:
+        return None, 0
+    if not isinstance(data, dict):
+        return None, 0
+    since, partial = data.get("since"), data.get("partial")
+    if not isinstance(since, str) or not isinstance(partial, int) or isinstance(partial, bool):
+        return None, 0
+    return since, partial
