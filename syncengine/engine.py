@@ -11,6 +11,14 @@ to a member nor to the state store. Apply goes through the write-ahead journal i
 Members that buffer writes (a spreadsheet file) make them durable in ``flush``; the state of
 the keys they touch is committed only after the flush succeeded, and a failed write marks
 the member's link dirty so that the next run writes it again instead of forgetting it.
+
+Members that read incrementally (``Connector.read_incremental``) may list only the records
+changed since their read mark. A linked record such a partial pass does not list is unchanged,
+not gone: it counts as present with what was last seen of it, and it is fetched by id only
+when it is to be updated (the patch must go onto the whole record). Deletes are seen by the
+complete passes the connector makes from time to time. A member's new mark is stored only
+after the entity was committed with every record the pass listed taken into the plan and no
+write on that member failed; a dry run never stores one.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from syncengine.connector import (
     Connector,
     NativeData,
     NativeRecord,
+    ReadPass,
     check_allowed,
 )
 from syncengine.errors import (
@@ -106,6 +115,15 @@ class Member:
     caps: Capabilities
     type: str
     refs: MemberRefs | None = None
+    read_pass: ReadPass | None = None
+    """The incremental pass this entity was read with (None: a plain ``read``)."""
+    mark: str | None = None
+    """The read mark to store once the entity is committed without a failure on this member:
+    the pass's token, kept only when everything the pass showed was taken into the plan."""
+    reread: bool = False
+    """A record the partial read did not list turned out to be missing: the read mark is
+    dropped once the entity is committed, so that the next read is complete (and sees it
+    gone)."""
 
     @property
     def buffered(self) -> bool:
@@ -191,10 +209,15 @@ class _Read:
     """key -> (native_id, native record, native hash): no need to map it again."""
     new: list[Observed] = field(default_factory=list)
     gone: dict[str, str] = field(default_factory=dict)
-    """key -> native_id of records linked but no longer there."""
+    """key -> native_id of records linked but no longer there (complete reads only)."""
+    unseen: dict[str, str] = field(default_factory=dict)
+    """key -> native_id of records linked but not listed by a partial read: unchanged since
+    the read mark, not gone."""
     blocked: set[str] = field(default_factory=set)
     linked: int = 0
     count: int = 0
+    complete: bool = True
+    """False for an incremental pass that listed only what changed since the read mark."""
 
 
 @dataclass
@@ -338,6 +361,7 @@ class Engine:
                         with self.store.transaction() as tx:
                             tx.finish_intents([{"id": i, "state": "abandoned"}
                                                for i in settled])
+                    self._store_marks(pipeline, entity, members, outcome)
                 refs.planned(ent_plan)  # entities referring to this one see its new state
             result.open_conflicts = len(self.store.open_conflicts(pipeline.name)) + (
                 sum(1 for c in plan.entities for x in c.conflicts if x.winner is None)
@@ -502,7 +526,7 @@ class Engine:
             ent.seen[member.name] = reads[member.name].count
         for member in members:
             r = reads[member.name]
-            if r.count == 0 and r.linked > 0 and not self.allow_mass_delete:
+            if r.count == 0 and r.linked > 0 and r.complete and not self.allow_mass_delete:
                 ent.guard = (f"{member.name} returned no {entity} but {r.linked} are linked to "
                              "it; refusing to treat that as deleting them all (check the "
                              "member's path/credentials, or run `syncengine sync "
@@ -516,7 +540,9 @@ class Engine:
         live: dict[str, set[str]] = {}
         for name, r in reads.items():
             touched.update(r.changed, r.gone, r.blocked)
-            for key in (*r.changed, *r.unchanged, *r.gone, *r.blocked):
+            # records a partial read did not list are still there: no member takes them for
+            # missing, and none is created again on it
+            for key in (*r.changed, *r.unchanged, *r.unseen, *r.gone, *r.blocked):
                 live.setdefault(key, set()).add(name)
         for member in members:
             if member.caps.create:
@@ -538,6 +564,15 @@ class Engine:
             touched.update(k for k in result.groups if k not in result.new_keys)
 
         states = self.store.load_records(pipeline.name, entity, touched) if touched else {}
+        for member in members:
+            r = reads[member.name]
+            if r.unseen and member.refs is not None and member.refs.by_value:
+                # whether a record shows a reference by an outdated human key (a customer's
+                # former e-mail) can only be told from the record itself
+                for key in touched & r.unseen.keys():
+                    link = states[key].links.get(member.name) if key in states else None
+                    self._fetch_unseen(entity, member, ent, r, key, r.unseen[key],
+                                       link.native_hash if link else None)
         ctx = Context(
             entity=spec,
             members=tuple(m.name for m in members),
@@ -557,6 +592,8 @@ class Engine:
             for obs in group.values():
                 position[key] = min(position.get(key, obs.order), obs.order)
         ordered = sorted(touched | set(groups), key=lambda k: (position.get(k, -1), k))
+        untaken: set[str] = set()
+        by_name = {m.name: m for m in members}
         for key in ordered:
             rs = states.get(key)
             if rs is None and key not in groups:
@@ -566,20 +603,69 @@ class Engine:
                 _apply_written_hints(entity, key, views, recovery.written)
             try:
                 kp = reconcile(ctx, key, rs.base if rs else None, views, new_key=rs is None)
+                unread = sorted({a.member for a in kp.actions
+                                 if isinstance(a, Update) and views[a.member].native is None})
+                if unread:
+                    # updates of records a partial read did not list: fetch them and plan the
+                    # record again, so that the patch goes onto what the member holds (not
+                    # onto nothing) and a record deleted there meets the edit as a conflict
+                    for name in unread:
+                        link = rs.links.get(name) if rs else None
+                        self._fetch_unseen(entity, by_name[name], ent, reads[name], key,
+                                           views[name].native_id or "",
+                                           link.native_hash if link else None)
+                    views = self._views(key, rs, reads, groups.get(key, {}), members)
+                    if recovery and recovery.written:
+                        _apply_written_hints(entity, key, views, recovery.written)
+                    kp = reconcile(ctx, key, rs.base if rs else None, views,
+                                   new_key=rs is None)
             except RecordError as exc:
                 # a value one member cannot take (a tag holding the list separator, ...):
                 # report this record, leave it as it is everywhere, plan the rest
                 where = next((v.location for v in views.values() if v.location), key)
                 ent.issues.append(Issue(entity, exc.location or "", where, str(exc)))
+                untaken |= _untaken(None, views)
                 continue
+            untaken |= _untaken(kp, views)
             if kp.changes_state:
                 ent.keys.append(kp)
+        self._keep_marks(members, ent, untaken)
         self._guard_deletes(pipeline, ent, reads)
         if self.dry_run and refs is not None:
             self._label_references(pipeline, ent, refs)
         ent.skipped_before = {row.key for row in self.store.skipped(pipeline.name)
                               if row.entity == entity}
         return ent
+
+    @staticmethod
+    def _keep_marks(members: list[Member], ent: EntityPlan, untaken: set[str]) -> None:
+        """Set each member's read mark to store after the commit: its pass's token, unless
+        something the pass showed is not taken into the plan (a record-level problem on it, or
+        on no member in particular; a change of a record left alone). Such a record is only
+        listed again by a pass from the old mark, so the old mark stays."""
+        names = {m.name for m in members}
+        held = untaken | {i.member for i in ent.issues} | {m.name for m in members if m.reread}
+        if not held <= names:
+            held = names
+        for member in members:
+            rp = member.read_pass
+            member.mark = rp.token() if rp is not None and member.name not in held else None
+
+    def _store_marks(self, pipeline: Pipeline, entity: str, members: list[Member],
+                     outcome: EntityOutcome) -> None:
+        """After the entity was applied and committed: store the read marks of the members
+        no write failed on (see ``_keep_marks``), and drop those of the members a partial read
+        of which missed a record that is gone (``Member.reread``)."""
+        failed = {f.member for f in outcome.failures}
+        marks = {m.name: m.mark for m in members if m.mark is not None and m.name not in failed}
+        dropped = [m.name for m in members if m.reread]
+        if not marks and not dropped:
+            return
+        with self.store.transaction() as tx:
+            for name, token in marks.items():
+                tx.put_read_mark(pipeline.name, entity, name, token)
+            for name in dropped:
+                tx.delete_read_mark(pipeline.name, entity, name)
 
     def _label_references(self, pipeline: Pipeline, ent: EntityPlan,
                           refs: References) -> None:
@@ -659,44 +745,35 @@ class Engine:
         index = self.store.link_index(pipeline.name, entity, member.name)
         out.linked = len(index)
         seen: set[str] = set()
-        for rec in member.connector.read(entity):
+        # An incremental pass where the member offers one (a dry run may read that way too;
+        # only a committed sync stores the mark the next pass starts from).
+        rp = member.connector.read_incremental(
+            entity, self.store.read_mark(pipeline.name, entity, member.name))
+        member.read_pass = rp
+        out.complete = rp is None or rp.complete
+        for rec in member.connector.read(entity) if rp is None else rp.records:
             out.count += 1
             if out.count % 1000 == 0:
                 self.progress(f"reading {member.name} {entity}", out.count, None)
             linked = None if rec.provisional else index.get(rec.id)
-            if rec.error:
-                ent.issues.append(Issue(entity, member.name, rec.location, rec.error))
-                if linked:
-                    seen.add(rec.id)
-                    out.blocked.add(linked[0])
-                continue
-            digest = rec.native_hash()
             if linked is not None:
                 seen.add(rec.id)
-                key, known_hash = linked
-                if known_hash == digest:
-                    out.unchanged[key] = (rec.id, rec.data, digest)
+            self._observe(entity, member, ent, out, rec, linked)
+        if not out.complete:
+            # a partial pass lists only what changed since the mark: a linked record missing
+            # from it is unchanged, not gone. One whose hash is unknown (linked by recovery)
+            # cannot be vouched for, so it is fetched and looked at like a listed one.
+            for native_id, (key, known_hash) in index.items():
+                if native_id in seen:
                     continue
-            try:
-                canonical = member.mapping.to_canonical(rec.data, location=rec.location)
-            except RecordError as exc:
-                ent.issues.append(Issue(entity, member.name, rec.location, str(exc)))
-                if linked:
-                    out.blocked.add(linked[0])
-                continue
-            if member.refs is not None:
-                unresolved = member.refs.resolve(canonical)
-                if unresolved:
-                    ent.issues.append(Issue(entity, member.name, rec.location,
-                                            "; ".join(unresolved)))
-                    if linked:
-                        out.blocked.add(linked[0])
-                    continue
-            obs = Observed(member.name, rec, canonical, digest, out.count)
-            if linked is None:
-                out.new.append(obs)
-            else:
-                out.changed[linked[0]] = obs
+                if known_hash is None:
+                    self._fetch_unseen(entity, member, ent, out, key, native_id, known_hash)
+                else:
+                    out.unseen[key] = native_id
+            log.info("read incrementally", member=member.name, entity=entity, read=out.count,
+                     unseen=len(out.unseen))
+            self.progress(f"reading {member.name} {entity}", out.count, out.count)
+            return out
         for native_id, (key, _hash) in index.items():
             if native_id not in seen:
                 out.gone[key] = native_id
@@ -713,6 +790,60 @@ class Engine:
             out.gone = {}
         self.progress(f"reading {member.name} {entity}", out.count, out.count)
         return out
+
+    def _observe(self, entity: str, member: Member, ent: EntityPlan, out: _Read,
+                 rec: NativeRecord, linked: tuple[str, str | None] | None) -> None:
+        """Detect what one record read from the member is: unchanged, changed, new, or
+        blocked (unreadable: reported, its hub record left alone)."""
+        if rec.error:
+            ent.issues.append(Issue(entity, member.name, rec.location, rec.error))
+            if linked:
+                out.blocked.add(linked[0])
+            return
+        digest = rec.native_hash()
+        if linked is not None:
+            key, known_hash = linked
+            if known_hash == digest:
+                out.unchanged[key] = (rec.id, rec.data, digest)
+                return
+        try:
+            canonical = member.mapping.to_canonical(rec.data, location=rec.location)
+        except RecordError as exc:
+            ent.issues.append(Issue(entity, member.name, rec.location, str(exc)))
+            if linked:
+                out.blocked.add(linked[0])
+            return
+        if member.refs is not None:
+            unresolved = member.refs.resolve(canonical)
+            if unresolved:
+                ent.issues.append(Issue(entity, member.name, rec.location,
+                                        "; ".join(unresolved)))
+                if linked:
+                    out.blocked.add(linked[0])
+                return
+        obs = Observed(member.name, rec, canonical, digest, out.count)
+        if linked is None:
+            out.new.append(obs)
+        else:
+            out.changed[linked[0]] = obs
+
+    def _fetch_unseen(self, entity: str, member: Member, ent: EntityPlan, out: _Read,
+                      key: str, native_id: str, known_hash: str | None) -> None:
+        """Read one linked record a partial pass did not list, by id, and look at it as if
+        it had been listed. One the member no longer has is left alone (``blocked``), and the
+        member's next read is a complete one, which says whether it is gone."""
+        out.unseen.pop(key, None)
+        try:
+            rec = member.connector.get(entity, native_id)
+        except NotFoundError:
+            rec = None
+        if rec is None or rec.id != native_id:
+            # gone, most likely; but only a complete pass tells deletes (a get that finds
+            # nothing may be a wrong route), so it waits for the next read, a complete one
+            out.blocked.add(key)
+            member.reread = True
+            return
+        self._observe(entity, member, ent, out, rec, (key, known_hash))
 
     @staticmethod
     def _views(key: str, rs: RecordState | None, reads: dict[str, _Read],
@@ -741,6 +872,12 @@ class Engine:
                 views[name] = MemberView(
                     name, "unchanged", native_id, last_seen, last_seen, native,
                     digest, False, dirty)
+            elif key in r.unseen:
+                # not listed by a partial read: unchanged since it was last seen, which is
+                # all we know of it (no native record: an update fetches it first)
+                views[name] = MemberView(
+                    name, "unchanged", r.unseen[key], last_seen, last_seen, None,
+                    link.native_hash if link else None, False, dirty)
             elif key in r.gone:
                 views[name] = MemberView(name, "gone", r.gone[key], None, last_seen)
             elif link is not None and link.tombstone:
@@ -984,6 +1121,16 @@ def _perform(member: Member, action: Action) -> NativeRecord | None:
                            new_id=action.assign_id)
     conn.delete(action.entity, action.native_id)
     return None
+
+
+def _untaken(kp: KeyPlan | None, views: dict[str, MemberView]) -> set[str]:
+    """The members whose change of this record the plan leaves out: every member that
+    changed, added or dropped it when the record is left alone (``kp`` None: it could not be
+    planned, or a member could not read it), else a member that dropped it whose link stays
+    (a delete that waits for the records referring to it)."""
+    if kp is None or any(v.status == "blocked" for v in views.values()):
+        return {m for m, v in views.items() if v.status in ("changed", "new", "gone")}
+    return {m for m, v in views.items() if v.status == "gone" and m not in kp.links}
 
 
 def _native_id(out: Any, action: Action) -> str | None:

@@ -1034,6 +1034,16 @@ class Tx:
         self._conn.execute(stmt, [{"pipeline": pipeline, "entity": entity, "member": member,
                                    "token": token, "updated_at": _now()}])
 
+    def delete_read_mark(self, pipeline: str, entity: str, member: str) -> None:
+        """Forget the member's read mark: its next read of the entity is a complete one."""
+        self._conn.execute(
+            sa.delete(read_marks).where(
+                read_marks.c.pipeline == pipeline,
+                read_marks.c.entity == entity,
+                read_marks.c.member == member,
+            )
+        )
+
     # -- journal -------------------------------------------------------------------------
 
     def add_intent(

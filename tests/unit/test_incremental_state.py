@@ -35,6 +35,10 @@ def check_marks(store: StateStore) -> None:
         tx.put_read_mark(P, E, "crm", "rolled back")
         raise RuntimeError("before the commit")
     assert store.read_mark(P, E, "crm") == "c2"
+    with store.transaction() as tx:  # dropped: the member's next read is a complete one
+        tx.delete_read_mark(P, E, "hcp")
+        tx.delete_read_mark(P, E, "nobody")
+    assert store.read_mark(P, E, "hcp") is None and store.read_mark(P, E, "crm") == "c2"
 
 
 def test_read_marks_on_sqlite(tmp_path: Path) -> None:
@@ -66,4 +70,4 @@ def test_read_marks_on_postgresql(pg_url: str) -> None:  # noqa: F811 - the fixt
             assert compare_metadata(context, metadata) == []
         check_marks(store)
     with StateStore.open(pg_url) as store:  # re-open: already at head, marks kept
-        assert store.read_mark(P, E, "crm") == "c2"
+        assert store.read_mark(P, E, "crm") == "c2" and store.read_mark(P, E, "hcp") is None
