@@ -363,6 +363,8 @@ class Engine:
                                                for i in settled])
                     self._store_marks(pipeline, entity, members, outcome)
                 refs.planned(ent_plan)  # entities referring to this one see its new state
+            if not self.dry_run:
+                self._settle_waiting_deletes(pipeline, plan.entities)
             result.open_conflicts = len(self.store.open_conflicts(pipeline.name)) + (
                 sum(1 for c in plan.entities for x in c.conflicts if x.winner is None)
                 if self.dry_run else 0)
@@ -695,17 +697,22 @@ class Engine:
 
     def _stale_references(self, pipeline: Pipeline, entity: str, members: list[Member],
                           refs: References) -> set[str]:
-        """Records that show a reference by a human key which this run changed (an invoice
-        row's Customer Email, after the customer's email changed): they need rewriting."""
+        """Records whose reference, as a member shows it, this run changed: by a human key
+        (an invoice row's Customer Email, after the customer's email changed), or by an id
+        (a customer re-created on a member gets a new id there). They need rewriting."""
         changed: dict[str, set[str]] = {}
         for member in members:
             if member.refs is None:
                 continue
-            for f in member.refs.by_value:
-                if f.ref_by is not None and f.mapping is not None:
+            for f in member.refs.fields:
+                if f.mapping is None:
+                    continue
+                if f.ref_by is not None:
                     keys = refs.changed(f.target, f.ref_by)
-                    if keys:
-                        changed.setdefault(f.name, set()).update(keys)
+                else:
+                    keys = refs.created(f.target, member.name)
+                if keys:
+                    changed.setdefault(f.name, set()).update(keys)
         if not changed:
             return set()
         return {key for key, base in self.store.iter_bases(pipeline.name, entity)
@@ -713,7 +720,7 @@ class Engine:
 
     def _users(self, pipeline: Pipeline, entity: str,
                reads: dict[str, _Read]) -> Callable[[str], int] | None:
-        """How many live records of the pipeline's other entities refer to a key of this one;
+        """How many records of the pipeline's other entities refer to a key of this one;
         counted only when something of this entity is being deleted."""
         if not any(r.gone for r in reads.values()):
             return None
@@ -722,22 +729,57 @@ class Engine:
         def count(key: str) -> int:
             nonlocal users
             if users is None:
-                users = {}
-                for other in pipeline.entities:
-                    names = [n for n, target in model.ENTITIES[other].refs.items()
-                             if target == entity]
-                    if not names or other == entity:
-                        continue
-                    for _key, base in self.store.iter_bases(pipeline.name, other):
-                        if base.get(model.DELETED):
-                            continue
-                        for name in names:
-                            value = base.get(name)
-                            if value is not None:
-                                users[value] = users.get(value, 0) + 1
+                users = self._count_users(pipeline, entity)
             return users.get(key, 0)
 
         return count
+
+    def _count_users(self, pipeline: Pipeline, entity: str,
+                     leaving: frozenset[tuple[str, str]] = frozenset()) -> dict[str, int]:
+        """key of ``entity`` -> how many hub records of other entities refer to it, in their
+        base or in what any member holds (a member that could not take a re-pointing, or
+        keeps a record it cannot delete, still refers to the old one)."""
+        users: dict[str, int] = {}
+        for other in pipeline.entities:
+            names = [n for n, target in model.ENTITIES[other].refs.items() if target == entity]
+            if not names or other == entity:
+                continue
+            for rs in self.store.iter_records(pipeline.name, other):
+                if (other, rs.key) in leaving:
+                    continue
+                held = [ln.last_seen for ln in rs.links.values()
+                        if ln.native_id and not ln.tombstone and ln.last_seen]
+                if rs.base.get(model.DELETED) and not held:
+                    continue
+                values = {record.get(name) for record in (rs.base, *held) for name in names}
+                for value in values:
+                    if isinstance(value, str):
+                        users[value] = users.get(value, 0) + 1
+        return users
+
+    def _settle_waiting_deletes(self, pipeline: Pipeline, plans: list[EntityPlan]) -> None:
+        """After every entity of the run: a delete that waited for the records referring to
+        it is left to go ahead next run if they are gone now; if they stay, the record is
+        given back to the members that deleted it (its link there is dropped, so the next run
+        re-creates it): records referring to it must never dangle, and nothing waits forever.
+        """
+        # records whose own delete waits are on their way out: they keep nothing alive
+        leaving = frozenset((ent.entity, kp.key) for ent in plans for kp in ent.keys
+                            if kp.waiting)
+        for ent in plans:
+            waiting = [kp for kp in ent.keys if kp.waiting]
+            if not waiting or ent.guard:
+                continue
+            users = self._count_users(pipeline, ent.entity, leaving)
+            restore = [kp for kp in waiting if users.get(kp.key)]
+            if not restore:
+                continue
+            with self.store.transaction() as tx:
+                for kp in restore:
+                    for member in sorted(kp.waiting):
+                        tx.delete_link(pipeline.name, ent.entity, kp.key, member)
+            log.info("deleted records still referred to are restored next run",
+                     entity=ent.entity, records=len(restore))
 
     def _read_member(self, pipeline: Pipeline, entity: str, member: Member,
                      ent: EntityPlan) -> _Read:

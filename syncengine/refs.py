@@ -110,6 +110,15 @@ class References:
                 if kp.base_before is not None and kp.base_after is not None
                 and any(kp.base_before.get(f) != kp.base_after.get(f) for f in ref_by)}
 
+    def created(self, target: str, member: str) -> set[str]:
+        """Keys of ``target`` this run's plan creates on ``member`` (where they already
+        existed before, a record referring to them by id still holds the old id)."""
+        plan = self.plans.get(target)
+        if plan is None:
+            return set()
+        return {kp.key for kp in plan.keys if not kp.new_key
+                and any(isinstance(a, Create) and a.member == member for a in kp.actions)}
+
     def for_member(self, member: str, mapping: EntityMapping) -> MemberRefs | None:
         if not mapping.refs:
             return None
@@ -241,12 +250,13 @@ class MemberRefs:
 
     def stale_fields(self, native: Mapping[str, Any] | None,
                      values: Mapping[str, Any]) -> set[str]:
-        """The by-value reference fields whose cell differs from what ``values`` would show
-        (the customer's e-mail changed since the row was written)."""
+        """The reference fields whose native value differs from what ``values`` would show
+        (the customer's e-mail changed since the row was written, or the customer was
+        re-created there under a new id)."""
         if native is None:
             return set()
         out = set()
-        for f in self.by_value:
+        for f in self.fields:
             key = values.get(f.name)
             if key is None or f.mapping is None or f.name not in self.mapping.writable:
                 continue

@@ -156,30 +156,47 @@ def test_unresolvable_reference_is_a_row_error_and_blocks_nothing_else(tmp_path:
     assert "orphan" in books.table("payments")
 
 
-def test_a_referenced_customer_is_deleted_after_its_invoices(tmp_path: Path) -> None:
+def test_a_customer_deleted_with_its_invoices_goes_after_them(tmp_path: Path) -> None:
     config = _config(tmp_path)
     hcp = MemoryConnector.get_dataset("hcp")
     books = MemoryConnector.get_dataset("books")
     _seed(hcp)
     _sync(config)
+    # HCP deletes a customer with its invoice and payment (a cascade)
     hcp.remove("customers", "c2")
-    result = _sync(config)
-    [skip] = [s for ep in result.plan.entities for s in ep.skips]
-    assert skip.kind == "deferred" and "still refer to it" in skip.reason
-    assert len(books.table("customers")) == 2
-    hcp.remove("payments", "p2")
     hcp.remove("invoices", "i2")
+    hcp.remove("payments", "p2")
+    result = _sync(config)
+    [skip, _] = [s for ep in result.plan.entities for s in ep.skips]
+    assert skip.kind == "deferred" and "still refer to it" in skip.reason
     # each level of reference takes one more sync: the payment goes, then the invoice
-    # nobody refers to any more, then the customer
-    for _ in range(3):
+    # nobody refers to any more, then the customer; nothing is re-created in HCP
+    for _ in range(2):
         _sync(config)
     assert len(books.table("customers")) == 1 and len(books.table("invoices")) == 1
+    assert len(hcp.table("customers")) == 1
     assert _sync(config).plan.actions == []
 
 
-@pytest.fixture(autouse=True)
-def _fresh() -> None:
-    MemoryConnector.reset()
+def test_a_customer_deleted_while_its_invoices_stay_is_restored(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    hcp = MemoryConnector.get_dataset("hcp")
+    books = MemoryConnector.get_dataset("books")
+    _seed(hcp)
+    _sync(config)
+    ann_id, _ = _by(books.table("customers"), email="ann@example.com")
+    books.remove("customers", ann_id)  # the bookkeeper deletes Ann; her invoice stays
+    first = _sync(config)
+    [skip] = [s for ep in first.plan.entities for s in ep.skips]
+    assert skip.kind == "deferred"
+    assert len(hcp.table("customers")) == 2  # not deleted where invoices refer to it
+    second = _sync(config)
+    # Ann comes back to books, and books' invoice is pointed at her new id there
+    assert [a.describe() for a in second.plan.actions] == ["create on books", "update on books"]
+    new_ann, _ = _by(books.table("customers"), email="ann@example.com")
+    _inv_id, inv = _by(books.table("invoices"), invoice_number="1001")
+    assert new_ann != ann_id and inv["customer"] == new_ann
+    assert _sync(config).plan.actions == []
 
 
 def test_reconcile_report_is_clean_after_a_sync_and_names_disagreements(tmp_path: Path) -> None:
