@@ -553,14 +553,17 @@ class Engine:
         new_records = {name: r.new for name, r in reads.items() if r.new}
         result = None
         if new_records:
+            keys = pipeline.match_keys(entity)
+            hints = recovery.match if recovery else None
+            # without match keys (payments) or recovery hints, the hub has nothing a new
+            # record could be matched to: do not walk it
             existing = (
                 (rs.key, rs.base, frozenset(
                     m for m, ln in rs.links.items() if ln.native_id and not ln.tombstone))
                 for rs in self.store.iter_records(pipeline.name, entity)
-            )
-            result = match([m.name for m in members], new_records, existing,
-                           pipeline.match_keys(entity),
-                           hints=recovery.match if recovery else None)
+            ) if keys or hints else iter(())
+            result = match([m.name for m in members], new_records, existing, keys,
+                           hints=hints)
             for obs, why in result.ambiguous:
                 ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
             touched.update(k for k in result.groups if k not in result.new_keys)
