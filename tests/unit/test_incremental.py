@@ -135,6 +135,24 @@ def test_an_edit_of_a_record_deleted_where_it_was_not_read_is_a_delete_modify_co
     assert run(cfg).plan.actions == [] and mark(cfg) is not None
 
 
+def test_a_failed_create_elsewhere_is_retried_though_the_source_is_not_listed_again(
+        cfg: Config) -> None:
+    seed(2)
+    run(cfg)
+    ds("a").put(C, "a9", {"first_name": "Nine", "email": "n9@x.com"})
+
+    def fail(op: str, entity: str, ref: str) -> bool:
+        return op == "create"
+
+    failed = run(cfg, connector_extra={"b": {"fail_write": fail}})
+    assert ops(failed) == [("create", "b")] and len(failed.failures) == 1
+    assert len(ds("b").table(C)) == 2
+    retry = run(cfg)
+    assert passes("a")[-1] == "partial" and retry.plan.entities[0].seen["a"] == 0
+    assert ops(retry) == [("create", "b")] and len(ds("b").table(C)) == 3
+    assert run(cfg).plan.actions == []
+
+
 def test_deletes_are_seen_on_the_next_complete_pass(cfg: Config) -> None:
     seed()
     run(cfg)  # complete
@@ -265,4 +283,37 @@ def test_three_members_two_of_them_incremental(tmp_path: Path) -> None:
     assert ds("a").table(C)["a3"]["crm_only"] == "kept 3"
     assert [r["company"] for r in ds("b").table(C).values() if r["email"] == "n3@x.com"] == [
         "From C"]
+    assert run(cfg).plan.actions == []
+
+
+def test_a_reference_shown_by_an_outdated_email_is_rewritten_on_an_unseen_record(
+        tmp_path: Path) -> None:
+    """Member a shows an invoice's customer by e-mail (``ref_by``). When the customer's e-mail
+    changes, the invoice on a must be rewritten although a partial pass did not list it:
+    whether it shows the old e-mail can only be told from the record, so it is fetched."""
+    (tmp_path / "a-invoices.toml").write_text(
+        '[fields]\ninvoice_number = "invoice_number"\n'
+        'customer = { native = "customer_email", ref_by = "email" }\n'
+        'amount = "amount"\nstatus = "status"\n', encoding="utf-8")
+    cfg = memory_config(tmp_path, {"a": {**INCREMENTAL, "entities": [C, "invoices"]},
+                                   "b": {"entities": [C, "invoices"]}},
+                        entities=(C, "invoices"))
+    text = cfg.path.read_text() + '\n[pipelines.mappings.a]\ninvoices = "a-invoices.toml"\n'
+    cfg.path.write_text(text)
+    cfg = load_config(cfg.path)
+    ds("b").put(C, "c1", {"first_name": "Ann", "email": "ann@x.com"})
+    ds("b").put("invoices", "i1", {"invoice_number": "1001", "customer": "c1",
+                                   "amount": 1000, "status": "open"})
+    run(cfg)
+    run(cfg)  # a's first passes were empty: now both entities have a mark
+    [invoice] = ds("a").table("invoices").values()
+    assert invoice["customer_email"] == "ann@x.com"
+    assert run(cfg).plan.actions == [] and passes("a")[-2:] == ["partial", "partial"]
+    ds("b").edit(C, "c1", email="ann@new.example")
+    before = len(gets("a"))
+    result = run(cfg)
+    assert passes("a")[-2:] == ["partial", "partial"]
+    [invoice] = ds("a").table("invoices").values()
+    assert invoice["customer_email"] == "ann@new.example"
+    assert ("update", "a") in ops(result) and len(gets("a")) - before == 2  # Ann, invoice
     assert run(cfg).plan.actions == []
