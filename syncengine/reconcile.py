@@ -225,7 +225,10 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
         member_refs = ctx.refs.get(member)
         if view.present:
             current = view.current or {}
-            must_check_all = view.dirty or view.status == "new" or view.last_seen is None
+            # a member that cannot update is checked in full, so that a write it could not
+            # take is reported again (and stays listed) whenever the record is looked at
+            must_check_all = (view.dirty or view.status == "new" or view.last_seen is None
+                              or not caps.update)
             wanted = {
                 n for n in mapping.writable
                 if n not in parked_now
