@@ -208,8 +208,10 @@ def test_amounts_cross_from_hcp_to_the_sheet_and_back(amount: int, balance: int,
 
 # -------------------------------------------------------------------- a real CSV file round trip
 
+_PROFILE = settings.default
+assert _PROFILE is not None
 # fewer examples where each one writes files (the profile's health checks and deadline hold)
-FILE_SETTINGS = settings(max_examples=max(10, settings.default.max_examples // 2))
+FILE_SETTINGS = settings(max_examples=max(10, _PROFILE.max_examples // 2))
 
 
 def sheet_member(folder: Path) -> SpreadsheetConnector:
@@ -292,7 +294,7 @@ def test_csv_amounts_typed_by_a_person_survive_a_rewrite(data: st.DataObject,
 
 # ------------------------------------------------------------------------------- a whole sync
 
-SYNC_SETTINGS = settings(max_examples=max(10, settings.default.max_examples // 3))
+SYNC_SETTINGS = settings(max_examples=max(10, _PROFILE.max_examples // 3))
 ENTITIES = ("customers", "invoices", "payments")
 
 
