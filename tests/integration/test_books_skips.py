@@ -193,5 +193,5 @@ def test_skipped_invoice_edit_stays_listed_after_hcp_changes_that_invoice(
     report = cli("reconcile-report", "--config", config)
     assert_clean_exit(report, 1)  # the amounts still differ ...
     status = cli("status", "--config", config, "--json")
-    # ... so the skipped write must still be listed (it is gone: the bug)
+    # ... so the skipped write is still listed (it was dropped before 2460cac)
     assert skipped_of(json.loads(status.stdout)) == [skip]
