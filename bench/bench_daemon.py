@@ -72,13 +72,17 @@ def open_fds() -> int:
 
 @contextmanager
 def sandbox(customers: int) -> Iterator[str]:
-    code = ("from syncengine.connectors.housecallpro.sandbox import serve; "
-            f"serve('127.0.0.1', 0, api_key={API_KEY!r}, seed={customers})")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    code = (
+        "from syncengine.connectors.housecallpro.sandbox import serve; "
+        f"serve('127.0.0.1', 0, api_key={API_KEY!r}, seed={customers})"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: lines.put(proc.stdout.readline() if proc.stdout else ""),
-                     daemon=True).start()
+    threading.Thread(
+        target=lambda: lines.put(proc.stdout.readline() if proc.stdout else ""), daemon=True
+    ).start()
     try:
         found = _LISTENING.search(lines.get(timeout=60))
         if not found:
@@ -93,7 +97,8 @@ def sandbox(customers: int) -> Iterator[str]:
 
 def write_config(folder: Path, url: str, state: str) -> Path:
     path = folder / "config.toml"
-    path.write_text(f"""\
+    path.write_text(
+        f"""\
 [state]
 url = "{state}"
 
@@ -115,7 +120,9 @@ name = "hcp-books"
 members = ["hcp", "books"]
 [pipelines.conflicts]
 default = ["hcp"]
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -140,43 +147,66 @@ def run(runs: int, customers: int, warmup: int, state: str | None) -> dict[str, 
             for n in range(runs + 1):
                 if n in checkpoints:
                     gc.collect()
-                    samples.append(Sample(n, round(rss_mib(), 1), open_fds(),
-                                          threading.active_count(), len(gc.get_objects()),
-                                          round(statistics.fmean(times) * 1000, 1)
-                                          if times else 0.0))
+                    samples.append(
+                        Sample(
+                            n,
+                            round(rss_mib(), 1),
+                            open_fds(),
+                            threading.active_count(),
+                            len(gc.get_objects()),
+                            round(statistics.fmean(times) * 1000, 1) if times else 0.0,
+                        )
+                    )
                     times = []
                 if n == runs:
                     break
                 started = time.perf_counter()
                 out = daemon.run_pipeline("hcp-books")
                 times.append(time.perf_counter() - started)
-                actions = sum(len(e.actions) for e in out.result.plan.entities) \
-                    if out.result else -1
+                actions = (
+                    sum(len(e.actions) for e in out.result.plan.entities) if out.result else -1
+                )
                 if out.outcome != "ok" or actions:
                     not_clean += 1
             history = len(store.runs("hcp-books", limit=100_000))
         finally:
             store.close()
     start, end = samples[0], samples[-1]
-    return {"runs": runs, "customers": customers, "not_clean_runs": not_clean,
-            "runs_in_history": history, "samples": [asdict(s) for s in samples],
-            "growth": {"rss_mib": round(end.rss_mib - start.rss_mib, 1),
-                       "fds": end.fds - start.fds, "threads": end.threads - start.threads,
-                       "gc_objects": end.gc_objects - start.gc_objects}}
+    return {
+        "runs": runs,
+        "customers": customers,
+        "not_clean_runs": not_clean,
+        "runs_in_history": history,
+        "samples": [asdict(s) for s in samples],
+        "growth": {
+            "rss_mib": round(end.rss_mib - start.rss_mib, 1),
+            "fds": end.fds - start.fds,
+            "threads": end.threads - start.threads,
+            "gc_objects": end.gc_objects - start.gc_objects,
+        },
+    }
 
 
 def render(report: dict[str, Any]) -> str:
-    lines = [f"{report['runs']} back-to-back no-change runs of hcp <-> books "
-             f"({report['customers']} customers; {report['runs_in_history']} runs in history; "
-             f"{report['not_clean_runs']} runs planned actions or failed)", "",
-             f"{'after run':>9}  {'RSS MiB':>8}  {'fds':>4}  {'threads':>7}  "
-             f"{'gc objects':>10}  {'mean run ms':>11}"]
+    lines = [
+        f"{report['runs']} back-to-back no-change runs of hcp <-> books "
+        f"({report['customers']} customers; {report['runs_in_history']} runs in history; "
+        f"{report['not_clean_runs']} runs planned actions or failed)",
+        "",
+        f"{'after run':>9}  {'RSS MiB':>8}  {'fds':>4}  {'threads':>7}  "
+        f"{'gc objects':>10}  {'mean run ms':>11}",
+    ]
     for s in report["samples"]:
-        lines.append(f"{s['at_run']:>9}  {s['rss_mib']:>8.1f}  {s['fds']:>4}  "
-                     f"{s['threads']:>7}  {s['gc_objects']:>10}  {s['mean_run_ms']:>11.1f}")
+        lines.append(
+            f"{s['at_run']:>9}  {s['rss_mib']:>8.1f}  {s['fds']:>4}  "
+            f"{s['threads']:>7}  {s['gc_objects']:>10}  {s['mean_run_ms']:>11.1f}"
+        )
     g = report["growth"]
-    lines += ["", f"growth start -> end: RSS {g['rss_mib']:+.1f} MiB, fds {g['fds']:+d}, "
-                  f"threads {g['threads']:+d}, gc objects {g['gc_objects']:+d}"]
+    lines += [
+        "",
+        f"growth start -> end: RSS {g['rss_mib']:+.1f} MiB, fds {g['fds']:+d}, "
+        f"threads {g['threads']:+d}, gc objects {g['gc_objects']:+d}",
+    ]
     return "\n".join(lines)
 
 

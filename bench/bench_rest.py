@@ -41,11 +41,16 @@ SHARE = 0.005
 
 
 def customer(n: int) -> dict[str, Any]:
-    return {"id": n, "firstName": f"First{n}", "lastName": f"Last{n}",
-            "email": f"customer{n}@example.com", "phone": f"+1512{n:07d}",
-            "company": f"Company {n}", "tags": ["residential"],
-            "address": {"street": f"{n} Main St", "city": "Austin", "state": "TX",
-                        "zip": "78701"}}
+    return {
+        "id": n,
+        "firstName": f"First{n}",
+        "lastName": f"Last{n}",
+        "email": f"customer{n}@example.com",
+        "phone": f"+1512{n:07d}",
+        "company": f"Company {n}",
+        "tags": ["residential"],
+        "address": {"street": f"{n} Main St", "city": "Austin", "state": "TX", "zip": "78701"},
+    }
 
 
 class Counting(httpx.HTTPTransport):
@@ -62,7 +67,8 @@ class Counting(httpx.HTTPTransport):
 
 def write_config(folder: Path, url: str) -> Config:
     path = folder / "config.toml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         [state]
         url = "sqlite:///state.db"
 
@@ -86,7 +92,9 @@ def write_config(folder: Path, url: str) -> Config:
 
         [pipelines.conflicts]
         default = ["crm"]
-        """), encoding="utf-8")
+        """),
+        encoding="utf-8",
+    )
     return load_config(path)
 
 
@@ -111,8 +119,11 @@ def edit_sheet(path: Path, share: float, rng: random.Random, avoid: set[int]) ->
         rows = list(csv.reader(handle))
     header, body = rows[0], rows[1:]
     column, email = header.index("Company"), header.index("Email")
-    free = [i for i, row in enumerate(body)
-            if int(row[email].removeprefix("customer").split("@")[0]) not in avoid]
+    free = [
+        i
+        for i, row in enumerate(body)
+        if int(row[email].removeprefix("customer").split("@")[0]) not in avoid
+    ]
     chosen = rng.sample(free, max(1, round(share * len(body))))
     for i in chosen:
         body[i][column] = f"{body[i][column]} (books)"
@@ -131,8 +142,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="syncengine-bench-rest-") as tmp:
         folder = Path(tmp)
-        with JsonServer(ensure_json_server(), folder / "crm",
-                        {"customers": [customer(i) for i in range(1, n + 1)]}) as server:
+        with JsonServer(
+            ensure_json_server(),
+            folder / "crm",
+            {"customers": [customer(i) for i in range(1, n + 1)]},
+        ) as server:
             config = write_config(folder, server.url)
             floor(server, config, n)  # warm json-server up
             pages = math.ceil(n / PAGE)
@@ -143,22 +157,37 @@ def main() -> None:
                     with httpx.Client(base_url=server.url) as client:
                         for i in patched:
                             client.patch(f"/customers/{i}", json={"company": f"CRM {i}"})
-                    sheet_writes = edit_sheet(folder / "books" / "customers.csv", SHARE, rng,
-                                              patched)
+                    sheet_writes = edit_sheet(
+                        folder / "books" / "customers.csv", SHARE, rng, patched
+                    )
                 floor_s = floor(server, config, n)
                 counter = Counting()
                 started = time.perf_counter()
                 [result] = api.sync(config, connector_extra={"crm": {"transport": counter}})
                 took = time.perf_counter() - started
                 actions = len(result.plan.actions)
-                rows.append((name, took, floor_s, counter.requests, pages + sheet_writes,
-                             counter.writes, actions, result.exit_code))
+                rows.append(
+                    (
+                        name,
+                        took,
+                        floor_s,
+                        counter.requests,
+                        pages + sheet_writes,
+                        counter.writes,
+                        actions,
+                        result.exit_code,
+                    )
+                )
     print(f"\nREST CRM (json-server 0.17.4, link paging, {PAGE}/page) <-> CSV, {n} customers")
-    print(f"{'scenario':<11} {'s':>7} {'floor s':>8} {'ratio':>6} {'records/s':>10} "
-          f"{'requests':>9} {'minimum':>8} {'writes':>7} {'actions':>8} exit")
+    print(
+        f"{'scenario':<11} {'s':>7} {'floor s':>8} {'ratio':>6} {'records/s':>10} "
+        f"{'requests':>9} {'minimum':>8} {'writes':>7} {'actions':>8} exit"
+    )
     for name, took, floor_s, requests, minimum, writes, actions, code in rows:
-        print(f"{name:<11} {took:7.2f} {floor_s:8.2f} {took / floor_s:6.2f} {n / took:10,.0f} "
-              f"{requests:9} {minimum:8} {writes:7} {actions:8} {code}")
+        print(
+            f"{name:<11} {took:7.2f} {floor_s:8.2f} {took / floor_s:6.2f} {n / took:10,.0f} "
+            f"{requests:9} {minimum:8} {writes:7} {actions:8} {code}"
+        )
 
 
 if __name__ == "__main__":

@@ -191,8 +191,9 @@ class StageClock:
         originals = {name: getattr(Engine, name) for name in ("plan_entity", "apply_entity")}
         plan_entity, apply_entity = originals["plan_entity"], originals["apply_entity"]
 
-        def timed_plan(engine: Engine, pipeline: Any, entity: str, *args: Any,
-                       **kwargs: Any) -> Any:
+        def timed_plan(
+            engine: Engine, pipeline: Any, entity: str, *args: Any, **kwargs: Any
+        ) -> Any:
             clock._entity = entity
             clock._plan_start = time.perf_counter()
             clock._last_read_end = 0.0
@@ -204,8 +205,9 @@ class StageClock:
                 clock._add(entity, "plan", end - reads_end)
                 clock.memory(entity, "planned")
 
-        def timed_apply(engine: Engine, pipeline: Any, members: Any, ent: Any,
-                        *args: Any, **kwargs: Any) -> Any:
+        def timed_apply(
+            engine: Engine, pipeline: Any, members: Any, ent: Any, *args: Any, **kwargs: Any
+        ) -> Any:
             start = time.perf_counter()
             try:
                 return apply_entity(engine, pipeline, members, ent, *args, **kwargs)
@@ -283,14 +285,16 @@ def books_path(folder: Path, fmt: str) -> Path:
     return folder / ("books.xlsx" if fmt == "xlsx" else "books")
 
 
-def write_config(folder: Path, page_size: int, batch_size: int | None,
-                 entities: tuple[str, ...], fmt: str) -> Config:
+def write_config(
+    folder: Path, page_size: int, batch_size: int | None, entities: tuple[str, ...], fmt: str
+) -> Config:
     batch = f"batch_size = {batch_size}\n" if batch_size else ""
     listed = ", ".join(f'"{e}"' for e in entities)
-    text = textwrap.dedent(
-        f"""\
+    text = (
+        textwrap.dedent(
+            f"""\
         [state]
-        url = "sqlite:///{(folder / 'state.db').as_posix()}"
+        url = "sqlite:///{(folder / "state.db").as_posix()}"
 
         [connectors.hcp]
         type = "housecallpro"
@@ -309,8 +313,10 @@ def write_config(folder: Path, page_size: int, batch_size: int | None,
         members = ["hcp", "books"]
         entities = [{listed}]
         """
-    ) + batch + textwrap.dedent(
-        """\
+        )
+        + batch
+        + textwrap.dedent(
+            """\
 
         [pipelines.conflicts]
         default = ["hcp"]
@@ -318,14 +324,16 @@ def write_config(folder: Path, page_size: int, batch_size: int | None,
         [pipelines.deletes]
         max_fraction = 0.5
         """
+        )
     )
     path = folder / "config.toml"
     path.write_text(text, encoding="utf-8")
     return load_config(path)
 
 
-def floor_once(config: Config, transport: CountingTransport) -> tuple[
-        float, float, dict[str, dict[str, int]], dict[str, float]]:
+def floor_once(
+    config: Config, transport: CountingTransport
+) -> tuple[float, float, dict[str, dict[str, int]], dict[str, float]]:
     """(wall s, CPU s, records per member and entity, wall s per member and entity) to read
     every entity of the pipeline from both members through their connectors, nothing else:
     no mapping, no hashing, no state. One connector instance per member reads all entities
@@ -350,13 +358,18 @@ def floor_once(config: Config, transport: CountingTransport) -> tuple[
     return time.perf_counter() - start, time.process_time() - cpu, counts, split
 
 
-def floor(config: Config, transport: CountingTransport, repeats: int) -> tuple[
-        float, float, dict[str, dict[str, int]], dict[str, float]]:
+def floor(
+    config: Config, transport: CountingTransport, repeats: int
+) -> tuple[float, float, dict[str, dict[str, int]], dict[str, float]]:
     """The floor read ``repeats`` times: median wall and CPU seconds, median per part."""
     runs = [floor_once(config, transport) for _ in range(max(1, repeats))]
     split = {part: round(statistics.median(r[3][part] for r in runs), 4) for part in runs[0][3]}
-    return (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
-            runs[0][2], split)
+    return (
+        statistics.median(r[0] for r in runs),
+        statistics.median(r[1] for r in runs),
+        runs[0][2],
+        split,
+    )
 
 
 # ----------------------------------------------------------------------------- changes
@@ -383,8 +396,11 @@ def pay_hcp_invoices(app: Any, share: float, rng: random.Random) -> tuple[set[st
     when nothing is owed any more. Every other payment settles the invoice, the others pay
     half. Returns (the invoice ids paid on, how many of them are now paid in full)."""
     state = app.state.sandbox
-    open_ids = sorted(r["id"] for r in state.invoices.all()
-                      if r["status"] not in INVOICE_CLOSED and r["outstanding_balance"] > 0)
+    open_ids = sorted(
+        r["id"]
+        for r in state.invoices.all()
+        if r["status"] not in INVOICE_CLOSED and r["outstanding_balance"] > 0
+    )
     wanted = max(1, round(share * len(state.invoices)))
     chosen = rng.sample(open_ids, min(wanted, len(open_ids)))
     settled = 0
@@ -392,8 +408,9 @@ def pay_hcp_invoices(app: Any, share: float, rng: random.Random) -> tuple[set[st
         owed = state.invoices.get(invoice_id)["outstanding_balance"]
         amount = owed if n % 2 == 0 or owed < 2 else owed // 2
         settled += amount == owed
-        state.record_payment(invoice_id, {"amount": amount, "payment_method": "cash",
-                                          "note": f"bench payment {n}"})
+        state.record_payment(
+            invoice_id, {"amount": amount, "payment_method": "cash", "note": f"bench payment {n}"}
+        )
     return set(chosen), settled
 
 
@@ -405,8 +422,15 @@ class Books:
         self.path = path
         self.fmt = fmt
 
-    def edit(self, entity: str, column: str, share: float, rng: random.Random,
-             avoid: set[str], change: Callable[[Any, int], Any]) -> set[str]:
+    def edit(
+        self,
+        entity: str,
+        column: str,
+        share: float,
+        rng: random.Random,
+        avoid: set[str],
+        change: Callable[[Any, int], Any],
+    ) -> set[str]:
         """Change ``column`` of ``share`` of the entity's rows (by ``change(value, n)``),
         leaving out rows whose ``Sync ID`` is in ``avoid``. Returns the Sync IDs edited."""
         if self.fmt == "xlsx":
@@ -425,8 +449,15 @@ class Books:
         path.write_text(buffer.getvalue(), encoding="utf-8", newline="")
         return {body[i][id_col] for i in chosen}
 
-    def _edit_xlsx(self, entity: str, column: str, share: float, rng: random.Random,
-                   avoid: set[str], change: Callable[[Any, int], Any]) -> set[str]:
+    def _edit_xlsx(
+        self,
+        entity: str,
+        column: str,
+        share: float,
+        rng: random.Random,
+        avoid: set[str],
+        change: Callable[[Any, int], Any],
+    ) -> set[str]:
         book = openpyxl.load_workbook(self.path)
         try:
             sheet = book[entity.capitalize()]
@@ -469,8 +500,9 @@ def links(config: Config, entity: str) -> dict[str, str]:
 # ----------------------------------------------------------------------------- one run
 
 
-def run_sync(config: Config, transport: CountingTransport, profile: bool) -> tuple[
-        Any, float, float, StageClock, dict[str, float], str]:
+def run_sync(
+    config: Config, transport: CountingTransport, profile: bool
+) -> tuple[Any, float, float, StageClock, dict[str, float], str]:
     clock = StageClock()
     meter = GcMeter()
     profiler = cProfile.Profile() if profile else None
@@ -479,8 +511,9 @@ def run_sync(config: Config, transport: CountingTransport, profile: bool) -> tup
         if profiler:
             profiler.enable()
         try:
-            results = api.sync(config, progress=clock.progress,
-                               connector_extra={"hcp": {"transport": transport}})
+            results = api.sync(
+                config, progress=clock.progress, connector_extra={"hcp": {"transport": transport}}
+            )
         finally:
             if profiler:
                 profiler.disable()
@@ -505,8 +538,9 @@ Wanted = dict[str, dict[str, int]]
 be zero (also errors, conflicts and failures)."""
 
 
-def check_plan(entities: tuple[str, ...], planned: dict[str, dict[str, Any]],
-               wanted: Wanted) -> tuple[str, bool]:
+def check_plan(
+    entities: tuple[str, ...], planned: dict[str, dict[str, Any]], wanted: Wanted
+) -> tuple[str, bool]:
     ok = True
     for entity in entities:
         counts = planned.get(entity)
@@ -519,16 +553,27 @@ def check_plan(entities: tuple[str, ...], planned: dict[str, dict[str, Any]],
                 got = counts.get(member, {}).get(op, 0)
                 ok &= got == want.get(f"{member}.{op}", 0)
         ok &= counts.get("skipped", 0) == want.get("skipped", 0)
-        ok &= not counts.get("errors") and not counts.get("conflicts") \
-            and not counts.get("failed")
-    parts = [f"{SHORT[e]}:" + ",".join(f"{k}={v}" for k, v in wanted[e].items())
-             for e in entities if wanted.get(e)]
+        ok &= not counts.get("errors") and not counts.get("conflicts") and not counts.get("failed")
+    parts = [
+        f"{SHORT[e]}:" + ",".join(f"{k}={v}" for k, v in wanted[e].items())
+        for e in entities
+        if wanted.get(e)
+    ]
     return " ".join(parts) or "zero actions", ok
 
 
-def bench_one(n: int, entity_set: str, fmt: str, page_size: int, batch_size: int | None,
-              profile: set[str], floor_repeats: int, say: Callable[[str], None],
-              freeze: bool = False, invoice_edits: float = 0.0) -> RunResult:
+def bench_one(
+    n: int,
+    entity_set: str,
+    fmt: str,
+    page_size: int,
+    batch_size: int | None,
+    profile: set[str],
+    floor_repeats: int,
+    say: Callable[[str], None],
+    freeze: bool = False,
+    invoice_edits: float = 0.0,
+) -> RunResult:
     entities = ENTITY_SETS[entity_set]
     start = time.perf_counter()
     app = create_app(API_KEY, seed=n)
@@ -547,11 +592,21 @@ def bench_one(n: int, entity_set: str, fmt: str, page_size: int, batch_size: int
         config = write_config(folder, page_size, batch_size, entities, fmt)
         pipeline = config.pipeline("bench")[0]
         seeded = {name: len(c) for name, c in state.collections.items()}
-        result = RunResult(n, entity_set, fmt, page_size, pipeline.section.batch_size,
-                           round(seed_seconds, 3), round(rss_mib()[0], 1), seeded)
-        say(f"{label}: sandbox seeded in {seed_seconds:.2f}s ("
+        result = RunResult(
+            n,
+            entity_set,
+            fmt,
+            page_size,
+            pipeline.section.batch_size,
+            round(seed_seconds, 3),
+            round(rss_mib()[0], 1),
+            seeded,
+        )
+        say(
+            f"{label}: sandbox seeded in {seed_seconds:.2f}s ("
             + ", ".join(f"{v} {k}" for k, v in seeded.items())
-            + f"), RSS {result.rss_after_seed_mib} MiB")
+            + f"), RSS {result.rss_after_seed_mib} MiB"
+        )
         books = Books(books_path(folder, fmt), fmt)
 
         def scenario(name: str, wanted: Wanted, hcp_writes: int) -> None:
@@ -560,33 +615,53 @@ def bench_one(n: int, entity_set: str, fmt: str, page_size: int, batch_size: int
             floor_requests = transport.take()[0]
             floor_requests = {m: c // max(1, floor_repeats) for m, c in floor_requests.items()}
             outcome, seconds, cpu, clock, stages, report = run_sync(
-                config, transport, name in profile)
+                config, transport, name in profile
+            )
             requests, routes = transport.take()
             planned = outcome.to_json()["entities"]
             expected, ok = check_plan(entities, planned, wanted)
             ok &= outcome.exit_code == 0
             hcp_read = floor_counts["hcp"]
-            list_pages = sum(max(1, math.ceil(hcp_read[e] / page_size))
-                             for e in entities if e in LISTED)
+            list_pages = sum(
+                max(1, math.ceil(hcp_read[e] / page_size)) for e in entities if e in LISTED
+            )
             records = sum(max(floor_counts[m][e] for m in MEMBERS) for e in entities)
             current, peak = rss_mib()
             sc = Scenario(
-                name=name, seconds=round(seconds, 4), floor_seconds=round(floor_s, 4),
-                cpu_seconds=round(cpu, 4), floor_cpu_seconds=round(floor_cpu, 4),
-                floor_records=floor_counts, floor_split=split, records=records,
-                requests=requests, routes=routes, floor_requests=floor_requests,
-                min_requests=list_pages + hcp_writes, planned=planned, expected=expected,
-                as_expected=ok, stages=stages,
-                entity_stages={e: {k: round(v, 4) for k, v in sorted(s.items())}
-                               for e, s in clock.per_entity.items()},
+                name=name,
+                seconds=round(seconds, 4),
+                floor_seconds=round(floor_s, 4),
+                cpu_seconds=round(cpu, 4),
+                floor_cpu_seconds=round(floor_cpu, 4),
+                floor_records=floor_counts,
+                floor_split=split,
+                records=records,
+                requests=requests,
+                routes=routes,
+                floor_requests=floor_requests,
+                min_requests=list_pages + hcp_writes,
+                planned=planned,
+                expected=expected,
+                as_expected=ok,
+                stages=stages,
+                entity_stages={
+                    e: {k: round(v, 4) for k, v in sorted(s.items())}
+                    for e, s in clock.per_entity.items()
+                },
                 entity_rss=clock.rss,
-                rss_mib=round(current, 1), peak_rss_mib=round(peak, 1),
-                exit_code=outcome.exit_code, profile=report)
+                rss_mib=round(current, 1),
+                peak_rss_mib=round(peak, 1),
+                exit_code=outcome.exit_code,
+                profile=report,
+            )
             result.scenarios.append(sc)
             say(render_scenario(label, sc))
 
-        everything = {"customers": len(state.customers), "invoices": len(state.invoices),
-                      "payments": len(state.payments)}
+        everything = {
+            "customers": len(state.customers),
+            "invoices": len(state.invoices),
+            "payments": len(state.payments),
+        }
         scenario("initial", {e: {"books.create": everything[e]} for e in entities}, 0)
         scenario("no-change", {}, 0)
 
@@ -597,21 +672,27 @@ def bench_one(n: int, entity_set: str, fmt: str, page_size: int, batch_size: int
         avoid = {key for key, hcp_id in customer_keys.items() if hcp_id in hcp_changed}
         sheet_changed = books.edit("customers", "First Name", CHANGED_SHARE, rng, avoid, rename)
         wanted["customers"] = {"books.update": len(hcp_changed), "hcp.update": len(sheet_changed)}
-        note = (f"changed {len(hcp_changed)} customers in HCP and {len(sheet_changed)} "
-                "customer rows in the books")
+        note = (
+            f"changed {len(hcp_changed)} customers in HCP and {len(sheet_changed)} "
+            "customer rows in the books"
+        )
         if "invoices" in entities:
             paid, settled = pay_hcp_invoices(app, CHANGED_SHARE, rng)
             wanted["invoices"] = {"books.update": len(paid)}
             wanted["payments"] = {"books.create": len(paid)}
-            note += (f"; recorded a payment on {len(paid)} invoices in HCP ({settled} of them "
-                     "now paid in full)")
+            note += (
+                f"; recorded a payment on {len(paid)} invoices in HCP ({settled} of them "
+                "now paid in full)"
+            )
             if invoice_edits:
                 invoice_keys = links(config, "invoices")
                 avoid = {key for key, hcp_id in invoice_keys.items() if hcp_id in paid}
                 edited = books.edit("invoices", "Amount", invoice_edits, rng, avoid, add_one)
                 wanted["invoices"]["skipped"] = len(edited)
-                note += (f"; raised the amount of {len(edited)} invoice rows in the books "
-                         "(HCP cannot update invoices: expected as skips)")
+                note += (
+                    f"; raised the amount of {len(edited)} invoice rows in the books "
+                    "(HCP cannot update invoices: expected as skips)"
+                )
         say(f"{label}: {note} (not timed: {time.perf_counter() - started:.1f}s)")
         scenario("1%-change", wanted, len(sheet_changed))
         scenario("settle", {}, 0)
@@ -627,8 +708,12 @@ def _rate(records: int, seconds: float) -> str:
 
 
 def _actions(counts: dict[str, Any]) -> dict[str, int]:
-    out = {f"{m}.{op}": c.get(op, 0) for m, c in counts.items()
-           if isinstance(c, dict) and m != "read" for op in ("create", "update", "delete")}
+    out = {
+        f"{m}.{op}": c.get(op, 0)
+        for m, c in counts.items()
+        if isinstance(c, dict) and m != "read"
+        for op in ("create", "update", "delete")
+    }
     for extra in ("skipped", "conflicts", "errors", "failed"):
         out[extra] = counts.get(extra, 0)
     return out
@@ -639,8 +724,9 @@ def planned_text(planned: dict[str, dict[str, Any]]) -> str:
     for entity, counts in planned.items():
         acts = {k: v for k, v in _actions(counts).items() if v}
         if acts:
-            parts.append(f"{SHORT.get(entity, entity)}:"
-                         + ",".join(f"{k}={v}" for k, v in acts.items()))
+            parts.append(
+                f"{SHORT.get(entity, entity)}:" + ",".join(f"{k}={v}" for k, v in acts.items())
+            )
     return " ".join(parts) or "none"
 
 
@@ -648,8 +734,9 @@ def render_scenario(label: str, sc: Scenario) -> str:
     req_total = sum(sc.requests.values())
     by_route = " ".join(f"{m}={c}" for m, c in sorted(sc.routes.items())) or "none"
     floor_records = sum(c for per in sc.floor_records.values() for c in per.values())
-    read = " ".join(f"{m}:{SHORT.get(e, e)}={c}" for m, per in sc.floor_records.items()
-                    for e, c in per.items())
+    read = " ".join(
+        f"{m}:{SHORT.get(e, e)}={c}" for m, per in sc.floor_records.items() for e, c in per.items()
+    )
     lines = [
         f"{label} {sc.name}: {sc.seconds:.3f}s  floor {sc.floor_seconds:.3f}s  "
         f"ratio {sc.ratio:.2f}x (CPU {sc.cpu_seconds:.3f}s vs {sc.floor_cpu_seconds:.3f}s: "
@@ -660,18 +747,23 @@ def render_scenario(label: str, sc: Scenario) -> str:
         f"    planned {planned_text(sc.planned)}",
         f"    expected {sc.expected}: {'yes' if sc.as_expected else 'NO'}  "
         f"(exit code {sc.exit_code})",
-        "    stages " + "  ".join(f"{k} {v:.3f}s" for k, v in sc.stages.items()
-                                if not k.startswith("gc")),
+        "    stages "
+        + "  ".join(f"{k} {v:.3f}s" for k, v in sc.stages.items() if not k.startswith("gc")),
     ]
     if len(sc.entity_stages) > 1:
         for entity, stages in sc.entity_stages.items():
             rss = sc.entity_rss.get(entity, {})
-            lines.append(f"      {entity:<9} " + "  ".join(
-                f"{k} {v:.3f}s" for k, v in stages.items()) + f"  = {sum(stages.values()):.3f}s"
-                + "   RSS " + " ".join(f"{k} {rss[k]:.0f}" for k in ("planned", "applied")
-                                      if k in rss)
-                + " MiB, blocks " + " ".join(f"{k} {rss[k + '_blocks']:.2f}M"
-                                           for k in ("planned", "applied") if k in rss))
+            lines.append(
+                f"      {entity:<9} "
+                + "  ".join(f"{k} {v:.3f}s" for k, v in stages.items())
+                + f"  = {sum(stages.values()):.3f}s"
+                + "   RSS "
+                + " ".join(f"{k} {rss[k]:.0f}" for k in ("planned", "applied") if k in rss)
+                + " MiB, blocks "
+                + " ".join(
+                    f"{k} {rss[k + '_blocks']:.2f}M" for k in ("planned", "applied") if k in rss
+                )
+            )
     lines += [
         "    floor " + "  ".join(f"{k} {v:.3f}s" for k, v in sc.floor_split.items()),
         f"    garbage collector {sc.stages.get('gc', 0):.3f}s within those "
@@ -680,36 +772,75 @@ def render_scenario(label: str, sc: Scenario) -> str:
     ]
     problems = [p for counts in sc.planned.values() for p in counts.get("problems", [])]
     for problem in problems[:5]:
-        lines.append(f"    problem: {problem['member']} {problem['location']}: "
-                     f"{problem['message']}")
+        lines.append(
+            f"    problem: {problem['member']} {problem['location']}: {problem['message']}"
+        )
     if sc.profile:
         lines.append(textwrap.indent(sc.profile, "    | "))
     return "\n".join(lines)
 
 
 def render_table(results: list[RunResult]) -> str:
-    head = ("N", "books", "entities", "scenario", "seconds", "floor s", "ratio", "CPU ratio",
-            "records", "records/s", "requests", "minimum", "planned", "ok", "read hcp",
-            "read books", "plan", "apply", "other", "gc", "peak MiB")
+    head = (
+        "N",
+        "books",
+        "entities",
+        "scenario",
+        "seconds",
+        "floor s",
+        "ratio",
+        "CPU ratio",
+        "records",
+        "records/s",
+        "requests",
+        "minimum",
+        "planned",
+        "ok",
+        "read hcp",
+        "read books",
+        "plan",
+        "apply",
+        "other",
+        "gc",
+        "peak MiB",
+    )
     rows = [head]
     for r in results:
         for sc in r.scenarios:
-            rows.append((
-                f"{r.customers:,}", r.format, r.entities, sc.name, f"{sc.seconds:.2f}",
-                f"{sc.floor_seconds:.2f}", f"{sc.ratio:.2f}", f"{sc.cpu_ratio:.2f}",
-                f"{sc.records:,}", _rate(sc.records, sc.seconds),
-                str(sum(sc.requests.values())), str(sc.min_requests),
-                planned_text(sc.planned), "yes" if sc.as_expected else "NO",
-                f"{sc.stages.get('read:hcp', 0):.2f}", f"{sc.stages.get('read:books', 0):.2f}",
-                f"{sc.stages.get('plan', 0):.2f}", f"{sc.stages.get('apply', 0):.2f}",
-                f"{sc.stages.get('other', 0):.2f}", f"{sc.stages.get('gc', 0):.2f}",
-                f"{sc.peak_rss_mib:.0f}",
-            ))
+            rows.append(
+                (
+                    f"{r.customers:,}",
+                    r.format,
+                    r.entities,
+                    sc.name,
+                    f"{sc.seconds:.2f}",
+                    f"{sc.floor_seconds:.2f}",
+                    f"{sc.ratio:.2f}",
+                    f"{sc.cpu_ratio:.2f}",
+                    f"{sc.records:,}",
+                    _rate(sc.records, sc.seconds),
+                    str(sum(sc.requests.values())),
+                    str(sc.min_requests),
+                    planned_text(sc.planned),
+                    "yes" if sc.as_expected else "NO",
+                    f"{sc.stages.get('read:hcp', 0):.2f}",
+                    f"{sc.stages.get('read:books', 0):.2f}",
+                    f"{sc.stages.get('plan', 0):.2f}",
+                    f"{sc.stages.get('apply', 0):.2f}",
+                    f"{sc.stages.get('other', 0):.2f}",
+                    f"{sc.stages.get('gc', 0):.2f}",
+                    f"{sc.peak_rss_mib:.0f}",
+                )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     out = []
     for i, row in enumerate(rows):
-        out.append("  ".join(cell.rjust(w) if cell[:1].isdigit() or cell == "-" else cell.ljust(w)
-                             for cell, w in zip(row, widths, strict=True)).rstrip())
+        out.append(
+            "  ".join(
+                cell.rjust(w) if cell[:1].isdigit() or cell == "-" else cell.ljust(w)
+                for cell, w in zip(row, widths, strict=True)
+            ).rstrip()
+        )
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
@@ -719,13 +850,22 @@ def environment() -> dict[str, str]:
     here = Path(__file__).resolve().parent.parent
     commit = "unknown"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(here), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     load = "unknown"
     with contextlib.suppress(OSError):
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return {"python": platform.python_version(), "machine": platform.machine(),
-            "cpus": str(os.cpu_count()), "commit": commit, "load_average": load}
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": str(os.cpu_count()),
+        "commit": commit,
+        "load_average": load,
+    }
 
 
 # ----------------------------------------------------------------------------- entry
@@ -733,37 +873,75 @@ def environment() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--customers", type=int, action="append",
-                        help="customers seeded in the sandbox (with --entities all also about "
-                             "as many invoices and twice as many payments); repeat for several "
-                             "sizes (default 10000)")
-    parser.add_argument("--entities", choices=sorted(ENTITY_SETS), default="customers",
-                        help="what the pipeline syncs: customers only, or customers, invoices "
-                             "and payments (default customers)")
-    parser.add_argument("--format", action="append", choices=["csv", "xlsx"],
-                        help="the books: a folder of CSV files or one XLSX workbook; repeat "
-                             "for both (default csv)")
-    parser.add_argument("--page-size", type=int, default=MAX_PAGE_SIZE,
-                        help=f"HCP list page size (the sandbox caps it at {MAX_PAGE_SIZE})")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="the pipeline's batch_size (default: the engine's default)")
-    parser.add_argument("--invoice-edits", type=float, default=0.0, metavar="SHARE",
-                        help="with --entities all: also raise the amount of this share of the "
-                             "invoice rows in the books before the 1%% scenario (e.g. 0.001); "
-                             "HCP cannot update invoices, so they are expected as skips")
+    parser.add_argument(
+        "--customers",
+        type=int,
+        action="append",
+        help="customers seeded in the sandbox (with --entities all also about "
+        "as many invoices and twice as many payments); repeat for several "
+        "sizes (default 10000)",
+    )
+    parser.add_argument(
+        "--entities",
+        choices=sorted(ENTITY_SETS),
+        default="customers",
+        help="what the pipeline syncs: customers only, or customers, invoices "
+        "and payments (default customers)",
+    )
+    parser.add_argument(
+        "--format",
+        action="append",
+        choices=["csv", "xlsx"],
+        help="the books: a folder of CSV files or one XLSX workbook; repeat for both (default csv)",
+    )
+    parser.add_argument(
+        "--page-size",
+        type=int,
+        default=MAX_PAGE_SIZE,
+        help=f"HCP list page size (the sandbox caps it at {MAX_PAGE_SIZE})",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="the pipeline's batch_size (default: the engine's default)",
+    )
+    parser.add_argument(
+        "--invoice-edits",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="with --entities all: also raise the amount of this share of the "
+        "invoice rows in the books before the 1%% scenario (e.g. 0.001); "
+        "HCP cannot update invoices, so they are expected as skips",
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
-    parser.add_argument("--profile", action="append", default=[],
-                        choices=["initial", "no-change", "1%-change", "settle"],
-                        help="run that scenario's sync under cProfile and print the top "
-                             "functions (timings then include profiling overhead)")
-    parser.add_argument("--floor-repeats", type=int, default=3,
-                        help="read the floor this many times per scenario; the median counts")
-    parser.add_argument("--freeze-sandbox", action="store_true",
-                        help="gc.freeze() the seeded sandbox so that the garbage collector's "
-                             "full passes no longer walk its records (a remote API's data "
-                             "would not be in this process)")
-    parser.add_argument("--in-process", action="store_true",
-                        help="run every N in this process (peak RSS then accumulates)")
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        choices=["initial", "no-change", "1%-change", "settle"],
+        help="run that scenario's sync under cProfile and print the top "
+        "functions (timings then include profiling overhead)",
+    )
+    parser.add_argument(
+        "--floor-repeats",
+        type=int,
+        default=3,
+        help="read the floor this many times per scenario; the median counts",
+    )
+    parser.add_argument(
+        "--freeze-sandbox",
+        action="store_true",
+        help="gc.freeze() the seeded sandbox so that the garbage collector's "
+        "full passes no longer walk its records (a remote API's data "
+        "would not be in this process)",
+    )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every N in this process (peak RSS then accumulates)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sizes = args.customers or [10_000]
@@ -776,8 +954,18 @@ def main(argv: list[str] | None = None) -> int:
         print(text, file=sys.stderr if args.child else sys.stdout, flush=True)
 
     def one(n: int, fmt: str) -> RunResult:
-        return bench_one(n, args.entities, fmt, page_size, args.batch_size, set(args.profile),
-                         args.floor_repeats, say, args.freeze_sandbox, args.invoice_edits)
+        return bench_one(
+            n,
+            args.entities,
+            fmt,
+            page_size,
+            args.batch_size,
+            set(args.profile),
+            args.floor_repeats,
+            say,
+            args.freeze_sandbox,
+            args.invoice_edits,
+        )
 
     if args.child:
         print(json.dumps(asdict(one(sizes[0], formats[0]))))
@@ -785,21 +973,36 @@ def main(argv: list[str] | None = None) -> int:
 
     env = environment()
     env["freeze_sandbox"] = str(args.freeze_sandbox).lower()
-    say(f"syncengine sync benchmark — Python {env['python']} on {env['machine']} "
+    say(
+        f"syncengine sync benchmark — Python {env['python']} on {env['machine']} "
         f"({env['cpus']} CPUs, load average {env['load_average']}), commit {env['commit']}; "
         f"entities {args.entities}, page_size {page_size}, floor = median of "
         f"{args.floor_repeats} reads"
-        + (", sandbox frozen out of the GC" if args.freeze_sandbox else ""))
+        + (", sandbox frozen out of the GC" if args.freeze_sandbox else "")
+    )
     results: list[RunResult] = []
     for n in sizes:
         for fmt in formats:
             if args.in_process:
                 results.append(one(n, fmt))
                 continue
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child",
-                   "--customers", str(n), "--entities", args.entities, "--format", fmt,
-                   "--page-size", str(page_size), "--floor-repeats", str(args.floor_repeats),
-                   "--invoice-edits", str(args.invoice_edits)]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                "--customers",
+                str(n),
+                "--entities",
+                args.entities,
+                "--format",
+                fmt,
+                "--page-size",
+                str(page_size),
+                "--floor-repeats",
+                str(args.floor_repeats),
+                "--invoice-edits",
+                str(args.invoice_edits),
+            ]
             if args.batch_size:
                 cmd += ["--batch-size", str(args.batch_size)]
             for name in args.profile:
@@ -821,19 +1024,39 @@ def main(argv: list[str] | None = None) -> int:
         by_name = {sc.name: sc for sc in r.scenarios}
         nc = by_name.get("no-change")
         if nc:
-            say(f"N={r.customers:,} {r.format} {r.entities}: no-change resync / floor = "
+            say(
+                f"N={r.customers:,} {r.format} {r.entities}: no-change resync / floor = "
                 f"{nc.ratio:.2f}x ({nc.seconds:.2f}s vs {nc.floor_seconds:.2f}s); sandbox "
-                f"seeding {r.seed_seconds:.2f}s, RSS after seeding {r.rss_after_seed_mib} MiB")
-    bad = [f"N={r.customers} {r.format} {sc.name}" for r in results for sc in r.scenarios
-           if not sc.as_expected]
+                f"seeding {r.seed_seconds:.2f}s, RSS after seeding {r.rss_after_seed_mib} MiB"
+            )
+    bad = [
+        f"N={r.customers} {r.format} {sc.name}"
+        for r in results
+        for sc in r.scenarios
+        if not sc.as_expected
+    ]
     if bad:
         say("NOT AS EXPECTED (see the planned counts above): " + ", ".join(bad))
     if args.out:
-        args.out.write_text(json.dumps(
-            {"environment": env, "runs": [
-                {**asdict(r), "scenarios": [{**asdict(sc), "ratio": round(sc.ratio, 3)}
-                                            for sc in r.scenarios]} for r in results]},
-            indent=2) + "\n", encoding="utf-8")
+        args.out.write_text(
+            json.dumps(
+                {
+                    "environment": env,
+                    "runs": [
+                        {
+                            **asdict(r),
+                            "scenarios": [
+                                {**asdict(sc), "ratio": round(sc.ratio, 3)} for sc in r.scenarios
+                            ],
+                        }
+                        for r in results
+                    ],
+                },
+                indent=2,
+            )
+            + "\n",
+            encoding="utf-8",
+        )
         say(f"results written to {args.out}")
     return 0
 

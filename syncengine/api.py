@@ -39,15 +39,23 @@ def sync(
         known = {e for p in pipelines for e in p.entities}
         unknown = [e for e in entities if e not in known]
         if unknown:
-            raise UsageError(f"--entity {', '.join(unknown)}: not synced by "
-                             f"{'pipeline ' + pipeline if pipeline else 'any pipeline'} "
-                             f"(entities: {', '.join(sorted(known))})")
+            raise UsageError(
+                f"--entity {', '.join(unknown)}: not synced by "
+                f"{'pipeline ' + pipeline if pipeline else 'any pipeline'} "
+                f"(entities: {', '.join(sorted(known))})"
+            )
     store = open_store(config, create=not dry_run)
     try:
         if not dry_run:
             _check_not_running(store, [p.name for p in pipelines])
-        engine = Engine(config, store, dry_run=dry_run, progress=progress,
-                        allow_mass_delete=allow_mass_delete, connector_extra=connector_extra)
+        engine = Engine(
+            config,
+            store,
+            dry_run=dry_run,
+            progress=progress,
+            allow_mass_delete=allow_mass_delete,
+            connector_extra=connector_extra,
+        )
         return [engine.sync(p, entities) for p in pipelines]
     finally:
         store.close()
@@ -63,7 +71,8 @@ def _check_not_running(store: StateStore, names: Sequence[str]) -> None:
             raise UsageError(
                 f"pipeline {name} is being synced right now by {lease.holder} (its lease runs "
                 f"until {lease.expires_at:%Y-%m-%d %H:%M:%S} UTC); nothing was done. Wait for "
-                f"that run to finish, or `syncengine pause -p {name}` to keep the daemon off it")
+                f"that run to finish, or `syncengine pause -p {name}` to keep the daemon off it"
+            )
 
 
 def validate(path: str | Path) -> Config:
@@ -108,24 +117,40 @@ def status(config: Config) -> list[PipelineStatus]:
             last = None
             if runs:
                 r = runs[0]
-                last = {"started_at": r.started_at.isoformat(),
-                        "finished_at": r.finished_at.isoformat() if r.finished_at else None,
-                        "outcome": r.outcome or "running or interrupted",
-                        "counts": r.counts, "errors": r.errors[:10]}
-            out.append(PipelineStatus(p.name, p.members, p.entities, last,
-                                      len(store.open_conflicts(p.name)),
-                                      len(store.pending_intents(p.name)),
-                                      _skipped(store, p.name), store.skipped_count(p.name),
-                                      **_daemon_status(config, store, p.name, runs, now,
-                                                       leases, states)))
+                last = {
+                    "started_at": r.started_at.isoformat(),
+                    "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                    "outcome": r.outcome or "running or interrupted",
+                    "counts": r.counts,
+                    "errors": r.errors[:10],
+                }
+            out.append(
+                PipelineStatus(
+                    p.name,
+                    p.members,
+                    p.entities,
+                    last,
+                    len(store.open_conflicts(p.name)),
+                    len(store.pending_intents(p.name)),
+                    _skipped(store, p.name),
+                    store.skipped_count(p.name),
+                    **_daemon_status(config, store, p.name, runs, now, leases, states),
+                )
+            )
         return out
     finally:
         store.close()
 
 
-def _daemon_status(config: Config, store: StateStore, name: str, runs: list[RunRow],
-                   now: dt.datetime, leases: dict[str, Lease],
-                   states: dict[str, PipelineState]) -> dict[str, Any]:
+def _daemon_status(
+    config: Config,
+    store: StateStore,
+    name: str,
+    runs: list[RunRow],
+    now: dt.datetime,
+    leases: dict[str, Lease],
+    states: dict[str, PipelineState],
+) -> dict[str, Any]:
     """The scheduling part of a pipeline's status: schedule, next run, lease, pause, backoff."""
     schedule = config.schedule(name)
     state = states.get(name)
@@ -134,13 +159,16 @@ def _daemon_status(config: Config, store: StateStore, name: str, runs: list[RunR
     if lease is not None and not lease.expired(now):
         out["lease"] = {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()}
     if state is not None and state.paused:
-        out["paused"] = {"reason": state.paused_reason,
-                         "since": state.paused_at.isoformat() if state.paused_at else None}
+        out["paused"] = {
+            "reason": state.paused_reason,
+            "since": state.paused_at.isoformat() if state.paused_at else None,
+        }
     if state is not None and (state.failures or state.backoff_until):
-        out["backoff"] = {"failures": state.failures,
-                          "until": state.backoff_until.isoformat()
-                          if state.backoff_until else None,
-                          "last_error": state.last_error}
+        out["backoff"] = {
+            "failures": state.failures,
+            "until": state.backoff_until.isoformat() if state.backoff_until else None,
+            "last_error": state.last_error,
+        }
     if "paused" not in out:
         started = next((r.started_at for r in runs if not r.dry_run), None)
         when = schedule.next_run(started, now, parse_timezone(config.daemon.timezone))
@@ -159,13 +187,23 @@ def runs(config: Config, pipeline: str | None = None, limit: int = 20) -> list[d
         rows = store.runs(pipeline, limit=limit)
     finally:
         store.close()
-    return [{"id": r.id, "run_id": r.run_uuid, "pipeline": r.pipeline, "dry_run": r.dry_run,
-             "started_at": r.started_at.isoformat(),
-             "finished_at": r.finished_at.isoformat() if r.finished_at else None,
-             "seconds": round((r.finished_at - r.started_at).total_seconds(), 3)
-             if r.finished_at else None,
-             "outcome": r.outcome or "running or interrupted", "counts": r.counts,
-             "errors": r.errors} for r in rows]
+    return [
+        {
+            "id": r.id,
+            "run_id": r.run_uuid,
+            "pipeline": r.pipeline,
+            "dry_run": r.dry_run,
+            "started_at": r.started_at.isoformat(),
+            "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+            "seconds": round((r.finished_at - r.started_at).total_seconds(), 3)
+            if r.finished_at
+            else None,
+            "outcome": r.outcome or "running or interrupted",
+            "counts": r.counts,
+            "errors": r.errors,
+        }
+        for r in rows
+    ]
 
 
 def pause(config: Config, pipeline: str, reason: str = "") -> None:
@@ -197,9 +235,18 @@ def _skipped(store: StateStore, pipeline: str) -> list[dict[str, Any]]:
         keys = [r.key for r in rows if r.entity == entity]
         for key, state in store.load_records(pipeline, entity, keys).items():
             labels[(entity, key)] = label_of(state.base, key)
-    return [{"entity": r.entity, "key": r.key, "record": labels.get((r.entity, r.key), r.key),
-             "member": r.member, "reason": r.reason, "first_seen": r.first_seen.isoformat(),
-             "last_seen": r.last_seen.isoformat()} for r in rows]
+    return [
+        {
+            "entity": r.entity,
+            "key": r.key,
+            "record": labels.get((r.entity, r.key), r.key),
+            "member": r.member,
+            "reason": r.reason,
+            "first_seen": r.first_seen.isoformat(),
+            "last_seen": r.last_seen.isoformat(),
+        }
+        for r in rows
+    ]
 
 
 def list_conflicts(config: Config, pipeline: str | None = None) -> list[ConflictRow]:
@@ -216,15 +263,19 @@ def resolve_conflict(config: Config, conflict_id: int, take: str) -> ConflictRow
     try:
         row = store.get_conflict(conflict_id)
         if row is None or row.status != "open":
-            raise UsageError(f"no open conflict with id {conflict_id} "
-                             "(see `syncengine conflicts list`)")
+            raise UsageError(
+                f"no open conflict with id {conflict_id} (see `syncengine conflicts list`)"
+            )
         if take not in row.values:
-            raise UsageError(f"conflict {conflict_id} has values from "
-                             f"{', '.join(row.values)}; --take one of those")
+            raise UsageError(
+                f"conflict {conflict_id} has values from "
+                f"{', '.join(row.values)}; --take one of those"
+            )
         states = store.load_records(row.pipeline, row.entity, [row.key])
         if row.key not in states:
-            raise UsageError(f"the record of conflict {conflict_id} no longer exists; "
-                             "it was closed")
+            raise UsageError(
+                f"the record of conflict {conflict_id} no longer exists; it was closed"
+            )
         base = dict(states[row.key].base)
         value = row.values[take]
         if value is None:
@@ -244,8 +295,10 @@ def reconcile_report(config: Config, pipeline: str | None = None) -> list[Report
     """The reconciliation report of each chosen pipeline that syncs invoices (read-only)."""
     pipelines = [p for p in config.pipeline(pipeline) if pipeline or "invoices" in p.entities]
     if not pipelines:
-        raise UsageError("no pipeline syncs invoices: there are no books to reconcile "
-                         "(add \"invoices\" and \"payments\" to a pipeline's entities)")
+        raise UsageError(
+            "no pipeline syncs invoices: there are no books to reconcile "
+            '(add "invoices" and "payments" to a pipeline\'s entities)'
+        )
     store = open_store(config, create=False)
     try:
         return [build_report(config, store, p) for p in pipelines]
@@ -263,25 +316,37 @@ class ProbeEntity:
     read: int = 0
 
 
-def probe(config: Config, connector: str, *, pipeline: str | None = None,
-          entities: Sequence[str] | None = None, limit: int = 3) -> list[ProbeEntity]:
+def probe(
+    config: Config,
+    connector: str,
+    *,
+    pipeline: str | None = None,
+    entities: Sequence[str] | None = None,
+    limit: int = 3,
+) -> list[ProbeEntity]:
     """Read the first records of each entity of one connector and map them to canonical
     fields, as a sync would (references are shown as the member holds them). For debugging
     a connector description or a mapping; writes nothing."""
     if connector not in config.connectors:
-        raise UsageError(f"no connector named {connector!r}; use one of: "
-                         f"{', '.join(config.connectors)}")
+        raise UsageError(
+            f"no connector named {connector!r}; use one of: {', '.join(config.connectors)}"
+        )
     chosen = [p for p in config.pipeline(pipeline) if connector in p.members]
     cc = config.connectors[connector]
     conn = config.make_connector(connector)
     try:
         held = conn.entities()
-        wanted = list(entities) if entities else (
-            [e for e in chosen[0].entities if e in held] if chosen else list(held))
+        wanted = (
+            list(entities)
+            if entities
+            else ([e for e in chosen[0].entities if e in held] if chosen else list(held))
+        )
         unknown = [e for e in wanted if e not in held]
         if unknown:
-            raise UsageError(f"{connector} ({cc.type_name}) does not hold "
-                             f"{', '.join(unknown)}; it holds {', '.join(held)}")
+            raise UsageError(
+                f"{connector} ({cc.type_name}) does not hold "
+                f"{', '.join(unknown)}; it holds {', '.join(held)}"
+            )
         out = []
         for entity in wanted:
             if chosen and (connector, entity) in chosen[0].mappings:
@@ -293,13 +358,16 @@ def probe(config: Config, connector: str, *, pipeline: str | None = None,
             try:
                 for rec in conn.read(entity):
                     result.read += 1
-                    row: dict[str, Any] = {"id": rec.id, "location": rec.location,
-                                           "native": rec.data, "canonical": None,
-                                           "error": rec.error}
+                    row: dict[str, Any] = {
+                        "id": rec.id,
+                        "location": rec.location,
+                        "native": rec.data,
+                        "canonical": None,
+                        "error": rec.error,
+                    }
                     if not rec.error:
                         try:
-                            row["canonical"] = mapping.to_canonical(rec.data,
-                                                                    location=rec.location)
+                            row["canonical"] = mapping.to_canonical(rec.data, location=rec.location)
                         except RecordError as exc:
                             row["error"] = str(exc)
                     result.records.append(row)
@@ -316,6 +384,7 @@ def probe(config: Config, connector: str, *, pipeline: str | None = None,
 def require_config(path: str | Path, *, strict_env: bool = True) -> Config:
     p = Path(path)
     if not p.exists():
-        raise ConfigError([Problem(str(p), "file not found",
-                                   "pass --config PATH (see config.example.toml)")])
+        raise ConfigError(
+            [Problem(str(p), "file not found", "pass --config PATH (see config.example.toml)")]
+        )
     return load_config(p, strict_env=strict_env)

@@ -49,18 +49,26 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-conflicts_app = typer.Typer(help="List and settle conflicts parked for a person.",
-                            no_args_is_help=True)
+conflicts_app = typer.Typer(
+    help="List and settle conflicts parked for a person.", no_args_is_help=True
+)
 app.add_typer(conflicts_app, name="conflicts")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-ConfigOpt = Annotated[Path, typer.Option(
-    "--config", "-c", envvar="SYNCENGINE_CONFIG",
-    help="The config file (TOML). See config.example.toml.")]
-LogLevelOpt = Annotated[str, typer.Option(
-    "--log-level", help="debug, info, warning or error (logs go to stderr).")]
+ConfigOpt = Annotated[
+    Path,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="SYNCENGINE_CONFIG",
+        help="The config file (TOML). See config.example.toml.",
+    ),
+]
+LogLevelOpt = Annotated[
+    str, typer.Option("--log-level", help="debug, info, warning or error (logs go to stderr).")
+]
 
 
 def _fail(code: int, lines: list[str]) -> NoReturn:
@@ -77,8 +85,10 @@ def handled() -> Iterator[None]:
     except typer.Exit:
         raise
     except ConfigError as exc:
-        lines = [f"configuration error ({len(exc.problems)} problem"
-                 f"{'s' if len(exc.problems) != 1 else ''}; nothing was read or written):"]
+        lines = [
+            f"configuration error ({len(exc.problems)} problem"
+            f"{'s' if len(exc.problems) != 1 else ''}; nothing was read or written):"
+        ]
         lines += [f"  {p}" for p in exc.problems]
         _fail(EXIT_CONFIG, lines)
     except UsageError as exc:
@@ -88,14 +98,24 @@ def handled() -> Iterator[None]:
     except SafetyGuardError as exc:
         _fail(EXIT_GUARD, [f"stopped by a safety guard: {exc}"])
     except AuthError as exc:
-        _fail(EXIT_ISSUES, [f"sync failed: {exc}",
-                            "the member refused the credentials: check its api_key in the "
-                            "config (and the environment variable it names); nothing further "
-                            "was written"])
+        _fail(
+            EXIT_ISSUES,
+            [
+                f"sync failed: {exc}",
+                "the member refused the credentials: check its api_key in the "
+                "config (and the environment variable it names); nothing further "
+                "was written",
+            ],
+        )
     except ConnectorError as exc:
-        _fail(EXIT_ISSUES, [f"sync failed: {exc}",
-                            "nothing further was written; writes already made are recorded "
-                            "and the next sync carries on from them"])
+        _fail(
+            EXIT_ISSUES,
+            [
+                f"sync failed: {exc}",
+                "nothing further was written; writes already made are recorded "
+                "and the next sync carries on from them",
+            ],
+        )
     except SyncEngineError as exc:
         _fail(EXIT_ISSUES, [f"error: {exc}"])
     except KeyboardInterrupt:
@@ -103,16 +123,21 @@ def handled() -> Iterator[None]:
     except Exception:
         text = redact_text(traceback.format_exc(), REDACTOR.secrets)
         err.print(escape(text))
-        _fail(EXIT_BUG, ["internal error: this is a bug in syncengine, please report it "
-                         "with the traceback above"])
+        _fail(
+            EXIT_BUG,
+            [
+                "internal error: this is a bug in syncengine, please report it "
+                "with the traceback above"
+            ],
+        )
 
 
-def _setup(level: str, config_secrets: tuple[str, ...] = (), *,
-           json_output: bool = False) -> None:
+def _setup(level: str, config_secrets: tuple[str, ...] = (), *, json_output: bool = False) -> None:
     level = level.lower()
     if level not in ("debug", "info", "warning", "error"):
-        _fail(EXIT_CONFIG, [f"usage error: --log-level {level!r}: use debug, info, warning "
-                            "or error"])
+        _fail(
+            EXIT_CONFIG, [f"usage error: --log-level {level!r}: use debug, info, warning or error"]
+        )
     configure(level, secrets=config_secrets, json_output=json_output)
 
 
@@ -121,8 +146,14 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int | None], None] 
     if not enabled:
         yield None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         tasks: dict[str, Any] = {}
 
         def report(what: str, done: int, total: int | None) -> None:
@@ -136,20 +167,33 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int | None], None] 
 @app.command()
 def sync(
     config: ConfigOpt = Path("config.toml"),
-    pipeline: Annotated[str | None, typer.Option(
-        "--pipeline", "-p", help="Run only this pipeline (default: all).")] = None,
-    entity: Annotated[list[str] | None, typer.Option(
-        "--entity", "-e", help="Sync only this entity (repeatable).")] = None,
-    dry_run: Annotated[bool, typer.Option(
-        "--dry-run", "-n", help="Show every change per record and field; write nothing, "
-        "neither to a member nor to the state store.")] = False,
+    pipeline: Annotated[
+        str | None, typer.Option("--pipeline", "-p", help="Run only this pipeline (default: all).")
+    ] = None,
+    entity: Annotated[
+        list[str] | None, typer.Option("--entity", "-e", help="Sync only this entity (repeatable).")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            "-n",
+            help="Show every change per record and field; write nothing, "
+            "neither to a member nor to the state store.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v",
-                                          help="List every record, also after a real sync.")
-                       ] = False,
-    allow_mass_delete: Annotated[bool, typer.Option(
-        "--allow-mass-delete", help="Let deletes past [pipelines.deletes] max_fraction "
-        "through, and accept a member that returns nothing.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="List every record, also after a real sync.")
+    ] = False,
+    allow_mass_delete: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mass-delete",
+            help="Let deletes past [pipelines.deletes] max_fraction "
+            "through, and accept a member that returns nothing.",
+        ),
+    ] = False,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Sync the pipelines in CONFIG: read every member, plan, and apply (or only show)."""
@@ -158,19 +202,27 @@ def sync(
         cfg = api.require_config(config)
         REDACTOR.add(cfg.secrets)
         with _progress(sys.stderr.isatty() and not as_json) as progress:
-            results = api.sync(cfg, pipeline=pipeline, entities=entity, dry_run=dry_run,
-                               progress=progress, allow_mass_delete=allow_mass_delete)
+            results = api.sync(
+                cfg,
+                pipeline=pipeline,
+                entities=entity,
+                dry_run=dry_run,
+                progress=progress,
+                allow_mass_delete=allow_mass_delete,
+            )
         if as_json:
             objs = [r.to_json() for r in results]
             for obj in objs:  # the rows a person must fix, also where cron mails stderr
                 for ent in obj["entities"].values():
                     for p in ent["problems"]:
-                        err.print(escape(f"{p['kind']}: {p['member']} {p['location']}: "
-                                         f"{p['message']}"))
+                        err.print(
+                            escape(f"{p['kind']}: {p['member']} {p['location']}: {p['message']}")
+                        )
             out.print_json(json.dumps(objs[0] if len(objs) == 1 else {"pipelines": objs}))
         else:
             for r in results:
                 from syncengine.render import render_result
+
                 render_result(out, r, verbose=verbose)
         code = max((r.exit_code for r in results), default=0)
         if code:
@@ -180,13 +232,25 @@ def sync(
 @app.command()
 def probe(
     config: ConfigOpt = Path("config.toml"),
-    connector: Annotated[str, typer.Option(
-        "--connector", help="The connector (a [connectors.NAME] of the config) to probe.")] = "",
-    pipeline: Annotated[str | None, typer.Option(
-        "--pipeline", "-p", help="Use this pipeline's mappings (default: the first pipeline "
-        "the connector is a member of).")] = None,
-    entity: Annotated[list[str] | None, typer.Option(
-        "--entity", "-e", help="Probe only this entity (repeatable).")] = None,
+    connector: Annotated[
+        str,
+        typer.Option(
+            "--connector", help="The connector (a [connectors.NAME] of the config) to probe."
+        ),
+    ] = "",
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            "--pipeline",
+            "-p",
+            help="Use this pipeline's mappings (default: the first pipeline "
+            "the connector is a member of).",
+        ),
+    ] = None,
+    entity: Annotated[
+        list[str] | None,
+        typer.Option("--entity", "-e", help="Probe only this entity (repeatable)."),
+    ] = None,
     limit: Annotated[int, typer.Option(help="Records shown per entity.", min=1)] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     log_level: LogLevelOpt = "warning",
@@ -218,8 +282,7 @@ def probe(
                     if x["error"]:
                         out.print(f"    [red]error[/]: {escape(str(x['error']))}")
                     else:
-                        shown = {k: v for k, v in (x["canonical"] or {}).items()
-                                 if v is not None}
+                        shown = {k: v for k, v in (x["canonical"] or {}).items() if v is not None}
                         out.print(f"    canonical: {escape(json.dumps(shown, default=str))}")
         if failed:
             raise typer.Exit(EXIT_ISSUES)
@@ -228,12 +291,18 @@ def probe(
 @app.command("reconcile-report")
 def reconcile_report(
     config: ConfigOpt = Path("config.toml"),
-    pipeline: Annotated[str | None, typer.Option(
-        "--pipeline", "-p", help="Report on this pipeline (default: every pipeline that "
-        "syncs invoices).")] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            "--pipeline",
+            "-p",
+            help="Report on this pipeline (default: every pipeline that syncs invoices).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    all_invoices: Annotated[bool, typer.Option(
-        "--all", help="List every invoice, not only those with disagreements.")] = False,
+    all_invoices: Annotated[
+        bool, typer.Option("--all", help="List every invoice, not only those with disagreements.")
+    ] = False,
     log_level: LogLevelOpt = "warning",
 ) -> None:
     """Prove the books agree: per invoice, the amount, the succeeded payments and the
@@ -250,6 +319,7 @@ def reconcile_report(
             out.print_json(json.dumps(objs[0] if len(objs) == 1 else {"pipelines": objs}))
         else:
             from syncengine.render import render_report
+
             for r in reports:
                 render_report(out, r, all_invoices=all_invoices)
         code = max((r.exit_code for r in reports), default=0)
@@ -263,8 +333,10 @@ def validate(config: ConfigOpt = Path("config.toml"), log_level: LogLevelOpt = "
     with handled():
         _setup(log_level)
         cfg = api.require_config(config)
-        pipes = ", ".join(f"{p.name} ({' + '.join(p.members)}: {', '.join(p.entities)})"
-                          for p in cfg.pipelines.values())
+        pipes = ", ".join(
+            f"{p.name} ({' + '.join(p.members)}: {', '.join(p.entities)})"
+            for p in cfg.pipelines.values()
+        )
         out.print(f"{config}: ok — {len(cfg.connectors)} connectors, pipelines: {pipes}")
 
 
@@ -290,8 +362,11 @@ def status(
                 lr = r.last_run
                 out.print(f"  last run: {lr['started_at']} → {lr['outcome']}")
                 for ent, counts in (lr["counts"] or {}).items():
-                    parts = [f"{m}: +{c['create']} ~{c['update']} -{c['delete']}"
-                             for m, c in counts.items() if isinstance(c, dict) and "create" in c]
+                    parts = [
+                        f"{m}: +{c['create']} ~{c['update']} -{c['delete']}"
+                        for m, c in counts.items()
+                        if isinstance(c, dict) and "create" in c
+                    ]
                     out.print(f"    {ent}: {'; '.join(parts)}; errors {counts.get('errors', 0)}")
                 for e in lr["errors"]:
                     out.print(f"    [red]{escape(str(e))}[/]")
@@ -300,12 +375,19 @@ def status(
             if r.pending_writes:
                 out.print(f"  interrupted writes to settle on the next sync: {r.pending_writes}")
             if r.skipped_total:
-                out.print(f"  skipped writes: {r.skipped_total}"
-                          + (f" (newest {len(r.skipped)} shown)"
-                             if r.skipped_total > len(r.skipped) else ""))
+                out.print(
+                    f"  skipped writes: {r.skipped_total}"
+                    + (
+                        f" (newest {len(r.skipped)} shown)"
+                        if r.skipped_total > len(r.skipped)
+                        else ""
+                    )
+                )
                 for sk in r.skipped:
-                    out.print(f"    {sk['entity']} · {escape(sk['record'])} on {sk['member']}: "
-                              f"{escape(sk['reason'])} (since {sk['first_seen'][:19]})")
+                    out.print(
+                        f"    {sk['entity']} · {escape(sk['record'])} on {sk['member']}: "
+                        f"{escape(sk['reason'])} (since {sk['first_seen'][:19]})"
+                    )
 
 
 def _print_schedule(r: api.PipelineStatus) -> None:
@@ -315,8 +397,10 @@ def _print_schedule(r: api.PipelineStatus) -> None:
     else:
         out.print(f"  schedule: {escape(r.schedule)}; next run: {r.next_run}")
     if r.backoff:
-        out.print(f"  [yellow]backing off[/] after {r.backoff['failures']} failed run(s) until "
-                  f"{r.backoff['until']}: {escape(str(r.backoff['last_error']))}")
+        out.print(
+            f"  [yellow]backing off[/] after {r.backoff['failures']} failed run(s) until "
+            f"{r.backoff['until']}: {escape(str(r.backoff['last_error']))}"
+        )
     if r.lease:
         out.print(f"  running on {r.lease['holder']} (lease until {r.lease['expires_at']})")
 
@@ -324,15 +408,25 @@ def _print_schedule(r: api.PipelineStatus) -> None:
 @app.command()
 def daemon(
     config: ConfigOpt = Path("config.toml"),
-    once: Annotated[bool, typer.Option(
-        "--once", help="Run every due pipeline once and exit (for cron); the exit code is "
-        "the worst pipeline's.")] = False,
-    http: Annotated[str | None, typer.Option(
-        "--http", help="Serve /healthz and /metrics (Prometheus) on HOST:PORT, "
-        "e.g. 127.0.0.1:9464.")] = None,
+    once: Annotated[
+        bool,
+        typer.Option(
+            "--once",
+            help="Run every due pipeline once and exit (for cron); the exit code is "
+            "the worst pipeline's.",
+        ),
+    ] = False,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            help="Serve /healthz and /metrics (Prometheus) on HOST:PORT, e.g. 127.0.0.1:9464.",
+        ),
+    ] = None,
     log_level: LogLevelOpt = "info",
-    log_format: Annotated[str, typer.Option(
-        "--log-format", help="json (one object per line) or console.")] = "json",
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="json (one object per line) or console.")
+    ] = "json",
 ) -> None:
     """Run every pipeline on its schedule ([daemon] and each pipeline's `schedule`) until
     SIGTERM: one runner per pipeline across daemons sharing the state store, backoff after
@@ -345,6 +439,7 @@ def daemon(
         cfg = api.require_config(config)
         REDACTOR.add(cfg.secrets)
         from syncengine import daemon as daemon_mod
+
         try:
             address = daemon_mod.parse_http_address(http) if http else None
         except ValueError as exc:
@@ -378,10 +473,13 @@ def runs(
             for ent, counts in (r["counts"] or {}).items():
                 for member, c in counts.items():
                     if isinstance(c, dict) and "create" in c and any(c.values()):
-                        changes.append(f"{ent} {member} +{c['create']} ~{c['update']} "
-                                       f"-{c['delete']}")
-            out.print(f"#{r['id']} {r['pipeline']} {r['started_at'][:19]} {seconds} "
-                      f"{r['outcome']}" + (f" ({'; '.join(changes)})" if changes else ""))
+                        changes.append(
+                            f"{ent} {member} +{c['create']} ~{c['update']} -{c['delete']}"
+                        )
+            out.print(
+                f"#{r['id']} {r['pipeline']} {r['started_at'][:19]} {seconds} "
+                f"{r['outcome']}" + (f" ({'; '.join(changes)})" if changes else "")
+            )
             for e in r["errors"][:3]:
                 out.print(f"    [red]{escape(str(e))}[/]")
 
@@ -404,8 +502,9 @@ def pause(
 @app.command()
 def resume(
     config: ConfigOpt = Path("config.toml"),
-    pipeline: Annotated[str | None, typer.Option(
-        "--pipeline", "-p", help="The pipeline (default: all).")] = None,
+    pipeline: Annotated[
+        str | None, typer.Option("--pipeline", "-p", help="The pipeline (default: all).")
+    ] = None,
 ) -> None:
     """Lift a pause (after refused credentials, or `syncengine pause`) and any failure
     backoff: daemons run the pipeline again at its next scheduled time."""
@@ -413,8 +512,11 @@ def resume(
         _setup("warning")
         cfg = api.require_config(config, strict_env=False)
         lifted = api.resume(cfg, pipeline)
-        out.print(f"resumed: {', '.join(lifted)}" if lifted else
-                  "nothing to resume: no pipeline was paused or backing off")
+        out.print(
+            f"resumed: {', '.join(lifted)}"
+            if lifted
+            else "nothing to resume: no pipeline was paused or backing off"
+        )
 
 
 @conflicts_app.command("list")
@@ -429,17 +531,32 @@ def conflicts_list(
         cfg = api.require_config(config, strict_env=False)
         rows = api.list_conflicts(cfg, pipeline)
         if as_json:
-            out.print_json(json.dumps([{
-                "id": c.id, "pipeline": c.pipeline, "entity": c.entity, "key": c.key,
-                "field": c.field, "values": c.values, "base": c.base_value,
-                "created_at": c.created_at.isoformat()} for c in rows]))
+            out.print_json(
+                json.dumps(
+                    [
+                        {
+                            "id": c.id,
+                            "pipeline": c.pipeline,
+                            "entity": c.entity,
+                            "key": c.key,
+                            "field": c.field,
+                            "values": c.values,
+                            "base": c.base_value,
+                            "created_at": c.created_at.isoformat(),
+                        }
+                        for c in rows
+                    ]
+                )
+            )
             return
         if not rows:
             out.print("No open conflicts.")
             return
         for c in rows:
-            out.print(f"[bold]#{c.id}[/] {c.pipeline} {c.entity} {c.key} field [bold]{c.field}"
-                      f"[/] (was {escape(repr(c.base_value))})")
+            out.print(
+                f"[bold]#{c.id}[/] {c.pipeline} {c.entity} {c.key} field [bold]{c.field}"
+                f"[/] (was {escape(repr(c.base_value))})"
+            )
             for member, value in c.values.items():
                 out.print(f"    {member}: {escape(repr(value))}")
         out.print("Settle one with: syncengine conflicts resolve ID --take MEMBER")
@@ -456,35 +573,58 @@ def conflicts_resolve(
         _setup("warning")
         cfg = api.require_config(config, strict_env=False)
         row = api.resolve_conflict(cfg, conflict_id, take)
-        out.print(f"conflict #{row.id} on {row.field}: {take}'s value "
-                  f"{escape(repr(row.values[take]))} taken; run `syncengine sync` to write it")
+        out.print(
+            f"conflict #{row.id} on {row.field}: {take}'s value "
+            f"{escape(repr(row.values[take]))} taken; run `syncengine sync` to write it"
+        )
 
 
 @app.command()
 def sandbox(
     port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.1).")] = 8765,
-    api_key: Annotated[str, typer.Option("--api-key", envvar="HCP_API_KEY",
-                                         help="The key clients must send.")] = "sandbox",
-    seed: Annotated[int, typer.Option(
-        help="Generate this many customers, most with jobs, invoices and payments.")] = 0,
-    random_seed: Annotated[int, typer.Option(
-        "--random-seed", help="Vary the generated data (the same value gives the same data).")
+    api_key: Annotated[
+        str, typer.Option("--api-key", envvar="HCP_API_KEY", help="The key clients must send.")
+    ] = "sandbox",
+    seed: Annotated[
+        int,
+        typer.Option(help="Generate this many customers, most with jobs, invoices and payments."),
     ] = 0,
-    nest_payments: Annotated[bool, typer.Option(
-        "--nest-payments/--no-nest-payments",
-        help="Nest each invoice's payments in it, as the live API does.")] = True,
-    live_invoices: Annotated[bool, typer.Option(
-        "--live-invoices",
-        help="Send invoices without customer_id and updated_at, as the live API does.")
+    random_seed: Annotated[
+        int,
+        typer.Option(
+            "--random-seed", help="Vary the generated data (the same value gives the same data)."
+        ),
+    ] = 0,
+    nest_payments: Annotated[
+        bool,
+        typer.Option(
+            "--nest-payments/--no-nest-payments",
+            help="Nest each invoice's payments in it, as the live API does.",
+        ),
+    ] = True,
+    live_invoices: Annotated[
+        bool,
+        typer.Option(
+            "--live-invoices",
+            help="Send invoices without customer_id and updated_at, as the live API does.",
+        ),
     ] = False,
     latency_ms: Annotated[int, typer.Option("--latency-ms", help="Delay per request.")] = 0,
-    error_rate: Annotated[float, typer.Option(
-        "--error-rate", help="Share of requests answered 500 (0..1).")] = 0.0,
-    rate_limit: Annotated[float | None, typer.Option(
-        "--rate-limit", help="Requests per second before 429 + Retry-After.")] = None,
-    data: Annotated[Path | None, typer.Option(
-        "--data", help="Load customers, employees, jobs, invoices and payments from this JSON "
-        "file (what the demo's hcp-data.json holds) instead of generating them.")] = None,
+    error_rate: Annotated[
+        float, typer.Option("--error-rate", help="Share of requests answered 500 (0..1).")
+    ] = 0.0,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option("--rate-limit", help="Requests per second before 429 + Retry-After."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Load customers, employees, jobs, invoices and payments from this JSON "
+            "file (what the demo's hcp-data.json holds) instead of generating them.",
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
 ) -> None:
     """Run the Housecall Pro sandbox: a stateful local emulator of the HCP API."""
@@ -492,22 +632,33 @@ def sandbox(
         if not 0 <= error_rate <= 1:
             raise UsageError("--error-rate must be between 0 and 1")
         from syncengine.connectors.housecallpro.sandbox import serve
-        serve(host, port, api_key=api_key, seed=seed or None, latency_ms=latency_ms,
-              error_rate=error_rate, rate_limit=rate_limit,
-              data_file=str(data) if data else None, random_seed=random_seed,
-              nest_payments=nest_payments, live_invoices=live_invoices)
+
+        serve(
+            host,
+            port,
+            api_key=api_key,
+            seed=seed or None,
+            latency_ms=latency_ms,
+            error_rate=error_rate,
+            rate_limit=rate_limit,
+            data_file=str(data) if data else None,
+            random_seed=random_seed,
+            nest_payments=nest_payments,
+            live_invoices=live_invoices,
+        )
 
 
 @app.command()
 def demo(
-    directory: Annotated[Path, typer.Option(
-        "--dir", help="Where to put the demo's config, spreadsheet and state.")
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to put the demo's config, spreadsheet and state.")
     ] = Path("syncengine-demo"),
 ) -> None:
     """Set up a sandbox and a spreadsheet, then dry-run, sync and sync again — and explain."""
     with handled():
         _setup("warning")
         from syncengine.demo import run_demo
+
         code = run_demo(directory, out)
         if code:
             raise typer.Exit(code)

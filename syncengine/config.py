@@ -95,8 +95,10 @@ class DaemonSection(_Strict):
     @model_validator(mode="after")
     def _backoff_ok(self) -> DaemonSection:
         if self.backoff_max < self.backoff_initial:
-            raise ValueError(f"backoff_max ({self.backoff_max}) is less than backoff_initial "
-                             f"({self.backoff_initial})")
+            raise ValueError(
+                f"backoff_max ({self.backoff_max}) is less than backoff_initial "
+                f"({self.backoff_initial})"
+            )
         return self
 
 
@@ -196,8 +198,9 @@ class Config:
             return list(self.pipelines.values())
         if name not in self.pipelines:
             known = ", ".join(self.pipelines)
-            raise ConfigError([Problem(str(self.path), f"no pipeline named {name!r}",
-                                       f"use one of: {known}")])
+            raise ConfigError(
+                [Problem(str(self.path), f"no pipeline named {name!r}", f"use one of: {known}")]
+            )
         return [self.pipelines[name]]
 
     def make_connector(self, name: str, extra: Mapping[str, Any] | None = None) -> Connector:
@@ -213,14 +216,21 @@ class Config:
 
 # --------------------------------------------------------------------------------- interpolation
 
+
 def _interpolate(
-    value: Any, where: str, env: Mapping[str, str], problems: list[Problem], secrets: set[str],
-    source: str = "", strict_env: bool = True,
+    value: Any,
+    where: str,
+    env: Mapping[str, str],
+    problems: list[Problem],
+    secrets: set[str],
+    source: str = "",
+    strict_env: bool = True,
 ) -> Any:
     if isinstance(value, dict):
         return {
-            k: _interpolate(v, f"{where}.{k}" if where else k, env, problems, secrets, source,
-                            strict_env)
+            k: _interpolate(
+                v, f"{where}.{k}" if where else k, env, problems, secrets, source, strict_env
+            )
             for k, v in value.items()
         }
     if isinstance(value, list):
@@ -240,9 +250,13 @@ def _interpolate(
         if default is not None:
             return default
         if strict_env:
-            problems.append(Problem(f"{source}: {where}", f"environment variable {var} is not set",
-                                    f"export {var}=... before running, or use "
-                                    f"${{{var}:-default}}"))
+            problems.append(
+                Problem(
+                    f"{source}: {where}",
+                    f"environment variable {var} is not set",
+                    f"export {var}=... before running, or use ${{{var}:-default}}",
+                )
+            )
         return match.group(0)  # left as written: one problem is enough
 
     result = _ENV_REF.sub(substitute, value)
@@ -252,6 +266,7 @@ def _interpolate(
 
 
 # ------------------------------------------------------------------------------------ validation
+
 
 def _pydantic_problems(
     err: ValidationError, prefix: str, model_cls: type[BaseModel]
@@ -266,9 +281,13 @@ def _pydantic_problems(
             known = _known_keys(model_cls, item["loc"][:-1])
             close = difflib.get_close_matches(str(item["loc"][-1]), known, n=1)
             msg = f"unknown key {item['loc'][-1]!r}"
-            fix = (f"did you mean {close[0]!r}?" if close
-                   else f"known keys: {', '.join(known)}" if known
-                   else "remove it (see the connector's documented options)")
+            fix = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else f"known keys: {', '.join(known)}"
+                if known
+                else "remove it (see the connector's documented options)"
+            )
         elif kind == "missing":
             msg = "is required"
             fix = "add it"
@@ -324,18 +343,27 @@ def load_config(
     try:
         raw_text = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError([Problem(shown, "file not found",
-                                   "pass --config PATH, or copy config.example.toml")]) from None
+        raise ConfigError(
+            [Problem(shown, "file not found", "pass --config PATH, or copy config.example.toml")]
+        ) from None
     except OSError as exc:
         raise ConfigError([Problem(shown, f"cannot read: {exc.strerror}")]) from None
     try:
         raw = tomllib.loads(raw_text.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise ConfigError([Problem(shown, f"not UTF-8 text (byte {exc.start})",
-                                   "save the file as UTF-8")]) from None
+        raise ConfigError(
+            [Problem(shown, f"not UTF-8 text (byte {exc.start})", "save the file as UTF-8")]
+        ) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([Problem(shown, f"TOML syntax error: {exc}",
-                                   "check quotes, brackets and '=' on that line")]) from None
+        raise ConfigError(
+            [
+                Problem(
+                    shown,
+                    f"TOML syntax error: {exc}",
+                    "check quotes, brackets and '=' on that line",
+                )
+            ]
+        ) from None
 
     problems: list[Problem] = []
     secrets: set[str] = set()
@@ -352,8 +380,9 @@ def load_config(
             try:
                 sections.append((index, PipelineSection.model_validate(raw)))
             except ValidationError as err:
-                problems.extend(_prefixed(
-                    _pydantic_problems(err, f"pipelines.{index}", PipelineSection), shown))
+                problems.extend(
+                    _prefixed(_pydantic_problems(err, f"pipelines.{index}", PipelineSection), shown)
+                )
 
     connectors: dict[str, ConnectorConfig] = {}
     for name, table in connector_tables.items():
@@ -363,8 +392,13 @@ def load_config(
             continue
         type_name = table.get("type")
         if not isinstance(type_name, str):
-            problems.append(Problem(f"{shown}: {where}.type", "is required",
-                                    'add type = "housecallpro" | "spreadsheet" | ...'))
+            problems.append(
+                Problem(
+                    f"{shown}: {where}.type",
+                    "is required",
+                    'add type = "housecallpro" | "spreadsheet" | ...',
+                )
+            )
             continue
         try:
             cls = connector_class(type_name, f"{shown}: {where}.type")
@@ -381,17 +415,24 @@ def load_config(
     pipelines: dict[str, Pipeline] = {}
     for index, section in sections:
         where = f"{shown}: pipelines[{index}]"
-        pipelines_problems = _check_pipeline(section, list(connector_tables), connectors, where,
-                                             base_dir)
+        pipelines_problems = _check_pipeline(
+            section, list(connector_tables), connectors, where, base_dir
+        )
         problems.extend(pipelines_problems[0])
         if section.name in pipelines:
-            problems.append(Problem(f"{where}.name", f"duplicate pipeline name {section.name!r}",
-                                    "give each pipeline its own name"))
+            problems.append(
+                Problem(
+                    f"{where}.name",
+                    f"duplicate pipeline name {section.name!r}",
+                    "give each pipeline its own name",
+                )
+            )
         pipelines[section.name] = Pipeline(
             name=section.name,
             members=tuple(section.members),
-            entities=tuple(model.dependency_order(
-                [e for e in section.entities if e in model.ENTITIES])),
+            entities=tuple(
+                model.dependency_order([e for e in section.entities if e in model.ENTITIES])
+            ),
             section=section,
             mappings=pipelines_problems[1],
         )
@@ -428,9 +469,12 @@ def _validate_top(data: dict[str, Any], shown: str, problems: list[Problem]) -> 
     except ValidationError:
         daemon_section = DaemonSection()
     return ConfigFile.model_construct(
-        state=state_section, daemon=daemon_section,
+        state=state_section,
+        daemon=daemon_section,
         region=region if isinstance(region, str) else "US",
-        connectors={}, pipelines=[])
+        connectors={},
+        pipelines=[],
+    )
 
 
 def _prefixed(problems: list[Problem], shown: str) -> list[Problem]:
@@ -449,29 +493,44 @@ def _check_pipeline(
     for i, member in enumerate(section.members):
         if member not in known_connectors:
             close = difflib.get_close_matches(member, known_connectors, n=1)
-            problems.append(Problem(f"{where}.members[{i}]", f"no connector named {member!r}",
-                                    f"did you mean {close[0]!r}?" if close else
-                                    f"define [connectors.{member}] or use one of: "
-                                    f"{', '.join(known_connectors)}"))
+            problems.append(
+                Problem(
+                    f"{where}.members[{i}]",
+                    f"no connector named {member!r}",
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else f"define [connectors.{member}] or use one of: "
+                    f"{', '.join(known_connectors)}",
+                )
+            )
     if len(set(section.members)) != len(section.members):
-        problems.append(Problem(f"{where}.members", "a member is listed twice",
-                                "list each connector once"))
+        problems.append(
+            Problem(f"{where}.members", "a member is listed twice", "list each connector once")
+        )
     for i, entity in enumerate(section.entities):
         if entity not in model.ENTITIES:
-            problems.append(Problem(f"{where}.entities[{i}]", f"unknown entity {entity!r}",
-                                    f"use one of: {', '.join(model.ENTITIES)}"))
+            problems.append(
+                Problem(
+                    f"{where}.entities[{i}]",
+                    f"unknown entity {entity!r}",
+                    f"use one of: {', '.join(model.ENTITIES)}",
+                )
+            )
 
     valid_entities = [e for e in section.entities if e in model.ENTITIES]
     for entity in valid_entities:
         spec = model.ENTITIES[entity]
         for name, target in spec.refs.items():
             if target in spec.depends_on and target not in valid_entities:
-                problems.append(Problem(
-                    f"{where}.entities",
-                    f"{entity} refer to {target} (their {name!r}), which this pipeline does "
-                    "not sync",
-                    f"add {target!r} to entities: a {entity[:-1]} cannot be written anywhere "
-                    f"without its {name}"))
+                problems.append(
+                    Problem(
+                        f"{where}.entities",
+                        f"{entity} refer to {target} (their {name!r}), which this pipeline does "
+                        "not sync",
+                        f"add {target!r} to entities: a {entity[:-1]} cannot be written anywhere "
+                        f"without its {name}",
+                    )
+                )
     for member in section.members:
         cc = connectors.get(member)
         if cc is None:
@@ -479,9 +538,13 @@ def _check_pipeline(
         overrides = section.mappings.get(member, {})
         for entity in overrides:
             if entity not in valid_entities:
-                problems.append(Problem(f"{where}.mappings.{member}.{entity}",
-                                        "not an entity of this pipeline",
-                                        f"use one of: {', '.join(valid_entities)}"))
+                problems.append(
+                    Problem(
+                        f"{where}.mappings.{member}.{entity}",
+                        "not an entity of this pipeline",
+                        f"use one of: {', '.join(valid_entities)}",
+                    )
+                )
         for entity in valid_entities:
             override = overrides.get(entity)
             override_path = None
@@ -491,19 +554,28 @@ def _check_pipeline(
                     override_path = base_dir / override_path
             try:
                 zone = getattr(cc.options, "timezone", None)
-                mapping = load_mapping(cc.type_name, entity, override_path,
-                                       timezone=zone if isinstance(zone, str) else None)
+                mapping = load_mapping(
+                    cc.type_name,
+                    entity,
+                    override_path,
+                    timezone=zone if isinstance(zone, str) else None,
+                )
                 # references to entities this pipeline does not sync are not synced either
                 # (an invoice's job, where jobs are not in the pipeline)
-                outside = [f for f, (target, _by) in mapping.refs.items()
-                           if target not in valid_entities]
+                outside = [
+                    f for f, (target, _by) in mapping.refs.items() if target not in valid_entities
+                ]
                 mappings[(member, entity)] = mapping.without(outside) if outside else mapping
             except ConfigError as err:
                 problems.extend(err.problems)
             except FileNotFoundError:
-                problems.append(Problem(f"{where}.mappings.{member}.{entity}",
-                                        f"mapping file {override_path} not found",
-                                        "check the path (relative to the config file)"))
+                problems.append(
+                    Problem(
+                        f"{where}.mappings.{member}.{entity}",
+                        f"mapping file {override_path} not found",
+                        "check the path (relative to the config file)",
+                    )
+                )
     for unknown in set(section.mappings) - set(section.members):
         problems.append(Problem(f"{where}.mappings.{unknown}", "not a member of this pipeline"))
 
@@ -511,20 +583,30 @@ def _check_pipeline(
     for scope, rules in section.conflicts.items():
         entity_part = scope.split(".", 1)[0]
         if scope != "default" and entity_part not in valid_entities:
-            problems.append(Problem(
-                f"{where}.conflicts.{scope}",
-                "scope must be 'default', an entity, or 'entity.field'",
-                f"entities here: {', '.join(valid_entities)}"))
+            problems.append(
+                Problem(
+                    f"{where}.conflicts.{scope}",
+                    "scope must be 'default', an entity, or 'entity.field'",
+                    f"entities here: {', '.join(valid_entities)}",
+                )
+            )
         if "." in scope and entity_part in valid_entities:
             field_name = scope.split(".", 1)[1]
             if model.entity_spec(entity_part).field_spec(field_name) is None:
-                problems.append(Problem(f"{where}.conflicts.{scope}",
-                                        f"{entity_part} has no field {field_name!r}"))
+                problems.append(
+                    Problem(
+                        f"{where}.conflicts.{scope}", f"{entity_part} has no field {field_name!r}"
+                    )
+                )
         for rule in rules:
             if rule not in members and rule not in CONFLICT_RULE_WORDS:
-                problems.append(Problem(
-                    f"{where}.conflicts.{scope}", f"unknown rule {rule!r}",
-                    f"use a member name ({', '.join(section.members)}), 'newest' or 'manual'"))
+                problems.append(
+                    Problem(
+                        f"{where}.conflicts.{scope}",
+                        f"unknown rule {rule!r}",
+                        f"use a member name ({', '.join(section.members)}), 'newest' or 'manual'",
+                    )
+                )
     for entity, keys in section.match.items():
         if entity not in valid_entities:
             problems.append(Problem(f"{where}.match.{entity}", "not an entity of this pipeline"))
@@ -534,4 +616,3 @@ def _check_pipeline(
             if spec.field_spec(k) is None:
                 problems.append(Problem(f"{where}.match.{entity}", f"no field {k!r}"))
     return problems, mappings
-

@@ -108,8 +108,9 @@ class ReadPass:
     what was read is committed (``None`` before that, or when the connector has none to give).
     """
 
-    def __init__(self, records: Iterator[NativeRecord], *, complete: bool,
-                 finish: Callable[[], str | None]) -> None:
+    def __init__(
+        self, records: Iterator[NativeRecord], *, complete: bool, finish: Callable[[], str | None]
+    ) -> None:
         self.complete = complete
         """True: the whole listing (a linked record missing from it is gone). False: only the
         records changed since the token (a linked record missing from it is unchanged)."""
@@ -189,8 +190,7 @@ class Connector(ABC):
 
     def get(self, entity: str, native_id: str) -> NativeRecord | None:
         """One record by id, or None. The default reads the whole entity."""
-        return next((r for r in self.read(entity) if r.id == native_id and not r.provisional),
-                    None)
+        return next((r for r in self.read(entity) if r.id == native_id and not r.provisional), None)
 
     def find(self, entity: str, data: NativeData) -> list[NativeRecord]:
         """Records on the member that carry ``data`` (used to resolve an interrupted create).
@@ -277,17 +277,36 @@ def connector_class(type_name: str, location: str) -> type[Connector]:
     if not matches:
         known = ", ".join(sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}))
         raise ConfigError(
-            [Problem(location, f"unknown connector type {type_name!r}",
-                     f"use one of: {known or '(none installed)'}")]
+            [
+                Problem(
+                    location,
+                    f"unknown connector type {type_name!r}",
+                    f"use one of: {known or '(none installed)'}",
+                )
+            ]
         )
     ep = matches[0]
     try:
         cls = ep.load()
     except Exception as exc:  # a plugin import error is a config problem
-        raise ConfigError([Problem(location, f"the connector type {type_name!r} ({ep.value}) "
-                                   f"cannot be loaded: {type(exc).__name__}: {exc}",
-                                   "reinstall the package that provides it")]) from None
+        raise ConfigError(
+            [
+                Problem(
+                    location,
+                    f"the connector type {type_name!r} ({ep.value}) "
+                    f"cannot be loaded: {type(exc).__name__}: {exc}",
+                    "reinstall the package that provides it",
+                )
+            ]
+        ) from None
     if not (isinstance(cls, type) and issubclass(cls, Connector)):
-        raise ConfigError([Problem(location, f"{ep.value} is not a syncengine Connector class",
-                                   "check the package's syncengine.connectors entry point")])
+        raise ConfigError(
+            [
+                Problem(
+                    location,
+                    f"{ep.value} is not a syncengine Connector class",
+                    "check the package's syncengine.connectors entry point",
+                )
+            ]
+        )
     return cls

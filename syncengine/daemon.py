@@ -74,8 +74,16 @@ from syncengine.schedule import parse_timezone
 from syncengine.state import COMPLETED_OUTCOMES, PipelineState, StateStore, Tx
 from syncengine.state.leases import holder_id
 
-__all__ = ["Daemon", "RunOutcome", "SyncFn", "backoff_seconds", "credentials_fingerprint",
-           "engine_sync", "parse_http_address", "run"]
+__all__ = [
+    "Daemon",
+    "RunOutcome",
+    "SyncFn",
+    "backoff_seconds",
+    "credentials_fingerprint",
+    "engine_sync",
+    "parse_http_address",
+    "run",
+]
 
 log = structlog.get_logger("syncengine.daemon")
 T = TypeVar("T")
@@ -97,8 +105,7 @@ class _ObservedConfig(Config):
     """The config, telling ``observer`` about every connector the engine makes (for the
     HTTP counters of the run's connectors)."""
 
-    observer: Callable[[Connector], None] | None = field(default=None, repr=False,
-                                                         compare=False)
+    observer: Callable[[Connector], None] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, config: Config, observer: Callable[[Connector], None]) -> _ObservedConfig:
@@ -112,15 +119,21 @@ class _ObservedConfig(Config):
         return connector
 
 
-def engine_sync(config: Config, store: StateStore, pipeline: Pipeline, stop: threading.Event,
-                connectors: list[Connector]) -> SyncResult:
+def engine_sync(
+    config: Config,
+    store: StateStore,
+    pipeline: Pipeline,
+    stop: threading.Event,
+    connectors: list[Connector],
+) -> SyncResult:
     """The default ``SyncFn``: one ``Engine`` run, stoppable through ``stop``."""
     engine = Engine(_ObservedConfig.of(config, connectors.append), store, stop=stop)
     return engine.sync(pipeline)
 
 
-def backoff_seconds(failures: int, initial: float, maximum: float,
-                    jitter: Callable[[], float] = random.random) -> float:
+def backoff_seconds(
+    failures: int, initial: float, maximum: float, jitter: Callable[[], float] = random.random
+) -> float:
     """``initial · 2^(failures-1)``, at most ``maximum``, plus up to 10 % jitter (within it)."""
     base = min(maximum, initial * 2.0 ** max(0, min(failures - 1, 60)))
     return min(maximum, base * (1.0 + 0.1 * jitter()))
@@ -139,8 +152,11 @@ def credentials_fingerprint(config: Config, pipeline: Pipeline) -> str:
             return [reveal(v) for v in value]
         return value
 
-    members = {m: reveal(config.connectors[m].options.model_dump())
-               for m in pipeline.members if m in config.connectors}
+    members = {
+        m: reveal(config.connectors[m].options.model_dump())
+        for m in pipeline.members
+        if m in config.connectors
+    }
     text = json.dumps([pipeline.name, members], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -190,8 +206,15 @@ class Daemon:
     """Schedules and runs the pipelines of one config. ``serve()`` blocks until a signal;
     ``run_once()`` runs the due pipelines once. Both return the process exit code."""
 
-    def __init__(self, config: Config, store: StateStore, *, sync: SyncFn = engine_sync,
-                 http: tuple[str, int] | None = None, holder: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        *,
+        sync: SyncFn = engine_sync,
+        http: tuple[str, int] | None = None,
+        holder: str | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.holder = holder or holder_id()
@@ -232,8 +255,10 @@ class Daemon:
             if not acquired:
                 self.metrics.skipped.labels(name, "lease_held").inc()
                 holder = self.store.leases().get(name)
-                log.debug("run skipped: another runner holds the lease",
-                          holder=holder.holder if holder else None)
+                log.debug(
+                    "run skipped: another runner holds the lease",
+                    holder=holder.holder if holder else None,
+                )
                 return RunOutcome(name, "skipped:lease_held")
             with self._lock:
                 self._running[name] = run
@@ -261,12 +286,16 @@ class Daemon:
         if state is not None and state.paused:
             self.metrics.skipped.labels(name, "paused").inc()
             log.debug("run skipped: pipeline paused", reason=state.paused_reason)
-            return RunOutcome(name, "skipped:paused", EXIT_FAILED,
-                              error=state.paused_reason or "paused")
+            return RunOutcome(
+                name, "skipped:paused", EXIT_FAILED, error=state.paused_reason or "paused"
+            )
         if state is not None and state.backoff_until and state.backoff_until > _utcnow():
             self.metrics.skipped.labels(name, "backoff").inc()
-            log.info("run skipped: backing off after failures", failures=state.failures,
-                     until=state.backoff_until.isoformat())
+            log.info(
+                "run skipped: backing off after failures",
+                failures=state.failures,
+                until=state.backoff_until.isoformat(),
+            )
             return RunOutcome(name, "skipped:backoff")
         return None
 
@@ -288,25 +317,38 @@ class Daemon:
                 log.error("run stopped: the lease was lost to another runner")
         except AuthError as exc:
             out.error = self._redact(exc)
-            reason = (f"credentials refused: {out.error}; fix the member's api key, then "
-                      f"`syncengine resume -p {name}` (or restart the daemon with new ones)")
-            self._persist(lambda tx: tx.pause_pipeline(
-                name, reason, credentials_fingerprint(config, pipeline)))
+            reason = (
+                f"credentials refused: {out.error}; fix the member's api key, then "
+                f"`syncengine resume -p {name}` (or restart the daemon with new ones)"
+            )
+            self._persist(
+                lambda tx: tx.pause_pipeline(
+                    name, reason, credentials_fingerprint(config, pipeline)
+                )
+            )
             self.metrics.paused.labels(name).set(1)
             log.error("pipeline paused: credentials refused", error=out.error)
         except Exception as exc:
             out.error = self._redact(exc)
             if not isinstance(exc, SyncEngineError):
-                log.error("run failed with an internal error (a bug, please report it)",
-                          traceback=redact_text(traceback.format_exc(), REDACTOR.secrets))
+                log.error(
+                    "run failed with an internal error (a bug, please report it)",
+                    traceback=redact_text(traceback.format_exc(), REDACTOR.secrets),
+                )
             self._failed(config, name, out.error)
         finally:
             out.seconds = time.monotonic() - started
-            self.metrics.observe_run(name, out.outcome, out.seconds, out.result,
-                                     http_stats(connectors))
-        log.info("run finished", outcome=out.outcome, exit_code=out.exit_code,
-                 run_id=out.result.run_id if out.result else None,
-                 seconds=round(out.seconds, 3), error=out.error or None)
+            self.metrics.observe_run(
+                name, out.outcome, out.seconds, out.result, http_stats(connectors)
+            )
+        log.info(
+            "run finished",
+            outcome=out.outcome,
+            exit_code=out.exit_code,
+            run_id=out.result.run_id if out.result else None,
+            seconds=round(out.seconds, 3),
+            error=out.error or None,
+        )
         return out
 
     def _succeeded(self, name: str) -> None:
@@ -326,8 +368,12 @@ class Daemon:
         if isinstance(state, PipelineState):
             self._states[name] = state
             self.metrics.failures.labels(name).set(state.failures)
-            log.warning("run failed; backing off", error=error, failures=state.failures,
-                        until=state.backoff_until.isoformat() if state.backoff_until else None)
+            log.warning(
+                "run failed; backing off",
+                error=error,
+                failures=state.failures,
+                until=state.backoff_until.isoformat() if state.backoff_until else None,
+            )
 
     def _persist(self, write: Callable[[Tx], T]) -> T | None:
         try:
@@ -338,8 +384,9 @@ class Daemon:
             return None
 
     def _redact(self, exc: BaseException) -> str:
-        return redact_text(f"{type(exc).__name__}: {exc}", (*self.config.secrets,
-                                                            *REDACTOR.secrets))
+        return redact_text(
+            f"{type(exc).__name__}: {exc}", (*self.config.secrets, *REDACTOR.secrets)
+        )
 
     # ------------------------------------------------------------------ lease keeper
 
@@ -391,19 +438,26 @@ class Daemon:
         section = self.config.daemon
         self._scheduler = BackgroundScheduler(
             executors={"default": JobPool(max_workers=section.max_concurrent)},
-            job_defaults={"coalesce": True, "max_instances": 1,
-                          "misfire_grace_time": section.misfire_grace},
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": section.misfire_grace,
+            },
             timezone=parse_timezone(section.timezone),
         )
         self._schedule_jobs(self.config)
         self._scheduler.start()
         self.metrics.scheduler_up.set(1)
-        self._keeper = threading.Thread(target=self._keep_leases, name="lease-keeper",
-                                        daemon=True)
+        self._keeper = threading.Thread(target=self._keep_leases, name="lease-keeper", daemon=True)
         self._keeper.start()
-        log.info("daemon started", holder=self.holder, pipelines=list(self.config.pipelines),
-                 max_concurrent=section.max_concurrent, lease_ttl=section.lease_ttl,
-                 state=self.store.url_for_display)
+        log.info(
+            "daemon started",
+            holder=self.holder,
+            pipelines=list(self.config.pipelines),
+            max_concurrent=section.max_concurrent,
+            lease_ttl=section.lease_ttl,
+            state=self.store.url_for_display,
+        )
 
     def _prepare(self) -> None:
         self._lift_stale_pauses(self.config)
@@ -440,19 +494,34 @@ class Daemon:
                 runs = self.store.runs(name, limit=1)
                 first = schedule.next_run(runs[0].started_at if runs else None, now)
             options: dict[str, Any] = {"next_run_time": first} if first is not None else {}
-            scheduler.add_job(self._job, schedule.trigger(timezone), args=[name], id=name,
-                              name=name, replace_existing=True, **options)
+            scheduler.add_job(
+                self._job,
+                schedule.trigger(timezone),
+                args=[name],
+                id=name,
+                name=name,
+                replace_existing=True,
+                **options,
+            )
             self._schedules[name] = (schedule.text, tz_name)
             job = scheduler.get_job(name)
-            log.info("pipeline scheduled", pipeline=name, schedule=schedule.text,
-                     next_run=_iso(job.next_run_time if job else None))
+            log.info(
+                "pipeline scheduled",
+                pipeline=name,
+                schedule=schedule.text,
+                next_run=_iso(job.next_run_time if job else None),
+            )
 
     def _job(self, name: str) -> None:
         try:
             self.run_pipeline(name)
         except Exception as exc:  # the scheduler thread must survive anything
-            log.error("scheduled run crashed", pipeline=name, error=self._redact(exc),
-                      traceback=redact_text(traceback.format_exc(), REDACTOR.secrets))
+            log.error(
+                "scheduled run crashed",
+                pipeline=name,
+                error=self._redact(exc),
+                traceback=redact_text(traceback.format_exc(), REDACTOR.secrets),
+            )
 
     def next_run(self, name: str) -> dt.datetime | None:
         job = self._scheduler.get_job(name) if self._scheduler is not None else None
@@ -488,19 +557,24 @@ class Daemon:
             new = load_config(old.path)
         except ConfigError as exc:
             self.metrics.reloads.labels("rejected").inc()
-            log.error("config reload rejected; the previous config keeps running",
-                      path=str(old.path), problems=[str(p) for p in exc.problems])
+            log.error(
+                "config reload rejected; the previous config keeps running",
+                path=str(old.path),
+                problems=[str(p) for p in exc.problems],
+            )
             return False
         except Exception as exc:
             self.metrics.reloads.labels("rejected").inc()
-            log.error("config reload rejected; the previous config keeps running",
-                      path=str(old.path), error=self._redact(exc))
+            log.error(
+                "config reload rejected; the previous config keeps running",
+                path=str(old.path),
+                error=self._redact(exc),
+            )
             return False
         if new.state_url != old.state_url:
             log.warning("[state] url changed: it takes effect when the daemon restarts")
         if new.daemon.max_concurrent != old.daemon.max_concurrent:
-            log.warning("[daemon] max_concurrent changed: it takes effect when the daemon "
-                        "restarts")
+            log.warning("[daemon] max_concurrent changed: it takes effect when the daemon restarts")
         REDACTOR.add(new.secrets)
         self.config = new
         self._watched = self._signature(new)
@@ -527,8 +601,7 @@ class Daemon:
             if state.paused_fingerprint != credentials_fingerprint(config, pipeline):
                 self._persist(partial(Tx.resume_pipeline, pipeline=name))
                 self.metrics.paused.labels(name).set(0)
-                log.info("pipeline resumed: its credentials changed since the pause",
-                         pipeline=name)
+                log.info("pipeline resumed: its credentials changed since the pause", pipeline=name)
 
     def prune_history(self) -> int:
         cutoff = _utcnow() - dt.timedelta(days=self.config.daemon.history_days)
@@ -582,8 +655,11 @@ class Daemon:
             run.stop.set()
         grace = self.config.daemon.shutdown_grace
         if running:
-            log.info("shutting down: waiting for running syncs to commit",
-                     pipelines=[r.pipeline for r in running], grace_s=grace)
+            log.info(
+                "shutting down: waiting for running syncs to commit",
+                pipelines=[r.pipeline for r in running],
+                grace_s=grace,
+            )
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             with self._lock:
@@ -593,8 +669,11 @@ class Daemon:
         with self._lock:
             left = [r.pipeline for r in self._running.values()]
         if left:
-            log.error("shutdown grace period passed with syncs still running; exiting "
-                      "anyway (the next run resumes them from the journal)", pipelines=left)
+            log.error(
+                "shutdown grace period passed with syncs still running; exiting "
+                "anyway (the next run resumes them from the journal)",
+                pipelines=left,
+            )
             self._release_all(FORCED_RELEASE_S)
             _flush_and_exit(EXIT_FAILED)
         if self._http is not None:
@@ -657,8 +736,11 @@ class Daemon:
         self._install_signals()
         self._prepare()
         due = [n for n in self.config.pipelines if self.due(n)]
-        log.info("running due pipelines once", due=due,
-                 not_due=[n for n in self.config.pipelines if n not in due])
+        log.info(
+            "running due pipelines once",
+            due=due,
+            not_due=[n for n in self.config.pipelines if n not in due],
+        )
         codes = [EXIT_OK]
         for name, state in self._states.items():
             if name in self.config.pipelines and state.paused and name not in due:
@@ -679,8 +761,11 @@ class Daemon:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, body) for ``/healthz``: healthy while the scheduler runs."""
-        alive = (self._scheduler is not None and bool(self._scheduler.running)
-                 and not self._stopping.is_set())
+        alive = (
+            self._scheduler is not None
+            and bool(self._scheduler.running)
+            and not self._stopping.is_set()
+        )
         with self._lock:
             running = set(self._running)
         pipelines = {}
@@ -693,9 +778,12 @@ class Daemon:
                 "paused": bool(state and state.paused),
                 "failures": state.failures if state else 0,
             }
-        body = {"status": "ok" if alive else "unavailable",
-                "scheduler": "running" if alive else "stopped",
-                "holder": self.holder, "pipelines": pipelines}
+        body = {
+            "status": "ok" if alive else "unavailable",
+            "scheduler": "running" if alive else "stopped",
+            "holder": self.holder,
+            "pipelines": pipelines,
+        }
         return alive, body
 
     def _start_http(self, host: str, port: int) -> None:
@@ -706,8 +794,7 @@ class Daemon:
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
                     ok, body = daemon.health()
-                    self._send(200 if ok else 503, "application/json",
-                               json.dumps(body).encode())
+                    self._send(200 if ok else 503, "application/json", json.dumps(body).encode())
                 elif path == "/metrics":
                     self._send(200, CONTENT_TYPE_LATEST, daemon.metrics.render())
                 else:
@@ -726,14 +813,18 @@ class Daemon:
         try:
             server = ThreadingHTTPServer((host, port), Handler)
         except OSError as exc:
-            raise UsageError(f"--http {host}:{port}: cannot listen there: "
-                             f"{exc.strerror or exc}") from None
+            raise UsageError(
+                f"--http {host}:{port}: cannot listen there: {exc.strerror or exc}"
+            ) from None
         server.daemon_threads = True
         self._http = server
         threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
         bound_host, bound_port = server.server_address[:2]
-        log.info("http listening", url=f"http://{bound_host!s}:{bound_port}",
-                 endpoints=["/healthz", "/metrics"])
+        log.info(
+            "http listening",
+            url=f"http://{bound_host!s}:{bound_port}",
+            endpoints=["/healthz", "/metrics"],
+        )
 
     @property
     def http_address(self) -> tuple[str, int] | None:
@@ -763,8 +854,13 @@ def _flush_and_exit(code: int) -> None:
     os._exit(code)
 
 
-def run(config: Config, *, once: bool = False, http: tuple[str, int] | None = None,
-        sync: SyncFn = engine_sync) -> int:
+def run(
+    config: Config,
+    *,
+    once: bool = False,
+    http: tuple[str, int] | None = None,
+    sync: SyncFn = engine_sync,
+) -> int:
     """``syncengine daemon``: open the state store, then serve (or ``once``); the exit code."""
     from syncengine.api import open_store
 

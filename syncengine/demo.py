@@ -66,8 +66,22 @@ propagate = true
 max_fraction = 0.2
 """
 
-COLUMNS = ["Sync ID", "First Name", "Last Name", "Email", "Mobile", "Home Phone", "Work Phone",
-           "Company", "Tags", "Street", "City", "State", "Zip", "Notes"]
+COLUMNS = [
+    "Sync ID",
+    "First Name",
+    "Last Name",
+    "Email",
+    "Mobile",
+    "Home Phone",
+    "Work Phone",
+    "Company",
+    "Tags",
+    "Street",
+    "City",
+    "State",
+    "Zip",
+    "Notes",
+]
 
 
 def free_port() -> int:
@@ -82,8 +96,9 @@ def background_sandbox(port: int, **options: Any) -> Iterator[Any]:
     from syncengine.connectors.housecallpro.sandbox import create_app
 
     app = create_app(API_KEY, **options)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, name="sandbox", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
@@ -107,7 +122,8 @@ def _national(e164: str | None) -> str:
 
 def _row(c: dict[str, Any], **overrides: str) -> dict[str, str]:
     service: dict[str, Any] = next(
-        (a for a in c.get("addresses") or [] if a.get("type") == "service"), {})
+        (a for a in c.get("addresses") or [] if a.get("type") == "service"), {}
+    )
     row = {
         "Sync ID": "",
         "First Name": c.get("first_name") or "",
@@ -138,27 +154,57 @@ def write_spreadsheet(path: Path, customers: list[dict[str, Any]]) -> list[str]:
     filled = [c for c in customers[4:] if not c.get("company")][:2]
     for c in filled:
         rows.append(_row(c, Company=f"{c.get('last_name') or 'Acme'} Property Management"))
-    story.append(f"{len(filled)} rows where the bookkeeper filled in a company HCP lacks "
-                 "(it flows to HCP)")
-    target = next(c for c in customers[4:] if c.get("mobile_number") and c.get("email")
-                  and c not in filled)
+    story.append(
+        f"{len(filled)} rows where the bookkeeper filled in a company HCP lacks (it flows to HCP)"
+    )
+    target = next(
+        c for c in customers[4:] if c.get("mobile_number") and c.get("email") and c not in filled
+    )
     rows.append(_row(target, Mobile="(555) 010-9999"))
-    story.append(f"1 row for {target.get('first_name')} {target.get('last_name')} with a "
-                 "different mobile number than HCP (a conflict parked for a person)")
+    story.append(
+        f"1 row for {target.get('first_name')} {target.get('last_name')} with a "
+        "different mobile number than HCP (a conflict parked for a person)"
+    )
     rows += [
-        {"First Name": "Dana", "Last Name": "Whitfield", "Email": "Dana.Whitfield@Example.org ",
-         "Mobile": "555-303-4411", "Company": "Whitfield Bakery", "Tags": "commercial",
-         "Street": "12 Mill Rd", "City": "Austin", "State": "TX", "Zip": "78701",
-         "Notes": "new this week"},
-        {"First Name": "Luis", "Last Name": "Ortega", "Email": "luis.ortega@example.org",
-         "Mobile": "+1 555 303 4412", "Tags": "residential; vip".replace(";", ","),
-         "Street": "88 Elm St", "City": "Austin", "State": "TX", "Zip": "78702"},
-        {"First Name": "Priya", "Last Name": "Natarajan", "Email": "priya.n@example.org",
-         "Work Phone": "(555) 303-4413", "Street": "5 Oak Ave", "City": "Round Rock",
-         "State": "TX", "Zip": "78664"},
+        {
+            "First Name": "Dana",
+            "Last Name": "Whitfield",
+            "Email": "Dana.Whitfield@Example.org ",
+            "Mobile": "555-303-4411",
+            "Company": "Whitfield Bakery",
+            "Tags": "commercial",
+            "Street": "12 Mill Rd",
+            "City": "Austin",
+            "State": "TX",
+            "Zip": "78701",
+            "Notes": "new this week",
+        },
+        {
+            "First Name": "Luis",
+            "Last Name": "Ortega",
+            "Email": "luis.ortega@example.org",
+            "Mobile": "+1 555 303 4412",
+            "Tags": "residential; vip".replace(";", ","),
+            "Street": "88 Elm St",
+            "City": "Austin",
+            "State": "TX",
+            "Zip": "78702",
+        },
+        {
+            "First Name": "Priya",
+            "Last Name": "Natarajan",
+            "Email": "priya.n@example.org",
+            "Work Phone": "(555) 303-4413",
+            "Street": "5 Oak Ave",
+            "City": "Round Rock",
+            "State": "TX",
+            "Zip": "78664",
+        },
     ]
-    story.append("3 new rows typed in by the bookkeeper (they are created in HCP; note the "
-                 "messy email and phone formats)")
+    story.append(
+        "3 new rows typed in by the bookkeeper (they are created in HCP; note the "
+        "messy email and phone formats)"
+    )
     story.append("an extra 'Notes' column syncengine does not map (it is kept as it is)")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as fh:
@@ -182,17 +228,21 @@ def run_demo(directory: Path, console: Console) -> int:
     with background_sandbox(port, seed=SEED) as sandbox:
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, headers={"Authorization": f"Token {API_KEY}"}) as hc:
-            customers = hc.get("/customers", params={"page_size": 100,
-                                                     "sort_direction": "asc"}).json()["customers"]
-        console.print(f"1. Started the Housecall Pro sandbox on {base} with "
-                      f"{len(customers)} customers.")
+            customers = hc.get(
+                "/customers", params={"page_size": 100, "sort_direction": "asc"}
+            ).json()["customers"]
+        console.print(
+            f"1. Started the Housecall Pro sandbox on {base} with {len(customers)} customers."
+        )
         story = write_spreadsheet(directory / "books" / "customers.csv", customers)
         console.print("2. Wrote the bookkeeper's spreadsheet books/customers.csv:")
         for line in story:
             console.print(f"     - {line}")
         (directory / "config.toml").write_text(CONFIG.format(port=port), encoding="utf-8")
-        console.print("3. Wrote config.toml (hcp + books, Housecall Pro wins conflicts, "
-                      "mobile numbers are decided by a person).\n")
+        console.print(
+            "3. Wrote config.toml (hcp + books, Housecall Pro wins conflicts, "
+            "mobile numbers are decided by a person).\n"
+        )
         config = load_config(directory / "config.toml")
 
         console.rule("4. syncengine sync --dry-run  (shows every change; writes nothing)")
@@ -206,10 +256,12 @@ def run_demo(directory: Path, console: Console) -> int:
         render_result(console, second)
         console.rule("7. syncengine reconcile-report  (do the books agree?)")
         from syncengine.render import render_report
+
         report = api.reconcile_report(config)[0]
         render_report(console, report)
-        (directory / "hcp-data.json").write_text(json.dumps(sandbox.dump(), indent=1),
-                                                 encoding="utf-8")
+        (directory / "hcp-data.json").write_text(
+            json.dumps(sandbox.dump(), indent=1), encoding="utf-8"
+        )
 
     console.rule("What to look at")
     for line in (
@@ -222,14 +274,18 @@ def run_demo(directory: Path, console: Console) -> int:
         f"syncengine conflicts list -c {directory / 'config.toml'}   the parked mobile number",
         f"syncengine conflicts resolve ID --take books -c {directory / 'config.toml'}   "
         "settle it (then sync again)",
-        f"syncengine status -c {directory / 'config.toml'}   last run, conflicts, skipped "
-        "writes",
+        f"syncengine status -c {directory / 'config.toml'}   last run, conflicts, skipped writes",
         f"hcp-data.json   what the sandbox held at the end; restart it with "
         f"`syncengine sandbox --port {port} --data {directory / 'hcp-data.json'}`",
     ):
         console.print(f"  • {line}")
-    ok = (not second.plan.actions and not first.failures and not second.guard
-          and first.exit_code in (0, 1) and report.clean)
+    ok = (
+        not second.plan.actions
+        and not first.failures
+        and not second.guard
+        and first.exit_code in (0, 1)
+        and report.clean
+    )
     if not ok:
         console.print("[red]The demo did not converge as expected; see the output above.[/]")
         return 1

@@ -181,8 +181,7 @@ class SyncResult:
             counts = outcome.plan.counts()
             counts["failed"] = len(outcome.failures)
             counts["problems"] = [
-                {"member": i.member, "location": i.location, "message": i.message,
-                 "kind": kind}
+                {"member": i.member, "location": i.location, "message": i.message, "kind": kind}
                 for kind, items in (("error", outcome.plan.issues), ("failed", outcome.failures))
                 for i in items
             ][:MAX_REPORTED]
@@ -230,8 +229,12 @@ class _Recovery:
     """entity -> ids of the interrupted update intents, finished once the entity commits."""
 
 
-def _apply_written_hints(entity: str, key: str, views: dict[str, MemberView],
-                         written: dict[tuple[str, str, str], dict[str, Any]]) -> None:
+def _apply_written_hints(
+    entity: str,
+    key: str,
+    views: dict[str, MemberView],
+    written: dict[tuple[str, str, str], dict[str, Any]],
+) -> None:
     """Where a member holds exactly what an interrupted update wrote, count it as seen."""
     for member, view in views.items():
         values = written.get((entity, key, member))
@@ -260,14 +263,32 @@ class _Writes:
     def put_record(self, pipeline: str, entity: str, key: str, base: model.Record) -> None:
         self.records.append({"pipeline": pipeline, "entity": entity, "key": key, "base": base})
 
-    def put_link(self, pipeline: str, entity: str, key: str, member: str, *,
-                 native_id: str | None, native_hash: str | None,
-                 last_seen: model.Record | None, dirty: bool = False,
-                 tombstone: bool = False) -> None:
-        self.links.append({"pipeline": pipeline, "entity": entity, "key": key,
-                           "member": member, "native_id": native_id,
-                           "native_hash": native_hash, "last_seen": last_seen,
-                           "dirty": dirty, "tombstone": tombstone})
+    def put_link(
+        self,
+        pipeline: str,
+        entity: str,
+        key: str,
+        member: str,
+        *,
+        native_id: str | None,
+        native_hash: str | None,
+        last_seen: model.Record | None,
+        dirty: bool = False,
+        tombstone: bool = False,
+    ) -> None:
+        self.links.append(
+            {
+                "pipeline": pipeline,
+                "entity": entity,
+                "key": key,
+                "member": member,
+                "native_id": native_id,
+                "native_hash": native_hash,
+                "last_seen": last_seen,
+                "dirty": dirty,
+                "tombstone": tombstone,
+            }
+        )
 
     def flush(self) -> None:
         tx = self.tx
@@ -329,8 +350,9 @@ class Engine:
         plan = Plan(pipeline.name, self.dry_run)
         result = SyncResult(pipeline.name, self.dry_run, run_uuid, plan)
         bound = log.bind(pipeline=pipeline.name, run_id=run_uuid, dry_run=self.dry_run)
-        connectors = {m: self.config.make_connector(m, self.connector_extra.get(m))
-                      for m in pipeline.members}
+        connectors = {
+            m: self.config.make_connector(m, self.connector_extra.get(m)) for m in pipeline.members
+        }
         run_row: int | None = None
         try:
             if not self.dry_run:
@@ -341,15 +363,21 @@ class Engine:
             wanted = [e for e in pipeline.entities if entities is None or e in entities]
             for entity in wanted:
                 self._check_stop()
-                members = [self._member(pipeline, connectors[m], entity, refs)
-                           for m in pipeline.members]
+                members = [
+                    self._member(pipeline, connectors[m], entity, refs) for m in pipeline.members
+                ]
                 ent_plan = self.plan_entity(pipeline, entity, members, recovery, refs)
                 plan.entities.append(ent_plan)
                 outcome = EntityOutcome(ent_plan)
                 result.outcomes.append(outcome)
-                bound.info("planned", entity=entity, actions=len(ent_plan.actions),
-                           conflicts=len(ent_plan.conflicts), issues=len(ent_plan.issues),
-                           guard=ent_plan.guard)
+                bound.info(
+                    "planned",
+                    entity=entity,
+                    actions=len(ent_plan.actions),
+                    conflicts=len(ent_plan.conflicts),
+                    issues=len(ent_plan.issues),
+                    guard=ent_plan.guard,
+                )
                 if ent_plan.guard:
                     result.guard = ent_plan.guard
                     refs.planned(ent_plan)
@@ -359,15 +387,16 @@ class Engine:
                     settled = recovery.updates.pop(entity, [])
                     if settled:  # the entity's state now reflects them
                         with self.store.transaction() as tx:
-                            tx.finish_intents([{"id": i, "state": "abandoned"}
-                                               for i in settled])
+                            tx.finish_intents([{"id": i, "state": "abandoned"} for i in settled])
                     self._store_marks(pipeline, entity, members, outcome)
                 refs.planned(ent_plan)  # entities referring to this one see its new state
             if not self.dry_run:
                 self._settle_waiting_deletes(pipeline, plan.entities)
             result.open_conflicts = len(self.store.open_conflicts(pipeline.name)) + (
                 sum(1 for c in plan.entities for x in c.conflicts if x.winner is None)
-                if self.dry_run else 0)
+                if self.dry_run
+                else 0
+            )
             return result
         except BaseException as exc:
             result.error = redact_text(f"{type(exc).__name__}: {exc}", self.config.secrets)
@@ -380,8 +409,9 @@ class Engine:
                 except Exception as exc:  # closing must not hide the real outcome
                     bound.warning("close failed", connector=conn.name, error=str(exc))
             if run_row is not None:
-                errors = [i.describe() for o in result.outcomes
-                          for i in (o.plan.issues + o.failures)][:MAX_REPORTED]
+                errors = [
+                    i.describe() for o in result.outcomes for i in (o.plan.issues + o.failures)
+                ][:MAX_REPORTED]
                 if result.error:
                     errors.insert(0, result.error)
                 with self.store.transaction() as tx:
@@ -391,29 +421,43 @@ class Engine:
             if result.error:
                 bound.error("failed", error=result.error, seconds=round(result.duration_s, 3))
             else:
-                bound.info("finished", exit_code=result.exit_code,
-                           seconds=round(result.duration_s, 3))
+                bound.info(
+                    "finished", exit_code=result.exit_code, seconds=round(result.duration_s, 3)
+                )
 
     def _check_stop(self) -> None:
         if self.stop is not None and self.stop.is_set():
-            raise SyncStopped("stopped on request; what was applied is committed, the next "
-                              "run goes on from there")
+            raise SyncStopped(
+                "stopped on request; what was applied is committed, the next run goes on from there"
+            )
 
-    def _member(self, pipeline: Pipeline, connector: Connector, entity: str,
-                refs: References | None = None) -> Member:
+    def _member(
+        self, pipeline: Pipeline, connector: Connector, entity: str, refs: References | None = None
+    ) -> Member:
         if entity not in connector.entities():
             raise FatalConnectorError(
                 f"{connector.type_name} does not hold {entity}; remove it from the pipeline "
-                "or the member", connector=connector.name, entity=entity)
+                "or the member",
+                connector=connector.name,
+                entity=entity,
+            )
         mapping = pipeline.mappings[(connector.name, entity)]
         connector.prepare(entity, mapping)
-        return Member(connector.name, connector, mapping,
-                      connector.capabilities(entity), connector.type_name,
-                      refs.for_member(connector.name, mapping) if refs else None)
+        return Member(
+            connector.name,
+            connector,
+            mapping,
+            connector.capabilities(entity),
+            connector.type_name,
+            refs.for_member(connector.name, mapping) if refs else None,
+        )
 
     # --------------------------------------------------------------------------- recovery
     def _recover(
-        self, pipeline: Pipeline, connectors: dict[str, Connector], result: SyncResult,
+        self,
+        pipeline: Pipeline,
+        connectors: dict[str, Connector],
+        result: SyncResult,
         refs: References | None = None,
     ) -> _Recovery:
         """Settle the writes an interrupted run left pending.
@@ -438,7 +482,8 @@ class Engine:
                 values = intent.payload.get("values") or {}
                 if values:
                     recovery.written.setdefault(
-                        (intent.entity, intent.key, intent.member), {}).update(values)
+                        (intent.entity, intent.key, intent.member), {}
+                    ).update(values)
                 recovery.updates.setdefault(intent.entity, []).append(intent.id)
         if self.dry_run:
             return recovery
@@ -446,16 +491,25 @@ class Engine:
             if intent.op == "update":
                 continue
             conn = connectors.get(intent.member)
-            if (intent.op == "create" and conn is not None
-                    and intent.entity in pipeline.entities
-                    and self._recover_create(pipeline, conn, intent, connectors, refs)):
+            if (
+                intent.op == "create"
+                and conn is not None
+                and intent.entity in pipeline.entities
+                and self._recover_create(pipeline, conn, intent, connectors, refs)
+            ):
                 continue
             with self.store.transaction() as tx:
                 tx.finish_intent(intent.id, "abandoned")
         return recovery
 
-    def _recover_create(self, pipeline: Pipeline, conn: Connector, intent: Any,
-                        connectors: dict[str, Connector], refs: References | None) -> bool:
+    def _recover_create(
+        self,
+        pipeline: Pipeline,
+        conn: Connector,
+        intent: Any,
+        connectors: dict[str, Connector],
+        refs: References | None,
+    ) -> bool:
         p, e = pipeline.name, intent.entity
         mapping = pipeline.mappings[(intent.member, e)]
         member_refs = refs.for_member(intent.member, mapping) if refs else None
@@ -474,8 +528,10 @@ class Engine:
         fresh = [r for r in found if r.id not in linked and not r.provisional]
         if len(fresh) != 1:
             if len(fresh) > 1:
-                error = (f"{len(fresh)} records on {intent.member} look like the one an "
-                         "interrupted run created; left for matching")
+                error = (
+                    f"{len(fresh)} records on {intent.member} look like the one an "
+                    "interrupted run created; left for matching"
+                )
             with self.store.transaction() as tx:
                 tx.finish_intent(intent.id, "abandoned", error=error)
             return False
@@ -485,22 +541,42 @@ class Engine:
             if not self.store.load_records(p, e, [intent.key]):
                 tx.put_record(p, e, intent.key, intent.payload.get("base", {}))
             # last seen = what was written; the hash is unknown so the next read maps it
-            tx.put_link(p, e, intent.key, intent.member, native_id=rec.id, native_hash=None,
-                        last_seen=written)
+            tx.put_link(
+                p,
+                e,
+                intent.key,
+                intent.member,
+                native_id=rec.id,
+                native_hash=None,
+                last_seen=written,
+            )
             for source, source_id in intent.payload.get("sources", {}).items():
                 if source == intent.member or source not in connectors:
                     continue
                 if source_id not in self.store.link_index(p, e, source):
-                    tx.put_link(p, e, intent.key, source, native_id=source_id,
-                                native_hash=None, last_seen=None)
+                    tx.put_link(
+                        p,
+                        e,
+                        intent.key,
+                        source,
+                        native_id=source_id,
+                        native_hash=None,
+                        last_seen=None,
+                    )
             tx.finish_intent(intent.id, "done", native_id=rec.id)
-        log.info("recovered interrupted create", pipeline=p, member=intent.member,
-                 key=intent.key, native_id=rec.id)
+        log.info(
+            "recovered interrupted create",
+            pipeline=p,
+            member=intent.member,
+            key=intent.key,
+            native_id=rec.id,
+        )
         return True
 
     @staticmethod
-    def _canonical(mapping: EntityMapping, rec: NativeRecord,
-                   refs: MemberRefs | None = None) -> model.Record:
+    def _canonical(
+        mapping: EntityMapping, rec: NativeRecord, refs: MemberRefs | None = None
+    ) -> model.Record:
         """The canonical record of what a member holds, references resolved (a reference
         that cannot be resolved is left empty: the next read tells)."""
         try:
@@ -529,10 +605,12 @@ class Engine:
         for member in members:
             r = reads[member.name]
             if r.count == 0 and r.linked > 0 and r.complete and not self.allow_mass_delete:
-                ent.guard = (f"{member.name} returned no {entity} but {r.linked} are linked to "
-                             "it; refusing to treat that as deleting them all (check the "
-                             "member's path/credentials, or run `syncengine sync "
-                             "--allow-mass-delete` if they really are gone)")
+                ent.guard = (
+                    f"{member.name} returned no {entity} but {r.linked} are linked to "
+                    "it; refusing to treat that as deleting them all (check the "
+                    "member's path/credentials, or run `syncengine sync "
+                    "--allow-mass-delete` if they really are gone)"
+                )
                 return ent
 
         # which hub records need a look this run
@@ -558,12 +636,20 @@ class Engine:
             # without match keys (payments) or recovery hints, the hub has nothing a new
             # record could be matched to: do not walk it
             existing = (
-                (rs.key, rs.base, frozenset(
-                    m for m, ln in rs.links.items() if ln.native_id and not ln.tombstone))
-                for rs in self.store.iter_records(pipeline.name, entity)
-            ) if keys or hints else iter(())
-            result = match([m.name for m in members], new_records, existing, keys,
-                           hints=hints)
+                (
+                    (
+                        rs.key,
+                        rs.base,
+                        frozenset(
+                            m for m, ln in rs.links.items() if ln.native_id and not ln.tombstone
+                        ),
+                    )
+                    for rs in self.store.iter_records(pipeline.name, entity)
+                )
+                if keys or hints
+                else iter(())
+            )
+            result = match([m.name for m in members], new_records, existing, keys, hints=hints)
             for obs, why in result.ambiguous:
                 ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
             touched.update(k for k in result.groups if k not in result.new_keys)
@@ -576,8 +662,15 @@ class Engine:
                 # former e-mail) can only be told from the record itself
                 for key in touched & r.unseen.keys():
                     link = states[key].links.get(member.name) if key in states else None
-                    self._fetch_unseen(entity, member, ent, r, key, r.unseen[key],
-                                       link.native_hash if link else None)
+                    self._fetch_unseen(
+                        entity,
+                        member,
+                        ent,
+                        r,
+                        key,
+                        r.unseen[key],
+                        link.native_hash if link else None,
+                    )
         ctx = Context(
             entity=spec,
             members=tuple(m.name for m in members),
@@ -608,22 +701,32 @@ class Engine:
                 _apply_written_hints(entity, key, views, recovery.written)
             try:
                 kp = reconcile(ctx, key, rs.base if rs else None, views, new_key=rs is None)
-                unread = sorted({a.member for a in kp.actions
-                                 if isinstance(a, Update) and views[a.member].native is None})
+                unread = sorted(
+                    {
+                        a.member
+                        for a in kp.actions
+                        if isinstance(a, Update) and views[a.member].native is None
+                    }
+                )
                 if unread:
                     # updates of records a partial read did not list: fetch them and plan the
                     # record again, so that the patch goes onto what the member holds (not
                     # onto nothing) and a record deleted there meets the edit as a conflict
                     for name in unread:
                         link = rs.links.get(name) if rs else None
-                        self._fetch_unseen(entity, by_name[name], ent, reads[name], key,
-                                           views[name].native_id or "",
-                                           link.native_hash if link else None)
+                        self._fetch_unseen(
+                            entity,
+                            by_name[name],
+                            ent,
+                            reads[name],
+                            key,
+                            views[name].native_id or "",
+                            link.native_hash if link else None,
+                        )
                     views = self._views(key, rs, reads, groups.get(key, {}), members)
                     if recovery and recovery.written:
                         _apply_written_hints(entity, key, views, recovery.written)
-                    kp = reconcile(ctx, key, rs.base if rs else None, views,
-                                   new_key=rs is None)
+                    kp = reconcile(ctx, key, rs.base if rs else None, views, new_key=rs is None)
             except RecordError as exc:
                 # a value one member cannot take (a tag holding the list separator, ...):
                 # report this record, leave it as it is everywhere, plan the rest
@@ -638,8 +741,9 @@ class Engine:
         self._guard_deletes(pipeline, ent, reads)
         if self.dry_run and refs is not None:
             self._label_references(pipeline, ent, refs)
-        ent.skipped_before = {row.key for row in self.store.skipped(pipeline.name)
-                              if row.entity == entity}
+        ent.skipped_before = {
+            row.key for row in self.store.skipped(pipeline.name) if row.entity == entity
+        }
         return ent
 
     @staticmethod
@@ -656,8 +760,9 @@ class Engine:
             rp = member.read_pass
             member.mark = rp.token() if rp is not None and member.name not in held else None
 
-    def _store_marks(self, pipeline: Pipeline, entity: str, members: list[Member],
-                     outcome: EntityOutcome) -> None:
+    def _store_marks(
+        self, pipeline: Pipeline, entity: str, members: list[Member], outcome: EntityOutcome
+    ) -> None:
         """After the entity was applied and committed: store the read marks of the members
         no write failed on (see ``_keep_marks``), and drop those of the members a partial read
         of which missed a record that is gone (``Member.reread``)."""
@@ -672,8 +777,7 @@ class Engine:
             for name in dropped:
                 tx.delete_read_mark(pipeline.name, entity, name)
 
-    def _label_references(self, pipeline: Pipeline, ent: EntityPlan,
-                          refs: References) -> None:
+    def _label_references(self, pipeline: Pipeline, ent: EntityPlan, refs: References) -> None:
         """Names of the records the planned actions refer to, for the dry run to show."""
         fields = model.ENTITIES[ent.entity].refs
         wanted: dict[str, set[str]] = {}
@@ -681,8 +785,10 @@ class Engine:
             if isinstance(action, Create):
                 values = [action.values]
             elif isinstance(action, Update):
-                values = [{n: v for n, (_old, v) in action.changes.items()},
-                          {n: v for n, (v, _new) in action.changes.items()}]
+                values = [
+                    {n: v for n, (_old, v) in action.changes.items()},
+                    {n: v for n, (v, _new) in action.changes.items()},
+                ]
             else:
                 continue
             for record in values:
@@ -698,8 +804,9 @@ class Engine:
             for key in keys:
                 ent.ref_labels[key] = label_of(bases.get(key), key)
 
-    def _stale_references(self, pipeline: Pipeline, entity: str, members: list[Member],
-                          refs: References) -> set[str]:
+    def _stale_references(
+        self, pipeline: Pipeline, entity: str, members: list[Member], refs: References
+    ) -> set[str]:
         """Records whose reference, as a member shows it, this run changed: by a human key
         (an invoice row's Customer Email, after the customer's email changed), or by an id
         (a customer re-created on a member gets a new id there). They need rewriting."""
@@ -718,11 +825,15 @@ class Engine:
                     changed.setdefault(f.name, set()).update(keys)
         if not changed:
             return set()
-        return {key for key, base in self.store.iter_bases(pipeline.name, entity)
-                if any(base.get(name) in keys for name, keys in changed.items())}
+        return {
+            key
+            for key, base in self.store.iter_bases(pipeline.name, entity)
+            if any(base.get(name) in keys for name, keys in changed.items())
+        }
 
-    def _users(self, pipeline: Pipeline, entity: str,
-               reads: dict[str, _Read]) -> Callable[[str], int] | None:
+    def _users(
+        self, pipeline: Pipeline, entity: str, reads: dict[str, _Read]
+    ) -> Callable[[str], int] | None:
         """How many records of the pipeline's other entities refer to a key of this one;
         counted only when something of this entity is being deleted."""
         if not any(r.gone for r in reads.values()):
@@ -737,8 +848,9 @@ class Engine:
 
         return count
 
-    def _count_users(self, pipeline: Pipeline, entity: str,
-                     leaving: frozenset[tuple[str, str]] = frozenset()) -> dict[str, int]:
+    def _count_users(
+        self, pipeline: Pipeline, entity: str, leaving: frozenset[tuple[str, str]] = frozenset()
+    ) -> dict[str, int]:
         """key of ``entity`` -> how many hub records of other entities refer to it, in their
         base or in what any member holds (a member that could not take a re-pointing, or
         keeps a record it cannot delete, still refers to the old one)."""
@@ -750,8 +862,11 @@ class Engine:
             for rs in self.store.iter_records(pipeline.name, other):
                 if (other, rs.key) in leaving:
                     continue
-                held = [ln.last_seen for ln in rs.links.values()
-                        if ln.native_id and not ln.tombstone and ln.last_seen]
+                held = [
+                    ln.last_seen
+                    for ln in rs.links.values()
+                    if ln.native_id and not ln.tombstone and ln.last_seen
+                ]
                 if rs.base.get(model.DELETED) and not held:
                     continue
                 values = {record.get(name) for record in (rs.base, *held) for name in names}
@@ -767,8 +882,7 @@ class Engine:
         re-creates it): records referring to it must never dangle, and nothing waits forever.
         """
         # records whose own delete waits are on their way out: they keep nothing alive
-        leaving = frozenset((ent.entity, kp.key) for ent in plans for kp in ent.keys
-                            if kp.waiting)
+        leaving = frozenset((ent.entity, kp.key) for ent in plans for kp in ent.keys if kp.waiting)
         for ent in plans:
             waiting = [kp for kp in ent.keys if kp.waiting]
             if not waiting or ent.guard:
@@ -781,11 +895,15 @@ class Engine:
                 for kp in restore:
                     for member in sorted(kp.waiting):
                         tx.delete_link(pipeline.name, ent.entity, kp.key, member)
-            log.info("deleted records still referred to are restored next run",
-                     entity=ent.entity, records=len(restore))
+            log.info(
+                "deleted records still referred to are restored next run",
+                entity=ent.entity,
+                records=len(restore),
+            )
 
-    def _read_member(self, pipeline: Pipeline, entity: str, member: Member,
-                     ent: EntityPlan) -> _Read:
+    def _read_member(
+        self, pipeline: Pipeline, entity: str, member: Member, ent: EntityPlan
+    ) -> _Read:
         out = _Read()
         index = self.store.link_index(pipeline.name, entity, member.name)
         out.linked = len(index)
@@ -793,7 +911,8 @@ class Engine:
         # An incremental pass where the member offers one (a dry run may read that way too;
         # only a committed sync stores the mark the next pass starts from).
         rp = member.connector.read_incremental(
-            entity, self.store.read_mark(pipeline.name, entity, member.name))
+            entity, self.store.read_mark(pipeline.name, entity, member.name)
+        )
         member.read_pass = rp
         out.complete = rp is None or rp.complete
         for rec in member.connector.read(entity) if rp is None else rp.records:
@@ -815,8 +934,13 @@ class Engine:
                     self._fetch_unseen(entity, member, ent, out, key, native_id, known_hash)
                 else:
                     out.unseen[key] = native_id
-            log.info("read incrementally", member=member.name, entity=entity, read=out.count,
-                     unseen=len(out.unseen))
+            log.info(
+                "read incrementally",
+                member=member.name,
+                entity=entity,
+                read=out.count,
+                unseen=len(out.unseen),
+            )
             self.progress(f"reading {member.name} {entity}", out.count, out.count)
             return out
         for native_id, (key, _hash) in index.items():
@@ -826,18 +950,30 @@ class Engine:
         if out.gone and unreadable:
             # a record that seems gone may be one of the rows we could not read (a Sync ID
             # pasted over another): deleting it elsewhere could lose data, so wait
-            ent.issues.append(Issue(
-                entity, member.name, member.name,
-                f"{len(out.gone)} linked {entity} are missing from {member.name}; they are "
-                f"not treated as deleted while it has {unreadable} unreadable record(s) — fix "
-                "those and sync again"))
+            ent.issues.append(
+                Issue(
+                    entity,
+                    member.name,
+                    member.name,
+                    f"{len(out.gone)} linked {entity} are missing from {member.name}; they are "
+                    f"not treated as deleted while it has {unreadable} unreadable record(s) — fix "
+                    "those and sync again",
+                )
+            )
             out.blocked.update(out.gone)
             out.gone = {}
         self.progress(f"reading {member.name} {entity}", out.count, out.count)
         return out
 
-    def _observe(self, entity: str, member: Member, ent: EntityPlan, out: _Read,
-                 rec: NativeRecord, linked: tuple[str, str | None] | None) -> None:
+    def _observe(
+        self,
+        entity: str,
+        member: Member,
+        ent: EntityPlan,
+        out: _Read,
+        rec: NativeRecord,
+        linked: tuple[str, str | None] | None,
+    ) -> None:
         """Detect what one record read from the member is: unchanged, changed, new, or
         blocked (unreadable: reported, its hub record left alone)."""
         if rec.error:
@@ -861,8 +997,7 @@ class Engine:
         if member.refs is not None:
             unresolved = member.refs.resolve(canonical)
             if unresolved:
-                ent.issues.append(Issue(entity, member.name, rec.location,
-                                        "; ".join(unresolved)))
+                ent.issues.append(Issue(entity, member.name, rec.location, "; ".join(unresolved)))
                 if linked:
                     out.blocked.add(linked[0])
                 return
@@ -872,8 +1007,16 @@ class Engine:
         else:
             out.changed[linked[0]] = obs
 
-    def _fetch_unseen(self, entity: str, member: Member, ent: EntityPlan, out: _Read,
-                      key: str, native_id: str, known_hash: str | None) -> None:
+    def _fetch_unseen(
+        self,
+        entity: str,
+        member: Member,
+        ent: EntityPlan,
+        out: _Read,
+        key: str,
+        native_id: str,
+        known_hash: str | None,
+    ) -> None:
         """Read one linked record a partial pass did not list, by id, and look at it as if
         it had been listed. One the member no longer has is left alone (``blocked``), and the
         member's next read is a complete one, which says whether it is gone."""
@@ -891,8 +1034,13 @@ class Engine:
         self._observe(entity, member, ent, out, rec, (key, known_hash))
 
     @staticmethod
-    def _views(key: str, rs: RecordState | None, reads: dict[str, _Read],
-               group: dict[str, Observed], members: list[Member]) -> dict[str, MemberView]:
+    def _views(
+        key: str,
+        rs: RecordState | None,
+        reads: dict[str, _Read],
+        group: dict[str, Observed],
+        members: list[Member],
+    ) -> dict[str, MemberView]:
         views: dict[str, MemberView] = {}
         for member in members:
             name = member.name
@@ -905,24 +1053,50 @@ class Engine:
             elif name in group:
                 obs = group[name]
                 views[name] = MemberView(
-                    name, "new", obs.record.id, obs.canonical, None, obs.record.data,
-                    obs.native_hash, obs.record.provisional, dirty, obs.record.location)
+                    name,
+                    "new",
+                    obs.record.id,
+                    obs.canonical,
+                    None,
+                    obs.record.data,
+                    obs.native_hash,
+                    obs.record.provisional,
+                    dirty,
+                    obs.record.location,
+                )
             elif key in r.changed:
                 obs = r.changed[key]
                 views[name] = MemberView(
-                    name, "changed", obs.record.id, obs.canonical, last_seen, obs.record.data,
-                    obs.native_hash, False, dirty, obs.record.location)
+                    name,
+                    "changed",
+                    obs.record.id,
+                    obs.canonical,
+                    last_seen,
+                    obs.record.data,
+                    obs.native_hash,
+                    False,
+                    dirty,
+                    obs.record.location,
+                )
             elif key in r.unchanged:
                 native_id, native, digest = r.unchanged[key]
                 views[name] = MemberView(
-                    name, "unchanged", native_id, last_seen, last_seen, native,
-                    digest, False, dirty)
+                    name, "unchanged", native_id, last_seen, last_seen, native, digest, False, dirty
+                )
             elif key in r.unseen:
                 # not listed by a partial read: unchanged since it was last seen, which is
                 # all we know of it (no native record: an update fetches it first)
                 views[name] = MemberView(
-                    name, "unchanged", r.unseen[key], last_seen, last_seen, None,
-                    link.native_hash if link else None, False, dirty)
+                    name,
+                    "unchanged",
+                    r.unseen[key],
+                    last_seen,
+                    last_seen,
+                    None,
+                    link.native_hash if link else None,
+                    False,
+                    dirty,
+                )
             elif key in r.gone:
                 views[name] = MemberView(name, "gone", r.gone[key], None, last_seen)
             elif link is not None and link.tombstone:
@@ -931,8 +1105,7 @@ class Engine:
                 views[name] = MemberView(name, "absent", dirty=dirty)
         return views
 
-    def _guard_deletes(self, pipeline: Pipeline, ent: EntityPlan,
-                       reads: dict[str, _Read]) -> None:
+    def _guard_deletes(self, pipeline: Pipeline, ent: EntityPlan, reads: dict[str, _Read]) -> None:
         if self.allow_mass_delete or ent.guard:
             return
         rules = pipeline.section.deletes
@@ -943,15 +1116,23 @@ class Engine:
         for member, count in deletes.items():
             linked = reads[member].linked
             if count >= max(rules.min_count, 1) and count > rules.max_fraction * linked:
-                ent.guard = (f"{count} of {linked} linked {ent.entity} would be deleted on "
-                             f"{member} (more than max_fraction = {rules.max_fraction}); "
-                             "nothing was written. If that is intended, run with "
-                             "--allow-mass-delete or raise [pipelines.deletes] max_fraction")
+                ent.guard = (
+                    f"{count} of {linked} linked {ent.entity} would be deleted on "
+                    f"{member} (more than max_fraction = {rules.max_fraction}); "
+                    "nothing was written. If that is intended, run with "
+                    "--allow-mass-delete or raise [pipelines.deletes] max_fraction"
+                )
                 return
 
     # ------------------------------------------------------------------------------ apply
-    def apply_entity(self, pipeline: Pipeline, members: list[Member], ent: EntityPlan,
-                     outcome: EntityOutcome, run_id: str) -> None:
+    def apply_entity(
+        self,
+        pipeline: Pipeline,
+        members: list[Member],
+        ent: EntityPlan,
+        outcome: EntityOutcome,
+        run_id: str,
+    ) -> None:
         by_name = {m.name: m for m in members}
         batch_size = pipeline.section.batch_size
         deferred: list[tuple[KeyPlan, dict[int, Any]]] = []
@@ -970,23 +1151,36 @@ class Engine:
                     early = _Writes(tx)
                     for kp in batch:
                         if kp.new_key and kp.actions and kp.prior:
-                            early.put_record(pipeline.name, ent.entity, kp.key,
-                                             kp.base_after or {})
+                            early.put_record(pipeline.name, ent.entity, kp.key, kp.base_after or {})
                             writing = {a.member for a in kp.actions}
                             for lp in kp.prior.values():
                                 # dirty until its write is confirmed: if we die first, the
                                 # next run still owes this member the merged values
-                                early.put_link(pipeline.name, ent.entity, kp.key, lp.member,
-                                               native_id=lp.native_id,
-                                               native_hash=lp.native_hash,
-                                               last_seen=lp.last_seen,
-                                               dirty=lp.member in writing)
+                                early.put_link(
+                                    pipeline.name,
+                                    ent.entity,
+                                    kp.key,
+                                    lp.member,
+                                    native_id=lp.native_id,
+                                    native_hash=lp.native_hash,
+                                    last_seen=lp.last_seen,
+                                    dirty=lp.member in writing,
+                                )
                     early.flush()
-                    ids = tx.add_intents([
-                        {"run_id": run_id, "pipeline": pipeline.name, "entity": ent.entity,
-                         "key": kp.key, "member": a.member, "op": a.op,
-                         "payload": _intent_payload(a, kp)}
-                        for kp, _i, a in actions])
+                    ids = tx.add_intents(
+                        [
+                            {
+                                "run_id": run_id,
+                                "pipeline": pipeline.name,
+                                "entity": ent.entity,
+                                "key": kp.key,
+                                "member": a.member,
+                                "op": a.op,
+                                "payload": _intent_payload(a, kp),
+                            }
+                            for kp, _i, a in actions
+                        ]
+                    )
                 for (kp, i, _a), intent_id in zip(actions, ids, strict=True):
                     intent_ids[(id(kp), i)] = intent_id
             results = self._execute(actions, by_name)
@@ -1000,15 +1194,24 @@ class Engine:
                     for i, a in enumerate(kp.actions):
                         outcome_i = res.get(i)
                         if isinstance(outcome_i, Exception):
-                            finished.append({"id": intent_ids[(id(kp), i)],
-                                             "state": "failed", "error": str(outcome_i)})
+                            finished.append(
+                                {
+                                    "id": intent_ids[(id(kp), i)],
+                                    "state": "failed",
+                                    "error": str(outcome_i),
+                                }
+                            )
                         elif a.member not in buffered and (not buffered or isinstance(a, Create)):
                             # an update of a key that also waits for a buffered member stays
                             # pending until the key's state is committed after the flush: if
                             # we die first, recovery knows the member may hold our values
-                            finished.append({"id": intent_ids[(id(kp), i)],
-                                             "state": "done",
-                                             "native_id": _native_id(outcome_i, a)})
+                            finished.append(
+                                {
+                                    "id": intent_ids[(id(kp), i)],
+                                    "state": "done",
+                                    "native_id": _native_id(outcome_i, a),
+                                }
+                            )
                     if buffered:
                         self._commit_partial(writes, pipeline, kp, res, by_name)
                         deferred.append((kp, res))
@@ -1042,8 +1245,13 @@ class Engine:
                             state = "done"
                         else:
                             continue  # a write-through create: finished with its batch
-                        finished.append({"id": intent_ids[(id(kp), i)], "state": state,
-                                         "native_id": _native_id(res.get(i), a)})
+                        finished.append(
+                            {
+                                "id": intent_ids[(id(kp), i)],
+                                "state": state,
+                                "native_id": _native_id(res.get(i), a),
+                            }
+                        )
                     self._commit_key(writes, pipeline, kp, res, by_name, outcome)
                 writes.flush()
                 if finished:
@@ -1055,8 +1263,9 @@ class Engine:
         if stopped:
             self._check_stop()
 
-    def _execute(self, actions: list[tuple[KeyPlan, int, Action]],
-                 by_name: dict[str, Member]) -> dict[int, dict[int, Any]]:
+    def _execute(
+        self, actions: list[tuple[KeyPlan, int, Action]], by_name: dict[str, Member]
+    ) -> dict[int, dict[int, Any]]:
         results: dict[int, dict[int, Any]] = {}
 
         def run(item: tuple[KeyPlan, int, Action]) -> tuple[int, int, Any]:
@@ -1071,8 +1280,13 @@ class Engine:
 
         unbuffered = [a for a in actions if not by_name[a[2].member].buffered]
         buffered = [a for a in actions if by_name[a[2].member].buffered]
-        workers = max((int(getattr(by_name[a[2].member].connector.options, "concurrency", 1))
-                       for a in unbuffered), default=1)
+        workers = max(
+            (
+                int(getattr(by_name[a[2].member].connector.options, "concurrency", 1))
+                for a in unbuffered
+            ),
+            default=1,
+        )
         if workers > 1 and len(unbuffered) > 1:
             # the writers' log lines carry the run's context (pipeline, run id) too
             context = contextvars.copy_context()
@@ -1086,25 +1300,47 @@ class Engine:
         return results
 
     # ----------------------------------------------------------------------------- commit
-    def _commit_partial(self, tx: _Writes, pipeline: Pipeline, kp: KeyPlan, res: dict[int, Any],
-                        by_name: dict[str, Member]) -> None:
+    def _commit_partial(
+        self,
+        tx: _Writes,
+        pipeline: Pipeline,
+        kp: KeyPlan,
+        res: dict[int, Any],
+        by_name: dict[str, Member],
+    ) -> None:
         """Before a buffered member's flush: make records created on write-through members
         durable at once, so a crash now cannot lead to creating them twice."""
-        created = [(i, a) for i, a in enumerate(kp.actions)
-                   if isinstance(a, Create) and not by_name[a.member].buffered
-                   and isinstance(res.get(i), NativeRecord)]
+        created = [
+            (i, a)
+            for i, a in enumerate(kp.actions)
+            if isinstance(a, Create)
+            and not by_name[a.member].buffered
+            and isinstance(res.get(i), NativeRecord)
+        ]
         if not created:
             return
         tx.put_record(pipeline.name, kp.entity, kp.key, kp.base_after or kp.base_before or {})
         for i, a in created:
             rec = res[i]
-            tx.put_link(pipeline.name, kp.entity, kp.key, a.member, native_id=rec.id,
-                        native_hash=rec.native_hash(),
-                        last_seen=self._canonical(by_name[a.member].mapping, rec,
-                                                  by_name[a.member].refs))
+            tx.put_link(
+                pipeline.name,
+                kp.entity,
+                kp.key,
+                a.member,
+                native_id=rec.id,
+                native_hash=rec.native_hash(),
+                last_seen=self._canonical(by_name[a.member].mapping, rec, by_name[a.member].refs),
+            )
 
-    def _commit_key(self, tx: _Writes, pipeline: Pipeline, kp: KeyPlan, res: dict[int, Any],
-                    by_name: dict[str, Member], outcome: EntityOutcome) -> None:
+    def _commit_key(
+        self,
+        tx: _Writes,
+        pipeline: Pipeline,
+        kp: KeyPlan,
+        res: dict[int, Any],
+        by_name: dict[str, Member],
+        outcome: EntityOutcome,
+    ) -> None:
         skipped_before = outcome.plan.skipped_before
         p, e = pipeline.name, kp.entity
         failed_members: set[str] = set()
@@ -1115,8 +1351,9 @@ class Engine:
             if isinstance(out, Exception):
                 failed_members.add(a.member)
                 where = a.native_id if isinstance(a, Update | Delete) else a.key
-                outcome.failures.append(Issue(e, a.member, f"{kp.label} ({where})",
-                                              f"{a.op} failed: {out}"))
+                outcome.failures.append(
+                    Issue(e, a.member, f"{kp.label} ({where})", f"{a.op} failed: {out}")
+                )
                 continue
             if isinstance(a, Delete):
                 links[a.member] = LinkPlan(a.member, None, None, None, remove=True)
@@ -1130,8 +1367,12 @@ class Engine:
                 data = rec.data if rec else a.full
                 native_id = rec.id if rec else (a.assign_id or a.native_id)
             written = NativeRecord(native_id, data)
-            links[a.member] = LinkPlan(a.member, native_id, written.native_hash(),
-                                       self._canonical(member.mapping, written, member.refs))
+            links[a.member] = LinkPlan(
+                a.member,
+                native_id,
+                written.native_hash(),
+                self._canonical(member.mapping, written, member.refs),
+            )
 
         if kp.base_after is None or (kp.purge and not failed_members):
             tx.deleted.append((p, e, kp.key))
@@ -1142,10 +1383,19 @@ class Engine:
             if lp.remove:
                 tx.unlinks.append((p, e, kp.key, name))
                 continue
-            rows.append({"pipeline": p, "entity": e, "key": kp.key, "member": name,
-                         "native_id": lp.native_id, "native_hash": lp.native_hash,
-                         "last_seen": lp.last_seen, "dirty": lp.dirty,
-                         "tombstone": lp.tombstone})
+            rows.append(
+                {
+                    "pipeline": p,
+                    "entity": e,
+                    "key": kp.key,
+                    "member": name,
+                    "native_id": lp.native_id,
+                    "native_hash": lp.native_hash,
+                    "last_seen": lp.last_seen,
+                    "dirty": lp.dirty,
+                    "tombstone": lp.tombstone,
+                }
+            )
         tx.links.extend(rows)
         if failed_members:
             tx.dirty.append((p, e, kp.key, failed_members))
@@ -1162,8 +1412,9 @@ def _perform(member: Member, action: Action) -> NativeRecord | None:
     if isinstance(action, Create):
         return conn.create(action.entity, action.native, key=action.key)
     if isinstance(action, Update):
-        return conn.update(action.entity, action.native_id, action.patch, full=action.full,
-                           new_id=action.assign_id)
+        return conn.update(
+            action.entity, action.native_id, action.patch, full=action.full, new_id=action.assign_id
+        )
     conn.delete(action.entity, action.native_id)
     return None
 
@@ -1190,8 +1441,11 @@ def _intent_payload(action: Action, kp: KeyPlan) -> dict[str, Any]:
     if isinstance(action, Create):
         # the members that already hold the record: recovery re-links them with the create,
         # so a record without match keys cannot be copied twice after a crash
-        sources = {m: lp.native_id for m, lp in kp.links.items()
-                   if lp.native_id and not lp.remove and not lp.tombstone}
+        sources = {
+            m: lp.native_id
+            for m, lp in kp.links.items()
+            if lp.native_id and not lp.remove and not lp.tombstone
+        }
         return {"native": action.native, "base": kp.base_after or {}, "sources": sources}
     if isinstance(action, Update):
         payload: dict[str, Any] = {
@@ -1207,4 +1461,4 @@ def _intent_payload(action: Action, kp: KeyPlan) -> dict[str, Any]:
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]

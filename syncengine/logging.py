@@ -40,15 +40,18 @@ class Redactor:
     """A structlog processor masking secret values anywhere in an event."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets: tuple[str, ...] = tuple(sorted({s for s in secrets if s}, key=len,
-                                                     reverse=True))
+        self.secrets: tuple[str, ...] = tuple(
+            sorted({s for s in secrets if s}, key=len, reverse=True)
+        )
 
     def add(self, secrets: Iterable[str]) -> None:
-        self.secrets = tuple(sorted(set(self.secrets) | {s for s in secrets if s}, key=len,
-                                    reverse=True))
+        self.secrets = tuple(
+            sorted(set(self.secrets) | {s for s in secrets if s}, key=len, reverse=True)
+        )
 
-    def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]
-                 ) -> MutableMapping[str, Any]:
+    def __call__(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
         if not self.secrets:
             return event
         for key, value in list(event.items()):
@@ -73,12 +76,20 @@ class _StdlibBridge(logging.Handler):
             self.handleError(record)
 
 
-def configure(level: str = "warning", *, json_output: bool = False,
-              stream: TextIO | None = None, secrets: Iterable[str] = ()) -> None:
+def configure(
+    level: str = "warning",
+    *,
+    json_output: bool = False,
+    stream: TextIO | None = None,
+    secrets: Iterable[str] = (),
+) -> None:
     """Configure structlog for a command-line entry point."""
     REDACTOR.add(secrets)
-    renderer: Any = (structlog.processors.JSONRenderer() if json_output
-                     else structlog.dev.ConsoleRenderer(colors=False))
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json_output
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -89,7 +100,8 @@ def configure(level: str = "warning", *, json_output: bool = False,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]),
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )

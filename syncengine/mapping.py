@@ -339,8 +339,12 @@ class EntityMapping:
         """This mapping without some canonical fields (references to entities a pipeline does
         not sync)."""
         dropped = set(names)
-        return EntityMapping(self.entity, [f for f in self.fields if f.canonical not in dropped],
-                             self.source, self.match_keys)
+        return EntityMapping(
+            self.entity,
+            [f for f in self.fields if f.canonical not in dropped],
+            self.source,
+            self.match_keys,
+        )
 
     def equivalent(self, name: str, a: Any, b: Any) -> bool:
         """Whether two canonical values of a field look the same on this member: written and
@@ -354,8 +358,10 @@ class EntityMapping:
             return False
         normalise = _normaliser(self.entity, name)
         try:
-            return bool(normalise(field.transform.read(field.transform.write(a)))
-                        == normalise(field.transform.read(field.transform.write(b))))
+            return bool(
+                normalise(field.transform.read(field.transform.write(a)))
+                == normalise(field.transform.read(field.transform.write(b)))
+            )
         except (ValueError, TypeError):
             return False
 
@@ -518,8 +524,9 @@ def _close(word: str, choices: Iterable[str]) -> list[str]:
     return difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
 
 
-def parse_mapping(data: Mapping[str, Any], *, entity: str, source: str,
-                  timezone: str | None = None) -> EntityMapping:
+def parse_mapping(
+    data: Mapping[str, Any], *, entity: str, source: str, timezone: str | None = None
+) -> EntityMapping:
     """Check and compile the parsed TOML of a mapping file. Every problem is reported at once
     in one ``ConfigError``."""
     try:
@@ -690,30 +697,40 @@ def _parse_field(
     fspec_ = spec.field_spec(canonical)
     if ref_by is not None:
         if fspec_ is None or fspec_.type != "ref":
-            problem(f"{where}.ref_by", f"{canonical!r} is not a reference field",
-                    "ref_by belongs to fields such as an invoice's customer; drop it here")
+            problem(
+                f"{where}.ref_by",
+                f"{canonical!r} is not a reference field",
+                "ref_by belongs to fields such as an invoice's customer; drop it here",
+            )
             ok = False
         else:
             target = model.ENTITIES[fspec_.ref]
             names = [ref_by] if isinstance(ref_by, str) else ref_by
-            if (not isinstance(names, list) or not names
-                    or not all(isinstance(n, str) for n in names)):
-                problem(f"{where}.ref_by", f"must be a field name or a list of them, not "
-                        f"{describe_value(ref_by)}", 'e.g. ref_by = "email"')
+            if (
+                not isinstance(names, list)
+                or not names
+                or not all(isinstance(n, str) for n in names)
+            ):
+                problem(
+                    f"{where}.ref_by",
+                    f"must be a field name or a list of them, not {describe_value(ref_by)}",
+                    'e.g. ref_by = "email"',
+                )
                 ok = False
             else:
                 for name in names:
                     if target.field_spec(name) is None:
-                        problem(f"{where}.ref_by", f"{name!r} is not a field of {target.name}",
-                                "use one of: " + ", ".join(f.name for f in target.fields
-                                                           if not f.meta))
+                        problem(
+                            f"{where}.ref_by",
+                            f"{name!r} is not a field of {target.name}",
+                            "use one of: " + ", ".join(f.name for f in target.fields if not f.meta),
+                        )
                         ok = False
 
     transform: Transform | None = None
     if "transform" in value:
         try:
-            transform = build_transform(_zoned(value["transform"], timezone),
-                                        f"{where}.transform")
+            transform = build_transform(_zoned(value["transform"], timezone), f"{where}.transform")
         except ConfigError as exc:
             # the transform's problems already name this file's key; prefix the file
             for p in exc.problems:
@@ -819,8 +836,9 @@ _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 _TOML_END = re.compile(r"\s*\(at end of document\)\s*$")
 
 
-def _parse_text(text: str, *, entity: str, source: str,
-                timezone: str | None = None) -> EntityMapping:
+def _parse_text(
+    text: str, *, entity: str, source: str, timezone: str | None = None
+) -> EntityMapping:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -864,12 +882,14 @@ def _read_text(path: Path | Traversable, source: str) -> str:
         ) from None
 
 
-def load_mapping_file(path: Path | str, *, entity: str,
-                      timezone: str | None = None) -> EntityMapping:
+def load_mapping_file(
+    path: Path | str, *, entity: str, timezone: str | None = None
+) -> EntityMapping:
     """Load and check one mapping file of ``entity``."""
     source = str(path)
-    return _parse_text(_read_text(Path(path), source), entity=entity, source=source,
-                       timezone=timezone)
+    return _parse_text(
+        _read_text(Path(path), source), entity=entity, source=source, timezone=timezone
+    )
 
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -889,8 +909,11 @@ def default_mapping_path(connector_type: str, entity: str) -> Traversable:
 
 
 def load_mapping(
-    connector_type: str, entity: str, override: str | Path | None = None,
-    *, timezone: str | None = None,
+    connector_type: str,
+    entity: str,
+    override: str | Path | None = None,
+    *,
+    timezone: str | None = None,
 ) -> EntityMapping:
     """The mapping of ``entity`` for ``connector_type``: the ``override`` file when given (it
     replaces the default entirely), else the default installed with syncengine. ``timezone``
@@ -910,5 +933,4 @@ def load_mapping(
                 )
             ]
         )
-    return _parse_text(_read_text(path, source), entity=entity, source=source,
-                       timezone=timezone)
+    return _parse_text(_read_text(path, source), entity=entity, source=source, timezone=timezone)

@@ -87,17 +87,21 @@ def match(
                     chosen = candidates[0]
                     break
                 if len(candidates) > 1:
-                    ambiguous = (f"{name} {value!r} matches {len(candidates)} records "
-                                 "already linked elsewhere; give them distinct values or link "
-                                 "by hand")
+                    ambiguous = (
+                        f"{name} {value!r} matches {len(candidates)} records "
+                        "already linked elsewhere; give them distinct values or link "
+                        "by hand"
+                    )
                     contested.update(k for k in candidates if k in result.new_keys)
                     break
                 twins = [k for k in same_value if holders.get(k, set()) - {member}]
                 if twins:
-                    ambiguous = (f"{name} {value!r} is already used by another record on "
-                                 f"{member} that is linked to the other members: a possible "
-                                 "duplicate, not synced (merge the two, or give this one a "
-                                 "distinct value)")
+                    ambiguous = (
+                        f"{name} {value!r} is already used by another record on "
+                        f"{member} that is linked to the other members: a possible "
+                        "duplicate, not synced (merge the two, or give this one a "
+                        "distinct value)"
+                    )
                     break
             if ambiguous:
                 result.ambiguous.append((obs, ambiguous))
@@ -119,8 +123,13 @@ def match(
     # creating them elsewhere could duplicate what a person has to sort out first
     for key in contested:
         for obs in result.groups.pop(key, {}).values():
-            result.ambiguous.append((obs, "held back: another record matches it ambiguously "
-                                          "(see the other error for this value)"))
+            result.ambiguous.append(
+                (
+                    obs,
+                    "held back: another record matches it ambiguously "
+                    "(see the other error for this value)",
+                )
+            )
         result.new_keys.discard(key)
     return result
 

@@ -60,46 +60,79 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         p = ["pipeline"]
-        self.runs = Counter("syncengine_runs", "Finished runs by outcome.",
-                            [*p, "outcome"], registry=r)
-        self.duration = Histogram("syncengine_run_duration_seconds", "Run durations.", p,
-                                  buckets=_DURATION_BUCKETS, registry=r)
-        self.actions = Counter("syncengine_actions", "Writes applied to members.",
-                               [*p, "entity", "member", "op"], registry=r)
-        self.record_errors = Counter("syncengine_record_errors",
-                                     "Record-level problems and failed writes.",
-                                     [*p, "entity", "member"], registry=r)
+        self.runs = Counter(
+            "syncengine_runs", "Finished runs by outcome.", [*p, "outcome"], registry=r
+        )
+        self.duration = Histogram(
+            "syncengine_run_duration_seconds",
+            "Run durations.",
+            p,
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.actions = Counter(
+            "syncengine_actions",
+            "Writes applied to members.",
+            [*p, "entity", "member", "op"],
+            registry=r,
+        )
+        self.record_errors = Counter(
+            "syncengine_record_errors",
+            "Record-level problems and failed writes.",
+            [*p, "entity", "member"],
+            registry=r,
+        )
         cp = [*p, "connector"]
         self.http = {
-            "requests": Counter("syncengine_http_requests",
-                                "HTTP requests sent (every attempt).", cp, registry=r),
-            "retries": Counter("syncengine_http_retries", "HTTP attempts repeated.", cp,
-                               registry=r),
-            "throttled": Counter("syncengine_http_throttled", "HTTP 429 responses.", cp,
-                                 registry=r),
-            "failures": Counter("syncengine_http_failures",
-                                "HTTP requests that ended in an error.", cp, registry=r),
+            "requests": Counter(
+                "syncengine_http_requests", "HTTP requests sent (every attempt).", cp, registry=r
+            ),
+            "retries": Counter(
+                "syncengine_http_retries", "HTTP attempts repeated.", cp, registry=r
+            ),
+            "throttled": Counter(
+                "syncengine_http_throttled", "HTTP 429 responses.", cp, registry=r
+            ),
+            "failures": Counter(
+                "syncengine_http_failures", "HTTP requests that ended in an error.", cp, registry=r
+            ),
         }
-        self.skipped = Counter("syncengine_runs_skipped", "Scheduled runs not started.",
-                               [*p, "reason"], registry=r)
-        self.last_success = Gauge("syncengine_last_success_timestamp_seconds",
-                                  "When the last completed run finished (Unix time).", p,
-                                  registry=r)
-        self.paused = Gauge("syncengine_pipeline_paused", "1 while the pipeline is paused.",
-                            p, registry=r)
-        self.failures = Gauge("syncengine_pipeline_failures", "Consecutive failed runs.", p,
-                              registry=r)
-        self.running = Gauge("syncengine_pipeline_running", "1 while a run is in flight.", p,
-                             registry=r)
-        self.open_conflicts = Gauge("syncengine_open_conflicts",
-                                    "Open conflicts after the last run.", p, registry=r)
-        self.scheduler_up = Gauge("syncengine_scheduler_up", "1 while the scheduler runs.",
-                                  registry=r)
-        self.reloads = Counter("syncengine_config_reloads", "Config reloads.", ["result"],
-                               registry=r)
+        self.skipped = Counter(
+            "syncengine_runs_skipped", "Scheduled runs not started.", [*p, "reason"], registry=r
+        )
+        self.last_success = Gauge(
+            "syncengine_last_success_timestamp_seconds",
+            "When the last completed run finished (Unix time).",
+            p,
+            registry=r,
+        )
+        self.paused = Gauge(
+            "syncengine_pipeline_paused", "1 while the pipeline is paused.", p, registry=r
+        )
+        self.failures = Gauge(
+            "syncengine_pipeline_failures", "Consecutive failed runs.", p, registry=r
+        )
+        self.running = Gauge(
+            "syncengine_pipeline_running", "1 while a run is in flight.", p, registry=r
+        )
+        self.open_conflicts = Gauge(
+            "syncengine_open_conflicts", "Open conflicts after the last run.", p, registry=r
+        )
+        self.scheduler_up = Gauge(
+            "syncengine_scheduler_up", "1 while the scheduler runs.", registry=r
+        )
+        self.reloads = Counter(
+            "syncengine_config_reloads", "Config reloads.", ["result"], registry=r
+        )
 
-    def observe_run(self, pipeline: str, outcome: str, seconds: float,
-                    result: SyncResult | None, http: Mapping[str, Mapping[str, float]]) -> None:
+    def observe_run(
+        self,
+        pipeline: str,
+        outcome: str,
+        seconds: float,
+        result: SyncResult | None,
+        http: Mapping[str, Mapping[str, float]],
+    ) -> None:
         self.runs.labels(pipeline, outcome).inc()
         self.duration.labels(pipeline).observe(seconds)
         for connector, stats in http.items():

@@ -126,8 +126,16 @@ CUSTOMER = EntitySpec(
 
 JOB_STATUSES = (
     # the spec's enum, then what the live API sends ("needs scheduling", "complete rated")
-    "unscheduled", "scheduled", "in_progress", "complete", "completed_unrated",
-    "user_canceled", "pro_canceled", "needs_scheduling", "complete_rated", "complete_unrated",
+    "unscheduled",
+    "scheduled",
+    "in_progress",
+    "complete",
+    "completed_unrated",
+    "user_canceled",
+    "pro_canceled",
+    "needs_scheduling",
+    "complete_rated",
+    "complete_unrated",
 )
 INVOICE_STATUSES = ("draft", "open", "sent", "paid", "voided", "canceled")
 """The spec's enum plus ``open``, which the live API sends for unpaid invoices."""

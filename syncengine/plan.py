@@ -157,8 +157,13 @@ class KeyPlan:
 
     @property
     def changes_state(self) -> bool:
-        return bool(self.actions or self.links or self.new_key or self.skips
-                    or self.base_before != self.base_after)
+        return bool(
+            self.actions
+            or self.links
+            or self.new_key
+            or self.skips
+            or self.base_before != self.base_after
+        )
 
 
 @dataclass

@@ -105,16 +105,23 @@ def decide(
     return None, "no rule decided"
 
 
-def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, MemberView],
-              *, new_key: bool = False) -> KeyPlan:
+def reconcile(
+    ctx: Context,
+    key: str,
+    base: Record | None,
+    views: dict[str, MemberView],
+    *,
+    new_key: bool = False,
+) -> KeyPlan:
     spec = ctx.entity
     shown = label_of(base, key)
     for view in views.values():
         if view.present and view.current:
             shown = label_of(view.current, shown)
             break
-    plan = KeyPlan(entity=spec.name, key=key, label=shown, new_key=new_key,
-                   base_before=base, base_after=base)
+    plan = KeyPlan(
+        entity=spec.name, key=key, label=shown, new_key=new_key, base_before=base, base_after=base
+    )
 
     if any(v.status == "blocked" for v in views.values()):
         return plan  # a malformed record on some member: leave the whole key alone
@@ -122,8 +129,7 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
     present = {m: v for m, v in views.items() if v.present}
     gone = {m: v for m, v in views.items() if v.status == "gone"}
     if new_key:
-        plan.prior = {m: _keep(v, dirty=False) for m, v in present.items()
-                      if not v.provisional}
+        plan.prior = {m: _keep(v, dirty=False) for m, v in present.items() if not v.provisional}
     base_now: Record = dict(base or {})
 
     # ------------------------------------------------------------------ what changed where
@@ -159,11 +165,19 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
             # records of other entities still refer to it (a customer's invoices): deleting it
             # now would leave them dangling. Wait; once they are gone it goes too.
             for member in present:
-                plan.skips.append(Skip(spec.name, member, key,
-                                       f"deleted on {', '.join(sorted(gone))}, but {users} "
-                                       "record(s) of other entities still refer to it; it is "
-                                       "deleted once they are, or restored where it was "
-                                       "deleted if they stay", shown, kind="deferred"))
+                plan.skips.append(
+                    Skip(
+                        spec.name,
+                        member,
+                        key,
+                        f"deleted on {', '.join(sorted(gone))}, but {users} "
+                        "record(s) of other entities still refer to it; it is "
+                        "deleted once they are, or restored where it was "
+                        "deleted if they stay",
+                        shown,
+                        kind="deferred",
+                    )
+                )
             plan.waiting = set(gone)
             return plan
     if (gone or deleted) and not modified:
@@ -175,14 +189,22 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
         keepers = []
         for member, view in present.items():
             if ctx.caps[member].delete and view.native_id and not view.provisional:
-                plan.actions.append(Delete(spec.name, member, key, view.native_id,
-                                           values=dict(view.current or {})))
+                plan.actions.append(
+                    Delete(spec.name, member, key, view.native_id, values=dict(view.current or {}))
+                )
             else:
                 keepers.append(member)
                 if not deleted:
-                    plan.skips.append(Skip(spec.name, member, key,
-                                           f"{_type_of(ctx, member)} cannot delete "
-                                           f"{spec.name}; it keeps this record", shown))
+                    plan.skips.append(
+                        Skip(
+                            spec.name,
+                            member,
+                            key,
+                            f"{_type_of(ctx, member)} cannot delete "
+                            f"{spec.name}; it keeps this record",
+                            shown,
+                        )
+                    )
         plan.base_after = {**base_now, DELETED: True}
         plan.purge = not keepers
         return plan
@@ -202,8 +224,9 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
             new_base[name] = next(iter(by_member.values()))
             continue
         winner, rule = decide(ctx.rules(name), by_member, updated_at)
-        plan.conflicts.append(Conflict(spec.name, key, name, dict(by_member),
-                                       base_now.get(name), winner, rule, shown))
+        plan.conflicts.append(
+            Conflict(spec.name, key, name, dict(by_member), base_now.get(name), winner, rule, shown)
+        )
         if winner is not None:
             new_base[name] = by_member[winner]
         elif base is None:
@@ -211,8 +234,7 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
     # drop nulls so "missing" and "empty" agree in the base
     new_base = {k: v for k, v in new_base.items() if v is not None}
     plan.base_after = new_base
-    base_changed = {n for n in set(new_base) | set(base_now)
-                    if new_base.get(n) != base_now.get(n)}
+    base_changed = {n for n in set(new_base) | set(base_now) if new_base.get(n) != base_now.get(n)}
     parked_now = parked | {c.field for c in plan.conflicts if c.winner is None}
 
     # ----------------------------------------------------------------------------- writes
@@ -227,10 +249,12 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
             current = view.current or {}
             # a member that cannot update is checked in full, so that a write it could not
             # take is reported again (and stays listed) whenever the record is looked at
-            must_check_all = (view.dirty or view.status == "new" or view.last_seen is None
-                              or not caps.update)
+            must_check_all = (
+                view.dirty or view.status == "new" or view.last_seen is None or not caps.update
+            )
             wanted = {
-                n for n in mapping.writable
+                n
+                for n in mapping.writable
                 if n not in parked_now
                 and (must_check_all or n in base_changed)
                 and new_base.get(n) != current.get(n)
@@ -244,48 +268,85 @@ def reconcile(ctx: Context, key: str, base: Record | None, views: dict[str, Memb
             if fields or assign:
                 if not caps.update:
                     if fields:
-                        plan.skips.append(Skip(spec.name, member, key,
-                                               f"{_type_of(ctx, member)} cannot update "
-                                               f"{spec.name}", shown))
+                        plan.skips.append(
+                            Skip(
+                                spec.name,
+                                member,
+                                key,
+                                f"{_type_of(ctx, member)} cannot update {spec.name}",
+                                shown,
+                            )
+                        )
                     plan.links[member] = _keep(view, dirty=False)
                     continue
                 values = {n: new_base.get(n) for n in fields}
                 if member_refs is not None and fields:
                     values, missing = member_refs.render(values)
                     if missing:
-                        plan.skips.append(Skip(spec.name, member, key,
-                                               "waits: " + "; ".join(missing), shown,
-                                               kind="deferred"))
+                        plan.skips.append(
+                            Skip(
+                                spec.name,
+                                member,
+                                key,
+                                "waits: " + "; ".join(missing),
+                                shown,
+                                kind="deferred",
+                            )
+                        )
                         plan.links[member] = _keep(view, dirty=True)
                         continue
                 patch = mapping.to_native(values, fields) if fields else {}
                 full = mapping.apply_patch(view.native or {}, patch)
                 changes = {n: (current.get(n), new_base.get(n)) for n in fields}
-                plan.actions.append(Update(spec.name, member, key, view.native_id or "",
-                                           changes, patch, full, assign_id=assign,
-                                           read_hash=view.native_hash or ""))
+                plan.actions.append(
+                    Update(
+                        spec.name,
+                        member,
+                        key,
+                        view.native_id or "",
+                        changes,
+                        patch,
+                        full,
+                        assign_id=assign,
+                        read_hash=view.native_hash or "",
+                    )
+                )
                 # the link is finalised by the executor from what the member returns
             elif view.status != "unchanged" or view.dirty:
                 plan.links[member] = _keep(view, dirty=False)
         elif view.status == "absent":
-            values = {n: v for n, v in new_base.items()
-                      if n in mapping.writable and n not in parked_now}
+            values = {
+                n: v for n, v in new_base.items() if n in mapping.writable and n not in parked_now
+            }
             if not values or new_base.get(DELETED):
                 continue
             if not caps.create:
                 if any(v.status == "new" for v in present.values()):
                     # reported once, when the record first appears; not retried every run
-                    plan.skips.append(Skip(spec.name, member, key,
-                                           f"{_type_of(ctx, member)} cannot create "
-                                           f"{spec.name}", shown))
+                    plan.skips.append(
+                        Skip(
+                            spec.name,
+                            member,
+                            key,
+                            f"{_type_of(ctx, member)} cannot create {spec.name}",
+                            shown,
+                        )
+                    )
                 continue
             written = values
             if member_refs is not None:
                 written, missing = member_refs.render(values)
                 if missing:
-                    plan.skips.append(Skip(spec.name, member, key,
-                                           "waits: " + "; ".join(missing), shown,
-                                           kind="deferred"))
+                    plan.skips.append(
+                        Skip(
+                            spec.name,
+                            member,
+                            key,
+                            "waits: " + "; ".join(missing),
+                            shown,
+                            kind="deferred",
+                        )
+                    )
                     continue
             native = mapping.build_native(mapping.to_native(written))
             plan.actions.append(Create(spec.name, member, key, values, native))

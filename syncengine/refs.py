@@ -106,9 +106,13 @@ class References:
         plan = self.plans.get(target)
         if plan is None:
             return set()
-        return {kp.key for kp in plan.keys
-                if kp.base_before is not None and kp.base_after is not None
-                and any(kp.base_before.get(f) != kp.base_after.get(f) for f in ref_by)}
+        return {
+            kp.key
+            for kp in plan.keys
+            if kp.base_before is not None
+            and kp.base_after is not None
+            and any(kp.base_before.get(f) != kp.base_after.get(f) for f in ref_by)
+        }
 
     def created(self, target: str, member: str) -> set[str]:
         """Keys of ``target`` this run's plan creates on ``member`` (where they already
@@ -116,8 +120,12 @@ class References:
         plan = self.plans.get(target)
         if plan is None:
             return set()
-        return {kp.key for kp in plan.keys if not kp.new_key
-                and any(isinstance(a, Create) and a.member == member for a in kp.actions)}
+        return {
+            kp.key
+            for kp in plan.keys
+            if not kp.new_key
+            and any(isinstance(a, Create) and a.member == member for a in kp.actions)
+        }
 
     def for_member(self, member: str, mapping: EntityMapping) -> MemberRefs | None:
         if not mapping.refs:
@@ -136,7 +144,8 @@ class References:
         plan = self.plans.get(target) if self.dry_run else None
         if ref_by is None:
             for native_id, (key, _hash) in self.store.link_index(
-                    self.pipeline, target, member).items():
+                self.pipeline, target, member
+            ).items():
                 index.add(native_id, key)
             if plan is not None:
                 for kp in plan.keys:
@@ -152,7 +161,7 @@ class References:
         spec = model.ENTITIES[target]
         shown = [(name, _normaliser(spec, name)) for name in ref_by]
         deleted: set[str] = set()
-        overlay = ({kp.key: kp.base_after for kp in plan.keys} if plan is not None else {})
+        overlay = {kp.key: kp.base_after for kp in plan.keys} if plan is not None else {}
 
         def add(key: str, base: Mapping[str, Any]) -> None:
             # every field indexes the record; the first one it has is how it is shown
@@ -209,8 +218,9 @@ class MemberRefs:
         self.fields: list[_Field] = []
         for name, (target, ref_by) in mapping.refs.items():
             spec = model.ENTITIES[target]
-            normalisers = (tuple(_normaliser(spec, f) for f in ref_by) if ref_by
-                           else (model.norm_str,))
+            normalisers = (
+                tuple(_normaliser(spec, f) for f in ref_by) if ref_by else (model.norm_str,)
+            )
             self.fields.append(_Field(name, target, ref_by, by_name.get(name), normalisers))
         self.by_value = [f for f in self.fields if f.ref_by is not None]
 
@@ -234,22 +244,27 @@ class MemberRefs:
             column = f.mapping.native if f.mapping else f.name
             if key is None:
                 if f.ref_by is None:
-                    problems.append(f"{column} {raw!r}: no {f.what()} with that id is synced "
-                                    f"(the {f.what()} must sync first; see errors above, if any)")
+                    problems.append(
+                        f"{column} {raw!r}: no {f.what()} with that id is synced "
+                        f"(the {f.what()} must sync first; see errors above, if any)"
+                    )
                 else:
-                    problems.append(f"{column} {raw!r}: no {f.what()} has {f.shown_by()} "
-                                    f"{raw!r} (fix the cell, or add that {f.what()} first)")
+                    problems.append(
+                        f"{column} {raw!r}: no {f.what()} has {f.shown_by()} "
+                        f"{raw!r} (fix the cell, or add that {f.what()} first)"
+                    )
                 record[f.name] = None
             elif key is AMBIGUOUS:
-                problems.append(f"{column} {raw!r}: several {f.target} have {f.shown_by()} "
-                                f"{raw!r}; it cannot say which one is meant")
+                problems.append(
+                    f"{column} {raw!r}: several {f.target} have {f.shown_by()} "
+                    f"{raw!r}; it cannot say which one is meant"
+                )
                 record[f.name] = None
             else:
                 record[f.name] = key
         return problems
 
-    def stale_fields(self, native: Mapping[str, Any] | None,
-                     values: Mapping[str, Any]) -> set[str]:
+    def stale_fields(self, native: Mapping[str, Any] | None, values: Mapping[str, Any]) -> set[str]:
         """The reference fields whose native value differs from what ``values`` would show
         (the customer's e-mail changed since the row was written, or the customer was
         re-created there under a new id)."""
@@ -277,8 +292,9 @@ class MemberRefs:
         return f.candidates(raw)
 
     # ---------------------------------------------------------------------------- writing
-    def render(self, values: Mapping[str, Any],
-               fields: Iterable[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    def render(
+        self, values: Mapping[str, Any], fields: Iterable[str] | None = None
+    ) -> tuple[dict[str, Any], list[str]]:
         """``values`` with each reference as this member shows it, and what cannot be shown
         yet (then nothing may be written)."""
         out = dict(values)
@@ -295,8 +311,10 @@ class MemberRefs:
                 if f.ref_by is None:
                     missing.append(f"its {f.name} is not on {self.member} yet")
                 else:
-                    missing.append(f"its {f.name} has no {f.shown_by()}, which "
-                                   f"{self.member} uses to refer to {f.target}")
+                    missing.append(
+                        f"its {f.name} has no {f.shown_by()}, which "
+                        f"{self.member} uses to refer to {f.target}"
+                    )
                 continue
             out[f.name] = native
         return out, missing

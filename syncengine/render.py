@@ -45,26 +45,32 @@ def render_entity_plan(console: Console, ep: EntityPlan, *, verbose: bool) -> No
                 console.print(f"  [green]+ {action.describe()}[/]")
                 for name, value in sorted(action.values.items()):
                     display = ep.ref_labels.get(value, value) if name in refs else value
-                    console.print(f"      {name}: "
-                                  f"{escape(show_value(display, ep.entity, name))}")
+                    console.print(f"      {name}: {escape(show_value(display, ep.entity, name))}")
             elif isinstance(action, Update):
                 console.print(f"  [yellow]~ {action.describe()}[/]")
                 for name, (old, new) in sorted(action.changes.items()):
                     if name in refs:
                         old, new = ep.ref_labels.get(old, old), ep.ref_labels.get(new, new)
-                    console.print(f"      {name}: {escape(show_value(old, ep.entity, name))} → "
-                                  f"{escape(show_value(new, ep.entity, name))}")
+                    console.print(
+                        f"      {name}: {escape(show_value(old, ep.entity, name))} → "
+                        f"{escape(show_value(new, ep.entity, name))}"
+                    )
             elif isinstance(action, Delete):
                 console.print(f"  [red]- {action.describe()}[/]")
         for c in kp.conflicts:
-            values = ", ".join(f"{m}={show_value(v, ep.entity, c.field)}"
-                               for m, v in c.values.items())
+            values = ", ".join(
+                f"{m}={show_value(v, ep.entity, c.field)}" for m, v in c.values.items()
+            )
             if c.winner:
-                console.print(f"  [magenta]! conflict on {c.field}: {escape(values)} → "
-                              f"{c.winner} wins (rule: {c.rule})[/]")
+                console.print(
+                    f"  [magenta]! conflict on {c.field}: {escape(values)} → "
+                    f"{c.winner} wins (rule: {c.rule})[/]"
+                )
             else:
-                console.print(f"  [bold magenta]! conflict on {c.field}: {escape(values)} → "
-                              "parked for a person (syncengine conflicts list)[/]")
+                console.print(
+                    f"  [bold magenta]! conflict on {c.field}: {escape(values)} → "
+                    "parked for a person (syncengine conflicts list)[/]"
+                )
         for s in kp.skips:
             console.print(f"  [dim]· skipped on {s.member}: {escape(s.reason)}[/]")
     if shown > MAX_SHOWN and not verbose:
@@ -94,8 +100,9 @@ def render_result(console: Console, result: SyncResult, *, verbose: bool = False
     if not result.plan.actions and not result.guard:
         console.print("Nothing to do: every member agrees.")
     if result.open_conflicts:
-        console.print(f"{result.open_conflicts} conflict(s) wait for a person: "
-                      "syncengine conflicts list")
+        console.print(
+            f"{result.open_conflicts} conflict(s) wait for a person: syncengine conflicts list"
+        )
     if result.dry_run:
         console.print("Dry run: nothing was written to any member or to the state store.")
 
@@ -110,12 +117,21 @@ def summary_table(result: SyncResult) -> Table:
         counts = outcome.plan.counts()
         for member in outcome.plan.members:
             c = counts[member]
-            table.add_row(outcome.plan.entity, member, str(counts["read"].get(member, 0)),
-                          str(c["create"]), str(c["update"]), str(c["delete"]))
+            table.add_row(
+                outcome.plan.entity,
+                member,
+                str(counts["read"].get(member, 0)),
+                str(c["create"]),
+                str(c["update"]),
+                str(c["delete"]),
+            )
         extra = []
-        for label, key in (("conflicts parked", "conflicts"), ("conflicts settled by rule",
-                                                                 "conflicts_settled"),
-                           ("errors", "errors"), ("skipped", "skipped")):
+        for label, key in (
+            ("conflicts parked", "conflicts"),
+            ("conflicts settled by rule", "conflicts_settled"),
+            ("errors", "errors"),
+            ("skipped", "skipped"),
+        ):
             if counts[key]:
                 extra.append(f"{counts[key]} {label}")
         if outcome.failures:
@@ -144,26 +160,34 @@ def render_report(console: Console, report: Report, *, all_invoices: bool = Fals
                 cells.append("—")
                 continue
             balance = line.balance.get(member)
-            cells.append(" / ".join((
-                _money(line.amount.get(member)), format_cents(line.paid.get(member, 0)),
-                _money(balance) if member in line.balance else "n/a")))
+            cells.append(
+                " / ".join(
+                    (
+                        _money(line.amount.get(member)),
+                        format_cents(line.paid.get(member, 0)),
+                        _money(balance) if member in line.balance else "n/a",
+                    )
+                )
+            )
         cells.append(escape("\n".join(p.message for p in line.problems)) or "ok")
         table.add_row(*cells)
     if listed:
         console.print(table)
     for problem in report.general:
-        console.print(f"[red]{problem.kind}[/] {escape(problem.member)}: "
-                      f"{escape(problem.message)}")
+        console.print(f"[red]{problem.kind}[/] {escape(problem.member)}: {escape(problem.message)}")
     totals = report.totals()
     for member, t in totals.items():
-        console.print(f"{member}: {t['invoices']} invoices, amount {format_cents(t['amount'])}, "
-                      f"paid {format_cents(t['paid'])}, outstanding {format_cents(t['balance'])}")
+        console.print(
+            f"{member}: {t['invoices']} invoices, amount {format_cents(t['amount'])}, "
+            f"paid {format_cents(t['paid'])}, outstanding {format_cents(t['balance'])}"
+        )
     bad = sum(1 for line in report.invoices if line.problems) + len(report.general)
     if bad:
         console.print(f"[bold red]{bad} disagreement(s)[/]: the books do not reconcile")
     else:
-        console.print(f"[green]The books reconcile[/]: {len(report.invoices)} invoices agree "
-                      "on every member.")
+        console.print(
+            f"[green]The books reconcile[/]: {len(report.invoices)} invoices agree on every member."
+        )
 
 
 def _money(value: Any) -> str:

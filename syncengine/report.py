@@ -53,12 +53,20 @@ class InvoiceLine:
     problems: list[Disagreement] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"key": self.key, "invoice_number": self.invoice_number,
-                "members": {m: {"amount": self.amount.get(m), "paid": self.paid.get(m, 0),
-                                "balance": self.balance.get(m),
-                                "payments": len(self.payments.get(m, ()))}
-                            for m in self.amount},
-                "disagreements": [p.to_json() for p in self.problems]}
+        return {
+            "key": self.key,
+            "invoice_number": self.invoice_number,
+            "members": {
+                m: {
+                    "amount": self.amount.get(m),
+                    "paid": self.paid.get(m, 0),
+                    "balance": self.balance.get(m),
+                    "payments": len(self.payments.get(m, ())),
+                }
+                for m in self.amount
+            },
+            "disagreements": [p.to_json() for p in self.problems],
+        }
 
 
 @dataclass
@@ -89,11 +97,15 @@ class Report:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"pipeline": self.pipeline, "members": list(self.members), "clean": self.clean,
-                "totals": self.totals(),
-                "disagreements": sum(len(x.problems) for x in self.invoices) + len(self.general),
-                "general": [d.to_json() for d in self.general],
-                "invoices": [x.to_json() for x in self.invoices]}
+        return {
+            "pipeline": self.pipeline,
+            "members": list(self.members),
+            "clean": self.clean,
+            "totals": self.totals(),
+            "disagreements": sum(len(x.problems) for x in self.invoices) + len(self.general),
+            "general": [d.to_json() for d in self.general],
+            "invoices": [x.to_json() for x in self.invoices],
+        }
 
 
 @dataclass
@@ -105,8 +117,10 @@ class _Seen:
 
 def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> Report:
     if "invoices" not in pipeline.entities:
-        raise UsageError(f"pipeline {pipeline.name} does not sync invoices: there are no books "
-                         "to reconcile (add \"invoices\" and \"payments\" to its entities)")
+        raise UsageError(
+            f"pipeline {pipeline.name} does not sync invoices: there are no books "
+            'to reconcile (add "invoices" and "payments" to its entities)'
+        )
     refs = References(store, pipeline.name)
     report = Report(pipeline.name, pipeline.members, [])
     cache: dict[str, dict[str, str]] = {}
@@ -115,11 +129,13 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
     for member in pipeline.members:
         connector = config.make_connector(member)
         try:
-            invoices[member] = _read(store, pipeline, refs, connector, member, "invoices",
-                                     report, cache)
+            invoices[member] = _read(
+                store, pipeline, refs, connector, member, "invoices", report, cache
+            )
             if "payments" in pipeline.entities:
-                payments[member] = _read(store, pipeline, refs, connector, member, "payments",
-                                         report, cache)
+                payments[member] = _read(
+                    store, pipeline, refs, connector, member, "payments", report, cache
+                )
         finally:
             connector.close()
 
@@ -149,15 +165,24 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
                 numbers[number].add(key)
                 per_member_numbers[number].append(key)
             if len(seen) > 1:
-                line.problems.append(Disagreement(
-                    "duplicate", f"{member} holds this invoice {len(seen)} times "
-                    f"({', '.join(s.location for s in seen)})", member))
+                line.problems.append(
+                    Disagreement(
+                        "duplicate",
+                        f"{member} holds this invoice {len(seen)} times "
+                        f"({', '.join(s.location for s in seen)})",
+                        member,
+                    )
+                )
         for number, keys in per_member_numbers.items():
             if len(keys) > 1:
                 for key in keys:
-                    lines[key].problems.append(Disagreement(
-                        "duplicate", f"invoice number {number} names {len(keys)} invoices on "
-                        f"{member}", member))
+                    lines[key].problems.append(
+                        Disagreement(
+                            "duplicate",
+                            f"invoice number {number} names {len(keys)} invoices on {member}",
+                            member,
+                        )
+                    )
 
     for member, by_key in payments.items():
         for pay_key, seen in by_key.items():
@@ -165,44 +190,64 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
             invoice_key = record.get("invoice")
             owner = lines.get(invoice_key) if invoice_key else None
             if owner is None:
-                report.general.append(Disagreement(
-                    "missing", f"payment at {seen[0].location} refers to an invoice no member "
-                    "holds", member))
+                report.general.append(
+                    Disagreement(
+                        "missing",
+                        f"payment at {seen[0].location} refers to an invoice no member holds",
+                        member,
+                    )
+                )
                 continue
             owner.payments.setdefault(member, set()).add(pay_key)
             if len(seen) > 1:
-                owner.problems.append(Disagreement(
-                    "duplicate", f"{member} holds one payment {len(seen)} times "
-                    f"({', '.join(s.location for s in seen)}): it would be counted twice",
-                    member))
+                owner.problems.append(
+                    Disagreement(
+                        "duplicate",
+                        f"{member} holds one payment {len(seen)} times "
+                        f"({', '.join(s.location for s in seen)}): it would be counted twice",
+                        member,
+                    )
+                )
             if record.get("status") == "succeeded" and isinstance(record.get("amount"), int):
                 owner.paid[member] = owner.paid.get(member, 0) + record["amount"] * len(seen)
 
     for number, holders_of in numbers.items():
         if len(holders_of) > 1:
             for key in holders_of:
-                lines[key].problems.append(Disagreement(
-                    "duplicate", f"invoice number {number} maps to {len(holders_of)} different "
-                    "records across members"))
+                lines[key].problems.append(
+                    Disagreement(
+                        "duplicate",
+                        f"invoice number {number} maps to {len(holders_of)} different "
+                        "records across members",
+                    )
+                )
 
     members = pipeline.members
     for line in lines.values():
         holders = [m for m in members if m in line.amount]
         for member in members:
             if member not in line.amount:
-                line.problems.append(Disagreement(
-                    "missing", f"{member} does not hold this invoice "
-                    f"(held by {', '.join(holders)})", member))
+                line.problems.append(
+                    Disagreement(
+                        "missing",
+                        f"{member} does not hold this invoice (held by {', '.join(holders)})",
+                        member,
+                    )
+                )
         for member in holders:
             amount, balance = line.amount[member], line.balance.get(member)
             if isinstance(amount, int) and isinstance(balance, int):
                 expected = amount - line.paid.get(member, 0)
                 if balance != expected:
-                    line.problems.append(Disagreement(
-                        "balance", f"balance {format_cents(balance)} on {member} but amount "
-                        f"{format_cents(amount)} − payments "
-                        f"{format_cents(line.paid.get(member, 0))} = {format_cents(expected)}",
-                        member))
+                    line.problems.append(
+                        Disagreement(
+                            "balance",
+                            f"balance {format_cents(balance)} on {member} but amount "
+                            f"{format_cents(amount)} − payments "
+                            f"{format_cents(line.paid.get(member, 0))} = {format_cents(expected)}",
+                            member,
+                        )
+                    )
         amounts = {line.amount[m] for m in holders}
         if len(amounts) > 1:
             shown = ", ".join(f"{m} {_money(line.amount[m])}" for m in holders)
@@ -217,11 +262,14 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
                 break
             lacking = every - line.payments.get(member, set())
             if lacking:
-                line.problems.append(Disagreement(
-                    "missing", f"{len(lacking)} payment(s) held elsewhere are not on {member}",
-                    member))
-    report.invoices = sorted(lines.values(),
-                             key=lambda x: (x.invoice_number or "", x.key))
+                line.problems.append(
+                    Disagreement(
+                        "missing",
+                        f"{len(lacking)} payment(s) held elsewhere are not on {member}",
+                        member,
+                    )
+                )
+    report.invoices = sorted(lines.values(), key=lambda x: (x.invoice_number or "", x.key))
     return report
 
 
@@ -229,9 +277,16 @@ def _money(value: int | None) -> str:
     return format_cents(value) if isinstance(value, int) else "(none)"
 
 
-def _read(store: StateStore, pipeline: Pipeline, refs: References, connector: Any,
-          member: str, entity: str, report: Report,
-          cache: dict[str, dict[str, str]]) -> dict[str, list[_Seen]]:
+def _read(
+    store: StateStore,
+    pipeline: Pipeline,
+    refs: References,
+    connector: Any,
+    member: str,
+    entity: str,
+    report: Report,
+    cache: dict[str, dict[str, str]],
+) -> dict[str, list[_Seen]]:
     """Every record of the entity on the member, by hub key (unlinked ones by a stand-in)."""
     mapping = pipeline.mappings[(member, entity)]
     connector.prepare(entity, mapping)
@@ -240,8 +295,9 @@ def _read(store: StateStore, pipeline: Pipeline, refs: References, connector: An
     out: dict[str, list[_Seen]] = defaultdict(list)
     for rec in _records(connector, entity):
         if rec.error:
-            report.general.append(Disagreement("unreadable", f"{rec.location}: {rec.error}",
-                                               member))
+            report.general.append(
+                Disagreement("unreadable", f"{rec.location}: {rec.error}", member)
+            )
             continue
         try:
             record = mapping.to_canonical(rec.data, location=rec.location)
@@ -251,8 +307,9 @@ def _read(store: StateStore, pipeline: Pipeline, refs: References, connector: An
         if member_refs is not None:
             problems = member_refs.resolve(record)
             if problems:
-                report.general.append(Disagreement(
-                    "unreadable", f"{rec.location}: {'; '.join(problems)}", member))
+                report.general.append(
+                    Disagreement("unreadable", f"{rec.location}: {'; '.join(problems)}", member)
+                )
                 continue
         linked = None if rec.provisional else links.get(rec.id)
         key: str | None = linked[0] if linked is not None else None
@@ -262,9 +319,11 @@ def _read(store: StateStore, pipeline: Pipeline, refs: References, connector: An
             key = _numbers(store, pipeline.name, cache).get(number) if number else None
             if key is None:
                 key = f"unlinked:{member}:{rec.id}"
-                report.general.append(Disagreement(
-                    "unlinked", f"{rec.location}: not synced yet (run syncengine sync)",
-                    member))
+                report.general.append(
+                    Disagreement(
+                        "unlinked", f"{rec.location}: not synced yet (run syncengine sync)", member
+                    )
+                )
         out[key].append(_Seen(key, record, rec.location or f"{member} {rec.id}"))
     return out
 
@@ -276,7 +335,9 @@ def _records(connector: Any, entity: str) -> Iterator[Any]:
 def _numbers(store: StateStore, pipeline: str, cache: dict[str, dict[str, str]]) -> dict[str, str]:
     """invoice number -> hub key, read from the store once per report."""
     if "numbers" not in cache:
-        cache["numbers"] = {base["invoice_number"]: key
-                            for key, base in store.iter_bases(pipeline, "invoices")
-                            if base.get("invoice_number")}
+        cache["numbers"] = {
+            base["invoice_number"]: key
+            for key, base in store.iter_bases(pipeline, "invoices")
+            if base.get("invoice_number")
+        }
     return cache["numbers"]

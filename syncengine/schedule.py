@@ -56,8 +56,9 @@ class Schedule:
             return IntervalTrigger(seconds=self.interval_s, timezone=timezone)
         return _cron_trigger(self.cron, timezone)
 
-    def next_run(self, last_started: dt.datetime | None, now: dt.datetime,
-                 timezone: dt.tzinfo = dt.UTC) -> dt.datetime:
+    def next_run(
+        self, last_started: dt.datetime | None, now: dt.datetime, timezone: dt.tzinfo = dt.UTC
+    ) -> dt.datetime:
         """When the pipeline runs next, given when its last run started (None: never).
 
         An interval runs ``interval`` after the last start, at once when that has passed (or
@@ -71,8 +72,9 @@ class Schedule:
             raise ValueError(f"schedule {self.text!r} never fires")
         return fire.astimezone(dt.UTC)
 
-    def is_due(self, last_started: dt.datetime | None, now: dt.datetime,
-               timezone: dt.tzinfo = dt.UTC) -> bool:
+    def is_due(
+        self, last_started: dt.datetime | None, now: dt.datetime, timezone: dt.tzinfo = dt.UTC
+    ) -> bool:
         """Whether a run is owed: never ran, or a scheduled time passed since the last start.
 
         A little slack (a tenth of the interval, at most a minute) lets a crontab entry that
@@ -102,27 +104,33 @@ def parse_schedule(text: str) -> Schedule:
             raise ValueError(f"cannot read interval {text!r}; use {EXAMPLES}")
         count, unit = int(found.group(1)), found.group(2).lower()
         if unit not in _UNITS:
-            raise ValueError(f"unknown unit {unit!r} in {text!r}; use s, m, h or d "
-                             f"(e.g. {EXAMPLES})")
+            raise ValueError(
+                f"unknown unit {unit!r} in {text!r}; use s, m, h or d (e.g. {EXAMPLES})"
+            )
         seconds = count * _UNITS[unit]
         if seconds < MIN_INTERVAL_S:
             raise ValueError(f"{text!r}: the interval must be at least {MIN_INTERVAL_S}s")
         return Schedule(cleaned, interval_s=seconds)
     fields = cleaned.split(" ")
     if len(fields) != 5:
-        raise ValueError(f"{text!r} is neither an interval nor a cron expression with 5 fields "
-                         f"(minute hour day month weekday; got {len(fields)}); use {EXAMPLES}")
+        raise ValueError(
+            f"{text!r} is neither an interval nor a cron expression with 5 fields "
+            f"(minute hour day month weekday; got {len(fields)}); use {EXAMPLES}"
+        )
     minute, hour, day, month, weekday = fields
     if day not in ("*", "?") and weekday not in ("*", "?"):
-        raise ValueError(f"{text!r} restricts both day-of-month and day-of-week; classic cron "
-                         "runs when either matches, which is ambiguous here: restrict only one")
+        raise ValueError(
+            f"{text!r} restricts both day-of-month and day-of-week; classic cron "
+            "runs when either matches, which is ambiguous here: restrict only one"
+        )
     try:
         cron = (minute, hour, day, month, _weekdays(weekday))
         _cron_trigger(cron, dt.UTC)
     except ValueError as exc:
-        raise ValueError(f"invalid cron expression {text!r}: {exc}; fields are minute hour "
-                         "day month weekday, e.g. \"*/10 * * * *\" or \"0 2 * * mon-fri\"") \
-            from None
+        raise ValueError(
+            f"invalid cron expression {text!r}: {exc}; fields are minute hour "
+            'day month weekday, e.g. "*/10 * * * *" or "0 2 * * mon-fri"'
+        ) from None
     return Schedule(cleaned, cron=cron)
 
 
@@ -131,16 +139,18 @@ def parse_timezone(name: str) -> dt.tzinfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as "
-                         "\"UTC\" or \"America/Chicago\"") from None
+        raise ValueError(
+            f'unknown time zone {name!r}; use an IANA name such as "UTC" or "America/Chicago"'
+        ) from None
 
 
 def _cron_trigger(cron: tuple[str, str, str, str, str] | None, timezone: dt.tzinfo) -> Any:
     if cron is None:  # pragma: no cover - a Schedule has one or the other
         raise ValueError("not a cron schedule")
     minute, hour, day, month, weekday = cron
-    return CronTrigger(minute=minute, hour=hour, day=day, month=month,
-                       day_of_week=weekday, timezone=timezone)
+    return CronTrigger(
+        minute=minute, hour=hour, day=day, month=month, day_of_week=weekday, timezone=timezone
+    )
 
 
 def _weekday(token: str) -> int:

@@ -33,7 +33,7 @@ def memory_config(
                 continue
             lines.append(f"{key} = {_toml(value)}")
         lines.append("")
-    lines.append("[[pipelines]]\nname = \"p\"")
+    lines.append('[[pipelines]]\nname = "p"')
     lines.append(f"members = {_toml(list(members))}")
     lines.append(f"entities = {_toml(list(entities))}")
     lines.append("[pipelines.conflicts]")

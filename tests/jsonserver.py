@@ -62,8 +62,9 @@ def _candidates() -> list[Path]:
 def json_server_version(binary: str) -> str | None:
     """What ``json-server --version`` prints, or None when it does not run."""
     try:
-        done = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                              timeout=60, check=False)
+        done = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=60, check=False
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if done.returncode != 0:
@@ -86,9 +87,21 @@ def _npm_install() -> str:
     prefix = CACHE_DIR / "node"
     try:
         done = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(prefix),
-             JSON_SERVER_PACKAGE],
-            capture_output=True, text=True, timeout=NPM_INSTALL_TIMEOUT, check=False)
+            [
+                npm,
+                "install",
+                "--no-audit",
+                "--no-fund",
+                "--silent",
+                "--prefix",
+                str(prefix),
+                JSON_SERVER_PACKAGE,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=NPM_INSTALL_TIMEOUT,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"npm install {JSON_SERVER_PACKAGE} took too long") from None
     except OSError as exc:
@@ -116,8 +129,10 @@ def ensure_json_server() -> str:
             return _npm_install()
         except RuntimeError as exc:
             reason = str(exc)
-    tool_missing(f"json-server {JSON_SERVER_VERSION} is not installed and npm could not "
-                 f"install it: {reason}; the REST connector tests need it")
+    tool_missing(
+        f"json-server {JSON_SERVER_VERSION} is not installed and npm could not "
+        f"install it: {reason}; the REST connector tests need it"
+    )
 
 
 # ------------------------------------------------------------------------------ running it
@@ -143,9 +158,20 @@ class JsonServer:
         for _ in range(START_ATTEMPTS):
             port = free_port()
             server = ServerProcess(
-                [self.binary, "--host", "127.0.0.1", "--port", str(port), "--quiet",
-                 str(self.path)],
-                name="json-server", port=port, cwd=self.folder, timeout=60)
+                [
+                    self.binary,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--quiet",
+                    str(self.path),
+                ],
+                name="json-server",
+                port=port,
+                cwd=self.folder,
+                timeout=60,
+            )
             try:
                 self.server = server.start()
                 break
@@ -180,8 +206,9 @@ class JsonServer:
         assert self._client is not None, "json-server is not started"
         return self._client
 
-    def db(self, until: Callable[[dict[str, Any]], bool] | None = None,
-           timeout: float = 10.0) -> dict[str, Any]:
+    def db(
+        self, until: Callable[[dict[str, Any]], bool] | None = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
         """The data as json-server last wrote it to ``db.json``. json-server writes the file
         after it answers, so a test expecting a change passes ``until`` (a condition on the
         data) to wait for it; the last data read is returned when it does not come."""
@@ -218,8 +245,9 @@ class JsonServer:
         return found
 
     def by_email(self, email: str, collection: str = "customers") -> dict[str, Any]:
-        matches = [r for r in self.records(collection)
-                   if str(r.get("email", "")).lower() == email.lower()]
+        matches = [
+            r for r in self.records(collection) if str(r.get("email", "")).lower() == email.lower()
+        ]
         assert len(matches) == 1, f"expected one {collection} record with email {email}: {matches}"
         return matches[0]
 
@@ -231,8 +259,9 @@ class JsonServer:
         assert isinstance(created, dict)
         return created
 
-    def patch(self, native_id: int | str, changes: dict[str, Any],
-              collection: str = "customers") -> dict[str, Any]:
+    def patch(
+        self, native_id: int | str, changes: dict[str, Any], collection: str = "customers"
+    ) -> dict[str, Any]:
         response = self.client.patch(f"/{collection}/{native_id}", json=changes)
         response.raise_for_status()
         changed = response.json()
@@ -243,8 +272,9 @@ class JsonServer:
         self.client.delete(f"/{collection}/{native_id}").raise_for_status()
 
 
-def json_server_options(url: str, path: str = "/customers", *, style: str = "link",
-                        page_size: int = 100, **entity: Any) -> dict[str, Any]:
+def json_server_options(
+    url: str, path: str = "/customers", *, style: str = "link", page_size: int = 100, **entity: Any
+) -> dict[str, Any]:
     """``[connectors.X]`` options of a ``rest`` member describing json-server 0.17, with the
     named pagination style: ``link`` (``_page``/``_limit``, following ``Link``),
     ``total_count`` (``_page``/``_limit``, ``X-Total-Count``), ``page`` (``_page``/``_limit``),
@@ -262,5 +292,11 @@ def json_server_options(url: str, path: str = "/customers", *, style: str = "lin
         "pagination": styles[style],
         **entity,
     }
-    return {"type": "rest", "base_url": url, "rate_limit": 0, "max_retries": 1,
-            "page_size": page_size, "entities": {"customers": table}}
+    return {
+        "type": "rest",
+        "base_url": url,
+        "rate_limit": 0,
+        "max_retries": 1,
+        "page_size": page_size,
+        "entities": {"customers": table},
+    }

@@ -19,14 +19,20 @@ def _tool(name: str) -> str:
         return str(path)
     found = shutil.which(name)
     if found is None:
-        pytest.fail(f"{name} is not installed; it is part of the test extras: "
-                    "pip install -e '.[test]'")
+        pytest.fail(
+            f"{name} is not installed; it is part of the test extras: pip install -e '.[test]'"
+        )
     return found
 
 
 def test_ruff_is_clean() -> None:
-    result = subprocess.run([_tool("ruff"), "check", "syncengine", "connectors", "tests",
-                             "bench"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [_tool("ruff"), "check", "syncengine", "connectors", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -40,7 +46,29 @@ def test_mypy_strict_on_the_package(tmp_path: Path) -> None:
             (pkg / item.name).symlink_to(item)
     (pkg / "connectors").symlink_to(ROOT / "connectors")
     result = subprocess.run(
-        [_tool("mypy"), "--config-file", str(ROOT / "pyproject.toml"), "--cache-dir",
-         str(tmp_path / ".mypy_cache"), "-p", "syncengine"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        [
+            _tool("mypy"),
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--cache-dir",
+            str(tmp_path / ".mypy_cache"),
+            "-p",
+            "syncengine",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_clean() -> None:
+    result = subprocess.run(
+        [_tool("ruff"), "format", "--check", "syncengine", "connectors", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -339,8 +339,10 @@ class HousecallProConnector(Connector):
         path = self._path(entity, native_id)
         response = self.http.request("DELETE", path, allow_status=(404,))
         if response.status_code == 404 and is_html(response):
-            fix = "set delete_customers = false for this connector" if entity == CUSTOMERS else (
-                "stop propagating deletes of this entity to it"
+            fix = (
+                "set delete_customers = false for this connector"
+                if entity == CUSTOMERS
+                else ("stop propagating deletes of this entity to it")
             )
             raise FatalConnectorError(
                 f"DELETE {path}: this API does not support deleting {entity} (HTML 404); {fix}",

@@ -507,7 +507,6 @@ class _LogAndDelay:
             )
 
 
-
 def create_app(
     api_key: str,
     *,

@@ -64,9 +64,7 @@ def check_customer_fields(body: Mapping[str, Any]) -> tuple[Record, Errors]:
         if addresses is None:
             patch["addresses"] = []
         elif isinstance(addresses, list):
-            checked = [
-                check_address(a, f"addresses[{i}]", errors) for i, a in enumerate(addresses)
-            ]
+            checked = [check_address(a, f"addresses[{i}]", errors) for i, a in enumerate(addresses)]
             patch["addresses"] = [a for a in checked if a is not None]
         else:
             add_error(errors, "addresses", "must be an array of objects")
@@ -118,7 +116,6 @@ def customer_search_text(record: Record) -> str:
         parts.append(address.get("street") or "")
         parts.append(address.get("city") or "")
     return "\n".join(parts)
-
 
 
 # ------------------------------------------------------------------------------ seed data

@@ -176,9 +176,11 @@ class _Checker:
             job.update({k: v for k, v in patch.items() if k not in ("schedule", "address")})
             job["schedule"] = schedule
             address = patch.get("address")
-            job["address"] = None if address is None else {
-                **address, "id": address["id"] or hex_id(self.ids, "adr_")
-            }
+            job["address"] = (
+                None
+                if address is None
+                else {**address, "id": address["id"] or hex_id(self.ids, "adr_")}
+            )
             job["assigned_employees"] = employees
             job["work_timestamps"] = work_stamps
             job.update(stamps)
@@ -381,4 +383,3 @@ class _Checker:
             if number.partition("-")[0].isdigit()
         ]
         return str(max([FIRST_JOB_NUMBER - 1, *used]) + 1)
-

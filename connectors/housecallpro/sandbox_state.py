@@ -742,9 +742,9 @@ class SandboxState:
             job["work_status"] = patch["work_status"]
         if "address" in patch:
             address = patch["address"]
-            job["address"] = None if address is None else {
-                **address, "id": address["id"] or self.new_id("adr_")
-            }
+            job["address"] = (
+                None if address is None else {**address, "id": address["id"] or self.new_id("adr_")}
+            )
         job["schedule"] = schedule
         if employees is not None:
             job["assigned_employees"] = employees

@@ -137,8 +137,9 @@ class MemoryConnector(Connector):
     def read(self, entity: str) -> Iterator[NativeRecord]:
         table = self.dataset.table(entity)
         for native_id, data in list(table.items()):
-            yield NativeRecord(id=native_id, data=copy.deepcopy(data),
-                               location=f"{self.name} {entity} {native_id}")
+            yield NativeRecord(
+                id=native_id, data=copy.deepcopy(data), location=f"{self.name} {entity} {native_id}"
+            )
 
     def read_incremental(self, entity: str, token: str | None) -> ReadPass | None:
         """With ``incremental``: the records updated since the token's pass, or everything on
@@ -176,20 +177,23 @@ class MemoryConnector(Connector):
         data = self.dataset.table(entity).get(native_id)
         if data is None:
             return None
-        return NativeRecord(id=native_id, data=copy.deepcopy(data),
-                            location=f"{self.name} {entity} {native_id}")
+        return NativeRecord(
+            id=native_id, data=copy.deepcopy(data), location=f"{self.name} {entity} {native_id}"
+        )
 
     def _maybe_fail(self, op: str, entity: str, ref: str) -> None:
         if self._fail is not None and self._fail(op, entity, ref):
-            raise RetriableError(f"injected {op} failure for {ref}", connector=self.name,
-                                 entity=entity)
+            raise RetriableError(
+                f"injected {op} failure for {ref}", connector=self.name, entity=entity
+            )
 
     def create(self, entity: str, data: NativeData, *, key: str) -> NativeRecord:
         self._maybe_fail("create", entity, key)
         native_id = key if self.opts.assigns_ids else self.dataset.next_id()
         if native_id in self.dataset.table(entity):
-            raise RecordError(f"{entity} {native_id} already exists; not overwritten",
-                              location=self.name)
+            raise RecordError(
+                f"{entity} {native_id} already exists; not overwritten", location=self.name
+            )
         record = copy.deepcopy(data)
         if self.opts.stamp_updated_at:
             record["updated_at"] = self.dataset.now()
@@ -210,8 +214,10 @@ class MemoryConnector(Connector):
         if native_id not in table:
             raise NotFoundError(f"{entity} {native_id} not found", location=self.name)
         if new_id is not None and new_id != native_id and new_id in table:
-            raise RecordError(f"cannot give {entity} {native_id} the id {new_id}: another "
-                              "record has it", location=self.name)
+            raise RecordError(
+                f"cannot give {entity} {native_id} the id {new_id}: another record has it",
+                location=self.name,
+            )
         record = table[native_id]
         if self.opts.put_updates:
             record.clear()

@@ -181,8 +181,9 @@ class RestConnector(Connector):
         except NotFoundError:
             return None
         where = self._where(entity)
-        return self._native(entity, spec, unwrap(body, spec.steps("response_path"), where,
-                                                 f"{route.method} {path}"))
+        return self._native(
+            entity, spec, unwrap(body, spec.steps("response_path"), where, f"{route.method} {path}")
+        )
 
     def find(self, entity: str, data: NativeData) -> list[NativeRecord]:
         """Records holding every non-empty value of ``data`` (texts compared ignoring case
@@ -198,8 +199,11 @@ class RestConnector(Connector):
         searches: Pairs = []
         for native, param in spec.find_params.items():
             value = dig(data, dotted(native))
-            if isinstance(value, str | int | float) and not isinstance(value, bool) \
-                    and str(value).strip():
+            if (
+                isinstance(value, str | int | float)
+                and not isinstance(value, bool)
+                and str(value).strip()
+            ):
                 searches.append((param, value))
         for search in searches:
             found = matching(self._listing(entity, spec, [search]))
@@ -240,7 +244,9 @@ class RestConnector(Connector):
         if new_id is not None and new_id != native_id:
             raise FatalConnectorError(
                 f"cannot give record {native_id} the id {new_id}: this API assigns ids",
-                connector=self.name, entity=entity)
+                connector=self.name,
+                entity=entity,
+            )
         if route.method == "PUT":
             body = self._writable(spec, full)
         else:
@@ -249,8 +255,9 @@ class RestConnector(Connector):
         if not body:
             return None
         path = self._record_path(entity, route, native_id)
-        decoded = self._call(entity, route.method, path, json=wrap(body, spec.steps("body_wrap")),
-                             retry=True)
+        decoded = self._call(
+            entity, route.method, path, json=wrap(body, spec.steps("body_wrap")), retry=True
+        )
         record = dig(decoded, spec.steps("response_path"))
         if not isinstance(record, dict) or dig(record, spec.steps("id_field")) in (MISSING, None):
             return None  # no record in the answer (204, {"ok": true}): the engine takes `full`
@@ -279,7 +286,10 @@ class RestConnector(Connector):
             raise FatalConnectorError(
                 f"unknown entity {entity!r} (this connector has: "
                 f"{', '.join(self.opts.entities)}); add [connectors.{self.name}.entities."
-                f"{entity}]", connector=self.name, entity=entity)
+                f"{entity}]",
+                connector=self.name,
+                entity=entity,
+            )
         return spec
 
     def _where(self, entity: str) -> Where:
@@ -289,13 +299,16 @@ class RestConnector(Connector):
         if route is None:
             raise FatalConnectorError(
                 f"{op} is switched off for {entity} ({op} = false, or no path)",
-                connector=self.name, entity=entity)
+                connector=self.name,
+                entity=entity,
+            )
         return route
 
     def _record_path(self, entity: str, route: Route, native_id: str) -> str:
         if not native_id or native_id.strip() != native_id:
-            raise FatalConnectorError(f"invalid record id {native_id!r}", connector=self.name,
-                                      entity=entity)
+            raise FatalConnectorError(
+                f"invalid record id {native_id!r}", connector=self.name, entity=entity
+            )
         return route.path(native_id)
 
     def _params(self, params: Sequence[tuple[str, QueryScalar]]) -> Pairs:
@@ -303,29 +316,49 @@ class RestConnector(Connector):
         mine = [(k, v) for k, v in params if k not in self.auth_params]
         return [*mine, *self.auth_params.items()]
 
-    def _send(self, entity: str, method: str, path: str, *,
-              params: Sequence[tuple[str, QueryScalar]] = (), json: Any = None,
-              retry: bool | None = None, allow_status: Sequence[int] = ()) -> httpx.Response:
+    def _send(
+        self,
+        entity: str,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, QueryScalar]] = (),
+        json: Any = None,
+        retry: bool | None = None,
+        allow_status: Sequence[int] = (),
+    ) -> httpx.Response:
         try:
-            return self.http.request(method, path, params=self._params(params), json=json,
-                                     retry=retry, allow_status=allow_status)
+            return self.http.request(
+                method,
+                path,
+                params=self._params(params),
+                json=json,
+                retry=retry,
+                allow_status=allow_status,
+            )
         except AuthError as exc:
-            raise AuthError(self.http.redact(self._auth_hint(exc)), connector=self.name,
-                            entity=entity) from None
+            raise AuthError(
+                self.http.redact(self._auth_hint(exc)), connector=self.name, entity=entity
+            ) from None
 
     def _auth_hint(self, exc: AuthError) -> str:
         said = _without_prefix(exc, self.name)
         table = f"[connectors.{self.name}.auth]"
         style = self.opts.auth.style
         if style == "none":
-            return (f"{said}; the server wants credentials: add {table} (style = bearer, "
-                    "token, header, basic or query)")
+            return (
+                f"{said}; the server wants credentials: add {table} (style = bearer, "
+                "token, header, basic or query)"
+            )
         secret = "username and password" if style == "basic" else "token"
-        return (f"{said}; the server refused the credentials (auth style {style!r} in {table}: "
-                f"check the {secret} and the environment variable it comes from)")
+        return (
+            f"{said}; the server refused the credentials (auth style {style!r} in {table}: "
+            f"check the {secret} and the environment variable it comes from)"
+        )
 
-    def _call(self, entity: str, method: str, path: str, *, json: Any = None,
-              retry: bool | None = None) -> Any:
+    def _call(
+        self, entity: str, method: str, path: str, *, json: Any = None, retry: bool | None = None
+    ) -> Any:
         response = self._send(entity, method, path, json=json, retry=retry)
         return self.http.decode(method, path, response)
 
@@ -349,19 +382,22 @@ class RestConnector(Connector):
         records = records_of(body, spec.records_path, where, context)
         return Page(request, str(response.url), response.headers, body, records)
 
-    def _listing(self, entity: str, spec: EntityOptions,
-                 extra: Sequence[tuple[str, QueryScalar]]) -> Iterator[NativeRecord]:
+    def _listing(
+        self, entity: str, spec: EntityOptions, extra: Sequence[tuple[str, QueryScalar]]
+    ) -> Iterator[NativeRecord]:
         """Every record of the list route with ``extra`` query parameters, page by page, each
         once; stopped with a FatalConnectorError when the pages loop."""
         where = self._where(entity)
         options = spec.pagination
         paginator = PAGINATORS[options.style](
-            options, page_size=self.opts.page_size, where=where, origin=self.origin)
+            options, page_size=self.opts.page_size, where=where, origin=self.origin
+        )
         paginator.ignored = frozenset(self.auth_params)
         route = spec.routes().list
         id_steps = spec.steps("id_field")
         request: PageRequest | None = paginator.first(
-            route.path(), [*spec.list_params.items(), *extra])
+            route.path(), [*spec.list_params.items(), *extra]
+        )
         seen: set[str] = set()
         previous: list[str] | None = None
         pages = 0
@@ -371,7 +407,8 @@ class RestConnector(Connector):
                 raise where.fatal(
                     f"GET {route.template}: more than {options.max_pages} pages; stopped "
                     f"(setting {where.setting('pagination.max_pages', options.max_pages)}). "
-                    "Nothing was written.")
+                    "Nothing was written."
+                )
             page = self._fetch(entity, spec, request)
             context = f"GET {route.template} {request.label}"
             ids = [id_of(item, id_steps, where, context) for item in page.records]
@@ -380,24 +417,28 @@ class RestConnector(Connector):
                     raise where.fatal(
                         f"{context}: the page repeats the previous page's records; the server "
                         f"seems to ignore {paginator.advance_setting()}, so the listing "
-                        "stopped instead of looping. Nothing was written.")
+                        "stopped instead of looping. Nothing was written."
+                    )
                 if all(i in seen for i in ids):
                     raise where.fatal(
                         f"{context}: the page holds only records of earlier pages; the server "
                         f"seems to ignore {paginator.advance_setting()}, so the listing "
-                        "stopped instead of looping. Nothing was written.")
+                        "stopped instead of looping. Nothing was written."
+                    )
                 for native_id, item in zip(ids, page.records, strict=True):
                     if native_id in seen:
                         continue  # the list shifted while paging: already given
                     seen.add(native_id)
-                    yield NativeRecord(native_id, item, location=f"{self.name} {entity} "
-                                                                 f"{native_id}")
+                    yield NativeRecord(
+                        native_id, item, location=f"{self.name} {entity} {native_id}"
+                    )
                 previous = ids
             request = paginator.next(page)
 
     def _native(self, entity: str, spec: EntityOptions, record: dict[str, Any]) -> NativeRecord:
-        native_id = id_of(record, spec.steps("id_field"), self._where(entity),
-                          f"the {entity} record returned")
+        native_id = id_of(
+            record, spec.steps("id_field"), self._where(entity), f"the {entity} record returned"
+        )
         return NativeRecord(native_id, record, location=f"{self.name} {entity} {native_id}")
 
     @staticmethod
@@ -412,7 +453,7 @@ class RestConnector(Connector):
 def _without_prefix(exc: Exception, name: str) -> str:
     text = str(exc)
     prefix = f"{name}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 def _top_key(name: str, full: Mapping[str, Any]) -> str:
@@ -426,8 +467,11 @@ def _top_key(name: str, full: Mapping[str, Any]) -> str:
 
 
 def _empty(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip()) or (
-        isinstance(value, list | dict) and not value)
+    return (
+        value is None
+        or (isinstance(value, str) and not value.strip())
+        or (isinstance(value, list | dict) and not value)
+    )
 
 
 def _holds(actual: Any, wanted: Any) -> bool:
@@ -435,10 +479,14 @@ def _holds(actual: Any, wanted: Any) -> bool:
     by item, texts ignoring case and surrounding spaces, numbers by value."""
     if isinstance(wanted, Mapping):
         return isinstance(actual, Mapping) and all(
-            _holds(actual.get(k), v) for k, v in wanted.items() if not _empty(v))
+            _holds(actual.get(k), v) for k, v in wanted.items() if not _empty(v)
+        )
     if isinstance(wanted, list):
-        return (isinstance(actual, list) and len(actual) == len(wanted)
-                and all(_holds(a, w) for a, w in zip(actual, wanted, strict=True)))
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(wanted)
+            and all(_holds(a, w) for a, w in zip(actual, wanted, strict=True))
+        )
     if isinstance(wanted, str):
         return isinstance(actual, str) and actual.strip().casefold() == wanted.strip().casefold()
     if isinstance(wanted, bool) or isinstance(actual, bool):

@@ -124,8 +124,9 @@ class FakeCrm:
             record["updated_at"] = self.now()
 
     def list_requests(self) -> list[httpx.Request]:
-        return [r for r in self.requests
-                if r.method == "GET" and r.url.path == f"/{self.collection}"]
+        return [
+            r for r in self.requests if r.method == "GET" and r.url.path == f"/{self.collection}"
+        ]
 
     def writes(self) -> list[httpx.Request]:
         return [r for r in self.requests if r.method not in ("GET", "HEAD")]
@@ -238,7 +239,7 @@ class FakeCrm:
         elif style in ("page", "link", "total_count"):
             size = self._size(params, "per_page")
             number = 1 if self.ignore_paging else int(params.get("page", 1))
-            chosen = records[(number - 1) * size: number * size]
+            chosen = records[(number - 1) * size : number * size]
             if style == "total_count" or self.send_total:
                 headers["X-Total-Count"] = str(len(records))
             if style == "link":
@@ -251,16 +252,18 @@ class FakeCrm:
                 first = f'<{self.base_url}/{self.collection}?page=1>; rel="first"'
                 if number < last:
                     pairs: list[tuple[str, str | int | float | bool | None]] = [
-                        (k, v) for k, v in params.multi_items() if k != "page"]
+                        (k, v) for k, v in params.multi_items() if k != "page"
+                    ]
                     query = httpx.QueryParams([*pairs, ("page", str(target))])
-                    headers["Link"] = (f'<{self.base_url}/{self.collection}?{query}>; '
-                                       f'rel="next", {first}')
+                    headers["Link"] = (
+                        f'<{self.base_url}/{self.collection}?{query}>; rel="next", {first}'
+                    )
                 elif not self.omit_last_link:
                     headers["Link"] = first
         elif style == "offset":
             size = self._size(params, "limit")
             start = 0 if self.ignore_paging else int(params.get("offset", 0))
-            chosen = records[start: start + size]
+            chosen = records[start : start + size]
             if self.send_total:
                 headers["X-Total-Count"] = str(len(records))
         else:  # cursor
@@ -269,14 +272,16 @@ class FakeCrm:
             cursor = params.get("cursor")
             if cursor and not self.ignore_paging:
                 start = int(base64.urlsafe_b64decode(cursor.encode()).decode())
-            chosen = records[start: start + size]
+            chosen = records[start : start + size]
             after = start + size
             if self.cursor_loop and start >= size:
                 after = size  # points back at the second page, for ever
             more = after < len(records) or (
-                self.trailing_empty_page and after == len(records) and bool(chosen))
+                self.trailing_empty_page and after == len(records) and bool(chosen)
+            )
             extra["next_cursor"] = (
-                base64.urlsafe_b64encode(str(after).encode()).decode() if more else None)
+                base64.urlsafe_b64encode(str(after).encode()).decode() if more else None
+            )
         body: Any = chosen
         if self.records_key:
             body = {self.records_key: chosen, **extra, "count": len(records)}

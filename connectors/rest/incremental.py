@@ -37,8 +37,11 @@ class Mark:
 
 
 def encode_token(mark: Mark) -> str:
-    return json.dumps({"v": TOKEN_VERSION, "since": mark.since, "full_at": mark.full_at},
-                      separators=(",", ":"), sort_keys=True)
+    return json.dumps(
+        {"v": TOKEN_VERSION, "since": mark.since, "full_at": mark.full_at},
+        separators=(",", ":"),
+        sort_keys=True,
+    )
 
 
 def decode_token(token: str | None) -> Mark:

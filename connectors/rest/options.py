@@ -150,9 +150,7 @@ def parse_route(text: str, op: str) -> Route:
     if not template.startswith("/"):
         raise ValueError(f"the path {template!r} must start with '/' (it is relative to base_url)")
     if "?" in template or "#" in template:
-        raise ValueError(
-            f"the path {template!r} has a query; put query parameters in list_params"
-        )
+        raise ValueError(f"the path {template!r} has a query; put query parameters in list_params")
     names = _PLACEHOLDER.findall(template)
     unknown = [n for n in names if n != "id"]
     if unknown:
@@ -231,8 +229,9 @@ def _with_known_keys(err: ValidationError, model_cls: type[BaseModel]) -> Valida
         known = _fields_at(model_cls, loc[:-1])
         close = difflib.get_close_matches(key, known, n=1)
         fix = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
-        details.append(InitErrorDetails(type=_problem(f"unknown key {key!r} ({fix})"), loc=loc,
-                                        input=key))
+        details.append(
+            InitErrorDetails(type=_problem(f"unknown key {key!r} ({fix})"), loc=loc, input=key)
+        )
     return ValidationError.from_exception_data(err.title, details)
 
 
@@ -242,8 +241,11 @@ def _fields_at(model_cls: type[BaseModel], loc: tuple[int | str, ...]) -> builti
         if current is None or str(part) not in current.model_fields:
             return []
         annotation = current.model_fields[str(part)].annotation
-        current = annotation if isinstance(annotation, type) and issubclass(
-            annotation, BaseModel) else None
+        current = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
     return sorted(current.model_fields) if current is not None else []
 
 
@@ -380,19 +382,24 @@ class EntityOptions(BaseModel):
             return value
         problems = []
         if "updated_field" in info.data and not info.data["updated_field"]:
-            problems.append("incremental.enabled needs updated_field (the key holding each "
-                            "record's update time)")
+            problems.append(
+                "incremental.enabled needs updated_field (the key holding each "
+                "record's update time)"
+            )
         if not value.param:
-            problems.append("incremental.enabled needs incremental.param (the query parameter "
-                            "that filters by update time, e.g. updated_since)")
+            problems.append(
+                "incremental.enabled needs incremental.param (the query parameter "
+                "that filters by update time, e.g. updated_since)"
+            )
         if problems:
             raise _problem("; ".join(problems))
         return value
 
     @model_validator(mode="wrap")
     @classmethod
-    def _unknown_keys(cls, data: Any, handler: ModelWrapValidatorHandler[EntityOptions]
-                      ) -> EntityOptions:
+    def _unknown_keys(
+        cls, data: Any, handler: ModelWrapValidatorHandler[EntityOptions]
+    ) -> EntityOptions:
         """Unknown keys named with the known ones (the loader cannot look inside the
         ``entities`` table to list them)."""
         try:
@@ -472,7 +479,8 @@ class RestOptions(ConnectorOptions):
     concurrency: int = Field(default=4, ge=1, le=32)
     """How many writes the engine may run at once against this member."""
     entities: dict[Annotated[str, AfterValidator(_entity_name)], EntityOptions] = Field(
-        min_length=1)
+        min_length=1
+    )
     """The entities this API holds, by canonical name (customers, invoices, payments, jobs)."""
 
     @field_validator("base_url")
@@ -480,8 +488,10 @@ class RestOptions(ConnectorOptions):
     def _http_url(cls, value: str) -> str:
         value = value.strip()
         if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", value):
-            raise _problem("must be an http:// or https:// URL without a query, "
-                           "e.g. https://api.example.com/v2")
+            raise _problem(
+                "must be an http:// or https:// URL without a query, "
+                "e.g. https://api.example.com/v2"
+            )
         return value.rstrip("/")
 
     @field_validator("auth", mode="before")
@@ -501,4 +511,3 @@ class RestOptions(ConnectorOptions):
                     "bearer, token, header, basic or query), so that they are redacted"
                 )
         return value
-

@@ -221,8 +221,9 @@ class Paginator(ABC):
     style_name: ClassVar[str] = ""
     Options: ClassVar[type[PaginationOptions]] = PaginationOptions
 
-    def __init__(self, options: PaginationOptions, *, page_size: int, where: Where,
-                 origin: str = "") -> None:
+    def __init__(
+        self, options: PaginationOptions, *, page_size: int, where: Where, origin: str = ""
+    ) -> None:
         self.options = options
         self.size = options.page_size or page_size
         self.where = where
@@ -285,8 +286,9 @@ def _int_total(value: Any) -> int | None:
 class _Counted(Paginator):
     """Shared by page-number and offset styles: totals, and the end by a short page."""
 
-    def __init__(self, options: PaginationOptions, *, page_size: int, where: Where,
-                 origin: str = "") -> None:
+    def __init__(
+        self, options: PaginationOptions, *, page_size: int, where: Where, origin: str = ""
+    ) -> None:
         super().__init__(options, page_size=page_size, where=where, origin=origin)
         assert isinstance(options, CountedOptions)
         self.counted: CountedOptions = options
@@ -355,8 +357,9 @@ class PageNumberPaginator(_Counted):
     style_name: ClassVar[str] = "page"
     Options: ClassVar[type[PaginationOptions]] = PageOptions
 
-    def __init__(self, options: PaginationOptions, *, page_size: int, where: Where,
-                 origin: str = "") -> None:
+    def __init__(
+        self, options: PaginationOptions, *, page_size: int, where: Where, origin: str = ""
+    ) -> None:
         super().__init__(options, page_size=page_size, where=where, origin=origin)
         assert isinstance(options, PageOptions)
         self.page_opts: PageOptions = options
@@ -393,8 +396,9 @@ class OffsetPaginator(_Counted):
     style_name: ClassVar[str] = "offset"
     Options: ClassVar[type[PaginationOptions]] = OffsetOptions
 
-    def __init__(self, options: PaginationOptions, *, page_size: int, where: Where,
-                 origin: str = "") -> None:
+    def __init__(
+        self, options: PaginationOptions, *, page_size: int, where: Where, origin: str = ""
+    ) -> None:
         super().__init__(options, page_size=page_size, where=where, origin=origin)
         assert isinstance(options, OffsetOptions)
         self.offset_opts: OffsetOptions = options
@@ -424,8 +428,9 @@ class CursorPaginator(Paginator):
     style_name: ClassVar[str] = "cursor"
     Options: ClassVar[type[PaginationOptions]] = CursorOptions
 
-    def __init__(self, options: PaginationOptions, *, page_size: int, where: Where,
-                 origin: str = "") -> None:
+    def __init__(
+        self, options: PaginationOptions, *, page_size: int, where: Where, origin: str = ""
+    ) -> None:
         super().__init__(options, page_size=page_size, where=where, origin=origin)
         assert isinstance(options, CursorOptions)
         self.cursor_opts: CursorOptions = options
@@ -500,8 +505,9 @@ class LinkPaginator(Paginator):
     style_name: ClassVar[str] = "link"
     Options: ClassVar[type[PaginationOptions]] = LinkOptions
 
-    def __init__(self, options: PaginationOptions, *, page_size: int, where: Where,
-                 origin: str = "") -> None:
+    def __init__(
+        self, options: PaginationOptions, *, page_size: int, where: Where, origin: str = ""
+    ) -> None:
         super().__init__(options, page_size=page_size, where=where, origin=origin)
         assert isinstance(options, LinkOptions)
         self.link_opts: LinkOptions = options
@@ -562,8 +568,11 @@ class LinkPaginator(Paginator):
         if len(page.records) < self.size or not o.page_param or self.probed:
             return None
         self.probed = o.first_page + 1
-        params = (*self.base, (o.page_param, self.probed),
-                  *(((o.size_param, self.size),) if o.size_param else ()))
+        params = (
+            *self.base,
+            (o.page_param, self.probed),
+            *(((o.size_param, self.size),) if o.size_param else ()),
+        )
         return PageRequest(self.path, params, f"probe of page {self.probed} (no Link header)")
 
     def advance_setting(self) -> str:
@@ -656,6 +665,12 @@ def register_paginator(cls: type[Paginator]) -> type[Paginator]:
     return cls
 
 
-for _style in (NoPaginator, PageNumberPaginator, OffsetPaginator, CursorPaginator,
-               LinkPaginator, TotalCountPaginator):
+for _style in (
+    NoPaginator,
+    PageNumberPaginator,
+    OffsetPaginator,
+    CursorPaginator,
+    LinkPaginator,
+    TotalCountPaginator,
+):
     register_paginator(_style)

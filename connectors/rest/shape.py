@@ -156,13 +156,17 @@ def records_of(body: Any, path: str, where: Where, context: str) -> list[dict[st
             what = f"{named} is {describe_shape(found)}, not a list"
         shape = f"; the response is {describe_shape(body)}" if path else ""
         if candidates:
-            hint = (f"set records_path to the key holding the records (here: "
-                    f"{', '.join(repr(c) for c in candidates)})")
+            hint = (
+                f"set records_path to the key holding the records (here: "
+                f"{', '.join(repr(c) for c in candidates)})"
+            )
         elif isinstance(body, list):
             hint = 'the body itself is the list of records: set records_path = ""'
         else:
-            hint = ("set records_path to the dotted path of the list of records "
-                    "(empty when the body itself is the list)")
+            hint = (
+                "set records_path to the dotted path of the list of records "
+                "(empty when the body itself is the list)"
+            )
         raise where.fatal(
             f"{context}: {what} (setting {where.setting('records_path', path)}){shape}; "
             f"{hint}. Nothing was written."

@@ -515,9 +515,7 @@ class _Working:
             handle = self.by_line.get(int(line)) if line.isdigit() else None
             row = self.rows.get(handle) if handle is not None else None
             if handle is None or row is None or row.blank:
-                raise NotFoundError(
-                    f"{self.table.line_word} {line} holds no row", location=display
-                )
+                raise NotFoundError(f"{self.table.line_word} {line} holds no row", location=display)
             current = self.row_id(row)
             if current and new_id is not None and current != new_id:
                 raise RecordError(

@@ -191,8 +191,4 @@ def number_format_for(value: CellValue, kind: ColumnKind | None, current: str) -
 
 
 def _numeric_format(fmt: str) -> bool:
-    return (
-        fmt not in ("General", "@")
-        and not is_date_format(fmt)
-        and any(c in fmt for c in "0#")
-    )
+    return fmt not in ("General", "@") and not is_date_format(fmt) and any(c in fmt for c in "0#")

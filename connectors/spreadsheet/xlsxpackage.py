@@ -190,9 +190,7 @@ def restore_formula_values(data: bytes, values: FormulaValues) -> bytes:
         zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as result,
     ):
         patched = {
-            part: values[title]
-            for title, part in sheet_parts(package).items()
-            if title in values
+            part: values[title] for title, part in sheet_parts(package).items() if title in values
         }
         for info in package.infolist():
             content = package.read(info)
@@ -211,8 +209,16 @@ def _patch_sheet(xml: bytes, values: dict[str, tuple[str, str]]) -> bytes:
         kind, value = known
         type_attr = "" if kind == "n" else f" t={quoteattr(kind)}"
         return (
-            b'<c r="' + match["ref"] + b'"' + match["attrs"] + type_attr.encode() + b">"
-            + match["f"] + b"<v>" + escape(value).encode() + b"</v>"
+            b'<c r="'
+            + match["ref"]
+            + b'"'
+            + match["attrs"]
+            + type_attr.encode()
+            + b">"
+            + match["f"]
+            + b"<v>"
+            + escape(value).encode()
+            + b"</v>"
         )
 
     return _NEW_FORMULA_CELL.sub(put_value, xml)
@@ -225,8 +231,10 @@ def lost_parts(before: bytes, after: bytes) -> list[str]:
         with zipfile.ZipFile(io.BytesIO(data)) as package:
             names = package.namelist()
         counts.append(
-            {what: sum(1 for n in names if pattern.search(n)) for what, pattern in
-             _KEPT_PARTS.items()}
+            {
+                what: sum(1 for n in names if pattern.search(n))
+                for what, pattern in _KEPT_PARTS.items()
+            }
         )
     had, has = counts
     return [what for what in _KEPT_PARTS if has[what] < had[what]]

@@ -108,12 +108,14 @@ def acquire(conn: sa.Connection, pipeline: str, holder: str, ttl: float) -> bool
     now = db_now(conn)
     expires = now + timedelta(seconds=ttl)
     stmt = _insert(conn.dialect.name)(leases).values(
-        pipeline=pipeline, holder=holder, expires_at=expires)
+        pipeline=pipeline, holder=holder, expires_at=expires
+    )
     stmt = stmt.on_conflict_do_update(
         index_elements=["pipeline"],
         set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
-        where=sa.or_(leases.c.expires_at < sa.literal(now, UTCDateTime()),
-                     leases.c.holder == holder),
+        where=sa.or_(
+            leases.c.expires_at < sa.literal(now, UTCDateTime()), leases.c.holder == holder
+        ),
     ).returning(leases.c.holder)
     return conn.execute(stmt).scalar_one_or_none() == holder
 
@@ -121,16 +123,19 @@ def acquire(conn: sa.Connection, pipeline: str, holder: str, ttl: float) -> bool
 def renew(conn: sa.Connection, pipeline: str, holder: str, ttl: float) -> bool:
     """Extend our lease by ``ttl`` from now; False when it is no longer ours."""
     expires = db_now(conn) + timedelta(seconds=ttl)
-    result = conn.execute(sa.update(leases)
-                          .where(leases.c.pipeline == pipeline, leases.c.holder == holder)
-                          .values(expires_at=expires))
+    result = conn.execute(
+        sa.update(leases)
+        .where(leases.c.pipeline == pipeline, leases.c.holder == holder)
+        .values(expires_at=expires)
+    )
     return int(result.rowcount) == 1
 
 
 def release(conn: sa.Connection, pipeline: str, holder: str) -> bool:
     """Give the lease up; False when it was not ours (any more)."""
-    result = conn.execute(sa.delete(leases).where(leases.c.pipeline == pipeline,
-                                                  leases.c.holder == holder))
+    result = conn.execute(
+        sa.delete(leases).where(leases.c.pipeline == pipeline, leases.c.holder == holder)
+    )
     return int(result.rowcount) == 1
 
 
@@ -142,13 +147,19 @@ def read_leases(conn: sa.Connection) -> dict[str, Lease]:
 
 # ---------------------------------------------------------------------------- pipeline state
 
-_STATE_COLUMNS = ("paused", "paused_reason", "paused_at", "paused_fingerprint", "failures",
-                  "backoff_until", "last_error")
+_STATE_COLUMNS = (
+    "paused",
+    "paused_reason",
+    "paused_at",
+    "paused_fingerprint",
+    "failures",
+    "backoff_until",
+    "last_error",
+)
 
 
 def read_pipeline_states(conn: sa.Connection) -> dict[str, PipelineState]:
-    query = sa.select(pipeline_state.c.pipeline,
-                      *(pipeline_state.c[c] for c in _STATE_COLUMNS))
+    query = sa.select(pipeline_state.c.pipeline, *(pipeline_state.c[c] for c in _STATE_COLUMNS))
     out = {}
     for row in conn.execute(query):
         values = dict(zip(("pipeline", *_STATE_COLUMNS), row, strict=True))
@@ -162,18 +173,27 @@ def _upsert_state(conn: sa.Connection, pipeline: str, values: dict[str, Any]) ->
     now = datetime.now(UTC)
     row = {"pipeline": pipeline, "paused": False, "failures": 0, "updated_at": now, **values}
     stmt = _insert(conn.dialect.name)(pipeline_state).values(**row)
-    conn.execute(stmt.on_conflict_do_update(
-        index_elements=["pipeline"],
-        set_={name: stmt.excluded[name] for name in (*values, "updated_at")}))
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["pipeline"],
+            set_={name: stmt.excluded[name] for name in (*values, "updated_at")},
+        )
+    )
 
 
-def pause(conn: sa.Connection, pipeline: str, reason: str,
-          fingerprint: str | None = None) -> None:
+def pause(conn: sa.Connection, pipeline: str, reason: str, fingerprint: str | None = None) -> None:
     """Pause the pipeline until ``resume`` (or, with a ``fingerprint`` of the credentials it
     failed with, until a daemon starts with different ones)."""
-    _upsert_state(conn, pipeline, {"paused": True, "paused_reason": reason,
-                                   "paused_at": datetime.now(UTC),
-                                   "paused_fingerprint": fingerprint})
+    _upsert_state(
+        conn,
+        pipeline,
+        {
+            "paused": True,
+            "paused_reason": reason,
+            "paused_at": datetime.now(UTC),
+            "paused_fingerprint": fingerprint,
+        },
+    )
 
 
 def resume(conn: sa.Connection, pipeline: str) -> bool:
@@ -181,20 +201,33 @@ def resume(conn: sa.Connection, pipeline: str) -> bool:
     current = read_pipeline_states(conn).get(pipeline)
     if current is None or not (current.paused or current.failures or current.backoff_until):
         return False
-    _upsert_state(conn, pipeline, {"paused": False, "paused_reason": None, "paused_at": None,
-                                   "paused_fingerprint": None, "failures": 0,
-                                   "backoff_until": None, "last_error": None})
+    _upsert_state(
+        conn,
+        pipeline,
+        {
+            "paused": False,
+            "paused_reason": None,
+            "paused_at": None,
+            "paused_fingerprint": None,
+            "failures": 0,
+            "backoff_until": None,
+            "last_error": None,
+        },
+    )
     return True
 
 
-def record_failure(conn: sa.Connection, pipeline: str, error: str,
-                   backoff: Callable[[int], float]) -> PipelineState:
+def record_failure(
+    conn: sa.Connection, pipeline: str, error: str, backoff: Callable[[int], float]
+) -> PipelineState:
     """Count a failed run and set the backoff ``backoff(failures)`` seconds from now."""
     _upsert_state(conn, pipeline, {})
     failures = conn.execute(
-        sa.update(pipeline_state).where(pipeline_state.c.pipeline == pipeline)
+        sa.update(pipeline_state)
+        .where(pipeline_state.c.pipeline == pipeline)
         .values(failures=pipeline_state.c.failures + 1)
-        .returning(pipeline_state.c.failures)).scalar_one()
+        .returning(pipeline_state.c.failures)
+    ).scalar_one()
     until = datetime.now(UTC) + timedelta(seconds=backoff(int(failures)))
     _upsert_state(conn, pipeline, {"backoff_until": until, "last_error": error})
     return read_pipeline_states(conn)[pipeline]
@@ -202,9 +235,11 @@ def record_failure(conn: sa.Connection, pipeline: str, error: str,
 
 def record_success(conn: sa.Connection, pipeline: str) -> None:
     """A run completed: forget earlier failures and their backoff."""
-    conn.execute(sa.update(pipeline_state)
-                 .where(pipeline_state.c.pipeline == pipeline,
-                        sa.or_(pipeline_state.c.failures > 0,
-                               pipeline_state.c.backoff_until.is_not(None)))
-                 .values(failures=0, backoff_until=None, last_error=None,
-                         updated_at=datetime.now(UTC)))
+    conn.execute(
+        sa.update(pipeline_state)
+        .where(
+            pipeline_state.c.pipeline == pipeline,
+            sa.or_(pipeline_state.c.failures > 0, pipeline_state.c.backoff_until.is_not(None)),
+        )
+        .values(failures=0, backoff_until=None, last_error=None, updated_at=datetime.now(UTC))
+    )

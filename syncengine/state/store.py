@@ -584,8 +584,9 @@ class StateStore:
                 return
             after = keys[-1]
 
-    def iter_bases(self, pipeline: str, entity: str,
-                   batch: int = 5000) -> Iterator[tuple[str, dict[str, Any]]]:
+    def iter_bases(
+        self, pipeline: str, entity: str, batch: int = 5000
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         """(key, base) of every record of the entity, without links, in key order."""
         after: str | None = None
         while True:
@@ -613,8 +614,15 @@ class StateStore:
 
     def skipped(self, pipeline: str | None = None, limit: int | None = None) -> list[SkipRow]:
         """Writes members could not take, newest first."""
-        query = sa.select(skips.c.pipeline, skips.c.entity, skips.c.key, skips.c.member,
-                          skips.c.reason, skips.c.first_seen, skips.c.last_seen)
+        query = sa.select(
+            skips.c.pipeline,
+            skips.c.entity,
+            skips.c.key,
+            skips.c.member,
+            skips.c.reason,
+            skips.c.first_seen,
+            skips.c.last_seen,
+        )
         if pipeline is not None:
             query = query.where(skips.c.pipeline == pipeline)
         query = query.order_by(skips.c.last_seen.desc(), skips.c.entity, skips.c.key)
@@ -733,10 +741,16 @@ class StateStore:
 
     def last_success(self, pipeline: str) -> datetime | None:
         """When the pipeline's newest completed run (ok, conflicts, errors) finished."""
-        query = (sa.select(runs.c.finished_at)
-                 .where(runs.c.pipeline == pipeline, runs.c.dry_run == sa.false(),
-                        runs.c.outcome.in_(COMPLETED_OUTCOMES))
-                 .order_by(runs.c.id.desc()).limit(1))
+        query = (
+            sa.select(runs.c.finished_at)
+            .where(
+                runs.c.pipeline == pipeline,
+                runs.c.dry_run == sa.false(),
+                runs.c.outcome.in_(COMPLETED_OUTCOMES),
+            )
+            .order_by(runs.c.id.desc())
+            .limit(1)
+        )
         with self._read() as conn:
             value: datetime | None = conn.execute(query).scalar_one_or_none()
         return value
@@ -928,28 +942,44 @@ class Tx:
             )
         )
 
-    def set_skips(self, pipeline: str, entity: str, key: str,
-                  reasons: Mapping[str, str]) -> None:
+    def set_skips(self, pipeline: str, entity: str, key: str, reasons: Mapping[str, str]) -> None:
         """The skipped writes of one record are now ``reasons`` (member -> reason): rows for
         other members are dropped, an unchanged reason keeps its first-seen time."""
         now = _now()
-        where = sa.and_(skips.c.pipeline == pipeline, skips.c.entity == entity,
-                        skips.c.key == key)
-        current = {m: (r, first) for m, r, first in self._conn.execute(
-            sa.select(skips.c.member, skips.c.reason, skips.c.first_seen).where(where))}
+        where = sa.and_(skips.c.pipeline == pipeline, skips.c.entity == entity, skips.c.key == key)
+        current = {
+            m: (r, first)
+            for m, r, first in self._conn.execute(
+                sa.select(skips.c.member, skips.c.reason, skips.c.first_seen).where(where)
+            )
+        }
         gone = [m for m in current if m not in reasons]
         if gone:
             self._conn.execute(sa.delete(skips).where(where, skips.c.member.in_(gone)))
         for member, reason in reasons.items():
             if member in current:
                 old_reason, first = current[member]
-                self._conn.execute(sa.update(skips).where(where, skips.c.member == member)
-                                   .values(reason=reason, last_seen=now,
-                                           first_seen=first if old_reason == reason else now))
+                self._conn.execute(
+                    sa.update(skips)
+                    .where(where, skips.c.member == member)
+                    .values(
+                        reason=reason,
+                        last_seen=now,
+                        first_seen=first if old_reason == reason else now,
+                    )
+                )
             else:
-                self._conn.execute(sa.insert(skips).values(
-                    pipeline=pipeline, entity=entity, key=key, member=member, reason=reason,
-                    first_seen=now, last_seen=now))
+                self._conn.execute(
+                    sa.insert(skips).values(
+                        pipeline=pipeline,
+                        entity=entity,
+                        key=key,
+                        member=member,
+                        reason=reason,
+                        first_seen=now,
+                        last_seen=now,
+                    )
+                )
 
     def put_link(
         self,
@@ -1031,8 +1061,18 @@ class Tx:
         """Insert or replace the token the member's next incremental read of the entity starts
         from. The token is opaque here: only the connector that gave it reads it."""
         stmt = _upsert(self._dialect, read_marks, ("pipeline", "entity", "member"))
-        self._conn.execute(stmt, [{"pipeline": pipeline, "entity": entity, "member": member,
-                                   "token": token, "updated_at": _now()}])
+        self._conn.execute(
+            stmt,
+            [
+                {
+                    "pipeline": pipeline,
+                    "entity": entity,
+                    "member": member,
+                    "token": token,
+                    "updated_at": _now(),
+                }
+            ],
+        )
 
     def delete_read_mark(self, pipeline: str, entity: str, member: str) -> None:
         """Forget the member's read mark: its next read of the entity is a complete one."""
@@ -1225,7 +1265,8 @@ class Tx:
         """Delete runs started before `older_than`, except each pipeline's newest run."""
         newest = sa.select(sa.func.max(runs.c.id)).group_by(runs.c.pipeline)
         result = self._conn.execute(
-            sa.delete(runs).where(runs.c.started_at < older_than, runs.c.id.not_in(newest)))
+            sa.delete(runs).where(runs.c.started_at < older_than, runs.c.id.not_in(newest))
+        )
         return int(result.rowcount)
 
     # -- leases, pauses and backoff (see `leases.py`) -------------------------------------
@@ -1245,8 +1286,9 @@ class Tx:
     def resume_pipeline(self, pipeline: str) -> bool:
         return _leases.resume(self._conn, pipeline)
 
-    def record_failure(self, pipeline: str, error: str,
-                       backoff: Callable[[int], float]) -> PipelineState:
+    def record_failure(
+        self, pipeline: str, error: str, backoff: Callable[[int], float]
+    ) -> PipelineState:
         return _leases.record_failure(self._conn, pipeline, error, backoff)
 
     def record_success(self, pipeline: str) -> None:

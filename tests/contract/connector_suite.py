@@ -416,7 +416,6 @@ class AssignsIdsContract(ConnectorContract):
     """The extra contract of members that take the engine's key as the native id
     (``Capabilities.assigns_ids``), such as a spreadsheet's Sync ID column."""
 
-
     def test_update_new_id_renames_the_record(
         self, connector: Connector, sample: Sample, change: Change, reopen: Reopen
     ) -> None:

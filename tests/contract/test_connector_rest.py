@@ -89,23 +89,31 @@ class JsonServerContract(_RestContract):
         assert int(name[1:]) < COLLECTIONS, "raise COLLECTIONS: every test needs its own"
         return name
 
-    def make(self, json_server: JsonServer, collection: str, name: str = "crm",
-             transport: RecordingTransport | None = None) -> RestConnector:
-        options = RestOptions.model_validate(json_server_options(
-            json_server.url, f"/{collection}", style=self.style, page_size=PAGE_SIZE))
+    def make(
+        self,
+        json_server: JsonServer,
+        collection: str,
+        name: str = "crm",
+        transport: RecordingTransport | None = None,
+    ) -> RestConnector:
+        options = RestOptions.model_validate(
+            json_server_options(
+                json_server.url, f"/{collection}", style=self.style, page_size=PAGE_SIZE
+            )
+        )
         extra = {"transport": transport} if transport is not None else {}
         return RestConnector(options, ConnectorContext(name=name, extra=extra))
 
     @pytest.fixture
-    def connector(self, json_server: JsonServer, collection: str,
-                  opened: list[Connector]) -> Connector:
+    def connector(
+        self, json_server: JsonServer, collection: str, opened: list[Connector]
+    ) -> Connector:
         conn = self.make(json_server, collection)
         opened.append(conn)
         return conn
 
     @pytest.fixture
-    def reopen(self, json_server: JsonServer, collection: str,
-               opened: list[Connector]) -> Reopen:
+    def reopen(self, json_server: JsonServer, collection: str, opened: list[Connector]) -> Reopen:
         def again(conn: Connector) -> Connector:
             assert isinstance(conn, RestConnector)
             other = self.make(json_server, collection, "crm-reopened")
@@ -157,20 +165,35 @@ class TestFakeCrmByCursor(_RestContract):
 
     @pytest.fixture
     def crm(self) -> FakeCrm:
-        return FakeCrm(style="cursor", records_key="data", wrap_key="contact",
-                       id_prefix="cus_", require_headers={"Authorization": "Bearer s3cret"})
+        return FakeCrm(
+            style="cursor",
+            records_key="data",
+            wrap_key="contact",
+            id_prefix="cus_",
+            require_headers={"Authorization": "Bearer s3cret"},
+        )
 
     def make(self, crm: FakeCrm, name: str = "crm") -> RestConnector:
-        options = RestOptions.model_validate({
-            "type": "rest", "base_url": crm.base_url, "rate_limit": 0, "page_size": PAGE_SIZE,
-            "auth": {"style": "bearer", "token": "s3cret"},
-            "entities": {"customers": {
-                "path": "/contacts", "records_path": "data", "body_wrap": "contact",
-                "response_path": "contact", "read_only_fields": ["updated_at"],
-                "find_params": {"email": "email"},
-                "pagination": {"style": "cursor", "cursor_path": "next_cursor"},
-            }},
-        })
+        options = RestOptions.model_validate(
+            {
+                "type": "rest",
+                "base_url": crm.base_url,
+                "rate_limit": 0,
+                "page_size": PAGE_SIZE,
+                "auth": {"style": "bearer", "token": "s3cret"},
+                "entities": {
+                    "customers": {
+                        "path": "/contacts",
+                        "records_path": "data",
+                        "body_wrap": "contact",
+                        "response_path": "contact",
+                        "read_only_fields": ["updated_at"],
+                        "find_params": {"email": "email"},
+                        "pagination": {"style": "cursor", "cursor_path": "next_cursor"},
+                    }
+                },
+            }
+        )
         return RestConnector(options, ConnectorContext(name, extra={"transport": crm.transport()}))
 
     @pytest.fixture
@@ -188,8 +211,9 @@ class TestFakeCrmByCursor(_RestContract):
 
         return again
 
-    def test_bulk_read_pages_by_cursor(self, crm: FakeCrm, connector: Connector,
-                                       sample: Sample) -> None:
+    def test_bulk_read_pages_by_cursor(
+        self, crm: FakeCrm, connector: Connector, sample: Sample
+    ) -> None:
         for n in range(1, self.many + 1):
             connector.create(ENTITY, sample(n), key=key(n))
         crm.requests.clear()
@@ -217,8 +241,9 @@ def test_every_style_json_server_speaks_pages_it_exactly(
     assert int(collection[1:]) < COLLECTIONS
     created = [json_server.post(sample_customer(i), collection) for i in range(n)]
     recorder = RecordingTransport()
-    options = RestOptions.model_validate(json_server_options(
-        json_server.url, f"/{collection}", style=style, page_size=PAGE_SIZE))
+    options = RestOptions.model_validate(
+        json_server_options(json_server.url, f"/{collection}", style=style, page_size=PAGE_SIZE)
+    )
     conn = RestConnector(options, ConnectorContext("crm", extra={"transport": recorder}))
     try:
         ids = [r.id for r in conn.read(ENTITY)]

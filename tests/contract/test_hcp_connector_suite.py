@@ -258,4 +258,3 @@ def test_payments_cannot_be_written(paid_app: Starlette) -> None:
                 check_allowed(conn, "payments", op)
     finally:
         conn.close()
-

@@ -355,8 +355,13 @@ def test_update_a_job_against_the_completed_spec(
     created = hcp_direct.post("/jobs", json=job_data(a_customer(hcp_direct))).json()
     current = completed_connector.get("jobs", created["id"])
     assert current is not None
-    full = {**current.data, "notes": None, "work_status": "in_progress", "tags": None,
-            "schedule": {**current.data["schedule"], "scheduled_end": "2026-03-01T18:30:00Z"}}
+    full = {
+        **current.data,
+        "notes": None,
+        "work_status": "in_progress",
+        "tags": None,
+        "schedule": {**current.data["schedule"], "scheduled_end": "2026-03-01T18:30:00Z"},
+    }
     patch = {"notes": None, "work_status": "in_progress", "tags": None,
              "schedule.scheduled_end": "2026-03-01T18:30:00Z"}  # fmt: skip
 

@@ -44,8 +44,16 @@ from tests.integration.conftest import (
 
 ENTITIES = ("customers", "invoices", "payments")
 SHEETS = {"customers": "Customers", "invoices": "Invoices", "payments": "Payments"}
-INVOICE_COLUMNS = ["Sync ID", "Invoice #", "Customer Email", "Status", "Amount", "Balance",
-                   "Due Date", "Created"]
+INVOICE_COLUMNS = [
+    "Sync ID",
+    "Invoice #",
+    "Customer Email",
+    "Status",
+    "Amount",
+    "Balance",
+    "Due Date",
+    "Created",
+]
 PAYMENT_COLUMNS = ["Sync ID", "Invoice #", "Amount", "Method", "Status", "Date"]
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 _LISTENING = re.compile(r"sandbox listening on (http://127\.0\.0\.1:(\d+))")
@@ -54,19 +62,40 @@ _LISTENING = re.compile(r"sandbox listening on (http://127\.0\.0\.1:(\d+))")
 # ----------------------------------------------------------------------------- the sandbox
 
 
-def start_sandbox_with(workdir: Path, *flags: str, seed: int, api_key: str = DEFAULT_KEY,
-                       started: list[Sandbox] | None = None) -> Sandbox:
+def start_sandbox_with(
+    workdir: Path,
+    *flags: str,
+    seed: int,
+    api_key: str = DEFAULT_KEY,
+    started: list[Sandbox] | None = None,
+) -> Sandbox:
     """``syncengine sandbox --port 0 --seed N FLAGS...`` (the conftest's ``start_sandbox``,
     with the command's other flags); appended to ``started`` so that a fixture stops it."""
     workdir.mkdir(parents=True, exist_ok=True)
     stderr_path = workdir / f"sandbox-{os.urandom(4).hex()}.stderr"
-    command = [str(SYNCENGINE), "sandbox", "--port", "0", "--api-key", api_key,
-               "--seed", str(seed), *flags]
+    command = [
+        str(SYNCENGINE),
+        "sandbox",
+        "--port",
+        "0",
+        "--api-key",
+        api_key,
+        "--seed",
+        str(seed),
+        *flags,
+    ]
     env = {k: v for k, v in os.environ.items() if k != "HCP_API_KEY"}
     env["PYTHONUNBUFFERED"] = "1"
     with stderr_path.open("w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                   env=env, cwd=workdir, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+            cwd=workdir,
+            start_new_session=True,
+        )
     lines: queue.Queue[str] = queue.Queue()
 
     def first_line() -> None:
@@ -82,8 +111,10 @@ def start_sandbox_with(workdir: Path, *flags: str, seed: int, api_key: str = DEF
     if not found:
         process.kill()
         process.wait(timeout=15)
-        raise RuntimeError(f"the sandbox did not start ({' '.join(command)}; stdout "
-                           f"{line!r}); stderr:\n{stderr_path.read_text(errors='replace')}")
+        raise RuntimeError(
+            f"the sandbox did not start ({' '.join(command)}; stdout "
+            f"{line!r}); stderr:\n{stderr_path.read_text(errors='replace')}"
+        )
     box = Sandbox(process, found.group(1), int(found.group(2)), api_key, stderr_path)
     if started is not None:
         started.append(box)
@@ -95,8 +126,11 @@ class Hcp:
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
-        self.http = httpx.Client(base_url=sandbox.base_url, timeout=30.0,
-                                 headers={"Authorization": f"Token {sandbox.api_key}"})
+        self.http = httpx.Client(
+            base_url=sandbox.base_url,
+            timeout=30.0,
+            headers={"Authorization": f"Token {sandbox.api_key}"},
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -105,20 +139,21 @@ class Hcp:
         found: list[dict[str, Any]] = []
         page = 1
         while True:
-            body = self.http.get(path, params={"page": page, "page_size": 200, **params}
-                                 ).raise_for_status().json()
+            body = (
+                self.http.get(path, params={"page": page, "page_size": 200, **params})
+                .raise_for_status()
+                .json()
+            )
             found += body[name]
             if page >= body["total_pages"]:
                 return found
             page += 1
 
     def customers(self) -> list[dict[str, Any]]:
-        return self._pages("/customers", "customers", sort_by="created_at",
-                           sort_direction="asc")
+        return self._pages("/customers", "customers", sort_by="created_at", sort_direction="asc")
 
     def invoices(self) -> list[dict[str, Any]]:
-        return self._pages("/invoices", "invoices", sort_by="created_at",
-                           sort_direction="asc")
+        return self._pages("/invoices", "invoices", sort_by="created_at", sort_direction="asc")
 
     def payments_of(self, invoice_id: str) -> list[dict[str, Any]]:
         """``GET /invoices/{id}/payments``: never the payments nested in an invoice."""
@@ -138,9 +173,16 @@ class Hcp:
         payments = {i["id"]: self.payments_of(i["id"]) for i in invoices}
         return HcpBooks(self.customers(), invoices, payments)
 
-    def record_payment(self, invoice_id: str, amount: int, *, method: str = "check",
-                       status: str = "succeeded", processed_at: str | None = None,
-                       note: str | None = None) -> dict[str, Any]:
+    def record_payment(
+        self,
+        invoice_id: str,
+        amount: int,
+        *,
+        method: str = "check",
+        status: str = "succeeded",
+        processed_at: str | None = None,
+        note: str | None = None,
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"amount": amount, "payment_method": method, "status": status}
         if processed_at is not None:
             body["processed_at"] = processed_at
@@ -164,8 +206,10 @@ class Hcp:
             entries = self.requests()
         except httpx.HTTPError as exc:
             return f"(request log unavailable: {exc})"
-        lines = [f"{e['method']:6} {e['path']}{'?' + e['query'] if e['query'] else ''} "
-                 f"-> {e['status']}" for e in entries[-n:]]
+        lines = [
+            f"{e['method']:6} {e['path']}{'?' + e['query'] if e['query'] else ''} -> {e['status']}"
+            for e in entries[-n:]
+        ]
         return f"{len(entries)} requests in all; the last {len(lines)}:\n" + "\n".join(lines)
 
 
@@ -184,8 +228,11 @@ class HcpBooks:
 
     def all_payments(self) -> list[dict[str, Any]]:
         numbers = {i["id"]: i["invoice_number"] for i in self.invoices}
-        return [{**p, "invoice_number": numbers[inv]}
-                for inv, pays in self.payments.items() for p in pays]
+        return [
+            {**p, "invoice_number": numbers[inv]}
+            for inv, pays in self.payments.items()
+            for p in pays
+        ]
 
     def total_amount(self) -> int:
         return sum(int(i["amount"]) for i in self.invoices)
@@ -200,9 +247,17 @@ class HcpBooks:
 # ------------------------------------------------------------------------------- the books
 
 
-def books_config(folder: Path, port: int, *, path: str = "books", timezone: str | None = None,
-                 batch_size: int = 200, concurrency: int = 2, books_extra: str = "",
-                 name: str = "config.toml") -> Path:
+def books_config(
+    folder: Path,
+    port: int,
+    *,
+    path: str = "books",
+    timezone: str | None = None,
+    batch_size: int = 200,
+    concurrency: int = 2,
+    books_extra: str = "",
+    name: str = "config.toml",
+) -> Path:
     """A config syncing customers, invoices and payments between the sandbox on ``port`` and
     ``folder/path`` (a CSV folder, or a workbook when it ends in ``.xlsx``)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -305,8 +360,7 @@ def read_csv_rows(path: Path) -> BookRows:
 def write_csv_rows(path: Path, header: list[str], rows: list[dict[str, Any]]) -> None:
     """As a person saving from a spreadsheet program would: the whole file, replaced."""
     buf = io.StringIO(newline="")
-    writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\r\n",
-                            extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\r\n", extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in header})
@@ -327,8 +381,7 @@ def read_xlsx_rows(path: Path, sheet: str) -> BookRows:
         header = [str(v) if v is not None else "" for v in values[0]]
         rows, where = [], []
         for n, row in enumerate(values[1:], start=2):
-            rows.append({h: row[i] if i < len(row) else None
-                         for i, h in enumerate(header) if h})
+            rows.append({h: row[i] if i < len(row) else None for i, h in enumerate(header) if h})
             where.append(n)
         return BookRows(header, rows, where)
     finally:
@@ -360,26 +413,41 @@ def customer_contact(customer: dict[str, Any]) -> str:
 # -------------------------------------------------------------------- comparing both sides
 
 
-def payment_signature(invoice_number: str, amount: int, day: dt.date | None, method: str,
-                      status: str) -> tuple[str, int, str, str, str]:
+def payment_signature(
+    invoice_number: str, amount: int, day: dt.date | None, method: str, status: str
+) -> tuple[str, int, str, str, str]:
     return (invoice_number, amount, day.isoformat() if day else "", method, status)
 
 
-def hcp_payment_signatures(hcp: HcpBooks, timezone: str = "UTC"
-                           ) -> Counter[tuple[str, int, str, str, str]]:
-    return Counter(payment_signature(p["invoice_number"], int(p["amount"]),
-                                     day_of(p["processed_at"], timezone), p["payment_method"],
-                                     p["status"]) for p in hcp.all_payments())
+def hcp_payment_signatures(
+    hcp: HcpBooks, timezone: str = "UTC"
+) -> Counter[tuple[str, int, str, str, str]]:
+    return Counter(
+        payment_signature(
+            p["invoice_number"],
+            int(p["amount"]),
+            day_of(p["processed_at"], timezone),
+            p["payment_method"],
+            p["status"],
+        )
+        for p in hcp.all_payments()
+    )
 
 
-def sheet_payment_signatures(rows: list[dict[str, Any]]
-                             ) -> Counter[tuple[str, int, str, str, str]]:
+def sheet_payment_signatures(rows: list[dict[str, Any]]) -> Counter[tuple[str, int, str, str, str]]:
     out: Counter[tuple[str, int, str, str, str]] = Counter()
     for r in rows:
         amount = cents(r["Amount"])
         assert amount is not None, f"a payment row without an amount: {r}"
-        out[payment_signature(str(r["Invoice #"]), amount, sheet_day(r["Date"]),
-                              str(r["Method"]), str(r["Status"]))] += 1
+        out[
+            payment_signature(
+                str(r["Invoice #"]),
+                amount,
+                sheet_day(r["Date"]),
+                str(r["Method"]),
+                str(r["Status"]),
+            )
+        ] += 1
     return out
 
 
@@ -395,19 +463,27 @@ def assert_books_match_hcp(hcp: HcpBooks, books: Path, timezone: str = "UTC") ->
     assert not twice, f"invoice numbers on several rows of the books: {twice}"
     assert set(numbers) == set(hcp.by_number), (
         f"invoices only in HCP: {sorted(set(hcp.by_number) - set(numbers))}; only in the "
-        f"books: {sorted(set(numbers) - set(hcp.by_number))}")
+        f"books: {sorted(set(numbers) - set(hcp.by_number))}"
+    )
     wrong = []
     for row in invoices:
         inv = hcp.by_number[str(row["Invoice #"])]
-        want = {"Amount": inv["amount"], "Balance": inv["outstanding_balance"],
-                "Status": inv["status"],
-                "Due Date": day_of(inv["due_at"], timezone) if inv.get("due_at") else None,
-                "Created": day_of(inv["created_at"], timezone),
-                "Customer Email": customer_contact(customers[inv["customer_id"]])}
-        got = {"Amount": cents(row["Amount"]), "Balance": cents(row["Balance"]),
-               "Status": row["Status"], "Due Date": sheet_day(row["Due Date"]),
-               "Created": sheet_day(row["Created"]),
-               "Customer Email": contact_key(row["Customer Email"])}
+        want = {
+            "Amount": inv["amount"],
+            "Balance": inv["outstanding_balance"],
+            "Status": inv["status"],
+            "Due Date": day_of(inv["due_at"], timezone) if inv.get("due_at") else None,
+            "Created": day_of(inv["created_at"], timezone),
+            "Customer Email": customer_contact(customers[inv["customer_id"]]),
+        }
+        got = {
+            "Amount": cents(row["Amount"]),
+            "Balance": cents(row["Balance"]),
+            "Status": row["Status"],
+            "Due Date": sheet_day(row["Due Date"]),
+            "Created": sheet_day(row["Created"]),
+            "Customer Email": contact_key(row["Customer Email"]),
+        }
         diff = {k: (want[k], got[k]) for k in want if want[k] != got[k]}
         if diff:
             wrong.append((inv["invoice_number"], diff))
@@ -420,21 +496,28 @@ def assert_books_match_hcp(hcp: HcpBooks, books: Path, timezone: str = "UTC") ->
     want_pay, got_pay = hcp_payment_signatures(hcp, timezone), sheet_payment_signatures(payments)
     assert want_pay == got_pay, (
         f"payments differ: missing from the books {dict(want_pay - got_pay)}; in the books "
-        f"but not in HCP (or too often) {dict(got_pay - want_pay)}")
+        f"but not in HCP (or too often) {dict(got_pay - want_pay)}"
+    )
 
     total = sum(cents(r["Amount"]) or 0 for r in invoices)
     paid = sum(cents(r["Amount"]) or 0 for r in payments if r["Status"] == "succeeded")
     assert (total, paid) == (hcp.total_amount(), hcp.total_paid()), (
         f"totals (amount, succeeded payments): books {(total, paid)}, "
-        f"hcp {(hcp.total_amount(), hcp.total_paid())}")
+        f"hcp {(hcp.total_amount(), hcp.total_paid())}"
+    )
     by_invoice: Counter[str] = Counter()
     for r in payments:
         if r["Status"] == "succeeded":
             by_invoice[str(r["Invoice #"])] += cents(r["Amount"]) or 0
-    off = {str(r["Invoice #"]): (cents(r["Amount"]), by_invoice[str(r["Invoice #"])],
-                                 cents(r["Balance"]))
-           for r in invoices
-           if (cents(r["Amount"]) or 0) - by_invoice[str(r["Invoice #"])] != cents(r["Balance"])}
+    off = {
+        str(r["Invoice #"]): (
+            cents(r["Amount"]),
+            by_invoice[str(r["Invoice #"])],
+            cents(r["Balance"]),
+        )
+        for r in invoices
+        if (cents(r["Amount"]) or 0) - by_invoice[str(r["Invoice #"])] != cents(r["Balance"])
+    }
     assert not off, f"in the books, balance != amount - payments (amount, paid, balance): {off}"
 
 
@@ -444,8 +527,8 @@ def payment_links(db: Path) -> dict[str, dict[str, str]]:
     try:
         out: dict[str, dict[str, str]] = {}
         for key, member, native_id in con.execute(
-                "SELECT key, member, native_id FROM links WHERE entity = 'payments' "
-                "AND NOT tombstone"):
+            "SELECT key, member, native_id FROM links WHERE entity = 'payments' AND NOT tombstone"
+        ):
             out.setdefault(key, {})[member] = native_id
         return out
     finally:
@@ -457,8 +540,12 @@ def journal_counts(db: Path) -> Counter[str]:
         return Counter()
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return Counter({state: n for state, n in con.execute(
-            "SELECT state, count(*) FROM journal GROUP BY state")})
+        return Counter(
+            {
+                state: n
+                for state, n in con.execute("SELECT state, count(*) FROM journal GROUP BY state")
+            }
+        )
     except sqlite3.OperationalError:
         return Counter()
     finally:
@@ -479,9 +566,11 @@ def planned_writes(result: dict[str, Any]) -> dict[tuple[str, str, str], int]:
 def assert_nothing_planned(result: dict[str, Any]) -> None:
     writes = planned_writes(result)
     assert not writes, f"a sync with nothing to do plans writes: {writes}"
-    problems = {e: (c["errors"], c["failed"], c["skipped"], c["conflicts"])
-                for e, c in result["entities"].items()
-                if c["errors"] or c["failed"] or c["skipped"] or c["conflicts"]}
+    problems = {
+        e: (c["errors"], c["failed"], c["skipped"], c["conflicts"])
+        for e, c in result["entities"].items()
+        if c["errors"] or c["failed"] or c["skipped"] or c["conflicts"]
+    }
     assert not problems, f"(errors, failed, skipped, conflicts) with nothing to do: {problems}"
     assert result["exit_code"] == 0 and result["open_conflicts"] == 0, result
 
@@ -520,8 +609,10 @@ class Run:
 
     def row(self) -> str:
         what = "KILLED" if self.killed else f"exit {self.returncode}"
-        return (f"#{self.index:02d} {self.trigger:<38} {what:<8} {self.seconds:6.2f}s "
-                f"pending-after={self.pending_after:<3} {self.note}")
+        return (
+            f"#{self.index:02d} {self.trigger:<38} {what:<8} {self.seconds:6.2f}s "
+            f"pending-after={self.pending_after:<3} {self.note}"
+        )
 
 
 class Syncer:
@@ -534,9 +625,14 @@ class Syncer:
         self.env = cli_env()
         self.runs: list[Run] = []
 
-    def run(self, trigger: str = "to completion",
-            make_stop: Callable[[float], Callable[[], bool]] | None = None,
-            note: str = "", *, watch: bool = False) -> Run:
+    def run(
+        self,
+        trigger: str = "to completion",
+        make_stop: Callable[[float], Callable[[], bool]] | None = None,
+        note: str = "",
+        *,
+        watch: bool = False,
+    ) -> Run:
         """One sync; ``watch``: note when its first API request reaches the sandbox."""
         run = Run(len(self.runs), trigger, note=note)
         baseline = len(self.hcp.requests()) if watch else 0
@@ -545,9 +641,14 @@ class Syncer:
         started = time.monotonic()
         stop = make_stop(started) if make_stop else None
         with out.open("wb") as fo, err.open("wb") as fe:
-            proc = subprocess.Popen([str(SYNCENGINE), "sync", "--config", str(self.config),
-                                     "--json"], stdin=subprocess.DEVNULL, stdout=fo,
-                                    stderr=fe, env=self.env, cwd=self.folder)
+            proc = subprocess.Popen(
+                [str(SYNCENGINE), "sync", "--config", str(self.config), "--json"],
+                stdin=subprocess.DEVNULL,
+                stdout=fo,
+                stderr=fe,
+                env=self.env,
+                cwd=self.folder,
+            )
         while proc.poll() is None:
             if watch and run.first_request is None and len(self.hcp.requests()) > baseline:
                 run.first_request = time.monotonic() - started
@@ -574,15 +675,20 @@ class Syncer:
         try:
             result: dict[str, Any] = json.loads(run.stdout)
         except json.JSONDecodeError:
-            raise AssertionError(f"sync #{run.index} exited {run.returncode} without its JSON "
-                                 f"result\n{self.report()}") from None
+            raise AssertionError(
+                f"sync #{run.index} exited {run.returncode} without its JSON "
+                f"result\n{self.report()}"
+            ) from None
         return run, result
 
     # -- where a kill lands
     def killed_after(self, delay: float, note: str = "") -> Run:
         """``delay`` seconds after the process started (start-up included)."""
-        return self.run(f"{delay:.2f}s after start", lambda started: (
-            lambda: time.monotonic() - started >= delay), note)
+        return self.run(
+            f"{delay:.2f}s after start",
+            lambda started: lambda: time.monotonic() - started >= delay,
+            note,
+        )
 
     def killed_after_first_request(self, delay: float, note: str = "") -> Run:
         """``delay`` seconds after its first API request reached the sandbox."""
@@ -595,11 +701,14 @@ class Syncer:
                 if not first and len(self.hcp.requests()) > baseline:
                     first.append(time.monotonic())
                 return bool(first) and time.monotonic() - first[0] >= delay
+
             return stop
+
         return self.run(f"{delay:.2f}s after 1st request", make_stop, note)
 
     def killed_when_written(self, files: list[Path], note: str = "") -> Run:
         """As soon as one of ``files`` changed: written, the state not yet committed."""
+
         def signature() -> list[tuple[int, int, int] | None]:
             out: list[tuple[int, int, int] | None] = []
             for path in files:
@@ -614,6 +723,7 @@ class Syncer:
         def make_stop(_started: float) -> Callable[[], bool]:
             before = signature()
             return lambda: signature() != before
+
         names = "/".join(p.name for p in files)
         return self.run(f"when {names} is written", make_stop, note)
 
@@ -621,13 +731,20 @@ class Syncer:
         parts = ["runs:", *(r.row() for r in self.runs)]
         if self.runs:
             last = self.runs[-1]
-            parts += [f"--- last sync (#{last.index}) stdout ---", last.stdout[-3000:],
-                      f"--- last sync (#{last.index}) stderr ---", last.stderr[-3000:]]
+            parts += [
+                f"--- last sync (#{last.index}) stdout ---",
+                last.stdout[-3000:],
+                f"--- last sync (#{last.index}) stderr ---",
+                last.stderr[-3000:],
+            ]
         odd = [r for r in self.runs if not r.killed and r.returncode not in (0, 1)]
         for r in odd[-2:]:
             parts += [f"--- sync #{r.index} exited {r.returncode}; stderr ---", r.stderr[-3000:]]
-        parts += ["--- sandbox request log ---", self.hcp.log_tail(),
-                  f"--- journal: {dict(journal_counts(self.db))}"]
+        parts += [
+            "--- sandbox request log ---",
+            self.hcp.log_tail(),
+            f"--- journal: {dict(journal_counts(self.db))}",
+        ]
         return "\n".join(parts)
 
     @contextlib.contextmanager

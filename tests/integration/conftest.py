@@ -48,8 +48,9 @@ class Sandbox:
     _client: httpx.Client = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._client = httpx.Client(base_url=self.base_url, timeout=30.0,
-                                    headers={"Authorization": f"Token {self.api_key}"})
+        self._client = httpx.Client(
+            base_url=self.base_url, timeout=30.0, headers={"Authorization": f"Token {self.api_key}"}
+        )
 
     # -- the unauthenticated helper endpoints
     def requests(self) -> list[dict[str, Any]]:
@@ -70,9 +71,15 @@ class Sandbox:
         found: list[dict[str, Any]] = []
         page = 1
         while True:
-            response = self._client.get("/customers", params={
-                "page": page, "page_size": 200, "sort_by": "created_at",
-                "sort_direction": "asc"})
+            response = self._client.get(
+                "/customers",
+                params={
+                    "page": page,
+                    "page_size": 200,
+                    "sort_by": "created_at",
+                    "sort_direction": "asc",
+                },
+            )
             response.raise_for_status()
             body = response.json()
             found += body["customers"]
@@ -86,8 +93,9 @@ class Sandbox:
         return dict(response.json())
 
     def customer_by_email(self, email: str) -> dict[str, Any]:
-        matches = [c for c in self.customers()
-                   if (c.get("email") or "").lower() == email.strip().lower()]
+        matches = [
+            c for c in self.customers() if (c.get("email") or "").lower() == email.strip().lower()
+        ]
         assert len(matches) == 1, f"expected one HCP customer with email {email}: {matches}"
         return matches[0]
 
@@ -113,13 +121,19 @@ def start_sandbox(workdir: Path, *, api_key: str = DEFAULT_KEY, seed: int = 0) -
     """Start ``syncengine sandbox --port 0`` and wait for the line naming its port."""
     workdir.mkdir(parents=True, exist_ok=True)
     stderr_path = workdir / f"sandbox-{os.urandom(4).hex()}.stderr"
-    command = [str(SYNCENGINE), "sandbox", "--port", "0", "--api-key", api_key,
-               "--seed", str(seed)]
+    command = [str(SYNCENGINE), "sandbox", "--port", "0", "--api-key", api_key, "--seed", str(seed)]
     env = {k: v for k, v in os.environ.items() if k != "HCP_API_KEY"}
     env["PYTHONUNBUFFERED"] = "1"
     with stderr_path.open("w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                   env=env, cwd=workdir, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=env,
+            cwd=workdir,
+            start_new_session=True,
+        )
     lines: queue.Queue[str] = queue.Queue()
 
     def read_first_line() -> None:
@@ -135,8 +149,10 @@ def start_sandbox(workdir: Path, *, api_key: str = DEFAULT_KEY, seed: int = 0) -
     if not found:
         process.kill()
         process.wait(timeout=15)
-        raise RuntimeError(f"the sandbox did not start (stdout {line!r}); stderr:\n"
-                           f"{stderr_path.read_text(errors='replace')}")
+        raise RuntimeError(
+            f"the sandbox did not start (stdout {line!r}); stderr:\n"
+            f"{stderr_path.read_text(errors='replace')}"
+        )
     return Sandbox(process, found.group(1), int(found.group(2)), api_key, stderr_path)
 
 
@@ -179,13 +195,18 @@ class CliResult:
         return self.stdout + self.stderr
 
     def __str__(self) -> str:
-        return (f"$ syncengine {' '.join(self.args)}\nexit {self.returncode}\n"
-                f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}")
+        return (
+            f"$ syncengine {' '.join(self.args)}\nexit {self.returncode}\n"
+            f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+        )
 
 
 def cli_env(api_key: str | None = DEFAULT_KEY, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("HCP_API_KEY", "SYNCENGINE_CONFIG") and not k.startswith("PYTEST")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HCP_API_KEY", "SYNCENGINE_CONFIG") and not k.startswith("PYTEST")
+    }
     env.update(COLUMNS="200", NO_COLOR="1", PYTHONUNBUFFERED="1")
     if api_key is not None:
         env["HCP_API_KEY"] = api_key
@@ -203,12 +224,22 @@ def cli(tmp_path: Path) -> Callable[..., CliResult]:
     default_cwd = tmp_path / "cwd"
     default_cwd.mkdir(exist_ok=True)
 
-    def run(*args: str | Path, api_key: str | None = DEFAULT_KEY, cwd: Path | None = None,
-            env: dict[str, str] | None = None, timeout: float = CLI_TIMEOUT) -> CliResult:
+    def run(
+        *args: str | Path,
+        api_key: str | None = DEFAULT_KEY,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = CLI_TIMEOUT,
+    ) -> CliResult:
         argv = [str(a) for a in args]
-        done = subprocess.run([str(SYNCENGINE), *argv], capture_output=True, text=True,
-                              timeout=timeout, cwd=cwd or default_cwd,
-                              env=env if env is not None else cli_env(api_key))
+        done = subprocess.run(
+            [str(SYNCENGINE), *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd or default_cwd,
+            env=env if env is not None else cli_env(api_key),
+        )
         return CliResult(argv, done.returncode, done.stdout, done.stderr)
 
     return run
@@ -266,8 +297,21 @@ entities = ["customers"]
     return path
 
 
-CSV_HEADER = ["Sync ID", "First Name", "Last Name", "Email", "Mobile", "Home Phone",
-              "Work Phone", "Company", "Tags", "Street", "City", "State", "Zip"]
+CSV_HEADER = [
+    "Sync ID",
+    "First Name",
+    "Last Name",
+    "Email",
+    "Mobile",
+    "Home Phone",
+    "Work Phone",
+    "Company",
+    "Tags",
+    "Street",
+    "City",
+    "State",
+    "Zip",
+]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -70,18 +70,27 @@ BAD_CONFIGS = {
     "malformed-toml": BadConfig(
         text=_unclosed_string,
         expected=lambda text, folder: [
-            "config.toml", "TOML", f"line {_line_of(text, 'api_key =')}"],
+            "config.toml",
+            "TOML",
+            f"line {_line_of(text, 'api_key =')}",
+        ],
     ),
     "unknown-connector-key": BadConfig(
         text=lambda t: t.replace("max_retries = 1", "max_retries = 1\npagesize = 50"),
         expected=lambda text, folder: [
-            "config.toml", "connectors.hcp.pagesize", "unknown key 'pagesize'",
-            "did you mean 'page_size'"],
+            "config.toml",
+            "connectors.hcp.pagesize",
+            "unknown key 'pagesize'",
+            "did you mean 'page_size'",
+        ],
     ),
     "unknown-pipeline-key": BadConfig(
         text=lambda t: t.replace('entities = ["customers"]', 'entitys = ["customers"]'),
         expected=lambda text, folder: [
-            "config.toml", "unknown key 'entitys'", "did you mean 'entities'"],
+            "config.toml",
+            "unknown key 'entitys'",
+            "did you mean 'entities'",
+        ],
     ),
     "unknown-top-level-section": BadConfig(
         text=lambda t: t.replace("[state]", "[stat]"),
@@ -91,32 +100,47 @@ BAD_CONFIGS = {
         text=lambda t: t + MAPPING_OVERRIDE,
         files={"books-customers.toml": BAD_TRANSFORM_MAPPING},
         expected=lambda text, folder: [
-            "books-customers.toml", "unknown transform 'emial'", *KNOWN_TRANSFORMS],
+            "books-customers.toml",
+            "unknown transform 'emial'",
+            *KNOWN_TRANSFORMS,
+        ],
     ),
     "missing-environment-variable": BadConfig(
         text=lambda t: t,
         api_key=None,
         expected=lambda text, folder: [
-            "config.toml", "connectors.hcp.api_key", "environment variable HCP_API_KEY is not set",
-            "export HCP_API_KEY"],
+            "config.toml",
+            "connectors.hcp.api_key",
+            "environment variable HCP_API_KEY is not set",
+            "export HCP_API_KEY",
+        ],
     ),
     "unknown-connector-type": BadConfig(
         text=lambda t: t.replace('type = "spreadsheet"', 'type = "spreadsheets"'),
         expected=lambda text, folder: [
-            "connectors.books.type", "unknown connector type 'spreadsheets'", "spreadsheet",
-            "housecallpro"],
+            "connectors.books.type",
+            "unknown connector type 'spreadsheets'",
+            "spreadsheet",
+            "housecallpro",
+        ],
     ),
     "pipeline-member-that-does-not-exist": BadConfig(
         text=lambda t: t.replace('members = ["hcp", "books"]', 'members = ["hcp", "bookz"]'),
         expected=lambda text, folder: [
-            "config.toml", "members[1]", "no connector named 'bookz'", "did you mean 'books'"],
+            "config.toml",
+            "members[1]",
+            "no connector named 'bookz'",
+            "did you mean 'books'",
+        ],
     ),
     "several-problems-at-once": BadConfig(
-        text=lambda t: (t.replace("${HCP_API_KEY}", "${HCP_TOKEN_NOT_SET}")
-                        .replace('members = ["hcp", "books"]', 'members = ["hcp", "books", "crm"]')
-                        .replace('entities = ["customers"]', 'entities = ["customers", "invoicez"]')
-                        .replace('default = ["hcp"]', 'default = ["hcpp"]')
-                        + MAPPING_OVERRIDE),
+        text=lambda t: (
+            t.replace("${HCP_API_KEY}", "${HCP_TOKEN_NOT_SET}")
+            .replace('members = ["hcp", "books"]', 'members = ["hcp", "books", "crm"]')
+            .replace('entities = ["customers"]', 'entities = ["customers", "invoicez"]')
+            .replace('default = ["hcp"]', 'default = ["hcpp"]')
+            + MAPPING_OVERRIDE
+        ),
         files={"books-customers.toml": BAD_TRANSFORM_MAPPING},
         expected=lambda text, folder: [
             "environment variable HCP_TOKEN_NOT_SET is not set",
@@ -147,10 +171,13 @@ def _check_refused(tmp_path: Path, cli: Cli, box: Sandbox, case: BadConfig) -> l
     for name, body in (case.files or {}).items():
         (folder / name).write_text(body, encoding="utf-8")
     csv_path = folder / "books" / "customers.csv"
-    csv_bytes = write_csv(csv_path, [
-        {"First Name": "Ann", "Last Name": "Untouched", "Email": "ann.untouched@example.org"},
-        {"First Name": "Bo", "Last Name": "Untouched", "Company": "Bo's Boilers"},
-    ])
+    csv_bytes = write_csv(
+        csv_path,
+        [
+            {"First Name": "Ann", "Last Name": "Untouched", "Email": "ann.untouched@example.org"},
+            {"First Name": "Bo", "Last Name": "Untouched", "Company": "Bo's Boilers"},
+        ],
+    )
     before = sorted(p.name for p in folder.rglob("*"))
     box.clear_requests()
 
@@ -188,8 +215,9 @@ def test_unknown_keys_in_a_pipeline_and_a_connector_are_reported_together(
     tmp_path: Path, cli: Cli, idle_sandbox: Sandbox
 ) -> None:
     case = BadConfig(
-        text=lambda t: (t.replace('entities = ["customers"]', 'entitys = ["customers"]')
-                        .replace("max_retries = 1", "max_retries = 1\npagesize = 50")),
+        text=lambda t: t.replace('entities = ["customers"]', 'entitys = ["customers"]').replace(
+            "max_retries = 1", "max_retries = 1\npagesize = 50"
+        ),
         expected=lambda text, folder: ["unknown key 'entitys'", "unknown key 'pagesize'"],
     )
     _check_refused(tmp_path, cli, idle_sandbox, case)
@@ -217,8 +245,14 @@ def test_ragged_row_is_a_row_error_the_others_sync_and_it_is_left_as_it_was(
     ragged_index, edited_index = with_email[0], with_email[1]
     edited = rows[edited_index]
     edited["Mobile"] = "(555) 010-4477"
-    rows.append({"First Name": "Nadia", "Last Name": "Newrow",
-                 "Email": "nadia.newrow@example.org", "Company": "Newrow Cafe"})
+    rows.append(
+        {
+            "First Name": "Nadia",
+            "Last Name": "Newrow",
+            "Email": "nadia.newrow@example.org",
+            "Company": "Newrow Cafe",
+        }
+    )
     write_csv(csv_path, rows)
     lines = csv_path.read_text(encoding="utf-8").splitlines(keepends=True)
     ragged_line = lines[ragged_index + 1].rstrip("\n") + ",spilled,over\n"
@@ -246,8 +280,10 @@ def test_ragged_row_is_a_row_error_the_others_sync_and_it_is_left_as_it_was(
     assert_clean_exit(again, 1)
     assert json.loads(again.stdout)["entities"]["customers"]["errors"] == 1
     assert box.writes() == []
-    assert csv_path.read_text(encoding="utf-8").splitlines(keepends=True)[
-        ragged_index + 1] == ragged_line
+    assert (
+        csv_path.read_text(encoding="utf-8").splitlines(keepends=True)[ragged_index + 1]
+        == ragged_line
+    )
 
 
 def test_json_output_still_names_the_bad_row(
@@ -276,8 +312,8 @@ def test_copy_pasted_row_with_the_same_sync_id_is_a_row_error(
     edited["Last Name"] = "Edited-Surname"
     write_csv(csv_path, rows)
     lines = csv_path.read_text(encoding="utf-8").splitlines(keepends=True)
-    duplicate = lines[2]                                        # file line 3 ...
-    lines.append(duplicate)                                     # ... pasted again as line 8
+    duplicate = lines[2]  # file line 3 ...
+    lines.append(duplicate)  # ... pasted again as line 8
     csv_path.write_text("".join(lines), encoding="utf-8")
     ids_before = {c["id"] for c in box.customers()}
 
@@ -290,8 +326,9 @@ def test_copy_pasted_row_with_the_same_sync_id_is_a_row_error(
     assert len(after) == 8
     assert after[2] == duplicate and after[7] == duplicate
     writes = box.writes()
-    assert [(w["method"], w["path"]) for w in writes] == [
-        ("PUT", f"/customers/{target_id}")], writes
+    assert [(w["method"], w["path"]) for w in writes] == [("PUT", f"/customers/{target_id}")], (
+        writes
+    )
     assert {c["id"] for c in box.customers()} == ids_before
     assert box.customer(target_id).get("last_name") == "Edited-Surname"
 
@@ -302,7 +339,7 @@ def test_sync_id_overwritten_by_another_rows_does_not_delete_the_customer(
     box = sandbox_factory(seed=6)
     config, csv_path = _first_sync(cli, box, tmp_path)
     rows = read_csv(csv_path)
-    rows[2]["Sync ID"] = rows[1]["Sync ID"]                     # file lines 3 and 4
+    rows[2]["Sync ID"] = rows[1]["Sync ID"]  # file lines 3 and 4
     csv_bytes = write_csv(csv_path, rows)
 
     done = cli("sync", "--config", config)
@@ -319,9 +356,9 @@ def test_undecodable_bytes_stop_the_run_naming_file_line_and_encoding_option(
     box = sandbox_factory(seed=4)
     config, csv_path = _first_sync(cli, box, tmp_path)
     rows = read_csv(csv_path)
-    rows[0]["Company"] = "Would Be Written Co"                  # a change that must not go out
+    rows[0]["Company"] = "Would Be Written Co"  # a change that must not go out
     good = write_csv(csv_path, rows)
-    bad_line = len(rows) + 2                                    # after the header and the rows
+    bad_line = len(rows) + 2  # after the header and the rows
     data = good + b",Bad,Bytes,bad.bytes@example.org,,,,\xff\xfe garbage,,,,,\n"
     csv_path.write_bytes(data)
     customers_before = box.customers()
@@ -346,8 +383,10 @@ def test_undecodable_file_on_a_first_run_writes_nothing_anywhere(
     config = hcp_books_config(tmp_path, box.port)
     csv_path = tmp_path / "books" / "customers.csv"
     csv_path.parent.mkdir(parents=True)
-    data = ("Sync ID,First Name,Last Name,Email,Company\n"
-            ",Zoë,Café,zoe.cafe@example.org,Crème Brûlée Co\n").encode("cp1252")
+    data = (
+        "Sync ID,First Name,Last Name,Email,Company\n"
+        ",Zoë,Café,zoe.cafe@example.org,Crème Brûlée Co\n"
+    ).encode("cp1252")
     csv_path.write_bytes(data)
 
     done = cli("sync", "--config", config)

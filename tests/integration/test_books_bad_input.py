@@ -58,8 +58,11 @@ class Books:
         """How the error names the row: ``invoices.csv line N`` or ``books.xlsx, sheet
         Invoices, row N`` (a header and no blank lines: line N is row N)."""
         sheet = read_books(self.path, entity)
-        n = next(w for r, w in zip(sheet.rows, sheet.where, strict=True)
-                 if str(r["Sync ID"] or "") == sync_id)
+        n = next(
+            w
+            for r, w in zip(sheet.rows, sheet.where, strict=True)
+            if str(r["Sync ID"] or "") == sync_id
+        )
         if self.xlsx:
             return f"books.xlsx, sheet {entity.capitalize()}, row {n}"
         return f"{entity}.csv line {n}"
@@ -71,8 +74,9 @@ class Books:
             return f"books.xlsx, sheet {entity.capitalize()}, row {n}"
         return f"{entity}.csv line {n}"
 
-    def edit(self, entity: str, changes: dict[str, dict[str, Any]],
-             added: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
+    def edit(
+        self, entity: str, changes: dict[str, dict[str, Any]], added: list[dict[str, Any]] = ()
+    ) -> None:  # type: ignore[assignment]
         """``changes``: Sync ID -> {column: value}; ``added``: new rows."""
         if not self.xlsx:
             csv_path = self.path / f"{entity}.csv"
@@ -92,8 +96,11 @@ class Books:
         wb.save(self.path)
 
     def snapshot(self, entity: str, sync_ids: set[str]) -> dict[str, dict[str, Any]]:
-        return {str(r["Sync ID"]): r for r in read_books(self.path, entity).rows
-                if str(r["Sync ID"] or "") in sync_ids}
+        return {
+            str(r["Sync ID"]): r
+            for r in read_books(self.path, entity).rows
+            if str(r["Sync ID"] or "") in sync_ids
+        }
 
     def unlinked(self, entity: str) -> list[dict[str, Any]]:
         return [r for r in read_books(self.path, entity).filled() if not r["Sync ID"]]
@@ -105,7 +112,8 @@ def error_lines(output: str) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["csv", "xlsx"])
 def test_bad_rows_are_reported_by_row_and_block_nothing_else(
-        kind: str, tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli) -> None:
+    kind: str, tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
     box = sandbox_factory(seed=SEED)
     hcp = Hcp(box)
     folder = tmp_path / "work"
@@ -115,19 +123,29 @@ def test_bad_rows_are_reported_by_row_and_block_nothing_else(
     books = Books(path)
 
     invoices = {r["Invoice #"]: r for r in read_books(path, "invoices").filled()}
-    owing = sorted((i for i in hcp.invoices()
-                    if i["status"] == "sent" and i["outstanding_balance"] > 3000),
-                   key=lambda i: i["invoice_number"])
+    owing = sorted(
+        (i for i in hcp.invoices() if i["status"] == "sent" and i["outstanding_balance"] > 3000),
+        key=lambda i: i["invoice_number"],
+    )
     assert len(owing) >= 4, "the seed should have four invoices that owe something"
-    broken = {column: str(invoices[inv["invoice_number"]]["Sync ID"])
-              for column, inv in zip(BAD, owing, strict=False)}
+    broken = {
+        column: str(invoices[inv["invoice_number"]]["Sync ID"])
+        for column, inv in zip(BAD, owing, strict=False)
+    }
     healthy = owing[3]
     before = books.snapshot("invoices", set(broken.values()))
-    books.edit("invoices", {sync_id: {column: BAD[column]}
-                            for column, sync_id in broken.items()})
-    payment_rows = [{"Sync ID": None, "Invoice #": number or healthy["invoice_number"],
-                     "Amount": "5.00", "Method": "cash", "Status": "succeeded", "Date": date}
-                    for number, date in NEW_PAYMENTS]
+    books.edit("invoices", {sync_id: {column: BAD[column]} for column, sync_id in broken.items()})
+    payment_rows = [
+        {
+            "Sync ID": None,
+            "Invoice #": number or healthy["invoice_number"],
+            "Amount": "5.00",
+            "Method": "cash",
+            "Status": "succeeded",
+            "Date": date,
+        }
+        for number, date in NEW_PAYMENTS
+    ]
     books.edit("payments", {}, payment_rows)
     customer = next(r for r in read_books(path, "customers").filled() if r["Email"])
     books.edit("customers", {str(customer["Sync ID"]): {"Company": "Fixed In The Books"}})
@@ -135,13 +153,13 @@ def test_bad_rows_are_reported_by_row_and_block_nothing_else(
     expected = {  # where each error must point (before the sync appends rows)
         books.where("invoices", broken["Amount"]): "field 'Amount': '12,34x' is not an amount",
         books.where("invoices", broken["Status"]): "field 'Status': 'bogus' is not a known "
-                                                   "invoice status (use one of:",
+        "invoice status (use one of:",
         books.where("invoices", broken["Due Date"]): "field 'Due Date': '13/45/2025' is not a "
-                                                     "date in the format '%Y-%m-%d'",
+        "date in the format '%Y-%m-%d'",
         books.new_row_where("payments", 2): "Invoice # '9999': no invoice has invoice_number "
-                                            "'9999'",
+        "'9999'",
         books.new_row_where("payments", 1): "field 'Date': '06/02/2025' is not a date in the "
-                                            "format '%Y-%m-%d'",
+        "format '%Y-%m-%d'",
     }
     # meanwhile in HCP: payments on the invoice with the bad amount and on a healthy one
     on_broken = owing[0]
@@ -154,28 +172,42 @@ def test_bad_rows_are_reported_by_row_and_block_nothing_else(
     for where, message in expected.items():
         mine = [e for e in errors if re.search(re.escape(where) + r"\b", e)]
         assert len(mine) == 1 and message in mine[0], (
-            f"expected one error at {where!r} saying {message!r}; errors:\n" + "\n".join(errors))
+            f"expected one error at {where!r} saying {message!r}; errors:\n" + "\n".join(errors)
+        )
     assert len(errors) == len(expected), "\n".join(errors)
 
     # nothing else blocked: the customer edit reached HCP, both payments reached the books
-    assert hcp.customers() and any(c.get("company") == "Fixed In The Books"
-                                   and (c.get("email") or "").lower() == customer["Email"]
-                                   for c in hcp.customers()), "the customer edit did not sync"
+    assert hcp.customers() and any(
+        c.get("company") == "Fixed In The Books"
+        and (c.get("email") or "").lower() == customer["Email"]
+        for c in hcp.customers()
+    ), "the customer edit did not sync"
     truth = hcp.books()
     pay_rows = read_books(path, "payments").filled()
     for inv, amount in ((on_broken, "15"), (healthy, "25")):
-        got = [r for r in pay_rows if r["Invoice #"] == inv["invoice_number"] and r["Sync ID"]
-               and str(r["Amount"]).startswith(amount) and "2025-06-05" in str(r["Date"])]
+        got = [
+            r
+            for r in pay_rows
+            if r["Invoice #"] == inv["invoice_number"]
+            and r["Sync ID"]
+            and str(r["Amount"]).startswith(amount)
+            and "2025-06-05" in str(r["Date"])
+        ]
         assert len(got) == 1, f"the HCP payment on {inv['invoice_number']}: {got}"
-    (healthy_row,) = [r for r in read_books(path, "invoices").filled()
-                      if r["Invoice #"] == healthy["invoice_number"]]
+    (healthy_row,) = [
+        r
+        for r in read_books(path, "invoices").filled()
+        if r["Invoice #"] == healthy["invoice_number"]
+    ]
     healthy_now = truth.by_number[healthy["invoice_number"]]
     assert float(str(healthy_row["Balance"])) * 100 == pytest.approx(
-        healthy_now["outstanding_balance"]), healthy_row
+        healthy_now["outstanding_balance"]
+    ), healthy_row
     # nothing lost: the bad rows stay exactly as the bookkeeper left them
     assert books.snapshot("invoices", set(broken.values())) == bad_before
     assert [(r["Invoice #"], r["Date"]) for r in books.unlinked("payments")] == [
-        (r["Invoice #"], r["Date"]) for r in payment_rows]
+        (r["Invoice #"], r["Date"]) for r in payment_rows
+    ]
 
     # the same errors again next time (not forgotten), and nothing else to do
     dry = cli("sync", "--config", config, "--dry-run", "--json")
@@ -184,23 +216,29 @@ def test_bad_rows_are_reported_by_row_and_block_nothing_else(
     problems = [p for e in result["entities"].values() for p in e["problems"]]
     assert sorted(p["location"] for p in problems) == sorted(expected), problems
     assert all(p["member"] == "books" for p in problems), problems
-    writes = {(e, m): c[m] for e, c in result["entities"].items() for m in ("hcp", "books")
-              if any(c[m].values())}
+    writes = {
+        (e, m): c[m]
+        for e, c in result["entities"].items()
+        for m in ("hcp", "books")
+        if any(c[m].values())
+    }
     assert not writes, writes
 
     # fixed: the bad cells back to what they were, the two payment rows removed
     books.edit("invoices", {sid: {c: before[sid][c]} for c, sid in broken.items()})
     if kind == "csv":
         sheet = read_csv_rows(path / "payments.csv")
-        write_csv_rows(path / "payments.csv", sheet.header, [r for r in sheet.rows
-                                                             if r["Sync ID"]])
+        write_csv_rows(path / "payments.csv", sheet.header, [r for r in sheet.rows if r["Sync ID"]])
     else:
         wb = openpyxl.load_workbook(path)
         ws = wb["Payments"]
         header = [c.value for c in ws[1]]
         id_col = header.index("Sync ID")
-        added = [row[0].row for row in ws.iter_rows(min_row=2)
-                 if not row[id_col].value and any(c.value not in (None, "") for c in row)]
+        added = [
+            row[0].row
+            for row in ws.iter_rows(min_row=2)
+            if not row[id_col].value and any(c.value not in (None, "") for c in row)
+        ]
         assert len(added) == 2, added  # the two rows typed above, wherever they landed
         for number in sorted(added, reverse=True):
             ws.delete_rows(number)

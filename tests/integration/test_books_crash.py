@@ -59,11 +59,15 @@ BUDGET_S = 30.0
 BALANCE_FORMAT = '"$"#,##0.00_);[Red]("$"#,##0.00)'
 
 
-def record_payments(hcp: Hcp, rng: random.Random, round_no: int,
-                    twins: list[dict[str, Any]]) -> list[str]:
+def record_payments(
+    hcp: Hcp, rng: random.Random, round_no: int, twins: list[dict[str, Any]]
+) -> list[str]:
     """A few payments on invoices that still owe something; returns what was done."""
-    owing = [i for i in hcp.invoices()
-             if i["status"] not in ("voided", "canceled") and i["outstanding_balance"] > 0]
+    owing = [
+        i
+        for i in hcp.invoices()
+        if i["status"] not in ("voided", "canceled") and i["outstanding_balance"] > 0
+    ]
     done = []
     for j in range(rng.randint(2, 4)):
         if not owing:
@@ -84,8 +88,9 @@ def record_payments(hcp: Hcp, rng: random.Random, round_no: int,
             # the same payment again: same invoice, amount, method, day (even the minute)
             twin = min(amount, inv["outstanding_balance"])
             if twin == amount:
-                hcp.record_payment(inv["id"], amount, method=method, status=status,
-                                   processed_at=when)
+                hcp.record_payment(
+                    inv["id"], amount, method=method, status=status, processed_at=when
+                )
                 twins.append({"invoice": inv["id"], "amount": amount, "when": when})
                 inv["outstanding_balance"] -= amount
                 done.append(f"{inv['invoice_number']} twin {amount}c")
@@ -115,9 +120,12 @@ def check_balance_styles(workbook: Path) -> None:
     try:
         ws = wb["Invoices"]
         col = [c.value for c in ws[1]].index("Balance")
-        lost = [f"{row[col].coordinate} {row[col].number_format!r} bold={row[col].font.b}"
-                for row in ws.iter_rows(min_row=2) if row[col].value is not None
-                and (row[col].number_format != BALANCE_FORMAT or not row[col].font.b)]
+        lost = [
+            f"{row[col].coordinate} {row[col].number_format!r} bold={row[col].font.b}"
+            for row in ws.iter_rows(min_row=2)
+            if row[col].value is not None
+            and (row[col].number_format != BALANCE_FORMAT or not row[col].font.b)
+        ]
         assert not lost, f"Balance cells lost the bookkeeper's format or font: {lost[:10]}"
     finally:
         wb.close()
@@ -125,7 +133,8 @@ def check_balance_styles(workbook: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["csv", "xlsx"])
 def test_payments_recorded_in_hcp_arrive_exactly_once_through_sigkills(
-        kind: str, tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli) -> None:
+    kind: str, tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
     test_started = time.monotonic()
     rng = random.Random(f"{SEED}-{kind}")
     box = sandbox_factory(seed=CUSTOMERS)
@@ -159,7 +168,8 @@ def test_payments_recorded_in_hcp_arrive_exactly_once_through_sigkills(
             else:
                 run = syncer.killed_after(rng.uniform(full - work, full), note=done)
             assert run.killed or run.returncode == 0, (
-                f"sync #{run.index} failed on its own with exit {run.returncode}")
+                f"sync #{run.index} failed on its own with exit {run.returncode}"
+            )
         assert twins, "the twin payment was never recorded"
         late = ", ".join(record_payments(hcp, rng, ROUNDS, twins))
 
@@ -173,7 +183,8 @@ def test_payments_recorded_in_hcp_arrive_exactly_once_through_sigkills(
         print("\n".join(r.row() for r in syncer.runs))
         assert len(killed) >= 3, "too few syncs were killed to mean much"
         assert any(r.killed and r.trigger.startswith("when ") for r in syncer.runs), (
-            "no kill landed between the books write and the state commit")
+            "no kill landed between the books write and the state commit"
+        )
 
         truth = hcp.books()
         payments = truth.all_payments()
@@ -190,23 +201,31 @@ def test_payments_recorded_in_hcp_arrive_exactly_once_through_sigkills(
         assert set(hcp_ids) == {p["id"] for p in payments} and max(hcp_ids.values()) == 1, (
             f"HCP payments not linked exactly once: unlinked "
             f"{sorted({p['id'] for p in payments} - set(hcp_ids))}, linked twice "
-            f"{[i for i, k in hcp_ids.items() if k > 1]}")
+            f"{[i for i, k in hcp_ids.items() if k > 1]}"
+        )
         assert set(book_ids) == set(sync_ids) and max(sync_ids.values()) == 1, (
             f"rows and links differ: rows without a link "
             f"{sorted(set(sync_ids) - set(book_ids))}, links without a row "
-            f"{sorted(set(book_ids) - set(sync_ids), key=str)}")
+            f"{sorted(set(book_ids) - set(sync_ids), key=str)}"
+        )
         assert journal_counts(folder / "state.db")["pending"] == 0
 
         twin = twins[0]
-        twin_rows = [p for p in payments if p["invoice_id"] == twin["invoice"]
-                     and p["amount"] == twin["amount"] and p["processed_at"] == twin["when"]]
+        twin_rows = [
+            p
+            for p in payments
+            if p["invoice_id"] == twin["invoice"]
+            and p["amount"] == twin["amount"]
+            and p["processed_at"] == twin["when"]
+        ]
         assert len(twin_rows) == 2, twin_rows
 
         report = cli("reconcile-report", "--config", config, "--json")
         assert_clean_exit(report, 0)
         body = json.loads(report.stdout)
-        assert body["clean"] is True, body["general"] or [
-            x for x in body["invoices"] if x["disagreements"]][:5]
+        assert body["clean"] is True, (
+            body["general"] or [x for x in body["invoices"] if x["disagreements"]][:5]
+        )
         assert body["totals"]["books"]["paid"] == truth.total_paid()
         if xlsx:
             check_balance_styles(books)

@@ -92,8 +92,8 @@ def check_prepared_parts_kept(path: Path) -> None:
         assert notes.column_dimensions["A"].width == 42.5
         assert notes.row_dimensions[1].height == 30
         invoices = wb["Invoices"]
-        assert [c.value for c in invoices[1]][:len(INVOICE_COLUMNS)] == INVOICE_COLUMNS
-        assert all(c.font.b for c in invoices[1][:len(INVOICE_COLUMNS)]), "header lost its bold"
+        assert [c.value for c in invoices[1]][: len(INVOICE_COLUMNS)] == INVOICE_COLUMNS
+        assert all(c.font.b for c in invoices[1][: len(INVOICE_COLUMNS)]), "header lost its bold"
         assert invoices.column_dimensions["C"].width == 34
         assert invoices.column_dimensions["E"].width == 15
         assert invoices.freeze_panes == "A2"
@@ -111,8 +111,10 @@ def check_typed_cells(path: Path) -> None:
     wb = openpyxl.load_workbook(path)
     try:
         bad: list[str] = []
-        for title, money, dates in (("Invoices", ("Amount", "Balance"), ("Due Date", "Created")),
-                                    ("Payments", ("Amount",), ("Date",))):
+        for title, money, dates in (
+            ("Invoices", ("Amount", "Balance"), ("Due Date", "Created")),
+            ("Payments", ("Amount",), ("Date",)),
+        ):
             ws = wb[title]
             header = [c.value for c in ws[1]]
             col = {name: header.index(name) for name in (*money, *dates, "Invoice #")}
@@ -121,19 +123,28 @@ def check_typed_cells(path: Path) -> None:
                     continue
                 for name in money:
                     cell = row[col[name]]
-                    if (cell.data_type != "n" or isinstance(cell.value, bool)
-                            or not isinstance(cell.value, int | float)
-                            or not is_money_format(cell.number_format)):
-                        bad.append(f"{title}!{cell.coordinate} {name}: {cell.value!r} "
-                                   f"({cell.data_type}, format {cell.number_format!r})")
+                    if (
+                        cell.data_type != "n"
+                        or isinstance(cell.value, bool)
+                        or not isinstance(cell.value, int | float)
+                        or not is_money_format(cell.number_format)
+                    ):
+                        bad.append(
+                            f"{title}!{cell.coordinate} {name}: {cell.value!r} "
+                            f"({cell.data_type}, format {cell.number_format!r})"
+                        )
                 for name in dates:
                     cell = row[col[name]]
                     if cell.value is None and name == "Due Date":
                         continue
-                    if not (isinstance(cell.value, dt.datetime | dt.date)
-                            and is_date_format(cell.number_format)):
-                        bad.append(f"{title}!{cell.coordinate} {name}: {cell.value!r} "
-                                   f"(format {cell.number_format!r})")
+                    if not (
+                        isinstance(cell.value, dt.datetime | dt.date)
+                        and is_date_format(cell.number_format)
+                    ):
+                        bad.append(
+                            f"{title}!{cell.coordinate} {name}: {cell.value!r} "
+                            f"(format {cell.number_format!r})"
+                        )
                 cell = row[col["Invoice #"]]
                 if not isinstance(cell.value, str):
                     bad.append(f"{title}!{cell.coordinate} Invoice #: {cell.value!r} is not text")
@@ -151,22 +162,30 @@ def check_dry_run(output: str, hcp_books: Any) -> None:
         if lines is None:
             missing.append(f"invoice {inv['invoice_number']} (no block)")
             continue
-        for want in ("+ create on books", f"amount: {currency(inv['amount'])}",
-                     f"balance: {currency(inv['outstanding_balance'])}"):
+        for want in (
+            "+ create on books",
+            f"amount: {currency(inv['amount'])}",
+            f"balance: {currency(inv['outstanding_balance'])}",
+        ):
             if want not in lines:
                 missing.append(f"invoice {inv['invoice_number']}: {want!r} not in {lines}")
     assert not missing, "the dry run does not show:\n  " + "\n  ".join(missing[:10])
     shown: Counter[str] = Counter()
     for header, lines in blocks.items():
         if header.startswith("payments · "):
-            amounts = [line.removeprefix("amount: ") for line in lines
-                       if line.startswith("amount: ")]
+            amounts = [
+                line.removeprefix("amount: ") for line in lines if line.startswith("amount: ")
+            ]
             assert len(amounts) == 1 and header.startswith(f"payments · {amounts[0]} on "), (
-                header, lines)
+                header,
+                lines,
+            )
             shown[amounts[0]] += 1
     wanted = Counter(currency(p["amount"]) for p in hcp_books.all_payments())
-    assert shown == wanted, (f"payments in the dry run: missing {dict(wanted - shown)}, "
-                             f"unexpected {dict(shown - wanted)}")
+    assert shown == wanted, (
+        f"payments in the dry run: missing {dict(wanted - shown)}, "
+        f"unexpected {dict(shown - wanted)}"
+    )
     big = [inv for inv in hcp_books.invoices if inv["amount"] >= 100_000]
     assert big, "the seed should have an invoice of $1,000 or more"
     assert f"amount: {currency(big[0]['amount'])}" in output and "," in currency(big[0]["amount"])
@@ -174,7 +193,8 @@ def check_dry_run(output: str, hcp_books: Any) -> None:
 
 @pytest.mark.parametrize("kind", ["xlsx", "csv"])
 def test_seeded_sandbox_syncs_into_empty_books_and_reconciles(
-        kind: str, tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli) -> None:
+    kind: str, tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
     box = sandbox_factory(seed=SEED)
     hcp = Hcp(box)
     folder = tmp_path / "work"
@@ -208,7 +228,8 @@ def test_seeded_sandbox_syncs_into_empty_books_and_reconciles(
     assert planned_writes(result) == {
         ("customers", "books", "create"): len(truth.customers),
         ("invoices", "books", "create"): len(truth.invoices),
-        ("payments", "books", "create"): len(truth.all_payments())}, result
+        ("payments", "books", "create"): len(truth.all_payments()),
+    }, result
 
     second = cli("sync", "--config", config, "--json")
     assert_clean_exit(second, 0)
@@ -223,8 +244,11 @@ def test_seeded_sandbox_syncs_into_empty_books_and_reconciles(
     assert body["clean"] is True and body["disagreements"] == 0, body
     for member in ("hcp", "books"):
         assert body["totals"][member] == {
-            "invoices": len(truth.invoices), "amount": truth.total_amount(),
-            "paid": truth.total_paid(), "balance": truth.total_balance()}, body["totals"]
+            "invoices": len(truth.invoices),
+            "amount": truth.total_amount(),
+            "paid": truth.total_paid(),
+            "balance": truth.total_balance(),
+        }, body["totals"]
 
     assert hcp.books() == truth, "HCP changed although only the books had anything to take"
     assert not [r for r in hcp.requests() if r["method"] != "GET"], "writes reached HCP"
@@ -247,28 +271,35 @@ def flagged_sandboxes(tmp_path: Path) -> Iterator[list[Sandbox]]:
 
 
 def payments_requests(requests: list[dict[str, Any]]) -> Counter[str]:
-    return Counter(r["path"] for r in requests
-                   if r["method"] == "GET" and r["path"].endswith("/payments"))
+    return Counter(
+        r["path"] for r in requests if r["method"] == "GET" and r["path"].endswith("/payments")
+    )
 
 
 def rows_without_ids(books: Path, entity: str) -> list[tuple[Any, ...]]:
     rows = read_books(books, entity).filled()
-    return sorted(tuple(sorted((k, str(v)) for k, v in r.items() if k != "Sync ID"))
-                  for r in rows)
+    return sorted(tuple(sorted((k, str(v)) for k, v in r.items() if k != "Sync ID")) for r in rows)
 
 
 def test_live_invoices_without_nested_payments_fill_the_same_books(
-        tmp_path: Path, flagged_sandboxes: list[Sandbox], cli: Cli) -> None:
+    tmp_path: Path, flagged_sandboxes: list[Sandbox], cli: Cli
+) -> None:
     seed = 30
-    live = start_sandbox_with(tmp_path / "live-sandbox", "--live-invoices",
-                              "--no-nest-payments", seed=seed, started=flagged_sandboxes)
+    live = start_sandbox_with(
+        tmp_path / "live-sandbox",
+        "--live-invoices",
+        "--no-nest-payments",
+        seed=seed,
+        started=flagged_sandboxes,
+    )
     plain = start_sandbox_with(tmp_path / "plain-sandbox", seed=seed, started=flagged_sandboxes)
     live_hcp, plain_hcp = Hcp(live), Hcp(plain)
     assert live_hcp.options() == {"nest_payments": False, "live_invoices": True}
     assert plain_hcp.options() == {"nest_payments": True, "live_invoices": False}
     raw = live_hcp.invoices()
-    assert raw and all("customer_id" not in i and "updated_at" not in i and "payments" not in i
-                       for i in raw), raw[:2]
+    assert raw and all(
+        "customer_id" not in i and "updated_at" not in i and "payments" not in i for i in raw
+    ), raw[:2]
 
     live_config = books_config(tmp_path / "live", live.port)
     plain_config = books_config(tmp_path / "plain", plain.port)
@@ -279,27 +310,31 @@ def test_live_invoices_without_nested_payments_fill_the_same_books(
         assert_clean_exit(run, 0)
     # payments read per invoice, once each, only where they are not nested
     assert payments_requests(live_hcp.requests()) == Counter(
-        f"/invoices/{i['id']}/payments" for i in raw)
+        f"/invoices/{i['id']}/payments" for i in raw
+    )
     assert not payments_requests(plain_hcp.requests())
     truth = live_hcp.books()
     assert_books_match_hcp(truth, tmp_path / "live" / "books")
     for entity in ("customers", "invoices", "payments"):
         assert rows_without_ids(tmp_path / "live" / "books", entity) == rows_without_ids(
-            tmp_path / "plain" / "books", entity), f"{entity} differ between the two sandboxes"
+            tmp_path / "plain" / "books", entity
+        ), f"{entity} differ between the two sandboxes"
 
     second = cli("sync", "--config", live_config, "--json")
     assert_clean_exit(second, 0)
     assert_nothing_planned(json.loads(second.stdout))
 
     # a payment recorded in HCP reaches the books through GET /invoices/{id}/payments
-    owing = next(i for i in truth.invoices if i["status"] == "sent"
-                 and i["outstanding_balance"] > 500)
-    live_hcp.record_payment(owing["id"], 499, method="cash",
-                            processed_at="2025-06-03T15:00:00Z")
+    owing = next(
+        i for i in truth.invoices if i["status"] == "sent" and i["outstanding_balance"] > 500
+    )
+    live_hcp.record_payment(owing["id"], 499, method="cash", processed_at="2025-06-03T15:00:00Z")
     third = cli("sync", "--config", live_config, "--json")
     assert_clean_exit(third, 0)
     assert planned_writes(json.loads(third.stdout)) == {
-        ("payments", "books", "create"): 1, ("invoices", "books", "update"): 1}
+        ("payments", "books", "create"): 1,
+        ("invoices", "books", "update"): 1,
+    }
     assert_books_match_hcp(live_hcp.books(), tmp_path / "live" / "books")
     fourth = cli("sync", "--config", live_config, "--json")
     assert_clean_exit(fourth, 0)

@@ -35,14 +35,20 @@ def json_of(result: CliResult) -> dict[str, Any]:
     try:
         value = json.loads(result.stdout)
     except ValueError as exc:
-        raise AssertionError(f"--json printed something that is not one JSON value: {exc}\n"
-                             f"{result}") from None
+        raise AssertionError(
+            f"--json printed something that is not one JSON value: {exc}\n{result}"
+        ) from None
     assert isinstance(value, dict), str(result)
     return value
 
 
-def assert_sync_json_shape(obj: dict[str, Any], *, pipeline: str, dry_run: bool,
-                           members: tuple[str, ...] = ("hcp", "books")) -> dict[str, Any]:
+def assert_sync_json_shape(
+    obj: dict[str, Any],
+    *,
+    pipeline: str,
+    dry_run: bool,
+    members: tuple[str, ...] = ("hcp", "books"),
+) -> dict[str, Any]:
     """The documented ``--json`` shape; returns ``entities["customers"]``."""
     assert obj["pipeline"] == pipeline
     assert obj["dry_run"] is dry_run
@@ -51,14 +57,18 @@ def assert_sync_json_shape(obj: dict[str, Any], *, pipeline: str, dry_run: bool,
     for member in members:
         counts = customers[member]
         assert {k: type(counts[k]) for k in ("create", "update", "delete")} == {
-            "create": int, "update": int, "delete": int}, counts
+            "create": int,
+            "update": int,
+            "delete": int,
+        }, counts
     assert isinstance(customers["conflicts"], int)
     assert isinstance(customers["errors"], int)
     return dict(customers)
 
 
-def synced_pair(cli: Cli, sandbox_factory: SandboxFactory, folder: Path, *, seed: int,
-                **config: Any) -> tuple[Sandbox, Path]:
+def synced_pair(
+    cli: Cli, sandbox_factory: SandboxFactory, folder: Path, *, seed: int, **config: Any
+) -> tuple[Sandbox, Path]:
     """A sandbox with ``seed`` customers, a config, and a first sync that copied them all
     into ``folder/books/customers.csv``."""
     box = sandbox_factory(seed=seed)
@@ -84,8 +94,10 @@ def test_example_config_runs_as_is_against_the_sandbox(
     assert original.count('"http://127.0.0.1:8765"') == 1
     config = folder / "config.example.toml"
     # Only the port changes: a fixed 8765 would collide between tests running in parallel.
-    config.write_text(original.replace('"http://127.0.0.1:8765"',
-                                       f'"http://127.0.0.1:{box.port}"'), encoding="utf-8")
+    config.write_text(
+        original.replace('"http://127.0.0.1:8765"', f'"http://127.0.0.1:{box.port}"'),
+        encoding="utf-8",
+    )
     state = folder / "syncengine-state.db"
     csv_path = folder / "books" / "customers.csv"
 
@@ -134,8 +146,9 @@ def test_dry_run_shows_per_field_diffs_and_writes_nothing_anywhere(
     edited = next(row for row in rows if row["Email"])  # found again in HCP by its e-mail
     old_company = edited["Company"]
     edited["Company"] = "Dry Run Plumbing LLC"
-    rows.append({"First Name": "Nora", "Last Name": "Newcombe",
-                 "Email": "nora.newcombe@example.org"})
+    rows.append(
+        {"First Name": "Nora", "Last Name": "Newcombe", "Email": "nora.newcombe@example.org"}
+    )
     csv_bytes = write_csv(csv_path, rows)
     state_before = state_files(tmp_path)
     assert "state.db" in state_before
@@ -155,7 +168,10 @@ def test_dry_run_shows_per_field_diffs_and_writes_nothing_anywhere(
     assert_clean_exit(as_json, 0)
     customers = assert_sync_json_shape(json_of(as_json), pipeline="hcp-books", dry_run=True)
     assert {k: customers["hcp"][k] for k in ("create", "update", "delete")} == {
-        "create": 1, "update": 1, "delete": 0}
+        "create": 1,
+        "update": 1,
+        "delete": 0,
+    }
     assert customers["books"]["create"] == 0 and customers["books"]["delete"] == 0
     assert customers["conflicts"] == 0 and customers["errors"] == 0
 
@@ -197,21 +213,29 @@ entities = ["customers"]
     unknown_pipeline = cli("sync", "--config", config, "--pipeline", "hcp-bookz")
     assert_clean_exit(unknown_pipeline, 2)
     assert "hcp-bookz" in unknown_pipeline.stderr and "hcp-books" in unknown_pipeline.stderr
-    unknown_entity = cli("sync", "--config", config, "--pipeline", "hcp-books",
-                         "--entity", "invoices")
+    unknown_entity = cli(
+        "sync", "--config", config, "--pipeline", "hcp-books", "--entity", "invoices"
+    )
     assert_clean_exit(unknown_entity, 2)
     assert "invoices" in unknown_entity.stderr
     assert box.requests() == [], "a usage error must read nothing"
     assert not (tmp_path / "state.db").exists()
 
-    done = cli("sync", "--config", config, "--pipeline", "hcp-books", "--entity", "customers",
-               "--json")
+    done = cli(
+        "sync", "--config", config, "--pipeline", "hcp-books", "--entity", "customers", "--json"
+    )
     assert_clean_exit(done, 0)
     customers = assert_sync_json_shape(json_of(done), pipeline="hcp-books", dry_run=False)
     assert {k: customers["books"][k] for k in ("create", "update", "delete")} == {
-        "create": 7, "update": 0, "delete": 0}
+        "create": 7,
+        "update": 0,
+        "delete": 0,
+    }
     assert {k: customers["hcp"][k] for k in ("create", "update", "delete")} == {
-        "create": 0, "update": 0, "delete": 0}
+        "create": 0,
+        "update": 0,
+        "delete": 0,
+    }
     assert customers["conflicts"] == 0 and customers["errors"] == 0
     assert len(read_csv(tmp_path / "books" / "customers.csv")) == 7
     # The other pipeline did not run.
@@ -223,7 +247,10 @@ entities = ["customers"]
     customers = assert_sync_json_shape(json_of(again), pipeline="hcp-books", dry_run=False)
     for member in ("hcp", "books"):
         assert {k: customers[member][k] for k in ("create", "update", "delete")} == {
-            "create": 0, "update": 0, "delete": 0}
+            "create": 0,
+            "update": 0,
+            "delete": 0,
+        }
 
 
 # ------------------------------------------------------------------------------ conflicts
@@ -233,8 +260,12 @@ def test_conflict_is_parked_listed_resolved_and_written(
     tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
 ) -> None:
     box, config = synced_pair(
-        cli, sandbox_factory, tmp_path, seed=6,
-        conflicts='default = ["hcp"]\n"customers.company" = ["manual"]')
+        cli,
+        sandbox_factory,
+        tmp_path,
+        seed=6,
+        conflicts='default = ["hcp"]\n"customers.company" = ["manual"]',
+    )
     csv_path = tmp_path / "books" / "customers.csv"
     rows = read_csv(csv_path)
     row = next(r for r in rows if r["Email"])
@@ -261,8 +292,7 @@ def test_conflict_is_parked_listed_resolved_and_written(
     conflict = conflicts[0]
     assert conflict["pipeline"] == "hcp-books" and conflict["entity"] == "customers"
     assert conflict["field"] == "company"
-    assert conflict["values"] == {"hcp": "HCP Side Heating Inc",
-                                  "books": "Books Side Heating LLC"}
+    assert conflict["values"] == {"hcp": "HCP Side Heating Inc", "books": "Books Side Heating LLC"}
     assert f"#{conflict['id']}" in listed.stdout
 
     # Still parked: a second sync neither settles it nor writes either value.
@@ -270,13 +300,15 @@ def test_conflict_is_parked_listed_resolved_and_written(
     assert_clean_exit(still, 1)
     assert box.customer(customer["id"]).get("company") == "HCP Side Heating Inc"
 
-    wrong_member = cli("conflicts", "resolve", str(conflict["id"]), "--take", "crm",
-                       "--config", config)
+    wrong_member = cli(
+        "conflicts", "resolve", str(conflict["id"]), "--take", "crm", "--config", config
+    )
     assert_clean_exit(wrong_member, 2)
     assert "hcp" in wrong_member.stderr and "books" in wrong_member.stderr
 
-    resolved = cli("conflicts", "resolve", str(conflict["id"]), "--take", "books",
-                   "--config", config)
+    resolved = cli(
+        "conflicts", "resolve", str(conflict["id"]), "--take", "books", "--config", config
+    )
     assert_clean_exit(resolved, 0)
     assert "Books Side Heating LLC" in resolved.stdout
 
@@ -289,8 +321,7 @@ def test_conflict_is_parked_listed_resolved_and_written(
     none_left = cli("conflicts", "list", "--config", config, "--json")
     assert_clean_exit(none_left, 0)
     assert json.loads(none_left.stdout) == []
-    again = cli("conflicts", "resolve", str(conflict["id"]), "--take", "books",
-                "--config", config)
+    again = cli("conflicts", "resolve", str(conflict["id"]), "--take", "books", "--config", config)
     assert_clean_exit(again, 2)
     assert "no open conflict" in again.stderr
 
@@ -341,8 +372,9 @@ def test_status_reports_runs_and_open_conflicts(
     tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
 ) -> None:
     box = sandbox_factory(seed=3)
-    config = hcp_books_config(tmp_path, box.port,
-                              conflicts='default = ["hcp"]\n"customers.company" = ["manual"]')
+    config = hcp_books_config(
+        tmp_path, box.port, conflicts='default = ["hcp"]\n"customers.company" = ["manual"]'
+    )
     never = cli("status", "--config", config)
     assert_clean_exit(never, 0)
     assert "hcp-books" in never.stdout and "never run" in never.stdout

@@ -56,8 +56,21 @@ API_KEY = "test-key-XYZ"
 SEED = 20240611
 SANDBOX_CUSTOMERS = 40
 READY = r"sandbox listening on http://[^\s:]+:(?P<port>\d+)"
-COLUMNS = ["Sync ID", "First Name", "Last Name", "Email", "Mobile", "Home Phone", "Work Phone",
-           "Company", "Tags", "Street", "City", "State", "Zip"]
+COLUMNS = [
+    "Sync ID",
+    "First Name",
+    "Last Name",
+    "Email",
+    "Mobile",
+    "Home Phone",
+    "Work Phone",
+    "Company",
+    "Tags",
+    "Street",
+    "City",
+    "State",
+    "Zip",
+]
 WRITES = ("POST", "PUT", "DELETE")
 
 LOOP_RUNS = 16
@@ -76,10 +89,13 @@ def syncengine_command() -> list[str]:
 
 
 def start_sandbox(*, seed: int = SANDBOX_CUSTOMERS, latency_ms: int = 5) -> ServerProcess:
-    code = ("from syncengine.connectors.housecallpro.sandbox import serve; "
-            f"serve('127.0.0.1', 0, api_key={API_KEY!r}, seed={seed}, latency_ms={latency_ms})")
-    return ServerProcess([sys.executable, "-c", code], name="hcp-sandbox", ready=READY,
-                         timeout=30).start()
+    code = (
+        "from syncengine.connectors.housecallpro.sandbox import serve; "
+        f"serve('127.0.0.1', 0, api_key={API_KEY!r}, seed={seed}, latency_ms={latency_ms})"
+    )
+    return ServerProcess(
+        [sys.executable, "-c", code], name="hcp-sandbox", ready=READY, timeout=30
+    ).start()
 
 
 class Sandbox:
@@ -88,8 +104,9 @@ class Sandbox:
     def __init__(self, server: ServerProcess) -> None:
         self.server = server
         self.url = server.url
-        self.http = httpx.Client(base_url=self.url, timeout=10,
-                                 headers={"Authorization": f"Token {API_KEY}"})
+        self.http = httpx.Client(
+            base_url=self.url, timeout=10, headers={"Authorization": f"Token {API_KEY}"}
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -98,17 +115,26 @@ class Sandbox:
         out: list[dict[str, Any]] = []
         page = 1
         while True:
-            body = self.http.get("/customers", params={
-                "page": page, "page_size": 200, "sort_by": "created_at",
-                "sort_direction": "asc"}).raise_for_status().json()
+            body = (
+                self.http.get(
+                    "/customers",
+                    params={
+                        "page": page,
+                        "page_size": 200,
+                        "sort_by": "created_at",
+                        "sort_direction": "asc",
+                    },
+                )
+                .raise_for_status()
+                .json()
+            )
             out += body["customers"]
             if page >= body["total_pages"]:
                 return out
             page += 1
 
     def put(self, customer_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.http.put(f"/customers/{customer_id}", json=body)
-                    .raise_for_status().json())
+        return dict(self.http.put(f"/customers/{customer_id}", json=body).raise_for_status().json())
 
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         return dict(self.http.post("/customers", json=body).raise_for_status().json())
@@ -122,8 +148,10 @@ class Sandbox:
             entries = self.requests()
         except httpx.HTTPError as exc:
             return f"(request log unavailable: {exc})"
-        lines = [f"{e['method']:6} {e['path']}{'?' + e['query'] if e['query'] else ''} "
-                 f"-> {e['status']}" for e in entries[-n:]]
+        lines = [
+            f"{e['method']:6} {e['path']}{'?' + e['query'] if e['query'] else ''} -> {e['status']}"
+            for e in entries[-n:]
+        ]
         return f"{len(entries)} requests in all; the last {len(lines)}:\n" + "\n".join(lines)
 
 
@@ -170,13 +198,15 @@ def read_sheet(path: Path) -> tuple[list[str], list[dict[str, str]], str]:
     newline = "\r\n" if "\r\n" in data else "\n"
     reader = csv.DictReader(io.StringIO(data, newline=""))
     header = list(reader.fieldnames or [])
-    rows = [dict(r) for r in reader if any((v or "").strip() for v in r.values()
-                                           if isinstance(v, str))]
+    rows = [
+        dict(r) for r in reader if any((v or "").strip() for v in r.values() if isinstance(v, str))
+    ]
     return header, rows, newline
 
 
-def write_sheet(path: Path, header: list[str], rows: list[dict[str, str]],
-                newline: str = "\r\n") -> None:
+def write_sheet(
+    path: Path, header: list[str], rows: list[dict[str, str]], newline: str = "\r\n"
+) -> None:
     buf = io.StringIO(newline="")
     writer = csv.DictWriter(buf, fieldnames=header, lineterminator=newline, extrasaction="ignore")
     writer.writeheader()
@@ -193,8 +223,12 @@ def journal_counts(db: Path) -> Counter[str]:
         return Counter()
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return Counter({state: n for state, n in con.execute(
-            "SELECT state, count(*) FROM journal GROUP BY state")})
+        return Counter(
+            {
+                state: n
+                for state, n in con.execute("SELECT state, count(*) FROM journal GROUP BY state")
+            }
+        )
     except sqlite3.OperationalError:  # killed before the schema was there
         return Counter()
     finally:
@@ -207,8 +241,8 @@ def links(db: Path) -> dict[str, dict[str, str]]:
     try:
         out: dict[str, dict[str, str]] = {}
         for key, member, native_id in con.execute(
-                "SELECT key, member, native_id FROM links WHERE entity = 'customers' "
-                "AND NOT tombstone"):
+            "SELECT key, member, native_id FROM links WHERE entity = 'customers' AND NOT tombstone"
+        ):
             out.setdefault(key, {})[member] = native_id
         return out
     finally:
@@ -232,9 +266,11 @@ class Run:
 
     def row(self) -> str:
         what = "KILLED" if self.killed else f"exit {self.returncode}"
-        return (f"#{self.index:02d} {self.trigger:<24} {what:<8} {self.seconds:6.2f}s "
-                f"writes={self.writes_seen:<3} pending-after={self.pending_after:<3} "
-                f"edits before: {', '.join(self.edits) or '-'}")
+        return (
+            f"#{self.index:02d} {self.trigger:<24} {what:<8} {self.seconds:6.2f}s "
+            f"writes={self.writes_seen:<3} pending-after={self.pending_after:<3} "
+            f"edits before: {', '.join(self.edits) or '-'}"
+        )
 
 
 class Harness:
@@ -260,11 +296,24 @@ class Harness:
         with out.open("wb") as fo, err.open("wb") as fe:
             proc = subprocess.Popen(
                 [*syncengine_command(), "sync", "--config", str(self.config), "--json"],
-                stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=self.env, cwd=self.dir)
+                stdin=subprocess.DEVNULL,
+                stdout=fo,
+                stderr=fe,
+                env=self.env,
+                cwd=self.dir,
+            )
         return proc, out, err
 
-    def _finish(self, run: Run, proc: subprocess.Popen[bytes], out: Path, err: Path,
-                started: float, stop: Callable[[], bool], baseline: int) -> Run:
+    def _finish(
+        self,
+        run: Run,
+        proc: subprocess.Popen[bytes],
+        out: Path,
+        err: Path,
+        started: float,
+        stop: Callable[[], bool],
+        baseline: int,
+    ) -> Run:
         """Wait for the process; SIGKILL it (this pid only) as soon as ``stop()`` says so."""
         while proc.poll() is None:
             if stop():
@@ -283,14 +332,16 @@ class Harness:
         run.stdout = out.read_text(encoding="utf-8", errors="replace")
         run.stderr = err.read_text(encoding="utf-8", errors="replace")
         time.sleep(0.05)  # let requests the dead process had in flight land in the log
-        run.writes_seen = sum(1 for e in self.sandbox.requests()[baseline:]
-                              if e["method"] in WRITES)
+        run.writes_seen = sum(
+            1 for e in self.sandbox.requests()[baseline:] if e["method"] in WRITES
+        )
         run.pending_after = journal_counts(self.db)["pending"]
         self.runs.append(run)
         return run
 
-    def sync_killed_when(self, trigger: str, edits: list[str],
-                         make_stop: Callable[[float, int], Callable[[], bool]]) -> Run:
+    def sync_killed_when(
+        self, trigger: str, edits: list[str], make_stop: Callable[[float, int], Callable[[], bool]]
+    ) -> Run:
         """Run a sync and SIGKILL it once ``make_stop(started, log_baseline)()`` is true."""
         run = Run(len(self.runs), trigger, edits=edits)
         baseline = len(self.sandbox.requests())
@@ -301,12 +352,16 @@ class Harness:
 
     def sync_killed_after(self, delay: float, edits: list[str]) -> Run:
         """Killed ``delay`` seconds after the process started (imports and config too)."""
-        return self.sync_killed_when(f"{delay:.2f}s after start", edits,
-                                     lambda started, _: lambda: time.monotonic() - started >= delay)
+        return self.sync_killed_when(
+            f"{delay:.2f}s after start",
+            edits,
+            lambda started, _: lambda: time.monotonic() - started >= delay,
+        )
 
     def sync_killed_after_first_request(self, delay: float, edits: list[str]) -> Run:
         """Killed ``delay`` seconds after its first API request: the start-up of a Python
         process varies too much on a loaded machine to aim at the reads and writes from it."""
+
         def make_stop(_started: float, baseline: int) -> Callable[[], bool]:
             first: list[float] = []
 
@@ -314,22 +369,32 @@ class Harness:
                 if not first and len(self.sandbox.requests()) > baseline:
                     first.append(time.monotonic())
                 return bool(first) and time.monotonic() - first[0] >= delay
+
             return stop
+
         return self.sync_killed_when(f"{delay:.2f}s after 1st request", edits, make_stop)
 
-    def sync_killed_after_writes(self, writes: int, edits: list[str],
-                                 methods: tuple[str, ...] = WRITES) -> Run:
+    def sync_killed_after_writes(
+        self, writes: int, edits: list[str], methods: tuple[str, ...] = WRITES
+    ) -> Run:
         """Killed as soon as its ``writes``-th write request has been answered by HCP."""
+
         def make_stop(_started: float, baseline: int) -> Callable[[], bool]:
             def stop() -> bool:
-                seen = [e for e in self.sandbox.requests()[baseline:]
-                        if e["method"] in methods and e["path"].startswith("/customers")]
+                seen = [
+                    e
+                    for e in self.sandbox.requests()[baseline:]
+                    if e["method"] in methods and e["path"].startswith("/customers")
+                ]
                 return len(seen) >= writes
+
             return stop
+
         return self.sync_killed_when(f"after {writes} {'/'.join(methods)}", edits, make_stop)
 
     def sync_killed_after_sheet_write(self, edits: list[str]) -> Run:
         """Killed as soon as the spreadsheet file changed: written, state not yet committed."""
+
         def signature() -> tuple[int, int, int] | None:
             try:
                 st = self.sheet.stat()
@@ -340,6 +405,7 @@ class Harness:
         def make_stop(_started: float, _baseline: int) -> Callable[[], bool]:
             before = signature()
             return lambda: signature() != before
+
         return self.sync_killed_when("when the sheet is written", edits, make_stop)
 
     def sync(self, edits: list[str] | None = None) -> tuple[Run, dict[str, Any]]:
@@ -353,7 +419,8 @@ class Harness:
         except json.JSONDecodeError:
             raise AssertionError(
                 f"sync #{run.index} exited {run.returncode} without its JSON result\n"
-                f"{self.report()}") from None
+                f"{self.report()}"
+            ) from None
         return run, result
 
     # -- what the books hold
@@ -365,8 +432,12 @@ class Harness:
         parts = ["runs:", *(r.row() for r in self.runs)]
         last = self.runs[-1] if self.runs else None
         if last is not None:
-            parts += [f"--- last sync (#{last.index}) stdout ---", last.stdout[-3000:],
-                      f"--- last sync (#{last.index}) stderr ---", last.stderr[-3000:]]
+            parts += [
+                f"--- last sync (#{last.index}) stdout ---",
+                last.stdout[-3000:],
+                f"--- last sync (#{last.index}) stderr ---",
+                last.stderr[-3000:],
+            ]
         crashed = [r for r in self.runs if not r.killed and r.returncode not in (0, 1)]
         for r in crashed[-2:]:
             parts += [f"--- sync #{r.index} exited {r.returncode}; stderr ---", r.stderr[-3000:]]
@@ -385,23 +456,31 @@ class Harness:
 
 def assert_nothing_to_do(run: Run, result: dict[str, Any]) -> None:
     counts = result["entities"]["customers"]
-    writes = {(m, op): counts[m][op] for m in ("hcp", "books")
-              for op in ("create", "update", "delete") if counts[m][op]}
+    writes = {
+        (m, op): counts[m][op]
+        for m in ("hcp", "books")
+        for op in ("create", "update", "delete")
+        if counts[m][op]
+    }
     assert not writes, f"a second sync after convergence still writes: {writes}"
     assert counts["errors"] == 0 and counts["failed"] == 0, f"record errors: {counts}"
     assert run.returncode == 0 or (run.returncode == 1 and result["open_conflicts"] > 0), (
-        f"exit {run.returncode} with nothing to do and {result['open_conflicts']} open "
-        "conflicts")
+        f"exit {run.returncode} with nothing to do and {result['open_conflicts']} open conflicts"
+    )
 
 
 def nameless_signatures(hcp: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
     """(first, last) of the customers without an email, counted."""
-    return Counter((text(c.get("first_name")), text(c.get("last_name")))
-                   for c in hcp if not norm_email(c.get("email")))
+    return Counter(
+        (text(c.get("first_name")), text(c.get("last_name")))
+        for c in hcp
+        if not norm_email(c.get("email"))
+    )
 
 
-def assert_no_duplicates(hcp: list[dict[str, Any]], rows: list[dict[str, str]],
-                         emailless: Counter[tuple[str, str]]) -> None:
+def assert_no_duplicates(
+    hcp: list[dict[str, Any]], rows: list[dict[str, str]], emailless: Counter[tuple[str, str]]
+) -> None:
     """No customer twice on either side. ``emailless``: the customers without an email that
     there should be (they cannot be told apart by email)."""
     hcp_emails = Counter(norm_email(c.get("email")) for c in hcp if norm_email(c.get("email")))
@@ -415,21 +494,24 @@ def assert_no_duplicates(hcp: list[dict[str, Any]], rows: list[dict[str, str]],
     dup = {e: n for e, n in sheet_emails.items() if n > 1}
     assert not dup, f"duplicate customers in the spreadsheet (email: count): {dup}"
     sig_h = nameless_signatures(hcp)
-    sig_s = Counter((text(r["First Name"]), text(r["Last Name"]))
-                    for r in rows if not norm_email(r["Email"]))
+    sig_s = Counter(
+        (text(r["First Name"]), text(r["Last Name"])) for r in rows if not norm_email(r["Email"])
+    )
     assert sig_h == emailless and sig_s == emailless, (
         f"customers without an email: expected {dict(emailless)}, hcp has {dict(sig_h)}, "
-        f"books has {dict(sig_s)}")
+        f"books has {dict(sig_s)}"
+    )
 
 
-def assert_same_customers(hcp: list[dict[str, Any]], rows: list[dict[str, str]],
-                          db: Path) -> None:
+def assert_same_customers(hcp: list[dict[str, Any]], rows: list[dict[str, str]], db: Path) -> None:
     """Both sides hold the same customers, pairwise linked and with equal values."""
     assert len(hcp) == len(rows), f"{len(hcp)} customers in HCP but {len(rows)} rows"
     in_hcp = {norm_email(c.get("email")) for c in hcp}
     in_books = {norm_email(r["Email"]) for r in rows}
-    assert in_hcp == in_books, (f"emails differ: only in HCP {sorted(in_hcp - in_books)}, "
-                                f"only in books {sorted(in_books - in_hcp)}")
+    assert in_hcp == in_books, (
+        f"emails differ: only in HCP {sorted(in_hcp - in_books)}, "
+        f"only in books {sorted(in_books - in_hcp)}"
+    )
     by_id = {c["id"]: c for c in hcp}
     by_sync_id = {r["Sync ID"].strip(): r for r in rows}
     pairs = links(db)
@@ -439,18 +521,26 @@ def assert_same_customers(hcp: list[dict[str, Any]], rows: list[dict[str, str]],
         "HCP customers and links differ: unlinked "
         f"{sorted(set(by_id) - set(hcp_linked))}, linked but gone "
         f"{sorted(set(hcp_linked) - set(by_id), key=str)}, linked twice "
-        f"{[i for i, n in hcp_linked.items() if n > 1]}")
+        f"{[i for i, n in hcp_linked.items() if n > 1]}"
+    )
     assert set(books_linked) == set(by_sync_id) and max(books_linked.values()) == 1, (
         "spreadsheet rows and links differ: unlinked "
         f"{sorted(set(by_sync_id) - set(books_linked), key=str)}, linked but gone "
-        f"{sorted(set(books_linked) - set(by_sync_id), key=str)}")
+        f"{sorted(set(books_linked) - set(by_sync_id), key=str)}"
+    )
     mismatched = []
     for key, members in pairs.items():
         c, r = by_id[members["hcp"]], by_sync_id[members["books"]]
-        pairs_of = [("first_name", "First Name"), ("last_name", "Last Name"),
-                    ("company", "Company")]
-        diff = {f: (text(c.get(f)), text(r[col])) for f, col in pairs_of
-                if text(c.get(f)) != text(r[col])}
+        pairs_of = [
+            ("first_name", "First Name"),
+            ("last_name", "Last Name"),
+            ("company", "Company"),
+        ]
+        diff = {
+            f: (text(c.get(f)), text(r[col]))
+            for f, col in pairs_of
+            if text(c.get(f)) != text(r[col])
+        }
         if norm_email(c.get("email")) != norm_email(r["Email"]):
             diff["email"] = (text(c.get("email")), r["Email"])
         if diff:
@@ -459,8 +549,11 @@ def assert_same_customers(hcp: list[dict[str, Any]], rows: list[dict[str, str]],
 
 
 def assert_private(db: Path) -> None:
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode)
-             for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if p.exists()}
+    modes = {
+        p.name: stat.S_IMODE(p.stat().st_mode)
+        for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm"))
+        if p.exists()
+    }
     assert modes.get(db.name) == 0o600, f"state file mode {oct(modes.get(db.name, 0))}"
     loose = {n: oct(m) for n, m in modes.items() if m & 0o077}
     assert not loose, f"state files readable by others: {loose}"
@@ -487,15 +580,24 @@ def seed_sheet(h: Harness, *, overlapping: int, new_rows: int) -> list[dict[str,
     rows: list[dict[str, str]] = []
     for i, c in enumerate(customers[:overlapping]):
         email = text(c.get("email"))
-        rows.append({"First Name": text(c.get("first_name")),
-                     "Last Name": text(c.get("last_name")),
-                     # messy but the same address: matched, not duplicated
-                     "Email": f" {email.upper()} " if i % 3 == 0 else email,
-                     "Company": text(c.get("company")) or ("Filled In By Books" if i % 4 == 1
-                                                           else "")})
+        rows.append(
+            {
+                "First Name": text(c.get("first_name")),
+                "Last Name": text(c.get("last_name")),
+                # messy but the same address: matched, not duplicated
+                "Email": f" {email.upper()} " if i % 3 == 0 else email,
+                "Company": text(c.get("company")) or ("Filled In By Books" if i % 4 == 1 else ""),
+            }
+        )
     for n in range(new_rows):
-        rows.append({"First Name": f"Sheet{n}", "Last Name": "Newrow",
-                     "Email": f"sheet.new{n}@books.example", "Company": f"Books Start {n}"})
+        rows.append(
+            {
+                "First Name": f"Sheet{n}",
+                "Last Name": "Newrow",
+                "Email": f"sheet.new{n}@books.example",
+                "Company": f"Books Start {n}",
+            }
+        )
     write_sheet(h.sheet, COLUMNS, rows)
     return rows
 
@@ -540,8 +642,9 @@ def make_edits(h: Harness, rng: random.Random, n: int, expect: Expect) -> list[s
         for j in range(rng.randint(1, 3)):
             email = f"row.added{n}.{j}@books.example"
             first, company = f"Added{n}x{j}", f"Row Co {n}.{j}"
-            rows.append({"First Name": first, "Last Name": "Bookrow", "Email": email,
-                         "Company": company})
+            rows.append(
+                {"First Name": first, "Last Name": "Bookrow", "Email": email, "Company": company}
+            )
             expect.added.add(email)
             expect.want(email, first_name=first, last_name="Bookrow", company=company)
             done.append(f"books new row {email}")
@@ -550,8 +653,7 @@ def make_edits(h: Harness, rng: random.Random, n: int, expect: Expect) -> list[s
         write_sheet(h.sheet, header, rows, newline)
     if "hcp-put" in kinds:
         candidates = [c for c in h.sandbox.customers() if norm_email(c.get("email"))]
-        for j, c in enumerate(rng.sample(candidates, k=min(len(candidates),
-                                                            rng.randint(1, 3)))):
+        for j, c in enumerate(rng.sample(candidates, k=min(len(candidates), rng.randint(1, 3)))):
             value = f"Hcpedit{n}x{j}"
             h.sandbox.put(c["id"], {"last_name": value})
             expect.want(norm_email(c.get("email")), last_name=value)
@@ -560,8 +662,14 @@ def make_edits(h: Harness, rng: random.Random, n: int, expect: Expect) -> list[s
         for j in range(rng.randint(1, 2)):
             email = f"cust.added{n}.{j}@hcp.example"
             first, company = f"Posted{n}x{j}", f"Post Co {n}.{j}"
-            h.sandbox.post({"first_name": first, "last_name": "Hcpcustomer", "email": email,
-                            "company": company})
+            h.sandbox.post(
+                {
+                    "first_name": first,
+                    "last_name": "Hcpcustomer",
+                    "email": email,
+                    "company": company,
+                }
+            )
             expect.added.add(email)
             expect.want(email, first_name=first, last_name="Hcpcustomer", company=company)
             done.append(f"hcp new customer {email}")
@@ -587,8 +695,9 @@ def calibrate(tmp_path: Path) -> tuple[float, float]:
                 first_request = time.monotonic() - started
             time.sleep(0.005)
         total = time.monotonic() - started
-        assert proc.returncode == 0, (f"the calibration sync exited {proc.returncode}:\n"
-                                      f"{err.read_text()[-3000:]}")
+        assert proc.returncode == 0, (
+            f"the calibration sync exited {proc.returncode}:\n{err.read_text()[-3000:]}"
+        )
         return (first_request if first_request is not None else total / 2), total
     finally:
         box.close()
@@ -596,7 +705,8 @@ def calibrate(tmp_path: Path) -> tuple[float, float]:
 
 
 def test_random_sigkills_converge_without_duplicates_or_lost_edits(
-        tmp_path: Path, sandbox: Sandbox) -> None:
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
     test_started = time.monotonic()
     rng = random.Random(SEED)
     t_first, t_full = calibrate(tmp_path)
@@ -623,21 +733,25 @@ def test_random_sigkills_converge_without_duplicates_or_lost_edits(
                 h.sync_killed_after_first_request(rng.uniform(0.0, t_full - t_first), edits)
             last = h.runs[-1]
             assert last.killed or last.returncode in (0, 1), (
-                f"sync #{last.index} failed on its own with exit {last.returncode}")
+                f"sync #{last.index} failed on its own with exit {last.returncode}"
+            )
             edits = make_edits(h, rng, i, expect) if rng.random() < 0.9 else []
 
         first, _ = h.sync(edits)
         assert first.returncode in (0, 1), (
-            f"the first sync after the kills exited {first.returncode}")
+            f"the first sync after the kills exited {first.returncode}"
+        )
         second, result = h.sync()
         assert_nothing_to_do(second, result)
 
         killed = [r for r in h.runs if r.killed]
         interrupted = [r for r in killed if r.pending_after]
         print("\n".join(r.row() for r in h.runs))
-        print(f"{len(killed)} of {len(h.runs) - 2} loop runs killed, {len(interrupted)} of them "
-              f"with journal intents left pending; journal at the end: "
-              f"{dict(journal_counts(h.db))}; test took {time.monotonic() - test_started:.1f}s")
+        print(
+            f"{len(killed)} of {len(h.runs) - 2} loop runs killed, {len(interrupted)} of them "
+            f"with journal intents left pending; journal at the end: "
+            f"{dict(journal_counts(h.db))}; test took {time.monotonic() - test_started:.1f}s"
+        )
 
         hcp, rows = sandbox.customers(), h.sheet_rows()
         assert_no_duplicates(hcp, rows, emailless)
@@ -653,8 +767,9 @@ def test_random_sigkills_converge_without_duplicates_or_lost_edits(
                 got_h = text(c.get(name)) if c else "(no such customer)"
                 got_s = text(r[columns[name]]) if r else "(no such row)"
                 if got_h != value or got_s != value:
-                    lost.append(f"{email} {name}: set {value!r}, hcp has {got_h!r}, "
-                                f"books has {got_s!r}")
+                    lost.append(
+                        f"{email} {name}: set {value!r}, hcp has {got_h!r}, books has {got_s!r}"
+                    )
         assert not lost, "edits lost:\n  " + "\n  ".join(lost)
         for email in expect.added:
             assert email in hcp_by_email and email in rows_by_email, f"{email} missing"
@@ -667,7 +782,8 @@ def test_random_sigkills_converge_without_duplicates_or_lost_edits(
 
 
 def test_sigkill_right_after_first_post_does_not_create_twice(
-        tmp_path: Path, sandbox: Sandbox) -> None:
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
     """The dangerous instant: POST /customers answered, the sync dead before it recorded the
     new id. The next sync must find that customer instead of creating it again."""
     h = Harness(tmp_path, sandbox, concurrency=1, batch_size=5)
@@ -684,11 +800,14 @@ def test_sigkill_right_after_first_post_does_not_create_twice(
         # (a POST cut off by the kill may be logged, with status 500, without creating anything)
         assert 1 <= len(created) < new_rows, (
             f"the kill should land after the first POST and before the last: {posts_before} "
-            f"POSTs, {len(created)} of {new_rows} new customers in HCP")
-        assert run.pending_after >= 1, ("the kill should leave the POSTed customer's intent "
-                                        "pending in the journal")
-        assert all(not r["Sync ID"].strip() for r in h.sheet_rows()
-                   if norm_email(r["Email"]) in new_emails), "the sheet was written before the kill"
+            f"POSTs, {len(created)} of {new_rows} new customers in HCP"
+        )
+        assert run.pending_after >= 1, (
+            "the kill should leave the POSTed customer's intent pending in the journal"
+        )
+        assert all(
+            not r["Sync ID"].strip() for r in h.sheet_rows() if norm_email(r["Email"]) in new_emails
+        ), "the sheet was written before the kill"
 
         done, _ = h.sync()
         assert done.returncode in (0, 1), f"the sync after the kill exited {done.returncode}"
@@ -700,7 +819,8 @@ def test_sigkill_right_after_first_post_does_not_create_twice(
         posts_after = sum(1 for e in sandbox.requests() if e["method"] == "POST") - posts_before
         assert posts_after == new_rows - len(created), (
             f"the sync after the kill sent {posts_after} POSTs for the "
-            f"{new_rows - len(created)} new rows not yet in HCP")
+            f"{new_rows - len(created)} new rows not yet in HCP"
+        )
         for c in created:  # what the killed run created is linked, not re-created
             assert c["id"] in {m.get("hcp") for m in links(h.db).values()}
 
@@ -747,7 +867,8 @@ def set_companies(h: Harness, prefix: str) -> dict[str, str]:
 
 
 def test_second_sheet_edit_after_kill_between_put_and_commit_is_not_lost(
-        tmp_path: Path, small_sandbox: Sandbox) -> None:
+    tmp_path: Path, small_sandbox: Sandbox
+) -> None:
     h = Harness(tmp_path, small_sandbox, concurrency=1, batch_size=5)
     with h.explained():
         run, _ = h.sync()  # the sheet starts empty: every HCP customer becomes a row
@@ -755,10 +876,14 @@ def test_second_sheet_edit_after_kill_between_put_and_commit_is_not_lost(
         landed: set[str] = set()
         for attempt in range(ATTEMPTS):
             first = set_companies(h, f"First{attempt}")
-            killed = h.sync_killed_after_writes(1, [f"books Company=First{attempt} N"],
-                                                methods=("PUT",))
-            landed = {norm_email(c.get("email")) for c in small_sandbox.customers()
-                      if c.get("company") == first.get(norm_email(c.get("email")))}
+            killed = h.sync_killed_after_writes(
+                1, [f"books Company=First{attempt} N"], methods=("PUT",)
+            )
+            landed = {
+                norm_email(c.get("email"))
+                for c in small_sandbox.customers()
+                if c.get("company") == first.get(norm_email(c.get("email")))
+            }
             if killed.killed and killed.pending_after and landed:
                 break
             h.sync()  # missed the window: settle and try again
@@ -768,17 +893,24 @@ def test_second_sheet_edit_after_kill_between_put_and_commit_is_not_lost(
         second = set_companies(h, "Second")
         final, _ = h.sync(["books Company=Second N"])
         assert final.returncode in (0, 1)
-        hcp = {norm_email(c.get("email")): text(c.get("company"))
-               for c in small_sandbox.customers()}
+        hcp = {
+            norm_email(c.get("email")): text(c.get("company")) for c in small_sandbox.customers()
+        }
         books = {norm_email(r["Email"]): text(r["Company"]) for r in h.sheet_rows()}
-        lost = {e: (v, hcp.get(e), books.get(e)) for e, v in second.items()
-                if hcp.get(e) != v or books.get(e) != v}
-        assert not lost, (f"the sheet's latest Company lost (email: set, hcp, books); the "
-                          f"killed run's PUT had landed for {sorted(landed)}: {lost}")
+        lost = {
+            e: (v, hcp.get(e), books.get(e))
+            for e, v in second.items()
+            if hcp.get(e) != v or books.get(e) != v
+        }
+        assert not lost, (
+            f"the sheet's latest Company lost (email: set, hcp, books); the "
+            f"killed run's PUT had landed for {sorted(landed)}: {lost}"
+        )
 
 
 def test_sheet_edit_after_kill_between_sheet_write_and_commit_is_propagated(
-        tmp_path: Path, small_sandbox: Sandbox) -> None:
+    tmp_path: Path, small_sandbox: Sandbox
+) -> None:
     h = None
     for attempt in range(ATTEMPTS):
         small_sandbox.http.post("/_sandbox/reset").raise_for_status()
@@ -801,6 +933,9 @@ def test_sheet_edit_after_kill_between_sheet_write_and_commit_is_propagated(
         hcp = next(c for c in small_sandbox.customers() if norm_email(c.get("email")) == email)
         books = next(r for r in h.sheet_rows() if norm_email(r["Email"]) == email)
         assert (text(hcp.get("company")), books["Company"]) == (
-            "Edited After The Crash", "Edited After The Crash"), (
+            "Edited After The Crash",
+            "Edited After The Crash",
+        ), (
             f"{email}: hcp company {hcp.get('company')!r}, books {books['Company']!r} after two "
-            f"syncs; the second planned {second.stdout[-600:]}")
+            f"syncs; the second planned {second.stdout[-600:]}"
+        )

@@ -55,8 +55,12 @@ PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5
 # ------------------------------------------------------------------------------ helpers
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "",
-               on_fail: Callable[[], str] | None = None) -> Any:
+def wait_until(
+    check: Callable[[], Any],
+    timeout: float = 30.0,
+    what: str = "",
+    on_fail: Callable[[], str] | None = None,
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -69,24 +73,31 @@ def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "",
 
 
 def start_sandbox(*, seed: int, latency_ms: int = 0) -> ServerProcess:
-    code = ("from syncengine.connectors.housecallpro.sandbox import serve; "
-            f"serve('127.0.0.1', 0, api_key={API_KEY!r}, seed={seed}, latency_ms={latency_ms})")
-    return ServerProcess([sys.executable, "-c", code], name="hcp-sandbox", ready=READY,
-                         timeout=60).start()
+    code = (
+        "from syncengine.connectors.housecallpro.sandbox import serve; "
+        f"serve('127.0.0.1', 0, api_key={API_KEY!r}, seed={seed}, latency_ms={latency_ms})"
+    )
+    return ServerProcess(
+        [sys.executable, "-c", code], name="hcp-sandbox", ready=READY, timeout=60
+    ).start()
 
 
 class Hcp:
     """The sandbox's API as a person in the HCP app would use it, and its request log."""
 
     def __init__(self, url: str) -> None:
-        self.http = httpx.Client(base_url=url, timeout=15,
-                                 headers={"Authorization": f"Token {API_KEY}"})
+        self.http = httpx.Client(
+            base_url=url, timeout=15, headers={"Authorization": f"Token {API_KEY}"}
+        )
 
     def customers(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for page in itertools.count(1):
-            body = self.http.get("/customers", params={"page": page, "page_size": 200}
-                                 ).raise_for_status().json()
+            body = (
+                self.http.get("/customers", params={"page": page, "page_size": 200})
+                .raise_for_status()
+                .json()
+            )
             out += body["customers"]
             if page >= body["total_pages"]:
                 return out
@@ -111,11 +122,25 @@ class DaemonProcess:
     def __init__(self, config: Path, *extra: str, http: bool = True) -> None:
         handle, name = tempfile.mkstemp(prefix="daemon-", suffix=".log")
         self.log_path = Path(name)
-        args = [str(SYNCENGINE), "daemon", "--config", str(config), "--log-level", "info",
-                *(["--http", "127.0.0.1:0"] if http else []), *extra]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=handle,
-                                     stderr=handle, env=cli_env(API_KEY), cwd=config.parent,
-                                     start_new_session=True)
+        args = [
+            str(SYNCENGINE),
+            "daemon",
+            "--config",
+            str(config),
+            "--log-level",
+            "info",
+            *(["--http", "127.0.0.1:0"] if http else []),
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=handle,
+            env=cli_env(API_KEY),
+            cwd=config.parent,
+            start_new_session=True,
+        )
         os.close(handle)
 
     @property
@@ -137,16 +162,18 @@ class DaemonProcess:
     def wait_event(self, event: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
         def found() -> dict[str, Any] | None:
             if self.proc.poll() is not None:
-                raise AssertionError(f"the daemon exited ({self.proc.returncode}) while "
-                                     f"waiting for {event!r}:\n{self.text()[-4000:]}")
+                raise AssertionError(
+                    f"the daemon exited ({self.proc.returncode}) while "
+                    f"waiting for {event!r}:\n{self.text()[-4000:]}"
+                )
             for item in self.events():
-                if item.get("event") == event and all(item.get(k) == v
-                                                       for k, v in fields.items()):
+                if item.get("event") == event and all(item.get(k) == v for k, v in fields.items()):
                     return item
             return None
 
-        result: dict[str, Any] = wait_until(found, timeout, f"log event {event!r} {fields}",
-                                            lambda: self.text()[-4000:])
+        result: dict[str, Any] = wait_until(
+            found, timeout, f"log event {event!r} {fields}", lambda: self.text()[-4000:]
+        )
         return result
 
     @property
@@ -161,8 +188,9 @@ class DaemonProcess:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"the daemon did not exit within {timeout}s:\n"
-                                 f"{self.text()[-4000:]}") from None
+            raise AssertionError(
+                f"the daemon did not exit within {timeout}s:\n{self.text()[-4000:]}"
+            ) from None
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -220,22 +248,33 @@ def assert_no_overlap(runs: list[RunRow], ended: dict[int, float] | None = None)
     for pipeline in {r.pipeline for r in runs}:
         mine = sorted((r for r in runs if r.pipeline == pipeline), key=lambda r: r.started_at)
         for before, after in itertools.pairwise(mine):
-            end = (before.finished_at.timestamp() if before.finished_at
-                   else ended.get(before.id, float("inf")))
+            end = (
+                before.finished_at.timestamp()
+                if before.finished_at
+                else ended.get(before.id, float("inf"))
+            )
             assert end <= after.started_at.timestamp(), (
                 f"{pipeline}: run {after.id} started at {after.started_at} before run "
-                f"{before.id} ({before.started_at} .. {before.finished_at}) ended")
+                f"{before.id} ({before.started_at} .. {before.finished_at}) ended"
+            )
 
 
-DAEMON_DEFAULTS = {"lease_ttl": 5, "shutdown_grace": 20, "backoff_initial": 0.5,
-                   "backoff_max": 2, "reload_poll": 0.5}
+DAEMON_DEFAULTS = {
+    "lease_ttl": 5,
+    "shutdown_grace": 20,
+    "backoff_initial": 0.5,
+    "backoff_max": 2,
+    "reload_poll": 0.5,
+}
 
 
-def config_text(*, state: str, hcp: str, flaky: str | None = None,
-                daemon: dict[str, float] | None = None) -> str:
+def config_text(
+    *, state: str, hcp: str, flaky: str | None = None, daemon: dict[str, float] | None = None
+) -> str:
     b_hcp = "hcp_flaky" if flaky else "hcp"
     settings = "\n".join(f"{k} = {v}" for k, v in {**DAEMON_DEFAULTS, **(daemon or {})}.items())
-    flaky_table = f"""
+    flaky_table = (
+        f"""
 [connectors.hcp_flaky]
 type = "housecallpro"
 base_url = "{flaky}"
@@ -243,7 +282,10 @@ api_key = "${{HCP_API_KEY}}"
 rate_limit = 0
 max_retries = 0
 timeout = 5
-""" if flaky else ""
+"""
+        if flaky
+        else ""
+    )
     return f"""\
 [state]
 url = "{state}"
@@ -307,7 +349,8 @@ def emails(rows: list[dict[str, str]]) -> list[str]:
 
 
 def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
-        tmp_path: Path, daemons: Callable[..., DaemonProcess]) -> None:
+    tmp_path: Path, daemons: Callable[..., DaemonProcess]
+) -> None:
     seeded = 10
     box = start_sandbox(seed=seeded, latency_ms=30)
     hcp = Hcp(box.url)
@@ -319,8 +362,11 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
 
         def converged(count: int) -> bool:
             a, b = sheet(tmp_path, "books_a"), sheet(tmp_path, "books_b")
-            return (len(a) == len(b) == count and all(r["Sync ID"] for r in a + b)
-                    and len(hcp.customers()) == count)
+            return (
+                len(a) == len(b) == count
+                and all(r["Sync ID"] for r in a + b)
+                and len(hcp.customers()) == count
+            )
 
         wait_until(lambda: converged(seeded), 45, "the first syncs", first.text)
 
@@ -332,26 +378,44 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
         email = target["Email"].lower()
 
         def company_everywhere(email: str, value: str) -> bool:
-            sheets = [r for n in ("books_a", "books_b") for r in sheet(tmp_path, n)
-                      if r["Email"].lower() == email]
-            return (len(sheets) == 2 and all(r["Company"] == value for r in sheets)
-                    and [c.get("company") for c in hcp.by_email(email)] == [value])
+            sheets = [
+                r
+                for n in ("books_a", "books_b")
+                for r in sheet(tmp_path, n)
+                if r["Email"].lower() == email
+            ]
+            return (
+                len(sheets) == 2
+                and all(r["Company"] == value for r in sheets)
+                and [c.get("company") for c in hcp.by_email(email)] == [value]
+            )
 
-        wait_until(lambda: company_everywhere(email, "Edited In Sheet A"), 30,
-                   "the sheet edit to propagate", first.text)
+        wait_until(
+            lambda: company_everywhere(email, "Edited In Sheet A"),
+            30,
+            "the sheet edit to propagate",
+            first.text,
+        )
 
         # an edit in HCP reaches both sheets
-        other = next(c for c in hcp.customers()
-                     if c.get("email") and c["email"].lower() != email)
+        other = next(c for c in hcp.customers() if c.get("email") and c["email"].lower() != email)
         hcp.put(other["id"], {"last_name": "Edited-In-HCP"})
 
         def last_name_in_sheets(email: str, value: str) -> bool:
-            found = [r["Last Name"] for n in ("books_a", "books_b")
-                     for r in sheet(tmp_path, n) if r["Email"].lower() == email]
+            found = [
+                r["Last Name"]
+                for n in ("books_a", "books_b")
+                for r in sheet(tmp_path, n)
+                if r["Email"].lower() == email
+            ]
             return found == [value, value]
 
-        wait_until(lambda: last_name_in_sheets(other["email"].lower(), "Edited-In-HCP"), 30,
-                   "the HCP edit to propagate", first.text)
+        wait_until(
+            lambda: last_name_in_sheets(other["email"].lower(), "Edited-In-HCP"),
+            30,
+            "the HCP edit to propagate",
+            first.text,
+        )
 
         # health and metrics while it runs
         health = httpx.get(f"{first.url}/healthz", timeout=10)
@@ -365,19 +429,26 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
 
         # 25 new rows in sheet A: the daemon creates them in HCP; SIGTERM while it does
         rows = sheet(tmp_path, "books_a")
-        new = [{**dict.fromkeys(rows[0], ""), "First Name": f"New{i}", "Last Name": "Row",
-                "Email": f"new{i}@daemon.test"} for i in range(25)]
+        new = [
+            {
+                **dict.fromkeys(rows[0], ""),
+                "First Name": f"New{i}",
+                "Last Name": "Row",
+                "Email": f"new{i}@daemon.test",
+            }
+            for i in range(25)
+        ]
         posts_before = hcp.posts()
         replace_sheet(tmp_path, "books_a", rows + new)
-        wait_until(lambda: hcp.posts() >= posts_before + 3, 30, "the creates to start",
-                   first.text)
+        wait_until(lambda: hcp.posts() >= posts_before + 3, 30, "the creates to start", first.text)
         first.signal(signal.SIGTERM)
         assert first.wait(30) == 0, first.text()[-4000:]
         log = first.text()
         assert "Traceback" not in log
         events = first.events()
-        assert any(e["event"] == "signal received: finishing running syncs, then exiting"
-                   for e in events)
+        assert any(
+            e["event"] == "signal received: finishing running syncs, then exiting" for e in events
+        )
         assert events[-1]["event"] == "daemon stopped"
         outcomes = [r.outcome for r in history(tmp_path, state, "a")]
         assert "stopped" in outcomes, outcomes
@@ -391,16 +462,24 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
 
         # edits while no daemon runs
         rows_b = sheet(tmp_path, "books_b")
-        down = next(r for r in rows_b if r["Email"] and r["Email"].lower() not in
-                    (email, other["email"].lower()))
+        down = next(
+            r
+            for r in rows_b
+            if r["Email"] and r["Email"].lower() not in (email, other["email"].lower())
+        )
         down["Company"] = "Edited While Down"
         replace_sheet(tmp_path, "books_b", rows_b)
 
         second = daemons(config)
-        wait_until(lambda: converged(seeded + 25), 60, "the restarted daemon to finish",
-                   second.text)
-        wait_until(lambda: company_everywhere(down["Email"].lower(), "Edited While Down"),
-                   30, "the edit made while down", second.text)
+        wait_until(
+            lambda: converged(seeded + 25), 60, "the restarted daemon to finish", second.text
+        )
+        wait_until(
+            lambda: company_everywhere(down["Email"].lower(), "Edited While Down"),
+            30,
+            "the edit made while down",
+            second.text,
+        )
         hcp_emails = [c["email"].lower() for c in hcp.customers() if c.get("email")]
         assert len(hcp_emails) == len(set(hcp_emails)), "a customer was created twice"
         assert {f"new{i}@daemon.test" for i in range(25)} <= set(hcp_emails)
@@ -412,12 +491,18 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
 
         # a second signal exits at once, mid-sync; the journal lets the next daemon finish
         rows = sheet(tmp_path, "books_a")
-        more = [{**dict.fromkeys(rows[0], ""), "First Name": f"More{i}", "Last Name": "Row",
-                 "Email": f"more{i}@daemon.test"} for i in range(25)]
+        more = [
+            {
+                **dict.fromkeys(rows[0], ""),
+                "First Name": f"More{i}",
+                "Last Name": "Row",
+                "Email": f"more{i}@daemon.test",
+            }
+            for i in range(25)
+        ]
         posts_before = hcp.posts()
         replace_sheet(tmp_path, "books_a", rows + more)
-        wait_until(lambda: hcp.posts() >= posts_before + 3, 30, "the creates to start",
-                   second.text)
+        wait_until(lambda: hcp.posts() >= posts_before + 3, 30, "the creates to start", second.text)
         second.signal(signal.SIGTERM)
         second.wait_event("signal received: finishing running syncs, then exiting", 10)
         signalled = time.monotonic()
@@ -428,8 +513,9 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
         assert second.events()[-1]["event"] == "second signal: exiting at once"
 
         third = daemons(config)
-        wait_until(lambda: converged(seeded + 50), 60, "the daemon after the forced exit",
-                   third.text)
+        wait_until(
+            lambda: converged(seeded + 50), 60, "the daemon after the forced exit", third.text
+        )
         hcp_emails = [c["email"].lower() for c in hcp.customers() if c.get("email")]
         assert len(hcp_emails) == len(set(hcp_emails)), "a customer was created twice"
         for name in ("books_a", "books_b"):
@@ -449,16 +535,20 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_two_daemons_never_run_one_pipeline_at_once_and_take_over_a_killed_one(
-        backend: str, tmp_path: Path, daemons: Callable[..., DaemonProcess],
-        request: pytest.FixtureRequest) -> None:
-    state = ("sqlite:///state.db" if backend == "sqlite"
-             else str(request.getfixturevalue("pg_url")))
+    backend: str,
+    tmp_path: Path,
+    daemons: Callable[..., DaemonProcess],
+    request: pytest.FixtureRequest,
+) -> None:
+    state = "sqlite:///state.db" if backend == "sqlite" else str(request.getfixturevalue("pg_url"))
     box = start_sandbox(seed=6, latency_ms=40)
     config = tmp_path / "config.toml"
-    config.write_text(config_text(state=state, hcp=box.url, daemon={"lease_ttl": 2}),
-                      encoding="utf-8")
+    config.write_text(
+        config_text(state=state, hcp=box.url, daemon={"lease_ttl": 2}), encoding="utf-8"
+    )
     try:
         one, two = daemons(config, http=False), daemons(config, http=False)
+
         def ten_runs() -> bool:
             for d in (one, two):
                 assert d.proc.poll() is None, d.text()[-4000:]
@@ -484,25 +574,34 @@ def test_two_daemons_never_run_one_pipeline_at_once_and_take_over_a_killed_one(
         unfinished = {r.id: killed_at for r in history(tmp_path, state) if r.finished_at is None}
 
         def taken_over() -> bool:
-            return any(r.outcome == "ok" and r.started_at.timestamp() > killed_at
-                       for r in history(tmp_path, state, pipeline))
+            return any(
+                r.outcome == "ok" and r.started_at.timestamp() > killed_at
+                for r in history(tmp_path, state, pipeline)
+            )
 
         wait_until(taken_over, 30, f"the survivor to run {pipeline}", survivor.text)
-        after = [r for r in history(tmp_path, state, pipeline)
-                 if r.started_at.timestamp() > killed_at]
+        after = [
+            r for r in history(tmp_path, state, pipeline) if r.started_at.timestamp() > killed_at
+        ]
         assert after[0].started_at.timestamp() >= expires - 0.05, (
-            "the pipeline was run again before the killed daemon's lease expired")
+            "the pipeline was run again before the killed daemon's lease expired"
+        )
         runs = history(tmp_path, state)
         assert_no_overlap(runs, unfinished)
         assert {r.pipeline for r in runs} == {"a", "b"}
-        ran = {d.pid: sum(1 for e in d.events() if e.get("event") == "run finished")
-               for d in (one, two)}
+        ran = {
+            d.pid: sum(1 for e in d.events() if e.get("event") == "run finished")
+            for d in (one, two)
+        }
         assert ran[survivor.pid] > 0, ran
         survivor.signal(signal.SIGTERM)
         assert survivor.wait(30) == 0, survivor.text()[-4000:]
         with StateStore.open(state, base_dir=str(tmp_path)) as store:
-            left = {p: lease.holder for p, lease in store.leases().items()
-                    if lease.expires_at.timestamp() > time.time()}
+            left = {
+                p: lease.holder
+                for p, lease in store.leases().items()
+                if lease.expires_at.timestamp() > time.time()
+            }
         assert not any(h.split(":")[1] == str(survivor.pid) for h in left.values()), left
     finally:
         box.stop()
@@ -531,15 +630,23 @@ class FaultProxy:
                 if proxy.mode == "401":
                     self._reply(401, b'{"message": "Unauthorized"}')
                     return
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", "content-length", "connection")}
-                answer = proxy.client.request(self.command, self.path, headers=headers,
-                                              content=body)
-                self._reply(answer.status_code, answer.content,
-                            answer.headers.get("content-type", "application/json"))
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("host", "content-length", "connection")
+                }
+                answer = proxy.client.request(
+                    self.command, self.path, headers=headers, content=body
+                )
+                self._reply(
+                    answer.status_code,
+                    answer.content,
+                    answer.headers.get("content-type", "application/json"),
+                )
 
-            def _reply(self, status: int, body: bytes,
-                       content_type: str = "application/json") -> None:
+            def _reply(
+                self, status: int, body: bytes, content_type: str = "application/json"
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
@@ -571,37 +678,53 @@ def status_of(config: Path, pipeline: str) -> api.PipelineStatus:
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SYNCENGINE), *args, "--config", str(tmp_path / "config.toml")],
-                          capture_output=True, text=True, timeout=60,
-                          env=cli_env(API_KEY, COLUMNS="200"))
+    return subprocess.run(
+        [str(SYNCENGINE), *args, "--config", str(tmp_path / "config.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(API_KEY, COLUMNS="200"),
+    )
 
 
 def test_a_failing_api_backs_off_and_recovers_and_a_401_pauses_until_resume(
-        tmp_path: Path, daemons: Callable[..., DaemonProcess]) -> None:
+    tmp_path: Path, daemons: Callable[..., DaemonProcess]
+) -> None:
     box = start_sandbox(seed=4)
     proxy = FaultProxy(box.url)
     state = "sqlite:///state.db"
     config = tmp_path / "config.toml"
-    config.write_text(config_text(state=state, hcp=box.url, flaky=proxy.url,
-                                  daemon={"backoff_initial": 1, "backoff_max": 2}),
-                      encoding="utf-8")
+    config.write_text(
+        config_text(
+            state=state,
+            hcp=box.url,
+            flaky=proxy.url,
+            daemon={"backoff_initial": 1, "backoff_max": 2},
+        ),
+        encoding="utf-8",
+    )
     try:
         daemon = daemons(config)
 
         def runs_of(pipeline: str, outcome: str, since: float = 0.0) -> list[RunRow]:
-            return [r for r in history(tmp_path, state, pipeline)
-                    if r.outcome == outcome and r.started_at.timestamp() > since]
+            return [
+                r
+                for r in history(tmp_path, state, pipeline)
+                if r.outcome == outcome and r.started_at.timestamp() > since
+            ]
 
-        wait_until(lambda: runs_of("a", "ok") and runs_of("b", "ok"), 30, "first runs",
-                   daemon.text)
+        wait_until(lambda: runs_of("a", "ok") and runs_of("b", "ok"), 30, "first runs", daemon.text)
 
         proxy.mode = "500"
         broke = time.time()
-        wait_until(lambda: len(runs_of("b", "failed", broke)) >= 3, 30, "three failed runs",
-                   daemon.text)
+        wait_until(
+            lambda: len(runs_of("b", "failed", broke)) >= 3, 30, "three failed runs", daemon.text
+        )
         failed = runs_of("b", "failed", broke)
-        gaps = [later.started_at.timestamp() - earlier.started_at.timestamp()
-                for earlier, later in itertools.pairwise(failed)]
+        gaps = [
+            later.started_at.timestamp() - earlier.started_at.timestamp()
+            for earlier, later in itertools.pairwise(failed)
+        ]
         assert gaps[-1] >= 1.9 and gaps[-1] >= gaps[0], f"no backoff between failures: {gaps}"
         assert len(runs_of("a", "ok", broke)) >= 3, "pipeline a stopped while b was failing"
         backoff = status_of(config, "b").backoff
@@ -614,8 +737,9 @@ def test_a_failing_api_backs_off_and_recovers_and_a_401_pauses_until_resume(
         assert status_of(config, "b").backoff is None
 
         proxy.mode = "401"
-        wait_until(lambda: daemon.wait_event("pipeline paused: credentials refused"), 30,
-                   "the pause")
+        wait_until(
+            lambda: daemon.wait_event("pipeline paused: credentials refused"), 30, "the pause"
+        )
         paused = status_of(config, "b").paused
         assert paused is not None and "credentials refused" in paused["reason"]
         assert "syncengine resume -p b" in paused["reason"]
@@ -649,7 +773,8 @@ def test_a_failing_api_backs_off_and_recovers_and_a_401_pauses_until_resume(
 
 
 def sheets_config(folder: Path, *, schedule: str = "every 1s", extra: str = "") -> None:
-    (folder / "config.toml").write_text(f"""\
+    (folder / "config.toml").write_text(
+        f"""\
 [state]
 url = "sqlite:///state.db"
 
@@ -671,37 +796,47 @@ members = ["x", "y"]
 schedule = "{schedule}"
 [pipelines.conflicts]
 default = ["x"]
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
 
 
 def add_row(folder: Path, email: str) -> None:
     rows = sheet(folder, "x")
     header = list(rows[0]) if rows else ["Sync ID", "First Name", "Last Name", "Email"]
-    rows.append({**dict.fromkeys(header, ""), "First Name": email.split("@")[0],
-                 "Email": email})
+    rows.append({**dict.fromkeys(header, ""), "First Name": email.split("@")[0], "Email": email})
     (folder / "x").mkdir(exist_ok=True)
     replace_sheet(folder, "x", rows)
 
 
 def test_an_invalid_config_edit_is_rejected_and_the_old_config_keeps_running(
-        tmp_path: Path, daemons: Callable[..., DaemonProcess]) -> None:
+    tmp_path: Path, daemons: Callable[..., DaemonProcess]
+) -> None:
     sheets_config(tmp_path)
     add_row(tmp_path, "first@x.test")
     daemon = daemons(tmp_path / "config.toml", http=False)
-    wait_until(lambda: emails(sheet(tmp_path, "y")) == ["first@x.test"], 30, "a first sync",
-               daemon.text)
+    wait_until(
+        lambda: emails(sheet(tmp_path, "y")) == ["first@x.test"], 30, "a first sync", daemon.text
+    )
 
     config = tmp_path / "config.toml"
     good = config.read_text()
-    config.write_text(good.replace('schedule = "every 1s"', 'schedule = "every fortnight"')
-                      .replace("[connectors.y]", "[connectors.y]\npaht = 'y'"))
+    config.write_text(
+        good.replace('schedule = "every 1s"', 'schedule = "every fortnight"').replace(
+            "[connectors.y]", "[connectors.y]\npaht = 'y'"
+        )
+    )
     rejected = daemon.wait_event("config reload rejected; the previous config keeps running")
     problems = "\n".join(rejected["problems"])
     assert "every fortnight" in problems and "unknown key 'paht'" in problems
 
     add_row(tmp_path, "second@x.test")  # the old config still syncs
-    wait_until(lambda: "second@x.test" in emails(sheet(tmp_path, "y")), 30,
-               "a sync after the rejected edit", daemon.text)
+    wait_until(
+        lambda: "second@x.test" in emails(sheet(tmp_path, "y")),
+        30,
+        "a sync after the rejected edit",
+        daemon.text,
+    )
 
     sheets_config(tmp_path, schedule="every 2s")
     daemon.signal(signal.SIGHUP)
@@ -709,8 +844,12 @@ def test_an_invalid_config_edit_is_rejected_and_the_old_config_keeps_running(
     assert reloaded["pipelines"] == ["sheets"]
     assert daemon.wait_event("pipeline scheduled", schedule="every 2s")
     add_row(tmp_path, "third@x.test")
-    wait_until(lambda: "third@x.test" in emails(sheet(tmp_path, "y")), 30,
-               "a sync under the new config", daemon.text)
+    wait_until(
+        lambda: "third@x.test" in emails(sheet(tmp_path, "y")),
+        30,
+        "a sync under the new config",
+        daemon.text,
+    )
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
 
@@ -719,14 +858,19 @@ def test_once_runs_the_due_pipelines_and_exits(tmp_path: Path) -> None:
     sheets_config(tmp_path, schedule="every 1h")
     add_row(tmp_path, "once@x.test")
     command = [str(SYNCENGINE), "daemon", "--once", "--config", str(tmp_path / "config.toml")]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=60,
-                           env=cli_env(API_KEY))
+    first = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env=cli_env(API_KEY)
+    )
     assert first.returncode == 0, first.stderr
     assert emails(sheet(tmp_path, "y")) == ["once@x.test"]
-    second = subprocess.run(command, capture_output=True, text=True, timeout=60,
-                            env=cli_env(API_KEY))
+    second = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env=cli_env(API_KEY)
+    )
     assert second.returncode == 0, second.stderr
-    due = [json.loads(line) for line in second.stderr.splitlines()
-           if "running due pipelines once" in line]
+    due = [
+        json.loads(line)
+        for line in second.stderr.splitlines()
+        if "running due pipelines once" in line
+    ]
     assert due and due[0]["due"] == [] and due[0]["not_due"] == ["sheets"]
     assert len(history(tmp_path, "sqlite:///state.db")) == 1

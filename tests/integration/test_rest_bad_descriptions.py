@@ -32,13 +32,16 @@ pytestmark = pytest.mark.integration
 Cli = Callable[..., CliResult]
 SandboxFactory = Callable[..., Sandbox]
 
-PEOPLE = [{"id": n, "firstName": f"Crm{n}", "lastName": "Person", "email": f"p{n}@example.org"}
-          for n in range(1, 6)]
+PEOPLE = [
+    {"id": n, "firstName": f"Crm{n}", "lastName": "Person", "email": f"p{n}@example.org"}
+    for n in range(1, 6)
+]
 LINK = '{ style = "link", page_param = "_page", size_param = "_limit" }'
 
 
-def crm_table(url: str, *, auth: str = "", path: str = "/customers", pagination: str = LINK,
-              extra: str = "") -> str:
+def crm_table(
+    url: str, *, auth: str = "", path: str = "/customers", pagination: str = LINK, extra: str = ""
+) -> str:
     """The ``[connectors.crm]`` tables of a rest member (page size 2: json-server pages)."""
     return f"""\
 [connectors.crm]
@@ -110,9 +113,12 @@ def test_configuration_problems_exit_2_before_any_request(
 ) -> None:
     idle_sandbox.clear_requests()
     db = crm.db_bytes()
-    table = crm_table(crm.url, auth='[connectors.crm.auth]\nstyle = "bearer"\ntokn = "x"\n',
-                      pagination='{ style = "cursr" }',
-                      extra='update = "GET /customers/{id}"\nrecords_path = "data..items"\n')
+    table = crm_table(
+        crm.url,
+        auth='[connectors.crm.auth]\nstyle = "bearer"\ntokn = "x"\n',
+        pagination='{ style = "cursr" }',
+        extra='update = "GET /customers/{id}"\nrecords_path = "data..items"\n',
+    )
     config = write(tmp_path, config_text(idle_sandbox.port, table))
     for command in (["validate"], ["sync"], ["sync", "--dry-run"]):
         result = cli(*command, "--config", config)
@@ -123,9 +129,11 @@ def test_configuration_problems_exit_2_before_any_request(
         assert "did you mean 'token'?" in err
         assert "connectors.crm.entities.customers.update: update cannot use GET" in err
         assert "connectors.crm.entities.customers.records_path" in err
-        assert ("connectors.crm.entities.customers.pagination: unknown pagination style "
-                "'cursr' (did you mean 'cursor'? use one of: cursor, link, none, offset, "
-                "page, total_count)") in err
+        assert (
+            "connectors.crm.entities.customers.pagination: unknown pagination style "
+            "'cursr' (did you mean 'cursor'? use one of: cursor, link, none, offset, "
+            "page, total_count)"
+        ) in err
     assert idle_sandbox.requests() == []
     assert crm.db_bytes() == db
     assert not (tmp_path / "state.db").exists()
@@ -134,27 +142,50 @@ def test_configuration_problems_exit_2_before_any_request(
 # ------------------------------------------------------- found in a response: exit 1
 
 
-@pytest.mark.parametrize(("table", "words"), [
-    pytest.param({"extra": 'records_path = "data"'},
-                 ["crm:customers: GET /customers the first page: the response has no 'data' "
-                  "(setting records_path = 'data' in [connectors.crm.entities.customers])",
-                  'the body itself is the list of records: set records_path = ""'],
-                 id="records-path"),
-    pytest.param({"extra": 'id_field = "uuid"'},
-                 ["crm:customers: GET /customers the first page: a record has no usable id "
-                  "at 'uuid'", "setting id_field = 'uuid'", "keys: id, firstName"],
-                 id="id-field"),
-    pytest.param({"path": "/custmers"},
-                 ["crm:customers:", "the list path does not exist (setting path = '/custmers'"],
-                 id="list-path"),
-    pytest.param({"pagination": '{ style = "page", page_param = "page", size_param = "_limit" }'},
-                 ["crm:customers: GET /customers page 2: the page repeats the previous page's "
-                  "records", "pagination.page_param = 'page'"],
-                 id="pagination-loop"),  # json-server ignores ?page=: page 2 is page 1
-])
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        pytest.param(
+            {"extra": 'records_path = "data"'},
+            [
+                "crm:customers: GET /customers the first page: the response has no 'data' "
+                "(setting records_path = 'data' in [connectors.crm.entities.customers])",
+                'the body itself is the list of records: set records_path = ""',
+            ],
+            id="records-path",
+        ),
+        pytest.param(
+            {"extra": 'id_field = "uuid"'},
+            [
+                "crm:customers: GET /customers the first page: a record has no usable id at 'uuid'",
+                "setting id_field = 'uuid'",
+                "keys: id, firstName",
+            ],
+            id="id-field",
+        ),
+        pytest.param(
+            {"path": "/custmers"},
+            ["crm:customers:", "the list path does not exist (setting path = '/custmers'"],
+            id="list-path",
+        ),
+        pytest.param(
+            {"pagination": '{ style = "page", page_param = "page", size_param = "_limit" }'},
+            [
+                "crm:customers: GET /customers page 2: the page repeats the previous page's "
+                "records",
+                "pagination.page_param = 'page'",
+            ],
+            id="pagination-loop",
+        ),  # json-server ignores ?page=: page 2 is page 1
+    ],
+)
 def test_a_description_the_responses_contradict_stops_before_any_write(
-    tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory, crm: JsonServer,
-    table: dict[str, str], words: list[str]
+    tmp_path: Path,
+    cli: Cli,
+    sandbox_factory: SandboxFactory,
+    crm: JsonServer,
+    table: dict[str, str],
+    words: list[str],
 ) -> None:
     box = sandbox_factory(seed=3)
     db = crm.db_bytes()
@@ -176,8 +207,11 @@ def test_refused_credentials_name_the_connector_and_its_auth_setting(
     connector with the wrong one."""
     box = sandbox_factory(seed=3)
     db = crm.db_bytes()
-    table = crm_table(box.base_url, extra='records_path = "customers"',
-                      auth='[connectors.crm.auth]\nstyle = "token"\ntoken = "${CRM_TOKEN}"\n')
+    table = crm_table(
+        box.base_url,
+        extra='records_path = "customers"',
+        auth='[connectors.crm.auth]\nstyle = "token"\ntoken = "${CRM_TOKEN}"\n',
+    )
     config = write(tmp_path, config_text(box.port, table))
     env_result = cli("sync", "--config", config, env=cli_env(CRM_TOKEN="wrong-token-123456"))
     assert_clean_exit(env_result, 1)
@@ -205,7 +239,10 @@ def test_probe_shows_what_a_description_reads(
     first = probed["records"][0]
     assert first["id"] == "1" and first["location"] == "crm customers 1"
     assert {k: v for k, v in first["canonical"].items() if v is not None} == {
-        "first_name": "Crm1", "last_name": "Person", "email": "p1@example.org"}
+        "first_name": "Crm1",
+        "last_name": "Person",
+        "email": "p1@example.org",
+    }
     assert idle_sandbox.requests() == []
     assert crm.db_bytes() == db
 
@@ -227,7 +264,9 @@ def test_the_rest_connector_describes_housecall_pro_itself(
 ) -> None:
     box = sandbox_factory(seed=9)
     (tmp_path / "hcp-as-rest.toml").write_text(HCP_AS_REST_MAPPING, encoding="utf-8")
-    config = write(tmp_path, f"""\
+    config = write(
+        tmp_path,
+        f"""\
 [state]
 url = "sqlite:///state.db"
 
@@ -260,7 +299,8 @@ entities = ["customers"]
 default = ["crm"]
 [pipelines.mappings.crm]
 customers = "hcp-as-rest.toml"
-""")
+""",
+    )
     first = cli("sync", "--config", config)
     assert_clean_exit(first, 0)
     pages = [r for r in box.requests() if r["method"] == "GET"]
@@ -268,7 +308,8 @@ customers = "hcp-as-rest.toml"
     assert box.writes() == []
     rows = read_csv(tmp_path / "books" / "customers.csv")
     assert {(r["First Name"], r["Last Name"]) for r in rows} == {
-        (c["first_name"], c["last_name"]) for c in box.customers()}
+        (c["first_name"], c["last_name"]) for c in box.customers()
+    }
 
     edited = next(r for r in rows if r["Email"])
     edited["Company"] = "Edited In Books"

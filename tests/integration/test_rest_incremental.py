@@ -44,9 +44,15 @@ def stamp(moment: dt.datetime | None = None) -> str:
 def person(n: int) -> dict[str, Any]:
     # older update times, one hour apart, so that only the newest is within the overlap
     moment = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(hours=n)
-    return {"id": n, "firstName": f"First{n}", "lastName": f"Last{n}",
-            "email": f"person{n}@example.org", "company": f"Company {n}",
-            "address": {"street": f"{n} Main St", "city": "Austin"}, "updatedAt": stamp(moment)}
+    return {
+        "id": n,
+        "firstName": f"First{n}",
+        "lastName": f"Last{n}",
+        "email": f"person{n}@example.org",
+        "company": f"Company {n}",
+        "address": {"street": f"{n} Main St", "city": "Austin"},
+        "updatedAt": stamp(moment),
+    }
 
 
 class Recorder(httpx.HTTPTransport):
@@ -89,7 +95,8 @@ class Pipeline:
 
 def config(folder: Path, crm_url: str) -> Config:
     path = folder / "config.toml"
-    path.write_text(f"""\
+    path.write_text(
+        f"""\
 [state]
 url = "sqlite:///state.db"
 
@@ -122,14 +129,19 @@ entities = ["customers"]
 
 [pipelines.conflicts]
 default = ["crm"]
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return load_config(path)
 
 
 @pytest.fixture
 def crm(tmp_path: Path) -> Iterator[JsonServer]:
-    with JsonServer(ensure_json_server(), tmp_path / "crm",
-                    {"customers": [person(n) for n in range(1, SEEDED + 1)]}) as server:
+    with JsonServer(
+        ensure_json_server(),
+        tmp_path / "crm",
+        {"customers": [person(n) for n in range(1, SEEDED + 1)]},
+    ) as server:
         yield server
 
 
@@ -143,8 +155,18 @@ def books(csv_path: Path) -> dict[str, dict[str, str]]:
 
 def test_incremental_passes_between_complete_ones(tmp_path: Path, crm: JsonServer) -> None:
     csv_path = tmp_path / "books" / "customers.csv"
-    write_csv(csv_path, [{"First Name": "Bea", "Last Name": "Booker",
-                          "Email": "bea@example.org", "City": "Dallas"}], CSV_HEADER)
+    write_csv(
+        csv_path,
+        [
+            {
+                "First Name": "Bea",
+                "Last Name": "Booker",
+                "Email": "bea@example.org",
+                "City": "Dallas",
+            }
+        ],
+        CSV_HEADER,
+    )
     sync = Pipeline(config(tmp_path, crm.url))
     office = MemoryConnector.get_dataset("office")
 
@@ -158,8 +180,7 @@ def test_incremental_passes_between_complete_ones(tmp_path: Path, crm: JsonServe
     # 2. Nothing changed: one list request (only the newest record is within the overlap).
     quiet = sync.sync()
     assert quiet.plan.actions == []
-    assert sync.last.lists() == [
-        "updatedAt_gte=2026-01-01T11%3A59%3A00Z&_page=1&_limit=4"]
+    assert sync.last.lists() == ["updatedAt_gte=2026-01-01T11%3A59%3A00Z&_page=1&_limit=4"]
     assert sync.last.gets() == [] and sync.last.writes() == []
 
     # 3. Edits on the CRM arrive through a partial pass; an edit in the sheet reaches a CRM
@@ -175,16 +196,26 @@ def test_incremental_passes_between_complete_ones(tmp_path: Path, crm: JsonServe
     edits = sync.sync()
     assert len(sync.last.lists()) < FULL_PASS_LISTS
     assert sync.last.lists() == [
-        "updatedAt_gte=2026-01-01T11%3A59%3A00Z&_page=1&_limit=4"]  # records 2, 7 and 12
+        "updatedAt_gte=2026-01-01T11%3A59%3A00Z&_page=1&_limit=4"
+    ]  # records 2, 7 and 12
     assert edits.plan.entities[0].seen["crm"] == 3
-    assert ops(edits) == [("update", "books"), ("update", "books"), ("update", "crm"),
-                          ("update", "office"), ("update", "office"), ("update", "office")]
+    assert ops(edits) == [
+        ("update", "books"),
+        ("update", "books"),
+        ("update", "crm"),
+        ("update", "office"),
+        ("update", "office"),
+        ("update", "office"),
+    ]
     assert sync.last.gets() == ["/customers/5"]
     assert sync.last.writes() == [("PATCH", "/customers/5")]
     five = crm.by_email("person5@example.org")
     assert five["lastName"] == "Sheet-Edited"
     assert (five["firstName"], five["company"], five["address"]) == (
-        "First5", "Company 5", {"street": "5 Main St", "city": "Austin"})
+        "First5",
+        "Company 5",
+        {"street": "5 Main St", "city": "Austin"},
+    )
     sheet = books(csv_path)
     assert sheet["person2@example.org"]["First Name"] == "Edited2"
     assert sheet["person7@example.org"]["Company"] == "Company Seven"
@@ -197,7 +228,8 @@ def test_incremental_passes_between_complete_ones(tmp_path: Path, crm: JsonServe
     assert again.plan.actions == [] and sync.last.writes() == []
     moved = dt.datetime.strptime(now, "%Y-%m-%dT%H:%M:%SZ") - dt.timedelta(seconds=60)
     assert sync.last.lists() == [
-        f"updatedAt_gte={stamp(moved).replace(':', '%3A')}&_page=1&_limit=4"]
+        f"updatedAt_gte={stamp(moved).replace(':', '%3A')}&_page=1&_limit=4"
+    ]
 
     # 4. A delete on the CRM: partial passes cannot see it ...
     crm.delete(9)

@@ -31,11 +31,16 @@ N = 10_000
 
 
 def customer(n: int) -> dict[str, Any]:
-    return {"id": n, "firstName": f"First{n}", "lastName": f"Last{n}",
-            "email": f"customer{n}@example.com", "phone": f"+1512555{n % 10_000:04d}",
-            "company": f"Company {n}", "tags": ["residential"],
-            "address": {"street": f"{n} Main St", "city": "Austin", "state": "TX",
-                        "zip": "78701"}}
+    return {
+        "id": n,
+        "firstName": f"First{n}",
+        "lastName": f"Last{n}",
+        "email": f"customer{n}@example.com",
+        "phone": f"+1512555{n % 10_000:04d}",
+        "company": f"Company {n}",
+        "tags": ["residential"],
+        "address": {"street": f"{n} Main St", "city": "Austin", "state": "TX", "zip": "78701"},
+    }
 
 
 class CountingTransport(httpx.HTTPTransport):
@@ -55,8 +60,9 @@ class CountingTransport(httpx.HTTPTransport):
 @pytest.fixture(scope="module")
 def big_crm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[JsonServer]:
     folder = tmp_path_factory.mktemp("big-crm")
-    with JsonServer(ensure_json_server(), folder,
-                    {"customers": [customer(n) for n in range(1, N + 1)]}) as server:
+    with JsonServer(
+        ensure_json_server(), folder, {"customers": [customer(n) for n in range(1, N + 1)]}
+    ) as server:
         floor_read(server, 1000)  # warm the server up (Node compiles its hot paths)
         yield server
 
@@ -72,19 +78,25 @@ def floor_read(server: JsonServer, size: int) -> float:
     return time.perf_counter() - started
 
 
-@pytest.mark.parametrize(("style", "size", "extra"), [
-    ("link", 100, 0), ("total_count", 100, 0), ("link", 1000, 0),
-    ("offset", 1000, 1), ("page", 1000, 1),
-])
+@pytest.mark.parametrize(
+    ("style", "size", "extra"),
+    [
+        ("link", 100, 0),
+        ("total_count", 100, 0),
+        ("link", 1000, 0),
+        ("offset", 1000, 1),
+        ("page", 1000, 1),
+    ],
+)
 def test_reading_10k_customers_makes_only_the_list_calls_paging_needs(
     big_crm: JsonServer, style: str, size: int, extra: int
 ) -> None:
     floor = floor_read(big_crm, size)
     counter = CountingTransport()
     conn = RestConnector(
-        RestOptions.model_validate(json_server_options(big_crm.url, style=style,
-                                                       page_size=size)),
-        ConnectorContext("crm", extra={"transport": counter}))
+        RestOptions.model_validate(json_server_options(big_crm.url, style=style, page_size=size)),
+        ConnectorContext("crm", extra={"transport": counter}),
+    )
     started = time.perf_counter()
     try:
         ids = [r.id for r in conn.read("customers")]
@@ -95,16 +107,19 @@ def test_reading_10k_customers_makes_only_the_list_calls_paging_needs(
     assert len(ids) == N and len(set(ids)) == N
     assert counter.requests == minimum + extra
     assert counter.writes == 0
-    print(f"\nrest read {N} via {style}/{size}: {counter.requests} requests (minimum "
-          f"{minimum}), {took:.2f}s = {N / took:,.0f} records/s; floor {floor:.2f}s = "
-          f"{N / floor:,.0f} records/s; ratio {took / floor:.2f}")
+    print(
+        f"\nrest read {N} via {style}/{size}: {counter.requests} requests (minimum "
+        f"{minimum}), {took:.2f}s = {N / took:,.0f} records/s; floor {floor:.2f}s = "
+        f"{N / floor:,.0f} records/s; ratio {took / floor:.2f}"
+    )
 
 
 def test_a_sheet_synced_with_10k_crm_customers_then_a_quiet_resync(
     big_crm: JsonServer, tmp_path: Path
 ) -> None:
     config_path = tmp_path / "config.toml"
-    config_path.write_text(textwrap.dedent(f"""\
+    config_path.write_text(
+        textwrap.dedent(f"""\
         [state]
         url = "sqlite:///state.db"
 
@@ -128,7 +143,9 @@ def test_a_sheet_synced_with_10k_crm_customers_then_a_quiet_resync(
 
         [pipelines.conflicts]
         default = ["crm"]
-        """), encoding="utf-8")
+        """),
+        encoding="utf-8",
+    )
     config = load_config(config_path)
     db = big_crm.db_bytes()
     for label, creates in (("initial", N), ("no-change", 0)):
@@ -140,6 +157,8 @@ def test_a_sheet_synced_with_10k_crm_customers_then_a_quiet_resync(
         applied = {m: sum(ops.values()) for o in result.outcomes for m, ops in o.applied.items()}
         assert applied.get("books", 0) == creates and applied.get("crm", 0) == 0
         assert counter.requests == N // 100 and counter.writes == 0
-        print(f"\nsync crm(json-server {N}) <-> books, {label}: {counter.requests} requests "
-              f"to the CRM (minimum {N // 100}), {took:.2f}s = {N / took:,.0f} records/s")
+        print(
+            f"\nsync crm(json-server {N}) <-> books, {label}: {counter.requests} requests "
+            f"to the CRM (minimum {N // 100}), {took:.2f}s = {N / took:,.0f} records/s"
+        )
     assert big_crm.db_bytes() == db

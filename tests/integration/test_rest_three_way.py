@@ -33,22 +33,46 @@ SandboxFactory = Callable[..., Sandbox]
 Name = tuple[str, str]
 
 CRM_PEOPLE = [
-    {"id": 1, "firstName": "Cora", "lastName": "Crmsworth", "email": "cora.crm@example.org",
-     "phone": "+15125550101", "company": "Cora Cleaning", "tags": ["crm"],
-     "address": {"street": "1 Crm St", "city": "Austin", "state": "TX", "zip": "78701"}},
-    {"id": 2, "firstName": "Cal", "lastName": "Crmley", "email": "cal.crm@example.org",
-     "phone": "+15125550102", "tags": []},
+    {
+        "id": 1,
+        "firstName": "Cora",
+        "lastName": "Crmsworth",
+        "email": "cora.crm@example.org",
+        "phone": "+15125550101",
+        "company": "Cora Cleaning",
+        "tags": ["crm"],
+        "address": {"street": "1 Crm St", "city": "Austin", "state": "TX", "zip": "78701"},
+    },
+    {
+        "id": 2,
+        "firstName": "Cal",
+        "lastName": "Crmley",
+        "email": "cal.crm@example.org",
+        "phone": "+15125550102",
+        "tags": [],
+    },
 ]
 BOOKS_PEOPLE = [
-    {"First Name": "Bea", "Last Name": "Booker", "Email": "bea.books@example.org",
-     "Mobile": "(512) 555-0201", "Company": "Bea's Bakery", "City": "Austin"},
-    {"First Name": "Bart", "Last Name": "Bookman", "Email": "bart.books@example.org",
-     "Mobile": "(512) 555-0202"},
+    {
+        "First Name": "Bea",
+        "Last Name": "Booker",
+        "Email": "bea.books@example.org",
+        "Mobile": "(512) 555-0201",
+        "Company": "Bea's Bakery",
+        "City": "Austin",
+    },
+    {
+        "First Name": "Bart",
+        "Last Name": "Bookman",
+        "Email": "bart.books@example.org",
+        "Mobile": "(512) 555-0202",
+    },
 ]
 
 
-def three_way_config(folder: Path, hcp_port: int, crm_url: str, *,
-                     conflicts: str = 'default = ["hcp"]') -> Path:
+def three_way_config(
+    folder: Path, hcp_port: int, crm_url: str, *, conflicts: str = 'default = ["hcp"]'
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     text = f"""\
 [state]
@@ -107,8 +131,9 @@ def crm(tmp_path: Path) -> Iterator[JsonServer]:
 
 
 def hcp_client(box: Sandbox) -> httpx.Client:
-    return httpx.Client(base_url=box.base_url, timeout=30,
-                        headers={"Authorization": f"Token {box.api_key}"})
+    return httpx.Client(
+        base_url=box.base_url, timeout=30, headers={"Authorization": f"Token {box.api_key}"}
+    )
 
 
 def hcp_names(box: Sandbox) -> set[Name]:
@@ -135,12 +160,15 @@ def assert_all_hold(box: Sandbox, csv_path: Path, crm: JsonServer, expected: set
 def counts(result: CliResult) -> dict[str, dict[str, int]]:
     summary = json.loads(result.stdout)
     customers = summary["entities"]["customers"]
-    return {m: {k: customers[m][k] for k in ("create", "update", "delete")}
-            for m in ("hcp", "books", "crm")}
+    return {
+        m: {k: customers[m][k] for k in ("create", "update", "delete")}
+        for m in ("hcp", "books", "crm")
+    }
 
 
-def assert_quiet_second_sync(cli: Cli, config: Path, box: Sandbox, csv_path: Path,
-                             crm: JsonServer) -> None:
+def assert_quiet_second_sync(
+    cli: Cli, config: Path, box: Sandbox, csv_path: Path, crm: JsonServer
+) -> None:
     box.clear_requests()
     db, sheet = crm.db_bytes(), csv_path.read_bytes()
     again = cli("sync", "--config", config)
@@ -163,8 +191,12 @@ def test_three_members_sync_creates_edits_and_deletes_both_ways(
     config = three_way_config(tmp_path, box.port, crm.url)
     seeded = hcp_names(box)
     assert len(seeded) == 4
-    everyone = seeded | {("Cora", "Crmsworth"), ("Cal", "Crmley"), ("Bea", "Booker"),
-                         ("Bart", "Bookman")}
+    everyone = seeded | {
+        ("Cora", "Crmsworth"),
+        ("Cal", "Crmley"),
+        ("Bea", "Booker"),
+        ("Bart", "Bookman"),
+    }
     db = crm.db_bytes()
 
     assert_clean_exit(cli("validate", "--config", config), 0)
@@ -203,15 +235,19 @@ def test_three_members_sync_creates_edits_and_deletes_both_ways(
     assert_quiet_second_sync(cli, config, box, csv_path, crm)
 
     # One edit, one create and one delete on each member.
-    seeded_people = sorted((c for c in box.customers()
-                            if (c["first_name"], c["last_name"]) in seeded),
-                           key=lambda c: (c["last_name"], c["first_name"]))
+    seeded_people = sorted(
+        (c for c in box.customers() if (c["first_name"], c["last_name"]) in seeded),
+        key=lambda c: (c["last_name"], c["first_name"]),
+    )
     edited_on_hcp, deleted_on_hcp = seeded_people[0], seeded_people[1]
     with hcp_client(box) as hcp:
-        hcp.put(f"/customers/{edited_on_hcp['id']}",
-                json={"last_name": "Hcp-Edited"}).raise_for_status()
-        hcp.post("/customers", json={"first_name": "Hana", "last_name": "Hcpnew",
-                                     "email": "hana.hcp@example.org"}).raise_for_status()
+        hcp.put(
+            f"/customers/{edited_on_hcp['id']}", json={"last_name": "Hcp-Edited"}
+        ).raise_for_status()
+        hcp.post(
+            "/customers",
+            json={"first_name": "Hana", "last_name": "Hcpnew", "email": "hana.hcp@example.org"},
+        ).raise_for_status()
         hcp.delete(f"/customers/{deleted_on_hcp['id']}").raise_for_status()
     rows = read_csv(csv_path)
     for r in rows:
@@ -232,14 +268,22 @@ def test_three_members_sync_creates_edits_and_deletes_both_ways(
         "books": {"create": 2, "update": 3, "delete": 2},
         "crm": {"create": 2, "update": 2, "delete": 2},
     }
-    everyone -= {(deleted_on_hcp["first_name"], deleted_on_hcp["last_name"]),
-                 ("Bart", "Bookman"), ("Cal", "Crmley"), ("Bea", "Booker"),
-                 (edited_on_hcp["first_name"], edited_on_hcp["last_name"])}
-    everyone |= {("Hana", "Hcpnew"), ("Bo", "Booknew"), ("Cyd", "Crmnew"),
-                 ("Beatrix", "Booker"), (edited_on_hcp["first_name"], "Hcp-Edited")}
+    everyone -= {
+        (deleted_on_hcp["first_name"], deleted_on_hcp["last_name"]),
+        ("Bart", "Bookman"),
+        ("Cal", "Crmley"),
+        ("Bea", "Booker"),
+        (edited_on_hcp["first_name"], edited_on_hcp["last_name"]),
+    }
+    everyone |= {
+        ("Hana", "Hcpnew"),
+        ("Bo", "Booknew"),
+        ("Cyd", "Crmnew"),
+        ("Beatrix", "Booker"),
+        (edited_on_hcp["first_name"], "Hcp-Edited"),
+    }
     assert_all_hold(box, csv_path, crm, everyone)
-    assert box.customer_by_email("cora.crm@example.org")["company"] == \
-        "Cora Cleaning (books edit)"
+    assert box.customer_by_email("cora.crm@example.org")["company"] == "Cora Cleaning (books edit)"
     assert crm.by_email("cora.crm@example.org")["company"] == "Cora Cleaning (books edit)"
     assert crm.by_email("cora.crm@example.org")["id"] == cora["id"]
     assert_quiet_second_sync(cli, config, box, csv_path, crm)
@@ -251,17 +295,21 @@ def test_conflicts_among_three_follow_the_rules(
     box = sandbox_factory(seed=0)
     csv_path = tmp_path / "books" / "customers.csv"
     config = three_way_config(
-        tmp_path, box.port, crm.url,
+        tmp_path,
+        box.port,
+        crm.url,
         conflicts='default = ["crm"]\n"customers.company" = ["books", "crm"]\n'
-                  '"customers.first_name" = ["manual"]')
+        '"customers.first_name" = ["manual"]',
+    )
     assert_clean_exit(cli("sync", "--config", config), 0)
     assert len(read_csv(csv_path)) == 2 and len(box.customers()) == 2
 
     # Cora is edited on all three members at once, differently.
     email = "cora.crm@example.org"
     hcp_cora = box.customer_by_email(email)
-    box.update_customer(hcp_cora["id"], {"last_name": "Hcp-Last", "company": "Hcp Co",
-                                         "first_name": "Corinne"})
+    box.update_customer(
+        hcp_cora["id"], {"last_name": "Hcp-Last", "company": "Hcp Co", "first_name": "Corinne"}
+    )
     rows = read_csv(csv_path)
     for r in rows:
         if r["Email"] == email:
@@ -273,9 +321,10 @@ def test_conflicts_among_three_follow_the_rules(
     parked = cli("sync", "--config", config)
     assert_clean_exit(parked, 1)  # the first name waits for a person
     # default = crm: the CRM's last name everywhere; company = books first: the sheet's
-    for company, last in ((box.customer_by_email(email)["company"],
-                           box.customer_by_email(email)["last_name"]),
-                          (crm.by_email(email)["company"], crm.by_email(email)["lastName"])):
+    for company, last in (
+        (box.customer_by_email(email)["company"], box.customer_by_email(email)["last_name"]),
+        (crm.by_email(email)["company"], crm.by_email(email)["lastName"]),
+    ):
         assert (company, last) == ("Books Co", "Crm-Last")
     row = next(r for r in read_csv(csv_path) if r["Email"] == email)
     assert (row["Company"], row["Last Name"]) == ("Books Co", "Crm-Last")
@@ -288,9 +337,11 @@ def test_conflicts_among_three_follow_the_rules(
     assert_clean_exit(listed, 0)
     conflicts = json.loads(listed.stdout)
     assert [(c["field"], c["values"]) for c in conflicts] == [
-        ("first_name", {"hcp": "Corinne", "books": "Cory"})]
-    resolved = cli("conflicts", "resolve", str(conflicts[0]["id"]), "--take", "books",
-                   "--config", config)
+        ("first_name", {"hcp": "Corinne", "books": "Cory"})
+    ]
+    resolved = cli(
+        "conflicts", "resolve", str(conflicts[0]["id"]), "--take", "books", "--config", config
+    )
     assert_clean_exit(resolved, 0)
     settled = cli("sync", "--config", config)
     assert_clean_exit(settled, 0)

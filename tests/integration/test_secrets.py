@@ -86,7 +86,7 @@ def test_api_key_is_never_printed_or_stored_on_a_working_setup(
     box.clear_requests()
     run("sync", "--dry-run", "--log-level", "debug")
     run("sync", "--json", "--log-level", "debug")
-    assert [w["method"] for w in box.writes()] == ["PUT"]   # a write carried the key too
+    assert [w["method"] for w in box.writes()] == ["PUT"]  # a write carried the key too
     run("status")
     run("status", "--json")
     run("conflicts", "list")
@@ -109,9 +109,11 @@ def test_api_key_is_never_printed_or_stored_when_refused_or_unreachable(
     results = []
 
     for config in (refused, unreachable):
-        for args in (("sync", "--log-level", "debug"),
-                     ("sync", "--dry-run", "--log-level", "debug"),
-                     ("sync", "--json", "--log-level", "debug")):
+        for args in (
+            ("sync", "--log-level", "debug"),
+            ("sync", "--dry-run", "--log-level", "debug"),
+            ("sync", "--json", "--log-level", "debug"),
+        ):
             result = cli(*args, "--config", config, api_key=CANARY)
             assert result.returncode == 1, str(result)
             assert "sync failed" in result.stderr, str(result)
@@ -130,19 +132,24 @@ def test_api_key_is_never_printed_or_stored_when_refused_or_unreachable(
     assert_no_canary_in_output(results)
     for folder in (tmp_path / "refused", tmp_path / "unreachable"):
         assert_no_canary_in_files(folder)
-        assert not (folder / "books" / "customers.csv").exists(), \
+        assert not (folder / "books" / "customers.csv").exists(), (
             "nothing should be written to the spreadsheet when HCP cannot be read"
+        )
 
 
 def test_api_key_is_not_echoed_in_configuration_errors(tmp_path: Path, cli: Cli) -> None:
     # A typo in the key's name, a wrong auth scheme and a bad page size, with the key set.
-    config = hcp_books_config(tmp_path / "project", 9,
-                              hcp_extra='auth_scheme = "Basic"\npage_size = 0')
+    config = hcp_books_config(
+        tmp_path / "project", 9, hcp_extra='auth_scheme = "Basic"\npage_size = 0'
+    )
     text = config.read_text(encoding="utf-8").replace(
-        'api_key = "${HCP_API_KEY}"', 'apikey = "${HCP_API_KEY}"')
+        'api_key = "${HCP_API_KEY}"', 'apikey = "${HCP_API_KEY}"'
+    )
     config.write_text(text, encoding="utf-8")
-    results = [cli(*args, "--config", config, api_key=CANARY)
-               for args in (("validate",), ("sync", "--log-level", "debug"))]
+    results = [
+        cli(*args, "--config", config, api_key=CANARY)
+        for args in (("validate",), ("sync", "--log-level", "debug"))
+    ]
     for result in results:
         assert_clean_exit(result, 2)
         assert "unknown key 'apikey'" in result.stderr and "auth_scheme" in result.stderr

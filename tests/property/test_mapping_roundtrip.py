@@ -285,9 +285,9 @@ def enum_words(choices: tuple[str, ...]) -> st.SearchStrategy[str]:
     ``IN-PROGRESS``, `` complete rated ``."""
     return st.builds(
         lambda word, sep, style, pad: (
-            pad + (str.lower, str.upper, str.title, str.capitalize)[style](
-                word.replace("_", sep)
-            ) + pad
+            pad
+            + (str.lower, str.upper, str.title, str.capitalize)[style](word.replace("_", sep))
+            + pad
         ),
         st.sampled_from(choices),
         st.sampled_from(["_", " ", "-", "  "]),
@@ -341,10 +341,16 @@ hcp_jobs = st.fixed_dictionaries(
         "invoice_number": st.from_regex(r"\A[0-9]{1,6}\Z"),
         "address": hcp_address,
         "work_timestamps": st.fixed_dictionaries(
-            {}, optional={"on_my_way_at": hcp_moments, "started_at": hcp_moments,
-                          "completed_at": hcp_moments}),
+            {},
+            optional={
+                "on_my_way_at": hcp_moments,
+                "started_at": hcp_moments,
+                "completed_at": hcp_moments,
+            },
+        ),
         "assigned_employees": st.lists(
-            st.fixed_dictionaries({"id": hcp_ids("pro"), "first_name": texts}), max_size=2),
+            st.fixed_dictionaries({"id": hcp_ids("pro"), "first_name": texts}), max_size=2
+        ),
     },
 )
 
@@ -493,8 +499,10 @@ MAPPING_CASES: list[MappingCase] = [
     ("spreadsheet", "invoices", "America/Chicago", sheet_invoices("America/Chicago")),
     ("spreadsheet", "payments", None, sheet_payments("UTC")),
     ("spreadsheet", "payments", "Australia/Lord_Howe", sheet_payments("Australia/Lord_Howe")),
-    *(("memory", entity, None, memory_records(entity))
-      for entity in ("customers", "jobs", "invoices", "payments")),
+    *(
+        ("memory", entity, None, memory_records(entity))
+        for entity in ("customers", "jobs", "invoices", "payments")
+    ),
 ]
 
 
@@ -503,13 +511,19 @@ def _mapping_case_id(case: MappingCase) -> str:
     return f"{connector}-{entity}" + (f"-{zone}" if zone else "")
 
 
-@pytest.mark.parametrize(("connector", "entity", "zone", "natives"), MAPPING_CASES,
-                         ids=map(_mapping_case_id, MAPPING_CASES))
+@pytest.mark.parametrize(
+    ("connector", "entity", "zone", "natives"),
+    MAPPING_CASES,
+    ids=map(_mapping_case_id, MAPPING_CASES),
+)
 @SETTINGS
 @given(data=st.data())
 def test_mapping_round_trip_is_a_fixed_point(
-    connector: str, entity: str, zone: str | None,
-    natives: st.SearchStrategy[dict[str, Any]], data: st.DataObject,
+    connector: str,
+    entity: str,
+    zone: str | None,
+    natives: st.SearchStrategy[dict[str, Any]],
+    data: st.DataObject,
 ) -> None:
     mapping = load_mapping(connector, entity, timezone=zone)
     native = data.draw(natives, label="native")

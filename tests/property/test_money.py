@@ -127,8 +127,7 @@ def test_cents_reads_workbook_numbers_exactly(places: int, value: int) -> None:
 
 @pytest.mark.parametrize("places", PLACES)
 @given(value=signed_cents, extra=st.integers(1, 9))
-def test_cents_refuses_more_decimals_than_its_places(places: int, value: int,
-                                                     extra: int) -> None:
+def test_cents_refuses_more_decimals_than_its_places(places: int, value: int, extra: int) -> None:
     transform = cents_transform(places)
     sign, units, digits = _digits(value, places)
     text = f"{sign}{units}.{digits}{extra}"
@@ -162,8 +161,7 @@ def test_sheet_payment_amounts_round_trip(amount: int) -> None:
 
 
 @given(data=st.data(), amount=signed_cents, balance=signed_cents)
-def test_sheet_reads_typed_amounts_exactly(data: st.DataObject, amount: int,
-                                           balance: int) -> None:
+def test_sheet_reads_typed_amounts_exactly(data: st.DataObject, amount: int, balance: int) -> None:
     row = {"Amount": data.draw(typed(amount, 2)), "Balance": data.draw(typed(balance, 2))}
     record = SHEET_INVOICES.to_canonical(row)
     assert (record["amount"], record["balance"]) == (amount, balance)
@@ -173,8 +171,9 @@ def test_sheet_reads_typed_amounts_exactly(data: st.DataObject, amount: int,
 
 @pytest.mark.parametrize("mappings", [HCP, MEMORY], ids=["housecallpro", "memory"])
 @given(amount=signed_cents, balance=signed_cents)
-def test_integer_mappings_keep_cents_as_ints(mappings: dict[str, EntityMapping], amount: int,
-                                             balance: int) -> None:
+def test_integer_mappings_keep_cents_as_ints(
+    mappings: dict[str, EntityMapping], amount: int, balance: int
+) -> None:
     invoices, payments, jobs = mappings["invoices"], mappings["payments"], mappings["jobs"]
     for mapping in (invoices, payments):
         native = mapping.to_native({"amount": amount})
@@ -191,8 +190,9 @@ def test_integer_mappings_keep_cents_as_ints(mappings: dict[str, EntityMapping],
 
 
 @given(amount=signed_cents, balance=signed_cents, data=st.data())
-def test_amounts_cross_from_hcp_to_the_sheet_and_back(amount: int, balance: int,
-                                                      data: st.DataObject) -> None:
+def test_amounts_cross_from_hcp_to_the_sheet_and_back(
+    amount: int, balance: int, data: st.DataObject
+) -> None:
     hcp = HCP["invoices"]
     canonical = hcp.to_canonical({"amount": amount, "outstanding_balance": balance})
     sheet = SHEET_INVOICES.to_native(canonical)
@@ -228,7 +228,8 @@ amount_lists = st.lists(signed_cents, min_size=1, max_size=8)
 @FILE_SETTINGS
 @given(amounts=amount_lists, balances=st.data())
 def test_csv_rows_written_by_the_connector_read_back_exactly(
-        amounts: list[int], balances: st.DataObject) -> None:
+    amounts: list[int], balances: st.DataObject
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "books"
         writer = sheet_member(folder)
@@ -236,8 +237,9 @@ def test_csv_rows_written_by_the_connector_read_back_exactly(
             list(writer.read(entity))
         owed = [balances.draw(signed_cents, label="balance") for _ in amounts]
         for n, (amount, balance) in enumerate(zip(amounts, owed, strict=True)):
-            invoice = SHEET_INVOICES.to_native({"invoice_number": str(1000 + n),
-                                                "amount": amount, "balance": balance})
+            invoice = SHEET_INVOICES.to_native(
+                {"invoice_number": str(1000 + n), "amount": amount, "balance": balance}
+            )
             writer.create("invoices", invoice, key=f"i{n}")
             payment = SHEET_PAYMENTS.to_native({"invoice": str(1000 + n), "amount": amount})
             writer.create("payments", payment, key=f"p{n}")
@@ -249,9 +251,11 @@ def test_csv_rows_written_by_the_connector_read_back_exactly(
         invoices = {r.id: SHEET_INVOICES.to_canonical(r.data) for r in reader.read("invoices")}
         payments = {r.id: SHEET_PAYMENTS.to_canonical(r.data) for r in reader.read("payments")}
         assert {k: (v["amount"], v["balance"]) for k, v in invoices.items()} == {
-            f"i{n}": (a, b) for n, (a, b) in enumerate(zip(amounts, owed, strict=True))}
+            f"i{n}": (a, b) for n, (a, b) in enumerate(zip(amounts, owed, strict=True))
+        }
         assert {k: v["amount"] for k, v in payments.items()} == {
-            f"p{n}": a for n, a in enumerate(amounts)}
+            f"p{n}": a for n, a in enumerate(amounts)
+        }
         # the file holds the plain decimal text, one row per record
         rows = list(csv.DictReader(io.StringIO((folder / "payments.csv").read_text())))
         assert [_exact(r["Amount"], 2) for r in rows] == amounts
@@ -259,8 +263,9 @@ def test_csv_rows_written_by_the_connector_read_back_exactly(
 
 @FILE_SETTINGS
 @given(data=st.data(), amounts=amount_lists)
-def test_csv_amounts_typed_by_a_person_survive_a_rewrite(data: st.DataObject,
-                                                         amounts: list[int]) -> None:
+def test_csv_amounts_typed_by_a_person_survive_a_rewrite(
+    data: st.DataObject, amounts: list[int]
+) -> None:
     typed_cells = [data.draw(typed(a, 2), label="typed") for a in amounts]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "books"
@@ -275,21 +280,27 @@ def test_csv_amounts_typed_by_a_person_survive_a_rewrite(data: st.DataObject,
         conn = sheet_member(folder)
         read = {r.id: r for r in conn.read("payments")}
         assert {k: SHEET_PAYMENTS.to_canonical(r.data)["amount"] for k, r in read.items()} == {
-            f"p{n}": a for n, a in enumerate(amounts)}
+            f"p{n}": a for n, a in enumerate(amounts)
+        }
         # the sync rewrites some rows (another field, or the amount in its own form)
         for n, amount in enumerate(amounts):
             if n % 2:
-                conn.update("payments", f"p{n}", SHEET_PAYMENTS.to_native({"amount": amount}),
-                            full=read[f"p{n}"].data)
+                conn.update(
+                    "payments",
+                    f"p{n}",
+                    SHEET_PAYMENTS.to_native({"amount": amount}),
+                    full=read[f"p{n}"].data,
+                )
             else:
-                conn.update("payments", f"p{n}", {"Method": "check"},
-                            full=read[f"p{n}"].data)
+                conn.update("payments", f"p{n}", {"Method": "check"}, full=read[f"p{n}"].data)
         conn.flush("payments")
         conn.close()
-        again = {r.id: SHEET_PAYMENTS.to_canonical(r.data)
-                 for r in sheet_member(folder).read("payments")}
+        again = {
+            r.id: SHEET_PAYMENTS.to_canonical(r.data) for r in sheet_member(folder).read("payments")
+        }
         assert {k: v["amount"] for k, v in again.items()} == {
-            f"p{n}": a for n, a in enumerate(amounts)}
+            f"p{n}": a for n, a in enumerate(amounts)
+        }
 
 
 # ------------------------------------------------------------------------------- a whole sync
@@ -301,40 +312,58 @@ ENTITIES = ("customers", "invoices", "payments")
 @SYNC_SETTINGS
 @given(data=st.data(), amounts=st.lists(signed_cents, min_size=1, max_size=5))
 def test_a_sync_between_integer_cents_and_a_csv_folder_keeps_every_cent(
-        data: st.DataObject, amounts: list[int]) -> None:
+    data: st.DataObject, amounts: list[int]
+) -> None:
     MemoryConnector.reset()
     with tempfile.TemporaryDirectory() as tmp:
         config = memory_config(
             Path(tmp),
-            {"hcp": {"entities": list(ENTITIES)},
-             "books": {"type": "spreadsheet", "path": "books"}},
+            {
+                "hcp": {"entities": list(ENTITIES)},
+                "books": {"type": "spreadsheet", "path": "books"},
+            },
             entities=ENTITIES,
         )
         hcp = MemoryConnector.get_dataset("hcp")
         hcp.put("customers", "c1", {"email": "ann@x.com"})
         owed = [data.draw(signed_cents, label="balance") for _ in amounts]
         for n, (amount, balance) in enumerate(zip(amounts, owed, strict=True)):
-            hcp.put("invoices", f"i{n}", {"invoice_number": str(1000 + n), "customer": "c1",
-                                          "amount": amount, "balance": balance,
-                                          "status": "open"})
-            hcp.put("payments", f"p{n}", {"invoice": f"i{n}", "amount": amount,
-                                          "method": "cash", "status": "succeeded"})
+            hcp.put(
+                "invoices",
+                f"i{n}",
+                {
+                    "invoice_number": str(1000 + n),
+                    "customer": "c1",
+                    "amount": amount,
+                    "balance": balance,
+                    "status": "open",
+                },
+            )
+            hcp.put(
+                "payments",
+                f"p{n}",
+                {"invoice": f"i{n}", "amount": amount, "method": "cash", "status": "succeeded"},
+            )
         [first] = api.sync(config)
         assert first.exit_code == 0, first.to_json()
 
         folder = Path(tmp) / "books"
         invoices = list(csv.DictReader(io.StringIO((folder / "invoices.csv").read_text())))
-        assert sorted((r["Invoice #"], _exact(r["Amount"], 2), _exact(r["Balance"], 2))
-                      for r in invoices) == sorted(
-            (str(1000 + n), a, b) for n, (a, b) in enumerate(zip(amounts, owed, strict=True)))
+        assert sorted(
+            (r["Invoice #"], _exact(r["Amount"], 2), _exact(r["Balance"], 2)) for r in invoices
+        ) == sorted(
+            (str(1000 + n), a, b) for n, (a, b) in enumerate(zip(amounts, owed, strict=True))
+        )
         payments = list(csv.DictReader(io.StringIO((folder / "payments.csv").read_text())))
         assert sorted((r["Invoice #"], _exact(r["Amount"], 2)) for r in payments) == sorted(
-            (str(1000 + n), a) for n, a in enumerate(amounts))
+            (str(1000 + n), a) for n, a in enumerate(amounts)
+        )
 
         # the bookkeeper retypes every amount in another style, and changes the balances
         new_owed = [data.draw(signed_cents, label="new balance") for _ in amounts]
-        by_number = {str(1000 + n): (a, b) for n, (a, b) in enumerate(
-            zip(amounts, new_owed, strict=True))}
+        by_number = {
+            str(1000 + n): (a, b) for n, (a, b) in enumerate(zip(amounts, new_owed, strict=True))
+        }
         for row in invoices:
             amount, balance = by_number[row["Invoice #"]]
             row["Amount"] = data.draw(typed(amount, 2), label="retyped amount")
@@ -347,8 +376,9 @@ def test_a_sync_between_integer_cents_and_a_csv_folder_keeps_every_cent(
 
         [second] = api.sync(config)
         assert second.exit_code == 0, second.to_json()
-        held = {r["invoice_number"]: (r["amount"], r["balance"])
-                for r in hcp.table("invoices").values()}
+        held = {
+            r["invoice_number"]: (r["amount"], r["balance"]) for r in hcp.table("invoices").values()
+        }
         assert held == by_number
         assert all(type(a) is int and type(b) is int for a, b in held.values())
         [third] = api.sync(config)

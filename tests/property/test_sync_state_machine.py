@@ -128,8 +128,7 @@ def deterministic_keys() -> Iterator[None]:
     so random keys would make a shrunk example fail differently each time it is replayed.
     """
     counter = iter(range(1, 10**9))
-    shim = types.SimpleNamespace(
-        uuid4=lambda: types.SimpleNamespace(hex=f"{next(counter):032x}"))
+    shim = types.SimpleNamespace(uuid4=lambda: types.SimpleNamespace(hex=f"{next(counter):032x}"))
     with mock.patch.object(syncengine.match, "uuid", shim):
         yield
 
@@ -149,23 +148,27 @@ class SyncMachine(RuleBasedStateMachine):
         self._keys.__enter__()
         self.tmp = Path(tempfile.mkdtemp(prefix="syncengine-sm-", dir=_SCRATCH))
         self.cfg: Config = memory_config(
-            self.tmp, self.MEMBERS,
+            self.tmp,
+            self.MEMBERS,
             conflicts={"default": ["newest", "a"]},
             deletes={"propagate": True, "max_fraction": 1.0, "min_count": 0},
         )
         self.members = list(self.MEMBERS)
-        self.writable = [m for m, o in self.MEMBERS.items()
-                         if o.get("create", True) and o.get("update", True)
-                         and o.get("delete", True)]
-        self.readonly = [m for m, o in self.MEMBERS.items()
-                         if not (o.get("create", True) or o.get("update", True)
-                                 or o.get("delete", True))]
+        self.writable = [
+            m
+            for m, o in self.MEMBERS.items()
+            if o.get("create", True) and o.get("update", True) and o.get("delete", True)
+        ]
+        self.readonly = [
+            m
+            for m, o in self.MEMBERS.items()
+            if not (o.get("create", True) or o.get("update", True) or o.get("delete", True))
+        ]
         self.mappings = {m: self.cfg.pipelines["p"].mappings[(m, C)] for m in self.members}
         # One store for the whole example, as a daemon holds it (a fresh one per sync, as
         # api.sync opens, costs a migration check and a cold statement cache every time).
         self.store: StateStore = api.open_store(self.cfg)
-        self.readonly_model: dict[str, dict[str, dict[str, Any]]] = {m: {}
-                                                                     for m in self.readonly}
+        self.readonly_model: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in self.readonly}
         self.next_id = 0
         self.next_person = 0
         self.retired: set[int] = set()
@@ -229,11 +232,11 @@ class SyncMachine(RuleBasedStateMachine):
             keys = Counter(key for key, _hash in index.values())
             assert [k for k, n in keys.items() if n > 1] == [], f"{member}: key linked twice"
             records = self._records(member)
-            orphans = sorted(nid for nid in records
-                             if not nid.startswith("t") and nid not in index)
+            orphans = sorted(nid for nid in records if not nid.startswith("t") and nid not in index)
             assert orphans == [], f"{member}: records the engine created are not linked"
-            emails = Counter(model.norm_email(r.get("email")) for r in records.values()
-                             if r.get("email"))
+            emails = Counter(
+                model.norm_email(r.get("email")) for r in records.values() if r.get("email")
+            )
             assert [e for e, n in emails.items() if n > 1] == [], f"{member}: duplicates"
 
     # --------------------------------------------------------------------------- rules
@@ -250,8 +253,11 @@ class SyncMachine(RuleBasedStateMachine):
             self.next_person += 1
             self.fresh.add(person)
         record: dict[str, Any] = {}
-        phone_only = person in self.fresh and person in others and data.draw(
-            st.booleans(), label="phone only")
+        phone_only = (
+            person in self.fresh
+            and person in others
+            and data.draw(st.booleans(), label="phone only")
+        )
         if phone_only:
             event("create: a phone-only copy of someone on another member")
         elif person in others:
@@ -259,12 +265,16 @@ class SyncMachine(RuleBasedStateMachine):
         if not phone_only:
             style = data.draw(email_styles, label="email style")
             record["email"] = EMAIL_STYLES[style](email_of(person))
-        phone_style = data.draw(phone_styles if phone_only else st.none() | phone_styles,
-                                label="mobile style")
+        phone_style = data.draw(
+            phone_styles if phone_only else st.none() | phone_styles, label="mobile style"
+        )
         if phone_style is not None:
             record["mobile_number"] = PHONE_STYLES[phone_style](phone_digits(person))
-        for name, pool in (("first_name", FIRST_NAMES), ("last_name", LAST_NAMES),
-                           ("company", COMPANIES)):
+        for name, pool in (
+            ("first_name", FIRST_NAMES),
+            ("last_name", LAST_NAMES),
+            ("company", COMPANIES),
+        ):
             value = data.draw(st.none() | st.sampled_from(pool), label=name)
             if value is not None:
                 record[name] = value
@@ -281,9 +291,12 @@ class SyncMachine(RuleBasedStateMachine):
         member, native_id = self._any_record(data, self.members)
         current = self._records(member)[native_id]
         person = person_of(current)
-        field = data.draw(st.sampled_from(
-            ["first_name", "last_name", "company", "tags", "email", "mobile_number"]),
-            label="field")
+        field = data.draw(
+            st.sampled_from(
+                ["first_name", "last_name", "company", "tags", "email", "mobile_number"]
+            ),
+            label="field",
+        )
         value: Any
         if field == "email":
             if not current.get("email"):
@@ -299,8 +312,7 @@ class SyncMachine(RuleBasedStateMachine):
         elif field == "tags":
             value = data.draw(st.lists(st.sampled_from(TAGS), max_size=3), label="tags")
         else:
-            pool = {"first_name": FIRST_NAMES, "last_name": LAST_NAMES,
-                    "company": COMPANIES}[field]
+            pool = {"first_name": FIRST_NAMES, "last_name": LAST_NAMES, "company": COMPANIES}[field]
             value = data.draw(st.none() | st.sampled_from(pool), label=field)
         ds(member).edit(C, native_id, **{field: value})
         if member in self.readonly_model:
@@ -319,8 +331,7 @@ class SyncMachine(RuleBasedStateMachine):
         if person is not None:
             self.retired.add(person)
 
-    @rule(seed=st.integers(0, 2**32 - 1),
-          share=st.sampled_from([0.1, 0.3, 0.6, 1.0]))
+    @rule(seed=st.integers(0, 2**32 - 1), share=st.sampled_from([0.1, 0.3, 0.6, 1.0]))
     def sync_with_failures(self, seed: int, share: float) -> None:
         rng = random.Random(seed)
 
@@ -346,8 +357,10 @@ class SyncMachine(RuleBasedStateMachine):
     @invariant()
     def read_only_member_untouched(self) -> None:
         for member, expected in self.readonly_model.items():
-            actual = {nid: {k: v for k, v in r.items() if k != "updated_at"}
-                      for nid, r in self._records(member).items()}
+            actual = {
+                nid: {k: v for k, v in r.items() if k != "updated_at"}
+                for nid, r in self._records(member).items()
+            }
             assert actual == expected
 
     def _check_converged(self) -> None:
@@ -355,10 +368,14 @@ class SyncMachine(RuleBasedStateMachine):
         hub = list(self.store.iter_records("p", C))
         linked: dict[str, dict[str, str]] = {m: {} for m in self.members}
         for rs in hub:
-            base = {k: v for k, v in rs.base.items()
-                    if spec.field_spec(k) is not None and k not in META and v is not None}
-            live = {m: ln.native_id for m, ln in rs.links.items()
-                    if ln.native_id and not ln.tombstone}
+            base = {
+                k: v
+                for k, v in rs.base.items()
+                if spec.field_spec(k) is not None and k not in META and v is not None
+            }
+            live = {
+                m: ln.native_id for m, ln in rs.links.items() if ln.native_id and not ln.tombstone
+            }
             for member, native_id in live.items():
                 assert native_id not in linked[member], f"{member}: one record, two keys"
                 linked[member][native_id] = rs.key
@@ -379,8 +396,9 @@ class SyncMachine(RuleBasedStateMachine):
         for member in self.members:
             records = self._records(member)
             assert sorted(records) == sorted(linked[member]), f"{member}: unlinked records"
-            views[member] = Counter(repr(sorted(self._canonical(member, r).items()))
-                                    for r in records.values())
+            views[member] = Counter(
+                repr(sorted(self._canonical(member, r).items())) for r in records.values()
+            )
         first, *rest = self.writable
         for member in rest:
             assert views[member] == views[first], f"{first} and {member} disagree"
@@ -458,8 +476,9 @@ def test_delete_kept_by_a_read_only_member_is_not_undone_next_run(tmp_path: Path
     while a member that cannot delete keeps the record tombstones only the deleting member;
     the members the engine deleted from lose their link (LinkPlan remove), so the next sync
     re-creates the record on them"""
-    cfg = memory_config(tmp_path, {"a": {}, "b": {},
-                                   "r": {"create": False, "update": False, "delete": False}})
+    cfg = memory_config(
+        tmp_path, {"a": {}, "b": {}, "r": {"create": False, "update": False, "delete": False}}
+    )
     ds("r").put(C, "r1", {"email": "ann@x.com"})
     ds("a").put(C, "a1", {"email": "bob@x.com"})  # so that no member ever holds nothing
     assert _sync(cfg).exit_code == 0
@@ -499,8 +518,9 @@ def test_delete_modify_conflict_with_a_read_only_deleter_keeps_the_data(tmp_path
     (to the record it deleted) in place, so when that member cannot take the record back
     (read-only), the next sync sees it 'gone' again, finds no modification this time and
     deletes the modified record everywhere"""
-    cfg = memory_config(tmp_path, {"a": {}, "b": {},
-                                   "r": {"create": False, "update": False, "delete": False}})
+    cfg = memory_config(
+        tmp_path, {"a": {}, "b": {}, "r": {"create": False, "update": False, "delete": False}}
+    )
     ds("r").put(C, "r1", {"email": "ann@x.com"})
     ds("r").put(C, "r2", {"email": "bob@x.com"})
     assert _sync(cfg).exit_code == 0
@@ -541,8 +561,9 @@ def test_failed_delete_beside_a_read_only_member_is_retried(tmp_path: Path) -> N
     delete is retried' rule in Engine._commit_key only covers links planned as removed, not
     as tombstones), so the delete is never retried and the writable members disagree for
     good"""
-    cfg = memory_config(tmp_path, {"a": {}, "b": {},
-                                   "r": {"create": False, "update": False, "delete": False}})
+    cfg = memory_config(
+        tmp_path, {"a": {}, "b": {}, "r": {"create": False, "update": False, "delete": False}}
+    )
     ds("r").put(C, "r1", {"email": "ann@x.com"})
     ds("r").put(C, "r2", {"email": "bob@x.com"})
     assert _sync(cfg).exit_code == 0
@@ -560,8 +581,9 @@ def test_deleted_record_is_not_created_on_a_member_that_never_had_it(tmp_path: P
     read-only member keeps tombstones only the deleting member; a writable member that
     never got the record (its create failed earlier) is neither tombstoned nor skipped, so
     the next sync creates the deleted record on it"""
-    cfg = memory_config(tmp_path, {"a": {}, "b": {},
-                                   "r": {"create": False, "update": False, "delete": False}})
+    cfg = memory_config(
+        tmp_path, {"a": {}, "b": {}, "r": {"create": False, "update": False, "delete": False}}
+    )
     ds("a").put(C, "a1", {"email": "bob@x.com"})
     assert _sync(cfg).exit_code == 0
     ds("r").put(C, "r1", {"email": "ann@x.com"})
@@ -628,8 +650,10 @@ def dangling_references(members: list[str]) -> list[str]:
             for nid, record in ds(member).table(entity).items():
                 ref = record.get(field)
                 if ref is not None and ref not in held:
-                    out.append(f"{member} {entity} {nid} ({TOKEN[entity]} "
-                               f"{record.get(TOKEN[entity])}): {field} {ref} is not on {member}")
+                    out.append(
+                        f"{member} {entity} {nid} ({TOKEN[entity]} "
+                        f"{record.get(TOKEN[entity])}): {field} {ref} is not on {member}"
+                    )
     return out
 
 
@@ -665,15 +689,21 @@ class ReferenceMachine(RuleBasedStateMachine):
         self._keys.__enter__()
         self.tmp = Path(tempfile.mkdtemp(prefix="syncengine-refs-", dir=_SCRATCH))
         self.cfg: Config = memory_config(
-            self.tmp, self.MEMBERS, entities=ENTITIES,
+            self.tmp,
+            self.MEMBERS,
+            entities=ENTITIES,
             conflicts={"default": ["newest", "books"]},
             deletes={"propagate": True, "max_fraction": 1.0, "min_count": 0},
         )
         self.members = list(self.MEMBERS)
-        self.caps = {(m, e): self.cfg.make_connector(m).capabilities(e)
-                     for m in self.members for e in ENTITIES}
-        self.mappings = {(m, e): self.cfg.pipelines["p"].mappings[(m, e)]
-                         for m in self.members for e in ENTITIES}
+        self.caps = {
+            (m, e): self.cfg.make_connector(m).capabilities(e)
+            for m in self.members
+            for e in ENTITIES
+        }
+        self.mappings = {
+            (m, e): self.cfg.pipelines["p"].mappings[(m, e)] for m in self.members for e in ENTITIES
+        }
         self.store: StateStore = api.open_store(self.cfg)
         self.next_id = 0
         self.counter = {C: 0, INV: 0, PAY: 0}
@@ -698,15 +728,17 @@ class ReferenceMachine(RuleBasedStateMachine):
         return table
 
     def _tokens(self, member: str, entity: str) -> set[str]:
-        return {str(r.get(TOKEN[entity])).strip().lower()
-                for r in self._table(member, entity).values()}
+        return {
+            str(r.get(TOKEN[entity])).strip().lower() for r in self._table(member, entity).values()
+        }
 
     def _holding(self, entity: str) -> list[str]:
         return [m for m in self.members if self._table(m, entity)]
 
     def _pick(self, data: st.DataObject, member: str, entity: str) -> str:
-        return data.draw(st.sampled_from(sorted(self._table(member, entity))),
-                         label=f"{entity[:-1]} on {member}")
+        return data.draw(
+            st.sampled_from(sorted(self._table(member, entity))), label=f"{entity[:-1]} on {member}"
+        )
 
     def _put(self, member: str, entity: str, record: dict[str, Any]) -> None:
         self.next_id += 1
@@ -728,12 +760,12 @@ class ReferenceMachine(RuleBasedStateMachine):
         """The member's links (cached until the next sync)."""
         cached = self._link_cache.get((entity, member))
         if cached is None:
-            cached = self._link_cache[(entity, member)] = self.store.link_index(
-                "p", entity, member)
+            cached = self._link_cache[(entity, member)] = self.store.link_index("p", entity, member)
         return cached
 
-    def _doomed(self, member: str, entity: str, native_id: str | None,
-                *, pending: str = "race") -> bool:
+    def _doomed(
+        self, member: str, entity: str, native_id: str | None, *, pending: str = "race"
+    ) -> bool:
         """Whether a record is off limits as a reference target (see ``AVOID``): deleted by a
         person since the engine was last quiet (the ``pending`` path), or deleted in the hub
         and kept by a member that cannot delete it (``kept``)."""
@@ -747,15 +779,17 @@ class ReferenceMachine(RuleBasedStateMachine):
         deleted = self._deleted_cache.get(entity)
         if deleted is None:
             deleted = self._deleted_cache[entity] = {
-                k for k, base in self.store.iter_bases("p", entity) if base.get(model.DELETED)}
+                k for k, base in self.store.iter_bases("p", entity) if base.get(model.DELETED)
+            }
         return key in deleted
 
     def _refers_to_doomed(self, member: str, entity: str, native_id: str) -> bool:
         if entity not in REF_FIELDS:
             return False
         field, target = REF_FIELDS[entity]
-        return self._doomed(member, target, self._table(member, entity)[native_id].get(field),
-                            pending="revival")
+        return self._doomed(
+            member, target, self._table(member, entity)[native_id].get(field), pending="revival"
+        )
 
     def _referrers(self, member: str, entity: str, native_id: str) -> list[tuple[str, str]]:
         """(entity, native id) of the records on ``member`` that refer to the record,
@@ -785,15 +819,20 @@ class ReferenceMachine(RuleBasedStateMachine):
         child, field = REFERRERS[entity]
         return any(base.get(field) == key for base in self._bases(child))
 
-    def _safe_to_delete(self, member: str, entity: str, native_id: str,
-                        doomed: list[tuple[str, str]]) -> bool:
+    def _safe_to_delete(
+        self, member: str, entity: str, native_id: str, doomed: list[tuple[str, str]]
+    ) -> bool:
         """Whether deleting ``doomed`` on ``member`` stays off the known bugs' paths (see
         ``AVOID``)."""
         key = self._key(member, entity, native_id)
         if key is None:
             return True  # never synced: no other member knows it, nothing refers to it there
-        referred = [(m, e, nid) for m, copy in self._copies(entity, key).items()
-                    if m != member for e, nid in self._referrers(m, entity, copy)]
+        referred = [
+            (m, e, nid)
+            for m, copy in self._copies(entity, key).items()
+            if m != member
+            for e, nid in self._referrers(m, entity, copy)
+        ]
         if len(doomed) == 1 and not referred and not self._hub_refers(entity, key):
             return True  # a leaf: nothing anywhere refers to it
         if "race" in self.AVOID and not self.quiet:
@@ -801,8 +840,10 @@ class ReferenceMachine(RuleBasedStateMachine):
         if "stranded" not in self.AVOID:
             return True
         cascade = {(e, k) for e, nid in doomed if (k := self._key(member, e, nid))}
-        return all((e, self._key(m, e, nid)) in cascade and self._can_delete(m, e)
-                   for m, e, nid in referred)
+        return all(
+            (e, self._key(m, e, nid)) in cascade and self._can_delete(m, e)
+            for m, e, nid in referred
+        )
 
     def _bases(self, entity: str) -> list[dict[str, Any]]:
         return [base for _key, base in self.store.iter_bases("p", entity)]
@@ -814,11 +855,15 @@ class ReferenceMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def create(self, data: st.DataObject) -> None:
         """A person types a record into one member's own system."""
-        kinds = [C, *([INV, INV] if self._holding(C) else []),
-                 *([PAY, PAY] if self._holding(INV) else [])]
+        kinds = [
+            C,
+            *([INV, INV] if self._holding(C) else []),
+            *([PAY, PAY] if self._holding(INV) else []),
+        ]
         entity = data.draw(st.sampled_from(kinds), label="create")
-        {C: self._create_customer, INV: self._create_invoice,
-         PAY: self._create_payment}[entity](data)
+        {C: self._create_customer, INV: self._create_invoice, PAY: self._create_payment}[entity](
+            data
+        )
 
     def _create_customer(self, data: st.DataObject) -> None:
         """A new customer, or one another member holds already."""
@@ -872,28 +917,33 @@ class ReferenceMachine(RuleBasedStateMachine):
             event("create: not for a deleted invoice (known bugs)")
             return
         self.counter[PAY] += 1
-        self._put(member, PAY, {
-            "invoice": invoice,
-            "amount": data.draw(money, label="amount"),
-            "method": data.draw(st.sampled_from(METHODS), label="method"),
-            "status": data.draw(st.sampled_from(PAYMENT_STATUSES), label="status"),
-            "note": f"pay-{self.counter[PAY]}",
-        })
+        self._put(
+            member,
+            PAY,
+            {
+                "invoice": invoice,
+                "amount": data.draw(money, label="amount"),
+                "method": data.draw(st.sampled_from(METHODS), label="method"),
+                "status": data.draw(st.sampled_from(PAYMENT_STATUSES), label="status"),
+                "note": f"pay-{self.counter[PAY]}",
+            },
+        )
 
     @precondition(lambda self: self._holding(C))
     @rule(data=st.data())
     def edit(self, data: st.DataObject) -> None:
         """A person edits one field of a record in one member's own system (HCP's too)."""
-        entity = data.draw(st.sampled_from([e for e in ENTITIES if self._holding(e)]),
-                           label="edit")
+        entity = data.draw(st.sampled_from([e for e in ENTITIES if self._holding(e)]), label="edit")
         member = data.draw(st.sampled_from(self._holding(entity)), label="on")
         native_id = self._pick(data, member, entity)
         if self._refers_to_doomed(member, entity, native_id):
             event("edit: not of a record referring to a deleted one (known bugs)")
             return
-        fields = {C: ["first_name", "company", "email"],
-                  INV: ["amount", "balance", "status", "customer"],
-                  PAY: ["amount", "status", "method"]}[entity]
+        fields = {
+            C: ["first_name", "company", "email"],
+            INV: ["amount", "balance", "status", "customer"],
+            PAY: ["amount", "status", "method"],
+        }[entity]
         field = data.draw(st.sampled_from(fields), label="field")
         value: Any
         if field == "email":  # its style only: the person stays who they are
@@ -909,8 +959,10 @@ class ReferenceMachine(RuleBasedStateMachine):
                 return
             event("edit: an invoice re-pointed to another customer")
         elif field == "status":
-            value = data.draw(st.sampled_from(
-                INVOICE_STATUSES if entity == INV else PAYMENT_STATUSES), label="status")
+            value = data.draw(
+                st.sampled_from(INVOICE_STATUSES if entity == INV else PAYMENT_STATUSES),
+                label="status",
+            )
         elif field == "method":
             value = data.draw(st.sampled_from(METHODS), label="method")
         else:
@@ -918,8 +970,12 @@ class ReferenceMachine(RuleBasedStateMachine):
         self._edit(member, entity, native_id, **{field: value})
 
     def _deletable(self) -> list[tuple[str, str]]:
-        return [(m, e) for m in self.members for e in ENTITIES
-                if self._table(m, e) and self._can_delete(m, e)]
+        return [
+            (m, e)
+            for m in self.members
+            for e in ENTITIES
+            if self._table(m, e) and self._can_delete(m, e)
+        ]
 
     @precondition(lambda self: self._deletable())
     @rule(data=st.data())
@@ -979,7 +1035,8 @@ class ReferenceMachine(RuleBasedStateMachine):
         else:
             raise AssertionError(
                 f"not quiet after {self.MAX_SYNCS} syncs: "
-                f"{[a.describe() for a in result.plan.actions]} {self._waiting(result)}")
+                f"{[a.describe() for a in result.plan.actions]} {self._waiting(result)}"
+            )
         # the last sync planned nothing: it is the "second sync" of the one before it
         event(f"quiet after {syncs} sync(s)")
         self._check_links()
@@ -989,8 +1046,12 @@ class ReferenceMachine(RuleBasedStateMachine):
 
     @staticmethod
     def _waiting(result: SyncResult) -> list[str]:
-        return [f"{e.entity} on {s.member}: {s.reason}" for e in result.plan.entities
-                for s in e.skips if s.kind == "deferred"]
+        return [
+            f"{e.entity} on {s.member}: {s.reason}"
+            for e in result.plan.entities
+            for s in e.skips
+            if s.kind == "deferred"
+        ]
 
     # ------------------------------------------------------------------------ checks
     @staticmethod
@@ -1013,10 +1074,13 @@ class ReferenceMachine(RuleBasedStateMachine):
         assert result.guard is None and result.exit_code != 3, result.guard
         for member in self.members:
             for entity in ENTITIES:
-                tokens = Counter(str(r.get(TOKEN[entity])).strip().lower()
-                                 for r in self._table(member, entity).values())
-                assert [t for t, n in tokens.items() if n > 1] == [], \
+                tokens = Counter(
+                    str(r.get(TOKEN[entity])).strip().lower()
+                    for r in self._table(member, entity).values()
+                )
+                assert [t for t, n in tokens.items() if n > 1] == [], (
                     f"{member} holds one of its {entity} twice"
+                )
         return result
 
     def _check_links(self) -> None:
@@ -1026,10 +1090,14 @@ class ReferenceMachine(RuleBasedStateMachine):
             for entity in ENTITIES:
                 index = self._links(entity, member)
                 keys = Counter(key for key, _hash in index.values())
-                assert [k for k, n in keys.items() if n > 1] == [], \
+                assert [k for k, n in keys.items() if n > 1] == [], (
                     f"{member}: one {entity} key linked twice"
-                orphans = sorted(n for n in self._table(member, entity)
-                                 if not n.startswith("t") and n not in index)
+                )
+                orphans = sorted(
+                    n
+                    for n in self._table(member, entity)
+                    if not n.startswith("t") and n not in index
+                )
                 assert orphans == [], f"{member}: {entity} the engine created are not linked"
 
     def _canonical(self, member: str, entity: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -1047,26 +1115,34 @@ class ReferenceMachine(RuleBasedStateMachine):
             spec = model.entity_spec(entity)
             linked: dict[str, set[str]] = {m: set() for m in self.members}
             for rs in self.store.iter_records("p", entity):
-                live = {m: ln.native_id for m, ln in rs.links.items()
-                        if ln.native_id and not ln.tombstone}
+                live = {
+                    m: ln.native_id
+                    for m, ln in rs.links.items()
+                    if ln.native_id and not ln.tombstone
+                }
                 for member, native_id in live.items():
-                    assert native_id in self._table(member, entity), \
+                    assert native_id in self._table(member, entity), (
                         f"{member}: a linked {entity[:-1]} is gone"
+                    )
                     linked[member].add(native_id)
                 if rs.base.get(model.DELETED):
                     keepers = sorted(m for m in live if self._can_delete(m, entity))
                     assert keepers == [], f"{keepers} keep a deleted {entity[:-1]}"
                     event(f"quiet: a deleted {entity[:-1]} kept where it cannot be deleted")
                     continue
-                base = {k: v for k, v in rs.base.items()
-                        if spec.field_spec(k) is not None and k not in META and v is not None}
+                base = {
+                    k: v
+                    for k, v in rs.base.items()
+                    if spec.field_spec(k) is not None and k not in META and v is not None
+                }
                 for member in self.members:
                     caps = self.caps[(member, entity)]
                     if caps.create:
                         assert member in live, f"{member} lacks the {entity[:-1]} {base}"
                     if member in live and caps.update:
-                        held = self._canonical(member, entity,
-                                               self._table(member, entity)[live[member]])
+                        held = self._canonical(
+                            member, entity, self._table(member, entity)[live[member]]
+                        )
                         assert held == base, f"{member}'s {entity[:-1]} differs from the hub"
             for member in self.members:
                 unlinked = sorted(set(self._table(member, entity)) - linked[member])
@@ -1079,8 +1155,7 @@ class BooksWithHousecallPro(ReferenceMachine):
     payment writes."""
 
     MEMBERS: ClassVar[dict[str, dict[str, Any]]] = {
-        "hcp": {"entities": list(ENTITIES),
-                "only": {"invoices": ["create"], "payments": []}},
+        "hcp": {"entities": list(ENTITIES), "only": {"invoices": ["create"], "payments": []}},
         "books": {"entities": list(ENTITIES), "assigns_ids": True},
         "crm": {"entities": list(ENTITIES), "only": {"payments": []}},
     }
@@ -1092,8 +1167,10 @@ class BooksWithDeletes(ReferenceMachine):
     update invoices nor create payments."""
 
     MEMBERS: ClassVar[dict[str, dict[str, Any]]] = {
-        "hcp": {"entities": list(ENTITIES),
-                "only": {"invoices": ["create", "delete"], "payments": ["delete"]}},
+        "hcp": {
+            "entities": list(ENTITIES),
+            "only": {"invoices": ["create", "delete"], "payments": ["delete"]},
+        },
         "books": {"entities": list(ENTITIES), "assigns_ids": True},
         "crm": {"entities": list(ENTITIES)},
     }
@@ -1103,8 +1180,9 @@ class BooksWithDeletes(ReferenceMachine):
 # thirds of the profile's examples each (ci: 2 x 200, about 80 s on two cores).
 _PROFILE = settings.default
 assert _PROFILE is not None
-REFERENCE_SETTINGS = settings(stateful_step_count=30,
-                              max_examples=max(10, _PROFILE.max_examples * 2 // 3))
+REFERENCE_SETTINGS = settings(
+    stateful_step_count=30, max_examples=max(10, _PROFILE.max_examples * 2 // 3)
+)
 TestSyncReferencesWithHousecallPro = BooksWithHousecallPro.TestCase
 TestSyncReferencesWithHousecallPro.settings = REFERENCE_SETTINGS
 TestSyncReferencesWithDeletes = BooksWithDeletes.TestCase
@@ -1120,7 +1198,9 @@ TestSyncReferencesWithDeletes.settings = REFERENCE_SETTINGS
 
 def _books_config(tmp_path: Path) -> Config:
     return memory_config(
-        tmp_path, BooksWithHousecallPro.MEMBERS, entities=ENTITIES,
+        tmp_path,
+        BooksWithHousecallPro.MEMBERS,
+        entities=ENTITIES,
         conflicts={"default": ["newest", "books"]},
         deletes={"propagate": True, "max_fraction": 1.0, "min_count": 0},
     )
@@ -1134,14 +1214,20 @@ def _settle(cfg: Config, syncs: int = 4) -> SyncResult:
 
 
 def _id(member: str, entity: str, **want: Any) -> str:
-    [found] = [nid for nid, r in ds(member).table(entity).items()
-               if all(r.get(k) == v for k, v in want.items())]
+    [found] = [
+        nid
+        for nid, r in ds(member).table(entity).items()
+        if all(r.get(k) == v for k, v in want.items())
+    ]
     return found
 
 
 def _quiet(result: SyncResult) -> bool:
-    return (result.exit_code == 0 and result.plan.actions == []
-            and not any(e.issues or e.skips for e in result.plan.entities))
+    return (
+        result.exit_code == 0
+        and result.plan.actions == []
+        and not any(e.issues or e.skips for e in result.plan.entities)
+    )
 
 
 def test_a_customer_is_kept_where_a_kept_invoice_still_refers_to_it(tmp_path: Path) -> None:
@@ -1153,8 +1239,9 @@ def test_a_customer_is_kept_where_a_kept_invoice_still_refers_to_it(tmp_path: Pa
     'no customer with that id is synced', exit 1)"""
     cfg = _books_config(tmp_path)
     ds("hcp").put(C, "c1", {"email": "ann@x.com"})
-    ds("hcp").put(INV, "i1", {"invoice_number": "1001", "customer": "c1", "amount": 100,
-                              "status": "open"})
+    ds("hcp").put(
+        INV, "i1", {"invoice_number": "1001", "customer": "c1", "amount": 100, "status": "open"}
+    )
     assert _sync(cfg).exit_code == 0
     # the bookkeeper deletes Ann and her invoice; hcp cannot delete invoices: it keeps i1
     ds("books").remove(INV, _id("books", INV, invoice_number="1001"))
@@ -1165,8 +1252,7 @@ def test_a_customer_is_kept_where_a_kept_invoice_still_refers_to_it(tmp_path: Pa
     assert last.exit_code == 0 and last.plan.actions == []
 
 
-def test_a_customer_is_kept_where_an_unupdatable_invoice_still_refers_to_it(
-        tmp_path: Path) -> None:
+def test_a_customer_is_kept_where_an_unupdatable_invoice_still_refers_to_it(tmp_path: Path) -> None:
     """Regression (engine bug found by the reference machine, fixed in a368217): a customer
     was deleted from a member whose invoice still referred to it because that member could not
     take the invoice's re-pointing to another customer (hcp cannot update invoices). Users were
@@ -1176,8 +1262,9 @@ def test_a_customer_is_kept_where_an_unupdatable_invoice_still_refers_to_it(
     cfg = _books_config(tmp_path)
     ds("hcp").put(C, "c1", {"email": "ann@x.com"})
     ds("hcp").put(C, "c2", {"email": "bob@x.com"})
-    ds("hcp").put(INV, "i1", {"invoice_number": "1001", "customer": "c1", "amount": 100,
-                              "status": "open"})
+    ds("hcp").put(
+        INV, "i1", {"invoice_number": "1001", "customer": "c1", "amount": 100, "status": "open"}
+    )
     assert _sync(cfg).exit_code == 0
     invoice = _id("books", INV, invoice_number="1001")
     ds("books").edit(INV, invoice, customer=_id("books", C, email="bob@x.com"))
@@ -1189,7 +1276,8 @@ def test_a_customer_is_kept_where_an_unupdatable_invoice_still_refers_to_it(
 
 
 def test_an_invoice_re_created_while_its_customers_delete_waits_does_not_dangle(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Regression (engine bug found by the reference machine, fixed in d61942c and a368217): a
     delete/modify conflict on an invoice (deleted on books with its customer, edited on hcp)
     re-created the invoice on books while the customer's delete on books waited for it. Up to
@@ -1198,8 +1286,9 @@ def test_an_invoice_re_created_while_its_customers_delete_waits_does_not_dangle(
     it: neither ever completed and every run repeated both skips"""
     cfg = _books_config(tmp_path)
     ds("hcp").put(C, "c1", {"email": "ann@x.com"})
-    ds("hcp").put(INV, "i1", {"invoice_number": "1001", "customer": "c1", "amount": 100,
-                              "status": "open"})
+    ds("hcp").put(
+        INV, "i1", {"invoice_number": "1001", "customer": "c1", "amount": 100, "status": "open"}
+    )
     assert _sync(cfg).exit_code == 0
     ds("books").remove(INV, _id("books", INV, invoice_number="1001"))
     ds("books").remove(C, _id("books", C, email="ann@x.com"))
@@ -1210,47 +1299,54 @@ def test_an_invoice_re_created_while_its_customers_delete_waits_does_not_dangle(
     assert len(ds("books").table(INV)) == 1 and len(ds("books").table(C)) == 1
 
 
-def test_a_new_invoice_for_a_customer_whose_delete_waits_does_not_dangle(
-        tmp_path: Path) -> None:
+def test_a_new_invoice_for_a_customer_whose_delete_waits_does_not_dangle(tmp_path: Path) -> None:
     """Regression (engine bug found by the reference machine, fixed in d61942c and a368217):
     the same through a create: an invoice typed on hcp for a customer whose delete on books
     waited (its other invoice, kept by hcp, still referred to it) was created on books with the
     native id books had deleted; the customer's delete then waited forever"""
     cfg = _books_config(tmp_path)
     ds("hcp").put(C, "c1", {"email": "ann@x.com"})
-    ds("hcp").put(INV, "i1", {"invoice_number": "1001", "customer": "c1", "amount": 100,
-                              "status": "open"})
+    ds("hcp").put(
+        INV, "i1", {"invoice_number": "1001", "customer": "c1", "amount": 100, "status": "open"}
+    )
     assert _sync(cfg).exit_code == 0
     ds("books").remove(INV, _id("books", INV, invoice_number="1001"))
     ds("books").remove(C, _id("books", C, email="ann@x.com"))
-    ds("hcp").put(INV, "i2", {"invoice_number": "1002", "customer": "c1", "amount": 5,
-                              "status": "open"})
+    ds("hcp").put(
+        INV, "i2", {"invoice_number": "1002", "customer": "c1", "amount": 5, "status": "open"}
+    )
     last = _settle(cfg)
     assert dangling_references(["hcp", "books", "crm"]) == []  # was: books 1002 -> deleted Ann
     assert _quiet(last), [s.reason for e in last.plan.entities for s in e.skips]  # waits
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: a delete propagates to a member where a record not synced yet refers to the "
-    "deleted record. Customers are planned before invoices are read, and Engine._users "
-    "counts only hub records, so an invoice typed on crm for a customer the bookkeeper "
-    "deletes on books in the same interval does not keep the customer: the customer is "
-    "deleted on crm, crm's new invoice refers to nothing, is reported every run ('no "
-    "customer with that id is synced', exit 1) and never reaches the other members"))
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "engine bug: a delete propagates to a member where a record not synced yet refers to the "
+        "deleted record. Customers are planned before invoices are read, and Engine._users "
+        "counts only hub records, so an invoice typed on crm for a customer the bookkeeper "
+        "deletes on books in the same interval does not keep the customer: the customer is "
+        "deleted on crm, crm's new invoice refers to nothing, is reported every run ('no "
+        "customer with that id is synced', exit 1) and never reaches the other members"
+    ),
+)
 def test_a_delete_does_not_strand_a_new_record_referring_to_it(tmp_path: Path) -> None:
     cfg = _books_config(tmp_path)
     ds("hcp").put(C, "c1", {"email": "ann@x.com"})
     assert _sync(cfg).exit_code == 0
-    ds("crm").put(INV, "i9", {"invoice_number": "1001", "customer": _id("crm", C),
-                              "amount": 100, "status": "open"})
+    ds("crm").put(
+        INV,
+        "i9",
+        {"invoice_number": "1001", "customer": _id("crm", C), "amount": 100, "status": "open"},
+    )
     ds("books").remove(C, _id("books", C, email="ann@x.com"))
     last = _settle(cfg)
     assert dangling_references(["hcp", "books", "crm"]) == []  # was: crm i9 -> deleted Ann
     assert last.exit_code == 0
 
 
-def test_a_delete_waiting_for_records_nobody_deletes_does_not_wait_forever(
-        tmp_path: Path) -> None:
+def test_a_delete_waiting_for_records_nobody_deletes_does_not_wait_forever(tmp_path: Path) -> None:
     """Regression (engine bug found by the reference machine, fixed in a368217): a delete
     deferred because records of another entity still referred to it waited forever when those
     were records nobody would delete (a payment HCP recorded): the deleting member (crm, which
@@ -1258,36 +1354,48 @@ def test_a_delete_waiting_for_records_nobody_deletes_does_not_wait_forever(
     repeated the 'deferred' skip"""
     cfg = _books_config(tmp_path)
     ds("hcp").put(C, "c1", {"email": "ann@x.com"})
-    ds("hcp").put(INV, "i1", {"invoice_number": "1001", "customer": "c1", "amount": 100,
-                              "status": "open"})
-    ds("hcp").put(PAY, "p1", {"invoice": "i1", "amount": 100, "method": "cash",
-                              "status": "succeeded", "note": "pay-1"})
+    ds("hcp").put(
+        INV, "i1", {"invoice_number": "1001", "customer": "c1", "amount": 100, "status": "open"}
+    )
+    ds("hcp").put(
+        PAY,
+        "p1",
+        {"invoice": "i1", "amount": 100, "method": "cash", "status": "succeeded", "note": "pay-1"},
+    )
     assert _sync(cfg).exit_code == 0
     ds("crm").remove(INV, _id("crm", INV, invoice_number="1001"))  # crm holds no payments
     last = _settle(cfg)
-    numbers = {m: sorted(r["invoice_number"] for r in ds(m).table(INV).values())
-               for m in ("books", "crm")}
+    numbers = {
+        m: sorted(r["invoice_number"] for r in ds(m).table(INV).values()) for m in ("books", "crm")
+    }
     assert numbers["crm"] == numbers["books"]  # was: crm [] and books ['1001'] for good
     assert _quiet(last), [s.reason for e in last.plan.entities for s in e.skips]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: a payment recorded on hcp for an invoice the bookkeeper deleted (hcp cannot "
-    "delete invoices: it keeps it) never reaches the books: the payment's create on books "
-    "waits ('waits: its invoice is not on books yet') on every run, forever, since nothing "
-    "brings the invoice back to books; money HCP received never shows in the books and no "
-    "error says so (exit 0)"))
-def test_a_payment_of_an_invoice_deleted_elsewhere_does_not_wait_forever(
-        tmp_path: Path) -> None:
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "engine bug: a payment recorded on hcp for an invoice the bookkeeper deleted (hcp cannot "
+        "delete invoices: it keeps it) never reaches the books: the payment's create on books "
+        "waits ('waits: its invoice is not on books yet') on every run, forever, since nothing "
+        "brings the invoice back to books; money HCP received never shows in the books and no "
+        "error says so (exit 0)"
+    ),
+)
+def test_a_payment_of_an_invoice_deleted_elsewhere_does_not_wait_forever(tmp_path: Path) -> None:
     cfg = _books_config(tmp_path)
     ds("hcp").put(C, "c1", {"email": "ann@x.com"})
-    ds("hcp").put(INV, "i1", {"invoice_number": "1001", "customer": "c1", "amount": 100,
-                              "status": "open"})
+    ds("hcp").put(
+        INV, "i1", {"invoice_number": "1001", "customer": "c1", "amount": 100, "status": "open"}
+    )
     assert _sync(cfg).exit_code == 0
     ds("books").remove(INV, _id("books", INV, invoice_number="1001"))
     assert _sync(cfg, allow_mass_delete=True).exit_code == 0  # deleted on crm; hcp keeps it
-    ds("hcp").put(PAY, "p1", {"invoice": "i1", "amount": 100, "method": "cash",
-                              "status": "succeeded", "note": "pay-1"})
+    ds("hcp").put(
+        PAY,
+        "p1",
+        {"invoice": "i1", "amount": 100, "method": "cash", "status": "succeeded", "note": "pay-1"},
+    )
     last = _settle(cfg)
     assert [r["note"] for r in ds("books").table(PAY).values()] == ["pay-1"]  # was: []
     assert dangling_references(["hcp", "books", "crm"]) == []

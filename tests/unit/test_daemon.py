@@ -39,12 +39,23 @@ from syncengine.logging import configure
 from syncengine.metrics import http_stats
 from syncengine.state import StateStore
 
-DAEMON = {"backoff_initial": "0.2", "backoff_max": "0.4", "lease_ttl": "5",
-          "shutdown_grace": "5", "reload_poll": "0"}
+DAEMON = {
+    "backoff_initial": "0.2",
+    "backoff_max": "0.4",
+    "lease_ttl": "5",
+    "shutdown_grace": "5",
+    "reload_poll": "0",
+}
 
 
-def write_config(folder: Path, *, daemon: str = "", key: str = "k1",
-                 p_schedule: str = "every 1h", q_schedule: str = "every 1h") -> Path:
+def write_config(
+    folder: Path,
+    *,
+    daemon: str = "",
+    key: str = "k1",
+    p_schedule: str = "every 1h",
+    q_schedule: str = "every 1h",
+) -> Path:
     """Two pipelines over memory members; ``daemon`` lines override the [daemon] defaults."""
     settings = dict(DAEMON)
     for line in daemon.splitlines():
@@ -52,7 +63,8 @@ def write_config(folder: Path, *, daemon: str = "", key: str = "k1",
         settings[name.strip()] = value.strip()
     path = folder / "config.toml"
     lines = "\n".join(f"{k} = {v}" for k, v in settings.items())
-    path.write_text(f"""
+    path.write_text(
+        f"""
 [state]
 url = "sqlite:///state.db"
 
@@ -78,7 +90,9 @@ schedule = "{p_schedule}"
 name = "q"
 members = ["b", "c"]
 schedule = "{q_schedule}"
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -94,8 +108,14 @@ class Script:
         with self.lock:
             self.queued.setdefault(pipeline, []).extend(errors)
 
-    def __call__(self, config: Config, store: StateStore, pipeline: Pipeline,
-                 stop: threading.Event, connectors: list[Connector]) -> SyncResult:
+    def __call__(
+        self,
+        config: Config,
+        store: StateStore,
+        pipeline: Pipeline,
+        stop: threading.Event,
+        connectors: list[Connector],
+    ) -> SyncResult:
         with self.lock:
             self.calls.append(pipeline.name)
             queue = self.queued.get(pipeline.name) or []
@@ -154,14 +174,18 @@ def test_a_failing_run_backs_off_then_recovers_by_itself(setup: Any) -> None:
     assert store.pipeline_states()["p"].failures == 0
     assert store.pipeline_states()["p"].backoff_until is None
     assert [r.outcome for r in store.runs("p")][:1] == ["ok"]
-    assert daemon.metrics.value("syncengine_runs_total",
-                                {"pipeline": "p", "outcome": "failed"}) == 2
-    assert daemon.metrics.value("syncengine_runs_skipped_total",
-                                {"pipeline": "p", "reason": "backoff"}) >= 1
+    assert (
+        daemon.metrics.value("syncengine_runs_total", {"pipeline": "p", "outcome": "failed"}) == 2
+    )
+    assert (
+        daemon.metrics.value(
+            "syncengine_runs_skipped_total", {"pipeline": "p", "reason": "backoff"}
+        )
+        >= 1
+    )
 
 
-def test_refused_credentials_pause_the_pipeline_until_resumed(setup: Any,
-                                                              tmp_path: Path) -> None:
+def test_refused_credentials_pause_the_pipeline_until_resumed(setup: Any, tmp_path: Path) -> None:
     daemon = make(setup)
     config, store, script = setup
     script.fail("p", AuthError("401 Unauthorized", connector="a"))
@@ -215,8 +239,13 @@ def test_a_lost_lease_stops_the_run_in_flight(setup: Any) -> None:
     config, store, _ = setup
     seen: dict[str, bool] = {}
 
-    def sync(config: Config, store: StateStore, pipeline: Pipeline, stop: threading.Event,
-             connectors: list[Connector]) -> SyncResult:
+    def sync(
+        config: Config,
+        store: StateStore,
+        pipeline: Pipeline,
+        stop: threading.Event,
+        connectors: list[Connector],
+    ) -> SyncResult:
         with store.transaction() as tx:  # our lease expires and another daemon takes it
             tx.release_lease(pipeline.name, "me:1:aaaa")
             tx.acquire_lease(pipeline.name, "thief:3:cccc", 30)
@@ -280,20 +309,24 @@ def test_once_runs_never_run_pipelines(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- reload
 
 
-def test_reload_keeps_the_old_config_when_the_new_one_is_invalid(setup: Any,
-                                                                 tmp_path: Path) -> None:
+def test_reload_keeps_the_old_config_when_the_new_one_is_invalid(
+    setup: Any, tmp_path: Path
+) -> None:
     daemon = make(setup)
     daemon.start()
     try:
         before = daemon.config
         path = before.path
-        path.write_text(path.read_text().replace('schedule = "every 1h"\n\n[[pipelines]]',
-                                                 'schedule = "every banana"\n\n[[pipelines]]'))
+        path.write_text(
+            path.read_text().replace(
+                'schedule = "every 1h"\n\n[[pipelines]]',
+                'schedule = "every banana"\n\n[[pipelines]]',
+            )
+        )
         assert daemon.files_changed()
         assert not daemon.reload()
         assert daemon.config is before and not daemon.files_changed()
-        assert daemon.metrics.value("syncengine_config_reloads_total",
-                                    {"result": "rejected"}) == 1
+        assert daemon.metrics.value("syncengine_config_reloads_total", {"result": "rejected"}) == 1
         write_config(tmp_path, q_schedule="every 2h", p_schedule="0 3 * * *")
         assert daemon.files_changed() and daemon.reload()
         assert daemon.config is not before and daemon.config.schedule("q").interval_s == 7200
@@ -310,8 +343,13 @@ def test_shutdown_stops_a_running_sync_and_releases_its_lease(setup: Any) -> Non
     config, store, _ = setup
     entered = threading.Event()
 
-    def slow(config: Config, store: StateStore, pipeline: Pipeline, stop: threading.Event,
-             connectors: list[Connector]) -> SyncResult:
+    def slow(
+        config: Config,
+        store: StateStore,
+        pipeline: Pipeline,
+        stop: threading.Event,
+        connectors: list[Connector],
+    ) -> SyncResult:
         if pipeline.name == "p":
             entered.set()
             assert stop.wait(10), "the stop event was never set"
@@ -327,19 +365,26 @@ def test_shutdown_stops_a_running_sync_and_releases_its_lease(setup: Any) -> Non
     assert daemon.shutdown()
     assert time.monotonic() - started < 3
     assert daemon.running == [] and "p" not in store.leases()
-    assert daemon.metrics.value("syncengine_runs_total",
-                                {"pipeline": "p", "outcome": "stopped"}) == 1
+    assert (
+        daemon.metrics.value("syncengine_runs_total", {"pipeline": "p", "outcome": "stopped"}) == 1
+    )
     assert not daemon.health()[0]
 
 
 def test_a_sync_that_outlives_the_grace_period_is_abandoned_with_exit_1(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = load_config(write_config(tmp_path, daemon="shutdown_grace = 0.3"))
     store = api.open_store(config)
     entered, release = threading.Event(), threading.Event()
 
-    def stubborn(config: Config, store: StateStore, pipeline: Pipeline,
-                 stop: threading.Event, connectors: list[Connector]) -> SyncResult:
+    def stubborn(
+        config: Config,
+        store: StateStore,
+        pipeline: Pipeline,
+        stop: threading.Event,
+        connectors: list[Connector],
+    ) -> SyncResult:
         if pipeline.name == "p":
             entered.set()
             release.wait(10)  # a batch that takes longer than the grace period
@@ -364,8 +409,7 @@ def test_a_sync_that_outlives_the_grace_period_is_abandoned_with_exit_1(
         store.close()
 
 
-def test_health_and_metrics_over_http_while_one_pipeline_keeps_failing(
-        tmp_path: Path) -> None:
+def test_health_and_metrics_over_http_while_one_pipeline_keeps_failing(tmp_path: Path) -> None:
     config = load_config(write_config(tmp_path, p_schedule="every 1s", q_schedule="every 1s"))
     store = api.open_store(config)
     script = Script()
@@ -401,8 +445,13 @@ def test_http_counters_are_collected_from_the_runs_connectors() -> None:
     def answer(request: httpx.Request) -> httpx.Response:
         return httpx.Response(503 if request.url.path == "/flaky" else 200, json={})
 
-    client = HttpClient("http://x", transport=httpx.MockTransport(answer), max_retries=2,
-                        sleep=lambda s: None, name="hcp")
+    client = HttpClient(
+        "http://x",
+        transport=httpx.MockTransport(answer),
+        max_retries=2,
+        sleep=lambda s: None,
+        name="hcp",
+    )
     client.get_json("/ok")
     with pytest.raises(RetriableError):
         client.get_json("/flaky")
@@ -410,14 +459,18 @@ def test_http_counters_are_collected_from_the_runs_connectors() -> None:
     conn.name = "hcp"
     conn.http = client  # type: ignore[attr-defined]
     stats = http_stats([conn])
-    assert stats == {"hcp": {"requests": 4.0, "retries": 2.0, "throttled": 0.0,
-                             "failures": 1.0}}
+    assert stats == {"hcp": {"requests": 4.0, "retries": 2.0, "throttled": 0.0, "failures": 1.0}}
 
 
-@pytest.mark.parametrize(("text", "address"), [
-    ("127.0.0.1:9464", ("127.0.0.1", 9464)), ("9464", ("127.0.0.1", 9464)),
-    ("[::1]:80", ("::1", 80)), (":0", ("127.0.0.1", 0)),
-])
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("127.0.0.1:9464", ("127.0.0.1", 9464)),
+        ("9464", ("127.0.0.1", 9464)),
+        ("[::1]:80", ("::1", 80)),
+        (":0", ("127.0.0.1", 0)),
+    ],
+)
 def test_http_address(text: str, address: tuple[str, int]) -> None:
     assert parse_http_address(text) == address
 
@@ -442,9 +495,11 @@ def json_logs() -> Iterator[io.StringIO]:
 
 
 def test_logs_are_one_json_object_per_line_with_the_pipeline_and_run(
-        setup: Any, json_logs: io.StringIO) -> None:
-    MemoryConnector.get_dataset("a-k1").put("customers", "a1", {"email": "x@example.com",
-                                                             "first_name": "X"})
+    setup: Any, json_logs: io.StringIO
+) -> None:
+    MemoryConnector.get_dataset("a-k1").put(
+        "customers", "a1", {"email": "x@example.com", "first_name": "X"}
+    )
     out = make(setup).run_pipeline("p")
     assert out.outcome == "ok" and out.result is not None
     lines = [json.loads(line) for line in json_logs.getvalue().splitlines()]

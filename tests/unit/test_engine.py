@@ -22,8 +22,10 @@ def ds(name: str) -> MemoryDataset:
 
 
 def rows(name: str) -> list[dict[str, Any]]:
-    return sorted(({k: v for k, v in r.items() if k != "updated_at"}
-                   for r in ds(name).table(C).values()), key=lambda r: str(r.get("email")))
+    return sorted(
+        ({k: v for k, v in r.items() if k != "updated_at"} for r in ds(name).table(C).values()),
+        key=lambda r: str(r.get("email")),
+    )
 
 
 def run(cfg: Config, **kwargs: Any) -> SyncResult:
@@ -40,8 +42,9 @@ def two(tmp_path: Path) -> Config:
 
 
 def test_initial_sync_links_by_email_and_creates_the_rest(two: Config) -> None:
-    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com",
-                          "mobile_number": "+15552013344"})
+    ds("a").put(
+        C, "a1", {"first_name": "Ann", "email": "ann@x.com", "mobile_number": "+15552013344"}
+    )
     ds("a").put(C, "a2", {"first_name": "Bob", "email": "bob@x.com"})
     ds("b").put(C, "b1", {"first_name": "Ann", "email": " ANN@X.com", "company": "Acme"})
     first = run(two)
@@ -57,12 +60,15 @@ def test_initial_sync_links_by_email_and_creates_the_rest(two: Config) -> None:
 
 
 def test_edit_propagates_once_and_echo_is_not_a_change(two: Config) -> None:
-    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com",
-                          "mobile_number": "(555) 201-3344"})
+    ds("a").put(
+        C, "a1", {"first_name": "Ann", "email": "ann@x.com", "mobile_number": "(555) 201-3344"}
+    )
     run(two)
     # b holds the E.164 form, a its own national format: same canonical value, no ping-pong
-    assert ds("b").table(C) and next(iter(ds("b").table(C).values()))["mobile_number"] == \
-        "+15552013344"
+    assert (
+        ds("b").table(C)
+        and next(iter(ds("b").table(C).values()))["mobile_number"] == "+15552013344"
+    )
     assert run(two).plan.actions == []
     ds("a").edit(C, "a1", first_name="Anne")
     result = run(two)
@@ -100,8 +106,9 @@ def test_newest_rule_uses_update_times_then_falls_back(tmp_path: Path) -> None:
 
 
 def test_manual_conflict_is_parked_then_resolved(tmp_path: Path) -> None:
-    cfg = memory_config(tmp_path, {"a": {}, "b": {}},
-                        conflicts={"default": ["a"], "customers.company": ["manual"]})
+    cfg = memory_config(
+        tmp_path, {"a": {}, "b": {}}, conflicts={"default": ["a"], "customers.company": ["manual"]}
+    )
     ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com", "company": "A"})
     run(cfg)
     b_id = next(iter(ds("b").table(C)))
@@ -211,8 +218,9 @@ def test_failed_create_is_retried(tmp_path: Path) -> None:
 
 
 def test_read_only_member_is_never_written(tmp_path: Path) -> None:
-    cfg = memory_config(tmp_path, {"a": {}, "ro": {"create": False, "update": False,
-                                                    "delete": False}})
+    cfg = memory_config(
+        tmp_path, {"a": {}, "ro": {"create": False, "update": False, "delete": False}}
+    )
     ds("ro").put(C, "r1", {"first_name": "Ro", "email": "ro@x.com"})
     ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
     before = rows("ro")
@@ -245,7 +253,9 @@ def test_ambiguous_match_is_reported_not_guessed(two: Config) -> None:
     issues = result.plan.entities[0].issues
     assert [i.member for i in issues if "matches 2 records" in i.message] == ["b"]
     assert sorted(i.location for i in issues if "held back" in i.message) == [
-        "a customers a1", "a customers a2"]
+        "a customers a1",
+        "a customers a2",
+    ]
     assert result.exit_code == 1
     assert result.plan.actions == []  # nothing guessed, nothing duplicated
     assert len(ds("b").table(C)) == 1 and len(ds("a").table(C)) == 2
@@ -262,8 +272,11 @@ def test_possible_duplicate_on_one_member_is_reported(two: Config) -> None:
 
 
 def test_three_members_change_anywhere_reaches_the_others(tmp_path: Path) -> None:
-    cfg = memory_config(tmp_path, {"a": {}, "b": {}, "c": {"assigns_ids": True}},
-                        conflicts={"default": ["newest", "a"]})
+    cfg = memory_config(
+        tmp_path,
+        {"a": {}, "b": {}, "c": {"assigns_ids": True}},
+        conflicts={"default": ["newest", "a"]},
+    )
     ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com"})
     ds("b").put(C, "b1", {"first_name": "Bob", "email": "bob@x.com"})
     ds("c").put(C, "c1", {"first_name": "Cy", "email": "cy@x.com"})

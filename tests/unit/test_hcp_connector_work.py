@@ -435,8 +435,14 @@ def test_find_an_invoice_by_number_among_the_customers(
     queries = [r["query"] for r in state.requests()]
     assert all(f"customer_uuid%5B%5D={invoice['customer_id']}" in q for q in queries)
     assert conn.find("invoices", {"invoice_number": "nope"}) == []
-    unnumbered = conn.find("invoices", {"job_id": invoice["job_id"], "amount": invoice["amount"],
-                                        "due_at": invoice["due_at"].replace("Z", "+00:00")})
+    unnumbered = conn.find(
+        "invoices",
+        {
+            "job_id": invoice["job_id"],
+            "amount": invoice["amount"],
+            "due_at": invoice["due_at"].replace("Z", "+00:00"),
+        },
+    )
     assert [r.id for r in unnumbered] == [invoice["id"]]
 
 
@@ -483,8 +489,11 @@ def test_create_update_and_delete_a_job(
     assert created.data["customer_id"] == customer_id
     assert created == conn.get("jobs", created.id)
     patch = {"schedule.scheduled_end": "2026-04-03T18:00:00Z", "description": None}
-    full = {**created.data, "description": None,
-            "schedule": {**created.data["schedule"], "scheduled_end": "2026-04-03T18:00:00Z"}}
+    full = {
+        **created.data,
+        "description": None,
+        "schedule": {**created.data["schedule"], "scheduled_end": "2026-04-03T18:00:00Z"},
+    }
     updated = conn.update("jobs", created.id, patch, full=full)
     assert updated is not None
     assert updated.data["schedule"]["scheduled_end"] == "2026-04-03T18:00:00Z"
@@ -510,8 +519,14 @@ def test_job_bodies_are_the_spec_shape_without_nulls() -> None:
                          "work_status": None, "outstanding_balance": 3}, key="k")  # fmt: skip
     assert fake.posted == [{"customer_id": "cus_1", "customer": {"id": "cus_1"},
                             "description": "x", "schedule": {"arrival_window": 30}}]  # fmt: skip
-    full = {"id": "job_1", "customer_id": "cus_1", "description": None, "tags": None,
-            "work_status": None, "schedule": {"scheduled_start": None, "scheduled_end": "E"}}
+    full = {
+        "id": "job_1",
+        "customer_id": "cus_1",
+        "description": None,
+        "tags": None,
+        "work_status": None,
+        "schedule": {"scheduled_start": None, "scheduled_end": "E"},
+    }
     conn.update("jobs", "job_1", {"description": None, "tags": None, "work_status": None,
                                   "schedule.scheduled_start": None}, full=full)  # fmt: skip
     put = json.loads(fake.requests[-1].content)

@@ -60,8 +60,16 @@ def cfg(tmp_path: Path) -> Config:
 
 def seed(count: int = 5) -> None:
     for i in range(1, count + 1):
-        ds("a").put(C, f"a{i}", {"first_name": f"N{i}", "email": f"n{i}@x.com",
-                                 "crm_only": f"kept {i}", "addresses.service.city": "Austin"})
+        ds("a").put(
+            C,
+            f"a{i}",
+            {
+                "first_name": f"N{i}",
+                "email": f"n{i}@x.com",
+                "crm_only": f"kept {i}",
+                "addresses.service.city": "Austin",
+            },
+        )
 
 
 def test_a_partial_pass_does_not_delete_or_recreate_unseen_records(cfg: Config) -> None:
@@ -81,8 +89,11 @@ def test_changes_in_a_partial_pass_propagate_both_ways(cfg: Config) -> None:
     seed()
     run(cfg)
     ds("a").edit(C, "a2", first_name="Second")
-    ds("b").edit(C, next(k for k, r in ds("b").table(C).items() if r["email"] == "n4@x.com"),
-                 first_name="Fourth")
+    ds("b").edit(
+        C,
+        next(k for k, r in ds("b").table(C).items() if r["email"] == "n4@x.com"),
+        first_name="Fourth",
+    )
     result = run(cfg)
     assert passes("a")[-1] == "partial" and result.plan.entities[0].seen["a"] == 1
     assert ops(result) == [("update", "a"), ("update", "b")]
@@ -92,8 +103,7 @@ def test_changes_in_a_partial_pass_propagate_both_ways(cfg: Config) -> None:
     assert passes("a")[-1] == "partial" and again.plan.actions == []
 
 
-def test_an_update_of_an_unseen_record_fetches_it_and_keeps_its_other_fields(
-        cfg: Config) -> None:
+def test_an_update_of_an_unseen_record_fetches_it_and_keeps_its_other_fields(cfg: Config) -> None:
     seed(3)
     run(cfg)
     b_id = next(k for k, r in ds("b").table(C).items() if r["email"] == "n2@x.com")
@@ -108,12 +118,16 @@ def test_an_update_of_an_unseen_record_fetches_it_and_keeps_its_other_fields(
     assert (a2["first_name"], a2["last_name"]) == ("Edited", "On B")
     # a whole-record write built from the patch alone would have dropped these
     assert (a2["email"], a2["crm_only"], a2["addresses.service.city"]) == (
-        "n2@x.com", "kept 2", "Austin")
+        "n2@x.com",
+        "kept 2",
+        "Austin",
+    )
     assert result.exit_code == 0 and run(cfg).plan.actions == []
 
 
 def test_an_edit_of_a_record_deleted_where_it_was_not_read_is_a_delete_modify_conflict(
-        cfg: Config) -> None:
+    cfg: Config,
+) -> None:
     seed(3)
     run(cfg)
     ds("a").remove(C, "a1")
@@ -130,13 +144,17 @@ def test_an_edit_of_a_record_deleted_where_it_was_not_read_is_a_delete_modify_co
     # as with complete reads, the edit on b meets the delete on a: the data is kept
     assert ops(final) == [("create", "a")] and final.exit_code == 0
     assert sorted((r["email"], r.get("company")) for r in ds("a").table(C).values()) == [
-        ("n1@x.com", "Acme"), ("n2@x.com", None), ("n3@x.com", "Acme")]
+        ("n1@x.com", "Acme"),
+        ("n2@x.com", None),
+        ("n3@x.com", "Acme"),
+    ]
     assert len(ds("b").table(C)) == 3
     assert run(cfg).plan.actions == [] and mark(cfg) is not None
 
 
 def test_a_failed_create_elsewhere_is_retried_though_the_source_is_not_listed_again(
-        cfg: Config) -> None:
+    cfg: Config,
+) -> None:
     seed(2)
     run(cfg)
     ds("a").put(C, "a9", {"first_name": "Nine", "email": "n9@x.com"})
@@ -165,7 +183,11 @@ def test_deletes_are_seen_on_the_next_complete_pass(cfg: Config) -> None:
     assert passes("a")[-1] == "complete"
     assert ops(complete) == [("delete", "b")]
     assert sorted(r["email"] for r in ds("b").table(C).values()) == [
-        "n1@x.com", "n2@x.com", "n4@x.com", "n5@x.com"]
+        "n1@x.com",
+        "n2@x.com",
+        "n4@x.com",
+        "n5@x.com",
+    ]
     assert run(cfg).plan.actions == []
 
 
@@ -197,8 +219,9 @@ def test_the_empty_member_guard_does_not_fire_on_an_empty_partial_pass(cfg: Conf
 
 def test_a_crash_before_the_commit_does_not_advance_the_mark(cfg: Config) -> None:
     path = cfg.path
-    text = path.read_text().replace('entities = ["customers"]',
-                                    'entities = ["customers"]\nbatch_size = 2')
+    text = path.read_text().replace(
+        'entities = ["customers"]', 'entities = ["customers"]\nbatch_size = 2'
+    )
     path.write_text(text)
     cfg = load_config(path)
     seed()
@@ -220,7 +243,8 @@ def test_a_crash_before_the_commit_does_not_advance_the_mark(cfg: Config) -> Non
     assert passes("a")[-1] == "partial" and result.plan.entities[0].seen["a"] == 5
     assert ops(result) == [("update", "b")] * 3
     assert sorted(r["first_name"] for r in ds("b").table(C).values()) == [
-        f"Edited {i}" for i in range(1, 6)]
+        f"Edited {i}" for i in range(1, 6)
+    ]
     assert mark(cfg) != before and run(cfg).plan.actions == []
 
 
@@ -257,12 +281,12 @@ def test_a_link_with_an_unknown_hash_is_fetched_not_assumed_unchanged(cfg: Confi
     seed(2)
     run(cfg)
     with api.open_store(cfg) as store:
-        [state] = [s for s in store.iter_records("p", C)
-                   if s.links["a"].native_id == "a1"]
+        [state] = [s for s in store.iter_records("p", C) if s.links["a"].native_id == "a1"]
         link = state.links["a"]
         with store.transaction() as tx:  # as crash recovery links a record it found
-            tx.put_link("p", C, state.key, "a", native_id="a1", native_hash=None,
-                        last_seen=link.last_seen)
+            tx.put_link(
+                "p", C, state.key, "a", native_id="a1", native_hash=None, last_seen=link.last_seen
+            )
     result = run(cfg)
     assert passes("a")[-1] == "partial" and gets("a") == ["a1"]
     assert result.plan.actions == [] and result.exit_code == 0
@@ -282,28 +306,37 @@ def test_three_members_two_of_them_incremental(tmp_path: Path) -> None:
     assert ds("a").table(C)["a3"]["company"] == "From C"
     assert ds("a").table(C)["a3"]["crm_only"] == "kept 3"
     assert [r["company"] for r in ds("b").table(C).values() if r["email"] == "n3@x.com"] == [
-        "From C"]
+        "From C"
+    ]
     assert run(cfg).plan.actions == []
 
 
 def test_a_reference_shown_by_an_outdated_email_is_rewritten_on_an_unseen_record(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Member a shows an invoice's customer by e-mail (``ref_by``). When the customer's e-mail
     changes, the invoice on a must be rewritten although a partial pass did not list it:
     whether it shows the old e-mail can only be told from the record, so it is fetched."""
     (tmp_path / "a-invoices.toml").write_text(
         '[fields]\ninvoice_number = "invoice_number"\n'
         'customer = { native = "customer_email", ref_by = "email" }\n'
-        'amount = "amount"\nstatus = "status"\n', encoding="utf-8")
-    cfg = memory_config(tmp_path, {"a": {**INCREMENTAL, "entities": [C, "invoices"]},
-                                   "b": {"entities": [C, "invoices"]}},
-                        entities=(C, "invoices"))
+        'amount = "amount"\nstatus = "status"\n',
+        encoding="utf-8",
+    )
+    cfg = memory_config(
+        tmp_path,
+        {"a": {**INCREMENTAL, "entities": [C, "invoices"]}, "b": {"entities": [C, "invoices"]}},
+        entities=(C, "invoices"),
+    )
     text = cfg.path.read_text() + '\n[pipelines.mappings.a]\ninvoices = "a-invoices.toml"\n'
     cfg.path.write_text(text)
     cfg = load_config(cfg.path)
     ds("b").put(C, "c1", {"first_name": "Ann", "email": "ann@x.com"})
-    ds("b").put("invoices", "i1", {"invoice_number": "1001", "customer": "c1",
-                                   "amount": 1000, "status": "open"})
+    ds("b").put(
+        "invoices",
+        "i1",
+        {"invoice_number": "1001", "customer": "c1", "amount": 1000, "status": "open"},
+    )
     run(cfg)
     run(cfg)  # a's first passes were empty: now both entities have a mark
     [invoice] = ds("a").table("invoices").values()

@@ -29,8 +29,11 @@ def check_marks(store: StateStore) -> None:
     with store.transaction() as tx:  # an upsert: the newer token replaces the older
         tx.put_read_mark(P, E, "crm", "c2")
     assert store.read_mark(P, E, "crm") == "c2"
-    assert (store.read_mark(P, E, "hcp"), store.read_mark(P, "invoices", "crm"),
-            store.read_mark("other", E, "crm")) == ("h1", "i1", "o1")
+    assert (
+        store.read_mark(P, E, "hcp"),
+        store.read_mark(P, "invoices", "crm"),
+        store.read_mark("other", E, "crm"),
+    ) == ("h1", "i1", "o1")
     with pytest.raises(RuntimeError), store.transaction() as tx:
         tx.put_read_mark(P, E, "crm", "rolled back")
         raise RuntimeError("before the commit")

@@ -145,17 +145,33 @@ with open(out, "w") as fh:
 """
 
 
-def test_processes_racing_for_one_lease_never_hold_it_together(url: str,
-                                                               tmp_path: Path) -> None:
+def test_processes_racing_for_one_lease_never_hold_it_together(url: str, tmp_path: Path) -> None:
     with StateStore.open(url):  # migrate once, before the race
         pass
     start_at = time.time() + 2.0
     procs = []
     for n in range(4):
         out = tmp_path / f"held-{n}.json"
-        procs.append((out, subprocess.Popen(
-            [sys.executable, "-c", _RACER, url, f"racer-{n}", str(out), str(start_at), "1.5"],
-            cwd=REPO, stderr=subprocess.PIPE, text=True)))
+        procs.append(
+            (
+                out,
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        _RACER,
+                        url,
+                        f"racer-{n}",
+                        str(out),
+                        str(start_at),
+                        "1.5",
+                    ],
+                    cwd=REPO,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+        )
     intervals: list[tuple[float, float, int]] = []
     for n, (out, proc) in enumerate(procs):
         _, stderr = proc.communicate(timeout=60)

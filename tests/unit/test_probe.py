@@ -18,9 +18,14 @@ def _fresh() -> None:
 
 
 def test_probe_shows_native_and_canonical_and_errors(tmp_path: Path) -> None:
-    config = memory_config(tmp_path, {"a": {"entities": ["customers", "invoices", "payments"]},
-                                      "b": {"entities": ["customers", "invoices", "payments"]}},
-                           entities=("customers", "invoices", "payments"))
+    config = memory_config(
+        tmp_path,
+        {
+            "a": {"entities": ["customers", "invoices", "payments"]},
+            "b": {"entities": ["customers", "invoices", "payments"]},
+        },
+        entities=("customers", "invoices", "payments"),
+    )
     a = MemoryConnector.get_dataset("a")
     for i in range(5):
         a.put("customers", f"c{i}", {"email": f" P{i}@Example.com ", "first_name": "Pat"})

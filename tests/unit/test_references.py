@@ -20,9 +20,14 @@ ENTITIES = ("customers", "invoices", "payments")
 def _config(tmp_path: Path, **hcp: Any) -> Any:
     return memory_config(
         tmp_path,
-        {"hcp": {"entities": list(ENTITIES),
-                 "only": {"invoices": ["create"], "payments": []}, **hcp},
-         "books": {"entities": list(ENTITIES)}},
+        {
+            "hcp": {
+                "entities": list(ENTITIES),
+                "only": {"invoices": ["create"], "payments": []},
+                **hcp,
+            },
+            "books": {"entities": list(ENTITIES)},
+        },
         entities=ENTITIES,
     )
 
@@ -35,14 +40,28 @@ def _sync(config: Any, *, dry_run: bool = False) -> Any:
 def _seed(hcp: Any) -> None:
     hcp.put("customers", "c1", {"first_name": "Ann", "email": "ann@example.com"})
     hcp.put("customers", "c2", {"first_name": "Bob", "email": "bob@example.com"})
-    hcp.put("invoices", "i1", {"invoice_number": "1001", "customer": "c1", "amount": 10000,
-                               "balance": 2500, "status": "sent"})
-    hcp.put("invoices", "i2", {"invoice_number": "1002", "customer": "c2", "amount": 500,
-                               "balance": 0, "status": "paid"})
-    hcp.put("payments", "p1", {"invoice": "i1", "amount": 7500, "method": "cash",
-                               "status": "succeeded"})
-    hcp.put("payments", "p2", {"invoice": "i2", "amount": 500, "method": "check",
-                               "status": "succeeded"})
+    hcp.put(
+        "invoices",
+        "i1",
+        {
+            "invoice_number": "1001",
+            "customer": "c1",
+            "amount": 10000,
+            "balance": 2500,
+            "status": "sent",
+        },
+    )
+    hcp.put(
+        "invoices",
+        "i2",
+        {"invoice_number": "1002", "customer": "c2", "amount": 500, "balance": 0, "status": "paid"},
+    )
+    hcp.put(
+        "payments", "p1", {"invoice": "i1", "amount": 7500, "method": "cash", "status": "succeeded"}
+    )
+    hcp.put(
+        "payments", "p2", {"invoice": "i2", "amount": 500, "method": "check", "status": "succeeded"}
+    )
 
 
 def _by(table: dict[str, dict[str, Any]], **want: Any) -> tuple[str, dict[str, Any]]:
@@ -81,8 +100,9 @@ def test_a_payment_recorded_later_arrives_once(tmp_path: Path) -> None:
     books = MemoryConnector.get_dataset("books")
     _seed(hcp)
     _sync(config)
-    hcp.put("payments", "p3", {"invoice": "i1", "amount": 2500, "method": "ach",
-                               "status": "succeeded"})
+    hcp.put(
+        "payments", "p3", {"invoice": "i1", "amount": 2500, "method": "ach", "status": "succeeded"}
+    )
     hcp.edit("invoices", "i1", balance=0, status="paid")
     result = _sync(config)
     assert result.exit_code == 0
@@ -101,8 +121,11 @@ def test_writes_hcp_cannot_take_are_skipped_and_listed(tmp_path: Path) -> None:
     _sync(config)
     inv_id, _ = _by(books.table("invoices"), invoice_number="1001")
     books.edit("invoices", inv_id, amount=12000)
-    books.put("payments", "bp", {"invoice": inv_id, "amount": 100, "method": "cash",
-                                 "status": "succeeded"})
+    books.put(
+        "payments",
+        "bp",
+        {"invoice": inv_id, "amount": 100, "method": "cash", "status": "succeeded"},
+    )
     dry = _sync(config, dry_run=True)
     reasons = sorted(s.reason for ep in dry.plan.entities for s in ep.skips)
     assert reasons == ["memory cannot create payments", "memory cannot update invoices"]
@@ -145,8 +168,11 @@ def test_unresolvable_reference_is_a_row_error_and_blocks_nothing_else(tmp_path:
     books = MemoryConnector.get_dataset("books")
     _seed(hcp)
     _sync(config)
-    books.put("payments", "orphan", {"invoice": "nope", "amount": 1, "method": "cash",
-                                     "status": "succeeded"})
+    books.put(
+        "payments",
+        "orphan",
+        {"invoice": "nope", "amount": 1, "method": "cash", "status": "succeeded"},
+    )
     hcp.edit("customers", "c2", first_name="Robert")
     result = _sync(config)
     assert result.exit_code == 1
@@ -207,13 +233,17 @@ def test_reconcile_report_is_clean_after_a_sync_and_names_disagreements(tmp_path
     _sync(config)
     [report] = api.reconcile_report(config)
     assert report.clean, report.to_json()
-    assert report.totals()["books"] == {"invoices": 2, "amount": 10500, "paid": 8000,
-                                        "balance": 2500}
+    assert report.totals()["books"] == {
+        "invoices": 2,
+        "amount": 10500,
+        "paid": 8000,
+        "balance": 2500,
+    }
 
     inv_id, _ = _by(books.table("invoices"), invoice_number="1001")
-    books.edit("invoices", inv_id, balance=100)                      # balance ≠ amount − paid
+    books.edit("invoices", inv_id, balance=100)  # balance ≠ amount − paid
     pay_id, _ = _by(books.table("payments"), amount=500)
-    books.remove("payments", pay_id)                                 # payment on one side only
+    books.remove("payments", pay_id)  # payment on one side only
     books.put("invoices", "dup", {"invoice_number": "1002", "amount": 1, "status": "open"})
     [report] = api.reconcile_report(config)
     assert report.exit_code == 1
@@ -221,14 +251,14 @@ def test_reconcile_report_is_clean_after_a_sync_and_names_disagreements(tmp_path
     assert ("balance", "books") in kinds
     assert ("missing", "books") in kinds
     assert ("duplicate", "books") in kinds
-    books.put("payments", "new", {"invoice": inv_id, "amount": 5, "method": "cash",
-                                  "status": "pending"})
+    books.put(
+        "payments", "new", {"invoice": inv_id, "amount": 5, "method": "cash", "status": "pending"}
+    )
     [report] = api.reconcile_report(config)
     assert [p.kind for p in report.general] == ["unlinked"]
 
 
-def test_a_stop_request_finishes_the_batch_commits_and_the_next_run_goes_on(
-        tmp_path: Path) -> None:
+def test_a_stop_request_finishes_the_batch_commits_and_the_next_run_goes_on(tmp_path: Path) -> None:
     import threading
 
     from syncengine.engine import Engine

@@ -32,16 +32,28 @@ from syncengine.errors import (
 SECRET = "tok-9f8e7d6c5b4a"
 
 
-def make(crm: FakeCrm, *, auth: dict[str, Any] | None = None, page_size: int = 10,
-         clock: list[float] | None = None, **entity: Any) -> RestConnector:
+def make(
+    crm: FakeCrm,
+    *,
+    auth: dict[str, Any] | None = None,
+    page_size: int = 10,
+    clock: list[float] | None = None,
+    **entity: Any,
+) -> RestConnector:
     table: dict[str, Any] = {"path": f"/{crm.collection}", **entity}
     if crm.records_key and "records_path" not in entity:
         table["records_path"] = crm.records_key
-    options = RestOptions.model_validate({
-        "type": "rest", "base_url": crm.base_url, "rate_limit": 0, "max_retries": 2,
-        "page_size": page_size, "auth": auth or {"style": "none"},
-        "entities": {"customers": table},
-    })
+    options = RestOptions.model_validate(
+        {
+            "type": "rest",
+            "base_url": crm.base_url,
+            "rate_limit": 0,
+            "max_retries": 2,
+            "page_size": page_size,
+            "auth": auth or {"style": "none"},
+            "entities": {"customers": table},
+        }
+    )
     extra: dict[str, Any] = {"transport": crm.transport(), "sleep": lambda _s: None}
     if clock is not None:
         extra["clock"] = lambda: clock[0]
@@ -55,25 +67,38 @@ def body_of(request: httpx.Request) -> Any:
 # ---------------------------------------------------------------------------------- auth
 
 
-@pytest.mark.parametrize(("auth", "headers", "params"), [
-    ({"style": "bearer", "token": SECRET}, {"Authorization": f"Bearer {SECRET}"}, {}),
-    ({"style": "token", "token": SECRET}, {"Authorization": f"Token {SECRET}"}, {}),
-    ({"style": "token", "token": SECRET, "scheme": "ApiKey"},
-     {"Authorization": f"ApiKey {SECRET}"}, {}),
-    ({"style": "header", "token": SECRET, "header": "X-Crm-Key", "prefix": "key="},
-     {"X-Crm-Key": f"key={SECRET}"}, {}),
-    ({"style": "basic", "username": "office", "password": SECRET},
-     {"Authorization": "Basic " + base64.b64encode(f"office:{SECRET}".encode()).decode()}, {}),
-    ({"style": "query", "token": SECRET, "param": "key"}, {}, {"key": SECRET}),
-])
+@pytest.mark.parametrize(
+    ("auth", "headers", "params"),
+    [
+        ({"style": "bearer", "token": SECRET}, {"Authorization": f"Bearer {SECRET}"}, {}),
+        ({"style": "token", "token": SECRET}, {"Authorization": f"Token {SECRET}"}, {}),
+        (
+            {"style": "token", "token": SECRET, "scheme": "ApiKey"},
+            {"Authorization": f"ApiKey {SECRET}"},
+            {},
+        ),
+        (
+            {"style": "header", "token": SECRET, "header": "X-Crm-Key", "prefix": "key="},
+            {"X-Crm-Key": f"key={SECRET}"},
+            {},
+        ),
+        (
+            {"style": "basic", "username": "office", "password": SECRET},
+            {"Authorization": "Basic " + base64.b64encode(f"office:{SECRET}".encode()).decode()},
+            {},
+        ),
+        ({"style": "query", "token": SECRET, "param": "key"}, {}, {"key": SECRET}),
+    ],
+)
 def test_each_auth_style_is_sent_on_every_request(
     auth: dict[str, Any], headers: dict[str, str], params: dict[str, str]
 ) -> None:
     crm = FakeCrm(style="link", require_headers=headers, require_params=params)
     for i in range(25):
         crm.add({"name": f"c{i}"})
-    conn = make(crm, auth=auth, pagination={"style": "link", "page_param": "page",
-                                            "size_param": "per_page"})
+    conn = make(
+        crm, auth=auth, pagination={"style": "link", "page_param": "page", "size_param": "per_page"}
+    )
     assert len(list(conn.read("customers"))) == 25
     created = conn.create("customers", {"name": "new"}, key="k1")
     conn.update("customers", created.id, {"name": "newer"}, full={"name": "newer"})
@@ -85,11 +110,14 @@ def test_each_auth_style_is_sent_on_every_request(
             assert request.url.params.get_list(name) == [value]
 
 
-@pytest.mark.parametrize("auth", [
-    {"style": "bearer", "token": SECRET},
-    {"style": "query", "token": SECRET},
-    {"style": "basic", "username": "me", "password": SECRET},
-])
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"style": "bearer", "token": SECRET},
+        {"style": "query", "token": SECRET},
+        {"style": "basic", "username": "me", "password": SECRET},
+    ],
+)
 def test_refused_credentials_are_an_auth_error_naming_the_connector(auth: dict[str, Any]) -> None:
     crm = FakeCrm(require_headers={"Authorization": "Bearer right"})
     conn = make(crm, auth=auth)
@@ -130,9 +158,11 @@ def test_a_wrong_records_path_names_the_setting_and_the_keys_there_are() -> None
     with pytest.raises(FatalConnectorError) as caught:
         list(make(crm, records_path="data").read("customers"))
     message = str(caught.value)
-    assert message.startswith("crm:customers: GET /contacts the list request: the response has "
-                              "no 'data' (setting records_path = 'data' in "
-                              "[connectors.crm.entities.customers])")
+    assert message.startswith(
+        "crm:customers: GET /contacts the list request: the response has "
+        "no 'data' (setting records_path = 'data' in "
+        "[connectors.crm.entities.customers])"
+    )
     assert "an object with keys: contacts, count" in message
     assert "(here: 'contacts')" in message
     assert "Nothing was written" in message
@@ -141,9 +171,12 @@ def test_a_wrong_records_path_names_the_setting_and_the_keys_there_are() -> None
 def test_an_envelope_where_a_bare_list_was_described_suggests_the_key() -> None:
     crm = FakeCrm(records_key="items")
     crm.add({"name": "a"})
-    with pytest.raises(FatalConnectorError, match=r"the response is an object with keys: items, "
-                                                  r"count, not a list \(setting records_path = "
-                                                  r"'' .*\(here: 'items'\)"):
+    with pytest.raises(
+        FatalConnectorError,
+        match=r"the response is an object with keys: items, "
+        r"count, not a list \(setting records_path = "
+        r"'' .*\(here: 'items'\)",
+    ):
         list(make(crm, records_path="").read("customers"))
 
 
@@ -167,16 +200,20 @@ def test_a_record_without_the_id_field_is_an_error() -> None:
 def test_ids_may_sit_deeper_and_be_numbers() -> None:
     crm = FakeCrm()
     crm.add({"id": 1, "meta": {"uid": 77}, "name": "a"})
-    records = list(make(crm, id_field="meta.uid", get=False, update=False, delete=False)
-                   .read("customers"))
+    records = list(
+        make(crm, id_field="meta.uid", get=False, update=False, delete=False).read("customers")
+    )
     assert [r.id for r in records] == ["77"]
     assert records[0].location == "crm customers 77"
 
 
 def test_a_list_path_that_does_not_exist_names_the_setting() -> None:
     crm = FakeCrm()
-    with pytest.raises(FatalConnectorError, match=r"the list path does not exist \(setting path "
-                                                  r"= '/people'"):
+    with pytest.raises(
+        FatalConnectorError,
+        match=r"the list path does not exist \(setting path "
+        r"= '/people'",
+    ):
         list(make(crm, path="/people").read("customers"))
 
 
@@ -192,8 +229,7 @@ def test_a_list_request_refused_as_invalid_is_fatal_not_a_record_error() -> None
 
 def test_create_wraps_the_body_and_unwraps_the_answer() -> None:
     crm = FakeCrm(wrap_key="contact", records_key="data")
-    conn = make(crm, body_wrap="contact", response_path="contact",
-                read_only_fields=["updated_at"])
+    conn = make(crm, body_wrap="contact", response_path="contact", read_only_fields=["updated_at"])
     created = conn.create("customers", {"name": "Ada", "id": 99, "updated_at": "x"}, key="k")
     assert body_of(crm.requests[-1]) == {"contact": {"name": "Ada"}}
     assert created.id == "1"
@@ -223,13 +259,15 @@ def test_a_refused_create_is_a_record_error() -> None:
 
 def test_patch_sends_the_changed_top_level_keys_whole() -> None:
     crm = FakeCrm()
-    record = crm.add({"name": "a", "address": {"street": "1 Main", "city": "Austin"},
-                      "phone": "1"})
+    record = crm.add({"name": "a", "address": {"street": "1 Main", "city": "Austin"}, "phone": "1"})
     full = {**record, "address": {"street": "1 Main", "city": "Dallas"}, "phone": None}
-    returned = make(crm).update("customers", "1", {"address.city": "Dallas", "phone": None},
-                                full=full)
-    assert body_of(crm.requests[-1]) == {"address": {"street": "1 Main", "city": "Dallas"},
-                                         "phone": None}
+    returned = make(crm).update(
+        "customers", "1", {"address.city": "Dallas", "phone": None}, full=full
+    )
+    assert body_of(crm.requests[-1]) == {
+        "address": {"street": "1 Main", "city": "Dallas"},
+        "phone": None,
+    }
     assert crm.requests[-1].method == "PATCH"
     assert returned is not None and returned.data == crm.records["1"]
 
@@ -238,7 +276,8 @@ def test_put_sends_the_whole_record_without_its_id() -> None:
     crm = FakeCrm()
     record = crm.add({"name": "a", "email": "a@x.com"})
     make(crm, update="PUT /contacts/{id}", read_only_fields=["updated_at"]).update(
-        "customers", "1", {"name": "b"}, full={**record, "name": "b"})
+        "customers", "1", {"name": "b"}, full={**record, "name": "b"}
+    )
     assert crm.requests[-1].method == "PUT"
     assert body_of(crm.requests[-1]) == {"name": "b", "email": "a@x.com"}
 
@@ -253,8 +292,7 @@ def test_an_update_changing_nothing_writable_sends_nothing() -> None:
 def test_an_update_answered_without_a_record_returns_none() -> None:
     crm = FakeCrm()
     crm.add({"name": "a"})
-    crm.before = lambda r: httpx.Response(200, json={"ok": True}) if r.method == "PATCH" \
-        else None
+    crm.before = lambda r: httpx.Response(200, json={"ok": True}) if r.method == "PATCH" else None
     assert make(crm).update("customers", "1", {"name": "b"}, full={"name": "b"}) is None
 
 
@@ -280,9 +318,13 @@ def test_delete_of_a_missing_record_is_done() -> None:
 def test_delete_on_a_route_the_server_lacks_is_an_error() -> None:
     crm = FakeCrm()
     crm.add({"name": "a"})
-    crm.before = lambda r: httpx.Response(404, text="<html><title>Not Found</title></html>",
-                                          headers={"content-type": "text/html"}) \
-        if r.method == "DELETE" else None
+    crm.before = lambda r: (
+        httpx.Response(
+            404, text="<html><title>Not Found</title></html>", headers={"content-type": "text/html"}
+        )
+        if r.method == "DELETE"
+        else None
+    )
     with pytest.raises(FatalConnectorError, match="set delete = false"):
         make(crm).delete("customers", "1")
 
@@ -295,8 +337,11 @@ def test_a_switched_off_operation_refuses() -> None:
 
 
 def test_unknown_entities_are_refused_naming_the_ones_there_are() -> None:
-    with pytest.raises(FatalConnectorError, match=r"unknown entity 'invoices' \(this connector "
-                                                  r"has: customers\)"):
+    with pytest.raises(
+        FatalConnectorError,
+        match=r"unknown entity 'invoices' \(this connector "
+        r"has: customers\)",
+    ):
         list(make(FakeCrm()).read("invoices"))
 
 
@@ -326,8 +371,15 @@ def test_find_filters_by_the_configured_parameter() -> None:
     for i in range(30):
         crm.add({"name": f"c{i}", "email": f"c{i}@x.com", "address": {"city": "Austin"}})
     conn = make(crm, find_params={"email": "email"})
-    found = conn.find("customers", {"name": "C7 ", "email": "c7@x.com",
-                                    "address": {"city": "austin", "zip": None}, "tags": []})
+    found = conn.find(
+        "customers",
+        {
+            "name": "C7 ",
+            "email": "c7@x.com",
+            "address": {"city": "austin", "zip": None},
+            "tags": [],
+        },
+    )
     assert [r.id for r in found] == ["8"]
     assert [dict(r.url.params) for r in crm.requests] == [{"email": "c7@x.com"}]
 
@@ -348,16 +400,21 @@ def test_find_without_a_usable_parameter_scans() -> None:
     crm = FakeCrm()
     crm.add({"name": "a"})
     crm.add({"name": "b", "email": "b@x.com"})
-    assert [r.id for r in make(crm, find_params={"email": "email"})
-            .find("customers", {"name": "b"})] == ["2"]
+    assert [
+        r.id for r in make(crm, find_params={"email": "email"}).find("customers", {"name": "b"})
+    ] == ["2"]
     assert [dict(r.url.params) for r in crm.requests] == [{}]
 
 
 # ------------------------------------------------------------------------ incremental reads
 
 
-INCREMENTAL = {"enabled": True, "param": "updated_since", "full_every_hours": 1,
-               "overlap_seconds": 0}
+INCREMENTAL = {
+    "enabled": True,
+    "param": "updated_since",
+    "full_every_hours": 1,
+    "overlap_seconds": 0,
+}
 
 
 def test_read_incremental_is_none_unless_enabled() -> None:
@@ -407,8 +464,16 @@ def test_read_stays_a_full_listing_when_incremental_is_enabled() -> None:
     assert all("updated_since" not in r.url.params for r in crm.requests)
 
 
-@pytest.mark.parametrize("token", ["", "nonsense", '{"v": 99}', '{"v": 1, "since": true}',
-                                   '{"v": 1, "since": "x", "full_at": "y"}'])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "nonsense",
+        '{"v": 99}',
+        '{"v": 1, "since": true}',
+        '{"v": 1, "since": "x", "full_at": "y"}',
+    ],
+)
 def test_an_unreadable_token_means_a_full_pass(token: str) -> None:
     crm = FakeCrm()
     crm.add({"name": "a"})
@@ -425,14 +490,17 @@ def test_a_clock_that_went_back_means_a_full_pass() -> None:
     assert read is not None and read.complete
 
 
-@pytest.mark.parametrize(("since", "overlap", "sent"), [
-    ("2026-03-01T10:00:00Z", 60, "2026-03-01T09:59:00Z"),
-    ("2026-03-01T10:00:00+02:00", 0, "2026-03-01T10:00:00+02:00"),
-    ("2026-03-01T10:00:00.250+02:00", 1, "2026-03-01T07:59:59.250000Z"),
-    (1_700_000_000, 30, 1_699_999_970),
-    (1_700_000_000.5, 0.5, 1_700_000_000.0),
-    ("rev-0042", 60, "rev-0042"),
-])
+@pytest.mark.parametrize(
+    ("since", "overlap", "sent"),
+    [
+        ("2026-03-01T10:00:00Z", 60, "2026-03-01T09:59:00Z"),
+        ("2026-03-01T10:00:00+02:00", 0, "2026-03-01T10:00:00+02:00"),
+        ("2026-03-01T10:00:00.250+02:00", 1, "2026-03-01T07:59:59.250000Z"),
+        (1_700_000_000, 30, 1_699_999_970),
+        (1_700_000_000.5, 0.5, 1_700_000_000.0),
+        ("rev-0042", 60, "rev-0042"),
+    ],
+)
 def test_the_mark_is_sent_less_the_overlap_in_its_own_form(
     since: str | int | float, overlap: float, sent: str | int | float
 ) -> None:

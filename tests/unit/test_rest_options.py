@@ -72,10 +72,15 @@ def test_a_path_gives_every_operation(tmp_path: Path) -> None:
     assert isinstance(options, RestOptions)
     assert options.base_url == "http://127.0.0.1:3000/api"
     routes = options.entities["customers"].routes()
-    assert [str(r) for r in (routes.list, routes.get, routes.create, routes.update,
-                             routes.delete)] == [
-        "GET /customers", "GET /customers/{id}", "POST /customers", "PATCH /customers/{id}",
-        "DELETE /customers/{id}"]
+    assert [
+        str(r) for r in (routes.list, routes.get, routes.create, routes.update, routes.delete)
+    ] == [
+        "GET /customers",
+        "GET /customers/{id}",
+        "POST /customers",
+        "PATCH /customers/{id}",
+        "DELETE /customers/{id}",
+    ]
     conn = config.make_connector("crm")
     try:
         assert conn.entities() == ("customers",)
@@ -85,8 +90,9 @@ def test_a_path_gives_every_operation(tmp_path: Path) -> None:
 
 
 def test_operations_can_be_given_or_switched_off(tmp_path: Path) -> None:
-    config = load(tmp_path, CUSTOMERS + 'update = "PUT /customers/{id}/full"\ndelete = false\n'
-                                        "get = false\n")
+    config = load(
+        tmp_path, CUSTOMERS + 'update = "PUT /customers/{id}/full"\ndelete = false\nget = false\n'
+    )
     conn = config.make_connector("crm")
     assert isinstance(conn, RestConnector)
     routes = conn.opts.entities["customers"].routes()
@@ -99,8 +105,7 @@ def test_operations_can_be_given_or_switched_off(tmp_path: Path) -> None:
 def test_a_list_alone_is_a_read_only_member(tmp_path: Path) -> None:
     config = load(tmp_path, '[connectors.crm.entities.customers]\nlist = "/people"\n')
     conn = config.make_connector("crm")
-    assert conn.capabilities("customers") == Capabilities(create=False, update=False,
-                                                          delete=False)
+    assert conn.capabilities("customers") == Capabilities(create=False, update=False, delete=False)
     conn.close()
 
 
@@ -111,8 +116,11 @@ def test_the_default_mapping_is_found(tmp_path: Path) -> None:
 
 
 def test_secrets_are_collected_for_redaction(tmp_path: Path) -> None:
-    config = load(tmp_path, CUSTOMERS + '[connectors.crm.auth]\nstyle = "query"\n'
-                                        'token = "${CRM_KEY}"\n', {"CRM_KEY": "k-123456"})
+    config = load(
+        tmp_path,
+        CUSTOMERS + '[connectors.crm.auth]\nstyle = "query"\ntoken = "${CRM_KEY}"\n',
+        {"CRM_KEY": "k-123456"},
+    )
     assert "k-123456" in config.secrets
     options = config.connectors["crm"].options
     assert "k-123456" not in repr(options)
@@ -121,57 +129,119 @@ def test_secrets_are_collected_for_redaction(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------- bad
 
 
-@pytest.mark.parametrize(("crm", "location", "words"), [
-    ('[connectors.crm.entities.customers]\nrecords_path = "x"\n',
-     "connectors.crm.entities.customers.list", 'path = "/contacts"'),
-    (CUSTOMERS + 'update = "GET /customers/{id}"\n',
-     "connectors.crm.entities.customers.update", "update cannot use GET (use PATCH or PUT"),
-    (CUSTOMERS + 'delete = "DELETE /customers"\n',
-     "connectors.crm.entities.customers.delete", "must hold {id} once"),
-    (CUSTOMERS + 'get = "GET /customers/{uuid}"\n',
-     "connectors.crm.entities.customers.get", "placeholder {uuid}; only {id} is known"),
-    (CUSTOMERS + 'create = "POST customers"\n',
-     "connectors.crm.entities.customers.create", "must start with '/'"),
-    (CUSTOMERS + 'create = "POST /customers?x=1"\n',
-     "connectors.crm.entities.customers.create", "put query parameters in list_params"),
-    ('[connectors.crm.entities.customers]\nlist = "/c"\ncreate = true\n',
-     "connectors.crm.entities.customers.create", "create = true needs path"),
-    (CUSTOMERS + 'records_path = "data..items"\n',
-     "connectors.crm.entities.customers.records_path", "not a dotted path"),
-    (CUSTOMERS + 'id_field = ""\n',
-     "connectors.crm.entities.customers.id_field", "is required"),
-    (CUSTOMERS + 'pagination = { style = "pages" }\n',
-     "connectors.crm.entities.customers.pagination",
-     "unknown pagination style 'pages' (did you mean 'page'? use one of: cursor, link, none, "
-     "offset, page, total_count)"),
-    (CUSTOMERS + "pagination = { page_param = 'p' }\n",
-     "connectors.crm.entities.customers.pagination", "style is required (use one of: cursor,"),
-    (CUSTOMERS + 'pagination = { style = "cursor", cursor_pth = "next" }\n',
-     "connectors.crm.entities.customers.pagination",
-     "unknown key 'cursor_pth' for pagination style 'cursor' (did you mean 'cursor_path'?)"),
-    (CUSTOMERS + 'pagination = { style = "page", page_size = 0 }\n',
-     "connectors.crm.entities.customers.pagination", "page_size: Input should be greater"),
-    (CUSTOMERS + 'pagination = { style = "total_count", total_header = "" }\n',
-     "connectors.crm.entities.customers.pagination", "total_header: is required"),
-    (CUSTOMERS + "incremental = { enabled = true }\n",
-     "connectors.crm.entities.customers.incremental", "needs updated_field"),
-    ('[connectors.crm.entities.contacts]\npath = "/contacts"\n',
-     "connectors.crm.entities.contacts", "unknown entity 'contacts'"),
-    (CUSTOMERS + '[connectors.crm.auth]\nstyle = "oauth"\n',
-     "connectors.crm.auth",
-     "unknown auth style 'oauth' (use one of: basic, bearer, header, none, query, token)"),
-    (CUSTOMERS + '[connectors.crm.auth]\nstyle = "bearer"\n',
-     "connectors.crm.auth", "token is required for auth style 'bearer'"),
-    ('headers = { Authorization = "Bearer x" }\n' + CUSTOMERS,
-     "connectors.crm.headers", "describe them in [auth] instead"),
-    (CUSTOMERS + 'pth = "/x"\n', "connectors.crm.entities.customers.pth",
-     "unknown key 'pth' (did you mean 'path'?)"),
-    (CUSTOMERS + 'incremental = { enabled = false, parm = "x" }\n',
-     "connectors.crm.entities.customers.incremental.parm",
-     "unknown key 'parm' (did you mean 'param'?)"),
-    ("page_size = 0\n" + CUSTOMERS, "connectors.crm.page_size", "greater than or equal to 1"),
-    ("colour = 'blue'\n" + CUSTOMERS, "connectors.crm.colour", "unknown key 'colour'"),
-])
+@pytest.mark.parametrize(
+    ("crm", "location", "words"),
+    [
+        (
+            '[connectors.crm.entities.customers]\nrecords_path = "x"\n',
+            "connectors.crm.entities.customers.list",
+            'path = "/contacts"',
+        ),
+        (
+            CUSTOMERS + 'update = "GET /customers/{id}"\n',
+            "connectors.crm.entities.customers.update",
+            "update cannot use GET (use PATCH or PUT",
+        ),
+        (
+            CUSTOMERS + 'delete = "DELETE /customers"\n',
+            "connectors.crm.entities.customers.delete",
+            "must hold {id} once",
+        ),
+        (
+            CUSTOMERS + 'get = "GET /customers/{uuid}"\n',
+            "connectors.crm.entities.customers.get",
+            "placeholder {uuid}; only {id} is known",
+        ),
+        (
+            CUSTOMERS + 'create = "POST customers"\n',
+            "connectors.crm.entities.customers.create",
+            "must start with '/'",
+        ),
+        (
+            CUSTOMERS + 'create = "POST /customers?x=1"\n',
+            "connectors.crm.entities.customers.create",
+            "put query parameters in list_params",
+        ),
+        (
+            '[connectors.crm.entities.customers]\nlist = "/c"\ncreate = true\n',
+            "connectors.crm.entities.customers.create",
+            "create = true needs path",
+        ),
+        (
+            CUSTOMERS + 'records_path = "data..items"\n',
+            "connectors.crm.entities.customers.records_path",
+            "not a dotted path",
+        ),
+        (
+            CUSTOMERS + 'id_field = ""\n',
+            "connectors.crm.entities.customers.id_field",
+            "is required",
+        ),
+        (
+            CUSTOMERS + 'pagination = { style = "pages" }\n',
+            "connectors.crm.entities.customers.pagination",
+            "unknown pagination style 'pages' (did you mean 'page'? use one of: cursor, link, "
+            "none, offset, page, total_count)",
+        ),
+        (
+            CUSTOMERS + "pagination = { page_param = 'p' }\n",
+            "connectors.crm.entities.customers.pagination",
+            "style is required (use one of: cursor,",
+        ),
+        (
+            CUSTOMERS + 'pagination = { style = "cursor", cursor_pth = "next" }\n',
+            "connectors.crm.entities.customers.pagination",
+            "unknown key 'cursor_pth' for pagination style 'cursor' (did you mean 'cursor_path'?)",
+        ),
+        (
+            CUSTOMERS + 'pagination = { style = "page", page_size = 0 }\n',
+            "connectors.crm.entities.customers.pagination",
+            "page_size: Input should be greater",
+        ),
+        (
+            CUSTOMERS + 'pagination = { style = "total_count", total_header = "" }\n',
+            "connectors.crm.entities.customers.pagination",
+            "total_header: is required",
+        ),
+        (
+            CUSTOMERS + "incremental = { enabled = true }\n",
+            "connectors.crm.entities.customers.incremental",
+            "needs updated_field",
+        ),
+        (
+            '[connectors.crm.entities.contacts]\npath = "/contacts"\n',
+            "connectors.crm.entities.contacts",
+            "unknown entity 'contacts'",
+        ),
+        (
+            CUSTOMERS + '[connectors.crm.auth]\nstyle = "oauth"\n',
+            "connectors.crm.auth",
+            "unknown auth style 'oauth' (use one of: basic, bearer, header, none, query, token)",
+        ),
+        (
+            CUSTOMERS + '[connectors.crm.auth]\nstyle = "bearer"\n',
+            "connectors.crm.auth",
+            "token is required for auth style 'bearer'",
+        ),
+        (
+            'headers = { Authorization = "Bearer x" }\n' + CUSTOMERS,
+            "connectors.crm.headers",
+            "describe them in [auth] instead",
+        ),
+        (
+            CUSTOMERS + 'pth = "/x"\n',
+            "connectors.crm.entities.customers.pth",
+            "unknown key 'pth' (did you mean 'path'?)",
+        ),
+        (
+            CUSTOMERS + 'incremental = { enabled = false, parm = "x" }\n',
+            "connectors.crm.entities.customers.incremental.parm",
+            "unknown key 'parm' (did you mean 'param'?)",
+        ),
+        ("page_size = 0\n" + CUSTOMERS, "connectors.crm.page_size", "greater than or equal to 1"),
+        ("colour = 'blue'\n" + CUSTOMERS, "connectors.crm.colour", "unknown key 'colour'"),
+    ],
+)
 def test_a_bad_setting_is_named_with_its_fix(
     tmp_path: Path, crm: str, location: str, words: str
 ) -> None:
@@ -181,7 +251,9 @@ def test_a_bad_setting_is_named_with_its_fix(
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
-    found = problems(tmp_path, """\
+    found = problems(
+        tmp_path,
+        """\
 [connectors.crm.auth]
 style = "bearer"
 tokn = "${CRM_TOKEN}"
@@ -195,7 +267,9 @@ pagination = { style = "pages" }
 [connectors.crm.entities.invoices]
 list = "/invoices"
 delete = true
-""", {"CRM_TOKEN": "t0ps3cret"})
+""",
+        {"CRM_TOKEN": "t0ps3cret"},
+    )
     where = [p.split(": ", 2)[1] for p in found]
     assert where == [
         "connectors.crm.auth",
@@ -207,22 +281,30 @@ delete = true
     ], found
 
 
-@pytest.mark.parametrize("auth", [
-    'style = "basic"\nusername = "a:b"\npassword = "${CRM_SECRET}"\n',
-    'style = "bearer"\ntoken = "${CRM_SECRET}"\nschema = "x"\n',
-    'style = "header"\ntoken = "${CRM_SECRET}"\nheader = "X Key"\n',
-    'style = "none"\ntoken = "${CRM_SECRET}"\n',
-])
+@pytest.mark.parametrize(
+    "auth",
+    [
+        'style = "basic"\nusername = "a:b"\npassword = "${CRM_SECRET}"\n',
+        'style = "bearer"\ntoken = "${CRM_SECRET}"\nschema = "x"\n',
+        'style = "header"\ntoken = "${CRM_SECRET}"\nheader = "X Key"\n',
+        'style = "none"\ntoken = "${CRM_SECRET}"\n',
+    ],
+)
 def test_problems_never_show_a_secret(tmp_path: Path, auth: str) -> None:
-    found = problems(tmp_path, CUSTOMERS + "[connectors.crm.auth]\n" + auth,
-                     {"CRM_SECRET": "s3cr3t-value"})
+    found = problems(
+        tmp_path, CUSTOMERS + "[connectors.crm.auth]\n" + auth, {"CRM_SECRET": "s3cr3t-value"}
+    )
     assert found
     assert not any("s3cr3t-value" in p for p in found), found
 
 
 def test_an_empty_secret_says_which_variable_may_be_unset(tmp_path: Path) -> None:
-    problem = only(problems(tmp_path, CUSTOMERS + '[connectors.crm.auth]\nstyle = "token"\n'
-                                                  'token = "${CRM_TOKEN:-}"\n'))
+    problem = only(
+        problems(
+            tmp_path,
+            CUSTOMERS + '[connectors.crm.auth]\nstyle = "token"\ntoken = "${CRM_TOKEN:-}"\n',
+        )
+    )
     assert "connectors.crm.auth" in problem
     assert "is the environment variable it refers to set?" in problem
 
@@ -230,13 +312,16 @@ def test_an_empty_secret_says_which_variable_may_be_unset(tmp_path: Path) -> Non
 # ---------------------------------------------------------------------------------- routes
 
 
-@pytest.mark.parametrize(("text", "op", "route"), [
-    ("/contacts", "list", Route("GET", "/contacts")),
-    ("get /contacts/{id}", "get", Route("GET", "/contacts/{id}")),
-    ("/contacts/{id}", "update", Route("PATCH", "/contacts/{id}")),
-    ("PUT /contacts/{id}", "update", Route("PUT", "/contacts/{id}")),
-    ("POST /contacts/{id}/archive", "delete", Route("POST", "/contacts/{id}/archive")),
-])
+@pytest.mark.parametrize(
+    ("text", "op", "route"),
+    [
+        ("/contacts", "list", Route("GET", "/contacts")),
+        ("get /contacts/{id}", "get", Route("GET", "/contacts/{id}")),
+        ("/contacts/{id}", "update", Route("PATCH", "/contacts/{id}")),
+        ("PUT /contacts/{id}", "update", Route("PUT", "/contacts/{id}")),
+        ("POST /contacts/{id}/archive", "delete", Route("POST", "/contacts/{id}/archive")),
+    ],
+)
 def test_parse_route(text: str, op: str, route: Route) -> None:
     assert parse_route(text, op) == route
 
@@ -275,8 +360,9 @@ def extra_style() -> Iterator[None]:
 
 @pytest.mark.usefixtures("extra_style")
 def test_a_registered_pagination_style_is_accepted_with_its_own_settings(tmp_path: Path) -> None:
-    config = load(tmp_path, CUSTOMERS + 'pagination = { style = "every_other", '
-                                        'step_param = "k" }\n')
+    config = load(
+        tmp_path, CUSTOMERS + 'pagination = { style = "every_other", step_param = "k" }\n'
+    )
     options = config.connectors["crm"].options
     assert isinstance(options, RestOptions)
     pagination = options.entities["customers"].pagination

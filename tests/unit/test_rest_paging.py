@@ -37,17 +37,26 @@ def fake(style: str, n: int = 0, **knobs: Any) -> FakeCrm:
     return crm
 
 
-def connector(crm: FakeCrm, style: str | None = None, *, page_size: int = SIZE,
-              **pagination: Any) -> RestConnector:
+def connector(
+    crm: FakeCrm, style: str | None = None, *, page_size: int = SIZE, **pagination: Any
+) -> RestConnector:
     chosen = style or crm.style
     table = {**PAGINATION[chosen], **pagination}
-    options = RestOptions.model_validate({
-        "type": "rest", "base_url": crm.base_url, "rate_limit": 0, "page_size": page_size,
-        "entities": {"customers": {
-            "path": "/contacts", "pagination": table,
-            "records_path": "data" if crm.records_key else "",
-        }},
-    })
+    options = RestOptions.model_validate(
+        {
+            "type": "rest",
+            "base_url": crm.base_url,
+            "rate_limit": 0,
+            "page_size": page_size,
+            "entities": {
+                "customers": {
+                    "path": "/contacts",
+                    "pagination": table,
+                    "records_path": "data" if crm.records_key else "",
+                }
+            },
+        }
+    )
     return RestConnector(options, ConnectorContext("crm", extra={"transport": crm.transport()}))
 
 
@@ -79,14 +88,17 @@ def test_styles_that_know_the_end_make_the_minimum_of_requests(style: str, n: in
 
 
 @pytest.mark.parametrize("style", ["page", "offset"])
-@pytest.mark.parametrize(("n", "requests"), [
-    (0, 1),             # an empty first page ends it
-    (1, 2),             # a short first page may be a capped one: one look further
-    (SIZE, 2),          # a full last page: the next, empty one ends it
-    (SIZE + 1, 2),      # a page shorter than the ones before ends it
-    (3 * SIZE + 2, 4),
-    (3 * SIZE, 4),
-])
+@pytest.mark.parametrize(
+    ("n", "requests"),
+    [
+        (0, 1),  # an empty first page ends it
+        (1, 2),  # a short first page may be a capped one: one look further
+        (SIZE, 2),  # a full last page: the next, empty one ends it
+        (SIZE + 1, 2),  # a page shorter than the ones before ends it
+        (3 * SIZE + 2, 4),
+        (3 * SIZE, 4),
+    ],
+)
 def test_counting_styles_without_a_total_stop_at_a_short_or_empty_page(
     style: str, n: int, requests: int
 ) -> None:
@@ -172,13 +184,16 @@ def test_a_total_that_shrinks_while_paging_is_a_retriable_error() -> None:
 # ---------------------------------------------------------------------------------- loops
 
 
-@pytest.mark.parametrize(("style", "setting"), [
-    ("page", "pagination.page_param = 'page'"),
-    ("offset", "pagination.offset_param = 'offset'"),
-    ("total_count", "pagination.page_param = 'page'"),
-    ("cursor", "pagination.cursor_param = 'cursor'"),
-    ("link", "rel='next'"),
-])
+@pytest.mark.parametrize(
+    ("style", "setting"),
+    [
+        ("page", "pagination.page_param = 'page'"),
+        ("offset", "pagination.offset_param = 'offset'"),
+        ("total_count", "pagination.page_param = 'page'"),
+        ("cursor", "pagination.cursor_param = 'cursor'"),
+        ("link", "rel='next'"),
+    ],
+)
 def test_a_server_ignoring_the_paging_parameter_is_stopped(style: str, setting: str) -> None:
     crm = fake(style, 3 * SIZE, ignore_paging=True)
     with pytest.raises(FatalConnectorError) as caught:
@@ -211,8 +226,11 @@ def test_a_cursor_that_ends_ends_the_listing() -> None:
 
 def test_a_next_link_seen_before_is_a_loop() -> None:
     crm = fake("link", 6 * SIZE, link_loop=True)
-    with pytest.raises(FatalConnectorError, match=r"crm:customers: .*page already read.*"
-                                                  r"pagination\.rel = 'next'"):
+    with pytest.raises(
+        FatalConnectorError,
+        match=r"crm:customers: .*page already read.*"
+        r"pagination\.rel = 'next'",
+    ):
         read_ids(connector(crm))
 
 
@@ -220,8 +238,9 @@ def test_a_next_link_to_another_server_is_not_followed() -> None:
     crm = fake("link", 3 * SIZE)
     conn = connector(crm)
     crm.base_url = "http://elsewhere.test"  # its links now point there
-    with pytest.raises(FatalConnectorError, match=re.escape(
-            "elsewhere.test:80, not to http://crm.test:80")):
+    with pytest.raises(
+        FatalConnectorError, match=re.escape("elsewhere.test:80, not to http://crm.test:80")
+    ):
         read_ids(conn)
     assert all(r.url.host == "crm.test" for r in crm.requests)
 
@@ -229,15 +248,21 @@ def test_a_next_link_to_another_server_is_not_followed() -> None:
 def test_a_missing_cursor_after_a_full_page_is_an_error_not_the_end() -> None:
     crm = fake("cursor", 3 * SIZE)
     conn = connector(crm, cursor_path="meta.next")  # the fake has it at next_cursor
-    with pytest.raises(FatalConnectorError, match=r"no 'meta\.next' although more records "
-                                                  r"seem to follow.*pagination\.cursor_path"):
+    with pytest.raises(
+        FatalConnectorError,
+        match=r"no 'meta\.next' although more records "
+        r"seem to follow.*pagination\.cursor_path",
+    ):
         read_ids(conn)
 
 
 def test_a_server_that_pages_without_link_headers_is_an_error_not_the_end() -> None:
     crm = fake("page", 3 * SIZE)  # pages by number, but never sends Link
-    with pytest.raises(FatalConnectorError, match=r"the server pages \(page=2 has records\) "
-                                                  r"but sends no Link header.*style = 'page'"):
+    with pytest.raises(
+        FatalConnectorError,
+        match=r"the server pages \(page=2 has records\) "
+        r"but sends no Link header.*style = 'page'",
+    ):
         read_ids(connector(crm, "link"))
     assert len(crm.list_requests()) == 2
 
@@ -251,8 +276,11 @@ def test_no_link_header_on_a_single_page_ends_the_listing(n: int, requests: int)
 
 def test_a_missing_total_header_is_an_error() -> None:
     crm = fake("page", 3 * SIZE)
-    with pytest.raises(FatalConnectorError, match=r"no X-Total-Count header .*"
-                                                  r"pagination\.total_header"):
+    with pytest.raises(
+        FatalConnectorError,
+        match=r"no X-Total-Count header .*"
+        r"pagination\.total_header",
+    ):
         read_ids(connector(crm, "total_count"))
 
 
@@ -266,12 +294,17 @@ def test_max_pages_bounds_a_listing() -> None:
 
 
 def test_parse_link_header_reads_targets_and_parameters() -> None:
-    header = ('<https://api.test/c?page=2&per_page=5>; rel="next", '
-              '<https://api.test/c?page=9>; rel=last; title="the, last", '
-              "</c?page=1>;rel=\"first prev\"")
+    header = (
+        '<https://api.test/c?page=2&per_page=5>; rel="next", '
+        '<https://api.test/c?page=9>; rel=last; title="the, last", '
+        '</c?page=1>;rel="first prev"'
+    )
     links = parse_link_header(header)
-    assert [t for t, _ in links] == ["https://api.test/c?page=2&per_page=5",
-                                     "https://api.test/c?page=9", "/c?page=1"]
+    assert [t for t, _ in links] == [
+        "https://api.test/c?page=2&per_page=5",
+        "https://api.test/c?page=9",
+        "/c?page=1",
+    ]
     assert links[1][1] == {"rel": "last", "title": "the, last"}
     assert next_link(header) == "https://api.test/c?page=2&per_page=5"
     assert next_link(header, "prev") == "/c?page=1"

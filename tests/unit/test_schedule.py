@@ -15,38 +15,58 @@ UTC = dt.UTC
 NOW = dt.datetime(2026, 5, 13, 12, 3, 30, tzinfo=UTC)  # a Wednesday
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("every 30s", 30), ("every 15m", 900), ("every 2h", 7200), ("every 1d", 86400),
-    ("every 15 minutes", 900), ("Every 2 Hours", 7200), ("every  45 sec", 45),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("every 30s", 30),
+        ("every 15m", 900),
+        ("every 2h", 7200),
+        ("every 1d", 86400),
+        ("every 15 minutes", 900),
+        ("Every 2 Hours", 7200),
+        ("every  45 sec", 45),
+    ],
+)
 def test_intervals(text: str, seconds: int) -> None:
     schedule = parse_schedule(text)
     assert schedule.interval_s == seconds and schedule.cron is None
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("", "empty schedule"),
-    ("every banana", "cannot read interval"),
-    ("every 5y", "unknown unit 'y'"),
-    ("every 0s", "at least 1s"),
-    ("* * *", "5 fields"),
-    ("61 * * * *", "invalid cron expression"),
-    ("0 25 * * *", "invalid cron expression"),
-    ("0 0 * * 8", "out of range"),
-    ("0 0 * * funday", "unknown day of week"),
-    ("0 0 1 * mon", "restricts both day-of-month and day-of-week"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "empty schedule"),
+        ("every banana", "cannot read interval"),
+        ("every 5y", "unknown unit 'y'"),
+        ("every 0s", "at least 1s"),
+        ("* * *", "5 fields"),
+        ("61 * * * *", "invalid cron expression"),
+        ("0 25 * * *", "invalid cron expression"),
+        ("0 0 * * 8", "out of range"),
+        ("0 0 * * funday", "unknown day of week"),
+        ("0 0 1 * mon", "restricts both day-of-month and day-of-week"),
+    ],
+)
 def test_errors_say_what_is_wrong_and_show_examples(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         parse_schedule(text)
     assert any(hint in str(info.value) for hint in ("every 15m", "cron", "at least"))
 
 
-@pytest.mark.parametrize(("weekday", "fires_on"), [
-    ("0", {"Sun"}), ("7", {"Sun"}), ("sun", {"Sun"}), ("1-5", {"Mon", "Tue", "Wed", "Thu", "Fri"}),
-    ("mon-fri", {"Mon", "Tue", "Wed", "Thu", "Fri"}), ("5-7", {"Fri", "Sat", "Sun"}),
-    ("*/2", {"Sun", "Tue", "Thu", "Sat"}), ("1,3", {"Mon", "Wed"}), ("*", None),
-])
+@pytest.mark.parametrize(
+    ("weekday", "fires_on"),
+    [
+        ("0", {"Sun"}),
+        ("7", {"Sun"}),
+        ("sun", {"Sun"}),
+        ("1-5", {"Mon", "Tue", "Wed", "Thu", "Fri"}),
+        ("mon-fri", {"Mon", "Tue", "Wed", "Thu", "Fri"}),
+        ("5-7", {"Fri", "Sat", "Sun"}),
+        ("*/2", {"Sun", "Tue", "Thu", "Sat"}),
+        ("1,3", {"Mon", "Wed"}),
+        ("*", None),
+    ],
+)
 def test_cron_weekdays_mean_what_crontab_means(weekday: str, fires_on: set[str] | None) -> None:
     schedule = parse_schedule(f"0 6 * * {weekday}")
     seen: set[str] = set()
@@ -93,7 +113,8 @@ def test_unknown_timezone() -> None:
 
 def _config(tmp_path: Path, daemon: str, schedule: str) -> Path:
     path = tmp_path / "config.toml"
-    path.write_text(f"""
+    path.write_text(
+        f"""
 [daemon]
 {daemon}
 
@@ -111,14 +132,19 @@ members = ["a", "b"]
 [[pipelines]]
 name = "q"
 members = ["a", "b"]
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return path
 
 
 def test_config_validates_every_schedule_and_daemon_setting_at_once(tmp_path: Path) -> None:
-    path = _config(tmp_path, 'schedule = "every fortnight"\ntimezone = "Nowhere/Land"\n'
-                             "lease_tll = 5\nmax_concurrent = 0",
-                   'schedule = "every 5y"')
+    path = _config(
+        tmp_path,
+        'schedule = "every fortnight"\ntimezone = "Nowhere/Land"\n'
+        "lease_tll = 5\nmax_concurrent = 0",
+        'schedule = "every 5y"',
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     text = str(info.value)

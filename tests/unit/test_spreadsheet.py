@@ -696,9 +696,14 @@ def test_payments_keep_what_a_person_typed_and_report_bad_rows_by_line(tmp_path:
 
 def test_a_prepared_mapping_gives_the_header_of_a_new_file(tmp_path: Path) -> None:
     mapping = parse_mapping(
-        {"fields": {"invoice_number": "Number",
-                    "amount": {"native": "Total", "transform": "cents"}}},
-        entity="invoices", source="mine.toml",
+        {
+            "fields": {
+                "invoice_number": "Number",
+                "amount": {"native": "Total", "transform": "cents"},
+            }
+        },
+        entity="invoices",
+        source="mine.toml",
     )
     conn = connector(tmp_path, files={"invoices": "bills.csv"})
     conn.prepare("invoices", mapping)

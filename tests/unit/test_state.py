@@ -157,7 +157,8 @@ def test_concurrent_opens_of_a_new_file_all_succeed(db_path: Path) -> None:
     with sqlite3.connect(db_path) as raw:
         heads = ScriptDirectory.from_config(alembic_config()).get_heads()
         assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [
-            (h,) for h in heads]
+            (h,) for h in heads
+        ]
 
 
 def test_create_false_on_a_missing_file_creates_nothing(tmp_path: Path) -> None:
@@ -544,7 +545,6 @@ def test_runs_history(store: StateStore) -> None:
 # -- PostgreSQL -----------------------------------------------------------------------------
 
 
-
 def _skip_or_fail(reason: str) -> None:
     """CI (SYNCENGINE_REQUIRE_TOOLS=1) must run the PostgreSQL tests; elsewhere they may skip."""
     print(reason)
@@ -552,13 +552,15 @@ def _skip_or_fail(reason: str) -> None:
         pytest.fail(reason)
     pytest.skip(reason)
 
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     try:
         import psycopg
     except ImportError:
-        _skip_or_fail("psycopg is not installed (it is in the test extras: "
-                      "pip install -e '.[test]')")
+        _skip_or_fail(
+            "psycopg is not installed (it is in the test extras: pip install -e '.[test]')"
+        )
     admin = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5"
     name = f"syncengine_state_{uuid.uuid4().hex[:12]}"
     try:

@@ -118,10 +118,15 @@ def test_a_new_workbook_gets_all_three_sheets_with_the_mapped_headers(tmp_path: 
 def test_the_header_of_a_new_sheet_follows_the_mapping_in_force(tmp_path: Path) -> None:
     path = tmp_path / "books.xlsx"
     mapping = parse_mapping(
-        {"fields": {"invoice_number": {"native_key": "No."},
-                    "amount": {"native": "Total", "transform": "cents"},
-                    "status": {"native": "State", "direction": "read"}}},
-        entity="invoices", source="mine.toml",
+        {
+            "fields": {
+                "invoice_number": {"native_key": "No."},
+                "amount": {"native": "Total", "transform": "cents"},
+                "status": {"native": "State", "direction": "read"},
+            }
+        },
+        entity="invoices",
+        source="mine.toml",
     )
     conn = connector(path)
     conn.prepare("invoices", mapping)
@@ -147,10 +152,13 @@ def test_missing_workbook_or_sheet_without_create_missing_is_fatal(tmp_path: Pat
 
 
 def test_sheet_titles_match_whatever_their_case_and_can_be_renamed(tmp_path: Path) -> None:
-    path = workbook(tmp_path / "books.xlsx", {
-        "invoices": [INVOICE_HEADER, row("INV-1", 5, sync_id="k1")],
-        "Clients": [["Sync ID", "Email"], ["c1", "ann@example.com"]],
-    })
+    path = workbook(
+        tmp_path / "books.xlsx",
+        {
+            "invoices": [INVOICE_HEADER, row("INV-1", 5, sync_id="k1")],
+            "Clients": [["Sync ID", "Email"], ["c1", "ann@example.com"]],
+        },
+    )
     conn = connector(path, sheets={"customers": "Clients"})
     assert records(conn)["k1"].location == "books.xlsx, sheet invoices, row 2"
     assert records(conn, "customers")["c1"].data == {"Email": "ann@example.com"}
@@ -160,12 +168,30 @@ def test_sheet_titles_match_whatever_their_case_and_can_be_renamed(tmp_path: Pat
 
 
 def test_cell_values_are_read_as_text_the_mappings_understand(tmp_path: Path) -> None:
-    path = workbook(tmp_path / "books.xlsx", {"Invoices": [
-        [*INVOICE_HEADER, "Count", "Flag", "Ratio", "Zip", "When", "Seen"],
-        ["k1", 1001, "ann@example.com", "open", 1234.5, Decimal("0.10"),
-         dt.datetime(2024, 3, 1), dt.datetime(2024, 2, 1, 9, 30), 3, True, 2.675, "02134",
-         dt.datetime(2024, 3, 1, 14, 5), dt.date(2024, 3, 2)],
-    ]})
+    path = workbook(
+        tmp_path / "books.xlsx",
+        {
+            "Invoices": [
+                [*INVOICE_HEADER, "Count", "Flag", "Ratio", "Zip", "When", "Seen"],
+                [
+                    "k1",
+                    1001,
+                    "ann@example.com",
+                    "open",
+                    1234.5,
+                    Decimal("0.10"),
+                    dt.datetime(2024, 3, 1),
+                    dt.datetime(2024, 2, 1, 9, 30),
+                    3,
+                    True,
+                    2.675,
+                    "02134",
+                    dt.datetime(2024, 3, 1, 14, 5),
+                    dt.date(2024, 3, 2),
+                ],
+            ]
+        },
+    )
     data = records(connector(path))["k1"].data
     assert data == {
         "Invoice #": "1001",
@@ -217,10 +243,21 @@ def test_values_through_the_default_mappings_round_trip(tmp_path: Path) -> None:
 def test_dates_with_a_time_become_datetime_cells(tmp_path: Path) -> None:
     path = tmp_path / "books.xlsx"
     mapping = parse_mapping(
-        {"fields": {"paid_at": {"native": "Paid", "transform": {
-            "name": "date", "format": "%m/%d/%Y %H:%M", "timezone": "Europe/Berlin"}},
-            "amount": {"native": "Amount", "transform": {"name": "cents", "places": 3}}}},
-        entity="payments", source="mine.toml",
+        {
+            "fields": {
+                "paid_at": {
+                    "native": "Paid",
+                    "transform": {
+                        "name": "date",
+                        "format": "%m/%d/%Y %H:%M",
+                        "timezone": "Europe/Berlin",
+                    },
+                },
+                "amount": {"native": "Amount", "transform": {"name": "cents", "places": 3}},
+            }
+        },
+        entity="payments",
+        source="mine.toml",
     )
     conn = connector(path)
     conn.prepare("payments", mapping)
@@ -236,14 +273,21 @@ def test_dates_with_a_time_become_datetime_cells(tmp_path: Path) -> None:
     again = connector(path)
     again.prepare("payments", mapping)
     assert mapping.to_canonical(records(again, "payments")["p1"].data) == {
-        "paid_at": "2024-07-01T12:30:00Z", "amount": 1234567}
+        "paid_at": "2024-07-01T12:30:00Z",
+        "amount": 1234567,
+    }
 
 
 def test_text_columns_stay_text(tmp_path: Path) -> None:
     path = tmp_path / "books.xlsx"
     conn = connector(path)
-    written = {"First Name": "=SUM(A1)", "Zip": "02134", "Company": "#N/A",
-               "Tags": "line one\r\nline two", "Street": "  1 Main St  "}
+    written = {
+        "First Name": "=SUM(A1)",
+        "Zip": "02134",
+        "Company": "#N/A",
+        "Tags": "line one\r\nline two",
+        "Street": "  1 Main St  ",
+    }
     created = conn.create("customers", written, key="c1")
     assert created.data["Tags"] == "line one\nline two"  # what a workbook gives back
     conn.flush("customers")
@@ -267,8 +311,9 @@ def test_a_value_no_cell_can_hold_is_a_record_error(tmp_path: Path) -> None:
 
 
 def test_a_cell_that_already_shows_the_value_is_left_alone(tmp_path: Path) -> None:
-    path = workbook(tmp_path / "books.xlsx", {"Customers": [
-        ["Sync ID", "Zip", "Notes"], ["c1", 2134, 7]]})
+    path = workbook(
+        tmp_path / "books.xlsx", {"Customers": [["Sync ID", "Zip", "Notes"], ["c1", 2134, 7]]}
+    )
     conn = connector(path)
     records(conn, "customers")
     conn.update("customers", "c1", {"Zip": "2134", "Notes": "07"}, full={})
@@ -358,7 +403,11 @@ def test_delete_empties_the_row_and_nothing_moves(tmp_path: Path) -> None:
     conn.flush("invoices")
     rows = values(path, "Invoices")
     assert [r[:2] for r in rows] == [
-        ["Sync ID", "Invoice #"], ["k1", "INV-1"], [None, None], ["k3", "INV-3"], ["k4", "INV-4"],
+        ["Sync ID", "Invoice #"],
+        ["k1", "INV-1"],
+        [None, None],
+        ["k3", "INV-3"],
+        ["k4", "INV-4"],
     ]
     assert [(r.id, r.location) for r in connector(path).read("invoices")] == [
         ("k1", "books.xlsx, sheet Invoices, row 2"),
@@ -381,15 +430,19 @@ def test_rows_a_person_left_without_sync_id_get_one(tmp_path: Path) -> None:
 
 
 def test_a_sheet_without_the_id_column_gets_it_as_its_last_column(tmp_path: Path) -> None:
-    path = workbook(tmp_path / "books.xlsx", {"Customers": [
-        ["First Name", "Email"], ["Ann", "ann@example.com"]]})
+    path = workbook(
+        tmp_path / "books.xlsx",
+        {"Customers": [["First Name", "Email"], ["Ann", "ann@example.com"]]},
+    )
     conn = connector(path)
     (found,) = conn.read("customers")
     assert found.id == "@line:2"
     conn.update("customers", found.id, {}, full={}, new_id="c1")
     conn.flush("customers")
     assert values(path, "Customers") == [
-        ["First Name", "Email", "Sync ID"], ["Ann", "ann@example.com", "c1"]]
+        ["First Name", "Email", "Sync ID"],
+        ["Ann", "ann@example.com", "c1"],
+    ]
 
 
 # ------------------------------------------------------------------------------ formulas
@@ -649,8 +702,10 @@ def test_a_formula_never_calculated_in_a_mapped_column_is_a_row_error(tmp_path: 
 
 
 def test_new_columns_go_right_of_data_in_columns_nobody_named(tmp_path: Path) -> None:
-    path = workbook(tmp_path / "books.xlsx", {"Customers": [
-        ["Sync ID", "Email"], ["c1", "ann@example.com", "a note without a header"]]})
+    path = workbook(
+        tmp_path / "books.xlsx",
+        {"Customers": [["Sync ID", "Email"], ["c1", "ann@example.com", "a note without a header"]]},
+    )
     conn = connector(path)
     assert records(conn, "customers")["c1"].data == {"Email": "ann@example.com"}
     conn.update("customers", "c1", {"Company": "Acme"}, full={})
@@ -669,8 +724,9 @@ def test_features_openpyxl_would_drop_stop_the_save(tmp_path: Path) -> None:
             data = src.read(info)
             if info.filename == "xl/worksheets/sheet1.xml":
                 data = data.replace(
-                    b"</worksheet>", b'<extLst><ext uri="{00000000-0000-0000-0000-00000000000A}"'
-                    b' xmlns:x="urn:example"><x:sparklines/></ext></extLst></worksheet>'
+                    b"</worksheet>",
+                    b'<extLst><ext uri="{00000000-0000-0000-0000-00000000000A}"'
+                    b' xmlns:x="urn:example"><x:sparklines/></ext></extLst></worksheet>',
                 )
             dst.writestr(info, data)
     path.write_bytes(out.getvalue())

@@ -118,17 +118,32 @@ def test_number_format_keeps_the_bookkeepers_where_it_suits() -> None:
 def test_kinds_and_header_come_from_the_mapping() -> None:
     invoices = load_mapping("spreadsheet", "invoices")
     assert column_kinds(invoices) == {
-        "Amount": Money(2), "Balance": Money(2), "Due Date": Dates("%Y-%m-%d"),
+        "Amount": Money(2),
+        "Balance": Money(2),
+        "Due Date": Dates("%Y-%m-%d"),
         "Created": Dates("%Y-%m-%d"),
     }
     assert new_columns(invoices) == (
-        "Invoice #", "Customer Email", "Status", "Amount", "Balance", "Due Date", "Created",
+        "Invoice #",
+        "Customer Email",
+        "Status",
+        "Amount",
+        "Balance",
+        "Due Date",
+        "Created",
     )
     chained = parse_mapping(
-        {"fields": {"amount": {"native": "Total", "transform": ["strip", {"name": "cents",
-                                                                          "places": 3}]},
-                    "invoice_number": {"native": "No", "direction": "read"}}},
-        entity="invoices", source="x.toml",
+        {
+            "fields": {
+                "amount": {
+                    "native": "Total",
+                    "transform": ["strip", {"name": "cents", "places": 3}],
+                },
+                "invoice_number": {"native": "No", "direction": "read"},
+            }
+        },
+        entity="invoices",
+        source="x.toml",
     )
     assert column_kinds(chained) == {"Total": Money(3)}
     assert new_columns(chained) == ("Total",)

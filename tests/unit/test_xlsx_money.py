@@ -28,10 +28,14 @@ def payments_mapping(places: int) -> EntityMapping:
     if places == 2:
         return load_mapping("spreadsheet", "payments")  # the default, as integrators get it
     return parse_mapping(
-        {"fields": {"amount": {"native": "Amount", "transform": {"name": "cents",
-                                                                  "places": places}},
-                    "method": "Method"}},
-        entity="payments", source=f"cents-{places}.toml",
+        {
+            "fields": {
+                "amount": {"native": "Amount", "transform": {"name": "cents", "places": places}},
+                "method": "Method",
+            }
+        },
+        entity="payments",
+        source=f"cents-{places}.toml",
     )
 
 
