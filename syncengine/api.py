@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from syncengine.config import Config, load_config
+from syncengine.display import label_of
 from syncengine.engine import Engine, ProgressFn, SyncResult
 from syncengine.errors import ConfigError, Problem, RecordError, SyncEngineError, UsageError
 from syncengine.mapping import load_mapping
-from syncengine.reconcile import label_of
 from syncengine.report import Report
 from syncengine.report import reconcile_report as build_report
 from syncengine.schedule import parse_timezone

@@ -46,6 +46,7 @@ from syncengine.connector import (
     ReadPass,
     check_allowed,
 )
+from syncengine.display import label_of
 from syncengine.errors import (
     AuthError,
     ConnectorError,
@@ -69,7 +70,7 @@ from syncengine.plan import (
     Plan,
     Update,
 )
-from syncengine.reconcile import Context, MemberView, label_of, reconcile
+from syncengine.reconcile import Context, MemberView, reconcile
 from syncengine.refs import MemberRefs, References
 from syncengine.state import RecordState, StateStore
 

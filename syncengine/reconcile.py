@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from syncengine.connector import Capabilities
+from syncengine.display import label_of
 from syncengine.mapping import EntityMapping
 from syncengine.model import DELETED, EntitySpec, Record
 from syncengine.plan import Conflict, Create, Delete, KeyPlan, LinkPlan, Skip, Update
@@ -63,25 +64,6 @@ class Context:
     """member -> how it shows references (members whose mapping has reference fields)."""
     referenced: Callable[[str], int] | None = None
     """key -> how many live records of other entities refer to it (they keep it alive)."""
-
-
-def label_of(record: Record | None, fallback: str) -> str:
-    """A human name for a record in messages: name and email where known."""
-    if not record:
-        return fallback
-    if record.get("invoice_number"):
-        return f"invoice {record['invoice_number']}"
-    if "amount" in record and "first_name" not in record:
-        amount = record.get("amount")
-        money = format_cents(amount) if isinstance(amount, int) else "?"
-        when = str(record.get("paid_at") or record.get("scheduled_start") or "")[:10]
-        return f"{money}{' on ' + when if when else ''} ({fallback})"
-    name = " ".join(str(record[k]) for k in ("first_name", "last_name") if record.get(k))
-    name = name or str(record.get("company") or "")
-    email = record.get("email")
-    if name and email:
-        return f"{name} <{email}>"
-    return name or str(email or fallback)
 
 
 def decide(
@@ -351,13 +333,6 @@ def reconcile(
             native = mapping.build_native(mapping.to_native(written))
             plan.actions.append(Create(spec.name, member, key, values, native))
     return plan
-
-
-def format_cents(cents: int, symbol: str = "$") -> str:
-    """Integer cents as currency for people: 123450 -> ``$1,234.50``."""
-    sign = "-" if cents < 0 else ""
-    units, fraction = divmod(abs(cents), 100)
-    return f"{sign}{symbol}{units:,}.{fraction:02d}"
 
 
 def _keep(view: MemberView, *, dirty: bool) -> LinkPlan:

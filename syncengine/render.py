@@ -9,9 +9,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from syncengine import model
+from syncengine.display import format_cents
 from syncengine.engine import SyncResult
 from syncengine.plan import Create, Delete, EntityPlan, Update
-from syncengine.reconcile import format_cents
 from syncengine.report import Report
 
 MAX_SHOWN = 200

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncengine.config import Config, Pipeline
+from syncengine.display import format_cents
 from syncengine.errors import RecordError, UsageError
-from syncengine.reconcile import format_cents
 from syncengine.refs import References
 from syncengine.state import StateStore
 
