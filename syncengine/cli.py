@@ -1,8 +1,7 @@
 """The ``syncengine`` command: a thin layer over ``syncengine.api``.
 
-One error handler turns exceptions into a message and an exit code:
-0 success · 1 finished with record-level errors or unresolved conflicts (or a member failed) ·
-2 configuration or usage error, nothing read or written · 3 aborted by a safety guard.
+One error handler turns exceptions into a message and an exit code; the codes are the one
+table in ``syncengine.exit_codes`` (``ExitCode``), plus 130 for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -30,9 +29,11 @@ from syncengine.errors import (
     SyncEngineError,
     UsageError,
 )
+from syncengine.exit_codes import ExitCode
 from syncengine.logging import REDACTOR, configure, redact_text
 
-EXIT_OK, EXIT_ISSUES, EXIT_CONFIG, EXIT_GUARD, EXIT_BUG = 0, 1, 2, 3, 70
+# Ctrl-C: the shell's convention (128 + SIGINT), outside the table of ``ExitCode``.
+EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     name="syncengine",
@@ -90,16 +91,16 @@ def handled() -> Iterator[None]:
             f"{'s' if len(exc.problems) != 1 else ''}; nothing was read or written):"
         ]
         lines += [f"  {p}" for p in exc.problems]
-        _fail(EXIT_CONFIG, lines)
+        _fail(ExitCode.CONFIG, lines)
     except UsageError as exc:
-        _fail(EXIT_CONFIG, [f"usage error: {exc}"])
+        _fail(ExitCode.CONFIG, [f"usage error: {exc}"])
     except StateError as exc:
-        _fail(EXIT_CONFIG, [f"state store error: {exc}"])
+        _fail(ExitCode.CONFIG, [f"state store error: {exc}"])
     except SafetyGuardError as exc:
-        _fail(EXIT_GUARD, [f"stopped by a safety guard: {exc}"])
+        _fail(ExitCode.GUARD, [f"stopped by a safety guard: {exc}"])
     except AuthError as exc:
         _fail(
-            EXIT_ISSUES,
+            ExitCode.PROBLEMS,
             [
                 f"sync failed: {exc}",
                 "the member refused the credentials: check its api_key in the "
@@ -109,7 +110,7 @@ def handled() -> Iterator[None]:
         )
     except ConnectorError as exc:
         _fail(
-            EXIT_ISSUES,
+            ExitCode.PROBLEMS,
             [
                 f"sync failed: {exc}",
                 "nothing further was written; writes already made are recorded "
@@ -117,14 +118,14 @@ def handled() -> Iterator[None]:
             ],
         )
     except SyncEngineError as exc:
-        _fail(EXIT_ISSUES, [f"error: {exc}"])
+        _fail(ExitCode.PROBLEMS, [f"error: {exc}"])
     except KeyboardInterrupt:
-        _fail(130, ["interrupted; the next sync resumes from the journal"])
+        _fail(EXIT_INTERRUPTED, ["interrupted; the next sync resumes from the journal"])
     except Exception:
         text = redact_text(traceback.format_exc(), REDACTOR.secrets)
         err.print(escape(text))
         _fail(
-            EXIT_BUG,
+            ExitCode.BUG,
             [
                 "internal error: this is a bug in syncengine, please report it "
                 "with the traceback above"
@@ -136,7 +137,8 @@ def _setup(level: str, config_secrets: tuple[str, ...] = (), *, json_output: boo
     level = level.lower()
     if level not in ("debug", "info", "warning", "error"):
         _fail(
-            EXIT_CONFIG, [f"usage error: --log-level {level!r}: use debug, info, warning or error"]
+            ExitCode.CONFIG,
+            [f"usage error: --log-level {level!r}: use debug, info, warning or error"],
         )
     configure(level, secrets=config_secrets, json_output=json_output)
 
@@ -224,7 +226,7 @@ def sync(
                 from syncengine.render import render_result
 
                 render_result(out, r, verbose=verbose)
-        code = max((r.exit_code for r in results), default=0)
+        code = max((r.exit_code for r in results), default=ExitCode.OK)
         if code:
             raise typer.Exit(code)
 
@@ -285,7 +287,7 @@ def probe(
                         shown = {k: v for k, v in (x["canonical"] or {}).items() if v is not None}
                         out.print(f"    canonical: {escape(json.dumps(shown, default=str))}")
         if failed:
-            raise typer.Exit(EXIT_ISSUES)
+            raise typer.Exit(ExitCode.PROBLEMS)
 
 
 @app.command("reconcile-report")
@@ -322,7 +324,7 @@ def reconcile_report(
 
             for r in reports:
                 render_report(out, r, all_invoices=all_invoices)
-        code = max((r.exit_code for r in reports), default=0)
+        code = max((r.exit_code for r in reports), default=ExitCode.OK)
         if code:
             raise typer.Exit(code)
 

@@ -24,6 +24,7 @@ from typing import Any
 from syncengine.config import Config, Pipeline
 from syncengine.display import format_cents
 from syncengine.errors import RecordError, UsageError
+from syncengine.exit_codes import ExitCode
 from syncengine.refs import References
 from syncengine.state import StateStore
 
@@ -82,8 +83,8 @@ class Report:
         return not self.general and not any(line.problems for line in self.invoices)
 
     @property
-    def exit_code(self) -> int:
-        return 0 if self.clean else 1
+    def exit_code(self) -> ExitCode:
+        return ExitCode.OK if self.clean else ExitCode.PROBLEMS
 
     def totals(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
