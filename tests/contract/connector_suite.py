@@ -64,8 +64,6 @@ from syncengine.connector import (
 )
 from syncengine.errors import NotFoundError, RecordError
 
-ENTITY = "customers"
-
 Sample = Callable[[int], NativeData]
 """``n`` -> a valid native record for the connector, different for every ``n``."""
 Change = Callable[[NativeData], NativeData]
@@ -90,6 +88,9 @@ class ConnectorContract:
     """A well-formed native id that no record in the member has."""
     many: ClassVar[int] = 25
     """How many records the bulk test creates; subclasses that page make it span pages."""
+    entity: ClassVar[str] = "customers"
+    """The entity the suite reads and writes; a subclass names another (HCP's ``invoices``),
+    and the skips of writes the member cannot make name it."""
 
     # ---------------------------------------------------------------------- fixtures to provide
 
@@ -97,7 +98,7 @@ class ConnectorContract:
     def connector(self) -> Iterator[Connector]:
         pytest.fail(
             f"{type(self).__name__} must provide a `connector` fixture: a fresh, empty member "
-            f"holding {ENTITY!r}"
+            f"holding {self.entity!r}"
         )
 
     @pytest.fixture
@@ -121,26 +122,26 @@ class ConnectorContract:
 
     # ---------------------------------------------------------------------------------- helpers
 
-    @staticmethod
-    def require(conn: Connector, *ops: str) -> Capabilities:
-        caps = conn.capabilities(ENTITY)
+    @classmethod
+    def require(cls, conn: Connector, *ops: str) -> Capabilities:
+        caps = conn.capabilities(cls.entity)
         for op in ops:
             if not caps.allows(op):
-                pytest.skip(f"{conn.type_name} cannot {op} {ENTITY}")
+                pytest.skip(f"{conn.type_name} cannot {op} {cls.entity}")
         return caps
 
-    @staticmethod
-    def records(conn: Connector) -> dict[str, NativeRecord]:
+    @classmethod
+    def records(cls, conn: Connector) -> dict[str, NativeRecord]:
         """Every record read, by id; fails when an id comes back more than once."""
-        found = list(conn.read(ENTITY))
+        found = list(conn.read(cls.entity))
         ids = [r.id for r in found]
         repeated = sorted({i for i in ids if ids.count(i) > 1})
         assert not repeated, f"read yielded these ids more than once: {repeated}"
         return {r.id: r for r in found}
 
-    @staticmethod
-    def create(conn: Connector, sample: Sample, n: int) -> NativeRecord:
-        return conn.create(ENTITY, sample(n), key=key(n))
+    @classmethod
+    def create(cls, conn: Connector, sample: Sample, n: int) -> NativeRecord:
+        return conn.create(cls.entity, sample(n), key=key(n))
 
     @staticmethod
     def assert_holds(record: NativeRecord, written: NativeData) -> None:
@@ -153,10 +154,10 @@ class ConnectorContract:
 
     # -------------------------------------------------------------------------- describing itself
 
-    def test_entities_include_customers(self, connector: Connector) -> None:
+    def test_entities_include_its_entity(self, connector: Connector) -> None:
         entities = connector.entities()
         assert isinstance(entities, tuple)
-        assert ENTITY in entities
+        assert self.entity in entities
 
     def test_capabilities_of_every_entity(self, connector: Connector) -> None:
         for entity in connector.entities():
@@ -165,13 +166,13 @@ class ConnectorContract:
             assert caps.read, f"{entity}: a member must at least be readable"
 
     def test_check_allowed_agrees_with_capabilities(self, connector: Connector) -> None:
-        caps = connector.capabilities(ENTITY)
+        caps = connector.capabilities(self.entity)
         for op in OPERATIONS:
             if caps.allows(op):
-                check_allowed(connector, ENTITY, op)
+                check_allowed(connector, self.entity, op)
             else:
                 with pytest.raises(CapabilityViolation):
-                    check_allowed(connector, ENTITY, op)
+                    check_allowed(connector, self.entity, op)
 
     def test_registered_under_its_type_name(self, connector: Connector) -> None:
         assert connector.type_name
@@ -181,14 +182,14 @@ class ConnectorContract:
     # ------------------------------------------------------------------------------- reading
 
     def test_empty_member_reads_nothing(self, connector: Connector, reopen: Reopen) -> None:
-        assert list(connector.read(ENTITY)) == []
-        connector.flush(ENTITY)
-        assert list(reopen(connector).read(ENTITY)) == []
+        assert list(connector.read(self.entity)) == []
+        connector.flush(self.entity)
+        assert list(reopen(connector).read(self.entity)) == []
 
     def test_flush_without_writes_is_harmless(self, connector: Connector, reopen: Reopen) -> None:
-        connector.flush(ENTITY)
-        connector.flush(ENTITY)
-        assert list(reopen(connector).read(ENTITY)) == []
+        connector.flush(self.entity)
+        connector.flush(self.entity)
+        assert list(reopen(connector).read(self.entity)) == []
 
     # ------------------------------------------------------------------------------- creating
 
@@ -196,7 +197,7 @@ class ConnectorContract:
         caps = self.require(connector, "create")
         first = self.create(connector, sample, 1)
         second = self.create(connector, sample, 2)
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         for n, record in ((1, first), (2, second)):
             assert isinstance(record, NativeRecord)
             assert isinstance(record.id, str) and record.id.strip()
@@ -212,7 +213,7 @@ class ConnectorContract:
     ) -> None:
         self.require(connector, "create")
         created = self.create(connector, sample, 1)
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         for reader in (connector, reopen(connector)):
             found = self.records(reader)
             assert list(found) == [created.id]
@@ -227,7 +228,7 @@ class ConnectorContract:
     ) -> None:
         self.require(connector, "create")
         created = self.create(connector, sample, 1)
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         read = self.records(reopen(connector))[created.id]
         assert created.data == read.data
         assert created.native_hash() == read.native_hash()
@@ -237,7 +238,7 @@ class ConnectorContract:
     ) -> None:
         self.require(connector, "create")
         created = {n: self.create(connector, sample, n) for n in range(1, self.many + 1)}
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         ids = {record.id for record in created.values()}
         assert len(ids) == self.many, "every create got its own id"
         for reader in (connector, reopen(connector)):
@@ -254,7 +255,7 @@ class ConnectorContract:
         self.require(connector, "create")
         for n in range(1, 4):
             self.create(connector, sample, n)
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         first = self.records(connector)
         second = self.records(connector)
         third = self.records(reopen(connector))
@@ -273,12 +274,12 @@ class ConnectorContract:
         self.require(connector, "create", "update")
         target = self.create(connector, sample, 1)
         bystander = self.create(connector, sample, 2)
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         before = self.records(connector)
         patch = change(before[target.id].data)
         full = {**before[target.id].data, **patch}
-        connector.update(ENTITY, target.id, patch, full=full)
-        connector.flush(ENTITY)
+        connector.update(self.entity, target.id, patch, full=full)
+        connector.flush(self.entity)
         after = self.records(connector)
         assert after[target.id].native_hash() != before[target.id].native_hash()
         assert after[bystander.id].native_hash() == before[bystander.id].native_hash(), (
@@ -293,13 +294,13 @@ class ConnectorContract:
         self.require(connector, "create", "update")
         target = self.create(connector, sample, 1)
         bystander = self.create(connector, sample, 2)
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         before = self.records(connector)
         patch = change(before[target.id].data)
         assert len(patch) == 1, "the `change` fixture must patch exactly one field"
         assert all(before[target.id].data.get(k) != v for k, v in patch.items())
-        connector.update(ENTITY, target.id, patch, full={**before[target.id].data, **patch})
-        connector.flush(ENTITY)
+        connector.update(self.entity, target.id, patch, full={**before[target.id].data, **patch})
+        connector.flush(self.entity)
         for reader in (connector, reopen(connector)):
             after = self.records(reader)
             assert set(after) == set(before)
@@ -314,11 +315,11 @@ class ConnectorContract:
     ) -> None:
         self.require(connector, "create", "update")
         created = self.create(connector, sample, 1)
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         current = self.records(connector)[created.id].data
         patch = change(current)
-        returned = connector.update(ENTITY, created.id, patch, full={**current, **patch})
-        connector.flush(ENTITY)
+        returned = connector.update(self.entity, created.id, patch, full={**current, **patch})
+        connector.flush(self.entity)
         read = self.records(reopen(connector))[created.id]
         self.assert_holds(read, patch)
         if returned is None:
@@ -333,12 +334,12 @@ class ConnectorContract:
     ) -> None:
         self.require(connector, "create", "update")
         created = self.create(connector, sample, 1)
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         data = self.records(connector)[created.id].data
         patch = change(data)
         with pytest.raises(NotFoundError):
-            connector.update(ENTITY, self.missing_id, patch, full={**data, **patch})
-        connector.flush(ENTITY)
+            connector.update(self.entity, self.missing_id, patch, full={**data, **patch})
+        connector.flush(self.entity)
         found = self.records(reopen(connector))
         assert list(found) == [created.id], "an update of a missing record creates nothing"
         assert found[created.id].data == data
@@ -351,10 +352,10 @@ class ConnectorContract:
         self.require(connector, "create", "delete")
         doomed = self.create(connector, sample, 1)
         kept = self.create(connector, sample, 2)
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         before = self.records(connector)
-        connector.delete(ENTITY, doomed.id)
-        connector.flush(ENTITY)
+        connector.delete(self.entity, doomed.id)
+        connector.flush(self.entity)
         for reader in (connector, reopen(connector)):
             after = self.records(reader)
             assert list(after) == [kept.id]
@@ -366,15 +367,15 @@ class ConnectorContract:
         self.require(connector, "create", "delete")
         doomed = self.create(connector, sample, 1)
         kept = self.create(connector, sample, 2)
-        connector.flush(ENTITY)
-        connector.delete(ENTITY, doomed.id)
-        connector.flush(ENTITY)
-        connector.delete(ENTITY, doomed.id)  # a retried delete: already gone is done
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
+        connector.delete(self.entity, doomed.id)
+        connector.flush(self.entity)
+        connector.delete(self.entity, doomed.id)  # a retried delete: already gone is done
+        connector.flush(self.entity)
         other = reopen(connector)
-        other.delete(ENTITY, doomed.id)  # the retry may come from the next process
-        other.delete(ENTITY, self.missing_id)
-        other.flush(ENTITY)
+        other.delete(self.entity, doomed.id)  # the retry may come from the next process
+        other.delete(self.entity, self.missing_id)
+        other.flush(self.entity)
         assert list(self.records(reopen(connector))) == [kept.id]
 
     # -------------------------------------------------------------------------------- finding
@@ -385,28 +386,28 @@ class ConnectorContract:
         self.require(connector, "create")
         wanted = self.create(connector, sample, 1)
         other = self.create(connector, sample, 2)
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         finder = reopen(connector)  # crash recovery runs in the next process
-        found = finder.find(ENTITY, sample(1))
+        found = finder.find(self.entity, sample(1))
         assert [r.id for r in found] == [wanted.id]
         self.assert_holds(found[0], sample(1))
-        assert [r.id for r in finder.find(ENTITY, sample(2))] == [other.id]
-        assert finder.find(ENTITY, sample(3)) == []
+        assert [r.id for r in finder.find(self.entity, sample(2))] == [other.id]
+        assert finder.find(self.entity, sample(3)) == []
 
     def test_a_member_never_gives_two_records_one_id(
         self, connector: Connector, sample: Sample, reopen: Reopen
     ) -> None:
         caps = self.require(connector, "create")
-        first = connector.create(ENTITY, sample(1), key=key(1))
+        first = connector.create(self.entity, sample(1), key=key(1))
         if caps.assigns_ids:  # the key is the id: a second create with it is refused
             with pytest.raises(RecordError):
-                connector.create(ENTITY, sample(2), key=key(1))
+                connector.create(self.entity, sample(2), key=key(1))
             expected = {first.id}
         else:  # the member chooses ids: the key is not one
-            second = connector.create(ENTITY, sample(2), key=key(1))
+            second = connector.create(self.entity, sample(2), key=key(1))
             assert first.id != second.id
             expected = {first.id, second.id}
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         found = self.records(reopen(connector))
         assert set(found) == expected
         self.assert_holds(found[first.id], sample(1))
@@ -422,13 +423,13 @@ class AssignsIdsContract(ConnectorContract):
         caps = self.require(connector, "create", "update")
         assert caps.assigns_ids, "only for members that take the engine's key as the id"
         created = self.create(connector, sample, 1)
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         data = self.records(connector)[created.id].data
         patch = change(data)
         returned = connector.update(
-            ENTITY, created.id, patch, full={**data, **patch}, new_id=key(9)
+            self.entity, created.id, patch, full={**data, **patch}, new_id=key(9)
         )
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         if returned is not None:
             assert returned.id == key(9)
         found = self.records(reopen(connector))
@@ -442,11 +443,11 @@ class AssignsIdsContract(ConnectorContract):
         assert caps.assigns_ids, "only for members that take the engine's key as the id"
         first = self.create(connector, sample, 1)
         second = self.create(connector, sample, 2)
-        connector.flush(ENTITY)
+        connector.flush(self.entity)
         data = self.records(connector)[first.id].data
         with pytest.raises(RecordError):
-            connector.update(ENTITY, first.id, {}, full=data, new_id=second.id)
-        connector.flush(ENTITY)
+            connector.update(self.entity, first.id, {}, full=data, new_id=second.id)
+        connector.flush(self.entity)
         found = self.records(reopen(connector))
         assert set(found) == {first.id, second.id}
         self.assert_holds(found[first.id], sample(1))

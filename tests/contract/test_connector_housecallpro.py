@@ -18,7 +18,6 @@ from syncengine.connector import Connector, ConnectorContext, NativeData
 from syncengine.connectors.housecallpro import HousecallProConnector, HousecallProOptions
 from syncengine.connectors.housecallpro.sandbox import SyncASGITransport, create_app
 from tests.contract.connector_suite import (
-    ENTITY,
     Change,
     ConnectorContract,
     Reopen,
@@ -103,10 +102,10 @@ class TestHousecallProConnector(ConnectorContract):
         self, app: Starlette, connector: Connector, sample: Sample, reopen: Reopen
     ) -> None:
         for n in range(1, self.many + 1):
-            connector.create(ENTITY, sample(n), key=key(n))
+            connector.create(self.entity, sample(n), key=key(n))
         state = app.state.sandbox
         state.clear_requests()
-        assert len(list(reopen(connector).read(ENTITY))) == self.many
+        assert len(list(reopen(connector).read(self.entity))) == self.many
         requests = state.requests()
         assert [(r["method"], r["path"]) for r in requests] == [("GET", "/customers")] * (
             math.ceil(self.many / PAGE_SIZE)

@@ -20,7 +20,6 @@ from syncengine.connector import (
 )
 from syncengine.connectors.memory import MemoryConnector, MemoryOptions
 from tests.contract.connector_suite import (
-    ENTITY,
     AssignsIdsContract,
     Change,
     ConnectorContract,
@@ -90,19 +89,19 @@ class TestMemoryConnectorAssigningIds(TestMemoryConnector, AssignsIdsContract):
 @pytest.mark.parametrize("forbidden", ["create", "update", "delete"])
 def test_check_allowed_refuses_a_forbidden_write(forbidden: str) -> None:
     conn = memory(**{forbidden: False})
-    caps = conn.capabilities(ENTITY)
+    caps = conn.capabilities(TestMemoryConnector.entity)
     assert not caps.allows(forbidden)
     with pytest.raises(CapabilityViolation):
-        check_allowed(conn, ENTITY, forbidden)
+        check_allowed(conn, TestMemoryConnector.entity, forbidden)
     for allowed in {"read", "create", "update", "delete"} - {forbidden}:
-        check_allowed(conn, ENTITY, allowed)
+        check_allowed(conn, TestMemoryConnector.entity, allowed)
 
 
 def test_read_only_member() -> None:
     conn = memory(create=False, update=False, delete=False)
-    caps = conn.capabilities(ENTITY)
+    caps = conn.capabilities(TestMemoryConnector.entity)
     assert caps.read_only
     for op in ("create", "update", "delete"):
         with pytest.raises(CapabilityViolation):
-            check_allowed(conn, ENTITY, op)
-    check_allowed(conn, ENTITY, "read")
+            check_allowed(conn, TestMemoryConnector.entity, op)
+    check_allowed(conn, TestMemoryConnector.entity, "read")

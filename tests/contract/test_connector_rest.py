@@ -21,7 +21,7 @@ import pytest
 from syncengine.connector import Connector, ConnectorContext, NativeData
 from syncengine.connectors.rest import RestConnector, RestOptions
 from syncengine.connectors.rest.fake import FakeCrm
-from tests.contract.connector_suite import ENTITY, Change, ConnectorContract, Reopen, Sample, key
+from tests.contract.connector_suite import Change, ConnectorContract, Reopen, Sample, key
 from tests.jsonserver import JsonServer, ensure_json_server, json_server_options
 from tests.tools import RecordingTransport
 
@@ -128,11 +128,11 @@ class JsonServerContract(_RestContract):
         self, json_server: JsonServer, collection: str, connector: Connector, sample: Sample
     ) -> None:
         for n in range(1, self.many + 1):
-            connector.create(ENTITY, sample(n), key=key(n))
+            connector.create(self.entity, sample(n), key=key(n))
         recorder = RecordingTransport()
         reader = self.make(json_server, collection, transport=recorder)
         try:
-            assert len(list(reader.read(ENTITY))) == self.many
+            assert len(list(reader.read(self.entity))) == self.many
         finally:
             reader.close()
         calls = [(e.method, e.path) for e in recorder.exchanges]
@@ -142,7 +142,7 @@ class JsonServerContract(_RestContract):
     def test_writes_reach_db_json(
         self, json_server: JsonServer, collection: str, connector: Connector, sample: Sample
     ) -> None:
-        created = connector.create(ENTITY, sample(1), key=key(1))
+        created = connector.create(self.entity, sample(1), key=key(1))
         stored = json_server.db(until=lambda data: bool(data[collection]))[collection]
         assert [str(r["id"]) for r in stored] == [created.id]
         assert stored[0] == created.data
@@ -215,9 +215,9 @@ class TestFakeCrmByCursor(_RestContract):
         self, crm: FakeCrm, connector: Connector, sample: Sample
     ) -> None:
         for n in range(1, self.many + 1):
-            connector.create(ENTITY, sample(n), key=key(n))
+            connector.create(self.entity, sample(n), key=key(n))
         crm.requests.clear()
-        assert len(list(connector.read(ENTITY))) == self.many
+        assert len(list(connector.read(self.entity))) == self.many
         assert len(crm.list_requests()) == math.ceil(self.many / PAGE_SIZE)
 
 
@@ -246,7 +246,7 @@ def test_every_style_json_server_speaks_pages_it_exactly(
     )
     conn = RestConnector(options, ConnectorContext("crm", extra={"transport": recorder}))
     try:
-        ids = [r.id for r in conn.read(ENTITY)]
+        ids = [r.id for r in conn.read(JsonServerContract.entity)]
     finally:
         conn.close()
     assert ids == [str(c["id"]) for c in created]

@@ -15,7 +15,6 @@ import pytest
 from syncengine.connector import Connector, ConnectorContext, NativeData
 from syncengine.connectors.spreadsheet import SpreadsheetConnector, SpreadsheetOptions
 from tests.contract.connector_suite import (
-    ENTITY,
     AssignsIdsContract,
     Change,
     Reopen,
@@ -79,11 +78,11 @@ class SpreadsheetContract(AssignsIdsContract):
     def test_writes_reach_the_file_only_at_flush(
         self, connector: Connector, sample: Sample, reopen: Reopen
     ) -> None:
-        created = connector.create(ENTITY, sample(1), key=key(1))
-        assert [r.id for r in connector.read(ENTITY)] == [created.id]
-        assert list(reopen(connector).read(ENTITY)) == []
-        connector.flush(ENTITY)
-        assert [r.id for r in reopen(connector).read(ENTITY)] == [created.id]
+        created = connector.create(self.entity, sample(1), key=key(1))
+        assert [r.id for r in connector.read(self.entity)] == [created.id]
+        assert list(reopen(connector).read(self.entity)) == []
+        connector.flush(self.entity)
+        assert [r.id for r in reopen(connector).read(self.entity)] == [created.id]
 
     def test_provisional_row_gets_its_id_through_update(
         self, path: Path, connector: Connector, reopen: Reopen
@@ -96,19 +95,19 @@ class SpreadsheetContract(AssignsIdsContract):
                 ["", "Grace", "Hopper", "grace@example.com"],
             ],
         )
-        records = list(connector.read(ENTITY))
+        records = list(connector.read(self.entity))
         provisional = [r for r in records if r.provisional]
         assert [r.id for r in provisional] == ["@line:3"]
         row = provisional[0]
         assert row.location and not row.error
         assert row.data["Email"] == "grace@example.com"
 
-        returned = connector.update(ENTITY, row.id, {}, full=row.data, new_id="rec-0002")
-        connector.flush(ENTITY)
+        returned = connector.update(self.entity, row.id, {}, full=row.data, new_id="rec-0002")
+        connector.flush(self.entity)
 
         assert returned is not None and returned.id == "rec-0002"
         assert not returned.provisional
-        found = {r.id: r for r in reopen(connector).read(ENTITY)}
+        found = {r.id: r for r in reopen(connector).read(self.entity)}
         assert set(found) == {"rec-0001", "rec-0002"}
         assert not found["rec-0002"].provisional
         assert found["rec-0002"].data == row.data

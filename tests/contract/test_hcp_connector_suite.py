@@ -1,11 +1,10 @@
 """The connector contract for Housecall Pro's jobs and invoices, and its payments' reads.
 
-``ConnectorContract`` speaks of one entity, ``customers``; :class:`EntityAs` presents one of
-the HCP connector's other entities under that name (every call is handed to the real
-connector with the entity renamed), so the whole suite runs against jobs (full CRUD) and
-invoices (read and create; the update and delete tests skip, as the suite does for writes a
-member cannot make). Payments cannot be created through the API: their reads and refusals
-are tested below with payments recorded in the sandbox.
+``ConnectorContract`` speaks of the one entity its subclass names (``entity``), so the whole
+suite runs against the HCP connector's jobs (full CRUD) and invoices (read and create; the
+update and delete tests skip, saying the connector "cannot update invoices", as the suite
+does for writes a member cannot make). Payments cannot be created through the API: their
+reads and refusals are tested below with payments recorded in the sandbox.
 """
 
 from __future__ import annotations
@@ -17,18 +16,15 @@ import pytest
 from starlette.applications import Starlette
 
 from syncengine.connector import (
-    Capabilities,
     CapabilityViolation,
     Connector,
     ConnectorContext,
     NativeData,
-    NativeRecord,
     check_allowed,
-    connector_types,
 )
 from syncengine.connectors.housecallpro import HousecallProConnector, HousecallProOptions
 from syncengine.connectors.housecallpro.sandbox import SandboxState, SyncASGITransport, create_app
-from tests.contract.connector_suite import ENTITY, Change, ConnectorContract, Reopen, Sample
+from tests.contract.connector_suite import Change, ConnectorContract, Reopen, Sample
 
 KEY = "hcp_contract_key_0123456789"
 PAGE_SIZE = 4
@@ -44,63 +40,8 @@ def hcp(app: Starlette, name: str = "hcp") -> HousecallProConnector:
     )
 
 
-class EntityAs(Connector):
-    """One entity of a connector, presented as the suite's ``customers``."""
-
-    type_name: ClassVar[str] = HousecallProConnector.type_name
-
-    def __init__(self, inner: HousecallProConnector, entity: str) -> None:
-        super().__init__(inner.options, inner.context)
-        self.inner = inner
-        self.entity = entity
-
-    def _name(self, entity: str) -> str:
-        assert entity == ENTITY, f"the suite asked for {entity!r}"
-        return self.entity
-
-    def entities(self) -> tuple[str, ...]:
-        return (ENTITY,)
-
-    def capabilities(self, entity: str) -> Capabilities:
-        return self.inner.capabilities(self._name(entity))
-
-    def read(self, entity: str) -> Iterator[NativeRecord]:
-        return self.inner.read(self._name(entity))
-
-    def get(self, entity: str, native_id: str) -> NativeRecord | None:
-        return self.inner.get(self._name(entity), native_id)
-
-    def find(self, entity: str, data: NativeData) -> list[NativeRecord]:
-        return self.inner.find(self._name(entity), data)
-
-    def create(self, entity: str, data: NativeData, *, key: str) -> NativeRecord:
-        return self.inner.create(self._name(entity), data, key=key)
-
-    def update(
-        self,
-        entity: str,
-        native_id: str,
-        patch: NativeData,
-        *,
-        full: NativeData,
-        new_id: str | None = None,
-    ) -> NativeRecord | None:
-        return self.inner.update(self._name(entity), native_id, patch, full=full, new_id=new_id)
-
-    def delete(self, entity: str, native_id: str) -> None:
-        self.inner.delete(self._name(entity), native_id)
-
-    def flush(self, entity: str) -> None:
-        self.inner.flush(self._name(entity))
-
-    def close(self) -> None:
-        self.inner.close()
-
-
 class HcpEntityContract(ConnectorContract):
     """The suite over one HCP entity in an empty sandbox that holds one customer."""
-
-    entity: ClassVar[str]
 
     @pytest.fixture
     def app(self) -> Starlette:
@@ -124,24 +65,18 @@ class HcpEntityContract(ConnectorContract):
 
     @pytest.fixture
     def connector(self, app: Starlette, opened: list[Connector]) -> Connector:
-        conn = EntityAs(hcp(app), self.entity)
+        conn = hcp(app)
         opened.append(conn)
         return conn
 
     @pytest.fixture
     def reopen(self, app: Starlette, opened: list[Connector]) -> Reopen:
         def again(conn: Connector) -> Connector:
-            other = EntityAs(hcp(app, "hcp-reopened"), self.entity)
+            other = hcp(app, "hcp-reopened")
             opened.append(other)
             return other
 
         return again
-
-    def test_registered_under_its_type_name(self, connector: Connector) -> None:
-        assert isinstance(connector, EntityAs)
-        inner = connector.inner
-        assert connector_types().get(inner.type_name) is type(inner)
-        assert self.entity in inner.entities()
 
 
 class TestHousecallProJobs(HcpEntityContract):
@@ -206,7 +141,7 @@ class TestHousecallProInvoices(HcpEntityContract):
     def test_invoices_cannot_be_updated_or_deleted(self, connector: Connector) -> None:
         for op in ("update", "delete"):
             with pytest.raises(CapabilityViolation):
-                check_allowed(connector, ENTITY, op)
+                check_allowed(connector, self.entity, op)
 
 
 # ---------------------------------------------------------------------------------- payments
