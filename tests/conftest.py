@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
+
+from tests.tools import tool_missing
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5"
+"""Where the PostgreSQL tests connect to create (and drop) their databases."""
+PG_PASSWORD = "pg-secret"
+"""Put in every ``pg_url``: trust authentication ignores it, and tests can check it is masked."""
+PG_HOW_TO_START = (
+    "start one that trusts local connections and has a database 'test', e.g. "
+    "`docker run -d -p 127.0.0.1:5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust "
+    "-e POSTGRES_DB=test postgres:16`"
+)
 
 settings.register_profile(
     "ci",
@@ -31,3 +44,30 @@ def _fresh_memory_datasets() -> Iterator[None]:
     MemoryConnector.reset()
     yield
     MemoryConnector.reset()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A SQLAlchemy URL of a PostgreSQL database created for this test alone (dropped after).
+
+    When there is no psycopg or no server on ``127.0.0.1:5432`` the test is skipped, saying how
+    to start one; under ``SYNCENGINE_REQUIRE_TOOLS=1`` (CI) it fails instead, so that CI never
+    silently skips the PostgreSQL tests.
+    """
+    try:
+        import psycopg
+    except ImportError:
+        tool_missing(
+            "psycopg is not installed (it is in the test extras: pip install -e '.[test]')"
+        )
+    name = f"syncengine_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        tool_missing(f"no PostgreSQL server on 127.0.0.1:5432 ({exc}); {PG_HOW_TO_START}")
+    try:
+        yield f"postgresql+psycopg://postgres:{PG_PASSWORD}@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

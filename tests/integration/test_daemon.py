@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -49,7 +48,6 @@ pytestmark = pytest.mark.integration
 API_KEY = "daemon-test-key"
 SYNCENGINE = Path(sys.executable).with_name("syncengine")
 READY = r"sandbox listening on http://[^\s:]+:(?P<port>\d+)"
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5"
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -211,28 +209,6 @@ def daemons() -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for process in started:
         process.stop()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    try:
-        import psycopg
-    except ImportError:
-        pytest.fail("psycopg is not installed (pip install -e '.[test]')")
-    name = f"syncengine_daemon_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        reason = f"no PostgreSQL server on 127.0.0.1:5432: {exc}"
-        if os.environ.get("SYNCENGINE_REQUIRE_TOOLS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def history(folder: Path, url: str, pipeline: str | None = None) -> list[RunRow]:

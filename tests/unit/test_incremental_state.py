@@ -13,7 +13,6 @@ from alembic.runtime.migration import MigrationContext
 from syncengine.state import StateStore
 from syncengine.state.schema import metadata
 from syncengine.state.store import alembic_config
-from tests.unit.test_state import pg_url  # noqa: F401 - the PostgreSQL fixture
 
 P, E = "main", "customers"
 
@@ -66,7 +65,7 @@ def test_a_store_at_0002_is_upgraded_with_its_data(tmp_path: Path) -> None:
             assert compare_metadata(context, metadata) == []
 
 
-def test_read_marks_on_postgresql(pg_url: str) -> None:  # noqa: F811 - the fixture
+def test_read_marks_on_postgresql(pg_url: str) -> None:
     with StateStore.open(pg_url) as store:
         with store.engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})

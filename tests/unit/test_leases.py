@@ -9,12 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,33 +19,6 @@ import pytest
 from syncengine.state import StateStore
 
 REPO = Path(__file__).resolve().parents[2]
-PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5"
-
-
-def _skip_or_fail(reason: str) -> None:
-    """CI (SYNCENGINE_REQUIRE_TOOLS=1) must run the PostgreSQL tests; elsewhere they may skip."""
-    if os.environ.get("SYNCENGINE_REQUIRE_TOOLS") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    try:
-        import psycopg
-    except ImportError:
-        _skip_or_fail("psycopg is not installed (pip install -e '.[test]')")
-    name = f"syncengine_leases_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        _skip_or_fail(f"no PostgreSQL server on 127.0.0.1:5432: {exc}")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

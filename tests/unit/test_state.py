@@ -6,7 +6,6 @@ import os
 import sqlite3
 import stat
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -543,36 +542,6 @@ def test_runs_history(store: StateStore) -> None:
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------
-
-
-def _skip_or_fail(reason: str) -> None:
-    """CI (SYNCENGINE_REQUIRE_TOOLS=1) must run the PostgreSQL tests; elsewhere they may skip."""
-    print(reason)
-    if os.environ.get("SYNCENGINE_REQUIRE_TOOLS") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    try:
-        import psycopg
-    except ImportError:
-        _skip_or_fail(
-            "psycopg is not installed (it is in the test extras: pip install -e '.[test]')"
-        )
-    admin = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5"
-    name = f"syncengine_state_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        _skip_or_fail(f"no PostgreSQL server on 127.0.0.1:5432: {exc}")
-    try:
-        yield f"postgresql+psycopg://postgres:pg-secret@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_postgresql_runs_the_same_migrations_and_upserts(pg_url: str) -> None:
