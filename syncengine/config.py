@@ -29,6 +29,7 @@ from syncengine import model
 from syncengine.connector import Connector, ConnectorContext, ConnectorOptions, connector_class
 from syncengine.errors import ConfigError, Problem
 from syncengine.mapping import EntityMapping, load_mapping
+from syncengine.redact import MASK
 from syncengine.schedule import Schedule, parse_schedule, parse_timezone
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -298,7 +299,7 @@ def _pydantic_problems(
                 # a secret-looking key name, not pydantic's own "[key]" marker of dict keys
                 names = [str(p) for p in item["loc"] if isinstance(p, str) and p != "[key]"]
                 if any(_SECRET_KEY.search(name) for name in names):
-                    shown = "***"
+                    shown = MASK
                 msg += f" (got {shown!r})"
         problems.append(Problem(where, msg, fix))
     return problems

@@ -16,7 +16,8 @@
       anything else               FatalConnectorError
 
 - redaction: every value in ``secrets`` (and the ``Authorization`` header's value) is replaced
-  by ``***`` in every message and log line this module produces;
+  by ``***`` in every message and log line this module produces (``syncengine.redact``; its
+  ``Redactor`` is re-exported here);
 - counters (``stats``) for benchmarks and metrics.
 """
 
@@ -43,6 +44,7 @@ from syncengine.errors import (
     RecordError,
     RetriableError,
 )
+from syncengine.redact import Redactor
 
 __all__ = [
     "RETRY_STATUSES",
@@ -64,7 +66,6 @@ QueryParams = Mapping[str, QueryScalar] | Sequence[tuple[str, QueryScalar]]
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 MAX_MESSAGE = 300
-REDACTED = "***"
 
 
 def array_params(name: str, values: Iterable[QueryScalar]) -> list[tuple[str, QueryScalar]]:
@@ -75,39 +76,6 @@ def array_params(name: str, values: Iterable[QueryScalar]) -> list[tuple[str, Qu
     """
     key = name if name.endswith("[]") else f"{name}[]"
     return [(key, value) for value in values]
-
-
-# ------------------------------------------------------------------------------ redaction
-
-
-class Redactor:
-    """Replaces every secret value in a text by ``***``. Longer secrets are replaced first
-    so that a secret containing another one is not half-redacted."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: tuple[str, ...] = ()
-        self.add(secrets)
-
-    def add(self, secrets: Iterable[str]) -> None:
-        found = set(self._secrets)
-        found.update(s for s in secrets if s and s.strip())
-        self._secrets = tuple(sorted(found, key=len, reverse=True))
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
-
-    def value(self, value: Any) -> Any:
-        """Redact a log field: strings are redacted, containers recursively, others kept."""
-        if isinstance(value, str):
-            return self(value)
-        if isinstance(value, Mapping):
-            return {k: self.value(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.value(v) for v in value]
-        return value
 
 
 # ------------------------------------------------------------------------------ rate limit

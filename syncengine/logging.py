@@ -1,8 +1,9 @@
 """structlog set-up. Processors are pure functions; ``configure()`` is called by entry points only.
 
-Every log line passes through ``Redactor``, which replaces each known secret (API keys and
-tokens interpolated from the environment) with ``***`` wherever it appears, including inside
-nested values and exception text.
+Every log line passes through ``REDACTOR`` (``syncengine.redact``, the one redactor), which
+replaces each known secret (API keys and tokens interpolated from the environment) with
+``***`` wherever it appears, including inside nested values and exception text.
+``redact_text`` is re-exported here for the callers that redact a message themselves.
 """
 
 from __future__ import annotations
@@ -14,52 +15,24 @@ from typing import Any, TextIO
 
 import structlog
 
-MASK = "***"
+from syncengine.redact import MASK, Redactor, redact_text
 
-
-def redact_text(text: str, secrets: Iterable[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, MASK)
-    return text
-
-
-def _redact_value(value: Any, secrets: tuple[str, ...]) -> Any:
-    if isinstance(value, str):
-        return redact_text(value, secrets)
-    if isinstance(value, dict):
-        return {k: _redact_value(v, secrets) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_redact_value(v, secrets) for v in value)
-    if isinstance(value, BaseException):
-        return redact_text(f"{type(value).__name__}: {value}", secrets)
-    return value
-
-
-class Redactor:
-    """A structlog processor masking secret values anywhere in an event."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self.secrets: tuple[str, ...] = tuple(
-            sorted({s for s in secrets if s}, key=len, reverse=True)
-        )
-
-    def add(self, secrets: Iterable[str]) -> None:
-        self.secrets = tuple(
-            sorted(set(self.secrets) | {s for s in secrets if s}, key=len, reverse=True)
-        )
-
-    def __call__(
-        self, logger: Any, method: str, event: MutableMapping[str, Any]
-    ) -> MutableMapping[str, Any]:
-        if not self.secrets:
-            return event
-        for key, value in list(event.items()):
-            event[key] = _redact_value(value, self.secrets)
-        return event
-
+__all__ = ["MASK", "REDACTOR", "Redactor", "configure", "redact_text"]
 
 REDACTOR = Redactor()
+"""The secrets of this process (the configuration's, added by the entry points): every log
+line passes through ``_redact_event``, which masks them."""
+
+
+def _redact_event(
+    logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """The structlog processor masking ``REDACTOR``'s secrets anywhere in an event."""
+    if not REDACTOR.secrets:
+        return event
+    for key, value in list(event.items()):
+        event[key] = REDACTOR.value(value)
+    return event
 
 
 class _StdlibBridge(logging.Handler):
@@ -96,7 +69,7 @@ def configure(
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            REDACTOR,
+            _redact_event,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

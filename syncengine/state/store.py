@@ -44,6 +44,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
 from syncengine.errors import StateError
+from syncengine.redact import MASK, redact_text
 from syncengine.state import leases as _leases
 from syncengine.state.leases import Lease, PipelineState
 from syncengine.state.schema import (
@@ -194,17 +195,11 @@ def mask_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except (sa_exc.ArgumentError, ValueError):
-        return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-    masked = {k: "***" for k in parsed.query if k.lower() in _SECRET_QUERY_KEYS}
+        return re.sub(r"(://[^:/@]*:)[^@/]*@", rf"\1{MASK}@", url)
+    masked = {k: MASK for k in parsed.query if k.lower() in _SECRET_QUERY_KEYS}
     if masked:
         parsed = parsed.update_query_dict(masked)
     return parsed.render_as_string(hide_password=True)
-
-
-def _scrub(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
 
 
 def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
@@ -214,7 +209,7 @@ def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
     if orig is None:
         text = text.split("\n(Background on this error", 1)[0].split("\n[SQL:", 1)[0]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return _scrub("; ".join(lines) or type(exc).__name__, secrets)
+    return redact_text("; ".join(lines) or type(exc).__name__, secrets)
 
 
 def _now() -> datetime:
