@@ -6,6 +6,15 @@ when those differ; that is echo suppression: a value we wrote and read back is n
 however the member formats it. Changes propagate; several different changes to one field are
 a conflict, settled by the ordered rules (member names, ``newest``, ``manual``) or parked.
 
+``reconcile`` reads nothing but its arguments: the reference indexes and the counts of
+records referring to a key are built by the engine before planning and passed in as data.
+It runs in four phases, one function each:
+
+1. ``_changes``: which fields changed on which member;
+2. ``_plan_deletes``: whether the record is deleted, kept for its users, or brought back;
+3. ``_merge``: the new base, with conflicts settled or parked;
+4. ``_plan_writes``: what each member is written (update, create) or cannot take (skip).
+
 The result is a ``KeyPlan``: actions per member plus how each link looks afterwards.
 """
 
@@ -22,12 +31,12 @@ from syncengine.model import DELETED, EntitySpec, Record
 from syncengine.plan import Conflict, Create, Delete, KeyPlan, LinkPlan, Skip, Update
 
 if TYPE_CHECKING:
-    from syncengine.refs import MemberRefs
+    from syncengine.refs import RefIndexes
 
 Status = Literal["unchanged", "changed", "new", "gone", "absent", "tombstone", "blocked"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MemberView:
     """One member's side of one hub record in this run."""
 
@@ -35,11 +44,16 @@ class MemberView:
     status: Status
     native_id: str | None = None
     current: Record | None = None
+    """The canonical record the member holds now (None when it holds none)."""
     last_seen: Record | None = None
+    """What the member held when last seen, in its own normal form (None: never seen)."""
     native: dict[str, Any] | None = None
+    """The member's native record (None: not read this run, e.g. unseen by a partial read)."""
     native_hash: str | None = None
     provisional: bool = False
+    """The member's id for it is provisional (it takes the hub key as its id)."""
     dirty: bool = False
+    """A write to this member failed or was not confirmed: check every field."""
     location: str = ""
 
     @property
@@ -47,8 +61,10 @@ class MemberView:
         return self.status in ("unchanged", "changed", "new")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Context:
+    """Everything about the entity and the pipeline that reconciling one key needs."""
+
     entity: EntitySpec
     members: tuple[str, ...]
     mappings: Mapping[str, EntityMapping]
@@ -60,10 +76,11 @@ class Context:
     propagate_deletes: bool = True
     parked: Mapping[str, set[str]] = field(default_factory=dict)
     """key -> fields with an open (parked) conflict: left alone until a person resolves it."""
-    refs: Mapping[str, MemberRefs] = field(default_factory=dict)
+    refs: Mapping[str, RefIndexes] = field(default_factory=dict)
     """member -> how it shows references (members whose mapping has reference fields)."""
-    referenced: Callable[[str], int] | None = None
-    """key -> how many live records of other entities refer to it (they keep it alive)."""
+    users: Mapping[str, int] | None = None
+    """key -> how many live records of other entities refer to it (they keep it alive);
+    None when nothing of this entity is being deleted."""
 
 
 def decide(
@@ -91,58 +108,96 @@ def reconcile(
     ctx: Context,
     key: str,
     base: Record | None,
-    views: dict[str, MemberView],
+    views: Mapping[str, MemberView],
     *,
     new_key: bool = False,
 ) -> KeyPlan:
-    spec = ctx.entity
-    shown = label_of(base, key)
-    for view in views.values():
-        if view.present and view.current:
-            shown = label_of(view.current, shown)
-            break
+    """Decide what happens to one hub record: the writes on each member, the conflicts, the
+    skips and the new base, from the record's base and each member's view of it."""
     plan = KeyPlan(
-        entity=spec.name, key=key, label=shown, new_key=new_key, base_before=base, base_after=base
+        entity=ctx.entity.name,
+        key=key,
+        label=_label(key, base, views),
+        new_key=new_key,
+        base_before=base,
+        base_after=base,
     )
-
     if any(v.status == "blocked" for v in views.values()):
         return plan  # a malformed record on some member: leave the whole key alone
 
     present = {m: v for m, v in views.items() if v.present}
-    gone = {m: v for m, v in views.items() if v.status == "gone"}
+    dropped = {m for m, v in views.items() if v.status == "gone"}
     if new_key:
         plan.prior = {m: _keep(v, dirty=False) for m, v in present.items() if not v.provisional}
     base_now: Record = dict(base or {})
-
-    # ------------------------------------------------------------------ what changed where
     parked = ctx.parked.get(key, set())
-    changed: dict[str, dict[str, Any]] = {}  # field -> member -> value
+    changed = _changes(ctx, present, base_now, parked)
+    gone = _plan_deletes(ctx, plan, present, dropped, base_now, changed)
+    if gone is None:
+        return plan  # deleted, or its delete waits
+    new_base = _merge(ctx, plan, present, base_now, changed, keep_unsettled=base is not None)
+    _plan_writes(ctx, plan, views, gone, base_now, new_base, parked)
+    return plan
+
+
+def _label(key: str, base: Record | None, views: Mapping[str, MemberView]) -> str:
+    shown = label_of(base, key)
+    for view in views.values():
+        if view.present and view.current:
+            return label_of(view.current, shown)
+    return shown
+
+
+def _changes(
+    ctx: Context, present: Mapping[str, MemberView], base_now: Record, parked: set[str]
+) -> dict[str, dict[str, Any]]:
+    """Phase 1: field -> member -> value, for every field a member changed since it last
+    saw the record. A newly linked record (never seen) only brings values the base lacks
+    or differs on; parked fields are left alone."""
+    changed: dict[str, dict[str, Any]] = {}
     for member, view in present.items():
         mapping = ctx.mappings[member]
         current = view.current or {}
         for name in mapping.readable:
-            if spec.is_meta(name) or name in parked:
+            if ctx.entity.is_meta(name) or name in parked:
                 continue
             value = current.get(name)
             if view.last_seen is not None:
                 if value == view.last_seen.get(name):
                     continue
             elif value is None or mapping.equivalent(name, value, base_now.get(name)):
-                continue  # a newly linked record only brings values the base lacks or differs on
+                continue
             changed.setdefault(name, {})[member] = value
+    return changed
 
-    # ---------------------------------------------------------------------------- deletes
-    # A deleted record stays in the hub, marked, for as long as some member still holds it
-    # (a delete that failed, a member that cannot delete): each run deletes it where it can,
-    # and nothing re-creates it. A modification anywhere brings it back (the data wins).
+
+def _plan_deletes(
+    ctx: Context,
+    plan: KeyPlan,
+    present: Mapping[str, MemberView],
+    gone: set[str],
+    base_now: Record,
+    changed: Mapping[str, Any],
+) -> set[str] | None:
+    """Phase 2: what the members that dropped the record (``gone``) mean for it.
+
+    Returns None when the plan is complete: the record is deleted where it can be, or its
+    delete waits for the records that refer to it. Otherwise returns the members whose
+    delete lost to a modification elsewhere (they get the record back) or an empty set.
+
+    A deleted record stays in the hub, marked, for as long as some member still holds it (a
+    delete that failed, a member that cannot delete): each run deletes it where it can, and
+    nothing re-creates it. A modification anywhere brings it back (the data wins).
+    """
+    spec = ctx.entity
     deleted = bool(base_now.get(DELETED))
     modified = bool(changed) or any(v.status == "new" for v in present.values())
     if gone and not deleted and not ctx.propagate_deletes:
         for member in gone:  # the others keep it; this member is not given it again
             plan.links[member] = LinkPlan(member, None, None, None, tombstone=True)
-        gone = {}
-    if gone and not deleted and not modified and ctx.referenced is not None:
-        users = ctx.referenced(key)
+        gone = set()
+    if gone and not deleted and not modified and ctx.users is not None:
+        users = ctx.users.get(plan.key, 0)
         if users:
             # records of other entities still refer to it (a customer's invoices): deleting it
             # now would leave them dangling. Wait; once they are gone it goes too.
@@ -151,28 +206,34 @@ def reconcile(
                     Skip(
                         spec.name,
                         member,
-                        key,
+                        plan.key,
                         f"deleted on {', '.join(sorted(gone))}, but {users} "
                         "record(s) of other entities still refer to it; it is "
                         "deleted once they are, or restored where it was "
                         "deleted if they stay",
-                        shown,
+                        plan.label,
                         kind="deferred",
                     )
                 )
             plan.waiting = set(gone)
-            return plan
+            return None
     if (gone or deleted) and not modified:
         for member in gone:
             plan.links[member] = LinkPlan(member, None, None, None, remove=True)
         if not present:
             plan.base_after = None
-            return plan
+            return None
         keepers = []
         for member, view in present.items():
             if ctx.caps[member].delete and view.native_id and not view.provisional:
                 plan.actions.append(
-                    Delete(spec.name, member, key, view.native_id, values=dict(view.current or {}))
+                    Delete(
+                        spec.name,
+                        member,
+                        plan.key,
+                        view.native_id,
+                        values=dict(view.current or {}),
+                    )
                 )
             else:
                 keepers.append(member)
@@ -181,23 +242,36 @@ def reconcile(
                         Skip(
                             spec.name,
                             member,
-                            key,
-                            f"{_type_of(ctx, member)} cannot delete "
-                            f"{spec.name}; it keeps this record",
-                            shown,
+                            plan.key,
+                            f"{_type_of(ctx, member)} cannot delete {spec.name}; it keeps "
+                            "this record",
+                            plan.label,
                         )
                     )
         plan.base_after = {**base_now, DELETED: True}
         plan.purge = not keepers
-        return plan
+        return None
     if gone or deleted:
         # a delete/modify conflict keeps the data: the deleting members get it back (they
         # count as absent from here on, and are re-created where they can be)
         base_now.pop(DELETED, None)
         for member in gone:
             plan.links[member] = LinkPlan(member, None, None, None, remove=True)
+    return gone
 
-    # ----------------------------------------------------------------------------- merge
+
+def _merge(
+    ctx: Context,
+    plan: KeyPlan,
+    present: Mapping[str, MemberView],
+    base_now: Record,
+    changed: Mapping[str, dict[str, Any]],
+    *,
+    keep_unsettled: bool,
+) -> Record:
+    """Phase 3: the new base. A field changed alike wherever it changed is taken; different
+    changes are a conflict, settled by the field's rules or parked (the base keeps its value,
+    or, for a record new to the hub, the field stays out of it)."""
     updated_at = {m: (v.current or {}).get("updated_at") for m, v in present.items()}
     new_base = dict(base_now)
     for name, by_member in changed.items():
@@ -207,132 +281,166 @@ def reconcile(
             continue
         winner, rule = decide(ctx.rules(name), by_member, updated_at)
         plan.conflicts.append(
-            Conflict(spec.name, key, name, dict(by_member), base_now.get(name), winner, rule, shown)
+            Conflict(
+                ctx.entity.name,
+                plan.key,
+                name,
+                dict(by_member),
+                base_now.get(name),
+                winner,
+                rule,
+                plan.label,
+            )
         )
         if winner is not None:
             new_base[name] = by_member[winner]
-        elif base is None:
+        elif not keep_unsettled:
             new_base.pop(name, None)
     # drop nulls so "missing" and "empty" agree in the base
     new_base = {k: v for k, v in new_base.items() if v is not None}
     plan.base_after = new_base
+    return new_base
+
+
+def _plan_writes(
+    ctx: Context,
+    plan: KeyPlan,
+    views: Mapping[str, MemberView],
+    gone: set[str],
+    base_now: Record,
+    new_base: Record,
+    parked: set[str],
+) -> None:
+    """Phase 4: per member, the update that brings what it holds to the new base, the
+    create where it lacks the record, or the skip that says why it cannot take either."""
     base_changed = {n for n in set(new_base) | set(base_now) if new_base.get(n) != base_now.get(n)}
     parked_now = parked | {c.field for c in plan.conflicts if c.winner is None}
-
-    # ----------------------------------------------------------------------------- writes
+    others_new = any(v.present and v.status == "new" for v in views.values())
     for member in ctx.members:
-        view = views.get(member) or MemberView(member, "absent")
+        view = views.get(member) or MemberView(member=member, status="absent")
         if member in gone:
-            view = MemberView(member, "absent")
-        caps = ctx.caps[member]
-        mapping = ctx.mappings[member]
-        member_refs = ctx.refs.get(member)
+            view = MemberView(member=member, status="absent")
         if view.present:
-            current = view.current or {}
-            # a member that cannot update is checked in full, so that a write it could not
-            # take is reported again (and stays listed) whenever the record is looked at
-            must_check_all = (
-                view.dirty or view.status == "new" or view.last_seen is None or not caps.update
-            )
-            wanted = {
-                n
-                for n in mapping.writable
-                if n not in parked_now
-                and (must_check_all or n in base_changed)
-                and new_base.get(n) != current.get(n)
-                and not (n not in new_base and current.get(n) is None)
-                and not mapping.equivalent(n, new_base.get(n), current.get(n))
-            }
-            if member_refs is not None:
-                wanted |= member_refs.stale_fields(view.native, new_base) - parked_now
-            fields = sorted(wanted)
-            assign = key if view.provisional else None
-            if fields or assign:
-                if not caps.update:
-                    if fields:
-                        plan.skips.append(
-                            Skip(
-                                spec.name,
-                                member,
-                                key,
-                                f"{_type_of(ctx, member)} cannot update {spec.name}",
-                                shown,
-                            )
-                        )
-                    plan.links[member] = _keep(view, dirty=False)
-                    continue
-                values = {n: new_base.get(n) for n in fields}
-                if member_refs is not None and fields:
-                    values, missing = member_refs.render(values)
-                    if missing:
-                        plan.skips.append(
-                            Skip(
-                                spec.name,
-                                member,
-                                key,
-                                "waits: " + "; ".join(missing),
-                                shown,
-                                kind="deferred",
-                            )
-                        )
-                        plan.links[member] = _keep(view, dirty=True)
-                        continue
-                patch = mapping.to_native(values, fields) if fields else {}
-                full = mapping.apply_patch(view.native or {}, patch)
-                changes = {n: (current.get(n), new_base.get(n)) for n in fields}
-                plan.actions.append(
-                    Update(
-                        spec.name,
-                        member,
-                        key,
-                        view.native_id or "",
-                        changes,
-                        patch,
-                        full,
-                        assign_id=assign,
-                        read_hash=view.native_hash or "",
-                    )
-                )
-                # the link is finalised by the executor from what the member returns
-            elif view.status != "unchanged" or view.dirty:
-                plan.links[member] = _keep(view, dirty=False)
+            _plan_update(ctx, plan, view, new_base, base_changed, parked_now)
         elif view.status == "absent":
-            values = {
-                n: v for n, v in new_base.items() if n in mapping.writable and n not in parked_now
-            }
-            if not values or new_base.get(DELETED):
-                continue
-            if not caps.create:
-                if any(v.status == "new" for v in present.values()):
-                    # reported once, when the record first appears; not retried every run
-                    plan.skips.append(
-                        Skip(
-                            spec.name,
-                            member,
-                            key,
-                            f"{_type_of(ctx, member)} cannot create {spec.name}",
-                            shown,
-                        )
-                    )
-                continue
-            written = values
-            if member_refs is not None:
-                written, missing = member_refs.render(values)
-                if missing:
-                    plan.skips.append(
-                        Skip(
-                            spec.name,
-                            member,
-                            key,
-                            "waits: " + "; ".join(missing),
-                            shown,
-                            kind="deferred",
-                        )
-                    )
-                    continue
-            native = mapping.build_native(mapping.to_native(written))
-            plan.actions.append(Create(spec.name, member, key, values, native))
-    return plan
+            _plan_create(ctx, plan, member, new_base, parked_now, others_new)
+
+
+def _plan_update(
+    ctx: Context,
+    plan: KeyPlan,
+    view: MemberView,
+    new_base: Record,
+    base_changed: set[str],
+    parked_now: set[str],
+) -> None:
+    spec, member = ctx.entity, view.member
+    caps, mapping, member_refs = ctx.caps[member], ctx.mappings[member], ctx.refs.get(member)
+    current = view.current or {}
+    # a member that cannot update is checked in full, so that a write it could not take is
+    # reported again (and stays listed) whenever the record is looked at
+    must_check_all = view.dirty or view.status == "new" or view.last_seen is None or not caps.update
+    wanted = {
+        n
+        for n in mapping.writable
+        if n not in parked_now
+        and (must_check_all or n in base_changed)
+        and new_base.get(n) != current.get(n)
+        and not (n not in new_base and current.get(n) is None)
+        and not mapping.equivalent(n, new_base.get(n), current.get(n))
+    }
+    if member_refs is not None:
+        wanted |= member_refs.stale_fields(view.native, new_base) - parked_now
+    fields = sorted(wanted)
+    assign = plan.key if view.provisional else None
+    if not fields and not assign:
+        if view.status != "unchanged" or view.dirty:
+            plan.links[member] = _keep(view, dirty=False)
+        return
+    if not caps.update:
+        if fields:
+            plan.skips.append(
+                Skip(
+                    spec.name,
+                    member,
+                    plan.key,
+                    f"{_type_of(ctx, member)} cannot update {spec.name}",
+                    plan.label,
+                )
+            )
+        plan.links[member] = _keep(view, dirty=False)
+        return
+    values = {n: new_base.get(n) for n in fields}
+    if member_refs is not None and fields:
+        values, missing = member_refs.render(values)
+        if missing:
+            plan.skips.append(_waits(ctx, plan, member, missing))
+            plan.links[member] = _keep(view, dirty=True)
+            return
+    patch = mapping.to_native(values, fields) if fields else {}
+    full = mapping.apply_patch(view.native or {}, patch)
+    changes = {n: (current.get(n), new_base.get(n)) for n in fields}
+    plan.actions.append(
+        Update(
+            spec.name,
+            member,
+            plan.key,
+            view.native_id or "",
+            changes,
+            patch,
+            full,
+            assign_id=assign,
+            read_hash=view.native_hash or "",
+        )
+    )
+    # the link is finalised by the executor from what the member returns
+
+
+def _plan_create(
+    ctx: Context,
+    plan: KeyPlan,
+    member: str,
+    new_base: Record,
+    parked_now: set[str],
+    others_new: bool,
+) -> None:
+    spec, caps, mapping = ctx.entity, ctx.caps[member], ctx.mappings[member]
+    values = {n: v for n, v in new_base.items() if n in mapping.writable and n not in parked_now}
+    if not values or new_base.get(DELETED):
+        return
+    if not caps.create:
+        if others_new:
+            # reported once, when the record first appears; not retried every run
+            plan.skips.append(
+                Skip(
+                    spec.name,
+                    member,
+                    plan.key,
+                    f"{_type_of(ctx, member)} cannot create {spec.name}",
+                    plan.label,
+                )
+            )
+        return
+    written = values
+    member_refs = ctx.refs.get(member)
+    if member_refs is not None:
+        written, missing = member_refs.render(values)
+        if missing:
+            plan.skips.append(_waits(ctx, plan, member, missing))
+            return
+    native = mapping.build_native(mapping.to_native(written))
+    plan.actions.append(Create(spec.name, member, plan.key, values, native))
+
+
+def _waits(ctx: Context, plan: KeyPlan, member: str, missing: list[str]) -> Skip:
+    return Skip(
+        ctx.entity.name,
+        member,
+        plan.key,
+        "waits: " + "; ".join(missing),
+        plan.label,
+        kind="deferred",
+    )
 
 
 def _keep(view: MemberView, *, dirty: bool) -> LinkPlan:

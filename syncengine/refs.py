@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncengine import model
+from syncengine.display import label_of
 from syncengine.mapping import EntityMapping, FieldMapping
-from syncengine.plan import Create, EntityPlan
+from syncengine.plan import Create, EntityPlan, Update
 from syncengine.state import StateStore
 
 AMBIGUOUS = object()
@@ -126,6 +127,35 @@ class References:
             if not kp.new_key
             and any(isinstance(a, Create) and a.member == member for a in kp.actions)
         }
+
+    def label_targets(self, ent: EntityPlan) -> None:
+        """Name the records the planned actions of ``ent`` refer to (``ent.ref_labels``), for
+        the dry run to show: from this run's plan of the target where it has one, else from
+        the state."""
+        fields = model.ENTITIES[ent.entity].refs
+        wanted: dict[str, set[str]] = {}
+        for action in ent.actions:
+            if isinstance(action, Create):
+                values = [action.values]
+            elif isinstance(action, Update):
+                values = [
+                    {n: v for n, (_old, v) in action.changes.items()},
+                    {n: v for n, (v, _new) in action.changes.items()},
+                ]
+            else:
+                continue
+            for record in values:
+                for name, target in fields.items():
+                    if isinstance(record.get(name), str):
+                        wanted.setdefault(target, set()).add(record[name])
+        for target, keys in wanted.items():
+            plan = self.plans.get(target)
+            bases = {kp.key: kp.base_after for kp in plan.keys} if plan else {}
+            missing = [k for k in keys if k not in bases]
+            for key, state in self.store.load_records(self.pipeline, target, missing).items():
+                bases[key] = state.base
+            for key in keys:
+                ent.ref_labels[key] = label_of(bases.get(key), key)
 
     def for_member(self, member: str, mapping: EntityMapping) -> MemberRefs | None:
         if not mapping.refs:
@@ -264,6 +294,29 @@ class MemberRefs:
                 record[f.name] = key
         return problems
 
+    def snapshot(self) -> RefIndexes:
+        """Every reference field's index, built now, as plain data for planning (reconcile
+        reads no state)."""
+        return RefIndexes(
+            self.member,
+            self.mapping,
+            tuple(self.fields),
+            {f.name: self._index(f) for f in self.fields},
+        )
+
+
+@dataclass(frozen=True)
+class RefIndexes:
+    """How one member shows the references of one entity, as plain data: per reference
+    field, the index of the records it refers to. Planning uses it without touching the
+    state store."""
+
+    member: str
+    mapping: EntityMapping
+    fields: tuple[_Field, ...]
+    indexes: Mapping[str, _Index]
+    """reference field -> the index of its target as this member shows it."""
+
     def stale_fields(self, native: Mapping[str, Any] | None, values: Mapping[str, Any]) -> set[str]:
         """The reference fields whose native value differs from what ``values`` would show
         (the customer's e-mail changed since the row was written, or the customer was
@@ -275,7 +328,7 @@ class MemberRefs:
             key = values.get(f.name)
             if key is None or f.mapping is None or f.name not in self.mapping.writable:
                 continue
-            want = self._index(f).back.get(key)
+            want = self.indexes[f.name].back.get(key)
             if want is not None and want not in self._shown(f, native):
                 out.add(f.name)
         return out
@@ -291,7 +344,6 @@ class MemberRefs:
                 return [raw]
         return f.candidates(raw)
 
-    # ---------------------------------------------------------------------------- writing
     def render(
         self, values: Mapping[str, Any], fields: Iterable[str] | None = None
     ) -> tuple[dict[str, Any], list[str]]:
@@ -306,7 +358,7 @@ class MemberRefs:
             key = out[f.name]
             if key is None:
                 continue
-            native = self._index(f).back.get(key)
+            native = self.indexes[f.name].back.get(key)
             if native is None:
                 if f.ref_by is None:
                     missing.append(f"its {f.name} is not on {self.member} yet")
@@ -318,10 +370,3 @@ class MemberRefs:
                 continue
             out[f.name] = native
         return out, missing
-
-    def label(self, name: str, key: Any) -> Any:
-        """How this member shows a reference value (for messages)."""
-        for f in self.fields:
-            if f.name == name:
-                return self._index(f).back.get(key, key)
-        return key

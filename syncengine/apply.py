@@ -1,0 +1,438 @@
+"""Apply and commit: an entity's plan carried out through the write-ahead journal.
+
+The plan's keys go in batches of ``batch_size``. For each batch:
+
+1. the batch's intents are committed (``pending``) before any member is called; a record
+   new to the hub is stored with the links it already has, dirty where it is being written;
+2. the actions run (bounded concurrency for members that write through);
+3. one transaction commits the outcomes: links, last-seen versions, the base, and the
+   intents that are settled.
+
+Members that buffer writes (a spreadsheet file) make them durable in ``flush``, after the
+last batch. The state of a key such a member writes is committed only after the flush
+succeeded; a failed write marks the member's link dirty, so the next run writes it again
+instead of forgetting it. When an intent counts as finished is decided in one place,
+``Write.finish``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from syncengine import model
+from syncengine.config import Pipeline
+from syncengine.connector import NativeRecord, check_allowed
+from syncengine.errors import AuthError, ConnectorError, RecordError, SyncEngineError
+from syncengine.member import Member, canonical_of
+from syncengine.plan import Action, Create, Delete, Issue, KeyPlan, LinkPlan, Update
+from syncengine.read import ProgressFn
+from syncengine.recovery import intent_payload
+from syncengine.result import EntityOutcome
+from syncengine.state import StateStore, Tx
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Write:
+    """One planned action on its way: journalled as an intent, performed, finished."""
+
+    action: Action
+    member: Member
+    intent_id: int = 0
+    result: NativeRecord | None = None
+    """What the member answered (None for a delete, or a write it did not echo)."""
+    error: Exception | None = None
+    finished: bool = False
+
+    def native_id(self) -> str | None:
+        if self.result is not None:
+            return self.result.id
+        if isinstance(self.action, Update | Delete):
+            return self.action.native_id
+        return None
+
+    def finish(self, *, committed: bool) -> dict[str, Any] | None:
+        """The journal row that finishes this write's intent, or None while it stays
+        pending (or was finished already).
+
+        A failed write is finished at once. A create on a member that writes through is
+        done as soon as it was made: its link is committed with the batch, so a crash now
+        cannot create it twice. Any other write is done once its key's state is committed
+        (``committed``): with the batch where no buffered member writes the key, else after
+        the flush. Until then an update stays pending, so that recovery knows the member
+        may hold our values.
+        """
+        if self.finished:
+            return None
+        if self.error is not None:
+            row: dict[str, Any] = {"state": "failed", "error": str(self.error)}
+        elif committed or (isinstance(self.action, Create) and not self.member.buffered):
+            row = {"state": "done", "native_id": self.native_id()}
+        else:
+            return None
+        self.finished = True
+        return {"id": self.intent_id, **row}
+
+
+@dataclass
+class KeyWrites:
+    """One key's plan with the writes of its actions, in the plan's order."""
+
+    plan: KeyPlan
+    writes: list[Write]
+
+    @property
+    def buffered(self) -> set[str]:
+        """The members writing this key that buffer their writes."""
+        return {w.action.member for w in self.writes if w.member.buffered}
+
+
+class StateWrites:
+    """State changes of one batch, sent as a few bulk statements instead of one per record."""
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+        self.records: list[dict[str, Any]] = []
+        self.links: list[dict[str, Any]] = []
+        self.unlinks: list[tuple[str, str, str, str]] = []
+        self.dirty: list[tuple[str, str, str, set[str] | None]] = []
+        self.conflicts: list[tuple[Any, ...]] = []
+        self.deleted: list[tuple[str, str, str]] = []
+        self.skips: list[tuple[str, str, str, dict[str, str]]] = []
+        self.finished: list[dict[str, Any]] = []
+
+    def put_record(self, pipeline: str, entity: str, key: str, base: model.Record) -> None:
+        self.records.append({"pipeline": pipeline, "entity": entity, "key": key, "base": base})
+
+    def put_link(
+        self,
+        pipeline: str,
+        entity: str,
+        key: str,
+        member: str,
+        *,
+        native_id: str | None,
+        native_hash: str | None,
+        last_seen: model.Record | None,
+        dirty: bool = False,
+        tombstone: bool = False,
+    ) -> None:
+        self.links.append(
+            {
+                "pipeline": pipeline,
+                "entity": entity,
+                "key": key,
+                "member": member,
+                "native_id": native_id,
+                "native_hash": native_hash,
+                "last_seen": last_seen,
+                "dirty": dirty,
+                "tombstone": tombstone,
+            }
+        )
+
+    def finish(self, key: KeyWrites, *, committed: bool) -> None:
+        """Finish the intents of ``key`` that are settled (see ``Write.finish``)."""
+        for w in key.writes:
+            row = w.finish(committed=committed)
+            if row is not None:
+                self.finished.append(row)
+
+    def flush(self) -> None:
+        tx = self.tx
+        if self.records:
+            tx.put_records(self.records)
+        for unlink in self.unlinks:
+            tx.delete_link(*unlink)
+        if self.links:
+            tx.put_links(self.links)
+        for pipeline, entity, key, members in self.dirty:
+            tx.set_dirty(pipeline, entity, key, members)
+        for conflict in self.conflicts:
+            tx.add_conflict(*conflict)
+        for deleted in self.deleted:
+            tx.delete_record(*deleted)
+        for skip in self.skips:
+            tx.set_skips(*skip)
+        if self.finished:
+            tx.finish_intents(self.finished)
+
+
+class EntityApply:
+    """Carries out one entity's plan: journal, perform, commit, flush."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        pipeline: Pipeline,
+        members: Sequence[Member],
+        outcome: EntityOutcome,
+        run_id: str,
+        progress: ProgressFn,
+    ) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.by_name = {m.name: m for m in members}
+        self.outcome = outcome
+        self.ent = outcome.plan
+        self.run_id = run_id
+        self.progress = progress
+
+    def run(self, stop: threading.Event | None = None) -> bool:
+        """Apply every batch (until ``stop`` is set: the batches applied so far are flushed
+        and committed as at a normal end). Returns False when it stopped early."""
+        batch_size = self.pipeline.section.batch_size
+        deferred: list[KeyWrites] = []
+        buffered_used: set[str] = set()
+        done = 0
+        stopped = False
+        for batch in _chunks(self.ent.keys, batch_size):
+            if stop is not None and stop.is_set():
+                stopped = True  # finish like a normal end: flush, commit, then stop
+                break
+            keys = [
+                KeyWrites(kp, [Write(a, self.by_name[a.member]) for a in kp.actions])
+                for kp in batch
+            ]
+            self._journal(keys)
+            _execute([w for k in keys for w in k.writes])
+            deferred += self._commit_batch(keys)
+            buffered_used |= {name for k in keys for name in k.buffered}
+            done += len(batch)
+            self.progress(f"applying {self.ent.entity}", done, len(self.ent.keys))
+        flush_errors = self._flush(buffered_used)
+        for chunk in _chunks(deferred, batch_size):
+            with self.store.transaction() as tx:
+                writes = StateWrites(tx)
+                for key in chunk:
+                    for w in key.writes:
+                        if w.error is None and w.action.member in flush_errors:
+                            w.error = flush_errors[w.action.member]
+                    self._commit_key(writes, key)
+                    writes.finish(key, committed=True)
+                writes.flush()
+        for kp in self.ent.keys[:done]:
+            for a in kp.actions:
+                counts = self.outcome.applied.setdefault(a.member, {})
+                counts[a.op] = counts.get(a.op, 0) + 1
+        return not stopped
+
+    def _journal(self, keys: list[KeyWrites]) -> None:
+        """Step 1: commit the batch's intents before any member is called."""
+        writes = [(k.plan, w) for k in keys for w in k.writes]
+        if not writes:
+            return
+        p, e = self.pipeline.name, self.ent.entity
+        with self.store.transaction() as tx:
+            early = StateWrites(tx)
+            for k in keys:
+                kp = k.plan
+                if kp.new_key and kp.actions and kp.prior:
+                    early.put_record(p, e, kp.key, kp.base_after or {})
+                    writing = {a.member for a in kp.actions}
+                    for lp in kp.prior.values():
+                        # dirty until its write is confirmed: if we die first, the next run
+                        # still owes this member the merged values
+                        early.put_link(
+                            p,
+                            e,
+                            kp.key,
+                            lp.member,
+                            native_id=lp.native_id,
+                            native_hash=lp.native_hash,
+                            last_seen=lp.last_seen,
+                            dirty=lp.member in writing,
+                        )
+            early.flush()
+            ids = tx.add_intents(
+                [
+                    {
+                        "run_id": self.run_id,
+                        "pipeline": p,
+                        "entity": e,
+                        "key": kp.key,
+                        "member": w.action.member,
+                        "op": w.action.op,
+                        "payload": intent_payload(w.action, kp),
+                    }
+                    for kp, w in writes
+                ]
+            )
+        for (_kp, w), intent_id in zip(writes, ids, strict=True):
+            w.intent_id = intent_id
+
+    def _commit_batch(self, keys: list[KeyWrites]) -> list[KeyWrites]:
+        """Step 3: commit what the batch did. Keys a buffered member writes wait for its
+        flush (returned); records they created on write-through members are made durable
+        at once, so a crash now cannot lead to creating them twice."""
+        deferred = []
+        with self.store.transaction() as tx:
+            writes = StateWrites(tx)
+            for key in keys:
+                if key.buffered:
+                    self._commit_created(writes, key)
+                    deferred.append(key)
+                else:
+                    self._commit_key(writes, key)
+                writes.finish(key, committed=not key.buffered)
+            writes.flush()
+        return deferred
+
+    def _flush(self, members: set[str]) -> dict[str, Exception]:
+        """Make the buffered members' writes durable; member -> why its flush failed."""
+        errors: dict[str, Exception] = {}
+        for name in sorted(members):
+            try:
+                self.by_name[name].connector.flush(self.ent.entity)
+            except SyncEngineError as exc:
+                errors[name] = exc
+                self.outcome.failures.append(
+                    Issue(self.ent.entity, name, "", f"nothing written: {exc}")
+                )
+        return errors
+
+    def _commit_created(self, tx: StateWrites, key: KeyWrites) -> None:
+        created = [
+            w
+            for w in key.writes
+            if isinstance(w.action, Create) and not w.member.buffered and w.result is not None
+        ]
+        if not created:
+            return
+        kp = key.plan
+        tx.put_record(self.pipeline.name, kp.entity, kp.key, kp.base_after or kp.base_before or {})
+        for w in created:
+            assert w.result is not None
+            tx.put_link(
+                self.pipeline.name,
+                kp.entity,
+                kp.key,
+                w.action.member,
+                native_id=w.result.id,
+                native_hash=w.result.native_hash(),
+                last_seen=canonical_of(w.member.mapping, w.result, w.member.refs),
+            )
+
+    def _commit_key(self, tx: StateWrites, key: KeyWrites) -> None:
+        """The key's state after its writes: the base, a link per member (from what each
+        member answered), dirty links where a write failed, skips and parked conflicts."""
+        kp = key.plan
+        p, e = self.pipeline.name, kp.entity
+        failed_members: set[str] = set()
+        links: dict[str, LinkPlan] = dict(kp.links)
+        for w in key.writes:
+            a = w.action
+            if w.error is not None:
+                failed_members.add(a.member)
+                where = a.native_id if isinstance(a, Update | Delete) else a.key
+                self.outcome.failures.append(
+                    Issue(e, a.member, f"{kp.label} ({where})", f"{a.op} failed: {w.error}")
+                )
+                continue
+            if isinstance(a, Delete):
+                links[a.member] = LinkPlan(a.member, None, None, None, remove=True)
+                continue
+            rec = w.result
+            if isinstance(a, Create):
+                if rec is None:
+                    continue
+                data, native_id = rec.data, rec.id
+            else:
+                data = rec.data if rec else a.full
+                native_id = rec.id if rec else (a.assign_id or a.native_id)
+            written = NativeRecord(native_id, data)
+            links[a.member] = LinkPlan(
+                a.member,
+                native_id,
+                written.native_hash(),
+                canonical_of(w.member.mapping, written, w.member.refs),
+            )
+
+        if kp.base_after is None or (kp.purge and not failed_members):
+            tx.deleted.append((p, e, kp.key))
+            return
+        tx.put_record(p, e, kp.key, kp.base_after)
+        for name, lp in links.items():
+            if lp.remove:
+                tx.unlinks.append((p, e, kp.key, name))
+            else:
+                tx.put_link(
+                    p,
+                    e,
+                    kp.key,
+                    name,
+                    native_id=lp.native_id,
+                    native_hash=lp.native_hash,
+                    last_seen=lp.last_seen,
+                    dirty=lp.dirty,
+                    tombstone=lp.tombstone,
+                )
+        if failed_members:
+            tx.dirty.append((p, e, kp.key, failed_members))
+        if kp.skips or kp.key in self.ent.skipped_before:
+            tx.skips.append((p, e, kp.key, {s.member: s.reason for s in kp.skips}))
+        for c in kp.conflicts:
+            if c.winner is None:
+                tx.conflicts.append((p, e, kp.key, c.field, c.values, c.base_value))
+
+
+def _execute(writes: list[Write]) -> None:
+    """Step 2: perform the writes, recording each one's answer or error on it. Members that
+    write through run with their ``concurrency``; buffered members run in order. Refused
+    credentials stop the run."""
+
+    def run(w: Write) -> None:
+        try:
+            w.result = _perform(w.member, w.action)
+        except AuthError:
+            raise
+        except (ConnectorError, RecordError) as exc:
+            w.error = exc
+
+    through = [w for w in writes if not w.member.buffered]
+    workers = max(
+        (int(getattr(w.member.connector.options, "concurrency", 1)) for w in through), default=1
+    )
+    if workers > 1 and len(through) > 1:
+        # the writers' log lines carry the run's context (pipeline, run id) too
+        context = contextvars.copy_context()
+
+        def call(w: Write) -> None:
+            context.copy().run(run, w)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(call, through))
+    else:
+        for w in through:
+            run(w)
+    for w in writes:
+        if w.member.buffered:
+            run(w)
+
+
+def _perform(member: Member, action: Action) -> NativeRecord | None:
+    conn = member.connector
+    check_allowed(conn, action.entity, "update" if isinstance(action, Update) else action.op)
+    if isinstance(action, Create):
+        return conn.create(action.entity, action.native, key=action.key)
+    if isinstance(action, Update):
+        return conn.update(
+            action.entity,
+            action.native_id,
+            action.patch,
+            full=action.full,
+            new_id=action.assign_id,
+        )
+    conn.delete(action.entity, action.native_id)
+    return None
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])

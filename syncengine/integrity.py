@@ -1,0 +1,166 @@
+"""Integrity: what keeps the hub whole across entities and against mass deletes.
+
+- **Users of a record**: records of other entities that refer to it (an invoice's customer).
+  A record is not deleted while it has users; its delete *waits* (``KeyPlan.waiting``), and
+  after the run either goes ahead (the users are gone too) or is undone: the record is given
+  back to the members that deleted it (``settle_waiting_deletes``).
+- **Delete guards**: a member that suddenly lists nothing, or a plan deleting more than
+  ``max_fraction`` of a member's linked records, stops the entity with nothing written.
+- **Stale references**: records that show a reference this run changed (a customer's new
+  e-mail, a new id) need rewriting, so they are looked at even if nothing else changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import structlog
+
+from syncengine import model
+from syncengine.config import Pipeline
+from syncengine.member import Member
+from syncengine.plan import Delete, EntityPlan
+from syncengine.read import MemberRead
+from syncengine.refs import References
+from syncengine.state import StateStore
+
+log = structlog.get_logger("syncengine.engine")
+
+
+def count_users(
+    store: StateStore,
+    pipeline: Pipeline,
+    entity: str,
+    leaving: frozenset[tuple[str, str]] = frozenset(),
+) -> dict[str, int]:
+    """key of ``entity`` -> how many hub records of other entities refer to it, in their
+    base or in what any member holds (a member that could not take a re-pointing, or keeps
+    a record it cannot delete, still refers to the old one). Records in ``leaving``
+    ((entity, key) pairs on their way out) keep nothing alive."""
+    users: dict[str, int] = {}
+    for other in pipeline.entities:
+        names = [n for n, target in model.ENTITIES[other].refs.items() if target == entity]
+        if not names or other == entity:
+            continue
+        for rs in store.iter_records(pipeline.name, other):
+            if (other, rs.key) in leaving:
+                continue
+            held = [
+                ln.last_seen
+                for ln in rs.links.values()
+                if ln.native_id and not ln.tombstone and ln.last_seen
+            ]
+            if rs.base.get(model.DELETED) and not held:
+                continue
+            values = {record.get(name) for record in (rs.base, *held) for name in names}
+            for value in values:
+                if isinstance(value, str):
+                    users[value] = users.get(value, 0) + 1
+    return users
+
+
+def users_if_deleting(
+    store: StateStore, pipeline: Pipeline, entity: str, reads: Mapping[str, MemberRead]
+) -> dict[str, int] | None:
+    """The users of this entity's records, counted only when some member dropped one of
+    them (None otherwise: nothing is being deleted, so nothing needs to wait)."""
+    if not pipeline.section.deletes.propagate or not any(r.gone for r in reads.values()):
+        return None
+    return count_users(store, pipeline, entity)
+
+
+def settle_waiting_deletes(
+    store: StateStore, pipeline: Pipeline, plans: Sequence[EntityPlan]
+) -> None:
+    """After every entity of the run: a delete that waited for the records referring to
+    it is left to go ahead next run if they are gone now; if they stay, the record is
+    given back to the members that deleted it (its link there is dropped, so the next run
+    re-creates it): records referring to it must never dangle, and nothing waits forever.
+    """
+    # records whose own delete waits are on their way out: they keep nothing alive
+    leaving = frozenset((ent.entity, kp.key) for ent in plans for kp in ent.keys if kp.waiting)
+    for ent in plans:
+        waiting = [kp for kp in ent.keys if kp.waiting]
+        if not waiting or ent.guard:
+            continue
+        users = count_users(store, pipeline, ent.entity, leaving)
+        restore = [kp for kp in waiting if users.get(kp.key)]
+        if not restore:
+            continue
+        with store.transaction() as tx:
+            for kp in restore:
+                for member in sorted(kp.waiting):
+                    tx.delete_link(pipeline.name, ent.entity, kp.key, member)
+        log.info(
+            "deleted records still referred to are restored next run",
+            entity=ent.entity,
+            records=len(restore),
+        )
+
+
+def empty_member_guard(entity: str, reads: Mapping[str, MemberRead]) -> str | None:
+    """The guard's message when a member listed no record of the entity though records are
+    linked to it (a wrong path, refused credentials), else None."""
+    for name, r in reads.items():
+        if r.count == 0 and r.linked > 0 and r.complete:
+            return (
+                f"{name} returned no {entity} but {r.linked} are linked to "
+                "it; refusing to treat that as deleting them all (check the "
+                "member's path/credentials, or run `syncengine sync "
+                "--allow-mass-delete` if they really are gone)"
+            )
+    return None
+
+
+def mass_delete_guard(
+    pipeline: Pipeline, ent: EntityPlan, reads: Mapping[str, MemberRead]
+) -> str | None:
+    """The guard's message when the plan deletes at least ``min_count`` and more than
+    ``max_fraction`` of the records linked on a member, else None."""
+    rules = pipeline.section.deletes
+    deletes: dict[str, int] = {}
+    for action in ent.actions:
+        if isinstance(action, Delete):
+            deletes[action.member] = deletes.get(action.member, 0) + 1
+    for member, count in deletes.items():
+        linked = reads[member].linked
+        if count >= max(rules.min_count, 1) and count > rules.max_fraction * linked:
+            return (
+                f"{count} of {linked} linked {ent.entity} would be deleted on "
+                f"{member} (more than max_fraction = {rules.max_fraction}); "
+                "nothing was written. If that is intended, run with "
+                "--allow-mass-delete or raise [pipelines.deletes] max_fraction"
+            )
+    return None
+
+
+def stale_references(
+    store: StateStore,
+    pipeline: Pipeline,
+    entity: str,
+    members: Sequence[Member],
+    refs: References,
+) -> set[str]:
+    """Records whose reference, as a member shows it, this run changed: by a human key
+    (an invoice row's Customer Email, after the customer's email changed), or by an id
+    (a customer re-created on a member gets a new id there). They need rewriting."""
+    changed: dict[str, set[str]] = {}
+    for member in members:
+        if member.refs is None:
+            continue
+        for f in member.refs.fields:
+            if f.mapping is None:
+                continue
+            if f.ref_by is not None:
+                keys = refs.changed(f.target, f.ref_by)
+            else:
+                keys = refs.created(f.target, member.name)
+            if keys:
+                changed.setdefault(f.name, set()).update(keys)
+    if not changed:
+        return set()
+    return {
+        key
+        for key, base in store.iter_bases(pipeline.name, entity)
+        if any(base.get(name) in keys for name, keys in changed.items())
+    }

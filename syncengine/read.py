@@ -1,0 +1,320 @@
+"""Read: what each member holds of one entity, and what it means for the hub (detect).
+
+A member's read is streamed record by record; each record is *observed* against the member's
+link table: unchanged (its native hash is the one last seen: not even mapped), changed, new
+(no link yet: to be matched), or blocked (unreadable: reported, its hub record left alone).
+Linked records the read did not list are gone (complete read) or unseen (partial read).
+``member_views`` then turns the reads into each member's ``MemberView`` of one hub record,
+the input of reconcile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import structlog
+
+from syncengine.connector import NativeData, NativeRecord, ReadPass
+from syncengine.errors import NotFoundError, RecordError
+from syncengine.match import Observed
+from syncengine.member import Member
+from syncengine.plan import EntityPlan, Issue
+from syncengine.reconcile import MemberView
+from syncengine.state import RecordState, StateStore
+
+log = structlog.get_logger("syncengine.engine")
+
+ProgressFn = Callable[[str, int, int | None], None]
+"""(what, done, total or None) — called while reading and applying."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """A linked record read with the native hash last seen: no need to map it again."""
+
+    native_id: str
+    native: NativeData
+    native_hash: str
+
+
+@dataclass
+class MemberRead:
+    """What one member's read of one entity produced."""
+
+    changed: dict[str, Observed] = field(default_factory=dict)
+    """key -> the linked record, changed since last seen."""
+    unchanged: dict[str, Unchanged] = field(default_factory=dict)
+    new: list[Observed] = field(default_factory=list)
+    """Records the member holds that are linked to no hub record yet."""
+    gone: dict[str, str] = field(default_factory=dict)
+    """key -> native_id of records linked but no longer there (complete reads only)."""
+    unseen: dict[str, str] = field(default_factory=dict)
+    """key -> native_id of records linked but not listed by a partial read: unchanged since
+    the read mark, not gone."""
+    blocked: set[str] = field(default_factory=set)
+    """Keys whose record on this member could not be read or resolved: left alone."""
+    linked: int = 0
+    """How many records the member had linked before this read."""
+    count: int = 0
+    """How many records the read listed."""
+    read_pass: ReadPass | None = None
+    """The incremental pass this entity was read with (None: a plain ``read``)."""
+    reread: bool = False
+    """A record the partial read did not list turned out to be missing: the read mark is
+    dropped once the entity is committed, so that the next read is complete (and sees it
+    gone)."""
+
+    @property
+    def complete(self) -> bool:
+        """False for an incremental pass that listed only what changed since the read mark."""
+        return self.read_pass is None or self.read_pass.complete
+
+
+def read_member(
+    store: StateStore,
+    pipeline: str,
+    entity: str,
+    member: Member,
+    ent: EntityPlan,
+    progress: ProgressFn,
+) -> MemberRead:
+    """Read the member's records of ``entity`` and sort them by what changed since the
+    member was last seen. Record-level problems are added to ``ent.issues``.
+
+    The read is an incremental pass where the member offers one (a dry run may read that
+    way too; only a committed sync stores the mark the next pass starts from). Linked
+    records missing from a complete read are gone, unless the member also had unreadable
+    records (one of them may be it): then they are blocked and reported.
+    """
+    index = store.link_index(pipeline, entity, member.name)
+    rp = member.connector.read_incremental(entity, store.read_mark(pipeline, entity, member.name))
+    out = MemberRead(linked=len(index), read_pass=rp)
+    seen: set[str] = set()
+    what = f"reading {member.name} {entity}"
+    for rec in member.connector.read(entity) if rp is None else rp.records:
+        out.count += 1
+        if out.count % 1000 == 0:
+            progress(what, out.count, None)
+        linked = None if rec.provisional else index.get(rec.id)
+        if linked is not None:
+            seen.add(rec.id)
+            observe(entity, member, ent, out, rec, *linked)
+        else:
+            observe(entity, member, ent, out, rec, None, None)
+    if out.complete:
+        _note_gone(entity, member, ent, out, index, seen)
+    else:
+        _note_unseen(entity, member, ent, out, index, seen)
+        log.info(
+            "read incrementally",
+            member=member.name,
+            entity=entity,
+            read=out.count,
+            unseen=len(out.unseen),
+        )
+    progress(what, out.count, out.count)
+    return out
+
+
+def _note_unseen(
+    entity: str,
+    member: Member,
+    ent: EntityPlan,
+    out: MemberRead,
+    index: Mapping[str, tuple[str, str | None]],
+    seen: set[str],
+) -> None:
+    """A partial pass lists only what changed since the mark: a linked record missing from
+    it is unchanged, not gone. One whose hash is unknown (linked by recovery) cannot be
+    vouched for, so it is fetched and looked at like a listed one."""
+    for native_id, (key, known_hash) in index.items():
+        if native_id in seen:
+            continue
+        if known_hash is None:
+            fetch_unseen(entity, member, ent, out, key, native_id, known_hash)
+        else:
+            out.unseen[key] = native_id
+
+
+def _note_gone(
+    entity: str,
+    member: Member,
+    ent: EntityPlan,
+    out: MemberRead,
+    index: Mapping[str, tuple[str, str | None]],
+    seen: set[str],
+) -> None:
+    """A linked record missing from a complete read is gone, unless the member had
+    unreadable records: one of them may be it (a Sync ID pasted over another), and deleting
+    it elsewhere could lose data, so every missing one waits, reported."""
+    for native_id, (key, _hash) in index.items():
+        if native_id not in seen:
+            out.gone[key] = native_id
+    unreadable = sum(1 for i in ent.issues if i.member == member.name)
+    if out.gone and unreadable:
+        ent.issues.append(
+            Issue(
+                entity,
+                member.name,
+                member.name,
+                f"{len(out.gone)} linked {entity} are missing from {member.name}; they are "
+                f"not treated as deleted while it has {unreadable} unreadable record(s) — fix "
+                "those and sync again",
+            )
+        )
+        out.blocked.update(out.gone)
+        out.gone = {}
+
+
+def observe(
+    entity: str,
+    member: Member,
+    ent: EntityPlan,
+    out: MemberRead,
+    rec: NativeRecord,
+    key: str | None,
+    known_hash: str | None,
+) -> None:
+    """Detect what one record read from the member is: unchanged, changed, new, or
+    blocked (unreadable: reported, its hub record left alone). ``key`` is the hub record it
+    is linked to (None: not linked), ``known_hash`` its native hash when last seen."""
+    if rec.error:
+        _block(entity, member, ent, out, rec, key, rec.error)
+        return
+    digest = rec.native_hash()
+    if key is not None and known_hash == digest:
+        out.unchanged[key] = Unchanged(rec.id, rec.data, digest)
+        return
+    try:
+        canonical = member.mapping.to_canonical(rec.data, location=rec.location)
+    except RecordError as exc:
+        _block(entity, member, ent, out, rec, key, str(exc))
+        return
+    if member.refs is not None:
+        unresolved = member.refs.resolve(canonical)
+        if unresolved:
+            _block(entity, member, ent, out, rec, key, "; ".join(unresolved))
+            return
+    obs = Observed(member.name, rec, canonical, digest, out.count)
+    if key is None:
+        out.new.append(obs)
+    else:
+        out.changed[key] = obs
+
+
+def _block(
+    entity: str,
+    member: Member,
+    ent: EntityPlan,
+    out: MemberRead,
+    rec: NativeRecord,
+    key: str | None,
+    why: str,
+) -> None:
+    ent.issues.append(Issue(entity, member.name, rec.location, why))
+    if key is not None:
+        out.blocked.add(key)
+
+
+def fetch_unseen(
+    entity: str,
+    member: Member,
+    ent: EntityPlan,
+    out: MemberRead,
+    key: str,
+    native_id: str,
+    known_hash: str | None,
+) -> None:
+    """Read one linked record a partial pass did not list, by id, and look at it as if
+    it had been listed. One the member no longer has is left alone (``blocked``), and the
+    member's next read is a complete one, which says whether it is gone."""
+    out.unseen.pop(key, None)
+    try:
+        rec = member.connector.get(entity, native_id)
+    except NotFoundError:
+        rec = None
+    if rec is None or rec.id != native_id:
+        # gone, most likely; but only a complete pass tells deletes (a get that finds
+        # nothing may be a wrong route), so it waits for the next read, a complete one
+        out.blocked.add(key)
+        out.reread = True
+        return
+    observe(entity, member, ent, out, rec, key, known_hash)
+
+
+def member_views(
+    key: str,
+    rs: RecordState | None,
+    reads: Mapping[str, MemberRead],
+    group: Mapping[str, Observed],
+    members: list[Member],
+) -> dict[str, MemberView]:
+    """Each member's side of hub record ``key`` (``rs``: its state, None when it is new to
+    the hub; ``group``: the new records matched to it this run)."""
+    return {m.name: _view(m.name, key, rs, reads[m.name], group) for m in members}
+
+
+def _view(
+    name: str,
+    key: str,
+    rs: RecordState | None,
+    r: MemberRead,
+    group: Mapping[str, Observed],
+) -> MemberView:
+    link = rs.links.get(name) if rs else None
+    dirty = bool(link and link.dirty)
+    last_seen = link.last_seen if link else None
+    if key in r.blocked:
+        return MemberView(member=name, status="blocked")
+    if name in group:
+        return _observed_view(group[name], "new", None, dirty)
+    if key in r.changed:
+        return _observed_view(r.changed[key], "changed", last_seen, dirty)
+    if key in r.unchanged:
+        same = r.unchanged[key]
+        return MemberView(
+            member=name,
+            status="unchanged",
+            native_id=same.native_id,
+            current=last_seen,
+            last_seen=last_seen,
+            native=same.native,
+            native_hash=same.native_hash,
+            dirty=dirty,
+        )
+    if key in r.unseen:
+        # not listed by a partial read: unchanged since it was last seen, which is all we
+        # know of it (no native record: an update fetches it first)
+        return MemberView(
+            member=name,
+            status="unchanged",
+            native_id=r.unseen[key],
+            current=last_seen,
+            last_seen=last_seen,
+            native_hash=link.native_hash if link else None,
+            dirty=dirty,
+        )
+    if key in r.gone:
+        return MemberView(member=name, status="gone", native_id=r.gone[key], last_seen=last_seen)
+    if link is not None and link.tombstone:
+        return MemberView(member=name, status="tombstone")
+    return MemberView(member=name, status="absent", dirty=dirty)
+
+
+def _observed_view(
+    obs: Observed, status: str, last_seen: dict[str, object] | None, dirty: bool
+) -> MemberView:
+    rec = obs.record
+    return MemberView(
+        member=obs.member,
+        status="new" if status == "new" else "changed",
+        native_id=rec.id,
+        current=obs.canonical,
+        last_seen=last_seen,
+        native=rec.data,
+        native_hash=obs.native_hash,
+        provisional=rec.provisional if status == "new" else False,
+        dirty=dirty,
+        location=rec.location,
+    )
