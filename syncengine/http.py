@@ -19,6 +19,9 @@
   by ``***`` in every message and log line this module produces (``syncengine.redact``; its
   ``Redactor`` is re-exported here);
 - counters (``stats``) for benchmarks and metrics.
+
+``connector_client`` builds the client of an HTTP connector (default headers, options, test
+hooks) the same way for every connector.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
 
+from syncengine import __version__
 from syncengine.errors import (
     AuthError,
     FatalConnectorError,
@@ -46,6 +50,9 @@ from syncengine.errors import (
 )
 from syncengine.redact import Redactor
 
+if TYPE_CHECKING:
+    from syncengine.connector import ConnectorContext
+
 __all__ = [
     "RETRY_STATUSES",
     "HttpClient",
@@ -54,6 +61,7 @@ __all__ = [
     "RateLimiter",
     "Redactor",
     "array_params",
+    "connector_client",
     "error_message",
     "parse_retry_after",
 ]
@@ -567,3 +575,48 @@ class HttpClient:
             location = response.headers.get("location", "")
             reason = f"{reason} (unexpected redirect to {location or 'nowhere'})"
         return self._fail(FatalConnectorError, method, path, reason)
+
+
+# ------------------------------------------------------------------------------ connectors
+
+
+def connector_client(
+    context: ConnectorContext,
+    base_url: str,
+    *,
+    headers: Mapping[str, str],
+    timeout: float,
+    max_retries: int,
+    rate_limit: float,
+    secrets: Iterable[str] = (),
+) -> HttpClient:
+    """The ``HttpClient`` of an HTTP connector, built the one way every connector builds it.
+
+    ``headers`` come after ``Accept: application/json`` and syncengine's ``User-Agent`` (and
+    may override them). A ``rate_limit`` of 0 turns the client-side limit off. The client
+    redacts ``secrets`` and the context's secrets, and is named after the connector. The
+    context's test hooks are honoured: ``extra["transport"]`` (an ``httpx.BaseTransport``,
+    e.g. ``httpx.MockTransport`` or an in-process sandbox; anything else is a
+    ``FatalConnectorError``) and ``extra["sleep"]`` (replaces ``time.sleep``).
+    """
+    transport = context.extra.get("transport")
+    if transport is not None and not isinstance(transport, httpx.BaseTransport):
+        raise FatalConnectorError(
+            "context.extra['transport'] must be an httpx.BaseTransport", connector=context.name
+        )
+    sleep: Callable[[float], None] = context.extra.get("sleep", time.sleep)
+    return HttpClient(
+        base_url,
+        headers={
+            "Accept": "application/json",
+            "User-Agent": f"syncengine/{__version__}",
+            **headers,
+        },
+        timeout=timeout,
+        max_retries=max_retries,
+        rate_limit=rate_limit or None,
+        transport=transport,
+        secrets=(*secrets, *context.secrets),
+        name=context.name,
+        sleep=sleep,
+    )

@@ -43,15 +43,12 @@ backoff and rate limiting).
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
-import httpx
 from pydantic import Field, SecretStr, field_validator
 
-from syncengine import __version__
 from syncengine.connector import (
     Capabilities,
     Connector,
@@ -74,7 +71,7 @@ from syncengine.connectors.housecallpro.jobs import (
 )
 from syncengine.connectors.housecallpro.paging import Pager
 from syncengine.errors import FatalConnectorError
-from syncengine.http import HttpClient, is_html
+from syncengine.http import connector_client, is_html
 
 CUSTOMERS = "customers"
 ENTITIES = (CUSTOMERS, JOBS, INVOICES, PAYMENTS)
@@ -136,29 +133,17 @@ class HousecallProConnector(Connector):
             options = HousecallProOptions.model_validate(options.model_dump())
         self.opts: HousecallProOptions = options
         key = options.api_key.get_secret_value().strip()
-        headers = {
-            "Authorization": f"{options.auth_scheme} {key}",
-            "Accept": "application/json",
-            "User-Agent": f"syncengine/{__version__}",
-        }
+        headers = {"Authorization": f"{options.auth_scheme} {key}"}
         if options.company_id:
             headers["X-Company-Id"] = options.company_id
-        transport = context.extra.get("transport")
-        if transport is not None and not isinstance(transport, httpx.BaseTransport):
-            raise FatalConnectorError(
-                "context.extra['transport'] must be an httpx.BaseTransport", connector=self.name
-            )
-        sleep: Callable[[float], None] = context.extra.get("sleep", time.sleep)
-        self.http = HttpClient(
+        self.http = connector_client(
+            context,
             options.base_url,
             headers=headers,
             timeout=options.timeout,
             max_retries=options.max_retries,
-            rate_limit=options.rate_limit or None,
-            transport=transport,
-            secrets=(key, *context.secrets),
-            name=self.name,
-            sleep=sleep,
+            rate_limit=options.rate_limit,
+            secrets=(key,),
         )
         self.pager = Pager(self.http, self.name, options.page_size)
         self.job_customers = JobCustomers(self.pager)

@@ -35,7 +35,6 @@ from typing import Any, ClassVar
 
 import httpx
 
-from syncengine import __version__
 from syncengine.connector import (
     Capabilities,
     Connector,
@@ -70,7 +69,7 @@ from syncengine.errors import (
     NotFoundError,
     RecordError,
 )
-from syncengine.http import HttpClient, QueryScalar, is_html
+from syncengine.http import QueryScalar, connector_client, is_html
 from syncengine.mapping import parse_path
 
 Pairs = list[tuple[str, QueryScalar]]
@@ -87,30 +86,16 @@ class RestConnector(Connector):
         if not isinstance(options, RestOptions):
             options = RestOptions.model_validate(options.model_dump())
         self.opts: RestOptions = options
-        headers = {
-            "Accept": "application/json",
-            "User-Agent": f"syncengine/{__version__}",
-            **options.headers,
-            **options.auth.headers(),
-        }
         self.auth_params: dict[str, str] = options.auth.params()
-        transport = context.extra.get("transport")
-        if transport is not None and not isinstance(transport, httpx.BaseTransport):
-            raise FatalConnectorError(
-                "context.extra['transport'] must be an httpx.BaseTransport", connector=self.name
-            )
-        sleep: Callable[[float], None] = context.extra.get("sleep", time.sleep)
         self.clock: Callable[[], float] = context.extra.get("clock", time.time)
-        self.http = HttpClient(
+        self.http = connector_client(
+            context,
             options.base_url,
-            headers=headers,
+            headers={**options.headers, **options.auth.headers()},
             timeout=options.timeout,
             max_retries=options.max_retries,
-            rate_limit=options.rate_limit or None,
-            transport=transport,
-            secrets=(*options.auth.secrets(), *context.secrets),
-            name=self.name,
-            sleep=sleep,
+            rate_limit=options.rate_limit,
+            secrets=options.auth.secrets(),
         )
         self.origin = origin_of(options.base_url)
 
