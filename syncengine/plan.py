@@ -176,11 +176,10 @@ class EntityPlan:
     """Set when a safety guard stops this entity: nothing is applied."""
     seen: dict[str, int] = field(default_factory=dict)
     """member -> records read."""
-    recovered: int = 0
     skipped_before: set[str] = field(default_factory=set)
+    """Keys with skipped writes on record before this run (their rows are refreshed)."""
     ref_labels: dict[str, str] = field(default_factory=dict)
     """Hub keys of referenced records -> their names, for showing references to people."""
-    """Keys with skipped writes on record before this run (their rows are refreshed)."""
 
     @property
     def actions(self) -> list[Action]:
