@@ -25,10 +25,7 @@ import argparse
 import gc
 import json
 import os
-import queue
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -39,13 +36,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for testbed
+
 from syncengine import api
 from syncengine.config import load_config
 from syncengine.daemon import Daemon
 from syncengine.logging import configure
+from testbed.sandbox import start_sandbox
 
 API_KEY = "bench-daemon"
-_LISTENING = re.compile(r"sandbox listening on (http://127\.0\.0\.1:\d+)")
 
 
 @dataclass
@@ -72,27 +71,9 @@ def open_fds() -> int:
 
 @contextmanager
 def sandbox(customers: int) -> Iterator[str]:
-    code = (
-        "from syncengine.connectors.housecallpro.sandbox import serve; "
-        f"serve('127.0.0.1', 0, api_key={API_KEY!r}, seed={customers})"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(
-        target=lambda: lines.put(proc.stdout.readline() if proc.stdout else ""), daemon=True
-    ).start()
-    try:
-        found = _LISTENING.search(lines.get(timeout=60))
-        if not found:
-            raise RuntimeError("the sandbox did not start")
-        yield found.group(1)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        if proc.stdout:
-            proc.stdout.close()
+    """The HCP sandbox as a real process (``testbed.sandbox``); its URL."""
+    with start_sandbox(api_key=API_KEY, seed=customers) as server:
+        yield server.url
 
 
 def write_config(folder: Path, url: str, state: str) -> Path:

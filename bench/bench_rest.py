@@ -1,7 +1,7 @@
 """Benchmark: a REST CRM (a real json-server 0.17.4) <-> a CSV folder, N customers.
 
 A benchmark, not a test: it measures and prints, never asserts on time. It needs json-server
-(``.ci/run`` installs it into ``.ci/node``; otherwise ``tests/jsonserver.py`` installs it with
+(``.ci/run`` installs it into ``.ci/node``; otherwise ``testbed/npm.py`` installs it with
 npm into ``.cache/node``). Run from the repository root::
 
     python bench/bench_rest.py --customers 10000
@@ -34,7 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from syncengine import api
 from syncengine.config import Config, load_config
-from tests.jsonserver import JsonServer, ensure_json_server
+from testbed import ToolUnavailable
+from testbed.http import CountingTransport
+from testbed.jsonserver import JsonServer
+from testbed.npm import JSON_SERVER, ensure_tool
 
 PAGE = 100
 SHARE = 0.005
@@ -51,18 +54,6 @@ def customer(n: int) -> dict[str, Any]:
         "tags": ["residential"],
         "address": {"street": f"{n} Main St", "city": "Austin", "state": "TX", "zip": "78701"},
     }
-
-
-class Counting(httpx.HTTPTransport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests = 0
-        self.writes = 0
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests += 1
-        self.writes += request.method not in ("GET", "HEAD")
-        return super().handle_request(request)
 
 
 def write_config(folder: Path, url: str) -> Config:
@@ -138,12 +129,16 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=10_000)
     args = parser.parse_args()
     n = args.customers
+    try:
+        json_server = ensure_tool(JSON_SERVER)
+    except ToolUnavailable as exc:
+        sys.exit(f"bench_rest: {exc}")
     rng = random.Random(n)
     rows = []
     with tempfile.TemporaryDirectory(prefix="syncengine-bench-rest-") as tmp:
         folder = Path(tmp)
         with JsonServer(
-            ensure_json_server(),
+            json_server,
             folder / "crm",
             {"customers": [customer(i) for i in range(1, n + 1)]},
         ) as server:
@@ -161,7 +156,7 @@ def main() -> None:
                         folder / "books" / "customers.csv", SHARE, rng, patched
                     )
                 floor_s = floor(server, config, n)
-                counter = Counting()
+                counter = CountingTransport()
                 started = time.perf_counter()
                 [result] = api.sync(config, connector_extra={"crm": {"transport": counter}})
                 took = time.perf_counter() - started

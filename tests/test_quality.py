@@ -11,6 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+LINTED = ("syncengine", "connectors", "tests", "bench", "testbed")
+"""What ruff checks and formats: the package, its tests, the benchmarks and their testbed."""
 
 
 def _tool(name: str) -> str:
@@ -27,7 +29,7 @@ def _tool(name: str) -> str:
 
 def test_ruff_is_clean() -> None:
     result = subprocess.run(
-        [_tool("ruff"), "check", "syncengine", "connectors", "tests", "bench"],
+        [_tool("ruff"), "check", *LINTED],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -65,7 +67,7 @@ def test_mypy_strict_on_the_package(tmp_path: Path) -> None:
 
 def test_ruff_format_is_clean() -> None:
     result = subprocess.run(
-        [_tool("ruff"), "format", "--check", "syncengine", "connectors", "tests", "bench"],
+        [_tool("ruff"), "format", "--check", *LINTED],
         cwd=ROOT,
         capture_output=True,
         text=True,

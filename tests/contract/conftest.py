@@ -25,16 +25,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for tests.tools
 
-from tests.tools import (
-    REPO_ROOT,
-    FakeUpstream,
-    RecordingTransport,
-    ServerProcess,
-    ServerStartError,
-    ensure_prism,
-    free_port,
-    tool_missing,
-)
+from testbed import REPO_ROOT
+from testbed.processes import ServerProcess, ServerStartError, free_port
+from testbed.sandbox import start_sandbox as start_sandbox_process
+from tests.tools import FakeUpstream, RecordingTransport, ensure_prism, tool_missing
 
 HCP_API_KEY = "contract-test-key"
 HCP_SEED = 11
@@ -89,16 +83,7 @@ def prism_bin() -> str:
 
 def start_sandbox(*, api_key: str = HCP_API_KEY, seed: int = HCP_SEED) -> ServerProcess:
     """The Housecall Pro sandbox in a subprocess, on a port the system picks."""
-    code = (
-        "from syncengine.connectors.housecallpro.sandbox import serve\n"
-        f"serve('127.0.0.1', 0, api_key={api_key!r}, seed={seed})\n"
-    )
-    server = ServerProcess(
-        [sys.executable, "-c", code],
-        name="hcp-sandbox",
-        ready=r"sandbox listening on http://127\.0\.0\.1:(?P<port>\d+)",
-    )
-    return server.start()
+    return start_sandbox_process(api_key=api_key, seed=seed)
 
 
 def start_prism_proxy(prism: str, spec: Path, upstream: str) -> ServerProcess:

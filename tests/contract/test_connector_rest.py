@@ -21,8 +21,9 @@ import pytest
 from syncengine.connector import Connector, ConnectorContext, NativeData
 from syncengine.connectors.rest import RestConnector, RestOptions
 from syncengine.connectors.rest.fake import FakeCrm
+from testbed.jsonserver import JsonServer
 from tests.contract.connector_suite import Change, ConnectorContract, Reopen, Sample, key
-from tests.jsonserver import JsonServer, ensure_json_server, json_server_options
+from tests.jsonserver import ensure_json_server, json_server_options
 from tests.tools import RecordingTransport
 
 PAGE_SIZE = 4
@@ -223,9 +224,9 @@ class TestFakeCrmByCursor(_RestContract):
 
 def test_json_server_is_the_pinned_version(json_server: JsonServer) -> None:
     """The tests describe json-server 0.17's paging; a different version may page otherwise."""
-    from tests.jsonserver import JSON_SERVER_VERSION, json_server_version
+    from testbed.npm import JSON_SERVER_VERSION, tool_version
 
-    assert json_server_version(json_server.binary) == JSON_SERVER_VERSION
+    assert tool_version(json_server.binary) == JSON_SERVER_VERSION
     assert Path(json_server.binary).name == "json-server"
 
 

@@ -29,12 +29,12 @@ import pytest
 from syncengine.connector import ConnectorContext, NativeRecord
 from syncengine.connectors.housecallpro import HousecallProConnector
 from syncengine.errors import NotFoundError, RetriableError, SyncEngineError
+from testbed.processes import ServerProcess
 from tests.tools import (
     PROBLEM_JSON,
     Exchange,
     FakeUpstream,
     RecordingTransport,
-    ServerProcess,
     json_reply,
 )
 

@@ -34,13 +34,13 @@ import pytest
 from syncengine.connector import ConnectorContext
 from syncengine.connectors.housecallpro import HousecallProConnector
 from syncengine.errors import NotFoundError, SyncEngineError
+from testbed.processes import ServerProcess
 from tests.contract.conftest import start_prism_proxy
 from tests.tools import (
     PROBLEM_JSON,
     Exchange,
     FakeUpstream,
     RecordingTransport,
-    ServerProcess,
     json_reply,
 )
 

@@ -15,12 +15,10 @@ import datetime as dt
 import io
 import json
 import os
-import queue
 import re
 import signal
 import sqlite3
 import subprocess
-import threading
 import time
 import zoneinfo
 from collections import Counter
@@ -36,10 +34,10 @@ import openpyxl
 from tests.integration.conftest import (
     CLI_TIMEOUT,
     DEFAULT_KEY,
-    SANDBOX_START_TIMEOUT,
     SYNCENGINE,
     Sandbox,
     cli_env,
+    start_sandbox,
 )
 
 ENTITIES = ("customers", "invoices", "payments")
@@ -56,7 +54,6 @@ INVOICE_COLUMNS = [
 ]
 PAYMENT_COLUMNS = ["Sync ID", "Invoice #", "Amount", "Method", "Status", "Date"]
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
-_LISTENING = re.compile(r"sandbox listening on (http://127\.0\.0\.1:(\d+))")
 
 
 # ----------------------------------------------------------------------------- the sandbox
@@ -69,53 +66,9 @@ def start_sandbox_with(
     api_key: str = DEFAULT_KEY,
     started: list[Sandbox] | None = None,
 ) -> Sandbox:
-    """``syncengine sandbox --port 0 --seed N FLAGS...`` (the conftest's ``start_sandbox``,
-    with the command's other flags); appended to ``started`` so that a fixture stops it."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    stderr_path = workdir / f"sandbox-{os.urandom(4).hex()}.stderr"
-    command = [
-        str(SYNCENGINE),
-        "sandbox",
-        "--port",
-        "0",
-        "--api-key",
-        api_key,
-        "--seed",
-        str(seed),
-        *flags,
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "HCP_API_KEY"}
-    env["PYTHONUNBUFFERED"] = "1"
-    with stderr_path.open("w") as stderr:
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env,
-            cwd=workdir,
-            start_new_session=True,
-        )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def first_line() -> None:
-        assert process.stdout is not None
-        lines.put(process.stdout.readline())
-
-    threading.Thread(target=first_line, daemon=True).start()
-    try:
-        line = lines.get(timeout=SANDBOX_START_TIMEOUT)
-    except queue.Empty:
-        line = ""
-    found = _LISTENING.search(line)
-    if not found:
-        process.kill()
-        process.wait(timeout=15)
-        raise RuntimeError(
-            f"the sandbox did not start ({' '.join(command)}; stdout "
-            f"{line!r}); stderr:\n{stderr_path.read_text(errors='replace')}"
-        )
-    box = Sandbox(process, found.group(1), int(found.group(2)), api_key, stderr_path)
+    """``syncengine sandbox --port 0 --seed N FLAGS...`` (the conftest's ``start_sandbox``);
+    appended to ``started`` so that a fixture stops it."""
+    box = start_sandbox(workdir, *flags, api_key=api_key, seed=seed)
     if started is not None:
         started.append(box)
     return box

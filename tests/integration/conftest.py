@@ -12,44 +12,39 @@ from __future__ import annotations
 import csv
 import io
 import os
-import queue
-import re
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from testbed.processes import ServerProcess
+from testbed.sandbox import start_sandbox as start_sandbox_process
+
 SYNCENGINE = Path(sys.executable).parent / "syncengine"
 CLI_TIMEOUT = 120.0
 """Seconds one CLI run may take (generous: CI machines run other tests beside it)."""
-SANDBOX_START_TIMEOUT = 60.0
 DEFAULT_KEY = "sandbox"
-_LISTENING = re.compile(r"sandbox listening on (http://127\.0\.0\.1:(\d+))")
 
 
 # ------------------------------------------------------------------------------ the sandbox
 
 
-@dataclass
 class Sandbox:
-    """A ``syncengine sandbox`` subprocess and a small HTTP client for looking at it."""
+    """A ``syncengine sandbox`` process (``testbed.sandbox``) and a small HTTP client for
+    looking at it."""
 
-    process: subprocess.Popen[str]
-    base_url: str
-    port: int
-    api_key: str
-    stderr_path: Path
-    _client: httpx.Client = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
+    def __init__(self, server: ServerProcess, api_key: str) -> None:
+        self.server = server
+        self.api_key = api_key
+        self.base_url = server.url
+        self.port = server.port
         self._client = httpx.Client(
-            base_url=self.base_url, timeout=30.0, headers={"Authorization": f"Token {self.api_key}"}
+            base_url=self.base_url, timeout=30.0, headers={"Authorization": f"Token {api_key}"}
         )
 
     # -- the unauthenticated helper endpoints
@@ -106,54 +101,13 @@ class Sandbox:
 
     def stop(self) -> None:
         self._client.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=15)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        self.server.stop()
 
 
-def start_sandbox(workdir: Path, *, api_key: str = DEFAULT_KEY, seed: int = 0) -> Sandbox:
-    """Start ``syncengine sandbox --port 0`` and wait for the line naming its port."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    stderr_path = workdir / f"sandbox-{os.urandom(4).hex()}.stderr"
-    command = [str(SYNCENGINE), "sandbox", "--port", "0", "--api-key", api_key, "--seed", str(seed)]
-    env = {k: v for k, v in os.environ.items() if k != "HCP_API_KEY"}
-    env["PYTHONUNBUFFERED"] = "1"
-    with stderr_path.open("w") as stderr:
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=env,
-            cwd=workdir,
-            start_new_session=True,
-        )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read_first_line() -> None:
-        assert process.stdout is not None
-        lines.put(process.stdout.readline())
-
-    threading.Thread(target=read_first_line, daemon=True).start()
-    try:
-        line = lines.get(timeout=SANDBOX_START_TIMEOUT)
-    except queue.Empty:
-        line = ""
-    found = _LISTENING.search(line)
-    if not found:
-        process.kill()
-        process.wait(timeout=15)
-        raise RuntimeError(
-            f"the sandbox did not start (stdout {line!r}); stderr:\n"
-            f"{stderr_path.read_text(errors='replace')}"
-        )
-    return Sandbox(process, found.group(1), int(found.group(2)), api_key, stderr_path)
+def start_sandbox(workdir: Path, *flags: str, api_key: str = DEFAULT_KEY, seed: int = 0) -> Sandbox:
+    """``syncengine sandbox --port 0 --api-key KEY --seed N FLAGS...`` in ``workdir``."""
+    server = start_sandbox_process(api_key=api_key, seed=seed, flags=flags, workdir=workdir)
+    return Sandbox(server, api_key)
 
 
 @pytest.fixture

@@ -37,7 +37,6 @@ import signal
 import sqlite3
 import stat
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -48,14 +47,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.tools import ServerProcess
+from testbed.processes import ServerProcess
+from testbed.sandbox import start_sandbox as start_sandbox_process
+from testbed.sandbox import syncengine_command
 
 pytestmark = pytest.mark.integration
 
 API_KEY = "test-key-XYZ"
 SEED = 20240611
 SANDBOX_CUSTOMERS = 40
-READY = r"sandbox listening on http://[^\s:]+:(?P<port>\d+)"
 COLUMNS = [
     "Sync ID",
     "First Name",
@@ -81,21 +81,8 @@ LOOP_BUDGET_S = 50.0
 # ------------------------------------------------------------------------------ helpers
 
 
-def syncengine_command() -> list[str]:
-    script = Path(sys.executable).with_name("syncengine")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "syncengine.cli"]
-
-
 def start_sandbox(*, seed: int = SANDBOX_CUSTOMERS, latency_ms: int = 5) -> ServerProcess:
-    code = (
-        "from syncengine.connectors.housecallpro.sandbox import serve; "
-        f"serve('127.0.0.1', 0, api_key={API_KEY!r}, seed={seed}, latency_ms={latency_ms})"
-    )
-    return ServerProcess(
-        [sys.executable, "-c", code], name="hcp-sandbox", ready=READY, timeout=30
-    ).start()
+    return start_sandbox_process(api_key=API_KEY, seed=seed, latency_ms=latency_ms, timeout=30)
 
 
 class Sandbox:

@@ -40,14 +40,14 @@ import pytest
 from syncengine import api
 from syncengine.config import load_config
 from syncengine.state import RunRow, StateStore
+from testbed.processes import ServerProcess
+from testbed.sandbox import start_sandbox as start_sandbox_process
 from tests.integration.conftest import CSV_HEADER, cli_env, read_csv, write_csv
-from tests.tools import ServerProcess
 
 pytestmark = pytest.mark.integration
 
 API_KEY = "daemon-test-key"
 SYNCENGINE = Path(sys.executable).with_name("syncengine")
-READY = r"sandbox listening on http://[^\s:]+:(?P<port>\d+)"
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -71,13 +71,7 @@ def wait_until(
 
 
 def start_sandbox(*, seed: int, latency_ms: int = 0) -> ServerProcess:
-    code = (
-        "from syncengine.connectors.housecallpro.sandbox import serve; "
-        f"serve('127.0.0.1', 0, api_key={API_KEY!r}, seed={seed}, latency_ms={latency_ms})"
-    )
-    return ServerProcess(
-        [sys.executable, "-c", code], name="hcp-sandbox", ready=READY, timeout=60
-    ).start()
+    return start_sandbox_process(api_key=API_KEY, seed=seed, latency_ms=latency_ms, timeout=60)
 
 
 class Hcp:

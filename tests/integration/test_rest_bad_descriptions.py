@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed.jsonserver import JsonServer
 from tests.integration.conftest import (
     CliResult,
     Sandbox,
@@ -25,7 +26,7 @@ from tests.integration.conftest import (
     read_csv,
     write_csv,
 )
-from tests.jsonserver import JsonServer, ensure_json_server
+from tests.jsonserver import ensure_json_server
 
 pytestmark = pytest.mark.integration
 

@@ -26,8 +26,9 @@ from syncengine import api
 from syncengine.config import Config, load_config
 from syncengine.connectors.memory import MemoryConnector
 from syncengine.engine import SyncResult
+from testbed.jsonserver import JsonServer
 from tests.integration.conftest import CSV_HEADER, read_csv, write_csv
-from tests.jsonserver import JsonServer, ensure_json_server
+from tests.jsonserver import ensure_json_server
 
 pytestmark = pytest.mark.integration
 

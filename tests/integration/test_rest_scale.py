@@ -23,7 +23,9 @@ from syncengine import api
 from syncengine.config import load_config
 from syncengine.connector import ConnectorContext
 from syncengine.connectors.rest import RestConnector, RestOptions
-from tests.jsonserver import JsonServer, ensure_json_server, json_server_options
+from testbed.http import CountingTransport
+from testbed.jsonserver import JsonServer
+from tests.jsonserver import ensure_json_server, json_server_options
 
 pytestmark = pytest.mark.integration
 
@@ -41,20 +43,6 @@ def customer(n: int) -> dict[str, Any]:
         "tags": ["residential"],
         "address": {"street": f"{n} Main St", "city": "Austin", "state": "TX", "zip": "78701"},
     }
-
-
-class CountingTransport(httpx.HTTPTransport):
-    """A real transport that counts requests, and writes among them."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests = 0
-        self.writes = 0
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests += 1
-        self.writes += request.method not in ("GET", "HEAD")
-        return super().handle_request(request)
 
 
 @pytest.fixture(scope="module")

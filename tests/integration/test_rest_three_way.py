@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testbed.jsonserver import JsonServer
 from tests.integration.conftest import (
     CSV_HEADER,
     CliResult,
@@ -24,7 +25,7 @@ from tests.integration.conftest import (
     read_csv,
     write_csv,
 )
-from tests.jsonserver import JsonServer, ensure_json_server
+from tests.jsonserver import ensure_json_server
 
 pytestmark = pytest.mark.integration
 
