@@ -21,7 +21,7 @@ import contextvars
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from syncengine import model
@@ -29,7 +29,7 @@ from syncengine.config import Pipeline
 from syncengine.connector import NativeRecord, check_allowed
 from syncengine.errors import AuthError, ConnectorError, RecordError, SyncEngineError
 from syncengine.member import Member, canonical_of
-from syncengine.plan import Action, Create, Delete, Issue, KeyPlan, LinkPlan, Update
+from syncengine.plan import Action, Conflict, Create, Delete, Issue, KeyPlan, LinkPlan, Update
 from syncengine.read import ProgressFn
 from syncengine.recovery import intent_payload
 from syncengine.result import EntityOutcome
@@ -94,46 +94,39 @@ class KeyWrites:
 
 
 class StateWrites:
-    """State changes of one batch, sent as a few bulk statements instead of one per record."""
+    """The state changes of one entity's batch, sent as a few bulk statements at ``flush``
+    instead of one per record."""
 
-    def __init__(self, tx: Tx) -> None:
+    def __init__(self, tx: Tx, pipeline: str, entity: str) -> None:
         self.tx = tx
+        self.pipeline = pipeline
+        self.entity = entity
         self.records: list[dict[str, Any]] = []
         self.links: list[dict[str, Any]] = []
-        self.unlinks: list[tuple[str, str, str, str]] = []
-        self.dirty: list[tuple[str, str, str, set[str] | None]] = []
-        self.conflicts: list[tuple[Any, ...]] = []
-        self.deleted: list[tuple[str, str, str]] = []
-        self.skips: list[tuple[str, str, str, dict[str, str]]] = []
+        self.unlinks: list[tuple[str, str]] = []
+        self.dirty: list[tuple[str, set[str]]] = []
+        self.conflicts: list[Conflict] = []
+        self.deleted: list[str] = []
+        self.skips: list[tuple[str, dict[str, str]]] = []
         self.finished: list[dict[str, Any]] = []
 
-    def put_record(self, pipeline: str, entity: str, key: str, base: model.Record) -> None:
-        self.records.append({"pipeline": pipeline, "entity": entity, "key": key, "base": base})
+    def put_record(self, key: str, base: model.Record) -> None:
+        self.records.append(
+            {"pipeline": self.pipeline, "entity": self.entity, "key": key, "base": base}
+        )
 
-    def put_link(
-        self,
-        pipeline: str,
-        entity: str,
-        key: str,
-        member: str,
-        *,
-        native_id: str | None,
-        native_hash: str | None,
-        last_seen: model.Record | None,
-        dirty: bool = False,
-        tombstone: bool = False,
-    ) -> None:
+    def put_link(self, key: str, lp: LinkPlan) -> None:
         self.links.append(
             {
-                "pipeline": pipeline,
-                "entity": entity,
+                "pipeline": self.pipeline,
+                "entity": self.entity,
                 "key": key,
-                "member": member,
-                "native_id": native_id,
-                "native_hash": native_hash,
-                "last_seen": last_seen,
-                "dirty": dirty,
-                "tombstone": tombstone,
+                "member": lp.member,
+                "native_id": lp.native_id,
+                "native_hash": lp.native_hash,
+                "last_seen": lp.last_seen,
+                "dirty": lp.dirty,
+                "tombstone": lp.tombstone,
             }
         )
 
@@ -145,21 +138,21 @@ class StateWrites:
                 self.finished.append(row)
 
     def flush(self) -> None:
-        tx = self.tx
+        tx, p, e = self.tx, self.pipeline, self.entity
         if self.records:
             tx.put_records(self.records)
-        for unlink in self.unlinks:
-            tx.delete_link(*unlink)
+        for key, member in self.unlinks:
+            tx.delete_link(p, e, key, member)
         if self.links:
             tx.put_links(self.links)
-        for pipeline, entity, key, members in self.dirty:
-            tx.set_dirty(pipeline, entity, key, members)
-        for conflict in self.conflicts:
-            tx.add_conflict(*conflict)
-        for deleted in self.deleted:
-            tx.delete_record(*deleted)
-        for skip in self.skips:
-            tx.set_skips(*skip)
+        for key, members in self.dirty:
+            tx.set_dirty(p, e, key, members)
+        for c in self.conflicts:
+            tx.add_conflict(p, e, c.key, c.field, c.values, c.base_value)
+        for key in self.deleted:
+            tx.delete_record(p, e, key)
+        for key, reasons in self.skips:
+            tx.set_skips(p, e, key, reasons)
         if self.finished:
             tx.finish_intents(self.finished)
 
@@ -209,7 +202,7 @@ class EntityApply:
         flush_errors = self._flush(buffered_used)
         for chunk in _chunks(deferred, batch_size):
             with self.store.transaction() as tx:
-                writes = StateWrites(tx)
+                writes = StateWrites(tx, self.pipeline.name, self.ent.entity)
                 for key in chunk:
                     for w in key.writes:
                         if w.error is None and w.action.member in flush_errors:
@@ -230,25 +223,16 @@ class EntityApply:
             return
         p, e = self.pipeline.name, self.ent.entity
         with self.store.transaction() as tx:
-            early = StateWrites(tx)
+            early = StateWrites(tx, p, e)
             for k in keys:
                 kp = k.plan
                 if kp.new_key and kp.actions and kp.prior:
-                    early.put_record(p, e, kp.key, kp.base_after or {})
+                    early.put_record(kp.key, kp.base_after or {})
                     writing = {a.member for a in kp.actions}
                     for lp in kp.prior.values():
                         # dirty until its write is confirmed: if we die first, the next run
                         # still owes this member the merged values
-                        early.put_link(
-                            p,
-                            e,
-                            kp.key,
-                            lp.member,
-                            native_id=lp.native_id,
-                            native_hash=lp.native_hash,
-                            last_seen=lp.last_seen,
-                            dirty=lp.member in writing,
-                        )
+                        early.put_link(kp.key, replace(lp, dirty=lp.member in writing))
             early.flush()
             ids = tx.add_intents(
                 [
@@ -273,7 +257,7 @@ class EntityApply:
         at once, so a crash now cannot lead to creating them twice."""
         deferred = []
         with self.store.transaction() as tx:
-            writes = StateWrites(tx)
+            writes = StateWrites(tx, self.pipeline.name, self.ent.entity)
             for key in keys:
                 if key.buffered:
                     self._commit_created(writes, key)
@@ -306,24 +290,16 @@ class EntityApply:
         if not created:
             return
         kp = key.plan
-        tx.put_record(self.pipeline.name, kp.entity, kp.key, kp.base_after or kp.base_before or {})
+        tx.put_record(kp.key, kp.base_after or kp.base_before or {})
         for w in created:
             assert w.result is not None
-            tx.put_link(
-                self.pipeline.name,
-                kp.entity,
-                kp.key,
-                w.action.member,
-                native_id=w.result.id,
-                native_hash=w.result.native_hash(),
-                last_seen=canonical_of(w.member.mapping, w.result, w.member.refs),
-            )
+            tx.put_link(kp.key, _link_to(w, w.result))
 
     def _commit_key(self, tx: StateWrites, key: KeyWrites) -> None:
         """The key's state after its writes: the base, a link per member (from what each
         member answered), dirty links where a write failed, skips and parked conflicts."""
         kp = key.plan
-        p, e = self.pipeline.name, kp.entity
+        e = kp.entity
         failed_members: set[str] = set()
         links: dict[str, LinkPlan] = dict(kp.links)
         for w in key.writes:
@@ -346,40 +322,32 @@ class EntityApply:
             else:
                 data = rec.data if rec else a.full
                 native_id = rec.id if rec else (a.assign_id or a.native_id)
-            written = NativeRecord(native_id, data)
-            links[a.member] = LinkPlan(
-                a.member,
-                native_id,
-                written.native_hash(),
-                canonical_of(w.member.mapping, written, w.member.refs),
-            )
+            links[a.member] = _link_to(w, NativeRecord(native_id, data))
 
         if kp.base_after is None or (kp.purge and not failed_members):
-            tx.deleted.append((p, e, kp.key))
+            tx.deleted.append(kp.key)
             return
-        tx.put_record(p, e, kp.key, kp.base_after)
+        tx.put_record(kp.key, kp.base_after)
         for name, lp in links.items():
             if lp.remove:
-                tx.unlinks.append((p, e, kp.key, name))
+                tx.unlinks.append((kp.key, name))
             else:
-                tx.put_link(
-                    p,
-                    e,
-                    kp.key,
-                    name,
-                    native_id=lp.native_id,
-                    native_hash=lp.native_hash,
-                    last_seen=lp.last_seen,
-                    dirty=lp.dirty,
-                    tombstone=lp.tombstone,
-                )
+                tx.put_link(kp.key, lp)
         if failed_members:
-            tx.dirty.append((p, e, kp.key, failed_members))
+            tx.dirty.append((kp.key, failed_members))
         if kp.skips or kp.key in self.ent.skipped_before:
-            tx.skips.append((p, e, kp.key, {s.member: s.reason for s in kp.skips}))
-        for c in kp.conflicts:
-            if c.winner is None:
-                tx.conflicts.append((p, e, kp.key, c.field, c.values, c.base_value))
+            tx.skips.append((kp.key, {s.member: s.reason for s in kp.skips}))
+        tx.conflicts.extend(c for c in kp.conflicts if c.winner is None)
+
+
+def _link_to(w: Write, written: NativeRecord) -> LinkPlan:
+    """The member's link after it took a write: what it holds now is what it answered."""
+    return LinkPlan(
+        w.action.member,
+        written.id,
+        written.native_hash(),
+        canonical_of(w.member.mapping, written, w.member.refs),
+    )
 
 
 def _execute(writes: list[Write]) -> None:

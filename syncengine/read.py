@@ -102,10 +102,8 @@ def read_member(
             observe(entity, member, ent, out, rec, *linked)
         else:
             observe(entity, member, ent, out, rec, None, None)
-    if out.complete:
-        _note_gone(entity, member, ent, out, index, seen)
-    else:
-        _note_unseen(entity, member, ent, out, index, seen)
+    _unlisted(entity, member, ent, out, index, seen)
+    if not out.complete:
         log.info(
             "read incrementally",
             member=member.name,
@@ -117,7 +115,7 @@ def read_member(
     return out
 
 
-def _note_unseen(
+def _unlisted(
     entity: str,
     member: Member,
     ent: EntityPlan,
@@ -125,32 +123,24 @@ def _note_unseen(
     index: Mapping[str, tuple[str, str | None]],
     seen: set[str],
 ) -> None:
-    """A partial pass lists only what changed since the mark: a linked record missing from
-    it is unchanged, not gone. One whose hash is unknown (linked by recovery) cannot be
-    vouched for, so it is fetched and looked at like a listed one."""
-    for native_id, (key, known_hash) in index.items():
-        if native_id in seen:
-            continue
-        if known_hash is None:
-            fetch_unseen(entity, member, ent, out, key, native_id, known_hash)
-        else:
-            out.unseen[key] = native_id
+    """Sort the linked records the read did not list.
 
-
-def _note_gone(
-    entity: str,
-    member: Member,
-    ent: EntityPlan,
-    out: MemberRead,
-    index: Mapping[str, tuple[str, str | None]],
-    seen: set[str],
-) -> None:
-    """A linked record missing from a complete read is gone, unless the member had
-    unreadable records: one of them may be it (a Sync ID pasted over another), and deleting
-    it elsewhere could lose data, so every missing one waits, reported."""
-    for native_id, (key, _hash) in index.items():
-        if native_id not in seen:
-            out.gone[key] = native_id
+    - A partial pass lists only what changed since the mark: such a record is unchanged,
+      not gone (``unseen``). One whose hash is unknown (linked by recovery) cannot be vouched
+      for, so it is fetched and looked at like a listed one.
+    - A complete read says it is gone, unless the member had unreadable records: one of them
+      may be it (a Sync ID pasted over another), and deleting it elsewhere could lose data,
+      so every missing one waits (``blocked``), reported.
+    """
+    missing = [(native_id, link) for native_id, link in index.items() if native_id not in seen]
+    if not out.complete:
+        for native_id, (key, known_hash) in missing:
+            if known_hash is None:
+                fetch_unseen(entity, member, ent, out, key, native_id, known_hash)
+            else:
+                out.unseen[key] = native_id
+        return
+    out.gone = {key: native_id for native_id, (key, _hash) in missing}
     unreadable = sum(1 for i in ent.issues if i.member == member.name)
     if out.gone and unreadable:
         ent.issues.append(

@@ -203,15 +203,14 @@ def _plan_deletes(
             # now would leave them dangling. Wait; once they are gone it goes too.
             for member in present:
                 plan.skips.append(
-                    Skip(
-                        spec.name,
+                    _skip(
+                        ctx,
+                        plan,
                         member,
-                        plan.key,
                         f"deleted on {', '.join(sorted(gone))}, but {users} "
                         "record(s) of other entities still refer to it; it is "
                         "deleted once they are, or restored where it was "
                         "deleted if they stay",
-                        plan.label,
                         kind="deferred",
                     )
                 )
@@ -239,13 +238,12 @@ def _plan_deletes(
                 keepers.append(member)
                 if not deleted:
                     plan.skips.append(
-                        Skip(
-                            spec.name,
+                        _skip(
+                            ctx,
+                            plan,
                             member,
-                            plan.key,
                             f"{_type_of(ctx, member)} cannot delete {spec.name}; it keeps "
                             "this record",
-                            plan.label,
                         )
                     )
         plan.base_after = {**base_now, DELETED: True}
@@ -360,13 +358,7 @@ def _plan_update(
     if not caps.update:
         if fields:
             plan.skips.append(
-                Skip(
-                    spec.name,
-                    member,
-                    plan.key,
-                    f"{_type_of(ctx, member)} cannot update {spec.name}",
-                    plan.label,
-                )
+                _skip(ctx, plan, member, f"{_type_of(ctx, member)} cannot update {spec.name}")
             )
         plan.links[member] = _keep(view, dirty=False)
         return
@@ -412,13 +404,7 @@ def _plan_create(
         if others_new:
             # reported once, when the record first appears; not retried every run
             plan.skips.append(
-                Skip(
-                    spec.name,
-                    member,
-                    plan.key,
-                    f"{_type_of(ctx, member)} cannot create {spec.name}",
-                    plan.label,
-                )
+                _skip(ctx, plan, member, f"{_type_of(ctx, member)} cannot create {spec.name}")
             )
         return
     written = values
@@ -432,15 +418,14 @@ def _plan_create(
     plan.actions.append(Create(spec.name, member, plan.key, values, native))
 
 
+def _skip(
+    ctx: Context, plan: KeyPlan, member: str, reason: str, *, kind: str = "unsupported"
+) -> Skip:
+    return Skip(ctx.entity.name, member, plan.key, reason, plan.label, kind=kind)
+
+
 def _waits(ctx: Context, plan: KeyPlan, member: str, missing: list[str]) -> Skip:
-    return Skip(
-        ctx.entity.name,
-        member,
-        plan.key,
-        "waits: " + "; ".join(missing),
-        plan.label,
-        kind="deferred",
-    )
+    return _skip(ctx, plan, member, "waits: " + "; ".join(missing), kind="deferred")
 
 
 def _keep(view: MemberView, *, dirty: bool) -> LinkPlan:
