@@ -30,6 +30,7 @@ import phonenumbers
 
 from syncengine.errors import ConfigError, Problem
 from syncengine.model import parse_datetime
+from syncengine.registry import Registry
 
 __all__ = [
     "Params",
@@ -154,20 +155,18 @@ def describe_value(value: Any) -> str:
 
 
 Factory = Callable[[Params], Transform]
-_REGISTRY: dict[str, Factory] = {}
+_REGISTRY: Registry[Factory] = Registry("transform")
 
 
 def register(name: str, factory: Factory, *, replace: bool = False) -> None:
     """Make ``name`` usable in mappings. ``factory`` reads its parameters from ``Params``
     (``params.get(...)``) and returns the transform; the registry checks unknown ones."""
-    if name in _REGISTRY and not replace:
-        raise ValueError(f"transform {name!r} is already registered")
-    _REGISTRY[name] = factory
+    _REGISTRY.add(name, factory, replace=replace)
 
 
 def known_transforms() -> list[str]:
     """The names of every registered transform, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def build_transform(spec: TransformSpec, location: str = "transform") -> Transform:
@@ -202,10 +201,10 @@ def build_transform(spec: TransformSpec, location: str = "transform") -> Transfo
         )
     factory = _REGISTRY.get(name)
     if factory is None:
-        fix = "use one of: " + ", ".join(known_transforms())
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        fix = "use one of: " + _REGISTRY.known()
+        close = _REGISTRY.closest(name)
         if close:
-            fix += f"; did you mean {close[0]!r}?"
+            fix += f"; did you mean {close!r}?"
         raise ConfigError([Problem(location, f"unknown transform {name!r}", fix)])
     params = Params(name, raw, location)
     try:

@@ -28,6 +28,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
+from syncengine.registry import Registry
+
 __all__ = [
     "AUTH_STYLES",
     "AuthOptions",
@@ -205,17 +207,19 @@ class QueryAuth(_WithToken):
         return (self.token.get_secret_value().strip(),)
 
 
-AUTH_STYLES: dict[str, type[AuthOptions]] = {}
+AUTH_STYLES: Registry[type[AuthOptions]] = Registry(
+    "auth style", duplicate="an {kind} named {name!r} is already registered"
+)
 
 
 def register_auth(cls: type[AuthOptions]) -> type[AuthOptions]:
-    """Add an auth style to the registry (usable as a class decorator)."""
+    """Add an auth style to the registry (usable as a class decorator). Registering the same
+    class again does nothing; another class under a taken name is a ``ValueError``."""
     name = cls.style_name
     if not name:
         raise ValueError(f"{cls.__name__} has no style_name")
-    if name in AUTH_STYLES and AUTH_STYLES[name] is not cls:
-        raise ValueError(f"an auth style named {name!r} is already registered")
-    AUTH_STYLES[name] = cls
+    if AUTH_STYLES.get(name) is not cls:
+        AUTH_STYLES.add(name, cls)
     return cls
 
 

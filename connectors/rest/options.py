@@ -35,9 +35,9 @@ from __future__ import annotations
 import builtins
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from pydantic import (
@@ -59,6 +59,7 @@ from syncengine.connector import ConnectorOptions
 from syncengine.connectors.rest.auth import AUTH_STYLES, AuthOptions, NoAuth
 from syncengine.connectors.rest.paging import PAGINATORS, NoPaginationOptions, PaginationOptions
 from syncengine.connectors.rest.shape import dotted
+from syncengine.registry import Registry
 
 __all__ = [
     "OPERATIONS",
@@ -68,6 +69,8 @@ __all__ = [
     "Route",
     "Routes",
 ]
+
+T = TypeVar("T")
 
 Operation = Literal["list", "get", "create", "update", "delete"]
 OPERATIONS: tuple[Operation, ...] = ("list", "get", "create", "update", "delete")
@@ -173,23 +176,30 @@ def parse_route(text: str, op: str) -> Route:
 # ------------------------------------------------------------------------- registry dispatch
 
 
-def _styled(value: Any, registry: Mapping[str, type[Any]], kind: str, example: str) -> Any:
-    """Validate a ``{style = ..., ...}`` table with the options model its style names."""
+def _styled(
+    value: Any,
+    registry: Registry[T],
+    options_of: Callable[[T], type[BaseModel]],
+    kind: str,
+    example: str,
+) -> Any:
+    """Validate a ``{style = ..., ...}`` table with the options model of the style it names
+    (``options_of`` the registered item)."""
     if isinstance(value, BaseModel):
         return value
     if isinstance(value, str):
         value = {"style": value}
     if not isinstance(value, Mapping):
         raise _problem(f'must be a table such as {{ style = "{example}" }}')
-    known = ", ".join(sorted(registry))
+    known = registry.known()
     style = value.get("style")
     if style is None:
         raise _problem(f"style is required (use one of: {known})")
     if not isinstance(style, str) or style not in registry:
-        close = difflib.get_close_matches(str(style), list(registry), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        close = registry.closest(style)
+        hint = f"did you mean {close!r}? " if close else ""
         raise _problem(f"unknown {kind} style {style!r} ({hint}use one of: {known})")
-    options_model: type[BaseModel] = registry[style]
+    options_model = options_of(registry[style])
     try:
         return options_model.model_validate(dict(value))
     except ValidationError as err:
@@ -250,12 +260,11 @@ def _fields_at(model_cls: type[BaseModel], loc: tuple[int | str, ...]) -> builti
 
 
 def _auth_options(value: Any) -> Any:
-    return _styled(value, AUTH_STYLES, "auth", "bearer")
+    return _styled(value, AUTH_STYLES, lambda style: style, "auth", "bearer")
 
 
 def _pagination_options(value: Any) -> Any:
-    registry = {name: cls.Options for name, cls in PAGINATORS.items()}
-    return _styled(value, registry, "pagination", "page")
+    return _styled(value, PAGINATORS, lambda paginator: paginator.Options, "pagination", "page")
 
 
 # ------------------------------------------------------------------------------- per entity

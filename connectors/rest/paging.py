@@ -49,6 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from syncengine.connectors.rest.shape import MISSING, Where, describe_shape, dig, dotted
 from syncengine.errors import RetriableError
 from syncengine.http import QueryScalar
+from syncengine.registry import Registry
 
 __all__ = [
     "PAGINATORS",
@@ -651,17 +652,19 @@ def next_link(header: str, rel: str = "next") -> str | None:
 
 # ---------------------------------------------------------------------------------- registry
 
-PAGINATORS: dict[str, type[Paginator]] = {}
+PAGINATORS: Registry[type[Paginator]] = Registry(
+    "pagination style", duplicate="a {kind} named {name!r} is already registered"
+)
 
 
 def register_paginator(cls: type[Paginator]) -> type[Paginator]:
-    """Add a pagination style to the registry (usable as a class decorator)."""
+    """Add a pagination style to the registry (usable as a class decorator). Registering the
+    same class again does nothing; another class under a taken name is a ``ValueError``."""
     name = cls.style_name
     if not name:
         raise ValueError(f"{cls.__name__} has no style_name")
-    if name in PAGINATORS and PAGINATORS[name] is not cls:
-        raise ValueError(f"a pagination style named {name!r} is already registered")
-    PAGINATORS[name] = cls
+    if PAGINATORS.get(name) is not cls:
+        PAGINATORS.add(name, cls)
     return cls
 
 
