@@ -60,6 +60,7 @@ from syncengine import api
 from syncengine.config import Config, load_config
 from syncengine.connectors.housecallpro.sandbox import SyncASGITransport, create_app
 from syncengine.connectors.housecallpro.sandbox_records import INVOICE_CLOSED
+from syncengine.apply import EntityApply
 from syncengine.engine import Engine
 
 API_KEY = "bench"
@@ -147,7 +148,7 @@ class GcMeter:
 
 class StageClock:
     """Per-stage timing of one sync, from the engine's progress callback and timing wrappers
-    around ``Engine.plan_entity`` / ``Engine.apply_entity`` (restored afterwards).
+    around ``Engine.plan_entity`` / ``EntityApply.run`` (restored afterwards).
 
     Stages, per entity and summed over entities: ``read:<member>`` (from the start of
     planning the entity to that member's last read progress call, then from one member's end
@@ -188,8 +189,8 @@ class StageClock:
     @contextlib.contextmanager
     def wrapped(self) -> Iterator[None]:
         clock = self
-        originals = {name: getattr(Engine, name) for name in ("plan_entity", "apply_entity")}
-        plan_entity, apply_entity = originals["plan_entity"], originals["apply_entity"]
+        plan_entity = Engine.plan_entity
+        apply_run = EntityApply.run
 
         def timed_plan(
             engine: Engine, pipeline: Any, entity: str, *args: Any, **kwargs: Any
@@ -205,23 +206,22 @@ class StageClock:
                 clock._add(entity, "plan", end - reads_end)
                 clock.memory(entity, "planned")
 
-        def timed_apply(
-            engine: Engine, pipeline: Any, members: Any, ent: Any, *args: Any, **kwargs: Any
-        ) -> Any:
+        def timed_apply(applier: EntityApply, *args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
+            entity = applier.ent.entity
             try:
-                return apply_entity(engine, pipeline, members, ent, *args, **kwargs)
+                return apply_run(applier, *args, **kwargs)
             finally:
-                clock._add(ent.entity, "apply", time.perf_counter() - start)
-                clock.memory(ent.entity, "applied")
+                clock._add(entity, "apply", time.perf_counter() - start)
+                clock.memory(entity, "applied")
 
         Engine.plan_entity = timed_plan  # type: ignore[method-assign,assignment]
-        Engine.apply_entity = timed_apply  # type: ignore[method-assign,assignment]
+        EntityApply.run = timed_apply  # type: ignore[method-assign]
         try:
             yield
         finally:
-            for name, original in originals.items():
-                setattr(Engine, name, original)
+            Engine.plan_entity = plan_entity  # type: ignore[method-assign]
+            EntityApply.run = apply_run  # type: ignore[method-assign]
 
 
 # ----------------------------------------------------------------------------- the setup
