@@ -57,10 +57,10 @@ import httpx
 import openpyxl
 
 from syncengine import api
+from syncengine.apply import EntityApply
 from syncengine.config import Config, load_config
 from syncengine.connectors.housecallpro.sandbox import SyncASGITransport, create_app
 from syncengine.connectors.housecallpro.sandbox_records import INVOICE_CLOSED
-from syncengine.apply import EntityApply
 from syncengine.engine import Engine
 
 API_KEY = "bench"
