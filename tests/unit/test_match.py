@@ -1,0 +1,348 @@
+"""``match()`` on its own: one table row per way a new record finds (or does not find) the hub
+record it belongs to.
+
+A row gives the hub records (key, base, members holding a live link), the records new on each
+member this run, and the whole result: which keys the new records are grouped under, which
+keys are new, and which records are reported as ambiguous with what explanation. New keys come
+from a counter (``new-1``, ``new-2``, ...) so that rows can name them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pytest
+
+from syncengine.connector import NativeRecord
+from syncengine.match import MatchResult, Observed, match
+from syncengine.model import Record
+
+CRM, SHEET, SHOP = "crm", "sheet", "shop"
+MEMBERS = (CRM, SHEET, SHOP)
+CUSTOMER_KEYS = ("email", "mobile_number")
+
+ANN_EMAIL = "ann@example.com"
+ANN_MOBILE = "+15551234567"
+ANN: Record = {"first_name": "Ann", "email": ANN_EMAIL, "mobile_number": ANN_MOBILE}
+
+SEVERAL = (
+    "email 'ann@example.com' matches 2 records already linked elsewhere; give them distinct "
+    "values or link by hand"
+)
+DUPLICATE_ON_SHEET = (
+    "email 'ann@example.com' is already used by another record on sheet that is linked to "
+    "the other members: a possible duplicate, not synced (merge the two, or give this one a "
+    "distinct value)"
+)
+HELD_BACK = "held back: another record matches it ambiguously (see the other error for this value)"
+
+Hub = tuple[str, Record, frozenset[str]]
+
+
+def hub(key: str, base: Record, *linked: str) -> Hub:
+    return (key, base, frozenset(linked))
+
+
+def record(member: str, native_id: str, canonical: Record, order: int = 0) -> Observed:
+    return Observed(
+        member=member,
+        record=NativeRecord(id=native_id, data=dict(canonical)),
+        canonical=canonical,
+        native_hash=f"h-{native_id}",
+        order=order,
+    )
+
+
+@dataclass
+class Expect:
+    groups: dict[str, dict[str, str]] = field(default_factory=dict)
+    """key -> member -> native id of the new record linked to it."""
+    new_keys: set[str] = field(default_factory=set)
+    ambiguous: list[tuple[str, str, str]] = field(default_factory=list)
+    """(member, native id, explanation), in the order reported."""
+
+    @classmethod
+    def of(cls, result: MatchResult) -> Expect:
+        return cls(
+            groups={
+                key: {member: obs.record.id for member, obs in group.items()}
+                for key, group in result.groups.items()
+            },
+            new_keys=set(result.new_keys),
+            ambiguous=[(obs.member, obs.record.id, why) for obs, why in result.ambiguous],
+        )
+
+
+@dataclass(frozen=True)
+class Row:
+    new: tuple[Observed, ...]
+    expect: Expect
+    existing: tuple[Hub, ...] = ()
+    match_keys: tuple[str, ...] = CUSTOMER_KEYS
+    hints: Mapping[tuple[str, str], str] = field(default_factory=dict)
+
+
+ROWS = [
+    pytest.param(
+        Row(
+            existing=(hub("k1", ANN, CRM, SHOP),),
+            new=(record(SHEET, "s1", {"email": ANN_EMAIL, "mobile_number": None}),),
+            expect=Expect(groups={"k1": {SHEET: "s1"}}),
+        ),
+        id="matched-by-email",
+    ),
+    pytest.param(
+        Row(
+            existing=(hub("k1", ANN, CRM, SHOP),),
+            new=(record(SHEET, "s1", {"email": None, "mobile_number": ANN_MOBILE}),),
+            expect=Expect(groups={"k1": {SHEET: "s1"}}),
+        ),
+        id="matched-by-mobile-when-email-is-missing",
+    ),
+    pytest.param(
+        Row(
+            existing=(hub("k1", ANN, CRM, SHOP),),
+            new=(record(SHEET, "s1", {"email": "ann@work.example", "mobile_number": ANN_MOBILE}),),
+            expect=Expect(groups={"k1": {SHEET: "s1"}}),
+        ),
+        id="matched-by-mobile-when-email-matches-nothing",
+    ),
+    pytest.param(
+        Row(
+            existing=(
+                hub("k1", ANN, CRM),
+                hub("k2", {"email": ANN_EMAIL, "mobile_number": "+15559876543"}, CRM),
+            ),
+            new=(record(SHEET, "s1", {"email": ANN_EMAIL, "mobile_number": ANN_MOBILE}),),
+            expect=Expect(ambiguous=[(SHEET, "s1", SEVERAL)]),
+        ),
+        # the mobile would single out k1, but an ambiguous e-mail is never guessed past
+        id="two-hub-records-with-the-email-ambiguous-not-linked",
+    ),
+    pytest.param(
+        Row(
+            existing=(hub("k1", ANN, CRM), hub("k2", ANN, SHOP)),
+            new=(record(SHEET, "s1", {"email": ANN_EMAIL, "mobile_number": ANN_MOBILE}),),
+            expect=Expect(ambiguous=[(SHEET, "s1", SEVERAL)]),
+        ),
+        # reported by the first match key that is ambiguous
+        id="ambiguous-by-every-match-key-reported-once",
+    ),
+    pytest.param(
+        Row(
+            new=(
+                record(CRM, "c1", {"email": "bob@example.com", "mobile_number": None}),
+                record(SHEET, "s1", {"email": "bob@example.com", "mobile_number": ANN_MOBILE}),
+            ),
+            expect=Expect(groups={"new-1": {CRM: "c1", SHEET: "s1"}}, new_keys={"new-1"}),
+        ),
+        id="new-on-two-members-matching-each-other-one-new-key",
+    ),
+    pytest.param(
+        Row(
+            existing=(hub("k1", ANN, CRM, SHEET),),
+            new=(
+                record(CRM, "c1", {"email": "bob@example.com"}),
+                record(CRM, "c2", {"email": "cat@example.com"}),
+            ),
+            expect=Expect(
+                groups={"new-1": {CRM: "c1"}, "new-2": {CRM: "c2"}},
+                new_keys={"new-1", "new-2"},
+            ),
+        ),
+        id="no-match-a-new-key-each",
+    ),
+    pytest.param(
+        Row(
+            new=(
+                record(CRM, "c1", {"email": "bob@example.com"}),
+                record(CRM, "c2", {"email": "bob@example.com"}),
+            ),
+            expect=Expect(
+                groups={"new-1": {CRM: "c1"}, "new-2": {CRM: "c2"}},
+                new_keys={"new-1", "new-2"},
+            ),
+        ),
+        # a member's own two records are never one record
+        id="same-email-twice-on-one-member-two-new-keys",
+    ),
+    pytest.param(
+        Row(
+            existing=(hub("k1", ANN, CRM, SHEET),),
+            new=(record(SHEET, "s1", {"email": ANN_EMAIL}),),
+            expect=Expect(ambiguous=[(SHEET, "s1", DUPLICATE_ON_SHEET)]),
+        ),
+        id="member-already-linked-to-the-candidate-possible-duplicate",
+    ),
+    pytest.param(
+        Row(
+            existing=(hub("k1", ANN, SHEET),),
+            new=(record(SHEET, "s1", {"email": ANN_EMAIL}),),
+            expect=Expect(groups={"new-1": {SHEET: "s1"}}, new_keys={"new-1"}),
+        ),
+        # k1 is the member's own record and nobody else's: s1 is another record
+        id="member-alone-linked-to-the-candidate-a-new-key",
+    ),
+    pytest.param(
+        Row(
+            existing=(
+                hub("k1", ANN, CRM),
+                hub("k2", {"email": "ann@work.example"}, CRM),
+            ),
+            new=(record(SHEET, "s1", {"email": ANN_EMAIL, "mobile_number": ANN_MOBILE}),),
+            hints={(SHEET, "h-s1"): "k2"},
+            expect=Expect(groups={"k2": {SHEET: "s1"}}),
+        ),
+        id="recovery-hint-wins-over-match-keys",
+    ),
+    pytest.param(
+        Row(
+            existing=(
+                hub("k1", ANN, CRM),
+                hub("k2", {"email": "ann@work.example"}, CRM, SHEET),
+            ),
+            new=(record(SHEET, "s1", {"email": ANN_EMAIL}),),
+            hints={(SHEET, "h-s1"): "k2"},
+            expect=Expect(groups={"k1": {SHEET: "s1"}}),
+        ),
+        id="hint-to-a-key-the-member-holds-ignored",
+    ),
+    pytest.param(
+        Row(
+            existing=(hub("k1", ANN, CRM),),
+            new=(record(SHEET, "s1", {"email": ANN_EMAIL}),),
+            hints={(SHEET, "h-s1"): "k9"},
+            expect=Expect(groups={"k1": {SHEET: "s1"}}),
+        ),
+        id="hint-to-a-key-not-in-the-hub-ignored",
+    ),
+    pytest.param(
+        Row(
+            existing=(hub("k1", ANN, CRM),),
+            new=(record(SHEET, "s1", {"email": ANN_EMAIL}),),
+            hints={(SHEET, "h-other"): "k9"},
+            expect=Expect(groups={"k1": {SHEET: "s1"}}),
+        ),
+        id="hint-for-another-record-ignored",
+    ),
+    pytest.param(
+        Row(
+            existing=(hub("k0", {"first_name": "Zed", "email": "", "mobile_number": None}, SHOP),),
+            new=(
+                record(CRM, "c1", {"first_name": "Dan", "email": None, "mobile_number": ""}),
+                record(SHEET, "s1", {"first_name": "Eve"}),
+            ),
+            expect=Expect(
+                groups={"new-1": {CRM: "c1"}, "new-2": {SHEET: "s1"}},
+                new_keys={"new-1", "new-2"},
+            ),
+        ),
+        id="no-match-key-values-new-and-not-grouped",
+    ),
+    pytest.param(
+        Row(
+            existing=(hub("k1", {"email": None, "mobile_number": ANN_MOBILE}, CRM),),
+            new=(
+                record(SHEET, "s1", {"email": ANN_EMAIL, "mobile_number": ANN_MOBILE}),
+                record(SHOP, "t1", {"email": ANN_EMAIL, "mobile_number": None}),
+            ),
+            expect=Expect(groups={"k1": {SHEET: "s1", SHOP: "t1"}}),
+        ),
+        # shop's record shares only the e-mail, which the hub learns from the sheet's record
+        id="third-member-matched-through-a-value-of-a-matched-record",
+    ),
+    pytest.param(
+        Row(
+            existing=(hub("k1", ANN, CRM),),
+            new=(
+                record(CRM, "c1", {"email": ANN_EMAIL}),
+                record(SHEET, "s1", {"email": ANN_EMAIL}),
+            ),
+            expect=Expect(ambiguous=[(SHEET, "s1", SEVERAL), (CRM, "c1", HELD_BACK)]),
+        ),
+        # c1 is crm's second Ann (a new key); s1 could be either: neither is synced
+        id="new-key-contested-by-an-ambiguous-record-held-back",
+    ),
+    pytest.param(
+        Row(
+            existing=(hub("k1", ANN, CRM),),
+            new=(
+                record(SHEET, "s1", {"email": ANN_EMAIL}),
+                record(SHOP, "t1", {"email": ANN_EMAIL}),
+            ),
+            match_keys=(),
+            expect=Expect(
+                groups={"new-1": {SHEET: "s1"}, "new-2": {SHOP: "t1"}},
+                new_keys={"new-1", "new-2"},
+            ),
+        ),
+        id="no-match-keys-every-record-new",
+    ),
+    pytest.param(
+        Row(
+            existing=(hub("k1", {"invoice_number": "1001", "email": ANN_EMAIL}, CRM),),
+            new=(
+                record(SHEET, "s1", {"invoice_number": "1001"}),
+                record(SHOP, "t1", {"invoice_number": "1002", "email": ANN_EMAIL}),
+            ),
+            match_keys=("invoice_number",),
+            expect=Expect(groups={"k1": {SHEET: "s1"}, "new-1": {SHOP: "t1"}}, new_keys={"new-1"}),
+        ),
+        id="only-the-given-match-keys-count",
+    ),
+]
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_match(row: Row) -> None:
+    counter = itertools.count(1)
+    new_records: dict[str, list[Observed]] = {}
+    for obs in row.new:
+        new_records.setdefault(obs.member, []).append(obs)
+
+    result = match(
+        MEMBERS,
+        new_records,
+        iter(row.existing),
+        row.match_keys,
+        hints=row.hints,
+        make_key=lambda: f"new-{next(counter)}",
+    )
+
+    assert Expect.of(result) == row.expect
+    # what is grouped or reported is the very record given, not a copy
+    given = {id(obs) for obs in row.new}
+    assert all(id(obs) in given for group in result.groups.values() for obs in group.values())
+    assert all(id(obs) in given for obs, _ in result.ambiguous)
+
+
+def test_members_are_matched_in_pipeline_order() -> None:
+    """The first member in the pipeline's order founds the new key, whatever order the new
+    records come in."""
+    sheet = record(SHEET, "s1", {"email": "bob@example.com"})
+    crm = record(CRM, "c1", {"email": "bob@example.com"})
+    keys = iter(["first", "second"])
+
+    result = match(
+        (CRM, SHEET),
+        {SHEET: [sheet], CRM: [crm]},
+        [],
+        CUSTOMER_KEYS,
+        hints=None,
+        make_key=lambda: next(keys),
+    )
+
+    assert result.groups == {"first": {CRM: crm, SHEET: sheet}}
+    assert list(result.groups["first"]) == [CRM, SHEET]
+    assert result.new_keys == {"first"}
+    assert result.ambiguous == []
+
+
+def test_records_of_members_outside_the_pipeline_are_left_out() -> None:
+    stray = record(SHOP, "t1", {"email": ANN_EMAIL})
+
+    result = match((CRM, SHEET), {SHOP: [stray]}, [hub("k1", ANN, CRM)], CUSTOMER_KEYS, hints={})
+
+    assert (result.groups, result.new_keys, result.ambiguous) == ({}, set(), [])
