@@ -135,7 +135,7 @@ def reconcile(
     gone = _plan_deletes(ctx, plan, present, dropped, base_now, changed)
     if gone is None:
         return plan  # deleted, or its delete waits
-    new_base = _merge(ctx, plan, present, base_now, changed, keep_unsettled=base is not None)
+    new_base = _merge(ctx, plan, present, base_now, changed)
     _plan_writes(ctx, plan, views, gone, base_now, new_base, parked)
     return plan
 
@@ -264,8 +264,6 @@ def _merge(
     present: Mapping[str, MemberView],
     base_now: Record,
     changed: Mapping[str, dict[str, Any]],
-    *,
-    keep_unsettled: bool,
 ) -> Record:
     """Phase 3: the new base. A field changed alike wherever it changed is taken; different
     changes are a conflict, settled by the field's rules or parked (the base keeps its value,
@@ -292,8 +290,6 @@ def _merge(
         )
         if winner is not None:
             new_base[name] = by_member[winner]
-        elif not keep_unsettled:
-            new_base.pop(name, None)
     # drop nulls so "missing" and "empty" agree in the base
     new_base = {k: v for k, v in new_base.items() if v is not None}
     plan.base_after = new_base
@@ -344,7 +340,6 @@ def _plan_update(
         if n not in parked_now
         and (must_check_all or n in base_changed)
         and new_base.get(n) != current.get(n)
-        and not (n not in new_base and current.get(n) is None)
         and not mapping.equivalent(n, new_base.get(n), current.get(n))
     }
     if member_refs is not None:
@@ -398,7 +393,7 @@ def _plan_create(
 ) -> None:
     spec, caps, mapping = ctx.entity, ctx.caps[member], ctx.mappings[member]
     values = {n: v for n, v in new_base.items() if n in mapping.writable and n not in parked_now}
-    if not values or new_base.get(DELETED):
+    if not values:
         return
     if not caps.create:
         if others_new:
