@@ -1,0 +1,331 @@
+"""``syncengine daemon``: every pipeline on its schedule, one runner per pipeline, clean exits.
+
+The ``Daemon`` here only wires its parts together; each part is a module named for its job:
+
+- ``runner``: one scheduled attempt at a pipeline (skip, lease, sync, outcome);
+- ``policy``: whether a pipeline may run now and what an outcome means (reset, backoff,
+  pause on refused credentials);
+- ``lease_keeper``: the leases of running syncs, renewed every third of their ttl;
+- ``scheduling``: what is due (one APScheduler job per pipeline, and ``--once``);
+- ``reload``: when the config changed and whether the new one may replace the old;
+- ``signals``: SIGTERM/SIGINT (graceful, then at once) and SIGHUP (reload);
+- ``server``: ``/healthz`` and ``/metrics`` over HTTP;
+- ``redaction``: what of a failure may be logged.
+
+The main thread only waits for signals and watches the config file; the scheduler's thread
+pool runs the syncs; the keeper thread renews their leases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+
+from syncengine.config import Config
+from syncengine.daemon.lease_keeper import LeaseKeeper
+from syncengine.daemon.policy import (
+    RunOutcome,
+    RunPolicy,
+    backoff_seconds,
+    credentials_fingerprint,
+    persist,
+)
+from syncengine.daemon.reload import ConfigWatch, load_again
+from syncengine.daemon.runner import PipelineRunner, SyncFn, engine_sync
+from syncengine.daemon.scheduling import Schedules, is_due
+from syncengine.daemon.server import (
+    Health,
+    HttpAddress,
+    PipelineHealth,
+    StatusServer,
+    health_report,
+    parse_http_address,
+)
+from syncengine.daemon.signals import FORCED_RELEASE_S, Signals
+from syncengine.daemon.signals import flush_and_exit as _flush_and_exit
+from syncengine.exit_codes import ExitCode
+from syncengine.logging import REDACTOR
+from syncengine.metrics import Metrics
+from syncengine.state import StateStore
+from syncengine.state.leases import holder_id
+
+__all__ = [
+    "Daemon",
+    "RunOutcome",
+    "SyncFn",
+    "backoff_seconds",
+    "credentials_fingerprint",
+    "engine_sync",
+    "parse_http_address",
+    "run",
+]
+
+log = structlog.get_logger("syncengine.daemon")
+
+PRUNE_EVERY_S = 3600.0
+"""How often a serving daemon prunes the run history (``[daemon] history_days``)."""
+
+
+class Daemon:
+    """Schedules and runs the pipelines of one config. ``serve()`` blocks until a signal;
+    ``run_once()`` runs the due pipelines once. Both return the process exit code."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        *,
+        sync: SyncFn = engine_sync,
+        http: tuple[str, int] | None = None,
+        holder: str | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.holder = holder or holder_id()
+        self.metrics = Metrics()
+        self._http_address = HttpAddress(*http) if http is not None else None
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self.policy = RunPolicy(store, self.metrics)
+        self.leases = LeaseKeeper(store, self.holder, lambda: self.config.daemon.lease_ttl)
+        self.runner = PipelineRunner(
+            config=lambda: self.config,
+            store=store,
+            sync=sync,
+            policy=self.policy,
+            leases=self.leases,
+            metrics=self.metrics,
+            stopping=self._stopping,
+        )
+        self.schedules = Schedules(store, self.run_pipeline, lambda: self.config.secrets)
+        self.server = StatusServer(self.health, self.metrics)
+        self.signals = Signals(stop=self._stop_runs, exit_now=self._exit_now, wake=self._wake.set)
+        self._watch = ConfigWatch(config)
+
+    # ------------------------------------------------------------------------ runs
+
+    def run_pipeline(self, name: str) -> RunOutcome:
+        """One attempt at running a pipeline, with every rule of the failure policy."""
+        return self.runner.run(name)
+
+    def renew_leases(self) -> None:
+        """Renew the leases of the running syncs once (the keeper thread does it by itself)."""
+        self.leases.renew()
+
+    @property
+    def running(self) -> list[str]:
+        """The pipelines this daemon is syncing now."""
+        return self.leases.running
+
+    def due(self, name: str, now: dt.datetime | None = None) -> bool:
+        """Whether the pipeline's schedule owes a run (from its last run's start)."""
+        return is_due(self.store, self.config, name, now or dt.datetime.now(dt.UTC))
+
+    def next_run(self, name: str) -> dt.datetime | None:
+        """When the scheduler runs the pipeline next (None when not scheduled)."""
+        return self.schedules.next_run(name)
+
+    def prune_history(self) -> int:
+        """Delete runs older than ``[daemon] history_days`` (each pipeline keeps its newest)."""
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=self.config.daemon.history_days)
+        pruned = persist(self.store, lambda tx: tx.prune_runs(cutoff))
+        if pruned:
+            log.info("run history pruned", runs=pruned, before=cutoff.isoformat())
+        return int(pruned or 0)
+
+    # ------------------------------------------------------------------- starting
+
+    def _prepare(self) -> None:
+        """Before the first run: lift pauses whose credentials changed, prune the history,
+        read every pipeline's standing."""
+        self.policy.lift_stale_pauses(self.config)
+        self.prune_history()
+        self.policy.load(self.config)
+
+    def start(self) -> None:
+        """Start the scheduler, the lease keeper and the HTTP endpoint (if asked for)."""
+        self._prepare()
+        if self._http_address is not None:  # first: a port in use fails before any run
+            self.server.start(self._http_address)
+        section = self.config.daemon
+        self.schedules.start(self.config)
+        self.metrics.scheduler_up.set(1)
+        self._start_lease_keeper()
+        log.info(
+            "daemon started",
+            holder=self.holder,
+            pipelines=list(self.config.pipelines),
+            max_concurrent=section.max_concurrent,
+            lease_ttl=section.lease_ttl,
+            state=self.store.url_for_display,
+        )
+
+    def _start_lease_keeper(self) -> None:
+        """The keeper thread: renews the running syncs' leases until they all finished."""
+        keeper = threading.Thread(
+            target=self.leases.keep, args=(self._stopping,), name="lease-keeper", daemon=True
+        )
+        keeper.start()
+
+    # ------------------------------------------------------------------- reloading
+
+    def files_changed(self) -> bool:
+        """Whether the config or a mapping file it names changed since it was loaded."""
+        return self._watch.changed(self.config)
+
+    def reload(self) -> bool:
+        """Load the config again; keep the old one (and say why) when the new one is invalid."""
+        old = self.config
+        self._watch.remember(old)
+        new = load_again(old, self.metrics)
+        if new is None:
+            return False
+        REDACTOR.add(new.secrets)
+        self.config = new
+        self._watch.remember(new)
+        self.schedules.reschedule(old, new)
+        self.policy.lift_stale_pauses(new)
+        self.metrics.reloads.labels("ok").inc()
+        log.info("config reloaded", path=str(new.path), pipelines=list(new.pipelines))
+        return True
+
+    # ------------------------------------------------------------------ the process
+
+    def serve(self) -> int:
+        """Run until SIGTERM/SIGINT (from the main thread); returns the exit code."""
+        self.signals.install()
+        self.start()
+        last_prune = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                poll = self.config.daemon.reload_poll
+                self._wake.wait(poll if poll > 0 else 60.0)
+                self._wake.clear()
+                if self._stopping.is_set():
+                    break
+                if self.signals.take_reload_request():
+                    log.info("SIGHUP: reloading the config")
+                    self.reload()
+                elif poll > 0 and self.files_changed():
+                    log.info("config file changed: reloading")
+                    self.reload()
+                if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                    last_prune = time.monotonic()
+                    self.prune_history()
+        finally:
+            finished = self.shutdown()
+        return int(ExitCode.OK if finished else ExitCode.PROBLEMS)
+
+    def request_stop(self) -> None:
+        """Stop starting runs, and wake the main thread to shut down."""
+        self._stopping.set()
+        self._wake.set()
+
+    def _stop_runs(self) -> None:
+        """The first signal: stop starting runs and ask the running ones to stop."""
+        self.request_stop()
+        self.leases.stop_all()
+
+    def _exit_now(self, code: int) -> None:
+        """Release what leases can be released within ``FORCED_RELEASE_S``, then exit."""
+        self.leases.release_all(FORCED_RELEASE_S)
+        _flush_and_exit(code)
+
+    def shutdown(self) -> bool:
+        """Stop scheduling, stop the running syncs at their next batch boundary, wait up to
+        ``shutdown_grace`` for them. True when everything finished in time; when they did
+        not, the process exits 1 here (the next run resumes them from the journal)."""
+        self._stopping.set()
+        self.metrics.scheduler_up.set(0)
+        self.schedules.shutdown()
+        running = self.leases.stop_all()
+        grace = self.config.daemon.shutdown_grace
+        if running:
+            log.info(
+                "shutting down: waiting for running syncs to commit",
+                pipelines=[r.pipeline for r in running],
+                grace_s=grace,
+            )
+        left = self.leases.wait_idle(time.monotonic() + grace)
+        if left:
+            log.error(
+                "shutdown grace period passed with syncs still running; exiting "
+                "anyway (the next run resumes them from the journal)",
+                pipelines=left,
+            )
+            self._exit_now(ExitCode.PROBLEMS)
+        self.server.stop()
+        log.info("daemon stopped", holder=self.holder)
+        return True
+
+    # ------------------------------------------------------------------------ once
+
+    def run_once(self) -> int:
+        """Run every due pipeline once (``--once``); the worst exit code of them."""
+        self.signals.install()
+        self._prepare()
+        due = [n for n in self.config.pipelines if self.due(n)]
+        log.info(
+            "running due pipelines once",
+            due=due,
+            not_due=[n for n in self.config.pipelines if n not in due],
+        )
+        codes: list[int] = [ExitCode.OK]
+        for name, state in self.policy.states.items():
+            if name in self.config.pipelines and state.paused and name not in due:
+                log.error("pipeline is paused", pipeline=name, reason=state.paused_reason)
+                codes.append(ExitCode.PROBLEMS)
+        self._start_lease_keeper()
+        with ThreadPoolExecutor(max_workers=self.config.daemon.max_concurrent) as pool:
+            outcomes = list(pool.map(self.run_pipeline, due))
+        self._stopping.set()
+        for out in outcomes:
+            if out.outcome == "skipped:paused":
+                log.error("pipeline is paused", pipeline=out.pipeline, reason=out.error)
+            codes.append(out.exit_code)
+        return int(max(codes))
+
+    # ------------------------------------------------------------------- health, HTTP
+
+    def health(self) -> Health:
+        """(healthy, body) for ``/healthz``: healthy while the scheduler runs."""
+        alive = self.schedules.running and not self._stopping.is_set()
+        running = set(self.running)
+        pipelines = {}
+        for name in self.config.pipelines:
+            state = self.policy.states.get(name)
+            pipelines[name] = PipelineHealth(
+                last_success=self.policy.last_success.get(name),
+                running=name in running,
+                next_run=self.next_run(name),
+                paused=bool(state and state.paused),
+                failures=state.failures if state else 0,
+            )
+        return health_report(alive, self.holder, pipelines)
+
+    @property
+    def http_address(self) -> HttpAddress | None:
+        """Where ``/healthz`` and ``/metrics`` are served (the real port when 0 was asked)."""
+        return self.server.address
+
+
+def run(
+    config: Config,
+    *,
+    once: bool = False,
+    http: tuple[str, int] | None = None,
+    sync: SyncFn = engine_sync,
+) -> int:
+    """``syncengine daemon``: open the state store, then serve (or ``once``); the exit code."""
+    from syncengine.api import open_store
+
+    store = open_store(config)
+    try:
+        daemon = Daemon(config, store, sync=sync, http=http)
+        return daemon.run_once() if once else daemon.serve()
+    finally:
+        store.close()

@@ -1,0 +1,169 @@
+"""One scheduled attempt at a pipeline, start to end::
+
+    removed from the config? / stopping?  ─▶ skip
+    paused or backing off?                ─▶ skip (the policy says)
+    lease acquired?  ─ no ─▶ skip (another daemon runs it)
+    sync(pipeline, stop=event)            lease renewed every ttl/3 by the keeper thread
+    outcome ─▶ the policy (reset, pause, failures + backoff), metrics, "run finished"
+    lease released
+
+The sync itself is a ``SyncFn``; ``engine_sync`` (one ``Engine`` run) unless a test or the
+bench gives another."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import structlog
+
+from syncengine.config import Config, Pipeline
+from syncengine.connector import Connector
+from syncengine.daemon.lease_keeper import LeasedRun, LeaseKeeper
+from syncengine.daemon.policy import RunOutcome, RunPolicy
+from syncengine.daemon.redaction import describe_error, redacted_traceback
+from syncengine.engine import Engine, SyncResult
+from syncengine.errors import AuthError, SyncEngineError, SyncStopped
+from syncengine.exit_codes import ExitCode
+from syncengine.metrics import Metrics, http_stats
+from syncengine.state import COMPLETED_OUTCOMES, StateStore
+
+__all__ = ["PipelineRunner", "SyncFn", "engine_sync"]
+
+log = structlog.get_logger("syncengine.daemon")
+
+SyncFn = Callable[[Config, StateStore, Pipeline, threading.Event, list[Connector]], SyncResult]
+"""Runs one pipeline: (config, store, pipeline, stop event, connectors made -> appended)."""
+
+
+@dataclass(frozen=True)
+class _ObservedConfig(Config):
+    """The config, telling ``observer`` about every connector the engine makes (for the
+    HTTP counters of the run's connectors)."""
+
+    observer: Callable[[Connector], None] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, config: Config, observer: Callable[[Connector], None]) -> _ObservedConfig:
+        values = {f.name: getattr(config, f.name) for f in fields(Config)}
+        return cls(**values, observer=observer)
+
+    def make_connector(self, name: str, extra: Any = None) -> Connector:
+        connector = super().make_connector(name, extra)
+        if self.observer is not None:
+            self.observer(connector)
+        return connector
+
+
+def engine_sync(
+    config: Config,
+    store: StateStore,
+    pipeline: Pipeline,
+    stop: threading.Event,
+    connectors: list[Connector],
+) -> SyncResult:
+    """The default ``SyncFn``: one ``Engine`` run, stoppable through ``stop``."""
+    engine = Engine(_ObservedConfig.of(config, connectors.append), store, stop=stop)
+    return engine.sync(pipeline)
+
+
+class PipelineRunner:
+    """Runs a pipeline when the policy and its lease allow, and hands the outcome to the
+    policy. ``config()`` is the daemon's current config (a reload swaps it)."""
+
+    def __init__(
+        self,
+        *,
+        config: Callable[[], Config],
+        store: StateStore,
+        sync: SyncFn,
+        policy: RunPolicy,
+        leases: LeaseKeeper,
+        metrics: Metrics,
+        stopping: threading.Event,
+    ) -> None:
+        self._config = config
+        self.store = store
+        self._sync = sync
+        self.policy = policy
+        self.leases = leases
+        self.metrics = metrics
+        self._stopping = stopping
+
+    def run(self, name: str) -> RunOutcome:
+        """One attempt at running a pipeline, with every rule of the failure policy."""
+        config = self._config()  # a reload swaps it; this run keeps the one it started with
+        pipeline = config.pipelines.get(name)
+        if pipeline is None:
+            return RunOutcome(name, "skipped:removed")
+        with structlog.contextvars.bound_contextvars(pipeline=name):
+            if self._stopping.is_set():
+                return RunOutcome(name, "skipped:stopping")
+            skip = self.policy.why_not_now(name)
+            if skip is not None:
+                return skip
+            run = self.leases.acquire(name, config.daemon.lease_ttl)
+            if run is None:
+                self.metrics.skipped.labels(name, "lease_held").inc()
+                holder = self.store.leases().get(name)
+                log.debug(
+                    "run skipped: another runner holds the lease",
+                    holder=holder.holder if holder else None,
+                )
+                return RunOutcome(name, "skipped:lease_held")
+            self.metrics.running.labels(name).set(1)
+            try:
+                if self._stopping.is_set():
+                    return RunOutcome(name, "skipped:stopping")
+                return self._run_leased(config, pipeline, run)
+            finally:
+                self.leases.forget(name)
+                self.metrics.running.labels(name).set(0)
+                self.leases.release(name)
+
+    def _run_leased(self, config: Config, pipeline: Pipeline, run: LeasedRun) -> RunOutcome:
+        """The sync under its lease; what its outcome (or exception) means goes to the policy."""
+        name = pipeline.name
+        connectors: list[Connector] = []
+        started = time.monotonic()
+        out = RunOutcome(name, "failed", ExitCode.PROBLEMS)
+        try:
+            result = self._sync(config, self.store, pipeline, run.stop, connectors)
+            out = RunOutcome(name, result.outcome, result.exit_code, result)
+            if result.outcome in COMPLETED_OUTCOMES:
+                self.policy.succeeded(name)
+        except SyncStopped as exc:
+            out = RunOutcome(name, "stopped", ExitCode.OK, error=str(exc))
+            if run.lost:
+                log.error("run stopped: the lease was lost to another runner")
+        except AuthError as exc:
+            out.error = self._describe(exc)
+            self.policy.refused(config, pipeline, out.error)
+        except Exception as exc:
+            out.error = self._describe(exc)
+            if not isinstance(exc, SyncEngineError):
+                log.error(
+                    "run failed with an internal error (a bug, please report it)",
+                    traceback=redacted_traceback(),
+                )
+            self.policy.failed(config, name, out.error)
+        finally:
+            out.seconds = time.monotonic() - started
+            self.metrics.observe_run(
+                name, out.outcome, out.seconds, out.result, http_stats(connectors)
+            )
+        log.info(
+            "run finished",
+            outcome=out.outcome,
+            exit_code=out.exit_code,
+            run_id=out.result.run_id if out.result else None,
+            seconds=round(out.seconds, 3),
+            error=out.error or None,
+        )
+        return out
+
+    def _describe(self, exc: BaseException) -> str:
+        return describe_error(exc, self._config().secrets)
