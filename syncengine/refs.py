@@ -37,7 +37,9 @@ PENDING = "(created by this sync)"
 
 
 @dataclass
-class _Index:
+class RefIndex:
+    """How one member shows the records of one entity it refers to, both ways."""
+
     forward: dict[Any, Any] = field(default_factory=dict)
     """native form -> hub key (or AMBIGUOUS)."""
     back: dict[str, Any] = field(default_factory=dict)
@@ -55,7 +57,9 @@ class _Index:
 
 
 @dataclass(frozen=True)
-class _Field:
+class RefField:
+    """One reference field of a mapping: the entity it refers to and how it shows it."""
+
     name: str
     target: str
     ref_by: tuple[str, ...] | None
@@ -87,7 +91,7 @@ class References:
         self.dry_run = dry_run
         self.plans: dict[str, EntityPlan] = {}
         """entity -> this run's plan (laid over the state in a dry run)."""
-        self._indexes: dict[tuple[str, str, tuple[str, ...] | None], _Index] = {}
+        self._indexes: dict[tuple[str, str, tuple[str, ...] | None], RefIndex] = {}
         self._waiting: dict[tuple[str, str], set[str]] = {}
         """(entity, member) -> keys that member deleted while they are still referred to:
         its link still names the deleted record, so nothing may refer to it there."""
@@ -162,15 +166,15 @@ class References:
             return None
         return MemberRefs(self, member, mapping)
 
-    def index(self, target: str, member: str, ref_by: tuple[str, ...] | None) -> _Index:
+    def index(self, target: str, member: str, ref_by: tuple[str, ...] | None) -> RefIndex:
         cache_key = (target, member if ref_by is None else "", ref_by)
         found = self._indexes.get(cache_key)
         if found is None:
             found = self._indexes[cache_key] = self._build(target, member, ref_by)
         return found
 
-    def _build(self, target: str, member: str, ref_by: tuple[str, ...] | None) -> _Index:
-        index = _Index()
+    def _build(self, target: str, member: str, ref_by: tuple[str, ...] | None) -> RefIndex:
+        index = RefIndex()
         plan = self.plans.get(target) if self.dry_run else None
         if ref_by is None:
             for native_id, (key, _hash) in self.store.link_index(
@@ -245,16 +249,16 @@ class MemberRefs:
         self.member = member
         self.mapping = mapping
         by_name = {f.canonical: f for f in mapping.fields}
-        self.fields: list[_Field] = []
+        self.fields: list[RefField] = []
         for name, (target, ref_by) in mapping.refs.items():
             spec = model.ENTITIES[target]
             normalisers = (
                 tuple(_normaliser(spec, f) for f in ref_by) if ref_by else (model.norm_str,)
             )
-            self.fields.append(_Field(name, target, ref_by, by_name.get(name), normalisers))
+            self.fields.append(RefField(name, target, ref_by, by_name.get(name), normalisers))
         self.by_value = [f for f in self.fields if f.ref_by is not None]
 
-    def _index(self, f: _Field) -> _Index:
+    def _index(self, f: RefField) -> RefIndex:
         return self.refs.index(f.target, self.member, f.ref_by)
 
     # ---------------------------------------------------------------------------- reading
@@ -313,8 +317,8 @@ class RefIndexes:
 
     member: str
     mapping: EntityMapping
-    fields: tuple[_Field, ...]
-    indexes: Mapping[str, _Index]
+    fields: tuple[RefField, ...]
+    indexes: Mapping[str, RefIndex]
     """reference field -> the index of its target as this member shows it."""
 
     def stale_fields(self, native: Mapping[str, Any] | None, values: Mapping[str, Any]) -> set[str]:
@@ -333,7 +337,7 @@ class RefIndexes:
                 out.add(f.name)
         return out
 
-    def _shown(self, f: _Field, native: Mapping[str, Any]) -> list[Any]:
+    def _shown(self, f: RefField, native: Mapping[str, Any]) -> list[Any]:
         """The normal forms of what the member's cell shows now."""
         assert f.mapping is not None
         raw = f.mapping.path().get(native)

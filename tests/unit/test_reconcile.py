@@ -31,7 +31,7 @@ from syncengine.plan import (
     Update,
 )
 from syncengine.reconcile import Context, MemberView, Status, reconcile
-from syncengine.refs import MemberRefs, References, RefIndexes, _Index
+from syncengine.refs import MemberRefs, References, RefIndex, RefIndexes
 
 CRM, SHEET, SHOP = "crm", "sheet", "shop"
 MEMBERS = (CRM, SHEET, SHOP)
@@ -105,13 +105,13 @@ class _GivenReferences(References):
     """References whose indexes are given as data instead of read from a state store.
 
     ``MemberRefs.snapshot()`` builds the ``RefIndexes`` from it as the engine does; the one
-    private name used is ``_Index`` (refs has no public way to make an index from data)."""
+    index is built with ``RefIndex.add``."""
 
     def __init__(self, shown: Mapping[str, str]) -> None:  # no store: nothing to open
         self.shown = shown
 
-    def index(self, target: str, member: str, ref_by: tuple[str, ...] | None) -> _Index:
-        built = _Index()
+    def index(self, target: str, member: str, ref_by: tuple[str, ...] | None) -> RefIndex:
+        built = RefIndex()
         if target == "customers":
             for key, native in self.shown.items():
                 built.add(native, key)
