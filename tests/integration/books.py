@@ -10,14 +10,11 @@ the sync's result with an independent account of both sides.
 from __future__ import annotations
 
 import contextlib
-import csv
 import datetime as dt
-import io
 import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import time
 import zoneinfo
@@ -31,6 +28,7 @@ from typing import Any
 import httpx
 import openpyxl
 
+from tests.csvfiles import read_csv_table, write_csv
 from tests.integration.conftest import (
     CLI_TIMEOUT,
     DEFAULT_KEY,
@@ -39,6 +37,7 @@ from tests.integration.conftest import (
     cli_env,
     start_sandbox,
 )
+from tests.statefile import journal_counts
 
 ENTITIES = ("customers", "invoices", "payments")
 SHEETS = {"customers": "Customers", "invoices": "Invoices", "payments": "Payments"}
@@ -304,22 +303,13 @@ class BookRows:
 def read_csv_rows(path: Path) -> BookRows:
     if not path.exists():
         return BookRows([], [])
-    data = path.read_bytes().decode("utf-8")
-    reader = csv.DictReader(io.StringIO(data, newline=""))
-    rows = [dict(r) for r in reader]
-    return BookRows(list(reader.fieldnames or []), rows, list(range(2, len(rows) + 2)))
+    table = read_csv_table(path)
+    return BookRows(table.header, table.rows, list(range(2, len(table.rows) + 2)))
 
 
 def write_csv_rows(path: Path, header: list[str], rows: list[dict[str, Any]]) -> None:
     """As a person saving from a spreadsheet program would: the whole file, replaced."""
-    buf = io.StringIO(newline="")
-    writer = csv.DictWriter(buf, fieldnames=header, lineterminator="\r\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in header})
-    tmp = path.with_name(path.name + ".edit")
-    tmp.write_text(buf.getvalue(), encoding="utf-8", newline="")
-    os.replace(tmp, path)
+    write_csv(path, rows, header, newline="\r\n", replace=True)
 
 
 def read_xlsx_rows(path: Path, sheet: str) -> BookRows:
@@ -472,37 +462,6 @@ def assert_books_match_hcp(hcp: HcpBooks, books: Path, timezone: str = "UTC") ->
         if (cents(r["Amount"]) or 0) - by_invoice[str(r["Invoice #"])] != cents(r["Balance"])
     }
     assert not off, f"in the books, balance != amount - payments (amount, paid, balance): {off}"
-
-
-def payment_links(db: Path) -> dict[str, dict[str, str]]:
-    """Hub key -> {member: native id} for payments, from the state file (no sync running)."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        out: dict[str, dict[str, str]] = {}
-        for key, member, native_id in con.execute(
-            "SELECT key, member, native_id FROM links WHERE entity = 'payments' AND NOT tombstone"
-        ):
-            out.setdefault(key, {})[member] = native_id
-        return out
-    finally:
-        con.close()
-
-
-def journal_counts(db: Path) -> Counter[str]:
-    if not db.exists():
-        return Counter()
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return Counter(
-            {
-                state: n
-                for state, n in con.execute("SELECT state, count(*) FROM journal GROUP BY state")
-            }
-        )
-    except sqlite3.OperationalError:
-        return Counter()
-    finally:
-        con.close()
 
 
 def planned_writes(result: dict[str, Any]) -> dict[tuple[str, str, str], int]:

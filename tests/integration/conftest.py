@@ -9,8 +9,6 @@ tests can run in parallel (``pytest -n 2``).
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import subprocess
 import sys
@@ -249,57 +247,6 @@ entities = ["customers"]
     path = folder / name
     path.write_text(text, encoding="utf-8")
     return path
-
-
-CSV_HEADER = [
-    "Sync ID",
-    "First Name",
-    "Last Name",
-    "Email",
-    "Mobile",
-    "Home Phone",
-    "Work Phone",
-    "Company",
-    "Tags",
-    "Street",
-    "City",
-    "State",
-    "Zip",
-]
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def csv_text(rows: list[dict[str, str]], header: list[str] | None = None) -> str:
-    """Rows as CSV text (``\\n`` line ends), columns in ``header`` order."""
-    if header is None:
-        header = list(rows[0]) if rows else CSV_HEADER
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row.get(k, "") for k in header})
-    return buffer.getvalue()
-
-
-def write_csv(path: Path, rows: list[dict[str, str]], header: list[str] | None = None) -> bytes:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = csv_text(rows, header).encode("utf-8")
-    path.write_bytes(data)
-    return data
-
-
-def state_files(folder: Path, name: str = "state.db") -> dict[str, bytes]:
-    """The raw bytes of the SQLite state file and its -wal/-journal companions that exist."""
-    found = {}
-    for suffix in ("", "-wal", "-journal"):
-        path = folder / f"{name}{suffix}"
-        if path.exists():
-            found[path.name] = path.read_bytes()
-    return found
 
 
 def assert_clean_exit(result: CliResult, code: int) -> None:

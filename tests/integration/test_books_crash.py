@@ -41,11 +41,11 @@ from tests.integration.books import (
     assert_books_match_hcp,
     assert_nothing_planned,
     books_config,
-    journal_counts,
-    payment_links,
     read_books,
 )
 from tests.integration.conftest import CliResult, Sandbox, assert_clean_exit
+from tests.statefile import journal_counts
+from tests.statefile import links as state_links
 
 pytestmark = pytest.mark.integration
 
@@ -193,7 +193,7 @@ def test_payments_recorded_in_hcp_arrive_exactly_once_through_sigkills(
         assert_books_match_hcp(truth, books)
 
         # exactly once, by link: each HCP payment <-> one row, each row <-> one HCP payment
-        links = payment_links(folder / "state.db")
+        links = state_links(folder / "state.db", "payments")
         hcp_ids = Counter(m.get("hcp") for m in links.values())
         book_ids = Counter(m.get("books") for m in links.values())
         rows = read_books(books, "payments").filled()

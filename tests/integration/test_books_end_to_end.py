@@ -40,7 +40,8 @@ from tests.integration.books import (
     read_books,
     start_sandbox_with,
 )
-from tests.integration.conftest import CliResult, Sandbox, assert_clean_exit, state_files
+from tests.integration.conftest import CliResult, Sandbox, assert_clean_exit
+from tests.statefile import state_files
 
 pytestmark = pytest.mark.integration
 

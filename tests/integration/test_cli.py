@@ -14,15 +14,14 @@ from typing import Any
 
 import pytest
 
+from tests.csvfiles import read_csv, write_csv
 from tests.integration.conftest import (
     CliResult,
     Sandbox,
     assert_clean_exit,
     hcp_books_config,
-    read_csv,
-    state_files,
-    write_csv,
 )
+from tests.statefile import state_files
 
 pytestmark = pytest.mark.integration
 

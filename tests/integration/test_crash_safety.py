@@ -28,13 +28,10 @@ their own regression tests at the end.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
 import random
 import signal
-import sqlite3
 import stat
 import subprocess
 import time
@@ -50,27 +47,14 @@ import pytest
 from testbed.processes import ServerProcess
 from testbed.sandbox import start_sandbox as start_sandbox_process
 from testbed.sandbox import syncengine_command
+from tests.csvfiles import CSV_HEADER, read_csv_table, write_csv
+from tests.statefile import journal_counts, links
 
 pytestmark = pytest.mark.integration
 
 API_KEY = "test-key-XYZ"
 SEED = 20240611
 SANDBOX_CUSTOMERS = 40
-COLUMNS = [
-    "Sync ID",
-    "First Name",
-    "Last Name",
-    "Email",
-    "Mobile",
-    "Home Phone",
-    "Work Phone",
-    "Company",
-    "Tags",
-    "Street",
-    "City",
-    "State",
-    "Zip",
-]
 WRITES = ("POST", "PUT", "DELETE")
 
 LOOP_RUNS = 16
@@ -181,59 +165,17 @@ def text(value: Any) -> str:
 
 def read_sheet(path: Path) -> tuple[list[str], list[dict[str, str]], str]:
     """Header, the non-blank rows, and the line terminator of a CSV file."""
-    data = path.read_bytes().decode("utf-8")
-    newline = "\r\n" if "\r\n" in data else "\n"
-    reader = csv.DictReader(io.StringIO(data, newline=""))
-    header = list(reader.fieldnames or [])
+    table = read_csv_table(path)
     rows = [
-        dict(r) for r in reader if any((v or "").strip() for v in r.values() if isinstance(v, str))
+        r for r in table.rows if any((v or "").strip() for v in r.values() if isinstance(v, str))
     ]
-    return header, rows, newline
+    return table.header, rows, table.newline
 
 
 def write_sheet(
     path: Path, header: list[str], rows: list[dict[str, str]], newline: str = "\r\n"
 ) -> None:
-    buf = io.StringIO(newline="")
-    writer = csv.DictWriter(buf, fieldnames=header, lineterminator=newline, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row.get(k) or "" for k in header})
-    tmp = path.with_name(path.name + ".test-edit")
-    tmp.write_text(buf.getvalue(), encoding="utf-8", newline="")
-    os.replace(tmp, path)
-
-
-def journal_counts(db: Path) -> Counter[str]:
-    """Journal rows by state, read straight from the SQLite file (no sync is running)."""
-    if not db.exists():
-        return Counter()
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return Counter(
-            {
-                state: n
-                for state, n in con.execute("SELECT state, count(*) FROM journal GROUP BY state")
-            }
-        )
-    except sqlite3.OperationalError:  # killed before the schema was there
-        return Counter()
-    finally:
-        con.close()
-
-
-def links(db: Path) -> dict[str, dict[str, str]]:
-    """key -> {member: native_id} of the hub's links."""
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        out: dict[str, dict[str, str]] = {}
-        for key, member, native_id in con.execute(
-            "SELECT key, member, native_id FROM links WHERE entity = 'customers' AND NOT tombstone"
-        ):
-            out.setdefault(key, {})[member] = native_id
-        return out
-    finally:
-        con.close()
+    write_csv(path, rows, header, newline=newline, replace=True)
 
 
 @dataclass
@@ -501,7 +443,7 @@ def assert_same_customers(hcp: list[dict[str, Any]], rows: list[dict[str, str]],
     )
     by_id = {c["id"]: c for c in hcp}
     by_sync_id = {r["Sync ID"].strip(): r for r in rows}
-    pairs = links(db)
+    pairs = links(db, "customers")
     hcp_linked = Counter(m.get("hcp") for m in pairs.values())
     books_linked = Counter(m.get("books") for m in pairs.values())
     assert set(hcp_linked) == set(by_id) and max(hcp_linked.values()) == 1, (
@@ -585,7 +527,7 @@ def seed_sheet(h: Harness, *, overlapping: int, new_rows: int) -> list[dict[str,
                 "Company": f"Books Start {n}",
             }
         )
-    write_sheet(h.sheet, COLUMNS, rows)
+    write_sheet(h.sheet, CSV_HEADER, rows)
     return rows
 
 
@@ -809,7 +751,7 @@ def test_sigkill_right_after_first_post_does_not_create_twice(
             f"{new_rows - len(created)} new rows not yet in HCP"
         )
         for c in created:  # what the killed run created is linked, not re-created
-            assert c["id"] in {m.get("hcp") for m in links(h.db).values()}
+            assert c["id"] in {m.get("hcp") for m in links(h.db, "customers").values()}
 
         second, result = h.sync()
         assert_nothing_to_do(second, result)

@@ -42,7 +42,8 @@ from syncengine.config import load_config
 from syncengine.state import RunRow, StateStore
 from testbed.processes import ServerProcess
 from testbed.sandbox import start_sandbox as start_sandbox_process
-from tests.integration.conftest import CSV_HEADER, cli_env, read_csv, write_csv
+from tests.csvfiles import read_csv, write_csv
+from tests.integration.conftest import cli_env
 
 pytestmark = pytest.mark.integration
 
@@ -304,11 +305,7 @@ def sheet(folder: Path, name: str) -> list[dict[str, str]]:
 
 def replace_sheet(folder: Path, name: str, rows: list[dict[str, str]]) -> None:
     """Write the sheet the way an editor saving a file does: a new file moved into place."""
-    path = folder / name / "customers.csv"
-    tmp = path.with_name("customers.csv.edit")
-    header = list(rows[0]) if rows else CSV_HEADER
-    write_csv(tmp, rows, header)
-    os.replace(tmp, path)
+    write_csv(folder / name / "customers.csv", rows, replace=True)
 
 
 def emails(rows: list[dict[str, str]]) -> list[str]:

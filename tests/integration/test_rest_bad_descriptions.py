@@ -18,14 +18,8 @@ from pathlib import Path
 import pytest
 
 from testbed.jsonserver import JsonServer
-from tests.integration.conftest import (
-    CliResult,
-    Sandbox,
-    assert_clean_exit,
-    cli_env,
-    read_csv,
-    write_csv,
-)
+from tests.csvfiles import read_csv, write_csv
+from tests.integration.conftest import CliResult, Sandbox, assert_clean_exit, cli_env
 from tests.jsonserver import ensure_json_server
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,7 @@ from syncengine.config import Config, load_config
 from syncengine.connectors.memory import MemoryConnector
 from syncengine.engine import SyncResult
 from testbed.jsonserver import JsonServer
-from tests.integration.conftest import CSV_HEADER, read_csv, write_csv
+from tests.csvfiles import CSV_HEADER, read_csv, write_csv
 from tests.jsonserver import ensure_json_server
 
 pytestmark = pytest.mark.integration

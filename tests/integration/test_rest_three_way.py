@@ -17,14 +17,8 @@ import httpx
 import pytest
 
 from testbed.jsonserver import JsonServer
-from tests.integration.conftest import (
-    CSV_HEADER,
-    CliResult,
-    Sandbox,
-    assert_clean_exit,
-    read_csv,
-    write_csv,
-)
+from tests.csvfiles import CSV_HEADER, read_csv, write_csv
+from tests.integration.conftest import CliResult, Sandbox, assert_clean_exit
 from tests.jsonserver import ensure_json_server
 
 pytestmark = pytest.mark.integration

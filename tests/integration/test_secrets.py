@@ -14,14 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (
-    CliResult,
-    Sandbox,
-    assert_clean_exit,
-    hcp_books_config,
-    read_csv,
-    write_csv,
-)
+from tests.csvfiles import read_csv, write_csv
+from tests.integration.conftest import CliResult, Sandbox, assert_clean_exit, hcp_books_config
 
 pytestmark = pytest.mark.integration
 

@@ -38,6 +38,7 @@ from syncengine.connectors.memory import MemoryConnector
 from syncengine.connectors.spreadsheet import SpreadsheetConnector, SpreadsheetOptions
 from syncengine.mapping import EntityMapping, load_mapping
 from syncengine.transforms import build_transform
+from tests.csvfiles import read_csv, write_csv
 from tests.helpers import memory_config
 
 MAX = 10**10
@@ -257,7 +258,7 @@ def test_csv_rows_written_by_the_connector_read_back_exactly(
             f"p{n}": a for n, a in enumerate(amounts)
         }
         # the file holds the plain decimal text, one row per record
-        rows = list(csv.DictReader(io.StringIO((folder / "payments.csv").read_text())))
+        rows = read_csv(folder / "payments.csv")
         assert [_exact(r["Amount"], 2) for r in rows] == amounts
 
 
@@ -348,13 +349,13 @@ def test_a_sync_between_integer_cents_and_a_csv_folder_keeps_every_cent(
         assert first.exit_code == 0, first.to_json()
 
         folder = Path(tmp) / "books"
-        invoices = list(csv.DictReader(io.StringIO((folder / "invoices.csv").read_text())))
+        invoices = read_csv(folder / "invoices.csv")
         assert sorted(
             (r["Invoice #"], _exact(r["Amount"], 2), _exact(r["Balance"], 2)) for r in invoices
         ) == sorted(
             (str(1000 + n), a, b) for n, (a, b) in enumerate(zip(amounts, owed, strict=True))
         )
-        payments = list(csv.DictReader(io.StringIO((folder / "payments.csv").read_text())))
+        payments = read_csv(folder / "payments.csv")
         assert sorted((r["Invoice #"], _exact(r["Amount"], 2)) for r in payments) == sorted(
             (str(1000 + n), a) for n, a in enumerate(amounts)
         )
@@ -368,11 +369,7 @@ def test_a_sync_between_integer_cents_and_a_csv_folder_keeps_every_cent(
             amount, balance = by_number[row["Invoice #"]]
             row["Amount"] = data.draw(typed(amount, 2), label="retyped amount")
             row["Balance"] = data.draw(typed(balance, 2), label="typed balance")
-        text = io.StringIO()
-        out = csv.DictWriter(text, fieldnames=list(invoices[0]), lineterminator="\n")
-        out.writeheader()
-        out.writerows(invoices)
-        (folder / "invoices.csv").write_text(text.getvalue(), encoding="utf-8")
+        write_csv(folder / "invoices.csv", invoices, list(invoices[0]))
 
         [second] = api.sync(config)
         assert second.exit_code == 0, second.to_json()
