@@ -495,7 +495,7 @@ def test_delete_kept_by_a_read_only_member_is_not_undone_next_run(tmp_path: Path
 
 def test_failed_delete_is_retried_not_reverted(tmp_path: Path) -> None:
     """Regression (engine bug found by the machine, fixed in 5a8faba): when a propagated
-    delete fails, Engine._commit_key still removes the link of the member whose delete
+    delete fails, apply.EntityApply._commit_key still removes the link of the member whose delete
     failed (only the deleting member's link is kept), so next run its record is 'new',
     matched back to the key, and taken as a delete/modify conflict: the record is
     re-created on the member that deleted it"""
@@ -558,7 +558,7 @@ def test_failed_delete_beside_a_read_only_member_is_retried(tmp_path: Path) -> N
     """Regression (engine bug found by the machine, fixed in 5a8faba): when a propagated
     delete fails while a member that cannot delete keeps the record, the deleting member's
     link is turned into a tombstone anyway (the 'keep the deleting member's link so the
-    delete is retried' rule in Engine._commit_key only covers links planned as removed, not
+    delete is retried' rule in EntityApply._commit_key only covers links planned as removed, not
     as tombstones), so the delete is never retried and the writable members disagree for
     good"""
     cfg = memory_config(
@@ -1232,7 +1232,7 @@ def _quiet(result: SyncResult) -> bool:
 
 def test_a_customer_is_kept_where_a_kept_invoice_still_refers_to_it(tmp_path: Path) -> None:
     """Regression (engine bug found by the reference machine, fixed in a368217): a customer
-    was deleted from a member that still held invoices referring to it. Engine._users counted
+    was deleted from a member that still held invoices referring to it. count_users counted
     only live hub records as users, so an invoice whose delete hcp could not take (kept there,
     hub record marked deleted) did not keep its customer: the customer's delete propagated to
     hcp, and hcp's invoice referred to a customer hcp no longer held (reported every run as
@@ -1324,7 +1324,7 @@ def test_a_new_invoice_for_a_customer_whose_delete_waits_does_not_dangle(tmp_pat
     strict=True,
     reason=(
         "engine bug: a delete propagates to a member where a record not synced yet refers to the "
-        "deleted record. Customers are planned before invoices are read, and Engine._users "
+        "deleted record. Customers are planned before invoices are read, and integrity.count_users "
         "counts only hub records, so an invoice typed on crm for a customer the bookkeeper "
         "deletes on books in the same interval does not keep the customer: the customer is "
         "deleted on crm, crm's new invoice refers to nothing, is reported every run ('no "
