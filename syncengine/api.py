@@ -75,11 +75,6 @@ def _check_not_running(store: StateStore, names: Sequence[str]) -> None:
             )
 
 
-def validate(path: str | Path) -> Config:
-    """Load the config and every mapping it uses; raise ``ConfigError`` listing all problems."""
-    return load_config(path)
-
-
 @dataclass(frozen=True)
 class PipelineStatus:
     name: str

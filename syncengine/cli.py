@@ -24,7 +24,6 @@ from syncengine.errors import (
     AuthError,
     ConfigError,
     ConnectorError,
-    SafetyGuardError,
     StateError,
     SyncEngineError,
     UsageError,
@@ -96,8 +95,6 @@ def handled() -> Iterator[None]:
         _fail(ExitCode.CONFIG, [f"usage error: {exc}"])
     except StateError as exc:
         _fail(ExitCode.CONFIG, [f"state store error: {exc}"])
-    except SafetyGuardError as exc:
-        _fail(ExitCode.GUARD, [f"stopped by a safety guard: {exc}"])
     except AuthError as exc:
         _fail(
             ExitCode.PROBLEMS,

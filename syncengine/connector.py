@@ -25,8 +25,9 @@ and register it in ``pyproject.toml``::
     [project.entry-points."syncengine.connectors"]
     mine = "my_package:MyConnector"
 
-The engine only calls a write method when the capability allows it; ``checked()`` wraps a
-connector so that a forbidden call raises instead of reaching the member.
+The engine only calls a write method when the capability allows it: ``check_allowed()``,
+called before every write, raises ``CapabilityViolation`` instead of letting a forbidden call
+reach the member.
 """
 
 from __future__ import annotations
@@ -65,9 +66,6 @@ class Capabilities:
     @property
     def read_only(self) -> bool:
         return not (self.create or self.update or self.delete)
-
-
-READ_ONLY = Capabilities(create=False, update=False, delete=False)
 
 
 @dataclass(frozen=True)

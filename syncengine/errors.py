@@ -11,8 +11,12 @@
     │   └── ConflictingWriteError   the target changed under us (file edited since read)
     ├── RecordError                 skip this one record, report it, carry on
     │   └── NotFoundError           the record is gone on the member
-    ├── SafetyGuardError            a guard stopped an entity (mass delete, empty member): exit 3
-    └── StateError                  the state store is unusable (wrong schema, locked)
+    ├── StateError                  the state store is unusable (wrong schema, locked)
+    └── SyncStopped                 a sync stopped early on request (a daemon shutting down)
+
+A safety guard (mass delete, an empty member) is not an exception: the engine stops that
+entity and records the guard on the run's result, whose exit code is then 3
+(``syncengine.exit_codes``).
 
 Library exceptions (httpx, sqlite3, csv, tomllib) are translated into these at the boundary
 where they happen; nothing above the connector or state layer ever sees them.
@@ -94,10 +98,6 @@ class RecordError(SyncEngineError):
 
 class NotFoundError(RecordError):
     """The record does not exist (any more) on the member."""
-
-
-class SafetyGuardError(SyncEngineError):
-    """A safety guard refused to go on (mass delete, a member that suddenly returns nothing)."""
 
 
 class StateError(SyncEngineError):

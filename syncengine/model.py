@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -91,10 +91,6 @@ class EntitySpec:
     def refs(self) -> dict[str, str]:
         """Reference fields -> the entity each refers to."""
         return {f.name: f.ref for f in self.fields if f.type == "ref"}
-
-    def label_fields(self) -> tuple[str, ...]:
-        """Fields that name a record for a person, in order of preference."""
-        return self.match_keys or tuple(f.name for f in self.fields[:1])
 
 
 ADDRESS_TYPES = ("service", "billing")
@@ -353,7 +349,3 @@ def normalise(spec: EntitySpec, name: str, value: Any) -> Any:
         # custom fields carrying transformed non-strings (numbers, bools, lists) keep their type
         return norm_str(value) if isinstance(value, str) else value
     return fspec.normalise(value)
-
-
-def normalise_record(spec: EntitySpec, record: Mapping[str, Any]) -> Record:
-    return {name: normalise(spec, name, value) for name, value in record.items()}

@@ -17,7 +17,6 @@ It writes nothing anywhere. A clean report after a sync is the proof that the bo
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,7 +293,7 @@ def _read(
     member_refs = refs.for_member(member, mapping)
     links = store.link_index(pipeline.name, entity, member)
     out: dict[str, list[_Seen]] = defaultdict(list)
-    for rec in _records(connector, entity):
+    for rec in connector.read(entity):
         if rec.error:
             report.general.append(
                 Disagreement("unreadable", f"{rec.location}: {rec.error}", member)
@@ -327,10 +326,6 @@ def _read(
                 )
         out[key].append(_Seen(key, record, rec.location or f"{member} {rec.id}"))
     return out
-
-
-def _records(connector: Any, entity: str) -> Iterator[Any]:
-    yield from connector.read(entity)
 
 
 def _numbers(store: StateStore, pipeline: str, cache: dict[str, dict[str, str]]) -> dict[str, str]:

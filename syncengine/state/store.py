@@ -442,10 +442,6 @@ class StateStore:
         """The SQLAlchemy engine, for instrumentation in tests. Do not issue SQL with it."""
         return self._engine
 
-    @property
-    def dialect_name(self) -> str:
-        return self._engine.dialect.name
-
     @contextmanager
     def _translate(self, what: str) -> Iterator[None]:
         try:
