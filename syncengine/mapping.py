@@ -252,15 +252,27 @@ class FieldMapping:
         return NativePath.single_key(self.native) if self.literal else parse_path(self.native)
 
 
-_Reader = tuple[
-    str,  # canonical name
-    str,  # the native key: the whole name, or the last step of a path
-    int,  # -1 for a single key, else the index of the path's container in _containers
-    Callable[[Any], Any] | None,  # transform.read
-    Callable[[Any], Any],  # canonical normaliser
-    Any,  # default
-    str,  # native name, for errors
-]
+@dataclass(frozen=True, slots=True)
+class _Reader:
+    """How one readable field is read from a native record, compiled once per mapping (the
+    hot path of ``EntityMapping.to_canonical``)."""
+
+    canonical: str
+    """The canonical field's name."""
+    key: str
+    """The native key: the whole name, or the last step of a path."""
+    container: int
+    """-1 for a single key, else the index of the path's container in ``_containers``."""
+    read: Callable[[Any], Any] | None
+    """The transform's ``read``, if the field has a transform."""
+    normalise: Callable[[Any], Any]
+    """The canonical field's normaliser."""
+    default: Any
+    """The canonical value used when the native value is missing or empty."""
+    native: str
+    """The native name, for errors."""
+
+
 _Writer = tuple[str, str, Callable[[Any], Any] | None]  # canonical, native, transform.write
 
 
@@ -317,14 +329,14 @@ class EntityMapping:
                         self._containers.append(parent)
                     container = self._containers.index(parent)
                 self._readers.append(
-                    (
-                        f.canonical,
-                        key,
-                        container,
-                        f.transform.read if f.transform else None,
-                        _normaliser(entity, f.canonical),
-                        f.default,
-                        f.native,
+                    _Reader(
+                        canonical=f.canonical,
+                        key=key,
+                        container=container,
+                        read=f.transform.read if f.transform else None,
+                        normalise=_normaliser(entity, f.canonical),
+                        default=f.default,
+                        native=f.native,
                     )
                 )
             if f.direction != "read" and not entity.is_meta(f.canonical):
@@ -381,30 +393,33 @@ class EntityMapping:
         record: dict[str, Any] = {}
         bad: list[tuple[str, str]] | None = None
         containers = [c.get(native) for c in self._containers]
-        for canonical, key, container, read, normalise, default, native_name in self._readers:
-            if container < 0:
-                raw = native.get(key)
+        for reader in self._readers:
+            if reader.container < 0:
+                raw = native.get(reader.key)
             else:
-                parent = containers[container]
+                parent = containers[reader.container]
                 if type(parent) is dict or isinstance(parent, Mapping):
-                    raw = parent.get(key)
+                    raw = parent.get(reader.key)
                 else:
                     raw = None
             if raw is None or raw == "":
-                record[canonical] = list(default) if type(default) is list else default
+                default = reader.default
+                record[reader.canonical] = list(default) if type(default) is list else default
                 continue
+            read = reader.read
             try:
-                value = normalise(raw if read is None else read(raw))
+                value = reader.normalise(raw if read is None else read(raw))
             except (ValueError, TypeError) as exc:
                 message = str(exc) if isinstance(exc, ValueError) else f"{raw!r} is not valid here"
                 if bad is None:
                     bad = []
-                bad.append((native_name, message))
-                record[canonical] = None
+                bad.append((reader.native, message))
+                record[reader.canonical] = None
                 continue
-            if value is None and default is not None:
+            if value is None and reader.default is not None:
+                default = reader.default
                 value = list(default) if type(default) is list else default
-            record[canonical] = value
+            record[reader.canonical] = value
         if bad:
             raise _record_error(bad, location)
         return record
