@@ -27,6 +27,7 @@ from rich.console import Console
 
 from syncengine import api
 from syncengine.config import load_config
+from syncengine.exit_codes import ExitCode
 from syncengine.render import render_result
 
 API_KEY = "sandbox"
@@ -283,10 +284,10 @@ def run_demo(directory: Path, console: Console) -> int:
         not second.plan.actions
         and not first.failures
         and not second.guard
-        and first.exit_code in (0, 1)
+        and first.exit_code in (ExitCode.OK, ExitCode.PROBLEMS)
         and report.clean
     )
     if not ok:
         console.print("[red]The demo did not converge as expected; see the output above.[/]")
-        return 1
-    return 0
+        return ExitCode.PROBLEMS
+    return ExitCode.OK

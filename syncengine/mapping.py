@@ -273,7 +273,14 @@ class _Reader:
     """The native name, for errors."""
 
 
-_Writer = tuple[str, str, Callable[[Any], Any] | None]  # canonical, native, transform.write
+@dataclass(frozen=True, slots=True)
+class _Writer:
+    """How one writable field is written to a native record (``EntityMapping.to_native``)."""
+
+    canonical: str
+    native: str
+    write: Callable[[Any], Any] | None
+    """The transform's ``write``, if the field has a transform."""
 
 
 class EntityMapping:
@@ -341,7 +348,7 @@ class EntityMapping:
                 )
             if f.direction != "read" and not entity.is_meta(f.canonical):
                 self._writers.append(
-                    (f.canonical, f.native, f.transform.write if f.transform else None)
+                    _Writer(f.canonical, f.native, f.transform.write if f.transform else None)
                 )
 
     def __repr__(self) -> str:
@@ -437,7 +444,8 @@ class EntityMapping:
         wanted = None if fields is None else set(fields)
         patch: dict[str, Any] = {}
         bad: list[tuple[str, str]] | None = None
-        for canonical, native_name, write in self._writers:
+        for writer in self._writers:
+            canonical, native_name, write = writer.canonical, writer.native, writer.write
             if wanted is not None and canonical not in wanted:
                 continue
             if canonical not in record:
