@@ -282,6 +282,8 @@ class EntityApply:
         return errors
 
     def _commit_created(self, tx: StateWrites, key: KeyWrites) -> None:
+        """Before a buffered member's flush: the links of records created on members that
+        write through, so that a crash before the flush cannot create them twice."""
         created = [
             w
             for w in key.writes

@@ -121,12 +121,14 @@ _GC = _GcThreshold()
 
 @dataclass
 class PlannedEntity:
-    """An entity's plan with what planning learnt of its members."""
+    """An entity's plan with what planning learnt of its members' read marks (the reads
+    themselves are freed once planned: memory must not hold them through apply)."""
 
     plan: EntityPlan
-    reads: dict[str, MemberRead] = field(default_factory=dict)
     marks: dict[str, str] = field(default_factory=dict)
     """member -> the read mark to store once the entity is committed (see ``marks``)."""
+    reread: set[str] = field(default_factory=set)
+    """Members whose mark is dropped once the entity is committed (``MemberRead.reread``)."""
 
 
 class Engine:
@@ -248,7 +250,7 @@ class Engine:
                 with self.store.transaction() as tx:
                     tx.finish_intents([{"id": i, "state": "abandoned"} for i in settled])
             store_marks(
-                self.store, pipeline.name, entity, planned.reads, planned.marks, outcome.failures
+                self.store, pipeline.name, entity, planned.marks, planned.reread, outcome.failures
             )
         refs.planned(ent)  # entities referring to this one see its new state
 
@@ -299,7 +301,7 @@ class Engine:
         new records, reconcile each record, then apply the guards. Writes nothing."""
         ent = EntityPlan(entity, tuple(m.name for m in members))
         planned = PlannedEntity(ent)
-        reads = planned.reads
+        reads: dict[str, MemberRead] = {}
         for member in members:
             reads[member.name] = read_member(
                 self.store, pipeline.name, entity, member, ent, self.progress
@@ -316,6 +318,7 @@ class Engine:
         self._fetch_referring_unseen(entity, members, reads, ent, touched, states)
         untaken = self._plan_keys(pipeline, ent, members, reads, states, matched, touched, recovery)
         planned.marks = marks_to_keep(reads, ent, untaken)
+        planned.reread = {name for name, r in reads.items() if r.reread}
         if not self.allow_mass_delete:
             ent.guard = mass_delete_guard(pipeline, ent, reads)
         if self.dry_run and refs is not None:

@@ -39,16 +39,16 @@ def store_marks(
     store: StateStore,
     pipeline: str,
     entity: str,
-    reads: Mapping[str, MemberRead],
     marks: Mapping[str, str],
+    reread: Iterable[str],
     failures: Iterable[Issue],
 ) -> None:
     """After the entity was applied and committed: store the read marks of the members
     no write failed on (see ``marks_to_keep``), and drop those of the members a partial read
-    of which missed a record that is gone (``MemberRead.reread``)."""
+    of which missed a record that is gone (``reread``)."""
     failed = {f.member for f in failures}
     keep = {name: token for name, token in marks.items() if name not in failed}
-    dropped = [name for name, r in reads.items() if r.reread]
+    dropped = sorted(reread)
     if not keep and not dropped:
         return
     with store.transaction() as tx:

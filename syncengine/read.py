@@ -252,6 +252,8 @@ def _view(
     r: MemberRead,
     group: Mapping[str, Observed],
 ) -> MemberView:
+    """One member's view of hub record ``key``, from what its read found of it (first
+    match wins: blocked, new, changed, unchanged, unseen, gone) or its link."""
     link = rs.links.get(name) if rs else None
     dirty = bool(link and link.dirty)
     last_seen = link.last_seen if link else None

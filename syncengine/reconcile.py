@@ -126,17 +126,17 @@ def reconcile(
         return plan  # a malformed record on some member: leave the whole key alone
 
     present = {m: v for m, v in views.items() if v.present}
-    dropped = {m for m, v in views.items() if v.status == "gone"}
+    dropped = [m for m, v in views.items() if v.status == "gone"]
     if new_key:
         plan.prior = {m: _keep(v, dirty=False) for m, v in present.items() if not v.provisional}
     base_now: Record = dict(base or {})
     parked = ctx.parked.get(key, set())
     changed = _changes(ctx, present, base_now, parked)
-    gone = _plan_deletes(ctx, plan, present, dropped, base_now, changed)
-    if gone is None:
+    given_back = _plan_deletes(ctx, plan, present, dropped, base_now, changed)
+    if given_back is None:
         return plan  # deleted, or its delete waits
     new_base = _merge(ctx, plan, present, base_now, changed)
-    _plan_writes(ctx, plan, views, gone, base_now, new_base, parked)
+    _plan_writes(ctx, plan, views, given_back, base_now, new_base, parked)
     return plan
 
 
@@ -175,10 +175,10 @@ def _plan_deletes(
     ctx: Context,
     plan: KeyPlan,
     present: Mapping[str, MemberView],
-    gone: set[str],
+    gone: list[str],
     base_now: Record,
     changed: Mapping[str, Any],
-) -> set[str] | None:
+) -> list[str] | None:
     """Phase 2: what the members that dropped the record (``gone``) mean for it.
 
     Returns None when the plan is complete: the record is deleted where it can be, or its
@@ -195,7 +195,7 @@ def _plan_deletes(
     if gone and not deleted and not ctx.propagate_deletes:
         for member in gone:  # the others keep it; this member is not given it again
             plan.links[member] = LinkPlan(member, None, None, None, tombstone=True)
-        gone = set()
+        gone = []
     if gone and not deleted and not modified and ctx.users is not None:
         users = ctx.users.get(plan.key, 0)
         if users:
@@ -300,19 +300,20 @@ def _plan_writes(
     ctx: Context,
     plan: KeyPlan,
     views: Mapping[str, MemberView],
-    gone: set[str],
+    given_back: list[str],
     base_now: Record,
     new_base: Record,
     parked: set[str],
 ) -> None:
     """Phase 4: per member, the update that brings what it holds to the new base, the
-    create where it lacks the record, or the skip that says why it cannot take either."""
+    create where it lacks the record (``given_back``: members whose delete lost to a
+    modification count as lacking it), or the skip that says why it cannot take either."""
     base_changed = {n for n in set(new_base) | set(base_now) if new_base.get(n) != base_now.get(n)}
     parked_now = parked | {c.field for c in plan.conflicts if c.winner is None}
     others_new = any(v.present and v.status == "new" for v in views.values())
     for member in ctx.members:
         view = views.get(member) or MemberView(member=member, status="absent")
-        if member in gone:
+        if member in given_back:
             view = MemberView(member=member, status="absent")
         if view.present:
             _plan_update(ctx, plan, view, new_base, base_changed, parked_now)
@@ -328,6 +329,10 @@ def _plan_update(
     base_changed: set[str],
     parked_now: set[str],
 ) -> None:
+    """The update that brings a member holding the record to the new base: every field the
+    merge changed (every writable field where the member's copy is suspect: dirty, new, never
+    seen, or a member that cannot update), plus references it shows stale; or the skip or
+    wait that stands for it."""
     spec, member = ctx.entity, view.member
     caps, mapping, member_refs = ctx.caps[member], ctx.mappings[member], ctx.refs.get(member)
     current = view.current or {}
@@ -391,6 +396,8 @@ def _plan_create(
     parked_now: set[str],
     others_new: bool,
 ) -> None:
+    """The create that gives the record to a member lacking it, with each reference as that
+    member shows it; or the skip (it cannot create) or wait (a reference not there yet)."""
     spec, caps, mapping = ctx.entity, ctx.caps[member], ctx.mappings[member]
     values = {n: v for n, v in new_base.items() if n in mapping.writable and n not in parked_now}
     if not values:
