@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -30,7 +31,7 @@ from syncengine.connector import NativeRecord, check_allowed
 from syncengine.errors import AuthError, ConnectorError, RecordError, SyncEngineError
 from syncengine.member import Member, canonical_of
 from syncengine.plan import Action, Conflict, Create, Delete, Issue, KeyPlan, LinkPlan, Update
-from syncengine.read import ProgressFn
+from syncengine.progress import ProgressFn, Step, no_progress
 from syncengine.recovery import intent_payload
 from syncengine.result import EntityOutcome
 from syncengine.state import StateStore, Tx
@@ -182,9 +183,12 @@ class EntityApply:
         and committed as at a normal end). Returns False when it stopped early."""
         batch_size = self.pipeline.section.batch_size
         deferred: list[KeyWrites] = []
-        buffered_used: set[str] = set()
+        buffered_used: Counter[str] = Counter()
         done = 0
         stopped = False
+        # nothing to apply: no bar
+        progress = self.progress if self.ent.keys else no_progress
+        applied = _Applied(Step(progress, f"applying {self.ent.entity}", len(self.ent.keys)))
         for batch in _chunks(self.ent.keys, batch_size):
             if stop is not None and stop.is_set():
                 stopped = True  # finish like a normal end: flush, commit, then stop
@@ -194,12 +198,21 @@ class EntityApply:
                 for kp in batch
             ]
             self._journal(keys)
-            _execute([w for k in keys for w in k.writes])
+            applied.expect(keys)
+            _execute([w for k in keys for w in k.writes], applied.written)
             deferred += self._commit_batch(keys)
-            buffered_used |= {name for k in keys for name in k.buffered}
+            buffered_used.update(
+                w.action.member for k in keys for w in k.writes if w.member.buffered
+            )
             done += len(batch)
-            self.progress(f"applying {self.ent.entity}", done, len(self.ent.keys))
+            applied.batch_done(done)
         flush_errors = self._flush(buffered_used)
+        committing = (
+            Step(self.progress, f"committing {self.ent.entity}", len(deferred))
+            if deferred
+            else None
+        )
+        committed = 0
         for chunk in _chunks(deferred, batch_size):
             with self.store.transaction() as tx:
                 writes = StateWrites(tx, self.pipeline.name, self.ent.entity)
@@ -210,6 +223,11 @@ class EntityApply:
                     self._commit_key(writes, key)
                     writes.finish(key, committed=True)
                 writes.flush()
+            committed += len(chunk)
+            if committing is not None:
+                committing.tick(committed)
+        if committing is not None:
+            committing.end(committed)
         for kp in self.ent.keys[:done]:
             for a in kp.actions:
                 counts = self.outcome.applied.setdefault(a.member, {})
@@ -268,12 +286,15 @@ class EntityApply:
             writes.flush()
         return deferred
 
-    def _flush(self, members: set[str]) -> dict[str, Exception]:
-        """Make the buffered members' writes durable; member -> why its flush failed."""
+    def _flush(self, members: Counter[str]) -> dict[str, Exception]:
+        """Make the buffered members' writes durable (``members``: member -> how many writes
+        it buffered); member -> why its flush failed."""
         errors: dict[str, Exception] = {}
         for name in sorted(members):
+            step = Step(self.progress, f"writing {name} {self.ent.entity}", members[name])
             try:
                 self.by_name[name].connector.flush(self.ent.entity)
+                step.end(members[name])
             except SyncEngineError as exc:
                 errors[name] = exc
                 self.outcome.failures.append(
@@ -352,10 +373,11 @@ def _link_to(w: Write, written: NativeRecord) -> LinkPlan:
     )
 
 
-def _execute(writes: list[Write]) -> None:
-    """Step 2: perform the writes, recording each one's answer or error on it. Members that
-    write through run with their ``concurrency``; buffered members run in order. Refused
-    credentials stop the run."""
+def _execute(writes: list[Write], written: Callable[[Write], None]) -> None:
+    """Step 2: perform the writes, recording each one's answer or error on it, and tell
+    ``written`` of each one done (in this thread, in order). Members that write through run
+    with their ``concurrency``; buffered members run in order. Refused credentials stop the
+    run."""
 
     def run(w: Write) -> None:
         try:
@@ -377,13 +399,16 @@ def _execute(writes: list[Write]) -> None:
             context.copy().run(run, w)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(call, through))
+            for w, _done in zip(through, pool.map(call, through), strict=True):
+                written(w)
     else:
         for w in through:
             run(w)
+            written(w)
     for w in writes:
         if w.member.buffered:
             run(w)
+            written(w)
 
 
 def _perform(member: Member, action: Action) -> NativeRecord | None:
@@ -401,6 +426,44 @@ def _perform(member: Member, action: Action) -> NativeRecord | None:
         )
     conn.delete(action.entity, action.native_id)
     return None
+
+
+class _Applied:
+    """The apply step's count of records: a record is applied once all its writes are done
+    (or at once when it has none), counted as the writes end, so that the bar moves during a
+    batch of slow writes too; exact at the end of each batch."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+        self.done = 0
+        self._left: dict[int, int] = {}
+        """id(KeyWrites) -> how many of its writes are not done yet."""
+        self._key_of: dict[int, int] = {}
+        """id(Write) -> id(KeyWrites)."""
+
+    def expect(self, keys: list[KeyWrites]) -> None:
+        """A batch is about to be written."""
+        for k in keys:
+            if not k.writes:
+                self.done += 1
+                continue
+            self._left[id(k)] = len(k.writes)
+            for w in k.writes:
+                self._key_of[id(w)] = id(k)
+
+    def written(self, w: Write) -> None:
+        key = self._key_of.pop(id(w))
+        self._left[key] -= 1
+        if not self._left[key]:
+            del self._left[key]
+            self.done += 1
+            self.step.tick(self.done)
+
+    def batch_done(self, done: int) -> None:
+        """The batch is committed: ``done`` records in all (always reported: a batch's end
+        is where a stop request is honoured)."""
+        self.done = done
+        self.step.progress(self.step.what, done, self.step.total)
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:

@@ -82,7 +82,8 @@ from syncengine.marks import marks_to_keep, store_marks
 from syncengine.match import MatchResult, match
 from syncengine.member import Member, open_member
 from syncengine.plan import EntityPlan, Issue, KeyPlan, Plan, Update
-from syncengine.read import MemberRead, ProgressFn, fetch_unseen, member_views, read_member
+from syncengine.progress import ProgressFn, no_progress
+from syncengine.read import MemberRead, fetch_unseen, member_views, read_member
 from syncengine.reconcile import Context, MemberView, reconcile
 from syncengine.recovery import Recovery, recover
 from syncengine.refs import References
@@ -147,7 +148,7 @@ class Engine:
         self.store = store
         self.dry_run = dry_run
         self.connector_extra = connector_extra or {}
-        self.progress: ProgressFn = progress or (lambda what, done, total: None)
+        self.progress: ProgressFn = progress or no_progress
         self.allow_mass_delete = allow_mass_delete
         self.stop = stop
         """Set it to stop at the next batch boundary: the batch in flight is applied and
@@ -183,7 +184,9 @@ class Engine:
                 with self.store.transaction() as tx:
                     run_row = tx.start_run(pipeline.name, False, run_id)
             refs = References(self.store, pipeline.name, dry_run=self.dry_run)
-            recovery = recover(self.store, pipeline, connectors, refs, dry_run=self.dry_run)
+            recovery = recover(
+                self.store, pipeline, connectors, refs, dry_run=self.dry_run, progress=self.progress
+            )
             result.pending_recovery = recovery.pending
             for entity in pipeline.entities:
                 if entities is None or entity in entities:

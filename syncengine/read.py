@@ -10,8 +10,9 @@ the input of reconcile.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from time import monotonic
 
 import structlog
 
@@ -20,13 +21,11 @@ from syncengine.errors import NotFoundError, RecordError
 from syncengine.match import Observed
 from syncengine.member import Member
 from syncengine.plan import EntityPlan, Issue
+from syncengine.progress import ProgressFn, Step
 from syncengine.reconcile import MemberView
 from syncengine.state import RecordState, StateStore
 
 log = structlog.get_logger("syncengine.engine")
-
-ProgressFn = Callable[[str, int, int | None], None]
-"""(what, done, total or None) — called while reading and applying."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +90,11 @@ def read_member(
     rp = member.connector.read_incremental(entity, store.read_mark(pipeline, entity, member.name))
     out = MemberRead(linked=len(index), read_pass=rp)
     seen: set[str] = set()
-    what = f"reading {member.name} {entity}"
+    step = Step(progress, f"reading {member.name} {entity}")
     for rec in member.connector.read(entity) if rp is None else rp.records:
         out.count += 1
-        if out.count % 1000 == 0:
-            progress(what, out.count, None)
+        if monotonic() >= step.due:  # inlined Step.tick: one clock reading per record
+            step.tick(out.count)
         linked = None if rec.provisional else index.get(rec.id)
         if linked is not None:
             seen.add(rec.id)
@@ -111,7 +110,7 @@ def read_member(
             read=out.count,
             unseen=len(out.unseen),
         )
-    progress(what, out.count, out.count)
+    step.end(out.count)
     return out
 
 

@@ -20,6 +20,7 @@ from syncengine.connector import Connector, NativeRecord
 from syncengine.errors import NotFoundError, SyncEngineError
 from syncengine.member import canonical_of
 from syncengine.plan import Action, Create, KeyPlan, Update
+from syncengine.progress import ProgressFn, Step, no_progress
 from syncengine.reconcile import MemberView
 from syncengine.refs import References
 from syncengine.state import Intent, StateStore
@@ -140,6 +141,7 @@ def recover(
     refs: References | None,
     *,
     dry_run: bool,
+    progress: ProgressFn = no_progress,
 ) -> Recovery:
     """Settle the writes an interrupted run left pending.
 
@@ -153,7 +155,8 @@ def recover(
       edit elsewhere). These intents stay pending until the entity's state is committed.
     - A provisional record's id assignment becomes a match hint for that record.
 
-    A dry run only reads the hints; it settles nothing.
+    A dry run only reads the hints; it settles nothing. ``progress`` is told of the
+    creates and deletes being settled (when there are any).
     """
     recovery = Recovery()
     intents = store.pending_intents(pipeline.name)
@@ -170,19 +173,20 @@ def recover(
             recovery.updates.setdefault(intent.entity, []).append(intent.id)
     if dry_run:
         return recovery
-    for intent in intents:
-        if intent.op == "update":
-            continue
+    settle = [intent for intent in intents if intent.op != "update"]
+    step = Step(progress if settle else no_progress, "recovering interrupted writes", len(settle))
+    for done, intent in enumerate(settle, 1):
         conn = connectors.get(intent.member)
-        if (
+        if not (
             intent.op == "create"
             and conn is not None
             and intent.entity in pipeline.entities
             and _recover_create(store, pipeline, conn, intent, connectors, refs)
         ):
-            continue
-        with store.transaction() as tx:
-            tx.finish_intent(intent.id, "abandoned")
+            with store.transaction() as tx:
+                tx.finish_intent(intent.id, "abandoned")
+        step.tick(done)
+    step.end(len(settle))
     return recovery
 
 
