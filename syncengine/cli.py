@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 import sys
 import traceback
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from syncengine import api
+from syncengine.bars import progress_bars
 from syncengine.errors import (
     AuthError,
     ConfigError,
@@ -30,6 +30,7 @@ from syncengine.errors import (
 )
 from syncengine.exit_codes import ExitCode
 from syncengine.logging import REDACTOR, configure, redact_text
+from syncengine.progress import ProgressFn
 
 # Ctrl-C: the shell's convention (128 + SIGINT), outside the table of ``ExitCode``.
 EXIT_INTERRUPTED = 130
@@ -140,27 +141,10 @@ def _setup(level: str, config_secrets: tuple[str, ...] = (), *, json_output: boo
     configure(level, secrets=config_secrets, json_output=json_output)
 
 
-@contextmanager
-def _progress(enabled: bool) -> Iterator[Callable[[str, int, int | None], None] | None]:
-    if not enabled:
-        yield None
-        return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def report(what: str, done: int, total: int | None) -> None:
-            if what not in tasks:
-                tasks[what] = bar.add_task(what, total=total)
-            bar.update(tasks[what], completed=done, total=total)
-
-        yield report
+def _progress(*, quiet: bool) -> AbstractContextManager[ProgressFn | None]:
+    """The progress bar on stderr (``syncengine.bars``): only on a terminal, and not with
+    ``--quiet`` (or ``--json``: a script is reading)."""
+    return progress_bars(err, sys.stderr.isatty() and not quiet)
 
 
 @app.command()
@@ -185,6 +169,14 @@ def sync(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="List every record, also after a real sync.")
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress bar (it is shown only when stderr is a terminal, never with --json).",
+        ),
+    ] = False,
     allow_mass_delete: Annotated[
         bool,
         typer.Option(
@@ -200,7 +192,7 @@ def sync(
         _setup(log_level)
         cfg = api.require_config(config)
         REDACTOR.add(cfg.secrets)
-        with _progress(sys.stderr.isatty() and not as_json) as progress:
+        with _progress(quiet=quiet or as_json) as progress:
             results = api.sync(
                 cfg,
                 pipeline=pipeline,
