@@ -13,6 +13,7 @@ from syncengine.display import label_of
 from syncengine.engine import Engine, ProgressFn, SyncResult
 from syncengine.errors import ConfigError, Problem, RecordError, SyncEngineError, UsageError
 from syncengine.mapping import load_mapping
+from syncengine.model import ENTITIES
 from syncengine.report import Report
 from syncengine.report import reconcile_report as build_report
 from syncengine.schedule import parse_timezone
@@ -101,13 +102,15 @@ class PipelineStatus:
 SKIPS_SHOWN = 50
 
 
-def status(config: Config) -> list[PipelineStatus]:
+def status(config: Config, pipeline: str | None = None) -> list[PipelineStatus]:
+    """Each pipeline's status (or only ``pipeline``'s)."""
+    chosen = config.pipeline(pipeline)
     store = open_store(config, create=False)
     try:
         out = []
         now = dt.datetime.now(dt.UTC)
         leases, states = store.leases(), store.pipeline_states()
-        for p in config.pipelines.values():
+        for p in chosen:
             runs = store.runs(p.name, limit=1)
             last = None
             if runs:
@@ -201,15 +204,18 @@ def runs(config: Config, pipeline: str | None = None, limit: int = 20) -> list[d
     ]
 
 
-def pause(config: Config, pipeline: str, reason: str = "") -> None:
-    """Pause a pipeline for every daemon on the store until ``resume``."""
-    config.pipeline(pipeline)
+def pause(config: Config, pipeline: str | None = None, reason: str = "") -> list[str]:
+    """Pause a pipeline (or all) for every daemon on the store until ``resume``; the names
+    paused."""
+    names = [p.name for p in config.pipeline(pipeline)]
     store = open_store(config)
     try:
         with store.transaction() as tx:
-            tx.pause_pipeline(pipeline, reason or "paused by an operator (syncengine pause)")
+            for name in names:
+                tx.pause_pipeline(name, reason or "paused by an operator (syncengine pause)")
     finally:
         store.close()
+    return names
 
 
 def resume(config: Config, pipeline: str | None = None) -> list[str]:
@@ -248,6 +254,54 @@ def list_conflicts(config: Config, pipeline: str | None = None) -> list[Conflict
     store = open_store(config, create=False)
     try:
         return store.open_conflicts(pipeline)
+    finally:
+        store.close()
+
+
+@dataclass(frozen=True)
+class OpenConflict:
+    """A parked conflict as people see it: the row, and who it is about."""
+
+    row: ConflictRow
+    record: str
+    """The record's label (name and e-mail, invoice number, …), else its key."""
+    names: dict[str, str]
+    """For a reference field: the referred records' keys among the values -> their labels."""
+
+
+def open_conflicts(config: Config, pipeline: str | None = None) -> list[OpenConflict]:
+    """The open conflicts (all pipelines, or one), each with the label of its record taken
+    from the record's base in the state store."""
+    if pipeline is not None:
+        config.pipeline(pipeline)  # an unknown name is a usage error, not an empty list
+    store = open_store(config, create=False)
+    try:
+        rows = store.open_conflicts(pipeline)
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for row in rows:
+            wanted.setdefault((row.pipeline, row.entity), set()).add(row.key)
+            spec = ENTITIES.get(row.entity)
+            target = spec.refs.get(row.field) if spec is not None else None
+            if target is not None:
+                values = [*row.values.values(), row.base_value]
+                keys = {v for v in values if isinstance(v, str)}
+                wanted.setdefault((row.pipeline, target), set()).update(keys)
+        labels: dict[tuple[str, str, str], str] = {}
+        for (name, entity), keys in wanted.items():
+            for key, state in store.load_records(name, entity, sorted(keys)).items():
+                labels[(name, entity, key)] = label_of(state.base, key)
+        out = []
+        for row in rows:
+            spec = ENTITIES.get(row.entity)
+            target = spec.refs.get(row.field) if spec is not None else None
+            names = {}
+            if target is not None:
+                for value in [*row.values.values(), row.base_value]:
+                    if isinstance(value, str) and (row.pipeline, target, value) in labels:
+                        names[value] = labels[(row.pipeline, target, value)]
+            record = labels.get((row.pipeline, row.entity, row.key), row.key)
+            out.append(OpenConflict(row, record, names))
+        return out
     finally:
         store.close()
 

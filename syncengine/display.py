@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
 from syncengine.model import Record
 
 
@@ -29,3 +33,81 @@ def label_of(record: Record | None, fallback: str) -> str:
     if name and email:
         return f"{name} <{email}>"
     return name or str(email or fallback)
+
+
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """``1 conflict``, ``2 conflicts``; ``plural_form`` for irregular words."""
+    word = singular if count == 1 else (plural_form or singular + "s")
+    return f"{count} {word}"
+
+
+def ago(when: dt.datetime, now: dt.datetime) -> str:
+    """How far ``when`` is from ``now`` for people: ``just now``, ``3 min ago``,
+    ``in 2 h 5 min``, ``4 days ago``. Both must be aware datetimes."""
+    seconds = (now - when).total_seconds()
+    future = seconds < 0
+    left = round(abs(seconds))
+    if left < 45:
+        return "just now" if not future else "in a few seconds"
+    minutes = round(left / 60)
+    if minutes < 60:
+        span = f"{minutes} min"
+    elif minutes < 48 * 60:
+        hours, rest = divmod(minutes, 60)
+        span = f"{hours} h" + (f" {rest} min" if rest and hours < 10 else "")
+    else:
+        span = plural(round(minutes / (24 * 60)), "day")
+    return f"in {span}" if future else f"{span} ago"
+
+
+def local_time(
+    when: dt.datetime | str | None,
+    now: dt.datetime | None = None,
+    tz: dt.tzinfo | None = None,
+) -> str:
+    """A time for people: in the machine's local time zone (or ``tz``), to the minute, with
+    how long ago (or how soon) it is: ``2026-12-03 14:05 (3 min ago)``. ISO text is parsed;
+    a naive time is taken as UTC (the state store keeps UTC); None gives ``-``."""
+    if when is None:
+        return "-"
+    if isinstance(when, str):
+        when = dt.datetime.fromisoformat(when)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
+    shown = when.astimezone(tz) if tz is not None else when.astimezone()
+    return f"{shown:%Y-%m-%d %H:%M} ({ago(when, now)})"
+
+
+def member_changes(counts: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """One member's counts as (label, number) for people, in a fixed order. ``update``
+    counts every update write; those that only write a Sync ID (``link``) are shown apart."""
+    link = int(counts.get("link", 0) or 0)
+    return [
+        ("created", int(counts.get("create", 0) or 0)),
+        ("updated", int(counts.get("update", 0) or 0) - link),
+        ("linked", link),
+        ("deleted", int(counts.get("delete", 0) or 0)),
+    ]
+
+
+def entity_changes(counts: Mapping[str, Any]) -> str:
+    """An entity's counts from a run (its JSON or run-history form) as labelled text:
+    ``hcp updated 2; books created 5, linked 10; 1 conflict parked`` or ``no changes``."""
+    parts = []
+    for member, c in counts.items():
+        if isinstance(c, Mapping) and "create" in c:
+            done = [f"{label} {n}" for label, n in member_changes(c) if n]
+            if done:
+                parts.append(f"{member} {', '.join(done)}")
+    for key, one, many in (
+        ("conflicts", "conflict parked", "conflicts parked"),
+        ("conflicts_settled", "conflict settled by rule", "conflicts settled by rule"),
+        ("errors", "error", "errors"),
+        ("failed", "write failed", "writes failed"),
+        ("skipped", "write skipped", "writes skipped"),
+    ):
+        n = counts.get(key)
+        if isinstance(n, int) and n:
+            parts.append(plural(n, one, many))
+    return "; ".join(parts) or "no changes"

@@ -394,6 +394,24 @@ class EntityMapping:
                 return f.native
         return None
 
+    def held(self, native: Mapping[str, Any], canonical: str) -> Any:
+        """What a native record holds at the name a write-only field is written to, as a
+        canonical value (None when missing, empty or unreadable). A write-only field never
+        takes part in the merge: this only tells whether a write changes anything, and what
+        it replaces."""
+        for f in self.fields:
+            if f.canonical != canonical or f.direction != "write":
+                continue
+            raw = self._paths[f.native].get(native)
+            if raw is None or raw == "":
+                return None
+            try:
+                value = f.transform.read(raw) if f.transform is not None else raw
+                return _normaliser(self.entity, canonical)(value)
+            except (ValueError, TypeError):
+                return None
+        return None
+
     def to_canonical(self, native: Mapping[str, Any], *, location: str = "") -> dict[str, Any]:
         """The canonical record of a native record: every readable field, in normal form
         (``None`` where missing). Raises one ``RecordError`` naming every bad field."""

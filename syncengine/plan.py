@@ -52,8 +52,14 @@ class Update:
     """The native hash of the record as read (finds a provisional row again after a crash)."""
     op: str = "update"
 
+    @property
+    def link_only(self) -> bool:
+        """The update only writes the Sync ID into a provisional record (a new link), no
+        field changes: people see it as a link, not an update."""
+        return bool(self.assign_id) and not self.changes
+
     def describe(self) -> str:
-        if self.assign_id and not self.changes:
+        if self.link_only:
             return f"link on {self.member} (write Sync ID)"
         return f"update on {self.member}"
 
@@ -197,8 +203,17 @@ class EntityPlan:
         per: dict[str, Counter[str]] = {m: Counter() for m in self.members}
         for action in self.actions:
             per[action.member][action.op] += 1
+            if isinstance(action, Update) and action.link_only:
+                per[action.member]["link"] += 1
+        # "update" counts every update write; "link" says how many of them only wrote a
+        # Sync ID (a new key: the others keep the meaning they always had)
         out: dict[str, Any] = {
-            m: {"create": c["create"], "update": c["update"], "delete": c["delete"]}
+            m: {
+                "create": c["create"],
+                "update": c["update"],
+                "delete": c["delete"],
+                "link": c["link"],
+            }
             for m, c in per.items()
         }
         out["conflicts"] = sum(1 for c in self.conflicts if c.winner is None)

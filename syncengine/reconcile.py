@@ -336,6 +336,12 @@ def _plan_update(
     spec, member = ctx.entity, view.member
     caps, mapping, member_refs = ctx.caps[member], ctx.mappings[member], ctx.refs.get(member)
     current = view.current or {}
+    write_only = mapping.writable - mapping.readable
+    if write_only and view.native is not None:
+        # a write-only field is never read back into ``current``: compare (and show in the
+        # diff) what the native record really holds there, not an empty value
+        native = view.native
+        current = {**current, **{n: mapping.held(native, n) for n in write_only}}
     # a member that cannot update is checked in full, so that a write it could not take is
     # reported again (and stays listed) whenever the record is looked at
     must_check_all = view.dirty or view.status == "new" or view.last_seen is None or not caps.update

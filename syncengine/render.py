@@ -9,13 +9,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from syncengine import model
-from syncengine.display import format_cents
+from syncengine.display import format_cents, member_changes, plural
 from syncengine.engine import SyncResult
 from syncengine.plan import Create, Delete, EntityPlan, Update
 from syncengine.report import Report
 
-MAX_SHOWN = 200
-"""A dry run lists at most this many records per entity in detail; the totals count all."""
+DETAILS_UP_TO = 50
+"""Unless ``--details`` or ``--no-details`` says otherwise, a dry run lists its records one by
+one when at most this many would change; above it, the summary and a hint."""
 
 
 def show_value(value: Any, entity: str = "", name: str = "") -> str:
@@ -30,112 +31,134 @@ def show_value(value: Any, entity: str = "", name: str = "") -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def render_entity_plan(console: Console, ep: EntityPlan, *, verbose: bool) -> None:
-    shown = 0
+def changed_records(result: SyncResult) -> int:
+    """How many records the run plans something for: a write, a conflict or a skip."""
+    return sum(
+        1
+        for outcome in result.outcomes
+        for kp in outcome.plan.keys
+        if kp.actions or kp.conflicts or kp.skips
+    )
+
+
+def render_entity_plan(console: Console, ep: EntityPlan) -> None:
+    """Every record of one entity the plan does something for, field by field."""
     refs = model.ENTITIES[ep.entity].refs if ep.entity in model.ENTITIES else {}
+
+    def shown(name: str, value: Any) -> str:
+        if name in refs and isinstance(value, str):
+            value = ep.ref_labels.get(value, value)
+        return escape(show_value(value, ep.entity, name))
+
     for kp in ep.keys:
         if not (kp.actions or kp.conflicts or kp.skips):
-            continue
-        shown += 1
-        if shown > MAX_SHOWN and not verbose:
             continue
         console.print(f"[bold]{ep.entity}[/] · {escape(kp.label)}")
         for action in kp.actions:
             if isinstance(action, Create):
                 console.print(f"  [green]+ {action.describe()}[/]")
                 for name, value in sorted(action.values.items()):
-                    display = ep.ref_labels.get(value, value) if name in refs else value
-                    console.print(f"      {name}: {escape(show_value(display, ep.entity, name))}")
+                    console.print(f"      {name}: {shown(name, value)}")
+            elif isinstance(action, Update) and action.link_only:
+                console.print(f"  [cyan]= {action.describe()}[/]")
             elif isinstance(action, Update):
-                console.print(f"  [yellow]~ {action.describe()}[/]")
+                also = " (and write Sync ID)" if action.assign_id else ""
+                console.print(f"  [yellow]~ {action.describe()}{also}[/]")
                 for name, (old, new) in sorted(action.changes.items()):
-                    if name in refs:
-                        old, new = ep.ref_labels.get(old, old), ep.ref_labels.get(new, new)
-                    console.print(
-                        f"      {name}: {escape(show_value(old, ep.entity, name))} → "
-                        f"{escape(show_value(new, ep.entity, name))}"
-                    )
+                    console.print(f"      {name}: {shown(name, old)} → {shown(name, new)}")
             elif isinstance(action, Delete):
                 console.print(f"  [red]- {action.describe()}[/]")
         for c in kp.conflicts:
-            values = ", ".join(
-                f"{m}={show_value(v, ep.entity, c.field)}" for m, v in c.values.items()
-            )
+            values = ", ".join(f"{m}={shown(c.field, v)}" for m, v in c.values.items())
             if c.winner:
                 console.print(
-                    f"  [magenta]! conflict on {c.field}: {escape(values)} → "
+                    f"  [magenta]! conflict on {c.field}: {values} → "
                     f"{c.winner} wins (rule: {c.rule})[/]"
                 )
             else:
                 console.print(
-                    f"  [bold magenta]! conflict on {c.field}: {escape(values)} → "
+                    f"  [bold magenta]! conflict on {c.field}: {values} → "
                     "parked for a person (syncengine conflicts list)[/]"
                 )
         for s in kp.skips:
             console.print(f"  [dim]· skipped on {s.member}: {escape(s.reason)}[/]")
-    if shown > MAX_SHOWN and not verbose:
-        console.print(f"  … and {shown - MAX_SHOWN} more records (use --verbose to list all)")
-    for issue in ep.issues:
-        console.print(f"[red]error[/] {escape(issue.describe())}")
 
 
-def render_result(console: Console, result: SyncResult, *, verbose: bool = False) -> None:
+def render_result(
+    console: Console, result: SyncResult, *, verbose: bool = False, details: bool | None = None
+) -> None:
+    """A run for people, summary first: the counts, what needs a person, then (``details``)
+    every record field by field. ``details`` None decides by itself: a dry run lists its
+    records when at most ``DETAILS_UP_TO`` would change, a real run only with ``verbose``."""
     title = "Dry run" if result.dry_run else "Sync"
     console.print(f"[bold]{title} of pipeline {result.pipeline}[/]")
     if result.pending_recovery:
         verb = "will be settled first" if result.dry_run else "were settled first"
-        console.print(f"{result.pending_recovery} interrupted writes from an earlier run {verb}")
+        console.print(
+            f"{plural(result.pending_recovery, 'interrupted write')} from an earlier run {verb}"
+        )
+    console.print(summary_table(result))
     for outcome in result.outcomes:
         ep = outcome.plan
-        if result.dry_run or verbose:
-            render_entity_plan(console, ep, verbose=verbose)
-        else:
-            for issue in ep.issues:
-                console.print(f"[red]error[/] {escape(issue.describe())}")
+        for issue in ep.issues:
+            console.print(f"[red]error[/] {ep.entity} · {escape(issue.describe())}")
         for failure in outcome.failures:
-            console.print(f"[red]failed[/] {escape(failure.describe())}")
+            console.print(f"[red]failed[/] {ep.entity} · {escape(failure.describe())}")
         if ep.guard:
             console.print(f"[bold red]stopped by a safety guard[/]: {escape(ep.guard)}")
-    console.print(summary_table(result))
     if not result.plan.actions and not result.guard:
         console.print("Nothing to do: every member agrees.")
     if result.open_conflicts:
+        waits = "waits" if result.open_conflicts == 1 else "wait"
         console.print(
-            f"{result.open_conflicts} conflict(s) wait for a person: syncengine conflicts list"
+            f"{plural(result.open_conflicts, 'conflict')} {waits} for a person: "
+            "syncengine conflicts list"
         )
+    records = changed_records(result)
+    if details is None:
+        details = verbose or (result.dry_run and records <= DETAILS_UP_TO)
+    if details and records:
+        console.rule("every record, field by field", style="dim")
+        for outcome in result.outcomes:
+            render_entity_plan(console, outcome.plan)
+    elif result.dry_run and records:
+        console.print(f"{plural(records, 'record')} would change; --details to list every record")
     if result.dry_run:
         console.print("Dry run: nothing was written to any member or to the state store.")
 
 
 def summary_table(result: SyncResult) -> Table:
-    verb = "would" if result.dry_run else "did"
-    table = Table(title=f"what {result.pipeline} {verb} do", show_lines=False)
-    for column in ("entity", "member", "read", "create", "update", "delete"):
+    """Per entity and member: records read, and the writes planned (dry run) or made.
+    ``link`` counts the writes that only give a new record its Sync ID."""
+    verb = "would do" if result.dry_run else "did"
+    table = Table(title=f"what {result.pipeline} {verb}", show_lines=False)
+    for column in ("entity", "member", "read", "create", "update", "link", "delete"):
         table.add_column(column, justify="right" if column not in ("entity", "member") else "left")
     captions: list[str] = []
     for outcome in result.outcomes:
         counts = outcome.plan.counts()
         for member in outcome.plan.members:
-            c = counts[member]
+            shown = dict(member_changes(counts[member]))
             table.add_row(
                 outcome.plan.entity,
                 member,
                 str(counts["read"].get(member, 0)),
-                str(c["create"]),
-                str(c["update"]),
-                str(c["delete"]),
+                str(shown["created"]),
+                str(shown["updated"]),
+                str(shown["linked"]),
+                str(shown["deleted"]),
             )
         extra = []
-        for label, key in (
-            ("conflicts parked", "conflicts"),
-            ("conflicts settled by rule", "conflicts_settled"),
-            ("errors", "errors"),
-            ("skipped", "skipped"),
+        for key, one, many in (
+            ("conflicts", "conflict parked", "conflicts parked"),
+            ("conflicts_settled", "conflict settled by rule", "conflicts settled by rule"),
+            ("errors", "error", "errors"),
+            ("skipped", "write skipped", "writes skipped"),
         ):
             if counts[key]:
-                extra.append(f"{counts[key]} {label}")
+                extra.append(plural(counts[key], one, many))
         if outcome.failures:
-            extra.append(f"{len(outcome.failures)} writes failed")
+            extra.append(plural(len(outcome.failures), "write failed", "writes failed"))
         if extra:
             captions.append(f"{outcome.plan.entity}: " + "; ".join(extra))
     table.caption = "\n".join(captions) or None
@@ -183,7 +206,7 @@ def render_report(console: Console, report: Report, *, all_invoices: bool = Fals
         )
     bad = sum(1 for line in report.invoices if line.problems) + len(report.general)
     if bad:
-        console.print(f"[bold red]{bad} disagreement(s)[/]: the books do not reconcile")
+        console.print(f"[bold red]{plural(bad, 'disagreement')}[/]: the books do not reconcile")
     else:
         console.print(
             f"[green]The books reconcile[/]: {len(report.invoices)} invoices agree on every member."

@@ -21,7 +21,9 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import structlog
 
@@ -37,6 +39,7 @@ from syncengine.daemon.policy import (
 from syncengine.daemon.reload import ConfigWatch, load_again
 from syncengine.daemon.runner import PipelineRunner, SyncFn, engine_sync
 from syncengine.daemon.scheduling import Schedules, is_due
+from syncengine.daemon.scheduling import next_run as scheduled_next_run
 from syncengine.daemon.server import (
     Health,
     HttpAddress,
@@ -55,6 +58,8 @@ from syncengine.state.leases import holder_id
 
 __all__ = [
     "Daemon",
+    "OnceEntry",
+    "OnceReport",
     "RunOutcome",
     "SyncFn",
     "backoff_seconds",
@@ -65,6 +70,29 @@ __all__ = [
 ]
 
 log = structlog.get_logger("syncengine.daemon")
+
+
+@dataclass(frozen=True)
+class OnceEntry:
+    """What ``--once`` did with one pipeline: an attempt (a run, or a skip: paused, backing
+    off, another daemon holds its lease), or nothing because it was not due."""
+
+    pipeline: str
+    attempt: RunOutcome | None
+    """None: not due (or paused and not due)."""
+    next_run: dt.datetime | None = None
+    """Not due: when its schedule owes the next run; backing off: until when (UTC)."""
+    paused: str | None = None
+    """Paused (and not due): the reason."""
+
+
+@dataclass(frozen=True)
+class OnceReport:
+    """``--once``: one entry per pipeline, in config order, and the process exit code."""
+
+    entries: list[OnceEntry]
+    exit_code: int
+
 
 PRUNE_EVERY_S = 3600.0
 """How often a serving daemon prunes the run history (``[daemon] history_days``)."""
@@ -264,21 +292,37 @@ class Daemon:
 
     # ------------------------------------------------------------------------ once
 
-    def run_once(self) -> int:
+    def run_once(self, *, force: bool = False) -> int:
         """Run every due pipeline once (``--once``); the worst exit code of them."""
+        return self.once(force=force).exit_code
+
+    def once(self, *, force: bool = False) -> OnceReport:
+        """Run every due pipeline once (``--once``), or with ``force`` every pipeline now
+        whatever its schedule. Pauses, failure backoff and leases still hold: a paused
+        pipeline is reported (and makes the exit code 1), never run."""
         self.signals.install()
         self._prepare()
-        due = [n for n in self.config.pipelines if self.due(n)]
+        now = dt.datetime.now(dt.UTC)
+        names = list(self.config.pipelines)
+        due = names if force else [n for n in names if self.due(n, now)]
         log.info(
             "running due pipelines once",
             due=due,
-            not_due=[n for n in self.config.pipelines if n not in due],
+            not_due=[n for n in names if n not in due],
+            force=force,
         )
         codes: list[int] = [ExitCode.OK]
-        for name, state in self.policy.states.items():
-            if name in self.config.pipelines and state.paused and name not in due:
-                log.error("pipeline is paused", pipeline=name, reason=state.paused_reason)
+        entries: dict[str, OnceEntry] = {}
+        for name in names:
+            if name in due:
+                continue
+            state = self.policy.states.get(name)
+            paused = (state.paused_reason or "paused") if state and state.paused else None
+            if paused is not None:
+                log.error("pipeline is paused", pipeline=name, reason=paused)
                 codes.append(ExitCode.PROBLEMS)
+            when = scheduled_next_run(self.store, self.config, name, now)
+            entries[name] = OnceEntry(name, None, next_run=when, paused=paused)
         self._start_lease_keeper()
         with ThreadPoolExecutor(max_workers=self.config.daemon.max_concurrent) as pool:
             outcomes = list(pool.map(self.run_pipeline, due))
@@ -287,7 +331,10 @@ class Daemon:
             if out.outcome == "skipped:paused":
                 log.error("pipeline is paused", pipeline=out.pipeline, reason=out.error)
             codes.append(out.exit_code)
-        return int(max(codes))
+            state = self.policy.states.get(out.pipeline)
+            until = state.backoff_until if state is not None else None
+            entries[out.pipeline] = OnceEntry(out.pipeline, out, next_run=until)
+        return OnceReport([entries[n] for n in names if n in entries], int(max(codes)))
 
     # ------------------------------------------------------------------- health, HTTP
 
@@ -317,15 +364,23 @@ def run(
     config: Config,
     *,
     once: bool = False,
+    force: bool = False,
     http: tuple[str, int] | None = None,
     sync: SyncFn = engine_sync,
+    report: Callable[[OnceReport], None] | None = None,
 ) -> int:
-    """``syncengine daemon``: open the state store, then serve (or ``once``); the exit code."""
+    """``syncengine daemon``: open the state store, then serve (or ``once``, every pipeline
+    with ``force``, handing ``report`` what it did); the exit code."""
     from syncengine.api import open_store
 
     store = open_store(config)
     try:
         daemon = Daemon(config, store, sync=sync, http=http)
-        return daemon.run_once() if once else daemon.serve()
+        if not once:
+            return daemon.serve()
+        done = daemon.once(force=force)
+        if report is not None:
+            report(done)
+        return done.exit_code
     finally:
         store.close()

@@ -23,7 +23,7 @@ from syncengine.daemon.redaction import describe_error, redacted_traceback
 from syncengine.schedule import parse_timezone
 from syncengine.state import StateStore
 
-__all__ = ["ScheduledAs", "Schedules", "is_due", "iso"]
+__all__ = ["ScheduledAs", "Schedules", "is_due", "iso", "next_run"]
 
 log = structlog.get_logger("syncengine.daemon")
 
@@ -40,6 +40,15 @@ def is_due(store: StateStore, config: Config, name: str, now: dt.datetime) -> bo
     last = runs[0].started_at if runs else None
     tz = parse_timezone(config.daemon.timezone)
     return config.schedule(name).is_due(last, now, tz)
+
+
+def next_run(store: StateStore, config: Config, name: str, now: dt.datetime) -> dt.datetime:
+    """When the pipeline's schedule owes its next run after ``now`` (UTC), counted from the
+    start of its last real run, as ``is_due`` counts it."""
+    runs = [r for r in store.runs(name, limit=5) if not r.dry_run]
+    last = runs[0].started_at if runs else None
+    tz = parse_timezone(config.daemon.timezone)
+    return config.schedule(name).next_run(last, now, tz)
 
 
 @dataclass(frozen=True)

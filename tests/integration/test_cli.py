@@ -8,6 +8,7 @@ configuration or usage error (nothing read or written) · 3 aborted by a safety 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -106,8 +107,20 @@ def test_example_config_runs_as_is_against_the_sandbox(
 
     dry = cli("sync", "--config", config, "--dry-run", api_key="sandbox")
     assert_clean_exit(dry, 0)
-    assert "+ create on books" in dry.stdout
+    # 50 customers with their invoices and payments: the summary first, then a hint instead
+    # of every record
+    assert dry.stdout.startswith("Dry run of pipeline hcp-books\nwhat hcp-books would do\n")
+    assert "+ create on books" not in dry.stdout
+    assert re.search(
+        r"^\d+ records would change; --details to list every record$", dry.stdout, re.M
+    ), dry.stdout
     assert "Dry run: nothing was written" in dry.stdout
+    detailed = cli("sync", "--config", config, "--dry-run", "--details", api_key="sandbox")
+    assert_clean_exit(detailed, 0)
+    assert "+ create on books" in detailed.stdout
+    assert detailed.stdout.index("what hcp-books would do") < detailed.stdout.index(
+        "+ create on books"
+    )
     assert not state.exists(), "a dry run created the state store"
     assert not csv_path.exists(), "a dry run created the spreadsheet"
     assert box.requests() and not box.writes()

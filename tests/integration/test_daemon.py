@@ -20,9 +20,11 @@ spreadsheets in ``tmp_path``. Run history is read straight from the state store.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -725,7 +727,7 @@ def test_a_failing_api_backs_off_and_recovers_and_a_401_pauses_until_resume(
         wait_until(lambda: runs_of("b", "ok", after), 30, "runs after resume", daemon.text)
         daemon.signal(signal.SIGTERM)
         assert daemon.wait(30) == 0
-        listing = _cli(tmp_path, "runs", "-p", "b", "-n", "50")
+        listing = _cli(tmp_path, "runs", "-p", "b", "--limit", "50")
         assert listing.returncode == 0, listing
         assert " b " in listing.stdout and " failed" in listing.stdout
         assert "RetriableError" in listing.stdout or "500" in listing.stdout
@@ -840,4 +842,47 @@ def test_once_runs_the_due_pipelines_and_exits(tmp_path: Path) -> None:
         if "running due pipelines once" in line
     ]
     assert due and due[0]["due"] == [] and due[0]["not_due"] == ["sheets"]
-    assert len(history(tmp_path, "sqlite:///state.db")) == 1
+    [run] = history(tmp_path, "sqlite:///state.db")
+    # --once says what it ran, and what was not due with its next run in local time
+    assert re.fullmatch(
+        r"sheets: ran → ok in \d+\.\ds\n    customers: x linked 1; y created 1\n", first.stdout
+    ), first.stdout
+    next_run = (run.started_at + dt.timedelta(hours=1)).astimezone()
+    assert re.fullmatch(
+        rf"sheets: not due; next run {next_run:%Y-%m-%d %H:%M} \(in (59 min|1 h)\) "
+        r"\(--force runs it now\)\n",
+        second.stdout,
+    ), second.stdout
+
+    # --force (implies --once): every pipeline now, due or not
+    add_row(tmp_path, "forced@x.test")
+    forced = subprocess.run(
+        [*command[:2], "--force", *command[3:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(API_KEY),
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert re.fullmatch(
+        r"sheets: ran → ok in \d+\.\ds\n    customers: x linked 1; y created 1\n",
+        forced.stdout,
+    ), forced.stdout
+    assert emails(sheet(tmp_path, "y")) == ["once@x.test", "forced@x.test"]
+    assert len(history(tmp_path, "sqlite:///state.db")) == 2
+
+    # ... but a pause holds: it says so, how to lift it, and exits 1 for cron to hear
+    api.pause(load_config(tmp_path / "config.toml"), "sheets", "books closed for audit")
+    paused = subprocess.run(
+        [*command[:2], "--force", *command[3:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=cli_env(API_KEY),
+    )
+    assert paused.returncode == 1, paused.stderr
+    assert paused.stdout == (
+        "sheets: paused (books closed for audit); not run\n"
+        "    resume with: syncengine resume -p sheets\n"
+    )
+    assert len(history(tmp_path, "sqlite:///state.db")) == 2
