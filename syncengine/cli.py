@@ -6,13 +6,14 @@ table in ``syncengine.exit_codes`` (``ExitCode``), plus 130 for Ctrl-C.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -20,6 +21,7 @@ from rich.markup import escape
 
 from syncengine import api
 from syncengine.bars import progress_bars
+from syncengine.display import entity_changes, local_time
 from syncengine.errors import (
     AuthError,
     ConfigError,
@@ -31,6 +33,9 @@ from syncengine.errors import (
 from syncengine.exit_codes import ExitCode
 from syncengine.logging import REDACTOR, configure, redact_text
 from syncengine.progress import ProgressFn
+
+if TYPE_CHECKING:
+    from syncengine.daemon import OnceReport
 
 # Ctrl-C: the shell's convention (128 + SIGINT), outside the table of ``ExitCode``.
 EXIT_INTERRUPTED = 130
@@ -169,6 +174,16 @@ def sync(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="List every record, also after a real sync.")
     ] = False,
+    details: Annotated[
+        bool | None,
+        typer.Option(
+            "--details/--no-details",
+            help="List every record field by field after the summary, or do not (default: a "
+            "dry run lists them when at most 50 records change; a real sync only with "
+            "--verbose).",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -214,7 +229,7 @@ def sync(
             for r in results:
                 from syncengine.render import render_result
 
-                render_result(out, r, verbose=verbose)
+                render_result(out, r, verbose=verbose, details=details)
         code = max((r.exit_code for r in results), default=ExitCode.OK)
         if code:
             raise typer.Exit(code)
@@ -351,14 +366,10 @@ def status(
                 out.print("  never run")
             else:
                 lr = r.last_run
-                out.print(f"  last run: {lr['started_at']} → {lr['outcome']}")
+                took = _took(lr["started_at"], lr["finished_at"])
+                out.print(f"  last run: {local_time(lr['started_at'])}{took} → {lr['outcome']}")
                 for ent, counts in (lr["counts"] or {}).items():
-                    parts = [
-                        f"{m}: +{c['create']} ~{c['update']} -{c['delete']}"
-                        for m, c in counts.items()
-                        if isinstance(c, dict) and "create" in c
-                    ]
-                    out.print(f"    {ent}: {'; '.join(parts)}; errors {counts.get('errors', 0)}")
+                    out.print(f"    {ent}: {escape(entity_changes(counts))}")
                 for e in lr["errors"]:
                     out.print(f"    [red]{escape(str(e))}[/]")
             _print_schedule(r)
@@ -377,23 +388,38 @@ def status(
                 for sk in r.skipped:
                     out.print(
                         f"    {sk['entity']} · {escape(sk['record'])} on {sk['member']}: "
-                        f"{escape(sk['reason'])} (since {sk['first_seen'][:19]})"
+                        f"{escape(sk['reason'])} (since {local_time(sk['first_seen'])})"
                     )
+
+
+def _took(started: str, finished: str | None) -> str:
+    """`, took 2.1s` for a finished run, else nothing."""
+    if finished is None:
+        return ""
+    took = dt.datetime.fromisoformat(finished) - dt.datetime.fromisoformat(started)
+    seconds = took.total_seconds()
+    return f", took {seconds:.1f}s"
 
 
 def _print_schedule(r: api.PipelineStatus) -> None:
     if r.paused:
-        out.print(f"  [red]PAUSED[/] since {r.paused['since']}: {escape(str(r.paused['reason']))}")
+        out.print(
+            f"  [red]PAUSED[/] since {local_time(r.paused['since'])}: "
+            f"{escape(str(r.paused['reason']))}"
+        )
         out.print(f"    resume with: syncengine resume -p {r.name}")
     else:
-        out.print(f"  schedule: {escape(r.schedule)}; next run: {r.next_run}")
+        out.print(f"  schedule: {escape(r.schedule)}; next run: {local_time(r.next_run)}")
     if r.backoff:
+        failures = r.backoff["failures"]
         out.print(
-            f"  [yellow]backing off[/] after {r.backoff['failures']} failed run(s) until "
-            f"{r.backoff['until']}: {escape(str(r.backoff['last_error']))}"
+            f"  [yellow]backing off[/] after {failures} failed run{'s' if failures != 1 else ''} "
+            f"until {local_time(r.backoff['until'])}: {escape(str(r.backoff['last_error']))}"
         )
     if r.lease:
-        out.print(f"  running on {r.lease['holder']} (lease until {r.lease['expires_at']})")
+        out.print(
+            f"  running on {r.lease['holder']} (lease until {local_time(r.lease['expires_at'])})"
+        )
 
 
 @app.command()
@@ -405,6 +431,15 @@ def daemon(
             "--once",
             help="Run every due pipeline once and exit (for cron); the exit code is "
             "the worst pipeline's.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="With --once (implied): run every pipeline now, due or not. A paused "
+            "pipeline stays paused (`syncengine resume` lifts it); a pipeline another "
+            "daemon is running is left to it.",
         ),
     ] = False,
     http: Annotated[
@@ -435,9 +470,43 @@ def daemon(
             address = daemon_mod.parse_http_address(http) if http else None
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        code = daemon_mod.run(cfg, once=once, http=address)
+        code = daemon_mod.run(
+            cfg, once=once or force, force=force, http=address, report=_print_once
+        )
         if code:
             raise typer.Exit(code)
+
+
+def _print_once(report: OnceReport) -> None:
+    """What `daemon --once` did, per pipeline: ran (and how it went), or why not."""
+    for entry in report.entries:
+        name, attempt = entry.pipeline, entry.attempt
+        if attempt is None and entry.paused is not None:
+            out.print(f"{name}: [red]paused[/] ({escape(entry.paused)}); not run")
+            out.print(f"    resume with: syncengine resume -p {name}")
+        elif attempt is None:
+            out.print(
+                f"{name}: not due; next run {local_time(entry.next_run)} (--force runs it now)"
+            )
+        elif attempt.outcome == "skipped:paused":
+            out.print(f"{name}: [red]paused[/] ({escape(attempt.error)}); not run")
+            out.print(f"    resume with: syncengine resume -p {name}")
+        elif attempt.outcome == "skipped:backoff":
+            out.print(
+                f"{name}: backing off after failed runs until {local_time(entry.next_run)}; "
+                f"not run (`syncengine resume -p {name}` lifts the backoff)"
+            )
+        elif attempt.outcome == "skipped:lease_held":
+            out.print(f"{name}: another daemon is running it right now; not run")
+        elif attempt.outcome.startswith("skipped:"):
+            out.print(f"{name}: not run ({attempt.outcome.removeprefix('skipped:')})")
+        else:
+            out.print(f"{name}: ran → {attempt.outcome} in {attempt.seconds:.1f}s")
+            if attempt.result is not None:
+                for ent, counts in attempt.result.to_json()["entities"].items():
+                    out.print(f"    {ent}: {escape(entity_changes(counts))}")
+            if attempt.error:
+                out.print(f"    [red]{escape(attempt.error)}[/]")
 
 
 @app.command()
@@ -459,18 +528,16 @@ def runs(
             out.print("No runs yet.")
             return
         for r in rows:
-            seconds = f"{r['seconds']:.1f}s" if r["seconds"] is not None else "-"
-            changes = []
-            for ent, counts in (r["counts"] or {}).items():
-                for member, c in counts.items():
-                    if isinstance(c, dict) and "create" in c and any(c.values()):
-                        changes.append(
-                            f"{ent} {member} +{c['create']} ~{c['update']} -{c['delete']}"
-                        )
+            seconds = f"took {r['seconds']:.1f}s" if r["seconds"] is not None else "not finished"
+            dry = " (dry run)" if r["dry_run"] else ""
             out.print(
-                f"#{r['id']} {r['pipeline']} {r['started_at'][:19]} {seconds} "
-                f"{r['outcome']}" + (f" ({'; '.join(changes)})" if changes else "")
+                f"[bold]#{r['id']}[/] {r['pipeline']}{dry} {local_time(r['started_at'])}, "
+                f"{seconds} → {r['outcome']}"
             )
+            for ent, counts in (r["counts"] or {}).items():
+                changed = entity_changes(counts)
+                if changed != "no changes":
+                    out.print(f"    {ent}: {escape(changed)}")
             for e in r["errors"][:3]:
                 out.print(f"    [red]{escape(str(e))}[/]")
 
@@ -520,7 +587,7 @@ def conflicts_list(
     with handled():
         _setup("warning")
         cfg = api.require_config(config, strict_env=False)
-        rows = api.list_conflicts(cfg, pipeline)
+        conflicts = api.open_conflicts(cfg, pipeline)
         if as_json:
             out.print_json(
                 json.dumps(
@@ -530,27 +597,40 @@ def conflicts_list(
                             "pipeline": c.pipeline,
                             "entity": c.entity,
                             "key": c.key,
+                            "record": oc.record,
                             "field": c.field,
                             "values": c.values,
                             "base": c.base_value,
                             "created_at": c.created_at.isoformat(),
                         }
-                        for c in rows
+                        for oc in conflicts
+                        for c in (oc.row,)
                     ]
                 )
             )
             return
-        if not rows:
+        if not conflicts:
             out.print("No open conflicts.")
             return
-        for c in rows:
-            out.print(
-                f"[bold]#{c.id}[/] {c.pipeline} {c.entity} {c.key} field [bold]{c.field}"
-                f"[/] (was {escape(repr(c.base_value))})"
-            )
+        for oc in conflicts:
+            c = oc.row
+            width = max(len(m) for m in ("last synced", *c.values)) + 1
+            out.print(f"[bold]#{c.id}[/] {c.pipeline} · {c.entity} · [bold]{escape(oc.record)}[/]")
+            out.print(f"  field [bold]{c.field}[/], parked {local_time(c.created_at)}")
             for member, value in c.values.items():
-                out.print(f"    {member}: {escape(repr(value))}")
+                out.print(f"    {member + ':':<{width}} {_conflict_value(oc, value)}")
+            out.print(f"    {'last synced:':<{width}} {_conflict_value(oc, c.base_value)}")
         out.print("Settle one with: syncengine conflicts resolve ID --take MEMBER")
+
+
+def _conflict_value(conflict: api.OpenConflict, value: object) -> str:
+    """A conflicting value for people: a referred record by its label, money as currency,
+    nothing as ``(empty)``."""
+    from syncengine.render import show_value
+
+    if isinstance(value, str) and value in conflict.names:
+        return escape(conflict.names[value])
+    return escape(show_value(value, conflict.row.entity, conflict.row.field))
 
 
 @conflicts_app.command("resolve")
@@ -564,9 +644,12 @@ def conflicts_resolve(
         _setup("warning")
         cfg = api.require_config(config, strict_env=False)
         row = api.resolve_conflict(cfg, conflict_id, take)
+        from syncengine.render import show_value
+
+        value = show_value(row.values[take], row.entity, row.field)
         out.print(
             f"conflict #{row.id} on {row.field}: {take}'s value "
-            f"{escape(repr(row.values[take]))} taken; run `syncengine sync` to write it"
+            f"{escape(value)} taken; run `syncengine sync` to write it"
         )
 
 
