@@ -550,13 +550,40 @@ def _toml_key(key: str) -> str:
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
-def _flatten_fields(table: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+def _groups(spec: model.EntitySpec) -> frozenset[str]:
+    """The names that group canonical fields: ``addresses``, ``addresses.service``, ...,
+    and ``custom`` (``custom.<name>`` fields are the integrator's)."""
+    found = {"custom"}
+    for f in spec.fields:
+        parts = f.name.split(".")
+        found.update(".".join(parts[:i]) for i in range(1, len(parts)))
+    return frozenset(found)
+
+
+def _is_field_table(name: str, value: Mapping[str, Any], spec: model.EntitySpec) -> bool:
+    """Whether a table under ``[fields]`` maps one field (``company = { native = ... }``)
+    rather than grouping several (``[fields.addresses.service]``). A table with a field key,
+    or one named after a canonical field that groups nothing, maps a field; so does an
+    unknown name whose keys look like mistyped field keys (``{ nativ = ... }``), so that the
+    typo is reported as such."""
+    if any(k in value for k in FIELD_KEYS):
+        return True
+    if name in _groups(spec):
+        return False
+    if spec.field_spec(name) is not None:
+        return True
+    return any(difflib.get_close_matches(k, FIELD_KEYS, n=1, cutoff=0.75) for k in value)
+
+
+def _flatten_fields(
+    table: Mapping[str, Any], spec: model.EntitySpec, prefix: str = ""
+) -> Iterable[tuple[str, Any]]:
     """Canonical names and their specs; ``[fields.addresses.service]`` tables and unquoted
     dotted keys (``addresses.service.street = ...``) are flattened to dotted names."""
     for key, value in table.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value and not any(k in value for k in FIELD_KEYS):
-            yield from _flatten_fields(value, f"{name}.")
+        if isinstance(value, Mapping) and value and not _is_field_table(name, value, spec):
+            yield from _flatten_fields(value, spec, f"{name}.")
         else:
             yield name, value
 
@@ -608,7 +635,7 @@ def parse_mapping(
     field_names = [f.name for f in spec.fields]
     mappings: list[FieldMapping] = []
     paths: list[tuple[str, NativePath, FieldMapping]] = []
-    for canonical, value in _flatten_fields(table):
+    for canonical, value in _flatten_fields(table, spec):
         where = f"fields.{_toml_key(canonical)}"
         fspec = spec.field_spec(canonical)
         if fspec is None:
@@ -690,12 +717,14 @@ def _parse_field(
         )
         return None
     ok = True
+    mistyped: set[str] = set()
     for key in value:
         if key not in FIELD_KEYS:
             close = _close(key, FIELD_KEYS)
+            mistyped.update(close[:1])
             problem(
                 f"{where}.{_toml_key(key)}",
-                f"unknown key {key!r}",
+                f"unknown key {key!r} in the mapping of {canonical}",
                 (f"did you mean {close[0]!r}? " if close else "")
                 + "a field table has: "
                 + ", ".join(FIELD_KEYS),
@@ -712,7 +741,8 @@ def _parse_field(
         native, literal = native_key, True
     name_key = "native_key" if native_key is not None else "native"
     if native is None:
-        problem(where, "has no native name", 'add native = "..." (the column or JSON path)')
+        if not mistyped & {"native", "native_key"}:  # else the typo above says it all
+            problem(where, "has no native name", 'add native = "..." (the column or JSON path)')
         ok = False
     elif not isinstance(native, str) or not native:
         problem(f"{where}.{name_key}", f"must be a non-empty string, not {describe_value(native)}")

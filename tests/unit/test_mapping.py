@@ -90,7 +90,8 @@ def test_every_problem_of_a_file_at_once_with_file_and_key() -> None:
         "m.toml: colour: unknown key 'colour'",
         "m.toml: fields.frist_name: unknown canonical field 'frist_name' for customers "
         "(fix: did you mean 'first_name'",
-        "m.toml: fields.email.transfrom: unknown key 'transfrom' (fix: did you mean 'transform'?",
+        "m.toml: fields.email.transfrom: unknown key 'transfrom' in the mapping of email "
+        "(fix: did you mean 'transform'?",
         "m.toml: fields.mobile_number.transform: unknown transform 'fone' (fix: use one of: ",
         "m.toml: fields.home_number.direction: 'sideways' is not a direction",
         "m.toml: fields.work_number: must be a native name or a table, not int 42",
@@ -102,6 +103,57 @@ def test_every_problem_of_a_file_at_once_with_file_and_key() -> None:
     for text in expected:
         assert any(p.startswith(text) for p in found), (text, found)
     assert len(found) == len(expected), found
+
+
+def test_a_typo_inside_a_field_table_is_named_as_a_key_of_that_field() -> None:
+    # Not "unknown canonical field 'company.nativ'": the table is company's mapping.
+    assert problems('[fields]\ncompany = { nativ = "Business Name" }') == [
+        "m.toml: fields.company.nativ: unknown key 'nativ' in the mapping of company "
+        "(fix: did you mean 'native'? a field table has: native, native_key, transform, "
+        "direction, default, ref_by)"
+    ]
+    # The same in a sub-table, and for the other keys of a field table.
+    assert problems('[fields.company]\nnative_ky = "Business Name"') == [
+        "m.toml: fields.company.native_ky: unknown key 'native_ky' in the mapping of company "
+        "(fix: did you mean 'native_key'? a field table has: native, native_key, transform, "
+        "direction, default, ref_by)"
+    ]
+    [text] = problems('[fields]\nemail = { native = "E", direcion = "read" }')
+    assert text.startswith(
+        "m.toml: fields.email.direcion: unknown key 'direcion' in the mapping of email "
+        "(fix: did you mean 'direction'?"
+    )
+
+
+def test_a_field_table_with_no_native_and_no_typo_of_it_says_so() -> None:
+    assert problems('[fields]\ncompany = { colour = "Business Name" }') == [
+        "m.toml: fields.company.colour: unknown key 'colour' in the mapping of company "
+        "(fix: a field table has: native, native_key, transform, direction, default, ref_by)",
+        'm.toml: fields.company: has no native name (fix: add native = "..." (the column or '
+        "JSON path))",
+    ]
+
+
+def test_a_mistyped_field_with_a_mistyped_key_gets_both_named() -> None:
+    assert problems('[fields]\ncompnay = { nativ = "Business Name" }') == [
+        "m.toml: fields.compnay: unknown canonical field 'compnay' for customers "
+        "(fix: did you mean 'company'?)",
+        "m.toml: fields.compnay.nativ: unknown key 'nativ' in the mapping of compnay "
+        "(fix: did you mean 'native'? a field table has: native, native_key, transform, "
+        "direction, default, ref_by)",
+    ]
+
+
+def test_groups_of_fields_are_still_groups() -> None:
+    # addresses and addresses.service group fields: a typo below them is a field name's.
+    assert problems('[fields.addresses.service]\nstret = "Street"') == [
+        'm.toml: fields."addresses.service.stret": unknown canonical field '
+        "'addresses.service.stret' for customers (fix: did you mean "
+        "'addresses.service.street' or 'addresses.service.state' or "
+        "'addresses.service.street_line_2'?)"
+    ]
+    m = parse('[fields.custom]\nregion = { native = "Region" }')
+    assert [(f.canonical, f.native) for f in m.fields] == [("custom.region", "Region")]
 
 
 def test_unknown_canonical_field_lists_the_fields_when_nothing_is_close() -> None:
