@@ -7,6 +7,9 @@
   errors, honouring ``Retry-After`` (seconds or an HTTP date), bounded by ``max_retries``;
   only idempotent methods retry by default: a POST is never retried blindly, because a
   create whose outcome is unknown must be resolved by looking it up, not by sending it again;
+- one exception to the backoff: a connection refused by this machine (a loopback address:
+  nothing listens on the port) is tried again only briefly (``REFUSED_RETRY_DELAYS``, for a
+  server still starting), quietly, and then fails with one message naming the address;
 - error translation at the boundary, so that no httpx exception reaches the core::
 
       401, 403                    AuthError
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import ipaddress
 import json as jsonlib
 import random
 import re
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
     from syncengine.connector import ConnectorContext
 
 __all__ = [
+    "REFUSED_RETRY_DELAYS",
     "RETRY_STATUSES",
     "HttpClient",
     "HttpStats",
@@ -72,6 +77,10 @@ QueryParams = Mapping[str, QueryScalar] | Sequence[tuple[str, QueryScalar]]
 ``None`` values are left out of the query string."""
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+REFUSED_RETRY_DELAYS = (0.25, 0.75)
+"""Seconds waited before each new try of a connection refused on a loopback address (within
+``max_retries``): enough for a local server that is still starting, and then one clear error
+instead of a long backoff against a server that is not running."""
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 MAX_MESSAGE = 300
 
@@ -411,6 +420,21 @@ class HttpClient:
                 raise self._fail(FatalConnectorError, method, path, self._exc_text(exc)) from None
             except httpx.TransportError as exc:
                 reason = self._exc_text(exc)
+                local = self._refused_locally(exc)
+                if local is not None:
+                    tries = min(self.max_retries, len(REFUSED_RETRY_DELAYS))
+                    if may_retry and attempt < tries:
+                        delay = REFUSED_RETRY_DELAYS[attempt]
+                        attempt += 1
+                        self._pause(method, path, attempt, delay, error=reason, level="debug")
+                        continue
+                    raise self._fail(
+                        RetriableError,
+                        method,
+                        path,
+                        f"cannot connect to {local} (connection refused): nothing is "
+                        "listening there; start that server, or check the base_url",
+                    ) from None
                 if may_retry and attempt < self.max_retries:
                     attempt += 1
                     self._pause(method, path, attempt, self._backoff(attempt), error=reason)
@@ -503,10 +527,11 @@ class HttpClient:
         *,
         status: int | None = None,
         error: str = "",
+        level: str = "warning",
     ) -> None:
         self.stats.add(retries=1, waited=delay)
         self._log(
-            "warning",
+            level,
             "http.retry",
             method=method,
             path=path,
@@ -523,6 +548,28 @@ class HttpClient:
         clean = {k: self.redact.value(v) for k, v in fields.items() if v is not None}
         logger = structlog.get_logger("syncengine.http")
         getattr(logger, level)(self.redact(event), connector=self.redact(self.name), **clean)
+
+    def _refused_locally(self, exc: httpx.TransportError) -> str | None:
+        """``scheme://host:port`` when ``exc`` is a connection refused by a loopback address
+        (nothing listens on that port of this machine), else None."""
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ConnectionRefusedError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            return None
+        try:
+            url = exc.request.url
+        except RuntimeError:  # raised without a request (a test transport)
+            url = self._client.base_url
+        host = url.host
+        if host == "localhost" or host.endswith(".localhost"):
+            local = True
+        else:
+            try:
+                local = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                local = False
+        return f"{url.scheme}://{url.netloc.decode('ascii')}" if local else None
 
     def _exc_text(self, exc: Exception) -> str:
         detail = str(exc).strip()

@@ -7,6 +7,7 @@ nothing here really waits.
 from __future__ import annotations
 
 import email.utils
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -223,6 +224,96 @@ def test_transport_error_then_success() -> None:
     client = make_client(handler)
     assert client.get_json("/a") == {"a": 1}
     assert len(seen) == 2
+
+
+# ------------------------------------------------------------------- refused on this machine
+
+
+def refused() -> httpx.ConnectError:
+    """What httpx raises when nothing listens on the port: a ConnectError caused by the
+    operating system's ConnectionRefusedError."""
+    error = httpx.ConnectError("[Errno 111] Connection refused")
+    error.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    return error
+
+
+def local_client(
+    handler: Handler, sleeps: Sleeps, base_url: str = "http://127.0.0.1:8765", **kwargs: Any
+) -> HttpClient:
+    options: dict[str, Any] = {"name": "hcp", "sleep": sleeps, "jitter": lambda: 1.0}
+    options.update(kwargs)
+    return HttpClient(base_url, transport=httpx.MockTransport(handler), **options)
+
+
+def test_a_refused_connection_on_loopback_fails_fast_with_one_clear_message() -> None:
+    handler, seen = sequence(refused())
+    sleeps = Sleeps()
+    client = local_client(handler, sleeps, max_retries=5)
+    with capture_logs() as logs, pytest.raises(RetriableError) as info:
+        client.get_json("/invoices")
+    assert str(info.value) == (
+        "hcp: GET /invoices: cannot connect to http://127.0.0.1:8765 (connection refused): "
+        "nothing is listening there; start that server, or check the base_url"
+    )
+    # Two short tries for a server still starting, not five doubling backoffs.
+    assert len(seen) == 3
+    assert sleeps.calls == [0.25, 0.75]
+    # Quietly: nothing at warning level, so a command prints only the error.
+    assert logs and all(entry["log_level"] == "debug" for entry in logs), logs
+    assert client.stats.as_dict()["retries"] == 2
+    assert client.stats.as_dict()["failures"] == 1
+
+
+@pytest.mark.parametrize(
+    ("base_url", "shown"),
+    [
+        ("http://localhost:3000/api", "http://localhost:3000"),
+        ("http://[::1]:9000", "http://[::1]:9000"),
+        ("http://127.0.0.2:8080", "http://127.0.0.2:8080"),
+    ],
+)
+def test_every_loopback_address_counts_as_this_machine(base_url: str, shown: str) -> None:
+    handler, seen = sequence(refused())
+    client = local_client(handler, Sleeps(), base_url, max_retries=5)
+    with pytest.raises(RetriableError) as info:
+        client.get_json("/c")
+    assert f"cannot connect to {shown} (connection refused)" in str(info.value)
+    assert len(seen) == 3
+
+
+def test_a_refused_connection_within_max_retries_and_not_for_writes() -> None:
+    handler, seen = sequence(refused())
+    sleeps = Sleeps()
+    with pytest.raises(RetriableError, match=re.escape("cannot connect to http://127.0.0.1:8765")):
+        local_client(handler, sleeps, max_retries=0).get_json("/c")
+    assert (len(seen), sleeps.calls) == (1, [])
+    with pytest.raises(RetriableError, match=re.escape("cannot connect to http://127.0.0.1:8765")):
+        local_client(handler, sleeps, max_retries=5).request("POST", "/c", json={})
+    assert (len(seen), sleeps.calls) == (2, [])
+
+
+def test_a_local_server_that_is_still_starting_is_waited_for() -> None:
+    handler, seen = sequence(refused(), httpx.Response(200, json={"ok": True}))
+    sleeps = Sleeps()
+    assert local_client(handler, sleeps).get_json("/c") == {"ok": True}
+    assert (len(seen), sleeps.calls) == (2, [0.25])
+
+
+def test_a_refused_connection_to_another_machine_keeps_the_backoff() -> None:
+    handler, seen = sequence(refused())
+    sleeps = Sleeps()
+    client = make_client(handler, sleeps, max_retries=3, backoff_base=1.0, jitter=lambda: 0.0)
+    with capture_logs() as logs, pytest.raises(RetriableError) as info:
+        client.get_json("/c")
+    assert len(seen) == 4
+    assert sleeps.calls == [0.5, 1.0, 2.0]
+    assert "gave up after 4 attempts" in str(info.value)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "http.retry",
+        "http.retry",
+        "http.retry",
+        "http.gave_up",
+    ]
 
 
 # ------------------------------------------------------------------------------ translation
