@@ -398,7 +398,7 @@ class StateStore:
         except ImportError as exc:
             raise StateError(
                 f"cannot use state store {display}: database driver {exc.name or ''} is not "
-                "installed (for PostgreSQL: pip install 'psycopg[binary]')"
+                "installed (for PostgreSQL: pip install 'syncengine[postgres]')"
             ) from None
         except sa_exc.SQLAlchemyError as exc:
             raise StateError(
