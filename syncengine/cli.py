@@ -12,6 +12,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -19,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from syncengine import api
+from syncengine import __version__, api
 from syncengine.bars import progress_bars
 from syncengine.display import entity_changes, local_time
 from syncengine.errors import (
@@ -54,9 +55,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Help is plain text (click's formatter): no markup to eat a `[section]` in a help
+    # string, and no type placeholder after a flag.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
 )
 conflicts_app = typer.Typer(
-    help="List and settle conflicts parked for a person.", no_args_is_help=True
+    help="List and settle conflicts parked for a person.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(conflicts_app, name="conflicts")
 
@@ -69,12 +76,62 @@ ConfigOpt = Annotated[
         "--config",
         "-c",
         envvar="SYNCENGINE_CONFIG",
+        metavar="FILE",
         help="The config file (TOML). See config.example.toml.",
     ),
 ]
+_LOG_LEVELS = "debug, info, warning or error"
 LogLevelOpt = Annotated[
-    str, typer.Option("--log-level", help="debug, info, warning or error (logs go to stderr).")
+    str | None,
+    typer.Option(
+        "--log-level",
+        metavar="LEVEL",
+        help=f"{_LOG_LEVELS}; logs go to stderr (default: the one given before the command, "
+        "else warning; the daemon: info).",
+        show_default=False,
+    ),
 ]
+
+
+@dataclass
+class _GlobalOptions:
+    """What was given before the command (``syncengine --log-level debug sync``)."""
+
+    log_level: str | None = None
+
+
+_GLOBAL = _GlobalOptions()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"syncengine {__version__}", markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            "--log-level",
+            metavar="LEVEL",
+            help=f"{_LOG_LEVELS}, for every command; logs go to stderr (default: warning; "
+            "the daemon: info). A --log-level after the command wins.",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version (syncengine X.Y.Z) and exit.",
+        ),
+    ] = False,
+) -> None:
+    _GLOBAL.log_level = log_level
 
 
 def _fail(code: int, lines: list[str]) -> NoReturn:
@@ -136,8 +193,15 @@ def handled() -> Iterator[None]:
         )
 
 
-def _setup(level: str, config_secrets: tuple[str, ...] = (), *, json_output: bool = False) -> None:
-    level = level.lower()
+def _setup(
+    level: str | None,
+    config_secrets: tuple[str, ...] = (),
+    *,
+    json_output: bool = False,
+    default: str = "warning",
+) -> None:
+    """Configure logging: the command's --log-level, else the global one, else ``default``."""
+    level = (level or _GLOBAL.log_level or default).lower()
     if level not in ("debug", "info", "warning", "error"):
         _fail(
             ExitCode.CONFIG,
@@ -156,10 +220,16 @@ def _progress(*, quiet: bool) -> AbstractContextManager[ProgressFn | None]:
 def sync(
     config: ConfigOpt = Path("config.toml"),
     pipeline: Annotated[
-        str | None, typer.Option("--pipeline", "-p", help="Run only this pipeline (default: all).")
+        str | None,
+        typer.Option(
+            "--pipeline", "-p", metavar="NAME", help="Run only this pipeline (default: all)."
+        ),
     ] = None,
     entity: Annotated[
-        list[str] | None, typer.Option("--entity", "-e", help="Sync only this entity (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--entity", "-e", metavar="ENTITY", help="Sync only this entity (repeatable)."
+        ),
     ] = None,
     dry_run: Annotated[
         bool,
@@ -200,7 +270,7 @@ def sync(
             "through, and accept a member that returns nothing.",
         ),
     ] = False,
-    log_level: LogLevelOpt = "warning",
+    log_level: LogLevelOpt = None,
 ) -> None:
     """Sync the pipelines in CONFIG: read every member, plan, and apply (or only show)."""
     with handled():
@@ -241,7 +311,9 @@ def probe(
     connector: Annotated[
         str,
         typer.Option(
-            "--connector", help="The connector (a [connectors.NAME] of the config) to probe."
+            "--connector",
+            metavar="NAME",
+            help="The connector (a [connectors.NAME] of the config) to probe.",
         ),
     ] = "",
     pipeline: Annotated[
@@ -249,17 +321,22 @@ def probe(
         typer.Option(
             "--pipeline",
             "-p",
+            metavar="NAME",
             help="Use this pipeline's mappings (default: the first pipeline "
             "the connector is a member of).",
         ),
     ] = None,
     entity: Annotated[
         list[str] | None,
-        typer.Option("--entity", "-e", help="Probe only this entity (repeatable)."),
+        typer.Option(
+            "--entity", "-e", metavar="ENTITY", help="Probe only this entity (repeatable)."
+        ),
     ] = None,
-    limit: Annotated[int, typer.Option(help="Records shown per entity.", min=1)] = 3,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", help="Records shown per entity.", min=1)
+    ] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    log_level: LogLevelOpt = "warning",
+    log_level: LogLevelOpt = None,
 ) -> None:
     """Read the first records of each entity from one connector and show them as read and
     as mapped to canonical fields — the way to debug a connector description or a mapping.
@@ -302,6 +379,7 @@ def reconcile_report(
         typer.Option(
             "--pipeline",
             "-p",
+            metavar="NAME",
             help="Report on this pipeline (default: every pipeline that syncs invoices).",
         ),
     ] = None,
@@ -309,7 +387,7 @@ def reconcile_report(
     all_invoices: Annotated[
         bool, typer.Option("--all", help="List every invoice, not only those with disagreements.")
     ] = False,
-    log_level: LogLevelOpt = "warning",
+    log_level: LogLevelOpt = None,
 ) -> None:
     """Prove the books agree: per invoice, the amount, the succeeded payments and the
     outstanding balance on each member, and every disagreement (a balance that is not amount
@@ -334,29 +412,69 @@ def reconcile_report(
 
 
 @app.command()
-def validate(config: ConfigOpt = Path("config.toml"), log_level: LogLevelOpt = "warning") -> None:
+def validate(
+    config: ConfigOpt = Path("config.toml"),
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help='Print one JSON object: {"ok": true, "connectors": ..., "pipelines": ...}, '
+            'or {"ok": false, "problems": [...]} (exit 2).',
+        ),
+    ] = False,
+    log_level: LogLevelOpt = None,
+) -> None:
     """Check the config and every mapping it uses; report all problems at once (no I/O)."""
     with handled():
         _setup(log_level)
-        cfg = api.require_config(config)
+        try:
+            cfg = api.require_config(config)
+        except ConfigError as exc:
+            if as_json:
+                problems = [
+                    {k: redact_text(v, REDACTOR.secrets) for k, v in asdict(p).items()}
+                    for p in exc.problems
+                ]
+                out.print_json(
+                    json.dumps({"config": str(config), "ok": False, "problems": problems})
+                )
+            raise
+        REDACTOR.add(cfg.secrets)
+        if as_json:
+            summary = {
+                "config": str(config),
+                "ok": True,
+                "connectors": {c.name: c.type_name for c in cfg.connectors.values()},
+                "pipelines": [
+                    {"name": p.name, "members": list(p.members), "entities": list(p.entities)}
+                    for p in cfg.pipelines.values()
+                ],
+            }
+            out.print_json(json.dumps(summary))
+            return
         pipes = ", ".join(
             f"{p.name} ({' + '.join(p.members)}: {', '.join(p.entities)})"
             for p in cfg.pipelines.values()
         )
-        out.print(f"{config}: ok — {len(cfg.connectors)} connectors, pipelines: {pipes}")
+        out.print(escape(f"{config}: ok — {len(cfg.connectors)} connectors, pipelines: {pipes}"))
 
 
 @app.command()
 def status(
     config: ConfigOpt = Path("config.toml"),
+    pipeline: Annotated[
+        str | None,
+        typer.Option("--pipeline", "-p", metavar="NAME", help="Only this pipeline (default: all)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    log_level: LogLevelOpt = None,
 ) -> None:
     """Show each pipeline's last run, open conflicts, interrupted writes and the writes a
     member could not take (skipped: e.g. Housecall Pro cannot update invoices)."""
     with handled():
-        _setup("warning")
+        _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
-        rows = api.status(cfg)
+        rows = api.status(cfg, pipeline)
         if as_json:
             out.print_json(json.dumps([r.__dict__ for r in rows], default=str))
             return
@@ -446,12 +564,16 @@ def daemon(
         str | None,
         typer.Option(
             "--http",
+            metavar="HOST:PORT",
             help="Serve /healthz and /metrics (Prometheus) on HOST:PORT, e.g. 127.0.0.1:9464.",
         ),
     ] = None,
-    log_level: LogLevelOpt = "info",
+    log_level: LogLevelOpt = None,
     log_format: Annotated[
-        str, typer.Option("--log-format", help="json (one object per line) or console.")
+        str,
+        typer.Option(
+            "--log-format", metavar="FORMAT", help="json (one object per line) or console."
+        ),
     ] = "json",
 ) -> None:
     """Run every pipeline on its schedule ([daemon] and each pipeline's `schedule`) until
@@ -461,7 +583,7 @@ def daemon(
     with handled():
         if log_format not in ("json", "console"):
             raise UsageError(f"--log-format {log_format!r}: use json or console")
-        _setup(log_level, json_output=log_format == "json")
+        _setup(log_level, json_output=log_format == "json", default="info")
         cfg = api.require_config(config)
         REDACTOR.add(cfg.secrets)
         from syncengine import daemon as daemon_mod
@@ -512,13 +634,21 @@ def _print_once(report: OnceReport) -> None:
 @app.command()
 def runs(
     config: ConfigOpt = Path("config.toml"),
-    pipeline: Annotated[str | None, typer.Option("--pipeline", "-p")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Runs shown.")] = 20,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            "--pipeline", "-p", metavar="NAME", help="Only this pipeline's runs (default: all)."
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", min=1, help="Runs shown, newest first.")
+    ] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    log_level: LogLevelOpt = None,
 ) -> None:
     """List the run history, newest first: start, duration, outcome, changes, errors."""
     with handled():
-        _setup("warning")
+        _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         rows = api.runs(cfg, pipeline, limit)
         if as_json:
@@ -544,32 +674,60 @@ def runs(
 
 @app.command()
 def pause(
-    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="The pipeline.")],
     config: ConfigOpt = Path("config.toml"),
-    reason: Annotated[str, typer.Option(help="Shown by `syncengine status`.")] = "",
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            "--pipeline", "-p", metavar="NAME", help="Pause this pipeline (default: all)."
+        ),
+    ] = None,
+    reason: Annotated[
+        str, typer.Option("--reason", metavar="TEXT", help="Shown by `syncengine status`.")
+    ] = "",
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print JSON: {"paused": [pipeline names]}.')
+    ] = False,
+    log_level: LogLevelOpt = None,
 ) -> None:
-    """Stop daemons from running a pipeline until `syncengine resume` (a run in flight
-    finishes)."""
+    """Stop daemons from running a pipeline (or every pipeline) until `syncengine resume`
+    (a run in flight finishes)."""
     with handled():
-        _setup("warning")
+        _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
-        api.pause(cfg, pipeline, reason)
-        out.print(f"{pipeline}: paused; `syncengine resume -p {pipeline}` lifts it")
+        paused = api.pause(cfg, pipeline, reason)
+        if as_json:
+            out.print_json(json.dumps({"paused": paused}))
+            return
+        again = f"syncengine resume -p {pipeline}" if pipeline else "syncengine resume"
+        out.print(escape(f"paused: {', '.join(paused)}; `{again}` lifts it"))
 
 
 @app.command()
 def resume(
     config: ConfigOpt = Path("config.toml"),
     pipeline: Annotated[
-        str | None, typer.Option("--pipeline", "-p", help="The pipeline (default: all).")
+        str | None,
+        typer.Option(
+            "--pipeline", "-p", metavar="NAME", help="Resume this pipeline (default: all)."
+        ),
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help='Print JSON: {"resumed": [the pipelines paused or backing off]}.'
+        ),
+    ] = False,
+    log_level: LogLevelOpt = None,
 ) -> None:
     """Lift a pause (after refused credentials, or `syncengine pause`) and any failure
     backoff: daemons run the pipeline again at its next scheduled time."""
     with handled():
-        _setup("warning")
+        _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         lifted = api.resume(cfg, pipeline)
+        if as_json:
+            out.print_json(json.dumps({"resumed": lifted}))
+            return
         out.print(
             f"resumed: {', '.join(lifted)}"
             if lifted
@@ -580,12 +738,21 @@ def resume(
 @conflicts_app.command("list")
 def conflicts_list(
     config: ConfigOpt = Path("config.toml"),
-    pipeline: Annotated[str | None, typer.Option("--pipeline", "-p")] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            "--pipeline",
+            "-p",
+            metavar="NAME",
+            help="Only this pipeline's conflicts (default: all).",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    log_level: LogLevelOpt = None,
 ) -> None:
     """List conflicts waiting for a person, with each member's value."""
     with handled():
-        _setup("warning")
+        _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         conflicts = api.open_conflicts(cfg, pipeline)
         if as_json:
@@ -635,15 +802,43 @@ def _conflict_value(conflict: api.OpenConflict, value: object) -> str:
 
 @conflicts_app.command("resolve")
 def conflicts_resolve(
-    conflict_id: Annotated[int, typer.Argument(help="The conflict's id (conflicts list).")],
-    take: Annotated[str, typer.Option("--take", help="The member whose value wins.")],
+    conflict_id: Annotated[
+        int,
+        typer.Argument(
+            metavar="ID", help="The conflict's number (see `syncengine conflicts list`)."
+        ),
+    ],
+    take: Annotated[
+        str, typer.Option("--take", metavar="MEMBER", help="The member whose value wins.")
+    ],
     config: ConfigOpt = Path("config.toml"),
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print one JSON object: the conflict (id, pipeline, entity, key, field), "
+            "the member taken and its value.",
+        ),
+    ] = False,
+    log_level: LogLevelOpt = None,
 ) -> None:
     """Settle a parked conflict with one member's value; the next sync writes it everywhere."""
     with handled():
-        _setup("warning")
+        _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         row = api.resolve_conflict(cfg, conflict_id, take)
+        if as_json:
+            settled = {
+                "id": row.id,
+                "pipeline": row.pipeline,
+                "entity": row.entity,
+                "key": row.key,
+                "field": row.field,
+                "taken": take,
+                "value": row.values[take],
+            }
+            out.print_json(json.dumps(settled, default=str))
+            return
         from syncengine.render import show_value
 
         value = show_value(row.values[take], row.entity, row.field)
@@ -655,18 +850,29 @@ def conflicts_resolve(
 
 @app.command()
 def sandbox(
-    port: Annotated[int, typer.Option(help="Port to listen on (127.0.0.1).")] = 8765,
+    port: Annotated[
+        int, typer.Option("--port", metavar="PORT", help="Port to listen on (0: any free one).")
+    ] = 8765,
     api_key: Annotated[
-        str, typer.Option("--api-key", envvar="HCP_API_KEY", help="The key clients must send.")
+        str,
+        typer.Option(
+            "--api-key", envvar="HCP_API_KEY", metavar="KEY", help="The key clients must send."
+        ),
     ] = "sandbox",
     seed: Annotated[
         int,
-        typer.Option(help="Generate this many customers, most with jobs, invoices and payments."),
+        typer.Option(
+            "--seed",
+            metavar="N",
+            help="Generate this many customers, most with jobs, invoices and payments.",
+        ),
     ] = 0,
     random_seed: Annotated[
         int,
         typer.Option(
-            "--random-seed", help="Vary the generated data (the same value gives the same data)."
+            "--random-seed",
+            metavar="S",
+            help="Vary the generated data (the same value gives the same data).",
         ),
     ] = 0,
     nest_payments: Annotated[
@@ -683,26 +889,36 @@ def sandbox(
             help="Send invoices without customer_id and updated_at, as the live API does.",
         ),
     ] = False,
-    latency_ms: Annotated[int, typer.Option("--latency-ms", help="Delay per request.")] = 0,
+    latency_ms: Annotated[
+        int, typer.Option("--latency-ms", metavar="MS", help="Delay per request, in milliseconds.")
+    ] = 0,
     error_rate: Annotated[
-        float, typer.Option("--error-rate", help="Share of requests answered 500 (0..1).")
+        float,
+        typer.Option("--error-rate", metavar="R", help="Share of requests answered 500 (0..1)."),
     ] = 0.0,
     rate_limit: Annotated[
         float | None,
-        typer.Option("--rate-limit", help="Requests per second before 429 + Retry-After."),
+        typer.Option(
+            "--rate-limit", metavar="RPS", help="Requests per second before 429 + Retry-After."
+        ),
     ] = None,
     data: Annotated[
         Path | None,
         typer.Option(
             "--data",
+            metavar="FILE",
             help="Load customers, employees, jobs, invoices and payments from this JSON "
             "file (what the demo's hcp-data.json holds) instead of generating them.",
         ),
     ] = None,
-    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", metavar="HOST", help="Interface to bind.")
+    ] = "127.0.0.1",
+    log_level: LogLevelOpt = None,
 ) -> None:
     """Run the Housecall Pro sandbox: a stateful local emulator of the HCP API."""
     with handled():
+        _setup(log_level)
         if not 0 <= error_rate <= 1:
             raise UsageError("--error-rate must be between 0 and 1")
         from syncengine.connectors.housecallpro.sandbox import serve
@@ -725,12 +941,16 @@ def sandbox(
 @app.command()
 def demo(
     directory: Annotated[
-        Path, typer.Option("--dir", help="Where to put the demo's config, spreadsheet and state.")
+        Path,
+        typer.Option(
+            "--dir", metavar="DIR", help="Where to put the demo's config, spreadsheet and state."
+        ),
     ] = Path("syncengine-demo"),
+    log_level: LogLevelOpt = None,
 ) -> None:
     """Set up a sandbox and a spreadsheet, then dry-run, sync and sync again — and explain."""
     with handled():
-        _setup("warning")
+        _setup(log_level)
         from syncengine.demo import run_demo
 
         code = run_demo(directory, out)
