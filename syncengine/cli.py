@@ -141,8 +141,11 @@ def _fail(code: int, lines: list[str]) -> NoReturn:
 
 
 @contextmanager
-def handled() -> Iterator[None]:
-    """Turn every expected error into a clear message and its exit code; no tracebacks."""
+def handled(command: str = "sync", *, reads_only: bool = False) -> Iterator[None]:
+    """Turn every expected error into a clear message and its exit code; no tracebacks.
+
+    ``command`` names what failed (``reconcile-report failed: ...``); a command that
+    ``reads_only`` says nothing about writes it never makes."""
     try:
         yield
     except typer.Exit:
@@ -162,17 +165,19 @@ def handled() -> Iterator[None]:
         _fail(
             ExitCode.PROBLEMS,
             [
-                f"sync failed: {exc}",
+                f"{command} failed: {exc}",
                 "the member refused the credentials: check its api_key in the "
-                "config (and the environment variable it names); nothing further "
-                "was written",
+                "config (and the environment variable it names); nothing "
+                + ("was written" if reads_only else "further was written"),
             ],
         )
     except ConnectorError as exc:
+        if reads_only:
+            _fail(ExitCode.PROBLEMS, [f"{command} failed: {exc}"])
         _fail(
             ExitCode.PROBLEMS,
             [
-                f"sync failed: {exc}",
+                f"{command} failed: {exc}",
                 "nothing further was written; writes already made are recorded "
                 "and the next sync carries on from them",
             ],
@@ -180,7 +185,14 @@ def handled() -> Iterator[None]:
     except SyncEngineError as exc:
         _fail(ExitCode.PROBLEMS, [f"error: {exc}"])
     except KeyboardInterrupt:
-        _fail(EXIT_INTERRUPTED, ["interrupted; the next sync resumes from the journal"])
+        _fail(
+            EXIT_INTERRUPTED,
+            [
+                "interrupted"
+                if reads_only
+                else "interrupted; the next sync resumes from the journal"
+            ],
+        )
     except Exception:
         text = redact_text(traceback.format_exc(), REDACTOR.secrets)
         err.print(escape(text))
@@ -342,7 +354,7 @@ def probe(
     as mapped to canonical fields — the way to debug a connector description or a mapping.
     Reads only (the first page of each entity); writes nothing. Exit 1 when a read or a
     mapping fails."""
-    with handled():
+    with handled("probe", reads_only=True):
         _setup(log_level)
         if not connector:
             raise UsageError("name the connector to probe: --connector NAME")
@@ -393,7 +405,7 @@ def reconcile_report(
     outstanding balance on each member, and every disagreement (a balance that is not amount
     minus payments, a payment on one member and not another, an invoice number naming two
     invoices). Reads every member; writes nothing. Exit 1 when anything disagrees."""
-    with handled():
+    with handled("reconcile-report", reads_only=True):
         _setup(log_level)
         cfg = api.require_config(config)
         REDACTOR.add(cfg.secrets)
@@ -946,14 +958,22 @@ def demo(
             "--dir", metavar="DIR", help="Where to put the demo's config, spreadsheet and state."
         ),
     ] = Path("syncengine-demo"),
+    keep_sandbox: Annotated[
+        bool,
+        typer.Option(
+            "--keep-sandbox",
+            help="Keep the sandbox running after the demo, for the commands it suggests, "
+            "until Ctrl-C (which saves what it holds to DIR/hcp-data.json).",
+        ),
+    ] = False,
     log_level: LogLevelOpt = None,
 ) -> None:
     """Set up a sandbox and a spreadsheet, then dry-run, sync and sync again — and explain."""
-    with handled():
+    with handled("demo"):
         _setup(log_level)
         from syncengine.demo import run_demo
 
-        code = run_demo(directory, out)
+        code = run_demo(directory, out, keep_sandbox=keep_sandbox)
         if code:
             raise typer.Exit(code)
 

@@ -4,26 +4,34 @@ It sets up a folder with a config, a bookkeeper's spreadsheet that overlaps the 
 customers (identical rows, rows that fill in what HCP lacks, new rows, one real conflict, a
 column syncengine does not know), then runs a dry run, a sync (customers, then their invoices
 and payments into invoices.csv and payments.csv), and a second sync that has nothing left to
-do, proves the books reconcile — and says what to look at.
+do, proves the books reconcile — and says what to look at and what to try next.
+
+Every command it suggests works as printed: the config holds the sandbox's own key (not a
+secret), and the commands that talk to Housecall Pro are marked, with the command that starts
+the sandbox again first; ``keep_sandbox`` keeps the demo's sandbox running for them instead,
+until Ctrl-C, and then saves what it holds.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
+import shlex
 import shutil
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 
 from syncengine import api
 from syncengine.config import load_config
@@ -34,17 +42,20 @@ API_KEY = "sandbox"
 SEED = 12
 
 CONFIG = """\
-# Written by `syncengine demo`. The sandbox it talks to runs only while the demo runs;
-# restart it with the data the demo left behind:
-#     syncengine sandbox --port {port} --api-key sandbox --data hcp-data.json
-# then: HCP_API_KEY=sandbox syncengine sync --config config.toml --dry-run
+# Written by `syncengine demo`. The Housecall Pro sandbox it talks to runs only while the
+# demo runs (or, with `syncengine demo --keep-sandbox`, until Ctrl-C). Start it again, from
+# this folder, with what the demo left behind:
+#     syncengine sandbox --port {port} --api-key {key} --data hcp-data.json
+# then: syncengine sync --config config.toml --dry-run
 [state]
 url = "sqlite:///state.db"
 
 [connectors.hcp]
 type = "housecallpro"
 base_url = "http://127.0.0.1:{port}"
-api_key = "${{HCP_API_KEY}}"
+# The sandbox's own key, not a secret. A real key never goes in a file: take it from the
+# environment with api_key = "${{HCP_API_KEY}}".
+api_key = "{key}"
 rate_limit = 50.0
 delete_customers = true
 
@@ -91,9 +102,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass
+class RunningSandbox:
+    """The sandbox serving in a thread of this process."""
+
+    state: Any
+    """The sandbox's data (``dump()`` saves it)."""
+    thread: threading.Thread
+    base_url: str
+
+
 @contextmanager
-def background_sandbox(port: int, **options: Any) -> Iterator[Any]:
-    """Run the sandbox on 127.0.0.1:port in a thread; yields the sandbox state."""
+def background_sandbox(port: int, **options: Any) -> Iterator[RunningSandbox]:
+    """Run the sandbox on 127.0.0.1:port in a thread until the block ends."""
     from syncengine.connectors.housecallpro.sandbox import create_app
 
     app = create_app(API_KEY, **options)
@@ -108,10 +129,28 @@ def background_sandbox(port: int, **options: Any) -> Iterator[Any]:
             raise RuntimeError(f"the sandbox did not start on port {port}")
         time.sleep(0.02)
     try:
-        yield app.state.sandbox
+        yield RunningSandbox(app.state.sandbox, thread, f"http://127.0.0.1:{port}")
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def _serve_until_interrupted(sandbox: RunningSandbox) -> None:
+    """Block while the sandbox serves, until Ctrl-C (SIGINT, also where a shell started the
+    demo in the background with SIGINT ignored) or SIGTERM."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while sandbox.thread.is_alive():
+            sandbox.thread.join(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _national(e164: str | None) -> str:
@@ -216,18 +255,81 @@ def write_spreadsheet(path: Path, customers: list[dict[str, Any]]) -> list[str]:
     return story
 
 
-def run_demo(directory: Path, console: Console) -> int:
+def _save(sandbox: RunningSandbox, path: Path) -> None:
+    path.write_text(json.dumps(sandbox.state.dump(), indent=1), encoding="utf-8")
+
+
+def _command(*words: str | Path) -> str:
+    """A command line as a shell takes it (paths with spaces quoted)."""
+    return " ".join(shlex.quote(str(w)) for w in ("syncengine", *words))
+
+
+def _try_next(
+    console: Console, directory: Path, port: int, conflict_id: int | None, *, keep: bool
+) -> None:
+    """The commands to try next, each on a line of its own starting with ``$``, exactly as
+    they run; those that talk to Housecall Pro say they need the sandbox."""
+    config = directory / "config.toml"
+    data = directory / "hcp-data.json"
+    console.rule("Try next")
+    if keep:
+        console.print(
+            f"The sandbox keeps running on http://127.0.0.1:{port} for these commands: run "
+            "them in a second terminal."
+        )
+    else:
+        console.print(
+            "The sandbox stopped with the demo. The commands marked (needs the sandbox) talk "
+            "to it: first start it again with what it held, in a second terminal, and leave it "
+            "running (Ctrl-C stops it):"
+        )
+        console.print(
+            "    $ "
+            + escape(_command("sandbox", "--port", str(port), "--api-key", API_KEY, "--data", data))
+        )
+        console.print("  or run the demo again and keep its sandbox running until Ctrl-C:")
+        console.print("    $ " + escape(_command("demo", "--dir", directory, "--keep-sandbox")))
+    needs = "" if keep else " (needs the sandbox)"
+    steps: list[tuple[str, str]] = [
+        (
+            "the parked mobile number: each side's value",
+            _command("conflicts", "list", "-c", config),
+        ),
+    ]
+    if conflict_id is not None:
+        steps += [
+            (
+                "settle it with the spreadsheet's number",
+                _command("conflicts", "resolve", str(conflict_id), "--take", "books", "-c", config),
+            ),
+            (f"write the settled number to Housecall Pro{needs}", _command("sync", "-c", config)),
+        ]
+    steps += [
+        (
+            f"the books, invoice by invoice{needs}",
+            _command("reconcile-report", "-c", config, "--all"),
+        ),
+        ("the last run, open conflicts, skipped writes", _command("status", "-c", config)),
+    ]
+    for what, command in steps:
+        console.print(f"  {escape(what)}:")
+        console.print(f"    $ {escape(command)}")
+
+
+def run_demo(directory: Path, console: Console, *, keep_sandbox: bool = False) -> int:
+    """Run the demo in ``directory`` (started afresh); with ``keep_sandbox`` keep its sandbox
+    serving afterwards until Ctrl-C or SIGTERM. Returns the exit code."""
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     for stale in ("state.db", "state.db-wal", "state.db-shm", "hcp-data.json"):
         (directory / stale).unlink(missing_ok=True)
     shutil.rmtree(directory / "books", ignore_errors=True)
-    os.environ.setdefault("HCP_API_KEY", API_KEY)
+    data_file = directory / "hcp-data.json"
 
     port = free_port()
-    console.print(f"[bold]syncengine demo[/] in {directory}\n")
+    console.print(f"[bold]syncengine demo[/] in {escape(str(directory))}\n")
     with background_sandbox(port, seed=SEED) as sandbox:
-        base = f"http://127.0.0.1:{port}"
+        base = sandbox.base_url
         with httpx.Client(base_url=base, headers={"Authorization": f"Token {API_KEY}"}) as hc:
             customers = hc.get(
                 "/customers", params={"page_size": 100, "sort_direction": "asc"}
@@ -239,7 +341,9 @@ def run_demo(directory: Path, console: Console) -> int:
         console.print("2. Wrote the bookkeeper's spreadsheet books/customers.csv:")
         for line in story:
             console.print(f"     - {line}")
-        (directory / "config.toml").write_text(CONFIG.format(port=port), encoding="utf-8")
+        (directory / "config.toml").write_text(
+            CONFIG.format(port=port, key=API_KEY), encoding="utf-8"
+        )
         console.print(
             "3. Wrote config.toml (hcp + books, Housecall Pro wins conflicts, "
             "mobile numbers are decided by a person).\n"
@@ -260,34 +364,49 @@ def run_demo(directory: Path, console: Console) -> int:
 
         report = api.reconcile_report(config)[0]
         render_report(console, report)
-        (directory / "hcp-data.json").write_text(
-            json.dumps(sandbox.dump(), indent=1), encoding="utf-8"
+        _save(sandbox, data_file)
+        parked = api.open_conflicts(config)
+        conflict_id = parked[0].row.id if parked else None
+        ok = (
+            not second.plan.actions
+            and not first.failures
+            and not second.guard
+            and first.exit_code in (ExitCode.OK, ExitCode.PROBLEMS)
+            and report.clean
         )
 
-    console.rule("What to look at")
-    for line in (
-        f"books/customers.csv  every row now has a Sync ID; HCP's other customers were "
-        f"appended; the Notes column is untouched  ({directory / 'books' / 'customers.csv'})",
-        "books/invoices.csv, books/payments.csv   every invoice and payment, amounts as "
-        "1234.50, dates in the office's time zone, customers by e-mail",
-        f"syncengine reconcile-report -c {directory / 'config.toml'} --all   the books, "
-        "invoice by invoice",
-        f"syncengine conflicts list -c {directory / 'config.toml'}   the parked mobile number",
-        f"syncengine conflicts resolve ID --take books -c {directory / 'config.toml'}   "
-        "settle it (then sync again)",
-        f"syncengine status -c {directory / 'config.toml'}   last run, conflicts, skipped writes",
-        f"hcp-data.json   what the sandbox held at the end; restart it with "
-        f"`syncengine sandbox --port {port} --data {directory / 'hcp-data.json'}`",
-    ):
-        console.print(f"  • {line}")
-    ok = (
-        not second.plan.actions
-        and not first.failures
-        and not second.guard
-        and first.exit_code in (ExitCode.OK, ExitCode.PROBLEMS)
-        and report.clean
-    )
-    if not ok:
-        console.print("[red]The demo did not converge as expected; see the output above.[/]")
-        return ExitCode.PROBLEMS
+        console.rule("What to look at")
+        for line in (
+            "books/customers.csv: every row now has a Sync ID; HCP's other customers were "
+            "appended; the Notes column is untouched "
+            f"({directory / 'books' / 'customers.csv'})",
+            "books/invoices.csv, books/payments.csv: every invoice and payment, amounts as "
+            "1234.50, dates in the office's time zone, customers by e-mail (by mobile number "
+            "for a customer without one)",
+            f"hcp-data.json: what the sandbox held at the end ({data_file})",
+        ):
+            console.print(f"  • {escape(line)}")
+        _try_next(console, directory, port, conflict_id, keep=keep_sandbox)
+        if not ok:
+            console.print("[red]The demo did not converge as expected; see the output above.[/]")
+            return ExitCode.PROBLEMS
+        if keep_sandbox:
+            console.print(
+                f"\nThe sandbox is serving on {base}. Press Ctrl-C to stop it; what it holds "
+                f"then is saved to {escape(str(data_file))}."
+            )
+            console.file.flush()
+            _serve_until_interrupted(sandbox)
+    if keep_sandbox:
+        _save(sandbox, data_file)
+        console.print(
+            f"\nThe sandbox stopped; what it held is saved in {escape(str(data_file))}. Start "
+            "it again with:"
+        )
+        console.print(
+            "    $ "
+            + escape(
+                _command("sandbox", "--port", str(port), "--api-key", API_KEY, "--data", data_file)
+            )
+        )
     return ExitCode.OK
