@@ -553,8 +553,12 @@ class HttpClient:
         """``scheme://host:port`` when ``exc`` is a connection refused by a loopback address
         (nothing listens on that port of this machine), else None."""
         cause: BaseException | None = exc
+        seen: set[int] = set()
         while cause is not None and not isinstance(cause, ConnectionRefusedError):
+            seen.add(id(cause))
             cause = cause.__cause__ or cause.__context__
+            if cause is not None and id(cause) in seen:  # a chain that loops
+                cause = None
         if cause is None:
             return None
         try:

@@ -299,6 +299,17 @@ def test_a_local_server_that_is_still_starting_is_waited_for() -> None:
     assert (len(seen), sleeps.calls) == (2, [0.25])
 
 
+def test_a_transport_error_not_caused_by_a_refusal_keeps_the_backoff_on_loopback() -> None:
+    looping = httpx.ConnectError("odd")
+    inner = OSError("unreachable")
+    looping.__cause__, inner.__cause__ = inner, looping  # a chain that loops ends the search
+    handler, seen = sequence(looping)
+    sleeps = Sleeps()
+    with pytest.raises(RetriableError, match="gave up after 3 attempts"):
+        local_client(handler, sleeps, max_retries=2).get_json("/c")
+    assert (len(seen), sleeps.calls) == (3, [0.5, 1.0])
+
+
 def test_a_refused_connection_to_another_machine_keeps_the_backoff() -> None:
     handler, seen = sequence(refused())
     sleeps = Sleeps()
