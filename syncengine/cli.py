@@ -256,6 +256,14 @@ def sync(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="List every record, also after a real sync.")
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="No progress bar (it is shown only when stderr is a terminal, never with --json).",
+        ),
+    ] = False,
     details: Annotated[
         bool | None,
         typer.Option(
@@ -266,14 +274,6 @@ def sync(
             show_default=False,
         ),
     ] = None,
-    quiet: Annotated[
-        bool,
-        typer.Option(
-            "--quiet",
-            "-q",
-            help="No progress bar (it is shown only when stderr is a terminal, never with --json).",
-        ),
-    ] = False,
     allow_mass_delete: Annotated[
         bool,
         typer.Option(
