@@ -228,7 +228,7 @@ def _progress(*, quiet: bool) -> AbstractContextManager[ProgressFn | None]:
     return progress_bars(err, sys.stderr.isatty() and not quiet)
 
 
-@app.command()
+@app.command(short_help="Sync: read every member, plan, and apply (or only show with -n).")
 def sync(
     config: ConfigOpt = Path("config.toml"),
     pipeline: Annotated[
@@ -317,7 +317,7 @@ def sync(
             raise typer.Exit(code)
 
 
-@app.command()
+@app.command(short_help="Show one connector's first records as read and as mapped.")
 def probe(
     config: ConfigOpt = Path("config.toml"),
     connector: Annotated[
@@ -383,7 +383,9 @@ def probe(
             raise typer.Exit(ExitCode.PROBLEMS)
 
 
-@app.command("reconcile-report")
+@app.command(
+    "reconcile-report", short_help="Do the books agree? Invoices, payments and balances per member."
+)
 def reconcile_report(
     config: ConfigOpt = Path("config.toml"),
     pipeline: Annotated[
@@ -423,7 +425,7 @@ def reconcile_report(
             raise typer.Exit(code)
 
 
-@app.command()
+@app.command(short_help="Check the config and its mappings; read and write nothing.")
 def validate(
     config: ConfigOpt = Path("config.toml"),
     as_json: Annotated[
@@ -471,7 +473,7 @@ def validate(
         out.print(escape(f"{config}: ok — {len(cfg.connectors)} connectors, pipelines: {pipes}"))
 
 
-@app.command()
+@app.command(short_help="Last run, schedule, open conflicts and skipped writes per pipeline.")
 def status(
     config: ConfigOpt = Path("config.toml"),
     pipeline: Annotated[
@@ -552,7 +554,7 @@ def _print_schedule(r: api.PipelineStatus) -> None:
         )
 
 
-@app.command()
+@app.command(short_help="Run the pipelines on their schedules until SIGTERM.")
 def daemon(
     config: ConfigOpt = Path("config.toml"),
     once: Annotated[
@@ -643,7 +645,7 @@ def _print_once(report: OnceReport) -> None:
                 out.print(f"    [red]{escape(attempt.error)}[/]")
 
 
-@app.command()
+@app.command(short_help="The run history, newest first.")
 def runs(
     config: ConfigOpt = Path("config.toml"),
     pipeline: Annotated[
@@ -684,7 +686,7 @@ def runs(
                 out.print(f"    [red]{escape(str(e))}[/]")
 
 
-@app.command()
+@app.command(short_help="Stop daemons from running a pipeline until resume.")
 def pause(
     config: ConfigOpt = Path("config.toml"),
     pipeline: Annotated[
@@ -714,7 +716,7 @@ def pause(
         out.print(escape(f"paused: {', '.join(paused)}; `{again}` lifts it"))
 
 
-@app.command()
+@app.command(short_help="Lift a pause or a failure backoff.")
 def resume(
     config: ConfigOpt = Path("config.toml"),
     pipeline: Annotated[
@@ -747,7 +749,9 @@ def resume(
         )
 
 
-@conflicts_app.command("list")
+@conflicts_app.command(
+    "list", short_help="The conflicts waiting for a person, with each member's value."
+)
 def conflicts_list(
     config: ConfigOpt = Path("config.toml"),
     pipeline: Annotated[
@@ -812,7 +816,7 @@ def _conflict_value(conflict: api.OpenConflict, value: object) -> str:
     return escape(show_value(value, conflict.row.entity, conflict.row.field))
 
 
-@conflicts_app.command("resolve")
+@conflicts_app.command("resolve", short_help="Settle a parked conflict with one member's value.")
 def conflicts_resolve(
     conflict_id: Annotated[
         int,
@@ -860,7 +864,7 @@ def conflicts_resolve(
         )
 
 
-@app.command()
+@app.command(short_help="Run the Housecall Pro sandbox (a local emulator of the HCP API).")
 def sandbox(
     port: Annotated[
         int, typer.Option("--port", metavar="PORT", help="Port to listen on (0: any free one).")
@@ -950,7 +954,7 @@ def sandbox(
         )
 
 
-@app.command()
+@app.command(short_help="A guided tour: sandbox, spreadsheet, dry run, sync, report.")
 def demo(
     directory: Annotated[
         Path,

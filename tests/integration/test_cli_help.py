@@ -44,7 +44,7 @@ Cli = Callable[..., CliResult]
 
 ROOT = typer.main.get_command(app)
 
-# Anys that report nothing a script reads from stdout: the daemon logs JSON lines
+# Commands that report nothing a script reads from stdout: the daemon logs JSON lines
 # (--log-format json), the sandbox serves, the demo explains.
 NO_JSON = {"daemon", "sandbox", "demo"}
 
@@ -114,6 +114,24 @@ def test_help_renders_every_word_and_no_type_placeholder(
         assert metavar is not None and metavar == metavar.upper(), (path, option.opts)
         long = next(o for o in option.opts if o.startswith("--"))
         assert f"{long} {metavar} " in shown.stdout, (path, long, shown.stdout)
+
+
+GROUPS = [(path, cmd) for path, cmd in COMMANDS if isinstance(cmd, TyperGroup)]
+
+
+@pytest.mark.parametrize(("path", "group"), GROUPS, ids=_ids(GROUPS))
+def test_a_command_list_shows_every_summary_whole(
+    cli: Cli, path: tuple[str, ...], group: Any
+) -> None:
+    shown = cli(*path, "--help", env={**cli_env(None), "COLUMNS": "100"})
+    assert_clean_exit(shown, 0)
+    listing = shown.stdout.split("\nCommands:\n", 1)[1]
+    for name, sub in group.commands.items():
+        line = next(x for x in listing.splitlines() if x.split()[:1] == [name])
+        summary = sub.short_help or (sub.help or "").strip()
+        assert summary, f"{name} has no summary for the command list"
+        assert line.split(None, 1)[1] == summary, line
+        assert not line.endswith("..."), line
 
 
 def test_help_words_are_collected_from_the_source() -> None:
