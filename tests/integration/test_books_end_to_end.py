@@ -213,7 +213,7 @@ def test_seeded_sandbox_syncs_into_empty_books_and_reconciles(
     assert {i["status"] for i in truth.invoices} >= {"paid", "sent"}
     hcp.clear_requests()
 
-    dry = cli("sync", "--config", config, "--dry-run")
+    dry = cli("sync", "--config", config, "--dry-run", "--details")
     assert_clean_exit(dry, 0)
     check_dry_run(dry.stdout, truth)
     assert "Dry run: nothing was written" in dry.stdout

@@ -317,6 +317,10 @@ def emails(rows: list[dict[str, str]]) -> list[str]:
 # ------------------------------------------------------------- edits, SIGTERM, resuming
 
 
+NEW_ROWS = 60
+"""Rows added to a sheet while a daemon runs, to stop it mid-sync: 12 batches of 5."""
+
+
 def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
     tmp_path: Path, daemons: Callable[..., DaemonProcess]
 ) -> None:
@@ -396,7 +400,8 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
         assert 'syncengine_http_requests_total{connector="hcp",pipeline="b"}' in metrics
         assert 'syncengine_actions_total{entity="customers",member="hcp",op="update"' in metrics
 
-        # 25 new rows in sheet A: the daemon creates them in HCP; SIGTERM while it does
+        # 60 new rows in sheet A (12 batches): the daemon creates them in HCP; SIGTERM while
+        # it does (the window is wide enough for a loaded machine to land the signal in it)
         rows = sheet(tmp_path, "books_a")
         new = [
             {
@@ -405,7 +410,7 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
                 "Last Name": "Row",
                 "Email": f"new{i}@daemon.test",
             }
-            for i in range(25)
+            for i in range(NEW_ROWS)
         ]
         posts_before = hcp.posts()
         replace_sheet(tmp_path, "books_a", rows + new)
@@ -421,7 +426,7 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
         assert events[-1]["event"] == "daemon stopped"
         outcomes = [r.outcome for r in history(tmp_path, state, "a")]
         assert "stopped" in outcomes, outcomes
-        assert len(hcp.customers()) < seeded + 25, "the stop came too late to test anything"
+        assert len(hcp.customers()) < seeded + NEW_ROWS, "the stop came too late to test anything"
 
         # every line is one JSON object; the lines of a run carry its pipeline and run id
         lines = [line for line in log.splitlines() if line.strip()]
@@ -441,7 +446,7 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
 
         second = daemons(config)
         wait_until(
-            lambda: converged(seeded + 25), 60, "the restarted daemon to finish", second.text
+            lambda: converged(seeded + NEW_ROWS), 60, "the restarted daemon to finish", second.text
         )
         wait_until(
             lambda: company_everywhere(down["Email"].lower(), "Edited While Down"),
@@ -451,7 +456,7 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
         )
         hcp_emails = [c["email"].lower() for c in hcp.customers() if c.get("email")]
         assert len(hcp_emails) == len(set(hcp_emails)), "a customer was created twice"
-        assert {f"new{i}@daemon.test" for i in range(25)} <= set(hcp_emails)
+        assert {f"new{i}@daemon.test" for i in range(NEW_ROWS)} <= set(hcp_emails)
         for name in ("books_a", "books_b"):
             got = emails(sheet(tmp_path, name))
             assert len(got) == len(set(got)), f"a row was copied twice in {name}"
@@ -467,7 +472,7 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
                 "Last Name": "Row",
                 "Email": f"more{i}@daemon.test",
             }
-            for i in range(25)
+            for i in range(NEW_ROWS)
         ]
         posts_before = hcp.posts()
         replace_sheet(tmp_path, "books_a", rows + more)
@@ -483,7 +488,10 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
 
         third = daemons(config)
         wait_until(
-            lambda: converged(seeded + 50), 60, "the daemon after the forced exit", third.text
+            lambda: converged(seeded + 2 * NEW_ROWS),
+            60,
+            "the daemon after the forced exit",
+            third.text,
         )
         hcp_emails = [c["email"].lower() for c in hcp.customers() if c.get("email")]
         assert len(hcp_emails) == len(set(hcp_emails)), "a customer was created twice"
