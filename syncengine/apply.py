@@ -87,6 +87,11 @@ class KeyWrites:
 
     plan: KeyPlan
     writes: list[Write]
+    pending: int = 0
+    """How many of its writes are not performed yet (for the progress count)."""
+
+    def __post_init__(self) -> None:
+        self.pending = len(self.writes)
 
     @property
     def buffered(self) -> set[str]:
@@ -199,7 +204,7 @@ class EntityApply:
             ]
             self._journal(keys)
             applied.expect(keys)
-            _execute([w for k in keys for w in k.writes], applied.written)
+            _execute(keys, applied.written)
             deferred += self._commit_batch(keys)
             buffered_used.update(
                 w.action.member for k in keys for w in k.writes if w.member.buffered
@@ -373,11 +378,11 @@ def _link_to(w: Write, written: NativeRecord) -> LinkPlan:
     )
 
 
-def _execute(writes: list[Write], written: Callable[[Write], None]) -> None:
-    """Step 2: perform the writes, recording each one's answer or error on it, and tell
-    ``written`` of each one done (in this thread, in order). Members that write through run
-    with their ``concurrency``; buffered members run in order. Refused credentials stop the
-    run."""
+def _execute(keys: list[KeyWrites], written: Callable[[KeyWrites], None]) -> None:
+    """Step 2: perform the keys' writes, recording each one's answer or error on it, and
+    tell ``written`` of each one done with its key (in this thread, in order). Members that
+    write through run with their ``concurrency``; buffered members run in order. Refused
+    credentials stop the run."""
 
     def run(w: Write) -> None:
         try:
@@ -387,9 +392,10 @@ def _execute(writes: list[Write], written: Callable[[Write], None]) -> None:
         except (ConnectorError, RecordError) as exc:
             w.error = exc
 
-    through = [w for w in writes if not w.member.buffered]
+    through = [(k, w) for k in keys for w in k.writes if not w.member.buffered]
     workers = max(
-        (int(getattr(w.member.connector.options, "concurrency", 1)) for w in through), default=1
+        (int(getattr(w.member.connector.options, "concurrency", 1)) for _k, w in through),
+        default=1,
     )
     if workers > 1 and len(through) > 1:
         # the writers' log lines carry the run's context (pipeline, run id) too
@@ -399,16 +405,18 @@ def _execute(writes: list[Write], written: Callable[[Write], None]) -> None:
             context.copy().run(run, w)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for w, _done in zip(through, pool.map(call, through), strict=True):
-                written(w)
+            done = pool.map(call, [w for _k, w in through])
+            for (k, _w), _ in zip(through, done, strict=True):
+                written(k)
     else:
-        for w in through:
+        for k, w in through:
             run(w)
-            written(w)
-    for w in writes:
-        if w.member.buffered:
-            run(w)
-            written(w)
+            written(k)
+    for k in keys:
+        for w in k.writes:
+            if w.member.buffered:
+                run(w)
+                written(k)
 
 
 def _perform(member: Member, action: Action) -> NativeRecord | None:
@@ -436,26 +444,15 @@ class _Applied:
     def __init__(self, step: Step) -> None:
         self.step = step
         self.done = 0
-        self._left: dict[int, int] = {}
-        """id(KeyWrites) -> how many of its writes are not done yet."""
-        self._key_of: dict[int, int] = {}
-        """id(Write) -> id(KeyWrites)."""
 
     def expect(self, keys: list[KeyWrites]) -> None:
-        """A batch is about to be written."""
-        for k in keys:
-            if not k.writes:
-                self.done += 1
-                continue
-            self._left[id(k)] = len(k.writes)
-            for w in k.writes:
-                self._key_of[id(w)] = id(k)
+        """A batch is about to be written: its records without writes are done already."""
+        self.done += sum(1 for k in keys if not k.writes)
 
-    def written(self, w: Write) -> None:
-        key = self._key_of.pop(id(w))
-        self._left[key] -= 1
-        if not self._left[key]:
-            del self._left[key]
+    def written(self, key: KeyWrites) -> None:
+        """One write of ``key`` is done."""
+        key.pending -= 1
+        if not key.pending:
             self.done += 1
             self.step.tick(self.done)
 
