@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import phonenumbers
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,15 +25,21 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from syncengine import model
 from syncengine.connector import Connector, ConnectorContext, ConnectorOptions, connector_class
 from syncengine.errors import ConfigError, Problem
 from syncengine.mapping import EntityMapping, load_mapping
+from syncengine.numbers import BOOL_NOT_NUMBER, Float, Int
 from syncengine.redact import MASK
 from syncengine.schedule import Schedule, parse_schedule, parse_timezone
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONFIG_PROBLEM = "config_problem"
+_REGION_ALIASES = {"UK": "GB", "EN": "GB", "USA": "US", "CAN": "CA", "AUS": "AU"}
+"""Region names people write that are not ISO 3166 codes, and the code they mean."""
 _SECRET_KEY = re.compile(r"(key|token|secret|password|passwd|credential)", re.IGNORECASE)
 CONFLICT_RULE_WORDS = ("newest", "manual")
 
@@ -41,18 +48,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _config_problem(message: str, fix: str) -> PydanticCustomError:
+    """A validation error reported as ``message`` and ``fix`` exactly (the value is not
+    repeated after it, so that a URL's password is never shown)."""
+    return PydanticCustomError(_CONFIG_PROBLEM, "{message}", {"message": message, "fix": fix})
+
+
 class StateSection(_Strict):
     url: str = "sqlite:///syncengine-state.db"
-    journal_retention_days: int = Field(default=30, ge=1)
+    journal_retention_days: Int = Field(default=30, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url_ok(cls, value: str) -> str:
+        from syncengine.state.store import url_problem  # SQLAlchemy, only when checking
+
+        problem = url_problem(value)
+        if problem is not None:
+            raise _config_problem(
+                problem,
+                'use "sqlite:///PATH" (a file beside the config) or '
+                '"postgresql+psycopg://USER@HOST/DBNAME"',
+            )
+        return value
 
 
 class DeletesSection(_Strict):
     propagate: bool = True
     """True: a record deleted on one member is deleted on the others. False: the others keep it
     and the member that deleted it is not given it again."""
-    max_fraction: float = Field(default=0.2, ge=0.0, le=1.0)
+    max_fraction: Float = Field(default=0.2, ge=0.0, le=1.0)
     """Abort an entity when more than this share of a member's linked records would be deleted."""
-    min_count: int = Field(default=5, ge=0)
+    min_count: Int = Field(default=5, ge=0)
     """Deleting fewer records than this never trips the max_fraction guard (small data sets)."""
 
 
@@ -63,22 +90,22 @@ class DaemonSection(_Strict):
     """The schedule of pipelines that give none of their own."""
     timezone: str = "UTC"
     """The time zone of cron schedules (an IANA name)."""
-    max_concurrent: int = Field(default=4, ge=1, le=64)
+    max_concurrent: Int = Field(default=4, ge=1, le=64)
     """Pipelines synced at the same time by one daemon."""
-    lease_ttl: float = Field(default=60.0, ge=0.5, le=3600)
+    lease_ttl: Float = Field(default=60.0, ge=0.5, le=3600)
     """A running pipeline's lease lasts this long and is renewed every third of it; a crashed
     daemon's pipelines are taken over by another daemon once it expires."""
-    shutdown_grace: float = Field(default=30.0, ge=0, le=3600)
+    shutdown_grace: Float = Field(default=30.0, ge=0, le=3600)
     """On SIGTERM, running syncs get this long to finish their batch and commit."""
-    misfire_grace: int = Field(default=60, ge=1)
+    misfire_grace: Int = Field(default=60, ge=1)
     """A run that could not start on time still starts if no later than this."""
-    backoff_initial: float = Field(default=30.0, gt=0)
+    backoff_initial: Float = Field(default=30.0, gt=0)
     """After a failed run the pipeline waits this long, doubling with each failure ..."""
-    backoff_max: float = Field(default=3600.0, gt=0)
+    backoff_max: Float = Field(default=3600.0, gt=0)
     """... up to this (and never less than its schedule)."""
-    history_days: float = Field(default=90.0, gt=0)
+    history_days: Float = Field(default=90.0, gt=0)
     """Run history older than this is pruned (the newest run of each pipeline is kept)."""
-    reload_poll: float = Field(default=5.0, ge=0)
+    reload_poll: Float = Field(default=5.0, ge=0)
     """How often the config file and mapping files are checked for changes (0: only SIGHUP)."""
 
     @field_validator("schedule")
@@ -114,7 +141,7 @@ class PipelineSection(_Strict):
     """Per entity, the canonical fields that link a new record to an existing one, in order."""
     mappings: dict[str, dict[str, str]] = Field(default_factory=dict)
     """Per member, per entity: a mapping file that replaces the connector's default mapping."""
-    batch_size: int = Field(default=200, ge=1, le=5000)
+    batch_size: Int = Field(default=200, ge=1, le=5000)
 
     @field_validator("name")
     @classmethod
@@ -142,6 +169,23 @@ class ConfigFile(_Strict):
     """Default region for phone numbers written without a country code."""
     connectors: dict[str, Any]
     pipelines: list[Any] = Field(min_length=1)
+
+    @field_validator("region")
+    @classmethod
+    def _region_ok(cls, value: str) -> str:
+        code = value.strip().upper()
+        if code not in phonenumbers.SUPPORTED_REGIONS:
+            known = sorted(phonenumbers.SUPPORTED_REGIONS)
+            close = _REGION_ALIASES.get(code) or " or ".join(
+                difflib.get_close_matches(code, known, n=3)
+            )
+            hint = f"did you mean {close}? " if close else ""
+            raise _config_problem(
+                f"unknown region {value!r} (the default region of phone numbers)",
+                f'{hint}use a two-letter country code, e.g. region = "US"; known: '
+                + ", ".join(known),
+            )
+        return code
 
 
 @dataclass(frozen=True)
@@ -260,10 +304,46 @@ def _interpolate(
             )
         return match.group(0)  # left as written: one problem is enough
 
+    for message, fix in _broken_refs(value, is_secret):
+        problems.append(Problem(f"{source}: {where}", message, fix))
     result = _ENV_REF.sub(substitute, value)
     if is_secret and result:
         secrets.add(result)
     return result
+
+
+def _broken_refs(value: str, is_secret: bool) -> list[tuple[str, str]]:
+    """Each ``${`` in ``value`` that begins no ``${NAME}`` or ``${NAME:-default}``: what is
+    wrong with it and the fix. The text is shown only where it cannot be part of a secret."""
+    found: list[tuple[str, str]] = []
+    rest = _ENV_REF.sub("", value)
+    start = rest.find("${")
+    while start != -1:
+        after = rest[start + 2 :]
+        name = _ENV_NAME.match(after)
+        end = after.find("}")
+        if end == -1:
+            if name and (not is_secret or name.group(0) == after):
+                found.append(
+                    (
+                        f"'${{{name.group(0)}' is not closed",
+                        f'end it with "}}": "${{{name.group(0)}}}"',
+                    )
+                )
+            else:
+                found.append(("'${' is not closed", 'end the reference with "}": "${NAME}"'))
+            break
+        inner = after[:end]
+        shown = f"'${{{inner}}}'" if not is_secret else "a '${...}'"
+        found.append(
+            (
+                f"{shown} is not an environment variable reference",
+                "write ${NAME} or ${NAME:-default}; a NAME is letters, digits and '_', "
+                "not starting with a digit",
+            )
+        )
+        start = rest.find("${", start + 2 + end + 1)
+    return found
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -292,15 +372,22 @@ def _pydantic_problems(
         elif kind == "missing":
             msg = "is required"
             fix = "add it"
-        else:
+        elif kind == _CONFIG_PROBLEM:
             msg = item["msg"]
+            fix = str((item.get("ctx") or {}).get("fix", ""))
+        elif kind == BOOL_NOT_NUMBER:
+            msg = item["msg"]
+            fix = "write a number without quotes (true and false are not numbers)"
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
             if "input" in item and not isinstance(item["input"], dict | list):
                 shown = item["input"]
                 # a secret-looking key name, not pydantic's own "[key]" marker of dict keys
                 names = [str(p) for p in item["loc"] if isinstance(p, str) and p != "[key]"]
                 if any(_SECRET_KEY.search(name) for name in names):
                     shown = MASK
-                msg += f" (got {shown!r})"
+                if shown == MASK or repr(shown) not in msg:  # not when the message says it
+                    msg += f" (got {shown!r})"
         problems.append(Problem(where, msg, fix))
     return problems
 
@@ -381,8 +468,11 @@ def load_config(
             try:
                 sections.append((index, PipelineSection.model_validate(raw)))
             except ValidationError as err:
+                # named as the person wrote it (pipelines.hcp-books.schedule) where it can be
+                name = raw.get("name") if isinstance(raw, dict) else None
+                label = name if isinstance(name, str) and name.strip() else str(index)
                 problems.extend(
-                    _prefixed(_pydantic_problems(err, f"pipelines.{index}", PipelineSection), shown)
+                    _prefixed(_pydantic_problems(err, f"pipelines.{label}", PipelineSection), shown)
                 )
 
     connectors: dict[str, ConnectorConfig] = {}

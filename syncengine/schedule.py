@@ -38,6 +38,9 @@ _UNITS = {
     **dict.fromkeys(("d", "day", "days"), 86400),
 }
 _WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_NEVER_FIRES_FROM = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+"""Where the search for a cron schedule's first fire time starts (a fixed point, so that a
+leap-day schedule is accepted whatever today is)."""
 _DUE_SLACK_S = 60.0
 """``is_due`` tolerance at most: a cron job started a little early still counts as due."""
 
@@ -125,12 +128,20 @@ def parse_schedule(text: str) -> Schedule:
         )
     try:
         cron = (minute, hour, day, month, _weekdays(weekday))
-        _cron_trigger(cron, dt.UTC)
+        trigger = _cron_trigger(cron, dt.UTC)
     except ValueError as exc:
         raise ValueError(
             f"invalid cron expression {text!r}: {exc}; fields are minute hour "
             'day month weekday, e.g. "*/10 * * * *" or "0 2 * * mon-fri"'
         ) from None
+    # A date that no month has (February 30th, April 31st) parses but never comes: the
+    # daemon would wait forever and `status` could name no next run.
+    if trigger.get_next_fire_time(None, _NEVER_FIRES_FROM) is None:
+        raise ValueError(
+            f"cron expression {text!r} never fires: the month field ({month}) names no "
+            f"month that has day {day}; use a day those months have (1-28 is in every "
+            'month), or "last" for the last day of the month, e.g. "0 2 last 2 *"'
+        )
     return Schedule(cleaned, cron=cron)
 
 

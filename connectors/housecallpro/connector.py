@@ -72,6 +72,7 @@ from syncengine.connectors.housecallpro.jobs import (
 from syncengine.connectors.housecallpro.paging import Pager
 from syncengine.errors import FatalConnectorError
 from syncengine.http import connector_client, is_html
+from syncengine.numbers import Float, Int
 
 CUSTOMERS = "customers"
 ENTITIES = (CUSTOMERS, JOBS, INVOICES, PAYMENTS)
@@ -87,18 +88,18 @@ class HousecallProOptions(ConnectorOptions):
     base_url: str = "https://api.housecallpro.com"
     api_key: SecretStr
     auth_scheme: Literal["Token", "Bearer"] = "Token"
-    page_size: int = Field(default=100, ge=1, le=200)
-    rate_limit: float = Field(default=2.0, ge=0)
+    page_size: Int = Field(default=100, ge=1, le=200)
+    rate_limit: Float = Field(default=2.0, ge=0)
     """Requests per second, enforced client side (the live API reportedly allows ~120/min).
     0 turns the client-side limit off (sandboxes, benchmarks)."""
-    timeout: float = Field(default=30.0, gt=0)
-    max_retries: int = Field(default=5, ge=0, le=20)
+    timeout: Float = Field(default=30.0, gt=0)
+    max_retries: Int = Field(default=5, ge=0, le=20)
     company_id: str | None = None
     """Sent as ``X-Company-Id`` for multi-location accounts."""
     delete_customers: bool = False
     """The live API answers ``DELETE /customers/{id}`` with an HTML 404, so customer deletes
     are off unless the target supports them (the sandbox does)."""
-    concurrency: int = Field(default=4, ge=1, le=32)
+    concurrency: Int = Field(default=4, ge=1, le=32)
     """How many writes the engine may run at once against this member. The connector is
     thread-safe and every request, from any thread, goes through the one rate limiter; reads
     page sequentially."""

@@ -59,6 +59,7 @@ from syncengine.connector import ConnectorOptions
 from syncengine.connectors.rest.auth import AUTH_STYLES, AuthOptions, NoAuth
 from syncengine.connectors.rest.paging import PAGINATORS, NoPaginationOptions, PaginationOptions
 from syncengine.connectors.rest.shape import dotted
+from syncengine.numbers import Float, Int
 from syncengine.registry import Registry
 
 __all__ = [
@@ -285,8 +286,8 @@ class IncrementalOptions(BaseModel):
     enabled: bool = False
     param: str = ""
     """The query parameter that filters by update time (``updated_since``, ``updatedAt_gte``)."""
-    full_every_hours: float = Field(default=24.0, gt=0)
-    overlap_seconds: float = Field(default=60.0, ge=0)
+    full_every_hours: Float = Field(default=24.0, gt=0)
+    overlap_seconds: Float = Field(default=60.0, ge=0)
     """Records updated this long before the newest one seen are read again (a record updated
     while a pass was reading could otherwise be missed)."""
 
@@ -480,12 +481,12 @@ class RestOptions(ConnectorOptions):
     auth: AuthOptions = Field(default_factory=NoAuth)
     headers: dict[str, str] = Field(default_factory=dict)
     """Sent with every request (``Accept``, an API version). Credentials go in ``auth``."""
-    timeout: float = Field(default=30.0, gt=0)
-    max_retries: int = Field(default=5, ge=0, le=20)
-    rate_limit: float = Field(default=5.0, ge=0)
+    timeout: Float = Field(default=30.0, gt=0)
+    max_retries: Int = Field(default=5, ge=0, le=20)
+    rate_limit: Float = Field(default=5.0, ge=0)
     """Requests per second, client side; 0 turns the limit off."""
-    page_size: int = Field(default=100, ge=1, le=10_000)
-    concurrency: int = Field(default=4, ge=1, le=32)
+    page_size: Int = Field(default=100, ge=1, le=10_000)
+    concurrency: Int = Field(default=4, ge=1, le=32)
     """How many writes the engine may run at once against this member."""
     entities: dict[Annotated[str, AfterValidator(_entity_name)], EntityOptions] = Field(
         min_length=1

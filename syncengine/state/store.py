@@ -202,6 +202,39 @@ def mask_url(url: str) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot name a state store, or None when it can; nothing is connected to.
+
+    Checks the URL's form, its database (SQLite or PostgreSQL) and, for PostgreSQL, that its
+    driver is installed. `StateStore.open` refuses the same URLs with the same words."""
+    display = mask_url(url)
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError) as exc:
+        return f"invalid state store URL {display!r} ({exc}); expected {_URL_EXAMPLES}"
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        return (
+            f"unsupported state store URL {display!r}: only SQLite and PostgreSQL "
+            f"are supported ({_URL_EXAMPLES})"
+        )
+    if backend == "postgresql":
+        try:
+            parsed.get_dialect().import_dbapi()
+        except ImportError as exc:
+            return _missing_driver(display, exc)
+        except sa_exc.SQLAlchemyError as exc:
+            return f"invalid state store URL {display!r}: {_describe(exc, _secrets(parsed))}"
+    return None
+
+
+def _missing_driver(display: str, exc: ImportError) -> str:
+    return (
+        f"cannot use state store {display}: database driver {exc.name or ''} is not "
+        "installed (for PostgreSQL: pip install 'syncengine[postgres]')"
+    )
+
+
 def _describe(exc: BaseException, secrets: Sequence[str]) -> str:
     """A one-line reason from a SQLAlchemy/driver error, without SQL, parameters or secrets."""
     orig = getattr(exc, "orig", None)
@@ -362,12 +395,10 @@ class StateStore:
         "no state" and leaves no file behind.
         """
         display = mask_url(url)
-        try:
-            parsed = make_url(url)
-        except (sa_exc.ArgumentError, ValueError) as exc:
-            raise StateError(
-                f"invalid state store URL {display!r} ({exc}); expected {_URL_EXAMPLES}"
-            ) from None
+        problem = url_problem(url)
+        if problem is not None:
+            raise StateError(problem)
+        parsed = make_url(url)
         secrets = _secrets(parsed)
         backend = parsed.get_backend_name()
         path: Path | None = None
@@ -396,10 +427,7 @@ class StateStore:
                     f"are supported ({_URL_EXAMPLES})"
                 )
         except ImportError as exc:
-            raise StateError(
-                f"cannot use state store {display}: database driver {exc.name or ''} is not "
-                "installed (for PostgreSQL: pip install 'syncengine[postgres]')"
-            ) from None
+            raise StateError(_missing_driver(display, exc)) from None
         except sa_exc.SQLAlchemyError as exc:
             raise StateError(
                 f"invalid state store URL {display!r}: {_describe(exc, secrets)}"

@@ -152,7 +152,7 @@ def test_config_validates_every_schedule_and_daemon_setting_at_once(tmp_path: Pa
     assert "daemon.timezone" in text and "Nowhere/Land" in text
     assert "unknown key 'lease_tll'" in text and "did you mean 'lease_ttl'" in text
     assert "daemon.max_concurrent" in text
-    assert "pipelines.0.schedule" in text and "unknown unit 'y'" in text
+    assert "pipelines.p.schedule" in text and "unknown unit 'y'" in text
 
 
 def test_backoff_bounds_are_checked(tmp_path: Path) -> None:

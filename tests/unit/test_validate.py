@@ -1,0 +1,286 @@
+"""Config loading catches what only a sync used to find: a cron schedule that never fires,
+an unclosed ``${``, a state URL that is not one, ``true`` given for a number and an unknown
+phone region. Each is a configuration problem named by file and key, with a fix, all of them
+reported at once, and nothing is connected to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from syncengine.config import load_config
+from syncengine.connectors.housecallpro.connector import HousecallProOptions
+from syncengine.errors import ConfigError, Problem, StateError
+from syncengine.schedule import parse_schedule
+from syncengine.state.store import StateStore, url_problem
+
+ENV = {"HCP_API_KEY": "hcp-key-0123456789"}
+NEVER = "0 2 31 2 *"
+
+
+def _write(
+    tmp_path: Path,
+    *,
+    top: str = 'region = "US"',
+    state_url: str = "sqlite:///state.db",
+    hcp: str = 'api_key = "${HCP_API_KEY}"\nmax_retries = 1',
+    daemon: str = "",
+    pipeline: str = "",
+    extra: str = "",
+) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f"""\
+{top}
+
+[state]
+url = "{state_url}"
+
+[daemon]
+{daemon}
+
+[connectors.hcp]
+type = "housecallpro"
+base_url = "http://127.0.0.1:9"
+{hcp}
+
+[connectors.books]
+type = "spreadsheet"
+path = "books"
+
+{extra}
+
+[[pipelines]]
+name = "hcp-books"
+members = ["hcp", "books"]
+{pipeline}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _problems(path: Path, env: dict[str, str] | None = None) -> list[Problem]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=ENV if env is None else env)
+    return info.value.problems
+
+
+def _one(problems: list[Problem], location: str) -> Problem:
+    found = [p for p in problems if p.location == location]
+    assert len(found) == 1, problems
+    return found[0]
+
+
+# ------------------------------------------------------------------------------ schedules
+
+
+@pytest.mark.parametrize("text", [NEVER, "0 2 30 2 *", "15 4 31 4,6,9,11 *"])
+def test_a_cron_schedule_that_never_fires_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="never fires") as info:
+        parse_schedule(text)
+    assert f"cron expression {text!r} never fires" in str(info.value)
+    assert '"last" for the last day of the month' in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["0 0 29 2 *", "0 2 last 2 *", "0 2 31 1,2 *", "0 2 31 * *"])
+def test_cron_schedules_that_fire_only_some_years_or_months_are_kept(text: str) -> None:
+    assert parse_schedule(text).cron is not None
+
+
+def test_a_pipeline_schedule_that_never_fires_is_a_problem_named_by_pipeline(
+    tmp_path: Path,
+) -> None:
+    problems = _problems(_write(tmp_path, pipeline=f'schedule = "{NEVER}"'))
+    problem = _one(problems, f"{tmp_path / 'config.toml'}: pipelines.hcp-books.schedule")
+    assert problem.message.startswith(f"cron expression '{NEVER}' never fires")
+    assert 'e.g. "0 2 last 2 *"' in problem.message
+    assert len(problems) == 1
+
+
+def test_a_daemon_default_schedule_that_never_fires_is_a_problem(tmp_path: Path) -> None:
+    problems = _problems(_write(tmp_path, daemon=f'schedule = "{NEVER}"'))
+    assert [p.location for p in problems] == [f"{tmp_path / 'config.toml'}: daemon.schedule"]
+    assert "never fires" in problems[0].message
+
+
+def test_the_never_fires_check_is_made_without_an_env_too(tmp_path: Path) -> None:
+    """``status`` loads the config without credentials (strict_env=False): still refused."""
+    path = _write(tmp_path, pipeline=f'schedule = "{NEVER}"')
+    with pytest.raises(ConfigError, match="never fires"):
+        load_config(path, env={}, strict_env=False)
+
+
+# ----------------------------------------------------------------------- ${...} references
+
+
+def test_an_unclosed_reference_names_the_key_and_the_variable(tmp_path: Path) -> None:
+    problems = _problems(_write(tmp_path, hcp='api_key = "${HCP_API_KEY"'))
+    assert problems == [
+        Problem(
+            f"{tmp_path / 'config.toml'}: connectors.hcp.api_key",
+            "'${HCP_API_KEY' is not closed",
+            'end it with "}": "${HCP_API_KEY}"',
+        )
+    ]
+
+
+def test_a_reference_that_is_no_variable_name_is_a_problem(tmp_path: Path) -> None:
+    path = _write(tmp_path, hcp='api_key = "${HCP_API_KEY}"\ncompany_id = "${1COMPANY}"')
+    problem = _one(_problems(path), f"{tmp_path / 'config.toml'}: connectors.hcp.company_id")
+    assert problem.message == "'${1COMPANY}' is not an environment variable reference"
+    assert problem.fix.startswith("write ${NAME} or ${NAME:-default}")
+
+
+def test_a_broken_reference_in_a_secret_shows_no_part_of_it(tmp_path: Path) -> None:
+    problems = _problems(_write(tmp_path, hcp='api_key = "pa55${word-w1th-dash"'))
+    assert problems == [
+        Problem(
+            f"{tmp_path / 'config.toml'}: connectors.hcp.api_key",
+            "'${' is not closed",
+            'end the reference with "}": "${NAME}"',
+        )
+    ]
+    assert "word" not in str(problems[0]) and "pa55" not in str(problems[0])
+
+
+def test_closed_references_and_defaults_still_work(tmp_path: Path) -> None:
+    config = load_config(
+        _write(tmp_path, hcp='api_key = "${HCP_API_KEY}"\ncompany_id = "c-${CO:-7}"'), env=ENV
+    )
+    options = config.connectors["hcp"].options
+    assert isinstance(options, HousecallProOptions) and options.company_id == "c-7"
+
+
+# ------------------------------------------------------------------------------ state URL
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "invalid state store URL 'not a url'"),
+        (
+            "mysql://me:Sup3rS3cretPw@db/sync",
+            "unsupported state store URL 'mysql://me:***@db/sync'",
+        ),
+        ("postgresqlx://db/sync", "unsupported state store URL 'postgresqlx://db/sync'"),
+    ],
+)
+def test_a_state_url_that_cannot_be_used_is_a_problem(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    problems = _problems(_write(tmp_path, state_url=url))
+    problem = _one(problems, f"{tmp_path / 'config.toml'}: state.url")
+    assert problem.message.startswith(message), problem
+    assert problem.fix.startswith('use "sqlite:///PATH"')
+    assert "Sup3rS3cretPw" not in str(problems)
+    assert not (tmp_path / "state.db").exists()
+
+
+def test_a_postgresql_url_whose_driver_is_missing_is_a_problem() -> None:
+    problem = url_problem("postgresql+nosuchdriver://u@h/db")
+    assert problem is not None and "postgresql+nosuchdriver" in problem
+
+
+@pytest.mark.parametrize("url", ["sqlite:///state.db", "sqlite://", "postgresql+psycopg://u@h/d"])
+def test_usable_state_urls_pass(url: str) -> None:
+    assert url_problem(url) is None
+
+
+def test_the_store_refuses_the_urls_validate_refuses(tmp_path: Path) -> None:
+    for url in ("not a url", "mysql://db/sync"):
+        with pytest.raises(StateError) as info:
+            StateStore.open(url, base_dir=str(tmp_path))
+        assert str(info.value) == url_problem(url)
+
+
+# -------------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize(
+    ("hcp", "key"),
+    [
+        ("max_retries = true", "max_retries"),
+        ("page_size = false", "page_size"),
+        ("rate_limit = true", "rate_limit"),
+    ],
+)
+def test_true_or_false_is_not_a_number_in_connector_options(
+    tmp_path: Path, hcp: str, key: str
+) -> None:
+    path = _write(tmp_path, hcp=f'api_key = "${{HCP_API_KEY}}"\n{hcp}')
+    problem = _one(_problems(path), f"{tmp_path / 'config.toml'}: connectors.hcp.{key}")
+    value = hcp.split(" = ")[1]
+    assert problem.message == f"is {value}, which is not a number"
+    assert problem.fix == "write a number without quotes (true and false are not numbers)"
+
+
+def test_true_is_not_a_number_in_the_rest_and_pipeline_settings(tmp_path: Path) -> None:
+    rest = """\
+[connectors.crm]
+type = "rest"
+base_url = "http://127.0.0.1:9"
+max_retries = true
+[connectors.crm.entities.customers]
+path = "/customers"
+"""
+    path = _write(
+        tmp_path, extra=rest, pipeline="batch_size = true\n[pipelines.deletes]\nmax_fraction = true"
+    )
+    shown = f"{tmp_path / 'config.toml'}"
+    problems = _problems(path)
+    assert sorted(p.location for p in problems) == [
+        f"{shown}: connectors.crm.max_retries",
+        f"{shown}: pipelines.hcp-books.batch_size",
+        f"{shown}: pipelines.hcp-books.deletes.max_fraction",
+    ]
+    assert {p.message for p in problems} == {"is true, which is not a number"}
+
+
+def test_numbers_from_the_environment_are_still_read(tmp_path: Path) -> None:
+    path = _write(tmp_path, hcp='api_key = "${HCP_API_KEY}"\nmax_retries = "${RETRIES:-3}"')
+    config = load_config(path, env=ENV)
+    options = config.connectors["hcp"].options
+    assert isinstance(options, HousecallProOptions) and options.max_retries == 3
+
+
+# --------------------------------------------------------------------------------- region
+
+
+def test_an_unknown_region_is_refused_listing_the_known_ones(tmp_path: Path) -> None:
+    problem = _one(
+        _problems(_write(tmp_path, top='region = "UK"')), f"{tmp_path / 'config.toml'}: region"
+    )
+    assert problem.message == "unknown region 'UK' (the default region of phone numbers)"
+    assert problem.fix.startswith(
+        'did you mean GB? use a two-letter country code, e.g. region = "US"; known: AC, AD, AE, '
+    )
+    assert problem.fix.endswith(
+        ", US, UY, UZ, VA, VC, VE, VG, VI, VN, VU, WF, WS, XK, YE, YT, ZA, ZM, ZW"
+    )
+
+
+def test_a_known_region_in_lower_case_is_taken(tmp_path: Path) -> None:
+    assert load_config(_write(tmp_path, top='region = "ca"'), env=ENV).region == "CA"
+
+
+# ----------------------------------------------------------------------------- all at once
+
+
+def test_every_mistake_is_reported_in_one_load(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        top='region = "ZZ"',
+        state_url="not a url",
+        hcp='api_key = "${HCP_API_KEY"\nmax_retries = true',
+        pipeline=f'schedule = "{NEVER}"',
+    )
+    shown = f"{tmp_path / 'config.toml'}"
+    assert sorted(p.location for p in _problems(path)) == [
+        f"{shown}: connectors.hcp.api_key",
+        f"{shown}: connectors.hcp.max_retries",
+        f"{shown}: pipelines.hcp-books.schedule",
+        f"{shown}: region",
+        f"{shown}: state.url",
+    ]
