@@ -28,7 +28,10 @@ from syncengine.errors import (
     ConfigError,
     ConnectorError,
     StateError,
+    StateUnavailableError,
+    StructureError,
     SyncEngineError,
+    UnavailableError,
     UsageError,
 )
 from syncengine.exit_codes import ExitCode
@@ -49,8 +52,10 @@ app = typer.Typer(
         "Start with `syncengine demo`, then copy config.example.toml, check it with "
         "`syncengine validate`, preview with `syncengine sync --dry-run` and run "
         "`syncengine sync`.\n\n"
-        "Exit codes: 0 ok · 1 record errors or open conflicts · 2 configuration/usage error "
-        "(nothing read or written) · 3 stopped by a safety guard."
+        "Exit codes: 0 ok · 1 record errors, open conflicts or books that do not reconcile "
+        "· 2 configuration, usage or structure error (nothing read or written) · 3 stopped "
+        "by a safety guard · 4 could not run or complete (a member unreachable or refusing "
+        "the credentials, the pipeline busy, the state store unavailable)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -159,23 +164,52 @@ def handled(command: str = "sync", *, reads_only: bool = False) -> Iterator[None
         _fail(ExitCode.CONFIG, lines)
     except UsageError as exc:
         _fail(ExitCode.CONFIG, [f"usage error: {exc}"])
+    except StateUnavailableError as exc:
+        _fail(
+            ExitCode.UNAVAILABLE,
+            [f"{command} could not run: the state store is unavailable: {exc}"],
+        )
     except StateError as exc:
         _fail(ExitCode.CONFIG, [f"state store error: {exc}"])
-    except AuthError as exc:
+    except UnavailableError as exc:
+        _fail(ExitCode.UNAVAILABLE, [f"{command} could not run: {exc}"])
+    except StructureError as exc:
         _fail(
-            ExitCode.PROBLEMS,
+            ExitCode.CONFIG,
+            [
+                f"structure error: {exc}",
+                "nothing was read into a plan and nothing was written; fix the file "
+                "and run the command again",
+            ],
+        )
+    except AuthError as exc:
+        if reads_only:
+            _fail(
+                ExitCode.UNAVAILABLE,
+                [
+                    f"{command} could not read: {exc}; the member refused the "
+                    "credentials: check its api_key in the config (and the environment "
+                    "variable it names)"
+                ],
+            )
+        _fail(
+            ExitCode.UNAVAILABLE,
             [
                 f"{command} failed: {exc}",
                 "the member refused the credentials: check its api_key in the "
-                "config (and the environment variable it names); nothing "
-                + ("was written" if reads_only else "further was written"),
+                "config (and the environment variable it names); nothing further was written",
             ],
         )
     except ConnectorError as exc:
+        # One record's failure is reported on the result; one that reaches here stopped
+        # the run: the member could not be read or written at all.
         if reads_only:
-            _fail(ExitCode.PROBLEMS, [f"{command} failed: {exc}"])
+            _fail(
+                ExitCode.UNAVAILABLE,
+                [f"{command} could not read: {exc}; nothing was written, run it again later"],
+            )
         _fail(
-            ExitCode.PROBLEMS,
+            ExitCode.UNAVAILABLE,
             [
                 f"{command} failed: {exc}",
                 "nothing further was written; writes already made are recorded "
@@ -932,8 +966,9 @@ def sandbox(
     ] = "127.0.0.1",
     log_level: LogLevelOpt = None,
 ) -> None:
-    """Run the Housecall Pro sandbox: a stateful local emulator of the HCP API."""
-    with handled():
+    """Run the Housecall Pro sandbox: a stateful local emulator of the HCP API. Exit 4 when
+    the port is taken."""
+    with handled("sandbox", reads_only=True):
         _setup(log_level)
         if not 0 <= error_rate <= 1:
             raise UsageError("--error-rate must be between 0 and 1")

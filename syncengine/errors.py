@@ -8,11 +8,17 @@
     │   ├── RetriableError          a temporary failure (429, 5xx, timeout): retry later
     │   ├── AuthError               the credentials were refused (401/403): stop talking to it
     │   ├── FatalConnectorError     the member cannot be used this run (bad response shape, ...)
+    │   │   └── StructureError      a file or sheet a person must fix (a corrupt workbook; exit 2)
     │   └── ConflictingWriteError   the target changed under us (file edited since read)
     ├── RecordError                 skip this one record, report it, carry on
     │   └── NotFoundError           the record is gone on the member
-    ├── StateError                  the state store is unusable (wrong schema, locked)
+    ├── StateError                  the state store is unusable (bad URL, wrong schema)
+    │   └── StateUnavailableError   it cannot be reached or opened now (also an UnavailableError)
+    ├── UnavailableError            something the command needs cannot be had now (exit 4)
     └── SyncStopped                 a sync stopped early on request (a daemon shutting down)
+
+A ConnectorError that reaches the command (not one record's) means the run could not happen
+or complete: exit 4, like an UnavailableError (``syncengine.exit_codes``).
 
 A safety guard (mass delete, an empty member) is not an exception: the engine stops that
 entity and records the guard on the run's result, whose exit code is then 3
@@ -82,6 +88,11 @@ class FatalConnectorError(ConnectorError):
     """The member cannot be used for the rest of this run."""
 
 
+class StructureError(FatalConnectorError):
+    """A member's file or sheet cannot be read as one (a corrupt workbook, bytes that are not
+    its encoding): a person must fix it. Nothing is read into a plan or written (exit 2)."""
+
+
 class ConflictingWriteError(ConnectorError):
     """The target changed since it was read; writing would overwrite someone's edit."""
 
@@ -102,6 +113,16 @@ class NotFoundError(RecordError):
 
 class StateError(SyncEngineError):
     """The state store cannot be used."""
+
+
+class UnavailableError(SyncEngineError):
+    """Something the command needs cannot be had now (a port taken, a store that cannot be
+    reached): the command could not run, and may succeed later (exit 4)."""
+
+
+class StateUnavailableError(StateError, UnavailableError):
+    """The state store cannot be reached or opened now (its file cannot be opened, the
+    database refuses the connection or stays locked); its URL is fine."""
 
 
 class SyncStopped(SyncEngineError):

@@ -123,7 +123,7 @@ from syncengine.connectors.housecallpro.sandbox_state import (
     TokenBucket,
     generate_data,
 )
-from syncengine.errors import ConfigError
+from syncengine.errors import ConfigError, UnavailableError, UsageError
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -575,8 +575,10 @@ def serve(
     """Run the sandbox with uvicorn until interrupted (SIGINT/SIGTERM).
 
     Prints ``sandbox listening on http://HOST:PORT`` once it accepts connections; with
-    ``port=0`` the line carries the port the system chose.
+    ``port=0`` the line carries the port the system chose. A port outside 0..65535 or a host
+    that names no interface is a UsageError; a port that is taken an UnavailableError.
     """
+    sock = listening_socket(host, port)  # before the data is generated: fail fast
     app = create_app(
         api_key,
         seed=seed,
@@ -592,7 +594,32 @@ def serve(
     # full passes (a million long-lived objects would make the first requests pause).
     gc.freeze()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
-    _AnnouncingServer(config).run()
+    _AnnouncingServer(config).run(sockets=[sock])
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (uvicorn listens on it)."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port {port}: use a port from 1 to 65535, or 0 for any free one")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(
+            f"--host {host!r}: {exc.strerror}; use an address such as 127.0.0.1"
+        ) from None
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]" if ":" in host else host
+        raise UnavailableError(
+            f"cannot listen on {shown}:{port}: {exc.strerror or exc}; stop "
+            "what uses that port, or choose another with --port (0: any free one)"
+        ) from None
+    return sock
 
 
 class _AnnouncingServer(uvicorn.Server):

@@ -356,7 +356,7 @@ class SpreadsheetConnector(Connector):
         sheet = table.load()
         if sheet is None:
             if not self.settings.create_missing:
-                raise table.fatal(table.missing())
+                raise table.structure(table.missing())
             return _Working(table, Sheet(header=default), self.settings.id_column, create=True)
         if not sheet.header.cells:  # an empty file or sheet
             sheet.header = default

@@ -82,9 +82,9 @@ class CsvTable(FileTable):
                     rows.append(row)
                 last = row
         except csv.Error as exc:
-            raise self.fatal(f"{self.display} line {done + 1}: {exc}") from None
+            raise self.structure(f"{self.display} line {done + 1}: {exc}") from None
         if last is not None and last.original and _ends_inside_quotes(last.original, self):
-            raise self.fatal(
+            raise self.structure(
                 f"{self.display} line {last.line}: a quoted cell is opened but never closed, "
                 "so everything after it would be read as one cell; close or remove the stray "
                 f"{_QUOTE} in that row"
@@ -97,7 +97,7 @@ class CsvTable(FileTable):
         if "\n".encode(self._codec) == b"\n":
             line = data[: exc.start].count(b"\n") + 1
             where += f" (line {line})"
-        return self.fatal(
+        return self.structure(
             f"{self.display} is not valid {self.encoding}: byte(s) {bad} at {where}; nothing "
             f"was read or written. Set the connector's encoding option to the file's encoding "
             f'(for example encoding = "cp1252" for a file saved by Excel on Windows)'

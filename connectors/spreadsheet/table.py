@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-from syncengine.errors import ConflictingWriteError, FatalConnectorError
+from syncengine.errors import ConflictingWriteError, FatalConnectorError, StructureError
 
 from .formulas import neutralise, restore
 
@@ -160,6 +160,10 @@ class Table(ABC):
     def fatal(self, message: str) -> FatalConnectorError:
         return FatalConnectorError(message, connector=self.connector, entity=self.entity)
 
+    def structure(self, message: str) -> StructureError:
+        """The error for a file or sheet a person must fix before anything is read (exit 2)."""
+        return StructureError(message, connector=self.connector, entity=self.entity)
+
 
 # ------------------------------------------------------------------------------ the file
 
@@ -194,6 +198,10 @@ class StoredFile:
 
     def fatal(self, message: str, entity: str = "") -> FatalConnectorError:
         return FatalConnectorError(message, connector=self.connector, entity=entity)
+
+    def structure(self, message: str, entity: str = "") -> StructureError:
+        """The error for a file a person must fix before anything is read (exit 2)."""
+        return StructureError(message, connector=self.connector, entity=entity)
 
     def conflict_error(self, what: str = "changed", entity: str = "") -> ConflictingWriteError:
         return ConflictingWriteError(

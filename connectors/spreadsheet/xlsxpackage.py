@@ -18,6 +18,7 @@ import io
 import posixpath
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape, quoteattr
@@ -102,6 +103,34 @@ def sheet_parts(package: zipfile.ZipFile) -> dict[str, str]:
         if target is not None:
             parts[element.get("name", "")] = target
     return parts
+
+
+PACKAGE_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, KeyError, NotImplementedError)
+"""What reading a damaged package raises: not a zip, a corrupt deflate stream, a part cut
+short, a member the directory names but the file lacks, a compression zipfile cannot read."""
+
+
+def damaged(data: bytes) -> str:
+    """Which part of the workbook ``data`` is damaged and how, or "" when every part reads
+    back whole (checked against its CRC) or ``data`` is no zip package at all (openpyxl then
+    says it is not a workbook): the test before openpyxl sees it."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as package:
+            for info in package.infolist():
+                try:
+                    with package.open(info) as part:
+                        while part.read(1 << 20):
+                            pass
+                except (*PACKAGE_ERRORS, RuntimeError) as exc:
+                    return f"its part {info.filename} is damaged ({_describe(exc)})"
+    except (*PACKAGE_ERRORS, RuntimeError):
+        return ""  # not a zip package at all: openpyxl says so when it loads it
+    return ""
+
+
+def _describe(exc: BaseException) -> str:
+    name = f"{type(exc).__module__}.{type(exc).__name__}".removeprefix("builtins.")
+    return f"{name}: {exc}" if str(exc) else name
 
 
 def formula_values(data: bytes) -> FormulaValues:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import io
 import re
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from copy import copy
 from dataclasses import dataclass
@@ -57,6 +56,8 @@ from .formulas import neutralise
 from .table import CellValue, Row, Sheet, StoredFile, Table, digest, is_blank
 from .xlsxcells import cell_text, cell_value, number_format_for
 from .xlsxpackage import (
+    PACKAGE_ERRORS,
+    damaged,
     formula_values,
     lost_parts,
     restore_formula_values,
@@ -161,6 +162,14 @@ class Workbook:
     def _open(self) -> Any:
         if self._reader is None:
             assert self._data is not None
+            why = damaged(self._data)
+            if why:
+                raise self.file.structure(
+                    f"{self.path} is damaged: {why}; nothing was read or written. Restore it "
+                    "from a backup (or your spreadsheet program's version history), or open it "
+                    "in a spreadsheet program, let it repair the file and save it as an Excel "
+                    "workbook (.xlsx)"
+                )
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -168,8 +177,8 @@ class Workbook:
                         io.BytesIO(self._data), read_only=True, data_only=True
                     )
             except Exception as exc:  # openpyxl raises many kinds; translate them here
-                raise self.file.fatal(
-                    f"{self.display} is not a readable .xlsx workbook ({_describe(exc)}); "
+                raise self.file.structure(
+                    f"{self.path} is not a readable .xlsx workbook ({_describe(exc)}); "
                     "nothing was read or written. Open it in a spreadsheet program and save it "
                     "as an Excel workbook (.xlsx)"
                 ) from exc
@@ -187,9 +196,10 @@ class Workbook:
                 warnings.simplefilter("ignore")
                 rows = [tuple(r) for r in sheet.iter_rows(values_only=True)]
         except Exception as exc:
-            raise self.file.fatal(
-                f"{self.display}, sheet {title} cannot be read ({_describe(exc)}); nothing was "
-                "read or written"
+            raise self.file.structure(
+                f"{self.path}, sheet {title} cannot be read ({_describe(exc)}); nothing was "
+                "read or written. Open the workbook in a spreadsheet program and save it as an "
+                "Excel workbook (.xlsx)"
             ) from exc
         self._rows[title] = rows
         return rows
@@ -201,9 +211,11 @@ class Workbook:
             assert self._data is not None
             try:
                 found = uncalculated_formulas(self._data, title)
-            except (zipfile.BadZipFile, KeyError, ElementTree.ParseError) as exc:
-                raise self.file.fatal(
-                    f"{self.display}, sheet {title} cannot be read ({_describe(exc)})"
+            except (*PACKAGE_ERRORS, ElementTree.ParseError) as exc:
+                raise self.file.structure(
+                    f"{self.path}, sheet {title} cannot be read ({_describe(exc)}); nothing was "
+                    "read or written. Open the workbook in a spreadsheet program and save it as "
+                    "an Excel workbook (.xlsx)"
                 ) from exc
             self._uncalculated[title] = found
         return found
@@ -279,9 +291,10 @@ class Workbook:
                     io.BytesIO(self._data), rich_text=True, keep_links=True
                 )
             except Exception as exc:
-                raise self.file.fatal(
-                    f"{self.display} cannot be opened for writing ({_describe(exc)}); nothing "
-                    "was written to it",
+                raise self.file.structure(
+                    f"{self.path} cannot be opened for writing ({_describe(exc)}); nothing "
+                    "was written to it. Open it in a spreadsheet program and save it as an "
+                    "Excel workbook (.xlsx)",
                     entity,
                 ) from exc
         lost = [str(w.message) for w in caught if _LOSS_WARNING.search(str(w.message))]

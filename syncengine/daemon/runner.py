@@ -27,7 +27,7 @@ from syncengine.daemon.policy import RunOutcome, RunPolicy
 from syncengine.daemon.redaction import describe_error, redacted_traceback
 from syncengine.engine import Engine, SyncResult
 from syncengine.errors import AuthError, SyncEngineError, SyncStopped
-from syncengine.exit_codes import ExitCode
+from syncengine.exit_codes import ExitCode, failed_run_code
 from syncengine.metrics import Metrics, http_stats
 from syncengine.state import COMPLETED_OUTCOMES, StateStore
 
@@ -141,9 +141,11 @@ class PipelineRunner:
                 log.error("run stopped: the lease was lost to another runner")
         except AuthError as exc:
             out.error = self._describe(exc)
+            out.exit_code = int(failed_run_code(exc))
             self.policy.refused(config, pipeline, out.error)
         except Exception as exc:
             out.error = self._describe(exc)
+            out.exit_code = int(failed_run_code(exc))
             if not isinstance(exc, SyncEngineError):
                 log.error(
                     "run failed with an internal error (a bug, please report it)",

@@ -43,7 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
-from syncengine.errors import StateError
+from syncengine.errors import StateError, StateUnavailableError
 from syncengine.redact import MASK, redact_text
 from syncengine.state import leases as _leases
 from syncengine.state.leases import Lease, PipelineState
@@ -308,7 +308,7 @@ def _prepare_sqlite_file(path: Path, *, create: bool) -> None:
                 os.chmod(candidate, 0o600)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise StateError(f"cannot open state store file {path}: {reason}") from exc
+        raise StateUnavailableError(f"cannot open state store file {path}: {reason}") from exc
 
 
 def _install_sqlite_listeners(engine: sa.Engine) -> None:
@@ -474,6 +474,9 @@ class StateStore:
     def _translate(self, what: str) -> Iterator[None]:
         try:
             yield
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            # the database cannot be reached, refuses us or stays locked: not the URL's fault
+            raise StateUnavailableError(f"{what}: {_describe(exc, self._secrets)}") from exc
         except sa_exc.SQLAlchemyError as exc:
             raise StateError(f"{what}: {_describe(exc, self._secrets)}") from exc
 
@@ -780,7 +783,7 @@ def _mkdir_parent(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        raise StateError(
+        raise StateUnavailableError(
             f"cannot create directory {path.parent} for the state store: {reason}"
         ) from exc
 

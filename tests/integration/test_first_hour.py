@@ -160,13 +160,13 @@ def test_every_command_the_demo_suggests_works_as_printed(tmp_path: Path) -> Non
     started = time.monotonic()
     report = run(printed[kinds.index("reconcile-report")], home, env)
     assert time.monotonic() - started < 10, "a refused connection on loopback backed off"
-    assert_clean_exit(report, 1)
+    assert_clean_exit(report, 4)  # it could not read; not 1, "the books do not reconcile"
     assert report.stdout == ""
     [line] = report.stderr.splitlines()
     assert re.fullmatch(
-        r"reconcile-report failed: hcp: GET /\w+: cannot connect to http://127\.0\.0\.1:\d+ "
-        r"\(connection refused\): nothing is listening there; start that server, or check "
-        r"the base_url",
+        r"reconcile-report could not read: hcp: GET /\w+: cannot connect to "
+        r"http://127\.0\.0\.1:\d+ \(connection refused\): nothing is listening there; start "
+        r"that server, or check the base_url; nothing was written, run it again later",
         line,
     ), report
 

@@ -3,7 +3,8 @@ json-server 0.17.4 and the Housecall Pro sandbox: a clear message naming the con
 entity and the setting, and nothing written anywhere (json-server's ``db.json``, the CSV, the
 sandbox). Problems the configuration shows exit 2 before any request (``validate`` and
 ``sync``); problems only a response shows (a wrong records path, a missing id field, refused
-credentials, a pagination loop) stop the sync with exit 1 before any write.
+credentials, a pagination loop) stop the sync with exit 4 (the run could not happen) before
+any write.
 
 And the other side of "described in configuration": ``probe`` shows what a description reads,
 and the same connector describes the Housecall Pro sandbox itself.
@@ -134,7 +135,7 @@ def test_configuration_problems_exit_2_before_any_request(
     assert not (tmp_path / "state.db").exists()
 
 
-# ------------------------------------------------------- found in a response: exit 1
+# ------------------------------------------------------- found in a response: exit 4
 
 
 @pytest.mark.parametrize(
@@ -188,7 +189,7 @@ def test_a_description_the_responses_contradict_stops_before_any_write(
     assert_clean_exit(cli("validate", "--config", config), 0)
 
     result = cli("sync", "--config", config)
-    assert_clean_exit(result, 1)
+    assert_clean_exit(result, 4)
     message = " ".join(result.stderr.split())
     for expected in words:
         assert expected in message, result.stderr
@@ -209,7 +210,7 @@ def test_refused_credentials_name_the_connector_and_its_auth_setting(
     )
     config = write(tmp_path, config_text(box.port, table))
     env_result = cli("sync", "--config", config, env=cli_env(CRM_TOKEN="wrong-token-123456"))
-    assert_clean_exit(env_result, 1)
+    assert_clean_exit(env_result, 4)
     message = " ".join(env_result.stderr.split())
     assert "crm:customers: GET /customers: HTTP 401" in message, env_result.stderr
     assert "auth style 'token' in [connectors.crm.auth]" in message

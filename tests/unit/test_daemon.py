@@ -161,7 +161,7 @@ def test_a_failing_run_backs_off_then_recovers_by_itself(setup: Any) -> None:
     _, store, script = setup
     script.fail("p", RetriableError("HTTP 500", connector="a"), RetriableError("HTTP 502"))
     first = daemon.run_pipeline("p")
-    assert (first.outcome, first.exit_code) == ("failed", 1)
+    assert (first.outcome, first.exit_code) == ("failed", 4)  # the member could not be used
     assert "HTTP 500" in first.error
     state = store.pipeline_states()["p"]
     assert state.failures == 1 and state.backoff_until is not None
@@ -190,7 +190,7 @@ def test_refused_credentials_pause_the_pipeline_until_resumed(setup: Any, tmp_pa
     config, store, script = setup
     script.fail("p", AuthError("401 Unauthorized", connector="a"))
     out = daemon.run_pipeline("p")
-    assert out.outcome == "failed" and out.exit_code == 1
+    assert out.outcome == "failed" and out.exit_code == 4  # credentials refused
     state = store.pipeline_states()["p"]
     assert state.paused and state.paused_reason is not None
     assert "credentials refused" in state.paused_reason
@@ -299,7 +299,7 @@ def test_once_runs_never_run_pipelines(tmp_path: Path) -> None:
     try:
         script = Script()
         script.fail("q", AuthError("401"))
-        assert Daemon(config, store, sync=script).run_once() == 1
+        assert Daemon(config, store, sync=script).run_once() == 4  # q refused the credentials
         assert store.pipeline_states()["q"].paused
         assert [r.outcome for r in store.runs("p")] == ["ok"]
     finally:

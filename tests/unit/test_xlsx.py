@@ -28,6 +28,7 @@ from syncengine.errors import (
     FatalConnectorError,
     RecordError,
     RetriableError,
+    StructureError,
 )
 from syncengine.mapping import load_mapping, parse_mapping
 
@@ -600,9 +601,29 @@ def test_a_save_that_would_lose_parts_is_refused(tmp_path: Path) -> None:
 def test_an_unreadable_workbook_is_fatal_and_untouched(tmp_path: Path) -> None:
     path = tmp_path / "books.xlsx"
     path.write_bytes(b"Sync ID,Email\nc1,ann@example.com\n")
-    with pytest.raises(FatalConnectorError, match=r"books\.xlsx is not a readable \.xlsx"):
+    with pytest.raises(StructureError, match=r"books\.xlsx is not a readable \.xlsx"):
         records(connector(path))
     assert path.read_bytes() == b"Sync ID,Email\nc1,ann@example.com\n"
+
+
+def test_a_workbook_with_a_damaged_part_is_a_structure_error_and_untouched(
+    tmp_path: Path,
+) -> None:
+    """A deflate stream that does not decompress (zlib.error), in a part openpyxl itself
+    would not read: refused before anything is read, naming the file, the part and the fix."""
+    path = tmp_path / "books.xlsx"
+    book = openpyxl.Workbook()
+    book.save(path)
+    data = bytearray(path.read_bytes())
+    info = zipfile.ZipFile(path).getinfo("_rels/.rels")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    for i in range(start + 2, start + 8):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(StructureError, match=r"_rels/\.rels is damaged \(zlib\.error: ") as caught:
+        records(connector(path))
+    assert str(path) in str(caught.value) and "Restore it from a backup" in str(caught.value)
+    assert path.read_bytes() == bytes(data)
 
 
 # -------------------------------------------------------------------------- bad rows
