@@ -61,13 +61,16 @@ class StateSection(_Strict):
     @field_validator("url")
     @classmethod
     def _url_ok(cls, value: str) -> str:
-        from syncengine.state.store import url_problem  # SQLAlchemy, only when checking
+        # SQLAlchemy, only when checking
+        from syncengine.state.store import POSTGRES_EXTRA, url_problem
 
         problem = url_problem(value)
         if problem is not None:
             raise _config_problem(
                 problem,
-                'use "sqlite:///PATH" (a file beside the config) or '
+                POSTGRES_EXTRA
+                if POSTGRES_EXTRA in problem
+                else 'use "sqlite:///PATH" (a file beside the config) or '
                 '"postgresql+psycopg://USER@HOST/DBNAME"',
             )
         return value

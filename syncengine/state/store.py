@@ -228,10 +228,14 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+POSTGRES_EXTRA = "pip install 'syncengine[postgres]'"
+"""What installs the PostgreSQL driver."""
+
+
 def _missing_driver(display: str, exc: ImportError) -> str:
     return (
         f"cannot use state store {display}: database driver {exc.name or ''} is not "
-        "installed (for PostgreSQL: pip install 'syncengine[postgres]')"
+        f"installed (for PostgreSQL: {POSTGRES_EXTRA})"
     )
 
 

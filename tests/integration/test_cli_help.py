@@ -370,5 +370,5 @@ def test_missing_postgres_driver_names_the_extra(tmp_path: Path, cli: Cli) -> No
     env = cli_env(PYTHONPATH=str(shadow.parent))
     shown = cli("status", "-c", config, env=env)
     assert_clean_exit(shown, 2)
-    assert "state store error" in shown.stderr
-    assert "pip install 'syncengine[postgres]'" in shown.stderr
+    assert "configuration error" in shown.stderr
+    assert "(fix: pip install 'syncengine[postgres]')" in shown.stderr
