@@ -1,10 +1,16 @@
-"""The one redactor: known secret values replaced by ``***`` wherever they appear.
+"""The one redactor: known secret values replaced by ``***`` wherever they stand whole.
 
 Everything that may show a secret goes through here: log lines (``syncengine.logging``),
 the messages and log fields of the HTTP client (``syncengine.http``), the error text of the
 state store, and the messages and tracebacks the command line and the daemon print.
 
-- ``redact_text(text, secrets)`` replaces each secret in a text;
+- ``redact_text(text, secrets)`` replaces each secret in a text where it stands as a whole
+  token: not inside a longer word or identifier. A secret that begins (ends) with a letter,
+  digit or ``_`` is masked only where the character before (after) it is none of these, or
+  at the text's start (end). So it is caught in a URL path or query (``/c/KEY``,
+  ``?api_key=KEY&``), a header (``Token KEY``), a JSON string (``"KEY"``) or a sentence
+  (``bad KEY.``), and other text is never garbled: with a one-character secret ``o``,
+  ``hcp-books`` stays ``hcp-books`` while ``o`` alone becomes ``***``;
 - ``redact_value(value, secrets)`` does the same for a log field, through containers and
   exceptions;
 - ``Redactor`` keeps a growing set of secrets (longest first, so that a secret containing
@@ -18,7 +24,9 @@ key, ``syncengine.config``) is done where that structure is understood, with the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 __all__ = ["MASK", "Redactor", "redact_text", "redact_value"]
@@ -26,12 +34,22 @@ __all__ = ["MASK", "Redactor", "redact_text", "redact_value"]
 MASK = "***"
 
 
+@lru_cache(maxsize=256)
+def _whole(secret: str) -> re.Pattern[str]:
+    """The pattern of ``secret`` standing as a whole token: a word character (letter, digit,
+    ``_``) at either end of it must not touch another word character."""
+    before = r"(?<!\w)" if re.match(r"\w", secret[0]) else ""
+    after = r"(?!\w)" if re.match(r"\w", secret[-1]) else ""
+    return re.compile(before + re.escape(secret) + after)
+
+
 def redact_text(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every non-empty value of ``secrets`` replaced by ``MASK``, in the order
-    given (pass the longest first when one secret may contain another)."""
+    """``text`` with every non-empty value of ``secrets`` replaced by ``MASK`` where it
+    stands as a whole token (see the module's docstring), in the order given (pass the
+    longest first when one secret may contain another)."""
     for secret in secrets:
         if secret and secret in text:
-            text = text.replace(secret, MASK)
+            text = _whole(secret).sub(MASK, text)
     return text
 
 

@@ -466,6 +466,8 @@ class _Working:
                     "not calculate formulas); open it in Excel or LibreOffice, save it, and sync "
                     "again"
                 )
+        if not error:
+            error = self.table.oversized(row, self.columns)
         data: NativeData = {}
         if not ragged:  # its cells do not line up with the columns: no data rather than wrong data
             decode = self.table.decode_cell

@@ -18,7 +18,13 @@ from pathlib import Path
 from syncengine.errors import RecordError
 
 from .formulas import neutralise
-from .table import CellValue, FileTable, Row, Sheet
+from .table import MAX_CELL_CHARS, CellValue, FileTable, Row, Sheet
+
+# The csv module refuses a cell over 128 KiB with an error that would stop the whole read.
+# Cells are read whatever their size (the limit is process-wide; it is only ever raised):
+# a cell over MAX_CELL_CHARS is then a row error (Table.oversized), the other rows sync, and
+# the row is written back as it was read.
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 
 # A physical line, split exactly where the csv module splits lines (\r\n, \r or \n).
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
@@ -106,6 +112,13 @@ class CsvTable(FileTable):
     # -- writing
     def encode_cell(self, value: str, column: str = "") -> CellValue:
         cell = neutralise(value)
+        if len(cell) > MAX_CELL_CHARS:
+            raise RecordError(
+                f"the {column or 'new'} value holds {len(cell):,} characters, more than the "
+                f"{MAX_CELL_CHARS:,} (128 KiB) a cell of {self.display} may hold; shorten it "
+                "where it was entered",
+                location=self.display,
+            )
         try:
             cell.encode(self._codec)
         except UnicodeEncodeError as exc:

@@ -36,6 +36,9 @@ CellValue = (
 )
 """What one cell holds: always ``str`` in a CSV file; a typed value in a workbook."""
 
+MAX_CELL_CHARS = 128 * 1024
+"""The most characters a cell read or written may hold (a longer one is a row error)."""
+
 
 def is_blank(cell: CellValue) -> bool:
     """An empty cell, or one holding only whitespace."""
@@ -147,6 +150,27 @@ class Table(ABC):
         """The mapped columns (of ``columns``: name -> index) whose value in ``row`` cannot be
         known: formulas a workbook holds without their calculated value."""
         return []
+
+    def oversized(self, row: Row, columns: Mapping[str, int]) -> str:
+        """Why ``row`` is not read: a cell of a named column (of ``columns``: name -> index)
+        holding more than ``MAX_CELL_CHARS`` characters; "" when none does. Such a row is a
+        row error, left as it is in the file, while the other rows sync."""
+        for name, index in columns.items():
+            cell = row.get(index)
+            if isinstance(cell, str) and len(cell) > MAX_CELL_CHARS:
+                spans = cell.count("\n") + cell.count("\r") - cell.count("\r\n")
+                hint = (
+                    f"; it runs over {spans + 1} lines: if it should be several rows, close or "
+                    'remove the stray " that joined them'
+                    if spans and self.line_word == "line"
+                    else ""
+                )
+                return (
+                    f"{self.location(row.line)}: the {name} cell holds {len(cell):,} characters, "
+                    f"more than the {MAX_CELL_CHARS:,} (128 KiB) a cell may hold; shorten it "
+                    f"(the row is left as it is and not synced until then){hint}"
+                )
+        return ""
 
     def location(self, line: int) -> str:
         """Where a person finds the row at ``line`` (0: a row the sync added)."""
