@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -228,16 +228,27 @@ class EntityApply:
                     self._commit_key(writes, key)
                     writes.finish(key, committed=True)
                 writes.flush()
+            self._count(w for key in chunk for w in key.writes if w.member.buffered)
             committed += len(chunk)
             if committing is not None:
                 committing.tick(committed)
         if committing is not None:
             committing.end(committed)
-        for kp in self.ent.keys[:done]:
-            for a in kp.actions:
-                counts = self.outcome.applied.setdefault(a.member, {})
-                counts[a.op] = counts.get(a.op, 0) + 1
         return not stopped
+
+    def _count(self, writes: Iterable[Write]) -> None:
+        """Count the writes that took effect in ``outcome.applied`` (and the Sync-ID-only
+        updates among them in ``outcome.linked``), once their outcome is known: a write
+        through at its batch's commit, a buffered write after its member's flush. A failed
+        write is not counted there: it is one of ``outcome.failures``."""
+        for w in writes:
+            if w.error is not None:
+                continue
+            a = w.action
+            counts = self.outcome.applied.setdefault(a.member, {})
+            counts[a.op] = counts.get(a.op, 0) + 1
+            if isinstance(a, Update) and a.link_only:
+                self.outcome.linked[a.member] = self.outcome.linked.get(a.member, 0) + 1
 
     def _journal(self, keys: list[KeyWrites]) -> None:
         """Step 1: commit the batch's intents before any member is called."""
@@ -289,6 +300,7 @@ class EntityApply:
                     self._commit_key(writes, key)
                 writes.finish(key, committed=not key.buffered)
             writes.flush()
+        self._count(w for key in keys for w in key.writes if not w.member.buffered)
         return deferred
 
     def _flush(self, members: Counter[str]) -> dict[str, Exception]:

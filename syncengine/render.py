@@ -41,6 +41,19 @@ def changed_records(result: SyncResult) -> int:
     )
 
 
+def agrees(result: SyncResult) -> bool:
+    """Whether the run may say "Nothing to do": nothing planned, and nothing that says
+    otherwise (a record error, a failed write, a guard, a run that stopped). Conflicts that
+    wait for a person are named beside it."""
+    return not (
+        result.plan.actions
+        or result.guard
+        or result.error
+        or result.failures
+        or any(ep.issues for ep in result.plan.entities)
+    )
+
+
 def render_entity_plan(console: Console, ep: EntityPlan) -> None:
     """Every record of one entity the plan does something for, field by field."""
     refs = model.ENTITIES[ep.entity].refs if ep.entity in model.ENTITIES else {}
@@ -106,8 +119,12 @@ def render_result(
             console.print(f"[red]failed[/] {ep.entity} · {escape(failure.describe())}")
         if ep.guard:
             console.print(f"[bold red]stopped by a safety guard[/]: {escape(ep.guard)}")
-    if not result.plan.actions and not result.guard:
-        console.print("Nothing to do: every member agrees.")
+    if agrees(result):
+        console.print(
+            "Nothing to do: every member agrees but for the conflicts below."
+            if result.open_conflicts
+            else "Nothing to do: every member agrees."
+        )
     if result.open_conflicts:
         waits = "waits" if result.open_conflicts == 1 else "wait"
         console.print(
@@ -128,7 +145,8 @@ def render_result(
 
 
 def summary_table(result: SyncResult) -> Table:
-    """Per entity and member: records read, and the writes planned (dry run) or made.
+    """Per entity and member: records read, and the writes planned (dry run) or made (only
+    those that took effect; the failed ones are counted in the caption).
     ``link`` counts the writes that only give a new record its Sync ID."""
     verb = "would do" if result.dry_run else "did"
     table = Table(title=f"what {result.pipeline} {verb}", show_lines=False)
@@ -136,7 +154,7 @@ def summary_table(result: SyncResult) -> Table:
         table.add_column(column, justify="right" if column not in ("entity", "member") else "left")
     captions: list[str] = []
     for outcome in result.outcomes:
-        counts = outcome.plan.counts()
+        counts = outcome.counts(dry_run=result.dry_run)
         for member in outcome.plan.members:
             shown = dict(member_changes(counts[member]))
             table.add_row(
@@ -154,11 +172,10 @@ def summary_table(result: SyncResult) -> Table:
             ("conflicts_settled", "conflict settled by rule", "conflicts settled by rule"),
             ("errors", "error", "errors"),
             ("skipped", "write skipped", "writes skipped"),
+            ("failed", "write failed", "writes failed"),
         ):
             if counts[key]:
                 extra.append(plural(counts[key], one, many))
-        if outcome.failures:
-            extra.append(plural(len(outcome.failures), "write failed", "writes failed"))
         if extra:
             captions.append(f"{outcome.plan.entity}: " + "; ".join(extra))
     table.caption = "\n".join(captions) or None

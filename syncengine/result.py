@@ -18,8 +18,28 @@ class EntityOutcome:
 
     plan: EntityPlan
     applied: dict[str, dict[str, int]] = field(default_factory=dict)
-    """member -> op -> how many actions were carried out (failed ones included)."""
+    """member -> op -> how many writes took effect (a failed one is in ``failures``)."""
+    linked: dict[str, int] = field(default_factory=dict)
+    """member -> how many of its updates in ``applied`` only wrote a Sync ID."""
     failures: list[Issue] = field(default_factory=list)
+
+    def counts(self, *, dry_run: bool) -> dict[str, Any]:
+        """The entity's counts for people, JSON and run history: the plan's (``counts`` of
+        ``EntityPlan``), with a member's create/update/delete/link the writes planned in a
+        dry run and, in a real run, only those that took effect; ``failed`` counts the
+        writes (and flushes) that failed."""
+        counts = self.plan.counts()
+        if not dry_run:
+            for member in self.plan.members:
+                done = self.applied.get(member, {})
+                counts[member] = {
+                    "create": done.get("create", 0),
+                    "update": done.get("update", 0),
+                    "delete": done.get("delete", 0),
+                    "link": self.linked.get(member, 0),
+                }
+        counts["failed"] = len(self.failures)
+        return counts
 
 
 @dataclass
@@ -65,8 +85,7 @@ class SyncResult:
     def to_json(self) -> dict[str, Any]:
         entities: dict[str, Any] = {}
         for outcome in self.outcomes:
-            counts = outcome.plan.counts()
-            counts["failed"] = len(outcome.failures)
+            counts = outcome.counts(dry_run=self.dry_run)
             counts["problems"] = [
                 {"member": i.member, "location": i.location, "message": i.message, "kind": kind}
                 for kind, items in (("error", outcome.plan.issues), ("failed", outcome.failures))
