@@ -529,7 +529,8 @@ class Run:
 
 class Syncer:
     """Runs ``syncengine sync --json`` in ``folder`` as a subprocess, optionally SIGKILLing
-    that process (its pid only) when a condition becomes true; keeps a table of the runs."""
+    that process (its pid only) when a condition becomes true; keeps a table of the runs.
+    (The crash tests kill at deterministic crash points instead: ``tests/crashpoints.py``.)"""
 
     def __init__(self, folder: Path, config: Path, hcp: Hcp, books: Path) -> None:
         self.folder, self.config, self.hcp, self.books = folder, config, hcp, books
@@ -592,52 +593,6 @@ class Syncer:
                 f"result\n{self.report()}"
             ) from None
         return run, result
-
-    # -- where a kill lands
-    def killed_after(self, delay: float, note: str = "") -> Run:
-        """``delay`` seconds after the process started (start-up included)."""
-        return self.run(
-            f"{delay:.2f}s after start",
-            lambda started: lambda: time.monotonic() - started >= delay,
-            note,
-        )
-
-    def killed_after_first_request(self, delay: float, note: str = "") -> Run:
-        """``delay`` seconds after its first API request reached the sandbox."""
-        baseline = len(self.hcp.requests())
-
-        def make_stop(_started: float) -> Callable[[], bool]:
-            first: list[float] = []
-
-            def stop() -> bool:
-                if not first and len(self.hcp.requests()) > baseline:
-                    first.append(time.monotonic())
-                return bool(first) and time.monotonic() - first[0] >= delay
-
-            return stop
-
-        return self.run(f"{delay:.2f}s after 1st request", make_stop, note)
-
-    def killed_when_written(self, files: list[Path], note: str = "") -> Run:
-        """As soon as one of ``files`` changed: written, the state not yet committed."""
-
-        def signature() -> list[tuple[int, int, int] | None]:
-            out: list[tuple[int, int, int] | None] = []
-            for path in files:
-                try:
-                    st = path.stat()
-                except FileNotFoundError:
-                    out.append(None)
-                    continue
-                out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-            return out
-
-        def make_stop(_started: float) -> Callable[[], bool]:
-            before = signature()
-            return lambda: signature() != before
-
-        names = "/".join(p.name for p in files)
-        return self.run(f"when {names} is written", make_stop, note)
 
     def report(self) -> str:
         parts = ["runs:", *(r.row() for r in self.runs)]

@@ -4,11 +4,13 @@ sync`` is SIGKILLed midway and run again.
 The books start in step with a seeded sandbox (one complete sync). Then, round after round,
 payments are recorded in HCP through the sandbox's admin route (what a customer paying does:
 succeeded ones lower the invoice's balance and may mark it paid; failed and pending ones do
-not), and a ``syncengine sync`` process is started and killed with SIGKILL (its pid only) at
-a random instant: as soon as the books file is replaced (written, the state not committed),
-a random delay after its first request reached the sandbox, or a random delay after it
-started. Two payments are twins (same invoice, amount, method and day): only their Sync IDs
-tell them apart in the sheet.
+not), and a ``syncengine sync`` process kills itself (SIGKILL) at a deterministic crash point
+(``tests/crashpoints.py``): after the payments' sheet was written and before the state
+commit, in the next run's recovery of those writes, between the invoices and the payments,
+after the invoices' sheet was written, with the new rows only in memory, and just before the
+payments' sheet is written. Every kill lands every time; one that does not fails the test.
+Two payments are twins (same invoice, amount, method and day): only their Sync IDs tell them
+apart in the sheet.
 
 Afterwards a sync runs to completion, and then: every HCP payment is in the books exactly
 once (by link: HCP payment id <-> Sync ID, and by invoice/amount/day/method/status), no row
@@ -16,15 +18,15 @@ twice, every invoice's amount, balance and status as HCP has them, ``reconcile-r
 no journal intent pending, and a further sync plans nothing. For the workbook, the money
 format and font the bookkeeper gave the Balance cells survive the updates.
 
-Reproducible: the payments and the kill schedule come from ``random.Random(SEED)``; only
-where the kills land depends on the machine. A failure prints the run table, the request log
-and the last sync's output.
+Reproducible: the payments come from ``random.Random(SEED)``. A failure prints the run table,
+the request log and the last sync's output.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,8 +37,19 @@ import openpyxl
 import pytest
 from openpyxl.styles import Font
 
+from tests.crashpoints import (
+    CRASH_AT,
+    CRASH_LOG,
+    LEASE_TTL,
+    crash_at,
+    crash_config,
+    crashes,
+    pipeline_busy,
+    plugin_env,
+)
 from tests.integration.books import (
     Hcp,
+    Run,
     Syncer,
     assert_books_match_hcp,
     assert_nothing_planned,
@@ -53,9 +66,23 @@ Cli = Callable[..., CliResult]
 SandboxFactory = Callable[..., Sandbox]
 SEED = 20250611
 CUSTOMERS = 50
-ROUNDS = 9
-BUDGET_S = 30.0
-"""The kill loop stops early past this many seconds."""
+CRASHES = (
+    # the payments' sheet written, the state not committed: their creates left pending
+    crash_at("books", "flush", "payments", 1, "after"),
+    # the next run, in its recovery of those creates (looked up by Sync ID)
+    crash_at("books", "get", "*", 1, "after"),
+    # between two entities: the invoices applied and committed, the payments not begun
+    crash_at("books", "prepare", "payments", 1, "before"),
+    # the invoices' sheet written (new balances), the state not committed
+    crash_at("books", "flush", "invoices", 1, "after"),
+    # the second new payment row added in memory only
+    crash_at("books", "create", "payments", 2, "after"),
+    # everything applied but the payments' sheet not yet written
+    crash_at("books", "flush", "payments", 1, "before"),
+)
+"""Where each round's sync kills itself, in order."""
+BUSY_RETRIES = 50
+"""Times a sync is started again while a killed run's lease still holds (0.2 s apart)."""
 BALANCE_FORMAT = '"$"#,##0.00_);[Red]("$"#,##0.00)'
 
 
@@ -131,11 +158,56 @@ def check_balance_styles(workbook: Path) -> None:
         wb.close()
 
 
+class CrashingSyncer(Syncer):
+    """A ``Syncer`` for a config whose members are wrapped in the ``crashpoint`` plugin:
+    ``crash(point)`` runs a sync that must kill itself at that crash point."""
+
+    def __init__(self, folder: Path, config: Path, hcp: Hcp, books: Path) -> None:
+        super().__init__(folder, config, hcp, books)
+        self.crash_log = folder / "crashes.jsonl"
+        self.env.update(plugin_env(folder / "plugin"))
+        self.env[CRASH_LOG] = str(self.crash_log)
+
+    def run(
+        self,
+        trigger: str = "to completion",
+        make_stop: Callable[[float], Callable[[], bool]] | None = None,
+        note: str = "",
+        *,
+        watch: bool = False,
+    ) -> Run:
+        """``Syncer.run``, started again while a killed run's lease still holds (such a run
+        reads and writes nothing, and is left out of the run table)."""
+        if self.runs and self.runs[-1].killed:
+            time.sleep(LEASE_TTL)  # the killed run's lease expires
+        for _attempt in range(BUSY_RETRIES):
+            run = super().run(trigger, make_stop, note, watch=watch)
+            if not pipeline_busy(run.returncode, run.stderr):
+                break
+            self.runs.pop()
+            time.sleep(0.2)
+        return run
+
+    def crash(self, point: str, note: str = "") -> Run:
+        before = len(crashes(self.crash_log))
+        self.env[CRASH_AT] = point
+        try:
+            run = self.run(f"crash at {point}", note=note)
+        finally:
+            del self.env[CRASH_AT]
+        fired = crashes(self.crash_log)[before:]
+        run.killed = run.returncode == -signal.SIGKILL and len(fired) == 1
+        assert run.killed, (
+            f"sync #{run.index} never reached its crash point {point} "
+            f"(exit {run.returncode}; crash points that fired: {fired})"
+        )
+        return run
+
+
 @pytest.mark.parametrize("kind", ["csv", "xlsx"])
 def test_payments_recorded_in_hcp_arrive_exactly_once_through_sigkills(
     kind: str, tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
 ) -> None:
-    test_started = time.monotonic()
     rng = random.Random(f"{SEED}-{kind}")
     box = sandbox_factory(seed=CUSTOMERS)
     hcp = Hcp(box)
@@ -143,35 +215,27 @@ def test_payments_recorded_in_hcp_arrive_exactly_once_through_sigkills(
     xlsx = kind == "xlsx"
     books = folder / ("books.xlsx" if xlsx else "books")
     config = books_config(folder, box.port, path=books.name, batch_size=2, concurrency=1)
-    files = [books] if xlsx else [books / "invoices.csv", books / "payments.csv"]
-    syncer = Syncer(folder, config, hcp, books)
+    config.write_text(crash_config(config.read_text(encoding="utf-8")), encoding="utf-8")
+    syncer = CrashingSyncer(folder, config, hcp, books)
     with syncer.explained():
         first, result = syncer.sync("the initial sync")
         assert first.returncode == 0 and not result["entities"]["payments"]["errors"]
-        calibration, _ = syncer.sync("calibration: nothing to do", watch=True)
-        full = calibration.seconds
-        work = full - (calibration.first_request or full / 2)
         before = {p["id"] for p in hcp.books().all_payments()}
         if xlsx:
             assert restyle_balances(books) > 0
 
         twins: list[dict[str, Any]] = []
-        for n in range(ROUNDS):
-            if n >= 3 and time.monotonic() - test_started > BUDGET_S:
-                break
-            done = ", ".join(record_payments(hcp, rng, n, twins))
-            pick = rng.random()
-            if n == 0 or pick < 0.45:
-                run = syncer.killed_when_written(files, note=done)
-            elif pick < 0.75:
-                run = syncer.killed_after_first_request(rng.uniform(0.0, work), note=done)
-            else:
-                run = syncer.killed_after(rng.uniform(full - work, full), note=done)
-            assert run.killed or run.returncode == 0, (
-                f"sync #{run.index} failed on its own with exit {run.returncode}"
-            )
+        for n, point in enumerate(CRASHES):
+            run = syncer.crash(point, note=", ".join(record_payments(hcp, rng, n, twins)))
+            if n == 0:  # the sheet holds rows the state store does not know of yet
+                rows = {str(r["Sync ID"]) for r in read_books(books, "payments").filled()}
+                known = {m.get("books") for m in state_links(syncer.db, "payments").values()}
+                assert rows - known and run.pending_after, (
+                    "the first kill should land after the payments' rows were written and "
+                    "before the state store recorded them"
+                )
         assert twins, "the twin payment was never recorded"
-        late = ", ".join(record_payments(hcp, rng, ROUNDS, twins))
+        late = ", ".join(record_payments(hcp, rng, len(CRASHES), twins))
 
         done_run, _ = syncer.sync(f"to completion; {late}")
         assert done_run.returncode == 0, "the sync after the kills did not exit 0"
@@ -179,12 +243,7 @@ def test_payments_recorded_in_hcp_arrive_exactly_once_through_sigkills(
         assert again.returncode == 0
         assert_nothing_planned(result)
 
-        killed = [r for r in syncer.runs if r.killed]
         print("\n".join(r.row() for r in syncer.runs))
-        assert len(killed) >= 3, "too few syncs were killed to mean much"
-        assert any(r.killed and r.trigger.startswith("when ") for r in syncer.runs), (
-            "no kill landed between the books write and the state commit"
-        )
 
         truth = hcp.books()
         payments = truth.all_payments()
@@ -220,7 +279,7 @@ def test_payments_recorded_in_hcp_arrive_exactly_once_through_sigkills(
         ]
         assert len(twin_rows) == 2, twin_rows
 
-        report = cli("reconcile-report", "--config", config, "--json")
+        report = cli("reconcile-report", "--config", config, "--json", env=syncer.env)
         assert_clean_exit(report, 0)
         body = json.loads(report.stdout)
         assert body["clean"] is True, (

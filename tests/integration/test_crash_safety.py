@@ -1,28 +1,26 @@
-"""Crash safety with real processes: ``syncengine sync`` killed with SIGKILL at random instants.
+"""Crash safety with real processes: ``syncengine sync`` killed with SIGKILL at exact points.
 
 Each test runs the Housecall Pro sandbox as a real server process on loopback and a
-spreadsheet folder in ``tmp_path``, then runs the ``syncengine`` command as a subprocess and
-kills it (SIGKILL: no cleanup, no ``finally``) part-way through — between reads, with intents
-journaled but not finished, with POSTs in flight, with the spreadsheet flushed but the state
-not yet committed. Between kills both sides are edited the way people would: a cell of a
-linked row, a customer's name through the API, a new row, a new customer.
+spreadsheet folder in ``tmp_path``, then runs the ``syncengine`` command as a subprocess that
+kills itself (SIGKILL: no cleanup, no ``finally``) at a chosen point of its work: right after
+a POST or a PUT was answered and before the state store recorded it, after the spreadsheet
+file was written and before the state commit, while the next run is still recovering what the
+killed one left pending. The points are deterministic crash points (``tests/crashpoints.py``:
+both members are wrapped in a connector plugin that kills its own process at its N-th call of
+a method), so every test lands its kills every time; a kill that does not happen fails the
+test. Between kills both sides are edited the way people would: a cell of a linked row, a
+customer's name through the API, a new row, a new customer.
 
 Afterwards, syncs run to completion must converge with no duplicate on either side, no lost
 edit, the same customers on both sides, and a second sync with nothing to do (DESIGN.md,
 "Idempotency and crash safety").
 
-Where a kill lands: a random delay from the process start (0 to the duration of a whole
-first sync, measured first on a copy), a random delay from its first API request (start-up
-of a Python process on a loaded machine varies more than the sync itself), right after the
-n-th write reached Housecall Pro, or right after the spreadsheet file was replaced.
+Reproducible: the crash points and the edits come from ``random.Random(SEED)``. A failure
+prints the run table, the sandbox request log tail and the last sync's output.
 
-Reproducible: the kill schedule and the edits come from ``random.Random(SEED)``; only the
-instants at which the kills land depend on the machine. A failure prints the run table, the
-sandbox request log tail and the last sync's output.
-
-Two recovery bugs this test found (an interrupted update's value taken for a member's own
-edit; an interrupted create's row linked with its later edit taken as already seen) have
-their own regression tests at the end.
+Two recovery bugs the timed kills once found (an interrupted update's value taken for a
+member's own edit; an interrupted create's row linked with its later edit taken as already
+seen) have their own regression tests at the end.
 """
 
 from __future__ import annotations
@@ -32,11 +30,12 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import stat
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,16 @@ import pytest
 from testbed.processes import ServerProcess
 from testbed.sandbox import start_sandbox as start_sandbox_process
 from testbed.sandbox import syncengine_command
+from tests.crashpoints import (
+    CRASH_AT,
+    CRASH_LOG,
+    LEASE_TTL,
+    crash_at,
+    crash_config,
+    crashes,
+    pipeline_busy,
+    plugin_env,
+)
 from tests.csvfiles import CSV_HEADER, read_csv_table, write_csv
 from tests.statefile import journal_counts, links
 
@@ -56,10 +65,11 @@ API_KEY = "test-key-XYZ"
 SEED = 20240611
 SANDBOX_CUSTOMERS = 40
 WRITES = ("POST", "PUT", "DELETE")
-
-LOOP_RUNS = 16
-LOOP_BUDGET_S = 50.0
-"""The kill loop stops early past this many seconds, so the whole test stays under ~90 s."""
+LOOP_RUNS = 14
+"""Syncs with a crash point in the convergence test, before the two that run to the end."""
+SYNC_TIMEOUT = 120.0
+BUSY_RETRIES = 50
+"""Times a sync is started again while a killed run's lease still holds (0.2 s apart)."""
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -114,6 +124,10 @@ class Sandbox:
         entries: list[dict[str, Any]] = self.http.get("/_sandbox/requests").json()["requests"]
         return entries
 
+    def posts(self) -> int:
+        """How many POST /customers the sandbox answered so far."""
+        return sum(1 for e in self.requests() if e["method"] == "POST")
+
     def log_tail(self, n: int = 40) -> str:
         try:
             entries = self.requests()
@@ -127,7 +141,8 @@ class Sandbox:
 
 
 def config_text(port: int, *, concurrency: int = 2, batch_size: int = 5) -> str:
-    return f"""\
+    """Both members wrapped in the ``crashpoint`` plugin (``tests/crashpoints.py``)."""
+    return crash_config(f"""\
 [state]
 url = "sqlite:///state.db"
 
@@ -152,7 +167,7 @@ batch_size = {batch_size}
 
 [pipelines.conflicts]
 default = ["hcp"]
-"""
+""")
 
 
 def norm_email(value: Any) -> str:
@@ -178,26 +193,55 @@ def write_sheet(
     write_csv(path, rows, header, newline=newline, replace=True)
 
 
+def pending_intents(db: Path) -> Counter[tuple[str, str]]:
+    """(member, op) -> journal intents still pending, read straight from the state file."""
+    if not db.exists():
+        return Counter()
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return Counter(
+            {
+                (member, op): n
+                for member, op, n in con.execute(
+                    "SELECT member, op, count(*) FROM journal WHERE state = 'pending' "
+                    "GROUP BY member, op"
+                )
+            }
+        )
+    except sqlite3.OperationalError:  # killed before the schema was there
+        return Counter()
+    finally:
+        con.close()
+
+
 @dataclass
 class Run:
     """One ``syncengine sync`` process and what became of it."""
 
     index: int
-    trigger: str
-    killed: bool = False
+    crash: str
+    """The crash point it was given ('' for none)."""
     returncode: int | None = None
+    crashed: dict[str, Any] | None = None
+    """Where it killed itself (its line of the crash log), when it did."""
     seconds: float = 0.0
     writes_seen: int = 0
-    pending_after: int = 0
+    posts: int = 0
+    pending_after: Counter[tuple[str, str]] = field(default_factory=Counter)
     stdout: str = ""
     stderr: str = ""
     edits: list[str] = field(default_factory=list)
 
+    @property
+    def killed(self) -> bool:
+        return self.crashed is not None
+
     def row(self) -> str:
         what = "KILLED" if self.killed else f"exit {self.returncode}"
+        pending = ",".join(f"{m}.{op}={n}" for (m, op), n in sorted(self.pending_after.items()))
         return (
-            f"#{self.index:02d} {self.trigger:<24} {what:<8} {self.seconds:6.2f}s "
-            f"writes={self.writes_seen:<3} pending-after={self.pending_after:<3} "
+            f"#{self.index:02d} {self.crash or 'to completion':<34} {what:<8} "
+            f"{self.seconds:6.2f}s writes={self.writes_seen:<3} pending-after={pending or '-'} "
             f"edits before: {', '.join(self.edits) or '-'}"
         )
 
@@ -213,136 +257,77 @@ class Harness:
         self.sheet = tmp_path / "books" / "customers.csv"
         self.sheet.parent.mkdir(exist_ok=True)
         self.db = tmp_path / "state.db"
-        self.env = {k: v for k, v in os.environ.items() if k != "SYNCENGINE_CONFIG"}
-        self.env["HCP_API_KEY"] = API_KEY
-        self.env["PYTHONUNBUFFERED"] = "1"
+        self.crash_log = tmp_path / "crashes.jsonl"
+        self.env = {k: v for k, v in os.environ.items() if k not in ("SYNCENGINE_CONFIG", CRASH_AT)}
+        self.env.update(plugin_env(tmp_path / "plugin"))
+        self.env.update(HCP_API_KEY=API_KEY, PYTHONUNBUFFERED="1")
+        self.env[CRASH_LOG] = str(self.crash_log)
         self.runs: list[Run] = []
 
-    # -- running syncs
-    def _start(self, index: int) -> tuple[subprocess.Popen[bytes], Path, Path]:
-        out = self.dir / f"sync-{index:02d}.out"
-        err = self.dir / f"sync-{index:02d}.err"
-        with out.open("wb") as fo, err.open("wb") as fe:
-            proc = subprocess.Popen(
-                [*syncengine_command(), "sync", "--config", str(self.config), "--json"],
-                stdin=subprocess.DEVNULL,
-                stdout=fo,
-                stderr=fe,
-                env=self.env,
-                cwd=self.dir,
-            )
-        return proc, out, err
-
-    def _finish(
-        self,
-        run: Run,
-        proc: subprocess.Popen[bytes],
-        out: Path,
-        err: Path,
-        started: float,
-        stop: Callable[[], bool],
-        baseline: int,
-    ) -> Run:
-        """Wait for the process; SIGKILL it (this pid only) as soon as ``stop()`` says so."""
-        while proc.poll() is None:
-            if stop():
+    def _run(self, crash: str, edits: list[str]) -> Run:
+        """One sync, with ``crash`` as its crash point ('' for none), waited for."""
+        run = Run(len(self.runs), crash, edits=edits)
+        baseline = self.sandbox.requests()
+        crashed_before = len(crashes(self.crash_log))
+        out = self.dir / f"sync-{run.index:02d}.out"
+        err = self.dir / f"sync-{run.index:02d}.err"
+        env = dict(self.env)
+        if crash:
+            env[CRASH_AT] = crash
+        if self.runs and self.runs[-1].killed:
+            time.sleep(LEASE_TTL)  # the killed run's lease expires
+        started = time.monotonic()
+        for _attempt in range(BUSY_RETRIES):
+            with out.open("wb") as fo, err.open("wb") as fe:
+                proc = subprocess.Popen(
+                    [*syncengine_command(), "sync", "--config", str(self.config), "--json"],
+                    stdin=subprocess.DEVNULL,
+                    stdout=fo,
+                    stderr=fe,
+                    env=env,
+                    cwd=self.dir,
+                )
+            try:
+                run.returncode = proc.wait(timeout=SYNC_TIMEOUT)
+            except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
-                run.killed = True
+                proc.wait()
+                raise AssertionError(
+                    f"sync #{run.index} did not finish within {SYNC_TIMEOUT} s"
+                ) from None
+            if not pipeline_busy(run.returncode, err.read_text(encoding="utf-8")):
                 break
-            time.sleep(0.003)
-        try:
-            run.returncode = proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise AssertionError(f"sync #{run.index} did not finish within 120 s") from None
+            time.sleep(0.2)  # the killed run's lease has not expired yet
         run.seconds = time.monotonic() - started
-        run.killed = run.killed and run.returncode == -signal.SIGKILL
         run.stdout = out.read_text(encoding="utf-8", errors="replace")
         run.stderr = err.read_text(encoding="utf-8", errors="replace")
-        time.sleep(0.05)  # let requests the dead process had in flight land in the log
-        run.writes_seen = sum(
-            1 for e in self.sandbox.requests()[baseline:] if e["method"] in WRITES
-        )
-        run.pending_after = journal_counts(self.db)["pending"]
+        fired = crashes(self.crash_log)[crashed_before:]
+        new = self.sandbox.requests()[len(baseline) :]
+        run.writes_seen = sum(1 for e in new if e["method"] in WRITES)
+        run.posts = sum(1 for e in new if e["method"] == "POST")
+        run.pending_after = pending_intents(self.db)
         self.runs.append(run)
+        if run.returncode == -signal.SIGKILL:
+            assert len(fired) == 1, f"sync #{run.index} was killed, but not by {crash!r}: {fired}"
+            run.crashed = fired[0]
+        else:
+            assert not fired, f"sync #{run.index} exited {run.returncode} after crashing: {fired}"
         return run
 
-    def sync_killed_when(
-        self, trigger: str, edits: list[str], make_stop: Callable[[float, int], Callable[[], bool]]
-    ) -> Run:
-        """Run a sync and SIGKILL it once ``make_stop(started, log_baseline)()`` is true."""
-        run = Run(len(self.runs), trigger, edits=edits)
-        baseline = len(self.sandbox.requests())
-        started = time.monotonic()
-        stop = make_stop(started, baseline)
-        proc, out, err = self._start(run.index)
-        return self._finish(run, proc, out, err, started, stop, baseline)
-
-    def sync_killed_after(self, delay: float, edits: list[str]) -> Run:
-        """Killed ``delay`` seconds after the process started (imports and config too)."""
-        return self.sync_killed_when(
-            f"{delay:.2f}s after start",
-            edits,
-            lambda started, _: lambda: time.monotonic() - started >= delay,
+    def crash_at(self, point: str, edits: list[str]) -> Run:
+        """A sync that must kill itself at ``point`` (a ``CRASH_AT`` value)."""
+        run = self._run(point, edits)
+        assert run.killed, (
+            f"sync #{run.index} never reached its crash point {point} (exit {run.returncode})"
         )
+        return run
 
-    def sync_killed_after_first_request(self, delay: float, edits: list[str]) -> Run:
-        """Killed ``delay`` seconds after its first API request: the start-up of a Python
-        process varies too much on a loaded machine to aim at the reads and writes from it."""
-
-        def make_stop(_started: float, baseline: int) -> Callable[[], bool]:
-            first: list[float] = []
-
-            def stop() -> bool:
-                if not first and len(self.sandbox.requests()) > baseline:
-                    first.append(time.monotonic())
-                return bool(first) and time.monotonic() - first[0] >= delay
-
-            return stop
-
-        return self.sync_killed_when(f"{delay:.2f}s after 1st request", edits, make_stop)
-
-    def sync_killed_after_writes(
-        self, writes: int, edits: list[str], methods: tuple[str, ...] = WRITES
-    ) -> Run:
-        """Killed as soon as its ``writes``-th write request has been answered by HCP."""
-
-        def make_stop(_started: float, baseline: int) -> Callable[[], bool]:
-            def stop() -> bool:
-                seen = [
-                    e
-                    for e in self.sandbox.requests()[baseline:]
-                    if e["method"] in methods and e["path"].startswith("/customers")
-                ]
-                return len(seen) >= writes
-
-            return stop
-
-        return self.sync_killed_when(f"after {writes} {'/'.join(methods)}", edits, make_stop)
-
-    def sync_killed_after_sheet_write(self, edits: list[str]) -> Run:
-        """Killed as soon as the spreadsheet file changed: written, state not yet committed."""
-
-        def signature() -> tuple[int, int, int] | None:
-            try:
-                st = self.sheet.stat()
-            except FileNotFoundError:
-                return None
-            return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-        def make_stop(_started: float, _baseline: int) -> Callable[[], bool]:
-            before = signature()
-            return lambda: signature() != before
-
-        return self.sync_killed_when("when the sheet is written", edits, make_stop)
+    def crash(self, member: str, method: str, n: int = 1, when: str = "after") -> Run:
+        """A sync that must kill itself at the ``n``-th ``method`` call on ``member``."""
+        return self.crash_at(crash_at(member, method, "customers", n, when), [])
 
     def sync(self, edits: list[str] | None = None) -> tuple[Run, dict[str, Any]]:
-        run = Run(len(self.runs), "to completion", edits=edits or [])
-        baseline = len(self.sandbox.requests())
-        started = time.monotonic()
-        proc, out, err = self._start(run.index)
-        self._finish(run, proc, out, err, started, lambda: False, baseline)
+        run = self._run("", edits or [])
         try:
             result: dict[str, Any] = json.loads(run.stdout)
         except json.JSONDecodeError:
@@ -605,65 +590,62 @@ def make_edits(h: Harness, rng: random.Random, n: int, expect: Expect) -> list[s
     return done
 
 
-def calibrate(tmp_path: Path) -> tuple[float, float]:
-    """Seconds from start to the first API request, and to the end, of one unkilled first sync
-    of the same data (own sandbox, own folder)."""
-    server = start_sandbox()
-    box = Sandbox(server)
-    try:
-        folder = tmp_path / "calibration"
-        folder.mkdir()
-        h = Harness(folder, box)
-        seed_sheet(h, overlapping=12, new_rows=8)
-        baseline = len(box.requests())
-        started = time.monotonic()
-        proc, _out, err = h._start(0)
-        first_request = None
-        while proc.poll() is None:
-            if first_request is None and len(box.requests()) > baseline:
-                first_request = time.monotonic() - started
-            time.sleep(0.005)
-        total = time.monotonic() - started
-        assert proc.returncode == 0, (
-            f"the calibration sync exited {proc.returncode}:\n{err.read_text()[-3000:]}"
-        )
-        return (first_request if first_request is not None else total / 2), total
-    finally:
-        box.close()
-        server.stop()
+RECOVERY = {"hcp": "find", "books": "get"}
+"""How recovery looks up an interrupted create on each member (by the data it sent on HCP,
+by the id the engine chose on the sheet)."""
 
 
-def test_random_sigkills_converge_without_duplicates_or_lost_edits(
+MUST_LAND = {("create", "after"), ("flush", "after"), ("find", "after"), ("get", "after")}
+"""(method, before/after) of the kills the convergence test must land: after a POST, after
+the sheet was written, and in the recovery of an interrupted create on either member."""
+
+
+def kind_of(point: str) -> tuple[str, str]:
+    """(method, before/after) of a ``CRASH_AT`` value."""
+    _member, method, _entity, _n, when = point.split(":")
+    return method, when
+
+
+def crash_points(pending: Counter[tuple[str, str]], edits: list[str]) -> list[str]:
+    """Crash points the next sync is sure to reach, from what it has to do: recover the
+    creates a killed run left pending (each is looked up once), POST the rows added to the
+    sheet and give them their Sync IDs, add the customers posted to HCP to the sheet, write
+    the sheet, and always read HCP."""
+    points = [crash_at("hcp", "read", "customers", 1, "after")]
+    for member, method in RECOVERY.items():
+        for n in range(1, pending[(member, "create")] + 1):
+            points += [crash_at(member, method, "customers", n, w) for w in ("before", "after")]
+    rows = sum(1 for e in edits if e.startswith("books new row"))
+    posted = sum(1 for e in edits if e.startswith("hcp new customer"))
+    for n in range(1, rows + 1):
+        points += [crash_at("hcp", "create", "customers", n, w) for w in ("before", "after")]
+        points.append(crash_at("books", "update", "customers", n, "after"))
+    for n in range(1, posted + 1):
+        points.append(crash_at("books", "create", "customers", n, "after"))
+    if rows or posted:
+        points += [crash_at("books", "flush", "customers", 1, w) for w in ("before", "after")]
+    return points
+
+
+def test_syncs_killed_at_crash_points_converge_without_duplicates_or_lost_edits(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    test_started = time.monotonic()
     rng = random.Random(SEED)
-    t_first, t_full = calibrate(tmp_path)
-    print(f"calibration: first request after {t_first:.2f}s, full first sync {t_full:.2f}s")
-
-    (tmp_path / "work").mkdir()
-    h = Harness(tmp_path / "work", sandbox)
+    h = Harness(tmp_path, sandbox)
     seed_sheet(h, overlapping=12, new_rows=8)
     emailless = nameless_signatures(sandbox.customers())
     expect = Expect()
     with h.explained():
         edits: list[str] = []
         for i in range(LOOP_RUNS):
-            if i and time.monotonic() - test_started > LOOP_BUDGET_S:
-                break
-            pick = rng.random()
-            if i == 0 or pick < 0.3:  # just after the n-th write reached Housecall Pro
-                h.sync_killed_after_writes(rng.randint(1, 8 if i == 0 else 3), edits)
-            elif pick < 0.5:  # the sheet written, the state not yet committed
-                h.sync_killed_after_sheet_write(edits)
-            elif pick < 0.65:  # anywhere, start-up included
-                h.sync_killed_after(rng.uniform(0.0, t_full), edits)
-            else:  # anywhere in the reads, plan and writes
-                h.sync_killed_after_first_request(rng.uniform(0.0, t_full - t_first), edits)
-            last = h.runs[-1]
-            assert last.killed or last.returncode in (0, 1), (
-                f"sync #{last.index} failed on its own with exit {last.returncode}"
-            )
+            if i == 0:  # the first sync: 8 rows to POST, 28 customers to add to the sheet
+                point = crash_at("hcp", "create", "customers", rng.randint(1, 8), "after")
+            else:  # one the sync will reach, the kinds not yet landed first
+                points = crash_points(h.runs[-1].pending_after, edits)
+                landed = {kind_of(r.crash) for r in h.runs}
+                first = [p for p in points if kind_of(p) in MUST_LAND - landed]
+                point = rng.choice(first or points)
+            h.crash_at(point, edits)
             edits = make_edits(h, rng, i, expect) if rng.random() < 0.9 else []
 
         first, _ = h.sync(edits)
@@ -673,15 +655,7 @@ def test_random_sigkills_converge_without_duplicates_or_lost_edits(
         second, result = h.sync()
         assert_nothing_to_do(second, result)
 
-        killed = [r for r in h.runs if r.killed]
-        interrupted = [r for r in killed if r.pending_after]
         print("\n".join(r.row() for r in h.runs))
-        print(
-            f"{len(killed)} of {len(h.runs) - 2} loop runs killed, {len(interrupted)} of them "
-            f"with journal intents left pending; journal at the end: "
-            f"{dict(journal_counts(h.db))}; test took {time.monotonic() - test_started:.1f}s"
-        )
-
         hcp, rows = sandbox.customers(), h.sheet_rows()
         assert_no_duplicates(hcp, rows, emailless)
         assert_same_customers(hcp, rows, h.db)
@@ -705,33 +679,29 @@ def test_random_sigkills_converge_without_duplicates_or_lost_edits(
         assert_private(h.db)
         pending = journal_counts(h.db)["pending"]
         assert pending == 0, f"{pending} journal intents still pending after two full syncs"
-        # and the kills did land where it matters (not only during start-up):
-        assert len(killed) >= (len(h.runs) - 2) // 3, "too few runs were killed to mean much"
-        assert interrupted, "no kill landed while writes were under way (intents pending)"
+        landed = {(r.crashed["method"], r.crashed["when"]) for r in h.runs if r.crashed}
+        assert landed >= MUST_LAND, f"no kill at {sorted(MUST_LAND - landed)}"
 
 
-def test_sigkill_right_after_first_post_does_not_create_twice(
+def test_killed_right_after_a_post_the_next_sync_links_it_instead_of_posting_again(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
     """The dangerous instant: POST /customers answered, the sync dead before it recorded the
     new id. The next sync must find that customer instead of creating it again."""
     h = Harness(tmp_path, sandbox, concurrency=1, batch_size=5)
-    new_rows = 10  # POSTed one at a time (concurrency 1): a wide window to land the kill in
+    new_rows = 10
     seed_sheet(h, overlapping=4, new_rows=new_rows)
     new_emails = {f"sheet.new{n}@books.example" for n in range(new_rows)}
     before = len(sandbox.customers())
     emailless = nameless_signatures(sandbox.customers())
     with h.explained():
-        run = h.sync_killed_after_writes(1, [], methods=("POST",))
-        assert run.killed, f"the sync finished (exit {run.returncode}) before it could be killed"
-        posts_before = sum(1 for e in sandbox.requests() if e["method"] == "POST")
+        run = h.crash("hcp", "create", 1, "after")
         created = [c for c in sandbox.customers() if norm_email(c.get("email")) in new_emails]
-        # (a POST cut off by the kill may be logged, with status 500, without creating anything)
-        assert 1 <= len(created) < new_rows, (
-            f"the kill should land after the first POST and before the last: {posts_before} "
-            f"POSTs, {len(created)} of {new_rows} new customers in HCP"
+        assert [c["id"] for c in created] == [run.crashed and run.crashed["result_id"]], (
+            f"the killed sync should have created exactly the one customer it was killed "
+            f"after: {created}"
         )
-        assert run.pending_after >= 1, (
+        assert run.posts == 1 and run.pending_after[("hcp", "create")] >= 1, (
             "the kill should leave the POSTed customer's intent pending in the journal"
         )
         assert all(
@@ -745,13 +715,12 @@ def test_sigkill_right_after_first_post_does_not_create_twice(
         twice = {e: counts[e] for e in new_emails if counts[e] != 1}
         assert not twice, f"new rows not created exactly once in HCP: {twice}"
         assert len(hcp) == before + new_rows
-        posts_after = sum(1 for e in sandbox.requests() if e["method"] == "POST") - posts_before
-        assert posts_after == new_rows - len(created), (
-            f"the sync after the kill sent {posts_after} POSTs for the "
-            f"{new_rows - len(created)} new rows not yet in HCP"
+        assert done.posts == new_rows - 1, (
+            f"the sync after the kill sent {done.posts} POSTs for the {new_rows - 1} new rows "
+            "not yet in HCP"
         )
-        for c in created:  # what the killed run created is linked, not re-created
-            assert c["id"] in {m.get("hcp") for m in links(h.db, "customers").values()}
+        linked = {m.get("hcp") for m in links(h.db, "customers").values()}
+        assert created[0]["id"] in linked, "what the killed run created is not linked"
 
         second, result = h.sync()
         assert_nothing_to_do(second, result)
@@ -759,7 +728,50 @@ def test_sigkill_right_after_first_post_does_not_create_twice(
         assert_no_duplicates(hcp, rows, emailless)
         assert_same_customers(sandbox.customers(), rows, h.db)
         assert_private(h.db)
-        print("\n".join(r.row() for r in h.runs))
+
+
+def test_killed_while_recovering_interrupted_posts_the_next_sync_finishes_the_recovery(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """Killed after three POSTs (none recorded), then killed again in the next run's recovery
+    after its second lookup (the first linked, the second found but not yet linked): the
+    third run links all three and POSTs only the rest."""
+    h = Harness(tmp_path, sandbox, concurrency=1, batch_size=50)
+    new_rows = 8
+    seed_sheet(h, overlapping=4, new_rows=new_rows)
+    new_emails = {f"sheet.new{n}@books.example" for n in range(new_rows)}
+    emailless = nameless_signatures(sandbox.customers())
+    with h.explained():
+        first = h.crash("hcp", "create", 3, "after")
+        created = {c["id"] for c in sandbox.customers() if norm_email(c.get("email")) in new_emails}
+        assert first.posts == 3 and len(created) == 3, (first.posts, created)
+        assert first.pending_after[("hcp", "create")] >= 3, first.pending_after
+
+        recovering = h.crash("hcp", "find", 2, "after")
+        assert recovering.posts == 0 and recovering.writes_seen == 0, (
+            "a run killed in its recovery wrote to HCP"
+        )
+        assert recovering.crashed is not None
+        assert recovering.crashed["result_id"] in created, recovering.crashed
+        linked = {m.get("hcp") for m in links(h.db, "customers").values()}
+        assert len(created & linked) == 1, "the first lookup's customer should be linked"
+
+        done, _ = h.sync()
+        assert done.returncode in (0, 1), f"the sync after the kills exited {done.returncode}"
+        assert done.posts == new_rows - 3, (
+            f"{done.posts} POSTs for the {new_rows - 3} rows the killed runs had not created"
+        )
+        hcp = sandbox.customers()
+        counts = Counter(norm_email(c.get("email")) for c in hcp)
+        assert all(counts[e] == 1 for e in new_emails), counts
+        assert created <= {m.get("hcp") for m in links(h.db, "customers").values()}
+
+        second, result = h.sync()
+        assert_nothing_to_do(second, result)
+        rows = h.sheet_rows()
+        assert_no_duplicates(hcp, rows, emailless)
+        assert_same_customers(sandbox.customers(), rows, h.db)
+        assert journal_counts(h.db)["pending"] == 0
 
 
 # ------------------------------------------------------------------ known recovery bugs
@@ -767,10 +779,6 @@ def test_sigkill_right_after_first_post_does_not_create_twice(
 # Both are a person's edit lost after a crash: the killed run wrote to a member but died
 # before committing that write to the state store, and the next run's recovery does not
 # account for what the journal says it intended.
-
-ATTEMPTS = 4
-"""Each test needs its kill to land in a window of a few milliseconds; it tries this often
-and is skipped (never passed) when the kill never lands there."""
 
 
 @pytest.fixture
@@ -802,22 +810,18 @@ def test_second_sheet_edit_after_kill_between_put_and_commit_is_not_lost(
     with h.explained():
         run, _ = h.sync()  # the sheet starts empty: every HCP customer becomes a row
         assert run.returncode == 0 and len(h.sheet_rows()) == 5
-        landed: set[str] = set()
-        for attempt in range(ATTEMPTS):
-            first = set_companies(h, f"First{attempt}")
-            killed = h.sync_killed_after_writes(
-                1, [f"books Company=First{attempt} N"], methods=("PUT",)
-            )
-            landed = {
-                norm_email(c.get("email"))
-                for c in small_sandbox.customers()
-                if c.get("company") == first.get(norm_email(c.get("email")))
-            }
-            if killed.killed and killed.pending_after and landed:
-                break
-            h.sync()  # missed the window: settle and try again
-        else:
-            pytest.skip("the kill never landed between a PUT and the state commit")
+        emailless = nameless_signatures(small_sandbox.customers())
+        first = set_companies(h, "First")
+        killed = h.crash("hcp", "update", 1, "after")
+        landed = {
+            c["id"]
+            for c in small_sandbox.customers()
+            if c.get("company") == first.get(norm_email(c.get("email")))
+        }
+        assert killed.crashed is not None and landed == {killed.crashed["result_id"]}, (
+            f"exactly the PUT the sync was killed after should have landed: {landed}"
+        )
+        assert killed.pending_after[("hcp", "update")] >= 1, killed.pending_after
         # the person edits the same cells again before the next sync
         second = set_companies(h, "Second")
         final, _ = h.sync(["books Company=Second N"])
@@ -835,30 +839,31 @@ def test_second_sheet_edit_after_kill_between_put_and_commit_is_not_lost(
             f"the sheet's latest Company lost (email: set, hcp, books); the "
             f"killed run's PUT had landed for {sorted(landed)}: {lost}"
         )
+        again, result = h.sync()
+        assert_nothing_to_do(again, result)
+        rows = h.sheet_rows()
+        assert_no_duplicates(small_sandbox.customers(), rows, emailless)
+        assert_same_customers(small_sandbox.customers(), rows, h.db)
 
 
 def test_sheet_edit_after_kill_between_sheet_write_and_commit_is_propagated(
     tmp_path: Path, small_sandbox: Sandbox
 ) -> None:
-    h = None
-    for attempt in range(ATTEMPTS):
-        small_sandbox.http.post("/_sandbox/reset").raise_for_status()
-        folder = tmp_path / f"attempt{attempt}"
-        folder.mkdir()
-        h = Harness(folder, small_sandbox, concurrency=1, batch_size=5)
-        run = h.sync_killed_after_sheet_write([])
-        if run.killed and run.pending_after and all(r["Sync ID"] for r in h.sheet_rows()):
-            break
-    else:
-        pytest.skip("the kill never landed between the sheet write and the state commit")
-    assert h is not None
+    h = Harness(tmp_path, small_sandbox, concurrency=1, batch_size=5)
+    emailless = nameless_signatures(small_sandbox.customers())
     with h.explained():
+        run = h.crash("books", "flush", 1, "after")
+        rows = h.sheet_rows()
+        assert len(rows) == 5 and all(r["Sync ID"] for r in rows), (
+            f"the sheet should be written with the 5 customers before the kill: {rows}"
+        )
+        assert run.pending_after[("books", "create")] == 5, run.pending_after
         header, rows, newline = read_sheet(h.sheet)
         rows[0]["Company"] = "Edited After The Crash"
         email = norm_email(rows[0]["Email"])
         write_sheet(h.sheet, header, rows, newline)
         h.sync([f"books {email} Company='Edited After The Crash'"])
-        second, _ = h.sync()
+        second, result = h.sync()
         hcp = next(c for c in small_sandbox.customers() if norm_email(c.get("email")) == email)
         books = next(r for r in h.sheet_rows() if norm_email(r["Email"]) == email)
         assert (text(hcp.get("company")), books["Company"]) == (
@@ -868,3 +873,7 @@ def test_sheet_edit_after_kill_between_sheet_write_and_commit_is_propagated(
             f"{email}: hcp company {hcp.get('company')!r}, books {books['Company']!r} after two "
             f"syncs; the second planned {second.stdout[-600:]}"
         )
+        assert_nothing_to_do(second, result)
+        rows = h.sheet_rows()
+        assert_no_duplicates(small_sandbox.customers(), rows, emailless)
+        assert_same_customers(small_sandbox.customers(), rows, h.db)
