@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from syncengine.config import Config, load_config
 from syncengine.display import label_of
 from syncengine.engine import Engine, ProgressFn, SyncResult
 from syncengine.errors import ConfigError, Problem, RecordError, SyncEngineError, UsageError
+from syncengine.leasing import hold_pipelines, wait_until_free
 from syncengine.mapping import load_mapping
 from syncengine.model import ENTITIES
 from syncengine.report import Report
@@ -33,8 +35,17 @@ def sync(
     progress: ProgressFn | None = None,
     allow_mass_delete: bool = False,
     connector_extra: dict[str, dict[str, Any]] | None = None,
+    wait: float = 0.0,
+    waiting: Callable[[str], None] | None = None,
 ) -> list[SyncResult]:
-    """Run (or with ``dry_run`` only plan) the chosen pipelines. Returns one result each."""
+    """Run (or with ``dry_run`` only plan) the chosen pipelines. Returns one result each.
+
+    A sync holds the lease of every chosen pipeline for its whole run (``syncengine.leasing``),
+    renewed while it runs and released at the end, also on an error or Ctrl-C. When another
+    run holds one, it waits up to ``wait`` seconds (``waiting`` is told once, when it starts
+    waiting) and then raises ``PipelineBusyError`` naming the holder, having read and written
+    nothing and recorded no run. A dry run takes no lease (it writes nothing, not even that)
+    but waits or refuses the same way: its plan would be wrong while another run applies."""
     pipelines = config.pipeline(pipeline)
     if entities:
         known = {e for p in pipelines for e in p.entities}
@@ -45,35 +56,39 @@ def sync(
                 f"{'pipeline ' + pipeline if pipeline else 'any pipeline'} "
                 f"(entities: {', '.join(sorted(known))})"
             )
+    if wait < 0:
+        raise UsageError(f"--wait {wait:g}: give the seconds to wait, 0 or more")
+    names = [p.name for p in pipelines]
     store = open_store(config, create=not dry_run)
     try:
-        if not dry_run:
-            _check_not_running(store, [p.name for p in pipelines])
-        engine = Engine(
-            config,
-            store,
-            dry_run=dry_run,
-            progress=progress,
-            allow_mass_delete=allow_mass_delete,
-            connector_extra=connector_extra,
-        )
-        return [engine.sync(p, entities) for p in pipelines]
+        if dry_run:
+            wait_until_free(store, names, wait, waiting)
+            engine = Engine(
+                config,
+                store,
+                dry_run=True,
+                progress=progress,
+                allow_mass_delete=allow_mass_delete,
+                connector_extra=connector_extra,
+            )
+            return [engine.sync(p, entities) for p in pipelines]
+        ttl = config.daemon.lease_ttl
+        with hold_pipelines(store, names, ttl=ttl, wait=wait, waiting=waiting) as held:
+            out = []
+            for p in pipelines:
+                engine = Engine(
+                    config,
+                    store,
+                    progress=progress,
+                    allow_mass_delete=allow_mass_delete,
+                    connector_extra=connector_extra,
+                    stop=held.run(p.name).stop,
+                    holder=held.holder,
+                )
+                out.append(held.run_sync(p.name, partial(engine.sync, p, entities)))
+            return out
     finally:
         store.close()
-
-
-def _check_not_running(store: StateStore, names: Sequence[str]) -> None:
-    """Refuse to sync a pipeline a daemon is syncing right now (its lease is live)."""
-    leases = store.leases()
-    now = dt.datetime.now(dt.UTC)
-    for name in names:
-        lease = leases.get(name)
-        if lease is not None and not lease.expired(now):
-            raise UsageError(
-                f"pipeline {name} is being synced right now by {lease.holder} (its lease runs "
-                f"until {lease.expires_at:%Y-%m-%d %H:%M:%S} UTC); nothing was done. Wait for "
-                f"that run to finish, or `syncengine pause -p {name}` to keep the daemon off it"
-            )
 
 
 @dataclass(frozen=True)
@@ -92,7 +107,8 @@ class PipelineStatus:
     """ISO time of the next scheduled run (estimated from the schedule and the last run);
     None while paused."""
     lease: dict[str, Any] | None = None
-    """``{"holder", "expires_at"}`` while a runner holds the pipeline's lease."""
+    """``{"holder", "by", "kind", "started_at", "expires_at"}`` while a run (a manual sync
+    or a daemon's) holds the pipeline's lease; ``by`` names it for people."""
     paused: dict[str, Any] | None = None
     """``{"reason", "since"}`` while paused (``syncengine resume`` lifts it)."""
     backoff: dict[str, Any] | None = None
@@ -155,7 +171,13 @@ def _daemon_status(
     lease = leases.get(name)
     out: dict[str, Any] = {"schedule": schedule.text}
     if lease is not None and not lease.expired(now):
-        out["lease"] = {"holder": lease.holder, "expires_at": lease.expires_at.isoformat()}
+        out["lease"] = {
+            "holder": lease.holder,
+            "by": lease.describe(now),
+            "kind": lease.kind,
+            "started_at": lease.acquired_at.isoformat() if lease.acquired_at else None,
+            "expires_at": lease.expires_at.isoformat(),
+        }
     if state is not None and state.paused:
         out["paused"] = {
             "reason": state.paused_reason,

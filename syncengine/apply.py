@@ -29,6 +29,7 @@ from syncengine import model
 from syncengine.config import Pipeline
 from syncengine.connector import NativeRecord, check_allowed
 from syncengine.errors import AuthError, ConnectorError, RecordError, SyncEngineError
+from syncengine.leasing import lease_holder
 from syncengine.member import Member, canonical_of
 from syncengine.plan import Action, Conflict, Create, Delete, Issue, KeyPlan, LinkPlan, Update
 from syncengine.progress import ProgressFn, Step, no_progress
@@ -256,6 +257,7 @@ class EntityApply:
         if not writes:
             return
         p, e = self.pipeline.name, self.ent.entity
+        holder = lease_holder.get()  # the intents belong to this run's lease (``recovery``)
         with self.store.transaction() as tx:
             early = StateWrites(tx, p, e)
             for k in keys:
@@ -278,6 +280,7 @@ class EntityApply:
                         "member": w.action.member,
                         "op": w.action.op,
                         "payload": intent_payload(w.action, kp),
+                        "holder": holder,
                     }
                     for kp, w in writes
                 ]

@@ -28,6 +28,7 @@ from syncengine.errors import (
     ConfigError,
     ConnectorError,
     StateError,
+    StateIntegrityError,
     StateUnavailableError,
     StructureError,
     SyncEngineError,
@@ -35,6 +36,7 @@ from syncengine.errors import (
     UsageError,
 )
 from syncengine.exit_codes import ExitCode
+from syncengine.leasing import sigterm_interrupts
 from syncengine.logging import REDACTOR, configure, redact_text
 from syncengine.progress import ProgressFn
 
@@ -168,6 +170,16 @@ def handled(command: str = "sync", *, reads_only: bool = False) -> Iterator[None
         _fail(
             ExitCode.UNAVAILABLE,
             [f"{command} could not run: the state store is unavailable: {exc}"],
+        )
+    except StateIntegrityError as exc:
+        _fail(
+            ExitCode.UNAVAILABLE,
+            [
+                f"{command} could not complete: {exc}",
+                "nothing of that transaction was written; run the command again. If it "
+                "happens again while no other run of the pipeline is going, it is a bug in "
+                "syncengine: please report it",
+            ],
         )
     except StateError as exc:
         _fail(ExitCode.CONFIG, [f"state store error: {exc}"])
@@ -316,10 +328,24 @@ def sync(
             "through, and accept a member that returns nothing.",
         ),
     ] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            metavar="SECONDS",
+            min=0,
+            help="When another run (a sync, or the daemon) holds a pipeline, wait up to this "
+            "long for it; then exit 4 naming that run, having done nothing.",
+        ),
+    ] = 0.0,
     log_level: LogLevelOpt = None,
 ) -> None:
-    """Sync the pipelines in CONFIG: read every member, plan, and apply (or only show)."""
-    with handled():
+    """Sync the pipelines in CONFIG: read every member, plan, and apply (or only show).
+
+    One run per pipeline: a sync holds each pipeline's lease while it runs (a dry run only
+    checks that no other run holds it).
+    """
+    with handled(), sigterm_interrupts():
         _setup(log_level)
         cfg = api.require_config(config)
         REDACTOR.add(cfg.secrets)
@@ -331,6 +357,8 @@ def sync(
                 dry_run=dry_run,
                 progress=progress,
                 allow_mass_delete=allow_mass_delete,
+                wait=wait,
+                waiting=lambda text: err.print(escape(text)),
             )
         if as_json:
             objs = [r.to_json() for r in results]
@@ -584,7 +612,8 @@ def _print_schedule(r: api.PipelineStatus) -> None:
         )
     if r.lease:
         out.print(
-            f"  running on {r.lease['holder']} (lease until {local_time(r.lease['expires_at'])})"
+            f"  running now: a {escape(r.lease['by'])} (its lease holds until "
+            f"{local_time(r.lease['expires_at'])})"
         )
 
 
@@ -667,7 +696,7 @@ def _print_once(report: OnceReport) -> None:
                 f"not run (`syncengine resume -p {name}` lifts the backoff)"
             )
         elif attempt.outcome == "skipped:lease_held":
-            out.print(f"{name}: another daemon is running it right now; not run")
+            out.print(f"{name}: another run (a manual sync or a daemon) holds it now; not run")
         elif attempt.outcome.startswith("skipped:"):
             out.print(f"{name}: not run ({attempt.outcome.removeprefix('skipped:')})")
         else:

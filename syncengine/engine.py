@@ -77,6 +77,7 @@ from syncengine.integrity import (
     stale_references,
     users_if_deleting,
 )
+from syncengine.leasing import busy_error, lease_holder
 from syncengine.logging import redact_text
 from syncengine.marks import marks_to_keep, store_marks
 from syncengine.match import MatchResult, match
@@ -143,6 +144,7 @@ class Engine:
         progress: ProgressFn | None = None,
         allow_mass_delete: bool = False,
         stop: threading.Event | None = None,
+        holder: str | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -153,6 +155,11 @@ class Engine:
         self.stop = stop
         """Set it to stop at the next batch boundary: the batch in flight is applied and
         committed (buffered members flushed), then ``SyncStopped`` is raised."""
+        self.holder = holder
+        """The lease holder this run syncs under (``syncengine.leasing``: ``api.sync`` and
+        the daemon take the lease first). It is recorded on the run's journal intents, and
+        recovery leaves the intents of a run whose lease still holds alone. A run that is
+        not a dry run refuses to start while another holder's lease on the pipeline holds."""
 
     # ------------------------------------------------------------------------------ sync
     def sync(self, pipeline: Pipeline, entities: Sequence[str] | None = None) -> SyncResult:
@@ -163,13 +170,24 @@ class Engine:
         # Several syncs may overlap in one process (the daemon): the first raises the
         # threshold, the last restores it.
         _GC.enter()
+        held = lease_holder.set(self.holder)  # apply records it on the run's intents
         try:
             with structlog.contextvars.bound_contextvars(pipeline=pipeline.name, run_id=None):
                 return self._sync(pipeline, entities)
         finally:
+            lease_holder.reset(held)
             _GC.leave()
 
+    def _check_lease(self, pipeline: Pipeline) -> None:
+        """Refuse a run that writes while another run holds the pipeline's lease (nothing has
+        been read or written yet)."""
+        lease = self.store.live_lease(pipeline.name)
+        if lease is not None and lease.holder != self.holder:
+            raise busy_error(pipeline.name, lease, 0)
+
     def _sync(self, pipeline: Pipeline, entities: Sequence[str] | None) -> SyncResult:
+        if not self.dry_run:
+            self._check_lease(pipeline)
         started = time.monotonic()
         run_id = uuid.uuid4().hex
         structlog.contextvars.bind_contextvars(run_id=run_id)  # every line of this run
@@ -185,7 +203,13 @@ class Engine:
                     run_row = tx.start_run(pipeline.name, False, run_id)
             refs = References(self.store, pipeline.name, dry_run=self.dry_run)
             recovery = recover(
-                self.store, pipeline, connectors, refs, dry_run=self.dry_run, progress=self.progress
+                self.store,
+                pipeline,
+                connectors,
+                refs,
+                dry_run=self.dry_run,
+                holder=self.holder,
+                progress=self.progress,
             )
             result.pending_recovery = recovery.pending
             for entity in pipeline.entities:

@@ -13,8 +13,10 @@
     ├── RecordError                 skip this one record, report it, carry on
     │   └── NotFoundError           the record is gone on the member
     ├── StateError                  the state store is unusable (bad URL, wrong schema)
-    │   └── StateUnavailableError   it cannot be reached or opened now (also an UnavailableError)
+    │   ├── StateUnavailableError   it cannot be reached or opened now (also an UnavailableError)
+    │   └── StateIntegrityError     it refused a write that contradicts what it holds (exit 4)
     ├── UnavailableError            something the command needs cannot be had now (exit 4)
+    │   └── PipelineBusyError       another run holds the pipeline's lease
     └── SyncStopped                 a sync stopped early on request (a daemon shutting down)
 
 A ConnectorError that reaches the command (not one record's) means the run could not happen
@@ -123,6 +125,21 @@ class UnavailableError(SyncEngineError):
 class StateUnavailableError(StateError, UnavailableError):
     """The state store cannot be reached or opened now (its file cannot be opened, the
     database refuses the connection or stays locked); its URL is fine."""
+
+
+class StateIntegrityError(StateError, UnavailableError):
+    """The state store refused a write that contradicts what it holds (a UNIQUE or foreign
+    key constraint): another writer changed the same records at the same time, or a bug. The
+    run could not complete; nothing of the refused transaction was written (exit 4)."""
+
+
+class PipelineBusyError(UnavailableError):
+    """Another run holds the pipeline's lease: this one did nothing (exit 4)."""
+
+    def __init__(self, message: str, *, pipeline: str, holder: str) -> None:
+        self.pipeline = pipeline
+        self.holder = holder
+        super().__init__(message)
 
 
 class SyncStopped(SyncEngineError):

@@ -4,6 +4,11 @@ Every write is journalled as an *intent* before the member is called (see ``appl
 payload an intent carries is written and read here, by the dataclasses below, so the two
 sides cannot drift apart. A run that dies leaves intents ``pending``; the next run settles
 them before it plans anything (``recover``).
+
+An intent belongs to its run and to the lease that run held (``Intent.holder``): it is
+recovered only once that lease is gone (released, or expired after a crash). Every run that
+writes holds the pipeline's lease (``syncengine.leasing``), so the intents a run finds are
+those of runs that are over; the intents of a run whose lease still holds are never touched.
 """
 
 from __future__ import annotations
@@ -141,9 +146,14 @@ def recover(
     refs: References | None,
     *,
     dry_run: bool,
+    holder: str | None = None,
     progress: ProgressFn = no_progress,
 ) -> Recovery:
     """Settle the writes an interrupted run left pending.
+
+    Only the intents of runs that are over are taken: while another holder than ``holder``
+    (this run's lease) holds the pipeline's lease, its intents are left alone, neither
+    settled nor used as hints: that run is still writing them.
 
     - A create is looked up on its target (by id where the engine chose it, else by the
       data it carried). Found: it is linked, with what was written as its last-seen
@@ -159,7 +169,7 @@ def recover(
     creates and deletes being settled (when there are any).
     """
     recovery = Recovery()
-    intents = store.pending_intents(pipeline.name)
+    intents = _of_runs_that_are_over(store, pipeline.name, holder)
     recovery.pending = len(intents)
     for intent in intents:
         if intent.op == "update":
@@ -188,6 +198,24 @@ def recover(
         step.tick(done)
     step.end(len(settle))
     return recovery
+
+
+def _of_runs_that_are_over(store: StateStore, pipeline: str, holder: str | None) -> list[Intent]:
+    """The pipeline's pending intents, less those of a run whose lease still holds (one that
+    is not ``holder``'s: an earlier run under this same lease is over)."""
+    intents = store.pending_intents(pipeline)
+    live = store.live_lease(pipeline)
+    if live is None or live.holder == holder:
+        return intents
+    left = [i for i in intents if i.holder == live.holder]
+    if left:
+        log.info(
+            "left the pending writes of a run still going alone",
+            pipeline=pipeline,
+            holder=live.holder,
+            intents=len(left),
+        )
+    return [i for i in intents if i.holder != live.holder]
 
 
 def _recover_create(

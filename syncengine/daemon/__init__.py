@@ -5,7 +5,8 @@ The ``Daemon`` here only wires its parts together; each part is a module named f
 - ``runner``: one scheduled attempt at a pipeline (skip, lease, sync, outcome);
 - ``policy``: whether a pipeline may run now and what an outcome means (reset, backoff,
   pause on refused credentials);
-- ``lease_keeper``: the leases of running syncs, renewed every third of their ttl;
+- ``syncengine.leasing`` (shared with manual syncs): the leases of running syncs, renewed
+  every third of their ttl;
 - ``scheduling``: what is due (one APScheduler job per pipeline, and ``--once``);
 - ``reload``: when the config changed and whether the new one may replace the old;
 - ``signals``: SIGTERM/SIGINT (graceful, then at once) and SIGHUP (reload);
@@ -28,7 +29,6 @@ from dataclasses import dataclass
 import structlog
 
 from syncengine.config import Config
-from syncengine.daemon.lease_keeper import LeaseKeeper
 from syncengine.daemon.policy import (
     RunOutcome,
     RunPolicy,
@@ -51,6 +51,7 @@ from syncengine.daemon.server import (
 from syncengine.daemon.signals import FORCED_RELEASE_S, Signals
 from syncengine.daemon.signals import flush_and_exit as _flush_and_exit
 from syncengine.exit_codes import ExitCode
+from syncengine.leasing import LeaseKeeper
 from syncengine.logging import REDACTOR
 from syncengine.metrics import Metrics
 from syncengine.state import StateStore

@@ -2,7 +2,7 @@
 
     removed from the config? / stopping?  ─▶ skip
     paused or backing off?                ─▶ skip (the policy says)
-    lease acquired?  ─ no ─▶ skip (another daemon runs it)
+    lease acquired?  ─ no ─▶ skip (a manual sync or another daemon runs it)
     sync(pipeline, stop=event)            lease renewed every ttl/3 by the keeper thread
     outcome ─▶ the policy (reset, pause, failures + backoff), metrics, "run finished"
     lease released
@@ -22,12 +22,12 @@ import structlog
 
 from syncengine.config import Config, Pipeline
 from syncengine.connector import Connector
-from syncengine.daemon.lease_keeper import LeasedRun, LeaseKeeper
 from syncengine.daemon.policy import RunOutcome, RunPolicy
 from syncengine.daemon.redaction import describe_error, redacted_traceback
 from syncengine.engine import Engine, SyncResult
 from syncengine.errors import AuthError, SyncEngineError, SyncStopped
 from syncengine.exit_codes import ExitCode, failed_run_code
+from syncengine.leasing import LeasedRun, LeaseKeeper, lease_holder
 from syncengine.metrics import Metrics, http_stats
 from syncengine.state import COMPLETED_OUTCOMES, StateStore
 
@@ -65,8 +65,14 @@ def engine_sync(
     stop: threading.Event,
     connectors: list[Connector],
 ) -> SyncResult:
-    """The default ``SyncFn``: one ``Engine`` run, stoppable through ``stop``."""
-    engine = Engine(_ObservedConfig.of(config, connectors.append), store, stop=stop)
+    """The default ``SyncFn``: one ``Engine`` run, stoppable through ``stop``, under the
+    lease the runner holds (``lease_holder``)."""
+    engine = Engine(
+        _ObservedConfig.of(config, connectors.append),
+        store,
+        stop=stop,
+        holder=lease_holder.get(),
+    )
     return engine.sync(pipeline)
 
 
@@ -108,10 +114,10 @@ class PipelineRunner:
             run = self.leases.acquire(name, config.daemon.lease_ttl)
             if run is None:
                 self.metrics.skipped.labels(name, "lease_held").inc()
-                holder = self.store.leases().get(name)
+                holder = self.store.live_lease(name)
                 log.debug(
-                    "run skipped: another runner holds the lease",
-                    holder=holder.holder if holder else None,
+                    "run skipped: another run holds the lease (a manual sync, or another daemon)",
+                    holder=holder.describe() if holder else None,
                 )
                 return RunOutcome(name, "skipped:lease_held")
             self.metrics.running.labels(name).set(1)
@@ -130,6 +136,7 @@ class PipelineRunner:
         connectors: list[Connector] = []
         started = time.monotonic()
         out = RunOutcome(name, "failed", ExitCode.PROBLEMS)
+        held = lease_holder.set(self.leases.holder)
         try:
             result = self._sync(config, self.store, pipeline, run.stop, connectors)
             out = RunOutcome(name, result.outcome, result.exit_code, result)
@@ -153,6 +160,7 @@ class PipelineRunner:
                 )
             self.policy.failed(config, name, out.error)
         finally:
+            lease_holder.reset(held)
             out.seconds = time.monotonic() - started
             self.metrics.observe_run(
                 name, out.outcome, out.seconds, out.result, http_stats(connectors)

@@ -13,6 +13,11 @@ A row comes back only when the lease was free, expired or already ours. The hold
 crashed holder's lease simply expires. "Now" is the database server's clock on PostgreSQL
 (daemons on several hosts share one clock) and this host's clock on SQLite (one host).
 
+Every run that writes holds the lease: a daemon's run and a manual ``syncengine sync``
+alike (``kind`` says which, ``acquired_at`` since when: ``Lease.describe`` names the run for
+the message of one that finds the pipeline busy). ``live_lease`` is the lease that still
+holds, by the same clock.
+
 The **pipeline state** row is what the daemon decided about a pipeline: paused (after the
 credentials were refused, or by an operator) and the failure count with the backoff that
 follows it. It lives in the store so that every daemon and ``syncengine status`` see it.
@@ -43,6 +48,7 @@ __all__ = [
     "acquire",
     "db_now",
     "holder_id",
+    "live_lease",
     "pause",
     "read_leases",
     "read_pipeline_states",
@@ -59,9 +65,32 @@ class Lease:
     pipeline: str
     holder: str
     expires_at: datetime
+    kind: str | None = None
+    """``sync`` (a manual run) or ``daemon``; None on a lease taken before migration 0004."""
+    acquired_at: datetime | None = None
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at < now
+
+    def describe(self, now: datetime | None = None) -> str:
+        """The run holding the lease, for people: ``sync by pid 1234 on host x, started
+        12:01:05`` (in this machine's local time; with the date when not today)."""
+        what = _KINDS.get(self.kind or "", "run")
+        host, _, rest = self.holder.partition(":")
+        pid = rest.partition(":")[0]
+        text = (
+            f"{what} by pid {pid} on host {host}" if pid.isdigit() else f"{what} by {self.holder}"
+        )
+        if self.acquired_at is not None:
+            local = self.acquired_at.astimezone()
+            today = (now or datetime.now(UTC)).astimezone().date()
+            when = f"{local:%H:%M:%S}" if local.date() == today else f"{local:%Y-%m-%d %H:%M:%S}"
+            text += f", started {when}"
+        return text
+
+
+_KINDS = {"sync": "sync", "daemon": "daemon run"}
+"""How ``Lease.describe`` names each kind of run."""
 
 
 @dataclass(frozen=True)
@@ -103,16 +132,24 @@ def _insert(dialect: str) -> Any:
 # ------------------------------------------------------------------------------------ leases
 
 
-def acquire(conn: sa.Connection, pipeline: str, holder: str, ttl: float) -> bool:
-    """Take the pipeline's lease for ``ttl`` seconds if it is free, expired or ours."""
+def acquire(
+    conn: sa.Connection, pipeline: str, holder: str, ttl: float, kind: str | None = None
+) -> bool:
+    """Take the pipeline's lease for ``ttl`` seconds if it is free, expired or ours, for a
+    run of ``kind`` (``sync``, ``daemon``)."""
     now = db_now(conn)
     expires = now + timedelta(seconds=ttl)
     stmt = _insert(conn.dialect.name)(leases).values(
-        pipeline=pipeline, holder=holder, expires_at=expires
+        pipeline=pipeline, holder=holder, expires_at=expires, kind=kind, acquired_at=now
     )
     stmt = stmt.on_conflict_do_update(
         index_elements=["pipeline"],
-        set_={"holder": stmt.excluded.holder, "expires_at": stmt.excluded.expires_at},
+        set_={
+            "holder": stmt.excluded.holder,
+            "expires_at": stmt.excluded.expires_at,
+            "kind": stmt.excluded.kind,
+            "acquired_at": stmt.excluded.acquired_at,
+        },
         where=sa.or_(
             leases.c.expires_at < sa.literal(now, UTCDateTime()), leases.c.holder == holder
         ),
@@ -139,10 +176,28 @@ def release(conn: sa.Connection, pipeline: str, holder: str) -> bool:
     return int(result.rowcount) == 1
 
 
+_LEASE_COLUMNS = (
+    leases.c.pipeline,
+    leases.c.holder,
+    leases.c.expires_at,
+    leases.c.kind,
+    leases.c.acquired_at,
+)
+
+
 def read_leases(conn: sa.Connection) -> dict[str, Lease]:
     """Every lease row (expired ones included: ``Lease.expired`` tells)."""
-    rows = conn.execute(sa.select(leases.c.pipeline, leases.c.holder, leases.c.expires_at))
-    return {p: Lease(p, h, e) for p, h, e in rows}
+    rows = conn.execute(sa.select(*_LEASE_COLUMNS))
+    return {row[0]: Lease(*row) for row in rows}
+
+
+def live_lease(conn: sa.Connection, pipeline: str) -> Lease | None:
+    """The pipeline's lease while it holds (by the clock leases are measured in), else None."""
+    row = conn.execute(sa.select(*_LEASE_COLUMNS).where(leases.c.pipeline == pipeline)).first()
+    if row is None:
+        return None
+    lease = Lease(*row)
+    return None if lease.expired(db_now(conn)) else lease
 
 
 # ---------------------------------------------------------------------------- pipeline state

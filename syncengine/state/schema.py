@@ -113,12 +113,16 @@ links = sa.Table(
     sa.Index("ix_links_dirty", "pipeline", "entity", "dirty"),
 )
 
-# Write-ahead intents: recorded before a write is attempted, finished after.
+# Write-ahead intents: recorded before a write is attempted, finished after. An intent
+# belongs to its run (``run_id``) and to the lease holder that run synced under (``holder``;
+# NULL for intents written before migration 0004, or by a run that held no lease): recovery
+# settles it only once that holder's lease on the pipeline is gone.
 journal = sa.Table(
     "journal",
     metadata,
     sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
     sa.Column("run_id", sa.String(), nullable=False),
+    sa.Column("holder", sa.String(), nullable=True),
     sa.Column("pipeline", sa.String(), nullable=False),
     sa.Column("entity", sa.String(), nullable=False),
     sa.Column("key", sa.String(), nullable=False),
@@ -199,13 +203,16 @@ skips = sa.Table(
     sa.Column("last_seen", UTCDateTime(), nullable=False),
 )
 
-# One runner per pipeline.
+# One runner per pipeline: a manual sync or a daemon's run (``kind``), since ``acquired_at``
+# (both NULL on leases taken before migration 0004).
 leases = sa.Table(
     "leases",
     metadata,
     sa.Column("pipeline", sa.String(), primary_key=True),
     sa.Column("holder", sa.String(), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("kind", sa.String(), nullable=True),
+    sa.Column("acquired_at", UTCDateTime(), nullable=True),
 )
 
 # Per pipeline, what the daemon decided about running it: paused (until someone resumes it)

@@ -43,7 +43,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
-from syncengine.errors import StateError, StateUnavailableError
+from syncengine.errors import StateError, StateIntegrityError, StateUnavailableError
 from syncengine.redact import MASK, redact_text
 from syncengine.state import leases as _leases
 from syncengine.state.leases import Lease, PipelineState
@@ -131,6 +131,9 @@ class Intent:
     member: str
     op: str
     payload: dict[str, Any]
+    holder: str | None = None
+    """The lease holder of the run that journalled it (None: before migration 0004, or a
+    run without a lease)."""
 
 
 @dataclass(frozen=True)
@@ -481,6 +484,13 @@ class StateStore:
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
             # the database cannot be reached, refuses us or stays locked: not the URL's fault
             raise StateUnavailableError(f"{what}: {_describe(exc, self._secrets)}") from exc
+        except sa_exc.IntegrityError as exc:
+            # a UNIQUE or foreign key constraint: another writer got there first (or a bug),
+            # never a configuration problem
+            raise StateIntegrityError(
+                f"{what}: the state store refused a write that contradicts what it holds "
+                f"({_describe(exc, self._secrets)})"
+            ) from exc
         except sa_exc.SQLAlchemyError as exc:
             raise StateError(f"{what}: {_describe(exc, self._secrets)}") from exc
 
@@ -688,6 +698,7 @@ class StateStore:
                 journal.c.member,
                 journal.c.op,
                 journal.c.payload,
+                journal.c.holder,
             )
             .where(journal.c.pipeline == pipeline, journal.c.state == "pending")
             .order_by(journal.c.id)
@@ -759,6 +770,11 @@ class StateStore:
         """pipeline -> its lease row (``Lease.expired`` tells whether it still holds)."""
         with self._read() as conn:
             return _leases.read_leases(conn)
+
+    def live_lease(self, pipeline: str) -> Lease | None:
+        """The pipeline's lease while it still holds (by the database's clock), else None."""
+        with self._read() as conn:
+            return _leases.live_lease(conn, pipeline)
 
     def pipeline_states(self) -> dict[str, PipelineState]:
         """pipeline -> paused state and backoff, for pipelines that have a row."""
@@ -1121,8 +1137,10 @@ class Tx:
         member: str,
         op: str,
         payload: dict[str, Any],
+        holder: str | None = None,
     ) -> int:
-        """Journal a write before attempting it; returns the intent id."""
+        """Journal a write before attempting it; returns the intent id. ``holder`` is the
+        lease holder the run syncs under: the intent is recovered once its lease is gone."""
         row = {
             "run_id": run_id,
             "pipeline": pipeline,
@@ -1131,6 +1149,7 @@ class Tx:
             "member": member,
             "op": op,
             "payload": payload,
+            "holder": holder,
         }
         return self.add_intents([row])[0]
 
@@ -1152,6 +1171,7 @@ class Tx:
                     "member": r["member"],
                     "op": r["op"],
                     "payload": r["payload"],
+                    "holder": r.get("holder"),
                     "state": "pending",
                     "created_at": now,
                 }
@@ -1297,8 +1317,10 @@ class Tx:
 
     # -- leases, pauses and backoff (see `leases.py`) -------------------------------------
 
-    def acquire_lease(self, pipeline: str, holder: str, ttl: float) -> bool:
-        return _leases.acquire(self._conn, pipeline, holder, ttl)
+    def acquire_lease(
+        self, pipeline: str, holder: str, ttl: float, kind: str | None = None
+    ) -> bool:
+        return _leases.acquire(self._conn, pipeline, holder, ttl, kind)
 
     def renew_lease(self, pipeline: str, holder: str, ttl: float) -> bool:
         return _leases.renew(self._conn, pipeline, holder, ttl)

@@ -293,17 +293,20 @@ def test_a_stop_request_finishes_the_batch_commits_and_the_next_run_goes_on(tmp_
 
 
 def test_a_manual_sync_refuses_a_pipeline_a_daemon_is_running(tmp_path: Path) -> None:
-    from syncengine.errors import UsageError
+    from syncengine.errors import PipelineBusyError
 
     config = _config(tmp_path)
     _seed(MemoryConnector.get_dataset("hcp"))
     store = api.open_store(config)
     try:
         with store.transaction() as tx:
-            assert tx.acquire_lease("p", "otherhost:4242:abcd", 60)
+            assert tx.acquire_lease("p", "otherhost:4242:abcd", 60, "daemon")
     finally:
         store.close()
-    with pytest.raises(UsageError, match="being synced right now by otherhost:4242:abcd"):
+    busy = "pipeline p is busy: a daemon run by pid 4242 on host otherhost, started "
+    with pytest.raises(PipelineBusyError, match=busy):
         _sync(config)
+    # a dry run's plan would be wrong while another run applies one: refused the same way
+    with pytest.raises(PipelineBusyError, match=busy):
+        _sync(config, dry_run=True)
     assert MemoryConnector.get_dataset("books").table("customers") == {}
-    assert _sync(config, dry_run=True).plan.actions  # a dry run only reads: allowed
