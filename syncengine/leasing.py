@@ -52,8 +52,9 @@ WAIT_POLL_S = 0.2
 lease_holder: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "lease_holder", default=None
 )
-"""The lease holder the sync running in this context syncs under (set by the daemon's
-runner around its sync function; the engine records it on the run's journal intents)."""
+"""The lease holder the sync running in this context syncs under: set by the engine for its
+run (``Engine.holder``) and by the daemon's runner around its sync function; ``apply``
+records it on the run's journal intents."""
 
 RENEW_FAILURE_LIMIT = 0.8
 """A lease that could not be renewed for this share of its ttl stops its sync."""

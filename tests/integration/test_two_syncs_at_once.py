@@ -16,6 +16,7 @@ On SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -63,10 +64,10 @@ class Setup:
     def run(self, *args: str) -> CliResult:
         return self.cli(*args, "--config", self.config, env=self.env)
 
-    def start_held(self, *args: str) -> subprocess.Popen[str]:
-        """``syncengine sync ARGS`` held at ``HOLD``: returns once it waits there."""
+    def start_held(self, *args: str, at: str = HOLD) -> subprocess.Popen[str]:
+        """``syncengine sync ARGS`` held at ``at``: returns once it waits there."""
         hold = self.folder / "hold"
-        env = {**self.env, HOLD_AT: HOLD, HOLD_DIR: str(hold)}
+        env = {**self.env, HOLD_AT: at, HOLD_DIR: str(hold)}
         return self.start(*args, env=env, wait_for=hold / "held")
 
     def start(
@@ -237,4 +238,20 @@ def test_a_second_sync_with_wait_runs_once_the_first_is_done(setup: Setup) -> No
         newest, older = store.runs("hcp-books", limit=2)
     assert newest.run_uuid == result["run_id"]
     assert older.finished_at is not None and newest.started_at >= older.finished_at
+    assert_one_of_each_and_clean(s)
+
+
+def test_a_terminated_sync_releases_the_lease_at_once(setup: Setup) -> None:
+    s = setup
+    first_sync_and_new_rows(s)
+    # held in its main thread, while it reads HCP's customers: SIGTERM interrupts it there
+    first = s.start_held(at=crash_at("hcp", "read", "customers", n=1, when="before"))
+    with s.store() as store:
+        assert "hcp-books" in store.leases()
+    first.send_signal(signal.SIGTERM)
+    code, out, err = finished(first)
+    assert code == 130 and "interrupted" in err, f"{out}\n{err}"
+    with s.store() as store:
+        assert "hcp-books" not in store.leases()  # released, not left to expire
+    assert_clean_exit(s.run("sync"), 0)  # no waiting for a lease
     assert_one_of_each_and_clean(s)
