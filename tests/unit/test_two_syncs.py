@@ -7,6 +7,7 @@ and PostgreSQL.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import threading
@@ -353,3 +354,31 @@ def test_a_state_store_integrity_error_is_exit_4_never_a_configuration_error(
     with pytest.raises(typer.Exit) as exited, handled():
         raise refused.value
     assert exited.value.exit_code == ExitCode.UNAVAILABLE
+
+
+def test_intents_journalled_before_the_migration_are_recovered_by_the_lease_holder(
+    config: Config, store: StateStore
+) -> None:
+    import sqlalchemy as sa
+    from alembic import command
+
+    from syncengine.state.store import alembic_config
+
+    with store.engine.connect() as conn:  # a store as the previous version left it
+        command.downgrade(alembic_config(conn), "0003")
+        conn.execute(
+            sa.text(
+                "INSERT INTO journal (run_id, pipeline, entity, key, member, op, payload, state,"
+                " created_at) VALUES ('old-run', 'p', 'customers', 'k1', 'books', 'delete',"
+                " '{\"native_id\": \"gone\"}', 'pending', :at)"
+            ),
+            {"at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)},
+        )
+        conn.commit()
+    with api.open_store(config) as migrated:
+        [intent] = migrated.pending_intents("p")
+        assert intent.run_id == "old-run" and intent.holder is None
+        [pipeline] = config.pipeline(None)
+        with hold_pipelines(migrated, ["p"], ttl=60) as held:
+            recovery = recover(migrated, pipeline, {}, None, dry_run=False, holder=held.holder)
+        assert recovery.pending == 1 and migrated.pending_intents("p") == []
