@@ -63,7 +63,7 @@ from syncengine.connectors.housecallpro.sandbox import SyncASGITransport, create
 from syncengine.connectors.housecallpro.sandbox_records import INVOICE_CLOSED
 from syncengine.engine import Engine
 
-API_KEY = "bench"
+API_KEY = "bench-key"
 MAX_PAGE_SIZE = 200
 """The sandbox serves at most this many records per page."""
 CHANGED_SHARE = 0.005

@@ -937,7 +937,7 @@ def sandbox(
         typer.Option(
             "--api-key", envvar="HCP_API_KEY", metavar="KEY", help="The key clients must send."
         ),
-    ] = "sandbox",
+    ] = "sandbox-key",
     seed: Annotated[
         int,
         typer.Option(

@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -459,6 +460,7 @@ def load_config(
     problems: list[Problem] = []
     secrets: set[str] = set()
     data = _interpolate(raw, "", env, problems, secrets, shown, strict_env)
+    written = raw.get("connectors") if isinstance(raw.get("connectors"), dict) else {}
     base_dir = path.resolve().parent
 
     # Each section is validated on its own, so that a mistake in one never hides another.
@@ -504,6 +506,7 @@ def load_config(
         except ValidationError as err:
             problems.extend(_prefixed(_pydantic_problems(err, where, cls.Options), shown))
             continue
+        problems.extend(_short_secrets(options, written.get(name), f"{shown}: {where}"))
         connectors[name] = ConnectorConfig(name, type_name, cls, options)
 
     pipelines: dict[str, Pipeline] = {}
@@ -544,6 +547,45 @@ def load_config(
         secrets=tuple(sorted(secrets, key=len, reverse=True)),
         daemon=top.daemon,
     )
+
+
+MIN_SECRET_LENGTH = 8
+"""Characters a configured key, token or password must have at least: a shorter one is
+surely cut short or made up, and could not be masked in logs without garbling other text."""
+
+
+def _short_secrets(options: BaseModel, raw: Any, where: str) -> list[Problem]:
+    """Decides which secrets of a connector's options are too short: every ``SecretStr``
+    value (nested tables too, e.g. ``auth.token``) with fewer than ``MIN_SECRET_LENGTH``
+    characters. The problem names the field, and the environment variable where the value
+    came from one, never the value. ``raw`` is the table as written, before ``${VAR}``s."""
+    problems = []
+    for name in type(options).model_fields:
+        value = getattr(options, name, None)
+        written = raw.get(name) if isinstance(raw, dict) else None
+        if isinstance(value, BaseModel):
+            problems += _short_secrets(value, written, f"{where}.{name}")
+            continue
+        if not isinstance(value, SecretStr):
+            continue
+        length = len(value.get_secret_value().strip())
+        if length == 0 or length >= MIN_SECRET_LENGTH:
+            continue  # an empty one is the options' own problem ("is empty")
+        refs = _ENV_REF.findall(written) if isinstance(written, str) else []
+        source = f" (from the environment variable {refs[0][0]})" if refs else ""
+        if refs:
+            fix = f"set {refs[0][0]} to the whole {name}"
+        else:
+            fix = f'give the whole {name}, or take it from the environment: {name} = "${{VAR}}"'
+        problems.append(
+            Problem(
+                f"{where}.{name}",
+                f"is {length} character{'s' if length != 1 else ''} long{source}; a key, "
+                f"token or password must have at least {MIN_SECRET_LENGTH}",
+                fix,
+            )
+        )
+    return problems
 
 
 def _validate_top(data: dict[str, Any], shown: str, problems: list[Problem]) -> ConfigFile:

@@ -38,7 +38,9 @@ from syncengine.config import load_config
 from syncengine.exit_codes import ExitCode
 from syncengine.render import render_result
 
-API_KEY = "sandbox"
+API_KEY = "sandbox-key"
+"""The sandbox's own key (``syncengine sandbox``'s default; at least 8 characters, like every
+configured key)."""
 SEED = 12
 
 CONFIG = """\

@@ -26,7 +26,8 @@ from testbed.sandbox import start_sandbox as start_sandbox_process
 SYNCENGINE = Path(sys.executable).parent / "syncengine"
 CLI_TIMEOUT = 120.0
 """Seconds one CLI run may take (generous: CI machines run other tests beside it)."""
-DEFAULT_KEY = "sandbox"
+DEFAULT_KEY = "sandbox-key"
+"""The sandbox's own key (``syncengine sandbox``'s default)."""
 
 
 # ------------------------------------------------------------------------------ the sandbox

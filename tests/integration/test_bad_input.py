@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from tests.csvfiles import read_csv, write_csv
-from tests.integration.conftest import CliResult, Sandbox, assert_clean_exit, hcp_books_config
+from tests.integration.conftest import (
+    DEFAULT_KEY,
+    CliResult,
+    Sandbox,
+    assert_clean_exit,
+    hcp_books_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +43,7 @@ class BadConfig:
     text: Callable[[str], str]
     expected: Callable[[str, Path], list[str]]
     """Substrings of stderr, given the config text and its folder."""
-    api_key: str | None = "sandbox"
+    api_key: str | None = DEFAULT_KEY
     files: dict[str, str] | None = None
     """Other files beside the config (mapping overrides)."""
 

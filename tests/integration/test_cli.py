@@ -87,7 +87,7 @@ def synced_pair(
 def test_example_config_runs_as_is_against_the_sandbox(
     tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
 ) -> None:
-    box = sandbox_factory(api_key="sandbox", seed=50)
+    box = sandbox_factory(api_key="sandbox-key", seed=50)
     folder = tmp_path / "example"
     folder.mkdir()
     original = (REPO / "config.example.toml").read_text(encoding="utf-8")
@@ -101,11 +101,11 @@ def test_example_config_runs_as_is_against_the_sandbox(
     state = folder / "syncengine-state.db"
     csv_path = folder / "books" / "customers.csv"
 
-    checked = cli("validate", "--config", config, api_key="sandbox")
+    checked = cli("validate", "--config", config, api_key="sandbox-key")
     assert_clean_exit(checked, 0)
     assert "ok" in checked.stdout and "hcp-books" in checked.stdout
 
-    dry = cli("sync", "--config", config, "--dry-run", api_key="sandbox")
+    dry = cli("sync", "--config", config, "--dry-run", api_key="sandbox-key")
     assert_clean_exit(dry, 0)
     # 50 customers with their invoices and payments: the summary first, then a hint instead
     # of every record
@@ -115,7 +115,7 @@ def test_example_config_runs_as_is_against_the_sandbox(
         r"^\d+ records would change; --details to list every record$", dry.stdout, re.M
     ), dry.stdout
     assert "Dry run: nothing was written" in dry.stdout
-    detailed = cli("sync", "--config", config, "--dry-run", "--details", api_key="sandbox")
+    detailed = cli("sync", "--config", config, "--dry-run", "--details", api_key="sandbox-key")
     assert_clean_exit(detailed, 0)
     assert "+ create on books" in detailed.stdout
     assert detailed.stdout.index("what hcp-books would do") < detailed.stdout.index(
@@ -125,7 +125,7 @@ def test_example_config_runs_as_is_against_the_sandbox(
     assert not csv_path.exists(), "a dry run created the spreadsheet"
     assert box.requests() and not box.writes()
 
-    first = cli("sync", "--config", config, api_key="sandbox")
+    first = cli("sync", "--config", config, api_key="sandbox-key")
     assert_clean_exit(first, 0)
     rows = read_csv(csv_path)
     assert len(rows) == 50
@@ -137,7 +137,7 @@ def test_example_config_runs_as_is_against_the_sandbox(
 
     box.clear_requests()
     csv_bytes = csv_path.read_bytes()
-    second = cli("sync", "--config", config, api_key="sandbox")
+    second = cli("sync", "--config", config, api_key="sandbox-key")
     assert_clean_exit(second, 0)
     assert "Nothing to do" in second.stdout
     assert csv_path.read_bytes() == csv_bytes

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from syncengine import demo
 from testbed.processes import ServerProcess, free_port
 from testbed.sandbox import READY
 from tests.csvfiles import read_csv
@@ -93,7 +94,7 @@ def customer_by_mobile(base_url: str, mobile: str) -> list[str]:
     response = httpx.get(
         f"{base_url}/customers",
         params={"page_size": 200},
-        headers={"Authorization": "Token sandbox"},
+        headers={"Authorization": f"Token {demo.API_KEY}"},
         timeout=30,
     )
     response.raise_for_status()

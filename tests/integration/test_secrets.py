@@ -149,3 +149,31 @@ def test_api_key_is_not_echoed_in_configuration_errors(tmp_path: Path, cli: Cli)
         assert "unknown key 'apikey'" in result.stderr and "auth_scheme" in result.stderr
     assert_no_canary_in_output(results)
     assert_no_canary_in_files(tmp_path / "project")
+
+
+def test_a_key_shorter_than_8_characters_is_refused_by_validate_and_sync_and_8_works(
+    tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
+) -> None:
+    """The sandbox would take the 7-character key; the config refuses it before anything is
+    read or written. With 8 characters the same commands run."""
+    short, enough = "k3y-7ch", "k3y-8chr"
+    refusing = sandbox_factory(api_key=short, seed=3)
+    project = tmp_path / "short"
+    config = hcp_books_config(project, refusing.port)
+    for args in (("validate",), ("sync",), ("sync", "--dry-run"), ("status",)):
+        result = cli(*args, "--config", config, api_key=short)
+        assert_clean_exit(result, 2)
+        assert (
+            f"{config}: connectors.hcp.api_key: is 7 characters long (from the environment "
+            "variable HCP_API_KEY); a key, token or password must have at least 8 (fix: set "
+            "HCP_API_KEY to the whole api_key)"
+        ) in result.stderr, str(result)
+        assert short not in result.output, str(result)
+    assert refusing.requests() == [], "nothing is read with a refused key"
+    assert sorted(p.name for p in project.iterdir()) == ["config.toml"], "nothing is written"
+
+    taking = sandbox_factory(api_key=enough, seed=3)
+    config = hcp_books_config(tmp_path / "enough", taking.port)
+    for args in (("validate",), ("sync",)):
+        assert_clean_exit(cli(*args, "--config", config, api_key=enough), 0)
+    assert len(read_csv(tmp_path / "enough" / "books" / "customers.csv")) == 3
