@@ -460,7 +460,7 @@ def load_config(
     problems: list[Problem] = []
     secrets: set[str] = set()
     data = _interpolate(raw, "", env, problems, secrets, shown, strict_env)
-    written = raw.get("connectors") if isinstance(raw.get("connectors"), dict) else {}
+    written: dict[str, Any] = raw["connectors"] if isinstance(raw.get("connectors"), dict) else {}
     base_dir = path.resolve().parent
 
     # Each section is validated on its own, so that a mistake in one never hides another.
