@@ -513,7 +513,7 @@ def load_config(
     for index, section in sections:
         where = f"{shown}: pipelines[{index}]"
         pipelines_problems = _check_pipeline(
-            section, list(connector_tables), connectors, where, base_dir
+            section, list(connector_tables), connectors, where, base_dir, top.region
         )
         problems.extend(pipelines_problems[0])
         if section.name in pipelines:
@@ -607,7 +607,10 @@ def _validate_top(data: dict[str, Any], shown: str, problems: list[Problem]) -> 
     return ConfigFile.model_construct(
         state=state_section,
         daemon=daemon_section,
-        region=region if isinstance(region, str) else "US",
+        # a region the check refused is not used: its problem is reported once, above
+        region=region.strip().upper()
+        if isinstance(region, str) and region.strip().upper() in phonenumbers.SUPPORTED_REGIONS
+        else "US",
         connectors={},
         pipelines=[],
     )
@@ -623,7 +626,10 @@ def _check_pipeline(
     connectors: dict[str, ConnectorConfig],
     where: str,
     base_dir: Path,
+    region: str = model.DEFAULT_REGION,
 ) -> tuple[list[Problem], dict[tuple[str, str], EntityMapping]]:
+    """A pipeline's problems, and the mapping of each (member, entity); ``region`` is the
+    default region of the mappings' phone numbers."""
     problems: list[Problem] = []
     mappings: dict[tuple[str, str], EntityMapping] = {}
     for i, member in enumerate(section.members):
@@ -695,6 +701,7 @@ def _check_pipeline(
                     entity,
                     override_path,
                     timezone=zone if isinstance(zone, str) else None,
+                    region=region,
                 )
                 # references to entities this pipeline does not sync are not synced either
                 # (an invoice's job, where jobs are not in the pipeline)

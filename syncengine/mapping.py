@@ -292,10 +292,14 @@ class EntityMapping:
         fields: Iterable[FieldMapping],
         source: str = "",
         match_keys: Sequence[str] | None = None,
+        region: str = model.DEFAULT_REGION,
     ) -> None:
         self.entity = entity
         self.fields: tuple[FieldMapping, ...] = tuple(fields)
         self.source = source
+        self.region = region
+        """The region of phone numbers written without a country code (the config's
+        ``region``): how this member's phone fields are read."""
         self.readable: frozenset[str] = frozenset(
             f.canonical for f in self.fields if f.direction in ("both", "read")
         )
@@ -341,7 +345,7 @@ class EntityMapping:
                         key=key,
                         container=container,
                         read=f.transform.read if f.transform else None,
-                        normalise=_normaliser(entity, f.canonical),
+                        normalise=_normaliser(entity, f.canonical, region),
                         default=f.default,
                         native=f.native,
                     )
@@ -363,6 +367,7 @@ class EntityMapping:
             [f for f in self.fields if f.canonical not in dropped],
             self.source,
             self.match_keys,
+            self.region,
         )
 
     def equivalent(self, name: str, a: Any, b: Any) -> bool:
@@ -375,7 +380,7 @@ class EntityMapping:
         field = next((f for f in self.fields if f.canonical == name), None)
         if field is None or field.transform is None:
             return False
-        normalise = _normaliser(self.entity, name)
+        normalise = _normaliser(self.entity, name, self.region)
         try:
             return bool(
                 normalise(field.transform.read(field.transform.write(a)))
@@ -407,7 +412,7 @@ class EntityMapping:
                 return None
             try:
                 value = f.transform.read(raw) if f.transform is not None else raw
-                return _normaliser(self.entity, canonical)(value)
+                return _normaliser(self.entity, canonical, self.region)(value)
             except (ValueError, TypeError):
                 return None
         return None
@@ -514,10 +519,15 @@ def _record_error(bad: list[tuple[str, str]], location: str) -> RecordError:
     return RecordError(message, location=location, field=", ".join(name for name, _ in bad))
 
 
-def _normaliser(entity: model.EntitySpec, name: str) -> Callable[[Any], Any]:
-    """``model.normalise`` of one field, looked up once instead of per value."""
+def _normaliser(
+    entity: model.EntitySpec, name: str, region: str = model.DEFAULT_REGION
+) -> Callable[[Any], Any]:
+    """``model.normalise`` of one field, looked up once instead of per value; a phone field
+    reads numbers without a country code as numbers of ``region``."""
     spec = entity.field_spec(name)
     kind = spec.type if spec else "str"
+    if kind == "phone" and region != model.DEFAULT_REGION:
+        return functools.partial(model.norm_phone, region=region)
     if spec is not None and kind != "str":
         return spec.normalise
     norm_str = model.NORMALISERS["str"]
@@ -593,10 +603,17 @@ def _close(word: str, choices: Iterable[str]) -> list[str]:
 
 
 def parse_mapping(
-    data: Mapping[str, Any], *, entity: str, source: str, timezone: str | None = None
+    data: Mapping[str, Any],
+    *,
+    entity: str,
+    source: str,
+    timezone: str | None = None,
+    region: str | None = None,
 ) -> EntityMapping:
     """Check and compile the parsed TOML of a mapping file. Every problem is reported at once
-    in one ``ConfigError``."""
+    in one ``ConfigError``. ``region`` (the config's) is the default region of its phone
+    fields and ``phone`` transforms; a transform's own ``region`` parameter wins."""
+    region = region or model.DEFAULT_REGION
     try:
         spec = model.entity_spec(entity)
     except KeyError as exc:
@@ -647,7 +664,7 @@ def parse_mapping(
                 "or name your own as custom.<name>"
             )
             problem(where, f"unknown canonical field {canonical!r} for {spec.name}", fix)
-        fm = _parse_field(canonical, value, where, spec, flat, problem, timezone)
+        fm = _parse_field(canonical, value, where, spec, flat, problem, timezone, region)
         if fm is None or fspec is None:
             continue
         try:
@@ -691,7 +708,7 @@ def parse_mapping(
 
     if problems:
         raise ConfigError(problems)
-    return EntityMapping(spec, mappings, source, match_keys)
+    return EntityMapping(spec, mappings, source, match_keys, region)
 
 
 def _parse_field(
@@ -702,6 +719,7 @@ def _parse_field(
     flat: bool,
     problem: Callable[..., None],
     timezone: str | None = None,
+    region: str = model.DEFAULT_REGION,
 ) -> FieldMapping | None:
     if isinstance(value, str):
         if not value:
@@ -801,7 +819,9 @@ def _parse_field(
     transform: Transform | None = None
     if "transform" in value:
         try:
-            transform = build_transform(_zoned(value["transform"], timezone), f"{where}.transform")
+            transform = build_transform(
+                _regioned(_zoned(value["transform"], timezone), region), f"{where}.transform"
+            )
         except ConfigError as exc:
             # the transform's problems already name this file's key; prefix the file
             for p in exc.problems:
@@ -827,7 +847,7 @@ def _parse_field(
             ok = False
         elif fspec is not None:
             try:
-                default = _normaliser(spec, canonical)(default)
+                default = _normaliser(spec, canonical, region)(default)
             except (ValueError, TypeError) as exc:
                 problem(f"{where}.default", f"is not a valid {canonical}: {exc}")
                 ok = False
@@ -903,12 +923,32 @@ def _check_duplicates(
 
 # ------------------------------------------------------------------------------------ loading
 
+
+def _regioned(spec: Any, region: str) -> Any:
+    """A transform spec whose ``phone`` transforms default to ``region`` (the config's
+    ``region``) instead of the US; an explicit ``region`` parameter wins."""
+    if region == model.DEFAULT_REGION:
+        return spec
+    if spec == "phone":
+        return {"name": "phone", "region": region}
+    if isinstance(spec, Mapping) and spec.get("name") == "phone" and "region" not in spec:
+        return {**spec, "region": region}
+    if isinstance(spec, list):
+        return [_regioned(s, region) for s in spec]
+    return spec
+
+
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
 _TOML_END = re.compile(r"\s*\(at end of document\)\s*$")
 
 
 def _parse_text(
-    text: str, *, entity: str, source: str, timezone: str | None = None
+    text: str,
+    *,
+    entity: str,
+    source: str,
+    timezone: str | None = None,
+    region: str | None = None,
 ) -> EntityMapping:
     try:
         data = tomllib.loads(text)
@@ -931,7 +971,7 @@ def _parse_text(
                 )
             ]
         ) from None
-    return parse_mapping(data, entity=entity, source=source, timezone=timezone)
+    return parse_mapping(data, entity=entity, source=source, timezone=timezone, region=region)
 
 
 def _read_text(path: Path | Traversable, source: str) -> str:
@@ -954,12 +994,16 @@ def _read_text(path: Path | Traversable, source: str) -> str:
 
 
 def load_mapping_file(
-    path: Path | str, *, entity: str, timezone: str | None = None
+    path: Path | str, *, entity: str, timezone: str | None = None, region: str | None = None
 ) -> EntityMapping:
     """Load and check one mapping file of ``entity``."""
     source = str(path)
     return _parse_text(
-        _read_text(Path(path), source), entity=entity, source=source, timezone=timezone
+        _read_text(Path(path), source),
+        entity=entity,
+        source=source,
+        timezone=timezone,
+        region=region,
     )
 
 
@@ -985,12 +1029,14 @@ def load_mapping(
     override: str | Path | None = None,
     *,
     timezone: str | None = None,
+    region: str | None = None,
 ) -> EntityMapping:
     """The mapping of ``entity`` for ``connector_type``: the ``override`` file when given (it
     replaces the default entirely), else the default installed with syncengine. ``timezone``
-    (a member's option) is the default zone of the ``date`` transforms in it."""
+    (a member's option) is the default zone of the ``date`` transforms in it, ``region`` (the
+    config's) the default region of its phone numbers."""
     if override is not None:
-        return load_mapping_file(Path(override), entity=entity, timezone=timezone)
+        return load_mapping_file(Path(override), entity=entity, timezone=timezone, region=region)
     path = default_mapping_path(connector_type, entity)
     source = f"mappings/{connector_type}/{entity}.toml"
     if not path.is_file():
@@ -1004,4 +1050,6 @@ def load_mapping(
                 )
             ]
         )
-    return _parse_text(_read_text(path, source), entity=entity, source=source, timezone=timezone)
+    return _parse_text(
+        _read_text(path, source), entity=entity, source=source, timezone=timezone, region=region
+    )

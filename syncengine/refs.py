@@ -229,8 +229,14 @@ class References:
         return index
 
 
-def _normaliser(spec: model.EntitySpec, name: str) -> Callable[[Any], Any]:
+def _normaliser(
+    spec: model.EntitySpec, name: str, region: str = model.DEFAULT_REGION
+) -> Callable[[Any], Any]:
+    """The normal form of a field's values; a phone number shown without a country code is
+    one of ``region`` (the member's mapping's)."""
     field_spec = spec.field_spec(name)
+    if field_spec is not None and field_spec.type == "phone" and region != model.DEFAULT_REGION:
+        return lambda value: model.norm_phone(value, region)
     return field_spec.normalise if field_spec else model.norm_str
 
 
@@ -253,7 +259,9 @@ class MemberRefs:
         for name, (target, ref_by) in mapping.refs.items():
             spec = model.ENTITIES[target]
             normalisers = (
-                tuple(_normaliser(spec, f) for f in ref_by) if ref_by else (model.norm_str,)
+                tuple(_normaliser(spec, f, mapping.region) for f in ref_by)
+                if ref_by
+                else (model.norm_str,)
             )
             self.fields.append(RefField(name, target, ref_by, by_name.get(name), normalisers))
         self.by_value = [f for f in self.fields if f.ref_by is not None]
