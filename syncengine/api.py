@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from syncengine.config import Config, load_config
+from syncengine.connector import Structure
 from syncengine.display import label_of
 from syncengine.engine import Engine, ProgressFn, SyncResult
-from syncengine.errors import ConfigError, Problem, RecordError, SyncEngineError, UsageError
+from syncengine.errors import (
+    ConfigError,
+    ConnectorError,
+    Problem,
+    RecordError,
+    StateError,
+    SyncEngineError,
+    UsageError,
+)
 from syncengine.leasing import hold_pipelines, wait_until_free
-from syncengine.mapping import load_mapping
+from syncengine.mapping import EntityMapping, load_mapping
 from syncengine.model import ENTITIES
+from syncengine.read import check_structures
 from syncengine.report import Report
 from syncengine.report import reconcile_report as build_report
 from syncengine.schedule import parse_timezone
@@ -385,6 +395,8 @@ class ProbeEntity:
     """Up to ``limit`` records: ``{"id", "location", "native", "canonical", "error"}``."""
     error: str = ""
     read: int = 0
+    notes: list[str] = field(default_factory=list)
+    """What a sync would make of the storage's structure: mapped columns a sheet lacks."""
 
 
 def probe(
@@ -444,12 +456,64 @@ def probe(
                     result.records.append(row)
                     if result.read >= limit:
                         break
+                if not result.error:
+                    result.notes = _missing_columns(conn.structure(entity), mapping)
             except SyncEngineError as exc:
                 result.error = str(exc)
             out.append(result)
         return out
     finally:
         conn.close()
+
+
+def _missing_columns(found: Structure, mapping: EntityMapping) -> list[str]:
+    """What a sync does about each mapped column the storage lacks, for ``probe``: one it
+    writes is added and filled from the other members; one it only reads is left alone."""
+    notes = []
+    for column in found.missing:
+        fields = [f for f in mapping.fields if f.native == column]
+        names = ", ".join(f.canonical for f in fields)
+        if any(f.canonical in mapping.writable for f in fields):
+            what = (
+                "a sync adds it at the end of the header and fills it from the other "
+                f"members ({names})"
+            )
+        else:
+            what = f"{names} is not read from it until it is back (never as a cleared value)"
+        notes.append(f"{found.where}: column {column} is missing; {what}")
+    return notes
+
+
+def structure_problems(config: Config) -> list[Problem]:
+    """What a sync would refuse in the files and sheets of the members as they are now (a
+    duplicated column the sync uses, an id column missing while records are linked to it),
+    one problem per pipeline member and entity. Reads the sheets that exist and, when it can
+    be opened, the state store's link counts (otherwise only what the sheets show); writes
+    nothing. For ``validate``."""
+    try:
+        store: StateStore | None = open_store(config, create=False)
+    except StateError:
+        store = None
+    problems: list[Problem] = []
+    try:
+        for p in config.pipelines.values():
+            connectors = {m: config.make_connector(m) for m in p.members}
+            try:
+                for entity in p.entities:
+                    try:
+                        check_structures(store, p, [entity], connectors)
+                    except ConnectorError as exc:
+                        where = f"pipelines.{p.name} ({entity})"
+                        problem = Problem(where, str(exc))
+                        if problem not in problems:
+                            problems.append(problem)
+            finally:
+                for conn in connectors.values():
+                    conn.close()
+    finally:
+        if store is not None:
+            store.close()
+    return problems
 
 
 def require_config(path: str | Path, *, strict_env: bool = True) -> Config:

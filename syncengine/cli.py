@@ -433,6 +433,8 @@ def probe(
                     out.print(f"  [red]read failed[/]: {escape(r.error)}")
                 if not r.records and not r.error:
                     out.print("  no records")
+                for note in r.notes:
+                    out.print(f"  [cyan]note[/]: {escape(note)}")
                 for x in r.records:
                     out.print(f"  [bold]{escape(str(x['location'] or x['id']))}[/]")
                     out.print(f"    native:    {escape(json.dumps(x['native'], default=str))}")
@@ -487,7 +489,7 @@ def reconcile_report(
             raise typer.Exit(code)
 
 
-@app.command(short_help="Check the config and its mappings; read and write nothing.")
+@app.command(short_help="Check the config, its mappings and the sheets' headers; write nothing.")
 def validate(
     config: ConfigOpt = Path("config.toml"),
     as_json: Annotated[
@@ -500,7 +502,9 @@ def validate(
     ] = False,
     log_level: LogLevelOpt = None,
 ) -> None:
-    """Check the config and every mapping it uses; report all problems at once (no I/O)."""
+    """Check the config and every mapping it uses, and the headers of the sheets that exist
+    (a duplicated column the sync uses; an id column gone while the state store holds
+    records linked to it); report all problems at once. Writes nothing."""
     with handled():
         _setup(log_level)
         try:
@@ -516,6 +520,24 @@ def validate(
                 )
             raise
         REDACTOR.add(cfg.secrets)
+        structure = api.structure_problems(cfg)
+        if structure:
+            if as_json:
+                problems = [
+                    {k: redact_text(v, REDACTOR.secrets) for k, v in asdict(p).items()}
+                    for p in structure
+                ]
+                out.print_json(
+                    json.dumps({"config": str(config), "ok": False, "problems": problems})
+                )
+            _fail(
+                ExitCode.CONFIG,
+                [
+                    f"structure error ({len(structure)} problem"
+                    f"{'s' if len(structure) != 1 else ''}; nothing was written):",
+                    *(f"  {p}" for p in structure),
+                ],
+            )
         if as_json:
             summary = {
                 "config": str(config),

@@ -19,6 +19,7 @@ Writing a connector::
         def find(self, entity, data) -> list[NativeRecord]: ...     # optional, for crash recovery
         def flush(self, entity) -> None: ...                        # optional, for batching members
         def prepare(self, entity, mapping) -> None: ...             # optional: learn the mapping
+        def structure(self, entity) -> Structure: ...               # optional: a file's header
 
 and register it in ``pyproject.toml``::
 
@@ -28,6 +29,12 @@ and register it in ``pyproject.toml``::
 The engine only calls a write method when the capability allows it: ``check_allowed()``,
 called before every write, raises ``CapabilityViolation`` instead of letting a forbidden call
 reach the member.
+
+A member a person edits by hand (a spreadsheet) reports its ``structure``: the engine asks for
+it before anything is recovered, planned or written, and again after each read. A connector
+raises ``StructureError`` there for what a person must fix whatever the state holds (two
+columns named alike that the mapping reads), and describes the rest (``Structure``): mapped
+columns its sheet lacks, or records without ids although the state has records linked to it.
 """
 
 from __future__ import annotations
@@ -97,6 +104,24 @@ def raw_hash(data: Mapping[str, Any]) -> str:
     """A stable hash of a native record, for the unchanged-record short-circuit."""
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class Structure:
+    """How a member stores one entity, as far as the engine must know before it trusts a
+    read of it (``Connector.structure``). The default has nothing to report: a member that is
+    not a file a person edits by hand."""
+
+    where: str = ""
+    """Where a person finds it (``customers.csv``, ``books.xlsx, sheet Customers``)."""
+    missing: tuple[str, ...] = ()
+    """Native names the mapping in force reads or writes that the storage has no place for:
+    a column renamed or removed from an existing sheet. The member does not hold those fields
+    yet; the engine never reads them as cleared values and writes them from the others."""
+    no_ids: str = ""
+    """Why none of the records the storage holds shows its id (``the Sync ID column is
+    missing``), else "". With records linked to the member that is a structure error: each
+    linked record would look deleted and each row new."""
 
 
 class ReadPass:
@@ -228,6 +253,12 @@ class Connector(ABC):
         """Called before the entity is read with the mapping in force for this member: a
         file-backed member can take the columns of a new file from it, or the kinds of values
         (money, dates) its cells hold. A connector must work without it too."""
+
+    def structure(self, entity: str) -> Structure:
+        """What the storage of ``entity`` looks like under the mapping given to ``prepare``
+        (see ``Structure``). Raise ``StructureError`` for what a person must fix before
+        anything can be read into a plan. The default has nothing to report."""
+        return Structure()
 
     def flush(self, entity: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """Make buffered writes durable. Members that write through immediately do nothing."""

@@ -84,7 +84,14 @@ from syncengine.match import MatchResult, match
 from syncengine.member import Member, open_member
 from syncengine.plan import EntityPlan, Issue, KeyPlan, Plan, Update
 from syncengine.progress import ProgressFn, no_progress
-from syncengine.read import MemberRead, fetch_unseen, member_views, read_member
+from syncengine.read import (
+    MemberRead,
+    check_structures,
+    fetch_unseen,
+    fill_notes,
+    member_views,
+    read_member,
+)
 from syncengine.reconcile import Context, MemberView, reconcile
 from syncengine.recovery import Recovery, recover
 from syncengine.refs import References
@@ -201,6 +208,8 @@ class Engine:
             if not self.dry_run:
                 with self.store.transaction() as tx:
                     run_row = tx.start_run(pipeline.name, False, run_id)
+            # a sheet a person must fix stops the whole run before anything is written
+            check_structures(self.store, pipeline, entities, connectors)
             refs = References(self.store, pipeline.name, dry_run=self.dry_run)
             recovery = recover(
                 self.store,
@@ -346,6 +355,7 @@ class Engine:
         untaken = self._plan_keys(pipeline, ent, members, reads, states, matched, touched, recovery)
         planned.marks = marks_to_keep(reads, ent, untaken)
         planned.reread = {name for name, r in reads.items() if r.reread}
+        fill_notes(ent, reads, dry_run=self.dry_run)
         if not self.allow_mass_delete:
             ent.guard = mass_delete_guard(pipeline, ent, reads)
         if self.dry_run and refs is not None:
@@ -364,14 +374,17 @@ class Engine:
         refs: References | None,
     ) -> set[str]:
         """The hub records that need a look this run: dirty ones, ones showing a reference
-        this run changed, ones a member changed, dropped or could not read, and ones a member
-        that can create lacks."""
+        this run changed, ones a member changed, dropped or could not read, ones a member
+        that can create lacks, and every one a member holds whose sheet lacks a column the
+        sync writes."""
         touched: set[str] = set(self.store.dirty_keys(pipeline.name, entity))
         if refs is not None:
             touched |= stale_references(self.store, pipeline, entity, members, refs)
         live: dict[str, set[str]] = {}
         for name, r in reads.items():
             touched.update(r.changed, r.gone, r.blocked)
+            if r.fills:  # a column its sheet lacks is filled on every record that has a value
+                touched.update(r.unchanged, r.unseen)
             # records a partial read did not list are still there: no member takes them for
             # missing, and none is created again on it
             for key in (*r.changed, *r.unchanged, *r.unseen, *r.gone, *r.blocked):

@@ -186,6 +186,9 @@ class EntityPlan:
     """Keys with skipped writes on record before this run (their rows are refreshed)."""
     ref_labels: dict[str, str] = field(default_factory=dict)
     """Hub keys of referenced records -> their names, for showing references to people."""
+    notes: list[str] = field(default_factory=list)
+    """What the run does that a person should know of and that is no problem (a column
+    missing from a sheet, added back and filled)."""
 
     @property
     def actions(self) -> list[Action]:

@@ -6,21 +6,28 @@ link table: unchanged (its native hash is the one last seen: not even mapped), c
 Linked records the read did not list are gone (complete read) or unseen (partial read).
 ``member_views`` then turns the reads into each member's ``MemberView`` of one hub record,
 the input of reconcile.
+
+A member's storage is checked too (``Connector.structure``): ``structure_problem`` refuses one
+whose records show no ids while records are linked to it (the engine asks before anything is
+planned, and again after each read), and the mapped columns a sheet lacks become fields the
+member does not hold yet (``MemberRead.missing``): never read as cleared, filled from the
+others (``fill_notes`` says so).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from time import monotonic
 
 import structlog
 
-from syncengine.connector import NativeData, NativeRecord, ReadPass
-from syncengine.errors import NotFoundError, RecordError
+from syncengine.config import Pipeline
+from syncengine.connector import Connector, NativeData, NativeRecord, ReadPass, Structure
+from syncengine.errors import NotFoundError, RecordError, StructureError
 from syncengine.match import Observed
-from syncengine.member import Member
-from syncengine.plan import EntityPlan, Issue
+from syncengine.member import Member, open_member
+from syncengine.plan import EntityPlan, Issue, Update
 from syncengine.progress import ProgressFn, Step
 from syncengine.reconcile import MemberView
 from syncengine.state import RecordState, StateStore
@@ -63,6 +70,14 @@ class MemberRead:
     """A record the partial read did not list turned out to be missing: the read mark is
     dropped once the entity is committed, so that the next read is complete (and sees it
     gone)."""
+    structure: Structure = field(default_factory=Structure)
+    """How the member stores the entity, as it said after the read."""
+    missing: frozenset[str] = frozenset()
+    """Canonical fields whose column the member's sheet lacks (``Structure.missing``): the
+    member does not hold them yet."""
+    fills: bool = False
+    """Some of ``missing`` are written to the member: each of its records needs a look,
+    unchanged ones too, so that the base fills them."""
 
     @property
     def complete(self) -> bool:
@@ -102,6 +117,14 @@ def read_member(
         else:
             observe(entity, member, ent, out, rec, None, None)
     _unlisted(entity, member, ent, out, index, seen)
+    out.structure = member.connector.structure(entity)
+    problem = structure_problem(out.structure, out.linked, entity)
+    if problem:
+        raise StructureError(problem, connector=member.name, entity=entity)
+    if out.structure.missing:
+        columns = set(out.structure.missing)
+        out.missing = frozenset(f.canonical for f in member.mapping.fields if f.native in columns)
+        out.fills = bool(out.missing & member.mapping.writable)
     if not out.complete:
         log.info(
             "read incrementally",
@@ -112,6 +135,77 @@ def read_member(
         )
     step.end(out.count)
     return out
+
+
+def check_structures(
+    store: StateStore | None,
+    pipeline: Pipeline,
+    entities: Sequence[str] | None,
+    connectors: Mapping[str, Connector],
+) -> None:
+    """Refuse a run before anything is recovered, planned or written anywhere when the
+    storage of any entity it syncs (``entities``, None: all of the pipeline's) on any member
+    is wrong: a duplicated column the sync uses, a missing or empty id column while records
+    are linked to it (``store`` None: not known, only what the member says itself). Raises
+    one ``StructureError`` naming every problem, so that a person fixes them at once."""
+    problems: list[str] = []
+    for entity in pipeline.entities:
+        if entities is not None and entity not in entities:
+            continue
+        for name in pipeline.members:
+            try:
+                member = open_member(pipeline, connectors[name], entity)
+                found = member.connector.structure(entity)
+            except StructureError as exc:
+                problems.append(str(exc))
+                continue
+            linked = store.linked_count(pipeline.name, entity, name) if store is not None else 0
+            problem = structure_problem(found, linked, entity)
+            if problem:
+                problems.append(str(StructureError(problem, connector=name, entity=entity)))
+    if len(problems) == 1:
+        raise StructureError(problems[0])
+    if problems:
+        raise StructureError(f"{len(problems)} problems:\n  " + "\n  ".join(problems))
+
+
+def structure_problem(found: Structure, linked: int, entity: str) -> str:
+    """Why a member's storage of ``entity`` cannot be read into a plan although the member
+    itself could read it, or "": none of its records shows an id while ``linked`` records are
+    linked to it (an id column removed or cleared). Every linked record would look deleted
+    and every row new, so nothing is planned until a person restores the ids. A storage
+    without ids and without links (a new sheet a person typed) is fine: it gets its ids at
+    the first write."""
+    if not found.no_ids or not linked:
+        return ""
+    records = f"{linked} {entity} are" if linked != 1 else f"1 record of {entity} is"
+    where = f"{found.where}: " if found.where else ""
+    return (
+        f"{where}{found.no_ids}, but {records} linked to it; restore the column (undo the "
+        "change, or copy it back from a backup) and sync again"
+    )
+
+
+def fill_notes(ent: EntityPlan, reads: Mapping[str, MemberRead], *, dry_run: bool) -> None:
+    """Say in ``ent.notes`` which missing columns the plan fills: per member and column its
+    sheet lacks, how many of the planned updates write it (a column nothing is written to
+    is not added, and not mentioned)."""
+    for name, r in reads.items():
+        if not r.structure.missing:
+            continue
+        filled = dict.fromkeys(r.structure.missing, 0)
+        for action in ent.actions:
+            if action.member == name and isinstance(action, Update):
+                for column in filled.keys() & action.patch.keys():
+                    filled[column] += 1
+        verb = "would be" if dry_run else "is"
+        for column, rows in filled.items():
+            if rows:
+                ent.notes.append(
+                    f"{r.structure.where}: column {column} is missing; it {verb} added at the "
+                    f"end of the header and filled from the other members ({rows} "
+                    f"{'row' if rows == 1 else 'rows'}); what was there is not read as cleared"
+                )
 
 
 def _unlisted(
@@ -259,9 +353,9 @@ def _view(
     if key in r.blocked:
         return MemberView(member=name, status="blocked")
     if name in group:
-        return _observed_view(group[name], "new", None, dirty)
+        return _observed_view(group[name], "new", None, dirty, r.missing)
     if key in r.changed:
-        return _observed_view(r.changed[key], "changed", last_seen, dirty)
+        return _observed_view(r.changed[key], "changed", last_seen, dirty, r.missing)
     if key in r.unchanged:
         same = r.unchanged[key]
         return MemberView(
@@ -273,6 +367,7 @@ def _view(
             native=same.native,
             native_hash=same.native_hash,
             dirty=dirty,
+            missing=r.missing,
         )
     if key in r.unseen:
         # not listed by a partial read: unchanged since it was last seen, which is all we
@@ -285,6 +380,7 @@ def _view(
             last_seen=last_seen,
             native_hash=link.native_hash if link else None,
             dirty=dirty,
+            missing=r.missing,
         )
     if key in r.gone:
         return MemberView(member=name, status="gone", native_id=r.gone[key], last_seen=last_seen)
@@ -294,7 +390,11 @@ def _view(
 
 
 def _observed_view(
-    obs: Observed, status: str, last_seen: dict[str, object] | None, dirty: bool
+    obs: Observed,
+    status: str,
+    last_seen: dict[str, object] | None,
+    dirty: bool,
+    missing: frozenset[str],
 ) -> MemberView:
     rec = obs.record
     return MemberView(
@@ -308,4 +408,5 @@ def _observed_view(
         provisional=rec.provisional if status == "new" else False,
         dirty=dirty,
         location=rec.location,
+        missing=missing,
     )

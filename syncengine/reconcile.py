@@ -55,6 +55,9 @@ class MemberView:
     dirty: bool = False
     """A write to this member failed or was not confirmed: check every field."""
     location: str = ""
+    missing: frozenset[str] = frozenset()
+    """Fields the member does not hold yet (their column is missing from its sheet): never
+    a change of the member's, whatever ``current`` says of them; written from the base."""
 
     @property
     def present(self) -> bool:
@@ -153,13 +156,14 @@ def _changes(
 ) -> dict[str, dict[str, Any]]:
     """Phase 1: field -> member -> value, for every field a member changed since it last
     saw the record. A newly linked record (never seen) only brings values the base lacks
-    or differs on; parked fields are left alone."""
+    or differs on; parked fields, and fields a member does not hold yet (a column missing
+    from its sheet), are left alone."""
     changed: dict[str, dict[str, Any]] = {}
     for member, view in present.items():
         mapping = ctx.mappings[member]
         current = view.current or {}
         for name in mapping.readable:
-            if ctx.entity.is_meta(name) or name in parked:
+            if ctx.entity.is_meta(name) or name in parked or name in view.missing:
                 continue
             value = current.get(name)
             if view.last_seen is not None:
@@ -331,11 +335,14 @@ def _plan_update(
 ) -> None:
     """The update that brings a member holding the record to the new base: every field the
     merge changed (every writable field where the member's copy is suspect: dirty, new, never
-    seen, or a member that cannot update), plus references it shows stale; or the skip or
-    wait that stands for it."""
+    seen, or a member that cannot update; and every field it does not hold yet), plus
+    references it shows stale; or the skip or wait that stands for it."""
     spec, member = ctx.entity, view.member
     caps, mapping, member_refs = ctx.caps[member], ctx.mappings[member], ctx.refs.get(member)
     current = view.current or {}
+    if view.missing:
+        # a field the member does not hold yet holds nothing, whatever was read or last seen
+        current = {n: v for n, v in current.items() if n not in view.missing}
     write_only = mapping.writable - mapping.readable
     if write_only and view.native is not None:
         # a write-only field is never read back into ``current``: compare (and show in the
@@ -349,7 +356,7 @@ def _plan_update(
         n
         for n in mapping.writable
         if n not in parked_now
-        and (must_check_all or n in base_changed)
+        and (must_check_all or n in base_changed or n in view.missing)
         and new_base.get(n) != current.get(n)
         and not mapping.equivalent(n, new_base.get(n), current.get(n))
     }

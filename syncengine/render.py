@@ -113,6 +113,8 @@ def render_result(
     console.print(summary_table(result))
     for outcome in result.outcomes:
         ep = outcome.plan
+        for note in ep.notes:
+            console.print(f"[cyan]note[/] {ep.entity} · {escape(note)}")
         for issue in ep.issues:
             console.print(f"[red]error[/] {ep.entity} · {escape(issue.describe())}")
         for failure in outcome.failures:

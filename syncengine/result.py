@@ -91,6 +91,8 @@ class SyncResult:
                 for kind, items in (("error", outcome.plan.issues), ("failed", outcome.failures))
                 for i in items
             ][:MAX_REPORTED]
+            if outcome.plan.notes:
+                counts["notes"] = list(outcome.plan.notes)
             if outcome.plan.guard:
                 counts["guard"] = outcome.plan.guard
             entities[outcome.plan.entity] = counts

@@ -19,6 +19,19 @@ The mapping in force for each entity (``prepare``) decides the header of a sheet
 creates (the columns the mapping writes, in its order) and, in a workbook, which columns hold
 money and dates. Without ``prepare`` the default mappings in ``mappings/spreadsheet/`` apply.
 
+A sheet's header is checked against that mapping (``structure``):
+
+* two columns with one name (after trimming spaces) are a ``StructureError`` when the sync
+  uses that name (a mapped column or the id column): it could not tell which one holds the
+  field. Two alike that the mapping does not use are harmless and stay allowed;
+* a mapped column missing from an existing sheet (renamed or removed) is reported as
+  ``Structure.missing``: the engine treats it as a field this sheet does not hold yet, and a
+  write that fills it adds the column at the end of the header. A renamed column's cells
+  stay, as every unmapped column does;
+* rows none of which shows a ``Sync ID`` (the column removed, or all its cells cleared) are
+  reported as ``Structure.no_ids``: the engine refuses such a sheet while records are linked
+  to it, and a new sheet typed by a person without the column gets it at the first write.
+
 Writes are buffered per entity and made durable by ``flush(entity)``, which saves the file (for
 a workbook: the whole workbook, once) atomically and refuses when someone changed it since it
 was read. The storage format sits behind :class:`~.table.Table`.
@@ -43,6 +56,7 @@ from syncengine.connector import (
     ConnectorOptions,
     NativeData,
     NativeRecord,
+    Structure,
 )
 from syncengine.errors import (
     ConflictingWriteError,
@@ -291,6 +305,23 @@ class SpreadsheetConnector(Connector):
     def _read_columns(self, entity: str) -> frozenset[str]:
         return frozenset(f.native for f in self.mapping(entity).fields if f.direction != "write")
 
+    def _mapped_columns(self, entity: str) -> tuple[str, ...]:
+        """Every column the mapping in force reads or writes, in its order (not the id
+        column, which is the connector's)."""
+        names = (f.native.strip() for f in self.mapping(entity).fields)
+        return tuple(n for n in dict.fromkeys(names) if n and n != self.settings.id_column)
+
+    def structure(self, entity: str) -> Structure:
+        """The sheet of ``entity`` as the last read loaded it (loaded now if it was not):
+        the mapped columns it lacks, and whether its rows show no ``Sync ID`` at all. A
+        duplicated column the sync uses raises ``StructureError`` (see the module
+        docstring)."""
+        work = self._work.get(entity)
+        if work is None or work.stale:
+            work = self._working(entity, reload=True)
+            work.fresh = True  # the read that follows may take it as it is
+        return work.structure(self._mapped_columns(entity))
+
     # -- reading
     def read(self, entity: str) -> Iterator[NativeRecord]:
         yield from self._working(entity, reload=True).records()
@@ -331,7 +362,13 @@ class SpreadsheetConnector(Connector):
 
     # -- the working copies
     def _working(self, entity: str, *, reload: bool = False) -> _Working:
+        """The working copy of ``entity``; ``reload``: loaded anew unless it holds writes not
+        flushed yet, or was loaded for ``structure`` and the file has not changed since."""
         work = self._work.get(entity)
+        if work is not None and reload and work.fresh:
+            work.fresh = False
+            if not work.stale and not work.pending and work.table.unchanged():
+                return work
         if work is None or (reload and (work.stale or not work.pending)):
             work = self._load(entity)
             self._work[entity] = work
@@ -360,7 +397,11 @@ class SpreadsheetConnector(Connector):
             return _Working(table, Sheet(header=default), self.settings.id_column, create=True)
         if not sheet.header.cells:  # an empty file or sheet
             sheet.header = default
-        return _Working(table, sheet, self.settings.id_column, create=False)
+        work = _Working(table, sheet, self.settings.id_column, create=False)
+        problem = work.duplicated_columns({*self._mapped_columns(entity), work.id_column})
+        if problem:
+            raise table.structure(problem)
+        return work
 
     def _table(self, entity: str) -> Table:
         if self.workbook is not None:
@@ -401,7 +442,9 @@ class _Working:
         self._next = len(self.rows)
         self.by_line = {row.line: handle for handle, row in self.rows.items()}
         self.pending = create  # a missing file is created at the next flush
+        self.created = create  # no sheet was there: it gets the whole header
         self.stale = False  # the file changed under us: nothing more is written to it
+        self.fresh = False  # loaded for a look at its structure, not read yet
         self._index_columns()
         self.by_id: dict[str, list[int]] = {}
         for handle, row in self.rows.items():
@@ -415,6 +458,47 @@ class _Working:
             if name:
                 self.columns.setdefault(name, index)
         self.id_index = self.columns.get(self.id_column)
+
+    # -- describing the sheet
+    def duplicated_columns(self, used: set[str]) -> str:
+        """Why the header cannot be read: names in ``used`` (the columns the sync reads or
+        writes) that head more than one column, with where they are and the fix; "" when
+        none does. Names are compared as the columns are looked up: spaces trimmed."""
+        where: dict[str, list[int]] = {}
+        for index, cell in enumerate(self.header.cells):
+            name = self.table.header_text(cell).strip()
+            if name in used:
+                where.setdefault(name, []).append(index)
+        problems = []
+        for name, indexes in where.items():
+            if len(indexes) < 2:
+                continue
+            refs = [self.table.column_ref(i) for i in indexes]
+            listed = ", ".join(refs[:-1]) + " and " + refs[-1]
+            which = "one of them" if len(refs) == 2 else "all but one of them"
+            problems.append(
+                f"{self.table.display}: {len(refs)} columns are named {name} (columns "
+                f"{listed}), so the sync cannot tell which one holds {name}; rename or delete "
+                f"{which}"
+            )
+        return "; ".join(problems)
+
+    def structure(self, mapped: tuple[str, ...]) -> Structure:
+        """The mapped columns (of ``mapped``) the loaded sheet lacks, and why no row shows
+        an id when none does (see ``Structure``). A sheet the sync is about to create lacks
+        nothing: it gets the whole header."""
+        where = self.table.display
+        if self.created:
+            return Structure(where=where)
+        missing = tuple(name for name in mapped if name not in self.columns)
+        no_ids = ""
+        if not self.by_id and any(not row.blank for row in self.rows.values()):
+            no_ids = (
+                f"the {self.id_column} column is missing"
+                if self.id_index is None
+                else f"every {self.id_column} cell is empty"
+            )
+        return Structure(where=where, missing=missing, no_ids=no_ids)
 
     # -- describing rows
     def row_id(self, row: Row) -> str:

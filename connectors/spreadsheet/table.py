@@ -133,6 +133,11 @@ class Table(ABC):
     def conflict_error(self, what: str = "changed") -> ConflictingWriteError:
         """The error for a write refused because the storage changed since it was read."""
 
+    def unchanged(self) -> bool:
+        """Whether the storage is exactly as last loaded, so that what was loaded may serve
+        again without loading it anew. The default cannot tell: load again."""
+        return False
+
     def encode_cell(self, value: str, column: str = "") -> CellValue:
         """The cell that stores the text ``value`` in ``column``: formula-like text is
         neutralised (CSV)."""
@@ -171,6 +176,11 @@ class Table(ABC):
                     f"(the row is left as it is and not synced until then){hint}"
                 )
         return ""
+
+    def column_ref(self, index: int) -> str:
+        """How a person names the column at 0-based ``index``: ``4`` in a CSV file (counted
+        from 1), ``D`` in a workbook."""
+        return str(index + 1)
 
     def location(self, line: int) -> str:
         """Where a person finds the row at ``line`` (0: a row the sync added)."""
@@ -294,6 +304,15 @@ class StoredFile:
         except OSError as exc:
             raise self.fatal(f"cannot write {self.path}: {exc.strerror or exc}", entity) from exc
 
+    def unchanged(self) -> bool:
+        """Whether the file is as last read or replaced (``check_unchanged`` without the
+        error)."""
+        try:
+            self.check_unchanged()
+        except (ConflictingWriteError, FatalConnectorError):
+            return False
+        return True
+
     def check_unchanged(self, entity: str = "") -> None:
         """Raise ConflictingWriteError unless the file is as last read or replaced."""
         seen = self.seen
@@ -364,3 +383,6 @@ class FileTable(Table):
 
     def conflict_error(self, what: str = "changed") -> ConflictingWriteError:
         return self.file.conflict_error(what, self.entity)
+
+    def unchanged(self) -> bool:
+        return self.file.loaded and self.file.unchanged()

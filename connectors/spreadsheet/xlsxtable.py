@@ -394,6 +394,9 @@ class XlsxTable(Table):
             if index in unknown and name in self.mapped and is_blank(row.get(index))
         ]
 
+    def column_ref(self, index: int) -> str:
+        return str(get_column_letter(index + 1))
+
     def location(self, line: int) -> str:
         return f"{self.display}, row {line}" if line else f"{self.display} (new row)"
 

@@ -1,0 +1,390 @@
+"""A careless bookkeeper's sheet structure, end to end: real CSV files and workbooks, a memory
+member standing for Housecall Pro, a real SQLite state file.
+
+- A column the sync uses named twice, or the Sync ID column gone (or emptied) while records
+  are linked to it, is a structure error: the run stops before anything is planned, and
+  nothing is written anywhere (the other member, the sheets, the state's records, links and
+  journal), in a dry run and a real one, also for a later entity of the pipeline.
+- A mapped column missing from an existing sheet (renamed or removed) is a field the sheet
+  does not hold yet: never read as cleared, it is added at the end of the header and filled
+  from the other members; the renamed column's cells stay.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pytest
+
+from syncengine import api
+from syncengine.config import Config, load_config
+from syncengine.connectors.memory import MemoryConnector, MemoryDataset
+from syncengine.engine import SyncResult
+from syncengine.errors import StructureError
+from syncengine.plan import Update
+from tests.helpers import memory_config, write_config
+
+C = "customers"
+DATA_TABLES = ("records", "links", "journal", "conflicts", "skips", "read_marks")
+"""Everything the state store knows of records (not the run history, which records the
+refused run)."""
+
+
+def ds(name: str = "a") -> MemoryDataset:
+    return MemoryConnector.get_dataset(name)
+
+
+def run(cfg: Config, **kwargs: Any) -> SyncResult:
+    return api.sync(cfg, **kwargs)[0]
+
+
+def state_data(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {t: sorted(con.execute(f"SELECT * FROM {t}"), key=repr) for t in DATA_TABLES}
+    finally:
+        con.close()
+
+
+class Sheet:
+    """The customers sheet of the books as a person sees it: rows of text, header first;
+    edited as a person with a spreadsheet program would (not through the connector)."""
+
+    def __init__(self, folder: Path, fmt: str) -> None:
+        self.fmt = fmt
+        self.path = folder / ("books.xlsx" if fmt == "xlsx" else "books/customers.csv")
+        self.books = "books.xlsx" if fmt == "xlsx" else "books"
+        self.where = "books.xlsx, sheet Customers" if fmt == "xlsx" else "customers.csv"
+
+    def rows(self) -> list[list[str]]:
+        if self.fmt == "csv":
+            return [list(r) for r in csv.reader(io.StringIO(self.path.read_text()))]
+        book = openpyxl.load_workbook(self.path)
+        found = [["" if v is None else str(v) for v in r] for r in book["Customers"].values]
+        width = max(len(r) for r in found)
+        return [r + [""] * (width - len(r)) for r in found]
+
+    def write(self, rows: list[list[str]]) -> None:
+        if self.fmt == "csv":
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\n").writerows(rows)
+            self.path.write_text(buffer.getvalue())
+            return
+        book = openpyxl.load_workbook(self.path)
+        index = book.sheetnames.index("Customers")
+        book.remove(book["Customers"])
+        sheet = book.create_sheet("Customers", index)
+        for row in rows:
+            sheet.append([v if v != "" else None for v in row])
+        book.save(self.path)
+
+    def edit(self, change: Callable[[list[list[str]]], list[list[str]]]) -> None:
+        self.write(change(self.rows()))
+
+    def column(self, name: str) -> list[str]:
+        rows = self.rows()
+        index = rows[0].index(name)
+        return [r[index] if index < len(r) else "" for r in rows[1:]]
+
+
+FORMATS = pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+
+
+def books_with_two(tmp_path: Path, fmt: str) -> tuple[Config, Sheet]:
+    """Ann and Bob synced from the memory member into the books."""
+    sheet = Sheet(tmp_path, fmt)
+    cfg = memory_config(tmp_path, {"a": {}, "books": {"type": "spreadsheet", "path": sheet.books}})
+    ds().put(C, "a1", {"first_name": "Ann", "email": "ann@example.com"})
+    ds().put(C, "a2", {"first_name": "Bob", "email": "bob@example.com"})
+    assert run(cfg).exit_code == 0
+    return cfg, sheet
+
+
+def insert_column(rows: list[list[str]], at: int, name: str, cells: list[str]) -> list[list[str]]:
+    return [[*r[:at], v, *r[at:]] for r, v in zip(rows, [name, *cells], strict=True)]
+
+
+def drop_column(rows: list[list[str]], name: str) -> list[list[str]]:
+    index = rows[0].index(name)
+    return [[v for i, v in enumerate(r) if i != index] for r in rows]
+
+
+def rename_column(rows: list[list[str]], old: str, new: str) -> list[list[str]]:
+    return [[new if v == old else v for v in rows[0]], *rows[1:]]
+
+
+class Untouched:
+    """What a refused run must leave exactly as it was."""
+
+    def __init__(self, tmp_path: Path, *files: Path) -> None:
+        self.tmp_path = tmp_path
+        self.files = files
+        self.before = self.now()
+
+    def now(self) -> tuple[Any, ...]:
+        member = copy.deepcopy(ds().records)
+        return member, [f.read_bytes() for f in self.files], state_data(self.tmp_path / "state.db")
+
+    def check(self) -> None:
+        assert self.now() == self.before
+
+
+# ------------------------------------------------------------------ case 2: wrong structure
+
+
+@FORMATS
+def test_a_second_email_column_stops_the_run_with_nothing_written(tmp_path: Path, fmt: str) -> None:
+    cfg, sheet = books_with_two(tmp_path, fmt)
+    ds().edit(C, "a1", first_name="Anne")  # a change that waits to be synced
+    # a person pastes a column of stale addresses before the real one, under the same name
+    sheet.edit(lambda rows: insert_column(rows, 1, "Email", ["old1@example.com", "old2@x.org"]))
+    at = "columns 2 and 5" if fmt == "csv" else "columns B and E"
+    untouched = Untouched(tmp_path, sheet.path)
+
+    for dry_run in (True, False):
+        with pytest.raises(StructureError) as caught:
+            run(cfg, dry_run=dry_run)
+        assert f"{sheet.where}: 2 columns are named Email ({at})" in str(caught.value)
+        assert "rename or delete one of them" in str(caught.value)
+        untouched.check()
+
+    # the person deletes the stale column: the waiting change syncs, no e-mail changes
+    sheet.edit(lambda rows: [r[:1] + r[2:] for r in rows])
+    result = run(cfg)
+    assert [(a.op, a.member) for a in result.plan.actions] == [("update", "books")]
+    assert {r["email"] for r in ds().table(C).values()} == {"ann@example.com", "bob@example.com"}
+    assert sheet.column("First Name") == ["Anne", "Bob"]
+
+
+def test_a_structure_error_in_a_later_entity_stops_the_earlier_ones_too(tmp_path: Path) -> None:
+    """Customers come first in the pipeline: nothing of them is written while the invoices
+    sheet is refused."""
+    cfg = memory_config(
+        tmp_path,
+        {
+            "a": {"entities": ["customers", "invoices"]},
+            "books": {"type": "spreadsheet", "path": "books"},
+        },
+        entities=("customers", "invoices"),
+    )
+    ds().put(C, "a1", {"first_name": "Ann", "email": "ann@example.com"})
+    assert run(cfg).exit_code == 0
+    invoices = tmp_path / "books" / "invoices.csv"
+    invoices.write_text("Sync ID,Invoice #,Customer Email,Amount,Invoice #\n")
+    ds().put(C, "a2", {"first_name": "Bob", "email": "bob@example.com"})  # to be created
+    ds().edit(C, "a1", first_name="Anne")  # to be updated
+    untouched = Untouched(tmp_path, tmp_path / "books" / "customers.csv", invoices)
+
+    for dry_run in (True, False):
+        with pytest.raises(StructureError, match=r"invoices\.csv: 2 columns are named Invoice #"):
+            run(cfg, dry_run=dry_run)
+        untouched.check()
+    [last] = api.runs(cfg, limit=1)
+    assert last["outcome"] == "failed" and "Invoice #" in last["errors"][0]
+
+
+@FORMATS
+@pytest.mark.parametrize("how", ["removed", "emptied"])
+def test_the_sync_id_column_gone_while_records_are_linked_stops_the_run(
+    tmp_path: Path, fmt: str, how: str
+) -> None:
+    cfg, sheet = books_with_two(tmp_path, fmt)
+    ds().edit(C, "a2", first_name="Bobby")
+    if how == "removed":
+        sheet.edit(lambda rows: drop_column(rows, "Sync ID"))
+        said = "the Sync ID column is missing"
+    else:
+        sheet.edit(lambda rows: [rows[0], *(["", *r[1:]] for r in rows[1:])])
+        said = "every Sync ID cell is empty"
+    untouched = Untouched(tmp_path, sheet.path)
+
+    for dry_run in (True, False):
+        with pytest.raises(StructureError) as caught:
+            run(cfg, dry_run=dry_run)
+        assert f"{sheet.where}: {said}, but 2 customers are linked to it; restore the " in str(
+            caught.value
+        )
+        untouched.check()
+
+
+@FORMATS
+def test_a_new_sheet_typed_without_a_sync_id_column_still_syncs(tmp_path: Path, fmt: str) -> None:
+    sheet = Sheet(tmp_path, fmt)
+    cfg = memory_config(tmp_path, {"a": {}, "books": {"type": "spreadsheet", "path": sheet.books}})
+    if fmt == "xlsx":
+        book = openpyxl.Workbook()
+        assert book.active is not None
+        book.active.title = "Customers"
+        book.save(sheet.path)
+    else:
+        sheet.path.parent.mkdir()
+    sheet.write([["First Name", "Email"], ["Cy", "cy@example.com"], ["Di", "di@example.com"]])
+
+    result = run(cfg)
+
+    assert result.exit_code == 0
+    assert sorted(r["email"] for r in ds().table(C).values()) == [
+        "cy@example.com",
+        "di@example.com",
+    ]
+    assert all(sheet.column("Sync ID"))
+    assert run(cfg).plan.actions == []
+
+
+def test_validate_reports_the_structure_problems_of_the_sheets(tmp_path: Path) -> None:
+    cfg, sheet = books_with_two(tmp_path, "csv")
+    assert api.structure_problems(cfg) == []
+    sheet.edit(lambda rows: insert_column(drop_column(rows, "Sync ID"), 1, "Email", ["x", "y"]))
+    [problem] = api.structure_problems(cfg)
+    assert problem.location == "pipelines.p (customers)"
+    assert "customers.csv: 2 columns are named Email (columns 2 and 4)" in problem.message
+
+    sheet.edit(lambda rows: drop_column(rows, "Email"))  # the first of the two
+    [problem] = api.structure_problems(cfg)
+    assert "the Sync ID column is missing, but 2 customers are linked to it" in problem.message
+
+    # without the state store the links are not known: only what the sheet shows itself
+    (tmp_path / "state.db").rename(tmp_path / "elsewhere.db")
+    assert api.structure_problems(cfg) == []
+
+
+# ------------------------------------------------------------ case 3: a mapped column missing
+
+
+@FORMATS
+@pytest.mark.parametrize("how", ["renamed", "removed"])
+def test_a_missing_email_column_is_filled_never_read_as_cleared(
+    tmp_path: Path, fmt: str, how: str
+) -> None:
+    cfg, sheet = books_with_two(tmp_path, fmt)
+    if how == "renamed":
+        sheet.edit(lambda rows: rename_column(rows, "Email", "E-mail"))
+    else:
+        sheet.edit(lambda rows: drop_column(rows, "Email"))
+    ds().edit(C, "a1", first_name="Anne")  # the row is touched for another reason too
+    before = sheet.path.read_bytes()
+
+    dry = run(cfg, dry_run=True)
+
+    assert sheet.path.read_bytes() == before
+    fills = {a.key: a.changes for a in dry.plan.actions if isinstance(a, Update)}
+    assert sorted(str(c.get("email")) for c in fills.values()) == [
+        "(None, 'ann@example.com')",
+        "(None, 'bob@example.com')",
+    ]
+    assert {a.member for a in dry.plan.actions} == {"books"}
+    [note] = dry.plan.entities[0].notes
+    assert note == (
+        f"{sheet.where}: column Email is missing; it would be added at the end of the header "
+        "and filled from the other members (2 rows); what was there is not read as cleared"
+    )
+
+    done = run(cfg)
+
+    assert done.exit_code == 0 and done.plan.entities[0].notes == [note.replace("would be", "is")]
+    assert {r["email"] for r in ds().table(C).values()} == {"ann@example.com", "bob@example.com"}
+    header = sheet.rows()[0]
+    assert header[-1] == "Email"
+    assert sheet.column("Email") == ["ann@example.com", "bob@example.com"]
+    assert sheet.column("First Name") == ["Anne", "Bob"]
+    if how == "renamed":
+        assert sheet.column("E-mail") == ["ann@example.com", "bob@example.com"]
+    again = run(cfg)
+    assert again.plan.actions == [] and again.plan.entities[0].notes == []
+
+
+def test_a_blank_cell_in_a_present_column_is_still_a_cleared_value(tmp_path: Path) -> None:
+    cfg, sheet = books_with_two(tmp_path, "csv")
+    rows = sheet.rows()
+    email = rows[0].index("Email")
+    rows[1][email] = ""
+    sheet.write(rows)
+
+    result = run(cfg)
+
+    assert [(a.op, a.member) for a in result.plan.actions] == [("update", "a")]
+    assert ds().table(C)["a1"]["email"] is None
+    assert result.plan.entities[0].notes == []
+
+
+def test_a_column_missing_since_the_sheet_was_linked_is_filled_too(tmp_path: Path) -> None:
+    """Rows whose cells did not change since they were linked (their native hash is the one
+    last seen) are looked at as well: a mapping that gained a field fills it."""
+    sheet = Sheet(tmp_path, "csv")
+    sheet.path.parent.mkdir()
+    sheet.write([["Sync ID", "First Name"]])
+    narrow = tmp_path / "narrow.toml"
+    narrow.write_text('[fields]\nfirst_name = "First Name"\n')
+    body = f"""
+        [state]
+        url = "sqlite:///state.db"
+        [connectors.a]
+        type = "memory"
+        [connectors.books]
+        type = "spreadsheet"
+        path = "books"
+        [[pipelines]]
+        name = "p"
+        members = ["a", "books"]
+        entities = ["customers"]
+        [pipelines.conflicts]
+        default = ["a"]
+        [pipelines.mappings.books]
+        customers = "{narrow}"
+    """
+    ds().put(C, "a1", {"first_name": "Ann", "email": "ann@example.com"})
+    assert run(load_config(write_config(tmp_path, body))).exit_code == 0
+    assert sheet.rows()[0] == ["Sync ID", "First Name"]
+
+    wide = load_config(write_config(tmp_path, body.replace(f'customers = "{narrow}"', "")))
+    result = run(wide)
+
+    assert [(a.op, a.member) for a in result.plan.actions] == [("update", "books")]
+    assert sheet.column("Email") == ["ann@example.com"]
+    assert ds().table(C)["a1"]["email"] == "ann@example.com"
+    assert run(wide).plan.actions == []
+
+
+def test_a_read_only_column_missing_is_left_alone_not_cleared(tmp_path: Path) -> None:
+    mapping = tmp_path / "customers.toml"
+    mapping.write_text(
+        '[fields]\nfirst_name = "First Name"\nemail = { native = "Email", transform = "email" }\n'
+        'lead_source = { native = "Source", direction = "read" }\n'
+    )
+    body = f"""
+        [state]
+        url = "sqlite:///state.db"
+        [connectors.a]
+        type = "memory"
+        [connectors.books]
+        type = "spreadsheet"
+        path = "books"
+        [[pipelines]]
+        name = "p"
+        members = ["a", "books"]
+        entities = ["customers"]
+        [pipelines.conflicts]
+        default = ["a"]
+        [pipelines.mappings.books]
+        customers = "{mapping}"
+    """
+    cfg = load_config(write_config(tmp_path, body))
+    sheet = Sheet(tmp_path, "csv")
+    sheet.path.parent.mkdir()
+    sheet.write([["Sync ID", "First Name", "Email", "Source"], ["", "Ann", "ann@x.com", "fair"]])
+    assert run(cfg).exit_code == 0
+    assert [r["lead_source"] for r in ds().table(C).values()] == ["fair"]
+
+    sheet.edit(lambda rows: drop_column(rows, "Source"))
+    result = run(cfg)
+
+    assert result.plan.actions == [] and result.plan.entities[0].notes == []
+    assert [r["lead_source"] for r in ds().table(C).values()] == ["fair"]
+    assert "Source" not in sheet.rows()[0]
