@@ -91,6 +91,22 @@ def member_changes(counts: Mapping[str, Any]) -> list[tuple[str, int]]:
     ]
 
 
+TALLIES = (
+    (
+        "matched",
+        "record found on several members, linked",
+        "records found on several members, linked",
+    ),
+    ("conflicts", "conflict parked", "conflicts parked"),
+    ("conflicts_settled", "conflict settled by rule", "conflicts settled by rule"),
+    ("errors", "error", "errors"),
+    ("failed", "write failed", "writes failed"),
+    ("skipped", "write skipped", "writes skipped"),
+)
+"""An entity's counts besides the writes: (key in its counts, one, many), in the order
+people read them."""
+
+
 def entity_changes(counts: Mapping[str, Any]) -> str:
     """An entity's counts from a run (its JSON or run-history form) as labelled text:
     ``hcp updated 2; books created 5, linked 10; 1 conflict parked`` or ``no changes``."""
@@ -100,13 +116,7 @@ def entity_changes(counts: Mapping[str, Any]) -> str:
             done = [f"{label} {n}" for label, n in member_changes(c) if n]
             if done:
                 parts.append(f"{member} {', '.join(done)}")
-    for key, one, many in (
-        ("conflicts", "conflict parked", "conflicts parked"),
-        ("conflicts_settled", "conflict settled by rule", "conflicts settled by rule"),
-        ("errors", "error", "errors"),
-        ("failed", "write failed", "writes failed"),
-        ("skipped", "write skipped", "writes skipped"),
-    ):
+    for key, one, many in TALLIES:
         n = counts.get(key)
         if isinstance(n, int) and n:
             parts.append(plural(n, one, many))

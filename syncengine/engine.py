@@ -61,7 +61,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -71,8 +71,12 @@ from syncengine.config import Config, Pipeline
 from syncengine.connector import Connector
 from syncengine.errors import RecordError, SyncStopped
 from syncengine.integrity import (
+    count_users,
     empty_member_guard,
     mass_delete_guard,
+    planned_users,
+    referred_to,
+    revive_referred,
     settle_waiting_deletes,
     stale_references,
     users_if_deleting,
@@ -80,9 +84,9 @@ from syncengine.integrity import (
 from syncengine.leasing import busy_error, lease_holder
 from syncengine.logging import redact_text
 from syncengine.marks import marks_to_keep, store_marks
-from syncengine.match import MatchResult, match
+from syncengine.match import MatchResult, Relinking, match, relink_vanished
 from syncengine.member import Member, open_member
-from syncengine.plan import EntityPlan, Issue, KeyPlan, Plan, Update
+from syncengine.plan import Delete, EntityPlan, Issue, KeyPlan, Plan, Update
 from syncengine.progress import ProgressFn, no_progress
 from syncengine.read import (
     MemberRead,
@@ -138,6 +142,43 @@ class PlannedEntity:
     """member -> the read mark to store once the entity is committed (see ``marks``)."""
     reread: set[str] = field(default_factory=set)
     """Members whose mark is dropped once the entity is committed (``MemberRead.reread``)."""
+    held: list[HeldDelete] = field(default_factory=list)
+    """Deletes of records other entities may refer to, decided after every entity of the
+    run is planned (``Engine._decide_held_deletes``)."""
+
+
+@dataclass
+class HeldDelete:
+    """A planned delete of a record other entities of the pipeline may refer to, held back
+    until they are read: what reconciling it again needs."""
+
+    key: str
+    state: RecordState
+    views: dict[str, MemberView]
+    plan: KeyPlan
+    """The plan as made with the entity (its deletes count towards the mass-delete guard)."""
+
+    def placeholder(self) -> KeyPlan:
+        """The key's stand-in in the entity's plan until its delete is decided: it writes
+        nothing, and nothing referring to it is written on the members that dropped it."""
+        return KeyPlan(
+            entity=self.plan.entity,
+            key=self.key,
+            label=self.plan.label,
+            new_key=False,
+            base_before=self.state.base,
+            base_after=self.state.base,
+            waiting={m for m, v in self.views.items() if v.status == "gone"},
+        )
+
+
+@dataclass
+class EntityRun:
+    """An entity of the run, kept for the deletes decided after every entity is planned."""
+
+    members: list[Member]
+    planned: PlannedEntity
+    outcome: EntityOutcome
 
 
 class Engine:
@@ -221,12 +262,24 @@ class Engine:
                 progress=self.progress,
             )
             result.pending_recovery = recovery.pending
+            runs: list[EntityRun] = []
             for entity in pipeline.entities:
                 if entities is None or entity in entities:
                     self._check_stop()
-                    self._sync_entity(pipeline, entity, connectors, recovery, refs, result, run_id)
+                    runs.append(
+                        self._sync_entity(
+                            pipeline, entity, connectors, recovery, refs, result, run_id
+                        )
+                    )
+            # deletes other entities may depend on, decided once every entity is planned (and
+            # applied): those referring first, so that a customer's delete sees its invoices'
+            for run in reversed(runs):
+                if run.planned.held:
+                    self._check_stop()
+                    self._decide_held_deletes(pipeline, run, result, run_id)
             if not self.dry_run:
                 settle_waiting_deletes(self.store, pipeline, result.plan.entities)
+                revive_referred(self.store, pipeline, result.plan.entities)
             result.open_conflicts = self._open_conflicts(pipeline, result.plan)
             return result
         except BaseException as exc:
@@ -254,11 +307,12 @@ class Engine:
         refs: References,
         result: SyncResult,
         run_id: str,
-    ) -> None:
+    ) -> EntityRun:
         """Plan one entity and, unless this is a dry run or a guard stopped it, apply it,
-        settle the recovered updates it covers and store the members' read marks."""
+        settle the recovered updates it covers and store the members' read marks. Deletes
+        other entities may depend on are held for ``_decide_held_deletes``."""
         members = [open_member(pipeline, connectors[m], entity, refs) for m in pipeline.members]
-        planned = self.plan_entity(pipeline, entity, members, recovery, refs)
+        planned = self.plan_entity(pipeline, entity, members, recovery, refs, hold_deletes=True)
         ent = planned.plan
         result.plan.entities.append(ent)
         outcome = EntityOutcome(ent)
@@ -288,7 +342,45 @@ class Engine:
             store_marks(
                 self.store, pipeline.name, entity, planned.marks, planned.reread, outcome.failures
             )
+        # until decided, a held delete's record is not there for the members that dropped it
+        ent.keys.extend(h.placeholder() for h in planned.held)
         refs.planned(ent)  # entities referring to this one see its new state
+        return EntityRun(members, planned, outcome)
+
+    def _decide_held_deletes(
+        self, pipeline: Pipeline, run: EntityRun, result: SyncResult, run_id: str
+    ) -> None:
+        """Decide the deletes held back while the entity was planned, now that the entities
+        referring to it are planned too: a record still referred to (by a record already
+        synced, or one new in this run) waits and is given back to the members that dropped
+        it (``settle_waiting_deletes``); any other is deleted where it can be. Nothing is
+        applied for an entity a guard stopped."""
+        ent = run.planned.plan
+        held = {h.key for h in run.planned.held}
+        ent.keys = [kp for kp in ent.keys if kp.key not in held or kp.actions or kp.links]
+        if ent.guard:
+            return
+        users = count_users(self.store, pipeline, ent.entity)
+        for key, n in planned_users(result.plan.entities, ent.entity).items():
+            users[key] = users.get(key, 0) + n
+        ctx = replace(self._context(pipeline, ent.entity, run.members, {}), users=users)
+        decided = EntityPlan(ent.entity, ent.members)
+        for h in run.planned.held:
+            kp = reconcile(ctx, h.key, h.state.base, h.views)
+            if kp.changes_state:
+                decided.keys.append(kp)
+        ent.keys.extend(decided.keys)
+        if self.dry_run or not decided.keys:
+            return
+        outcome = EntityOutcome(decided)
+        EntityApply(self.store, pipeline, run.members, outcome, run_id, self.progress).run(
+            self.stop
+        )
+        run.outcome.failures.extend(outcome.failures)
+        for member, ops in outcome.applied.items():
+            into = run.outcome.applied.setdefault(member, {})
+            for op, n in ops.items():
+                into[op] = into.get(op, 0) + n
 
     def _check_stop(self) -> None:
         if self.stop is not None and self.stop.is_set():
@@ -332,9 +424,15 @@ class Engine:
         members: list[Member],
         recovery: Recovery | None = None,
         refs: References | None = None,
+        *,
+        hold_deletes: bool = False,
     ) -> PlannedEntity:
         """Plan one entity: read every member, find the hub records that need a look, match
-        new records, reconcile each record, then apply the guards. Writes nothing."""
+        new records, reconcile each record, then apply the guards. Writes nothing.
+
+        With ``hold_deletes``, deletes of records other entities of the pipeline may refer
+        to are planned (they count towards the mass-delete guard) but held out of the plan
+        (``PlannedEntity.held``), to be decided once those entities are planned."""
         ent = EntityPlan(entity, tuple(m.name for m in members))
         planned = PlannedEntity(ent)
         reads: dict[str, MemberRead] = {}
@@ -347,17 +445,24 @@ class Engine:
             ent.guard = empty_member_guard(entity, reads)
             if ent.guard:
                 return planned
+        relinked = self._relink_vanished(pipeline, entity, reads, ent)
         touched = self._touched(pipeline, entity, members, reads, refs)
-        matched = self._match_new(pipeline, entity, members, reads, recovery, ent)
+        matched = self._match_new(pipeline, entity, members, reads, recovery, ent, relinked)
         touched.update(k for k in matched.groups if k not in matched.new_keys)
         states = self.store.load_records(pipeline.name, entity, touched) if touched else {}
         self._fetch_referring_unseen(entity, members, reads, ent, touched, states)
-        untaken = self._plan_keys(pipeline, ent, members, reads, states, matched, touched, recovery)
+        hold = hold_deletes and pipeline.section.deletes.propagate and referred_to(pipeline, entity)
+        untaken = self._plan_keys(
+            pipeline, ent, members, reads, states, matched, touched, recovery, planned, hold
+        )
         planned.marks = marks_to_keep(reads, ent, untaken)
         planned.reread = {name for name, r in reads.items() if r.reread}
         fill_notes(ent, reads, dry_run=self.dry_run)
         if not self.allow_mass_delete:
             ent.guard = mass_delete_guard(pipeline, ent, reads)
+        if planned.held:
+            held = {id(h.plan) for h in planned.held}
+            ent.keys = [kp for kp in ent.keys if id(kp) not in held]
         if self.dry_run and refs is not None:
             refs.label_targets(ent)
         ent.skipped_before = {
@@ -394,6 +499,44 @@ class Engine:
                 touched.update(k for k, holders in live.items() if member.name not in holders)
         return touched
 
+    def _relink_vanished(
+        self,
+        pipeline: Pipeline,
+        entity: str,
+        reads: Mapping[str, MemberRead],
+        ent: EntityPlan,
+    ) -> dict[tuple[str, str], str]:
+        """Records new on a member that are linked records vanished from it in the same read
+        (a Sync ID blanked or mistyped): each takes its hub record back instead of being
+        deleted and created again. Ambiguous ones are reported, not synced, and the vanished
+        records they name are held (blocked) for this run. Returns the pairs as match hints:
+        (member, native hash) -> hub key."""
+        hints: dict[tuple[str, str], str] = {}
+        keys = pipeline.match_keys(entity)
+        for name, r in reads.items():
+            if not (r.gone and r.new and keys):
+                continue
+            states = self.store.load_records(pipeline.name, entity, set(r.gone))
+            vanished = {k: rs.base for k, rs in states.items() if not rs.base.get(model.DELETED)}
+            found = relink_vanished(name, r.new, vanished, keys)
+            if not (found.keys or found.ambiguous):
+                continue
+            unsynced = {id(obs) for obs, _why in found.ambiguous}
+            for obs, why in found.ambiguous:
+                ent.issues.append(Issue(entity, name, obs.record.location, why))
+            for key in found.held:
+                r.gone.pop(key, None)
+                r.blocked.add(key)
+            for obs in r.new:
+                paired = found.keys.get(id(obs))
+                if paired is not None and id(obs) not in unsynced:
+                    obs.relinked = True
+                    r.gone.pop(paired, None)
+                    hints[(name, obs.native_hash)] = paired
+            r.new = [obs for obs in r.new if id(obs) not in unsynced]
+            log.info("records re-linked", member=name, entity=entity, records=len(hints))
+        return hints
+
     def _match_new(
         self,
         pipeline: Pipeline,
@@ -402,14 +545,17 @@ class Engine:
         reads: Mapping[str, MemberRead],
         recovery: Recovery | None,
         ent: EntityPlan,
+        relinked: Mapping[tuple[str, str], str] | None = None,
     ) -> MatchResult:
         """Link the records new on a member to hub records by match keys (ambiguous ones
-        are reported and left alone)."""
+        are reported and left alone); ``relinked`` pairs are taken as they are."""
         new_records = {name: r.new for name, r in reads.items() if r.new}
         if not new_records:
             return MatchResult()
         keys = pipeline.match_keys(entity)
-        hints = recovery.match if recovery else None
+        hints = {**(recovery.match if recovery else {}), **(relinked or {})} or None
+        released = {(m, k) for (m, _h), k in (relinked or {}).items()}
+        relinking = self._relinking(entity, members, reads)
         # without match keys (payments) or recovery hints, the hub has nothing a new record
         # could be matched to: do not walk it
         existing = (
@@ -417,17 +563,48 @@ class Engine:
                 (
                     rs.key,
                     rs.base,
-                    frozenset(m for m, ln in rs.links.items() if ln.native_id and not ln.tombstone),
+                    frozenset(
+                        m
+                        for m, ln in rs.links.items()
+                        if ln.native_id and not ln.tombstone and (m, rs.key) not in released
+                    ),
                 )
                 for rs in self.store.iter_records(pipeline.name, entity)
             )
-            if keys or hints
+            if keys or hints or relinking
             else iter(())
         )
-        result = match([m.name for m in members], new_records, existing, keys, hints=hints)
+        result = match(
+            [m.name for m in members], new_records, existing, keys, hints=hints, relink=relinking
+        )
         for obs, why in result.ambiguous:
             ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
         return result
+
+    @staticmethod
+    def _relinking(
+        entity: str, members: Sequence[Member], reads: Mapping[str, MemberRead]
+    ) -> Relinking | None:
+        """How to re-link when the state knows nothing of records a member already holds
+        (a lost or restored state store, a first sync of members that both hold records): a
+        member that holds records none of which is linked, or a member that names records by
+        ids the hub does not know (a sheet's Sync IDs). None otherwise."""
+        spec = model.entity_spec(entity)
+        ids = {
+            id(obs): obs.record.id
+            for m in members
+            if m.caps.assigns_ids
+            for obs in reads[m.name].new
+            if not obs.record.provisional and not obs.relinked
+        }
+        unknown = any(r.linked == 0 and r.count > 0 for r in reads.values())
+        if not (ids or unknown):
+            return None
+
+        def same(name: str, a: object, b: object) -> bool:
+            return any(m.mapping.equivalent(name, a, b) for m in members)
+
+        return Relinking(spec.relink_keys, same, ids)
 
     @staticmethod
     def _fetch_referring_unseen(
@@ -457,8 +634,11 @@ class Engine:
         entity: str,
         members: list[Member],
         reads: Mapping[str, MemberRead],
+        *,
+        hold: bool = False,
     ) -> Context:
-        """What reconcile needs of the entity, the pipeline and the state, as plain data."""
+        """What reconcile needs of the entity, the pipeline and the state, as plain data
+        (``hold``: deletes are held, so their users are counted later, not now)."""
         return Context(
             entity=model.entity_spec(entity),
             members=tuple(m.name for m in members),
@@ -469,7 +649,7 @@ class Engine:
             propagate_deletes=pipeline.section.deletes.propagate,
             parked=self.store.open_conflict_fields(pipeline.name, entity),
             refs={m.name: m.refs.snapshot() for m in members if m.refs is not None},
-            users=users_if_deleting(self.store, pipeline, entity, reads),
+            users=None if hold else users_if_deleting(self.store, pipeline, entity, reads),
         )
 
     def _plan_keys(
@@ -482,9 +662,13 @@ class Engine:
         matched: MatchResult,
         touched: set[str],
         recovery: Recovery | None,
+        planned: PlannedEntity | None = None,
+        hold: bool = False,
     ) -> set[str]:
         """Reconcile every hub record that needs a look into ``ent.keys``. Returns the
-        members whose change of some record the plan leaves out (see ``_untaken``)."""
+        members whose change of some record the plan leaves out (see ``_untaken``). With
+        ``hold``, the plans deleting a record some member dropped are also kept, with what
+        deciding them again needs, in ``planned.held``."""
         groups = matched.groups
         # new records keep the order their member listed them in (a sheet gets HCP's order)
         position: dict[str, int] = {}
@@ -495,7 +679,7 @@ class Engine:
         untaken: set[str] = set()
         if not ordered:
             return untaken
-        ctx = self._context(pipeline, ent.entity, members, reads)
+        ctx = self._context(pipeline, ent.entity, members, reads, hold=hold)
         by_name = {m.name: m for m in members}
 
         def views_of(key: str, rs: RecordState | None) -> dict[str, MemberView]:
@@ -545,7 +729,18 @@ class Engine:
             untaken |= _untaken(kp, views)
             if kp.changes_state:
                 ent.keys.append(kp)
+                if hold and planned is not None and rs is not None and _deletes(kp, views):
+                    planned.held.append(HeldDelete(key, rs, dict(views), kp))
         return untaken
+
+
+def _deletes(kp: KeyPlan, views: Mapping[str, MemberView]) -> bool:
+    """Whether the plan deletes the record: a member dropped it this run, or a delete the
+    hub decided earlier is carried out (again) where the record is still held."""
+    if any(isinstance(a, Delete) for a in kp.actions):
+        return True
+    gone = any(v.status == "gone" for v in views.values())
+    return gone and (kp.base_after is None or bool(kp.base_after.get(model.DELETED)))
 
 
 def _untaken(kp: KeyPlan | None, views: Mapping[str, MemberView]) -> set[str]:

@@ -59,6 +59,61 @@ def count_users(
     return users
 
 
+def referred_to(pipeline: Pipeline, entity: str) -> bool:
+    """Whether records of another entity of the pipeline may refer to ``entity``'s records
+    (an invoice's customer): then its deletes wait until those are planned."""
+    return any(
+        target == entity
+        for other in pipeline.entities
+        if other != entity
+        for target in model.ENTITIES[other].refs.values()
+    )
+
+
+def planned_users(plans: Sequence[EntityPlan], entity: str) -> dict[str, int]:
+    """key of ``entity`` -> how many records this run's plans of other entities leave
+    referring to it (in a dry run the state does not hold them yet)."""
+    users: dict[str, int] = {}
+    for ent in plans:
+        names = [n for n, t in model.ENTITIES[ent.entity].refs.items() if t == entity]
+        if not names or ent.entity == entity:
+            continue
+        for kp in ent.keys:
+            after = kp.base_after
+            if after is None or after.get(model.DELETED):
+                continue
+            for value in {after.get(name) for name in names}:
+                if isinstance(value, str):
+                    users[value] = users.get(value, 0) + 1
+    return users
+
+
+def revive_referred(store: StateStore, pipeline: Pipeline, plans: Sequence[EntityPlan]) -> None:
+    """A record deleted in the hub but kept by a member that cannot delete it comes back
+    when a live record this run planned refers to it (a payment HCP recorded for an invoice
+    the bookkeeper deleted): the money is real, so the invoice is. Its base loses the deleted
+    mark and its links are marked dirty, so the members lacking it get it again next run
+    (the records referring to it would otherwise wait for it forever)."""
+    for entity in pipeline.entities:
+        users = planned_users(plans, entity)
+        if not users:
+            continue
+        states = store.load_records(pipeline.name, entity, set(users))
+        revive = sorted(k for k, rs in states.items() if rs.base.get(model.DELETED))
+        if not revive:
+            continue
+        with store.transaction() as tx:
+            for key in revive:
+                base = {k: v for k, v in states[key].base.items() if k != model.DELETED}
+                tx.put_record(pipeline.name, entity, key, base)
+                tx.set_dirty(pipeline.name, entity, key)
+        log.info(
+            "deleted records that live records refer to are brought back",
+            entity=entity,
+            records=len(revive),
+        )
+
+
 def users_if_deleting(
     store: StateStore, pipeline: Pipeline, entity: str, reads: Mapping[str, MemberRead]
 ) -> dict[str, int] | None:

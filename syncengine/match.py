@@ -28,6 +28,9 @@ class Observed:
     native_hash: str
     order: int = 0
     """Position in the member's read, to keep the member's order for new records."""
+    relinked: bool = False
+    """The record is one this member held under another id until this read (its Sync ID
+    blanked or mistyped): it takes its hub record back, with that record's id."""
 
 
 @dataclass
@@ -37,6 +40,78 @@ class MatchResult:
     new_keys: set[str] = field(default_factory=set)
     ambiguous: list[tuple[Observed, str]] = field(default_factory=list)
     """(record, explanation) for records that matched several hub records."""
+
+
+@dataclass
+class Relinks:
+    """Records new on a member that are records the member dropped in the same read."""
+
+    keys: dict[int, str] = field(default_factory=dict)
+    """id() of the new record -> the hub key of the record it is."""
+    ambiguous: list[tuple[Observed, str]] = field(default_factory=list)
+    held: set[str] = field(default_factory=set)
+    """Hub keys whose record vanished and matches ambiguously: their delete waits a run."""
+
+
+def relink_vanished(
+    member: str,
+    new: Sequence[Observed],
+    vanished: Mapping[str, Record],
+    match_keys: Sequence[str],
+) -> Relinks:
+    """Pair the records new on ``member`` with the records that vanished from it in the same
+    read (``vanished``: hub key -> base), by the first match key that names any of them.
+
+    A record whose Sync ID a person blanked or mistyped reads as a new record plus a vanished
+    one; it is the same record and must take its hub record back, not be deleted and created
+    again. A pairing that is not one to one (two new records for one vanished, or one for
+    two) is reported, and the vanished records it names are held: not deleted this run.
+    """
+    out = Relinks()
+    if not vanished or not new:
+        return out
+    index: dict[tuple[str, Any], list[str]] = {}
+    for key, base in vanished.items():
+        for name in match_keys:
+            value = base.get(name)
+            if value not in (None, ""):
+                index.setdefault((name, value), []).append(key)
+    claims: dict[str, list[Observed]] = {}
+    for obs in new:
+        for name in match_keys:
+            value = obs.canonical.get(name)
+            if value in (None, ""):
+                continue
+            found = index.get((name, value), [])
+            if len(found) == 1:
+                claims.setdefault(found[0], []).append(obs)
+            elif found:
+                out.held.update(found)
+                out.ambiguous.append(
+                    (
+                        obs,
+                        f"{name} {value!r} matches {len(found)} records that vanished from "
+                        f"{member} in this read; their deletes wait. Give the row its record's "
+                        "Sync ID back (see the last sync's output or `syncengine runs`)",
+                    )
+                )
+            if found:
+                break
+    for key, claimants in claims.items():
+        if len(claimants) == 1 and key not in out.held:
+            out.keys[id(claimants[0])] = key
+            continue
+        out.held.add(key)
+        for obs in claimants:
+            out.ambiguous.append(
+                (
+                    obs,
+                    f"{len(claimants)} new records on {member} match the record that vanished "
+                    f"from it in this read ({key}); it is not deleted, and they are not synced, "
+                    "until one of them holds its Sync ID again",
+                )
+            )
+    return out
 
 
 def new_key() -> str:
@@ -51,21 +126,27 @@ def match(
     *,
     hints: Mapping[tuple[str, str], str] | None = None,
     make_key: Callable[[], str] = new_key,
+    relink: Relinking | None = None,
 ) -> MatchResult:
     """Group new records with hub records or with each other.
 
     ``existing`` yields ``(key, base, members holding a live link)``; ``hints`` maps
     ``(member, native_hash)`` to the key an interrupted run had already given that record.
+    ``relink`` (the state knows nothing of some member's records) adds the entity's relink
+    keys after the match keys, and lets a new hub record take an id a member already gave it.
     """
     result = MatchResult()
     index: dict[tuple[str, Any], list[str]] = {}
     holders: dict[str, set[str]] = {}
+    combos = _Combos(relink, new_records) if relink is not None else None
     for key, base, linked in existing:
         holders[key] = set(linked)
         for name in match_keys:
             value = base.get(name)
             if value not in (None, ""):
                 index.setdefault((name, value), []).append(key)
+        if combos is not None:
+            combos.add(key, base)
 
     hints = hints or {}
     contested: set[str] = set()
@@ -103,6 +184,9 @@ def match(
                         "distinct value)"
                     )
                     break
+            if chosen is None and not ambiguous and combos is not None:
+                chosen, ambiguous, unsure = combos.find(obs, holders)
+                contested.update(k for k in unsure if k in result.new_keys)
             if ambiguous:
                 result.ambiguous.append((obs, ambiguous))
                 continue
@@ -110,6 +194,8 @@ def match(
                 chosen = make_key()
                 result.new_keys.add(chosen)
                 holders[chosen] = set()
+                if combos is not None:
+                    combos.add(chosen, obs.canonical)
             _attach(result, holders, chosen, obs)
             # the record's own values now lead to its key too: a third member's record that
             # shares only the email with it (not the phone it was matched by) finds it
@@ -131,7 +217,105 @@ def match(
                 )
             )
         result.new_keys.discard(key)
+    if relink is not None:
+        _adopt_ids(result, relink, holders)
     return result
+
+
+@dataclass
+class Relinking:
+    """How ``match`` re-links records when the state knows nothing of them."""
+
+    keys: Sequence[tuple[str, ...]]
+    """The entity's relink keys: combinations of fields (``EntitySpec.relink_keys``)."""
+    same: Callable[[str, Any, Any], bool]
+    """Whether two values of a field are the same on some member (a date and a timestamp
+    of that day)."""
+    ids: Mapping[int, str] = field(default_factory=dict)
+    """id() of a new record -> the id its member gave it, which a new hub record it starts
+    takes as its key (a sheet's Sync ID after the state was lost)."""
+
+
+class _Combos:
+    """The candidates of the relink keys: hub records and records new in this run, indexed
+    by their first field's value, compared field by field with ``Relinking.same``."""
+
+    def __init__(self, relink: Relinking, new_records: Mapping[str, list[Observed]]) -> None:
+        self.relink = relink
+        self.index: dict[tuple[int, Any], list[tuple[str, Record]]] = {}
+        self.seen: dict[tuple[int, str, tuple[Any, ...]], int] = {}
+        """(relink key, member, values) -> how many of the member's new records hold them."""
+        for member, records in new_records.items():
+            for obs in records:
+                for i, names in enumerate(relink.keys):
+                    own = self._own(i, member, [obs.canonical.get(n) for n in names])
+                    self.seen[own] = self.seen.get(own, 0) + 1
+
+    @staticmethod
+    def _own(i: int, member: str, values: list[Any]) -> tuple[int, str, tuple[Any, ...]]:
+        return (i, member, tuple(_hashable(v) for v in values))
+
+    def add(self, key: str, record: Record) -> None:
+        for i, names in enumerate(self.relink.keys):
+            if all(record.get(n) not in (None, "") for n in names):
+                self.index.setdefault((i, _hashable(record[names[0]])), []).append((key, record))
+
+    def find(
+        self, obs: Observed, holders: Mapping[str, set[str]]
+    ) -> tuple[str | None, str, set[str]]:
+        """(the one hub key whose record agrees with ``obs`` on a relink key, or None;
+        why that is ambiguous, or ""; the keys it might belong to when ambiguous)."""
+        same = self.relink.same
+        for i, names in enumerate(self.relink.keys):
+            values = [obs.canonical.get(n) for n in names]
+            if any(v in (None, "") for v in values):
+                continue
+            twins = self.seen.get(self._own(i, obs.member, values), 0)
+            found = {
+                key
+                for key, record in self.index.get((i, _hashable(values[0])), [])
+                if obs.member not in holders.get(key, set())
+                and all(same(n, v, record.get(n)) for n, v in zip(names, values, strict=True))
+            }
+            what = ", ".join(n.rsplit(".", 1)[-1] for n in names)
+            if len(found) > 1 or (found and twins > 1):
+                where = f"{obs.member} holds {twins} like it" if twins > 1 else "it"
+                return (
+                    None,
+                    f"{len(found)} record(s) elsewhere and {where} agree on {what}: which is "
+                    "which cannot be told, so none of them is synced (nothing is duplicated); "
+                    "make them differ (a note, a date) or delete the extra one",
+                    found,
+                )
+            if found:
+                return found.pop(), "", set()
+        return None, "", set()
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def _adopt_ids(result: MatchResult, relink: Relinking, holders: Mapping[str, set[str]]) -> None:
+    """A new hub record takes the id a member already gave one of its records (a sheet's
+    Sync ID), so that the member keeps its ids and agrees with any old backup."""
+    taken = set(holders) | set(result.groups)
+    for key in sorted(result.new_keys):
+        group = result.groups.get(key, {})
+        wanted = next(
+            (relink.ids[id(o)] for o in group.values() if id(o) in relink.ids),
+            None,
+        )
+        if wanted is None or wanted in taken:
+            continue
+        taken.add(wanted)
+        result.groups[wanted] = result.groups.pop(key)
+        result.new_keys.discard(key)
+        result.new_keys.add(wanted)
 
 
 def _attach(result: MatchResult, holders: dict[str, set[str]], key: str, obs: Observed) -> None:

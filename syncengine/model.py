@@ -69,6 +69,10 @@ class EntitySpec:
     fields: tuple[FieldSpec, ...]
     match_keys: tuple[str, ...] = ()
     """Default fields used to link a new record to an existing one, in order of preference."""
+    relink_keys: tuple[tuple[str, ...], ...] = ()
+    """Field combinations that also link a new record when the state knows nothing of a
+    member's records (a lost or restored state store, a member joining): every field holds a
+    value and they agree, and only one record on each side has them (``match``)."""
     depends_on: tuple[str, ...] = ()
     """Entities a pipeline must sync with this one (its required references)."""
     by_name: dict[str, FieldSpec] = field(init=False, repr=False, compare=False)
@@ -118,6 +122,9 @@ CUSTOMER = EntitySpec(
         FieldSpec("updated_at", "datetime", meta=True),
     ),
     match_keys=("email", "mobile_number"),
+    relink_keys=(
+        ("first_name", "last_name", "addresses.service.street", "addresses.service.city"),
+    ),
 )
 
 JOB_STATUSES = (
@@ -184,6 +191,9 @@ PAYMENT = EntitySpec(
         FieldSpec("paid_at", "datetime"),
         FieldSpec("note"),
     ),
+    # no match key: two payments of one amount on one invoice are common. A lost state
+    # store still finds each one's copies when the whole combination is unique.
+    relink_keys=(("invoice", "amount", "paid_at", "method"),),
     depends_on=("invoices",),
 )
 

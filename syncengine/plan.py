@@ -219,6 +219,9 @@ class EntityPlan:
             }
             for m, c in per.items()
         }
+        # records found on several members and linked as one (a first sync, a lost state
+        # store): they are written nothing, yet a person should see that they were matched
+        out["matched"] = sum(1 for kp in self.keys if kp.new_key and len(kp.prior) >= 2)
         out["conflicts"] = sum(1 for c in self.conflicts if c.winner is None)
         out["conflicts_settled"] = sum(1 for c in self.conflicts if c.winner is not None)
         out["errors"] = len(self.issues)

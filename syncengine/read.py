@@ -353,7 +353,12 @@ def _view(
     if key in r.blocked:
         return MemberView(member=name, status="blocked")
     if name in group:
-        return _observed_view(group[name], "new", None, dirty, r.missing)
+        obs = group[name]
+        if obs.relinked:  # the record it was: what the member held then is its last-seen
+            view = _observed_view(obs, "new", last_seen, dirty, r.missing)
+            view.relinked = True
+            return view
+        return _observed_view(obs, "new", None, dirty, r.missing)
     if key in r.changed:
         return _observed_view(r.changed[key], "changed", last_seen, dirty, r.missing)
     if key in r.unchanged:

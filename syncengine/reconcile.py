@@ -52,6 +52,9 @@ class MemberView:
     native_hash: str | None = None
     provisional: bool = False
     """The member's id for it is provisional (it takes the hub key as its id)."""
+    relinked: bool = False
+    """A record the member dropped and holds again under another id in the same read (a
+    Sync ID blanked or mistyped): a member that takes the hub key as its id gets it back."""
     dirty: bool = False
     """A write to this member failed or was not confirmed: check every field."""
     location: str = ""
@@ -169,10 +172,32 @@ def _changes(
             if view.last_seen is not None:
                 if value == view.last_seen.get(name):
                     continue
-            elif value is None or mapping.equivalent(name, value, base_now.get(name)):
+            elif (
+                value is None
+                or mapping.equivalent(name, value, base_now.get(name))
+                or _coarser(ctx, member, name, value, present)
+            ):
                 continue
             changed.setdefault(name, {})[member] = value
     return changed
+
+
+def _coarser(
+    ctx: Context, member: str, name: str, value: Any, present: Mapping[str, MemberView]
+) -> bool:
+    """Whether a never-seen record's ``value`` is only this member's coarser form of what
+    another member holds (a sheet's date of HCP's timestamp): the same value to this member,
+    not to the other. Then it is no change of its own, and no conflict with the other."""
+    mapping = ctx.mappings[member]
+    for other, view in present.items():
+        theirs = (view.current or {}).get(name)
+        if other == member or theirs is None or theirs == value:
+            continue
+        if mapping.equivalent(name, value, theirs) and not ctx.mappings[other].equivalent(
+            name, theirs, value
+        ):
+            return True
+    return False
 
 
 def _plan_deletes(
@@ -220,6 +245,10 @@ def _plan_deletes(
                 )
             plan.waiting = set(gone)
             return None
+    if deleted and not modified and present and ctx.users and ctx.users.get(plan.key):
+        # a live record refers to a record the hub deleted but some member still holds (a
+        # payment recorded against it since): the data wins, as for a modification
+        modified = True
     if (gone or deleted) and not modified:
         for member in gone:
             plan.links[member] = LinkPlan(member, None, None, None, remove=True)
@@ -363,7 +392,8 @@ def _plan_update(
     if member_refs is not None:
         wanted |= member_refs.stale_fields(view.native, new_base) - parked_now
     fields = sorted(wanted)
-    assign = plan.key if view.provisional else None
+    relinked = view.relinked and caps.assigns_ids and view.native_id != plan.key
+    assign = plan.key if view.provisional or relinked else None
     if not fields and not assign:
         if view.status != "unchanged" or view.dirty:
             plan.links[member] = _keep(view, dirty=False)

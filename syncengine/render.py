@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from syncengine import model
-from syncengine.display import format_cents, member_changes, plural
+from syncengine.display import TALLIES, format_cents, member_changes, plural
 from syncengine.engine import SyncResult
 from syncengine.plan import Create, Delete, EntityPlan, Update
 from syncengine.report import Report
@@ -169,13 +169,7 @@ def summary_table(result: SyncResult) -> Table:
                 str(shown["deleted"]),
             )
         extra = []
-        for key, one, many in (
-            ("conflicts", "conflict parked", "conflicts parked"),
-            ("conflicts_settled", "conflict settled by rule", "conflicts settled by rule"),
-            ("errors", "error", "errors"),
-            ("skipped", "write skipped", "writes skipped"),
-            ("failed", "write failed", "writes failed"),
-        ):
+        for key, one, many in TALLIES:
             if counts[key]:
                 extra.append(plural(counts[key], one, many))
         if extra:

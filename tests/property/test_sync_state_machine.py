@@ -31,8 +31,9 @@ are only drawn for people created since the last sync, when no hub record carrie
 number yet.
 
 Below them, ``ReferenceMachine`` does the same for customers, invoices and payments with
-references between them (its own comment block says what it does and checks), and the open
-engine bugs it found are kept as minimal ``xfail(strict=True)`` tests at the end of the file.
+references between them (its own comment block says what it does and checks), and the
+engine bugs it found are kept as minimal regression tests at the end of the file (an open one
+as ``xfail(strict=True)``, with its path kept off the machine through ``AVOID``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 from unittest import mock
 
-import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -662,9 +662,10 @@ class ReferenceMachine(RuleBasedStateMachine):
 
     MEMBERS: ClassVar[dict[str, dict[str, Any]]] = {}
     MAX_SYNCS = 8
-    AVOID: ClassVar[frozenset[str]] = frozenset({"race", "revival", "kept", "stranded"})
-    """Paths of open engine bugs (the xfail tests at the end of the file) that people are kept
-    off, so that the machine finds new bugs rather than these again:
+    AVOID: ClassVar[frozenset[str]] = frozenset()
+    """Paths of open engine bugs (xfail tests at the end of the file) that people are kept off,
+    so that the machine finds new bugs rather than these again. None is open: every path below
+    is explored. The paths it can name (each was an engine bug, now a regression test):
 
     - ``race``: no record is typed for (or re-pointed to) a record deleted since the engine
       was last quiet, and a record something refers to is deleted only when the engine is
@@ -1189,7 +1190,7 @@ TestSyncReferencesWithDeletes = BooksWithDeletes.TestCase
 TestSyncReferencesWithDeletes.settings = REFERENCE_SETTINGS
 
 
-# ------------------------------------ open engine bugs the reference machine found (xfail)
+# ---------------------------------------------- engine bugs the reference machine found
 # Each is the fewest steps that break an invariant of ReferenceMachine, in plain pytest, with
 # the machine's members: hcp (HCP-like: invoices create-only, payments read-only), books
 # (everything) and crm (no payment writes). ReferenceMachine.AVOID keeps the
@@ -1320,18 +1321,13 @@ def test_a_new_invoice_for_a_customer_whose_delete_waits_does_not_dangle(tmp_pat
     assert _quiet(last), [s.reason for e in last.plan.entities for s in e.skips]  # waits
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: a delete propagates to a member where a record not synced yet refers to the "
-        "deleted record. Customers are planned before invoices are read, and integrity.count_users "
-        "counts only hub records, so an invoice typed on crm for a customer the bookkeeper "
-        "deletes on books in the same interval does not keep the customer: the customer is "
-        "deleted on crm, crm's new invoice refers to nothing, is reported every run ('no "
-        "customer with that id is synced', exit 1) and never reaches the other members"
-    ),
-)
 def test_a_delete_does_not_strand_a_new_record_referring_to_it(tmp_path: Path) -> None:
+    """Regression (engine bug found by the reference machine): a delete propagated to a member
+    where a record not synced yet referred to the deleted record. Customers were planned before
+    invoices were read and count_users counts only hub records, so an invoice typed on crm for
+    a customer the bookkeeper deleted on books in the same interval did not keep the customer:
+    it was deleted on crm, and crm's new invoice referred to nothing. Deletes of records others
+    refer to are now decided after every entity is planned, in reverse dependency order."""
     cfg = _books_config(tmp_path)
     ds("hcp").put(C, "c1", {"email": "ann@x.com"})
     assert _sync(cfg).exit_code == 0
@@ -1372,17 +1368,11 @@ def test_a_delete_waiting_for_records_nobody_deletes_does_not_wait_forever(tmp_p
     assert _quiet(last), [s.reason for e in last.plan.entities for s in e.skips]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug: a payment recorded on hcp for an invoice the bookkeeper deleted (hcp cannot "
-        "delete invoices: it keeps it) never reaches the books: the payment's create on books "
-        "waits ('waits: its invoice is not on books yet') on every run, forever, since nothing "
-        "brings the invoice back to books; money HCP received never shows in the books and no "
-        "error says so (exit 0)"
-    ),
-)
 def test_a_payment_of_an_invoice_deleted_elsewhere_does_not_wait_forever(tmp_path: Path) -> None:
+    """Regression (engine bug found by the reference machine): a payment recorded on hcp for an
+    invoice the bookkeeper deleted (hcp cannot delete invoices: it keeps it) never reached the
+    books: its create waited for the invoice on every run, forever, with exit 0. A live record
+    referring to a deleted one now brings it back (``integrity.revive_referred``)."""
     cfg = _books_config(tmp_path)
     ds("hcp").put(C, "c1", {"email": "ann@x.com"})
     ds("hcp").put(
@@ -1399,4 +1389,50 @@ def test_a_payment_of_an_invoice_deleted_elsewhere_does_not_wait_forever(tmp_pat
     last = _settle(cfg)
     assert [r["note"] for r in ds("books").table(PAY).values()] == ["pay-1"]  # was: []
     assert dangling_references(["hcp", "books", "crm"]) == []
+    assert _quiet(last), [s.reason for e in last.plan.entities for s in e.skips]
+
+
+def test_a_retried_delete_does_not_strand_a_payment_recorded_since(tmp_path: Path) -> None:
+    """Regression (engine bug found by the reference machine once ``AVOID`` was emptied): hcp
+    deleted an invoice, the delete failed on books and crm, and the bookkeeper then recorded a
+    payment against books' copy. The next run retried the delete before payments were read,
+    so books' new payment referred to an invoice books no longer held, reported every run
+    ('no invoice with that id is synced'). Deletes are now decided after every entity is
+    planned, and a record a live record refers to comes back (the money is real)."""
+    cfg = memory_config(
+        tmp_path,
+        BooksWithDeletes.MEMBERS,
+        entities=ENTITIES,
+        conflicts={"default": ["newest", "books"]},
+        deletes={"propagate": True, "max_fraction": 1.0, "min_count": 0},
+    )
+
+    def sync(fail: Callable[[str, str, str], bool] | None = None) -> SyncResult:
+        extra = {m: {"fail_write": fail} for m in BooksWithDeletes.MEMBERS} if fail else None
+        with api.open_store(cfg) as store:
+            engine = Engine(cfg, store, allow_mass_delete=True, connector_extra=extra)
+            return engine.sync(cfg.pipelines["p"])
+
+    ds("hcp").put(C, "c1", {"email": "ann@x.com"})
+    ds("hcp").put(
+        INV, "i1", {"invoice_number": "1001", "customer": "c1", "amount": 100, "status": "open"}
+    )
+    assert sync().exit_code == 0
+    ds("hcp").remove(INV, "i1")
+    assert sync(lambda op, entity, ref: True).failures  # the deletes on books and crm fail
+    invoice = _id("books", INV, invoice_number="1001")
+    ds("books").put(
+        PAY,
+        "p9",
+        {"invoice": invoice, "amount": 100, "method": "cash", "status": "succeeded", "note": "p"},
+    )
+    for _ in range(4):
+        last = sync()
+    assert dangling_references(["hcp", "books", "crm"]) == []  # was: books p9 -> deleted 1001
+    assert {m: len(ds(m).table(INV)) for m in ("hcp", "books", "crm")} == {
+        "hcp": 1,
+        "books": 1,
+        "crm": 1,
+    }
+    assert [r["note"] for r in ds("crm").table(PAY).values()] == ["p"]
     assert _quiet(last), [s.reason for e in last.plan.entities for s in e.skips]

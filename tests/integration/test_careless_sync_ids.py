@@ -1,0 +1,135 @@
+"""Issue 10, case 1, through the real ``syncengine`` command against the loopback HCP sandbox:
+a bookkeeper blanks or mistypes a ``Sync ID`` cell in the customers sheet.
+
+The row then reads as a new record, and the record it was as vanished from the sheet. They are
+one record: the row takes its hub record back (the right Sync ID is written into it), and
+nothing is deleted in HCP or created again there. When the pairing is ambiguous (the row was
+copied too), it is reported and the vanished record's delete is held for that run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.csvfiles import read_csv_table, write_csv
+from tests.integration.conftest import CliResult, Sandbox, assert_clean_exit, hcp_books_config
+
+pytestmark = pytest.mark.integration
+
+Cli = Callable[..., CliResult]
+SandboxFactory = Callable[..., Sandbox]
+
+
+def _setup(tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli) -> tuple[Sandbox, Path]:
+    box = sandbox_factory(seed=8)
+    config = hcp_books_config(tmp_path / "proj", box.port)
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    return box, config
+
+
+def _sheet(config: Path) -> Path:
+    return config.parent / "books" / "customers.csv"
+
+
+def _edit_rows(config: Path, edit: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
+    table = read_csv_table(_sheet(config))
+    write_csv(_sheet(config), edit(table.rows), table.header, newline=table.newline)
+
+
+def _planned(cli: Cli, config: Path) -> dict[str, Any]:
+    done = cli("sync", "--config", config, "--dry-run", "--json")
+    assert done.returncode in (0, 1), str(done)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _hcp_ids(box: Sandbox) -> list[str]:
+    return sorted(c["id"] for c in box.customers())
+
+
+@pytest.mark.parametrize("typed", ["", "  ", "0a1b2c-typo"], ids=["blank", "spaces", "mistyped"])
+def test_a_row_whose_sync_id_was_blanked_or_mistyped_takes_its_record_back(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli, typed: str
+) -> None:
+    box, config = _setup(tmp_path, sandbox_factory, cli)
+    before_ids = _hcp_ids(box)
+    rows = read_csv_table(_sheet(config)).rows
+    target = rows[3]
+    sync_id, email = target["Sync ID"], target["Email"]
+    assert sync_id and email
+
+    def retype(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for row in rows:
+            if row["Sync ID"] == sync_id:
+                row["Sync ID"] = typed
+                row["Phone"] = row.get("Phone", "")  # left as it was
+        return rows
+
+    _edit_rows(config, retype)
+    box.clear_requests()
+
+    plan = _planned(cli, config)["entities"]["customers"]
+    assert plan["hcp"]["delete"] == 0 and plan["hcp"]["create"] == 0, plan
+    assert plan["books"]["create"] == 0 and plan["books"]["delete"] == 0, plan
+    assert plan["books"]["link"] == 1, plan  # only the Sync ID is written back
+
+    done = cli("sync", "--config", config)
+    assert_clean_exit(done, 0)
+    assert box.writes() == []  # HCP was not touched: no delete, no create
+    assert _hcp_ids(box) == before_ids
+    after = read_csv_table(_sheet(config)).rows
+    assert [r["Sync ID"] for r in after if r["Email"] == email] == [sync_id]
+    assert len(after) == len(rows)
+    again = _planned(cli, config)["entities"]["customers"]
+    assert again["hcp"] == {"create": 0, "update": 0, "delete": 0, "link": 0}
+    assert again["books"] == {"create": 0, "update": 0, "delete": 0, "link": 0}
+
+
+def test_a_blanked_row_that_was_also_copied_is_reported_and_deletes_nothing(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
+    box, config = _setup(tmp_path, sandbox_factory, cli)
+    before_ids = _hcp_ids(box)
+    rows = read_csv_table(_sheet(config)).rows
+    sync_id, email = rows[2]["Sync ID"], rows[2]["Email"]
+
+    def blank_and_copy(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = []
+        for row in rows:
+            if row["Sync ID"] == sync_id:
+                row = {**row, "Sync ID": ""}
+                out.append(dict(row))
+            out.append(row)
+        return out
+
+    _edit_rows(config, blank_and_copy)
+    box.clear_requests()
+    done = cli("sync", "--config", config)
+    assert_clean_exit(done, 1)
+    assert "vanished" in done.output and "customers.csv" in done.output, str(done)
+    assert box.writes() == []  # the held delete did not reach HCP; nothing was created
+    assert _hcp_ids(box) == before_ids
+
+    # the bookkeeper removes the copy and gives the row its Sync ID back: all agree again
+    def fix(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out, seen = [], False
+        for row in rows:
+            if row["Email"] == email and not row["Sync ID"]:
+                if seen:
+                    continue
+                seen = True
+                row["Sync ID"] = sync_id
+            out.append(row)
+        return out
+
+    _edit_rows(config, fix)
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    assert box.writes() == []
+    again = _planned(cli, config)["entities"]["customers"]
+    assert again["hcp"] == {"create": 0, "update": 0, "delete": 0, "link": 0}
+    assert again["books"] == {"create": 0, "update": 0, "delete": 0, "link": 0}
