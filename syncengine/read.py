@@ -159,6 +159,8 @@ def check_structures(
             except StructureError as exc:
                 problems.append(str(exc))
                 continue
+            if not found.no_ids:
+                continue
             linked = store.linked_count(pipeline.name, entity, name) if store is not None else 0
             problem = structure_problem(found, linked, entity)
             if problem:
