@@ -333,9 +333,10 @@ def sync(
         typer.Option(
             "--wait",
             metavar="SECONDS",
-            min=0,
             help="When another run (a sync, or the daemon) holds a pipeline, wait up to this "
-            "long for it; then exit 4 naming that run, having done nothing.",
+            "long for it (default 0: do not wait); then exit 4 naming that run, having done "
+            "nothing.",
+            show_default=False,
         ),
     ] = 0.0,
     log_level: LogLevelOpt = None,
