@@ -157,7 +157,9 @@ def check_structures(
                 member = open_member(pipeline, connectors[name], entity)
                 found = member.connector.structure(entity)
             except StructureError as exc:
-                problems.append(str(exc))
+                # one workbook holding every entity's sheet is damaged once, not per entity
+                if str(exc) not in problems:
+                    problems.append(str(exc))
                 continue
             if not found.no_ids:
                 continue
