@@ -49,6 +49,7 @@ def json_server_options(
     table: dict[str, Any] = {
         "path": path,
         "find_params": {"email": "email"},
+        "update_body": "top_level",  # json-server's PATCH replaces a nested object sent
         "pagination": styles[style],
         **entity,
     }

@@ -11,14 +11,21 @@ auth and pagination styles. Behaviour:
   nothing is written then.
 - **create** sends the record (without the id and ``read_only_fields``, inside ``body_wrap``)
   and takes the created record from the response (at ``response_path``). It is never retried:
-  a create whose outcome is unknown is looked up with ``find`` by the engine's recovery.
-- **update** sends, for ``PATCH`` and ``POST``, the changed top-level keys of the record
-  (a change inside a nested object sends that whole object); for ``PUT``, the whole record.
-  An update of a missing record raises ``NotFoundError``.
+  a create whose outcome is unknown is looked up with ``find`` by the engine's recovery. A
+  create refused as a duplicate (``duplicate``: HTTP 409 by default) returns the existing
+  record instead: fetched by the id ``duplicate.id_pattern`` finds in the answer, else looked
+  up with ``find`` by the searched fields. The engine links to it like to a created record,
+  and the next sync merges it by the normal rules.
+- **update** sends, for ``PATCH`` and ``POST``, only the changed fields, nested as their
+  paths say (``properties.lastname`` -> ``{"properties": {"lastname": ...}}``; a path with
+  a list selection sends its whole top-level key); for ``PUT``, the whole record as read with
+  the changes applied. Either way without the id and ``read_only_fields`` (dotted paths,
+  wildcards allowed). An update of a missing record raises ``NotFoundError``.
 - **delete** treats 404/410 as already deleted.
-- **find** filters the list by ``find_params`` (one parameter at a time, in order) and keeps
-  the records holding every value written; when no parameter applies or finds anything it
-  scans the whole list (``find_scan = false`` trusts the filters instead).
+- **find** sends the ``find`` request (a POST search with a templated body) when there is
+  one, else filters the list by ``find_params`` (one parameter at a time, in order), and keeps
+  the records holding every value written; when no search applies or finds anything it
+  scans the whole list (``find_scan = false`` trusts the searches instead).
 - **read_incremental** (only with ``incremental.enabled``) reads what changed since a mark;
   see ``.incremental``.
 
@@ -29,8 +36,10 @@ passes).
 
 from __future__ import annotations
 
+import copy
+import re
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import httpx
@@ -58,9 +67,11 @@ from syncengine.connectors.rest.shape import (
     Where,
     dig,
     dotted,
+    fill,
     id_of,
     records_of,
     unwrap,
+    without,
     wrap,
 )
 from syncengine.errors import (
@@ -69,7 +80,7 @@ from syncengine.errors import (
     NotFoundError,
     RecordError,
 )
-from syncengine.http import QueryScalar, connector_client, is_html
+from syncengine.http import QueryScalar, connector_client, error_message, is_html
 from syncengine.mapping import parse_path
 
 Pairs = list[tuple[str, QueryScalar]]
@@ -175,12 +186,26 @@ class RestConnector(Connector):
         and surrounding spaces), through ``find_params`` where they apply; when none applies
         or none finds anything, the list is scanned (unless ``find_scan = false``)."""
         spec = self._spec(entity)
-        read_only = spec.read_only_keys()
-        wanted = {k: v for k, v in data.items() if k not in read_only and not _empty(v)}
+        wanted = {k: v for k, v in without(data, spec.read_only_patterns()).items()}
+        return self._find(entity, spec, data, wanted)
 
-        def matching(records: Iterator[NativeRecord]) -> list[NativeRecord]:
+    def _find(
+        self, entity: str, spec: EntityOptions, data: NativeData, wanted: NativeData
+    ) -> list[NativeRecord]:
+        """The records holding ``wanted`` among those the searches for ``data`` give."""
+        wanted = {k: v for k, v in wanted.items() if not _empty(v)}
+
+        def matching(records: Iterable[NativeRecord]) -> list[NativeRecord]:
             return [r for r in records if _holds(r.data, wanted)]
 
+        if spec.find is not None:
+            searched = self._search(entity, spec, data)
+            if searched is None:
+                return matching(self._listing(entity, spec, [])) if spec.find_scan else []
+            found = matching(searched)
+            if found or not spec.find_scan:
+                return found
+            return matching(self._listing(entity, spec, []))
         searches: Pairs = []
         for native, param in spec.find_params.items():
             value = dig(data, dotted(native))
@@ -198,15 +223,49 @@ class RestConnector(Connector):
             return []
         return matching(self._listing(entity, spec, []))
 
+    def _search(
+        self, entity: str, spec: EntityOptions, data: NativeData
+    ) -> list[NativeRecord] | None:
+        """The records the ``find`` request answers for ``data``; None when a field it names
+        is empty in ``data`` (no search can be made)."""
+        find = spec.find
+        assert find is not None
+        body, complete = fill(find.body, data)
+        params, params_complete = fill(find.params, data)
+        if not (complete and params_complete):
+            return None
+        where = self._where(entity)
+        context = f"{find.method} {find.path} (find)"
+        pairs: Pairs = [(k, v) for k, v in params.items()]
+        try:
+            response = self._send(
+                entity, find.method, find.path, params=pairs, json=body or None, retry=True
+            )
+        except RecordError as exc:
+            raise where.fatal(
+                f"{context}: the server refused the search ({exc}); check the setting "
+                f"{where.setting('find')}"
+            ) from None
+        decoded = self.http.decode(find.method, find.path, response)
+        records = records_of(decoded, find.records_path, where, context)
+        return [self._native(entity, spec, r) for r in records]
+
     # -------------------------------------------------------------------------------- writing
     def create(self, entity: str, data: NativeData, *, key: str) -> NativeRecord:
         spec = self._spec(entity)
         route = self._route(entity, spec.routes().create, "create")
-        body = wrap(self._writable(spec, data), spec.steps("body_wrap"))
+        body = wrap(without(data, spec.read_only_patterns()), spec.steps("body_wrap"))
         path = route.path()
-        decoded = self._call(entity, route.method, path, json=body, retry=False)
         where = self._where(entity)
         context = f"{route.method} {path}"
+        duplicate = spec.duplicate
+        allowed = (duplicate.status,) if duplicate is not None else ()
+        response = self._send(
+            entity, route.method, path, json=body, retry=False, allow_status=allowed
+        )
+        if duplicate is not None and response.status_code == duplicate.status:
+            return self._existing(entity, spec, data, response, context)
+        decoded = self.http.decode(route.method, path, response)
         if decoded is None:
             raise where.fatal(
                 f"{context}: the server answered without a record, so the new record's id is "
@@ -233,10 +292,14 @@ class RestConnector(Connector):
                 entity=entity,
             )
         if route.method == "PUT":
-            body = self._writable(spec, full)
+            body = without(full, spec.read_only_patterns())
         else:
-            tops = {_top_key(name, full) for name in patch}
-            body = self._writable(spec, {k: full.get(k) for k in tops})
+            changed = (
+                _changed(patch, full)
+                if spec.update_body == "leaves"
+                else {k: full.get(k) for k in {_top_key(name, full) for name in patch}}
+            )
+            body = without(changed, spec.read_only_patterns())
         if not body:
             return None
         path = self._record_path(entity, route, native_id)
@@ -426,10 +489,60 @@ class RestConnector(Connector):
         )
         return NativeRecord(native_id, record, location=f"{self.name} {entity} {native_id}")
 
+    def _existing(
+        self,
+        entity: str,
+        spec: EntityOptions,
+        data: NativeData,
+        response: httpx.Response,
+        context: str,
+    ) -> NativeRecord:
+        """The record a create refused as a duplicate collides with: by the id the answer
+        names (``duplicate.id_pattern``), else the one record the searches find holding the
+        searched values. A refusal that is not a duplicate (``message_pattern`` does not
+        match) or whose record cannot be found is a ``RecordError`` for this record."""
+        duplicate = spec.duplicate
+        assert duplicate is not None
+        text = response.text
+        said = self.http.redact(
+            f"HTTP {response.status_code}: {error_message(response) or text[:200]}"
+        )
+        if duplicate.message_pattern and not re.search(duplicate.message_pattern, text):
+            raise RecordError(said, location=f"{self.name} {context}")
+        if duplicate.id_pattern:
+            match = re.search(duplicate.id_pattern, text)
+            if match and match.group(1):
+                found = self.get(entity, match.group(1))
+                if found is not None:
+                    return found
+        keys = self._searched_fields(spec)
+        wanted: dict[str, Any] = {}
+        for name in keys:
+            value = dig(data, dotted(name))
+            if value is not MISSING and not _empty(value):
+                _put(wanted, dotted(name), value)
+        found_list = self._find(entity, spec, data, wanted) if wanted else []
+        if len(found_list) == 1:
+            return found_list[0]
+        how = (
+            f"found {len(found_list)} records holding {', '.join(keys)}"
+            if wanted
+            else "no find or find_params names a field this record holds"
+        )
+        raise RecordError(
+            f"{said}; refused as a duplicate, but the existing record is not known ({how}); "
+            f"set {self._where(entity).setting('duplicate.id_pattern')} to the id in the "
+            "answer, or describe find",
+            location=f"{self.name} {context}",
+        )
+
     @staticmethod
-    def _writable(spec: EntityOptions, data: Mapping[str, Any]) -> dict[str, Any]:
-        read_only = spec.read_only_keys()
-        return {k: v for k, v in data.items() if k not in read_only}
+    def _searched_fields(spec: EntityOptions) -> list[str]:
+        """The native paths the lookups search by (``find``'s placeholders or
+        ``find_params``): a duplicate is the one record holding these values."""
+        if spec.find is not None:
+            return list(dict.fromkeys(spec.find.placeholders()))
+        return list(spec.find_params)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -449,6 +562,39 @@ def _top_key(name: str, full: Mapping[str, Any]) -> str:
         return parse_path(name).steps[0][0]
     except ValueError:
         return name
+
+
+def _changed(patch: Mapping[str, Any], full: Mapping[str, Any]) -> dict[str, Any]:
+    """The body of a partial update: each changed native name's value, nested as its path
+    says (``properties.lastname`` -> ``{"properties": {"lastname": ...}}``). A name that is
+    a key of the record as it is, or a path through a list selection
+    (``emails[type=work].value``), sends its whole top-level value from ``full``."""
+    body: dict[str, Any] = {}
+    for name, value in patch.items():
+        if name in full:
+            body[name] = copy.deepcopy(full[name])
+            continue
+        try:
+            steps = parse_path(name).steps
+        except ValueError:
+            body[name] = copy.deepcopy(value)
+            continue
+        if any(selection is not None for _key, selection in steps):
+            top = steps[0][0]
+            body[top] = copy.deepcopy(full.get(top))
+            continue
+        _put(body, tuple(key for key, _selection in steps), copy.deepcopy(value))
+    return body
+
+
+def _put(node: dict[str, Any], steps: Sequence[str], value: Any) -> None:
+    """Set ``value`` at ``steps`` in ``node``, creating the objects on the way."""
+    for step in steps[:-1]:
+        child = node.get(step)
+        if not isinstance(child, dict):
+            child = node[step] = {}
+        node = child
+    node[steps[-1]] = value
 
 
 def _empty(value: Any) -> bool:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import builtins
 import difflib
 import re
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
@@ -64,7 +65,9 @@ from syncengine.registry import Registry
 
 __all__ = [
     "OPERATIONS",
+    "DuplicateOptions",
     "EntityOptions",
+    "FindOptions",
     "IncrementalOptions",
     "RestOptions",
     "Route",
@@ -252,10 +255,9 @@ def _fields_at(model_cls: type[BaseModel], loc: tuple[int | str, ...]) -> builti
         if current is None or str(part) not in current.model_fields:
             return []
         annotation = current.model_fields[str(part)].annotation
-        current = (
-            annotation
-            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
-            else None
+        choices = typing.get_args(annotation) or (annotation,)  # X | None: X
+        current = next(
+            (c for c in choices if isinstance(c, type) and issubclass(c, BaseModel)), None
         )
     return sorted(current.model_fields) if current is not None else []
 
@@ -269,6 +271,121 @@ def _pagination_options(value: Any) -> Any:
 
 
 # ------------------------------------------------------------------------------- per entity
+
+_FIELD_PATTERN_PART = re.compile(r"[^.\s\[\]{}]+")
+_BODY_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def _checked_pattern(text: str) -> re.Pattern[str]:
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise _problem(f"{text!r} is not a regular expression ({exc})") from None
+
+
+class DuplicateOptions(BaseModel):
+    """How the API refuses a create as a duplicate (``duplicate = { status = 409, id_pattern =
+    "Existing ID: (\\d+)" }``). Such a refusal links the record to the existing one: its id
+    is taken from the answer with ``id_pattern`` (its first group), else the record is looked
+    up with ``find``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    status: Int = Field(default=409, ge=400, le=499)
+    """The HTTP status of a duplicate refusal."""
+    message_pattern: str = ""
+    """Optional: a regular expression the answer's text must match to count as a duplicate
+    (for APIs whose duplicate status also means other things, such as 400)."""
+    id_pattern: str = ""
+    """Optional: a regular expression whose first group is the existing record's id in the
+    answer's text; without it (or without a match) the record is looked up with ``find``."""
+
+    @field_validator("message_pattern")
+    @classmethod
+    def _message(cls, value: str) -> str:
+        if value:
+            _checked_pattern(value)
+        return value
+
+    @field_validator("id_pattern")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        if value and _checked_pattern(value).groups < 1:
+            raise _problem(
+                f'{value!r} has no group: put the id in parentheses, e.g. "Existing ID: (\\d+)"'
+            )
+        return value
+
+
+class FindOptions(BaseModel):
+    """A lookup request of its own (``find = { method = "POST", path = "/objects/search",
+    body = {...}, records_path = "results" }``), for APIs whose search is not a list filter.
+    Texts of ``body`` (and of ``params`` for GET) may hold ``{native.path}`` placeholders: the
+    record's value at that dotted path (a text that is just one placeholder takes the value
+    with its JSON type)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["GET", "POST"] = "POST"
+    path: str
+    body: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, QueryValue] = Field(default_factory=dict)
+    records_path: str = ""
+    """Dotted path of the list of records in the answer; empty: the body is the list."""
+
+    @field_validator("path")
+    @classmethod
+    def _route(cls, value: str) -> str:
+        _checked_route(value, "list")
+        return value
+
+    @field_validator("records_path")
+    @classmethod
+    def _records(cls, value: str) -> str:
+        return _checked_dotted(value)
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> FindOptions:
+        if self.method == "GET" and self.body:
+            raise _problem('a GET find sends no body: use params, or method = "POST"')
+        names = self.placeholders()
+        if not names:
+            raise _problem(
+                "the find request names no field of the record: put a placeholder such as "
+                '"{email}" (a dotted native path) in its body or params'
+            )
+        for name in names:
+            try:
+                dotted(name)
+            except ValueError as exc:
+                raise _problem(f"placeholder {{{name}}}: {exc}") from None
+        return self
+
+    def placeholders(self) -> builtins.list[str]:
+        """The native paths the request's texts name, in order."""
+        found: builtins.list[str] = []
+
+        def walk(value: Any) -> None:
+            if isinstance(value, str):
+                found.extend(_BODY_PLACEHOLDER.findall(value))
+            elif isinstance(value, Mapping):
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, builtins.list):
+                for item in value:
+                    walk(item)
+
+        walk(self.body)
+        walk(self.params)
+        return found
+
+
+def _duplicate_options(value: Any) -> Any:
+    if value is True:
+        return DuplicateOptions()
+    if value is False:
+        return None
+    return value
 
 
 class IncrementalOptions(BaseModel):
@@ -315,13 +432,25 @@ class EntityOptions(BaseModel):
     list_params: dict[str, QueryValue] = Field(default_factory=dict)
     """Query parameters sent with every list request (a sort order, a filter)."""
     read_only_fields: builtins.list[str] = Field(default_factory=builtins.list)
-    """Top-level keys never sent in a create or update (the id field is never sent)."""
+    """Fields never sent in a create or update: dotted paths (``properties.createdate``),
+    each part may use ``*`` and ``?`` wildcards (``properties.hs_*``). The id field is never
+    sent either."""
     find_params: dict[str, str] = Field(default_factory=dict)
     """Native field -> query parameter that filters the list by it, tried in order to find a
     record an interrupted run may have created; without any, the whole list is scanned."""
     find_scan: bool = True
     """Scan the whole list when no ``find_params`` search found the record (false: trust the
     server's filters, and save a listing per interrupted create that never arrived)."""
+    update_body: Literal["leaves", "top_level"] = "leaves"
+    """What a PATCH (or POST) update sends: ``leaves``, only the changed fields nested as
+    their paths say (for APIs that merge nested objects, RFC 7396); ``top_level``, each
+    changed top-level key whole (for APIs that replace a nested object sent, such as
+    json-server)."""
+    find: FindOptions | None = None
+    """A lookup request of its own (a POST search), used instead of ``find_params``."""
+    duplicate: DuplicateOptions | None = Field(default_factory=DuplicateOptions)
+    """How a create refused as a duplicate is recognised (default: HTTP 409); such a create
+    links to the existing record. ``duplicate = false``: a refusal is a failure."""
     pagination: PaginationOptions = Field(default_factory=NoPaginationOptions)
     incremental: IncrementalOptions = Field(default_factory=IncrementalOptions)
 
@@ -379,6 +508,24 @@ class EntityOptions(BaseModel):
             if not param.strip():
                 raise _problem(f"the query parameter for {native!r} is empty")
         return value
+
+    @field_validator("read_only_fields")
+    @classmethod
+    def _read_only(cls, value: builtins.list[str]) -> builtins.list[str]:
+        for text in value:
+            parts = text.split(".")
+            bad = [p for p in parts if not _FIELD_PATTERN_PART.fullmatch(p)]
+            if bad:
+                raise _problem(
+                    f"{text!r} is not a dotted field path (part {bad[0]!r}); write keys "
+                    "separated by '.', with * or ? as wildcards: properties.hs_*"
+                )
+        return value
+
+    @field_validator("duplicate", mode="before")
+    @classmethod
+    def _duplicate(cls, value: Any) -> Any:
+        return _duplicate_options(value)
 
     @field_validator("pagination", mode="before")
     @classmethod
@@ -455,8 +602,19 @@ class EntityOptions(BaseModel):
         return dotted(value)
 
     def read_only_keys(self) -> frozenset[str]:
-        """Top-level keys never sent: the id field's and ``read_only_fields``."""
-        return frozenset({self.steps("id_field")[0], *self.read_only_fields})
+        """Top-level keys never sent: the id field's and ``read_only_fields`` without dots
+        or wildcards."""
+        plain = {f for f in self.read_only_fields if "." not in f and not _has_wildcard(f)}
+        return frozenset({self.steps("id_field")[0], *plain})
+
+    def read_only_patterns(self) -> tuple[tuple[str, ...], ...]:
+        """Every field never sent, as path parts that may hold wildcards: the id field and
+        ``read_only_fields``."""
+        return (self.steps("id_field"), *(tuple(f.split(".")) for f in self.read_only_fields))
+
+
+def _has_wildcard(text: str) -> bool:
+    return any(c in text for c in "*?[")
 
 
 # ------------------------------------------------------------------------------ the member

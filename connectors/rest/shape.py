@@ -8,6 +8,8 @@ what the response holds instead (its keys, never its values: they may be persona
 
 from __future__ import annotations
 
+import copy
+import fnmatch
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,9 +22,11 @@ __all__ = [
     "Where",
     "dig",
     "dotted",
+    "fill",
     "id_of",
     "records_of",
     "unwrap",
+    "without",
     "wrap",
 ]
 
@@ -214,3 +218,63 @@ def unwrap(body: Any, steps: tuple[str, ...], where: Where, context: str) -> dic
             f"{describe_shape(body)}"
         )
     return found
+
+
+def without(data: Mapping[str, Any], patterns: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """A copy of ``data`` without the fields ``patterns`` name: each pattern is the parts of a
+    dotted path, each part a key or an ``fnmatch`` wildcard (``("properties", "hs_*")``). An
+    object emptied by the removal is removed too (nothing of it was meant to be sent)."""
+    result: dict[str, Any] = copy.deepcopy(dict(data))
+    for pattern in patterns:
+        _drop(result, tuple(pattern))
+    return result
+
+
+def _drop(node: dict[str, Any], parts: tuple[str, ...]) -> None:
+    head, rest = parts[0], parts[1:]
+    names = [k for k in node if fnmatch.fnmatchcase(k, head)]
+    for name in names:
+        if not rest:
+            del node[name]
+            continue
+        child = node[name]
+        if isinstance(child, dict):
+            had = bool(child)
+            _drop(child, rest)
+            if had and not child:
+                del node[name]
+
+
+def fill(template: Any, record: Mapping[str, Any]) -> tuple[Any, bool]:
+    """``template`` with each ``{dotted.path}`` placeholder replaced by the record's value
+    there; a text that is exactly one placeholder takes the value as it is (a number stays a
+    number). The flag is False when a placeholder's value is missing or empty (the request
+    cannot be made for this record)."""
+    complete = True
+
+    def value_of(name: str) -> Any:
+        nonlocal complete
+        found = dig(record, dotted(name))
+        if found is MISSING or found is None or (isinstance(found, str) and not found.strip()):
+            complete = False
+            return ""
+        return found
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, str):
+            whole = _WHOLE_PLACEHOLDER.fullmatch(node)
+            if whole:
+                return value_of(whole.group(1))
+            return _ANY_PLACEHOLDER.sub(lambda m: str(value_of(m.group(1))), node)
+        if isinstance(node, Mapping):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    filled = walk(template)
+    return filled, complete
+
+
+_WHOLE_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+_ANY_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")

@@ -95,6 +95,7 @@ page_size = 4
 [connectors.crm.entities.customers]
 path = "/customers"
 find_params = {{ email = "email" }}
+update_body = "top_level"
 pagination = {{ style = "link", page_param = "_page", size_param = "_limit" }}
 
 [[pipelines]]

@@ -257,11 +257,101 @@ def test_a_refused_create_is_a_record_error() -> None:
         make(crm).create("customers", {"name": "a"}, key="k")  # not wrapped: 422
 
 
-def test_patch_sends_the_changed_top_level_keys_whole() -> None:
+def test_patch_sends_only_the_changed_leaves_nested_as_their_paths_say() -> None:
+    crm = FakeCrm()
+    record = crm.add(
+        {"id": 1, "properties": {"firstname": "a", "lastname": "b", "hs_object_id": "1"}}
+    )
+    full = {**record, "properties": {**record["properties"], "lastname": "New"}}
+    make(crm).update("customers", "1", {"properties.lastname": "New"}, full=full)
+    assert body_of(crm.requests[-1]) == {"properties": {"lastname": "New"}}
+
+
+def test_read_only_fields_take_dotted_paths_and_wildcards() -> None:
+    crm = FakeCrm()
+    props = {"firstname": "a", "hs_object_id": "1", "hs_x": "2", "createdate": "d"}
+    record = crm.add({"id": 1, "properties": props, "archived": False})
+    conn = make(
+        crm,
+        update="PUT /contacts/{id}",
+        read_only_fields=["properties.hs_*", "properties.createdate", "archived", "updated_at"],
+    )
+    full = {**record, "properties": {**props, "firstname": "z"}}
+    conn.update("customers", "1", {"properties.firstname": "z"}, full=full)
+    assert body_of(crm.requests[-1]) == {"properties": {"firstname": "z"}}
+    conn.create("customers", {"properties": {"hs_object_id": "9", "firstname": "y"}}, key="k")
+    assert body_of(crm.requests[-1]) == {"properties": {"firstname": "y"}}
+    patched = make(crm, read_only_fields=["properties.hs_*"])
+    assert patched.update("customers", "1", {"properties.hs_x": "3"}, full=full) is None
+
+
+def test_a_duplicate_refusal_returns_the_existing_record_by_the_id_in_the_answer() -> None:
+    crm = FakeCrm()
+    existing = crm.add({"email": "a@x.org", "name": "Old"})
+    crm.before = lambda r: (
+        httpx.Response(409, json={"message": "Contact already exists. Existing ID: 1"})
+        if r.method == "POST"
+        else None
+    )
+    conn = make(crm, duplicate={"status": 409, "id_pattern": r"Existing ID: (\d+)"})
+    found = conn.create("customers", {"email": "a@x.org", "name": "New"}, key="k")
+    assert (found.id, found.data) == ("1", existing)
+    assert [r.method for r in crm.requests] == ["POST", "GET"]
+
+
+def test_a_duplicate_refusal_without_an_id_is_looked_up_by_the_searched_fields() -> None:
+    crm = FakeCrm()
+    crm.add({"email": "b@x.org", "name": "Other"})
+    crm.add({"email": "a@x.org", "name": "Old"})
+    crm.before = lambda r: httpx.Response(409, text="duplicate") if r.method == "POST" else None
+    conn = make(crm, find_params={"email": "email"})
+    found = conn.create("customers", {"email": "A@x.org ", "name": "New"}, key="k")
+    assert found.id == "2"
+    bare = make(crm)  # nothing to search by: the refusal is this record's error
+    with pytest.raises(RecordError, match=r"HTTP 409.*duplicate.*id_pattern"):
+        bare.create("customers", {"email": "a@x.org"}, key="k")
+    off = make(crm, duplicate=False, find_params={"email": "email"})
+    with pytest.raises(FatalConnectorError, match="409"):
+        off.create("customers", {"email": "a@x.org"}, key="k")
+
+
+def test_find_posts_a_templated_search_body() -> None:
+    crm = FakeCrm()
+    crm.add({"email": "a@x.org", "name": "A"})
+
+    def search(r: httpx.Request) -> httpx.Response | None:
+        if r.url.path != "/contacts/search":
+            return None
+        wanted = body_of(r)["filters"][0]["value"]
+        hits = [c for c in crm.records.values() if c["email"] == wanted]
+        return httpx.Response(200, json={"results": hits, "total": len(hits)})
+
+    crm.before = search
+    conn = make(
+        crm,
+        find_scan=False,
+        find={
+            "path": "/contacts/search",
+            "body": {"filters": [{"field": "email", "value": "{email}"}], "limit": 10},
+            "records_path": "results",
+        },
+    )
+    assert [r.id for r in conn.find("customers", {"email": "a@x.org", "name": "A"})] == ["1"]
+    assert body_of(crm.requests[-1]) == {
+        "filters": [{"field": "email", "value": "a@x.org"}],
+        "limit": 10,
+    }
+    assert crm.requests[-1].method == "POST"
+    before = len(crm.requests)
+    assert conn.find("customers", {"name": "A"}) == []  # no e-mail: no search, no scan
+    assert len(crm.requests) == before
+
+
+def test_patch_top_level_sends_the_changed_top_level_keys_whole() -> None:
     crm = FakeCrm()
     record = crm.add({"name": "a", "address": {"street": "1 Main", "city": "Austin"}, "phone": "1"})
     full = {**record, "address": {"street": "1 Main", "city": "Dallas"}, "phone": None}
-    returned = make(crm).update(
+    returned = make(crm, update_body="top_level").update(
         "customers", "1", {"address.city": "Dallas", "phone": None}, full=full
     )
     assert body_of(crm.requests[-1]) == {
