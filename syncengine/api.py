@@ -435,7 +435,7 @@ def probe(
             if chosen and (connector, entity) in chosen[0].mappings:
                 mapping = chosen[0].mappings[(connector, entity)]
             else:
-                mapping = load_mapping(cc.type_name, entity)
+                mapping = load_mapping(cc.type_name, entity, region=config.region)
             result = ProbeEntity(entity, mapping.source, [])
             conn.prepare(entity, mapping)
             try:
