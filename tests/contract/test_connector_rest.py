@@ -18,10 +18,13 @@ from typing import Any, ClassVar
 
 import pytest
 
-from syncengine.connector import Connector, ConnectorContext, NativeData
+from syncengine.connector import Connector, ConnectorContext, NativeData, NativeRecord
 from syncengine.connectors.rest import RestConnector, RestOptions
 from syncengine.connectors.rest.fake import FakeCrm
 from testbed.jsonserver import JsonServer
+from testbed.nestedcrm import BASE as NESTED_BASE
+from testbed.nestedcrm import WRITABLE as NESTED_WRITABLE
+from testbed.nestedcrm import NestedCrm
 from tests.contract.connector_suite import Change, ConnectorContract, Reopen, Sample, key
 from tests.jsonserver import ensure_json_server, json_server_options
 from tests.tools import RecordingTransport
@@ -255,3 +258,153 @@ def test_every_style_json_server_speaks_pages_it_exactly(
     learns_the_end = style in ("page", "offset") and (n % PAGE_SIZE == 0 or n < PAGE_SIZE)
     expected = 1 if style == "none" else pages + (1 if learns_the_end and n else 0)
     assert len(recorder.exchanges) == expected, [e.url for e in recorder.exchanges]
+
+
+# ------------------------------------------------------------- a CRM with nested properties
+
+
+def nested_sample(n: int) -> NativeData:
+    return {
+        "properties": {
+            "firstname": f"Ada{n}",
+            "lastname": f"Lovelace-{n}",
+            "email": f"ada.{n}@example.com",
+            "phone": f"+1555{n:07d}",
+            "company": f"Engines {n}, Ltd.",
+            "city": "London",
+        }
+    }
+
+
+def nested_rename(data: NativeData) -> NativeData:
+    """The record's writable properties with the last name changed (read-only ones left out:
+    the connector must not send them anyway)."""
+    props = {k: v for k, v in data["properties"].items() if k in NESTED_WRITABLE}
+    return {"properties": {**props, "lastname": f"{props['lastname']} (renamed)"}}
+
+
+def nested_options(url: str) -> dict[str, Any]:
+    """The options of mappings/rest/crm-properties.toml, for the nested CRM at ``url``."""
+    return {
+        "type": "rest",
+        "base_url": url,
+        "rate_limit": 0,
+        "max_retries": 1,
+        "page_size": PAGE_SIZE,
+        "entities": {
+            "customers": {
+                "path": NESTED_BASE,
+                "records_path": "results",
+                "read_only_fields": [
+                    "properties.hs_*",
+                    "properties.createdate",
+                    "properties.lastmodifieddate",
+                    "createdAt",
+                    "updatedAt",
+                    "archived",
+                ],
+                "duplicate": {"status": 409, "id_pattern": r"Existing ID: (\d+)"},
+                "find": {
+                    "method": "POST",
+                    "path": f"{NESTED_BASE}/search",
+                    "records_path": "results",
+                    "body": {
+                        "filterGroups": [
+                            {
+                                "filters": [
+                                    {
+                                        "propertyName": "email",
+                                        "operator": "EQ",
+                                        "value": "{properties.email}",
+                                    }
+                                ]
+                            }
+                        ],
+                        "limit": 10,
+                    },
+                },
+                "pagination": {
+                    "style": "cursor",
+                    "cursor_param": "after",
+                    "cursor_path": "paging.next.after",
+                    "size_param": "limit",
+                },
+            }
+        },
+    }
+
+
+def _leaves_held(actual: Any, written: Any) -> bool:
+    if isinstance(written, dict):
+        return isinstance(actual, dict) and all(
+            _leaves_held(actual.get(k), v) for k, v in written.items()
+        )
+    return bool(actual == written)
+
+
+class TestNestedCrm(ConnectorContract):
+    """testbed/nestedcrm.py as a process (one per test: an empty CRM each time): properties
+    nested, a cursor at ``paging.next.after``, read-only properties refused, a POST search."""
+
+    volatile_fields: ClassVar[frozenset[str]] = frozenset({"updatedAt"})
+    missing_id: ClassVar[str] = "999999"
+
+    @pytest.fixture
+    def crm(self) -> Iterator[NestedCrm]:
+        with NestedCrm() as server:
+            yield server
+
+    @pytest.fixture
+    def opened(self) -> Iterator[list[Connector]]:
+        conns: list[Connector] = []
+        yield conns
+        for conn in conns:
+            conn.close()
+
+    def make(self, crm: NestedCrm, name: str = "crm") -> RestConnector:
+        options = RestOptions.model_validate(nested_options(crm.url))
+        return RestConnector(options, ConnectorContext(name))
+
+    @pytest.fixture
+    def connector(self, crm: NestedCrm, opened: list[Connector]) -> Connector:
+        conn = self.make(crm)
+        opened.append(conn)
+        return conn
+
+    @pytest.fixture
+    def reopen(self, crm: NestedCrm, opened: list[Connector]) -> Reopen:
+        def again(conn: Connector) -> Connector:
+            other = self.make(crm, "crm-reopened")
+            opened.append(other)
+            return other
+
+        return again
+
+    @pytest.fixture
+    def sample(self) -> Sample:
+        return nested_sample
+
+    @pytest.fixture
+    def change(self) -> Change:
+        return nested_rename
+
+    @staticmethod
+    def assert_holds(record: NativeRecord, written: NativeData) -> None:
+        """Every written leaf, with the value written (the CRM adds its own properties)."""
+        assert _leaves_held(record.data, written), (
+            f"{record.id}: wrote {written}, got {record.data}"
+        )
+
+    def test_bulk_read_pages_by_the_nested_cursor(
+        self, crm: NestedCrm, connector: Connector, sample: Sample
+    ) -> None:
+        for n in range(1, 10):
+            connector.create(self.entity, sample(n), key=key(n))
+        crm.clear_log()
+        assert len(list(connector.read(self.entity))) == 9
+        assert [(e["method"], e["query"].get("after")) for e in crm.log()] == [
+            ("GET", None),
+            ("GET", "4"),
+            ("GET", "8"),
+        ]
+        assert {e["query"]["limit"] for e in crm.log()} == {str(PAGE_SIZE)}
