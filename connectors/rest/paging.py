@@ -462,7 +462,9 @@ class CursorPaginator(Paginator):
         cursor = dig(page.body, dotted(o.cursor_path))
         setting = self._setting("cursor_path", o.cursor_path)
         if cursor is MISSING:
-            if o.has_more_path or len(page.records) >= self.size:
+            # a cursor found on an earlier page shows the path is right: its absence (a
+            # nested ``paging`` left out on the last page) is the end
+            if o.has_more_path or (len(page.records) >= self.size and not self.seen):
                 raise self.where.fatal(
                     f"{where}: the response has no {o.cursor_path!r} although more records "
                     f"seem to follow (setting {setting}); the response is "
