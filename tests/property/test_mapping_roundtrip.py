@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncengine import model
-from syncengine.mapping import load_mapping
+from syncengine.mapping import load_mapping, load_mapping_file
 from syncengine.transforms import build_transform, known_transforms
 
 SETTINGS = settings(suppress_health_check=[HealthCheck.too_slow])
@@ -451,6 +451,28 @@ rest_customers = st.fixed_dictionaries(
     },
 )
 
+# records of a CRM that nests its fields under "properties" (mappings/rest/crm-properties.toml)
+crm_properties_contacts = st.fixed_dictionaries(
+    {
+        "id": st.integers(1, 10**9).map(str),
+        "properties": st.fixed_dictionaries(
+            {},
+            optional={
+                **{
+                    key: names
+                    for key in ("firstname", "lastname", "company", "address", "city", "state")
+                },
+                "zip": names,
+                "email": st.one_of(emails, maybe),
+                "phone": st.one_of(phones, maybe),
+                "hs_object_id": st.integers(1, 10**9).map(str),  # the CRM's own, unmapped
+                "lifecyclestage": texts,  # unmapped
+            },
+        ),
+    },
+    optional={"updatedAt": hcp_moments, "createdAt": hcp_moments, "archived": st.booleans()},
+)
+
 memory_ids = st.one_of(st.from_regex(r"\A[mt][0-9]{1,5}\Z"), st.uuids().map(lambda u: u.hex))
 
 
@@ -488,12 +510,16 @@ def memory_records(entity: str) -> st.SearchStrategy[dict[str, Any]]:
 MappingCase = tuple[str, str, str | None, st.SearchStrategy[dict[str, Any]]]
 """(connector type, entity, the member's timezone option, native records)."""
 
+# built-in mapping files that are starting points rather than defaults: file name -> entity
+STARTING_POINTS = {("rest", "crm-properties"): "customers"}
+
 MAPPING_CASES: list[MappingCase] = [
     ("housecallpro", "customers", None, hcp_customers),
     ("housecallpro", "jobs", None, hcp_jobs),
     ("housecallpro", "invoices", None, hcp_invoices),
     ("housecallpro", "payments", None, hcp_payments),
     ("rest", "customers", None, rest_customers),
+    ("rest", "crm-properties", None, crm_properties_contacts),
     ("spreadsheet", "customers", None, spreadsheet_rows),
     ("spreadsheet", "invoices", None, sheet_invoices("UTC")),
     ("spreadsheet", "invoices", "America/Chicago", sheet_invoices("America/Chicago")),
@@ -525,7 +551,14 @@ def test_mapping_round_trip_is_a_fixed_point(
     natives: st.SearchStrategy[dict[str, Any]],
     data: st.DataObject,
 ) -> None:
-    mapping = load_mapping(connector, entity, timezone=zone)
+    if (connector, entity) in STARTING_POINTS:
+        path = importlib.resources.files("syncengine.mappings") / connector / f"{entity}.toml"
+        with importlib.resources.as_file(path) as file:
+            mapping = load_mapping_file(
+                file, entity=STARTING_POINTS[connector, entity], timezone=zone
+            )
+    else:
+        mapping = load_mapping(connector, entity, timezone=zone)
     native = data.draw(natives, label="native")
     snapshot = repr(native)
 
