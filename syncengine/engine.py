@@ -60,8 +60,9 @@ import gc
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import structlog
 
@@ -445,7 +446,7 @@ class Engine:
             ent.guard = empty_member_guard(entity, reads)
             if ent.guard:
                 return planned
-        relinked = self._relink_vanished(pipeline, entity, reads, ent)
+        relinked = self._relink_vanished(pipeline, entity, members, reads, ent)
         touched = self._touched(pipeline, entity, members, reads, refs)
         matched = self._match_new(pipeline, entity, members, reads, recovery, ent, relinked)
         touched.update(k for k in matched.groups if k not in matched.new_keys)
@@ -503,6 +504,7 @@ class Engine:
         self,
         pipeline: Pipeline,
         entity: str,
+        members: Sequence[Member],
         reads: Mapping[str, MemberRead],
         ent: EntityPlan,
     ) -> dict[tuple[str, str], str]:
@@ -513,12 +515,14 @@ class Engine:
         (member, native hash) -> hub key."""
         hints: dict[tuple[str, str], str] = {}
         keys = pipeline.match_keys(entity)
+        combos = model.entity_spec(entity).relink_keys
         for name, r in reads.items():
-            if not (r.gone and r.new and keys):
+            if not (r.gone and r.new and (keys or combos)):
                 continue
             states = self.store.load_records(pipeline.name, entity, set(r.gone))
             vanished = {k: rs.base for k, rs in states.items() if not rs.base.get(model.DELETED)}
-            found = relink_vanished(name, r.new, vanished, keys)
+            relink = Relinking(combos, _same_on_some(members), missing={name: r.missing})
+            found = relink_vanished(name, r.new, vanished, keys, relink)
             if not (found.keys or found.ambiguous):
                 continue
             unsynced = {id(obs) for obs, _why in found.ambiguous}
@@ -552,6 +556,7 @@ class Engine:
         new_records = {name: r.new for name, r in reads.items() if r.new}
         if not new_records:
             return MatchResult()
+        unreadable = {name: r.unreadable for name, r in reads.items() if r.unreadable}
         keys = pipeline.match_keys(entity)
         hints = {**(recovery.match if recovery else {}), **(relinked or {})} or None
         released = {(m, k) for (m, _h), k in (relinked or {}).items()}
@@ -575,7 +580,13 @@ class Engine:
             else iter(())
         )
         result = match(
-            [m.name for m in members], new_records, existing, keys, hints=hints, relink=relinking
+            [m.name for m in members],
+            new_records,
+            existing,
+            keys,
+            hints=hints,
+            relink=relinking,
+            unreadable=unreadable,
         )
         for obs, why in result.ambiguous:
             ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
@@ -600,11 +611,8 @@ class Engine:
         unknown = any(r.linked == 0 and r.count > 0 for r in reads.values())
         if not (ids or unknown):
             return None
-
-        def same(name: str, a: object, b: object) -> bool:
-            return any(m.mapping.equivalent(name, a, b) for m in members)
-
-        return Relinking(spec.relink_keys, same, ids)
+        missing = {name: r.missing for name, r in reads.items() if r.missing}
+        return Relinking(spec.relink_keys, _same_on_some(members), ids, missing)
 
     @staticmethod
     def _fetch_referring_unseen(
@@ -751,3 +759,13 @@ def _untaken(kp: KeyPlan | None, views: Mapping[str, MemberView]) -> set[str]:
     if kp is None or any(v.status == "blocked" for v in views.values()):
         return {m for m, v in views.items() if v.status in ("changed", "new", "gone")}
     return {m for m, v in views.items() if v.status == "gone" and m not in kp.links}
+
+
+def _same_on_some(members: Sequence[Member]) -> Callable[[str, Any, Any], bool]:
+    """Whether two values of a field are the same on some member of the pipeline (a date
+    and a timestamp of that day, on a sheet that holds dates)."""
+
+    def same(name: str, a: Any, b: Any) -> bool:
+        return any(m.mapping.equivalent(name, a, b) for m in members)
+
+    return same

@@ -58,9 +58,12 @@ def relink_vanished(
     new: Sequence[Observed],
     vanished: Mapping[str, Record],
     match_keys: Sequence[str],
+    relink: Relinking | None = None,
 ) -> Relinks:
     """Pair the records new on ``member`` with the records that vanished from it in the same
-    read (``vanished``: hub key -> base), by the first match key that names any of them.
+    read (``vanished``: hub key -> base), by the first match key that names any of them, else
+    by the first of ``relink``'s field combinations that names any (payments have no match
+    key: invoice, amount and date name them).
 
     A record whose Sync ID a person blanked or mistyped reads as a new record plus a vanished
     one; it is the same record and must take its hub record back, not be deleted and created
@@ -78,25 +81,30 @@ def relink_vanished(
                 index.setdefault((name, value), []).append(key)
     claims: dict[str, list[Observed]] = {}
     for obs in new:
+        found: list[str] = []
+        what = ""
         for name in match_keys:
             value = obs.canonical.get(name)
             if value in (None, ""):
                 continue
             found = index.get((name, value), [])
-            if len(found) == 1:
-                claims.setdefault(found[0], []).append(obs)
-            elif found:
-                out.held.update(found)
-                out.ambiguous.append(
-                    (
-                        obs,
-                        f"{name} {value!r} matches {len(found)} records that vanished from "
-                        f"{member} in this read; their deletes wait. Give the row its record's "
-                        "Sync ID back (see the last sync's output or `syncengine runs`)",
-                    )
-                )
+            what = f"{name} {value!r}"
             if found:
                 break
+        if not found and relink is not None:
+            found, what = relink.among(obs, vanished)
+        if len(found) == 1:
+            claims.setdefault(found[0], []).append(obs)
+        elif found:
+            out.held.update(found)
+            out.ambiguous.append(
+                (
+                    obs,
+                    f"{what} matches {len(found)} records that vanished from {member} in this "
+                    "read; their deletes wait. Give the row its record's Sync ID back (see "
+                    "the last sync's output or `syncengine runs`)",
+                )
+            )
     for key, claimants in claims.items():
         if len(claimants) == 1 and key not in out.held:
             out.keys[id(claimants[0])] = key
@@ -114,6 +122,10 @@ def relink_vanished(
     return out
 
 
+_SHADOW = "\0unreadable:"
+"""The prefix of the keys ``match`` gives the unreadable records it matches against."""
+
+
 def new_key() -> str:
     return uuid.uuid4().hex
 
@@ -127,6 +139,7 @@ def match(
     hints: Mapping[tuple[str, str], str] | None = None,
     make_key: Callable[[], str] = new_key,
     relink: Relinking | None = None,
+    unreadable: Mapping[str, Sequence[Observed]] | None = None,
 ) -> MatchResult:
     """Group new records with hub records or with each other.
 
@@ -134,6 +147,8 @@ def match(
     ``(member, native_hash)`` to the key an interrupted run had already given that record.
     ``relink`` (the state knows nothing of some member's records) adds the entity's relink
     keys after the match keys, and lets a new hub record take an id a member already gave it.
+    ``unreadable`` (member -> its unlinked records in error) take part as candidates only: a
+    record they would match is reported, not synced, so that it is not created again there.
     """
     result = MatchResult()
     index: dict[tuple[str, Any], list[str]] = {}
@@ -147,6 +162,19 @@ def match(
                 index.setdefault((name, value), []).append(key)
         if combos is not None:
             combos.add(key, base)
+
+    shadows: dict[str, Observed] = {}
+    for member, records in (unreadable or {}).items():
+        for i, obs in enumerate(records):
+            shadow = f"{_SHADOW}{member}:{i}"
+            shadows[shadow] = obs
+            holders[shadow] = {member}
+            for name in match_keys:
+                value = obs.canonical.get(name)
+                if value not in (None, ""):
+                    index.setdefault((name, value), []).append(shadow)
+            if combos is not None:
+                combos.add(shadow, obs.canonical)
 
     hints = hints or {}
     contested: set[str] = set()
@@ -176,6 +204,16 @@ def match(
                     contested.update(k for k in candidates if k in result.new_keys)
                     break
                 twins = [k for k in same_value if holders.get(k, set()) - {member}]
+                alike = [k for k in same_value if k in result.new_keys and k not in twins]
+                if alike:
+                    # a copied row, or a customer typed twice: the first is synced, a second
+                    # created elsewhere would duplicate it there
+                    ambiguous = (
+                        f"{name} {value!r} is also on a record new on {member} before it in "
+                        "this read (a copied row, or one typed twice?): a possible duplicate, "
+                        "not synced (delete the copy, or give this one a distinct value)"
+                    )
+                    break
                 if twins:
                     ambiguous = (
                         f"{name} {value!r} is already used by another record on "
@@ -187,6 +225,12 @@ def match(
             if chosen is None and not ambiguous and combos is not None:
                 chosen, ambiguous, unsure = combos.find(obs, holders)
                 contested.update(k for k in unsure if k in result.new_keys)
+            if chosen in shadows:
+                ambiguous = (
+                    f"it may be {shadows[chosen].record.location or 'a record'} on "
+                    f"{shadows[chosen].member}, which could not be read (see that error): "
+                    "not synced until that is fixed"
+                )
             if ambiguous:
                 result.ambiguous.append((obs, ambiguous))
                 continue
@@ -234,11 +278,43 @@ class Relinking:
     ids: Mapping[int, str] = field(default_factory=dict)
     """id() of a new record -> the id its member gave it, which a new hub record it starts
     takes as its key (a sheet's Sync ID after the state was lost)."""
+    missing: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """member -> fields it does not hold (a sheet's column removed): a relink key of its
+    records is the rest of the combination, when two fields or more are left."""
+
+    def fields(self, i: int, member: str) -> tuple[str, ...]:
+        """The fields of relink key ``i`` that ``member``'s records hold, or () when fewer
+        than two are left (or its first is gone) and the key names nothing on it."""
+        names = self.keys[i]
+        gone = self.missing.get(member, frozenset())
+        held = tuple(n for n in names if n not in gone)
+        return held if len(held) >= 2 and held[0] == names[0] else ()
+
+    def among(self, obs: Observed, records: Mapping[str, Record]) -> tuple[list[str], str]:
+        """(the keys of ``records`` that agree with ``obs`` on the first relink key that
+        names any of them, what that key is) - ([], "") when none does."""
+        for i in range(len(self.keys)):
+            names = self.fields(i, obs.member)
+            values = [obs.canonical.get(n) for n in names]
+            if not names or any(v in (None, "") for v in values):
+                continue
+            found = [
+                key
+                for key, record in records.items()
+                if all(
+                    record.get(n) not in (None, "") and self.same(n, v, record.get(n))
+                    for n, v in zip(names, values, strict=True)
+                )
+            ]
+            if found:
+                return found, ", ".join(n.rsplit(".", 1)[-1] for n in names)
+        return [], ""
 
 
 class _Combos:
     """The candidates of the relink keys: hub records and records new in this run, indexed
-    by their first field's value, compared field by field with ``Relinking.same``."""
+    by their first field's value, compared field by field with ``Relinking.same`` on the
+    fields the new record's member holds (``Relinking.fields``)."""
 
     def __init__(self, relink: Relinking, new_records: Mapping[str, list[Observed]]) -> None:
         self.relink = relink
@@ -247,7 +323,8 @@ class _Combos:
         """(relink key, member, values) -> how many of the member's new records hold them."""
         for member, records in new_records.items():
             for obs in records:
-                for i, names in enumerate(relink.keys):
+                for i in range(len(relink.keys)):
+                    names = relink.fields(i, member)
                     own = self._own(i, member, [obs.canonical.get(n) for n in names])
                     self.seen[own] = self.seen.get(own, 0) + 1
 
@@ -257,7 +334,7 @@ class _Combos:
 
     def add(self, key: str, record: Record) -> None:
         for i, names in enumerate(self.relink.keys):
-            if all(record.get(n) not in (None, "") for n in names):
+            if record.get(names[0]) not in (None, ""):
                 self.index.setdefault((i, _hashable(record[names[0]])), []).append((key, record))
 
     def find(
@@ -266,16 +343,20 @@ class _Combos:
         """(the one hub key whose record agrees with ``obs`` on a relink key, or None;
         why that is ambiguous, or ""; the keys it might belong to when ambiguous)."""
         same = self.relink.same
-        for i, names in enumerate(self.relink.keys):
+        for i in range(len(self.relink.keys)):
+            names = self.relink.fields(i, obs.member)
             values = [obs.canonical.get(n) for n in names]
-            if any(v in (None, "") for v in values):
+            if not names or any(v in (None, "") for v in values):
                 continue
             twins = self.seen.get(self._own(i, obs.member, values), 0)
             found = {
                 key
                 for key, record in self.index.get((i, _hashable(values[0])), [])
                 if obs.member not in holders.get(key, set())
-                and all(same(n, v, record.get(n)) for n, v in zip(names, values, strict=True))
+                and all(
+                    record.get(n) not in (None, "") and same(n, v, record.get(n))
+                    for n, v in zip(names, values, strict=True)
+                )
             }
             what = ", ".join(n.rsplit(".", 1)[-1] for n in names)
             if len(found) > 1 or (found and twins > 1):

@@ -124,6 +124,8 @@ CUSTOMER = EntitySpec(
     match_keys=("email", "mobile_number"),
     relink_keys=(
         ("first_name", "last_name", "addresses.service.street", "addresses.service.city"),
+        # a customer with no address on one side: a full name unique on both sides
+        ("first_name", "last_name"),
     ),
 )
 
@@ -193,7 +195,11 @@ PAYMENT = EntitySpec(
     ),
     # no match key: two payments of one amount on one invoice are common. A lost state
     # store still finds each one's copies when the whole combination is unique.
-    relink_keys=(("invoice", "amount", "paid_at", "method"),),
+    relink_keys=(
+        ("invoice", "amount", "paid_at", "method"),
+        # a method corrected on one side since the last sync
+        ("invoice", "amount", "paid_at"),
+    ),
     depends_on=("invoices",),
 )
 

@@ -60,6 +60,9 @@ class MemberRead:
     the read mark, not gone."""
     blocked: set[str] = field(default_factory=set)
     """Keys whose record on this member could not be read or resolved: left alone."""
+    unreadable: list[Observed] = field(default_factory=list)
+    """Unlinked records in error (reported) whose values could be read: a record new on
+    another member that matches one of them may be it, and is not synced either."""
     linked: int = 0
     """How many records the member had linked before this read."""
     count: int = 0
@@ -268,6 +271,8 @@ def observe(
     is linked to (None: not linked), ``known_hash`` its native hash when last seen."""
     if rec.error:
         _block(entity, member, ent, out, rec, key, rec.error)
+        if key is None and rec.data:
+            _shadow(member, out, rec)
         return
     digest = rec.native_hash()
     if key is not None and known_hash == digest:
@@ -288,6 +293,17 @@ def observe(
         out.new.append(obs)
     else:
         out.changed[key] = obs
+
+
+def _shadow(member: Member, out: MemberRead, rec: NativeRecord) -> None:
+    """Keep what can be read of an unlinked record in error (a row copied with its Sync ID
+    after the state was lost), so that no record new elsewhere is created here as well
+    while it may be this one (``MemberRead.unreadable``)."""
+    try:
+        canonical = member.mapping.to_canonical(rec.data, location=rec.location)
+    except RecordError:
+        return
+    out.unreadable.append(Observed(member.name, rec, canonical, rec.native_hash(), out.count))
 
 
 def _block(

@@ -70,6 +70,29 @@ def test_one_row_for_two_vanished_records_holds_both() -> None:
     assert [o for o, _why in found.ambiguous] == [row]
 
 
+def test_a_payment_row_with_a_blanked_sync_id_pairs_by_invoice_amount_and_date() -> None:
+    """Payments have no match key: the relink keys name the one that vanished."""
+    row = obs("books", "@line:3", _payment(100, "2025-01-02T00:00:00Z"), provisional=True)
+    vanished = {
+        "k-1": _payment(100, "2025-01-02T10:00:00Z"),
+        "k-2": _payment(250, "2025-01-02T10:00:00Z"),
+    }
+    relink = Relinking(PAY_KEYS, _same_day)
+    found = relink_vanished("books", [row], vanished, (), relink)
+    assert found.keys == {id(row): "k-1"} and found.ambiguous == [] and found.held == set()
+
+
+def test_a_payment_row_like_two_vanished_payments_holds_both() -> None:
+    row = obs("books", "@line:3", _payment(100, "2025-01-02T00:00:00Z"), provisional=True)
+    vanished = {
+        "k-1": _payment(100, "2025-01-02T10:00:00Z"),
+        "k-2": _payment(100, "2025-01-02T15:00:00Z"),
+    }
+    found = relink_vanished("books", [row], vanished, (), Relinking(PAY_KEYS, _same_day))
+    assert found.keys == {} and found.held == {"k-1", "k-2"}
+    assert [o for o, _why in found.ambiguous] == [row]
+
+
 # ---------------------------------------------------------------------------- Relinking
 
 PAY_KEYS = PAYMENT.relink_keys
@@ -127,14 +150,53 @@ def test_payments_alike_on_one_side_are_reported_and_nothing_is_created_for_them
     assert sorted(o.record.id for o, _why in result.ambiguous) == ["S1", "p1", "p2"]
 
 
-def test_a_different_method_or_amount_is_another_payment() -> None:
+def test_a_different_amount_is_another_payment() -> None:
+    hcp = [obs("hcp", "p1", _payment(100, "2025-01-02T10:00:00Z", "check"))]
+    books = [obs("books", "S1", _payment(101, "2025-01-02T00:00:00Z", "check"))]
+    relink = Relinking(PAY_KEYS, _same_day, {})
+    result = match(
+        ["hcp", "books"], {"hcp": hcp, "books": books}, [], (), relink=relink, make_key=_counter()
+    )
+    assert sorted(result.groups) == ["new-1", "new-2"]
+
+
+def test_a_method_corrected_on_one_side_is_still_the_payment() -> None:
     hcp = [obs("hcp", "p1", _payment(100, "2025-01-02T10:00:00Z", "check"))]
     books = [obs("books", "S1", _payment(100, "2025-01-02T00:00:00Z", "cash"))]
     relink = Relinking(PAY_KEYS, _same_day, {})
     result = match(
         ["hcp", "books"], {"hcp": hcp, "books": books}, [], (), relink=relink, make_key=_counter()
     )
-    assert sorted(result.groups) == ["new-1", "new-2"]
+    assert list(result.groups.values()) == [{"hcp": hcp[0], "books": books[0]}]
+
+
+def test_two_payments_alike_but_for_their_method_are_told_apart_by_it() -> None:
+    hcp = [
+        obs("hcp", "p1", _payment(100, "2025-01-02T10:00:00Z", "check")),
+        obs("hcp", "p2", _payment(100, "2025-01-02T11:00:00Z", "cash")),
+    ]
+    books = [
+        obs("books", "S2", _payment(100, "2025-01-02T00:00:00Z", "cash")),
+        obs("books", "S1", _payment(100, "2025-01-02T00:00:00Z", "check")),
+    ]
+    relink = Relinking(PAY_KEYS, _same_day, {})
+    result = match(
+        ["hcp", "books"], {"hcp": hcp, "books": books}, [], (), relink=relink, make_key=_counter()
+    )
+    pairs = sorted((g["hcp"].record.id, g["books"].record.id) for g in result.groups.values())
+    assert pairs == [("p1", "S1"), ("p2", "S2")]
+
+
+def test_a_sheet_without_its_date_column_relinks_by_the_rest() -> None:
+    hcp = [obs("hcp", "p1", _payment(100, "2025-01-02T10:00:00Z", "check"))]
+    row = _payment(100, "2025-01-02T00:00:00Z", "check")
+    del row["paid_at"]
+    books = [obs("books", "S1", row)]
+    relink = Relinking(PAY_KEYS, _same_day, {}, {"books": frozenset({"paid_at"})})
+    result = match(
+        ["hcp", "books"], {"hcp": hcp, "books": books}, [], (), relink=relink, make_key=_counter()
+    )
+    assert list(result.groups.values()) == [{"hcp": hcp[0], "books": books[0]}]
 
 
 def test_without_relinking_payments_never_match() -> None:
