@@ -118,6 +118,9 @@ class Structure:
     """Native names the mapping in force reads or writes that the storage has no place for:
     a column renamed or removed from an existing sheet. The member does not hold those fields
     yet; the engine never reads them as cleared values and writes them from the others."""
+    absent: bool = False
+    """The storage does not exist (a file or sheet deleted, moved or renamed): the member
+    lists nothing, and creates it at the first write."""
     no_ids: str = ""
     """Why none of the records the storage holds shows its id (``the Sync ID column is
     missing``), else "". With records linked to the member that is a structure error: each

@@ -235,6 +235,11 @@ class Engine:
             raise busy_error(pipeline.name, lease, 0)
 
     def _sync(self, pipeline: Pipeline, entities: Sequence[str] | None) -> SyncResult:
+        """One run of ``pipeline`` (``entities``: None for all of them), in the order that
+        keeps every step safe: refuse a wrong sheet structure before anything is read into a
+        plan, recover what an interrupted run left in the journal, plan and apply each entity
+        in dependency order, then decide the deletes other entities may refer to, those
+        referring first. The run is recorded (``runs``) however it ends."""
         if not self.dry_run:
             self._check_lease(pipeline)
         started = time.monotonic()

@@ -157,6 +157,14 @@ def empty_member_guard(entity: str, reads: Mapping[str, MemberRead]) -> str | No
     """The guard's message when a member listed no record of the entity though records are
     linked to it (a wrong path, refused credentials), else None."""
     for name, r in reads.items():
+        if r.count == 0 and r.linked > 0 and r.complete and r.structure.absent:
+            where = r.structure.where or f"{name}'s {entity}"
+            return (
+                f"{where} is missing (deleted, moved or renamed?) but {r.linked} {entity} "
+                f"are linked to it; nothing was written. Put it back (undo, the recycle bin, "
+                "a backup) and sync again; only if every one of them is to be deleted "
+                "everywhere, run `syncengine sync --allow-mass-delete`"
+            )
         if r.count == 0 and r.linked > 0 and r.complete:
             return (
                 f"{name} returned no {entity} but {r.linked} are linked to "

@@ -163,18 +163,28 @@ def match(
         if combos is not None:
             combos.add(key, base)
 
-    shadows: dict[str, Observed] = {}
-    for member, records in (unreadable or {}).items():
-        for i, obs in enumerate(records):
-            shadow = f"{_SHADOW}{member}:{i}"
-            shadows[shadow] = obs
-            holders[shadow] = {member}
-            for name in match_keys:
-                value = obs.canonical.get(name)
-                if value not in (None, ""):
-                    index.setdefault((name, value), []).append(shadow)
-            if combos is not None:
-                combos.add(shadow, obs.canonical)
+    shadows: dict[str, str] = {}
+    """Keys of records that are candidates but never synced -> why a record that matches
+    one of them alone is not synced either."""
+
+    def shadow(obs: Observed, why: str) -> None:
+        key = f"{_SHADOW}{len(shadows)}"
+        shadows[key] = why
+        holders[key] = {obs.member}
+        for name in match_keys:
+            value = obs.canonical.get(name)
+            if value not in (None, ""):
+                index.setdefault((name, value), []).append(key)
+        if combos is not None:
+            combos.add(key, obs.canonical)
+
+    for records in (unreadable or {}).values():
+        for obs in records:
+            shadow(
+                obs,
+                f"it may be {obs.record.location or 'a record'} on {obs.member}, which could "
+                "not be read (see that error): not synced until that is fixed",
+            )
 
     hints = hints or {}
     contested: set[str] = set()
@@ -207,11 +217,17 @@ def match(
                 alike = [k for k in same_value if k in result.new_keys and k not in twins]
                 if alike:
                     # a copied row, or a customer typed twice: the first is synced, a second
-                    # created elsewhere would duplicate it there
+                    # created elsewhere would duplicate it there. It stays a candidate, so
+                    # that a record elsewhere with this value is not taken for the first.
                     ambiguous = (
                         f"{name} {value!r} is also on a record new on {member} before it in "
                         "this read (a copied row, or one typed twice?): a possible duplicate, "
                         "not synced (delete the copy, or give this one a distinct value)"
+                    )
+                    shadow(
+                        obs,
+                        f"{name} {value!r} is on two records new on {member} in this run; "
+                        "which one this is cannot be told (see that error)",
                     )
                     break
                 if twins:
@@ -226,11 +242,7 @@ def match(
                 chosen, ambiguous, unsure = combos.find(obs, holders)
                 contested.update(k for k in unsure if k in result.new_keys)
             if chosen in shadows:
-                ambiguous = (
-                    f"it may be {shadows[chosen].record.location or 'a record'} on "
-                    f"{shadows[chosen].member}, which could not be read (see that error): "
-                    "not synced until that is fixed"
-                )
+                ambiguous = shadows[chosen]
             if ambiguous:
                 result.ambiguous.append((obs, ambiguous))
                 continue

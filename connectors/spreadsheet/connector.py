@@ -489,7 +489,7 @@ class _Working:
         nothing: it gets the whole header."""
         where = self.table.display
         if self.created:
-            return Structure(where=where)
+            return Structure(where=where, absent=True)
         missing = tuple(name for name in mapped if name not in self.columns)
         no_ids = ""
         if not self.by_id and any(not row.blank for row in self.rows.values()):

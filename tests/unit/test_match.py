@@ -31,6 +31,11 @@ SEVERAL = (
     "email 'ann@example.com' matches 2 records already linked elsewhere; give them distinct "
     "values or link by hand"
 )
+ALIKE = (
+    "email 'bob@example.com' is also on a record new on crm before it in this read (a copied "
+    "row, or one typed twice?): a possible duplicate, not synced (delete the copy, or give "
+    "this one a distinct value)"
+)
 DUPLICATE_ON_SHEET = (
     "email 'ann@example.com' is already used by another record on sheet that is linked to "
     "the other members: a possible duplicate, not synced (merge the two, or give this one a "
@@ -161,12 +166,15 @@ ROWS = [
                 record(CRM, "c2", {"email": "bob@example.com"}),
             ),
             expect=Expect(
-                groups={"new-1": {CRM: "c1"}, "new-2": {CRM: "c2"}},
-                new_keys={"new-1", "new-2"},
+                groups={"new-1": {CRM: "c1"}},
+                new_keys={"new-1"},
+                ambiguous=[(CRM, "c2", ALIKE)],
             ),
         ),
-        # a member's own two records are never one record
-        id="same-email-twice-on-one-member-two-new-keys",
+        # a member's own two records are never one record, and two new ones with one match
+        # key would be two records with that key on every other member: the second is a
+        # possible duplicate, not synced
+        id="same-email-twice-on-one-member-the-second-is-a-possible-duplicate",
     ),
     pytest.param(
         Row(

@@ -388,3 +388,45 @@ def test_a_read_only_column_missing_is_left_alone_not_cleared(tmp_path: Path) ->
     assert result.plan.actions == [] and result.plan.entities[0].notes == []
     assert [r["lead_source"] for r in ds().table(C).values()] == ["fair"]
     assert "Source" not in sheet.rows()[0]
+
+
+# ------------------------------------------------------------ a file or sheet deleted
+
+
+@FORMATS
+def test_a_deleted_file_or_sheet_stops_its_entity_naming_it_and_is_synced_once_restored(
+    tmp_path: Path, fmt: str
+) -> None:
+    """The books member lists nothing because the file (the sheet of a workbook) is gone:
+    the guard says which file, to put it back, and that only --allow-mass-delete deletes
+    every record elsewhere; nothing is written, and the file is not created again empty."""
+    cfg, sheet = books_with_two(tmp_path, fmt)
+    saved = sheet.path.read_bytes()
+    if fmt == "csv":
+        sheet.path.unlink()
+    else:
+        book = openpyxl.load_workbook(sheet.path)
+        book.create_sheet("Notes")["A1"] = "the bookkeeper's own sheet"
+        book.remove(book["Customers"])
+        book.save(sheet.path)
+    gone = sheet.path.read_bytes() if fmt == "xlsx" else None
+    untouched = Untouched(tmp_path)
+
+    for dry_run in (True, False):
+        result = run(cfg, dry_run=dry_run)
+        assert result.exit_code == 3
+        assert result.guard is not None
+        assert result.guard.startswith(f"{sheet.where} is missing (deleted, moved or renamed?)")
+        assert "but 2 customers are linked to it; nothing was written. Put it back" in result.guard
+        assert "--allow-mass-delete" in result.guard
+        untouched.check()
+        assert (sheet.path.read_bytes() if fmt == "xlsx" else sheet.path.exists()) == (
+            gone if fmt == "xlsx" else False
+        )
+
+    sheet.path.write_bytes(saved)
+    ds().edit(C, "a1", first_name="Anne")
+    result = run(cfg)
+    assert result.exit_code == 0
+    assert [(a.op, a.member) for a in result.plan.actions] == [("update", "books")]
+    assert sheet.column("First Name") == ["Anne", "Bob"]

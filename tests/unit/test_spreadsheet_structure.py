@@ -115,9 +115,14 @@ def test_a_renamed_or_removed_mapped_column_is_reported_missing(tmp_path: Path) 
 
 
 def test_a_sheet_the_sync_creates_or_an_empty_one_lacks_nothing(tmp_path: Path) -> None:
-    assert csv_books(tmp_path / "none").structure("customers") == Structure(where="customers.csv")
-    assert csv_books(tmp_path / "empty", "").structure("customers").missing == ()
+    assert csv_books(tmp_path / "none").structure("customers") == Structure(
+        where="customers.csv", absent=True
+    )
+    assert csv_books(tmp_path / "empty", "").structure("customers") == Structure(
+        where="customers.csv"
+    )
     assert xlsx_books(tmp_path / "new.xlsx").structure("customers").missing == ()
+    assert xlsx_books(tmp_path / "new.xlsx").structure("customers").absent
 
 
 def test_a_workbook_reports_its_missing_columns(tmp_path: Path) -> None:
