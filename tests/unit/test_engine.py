@@ -254,9 +254,7 @@ def test_ambiguous_match_is_reported_not_guessed(two: Config) -> None:
     assert [i.member for i in issues if "matches 2 records" in i.message] == ["b"]
     assert [i.location for i in issues if "held back" in i.message] == ["a customers a1"]
     # a's second record with that e-mail is a possible duplicate of its first
-    assert [i.location for i in issues if "possible duplicate" in i.message] == [
-        "a customers a2"
-    ]
+    assert [i.location for i in issues if "possible duplicate" in i.message] == ["a customers a2"]
     assert result.exit_code == 1
     assert result.plan.actions == []  # nothing guessed, nothing duplicated
     assert len(ds("b").table(C)) == 1 and len(ds("a").table(C)) == 2
