@@ -96,6 +96,7 @@ from syncengine.read import (
     fill_notes,
     member_views,
     read_member,
+    say_withheld,
 )
 from syncengine.reconcile import Context, MemberView, reconcile
 from syncengine.recovery import Recovery, recover
@@ -522,9 +523,11 @@ class Engine:
         keys = pipeline.match_keys(entity)
         combos = model.entity_spec(entity).relink_keys
         for name, r in reads.items():
-            if not (r.gone and r.new and (keys or combos)):
+            # withheld: missing while the member has unreadable records; a new record that is
+            # one of them is still that record (a Sync ID blanked beside a row in error)
+            if not ((r.gone or r.withheld) and r.new and (keys or combos)):
                 continue
-            states = self.store.load_records(pipeline.name, entity, set(r.gone))
+            states = self.store.load_records(pipeline.name, entity, {*r.gone, *r.withheld})
             vanished = {k: rs.base for k, rs in states.items() if not rs.base.get(model.DELETED)}
             relink = Relinking(combos, _same_on_some(members), missing={name: r.missing})
             found = relink_vanished(name, r.new, vanished, keys, relink)
@@ -541,8 +544,12 @@ class Engine:
                 if paired is not None and id(obs) not in unsynced:
                     obs.relinked = True
                     r.gone.pop(paired, None)
+                    if r.withheld.pop(paired, None) is not None:
+                        r.blocked.discard(paired)
                     hints[(name, obs.native_hash)] = paired
             r.new = [obs for obs in r.new if id(obs) not in unsynced]
+            if r.unreadable_count:
+                say_withheld(entity, name, ent, r)
             log.info("records re-linked", member=name, entity=entity, records=len(hints))
         return hints
 

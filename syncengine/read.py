@@ -60,6 +60,12 @@ class MemberRead:
     the read mark, not gone."""
     blocked: set[str] = field(default_factory=set)
     """Keys whose record on this member could not be read or resolved: left alone."""
+    withheld: dict[str, str] = field(default_factory=dict)
+    """key -> native_id of linked records missing from a complete read that had unreadable
+    records: blocked (one of those may be it), but still records a row with a blanked Sync
+    ID may be (``Engine._relink_vanished``)."""
+    unreadable_count: int = 0
+    """How many of the member's records could not be read (while ``withheld`` holds any)."""
     unreadable: list[Observed] = field(default_factory=list)
     """Unlinked records in error (reported) whose values could be read: a record new on
     another member that matches one of them may be it, and is not synced either."""
@@ -243,18 +249,28 @@ def _unlisted(
     out.gone = {key: native_id for native_id, (key, _hash) in missing}
     unreadable = sum(1 for i in ent.issues if i.member == member.name)
     if out.gone and unreadable:
+        out.blocked.update(out.gone)
+        out.withheld, out.gone = out.gone, {}
+        out.unreadable_count = unreadable
+        say_withheld(entity, member.name, ent, out)
+
+
+def say_withheld(entity: str, member: str, ent: EntityPlan, out: MemberRead) -> None:
+    """Report (once, or again with the right count after some were re-linked) the linked
+    records missing from the member that are not taken for deleted while it has unreadable
+    records."""
+    start = f"linked {entity} are missing from {member}; "
+    ent.issues[:] = [i for i in ent.issues if not (i.member == member and start in i.message)]
+    if out.withheld:
         ent.issues.append(
             Issue(
                 entity,
-                member.name,
-                member.name,
-                f"{len(out.gone)} linked {entity} are missing from {member.name}; they are "
-                f"not treated as deleted while it has {unreadable} unreadable record(s) — fix "
-                "those and sync again",
+                member,
+                member,
+                f"{len(out.withheld)} {start}they are not treated as deleted while it has "
+                f"{out.unreadable_count} unreadable record(s) — fix those and sync again",
             )
         )
-        out.blocked.update(out.gone)
-        out.gone = {}
 
 
 def observe(

@@ -133,3 +133,35 @@ def test_a_blanked_row_that_was_also_copied_is_reported_and_deletes_nothing(
     again = _planned(cli, config)["entities"]["customers"]
     assert again["hcp"] == {"create": 0, "update": 0, "delete": 0, "link": 0}
     assert again["books"] == {"create": 0, "update": 0, "delete": 0, "link": 0}
+
+
+def test_a_blanked_sync_id_beside_a_row_in_error_still_takes_its_record_back(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
+    """Another row of the sheet is in error (two rows share a Sync ID), so linked records
+    missing from the sheet are not taken for deleted; the row whose Sync ID was blanked is
+    still the record it was: re-linked, not a 'possible duplicate', nothing deleted or
+    created in HCP. Only the rows in error are reported."""
+    box, config = _setup(tmp_path, sandbox_factory, cli)
+    before_ids = _hcp_ids(box)
+    rows = read_csv_table(_sheet(config)).rows
+    sync_id, email = rows[1]["Sync ID"], rows[1]["Email"]
+    pasted = rows[4]["Sync ID"]
+
+    def edit(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for row in rows:
+            if row["Sync ID"] == sync_id:
+                row["Sync ID"] = ""
+        rows[6]["Sync ID"] = pasted  # pasted over another row's Sync ID
+        return rows
+
+    _edit_rows(config, edit)
+    box.clear_requests()
+    done = cli("sync", "--config", config)
+    assert_clean_exit(done, 1)
+    assert "share Sync ID" in done.output, str(done)
+    assert "possible duplicate" not in done.output and "vanished" not in done.output, str(done)
+    assert box.writes() == []
+    assert _hcp_ids(box) == before_ids
+    after = read_csv_table(_sheet(config)).rows
+    assert [r["Sync ID"] for r in after if r["Email"] == email] == [sync_id]
