@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from types import FrameType
 from typing import TypeVar
 
@@ -204,6 +205,13 @@ def busy_error(name: str, lease: Lease, waited: float) -> PipelineBusyError:
     """The refusal of a run that found ``name`` held by ``lease``: who holds it, that nothing
     was done, and what to do."""
     hint = "run it again when that run is done, or give --wait SECONDS to wait for it"
+    if lease.gone_from_here():
+        left = max(0.0, (lease.expires_at - datetime.now(UTC)).total_seconds())
+        hint = (
+            "that process is no longer running (killed?); its lease expires by itself in "
+            f"{left:.0f} s, and what it left unfinished is recovered by the next sync: run it "
+            f"again then, or give --wait {int(left) + 5} to wait for it"
+        )
     if lease.kind == "daemon":
         hint += f"; `syncengine pause -p {name}` keeps the daemon off it"
     after = f" after waiting {waited:g} s" if waited > 0 else ""

@@ -88,6 +88,22 @@ class Lease:
             text += f", started {when}"
         return text
 
+    def gone_from_here(self) -> bool:
+        """Whether the holder is a process of this host that no longer runs (killed, or a
+        machine restarted): its lease only waits for its ttl. False when that cannot be told
+        (another host, or the process is there)."""
+        host, _, rest = self.holder.partition(":")
+        pid = rest.partition(":")[0]
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # there, but another user's
+            return False
+        return False
+
 
 _KINDS = {"sync": "sync", "daemon": "daemon run"}
 """How ``Lease.describe`` names each kind of run."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,6 +192,29 @@ def test_a_wait_that_runs_out_refuses_naming_the_holder(config: Config, store: S
         with pytest.raises(PipelineBusyError, match=r"after waiting 0\.3 s: a daemon run by"):
             api.sync(config, wait=0.3)
         assert "p" in store.leases()
+    assert store.runs("p") == [] and books() == {}
+
+
+def test_a_lease_left_by_a_killed_process_of_this_host_says_so(
+    config: Config, store: StateStore
+) -> None:
+    """A sync SIGKILLed on this machine leaves its lease until the ttl: the refusal says the
+    holder no longer runs and how long to wait, instead of 'run it again when it is done'."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = f"{socket.gethostname()}:{child.stdout.strip()}:feedbeef"
+    with store.transaction() as tx:
+        assert tx.acquire_lease("p", dead, 60, "sync")
+    with pytest.raises(PipelineBusyError) as refused:
+        api.sync(config)
+    said = str(refused.value)
+    assert f"sync by pid {child.stdout.strip()} on host {socket.gethostname()}" in said
+    assert "that process is no longer running (killed?); its lease expires by itself in " in said
+    assert "run it again when that run is done" not in said
     assert store.runs("p") == [] and books() == {}
 
 
