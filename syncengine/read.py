@@ -319,6 +319,8 @@ def _shadow(member: Member, out: MemberRead, rec: NativeRecord) -> None:
         canonical = member.mapping.to_canonical(rec.data, location=rec.location)
     except RecordError:
         return
+    if member.refs is not None and member.refs.resolve(canonical):
+        return  # a reference that names nothing: it cannot be compared
     out.unreadable.append(Observed(member.name, rec, canonical, rec.native_hash(), out.count))
 
 

@@ -1562,6 +1562,38 @@ def test_a_lost_state_store_does_not_add_a_copy_of_a_row_copied_with_its_sync_id
     assert emails == ["ann@x.com", "ann@x.com"]  # was: three rows of ann@x.com
 
 
+def test_a_lost_state_store_does_not_add_a_copy_of_a_payment_row_copied_with_its_sync_id(
+    tmp_path: Path,
+) -> None:
+    """Found by the machine: as above, for a payment, whose row names its invoice by number
+    (compared with HCP's payment once that reference is resolved)."""
+    cfg = _books(tmp_path)
+    ds().put(C, "t1", {"email": "ann@x.com"})
+    ds().put(
+        INV,
+        "t2",
+        {"invoice_number": "1001", "customer": "t1", "amount": 0, "status": "open"},
+    )
+    ds().put(
+        PAY,
+        "t3",
+        {
+            "invoice": "t2",
+            "amount": 10001,
+            "method": "cash",
+            "status": "succeeded",
+            "paid_at": "2026-01-02T00:00:00Z",
+        },
+    )
+    assert api.sync(cfg)[0].exit_code == 0
+    payments = tmp_path / "books" / FILES[PAY]
+    _edit_csv(payments, lambda rows: [*rows, list(rows[1])])
+    _lose_state(tmp_path)
+    api.sync(cfg)
+    amounts = [row[2] for row in SheetFile(payments).load()[1:]]
+    assert amounts == ["100.01", "100.01"]  # was: three rows of 100.01
+
+
 def test_a_lost_state_store_does_not_duplicate_a_payment_whose_date_column_is_gone(
     tmp_path: Path,
 ) -> None:
