@@ -283,6 +283,15 @@ def _checked_pattern(text: str) -> re.Pattern[str]:
         raise _problem(f"{text!r} is not a regular expression ({exc})") from None
 
 
+_NOT_DUPLICATE = {
+    401: "the credentials were refused",
+    407: "the proxy wants credentials",
+    429: "too many requests (it is waited out and retried)",
+}
+"""Statuses a duplicate refusal cannot have: taking one for a duplicate would link a record
+to whatever a lookup finds instead of reporting (or retrying) the refusal."""
+
+
 class DuplicateOptions(BaseModel):
     """How the API refuses a create as a duplicate (``duplicate = { status = 409, id_pattern =
     "Existing ID: (\\d+)" }``). Such a refusal links the record to the existing one: its id
@@ -299,6 +308,17 @@ class DuplicateOptions(BaseModel):
     id_pattern: str = ""
     """Optional: a regular expression whose first group is the existing record's id in the
     answer's text; without it (or without a match) the record is looked up with ``find``."""
+
+    @field_validator("status")
+    @classmethod
+    def _status(cls, value: int) -> int:
+        meaning = _NOT_DUPLICATE.get(value)
+        if meaning is not None:
+            raise _problem(
+                f"{value} means {meaning}, never a duplicate: use the status the API refuses "
+                "a duplicate create with (409 by default; 400 or 422 with message_pattern)"
+            )
+        return value
 
     @field_validator("message_pattern")
     @classmethod
@@ -333,10 +353,42 @@ class FindOptions(BaseModel):
     records_path: str = ""
     """Dotted path of the list of records in the answer; empty: the body is the list."""
 
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
     @field_validator("path")
     @classmethod
     def _route(cls, value: str) -> str:
+        if len(value.split()) > 1:
+            raise _problem(
+                f'{value!r} is not a path: give the path alone (path = "/contacts/search") '
+                'and the method in method = "POST" or "GET"'
+            )
+        if "?" in value or "#" in value:
+            raise _problem(
+                f"the path {value!r} has a query; put query parameters in params "
+                '(params = { archived = "false" })'
+            )
+        if "{" in value or "}" in value:
+            raise _problem(
+                f"the path {value!r} holds a brace: a find path is sent as written; the "
+                "record's values go in body or params placeholders"
+            )
         _checked_route(value, "list")
+        return value
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if not isinstance(item, QueryValue):
+                    raise _problem(
+                        f"{key} is a {type(item).__name__}: a query parameter is a "
+                        'text, a number or true/false (e.g. q = "{email}")'
+                    )
         return value
 
     @field_validator("records_path")
@@ -348,6 +400,23 @@ class FindOptions(BaseModel):
     def _placeholders(self) -> FindOptions:
         if self.method == "GET" and self.body:
             raise _problem('a GET find sends no body: use params, or method = "POST"')
+        for where, text, is_key in self._texts():
+            if is_key and _BODY_PLACEHOLDER.search(text):
+                raise _problem(
+                    f"{where}: the key {text!r} holds a placeholder, which only values "
+                    "may hold (a key is sent as written)"
+                )
+            if "{}" in text:
+                raise _problem(
+                    f"{where}: {text!r} has an empty placeholder {{}}: name the record's "
+                    'field in it, e.g. "{email}"'
+                )
+            stray = _BODY_PLACEHOLDER.sub("", text)
+            if "{" in stray or "}" in stray:
+                raise _problem(
+                    f"{where}: {text!r} has an unmatched brace; braces only mark "
+                    'placeholders, e.g. "{email}" (a dotted native path)'
+                )
         names = self.placeholders()
         if not names:
             raise _problem(
@@ -360,6 +429,26 @@ class FindOptions(BaseModel):
             except ValueError as exc:
                 raise _problem(f"placeholder {{{name}}}: {exc}") from None
         return self
+
+    def _texts(self) -> builtins.list[tuple[str, str, bool]]:
+        """Every text of the body and params, with where it is (``body.filters.0.value``) and
+        whether it is a key."""
+        found: builtins.list[tuple[str, str, bool]] = []
+
+        def walk(value: Any, where: str) -> None:
+            if isinstance(value, str):
+                found.append((where, value, False))
+            elif isinstance(value, Mapping):
+                for key, item in value.items():
+                    found.append((f"{where}.{key}", str(key), True))
+                    walk(item, f"{where}.{key}")
+            elif isinstance(value, builtins.list):
+                for index, item in enumerate(value):
+                    walk(item, f"{where}.{index}")
+
+        walk(self.body, "body")
+        walk(self.params, "params")
+        return found
 
     def placeholders(self) -> builtins.list[str]:
         """The native paths the request's texts name, in order."""
@@ -509,6 +598,16 @@ class EntityOptions(BaseModel):
                 raise _problem(f"the query parameter for {native!r} is empty")
         return value
 
+    @field_validator("read_only_fields", mode="before")
+    @classmethod
+    def _read_only_list(cls, value: Any) -> Any:
+        if not isinstance(value, builtins.list) or not all(isinstance(v, str) for v in value):
+            raise _problem(
+                'must be a list of dotted field paths, e.g. read_only_fields = ["createdAt", '
+                '"properties.hs_*"]'
+            )
+        return value
+
     @field_validator("read_only_fields")
     @classmethod
     def _read_only(cls, value: builtins.list[str]) -> builtins.list[str]:
@@ -520,6 +619,21 @@ class EntityOptions(BaseModel):
                     f"{text!r} is not a dotted field path (part {bad[0]!r}); write keys "
                     "separated by '.', with * or ? as wildcards: properties.hs_*"
                 )
+            if len(parts) == 1 and "*" in text and not text.strip("*?"):
+                raise _problem(
+                    f"{text!r} matches every field, so nothing would ever be sent: name the "
+                    "fields the API sets itself (createdAt, properties.hs_*)"
+                )
+        return value
+
+    @field_validator("find")
+    @classmethod
+    def _find(cls, value: FindOptions | None, info: ValidationInfo) -> FindOptions | None:
+        if value is not None and info.data.get("find_params"):
+            raise _problem(
+                "find replaces find_params, which would never be used: remove find_params "
+                "(or find, to filter the list instead)"
+            )
         return value
 
     @field_validator("duplicate", mode="before")

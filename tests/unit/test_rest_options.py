@@ -4,6 +4,9 @@ nothing read or written."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,6 +26,7 @@ from syncengine.connectors.rest import (
 from syncengine.connectors.rest.options import Route, parse_route
 from syncengine.connectors.rest.paging import Page, PageRequest
 from syncengine.errors import ConfigError
+from syncengine.exit_codes import ExitCode
 from tests.helpers import write_config
 
 GOOD = """\
@@ -124,6 +128,33 @@ def test_secrets_are_collected_for_redaction(tmp_path: Path) -> None:
     assert "k-123456" in config.secrets
     options = config.connectors["crm"].options
     assert "k-123456" not in repr(options)
+
+
+def test_the_write_and_lookup_settings_are_read(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        CUSTOMERS
+        + 'update_body = "top_level"\n'
+        + 'read_only_fields = ["createdAt", "properties.hs_*", "meta.?d"]\n'
+        + 'duplicate = { status = 400, message_pattern = "already", id_pattern = "id (\\\\d+)" }\n'
+        + 'find = { method = "post", path = "/s", body = { f = [{ v = "{p.email}" }] } }\n',
+    )
+    options = config.connectors["crm"].options
+    assert isinstance(options, RestOptions)
+    customers = options.entities["customers"]
+    assert customers.update_body == "top_level"
+    assert customers.read_only_patterns()[1:] == (
+        ("createdAt",),
+        ("properties", "hs_*"),
+        ("meta", "?d"),
+    )
+    assert customers.duplicate is not None
+    assert (customers.duplicate.status, customers.duplicate.id_pattern) == (400, r"id (\d+)")
+    assert customers.find is not None
+    assert customers.find.method == "POST"  # written in any case, as in routes
+    assert customers.find.placeholders() == ["p.email"]
+    off = load(tmp_path, CUSTOMERS + "duplicate = false\n").connectors["crm"].options
+    assert off.entities["customers"].duplicate is None
 
 
 # ----------------------------------------------------------------------------------- bad
@@ -240,6 +271,190 @@ def test_secrets_are_collected_for_redaction(tmp_path: Path) -> None:
         ),
         ("page_size = 0\n" + CUSTOMERS, "connectors.crm.page_size", "greater than or equal to 1"),
         ("colour = 'blue'\n" + CUSTOMERS, "connectors.crm.colour", "unknown key 'colour'"),
+        # update_body
+        (
+            CUSTOMERS + 'update_body = "whole"\n',
+            "connectors.crm.entities.customers.update_body",
+            "Input should be 'leaves' or 'top_level' (got 'whole')",
+        ),
+        # read_only_fields
+        (
+            CUSTOMERS + 'read_only_fields = "createdAt"\n',
+            "connectors.crm.entities.customers.read_only_fields",
+            'must be a list of dotted field paths, e.g. read_only_fields = ["createdAt",',
+        ),
+        (
+            CUSTOMERS + "read_only_fields = [1]\n",
+            "connectors.crm.entities.customers.read_only_fields",
+            "must be a list of dotted field paths",
+        ),
+        (
+            CUSTOMERS + 'read_only_fields = ["properties..hs_*"]\n',
+            "connectors.crm.entities.customers.read_only_fields",
+            "'properties..hs_*' is not a dotted field path (part ''); write keys separated "
+            "by '.', with * or ? as wildcards",
+        ),
+        (
+            CUSTOMERS + 'read_only_fields = ["emails[0]"]\n',
+            "connectors.crm.entities.customers.read_only_fields",
+            "'emails[0]' is not a dotted field path",
+        ),
+        (
+            CUSTOMERS + 'read_only_fields = ["*"]\n',
+            "connectors.crm.entities.customers.read_only_fields",
+            "'*' matches every field, so nothing would ever be sent: name the fields",
+        ),
+        # duplicate
+        (
+            CUSTOMERS + "duplicate = { status = 99 }\n",
+            "connectors.crm.entities.customers.duplicate.status",
+            "greater than or equal to 400",
+        ),
+        (
+            CUSTOMERS + "duplicate = { status = 500 }\n",
+            "connectors.crm.entities.customers.duplicate.status",
+            "less than or equal to 499",
+        ),
+        (
+            CUSTOMERS + "duplicate = { status = 429 }\n",
+            "connectors.crm.entities.customers.duplicate.status",
+            "429 means too many requests (it is waited out and retried), never a duplicate: "
+            "use the status the API refuses a duplicate create with",
+        ),
+        (
+            CUSTOMERS + "duplicate = { status = true }\n",
+            "connectors.crm.entities.customers.duplicate.status",
+            "which is not a number",
+        ),
+        (
+            CUSTOMERS + 'duplicate = "yes"\n',
+            "connectors.crm.entities.customers.duplicate",
+            "valid dictionary",
+        ),
+        (
+            CUSTOMERS + 'duplicate = { id_pattern = "(" }\n',
+            "connectors.crm.entities.customers.duplicate.id_pattern",
+            "'(' is not a regular expression (missing ), unterminated subpattern",
+        ),
+        (
+            CUSTOMERS + 'duplicate = { id_pattern = "Existing ID: \\\\d+" }\n',
+            "connectors.crm.entities.customers.duplicate.id_pattern",
+            'has no group: put the id in parentheses, e.g. "Existing ID: (\\d+)"',
+        ),
+        (
+            CUSTOMERS + 'duplicate = { id_pattern = "(?:\\\\d+)" }\n',
+            "connectors.crm.entities.customers.duplicate.id_pattern",
+            "has no group",
+        ),
+        (
+            CUSTOMERS + 'duplicate = { status = 400, message_pattern = "[already" }\n',
+            "connectors.crm.entities.customers.duplicate.message_pattern",
+            "'[already' is not a regular expression (unterminated character set",
+        ),
+        (
+            CUSTOMERS + "duplicate = { stauts = 409 }\n",
+            "connectors.crm.entities.customers.duplicate.stauts",
+            "unknown key 'stauts' (did you mean 'status'?)",
+        ),
+        # find
+        (
+            CUSTOMERS + 'find = { method = "PUT", path = "/s", body = { q = "{email}" } }\n',
+            "connectors.crm.entities.customers.find.method",
+            "Input should be 'GET' or 'POST' (got 'PUT')",
+        ),
+        (
+            CUSTOMERS + 'find = { body = { q = "{email}" } }\n',
+            "connectors.crm.entities.customers.find.path",
+            "is required (fix: add it)",
+        ),
+        (
+            CUSTOMERS + 'find = "/customers/search"\n',
+            "connectors.crm.entities.customers.find",
+            "valid dictionary",
+        ),
+        (
+            CUSTOMERS + 'find = { path = "POST /s", body = { q = "{email}" } }\n',
+            "connectors.crm.entities.customers.find.path",
+            "'POST /s' is not a path: give the path alone",
+        ),
+        (
+            CUSTOMERS + 'find = { path = "/s?limit=1", body = { q = "{email}" } }\n',
+            "connectors.crm.entities.customers.find.path",
+            "has a query; put query parameters in params",
+        ),
+        (
+            CUSTOMERS + 'find = { path = "s", body = { q = "{email}" } }\n',
+            "connectors.crm.entities.customers.find.path",
+            "must start with '/'",
+        ),
+        (
+            CUSTOMERS + 'find = { path = "/s/{email}", body = { q = "{email}" } }\n',
+            "connectors.crm.entities.customers.find.path",
+            "holds a brace: a find path is sent as written; the record's values go in body "
+            "or params placeholders",
+        ),
+        (
+            CUSTOMERS + 'find = { path = "/s", body = { q = "{email}" }, records_path = "a..b" }\n',
+            "connectors.crm.entities.customers.find.records_path",
+            "'a..b' is not a dotted path",
+        ),
+        (
+            CUSTOMERS + 'find = { path = "/s", body = { q = "{email}" }, recordspath = "r" }\n',
+            "connectors.crm.entities.customers.find.recordspath",
+            "unknown key 'recordspath' (did you mean 'records_path'?)",
+        ),
+        (
+            CUSTOMERS + 'find = { path = "/s", body = { q = "email" } }\n',
+            "connectors.crm.entities.customers.find",
+            'names no field of the record: put a placeholder such as "{email}"',
+        ),
+        (
+            CUSTOMERS + 'find = { path = "/s", body = { q = "{}" } }\n',
+            "connectors.crm.entities.customers.find",
+            "body.q: '{}' has an empty placeholder {}: name the record's field in it",
+        ),
+        (
+            CUSTOMERS + 'find = { path = "/s", body = { f = [{ v = "{email}" }, "{}"] } }\n',
+            "connectors.crm.entities.customers.find",
+            "body.f.1: '{}' has an empty placeholder",
+        ),
+        (
+            CUSTOMERS + 'find = { path = "/s", body = { q = "{email", n = "{name}" } }\n',
+            "connectors.crm.entities.customers.find",
+            "body.q: '{email' has an unmatched brace; braces only mark placeholders",
+        ),
+        (
+            CUSTOMERS + 'find = { method = "GET", path = "/s", params = { q = "email}" } }\n',
+            "connectors.crm.entities.customers.find",
+            "params.q: 'email}' has an unmatched brace",
+        ),
+        (
+            CUSTOMERS + 'find = { path = "/s", body = { "{email}" = "{email}" } }\n',
+            "connectors.crm.entities.customers.find",
+            "the key '{email}' holds a placeholder, which only values may hold",
+        ),
+        (
+            CUSTOMERS + 'find = { path = "/s", body = { q = "{ email }" } }\n',
+            "connectors.crm.entities.customers.find",
+            "placeholder { email }: ' email ' is not a dotted path",
+        ),
+        (
+            CUSTOMERS + 'find = { method = "GET", path = "/s", body = { q = "{email}" } }\n',
+            "connectors.crm.entities.customers.find",
+            'a GET find sends no body: use params, or method = "POST"',
+        ),
+        (
+            CUSTOMERS + 'find = { method = "GET", path = "/s", params = { q = ["{email}"] } }\n',
+            "connectors.crm.entities.customers.find.params",
+            "q is a list: a query parameter is a text, a number or true/false",
+        ),
+        (
+            CUSTOMERS
+            + 'find_params = { email = "email" }\n'
+            + 'find = { path = "/s", body = { q = "{email}" } }\n',
+            "connectors.crm.entities.customers.find",
+            "find replaces find_params, which would never be used: remove find_params",
+        ),
     ],
 )
 def test_a_bad_setting_is_named_with_its_fix(
@@ -248,6 +463,30 @@ def test_a_bad_setting_is_named_with_its_fix(
     problem = only(problems(tmp_path, crm))
     assert f"config.toml: {location}" in problem
     assert words in problem
+
+
+def test_validate_reports_a_bad_rest_setting_with_exit_2_and_no_traceback(
+    tmp_path: Path,
+) -> None:
+    path = write_config(
+        tmp_path,
+        GOOD.format(crm=CUSTOMERS + 'duplicate = { id_pattern = "Existing ID: (" }\n'),
+    )
+    env = {k: v for k, v in os.environ.items() if k != "SYNCENGINE_CONFIG"}
+    env.update(COLUMNS="200", NO_COLOR="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "syncengine.cli", "validate", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
+    said = done.stdout + done.stderr
+    assert done.returncode == ExitCode.CONFIG, said
+    assert "Traceback" not in said
+    assert "connectors.crm.entities.customers.duplicate.id_pattern" in said
+    assert "is not a regular expression" in said
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
