@@ -611,7 +611,9 @@ class Engine:
         """How to re-link when the state knows nothing of records a member already holds
         (a lost or restored state store, a first sync of members that both hold records): a
         member that holds records none of which is linked, or a member that names records by
-        ids the hub does not know (a sheet's Sync IDs). None otherwise."""
+        ids the hub does not know (a sheet's Sync IDs); and while a member has unlinked rows
+        in error, which records new elsewhere are compared with by the relink keys too (a
+        payment has no match key). None otherwise."""
         spec = model.entity_spec(entity)
         ids = {
             id(obs): obs.record.id
@@ -620,7 +622,7 @@ class Engine:
             for obs in reads[m.name].new
             if not obs.record.provisional and not obs.relinked
         }
-        unknown = any(r.linked == 0 and r.count > 0 for r in reads.values())
+        unknown = any((r.linked == 0 and r.count > 0) or r.unreadable for r in reads.values())
         if not (ids or unknown):
             return None
         missing = {name: r.missing for name, r in reads.items() if r.missing}

@@ -296,11 +296,10 @@ class Relinking:
 
     def fields(self, i: int, member: str) -> tuple[str, ...]:
         """The fields of relink key ``i`` that ``member``'s records hold, or () when fewer
-        than two are left (or its first is gone) and the key names nothing on it."""
-        names = self.keys[i]
+        than two are left and the key names nothing on it."""
         gone = self.missing.get(member, frozenset())
-        held = tuple(n for n in names if n not in gone)
-        return held if len(held) >= 2 and held[0] == names[0] else ()
+        held = tuple(n for n in self.keys[i] if n not in gone)
+        return held if len(held) >= 2 else ()
 
     def among(self, obs: Observed, records: Mapping[str, Record]) -> tuple[list[str], str]:
         """(the keys of ``records`` that agree with ``obs`` on the first relink key that
@@ -331,6 +330,8 @@ class _Combos:
     def __init__(self, relink: Relinking, new_records: Mapping[str, list[Observed]]) -> None:
         self.relink = relink
         self.index: dict[tuple[int, Any], list[tuple[str, Record]]] = {}
+        self.every: dict[int, list[tuple[str, Record]]] = {}
+        """Relink key -> every candidate, for a member that lacks the key's first field."""
         self.seen: dict[tuple[int, str, tuple[Any, ...]], int] = {}
         """(relink key, member, values) -> how many of the member's new records hold them."""
         for member, records in new_records.items():
@@ -346,6 +347,7 @@ class _Combos:
 
     def add(self, key: str, record: Record) -> None:
         for i, names in enumerate(self.relink.keys):
+            self.every.setdefault(i, []).append((key, record))
             if record.get(names[0]) not in (None, ""):
                 self.index.setdefault((i, _hashable(record[names[0]])), []).append((key, record))
 
@@ -361,9 +363,14 @@ class _Combos:
             if not names or any(v in (None, "") for v in values):
                 continue
             twins = self.seen.get(self._own(i, obs.member, values), 0)
+            candidates = (
+                self.index.get((i, _hashable(values[0])), [])
+                if names[0] == self.relink.keys[i][0]
+                else self.every.get(i, [])
+            )
             found = {
                 key
-                for key, record in self.index.get((i, _hashable(values[0])), [])
+                for key, record in candidates
                 if obs.member not in holders.get(key, set())
                 and all(
                     record.get(n) not in (None, "") and same(n, v, record.get(n))

@@ -1594,6 +1594,42 @@ def test_a_lost_state_store_does_not_add_a_copy_of_a_payment_row_copied_with_its
     assert amounts == ["100.01", "100.01"]  # was: three rows of 100.01
 
 
+def test_a_payment_row_copied_with_its_sync_id_is_not_added_again_by_a_later_sync(
+    tmp_path: Path,
+) -> None:
+    """Found by the machine: after the state store is lost, a payment row copied with its Sync
+    ID is in error and HCP's payment waits for it; at the next sync the state holds links
+    again (the other payment re-linked), and the waiting payment must still be compared with
+    the rows in error, not added to the sheet a third time."""
+    cfg = _books(tmp_path)
+    ds().put(C, "t1", {"email": "ann@x.com"})
+    ds().put(
+        INV,
+        "t2",
+        {"invoice_number": "1001", "customer": "t1", "amount": 0, "status": "open"},
+    )
+    for key, amount in (("t3", 10001), ("t4", 10002)):
+        ds().put(
+            PAY,
+            key,
+            {
+                "invoice": "t2",
+                "amount": amount,
+                "method": "cash",
+                "status": "succeeded",
+                "paid_at": "2026-01-02T00:00:00Z",
+            },
+        )
+    assert api.sync(cfg)[0].exit_code == 0
+    payments = tmp_path / "books" / FILES[PAY]
+    _edit_csv(payments, lambda rows: [*rows, list(rows[1])])
+    _lose_state(tmp_path)
+    for _ in range(2):
+        assert api.sync(cfg)[0].exit_code == 1  # the rows sharing a Sync ID
+    amounts = sorted(row[2] for row in SheetFile(payments).load()[1:])
+    assert amounts == ["100.01", "100.01", "100.02"]  # was: a third row of 100.01
+
+
 def test_a_lost_state_store_does_not_duplicate_a_payment_whose_date_column_is_gone(
     tmp_path: Path,
 ) -> None:
