@@ -1539,6 +1539,28 @@ def _edit_csv(path: Path, change: Callable[[list[list[str]]], list[list[str]]]) 
     sheet.save(change(sheet.load()))
 
 
+def _paid_invoice(*amounts: int) -> None:
+    """In HCP: Ann, her invoice 1001 (t2), and a cash payment of each amount (t3, t4, ...)."""
+    ds().put(C, "t1", {"email": "ann@x.com"})
+    ds().put(
+        INV,
+        "t2",
+        {"invoice_number": "1001", "customer": "t1", "amount": 0, "status": "open"},
+    )
+    for n, amount in enumerate(amounts, start=3):
+        ds().put(
+            PAY,
+            f"t{n}",
+            {
+                "invoice": "t2",
+                "amount": amount,
+                "method": "cash",
+                "status": "succeeded",
+                "paid_at": "2026-01-02T00:00:00Z",
+            },
+        )
+
+
 def _lose_state(tmp_path: Path) -> None:
     for suffix in ("", "-wal", "-shm", "-journal"):
         (tmp_path / f"state.db{suffix}").unlink(missing_ok=True)
@@ -1568,23 +1590,7 @@ def test_a_lost_state_store_does_not_add_a_copy_of_a_payment_row_copied_with_its
     """Found by the machine: as above, for a payment, whose row names its invoice by number
     (compared with HCP's payment once that reference is resolved)."""
     cfg = _books(tmp_path)
-    ds().put(C, "t1", {"email": "ann@x.com"})
-    ds().put(
-        INV,
-        "t2",
-        {"invoice_number": "1001", "customer": "t1", "amount": 0, "status": "open"},
-    )
-    ds().put(
-        PAY,
-        "t3",
-        {
-            "invoice": "t2",
-            "amount": 10001,
-            "method": "cash",
-            "status": "succeeded",
-            "paid_at": "2026-01-02T00:00:00Z",
-        },
-    )
+    _paid_invoice(10001)
     assert api.sync(cfg)[0].exit_code == 0
     payments = tmp_path / "books" / FILES[PAY]
     _edit_csv(payments, lambda rows: [*rows, list(rows[1])])
@@ -1602,24 +1608,7 @@ def test_a_payment_row_copied_with_its_sync_id_is_not_added_again_by_a_later_syn
     again (the other payment re-linked), and the waiting payment must still be compared with
     the rows in error, not added to the sheet a third time."""
     cfg = _books(tmp_path)
-    ds().put(C, "t1", {"email": "ann@x.com"})
-    ds().put(
-        INV,
-        "t2",
-        {"invoice_number": "1001", "customer": "t1", "amount": 0, "status": "open"},
-    )
-    for key, amount in (("t3", 10001), ("t4", 10002)):
-        ds().put(
-            PAY,
-            key,
-            {
-                "invoice": "t2",
-                "amount": amount,
-                "method": "cash",
-                "status": "succeeded",
-                "paid_at": "2026-01-02T00:00:00Z",
-            },
-        )
+    _paid_invoice(10001, 10002)
     assert api.sync(cfg)[0].exit_code == 0
     payments = tmp_path / "books" / FILES[PAY]
     _edit_csv(payments, lambda rows: [*rows, list(rows[1])])
@@ -1639,23 +1628,7 @@ def test_a_lost_state_store_does_not_duplicate_a_payment_whose_date_column_is_go
     amount, date and method; the sheet's payment has no date, so HCP's payment matches
     nothing and is added to the sheet a second time."""
     cfg = _books(tmp_path)
-    ds().put(C, "t1", {"email": "ann@x.com"})
-    ds().put(
-        INV,
-        "t2",
-        {"invoice_number": "1001", "customer": "t1", "amount": 0, "status": "open"},
-    )
-    ds().put(
-        PAY,
-        "t3",
-        {
-            "invoice": "t2",
-            "amount": 10001,
-            "method": "cash",
-            "status": "succeeded",
-            "paid_at": "2026-01-02T00:00:00Z",
-        },
-    )
+    _paid_invoice(10001)
     assert api.sync(cfg)[0].exit_code == 0
     payments = tmp_path / "books" / FILES[PAY]
     _edit_csv(payments, lambda rows: without_column(rows, "Date"))
@@ -1674,23 +1647,7 @@ def test_a_lost_state_store_does_not_duplicate_a_payment_whose_method_changed(
     matches nothing and is added to the sheet a second time, although invoice, amount and
     date name it alone. (The same when HCP's method changes after the last sync.)"""
     cfg = _books(tmp_path)
-    ds().put(C, "t1", {"email": "ann@x.com"})
-    ds().put(
-        INV,
-        "t2",
-        {"invoice_number": "1001", "customer": "t1", "amount": 0, "status": "open"},
-    )
-    ds().put(
-        PAY,
-        "t3",
-        {
-            "invoice": "t2",
-            "amount": 10001,
-            "method": "cash",
-            "status": "succeeded",
-            "paid_at": "2026-01-02T00:00:00Z",
-        },
-    )
+    _paid_invoice(10001)
     assert api.sync(cfg)[0].exit_code == 0
     payments = tmp_path / "books" / FILES[PAY]
 
