@@ -22,6 +22,7 @@ from syncengine.errors import (
     SyncEngineError,
     UsageError,
 )
+from syncengine.exit_codes import failed_run_code
 from syncengine.leasing import hold_pipelines, wait_until_free
 from syncengine.mapping import EntityMapping, load_mapping
 from syncengine.model import ENTITIES
@@ -397,6 +398,9 @@ class ProbeEntity:
     read: int = 0
     notes: list[str] = field(default_factory=list)
     """What a sync would make of the storage's structure: mapped columns a sheet lacks."""
+    exit_code: int = 0
+    """The exit code the read's failure means (``exit_codes``): 2 for a sheet a person must
+    fix, 4 for a member that cannot be read now; 0 when it did not fail."""
 
 
 def probe(
@@ -460,6 +464,7 @@ def probe(
                     result.notes = _missing_columns(conn.structure(entity), mapping)
             except SyncEngineError as exc:
                 result.error = str(exc)
+                result.exit_code = failed_run_code(exc)
             out.append(result)
         return out
     finally:

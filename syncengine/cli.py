@@ -415,8 +415,9 @@ def probe(
 ) -> None:
     """Read the first records of each entity from one connector and show them as read and
     as mapped to canonical fields — the way to debug a connector description or a mapping.
-    Reads only (the first page of each entity); writes nothing. Exit 1 when a read or a
-    mapping fails."""
+    Reads only (the first page of each entity); writes nothing. Exit 1 when a record cannot
+    be read or mapped, 2 when a sheet's structure is wrong, 4 when the member cannot be
+    read now (unreachable, refusing the credentials)."""
     with handled("probe", reads_only=True):
         _setup(log_level)
         if not connector:
@@ -424,7 +425,9 @@ def probe(
         cfg = api.require_config(config)
         REDACTOR.add(cfg.secrets)
         results = api.probe(cfg, connector, pipeline=pipeline, entities=entity, limit=limit)
-        failed = any(r.error or any(x["error"] for x in r.records) for r in results)
+        failed = max((r.exit_code or ExitCode.PROBLEMS for r in results if r.error), default=0) or (
+            ExitCode.PROBLEMS if any(x["error"] for r in results for x in r.records) else 0
+        )
         if as_json:
             out.print_json(json.dumps([r.__dict__ for r in results], default=str))
         else:
@@ -445,7 +448,7 @@ def probe(
                         shown = {k: v for k, v in (x["canonical"] or {}).items() if v is not None}
                         out.print(f"    canonical: {escape(json.dumps(shown, default=str))}")
         if failed:
-            raise typer.Exit(ExitCode.PROBLEMS)
+            raise typer.Exit(failed)
 
 
 @app.command(

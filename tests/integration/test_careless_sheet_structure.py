@@ -85,6 +85,11 @@ def test_case_2_a_wrong_sheet_structure_stops_the_whole_run_with_nothing_written
         assert box.writes() == []
         assert ({e: links(db, e) for e in ENTITIES}, journal_counts(db)) == state
 
+    # probe shows the structure error with the same exit code
+    probe = cli("probe", "--config", config, "--connector", "books")
+    assert_clean_exit(probe, 2)
+    assert "2 columns are named Amount" in probe.stdout, str(probe)
+
     # the person undoes both changes: the waiting edit is synced, nothing else changes
     for name, data in good.items():
         (books / name).write_bytes(data)
@@ -140,3 +145,14 @@ def test_case_3_a_renamed_email_column_is_added_back_and_filled_never_cleared(
     assert_clean_exit(again, 0)
     assert "Nothing to do: every member agrees." in again.stdout, str(again)
     assert "column Email is missing" not in again.output
+
+
+def test_probe_of_a_member_that_cannot_be_read_now_exits_4(
+    tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
+) -> None:
+    box = sandbox_factory(seed=4)
+    config = books_config(tmp_path, box.port)
+    box.stop()
+    probe = cli("probe", "--config", config, "--connector", "hcp")
+    assert_clean_exit(probe, 4)
+    assert "cannot connect" in probe.stdout, str(probe)
