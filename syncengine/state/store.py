@@ -283,6 +283,10 @@ def _current_revisions(conn: sa.Connection) -> set[str]:
     return set(MigrationContext.configure(conn).get_current_heads())
 
 
+_DAMAGED = re.compile(r"file is not a database|database disk image is malformed", re.I)
+"""SQLite's words for a state file whose bytes are damaged (not a configuration problem)."""
+
+
 @contextmanager
 def _alembic_errors(where: str) -> Iterator[None]:
     try:
@@ -491,6 +495,14 @@ class StateStore:
                 f"{what}: the state store refused a write that contradicts what it holds "
                 f"({_describe(exc, self._secrets)})"
             ) from exc
+        except sa_exc.DatabaseError as exc:
+            if _DAMAGED.search(str(exc.orig)):
+                raise StateUnavailableError(
+                    f"{what}: the file is damaged ({exc.orig}); nothing was read or written. "
+                    "Restore it from a backup (see the README, Operations: State), or move it "
+                    "aside: the next sync then re-links every record, duplicating nothing"
+                ) from exc
+            raise StateError(f"{what}: {_describe(exc, self._secrets)}") from exc
         except sa_exc.SQLAlchemyError as exc:
             raise StateError(f"{what}: {_describe(exc, self._secrets)}") from exc
 

@@ -80,6 +80,8 @@ def test_a_lost_state_store_re_links_everything_and_duplicates_nothing(
                 ],
             },
         )
+    # and one with nothing but a name, unique on both sides
+    _add_hcp_customer(box, {"first_name": "Pia", "last_name": "Onlyname"})
     folder = tmp_path / "proj"
     config = books_config(folder, box.port)
     assert_clean_exit(cli("sync", "--config", config, cwd=folder), 0)
@@ -135,3 +137,44 @@ def test_an_old_backup_of_the_state_store_only_re_links(
     assert len(box.customers()) == hcp_customers
     assert {e: len(r) for e, r in _rows(folder).items()} == {e: len(r) for e, r in rows.items()}
     assert_clean_exit(cli("reconcile-report", "--config", config, cwd=folder), 0)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "pages"], ids=["not-a-database", "malformed-pages"])
+def test_a_damaged_state_store_is_exit_4_and_moving_it_aside_re_links(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli, damage: str
+) -> None:
+    """A state file whose bytes are damaged is not a configuration error: every command
+    that needs it says it is damaged and what to do (exit 4), and touches nothing; moved
+    aside, the next sync re-links, duplicating nothing."""
+    box = sandbox_factory(seed=8)
+    folder = tmp_path / "proj"
+    config = books_config(folder, box.port)
+    assert_clean_exit(cli("sync", "--config", config, cwd=folder), 0)
+    db = folder / "state.db"
+    data = bytearray(db.read_bytes())
+    if damage == "garbage":
+        data[:] = bytes(range(256)) * (len(data) // 256)
+    else:  # the header is fine, the pages after it are not
+        for page in range(1, len(data) // 4096, 2):
+            data[page * 4096 + 8 : page * 4096 + 200] = b"\xff" * 192
+    db.write_bytes(bytes(data))
+    damaged = db.read_bytes()
+    before = _rows(folder)
+    box.clear_requests()
+
+    for args in (("sync",), ("sync", "--dry-run"), ("status",), ("reconcile-report",)):
+        done = cli(*args, "--config", config, cwd=folder)
+        assert_clean_exit(done, 4)
+        assert "the state store is unavailable" in done.stderr, str(done)
+        assert "damaged" in done.stderr and "Restore it from a backup" in done.stderr, str(done)
+        assert db.read_bytes() == damaged
+    assert box.writes() == []
+    assert _rows(folder) == before
+
+    db.rename(folder / "state.db.damaged")
+    for suffix in ("-wal", "-shm"):
+        (folder / f"state.db{suffix}").unlink(missing_ok=True)
+    done = cli("sync", "--config", config, "--json", cwd=folder)
+    assert_clean_exit(done, 0)
+    assert _writes(_json(done)) == {e: {"hcp": 0, "books": 0} for e in ENTITIES}
+    assert box.writes() == []
