@@ -54,6 +54,19 @@ def agrees(result: SyncResult) -> bool:
     )
 
 
+def nothing_to_do(result: SyncResult) -> str:
+    """The line of a run with nothing to write, saying what still differs: writes a member
+    cannot take (skipped) and conflicts that wait for a person."""
+    skipped = sum(len(ep.skips) for ep in result.plan.entities)
+    but = [
+        *([plural(skipped, "write") + " a member cannot take (skipped)"] if skipped else []),
+        *(["the conflicts below"] if result.open_conflicts else []),
+    ]
+    if not but:
+        return "Nothing to do: every member agrees."
+    return f"Nothing to write: every member agrees but for {' and '.join(but)}."
+
+
 def render_entity_plan(console: Console, ep: EntityPlan) -> None:
     """Every record of one entity the plan does something for, field by field."""
     refs = model.ENTITIES[ep.entity].refs if ep.entity in model.ENTITIES else {}
@@ -122,11 +135,7 @@ def render_result(
         if ep.guard:
             console.print(f"[bold red]stopped by a safety guard[/]: {escape(ep.guard)}")
     if agrees(result):
-        console.print(
-            "Nothing to do: every member agrees but for the conflicts below."
-            if result.open_conflicts
-            else "Nothing to do: every member agrees."
-        )
+        console.print(nothing_to_do(result))
     if result.open_conflicts:
         waits = "waits" if result.open_conflicts == 1 else "wait"
         console.print(

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.csvfiles import read_csv_table, write_csv
+from tests.integration.books import books_config
 from tests.integration.conftest import CliResult, Sandbox, assert_clean_exit, hcp_books_config
 
 pytestmark = pytest.mark.integration
@@ -85,3 +87,24 @@ def test_a_row_error_with_nothing_else_to_do_does_not_say_nothing_to_do(
         assert_clean_exit(done, 1)
         assert "error customers · books: customers.csv line 3:" in done.stdout, str(done)
         assert "Nothing to do" not in done.stdout, done.stdout
+
+
+def test_a_skipped_write_is_never_called_every_member_agreeing(
+    tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
+) -> None:
+    """HCP takes no invoice updates: an amount edited in the sheet is a skipped write, and
+    the run says the members agree but for it, not that there is nothing to do."""
+    box = sandbox_factory(seed=3)
+    config = books_config(tmp_path, box.port)
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    invoices = tmp_path / "books" / "invoices.csv"
+    table = read_csv_table(invoices)
+    table.rows[0]["Amount"] = f"{float(table.rows[0]['Amount']) + 1:.2f}"
+    write_csv(invoices, table.rows, table.header, newline=table.newline)
+    done = cli("sync", "--config", config)
+    assert "1 write skipped" in done.stdout, str(done)
+    assert "Nothing to do" not in done.stdout, str(done)
+    assert (
+        "Nothing to write: every member agrees but for 1 write a member cannot take (skipped)."
+        in done.stdout
+    ), str(done)
