@@ -23,7 +23,7 @@ from syncengine.daemon.redaction import describe_error, redacted_traceback
 from syncengine.schedule import parse_timezone
 from syncengine.state import StateStore
 
-__all__ = ["ScheduledAs", "Schedules", "is_due", "iso", "next_run"]
+__all__ = ["ScheduledAs", "Schedules", "is_due", "iso", "job_next_run", "next_run"]
 
 log = structlog.get_logger("syncengine.daemon")
 
@@ -49,6 +49,22 @@ def next_run(store: StateStore, config: Config, name: str, now: dt.datetime) -> 
     last = runs[0].started_at if runs else None
     tz = parse_timezone(config.daemon.timezone)
     return config.schedule(name).next_run(last, now, tz)
+
+
+def job_next_run(job: Any, now: dt.datetime) -> dt.datetime | None:
+    """When an APScheduler job fires next after ``now``, in UTC; None when it never will
+    (a paused job, a finished trigger).
+
+    A job added before the scheduler starts is *pending*: unless it was given a
+    ``next_run_time`` (an interval keeping its rhythm is), APScheduler 3 leaves that
+    attribute unset until ``start()``, which then sets the trigger's first fire time after
+    that moment. For such a job that time is computed here the same way (the check is the
+    one ``BaseScheduler._real_add_job`` makes)."""
+    if job.pending and not hasattr(job, "next_run_time"):
+        when = job.trigger.get_next_fire_time(None, now)
+    else:
+        when = job.next_run_time
+    return when.astimezone(dt.UTC) if isinstance(when, dt.datetime) else None
 
 
 @dataclass(frozen=True)
@@ -138,7 +154,7 @@ class Schedules:
                 "pipeline scheduled",
                 pipeline=name,
                 schedule=schedule.text,
-                next_run=iso(job.next_run_time if job else None),
+                next_run=iso(job_next_run(job, now) if job is not None else None),
             )
 
     def _job(self, name: str) -> None:
@@ -155,8 +171,7 @@ class Schedules:
     def next_run(self, name: str) -> dt.datetime | None:
         """When the pipeline's job fires next (UTC); None without a scheduler or job."""
         job = self._scheduler.get_job(name) if self._scheduler is not None else None
-        when = job.next_run_time if job is not None else None
-        return when.astimezone(dt.UTC) if isinstance(when, dt.datetime) else None
+        return job_next_run(job, dt.datetime.now(dt.UTC)) if job is not None else None
 
     def shutdown(self) -> None:
         """Stop scheduling; runs in flight go on (the daemon stops them)."""

@@ -14,6 +14,9 @@ spreadsheets in ``tmp_path``. Run history is read straight from the state store.
 - an API answering 500 makes its pipeline back off and recover while the other pipeline
   keeps running; a 401 pauses it (``status`` says so, no more requests) until ``resume``;
 - an invalid config edit is rejected and logged while the old config keeps syncing;
+- a daemon started on cron schedules (a pipeline's own, the ``[daemon]`` default, in the
+  ``[daemon]`` time zone) says when each runs next in its log, ``/healthz`` and ``status``,
+  and stops cleanly on SIGTERM;
 - ``--once`` runs what is due and exits.
 """
 
@@ -35,6 +38,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -829,6 +833,58 @@ def test_an_invalid_config_edit_is_rejected_and_the_old_config_keeps_running(
     )
     daemon.signal(signal.SIGTERM)
     assert daemon.wait(30) == 0
+
+
+@pytest.mark.parametrize("where", ["pipeline", "daemon"])
+def test_a_daemon_on_a_cron_schedule_starts_tells_its_next_run_and_stops_on_sigterm(
+    tmp_path: Path, daemons: Callable[..., DaemonProcess], where: str
+) -> None:
+    cron = "0 2 * * mon-fri"
+    sheets_config(
+        tmp_path,
+        schedule=cron if where == "pipeline" else "every 1s",
+        extra=f'timezone = "America/Chicago"\nschedule = "{cron}"',
+    )
+    config = tmp_path / "config.toml"
+    if where == "daemon":  # the pipeline gives none: the [daemon] default
+        config.write_text(config.read_text().replace('schedule = "every 1s"\n', ""))
+    add_row(tmp_path, "cron@x.test")
+    before = dt.datetime.now(dt.UTC)
+    daemon = daemons(config)
+    url = daemon.url
+    scheduled = daemon.wait_event("pipeline scheduled", pipeline="sheets")
+    daemon.wait_event("daemon started")
+    after = dt.datetime.now(dt.UTC)
+    assert scheduled["schedule"] == cron
+    schedule = load_config(config).schedule("sheets")
+    chicago = ZoneInfo("America/Chicago")
+    expected = {schedule.next_run(None, t, chicago).isoformat() for t in (before, after)}
+    assert scheduled["next_run"] in expected
+    local = dt.datetime.fromisoformat(scheduled["next_run"]).astimezone(chicago)
+    assert (local.hour, local.minute) == (2, 0) and local.weekday() < 5
+
+    health = httpx.get(f"{url}/healthz", timeout=10)
+    assert health.status_code == 200, health.text
+    body = health.json()
+    assert body["status"] == "ok" and body["scheduler"] == "running"
+    assert body["pipelines"]["sheets"]["next_run"] == scheduled["next_run"]
+    assert body["pipelines"]["sheets"]["last_success"] is None  # cron: no run at start
+
+    # `status` (from the state store, no daemon needed) names the same next run
+    status = _cli(tmp_path, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    [row] = json.loads(status.stdout)
+    assert row["schedule"] == cron and row["next_run"] == scheduled["next_run"]
+    text = _cli(tmp_path, "status")
+    assert text.returncode == 0, text.stderr
+    shown = dt.datetime.fromisoformat(scheduled["next_run"]).astimezone()
+    assert f"schedule: {cron}; next run: {shown:%Y-%m-%d %H:%M}" in text.stdout, text.stdout
+
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(30) == 0, daemon.text()[-4000:]
+    assert [e for e in daemon.events() if e.get("event") == "daemon stopped"]
+    assert history(tmp_path, "sqlite:///state.db") == []
+    assert sheet(tmp_path, "y") == []
 
 
 def test_once_runs_the_due_pipelines_and_exits(tmp_path: Path) -> None:
