@@ -346,7 +346,9 @@ def sync(
     One run per pipeline: a sync holds each pipeline's lease while it runs (a dry run only
     checks that no other run holds it).
     """
-    with handled(), sigterm_interrupts():
+    # a dry run only reads: when it cannot, it says so, never "sync failed" or writes made
+    command = ("sync --dry-run", True) if dry_run else ("sync", False)
+    with handled(command[0], reads_only=command[1]), sigterm_interrupts():
         _setup(log_level)
         cfg = api.require_config(config)
         REDACTOR.add(cfg.secrets)
@@ -509,7 +511,7 @@ def validate(
     """Check the config and every mapping it uses, and the headers of the sheets that exist
     (a duplicated column the sync uses; an id column gone while the state store holds
     records linked to it); report all problems at once. Writes nothing."""
-    with handled():
+    with handled("validate", reads_only=True):
         _setup(log_level)
         try:
             cfg = api.require_config(config)
@@ -573,7 +575,7 @@ def status(
 ) -> None:
     """Show each pipeline's last run, open conflicts, interrupted writes and the writes a
     member could not take (skipped: e.g. Housecall Pro cannot update invoices)."""
-    with handled():
+    with handled("status", reads_only=True):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         rows = api.status(cfg, pipeline)
@@ -683,7 +685,7 @@ def daemon(
     SIGTERM: one runner per pipeline across daemons sharing the state store, backoff after
     failures, a pause when credentials are refused, reload on SIGHUP or a changed config.
     SIGTERM/SIGINT let running syncs commit and exit 0; a second signal exits at once."""
-    with handled():
+    with handled("daemon"):
         if log_format not in ("json", "console"):
             raise UsageError(f"--log-format {log_format!r}: use json or console")
         _setup(log_level, json_output=log_format == "json", default="info")
@@ -750,7 +752,7 @@ def runs(
     log_level: LogLevelOpt = None,
 ) -> None:
     """List the run history, newest first: start, duration, outcome, changes, errors."""
-    with handled():
+    with handled("runs", reads_only=True):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         rows = api.runs(cfg, pipeline, limit)
@@ -794,7 +796,7 @@ def pause(
 ) -> None:
     """Stop daemons from running a pipeline (or every pipeline) until `syncengine resume`
     (a run in flight finishes)."""
-    with handled():
+    with handled("pause"):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         paused = api.pause(cfg, pipeline, reason)
@@ -824,7 +826,7 @@ def resume(
 ) -> None:
     """Lift a pause (after refused credentials, or `syncengine pause`) and any failure
     backoff: daemons run the pipeline again at its next scheduled time."""
-    with handled():
+    with handled("resume"):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         lifted = api.resume(cfg, pipeline)
@@ -856,7 +858,7 @@ def conflicts_list(
     log_level: LogLevelOpt = None,
 ) -> None:
     """List conflicts waiting for a person, with each member's value."""
-    with handled():
+    with handled("conflicts list", reads_only=True):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         conflicts = api.open_conflicts(cfg, pipeline)
@@ -928,7 +930,7 @@ def conflicts_resolve(
     log_level: LogLevelOpt = None,
 ) -> None:
     """Settle a parked conflict with one member's value; the next sync writes it everywhere."""
-    with handled():
+    with handled("conflicts resolve"):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         row = api.resolve_conflict(cfg, conflict_id, take)

@@ -90,10 +90,14 @@ def test_sync_with_a_wrong_api_key_exits_4_and_writes_nothing(
     config = hcp_books_config(tmp_path, box.port)
     csv_path, csv_bytes = _customers_csv(tmp_path)
 
-    for args in (("sync",), ("sync", "--dry-run")):
+    for args, said in (
+        (("sync",), "sync failed:"),
+        (("sync", "--dry-run"), "sync --dry-run could not read:"),
+    ):
         done = cli(*args, "--config", config, api_key="a-wrong-key-12345")
         assert_clean_exit(done, UNAVAILABLE)
-        assert "sync failed: hcp: GET /customers: HTTP 401: Unauthorized" in done.stderr, str(done)
+        assert f"{said} hcp: GET /customers: HTTP 401: Unauthorized" in done.stderr, str(done)
+        assert "writes already made" not in done.stderr
         assert "the member refused the credentials: check its api_key" in done.stderr
         assert "a-wrong-key-12345" not in done.output
     assert box.writes() == []
