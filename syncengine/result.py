@@ -27,7 +27,8 @@ class EntityOutcome:
         """The entity's counts for people, JSON and run history: the plan's (``counts`` of
         ``EntityPlan``), with a member's create/update/delete/link the writes planned in a
         dry run and, in a real run, only those that took effect; ``failed`` counts the
-        writes (and flushes) that failed."""
+        writes that failed (a failed flush fails every write it held: it is reported once
+        beside them, without a record's location, and not counted again)."""
         counts = self.plan.counts()
         if not dry_run:
             for member in self.plan.members:
@@ -38,7 +39,7 @@ class EntityOutcome:
                     "delete": done.get("delete", 0),
                     "link": self.linked.get(member, 0),
                 }
-        counts["failed"] = len(self.failures)
+        counts["failed"] = sum(1 for f in self.failures if f.location)
         return counts
 
 
