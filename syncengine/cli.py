@@ -22,6 +22,7 @@ from rich.markup import escape
 
 from syncengine import __version__, api
 from syncengine.bars import progress_bars
+from syncengine.config import MIN_SECRET_LENGTH
 from syncengine.display import entity_changes, local_time
 from syncengine.errors import (
     AuthError,
@@ -1029,6 +1030,12 @@ def sandbox(
         _setup(log_level)
         if not 0 <= error_rate <= 1:
             raise UsageError("--error-rate must be between 0 and 1")
+        if len(api_key) < MIN_SECRET_LENGTH:
+            # a config refuses a key this short: no config could ever talk to this sandbox
+            raise UsageError(
+                f"--api-key is {len(api_key)} characters long; a config takes keys of at "
+                f"least {MIN_SECRET_LENGTH}, so use a longer one (the default is sandbox-key)"
+            )
         from syncengine.connectors.housecallpro.sandbox import serve
 
         serve(

@@ -183,6 +183,15 @@ def test_sandbox_on_a_port_out_of_range_is_a_usage_error(cli: Cli) -> None:
     assert done.stdout == ""
 
 
+def test_sandbox_with_a_key_no_config_could_send_is_a_usage_error(cli: Cli) -> None:
+    done = cli("sandbox", "--port", "0", "--api-key", "abc")
+    assert_clean_exit(done, CONFIG)
+    assert done.stderr == (
+        "usage error: --api-key is 3 characters long; a config takes keys of at least 8, so "
+        "use a longer one (the default is sandbox-key)\n"
+    )
+
+
 def test_sandbox_on_a_taken_port_says_so_in_one_line_and_exits_4(cli: Cli, taken_port: int) -> None:
     done = cli("sandbox", "--port", str(taken_port), timeout=60)
     assert_clean_exit(done, UNAVAILABLE)
