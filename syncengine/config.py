@@ -186,8 +186,7 @@ class ConfigFile(_Strict):
             hint = f"did you mean {close}? " if close else ""
             raise _config_problem(
                 f"unknown region {value!r} (the default region of phone numbers)",
-                f'{hint}use a two-letter country code, e.g. region = "US"; known: '
-                + ", ".join(known),
+                f'{hint}use a two-letter ISO 3166 country code, e.g. region = "US" or "GB"',
             )
         return code
 

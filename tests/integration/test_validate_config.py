@@ -68,7 +68,7 @@ def test_validate_reports_all_five_mistakes_in_one_run(
         "(fix: write a number without quotes (true and false are not numbers))",
         f"{shown}: {url_message}",
         f"{shown}: region: unknown region 'ZZ' (the default region of phone numbers) "
-        '(fix: use a two-letter country code, e.g. region = "US"; known: AC, AD, ',
+        '(fix: use a two-letter ISO 3166 country code, e.g. region = "US" or "GB")',
         f"{shown}: pipelines.hcp-books.schedule: cron expression '{NEVER}' never fires",
     ]
     for want in expected:

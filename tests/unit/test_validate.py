@@ -248,16 +248,14 @@ def test_numbers_from_the_environment_are_still_read(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------- region
 
 
-def test_an_unknown_region_is_refused_listing_the_known_ones(tmp_path: Path) -> None:
+def test_an_unknown_region_is_refused_with_the_likely_one(tmp_path: Path) -> None:
     problem = _one(
         _problems(_write(tmp_path, top='region = "UK"')), f"{tmp_path / 'config.toml'}: region"
     )
     assert problem.message == "unknown region 'UK' (the default region of phone numbers)"
-    assert problem.fix.startswith(
-        'did you mean GB? use a two-letter country code, e.g. region = "US"; known: AC, AD, AE, '
-    )
-    assert problem.fix.endswith(
-        ", US, UY, UZ, VA, VC, VE, VG, VI, VN, VU, WF, WS, XK, YE, YT, ZA, ZM, ZW"
+    # one readable line, not every region there is
+    assert problem.fix == (
+        'did you mean GB? use a two-letter ISO 3166 country code, e.g. region = "US" or "GB"'
     )
 
 
