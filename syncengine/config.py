@@ -387,10 +387,12 @@ def _pydantic_problems(
                 shown = item["input"]
                 # a secret-looking key name, not pydantic's own "[key]" marker of dict keys
                 names = [str(p) for p in item["loc"] if isinstance(p, str) and p != "[key]"]
-                if any(_SECRET_KEY.search(name) for name in names):
+                secret = any(_SECRET_KEY.search(name) for name in names)
+                if secret:
                     shown = MASK
-                if shown == MASK or repr(shown) not in msg:  # not when the message says it
-                    msg += f" (got {shown!r})"
+                empty = isinstance(item["input"], str) and not item["input"].strip()
+                if not (secret and empty) and (secret or repr(shown) not in msg):
+                    msg += f" (got {shown!r})"  # not when the message says it all
         problems.append(Problem(where, msg, fix))
     return problems
 

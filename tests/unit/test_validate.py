@@ -282,3 +282,13 @@ def test_every_mistake_is_reported_in_one_load(tmp_path: Path) -> None:
         f"{shown}: region",
         f"{shown}: state.url",
     ]
+
+
+def test_an_empty_secret_says_so_without_a_masked_value(tmp_path: Path) -> None:
+    """'(got '***')' for an empty key would read as if a value were set."""
+    path = _write(tmp_path)
+    problem = _one(
+        _problems(path, env={**ENV, "HCP_API_KEY": ""}),
+        f"{tmp_path / 'config.toml'}: connectors.hcp.api_key",
+    )
+    assert problem.message == "is empty (is the environment variable it refers to set?)"
