@@ -494,11 +494,24 @@ class _Working:
         no_ids = ""
         if not self.by_id and any(not row.blank for row in self.rows.values()):
             no_ids = (
-                f"the {self.id_column} column is missing"
+                f"the {self.id_column} column is missing{self._looks_like_id_column()}"
                 if self.id_index is None
                 else f"every {self.id_column} cell is empty"
             )
         return Structure(where=where, missing=missing, no_ids=no_ids)
+
+    def _looks_like_id_column(self) -> str:
+        """`` (column B is named 'sync id': name it Sync ID)`` when a column's name differs
+        from the id column's only in case, spaces or punctuation, else ""."""
+
+        def folded(name: str) -> str:
+            return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+        for name, index in self.columns.items():
+            if folded(name) == folded(self.id_column):
+                ref = self.table.column_ref(index)
+                return f" (column {ref} is named {name!r}: name it {self.id_column})"
+        return ""
 
     # -- describing rows
     def row_id(self, row: Row) -> str:

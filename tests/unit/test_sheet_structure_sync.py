@@ -191,7 +191,7 @@ def test_a_structure_error_in_a_later_entity_stops_the_earlier_ones_too(tmp_path
 
 
 @FORMATS
-@pytest.mark.parametrize("how", ["removed", "emptied"])
+@pytest.mark.parametrize("how", ["removed", "emptied", "renamed"])
 def test_the_sync_id_column_gone_while_records_are_linked_stops_the_run(
     tmp_path: Path, fmt: str, how: str
 ) -> None:
@@ -200,6 +200,10 @@ def test_the_sync_id_column_gone_while_records_are_linked_stops_the_run(
     if how == "removed":
         sheet.edit(lambda rows: drop_column(rows, "Sync ID"))
         said = "the Sync ID column is missing"
+    elif how == "renamed":  # a near miss is named, with the fix
+        sheet.edit(lambda rows: rename_column(rows, "Sync ID", "sync id"))
+        said = f"the Sync ID column is missing (column {'1' if fmt == 'csv' else 'A'} is named "
+        said += "'sync id': name it Sync ID)"
     else:
         sheet.edit(lambda rows: [rows[0], *(["", *r[1:]] for r in rows[1:])])
         said = "every Sync ID cell is empty"
