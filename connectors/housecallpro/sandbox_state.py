@@ -428,6 +428,12 @@ class SandboxState:
         self._next_number: int | None = None
         """The next job (and job-less invoice) number; found on first use."""
         self._ids = random.Random(f"ids:{random_seed}")
+        self._taken: set[str] = set()
+        """Every id this state has held or handed out (records, employees, addresses):
+        ``new_id`` never returns one of them. Data installed is added on the first
+        ``new_id`` after it (``_unscanned``), so that a state nobody writes to never pays for
+        the scan."""
+        self._unscanned: list[Mapping[str, list[Record]]] = []
         self._faults = random.Random(f"faults:{random_seed}")
         self._log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
 
@@ -441,10 +447,12 @@ class SandboxState:
 
     # -- data as a whole
 
-    def _install(self, data: Mapping[str, list[Record]]) -> None:
+    def _install(self, data: Mapping[str, list[Record]], *, new: bool = True) -> None:
         """Make ``data`` the current data. Its records are shared, not copied: nothing
-        changes a stored record in place."""
+        changes a stored record in place. ``new=False``: its ids are known already."""
         with self.lock:
+            if new:
+                self._unscanned.append(data)
             for name, collection in self.collections.items():
                 collection.replace_all(data.get(name, []))
             self.employees = {e["id"]: e for e in data.get("employees", [])}
@@ -485,7 +493,7 @@ class SandboxState:
         """Back to the seeded (or loaded) data and the live-API emulation options the state
         was made with. Ids handed out later stay unique."""
         with self.lock:
-            self._install(self._initial)
+            self._install(self._initial, new=False)
             self.set_options(self._initial_options)
 
     def options(self) -> dict[str, bool]:
@@ -510,8 +518,32 @@ class SandboxState:
             return self.options()
 
     def new_id(self, prefix: str) -> str:
+        """``prefix`` and 32 hex digits from the state's own random generator, never an id the
+        state holds or has held: a state loaded from a data file (``--data``) draws from the
+        same sequence as the session that saved it, so the ids that session made come round
+        again and are skipped. The same random seed and data give the same ids."""
         with self.lock:
-            return hex_id(self._ids, prefix)
+            taken = self._taken_ids()
+            while True:
+                candidate = hex_id(self._ids, prefix)
+                if candidate not in taken:
+                    taken.add(candidate)
+                    return candidate
+
+    def _taken_ids(self) -> set[str]:
+        """``_taken``, with the ids of the data installed since the last call added."""
+        taken = self._taken
+        for data in self._unscanned:
+            for name in COLLECTIONS:
+                taken.update(map(_ID, data.get(name, [])))
+            for customer in data.get("customers", []):
+                taken.update(map(_ID, customer.get("addresses") or []))
+            for job in data.get("jobs", []):
+                address = job.get("address")
+                if address is not None:
+                    taken.add(address["id"])
+        self._unscanned.clear()
+        return taken
 
     # -- paging
 
@@ -742,6 +774,8 @@ class SandboxState:
             job["work_status"] = patch["work_status"]
         if "address" in patch:
             address = patch["address"]
+            if address is not None and address["id"]:
+                self._taken.add(address["id"])
             job["address"] = (
                 None if address is None else {**address, "id": address["id"] or self.new_id("adr_")}
             )
