@@ -439,7 +439,7 @@ def test_a_deleted_file_or_sheet_stops_its_entity_naming_it_and_is_synced_once_r
 def test_a_workbook_open_elsewhere_counts_each_unwritten_record_once(tmp_path: Path) -> None:
     """A spreadsheet program holds the workbook: the flush fails, every write it held
     failed, and the count is those writes (the workbook's own message is not one more)."""
-    cfg, sheet = books_with_two(tmp_path, "xlsx")
+    cfg, _ = books_with_two(tmp_path, "xlsx")
     ds().put(C, "a3", {"first_name": "Cy", "email": "cy@example.com"})
     ds().put(C, "a4", {"first_name": "Di", "email": "di@example.com"})
     (tmp_path / ".~lock.books.xlsx#").write_text("someone")
