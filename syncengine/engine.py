@@ -97,6 +97,7 @@ from syncengine.read import (
     member_views,
     read_member,
     say_withheld,
+    set_aside_copies,
 )
 from syncengine.reconcile import Context, MemberView, reconcile
 from syncengine.recovery import Recovery, recover
@@ -453,6 +454,7 @@ class Engine:
             if ent.guard:
                 return planned
         relinked = self._relink_vanished(pipeline, entity, members, reads, ent)
+        set_aside_copies(entity, reads, ent)
         touched = self._touched(pipeline, entity, members, reads, refs)
         matched = self._match_new(pipeline, entity, members, reads, recovery, ent, relinked)
         touched.update(k for k in matched.groups if k not in matched.new_keys)
@@ -529,7 +531,9 @@ class Engine:
                 continue
             states = self.store.load_records(pipeline.name, entity, {*r.gone, *r.withheld})
             vanished = {k: rs.base for k, rs in states.items() if not rs.base.get(model.DELETED)}
-            relink = Relinking(combos, _same_on_some(members), missing={name: r.missing})
+            relink = Relinking(
+                combos, _same_on_some(members), missing={name: r.missing}, match_keys=keys
+            )
             found = relink_vanished(name, r.new, vanished, keys, relink)
             if not (found.keys or found.ambiguous):
                 continue
@@ -572,7 +576,7 @@ class Engine:
         keys = pipeline.match_keys(entity)
         hints = {**(recovery.match if recovery else {}), **(relinked or {})} or None
         released = {(m, k) for (m, _h), k in (relinked or {}).items()}
-        relinking = self._relinking(entity, members, reads)
+        relinking = self._relinking(entity, members, reads, keys)
         # without match keys (payments) or recovery hints, the hub has nothing a new record
         # could be matched to: do not walk it
         existing = (
@@ -606,7 +610,10 @@ class Engine:
 
     @staticmethod
     def _relinking(
-        entity: str, members: Sequence[Member], reads: Mapping[str, MemberRead]
+        entity: str,
+        members: Sequence[Member],
+        reads: Mapping[str, MemberRead],
+        match_keys: Sequence[str],
     ) -> Relinking | None:
         """How to re-link when the state knows nothing of records a member already holds
         (a lost or restored state store, a first sync of members that both hold records): a
@@ -626,7 +633,7 @@ class Engine:
         if not (ids or unknown):
             return None
         missing = {name: r.missing for name, r in reads.items() if r.missing}
-        return Relinking(spec.relink_keys, _same_on_some(members), ids, missing)
+        return Relinking(spec.relink_keys, _same_on_some(members), ids, missing, match_keys)
 
     @staticmethod
     def _fetch_referring_unseen(

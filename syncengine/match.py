@@ -293,6 +293,17 @@ class Relinking:
     missing: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """member -> fields it does not hold (a sheet's column removed): a relink key of its
     records is the rest of the combination, when two fields or more are left."""
+    match_keys: Sequence[str] = ()
+    """The pipeline's match keys: two records that both hold one of them, with different
+    values, are two records (two customers of one name with their own e-mails)."""
+
+    def apart(self, a: Record, b: Record) -> bool:
+        """Whether a match key tells ``a`` and ``b`` apart."""
+        for name in self.match_keys:
+            x, y = a.get(name), b.get(name)
+            if x not in (None, "") and y not in (None, "") and x != y:
+                return True
+        return False
 
     def fields(self, i: int, member: str) -> tuple[str, ...]:
         """The fields of relink key ``i`` that ``member``'s records hold, or () when fewer
@@ -312,7 +323,8 @@ class Relinking:
             found = [
                 key
                 for key, record in records.items()
-                if all(
+                if not self.apart(obs.canonical, record)
+                and all(
                     record.get(n) not in (None, "") and self.same(n, v, record.get(n))
                     for n, v in zip(names, values, strict=True)
                 )
@@ -372,6 +384,7 @@ class _Combos:
                 key
                 for key, record in candidates
                 if obs.member not in holders.get(key, set())
+                and not self.relink.apart(obs.canonical, record)
                 and all(
                     record.get(n) not in (None, "") and same(n, v, record.get(n))
                     for n, v in zip(names, values, strict=True)

@@ -255,6 +255,36 @@ def _unlisted(
         say_withheld(entity, member.name, ent, out)
 
 
+def set_aside_copies(entity: str, reads: Mapping[str, MemberRead], ent: EntityPlan) -> None:
+    """Report and set aside each record new on a member that holds exactly what another
+    record read from it holds (a row copied without its Sync ID, a customer or payment typed
+    twice): syncing it would count that record twice. Records with an id the member gave
+    them, and linked ones, are the originals; a blank-id copy is the one set aside."""
+    for name, r in reads.items():
+        if not r.new:
+            continue
+        first: dict[str, str] = {obs.native_hash: obs.record.location for obs in r.changed.values()}
+        for u in r.unchanged.values():
+            first.setdefault(u.native_hash, f"the record {u.native_id}")
+        copies: set[int] = set()
+        for obs in sorted(r.new, key=lambda o: o.record.provisional):  # ids first
+            seen = first.setdefault(obs.native_hash, obs.record.location or obs.record.id)
+            if seen != (obs.record.location or obs.record.id):
+                copies.add(id(obs))
+                ent.issues.append(
+                    Issue(
+                        entity,
+                        name,
+                        obs.record.location,
+                        f"holds exactly what {seen} holds (a copied row, or one typed twice?): "
+                        "a possible duplicate, not synced; delete it, or change it if it is "
+                        "another record",
+                    )
+                )
+        if copies:
+            r.new = [obs for obs in r.new if id(obs) not in copies]
+
+
 def say_withheld(entity: str, member: str, ent: EntityPlan, out: MemberRead) -> None:
     """Report (once, or again with the right count after some were re-linked) the linked
     records missing from the member that are not taken for deleted while it has unreadable

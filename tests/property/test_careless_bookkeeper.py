@@ -440,11 +440,15 @@ class CarelessBookkeeper(RuleBasedStateMachine):
         return found
 
     def _row_token(self, entity: str, header: list[str], row: list[str]) -> str | None:
-        """The token of a row: its token column (or where a person renamed it to), else the
-        token last seen with its Sync ID."""
+        """The token of a row: its token column (or where a person renamed it to: a row new
+        when it was renamed keeps its value there, as unmapped data, while the column the
+        sync adds back stays empty for it), else the token last seen with its Sync ID."""
         index = self._token_column(entity, header)
         if index is not None:
-            return token_of(entity, row[index])
+            token = token_of(entity, row[index])
+            renamed = [n for n, old in self.aliases[entity].items() if old == TOKEN_COLUMN[entity]]
+            alias = column(header, *renamed) if renamed and token is None else None
+            return token_of(entity, row[alias]) if alias is not None else token
         id_index = column(header, SYNC_ID)
         sync_id = row[id_index].strip() if id_index is not None else ""
         return self.known.get((entity, sync_id)) if sync_id else None
@@ -1687,3 +1691,68 @@ def test_two_new_rows_of_one_customer_are_not_two_customers_in_hcp(tmp_path: Pat
     api.sync(cfg)
     emails = sorted(str(r["email"]) for r in ds().table(C).values())
     assert emails == ["ann@x.com", "bob@x.com"]  # was: bob@x.com twice
+
+
+# ------------------------------------------------------- found by a cold review, by hand
+
+
+def test_a_customer_known_only_by_name_typed_twice_is_one_customer_in_hcp(
+    tmp_path: Path,
+) -> None:
+    """No e-mail or phone to match by: the second row, identical to the first, is reported
+    as a possible duplicate instead of becoming a second customer."""
+    cfg = _books(tmp_path, (C,))
+    ds().put(C, "t1", {"email": "ann@x.com"})
+    assert api.sync(cfg)[0].exit_code == 0
+    customers = tmp_path / "books" / FILES[C]
+
+    def typed_twice(rows: list[list[str]]) -> list[list[str]]:
+        row = [""] * len(rows[0])
+        row[rows[0].index("First Name")] = "Otto"
+        row[rows[0].index("Last Name")] = "Berg"
+        return [*rows, row, list(row)]
+
+    _edit_csv(customers, typed_twice)
+    result = api.sync(cfg)[0]
+    assert result.exit_code == 1
+    [issue] = result.plan.entities[0].issues
+    assert "holds exactly what customers.csv line 3 holds" in issue.describe()
+    names = sorted(str(r.get("first_name")) for r in ds().table(C).values())
+    assert names == ["None", "Otto"]
+
+
+def test_a_payment_row_copied_without_its_sync_id_is_not_a_second_payment(
+    tmp_path: Path,
+) -> None:
+    cfg = _books(tmp_path)
+    _paid_invoice(10001)
+    assert api.sync(cfg)[0].exit_code == 0
+    payments = tmp_path / "books" / FILES[PAY]
+    _edit_csv(payments, lambda rows: [*rows, ["", *rows[1][1:]]])
+    for _ in range(2):
+        result = api.sync(cfg)[0]
+        assert result.exit_code == 1
+        [issue] = [i for ep in result.plan.entities for i in ep.issues]
+        assert "holds exactly what the record" in issue.message
+        assert "a possible duplicate, not synced" in issue.message
+    rows = SheetFile(payments).load()
+    assert [r[0] != "" for r in rows[1:]] == [True, False]  # the copy got no Sync ID
+
+
+def test_two_customers_of_one_name_with_their_own_e_mails_are_never_taken_for_one(
+    tmp_path: Path,
+) -> None:
+    """Found by the machine: two Ann Lees with their own e-mails; the state store is lost
+    and one of them is deleted in HCP meanwhile. Re-linking by a full name must not pair
+    the sheet's other Ann Lee with HCP's remaining one: their e-mails tell them apart. Each
+    row re-links by its e-mail or is given back to HCP; nothing is reported."""
+    cfg = _books(tmp_path, (C,))
+    ds().put(C, "t1", {"email": "ann1@x.com", "first_name": "Ann", "last_name": "Lee"})
+    ds().put(C, "t2", {"email": "ann2@x.com", "first_name": "Ann", "last_name": "Lee"})
+    assert api.sync(cfg)[0].exit_code == 0
+    _lose_state(tmp_path)
+    ds().remove(C, "t1")
+    result = api.sync(cfg)[0]
+    assert [i.describe() for ep in result.plan.entities for i in ep.issues] == []
+    emails = sorted(str(r["email"]) for r in ds().table(C).values())
+    assert emails == ["ann1@x.com", "ann2@x.com"]  # a lost state only re-links: t1 is back
