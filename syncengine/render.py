@@ -64,7 +64,8 @@ def nothing_to_do(result: SyncResult) -> str:
     ]
     if not but:
         return "Nothing to do: every member agrees."
-    return f"Nothing to write: every member agrees but for {' and '.join(but)}."
+    start = "Nothing to write" if skipped else "Nothing to do"
+    return f"{start}: every member agrees but for {' and '.join(but)}."
 
 
 def render_entity_plan(console: Console, ep: EntityPlan) -> None:

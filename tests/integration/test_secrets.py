@@ -155,10 +155,11 @@ def test_api_key_is_not_echoed_in_configuration_errors(tmp_path: Path, cli: Cli)
 def test_a_key_shorter_than_8_characters_is_refused_by_validate_and_sync_and_8_works(
     tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
 ) -> None:
-    """The sandbox would take the 7-character key; the config refuses it before anything is
-    read or written. With 8 characters the same commands run."""
+    """The config refuses a 7-character key before anything is read or written (nothing
+    reaches the sandbox). With 8 characters the same commands run."""
     short, enough = "k3y-7ch", "k3y-8chr"
-    refusing = sandbox_factory(api_key=short, seed=3)
+    taking = sandbox_factory(api_key=enough, seed=3)
+    refusing = taking
     project = tmp_path / "short"
     config = hcp_books_config(project, refusing.port)
     for args in (("validate",), ("sync",), ("sync", "--dry-run"), ("status",)):
@@ -173,7 +174,6 @@ def test_a_key_shorter_than_8_characters_is_refused_by_validate_and_sync_and_8_w
     assert refusing.requests() == [], "nothing is read with a refused key"
     assert sorted(p.name for p in project.iterdir()) == ["config.toml"], "nothing is written"
 
-    taking = sandbox_factory(api_key=enough, seed=3)
     config = hcp_books_config(tmp_path / "enough", taking.port)
     for args in (("validate",), ("sync",)):
         assert_clean_exit(cli(*args, "--config", config, api_key=enough), 0)
