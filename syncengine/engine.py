@@ -74,6 +74,7 @@ from syncengine.errors import RecordError, SyncStopped
 from syncengine.integrity import (
     count_users,
     empty_member_guard,
+    hold_swapped_identities,
     mass_delete_guard,
     planned_users,
     referred_to,
@@ -455,6 +456,7 @@ class Engine:
                 return planned
         relinked = self._relink_vanished(pipeline, entity, members, reads, ent)
         set_aside_copies(entity, reads, ent)
+        hold_swapped_identities(self.store, pipeline, entity, reads, ent)
         touched = self._touched(pipeline, entity, members, reads, refs)
         matched = self._match_new(pipeline, entity, members, reads, recovery, ent, relinked)
         touched.update(k for k in matched.groups if k not in matched.new_keys)

@@ -8,6 +8,9 @@
   ``max_fraction`` of a member's linked records, stops the entity with nothing written.
 - **Stale references**: records that show a reference this run changed (a customer's new
   e-mail, a new id) need rewriting, so they are looked at even if nothing else changed.
+- **Swapped identities**: a record whose match key now holds another hub record's value
+  (rows sorted without their Sync ID column, a Sync ID pasted onto another row) is held
+  with that other record, never written over it (``hold_swapped_identities``).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import structlog
 
 from syncengine import model
 from syncengine.config import Pipeline
+from syncengine.display import label_of
 from syncengine.member import Member
-from syncengine.plan import Delete, EntityPlan
+from syncengine.plan import Delete, EntityPlan, Issue
 from syncengine.read import MemberRead
 from syncengine.refs import References
 from syncengine.state import StateStore
@@ -227,3 +231,69 @@ def stale_references(
         for key, base in store.iter_bases(pipeline.name, entity)
         if any(base.get(name) in keys for name, keys in changed.items())
     }
+
+
+def hold_swapped_identities(
+    store: StateStore,
+    pipeline: Pipeline,
+    entity: str,
+    reads: Mapping[str, MemberRead],
+    ent: EntityPlan,
+) -> None:
+    """Hold (block, reported) each linked record a member changed so that a match key now
+    holds the value another live hub record holds: the row's Sync ID names one customer and
+    its e-mail is another's. That is rows sorted without their Sync ID column, or a Sync ID
+    pasted onto another row, far more often than a person giving one customer another's
+    e-mail; syncing it would write one customer over another on every member. The other
+    record is held too (its delete, when its row vanished, would lose it)."""
+    keys = pipeline.match_keys(entity)
+    changed = {(name, key): obs for name, r in reads.items() for key, obs in r.changed.items()}
+    if not keys or not changed:
+        return
+    states = store.load_records(pipeline.name, entity, {key for _n, key in changed})
+    suspects: dict[tuple[str, object], list[tuple[str, str]]] = {}
+    for (name, key), obs in changed.items():
+        base = states[key].base if key in states else {}
+        for field_name in keys:
+            new, old = obs.canonical.get(field_name), base.get(field_name)
+            if new not in (None, "") and old not in (None, "") and new != old:
+                suspects.setdefault((field_name, new), []).append((name, key))
+    if not suspects:
+        return
+    owners: dict[tuple[str, object], tuple[str, model.Record]] = {}
+    for rs in store.iter_records(pipeline.name, entity):
+        if rs.base.get(model.DELETED):
+            continue
+        for field_name in keys:
+            value = rs.base.get(field_name)
+            if (field_name, value) in suspects:
+                owners.setdefault((field_name, value), (rs.key, rs.base))
+    for (field_name, value), holders in suspects.items():
+        owner = owners.get((field_name, value))
+        if owner is None:
+            continue
+        other, other_base = owner
+        for name, key in holders:
+            if key == other:
+                continue
+            r = reads[name]
+            obs = r.changed.pop(key, None)
+            if obs is None:
+                continue
+            r.blocked.add(key)
+            if r.gone.pop(other, None) is not None or other in r.withheld:
+                r.blocked.add(other)
+            was = label_of(states[key].base if key in states else None, key)
+            ent.issues.append(
+                Issue(
+                    entity,
+                    name,
+                    obs.record.location,
+                    f"its Sync ID is {was}'s, but it holds {field_name} {value!r}, which is "
+                    f"{label_of(other_base, other)}'s: were the rows sorted without their "
+                    "Sync ID column, or a Sync ID pasted onto another row? Neither record is "
+                    "synced until each row has its own Sync ID again (undo the change, or "
+                    "copy the Sync IDs back from a backup)",
+                )
+            )
+            log.warning("identity swap held", entity=entity, member=name, key=key, other=other)

@@ -165,3 +165,68 @@ def test_a_blanked_sync_id_beside_a_row_in_error_still_takes_its_record_back(
     assert _hcp_ids(box) == before_ids
     after = read_csv_table(_sheet(config)).rows
     assert [r["Sync ID"] for r in after if r["Email"] == email] == [sync_id]
+
+
+def _hcp_people(box: Sandbox) -> dict[str, tuple[str, str, str]]:
+    return {
+        c["id"]: (c.get("first_name") or "", c.get("last_name") or "", c.get("email") or "")
+        for c in box.customers()
+    }
+
+
+def test_rows_sorted_without_their_sync_id_column_write_nobody_over_anybody(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
+    """The classic spreadsheet mistake: the rows are sorted by last name, but the Sync ID
+    column is left as it was, so each Sync ID now stands beside another customer. Every
+    such row is held and reported; no HCP customer takes another's name or e-mail."""
+    box, config = _setup(tmp_path, sandbox_factory, cli)
+    people = _hcp_people(box)
+    table = read_csv_table(_sheet(config))
+    ids = [r["Sync ID"] for r in table.rows]
+    ordered = sorted(table.rows, key=lambda r: (r["Last Name"], r["First Name"], r["Email"]))
+    assert [r["Sync ID"] for r in ordered] != ids, "the sort must move rows"
+    for row, sync_id in zip(ordered, ids, strict=True):
+        row["Sync ID"] = sync_id  # the Sync ID column did not move with the rows
+    write_csv(_sheet(config), ordered, table.header, newline=table.newline)
+    box.clear_requests()
+
+    done = cli("sync", "--config", config)
+    assert_clean_exit(done, 1)
+    assert "were the rows sorted without their Sync ID column" in done.output, str(done)
+    assert box.writes() == []
+    assert _hcp_people(box) == people
+
+
+def test_blanking_the_wrong_one_of_two_rows_sharing_a_sync_id_overwrites_nobody(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
+    """A Sync ID pasted onto another row; the bookkeeper follows 'give one of them a new
+    (blank) Sync ID' but blanks the row that owned it. The row left with that Sync ID holds
+    another customer: it is held, with that customer (whose own row is gone), and reported;
+    nobody is overwritten or deleted in HCP."""
+    box, config = _setup(tmp_path, sandbox_factory, cli)
+    people = _hcp_people(box)
+    rows = read_csv_table(_sheet(config)).rows
+    owner_id = rows[4]["Sync ID"]
+
+    def paste(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows[5]["Sync ID"] = owner_id
+        return rows
+
+    _edit_rows(config, paste)
+    assert_clean_exit(cli("sync", "--config", config), 1)  # 'share Sync ID'
+
+    def blank_the_owner(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows[4]["Sync ID"] = ""
+        return rows
+
+    _edit_rows(config, blank_the_owner)
+    box.clear_requests()
+    done = cli("sync", "--config", config)
+    assert_clean_exit(done, 1)
+    assert "were the rows sorted without their Sync ID column, or a Sync ID pasted" in (
+        done.output
+    ), str(done)
+    assert box.writes() == []
+    assert _hcp_people(box) == people
