@@ -7,7 +7,8 @@ code meaning
 1    record-level problems, unresolved conflicts, or books that do not reconcile
 2    configuration, usage or structure (a file or sheet a person must fix): nothing was read
      into a plan, nothing was written
-3    a safety guard stopped an entity (mass delete, an empty member): nothing was written
+3    a safety guard stopped an entity (mass delete, an empty member): nothing of it was
+     written (entities before it in the pipeline may have synced)
 4    the run could not happen or complete: a member unreachable or refusing the
      credentials, the pipeline busy, the state store unavailable, a port taken; what was
      written is recorded, and the same command succeeds once that is fixed

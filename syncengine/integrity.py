@@ -165,7 +165,8 @@ def empty_member_guard(entity: str, reads: Mapping[str, MemberRead]) -> str | No
             where = r.structure.where or f"{name}'s {entity}"
             return (
                 f"{where} is missing (deleted, moved or renamed?) but {r.linked} {entity} "
-                f"are linked to it; nothing was written. Put it back (undo, the recycle bin, "
+                f"are linked to it; nothing of {entity} was written. Put it back (undo, the "
+                "recycle bin, "
                 "a backup) and sync again; only if every one of them is to be deleted "
                 "everywhere, run `syncengine sync --allow-mass-delete`"
             )
@@ -195,7 +196,7 @@ def mass_delete_guard(
             return (
                 f"{count} of {linked} linked {ent.entity} would be deleted on "
                 f"{member} (more than max_fraction = {rules.max_fraction}); "
-                "nothing was written. If that is intended, run with "
+                f"nothing of {ent.entity} was written. If that is intended, run with "
                 "--allow-mass-delete or raise [pipelines.deletes] max_fraction"
             )
     return None

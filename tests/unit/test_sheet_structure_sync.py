@@ -421,7 +421,10 @@ def test_a_deleted_file_or_sheet_stops_its_entity_naming_it_and_is_synced_once_r
         assert result.exit_code == 3
         assert result.guard is not None
         assert result.guard.startswith(f"{sheet.where} is missing (deleted, moved or renamed?)")
-        assert "but 2 customers are linked to it; nothing was written. Put it back" in result.guard
+        assert (
+            "but 2 customers are linked to it; nothing of customers was written. Put it back"
+            in result.guard
+        )
         assert "--allow-mass-delete" in result.guard
         untouched.check()
         assert (sheet.path.read_bytes() if fmt == "xlsx" else sheet.path.exists()) == (
