@@ -118,8 +118,9 @@ class PipelineStatus:
     """ISO time of the next scheduled run (estimated from the schedule and the last run);
     None while paused."""
     lease: dict[str, Any] | None = None
-    """``{"holder", "by", "kind", "started_at", "expires_at"}`` while a run (a manual sync
-    or a daemon's) holds the pipeline's lease; ``by`` names it for people."""
+    """``{"holder", "by", "kind", "started_at", "expires_at", "gone"}`` while a run (a manual
+    sync or a daemon's) holds the pipeline's lease; ``by`` names it for people, ``gone`` says
+    its process of this host no longer runs (killed: the lease waits for its ttl)."""
     paused: dict[str, Any] | None = None
     """``{"reason", "since"}`` while paused (``syncengine resume`` lifts it)."""
     backoff: dict[str, Any] | None = None
@@ -188,6 +189,7 @@ def _daemon_status(
             "kind": lease.kind,
             "started_at": lease.acquired_at.isoformat() if lease.acquired_at else None,
             "expires_at": lease.expires_at.isoformat(),
+            "gone": lease.gone_from_here(),
         }
     if state is not None and state.paused:
         out["paused"] = {

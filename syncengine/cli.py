@@ -639,7 +639,13 @@ def _print_schedule(r: api.PipelineStatus) -> None:
             f"  [yellow]backing off[/] after {failures} failed run{'s' if failures != 1 else ''} "
             f"until {local_time(r.backoff['until'])}: {escape(str(r.backoff['last_error']))}"
         )
-    if r.lease:
+    if r.lease and r.lease.get("gone"):
+        out.print(
+            f"  [yellow]left by a run that no longer runs[/]: a {escape(r.lease['by'])} "
+            f"(killed?); its lease expires at {local_time(r.lease['expires_at'])}, and the "
+            "next sync recovers what it left unfinished"
+        )
+    elif r.lease:
         out.print(
             f"  running now: a {escape(r.lease['by'])} (its lease holds until "
             f"{local_time(r.lease['expires_at'])})"

@@ -289,16 +289,19 @@ def say_withheld(entity: str, member: str, ent: EntityPlan, out: MemberRead) -> 
     """Report (once, or again with the right count after some were re-linked) the linked
     records missing from the member that are not taken for deleted while it has unreadable
     records."""
-    start = f"linked {entity} are missing from {member}; "
+    start = f"missing from {member}; "
     ent.issues[:] = [i for i in ent.issues if not (i.member == member and start in i.message)]
-    if out.withheld:
+    n = len(out.withheld)
+    if n:
+        records = f"1 linked record of {entity} is" if n == 1 else f"{n} linked {entity} are"
         ent.issues.append(
             Issue(
                 entity,
                 member,
                 member,
-                f"{len(out.withheld)} {start}they are not treated as deleted while it has "
-                f"{out.unreadable_count} unreadable record(s) — fix those and sync again",
+                f"{records} {start}{'it is' if n == 1 else 'they are'} not treated as deleted "
+                f"while it has {out.unreadable_count} unreadable record(s) — fix those and "
+                "sync again",
             )
         )
 

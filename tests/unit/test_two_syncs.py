@@ -216,6 +216,8 @@ def test_a_lease_left_by_a_killed_process_of_this_host_says_so(
     assert "that process is no longer running (killed?); its lease expires by itself in " in said
     assert "run it again when that run is done" not in said
     assert store.runs("p") == [] and books() == {}
+    [shown] = api.status(config)
+    assert shown.lease is not None and shown.lease["gone"] is True
 
 
 def test_the_intents_of_a_live_run_are_not_recovered_by_another(
