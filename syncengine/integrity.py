@@ -278,9 +278,9 @@ def hold_swapped_identities(
             if key == other:
                 continue
             r = reads[name]
-            obs = r.changed.pop(key, None)
-            if obs is None:
+            if key not in r.changed:
                 continue
+            obs = r.changed.pop(key)
             r.blocked.add(key)
             if r.gone.pop(other, None) is not None or other in r.withheld:
                 r.blocked.add(other)
