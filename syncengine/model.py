@@ -199,6 +199,8 @@ PAYMENT = EntitySpec(
         ("invoice", "amount", "paid_at", "method"),
         # a method corrected on one side since the last sync
         ("invoice", "amount", "paid_at"),
+        # a date corrected too (a mistyped Sync ID and a date fixed in the same edit)
+        ("invoice", "amount"),
     ),
     depends_on=("invoices",),
 )

@@ -93,6 +93,35 @@ def test_a_payment_row_like_two_vanished_payments_holds_both() -> None:
     assert [o for o, _why in found.ambiguous] == [row]
 
 
+def test_a_payment_row_whose_date_was_corrected_too_pairs_by_invoice_and_amount() -> None:
+    """A mistyped Sync ID and a date fixed in the same edit: the one vanished payment of
+    that invoice and amount is it."""
+    row = obs("books", "typo", _payment(100, "2025-01-03T00:00:00Z"))
+    vanished = {
+        "k-1": _payment(100, "2025-01-02T10:00:00Z"),
+        "k-2": _payment(250, "2025-01-02T10:00:00Z"),
+    }
+    found = relink_vanished("books", [row], vanished, (), Relinking(PAY_KEYS, _same_day))
+    assert found.keys == {id(row): "k-1"}
+
+
+def test_two_payments_of_one_amount_on_different_days_are_told_apart_by_the_day() -> None:
+    hcp = [
+        obs("hcp", "p1", _payment(100, "2025-01-02T10:00:00Z")),
+        obs("hcp", "p2", _payment(100, "2025-01-05T10:00:00Z")),
+    ]
+    books = [
+        obs("books", "S2", _payment(100, "2025-01-05T00:00:00Z")),
+        obs("books", "S1", _payment(100, "2025-01-02T00:00:00Z")),
+    ]
+    relink = Relinking(PAY_KEYS, _same_day, {})
+    result = match(
+        ["hcp", "books"], {"hcp": hcp, "books": books}, [], (), relink=relink, make_key=_counter()
+    )
+    pairs = sorted((g["hcp"].record.id, g["books"].record.id) for g in result.groups.values())
+    assert pairs == [("p1", "S1"), ("p2", "S2")]
+
+
 # ---------------------------------------------------------------------------- Relinking
 
 PAY_KEYS = PAYMENT.relink_keys
