@@ -318,15 +318,10 @@ def test_a_blank_cell_in_a_present_column_is_still_a_cleared_value(tmp_path: Pat
     assert result.plan.entities[0].notes == []
 
 
-def test_a_column_missing_since_the_sheet_was_linked_is_filled_too(tmp_path: Path) -> None:
-    """Rows whose cells did not change since they were linked (their native hash is the one
-    last seen) are looked at as well: a mapping that gained a field fills it."""
-    sheet = Sheet(tmp_path, "csv")
-    sheet.path.parent.mkdir()
-    sheet.write([["Sync ID", "First Name"]])
-    narrow = tmp_path / "narrow.toml"
-    narrow.write_text('[fields]\nfirst_name = "First Name"\n')
-    body = f"""
+def books_mapped_by(mapping: Path) -> str:
+    """The config of the memory member ``a`` and the CSV books, the books' customers mapped
+    by ``mapping``."""
+    return f"""
         [state]
         url = "sqlite:///state.db"
         [connectors.a]
@@ -341,8 +336,19 @@ def test_a_column_missing_since_the_sheet_was_linked_is_filled_too(tmp_path: Pat
         [pipelines.conflicts]
         default = ["a"]
         [pipelines.mappings.books]
-        customers = "{narrow}"
+        customers = "{mapping}"
     """
+
+
+def test_a_column_missing_since_the_sheet_was_linked_is_filled_too(tmp_path: Path) -> None:
+    """Rows whose cells did not change since they were linked (their native hash is the one
+    last seen) are looked at as well: a mapping that gained a field fills it."""
+    sheet = Sheet(tmp_path, "csv")
+    sheet.path.parent.mkdir()
+    sheet.write([["Sync ID", "First Name"]])
+    narrow = tmp_path / "narrow.toml"
+    narrow.write_text('[fields]\nfirst_name = "First Name"\n')
+    body = books_mapped_by(narrow)
     ds().put(C, "a1", {"first_name": "Ann", "email": "ann@example.com"})
     assert run(load_config(write_config(tmp_path, body))).exit_code == 0
     assert sheet.rows()[0] == ["Sync ID", "First Name"]
@@ -362,23 +368,7 @@ def test_a_read_only_column_missing_is_left_alone_not_cleared(tmp_path: Path) ->
         '[fields]\nfirst_name = "First Name"\nemail = { native = "Email", transform = "email" }\n'
         'lead_source = { native = "Source", direction = "read" }\n'
     )
-    body = f"""
-        [state]
-        url = "sqlite:///state.db"
-        [connectors.a]
-        type = "memory"
-        [connectors.books]
-        type = "spreadsheet"
-        path = "books"
-        [[pipelines]]
-        name = "p"
-        members = ["a", "books"]
-        entities = ["customers"]
-        [pipelines.conflicts]
-        default = ["a"]
-        [pipelines.mappings.books]
-        customers = "{mapping}"
-    """
+    body = books_mapped_by(mapping)
     cfg = load_config(write_config(tmp_path, body))
     sheet = Sheet(tmp_path, "csv")
     sheet.path.parent.mkdir()
