@@ -22,7 +22,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from syncengine import model
@@ -90,6 +90,11 @@ class KeyWrites:
     writes: list[Write]
     pending: int = 0
     """How many of its writes are not performed yet (for the progress count)."""
+    stored: dict[str, LinkPlan] = field(default_factory=dict)
+    """member -> the link stored with the intents (a record new to the hub): the commit
+    does not write it again when it is unchanged."""
+    stored_base: model.Record | None = None
+    """The base stored with the intents, likewise."""
 
     def __post_init__(self) -> None:
         self.pending = len(self.writes)
@@ -101,11 +106,10 @@ class KeyWrites:
 
 
 class StateWrites:
-    """The state changes of one entity's batch, sent as a few bulk statements at ``flush``
-    instead of one per record."""
+    """The state changes of one entity's batch, collected and then sent as a few bulk
+    statements in one transaction (``commit``) instead of one per record."""
 
-    def __init__(self, tx: Tx, pipeline: str, entity: str) -> None:
-        self.tx = tx
+    def __init__(self, pipeline: str, entity: str) -> None:
         self.pipeline = pipeline
         self.entity = entity
         self.records: list[dict[str, Any]] = []
@@ -144,8 +148,26 @@ class StateWrites:
             if row is not None:
                 self.finished.append(row)
 
-    def flush(self) -> None:
-        tx, p, e = self.tx, self.pipeline, self.entity
+    def commit(self, store: StateStore) -> None:
+        """Write the changes in one transaction; none is opened when there are none."""
+        if any(
+            (
+                self.records,
+                self.links,
+                self.unlinks,
+                self.dirty,
+                self.conflicts,
+                self.deleted,
+                self.skips,
+                self.finished,
+            )
+        ):
+            with store.transaction() as tx:
+                self.write(tx)
+
+    def write(self, tx: Tx) -> None:
+        """Send the changes within ``tx``."""
+        p, e = self.pipeline, self.entity
         if self.records:
             tx.put_records(self.records)
         for key, member in self.unlinks:
@@ -220,15 +242,14 @@ class EntityApply:
         )
         committed = 0
         for chunk in _chunks(deferred, batch_size):
-            with self.store.transaction() as tx:
-                writes = StateWrites(tx, self.pipeline.name, self.ent.entity)
-                for key in chunk:
-                    for w in key.writes:
-                        if w.error is None and w.action.member in flush_errors:
-                            w.error = flush_errors[w.action.member]
-                    self._commit_key(writes, key)
-                    writes.finish(key, committed=True)
-                writes.flush()
+            writes = StateWrites(self.pipeline.name, self.ent.entity)
+            for key in chunk:
+                for w in key.writes:
+                    if w.error is None and w.action.member in flush_errors:
+                        w.error = flush_errors[w.action.member]
+                self._commit_key(writes, key)
+                writes.finish(key, committed=True)
+            writes.commit(self.store)
             self._count(w for key in chunk for w in key.writes if w.member.buffered)
             committed += len(chunk)
             if committing is not None:
@@ -259,17 +280,19 @@ class EntityApply:
         p, e = self.pipeline.name, self.ent.entity
         holder = lease_holder.get()  # the intents belong to this run's lease (``recovery``)
         with self.store.transaction() as tx:
-            early = StateWrites(tx, p, e)
+            early = StateWrites(p, e)
             for k in keys:
                 kp = k.plan
                 if kp.new_key and kp.actions and kp.prior:
-                    early.put_record(kp.key, kp.base_after or {})
+                    k.stored_base = kp.base_after or {}
+                    early.put_record(kp.key, k.stored_base)
                     writing = {a.member for a in kp.actions}
                     for lp in kp.prior.values():
                         # dirty until its write is confirmed: if we die first, the next run
                         # still owes this member the merged values
-                        early.put_link(kp.key, replace(lp, dirty=lp.member in writing))
-            early.flush()
+                        k.stored[lp.member] = replace(lp, dirty=lp.member in writing)
+                        early.put_link(kp.key, k.stored[lp.member])
+            early.write(tx)
             ids = tx.add_intents(
                 [
                     {
@@ -293,16 +316,15 @@ class EntityApply:
         flush (returned); records they created on write-through members are made durable
         at once, so a crash now cannot lead to creating them twice."""
         deferred = []
-        with self.store.transaction() as tx:
-            writes = StateWrites(tx, self.pipeline.name, self.ent.entity)
-            for key in keys:
-                if key.buffered:
-                    self._commit_created(writes, key)
-                    deferred.append(key)
-                else:
-                    self._commit_key(writes, key)
-                writes.finish(key, committed=not key.buffered)
-            writes.flush()
+        writes = StateWrites(self.pipeline.name, self.ent.entity)
+        for key in keys:
+            if key.buffered:
+                self._commit_created(writes, key)
+                deferred.append(key)
+            else:
+                self._commit_key(writes, key)
+            writes.finish(key, committed=not key.buffered)
+        writes.commit(self.store)
         self._count(w for key in keys for w in key.writes if not w.member.buffered)
         return deferred
 
@@ -370,11 +392,12 @@ class EntityApply:
         if kp.base_after is None or (kp.purge and not failed_members):
             tx.deleted.append(kp.key)
             return
-        tx.put_record(kp.key, kp.base_after)
+        if kp.base_after is not key.stored_base:
+            tx.put_record(kp.key, kp.base_after)
         for name, lp in links.items():
             if lp.remove:
                 tx.unlinks.append((kp.key, name))
-            else:
+            elif lp != key.stored.get(name):  # not as stored with the intents already
                 tx.put_link(kp.key, lp)
         if failed_members:
             tx.dirty.append((kp.key, failed_members))

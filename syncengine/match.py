@@ -189,6 +189,9 @@ def match(
     hints = hints or {}
     contested: set[str] = set()
     for member in members:
+        # a relink key pairs a record only with one its member does not hold yet: where there
+        # is none (the first sync into an empty member), it is not looked for record by record
+        pairs = combos is not None and _could_pair(member, holders, new_records)
         for obs in new_records.get(member, []):
             hinted = hints.get((member, obs.native_hash))
             if hinted is not None and member not in holders.get(hinted, {member}):
@@ -238,7 +241,7 @@ def match(
                         "distinct value)"
                     )
                     break
-            if chosen is None and not ambiguous and combos is not None:
+            if chosen is None and not ambiguous and combos is not None and pairs:
                 chosen, ambiguous, unsure = combos.find(obs, holders)
                 contested.update(k for k in unsure if k in result.new_keys)
             if chosen in shadows:
@@ -403,6 +406,16 @@ class _Combos:
             if found:
                 return found.pop(), "", set()
         return None, "", set()
+
+
+def _could_pair(
+    member: str, holders: Mapping[str, set[str]], new_records: Mapping[str, list[Observed]]
+) -> bool:
+    """Whether any record could be paired with a record new on ``member``: a hub record (or an
+    unreadable record's stand-in) it does not hold, or a record new on another member."""
+    return any(member not in held for held in holders.values()) or any(
+        records for other, records in new_records.items() if other != member
+    )
 
 
 def _hashable(value: Any) -> Any:

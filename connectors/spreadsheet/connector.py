@@ -690,7 +690,9 @@ class _Working:
                     break
         return width
 
-    def _apply(self, row: Row, staged: list[tuple[str, CellValue]]) -> None:
+    def _apply(self, row: Row, staged: list[tuple[str, CellValue]], *, fresh: bool = False) -> None:
+        """Set the staged cells of ``row``; on an existing row, a cell that already shows the
+        value is left as it is (its type, its formula). A ``fresh`` row holds nothing yet."""
         decode = self.table.decode_cell
         for name, cell in staged:
             index = self.columns.get(name)
@@ -698,8 +700,7 @@ class _Working:
                 index = self._free_column()
                 self.header.set(index, name)
                 self.columns[name] = index
-            # a cell that already shows the value is left as it is (its type, its formula)
-            if decode(row.get(index), name) != decode(cell, name):
+            if fresh or decode(row.get(index), name) != decode(cell, name):
                 row.set(index, cell)
 
     def create(self, data: Mapping[str, Any], key: str) -> NativeRecord:
@@ -710,7 +711,7 @@ class _Working:
         assert self.id_index is not None
         row = Row([""] * len(self.header.cells))
         row.set(self.id_index, id_cell)
-        self._apply(row, staged)
+        self._apply(row, staged, fresh=True)
         handle, self._next = self._next, self._next + 1
         self.rows[handle] = row
         self.by_id[key] = [handle]

@@ -18,7 +18,6 @@ up front instead of failing half way when another process writes.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import threading
@@ -26,11 +25,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache, lru_cache, partial
+from functools import cache, lru_cache
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -91,7 +91,18 @@ _PG_MIGRATION_LOCK: Final = 0x73796E636D6967
 _FINAL_INTENT_STATES: Final = frozenset(INTENT_STATES) - {"pending"}
 _SECRET_QUERY_KEYS: Final = frozenset({"password", "passwd", "pass"})
 _URL_EXAMPLES: Final = "e.g. sqlite:///state.db or postgresql+psycopg://user@host/dbname"
-_json_dumps = partial(json.dumps, separators=(",", ":"), ensure_ascii=False)
+
+
+def _json_dumps(value: Any) -> str:
+    """The state store's JSON (bases, last-seen versions, intents): orjson, which encodes a
+    record several times faster than the standard library; compact and UTF-8 as before."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _json_loads(text: str | bytes | float) -> Any:
+    if isinstance(text, int | float):
+        return text  # SQLite hands a JSON number back as a number (the column's affinity)
+    return orjson.loads(text)
 
 
 # ---------------------------------------------------------------------------------------
@@ -345,6 +356,7 @@ def _sqlite_engine(url: URL | str, *, memory: bool) -> sa.Engine:
     options: dict[str, Any] = {
         "connect_args": {"check_same_thread": False},
         "json_serializer": _json_dumps,
+        "json_deserializer": _json_loads,
     }
     if memory:
         options["poolclass"] = StaticPool
@@ -358,7 +370,11 @@ def _postgresql_engine(url: URL) -> sa.Engine:
     if url.get_driver_name() in ("psycopg", "psycopg2") and "connect_timeout" not in url.query:
         connect_args["connect_timeout"] = 10
     return sa.create_engine(
-        url, pool_pre_ping=True, json_serializer=_json_dumps, connect_args=connect_args
+        url,
+        pool_pre_ping=True,
+        json_serializer=_json_dumps,
+        json_deserializer=_json_loads,
+        connect_args=connect_args,
     )
 
 
@@ -1188,8 +1204,34 @@ class Tx:
                     "created_at": now,
                 }
             )
-        stmt = sa.insert(journal).returning(journal.c.id, sort_by_parameter_order=True)
-        return list(self._conn.execute(stmt, values).scalars())
+        ids = self._reserve_intent_ids(len(values))
+        for value, intent_id in zip(values, ids, strict=True):
+            value["id"] = intent_id
+        # a plain executemany: returning the ids row by row costs ten times the insert
+        self._conn.execute(sa.insert(journal), values)
+        return ids
+
+    def _reserve_intent_ids(self, n: int) -> list[int]:
+        """``n`` fresh journal ids, taken before the rows are inserted. PostgreSQL draws them
+        from the id column's sequence; SQLite continues from the highest id the table ever
+        had (its AUTOINCREMENT counter), which no other writer can move while this
+        transaction holds the write lock."""
+        if self._dialect == "postgresql":
+            rows = self._conn.execute(
+                sa.text(
+                    "SELECT nextval(pg_get_serial_sequence('journal', 'id')) "
+                    "FROM generate_series(1, :n)"
+                ),
+                {"n": n},
+            )
+            return [int(i) for i in rows.scalars()]
+        top = self._conn.execute(
+            sa.text(
+                "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'journal'), 0), "
+                "coalesce((SELECT max(id) FROM journal), 0))"
+            )
+        ).scalar_one()
+        return list(range(int(top) + 1, int(top) + 1 + n))
 
     def finish_intent(
         self,
