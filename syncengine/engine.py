@@ -354,6 +354,8 @@ class Engine:
         # until decided, a held delete's record is not there for the members that dropped it
         ent.keys.extend(h.placeholder() for h in planned.held)
         refs.planned(ent)  # entities referring to this one see its new state
+        if not self.dry_run and not planned.held:
+            ent.compact()  # applied: the next entity does not run beside this one's plan
         return EntityRun(members, planned, outcome)
 
     def _decide_held_deletes(
@@ -364,6 +366,14 @@ class Engine:
         synced, or one new in this run) waits and is given back to the members that dropped
         it (``settle_waiting_deletes``); any other is deleted where it can be. Nothing is
         applied for an entity a guard stopped."""
+        ent = run.planned.plan
+        try:
+            self._decide(pipeline, run, result, run_id)
+        finally:
+            if not self.dry_run:
+                ent.compact()  # kept whole until now: its placeholders are gone
+
+    def _decide(self, pipeline: Pipeline, run: EntityRun, result: SyncResult, run_id: str) -> None:
         ent = run.planned.plan
         held = {h.key for h in run.planned.held}
         ent.keys = [kp for kp in ent.keys if kp.key not in held or kp.actions or kp.links]

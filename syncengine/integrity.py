@@ -23,7 +23,7 @@ from syncengine import model
 from syncengine.config import Pipeline
 from syncengine.display import label_of
 from syncengine.member import Member
-from syncengine.plan import Delete, EntityPlan, Issue
+from syncengine.plan import Delete, EntityPlan, Issue, users_of
 from syncengine.read import MemberRead
 from syncengine.refs import References
 from syncengine.state import StateStore
@@ -79,16 +79,8 @@ def planned_users(plans: Sequence[EntityPlan], entity: str) -> dict[str, int]:
     referring to it (in a dry run the state does not hold them yet)."""
     users: dict[str, int] = {}
     for ent in plans:
-        names = [n for n, t in model.ENTITIES[ent.entity].refs.items() if t == entity]
-        if not names or ent.entity == entity:
-            continue
-        for kp in ent.keys:
-            after = kp.base_after
-            if after is None or after.get(model.DELETED):
-                continue
-            for value in {after.get(name) for name in names}:
-                if isinstance(value, str):
-                    users[value] = users.get(value, 0) + 1
+        for key, n in users_of(ent, entity).items():
+            users[key] = users.get(key, 0) + n
     return users
 
 

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncengine import model
 from syncengine.model import Record
 
 Value = Any
@@ -172,6 +173,11 @@ class KeyPlan:
         )
 
 
+DETAILS_KEPT = 1_000
+"""Records of an applied entity kept field by field for the run's report (``--verbose``);
+the counts cover every record."""
+
+
 @dataclass
 class EntityPlan:
     entity: str
@@ -189,6 +195,8 @@ class EntityPlan:
     notes: list[str] = field(default_factory=list)
     """What the run does that a person should know of and that is no problem (a column
     missing from a sheet, added back and filled)."""
+    compacted: Compacted | None = None
+    """Set once the applied plan was cut down to the records a person reads (``compact``)."""
 
     @property
     def actions(self) -> list[Action]:
@@ -202,9 +210,60 @@ class EntityPlan:
     def skips(self) -> list[Skip]:
         return [s for kp in self.keys for s in kp.skips]
 
+    def compact(self, details: int | None = None) -> None:
+        """The entity is applied: keep only what the rest of the run and its report read, so
+        that its plan does not stay in memory beside the next entity's.
+
+        Kept: every record whose delete waits (``waiting``), and the first ``details``
+        records with a write, a conflict or a skip (``DETAILS_KEPT``), field by field for
+        ``--verbose``. The
+        counts, how many records changed, and how many records of this entity refer to
+        each record of another (``planned_users``) are taken first, over every record."""
+        details = DETAILS_KEPT if details is None else details
+        if self.compacted is not None or len(self.keys) <= details:
+            return
+        refs = model.ENTITIES[self.entity].refs if self.entity in model.ENTITIES else {}
+        users = {target: users_of(self, target) for target in set(refs.values())}
+        kept: list[KeyPlan] = []
+        shown = 0
+        changed = 0
+        for kp in self.keys:
+            detail = bool(kp.actions or kp.conflicts or kp.skips)
+            changed += detail
+            if kp.waiting or (detail and shown < details):
+                kept.append(kp)
+                shown += detail
+        self.compacted = Compacted(self.counts(), changed, changed - shown, users, len(kept))
+        self.keys = kept
+
+    def changed_records(self) -> int:
+        """How many records the plan does something for: a write, a conflict or a skip."""
+        later = sum(1 for kp in self._after_compaction() if kp.actions or kp.conflicts or kp.skips)
+        return later + (self.compacted.changed if self.compacted else 0)
+
+    def _after_compaction(self) -> list[KeyPlan]:
+        """The records added since the plan was compacted (deletes decided at the run's end),
+        or all of them."""
+        return self.keys[self.compacted.kept :] if self.compacted else self.keys
+
     def counts(self) -> dict[str, Any]:
+        own = self._count(self._after_compaction())
+        if self.compacted is None:
+            return own
+        before = self.compacted.counts
+        out: dict[str, Any] = {}
+        for name, value in before.items():
+            if isinstance(value, dict) and name != "read":
+                out[name] = {op: n + own[name].get(op, 0) for op, n in value.items()}
+            elif isinstance(value, int):
+                out[name] = value + own[name]
+            else:
+                out[name] = value
+        return out
+
+    def _count(self, keys: list[KeyPlan]) -> dict[str, Any]:
         per: dict[str, Counter[str]] = {m: Counter() for m in self.members}
-        for action in self.actions:
+        for action in (a for kp in keys for a in kp.actions):
             per[action.member][action.op] += 1
             if isinstance(action, Update) and action.link_only:
                 per[action.member]["link"] += 1
@@ -221,13 +280,52 @@ class EntityPlan:
         }
         # records found on several members and linked as one (a first sync, a lost state
         # store): they are written nothing, yet a person should see that they were matched
-        out["matched"] = sum(1 for kp in self.keys if kp.new_key and len(kp.prior) >= 2)
-        out["conflicts"] = sum(1 for c in self.conflicts if c.winner is None)
-        out["conflicts_settled"] = sum(1 for c in self.conflicts if c.winner is not None)
-        out["errors"] = len(self.issues)
-        out["skipped"] = len(self.skips)
+        out["matched"] = sum(1 for kp in keys if kp.new_key and len(kp.prior) >= 2)
+        conflicts = [c for kp in keys for c in kp.conflicts]
+        out["conflicts"] = sum(1 for c in conflicts if c.winner is None)
+        out["conflicts_settled"] = sum(1 for c in conflicts if c.winner is not None)
+        out["errors"] = len(self.issues) if self.compacted is None else 0
+        out["skipped"] = sum(len(kp.skips) for kp in keys)
         out["read"] = dict(self.seen)
         return out
+
+
+@dataclass(frozen=True)
+class Compacted:
+    """What an applied plan knew of every record before ``EntityPlan.compact`` dropped most
+    of them."""
+
+    counts: dict[str, Any]
+    changed: int
+    """Records with a write, a conflict or a skip."""
+    dropped: int
+    """How many of those are no longer listed."""
+    users: dict[str, dict[str, int]]
+    """Entity referred to -> its key -> how many records of this plan refer to it."""
+    kept: int
+    """How many records the plan kept: those after them were added since."""
+
+
+def users_of(ent: EntityPlan, target: str) -> dict[str, int]:
+    """Key of ``target`` -> how many records ``ent`` leaves referring to it (deleted ones
+    do not count)."""
+    if ent.compacted is not None:
+        counted = dict(ent.compacted.users.get(target, {}))
+        keys = ent._after_compaction()
+    else:
+        counted, keys = {}, ent.keys
+    spec = model.ENTITIES.get(ent.entity)
+    names = [n for n, t in spec.refs.items() if t == target] if spec else []
+    if not names or ent.entity == target:
+        return counted
+    for kp in keys:
+        after = kp.base_after
+        if after is None or after.get(model.DELETED):
+            continue
+        for value in {after.get(name) for name in names}:
+            if isinstance(value, str):
+                counted[value] = counted.get(value, 0) + 1
+    return counted
 
 
 @dataclass

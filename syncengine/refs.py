@@ -90,7 +90,12 @@ class References:
         self.pipeline = pipeline
         self.dry_run = dry_run
         self.plans: dict[str, EntityPlan] = {}
-        """entity -> this run's plan (laid over the state in a dry run)."""
+        """entity -> this run's plan, laid over the state in a dry run (a real run has
+        committed it, and keeps no plan: ``_changed`` and ``_created`` say what it did)."""
+        self._changed: dict[str, dict[str, frozenset[str]]] = {}
+        """entity -> key -> the fields this run's plan changed in its base."""
+        self._created: dict[tuple[str, str], set[str]] = {}
+        """(entity, member) -> keys already in the hub this run's plan creates on member."""
         self._indexes: dict[tuple[str, str, tuple[str, ...] | None], RefIndex] = {}
         self._waiting: dict[tuple[str, str], set[str]] = {}
         """(entity, member) -> keys that member deleted while they are still referred to:
@@ -98,39 +103,36 @@ class References:
 
     def planned(self, plan: EntityPlan) -> None:
         """Tell the indexes about an entity's plan; indexes of it are rebuilt when next used."""
-        self.plans[plan.entity] = plan
+        if self.dry_run:
+            self.plans[plan.entity] = plan
+        changed = self._changed[plan.entity] = {}
+        for entity_member in [k for k in self._created if k[0] == plan.entity]:
+            del self._created[entity_member]
         for kp in plan.keys:
             for member in kp.waiting:
                 self._waiting.setdefault((plan.entity, member), set()).add(kp.key)
+            before, after = kp.base_before, kp.base_after
+            if before is not None and after is not None and before != after:
+                changed[kp.key] = frozenset(
+                    f for f in before.keys() | after.keys() if before.get(f) != after.get(f)
+                )
+            if not kp.new_key:
+                for action in kp.actions:
+                    if isinstance(action, Create):
+                        self._created.setdefault((plan.entity, action.member), set()).add(kp.key)
         for cache_key in [k for k in self._indexes if k[0] == plan.entity]:
             del self._indexes[cache_key]
 
     def changed(self, target: str, ref_by: tuple[str, ...]) -> set[str]:
         """Keys of ``target`` whose ``ref_by`` values this run's plan changes (a customer's new
         email): records that show them need rewriting."""
-        plan = self.plans.get(target)
-        if plan is None:
-            return set()
-        return {
-            kp.key
-            for kp in plan.keys
-            if kp.base_before is not None
-            and kp.base_after is not None
-            and any(kp.base_before.get(f) != kp.base_after.get(f) for f in ref_by)
-        }
+        wanted = set(ref_by)
+        return {key for key, fields in self._changed.get(target, {}).items() if fields & wanted}
 
     def created(self, target: str, member: str) -> set[str]:
         """Keys of ``target`` this run's plan creates on ``member`` (where they already
         existed before, a record referring to them by id still holds the old id)."""
-        plan = self.plans.get(target)
-        if plan is None:
-            return set()
-        return {
-            kp.key
-            for kp in plan.keys
-            if not kp.new_key
-            and any(isinstance(a, Create) and a.member == member for a in kp.actions)
-        }
+        return set(self._created.get((target, member), set()))
 
     def label_targets(self, ent: EntityPlan) -> None:
         """Name the records the planned actions of ``ent`` refer to (``ent.ref_labels``), for

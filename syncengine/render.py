@@ -33,12 +33,7 @@ def show_value(value: Any, entity: str = "", name: str = "") -> str:
 
 def changed_records(result: SyncResult) -> int:
     """How many records the run plans something for: a write, a conflict or a skip."""
-    return sum(
-        1
-        for outcome in result.outcomes
-        for kp in outcome.plan.keys
-        if kp.actions or kp.conflicts or kp.skips
-    )
+    return sum(outcome.plan.changed_records() for outcome in result.outcomes)
 
 
 def agrees(result: SyncResult) -> bool:
@@ -57,7 +52,7 @@ def agrees(result: SyncResult) -> bool:
 def nothing_to_do(result: SyncResult) -> str:
     """The line of a run with nothing to write, saying what still differs: writes a member
     cannot take (skipped) and conflicts that wait for a person."""
-    skipped = sum(len(ep.skips) for ep in result.plan.entities)
+    skipped = sum(ep.counts()["skipped"] for ep in result.plan.entities)
     but = [
         *([plural(skipped, "write") + " a member cannot take (skipped)"] if skipped else []),
         *(["the conflicts below"] if result.open_conflicts else []),
@@ -109,6 +104,12 @@ def render_entity_plan(console: Console, ep: EntityPlan) -> None:
                 )
         for s in kp.skips:
             console.print(f"  [dim]· skipped on {s.member}: {escape(s.reason)}[/]")
+    if ep.compacted is not None and ep.compacted.dropped:
+        listed = ep.compacted.changed - ep.compacted.dropped
+        console.print(
+            f"[dim]{ep.entity} · and {plural(ep.compacted.dropped, 'more record')}, counted "
+            f"above but not listed (a run lists the first {listed:,})[/]"
+        )
 
 
 def render_result(

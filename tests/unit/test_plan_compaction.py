@@ -1,0 +1,145 @@
+"""An applied entity's plan is cut down before the next entity runs (``EntityPlan.compact``).
+
+A real run keeps, per entity, the records whose delete waits and the first ``DETAILS_KEPT``
+records it changed (for ``--verbose``); the counts, the report and the deletes decided at the
+run's end still see every record. Memory members; ``DETAILS_KEPT`` is lowered so that a few
+records are more than it keeps."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from syncengine import api, plan
+from syncengine.apply import EntityApply
+from syncengine.connectors.memory import MemoryConnector
+from syncengine.engine import Engine
+from syncengine.render import render_result
+from tests.helpers import memory_config
+
+ENTITIES = ("customers", "invoices", "payments")
+CUSTOMERS = 12
+
+
+def _config(tmp_path: Path) -> Any:
+    return memory_config(
+        tmp_path,
+        {
+            "hcp": {"entities": list(ENTITIES), "only": {"invoices": ["create"], "payments": []}},
+            "books": {"entities": list(ENTITIES)},
+        },
+        entities=ENTITIES,
+    )
+
+
+def _seed(hcp: Any) -> None:
+    for n in range(CUSTOMERS):
+        hcp.put("customers", f"c{n}", {"first_name": f"Ann {n}", "email": f"ann{n}@example.com"})
+        hcp.put(
+            "invoices",
+            f"i{n}",
+            {
+                "invoice_number": str(1000 + n),
+                "customer": f"c{n}",
+                "amount": 100 * (n + 1),
+                "balance": 0,
+                "status": "paid",
+            },
+        )
+        hcp.put(
+            "payments",
+            f"p{n}",
+            {"invoice": f"i{n}", "amount": 100 * (n + 1), "method": "cash", "status": "succeeded"},
+        )
+
+
+def _sync(config: Any) -> Any:
+    [result] = api.sync(config)
+    return result
+
+
+def _first_sync(tmp_path: Path, kept: int, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setattr(plan, "DETAILS_KEPT", kept)
+    tmp_path.mkdir(exist_ok=True)
+    config = _config(tmp_path)
+    _seed(MemoryConnector.get_dataset("hcp"))
+    return _sync(config)
+
+
+def test_a_compacted_run_counts_and_reports_every_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = _first_sync(tmp_path / "whole", 10_000, monkeypatch)
+    MemoryConnector.reset()
+    cut = _first_sync(tmp_path / "cut", 3, monkeypatch)
+    assert whole.exit_code == cut.exit_code == 0
+    assert [ep.compacted for ep in whole.plan.entities] == [None, None, None]
+    for ep in cut.plan.entities:
+        assert ep.compacted is not None and ep.compacted.changed == CUSTOMERS
+        assert ep.compacted.dropped == CUSTOMERS - 3 and len(ep.keys) == 3
+    # the counts people, JSON and the run history see are those of the whole plan
+    assert cut.to_json()["entities"] == whole.to_json()["entities"]
+    assert [ep.counts() for ep in cut.plan.entities] == [ep.counts() for ep in whole.plan.entities]
+    console = Console(width=200, record=True)
+    render_result(console, cut, verbose=True)
+    text = console.export_text()
+    assert "customers · and 9 more records, counted above but not listed" in text
+    assert text.count("+ create on books") == 3 * 3
+    books = MemoryConnector.get_dataset("books")
+    assert {e: len(books.table(e)) for e in ENTITIES} == dict.fromkeys(ENTITIES, CUSTOMERS)
+
+
+def test_the_customers_plan_is_gone_while_invoices_are_planned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applied: dict[str, list[weakref.ref[Any]]] = {}
+    alive_when_planned: dict[str, int] = {}
+    run, plan_entity = EntityApply.run, Engine.plan_entity
+
+    def watch_apply(self: EntityApply, *args: Any, **kwargs: Any) -> bool:
+        applied[self.ent.entity] = [weakref.ref(kp) for kp in self.ent.keys]
+        return run(self, *args, **kwargs)
+
+    def watch_plan(self: Engine, pipeline: Any, entity: str, *args: Any, **kwargs: Any) -> Any:
+        gc.collect()
+        alive_when_planned[entity] = sum(
+            1 for refs in applied.values() for ref in refs if ref() is not None
+        )
+        return plan_entity(self, pipeline, entity, *args, **kwargs)
+
+    monkeypatch.setattr(EntityApply, "run", watch_apply)
+    monkeypatch.setattr(Engine, "plan_entity", watch_plan)
+    result = _first_sync(tmp_path, 3, monkeypatch)
+    assert result.exit_code == 0
+    assert [len(applied[e]) for e in ENTITIES] == [CUSTOMERS] * 3
+    # only the three records kept for the report outlive the entity's apply
+    assert alive_when_planned == {"customers": 0, "invoices": 3, "payments": 6}
+
+
+def test_deletes_decided_at_the_end_see_compacted_plans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = _first_sync(tmp_path, 0, monkeypatch)
+    assert result.exit_code == 0
+    hcp = MemoryConnector.get_dataset("hcp")
+    books = MemoryConnector.get_dataset("books")
+    # HCP deletes two customers with their invoices and payments (a cascade), and a third
+    # customer whose invoice stays: that one waits, the other two go in one sync
+    for n in (1, 2):
+        hcp.remove("customers", f"c{n}")
+        hcp.remove("invoices", f"i{n}")
+        hcp.remove("payments", f"p{n}")
+    hcp.remove("customers", "c3")
+    second = _sync(config := _config(tmp_path))
+    assert second.exit_code == 0, second.to_json()
+    counts = {ep.entity: ep.counts()["books"]["delete"] for ep in second.plan.entities}
+    assert counts == {"customers": 2, "invoices": 2, "payments": 2}
+    assert second.to_json()["entities"]["customers"]["skipped"] == 1  # c3 waits for i3
+    assert len(books.table("customers")) == CUSTOMERS - 2
+    assert len(books.table("invoices")) == len(books.table("payments")) == CUSTOMERS - 2
+    assert _sync(config).plan.actions == []
