@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 from syncengine.errors import ConfigError, FatalConnectorError, Problem
@@ -101,9 +102,17 @@ class NativeRecord:
 
 
 def raw_hash(data: Mapping[str, Any]) -> str:
-    """A stable hash of a native record, for the unchanged-record short-circuit."""
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+    """A stable hash of a native record, for the unchanged-record short-circuit: its JSON
+    with sorted keys (orjson, several times faster than the standard library on every record
+    of every read; a value JSON cannot hold counts as its text)."""
+    try:
+        blob = orjson.dumps(data, default=str, option=_HASH_OPTIONS)
+    except TypeError:  # an integer beyond 64 bits
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.blake2b(blob, digest_size=16).hexdigest()
+
+
+_HASH_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
 
 @dataclass(frozen=True)
