@@ -9,7 +9,8 @@ Several: reported as ambiguous and left alone, never guessed. None: a new hub re
 
 from __future__ import annotations
 
-import uuid
+import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,7 +128,11 @@ _SHADOW = "\0unreadable:"
 
 
 def new_key() -> str:
-    return uuid.uuid4().hex
+    """A new hub key: 32 hex digits, the time in milliseconds then 80 random bits (as in a
+    version 7 UUID). Keys made one after another sort together, so that the state store adds
+    a run's new records at the end of its indexes instead of all over them: a first sync of
+    many records writes about half as much."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 def match(
