@@ -378,11 +378,25 @@ class PhoneTransform(_Base):
         self._memo: dict[str, Any] = {}
 
     def _parse(self, text: str) -> Any:
+        """The number ``text`` is in this region, or None. Parsed numbers are remembered
+        across the transforms of every mapping (bounded), also under their E.164 form, which
+        is what the next member is given to write."""
+        known = _PARSED.get((self.region, text), _UNKNOWN)
+        if known is not _UNKNOWN:
+            return known
         try:
             parsed = phonenumbers.parse(text, self.region)
         except phonenumbers.NumberParseException:
-            return None
-        return parsed if phonenumbers.is_possible_number(parsed) else None
+            parsed = None
+        if parsed is not None and not phonenumbers.is_possible_number(parsed):
+            parsed = None
+        if len(_PARSED) >= PhoneTransform.MEMO_SIZE:
+            _PARSED.clear()
+        _PARSED[(self.region, text)] = parsed
+        if parsed is not None and not parsed.extension:  # E.164 holds no extension
+            e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+            _PARSED.setdefault((self.region, e164), parsed)
+        return parsed
 
     def _read(self, native: Any) -> Any:
         text = (native if isinstance(native, str) else str(native)).strip()
@@ -431,6 +445,11 @@ class PhoneTransform(_Base):
             if self._read(formatted) == canonical:  # never write what reads back differently
                 return formatted
         return canonical
+
+
+_UNKNOWN = object()
+_PARSED: dict[tuple[str, str], Any] = {}
+"""(region, text) -> the phone number parsed from it (None: not a possible number)."""
 
 
 def _looks_e164(text: str) -> bool:
