@@ -413,13 +413,8 @@ class PhoneTransform(_Base):
             if parsed is None
             else phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
         )
-        self._remember(text, read)
+        _remember(self._memo, text, read)
         return read
-
-    def _remember(self, text: str, read: str) -> None:
-        if len(self._memo) >= self.MEMO_SIZE:
-            self._memo.clear()  # bounded: start again rather than grow with the data
-        self._memo[text] = read
 
     def _write(self, value: Any) -> Any:
         text = (value if isinstance(value, str) else str(value)).strip()
@@ -738,6 +733,9 @@ class DateTransform(_Base):
         self.format = format
         self.timezone = timezone
         self._zone = dt.UTC if timezone == "UTC" else zoneinfo.ZoneInfo(timezone)
+        self._read_memo: dict[str, str] = {}
+        self._write_memo: dict[str, str] = {}
+        """Texts read and values written (bounded): a sync's dates repeat, day after day."""
 
     def _read(self, native: Any) -> Any:
         if isinstance(native, dt.date):
@@ -751,19 +749,39 @@ class DateTransform(_Base):
         text = (native if isinstance(native, str) else str(native)).strip()
         if not text:
             return None
+        known = self._read_memo.get(text)
+        if known is not None:
+            return known
         try:
             moment = dt.datetime.strptime(text, self.format)
         except ValueError:
             raise ValueError(f"{native!r} is not a date in the format {self.format!r}") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=self._zone)
-        return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        read = moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        _remember(self._read_memo, text, read)
+        return read
 
     def _write(self, value: Any) -> Any:
+        if isinstance(value, str):
+            known = self._write_memo.get(value)
+            if known is not None:
+                return known
         moment = parse_datetime(value)
         if moment is None:
             return None
-        return moment.astimezone(self._zone).strftime(self.format)
+        written = moment.astimezone(self._zone).strftime(self.format)
+        if isinstance(value, str):
+            _remember(self._write_memo, value, written)
+        return written
+
+
+def _remember(memo: dict[str, Any], key: str, value: Any, size: int = 65_536) -> None:
+    """``memo[key] = value``, the memo cleared first once it holds ``size`` entries (bounded:
+    it starts again rather than grow with the data)."""
+    if len(memo) >= size:
+        memo.clear()
+    memo[key] = value
 
 
 def _date(params: Params) -> Transform:
