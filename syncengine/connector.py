@@ -228,7 +228,8 @@ class Connector(ABC):
         return next((r for r in self.read(entity) if r.id == native_id and not r.provisional), None)
 
     def find(self, entity: str, data: NativeData) -> list[NativeRecord]:
-        """Records on the member that carry ``data`` (used to resolve an interrupted create).
+        """Records on the member that carry ``data``: used to resolve an interrupted create
+        that the run's own read cannot show (a partial pass, an entity the run does not read).
 
         The default reads the whole entity; connectors with a search API do better.
         """

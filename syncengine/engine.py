@@ -101,7 +101,7 @@ from syncengine.read import (
     set_aside_copies,
 )
 from syncengine.reconcile import Context, MemberView, reconcile
-from syncengine.recovery import Recovery, recover
+from syncengine.recovery import Recovery, recover, settle_creates
 from syncengine.refs import References
 from syncengine.result import MAX_REPORTED, EntityOutcome, SyncResult
 from syncengine.state import RecordState, StateStore
@@ -240,8 +240,9 @@ class Engine:
     def _sync(self, pipeline: Pipeline, entities: Sequence[str] | None) -> SyncResult:
         """One run of ``pipeline`` (``entities``: None for all of them), in the order that
         keeps every step safe: refuse a wrong sheet structure before anything is read into a
-        plan, recover what an interrupted run left in the journal, plan and apply each entity
-        in dependency order, then decide the deletes other entities may refer to, those
+        plan, take what an interrupted run left in the journal (its creates are settled from
+        each entity's reads, before that entity is matched), plan and apply each entity in
+        dependency order, then decide the deletes other entities may refer to, those
         referring first. The run is recorded (``runs``) however it ends."""
         if not self.dry_run:
             self._check_lease(pipeline)
@@ -268,6 +269,7 @@ class Engine:
                 refs,
                 dry_run=self.dry_run,
                 holder=self.holder,
+                entities=[e for e in pipeline.entities if entities is None or e in entities],
                 progress=self.progress,
             )
             result.pending_recovery = recovery.pending
@@ -446,8 +448,10 @@ class Engine:
         *,
         hold_deletes: bool = False,
     ) -> PlannedEntity:
-        """Plan one entity: read every member, find the hub records that need a look, match
-        new records, reconcile each record, then apply the guards. Writes nothing.
+        """Plan one entity: read every member, settle the creates an interrupted run left
+        from those reads (``recovery.settle_creates``), find the hub records that need a look,
+        match new records, reconcile each record, then apply the guards. Writes nothing but
+        what settling interrupted creates commits (nothing in a dry run).
 
         With ``hold_deletes``, deletes of records other entities of the pipeline may refer
         to are planned (they count towards the mass-delete guard) but held out of the plan
@@ -463,7 +467,13 @@ class Engine:
         if not self.allow_mass_delete:
             ent.guard = empty_member_guard(entity, reads)
             if ent.guard:
-                return planned
+                return planned  # its interrupted creates wait for a run that plans it
+        if recovery is not None and recovery.creates.get(entity):
+            # before anything new in the reads is matched: a record an interrupted run
+            # created is linked, not taken for new (nor created again)
+            settle_creates(
+                self.store, pipeline, entity, members, reads, ent, recovery, dry_run=self.dry_run
+            )
         relinked = self._relink_vanished(pipeline, entity, members, reads, ent)
         set_aside_copies(entity, reads, ent)
         hold_swapped_identities(self.store, pipeline, entity, reads, ent)

@@ -69,6 +69,9 @@ class MemberRead:
     unreadable: list[Observed] = field(default_factory=list)
     """Unlinked records in error (reported) whose values could be read: a record new on
     another member that matches one of them may be it, and is not synced either."""
+    faulty: list[NativeRecord] = field(default_factory=list)
+    """Every unlinked record in error (reported), whether or not its values could be read:
+    recovery tells an interrupted create among them by its id, or looks it up."""
     linked: int = 0
     """How many records the member had linked before this read."""
     count: int = 0
@@ -369,6 +372,8 @@ def _block(
     ent.issues.append(Issue(entity, member.name, rec.location, why))
     if key is not None:
         out.blocked.add(key)
+    else:
+        out.faulty.append(rec)
 
 
 def fetch_unseen(

@@ -6,9 +6,10 @@ payments are recorded in HCP through the sandbox's admin route (what a customer 
 succeeded ones lower the invoice's balance and may mark it paid; failed and pending ones do
 not), and a ``syncengine sync`` process kills itself (SIGKILL) at a deterministic crash point
 (``tests/crashpoints.py``): after the payments' sheet was written and before the state
-commit, in the next run's recovery of those writes, between the invoices and the payments,
-after the invoices' sheet was written, with the new rows only in memory, and just before the
-payments' sheet is written. Every kill lands every time; one that does not fails the test.
+commit, in the next run's recovery of those writes (the payments read, the writes not yet
+settled from that read), between the invoices and the payments, after the invoices' sheet
+was written, with the new rows only in memory, and just before the payments' sheet is
+written. Every kill lands every time; one that does not fails the test.
 Two payments are twins (same invoice, amount, method and day): only their Sync IDs tell them
 apart in the sheet.
 
@@ -69,8 +70,9 @@ CUSTOMERS = 50
 CRASHES = (
     # the payments' sheet written, the state not committed: their creates left pending
     crash_at("books", "flush", "payments", 1, "after"),
-    # the next run, in its recovery of those creates (looked up by Sync ID)
-    crash_at("books", "get", "*", 1, "after"),
+    # the next run, in its recovery of those creates: every member's payments read, the
+    # creates not yet settled from that read (told by Sync ID)
+    crash_at("books", "read", "payments", 1, "after"),
     # between two entities: the invoices applied and committed, the payments not begun
     crash_at("books", "prepare", "payments", 1, "before"),
     # the invoices' sheet written (new balances), the state not committed

@@ -590,31 +590,30 @@ def make_edits(h: Harness, rng: random.Random, n: int, expect: Expect) -> list[s
     return done
 
 
-RECOVERY = {"hcp": "find", "books": "get"}
-"""How recovery looks up an interrupted create on each member (by the data it sent on HCP,
-by the id the engine chose on the sheet)."""
+def kind_of(point: str) -> tuple[str, str, str]:
+    """(member, method, before/after) of a ``CRASH_AT`` value."""
+    member, method, _entity, _n, when = point.split(":")
+    return member, method, when
 
 
-MUST_LAND = {("create", "after"), ("flush", "after"), ("find", "after"), ("get", "after")}
-"""(method, before/after) of the kills the convergence test must land: after a POST, after
-the sheet was written, and in the recovery of an interrupted create on either member."""
+RECOVERING = crash_at("books", "read", "customers", 1, "after")
+"""Where a run that has interrupted creates to settle has read both members (HCP first) and
+not yet settled them from those reads (``recovery.settle_creates``)."""
 
 
-def kind_of(point: str) -> tuple[str, str]:
-    """(method, before/after) of a ``CRASH_AT`` value."""
-    _member, method, _entity, _n, when = point.split(":")
-    return method, when
+MUST_LAND = {("hcp", "create", "after"), ("books", "flush", "after"), kind_of(RECOVERING)}
+"""(member, method, before/after) of the kills the convergence test must land: after a POST,
+after the sheet was written, and in the recovery of interrupted creates."""
 
 
 def crash_points(pending: Counter[tuple[str, str]], edits: list[str]) -> list[str]:
     """Crash points the next sync is sure to reach, from what it has to do: recover the
-    creates a killed run left pending (each is looked up once), POST the rows added to the
-    sheet and give them their Sync IDs, add the customers posted to HCP to the sheet, write
-    the sheet, and always read HCP."""
+    creates a killed run left pending (from its reads of both members), POST the rows added
+    to the sheet and give them their Sync IDs, add the customers posted to HCP to the sheet,
+    write the sheet, and always read HCP."""
     points = [crash_at("hcp", "read", "customers", 1, "after")]
-    for member, method in RECOVERY.items():
-        for n in range(1, pending[(member, "create")] + 1):
-            points += [crash_at(member, method, "customers", n, w) for w in ("before", "after")]
+    if pending[("hcp", "create")] or pending[("books", "create")]:
+        points.append(RECOVERING)
     rows = sum(1 for e in edits if e.startswith("books new row"))
     posted = sum(1 for e in edits if e.startswith("hcp new customer"))
     for n in range(1, rows + 1):
@@ -679,7 +678,11 @@ def test_syncs_killed_at_crash_points_converge_without_duplicates_or_lost_edits(
         assert_private(h.db)
         pending = journal_counts(h.db)["pending"]
         assert pending == 0, f"{pending} journal intents still pending after two full syncs"
-        landed = {(r.crashed["method"], r.crashed["when"]) for r in h.runs if r.crashed}
+        landed = {
+            (r.crashed["member"], r.crashed["method"], r.crashed["when"])
+            for r in h.runs
+            if r.crashed
+        }
         assert landed >= MUST_LAND, f"no kill at {sorted(MUST_LAND - landed)}"
 
 
@@ -733,9 +736,11 @@ def test_killed_right_after_a_post_the_next_sync_links_it_instead_of_posting_aga
 def test_killed_while_recovering_interrupted_posts_the_next_sync_finishes_the_recovery(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:
-    """Killed after three POSTs (none recorded), then killed again in the next run's recovery
-    after its second lookup (the first linked, the second found but not yet linked): the
-    third run links all three and POSTs only the rest."""
+    """Killed after three POSTs (none recorded); then the next run killed once it has read
+    both members, before it settled the three from those reads (nothing linked, nothing
+    written); then the next one killed once it has settled them, just before its first POST
+    (all three linked, with nothing but its read asked of HCP). The run after that POSTs only
+    the rest."""
     h = Harness(tmp_path, sandbox, concurrency=1, batch_size=50)
     new_rows = 8
     seed_sheet(h, overlapping=4, new_rows=new_rows)
@@ -747,14 +752,19 @@ def test_killed_while_recovering_interrupted_posts_the_next_sync_finishes_the_re
         assert first.posts == 3 and len(created) == 3, (first.posts, created)
         assert first.pending_after[("hcp", "create")] >= 3, first.pending_after
 
-        recovering = h.crash("hcp", "find", 2, "after")
-        assert recovering.posts == 0 and recovering.writes_seen == 0, (
-            "a run killed in its recovery wrote to HCP"
+        read = h.crash_at(RECOVERING, [])
+        assert read.writes_seen == 0, "a run killed in its recovery wrote to HCP"
+        assert read.pending_after == first.pending_after, "settled before the kill"
+        assert not created & {m.get("hcp") for m in links(h.db, "customers").values()}
+
+        log_before = len(sandbox.requests())
+        settled = h.crash("hcp", "create", 1, "before")
+        asked = sandbox.requests()[log_before:]
+        assert [e["method"] for e in asked] == ["GET"], (
+            f"settling three interrupted creates took more than the read of HCP: {asked}"
         )
-        assert recovering.crashed is not None
-        assert recovering.crashed["result_id"] in created, recovering.crashed
-        linked = {m.get("hcp") for m in links(h.db, "customers").values()}
-        assert len(created & linked) == 1, "the first lookup's customer should be linked"
+        assert created <= {m.get("hcp") for m in links(h.db, "customers").values()}
+        assert settled.pending_after[("hcp", "create")] == new_rows - 3, settled.pending_after
 
         done, _ = h.sync()
         assert done.returncode in (0, 1), f"the sync after the kills exited {done.returncode}"
@@ -877,3 +887,79 @@ def test_sheet_edit_after_kill_between_sheet_write_and_commit_is_propagated(
         rows = h.sheet_rows()
         assert_no_duplicates(small_sandbox.customers(), rows, emailless)
         assert_same_customers(small_sandbox.customers(), rows, h.db)
+
+
+# ------------------------------------------------------------ what recovery costs
+
+
+def seed_large_sheet(h: Harness, rows: int) -> list[dict[str, str]]:
+    """``rows`` rows HCP does not have, every column filled; one in ten without an email or
+    a phone (nothing to match it by but its data)."""
+    out = []
+    for n in range(rows):
+        contact = n % 10 != 7
+        out.append(
+            {
+                "First Name": f"Bulk{n}",
+                "Last Name": f"Row{n % 37}",
+                "Email": f"bulk.row{n}@books.example" if contact else "",
+                "Mobile": f"(555) 3{n // 100:02d}-{n % 100:04d}" if contact else "",
+                "Company": f"Bulk Co {n % 23}",
+                "Tags": "bulk, vip" if n % 5 == 0 else "",
+                "Street": f"{n} Main St",
+                "City": "Springfield",
+                "State": "IL",
+                "Zip": f"62{n % 1000:03d}",
+            }
+        )
+    write_sheet(h.sheet, CSV_HEADER, out)
+    return out
+
+
+def test_recovery_after_kills_during_a_large_initial_create_costs_one_read_plus_its_writes(
+    tmp_path: Path, small_sandbox: Sandbox
+) -> None:
+    """Three kills during a first sync that creates 400 customers in HCP, each in the middle
+    of a batch (its creates journalled, some POSTed, none recorded). The sync after them
+    settles every interrupted create from its own read of HCP: its requests are the pages
+    of that one read plus its writes, whatever the number of interrupted creates. Nothing
+    is duplicated and nothing is lost."""
+    rows = 400
+    h = Harness(tmp_path, small_sandbox, concurrency=2, batch_size=200)
+    sheet = seed_large_sheet(h, rows)
+    before = len(small_sandbox.customers())
+    emailless = nameless_signatures(small_sandbox.customers()) + Counter(
+        (r["First Name"], r["Last Name"]) for r in sheet if not r["Email"]
+    )
+    with h.explained():
+        for n in (150, 120, 60):  # each run gets further: its batch is 200 creates
+            killed = h.crash("hcp", "create", n, "after")
+            assert killed.pending_after[("hcp", "create")] >= n, killed.pending_after
+        pending = h.runs[-1].pending_after[("hcp", "create")]
+        log_before = len(small_sandbox.requests())
+        done, result = h.sync()
+        made = small_sandbox.requests()[log_before:]
+        assert done.returncode == 0, f"the sync after the kills exited {done.returncode}"
+        hcp = small_sandbox.customers()
+        assert len(hcp) == before + rows, f"{len(hcp) - before} customers for {rows} rows"
+        gets = [e for e in made if e["method"] == "GET"]
+        writes = [e for e in made if e["method"] in WRITES]
+        posts = sum(1 for e in writes if e["method"] == "POST")
+        pages = -(-(len(hcp) - posts) // 100)  # HCP as read, in pages of the connector's size
+        print(
+            f"recovery sync: {pending} interrupted creates, {len(gets)} GETs "
+            f"({pages} pages in one read), {len(writes)} writes"
+        )
+        assert len(gets) <= pages and len(made) <= pages + len(writes), (
+            f"the recovery of {pending} interrupted creates made {len(gets)} GETs and "
+            f"{len(writes)} writes; one read of HCP is {pages} pages"
+        )
+        assert result["entities"]["customers"]["hcp"]["create"] == len(writes)
+        assert journal_counts(h.db)["pending"] == 0
+
+        second, result = h.sync()
+        assert_nothing_to_do(second, result)
+        rows_now = h.sheet_rows()
+        assert len(rows_now) == before + rows
+        assert_no_duplicates(small_sandbox.customers(), rows_now, emailless)
+        assert_same_customers(small_sandbox.customers(), rows_now, h.db)
