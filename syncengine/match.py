@@ -349,23 +349,36 @@ class _Combos:
 
     def __init__(self, relink: Relinking, new_records: Mapping[str, list[Observed]]) -> None:
         self.relink = relink
+        self.new_records = new_records
         self.index: dict[tuple[int, Any], list[tuple[str, Record]]] = {}
         self.every: dict[int, list[tuple[str, Record]]] = {}
         """Relink key -> every candidate, for a member that lacks the key's first field."""
         self.seen: dict[tuple[int, str, tuple[Any, ...]], int] = {}
         """(relink key, member, values) -> how many of the member's new records hold them."""
-        for member, records in new_records.items():
+        self.pending: list[tuple[str, Record]] | None = []
+        """Candidates not indexed yet: the indexes are built at the first ``find`` (a first
+        sync into an empty member never looks)."""
+
+    def _build(self) -> None:
+        relink = self.relink
+        for member, records in self.new_records.items():
             for obs in records:
                 for i in range(len(relink.keys)):
                     names = relink.fields(i, member)
                     own = self._own(i, member, [obs.canonical.get(n) for n in names])
                     self.seen[own] = self.seen.get(own, 0) + 1
+        pending, self.pending = self.pending or [], None
+        for key, record in pending:
+            self.add(key, record)
 
     @staticmethod
     def _own(i: int, member: str, values: list[Any]) -> tuple[int, str, tuple[Any, ...]]:
         return (i, member, tuple(_hashable(v) for v in values))
 
     def add(self, key: str, record: Record) -> None:
+        if self.pending is not None:
+            self.pending.append((key, record))
+            return
         for i, names in enumerate(self.relink.keys):
             self.every.setdefault(i, []).append((key, record))
             if record.get(names[0]) not in (None, ""):
@@ -376,6 +389,8 @@ class _Combos:
     ) -> tuple[str | None, str, set[str]]:
         """(the one hub key whose record agrees with ``obs`` on a relink key, or None;
         why that is ambiguous, or ""; the keys it might belong to when ambiguous)."""
+        if self.pending is not None:
+            self._build()
         same = self.relink.same
         for i in range(len(self.relink.keys)):
             names = self.relink.fields(i, obs.member)
