@@ -274,7 +274,7 @@ class EntityApply:
 
     def _journal(self, keys: list[KeyWrites]) -> None:
         """Step 1: commit the batch's intents before any member is called."""
-        writes = [(k.plan, w) for k in keys for w in k.writes]
+        writes = [(k, k.plan, w) for k in keys for w in k.writes]
         if not writes:
             return
         p, e = self.pipeline.name, self.ent.entity
@@ -302,13 +302,15 @@ class EntityApply:
                         "key": kp.key,
                         "member": w.action.member,
                         "op": w.action.op,
-                        "payload": intent_payload(w.action, kp),
+                        "payload": intent_payload(
+                            w.action, kp, base_stored=k.stored_base is not None
+                        ),
                         "holder": holder,
                     }
-                    for kp, w in writes
+                    for k, kp, w in writes
                 ]
             )
-        for (_kp, w), intent_id in zip(writes, ids, strict=True):
+        for (_k, _kp, w), intent_id in zip(writes, ids, strict=True):
             w.intent_id = intent_id
 
     def _commit_batch(self, keys: list[KeyWrites]) -> list[KeyWrites]:

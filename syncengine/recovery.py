@@ -59,13 +59,17 @@ class CreatePayload:
     native: dict[str, Any]
     """The native record sent to the member."""
     base: model.Record
-    """The hub record's base after the write."""
+    """The hub record's base after the write; empty where the record was committed with the
+    intent (a record new to the hub: see ``apply``), which recovery then finds stored."""
     sources: dict[str, str]
     """member -> native id of the members that already held the record: recovery re-links
     them with the create, so a record without match keys cannot be copied twice."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"native": self.native, "base": self.base, "sources": self.sources}
+        out = {"native": self.native, "base": self.base, "sources": self.sources}
+        if not self.base:
+            del out["base"]
+        return out
 
     @classmethod
     def from_json(cls, payload: Mapping[str, Any]) -> CreatePayload:
@@ -110,15 +114,18 @@ class DeletePayload:
         return {"native_id": self.native_id}
 
 
-def intent_payload(action: Action, kp: KeyPlan) -> dict[str, Any]:
-    """The journal payload of ``action``, planned in ``kp``."""
+def intent_payload(action: Action, kp: KeyPlan, *, base_stored: bool = False) -> dict[str, Any]:
+    """The journal payload of ``action``, planned in ``kp`` (``base_stored``: the key's base
+    is committed with the intent, so a create's payload need not carry it: on a first sync
+    that is a third of the journal's bytes)."""
     if isinstance(action, Create):
         sources = {
             m: lp.native_id
             for m, lp in kp.links.items()
             if lp.native_id and not lp.remove and not lp.tombstone
         }
-        return CreatePayload(action.native, kp.base_after or {}, sources).to_json()
+        base = {} if base_stored else kp.base_after or {}
+        return CreatePayload(action.native, base, sources).to_json()
     if isinstance(action, Update):
         values = {f: new for f, (_old, new) in action.changes.items()}
         if action.assign_id:
