@@ -60,7 +60,7 @@ import gc
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -86,7 +86,7 @@ from syncengine.integrity import (
 from syncengine.leasing import busy_error, lease_holder
 from syncengine.logging import redact_text
 from syncengine.marks import marks_to_keep, store_marks
-from syncengine.match import MatchResult, Relinking, match, relink_vanished
+from syncengine.match import MatchResult, Observed, Relinking, match, relink_vanished
 from syncengine.member import Member, open_member
 from syncengine.plan import Delete, EntityPlan, Issue, KeyPlan, Plan, Update
 from syncengine.progress import ProgressFn, no_progress
@@ -109,6 +109,10 @@ from syncengine.state import RecordState, StateStore
 __all__ = ["MAX_REPORTED", "Engine", "EntityOutcome", "PlannedEntity", "ProgressFn", "SyncResult"]
 
 log = structlog.get_logger("syncengine.engine")
+
+CANDIDATES_LOOKED_UP = 2_000
+"""Up to how many match-key values of new records are looked up in the state store, rather
+than walking every hub record (``Engine._candidates``)."""
 
 
 class _GcThreshold:
@@ -599,23 +603,17 @@ class Engine:
         hints = {**(recovery.match if recovery else {}), **(relinked or {})} or None
         released = {(m, k) for (m, _h), k in (relinked or {}).items()}
         relinking = self._relinking(entity, members, reads, keys)
-        # without match keys (payments) or recovery hints, the hub has nothing a new record
-        # could be matched to: do not walk it
         existing = (
             (
-                (
-                    rs.key,
-                    rs.base,
-                    frozenset(
-                        m
-                        for m, ln in rs.links.items()
-                        if ln.native_id and not ln.tombstone and (m, rs.key) not in released
-                    ),
-                )
-                for rs in self.store.iter_records(pipeline.name, entity)
+                rs.key,
+                rs.base,
+                frozenset(
+                    m
+                    for m, ln in rs.links.items()
+                    if ln.native_id and not ln.tombstone and (m, rs.key) not in released
+                ),
             )
-            if keys or hints or relinking
-            else iter(())
+            for rs in self._candidates(pipeline, entity, new_records, keys, hints, relinking)
         )
         result = match(
             [m.name for m in members],
@@ -629,6 +627,40 @@ class Engine:
         for obs, why in result.ambiguous:
             ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
         return result
+
+    def _candidates(
+        self,
+        pipeline: Pipeline,
+        entity: str,
+        new_records: Mapping[str, Sequence[Observed]],
+        keys: Sequence[str],
+        hints: Mapping[tuple[str, str], str] | None,
+        relinking: Relinking | None,
+    ) -> Iterable[RecordState]:
+        """The hub records new records may be matched to. Without match keys (payments),
+        recovery hints or relinking, there are none: the hub is not walked. A few new records
+        with text match keys look their candidates up by value; relinking (which compares
+        other fields too) and many new records walk every hub record."""
+        if not (keys or hints or relinking):
+            return ()
+        if relinking is None:
+            values: dict[str, list[str]] = {name: [] for name in keys}
+            plain = True
+            for records in new_records.values():
+                for obs in records:
+                    for name in keys:
+                        value = obs.canonical.get(name)
+                        if isinstance(value, str) and value:
+                            values[name].append(value)
+                        elif value not in (None, ""):
+                            plain = False  # not text: compared as stored, walk instead
+            looked_up = sum(len(v) for v in values.values())
+            if plain and looked_up <= CANDIDATES_LOOKED_UP:
+                found = self.store.records_holding(pipeline.name, entity, values)
+                hinted = {key for key in (hints or {}).values() if key not in found}
+                found.update(self.store.load_records(pipeline.name, entity, hinted))
+                return found.values()
+        return self.store.iter_records(pipeline.name, entity)
 
     @staticmethod
     def _relinking(

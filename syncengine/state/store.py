@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from functools import cache, lru_cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 BATCH_SIZE: Final = 500
+T = TypeVar("T")
 COMPLETED_OUTCOMES: Final = ("ok", "conflicts", "errors")
 """Run outcomes that count as a completed sync (record-level problems are reported, not fatal)."""
 MIGRATIONS_DIR: Final = Path(__file__).resolve().with_name("migrations")
@@ -270,7 +271,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -626,6 +627,27 @@ class StateStore:
                 _attach_links(conn, pipeline, entity, batch, links.c.key.in_(list(batch)))
                 found.update(batch)
         return found
+
+    def records_holding(
+        self, pipeline: str, entity: str, values: Mapping[str, Iterable[str]]
+    ) -> dict[str, RecordState]:
+        """The records whose base holds one of ``values`` (field -> texts) in that field,
+        with their links: the candidates a few new records may match, looked for by the
+        database in the stored bases instead of loading every record."""
+        wanted = [(name, text) for name, texts in values.items() for text in set(texts)]
+        keys: set[str] = set()
+        with self._read() as conn:
+            for chunk in _chunks(wanted, BATCH_SIZE):
+                fields: dict[str, list[str]] = {}
+                for name, text in chunk:
+                    fields.setdefault(name, []).append(text)
+                query = sa.select(records.c.key).where(
+                    records.c.pipeline == pipeline,
+                    records.c.entity == entity,
+                    sa.or_(*(records.c.base[n].as_string().in_(t) for n, t in fields.items())),
+                )
+                keys.update(conn.execute(query).scalars())
+        return self.load_records(pipeline, entity, sorted(keys))
 
     def iter_records(self, pipeline: str, entity: str, batch: int = 1000) -> Iterator[RecordState]:
         """Every record of the entity, in key order, read `batch` records at a time.

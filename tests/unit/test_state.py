@@ -572,3 +572,55 @@ def test_postgresql_runs_the_same_migrations_and_upserts(pg_url: str) -> None:
         assert store.pipelines() == [P]
     with StateStore.open(pg_url) as store:  # re-open: already at head
         assert store.linked_count(P, E, "sheet") == 1200
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_records_holding_finds_match_candidates_by_value(
+    backend: str, db_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = f"sqlite:///{db_path}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    store = StateStore.open(url)
+    try:
+        with store.transaction() as tx:
+            tx.put_records(
+                [
+                    {
+                        "pipeline": P,
+                        "entity": E,
+                        "key": f"k{i:04d}",
+                        "base": {"email": f"n{i}@example.com", "address.zip": f"{i:05d}"},
+                    }
+                    for i in range(1200)
+                ]
+                + [
+                    {
+                        "pipeline": P,
+                        "entity": "invoices",
+                        "key": "i1",
+                        "base": {"email": "n7@example.com"},
+                    }
+                ]
+                + [
+                    {
+                        "pipeline": "other",
+                        "entity": E,
+                        "key": "o1",
+                        "base": {"email": "n7@example.com"},
+                    }
+                ]
+            )
+            tx.put_links([link_row("k0007", "hcp", "c-7")])
+        wanted = [f"n{i}@example.com" for i in range(0, 1200, 2)] + [
+            "N7@example.com",
+            "n7@example.com",
+        ]
+        found = store.records_holding(P, E, {"email": wanted, "address.zip": ["00009", "99999"]})
+        # every other record by email (more values than one query takes), one by a dotted
+        # field, case kept exact, nothing of another entity or pipeline
+        assert sorted(found) == sorted(
+            [f"k{i:04d}" for i in range(0, 1200, 2)] + ["k0007", "k0009"]
+        )
+        assert found["k0007"].links["hcp"].native_id == "c-7"
+        assert store.records_holding(P, E, {"email": []}) == {}
+    finally:
+        store.close()
