@@ -276,6 +276,10 @@ class Connector(ABC):
     def flush(self, entity: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """Make buffered writes durable. Members that write through immediately do nothing."""
 
+    def release(self, entity: str) -> None:  # noqa: B027 - optional hook, no-op by default
+        """The run is done with ``entity``: drop what is held of it (a later call reads it
+        again), so that memory does not grow with every entity a run syncs."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release connections and files."""
 

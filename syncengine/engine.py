@@ -360,8 +360,8 @@ class Engine:
         # until decided, a held delete's record is not there for the members that dropped it
         ent.keys.extend(h.placeholder() for h in planned.held)
         refs.planned(ent)  # entities referring to this one see its new state
-        if not self.dry_run and not planned.held:
-            ent.compact()  # applied: the next entity does not run beside this one's plan
+        if not planned.held:
+            self._done_with(ent, members)
         return EntityRun(members, planned, outcome)
 
     def _decide_held_deletes(
@@ -376,8 +376,15 @@ class Engine:
         try:
             self._decide(pipeline, run, result, run_id)
         finally:
-            if not self.dry_run:
-                ent.compact()  # kept whole until now: its placeholders are gone
+            self._done_with(ent, run.members)  # kept whole until now: its placeholders are gone
+
+    def _done_with(self, ent: EntityPlan, members: Sequence[Member]) -> None:
+        """The run is done with an entity: its applied plan is compacted and its members
+        drop what they hold of it, so that the next entity does not run beside them."""
+        if not self.dry_run:
+            ent.compact()
+        for member in members:
+            member.connector.release(ent.entity)
 
     def _decide(self, pipeline: Pipeline, run: EntityRun, result: SyncResult, run_id: str) -> None:
         ent = run.planned.plan

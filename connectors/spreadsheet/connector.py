@@ -355,6 +355,13 @@ class SpreadsheetConnector(Connector):
         if work is not None:
             work.flush()
 
+    def release(self, entity: str) -> None:
+        """Drop the working copy of a CSV file once it is written (a workbook's sheets live
+        in one workbook, kept until ``close``)."""
+        work = self._work.get(entity)
+        if work is not None and not work.pending and not isinstance(work.table, XlsxTable):
+            del self._work[entity]
+
     def close(self) -> None:
         self._work.clear()
         if self.workbook is not None:
