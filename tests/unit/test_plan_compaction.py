@@ -143,3 +143,48 @@ def test_deletes_decided_at_the_end_see_compacted_plans(
     assert len(books.table("customers")) == CUSTOMERS - 2
     assert len(books.table("invoices")) == len(books.table("payments")) == CUSTOMERS - 2
     assert _sync(config).plan.actions == []
+
+
+def test_a_written_csv_is_dropped_before_the_next_entity_and_read_again_when_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from syncengine.connectors.spreadsheet import SpreadsheetConnector
+
+    config = memory_config(
+        tmp_path,
+        {
+            "hcp": {"entities": list(ENTITIES), "only": {"invoices": ["create"], "payments": []}},
+            "books": {"type": "spreadsheet", "path": "books"},
+        },
+        entities=ENTITIES,
+    )
+    hcp = MemoryConnector.get_dataset("hcp")
+    _seed(hcp)
+    held: dict[str, list[str]] = {}
+    plan_entity = Engine.plan_entity
+
+    def watch_plan(self: Engine, pipeline: Any, entity: str, *args: Any, **kwargs: Any) -> Any:
+        planned = plan_entity(self, pipeline, entity, *args, **kwargs)
+        books = next(
+            c for c in gc.get_objects() if isinstance(c, SpreadsheetConnector) and c.name == "books"
+        )
+        held[entity] = sorted(books._work)
+        return planned
+
+    monkeypatch.setattr(Engine, "plan_entity", watch_plan)
+    assert _sync(config).exit_code == 0
+    # while an entity is planned, the sheets of the entities before it are no longer held
+    assert held == {
+        "customers": ["customers", "invoices", "payments"],  # all loaded by the structure check
+        "invoices": ["invoices", "payments"],
+        "payments": ["payments"],
+    }
+    # a customer HCP deletes with its invoice and payment: the customer's delete is decided
+    # at the run's end, after its sheet was dropped, and still reaches it
+    for name, native in (("customers", "c4"), ("invoices", "i4"), ("payments", "p4")):
+        hcp.remove(name, native)
+    second = _sync(config)
+    assert second.exit_code == 0, second.to_json()
+    rows = (tmp_path / "books" / "customers.csv").read_text().splitlines()
+    assert len(rows) == 1 + CUSTOMERS - 1 and not any("ann4@" in r for r in rows)
+    assert _sync(config).plan.actions == []
