@@ -189,7 +189,9 @@ class Billing:
     def _fetch_payments(self, invoice_id: str) -> list[Item]:
         path = f"{invoice_path(invoice_id)}/payments"
         try:
-            return list(self.pager.items(path, PAYMENTS, PAYMENTS, guard_shrink=False))
+            # this pool already runs `concurrency` of these: no read-ahead inside one
+            pages = self.pager.items(path, PAYMENTS, PAYMENTS, guard_shrink=False, ahead=False)
+            return list(pages)
         except NotFoundError:  # the invoice went away since it was listed
             return []
 

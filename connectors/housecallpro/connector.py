@@ -32,7 +32,8 @@ Options (the ``[connectors.<name>]`` table)::
     max_retries = 5
     company_id = "..."                          # optional, sent as X-Company-Id
     delete_customers = false                    # the live API has no customer delete
-    concurrency = 4                             # concurrent writes (engine), and payment
+    concurrency = 4                             # requests in flight at once: writes (the
+                                                # engine), list pages read ahead, payment
                                                 # reads per invoice when not nested
 
 Test hooks in ``ConnectorContext.extra``: ``transport`` (an ``httpx.BaseTransport``, e.g.
@@ -100,9 +101,13 @@ class HousecallProOptions(ConnectorOptions):
     """The live API answers ``DELETE /customers/{id}`` with an HTML 404, so customer deletes
     are off unless the target supports them (the sandbox does)."""
     concurrency: Int = Field(default=4, ge=1, le=32)
-    """How many writes the engine may run at once against this member. The connector is
-    thread-safe and every request, from any thread, goes through the one rate limiter; reads
-    page sequentially."""
+    """How many requests this member may have in flight at once, all within ``rate_limit``:
+    the writes the engine runs at once, the list pages read ahead of the one being consumed
+    (once page 1 gives ``total_pages``; ``paging``), and the payment reads per invoice when
+    invoices do not nest them. One option for reads and writes because they never overlap
+    (a sync reads an entity, then writes it) and both spend the same budget: the API's rate.
+    1 reads one page ahead, one request at a time. The connector is thread-safe and every
+    request, from any thread, goes through the one rate limiter."""
 
     @field_validator("base_url")
     @classmethod
@@ -146,7 +151,7 @@ class HousecallProConnector(Connector):
             rate_limit=options.rate_limit,
             secrets=(key,),
         )
-        self.pager = Pager(self.http, self.name, options.page_size)
+        self.pager = Pager(self.http, self.name, options.page_size, concurrency=options.concurrency)
         self.job_customers = JobCustomers(self.pager)
         self.billing = Billing(
             self.pager, concurrency=options.concurrency, customer_of=self.job_customers.customer_of
@@ -171,8 +176,10 @@ class HousecallProConnector(Connector):
         """Every record, oldest first (``sort_by=created_at&sort_direction=asc``).
 
         Oldest-first keeps pagination stable while records are being added. If a list's total
-        shrinks while paging, the read ends with a RetriableError (see ``paging``). Payments
-        come from the invoices this instance read last when those carried them.
+        shrinks while paging, the read ends with a RetriableError (see ``paging``). Pages
+        after the first are read ahead, ``concurrency`` at most, while the caller works
+        through the records of the pages before. Payments come from the invoices this
+        instance read last when those carried them.
         """
         self._check_entity(entity)
         if entity == CUSTOMERS:

@@ -1,5 +1,5 @@
 """Paging through Housecall Pro lists: ``{<resource>: [...], page, page_size, total_pages,
-total_items}``, read defensively.
+total_items}``, read defensively, with the next pages read ahead.
 
 A list stops after ``total_pages``, at an empty page, or, when the envelope lacks
 ``total_pages``, once ``total_items`` items were seen or (lacking that too) at a page shorter
@@ -9,11 +9,40 @@ shifted while paging) is yielded once. With ``guard_shrink``, a total that shran
 paging (an item deleted mid-read shifts later ones onto pages already read, so one may have
 been skipped) ends the read with a ``RetriableError`` rather than letting the engine take a
 skipped record for a deleted one.
+
+Read-ahead (``Pager(concurrency=N)``): once a page's envelope gives ``total_pages``, the
+following pages are requested by a small thread pool while the caller works through the
+items of the page before, so that the caller's work overlaps the wait for the next pages.
+Items still come in page order, and every rule above is applied to the pages in that order,
+exactly as when reading one page after another:
+
+- at most ``concurrency`` pages are requested or held ahead of the page being consumed
+  (memory: that many pages), and only one until the second page proved that the server
+  honours ``page`` (a server that ignores it costs two requests, as when reading in turn);
+- no page past the latest ``total_pages`` is ever requested, so a normal list costs its
+  ``total_pages`` requests and nothing more; pages already requested when the list turns out
+  to end earlier (it shrank, or ended with an empty page) are the only extra requests;
+- without ``total_pages`` the list is read one page after another (the end is only known
+  from what the pages hold);
+- the error of a page read ahead is raised when the caller reaches that page, never before:
+  the items of the pages before it come first. From the moment a page fails, no page after
+  it is requested any more (a request already sent finishes and is dropped);
+- a caller that stops early (closes the generator) cancels the pages not yet requested and
+  waits for the ones on the wire, so that no request outlives the read.
+
+Every request goes through the connector's ``HttpClient``, so its rate limit (a thread-safe
+token bucket) spaces the pages read ahead like any other request: read-ahead hides latency,
+it never exceeds the rate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import contextvars
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from syncengine.errors import FatalConnectorError, RetriableError
@@ -23,12 +52,17 @@ Item = dict[str, Any]
 
 
 class Pager:
-    """Reads the pages of one connector's lists through its ``HttpClient``."""
+    """Reads the pages of one connector's lists through its ``HttpClient``, up to
+    ``concurrency`` pages ahead of the one being consumed (1: one page ahead, one request at
+    a time)."""
 
-    def __init__(self, http: HttpClient, connector: str, page_size: int) -> None:
+    def __init__(
+        self, http: HttpClient, connector: str, page_size: int, *, concurrency: int = 1
+    ) -> None:
         self.http = http
         self.connector = connector
         self.page_size = page_size
+        self.concurrency = max(1, concurrency)
 
     def items(
         self,
@@ -38,58 +72,44 @@ class Pager:
         params: Mapping[str, QueryScalar] | Sequence[tuple[str, QueryScalar]] = (),
         *,
         guard_shrink: bool,
+        ahead: bool = True,
     ) -> Iterator[Item]:
         """Every item of the list at ``path`` (the array under ``key``), each once, as the
-        object the API sent; every item is an object with a non-empty string ``id``."""
+        object the API sent; every item is an object with a non-empty string ``id``.
+
+        Decides, page by page in order, what to yield and where the list ends (the module
+        docstring). ``ahead=False`` reads one page after another in the caller's thread
+        (for callers that already run several reads at once)."""
         pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
-        size = self.page_size
-        seen: set[str] = set()
-        first_total: int | None = None
-        last_total: int | None = None
-        page = 1
-        while True:
-            query: QueryParams = [*pairs, ("page", page), ("page_size", size)]
-            body = self.http.get_json(path, params=query)
-            where = f"GET {path} page {page}"
-            items, envelope = self._page_items(body, key, entity, where)
-            total = _integer(envelope.get("total_items"))
-            if total is not None:
-                first_total = total if first_total is None else first_total
-                last_total = total
-            if not items:
-                break
-            fresh: list[Item] = []
-            for index, item in enumerate(items):
-                item_id = self.item_id(item, entity, f"{where}: item {index}")
-                if item_id in seen:
-                    continue
-                seen.add(item_id)
-                fresh.append(item)
-            if not fresh:
-                raise self.fail(
-                    f"{where}: the server returned only {key} from earlier pages "
-                    "(it seems to ignore the page parameter); stopped instead of looping",
-                    entity,
-                )
-            yield from fresh
-            total_pages = _integer(envelope.get("total_pages"))
-            if total_pages is not None:
-                if page >= total_pages:
+
+        def get(page: int) -> Any:
+            query: QueryParams = [*pairs, ("page", page), ("page_size", self.page_size)]
+            return self.http.get_json(path, params=query)
+
+        pages = _Pages(get, self.concurrency if ahead else 0, f"{self.connector}-pages")
+        tally = _Tally()
+        try:
+            page = 1
+            while True:
+                where = f"GET {path} page {page}"
+                items, envelope = self._page_items(pages.body(page), key, entity, where)
+                tally.note_total(_integer(envelope.get("total_items")))
+                if not items:
                     break
-            elif total is not None:
-                if len(seen) >= total:
+                fresh = self._fresh(items, tally.seen, key, entity, where)
+                last = self._last_page(page, envelope, len(items), len(tally.seen))
+                if not last:
+                    pages.read_ahead(page, _integer(envelope.get("total_pages")))
+                yield from fresh
+                if last:
                     break
-            else:
-                served = _integer(envelope.get("page_size"))
-                expected = served if served is not None and served > 0 else size
-                if len(items) < min(expected, size):
-                    break
-            page += 1
-        shrank = first_total is not None and last_total is not None and last_total < first_total
-        if guard_shrink and shrank:
+                page += 1
+        finally:
+            pages.close()
+        if guard_shrink and tally.shrank:
             raise RetriableError(
-                f"the {key} list shrank from {first_total} to {last_total} while it was "
-                "being read, so one may have been skipped; read it again",
+                f"the {key} list shrank from {tally.first_total} to {tally.last_total} while "
+                "it was being read, so one may have been skipped; read it again",
                 connector=self.connector,
                 entity=entity,
             )
@@ -105,6 +125,39 @@ class Pager:
 
     def fail(self, message: str, entity: str) -> FatalConnectorError:
         return FatalConnectorError(message, connector=self.connector, entity=entity)
+
+    def _fresh(
+        self, items: list[Any], seen: set[str], key: str, entity: str, where: str
+    ) -> list[Item]:
+        """The items of one page not seen on an earlier page (adding them to ``seen``); a
+        page with none is a server ignoring ``page``: FatalConnectorError."""
+        fresh: list[Item] = []
+        for index, item in enumerate(items):
+            item_id = self.item_id(item, entity, f"{where}: item {index}")
+            if item_id in seen:
+                continue
+            seen.add(item_id)
+            fresh.append(item)
+        if not fresh:
+            raise self.fail(
+                f"{where}: the server returned only {key} from earlier pages "
+                "(it seems to ignore the page parameter); stopped instead of looping",
+                entity,
+            )
+        return fresh
+
+    def _last_page(self, page: int, envelope: dict[str, Any], count: int, seen: int) -> bool:
+        """Whether the non-empty ``page`` (``count`` items; ``seen`` items so far) ends the
+        list: by ``total_pages``, else by ``total_items``, else by being short."""
+        total_pages = _integer(envelope.get("total_pages"))
+        if total_pages is not None:
+            return page >= total_pages
+        total = _integer(envelope.get("total_items"))
+        if total is not None:
+            return seen >= total
+        served = _integer(envelope.get("page_size"))
+        expected = served if served is not None and served > 0 else self.page_size
+        return count < min(expected, self.page_size)
 
     def _page_items(
         self, body: Any, key: str, entity: str, where: str
@@ -123,6 +176,101 @@ class Pager:
                 entity,
             )
         return items, body
+
+
+@dataclass
+class _Tally:
+    """What one read of a list has seen so far: the item ids, the first and last total."""
+
+    seen: set[str] = field(default_factory=set)
+    first_total: int | None = None
+    last_total: int | None = None
+
+    def note_total(self, total: int | None) -> None:
+        if total is not None:
+            self.first_total = total if self.first_total is None else self.first_total
+            self.last_total = total
+
+    @property
+    def shrank(self) -> bool:
+        first, last = self.first_total, self.last_total
+        return first is not None and last is not None and last < first
+
+
+class _Abandoned(Exception):
+    """A page read ahead was not requested because an earlier page failed (never reaches
+    the caller: it stops at the earlier page's error)."""
+
+
+class _Pages:
+    """The pages of one list read: page 1 (and any page not read ahead) fetched in the
+    caller's thread, the others by a pool of ``workers`` threads, at most ``workers`` pages
+    ahead of the one consumed (``workers`` 0: never ahead)."""
+
+    def __init__(self, get: Callable[[int], Any], workers: int, name: str) -> None:
+        self._get = get
+        self._workers = workers
+        self._name = name
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: deque[tuple[int, Future[Any]]] = deque()
+        """Pages requested (or answered) but not consumed yet, in page order."""
+        self._failed: int | None = None
+        """The first page whose read failed: no page after it is requested any more."""
+        self._lock = threading.Lock()
+        self._context = contextvars.copy_context()  # log lines keep the run's context
+
+    def body(self, page: int) -> Any:
+        """The decoded response of ``page``: the one read ahead (raising its error, here and
+        now), or, when it was not read ahead, fetched in this thread."""
+        if self._ahead and self._ahead[0][0] == page:
+            return self._ahead.popleft()[1].result()
+        return self._get(page)
+
+    def read_ahead(self, consumed: int, total_pages: int | None) -> None:
+        """Request the pages after ``consumed`` up to ``total_pages``, so that as many pages
+        are ahead as the window allows: one until page 2 was consumed (it shows whether the
+        server honours ``page``), then ``workers``. Nothing without ``total_pages``."""
+        if total_pages is None or self._workers < 1:
+            return
+        window = 1 if consumed < 2 else self._workers
+        following = self._ahead[-1][0] + 1 if self._ahead else consumed + 1
+        while len(self._ahead) < window and following <= total_pages:
+            if self._stopped(following):
+                return
+            self._ahead.append((following, self._submit(following)))
+            following += 1
+
+    def close(self) -> None:
+        """Cancel the pages not requested yet and wait for those on the wire."""
+        with self._lock:
+            self._failed = 0  # nothing more is requested
+        for _page, future in self._ahead:
+            future.cancel()
+        self._ahead.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _submit(self, page: int) -> Future[Any]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix=self._name)
+        context = self._context.copy()
+        return self._pool.submit(context.run, self._fetch, page)
+
+    def _fetch(self, page: int) -> Any:
+        """One page, in a pool thread; its failure stops the pages after it."""
+        if self._stopped(page):
+            raise _Abandoned(page)
+        try:
+            return self._get(page)
+        except BaseException:
+            with self._lock:
+                self._failed = page if self._failed is None else min(self._failed, page)
+            raise
+
+    def _stopped(self, page: int) -> bool:
+        with self._lock:
+            return self._failed is not None and page > self._failed
 
 
 def _integer(value: Any) -> int | None:

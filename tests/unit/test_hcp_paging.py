@@ -1,0 +1,74 @@
+"""The pager's read-ahead where the list changes under it, against a fake that paginates
+(``httpx.MockTransport``): the pages it asks for follow the latest ``total_pages``."""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Any
+
+import httpx
+
+from syncengine.connectors.housecallpro.paging import Pager
+from syncengine.http import HttpClient
+
+SIZE = 5
+
+
+class Growing:
+    """``/things`` pages; ``grow_after`` items are appended once page 1 was served."""
+
+    def __init__(self, count: int, grow_after: int = 0, claim_pages: int | None = None) -> None:
+        self.items = [{"id": f"t{n:03d}"} for n in range(count)]
+        self.grow_after = grow_after
+        self.claim_pages = claim_pages
+        self.pages: list[int] = []
+        self.lock = threading.Lock()
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params["page"])
+        with self.lock:
+            self.pages.append(page)
+            chunk = self.items[(page - 1) * SIZE : page * SIZE]
+            total = len(self.items)
+            if page == 1 and self.grow_after:
+                start = len(self.items)
+                self.items += [{"id": f"t{n:03d}"} for n in range(start, start + self.grow_after)]
+        pages = self.claim_pages if self.claim_pages is not None else math.ceil(total / SIZE)
+        body: dict[str, Any] = {
+            "things": chunk,
+            "page": page,
+            "page_size": SIZE,
+            "total_pages": pages,
+            "total_items": total,
+        }
+        return httpx.Response(200, json=body)
+
+
+def read(fake: Growing, concurrency: int = 4) -> list[str]:
+    http = HttpClient("http://fake", transport=httpx.MockTransport(fake.handle), max_retries=0)
+    try:
+        pager = Pager(http, "fake", SIZE, concurrency=concurrency)
+        return [
+            item["id"] for item in pager.items("/things", "things", "things", guard_shrink=True)
+        ]
+    finally:
+        http.close()
+
+
+def test_a_list_that_grows_while_read_is_read_to_its_new_end() -> None:
+    fake = Growing(12, grow_after=6)  # 3 pages when page 1 is served, then 4
+    assert read(fake) == [f"t{n:03d}" for n in range(18)]
+    assert sorted(fake.pages) == [1, 2, 3, 4]
+
+
+def test_no_page_past_total_pages_is_asked_for() -> None:
+    fake = Growing(40)  # 8 pages: the window never reaches past the last
+    assert len(read(fake, concurrency=8)) == 40
+    assert sorted(fake.pages) == list(range(1, 9))
+
+
+def test_a_server_claiming_fewer_pages_than_it_has_ends_the_read_there() -> None:
+    fake = Growing(40, claim_pages=2)
+    assert read(fake) == [f"t{n:03d}" for n in range(10)]
+    assert sorted(fake.pages) == [1, 2]
