@@ -142,7 +142,7 @@ def match(
     match_keys: Sequence[str],
     *,
     hints: Mapping[tuple[str, str], str] | None = None,
-    make_key: Callable[[], str] = new_key,
+    make_key: Callable[[], str] | None = None,
     relink: Relinking | None = None,
     unreadable: Mapping[str, Sequence[Observed]] | None = None,
 ) -> MatchResult:
@@ -255,7 +255,7 @@ def match(
                 result.ambiguous.append((obs, ambiguous))
                 continue
             if chosen is None:
-                chosen = make_key()
+                chosen = (make_key or new_key)()
                 result.new_keys.add(chosen)
                 holders[chosen] = set()
                 if combos is not None:

@@ -162,9 +162,23 @@ def _changes(
     or differs on; parked fields, and fields a member does not hold yet (a column missing
     from its sheet), are left alone."""
     changed: dict[str, dict[str, Any]] = {}
+    alone = not base_now and len(present) == 1
     for member, view in present.items():
         mapping = ctx.mappings[member]
         current = view.current or {}
+        if alone and view.last_seen is None:
+            # a record new to the hub on one member (a first sync): every value it holds is
+            # new, as the general rules below would find field by field
+            for name in mapping.readable:
+                value = current.get(name)
+                if (
+                    value is not None
+                    and name not in parked
+                    and name not in view.missing
+                    and not ctx.entity.is_meta(name)
+                ):
+                    changed.setdefault(name, {})[member] = value
+            continue
         for name in mapping.readable:
             if ctx.entity.is_meta(name) or name in parked or name in view.missing:
                 continue
@@ -304,8 +318,7 @@ def _merge(
     updated_at = {m: (v.current or {}).get("updated_at") for m, v in present.items()}
     new_base = dict(base_now)
     for name, by_member in changed.items():
-        distinct = {_freeze(v) for v in by_member.values()}
-        if len(distinct) == 1:
+        if len(by_member) == 1 or len({_freeze(v) for v in by_member.values()}) == 1:
             new_base[name] = next(iter(by_member.values()))
             continue
         winner, rule = decide(ctx.rules(name), by_member, updated_at)

@@ -62,7 +62,6 @@ import sys
 import tempfile
 import threading
 import time
-import types
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -179,14 +178,14 @@ def ds(name: str = HCP) -> MemoryDataset:
 
 
 class KeyCounter:
-    """Record keys from a counter instead of uuid4 (see the module docstring)."""
+    """Record keys from a counter instead of time and chance (see the module docstring)."""
 
     def __init__(self) -> None:
         self.next = 1
 
-    def uuid4(self) -> types.SimpleNamespace:
+    def __call__(self) -> str:
         n, self.next = self.next, self.next + 1
-        return types.SimpleNamespace(hex=f"{n:032x}")
+        return f"{n:032x}"
 
 
 def token_of(entity: str, value: Any) -> str | None:
@@ -389,7 +388,7 @@ class CarelessBookkeeper(RuleBasedStateMachine):
         super().__init__()
         MemoryConnector.reset()
         self.keys = KeyCounter()
-        self._keys = mock.patch.object(syncengine.match, "uuid", self.keys)
+        self._keys = mock.patch.object(syncengine.match, "new_key", self.keys)
         self._keys.start()
         space = Workspace.fresh()
         self.tmp = space.folder

@@ -42,7 +42,6 @@ import random
 import re
 import shutil
 import tempfile
-import types
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -122,14 +121,13 @@ def ds(name: str) -> MemoryDataset:
 
 @contextmanager
 def deterministic_keys() -> Iterator[None]:
-    """Record keys from a counter instead of uuid4, so that an example replays exactly.
+    """Record keys from a counter instead of time and chance, so that an example replays exactly.
 
     The engine orders its actions by key and the failure hook draws from a seeded sequence,
     so random keys would make a shrunk example fail differently each time it is replayed.
     """
     counter = iter(range(1, 10**9))
-    shim = types.SimpleNamespace(uuid4=lambda: types.SimpleNamespace(hex=f"{next(counter):032x}"))
-    with mock.patch.object(syncengine.match, "uuid", shim):
+    with mock.patch.object(syncengine.match, "new_key", lambda: f"{next(counter):032x}"):
         yield
 
 
