@@ -1,0 +1,181 @@
+"""Review of the performance changes: match candidates looked up by value, journal ids
+reserved before the insert, phone numbers remembered across transforms. What they must not
+change, on SQLite and PostgreSQL.
+
+Real parts: memory members, SQLite files and the PostgreSQL fixture ``pg_url``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncengine import api
+from syncengine.connectors.memory import MemoryConnector
+from syncengine.state import StateStore
+from tests.helpers import memory_config
+
+P, E = "p", "customers"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def store(state_url: str) -> Iterator[StateStore]:
+    s = StateStore.open(state_url)
+    yield s
+    s.close()
+
+
+def _sync(config: Any) -> Any:
+    [result] = api.sync(config)
+    return result
+
+
+# ------------------------------------------------------- match candidates looked up by value
+def test_a_record_new_on_a_member_is_matched_to_the_hub_by_value(
+    tmp_path: Path, state_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The candidates of a few new records are looked up in the stored bases (``->>`` on
+    PostgreSQL, ``json_extract`` on SQLite): a row the bookkeeper types for a known customer
+    is linked, never created again in HCP, on both dialects."""
+    config = memory_config(
+        tmp_path,
+        {"hcp": {}, "books": {"only": {"customers": ["update"]}}},
+        state=state_url,
+    )
+    hcp = MemoryConnector.get_dataset("hcp")
+    books = MemoryConnector.get_dataset("books")
+    hcp.put("customers", "c1", {"first_name": "Ann", "email": "ann@example.com"})
+    hcp.put("customers", "c2", {"first_name": "Bob", "mobile_number": "+15551234567"})
+    hcp.put("customers", "c3", {"first_name": "Cy", "email": "cy@example.com"})
+    books.put("customers", "b1", {"first_name": "Ann", "email": "ann@example.com"})
+    first = _sync(config)
+    assert first.exit_code == 0, first.to_json()
+    assert sorted(books.table("customers")) == ["b1"]  # books takes no creates
+    looked_up: list[dict[str, Any]] = []
+    holding = StateStore.records_holding
+
+    def spy(self: StateStore, pipeline: str, entity: str, values: Any) -> Any:
+        looked_up.append({k: sorted(v) for k, v in values.items() if v})
+        return holding(self, pipeline, entity, values)
+
+    monkeypatch.setattr(StateStore, "records_holding", spy)
+    books.put("customers", "b2", {"first_name": "Bob", "mobile_number": "(555) 123-4567"})
+    books.put("customers", "b3", {"first_name": "Cy", "email": "CY@example.com"})
+    books.put("customers", "b4", {"first_name": "Dee", "email": "dee@example.com"})
+    second = _sync(config)
+    assert second.exit_code == 0, second.to_json()
+    assert looked_up == [
+        {
+            "email": ["cy@example.com", "dee@example.com"],
+            "mobile_number": ["+15551234567"],
+        }
+    ]
+    assert len(hcp.table("customers")) == 4  # Dee created; Bob and Cy linked, not copied
+    store = StateStore.open(state_url)
+    try:
+        linked = {
+            rs.base.get("first_name"): sorted(rs.links)
+            for rs in store.iter_records("p", "customers")
+        }
+    finally:
+        store.close()
+    assert linked == {name: ["books", "hcp"] for name in ("Ann", "Bob", "Cy", "Dee")}
+
+
+def test_records_holding_reads_dotted_names_and_numbers_alike(store: StateStore) -> None:
+    with store.transaction() as tx:
+        tx.put_record(P, E, "a", {"custom.code": "X1", "email": "é@example.com"})
+        tx.put_record(P, E, "b", {"custom.code": 5, "email": "b@example.com"})
+        tx.put_record(P, E, "c", {"custom": {"code": "X1"}})
+    assert sorted(store.records_holding(P, E, {"custom.code": ["X1"]})) == ["a"]
+    assert sorted(store.records_holding(P, E, {"email": ["é@example.com"]})) == ["a"]
+    # a number is a candidate for its text (match then compares the values themselves)
+    assert sorted(store.records_holding(P, E, {"custom.code": ["5"], "email": []})) == ["b"]
+
+
+# ------------------------------------------------------------------ journal ids reserved
+def _intent(key: str) -> dict[str, Any]:
+    return {
+        "run_id": "r",
+        "pipeline": P,
+        "entity": E,
+        "key": key,
+        "member": "books",
+        "op": "create",
+        "payload": {"native": {"key": key}},
+    }
+
+
+def test_two_writers_never_reserve_the_same_journal_ids(state_url: str) -> None:
+    """Two stores on one database (two processes, or the daemon's pipeline threads) adding
+    intents at once: every intent gets its own id, and each id is the row it names."""
+    import threading
+
+    stores = [StateStore.open(state_url), StateStore.open(state_url)]
+    ids: list[list[int]] = [[], []]
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        try:
+            for batch in range(20):
+                with stores[n].transaction() as tx:
+                    keys = [f"{n}-{batch}-{i}" for i in range(25)]
+                    got = tx.add_intents([_intent(k) for k in keys])
+                    ids[n].extend(got)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        every = ids[0] + ids[1]
+        assert len(set(every)) == len(every) == 1000
+        pending = {i.id: i.key for i in stores[0].pending_intents(P)}
+        assert len(pending) == 1000
+        assert all(pending[i].startswith(f"{n}-") for n in (0, 1) for i in ids[n])
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_journal_ids_are_not_reused_after_pruning(store: StateStore) -> None:
+    import datetime as dt
+
+    with store.transaction() as tx:
+        first = tx.add_intents([_intent("a"), _intent("b")])
+        tx.finish_intents([{"id": i, "state": "done"} for i in first])
+    with store.transaction() as tx:
+        assert tx.prune_journal(P, dt.datetime.now(dt.UTC) + dt.timedelta(days=1)) == 2
+    with store.transaction() as tx:
+        [again] = tx.add_intents([_intent("c")])
+    assert again > max(first)
+
+
+# ------------------------------------------------------------------------------ memos
+def test_a_phone_number_reads_the_same_whatever_was_parsed_before() -> None:
+    """The parsed numbers are shared by every transform (module-level, bounded): a text read
+    in one region, or its E.164 form, must not change what another region reads."""
+    from syncengine.transforms import PhoneTransform
+
+    us, gb = PhoneTransform(region="US"), PhoneTransform(region="GB")
+    assert us._read("020 7946 0958") != gb._read("020 7946 0958")
+    assert gb._read("020 7946 0958") == "+442079460958"
+    assert PhoneTransform(format="national", region="GB")._write("+442079460958") == (
+        "020 7946 0958"
+    )
+    assert PhoneTransform(format="national", region="US")._write("+442079460958") == (
+        "+44 20 7946 0958"
+    )
