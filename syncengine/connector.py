@@ -40,16 +40,15 @@ columns its sheet lacks, or records without ids although the state has records l
 from __future__ import annotations
 
 import hashlib
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import orjson
 from pydantic import BaseModel, ConfigDict
 
+from syncengine import jsoncodec
 from syncengine.errors import ConfigError, FatalConnectorError, Problem
 
 if TYPE_CHECKING:
@@ -103,16 +102,9 @@ class NativeRecord:
 
 def raw_hash(data: Mapping[str, Any]) -> str:
     """A stable hash of a native record, for the unchanged-record short-circuit: its JSON
-    with sorted keys (orjson, several times faster than the standard library on every record
-    of every read; a value JSON cannot hold counts as its text)."""
-    try:
-        blob = orjson.dumps(data, default=str, option=_HASH_OPTIONS)
-    except TypeError:  # an integer beyond 64 bits
-        blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.blake2b(blob, digest_size=16).hexdigest()
-
-
-_HASH_OPTIONS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+    with sorted keys (``jsoncodec``: orjson, several times faster than the standard library
+    on every record of every read; a value JSON cannot hold counts as its text)."""
+    return hashlib.blake2b(jsoncodec.dumps_sorted(data), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -192,6 +184,11 @@ class Connector(ABC):
     buffered_writes: ClassVar[bool] = False
     """True when writes are held until ``flush`` (a file rewritten at once). The engine then
     commits the state of those writes only after the flush succeeded."""
+    reads_ahead: ClassVar[bool] = False
+    """True when reads cost requests (an API behind a rate limit): the engine starts reading
+    the pipeline's next entity while it still applies the one before (``read.ReadAhead``),
+    so that the waiting overlaps its work. Such a connector must take a read from another
+    thread than its writes."""
 
     def __init__(self, options: ConnectorOptions, context: ConnectorContext) -> None:
         self.options = options

@@ -70,7 +70,7 @@ from syncengine import model
 from syncengine.apply import EntityApply
 from syncengine.config import Config, Pipeline
 from syncengine.connector import Connector
-from syncengine.errors import RecordError, SyncStopped
+from syncengine.errors import RecordError, StateError, StateUnavailableError, SyncStopped
 from syncengine.integrity import (
     count_users,
     empty_member_guard,
@@ -92,6 +92,7 @@ from syncengine.plan import Delete, EntityPlan, Issue, KeyPlan, Plan, Update
 from syncengine.progress import ProgressFn, no_progress
 from syncengine.read import (
     MemberRead,
+    ReadAhead,
     check_structures,
     fetch_unseen,
     fill_notes,
@@ -216,6 +217,8 @@ class Engine:
         the daemon take the lease first). It is recorded on the run's journal intents, and
         recovery leaves the intents of a run whose lease still holds alone. A run that is
         not a dry run refuses to start while another holder's lease on the pipeline holds."""
+        self._ahead: dict[tuple[str, str], ReadAhead] = {}
+        """(member, entity) -> the read started ahead of the entity (``ReadAhead``)."""
 
     # ------------------------------------------------------------------------------ sync
     def sync(self, pipeline: Pipeline, entities: Sequence[str] | None = None) -> SyncResult:
@@ -278,14 +281,14 @@ class Engine:
             )
             result.pending_recovery = recovery.pending
             runs: list[EntityRun] = []
-            for entity in pipeline.entities:
-                if entities is None or entity in entities:
-                    self._check_stop()
-                    runs.append(
-                        self._sync_entity(
-                            pipeline, entity, connectors, recovery, refs, result, run_id
-                        )
+            chosen = [e for e in pipeline.entities if entities is None or e in entities]
+            for entity, then in zip(chosen, [*chosen[1:], None], strict=True):
+                self._check_stop()
+                runs.append(
+                    self._sync_entity(
+                        pipeline, entity, connectors, recovery, refs, result, run_id, then
                     )
+                )
             # deletes other entities may depend on, decided once every entity is planned (and
             # applied): those referring first, so that a customer's delete sees its invoices'
             for run in reversed(runs):
@@ -302,6 +305,9 @@ class Engine:
             result.stopped = isinstance(exc, SyncStopped)
             raise
         finally:
+            for ahead in self._ahead.values():  # a run that ends before it gets there
+                ahead.cancel()
+            self._ahead.clear()
             result.duration_s = time.monotonic() - started
             self._close(connectors, bound)
             if run_row is not None:
@@ -322,12 +328,21 @@ class Engine:
         refs: References,
         result: SyncResult,
         run_id: str,
+        then: str | None = None,
     ) -> EntityRun:
         """Plan one entity and, unless this is a dry run or a guard stopped it, apply it,
         settle the recovered updates it covers and store the members' read marks. Deletes
-        other entities may depend on are held for ``_decide_held_deletes``."""
+        other entities may depend on are held for ``_decide_held_deletes``. Members whose
+        reads cost requests start reading the entity ``then`` (the next one) once this one
+        is read, so that their waiting overlaps its planning and applying."""
         members = [open_member(pipeline, connectors[m], entity, refs) for m in pipeline.members]
         planned = self.plan_entity(pipeline, entity, members, recovery, refs, hold_deletes=True)
+        if then is not None:
+            for name in pipeline.members:
+                connector = connectors[name]
+                if connector.reads_ahead and (name, then) not in self._ahead:
+                    ahead = open_member(pipeline, connector, then, refs)
+                    self._ahead[(name, then)] = ReadAhead(self.store, pipeline.name, then, ahead)
         ent = planned.plan
         result.plan.entities.append(ent)
         outcome = EntityOutcome(ent)
@@ -472,7 +487,13 @@ class Engine:
         reads: dict[str, MemberRead] = {}
         for member in members:
             reads[member.name] = read_member(
-                self.store, pipeline.name, entity, member, ent, self.progress
+                self.store,
+                pipeline.name,
+                entity,
+                member,
+                ent,
+                self.progress,
+                self._ahead.pop((member.name, entity), None),
             )
             ent.seen[member.name] = reads[member.name].count
         if not self.allow_mass_delete:
@@ -657,16 +678,22 @@ class Engine:
                 for obs in records:
                     for name in keys:
                         value = obs.canonical.get(name)
-                        if isinstance(value, str) and value:
+                        if isinstance(value, str) and value and "\x00" not in value:
                             values[name].append(value)
                         elif value not in (None, ""):
-                            plain = False  # not text: compared as stored, walk instead
+                            plain = False  # not plain text: compared as stored, walk instead
             looked_up = sum(len(v) for v in values.values())
             if plain and looked_up <= CANDIDATES_LOOKED_UP:
-                found = self.store.records_holding(pipeline.name, entity, values)
-                hinted = {key for key in (hints or {}).values() if key not in found}
-                found.update(self.store.load_records(pipeline.name, entity, hinted))
-                return found.values()
+                try:
+                    found = self.store.records_holding(pipeline.name, entity, values)
+                except StateUnavailableError:
+                    raise
+                except StateError as exc:  # PostgreSQL: a stored text it cannot extract
+                    log.info("match candidates walked", entity=entity, reason=str(exc))
+                else:
+                    hinted = {key for key in (hints or {}).values() if key not in found}
+                    found.update(self.store.load_records(pipeline.name, entity, hinted))
+                    return found.values()
         return self.store.iter_records(pipeline.name, entity)
 
     @staticmethod

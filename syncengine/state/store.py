@@ -30,7 +30,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-import orjson
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
@@ -43,6 +42,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
+from syncengine import jsoncodec
 from syncengine.errors import StateError, StateIntegrityError, StateUnavailableError
 from syncengine.redact import MASK, redact_text
 from syncengine.state import leases as _leases
@@ -98,15 +98,14 @@ _URL_EXAMPLES: Final = "e.g. sqlite:///state.db or postgresql+psycopg://user@hos
 
 
 def _json_dumps(value: Any) -> str:
-    """The state store's JSON (bases, last-seen versions, intents): orjson, which encodes a
-    record several times faster than the standard library; compact and UTF-8 as before."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    """The state store's JSON (bases, last-seen versions, intents): see ``jsoncodec``."""
+    return jsoncodec.dumps(value)
 
 
 def _json_loads(text: str | bytes | float) -> Any:
     if isinstance(text, int | float):
         return text  # SQLite hands a JSON number back as a number (the column's affinity)
-    return orjson.loads(text)
+    return jsoncodec.loads(text)
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,11 +6,14 @@ Real parts: memory members, SQLite files and the PostgreSQL fixture ``pg_url``."
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from syncengine import api
 from syncengine.connectors.memory import MemoryConnector
@@ -32,6 +35,19 @@ def store(state_url: str) -> Iterator[StateStore]:
     s = StateStore.open(state_url)
     yield s
     s.close()
+
+
+BIG = 2**64 + 1
+"""An integer beyond 64 bits (the standard library's JSON holds it; orjson alone does not)."""
+
+
+def _memory_config(tmp_path: Path, state: str, entities: tuple[str, ...] = ("customers",)) -> Any:
+    return memory_config(
+        tmp_path,
+        {"hcp": {"entities": list(entities)}, "books": {"entities": list(entities)}},
+        state=state,
+        entities=entities,
+    )
 
 
 def _sync(config: Any) -> Any:
@@ -179,3 +195,88 @@ def test_a_phone_number_reads_the_same_whatever_was_parsed_before() -> None:
     assert PhoneTransform(format="national", region="US")._write("+442079460958") == (
         "+44 20 7946 0958"
     )
+
+
+# ---------------------------------------------------------------------- state JSON (orjson)
+def test_a_base_holding_an_integer_beyond_64_bits_is_stored(store: StateStore) -> None:
+    with store.transaction() as tx:
+        tx.put_record(P, E, "k", {"custom.account": BIG, "first_name": "Ann"})
+    assert store.load_records(P, E, ["k"])["k"].base == {
+        "custom.account": BIG,
+        "first_name": "Ann",
+    }
+
+
+def test_an_invoice_amount_beyond_64_bits_does_not_stop_every_run(
+    tmp_path: Path, state_url: str
+) -> None:
+    """One mistyped amount (cents) used to sync like any other; now the journal cannot hold
+    its intent and the whole entity fails, run after run."""
+    config = _memory_config(tmp_path, state_url, ("customers", "invoices"))
+    hcp = MemoryConnector.get_dataset("hcp")
+    hcp.put("customers", "c1", {"first_name": "Ann", "email": "ann@example.com"})
+    hcp.put(
+        "invoices",
+        "i1",
+        {"invoice_number": "1001", "customer": "c1", "amount": BIG, "status": "open"},
+    )
+    result = _sync(config)
+    assert result.error == "", result.error
+    [invoice] = MemoryConnector.get_dataset("books").table("invoices").values()
+    assert invoice["amount"] == BIG
+
+
+def test_a_state_store_written_before_the_upgrade_still_reads(tmp_path: Path) -> None:
+    """The standard library wrote NaN and integers of any size into SQLite's JSON; the store
+    must read back what it wrote (not fail with a bare JSONDecodeError, nor turn a number
+    into a float)."""
+    path = tmp_path / "state.db"
+    store = StateStore.open(f"sqlite:///{path}")
+    try:
+        with store.transaction() as tx:
+            tx.put_record(P, E, "big", {})
+            tx.put_record(P, E, "nan", {})
+        old = {
+            "big": json.dumps({"custom.account": 10**20 + 1}, separators=(",", ":")),
+            "nan": json.dumps({"custom.ratio": math.nan}, separators=(",", ":")),
+        }
+        with store._engine.begin() as conn:  # as the previous release stored them
+            for key, text in old.items():
+                conn.execute(
+                    sa.text("UPDATE records SET base = :b WHERE key = :k"), {"b": text, "k": key}
+                )
+        assert store.load_records(P, E, ["big"])["big"].base == {"custom.account": 10**20 + 1}
+        [nan] = store.load_records(P, E, ["nan"])["nan"].base.values()
+        assert math.isnan(nan)
+    finally:
+        store.close()
+
+
+def test_a_nan_is_not_stored_as_null(store: StateStore, state_url: str) -> None:
+    """orjson writes NaN and infinities as null without a word: a base that held NaN now
+    says the field is empty (the standard library kept NaN on SQLite; PostgreSQL refused it,
+    loudly)."""
+    try:
+        with store.transaction() as tx:
+            tx.put_record(P, E, "k", {"custom.ratio": math.inf})
+    except Exception:  # refusing the value is fine; turning it into null is not
+        return
+    assert store.load_records(P, E, ["k"])["k"].base["custom.ratio"] == math.inf
+
+
+# ------------------------------------------------------- match candidates looked up by value
+def test_a_stored_nul_character_does_not_stop_matching_on_postgresql(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """PostgreSQL's ``->>`` refuses a json value holding ``\\u0000`` anywhere in it, so one
+    customer with a NUL in a note made every later lookup of new customers fail (walking the
+    hub decodes the JSON in Python, which takes it)."""
+    config = _memory_config(tmp_path, pg_url)
+    hcp = MemoryConnector.get_dataset("hcp")
+    hcp.put("customers", "c1", {"first_name": "Ann", "company": "Acme\x00", "email": "a@x.com"})
+    first = _sync(config)
+    assert first.exit_code == 0, first.to_json()
+    hcp.put("customers", "c2", {"first_name": "Bob", "email": "bob@example.com"})
+    second = _sync(config)
+    assert second.error == "", second.error
+    assert len(MemoryConnector.get_dataset("books").table("customers")) == 2
