@@ -16,9 +16,13 @@ others (``fill_notes`` says so).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextvars
+import queue
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from time import monotonic
+from typing import Any
 
 import structlog
 
@@ -97,6 +101,85 @@ class MemberRead:
         return self.read_pass is None or self.read_pass.complete
 
 
+class ReadAhead:
+    """A member's read of an entity started in a thread before the engine gets to it (while
+    it still applies the entity before), handed over record by record as it comes.
+
+    At most ``size`` records wait to be taken: memory holds a few pages, not the entity. An
+    error of the read is raised where the engine takes the record it stopped at. ``cancel``
+    ends the read early (a run that fails or stops before it gets there)."""
+
+    _END = object()
+
+    def __init__(self, store: StateStore, pipeline: str, entity: str, member: Member) -> None:
+        self.entity = entity
+        self.member = member.name
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD_RECORDS)
+        self._cancelled = threading.Event()
+        self._pass: ReadPass | None = None
+        self._started = threading.Event()
+        mark = store.read_mark(pipeline, entity, member.name)
+        context = contextvars.copy_context()  # its log lines carry the run's context
+        self._thread = threading.Thread(
+            target=context.run,
+            args=(self._read, member.connector, mark),
+            name=f"{member.name}-{entity}-read-ahead",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _read(self, connector: Connector, mark: str | None) -> None:
+        try:
+            self._pass = connector.read_incremental(self.entity, mark)
+            self._started.set()
+            records = connector.read(self.entity) if self._pass is None else self._pass.records
+            for rec in records:
+                if not self._put(rec):
+                    return
+        except BaseException as exc:  # handed to the engine's thread, raised there
+            self._put(_Failed(exc))
+        finally:
+            self._started.set()
+            self._put(self._END)
+
+    def _put(self, item: Any) -> bool:
+        while not self._cancelled.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def take(self) -> tuple[ReadPass | None, Iterator[NativeRecord]]:
+        """The read pass (None: a complete read) and its records, as the thread reads them."""
+        self._started.wait()
+        return self._pass, self._records()
+
+    def _records(self) -> Iterator[NativeRecord]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+
+    def cancel(self) -> None:
+        """Stop the read where it is (the page on the wire finishes) and wait for it."""
+        self._cancelled.set()
+        self._thread.join(timeout=60)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+READ_AHEAD_RECORDS = 2_000
+"""How many records a ``ReadAhead`` reads before the engine takes them (10 pages of 200)."""
+
+
 def read_member(
     store: StateStore,
     pipeline: str,
@@ -104,6 +187,7 @@ def read_member(
     member: Member,
     ent: EntityPlan,
     progress: ProgressFn,
+    ahead: ReadAhead | None = None,
 ) -> MemberRead:
     """Read the member's records of ``entity`` and sort them by what changed since the
     member was last seen. Record-level problems are added to ``ent.issues``.
@@ -114,11 +198,16 @@ def read_member(
     records (one of them may be it): then they are blocked and reported.
     """
     index = store.link_index(pipeline, entity, member.name)
-    rp = member.connector.read_incremental(entity, store.read_mark(pipeline, entity, member.name))
+    if ahead is not None:  # started while the entity before was applied
+        rp, records = ahead.take()
+    else:
+        mark = store.read_mark(pipeline, entity, member.name)
+        rp = member.connector.read_incremental(entity, mark)
+        records = member.connector.read(entity) if rp is None else rp.records
     out = MemberRead(linked=len(index), read_pass=rp)
     seen: set[str] = set()
     step = Step(progress, f"reading {member.name} {entity}")
-    for rec in member.connector.read(entity) if rp is None else rp.records:
+    for rec in records:
         out.count += 1
         if monotonic() >= step.due:  # inlined Step.tick: one clock reading per record
             step.tick(out.count)

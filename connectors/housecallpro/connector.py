@@ -132,6 +132,7 @@ class HousecallProConnector(Connector):
 
     type_name: ClassVar[str] = "housecallpro"
     Options: ClassVar[type[ConnectorOptions]] = HousecallProOptions
+    reads_ahead: ClassVar[bool] = True  # its HttpClient and rate limit are thread-safe
 
     def __init__(self, options: ConnectorOptions, context: ConnectorContext) -> None:
         super().__init__(options, context)
