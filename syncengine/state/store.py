@@ -297,7 +297,9 @@ def _current_revisions(conn: sa.Connection) -> set[str]:
     return set(MigrationContext.configure(conn).get_current_heads())
 
 
-_DAMAGED = re.compile(r"file is not a database|database disk image is malformed", re.I)
+_DAMAGED = re.compile(
+    r"file is not a database|database disk image is malformed|malformed database schema", re.I
+)
 """SQLite's words for a state file whose bytes are damaged (not a configuration problem)."""
 
 
