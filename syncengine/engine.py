@@ -117,7 +117,8 @@ than walking every hub record (``Engine._candidates``)."""
 
 
 class _GcThreshold:
-    """The young-generation GC threshold raised while any sync of this process runs."""
+    """The young-generation GC threshold raised while any sync of this process runs, and
+    what a run holds frozen for the collector (``settle``) until the last sync ends."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -131,9 +132,19 @@ class _GcThreshold:
                 gc.set_threshold(max(self._saved[0], 50_000), *self._saved[1:])
             self._active += 1
 
+    def settle(self) -> None:
+        """An entity is about to be read: what the process holds now (the state store's
+        engine, earlier entities' indexes) is long-lived, so the collector's full passes,
+        which walk every object, need not walk it again while the entity's records are made.
+        Objects freed meanwhile are freed as always; only cycles wait for ``leave``."""
+        gc.freeze()
+
     def leave(self) -> None:
         with self._lock:
             self._active -= 1
+            # every sync that ends hands all back to the collector (also what an overlapping
+            # sync froze: a daemon whose syncs overlap forever must not keep cycles forever)
+            gc.unfreeze()
             if self._active == 0 and self._saved:
                 gc.set_threshold(*self._saved)
 
@@ -336,6 +347,7 @@ class Engine:
         reads cost requests start reading the entity ``then`` (the next one) once this one
         is read, so that their waiting overlaps its planning and applying."""
         members = [open_member(pipeline, connectors[m], entity, refs) for m in pipeline.members]
+        _GC.settle()
         planned = self.plan_entity(pipeline, entity, members, recovery, refs, hold_deletes=True)
         if then is not None:
             for name in pipeline.members:

@@ -161,16 +161,19 @@ def test_a_written_csv_is_dropped_before_the_next_entity_and_read_again_when_nee
     hcp = MemoryConnector.get_dataset("hcp")
     _seed(hcp)
     held: dict[str, list[str]] = {}
-    plan_entity = Engine.plan_entity
+    made: list[SpreadsheetConnector] = []
+    plan_entity, make = Engine.plan_entity, SpreadsheetConnector.__init__
+
+    def watch_make(self: SpreadsheetConnector, *args: Any, **kwargs: Any) -> None:
+        make(self, *args, **kwargs)
+        made.append(self)
 
     def watch_plan(self: Engine, pipeline: Any, entity: str, *args: Any, **kwargs: Any) -> Any:
         planned = plan_entity(self, pipeline, entity, *args, **kwargs)
-        books = next(
-            c for c in gc.get_objects() if isinstance(c, SpreadsheetConnector) and c.name == "books"
-        )
-        held[entity] = sorted(books._work)
+        held[entity] = sorted(made[-1]._work)
         return planned
 
+    monkeypatch.setattr(SpreadsheetConnector, "__init__", watch_make)
     monkeypatch.setattr(Engine, "plan_entity", watch_plan)
     assert _sync(config).exit_code == 0
     # while an entity is planned, the sheets of the entities before it are no longer held
