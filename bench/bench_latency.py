@@ -28,9 +28,6 @@ import functools
 import gc
 import json
 import math
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -45,6 +42,8 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for testbed
+
+from bench_sync import environment  # bench/, the script's own folder
 
 from syncengine import api
 from syncengine import logging as sync_logging
@@ -355,27 +354,6 @@ def render_table(cases: list[Case]) -> str:
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
-
-
-def environment() -> dict[str, str]:
-    here = Path(__file__).resolve().parent.parent
-    commit = "unknown"
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(
-            ["git", "-C", str(here), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    load = "unknown"
-    with contextlib.suppress(OSError):
-        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    return {
-        "python": platform.python_version(),
-        "cpus": str(os.cpu_count()),
-        "commit": commit,
-        "load_average": load,
-    }
 
 
 # ----------------------------------------------------------------------------- entry

@@ -47,6 +47,23 @@ def memory_config(
     return load_config(path)
 
 
+ACCOUNTING = ("customers", "invoices", "payments")
+
+
+def hcp_books_config(tmp_path: Path, books: dict[str, Any] | None = None) -> Config:
+    """A memory "hcp" standing for Housecall Pro (invoices created, never updated; payments
+    read-only) and "books" (a memory member taking everything, or ``books``' options), over
+    customers, invoices and payments."""
+    return memory_config(
+        tmp_path,
+        {
+            "hcp": {"entities": list(ACCOUNTING), "only": {"invoices": ["create"], "payments": []}},
+            "books": books or {"entities": list(ACCOUNTING)},
+        },
+        entities=ACCOUNTING,
+    )
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

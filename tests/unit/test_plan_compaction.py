@@ -20,21 +20,14 @@ from syncengine.apply import EntityApply
 from syncengine.connectors.memory import MemoryConnector
 from syncengine.engine import Engine
 from syncengine.render import render_result
-from tests.helpers import memory_config
+from tests.helpers import ACCOUNTING, hcp_books_config
 
-ENTITIES = ("customers", "invoices", "payments")
+ENTITIES = ACCOUNTING
 CUSTOMERS = 12
 
 
 def _config(tmp_path: Path) -> Any:
-    return memory_config(
-        tmp_path,
-        {
-            "hcp": {"entities": list(ENTITIES), "only": {"invoices": ["create"], "payments": []}},
-            "books": {"entities": list(ENTITIES)},
-        },
-        entities=ENTITIES,
-    )
+    return hcp_books_config(tmp_path)
 
 
 def _seed(hcp: Any) -> None:
@@ -150,14 +143,7 @@ def test_a_written_csv_is_dropped_before_the_next_entity_and_read_again_when_nee
 ) -> None:
     from syncengine.connectors.spreadsheet import SpreadsheetConnector
 
-    config = memory_config(
-        tmp_path,
-        {
-            "hcp": {"entities": list(ENTITIES), "only": {"invoices": ["create"], "payments": []}},
-            "books": {"type": "spreadsheet", "path": "books"},
-        },
-        entities=ENTITIES,
-    )
+    config = hcp_books_config(tmp_path, {"type": "spreadsheet", "path": "books"})
     hcp = MemoryConnector.get_dataset("hcp")
     _seed(hcp)
     held: dict[str, list[str]] = {}

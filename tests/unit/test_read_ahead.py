@@ -16,20 +16,13 @@ from syncengine import api
 from syncengine.connector import NativeRecord
 from syncengine.connectors.memory import MemoryConnector
 from syncengine.errors import RetriableError
-from tests.helpers import memory_config
+from tests.helpers import ACCOUNTING, hcp_books_config
 
-ENTITIES = ("customers", "invoices", "payments")
+ENTITIES = ACCOUNTING
 
 
 def _config(tmp_path: Path) -> Any:
-    return memory_config(
-        tmp_path,
-        {
-            "hcp": {"entities": list(ENTITIES), "only": {"invoices": ["create"], "payments": []}},
-            "books": {"entities": list(ENTITIES)},
-        },
-        entities=ENTITIES,
-    )
+    return hcp_books_config(tmp_path)
 
 
 def _seed() -> None:
