@@ -30,25 +30,28 @@ them just takes the slower way)."""
 
 def dumps(value: Any) -> str:
     """Compact UTF-8 JSON of ``value`` (the state store's columns)."""
-    if _finite(value):
-        try:
-            return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-        except TypeError:  # an integer beyond 64 bits
-            pass
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # an integer beyond 64 bits
+        text = ""
+    # orjson writes NaN and infinities as null: only a text holding null needs a look
+    if not text or ("null" in text and not _finite(value)):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text
 
 
 def dumps_sorted(value: Any, default: Callable[[Any], Any] = str) -> bytes:
     """JSON of ``value`` with sorted keys, for hashing (``default``: what a value JSON cannot
     hold counts as)."""
-    if _finite(value):
-        try:
-            return orjson.dumps(
-                value, default=default, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
-            )
-        except TypeError:  # an integer beyond 64 bits
-            pass
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=default).encode()
+    try:
+        blob = orjson.dumps(
+            value, default=default, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+        )
+    except TypeError:  # an integer beyond 64 bits
+        blob = b""
+    if not blob or (b"null" in blob and not _finite(value)):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=default).encode()
+    return blob
 
 
 def loads(text: str | bytes) -> Any:

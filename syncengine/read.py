@@ -114,7 +114,7 @@ class ReadAhead:
     def __init__(self, store: StateStore, pipeline: str, entity: str, member: Member) -> None:
         self.entity = entity
         self.member = member.name
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD_RECORDS)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, READ_AHEAD_RECORDS // _CHUNK))
         self._cancelled = threading.Event()
         self._pass: ReadPass | None = None
         self._started = threading.Event()
@@ -129,14 +129,22 @@ class ReadAhead:
         self._thread.start()
 
     def _read(self, connector: Connector, mark: str | None) -> None:
+        chunk: list[NativeRecord] = []
         try:
             self._pass = connector.read_incremental(self.entity, mark)
             self._started.set()
             records = connector.read(self.entity) if self._pass is None else self._pass.records
             for rec in records:
-                if not self._put(rec):
-                    return
+                chunk.append(rec)
+                if len(chunk) >= _CHUNK:  # handed over in chunks: a queue's lock per record
+                    if not self._put(chunk):  # costs more than the record's mapping
+                        return
+                    chunk = []
+            if chunk and not self._put(chunk):
+                return
         except BaseException as exc:  # handed to the engine's thread, raised there
+            if chunk:
+                self._put(chunk)
             self._put(_Failed(exc))
         finally:
             self._started.set()
@@ -163,7 +171,7 @@ class ReadAhead:
                 return
             if isinstance(item, _Failed):
                 raise item.error
-            yield item
+            yield from item
 
     def cancel(self) -> None:
         """Stop the read where it is (the page on the wire finishes) and wait for it."""
@@ -178,6 +186,7 @@ class _Failed:
 
 READ_AHEAD_RECORDS = 2_000
 """How many records a ``ReadAhead`` reads before the engine takes them (10 pages of 200)."""
+_CHUNK = 200
 
 
 def read_member(
