@@ -134,12 +134,16 @@ class ReadAhead:
             self._pass = connector.read_incremental(self.entity, mark)
             self._started.set()
             records = connector.read(self.entity) if self._pass is None else self._pass.records
+            since = monotonic()
             for rec in records:
                 chunk.append(rec)
-                if len(chunk) >= _CHUNK:  # handed over in chunks: a queue's lock per record
-                    if not self._put(chunk):  # costs more than the record's mapping
+                # handed over in chunks (a queue's lock per record costs more than mapping the
+                # record), and at least every _CHUNK_S while the read is slow, so that the
+                # engine (and its progress bar) goes on with what has come
+                if len(chunk) >= _CHUNK or monotonic() - since >= _CHUNK_S:
+                    if not self._put(chunk):
                         return
-                    chunk = []
+                    chunk, since = [], monotonic()
             if chunk and not self._put(chunk):
                 return
         except BaseException as exc:  # handed to the engine's thread, raised there
@@ -187,6 +191,7 @@ class _Failed:
 READ_AHEAD_RECORDS = 2_000
 """How many records a ``ReadAhead`` reads before the engine takes them (10 pages of 200)."""
 _CHUNK = 200
+_CHUNK_S = 0.05
 
 
 def read_member(
