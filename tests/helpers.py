@@ -6,7 +6,25 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from syncengine import api
 from syncengine.config import Config, load_config
+from syncengine.connectors.memory import MemoryConnector, MemoryDataset
+from syncengine.engine import SyncResult
+
+
+def ds(name: str) -> MemoryDataset:
+    """The memory member ``name``'s data."""
+    return MemoryConnector.get_dataset(name)
+
+
+def run(cfg: Config, **kwargs: Any) -> SyncResult:
+    """One sync of the config's only pipeline."""
+    return api.sync(cfg, **kwargs)[0]
+
+
+def ops(result: SyncResult) -> list[tuple[str, str]]:
+    """The run's planned (op, member) pairs, sorted."""
+    return sorted((a.op, a.member) for a in result.plan.actions)
 
 
 def write_config(tmp_path: Path, body: str, name: str = "config.toml") -> Path:

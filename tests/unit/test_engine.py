@@ -9,16 +9,10 @@ import pytest
 
 from syncengine import api
 from syncengine.config import Config
-from syncengine.connectors.memory import MemoryConnector, MemoryDataset
-from syncengine.engine import SyncResult
 from syncengine.plan import Create, Delete, Update
-from tests.helpers import memory_config
+from tests.helpers import ds, memory_config, ops, run
 
 C = "customers"
-
-
-def ds(name: str) -> MemoryDataset:
-    return MemoryConnector.get_dataset(name)
 
 
 def rows(name: str) -> list[dict[str, Any]]:
@@ -26,14 +20,6 @@ def rows(name: str) -> list[dict[str, Any]]:
         ({k: v for k, v in r.items() if k != "updated_at"} for r in ds(name).table(C).values()),
         key=lambda r: str(r.get("email")),
     )
-
-
-def run(cfg: Config, **kwargs: Any) -> SyncResult:
-    return api.sync(cfg, **kwargs)[0]
-
-
-def ops(result: SyncResult) -> list[tuple[str, str]]:
-    return sorted((a.op, a.member) for a in result.plan.actions)
 
 
 @pytest.fixture

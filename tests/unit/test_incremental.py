@@ -11,27 +11,13 @@ import pytest
 
 from syncengine import api
 from syncengine.config import Config, load_config
-from syncengine.connectors.memory import MemoryConnector, MemoryDataset
-from syncengine.engine import SyncResult
 from syncengine.plan import Update
-from tests.helpers import memory_config
+from tests.helpers import ds, memory_config, ops, run
 
 C = "customers"
 INCREMENTAL = {"incremental": True, "full_every": 3, "put_updates": True}
 """Passes: complete, partial, partial, complete, ... Updates replace the whole record (a PUT),
 so an update built without the record would wipe its other fields."""
-
-
-def ds(name: str) -> MemoryDataset:
-    return MemoryConnector.get_dataset(name)
-
-
-def run(cfg: Config, **kwargs: Any) -> SyncResult:
-    return api.sync(cfg, **kwargs)[0]
-
-
-def ops(result: SyncResult) -> list[tuple[str, str]]:
-    return sorted((a.op, a.member) for a in result.plan.actions)
 
 
 def passes(name: str) -> list[str]:

@@ -22,28 +22,15 @@ import pytest
 from syncengine import api
 from syncengine.config import Config
 from syncengine.connector import NativeData, NativeRecord
-from syncengine.connectors.memory import MemoryConnector, MemoryDataset
-from syncengine.engine import SyncResult
+from syncengine.connectors.memory import MemoryConnector
 from syncengine.recovery import _pair, recover
-from tests.helpers import memory_config
+from tests.helpers import ds, memory_config, ops, run
 
 C = "customers"
 
 
 class Crash(BaseException):
     """The process dying right after a member answered (like a SIGKILL)."""
-
-
-def ds(name: str) -> MemoryDataset:
-    return MemoryConnector.get_dataset(name)
-
-
-def run(cfg: Config, **kwargs: Any) -> SyncResult:
-    return api.sync(cfg, **kwargs)[0]
-
-
-def ops(result: SyncResult) -> list[tuple[str, str]]:
-    return sorted((a.op, a.member) for a in result.plan.actions)
 
 
 @pytest.fixture
