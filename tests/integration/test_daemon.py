@@ -537,19 +537,22 @@ def test_two_daemons_never_run_one_pipeline_at_once_and_take_over_a_killed_one(
 
         wait_until(ten_runs, 45, "ten runs", lambda: one.text()[-2000:] + two.text()[-2000:])
 
-        # kill whichever daemon holds a lease right now, while its sync runs
-        def active_lease() -> tuple[str, str, float] | None:
-            with StateStore.open(state, base_dir=str(tmp_path)) as store:
+        # kill whichever daemon holds a lease right now, while its sync runs: the store is
+        # opened once, so that the kill follows the lease's read within a millisecond or so
+        # (a sync can end, and release its lease, in the time opening a store takes)
+        with StateStore.open(state, base_dir=str(tmp_path)) as store:
+
+            def active_lease() -> tuple[str, str, float] | None:
                 now = time.time()
                 for lease in store.leases().values():
                     if lease.expires_at.timestamp() > now:
                         return lease.pipeline, lease.holder, lease.expires_at.timestamp()
-            return None
+                return None
 
-        pipeline, holder, expires = wait_until(active_lease, 20, "a held lease")
-        victim, survivor = (one, two) if int(holder.split(":")[1]) == one.pid else (two, one)
+            pipeline, holder, expires = wait_until(active_lease, 20, "a held lease")
+            victim, survivor = (one, two) if int(holder.split(":")[1]) == one.pid else (two, one)
+            victim.signal(signal.SIGKILL)
         assert int(holder.split(":")[1]) == victim.pid
-        victim.signal(signal.SIGKILL)
         killed_at = time.time()
         victim.wait(10)
         unfinished = {r.id: killed_at for r in history(tmp_path, state) if r.finished_at is None}
