@@ -13,6 +13,7 @@ Writing a connector::
         def capabilities(self, entity: str) -> Capabilities: ...
         def read(self, entity: str) -> Iterator[NativeRecord]: ...
         def read_incremental(self, entity, token) -> ReadPass | None: ...  # optional
+        def read_events(self, entity, events) -> ReadPass | None: ...      # optional: webhooks
         def create(self, entity, data, *, key) -> NativeRecord: ...
         def update(self, entity, native_id, patch, *, full, new_id=None) -> NativeRecord | None: ...
         def delete(self, entity, native_id) -> None: ...
@@ -41,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -52,6 +53,7 @@ from syncengine import jsoncodec
 from syncengine.errors import ConfigError, FatalConnectorError, Problem
 
 if TYPE_CHECKING:
+    from syncengine.events import InboxEvent
     from syncengine.mapping import EntityMapping
 
 NativeData = dict[str, Any]
@@ -136,11 +138,17 @@ class ReadPass:
     """
 
     def __init__(
-        self, records: Iterator[NativeRecord], *, complete: bool, finish: Callable[[], str | None]
+        self,
+        records: Iterator[NativeRecord],
+        *,
+        complete: bool,
+        finish: Callable[[], str | None],
+        gone: Callable[[], Collection[str]] = frozenset,
     ) -> None:
         self.complete = complete
         """True: the whole listing (a linked record missing from it is gone). False: only the
         records changed since the token (a linked record missing from it is unchanged)."""
+        self._gone = gone
         self._records = records
         self._finish = finish
         self._token: str | None = None
@@ -152,6 +160,12 @@ class ReadPass:
 
     def token(self) -> str | None:
         return self._token
+
+    def gone(self) -> Collection[str]:
+        """Once the records are exhausted: native ids a partial pass knows were deleted (an
+        event said so and the member confirmed it). A complete pass says it by leaving them
+        out; this is how a partial one does."""
+        return self._gone()
 
 
 class ConnectorOptions(BaseModel):
@@ -218,6 +232,17 @@ class Connector(ABC):
         token, so a record missing from it is unchanged, not deleted; a connector must make a
         complete pass from time to time, since deletes are only seen in complete passes. An
         absent or unreadable token must give a complete pass."""
+        return None
+
+    def read_events(self, entity: str, events: Sequence[InboxEvent]) -> ReadPass | None:
+        """A partial pass (``complete=False``) of the records of ``entity`` that ``events``
+        name, the member's webhook events (``syncengine.events``), or None when the member
+        cannot read that way (the default): the engine then reads it as any run does.
+
+        The records come from the events' payloads where they carry them whole, else by id;
+        one an event says was deleted and that the member no longer has is in the pass's
+        ``gone``. Its token is None: what a few events named says nothing about where the next
+        incremental read may start."""
         return None
 
     def get(self, entity: str, native_id: str) -> NativeRecord | None:

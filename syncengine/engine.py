@@ -71,6 +71,7 @@ from syncengine.apply import EntityApply
 from syncengine.config import Config, Pipeline
 from syncengine.connector import Connector
 from syncengine.errors import RecordError, StateError, StateUnavailableError, SyncStopped
+from syncengine.events import NO_EVENTS, Events, InboxEvent, entities_named
 from syncengine.integrity import (
     count_users,
     empty_member_guard,
@@ -105,7 +106,7 @@ from syncengine.reconcile import Context, MemberView, reconcile
 from syncengine.recovery import Recovery, recover, settle_creates
 from syncengine.refs import References
 from syncengine.result import MAX_REPORTED, EntityOutcome, SyncResult
-from syncengine.state import RecordState, StateStore
+from syncengine.state import COMPLETED_OUTCOMES, RecordState, StateStore
 
 __all__ = ["MAX_REPORTED", "Engine", "EntityOutcome", "PlannedEntity", "ProgressFn", "SyncResult"]
 
@@ -213,6 +214,7 @@ class Engine:
         allow_mass_delete: bool = False,
         stop: threading.Event | None = None,
         holder: str | None = None,
+        event_driven: bool = False,
     ) -> None:
         self.config = config
         self.store = store
@@ -230,6 +232,11 @@ class Engine:
         not a dry run refuses to start while another holder's lease on the pipeline holds."""
         self._ahead: dict[tuple[str, str], ReadAhead] = {}
         """(member, entity) -> the read started ahead of the entity (``ReadAhead``)."""
+        self.event_driven = event_driven
+        """An event-driven run (``syncengine.events``): it syncs only the entities its webhook
+        events name, and reads only the records they name on the members that sent them."""
+        self._events: Events = NO_EVENTS
+        """The webhook events this run took from the inbox."""
 
     # ------------------------------------------------------------------------------ sync
     def sync(self, pipeline: Pipeline, entities: Sequence[str] | None = None) -> SyncResult:
@@ -277,6 +284,7 @@ class Engine:
             if not self.dry_run:
                 with self.store.transaction() as tx:
                     run_row = tx.start_run(pipeline.name, False, run_id)
+                self._events = self._take_events(pipeline, result)
             # a sheet a person must fix stops the whole run before anything is written
             check_structures(self.store, pipeline, entities, connectors)
             refs = References(self.store, pipeline.name, dry_run=self.dry_run)
@@ -293,7 +301,9 @@ class Engine:
             result.pending_recovery = recovery.pending
             runs: list[EntityRun] = []
             chosen = [e for e in pipeline.entities if entities is None or e in entities]
-            for entity, then in zip(chosen, [*chosen[1:], None], strict=True):
+            if self.event_driven:
+                chosen = entities_named(self._events, chosen)
+            for entity, then in zip(chosen, [*chosen[1:], None][: len(chosen)], strict=True):
                 self._check_stop()
                 runs.append(
                     self._sync_entity(
@@ -330,6 +340,43 @@ class Engine:
                     "finished", exit_code=result.exit_code, seconds=round(result.duration_s, 3)
                 )
 
+    def _take_events(self, pipeline: Pipeline, result: SyncResult) -> Events:
+        """The webhook events of the pipeline's members that no run of it took yet: an
+        event-driven run reads what they name, any run marks them done when it completes."""
+        pending = self.store.pending_events(pipeline.name, pipeline.members)
+        by_member: dict[str, list[InboxEvent]] = {}
+        for event in pending:
+            by_member.setdefault(event.connector, []).append(event)
+        result.events = len(pending)
+        result.event_driven = self.event_driven
+        if pending:
+            log.info(
+                "webhook events taken",
+                pipeline=pipeline.name,
+                events=len(pending),
+                event_driven=self.event_driven,
+            )
+        return Events(by_member)
+
+    def _covered_events(self, pipeline: Pipeline, result: SyncResult) -> list[int]:
+        """The taken events this run covered: those about entities it synced (all of them,
+        unless it was asked for some entities only)."""
+        synced = {o.plan.entity for o in result.outcomes}
+        ours = set(pipeline.entities)
+        return [
+            e.id
+            for events in self._events.by_member.values()
+            for e in events
+            if set(e.entities) & ours <= synced
+        ]
+
+    def _named(self, member: str, entity: str) -> list[InboxEvent] | None:
+        """The events an event-driven run reads ``entity`` of ``member`` from (None: read it
+        as any run does)."""
+        if not self.event_driven:
+            return None
+        return self._events.of(member, entity) or None
+
     def _sync_entity(
         self,
         pipeline: Pipeline,
@@ -354,7 +401,9 @@ class Engine:
                 connector = connectors[name]
                 if connector.reads_ahead and (name, then) not in self._ahead:
                     ahead = open_member(pipeline, connector, then, refs)
-                    self._ahead[(name, then)] = ReadAhead(self.store, pipeline.name, then, ahead)
+                    self._ahead[(name, then)] = ReadAhead(
+                        self.store, pipeline.name, then, ahead, self._named(name, then)
+                    )
         ent = planned.plan
         result.plan.entities.append(ent)
         outcome = EntityOutcome(ent)
@@ -472,6 +521,9 @@ class Engine:
             errors.insert(0, result.error)
         with self.store.transaction() as tx:
             tx.finish_run(run_row, result.outcome, result.to_json()["entities"], errors)
+            if self._events and result.outcome in COMPLETED_OUTCOMES:
+                # with the outcome: a run that did not complete leaves them to the next one
+                tx.events_done(pipeline.name, self._covered_events(pipeline, result), result.run_id)
             retention = dt.timedelta(days=self.config.journal_retention_days)
             tx.prune_journal(pipeline.name, dt.datetime.now(dt.UTC) - retention)
 
@@ -506,6 +558,7 @@ class Engine:
                 ent,
                 self.progress,
                 self._ahead.pop((member.name, entity), None),
+                self._named(member.name, entity),
             )
             ent.seen[member.name] = reads[member.name].count
         if not self.allow_mass_delete:

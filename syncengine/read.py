@@ -29,6 +29,7 @@ import structlog
 from syncengine.config import Pipeline
 from syncengine.connector import Connector, NativeData, NativeRecord, ReadPass, Structure
 from syncengine.errors import NotFoundError, RecordError, StructureError
+from syncengine.events import InboxEvent
 from syncengine.match import Observed
 from syncengine.member import Member, open_member
 from syncengine.plan import EntityPlan, Issue, Update
@@ -58,7 +59,8 @@ class MemberRead:
     new: list[Observed] = field(default_factory=list)
     """Records the member holds that are linked to no hub record yet."""
     gone: dict[str, str] = field(default_factory=dict)
-    """key -> native_id of records linked but no longer there (complete reads only)."""
+    """key -> native_id of records linked but no longer there (a complete read left them
+    out, or a partial one said they were deleted)."""
     unseen: dict[str, str] = field(default_factory=dict)
     """key -> native_id of records linked but not listed by a partial read: unchanged since
     the read mark, not gone."""
@@ -111,8 +113,16 @@ class ReadAhead:
 
     _END = object()
 
-    def __init__(self, store: StateStore, pipeline: str, entity: str, member: Member) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        pipeline: str,
+        entity: str,
+        member: Member,
+        named: Sequence[InboxEvent] | None = None,
+    ) -> None:
         self.entity = entity
+        self._named = named
         self.member = member.name
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, READ_AHEAD_RECORDS // _CHUNK))
         self._cancelled = threading.Event()
@@ -131,9 +141,8 @@ class ReadAhead:
     def _read(self, connector: Connector, mark: str | None) -> None:
         chunk: list[NativeRecord] = []
         try:
-            self._pass = connector.read_incremental(self.entity, mark)
+            self._pass, records = open_read(connector, self.entity, mark, self._named)
             self._started.set()
-            records = connector.read(self.entity) if self._pass is None else self._pass.records
             since = monotonic()
             for rec in records:
                 chunk.append(rec)
@@ -194,6 +203,18 @@ _CHUNK = 200
 _CHUNK_S = 0.05
 
 
+def open_read(
+    connector: Connector, entity: str, mark: str | None, named: Sequence[InboxEvent] | None
+) -> tuple[ReadPass | None, Iterator[NativeRecord]]:
+    """How a member's entity is read: only the records its webhook events name when the run
+    is event-driven and the member can (``named``: its events about ``entity``), else an
+    incremental pass from ``mark`` where the member offers one, else the whole listing."""
+    rp = connector.read_events(entity, named) if named else None
+    if rp is None:
+        rp = connector.read_incremental(entity, mark)
+    return rp, (connector.read(entity) if rp is None else rp.records)
+
+
 def read_member(
     store: StateStore,
     pipeline: str,
@@ -202,22 +223,23 @@ def read_member(
     ent: EntityPlan,
     progress: ProgressFn,
     ahead: ReadAhead | None = None,
+    named: Sequence[InboxEvent] | None = None,
 ) -> MemberRead:
     """Read the member's records of ``entity`` and sort them by what changed since the
     member was last seen. Record-level problems are added to ``ent.issues``.
 
     The read is an incremental pass where the member offers one (a dry run may read that
-    way too; only a committed sync stores the mark the next pass starts from). Linked
-    records missing from a complete read are gone, unless the member also had unreadable
-    records (one of them may be it): then they are blocked and reported.
+    way too; only a committed sync stores the mark the next pass starts from), or, in an
+    event-driven run, a partial pass of the records the member's events (``named``) name.
+    Linked records missing from a complete read are gone, unless the member also had
+    unreadable records (one of them may be it): then they are blocked and reported.
     """
     index = store.link_index(pipeline, entity, member.name)
     if ahead is not None:  # started while the entity before was applied
         rp, records = ahead.take()
     else:
         mark = store.read_mark(pipeline, entity, member.name)
-        rp = member.connector.read_incremental(entity, mark)
-        records = member.connector.read(entity) if rp is None else rp.records
+        rp, records = open_read(member.connector, entity, mark, named)
     out = MemberRead(linked=len(index), read_pass=rp)
     seen: set[str] = set()
     step = Step(progress, f"reading {member.name} {entity}")
@@ -337,17 +359,21 @@ def _unlisted(
 ) -> None:
     """Sort the linked records the read did not list.
 
-    - A partial pass lists only what changed since the mark: such a record is unchanged,
-      not gone (``unseen``). One whose hash is unknown (linked by recovery) cannot be vouched
-      for, so it is fetched and looked at like a listed one.
+    - A partial pass lists only what changed since the mark (or what webhook events named):
+      such a record is unchanged, not gone (``unseen``), unless the pass says the member
+      deleted it (``ReadPass.gone``). One whose hash is unknown (linked by recovery) cannot
+      be vouched for, so it is fetched and looked at like a listed one.
     - A complete read says it is gone, unless the member had unreadable records: one of them
       may be it (a Sync ID pasted over another), and deleting it elsewhere could lose data,
       so every missing one waits (``blocked``), reported.
     """
     missing = [(native_id, link) for native_id, link in index.items() if native_id not in seen]
     if not out.complete:
+        deleted = out.read_pass.gone() if out.read_pass is not None else ()
         for native_id, (key, known_hash) in missing:
-            if known_hash is None:
+            if native_id in deleted:  # the member said so, and confirmed it
+                out.gone[key] = native_id
+            elif known_hash is None:
                 fetch_unseen(entity, member, ent, out, key, native_id, known_hash)
             else:
                 out.unseen[key] = native_id

@@ -58,6 +58,10 @@ class SyncResult:
     """Set when the run stopped on an exception (a member failed, an interrupt)."""
     stopped: bool = False
     """The run was stopped on request (``error`` says so): what was applied is committed."""
+    events: int = 0
+    """How many webhook events the run took from the inbox (``syncengine.events``)."""
+    event_driven: bool = False
+    """The run read only what its events named on the members that sent them."""
 
     @property
     def failures(self) -> list[Issue]:

@@ -156,6 +156,19 @@ class Billing:
                 seen.add(payment_id)
                 yield payment_record(item, payment_id, invoice)
 
+    def payments_of(self, item: Item) -> Iterator[NativeRecord]:
+        """The payments of one invoice as the API gave it: those it nests, else read with
+        ``GET /invoices/{id}/payments``."""
+        invoice_id = str(item["id"])
+        nested = item.get(PAYMENTS)
+        seen = _Seen(
+            invoice_id, _label(item, invoice_id), nested if isinstance(nested, list) else None
+        )
+        items = seen.nested if seen.nested is not None else self._fetch_payments(invoice_id)
+        for index, payment in enumerate(items):
+            where = f"payments of invoice {seen.label}: item {index}"
+            yield payment_record(payment, self.pager.item_id(payment, PAYMENTS, where), seen)
+
     def _payment_items(self, invoices: Iterable[_Seen]) -> Iterator[tuple[_Seen, list[Any]]]:
         """Each invoice with its payments, in order; payments not nested are fetched by a
         bounded pool, a window of invoices ahead of the one yielded."""

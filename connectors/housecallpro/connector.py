@@ -32,6 +32,8 @@ Options (the ``[connectors.<name>]`` table)::
     max_retries = 5
     company_id = "..."                          # optional, sent as X-Company-Id
     delete_customers = false                    # the live API has no customer delete
+    webhook_secret = "${HCP_WEBHOOK_SECRET}"    # optional: the daemon's webhook receiver
+    webhook_tolerance = 300                     # seconds a delivery's timestamp may be off
     concurrency = 4                             # requests in flight at once: writes (the
                                                 # engine), list pages read ahead, payment
                                                 # reads per invoice when not nested
@@ -44,7 +46,8 @@ backoff and rate limiting).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
@@ -57,8 +60,10 @@ from syncengine.connector import (
     ConnectorOptions,
     NativeData,
     NativeRecord,
+    ReadPass,
 )
 from syncengine.connectors.housecallpro.billing import INVOICES, PAYMENTS, Billing
+from syncengine.connectors.housecallpro.events import EventRead
 from syncengine.connectors.housecallpro.jobs import (
     JOBS,
     JobCustomers,
@@ -72,6 +77,7 @@ from syncengine.connectors.housecallpro.jobs import (
 )
 from syncengine.connectors.housecallpro.paging import Pager
 from syncengine.errors import FatalConnectorError
+from syncengine.events import InboxEvent
 from syncengine.http import connector_client, is_html
 from syncengine.numbers import Float, Int
 
@@ -100,6 +106,12 @@ class HousecallProOptions(ConnectorOptions):
     delete_customers: bool = False
     """The live API answers ``DELETE /customers/{id}`` with an HTML 404, so customer deletes
     are off unless the target supports them (the sandbox does)."""
+    webhook_secret: SecretStr | None = None
+    """The signing secret of the company's webhooks (HCP's App Store, Webhooks card): the
+    daemon's ``/webhooks/hcp/<name>`` accepts only deliveries signed with it. Secret: never
+    logged."""
+    webhook_tolerance: Float = Field(default=300.0, ge=1, le=86400)
+    """Seconds a delivery's ``api-timestamp`` may be from the daemon's clock, either way."""
     concurrency: Int = Field(default=4, ge=1, le=32)
     """How many requests this member may have in flight at once, all within ``rate_limit``:
     the writes the engine runs at once, the list pages read ahead of the one being consumed
@@ -157,6 +169,7 @@ class HousecallProConnector(Connector):
         self.billing = Billing(
             self.pager, concurrency=options.concurrency, customer_of=self.job_customers.customer_of
         )
+        self.events = EventRead(self, context.extra.get("clock", time.time))
 
     # -- description
     def entities(self) -> tuple[str, ...]:
@@ -198,6 +211,12 @@ class HousecallProConnector(Connector):
             yield from self.billing.read_invoices()
         else:
             yield from self.billing.read_payments()
+
+    def read_events(self, entity: str, events: Sequence[InboxEvent]) -> ReadPass | None:
+        """Only the records webhook events name: their payload where whole and fresh, else a
+        ``GET`` by id (``events.py``)."""
+        self._check_entity(entity)
+        return self.events.read(entity, events)
 
     def get(self, entity: str, native_id: str) -> NativeRecord | None:
         """One record by id; NotFoundError when it does not exist. Payments have no such

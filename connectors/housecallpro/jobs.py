@@ -174,6 +174,13 @@ class JobCustomers:
             self.complete = True
             if job_id in self._known:
                 return self._known[job_id]
+        return self.fetch(job_id)
+
+    def fetch(self, job_id: str) -> str | None:
+        """The customer of one job, known or read with ``GET /jobs/{id}`` (never by listing
+        the jobs: an event-driven read asks for the few jobs its invoices name)."""
+        if job_id in self._known:
+            return self._known[job_id]
         try:
             found: Any = self._pager.http.get_json(job_path(job_id))
         except NotFoundError:

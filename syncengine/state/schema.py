@@ -21,6 +21,8 @@ __all__ = [
     "INTENT_STATES",
     "UTCDateTime",
     "conflicts",
+    "inbox",
+    "inbox_done",
     "journal",
     "leases",
     "links",
@@ -241,4 +243,37 @@ read_marks = sa.Table(
     sa.Column("member", sa.String(), primary_key=True),
     sa.Column("token", sa.Text(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+
+# Webhook events received and not yet pruned: stored before the delivery is acknowledged,
+# once per body (``digest``: a redelivery is the same event), for the runs of every pipeline
+# that has the connector as a member (migration 0005).
+inbox = sa.Table(
+    "inbox",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("connector", sa.String(), nullable=False),
+    sa.Column("digest", sa.String(), nullable=False),
+    sa.Column("event", sa.String(), nullable=False),
+    sa.Column("entities", sa.JSON(), nullable=False),
+    sa.Column("record_id", sa.String(), nullable=True),
+    sa.Column("payload", sa.JSON(), nullable=False),
+    sa.Column("occurred_at", sa.String(), nullable=True),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    sa.Index("uq_inbox_connector_digest", "connector", "digest", unique=True),
+    sa.Index("ix_inbox_received_at", "received_at"),
+    sqlite_autoincrement=True,
+)
+
+# Which pipeline's run took which inbox event, committed with that run's outcome: an event
+# is taken once per pipeline (migration 0005).
+inbox_done = sa.Table(
+    "inbox_done",
+    metadata,
+    sa.Column("pipeline", sa.String(), primary_key=True),
+    sa.Column("event_id", sa.Integer(), primary_key=True),
+    sa.Column("run_id", sa.String(), nullable=False),
+    sa.Column("done_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_inbox_done_event_id", "event_id"),
 )

@@ -44,7 +44,9 @@ from sqlalchemy.pool import StaticPool
 
 from syncengine import jsoncodec
 from syncengine.errors import StateError, StateIntegrityError, StateUnavailableError
+from syncengine.events import InboxEvent
 from syncengine.redact import MASK, redact_text
+from syncengine.state import inbox as _inbox
 from syncengine.state import leases as _leases
 from syncengine.state.leases import Lease, PipelineState
 from syncengine.state.schema import (
@@ -820,6 +822,19 @@ class StateStore:
         with self._read() as conn:
             return sorted(conn.execute(query).scalars())
 
+    def pending_events(
+        self, pipeline: str, connectors: Iterable[str], limit: int = 10_000
+    ) -> list[InboxEvent]:
+        """The webhook events received on ``connectors`` that no run of ``pipeline`` took
+        yet, oldest first (``syncengine.events``)."""
+        with self._read() as conn:
+            return _inbox.pending(conn, pipeline, connectors, limit)
+
+    def inbox_count(self, connector: str | None = None) -> int:
+        """How many webhook events the inbox holds (of ``connector``)."""
+        with self._read() as conn:
+            return _inbox.count(conn, connector)
+
     def leases(self) -> dict[str, Lease]:
         """pipeline -> its lease row (``Lease.expired`` tells whether it still holds)."""
         with self._read() as conn:
@@ -1421,3 +1436,40 @@ class Tx:
 
     def record_success(self, pipeline: str) -> None:
         _leases.record_success(self._conn, pipeline)
+
+    # -- the webhook inbox (see `inbox.py`) ----------------------------------------------
+
+    def store_event(
+        self,
+        *,
+        connector: str,
+        digest: str,
+        event: str,
+        entities: Sequence[str],
+        record_id: str | None,
+        payload: Mapping[str, Any],
+        occurred_at: str | None,
+    ) -> int | None:
+        """Store a webhook event once per connector and body digest: its inbox id, or None
+        when the same body was stored before (a redelivery)."""
+        return _inbox.store_event(
+            self._conn,
+            connector=connector,
+            digest=digest,
+            event=event,
+            entities=entities,
+            record_id=record_id,
+            payload=payload,
+            occurred_at=occurred_at,
+        )
+
+    def events_done(self, pipeline: str, event_ids: Sequence[int], run_id: str) -> None:
+        """Record that the run ``run_id`` of ``pipeline`` took these inbox events."""
+        _inbox.mark_done(self._conn, pipeline, event_ids, run_id)
+
+    def prune_inbox(
+        self, concerned: Mapping[str, Sequence[str]], *, done_before: datetime, any_before: datetime
+    ) -> int:
+        """Forget inbox events every pipeline concerned took, and those older than
+        ``any_before`` (see ``inbox.prune``)."""
+        return _inbox.prune(self._conn, concerned, done_before=done_before, any_before=any_before)
