@@ -53,13 +53,6 @@ from syncengine.connector import (
     NativeRecord,
     ReadPass,
 )
-from syncengine.connectors.rest.incremental import (
-    HighWater,
-    Mark,
-    decode_token,
-    encode_token,
-    mark_param,
-)
 from syncengine.connectors.rest.options import EntityOptions, RestOptions, Route
 from syncengine.connectors.rest.paging import PAGINATORS, Page, PageRequest, origin_of
 from syncengine.connectors.rest.shape import (
@@ -81,6 +74,14 @@ from syncengine.errors import (
     RecordError,
 )
 from syncengine.http import QueryScalar, connector_client, error_message, is_html
+from syncengine.incremental import (
+    HighWater,
+    Mark,
+    decode_token,
+    encode_token,
+    full_pass_due,
+    mark_param,
+)
 from syncengine.mapping import parse_path
 
 Pairs = list[tuple[str, QueryScalar]]
@@ -142,12 +143,7 @@ class RestConnector(Connector):
             return None
         mark = decode_token(token)
         started = self.clock()
-        full = (
-            mark.since is None
-            or mark.full_at is None
-            or started - mark.full_at >= inc.full_every_hours * 3600
-            or started < mark.full_at  # a clock that went back: trust nothing
-        )
+        full = full_pass_due(mark, started, inc.full_every_hours)
         extra: Pairs = []
         if not full and mark.since is not None:
             extra.append((inc.param, mark_param(mark.since, inc.overlap_seconds)))
