@@ -63,6 +63,47 @@ endpoints for tests and demos (neither logged nor throttled):
                                                    invoice's balance (and status: paid) -> 201
     PUT    /_sandbox/invoices/{id}                 change status, amount, due_at or
                                                    invoice_number as a person in HCP would
+    GET    /_sandbox/webhooks                      {"enabled", "sent", "dropped", "failed",
+                                                   "retried", "pending", "ping"}
+
+Webhooks (``create_app(webhooks=Webhooks(url, secret))``; ``syncengine sandbox --webhook-url
+URL --webhook-secret S``): every change made through the API or the ``/_sandbox/`` endpoints
+is POSTed to the URL as HCP sends it, ``{"event", "event_occurred_at", "company_id",
+<prefix>: record}``, signed with the ``api-timestamp`` and ``api-signature`` headers
+(``webhooks.sign``). The record is what ``GET`` returns at that moment (for a delete: what it
+returned just before), under the event's prefix. The events:
+
+    POST   /customers, PUT, DELETE /customers/{id}  customer.created, .updated, .deleted
+    POST   /jobs, DELETE /jobs/{id}                  job.created, job.deleted
+    PUT    /jobs/{id}                                job.completed when the work status
+                                                     becomes complete or completed_unrated,
+                                                     job.canceled when it becomes
+                                                     user_canceled or pro_canceled, else
+                                                     job.updated
+    POST   /invoices                                 invoice.created
+    PUT    /_sandbox/invoices/{id}                   invoice.amount_updated when the amount
+                                                     changes, then invoice.sent, .paid,
+                                                     .voided or .canceled when the status
+                                                     becomes that one; nothing for a change of
+                                                     due_at or invoice_number alone, or back to
+                                                     draft (HCP names no such event)
+    POST   /_sandbox/invoices/{id}/payments          invoice.payment.succeeded (.failed for a
+                                                     failed payment, nothing for pending or
+                                                     refunded), then invoice.paid when it
+                                                     settles the invoice; the record is the
+                                                     invoice, its payments nested as the API
+                                                     shows them with the current options
+
+Each event is one POST, sent in the order of the changes; a change may send two events (a
+payment that settles its invoice). A change to an invoice sends no job event, although the
+job's totals change. ``POST /_sandbox/reset``, ``PUT /_sandbox/options``, ``--data`` and
+``--seed`` send nothing. Deliveries run in a thread of their own (``WebhookSender``), never
+in an API call: an event is retried after a connection error or an answer other than 2xx, 5
+attempts in all, waiting 0.25 s before the first retry and twice as long before each next
+one, and then given up (logged). ``drop_rate`` (``--webhook-drop-rate``) drops that share of
+events on purpose, chosen by a generator seeded from ``random_seed``. At the start the sender
+POSTs HCP's unsigned ``{"foo": "bar"}`` once, as HCP does when the URL is saved (a failure is
+only logged). ``company_id`` is a UUID fixed by ``random_seed``.
 
 ``seed=N`` generates N customers and, for about three quarters of them, jobs, invoices (paid,
 partly paid, open, draft, voided) and payments: about one invoice per customer and two
@@ -123,6 +164,7 @@ from syncengine.connectors.housecallpro.sandbox_state import (
     TokenBucket,
     generate_data,
 )
+from syncengine.connectors.housecallpro.sandbox_webhooks import Webhooks, WebhookSender
 from syncengine.errors import ConfigError, UnavailableError, UsageError
 
 __all__ = [
@@ -133,6 +175,8 @@ __all__ = [
     "SandboxState",
     "SyncASGITransport",
     "TokenBucket",
+    "WebhookSender",
+    "Webhooks",
     "check_data",
     "create_app",
     "generate_customers",
@@ -425,9 +469,15 @@ def _invoice_routes(state: SandboxState, api: Callable[[Endpoint], Endpoint]) ->
     ]
 
 
-def _sandbox_routes(state: SandboxState) -> list[Route]:
+def _sandbox_routes(state: SandboxState, sender: WebhookSender | None) -> list[Route]:
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True})
+
+    async def webhooks(request: Request) -> Response:
+        if sender is None:
+            counts = dict.fromkeys(("sent", "dropped", "failed", "retried", "pending"), 0)
+            return JSONResponse({"enabled": False, **counts, "ping": "off"})
+        return JSONResponse({"enabled": True, **sender.stats()})
 
     async def list_requests(request: Request) -> Response:
         return JSONResponse({"requests": state.requests()})
@@ -451,6 +501,7 @@ def _sandbox_routes(state: SandboxState) -> list[Route]:
 
     return [
         Route("/_sandbox/health", health, methods=["GET"]),
+        Route("/_sandbox/webhooks", webhooks, methods=["GET"]),
         Route("/_sandbox/requests", list_requests, methods=["GET"]),
         Route("/_sandbox/requests", clear_requests, methods=["DELETE"]),
         Route("/_sandbox/reset", reset, methods=["POST"]),
@@ -518,6 +569,7 @@ def create_app(
     random_seed: int = 0,
     nest_payments: bool = True,
     live_invoices: bool = False,
+    webhooks: Webhooks | None = None,
 ) -> Starlette:
     """The sandbox as an ASGI app; its ``SandboxState`` is ``app.state.sandbox``.
 
@@ -525,6 +577,10 @@ def create_app(
     jobs, invoices and payments; ``data_file`` loads a ``dump()`` instead. ``nest_payments``
     and ``live_invoices`` emulate the live API's invoice shape (see the module docstring).
     Bad arguments or a bad data file raise ``ConfigError``.
+
+    With ``webhooks`` every change is sent to its URL by a started ``WebhookSender``,
+    ``app.state.webhooks`` (None without): whoever made the app closes it
+    (``app.state.webhooks.close()``) when done with it.
     """
     if not api_key:
         raise ConfigError("the sandbox needs a non-empty API key", location="sandbox.api_key")
@@ -539,10 +595,15 @@ def create_app(
         nest_payments=nest_payments,
         live_invoices=live_invoices,
     )
+    sender = None
+    if webhooks is not None:
+        sender = WebhookSender(webhooks, random_seed=random_seed)
+        state.listener = sender.publish
+        sender.start()
     api = _guard(state)
     app = Starlette(
         routes=[
-            *_sandbox_routes(state),
+            *_sandbox_routes(state, sender),
             *_customer_routes(state, api),
             *_job_routes(state, api),
             *_invoice_routes(state, api),
@@ -552,6 +613,7 @@ def create_app(
     )
     app.router.redirect_slashes = False
     app.state.sandbox = state
+    app.state.webhooks = sender
     return app
 
 
@@ -571,8 +633,10 @@ def serve(
     random_seed: int = 0,
     nest_payments: bool = True,
     live_invoices: bool = False,
+    webhooks: Webhooks | None = None,
 ) -> None:
-    """Run the sandbox with uvicorn until interrupted (SIGINT/SIGTERM).
+    """Run the sandbox with uvicorn until interrupted (SIGINT/SIGTERM); with ``webhooks``,
+    the events still waiting then get two seconds to be delivered.
 
     Prints ``sandbox listening on http://HOST:PORT`` once it accepts connections; with
     ``port=0`` the line carries the port the system chose. A port outside 0..65535 or a host
@@ -589,12 +653,17 @@ def serve(
         random_seed=random_seed,
         nest_payments=nest_payments,
         live_invoices=live_invoices,
+        webhooks=webhooks,
     )
     # This process exists to serve the seeded data: keep it out of the garbage collector's
     # full passes (a million long-lived objects would make the first requests pause).
     gc.freeze()
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
-    _AnnouncingServer(config).run(sockets=[sock])
+    try:
+        _AnnouncingServer(config).run(sockets=[sock])
+    finally:
+        if app.state.webhooks is not None:
+            app.state.webhooks.close(timeout=2.0)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -42,6 +42,7 @@ from syncengine.connectors.housecallpro.sandbox_fields import (
     format_timestamp,
     hex_id,
     parse_timestamp,
+    wire,
 )
 from syncengine.connectors.housecallpro.sandbox_records import (
     INVOICE_CLOSED,
@@ -64,6 +65,12 @@ from syncengine.connectors.housecallpro.sandbox_seed import (
     FIRST_JOB_NUMBER,
     generate_employees,
     generate_work,
+)
+from syncengine.connectors.housecallpro.sandbox_webhooks import (
+    Listener,
+    invoice_change_events,
+    job_update_event,
+    payment_events,
 )
 from syncengine.errors import ConfigError, Problem
 
@@ -106,6 +113,10 @@ class Clock:
     def tick(self) -> str:
         self.last = max(int(self._now()), self.last + 1)
         return format_timestamp(self.last)
+
+    def current(self) -> str:
+        """The last timestamp handed out, or now when that is later (nothing is handed out)."""
+        return format_timestamp(max(int(self._now()), self.last))
 
 
 # -------------------------------------------------------------------------- rate limiting
@@ -366,6 +377,9 @@ class SandboxState:
       (an extra property the spec allows);
     - ``live_invoices`` (default False): invoices leave out ``customer_id`` and
       ``updated_at`` as the live API does (a client reaches the customer through the job).
+
+    ``listener`` (default None; the webhook sender) hears of every change the methods make,
+    in order: loading, seeding and ``reset()`` are not changes it hears of.
     """
 
     def __init__(
@@ -436,6 +450,7 @@ class SandboxState:
         self._unscanned: list[Mapping[str, list[Record]]] = []
         self._faults = random.Random(f"faults:{random_seed}")
         self._log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
+        self.listener: Listener | None = None
 
         with _bulk():
             if data_file is not None:
@@ -606,6 +621,7 @@ class SandboxState:
             record.update(patch)
             record["addresses"] = self._address_ids(patch.get("addresses", []), [])
             self.customers.put(record)
+            self._notify(["customer.created"], record)
             return copy_customer(record)
 
     def update_customer(self, customer_id: str, body: Mapping[str, Any]) -> Record | None:
@@ -626,12 +642,17 @@ class SandboxState:
                 record["addresses"] = self._address_ids(patch["addresses"], current["addresses"])
             record["updated_at"] = self.clock.tick()
             self.customers.put(record)
+            self._notify(["customer.updated"], record)
             return copy_customer(record)
 
     def delete_customer(self, customer_id: str) -> bool:
         """Delete a customer. Like the API's, it does not cascade: the customer's jobs and
         invoices keep its id (a job then embeds just ``{"id": ...}``)."""
         with self.lock:
+            record = self.customers.get(customer_id)
+            if record is None:
+                return False
+            self._notify(["customer.deleted"], record)
             return self.customers.remove(customer_id)
 
     def _address_ids(self, addresses: list[Record], current: list[Record]) -> list[Record]:
@@ -722,6 +743,7 @@ class SandboxState:
                 job["work_status"] = "scheduled"
             stamp_work(job, job["work_status"], now)
             self.jobs.put(job)
+            self._notify(["job.created"], job)
             return self._job_wire(job)
 
     def update_job(self, job_id: str, body: Mapping[str, Any]) -> Record | None:
@@ -753,6 +775,7 @@ class SandboxState:
                 stamp_work(job, job["work_status"], now)
             job["updated_at"] = now
             self.jobs.put(job)
+            self._notify([job_update_event(current, job)], job)
             return self._job_wire(job)
 
     def delete_job(self, job_id: str) -> bool:
@@ -762,6 +785,7 @@ class SandboxState:
                 return False
             if self.invoices.lookup("job_id", job_id):
                 raise Refused("job has invoices and cannot be deleted")
+            self._notify(["job.deleted"], self.jobs.get(job_id))
             return self.jobs.remove(job_id)
 
     def _apply_job_patch(
@@ -889,6 +913,7 @@ class SandboxState:
             if invoice["status"] == "paid":
                 invoice["paid_at"] = now
             self.invoices.put(invoice)
+            self._notify(["invoice.created"], invoice)
             return self._invoice_wire(invoice)
 
     def change_invoice(self, invoice_id: str, body: Mapping[str, Any]) -> Record | None:
@@ -917,6 +942,7 @@ class SandboxState:
                 invoice["status"] = self._settled_status(invoice)
             self._stamp_invoice(invoice, current, now)
             self.invoices.put(invoice)
+            self._notify(invoice_change_events(current, invoice), invoice)
             return self._invoice_wire(invoice)
 
     def _check_invoice_refs(self, patch: Record, errors: Errors) -> Record | None:
@@ -1024,7 +1050,28 @@ class SandboxState:
             if invoice["status"] == "paid" and current["status"] != "paid":
                 invoice["paid_at"] = payment["processed_at"]
             self.invoices.put(invoice)
+            self._notify(payment_events(payment, current, invoice), invoice)
             return payment_wire(payment)
+
+    # -- webhooks
+
+    def _notify(self, events: list[str], record: Record | None) -> None:
+        """Tell the listener of a change: each of ``events`` with the stored ``record`` as
+        GET would return it now (customers, jobs and invoices by the events' prefix) and the
+        change's time. The caller holds the lock, so the listener hears changes in order."""
+        listener = self.listener
+        if listener is None or not events or record is None:
+            return
+        prefix = events[0].split(".", 1)[0]
+        if prefix == "customer":
+            shown = wire(copy_customer(record))
+        elif prefix == "job":
+            shown = self._job_wire(record)
+        else:
+            shown = self._invoice_wire(record)
+        occurred_at = self.clock.current()
+        for event in events:
+            listener(event, shown, occurred_at)
 
     # -- knobs and log
 
