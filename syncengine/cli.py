@@ -42,6 +42,7 @@ from syncengine.logging import REDACTOR, configure, redact_text
 from syncengine.progress import ProgressFn
 
 if TYPE_CHECKING:
+    from syncengine.connectors.housecallpro.sandbox_webhooks import Webhooks
     from syncengine.daemon import OnceReport
 
 # Ctrl-C: the shell's convention (128 + SIGINT), outside the table of ``ExitCode``.
@@ -1028,14 +1029,43 @@ def sandbox(
     host: Annotated[
         str, typer.Option("--host", metavar="HOST", help="Interface to bind.")
     ] = "127.0.0.1",
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook-url",
+            metavar="URL",
+            help="POST every change to this URL as an HCP webhook, signed with "
+            "--webhook-secret (first an unsigned verification ping, as HCP does).",
+        ),
+    ] = None,
+    webhook_secret: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook-secret",
+            envvar="HCP_WEBHOOK_SECRET",
+            metavar="SECRET",
+            help="The signing secret of the webhooks (never printed).",
+            show_default=False,
+        ),
+    ] = None,
+    webhook_drop_rate: Annotated[
+        float,
+        typer.Option(
+            "--webhook-drop-rate",
+            metavar="F",
+            help="Share of webhooks never sent, on purpose (0..1; the same --random-seed "
+            "drops the same ones).",
+        ),
+    ] = 0.0,
     log_level: LogLevelOpt = None,
 ) -> None:
     """Run the Housecall Pro sandbox: a stateful local emulator of the HCP API. Exit 4 when
     the port is taken."""
     with handled("sandbox", reads_only=True):
-        _setup(log_level)
+        _setup(log_level, (webhook_secret,) if webhook_secret else ())
         if not 0 <= error_rate <= 1:
             raise UsageError("--error-rate must be between 0 and 1")
+        webhooks = _sandbox_webhooks(webhook_url, webhook_secret, webhook_drop_rate)
         if len(api_key) < MIN_SECRET_LENGTH:
             # a config refuses a key this short: no config could ever talk to this sandbox
             raise UsageError(
@@ -1056,7 +1086,30 @@ def sandbox(
             random_seed=random_seed,
             nest_payments=nest_payments,
             live_invoices=live_invoices,
+            webhooks=webhooks,
         )
+
+
+def _sandbox_webhooks(url: str | None, secret: str | None, drop_rate: float) -> Webhooks | None:
+    """The sandbox's webhook settings (``sandbox_webhooks.Webhooks``), or None without
+    ``--webhook-url``; a URL without a secret, or a drop rate outside 0..1, is a UsageError."""
+    if not 0 <= drop_rate <= 1:
+        raise UsageError("--webhook-drop-rate must be between 0 and 1")
+    if url is None:
+        if drop_rate:
+            raise UsageError("--webhook-drop-rate needs --webhook-url")
+        return None
+    if not secret:
+        raise UsageError(
+            "--webhook-url needs a signing secret: pass --webhook-secret SECRET or set "
+            "HCP_WEBHOOK_SECRET (the secret HCP shows in its Webhooks card)"
+        )
+    from syncengine.connectors.housecallpro.sandbox_webhooks import Webhooks
+
+    try:
+        return Webhooks(url, secret, drop_rate=drop_rate)
+    except ConfigError as exc:
+        raise UsageError(f"--webhook-url {url!r}: {exc.problems[0].message}") from None
 
 
 @app.command(short_help="A guided tour: sandbox, spreadsheet, dry run, sync, report.")
