@@ -111,6 +111,9 @@ class DaemonSection(_Strict):
     """Run history older than this is pruned (the newest run of each pipeline is kept)."""
     reload_poll: Float = Field(default=5.0, ge=0)
     """How often the config file and mapping files are checked for changes (0: only SIGHUP)."""
+    webhook_debounce: Float = Field(default=2.0, ge=0, le=3600)
+    """An event-driven run starts this long after the first webhook event that makes it due:
+    the events that arrive meanwhile go into the same run."""
 
     @field_validator("schedule")
     @classmethod

@@ -93,18 +93,30 @@ class LeaseKeeper:
         self._lease_ttl = lease_ttl
         self._lock = threading.Lock()
         self._running: dict[str, LeasedRun] = {}
+        self._starting: set[str] = set()
+        """Pipelines whose lease this process is taking now."""
 
     def acquire(self, pipeline: str, ttl: float) -> LeasedRun | None:
         """Take the pipeline's lease for a run and keep it from now on; None when another
         runner holds it."""
         run = LeasedRun(pipeline, ttl)
-        with self.store.transaction() as tx:
-            acquired = tx.acquire_lease(pipeline, self.holder, run.ttl, self.kind)
-        if not acquired:
-            return None
         with self._lock:
-            self._running[pipeline] = run
-        return run
+            # this process's own run of it (a scheduled and an event-driven run of one
+            # pipeline): the lease is ours already, and would be taken again
+            if pipeline in self._running or pipeline in self._starting:
+                return None
+            self._starting.add(pipeline)
+        try:
+            with self.store.transaction() as tx:
+                acquired = tx.acquire_lease(pipeline, self.holder, run.ttl, self.kind)
+            if not acquired:
+                return None
+            with self._lock:
+                self._running[pipeline] = run
+            return run
+        finally:
+            with self._lock:
+                self._starting.discard(pipeline)
 
     def forget(self, pipeline: str) -> None:
         """The run is over: stop renewing its lease."""

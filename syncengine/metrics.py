@@ -20,6 +20,12 @@ the run's connectors (``HttpStats``: requests, retries, 429s, failures)::
     syncengine_open_conflicts{pipeline}                      after the last run
     syncengine_scheduler_up                                  1 while the scheduler runs
     syncengine_config_reloads_total{result}                  ok, rejected
+    syncengine_webhook_deliveries_total{connector, outcome}  stored, duplicate, ping
+    syncengine_webhook_refused_total{reason}                 signature, stale,
+                                                             unknown_connector, too_large,
+                                                             content_type, not_json,
+                                                             not_event, store_failed
+    syncengine_webhook_runs_total{pipeline}                  event-driven runs started
 """
 
 from __future__ import annotations
@@ -123,6 +129,21 @@ class Metrics:
         )
         self.reloads = Counter(
             "syncengine_config_reloads", "Config reloads.", ["result"], registry=r
+        )
+        self.webhook_deliveries = Counter(
+            "syncengine_webhook_deliveries",
+            "Webhook deliveries accepted (stored, a duplicate of a stored one, the ping).",
+            ["connector", "outcome"],
+            registry=r,
+        )
+        self.webhook_refused = Counter(
+            "syncengine_webhook_refused",
+            "Webhook deliveries refused, by reason; nothing of them was stored.",
+            ["reason"],
+            registry=r,
+        )
+        self.webhook_runs = Counter(
+            "syncengine_webhook_runs", "Event-driven runs started.", p, registry=r
         )
 
     def observe_run(

@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 SIGNATURE_HEADER = "api-signature"
 TIMESTAMP_HEADER = "api-timestamp"
+DEFAULT_TOLERANCE = 300.0
+"""Seconds a delivery's timestamp may be from the receiver's clock, either way."""
 PING = {"foo": "bar"}
 """The unsigned body HCP sends when the webhook URL is saved."""
 

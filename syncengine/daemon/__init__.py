@@ -10,11 +10,14 @@ The ``Daemon`` here only wires its parts together; each part is a module named f
 - ``scheduling``: what is due (one APScheduler job per pipeline, and ``--once``);
 - ``reload``: when the config changed and whether the new one may replace the old;
 - ``signals``: SIGTERM/SIGINT (graceful, then at once) and SIGHUP (reload);
-- ``server``: ``/healthz`` and ``/metrics`` over HTTP;
+- ``server``: ``/healthz``, ``/metrics`` and the webhook receiver over HTTP;
+- ``webhooks``: whether a webhook delivery is genuine, and storing it in the inbox;
+- ``dispatch``: the event-driven runs webhook events start (debounced, never overlapping);
 - ``redaction``: what of a failure may be logged.
 
 The main thread only waits for signals and watches the config file; the scheduler's thread
-pool runs the syncs; the keeper thread renews their leases.
+pool runs the scheduled syncs and the dispatcher's pool the event-driven ones; the keeper
+thread renews their leases.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 import structlog
 
 from syncengine.config import Config
+from syncengine.daemon.dispatch import EventDispatch
 from syncengine.daemon.policy import (
     RunOutcome,
     RunPolicy,
@@ -50,6 +54,7 @@ from syncengine.daemon.server import (
 )
 from syncengine.daemon.signals import FORCED_RELEASE_S, Signals
 from syncengine.daemon.signals import flush_and_exit as _flush_and_exit
+from syncengine.daemon.webhooks import WebhookReceiver
 from syncengine.exit_codes import ExitCode
 from syncengine.leasing import LeaseKeeper
 from syncengine.logging import REDACTOR
@@ -96,7 +101,11 @@ class OnceReport:
 
 
 PRUNE_EVERY_S = 3600.0
-"""How often a serving daemon prunes the run history (``[daemon] history_days``)."""
+"""How often a serving daemon prunes the run history (``[daemon] history_days``) and the
+webhook inbox."""
+INBOX_KEEP_DONE_S = 3600.0
+"""Webhook events every pipeline concerned took are kept this long (then pruned); events
+some pipeline never took are kept ``history_days``."""
 
 
 class Daemon:
@@ -131,7 +140,11 @@ class Daemon:
             stopping=self._stopping,
         )
         self.schedules = Schedules(store, self.run_pipeline, lambda: self.config.secrets)
-        self.server = StatusServer(self.health, self.metrics)
+        self.dispatch = EventDispatch(lambda: self.config, store, self.run_events, self._stopping)
+        self.receiver = WebhookReceiver(
+            lambda: self.config, store, self.metrics, stored=self.dispatch.stored
+        )
+        self.server = StatusServer(self.health, self.metrics, self.receiver)
         self.signals = Signals(stop=self._stop_runs, exit_now=self._exit_now, wake=self._wake.set)
         self._watch = ConfigWatch(config)
 
@@ -140,6 +153,11 @@ class Daemon:
     def run_pipeline(self, name: str) -> RunOutcome:
         """One attempt at running a pipeline, with every rule of the failure policy."""
         return self.runner.run(name)
+
+    def run_events(self, name: str) -> RunOutcome:
+        """One attempt at an event-driven run of a pipeline (``syncengine.events``)."""
+        self.metrics.webhook_runs.labels(name).inc()
+        return self.runner.run(name, events=True)
 
     def renew_leases(self) -> None:
         """Renew the leases of the running syncs once (the keeper thread does it by itself)."""
@@ -164,6 +182,17 @@ class Daemon:
         pruned = persist(self.store, lambda tx: tx.prune_runs(cutoff))
         if pruned:
             log.info("run history pruned", runs=pruned, before=cutoff.isoformat())
+        concerned: dict[str, list[str]] = {}
+        for name, pipeline in self.config.pipelines.items():
+            for member in pipeline.members:
+                concerned.setdefault(member, []).append(name)
+        done_before = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=INBOX_KEEP_DONE_S)
+        events = persist(
+            self.store,
+            lambda tx: tx.prune_inbox(concerned, done_before=done_before, any_before=cutoff),
+        )
+        if events:
+            log.info("webhook inbox pruned", events=events)
         return int(pruned or 0)
 
     # ------------------------------------------------------------------- starting
@@ -184,6 +213,7 @@ class Daemon:
         self.schedules.start(self.config)
         self.metrics.scheduler_up.set(1)
         self._start_lease_keeper()
+        self.dispatch.start()
         log.info(
             "daemon started",
             holder=self.holder,
@@ -271,6 +301,7 @@ class Daemon:
         self._stopping.set()
         self.metrics.scheduler_up.set(0)
         self.schedules.shutdown()
+        self.dispatch.stop(wait=False)
         running = self.leases.stop_all()
         grace = self.config.daemon.shutdown_grace
         if running:

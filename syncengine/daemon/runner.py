@@ -12,9 +12,11 @@ bench gives another."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -58,6 +60,10 @@ class _ObservedConfig(Config):
         return connector
 
 
+event_driven: contextvars.ContextVar[bool] = contextvars.ContextVar("event_driven", default=False)
+"""True while the runner runs an event-driven run (``engine_sync`` tells the engine)."""
+
+
 def engine_sync(
     config: Config,
     store: StateStore,
@@ -72,6 +78,7 @@ def engine_sync(
         store,
         stop=stop,
         holder=lease_holder.get(),
+        event_driven=event_driven.get(),
     )
     return engine.sync(pipeline)
 
@@ -99,13 +106,18 @@ class PipelineRunner:
         self.metrics = metrics
         self._stopping = stopping
 
-    def run(self, name: str) -> RunOutcome:
-        """One attempt at running a pipeline, with every rule of the failure policy."""
+    def run(self, name: str, *, events: bool = False) -> RunOutcome:
+        """One attempt at running a pipeline, with every rule of the failure policy; with
+        ``events``, an event-driven run (``syncengine.events``)."""
         config = self._config()  # a reload swaps it; this run keeps the one it started with
         pipeline = config.pipelines.get(name)
         if pipeline is None:
             return RunOutcome(name, "skipped:removed")
-        with structlog.contextvars.bound_contextvars(pipeline=name):
+        trigger = "webhook" if events else "schedule"
+        with (
+            structlog.contextvars.bound_contextvars(pipeline=name, trigger=trigger),
+            _event_driven(events),
+        ):
             if self._stopping.is_set():
                 return RunOutcome(name, "skipped:stopping")
             skip = self.policy.why_not_now(name)
@@ -177,3 +189,12 @@ class PipelineRunner:
 
     def _describe(self, exc: BaseException) -> str:
         return describe_error(exc, self._config().secrets)
+
+
+@contextmanager
+def _event_driven(events: bool) -> Iterator[None]:
+    token = event_driven.set(events)
+    try:
+        yield
+    finally:
+        event_driven.reset(token)

@@ -1,5 +1,6 @@
-"""The daemon's HTTP server: ``/healthz`` (is the scheduler running, how is each pipeline)
-and ``/metrics`` (Prometheus), on ``--http HOST:PORT``."""
+"""The daemon's HTTP server, on ``--http HOST:PORT``: ``GET /healthz`` (is the scheduler
+running, how is each pipeline), ``GET /metrics`` (Prometheus) and ``POST
+/webhooks/hcp/{connector}`` (the webhook receiver, ``webhooks.py``)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
+from urllib.parse import unquote
 
 import structlog
 
 from syncengine.daemon.scheduling import iso
+from syncengine.daemon.webhooks import MAX_BODY, PATH_PREFIX, WebhookReceiver
 from syncengine.errors import UsageError
 from syncengine.metrics import CONTENT_TYPE_LATEST, Metrics
 
@@ -85,19 +88,33 @@ def health_report(alive: bool, holder: str, pipelines: Mapping[str, PipelineHeal
     return Health(alive, body)
 
 
-class StatusServer:
-    """Serves ``/healthz`` from ``health()`` and ``/metrics`` from ``metrics`` on a thread."""
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # a burst of deliveries waits to be accepted, not refused
+    daemon_threads = True
 
-    def __init__(self, health: Callable[[], Health], metrics: Metrics) -> None:
+
+class StatusServer:
+    """Serves ``/healthz`` from ``health()``, ``/metrics`` from ``metrics`` and, with a
+    ``webhooks`` receiver, ``POST /webhooks/hcp/{connector}``, on threads."""
+
+    def __init__(
+        self,
+        health: Callable[[], Health],
+        metrics: Metrics,
+        webhooks: WebhookReceiver | None = None,
+    ) -> None:
         self._health = health
         self._metrics = metrics
+        self._webhooks = webhooks
         self._server: ThreadingHTTPServer | None = None
 
     def start(self, address: HttpAddress) -> None:
         """Listen and serve; ``UsageError`` when the address cannot be listened on."""
-        health, metrics = self._health, self._metrics
+        health, metrics, webhooks = self._health, self._metrics, self._webhooks
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: a sender's deliveries share a socket
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
@@ -108,10 +125,53 @@ class StatusServer:
                 else:
                     self._send(404, "application/json", b'{"error": "not found"}')
 
+            def do_POST(self) -> None:
+                path = self.path.split("?", 1)[0]
+                name = unquote(path[len(PATH_PREFIX) :]) if path.startswith(PATH_PREFIX) else ""
+                if webhooks is None or not name or "/" in name:
+                    self._drain()
+                    self._send(404, "application/json", b'{"error": "not found"}')
+                    return
+                body = self._body()
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                try:
+                    answer = webhooks.receive(name, headers, body)
+                except Exception as exc:  # a bug: the sender retries, the daemon goes on
+                    log.error("webhook delivery failed", error=type(exc).__name__)
+                    self._send(500, "application/json", b'{"error": "internal error"}')
+                    return
+                self._send(answer.status, "application/json", json.dumps(answer.body).encode())
+
+            def _body(self) -> bytes | None:
+                """The request's body; None when it is over ``MAX_BODY`` (then unread, and
+                the connection is closed after the answer)."""
+                length = self._length()
+                if length is None or length > MAX_BODY:
+                    self.close_connection = True
+                    return None
+                return self.rfile.read(length)
+
+            def _length(self) -> int | None:
+                text = self.headers.get("Content-Length")
+                if text is None:
+                    # no length (a chunked body): refused as too large rather than read
+                    # without a bound
+                    return 0 if self.headers.get("Transfer-Encoding") is None else None
+                return int(text) if text.strip().isdigit() else None
+
+            def _drain(self) -> None:
+                length = self._length()
+                if length is None or length > MAX_BODY:
+                    self.close_connection = True
+                elif length:
+                    self.rfile.read(length)
+
             def _send(self, status: int, content_type: str, body: bytes) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
+                if self.close_connection:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -120,7 +180,7 @@ class StatusServer:
 
         host, port = address
         try:
-            server = ThreadingHTTPServer((host, port), Handler)
+            server = _Server((host, port), Handler)
         except OSError as exc:
             raise UsageError(
                 f"--http {host}:{port}: cannot listen there: {exc.strerror or exc}"
@@ -132,7 +192,11 @@ class StatusServer:
         log.info(
             "http listening",
             url=f"http://{bound_host!s}:{bound_port}",
-            endpoints=["/healthz", "/metrics"],
+            endpoints=[
+                "/healthz",
+                "/metrics",
+                *([f"{PATH_PREFIX}{{connector}}"] if webhooks else []),
+            ],
         )
 
     @property
