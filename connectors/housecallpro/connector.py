@@ -76,6 +76,7 @@ from syncengine.connectors.housecallpro.jobs import (
     top_key,
 )
 from syncengine.connectors.housecallpro.paging import Pager
+from syncengine.connectors.housecallpro.webhooks import DEFAULT_TOLERANCE
 from syncengine.errors import FatalConnectorError
 from syncengine.events import InboxEvent
 from syncengine.http import connector_client, is_html
@@ -110,7 +111,7 @@ class HousecallProOptions(ConnectorOptions):
     """The signing secret of the company's webhooks (HCP's App Store, Webhooks card): the
     daemon's ``/webhooks/hcp/<name>`` accepts only deliveries signed with it. Secret: never
     logged."""
-    webhook_tolerance: Float = Field(default=300.0, ge=1, le=86400)
+    webhook_tolerance: Float = Field(default=DEFAULT_TOLERANCE, ge=1, le=86400)
     """Seconds a delivery's ``api-timestamp`` may be from the daemon's clock, either way."""
     concurrency: Int = Field(default=4, ge=1, le=32)
     """How many requests this member may have in flight at once, all within ``rate_limit``:
@@ -131,10 +132,10 @@ class HousecallProOptions(ConnectorOptions):
             )
         return value.rstrip("/")
 
-    @field_validator("api_key")
+    @field_validator("api_key", "webhook_secret")
     @classmethod
-    def _non_empty_key(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
+    def _non_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
             raise ValueError("is empty (is the environment variable it refers to set?)")
         return value
 
