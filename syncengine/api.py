@@ -125,6 +125,8 @@ class PipelineStatus:
     """``{"reason", "since"}`` while paused (``syncengine resume`` lifts it)."""
     backoff: dict[str, Any] | None = None
     """``{"failures", "until", "last_error"}`` after failed runs."""
+    waiting_events: int = 0
+    """Webhook events in the inbox that no run of the pipeline took yet."""
 
 
 SKIPS_SHOWN = 50
@@ -161,6 +163,7 @@ def status(config: Config, pipeline: str | None = None) -> list[PipelineStatus]:
                     _skipped(store, p.name),
                     store.skipped_count(p.name),
                     **_daemon_status(config, store, p.name, runs, now, leases, states),
+                    waiting_events=store.pending_event_count(p.name, p.members),
                 )
             )
         return out

@@ -600,6 +600,8 @@ def status(
             out.print(f"  open conflicts: {r.open_conflicts}")
             if r.pending_writes:
                 out.print(f"  interrupted writes to settle on the next sync: {r.pending_writes}")
+            if r.waiting_events:
+                out.print(f"  webhook events waiting for a run: {r.waiting_events}")
             if r.skipped_total:
                 out.print(
                     f"  skipped writes: {r.skipped_total}"
@@ -678,7 +680,8 @@ def daemon(
         typer.Option(
             "--http",
             metavar="HOST:PORT",
-            help="Serve /healthz and /metrics (Prometheus) on HOST:PORT, e.g. 127.0.0.1:9464.",
+            help="Serve /healthz, /metrics (Prometheus) and the webhook receiver "
+            "(POST /webhooks/hcp/CONNECTOR) on HOST:PORT, e.g. 127.0.0.1:9464.",
         ),
     ] = None,
     log_level: LogLevelOpt = None,

@@ -24,7 +24,7 @@ from syncengine.errors import StateError
 from syncengine.events import InboxEvent
 from syncengine.state.schema import inbox, inbox_done
 
-__all__ = ["count", "mark_done", "pending", "prune", "store_event"]
+__all__ = ["count", "mark_done", "pending", "pending_count", "prune", "store_event"]
 
 
 def store_event(
@@ -81,6 +81,22 @@ def pending(
         .limit(limit)
     )
     return [_event(dict(row)) for row in conn.execute(query).mappings()]
+
+
+def pending_count(conn: sa.Connection, pipeline: str, connectors: Iterable[str]) -> int:
+    """How many events received on ``connectors`` no run of ``pipeline`` took yet."""
+    names = sorted(set(connectors))
+    if not names:
+        return 0
+    taken = sa.select(inbox_done.c.event_id).where(
+        inbox_done.c.pipeline == pipeline, inbox_done.c.event_id == inbox.c.id
+    )
+    query = (
+        sa.select(sa.func.count())
+        .select_from(inbox)
+        .where(inbox.c.connector.in_(names), ~sa.exists(taken))
+    )
+    return int(conn.execute(query).scalar_one())
 
 
 def mark_done(conn: sa.Connection, pipeline: str, event_ids: Sequence[int], run_id: str) -> None:

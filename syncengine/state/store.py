@@ -830,6 +830,11 @@ class StateStore:
         with self._read() as conn:
             return _inbox.pending(conn, pipeline, connectors, limit)
 
+    def pending_event_count(self, pipeline: str, connectors: Iterable[str]) -> int:
+        """How many webhook events of ``connectors`` wait for a run of ``pipeline``."""
+        with self._read() as conn:
+            return _inbox.pending_count(conn, pipeline, connectors)
+
     def inbox_count(self, connector: str | None = None) -> int:
         """How many webhook events the inbox holds (of ``connector``)."""
         with self._read() as conn:
