@@ -93,11 +93,13 @@ from syncengine.plan import Delete, EntityPlan, Issue, KeyPlan, Plan, Update
 from syncengine.progress import ProgressFn, no_progress
 from syncengine.read import (
     MemberRead,
+    Named,
     ReadAhead,
     check_structures,
     fetch_unseen,
     fill_notes,
     member_views,
+    narrow_to_named,
     read_member,
     say_withheld,
     set_aside_copies,
@@ -571,11 +573,14 @@ class Engine:
             settle_creates(
                 self.store, pipeline, entity, members, reads, ent, recovery, dry_run=self.dry_run
             )
+        named = self._narrow_to_events(entity, reads)
         relinked = self._relink_vanished(pipeline, entity, members, reads, ent)
         set_aside_copies(entity, reads, ent)
         hold_swapped_identities(self.store, pipeline, entity, reads, ent)
         touched = self._touched(pipeline, entity, members, reads, refs)
         matched = self._match_new(pipeline, entity, members, reads, recovery, ent, relinked)
+        if named is not None:
+            named.keep_named(matched)
         touched.update(k for k in matched.groups if k not in matched.new_keys)
         states = self.store.load_records(pipeline.name, entity, touched) if touched else {}
         self._fetch_referring_unseen(entity, members, reads, ent, touched, states)
@@ -626,6 +631,19 @@ class Engine:
             if member.caps.create:
                 touched.update(k for k, holders in live.items() if member.name not in holders)
         return touched
+
+    def _narrow_to_events(self, entity: str, reads: Mapping[str, MemberRead]) -> Named | None:
+        """In an event-driven run, what of ``entity`` it syncs: only the records its events
+        name (``read.Named``); None in any other run, or when no member was read by its
+        events."""
+        if not self.event_driven:
+            return None
+        by_events = {
+            name
+            for name, r in reads.items()
+            if self._named(name, entity) and r.read_pass is not None and not r.complete
+        }
+        return narrow_to_named(reads, by_events) if by_events else None
 
     def _relink_vanished(
         self,

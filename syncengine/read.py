@@ -30,7 +30,7 @@ from syncengine.config import Pipeline
 from syncengine.connector import Connector, NativeData, NativeRecord, ReadPass, Structure
 from syncengine.errors import NotFoundError, RecordError, StructureError
 from syncengine.events import InboxEvent
-from syncengine.match import Observed
+from syncengine.match import MatchResult, Observed
 from syncengine.member import Member, open_member
 from syncengine.plan import EntityPlan, Issue, Update
 from syncengine.progress import ProgressFn, Step
@@ -264,7 +264,7 @@ def read_member(
         out.fills = bool(out.missing & member.mapping.writable)
     if not out.complete:
         log.info(
-            "read incrementally",
+            "read what webhook events named" if named else "read incrementally",
             member=member.name,
             entity=entity,
             read=out.count,
@@ -385,6 +385,50 @@ def _unlisted(
         out.withheld, out.gone = out.gone, {}
         out.unreadable_count = unreadable
         say_withheld(entity, member.name, ent, out)
+
+
+@dataclass(frozen=True)
+class Named:
+    """What an event-driven run syncs of an entity: the records its events name."""
+
+    members: frozenset[str]
+    """The members read by their events (a partial pass of the named records)."""
+    keys: frozenset[str]
+    """The hub records those reads showed (changed, unchanged, gone or blocked)."""
+
+    def keep_named(self, matched: MatchResult) -> None:
+        """Of the records new on the members, keep only those linked to a named hub record,
+        or grouped with a record new on a member read by its events. Any other (a row typed
+        into a sheet) is left for a run that reads everything: the records a few events
+        name cannot tell whether it is already on those members, unlinked."""
+        groups = {
+            key: group
+            for key, group in matched.groups.items()
+            if key in self.keys or set(group) & self.members
+        }
+        matched.groups = groups
+        matched.new_keys &= set(groups)
+
+
+def narrow_to_named(reads: Mapping[str, MemberRead], by_events: set[str]) -> Named:
+    """Narrow an event-driven run's reads of one entity to the records its events name.
+
+    ``by_events`` are the members read by their events: what their reads showed is what the
+    run syncs. The other members were read as any run reads them; a change or a delete
+    there that concerns no named record is taken as not seen (``unseen``): it waits for a run
+    that reads everything, which sees it still (its last-seen state is kept as it was)."""
+    keys: set[str] = set()
+    for name in by_events:
+        r = reads[name]
+        keys.update(r.changed, r.unchanged, r.gone, r.blocked)
+    for name, r in reads.items():
+        if name in by_events:
+            continue
+        for key in [k for k in r.changed if k not in keys]:
+            r.unseen[key] = r.changed.pop(key).record.id
+        for key in [k for k in r.gone if k not in keys]:
+            r.unseen[key] = r.gone.pop(key)
+    return Named(frozenset(by_events), frozenset(keys))
 
 
 def set_aside_copies(entity: str, reads: Mapping[str, MemberRead], ent: EntityPlan) -> None:
