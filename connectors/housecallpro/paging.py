@@ -10,6 +10,11 @@ paging (an item deleted mid-read shifts later ones onto pages already read, so o
 been skipped) ends the read with a ``RetriableError`` rather than letting the engine take a
 skipped record for a deleted one.
 
+A caller that wants only the start of a list (a partial pass reading newest first until past
+its mark, ``incremental``) passes ``more``: after each page, whether it wants the list past
+that page. Then no page is requested before the page before it asked for more: the next page
+is read ahead one at a time, and a list that is not wanted further costs not one request more.
+
 Read-ahead (``Pager(concurrency=N)``): once a page's envelope gives ``total_pages``, the
 following pages are requested by a small thread pool while the caller works through the
 items of the page before, so that the caller's work overlaps the wait for the next pages.
@@ -73,21 +78,27 @@ class Pager:
         *,
         guard_shrink: bool,
         ahead: bool = True,
+        more: Callable[[list[Item]], bool] | None = None,
+        tally: Tally | None = None,
     ) -> Iterator[Item]:
         """Every item of the list at ``path`` (the array under ``key``), each once, as the
         object the API sent; every item is an object with a non-empty string ``id``.
 
         Decides, page by page in order, what to yield and where the list ends (the module
         docstring). ``ahead=False`` reads one page after another in the caller's thread
-        (for callers that already run several reads at once)."""
+        (for callers that already run several reads at once). ``more`` is given each non-empty
+        page's items, in the order sent, before they are yielded: the list ends after a page
+        it returns False for, and only the page after one it returned True for is read.
+        ``tally`` is filled for the caller to look at after the read (``Tally.shrank``)."""
         pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
 
         def get(page: int) -> Any:
             query: QueryParams = [*pairs, ("page", page), ("page_size", self.page_size)]
             return self.http.get_json(path, params=query)
 
-        pages = _Pages(get, self.concurrency if ahead else 0, f"{self.connector}-pages")
-        tally = _Tally()
+        workers = 1 if more is not None else self.concurrency if ahead else 0
+        pages = _Pages(get, workers, f"{self.connector}-pages")
+        tally = tally if tally is not None else Tally()
         try:
             page = 1
             while True:
@@ -98,6 +109,8 @@ class Pager:
                     break
                 fresh = self._fresh(items, tally.seen, key, entity, where)
                 last = self._last_page(page, envelope, len(items), len(tally.seen))
+                if more is not None:
+                    last = not more(items) or last
                 if not last:
                     pages.read_ahead(page, _integer(envelope.get("total_pages")))
                 yield from fresh
@@ -179,7 +192,7 @@ class Pager:
 
 
 @dataclass
-class _Tally:
+class Tally:
     """What one read of a list has seen so far: the item ids, the first and last total."""
 
     seen: set[str] = field(default_factory=set)
