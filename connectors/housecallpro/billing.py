@@ -68,19 +68,21 @@ class Billing:
         self.concurrency = max(1, concurrency)
         self._customer_of = customer_of
         self._last_read: list[_Seen] | None = None
-        """The invoices of the last complete invoice read, for the next payments read."""
+        """The invoices of the last invoice read, for the next payments read."""
+        self.last_read_partial = False
+        """Whether they are a partial pass's: only the invoices changed since its read mark."""
 
     # -- invoices
 
-    def read_invoices(self) -> Iterator[NativeRecord]:
-        """Every invoice, oldest first; remembers them (and their nested payments) for
-        ``read_payments``."""
+    def read_invoices(self, listed: Iterable[Item] | None = None) -> Iterator[NativeRecord]:
+        """Every invoice, oldest first, or only the invoices ``listed`` (a partial pass's,
+        ``incremental``); remembers them (and their nested payments) for ``read_payments``."""
         seen: list[_Seen] = []
-        for item in self._invoice_items():
+        for item in self._invoice_items() if listed is None else listed:
             record, nested = self.invoice_record(item)
             seen.append(_Seen(record.id, _label(record.data, record.id), nested))
             yield record
-        self._last_read = seen
+        self._last_read, self.last_read_partial = seen, listed is not None
 
     def get_invoice(self, invoice_id: str) -> NativeRecord:
         path = invoice_path(invoice_id)
@@ -137,9 +139,13 @@ class Billing:
 
     # -- payments
 
-    def read_payments(self) -> Iterator[NativeRecord]:
-        """Every payment, invoice by invoice (see the module docstring for the requests)."""
+    def read_payments(self, *, partial: bool = False) -> Iterator[NativeRecord]:
+        """Every payment, invoice by invoice (see the module docstring for the requests); with
+        ``partial``, only those of the invoices the last invoice read listed, a partial pass's
+        (its invoices, when it listed them all)."""
         invoices, self._last_read = self._last_read, None  # used once: never stale next time
+        if invoices is not None and self.last_read_partial and not partial:
+            invoices = None  # not every invoice: every payment needs them all
         if invoices is None:  # no invoice read before: list them (customers not needed)
             invoices = []
             for item in self._invoice_items():
