@@ -236,3 +236,22 @@ def test_events_waiting_since_before_the_start_are_run_at_once(tmp_path: Path) -
         stopping.set()
         dispatch.stop()
         store.close()
+
+
+def test_this_process_never_runs_one_pipeline_twice_at_once(tmp_path: Path) -> None:
+    """A scheduled run and an event-driven run of one pipeline in one daemon: the lease is
+    this process's already, and taking it again must not succeed."""
+    from syncengine.leasing import LeaseKeeper
+
+    store = StateStore.open(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        keeper = LeaseKeeper(store, "host:1:abc", lambda: 60.0)
+        first = keeper.acquire("books", 60.0)
+        assert first is not None
+        assert keeper.acquire("books", 60.0) is None
+        assert keeper.acquire("crm", 60.0) is not None
+        keeper.forget("books")
+        keeper.release("books")
+        assert keeper.acquire("books", 60.0) is not None
+    finally:
+        store.close()
