@@ -116,6 +116,7 @@ class StatusServer:
             protocol_version = "HTTP/1.1"  # keep-alive: a sender's deliveries share a socket
 
             def do_GET(self) -> None:
+                self._drain()  # a body sent with a GET is not the next request
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
                     ok, body = health()
@@ -152,12 +153,18 @@ class StatusServer:
                 return self.rfile.read(length)
 
             def _length(self) -> int | None:
-                text = self.headers.get("Content-Length")
-                if text is None:
-                    # no length (a chunked body): refused as too large rather than read
-                    # without a bound
-                    return 0 if self.headers.get("Transfer-Encoding") is None else None
-                return int(text) if text.strip().isdigit() else None
+                """The body's length; None when it cannot be trusted: a chunked body (with
+                or without a Content-Length: refused as too large rather than read without
+                a bound), or a Content-Length that is not one number of ASCII digits."""
+                if self.headers.get("Transfer-Encoding") is not None:
+                    return None
+                texts = {t.strip() for t in self.headers.get_all("Content-Length") or []}
+                if not texts:
+                    return 0
+                text = texts.pop()
+                if texts or not (text.isascii() and text.isdigit()) or len(text) > 18:
+                    return None
+                return int(text)
 
             def _drain(self) -> None:
                 length = self._length()

@@ -121,7 +121,7 @@ class WebhookReceiver:
             return _refused(415, "content_type", "send Content-Type: application/json")
         try:
             payload = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than parsed
             return _refused(400, "not_json", "the body is not JSON")
         try:
             info = hcp.describe(payload)
