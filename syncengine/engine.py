@@ -580,7 +580,7 @@ class Engine:
         touched = self._touched(pipeline, entity, members, reads, refs)
         matched = self._match_new(pipeline, entity, members, reads, recovery, ent, relinked)
         if named is not None:
-            named.keep_named(matched)
+            named.keep_named(matched, reads)
         touched.update(k for k in matched.groups if k not in matched.new_keys)
         states = self.store.load_records(pipeline.name, entity, touched) if touched else {}
         self._fetch_referring_unseen(entity, members, reads, ent, touched, states)

@@ -21,10 +21,15 @@ def marks_to_keep(
 ) -> dict[str, str]:
     """member -> the read mark to store after the commit: its pass's token, unless
     something the pass showed is not taken into the plan (a record-level problem on it, or
-    on no member in particular; a change of a record left alone). Such a record is only
-    listed again by a pass from the old mark, so the old mark stays."""
+    on no member in particular; a change of a record left alone; what an event-driven run
+    left for a later one). Such a record is only listed again by a pass from the old mark,
+    so the old mark stays."""
     names = set(reads)
-    held = untaken | {i.member for i in ent.issues} | {n for n, r in reads.items() if r.reread}
+    held = (
+        untaken
+        | {i.member for i in ent.issues}
+        | {n for n, r in reads.items() if r.reread or r.set_aside}
+    )
     if not held <= names:
         held = names
     marks: dict[str, str] = {}

@@ -96,6 +96,10 @@ class MemberRead:
     fills: bool = False
     """Some of ``missing`` are written to the member: each of its records needs a look,
     unchanged ones too, so that the base fills them."""
+    set_aside: bool = False
+    """An event-driven run left some of what this read showed for a later run
+    (``narrow_to_named``): its read mark stays where it was, so that the next incremental
+    pass lists those records again."""
 
     @property
     def complete(self) -> bool:
@@ -396,16 +400,18 @@ class Named:
     keys: frozenset[str]
     """The hub records those reads showed (changed, unchanged, gone or blocked)."""
 
-    def keep_named(self, matched: MatchResult) -> None:
+    def keep_named(self, matched: MatchResult, reads: Mapping[str, MemberRead]) -> None:
         """Of the records new on the members, keep only those linked to a named hub record,
         or grouped with a record new on a member read by its events. Any other (a row typed
         into a sheet) is left for a run that reads everything: the records a few events
         name cannot tell whether it is already on those members, unlinked."""
-        groups = {
-            key: group
-            for key, group in matched.groups.items()
-            if key in self.keys or set(group) & self.members
-        }
+        groups: dict[str, dict[str, Observed]] = {}
+        for key, group in matched.groups.items():
+            if key in self.keys or set(group) & self.members:
+                groups[key] = group
+            else:
+                for name in group:
+                    reads[name].set_aside = True
         matched.groups = groups
         matched.new_keys &= set(groups)
 
@@ -424,10 +430,13 @@ def narrow_to_named(reads: Mapping[str, MemberRead], by_events: set[str]) -> Nam
     for name, r in reads.items():
         if name in by_events:
             continue
-        for key in [k for k in r.changed if k not in keys]:
+        aside = [k for k in r.changed if k not in keys]
+        for key in aside:
             r.unseen[key] = r.changed.pop(key).record.id
-        for key in [k for k in r.gone if k not in keys]:
+        gone = [k for k in r.gone if k not in keys]
+        for key in gone:
             r.unseen[key] = r.gone.pop(key)
+        r.set_aside = r.set_aside or bool(aside or gone)
     return Named(frozenset(by_events), frozenset(keys))
 
 

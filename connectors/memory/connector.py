@@ -6,7 +6,7 @@ import copy
 import datetime as dt
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -21,6 +21,7 @@ from syncengine.connector import (
     ReadPass,
 )
 from syncengine.errors import NotFoundError, RecordError, RetriableError
+from syncengine.events import InboxEvent
 
 FailHook = Callable[[str, str, str], bool]
 """``(op, entity, native_id_or_key) -> True`` to make that write fail."""
@@ -171,6 +172,24 @@ class MemoryConnector(Connector):
             return json.dumps({"since": newest, "partial": 0 if complete else partial + 1})
 
         return ReadPass(records(), complete=complete, finish=finish)
+
+    def read_events(self, entity: str, events: Sequence[InboxEvent]) -> ReadPass | None:
+        """Like a member with webhooks: the records the events about ``entity`` name (by
+        ``record_id``), as the dataset holds them now; one it no longer holds is gone."""
+        named = list(dict.fromkeys(e.record_id for e in events if e.record_id))
+        self.dataset.calls.append(("events", entity, ",".join(named)))
+        table = self.dataset.table(entity)
+        gone = {native_id for native_id in named if native_id not in table}
+        records = (
+            NativeRecord(
+                id=native_id,
+                data=copy.deepcopy(table[native_id]),
+                location=f"{self.name} {entity} {native_id}",
+            )
+            for native_id in named
+            if native_id in table
+        )
+        return ReadPass(records, complete=False, finish=lambda: None, gone=lambda: gone)
 
     def get(self, entity: str, native_id: str) -> NativeRecord | None:
         self.dataset.calls.append(("get", entity, native_id))

@@ -114,6 +114,7 @@ class StatusServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive: a sender's deliveries share a socket
+            timeout = 30  # a client that stops sending (or an idle connection) is let go
 
             def do_GET(self) -> None:
                 self._drain()  # a body sent with a GET is not the next request
@@ -128,11 +129,13 @@ class StatusServer:
 
             def do_POST(self) -> None:
                 path = self.path.split("?", 1)[0]
-                name = unquote(path[len(PATH_PREFIX) :]) if path.startswith(PATH_PREFIX) else ""
-                if webhooks is None or not name or "/" in name:
+                if webhooks is None or not path.startswith(PATH_PREFIX):
                     self._drain()
                     self._send(404, "application/json", b'{"error": "not found"}')
                     return
+                # a name no connector has (a slash in it, none at all) is the receiver's 404,
+                # counted like any refused delivery
+                name = unquote(path[len(PATH_PREFIX) :])
                 body = self._body()
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 try:

@@ -164,7 +164,7 @@ class WebhookReceiver:
 
     def _options(self, connector: str) -> tuple[str, float] | None:
         """The secret and tolerance of a housecallpro connector that takes webhooks."""
-        cc = self._config().connectors.get(connector)
+        cc = self._config().connectors.get(connector) if connector else None
         if cc is None or cc.type_name != "housecallpro":
             return None
         secret = getattr(cc.options, "webhook_secret", None)

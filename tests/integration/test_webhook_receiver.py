@@ -818,15 +818,15 @@ BAD: list[Bad] = [
     Bad("connector-without-webhook-secret", 404, "unknown_connector", _to("/webhooks/hcp/plain")),
     Bad("connector-name-upper-case", 404, "unknown_connector", _to("/webhooks/hcp/HCP")),
     Bad("connector-name-with-a-blank", 404, "unknown_connector", _to("/webhooks/hcp/hcp%20")),
-    Bad("path-extra-segment", 404, None, _to("/webhooks/hcp/hcp/extra")),
-    Bad("path-encoded-slash", 404, None, _to("/webhooks/hcp/hcp%2Fextra")),
-    Bad("path-trailing-slash", 404, None, _to("/webhooks/hcp/hcp/")),
-    Bad("path-no-connector", 404, None, _to("/webhooks/hcp/")),
+    Bad("path-extra-segment", 404, "unknown_connector", _to("/webhooks/hcp/hcp/extra")),
+    Bad("path-encoded-slash", 404, "unknown_connector", _to("/webhooks/hcp/hcp%2Fextra")),
+    Bad("path-trailing-slash", 404, "unknown_connector", _to("/webhooks/hcp/hcp/")),
+    Bad("path-no-connector", 404, "unknown_connector", _to("/webhooks/hcp/")),
     Bad("path-other-service", 404, None, _to("/webhooks/stripe/hcp")),
     Bad(
         "path-dot-segments",
         404,
-        None,
+        "unknown_connector",
         lambda c: Delivery(
             raw=wire("/webhooks/hcp/../hcp", list(signed(c.body, c.ts).headers.items()), c.body)
         ),

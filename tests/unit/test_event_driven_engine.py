@@ -1,0 +1,126 @@
+"""Event-driven runs over memory members (``MemoryConnector.read_events``): what such a run
+leaves for a later one stays listed by that run's incremental read, and deletes named by
+events are deletes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncengine.api import open_store
+from syncengine.config import Config
+from syncengine.connectors.memory import MemoryConnector
+from syncengine.engine import Engine, SyncResult
+from tests.helpers import ds, memory_config, run
+
+
+@pytest.fixture(autouse=True)
+def fresh() -> Iterator[None]:
+    MemoryConnector.reset()
+    yield
+    MemoryConnector.reset()
+
+
+def customer(n: int, **values: Any) -> dict[str, Any]:
+    return {
+        "email": f"c{n}@x.test",
+        "first_name": f"First{n}",
+        "last_name": "Last",
+        "updated_at": "2026-01-01T00:00:00Z",
+        **values,
+    }
+
+
+def deliver(cfg: Config, connector: str, event: str, record_id: str) -> None:
+    body = json.dumps({"event": event, "customer": {"id": record_id}}).encode()
+    store = open_store(cfg)
+    try:
+        with store.transaction() as tx:
+            tx.store_event(
+                connector=connector,
+                digest=hashlib.sha256(body).hexdigest(),
+                event=event,
+                entities=["customers"],
+                record_id=record_id,
+                payload=json.loads(body),
+                occurred_at=None,
+            )
+    finally:
+        store.close()
+
+
+def event_run(cfg: Config) -> SyncResult:
+    store = open_store(cfg)
+    try:
+        return Engine(cfg, store, event_driven=True).sync(cfg.pipelines["p"])
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    config = memory_config(
+        tmp_path,
+        {"hcp": {}, "crm": {"incremental": True, "full_every": 100}},
+        conflicts={"default": ["hcp"]},
+    )
+    for n in range(6):
+        ds("hcp").put("customers", f"h{n}", customer(n))
+    assert run(config).exit_code == 0
+    assert len(ds("crm").table("customers")) == 6
+    assert run(config).exit_code == 0  # the crm's mark is set
+    return config
+
+
+def crm_by_email(email: str) -> dict[str, Any]:
+    found = [r for r in ds("crm").table("customers").values() if r["email"] == email]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_what_an_event_run_leaves_aside_is_listed_again_by_the_next_incremental_pass(
+    cfg: Config,
+) -> None:
+    crm_id = next(k for k, r in ds("crm").table("customers").items() if r["email"] == "c2@x.test")
+    ds("crm").put(
+        "customers",
+        crm_id,
+        {**ds("crm").table("customers")[crm_id], "last_name": "FromCrm",
+         "updated_at": "2026-06-01T00:00:00Z"},
+    )  # fmt: skip
+    ds("hcp").put("customers", "h0", customer(0, first_name="Named"))
+    deliver(cfg, "hcp", "customer.updated", "h0")
+
+    result = event_run(cfg)
+
+    assert result.exit_code == 0, result.error
+    assert crm_by_email("c0@x.test")["first_name"] == "Named"
+    assert ds("hcp").table("customers")["h2"]["last_name"] == "Last"  # left for later
+    assert ("events", "customers", "h0") in ds("hcp").calls
+
+    later = run(cfg)  # incremental on the crm: from the mark the event run left alone
+
+    assert later.exit_code == 0, later.error
+    assert ds("hcp").table("customers")["h2"]["last_name"] == "FromCrm"
+
+
+def test_a_delete_an_event_names_is_a_delete(cfg: Config) -> None:
+    del ds("hcp").table("customers")["h4"]
+    deliver(cfg, "hcp", "customer.deleted", "h4")
+
+    result = event_run(cfg)
+
+    assert result.exit_code == 0, result.error
+    assert "c4@x.test" not in {r["email"] for r in ds("crm").table("customers").values()}
+    assert len(ds("crm").table("customers")) == 5
+
+
+def test_an_event_for_a_record_the_member_still_has_deletes_nothing(cfg: Config) -> None:
+    deliver(cfg, "hcp", "customer.deleted", "h3")
+    assert event_run(cfg).exit_code == 0
+    assert len(ds("crm").table("customers")) == 6
