@@ -430,10 +430,64 @@ class ThreeWritableMembers(SyncMachine):
     }
 
 
+class WebhookMember(SyncMachine):
+    """Member ``a`` sends webhooks: besides full syncs, event-driven runs read only the
+    records of ``a`` that some events name (edited, new, deleted or unchanged; any subset,
+    as if the others' deliveries were dropped), while people keep editing everywhere.
+    ``sync_clean`` then checks that full syncs still converge with nothing duplicated."""
+
+    MEMBERS: ClassVar[dict[str, dict[str, Any]]] = {
+        "a": {},
+        "b": {"assigns_ids": True},
+        "c": {},
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deleted_on_a: list[str] = []
+        self.deliveries = 0
+
+    def _retire(self, member: str, native_id: str) -> None:
+        super()._retire(member, native_id)
+        if member == "a":
+            self.deleted_on_a.append(native_id)
+
+    @rule(data=st.data())
+    def event_driven_sync(self, data: st.DataObject) -> None:
+        ids = sorted(self._records("a")) + self.deleted_on_a
+        named = (
+            data.draw(st.lists(st.sampled_from(ids), unique=True, max_size=4), label="named")
+            if ids
+            else []
+        )
+        with self.store.transaction() as tx:
+            for native_id in named:
+                self.deliveries += 1
+                gone = native_id not in self._records("a")
+                tx.store_event(
+                    connector="a",
+                    digest=f"delivery-{self.deliveries}",
+                    event="customer.deleted" if gone else "customer.updated",
+                    entities=[C],
+                    record_id=native_id,
+                    payload={"customer": {"id": native_id}},
+                    occurred_at=None,
+                )
+        engine = Engine(self.cfg, self.store, allow_mass_delete=True, event_driven=True)
+        result = engine.sync(self.cfg.pipelines["p"])
+        self.fresh.clear()
+        event(f"event-driven sync: {len(named)} named, {len(result.plan.actions)} actions")
+        assert result.guard is None, result.guard
+        assert self.store.pending_events("p", ["a"]) == []
+        self._check_no_duplicates()
+
+
 TestSyncWithReadOnlyMember = ThreeMembersWithReadOnly.TestCase
 TestSyncWithReadOnlyMember.settings = SETTINGS
 TestSyncThreeWritableMembers = ThreeWritableMembers.TestCase
 TestSyncThreeWritableMembers.settings = SETTINGS
+TestSyncWithWebhooks = WebhookMember.TestCase
+TestSyncWithWebhooks.settings = SETTINGS
 
 
 # ------------------------------------------------- regressions: engine bugs the machine found
