@@ -13,7 +13,8 @@ to a member nor to the state store. Each stage is a module:
 - ``recovery``: the journal's intents, and settling those an interrupted run left.
 
 This module only orchestrates them: ``sync`` over the entities, ``plan_entity`` as named
-phases.
+phases. A run takes the webhook events waiting in the inbox (``events``) before it plans; an
+event-driven run reads only what they name on the members that sent them.
 
 Glossary
 --------
@@ -39,7 +40,12 @@ provisional
 read mark
     Where a member's next incremental read starts (``marks``).
 unseen
-    A linked record a partial (incremental) read did not list: unchanged, not gone.
+    A linked record a partial (incremental or event-driven) read did not list: unchanged,
+    not gone.
+inbox, event-driven run
+    Webhook events a member sent, stored before they were acknowledged (``events``); an
+    event-driven run syncs only the records they name, and every completed run marks the
+    events it took done.
 blocked
     A record a member could not read or resolve this run: its hub record is left alone.
 deferred
