@@ -107,7 +107,10 @@ class EventDispatch:
                 return
             for name in self._take_due():
                 assert self._pool is not None
-                self._pool.submit(self._attempt, name)
+                try:
+                    self._pool.submit(self._attempt, name)
+                except RuntimeError:  # the daemon shut the pool down meanwhile
+                    return  # its events stay in the inbox for the next start
 
     def _until_next(self) -> float:
         with self._lock:
