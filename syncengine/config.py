@@ -7,6 +7,7 @@ logging layer and error messages can redact them.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import os
 import re
@@ -14,11 +15,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import phonenumbers
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -31,6 +33,7 @@ from pydantic_core import PydanticCustomError
 from syncengine import model
 from syncengine.connector import Connector, ConnectorContext, ConnectorOptions, connector_class
 from syncengine.errors import ConfigError, Problem
+from syncengine.locks import Lock
 from syncengine.mapping import EntityMapping, load_mapping
 from syncengine.numbers import BOOL_NOT_NUMBER, Float, Int
 from syncengine.redact import MASK
@@ -137,6 +140,26 @@ class DaemonSection(_Strict):
         return self
 
 
+def _lock_day(value: Any) -> dt.date:
+    """A lock date as written: a TOML date (``books = 2026-10-01``) or ISO text
+    (``books = "2026-10-01"``) naming a real day; nothing else (no time, no number)."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    fix = (
+        'write the first open day as "YYYY-MM-DD", e.g. "2026-10-01" '
+        "(records dated before it are closed)"
+    )
+    if isinstance(value, str) and re.fullmatch(r"\s*\d{4}-\d{2}-\d{2}\s*", value):
+        try:
+            return dt.date.fromisoformat(value.strip())
+        except ValueError:
+            raise _config_problem(f"{value!r} is not a real date", fix) from None
+    raise _config_problem(f"{value!r} is not a date", fix)
+
+
+LockDay = Annotated[dt.date, BeforeValidator(_lock_day)]
+
+
 class PipelineSection(_Strict):
     name: str
     members: list[str] = Field(min_length=2)
@@ -149,6 +172,9 @@ class PipelineSection(_Strict):
     mappings: dict[str, dict[str, str]] = Field(default_factory=dict)
     """Per member, per entity: a mapping file that replaces the connector's default mapping."""
     batch_size: Int = Field(default=200, ge=1, le=5000)
+    locks: dict[str, LockDay] = Field(default_factory=dict)
+    """Per member, the first open day: no write to that member creates, changes or deletes a
+    record dated before it (``syncengine.locks``)."""
 
     @field_validator("name")
     @classmethod
@@ -210,6 +236,8 @@ class Pipeline:
     section: PipelineSection
     mappings: dict[tuple[str, str], EntityMapping]
     """(member, entity) -> mapping in force for this pipeline."""
+    locks: dict[str, Lock] = field(default_factory=dict)
+    """member -> its closed period (``[pipelines.locks]``)."""
 
     def conflict_rules(self, entity: str, field_name: str) -> list[str]:
         rules = self.section.conflicts
@@ -536,6 +564,7 @@ def load_config(
             ),
             section=section,
             mappings=pipelines_problems[1],
+            locks=_locks(section, connectors),
         )
 
     if problems:
@@ -622,6 +651,17 @@ def _validate_top(data: dict[str, Any], shown: str, problems: list[Problem]) -> 
 
 def _prefixed(problems: list[Problem], shown: str) -> list[Problem]:
     return [Problem(f"{shown}: {p.location}", p.message, p.fix) for p in problems]
+
+
+def _locks(section: PipelineSection, connectors: Mapping[str, ConnectorConfig]) -> dict[str, Lock]:
+    """Each locked member's closed period, its days shown in the member's time zone (its
+    ``timezone`` option, else UTC)."""
+    out: dict[str, Lock] = {}
+    for member, opens in section.locks.items():
+        cc = connectors.get(member)
+        zone = getattr(cc.options, "timezone", None) if cc is not None else None
+        out[member] = Lock(member, opens, zone if isinstance(zone, str) and zone else "UTC")
+    return out
 
 
 def _check_pipeline(
@@ -725,6 +765,17 @@ def _check_pipeline(
                 )
     for unknown in set(section.mappings) - set(section.members):
         problems.append(Problem(f"{where}.mappings.{unknown}", "not a member of this pipeline"))
+    for unknown in sorted(set(section.locks) - set(section.members)):
+        close = difflib.get_close_matches(unknown, section.members, n=1)
+        problems.append(
+            Problem(
+                f"{where}.locks.{unknown}",
+                "not a member of this pipeline: there is nothing to lock",
+                f"did you mean {close[0]!r}?"
+                if close
+                else f"name one of its members: {', '.join(section.members)}",
+            )
+        )
 
     members = set(section.members)
     for scope, rules in section.conflicts.items():

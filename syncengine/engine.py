@@ -52,8 +52,9 @@ deferred
     A write that waits: for a referenced record to reach the member, or a delete for the
     records that still refer to it.
 skipped
-    A write a member cannot take (it cannot update invoices): reported and listed in status,
-    not retried while the record is unchanged.
+    A write a member cannot take (it cannot update invoices), or that its closed period
+    refuses (``locks``): reported and listed in status, not retried while the record is
+    unchanged (a closed period's skip is checked again every run, and reported only once).
 intent
     A journalled write, committed before the member is called and finished after, so that a
     crash at any instant is recovered without duplicates (``recovery``).
@@ -91,6 +92,7 @@ from syncengine.integrity import (
     users_if_deleting,
 )
 from syncengine.leasing import busy_error, lease_holder
+from syncengine.locks import locks_for
 from syncengine.logging import redact_text
 from syncengine.marks import marks_to_keep, store_marks
 from syncengine.match import MatchResult, Observed, Relinking, match, relink_vanished
@@ -844,7 +846,9 @@ class Engine:
         hold: bool = False,
     ) -> Context:
         """What reconcile needs of the entity, the pipeline and the state, as plain data
-        (``hold``: deletes are held, so their users are counted later, not now)."""
+        (``hold``: deletes are held, so their users are counted later, not now). Where a
+        member's period is closed, the skipped writes on record come along (``locks``)."""
+        locks = locks_for(pipeline.locks, entity)
         return Context(
             entity=model.entity_spec(entity),
             members=tuple(m.name for m in members),
@@ -856,7 +860,17 @@ class Engine:
             parked=self.store.open_conflict_fields(pipeline.name, entity),
             refs={m.name: m.refs.snapshot() for m in members if m.refs is not None},
             users=None if hold else users_if_deleting(self.store, pipeline, entity, reads),
+            locks=locks,
+            skipped=self._skips_on_record(pipeline, entity) if locks else {},
         )
+
+    def _skips_on_record(self, pipeline: Pipeline, entity: str) -> dict[str, dict[str, str]]:
+        """key -> member -> reason of the entity's skipped writes on record."""
+        out: dict[str, dict[str, str]] = {}
+        for row in self.store.skipped(pipeline.name):
+            if row.entity == entity:
+                out.setdefault(row.key, {})[row.member] = row.reason
+        return out
 
     def _plan_keys(
         self,

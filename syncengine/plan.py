@@ -107,6 +107,10 @@ class Skip:
     reason: str
     label: str = ""
     kind: str = "unsupported"
+    quiet: bool = False
+    """On record already from an earlier run, for the same reason: it is kept (``syncengine
+    status`` lists it) but not reported again, and alone it does not make the record part of
+    the plan (a period closed on a member: see ``syncengine.locks``)."""
 
 
 @dataclass(frozen=True)
@@ -163,12 +167,17 @@ class KeyPlan:
     to merge against (an interrupted write is then recognised, not taken for an edit)."""
 
     @property
+    def reported_skips(self) -> list[Skip]:
+        """The skips this run reports: not those already on record (``Skip.quiet``)."""
+        return [s for s in self.skips if not s.quiet]
+
+    @property
     def changes_state(self) -> bool:
         return bool(
             self.actions
             or self.links
             or self.new_key
-            or self.skips
+            or self.reported_skips
             or self.base_before != self.base_after
         )
 
@@ -228,7 +237,7 @@ class EntityPlan:
         shown = 0
         changed = 0
         for kp in self.keys:
-            detail = bool(kp.actions or kp.conflicts or kp.skips)
+            detail = bool(kp.actions or kp.conflicts or kp.reported_skips)
             changed += detail
             if kp.waiting or (detail and shown < details):
                 kept.append(kp)
@@ -238,7 +247,9 @@ class EntityPlan:
 
     def changed_records(self) -> int:
         """How many records the plan does something for: a write, a conflict or a skip."""
-        later = sum(1 for kp in self._after_compaction() if kp.actions or kp.conflicts or kp.skips)
+        later = sum(
+            1 for kp in self._after_compaction() if kp.actions or kp.conflicts or kp.reported_skips
+        )
         return later + (self.compacted.changed if self.compacted else 0)
 
     def _after_compaction(self) -> list[KeyPlan]:
@@ -285,7 +296,7 @@ class EntityPlan:
         out["conflicts"] = sum(1 for c in conflicts if c.winner is None)
         out["conflicts_settled"] = sum(1 for c in conflicts if c.winner is not None)
         out["errors"] = len(self.issues) if self.compacted is None else 0
-        out["skipped"] = sum(len(kp.skips) for kp in keys)
+        out["skipped"] = sum(len(kp.reported_skips) for kp in keys)
         out["read"] = dict(self.seen)
         return out
 

@@ -8,12 +8,14 @@ a conflict, settled by the ordered rules (member names, ``newest``, ``manual``) 
 
 ``reconcile`` reads nothing but its arguments: the reference indexes and the counts of
 records referring to a key are built by the engine before planning and passed in as data.
-It runs in four phases, one function each:
+It runs in five phases, one function each:
 
 1. ``_changes``: which fields changed on which member;
 2. ``_plan_deletes``: whether the record is deleted, kept for its users, or brought back;
 3. ``_merge``: the new base, with conflicts settled or parked;
-4. ``_plan_writes``: what each member is written (update, create) or cannot take (skip).
+4. ``_plan_writes``: what each member is written (update, create) or cannot take (skip);
+5. ``_hold_closed``: the writes a member's closed period refuses (``syncengine.locks``),
+   skipped; nothing else about the record changes.
 
 The result is a ``KeyPlan``: actions per member plus how each link looks afterwards.
 """
@@ -21,14 +23,15 @@ The result is a ``KeyPlan``: actions per member plus how each link looks afterwa
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from syncengine.connector import Capabilities
 from syncengine.display import label_of
+from syncengine.locks import Lock, refuses
 from syncengine.mapping import EntityMapping
 from syncengine.model import DELETED, EntitySpec, Record
-from syncengine.plan import Conflict, Create, Delete, KeyPlan, LinkPlan, Skip, Update
+from syncengine.plan import Action, Conflict, Create, Delete, KeyPlan, LinkPlan, Skip, Update
 
 if TYPE_CHECKING:
     from syncengine.refs import RefIndexes
@@ -87,6 +90,11 @@ class Context:
     users: Mapping[str, int] | None = None
     """key -> how many live records of other entities refer to it (they keep it alive);
     None when nothing of this entity is being deleted."""
+    locks: Mapping[str, Lock] = field(default_factory=dict)
+    """member -> its closed period, for an entity whose records are dated (``locks``)."""
+    skipped: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    """key -> member -> the reason of a skipped write on record from earlier runs (read where
+    there are locks: a skip already on record is not reported again)."""
 
 
 def decide(
@@ -119,7 +127,23 @@ def reconcile(
     new_key: bool = False,
 ) -> KeyPlan:
     """Decide what happens to one hub record: the writes on each member, the conflicts, the
-    skips and the new base, from the record's base and each member's view of it."""
+    skips and the new base, from the record's base and each member's view of it; then leave
+    out what a member's closed period refuses."""
+    plan = _plan_key(ctx, key, base, views, new_key=new_key)
+    if ctx.locks:
+        _hold_closed(ctx, plan, views)
+    return plan
+
+
+def _plan_key(
+    ctx: Context,
+    key: str,
+    base: Record | None,
+    views: Mapping[str, MemberView],
+    *,
+    new_key: bool,
+) -> KeyPlan:
+    """Phases 1 to 4 of ``reconcile``."""
     plan = KeyPlan(
         entity=ctx.entity.name,
         key=key,
@@ -474,6 +498,67 @@ def _plan_create(
             return
     native = mapping.build_native(mapping.to_native(written))
     plan.actions.append(Create(spec.name, member, plan.key, values, native))
+
+
+def _hold_closed(ctx: Context, plan: KeyPlan, views: Mapping[str, MemberView]) -> None:
+    """Phase 5: the writes a member's lock refuses (``locks.refuses``: the record is dated
+    before it as the member holds it or as the write would leave it) are left out, each
+    skipped with the lock's reason; so is a write that waits for a reference when the record
+    would be refused anyway. Writing a Sync ID alone still goes (it changes no value).
+
+    The base, the conflicts and the other members' writes stay as planned: the members that
+    are not locked get what they would get without the lock. The locked member's link keeps
+    what it holds, marked dirty, so that the record is looked at again every run (quietly:
+    a skip on record for the same reason is not reported again) and written once its period
+    is open; a record no member holds any more is not dropped from the hub while the locked
+    member keeps it."""
+    entity = ctx.entity.name
+    refused: dict[str, Lock] = {}
+    kept: list[Action] = []
+    for action in plan.actions:
+        lock = ctx.locks.get(action.member)
+        view = views.get(action.member)
+        if lock is None or not _refused(lock, entity, action, view):
+            kept.append(action)
+            continue
+        refused[action.member] = lock
+        if isinstance(action, Update) and action.assign_id and view is not None:
+            # the row still gets its Sync ID, and its link from what the member answers
+            native = ctx.mappings[action.member].apply_patch(view.native or {}, {})
+            kept.append(replace(action, changes={}, patch={}, full=native))
+            continue
+        if isinstance(action, Delete):
+            plan.purge = False  # the locked member keeps it: the hub record stays
+        if view is not None and view.present and (view.status != "unchanged" or not view.dirty):
+            plan.links[action.member] = _keep(view, dirty=True)
+    plan.actions = kept
+    for skip in list(plan.skips):
+        lock = ctx.locks.get(skip.member)
+        if lock is None or skip.kind != "deferred" or plan.waiting or skip.member in refused:
+            continue  # (a delete that waits for its users is decided when it no longer does)
+        view = views.get(skip.member)
+        held = view.current if view is not None and view.present else None
+        if refuses(lock, entity, held, plan.base_after):
+            plan.skips.remove(skip)
+            refused[skip.member] = lock
+    known = ctx.skipped.get(plan.key, {})
+    for member, lock in refused.items():
+        skip = _skip(ctx, plan, member, lock.reason)
+        plan.skips.append(replace(skip, quiet=known.get(member) == lock.reason))
+
+
+def _refused(lock: Lock, entity: str, action: Action, view: MemberView | None) -> bool:
+    """Whether ``lock`` refuses ``action``: the record as the member holds it (for a create:
+    nothing) and as the action would leave it (for a delete: nothing), by ``locks.refuses``."""
+    if isinstance(action, Create):
+        return refuses(lock, entity, None, action.values)
+    if isinstance(action, Delete):
+        return refuses(lock, entity, action.values, None)
+    if action.link_only:
+        return False
+    held = dict(view.current or {}) if view is not None else {}
+    wanted = {**held, **{name: new for name, (_old, new) in action.changes.items()}}
+    return refuses(lock, entity, held, wanted)
 
 
 def _skip(

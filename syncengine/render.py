@@ -73,7 +73,7 @@ def render_entity_plan(console: Console, ep: EntityPlan) -> None:
         return escape(show_value(value, ep.entity, name))
 
     for kp in ep.keys:
-        if not (kp.actions or kp.conflicts or kp.skips):
+        if not (kp.actions or kp.conflicts or kp.reported_skips):
             continue
         console.print(f"[bold]{ep.entity}[/] · {escape(kp.label)}")
         for action in kp.actions:
@@ -102,7 +102,7 @@ def render_entity_plan(console: Console, ep: EntityPlan) -> None:
                     f"  [bold magenta]! conflict on {c.field}: {values} → "
                     "parked for a person (syncengine conflicts list)[/]"
                 )
-        for s in kp.skips:
+        for s in kp.reported_skips:
             console.print(f"  [dim]· skipped on {s.member}: {escape(s.reason)}[/]")
     if ep.compacted is not None and ep.compacted.dropped:
         listed = ep.compacted.changed - ep.compacted.dropped

@@ -41,8 +41,10 @@ def memory_config(
     deletes: dict[str, Any] | None = None,
     state: str = "sqlite:///state.db",
     entities: tuple[str, ...] = ("customers",),
+    locks: dict[str, str] | None = None,
 ) -> Config:
-    """A config with one pipeline "p" over memory members (options per member)."""
+    """A config with one pipeline "p" over memory members (options per member; ``locks``:
+    member -> the first open day of its books)."""
     lines = [f'[state]\nurl = "{state}"\n']
     for name, options in members.items():
         lines.append(f"[connectors.{name}]\ntype = {_toml(options.get('type', 'memory'))}")
@@ -61,6 +63,10 @@ def memory_config(
         lines.append("[pipelines.deletes]")
         for key, value in deletes.items():
             lines.append(f"{key} = {_toml(value)}")
+    if locks:
+        lines.append("[pipelines.locks]")
+        for member, day in locks.items():
+            lines.append(f"{member} = {_toml(day)}")
     path = write_config(tmp_path, "\n".join(lines) + "\n")
     return load_config(path)
 
@@ -68,10 +74,12 @@ def memory_config(
 ACCOUNTING = ("customers", "invoices", "payments")
 
 
-def hcp_books_config(tmp_path: Path, books: dict[str, Any] | None = None) -> Config:
+def hcp_books_config(
+    tmp_path: Path, books: dict[str, Any] | None = None, *, locks: dict[str, str] | None = None
+) -> Config:
     """A memory "hcp" standing for Housecall Pro (invoices created, never updated; payments
     read-only) and "books" (a memory member taking everything, or ``books``' options), over
-    customers, invoices and payments."""
+    customers, invoices and payments (``locks``: as ``memory_config``'s)."""
     return memory_config(
         tmp_path,
         {
@@ -79,6 +87,7 @@ def hcp_books_config(tmp_path: Path, books: dict[str, Any] | None = None) -> Con
             "books": books or {"entities": list(ACCOUNTING)},
         },
         entities=ACCOUNTING,
+        locks=locks,
     )
 
 

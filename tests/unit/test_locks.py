@@ -1,0 +1,318 @@
+"""Closed periods (``[pipelines.locks]``): the pure rule of ``syncengine.locks``, and what a
+sync over memory members does with it.
+
+The rule: no write to a locked member creates, changes or deletes an invoice (dated by its
+``created_at``) or a payment (``paid_at``) dated before the lock, in the member's time zone;
+a record dated before the lock either as the member holds it or as the write would leave it
+is refused. The syncs check that such a write is skipped with ``period closed on books``,
+kept on record (listed by status) and reported once, that a second sync plans nothing, that
+the other member still gets everything, and that the write goes through once the period is
+open again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncengine import api
+from syncengine.config import Config
+from syncengine.errors import ConfigError
+from syncengine.locks import Lock, record_day, refuses
+from tests.helpers import ACCOUNTING, ds, hcp_books_config, memory_config, run
+
+LOCK = Lock("books", dt.date(2026, 10, 1))
+BEFORE = "2026-09-14T15:00:00Z"
+AFTER = "2026-10-02T09:30:00Z"
+REASON = "period closed on books"
+
+
+# ------------------------------------------------------------------------------ the rule
+
+
+def test_an_invoice_is_dated_by_its_created_at_and_a_payment_by_its_paid_at() -> None:
+    assert record_day("invoices", {"created_at": BEFORE, "due_at": AFTER}) == dt.date(2026, 9, 14)
+    assert record_day("payments", {"paid_at": AFTER}) == dt.date(2026, 10, 2)
+    assert record_day("customers", {"created_at": BEFORE}) is None  # no period
+    assert record_day("invoices", {"due_at": BEFORE}) is None  # no date of its own
+    assert record_day("invoices", None) is None
+    assert record_day("invoices", {"created_at": "not a date"}) is None
+
+
+def test_the_day_is_the_one_the_locked_member_shows() -> None:
+    # 03:00 UTC on the first open day is still the last closed day in California
+    late = {"created_at": "2026-10-01T03:00:00Z"}
+    assert not Lock("books", dt.date(2026, 10, 1)).closed("invoices", late)
+    assert Lock("books", dt.date(2026, 10, 1), "America/Los_Angeles").closed("invoices", late)
+    assert record_day("invoices", late, "America/Los_Angeles") == dt.date(2026, 9, 30)
+    # the first open day itself is open
+    assert not LOCK.closed("invoices", {"created_at": "2026-10-01T00:00:00Z"})
+    assert LOCK.closed("invoices", {"created_at": "2026-09-30T23:59:59Z"})
+
+
+@pytest.mark.parametrize(
+    ("held", "wanted", "refused"),
+    [
+        (None, {"created_at": BEFORE}, True),  # created in the closed period
+        (None, {"created_at": AFTER}, False),  # created in the open one
+        ({"created_at": BEFORE, "amount": 1}, {"created_at": BEFORE, "amount": 2}, True),
+        ({"created_at": AFTER, "amount": 1}, {"created_at": AFTER, "amount": 2}, False),
+        ({"created_at": BEFORE}, {"created_at": AFTER}, True),  # moved out of the closed period
+        ({"created_at": AFTER}, {"created_at": BEFORE}, True),  # moved into it
+        ({"created_at": BEFORE}, None, True),  # deleted from it
+        ({"created_at": AFTER}, None, False),
+        ({"amount": 1}, {"amount": 2}, False),  # no date: in no period
+    ],
+)
+def test_a_write_is_refused_when_either_side_is_closed(
+    held: dict[str, Any] | None, wanted: dict[str, Any] | None, refused: bool
+) -> None:
+    assert refuses(LOCK, "invoices", held, wanted) is refused
+    paid = {
+        k: {"paid_at": v["created_at"]} if "created_at" in v else v
+        for k, v in (("h", held or {}), ("w", wanted or {}))
+    }
+    assert (
+        refuses(LOCK, "payments", paid["h"] if held else None, paid["w"] if wanted else None)
+        is refused
+    )
+    assert not refuses(LOCK, "customers", held, wanted)
+
+
+# ---------------------------------------------------------------------------- the config
+
+
+def test_the_lock_is_read_with_the_members_time_zone(tmp_path: Path) -> None:
+    config = hcp_books_config(tmp_path, locks={"books": "2026-10-01"})
+    (pipeline,) = config.pipelines.values()
+    assert pipeline.locks == {"books": Lock("books", dt.date(2026, 10, 1), "UTC")}
+
+
+@pytest.mark.parametrize(
+    ("locks", "where", "message"),
+    [
+        ({"books": "2026-02-30"}, "locks.books", "'2026-02-30' is not a real date"),
+        ({"books": "1 October 2026"}, "locks.books", "'1 October 2026' is not a date"),
+        ({"books": "2026-10-01T00:00:00"}, "locks.books", "is not a date"),
+        ({"bokks": "2026-10-01"}, "locks.bokks", "not a member of this pipeline"),
+    ],
+)
+def test_a_bad_lock_is_a_config_error_naming_the_key_and_the_fix(
+    tmp_path: Path, locks: dict[str, str], where: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        hcp_books_config(tmp_path, locks=locks)
+    (problem,) = caught.value.problems
+    assert problem.location.endswith(where), problem
+    assert message in problem.message, problem
+    assert problem.fix, problem
+
+
+# ------------------------------------------------------------------------------ the sync
+
+
+def _seed(hcp: Any) -> None:
+    hcp.put("customers", "c1", {"first_name": "Ann", "email": "ann@example.com"})
+    for n, (day, amount) in enumerate(((BEFORE, 10000), (AFTER, 20000))):
+        hcp.put(
+            "invoices",
+            f"i{n}",
+            {
+                "invoice_number": str(1000 + n),
+                "customer": "c1",
+                "amount": amount,
+                "balance": amount - 5000,
+                "status": "sent",
+                "created_at": day,
+            },
+        )
+        hcp.put(
+            "payments",
+            f"p{n}",
+            {
+                "invoice": f"i{n}",
+                "amount": 5000,
+                "method": "cash",
+                "status": "succeeded",
+                "paid_at": day,
+            },
+        )
+
+
+def _books(number: str) -> tuple[str, dict[str, Any]]:
+    (found,) = [
+        (k, v) for k, v in ds("books").table("invoices").items() if v["invoice_number"] == number
+    ]
+    return found
+
+
+def _skips(config: Config) -> list[tuple[str, str, str]]:
+    """The skipped writes ``syncengine status`` lists: (entity, member, reason)."""
+    (status,) = api.status(config)
+    return sorted((s["entity"], s["member"], s["reason"]) for s in status.skipped)
+
+
+def _counts(result: Any) -> dict[str, tuple[int, int]]:
+    """entity -> (writes planned, skipped writes reported)."""
+    out = {}
+    for ep in result.plan.entities:
+        out[ep.entity] = (len(ep.actions), ep.counts()["skipped"])
+    return out
+
+
+def _synced(tmp_path: Path, locks: dict[str, str] | None = None) -> Config:
+    config = hcp_books_config(tmp_path, locks={"books": "2026-10-01"} if locks is None else locks)
+    _seed(ds("hcp"))
+    first = run(config)
+    assert first.exit_code == 0
+    return config
+
+
+def test_a_closed_invoice_changed_in_hcp_is_skipped_once_and_not_replanned(tmp_path: Path) -> None:
+    """Locked from the start: the first sync creates what is open only."""
+    config = _synced(tmp_path)
+    assert {v["invoice_number"] for v in ds("books").table("invoices").values()} == {"1001"}
+    assert [v["paid_at"] for v in ds("books").table("payments").values()] == [AFTER]
+    assert _skips(config) == [("invoices", "books", REASON), ("payments", "books", REASON)]
+    again = run(config)
+    assert _counts(again) == {e: (0, 0) for e in ACCOUNTING}
+    assert _skips(config) == [("invoices", "books", REASON), ("payments", "books", REASON)]
+
+
+def test_an_edit_in_hcp_reaches_the_books_only_on_the_open_side(tmp_path: Path) -> None:
+    config = _synced(tmp_path, locks={})
+    # the books close September, then HCP changes both invoices
+    config = hcp_books_config(tmp_path, locks={"books": "2026-10-01"})
+    hcp = ds("hcp")
+    hcp.edit("invoices", "i0", amount=11111, status="paid")
+    hcp.edit("invoices", "i1", amount=22222)
+    closed_before = _books("1000")
+    result = run(config)
+    assert result.exit_code == 0
+    assert [(a.op, a.member, a.key) for a in result.plan.actions if a.entity == "invoices"] == [
+        ("update", "books", result.plan.actions[0].key)
+    ]
+    assert _books("1000") == closed_before
+    assert _books("1001")[1]["amount"] == 22222
+    (skip,) = [s for ep in result.plan.entities for s in ep.skips]
+    assert (skip.entity, skip.member, skip.reason, skip.quiet) == (
+        "invoices",
+        "books",
+        REASON,
+        False,
+    )
+    assert _skips(config) == [("invoices", "books", REASON)]
+    # a second sync (and a third) plans nothing and reports nothing, and the skip stays listed
+    for _ in range(2):
+        again = run(config)
+        assert _counts(again) == {e: (0, 0) for e in ACCOUNTING}, again.plan
+        assert _skips(config) == [("invoices", "books", REASON)]
+    assert _books("1000") == closed_before
+    # the hub agreed with HCP all along: opening the period again writes the change
+    opened = hcp_books_config(tmp_path, locks={"books": "2026-09-01"})
+    done = run(opened)
+    assert [(a.op, a.member) for a in done.plan.actions] == [("update", "books")]
+    assert (_books("1000")[1]["amount"], _books("1000")[1]["status"]) == (11111, "paid")
+    assert _skips(opened) == []
+    assert run(opened).plan.actions == []
+
+
+def test_a_payment_in_hcp_dated_before_the_lock_is_not_written(tmp_path: Path) -> None:
+    config = _synced(tmp_path, locks={})
+    config = hcp_books_config(tmp_path, locks={"books": "2026-10-01"})
+    hcp = ds("hcp")
+    for n, day in ((2, "2026-09-20T10:00:00Z"), (3, "2026-10-05T10:00:00Z")):
+        hcp.put(
+            "payments",
+            f"p{n}",
+            {
+                "invoice": "i0",
+                "amount": 100,
+                "method": "check",
+                "status": "succeeded",
+                "paid_at": day,
+            },
+        )
+    result = run(config)
+    assert sorted(v["paid_at"] for v in ds("books").table("payments").values()) == [
+        BEFORE,
+        AFTER,
+        "2026-10-05T10:00:00Z",
+    ]
+    assert _counts(result)["payments"] == (1, 1)
+    assert _skips(config) == [("payments", "books", REASON)]
+    assert _counts(run(config)) == {e: (0, 0) for e in ACCOUNTING}
+    assert _skips(config) == [("payments", "books", REASON)]
+
+
+@pytest.mark.parametrize(("was", "becomes"), [(BEFORE, AFTER), (AFTER, BEFORE)])
+def test_a_date_moved_across_the_lock_is_skipped(tmp_path: Path, was: str, becomes: str) -> None:
+    config = _synced(tmp_path, locks={})
+    config = hcp_books_config(tmp_path, locks={"books": "2026-10-01"})
+    invoice = "i0" if was == BEFORE else "i1"
+    number = "1000" if was == BEFORE else "1001"
+    closed_before = _books(number)
+    ds("hcp").edit("invoices", invoice, created_at=becomes, amount=777)
+    result = run(config)
+    assert not [a for a in result.plan.actions if a.member == "books"]
+    assert _books(number) == closed_before
+    assert _skips(config) == [("invoices", "books", REASON)]
+    assert _counts(run(config)) == {e: (0, 0) for e in ACCOUNTING}
+
+
+def test_a_delete_of_a_closed_payment_is_skipped_and_the_books_keep_it(tmp_path: Path) -> None:
+    config = _synced(tmp_path, locks={})
+    config = hcp_books_config(tmp_path, locks={"books": "2026-10-01"})
+    hcp = ds("hcp")
+    later = {
+        "invoice": "i1",
+        "amount": 5,
+        "method": "cash",
+        "status": "succeeded",
+        "paid_at": AFTER,
+    }
+    hcp.put("payments", "p2", later)
+    assert _counts(run(config))["payments"] == (1, 0)
+    hcp.remove("payments", "p0")
+    hcp.remove("payments", "p1")
+    result = run(config)
+    assert [(a.op, a.member) for a in result.plan.actions] == [("delete", "books")]
+    paid = sorted((v["paid_at"], v["amount"]) for v in ds("books").table("payments").values())
+    assert paid == [(BEFORE, 5000), (AFTER, 5)]
+    assert _skips(config) == [("payments", "books", REASON)]
+    for _ in range(2):
+        assert _counts(run(config)) == {e: (0, 0) for e in ACCOUNTING}
+        assert _skips(config) == [("payments", "books", REASON)]
+    assert (
+        sorted((v["paid_at"], v["amount"]) for v in ds("books").table("payments").values()) == paid
+    )
+    # opened again: the delete goes through
+    opened = hcp_books_config(tmp_path, locks={"books": "2026-01-01"})
+    assert [(a.op, a.member) for a in run(opened).plan.actions] == [("delete", "books")]
+    assert [v["paid_at"] for v in ds("books").table("payments").values()] == [AFTER]
+    assert _skips(opened) == []
+    assert run(opened).plan.actions == []
+
+
+def test_the_other_members_still_get_what_the_locked_one_changes(tmp_path: Path) -> None:
+    """The lock holds writes *to* the books: the bookkeeper's own edit of a closed invoice
+    still reaches the other member, and the new invoices it types reach it too."""
+    both = {"entities": list(ACCOUNTING)}
+    config = memory_config(
+        tmp_path, {"hcp": both, "books": both}, entities=ACCOUNTING, locks={"books": "2026-10-01"}
+    )
+    _seed(ds("hcp"))
+    run(config)
+    key, _row = _books("1001")
+    ds("books").edit("invoices", key, amount=999)
+    closed = next(
+        k for k, v in ds("hcp").table("invoices").items() if v["invoice_number"] == "1000"
+    )
+    ds("hcp").edit("invoices", closed, amount=4242)
+    result = run(config)
+    assert sorted((a.op, a.member) for a in result.plan.actions) == [("update", "hcp")]
+    assert ds("hcp").table("invoices")["i1"]["amount"] == 999
+    assert _counts(run(config)) == {e: (0, 0) for e in ACCOUNTING}
