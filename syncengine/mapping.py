@@ -452,7 +452,21 @@ class EntityMapping:
             record[reader.canonical] = value
         if bad:
             raise _record_error(bad, location)
+        if self.entity.checks:
+            self._check(record, location)
         return record
+
+    def _check(self, record: dict[str, Any], location: str) -> None:
+        """Refuse a record whose fields break a rule between them (``EntitySpec.checks``),
+        naming the native field at fault: a refund above its payment is that row's problem,
+        reported like a bad value, never passed on."""
+        bad = [
+            (self.native_name(problem.field) or problem.field, problem.message)
+            for check in self.entity.checks
+            for problem in check(record)
+        ]
+        if bad:
+            raise _record_error(bad, location)
 
     def to_native(
         self,

@@ -18,6 +18,14 @@ field by field. Values are always in normal form:
   email with ``ref_by``) and the engine resolves it through the link table or the hub.
 
 Integrator fields ``custom.<name>`` are strings unless a transform gives another type.
+
+Money below the total: an invoice's ``subtotal`` and ``tax_amount`` are held where a member
+gives them (``amount`` is their sum there; ``reconcile-report`` checks it, a read does not
+refuse it), and a payment's ``refunded_amount`` is what was given back of it, from 0 up to its
+``amount``: a refund changes the payment, it is never a payment of its own. A member's record
+that breaks such a rule between its own fields (``EntitySpec.checks``) is a record-level
+problem naming the field, never a crash.
+
 Metadata fields (``created_at``, ``updated_at``) are read for the ``newest`` conflict rule and
 shown in diffs, but they are never merged or written to another member.
 """
@@ -28,7 +36,7 @@ import datetime as dt
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import phonenumbers
 
@@ -41,6 +49,17 @@ Record = dict[str, Any]
 
 DELETED = "_deleted"
 """Marks a hub record deleted while some member still holds it (see reconcile)."""
+
+
+class FieldProblem(NamedTuple):
+    """A canonical field whose value a record's other fields rule out, and why."""
+
+    field: str
+    message: str
+
+
+RecordCheck = Callable[[Record], list[FieldProblem]]
+"""A rule between the fields of one canonical record: the fields that break it, or none."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,9 @@ class EntitySpec:
     value and they agree, and only one record on each side has them (``match``)."""
     depends_on: tuple[str, ...] = ()
     """Entities a pipeline must sync with this one (its required references)."""
+    checks: tuple[RecordCheck, ...] = ()
+    """Rules between a record's own fields that every member's record must keep (checked
+    when a member's record is read; a field a member does not give is not checked)."""
     by_name: dict[str, FieldSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -173,6 +195,9 @@ INVOICE = EntitySpec(
         FieldSpec("job", "ref", ref="jobs"),
         FieldSpec("status", "enum", choices=INVOICE_STATUSES, label="invoice status"),
         FieldSpec("amount", "cents"),
+        # what the amount is made of, where a member gives it: amount = subtotal + tax_amount
+        FieldSpec("subtotal", "cents"),
+        FieldSpec("tax_amount", "cents"),
         FieldSpec("balance", "cents"),
         FieldSpec("due_at", "datetime"),
         # the invoice's date: part of the books, so synced (HCP sets it, a sheet shows it)
@@ -183,11 +208,47 @@ INVOICE = EntitySpec(
     depends_on=("customers",),  # and jobs, where the pipeline syncs them
 )
 
+
+def check_refund(record: Record) -> list[FieldProblem]:
+    """A payment's ``refunded_amount`` is at least 0 and at most its ``amount``: more than
+    was paid cannot be given back. Not checked where the member gives no refund, or no
+    amount to hold it against; a payment of a negative amount (a credit) refunds nothing."""
+    refunded = record.get("refunded_amount")
+    if not isinstance(refunded, int) or refunded == 0:
+        return []
+    if refunded < 0:
+        return [
+            FieldProblem(
+                "refunded_amount",
+                f"refunded {_dollars(refunded)} is negative: enter what was given back as a "
+                "positive amount (or 0)",
+            )
+        ]
+    amount = record.get("amount")
+    if isinstance(amount, int) and refunded > amount:
+        return [
+            FieldProblem(
+                "refunded_amount",
+                f"refunded {_dollars(refunded)} is more than the payment's amount "
+                f"{_dollars(amount)}: a refund is at most the payment it gives back",
+            )
+        ]
+    return []
+
+
+def _dollars(cents: int) -> str:
+    sign = "-" if cents < 0 else ""
+    units, fraction = divmod(abs(cents), 100)
+    return f"{sign}${units:,}.{fraction:02d}"
+
+
 PAYMENT = EntitySpec(
     name="payments",
     fields=(
         FieldSpec("invoice", "ref", ref="invoices"),
         FieldSpec("amount", "cents"),
+        # what was given back of it (0 .. amount): a refund is a change of the payment
+        FieldSpec("refunded_amount", "cents"),
         FieldSpec("method", "enum", choices=PAYMENT_METHODS, label="payment method"),
         FieldSpec("status", "enum", choices=PAYMENT_STATUSES, label="payment status"),
         FieldSpec("paid_at", "datetime"),
@@ -203,6 +264,7 @@ PAYMENT = EntitySpec(
         ("invoice", "amount"),
     ),
     depends_on=("invoices",),
+    checks=(check_refund,),
 )
 
 ENTITIES: dict[str, EntitySpec] = {e.name: e for e in (CUSTOMER, JOB, INVOICE, PAYMENT)}

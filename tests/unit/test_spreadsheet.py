@@ -646,10 +646,10 @@ def test_invoices_and_payments_files_start_with_their_mapped_headers(tmp_path: P
         assert list(conn.read(entity)) == []
         conn.flush(entity)
     assert (tmp_path / "invoices.csv").read_text() == (
-        "Sync ID,Invoice #,Customer Email,Status,Amount,Balance,Due Date,Created\n"
+        "Sync ID,Invoice #,Customer Email,Status,Subtotal,Tax,Amount,Balance,Due Date,Created\n"
     )
     payments = (tmp_path / "payments.csv").read_text()
-    assert payments == "Sync ID,Invoice #,Amount,Method,Status,Date\n"
+    assert payments == "Sync ID,Invoice #,Amount,Refunded,Method,Status,Date\n"
     assert not (tmp_path / "customers.csv").exists()  # a folder gets only the files it syncs
 
 
@@ -659,6 +659,8 @@ def test_invoices_round_trip_through_the_default_mapping(tmp_path: Path) -> None
         "invoice_number": "INV-7",
         "customer": "ann@example.com",
         "status": "sent",
+        "subtotal": 114000,
+        "tax_amount": 9450,
         "amount": 123450,
         "balance": 3,
         "due_at": "2024-03-01T06:00:00Z",
@@ -669,7 +671,7 @@ def test_invoices_round_trip_through_the_default_mapping(tmp_path: Path) -> None
     created = conn.create("invoices", mapping.to_native(canonical), key="k1")
     conn.flush("invoices")
     assert (tmp_path / "invoices.csv").read_text().split("\n")[1] == (
-        "k1,INV-7,ann@example.com,sent,1234.50,0.03,2024-03-01,"
+        "k1,INV-7,ann@example.com,sent,1140.00,94.50,1234.50,0.03,2024-03-01,"
     )
     (read_back,) = connector(tmp_path).read("invoices")
     assert read_back.data == created.data
@@ -692,6 +694,32 @@ def test_payments_keep_what_a_person_typed_and_report_bad_rows_by_line(tmp_path:
         mapping.to_canonical(found["p2"].data, location=found["p2"].location)
     with pytest.raises(RecordError, match=r"payments\.csv line 4.*not a date"):
         mapping.to_canonical(found["p3"].data, location=found["p3"].location)
+
+
+def test_a_refund_above_its_payment_is_that_rows_problem_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    write(
+        tmp_path,
+        "Sync ID,Invoice #,Amount,Refunded,Method,Status,Date\n"
+        "p1,INV-7,100.00,25.50,check,succeeded,2024-03-01\n"
+        "p2,INV-7,100.00,100.01,cash,succeeded,2024-03-01\n"
+        "p3,INV-7,100.00,-1,cash,succeeded,2024-03-01\n"
+        "p4,INV-7,100.00,100,cash,refunded,2024-03-01\n"
+        "p5,INV-7,100.00,,cash,succeeded,2024-03-01\n",
+        name="payments.csv",
+    )
+    mapping = load_mapping("spreadsheet", "payments")
+    found = {r.id: r for r in connector(tmp_path).read("payments")}
+    assert mapping.to_canonical(found["p1"].data)["refunded_amount"] == 2550
+    with pytest.raises(RecordError) as too_much:
+        mapping.to_canonical(found["p2"].data, location=found["p2"].location)
+    assert (too_much.value.location, too_much.value.field) == ("payments.csv line 3", "Refunded")
+    assert "refunded $100.01 is more than the payment's amount $100.00" in str(too_much.value)
+    with pytest.raises(RecordError, match=r"payments\.csv line 4, field 'Refunded'.*negative"):
+        mapping.to_canonical(found["p3"].data, location=found["p3"].location)
+    assert mapping.to_canonical(found["p4"].data)["refunded_amount"] == 10000
+    assert mapping.to_canonical(found["p5"].data)["refunded_amount"] is None
 
 
 def test_a_prepared_mapping_gives_the_header_of_a_new_file(tmp_path: Path) -> None:

@@ -118,6 +118,8 @@ def test_number_format_keeps_the_bookkeepers_where_it_suits() -> None:
 def test_kinds_and_header_come_from_the_mapping() -> None:
     invoices = load_mapping("spreadsheet", "invoices")
     assert column_kinds(invoices) == {
+        "Subtotal": Money(2),
+        "Tax": Money(2),
         "Amount": Money(2),
         "Balance": Money(2),
         "Due Date": Dates("%Y-%m-%d"),
@@ -127,6 +129,8 @@ def test_kinds_and_header_come_from_the_mapping() -> None:
         "Invoice #",
         "Customer Email",
         "Status",
+        "Subtotal",
+        "Tax",
         "Amount",
         "Balance",
         "Due Date",
