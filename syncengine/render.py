@@ -198,7 +198,7 @@ def render_report(console: Console, report: Report, *, all_invoices: bool = Fals
     table.add_column("disagreements")
     listed = 0
     for line in report.invoices:
-        if not (all_invoices or line.problems):
+        if not (all_invoices or line.problems or line.after_close):
             continue
         listed += 1
         cells = [escape(line.invoice_number or line.key)]
@@ -216,7 +216,7 @@ def render_report(console: Console, report: Report, *, all_invoices: bool = Fals
                     )
                 )
             )
-        cells.append(escape("\n".join(p.message for p in line.problems)) or "ok")
+        cells.append(escape("\n".join(p.message for p in line.problems + line.after_close)) or "ok")
         table.add_row(*cells)
     if listed:
         console.print(table)
@@ -229,11 +229,20 @@ def render_report(console: Console, report: Report, *, all_invoices: bool = Fals
             f"paid {format_cents(t['paid'])}, outstanding {format_cents(t['balance'])}"
         )
     bad = sum(1 for line in report.invoices if line.problems) + len(report.general)
+    closed = sum(len(line.after_close) for line in report.invoices)
+    if closed:
+        console.print(
+            f"[yellow]{plural(closed, 'difference')} after the close[/]: a member's closed "
+            "period keeps its records as they were (not disagreements; book them in an open "
+            "period)"
+        )
     if bad:
         console.print(f"[bold red]{plural(bad, 'disagreement')}[/]: the books do not reconcile")
     else:
+        but = " but for the differences after the close" if closed else ""
         console.print(
-            f"[green]The books reconcile[/]: {len(report.invoices)} invoices agree on every member."
+            f"[green]The books reconcile[/]: {len(report.invoices)} invoices agree on every "
+            f"member{but}."
         )
 
 

@@ -11,6 +11,12 @@ succeeded payments and the outstanding balance on each member, and every disagre
 - ``duplicate``: an invoice number names two invoices (on one member, or across members);
 - ``unreadable`` / ``unlinked``: a record that could not be read, or is not synced yet.
 
+A member whose period is closed (``[pipelines.locks]``, ``syncengine.locks``) keeps its
+records dated before the lock as they were: what changed since on the other members is a
+**difference after the close** (``after_close``), listed apart from the disagreements. It
+does not make the report unclean (exit 0): the lock explains it, and the bookkeeper books it
+as an adjustment in an open period. See ``_explain_closed`` for which differences those are.
+
 It writes nothing anywhere. A clean report after a sync is the proof that the books agree.
 """
 
@@ -24,6 +30,7 @@ from syncengine.config import Config, Pipeline
 from syncengine.display import format_cents
 from syncengine.errors import RecordError, UsageError
 from syncengine.exit_codes import ExitCode
+from syncengine.locks import Lock
 from syncengine.refs import References
 from syncengine.state import StateStore
 
@@ -51,6 +58,8 @@ class InvoiceLine:
     payments: dict[str, set[str]] = field(default_factory=dict)
     """member -> payment keys."""
     problems: list[Disagreement] = field(default_factory=list)
+    after_close: list[Disagreement] = field(default_factory=list)
+    """Differences a member's closed period explains (not disagreements: ``_explain_closed``)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +75,7 @@ class InvoiceLine:
                 for m in self.amount
             },
             "disagreements": [p.to_json() for p in self.problems],
+            "after_close": [p.to_json() for p in self.after_close],
         }
 
 
@@ -103,6 +113,7 @@ class Report:
             "clean": self.clean,
             "totals": self.totals(),
             "disagreements": sum(len(x.problems) for x in self.invoices) + len(self.general),
+            "after_close": sum(len(x.after_close) for x in self.invoices),
             "general": [d.to_json() for d in self.general],
             "invoices": [x.to_json() for x in self.invoices],
         }
@@ -270,6 +281,9 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
                     )
                 )
     report.invoices = sorted(lines.values(), key=lambda x: (x.invoice_number or "", x.key))
+    if pipeline.locks:
+        for line in report.invoices:
+            _explain_closed(line, pipeline.locks, invoices, payments)
     return report
 
 
@@ -337,3 +351,110 @@ def _numbers(store: StateStore, pipeline: str, cache: dict[str, dict[str, str]])
             if base.get("invoice_number")
         }
     return cache["numbers"]
+
+
+# ------------------------------------------------------------------- closed periods
+
+
+def _explain_closed(
+    line: InvoiceLine,
+    locks: dict[str, Lock],
+    invoices: dict[str, dict[str, list[_Seen]]],
+    payments: dict[str, dict[str, list[_Seen]]],
+) -> None:
+    """Decide which of an invoice's disagreements a closed period explains, and move them to
+    ``line.after_close``. A record is closed on a locked member when any member's copy of it
+    is dated before the lock (the rule of ``syncengine.locks``: the sync writes it no more).
+    Explained:
+
+    - ``missing``: the invoice, or every payment, a member lacks is closed on that member
+      (it was not created there), or on every member holding it (not deleted there);
+    - ``balance``: on a member where the invoice is closed (its row stays as it was closed);
+    - ``amount`` and ``refund``: the members agree once the closed copies are left out (the
+      amounts of the members where the invoice is open; the payments and refunds that are
+      open everywhere).
+
+    Anything else (duplicates, subtotal and tax, an open record that differs) stays a
+    disagreement."""
+    closed_invoice = _closed_on(locks, "invoices", invoices, {line.key})
+    closed_payments: dict[str, set[str]] = {m: set() for m in locks}
+    every = set().union(*line.payments.values()) if line.payments else set()
+    for pay in every:
+        for member in _closed_on(locks, "payments", payments, {pay}):
+            closed_payments[member].add(pay)
+    if not closed_invoice and not any(closed_payments.values()):
+        return
+
+    def closed_where_held(pay: str) -> bool:
+        holders = [m for m, keys in line.payments.items() if pay in keys]
+        return all(pay in closed_payments.get(m, ()) for m in holders)
+
+    def explains(problem: Disagreement) -> bool:
+        member = problem.member
+        if problem.kind == "balance":
+            return member in closed_invoice
+        if problem.kind == "missing" and member not in line.amount:
+            holders = set(line.amount)
+            return member in closed_invoice or (bool(holders) and holders <= closed_invoice)
+        if problem.kind == "missing":
+            lacking = every - line.payments.get(member, set())
+            return bool(lacking) and all(
+                p in closed_payments.get(member, ()) or closed_where_held(p) for p in lacking
+            )
+        if problem.kind in ("amount", "refund") and not member:
+            return _agree_when_open(line, closed_invoice, closed_payments, payments)
+        return False
+
+    kept = []
+    for problem in line.problems:
+        if not explains(problem):
+            kept.append(problem)
+            continue
+        locked = sorted(
+            set(locks) & (closed_invoice | {m for m, p in closed_payments.items() if p})
+        )
+        when = ", ".join(f"{m} closed before {locks[m].opens.isoformat()}" for m in locked)
+        line.after_close.append(
+            Disagreement(
+                "after_close", f"{problem.message} (after the close: {when})", member=problem.member
+            )
+        )
+    line.problems = kept
+
+
+def _closed_on(
+    locks: dict[str, Lock],
+    entity: str,
+    seen: dict[str, dict[str, list[_Seen]]],
+    keys: set[str],
+) -> set[str]:
+    """The locked members on which a record (any of ``keys``) is closed: some member's copy
+    of it is dated before their lock."""
+    copies = [s.record for by_key in seen.values() for k in keys for s in by_key.get(k, ())]
+    return {m for m, lock in locks.items() if any(lock.closed(entity, r) for r in copies)}
+
+
+def _agree_when_open(
+    line: InvoiceLine,
+    closed_invoice: set[str],
+    closed_payments: dict[str, set[str]],
+    payments: dict[str, dict[str, list[_Seen]]],
+) -> bool:
+    """Whether the members agree on the invoice's money once what is closed is left out: the
+    amount where the invoice is open, and the succeeded payments and refunds open on every
+    locked member."""
+    holders = list(line.amount)
+    if len({line.amount[m] for m in holders if m not in closed_invoice}) > 1:
+        return False
+    closed = set().union(*closed_payments.values())
+    sums = set()
+    for member in holders:
+        paid = refunded = 0
+        for pay in line.payments.get(member, set()) - closed:
+            record = payments.get(member, {}).get(pay, [])[0].record
+            amount, back = record.get("amount"), record.get("refunded_amount")
+            if record.get("status") == "succeeded" and isinstance(amount, int):
+                paid += amount
+                refunded += back if isinstance(back, int) else 0
+        sums.add((paid, refunded))
+    return len(sums) <= 1

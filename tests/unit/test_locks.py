@@ -53,6 +53,12 @@ def test_the_day_is_the_one_the_locked_member_shows() -> None:
     assert LOCK.closed("invoices", {"created_at": "2026-09-30T23:59:59Z"})
 
 
+def _as_payment(invoice: dict[str, Any] | None) -> dict[str, Any] | None:
+    if invoice is None or "created_at" not in invoice:
+        return invoice
+    return {"paid_at" if k == "created_at" else k: v for k, v in invoice.items()}
+
+
 @pytest.mark.parametrize(
     ("held", "wanted", "refused"),
     [
@@ -71,14 +77,8 @@ def test_a_write_is_refused_when_either_side_is_closed(
     held: dict[str, Any] | None, wanted: dict[str, Any] | None, refused: bool
 ) -> None:
     assert refuses(LOCK, "invoices", held, wanted) is refused
-    paid = {
-        k: {"paid_at": v["created_at"]} if "created_at" in v else v
-        for k, v in (("h", held or {}), ("w", wanted or {}))
-    }
-    assert (
-        refuses(LOCK, "payments", paid["h"] if held else None, paid["w"] if wanted else None)
-        is refused
-    )
+    # a payment dated the same way by its paid_at
+    assert refuses(LOCK, "payments", _as_payment(held), _as_payment(wanted)) is refused
     assert not refuses(LOCK, "customers", held, wanted)
 
 
@@ -316,3 +316,48 @@ def test_the_other_members_still_get_what_the_locked_one_changes(tmp_path: Path)
     assert sorted((a.op, a.member) for a in result.plan.actions) == [("update", "hcp")]
     assert ds("hcp").table("invoices")["i1"]["amount"] == 999
     assert _counts(run(config)) == {e: (0, 0) for e in ACCOUNTING}
+
+
+def test_the_report_shows_a_difference_after_the_close_not_a_disagreement(tmp_path: Path) -> None:
+    """HCP changes a closed invoice and takes two payments on it, one dated before the lock
+    and one after: the books get the later payment only, and keep the invoice row as it was
+    closed. Every difference that leaves is one the lock explains: listed after the close,
+    the report clean (exit 0). A difference on the open side is still a disagreement."""
+    config = _synced(tmp_path, locks={})
+    config = hcp_books_config(tmp_path, locks={"books": "2026-10-01"})
+    hcp = ds("hcp")
+    for n, day in ((8, BEFORE), (9, AFTER)):
+        payment = {"invoice": "i0", "amount": 100, "method": "check", "status": "succeeded"}
+        hcp.put("payments", f"p{n}", {**payment, "paid_at": day})
+    hcp.edit("invoices", "i0", amount=11111, balance=11111 - 5200, status="paid")
+    run(config)
+    assert sorted(v["paid_at"] for v in ds("books").table("payments").values()) == [
+        BEFORE,
+        AFTER,
+        AFTER,
+    ]
+    [report] = api.reconcile_report(config)
+    assert report.clean and report.exit_code == 0, report.to_json()
+    (line,) = [x for x in report.invoices if x.after_close]
+    assert line.invoice_number == "1000" and not line.problems
+    explained = sorted((d.member, d.message.split(":")[0]) for d in line.after_close)
+    assert explained == [
+        ("", "amounts differ"),
+        ("", "succeeded payments differ"),
+        ("books", "1 payment(s) held elsewhere are not on books (after the close"),
+        (
+            "books",
+            "balance $50.00 on books but amount $100.00 − payments $51.00 = $49.00"
+            " (after the close",
+        ),
+    ], explained
+    assert all(d.kind == "after_close" for d in line.after_close)
+    assert all("books closed before 2026-10-01" in d.message for d in line.after_close)
+    body = report.to_json()
+    assert body["clean"] is True and body["after_close"] == 4 and body["disagreements"] == 0
+    # an open invoice that disagrees is still a disagreement
+    key, _row = _books("1001")
+    ds("books").edit("invoices", key, amount=1)
+    [report] = api.reconcile_report(config)
+    assert not report.clean and report.exit_code == 1
+    assert {x.invoice_number for x in report.invoices if x.problems} == {"1001"}
