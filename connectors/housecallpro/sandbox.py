@@ -23,8 +23,10 @@ do (``spec/HCP-REAL-API-NOTES.md``)::
                                       due_at, invoice_number, paid_at, sent_at, status,
                                       updated_at), sort_direction, status[], customer_uuid[],
                                       created_at_min/max, due_at_min/max, paid_at_min/max
-    POST   /invoices                  201; amount (integer cents), status, customer_id / job_id
-                                      (must exist), invoice_number (unique), due_at
+    POST   /invoices                  201; amount (integer cents), subtotal and tax_amount
+                                      (amount = subtotal + tax_amount; the one left out
+                                      follows, none given: untaxed), status, customer_id /
+                                      job_id (must exist), invoice_number (unique), due_at
     GET    /invoices/{id}             200 / 404
     GET    /invoices/{id}/payments    the invoice's payments in the list envelope
 
@@ -40,7 +42,8 @@ Live-API emulation (``create_app`` / ``serve`` arguments, ``SandboxState`` attri
 
 - ``nest_payments`` (default **on**): invoices carry their payments as the live API nests
   them, ``payments: [{id, status, payment_method, amount, note, paid_at, category}]`` — a
-  property the spec's ``Invoice`` does not list and allows;
+  property the spec's ``Invoice`` does not list and allows — plus each one's
+  ``refunded_amount`` (a name assumed, not confirmed live);
 - ``live_invoices`` (default off): invoices without ``customer_id`` and ``updated_at``, as
   live (the customer is reached through the job). Off by default because an invoice created
   without a job then has no visible customer at all.
@@ -61,8 +64,19 @@ endpoints for tests and demos (neither logged nor throttled):
     POST   /_sandbox/invoices/{id}/payments        record a payment: {amount, payment_method,
                                                    status, note, processed_at}; updates the
                                                    invoice's balance (and status: paid) -> 201
-    PUT    /_sandbox/invoices/{id}                 change status, amount, due_at or
-                                                   invoice_number as a person in HCP would
+    PUT    /_sandbox/invoices/{id}                 change status, amount (or subtotal,
+                                                   tax_amount), due_at or invoice_number
+                                                   as a person in HCP would
+    POST   /_sandbox/payments/{id}/refund          refund a succeeded payment: {amount}
+                                                   (cents; omitted: all that is left of
+                                                   it) -> 200 + the payment (same id). Its
+                                                   refunded_amount adds up, never past its
+                                                   amount (422 {"errors": {"amount": […]}}
+                                                   otherwise, or for a payment that did not
+                                                   succeed); refunded in full, its status is
+                                                   refunded. The invoice's balance goes up
+                                                   by the refund (paid -> sent: owing
+                                                   again) and its updated_at moves
     GET    /_sandbox/webhooks                      {"enabled", "sent", "dropped", "failed",
                                                    "retried", "pending", "ping"}
 
@@ -93,6 +107,8 @@ returned just before), under the event's prefix. The events:
                                                      settles the invoice; the record is the
                                                      invoice, its payments nested as the API
                                                      shows them with the current options
+    POST   /_sandbox/payments/{id}/refund            invoice.refund.succeeded (only: the
+                                                     invoice it reopens is not sent again)
 
 Each event is one POST, sent in the order of the changes; a change may send two events (a
 payment that settles its invoice). A change to an invoice sends no job event, although the
@@ -499,6 +515,9 @@ def _sandbox_routes(state: SandboxState, sender: WebhookSender | None) -> list[R
     def change_invoice(path: dict[str, str], body: dict[str, Any]) -> Any:
         return state.change_invoice(path["invoice_id"], body)
 
+    def refund(path: dict[str, str], body: dict[str, Any]) -> Any:
+        return state.refund_payment(path["payment_id"], body)
+
     return [
         Route("/_sandbox/health", health, methods=["GET"]),
         Route("/_sandbox/webhooks", webhooks, methods=["GET"]),
@@ -520,6 +539,11 @@ def _sandbox_routes(state: SandboxState, sender: WebhookSender | None) -> list[R
             "/_sandbox/invoices/{invoice_id}",
             _writer(change_invoice, missing="invoice not found"),
             methods=["PUT"],
+        ),
+        Route(
+            "/_sandbox/payments/{payment_id}/refund",
+            _writer(refund, missing="payment not found"),
+            methods=["POST"],
         ),
     ]
 

@@ -8,7 +8,10 @@ Every collection is optional. Records use the stored forms described in
 ``sandbox_records``; missing ids, invoice numbers and timestamps are filled in
 deterministically. References must resolve inside the file (a job's ``customer_id``, an
 invoice's ``customer_id`` / ``job_id``, a payment's ``invoice_id``), and an invoice's
-``outstanding_balance``, when given, must equal its amount less its succeeded payments.
+``outstanding_balance``, when given, must equal its amount less its succeeded payments (less
+their refunds). An invoice without ``subtotal`` and ``tax_amount`` (a file from before they
+existed) is untaxed: its subtotal is its amount; a payment without ``refunded_amount`` was not
+refunded (unless its status is ``refunded``: then in full).
 Every problem is reported at once, located as ``FILE: invoices[3].amount``.
 """
 
@@ -46,6 +49,7 @@ from syncengine.connectors.housecallpro.sandbox_records import (
     check_job_fields,
     check_payment_fields,
     check_schedule_order,
+    settle_totals,
 )
 from syncengine.connectors.housecallpro.sandbox_seed import FIRST_JOB_NUMBER
 from syncengine.errors import ConfigError, Problem
@@ -204,6 +208,7 @@ class _Checker:
         unnumbered: list[tuple[Record, Record | None]] = []
         for index, where, item in items:
             patch, errors = check_invoice_fields(item, creating=True)
+            totals = settle_totals(None, patch, errors) if not errors else {}
             if "status" in item and item["status"] is None:
                 add_error(errors, "status", f"must be one of {', '.join(INVOICE_STATUSES)}")
             record_id = self.record_id(item, "inv_", seen, errors)
@@ -229,8 +234,9 @@ class _Checker:
             }
             if self.report(where, errors):
                 continue
-            invoice = blank_invoice(record_id, number or "", patch["amount"], "")
+            invoice = blank_invoice(record_id, number or "", totals["amount"], "")
             invoice.update(patch)
+            invoice.update(totals)
             invoice["customer_id"] = customer_id or (job["customer_id"] if job else None)
             invoice.update(stamps)
             invoice.update(extra)
@@ -282,7 +288,8 @@ class _Checker:
                 self.problems.append(
                     Problem(
                         f"{where}.outstanding_balance",
-                        f"is {given}, but the amount less the succeeded payments is {balance}",
+                        f"is {given}, but the amount less the succeeded payments (less their "
+                        f"refunds) is {balance}",
                         fix="leave outstanding_balance out: the sandbox computes it",
                     )
                 )

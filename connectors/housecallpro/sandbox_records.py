@@ -6,16 +6,26 @@ Stored forms (what ``SandboxState.dump()`` gives and a ``--data`` file holds)::
               work_timestamps: {on_my_way_at, started_at, completed_at},
               schedule: {scheduled_start, scheduled_end, arrival_window},
               assigned_employees: [employee], tags, created_at, updated_at}
-    invoice  {id, invoice_number, status, amount, outstanding_balance, customer_id, job_id,
-              due_at, sent_at, paid_at, created_at, updated_at}
-    payment  {id, invoice_id, amount, payment_method, status, processed_at, note, category,
-              created_at}
+    invoice  {id, invoice_number, status, amount, subtotal, tax_amount, outstanding_balance,
+              customer_id, job_id, due_at, sent_at, paid_at, created_at, updated_at}
+    payment  {id, invoice_id, amount, refunded_amount, payment_method, status, processed_at,
+              note, category, created_at}
 
 On the wire a job carries the spec's nested ``customer`` object (not ``customer_id``) and a
 ``total_amount`` / ``outstanding_balance`` summed over its invoices; an invoice may carry its
 payments nested the way the live API sends them (``paid_at`` instead of ``processed_at``, no
 ``invoice_id``) and, emulating the live API further, no ``customer_id`` and no ``updated_at``.
 Money is integer cents everywhere.
+
+Money below the total (the sandbox's rules; the live API's are partly unconfirmed):
+
+- an invoice's ``amount`` is always its ``subtotal`` plus its ``tax_amount`` (``settle_totals``
+  derives the one not given; an invoice given only an amount is untaxed);
+- a payment's ``refunded_amount`` is what was given back of it, 0 up to its ``amount``; a
+  payment refunded in full has the status ``refunded``;
+- an invoice's ``outstanding_balance`` is its amount less what its payments still hold: the
+  amount of each succeeded (or refunded) payment less its refunds (``balance_of``), so a
+  refund reopens the balance.
 """
 
 from __future__ import annotations
@@ -74,7 +84,11 @@ PAYMENT_STATUSES = ("succeeded", "pending", "failed", "refunded")
 PAYMENT_CATEGORY = "payment"
 NESTED_PAYMENT_FIELDS = ("id", "status", "payment_method", "amount", "note", "paid_at", "category")
 """What the live API nests in an invoice for each payment."""
-_NESTED_KEYS = tuple(k for k in NESTED_PAYMENT_FIELDS if k != "paid_at")
+_NESTED_KEYS = (*(k for k in NESTED_PAYMENT_FIELDS if k != "paid_at"), "refunded_amount")
+"""The nested fields taken from a stored payment: the live ones, and the refunds (a name the
+live API is not known to use: the sandbox's assumption, see ``mappings/housecallpro``)."""
+COLLECTED = ("succeeded", "refunded")
+"""Payment statuses whose money came in (a refunded one's then went back out)."""
 
 EMPLOYEE_ROLES = ("admin", "office_staff", "field_tech")
 CUSTOMER_SUMMARY_FIELDS = (
@@ -251,6 +265,8 @@ def blank_invoice(invoice_id: str, number: str, amount: int, timestamp: str) -> 
         "invoice_number": number,
         "status": "draft",
         "amount": amount,
+        "subtotal": amount,
+        "tax_amount": 0,
         "outstanding_balance": amount,
         "customer_id": None,
         "job_id": None,
@@ -263,9 +279,11 @@ def blank_invoice(invoice_id: str, number: str, amount: int, timestamp: str) -> 
 
 
 def check_invoice_fields(body: Mapping[str, Any], *, creating: bool) -> tuple[Record, Errors]:
-    """The writable invoice fields present in ``body``, checked. Creating needs ``amount`` and
-    a customer or a job (``customer_id`` / ``job_id``, or the nested ``customer.id`` /
-    ``job.id``). ``outstanding_balance``, ``payments`` and timestamps are the sandbox's own."""
+    """The writable invoice fields present in ``body``, checked. Creating needs ``amount`` (or
+    a ``subtotal`` it is made from) and a customer or a job (``customer_id`` / ``job_id``, or
+    the nested ``customer.id`` / ``job.id``). ``subtotal`` and ``tax_amount`` are taken as
+    sent; ``settle_totals`` makes the three agree. ``outstanding_balance``, ``payments`` and
+    timestamps are the sandbox's own."""
     patch: Record = {}
     errors: Errors = {}
     if "invoice_number" in body:
@@ -278,12 +296,17 @@ def check_invoice_fields(body: Mapping[str, Any], *, creating: bool) -> tuple[Re
         status = check_enum(body["status"], INVOICE_STATUSES, "status", errors)
         if status is not None:
             patch["status"] = status
-    if "amount" in body or creating:
+    if "amount" in body or (creating and body.get("subtotal") is None):
         amount = check_integer(body.get("amount"), "amount", errors)
         if amount is not None:
             patch["amount"] = amount
         elif body.get("amount") is None:
             add_error(errors, "amount", "is missing")
+    for name in ("subtotal", "tax_amount"):
+        if body.get(name) is not None:
+            value = check_integer(body[name], name, errors)
+            if value is not None:
+                patch[name] = value
     if "due_at" in body:
         patch["due_at"] = check_timestamp(body["due_at"], "due_at", errors)
     if creating:
@@ -295,6 +318,35 @@ def check_invoice_fields(body: Mapping[str, Any], *, creating: bool) -> tuple[Re
         if not errors and "customer_id" not in patch and "job_id" not in patch:
             add_error(errors, "customer_id", "is missing (give a customer_id or a job_id)")
     return patch, errors
+
+
+def settle_totals(current: Mapping[str, Any] | None, patch: Record, errors: Errors) -> Record:
+    """The ``amount``, ``subtotal`` and ``tax_amount`` an invoice has after ``patch`` (checked
+    fields, ``current`` None when creating), always with amount = subtotal + tax_amount:
+
+    - all three given: they must agree (else an error on ``amount``);
+    - two given: the third follows from them (a tax that would be negative is an error);
+    - only the amount: the tax is kept (none on a new invoice), the subtotal is the rest;
+    - only the subtotal or only the tax: the other is kept, the amount follows.
+    """
+    before = current or {"subtotal": 0, "tax_amount": 0}
+    amount, subtotal, tax = (patch.get(k) for k in ("amount", "subtotal", "tax_amount"))
+    if amount is not None and subtotal is not None and tax is not None:
+        if amount != subtotal + tax:
+            add_error(errors, "amount", f"must be subtotal + tax_amount ({subtotal} + {tax})")
+    elif amount is not None and subtotal is not None:
+        tax = amount - subtotal
+        if tax < 0:
+            add_error(errors, "subtotal", f"is more than the amount ({amount})")
+    elif amount is not None:
+        if tax is None:
+            tax = before["tax_amount"]
+        subtotal = amount - tax
+    else:
+        subtotal = before["subtotal"] if subtotal is None else subtotal
+        tax = before["tax_amount"] if tax is None else tax
+        amount = subtotal + tax
+    return {"amount": amount, "subtotal": subtotal, "tax_amount": tax}
 
 
 def invoice_sort_keys() -> dict[str, Callable[[Record], Any]]:
@@ -330,17 +382,26 @@ def nested_payment(payment: Record) -> Record:
 
 
 def check_payment_fields(body: Mapping[str, Any]) -> tuple[Record, Errors]:
-    """A payment to record (the sandbox's admin route; the API itself takes none)."""
+    """A payment to record (the sandbox's admin route; the API itself takes none), or one in
+    a data file. ``refunded_amount`` is 0 up to the amount; a ``refunded`` payment without it
+    was refunded in full."""
     errors: Errors = {}
     amount = check_integer(body.get("amount"), "amount", errors, minimum=1)
     if body.get("amount") is None:
         add_error(errors, "amount", "is missing")
+    status = body.get("status", "succeeded")
+    refunded = check_integer(body.get("refunded_amount"), "refunded_amount", errors)
+    if refunded is None and status == "refunded":
+        refunded = amount
+    if refunded is not None and amount is not None and refunded > amount:
+        add_error(errors, "refunded_amount", f"is more than the amount ({amount})")
     payment: Record = {
         "amount": amount,
+        "refunded_amount": refunded or 0,
         "payment_method": check_enum(
             body.get("payment_method", "credit_card"), PAYMENT_METHODS, "payment_method", errors
         ),
-        "status": check_enum(body.get("status", "succeeded"), PAYMENT_STATUSES, "status", errors),
+        "status": check_enum(status, PAYMENT_STATUSES, "status", errors),
         "processed_at": check_timestamp(body.get("processed_at"), "processed_at", errors),
         "note": check_string(body.get("note"), "note", errors),
         "category": check_string(body.get("category", PAYMENT_CATEGORY), "category", errors),
@@ -355,9 +416,34 @@ def payment_wire(payment: Record) -> Record:
 
 
 def balance_of(amount: int, payments: list[Record]) -> int:
-    """What is still owed: the amount less the payments that succeeded."""
-    paid: int = sum(p["amount"] for p in payments if p["status"] == "succeeded")
+    """What is still owed: the amount less what the payments that came in still hold (each
+    one's amount less its refunds)."""
+    paid: int = sum(
+        p["amount"] - p.get("refunded_amount", 0) for p in payments if p["status"] in COLLECTED
+    )
     return amount - paid
+
+
+def check_refund(payment: Mapping[str, Any], body: Mapping[str, Any]) -> tuple[int, Errors]:
+    """The refund ``body`` asks of ``payment``: ``amount`` cents (omitted: all that is left of
+    it). Only a payment that succeeded is refunded, and at most what was not given back yet."""
+    errors: Errors = {}
+    for key in sorted(body.keys() - {"amount"}):
+        add_error(errors, key, "is not a refund field (amount)")
+    if payment["status"] != "succeeded":
+        add_error(errors, "payment", f"is {payment['status']} and cannot be refunded")
+        return 0, errors
+    left = payment["amount"] - payment["refunded_amount"]
+    amount = check_integer(body.get("amount", left), "amount", errors, minimum=1)
+    if amount is not None and amount > left:
+        given_back = payment["refunded_amount"]
+        already = f"; {given_back} of it already refunded" if given_back else ""
+        add_error(
+            errors,
+            "amount",
+            f"is more than the payment can give back ({left} of {payment['amount']}{already})",
+        )
+    return amount or 0, errors
 
 
 # ------------------------------------------------------------------------------- employees

@@ -4,8 +4,10 @@
 three jobs; finished jobs are invoiced (now and then twice), and invoices are paid in full
 (in one to four payments, sometimes after a failed attempt), paid in part, still open, drafts,
 voided or canceled. On average a customer has about one invoice and an invoice about two
-payments. Everything is a function of the arguments: the same customers and seed give the
-same ids, numbers, amounts and timestamps.
+payments. An invoice's amount includes its tax (``tax_split``): 8.25 % on work that installs
+or replaces parts, none on cleaning and servicing alone, so amount = subtotal + tax_amount.
+Everything is a function of the arguments: the same customers and seed give the same ids,
+numbers, amounts and timestamps.
 
 It is built for size (the work of 100k customers in about two seconds): one ``Dice`` (cheap
 draws), no parsing beyond each customer's creation time, cached timestamp formatting, nested
@@ -61,6 +63,11 @@ _ARRIVAL_WINDOWS = (0, 60, 120, 240)
 _AMOUNTS = ((2_500, 15_000), (15_000, 60_000), (60_000, 250_000), (250_000, 2_500_000))
 """Invoice amounts in cents: mostly small service calls, now and then a big installation."""
 _AMOUNTS_CUM = (35, 75, 95, 100)
+_UNTAXED = frozenset({"AC tune-up", "Drain cleaning", "Duct cleaning", "Gutter cleaning",
+                      "Dryer vent cleaning", "Sump pump service"})  # fmt: skip
+"""Services billed as labour alone: no sales tax."""
+TAX_RATE_BP = 825
+"""The seeded sales tax, in basis points (8.25 %)."""
 _NOT_STARTED: Record = {"on_my_way_at": None, "started_at": None, "completed_at": None}
 
 
@@ -213,12 +220,15 @@ class _WorkMaker:
         paid_at = None
         if payments and balance == 0:
             status, paid_at = "paid", last
+        subtotal, tax = tax_split(amount, 0 if job["description"] in _UNTAXED else TAX_RATE_BP)
         self.work.invoices.append(
             {
                 "id": invoice_id,
                 "invoice_number": number,
                 "status": status,
                 "amount": amount,
+                "subtotal": subtotal,
+                "tax_amount": tax,
                 "outstanding_balance": balance,
                 "customer_id": job["customer_id"],
                 "job_id": job["id"],
@@ -261,6 +271,7 @@ class _WorkMaker:
             "id": hex_id(rng, "pay_"),
             "invoice_id": invoice_id,
             "amount": amount,
+            "refunded_amount": 0,
             "payment_method": method,
             "status": status,
             "processed_at": stamp,
@@ -268,3 +279,14 @@ class _WorkMaker:
             "category": "payment",
             "created_at": stamp,
         }
+
+
+def tax_split(amount: int, rate_bp: int) -> tuple[int, int]:
+    """The subtotal and tax of an amount that includes tax at ``rate_bp`` basis points: the
+    tax is the amount's share of it rounded half to even, so subtotal + tax is the amount
+    exactly (no draw from the generator: the seeded data stays what it was)."""
+    numerator, denominator = amount * rate_bp, 10_000 + rate_bp
+    tax, rest = divmod(numerator, denominator)
+    if 2 * rest > denominator or (2 * rest == denominator and tax % 2):
+        tax += 1
+    return amount - tax, tax

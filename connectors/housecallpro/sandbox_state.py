@@ -6,9 +6,10 @@ and cached sort orders, so that paging through 100k invoices costs a slice per r
 than a sort. Stored records are never changed in place: a write stores a new dict, so the
 seeded data can be shared with ``reset()`` and readers never race a writer.
 
-An invoice's ``outstanding_balance`` is kept by the state: its amount less its succeeded
-payments, updated with every payment recorded (and the status becomes ``paid`` when nothing is
-owed any more).
+An invoice's ``outstanding_balance`` is kept by the state: its amount less what its payments
+still hold (``balance_of``), updated with every payment recorded (and the status becomes
+``paid`` when nothing is owed any more) and every refund (which reopens it: back to ``sent``,
+the spec's word for what the live API calls ``open``, once something is owed again).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from syncengine.connectors.housecallpro.sandbox_records import (
     check_invoice_fields,
     check_job_fields,
     check_payment_fields,
+    check_refund,
     check_schedule_order,
     copy_job,
     invoice_sort_keys,
@@ -59,6 +61,7 @@ from syncengine.connectors.housecallpro.sandbox_records import (
     job_sort_keys,
     job_wire,
     payment_wire,
+    settle_totals,
     stamp_work,
 )
 from syncengine.connectors.housecallpro.sandbox_seed import (
@@ -71,6 +74,7 @@ from syncengine.connectors.housecallpro.sandbox_webhooks import (
     invoice_change_events,
     job_update_event,
     payment_events,
+    refund_events,
 )
 from syncengine.errors import ConfigError, Problem
 
@@ -893,6 +897,7 @@ class SandboxState:
         the job's number (``1043``, then ``1043-2`` …) or the next free number.
         """
         patch, errors = check_invoice_fields(body, creating=True)
+        totals = settle_totals(None, patch, errors) if not errors else {}
         with self.lock:
             job = self._check_invoice_refs(patch, errors)
             number = patch.get("invoice_number")
@@ -902,8 +907,9 @@ class SandboxState:
                 raise ValidationFailed(errors)
             now = self.clock.tick()
             invoice = blank_invoice(
-                self.new_id("inv_"), number or self._invoice_number(job), patch["amount"], now
+                self.new_id("inv_"), number or self._invoice_number(job), totals["amount"], now
             )
+            invoice.update(totals)
             invoice["customer_id"] = patch.get("customer_id") or (job and job["customer_id"])
             invoice["job_id"] = patch.get("job_id")
             invoice["due_at"] = patch.get("due_at")
@@ -918,13 +924,16 @@ class SandboxState:
 
     def change_invoice(self, invoice_id: str, body: Mapping[str, Any]) -> Record | None:
         """What a person does in HCP's web app (the API cannot): change an invoice's
-        ``status``, ``amount``, ``due_at`` or ``invoice_number``. ``None`` when there is no
-        such invoice; raises ``ValidationFailed``."""
+        ``status``, ``amount`` (or its ``subtotal`` and ``tax_amount``: ``settle_totals``),
+        ``due_at`` or ``invoice_number``. ``None`` when there is no such invoice; raises
+        ``ValidationFailed``."""
         patch, errors = check_invoice_fields(body, creating=False)
         with self.lock:
             current = self.invoices.get(invoice_id)
             if current is None:
                 return None
+            if not errors:
+                patch.update(settle_totals(current, patch, errors))
             number = patch.get("invoice_number")
             if number not in (None, current["invoice_number"]) and self.invoices.lookup(
                 "invoice_number", number
@@ -1029,8 +1038,10 @@ class SandboxState:
                 add_error(errors, "invoice", f"is {current['status']} and takes no payments")
             owed = current["outstanding_balance"]
             amount = payment["amount"]
-            if payment["status"] == "succeeded" and amount is not None and amount > owed:
-                add_error(errors, "amount", f"is more than the outstanding balance ({owed})")
+            if payment["status"] == "succeeded" and amount is not None:
+                amount -= payment["refunded_amount"]  # what it still holds
+                if amount > owed:
+                    add_error(errors, "amount", f"is more than the outstanding balance ({owed})")
             if errors:
                 raise ValidationFailed(errors)
             now = self.clock.tick()
@@ -1051,6 +1062,41 @@ class SandboxState:
                 invoice["paid_at"] = payment["processed_at"]
             self.invoices.put(invoice)
             self._notify(payment_events(payment, current, invoice), invoice)
+            return payment_wire(payment)
+
+    def refund_payment(self, payment_id: str, body: Mapping[str, Any]) -> Record | None:
+        """Give back ``body["amount"]`` cents of a succeeded payment (omitted: all that is
+        left of it), as HCP does when a pro refunds (the API cannot).
+
+        Refunds add up on the payment's ``refunded_amount``, never past its amount; one that
+        gives back the rest makes the payment ``refunded``. The payment keeps its id. Its
+        invoice's balance goes up by the refund (a ``paid`` invoice is ``sent`` again, owing)
+        and its ``updated_at`` moves; one ``invoice.refund.succeeded`` event is sent. Returns
+        the payment as ``GET /invoices/{id}/payments`` shows it, or ``None`` when there is no
+        such payment; raises ``ValidationFailed`` (a payment that did not succeed, more than
+        it can give back).
+        """
+        with self.lock:
+            current = self.payments.get(payment_id)
+            if current is None:
+                return None
+            amount, errors = check_refund(current, body)
+            if errors:
+                raise ValidationFailed(errors)
+            now = self.clock.tick()
+            payment = dict(current)
+            payment["refunded_amount"] = current["refunded_amount"] + amount
+            if payment["refunded_amount"] == payment["amount"]:
+                payment["status"] = "refunded"
+            self.payments.put(payment)
+            before = self.invoices.get(payment["invoice_id"])
+            if before is not None:
+                invoice = dict(before)
+                invoice["outstanding_balance"] = before["outstanding_balance"] + amount
+                invoice["status"] = self._settled_status(invoice)
+                self._stamp_invoice(invoice, before, now)
+                self.invoices.put(invoice)
+                self._notify(refund_events(), invoice)
             return payment_wire(payment)
 
     # -- webhooks

@@ -54,6 +54,7 @@ PAYMENT_EVENTS: Mapping[str, str] = {
     "failed": "invoice.payment.failed",
 }
 """The event of a payment recorded with each status (HCP names none for the others)."""
+REFUND_EVENT = "invoice.refund.succeeded"
 QUEUE_LIMIT = 10_000
 """Events waiting for delivery at most; more are counted as failed (and logged)."""
 
@@ -94,6 +95,13 @@ def payment_events(payment: Record, before: Record, after: Record) -> list[str]:
     if after["status"] != before["status"] and after["status"] in INVOICE_STATUS_EVENTS:
         events.append(INVOICE_STATUS_EVENTS[after["status"]])
     return events
+
+
+def refund_events() -> list[str]:
+    """A payment refunded in part or in full: ``invoice.refund.succeeded`` about its invoice,
+    and nothing else. The invoice it reopens is not sent again, so no ``invoice.sent``;
+    HCP names no event for a payment's own change."""
+    return [REFUND_EVENT]
 
 
 # -------------------------------------------------------------------------------- settings

@@ -405,6 +405,26 @@ def test_create_an_invoice_against_the_completed_spec(
     assert_prism_found_nothing(prism_recorder)
 
 
+def test_create_an_invoice_with_its_subtotal_and_tax_against_the_completed_spec(
+    completed_connector: HousecallProConnector,
+    prism_recorder: RecordingTransport,
+    hcp_direct: httpx.Client,
+) -> None:
+    """``subtotal`` and ``tax_amount`` (not in the spec's ``Invoice``, which allows extra
+    properties) go with the create, and come back as sent."""
+    customer_id = every(hcp_direct, "/customers", "customers")[0]["id"]
+    data = {"customer_id": customer_id, "amount": 10_825, "subtotal": 10_000, "tax_amount": 825}
+
+    with through_prism(prism_recorder):
+        created = completed_connector.create("invoices", data, key="contract-taxed-invoice")
+
+    assert (created.data["subtotal"], created.data["tax_amount"]) == (10_000, 825)
+    post = prism_recorder.exchanges[0]
+    assert (post.method, post.path, post.status) == ("POST", "/invoices", 201)
+    assert b'"tax_amount":825' in post.request_body.replace(b" ", b"")
+    assert_prism_found_nothing(prism_recorder)
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "location"),
     [
@@ -509,6 +529,46 @@ def test_sandbox_invoices_in_every_shape(
     created = hcp_direct.post("/invoices", json={"customer_id": invoice["customer_id"],
                                                  "amount": 0, "status": "draft"})  # fmt: skip
     assert api.get(f"/invoices/{created.json()['id']}").status_code == 200
+    assert_prism_found_nothing(prism_recorder)
+
+
+def test_sandbox_refunds_keep_the_invoice_and_payment_shapes(
+    api: httpx.Client,
+    connector: HousecallProConnector,
+    prism_recorder: RecordingTransport,
+    hcp_direct: httpx.Client,
+) -> None:
+    """A partly and a fully refunded payment (``refunded_amount``, the spec's ``refunded``
+    status) and the invoice they reopen pass Prism in every shape, and the connector reads
+    them through it: the same payments, one of them refunded in full."""
+    invoices = every(hcp_direct, "/invoices", "invoices")
+    first, second, *_ = next(
+        succeeded
+        for i in invoices
+        if len(succeeded := [p for p in i["payments"] if p["status"] == "succeeded"]) >= 2
+    )
+    invoice = next(i for i in invoices if first in i["payments"])
+    hcp_direct.post(
+        f"/_sandbox/payments/{first['id']}/refund", json={"amount": 1}
+    ).raise_for_status()
+    hcp_direct.post(f"/_sandbox/payments/{second['id']}/refund", json={}).raise_for_status()
+    for options in ({}, {"nest_payments": False}, {"live_invoices": True}):
+        hcp_direct.put("/_sandbox/options", json=options).raise_for_status()
+        assert api.get("/invoices", params={"page_size": 200}).status_code == 200
+        shown = api.get(f"/invoices/{invoice['id']}")
+        assert shown.status_code == 200, prism_recorder.report()
+        listed = api.get(f"/invoices/{invoice['id']}/payments")
+        assert listed.status_code == 200, prism_recorder.report()
+        by_id = {p["id"]: p for p in listed.json()["payments"]}
+        assert by_id[first["id"]]["refunded_amount"] == 1
+        assert by_id[second["id"]]["status"] == "refunded"
+    hcp_direct.put("/_sandbox/options", json={"nest_payments": True, "live_invoices": False})
+
+    with through_prism(prism_recorder):
+        list(connector.read("invoices"))
+        payments = {p.id: p.data for p in connector.read("payments")}
+    assert payments[first["id"]]["refunded_amount"] == 1
+    assert payments[second["id"]]["refunded_amount"] == second["amount"]
     assert_prism_found_nothing(prism_recorder)
 
 

@@ -384,9 +384,11 @@ def test_invoices_nest_their_payments_by_default(app: Any, client: httpx.Client)
         mine = by_invoice.get(invoice["id"], [])
         assert [p["id"] for p in invoice["payments"]] == [p["id"] for p in mine]
         for nested, stored in zip(invoice["payments"], mine, strict=True):
+            # the live API's nested fields, and the refunds (a name the sandbox assumes)
             assert set(nested) <= {"id", "status", "payment_method", "amount", "note",
-                                   "paid_at", "category"}  # fmt: skip
+                                   "paid_at", "category", "refunded_amount"}  # fmt: skip
             assert nested["paid_at"] == stored["processed_at"]
+            assert nested["refunded_amount"] == stored["refunded_amount"]
 
 
 def test_invoice_shapes_follow_the_options(app: Any, client: httpx.Client) -> None:
