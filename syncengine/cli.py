@@ -477,8 +477,9 @@ def reconcile_report(
 ) -> None:
     """Prove the books agree: per invoice, the amount, the succeeded payments and the
     outstanding balance on each member, and every disagreement (a balance that is not amount
-    minus payments, a payment on one member and not another, an invoice number naming two
-    invoices). Reads every member; writes nothing. Exit 1 when anything disagrees."""
+    minus payments plus their refunds, a subtotal and tax that do not add up to the amount, a
+    payment on one member and not another, an invoice number naming two invoices). Reads
+    every member; writes nothing. Exit 1 when anything disagrees."""
     with handled("reconcile-report", reads_only=True):
         _setup(log_level)
         cfg = api.require_config(config)

@@ -211,7 +211,7 @@ def render_report(console: Console, report: Report, *, all_invoices: bool = Fals
                 " / ".join(
                     (
                         _money(line.amount.get(member)),
-                        format_cents(line.paid.get(member, 0)),
+                        _paid(line.paid.get(member, 0), line.refunded.get(member, 0)),
                         _money(balance) if member in line.balance else "n/a",
                     )
                 )
@@ -224,9 +224,10 @@ def render_report(console: Console, report: Report, *, all_invoices: bool = Fals
         console.print(f"[red]{problem.kind}[/] {escape(problem.member)}: {escape(problem.message)}")
     totals = report.totals()
     for member, t in totals.items():
+        refunded = f", refunded {format_cents(t['refunded'])}" if t.get("refunded") else ""
         console.print(
             f"{member}: {t['invoices']} invoices, amount {format_cents(t['amount'])}, "
-            f"paid {format_cents(t['paid'])}, outstanding {format_cents(t['balance'])}"
+            f"paid {format_cents(t['paid'])}{refunded}, outstanding {format_cents(t['balance'])}"
         )
     bad = sum(1 for line in report.invoices if line.problems) + len(report.general)
     closed = sum(len(line.after_close) for line in report.invoices)
@@ -244,6 +245,13 @@ def render_report(console: Console, report: Report, *, all_invoices: bool = Fals
             f"[green]The books reconcile[/]: {len(report.invoices)} invoices agree on every "
             f"member{but}."
         )
+
+
+def _paid(paid: int, refunded: int) -> str:
+    """Succeeded payments, and what was refunded of them when anything was."""
+    if not refunded:
+        return format_cents(paid)
+    return f"{format_cents(paid)} (−{format_cents(refunded)} refunded)"
 
 
 def _money(value: Any) -> str:

@@ -3,10 +3,14 @@
 ``reconcile_report`` reads the invoices and payments of every member of a pipeline as they
 are now (not as the state store last saw them), through the members' mappings, with
 references resolved the way a sync resolves them. Per invoice it gives the amount, the sum of
-succeeded payments and the outstanding balance on each member, and every disagreement:
+succeeded payments (and their refunds) and the outstanding balance on each member, and every
+disagreement:
 
-- ``balance``: a member's balance is not its amount minus its succeeded payments;
+- ``balance``: a member's balance is not its amount minus its succeeded payments (plus what
+  was refunded of them: succeeded payments − refunds = amount − balance);
+- ``totals``: a member's subtotal plus its tax is not its amount (where it gives both);
 - ``amount``: members disagree on the amount (or on the succeeded payments' sum);
+- ``refund``: members disagree on what was refunded (among those that give refunds);
 - ``missing``: a member lacks an invoice or a payment another member has;
 - ``duplicate``: an invoice number names two invoices (on one member, or across members);
 - ``unreadable`` / ``unlinked``: a record that could not be read, or is not synced yet.
@@ -54,6 +58,12 @@ class InvoiceLine:
     amount: dict[str, int | None] = field(default_factory=dict)
     paid: dict[str, int] = field(default_factory=dict)
     """member -> sum of succeeded payments."""
+    refunded: dict[str, int] = field(default_factory=dict)
+    """member -> what was refunded of its succeeded payments (members that give refunds)."""
+    subtotal: dict[str, int] = field(default_factory=dict)
+    """member -> the subtotal (members that give it)."""
+    tax: dict[str, int] = field(default_factory=dict)
+    """member -> the tax (members that give it)."""
     balance: dict[str, int | None] = field(default_factory=dict)
     payments: dict[str, set[str]] = field(default_factory=dict)
     """member -> payment keys."""
@@ -71,12 +81,18 @@ class InvoiceLine:
                     "paid": self.paid.get(m, 0),
                     "balance": self.balance.get(m),
                     "payments": len(self.payments.get(m, ())),
+                    **self._details(m),
                 }
                 for m in self.amount
             },
             "disagreements": [p.to_json() for p in self.problems],
             "after_close": [p.to_json() for p in self.after_close],
         }
+
+    def _details(self, member: str) -> dict[str, int]:
+        """The money below the total a member gives (nothing for one that gives none)."""
+        named = (("subtotal", self.subtotal), ("tax", self.tax), ("refunded", self.refunded))
+        return {name: values[member] for name, values in named if member in values}
 
 
 @dataclass
@@ -104,6 +120,8 @@ class Report:
                 "paid": sum(x.paid.get(member, 0) for x in self.invoices),
                 "balance": sum(x.balance.get(member) or 0 for x in self.invoices),
             }
+            if any(member in x.refunded for x in self.invoices):
+                out[member]["refunded"] = sum(x.refunded.get(member, 0) for x in self.invoices)
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -168,6 +186,7 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
             number = record.get("invoice_number")
             line = line_for(key, number)
             line.amount[member] = record.get("amount")
+            _note_totals(line, member, record)
             if "balance" in record:
                 line.balance[member] = record.get("balance")
             line.paid.setdefault(member, 0)
@@ -219,8 +238,7 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
                         member,
                     )
                 )
-            if record.get("status") == "succeeded" and isinstance(record.get("amount"), int):
-                owner.paid[member] = owner.paid.get(member, 0) + record["amount"] * len(seen)
+            _count_payment(owner, member, record, len(seen))
 
     for number, holders_of in numbers.items():
         if len(holders_of) > 1:
@@ -248,17 +266,21 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
         for member in holders:
             amount, balance = line.amount[member], line.balance.get(member)
             if isinstance(amount, int) and isinstance(balance, int):
-                expected = amount - line.paid.get(member, 0)
+                refunded = line.refunded.get(member, 0)
+                expected = amount - line.paid.get(member, 0) + refunded
                 if balance != expected:
                     line.problems.append(
                         Disagreement(
                             "balance",
                             f"balance {format_cents(balance)} on {member} but amount "
                             f"{format_cents(amount)} − payments "
-                            f"{format_cents(line.paid.get(member, 0))} = {format_cents(expected)}",
+                            f"{format_cents(line.paid.get(member, 0))}"
+                            + (f" + refunds {format_cents(refunded)}" if refunded else "")
+                            + f" = {format_cents(expected)}",
                             member,
                         )
                     )
+            _check_totals(line, member)
         amounts = {line.amount[m] for m in holders}
         if len(amounts) > 1:
             shown = ", ".join(f"{m} {_money(line.amount[m])}" for m in holders)
@@ -267,6 +289,7 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
         if len(paid) > 1:
             shown = ", ".join(f"{m} {format_cents(line.paid.get(m, 0))}" for m in holders)
             line.problems.append(Disagreement("amount", f"succeeded payments differ: {shown}"))
+        _check_refunds_agree(line, holders)
         every = set().union(*(line.payments.get(m, set()) for m in holders)) if holders else set()
         for member in holders:
             if "payments" not in pipeline.entities:
@@ -285,6 +308,53 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
         for line in report.invoices:
             _explain_closed(line, pipeline.locks, invoices, payments)
     return report
+
+
+def _note_totals(line: InvoiceLine, member: str, record: dict[str, Any]) -> None:
+    """Keep the subtotal and tax a member's invoice gives (a member that gives none of them
+    keeps the report it had before they existed)."""
+    for values, name in ((line.subtotal, "subtotal"), (line.tax, "tax_amount")):
+        value = record.get(name)
+        if isinstance(value, int):
+            values[member] = value
+
+
+def _count_payment(line: InvoiceLine, member: str, record: dict[str, Any], times: int) -> None:
+    """Add a payment to its invoice's sums on a member (``times``: how often the member holds
+    it). A succeeded payment counts its amount as paid and what was given back of it as
+    refunded; any other (pending, failed, or ``refunded`` in full) counts for nothing."""
+    amount = record.get("amount")
+    if record.get("status") != "succeeded" or not isinstance(amount, int):
+        return
+    line.paid[member] = line.paid.get(member, 0) + amount * times
+    refunded = record.get("refunded_amount")
+    if isinstance(refunded, int):
+        line.refunded[member] = line.refunded.get(member, 0) + refunded * times
+
+
+def _check_totals(line: InvoiceLine, member: str) -> None:
+    """subtotal + tax = amount on one member, where it gives all three."""
+    amount, subtotal, tax = line.amount.get(member), line.subtotal.get(member), line.tax.get(member)
+    if not isinstance(amount, int) or subtotal is None or tax is None:
+        return
+    if subtotal + tax != amount:
+        line.problems.append(
+            Disagreement(
+                "totals",
+                f"subtotal {format_cents(subtotal)} + tax {format_cents(tax)} = "
+                f"{format_cents(subtotal + tax)} on {member}, but the amount is "
+                f"{format_cents(amount)}",
+                member,
+            )
+        )
+
+
+def _check_refunds_agree(line: InvoiceLine, holders: list[str]) -> None:
+    """Members that give refunds agree on what was refunded of the invoice's payments."""
+    giving = [m for m in holders if m in line.refunded]
+    if len({line.refunded[m] for m in giving}) > 1:
+        shown = ", ".join(f"{m} {format_cents(line.refunded[m])}" for m in giving)
+        line.problems.append(Disagreement("refund", f"refunds differ: {shown}"))
 
 
 def _money(value: int | None) -> str:
