@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,18 +50,21 @@ def store_event(
         "occurred_at": occurred_at,
         "received_at": datetime.now(UTC),
     }
-    dialect = conn.dialect.name
-    stmt: Any
-    if dialect == "sqlite":
-        stmt = sqlite.insert(inbox).on_conflict_do_nothing(index_elements=["connector", "digest"])
-    elif dialect == "postgresql":
-        stmt = postgresql.insert(inbox).on_conflict_do_nothing(
-            index_elements=["connector", "digest"]
-        )
-    else:
-        raise StateError(f"unsupported database dialect {dialect!r}")
-    found = conn.execute(stmt.values(row).returning(inbox.c.id)).scalar()
+    found = conn.execute(_insert_once(conn.dialect.name), row).scalar()
     return int(found) if found is not None else None
+
+
+@cache
+def _insert_once(dialect: str) -> Any:
+    """``INSERT ... ON CONFLICT (connector, digest) DO NOTHING RETURNING id``, built once per
+    dialect (with the row as parameters, its compiled form is cached too)."""
+    if dialect == "sqlite":
+        lite = sqlite.insert(inbox).on_conflict_do_nothing(index_elements=["connector", "digest"])
+        return lite.returning(inbox.c.id)
+    if dialect == "postgresql":
+        pg = postgresql.insert(inbox).on_conflict_do_nothing(index_elements=["connector", "digest"])
+        return pg.returning(inbox.c.id)
+    raise StateError(f"unsupported database dialect {dialect!r}")
 
 
 def pending(
