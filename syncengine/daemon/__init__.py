@@ -23,6 +23,7 @@ thread renews their leases.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -103,6 +104,8 @@ class OnceReport:
 PRUNE_EVERY_S = 3600.0
 """How often a serving daemon prunes the run history (``[daemon] history_days``) and the
 webhook inbox."""
+SWITCH_INTERVAL_S = 0.001
+"""How long a thread of a serving daemon holds the interpreter while others wait."""
 INBOX_KEEP_DONE_S = 3600.0
 """Webhook events every pipeline concerned took are kept this long (then pruned); events
 some pipeline never took are kept ``history_days``."""
@@ -208,6 +211,10 @@ class Daemon:
         """Start the scheduler, the lease keeper and the HTTP endpoint (if asked for)."""
         self._prepare()
         if self._http_address is not None:  # first: a port in use fails before any run
+            # the HTTP threads answer webhook senders while syncs run on other threads of
+            # this process: hand the interpreter over more often than every 5 ms, so that an
+            # answer does not wait behind a run's CPU work for long
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
             self.server.start(self._http_address)
         section = self.config.daemon
         self.schedules.start(self.config)
