@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from syncengine import __version__, api
 from syncengine.bars import progress_bars
-from syncengine.config import MIN_SECRET_LENGTH
+from syncengine.config import MIN_SECRET_LENGTH, Pipeline
 from syncengine.display import entity_changes, local_time
 from syncengine.errors import (
     AuthError,
@@ -553,7 +553,13 @@ def validate(
                 "ok": True,
                 "connectors": {c.name: c.type_name for c in cfg.connectors.values()},
                 "pipelines": [
-                    {"name": p.name, "members": list(p.members), "entities": list(p.entities)}
+                    {
+                        "name": p.name,
+                        "members": list(p.members),
+                        "entities": list(p.entities),
+                        # member -> the first open day (only where a period is closed)
+                        **_locks_json(p),
+                    }
                     for p in cfg.pipelines.values()
                 ],
             }
@@ -564,6 +570,18 @@ def validate(
             for p in cfg.pipelines.values()
         )
         out.print(escape(f"{config}: ok — {len(cfg.connectors)} connectors, pipelines: {pipes}"))
+        for p in cfg.pipelines.values():
+            # a lock date is part of the config people check: a new one changes what is written
+            for lock in p.locks.values():
+                out.print(escape(f"  {p.name}: {lock.describe()}"))
+
+
+def _locks_json(pipeline: Pipeline) -> dict[str, dict[str, str]]:
+    """``{"locks": {member: first open day}}`` for a pipeline with closed periods, else
+    nothing."""
+    if not pipeline.locks:
+        return {}
+    return {"locks": {m: lock.opens.isoformat() for m, lock in pipeline.locks.items()}}
 
 
 @app.command(short_help="Last run, schedule, open conflicts and skipped writes per pipeline.")

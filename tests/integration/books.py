@@ -209,9 +209,11 @@ def books_config(
     concurrency: int = 2,
     books_extra: str = "",
     name: str = "config.toml",
+    pipeline_extra: str = "",
 ) -> Path:
     """A config syncing customers, invoices and payments between the sandbox on ``port`` and
-    ``folder/path`` (a CSV folder, or a workbook when it ends in ``.xlsx``)."""
+    ``folder/path`` (a CSV folder, or a workbook when it ends in ``.xlsx``); ``pipeline_extra``
+    is TOML appended to the pipeline (tables such as ``[pipelines.locks]``)."""
     folder.mkdir(parents=True, exist_ok=True)
     zone = f'timezone = "{timezone}"' if timezone else ""
     text = f"""\
@@ -241,6 +243,8 @@ batch_size = {batch_size}
 
 [pipelines.conflicts]
 default = ["hcp"]
+
+{pipeline_extra}
 """
     config = folder / name
     config.write_text(text, encoding="utf-8")
