@@ -113,8 +113,8 @@ def check_typed_cells(path: Path) -> None:
     try:
         bad: list[str] = []
         for title, money, dates in (
-            ("Invoices", ("Amount", "Balance"), ("Due Date", "Created")),
-            ("Payments", ("Amount",), ("Date",)),
+            ("Invoices", ("Subtotal", "Tax", "Amount", "Balance"), ("Due Date", "Created")),
+            ("Payments", ("Amount", "Refunded"), ("Date",)),
         ):
             ws = wb[title]
             header = [c.value for c in ws[1]]
@@ -249,6 +249,7 @@ def test_seeded_sandbox_syncs_into_empty_books_and_reconciles(
             "amount": truth.total_amount(),
             "paid": truth.total_paid(),
             "balance": truth.total_balance(),
+            "refunded": truth.total_refunded(),
         }, body["totals"]
 
     assert hcp.books() == truth, "HCP changed although only the books had anything to take"
