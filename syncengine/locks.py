@@ -70,7 +70,8 @@ class Lock:
         """How ``validate`` shows the lock."""
         dated = " or ".join(sorted(DATED_BY))
         day = self.opens.isoformat()
-        return f"{self.member} closed before {day} (no write of {dated} dated before it)"
+        zone = "" if self.zone == "UTC" else f", days in {self.zone}"
+        return f"{self.member} closed before {day} (no write of {dated} dated before it{zone})"
 
     def closed(self, entity: str, record: Mapping[str, Any] | None) -> bool:
         """Whether ``record`` (canonical) of ``entity`` is dated before the lock."""

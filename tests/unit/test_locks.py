@@ -20,8 +20,13 @@ import pytest
 
 from syncengine import api
 from syncengine.config import Config
+from syncengine.connector import Capabilities
 from syncengine.errors import ConfigError
 from syncengine.locks import Lock, record_day, refuses
+from syncengine.mapping import load_mapping
+from syncengine.model import entity_spec
+from syncengine.plan import KeyPlan, Update
+from syncengine.reconcile import Context, MemberView, reconcile
 from tests.helpers import ACCOUNTING, ds, hcp_books_config, memory_config, run
 
 LOCK = Lock("books", dt.date(2026, 10, 1))
@@ -82,6 +87,84 @@ def test_a_write_is_refused_when_either_side_is_closed(
     assert not refuses(LOCK, "customers", held, wanted)
 
 
+# ------------------------------------------------------------------ reconcile's last phase
+
+PAY: dict[str, Any] = {
+    "invoice": "inv-1",
+    "amount": 5000,
+    "method": "cash",
+    "status": "succeeded",
+    "paid_at": BEFORE,
+}
+
+
+def _plan(books: dict[str, Any], known: dict[str, dict[str, str]] | None = None) -> KeyPlan:
+    """One payment HCP changed (its amount), with books' view as given."""
+    mapping = load_mapping("memory", "payments")
+    ctx = Context(
+        entity=entity_spec("payments"),
+        members=("hcp", "books"),
+        mappings={"hcp": mapping, "books": mapping},
+        caps={"hcp": Capabilities(), "books": Capabilities(assigns_ids=True)},
+        rules=lambda _field: ["hcp"],
+        locks={"books": LOCK},
+        skipped=known or {},
+    )
+    paid_at = books.pop("paid_at", BEFORE)
+    held = {**PAY, "paid_at": paid_at}
+    views = {
+        "hcp": MemberView(
+            member="hcp",
+            status="changed",
+            native_id="p1",
+            current={**PAY, "paid_at": paid_at, "amount": 6000},
+            last_seen=held,
+            native={**held, "amount": 6000},
+        ),
+        "books": MemberView(
+            member="books",
+            status="unchanged",
+            native_id="k1",
+            current=held,
+            last_seen=held,
+            native=held,
+            **books,
+        ),
+    }
+    return reconcile(ctx, "k1", held, views)
+
+
+def test_a_closed_update_is_skipped_and_the_link_kept_dirty_the_base_moves_on() -> None:
+    plan = _plan({})
+    assert plan.actions == []
+    (skip,) = plan.skips
+    assert (skip.member, skip.reason, skip.quiet) == ("books", REASON, False)
+    assert plan.links["books"].dirty and plan.links["books"].last_seen == PAY
+    assert plan.base_after is not None and plan.base_after["amount"] == 6000
+    assert plan.reported_skips == [skip]
+
+
+def test_a_skip_on_record_is_kept_quietly() -> None:
+    plan = _plan({"dirty": True}, known={"k1": {"books": REASON}})
+    (skip,) = plan.skips
+    assert skip.quiet and plan.reported_skips == []
+    assert "books" not in plan.links  # dirty and unchanged already: nothing to store again
+
+
+def test_an_open_update_goes_through() -> None:
+    plan = _plan({"paid_at": AFTER})
+    assert [(a.op, a.member) for a in plan.actions] == [("update", "books")]
+    assert plan.skips == []
+
+
+def test_a_closed_row_without_a_sync_id_still_gets_it_and_nothing_else() -> None:
+    plan = _plan({"provisional": True})
+    (action,) = plan.actions
+    assert isinstance(action, Update) and action.link_only and action.assign_id == "k1"
+    assert action.patch == {} and action.full == {**PAY}
+    assert [s.reason for s in plan.skips] == [REASON]
+
+
 # ---------------------------------------------------------------------------- the config
 
 
@@ -89,6 +172,11 @@ def test_the_lock_is_read_with_the_members_time_zone(tmp_path: Path) -> None:
     config = hcp_books_config(tmp_path, locks={"books": "2026-10-01"})
     (pipeline,) = config.pipelines.values()
     assert pipeline.locks == {"books": Lock("books", dt.date(2026, 10, 1), "UTC")}
+    assert pipeline.locks["books"].describe() == (
+        "books closed before 2026-10-01 (no write of invoices or payments dated before it)"
+    )
+    chicago = Lock("books", dt.date(2026, 10, 1), "America/Chicago").describe()
+    assert chicago.endswith("dated before it, days in America/Chicago)")
 
 
 @pytest.mark.parametrize(
