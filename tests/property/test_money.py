@@ -1,18 +1,22 @@
 """Money round-trips exactly, as integers, through every path it takes.
 
-Amounts are 0 to 10^10 cents, and their negatives (refunds, credit notes). The paths:
+Amounts are 0 to 10^10 cents, and their negatives (credit notes); an invoice's subtotal and
+tax, and a payment's refund from 0 up to the payment, travel the same paths. The paths:
 
 - the ``cents`` transform at 0 to 4 decimal places, both ways: the text it writes reads back
   as the same integer; what a person types (``1,234.50``, ``$12``, ``12.5``, ``(3.00)``,
   ``-$7``) reads as exactly the amount it shows; a workbook's number cell (a float of whole
   cents) too; more decimals than the places is an error, never a rounding;
-- the spreadsheet's invoice and payment mappings (``Amount``, ``Balance``): canonical cents
-  -> text -> canonical cents;
+- the spreadsheet's invoice and payment mappings (``Amount``, ``Balance``, ``Subtotal``,
+  ``Tax``, ``Refunded``): canonical cents -> text -> canonical cents; a refund above its
+  payment is refused by every mapping, never passed on;
 - the Housecall Pro mappings (integer cents both ways, read-only balances and job totals);
 - from one member's form to another's and back (HCP int -> sheet text -> HCP int);
 - a real CSV folder through the spreadsheet connector: rows written, flushed, read back by a
   new connector instance; rows as a person typed them, rewritten by the sync and read back;
-- a whole sync: a memory member (integer cents) and a CSV folder, both directions.
+- a whole sync: a memory member (integer cents) and a CSV folder, both directions;
+- the HCP sandbox's refunds: any sequence of refunds up to the payment, each one exact, the
+  invoice's balance reopened by exactly their sum, and one cent more refused.
 
 Every comparison is exact integer equality; nothing goes through binary floats. (The XLSX
 round trip lives in ``tests/unit/test_xlsx_money.py``.)
@@ -34,8 +38,11 @@ from hypothesis import strategies as st
 
 from syncengine import api
 from syncengine.connector import ConnectorContext
+from syncengine.connectors.housecallpro.sandbox import SandboxState
+from syncengine.connectors.housecallpro.sandbox_fields import ValidationFailed
 from syncengine.connectors.memory import MemoryConnector
 from syncengine.connectors.spreadsheet import SpreadsheetConnector, SpreadsheetOptions
+from syncengine.errors import RecordError
 from syncengine.mapping import EntityMapping, load_mapping
 from syncengine.transforms import build_transform
 from tests.csvfiles import read_csv, write_csv
@@ -46,6 +53,21 @@ PLACES = [0, 1, 2, 3, 4]
 
 cents = st.integers(0, MAX) | st.sampled_from([0, 1, 9, 10, 99, 100, 101, 123450, MAX])
 signed_cents = st.builds(lambda c, neg: -c if neg else c, cents, st.booleans())
+
+
+@st.composite
+def refunded_payments(draw: st.DrawFn) -> tuple[int, int]:
+    """A payment's amount and what was refunded of it: 0, part of it, or all of it."""
+    amount = draw(cents)
+    refunded = draw(st.sampled_from([0, amount]) | st.integers(0, amount))
+    return amount, refunded
+
+
+@st.composite
+def taxed(draw: st.DrawFn) -> tuple[int, int, int]:
+    """An invoice's amount, subtotal and tax, with amount = subtotal + tax."""
+    subtotal, tax = draw(signed_cents), draw(cents)
+    return subtotal + tax, subtotal, tax
 
 
 def cents_transform(places: int) -> Any:
@@ -144,30 +166,64 @@ HCP = {e: load_mapping("housecallpro", e) for e in ("jobs", "invoices", "payment
 MEMORY = {e: load_mapping("memory", e) for e in ("jobs", "invoices", "payments")}
 
 
-@given(amount=signed_cents, balance=signed_cents)
-def test_sheet_invoice_amounts_round_trip(amount: int, balance: int) -> None:
-    native = SHEET_INVOICES.to_native({"amount": amount, "balance": balance})
-    assert set(native) == {"Amount", "Balance"}
-    assert all(isinstance(native[c], str) for c in ("Amount", "Balance"))
-    assert _exact(native["Amount"], 2) == amount and _exact(native["Balance"], 2) == balance
+INVOICE_MONEY = {"amount": "Amount", "balance": "Balance", "subtotal": "Subtotal",
+                 "tax_amount": "Tax"}  # fmt: skip
+PAYMENT_MONEY = {"amount": "Amount", "refunded_amount": "Refunded"}
+
+
+@given(totals=taxed(), balance=signed_cents)
+def test_sheet_invoice_amounts_round_trip(totals: tuple[int, int, int], balance: int) -> None:
+    amount, subtotal, tax = totals
+    canonical = {"amount": amount, "balance": balance, "subtotal": subtotal, "tax_amount": tax}
+    native = SHEET_INVOICES.to_native(canonical)
+    assert set(native) == set(INVOICE_MONEY.values())
+    assert all(isinstance(native[c], str) for c in INVOICE_MONEY.values())
+    assert {f: _exact(native[c], 2) for f, c in INVOICE_MONEY.items()} == canonical
     back = SHEET_INVOICES.to_canonical(SHEET_INVOICES.build_native(native))
-    assert (back["amount"], back["balance"]) == (amount, balance)
+    assert {f: back[f] for f in INVOICE_MONEY} == canonical
 
 
-@given(amount=signed_cents)
-def test_sheet_payment_amounts_round_trip(amount: int) -> None:
-    native = SHEET_PAYMENTS.to_native({"amount": amount})
+@given(payment=refunded_payments())
+def test_sheet_payment_amounts_round_trip(payment: tuple[int, int]) -> None:
+    amount, refunded = payment
+    native = SHEET_PAYMENTS.to_native({"amount": amount, "refunded_amount": refunded})
     assert isinstance(native["Amount"], str) and _exact(native["Amount"], 2) == amount
-    assert SHEET_PAYMENTS.to_canonical(native)["amount"] == amount
+    assert isinstance(native["Refunded"], str) and _exact(native["Refunded"], 2) == refunded
+    back = SHEET_PAYMENTS.to_canonical(native)
+    assert (back["amount"], back["refunded_amount"]) == (amount, refunded)
 
 
-@given(data=st.data(), amount=signed_cents, balance=signed_cents)
-def test_sheet_reads_typed_amounts_exactly(data: st.DataObject, amount: int, balance: int) -> None:
-    row = {"Amount": data.draw(typed(amount, 2)), "Balance": data.draw(typed(balance, 2))}
+@given(data=st.data(), totals=taxed(), balance=signed_cents, payment=refunded_payments())
+def test_sheet_reads_typed_amounts_exactly(
+    data: st.DataObject, totals: tuple[int, int, int], balance: int, payment: tuple[int, int]
+) -> None:
+    amount, subtotal, tax = totals
+    values = {"amount": amount, "balance": balance, "subtotal": subtotal, "tax_amount": tax}
+    row = {c: data.draw(typed(values[f], 2), label=c) for f, c in INVOICE_MONEY.items()}
     record = SHEET_INVOICES.to_canonical(row)
-    assert (record["amount"], record["balance"]) == (amount, balance)
-    payment = SHEET_PAYMENTS.to_canonical({"Amount": row["Amount"]})
-    assert payment["amount"] == amount
+    assert {f: record[f] for f in INVOICE_MONEY} == values
+    paid, refunded = payment
+    cells = {"Amount": data.draw(typed(paid, 2)), "Refunded": data.draw(typed(refunded, 2))}
+    read = SHEET_PAYMENTS.to_canonical(cells)
+    assert (read["amount"], read["refunded_amount"]) == (paid, refunded)
+    assert type(read["refunded_amount"]) is int
+
+
+@pytest.mark.parametrize("member", ["spreadsheet", "housecallpro", "memory"])
+@given(data=st.data(), amount=cents, extra=st.integers(1, MAX))
+def test_a_refund_above_its_payment_is_refused_by_every_mapping(
+    member: str, data: st.DataObject, amount: int, extra: int
+) -> None:
+    mapping = {"spreadsheet": SHEET_PAYMENTS, "housecallpro": HCP["payments"],
+               "memory": MEMORY["payments"]}[member]  # fmt: skip
+    native = mapping.to_native({"amount": amount, "refunded_amount": amount + extra})
+    if member == "spreadsheet":  # as typed, in any style
+        native["Refunded"] = data.draw(typed(amount + extra, 2), label="typed refund")
+    with pytest.raises(RecordError) as refused:
+        mapping.to_canonical(native, location="row 7")
+    assert refused.value.location == "row 7"
+    assert refused.value.field == mapping.native_name("refunded_amount")
+    assert "is more than the payment's amount" in str(refused.value)
 
 
 @pytest.mark.parametrize("mappings", [HCP, MEMORY], ids=["housecallpro", "memory"])
@@ -190,6 +246,24 @@ def test_integer_mappings_keep_cents_as_ints(
     assert type(job["total_amount"]) is int
 
 
+@pytest.mark.parametrize("mappings", [HCP, MEMORY], ids=["housecallpro", "memory"])
+@given(totals=taxed(), payment=refunded_payments())
+def test_integer_mappings_keep_subtotals_tax_and_refunds_as_ints(
+    mappings: dict[str, EntityMapping], totals: tuple[int, int, int], payment: tuple[int, int]
+) -> None:
+    amount, subtotal, tax = totals
+    invoice = {"amount": amount, "subtotal": subtotal, "tax_amount": tax}
+    native = mappings["invoices"].to_native(invoice)
+    assert all(type(v) is int for v in native.values()) and len(native) == 3
+    assert {k: mappings["invoices"].to_canonical(native)[k] for k in invoice} == invoice
+    paid, refunded = payment
+    written = mappings["payments"].to_native({"amount": paid, "refunded_amount": refunded})
+    assert sorted(written.values()) == sorted([paid, refunded])
+    assert all(type(v) is int for v in written.values())
+    back = mappings["payments"].to_canonical(written)
+    assert (back["amount"], back["refunded_amount"]) == (paid, refunded)
+
+
 @given(amount=signed_cents, balance=signed_cents, data=st.data())
 def test_amounts_cross_from_hcp_to_the_sheet_and_back(
     amount: int, balance: int, data: st.DataObject
@@ -205,6 +279,29 @@ def test_amounts_cross_from_hcp_to_the_sheet_and_back(
     assert type(written["amount"]) is int and written["amount"] == amount
     for_payment = SHEET_PAYMENTS.to_native(HCP["payments"].to_canonical({"amount": amount}))
     assert HCP["payments"].to_native(SHEET_PAYMENTS.to_canonical(for_payment))["amount"] == amount
+
+
+@given(totals=taxed(), payment=refunded_payments(), data=st.data())
+def test_subtotals_tax_and_refunds_cross_from_hcp_to_the_sheet_and_back(
+    totals: tuple[int, int, int], payment: tuple[int, int], data: st.DataObject
+) -> None:
+    amount, subtotal, tax = totals
+    hcp_invoice = {"amount": amount, "subtotal": subtotal, "tax_amount": tax}
+    sheet = SHEET_INVOICES.to_native(HCP["invoices"].to_canonical(hcp_invoice))
+    retyped = {
+        **sheet,
+        "Subtotal": data.draw(st.just(sheet["Subtotal"]) | typed(subtotal, 2), label="subtotal"),
+        "Tax": data.draw(st.just(sheet["Tax"]) | typed(tax, 2), label="tax"),
+    }
+    back = HCP["invoices"].to_native(SHEET_INVOICES.to_canonical(retyped))
+    assert {k: back[k] for k in hcp_invoice} == hcp_invoice
+    assert all(type(back[k]) is int for k in hcp_invoice)
+    paid, refunded = payment
+    hcp_payment = {"amount": paid, "refunded_amount": refunded}
+    row = SHEET_PAYMENTS.to_native(HCP["payments"].to_canonical(hcp_payment))
+    row["Refunded"] = data.draw(st.just(row["Refunded"]) | typed(refunded, 2), label="refund")
+    again = HCP["payments"].to_native(SHEET_PAYMENTS.to_canonical(row))
+    assert {k: again[k] for k in hcp_payment} == hcp_payment
 
 
 # -------------------------------------------------------------------- a real CSV file round trip
@@ -380,3 +477,104 @@ def test_a_sync_between_integer_cents_and_a_csv_folder_keeps_every_cent(
         assert all(type(a) is int and type(b) is int for a, b in held.values())
         [third] = api.sync(config)
         assert third.plan.actions == [], [a.describe() for a in third.plan.actions]
+
+
+@SYNC_SETTINGS
+@given(data=st.data(), invoices=st.lists(taxed(), min_size=1, max_size=4))
+def test_a_sync_keeps_every_cent_of_subtotals_tax_and_refunds(
+    data: st.DataObject, invoices: list[tuple[int, int, int]]
+) -> None:
+    """Refunds up to the payment reach a CSV folder exactly, and a later refund changes the
+    payment's row in place: the same Sync ID, never a new row."""
+    MemoryConnector.reset()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = memory_config(
+            Path(tmp),
+            {
+                "hcp": {"entities": list(ENTITIES)},
+                "books": {"type": "spreadsheet", "path": "books"},
+            },
+            entities=ENTITIES,
+        )
+        hcp = MemoryConnector.get_dataset("hcp")
+        hcp.put("customers", "c1", {"email": "ann@x.com"})
+        paid = [data.draw(refunded_payments(), label="payment") for _ in invoices]
+        for n, ((amount, subtotal, tax), (payment, refunded)) in enumerate(
+            zip(invoices, paid, strict=True)
+        ):
+            hcp.put("invoices", f"i{n}", {"invoice_number": str(1000 + n), "customer": "c1",
+                                          "amount": amount, "subtotal": subtotal,
+                                          "tax_amount": tax, "status": "open"})  # fmt: skip
+            hcp.put("payments", f"p{n}", {"invoice": f"i{n}", "amount": payment,
+                                          "refunded_amount": refunded, "method": "cash",
+                                          "status": "succeeded"})  # fmt: skip
+        [first] = api.sync(config)
+        assert first.exit_code == 0, first.to_json()
+        folder = Path(tmp) / "books"
+        rows = read_csv(folder / "invoices.csv")
+        assert sorted(
+            (r["Invoice #"], _exact(r["Subtotal"], 2), _exact(r["Tax"], 2), _exact(r["Amount"], 2))
+            for r in rows
+        ) == sorted(
+            (str(1000 + n), subtotal, tax, amount)
+            for n, (amount, subtotal, tax) in enumerate(invoices)
+        )
+
+        def refunds() -> dict[str, tuple[str, int, int]]:
+            """Sync ID -> (invoice number, amount, refunded) of each payment row."""
+            return {
+                r["Sync ID"]: (r["Invoice #"], _exact(r["Amount"], 2), _exact(r["Refunded"], 2))
+                for r in read_csv(folder / "payments.csv")
+            }
+
+        before = refunds()
+        assert sorted(before.values()) == sorted(
+            (str(1000 + n), payment, refunded) for n, (payment, refunded) in enumerate(paid)
+        )
+        # more is refunded in HCP, up to the whole payment
+        later = [data.draw(st.integers(r, a), label="refunded later") for a, r in paid]
+        for n, refunded in enumerate(later):
+            hcp.edit("payments", f"p{n}", refunded_amount=refunded)
+        [second] = api.sync(config)
+        assert second.exit_code == 0, second.to_json()
+        after = refunds()
+        assert after.keys() == before.keys(), "a refund is a change of the row, never a new one"
+        assert sorted(after.values()) == sorted(
+            (str(1000 + n), payment, refunded)
+            for n, ((payment, _first), refunded) in enumerate(zip(paid, later, strict=True))
+        )
+        [third] = api.sync(config)
+        assert third.plan.actions == [], [a.describe() for a in third.plan.actions]
+
+
+# --------------------------------------------------------------------- the sandbox's refunds
+
+
+@settings(max_examples=max(10, _PROFILE.max_examples // 2))
+@given(data=st.data(), amount=st.integers(1, MAX))
+def test_sandbox_refunds_up_to_the_payment_are_exact(data: st.DataObject, amount: int) -> None:
+    """Any sequence of refunds of one payment: each adds exactly its cents to the payment's
+    refunded_amount and to the invoice's balance; past the payment is refused, changing
+    nothing; the whole payment refunded makes it ``refunded``."""
+    state = SandboxState(api_key="k")
+    state.load({"customers": [{"id": "cus_1", "first_name": "Ann"}]}, source="test")
+    invoice = state.create_invoice({"customer_id": "cus_1", "amount": amount, "status": "sent"})
+    payment = state.record_payment(invoice["id"], {"amount": amount})
+    assert payment is not None
+    given_back = 0
+    while given_back < amount:
+        left = amount - given_back
+        part = data.draw(st.integers(1, left) | st.just(left), label="refund")
+        if data.draw(st.booleans(), label="one cent too many first"):
+            with pytest.raises(ValidationFailed):
+                state.refund_payment(payment["id"], {"amount": left + 1})
+        shown = state.refund_payment(payment["id"], {"amount": part})
+        assert shown is not None
+        given_back += part
+        assert shown["refunded_amount"] == given_back
+        after = state.get_invoice(invoice["id"])
+        assert after is not None and after["outstanding_balance"] == given_back
+        assert after["amount"] == after["subtotal"] + after["tax_amount"] == amount
+    assert shown["status"] == "refunded"
+    with pytest.raises(ValidationFailed):
+        state.refund_payment(payment["id"], {"amount": 1})
