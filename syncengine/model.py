@@ -11,6 +11,13 @@ field by field. Values are always in normal form:
 - ``tags``: a sorted list without duplicates (a set with a stable order)
 - ``datetime``: ISO 8601 in UTC with a ``Z`` suffix, seconds precision
 - ``cents``: ``int``
+- ``decimal``: an exact decimal number as canonical text, ``"1.5"``, ``"2"``, ``"-0.25"``: no
+  exponent, no ``+``, no trailing zeros after the point, ``"0"`` for zero, at most the field's
+  ``places`` decimal places (4 for a line item's ``quantity``; more is a bad value, never
+  rounded). Text, not ``Decimal`` nor ``float``: it is what JSON holds exactly, so the state
+  store (``jsoncodec``), the native and canonical hashes and every comparison see the same
+  value whatever member it came from (``1.50`` typed in a sheet and ``1.5`` sent by an API are
+  one value). ``decimal_value`` gives the ``Decimal`` to compute with.
 - ``enum``: one of the field's ``choices``, lower-case with ``_`` for spaces and hyphens
   (``"In Progress"`` is ``in_progress``); anything else is a bad value
 - ``ref``: the hub key of a record of the entity the field ``ref``ers to. A mapping reads a
@@ -26,6 +33,14 @@ refuse it), and a payment's ``refunded_amount`` is what was given back of it, fr
 that breaks such a rule between its own fields (``EntitySpec.checks``) is a record-level
 problem naming the field, never a crash.
 
+Line items (``line_items``) are an invoice's lines: what was sold (``name``, ``description``,
+``kind``), how much (``quantity``, a ``decimal``) at what ``unit_price`` (cents), what it cost
+the business (``unit_cost``), whether it is ``taxable``, and its ``amount`` in cents, which is
+``quantity × unit_price`` rounded half to even (``line_amount``; like an invoice's totals it is
+held as a member gives it, and ``reconcile-report`` checks it). ``position`` is the line's
+place on its invoice (1, 2, …). A line has no match key; a lost state store finds its copies by
+invoice, position and name (``relink_keys``).
+
 Metadata fields (``created_at``, ``updated_at``) are read for the ``newest`` conflict rule and
 shown in diffs, but they are never merged or written to another member.
 """
@@ -33,15 +48,16 @@ shown in diffs, but they are never merged or written to another member.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import phonenumbers
 
 FieldType = Literal[
-    "str", "email", "phone", "bool", "tags", "datetime", "cents", "int", "enum", "ref"
+    "str", "email", "phone", "bool", "tags", "datetime", "cents", "int", "enum", "ref", "decimal"
 ]
 
 Record = dict[str, Any]
@@ -74,11 +90,17 @@ class FieldSpec:
     """``ref`` fields: the entity referred to."""
     label: str = ""
     """How a person calls the field in messages (``payment status``); defaults to the name."""
+    aliases: tuple[tuple[str, str], ...] = ()
+    """``enum`` fields: other words for a choice, read as it (``("gratuity", "tip")``)."""
+    places: int = 4
+    """``decimal`` fields: the most decimal places a value may have."""
 
     def normalise(self, value: Any) -> Any:
         """The normal form of a value of this field. Raises ``ValueError`` on bad input."""
         if self.type == "enum":
-            return norm_enum(value, self.choices, self.label or self.name)
+            return norm_enum(value, self.choices, self.label or self.name, dict(self.aliases))
+        if self.type == "decimal":
+            return norm_decimal(value, self.places, self.label or self.name)
         return NORMALISERS[self.type](value)
 
 
@@ -267,7 +289,51 @@ PAYMENT = EntitySpec(
     checks=(check_refund,),
 )
 
-ENTITIES: dict[str, EntitySpec] = {e.name: e for e in (CUSTOMER, JOB, INVOICE, PAYMENT)}
+LINE_KINDS = ("labor", "materials", "discount", "tip", "other")
+"""What a line sells. HCP's own enumeration is UNCONFIRMED: ``labor`` is seen live,
+materials, discounts and gratuities are reported by integrators; the aliases below read the
+words they are reported under. A kind none of these names is a bad value (the line is reported
+and left alone), never guessed."""
+LINE_KIND_ALIASES = (
+    ("labour", "labor"),
+    ("material", "materials"),
+    ("gratuity", "tip"),
+    ("tips", "tip"),
+    ("discounts", "discount"),
+)
+QUANTITY_PLACES = 4
+"""A line's quantity has at most this many decimal places (1.5 hours, 0.25 gallons)."""
+
+LINE_ITEM = EntitySpec(
+    name="line_items",
+    fields=(
+        FieldSpec("invoice", "ref", ref="invoices"),
+        FieldSpec("job", "ref", ref="jobs"),
+        FieldSpec("name"),
+        FieldSpec("description"),
+        FieldSpec("kind", "enum", choices=LINE_KINDS, label="line kind", aliases=LINE_KIND_ALIASES),
+        FieldSpec("quantity", "decimal", places=QUANTITY_PLACES, label="quantity"),
+        FieldSpec("unit_price", "cents"),
+        FieldSpec("unit_cost", "cents"),
+        FieldSpec("taxable", "bool"),
+        # quantity x unit_price, rounded half to even (line_amount): reconcile-report checks it
+        FieldSpec("amount", "cents"),
+        FieldSpec("service_item_id"),
+        FieldSpec("position", "int"),
+    ),
+    # no match key: two lines of one name on one invoice are common (two visits' labour)
+    relink_keys=(
+        ("invoice", "position", "name"),
+        # a member that does not hold positions (a sheet keeps them as the order of its rows)
+        ("invoice", "name", "quantity", "unit_price"),
+        ("invoice", "name"),
+    ),
+    # and jobs, where the pipeline syncs them: dependency_order follows the job reference,
+    # and a pipeline without jobs drops it (a line is found through its invoice)
+    depends_on=("invoices",),
+)
+
+ENTITIES: dict[str, EntitySpec] = {e.name: e for e in (CUSTOMER, JOB, INVOICE, PAYMENT, LINE_ITEM)}
 
 
 def entity_spec(name: str) -> EntitySpec:
@@ -399,14 +465,78 @@ def norm_int(value: Any) -> int | None:
         raise ValueError(f"{value!r} is not a whole number") from None
 
 
-def norm_enum(value: Any, choices: tuple[str, ...], what: str = "value") -> str | None:
+def norm_enum(
+    value: Any,
+    choices: tuple[str, ...],
+    what: str = "value",
+    aliases: Mapping[str, str] | None = None,
+) -> str | None:
     text = norm_str(value)
     if text is None:
         return None
     word = re.sub(r"[\s\-]+", "_", text.lower())
+    if aliases:
+        word = aliases.get(word, word)
     if word not in choices:
         raise ValueError(f"{value!r} is not a known {what} (use one of: {', '.join(choices)})")
     return word
+
+
+_EXACT = decimal.Context(prec=60, rounding=decimal.ROUND_HALF_EVEN)
+"""Enough digits for any quantity and any quantity times an amount in cents: exact."""
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", re.ASCII)
+
+
+def norm_decimal(value: Any, places: int = QUANTITY_PLACES, what: str = "number") -> str | None:
+    """The canonical text of an exact decimal (see the module docstring): from a ``Decimal``,
+    an ``int``, a ``float`` (by its shortest repr, which is the number a person or an API
+    wrote) or plain text (``"1.50"``, ``"-2"``, ``".5"``; no thousands separators: the
+    ``decimal`` transform reads those). More than ``places`` decimal places is a
+    ``ValueError``, never a rounding."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a {what}")
+    if isinstance(value, decimal.Decimal):
+        number = value
+    elif isinstance(value, int):
+        return str(value)
+    elif isinstance(value, float):
+        number = decimal.Decimal(repr(value))
+    else:
+        text = str(value).strip()
+        if not text:
+            return None
+        if not _DECIMAL_TEXT.fullmatch(text):
+            raise ValueError(f"{value!r} is not a {what} (write it as 1.5, 2 or -0.25)")
+        number = decimal.Decimal(text)
+    if not number.is_finite():
+        raise ValueError(f"{value!r} is not a {what}")
+    exponent = number.normalize(_EXACT).as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > places:
+        raise ValueError(f"{value!r} has more than {places} decimal places")
+    return decimal_text(number)
+
+
+def decimal_text(number: decimal.Decimal) -> str:
+    """``number`` as canonical text: fixed point, no trailing zeros, ``0`` for any zero."""
+    if number.is_zero():
+        return "0"
+    return format(number.normalize(_EXACT), "f")
+
+
+def decimal_value(value: str | int | decimal.Decimal) -> decimal.Decimal:
+    """The ``Decimal`` of a canonical ``decimal`` value (exact)."""
+    return value if isinstance(value, decimal.Decimal) else decimal.Decimal(str(value))
+
+
+def line_amount(quantity: str | int | decimal.Decimal, unit_price: int) -> int:
+    """A line's amount in cents: ``quantity × unit_price``, rounded half to even (a cent
+    exactly halfway goes to the even cent: 1.5 × 3 = 4.5 -> 4, 2.5 × 3 = 7.5 -> 8), so that
+    every member computing it from the same quantity and price gets the same cents."""
+    product = _EXACT.multiply(decimal_value(quantity), decimal.Decimal(unit_price))
+    whole = product.quantize(decimal.Decimal(1), rounding=decimal.ROUND_HALF_EVEN, context=_EXACT)
+    return int(whole)
 
 
 NORMALISERS: dict[str, Callable[[Any], Any]] = {
@@ -419,6 +549,7 @@ NORMALISERS: dict[str, Callable[[Any], Any]] = {
     "cents": norm_int,
     "int": norm_int,
     "ref": norm_str,
+    "decimal": norm_decimal,
 }
 
 

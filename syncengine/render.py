@@ -26,6 +26,8 @@ def show_value(value: Any, entity: str = "", name: str = "") -> str:
     spec = model.ENTITIES[entity].field_spec(name) if entity in model.ENTITIES else None
     if spec is not None and spec.type == "cents" and isinstance(value, int):
         return format_cents(value)
+    if spec is not None and spec.type == "decimal" and isinstance(value, str):
+        return value  # a quantity: 1.5, not '1.5'
     if isinstance(value, list):
         return "[" + ", ".join(str(v) for v in value) + "]"
     return repr(value) if isinstance(value, str) else str(value)

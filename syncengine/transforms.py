@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import phonenumbers
 
 from syncengine.errors import ConfigError, Problem
-from syncengine.model import parse_datetime
+from syncengine.model import decimal_text, parse_datetime
 from syncengine.registry import Registry
 
 __all__ = [
@@ -535,6 +535,79 @@ def _cents(params: Params) -> Transform:
     return CentsTransform(places)
 
 
+_NUMBER = re.compile(
+    r"(?P<sign>[+-])?\s*(?P<number>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)", re.ASCII
+)
+_DECIMAL_COMMA = re.compile(r"[+-]?\s*\d+,\d{1,2}|[+-]?\s*\d+,\d{4,}", re.ASCII)
+
+
+class DecimalTransform(_Base):
+    """An exact decimal number (a line's quantity): canonical text (``"1.5"``, see
+    ``model.norm_decimal``) <-> text, or a JSON number with ``as_number = true``.
+
+    Reads as money does (the ``cents`` transform): ``"1.5"``, ``"1,234.5"`` (a comma groups
+    thousands), ``"-2"``, ``"+0.25"``, ``".5"``, ints, ``Decimal`` and floats (by their
+    shortest repr: a workbook's number cell ``1.5`` is 1.5). A comma is never a decimal point:
+    ``"1,5"`` is refused with the fix rather than read as fifteen or as one and a half. The
+    decimal places the canonical field allows are checked by its normal form (more is an
+    error, never a rounding).
+
+    Writes the canonical text as it is; with ``as_number`` an ``int`` for a whole number, else
+    the ``float`` whose shortest repr is the number (exact for the up to 15 significant digits
+    a double holds; a number with more is refused rather than sent rounded)."""
+
+    def __init__(self, as_number: bool = False) -> None:
+        self.name = "decimal"
+        self.as_number = as_number
+
+    def _read(self, native: Any) -> Any:
+        if isinstance(native, bool):
+            raise ValueError(f"{native!r} is not a number")
+        if isinstance(native, int):
+            return str(native)
+        if isinstance(native, float | Decimal):
+            number = Decimal(repr(native)) if isinstance(native, float) else native
+            if not number.is_finite():
+                raise ValueError(f"{native!r} is not a number")
+            return decimal_text(number)
+        text = str(native).strip()
+        if not text:
+            return None
+        match = _NUMBER.fullmatch(text)
+        if match is None:
+            if _DECIMAL_COMMA.fullmatch(text):
+                dotted = text.replace(",", ".")
+                raise ValueError(
+                    f"{native!r} is not a number: a comma groups thousands here; "
+                    f"write {dotted!r} for a decimal"
+                )
+            raise ValueError(f"{native!r} is not a number (write it as 1.5, 2 or -0.25)")
+        number = Decimal(match["number"].replace(",", ""))
+        return decimal_text(-number if match["sign"] == "-" else number)
+
+    def _write(self, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+            raise ValueError(f"{value!r} is not a decimal number")
+        try:
+            number = Decimal(value) if not isinstance(value, Decimal) else value
+        except InvalidOperation:
+            raise ValueError(f"{value!r} is not a decimal number") from None
+        if not number.is_finite():
+            raise ValueError(f"{value!r} is not a decimal number")
+        if not self.as_number:
+            return decimal_text(number)
+        if number == number.to_integral_value():
+            return int(number)
+        as_float = float(number)
+        if Decimal(repr(as_float)) != number:
+            raise ValueError(f"{value!r} has more digits than a JSON number keeps exactly")
+        return as_float
+
+
+def _decimal(params: Params) -> Transform:
+    return DecimalTransform(params.get("as_number", bool, False))
+
+
 class ListTransform(_Base):
     """A canonical list of strings <-> text delimited by ``sep`` (a native list is read too).
     Items are stripped and empty items dropped; ``","`` is written as ``", "``. Writing an
@@ -822,6 +895,7 @@ def _no_params(make: Callable[[], Transform]) -> Factory:
 register("bool", _bool)
 register("cents", _cents)
 register("date", _date)
+register("decimal", _decimal)
 register("email", _no_params(lambda: CaseTransform("email", _strip_lower)))
 register("int", _no_params(IntTransform))
 register("list", _list)

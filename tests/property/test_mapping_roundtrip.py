@@ -77,6 +77,23 @@ maybe = st.one_of(st.none(), st.just(""), st.just("   "))
 
 
 @st.composite
+def quantities(draw: st.DrawFn) -> Any:
+    """Quantities of up to 4 decimal places in the forms people and programs write them."""
+    scaled = draw(st.integers(-(10**12), 10**12))
+    number = Decimal(scaled).scaleb(-4)
+    style = draw(st.integers(0, 4))
+    if style == 0:
+        return format(number, "f")
+    if style == 1:
+        return f"{number:,f}"
+    if style == 2:
+        return number
+    if style == 3:
+        return float(number)
+    return f" {number.normalize():f} "
+
+
+@st.composite
 def amounts(draw: st.DrawFn) -> Any:
     """Amounts of 0 to 10^10 cents in the forms people and programs write them."""
     cents = draw(st.integers(0, 10**10))
@@ -151,6 +168,8 @@ TRANSFORM_CASES: list[tuple[Any, st.SearchStrategy[Any]]] = [
         st.one_of(st.integers(), st.integers().map(str), st.integers().map(lambda i: f"{i}.0")),
     ),
     ("cents", amounts()),
+    ("decimal", quantities()),
+    ({"name": "decimal", "as_number": True}, quantities()),
     ({"name": "cents", "places": 3}, amounts()),
     ("list", st.one_of(delimited(","), texts, st.lists(texts, max_size=5))),
     ({"name": "list", "sep": ";"}, st.one_of(delimited(";"), texts)),
