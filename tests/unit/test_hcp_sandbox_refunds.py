@@ -10,6 +10,7 @@ amount = subtotal + tax_amount, whether seeded, created, changed or loaded from 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from syncengine.connector import ConnectorContext
+from syncengine.connectors.housecallpro import HousecallProConnector, HousecallProOptions
 from syncengine.connectors.housecallpro.sandbox import (
     SandboxState,
     SyncASGITransport,
@@ -25,6 +28,7 @@ from syncengine.connectors.housecallpro.sandbox import (
 )
 from syncengine.connectors.housecallpro.sandbox_seed import TAX_RATE_BP, tax_split
 from syncengine.errors import ConfigError
+from syncengine.events import InboxEvent
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Token {KEY}"}
@@ -49,9 +53,9 @@ def state_of(app: Any) -> SandboxState:
 
 
 def paid_invoice(client: httpx.Client, app: Any, amount: int = 10_000) -> dict[str, Any]:
-    """A new invoice paid in two payments: 6,000 then the rest."""
-    customer = state_of(app).dump()["customers"][0]["id"]
-    body = {"customer_id": customer, "amount": amount, "status": "sent"}
+    """A new invoice for a seeded job, paid in two payments: 6,000 then the rest."""
+    job = state_of(app).dump()["jobs"][0]
+    body = {"job_id": job["id"], "amount": amount, "status": "sent"}
     invoice = client.post("/invoices", json=body).json()
     for part in (6_000, amount - 6_000):
         response = client.post(
@@ -289,3 +293,38 @@ def test_a_refund_above_its_payment_in_a_data_file_is_a_config_error(tmp_path: P
         ConfigError, match=r"payments\[0\]\.refunded_amount: is more than the amount"
     ):
         create_app(KEY, data_file=str(path))
+
+
+def test_the_refund_event_gives_the_connector_the_refunded_payment_without_a_request(
+    app: Any, client: httpx.Client
+) -> None:
+    """An event-driven run after ``invoice.refund.succeeded``: the invoice in the payload is
+    whole and fresh, its payments nested, so the changed payment (the same id, its refund) is
+    read from the event alone."""
+    invoice = paid_invoice(client, app)
+    heard: list[tuple[str, dict[str, Any], str]] = []
+    state_of(app).listener = lambda event, record, when: heard.append((event, record, when))
+    refund(client, invoice["payments"][0]["id"], {"amount": 250})
+    [(name, record, occurred)] = heard
+    payload = {"event": name, "event_occurred_at": occurred, "invoice": record}
+    event = InboxEvent(1, "hcp", name, ("invoices", "payments"), record["id"], payload, occurred,
+                       received_at=time.time())  # fmt: skip
+    options = HousecallProOptions(
+        type="housecallpro", base_url="http://sandbox", api_key=KEY, rate_limit=0, max_retries=0
+    )
+    extra = {"transport": SyncASGITransport(app), "clock": time.time}
+    conn = HousecallProConnector(options, ConnectorContext(name="hcp", extra=extra))
+    logged = len(state_of(app).requests())
+    try:
+        for entity in ("invoices", "payments"):
+            read = conn.read_events(entity, [event])
+            assert read is not None
+            found = {r.id: r.data for r in read.records}
+            if entity == "invoices":
+                assert found[invoice["id"]]["outstanding_balance"] == 250
+            else:
+                assert found.keys() == {p["id"] for p in invoice["payments"]}
+                assert found[invoice["payments"][0]["id"]]["refunded_amount"] == 250
+    finally:
+        conn.close()
+    assert state_of(app).requests()[logged:] == [], "the payload was enough"
