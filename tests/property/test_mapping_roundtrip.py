@@ -381,28 +381,56 @@ hcp_invoices = st.fixed_dictionaries(
         "job_id": st.one_of(hcp_ids("job"), maybe),
         "status": st.one_of(exact_words(model.INVOICE_STATUSES), st.none()),
         "amount": hcp_cents,
+        "subtotal": hcp_cents,
+        "tax_amount": hcp_cents,
         "outstanding_balance": hcp_cents,
         "due_at": hcp_moments,
         "created_at": hcp_moments,
         # unmapped (the live API's extras)
-        "subtotal": hcp_cents,
         "due_amount": hcp_cents,
         "sent_at": hcp_moments,
         "paid_at": hcp_moments,
     },
 )
 
+CENTS = build_transform("cents", "the sheet's money")
+"""How the spreadsheet mappings read an amount cell."""
+
+
+def refunds_within(entity: str, refund: str, amount: str, read: Any = None) -> Any:
+    """A map for drawn payments: a refund their own amount rules out (above it, or below 0:
+    a record-level problem, ``model.check_refund``) is left out, since these records must
+    read; the rest keep whatever form they were drawn in."""
+
+    def value(raw: Any) -> Any:
+        try:
+            return model.norm_int(read(raw) if read is not None and raw not in (None, "") else raw)
+        except (ValueError, TypeError):
+            return None
+
+    def keep(record: dict[str, Any]) -> dict[str, Any]:
+        if entity != "payments" or refund not in record:
+            return record
+        canonical = {"refunded_amount": value(record[refund]), "amount": value(record.get(amount))}
+        if model.check_refund(canonical):
+            return {k: v for k, v in record.items() if k != refund}
+        return record
+
+    return keep
+
+
 hcp_payments = st.fixed_dictionaries(
     {"id": hcp_ids("pmt"), "invoice_id": st.one_of(hcp_ids("inv"), st.uuids().map(str))},
     optional={
         "amount": hcp_cents,
+        "refunded_amount": hcp_cents,
         "payment_method": st.one_of(exact_words(model.PAYMENT_METHODS), st.none()),
         "status": st.one_of(exact_words(model.PAYMENT_STATUSES), st.none()),
         "processed_at": hcp_moments,
         "note": names,
         "category": texts,  # unmapped (nested payments carry it)
     },
-)
+).map(refunds_within("payments", "refunded_amount", "amount"))
 
 
 def sheet_dates(zone: str) -> st.SearchStrategy[Any]:
@@ -427,6 +455,8 @@ def sheet_invoices(zone: str) -> st.SearchStrategy[dict[str, Any]]:
             "Invoice #": st.one_of(st.from_regex(r"\A *[0-9]{1,7} *\Z"), names),
             "Customer Email": st.one_of(emails, maybe),
             "Status": st.one_of(enum_words(model.INVOICE_STATUSES), maybe),
+            "Subtotal": sheet_amounts(),
+            "Tax": sheet_amounts(),
             "Amount": sheet_amounts(),
             "Balance": sheet_amounts(),
             "Due Date": sheet_dates(zone),
@@ -442,12 +472,13 @@ def sheet_payments(zone: str) -> st.SearchStrategy[dict[str, Any]]:
         optional={
             "Invoice #": st.one_of(st.from_regex(r"\A *[0-9]{1,7} *\Z"), names),
             "Amount": sheet_amounts(),
+            "Refunded": sheet_amounts(),
             "Method": st.one_of(enum_words(model.PAYMENT_METHODS), maybe),
             "Status": st.one_of(enum_words(model.PAYMENT_STATUSES), maybe),
             "Date": sheet_dates(zone),
             "Checked": st.sampled_from(["", "x", "yes"]),
         },
-    )
+    ).map(refunds_within("payments", "Refunded", "Amount", CENTS.read))
 
 
 rest_customers = st.fixed_dictionaries(
@@ -523,7 +554,9 @@ def memory_records(entity: str) -> st.SearchStrategy[dict[str, Any]]:
         fspec = spec.field_spec(f.canonical)
         assert fspec is not None
         fields[f.native] = _memory_value(fspec)
-    return st.fixed_dictionaries({}, optional=fields)
+    return st.fixed_dictionaries({}, optional=fields).map(
+        refunds_within(entity, "refunded_amount", "amount")
+    )
 
 
 MappingCase = tuple[str, str, str | None, st.SearchStrategy[dict[str, Any]]]
