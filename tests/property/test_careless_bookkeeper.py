@@ -1692,7 +1692,8 @@ def test_a_lost_state_store_does_not_duplicate_a_payment_whose_method_changed(
     assert api.sync(cfg)[0].exit_code == 0  # HCP cannot take it: only the sheet has it
     _lose_state(tmp_path)
     api.sync(cfg)
-    methods = [row[3] for row in SheetFile(payments).load()[1:]]
+    header, *rows = SheetFile(payments).load()
+    methods = [row[header.index("Method")] for row in rows]
     assert methods == ["check"]  # was: ['check', 'cash']
 
 
