@@ -534,6 +534,8 @@ def line_amount(quantity: str | int | decimal.Decimal, unit_price: int) -> int:
     """A line's amount in cents: ``quantity × unit_price``, rounded half to even (a cent
     exactly halfway goes to the even cent: 1.5 × 3 = 4.5 -> 4, 2.5 × 3 = 7.5 -> 8), so that
     every member computing it from the same quantity and price gets the same cents."""
+    if type(quantity) is str and quantity.isascii() and quantity.isdigit():
+        return int(quantity) * unit_price  # a whole quantity: no rounding to do
     product = _EXACT.multiply(decimal_value(quantity), decimal.Decimal(unit_price))
     whole = product.quantize(decimal.Decimal(1), rounding=decimal.ROUND_HALF_EVEN, context=_EXACT)
     return int(whole)

@@ -30,6 +30,13 @@ do (``spec/HCP-REAL-API-NOTES.md``)::
     GET    /invoices/{id}             200 / 404
     GET    /invoices/{id}/payments    the invoice's payments in the list envelope
 
+    GET    /jobs/{id}/line_items      the job's lines, in order, in the list envelope
+    POST   /jobs/{id}/line_items      201 + one new line
+    PUT    /jobs/{id}/line_items/bulk_update
+                                      {"line_items": [...]}: lines with a ``uuid`` changed,
+                                      the others created; the job's first invoice's totals
+                                      follow (``sandbox_lines``)
+
 There is no ``PUT /invoices/{id}`` and no way to create a payment, as in the API: unknown
 routes and methods get the live API's HTML 404 page. Array parameters go as ``name[]=v``; a
 bare ``name=v`` gets the live API's ``422 {"errors": {"name": "must be an array"}}``. Invalid
@@ -152,6 +159,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from syncengine.connectors.housecallpro import sandbox_lines
 from syncengine.connectors.housecallpro.sandbox_customers import (
     CUSTOMER_SORT_FIELDS,
     generate_customers,
@@ -485,6 +493,43 @@ def _invoice_routes(state: SandboxState, api: Callable[[Endpoint], Endpoint]) ->
     ]
 
 
+def _line_item_routes(state: SandboxState, api: Callable[[Endpoint], Endpoint]) -> list[Route]:
+    async def list_lines(request: Request) -> Response:
+        errors: ParamErrors = {}
+        values = _list_params(request.query_params, errors, ("created_at",))
+        if errors:
+            return _invalid(errors)
+        body = sandbox_lines.list_lines(
+            state,
+            request.path_params["job_id"],
+            page=values["page"],
+            page_size=values["page_size"],
+        )
+        if body is None:
+            return _error(404, "job not found")
+        return JSONResponse(body)
+
+    def create(path: dict[str, str], body: dict[str, Any]) -> Any:
+        return sandbox_lines.create_line(state, path["job_id"], body)
+
+    def bulk(path: dict[str, str], body: dict[str, Any]) -> Any:
+        return sandbox_lines.bulk_update(state, path["job_id"], body)
+
+    return [
+        Route("/jobs/{job_id}/line_items", api(list_lines), methods=["GET"]),
+        Route(
+            "/jobs/{job_id}/line_items",
+            api(_writer(create, status=201, missing="job not found")),
+            methods=["POST"],
+        ),
+        Route(
+            "/jobs/{job_id}/line_items/bulk_update",
+            api(_writer(bulk, missing="job not found")),
+            methods=["PUT"],
+        ),
+    ]
+
+
 def _sandbox_routes(state: SandboxState, sender: WebhookSender | None) -> list[Route]:
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -631,6 +676,7 @@ def create_app(
             *_customer_routes(state, api),
             *_job_routes(state, api),
             *_invoice_routes(state, api),
+            *_line_item_routes(state, api),
         ],
         middleware=[Middleware(_LogAndDelay, state=state)],
         exception_handlers={404: _html_not_found, 405: _html_not_found},

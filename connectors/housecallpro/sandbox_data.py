@@ -2,7 +2,8 @@
 
 A data file is what ``SandboxState.dump()`` writes::
 
-    {"customers": [...], "employees": [...], "jobs": [...], "invoices": [...], "payments": [...]}
+    {"customers": [...], "employees": [...], "jobs": [...], "invoices": [...], "payments": [...],
+     "line_items": [...]}
 
 Every collection is optional. Records use the stored forms described in
 ``sandbox_records``; missing ids, invoice numbers and timestamps are filled in
@@ -11,7 +12,8 @@ invoice's ``customer_id`` / ``job_id``, a payment's ``invoice_id``), and an invo
 ``outstanding_balance``, when given, must equal its amount less its succeeded payments (less
 their refunds). An invoice without ``subtotal`` and ``tax_amount`` (a file from before they
 existed) is untaxed: its subtotal is its amount; a payment without ``refunded_amount`` was not
-refunded (unless its status is ``refunded``: then in full).
+refunded (unless its status is ``refunded``: then in full). A line item names its job
+(``job_id``) and its ``position`` there (``sandbox_lines``).
 Every problem is reported at once, located as ``FILE: invoices[3].amount``.
 """
 
@@ -39,6 +41,7 @@ from syncengine.connectors.housecallpro.sandbox_fields import (
     format_timestamp,
     hex_id,
 )
+from syncengine.connectors.housecallpro.sandbox_lines import check_lines
 from syncengine.connectors.housecallpro.sandbox_records import (
     INVOICE_STATUSES,
     balance_of,
@@ -54,7 +57,7 @@ from syncengine.connectors.housecallpro.sandbox_records import (
 from syncengine.connectors.housecallpro.sandbox_seed import FIRST_JOB_NUMBER
 from syncengine.errors import ConfigError, Problem
 
-COLLECTIONS = ("customers", "employees", "jobs", "invoices", "payments")
+COLLECTIONS = ("customers", "employees", "jobs", "invoices", "payments", "line_items")
 _WORK_STAMPS = ("on_my_way_at", "started_at", "completed_at")
 
 Data = dict[str, list[Record]]
@@ -118,12 +121,16 @@ class _Checker:
         jobs = self.jobs(self.items(data, "jobs"), customer_ids)
         invoices = self.invoices(self.items(data, "invoices"), customer_ids, jobs)
         payments = self.payments(self.items(data, "payments"), invoices)
+        lines, bad = check_lines(self.items(data, "line_items"), {j["id"] for j in jobs})
+        for where, errors in bad:
+            self.report(where, errors)
         return {
             "customers": customers,
             "employees": list(self.employees.values()),
             "jobs": jobs,
             "invoices": [record for record, _where in invoices.values()],
             "payments": payments,
+            "line_items": lines,
         }
 
     def customers(self, items: list[tuple[int, str, dict[str, Any]]]) -> list[Record]:

@@ -45,6 +45,7 @@ from syncengine.connectors.housecallpro.sandbox_fields import (
     parse_timestamp,
     wire,
 )
+from syncengine.connectors.housecallpro.sandbox_lines import JobLines, generate_lines
 from syncengine.connectors.housecallpro.sandbox_records import (
     INVOICE_CLOSED,
     balance_of,
@@ -85,7 +86,7 @@ REQUEST_LOG_LIMIT = 100_000
 SELECTION_CACHE_SIZE = 64
 """Filtered orders kept per collection (a filter paged through costs one scan, not one per
 page)."""
-COLLECTIONS = ("customers", "employees", "jobs", "invoices", "payments")
+COLLECTIONS = ("customers", "employees", "jobs", "invoices", "payments", "line_items")
 
 SortKey = Callable[[Record], Any]
 _ID = itemgetter("id")
@@ -331,6 +332,7 @@ def generate_data(count: int, random_seed: int = 0) -> Data:
         "jobs": work.jobs,
         "invoices": work.invoices,
         "payments": work.payments,
+        "line_items": generate_lines(work.jobs, work.invoices, random_seed),
     }
 
 
@@ -443,6 +445,8 @@ class SandboxState:
             "payments": self.payments,
         }
         self.employees: dict[str, Record] = {}
+        self.lines = JobLines()
+        """Each job's line items (``sandbox_lines``)."""
         self._next_number: int | None = None
         """The next job (and job-less invoice) number; found on first use."""
         self._ids = random.Random(f"ids:{random_seed}")
@@ -475,6 +479,7 @@ class SandboxState:
             for name, collection in self.collections.items():
                 collection.replace_all(data.get(name, []))
             self.employees = {e["id"]: e for e in data.get("employees", [])}
+            self.lines.replace_all(data.get("line_items", []))
             latest = max(
                 self.customers.latest("created_at", "updated_at"),
                 self.jobs.latest("created_at", "updated_at"),
@@ -497,7 +502,8 @@ class SandboxState:
             self._install(checked)
 
     def dump(self) -> dict[str, list[Record]]:
-        """All data as ``{"customers", "employees", "jobs", "invoices", "payments"}``, each in
+        """All data as ``{"customers", "employees", "jobs", "invoices", "payments",
+        "line_items"}``, each in
         creation order; ``load()`` and ``--data`` accept it."""
         with self.lock:
             return {
@@ -506,6 +512,7 @@ class SandboxState:
                 "jobs": [copy_job(r) for r in self.jobs.all()],
                 "invoices": [dict(r) for r in self.invoices.all()],
                 "payments": [dict(r) for r in self.payments.all()],
+                "line_items": self.lines.dump(),
             }
 
     def reset(self) -> None:
@@ -790,6 +797,7 @@ class SandboxState:
             if self.invoices.lookup("job_id", job_id):
                 raise Refused("job has invoices and cannot be deleted")
             self._notify(["job.deleted"], self.jobs.get(job_id))
+            self.lines.drop(job_id)
             return self.jobs.remove(job_id)
 
     def _apply_job_patch(
