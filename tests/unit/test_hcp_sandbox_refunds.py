@@ -328,3 +328,42 @@ def test_the_refund_event_gives_the_connector_the_refunded_payment_without_a_req
     finally:
         conn.close()
     assert state_of(app).requests()[logged:] == [], "the payload was enough"
+
+
+def test_an_incremental_pass_after_a_refund_lists_the_reopened_invoice(
+    app: Any, client: httpx.Client
+) -> None:
+    """A refund moves its invoice's updated_at: the newest-first pass from the last mark
+    lists it (and so the payments that follow it), although no invoice field a person edits
+    changed."""
+
+    def connector() -> HousecallProConnector:
+        options = HousecallProOptions(type="housecallpro", base_url="http://sandbox",
+                                      api_key=KEY, rate_limit=0, max_retries=0,
+                                      incremental=["invoices"])  # fmt: skip
+        extra = {"transport": SyncASGITransport(app)}
+        return HousecallProConnector(options, ConnectorContext(name="hcp", extra=extra))
+
+    first = connector()
+    complete = first.read_incremental("invoices", None)
+    assert complete is not None
+    invoices = {r.id: r.data for r in complete.records}
+    token = complete.token()
+    first.close()
+    paid = next(i for i in invoices.values() if i["status"] == "paid")
+    nested = client.get(f"/invoices/{paid['id']}").json()["payments"]
+    payment = next(p for p in nested if p["status"] == "succeeded")
+    refund(client, payment["id"], {"amount": 100})
+
+    later = connector()
+    try:
+        partial = later.read_incremental("invoices", token)
+        assert partial is not None and not partial.complete
+        listed = {r.id: r.data for r in partial.records}
+    finally:
+        later.close()
+    assert paid["id"] in listed and len(listed) < len(invoices)
+    assert (listed[paid["id"]]["status"], listed[paid["id"]]["outstanding_balance"]) == (
+        "sent",
+        100,
+    )
