@@ -9,10 +9,11 @@ The plan's keys go in batches of ``batch_size``. For each batch:
    intents that are settled.
 
 Members that buffer writes (a spreadsheet file) make them durable in ``flush``, after the
-last batch. The state of a key such a member writes is committed only after the flush
-succeeded; a failed write marks the member's link dirty, so the next run writes it again
-instead of forgetting it. When an intent counts as finished is decided in one place,
-``Write.finish``.
+last batch, and then say what each write made (``Connector.flushed``: the ids of records a
+batch created, a write of the batch that failed alone). The state of a key such a member
+writes is committed only after the flush succeeded; a failed write marks the member's link
+dirty, so the next run writes it again instead of forgetting it. When an intent counts as
+finished is decided in one place, ``Write.finish``.
 """
 
 from __future__ import annotations
@@ -247,6 +248,8 @@ class EntityApply:
                 for w in key.writes:
                     if w.error is None and w.action.member in flush_errors:
                         w.error = flush_errors[w.action.member]
+                    elif w.error is None and w.member.buffered:
+                        _settle(w)
                 self._commit_key(writes, key)
                 writes.finish(key, committed=True)
             writes.commit(self.store)
@@ -389,7 +392,7 @@ class EntityApply:
             else:
                 data = rec.data if rec else a.full
                 native_id = rec.id if rec else (a.assign_id or a.native_id)
-            links[a.member] = _link_to(w, NativeRecord(native_id, data))
+            links[a.member] = _link_to(w, NativeRecord(native_id, data), kp.base_after)
 
         if kp.base_after is None or (kp.purge and not failed_members):
             tx.deleted.append(kp.key)
@@ -408,14 +411,26 @@ class EntityApply:
         tx.conflicts.extend(c for c in kp.conflicts if c.winner is None)
 
 
-def _link_to(w: Write, written: NativeRecord) -> LinkPlan:
-    """The member's link after it took a write: what it holds now is what it answered."""
-    return LinkPlan(
-        w.action.member,
-        written.id,
-        written.native_hash(),
-        canonical_of(w.member.mapping, written, w.member.refs),
-    )
+def _link_to(w: Write, written: NativeRecord, base: model.Record | None = None) -> LinkPlan:
+    """The member's link after it took a write: what it holds now is what it answered. A
+    field the entity lets a member assign itself (``EntitySpec.assigned``) that it answered
+    with another value than the base's is its change, not seen yet: the next read maps the
+    record (no native hash) and syncs it."""
+    last_seen = canonical_of(w.member.mapping, written, w.member.refs)
+    native_hash: str | None = written.native_hash()
+    spec = model.ENTITIES.get(w.action.entity)
+    if spec is not None and spec.assigned and base is not None:
+        mapping = w.member.mapping
+        own = [
+            f
+            for f in spec.assigned
+            if f in mapping.readable and f not in mapping.writable
+            and last_seen.get(f) != base.get(f)
+        ]  # fmt: skip
+        if own:
+            last_seen = {**last_seen, **{f: base.get(f) for f in own}}
+            native_hash = None
+    return LinkPlan(w.action.member, written.id, native_hash, last_seen)
 
 
 def _execute(keys: list[KeyWrites], written: Callable[[KeyWrites], None]) -> None:
@@ -457,6 +472,17 @@ def _execute(keys: list[KeyWrites], written: Callable[[KeyWrites], None]) -> Non
             if w.member.buffered:
                 run(w)
                 written(k)
+
+
+def _settle(w: Write) -> None:
+    """A buffered write after its member's flush: what the member made of it (its record
+    with the id a batch gave it), or why that one write failed."""
+    if w.result is None:
+        return
+    try:
+        w.result = w.member.connector.flushed(w.action.entity, w.result)
+    except (ConnectorError, RecordError) as exc:
+        w.error = exc
 
 
 def _perform(member: Member, action: Action) -> NativeRecord | None:

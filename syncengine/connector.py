@@ -19,6 +19,8 @@ Writing a connector::
         def delete(self, entity, native_id) -> None: ...
         def find(self, entity, data) -> list[NativeRecord]: ...     # optional, for crash recovery
         def flush(self, entity) -> None: ...                        # optional, for batching members
+        def buffers(self, entity) -> bool: ...                      # optional: which entities batch
+        def flushed(self, entity, answered) -> NativeRecord: ...    # optional: ids known at flush
         def prepare(self, entity, mapping) -> None: ...             # optional: learn the mapping
         def structure(self, entity) -> Structure: ...               # optional: a file's header
 
@@ -197,7 +199,8 @@ class Connector(ABC):
     Options: ClassVar[type[ConnectorOptions]] = ConnectorOptions
     buffered_writes: ClassVar[bool] = False
     """True when writes are held until ``flush`` (a file rewritten at once). The engine then
-    commits the state of those writes only after the flush succeeded."""
+    commits the state of those writes only after the flush succeeded. A connector that holds
+    the writes of some entities only says so with ``buffers``."""
     reads_ahead: ClassVar[bool] = False
     """True when reads cost requests (an API behind a rate limit): the engine starts reading
     the pipeline's next entity while it still applies the one before (``read.ReadAhead``),
@@ -295,8 +298,22 @@ class Connector(ABC):
         anything can be read into a plan. The default has nothing to report."""
         return Structure()
 
+    def buffers(self, entity: str) -> bool:
+        """Whether writes of ``entity`` are held until ``flush`` (default: ``buffered_writes``
+        for every entity). Housecall Pro holds line items to send one request per job."""
+        return bool(self.buffered_writes)
+
     def flush(self, entity: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """Make buffered writes durable. Members that write through immediately do nothing."""
+
+    def flushed(self, entity: str, answered: NativeRecord) -> NativeRecord:
+        """After ``flush(entity)`` returned: the record as the member now holds it, for what a
+        buffered ``create`` or ``update`` of ``entity`` answered (``answered``). The default
+        is the answer itself (a file knows its rows before it is saved). A member that learns
+        ids or values only when it flushes (an API taking a batch per request) answers a
+        stand-in and gives the real record here; a write its flush could not make raises
+        ``ConnectorError`` or ``RecordError`` here, and fails alone."""
+        return answered
 
     def release(self, entity: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """The run is done with ``entity``: drop what is held of it (a later call reads it

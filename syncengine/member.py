@@ -31,8 +31,9 @@ class Member:
 
     @property
     def buffered(self) -> bool:
-        """Its writes become durable only when the connector flushes (a spreadsheet file)."""
-        return bool(self.connector.buffered_writes)
+        """Its writes become durable only when the connector flushes (a spreadsheet file,
+        Housecall Pro's line items)."""
+        return self.connector.buffers(self.mapping.entity.name)
 
 
 def open_member(

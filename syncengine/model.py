@@ -79,6 +79,19 @@ RecordCheck = Callable[[Record], list[FieldProblem]]
 
 
 @dataclass(frozen=True)
+class Derived:
+    """A field that follows others (a line's ``amount`` follows its quantity and unit price):
+    when a merge takes a change of one of ``sources`` and no member changed ``field``, the
+    new base's ``field`` is ``compute`` of the new base (None: left as it was), so every member
+    is written the same value at once rather than when the member that computes it is read
+    again."""
+
+    field: str
+    sources: tuple[str, ...]
+    compute: Callable[[Record], Any]
+
+
+@dataclass(frozen=True)
 class FieldSpec:
     name: str
     type: FieldType = "str"
@@ -119,6 +132,12 @@ class EntitySpec:
     checks: tuple[RecordCheck, ...] = ()
     """Rules between a record's own fields that every member's record must keep (checked
     when a member's record is read; a field a member does not give is not checked)."""
+    derived: tuple[Derived, ...] = ()
+    """Fields that follow others in a merge (``Derived``)."""
+    assigned: tuple[str, ...] = ()
+    """Fields a member that owns them (reads, never takes) may set itself when it takes a
+    write (a line's place on its job): what it answers there is its own change, synced to
+    the others by the next run, not taken for what it already agreed with."""
     by_name: dict[str, FieldSpec] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -331,6 +350,8 @@ LINE_ITEM = EntitySpec(
     # and jobs, where the pipeline syncs them: dependency_order follows the job reference,
     # and a pipeline without jobs drops it (a line is found through its invoice)
     depends_on=("invoices",),
+    derived=(Derived("amount", ("quantity", "unit_price"), lambda r: _line_amount_of(r)),),
+    assigned=("position",),  # HCP puts a line created elsewhere at the end of its job
 )
 
 ENTITIES: dict[str, EntitySpec] = {e.name: e for e in (CUSTOMER, JOB, INVOICE, PAYMENT, LINE_ITEM)}
@@ -528,6 +549,14 @@ def decimal_text(number: decimal.Decimal) -> str:
 def decimal_value(value: str | int | decimal.Decimal) -> decimal.Decimal:
     """The ``Decimal`` of a canonical ``decimal`` value (exact)."""
     return value if isinstance(value, decimal.Decimal) else decimal.Decimal(str(value))
+
+
+def _line_amount_of(record: Record) -> int | None:
+    """A canonical line's amount from its quantity and unit price (None without both)."""
+    quantity, unit_price = record.get("quantity"), record.get("unit_price")
+    if quantity is None or not isinstance(unit_price, int) or isinstance(unit_price, bool):
+        return None
+    return line_amount(quantity, unit_price)
 
 
 def line_amount(quantity: str | int | decimal.Decimal, unit_price: int) -> int:

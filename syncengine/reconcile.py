@@ -338,7 +338,9 @@ def _merge(
 ) -> Record:
     """Phase 3: the new base. A field changed alike wherever it changed is taken; different
     changes are a conflict, settled by the field's rules or parked (the base keeps its value,
-    or, for a record new to the hub, the field stays out of it)."""
+    or, for a record new to the hub, the field stays out of it). A field that follows others
+    (``EntitySpec.derived``: a line's amount) follows a change of theirs that came without
+    its own."""
     updated_at = {m: (v.current or {}).get("updated_at") for m, v in present.items()}
     new_base = dict(base_now)
     for name, by_member in changed.items():
@@ -360,6 +362,11 @@ def _merge(
         )
         if winner is not None:
             new_base[name] = by_member[winner]
+    for derived in ctx.entity.derived:
+        if derived.field not in changed and any(s in changed for s in derived.sources):
+            value = derived.compute(new_base)
+            if value is not None:
+                new_base[derived.field] = value
     # drop nulls so "missing" and "empty" agree in the base
     new_base = {k: v for k, v in new_base.items() if v is not None}
     plan.base_after = new_base

@@ -282,6 +282,12 @@ class CrashpointConnector(Connector):
         self.inner.flush(entity)
         self._leave(n, entity)
 
+    def buffers(self, entity: str) -> bool:
+        return self.inner.buffers(entity)
+
+    def flushed(self, entity: str, answered: NativeRecord) -> NativeRecord:
+        return self.inner.flushed(entity, answered)
+
     def close(self) -> None:
         self.inner.close()
 

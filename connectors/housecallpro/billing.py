@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import quote
 
 from syncengine.connector import NativeData, NativeRecord
+from syncengine.connectors.housecallpro.jobs import JobInvoices
 from syncengine.connectors.housecallpro.paging import Item, Pager
 from syncengine.connectors.housecallpro.values import same_value
 from syncengine.errors import NotFoundError
@@ -71,6 +72,8 @@ class Billing:
         """The invoices of the last invoice read, for the next payments read."""
         self.last_read_partial = False
         """Whether they are a partial pass's: only the invoices changed since its read mark."""
+        self.job_invoices = JobInvoices()
+        """Which invoice bills each job's line items (``line_items``), learnt on the way."""
 
     # -- invoices
 
@@ -83,6 +86,15 @@ class Billing:
             seen.append(_Seen(record.id, _label(record.data, record.id), nested))
             yield record
         self._last_read, self.last_read_partial = seen, listed is not None
+        if listed is None:
+            self.job_invoices.complete = True
+
+    def know_every_invoice(self) -> None:
+        """List every invoice for ``job_invoices`` only (no customers, no payments kept): a
+        line items read that no complete invoices read of this instance came before."""
+        for item in self._invoice_items():
+            self.job_invoices.learn(item)
+        self.job_invoices.complete = True
 
     def get_invoice(self, invoice_id: str) -> NativeRecord:
         path = invoice_path(invoice_id)
@@ -126,6 +138,7 @@ class Billing:
         them)."""
         data = dict(item)
         nested = data.pop(PAYMENTS, None)
+        self.job_invoices.learn(data)
         if not isinstance(data.get("customer_id"), str):
             job_id = data.get("job_id")
             customer_id = self._customer_of(job_id) if isinstance(job_id, str) and job_id else None

@@ -1,5 +1,5 @@
-"""The Housecall Pro connector: customers, jobs, invoices and payments over the HCP public
-REST API.
+"""The Housecall Pro connector: customers, jobs, invoices, payments and line items over the
+HCP public REST API.
 
 Built to ``spec/housecallpro-openapi.yaml`` and to what the live API is known to do
 (``spec/HCP-REAL-API-NOTES.md``): the list envelope ``{<resource>, page, page_size,
@@ -13,6 +13,8 @@ What it can do, per entity (the spec's operations)::
     jobs        read, create, update, delete
     invoices    read, create            (the API has no invoice update or delete)
     payments    read                    (the API takes no payments)
+    line_items  read, create, update    (per job: one bulk_update per job written, held
+                                        until the flush; no delete; see ``line_items.py``)
 
 Native records: customers and invoices as the API sends them; a job with ``customer_id``
 instead of the nested customer (``jobs.py``); an invoice without its nested ``payments`` and
@@ -87,6 +89,7 @@ from syncengine.connectors.housecallpro.jobs import (
     search_params,
     top_key,
 )
+from syncengine.connectors.housecallpro.line_items import LINE_ITEMS, LineItems
 from syncengine.connectors.housecallpro.paging import Pager
 from syncengine.connectors.housecallpro.webhooks import DEFAULT_TOLERANCE
 from syncengine.errors import FatalConnectorError
@@ -95,7 +98,7 @@ from syncengine.http import connector_client, is_html
 from syncengine.numbers import Float, Int
 
 CUSTOMERS = "customers"
-ENTITIES = (CUSTOMERS, JOBS, INVOICES, PAYMENTS)
+ENTITIES = (CUSTOMERS, JOBS, INVOICES, PAYMENTS, LINE_ITEMS)
 READ_ONLY_KEYS = frozenset({"id", "created_at", "updated_at"})
 """Top-level customer keys the API owns: never sent on create or update."""
 _OLDEST_FIRST = {"sort_by": "created_at", "sort_direction": "asc"}
@@ -197,6 +200,7 @@ class HousecallProConnector(Connector):
         )
         self.events = EventRead(self, context.extra.get("clock", time.time))
         self.incremental = IncrementalReads(self, context.extra.get("clock", time.time))
+        self.lines = LineItems(self, context.extra.get("clock", time.time))
 
     # -- description
     def entities(self) -> tuple[str, ...]:
@@ -210,7 +214,13 @@ class HousecallProConnector(Connector):
             return Capabilities()
         if entity == INVOICES:
             return Capabilities(update=False, delete=False)
+        if entity == LINE_ITEMS:
+            return Capabilities(delete=False)
         return Capabilities(create=False, update=False, delete=False)
+
+    def buffers(self, entity: str) -> bool:
+        """Line items are held until ``flush``: one ``bulk_update`` per job."""
+        return entity == LINE_ITEMS
 
     # -- reading
     def read(self, entity: str) -> Iterator[NativeRecord]:
@@ -236,6 +246,8 @@ class HousecallProConnector(Connector):
             self.job_customers.complete = True
         elif entity == INVOICES:
             yield from self.billing.read_invoices()
+        elif entity == LINE_ITEMS:
+            yield from self.lines.read_all()
         else:
             yield from self.billing.read_payments()
 
@@ -244,19 +256,24 @@ class HousecallProConnector(Connector):
         is due) for an entity the option ``incremental`` lists, payments following invoices;
         None for the others: the engine then calls ``read``. See ``incremental.py``."""
         self._check_entity(entity)
+        if entity == LINE_ITEMS:
+            return self.lines.read(token)  # always: the request floor is one GET per job
         return self.incremental.read(entity, token)
 
     def read_events(self, entity: str, events: Sequence[InboxEvent]) -> ReadPass | None:
         """Only the records webhook events name: their payload where whole and fresh, else a
-        ``GET`` by id (``events.py``)."""
+        ``GET`` by id (``events.py``). Line items have no events: None (they are read as in
+        any run, which costs a request per job changed)."""
         self._check_entity(entity)
+        if entity == LINE_ITEMS:
+            return None
         return self.events.read(entity, events)
 
     def get(self, entity: str, native_id: str) -> NativeRecord | None:
         """One record by id; NotFoundError when it does not exist. Payments have no such
         endpoint: they are looked for among all payments (None when not there)."""
         self._check_entity(entity)
-        if entity == PAYMENTS:
+        if entity in (PAYMENTS, LINE_ITEMS):
             return super().get(entity, native_id)
         path = self._path(entity, native_id)
         if entity == INVOICES:
@@ -277,9 +294,12 @@ class HousecallProConnector(Connector):
           number and scheduled times;
         - invoices: the ones with the invoice number (without one: the same job, customer,
           amount, due date and status), among the customer's (``customer_uuid[]``);
-        - payments: never created here; looked for among all payments.
+        - payments: never created here; looked for among all payments;
+        - line items: the lines of its job that hold its values.
         """
         self._check_entity(entity)
+        if entity == LINE_ITEMS:
+            return self.lines.find(data)
         if entity == JOBS:
             return self._find_job(data)
         if entity == INVOICES:
@@ -328,6 +348,8 @@ class HousecallProConnector(Connector):
         self._check_entity(entity)
         if entity == INVOICES:
             return self.billing.create_invoice(data)
+        if entity == LINE_ITEMS:
+            return self.lines.create(data, key)
         if entity == PAYMENTS:
             raise self._cannot("create", entity)
         body = self._body(entity, data, data.keys(), clear=False)
@@ -353,6 +375,8 @@ class HousecallProConnector(Connector):
         self._check_entity(entity)
         if entity in (INVOICES, PAYMENTS):
             raise self._cannot("update", entity)
+        if entity == LINE_ITEMS and new_id in (None, native_id):
+            return self.lines.update(native_id, patch, full)
         if new_id is not None and new_id != native_id:
             raise FatalConnectorError(
                 f"cannot give {entity} record {native_id} the id {new_id}: Housecall Pro "
@@ -381,7 +405,7 @@ class HousecallProConnector(Connector):
         no such route (the live API's customers): that is a configuration problem, not
         success. A job that still has invoices is refused by HCP (a RecordError)."""
         self._check_entity(entity)
-        if entity in (INVOICES, PAYMENTS):
+        if entity in (INVOICES, PAYMENTS, LINE_ITEMS):
             raise self._cannot("delete", entity)
         path = self._path(entity, native_id)
         response = self.http.request("DELETE", path, allow_status=(404,))
@@ -396,6 +420,18 @@ class HousecallProConnector(Connector):
                 connector=self.name,
                 entity=entity,
             )
+
+    def flush(self, entity: str) -> None:
+        """Send the line items held for their jobs (nothing else is held)."""
+        if entity == LINE_ITEMS:
+            self.lines.flush()
+
+    def flushed(self, entity: str, answered: NativeRecord) -> NativeRecord:
+        """A held line's record once its job's ``bulk_update`` was sent (its ``uuid``), or
+        that job's failure."""
+        if entity == LINE_ITEMS:
+            return self.lines.flushed(answered)
+        return answered
 
     def close(self) -> None:
         self.http.close()

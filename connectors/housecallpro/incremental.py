@@ -156,7 +156,7 @@ class IncrementalReads:
 
         def records() -> Iterator[NativeRecord]:
             if not found.why:
-                found.newest, found.why = _NewestFirst(self.connector, entity, None).newest()
+                found.newest, found.why = NewestFirst(self.connector, entity, None).newest()
             for record in self.connector.read(entity):
                 if moment(record.data.get(UPDATED_AT)) is None:
                     found.unstamped = True
@@ -180,7 +180,7 @@ class IncrementalReads:
     def _partial(self, entity: str, mark: Mark) -> ReadPass:
         """The records changed since the mark, newest first; the token keeps the old mark when
         the list shrank, and gives up the mark when a page showed it cannot be kept."""
-        listing = _NewestFirst(self.connector, entity, mark.since)
+        listing = NewestFirst(self.connector, entity, mark.since)
 
         def finish() -> str:
             if listing.why:
@@ -266,7 +266,7 @@ class _Found:
     unstamped: bool = False
 
 
-class _NewestFirst:
+class NewestFirst:
     """One listing newest first, down to a mark (``since``), or only its first page (no
     ``since``: the mark a complete pass asks for). Filled while it is read: the newest
     ``updated_at`` of page 1, why no mark can be kept if a page showed it, the totals."""
@@ -280,6 +280,8 @@ class _NewestFirst:
         """UNSTAMPED or UNSORTED once a page showed it: from then on a partial pass reads the
         rest of the list whole (nothing may be skipped), and keeps no mark."""
         self.tally = Tally()
+        self.at_top: frozenset[str] = frozenset()
+        """The ids of the first page's records stamped ``top``."""
         self._last: dt.datetime | None = None
 
     def newest(self) -> tuple[str | None, str]:
@@ -325,6 +327,9 @@ class _NewestFirst:
             return self.since is not None
         if self.top is None:
             self.top = str(items[0][UPDATED_AT])
+            self.at_top = frozenset(
+                str(item.get("id")) for item in items if str(item.get(UPDATED_AT)) == self.top
+            )
         self._last = stamps[-1]
         return self.since is not None and self._last is not None and self._last >= self.since
 

@@ -194,3 +194,43 @@ class JobCustomers:
 
 def job_path(job_id: str) -> str:
     return f"/jobs/{quote(job_id, safe='')}"
+
+
+class JobInvoices:
+    """Job id -> the invoice its line items belong to, and invoice id -> its job, learnt
+    from every invoice this connector reads, creates or gets (``Billing.invoice_record``).
+
+    HCP keeps lines on jobs, not invoices; a job's lines are billed by its first invoice (the
+    oldest; ties by id), as a job billed once has just that one. ``complete`` is True once
+    every invoice was listed (a complete invoices read, or ``Billing.know_every_invoice``):
+    a job then unknown has no invoice."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, tuple[str, str]] = {}
+        """job id -> (created_at, invoice id) of its first invoice."""
+        self._job_of: dict[str, str] = {}
+        self.complete = False
+
+    def learn(self, invoice: Mapping[str, Any]) -> None:
+        job_id, invoice_id = invoice.get("job_id"), invoice.get("id")
+        if not (isinstance(job_id, str) and job_id and isinstance(invoice_id, str)):
+            return
+        self._job_of[invoice_id] = job_id
+        created = invoice.get("created_at")
+        stamp = (created if isinstance(created, str) else "", invoice_id)
+        known = self._first.get(job_id)
+        if known is None or stamp < known or known[1] == invoice_id:
+            self._first[job_id] = stamp
+
+    def invoice_of(self, job_id: str) -> str | None:
+        """The invoice a job's lines belong to, if this connector knows one."""
+        first = self._first.get(job_id)
+        return first[1] if first is not None else None
+
+    def job_of(self, invoice_id: str) -> str | None:
+        return self._job_of.get(invoice_id)
+
+    def billed(self) -> list[tuple[str, str, str]]:
+        """(job id, its first invoice's id, that invoice's created_at), oldest invoice first."""
+        ordered = sorted(self._first.items(), key=lambda item: item[1])
+        return [(job_id, invoice_id, created) for job_id, (created, invoice_id) in ordered]

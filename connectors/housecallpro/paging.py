@@ -80,9 +80,11 @@ class Pager:
         ahead: bool = True,
         more: Callable[[list[Item]], bool] | None = None,
         tally: Tally | None = None,
+        id_key: str = "id",
     ) -> Iterator[Item]:
         """Every item of the list at ``path`` (the array under ``key``), each once, as the
-        object the API sent; every item is an object with a non-empty string ``id``.
+        object the API sent; every item is an object with a non-empty string ``id`` (or
+        ``id_key``: a job's line items are named by ``uuid``).
 
         Decides, page by page in order, what to yield and where the list ends (the module
         docstring). ``ahead=False`` reads one page after another in the caller's thread
@@ -107,7 +109,7 @@ class Pager:
                 tally.note_total(_integer(envelope.get("total_items")))
                 if not items:
                     break
-                fresh = self._fresh(items, tally.seen, key, entity, where)
+                fresh = self._fresh(items, tally.seen, key, entity, where, id_key)
                 last = self._last_page(page, envelope, len(items), len(tally.seen))
                 if more is not None:
                     last = not more(items) or last
@@ -127,26 +129,26 @@ class Pager:
                 entity=entity,
             )
 
-    def item_id(self, item: Any, entity: str, where: str) -> str:
+    def item_id(self, item: Any, entity: str, where: str, id_key: str = "id") -> str:
         """The id of one item of a response; FatalConnectorError when it has none."""
         if not isinstance(item, dict):
             raise self.fail(f"{where} is not an object", entity)
-        item_id = item.get("id")
+        item_id = item.get(id_key)
         if not isinstance(item_id, str) or not item_id:
-            raise self.fail(f"{where} has no id", entity)
+            raise self.fail(f"{where} has no {id_key}", entity)
         return item_id
 
     def fail(self, message: str, entity: str) -> FatalConnectorError:
         return FatalConnectorError(message, connector=self.connector, entity=entity)
 
     def _fresh(
-        self, items: list[Any], seen: set[str], key: str, entity: str, where: str
+        self, items: list[Any], seen: set[str], key: str, entity: str, where: str, id_key: str
     ) -> list[Item]:
         """The items of one page not seen on an earlier page (adding them to ``seen``); a
         page with none is a server ignoring ``page``: FatalConnectorError."""
         fresh: list[Item] = []
         for index, item in enumerate(items):
-            item_id = self.item_id(item, entity, f"{where}: item {index}")
+            item_id = self.item_id(item, entity, f"{where}: item {index}", id_key)
             if item_id in seen:
                 continue
             seen.add(item_id)

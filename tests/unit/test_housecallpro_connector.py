@@ -460,7 +460,9 @@ def test_capabilities_follow_delete_customers() -> None:
     caps = connector(FakeHCP(), delete_customers=True).capabilities("customers")
     assert (caps.read, caps.create, caps.update, caps.delete) == (True, True, True, True)
     assert caps.assigns_ids is False
-    assert connector(FakeHCP()).entities() == ("customers", "jobs", "invoices", "payments")
+    assert connector(FakeHCP()).entities() == (
+        "customers", "jobs", "invoices", "payments", "line_items",
+    )  # fmt: skip
 
 
 def test_capabilities_follow_the_spec() -> None:
@@ -475,6 +477,7 @@ def test_capabilities_follow_the_spec() -> None:
         "jobs": ("read", "create", "update", "delete"),
         "invoices": ("read", "create"),
         "payments": ("read",),
+        "line_items": ("read", "create", "update"),  # one bulk_update per job; no delete
     }
     assert not any(hcp.capabilities(e).assigns_ids for e in hcp.entities())
 
