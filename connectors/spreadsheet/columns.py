@@ -3,8 +3,8 @@
 The engine hands the connector the mapping of each entity (``Connector.prepare``); from it the
 connector takes the header of a new sheet (the columns the mapping writes, in its order) and
 the kind of value a column holds where a workbook stores more than text: a column read through
-the ``cents`` transform holds money, one read through ``date`` holds dates. Everything else is
-text.
+the ``cents`` transform holds money, one read through ``decimal`` a number that is not money (a
+quantity), one read through ``date`` dates. Everything else is text.
 """
 
 from __future__ import annotations
@@ -13,7 +13,13 @@ import re
 from dataclasses import dataclass
 
 from syncengine.mapping import EntityMapping
-from syncengine.transforms import CentsTransform, Chain, DateTransform, Transform
+from syncengine.transforms import (
+    CentsTransform,
+    Chain,
+    DateTransform,
+    DecimalTransform,
+    Transform,
+)
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,12 @@ class Dates:
         return not _UNSTORABLE.search(self.format)
 
 
-ColumnKind = Money | Dates
+@dataclass(frozen=True)
+class Number:
+    """An exact decimal number that is not money (a quantity: ``1.5``), stored as a number."""
+
+
+ColumnKind = Money | Dates | Number
 
 _TIME_DIRECTIVE = re.compile(r"%[-#]?[HIMSpXcTRr]")
 _UNSTORABLE = re.compile(r"%[-#]?[zZf:]")
@@ -73,4 +84,6 @@ def _kind(transform: Transform | None) -> ColumnKind | None:
         return Money(transform.places)
     if isinstance(transform, DateTransform):
         return Dates(transform.format)
+    if isinstance(transform, DecimalTransform):
+        return Number()
     return None

@@ -1,12 +1,14 @@
-"""The spreadsheet connector: customers, invoices and payments kept in spreadsheet files.
+"""The spreadsheet connector: customers, invoices, payments and line items kept in spreadsheet
+files.
 
 Two storage formats, chosen by ``path``:
 
 * a path ending in ``.xlsx`` is **one workbook** with a sheet per entity (``Customers``,
-  ``Invoices``, ``Payments``), created when missing; the workbook's other sheets, styles,
-  widths, number formats and formulas stay as the bookkeeper set them (:mod:`.xlsxtable`);
+  ``Invoices``, ``Payments``, ``Line Items``), created when missing; the workbook's other
+  sheets, styles, widths, number formats and formulas stay as the bookkeeper set them
+  (:mod:`.xlsxtable`);
 * any other path is **a folder of CSV files**, one per entity (``customers.csv``,
-  ``invoices.csv``, ``payments.csv``; :mod:`.csvtable`).
+  ``invoices.csv``, ``payments.csv``, ``line_items.csv``; :mod:`.csvtable`).
 
 A row's native id is its ``Sync ID`` cell, which the engine chooses (``assigns_ids``). A row a
 person added with a blank ``Sync ID`` is read as a provisional record ``@line:N`` (N is the CSV
@@ -31,6 +33,11 @@ A sheet's header is checked against that mapping (``structure``):
 * rows none of which shows a ``Sync ID`` (the column removed, or all its cells cleared) are
   reported as ``Structure.no_ids``: the engine refuses such a sheet while records are linked
   to it, and a new sheet typed by a person without the column gets it at the first write.
+
+Line items stay grouped under their invoice (``GROUPED_BY``): in a CSV file a new row goes
+right below the last row that shows its invoice (a row of a new invoice at the end); a
+workbook adds every new row at the bottom, as it does for every sheet, so that no row moves.
+Rows are never reordered: an order a person gave them is kept.
 
 Writes are buffered per entity and made durable by ``flush(entity)``, which saves the file (for
 a workbook: the whole workbook, once) atomically and refuses when someone changed it since it
@@ -71,8 +78,13 @@ from .csvtable import CsvTable
 from .table import CellValue, Row, Sheet, Table, is_blank
 from .xlsxtable import Workbook, XlsxTable
 
-ENTITIES = ("customers", "invoices", "payments")
+ENTITIES = ("customers", "invoices", "payments", "line_items")
 """What the spreadsheet holds, in the order a new workbook gets its sheets."""
+UNPREPARED = ("customers", "invoices", "payments")
+"""The sheets a new workbook gets when no mapping says which entities it holds."""
+GROUPED_BY = {"line_items": "invoice"}
+"""Entities whose rows stay together by a reference (a line's invoice): the canonical field
+whose column a new row is placed by."""
 
 
 @functools.cache
@@ -87,8 +99,11 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
 """Per entity the header of a new file or sheet (after the id column), from the default
 mapping; a mapping given through ``prepare`` takes its place."""
 
-SHEETS: dict[str, str] = {entity: entity.capitalize() for entity in ENTITIES}
-"""The sheet of each entity in a workbook."""
+SHEETS: dict[str, str] = {
+    entity: entity.replace("_", " ").title() if "_" in entity else entity.capitalize()
+    for entity in ENTITIES
+}
+"""The sheet of each entity in a workbook (``Line Items``)."""
 
 SUFFIXES = (".csv",)
 """File types a folder may hold (the ``files`` option)."""
@@ -120,7 +135,7 @@ class SpreadsheetOptions(ConnectorOptions):
     ``{customers = "clients.csv"}``."""
     sheets: dict[str, str] = Field(default_factory=dict)
     """Workbook only: sheet title per entity instead of ``Customers``, ``Invoices``,
-    ``Payments``: ``{customers = "Clients"}``."""
+    ``Payments``, ``Line Items``: ``{customers = "Clients"}``."""
     timezone: str | None = None
     """The IANA time zone (``America/Chicago``) the sheet's dates and times are shown in:
     the default zone of the ``date`` transforms of this member's mappings (UTC when unset)."""
@@ -233,7 +248,7 @@ def _check_entity(option: str, entity: str) -> None:
 
 
 class SpreadsheetConnector(Connector):
-    """Customers, invoices and payments in a workbook or a folder of CSV files."""
+    """Customers, invoices, payments and line items in a workbook or a folder of CSV files."""
 
     type_name = "spreadsheet"
     Options = SpreadsheetOptions
@@ -276,6 +291,8 @@ class SpreadsheetConnector(Connector):
     def prepare(self, entity: str, mapping: EntityMapping) -> None:
         self._mappings[entity] = mapping
         work = self._work.get(entity)
+        if work is not None:
+            work.group_by = self._group_column(entity)
         if work is not None and isinstance(work.table, XlsxTable):
             work.table.kinds = self._kinds(entity)
             work.table.mapped = self._read_columns(entity)
@@ -292,15 +309,23 @@ class SpreadsheetConnector(Connector):
 
     def _new_sheets(self, saving: str) -> dict[str, list[str]]:
         """The sheets a workbook should hold when ``saving`` is saved: those of the entities
-        the engine prepared (the pipeline's, whose mappings are known), else all of them."""
+        the engine prepared (the pipeline's, whose mappings are known), else the customers,
+        invoices and payments a workbook always held (and ``saving``'s)."""
         chosen = [e for e in ENTITIES if e in self._mappings or e == saving]
-        return {
-            self.sheet_title(e): self.new_header(e)
-            for e in (chosen if self._mappings else ENTITIES)
-        }
+        if not self._mappings:
+            chosen = [e for e in ENTITIES if e in UNPREPARED or e == saving]
+        return {self.sheet_title(e): self.new_header(e) for e in chosen}
 
     def _kinds(self, entity: str) -> dict[str, ColumnKind]:
         return column_kinds(self.mapping(entity))
+
+    def _group_column(self, entity: str) -> str | None:
+        """The column new rows of ``entity`` are placed by (``GROUPED_BY``), in a CSV file;
+        None in a workbook, where new rows go at the bottom."""
+        field = GROUPED_BY.get(entity)
+        if field is None or self.workbook is not None:
+            return None
+        return self.mapping(entity).native_name(field)
 
     def _read_columns(self, entity: str) -> frozenset[str]:
         return frozenset(f.native for f in self.mapping(entity).fields if f.direction != "write")
@@ -408,6 +433,7 @@ class SpreadsheetConnector(Connector):
         problem = work.duplicated_columns({*self._mapped_columns(entity), work.id_column})
         if problem:
             raise table.structure(problem)
+        work.group_by = self._group_column(entity)
         return work
 
     def _table(self, entity: str) -> Table:
@@ -452,6 +478,8 @@ class _Working:
         self.created = create  # no sheet was there: it gets the whole header
         self.stale = False  # the file changed under us: nothing more is written to it
         self.fresh = False  # loaded for a look at its structure, not read yet
+        self.group_by: str | None = None
+        """The column a new row is placed by: below the last row showing its value."""
         self._index_columns()
         self.by_id: dict[str, list[int]] = {}
         for handle, row in self.rows.items():
@@ -720,10 +748,31 @@ class _Working:
         row.set(self.id_index, id_cell)
         self._apply(row, staged, fresh=True)
         handle, self._next = self._next, self._next + 1
-        self.rows[handle] = row
+        self._place(handle, row)
         self.by_id[key] = [handle]
         self.pending = True
         return self.record(row)
+
+    def _place(self, handle: int, row: Row) -> None:
+        """Add a new row: below the last row that shows its value in ``group_by`` (its
+        invoice), else at the end. The other rows keep their order."""
+        index = self.columns.get(self.group_by) if self.group_by else None
+        value = self.table.decode_cell(row.get(index), "") if index is not None else ""
+        after = None
+        if index is not None and value.strip():
+            for other, existing in reversed(self.rows.items()):
+                if not existing.blank and self.table.decode_cell(existing.get(index), "") == value:
+                    after = other
+                    break
+        if after is None or after == next(reversed(self.rows)):
+            self.rows[handle] = row
+            return
+        placed: dict[int, Row] = {}
+        for other, existing in self.rows.items():
+            placed[other] = existing
+            if other == after:
+                placed[handle] = row
+        self.rows = placed
 
     def update(self, native_id: str, patch: Mapping[str, Any], new_id: str | None) -> NativeRecord:
         handle, row = self._locate(native_id, new_id)

@@ -4,12 +4,12 @@ Reading (:func:`cell_text`): numbers without float noise (``1234.5``, never ``12
 whole numbers without a point), dates in the column's date format (ISO where the column has
 none), booleans as ``TRUE``/``FALSE``, an empty cell as ``""``.
 
-Writing (:func:`cell_value`): money columns get numbers (``Decimal``, so never through binary
-floats) and date columns real dates; everything else stays text, so that ``02134`` keeps its
-leading zero. Text a cell cannot hold exactly falls back to text (an amount with more digits
-than a workbook number keeps, a date format with a time zone). The pair is a fixed point:
-``cell_text(cell_value(t)) `` is what a later read of that cell gives, which is what the
-connector reports as written.
+Writing (:func:`cell_value`): money and quantity columns get numbers (``Decimal``, so never
+through binary floats) and date columns real dates; everything else stays text, so that
+``02134`` keeps its leading zero. Text a cell cannot hold exactly falls back to text (an
+amount with more digits than a workbook number keeps, a date format with a time zone). The
+pair is a fixed point: ``cell_text(cell_value(t)) `` is what a later read of that cell gives,
+which is what the connector reports as written.
 
 :func:`number_format_for` picks the display format of a cell the sync writes, keeping one the
 bookkeeper set where it suits the value.
@@ -26,7 +26,7 @@ from openpyxl.styles.numbers import is_date_format
 
 from syncengine.errors import RecordError
 
-from .columns import ColumnKind, Dates, Money
+from .columns import ColumnKind, Dates, Money, Number
 from .table import CellValue
 
 MAX_TEXT = 32767
@@ -83,7 +83,7 @@ def cell_value(text: str, kind: ColumnKind | None = None, *, location: str = "")
     32,767 characters)."""
     if text == "":
         return None
-    if isinstance(kind, Money):
+    if isinstance(kind, Money | Number):
         amount = _amount(text)
         if amount is not None:
             return amount

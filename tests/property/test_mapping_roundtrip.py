@@ -481,6 +481,69 @@ def sheet_payments(zone: str) -> st.SearchStrategy[dict[str, Any]]:
     ).map(refunds_within("payments", "Refunded", "Amount", CENTS.read))
 
 
+line_kinds = st.one_of(
+    enum_words(model.LINE_KINDS), st.sampled_from([a for a, _ in model.LINE_KIND_ALIASES])
+)
+hcp_quantities = st.one_of(
+    st.integers(-(10**6), 10**6),
+    st.integers(-(10**10), 10**10).map(lambda q: float(Decimal(q).scaleb(-4))),
+    st.none(),
+)
+
+hcp_lines = st.fixed_dictionaries(
+    {"uuid": st.uuids().map(str), "job_id": hcp_ids("job"), "position": st.integers(1, 500)},
+    optional={
+        "invoice_id": st.one_of(hcp_ids("inv"), st.uuids().map(str)),
+        "name": names,
+        "description": names,
+        "kind": st.one_of(line_kinds, st.none()),
+        "quantity": hcp_quantities,
+        "unit_price": hcp_cents,
+        "unit_cost": hcp_cents,
+        "taxable": st.one_of(st.booleans(), st.none()),
+        "amount": hcp_cents,
+        "service_item_id": st.one_of(hcp_ids("mat"), st.none()),
+        "service_item_type": texts,  # unmapped
+    },
+)
+
+
+def sheet_lines() -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries(
+        {"Sync ID": st.one_of(st.just(""), st.uuids().map(str))},
+        optional={
+            "Invoice #": st.one_of(st.from_regex(r"\A *[0-9]{1,7} *\Z"), names),
+            "Item": names,
+            "Description": names,
+            "Kind": st.one_of(line_kinds, maybe),
+            "Quantity": st.one_of(quantities(), maybe),
+            "Unit Price": sheet_amounts(),
+            "Unit Cost": sheet_amounts(),
+            "Taxable": st.one_of(_casing(["yes", "no", "true", "false", "1", "0"]), maybe),
+            "Amount": sheet_amounts(),
+            "Checked": st.sampled_from(["", "x"]),  # a column of the bookkeeper's own
+        },
+    )
+
+
+rest_lines = st.fixed_dictionaries(
+    {"id": st.one_of(st.integers(1, 10**6), st.uuids().map(str))},
+    optional={
+        "invoiceId": st.one_of(st.integers(1, 10**6).map(str), st.none()),
+        "name": names,
+        "description": names,
+        "kind": st.one_of(line_kinds, st.none()),
+        "quantity": st.one_of(quantities(), st.none()),
+        "unitPrice": hcp_cents,
+        "unitCost": hcp_cents,
+        "taxable": st.one_of(st.booleans(), st.none()),
+        "amount": hcp_cents,
+        "serviceItemId": names,
+        "position": st.one_of(st.integers(1, 500), st.none()),
+    },
+)
+
+
 rest_customers = st.fixed_dictionaries(
     {"id": st.one_of(st.integers(1, 10**6), st.uuids().map(str))},
     optional={
@@ -541,6 +604,8 @@ def _memory_value(spec: model.FieldSpec) -> st.SearchStrategy[Any]:
         ),
         "enum": enum_words(spec.choices),
         "ref": memory_ids,
+        "decimal": quantities(),
+        "int": st.one_of(st.integers(-(10**6), 10**6), st.integers(1, 999).map(str)),
     }
     return st.one_of(by_type[spec.type], maybe)
 
@@ -570,6 +635,9 @@ MAPPING_CASES: list[MappingCase] = [
     ("housecallpro", "jobs", None, hcp_jobs),
     ("housecallpro", "invoices", None, hcp_invoices),
     ("housecallpro", "payments", None, hcp_payments),
+    ("housecallpro", "line_items", None, hcp_lines),
+    ("rest", "line_items", None, rest_lines),
+    ("spreadsheet", "line_items", None, sheet_lines()),
     ("rest", "customers", None, rest_customers),
     ("rest", "crm-properties", None, crm_properties_contacts),
     ("spreadsheet", "customers", None, spreadsheet_rows),
@@ -579,7 +647,7 @@ MAPPING_CASES: list[MappingCase] = [
     ("spreadsheet", "payments", "Australia/Lord_Howe", sheet_payments("Australia/Lord_Howe")),
     *(
         ("memory", entity, None, memory_records(entity))
-        for entity in ("customers", "jobs", "invoices", "payments")
+        for entity in ("customers", "jobs", "invoices", "payments", "line_items")
     ),
 ]
 

@@ -55,7 +55,7 @@ def by_id(conn: SpreadsheetConnector) -> dict[str, NativeRecord]:
 def test_describes_itself(tmp_path: Path) -> None:
     conn = connector(tmp_path)
     assert conn.type_name == "spreadsheet"
-    assert conn.entities() == ("customers", "invoices", "payments")
+    assert conn.entities() == ("customers", "invoices", "payments", "line_items")
     caps = conn.capabilities("customers")
     assert (caps.read, caps.create, caps.update, caps.delete, caps.assigns_ids) == (
         True,
