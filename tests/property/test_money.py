@@ -17,6 +17,11 @@ tax, and a payment's refund from 0 up to the payment, travel the same paths. The
 - a whole sync: a memory member (integer cents) and a CSV folder, both directions;
 - the HCP sandbox's refunds: any sequence of refunds up to the payment, each one exact, the
   invoice's balance reopened by exactly their sum, and one cent more refused.
+- line items: quantities of up to 4 decimal places (and a fifth refused, never rounded)
+  through the ``decimal`` transform as typed, as text, as a JSON number and as a workbook's
+  number; unit prices up to 10^9 cents; a line's amount is quantity x unit price rounded half
+  to even, equal to the exact fraction's; every line items mapping, and HCP -> sheet -> HCP;
+  the sandbox's invoice billing its lines to the cent.
 
 Every comparison is exact integer equality; nothing goes through binary floats. (The XLSX
 round trip lives in ``tests/unit/test_xlsx_money.py``.)
@@ -26,9 +31,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import tempfile
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syncengine import api
+from syncengine import api, model
 from syncengine.connector import ConnectorContext
 from syncengine.connectors.housecallpro.sandbox import SandboxState
 from syncengine.connectors.housecallpro.sandbox_fields import ValidationFailed
@@ -578,3 +585,158 @@ def test_sandbox_refunds_up_to_the_payment_are_exact(data: st.DataObject, amount
     assert shown["status"] == "refunded"
     with pytest.raises(ValidationFailed):
         state.refund_payment(payment["id"], {"amount": 1})
+
+
+# --------------------------------------------------------------------------------- line items
+#
+# Quantities have up to 4 decimal places (and run to a million, either sign: a discount may
+# be a negative quantity); unit prices run to 10^9 cents, either sign. A line's amount is
+# quantity x unit price rounded half to even, computed here by exact fractions.
+
+QUANTITY_SCALE = 10**4
+quantity_units = st.integers(-(10**10), 10**10) | st.sampled_from(
+    [0, 1, 5_000, 10_000, 15_000, 25_000, 3_333, 6_667, 10**10]
+)
+"""A quantity in ten-thousandths (15_000 is 1.5)."""
+unit_prices = st.integers(-(10**9), 10**9) | st.sampled_from([0, 1, 3, 99, 10**9, -(10**9)])
+SHEET_LINES = load_mapping("spreadsheet", "line_items")
+LINE_MAPPINGS = {m: load_mapping(m, "line_items") for m in ("housecallpro", "memory", "rest")}
+
+
+def quantity_text(units: int) -> str:
+    """The canonical text of a quantity of ``units`` ten-thousandths, by integer arithmetic."""
+    sign = "-" if units < 0 else ""
+    whole, fraction = divmod(abs(units), QUANTITY_SCALE)
+    digits = f"{fraction:04d}".rstrip("0")
+    return f"{sign}{whole}.{digits}" if digits else ("0" if not whole else f"{sign}{whole}")
+
+
+@st.composite
+def typed_quantity(draw: st.DrawFn, units: int) -> str:
+    """A quantity as a person types it: 1.5, 1.50, 1,234.5, +2, -0.25, .5, padded."""
+    text = quantity_text(units)
+    sign, body = ("-", text[1:]) if text.startswith("-") else ("", text)
+    whole, _, fraction = body.partition(".")
+    grouped = draw(st.sampled_from([whole, f"{int(whole):,}"]))
+    shown = draw(st.sampled_from([fraction, fraction + "0", fraction + "00"])) if fraction else ""
+    number = f"{grouped}.{shown}" if shown else draw(st.sampled_from([grouped, f"{grouped}.0"]))
+    if number.startswith("0.") and draw(st.booleans()):
+        number = number[1:]
+    if not sign and draw(st.booleans()):
+        sign = "+"
+    pad = draw(st.sampled_from(["", " ", "  "]))
+    return f"{pad}{sign}{number}{pad}"
+
+
+def exact_amount(units: int, unit_price: int) -> int:
+    """quantity x unit price in cents, rounded half to even, by fractions alone."""
+    return round(Fraction(units, QUANTITY_SCALE) * unit_price)
+
+
+@given(units=quantity_units, unit_price=unit_prices)
+def test_a_lines_amount_is_exact_half_to_even(units: int, unit_price: int) -> None:
+    amount = model.line_amount(quantity_text(units), unit_price)
+    assert type(amount) is int
+    assert amount == exact_amount(units, unit_price)
+    assert model.line_amount(Decimal(units).scaleb(-4), unit_price) == amount
+
+
+@given(data=st.data(), units=quantity_units)
+def test_quantities_read_and_write_exactly_through_the_decimal_transform(
+    data: st.DataObject, units: int
+) -> None:
+    text = quantity_text(units)
+    plain, number = (
+        build_transform("decimal"),
+        build_transform({"name": "decimal", "as_number": True}),
+    )
+    assert plain.write(text) == text and plain.read(text) == text
+    typed_text = data.draw(typed_quantity(units), label="typed")
+    assert model.norm_decimal(plain.read(typed_text)) == text, typed_text
+    sent = number.write(text)  # a JSON number, through JSON and back
+    assert type(sent) is (int if units % QUANTITY_SCALE == 0 else float)
+    assert number.read(json.loads(json.dumps(sent))) == text
+    assert plain.read(units / QUANTITY_SCALE) == text  # a workbook's number cell
+
+
+@given(units=quantity_units, extra=st.integers(1, 9))
+def test_a_quantity_with_a_fifth_decimal_is_refused_never_rounded(units: int, extra: int) -> None:
+    longer = f"{Decimal(units).scaleb(-4) + Decimal(extra).scaleb(-5):f}"  # 5 places
+    with pytest.raises(ValueError, match="decimal places"):
+        model.norm_decimal(longer)
+
+
+@st.composite
+def line_values(draw: st.DrawFn) -> dict[str, Any]:
+    units, unit_price = draw(quantity_units), draw(unit_prices)
+    return {
+        "quantity": quantity_text(units),
+        "unit_price": unit_price,
+        "unit_cost": draw(cents),
+        "amount": exact_amount(units, unit_price),
+        "taxable": draw(st.booleans()),
+    }
+
+
+@given(line=line_values())
+def test_every_line_items_mapping_keeps_quantities_and_cents_exact(line: dict[str, Any]) -> None:
+    native = SHEET_LINES.to_native(line)
+    assert all(isinstance(native[c], str) for c in ("Quantity", "Unit Price", "Amount"))
+    assert _exact(native["Unit Price"], 2) == line["unit_price"]
+    assert _exact(native["Amount"], 2) == line["amount"]
+    assert SHEET_LINES.to_canonical(native) == {**line, **_nones(SHEET_LINES, line)}
+    for name, mapping in LINE_MAPPINGS.items():
+        written = mapping.to_native(line)
+        back = mapping.to_canonical(json.loads(json.dumps(written)))  # as an API sends it
+        wanted = {k: v for k, v in line.items() if k in mapping.readable and k in written}
+        assert {k: back[k] for k in wanted} == wanted, name
+
+
+def _nones(mapping: Any, line: dict[str, Any]) -> dict[str, Any]:
+    return {name: None for name in mapping.readable if name not in line}
+
+
+@given(line=line_values(), data=st.data())
+def test_lines_cross_from_hcp_to_the_sheet_and_back(
+    line: dict[str, Any], data: st.DataObject
+) -> None:
+    hcp = LINE_MAPPINGS["housecallpro"]
+    hcp_line = json.loads(json.dumps(hcp.to_native(line)))
+    row = SHEET_LINES.to_native(hcp.to_canonical(hcp_line))
+    units = round(Decimal(line["quantity"]) * QUANTITY_SCALE)
+    row["Quantity"] = data.draw(st.just(row["Quantity"]) | typed_quantity(units), label="typed")
+    again = hcp.to_native(SHEET_LINES.to_canonical(row))
+    assert {k: again[k] for k in hcp_line} == hcp_line
+
+
+@settings(max_examples=max(10, _PROFILE.max_examples // 2))
+@given(lines=st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 10**7)), min_size=1,
+                      max_size=6))  # fmt: skip
+def test_sandbox_invoices_bill_their_lines_exactly(lines: list[tuple[int, int]]) -> None:
+    """Lines written through ``bulk_update`` make the job's invoice's subtotal their amounts'
+    exact sum, its tax 8.25 % of the taxable ones (half to even) and its amount the two."""
+    from syncengine.connectors.housecallpro.sandbox_lines import bulk_update
+
+    state = SandboxState(api_key="k")
+    state.load(
+        {
+            "customers": [{"id": "cus_1", "first_name": "Ann"}],
+            "jobs": [{"id": "job_1", "customer_id": "cus_1"}],
+            "invoices": [{"id": "inv_1", "job_id": "job_1", "customer_id": "cus_1",
+                          "amount": 0, "status": "sent"}],
+        },
+        source="test",
+    )  # fmt: skip
+    body = [
+        {"name": f"L{n}", "quantity": json.loads(quantity_text(units)), "unit_price": price,
+         "taxable": n % 2 == 0}
+        for n, (units, price) in enumerate(lines)
+    ]  # fmt: skip
+    bulk_update(state, "job_1", {"line_items": body})
+    invoice = state.get_invoice("inv_1")
+    assert invoice is not None
+    amounts = [exact_amount(units, price) for units, price in lines]
+    taxable = sum(a for n, a in enumerate(amounts) if n % 2 == 0)
+    assert invoice["subtotal"] == sum(amounts)
+    assert invoice["tax_amount"] == round(Fraction(taxable * 825, 10_000))
+    assert invoice["amount"] == invoice["subtotal"] + invoice["tax_amount"]
