@@ -248,3 +248,43 @@ def test_the_decimal_transform_names_its_parameter() -> None:
 
     with pytest.raises(ConfigError, match="as_number"):
         build_transform({"name": "decimal", "as_numbers": True}, "m.toml: fields.quantity")
+
+
+# ------------------------------------------------------------------------------ the merge
+
+
+def _merge(books_now: dict[str, Any]) -> dict[str, Any]:
+    """The new base when the books change a line to ``books_now`` and HCP does not."""
+    from syncengine.connector import Capabilities
+    from syncengine.mapping import load_mapping
+    from syncengine.reconcile import Context, MemberView, reconcile
+
+    mapping = load_mapping("memory", "line_items").without(["invoice", "job"])
+    base = {"name": "Labor", "quantity": "1", "unit_price": 1000, "amount": 1000}
+    ctx = Context(
+        entity=model.LINE_ITEM,
+        members=("hcp", "books"),
+        mappings={"hcp": mapping, "books": mapping},
+        caps={"hcp": Capabilities(), "books": Capabilities()},
+        rules=lambda name: ["hcp"],
+    )
+    views = {
+        "hcp": MemberView(member="hcp", status="unchanged", native_id="h1", current=base,
+                          last_seen=base, native=dict(base)),
+        "books": MemberView(member="books", status="changed", native_id="b1",
+                            current={**base, **books_now}, last_seen=base,
+                            native={**base, **books_now}),
+    }  # fmt: skip
+    plan = reconcile(ctx, "k1", base, views)
+    assert plan.base_after is not None
+    return plan.base_after
+
+
+def test_a_lines_amount_follows_a_change_of_its_quantity_or_price() -> None:
+    assert _merge({"quantity": "1.5"})["amount"] == 1500
+    assert _merge({"unit_price": 333, "quantity": "1.5"})["amount"] == 500  # 499.5 -> 500
+    assert _merge({"name": "Labour"})["amount"] == 1000  # not a source: left alone
+
+
+def test_an_amount_a_member_gave_with_its_change_is_taken_as_given() -> None:
+    assert _merge({"quantity": "1.5", "amount": 1499})["amount"] == 1499
