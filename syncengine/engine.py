@@ -594,7 +594,7 @@ class Engine:
         self._fetch_referring_unseen(entity, members, reads, ent, touched, states)
         hold = hold_deletes and pipeline.section.deletes.propagate and referred_to(pipeline, entity)
         untaken = self._plan_keys(
-            pipeline, ent, members, reads, states, matched, touched, recovery, planned, hold
+            pipeline, ent, members, reads, states, matched, touched, recovery, planned, hold, named
         )
         planned.marks = marks_to_keep(reads, ent, untaken)
         planned.reread = {name for name, r in reads.items() if r.reread}
@@ -884,11 +884,13 @@ class Engine:
         recovery: Recovery | None,
         planned: PlannedEntity | None = None,
         hold: bool = False,
+        named: Named | None = None,
     ) -> set[str]:
         """Reconcile every hub record that needs a look into ``ent.keys``. Returns the
         members whose change of some record the plan leaves out (see ``_untaken``). With
         ``hold``, the plans deleting a record some member dropped are also kept, with what
-        deciding them again needs, in ``planned.held``."""
+        deciding them again needs, in ``planned.held``. In an event-driven run (``named``),
+        a record it would create on a member read by its events is left as it is."""
         groups = matched.groups
         # new records keep the order their member listed them in (a sheet gets HCP's order)
         position: dict[str, int] = {}
@@ -944,6 +946,9 @@ class Engine:
                 # report this record, leave it as it is everywhere, plan the rest
                 where = next((v.location for v in views.values() if v.location), key)
                 ent.issues.append(Issue(ent.entity, exc.location or "", where, str(exc)))
+                untaken |= _untaken(None, views)
+                continue
+            if named is not None and named.leaves(kp):
                 untaken |= _untaken(None, views)
                 continue
             untaken |= _untaken(kp, views)

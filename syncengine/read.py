@@ -32,7 +32,7 @@ from syncengine.errors import NotFoundError, RecordError, StructureError
 from syncengine.events import InboxEvent
 from syncengine.match import MatchResult, Observed
 from syncengine.member import Member, open_member
-from syncengine.plan import EntityPlan, Issue, Update
+from syncengine.plan import Create, EntityPlan, Issue, KeyPlan, Update
 from syncengine.progress import ProgressFn, Step
 from syncengine.reconcile import MemberView
 from syncengine.state import RecordState, StateStore
@@ -414,6 +414,12 @@ class Named:
                     reads[name].set_aside = True
         matched.groups = groups
         matched.new_keys &= set(groups)
+
+    def leaves(self, kp: KeyPlan) -> bool:
+        """Whether the run leaves a record for one that reads everything: it would create
+        it on a member read by its events (a create a failed run left, a record brought back).
+        That member may hold it already, unlinked, among the records no event named."""
+        return any(isinstance(a, Create) and a.member in self.members for a in kp.actions)
 
 
 def narrow_to_named(reads: Mapping[str, MemberRead], by_events: set[str]) -> Named:

@@ -124,3 +124,44 @@ def test_an_event_for_a_record_the_member_still_has_deletes_nothing(cfg: Config)
     deliver(cfg, "hcp", "customer.deleted", "h3")
     assert event_run(cfg).exit_code == 0
     assert len(ds("crm").table("customers")) == 6
+
+
+def test_an_event_run_creates_nothing_on_the_member_that_sent_the_events(
+    tmp_path: Path,
+) -> None:
+    """A create an earlier run could not make on that member waits for a run that reads it
+    whole: it may hold the record already, typed there since, among what no event named.
+    (Found by the webhook state machine.)"""
+    config = memory_config(tmp_path, {"a": {}, "b": {}}, conflicts={"default": ["a"]})
+    ds("a").put("customers", "t1", {"email": "u0@x.test"})
+    ds("b").put("customers", "t2", {"email": "u1@x.test"})
+
+    def fail(op: str, entity: str, ref: str) -> bool:
+        return True
+
+    store = open_store(config)
+    try:
+        failed = Engine(
+            config, store, connector_extra={"a": {"fail_write": fail}, "b": {"fail_write": fail}}
+        )
+        failed.sync(config.pipelines["p"])
+    finally:
+        store.close()
+    ds("a").put("customers", "t3", {"email": "u1@x.test"})  # typed on a meanwhile
+    deliver(config, "a", "customer.updated", "t1")
+
+    assert event_run(config).exit_code == 0
+    assert sorted(r["email"] for r in ds("a").table("customers").values()) == [
+        "u0@x.test",
+        "u1@x.test",
+    ]
+
+    assert run(config).exit_code == 0  # the full pass links t3, creates nothing twice
+    assert sorted(r["email"] for r in ds("a").table("customers").values()) == [
+        "u0@x.test",
+        "u1@x.test",
+    ]
+    assert sorted(r["email"] for r in ds("b").table("customers").values()) == [
+        "u0@x.test",
+        "u1@x.test",
+    ]
