@@ -48,7 +48,9 @@ what changed since the last pass (``sort_by=updated_at&sort_direction=desc``, pa
 the read mark), with a complete pass, which also sees deletes, at least every
 ``full_every_hours``; payments follow the invoices' passes. Support varies on the live API:
 its invoices carry no ``updated_at``, so they are read completely each time anyway (logged
-once). See ``incremental.py``.
+once). See ``incremental.py``. Line items are always read so, whatever ``incremental`` says (one
+request per job changed since the last pass; a complete pass every ``full_every_hours``): see
+``line_items.py``.
 
 Test hooks in ``ConnectorContext.extra``: ``transport`` (an ``httpx.BaseTransport``, e.g.
 ``httpx.MockTransport`` or an in-process sandbox), ``sleep`` (replaces ``time.sleep`` for
