@@ -11,6 +11,11 @@ disagreement:
 - ``totals``: a member's subtotal plus its tax is not its amount (where it gives both);
 - ``amount``: members disagree on the amount (or on the succeeded payments' sum);
 - ``refund``: members disagree on what was refunded (among those that give refunds);
+- ``lines``: a member's lines of the invoice do not add up to its subtotal (``_check_lines_sum``);
+- ``line_amount``: a line's amount is not its quantity × unit price, rounded half to even
+  (``_check_line_amounts``);
+- ``line``: members disagree on a line, or one lacks a line the others hold
+  (``_check_lines_agree``);
 - ``missing``: a member lacks an invoice or a payment another member has;
 - ``duplicate``: an invoice number names two invoices (on one member, or across members);
 - ``unreadable`` / ``unlinked``: a record that could not be read, or is not synced yet.
@@ -35,6 +40,7 @@ from syncengine.display import format_cents
 from syncengine.errors import RecordError, UsageError
 from syncengine.exit_codes import ExitCode
 from syncengine.locks import Lock
+from syncengine.model import decimal_value, line_amount
 from syncengine.refs import References
 from syncengine.state import StateStore
 
@@ -67,6 +73,8 @@ class InvoiceLine:
     balance: dict[str, int | None] = field(default_factory=dict)
     payments: dict[str, set[str]] = field(default_factory=dict)
     """member -> payment keys."""
+    items: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """member -> line item key -> the line as the member holds it (members holding lines)."""
     problems: list[Disagreement] = field(default_factory=list)
     after_close: list[Disagreement] = field(default_factory=list)
     """Differences a member's closed period explains (not disagreements: ``_explain_closed``)."""
@@ -92,7 +100,10 @@ class InvoiceLine:
     def _details(self, member: str) -> dict[str, int]:
         """The money below the total a member gives (nothing for one that gives none)."""
         named = (("subtotal", self.subtotal), ("tax", self.tax), ("refunded", self.refunded))
-        return {name: values[member] for name, values in named if member in values}
+        out = {name: values[member] for name, values in named if member in values}
+        if self.items.get(member):
+            out["lines"] = len(self.items[member])
+        return out
 
 
 @dataclass
@@ -155,6 +166,7 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
     cache: dict[str, dict[str, str]] = {}
     invoices: dict[str, dict[str, list[_Seen]]] = {}
     payments: dict[str, dict[str, list[_Seen]]] = {}
+    items: dict[str, dict[str, list[_Seen]]] = {}
     for member in pipeline.members:
         connector = config.make_connector(member)
         try:
@@ -164,6 +176,10 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
             if "payments" in pipeline.entities:
                 payments[member] = _read(
                     store, pipeline, refs, connector, member, "payments", report, cache
+                )
+            if "line_items" in pipeline.entities:
+                items[member] = _read(
+                    store, pipeline, refs, connector, member, "line_items", report, cache
                 )
         finally:
             connector.close()
@@ -240,6 +256,8 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
                 )
             _count_payment(owner, member, record, len(seen))
 
+    _attach_items(lines, items, report)
+
     for number, holders_of in numbers.items():
         if len(holders_of) > 1:
             for key in holders_of:
@@ -281,6 +299,9 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
                         )
                     )
             _check_totals(line, member)
+            _check_lines_sum(line, member)
+            _check_line_amounts(line, member)
+        _check_lines_agree(line, holders, _line_fields(pipeline))
         amounts = {line.amount[m] for m in holders}
         if len(amounts) > 1:
             shown = ", ".join(f"{m} {_money(line.amount[m])}" for m in holders)
@@ -306,7 +327,7 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
     report.invoices = sorted(lines.values(), key=lambda x: (x.invoice_number or "", x.key))
     if pipeline.locks:
         for line in report.invoices:
-            _explain_closed(line, pipeline.locks, invoices, payments)
+            _explain_closed(line, pipeline.locks, invoices, payments, _line_fields(pipeline))
     return report
 
 
@@ -359,6 +380,190 @@ def _check_refunds_agree(line: InvoiceLine, holders: list[str]) -> None:
 
 def _money(value: int | None) -> str:
     return format_cents(value) if isinstance(value, int) else "(none)"
+
+
+# ------------------------------------------------------------------------------ line items
+
+COMPARED_LINE_FIELDS = ("quantity", "unit_price", "amount", "taxable")
+"""What members must agree on, line by line (where their mappings read it)."""
+
+
+def _line_fields(pipeline: Pipeline) -> dict[str, frozenset[str]]:
+    """member -> the compared line fields its line mapping reads (none without line items)."""
+    out: dict[str, frozenset[str]] = {}
+    for member in pipeline.members:
+        mapping = pipeline.mappings.get((member, "line_items"))
+        out[member] = frozenset(COMPARED_LINE_FIELDS) & mapping.readable if mapping else frozenset()
+    return out
+
+
+def _attach_items(
+    lines: dict[str, InvoiceLine], items: dict[str, dict[str, list[_Seen]]], report: Report
+) -> None:
+    """Put each member's lines under their invoice (``InvoiceLine.items``); a line on an
+    invoice no member holds is ``missing``, one a member holds twice a ``duplicate``. A member
+    that holds lines gets an empty entry on each of its invoices without any: it keeps lines,
+    so a line held elsewhere is missing there (``_check_lines_agree``)."""
+    for member, by_key in items.items():
+        for key, seen in by_key.items():
+            record = seen[0].record
+            invoice_key = record.get("invoice")
+            owner = lines.get(invoice_key) if isinstance(invoice_key, str) else None
+            if owner is None:
+                report.general.append(
+                    Disagreement(
+                        "missing",
+                        f"line item at {seen[0].location} refers to an invoice no member holds",
+                        member,
+                    )
+                )
+                continue
+            owner.items.setdefault(member, {})[key] = record
+            if len(seen) > 1:
+                owner.problems.append(
+                    Disagreement(
+                        "duplicate",
+                        f"{member} holds one line {len(seen)} times "
+                        f"({', '.join(s.location for s in seen)})",
+                        member,
+                    )
+                )
+    keeping = {m for m, by_key in items.items() if by_key}
+    for owner in lines.values():
+        for member in keeping & set(owner.amount):
+            owner.items.setdefault(member, {})
+
+
+def _label(record: dict[str, Any]) -> str:
+    """How a message names a line: its place and name (``line 2 "Labor"``)."""
+    place = record.get("position")
+    name = record.get("name")
+    shown = f"line {place}" if isinstance(place, int) else "line"
+    return f'{shown} "{name}"' if name else shown
+
+
+def _check_lines_sum(line: InvoiceLine, member: str) -> None:
+    """The amounts of a member's lines of the invoice add up to its subtotal. Decided only
+    where the member gives both: a member without lines for the invoice (HCP bills a job's
+    lines on its first invoice; a second invoice has none) or without a subtotal is not
+    checked, nor is one with a line that has no amount (``_check_line_amounts`` names what it
+    can)."""
+    held = line.items.get(member)
+    subtotal = line.subtotal.get(member)
+    if not held or subtotal is None:
+        return
+    amounts = [r.get("amount") for r in held.values()]
+    if not all(isinstance(a, int) and not isinstance(a, bool) for a in amounts):
+        return
+    total = sum(a for a in amounts if isinstance(a, int))
+    if total != subtotal:
+        line.problems.append(
+            Disagreement(
+                "lines",
+                f"the {len(amounts)} line(s) on {member} add up to {format_cents(total)}, but "
+                f"the subtotal is {format_cents(subtotal)}",
+                member,
+            )
+        )
+
+
+def _check_line_amounts(line: InvoiceLine, member: str) -> None:
+    """Each of a member's lines has amount = quantity × unit price rounded half to even
+    (``model.line_amount``), where the line gives all three; one entry per line that does
+    not."""
+    for record in _in_order(line.items.get(member, {})):
+        quantity, price, amount = (record.get(n) for n in ("quantity", "unit_price", "amount"))
+        if quantity is None or not isinstance(price, int) or not isinstance(amount, int):
+            continue
+        expected = line_amount(quantity, price)
+        if amount != expected:
+            line.problems.append(
+                Disagreement(
+                    "line_amount",
+                    f"{_label(record)}: amount {format_cents(amount)} on {member}, but "
+                    f"quantity {quantity} × unit price {format_cents(price)} = "
+                    f"{format_cents(expected)} (rounded half to even)",
+                    member,
+                )
+            )
+
+
+def _in_order(held: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """A member's lines of one invoice in their order on it (by position, then as read)."""
+    return sorted(
+        held.values(), key=lambda r: r["position"] if isinstance(r.get("position"), int) else 0
+    )
+
+
+def _check_lines_agree(
+    line: InvoiceLine, holders: list[str], fields: dict[str, frozenset[str]]
+) -> None:
+    """Members agree on the invoice line by line: the same lines (matched by hub key, as
+    invoices and payments are) with the same quantity, unit price, amount and taxable, each
+    compared among the members whose mapping reads it. A member that holds no line of this
+    invoice is left out (it may keep no lines at all, and a job's second invoice has none
+    anywhere) unless it holds lines of other invoices: then a line held elsewhere and not on
+    it is ``missing`` there, named per member."""
+    with_lines = [m for m in holders if line.items.get(m)]
+    if not with_lines:
+        return
+    compared = [m for m in holders if m in line.items]
+    every: dict[str, dict[str, Any]] = {}
+    for member in with_lines:
+        for key, record in line.items[member].items():
+            every.setdefault(key, record)
+    for key, first in sorted(every.items(), key=lambda kv: _position(kv[1])):
+        on = [m for m in compared if key in line.items.get(m, {})]
+        for member in compared:
+            if member not in on:
+                line.problems.append(
+                    Disagreement(
+                        "line",
+                        f"{_label(first)} held by {', '.join(on)} is not on {member}",
+                        member,
+                    )
+                )
+        for name in COMPARED_LINE_FIELDS:
+            giving = [m for m in on if name in fields.get(m, frozenset())]
+            values = {m: line.items[m][key].get(name) for m in giving}
+            if len({_comparable(v) for v in values.values()}) > 1:
+                shown = ", ".join(f"{m} {_shown(name, v)}" for m, v in values.items())
+                line.problems.append(
+                    Disagreement("line", f"{_label(first)}: {_LINE_WORDS[name]} differs: {shown}")
+                )
+
+
+_LINE_WORDS = {
+    "quantity": "quantity",
+    "unit_price": "unit price",
+    "amount": "amount",
+    "taxable": "taxable",
+}
+
+
+def _position(record: dict[str, Any]) -> int:
+    place = record.get("position")
+    return place if isinstance(place, int) else 0
+
+
+def _comparable(value: Any) -> Any:
+    """A value as members are compared on it: quantities as exact numbers (1.50 = 1.5)."""
+    if isinstance(value, str):
+        try:
+            return decimal_value(value)
+        except ArithmeticError:
+            return value
+    return value
+
+
+def _shown(name: str, value: Any) -> str:
+    if value is None:
+        return "(none)"
+    if name in ("unit_price", "amount") and isinstance(value, int):
+        return format_cents(value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def _read(
@@ -431,6 +636,7 @@ def _explain_closed(
     locks: dict[str, Lock],
     invoices: dict[str, dict[str, list[_Seen]]],
     payments: dict[str, dict[str, list[_Seen]]],
+    line_fields: dict[str, frozenset[str]] | None = None,
 ) -> None:
     """Decide which of an invoice's disagreements a closed period explains, and move them to
     ``line.after_close``. A record is closed on a locked member when any member's copy of it
@@ -442,7 +648,10 @@ def _explain_closed(
     - ``balance``: on a member where the invoice is closed (its row stays as it was closed);
     - ``amount`` and ``refund``: the members agree once the closed copies are left out (the
       amounts of the members where the invoice is open; the payments and refunds that are
-      open everywhere).
+      open everywhere);
+    - ``lines`` (the lines against the subtotal) on a member where the invoice is closed, and
+      ``line`` when the line is missing on such a member, or when the members where the
+      invoice is open agree on every line (a closed invoice's lines stay as they were closed).
 
     Anything else (duplicates, subtotal and tax, an open record that differs) stays a
     disagreement."""
@@ -473,6 +682,12 @@ def _explain_closed(
             )
         if problem.kind in ("amount", "refund") and not member:
             return _agree_when_open(line, closed_invoice, closed_payments, payments)
+        if problem.kind in ("lines", "line") and member:
+            return member in closed_invoice
+        if problem.kind == "line":
+            return bool(closed_invoice) and _lines_agree_when_open(
+                line, closed_invoice, line_fields or {}
+            )
         return False
 
     kept = []
@@ -502,6 +717,16 @@ def _closed_on(
     of it is dated before their lock."""
     copies = [s.record for by_key in seen.values() for k in keys for s in by_key.get(k, ())]
     return {m for m, lock in locks.items() if any(lock.closed(entity, r) for r in copies)}
+
+
+def _lines_agree_when_open(
+    line: InvoiceLine, closed_invoice: set[str], fields: dict[str, frozenset[str]]
+) -> bool:
+    """Whether the members where the invoice is open agree on its lines (``_check_lines_agree``
+    run on them alone finds nothing)."""
+    probe = InvoiceLine(line.key, line.invoice_number, items=line.items)
+    _check_lines_agree(probe, [m for m in line.amount if m not in closed_invoice], fields)
+    return not probe.problems
 
 
 def _agree_when_open(
