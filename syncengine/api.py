@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from syncengine.config import Config, load_config
+from syncengine.config import Config, Pipeline, load_config
 from syncengine.connector import Structure
 from syncengine.display import label_of
 from syncengine.engine import Engine, ProgressFn, SyncResult
@@ -31,6 +31,9 @@ from syncengine.report import Report
 from syncengine.report import reconcile_report as build_report
 from syncengine.schedule import parse_timezone
 from syncengine.state import ConflictRow, Lease, PipelineState, RunRow, StateStore
+from syncengine.tax_report import TaxReport, check_range
+from syncengine.tax_report import tax_report as build_tax_report
+from syncengine.unbilled import UnbilledReport, unbilled_jobs
 
 
 def open_store(config: Config, *, create: bool = True) -> StateStore:
@@ -391,6 +394,51 @@ def reconcile_report(config: Config, pipeline: str | None = None) -> list[Report
         return [build_report(config, store, p) for p in pipelines]
     finally:
         store.close()
+
+
+def _books_pipelines(config: Config, pipeline: str | None) -> list[Pipeline]:
+    """The chosen pipelines that sync invoices (a UsageError when there is none)."""
+    pipelines = [p for p in config.pipeline(pipeline) if pipeline or "invoices" in p.entities]
+    if not pipelines:
+        raise UsageError(
+            "no pipeline syncs invoices: there are no books to reconcile "
+            '(add "invoices" and "payments" to a pipeline\'s entities)'
+        )
+    return pipelines
+
+
+def tax_report(
+    config: Config,
+    pipeline: str | None = None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> list[TaxReport]:
+    """The tax view (per month and member: taxable and non-taxable sales, tax) of each chosen
+    pipeline that syncs invoices, from ``start`` to ``end`` included (read-only)."""
+    check_range(start, end)
+    pipelines = _books_pipelines(config, pipeline)
+    store = open_store(config, create=False)
+    try:
+        return [build_tax_report(config, store, p, start, end) for p in pipelines]
+    finally:
+        store.close()
+
+
+def unbilled_report(config: Config, pipeline: str | None = None) -> list[UnbilledReport]:
+    """The complete jobs without an invoice, per member holding jobs, of each chosen pipeline
+    that syncs invoices (read-only). Without ``pipeline``, the pipelines with no member holding
+    jobs are left out; a UsageError when none is left, or the one named has none."""
+    reports, refused = [], None
+    for chosen in _books_pipelines(config, pipeline):
+        try:
+            reports.append(unbilled_jobs(config, chosen))
+        except UsageError as exc:
+            if pipeline:
+                raise
+            refused = exc
+    if not reports and refused is not None:
+        raise refused
+    return reports
 
 
 @dataclass

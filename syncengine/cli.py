@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from syncengine import __version__, api
 from syncengine.bars import progress_bars
-from syncengine.config import MIN_SECRET_LENGTH, Pipeline
+from syncengine.config import MIN_SECRET_LENGTH, Config, Pipeline
 from syncengine.display import entity_changes, local_time
 from syncengine.errors import (
     AuthError,
@@ -473,17 +473,54 @@ def reconcile_report(
     all_invoices: Annotated[
         bool, typer.Option("--all", help="List every invoice, not only those with disagreements.")
     ] = False,
+    tax: Annotated[
+        bool,
+        typer.Option(
+            "--tax",
+            help="Instead: per month (by invoice date), per member, taxable sales, non-taxable "
+            "sales and tax, and whether the members agree (exit 1 when not).",
+        ),
+    ] = False,
+    start: Annotated[
+        str | None,
+        typer.Option("--from", metavar="DATE", help="With --tax: from this day (YYYY-MM-DD)."),
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option("--to", metavar="DATE", help="With --tax: up to this day, included."),
+    ] = None,
+    unbilled: Annotated[
+        bool,
+        typer.Option(
+            "--unbilled",
+            help="Instead: the complete jobs that have no invoice, per member holding jobs "
+            "(Housecall Pro); a list, exit 0 whatever it lists.",
+        ),
+    ] = False,
     log_level: LogLevelOpt = None,
 ) -> None:
     """Prove the books agree: per invoice, the amount, the succeeded payments and the
     outstanding balance on each member, and every disagreement (a balance that is not amount
-    minus payments plus their refunds, a subtotal and tax that do not add up to the amount, a
-    payment on one member and not another, an invoice number naming two invoices). Reads
-    every member; writes nothing. Exit 1 when anything disagrees."""
+    minus payments plus their refunds, a subtotal and tax that do not add up to the amount,
+    lines that do not add up to the subtotal, a line whose amount is not quantity × unit price
+    rounded half to even, members that differ on a line, a payment or a line on one member and
+    not another, an invoice number naming two invoices). Reads every member; writes nothing.
+    Exit 1 when anything disagrees, 4 when a member cannot be read.
+
+    --tax gives the sales tax view instead (--from and --to narrow it), --unbilled the
+    complete jobs without an invoice (it needs a member holding jobs; both may be given)."""
     with handled("reconcile-report", reads_only=True):
         _setup(log_level)
+        if (start or end) and not tax:
+            raise UsageError("--from and --to go with --tax (the sales tax view)")
+        from syncengine.tax_report import parse_day
+
+        first, last = parse_day("--from", start), parse_day("--to", end)
         cfg = api.require_config(config)
         REDACTOR.add(cfg.secrets)
+        if tax or unbilled:
+            _books_views(cfg, pipeline, as_json, tax=tax, unbilled=unbilled, span=(first, last))
+            return
         reports = api.reconcile_report(cfg, pipeline)
         if as_json:
             objs = [r.to_json() for r in reports]
@@ -496,6 +533,46 @@ def reconcile_report(
         code = max((r.exit_code for r in reports), default=ExitCode.OK)
         if code:
             raise typer.Exit(code)
+
+
+def _books_views(
+    cfg: Config,
+    pipeline: str | None,
+    as_json: bool,
+    *,
+    tax: bool,
+    unbilled: bool,
+    span: tuple[dt.date | None, dt.date | None],
+) -> None:
+    """``reconcile-report --tax`` and/or ``--unbilled``: print the views and exit with the
+    worst of their codes. In JSON, one view's object per pipeline, or both under "tax" and
+    "unbilled"."""
+    from syncengine.render import render_tax, render_unbilled
+
+    taxes = api.tax_report(cfg, pipeline, *span) if tax else []
+    lists = api.unbilled_report(cfg, pipeline) if unbilled else []
+    if as_json:
+        tax_objs = {r.pipeline: r.to_json() for r in taxes}
+        list_objs = {r.pipeline: r.to_json() for r in lists}
+        names = list(dict.fromkeys([*tax_objs, *list_objs]))
+        objs: list[dict[str, object]] = []
+        for name in names:
+            if tax and unbilled:
+                objs.append(
+                    {"pipeline": name, "tax": tax_objs.get(name), "unbilled": list_objs.get(name)}
+                )
+            else:
+                objs.append(tax_objs.get(name) or list_objs[name])
+        out.print_json(json.dumps(objs[0] if len(objs) == 1 else {"pipelines": objs}))
+    else:
+        for t in taxes:
+            render_tax(out, t)
+        for u in lists:
+            render_unbilled(out, u)
+    codes = [r.exit_code for r in taxes] + [r.exit_code for r in lists]
+    code = max(codes, default=ExitCode.OK)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command(short_help="Check the config, its mappings and the sheets' headers; write nothing.")

@@ -13,6 +13,8 @@ from syncengine.display import TALLIES, format_cents, member_changes, plural
 from syncengine.engine import SyncResult
 from syncengine.plan import Create, Delete, EntityPlan, Update
 from syncengine.report import Report
+from syncengine.tax_report import TaxReport
+from syncengine.unbilled import UnbilledReport
 
 DETAILS_UP_TO = 50
 """Unless ``--details`` or ``--no-details`` says otherwise, a dry run lists its records one by
@@ -247,6 +249,81 @@ def render_report(console: Console, report: Report, *, all_invoices: bool = Fals
             f"[green]The books reconcile[/]: {len(report.invoices)} invoices agree on every "
             f"member{but}."
         )
+
+
+def render_tax(console: Console, report: TaxReport) -> None:
+    """The tax view as a table: a row per month, a column per member (taxable sales,
+    non-taxable sales, unitemized sales where any, tax), and whether they agree."""
+    span = ""
+    if report.start or report.end:
+        span = f" from {report.start or 'the start'} to {report.end or 'now'}"
+    console.print(
+        f"[bold]Sales tax of pipeline {report.pipeline}[/]{span} (months in {report.zone})"
+    )
+    if report.months:
+        table = Table(show_lines=False)
+        table.add_column("month")
+        for member in report.members:
+            table.add_column(f"{member}\ntaxable / non-taxable / tax", justify="right")
+        table.add_column("agree")
+        for month in report.months:
+            cells = [month.month]
+            for member in report.members:
+                counted = month.members[member]
+                parts = [_sum(counted["taxable"]), _sum(counted["non_taxable"])]
+                parts.append(_sum(counted["tax"]))
+                cell = " / ".join(parts)
+                if counted["unitemized"]:
+                    cell += f"\n+ {_sum(counted['unitemized'])} unitemized"
+                cells.append(cell)
+            cells.append("yes" if month.agree else escape("no: " + "; ".join(month.differences)))
+            table.add_row(*cells)
+        console.print(table)
+    else:
+        console.print("no sales invoices in that time")
+    for member, count in report.undated.items():
+        console.print(f"[yellow]{member}[/]: {plural(count, 'sales invoice')} without a date")
+    for problem in report.general:
+        console.print(f"[red]{problem.kind}[/] {escape(problem.member)}: {escape(problem.message)}")
+    bad = sum(1 for m in report.months if not m.agree)
+    if bad:
+        console.print(f"[bold red]{plural(bad, 'month')} where the members disagree[/]")
+    elif report.general:
+        console.print("[bold red]records could not be read[/]: the sums leave them out")
+    else:
+        console.print("[green]The members agree[/] on every month's sales and tax.")
+
+
+def render_unbilled(console: Console, report: UnbilledReport) -> None:
+    """The complete jobs without an invoice, one line each, per member holding jobs."""
+    console.print(f"[bold]Unbilled work of pipeline {report.pipeline}[/]")
+    for job in report.jobs:
+        record = job.record
+        total = record.get("total_amount")
+        shown = [
+            escape(job.location),
+            escape(str(record.get("description") or "(no description)")),
+            escape(str(record.get("work_status"))),
+        ]
+        if record.get("scheduled_end"):
+            shown.append(f"ended {escape(str(record['scheduled_end'])[:10])}")
+        if isinstance(total, int):
+            shown.append(format_cents(total))
+        console.print(f"  {job.member}: " + " · ".join(shown))
+    for problem in report.general:
+        console.print(f"[red]{problem.kind}[/] {escape(problem.member)}: {escape(problem.message)}")
+    for member in report.holders:
+        unbilled = sum(1 for job in report.jobs if job.member == member)
+        complete = report.complete.get(member, 0)
+        console.print(
+            f"{member}: {plural(unbilled, 'complete job')} without an invoice "
+            f"(of {complete} complete)"
+        )
+
+
+def _sum(value: int | None) -> str:
+    """A sum of the tax view; ``n/a`` for one a member cannot give (it keeps no lines)."""
+    return format_cents(value) if isinstance(value, int) else "n/a"
 
 
 def _paid(paid: int, refunded: int) -> str:

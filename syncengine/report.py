@@ -161,28 +161,9 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
             f"pipeline {pipeline.name} does not sync invoices: there are no books "
             'to reconcile (add "invoices" and "payments" to its entities)'
         )
-    refs = References(store, pipeline.name)
     report = Report(pipeline.name, pipeline.members, [])
-    cache: dict[str, dict[str, str]] = {}
-    invoices: dict[str, dict[str, list[_Seen]]] = {}
-    payments: dict[str, dict[str, list[_Seen]]] = {}
-    items: dict[str, dict[str, list[_Seen]]] = {}
-    for member in pipeline.members:
-        connector = config.make_connector(member)
-        try:
-            invoices[member] = _read(
-                store, pipeline, refs, connector, member, "invoices", report, cache
-            )
-            if "payments" in pipeline.entities:
-                payments[member] = _read(
-                    store, pipeline, refs, connector, member, "payments", report, cache
-                )
-            if "line_items" in pipeline.entities:
-                items[member] = _read(
-                    store, pipeline, refs, connector, member, "line_items", report, cache
-                )
-        finally:
-            connector.close()
+    read = read_books(config, store, pipeline, ("invoices", "payments", "line_items"), report)
+    invoices, payments, items = read["invoices"], read["payments"], read["line_items"]
 
     lines: dict[str, InvoiceLine] = {}
 
@@ -329,6 +310,33 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
         for line in report.invoices:
             _explain_closed(line, pipeline.locks, invoices, payments, _line_fields(pipeline))
     return report
+
+
+Books = dict[str, dict[str, dict[str, list["_Seen"]]]]
+"""entity -> member -> hub key -> the member's records of it (more than one: a duplicate)."""
+
+
+def read_books(
+    config: Config, store: StateStore, pipeline: Pipeline, entities: tuple[str, ...], report: Report
+) -> Books:
+    """Read ``entities`` (those of them the pipeline syncs) on every member as they are now,
+    through the members' mappings, references resolved, each record under its hub key; what
+    cannot be read, or is not synced yet, goes to ``report.general``. An entity the pipeline
+    does not sync is read as empty."""
+    refs = References(store, pipeline.name)
+    cache: dict[str, dict[str, str]] = {}
+    out: Books = {entity: {} for entity in entities}
+    for member in pipeline.members:
+        connector = config.make_connector(member)
+        try:
+            for entity in entities:
+                if entity in pipeline.entities:
+                    out[entity][member] = _read(
+                        store, pipeline, refs, connector, member, entity, report, cache
+                    )
+        finally:
+            connector.close()
+    return out
 
 
 def _note_totals(line: InvoiceLine, member: str, record: dict[str, Any]) -> None:
