@@ -92,7 +92,7 @@ from syncengine.integrity import (
     users_if_deleting,
 )
 from syncengine.leasing import busy_error, lease_holder
-from syncengine.locks import locks_for
+from syncengine.locks import Through, dated_through, locks_for
 from syncengine.logging import redact_text
 from syncengine.marks import marks_to_keep, store_marks
 from syncengine.match import MatchResult, Observed, Relinking, match, relink_vanished
@@ -594,7 +594,18 @@ class Engine:
         self._fetch_referring_unseen(entity, members, reads, ent, touched, states)
         hold = hold_deletes and pipeline.section.deletes.propagate and referred_to(pipeline, entity)
         untaken = self._plan_keys(
-            pipeline, ent, members, reads, states, matched, touched, recovery, planned, hold, named
+            pipeline,
+            ent,
+            members,
+            reads,
+            states,
+            matched,
+            touched,
+            recovery,
+            planned,
+            hold,
+            named,
+            refs,
         )
         planned.marks = marks_to_keep(reads, ent, untaken)
         planned.reread = {name for name, r in reads.items() if r.reread}
@@ -864,6 +875,57 @@ class Engine:
             skipped=self._skips_on_record(pipeline, entity) if locks else {},
         )
 
+    def _through(
+        self,
+        pipeline: Pipeline,
+        entity: str,
+        ctx: Context,
+        keys: Iterable[str],
+        states: Mapping[str, RecordState],
+        reads: Mapping[str, MemberRead],
+        refs: References | None,
+    ) -> dict[str, Through]:
+        """What the lock rule needs to date the records of an entity that takes its day from
+        another (a line from its invoice, ``locks.DATED_THROUGH``): for each locked member,
+        every invoice the lines planned now refer to (as the hub holds them, as each member
+        shows them now), in two versions: the hub's base once this run planned the invoices
+        (they are planned, and applied, before their lines; a dry run lays its plan over the
+        state) and what the locked member holds of it (its link's last-seen). An invoice new
+        in this run is dated by the hub alone; one moved across the lock by both sides."""
+        ref, target = dated_through(entity) or ("", "")
+        wanted: set[str] = set()
+
+        def note(record: Mapping[str, Any] | None) -> None:
+            value = record.get(ref) if record else None
+            if isinstance(value, str):
+                wanted.add(value)
+
+        for key in keys:
+            rs = states.get(key)
+            if rs is not None:
+                note(rs.base)
+                for held in rs.links.values():
+                    note(held.last_seen)
+            for r in reads.values():
+                if key in r.changed:
+                    note(r.changed[key].canonical)
+        for r in reads.values():
+            for obs in r.new:
+                note(obs.canonical)
+        found = self.store.load_records(pipeline.name, target, wanted) if wanted else {}
+        plan = refs.plans.get(target) if refs is not None and refs.dry_run else None
+        planned = {kp.key: kp.base_after for kp in plan.keys} if plan is not None else {}
+        out: dict[str, Through] = {}
+        for member in ctx.locks:
+            versions: dict[str, list[Mapping[str, Any] | None]] = {}
+            for key in wanted:
+                rs = found.get(key)
+                link = rs.links.get(member) if rs is not None else None
+                base = planned.get(key, rs.base if rs is not None else None)
+                versions[key] = [base, link.last_seen if link is not None else None]
+            out[member] = versions
+        return out
+
     def _skips_on_record(self, pipeline: Pipeline, entity: str) -> dict[str, dict[str, str]]:
         """key -> member -> reason of the entity's skipped writes on record."""
         out: dict[str, dict[str, str]] = {}
@@ -885,6 +947,7 @@ class Engine:
         planned: PlannedEntity | None = None,
         hold: bool = False,
         named: Named | None = None,
+        refs: References | None = None,
     ) -> set[str]:
         """Reconcile every hub record that needs a look into ``ent.keys``. Returns the
         members whose change of some record the plan leaves out (see ``_untaken``). With
@@ -902,6 +965,10 @@ class Engine:
         if not ordered:
             return untaken
         ctx = self._context(pipeline, ent.entity, members, reads, hold=hold)
+        if ctx.locks and dated_through(ent.entity) is not None:
+            ctx = replace(
+                ctx, through=self._through(pipeline, ent.entity, ctx, ordered, states, reads, refs)
+            )
         by_name = {m.name: m for m in members}
 
         def views_of(key: str, rs: RecordState | None) -> dict[str, MemberView]:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from syncengine.connector import Capabilities
 from syncengine.display import label_of
-from syncengine.locks import Lock, refuses
+from syncengine.locks import Lock, Through, refuses
 from syncengine.mapping import EntityMapping
 from syncengine.model import DELETED, EntitySpec, Record
 from syncengine.plan import Action, Conflict, Create, Delete, KeyPlan, LinkPlan, Skip, Update
@@ -92,6 +92,9 @@ class Context:
     None when nothing of this entity is being deleted."""
     locks: Mapping[str, Lock] = field(default_factory=dict)
     """member -> its closed period, for an entity whose records are dated (``locks``)."""
+    through: Mapping[str, Through] = field(default_factory=dict)
+    """locked member -> the versions of the records that date this entity's records (a
+    line's invoice: ``locks.Through``), for an entity dated through another."""
     skipped: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """key -> member -> the reason of a skipped write on record from earlier runs (read where
     there are locks: a skip already on record is not reported again)."""
@@ -525,7 +528,7 @@ def _hold_closed(ctx: Context, plan: KeyPlan, views: Mapping[str, MemberView]) -
     for action in plan.actions:
         lock = ctx.locks.get(action.member)
         view = views.get(action.member)
-        if lock is None or not _refused(lock, entity, action, view):
+        if lock is None or not _refused(lock, entity, action, view, ctx.through.get(action.member)):
             kept.append(action)
             continue
         refused[action.member] = lock
@@ -545,7 +548,7 @@ def _hold_closed(ctx: Context, plan: KeyPlan, views: Mapping[str, MemberView]) -
             continue  # (a delete that waits for its users is decided when it no longer does)
         view = views.get(skip.member)
         held = view.current if view is not None and view.present else None
-        if refuses(lock, entity, held, plan.base_after):
+        if refuses(lock, entity, held, plan.base_after, ctx.through.get(skip.member)):
             plan.skips.remove(skip)
             refused[skip.member] = lock
     known = ctx.skipped.get(plan.key, {})
@@ -554,18 +557,25 @@ def _hold_closed(ctx: Context, plan: KeyPlan, views: Mapping[str, MemberView]) -
         plan.skips.append(replace(skip, quiet=known.get(member) == lock.reason))
 
 
-def _refused(lock: Lock, entity: str, action: Action, view: MemberView | None) -> bool:
+def _refused(
+    lock: Lock,
+    entity: str,
+    action: Action,
+    view: MemberView | None,
+    through: Through | None = None,
+) -> bool:
     """Whether ``lock`` refuses ``action``: the record as the member holds it (for a create:
-    nothing) and as the action would leave it (for a delete: nothing), by ``locks.refuses``."""
+    nothing) and as the action would leave it (for a delete: nothing), by ``locks.refuses``
+    (a line dated by its invoice's versions in ``through``)."""
     if isinstance(action, Create):
-        return refuses(lock, entity, None, action.values)
+        return refuses(lock, entity, None, action.values, through)
     if isinstance(action, Delete):
-        return refuses(lock, entity, action.values, None)
+        return refuses(lock, entity, action.values, None, through)
     if action.link_only:
         return False
     held = dict(view.current or {}) if view is not None else {}
     wanted = {**held, **{name: new for name, (_old, new) in action.changes.items()}}
-    return refuses(lock, entity, held, wanted)
+    return refuses(lock, entity, held, wanted, through)
 
 
 def _skip(

@@ -2,12 +2,12 @@
 sync over memory members does with it.
 
 The rule: no write to a locked member creates, changes or deletes an invoice (dated by its
-``created_at``) or a payment (``paid_at``) dated before the lock, in the member's time zone;
-a record dated before the lock either as the member holds it or as the write would leave it
-is refused. The syncs check that such a write is skipped with ``period closed on books``,
-kept on record (listed by status) and reported once, that a second sync plans nothing, that
-the other member still gets everything, and that the write goes through once the period is
-open again.
+``created_at``), a payment (``paid_at``) or a line item (its invoice's date) dated before the
+lock, in the member's time zone; a record dated before the lock either as the member holds it
+or as the write would leave it is refused. The syncs check that such a write is skipped with
+``period closed on books``, kept on record (listed by status) and reported once, that a second
+sync plans nothing, that the other member still gets everything, and that the write goes
+through once the period is open again.
 """
 
 from __future__ import annotations
@@ -85,6 +85,47 @@ def test_a_write_is_refused_when_either_side_is_closed(
     # a payment dated the same way by its paid_at
     assert refuses(LOCK, "payments", _as_payment(held), _as_payment(wanted)) is refused
     assert not refuses(LOCK, "customers", held, wanted)
+
+
+def test_a_line_is_dated_by_its_invoice_in_every_version_that_counts() -> None:
+    """A line has no date: it is closed when its invoice is closed as the hub has it or as
+    the locked member holds it (``through``); an invoice the rule is not given dates
+    nothing."""
+    closed_invoice = {"i0": [{"created_at": BEFORE}, {"created_at": BEFORE}]}
+    assert record_day("line_items", {"invoice": "i0", "created_at": BEFORE}) is None
+    assert LOCK.closed("line_items", {"invoice": "i0"}, closed_invoice)
+    assert not LOCK.closed("line_items", {"invoice": "i0"}, {"i0": [{"created_at": AFTER}]})
+    assert not LOCK.closed("line_items", {"invoice": "i0"})  # nothing to date it by
+    assert not LOCK.closed("line_items", {"invoice": "i9"}, closed_invoice)
+    assert not LOCK.closed("line_items", {"invoice": None}, closed_invoice)
+    # new in this run: only the hub has it (the member holds none yet)
+    assert LOCK.closed("line_items", {"invoice": "i0"}, {"i0": [{"created_at": BEFORE}, None]})
+    # the invoice moved across the lock, either way: one version is closed
+    for moved in ([{"created_at": AFTER}, {"created_at": BEFORE}], [{"created_at": BEFORE}]):
+        assert LOCK.closed("line_items", {"invoice": "i0"}, {"i0": moved})
+
+
+@pytest.mark.parametrize(
+    ("held", "wanted", "refused"),
+    [
+        (None, {"invoice": "closed"}, True),  # created on a closed invoice
+        (None, {"invoice": "open"}, False),
+        ({"invoice": "closed", "name": "a"}, {"invoice": "closed", "name": "b"}, True),
+        ({"invoice": "open", "name": "a"}, {"invoice": "open", "name": "b"}, False),
+        ({"invoice": "closed"}, {"invoice": "open"}, True),  # moved off a closed invoice
+        ({"invoice": "open"}, {"invoice": "closed"}, True),  # moved onto one
+        ({"invoice": "closed"}, None, True),  # deleted from a closed invoice
+        ({"invoice": "open"}, None, False),
+    ],
+)
+def test_a_line_write_is_refused_when_either_invoice_is_closed(
+    held: dict[str, Any] | None, wanted: dict[str, Any] | None, refused: bool
+) -> None:
+    through: dict[str, list[dict[str, Any] | None]] = {
+        "closed": [{"created_at": BEFORE}],
+        "open": [{"created_at": AFTER}, None],
+    }
+    assert refuses(LOCK, "line_items", held, wanted, through) is refused
 
 
 # ------------------------------------------------------------------ reconcile's last phase
@@ -165,6 +206,54 @@ def test_a_closed_row_without_a_sync_id_still_gets_it_and_nothing_else() -> None
     assert [s.reason for s in plan.skips] == [REASON]
 
 
+LINE: dict[str, Any] = {"invoice": "inv-1", "name": "Labor", "quantity": "1", "position": 1}
+
+
+def _line_plan(invoice: list[dict[str, Any] | None]) -> KeyPlan:
+    """One line HCP changed (its name), its invoice in the versions given."""
+    mapping = load_mapping("memory", "line_items")
+    ctx = Context(
+        entity=entity_spec("line_items"),
+        members=("hcp", "books"),
+        mappings={"hcp": mapping, "books": mapping},
+        caps={"hcp": Capabilities(), "books": Capabilities(assigns_ids=True)},
+        rules=lambda _field: ["hcp"],
+        locks={"books": LOCK},
+        through={"books": {"inv-1": invoice}},
+    )
+    views = {
+        "hcp": MemberView(
+            member="hcp",
+            status="changed",
+            native_id="l1",
+            current={**LINE, "name": "Labour"},
+            last_seen=LINE,
+            native={**LINE, "name": "Labour"},
+        ),
+        "books": MemberView(
+            member="books",
+            status="unchanged",
+            native_id="k1",
+            current=LINE,
+            last_seen=LINE,
+            native=LINE,
+        ),
+    }
+    return reconcile(ctx, "k1", LINE, views)
+
+
+def test_a_line_of_a_closed_invoice_is_skipped_and_one_of_an_open_invoice_written() -> None:
+    plan = _line_plan([{"created_at": BEFORE}, {"created_at": BEFORE}])
+    assert plan.actions == [] and [s.reason for s in plan.skips] == [REASON]
+    assert plan.links["books"].dirty and plan.base_after is not None
+    assert plan.base_after["name"] == "Labour"
+    # the invoice moved out of the closed period on the hub: the books still hold it closed
+    assert _line_plan([{"created_at": AFTER}, {"created_at": BEFORE}]).actions == []
+    plan = _line_plan([{"created_at": AFTER}, {"created_at": AFTER}])
+    assert [(a.op, a.member) for a in plan.actions] == [("update", "books")]
+    assert plan.skips == []
+
+
 # ---------------------------------------------------------------------------- the config
 
 
@@ -173,7 +262,8 @@ def test_the_lock_is_read_with_the_members_time_zone(tmp_path: Path) -> None:
     (pipeline,) = config.pipelines.values()
     assert pipeline.locks == {"books": Lock("books", dt.date(2026, 10, 1), "UTC")}
     assert pipeline.locks["books"].describe() == (
-        "books closed before 2026-10-01 (no write of invoices or payments dated before it)"
+        "books closed before 2026-10-01"
+        " (no write of invoices, line items or payments dated before it)"
     )
     chicago = Lock("books", dt.date(2026, 10, 1), "America/Chicago").describe()
     assert chicago.endswith("dated before it, days in America/Chicago)")
@@ -404,6 +494,84 @@ def test_the_other_members_still_get_what_the_locked_one_changes(tmp_path: Path)
     assert sorted((a.op, a.member) for a in result.plan.actions) == [("update", "hcp")]
     assert ds("hcp").table("invoices")["i1"]["amount"] == 999
     assert _counts(run(config)) == {e: (0, 0) for e in ACCOUNTING}
+
+
+LINED = (*ACCOUNTING, "line_items")
+
+
+def _lined(tmp_path: Path, locks: dict[str, str]) -> Config:
+    members = {"hcp": {"entities": list(LINED)}, "books": {"entities": list(LINED)}}
+    return memory_config(tmp_path, members, entities=LINED, locks=locks)
+
+
+def _seed_lines(hcp: Any) -> None:
+    _seed(hcp)
+    for n in range(2):
+        hcp.put(
+            "line_items",
+            f"l{n}",
+            {"invoice": f"i{n}", "name": "Labor", "quantity": "2", "unit_price": 2500,
+             "amount": 5000, "position": 1},
+        )  # fmt: skip
+
+
+def _books_lines() -> dict[str, str]:
+    """The books' lines: invoice number -> name."""
+    books = ds("books")
+    numbers = {k: v["invoice_number"] for k, v in books.table("invoices").items()}
+    return {numbers[v["invoice"]]: v["name"] for v in books.table("line_items").values()}
+
+
+def test_the_lines_of_a_closed_invoice_stay_out_of_the_books(tmp_path: Path) -> None:
+    """Locked from the start: the closed invoice's line is not created (it would wait for
+    its invoice, which the lock holds: it is skipped for the lock); the open one's is.
+    Then HCP changes both lines: only the open one is written, the other skipped once."""
+    config = _lined(tmp_path, {"books": "2026-10-01"})
+    hcp = ds("hcp")
+    _seed_lines(hcp)
+    assert run(config).exit_code == 0
+    assert _books_lines() == {"1001": "Labor"}
+    listed = [("invoices", "books", REASON), ("line_items", "books", REASON)]
+    assert [s for s in _skips(config) if s[0] != "payments"] == listed
+    assert _counts(run(config)) == {e: (0, 0) for e in LINED}
+
+    opened = _lined(tmp_path, {})
+    run(opened)
+    assert _books_lines() == {"1000": "Labor", "1001": "Labor"}
+    hcp.edit("line_items", "l0", name="Labour")
+    hcp.edit("line_items", "l1", name="Labour")
+    result = run(config)
+    assert _counts(result)["line_items"] == (1, 1)
+    assert _books_lines() == {"1000": "Labor", "1001": "Labour"}
+    assert _skips(config) == [("line_items", "books", REASON)]
+    for _ in range(2):
+        assert _counts(run(config)) == {e: (0, 0) for e in LINED}
+        assert _skips(config) == [("line_items", "books", REASON)]
+    hcp.remove("line_items", "l0")  # a delete of a closed line is held too
+    assert _counts(run(config))["line_items"] == (0, 0)  # (the skip is on record: quiet)
+    assert _books_lines() == {"1000": "Labor", "1001": "Labour"}
+    assert _skips(config) == [("line_items", "books", REASON)]
+
+
+def test_a_line_of_an_invoice_moved_across_the_lock_is_held(tmp_path: Path) -> None:
+    """HCP moves the open invoice into the closed period and changes its line: neither is
+    written; a new invoice dated after the lock brings its new line along in the same run."""
+    config = _lined(tmp_path, {})
+    hcp = ds("hcp")
+    _seed_lines(hcp)
+    run(config)
+    config = _lined(tmp_path, {"books": "2026-10-01"})
+    hcp.edit("invoices", "i1", created_at=BEFORE)
+    hcp.edit("line_items", "l1", name="Labour")
+    hcp.put("invoices", "i2", {"invoice_number": "1002", "customer": "c1", "amount": 900,
+                               "balance": 900, "status": "sent", "created_at": AFTER})  # fmt: skip
+    hcp.put("line_items", "l2", {"invoice": "i2", "name": "Fitting", "quantity": "1",
+                                 "unit_price": 900, "amount": 900, "position": 1})  # fmt: skip
+    result = run(config)
+    assert _counts(result)["line_items"] == (1, 1)
+    assert _books_lines() == {"1000": "Labor", "1001": "Labor", "1002": "Fitting"}
+    assert _skips(config) == [("invoices", "books", REASON), ("line_items", "books", REASON)]
+    assert _counts(run(config)) == {e: (0, 0) for e in LINED}
 
 
 def test_the_report_shows_a_difference_after_the_close_not_a_disagreement(tmp_path: Path) -> None:
