@@ -159,3 +159,24 @@ def test_lines_reconcile_after_a_sync_and_an_edit_in_the_books_is_named(tmp_path
         ("1001", "lines", "books"),
         ("1001", "line", ""),
     }
+
+
+def test_a_line_changed_after_the_close_is_a_difference_after_the_close(tmp_path: Path) -> None:
+    members = {"hcp": {"entities": list(ENTITIES)}, "books": {"entities": list(ENTITIES)}}
+    hcp = MemoryConnector.get_dataset("hcp")
+    _seed(hcp)
+    hcp.edit("invoices", "i1", created_at="2026-09-15T12:00:00Z")
+    api.sync(memory_config(tmp_path, members, entities=ENTITIES))
+    # September is closed in the books since; HCP bills one more fitting on that invoice
+    config = memory_config(tmp_path, members, entities=ENTITIES, locks={"books": "2026-10-01"})
+    hcp.edit("line_items", "l2", quantity="3.5", amount=10)
+    hcp.edit("invoices", "i1", subtotal=9_336, amount=10_106, balance=10_106)
+    [result] = api.sync(config)
+    assert result.exit_code == 0, result.to_json()
+    [report] = api.reconcile_report(config)
+    assert report.clean, report.to_json()
+    [line] = [x for x in report.invoices if x.invoice_number == "1001"]
+    assert (
+        'line 2 "Fitting": quantity differs: hcp 3.5, books 2.5 (after the close: books '
+        "closed before 2026-10-01)" in [p.message for p in line.after_close]
+    )
