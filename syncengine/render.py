@@ -301,7 +301,7 @@ def render_unbilled(console: Console, report: UnbilledReport) -> None:
         record = job.record
         total = record.get("total_amount")
         shown = [
-            escape(job.location),
+            escape(job.location if job.member in job.location else f"{job.member} {job.location}"),
             escape(str(record.get("description") or "(no description)")),
             escape(str(record.get("work_status"))),
         ]
@@ -309,7 +309,7 @@ def render_unbilled(console: Console, report: UnbilledReport) -> None:
             shown.append(f"ended {escape(str(record['scheduled_end'])[:10])}")
         if isinstance(total, int):
             shown.append(format_cents(total))
-        console.print(f"  {job.member}: " + " · ".join(shown))
+        console.print("  " + " · ".join(shown))
     for problem in report.general:
         console.print(f"[red]{problem.kind}[/] {escape(problem.member)}: {escape(problem.message)}")
     for member in report.holders:
