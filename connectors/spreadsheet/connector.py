@@ -480,6 +480,8 @@ class _Working:
         self.fresh = False  # loaded for a look at its structure, not read yet
         self.group_by: str | None = None
         """The column a new row is placed by: below the last row showing its value."""
+        self._unplaced: list[int] = []
+        """Rows added since the last save, to be placed by ``group_by`` (``_arrange``)."""
         self._index_columns()
         self.by_id: dict[str, list[int]] = {}
         for handle, row in self.rows.items():
@@ -754,24 +756,59 @@ class _Working:
         return self.record(row)
 
     def _place(self, handle: int, row: Row) -> None:
-        """Add a new row: below the last row that shows its value in ``group_by`` (its
-        invoice), else at the end. The other rows keep their order."""
+        """Add a new row at the end for now; ``_arrange`` moves it below its group's rows
+        when the sheet is saved."""
+        self.rows[handle] = row
+        if self.group_by and self.columns.get(self.group_by) is not None:
+            self._unplaced.append(handle)
+
+    def _arrange(self) -> None:
+        """Before saving: each row added this run goes below the last row that shows its
+        value in ``group_by`` (its invoice), rows of a value no older row shows stay at the
+        end, together, in the order they were added; the other rows keep their order. One
+        pass over the sheet, however many rows were added (placing each as it came cost a
+        walk over the sheet per row)."""
+        unplaced, self._unplaced = self._unplaced, []
         index = self.columns.get(self.group_by) if self.group_by else None
-        value = self.table.decode_cell(row.get(index), "") if index is not None else ""
-        after = None
-        if index is not None and value.strip():
-            for other, existing in reversed(self.rows.items()):
-                if not existing.blank and self.table.decode_cell(existing.get(index), "") == value:
-                    after = other
-                    break
-        if after is None or after == next(reversed(self.rows)):
-            self.rows[handle] = row
+        if index is None or not unplaced:
             return
+        decode = self.table.decode_cell
+        added = [h for h in dict.fromkeys(unplaced) if h in self.rows]
+        new = set(added)
+        groups: dict[str, list[int]] = {}
+        tail: list[int | str] = []  # handles without a value, and values in first-seen order
+        for handle in added:
+            value = decode(self.rows[handle].get(index), "")
+            if not value.strip():
+                tail.append(handle)
+                continue
+            if value not in groups:
+                groups[value] = []
+                tail.append(value)
+            groups[value].append(handle)
+        last: dict[str, int] = {}
+        for handle, row in self.rows.items():
+            if handle in new or row.blank:
+                continue
+            value = decode(row.get(index), "")
+            if value in groups:
+                last[value] = handle
+        below: dict[int, list[int]] = {}
+        for value, handle in last.items():
+            below[handle] = groups[value]
         placed: dict[int, Row] = {}
-        for other, existing in self.rows.items():
-            placed[other] = existing
-            if other == after:
-                placed[handle] = row
+        for handle, row in self.rows.items():
+            if handle in new:
+                continue
+            placed[handle] = row
+            for moved in below.get(handle, ()):
+                placed[moved] = self.rows[moved]
+        for item in tail:
+            if isinstance(item, int):
+                placed[item] = self.rows[item]
+            elif item not in last:
+                for moved in groups[item]:
+                    placed[moved] = self.rows[moved]
         self.rows = placed
 
     def update(self, native_id: str, patch: Mapping[str, Any], new_id: str | None) -> NativeRecord:
@@ -809,6 +846,7 @@ class _Working:
             raise self.table.conflict_error()
         if not self.pending:
             return
+        self._arrange()
         sheet = Sheet(header=self.header, rows=list(self.rows.values()), preamble=self.preamble)
         try:
             self.table.save(sheet)
