@@ -173,6 +173,9 @@ class PlannedEntity:
     """member -> the read mark to store once the entity is committed (see ``marks``)."""
     reread: set[str] = field(default_factory=set)
     """Members whose mark is dropped once the entity is committed (``MemberRead.reread``)."""
+    mappings: dict[str, str] = field(default_factory=dict)
+    """member -> the fingerprint of the mapping its complete read was made with, to store
+    once the entity is committed (``MemberRead.remapped``)."""
     held: list[HeldDelete] = field(default_factory=list)
     """Deletes of records other entities may refer to, decided after every entity of the
     run is planned (``Engine._decide_held_deletes``)."""
@@ -441,7 +444,13 @@ class Engine:
                 with self.store.transaction() as tx:
                     tx.finish_intents([{"id": i, "state": "abandoned"} for i in settled])
             store_marks(
-                self.store, pipeline.name, entity, planned.marks, planned.reread, outcome.failures
+                self.store,
+                pipeline.name,
+                entity,
+                planned.marks,
+                planned.reread,
+                outcome.failures,
+                planned.mappings,
             )
         # until decided, a held delete's record is not there for the members that dropped it
         ent.keys.extend(h.placeholder() for h in planned.held)
@@ -609,6 +618,8 @@ class Engine:
         )
         planned.marks = marks_to_keep(reads, ent, untaken)
         planned.reread = {name for name, r in reads.items() if r.reread}
+        # only a complete read looked at every record with the mapping in force
+        planned.mappings = {name: r.fingerprint for name, r in reads.items() if r.complete}
         fill_notes(ent, reads, dry_run=self.dry_run)
         if not self.allow_mass_delete:
             ent.guard = mass_delete_guard(pipeline, ent, reads)

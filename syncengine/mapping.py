@@ -37,6 +37,7 @@ import copy
 import datetime as dt
 import difflib
 import functools
+import hashlib
 import importlib.resources
 import json
 import re
@@ -319,6 +320,7 @@ class EntityMapping:
             if f.canonical in entity.by_name and entity.by_name[f.canonical].type == "ref"
         }
         """Reference fields -> (entity referred to, its field shown natively or None = id)."""
+        self._fingerprint: str | None = None
         self._paths: dict[str, NativePath] = {}
         self._containers: list[NativePath] = []
         """Distinct containers of the read paths, each resolved once per record."""
@@ -354,6 +356,29 @@ class EntityMapping:
                 self._writers.append(
                     _Writer(f.canonical, f.native, f.transform.write if f.transform else None)
                 )
+
+    def fingerprint(self) -> str:
+        """A digest of how this mapping reads a member's records: which native names feed
+        which canonical fields, through which transform, with which default, and the region
+        of phone numbers. It changes when a read field is added, removed or read otherwise
+        (not when only what is written changes), so that the engine reads every record of
+        the member again once, with the new mapping."""
+        if self._fingerprint is None:
+            read = sorted(
+                (
+                    f.canonical,
+                    f.native,
+                    f.literal,
+                    f.ref_by,
+                    repr(f.default),
+                    _transform_key(f.transform),
+                )
+                for f in self.fields
+                if f.direction in ("both", "read")
+            )
+            text = repr((read, self.region, self.entity.name))
+            self._fingerprint = hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+        return self._fingerprint
 
     def __repr__(self) -> str:
         return f"EntityMapping({self.entity.name!r}, {len(self.fields)} fields, {self.source!r})"
@@ -1067,3 +1092,21 @@ def load_mapping(
     return _parse_text(
         _read_text(path, source), entity=entity, source=source, timezone=timezone, region=region
     )
+
+
+def _transform_key(transform: Any) -> str:
+    """A stable text for a transform: its name and its plain settings (never an object's
+    address, which changes from run to run)."""
+    if transform is None:
+        return ""
+    parts = getattr(transform, "parts", None)
+    if isinstance(parts, list | tuple):
+        return " | ".join(_transform_key(p) for p in parts)
+    name = str(getattr(transform, "name", type(transform).__name__))
+    settings = getattr(transform, "__dict__", {})
+    plain = sorted(
+        (k, repr(v))
+        for k, v in settings.items()
+        if k != "name" and isinstance(v, str | int | float | bool | type(None) | tuple)
+    )
+    return f"{name}{plain}" if plain else name

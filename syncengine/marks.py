@@ -47,17 +47,27 @@ def store_marks(
     marks: Mapping[str, str],
     reread: Iterable[str],
     failures: Iterable[Issue],
+    mappings: Mapping[str, str] | None = None,
 ) -> None:
     """After the entity was applied and committed: store the read marks of the members
     no write failed on (see ``marks_to_keep``), and drop those of the members a partial read
-    of which missed a record that is gone (``reread``)."""
+    of which missed a record that is gone (``reread``). ``mappings``: member -> the
+    fingerprint of the mapping its complete read was made with, stored the same way (a
+    member a write failed on reads every record again next time)."""
     failed = {f.member for f in failures}
     keep = {name: token for name, token in marks.items() if name not in failed}
     dropped = sorted(reread)
-    if not keep and not dropped:
+    fingerprints = {
+        name: fp
+        for name, fp in (mappings or {}).items()
+        if name not in failed and store.mapping_mark(pipeline, entity, name) != fp
+    }
+    if not keep and not dropped and not fingerprints:
         return
     with store.transaction() as tx:
         for name, token in keep.items():
             tx.put_read_mark(pipeline, entity, name, token)
         for name in dropped:
             tx.delete_read_mark(pipeline, entity, name)
+        for name, fp in fingerprints.items():
+            tx.put_mapping_mark(pipeline, entity, name, fp)

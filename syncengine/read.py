@@ -96,6 +96,11 @@ class MemberRead:
     fills: bool = False
     """Some of ``missing`` are written to the member: each of its records needs a look,
     unchanged ones too, so that the base fills them."""
+    fingerprint: str = ""
+    """The fingerprint of the mapping this read was made with (``EntityMapping.fingerprint``)."""
+    remapped: bool = False
+    """The member's mapping changed since its last complete read: every linked record it
+    listed was mapped again, not taken as unchanged on its native hash."""
     set_aside: bool = False
     """An event-driven run left some of what this read showed for a later run
     (``narrow_to_named``): its read mark stays where it was, so that the next incremental
@@ -244,7 +249,11 @@ def read_member(
     else:
         mark = store.read_mark(pipeline, entity, member.name)
         rp, records = open_read(member.connector, entity, mark, named)
-    out = MemberRead(linked=len(index), read_pass=rp)
+    out = MemberRead(linked=len(index), read_pass=rp, fingerprint=member.mapping.fingerprint())
+    out.remapped = bool(index) and out.fingerprint != store.mapping_mark(
+        pipeline, entity, member.name
+    )
+    remap = out.remapped
     seen: set[str] = set()
     step = Step(progress, f"reading {member.name} {entity}")
     for rec in records:
@@ -254,7 +263,8 @@ def read_member(
         linked = None if rec.provisional else index.get(rec.id)
         if linked is not None:
             seen.add(rec.id)
-            observe(entity, member, ent, out, rec, *linked)
+            # a changed mapping reads the record again, whatever its native hash says
+            observe(entity, member, ent, out, rec, linked[0], None if remap else linked[1])
         else:
             observe(entity, member, ent, out, rec, None, None)
     _unlisted(entity, member, ent, out, index, seen)
@@ -266,6 +276,13 @@ def read_member(
         columns = set(out.structure.missing)
         out.missing = frozenset(f.canonical for f in member.mapping.fields if f.native in columns)
         out.fills = bool(out.missing & member.mapping.writable)
+    if remap:
+        log.info(
+            "mapping changed since the last read: every record read again",
+            member=member.name,
+            entity=entity,
+            records=out.count,
+        )
     if not out.complete:
         log.info(
             "read what webhook events named" if named else "read incrementally",

@@ -26,6 +26,7 @@ __all__ = [
     "journal",
     "leases",
     "links",
+    "mapping_marks",
     "metadata",
     "pipeline_state",
     "read_marks",
@@ -276,4 +277,17 @@ inbox_done = sa.Table(
     sa.Column("run_id", sa.String(), nullable=False),
     sa.Column("done_at", UTCDateTime(), nullable=False),
     sa.Index("ix_inbox_done_event_id", "event_id"),
+)
+
+
+# Per pipeline, entity and member, the fingerprint of the mapping its last complete, committed
+# read was made with: a changed mapping reads every record again (migration 0006).
+mapping_marks = sa.Table(
+    "mapping_marks",
+    metadata,
+    sa.Column("pipeline", sa.String(), primary_key=True),
+    sa.Column("entity", sa.String(), primary_key=True),
+    sa.Column("member", sa.String(), primary_key=True),
+    sa.Column("fingerprint", sa.String(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
 )

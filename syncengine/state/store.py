@@ -56,6 +56,7 @@ from syncengine.state.schema import (
     conflicts,
     journal,
     links,
+    mapping_marks,
     read_marks,
     records,
     runs,
@@ -692,6 +693,18 @@ class StateStore:
                 return
             after = page[-1][0]
 
+    def mapping_mark(self, pipeline: str, entity: str, member: str) -> str | None:
+        """The fingerprint of the mapping the member's last complete, committed read of the
+        entity was made with (see `Tx.put_mapping_mark`), or None."""
+        query = sa.select(mapping_marks.c.fingerprint).where(
+            mapping_marks.c.pipeline == pipeline,
+            mapping_marks.c.entity == entity,
+            mapping_marks.c.member == member,
+        )
+        with self._read() as conn:
+            found = conn.execute(query).scalar()
+        return str(found) if found is not None else None
+
     def read_mark(self, pipeline: str, entity: str, member: str) -> str | None:
         """The token of the member's last incremental read of the entity whose records were
         all committed (see `Tx.put_read_mark`), or None."""
@@ -1189,6 +1202,19 @@ class Tx:
                 }
             ],
         )
+
+    def put_mapping_mark(self, pipeline: str, entity: str, member: str, fingerprint: str) -> None:
+        """Insert or replace the fingerprint of the mapping the member's records were read
+        with (a changed mapping makes the next read look at every record again)."""
+        stmt = _upsert(self._dialect, mapping_marks, ("pipeline", "entity", "member"))
+        row = {
+            "pipeline": pipeline,
+            "entity": entity,
+            "member": member,
+            "fingerprint": fingerprint,
+            "updated_at": _now(),
+        }
+        self._conn.execute(stmt, [row])
 
     def delete_read_mark(self, pipeline: str, entity: str, member: str) -> None:
         """Forget the member's read mark: its next read of the entity is a complete one."""
