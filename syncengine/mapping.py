@@ -477,9 +477,26 @@ class EntityMapping:
             record[reader.canonical] = value
         if bad:
             raise _record_error(bad, location)
+        if self.entity.required:
+            self._require(record, location)
         if self.entity.checks:
             self._check(record, location)
         return record
+
+    def _require(self, record: dict[str, Any], location: str) -> None:
+        """Refuse a record that leaves a field the entity requires blank (``required``)
+        where this mapping reads it: a blank Quantity typed into a sheet is that row's
+        problem, never a quantity to clear on the other members."""
+        blank = [
+            (
+                self.native_name(name) or name,
+                "is empty: every line needs one (0 is a value: type 0 where it is nothing)",
+            )
+            for name in self.entity.required
+            if name in self.readable and record.get(name) is None
+        ]
+        if blank:
+            raise _record_error(blank, location)
 
     def _check(self, record: dict[str, Any], location: str) -> None:
         """Refuse a record whose fields break a rule between them (``EntitySpec.checks``),

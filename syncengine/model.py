@@ -134,6 +134,9 @@ class EntitySpec:
     when a member's record is read; a field a member does not give is not checked)."""
     derived: tuple[Derived, ...] = ()
     """Fields that follow others in a merge (``Derived``)."""
+    required: tuple[str, ...] = ()
+    """Fields a record must hold wherever a member's mapping reads them: a blank one is that
+    record's problem (a line without a quantity or a price), never a value to clear."""
     assigned: tuple[str, ...] = ()
     """Fields a member that owns them (reads, never takes) may set itself when it takes a
     write (a line's place on its job): what it answers there is its own change, synced to
@@ -350,6 +353,7 @@ LINE_ITEM = EntitySpec(
     # and jobs, where the pipeline syncs them: dependency_order follows the job reference,
     # and a pipeline without jobs drops it (a line is found through its invoice)
     depends_on=("invoices",),
+    required=("quantity", "unit_price"),
     derived=(Derived("amount", ("quantity", "unit_price"), lambda r: _line_amount_of(r)),),
     assigned=("position",),  # HCP puts a line created elsewhere at the end of its job
 )
