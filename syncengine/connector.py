@@ -146,8 +146,11 @@ class ReadPass:
         complete: bool,
         finish: Callable[[], str | None],
         gone: Callable[[], Collection[str]] = frozenset,
+        named: bool = False,
     ) -> None:
         self.complete = complete
+        self.named = named
+        """True: only the records webhook events named (``Connector.read_events``)."""
         """True: the whole listing (a linked record missing from it is gone). False: only the
         records changed since the token (a linked record missing from it is unchanged)."""
         self._gone = gone

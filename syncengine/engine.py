@@ -669,9 +669,7 @@ class Engine:
         if not self.event_driven:
             return None
         by_events = {
-            name
-            for name, r in reads.items()
-            if self._named(name, entity) and r.read_pass is not None and not r.complete
+            name for name, r in reads.items() if r.read_pass is not None and r.read_pass.named
         }
         return narrow_to_named(reads, by_events) if by_events else None
 

@@ -285,7 +285,9 @@ def read_member(
         )
     if not out.complete:
         log.info(
-            "read what webhook events named" if named else "read incrementally",
+            "read what webhook events named"
+            if rp is not None and rp.named
+            else "read incrementally",
             member=member.name,
             entity=entity,
             read=out.count,

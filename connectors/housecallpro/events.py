@@ -69,7 +69,7 @@ class EventRead:
         """A partial pass of the records of ``entity`` that ``events`` name."""
         gone: set[str] = set()
         records = self._records(entity, events, gone)
-        return ReadPass(records, complete=False, finish=lambda: None, gone=lambda: gone)
+        return ReadPass(records, complete=False, finish=lambda: None, gone=lambda: gone, named=True)
 
     def _records(
         self, entity: str, events: Sequence[InboxEvent], gone: set[str]

@@ -36,11 +36,13 @@ PING = {"foo": "bar"}
 
 ENTITIES_OF_PREFIX: Mapping[str, tuple[str, ...]] = {
     "customer": ("customers",),
-    "job": ("jobs",),
+    "job": ("jobs", "line_items"),
     "invoice": ("invoices", "payments"),
 }
 """The canonical entities an event of each prefix may change (an invoice event may be about
-its payments: ``invoice.payment.succeeded``, ``invoice.refund.succeeded``)."""
+its payments: ``invoice.payment.succeeded``, ``invoice.refund.succeeded``; a job event about
+its line items, which HCP keeps on jobs and which are then read as any run reads them: one
+request for the job list's first page, one per job changed)."""
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

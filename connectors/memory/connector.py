@@ -189,7 +189,7 @@ class MemoryConnector(Connector):
             for native_id in named
             if native_id in table
         )
-        return ReadPass(records, complete=False, finish=lambda: None, gone=lambda: gone)
+        return ReadPass(records, complete=False, finish=lambda: None, gone=lambda: gone, named=True)
 
     def get(self, entity: str, native_id: str) -> NativeRecord | None:
         self.dataset.calls.append(("get", entity, native_id))
