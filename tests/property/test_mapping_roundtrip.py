@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from syncengine import model
+from syncengine.errors import RecordError
 from syncengine.mapping import load_mapping, load_mapping_file
 from syncengine.transforms import build_transform, known_transforms
 
@@ -682,7 +683,13 @@ def test_mapping_round_trip_is_a_fixed_point(
     native = data.draw(natives, label="native")
     snapshot = repr(native)
 
-    first = mapping.to_canonical(native)
+    try:
+        first = mapping.to_canonical(native)
+    except RecordError as exc:
+        # a line drawn without a quantity or a price is that record's problem: refused,
+        # never read as a value cleared (``EntitySpec.required``)
+        assert mapping.entity.required and "every line needs one" in str(exc), exc
+        return
     patch = mapping.to_native(first)
     updated = mapping.apply_patch(native, patch)
     second = mapping.to_canonical(updated)
