@@ -30,7 +30,7 @@ from syncengine.read import check_structures
 from syncengine.report import Report
 from syncengine.report import reconcile_report as build_report
 from syncengine.schedule import parse_timezone
-from syncengine.state import ConflictRow, Lease, PipelineState, RunRow, StateStore
+from syncengine.state import ConflictRow, Lease, PipelineState, RunRow, StateStore, queues
 from syncengine.tax_report import TaxReport, check_range
 from syncengine.tax_report import tax_report as build_tax_report
 from syncengine.unbilled import UnbilledReport, unbilled_jobs
@@ -130,6 +130,11 @@ class PipelineStatus:
     """``{"failures", "until", "last_error"}`` after failed runs."""
     waiting_events: int = 0
     """Webhook events in the inbox that no run of the pipeline took yet."""
+    open_review: int = 0
+    """Review items waiting for a person (ambiguous matches, possible duplicates)."""
+    held_deletes: int = 0
+    """Deletes awaiting approval (held by ``[pipelines.deletes] approve``, or stopped by a
+    delete guard)."""
 
 
 SKIPS_SHOWN = 50
@@ -143,6 +148,7 @@ def status(config: Config, pipeline: str | None = None) -> list[PipelineStatus]:
         out = []
         now = dt.datetime.now(dt.UTC)
         leases, states = store.leases(), store.pipeline_states()
+        reviews, held = store.query(queues.review_counts), store.query(queues.held_counts)
         for p in chosen:
             runs = store.runs(p.name, limit=1)
             last = None
@@ -167,6 +173,8 @@ def status(config: Config, pipeline: str | None = None) -> list[PipelineStatus]:
                     store.skipped_count(p.name),
                     **_daemon_status(config, store, p.name, runs, now, leases, states),
                     waiting_events=store.pending_event_count(p.name, p.members),
+                    open_review=reviews.get(p.name, 0),
+                    held_deletes=held.get(p.name, 0),
                 )
             )
         return out
@@ -347,8 +355,14 @@ def open_conflicts(config: Config, pipeline: str | None = None) -> list[OpenConf
         store.close()
 
 
-def resolve_conflict(config: Config, conflict_id: int, take: str) -> ConflictRow:
-    """Settle a parked conflict with one member's value; the next sync writes it everywhere."""
+_NO_VALUE: Any = object()
+
+
+def resolve_conflict(
+    config: Config, conflict_id: int, take: str | None = None, *, value: Any = _NO_VALUE
+) -> ConflictRow:
+    """Settle a parked conflict with one member's value (``take``), or with ``value`` typed
+    by a person (None clears the field); the next sync writes it everywhere."""
     store = open_store(config, create=False)
     try:
         row = store.get_conflict(conflict_id)
@@ -356,7 +370,12 @@ def resolve_conflict(config: Config, conflict_id: int, take: str) -> ConflictRow
             raise UsageError(
                 f"no open conflict with id {conflict_id} (see `syncengine conflicts list`)"
             )
-        if take not in row.values:
+        typed = value is not _NO_VALUE
+        if typed == (take is not None):
+            raise UsageError(
+                f"conflict {conflict_id}: give either a member to take the value of, or a value"
+            )
+        if not typed and take not in row.values:
             raise UsageError(
                 f"conflict {conflict_id} has values from "
                 f"{', '.join(row.values)}; --take one of those"
@@ -367,15 +386,16 @@ def resolve_conflict(config: Config, conflict_id: int, take: str) -> ConflictRow
                 f"the record of conflict {conflict_id} no longer exists; it was closed"
             )
         base = dict(states[row.key].base)
-        value = row.values[take]
-        if value is None:
+        chosen = value if typed else row.values[take or ""]
+        if chosen is None:
             base.pop(row.field, None)
         else:
-            base[row.field] = value
+            base[row.field] = chosen
+        resolution = {"value": chosen, "typed": True} if typed else {"take": take, "value": chosen}
         with store.transaction() as tx:
             tx.put_record(row.pipeline, row.entity, row.key, base)
             tx.set_dirty(row.pipeline, row.entity, row.key, None)
-            tx.resolve_conflict(conflict_id, {"take": take, "value": value})
+            tx.resolve_conflict(conflict_id, resolution)
         return row
     finally:
         store.close()
@@ -581,3 +601,464 @@ def require_config(path: str | Path, *, strict_env: bool = True) -> Config:
             [Problem(str(p), "file not found", "pass --config PATH (see config.example.toml)")]
         )
     return load_config(p, strict_env=strict_env)
+
+
+# -- the review queue, held deletes and the audit log (issue 15) ---------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A hub record an item's record may be: its key, label and what each member holds."""
+
+    hub_key: str
+    label: str
+    base: dict[str, Any]
+    """The hub's agreed values."""
+    members: dict[str, dict[str, Any]]
+    """member -> its canonical values as last seen (the members that hold the record)."""
+    exists: bool = True
+    """False when the record is no longer in the hub (deleted since)."""
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """A record new on a member that the sync left alone: it matches several hub records,
+    or looks like a copy of another. A person links it to one, or keeps it separate."""
+
+    id: int
+    pipeline: str
+    entity: str
+    member: str
+    native_id: str
+    location: str | None
+    label: str
+    fields: dict[str, Any]
+    """The record's canonical values as read."""
+    reason: str
+    first_seen: str
+    last_seen: str
+    status: str
+    """``open``; ``linked`` or ``separate`` once decided; ``closed`` when the record is gone
+    or no longer ambiguous."""
+    candidates: list[Candidate]
+    hub_key: str | None = None
+    """The hub key it was linked to (status ``linked``)."""
+    decided_by: str | None = None
+    decided_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HeldDelete:
+    """A delete waiting for a person: ``member`` deleted the record, and approving it deletes
+    it on ``reach`` too; restoring it gives it back to ``member``. ``guard`` is the delete
+    guard's explanation when a guard stopped the batch it belongs to (approve those with
+    ``approve_guarded``)."""
+
+    id: int
+    pipeline: str
+    entity: str
+    hub_key: str
+    label: str
+    member: str
+    reach: list[str]
+    held_at: str
+    guard: str | None
+    status: str
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One action a person took (on the console or the CLI): who, what, when, on what,
+    and the state before and after."""
+
+    id: int
+    at: str
+    actor: str
+    action: str
+    target: str
+    pipeline: str | None
+    before: Any
+    after: Any
+
+    def to_json(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def record_audit(
+    config_or_store: Config | StateStore,
+    actor: str,
+    action: str,
+    target: str,
+    before: Any,
+    after: Any,
+    pipeline: str | None = None,
+) -> int:
+    """Record one action in the audit log (the console's actions not made through this
+    module: a sign-in, a run started). ``before`` and ``after`` are JSON values and must
+    hold no secret. The entry's id."""
+    if isinstance(config_or_store, StateStore):
+        return _audit(config_or_store, actor, action, target, before, after, pipeline)
+    store = open_store(config_or_store)
+    try:
+        return _audit(store, actor, action, target, before, after, pipeline)
+    finally:
+        store.close()
+
+
+def _audit(
+    store: StateStore,
+    actor: str,
+    action: str,
+    target: str,
+    before: Any,
+    after: Any,
+    pipeline: str | None,
+) -> int:
+    with store.transaction() as tx:
+        return tx.run(
+            partial(
+                queues.add_audit,
+                actor=actor,
+                action=action,
+                target=target,
+                pipeline=pipeline,
+                before=before,
+                after=after,
+            )
+        )
+
+
+def list_audit(config: Config, limit: int = 100, offset: int = 0) -> list[AuditEntry]:
+    """The audit log, newest first (``limit`` entries from ``offset``)."""
+    if limit < 1 or offset < 0:
+        raise UsageError("--limit is 1 or more and --offset 0 or more")
+    store = open_store(config, create=False)
+    try:
+        rows = store.query(partial(queues.audit_rows, limit=limit, offset=offset))
+    finally:
+        store.close()
+    return [
+        AuditEntry(
+            r.id, r.at.isoformat(), r.actor, r.action, r.target, r.pipeline, r.before, r.after
+        )
+        for r in rows
+    ]
+
+
+def _candidates(
+    store: StateStore, pipeline: str, entity: str, keys: Sequence[str]
+) -> list[Candidate]:
+    states = store.load_records(pipeline, entity, list(keys)) if keys else {}
+    out = []
+    for key in keys:
+        rs = states.get(key)
+        if rs is None:
+            out.append(Candidate(key, key, {}, {}, exists=False))
+            continue
+        held = {
+            m: dict(ln.last_seen or {})
+            for m, ln in rs.links.items()
+            if ln.native_id and not ln.tombstone
+        }
+        base = dict(rs.base)
+        out.append(Candidate(key, label_of(base, key), base, held, exists=not base.get("_deleted")))
+    return out
+
+
+def _item(store: StateStore, row: queues.ReviewRow) -> ReviewItem:
+    return ReviewItem(
+        id=row.id,
+        pipeline=row.pipeline,
+        entity=row.entity,
+        member=row.member,
+        native_id=row.native_id,
+        location=row.location,
+        label=row.label,
+        fields=row.fields,
+        reason=row.reason,
+        first_seen=row.first_seen.isoformat(),
+        last_seen=row.last_seen.isoformat(),
+        status=row.status,
+        candidates=_candidates(store, row.pipeline, row.entity, row.candidates),
+        hub_key=row.hub_key,
+        decided_by=row.decided_by,
+        decided_at=row.decided_at.isoformat() if row.decided_at else None,
+    )
+
+
+def list_review(
+    config: Config, pipeline: str | None = None, status: str | None = "open"
+) -> list[ReviewItem]:
+    """The review queue (all pipelines or one; ``status`` None: every item, decided and
+    closed ones too), oldest first, each with its candidates' values side by side."""
+    if pipeline is not None:
+        config.pipeline(pipeline)
+    if status is not None and status not in ("open", "linked", "separate", "closed"):
+        raise UsageError(f"--status {status}: use open, linked, separate or closed")
+    store = open_store(config, create=False)
+    try:
+        rows = store.query(partial(queues.review_rows, pipeline=pipeline, status=status))
+        return [_item(store, r) for r in rows]
+    finally:
+        store.close()
+
+
+def _open_item(store: StateStore, item_id: int) -> queues.ReviewRow:
+    rows = store.query(partial(queues.review_rows, status=None, ids=[item_id]))
+    if not rows:
+        raise UsageError(f"no review item with id {item_id} (see `syncengine review list`)")
+    if rows[0].status != "open":
+        raise UsageError(
+            f"review item {item_id} is {rows[0].status}, not open: there is nothing to decide"
+        )
+    return rows[0]
+
+
+def review_link(config: Config, item_id: int, hub_key: str, actor: str) -> ReviewItem:
+    """Decide that the item's record is the hub record ``hub_key``: the next sync links it
+    there and syncs it as that record (where its member already holds that record, the row
+    is a copy: it is left alone and not asked about again). The key must be a live record
+    of the item's entity; the decision is audited."""
+    store = open_store(config, create=False)
+    try:
+        row = _open_item(store, item_id)
+        found = store.load_records(row.pipeline, row.entity, [hub_key]).get(hub_key)
+        if found is None or found.base.get("_deleted"):
+            choices = ", ".join(row.candidates) or "none"
+            raise UsageError(
+                f"review item {item_id}: no {row.entity} record {hub_key!r} in pipeline "
+                f"{row.pipeline} (its candidates: {choices})"
+            )
+        with store.transaction() as tx:
+            tx.run(
+                partial(
+                    queues.decide_review,
+                    item_id=item_id,
+                    status="linked",
+                    hub_key=hub_key,
+                    actor=actor,
+                )
+            )
+            tx.run(
+                partial(
+                    queues.add_audit,
+                    actor=actor,
+                    action="review.link",
+                    target=f"review item {item_id} ({row.entity} {row.label} on {row.member})",
+                    pipeline=row.pipeline,
+                    before={"status": row.status},
+                    after={"status": "linked", "hub_key": hub_key},
+                )
+            )
+        return _item(store, store.query(partial(queues.review_rows, status=None, ids=[item_id]))[0])
+    finally:
+        store.close()
+
+
+def review_separate(config: Config, item_id: int, actor: str) -> ReviewItem:
+    """Decide that the item's record is a record of its own: the next sync creates it on
+    the other members like any new record, and it is never asked about again. Audited."""
+    store = open_store(config, create=False)
+    try:
+        row = _open_item(store, item_id)
+        with store.transaction() as tx:
+            tx.run(
+                partial(
+                    queues.decide_review,
+                    item_id=item_id,
+                    status="separate",
+                    hub_key=None,
+                    actor=actor,
+                )
+            )
+            tx.run(
+                partial(
+                    queues.add_audit,
+                    actor=actor,
+                    action="review.separate",
+                    target=f"review item {item_id} ({row.entity} {row.label} on {row.member})",
+                    pipeline=row.pipeline,
+                    before={"status": row.status},
+                    after={"status": "separate"},
+                )
+            )
+        return _item(store, store.query(partial(queues.review_rows, status=None, ids=[item_id]))[0])
+    finally:
+        store.close()
+
+
+def _held_delete(row: queues.HeldRow) -> HeldDelete:
+    return HeldDelete(
+        row.id,
+        row.pipeline,
+        row.entity,
+        row.key,
+        row.label,
+        row.member,
+        row.reach,
+        row.held_at.isoformat(),
+        row.guard,
+        row.status,
+    )
+
+
+def list_held_deletes(config: Config, pipeline: str | None = None) -> list[HeldDelete]:
+    """The deletes awaiting approval (all pipelines or one), oldest first."""
+    if pipeline is not None:
+        config.pipeline(pipeline)
+    store = open_store(config, create=False)
+    try:
+        return [_held_delete(r) for r in store.query(partial(queues.held_rows, pipeline=pipeline))]
+    finally:
+        store.close()
+
+
+def _held_by_ids(store: StateStore, ids: Sequence[int], verb: str) -> list[queues.HeldRow]:
+    if not ids:
+        raise UsageError(f"deletes {verb}: give the id of at least one held delete")
+    rows = store.query(partial(queues.held_rows, status="held", ids=ids))
+    unknown = sorted(set(ids) - {r.id for r in rows})
+    if unknown:
+        raise UsageError(
+            f"no held delete with id {', '.join(map(str, unknown))} "
+            "(see `syncengine deletes list`); nothing was changed"
+        )
+    guarded = [r for r in rows if r.guard is not None]
+    if guarded:
+        r = guarded[0]
+        raise UsageError(
+            f"held delete {r.id} belongs to a batch the delete guard stopped ({r.entity} of "
+            f"{r.pipeline}): approve the whole batch with `syncengine deletes approve "
+            f"--guarded {r.pipeline} {r.entity}`, or put the records back on {r.member}; "
+            "nothing was changed"
+        )
+    return rows
+
+
+def approve_delete(config: Config, ids: Sequence[int], actor: str) -> list[HeldDelete]:
+    """Approve held deletes: the next sync deletes each record on the members it would have
+    reached (a record changed on one of them meanwhile is kept: the data wins, as for any
+    delete). All or nothing: an unknown id changes nothing. Audited."""
+    store = open_store(config, create=False)
+    try:
+        rows = _held_by_ids(store, ids, "approve")
+        with store.transaction() as tx:
+            for r in rows:
+                rs = store.load_records(r.pipeline, r.entity, [r.key]).get(r.key)
+                if rs is not None:
+                    # the hub decides the delete; the member that deleted it is no longer held
+                    tx.put_record(r.pipeline, r.entity, r.key, {**rs.base, "_deleted": True})
+                    ln = rs.links.get(r.member)
+                    if ln is not None and ln.tombstone:
+                        tx.delete_link(r.pipeline, r.entity, r.key, r.member)
+                    tx.set_dirty(r.pipeline, r.entity, r.key)
+            tx.run(
+                partial(queues.set_held, ids=[r.id for r in rows], status="approved", actor=actor)
+            )
+            for r in rows:
+                tx.run(
+                    partial(queues.add_audit, **_held_audit(actor, "delete.approve", r, "approved"))
+                )
+        return [
+            _held_delete(r) for r in store.query(partial(queues.held_rows, status=None, ids=ids))
+        ]
+    finally:
+        store.close()
+
+
+def restore_delete(config: Config, ids: Sequence[int], actor: str) -> list[HeldDelete]:
+    """Restore held deletes: the next sync gives each record back to the member that deleted
+    it (created there from the hub's values, and linked again); nothing is deleted anywhere.
+    All or nothing: an unknown id changes nothing. Audited."""
+    store = open_store(config, create=False)
+    try:
+        rows = _held_by_ids(store, ids, "restore")
+        with store.transaction() as tx:
+            for r in rows:
+                rs = store.load_records(r.pipeline, r.entity, [r.key]).get(r.key)
+                if rs is not None:
+                    ln = rs.links.get(r.member)
+                    if ln is not None and ln.tombstone:
+                        tx.delete_link(r.pipeline, r.entity, r.key, r.member)
+                    tx.set_dirty(r.pipeline, r.entity, r.key)
+            tx.run(
+                partial(queues.set_held, ids=[r.id for r in rows], status="restored", actor=actor)
+            )
+            for r in rows:
+                tx.run(
+                    partial(queues.add_audit, **_held_audit(actor, "delete.restore", r, "restored"))
+                )
+        return [
+            _held_delete(r) for r in store.query(partial(queues.held_rows, status=None, ids=ids))
+        ]
+    finally:
+        store.close()
+
+
+def _held_audit(actor: str, action: str, row: queues.HeldRow, status: str) -> dict[str, Any]:
+    return {
+        "actor": actor,
+        "action": action,
+        "target": f"held delete {row.id} ({row.entity} {row.label}, deleted on {row.member})",
+        "pipeline": row.pipeline,
+        "before": {"status": row.status},
+        "after": {"status": status, "reach": row.reach},
+    }
+
+
+def approve_guarded(config: Config, pipeline: str, entity: str, actor: str) -> list[HeldDelete]:
+    """Approve the batch of deletes a delete guard stopped on ``entity`` of ``pipeline``:
+    the next sync lets exactly those records' deletes through the guards (as one
+    ``--allow-mass-delete`` run would for them; any other delete is still guarded). Audited."""
+    chosen = config.pipeline(pipeline)[0]
+    if entity not in chosen.entities:
+        raise UsageError(
+            f"pipeline {pipeline} does not sync {entity} (it syncs {', '.join(chosen.entities)})"
+        )
+    store = open_store(config, create=False)
+    try:
+        rows = store.query(
+            partial(queues.held_rows, pipeline=pipeline, entity=entity, status="held", guarded=True)
+        )
+        if not rows:
+            raise UsageError(
+                f"no batch of {entity} of {pipeline} is stopped by a delete guard "
+                "(see `syncengine deletes list`)"
+            )
+        with store.transaction() as tx:
+            tx.run(
+                partial(queues.set_held, ids=[r.id for r in rows], status="approved", actor=actor)
+            )
+            tx.run(
+                partial(
+                    queues.add_audit,
+                    actor=actor,
+                    action="delete.approve_guarded",
+                    target=f"{len(rows)} {entity} a delete guard stopped",
+                    pipeline=pipeline,
+                    before={
+                        "status": "held",
+                        "guard": rows[0].guard,
+                        "keys": [r.key for r in rows],
+                    },
+                    after={"status": "approved"},
+                )
+            )
+        ids = [r.id for r in rows]
+        return [
+            _held_delete(r) for r in store.query(partial(queues.held_rows, status=None, ids=ids))
+        ]
+    finally:
+        store.close()

@@ -20,7 +20,9 @@ __all__ = [
     "INTENT_OPS",
     "INTENT_STATES",
     "UTCDateTime",
+    "audit",
     "conflicts",
+    "held_deletes",
     "inbox",
     "inbox_done",
     "journal",
@@ -31,6 +33,7 @@ __all__ = [
     "pipeline_state",
     "read_marks",
     "records",
+    "review_items",
     "runs",
     "skips",
 ]
@@ -38,6 +41,8 @@ __all__ = [
 INTENT_OPS = ("create", "update", "delete", "assign")
 INTENT_STATES = ("pending", "done", "failed", "abandoned")
 CONFLICT_STATUSES = ("open", "resolved")
+REVIEW_STATUSES = ("open", "linked", "separate", "closed")
+HELD_STATUSES = ("held", "approved", "restored", "done", "cleared")
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -290,4 +295,89 @@ mapping_marks = sa.Table(
     sa.Column("member", sa.String(), primary_key=True),
     sa.Column("fingerprint", sa.String(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+
+# The review queue: records new on a member that match several hub records, or look like a
+# copy of another (``match``), one row per (pipeline, entity, member, native id), refreshed
+# by every run that finds it again. ``linked`` and ``separate`` are a person's decisions (kept
+# for good: the next runs act on them); ``closed``: the record is gone or no longer ambiguous
+# (migration 0007).
+review_items = sa.Table(
+    "review_items",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("pipeline", sa.String(), nullable=False),
+    sa.Column("entity", sa.String(), nullable=False),
+    sa.Column("member", sa.String(), nullable=False),
+    sa.Column("native_id", sa.String(), nullable=False),
+    sa.Column("native_hash", sa.String(), nullable=True),
+    sa.Column("provisional", sa.Boolean(), nullable=False),
+    sa.Column("location", sa.Text(), nullable=True),
+    sa.Column("label", sa.Text(), nullable=False),
+    sa.Column("fields", sa.JSON(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("candidates", sa.JSON(), nullable=False),
+    sa.Column("status", sa.String(), nullable=False),
+    sa.Column("hub_key", sa.String(), nullable=True),
+    sa.Column("decided_by", sa.String(), nullable=True),
+    sa.Column("decided_at", UTCDateTime(), nullable=True),
+    sa.Column("first_seen", UTCDateTime(), nullable=False),
+    sa.Column("last_seen", UTCDateTime(), nullable=False),
+    sa.CheckConstraint(_in("status", REVIEW_STATUSES), name="ck_review_items_status"),
+    sa.Index("uq_review_items_record", "pipeline", "entity", "member", "native_id", unique=True),
+    sa.Index("ix_review_items_status", "status", "pipeline"),
+    sqlite_autoincrement=True,
+)
+
+# Deletes awaiting a person: a record one member deleted, held from the others
+# (``[pipelines.deletes] approve``), or one of a batch a delete guard stopped (``guard`` holds
+# its explanation). ``approved`` deletes are carried out by the next run (then ``done``);
+# ``restored`` ones are given back to the member that deleted them; ``cleared``: a guard's
+# batch that no longer stands (migration 0007).
+held_deletes = sa.Table(
+    "held_deletes",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("pipeline", sa.String(), nullable=False),
+    sa.Column("entity", sa.String(), nullable=False),
+    sa.Column("key", sa.String(), nullable=False),
+    sa.Column("member", sa.String(), nullable=False),
+    sa.Column("reach", sa.JSON(), nullable=False),
+    sa.Column("label", sa.Text(), nullable=False),
+    sa.Column("guard", sa.Text(), nullable=True),
+    sa.Column("status", sa.String(), nullable=False),
+    sa.Column("held_at", UTCDateTime(), nullable=False),
+    sa.Column("decided_by", sa.String(), nullable=True),
+    sa.Column("decided_at", UTCDateTime(), nullable=True),
+    sa.CheckConstraint(_in("status", HELD_STATUSES), name="ck_held_deletes_status"),
+    sa.Index(
+        "uq_held_deletes_held",
+        "pipeline",
+        "entity",
+        "key",
+        "member",
+        unique=True,
+        sqlite_where=sa.text("status = 'held'"),
+        postgresql_where=sa.text("status = 'held'"),
+    ),
+    sa.Index("ix_held_deletes_status", "status", "pipeline", "entity"),
+    sqlite_autoincrement=True,
+)
+
+# Who did what to the state, and when: every action of the console and the CLI, with what
+# it changed (``before`` and ``after``, secrets never included; migration 0007).
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("actor", sa.String(), nullable=False),
+    sa.Column("action", sa.String(), nullable=False),
+    sa.Column("target", sa.Text(), nullable=False),
+    sa.Column("pipeline", sa.String(), nullable=True),
+    sa.Column("before", sa.JSON(), nullable=True),
+    sa.Column("after", sa.JSON(), nullable=True),
+    sa.Index("ix_audit_at", "at"),
+    sqlite_autoincrement=True,
 )

@@ -868,6 +868,12 @@ class StateStore:
         with self._read() as conn:
             return _leases.read_pipeline_states(conn)
 
+    def query(self, fn: Callable[[sa.Connection], T]) -> T:
+        """Run ``fn`` (a read of ``queues.py``, the review queue, held deletes and the audit
+        log) with a read connection, as the other reads run."""
+        with self._read() as conn:
+            return fn(conn)
+
     def last_success(self, pipeline: str) -> datetime | None:
         """When the pipeline's newest completed run (ok, conflicts, errors) finished."""
         query = (
@@ -1021,6 +1027,10 @@ class Tx:
     def __init__(self, conn: sa.Connection) -> None:
         self._conn = conn
         self._dialect = conn.dialect.name
+
+    def run(self, fn: Callable[[sa.Connection], T]) -> T:
+        """Run ``fn`` (a write of ``queues.py``) inside this transaction."""
+        return fn(self._conn)
 
     # -- records and links ---------------------------------------------------------------
 
