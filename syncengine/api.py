@@ -355,8 +355,14 @@ def open_conflicts(config: Config, pipeline: str | None = None) -> list[OpenConf
         store.close()
 
 
-def resolve_conflict(config: Config, conflict_id: int, take: str) -> ConflictRow:
-    """Settle a parked conflict with one member's value; the next sync writes it everywhere."""
+_NO_VALUE: Any = object()
+
+
+def resolve_conflict(
+    config: Config, conflict_id: int, take: str | None = None, *, value: Any = _NO_VALUE
+) -> ConflictRow:
+    """Settle a parked conflict with one member's value (``take``), or with ``value`` typed
+    by a person (None clears the field); the next sync writes it everywhere."""
     store = open_store(config, create=False)
     try:
         row = store.get_conflict(conflict_id)
@@ -364,7 +370,12 @@ def resolve_conflict(config: Config, conflict_id: int, take: str) -> ConflictRow
             raise UsageError(
                 f"no open conflict with id {conflict_id} (see `syncengine conflicts list`)"
             )
-        if take not in row.values:
+        typed = value is not _NO_VALUE
+        if typed == (take is not None):
+            raise UsageError(
+                f"conflict {conflict_id}: give either a member to take the value of, or a value"
+            )
+        if not typed and take not in row.values:
             raise UsageError(
                 f"conflict {conflict_id} has values from "
                 f"{', '.join(row.values)}; --take one of those"
@@ -375,15 +386,16 @@ def resolve_conflict(config: Config, conflict_id: int, take: str) -> ConflictRow
                 f"the record of conflict {conflict_id} no longer exists; it was closed"
             )
         base = dict(states[row.key].base)
-        value = row.values[take]
-        if value is None:
+        chosen = value if typed else row.values[take or ""]
+        if chosen is None:
             base.pop(row.field, None)
         else:
-            base[row.field] = value
+            base[row.field] = chosen
+        resolution = {"value": chosen, "typed": True} if typed else {"take": take, "value": chosen}
         with store.transaction() as tx:
             tx.put_record(row.pipeline, row.entity, row.key, base)
             tx.set_dirty(row.pipeline, row.entity, row.key, None)
-            tx.resolve_conflict(conflict_id, {"take": take, "value": value})
+            tx.resolve_conflict(conflict_id, resolution)
         return row
     finally:
         store.close()

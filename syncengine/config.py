@@ -160,6 +160,34 @@ def _lock_day(value: Any) -> dt.date:
 LockDay = Annotated[dt.date, BeforeValidator(_lock_day)]
 
 
+class ConsoleSection(_Strict):
+    """``[console]``: the web console (``syncengine console``, ``syncengine daemon --http``)."""
+
+    users_file: str = "console-users.toml"
+    """Where ``syncengine console add-user`` keeps the users and their password hashes
+    (relative: beside the config). Written with mode 0600."""
+    secret_key: str = ""
+    """Signs the session cookies (at least 32 characters; take it from the environment:
+    ``"${CONSOLE_SECRET_KEY}"``). Empty: one is generated and kept in the users file."""
+    trust_forwarded_proto: bool = False
+    """Believe a reverse proxy's ``X-Forwarded-Proto: https`` (the session cookie is then
+    marked Secure). Only set it when the console is reachable through that proxy alone."""
+    session_hours: Float = Field(default=12.0, gt=0, le=24 * 30)
+    """A session ends this long after signing in."""
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key_ok(cls, value: str) -> str:
+        if value and not value.startswith("${") and len(value) < 32:
+            raise _config_problem(
+                f"secret_key is {len(value)} characters long; it must have at least 32",
+                'generate one (python -c "import secrets; print(secrets.token_urlsafe(32))") '
+                'and pass it from the environment: secret_key = "${CONSOLE_SECRET_KEY}", '
+                "or leave it out to have one kept in the users file",
+            )
+        return value
+
+
 class PipelineSection(_Strict):
     name: str
     members: list[str] = Field(min_length=2)
@@ -198,6 +226,7 @@ class ConfigFile(_Strict):
 
     state: StateSection = Field(default_factory=StateSection)
     daemon: DaemonSection = Field(default_factory=DaemonSection)
+    console: ConsoleSection = Field(default_factory=ConsoleSection)
     region: str = "US"
     """Default region for phone numbers written without a country code."""
     connectors: dict[str, Any]
@@ -267,6 +296,7 @@ class Config:
     pipelines: dict[str, Pipeline]
     secrets: tuple[str, ...] = field(default=(), repr=False)
     daemon: DaemonSection = field(default_factory=DaemonSection)
+    console: ConsoleSection = field(default_factory=ConsoleSection)
 
     def schedule(self, pipeline: str) -> Schedule:
         """The pipeline's schedule, or the ``[daemon]`` default when it gives none."""
@@ -579,6 +609,7 @@ def load_config(
         pipelines=pipelines,
         secrets=tuple(sorted(secrets, key=len, reverse=True)),
         daemon=top.daemon,
+        console=top.console,
     )
 
 
@@ -637,9 +668,14 @@ def _validate_top(data: dict[str, Any], shown: str, problems: list[Problem]) -> 
         daemon_section = DaemonSection.model_validate(data.get("daemon", {}))
     except ValidationError:
         daemon_section = DaemonSection()
+    try:
+        console_section = ConsoleSection.model_validate(data.get("console", {}))
+    except ValidationError:
+        console_section = ConsoleSection()
     return ConfigFile.model_construct(
         state=state_section,
         daemon=daemon_section,
+        console=console_section,
         # a region the check refused is not used: its problem is reported once, above
         region=region.strip().upper()
         if isinstance(region, str) and region.strip().upper() in phonenumbers.SUPPORTED_REGIONS

@@ -1,0 +1,514 @@
+"""The console's Starlette application: ``create_app(config_path, runner=...)``.
+
+The daemon mounts it beside ``/healthz`` (passing a ``ConsoleRunner`` that asks its
+scheduler to run a pipeline now); ``syncengine console`` serves it alone with uvicorn.
+Every page needs a signed-in user but ``/login`` and ``/static``; every POST needs the
+session's CSRF token; every action is recorded in the audit log as the signed-in user.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+import structlog
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from syncengine import api
+from syncengine.config import Config
+from syncengine.console import auth, views
+from syncengine.console.preview import PAGE_SIZE, filter_rows, plan_rows, summary
+from syncengine.console.security import (
+    SecureCookies,
+    SecurityHeaders,
+    csrf_ok,
+    csrf_token,
+    is_public,
+    route_path,
+    signed_in,
+)
+from syncengine.errors import SyncEngineError
+from syncengine.redact import Redactor
+
+__all__ = ["ConsoleRunner", "ThreadRunner", "create_app"]
+
+log = structlog.get_logger("syncengine.console")
+HERE = Path(__file__).parent
+COOKIE = "syncengine_console"
+PREVIEWS_KEPT = 8
+
+
+class ConsoleRunner(Protocol):
+    """Starts a run of a pipeline now; returns the sentence to show the person."""
+
+    def run_now(self, pipeline: str) -> str: ...
+
+
+class ThreadRunner:
+    """``ConsoleRunner`` of a console served alone: runs ``api.sync`` for the pipeline in a
+    background thread of this process. A pipeline whose lease is held is not started: the
+    answer names who holds it."""
+
+    def __init__(self, load: Callable[[], Config]) -> None:
+        self._load = load
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def run_now(self, pipeline: str) -> str:
+        config = self._load()
+        config.pipeline(pipeline)
+        with self._lock:
+            running = self._threads.get(pipeline)
+            if running is not None and running.is_alive():
+                return f"A run of {pipeline} started here is still going."
+            lease = api.status(config, pipeline)[0].lease
+            if lease is not None and not lease.get("gone"):
+                return f"{pipeline} is busy: {lease['by']}. Try again when it has finished."
+            thread = threading.Thread(
+                target=self._run,
+                args=(config, pipeline),
+                name=f"console-run-{pipeline}",
+                daemon=True,
+            )
+            self._threads[pipeline] = thread
+            thread.start()
+        return f"A run of {pipeline} started; see Runs for its outcome."
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the runs started here (tests, shutdown)."""
+        for thread in list(self._threads.values()):
+            thread.join(timeout)
+
+    @staticmethod
+    def _run(config: Config, pipeline: str) -> None:
+        try:
+            api.sync(config, pipeline=pipeline)
+        except SyncEngineError as exc:
+            log.warning("console run failed", pipeline=pipeline, error=str(exc))
+        except Exception:
+            log.exception("console run failed", pipeline=pipeline)
+
+
+@dataclass
+class _Preview:
+    """A dry run kept for paging and filtering."""
+
+    pipeline: str
+    made_at: dt.datetime
+    user: str
+    rows: list[Any]
+    summary: list[Any]
+    result_json: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+class _Console:
+    """The state of one console app: the config (reloaded when its file changes), the
+    users, the sign-in limiter, the runner and the dry runs kept."""
+
+    def __init__(self, config_path: Path, runner: ConsoleRunner | None) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+        self._mtime = 0.0
+        self._lock = threading.Lock()
+        self.config()  # a broken config fails at start, not on the first page
+        self.runner: ConsoleRunner = runner or ThreadRunner(self.config)
+        self.limiter = auth.LoginLimiter()
+        self.previews: OrderedDict[str, _Preview] = OrderedDict()
+
+    def config(self) -> Config:
+        """The config, read again when its file changed."""
+        with self._lock:
+            mtime = self.config_path.stat().st_mtime
+            if self._config is None or mtime != self._mtime:
+                self._config = api.require_config(self.config_path)
+                self._mtime = mtime
+            return self._config
+
+    def redactor(self) -> Redactor:
+        """Masks every secret of the config in what a page shows."""
+        return Redactor(self.config().secrets)
+
+    def keep_preview(self, preview: _Preview) -> str:
+        pid = uuid.uuid4().hex
+        self.previews[pid] = preview
+        while len(self.previews) > PREVIEWS_KEPT:
+            self.previews.popitem(last=False)
+        return pid
+
+
+class _SignInRequired:
+    """ASGI middleware: no anonymous access but to ``/login`` and ``/static``. A GET is sent
+    to the sign-in page; anything else is answered 401."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or is_public(route_path(scope)):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        if signed_in(request) is None:
+            response: Response
+            if request.method in ("GET", "HEAD"):
+                login = str(request.url_for("login"))
+                wanted = route_path(scope)
+                query = "?" + urlencode({"next": wanted}) if wanted != "/" else ""
+                response = RedirectResponse(login + query, status_code=303)
+            else:
+                response = HTMLResponse("<p>Sign in first.</p>", status_code=401)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Starlette:
+    """The console for the config at ``config_path``. ``runner`` starts a pipeline for "Run
+    now" (the daemon's scheduler); None runs it in a thread of this process."""
+    console = _Console(Path(config_path), runner)
+    config = console.config()
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.globals["csrf"] = csrf_token
+    templates.env.filters["when"] = views.when
+
+    def page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+        flashes = request.session.pop("flash", []) if "user" in request.session else []
+        context.update(user=signed_in(request), flashes=flashes, page_name=name)
+        response: Response = templates.TemplateResponse(
+            request, name + ".html", context, status_code
+        )
+        body = bytes(response.body)
+        masked = console.redactor()(body.decode())
+        if masked.encode() != body:  # never let a secret out, whatever showed it
+            response = HTMLResponse(masked, status_code)
+        return response
+
+    def flash(request: Request, text: str, kind: str = "ok") -> None:
+        request.session.setdefault("flash", []).append({"text": text, "kind": kind})
+
+    def back(request: Request, name: str, **params: str) -> Response:
+        url = str(request.url_for(name, **params))
+        return RedirectResponse(url, status_code=303)
+
+    def audit(user: str, action: str, target: str, before: Any = None, after: Any = None) -> None:
+        views.audit(console.config(), user, action, target, before, after)
+
+    async def checked_form(request: Request) -> FormData | Response:
+        """The POSTed form, or the 403 of a request without the session's CSRF token."""
+        form = await request.form()
+        if not csrf_ok(request, form):
+            return HTMLResponse(
+                "<p>This form is out of date or did not come from the console. Go back, "
+                "reload the page and try again.</p>",
+                status_code=403,
+            )
+        return form
+
+    # ------------------------------------------------------------------ sign-in
+
+    async def login(request: Request) -> Response:
+        if request.method == "GET":
+            return page(request, "login", next=request.query_params.get("next", ""))
+        form = await checked_form(request)
+        if isinstance(form, Response):
+            return form
+        name = str(form.get("username", "")).strip()
+        password = str(form.get("password", ""))
+        wanted = str(form.get("next", ""))
+        client = request.client.host if request.client else "?"
+        keys = [f"user:{name.lower()}", f"client:{client}"]
+        wait = console.limiter.wait(keys, time.monotonic())
+        if wait > 0:
+            audit(
+                name or "?",
+                "sign-in refused",
+                "console",
+                None,
+                {"client": client, "reason": "too many failed tries"},
+            )
+            return page(
+                request,
+                "login",
+                429,
+                next=wanted,
+                username=name,
+                error=f"Too many failed sign-ins. Wait {int(wait) + 1} seconds and try again.",
+            )
+        users = await run_in_threadpool(auth.load_users, auth.users_path(console.config()))
+        ok = await run_in_threadpool(auth.check_password, users, name, password)
+        if not ok:
+            console.limiter.failed(keys, time.monotonic())
+            audit(name or "?", "sign-in failed", "console", None, {"client": client})
+            return page(
+                request,
+                "login",
+                401,
+                next=wanted,
+                username=name,
+                error="Wrong user name or password.",
+            )
+        console.limiter.succeeded(keys)
+        request.session.clear()  # a new session: nothing of the anonymous one is kept
+        request.session.update(
+            user=name, csrf=secrets.token_urlsafe(32), since=dt.datetime.now(dt.UTC).isoformat()
+        )
+        audit(name, "signed in", "console", None, {"client": client})
+        target = wanted if wanted.startswith("/") and not wanted.startswith("//") else "/"
+        root = request.scope.get("root_path", "")
+        return RedirectResponse(root + target, status_code=303)
+
+    async def logout(request: Request) -> Response:
+        form = await checked_form(request)
+        if isinstance(form, Response):
+            return form
+        user = signed_in(request) or "?"
+        request.session.clear()
+        audit(user, "signed out", "console")
+        return back(request, "login")
+
+    # ------------------------------------------------------------------ pages
+
+    async def overview(request: Request) -> Response:
+        rows = await run_in_threadpool(views.overview, console.config())
+        return page(request, "overview", pipelines=rows)
+
+    async def pipeline_action(request: Request) -> Response:
+        form = await checked_form(request)
+        if isinstance(form, Response):
+            return form
+        name, action = request.path_params["name"], request.path_params["action"]
+        user = signed_in(request) or "?"
+        cfg = console.config()
+        if name not in cfg.pipelines:
+            return page(request, "error", 404, message=f"There is no pipeline {name}.")
+        if action == "pause":
+            reason = str(form.get("reason", "")).strip() or f"paused in the console by {user}"
+            await run_in_threadpool(api.pause, cfg, name, reason)
+            audit(user, "pause", f"pipeline {name}", None, {"reason": reason})
+            flash(request, f"{name} is paused: no scheduled run starts until it is resumed.")
+        elif action == "resume":
+            lifted = await run_in_threadpool(api.resume, cfg, name)
+            audit(user, "resume", f"pipeline {name}", None, {"lifted": bool(lifted)})
+            flash(request, f"{name} resumed." if lifted else f"{name} was not paused.")
+        else:
+            text = await run_in_threadpool(console.runner.run_now, name)
+            audit(user, "run now", f"pipeline {name}", None, {"answer": text})
+            flash(request, text)
+        return back(request, "overview")
+
+    async def runs(request: Request) -> Response:
+        cfg = console.config()
+        chosen = request.query_params.get("pipeline") or None
+        if chosen is not None and chosen not in cfg.pipelines:
+            chosen = None
+        history = await run_in_threadpool(views.runs, cfg, chosen)
+        return page(request, "runs", runs=history, pipelines=list(cfg.pipelines), chosen=chosen)
+
+    async def preview_start(request: Request) -> Response:
+        form = await checked_form(request)
+        if isinstance(form, Response):
+            return form
+        cfg = console.config()
+        name = str(form.get("pipeline", ""))
+        user = signed_in(request) or "?"
+        if name not in cfg.pipelines:
+            return page(request, "error", 404, message=f"There is no pipeline {name}.")
+        try:
+            results = await run_in_threadpool(lambda: api.sync(cfg, pipeline=name, dry_run=True))
+        except SyncEngineError as exc:
+            audit(user, "preview", f"pipeline {name}", None, {"error": str(exc)})
+            flash(request, f"The preview of {name} could not run: {exc}", "error")
+            return back(request, "preview")
+        result = results[0]
+        notes = [f"{o.plan.entity}: {n}" for o in result.outcomes for n in o.plan.notes]
+        notes += [
+            f"{o.plan.entity}: stopped by a safety guard: {o.plan.guard}"
+            for o in result.outcomes
+            if o.plan.guard
+        ]
+        pid = console.keep_preview(
+            _Preview(
+                name,
+                dt.datetime.now(dt.UTC),
+                user,
+                plan_rows(result),
+                summary(result),
+                result.to_json(),
+                notes,
+            )
+        )
+        audit(
+            user, "preview", f"pipeline {name}", None, {"changes": len(console.previews[pid].rows)}
+        )
+        return back(request, "preview_show", pid=pid)
+
+    async def preview(request: Request) -> Response:
+        cfg = console.config()
+        return page(request, "preview", pipelines=list(cfg.pipelines), shown=None)
+
+    async def preview_show(request: Request) -> Response:
+        kept = console.previews.get(request.path_params["pid"])
+        if kept is None:
+            flash(request, "That preview is no longer kept; run it again.", "error")
+            return back(request, "preview")
+        q = request.query_params
+        entity, member, op = q.get("entity", ""), q.get("member", ""), q.get("op", "")
+        rows = filter_rows(kept.rows, entity=entity, member=member, op=op)
+        pages = max(1, -(-len(rows) // PAGE_SIZE))
+        try:
+            number = min(max(1, int(q.get("page", "1"))), pages)
+        except ValueError:
+            number = 1
+        shown = rows[(number - 1) * PAGE_SIZE : number * PAGE_SIZE]
+        cfg = console.config()
+        p = cfg.pipelines.get(kept.pipeline)
+        problems = [
+            {"entity": e, **pr}
+            for e, counts in kept.result_json["entities"].items()
+            for pr in counts.get("problems", [])
+        ]
+
+        def page_link(n: int) -> str:
+            params = {k: v for k, v in (("entity", entity), ("member", member), ("op", op)) if v}
+            return "?" + urlencode({**params, "page": str(n)})
+
+        return page(
+            request,
+            "preview",
+            pipelines=list(cfg.pipelines),
+            shown=kept,
+            pid=request.path_params["pid"],
+            rows=shown,
+            total=len(rows),
+            number=number,
+            pages=pages,
+            page_link=page_link,
+            entities=list(p.entities) if p else [],
+            members=list(p.members) if p else [],
+            ops=["create", "update", "link", "delete", "conflict", "skip"],
+            entity=entity,
+            member=member,
+            op=op,
+            problems=problems,
+        )
+
+    async def conflicts(request: Request) -> Response:
+        items = await run_in_threadpool(views.conflicts, console.config())
+        return page(request, "conflicts", conflicts=items)
+
+    async def conflict_resolve(request: Request) -> Response:
+        form = await checked_form(request)
+        if isinstance(form, Response):
+            return form
+        cid = int(request.path_params["cid"])
+        user = signed_in(request) or "?"
+        take = str(form.get("take", ""))
+        typed = form.get("value")
+        try:
+            row, value = await run_in_threadpool(
+                views.resolve, console.config(), cid, take, typed if take == "typed" else None
+            )
+        except SyncEngineError as exc:
+            flash(request, str(exc), "error")
+            return back(request, "conflicts")
+        audit(
+            user,
+            "resolve conflict",
+            f"conflict {cid} ({row.entity} {row.key} {row.field})",
+            {"values": row.values, "base": row.base_value},
+            {"take": take, "value": value},
+        )
+        flash(request, f"Conflict {cid} settled; the next sync writes it to every member.")
+        return back(request, "conflicts")
+
+    async def skipped(request: Request) -> Response:
+        items = await run_in_threadpool(views.skipped, console.config())
+        return page(request, "skipped", pipelines=items)
+
+    async def reconcile(request: Request) -> Response:
+        try:
+            reports = await run_in_threadpool(views.reconcile, console.config())
+            error = ""
+        except SyncEngineError as exc:
+            reports, error = [], str(exc)
+        return page(request, "reconcile", reports=reports, error=error)
+
+    async def review(request: Request) -> Response:
+        items = await run_in_threadpool(views.review, console.config())
+        return page(request, "review", items=items)
+
+    async def deletes(request: Request) -> Response:
+        items = await run_in_threadpool(views.held_deletes, console.config())
+        return page(request, "deletes", items=items)
+
+    async def audit_log(request: Request) -> Response:
+        items = await run_in_threadpool(views.audit_entries, console.config())
+        return page(request, "audit", items=items)
+
+    routes = [
+        Route("/login", login, methods=["GET", "POST"], name="login"),
+        Route("/logout", logout, methods=["POST"], name="logout"),
+        Route("/", overview, name="overview"),
+        Route(
+            "/pipelines/{name}/{action:str}",
+            pipeline_action,
+            methods=["POST"],
+            name="pipeline_action",
+        ),
+        Route("/runs", runs, name="runs"),
+        Route("/preview", preview, name="preview"),
+        Route("/preview", preview_start, methods=["POST"], name="preview_start"),
+        Route("/preview/{pid}", preview_show, name="preview_show"),
+        Route("/conflicts", conflicts, name="conflicts"),
+        Route(
+            "/conflicts/{cid:int}/resolve",
+            conflict_resolve,
+            methods=["POST"],
+            name="conflict_resolve",
+        ),
+        Route("/skipped", skipped, name="skipped"),
+        Route("/reconcile", reconcile, name="reconcile"),
+        Route("/review", review, name="review"),
+        Route("/deletes", deletes, name="deletes"),
+        Route("/audit", audit_log, name="audit"),
+        Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+    ]
+    middleware = [
+        Middleware(SecurityHeaders),
+        Middleware(SecureCookies, trust_forwarded_proto=config.console.trust_forwarded_proto),
+        Middleware(
+            SessionMiddleware,
+            secret_key=auth.secret_key(config),
+            session_cookie=COOKIE,
+            max_age=int(config.console.session_hours * 3600),
+            same_site="lax",
+            https_only=False,
+        ),
+        Middleware(_SignInRequired),
+    ]
+    app = Starlette(routes=routes, middleware=middleware)
+    app.state.console = console
+    return app

@@ -1,0 +1,205 @@
+"""Console users, their password hashes (argon2, ``argon2-cffi``) and the sign-in limiter.
+
+Users live in the users file (``[console] users_file``, default ``console-users.toml``
+beside the config, written with mode 0600)::
+
+    secret_key = "..."            # only when [console] secret_key is not set
+    [users.anna]
+    hash = "$argon2id$v=19$..."
+
+Nothing but hashes is ever written; a password is never logged or shown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from syncengine.config import Config
+from syncengine.errors import ConfigError, Problem, UsageError
+
+__all__ = [
+    "LoginLimiter",
+    "UsersFile",
+    "add_user",
+    "check_password",
+    "hash_password",
+    "load_users",
+    "secret_key",
+    "users_path",
+]
+
+_HASHER = PasswordHasher()
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+MIN_PASSWORD = 10
+"""Characters a console password must have at least."""
+_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+"""Checked against when the user is unknown, so that a wrong name takes as long as a wrong
+password (the answer never tells which one was wrong)."""
+
+
+@dataclass
+class UsersFile:
+    """The users file as read: user name -> argon2 hash, and the generated session key."""
+
+    path: Path
+    users: dict[str, str] = field(default_factory=dict)
+    secret_key: str = ""
+
+
+def users_path(config: Config) -> Path:
+    """The users file of ``config``: ``[console] users_file``, relative to the config's
+    folder."""
+    path = Path(config.console.users_file).expanduser()
+    return path if path.is_absolute() else config.base_dir / path
+
+
+def load_users(path: Path) -> UsersFile:
+    """Read the users file (a missing file has no users); a broken one is a ConfigError
+    naming the file and what to fix."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return UsersFile(path)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            [
+                Problem(
+                    str(path),
+                    f"cannot read the console users file: {exc}",
+                    "fix it, or delete it and add the users again with "
+                    "`syncengine console add-user`",
+                )
+            ]
+        ) from None
+    users: dict[str, str] = {}
+    table = data.get("users", {})
+    if isinstance(table, dict):
+        for name, entry in table.items():
+            if isinstance(entry, dict) and isinstance(entry.get("hash"), str):
+                users[str(name)] = entry["hash"]
+    key = data.get("secret_key")
+    return UsersFile(path, users, key if isinstance(key, str) else "")
+
+
+def save_users(users: UsersFile) -> None:
+    """Write the users file with mode 0600 (through a temporary file, so that a reader never
+    sees half of it)."""
+    lines = []
+    if users.secret_key:
+        lines.append(f'secret_key = "{users.secret_key}"')
+    for name, digest in sorted(users.users.items()):
+        lines += ["", f'[users."{name}"]', f'hash = "{digest}"']
+    tmp = users.path.with_name(users.path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("# syncengine console users: written by `syncengine console add-user`\n")
+        out.write("\n".join(lines) + "\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, users.path)
+
+
+def hash_password(password: str) -> str:
+    """The argon2id hash of ``password`` (a UsageError when it is shorter than
+    ``MIN_PASSWORD``)."""
+    if len(password) < MIN_PASSWORD:
+        raise UsageError(
+            f"the password has {len(password)} characters; use at least {MIN_PASSWORD}"
+        )
+    return _HASHER.hash(password)
+
+
+def add_user(config: Config, name: str, password: str) -> Path:
+    """Add ``name`` (or change its password) in the users file; the file's path."""
+    if not _NAME.match(name):
+        raise UsageError(
+            f"user name {name!r}: use letters, digits and . _ @ - (up to 64 characters)"
+        )
+    digest = hash_password(password)
+    path = users_path(config)
+    users = load_users(path)
+    users.users[name] = digest
+    if not config.console.secret_key and not users.secret_key:
+        users.secret_key = secrets.token_urlsafe(48)
+    save_users(users)
+    return path
+
+
+def secret_key(config: Config) -> str:
+    """The key signing session cookies: ``[console] secret_key``, else the one kept in the
+    users file (generated and written there when it has none, so that a restart keeps the
+    sessions)."""
+    configured = config.console.secret_key
+    if configured and not configured.startswith("${"):
+        return configured
+    users = load_users(users_path(config))
+    if not users.secret_key:
+        users.secret_key = secrets.token_urlsafe(48)
+        save_users(users)
+    return users.secret_key
+
+
+def check_password(users: UsersFile, name: str, password: str) -> bool:
+    """Whether ``password`` is ``name``'s. An unknown user costs one hash check too."""
+    digest = users.users.get(name)
+    try:
+        _HASHER.verify(digest or _DUMMY_HASH, password)
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+    return digest is not None
+
+
+@dataclass
+class _Failures:
+    count: int = 0
+    last: float = 0.0
+
+
+@dataclass
+class LoginLimiter:
+    """Slows sign-in after failures, per user name and per client address.
+
+    The first ``free`` failures of a key cost nothing; after them each new try must wait
+    ``base * 2 ** (failures - free)`` seconds (at most ``cap``) after the last failure, and a
+    try made sooner is refused without checking the password. A success clears the user's
+    and the client's failures. Times are given by the caller (``time.monotonic()``), so the
+    decisions are pure."""
+
+    free: int = 3
+    base: float = 2.0
+    cap: float = 900.0
+    _failures: dict[str, _Failures] = field(default_factory=dict)
+
+    def wait(self, keys: list[str], now: float) -> float:
+        """Seconds the caller must still wait before a try with ``keys`` (0: try now)."""
+        longest = 0.0
+        for key in keys:
+            f = self._failures.get(key)
+            if f is None or f.count < self.free:
+                continue
+            delay = min(self.cap, self.base * 2 ** (f.count - self.free))
+            longest = max(longest, f.last + delay - now)
+        return max(0.0, longest)
+
+    def failed(self, keys: list[str], now: float) -> None:
+        """Count a failed try for every key."""
+        for key in keys:
+            f = self._failures.setdefault(key, _Failures())
+            f.count += 1
+            f.last = now
+        if len(self._failures) > 10_000:  # forget the oldest: memory stays bounded
+            oldest = sorted(self._failures, key=lambda k: self._failures[k].last)
+            for key in oldest[:5_000]:
+                del self._failures[key]
+
+    def succeeded(self, keys: list[str]) -> None:
+        """Clear the failures of every key."""
+        for key in keys:
+            self._failures.pop(key, None)

@@ -1,0 +1,431 @@
+"""What the console's pages show, as plain values built from ``syncengine.api`` (no HTTP
+here): one function per page, and the settling of a conflict from a form."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncengine import api, model
+from syncengine.config import Config
+from syncengine.display import entity_changes, format_cents, local_time
+from syncengine.errors import StateError, UsageError
+from syncengine.render import show_value
+from syncengine.state import ConflictRow
+
+__all__ = [
+    "audit",
+    "conflicts",
+    "overview",
+    "reconcile",
+    "resolve",
+    "runs",
+    "skipped",
+    "when",
+]
+
+
+def when(value: dt.datetime | str | None) -> str:
+    """A time for the pages: local, to the minute, with how long ago."""
+    return local_time(value)
+
+
+def _core(name: str) -> Any:
+    """The review/deletes/audit API function ``name``, None until it is there."""
+    return getattr(api, name, None)
+
+
+def audit(
+    config: Config, actor: str, action: str, target: str, before: Any = None, after: Any = None
+) -> None:
+    """Record one console action in the audit log (who, what, when, before, after)."""
+    record = _core("record_audit")
+    if record is not None:
+        record(config, actor=actor, action=action, target=target, before=before, after=after)
+
+
+def review(config: Config) -> list[Any]:
+    """The review queue: ambiguous matches and possible duplicates."""
+    found = _core("list_review")
+    return list(found(config)) if found is not None and _open_store_safely(config) else []
+
+
+def held_deletes(config: Config) -> list[Any]:
+    """Deletes held for approval."""
+    found = _core("list_held_deletes")
+    return list(found(config)) if found is not None and _open_store_safely(config) else []
+
+
+def audit_entries(config: Config) -> list[Any]:
+    """The audit log, newest first."""
+    found = _core("list_audit")
+    return list(found(config)) if found is not None and _open_store_safely(config) else []
+
+
+@dataclass
+class PipelineRow:
+    """One pipeline on the Overview."""
+
+    name: str
+    members: str
+    last_run: str
+    outcome: str
+    next_run: str
+    state: str
+    """running, paused, backing off or idle, with why."""
+    paused: bool
+    conflicts: int
+    review: int
+    held_deletes: int
+    skipped: int
+    waiting_events: int
+    problems: list[str] = field(default_factory=list)
+
+
+def _open_store_safely(config: Config) -> bool:
+    """Whether the state store exists (a console on a config never synced shows empty
+    pages, not an error)."""
+    try:
+        api.open_store(config, create=False).close()
+    except StateError:
+        return False
+    return True
+
+
+def overview(config: Config) -> list[PipelineRow]:
+    """Every pipeline: last and next run, outcome, paused or backing off, and what waits
+    for a person (conflicts, review items, held deletes, skipped writes)."""
+    if not _open_store_safely(config):
+        return [
+            PipelineRow(
+                p.name,
+                ", ".join(p.members),
+                "never",
+                "-",
+                "-",
+                "never synced",
+                False,
+                0,
+                0,
+                0,
+                0,
+                0,
+            )
+            for p in config.pipelines.values()
+        ]
+    review_counts = _count_by_pipeline(review(config))
+    held = _count_by_pipeline(held_deletes(config))
+    rows = []
+    for s in api.status(config):
+        last = s.last_run
+        state = "idle"
+        if s.lease is not None:
+            state = f"running: {s.lease['by']}"
+        if s.paused is not None:
+            state = f"paused: {s.paused.get('reason') or ''}".rstrip(": ")
+        elif s.backoff is not None:
+            until = s.backoff.get("until")
+            state = (
+                f"backing off after {s.backoff['failures']} failed run(s)"
+                + (f" until {when(until)}" if until else "")
+                + (f": {s.backoff['last_error']}" if s.backoff.get("last_error") else "")
+            )
+        rows.append(
+            PipelineRow(
+                name=s.name,
+                members=", ".join(s.members),
+                last_run=when(last["started_at"]) if last else "never",
+                outcome=last["outcome"] if last else "-",
+                next_run=when(s.next_run) if s.next_run else "- (paused)",
+                state=state,
+                paused=s.paused is not None,
+                conflicts=s.open_conflicts,
+                review=review_counts.get(s.name, 0),
+                held_deletes=held.get(s.name, 0),
+                skipped=s.skipped_total,
+                waiting_events=s.waiting_events,
+                problems=[str(e) for e in (last or {}).get("errors", [])][:3],
+            )
+        )
+    return rows
+
+
+def _count_by_pipeline(items: list[Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item.pipeline] = out.get(item.pipeline, 0) + 1
+    return out
+
+
+@dataclass
+class RunView:
+    """One run of the history with its counts per entity and member, and its problems."""
+
+    id: int
+    pipeline: str
+    dry_run: bool
+    started: str
+    seconds: float | None
+    outcome: str
+    entities: list[dict[str, Any]]
+    problems: list[dict[str, str]]
+
+
+def runs(config: Config, pipeline: str | None, limit: int = 50) -> list[RunView]:
+    """The run history, newest first: per entity a row per member (read, created, updated,
+    linked, deleted), the entity's tallies, and the record-level problems."""
+    if not _open_store_safely(config):
+        return []
+    out = []
+    for r in api.runs(config, pipeline, limit=limit):
+        entities = []
+        counts = r["counts"] if isinstance(r["counts"], dict) else {}
+        for entity, c in counts.items():
+            if not isinstance(c, dict):
+                continue
+            members = []
+            read = c.get("read", {}) if isinstance(c.get("read"), dict) else {}
+            for member, m in c.items():
+                if isinstance(m, dict) and "create" in m:
+                    link = int(m.get("link", 0) or 0)
+                    members.append(
+                        {
+                            "member": member,
+                            "read": read.get(member, 0),
+                            "create": m.get("create", 0),
+                            "update": int(m.get("update", 0) or 0) - link,
+                            "link": link,
+                            "delete": m.get("delete", 0),
+                        }
+                    )
+            entities.append(
+                {
+                    "entity": entity,
+                    "members": members,
+                    "tallies": entity_changes(
+                        {k: v for k, v in c.items() if not isinstance(v, dict)}
+                    ),
+                }
+            )
+        problems = []
+        for e in r["errors"]:
+            if isinstance(e, dict):
+                problems.append({k: str(v) for k, v in e.items()})
+            else:
+                problems.append({"message": str(e)})
+        out.append(
+            RunView(
+                r["id"],
+                r["pipeline"],
+                r["dry_run"],
+                when(r["started_at"]),
+                r["seconds"],
+                r["outcome"],
+                entities,
+                problems,
+            )
+        )
+    return out
+
+
+@dataclass
+class ConflictView:
+    """A parked conflict: each member's value, the base, and when it was found."""
+
+    id: int
+    pipeline: str
+    entity: str
+    record: str
+    field: str
+    values: list[tuple[str, str]]
+    base: str
+    found: str
+    typed_hint: str
+
+
+def _show(row: ConflictRow, value: Any, names: dict[str, str]) -> str:
+    if isinstance(value, str) and value in names:
+        return f"{names[value]}"
+    return show_value(value, row.entity, row.field)
+
+
+def conflicts(config: Config) -> list[ConflictView]:
+    """The open conflicts of every pipeline, each value as people read it."""
+    if not _open_store_safely(config):
+        return []
+    out = []
+    for c in api.open_conflicts(config):
+        row = c.row
+        spec = (
+            model.ENTITIES[row.entity].field_spec(row.field)
+            if row.entity in model.ENTITIES
+            else None
+        )
+        hint = {"cents": "an amount, e.g. 12.50", "date": "a date, YYYY-MM-DD"}.get(
+            spec.type if spec else "", "the value as text"
+        )
+        out.append(
+            ConflictView(
+                row.id,
+                row.pipeline,
+                row.entity,
+                c.record,
+                row.field,
+                [(m, _show(row, v, c.names)) for m, v in row.values.items()],
+                _show(row, row.base_value, c.names),
+                when(row.created_at),
+                hint,
+            )
+        )
+    return out
+
+
+def parse_typed(config: Config, conflict_id: int, text: str) -> Any:
+    """A value typed in the console for a conflict's field, as the field's type wants it
+    (an amount in dollars -> cents; an empty box -> no value). A UsageError says what is
+    wrong with it."""
+    row = next((c for c in api.list_conflicts(config) if c.id == conflict_id), None)
+    if row is None:
+        raise UsageError(f"no open conflict with id {conflict_id}")
+    text = text.strip()
+    if not text:
+        return None
+    spec = (
+        model.ENTITIES[row.entity].field_spec(row.field) if row.entity in model.ENTITIES else None
+    )
+    kind = spec.type if spec else "str"
+    if kind == "cents":
+        try:
+            return round(float(text.replace("$", "").replace(",", "")) * 100)
+        except ValueError:
+            raise UsageError(f"{row.field}: {text!r} is not an amount (e.g. 12.50)") from None
+    if kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise UsageError(f"{row.field}: {text!r} is not a whole number") from None
+    if kind == "bool":
+        return text.lower() in ("1", "true", "yes", "y")
+    if kind in ("json", "list"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise UsageError(f"{row.field}: {text!r} is not valid JSON") from None
+    return text
+
+
+def resolve(config: Config, conflict_id: int, take: str, typed: Any) -> tuple[ConflictRow, Any]:
+    """Settle a conflict from the console's form: ``take`` a member's value, or ``typed``
+    (``take == "typed"``); the conflict and the value settled on."""
+    if take == "typed":
+        value = parse_typed(config, conflict_id, str(typed or ""))
+        row = api.resolve_conflict(config, conflict_id, value=value)
+        return row, value
+    row = api.resolve_conflict(config, conflict_id, take)
+    return row, row.values.get(take)
+
+
+@dataclass
+class SkipView:
+    entity: str
+    record: str
+    member: str
+    reason: str
+    advice: str
+    first_seen: str
+    last_seen: str
+
+
+def skip_advice(reason: str) -> str:
+    """What a person can do about a skipped write, from its reason."""
+    low = reason.lower()
+    if "wait" in low or "not on" in low or "refer" in low:
+        return (
+            "Nothing, usually: it is written once the record it refers to is on the "
+            "member. If it stays, look at that record's own problems."
+        )
+    if "closed" in low or "lock" in low:
+        return (
+            "The member's books are closed for that date: book the change in an open "
+            "period, or move [pipelines.locks] if the close was wrong."
+        )
+    return (
+        "The member cannot take this change. Make it there by hand, or change the "
+        "mapping; it is not tried again until the record changes."
+    )
+
+
+def skipped(config: Config) -> list[tuple[str, int, int, list[SkipView]]]:
+    """Per pipeline: skipped writes in all, webhook events waiting, and the newest skips
+    with what to do."""
+    if not _open_store_safely(config):
+        return []
+    out = []
+    for s in api.status(config):
+        views = [
+            SkipView(
+                k["entity"],
+                k["record"],
+                k["member"],
+                k["reason"],
+                skip_advice(k["reason"]),
+                when(k["first_seen"]),
+                when(k["last_seen"]),
+            )
+            for k in s.skipped
+        ]
+        out.append((s.name, s.skipped_total, s.waiting_events, views))
+    return out
+
+
+def reconcile(config: Config) -> list[dict[str, Any]]:
+    """Each invoice pipeline's reconciliation, the invoices that disagree first."""
+    if not _open_store_safely(config):
+        return []
+    if not any("invoices" in p.entities for p in config.pipelines.values()):
+        return []
+    reports = []
+    for report in api.reconcile_report(config):
+        lines = sorted(
+            report.invoices,
+            key=lambda x: (not x.problems, not x.after_close, x.invoice_number or x.key),
+        )
+        invoices = []
+        for line in lines:
+            cells = []
+            for member in report.members:
+                if member not in line.amount:
+                    cells.append("—")
+                    continue
+                amount = line.amount.get(member)
+                balance = line.balance.get(member)
+                cells.append(
+                    " / ".join(
+                        (
+                            format_cents(amount) if isinstance(amount, int) else "(none)",
+                            format_cents(line.paid.get(member, 0)),
+                            format_cents(balance) if isinstance(balance, int) else "n/a",
+                        )
+                    )
+                )
+            invoices.append(
+                {
+                    "invoice": line.invoice_number or line.key,
+                    "cells": cells,
+                    "problems": [p.message for p in line.problems],
+                    "after_close": [p.message for p in line.after_close],
+                }
+            )
+        reports.append(
+            {
+                "pipeline": report.pipeline,
+                "members": report.members,
+                "invoices": invoices,
+                "general": [f"{p.kind} {p.member}: {p.message}" for p in report.general],
+                "clean": report.clean,
+                "bad": sum(1 for x in report.invoices if x.problems) + len(report.general),
+            }
+        )
+    return reports
