@@ -606,7 +606,9 @@ def validate(
                 )
             raise
         REDACTOR.add(cfg.secrets)
-        structure = api.structure_problems(cfg)
+        from syncengine.console.auth import console_problems
+
+        structure = api.structure_problems(cfg) + console_problems(cfg)
         if structure:
             if as_json:
                 problems = [
@@ -1237,6 +1239,93 @@ def demo(
         code = run_demo(directory, out, keep_sandbox=keep_sandbox)
         if code:
             raise typer.Exit(code)
+
+
+console_app = typer.Typer(
+    help="The web console: serve it, and add its users.",
+    rich_markup_mode=None,
+)
+app.add_typer(console_app, name="console")
+
+
+@console_app.callback(invoke_without_command=True)
+def console(
+    ctx: typer.Context,
+    config: ConfigOpt = Path("config.toml"),
+    http: Annotated[
+        str,
+        typer.Option(
+            "--http",
+            metavar="HOST:PORT",
+            help="Where to serve the console (default 127.0.0.1:8600: this machine only; "
+            "put a TLS reverse proxy in front to reach it from elsewhere).",
+        ),
+    ] = "127.0.0.1:8600",
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Serve the web console (no scheduling: `syncengine daemon --http` serves it beside its
+    runs). Sign in with a user added by `syncengine console add-user`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with handled("console", reads_only=True):
+        _setup(log_level, default="info")
+        cfg = api.require_config(config)
+        REDACTOR.add(cfg.secrets)
+        from syncengine.console.app import create_app
+        from syncengine.console.auth import load_users, users_path
+        from syncengine.daemon import parse_http_address
+
+        try:
+            address = parse_http_address(http)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        users = users_path(cfg)
+        if not load_users(users).users:
+            err.print(
+                escape(
+                    f"note: no console users yet in {users}; add one with "
+                    f"`syncengine console add-user NAME -c {config}`"
+                )
+            )
+        import uvicorn
+
+        application = create_app(config)
+        err.print(escape(f"console listening on http://{address.host}:{address.port}"))
+        uvicorn.run(
+            application,
+            host=address.host,
+            port=address.port,
+            log_level="warning",
+            proxy_headers=False,  # X-Forwarded-Proto is the console's own decision
+            server_header=False,
+        )
+
+
+@console_app.command("add-user", short_help="Add a console user (or set a new password).")
+def console_add_user(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The user name to sign in with.")],
+    config: ConfigOpt = Path("config.toml"),
+    password_stdin: Annotated[
+        bool,
+        typer.Option("--password-stdin", help="Read the password from the first line of stdin."),
+    ] = False,
+) -> None:
+    """Add NAME to the console's users file ([console] users_file, default
+    console-users.toml beside the config, mode 0600) with the argon2 hash of a password
+    asked twice (or read from stdin). Only the hash is written."""
+    with handled("console add-user", reads_only=True):
+        cfg = api.require_config(config, strict_env=False)
+        if password_stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = typer.prompt("Password", hide_input=True)
+            again = typer.prompt("Password again", hide_input=True)
+            if password != again:
+                raise UsageError("the two passwords differ; nothing was written")
+        from syncengine.console.auth import add_user
+
+        path = add_user(cfg, name, password)
+        out.print(escape(f"{name} can sign in to the console ({path})"))
 
 
 def main() -> None:

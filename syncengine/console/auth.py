@@ -203,3 +203,35 @@ class LoginLimiter:
         """Clear the failures of every key."""
         for key in keys:
             self._failures.pop(key, None)
+
+
+def console_problems(config: Config) -> list[Problem]:
+    """What ``validate`` reports about ``[console]``: a users file that cannot be read, has
+    entries that are not argon2 hashes, or can be read by other users of the machine."""
+    path = users_path(config)
+    if not path.exists():
+        return []
+    try:
+        users = load_users(path)
+    except ConfigError as exc:
+        return list(exc.problems)
+    problems = []
+    bad = [name for name, digest in users.users.items() if not digest.startswith("$argon2")]
+    if bad:
+        problems.append(
+            Problem(
+                f"{path}: users {', '.join(bad)}",
+                "not an argon2 password hash",
+                "set the password again with `syncengine console add-user NAME`",
+            )
+        )
+    if path.stat().st_mode & 0o077:
+        problems.append(
+            Problem(
+                str(path),
+                "can be read by other users of this machine (it holds password hashes and "
+                "may hold the session key)",
+                f"chmod 600 {path}",
+            )
+        )
+    return problems
