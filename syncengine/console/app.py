@@ -213,8 +213,15 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         url = str(request.url_for(name, **params))
         return RedirectResponse(url, status_code=303)
 
-    def audit(user: str, action: str, target: str, before: Any = None, after: Any = None) -> None:
-        views.audit(console.config(), user, action, target, before, after)
+    def audit(
+        user: str,
+        action: str,
+        target: str,
+        before: Any = None,
+        after: Any = None,
+        pipeline: str | None = None,
+    ) -> None:
+        views.audit(console.config(), user, action, target, before, after, pipeline)
 
     async def checked_form(request: Request) -> FormData | Response:
         """The POSTed form, or the 403 of a request without the session's CSRF token."""
@@ -244,7 +251,7 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         if wait > 0:
             audit(
                 name or "?",
-                "sign-in refused",
+                "console.sign_in_refused",
                 "console",
                 None,
                 {"client": client, "reason": "too many failed tries"},
@@ -261,7 +268,7 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         ok = await run_in_threadpool(auth.check_password, users, name, password)
         if not ok:
             console.limiter.failed(keys, time.monotonic())
-            audit(name or "?", "sign-in failed", "console", None, {"client": client})
+            audit(name or "?", "console.sign_in_failed", "console", None, {"client": client})
             return page(
                 request,
                 "login",
@@ -275,7 +282,7 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         request.session.update(
             user=name, csrf=secrets.token_urlsafe(32), since=dt.datetime.now(dt.UTC).isoformat()
         )
-        audit(name, "signed in", "console", None, {"client": client})
+        audit(name, "console.sign_in", "console", None, {"client": client})
         target = wanted if wanted.startswith("/") and not wanted.startswith("//") else "/"
         root = request.scope.get("root_path", "")
         return RedirectResponse(root + target, status_code=303)
@@ -286,7 +293,7 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
             return form
         user = signed_in(request) or "?"
         request.session.clear()
-        audit(user, "signed out", "console")
+        audit(user, "console.sign_out", "console")
         return back(request, "login")
 
     # ------------------------------------------------------------------ pages
@@ -307,16 +314,18 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         if action == "pause":
             reason = str(form.get("reason", "")).strip() or f"paused in the console by {user}"
             await run_in_threadpool(api.pause, cfg, name, reason)
-            audit(user, "pause", f"pipeline {name}", None, {"reason": reason})
+            audit(user, "pipeline.pause", f"pipeline {name}", None, {"reason": reason}, name)
             flash(request, f"{name} is paused: no scheduled run starts until it is resumed.")
         elif action == "resume":
             lifted = await run_in_threadpool(api.resume, cfg, name)
-            audit(user, "resume", f"pipeline {name}", None, {"lifted": bool(lifted)})
+            audit(user, "pipeline.resume", f"pipeline {name}", None, {"lifted": bool(lifted)}, name)
             flash(request, f"{name} resumed." if lifted else f"{name} was not paused.")
-        else:
+        elif action == "run":
             text = await run_in_threadpool(console.runner.run_now, name)
-            audit(user, "run now", f"pipeline {name}", None, {"answer": text})
+            audit(user, "pipeline.run_now", f"pipeline {name}", None, {"answer": text}, name)
             flash(request, text)
+        else:
+            return page(request, "error", 404, message=f"There is no action {action}.")
         return back(request, "overview")
 
     async def runs(request: Request) -> Response:
@@ -339,7 +348,7 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         try:
             results = await run_in_threadpool(lambda: api.sync(cfg, pipeline=name, dry_run=True))
         except SyncEngineError as exc:
-            audit(user, "preview", f"pipeline {name}", None, {"error": str(exc)})
+            audit(user, "pipeline.preview", f"pipeline {name}", None, {"error": str(exc)}, name)
             flash(request, f"The preview of {name} could not run: {exc}", "error")
             return back(request, "preview")
         result = results[0]
@@ -360,9 +369,8 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
                 notes,
             )
         )
-        audit(
-            user, "preview", f"pipeline {name}", None, {"changes": len(console.previews[pid].rows)}
-        )
+        changes = {"changes": len(console.previews[pid].rows)}
+        audit(user, "pipeline.preview", f"pipeline {name}", None, changes, name)
         return back(request, "preview_show", pid=pid)
 
     async def preview(request: Request) -> Response:
@@ -436,10 +444,11 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
             return back(request, "conflicts")
         audit(
             user,
-            "resolve conflict",
+            "conflict.resolve",
             f"conflict {cid} ({row.entity} {row.key} {row.field})",
             {"values": row.values, "base": row.base_value},
             {"take": take, "value": value},
+            row.pipeline,
         )
         flash(request, f"Conflict {cid} settled; the next sync writes it to every member.")
         return back(request, "conflicts")
@@ -457,16 +466,79 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         return page(request, "reconcile", reports=reports, error=error)
 
     async def review(request: Request) -> Response:
-        items = await run_in_threadpool(views.review, console.config())
+        items = await run_in_threadpool(views.review_views, console.config())
         return page(request, "review", items=items)
 
+    async def review_decide(request: Request) -> Response:
+        form = await checked_form(request)
+        if isinstance(form, Response):
+            return form
+        rid, choice = int(request.path_params["rid"]), request.path_params["choice"]
+        user = signed_in(request) or "?"
+        cfg = console.config()
+        try:
+            if choice == "link":
+                hub_key = str(form.get("hub_key", ""))
+                item = await run_in_threadpool(api.review_link, cfg, rid, hub_key, user)
+                flash(request, f"{item.label} will be linked to that record by the next sync.")
+            elif choice == "separate":
+                item = await run_in_threadpool(api.review_separate, cfg, rid, user)
+                flash(request, f"{item.label} is kept as a record of its own; not asked again.")
+            else:
+                return page(request, "error", 404, message=f"There is no choice {choice}.")
+        except SyncEngineError as exc:
+            flash(request, str(exc), "error")
+        return back(request, "review")
+
     async def deletes(request: Request) -> Response:
-        items = await run_in_threadpool(views.held_deletes, console.config())
-        return page(request, "deletes", items=items)
+        items = await run_in_threadpool(views.held_views, console.config())
+        return page(request, "deletes", batches=items)
+
+    async def delete_decide(request: Request) -> Response:
+        form = await checked_form(request)
+        if isinstance(form, Response):
+            return form
+        did, choice = int(request.path_params["did"]), request.path_params["choice"]
+        user = signed_in(request) or "?"
+        cfg = console.config()
+        try:
+            if choice == "approve":
+                done = await run_in_threadpool(api.approve_delete, cfg, [did], user)
+                flash(request, f"Approved: the next sync deletes {done[0].label}.")
+            elif choice == "restore":
+                done = await run_in_threadpool(api.restore_delete, cfg, [did], user)
+                flash(
+                    request,
+                    f"Restored: the next sync gives {done[0].label} back to {done[0].member}.",
+                )
+            else:
+                return page(request, "error", 404, message=f"There is no choice {choice}.")
+        except SyncEngineError as exc:
+            flash(request, str(exc), "error")
+        return back(request, "deletes")
+
+    async def delete_batch(request: Request) -> Response:
+        form = await checked_form(request)
+        if isinstance(form, Response):
+            return form
+        user = signed_in(request) or "?"
+        pipeline, entity = str(form.get("pipeline", "")), str(form.get("entity", ""))
+        try:
+            done = await run_in_threadpool(
+                api.approve_guarded, console.config(), pipeline, entity, user
+            )
+            flash(request, f"Approved the batch: the next sync deletes {len(done)} {entity}.")
+        except SyncEngineError as exc:
+            flash(request, str(exc), "error")
+        return back(request, "deletes")
 
     async def audit_log(request: Request) -> Response:
-        items = await run_in_threadpool(views.audit_entries, console.config())
-        return page(request, "audit", items=items)
+        try:
+            number = max(1, int(request.query_params.get("page", "1")))
+        except ValueError:
+            number = 1
+        items = await run_in_threadpool(views.audit_entries, console.config(), number)
+        return page(request, "audit", items=items, number=number, more=len(items) == 100)
 
     routes = [
         Route("/login", login, methods=["GET", "POST"], name="login"),
@@ -492,7 +564,14 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         Route("/skipped", skipped, name="skipped"),
         Route("/reconcile", reconcile, name="reconcile"),
         Route("/review", review, name="review"),
+        Route(
+            "/review/{rid:int}/{choice:str}", review_decide, methods=["POST"], name="review_decide"
+        ),
         Route("/deletes", deletes, name="deletes"),
+        Route("/deletes/batch", delete_batch, methods=["POST"], name="delete_batch"),
+        Route(
+            "/deletes/{did:int}/{choice:str}", delete_decide, methods=["POST"], name="delete_decide"
+        ),
         Route("/audit", audit_log, name="audit"),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]

@@ -32,36 +32,35 @@ def when(value: dt.datetime | str | None) -> str:
     return local_time(value)
 
 
-def _core(name: str) -> Any:
-    """The review/deletes/audit API function ``name``, None until it is there."""
-    return getattr(api, name, None)
-
-
 def audit(
-    config: Config, actor: str, action: str, target: str, before: Any = None, after: Any = None
+    config: Config,
+    actor: str,
+    action: str,
+    target: str,
+    before: Any = None,
+    after: Any = None,
+    pipeline: str | None = None,
 ) -> None:
-    """Record one console action in the audit log (who, what, when, before, after)."""
-    record = _core("record_audit")
-    if record is not None:
-        record(config, actor=actor, action=action, target=target, before=before, after=after)
+    """Record one console action in the audit log (who, what, when, on what, before and
+    after); the API records its own actions (review, deletes) itself."""
+    api.record_audit(config, actor, action, target, before, after, pipeline)
 
 
-def review(config: Config) -> list[Any]:
-    """The review queue: ambiguous matches and possible duplicates."""
-    found = _core("list_review")
-    return list(found(config)) if found is not None and _open_store_safely(config) else []
+def review(config: Config) -> list[api.ReviewItem]:
+    """The open review items: ambiguous matches and possible duplicates."""
+    return api.list_review(config) if _open_store_safely(config) else []
 
 
-def held_deletes(config: Config) -> list[Any]:
-    """Deletes held for approval."""
-    found = _core("list_held_deletes")
-    return list(found(config)) if found is not None and _open_store_safely(config) else []
+def held_deletes(config: Config) -> list[api.HeldDelete]:
+    """The deletes awaiting approval."""
+    return api.list_held_deletes(config) if _open_store_safely(config) else []
 
 
-def audit_entries(config: Config) -> list[Any]:
-    """The audit log, newest first."""
-    found = _core("list_audit")
-    return list(found(config)) if found is not None and _open_store_safely(config) else []
+def audit_entries(config: Config, page: int = 1, size: int = 100) -> list[api.AuditEntry]:
+    """One page of the audit log, newest first."""
+    if not _open_store_safely(config):
+        return []
+    return api.list_audit(config, limit=size, offset=(page - 1) * size)
 
 
 @dataclass
@@ -115,8 +114,6 @@ def overview(config: Config) -> list[PipelineRow]:
             )
             for p in config.pipelines.values()
         ]
-    review_counts = _count_by_pipeline(review(config))
-    held = _count_by_pipeline(held_deletes(config))
     rows = []
     for s in api.status(config):
         last = s.last_run
@@ -142,21 +139,14 @@ def overview(config: Config) -> list[PipelineRow]:
                 state=state,
                 paused=s.paused is not None,
                 conflicts=s.open_conflicts,
-                review=review_counts.get(s.name, 0),
-                held_deletes=held.get(s.name, 0),
+                review=s.open_review,
+                held_deletes=s.held_deletes,
                 skipped=s.skipped_total,
                 waiting_events=s.waiting_events,
                 problems=[str(e) for e in (last or {}).get("errors", [])][:3],
             )
         )
     return rows
-
-
-def _count_by_pipeline(items: list[Any]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for item in items:
-        out[item.pipeline] = out.get(item.pipeline, 0) + 1
-    return out
 
 
 @dataclass
@@ -429,3 +419,85 @@ def reconcile(config: Config) -> list[dict[str, Any]]:
             }
         )
     return reports
+
+
+@dataclass
+class ReviewView:
+    """A review item with its record and its candidates side by side, field by field."""
+
+    id: int
+    pipeline: str
+    entity: str
+    member: str
+    label: str
+    location: str
+    reason: str
+    first_seen: str
+    columns: list[tuple[str, str, bool]]
+    """(heading, hub key or "" for the item's own record, can be linked to)"""
+    rows: list[tuple[str, list[str]]]
+    """field -> the value in each column"""
+
+
+def review_views(config: Config) -> list[ReviewView]:
+    """The open review items, each as a table: the new record, then each candidate (its
+    agreed values), one row per field any of them has."""
+    out = []
+    for item in review(config):
+        columns = [(f"New on {item.member}: {item.label}", "", False)]
+        values: list[dict[str, Any]] = [item.fields]
+        for c in item.candidates:
+            held = ", ".join(sorted(c.members)) or "no member"
+            state = "" if c.exists else " (deleted since)"
+            columns.append((f"{c.label}{state} · on {held}", c.hub_key, c.exists))
+            values.append(c.base)
+        names = sorted({n for v in values for n in v if not n.startswith("_")})
+        rows = [
+            (n, [show_value(v.get(n), item.entity, n) if n in v else "—" for v in values])
+            for n in names
+        ]
+        out.append(
+            ReviewView(
+                item.id,
+                item.pipeline,
+                item.entity,
+                item.member,
+                item.label,
+                item.location or item.native_id,
+                item.reason,
+                when(item.first_seen),
+                columns,
+                rows,
+            )
+        )
+    return out
+
+
+@dataclass
+class HeldBatch:
+    """Held deletes of one pipeline and entity: a batch a delete guard stopped (approved
+    as a whole), or deletes held one by one (``[pipelines.deletes] approve``)."""
+
+    pipeline: str
+    entity: str
+    guard: str | None
+    deletes: list[dict[str, Any]]
+
+
+def held_views(config: Config) -> list[HeldBatch]:
+    """The deletes awaiting approval, grouped: each guarded batch, then the deletes held
+    one by one per pipeline and entity."""
+    batches: dict[tuple[str, str, str | None], HeldBatch] = {}
+    for d in held_deletes(config):
+        key = (d.pipeline, d.entity, d.guard)
+        batch = batches.setdefault(key, HeldBatch(d.pipeline, d.entity, d.guard, []))
+        batch.deletes.append(
+            {
+                "id": d.id,
+                "label": d.label,
+                "member": d.member,
+                "reach": ", ".join(d.reach) or "no other member",
+                "held_at": when(d.held_at),
+            }
+        )
+    return sorted(batches.values(), key=lambda b: (b.guard is None, b.pipeline, b.entity))
