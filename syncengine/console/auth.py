@@ -166,13 +166,16 @@ class _Failures:
 class LoginLimiter:
     """Slows sign-in after failures, per user name and per client address.
 
-    The first ``free`` failures of a key cost nothing; after them each new try must wait
-    ``base * 2 ** (failures - free)`` seconds (at most ``cap``) after the last failure, and a
-    try made sooner is refused without checking the password. A success clears the user's
-    and the client's failures. Times are given by the caller (``time.monotonic()``), so the
+    The first ``free`` failures of a user name (``client_free`` of a client address: an
+    office behind one address has several people) cost nothing; after them each new try
+    must wait ``base * 2 ** (failures - free)`` seconds (at most ``cap``) after the last
+    failure, and a try made sooner is refused without checking the password. A success
+    clears the user's and the client's failures. Keys are ``user:NAME`` or
+    ``client:ADDRESS``. Times are given by the caller (``time.monotonic()``), so the
     decisions are pure."""
 
     free: int = 3
+    client_free: int = 10
     base: float = 2.0
     cap: float = 900.0
     _failures: dict[str, _Failures] = field(default_factory=dict)
@@ -182,9 +185,10 @@ class LoginLimiter:
         longest = 0.0
         for key in keys:
             f = self._failures.get(key)
-            if f is None or f.count < self.free:
+            free = self.free if key.startswith("user:") else self.client_free
+            if f is None or f.count < free:
                 continue
-            delay = min(self.cap, self.base * 2 ** (f.count - self.free))
+            delay = min(self.cap, self.base * 2 ** (f.count - free))
             longest = max(longest, f.last + delay - now)
         return max(0.0, longest)
 
