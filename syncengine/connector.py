@@ -21,6 +21,7 @@ Writing a connector::
         def flush(self, entity) -> None: ...                        # optional, for batching members
         def buffers(self, entity) -> bool: ...                      # optional: which entities batch
         def flushed(self, entity, answered) -> NativeRecord: ...    # optional: ids known at flush
+        def changed_by_writes(self, entity) -> Mapping: ...         # optional: derived records
         def prepare(self, entity, mapping) -> None: ...             # optional: learn the mapping
         def structure(self, entity) -> Structure: ...               # optional: a file's header
 
@@ -317,6 +318,14 @@ class Connector(ABC):
         stand-in and gives the real record here; a write its flush could not make raises
         ``ConnectorError`` or ``RecordError`` here, and fails alone."""
         return answered
+
+    def changed_by_writes(self, entity: str) -> Mapping[str, frozenset[str]]:
+        """After the writes of ``entity`` were flushed: the records of *other* entities that
+        those writes changed on this member, as entity -> native ids (default: none), each
+        asked once. The engine reads them again by id and syncs them in the same run, so that
+        what the member derives from ``entity`` reaches the other members at once, not a run
+        later: Housecall Pro totals an invoice from the lines of its job."""
+        return {}
 
     def release(self, entity: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """The run is done with ``entity``: drop what is held of it (a later call reads it

@@ -78,7 +78,7 @@ from syncengine.apply import EntityApply
 from syncengine.config import Config, Pipeline
 from syncengine.connector import Connector
 from syncengine.errors import RecordError, StateError, StateUnavailableError, SyncStopped
-from syncengine.events import NO_EVENTS, Events, InboxEvent, entities_named
+from syncengine.events import DERIVED, NO_EVENTS, Events, InboxEvent, entities_named
 from syncengine.integrity import (
     count_users,
     empty_member_guard,
@@ -316,6 +316,7 @@ class Engine:
             chosen = [e for e in pipeline.entities if entities is None or e in entities]
             if self.event_driven:
                 chosen = entities_named(self._events, chosen)
+            derived: dict[str, dict[str, set[str]]] = {}
             for entity, then in zip(chosen, [*chosen[1:], None][: len(chosen)], strict=True):
                 self._check_stop()
                 runs.append(
@@ -323,12 +324,17 @@ class Engine:
                         pipeline, entity, connectors, recovery, refs, result, run_id, then
                     )
                 )
+                if not self.dry_run:
+                    self._note_derived(entity, chosen, connectors, derived)
             # deletes other entities may depend on, decided once every entity is planned (and
             # applied): those referring first, so that a customer's delete sees its invoices'
             for run in reversed(runs):
                 if run.planned.held:
                     self._check_stop()
                     self._decide_held_deletes(pipeline, run, result, run_id)
+            for entity in (e for e in chosen if e in derived):
+                self._check_stop()
+                self._resync_derived(pipeline, entity, derived[entity], connectors, refs, result)
             if not self.dry_run:
                 settle_waiting_deletes(self.store, pipeline, result.plan.entities)
                 revive_referred(self.store, pipeline, result.plan.entities)
@@ -458,6 +464,73 @@ class Engine:
         if not planned.held:
             self._done_with(ent, members)
         return EntityRun(members, planned, outcome)
+
+    @staticmethod
+    def _note_derived(
+        entity: str,
+        chosen: Sequence[str],
+        connectors: Mapping[str, Connector],
+        derived: dict[str, dict[str, set[str]]],
+    ) -> None:
+        """Add to ``derived`` (entity -> member -> native ids) the records of entities synced
+        earlier in this run that the writes of ``entity`` changed on a member
+        (``Connector.changed_by_writes``): an invoice HCP totals from the lines just written.
+        Records of entities the run does not sync, or syncs later, are left to their pass."""
+        done = chosen[: chosen.index(entity)]
+        for name, connector in connectors.items():
+            for other, ids in connector.changed_by_writes(entity).items():
+                if other in done and ids:
+                    derived.setdefault(other, {}).setdefault(name, set()).update(ids)
+
+    def _resync_derived(
+        self,
+        pipeline: Pipeline,
+        entity: str,
+        changed: Mapping[str, set[str]],
+        connectors: Mapping[str, Connector],
+        refs: References,
+        result: SyncResult,
+    ) -> None:
+        """Sync again, in the same run, the records of ``entity`` that a later entity's writes
+        changed on a member (``changed``: member -> native ids): they are read by id on that
+        member as an event-driven run reads what its events name, and the other members'
+        changes to any other record are set aside (this run's pass of the entity took them).
+        Its writes and problems count with the entity's own pass; no read mark moves."""
+        stand_ins = Events(
+            {
+                member: [
+                    InboxEvent(0, member, DERIVED, (entity,), native_id, {})
+                    for native_id in sorted(ids)
+                ]
+                for member, ids in changed.items()
+            }
+        )
+        saved = self._events, self.event_driven
+        self._events, self.event_driven = stand_ins, True
+        try:
+            members = [open_member(pipeline, connectors[m], entity, refs) for m in pipeline.members]
+            planned = self.plan_entity(pipeline, entity, members, None, refs)
+        finally:
+            self._events, self.event_driven = saved
+        ent = planned.plan
+        first = next(o for o in result.outcomes if o.plan.entity == entity)
+        first.plan.issues.extend(ent.issues)
+        if ent.guard:  # nothing is written: the next run's pass of the entity sees it again
+            first.plan.notes.append(f"not synced again after the writes of this run: {ent.guard}")
+            self._done_with(ent, members)
+            return
+        outcome = EntityOutcome(ent)
+        EntityApply(self.store, pipeline, members, outcome, result.run_id, self.progress).run(
+            self.stop
+        )
+        first.plan.keys.extend(kp for kp in ent.keys if kp.actions or kp.conflicts or kp.links)
+        first.failures.extend(outcome.failures)
+        for member, ops in outcome.applied.items():
+            into = first.applied.setdefault(member, {})
+            for op, n in ops.items():
+                into[op] = into.get(op, 0) + n
+        refs.planned(ent)
+        self._done_with(ent, members)
 
     def _decide_held_deletes(
         self, pipeline: Pipeline, run: EntityRun, result: SyncResult, run_id: str

@@ -24,7 +24,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NO_EVENTS", "Events", "InboxEvent", "entities_named", "pipelines_of"]
+__all__ = ["DERIVED", "NO_EVENTS", "Events", "InboxEvent", "entities_named", "pipelines_of"]
+
+DERIVED = "syncengine.derived"
+"""The name of the engine's stand-in events (never in the inbox): a record of the entity the
+event's ``entities`` names that the run's own writes of another entity changed on the member
+(``Connector.changed_by_writes``), to be read again by id."""
 
 
 @dataclass(frozen=True)

@@ -435,6 +435,14 @@ class HousecallProConnector(Connector):
             return self.lines.flushed(answered)
         return answered
 
+    def changed_by_writes(self, entity: str) -> Mapping[str, frozenset[str]]:
+        """The invoices whose jobs' lines were just written (HCP totals an invoice from its
+        job's lines): the engine reads them again by id in the same run."""
+        if entity != LINE_ITEMS:
+            return {}
+        changed = self.lines.invoices_changed()
+        return {INVOICES: changed} if changed else {}
+
     def close(self) -> None:
         self.http.close()
 

@@ -32,7 +32,7 @@ from syncengine.connector import NativeRecord, ReadPass
 from syncengine.connectors.housecallpro.billing import INVOICES, PAYMENTS
 from syncengine.connectors.housecallpro.jobs import JOBS, job_record
 from syncengine.errors import NotFoundError
-from syncengine.events import InboxEvent
+from syncengine.events import DERIVED, InboxEvent
 from syncengine.model import parse_datetime
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class EventRead:
     def _records(
         self, entity: str, events: Sequence[InboxEvent], gone: set[str]
     ) -> Iterator[NativeRecord]:
-        newest = _newest_by_record(events, PREFIX.get(entity, ""))
+        newest = _newest_by_record(events, entity)
         if entity == PAYMENTS:
             for invoice_id, event in newest.items():
                 yield from self._payments(invoice_id, event)
@@ -143,12 +143,15 @@ def _payload_record(event: InboxEvent, prefix: str) -> dict[str, Any] | None:
     return dict(record) if isinstance(record, dict) and record.get("id") is not None else None
 
 
-def _newest_by_record(events: Sequence[InboxEvent], prefix: str) -> dict[str, InboxEvent]:
+def _newest_by_record(events: Sequence[InboxEvent], entity: str) -> dict[str, InboxEvent]:
     """Record id -> the last event received about it (events about other kinds of records,
-    or naming none, are left out)."""
+    or naming none, are left out; the engine's stand-ins for records of ``entity`` the run's
+    own writes changed, ``DERIVED``, are about it)."""
+    prefix = PREFIX.get(entity, "")
     newest: dict[str, InboxEvent] = {}
     for event in events:
-        if event.event.split(".", 1)[0] != prefix or not event.record_id:
+        ours = event.event == DERIVED and entity in event.entities
+        if not (ours or event.event.split(".", 1)[0] == prefix) or not event.record_id:
             continue
         newest.pop(event.record_id, None)  # keeps the order of the newest events
         newest[event.record_id] = event

@@ -230,6 +230,12 @@ class JobInvoices:
     def job_of(self, invoice_id: str) -> str | None:
         return self._job_of.get(invoice_id)
 
+    def invoices_of(self, job_ids: Iterable[str]) -> frozenset[str]:
+        """Every invoice this connector knows of the jobs ``job_ids`` (a job billed twice has
+        two), in one pass over what it learnt."""
+        jobs = set(job_ids)
+        return frozenset(i for i, job_id in self._job_of.items() if job_id in jobs)
+
     def billed(self) -> list[tuple[str, str, str]]:
         """(job id, its first invoice's id, that invoice's created_at), oldest invoice first."""
         ordered = sorted(self._first.items(), key=lambda item: item[1])

@@ -214,6 +214,9 @@ class LineItems:
         self._held: dict[str, _JobWrites] = {}
         self._written: dict[str, NativeRecord | Exception] = {}
         """stand-in or uuid -> what the flush made of that write (or why it failed)."""
+        self._sent: set[str] = set()
+        """The jobs whose ``bulk_update`` was sent since ``invoices_changed`` last asked: HCP
+        totals their invoices again."""
 
     # -- reads
 
@@ -404,6 +407,13 @@ class LineItems:
                     self._written[name] = outcome
             else:
                 self._written.update(outcome)
+                self._sent.add(writes.job_id)
+
+    def invoices_changed(self) -> frozenset[str]:
+        """The invoices of the jobs whose lines the flushes since the last call wrote: HCP
+        derived their subtotal, tax and amount from those lines, so they changed too."""
+        sent, self._sent = self._sent, set()
+        return self.billing.job_invoices.invoices_of(sent) if sent else frozenset()
 
     def flushed(self, answered: NativeRecord) -> NativeRecord:
         """What the flush made of one held write: the line with its ``uuid`` (a create), as
