@@ -367,6 +367,11 @@ def sync(
             )
         if as_json:
             objs = [r.to_json() for r in results]
+            if dry_run:  # what each write would change, field by field (the console's Preview)
+                from syncengine.console.preview import changes_json
+
+                for obj, r in zip(objs, results, strict=True):
+                    obj["changes"] = changes_json(r)
             for obj in objs:  # the rows a person must fix, also where cron mails stderr
                 for ent in obj["entities"].values():
                     for p in ent["problems"]:

@@ -149,3 +149,33 @@ def filter_rows(
         and (not member or member in r.member.split(", "))
         and (not op or r.op == op)
     ]
+
+
+def changes_json(result: SyncResult) -> list[dict[str, Any]]:
+    """The plan's writes as JSON for ``sync --dry-run --json`` (``changes``): per record and
+    member, the op and each field's canonical value before and after (None: none). The
+    console's Preview shows the same changes, values as people read them."""
+    out: list[dict[str, Any]] = []
+    for outcome in result.outcomes:
+        ep = outcome.plan
+        for kp in ep.keys:
+            for action in kp.actions:
+                fields: dict[str, dict[str, Any]] = {}
+                op = action.op
+                if isinstance(action, Create):
+                    fields = {n: {"before": None, "after": v} for n, v in action.values.items()}
+                elif isinstance(action, Update) and action.link_only:
+                    op = "link"
+                elif isinstance(action, Update):
+                    fields = {n: {"before": o, "after": v} for n, (o, v) in action.changes.items()}
+                out.append(
+                    {
+                        "entity": ep.entity,
+                        "key": kp.key,
+                        "record": kp.label,
+                        "member": action.member,
+                        "op": op,
+                        "fields": dict(sorted(fields.items())),
+                    }
+                )
+    return out
