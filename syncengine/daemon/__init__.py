@@ -10,7 +10,9 @@ The ``Daemon`` here only wires its parts together; each part is a module named f
 - ``scheduling``: what is due (one APScheduler job per pipeline, and ``--once``);
 - ``reload``: when the config changed and whether the new one may replace the old;
 - ``signals``: SIGTERM/SIGINT (graceful, then at once) and SIGHUP (reload);
-- ``server``: ``/healthz``, ``/metrics`` and the webhook receiver over HTTP;
+- ``server``: ``/healthz``, ``/metrics``, the webhook receiver and the console over HTTP
+  (Starlette, served by uvicorn on a thread);
+- ``console``: whether the web console is served, and its "Run now";
 - ``webhooks``: whether a webhook delivery is genuine, and storing it in the inbox;
 - ``dispatch``: the event-driven runs webhook events start (debounced, never overlapping);
 - ``redaction``: what of a failure may be logged.
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 import structlog
 
 from syncengine.config import Config
+from syncengine.daemon.console import DaemonRunner, console_app
 from syncengine.daemon.dispatch import EventDispatch
 from syncengine.daemon.policy import (
     RunOutcome,
@@ -143,7 +146,12 @@ class Daemon:
             stopping=self._stopping,
         )
         self.schedules = Schedules(store, self.run_pipeline, lambda: self.config.secrets)
-        self.dispatch = EventDispatch(lambda: self.config, store, self.run_events, self._stopping)
+        self.dispatch = EventDispatch(
+            lambda: self.config, store, self.run_events, self._stopping, asked=self.run_asked
+        )
+        self.console_runner = DaemonRunner(
+            lambda: self.config, store, self.dispatch, lambda: self.running
+        )
         self.receiver = WebhookReceiver(
             lambda: self.config, store, self.metrics, stored=self.dispatch.stored
         )
@@ -155,12 +163,19 @@ class Daemon:
 
     def run_pipeline(self, name: str) -> RunOutcome:
         """One attempt at running a pipeline, with every rule of the failure policy."""
-        return self.runner.run(name)
+        try:
+            return self.runner.run(name)
+        finally:
+            self.dispatch.ran(name)
 
     def run_events(self, name: str) -> RunOutcome:
         """One attempt at an event-driven run of a pipeline (``syncengine.events``)."""
         self.metrics.webhook_runs.labels(name).inc()
         return self.runner.run(name, events=True)
+
+    def run_asked(self, name: str) -> RunOutcome:
+        """One attempt at a complete run someone asked for (the console's "Run now")."""
+        return self.runner.run(name, trigger="console")
 
     def renew_leases(self) -> None:
         """Renew the leases of the running syncs once (the keeper thread does it by itself)."""
@@ -215,7 +230,7 @@ class Daemon:
             # this process: hand the interpreter over more often than every 5 ms, so that an
             # answer does not wait behind a run's CPU work for long
             sys.setswitchinterval(SWITCH_INTERVAL_S)
-            self.server.start(self._http_address)
+            self.server.start(self._http_address, console_app(self.config, self.console_runner))
         section = self.config.daemon
         self.schedules.start(self.config)
         self.metrics.scheduler_up.set(1)

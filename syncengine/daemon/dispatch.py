@@ -16,6 +16,11 @@ on a thread of this dispatcher's own, at most ``max_concurrent`` at once:
 
 When the daemon starts, a pipeline with events in the inbox that no run of it took (the
 daemon was down, or killed before it could run them) is due at once.
+
+A run someone asked for (the console's "Run now": ``run_now``) is due at once and goes the
+same way, as a complete run (``asked``), not while paused or backing off. While its lease is
+held it is tried again every ``ASKED_RETRY_S`` (or a debounce, when shorter), and at once
+when this daemon's scheduled run of it ends (``ran``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ log = structlog.get_logger("syncengine.daemon")
 
 RETRY_SKIPS = frozenset({"skipped:lease_held"})
 """Outcomes after which a due pipeline is tried again a debounce later."""
+ASKED_RETRY_S = 5.0
+"""How soon a run someone asked for is tried again while another run holds the lease."""
 
 
 class EventDispatch:
@@ -50,16 +57,21 @@ class EventDispatch:
         run: Callable[[str], RunOutcome],
         stopping: threading.Event,
         clock: Callable[[], float] = time.monotonic,
+        asked: Callable[[str], RunOutcome] | None = None,
     ) -> None:
         self._config = config
         self.store = store
         self._run = run
+        self._run_asked = asked or run
         self._stopping = stopping
         self._clock = clock
         self._lock = threading.Lock()
         self._due: dict[str, float] = {}
         """pipeline -> when (``clock``) its event-driven run is due."""
         self._running: set[str] = set()
+        self._asked: set[str] = set()
+        """Due pipelines whose run was asked for (``run_now``)."""
+        self._running_asked: set[str] = set()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -74,11 +86,29 @@ class EventDispatch:
         if names:
             self._make_due(names, config.daemon.webhook_debounce)
 
-    def _make_due(self, names: list[str], delay: float) -> None:
+    # -- told by the console
+    def run_now(self, name: str) -> None:
+        """Someone asked for a run of the pipeline: it is due now, for a complete run."""
+        self._make_due([name], 0.0, asked=True)
+
+    # -- told by the daemon
+    def ran(self, name: str) -> None:
+        """A scheduled run of the pipeline ended: a run asked for meanwhile is due now."""
+        with self._lock:
+            if name not in self._asked:
+                return
+            self._due[name] = self._clock()
+        self._wake.set()
+
+    def _make_due(self, names: list[str], delay: float, *, asked: bool = False) -> None:
         when = self._clock() + delay
         with self._lock:
             for name in names:
-                self._due.setdefault(name, when)
+                if asked:  # sooner than events' debounce, never later
+                    self._asked.add(name)
+                    self._due[name] = min(self._due.get(name, when), when)
+                else:
+                    self._due.setdefault(name, when)
         self._wake.set()
 
     # -- the loop
@@ -126,19 +156,27 @@ class EventDispatch:
             for name in due:
                 del self._due[name]
                 self._running.add(name)
+                if name in self._asked:
+                    self._asked.discard(name)
+                    self._running_asked.add(name)
         return due
 
     def _attempt(self, name: str) -> None:
+        with self._lock:
+            asked = name in self._running_asked
         outcome = None
         try:
-            outcome = self._run(name)
+            outcome = (self._run_asked if asked else self._run)(name)
         except Exception as exc:  # the runner handles a run's failures; this is a bug
             log.error("event-driven run could not be attempted", pipeline=name, error=str(exc))
         finally:
             with self._lock:
                 self._running.discard(name)
+                self._running_asked.discard(name)
             if outcome is not None and outcome.outcome in RETRY_SKIPS:
-                self._make_due([name], self._config().daemon.webhook_debounce)
+                debounce = self._config().daemon.webhook_debounce
+                delay = min(debounce, ASKED_RETRY_S) if asked else debounce
+                self._make_due([name], delay, asked=asked)
             self._wake.set()
 
     def stop(self, wait: bool = True) -> None:

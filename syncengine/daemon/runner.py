@@ -106,14 +106,15 @@ class PipelineRunner:
         self.metrics = metrics
         self._stopping = stopping
 
-    def run(self, name: str, *, events: bool = False) -> RunOutcome:
+    def run(self, name: str, *, events: bool = False, trigger: str | None = None) -> RunOutcome:
         """One attempt at running a pipeline, with every rule of the failure policy; with
-        ``events``, an event-driven run (``syncengine.events``)."""
+        ``events``, an event-driven run (``syncengine.events``). ``trigger`` names what
+        started it in the logs (default: webhook or schedule)."""
         config = self._config()  # a reload swaps it; this run keeps the one it started with
         pipeline = config.pipelines.get(name)
         if pipeline is None:
             return RunOutcome(name, "skipped:removed")
-        trigger = "webhook" if events else "schedule"
+        trigger = trigger or ("webhook" if events else "schedule")
         with (
             structlog.contextvars.bound_contextvars(pipeline=name, trigger=trigger),
             _event_driven(events),

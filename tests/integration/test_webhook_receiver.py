@@ -8,11 +8,12 @@ headers, bodies changed after signing, stale and future timestamps, bodies too l
 chunked, bodies that are no JSON or no event, wrong content types, unknown connectors and
 paths. Each one must get its status code, add one to the refusal counter of its reason and
 store nothing (the few malformed webhook paths the server itself answers 404 are counted
-nowhere). Then what a genuine sender sees: the ping, a delivery that is committed before its
-200, a redelivery stored once, a replay after the tolerance window refused; a signed delivery
-smuggled in the body of a GET is not taken for a second request; and after a flood of
-everything, ``/healthz`` still answers and the secret is nowhere (log, stderr, responses,
-``/metrics``).
+nowhere; a request whose framing uvicorn's HTTP parser refuses before any route sees it is
+answered 400 or its connection closed, also counted nowhere). Then what a genuine sender
+sees: the ping, a delivery that is committed before its 200, a redelivery stored once, a
+replay after the tolerance window refused; a signed delivery smuggled in the body of a GET
+is not taken for a second request; and after a flood of everything, ``/healthz`` still
+answers and the secret is nowhere (log, stderr, responses, ``/metrics``).
 
 The daemon's scheduled runs and event-driven runs are kept out of the way (``every 1h``, a
 debounce of an hour, a sync function that does nothing): the receiver is what is tested.
@@ -223,8 +224,12 @@ def signed_wire(c: Ctx, *, content_length: str | None = "auto", body: bytes | No
     return wire(PATH, headers, body, content_length=content_length)
 
 
+CLOSED = 0
+"""The status of a ``Reply`` when the server closed the connection without answering."""
+
+
 def exchange(port: int, data: bytes, *, half_close: bool = False) -> Reply:
-    """Write ``data`` to a fresh connection and read the first response."""
+    """Write ``data`` to a fresh connection and read the first response (``CLOSED``: none)."""
     with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
         sock.sendall(data)
         if half_close:
@@ -233,7 +238,8 @@ def exchange(port: int, data: bytes, *, half_close: bool = False) -> Reply:
         while b"\r\n\r\n" not in received:
             chunk = sock.recv(65536)
             if not chunk:
-                raise AssertionError(f"the connection closed with no response: {received!r}")
+                assert received == b"", f"the connection closed mid-response: {received!r}"
+                return Reply(CLOSED, {}, b"")
             received += chunk
         head, _, rest = received.partition(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
@@ -358,13 +364,28 @@ def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
 # --------------------------------------------------------------- the bad deliveries
 
 
+PARSER = -1
+"""A ``Bad``'s status when uvicorn's HTTP parser (h11) refuses the request's framing before
+any route sees it: answered 400 with the connection closed, or the connection closed with no
+answer. No route ran, so no refusal is counted; nothing is stored either way."""
+
+
 @dataclass(frozen=True)
 class Bad:
     id: str
     status: int
+    """The answer's status, or ``PARSER``."""
     reason: str | None
     """The refusal counter's label; None: the server refused the path itself (not counted)."""
     make: Callable[[Ctx], Delivery]
+
+    def answered(self, reply: Reply) -> bool:
+        """Whether ``reply`` is the answer this case must get."""
+        if self.status == PARSER:
+            return reply.status == CLOSED or (
+                reply.status == 400 and reply.headers.get("connection") == "close"
+            )
+        return reply.status == self.status and "error" in reply.json()
 
 
 def _hex_digit_changed(signature: str, index: int) -> str:
@@ -519,22 +540,6 @@ BAD: list[Bad] = [
         lambda c: forged(c, " ".join(re.findall("........", sign(SECRET, c.ts, c.body)))),
     ),
     Bad(
-        "sig-with-trailing-blanks",
-        401,
-        "signature",
-        lambda c: Delivery(
-            raw=wire(
-                PATH,
-                [
-                    ("Content-Type", "application/json"),
-                    ("api-timestamp", c.ts),
-                    ("api-signature", sign(SECRET, c.ts, c.body) + "  "),
-                ],
-                c.body,
-            )
-        ),
-    ),
-    Bad(
         "sig-prefixed-sha256=",
         401,
         "signature",
@@ -591,22 +596,6 @@ BAD: list[Bad] = [
                 [
                     ("Content-Type", "application/json"),
                     ("api-timestamp", c.ts + "\xe9"),
-                    ("api-signature", sign(SECRET, c.ts, c.body)),
-                ],
-                c.body,
-            )
-        ),
-    ),
-    Bad(
-        "ts-with-trailing-blank",
-        401,
-        "signature",
-        lambda c: Delivery(
-            raw=wire(
-                PATH,
-                [
-                    ("Content-Type", "application/json"),
-                    ("api-timestamp", c.ts + " "),
                     ("api-signature", sign(SECRET, c.ts, c.body)),
                 ],
                 c.body,
@@ -696,34 +685,37 @@ BAD: list[Bad] = [
             )
         ),
     ),
+    # -- a Content-Length that is not one number: uvicorn's parser refuses the request (400,
+    #    connection closed) before the receiver sees it, so it is counted nowhere (the
+    #    http.server receiver read no body and answered 413 too_large)
     Bad(
         "content-length-not-a-number",
-        413,
-        "too_large",
+        PARSER,
+        None,
         lambda c: Delivery(raw=signed_wire(c, content_length="ten")),
     ),
     Bad(
         "content-length-negative",
-        413,
-        "too_large",
+        PARSER,
+        None,
         lambda c: Delivery(raw=signed_wire(c, content_length="-1")),
     ),
     Bad(
         "content-length-superscript-two",
-        413,
-        "too_large",
+        PARSER,
+        None,
         lambda c: Delivery(raw=signed_wire(c, content_length="\xb2")),
     ),
     Bad(
         "content-length-5000-digits",
-        413,
-        "too_large",
+        PARSER,
+        None,
         lambda c: Delivery(raw=signed_wire(c, content_length="9" * 5000)),
     ),
     Bad(
         "content-length-twice-differing",
-        413,
-        "too_large",
+        PARSER,
+        None,
         lambda c: Delivery(
             raw=wire(
                 PATH,
@@ -739,11 +731,14 @@ BAD: list[Bad] = [
             )
         ),
     ),
-    # -- lying about the length of a signed body: what is read does not verify
+    # -- lying about the length of a signed body: what is read does not verify. A body that
+    #    ends before its Content-Length (the sender half-closed) is no request at all: uvicorn
+    #    sees the connection end mid-body and the receiver never runs, so no answer and no
+    #    count (the http.server receiver read the short body and answered 401 signature)
     Bad(
         "content-length-longer-than-the-body",
-        401,
-        "signature",
+        PARSER,
+        None,
         lambda c: Delivery(raw=signed_wire(c)[: -(len(c.body) // 2)], half_close=True),
     ),
     Bad(
@@ -856,8 +851,7 @@ def test_a_bad_delivery_is_refused_with_its_code_and_nothing_is_stored(
 
     reply = send_bad(receiver, case)
 
-    assert reply.status == case.status, reply.body[:300]
-    assert "error" in reply.json()
+    assert case.answered(reply), (reply.status, reply.headers, reply.body[:300])
     assert SECRET.encode() not in reply.body
     assert receiver.store.inbox_count() == stored
     expected = dict(refusals)
@@ -872,6 +866,37 @@ def test_a_bad_delivery_is_refused_with_its_code_and_nothing_is_stored(
 
 def genuine(tag: str, **extra: Any) -> Delivery:
     return signed(event_body(tag, **extra), str(int(time.time())))
+
+
+def test_blanks_around_a_header_value_are_no_part_of_it(receiver: Receiver) -> None:
+    """uvicorn's parser (h11) drops the blanks around a header value, as RFC 9110 (5.5) says
+    a field value has none: a delivery signed right whose ``api-signature`` or
+    ``api-timestamp`` ends in blanks on the wire is the genuine delivery (the http.server
+    receiver kept them and refused it 401). Nothing can be forged this way: the signature
+    must still verify over the timestamp and the body."""
+    c = Ctx(int(time.time()), "blanks")
+    signature = sign(SECRET, c.ts, c.body)
+    count = receiver.store.inbox_count()
+
+    def padded(sig_pad: str, ts_pad: str, signature: str = signature) -> Delivery:
+        headers = [
+            ("Content-Type", "application/json"),
+            ("api-timestamp", c.ts + ts_pad),
+            ("api-signature", signature + sig_pad),
+        ]
+        return Delivery(raw=wire(PATH, headers, c.body))
+
+    first = receiver.send(padded("  ", ""))
+    again = receiver.send(padded("", " "))
+    forged_sig = _hex_digit_changed(signature, 5)
+    refusals = receiver.refusals()
+    forged = receiver.send(padded("  ", " ", forged_sig))
+
+    assert first.status == 200 and "id" in first.json(), first.body
+    assert again.status == 200 and again.json() == {"ok": True, "duplicate": True}, again.body
+    assert receiver.store.inbox_count() == count + 1
+    assert forged.status == 401, forged.body
+    assert receiver.refusals() == {**refusals, "signature": refusals["signature"] + 1}
 
 
 def test_upper_case_hex_does_not_verify_but_the_lower_case_hcp_sends_does() -> None:
@@ -1053,7 +1078,7 @@ def test_after_a_flood_healthz_answers_genuine_deliveries_are_taken_and_the_secr
         health = receiver.get("/healthz")
         metrics = receiver.get("/metrics")
 
-    assert [r.status for r in replies] == [case.status for case in BAD * 2]
+    assert [case.id for case, r in zip(BAD * 2, replies, strict=True) if not case.answered(r)] == []
     assert receiver.refusals() == expected
     assert genuine_reply.status == 200 and ping.status == 200
     assert receiver.store.inbox_count() == count + 1
