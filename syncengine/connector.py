@@ -71,6 +71,11 @@ class Capabilities:
     assigns_ids: bool = False
     """True when the member takes the engine's record key as the native id on create
     (spreadsheets: the ``Sync ID`` column). False when the member assigns its own ids."""
+    fixed: Mapping[str, str] = field(default_factory=dict)
+    """Canonical fields the member keeps as it created the record -> why, in words a person
+    acts on. Another member's change to one is that record's error, reported where it was
+    made, never a write the member refuses on every run (Housecall Pro keeps a line on the
+    job it was added to: it cannot move to another invoice)."""
 
     def allows(self, op: str) -> bool:
         return bool(getattr(self, op))

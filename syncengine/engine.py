@@ -112,7 +112,7 @@ from syncengine.read import (
     say_withheld,
     set_aside_copies,
 )
-from syncengine.reconcile import Context, MemberView, reconcile
+from syncengine.reconcile import Context, FixedFieldChanged, MemberView, reconcile
 from syncengine.recovery import Recovery, recover, settle_creates
 from syncengine.refs import References
 from syncengine.result import MAX_REPORTED, EntityOutcome, SyncResult
@@ -1090,6 +1090,10 @@ class Engine:
                         )
                     views = views_of(key, rs)
                     kp = reconcile(ctx, key, rs.base if rs else None, views, new_key=rs is None)
+            except FixedFieldChanged as exc:  # a line moved to another invoice, ...
+                ent.issues.append(Issue(ent.entity, exc.member, exc.where or key, str(exc)))
+                untaken |= _untaken(None, views)
+                continue
             except RecordError as exc:
                 # a value one member cannot take (a tag holding the list separator, ...):
                 # report this record, leave it as it is everywhere, plan the rest

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from syncengine.connector import Capabilities
 from syncengine.display import label_of
+from syncengine.errors import RecordError
 from syncengine.locks import Lock, Through, refuses
 from syncengine.mapping import EntityMapping
 from syncengine.model import DELETED, EntitySpec, Record
@@ -165,12 +166,43 @@ def _plan_key(
     base_now: Record = dict(base or {})
     parked = ctx.parked.get(key, set())
     changed = _changes(ctx, present, base_now, parked)
+    _refuse_fixed(ctx, present, changed)
     given_back = _plan_deletes(ctx, plan, present, dropped, base_now, changed)
     if given_back is None:
         return plan  # deleted, or its delete waits
     new_base = _merge(ctx, plan, present, base_now, changed)
     _plan_writes(ctx, plan, views, given_back, base_now, new_base, parked)
     return plan
+
+
+class FixedFieldChanged(RecordError):
+    """A member changed a field another member keeps as it created the record
+    (``Capabilities.fixed``): the record's error, on the member that made the change."""
+
+    def __init__(self, member: str, where: str, message: str) -> None:
+        super().__init__(message)
+        self.member = member
+        self.where = where
+
+
+def _refuse_fixed(
+    ctx: Context, present: Mapping[str, MemberView], changed: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """Raise ``FixedFieldChanged`` when a member changed a field that another member holding
+    the record keeps as created: nothing of the record is written until the change is undone
+    there, and no member is sent a write it would refuse on every run."""
+    for name, by_member in changed.items():
+        for holder in present:
+            why = ctx.caps[holder].fixed.get(name)
+            if why is None or holder in by_member:
+                continue
+            source = sorted(by_member)[0]
+            raise FixedFieldChanged(
+                source,
+                present[source].location,
+                f"{name} changed here, and {_type_of(ctx, holder)} ({holder}) cannot take "
+                f"that: {why}",
+            )
 
 
 def _label(key: str, base: Record | None, views: Mapping[str, MemberView]) -> str:

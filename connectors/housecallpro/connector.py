@@ -101,6 +101,11 @@ from syncengine.numbers import Float, Int
 
 CUSTOMERS = "customers"
 ENTITIES = (CUSTOMERS, JOBS, INVOICES, PAYMENTS, LINE_ITEMS)
+MOVED_LINE = (
+    "Housecall Pro keeps a line on the job it was added to, so it cannot move to another "
+    "invoice: put the line back under its invoice, and add a new line (a row with a blank "
+    "Sync ID) under the other one"
+)
 READ_ONLY_KEYS = frozenset({"id", "created_at", "updated_at"})
 """Top-level customer keys the API owns: never sent on create or update."""
 _OLDEST_FIRST = {"sort_by": "created_at", "sort_direction": "asc"}
@@ -217,7 +222,7 @@ class HousecallProConnector(Connector):
         if entity == INVOICES:
             return Capabilities(update=False, delete=False)
         if entity == LINE_ITEMS:
-            return Capabilities(delete=False)
+            return Capabilities(delete=False, fixed={"invoice": MOVED_LINE})
         return Capabilities(create=False, update=False, delete=False)
 
     def buffers(self, entity: str) -> bool:

@@ -214,3 +214,45 @@ def test_a_quantity_edited_in_the_sheet_reaches_hcp_through_one_bulk_update(
     assert cents(books_invoice["Subtotal"]) == moved["subtotal"]
     assert cents(books_invoice["Amount"]) == moved["amount"]
     assert_nothing_planned(sync(cli, config))
+
+
+def test_a_line_moved_to_another_invoice_in_the_sheet_is_that_rows_error_before_anything_is_sent(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
+    """HCP keeps a line on its job: a row moved under another invoice is reported at plan
+    time, on the books' row, in a dry run and in a sync alike; nothing of it is sent, the
+    other lines still sync, and putting the row back ends the error."""
+    box = sandbox_factory(seed=SEED)
+    hcp = Hcp(box)
+    config, books = setup("csv", tmp_path, box)
+    sync(cli, config)
+    header, rows = line_rows(books)
+    numbers = list(dict.fromkeys(str(r["Invoice #"]) for r in rows))
+    assert len(numbers) >= 2, numbers
+    index = next(i for i, r in enumerate(rows) if str(r["Invoice #"]) == numbers[0])
+    other = next(i for i, r in enumerate(rows) if str(r["Invoice #"]) == numbers[1])
+    original = dict(rows[index])
+    rows[index]["Invoice #"] = numbers[1]
+    rows[other]["Description"] = "edited beside the moved row"
+    write_csv_rows(books / "line_items.csv", header, rows)
+
+    preview = cli("sync", "--config", config, "--dry-run", "--json")
+    assert_clean_exit(preview, 1)
+    problems = json.loads(preview.stdout)["entities"]["line_items"]["problems"]
+    assert len(problems) == 1, problems
+    assert problems[0]["member"] == "books"
+    assert problems[0]["location"].startswith("line_items.csv line "), problems
+    assert "cannot move to another invoice" in problems[0]["message"]
+
+    hcp.clear_requests()
+    result = sync(cli, config, code=1)
+    assert result["entities"]["line_items"]["problems"] == problems
+    writes = [(r["method"], r["path"]) for r in hcp.requests() if r["method"] != "GET"]
+    assert len(writes) == 1 and writes[0][1].endswith("/bulk_update"), writes  # the edit only
+    assert result["entities"]["line_items"]["failed"] == 0, result
+
+    _header, now = line_rows(books)
+    back = next(i for i, r in enumerate(now) if str(r["Sync ID"]) == str(original["Sync ID"]))
+    now[back]["Invoice #"] = original["Invoice #"]
+    write_csv_rows(books / "line_items.csv", _header, now)
+    assert_nothing_planned(sync(cli, config))
