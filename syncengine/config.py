@@ -188,6 +188,104 @@ class ConsoleSection(_Strict):
         return value
 
 
+class EmailSection(_Strict):
+    """``[alerts] email = {...}``: alerts sent by e-mail through an SMTP server (smtplib)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    host: str = Field(min_length=1)
+    port: Int = Field(default=587, ge=1, le=65535)
+    starttls: bool = True
+    """Upgrade the connection with STARTTLS before logging in (port 587); false: plain SMTP
+    (port 25, or a relay on the same host)."""
+    ssl: bool = False
+    """Connect with TLS from the start (port 465) instead of STARTTLS."""
+    username: str | None = None
+    password: SecretStr | None = None
+    from_: str = Field(alias="from", min_length=3)
+    to: list[str] = Field(min_length=1)
+    timeout: Float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("from_")
+    @classmethod
+    def _from_ok(cls, value: str) -> str:
+        if "@" not in value:
+            raise _config_problem(
+                f"{value!r} is not an e-mail address", 'write it as "syncengine@example.com"'
+            )
+        return value
+
+    @field_validator("to")
+    @classmethod
+    def _to_ok(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if "@" not in v or not v.strip()]
+        if bad:
+            raise _config_problem(
+                f"{', '.join(repr(b) for b in bad)} {'is' if len(bad) == 1 else 'are'} not an "
+                "e-mail address",
+                'list addresses: to = ["office@example.com"]',
+            )
+        return [v.strip() for v in value]
+
+    @model_validator(mode="after")
+    def _login_ok(self) -> EmailSection:
+        if (self.username is None) != (self.password is None):
+            raise _config_problem(
+                "give both username and password, or neither",
+                'add the one missing: password = "${SMTP_PASSWORD}"',
+            )
+        if self.ssl and self.starttls:
+            raise _config_problem(
+                "ssl and starttls are both on",
+                "use ssl = true for port 465, or starttls = true (the default) for port 587",
+            )
+        return self
+
+
+class AlertsSection(_Strict):
+    """``[alerts]``: who is told when a pipeline needs a person (``syncengine.alerts``)."""
+
+    webhook_url: SecretStr | None = None
+    """POSTed JSON ``{"text", "event", "pipeline", "severity", "details"}`` (Slack and Teams
+    incoming webhooks take it as it is). A secret: masked everywhere."""
+    email: EmailSection | None = None
+    remind_hours: Float = Field(default=24.0, gt=0, le=24 * 365)
+    """An alert still open after this long is sent again, once per period."""
+    reconcile_after_sync: bool = False
+    """After each sync of accounting entities, run the reconcile report and alert on new
+    disagreements (``books_disagree``)."""
+    retries: Int = Field(default=4, ge=0, le=20)
+    """Attempts after the first, per alert and channel, with a backoff that doubles."""
+    retry_initial: Float = Field(default=2.0, gt=0, le=600)
+    """Seconds before the first retry."""
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_ok(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        text = value.get_secret_value().strip()
+        if text.startswith("${"):
+            return value  # an unset variable: reported once, as such
+        if not re.fullmatch(r"https?://[^\s/]+\S*", text):
+            raise _config_problem(
+                "is not an http:// or https:// URL (its value is not shown: it is a secret)",
+                "paste the whole incoming-webhook URL, or take it from the environment: "
+                'webhook_url = "${ALERT_WEBHOOK_URL}"',
+            )
+        return SecretStr(text)
+
+    @model_validator(mode="after")
+    def _a_channel(self) -> AlertsSection:
+        if self.webhook_url is None and self.email is None:
+            raise _config_problem(
+                "no channel: alerts would go nowhere",
+                'add webhook_url = "${ALERT_WEBHOOK_URL}" or email = { host = ..., from = ..., '
+                "to = [...] }, or remove the [alerts] table",
+            )
+        return self
+
+
 class PipelineSection(_Strict):
     name: str
     members: list[str] = Field(min_length=2)
@@ -226,6 +324,7 @@ class ConfigFile(_Strict):
 
     state: StateSection = Field(default_factory=StateSection)
     daemon: DaemonSection = Field(default_factory=DaemonSection)
+    alerts: AlertsSection | None = None
     console: ConsoleSection = Field(default_factory=ConsoleSection)
     region: str = "US"
     """Default region for phone numbers written without a country code."""
@@ -296,6 +395,8 @@ class Config:
     pipelines: dict[str, Pipeline]
     secrets: tuple[str, ...] = field(default=(), repr=False)
     daemon: DaemonSection = field(default_factory=DaemonSection)
+    alerts: AlertsSection | None = None
+    """``[alerts]``; None: no alerts are sent."""
     console: ConsoleSection = field(default_factory=ConsoleSection)
 
     def schedule(self, pipeline: str) -> Schedule:
@@ -527,6 +628,8 @@ def load_config(
 
     # Each section is validated on its own, so that a mistake in one never hides another.
     top = _validate_top(data, shown, problems)
+    if top.alerts is not None and top.alerts.webhook_url is not None:
+        secrets.add(top.alerts.webhook_url.get_secret_value())  # its path is a token
     connector_tables = data.get("connectors") if isinstance(data.get("connectors"), dict) else {}
     sections: list[tuple[int, PipelineSection]] = []
     raw_pipelines = data.get("pipelines")
@@ -609,6 +712,7 @@ def load_config(
         pipelines=pipelines,
         secrets=tuple(sorted(secrets, key=len, reverse=True)),
         daemon=top.daemon,
+        alerts=top.alerts,
         console=top.console,
     )
 
@@ -675,6 +779,7 @@ def _validate_top(data: dict[str, Any], shown: str, problems: list[Problem]) -> 
     return ConfigFile.model_construct(
         state=state_section,
         daemon=daemon_section,
+        alerts=None,
         console=console_section,
         # a region the check refused is not used: its problem is reported once, above
         region=region.strip().upper()

@@ -26,6 +26,9 @@ the run's connectors (``HttpStats``: requests, retries, 429s, failures)::
                                                              content_type, not_json,
                                                              not_event, store_failed
     syncengine_webhook_runs_total{pipeline}                  event-driven runs started
+    syncengine_alerts_sent_total{channel, event}             alerts delivered (webhook, email)
+    syncengine_alert_failures_total{channel}                 alerts a channel did not take
+                                                             after every retry
 """
 
 from __future__ import annotations
@@ -144,6 +147,18 @@ class Metrics:
         )
         self.webhook_runs = Counter(
             "syncengine_webhook_runs", "Event-driven runs started.", p, registry=r
+        )
+        self.alerts_sent = Counter(
+            "syncengine_alerts_sent",
+            "Alerts delivered, by channel and event.",
+            ["channel", "event"],
+            registry=r,
+        )
+        self.alert_failures = Counter(
+            "syncengine_alert_failures",
+            "Alerts a channel did not take after every retry.",
+            ["channel"],
+            registry=r,
         )
 
     def observe_run(

@@ -20,6 +20,7 @@ __all__ = [
     "INTENT_OPS",
     "INTENT_STATES",
     "UTCDateTime",
+    "alerts",
     "audit",
     "conflicts",
     "held_deletes",
@@ -380,4 +381,24 @@ audit = sa.Table(
     sa.Column("after", sa.JSON(), nullable=True),
     sa.Index("ix_audit_at", "at"),
     sqlite_autoincrement=True,
+)
+
+
+# Alerts (``syncengine.alerts``): one row per condition (pipeline, event, detail), open or
+# cleared, with when it was last told (its reminders count from there). Every change is a
+# compare-and-set on ``version`` (the first row: an insert that only one daemon wins), so
+# that several daemons on one store send each alert once (migration 0008).
+alerts = sa.Table(
+    "alerts",
+    metadata,
+    sa.Column("pipeline", sa.String(), primary_key=True),
+    sa.Column("event", sa.String(), primary_key=True),
+    sa.Column("detail", sa.String(), primary_key=True),
+    sa.Column("open", sa.Boolean(), nullable=False),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("mark", sa.BigInteger(), nullable=True),
+    sa.Column("opened_at", UTCDateTime(), nullable=False),
+    sa.Column("notified_at", UTCDateTime(), nullable=False),
+    sa.Column("cleared_at", UTCDateTime(), nullable=True),
+    sa.Column("summary", sa.Text(), nullable=False),
 )

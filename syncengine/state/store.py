@@ -46,6 +46,7 @@ from syncengine import jsoncodec
 from syncengine.errors import StateError, StateIntegrityError, StateUnavailableError
 from syncengine.events import InboxEvent
 from syncengine.redact import MASK, redact_text
+from syncengine.state import alert_rows as _alert_rows
 from syncengine.state import inbox as _inbox
 from syncengine.state import leases as _leases
 from syncengine.state.leases import Lease, PipelineState
@@ -1514,3 +1515,14 @@ class Tx:
         """Forget inbox events every pipeline concerned took, and those older than
         ``any_before`` (see ``inbox.prune``)."""
         return _inbox.prune(self._conn, concerned, done_before=done_before, any_before=any_before)
+
+    # -- alerts (see `alert_rows.py`) -----------------------------------------------------
+
+    def alert_conditions(self, pipeline: str | None = None) -> list[_alert_rows.ConditionRow]:
+        """The stored alert conditions of one pipeline (or all), open ones first."""
+        return _alert_rows.conditions(self._conn, pipeline)
+
+    def claim_alert(self, row: _alert_rows.ConditionRow, seen_version: int | None) -> bool:
+        """Write an alert condition's new standing if it is still at ``seen_version`` (None:
+        not stored yet): True when this caller won the change and is to send its alert."""
+        return _alert_rows.claim(self._conn, row, seen_version)
