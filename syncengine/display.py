@@ -22,6 +22,8 @@ def label_of(record: Record | None, fallback: str) -> str:
         return fallback
     if record.get("invoice_number"):
         return f"invoice {record['invoice_number']}"
+    if "unit_price" in record and "quantity" in record:  # a line item
+        return _line_label(record, fallback)
     if "amount" in record and "first_name" not in record:
         amount = record.get("amount")
         money = format_cents(amount) if isinstance(amount, int) else "?"
@@ -33,6 +35,19 @@ def label_of(record: Record | None, fallback: str) -> str:
     if name and email:
         return f"{name} <{email}>"
     return name or str(email or fallback)
+
+
+def _line_label(record: Record, fallback: str) -> str:
+    """``line "Labor" x 1.5, $150.00``: what the line sold, how many and for how much."""
+    name = str(record.get("name") or "").strip()
+    shown = f'line "{name}"' if name else f"line {fallback}"
+    quantity = record.get("quantity")
+    if quantity not in (None, ""):
+        shown += f" x {quantity}"
+    amount = record.get("amount")
+    if isinstance(amount, int):
+        shown += f", {format_cents(amount)}"
+    return shown
 
 
 def plural(count: int, singular: str, plural_form: str | None = None) -> str:

@@ -451,10 +451,7 @@ def review_views(config: Config) -> list[ReviewView]:
             state = "" if c.exists else " (deleted since)"
             columns.append((f"{c.label}{state} · on {held}", c.hub_key, c.exists))
             values.append(c.base)
-        # the fields any of them holds a value for (a field empty everywhere says nothing)
-        names = sorted(
-            {n for v in values for n, x in v.items() if not n.startswith("_") and x is not None}
-        )
+        names = sorted({n for v in values for n in v if not n.startswith("_")})
         rows = [
             (n, [show_value(v.get(n), item.entity, n) if n in v else "—" for v in values])
             for n in names

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from syncengine.display import ago, entity_changes, local_time, member_changes, plural
+from syncengine.display import ago, entity_changes, label_of, local_time, member_changes, plural
 
 NOW = dt.datetime(2026, 12, 3, 20, 8, 30, tzinfo=dt.UTC)
 CHICAGO = ZoneInfo("America/Chicago")
@@ -80,3 +80,15 @@ def test_counts_are_labelled_and_links_shown_apart_from_updates() -> None:
     )
     quiet = {"hcp": {"create": 0, "update": 0, "delete": 0}, "read": {"hcp": 3}, "errors": 0}
     assert entity_changes(quiet) == "no changes"
+
+
+def test_a_line_is_named_by_what_it_sold_not_by_its_hub_key() -> None:
+    line = {
+        "name": "Labor",
+        "quantity": "1.5",
+        "unit_price": 10000,
+        "amount": 15000,
+        "invoice": "k1",
+    }
+    assert label_of(line, "key-9") == 'line "Labor" x 1.5, $150.00'
+    assert label_of({"quantity": "2", "unit_price": 5}, "key-9") == "line key-9 x 2"
