@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from syncengine.alerts import Alerter, Delivery
+from syncengine.alerts import send_test as _send_test
+from syncengine.alerts.sender import FLUSH_S
 from syncengine.config import Config, Pipeline, load_config
 from syncengine.connector import Structure
 from syncengine.display import label_of
@@ -20,6 +24,7 @@ from syncengine.errors import (
     RecordError,
     StateError,
     SyncEngineError,
+    SyncStopped,
     UsageError,
 )
 from syncengine.exit_codes import failed_run_code
@@ -27,6 +32,7 @@ from syncengine.leasing import hold_pipelines, wait_until_free
 from syncengine.mapping import EntityMapping, load_mapping
 from syncengine.model import ENTITIES
 from syncengine.read import check_structures
+from syncengine.redact import redact_text
 from syncengine.report import Report
 from syncengine.report import reconcile_report as build_report
 from syncengine.schedule import parse_timezone
@@ -87,7 +93,11 @@ def sync(
             )
             return [engine.sync(p, entities) for p in pipelines]
         ttl = config.daemon.lease_ttl
-        with hold_pipelines(store, names, ttl=ttl, wait=wait, waiting=waiting) as held:
+        alerts = Alerter(store) if config.alerts is not None else None
+        with (
+            hold_pipelines(store, names, ttl=ttl, wait=wait, waiting=waiting) as held,
+            _alerts_sent(alerts),
+        ):
             out = []
             for p in pipelines:
                 engine = Engine(
@@ -99,10 +109,43 @@ def sync(
                     stop=held.run(p.name).stop,
                     holder=held.holder,
                 )
-                out.append(held.run_sync(p.name, partial(engine.sync, p, entities)))
+                try:
+                    result = held.run_sync(p.name, partial(engine.sync, p, entities))
+                except SyncStopped:
+                    raise
+                except Exception as exc:
+                    if alerts is not None:
+                        error = redact_text(f"{type(exc).__name__}: {exc}", config.secrets)
+                        alerts.notify(config, p.name, "failed", error=error)
+                    raise
+                if alerts is not None:
+                    alerts.notify(config, p.name, result.outcome, result=result)
+                out.append(result)
             return out
     finally:
         store.close()
+
+
+@contextmanager
+def _alerts_sent(alerts: Alerter | None) -> Iterator[None]:
+    """A one-shot sync's alerts are sent (up to ``FLUSH_S`` seconds) before it returns,
+    also when it raised."""
+    try:
+        yield
+    finally:
+        if alerts is not None:
+            alerts.close(FLUSH_S)
+
+
+def alerts_test(config: Config) -> list[Delivery]:
+    """``syncengine alerts test``: a test alert through every channel of ``[alerts]``;
+    each channel's result (``UsageError`` when the config has no ``[alerts]``)."""
+    if config.alerts is None:
+        raise UsageError(
+            f"{config.path} has no [alerts] table: there is no channel to test (add "
+            'webhook_url = "${ALERT_WEBHOOK_URL}" or email = {...} under [alerts])'
+        )
+    return _send_test(config)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,12 @@ conflicts_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(conflicts_app, name="conflicts")
+alerts_app = typer.Typer(
+    help="Alerts ([alerts] in the config): try the channels.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(alerts_app, name="alerts")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -1067,6 +1073,36 @@ def conflicts_resolve(
             f"conflict #{row.id} on {row.field}: {take}'s value "
             f"{escape(value)} taken; run `syncengine sync` to write it"
         )
+
+
+@alerts_app.command("test", short_help="Send a test alert through every channel.")
+def alerts_test(
+    config: ConfigOpt = Path("config.toml"),
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help='Print JSON: {"channels": [{channel, ok, error}]}.'),
+    ] = False,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Send a test alert through every channel of [alerts] (the webhook, the e-mail) and
+    say how each went. Exit 0 when every channel took it, 4 when one did not (the reason
+    is printed), 2 when the config has no [alerts] or is invalid."""
+    with handled("alerts test"):
+        _setup(log_level)
+        cfg = api.require_config(config)
+        REDACTOR.add(cfg.secrets)
+        results = api.alerts_test(cfg)
+        if as_json:
+            rows = [{"channel": r.channel, "ok": r.ok, "error": r.error} for r in results]
+            out.print_json(json.dumps({"channels": rows}))
+        else:
+            for r in results:
+                if r.ok:
+                    out.print(f"{r.channel}: sent")
+                else:
+                    out.print(f"{r.channel}: [red]failed[/]: {escape(r.error)}")
+        if not all(r.ok for r in results):
+            raise typer.Exit(ExitCode.UNAVAILABLE)
 
 
 @app.command(short_help="Run the Housecall Pro sandbox (a local emulator of the HCP API).")

@@ -68,6 +68,10 @@ endpoints for tests and demos (neither logged nor throttled):
     GET    /_sandbox/options                       {"nest_payments": …, "live_invoices": …}
     PUT    /_sandbox/options                       change them (for a sandbox in another
                                                    process)
+    GET    /_sandbox/faults                        {"error_rate": …}
+    PUT    /_sandbox/faults                        change it while the sandbox runs (e.g.
+                                                   {"error_rate": 1}: every API request
+                                                   answers 500 until set back to 0)
     POST   /_sandbox/invoices/{id}/payments        record a payment: {amount, payment_method,
                                                    status, note, processed_at}; updates the
                                                    invoice's balance (and status: paid) -> 201
@@ -554,6 +558,9 @@ def _sandbox_routes(state: SandboxState, sender: WebhookSender | None) -> list[R
     async def options(request: Request) -> Response:
         return JSONResponse(state.options())
 
+    async def faults(request: Request) -> Response:
+        return JSONResponse(state.faults())
+
     def record_payment(path: dict[str, str], body: dict[str, Any]) -> Any:
         return state.record_payment(path["invoice_id"], body)
 
@@ -573,6 +580,12 @@ def _sandbox_routes(state: SandboxState, sender: WebhookSender | None) -> list[R
         Route(
             "/_sandbox/options",
             _writer(lambda _path, body: state.set_options(body)),
+            methods=["PUT"],
+        ),
+        Route("/_sandbox/faults", faults, methods=["GET"]),
+        Route(
+            "/_sandbox/faults",
+            _writer(lambda _path, body: state.set_faults(body)),
             methods=["PUT"],
         ),
         Route(

@@ -543,6 +543,30 @@ class SandboxState:
             self.live_invoices = bool(body.get("live_invoices", self.live_invoices))
             return self.options()
 
+    def faults(self) -> dict[str, float]:
+        """The fault injection knobs a test may change while the sandbox runs."""
+        with self.lock:
+            return {"error_rate": self.error_rate}
+
+    def set_faults(self, body: Mapping[str, Any]) -> dict[str, float]:
+        """Change ``error_rate`` (the share of API requests answered 500, 0..1) while the
+        sandbox runs; raises ``ValidationFailed`` on unknown names or values out of range."""
+        errors: Errors = {}
+        for name, value in body.items():
+            if name != "error_rate":
+                add_error(errors, name, "is not a fault knob (error_rate)")
+            elif (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0.0 <= value <= 1.0
+            ):
+                add_error(errors, name, "must be a number from 0 to 1")
+        if errors:
+            raise ValidationFailed(errors)
+        with self.lock:
+            self.error_rate = float(body.get("error_rate", self.error_rate))
+            return self.faults()
+
     def new_id(self, prefix: str) -> str:
         """``prefix`` and 32 hex digits from the state's own random generator, never an id the
         state holds or has held: a state loaded from a data file (``--data``) draws from the

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from syncengine.alerts import Alerter
+from syncengine.alerts.sender import FLUSH_S
 from syncengine.config import Config
 from syncengine.daemon.console import DaemonRunner, console_app
 from syncengine.daemon.dispatch import EventDispatch
@@ -135,6 +137,7 @@ class Daemon:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self.policy = RunPolicy(store, self.metrics)
+        self.alerts = Alerter(store, self.metrics, config=lambda: self.config)
         self.leases = LeaseKeeper(store, self.holder, lambda: self.config.daemon.lease_ttl)
         self.runner = PipelineRunner(
             config=lambda: self.config,
@@ -144,6 +147,7 @@ class Daemon:
             leases=self.leases,
             metrics=self.metrics,
             stopping=self._stopping,
+            alerts=self.alerts,
         )
         self.schedules = Schedules(store, self.run_pipeline, lambda: self.config.secrets)
         self.dispatch = EventDispatch(
@@ -236,6 +240,7 @@ class Daemon:
         self.metrics.scheduler_up.set(1)
         self._start_lease_keeper()
         self.dispatch.start()
+        self.alerts.start()
         log.info(
             "daemon started",
             holder=self.holder,
@@ -340,6 +345,7 @@ class Daemon:
                 pipelines=left,
             )
             self._exit_now(ExitCode.PROBLEMS)
+        self.alerts.close(FLUSH_S)  # what the last runs told is sent before exiting
         self.server.stop()
         log.info("daemon stopped", holder=self.holder)
         return True
@@ -380,6 +386,7 @@ class Daemon:
         self._start_lease_keeper()
         with ThreadPoolExecutor(max_workers=self.config.daemon.max_concurrent) as pool:
             outcomes = list(pool.map(self.run_pipeline, due))
+        self.alerts.close(FLUSH_S)
         self._stopping.set()
         for out in outcomes:
             if out.outcome == "skipped:paused":

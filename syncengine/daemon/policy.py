@@ -64,6 +64,8 @@ class RunOutcome:
     result: SyncResult | None = None
     error: str = ""
     seconds: float = 0.0
+    refused: bool = False
+    """The member refused the credentials (the pipeline is paused)."""
 
     def __post_init__(self) -> None:
         self.exit_code = int(self.exit_code)  # a plain number in logs and JSON

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from syncengine.alerts import Alerter
 from syncengine.config import Config, Pipeline
 from syncengine.connector import Connector
 from syncengine.daemon.policy import RunOutcome, RunPolicy
@@ -97,6 +98,7 @@ class PipelineRunner:
         leases: LeaseKeeper,
         metrics: Metrics,
         stopping: threading.Event,
+        alerts: Alerter | None = None,
     ) -> None:
         self._config = config
         self.store = store
@@ -105,6 +107,8 @@ class PipelineRunner:
         self.leases = leases
         self.metrics = metrics
         self._stopping = stopping
+        self.alerts = alerts
+        """Told every run's outcome (``syncengine.alerts``: queued, never slows it)."""
 
     def run(self, name: str, *, events: bool = False, trigger: str | None = None) -> RunOutcome:
         """One attempt at running a pipeline, with every rule of the failure policy; with
@@ -162,6 +166,7 @@ class PipelineRunner:
         except AuthError as exc:
             out.error = self._describe(exc)
             out.exit_code = int(failed_run_code(exc))
+            out.refused = True
             self.policy.refused(config, pipeline, out.error)
         except Exception as exc:
             out.error = self._describe(exc)
@@ -186,6 +191,15 @@ class PipelineRunner:
             seconds=round(out.seconds, 3),
             error=out.error or None,
         )
+        if self.alerts is not None:
+            self.alerts.notify(
+                config,
+                name,
+                out.outcome,
+                result=out.result,
+                error=out.error,
+                refused=out.refused,
+            )
         return out
 
     def _describe(self, exc: BaseException) -> str:
