@@ -276,7 +276,13 @@ def render_tax(console: Console, report: TaxReport) -> None:
                 if counted["unitemized"]:
                     cell += f"\n+ {_sum(counted['unitemized'])} unitemized"
                 cells.append(cell)
-            cells.append("yes" if month.agree else escape("no: " + "; ".join(month.differences)))
+            if month.after_close:
+                agree = "after the close: " + "; ".join(month.after_close)
+            elif month.closed:
+                agree = f"yes (closed on {', '.join(month.closed)})"
+            else:
+                agree = "yes" if month.agree else "no: " + "; ".join(month.differences)
+            cells.append(escape(agree))
             table.add_row(*cells)
         console.print(table)
     else:

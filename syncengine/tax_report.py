@@ -21,8 +21,10 @@ does, and writes nothing.
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +32,7 @@ from syncengine.config import Config, Pipeline
 from syncengine.display import format_cents
 from syncengine.errors import UsageError
 from syncengine.exit_codes import ExitCode
-from syncengine.locks import record_day
+from syncengine.locks import Lock, record_day
 from syncengine.report import Books, Disagreement, Report, read_books
 from syncengine.state import StateStore
 
@@ -57,6 +59,11 @@ class MonthSales:
     month: str
     members: dict[str, dict[str, int | None]] = field(default_factory=dict)
     differences: list[str] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
+    """The locked members whose period covers the whole month (``[pipelines.locks]``)."""
+    after_close: list[str] = field(default_factory=list)
+    """How the members differ on a closed month: what changed elsewhere after the close,
+    which the sync keeps out of the closed books. Listed, and not a disagreement."""
 
     @property
     def agree(self) -> bool:
@@ -68,6 +75,8 @@ class MonthSales:
             "members": self.members,
             "agree": self.agree,
             "differences": self.differences,
+            "closed_on": self.closed,
+            "after_close": self.after_close,
         }
 
 
@@ -157,7 +166,26 @@ def tax_report(
     zone = zone_of(config, pipeline)
     report = TaxReport(pipeline.name, pipeline.members, zone, start, end, general=sink.general)
     report.months, report.undated = sales_by_month(books, pipeline.members, zone, start, end)
+    set_apart_closed(report.months, pipeline.locks)
     return report
+
+
+def set_apart_closed(months: list[MonthSales], locks: Mapping[str, Lock]) -> None:
+    """Mark each month a locked member's period covers whole (its last day is before the
+    lock's first open day) and move what the members differ on there to ``after_close``:
+    the sync keeps closed books as they were, so a change made elsewhere since is a
+    difference after the close (as ``reconcile-report`` lists it), not a disagreement. A
+    month the lock day falls inside is compared as any open month."""
+    for entry in months:
+        year, month = (int(part) for part in entry.month.split("-"))
+        last = dt.date(year, month, calendar.monthrange(year, month)[1])
+        entry.closed = sorted(m for m, lock in locks.items() if last < lock.opens)
+        if entry.closed and entry.differences:
+            when = ", ".join(
+                f"{m} closed before {locks[m].opens.isoformat()}" for m in entry.closed
+            )
+            entry.after_close = [f"{d} (after the close: {when})" for d in entry.differences]
+            entry.differences = []
 
 
 def sales_by_month(

@@ -5,6 +5,9 @@ Pro (it holds jobs), "books" takes everything.
   others (a negative discount too) and the invoices' tax; an invoice without lines is
   unitemized; drafts and voided invoices are not sales; members agree after a sync, and an
   edit in the books is named in its month;
+- a month a locked member's period covers whole lists what changed elsewhere since the
+  close apart (``after_close``): the report stays clean; a month with the lock day inside
+  it is compared as an open one;
 - ``--from`` / ``--to`` narrow it, and a bad date is a usage error;
 - the unbilled list holds the complete jobs no invoice of their member names, whether or not
   the pipeline syncs jobs, and needs a member holding jobs.
@@ -98,6 +101,43 @@ def test_sales_and_tax_per_month_agree_after_a_sync(tmp_path: Path) -> None:
         "non-taxable sales differ: hcp $20.00, books $0.00",
     ]
     assert report.to_json()["months"][0]["agree"] is False
+
+
+def test_a_closed_month_lists_changes_after_the_close_apart_and_stays_clean(
+    tmp_path: Path,
+) -> None:
+    hcp = MemoryConnector.get_dataset("hcp")
+    _seed(hcp)
+    api.sync(_config(tmp_path))
+    # October is closed on the books once they hold it
+    config = memory_config(
+        tmp_path,
+        {"hcp": {"entities": [*ENTITIES, "jobs"]}, "books": {"entities": list(ENTITIES)}},
+        entities=ENTITIES,
+        locks={"books": "2026-11-01"},
+    )
+    hcp.edit("line_items", "l2", taxable=True)  # October, closed on the books
+    hcp.edit("invoices", "i2", tax_amount=240)  # November, open
+    api.sync(config)
+    [report] = api.tax_report(config)
+    months = {m.month: m for m in report.months}
+    october = months["2026-10"]
+    assert october.closed == ["books"] and october.agree
+    assert october.after_close == [
+        "taxable sales differ: hcp $115.00, books $95.00 "
+        "(after the close: books closed before 2026-11-01)",
+        "non-taxable sales differ: hcp $0.00, books $20.00 "
+        "(after the close: books closed before 2026-11-01)",
+    ]
+    assert months["2026-11"].closed == [] and months["2026-11"].agree  # synced: it is open
+    assert report.clean and report.exit_code == 0, report.to_json()
+
+    books = MemoryConnector.get_dataset("books")
+    [key] = [k for k, v in books.table("invoices").items() if v["invoice_number"] == "1001-2"]
+    books.edit("invoices", key, tax_amount=0)  # an open month still disagrees
+    [report] = api.tax_report(config)
+    assert report.exit_code == 1
+    assert {m.month: m.agree for m in report.months} == {"2026-10": True, "2026-11": False}
 
 
 def test_from_and_to_narrow_the_months(tmp_path: Path) -> None:
