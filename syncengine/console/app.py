@@ -65,8 +65,8 @@ class ConsoleRunner(Protocol):
 
 class ThreadRunner:
     """``ConsoleRunner`` of a console served alone: runs ``api.sync`` for the pipeline in a
-    background thread of this process. A pipeline whose lease is held is not started: the
-    answer names who holds it."""
+    background thread of this process. A paused pipeline, or one whose lease is held, is not
+    started: the answer says so (and names who holds it)."""
 
     def __init__(self, load: Callable[[], Config]) -> None:
         self._load = load
@@ -80,7 +80,10 @@ class ThreadRunner:
             running = self._threads.get(pipeline)
             if running is not None and running.is_alive():
                 return f"A run of {pipeline} started here is still going."
-            lease = api.status(config, pipeline)[0].lease
+            status = api.status(config, pipeline)[0]
+            if status.paused is not None:
+                return f"{pipeline} is paused: resume it to run it."
+            lease = status.lease
             if lease is not None and not lease.get("gone"):
                 return f"{pipeline} is busy: {lease['by']}. Try again when it has finished."
             thread = threading.Thread(

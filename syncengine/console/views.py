@@ -4,8 +4,8 @@ here): one function per page, and the settling of a conflict from a form."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from syncengine import api, model
@@ -253,9 +253,13 @@ def conflicts(config: Config) -> list[ConflictView]:
             if row.entity in model.ENTITIES
             else None
         )
-        hint = {"cents": "an amount, e.g. 12.50", "date": "a date, YYYY-MM-DD"}.get(
-            spec.type if spec else "", "the value as text"
-        )
+        hint = {
+            "cents": "an amount, e.g. 12.50",
+            "datetime": "a date and time, e.g. 2026-12-04T09:30:00+00:00",
+            "tags": "comma-separated",
+            "bool": "yes or no",
+            "int": "a whole number",
+        }.get(spec.type if spec else "", "the value as text")
         out.append(
             ConflictView(
                 row.id,
@@ -288,21 +292,23 @@ def parse_typed(config: Config, conflict_id: int, text: str) -> Any:
     kind = spec.type if spec else "str"
     if kind == "cents":
         try:
-            return round(float(text.replace("$", "").replace(",", "")) * 100)
-        except ValueError:
+            cents = Decimal(text.replace("$", "").replace(",", "")) * 100
+        except InvalidOperation:
             raise UsageError(f"{row.field}: {text!r} is not an amount (e.g. 12.50)") from None
+        if cents != cents.to_integral_value():
+            raise UsageError(f"{row.field}: {text!r} has more than two decimals")
+        return int(cents)
     if kind == "int":
         try:
             return int(text)
         except ValueError:
             raise UsageError(f"{row.field}: {text!r} is not a whole number") from None
     if kind == "bool":
-        return text.lower() in ("1", "true", "yes", "y")
-    if kind in ("json", "list"):
-        try:
-            return json.loads(text)
-        except ValueError:
-            raise UsageError(f"{row.field}: {text!r} is not valid JSON") from None
+        if text.lower() not in ("true", "false", "yes", "no"):
+            raise UsageError(f"{row.field}: type yes or no")
+        return text.lower() in ("true", "yes")
+    if kind == "tags":
+        return [t.strip() for t in text.split(",") if t.strip()]
     return text
 
 
@@ -451,7 +457,10 @@ def review_views(config: Config) -> list[ReviewView]:
             state = "" if c.exists else " (deleted since)"
             columns.append((f"{c.label}{state} · on {held}", c.hub_key, c.exists))
             values.append(c.base)
-        names = sorted({n for v in values for n in v if not n.startswith("_")})
+        # the fields any of them holds a value for (a field empty everywhere says nothing)
+        names = sorted(
+            {n for v in values for n, x in v.items() if not n.startswith("_") and x is not None}
+        )
         rows = [
             (n, [show_value(v.get(n), item.entity, n) if n in v else "—" for v in values])
             for n in names
