@@ -40,11 +40,10 @@ pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
 SYNCENGINE = Path(sys.executable).parent / "syncengine"
 
-if "playwright" not in sys.modules:
-    try:
-        from playwright.sync_api import Browser, Page, expect, sync_playwright
-    except ImportError:  # pragma: no cover - reported by the fixture
-        sync_playwright = None  # type: ignore[assignment]
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # reported by the browser fixture: a failure under REQUIRE_TOOLS
+    sync_playwright = None  # type: ignore[assignment]
 
 
 @pytest.fixture(scope="session")
@@ -201,7 +200,9 @@ def test_conflicts_are_settled_in_the_browser_and_the_next_sync_writes_them(
     nav(page, "Conflicts")
     expect(page.locator(f"#conflict-{parked['last_name']}")).to_contain_text("Hopper-Murray")
     shot(page, "conflicts")
-    page.get_by_role("button", name=f"Take conf-b's value for conflict {parked['last_name']}").click()
+    page.get_by_role(
+        "button", name=f"Take conf-b's value for conflict {parked['last_name']}"
+    ).click()
     expect(page.get_by_role("status")).to_contain_text(f"Conflict {parked['last_name']} settled")
     page.get_by_label("Or type the value").fill("US Navy")
     page.get_by_role("button", name="Use this value").click()
@@ -235,7 +236,9 @@ def test_a_possible_duplicate_is_linked(page: Page, site: Site) -> None:
     expect(page.get_by_text("Nothing to review.")).to_be_visible()
     (decided,) = api.list_review(cfg, "dup", status=None)
     assert (decided.status, decided.hub_key, decided.decided_by) == (
-        "linked", candidate.hub_key, "anna"
+        "linked",
+        candidate.hub_key,
+        "anna",
     )
     assert any(e.action == "review.link" and e.actor == "anna" for e in api.list_audit(cfg))
 
@@ -243,8 +246,11 @@ def test_a_possible_duplicate_is_linked(page: Page, site: Site) -> None:
 def test_a_held_delete_is_approved_and_another_restored(page: Page, site: Site) -> None:
     site.write(
         "del-a",
-        customers(("Ada", "L", "ada@example.com"), ("Bob", "B", "bob@example.com"),
-                  ("Cy", "C", "cy@example.com")),
+        customers(
+            ("Ada", "L", "ada@example.com"),
+            ("Bob", "B", "bob@example.com"),
+            ("Cy", "C", "cy@example.com"),
+        ),
     )
     cfg = site.config()
     api.sync(cfg, pipeline="del")
@@ -267,28 +273,42 @@ def test_a_held_delete_is_approved_and_another_restored(page: Page, site: Site) 
 
     api.sync(cfg, pipeline="del")
     assert sorted(r["Email"] for r in read_csv(site.csv("del-a"))) == [
-        "ada@example.com", "cy@example.com"
+        "ada@example.com",
+        "cy@example.com",
     ]
     assert sorted(r["Email"] for r in read_csv(site.csv("del-b"))) == [
-        "ada@example.com", "cy@example.com"
+        "ada@example.com",
+        "cy@example.com",
     ]
 
 
 def test_the_preview_shows_the_field_diff_of_sync_dry_run_json(page: Page, site: Site) -> None:
     site.write(
         "prev-a",
-        customers(("Katherine", "Johnson", "kj@example.com"), ("Dorothy", "Vaughan", "dv@example.com")),
+        customers(
+            ("Katherine", "Johnson", "kj@example.com"), ("Dorothy", "Vaughan", "dv@example.com")
+        ),
     )
     api.sync(site.config(), pipeline="prev")
     site.edit("prev-a", "kj@example.com", **{"Last Name": "Goble Johnson", "Company": "NASA"})
     site.write(
         "prev-a",
-        [*read_csv(site.csv("prev-a")), {"Sync ID": "", "First Name": "Mary", "Last Name": "Jackson",
-                                         "Email": "mj@example.com"}],
+        [
+            *read_csv(site.csv("prev-a")),
+            {
+                "Sync ID": "",
+                "First Name": "Mary",
+                "Last Name": "Jackson",
+                "Email": "mj@example.com",
+            },
+        ],
     )
     done = subprocess.run(
         [str(SYNCENGINE), "sync", "--dry-run", "--json", "-c", str(site.path), "-p", "prev"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     planned = json.loads(done.stdout)
