@@ -335,6 +335,8 @@ def _alert(t: Transition, config_path: str) -> Alert:
     new = items.count if items is not None else 0
     by = _by(items) if items is not None else f" ({row.summary})"
 
+    wait = "waits" if items is not None and new == 1 else "wait"
+
     def n(word: str) -> str:
         """``3 conflicts`` when the count is known, else the word alone (a reminder)."""
         if items is None:
@@ -362,7 +364,7 @@ def _alert(t: Transition, config_path: str) -> Alert:
         )
     elif event == "conflicts_parked":
         command = _cmd("conflicts list", config_path, p)
-        what = f"Pipeline {p}: {n('conflict')} wait for a person{by}. Settle them: `{command}`"
+        what = f"Pipeline {p}: {n('conflict')} {wait} for a person{by}. Settle them: `{command}`"
     elif event == "skipped_writes":
         command = _cmd("status", config_path)
         what = (
@@ -372,9 +374,11 @@ def _alert(t: Transition, config_path: str) -> Alert:
         command = _cmd("reconcile-report", config_path, p)
         what = f"Pipeline {p}: the books disagree: {n('difference')}{by}. See them: `{command}`"
     elif event == "needs_review":
-        command = _cmd("status", config_path)
+        only_deletes = items is not None and not items.by.get("review")
+        command = _cmd("deletes list" if only_deletes else "review list", config_path, p)
         what = (
-            f"Pipeline {p}: {n('item')} wait for review{by}. See them: `{command}` (or the console)"
+            f"Pipeline {p}: {n('item')} {wait} for a person{by}. See them: `{command}` "
+            "(or the console)"
         )
     else:  # pragma: no cover - every condition event is above
         command = _cmd("status", config_path)

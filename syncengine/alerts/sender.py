@@ -336,6 +336,7 @@ def gather_facts(
     items["skipped_writes"] = Items(
         len(skips), int(newest.timestamp() * 1_000_000) if newest else None, by
     )
+    items["needs_review"] = _review_items(store, pipeline)
     spec = config.pipelines.get(pipeline)
     section = config.alerts
     if (
@@ -356,6 +357,21 @@ def gather_facts(
         guards=guards,
         entities_ran=ran,
         items=items,
+    )
+
+
+def _review_items(store: StateStore, pipeline: str) -> Items:
+    """The records waiting for review and the deletes awaiting approval (the console's
+    queues), as items: the mark is the newest one's time."""
+    from syncengine.state import queues
+
+    reviews = store.query(lambda conn: queues.review_rows(conn, pipeline, "open"))
+    held = store.query(lambda conn: queues.held_rows(conn, pipeline, "held"))
+    times = [r.first_seen for r in reviews] + [h.held_at for h in held]
+    by = {k: v for k, v in (("review", len(reviews)), ("held deletes", len(held))) if v}
+    newest = max(times, default=None)
+    return Items(
+        len(reviews) + len(held), int(newest.timestamp() * 1_000_000) if newest else None, by
     )
 
 
