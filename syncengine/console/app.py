@@ -133,6 +133,8 @@ class _Console:
         self._config: Config | None = None
         self._mtime = 0.0
         self._lock = threading.Lock()
+        self._users: auth.UsersFile | None = None
+        self._users_mtime: tuple[int, int, int] = (0, 0, 0)
         self.config()  # a broken config fails at start, not on the first page
         self.runner: ConsoleRunner = runner or ThreadRunner(self.config)
         self.limiter = auth.LoginLimiter()
@@ -146,6 +148,20 @@ class _Console:
                 self._config = api.require_config(self.config_path)
                 self._mtime = mtime
             return self._config
+
+    def known_user(self, name: str) -> bool:
+        """Whether ``name`` is (still) in the users file (read again when it changed)."""
+        path = auth.users_path(self.config())
+        try:
+            found = path.stat()
+        except FileNotFoundError:
+            return False
+        mtime = (found.st_mtime_ns, found.st_size, found.st_ino)
+        with self._lock:
+            if self._users is None or self._users_mtime != mtime:
+                self._users = auth.load_users(path)
+                self._users_mtime = mtime
+            return name in self._users.users
 
     def redactor(self) -> Redactor:
         """Masks every secret of the config in what a page shows."""
@@ -161,17 +177,23 @@ class _Console:
 
 class _SignInRequired:
     """ASGI middleware: no anonymous access but to ``/login`` and ``/static``. A GET is sent
-    to the sign-in page; anything else is answered 401."""
+    to the sign-in page; anything else is answered 401. A session whose user is no longer
+    in the users file has ended."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, known: Callable[[str], bool]) -> None:
         self.app = app
+        self.known = known
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or is_public(route_path(scope)):
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive)
-        if signed_in(request) is None:
+        user = signed_in(request)
+        if user is not None and not await run_in_threadpool(self.known, user):
+            request.session.clear()
+            user = None
+        if user is None:
             response: Response
             if request.method in ("GET", "HEAD"):
                 login = str(request.url_for("login"))
@@ -589,7 +611,7 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
             same_site="lax",
             https_only=False,
         ),
-        Middleware(_SignInRequired),
+        Middleware(_SignInRequired, known=console.known_user),
     ]
     app = Starlette(routes=routes, middleware=middleware)
     app.state.console = console

@@ -308,3 +308,19 @@ def test_every_control_is_labelled_and_every_table_has_headers(
         assert found.tables == found.tables_with_th, name
         checked_tables += found.tables
     assert checked_tables >= 4  # the pages had tables to check
+
+
+def test_a_user_taken_out_of_the_users_file_is_signed_out(console: Console) -> None:
+    from syncengine.console import auth
+
+    add_users(console.config, "temp")
+    client = signed_in_client(console.url, "temp")
+    assert client.get("/").status_code == 200
+    users = auth.load_users(auth.users_path(load_config(console.config)))
+    del users.users["temp"]
+    auth.save_users(users)
+    response = client.get("/")
+    assert response.status_code == 303 and "/login" in response.headers["location"]
+    token = csrf_of(client.get("/login").text)
+    assert client.post("/pipelines/p/pause", data={"csrf": token}).status_code == 401
+    client.close()
