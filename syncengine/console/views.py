@@ -229,7 +229,8 @@ class ConflictView:
     entity: str
     record: str
     field: str
-    values: list[tuple[str, str]]
+    values: list[tuple[str, str, str]]
+    """(member, its value, when its record last changed there as last read, or "-")"""
     base: str
     found: str
     typed_hint: str
@@ -246,7 +247,9 @@ def conflicts(config: Config) -> list[ConflictView]:
     if not _open_store_safely(config):
         return []
     out = []
-    for c in api.open_conflicts(config):
+    found = api.open_conflicts(config)
+    changed = _changed_at(config, [c.row for c in found])
+    for c in found:
         row = c.row
         spec = (
             model.ENTITIES[row.entity].field_spec(row.field)
@@ -267,12 +270,46 @@ def conflicts(config: Config) -> list[ConflictView]:
                 row.entity,
                 c.record,
                 row.field,
-                [(m, _show(row, v, c.names)) for m, v in row.values.items()],
+                [
+                    (m, _show(row, v, c.names), changed.get((row.id, m), "-"))
+                    for m, v in row.values.items()
+                ],
                 _show(row, row.base_value, c.names),
                 when(row.created_at),
                 hint,
             )
         )
+    return out
+
+
+def _changed_at(config: Config, rows: list[ConflictRow]) -> dict[tuple[int, str], str]:
+    """(conflict id, member) -> when the member's record last changed, as the member said
+    (its ``updated_at`` when last read), for the members that keep one."""
+    out: dict[tuple[int, str], str] = {}
+    store = api.open_store(config, create=False)
+    try:
+        wanted: dict[tuple[str, str], set[str]] = {}
+        for row in rows:
+            wanted.setdefault((row.pipeline, row.entity), set()).add(row.key)
+        states = {
+            (p, e, key): state
+            for (p, e), keys in wanted.items()
+            for key, state in store.load_records(p, e, sorted(keys)).items()
+        }
+    finally:
+        store.close()
+    for row in rows:
+        state = states.get((row.pipeline, row.entity, row.key))
+        if state is None:
+            continue
+        for member in row.values:
+            link = state.links.get(member)
+            stamp = (link.last_seen or {}).get("updated_at") if link is not None else None
+            if isinstance(stamp, str) and stamp:
+                try:
+                    out[(row.id, member)] = when(stamp.replace("Z", "+00:00"))
+                except ValueError:
+                    out[(row.id, member)] = stamp
     return out
 
 
