@@ -361,12 +361,14 @@ def gather_facts(
 
 
 def _review_items(store: StateStore, pipeline: str) -> Items:
-    """The records waiting for review and the deletes awaiting approval (the console's
-    queues), as items: the mark is the newest one's time."""
+    """The records waiting for review and the deletes held for approval (``[pipelines.deletes]
+    approve``; a guard's batch is ``guard_tripped``'s), as items: the mark is the newest
+    one's time."""
     from syncengine.state import queues
 
     reviews = store.query(lambda conn: queues.review_rows(conn, pipeline, "open"))
-    held = store.query(lambda conn: queues.held_rows(conn, pipeline, "held"))
+    # a guard's batch is told as guard_tripped: only the deletes held for approval here
+    held = store.query(lambda conn: queues.held_rows(conn, pipeline, "held", guarded=False))
     times = [r.first_seen for r in reviews] + [h.held_at for h in held]
     by = {k: v for k, v in (("review", len(reviews)), ("held deletes", len(held))) if v}
     newest = max(times, default=None)

@@ -487,3 +487,37 @@ def test_alerts_test_reports_each_channel(
     none = write_config(tmp_path, hcp="http://127.0.0.1:9", alerts="")
     missing = cli(none, "alerts", "test")
     assert missing.returncode == 2 and "no [alerts] table" in missing.stderr
+
+
+def test_a_one_shot_sync_alerts_too(tmp_path: Path, webhook: WebhookReceiver) -> None:
+    """A sync run from cron: a failed run, a guard and their recoveries are told, each once,
+    and delivered before the command exits."""
+    box = start_sandbox(seed=3)
+    config = write_config(tmp_path, hcp=box.url, alerts=alerts_table(webhook.url, None))
+    try:
+        assert cli(config, "sync").returncode == 0
+        assert webhook.events() == []
+        faults(box.url, 1.0)
+        assert cli(config, "sync").returncode == 4
+        assert webhook.events() == ["run_failed"]
+        assert cli(config, "sync").returncode == 4
+        assert webhook.events() == ["run_failed"], "one alert per outage"
+        faults(box.url, 0.0)
+        assert cli(config, "sync").returncode == 0
+        assert webhook.events() == ["run_failed", "recovered"]
+
+        rows = sheet(tmp_path, "books")
+        (tmp_path / "books" / "customers.csv").unlink()  # the sheet gone: the guard stops it
+        guarded = cli(config, "sync")
+        assert guarded.returncode == 3, guarded.stdout + guarded.stderr
+        assert webhook.events()[-1] == "guard_tripped"
+        assert webhook.bodies[-1]["details"]["entity"] == "customers"
+        assert f"syncengine sync -c {config} --pipeline a --dry-run" in webhook.bodies[-1]["text"]
+        replace_sheet(tmp_path, "books", rows)
+        assert cli(config, "sync").returncode == 0
+        assert webhook.events() == ["run_failed", "recovered", "guard_tripped", "recovered"]
+        assert webhook.bodies[-1]["details"]["cleared"] == [
+            {"event": "guard_tripped", "entity": "customers"}
+        ]
+    finally:
+        box.stop()
