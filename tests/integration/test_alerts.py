@@ -195,6 +195,7 @@ def write_config(
     api_key: str = API_KEY,
     state: str = "sqlite:///state.db",
     conflicts: str = '["hcp"]',
+    pipeline_extra: str = "",
 ) -> Path:
     """One pipeline (the sandbox and a sheet) every second; the key written in the file, so
     that an edit of the file changes it for a running daemon."""
@@ -229,6 +230,7 @@ members = ["hcp", "books"]
 schedule = "every 1s"
 [pipelines.conflicts]
 default = {conflicts}
+{pipeline_extra}
 
 {alerts}""",
         encoding="utf-8",
@@ -519,5 +521,32 @@ def test_a_one_shot_sync_alerts_too(tmp_path: Path, webhook: WebhookReceiver) ->
         assert webhook.bodies[-1]["details"]["cleared"] == [
             {"event": "guard_tripped", "entity": "customers"}
         ]
+    finally:
+        box.stop()
+
+
+def test_a_delete_held_for_approval_gives_one_needs_review(
+    tmp_path: Path, webhook: WebhookReceiver
+) -> None:
+    box = start_sandbox(seed=3)
+    config = write_config(
+        tmp_path,
+        hcp=box.url,
+        alerts=alerts_table(webhook.url, None),
+        pipeline_extra="[pipelines.deletes]\napprove = true",
+    )
+    try:
+        assert cli(config, "sync").returncode == 0
+        rows = sheet(tmp_path, "books")
+        gone = rows.pop(0)
+        replace_sheet(tmp_path, "books", rows)
+        held = cli(config, "sync")
+        assert held.returncode in (0, 1), held.stdout + held.stderr
+        assert cli(config, "sync").returncode in (0, 1)
+        assert webhook.events() == ["needs_review"], webhook.bodies
+        alert = webhook.bodies[0]
+        assert alert["details"]["by"] == {"held deletes": 1}
+        assert f"syncengine deletes list -c {config} --pipeline a" in alert["text"]
+        assert gone["Email"] not in json.dumps(alert)
     finally:
         box.stop()
