@@ -8,13 +8,14 @@ session's CSRF token; every action is recorded in the audit log as the signed-in
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -613,6 +614,15 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         ),
         Middleware(_SignInRequired, known=console.known_user),
     ]
-    app = Starlette(routes=routes, middleware=middleware)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        # runs started here ("Run now" of a console served alone) may finish and commit
+        if isinstance(console.runner, ThreadRunner):
+            grace = console.config().daemon.shutdown_grace
+            await run_in_threadpool(console.runner.join, grace)
+
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.console = console
     return app
