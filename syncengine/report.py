@@ -71,6 +71,8 @@ class InvoiceLine:
     tax: dict[str, int] = field(default_factory=dict)
     """member -> the tax (members that give it)."""
     balance: dict[str, int | None] = field(default_factory=dict)
+    status: dict[str, str] = field(default_factory=dict)
+    """member -> the invoice's status (members that give it)."""
     payments: dict[str, set[str]] = field(default_factory=dict)
     """member -> payment keys."""
     items: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -186,6 +188,8 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
             _note_totals(line, member, record)
             if "balance" in record:
                 line.balance[member] = record.get("balance")
+            if isinstance(record.get("status"), str) and record["status"]:
+                line.status[member] = record["status"]
             line.paid.setdefault(member, 0)
             line.payments.setdefault(member, set())
             if number:
@@ -283,6 +287,9 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
             _check_lines_sum(line, member)
             _check_line_amounts(line, member)
         _check_lines_agree(line, holders, _line_fields(pipeline))
+        if len(set(line.status.values())) > 1:  # a voided invoice is not voided everywhere
+            shown = ", ".join(f"{m} {line.status[m]}" for m in holders if m in line.status)
+            line.problems.append(Disagreement("status", f"statuses differ: {shown}"))
         amounts = {line.amount[m] for m in holders}
         if len(amounts) > 1:
             shown = ", ".join(f"{m} {_money(line.amount[m])}" for m in holders)
@@ -654,6 +661,7 @@ def _explain_closed(
     - ``missing``: the invoice, or every payment, a member lacks is closed on that member
       (it was not created there), or on every member holding it (not deleted there);
     - ``balance``: on a member where the invoice is closed (its row stays as it was closed);
+    - ``status`` (an invoice voided after the close): the members where it is open agree;
     - ``amount`` and ``refund``: the members agree once the closed copies are left out (the
       amounts of the members where the invoice is open; the payments and refunds that are
       open everywhere);
@@ -690,6 +698,10 @@ def _explain_closed(
             )
         if problem.kind in ("amount", "refund") and not member:
             return _agree_when_open(line, closed_invoice, closed_payments, payments)
+        if problem.kind == "status":
+            return bool(closed_invoice) and (
+                len({s for m, s in line.status.items() if m not in closed_invoice}) <= 1
+            )
         if problem.kind in ("lines", "line") and member:
             return member in closed_invoice
         if problem.kind == "line":

@@ -599,6 +599,7 @@ def test_the_report_shows_a_difference_after_the_close_not_a_disagreement(tmp_pa
     explained = sorted((d.member, d.message.split(":")[0]) for d in line.after_close)
     assert explained == [
         ("", "amounts differ"),
+        ("", "statuses differ"),  # paid in HCP, still sent in the closed books
         ("", "succeeded payments differ"),
         ("books", "1 payment(s) held elsewhere are not on books (after the close"),
         (
@@ -610,10 +611,15 @@ def test_the_report_shows_a_difference_after_the_close_not_a_disagreement(tmp_pa
     assert all(d.kind == "after_close" for d in line.after_close)
     assert all("books closed before 2026-10-01" in d.message for d in line.after_close)
     body = report.to_json()
-    assert body["clean"] is True and body["after_close"] == 4 and body["disagreements"] == 0
-    # an open invoice that disagrees is still a disagreement
+    assert body["clean"] is True and body["after_close"] == 5 and body["disagreements"] == 0
+    # an open invoice that disagrees is still a disagreement: voided in HCP, not in the books
     key, _row = _books("1001")
     ds("books").edit("invoices", key, amount=1)
     [report] = api.reconcile_report(config)
     assert not report.clean and report.exit_code == 1
     assert {x.invoice_number for x in report.invoices if x.problems} == {"1001"}
+    ds("books").edit("invoices", key, amount=ds("hcp").table("invoices")["i1"]["amount"])
+    ds("books").edit("invoices", key, status="voided")
+    [report] = api.reconcile_report(config)
+    [open_line] = [x for x in report.invoices if x.problems]
+    assert [d.message.split(":")[0] for d in open_line.problems] == ["statuses differ"]
