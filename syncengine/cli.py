@@ -652,6 +652,8 @@ def validate(
                     }
                     for p in cfg.pipelines.values()
                 ],
+                # what alerts go through, only where [alerts] is set
+                **({"alerts": _alerts_json(cfg)} if cfg.alerts is not None else {}),
             }
             out.print_json(json.dumps(summary))
             return
@@ -664,6 +666,26 @@ def validate(
             # a lock date is part of the config people check: a new one changes what is written
             for lock in p.locks.values():
                 out.print(escape(f"  {p.name}: {lock.describe()}"))
+        if cfg.alerts is not None:
+            a = cfg.alerts
+            channels = [n for n, on in (("webhook", a.webhook_url), ("email", a.email)) if on]
+            out.print(
+                f"  alerts: {', '.join(channels)}; reminders every "
+                f"{a.remind_hours:g} h (`syncengine alerts test` tries them)"
+            )
+
+
+def _alerts_json(cfg: Config) -> dict[str, object] | None:
+    """What ``[alerts]`` sends through, for `validate` (no URL, server or secret)."""
+    if cfg.alerts is None:
+        return None
+    a = cfg.alerts
+    channels = [n for n, on in (("webhook", a.webhook_url), ("email", a.email)) if on]
+    return {
+        "channels": channels,
+        "remind_hours": a.remind_hours,
+        "reconcile_after_sync": a.reconcile_after_sync,
+    }
 
 
 def _locks_json(pipeline: Pipeline) -> dict[str, dict[str, str]]:

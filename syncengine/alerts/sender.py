@@ -250,7 +250,9 @@ class Alerter:
             with self.store.transaction() as tx:
                 if tx.claim_alert(change.row, change.seen):
                     won.append(change)
-        alerts = compose(won, config_path=str(config.path))
+        # the commands in an alert name the config by its absolute path: they are read and
+        # typed far from the daemon's working directory
+        alerts = compose(won, config_path=str(config.path.absolute()))
         channels = channels_of(section, config.secrets)
         for alert in alerts:
             clean = _redacted(alert, config.secrets)
@@ -404,13 +406,14 @@ def send_test(config: Config) -> list[Delivery]:
     section = config.alerts
     if section is None:
         return []
+    path = config.path.absolute()
     alert = Alert(
         "test",
         "-",
         "info",
         "Test alert from syncengine: this channel works. Alerts for the pipelines in "
-        f"{config.path} come here. Send another: `syncengine alerts test -c {config.path}`",
-        {"command": f"syncengine alerts test -c {config.path}", "config": str(config.path)},
+        f"{path} come here. Send another: `syncengine alerts test -c {path}`",
+        {"command": f"syncengine alerts test -c {path}", "config": str(path)},
     )
     out = []
     for channel in channels_of(section, config.secrets):

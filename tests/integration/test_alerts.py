@@ -471,6 +471,10 @@ def test_alerts_test_reports_each_channel(
     config = write_config(
         tmp_path, hcp="http://127.0.0.1:9", alerts=alerts_table(webhook.url, smtp.port)
     )
+    shown = cli(config, "validate")
+    assert shown.returncode == 0, shown.stderr
+    assert "alerts: webhook, email; reminders every 24 h" in shown.stdout
+    assert "tokenpart" not in shown.stdout and SMTP_PASSWORD not in shown.stdout
     good = cli(config, "alerts", "test")
     assert good.returncode == 0, good.stdout + good.stderr
     assert "webhook: sent" in good.stdout and "email: sent" in good.stdout
