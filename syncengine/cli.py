@@ -649,6 +649,7 @@ def validate(
                         "entities": list(p.entities),
                         # member -> the first open day (only where a period is closed)
                         **_locks_json(p),
+                        "deletes_approve": p.section.deletes.approve,
                     }
                     for p in cfg.pipelines.values()
                 ],
@@ -666,6 +667,13 @@ def validate(
             # a lock date is part of the config people check: a new one changes what is written
             for lock in p.locks.values():
                 out.print(escape(f"  {p.name}: {lock.describe()}"))
+            if p.section.deletes.approve:
+                out.print(
+                    escape(
+                        f"  {p.name}: deletes wait for approval ([pipelines.deletes] approve; "
+                        "syncengine deletes list)"
+                    )
+                )
         if cfg.alerts is not None:
             a = cfg.alerts
             channels = [n for n, on in (("webhook", a.webhook_url), ("email", a.email)) if on]
@@ -942,6 +950,9 @@ def pause(
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         paused = api.pause(cfg, pipeline, reason)
+        _audit_cli(
+            cfg, "pause", ", ".join(paused), None, {"paused": True, "reason": reason}, pipeline
+        )
         if as_json:
             out.print_json(json.dumps({"paused": paused}))
             return
@@ -972,6 +983,15 @@ def resume(
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         lifted = api.resume(cfg, pipeline)
+        if lifted:
+            _audit_cli(
+                cfg,
+                "resume",
+                ", ".join(lifted),
+                {"paused_or_backing_off": True},
+                {"paused": False},
+                pipeline,
+            )
         if as_json:
             out.print_json(json.dumps({"resumed": lifted}))
             return
@@ -1076,6 +1096,14 @@ def conflicts_resolve(
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         row = api.resolve_conflict(cfg, conflict_id, take)
+        _audit_cli(
+            cfg,
+            "conflicts.resolve",
+            f"conflict {row.id} ({row.entity} {row.key}, field {row.field})",
+            {"values": row.values, "base": row.base_value},
+            {"take": take, "value": row.values[take]},
+            row.pipeline,
+        )
         if as_json:
             settled = {
                 "id": row.id,
@@ -1389,6 +1417,262 @@ def console_add_user(
 
         path = add_user(cfg, name, password)
         out.print(escape(f"{name} can sign in to the console ({path})"))
+
+
+# -- the review queue, held deletes and the audit log (issue 15) ---------------------------
+
+review_app = typer.Typer(
+    help="The review queue: records left alone because they match several records, or look "
+    "like a copy of another. Link each to its record, or keep it separate.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(review_app, name="review")
+deletes_app = typer.Typer(
+    help="Deletes awaiting approval ([pipelines.deletes] approve = true, or a batch a delete "
+    "guard stopped): approve or restore them.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(deletes_app, name="deletes")
+
+PipelineFilterOpt = Annotated[
+    str | None,
+    typer.Option("--pipeline", "-p", metavar="NAME", help="Only this pipeline (default: all)."),
+]
+
+
+def os_user() -> str:
+    """Who the CLI's actions are audited as: the OS user running it."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for the uid (a bare container)
+        import os
+
+        return f"uid {os.getuid()}"
+
+
+def _audit_cli(
+    cfg: Config, action: str, target: str, before: object, after: object, pipeline: str | None
+) -> None:
+    """Record a CLI action in the audit log, as the OS user."""
+    api.record_audit(cfg, os_user(), action, target, before, after, pipeline)
+
+
+def _show_value(value: object) -> str:
+    return "(empty)" if value in (None, "") else escape(str(value))
+
+
+@review_app.command("list", short_help="The records waiting for a person's review.")
+def review_list(
+    config: ConfigOpt = Path("config.toml"),
+    pipeline: PipelineFilterOpt = None,
+    status: Annotated[
+        str,
+        typer.Option(
+            "--status",
+            metavar="STATUS",
+            help="open (default), linked, separate, closed, or all.",
+        ),
+    ] = "open",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (a list of items).")] = False,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """List the review queue: each record the sync left alone, why, and the records it may
+    be (its candidates), field by field."""
+    with handled("review list", reads_only=True):
+        _setup(log_level)
+        cfg = api.require_config(config, strict_env=False)
+        items = api.list_review(cfg, pipeline, None if status == "all" else status)
+        if as_json:
+            out.print_json(json.dumps([i.to_json() for i in items]))
+            return
+        if not items:
+            out.print("Nothing to review." if status == "open" else f"No {status} items.")
+            return
+        for item in items:
+            where = item.location or item.native_id
+            out.print(
+                f"[bold]#{item.id}[/] {item.pipeline} · {item.entity} · "
+                f"[bold]{escape(item.label)}[/] on {item.member} ({escape(where)}) · {item.status}"
+            )
+            out.print(f"  {escape(item.reason)}")
+            out.print(
+                f"  first seen {local_time(item.first_seen)}, last {local_time(item.last_seen)}"
+            )
+            shown = [k for k, v in item.fields.items() if v not in (None, "") and k != "updated_at"]
+            for c in item.candidates:
+                gone = "" if c.exists else " (no longer there)"
+                out.print(f"  candidate [bold]{c.hub_key}[/]: {escape(c.label)}{gone}")
+                for name in shown:
+                    mine = _show_value(item.fields.get(name))
+                    theirs = _show_value(c.base.get(name))
+                    mark = "" if mine == theirs else "  ≠"
+                    out.print(f"      {name}: {mine} | {theirs}{mark}")
+        out.print(
+            "Decide with: syncengine review link ID --to HUBKEY, or syncengine review separate ID"
+        )
+
+
+@review_app.command("link", short_help="Link a record to one of its candidates.")
+def review_link(
+    item_id: Annotated[int, typer.Argument(metavar="ID", help="The item's number.")],
+    to: Annotated[str, typer.Option("--to", metavar="HUBKEY", help="The candidate's hub key.")],
+    config: ConfigOpt = Path("config.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the item as JSON.")] = False,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Link the item's record to the hub record HUBKEY: the next sync syncs it as that
+    record. Audited as the OS user."""
+    with handled("review link"):
+        _setup(log_level)
+        cfg = api.require_config(config, strict_env=False)
+        item = api.review_link(cfg, item_id, to, os_user())
+        if as_json:
+            out.print_json(json.dumps(item.to_json()))
+            return
+        out.print(escape(f"#{item.id} {item.label}: linked to {to}; the next sync acts on it"))
+
+
+@review_app.command("separate", short_help="Keep a record as a record of its own.")
+def review_separate(
+    item_id: Annotated[int, typer.Argument(metavar="ID", help="The item's number.")],
+    config: ConfigOpt = Path("config.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the item as JSON.")] = False,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Keep the item's record separate: the next sync creates it on the other members like
+    any new record, and it is never asked about again. Audited as the OS user."""
+    with handled("review separate"):
+        _setup(log_level)
+        cfg = api.require_config(config, strict_env=False)
+        item = api.review_separate(cfg, item_id, os_user())
+        if as_json:
+            out.print_json(json.dumps(item.to_json()))
+            return
+        out.print(escape(f"#{item.id} {item.label}: kept separate; the next sync creates it"))
+
+
+@deletes_app.command("list", short_help="The deletes awaiting approval.")
+def deletes_list(
+    config: ConfigOpt = Path("config.toml"),
+    pipeline: PipelineFilterOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (a list).")] = False,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """List the deletes awaiting approval: the record, the member that deleted it, the
+    members the delete would reach and, for a batch a guard stopped, why."""
+    with handled("deletes list", reads_only=True):
+        _setup(log_level)
+        cfg = api.require_config(config, strict_env=False)
+        held = api.list_held_deletes(cfg, pipeline)
+        if as_json:
+            out.print_json(json.dumps([h.to_json() for h in held]))
+            return
+        if not held:
+            out.print("No deletes awaiting approval.")
+            return
+        guards: dict[tuple[str, str], str] = {}
+        for h in held:
+            out.print(
+                f"[bold]#{h.id}[/] {h.pipeline} · {h.entity} · [bold]{escape(h.label)}[/]: "
+                f"deleted on {h.member}, would be deleted on {', '.join(h.reach) or 'nothing'} "
+                f"(held {local_time(h.held_at)})"
+            )
+            if h.guard:
+                guards[(h.pipeline, h.entity)] = h.guard
+        for (name, entity), why in guards.items():
+            out.print(escape(f"{name} · {entity}: a delete guard stopped these: {why}"))
+            out.print(f"  approve that batch: syncengine deletes approve --guarded {name} {entity}")
+        out.print(
+            "Decide with: syncengine deletes approve ID... or syncengine deletes restore ID..."
+        )
+
+
+@deletes_app.command("approve", short_help="Approve held deletes (or a guard's batch).")
+def deletes_approve(
+    ids: Annotated[
+        list[int] | None, typer.Argument(metavar="ID...", help="The held deletes' numbers.")
+    ] = None,
+    guarded: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            "--guarded",
+            metavar="PIPELINE ENTITY",
+            help="Approve the batch a delete guard stopped on ENTITY of PIPELINE.",
+        ),
+    ] = None,
+    config: ConfigOpt = Path("config.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the approved).")] = False,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Approve held deletes: the next sync deletes each record on the members it would have
+    reached. With --guarded, approve exactly the records a delete guard stopped (as one
+    --allow-mass-delete run for them). Audited as the OS user."""
+    with handled("deletes approve"):
+        _setup(log_level)
+        cfg = api.require_config(config, strict_env=False)
+        if bool(ids) == (guarded is not None):
+            raise UsageError("give the ids of held deletes, or --guarded PIPELINE ENTITY")
+        if guarded is not None:
+            done = api.approve_guarded(cfg, guarded[0], guarded[1], os_user())
+        else:
+            done = api.approve_delete(cfg, ids or [], os_user())
+        if as_json:
+            out.print_json(json.dumps([h.to_json() for h in done]))
+            return
+        for h in done:
+            out.print(escape(f"#{h.id} {h.label}: approved; the next sync deletes it"))
+
+
+@deletes_app.command("restore", short_help="Give held deletes back to the member.")
+def deletes_restore(
+    ids: Annotated[list[int], typer.Argument(metavar="ID...", help="The held deletes' numbers.")],
+    config: ConfigOpt = Path("config.toml"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the restored).")] = False,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Restore held deletes: the next sync gives each record back to the member that
+    deleted it, and deletes nothing. Audited as the OS user."""
+    with handled("deletes restore"):
+        _setup(log_level)
+        cfg = api.require_config(config, strict_env=False)
+        done = api.restore_delete(cfg, ids, os_user())
+        if as_json:
+            out.print_json(json.dumps([h.to_json() for h in done]))
+            return
+        for h in done:
+            out.print(
+                escape(f"#{h.id} {h.label}: restored; the next sync gives it back to {h.member}")
+            )
+
+
+@app.command(short_help="Who did what: the audit log, newest first.")
+def audit(
+    config: ConfigOpt = Path("config.toml"),
+    limit: Annotated[int, typer.Option("--limit", metavar="N", help="Entries shown.")] = 100,
+    offset: Annotated[int, typer.Option("--offset", metavar="N", help="Skip the newest N.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (a list).")] = False,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """The audit log: every action taken on the console or with the CLI (who, what, when,
+    before and after), newest first."""
+    with handled("audit", reads_only=True):
+        _setup(log_level)
+        cfg = api.require_config(config, strict_env=False)
+        entries = api.list_audit(cfg, limit, offset)
+        if as_json:
+            out.print_json(json.dumps([e.to_json() for e in entries]))
+            return
+        if not entries:
+            out.print("Nothing audited yet.")
+            return
+        for e in entries:
+            where = f" ({e.pipeline})" if e.pipeline else ""
+            out.print(escape(f"{local_time(e.at)} {e.actor}: {e.action} {e.target}{where}"))
+            out.print(escape(f"    before {json.dumps(e.before)} → after {json.dumps(e.after)}"))
 
 
 def main() -> None:

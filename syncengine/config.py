@@ -88,6 +88,9 @@ class DeletesSection(_Strict):
     """Abort an entity when more than this share of a member's linked records would be deleted."""
     min_count: Int = Field(default=5, ge=0)
     """Deleting fewer records than this never trips the max_fraction guard (small data sets)."""
+    approve: bool = False
+    """True: a record deleted on one member is held for a person's approval (``syncengine
+    deletes list|approve|restore``, the console) instead of being deleted on the others."""
 
 
 class DaemonSection(_Strict):

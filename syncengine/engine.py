@@ -97,6 +97,16 @@ from syncengine.logging import redact_text
 from syncengine.marks import marks_to_keep, store_marks
 from syncengine.match import MatchResult, Observed, Relinking, match, relink_vanished
 from syncengine.member import Member, open_member
+from syncengine.parked import (
+    Decisions,
+    Parked,
+    approved_keys,
+    emptied_members,
+    guard_stopped,
+    hold_guarded,
+    record_held,
+    record_review,
+)
 from syncengine.plan import Delete, EntityPlan, Issue, KeyPlan, Plan, Update
 from syncengine.progress import ProgressFn, no_progress
 from syncengine.read import (
@@ -179,6 +189,14 @@ class PlannedEntity:
     held: list[HeldDelete] = field(default_factory=list)
     """Deletes of records other entities may refer to, decided after every entity of the
     run is planned (``Engine._decide_held_deletes``)."""
+    parked: Parked = field(default_factory=Parked)
+    """The records left for a person's review (recorded once the entity is applied)."""
+    matched: MatchResult | None = None
+    approved: set[str] = field(default_factory=set)
+    """Keys whose delete a person approved: the delete guards let them through."""
+    stopped: dict[str, tuple[str, set[str]]] = field(default_factory=dict)
+    """When a delete guard stopped the entity: key -> (the member that dropped it, the
+    members its delete would reach), held for a person (``api.approve_guarded``)."""
 
 
 @dataclass
@@ -443,6 +461,7 @@ class Engine:
         elif not self.dry_run:
             applier = EntityApply(self.store, pipeline, members, outcome, run_id, self.progress)
             finished = applier.run(self.stop)
+            record_held(self.store, pipeline.name, ent)
             if not finished:
                 self._check_stop()
             settled = recovery.updates.pop(entity, [])
@@ -458,6 +477,10 @@ class Engine:
                 outcome.failures,
                 planned.mappings,
             )
+        if not self.dry_run:
+            if planned.matched is not None:
+                record_review(self.store, pipeline.name, entity, planned.parked, planned.matched)
+            hold_guarded(self.store, pipeline.name, ent, planned.stopped)
         # until decided, a held delete's record is not there for the members that dropped it
         ent.keys.extend(h.placeholder() for h in planned.held)
         refs.planned(ent)  # entities referring to this one see its new state
@@ -653,9 +676,15 @@ class Engine:
                 self._named(member.name, entity),
             )
             ent.seen[member.name] = reads[member.name].count
+        planned.approved = approved_keys(self.store, pipeline.name, entity)
         if not self.allow_mass_delete:
             ent.guard = empty_member_guard(entity, reads)
+            emptied = emptied_members(reads)
+            approved = planned.approved
+            if ent.guard and emptied and all(set(reads[n].gone) <= approved for n in emptied):
+                ent.guard = None  # a person approved the deletes of exactly these records
             if ent.guard:
+                planned.stopped = guard_stopped(ent, reads, planned.approved)
                 return planned  # its interrupted creates wait for a run that plans it
         if recovery is not None and recovery.creates.get(entity):
             # before anything new in the reads is matched: a record an interrupted run
@@ -665,10 +694,21 @@ class Engine:
             )
         named = self._narrow_to_events(entity, reads)
         relinked = self._relink_vanished(pipeline, entity, members, reads, ent)
-        set_aside_copies(entity, reads, ent)
+        decisions = Decisions.load(self.store, pipeline.name, entity)
+        planned.parked.complete = {name for name, r in reads.items() if r.complete}
+        set_aside_copies(
+            entity,
+            reads,
+            ent,
+            lambda obs: decisions.of(obs) is not None,
+            planned.parked.add,
+        )
         hold_swapped_identities(self.store, pipeline, entity, reads, ent)
         touched = self._touched(pipeline, entity, members, reads, refs)
-        matched = self._match_new(pipeline, entity, members, reads, recovery, ent, relinked)
+        matched = self._match_new(
+            pipeline, entity, members, reads, recovery, ent, relinked, decisions, planned.parked
+        )
+        planned.matched = matched
         if named is not None:
             named.keep_named(matched, reads)
         touched.update(k for k in matched.groups if k not in matched.new_keys)
@@ -695,7 +735,16 @@ class Engine:
         planned.mappings = {name: r.fingerprint for name, r in reads.items() if r.complete}
         fill_notes(ent, reads, dry_run=self.dry_run)
         if not self.allow_mass_delete:
-            ent.guard = mass_delete_guard(pipeline, ent, reads)
+            ent.guard = mass_delete_guard(pipeline, ent, reads, planned.approved)
+            if ent.guard:
+                planned.stopped = guard_stopped(ent, reads, planned.approved)
+        held_for_approval = sum(len(kp.held) for kp in ent.keys)
+        if held_for_approval:
+            ent.notes.append(
+                f"{held_for_approval} delete{'s' if held_for_approval != 1 else ''} of {entity} "
+                f"{'are' if held_for_approval != 1 else 'is'} held for approval "
+                "([pipelines.deletes] approve): see `syncengine deletes list`"
+            )
         if planned.held:
             held = {id(h.plan) for h in planned.held}
             ent.keys = [kp for kp in ent.keys if id(kp) not in held]
@@ -804,9 +853,12 @@ class Engine:
         recovery: Recovery | None,
         ent: EntityPlan,
         relinked: Mapping[tuple[str, str], str] | None = None,
+        decisions: Decisions | None = None,
+        parked: Parked | None = None,
     ) -> MatchResult:
         """Link the records new on a member to hub records by match keys (ambiguous ones
-        are reported and left alone); ``relinked`` pairs are taken as they are."""
+        are reported, left alone and told to ``parked`` for a person's review);
+        ``relinked`` pairs are taken as they are, and a person's ``decisions`` are acted on."""
         new_records = {name: r.new for name, r in reads.items() if r.new}
         if not new_records:
             return MatchResult()
@@ -815,6 +867,8 @@ class Engine:
         hints = {**(recovery.match if recovery else {}), **(relinked or {})} or None
         released = {(m, k) for (m, _h), k in (relinked or {}).items()}
         relinking = self._relinking(entity, members, reads, keys)
+        decisions = decisions or Decisions()
+        linked_to = decisions.linked_keys()
         existing = (
             (
                 rs.key,
@@ -825,8 +879,17 @@ class Engine:
                     if ln.native_id and not ln.tombstone and (m, rs.key) not in released
                 ),
             )
-            for rs in self._candidates(pipeline, entity, new_records, keys, hints, relinking)
+            for rs in self._candidates(
+                pipeline, entity, new_records, keys, hints, relinking, linked_to
+            )
         )
+
+        def decided(obs: Observed) -> tuple[str, str | None] | None:
+            found = decisions.of(obs)
+            if found is None:
+                return None
+            return ("link" if found.kind == "linked" else "separate", found.hub_key)
+
         result = match(
             [m.name for m in members],
             new_records,
@@ -835,9 +898,14 @@ class Engine:
             hints=hints,
             relink=relinking,
             unreadable=unreadable,
+            decided=decided if decisions else None,
         )
         for obs, why in result.ambiguous:
             ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
+            if parked is not None:
+                if decisions.changed(obs):
+                    why = f"it changed since it was decided on, so it is asked again: {why}"
+                parked.add(obs, why, result.candidates.get(id(obs), []))
         return result
 
     def _candidates(
@@ -848,12 +916,13 @@ class Engine:
         keys: Sequence[str],
         hints: Mapping[tuple[str, str], str] | None,
         relinking: Relinking | None,
+        also: set[str] | None = None,
     ) -> Iterable[RecordState]:
         """The hub records new records may be matched to. Without match keys (payments),
         recovery hints or relinking, there are none: the hub is not walked. A few new records
         with text match keys look their candidates up by value; relinking (which compares
         other fields too) and many new records walk every hub record."""
-        if not (keys or hints or relinking):
+        if not (keys or hints or relinking or also):
             return ()
         if relinking is None:
             values: dict[str, list[str]] = {name: [] for name in keys}
@@ -876,6 +945,7 @@ class Engine:
                     log.info("match candidates walked", entity=entity, reason=str(exc))
                 else:
                     hinted = {key for key in (hints or {}).values() if key not in found}
+                    hinted |= {key for key in also or () if key not in found}
                     found.update(self.store.load_records(pipeline.name, entity, hinted))
                     return found.values()
         return self.store.iter_records(pipeline.name, entity)
@@ -950,6 +1020,7 @@ class Engine:
             types={m.name: m.type for m in members},
             rules=lambda f: pipeline.conflict_rules(entity, f),
             propagate_deletes=pipeline.section.deletes.propagate,
+            hold_deletes=pipeline.section.deletes.approve,
             parked=self.store.open_conflict_fields(pipeline.name, entity),
             refs={m.name: m.refs.snapshot() for m in members if m.refs is not None},
             users=None if hold else users_if_deleting(self.store, pipeline, entity, reads),

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import structlog
 
@@ -173,14 +173,18 @@ def empty_member_guard(entity: str, reads: Mapping[str, MemberRead]) -> str | No
 
 
 def mass_delete_guard(
-    pipeline: Pipeline, ent: EntityPlan, reads: Mapping[str, MemberRead]
+    pipeline: Pipeline,
+    ent: EntityPlan,
+    reads: Mapping[str, MemberRead],
+    allowed: Collection[str] = frozenset(),
 ) -> str | None:
     """The guard's message when the plan deletes at least ``min_count`` and more than
-    ``max_fraction`` of the records linked on a member, else None."""
+    ``max_fraction`` of the records linked on a member, else None. The deletes of
+    ``allowed`` keys (a person approved them) do not count."""
     rules = pipeline.section.deletes
     deletes: dict[str, int] = {}
     for action in ent.actions:
-        if isinstance(action, Delete):
+        if isinstance(action, Delete) and action.key not in allowed:
             deletes[action.member] = deletes.get(action.member, 0) + 1
     for member, count in deletes.items():
         linked = reads[member].linked

@@ -41,6 +41,11 @@ class MatchResult:
     new_keys: set[str] = field(default_factory=set)
     ambiguous: list[tuple[Observed, str]] = field(default_factory=list)
     """(record, explanation) for records that matched several hub records."""
+    candidates: dict[int, list[str]] = field(default_factory=dict)
+    """id() of an ambiguous record -> the hub keys it might be (for a person to choose)."""
+    copies: list[Observed] = field(default_factory=list)
+    """Records a person linked to a hub record their member already holds (a copy): left
+    alone, and not reported again."""
 
 
 @dataclass
@@ -145,6 +150,7 @@ def match(
     make_key: Callable[[], str] | None = None,
     relink: Relinking | None = None,
     unreadable: Mapping[str, Sequence[Observed]] | None = None,
+    decided: Callable[[Observed], tuple[str, str | None] | None] | None = None,
 ) -> MatchResult:
     """Group new records with hub records or with each other.
 
@@ -154,13 +160,19 @@ def match(
     keys after the match keys, and lets a new hub record take an id a member already gave it.
     ``unreadable`` (member -> its unlinked records in error) take part as candidates only: a
     record they would match is reported, not synced, so that it is not created again there.
+    ``decided`` gives a person's decision on a record (``("separate", None)``: a new hub
+    record of its own; ``("link", key)``: that hub record's, which must be among
+    ``existing``); a link to a record that is gone is reported as ambiguous again.
     """
     result = MatchResult()
     index: dict[tuple[str, Any], list[str]] = {}
     holders: dict[str, set[str]] = {}
+    deleted: set[str] = set()
     combos = _Combos(relink, new_records) if relink is not None else None
     for key, base, linked in existing:
         holders[key] = set(linked)
+        if base.get("_deleted"):
+            deleted.add(key)
         for name in match_keys:
             value = base.get(name)
             if value not in (None, ""):
@@ -193,6 +205,8 @@ def match(
 
     hints = hints or {}
     contested: set[str] = set()
+    settled: set[str] = set()
+    """Keys a person's decision gave a record: never held back for another's ambiguity."""
     for member in members:
         # a relink key pairs a record only with one its member does not hold yet: where there
         # is none (the first sync into an empty member), it is not looked for record by record
@@ -204,7 +218,25 @@ def match(
                 continue
             chosen: str | None = None
             ambiguous = ""
-            for name in match_keys:
+            decision = decided(obs) if decided is not None else None
+            if decision is not None:
+                kind, linked_to = decision
+                if kind == "link" and (linked_to not in holders or linked_to in deleted):
+                    result.candidates[id(obs)] = [linked_to] if linked_to else []
+                    result.ambiguous.append(
+                        (
+                            obs,
+                            f"it was linked by hand to a record ({linked_to}) that is no longer "
+                            "there (deleted since); choose again",
+                        )
+                    )
+                    continue
+                if kind == "link" and linked_to is not None:
+                    if member in holders[linked_to]:
+                        result.copies.append(obs)  # a copy of a record its member holds
+                        continue
+                    chosen = linked_to
+            for name in match_keys if decision is None else ():
                 value = obs.canonical.get(name)
                 if value in (None, ""):
                     continue
@@ -214,6 +246,7 @@ def match(
                     chosen = candidates[0]
                     break
                 if len(candidates) > 1:
+                    result.candidates[id(obs)] = list(candidates)
                     ambiguous = (
                         f"{name} {value!r} matches {len(candidates)} records "
                         "already linked elsewhere; give them distinct values or link "
@@ -224,6 +257,7 @@ def match(
                 twins = [k for k in same_value if holders.get(k, set()) - {member}]
                 alike = [k for k in same_value if k in result.new_keys and k not in twins]
                 if alike:
+                    result.candidates[id(obs)] = list(alike)
                     # a copied row, or a customer typed twice: the first is synced, a second
                     # created elsewhere would duplicate it there. It stays a candidate, so
                     # that a record elsewhere with this value is not taken for the first.
@@ -239,6 +273,7 @@ def match(
                     )
                     break
                 if twins:
+                    result.candidates[id(obs)] = list(twins)
                     ambiguous = (
                         f"{name} {value!r} is already used by another record on "
                         f"{member} that is linked to the other members: a possible "
@@ -246,14 +281,30 @@ def match(
                         "distinct value)"
                     )
                     break
-            if chosen is None and not ambiguous and combos is not None and pairs:
+            if (
+                decision is None
+                and chosen is None
+                and not ambiguous
+                and combos is not None
+                and pairs
+            ):
                 chosen, ambiguous, unsure = combos.find(obs, holders)
                 contested.update(k for k in unsure if k in result.new_keys)
+                if ambiguous:
+                    result.candidates[id(obs)] = [k for k in unsure if k not in shadows]
             if chosen in shadows:
                 ambiguous = shadows[chosen]
             if ambiguous:
                 result.ambiguous.append((obs, ambiguous))
                 continue
+            if decision is not None and chosen is None:
+                chosen = (make_key or new_key)()
+                result.new_keys.add(chosen)
+                holders[chosen] = set()
+                if combos is not None:
+                    combos.add(chosen, obs.canonical)
+            if decision is not None and chosen is not None:
+                settled.add(chosen)
             if chosen is None:
                 chosen = (make_key or new_key)()
                 result.new_keys.add(chosen)
@@ -271,7 +322,7 @@ def match(
                         keys.append(chosen)
     # new hub records that an ambiguous record might also belong to are held back too:
     # creating them elsewhere could duplicate what a person has to sort out first
-    for key in contested:
+    for key in contested - settled:
         for obs in result.groups.pop(key, {}).values():
             result.ambiguous.append(
                 (

@@ -161,6 +161,9 @@ class KeyPlan:
     """Members that deleted this record while records of other entities still refer to it:
     the delete waits (see ``Engine._settle_waiting_deletes``), and until then nothing may be
     written on them referring to it."""
+    held: set[str] = field(default_factory=set)
+    """Members whose delete of this record is held for a person's approval
+    (``[pipelines.deletes] approve``): the others keep it until it is approved."""
     prior: dict[str, LinkPlan] = field(default_factory=dict)
     """What each member holding the record had before this run's writes. For a new hub
     record it is committed before any write, so that a crash after a write leaves a base
@@ -178,6 +181,7 @@ class KeyPlan:
             or self.links
             or self.new_key
             or self.reported_skips
+            or self.held
             or self.base_before != self.base_after
         )
 
@@ -239,7 +243,7 @@ class EntityPlan:
         for kp in self.keys:
             detail = bool(kp.actions or kp.conflicts or kp.reported_skips)
             changed += detail
-            if kp.waiting or (detail and shown < details):
+            if kp.waiting or kp.held or (detail and shown < details):
                 kept.append(kp)
                 shown += detail
         self.compacted = Compacted(self.counts(), changed, changed - shown, users, len(kept))
@@ -267,9 +271,11 @@ class EntityPlan:
             if isinstance(value, dict) and name != "read":
                 out[name] = {op: n + own[name].get(op, 0) for op, n in value.items()}
             elif isinstance(value, int):
-                out[name] = value + own[name]
+                out[name] = value + own.get(name, 0)
             else:
                 out[name] = value
+        for name, value in own.items():
+            out.setdefault(name, value)
         return out
 
     def _count(self, keys: list[KeyPlan]) -> dict[str, Any]:
@@ -297,6 +303,9 @@ class EntityPlan:
         out["conflicts_settled"] = sum(1 for c in conflicts if c.winner is not None)
         out["errors"] = len(self.issues) if self.compacted is None else 0
         out["skipped"] = sum(len(kp.reported_skips) for kp in keys)
+        held = sum(len(kp.held) for kp in keys)
+        if held:  # deletes waiting for a person's approval ([pipelines.deletes] approve)
+            out["held_deletes"] = held
         out["read"] = dict(self.seen)
         return out
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from time import monotonic
 from typing import Any
@@ -465,32 +465,43 @@ def narrow_to_named(reads: Mapping[str, MemberRead], by_events: set[str]) -> Nam
     return Named(frozenset(by_events), frozenset(keys))
 
 
-def set_aside_copies(entity: str, reads: Mapping[str, MemberRead], ent: EntityPlan) -> None:
+def set_aside_copies(
+    entity: str,
+    reads: Mapping[str, MemberRead],
+    ent: EntityPlan,
+    decided: Callable[[Observed], bool] | None = None,
+    parked: Callable[[Observed, str, list[str | Observed]], None] | None = None,
+) -> None:
     """Report and set aside each record new on a member that holds exactly what another
     record read from it holds (a row copied without its Sync ID, a customer or payment typed
     twice): syncing it would count that record twice. Records with an id the member gave
-    them, and linked ones, are the originals; a blank-id copy is the one set aside."""
+    them, and linked ones, are the originals; a blank-id copy is the one set aside. A record
+    a person decided on (``decided``) is left to ``match``; each one set aside is told to
+    ``parked`` with the original (its hub key, or the new record it copies)."""
     for name, r in reads.items():
         if not r.new:
             continue
         first: dict[str, str] = {obs.native_hash: obs.record.location for obs in r.changed.values()}
-        for u in r.unchanged.values():
+        origin: dict[str, str | Observed] = {o.native_hash: k for k, o in r.changed.items()}
+        for key, u in r.unchanged.items():
             first.setdefault(u.native_hash, f"the record {u.native_id}")
+            origin.setdefault(u.native_hash, key)
         copies: set[int] = set()
         for obs in sorted(r.new, key=lambda o: o.record.provisional):  # ids first
+            if decided is not None and decided(obs):
+                continue
             seen = first.setdefault(obs.native_hash, obs.record.location or obs.record.id)
+            original = origin.setdefault(obs.native_hash, obs)
             if seen != (obs.record.location or obs.record.id):
                 copies.add(id(obs))
-                ent.issues.append(
-                    Issue(
-                        entity,
-                        name,
-                        obs.record.location,
-                        f"holds exactly what {seen} holds (a copied row, or one typed twice?): "
-                        "a possible duplicate, not synced; delete it, or change it if it is "
-                        "another record",
-                    )
+                why = (
+                    f"holds exactly what {seen} holds (a copied row, or one typed twice?): "
+                    "a possible duplicate, not synced; delete it, or change it if it is "
+                    "another record"
                 )
+                ent.issues.append(Issue(entity, name, obs.record.location, why))
+                if parked is not None:
+                    parked(obs, why, [original])
         if copies:
             r.new = [obs for obs in r.new if id(obs) not in copies]
 

@@ -99,6 +99,9 @@ class Context:
     skipped: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     """key -> member -> the reason of a skipped write on record from earlier runs (read where
     there are locks: a skip already on record is not reported again)."""
+    hold_deletes: bool = False
+    """``[pipelines.deletes] approve``: a delete one member made is held for a person's
+    approval instead of reaching the others (``KeyPlan.held``)."""
 
 
 def decide(
@@ -298,6 +301,13 @@ def _plan_deletes(
         for member in gone:  # the others keep it; this member is not given it again
             plan.links[member] = LinkPlan(member, None, None, None, tombstone=True)
         gone = []
+    if gone and present and not deleted and not modified and ctx.hold_deletes:
+        # held for a person: the others keep it, the hub remembers that these members
+        # deleted it (approving it deletes it everywhere; restoring gives it back to them)
+        for member in gone:
+            plan.links[member] = LinkPlan(member, None, None, None, tombstone=True)
+        plan.held = set(gone)
+        return None
     if gone and not deleted and not modified and ctx.users is not None:
         users = ctx.users.get(plan.key, 0)
         if users:

@@ -1,0 +1,258 @@
+"""Parked for a person: what the engine leaves to people, and what it does with their answers.
+
+- **Review queue.** A record new on a member that matches several hub records, or looks like
+  a copy of another record (``match``, ``read.set_aside_copies``), is left alone and becomes
+  (or refreshes) a review item. A person's decision is read by the next runs
+  (``Decisions``): *link* makes the record that hub record's (where its member already holds
+  that record, the row is a copy: it is left alone, quietly); *separate* makes it a new
+  record of its own, for good. A decision that no longer applies (the chosen record was
+  deleted, a row without an id changed) opens the item again with the reason. An open item
+  whose record a complete read no longer finds ambiguous closes itself.
+- **Held deletes.** With ``[pipelines.deletes] approve``, reconcile holds a delete instead
+  of propagating it (``KeyPlan.held``); the run records one row per record and member.
+- **Guards.** When a delete guard stops an entity, the records it would have deleted are held
+  with its explanation; a person approves the batch (``api.approve_guarded``) and the next
+  run lets exactly those deletes through the guards.
+
+Nothing here runs in a dry run: it records nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from syncengine import model
+from syncengine.display import label_of
+from syncengine.match import MatchResult, Observed
+from syncengine.plan import Delete, EntityPlan
+from syncengine.read import MemberRead
+from syncengine.state import StateStore, queues
+
+__all__ = [
+    "Decisions",
+    "Parked",
+    "approved_keys",
+    "emptied_members",
+    "guard_stopped",
+    "hold_guarded",
+    "record_held",
+    "record_review",
+]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A person's decision on a record: ``link`` (to ``hub_key``) or ``separate``."""
+
+    kind: str
+    hub_key: str | None
+    item_id: int
+
+
+class Decisions:
+    """The decided review items of an entity, found by the record they are about: its member
+    and native id, or, for a record without an id of its own (a sheet row without a Sync
+    ID, named by its line), its member and the hash of what it held when it was decided (a
+    changed row is asked about again; a moved one is still found)."""
+
+    def __init__(self, rows: Iterable[queues.ReviewRow] = ()) -> None:
+        self._by_id: dict[tuple[str, str], Decision] = {}
+        self._by_hash: dict[tuple[str, str], Decision] = {}
+        self._rows: dict[int, queues.ReviewRow] = {}
+        for row in rows:
+            decision = Decision(row.status, row.hub_key, row.id)
+            self._rows[row.id] = row
+            if row.provisional:
+                if row.native_hash:
+                    self._by_hash[(row.member, row.native_hash)] = decision
+            else:
+                self._by_id[(row.member, row.native_id)] = decision
+
+    @classmethod
+    def load(cls, store: StateStore, pipeline: str, entity: str) -> Decisions:
+        rows = [
+            r
+            for status in ("linked", "separate")
+            for r in store.query(
+                partial(queues.review_rows, pipeline=pipeline, entity=entity, status=status)
+            )
+        ]
+        return cls(rows)
+
+    def __bool__(self) -> bool:
+        return bool(self._rows)
+
+    def of(self, obs: Observed) -> Decision | None:
+        """The decision about a record read this run, or None."""
+        if obs.record.provisional:
+            return self._by_hash.get((obs.member, obs.native_hash))
+        return self._by_id.get((obs.member, obs.record.id))
+
+    def changed(self, obs: Observed) -> bool:
+        """Whether a record without an id of its own was decided on with other values (its
+        native id names the decided row but its hash differs)."""
+        if not obs.record.provisional:
+            return False
+        return any(
+            r.member == obs.member
+            and r.native_id == obs.record.id
+            and r.native_hash != obs.native_hash
+            for r in self._rows.values()
+        )
+
+    def linked_keys(self) -> set[str]:
+        """The hub keys records were linked to: candidates ``match`` must see."""
+        return {r.hub_key for r in self._rows.values() if r.status == "linked" and r.hub_key}
+
+
+@dataclass
+class Parked:
+    """What one entity's planning left for a person, recorded once it is applied."""
+
+    items: list[tuple[Observed, str, list[str | Observed]]] = field(default_factory=list)
+    """(record, why, candidates): a candidate is a hub key, or a record new in this run
+    whose key is known only once it is matched."""
+    complete: set[str] = field(default_factory=set)
+    """Members whose read was complete: their open items not found again are closed."""
+
+    def add(self, obs: Observed, why: str, candidates: Sequence[str | Observed] = ()) -> None:
+        self.items.append((obs, why, list(candidates)))
+
+
+def record_review(
+    store: StateStore,
+    pipeline: str,
+    entity: str,
+    parked: Parked,
+    matched: MatchResult,
+) -> None:
+    """Open or refresh the review items of this run, and close the open items of the
+    members read whole that it did not find again."""
+    key_of = {id(obs): key for key, group in matched.groups.items() for obs in group.values()}
+    with store.transaction() as tx:
+        seen: list[int] = []
+        for obs, why, candidates in parked.items:
+            keys: list[str] = []
+            for c in candidates:
+                key = c if isinstance(c, str) else key_of.get(id(c))
+                if key and key not in keys:
+                    keys.append(key)
+            fields = {k: v for k, v in obs.canonical.items() if not k.startswith("_")}
+            seen.append(
+                tx.run(
+                    partial(
+                        queues.upsert_review,
+                        pipeline=pipeline,
+                        entity=entity,
+                        member=obs.member,
+                        native_id=obs.record.id,
+                        native_hash=obs.native_hash,
+                        provisional=obs.record.provisional,
+                        location=obs.record.location,
+                        label=label_of(fields, obs.record.location or obs.record.id),
+                        fields=fields,
+                        reason=why,
+                        candidates=keys,
+                    )
+                )
+            )
+        tx.run(
+            partial(
+                queues.close_review,
+                pipeline=pipeline,
+                entity=entity,
+                members=parked.complete,
+                still_open=seen,
+            )
+        )
+
+
+def record_held(store: StateStore, pipeline: str, ent: EntityPlan) -> int:
+    """Record the deletes this applied plan held for approval; how many."""
+    held = [kp for kp in ent.keys if kp.held]
+    if not held:
+        return 0
+    with store.transaction() as tx:
+        for kp in held:
+            holders = sorted(set(ent.members) - kp.held)
+            for member in sorted(kp.held):
+                tx.run(
+                    partial(
+                        queues.hold_delete,
+                        pipeline=pipeline,
+                        entity=ent.entity,
+                        key=kp.key,
+                        member=member,
+                        reach=holders,
+                        label=kp.label,
+                    )
+                )
+    return sum(len(kp.held) for kp in held)
+
+
+def approved_keys(store: StateStore, pipeline: str, entity: str) -> set[str]:
+    """The keys whose delete a person approved and no run carried out yet."""
+    return store.query(partial(queues.approved_keys, pipeline=pipeline, entity=entity))
+
+
+def emptied_members(reads: Mapping[str, MemberRead]) -> list[str]:
+    """The members the empty-member guard is about: read whole, nothing listed, records
+    linked."""
+    return [n for n, r in reads.items() if r.count == 0 and r.linked > 0 and r.complete]
+
+
+def guard_stopped(
+    ent: EntityPlan, reads: Mapping[str, MemberRead], approved: Collection[str] = ()
+) -> dict[str, tuple[str, set[str]]]:
+    """The deletes a guard that tripped on ``ent`` stopped, but for those a person approved:
+    key -> (the member that dropped the record, the members its delete would reach). The
+    empty-member guard stops every record linked on the emptied member; the fraction guard
+    the planned deletes."""
+    stopped: dict[str, tuple[str, set[str]]] = {}
+    for name in emptied_members(reads):
+        for key in reads[name].gone:
+            stopped[key] = (name, set(ent.members) - {name})
+    for kp in ent.keys:
+        deletes = {a.member for a in kp.actions if isinstance(a, Delete)}
+        if deletes and kp.key not in stopped:
+            gone = sorted(m for m, lp in kp.links.items() if lp.remove)
+            stopped[kp.key] = (gone[0] if gone else "the hub", deletes)
+    return {k: v for k, v in stopped.items() if k not in approved}
+
+
+def hold_guarded(
+    store: StateStore,
+    pipeline: str,
+    ent: EntityPlan,
+    stopped: Mapping[str, tuple[str, set[str]]],
+) -> None:
+    """After a run (not a dry run) planned an entity: where a guard stopped it, hold each
+    delete it ``stopped`` with the guard's explanation and clear what an earlier trip held
+    that this one does not repeat; where no guard stopped it, the approved deletes were
+    carried out (done) and earlier batches no longer stand (cleared)."""
+    with store.transaction() as tx:
+        if not ent.guard:
+            tx.run(partial(queues.finish_approved, pipeline=pipeline, entity=ent.entity))
+            tx.run(partial(queues.clear_guarded, pipeline=pipeline, entity=ent.entity))
+            return
+        bases = store.load_records(pipeline, ent.entity, list(stopped))
+        for key, (member, reach) in stopped.items():
+            base = bases[key].base if key in bases else {}
+            shown = {k: v for k, v in base.items() if k != model.DELETED}
+            tx.run(
+                partial(
+                    queues.hold_delete,
+                    pipeline=pipeline,
+                    entity=ent.entity,
+                    key=key,
+                    member=member,
+                    reach=sorted(reach),
+                    label=label_of(shown, key),
+                    guard=ent.guard,
+                )
+            )
+        tx.run(
+            partial(queues.clear_guarded, pipeline=pipeline, entity=ent.entity, keep=set(stopped))
+        )
