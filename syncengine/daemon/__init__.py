@@ -230,9 +230,10 @@ class Daemon:
         """Start the scheduler, the lease keeper and the HTTP endpoint (if asked for)."""
         self._prepare()
         if self._http_address is not None:  # first: a port in use fails before any run
-            # the HTTP threads answer webhook senders while syncs run on other threads of
-            # this process: hand the interpreter over more often than every 5 ms, so that an
-            # answer does not wait behind a run's CPU work for long
+            # uvicorn's event loop and its worker threads answer webhook senders while syncs
+            # run on other threads of this process: hand the interpreter over more often than
+            # every 5 ms, so that an answer (a few hand-overs) does not wait behind a run's
+            # CPU work for long (bench/README.md, issue 13: measured with and without)
             sys.setswitchinterval(SWITCH_INTERVAL_S)
             self.server.start(self._http_address, console_app(self.config, self.console_runner))
         section = self.config.daemon

@@ -57,6 +57,8 @@ BODY_TIMEOUT_S = 30.0
 """How long a sender may take to send a webhook body (then 408, and the connection closed)."""
 START_TIMEOUT_S = 30.0
 """How long ``start()`` waits for uvicorn to serve."""
+KEEP_ALIVE_S = 30
+"""How long an idle kept-alive connection stays open (a sender's deliveries share one)."""
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 """The webhook path answers every method itself (anything but POST: 404, no such path)."""
 GRACE_S = 5
@@ -267,6 +269,7 @@ class StatusServer:
             log_config=None,  # the daemon's logging stays as configured
             access_log=False,
             server_header=False,
+            timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=GRACE_S,
         )
         server = uvicorn.Server(config)

@@ -42,7 +42,7 @@ from syncengine.api import open_store
 from syncengine.config import Config, Pipeline, load_config
 from syncengine.connector import Connector
 from syncengine.connectors.housecallpro.webhooks import check, sign
-from syncengine.daemon import Daemon
+from syncengine.daemon import Daemon, server
 from syncengine.daemon.webhooks import MAX_BODY
 from syncengine.engine import SyncResult
 from syncengine.plan import Plan
@@ -1039,6 +1039,26 @@ def test_a_delivery_smuggled_in_the_body_of_a_get_is_not_processed(receiver: Rec
     answers = read_all(receiver.port, get.encode() + smuggled)
 
     assert re.findall(rb"^HTTP/1\.1 (\d+)", answers, re.M) == [b"404"], answers
+    assert receiver.store.inbox_count() == count
+    assert receiver.outcomes() == outcomes
+    assert receiver.refusals() == refusals
+
+
+def test_a_body_not_sent_in_time_is_refused_408_and_nothing_is_stored(
+    receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a sender that stops sending mid-body is let go (with the connection) instead of
+    # holding it forever; the timeout is shortened here, the server reads it per request
+    monkeypatch.setattr(server, "BODY_TIMEOUT_S", 0.5)
+    count = receiver.store.inbox_count()
+    outcomes = receiver.outcomes()
+    refusals = receiver.refusals()
+    whole = signed_wire(Ctx(int(time.time()), "stalled"))
+
+    reply = exchange(receiver.port, whole[:-10])  # the last 10 bytes never come
+
+    assert reply.status == 408, reply.body
+    assert reply.headers["connection"] == "close"
     assert receiver.store.inbox_count() == count
     assert receiver.outcomes() == outcomes
     assert receiver.refusals() == refusals
