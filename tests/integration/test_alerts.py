@@ -554,3 +554,34 @@ def test_a_delete_held_for_approval_gives_one_needs_review(
         assert gone["Email"] not in json.dumps(alert)
     finally:
         box.stop()
+
+
+def test_an_outage_that_lasts_is_reminded_and_told_again_once_over(
+    tmp_path: Path, daemons: Callable[..., DaemonProcess], webhook: WebhookReceiver
+) -> None:
+    """``remind_hours`` of about two seconds: a pipeline failing for longer is reminded,
+    each reminder saying since when; its recovery is told once."""
+    box = start_sandbox(seed=3)
+    table = alerts_table(webhook.url, None, extra="remind_hours = 0.0006")
+    config = write_config(tmp_path, hcp=box.url, alerts=table)
+    try:
+        daemon = daemons(config)
+        wait_until(lambda: runs_of(tmp_path, "ok"), 30, "a first run", daemon.text)
+        faults(box.url, 1.0)
+
+        def reminders() -> list[dict[str, Any]]:
+            return [b for b in webhook.bodies if b["details"].get("kind") == "remind"]
+
+        wait_until(reminders, 30, "a reminder", daemon.text)
+        faults(box.url, 0.0)
+        wait_until(lambda: webhook.events("recovered"), 30, "the recovery", daemon.text)
+        events = webhook.events()
+        assert events[0] == "run_failed" and events[-1] == "recovered"
+        assert set(events[1:-1]) == {"run_failed"}, events
+        assert events.count("recovered") == 1
+        first = webhook.bodies[0]
+        assert all(b["text"].startswith("Reminder: still open since") for b in reminders())
+        assert all(b["details"]["opened_at"] == first["details"]["opened_at"] for b in reminders())
+        stop(daemon)
+    finally:
+        box.stop()
