@@ -95,8 +95,8 @@ def sync(
         ttl = config.daemon.lease_ttl
         alerts = Alerter(store) if config.alerts is not None else None
         with (
+            _alerts_sent(alerts),  # sent after the leases are released, not holding them
             hold_pipelines(store, names, ttl=ttl, wait=wait, waiting=waiting) as held,
-            _alerts_sent(alerts),
         ):
             out = []
             for p in pipelines:
