@@ -346,8 +346,8 @@ def _alert(t: Transition, config_path: str) -> Alert:
     if event == "run_failed":
         command = _cmd("runs", config_path, p)
         what = (
-            f"Pipeline {p}: a run failed: {text}. The daemon keeps trying with a growing "
-            f"backoff; you hear again when it recovers. See the errors: `{command}`"
+            f"Pipeline {p}: a run failed: {text}. Runs are tried again (a daemon backs off "
+            f"between tries); you hear again when one completes. See the errors: `{command}`"
         )
     elif event == "paused":
         command = _cmd("resume", config_path, p)
@@ -359,8 +359,8 @@ def _alert(t: Transition, config_path: str) -> Alert:
     elif event == "guard_tripped":
         command = _cmd("sync", config_path, p) + " --dry-run"
         what = (
-            f"Pipeline {p}: a safety guard stopped {row.detail}: {text} Nothing of "
-            f"{row.detail} was written. Look at what it would do: `{command}`"
+            f"Pipeline {p}: a safety guard stopped {row.detail}, and nothing of it was "
+            f"written: {text} See what a sync would do: `{command}`"
         )
     elif event == "conflicts_parked":
         command = _cmd("conflicts list", config_path, p)
