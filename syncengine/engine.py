@@ -1021,6 +1021,9 @@ class Engine:
             rules=lambda f: pipeline.conflict_rules(entity, f),
             propagate_deletes=pipeline.section.deletes.propagate,
             hold_deletes=pipeline.section.deletes.approve,
+            approved=approved_keys(self.store, pipeline.name, entity)
+            if pipeline.section.deletes.approve
+            else frozenset(),
             parked=self.store.open_conflict_fields(pipeline.name, entity),
             refs={m.name: m.refs.snapshot() for m in members if m.refs is not None},
             users=None if hold else users_if_deleting(self.store, pipeline, entity, reads),

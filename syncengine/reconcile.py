@@ -22,7 +22,7 @@ The result is a ``KeyPlan``: actions per member plus how each link looks afterwa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -102,6 +102,8 @@ class Context:
     hold_deletes: bool = False
     """``[pipelines.deletes] approve``: a delete one member made is held for a person's
     approval instead of reaching the others (``KeyPlan.held``)."""
+    approved: Collection[str] = frozenset()
+    """Keys whose delete a person approved already (a guard's batch): not held again."""
 
 
 def decide(
@@ -301,7 +303,8 @@ def _plan_deletes(
         for member in gone:  # the others keep it; this member is not given it again
             plan.links[member] = LinkPlan(member, None, None, None, tombstone=True)
         gone = []
-    if gone and present and not deleted and not modified and ctx.hold_deletes:
+    held = ctx.hold_deletes and plan.key not in ctx.approved
+    if gone and present and not deleted and not modified and held:
         # held for a person: the others keep it, the hub remembers that these members
         # deleted it (approving it deletes it everywhere; restoring gives it back to them)
         for member in gone:

@@ -237,3 +237,20 @@ def test_a_guard_trip_is_held_and_its_batch_approved_deletes_exactly_those(
     assert sorted(r["first_name"] for r in ds("b").table(C).values()) == ["P3", "P4", "P5"]
     assert api.list_held_deletes(cfg) == []
     assert run(cfg).plan.actions == []
+
+
+def test_an_approved_guard_batch_is_not_held_again_by_approve(held: Config) -> None:
+    """Found by the property: every record deleted on a one by one, the last one emptying it
+    (the empty-member guard); once everything is approved, the next sync deletes them all."""
+    _three(held)
+    for i in range(3):
+        ds("a").table(C).pop(f"a{i}")
+        assert run(held).plan.actions == []
+    batch = api.list_held_deletes(held)
+    assert [h.guard is None for h in batch] == [True, True, False]
+    api.approve_delete(held, [h.id for h in batch if h.guard is None], "tester")
+    api.approve_guarded(held, "p", C, "tester")
+    result = run(held)
+    assert ops(result) == [("delete", "b")] * 3
+    assert ds("b").table(C) == {} and api.list_held_deletes(held) == []
+    assert run(held).plan.actions == []
