@@ -741,6 +741,12 @@ def status(
                 out.print(f"  interrupted writes to settle on the next sync: {r.pending_writes}")
             if r.waiting_events:
                 out.print(f"  webhook events waiting for a run: {r.waiting_events}")
+            if r.open_review:
+                out.print(f"  records to review: {r.open_review} (syncengine review list)")
+            if r.held_deletes:
+                out.print(
+                    f"  deletes awaiting approval: {r.held_deletes} (syncengine deletes list)"
+                )
             if r.skipped_total:
                 out.print(
                     f"  skipped writes: {r.skipped_total}"

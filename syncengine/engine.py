@@ -546,6 +546,7 @@ class Engine:
         EntityApply(self.store, pipeline, members, outcome, result.run_id, self.progress).run(
             self.stop
         )
+        record_held(self.store, pipeline.name, ent)
         first.plan.keys.extend(kp for kp in ent.keys if kp.actions or kp.conflicts or kp.links)
         first.failures.extend(outcome.failures)
         for member, ops in outcome.applied.items():

@@ -112,6 +112,9 @@ def test_held_deletes_are_approved_or_restored_from_the_cli(
     assert_clean_exit(held, 0)
     assert json.loads(held.stdout)["entities"]["customers"]["held_deletes"] == 2
     assert len(box.customers()) == 6
+    status = cli("status", "--config", config)
+    assert_clean_exit(status, 0)
+    assert "deletes awaiting approval: 2 (syncengine deletes list)" in status.stdout
     listed = _json(cli("deletes", "list", "--config", config, "--json"))
     by_key = {h["hub_key"]: h for h in listed}
     assert set(by_key) == {gone_a["Sync ID"], gone_b["Sync ID"]}
