@@ -1406,11 +1406,16 @@ def console_add_user(
         bool,
         typer.Option("--password-stdin", help="Read the password from the first line of stdin."),
     ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"user": NAME, "users_file": PATH}.')
+    ] = False,
+    log_level: LogLevelOpt = None,
 ) -> None:
     """Add NAME to the console's users file ([console] users_file, default
     console-users.toml beside the config, mode 0600) with the argon2 hash of a password
     asked twice (or read from stdin). Only the hash is written."""
     with handled("console add-user", reads_only=True):
+        _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         if password_stdin:
             password = sys.stdin.readline().rstrip("\r\n")
@@ -1422,7 +1427,10 @@ def console_add_user(
         from syncengine.console.auth import add_user
 
         path = add_user(cfg, name, password)
-        out.print(escape(f"{name} can sign in to the console ({path})"))
+        if as_json:
+            out.print_json(json.dumps({"user": name, "users_file": str(path)}))
+        else:
+            out.print(escape(f"{name} can sign in to the console ({path})"))
 
 
 # -- the review queue, held deletes and the audit log (issue 15) ---------------------------
