@@ -254,3 +254,23 @@ def test_an_approved_guard_batch_is_not_held_again_by_approve(held: Config) -> N
     assert ops(result) == [("delete", "b")] * 3
     assert ds("b").table(C) == {} and api.list_held_deletes(held) == []
     assert run(held).plan.actions == []
+
+
+def test_review_and_held_deletes_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """The same decisions with the state on PostgreSQL (shared by several workers)."""
+    cfg = memory_config(
+        tmp_path, {"a": {}, "b": {"assigns_ids": True}}, deletes={"approve": True}, state=pg_url
+    )
+    _three(cfg)
+    ds("b").put(C, "b-new", {"first_name": "Ann again", "email": "ann@x.com"})
+    ds("a").table(C).pop("a1")
+    result = run(cfg)
+    assert result.plan.actions == []
+    [item] = api.list_review(cfg)
+    [hd] = api.list_held_deletes(cfg)
+    api.review_separate(cfg, item.id, "tester")
+    api.approve_delete(cfg, [hd.id], "tester")
+    assert sorted(ops(run(cfg))) == [("create", "a"), ("delete", "b")]
+    assert run(cfg).plan.actions == []
+    assert api.list_review(cfg) == [] and api.list_held_deletes(cfg) == []
+    assert [e.action for e in api.list_audit(cfg)] == ["delete.approve", "review.separate"]
