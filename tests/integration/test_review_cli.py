@@ -159,6 +159,9 @@ def test_a_guard_stopped_batch_is_approved_as_one(
     assert "--guarded" in one.stderr
     approved = cli("deletes", "approve", "--guarded", "hcp-books", "customers", "--config", config)
     assert_clean_exit(approved, 0)
+    [entry, *_] = _json(cli("audit", "--config", config, "--json"))
+    assert (entry["actor"], entry["action"]) == (getpass.getuser(), "delete.approve_guarded")
+    assert sorted(entry["before"]["keys"]) == sorted(r["Sync ID"] for r in rows[:5])
     assert_clean_exit(cli("sync", "--config", config), 0)
     assert len(box.customers()) == 5
     assert _json(cli("deletes", "list", "--config", config, "--json")) == []
@@ -192,3 +195,29 @@ def test_validate_shows_that_deletes_wait_for_approval(tmp_path: Path, cli: Cli)
     refused = cli("validate", "--config", typo)
     assert_clean_exit(refused, 2)
     assert "approve" in refused.stderr
+
+
+def test_a_conflict_resolved_from_the_cli_is_audited(
+    tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
+) -> None:
+    box = sandbox_factory(seed=1)
+    config = hcp_books_config(
+        tmp_path, box.port, conflicts='default = ["hcp"]\n"customers.company" = ["manual"]'
+    )
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    csv_path = tmp_path / "books" / "customers.csv"
+    rows = read_csv(csv_path)
+    customer = box.customers()[0]
+    box.update_customer(customer["id"], {"company": "HCP Side"})
+    rows[0]["Company"] = "Books Side"
+    write_csv(csv_path, rows)
+    assert_clean_exit(cli("sync", "--config", config), 1)
+    [conflict] = _json(cli("conflicts", "list", "--config", config, "--json"))
+    resolved = cli(
+        "conflicts", "resolve", str(conflict["id"]), "--take", "books", "--config", config
+    )
+    assert_clean_exit(resolved, 0)
+    [entry] = _json(cli("audit", "--config", config, "--json"))
+    assert (entry["actor"], entry["action"]) == (getpass.getuser(), "conflicts.resolve")
+    assert entry["before"]["values"] == {"hcp": "HCP Side", "books": "Books Side"}
+    assert entry["after"] == {"take": "books", "value": "Books Side"}
