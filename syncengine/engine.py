@@ -106,6 +106,7 @@ from syncengine.parked import (
     hold_guarded,
     record_held,
     record_review,
+    settle_held,
 )
 from syncengine.plan import Delete, EntityPlan, Issue, KeyPlan, Plan, Update
 from syncengine.progress import ProgressFn, no_progress
@@ -481,6 +482,8 @@ class Engine:
             if planned.matched is not None:
                 record_review(self.store, pipeline.name, entity, planned.parked, planned.matched)
             hold_guarded(self.store, pipeline.name, ent, planned.stopped)
+            if pipeline.section.deletes.approve:
+                settle_held(self.store, pipeline.name, entity)
         # until decided, a held delete's record is not there for the members that dropped it
         ent.keys.extend(h.placeholder() for h in planned.held)
         refs.planned(ent)  # entities referring to this one see its new state

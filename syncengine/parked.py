@@ -39,6 +39,7 @@ __all__ = [
     "hold_guarded",
     "record_held",
     "record_review",
+    "settle_held",
 ]
 
 
@@ -190,6 +191,26 @@ def record_held(store: StateStore, pipeline: str, ent: EntityPlan) -> int:
                     )
                 )
     return sum(len(kp.held) for kp in held)
+
+
+def settle_held(store: StateStore, pipeline: str, entity: str) -> int:
+    """Clear the held deletes whose member holds the record again (a person typed it back,
+    and it was linked to its record): there is nothing left to approve. How many."""
+    rows = store.query(
+        partial(queues.held_rows, pipeline=pipeline, entity=entity, status="held", guarded=False)
+    )
+    if not rows:
+        return 0
+    states = store.load_records(pipeline, entity, sorted({r.key for r in rows}))
+    back = []
+    for r in rows:
+        link = states[r.key].links.get(r.member) if r.key in states else None
+        if link is not None and link.native_id and not link.tombstone:
+            back.append(r.id)
+    if back:
+        with store.transaction() as tx:
+            tx.run(partial(queues.set_held, ids=back, status="cleared", actor="syncengine"))
+    return len(back)
 
 
 def approved_keys(store: StateStore, pipeline: str, entity: str) -> set[str]:

@@ -274,3 +274,18 @@ def test_review_and_held_deletes_on_postgresql(tmp_path: Path, pg_url: str) -> N
     assert run(cfg).plan.actions == []
     assert api.list_review(cfg) == [] and api.list_held_deletes(cfg) == []
     assert [e.action for e in api.list_audit(cfg)] == ["delete.approve", "review.separate"]
+
+
+def test_a_held_delete_is_cleared_when_its_member_holds_the_record_again(held: Config) -> None:
+    keys = _three(held)
+    ds("a").table(C).pop("a1")
+    run(held)
+    [hd] = api.list_held_deletes(held)
+    ds("a").put(C, "a1-again", {"first_name": "Bob", "email": "bob@x.com"})  # typed back
+    run(held)
+    assert api.list_held_deletes(held) == []
+    assert run(held).plan.actions == []
+    assert sorted(r["first_name"] for r in ds("b").table(C).values()) == ["Ann", "Bob", "Cy"]
+    assert keys["Bob"] in _hub(held)
+    with pytest.raises(UsageError, match=f"no held delete with id {hd.id}"):
+        api.approve_delete(held, [hd.id], "tester")
