@@ -9,7 +9,12 @@ running in the test.
   ``recovered``; with two daemons on one PostgreSQL store, still once each;
 - a parked conflict gives one ``conflicts_parked`` (a pipeline paused by hand gives none);
 - a receiver that is down fails no sync: alerts are retried, logged and counted;
-- ``syncengine alerts test`` reports each channel, and exits 4 when one fails.
+- an outage longer than ``remind_hours`` is reminded, its recovery told once;
+- a delete held for approval gives one ``needs_review``;
+- a one-shot ``syncengine sync`` (as from cron) tells a failed run, a guard and their
+  recoveries, delivered before it exits;
+- ``syncengine alerts test`` reports each channel, and exits 4 when one fails; ``validate``
+  names the channels.
 """
 
 from __future__ import annotations
