@@ -1384,17 +1384,14 @@ def console(
                     f"`syncengine console add-user NAME -c {config}`"
                 )
             )
-        import uvicorn
+        from syncengine.console.app import serve
 
         application = create_app(config)
-        err.print(escape(f"console listening on http://{address.host}:{address.port}"))
-        uvicorn.run(
+        serve(
             application,
-            host=address.host,
-            port=address.port,
-            log_level="warning",
-            proxy_headers=False,  # X-Forwarded-Proto is the console's own decision
-            server_header=False,
+            address.host,
+            address.port,
+            announce=lambda url: err.print(escape(f"console listening on {url}")),
         )
 
 

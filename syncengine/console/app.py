@@ -47,10 +47,10 @@ from syncengine.console.security import (
     route_path,
     signed_in,
 )
-from syncengine.errors import SyncEngineError
+from syncengine.errors import SyncEngineError, UsageError
 from syncengine.redact import Redactor
 
-__all__ = ["ConsoleRunner", "ThreadRunner", "create_app"]
+__all__ = ["ConsoleRunner", "ThreadRunner", "create_app", "serve"]
 
 log = structlog.get_logger("syncengine.console")
 HERE = Path(__file__).parent
@@ -626,3 +626,45 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.console = console
     return app
+
+
+def serve(app: Starlette, host: str, port: int, *, announce: Callable[[str], None]) -> None:
+    """Serve ``app`` with uvicorn on ``host``:``port`` until SIGINT or SIGTERM (port 0: a free
+    one). The socket is bound first, so that a port in use is a UsageError before anything
+    starts; ``announce`` is told the URL (with the real port) once it listens."""
+    import socket
+
+    import uvicorn
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, where = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(where)
+    except OSError as exc:
+        raise UsageError(
+            f"--http {host}:{port}: cannot listen there: {exc.strerror or exc}"
+        ) from None
+    bound_host, bound_port = sock.getsockname()[:2]
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        proxy_headers=False,  # X-Forwarded-Proto is the console's own decision
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
+
+    async def started() -> None:
+        announce(f"http://{shown}:{bound_port}")
+
+    original = server.startup
+
+    async def startup(sockets: list[socket.socket] | None = None) -> None:
+        await original(sockets=sockets)
+        if server.started:
+            await started()
+
+    server.startup = startup  # type: ignore[method-assign]
+    server.run(sockets=[sock])
