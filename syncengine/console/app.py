@@ -654,17 +654,7 @@ def serve(app: Starlette, host: str, port: int, *, announce: Callable[[str], Non
         server_header=False,
     )
     server = uvicorn.Server(config)
+    sock.listen(128)  # connections made from now on wait for uvicorn to take them
     shown = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
-
-    async def started() -> None:
-        announce(f"http://{shown}:{bound_port}")
-
-    original = server.startup
-
-    async def startup(sockets: list[socket.socket] | None = None) -> None:
-        await original(sockets=sockets)
-        if server.started:
-            await started()
-
-    server.startup = startup  # type: ignore[method-assign]
+    announce(f"http://{shown}:{bound_port}")
     server.run(sockets=[sock])
