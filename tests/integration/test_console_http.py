@@ -55,7 +55,10 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     os.environ[SECRET_ENV] = SESSION_SECRET
     path = console_config(
         folder,
-        {"p": {"conflicts": ["manual"]}},
+        {
+            "p": {"conflicts": ["manual"]},
+            "g": {"deletes": "max_fraction = 0.3\nmin_count = 2"},
+        },
         console=f'secret_key = "${{{SECRET_ENV}}}"\ntrust_forwarded_proto = true',
     )
     (folder / "p-a").mkdir()
@@ -324,3 +327,36 @@ def test_a_user_taken_out_of_the_users_file_is_signed_out(console: Console) -> N
     token = csrf_of(client.get("/login").text)
     assert client.post("/pipelines/p/pause", data={"csrf": token}).status_code == 401
     client.close()
+
+
+def test_a_batch_a_delete_guard_stopped_is_explained_and_approved_whole(
+    console: Console, anna: httpx.Client
+) -> None:
+    folder = console.config.parent
+    people = [customer(n, "G", f"{n.lower()}@example.com") for n in ("Ann", "Ben", "Cat", "Dan")]
+    (folder / "g-a").mkdir(exist_ok=True)
+    write_csv(folder / "g-a" / "customers.csv", people, CSV_HEADER)
+    cfg = load_config(console.config)
+    api.sync(cfg, pipeline="g")
+    rows = read_csv(folder / "g-b" / "customers.csv")
+    write_csv(folder / "g-b" / "customers.csv", rows[:1], list(rows[0]))  # 3 of 4 gone
+    (result,) = api.sync(cfg, pipeline="g")
+    assert result.guard
+    held = api.list_held_deletes(cfg, "g")
+    assert len(held) == 3 and all(d.guard for d in held)
+
+    page = anna.get("/deletes").text
+    assert "stopped by a safety guard" in page and "Approve the batch of 3 deletes" in page
+    token = csrf_of(page)
+    one = anna.post(f"/deletes/{held[0].id}/approve", data={"csrf": token})
+    assert one.status_code == 303  # refused: a guarded delete is approved with its batch
+    assert "approve the whole batch" in anna.get("/deletes").text
+    response = anna.post(
+        "/deletes/batch", data={"csrf": token, "pipeline": "g", "entity": "customers"}
+    )
+    assert response.status_code == 303
+    assert "No deletes are waiting" in anna.get("/deletes").text
+    api.sync(cfg, pipeline="g")
+    assert [r["Email"] for r in read_csv(folder / "g-a" / "customers.csv")] == [rows[0]["Email"]]
+    actions = [(e.actor, e.action) for e in api.list_audit(cfg)]
+    assert ("anna", "delete.approve_guarded") in actions
