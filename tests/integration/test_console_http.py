@@ -58,6 +58,7 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         {
             "p": {"conflicts": ["manual"]},
             "g": {"deletes": "max_fraction = 0.3\nmin_count = 2"},
+            "big": {},
         },
         console=f'secret_key = "${{{SECRET_ENV}}}"\ntrust_forwarded_proto = true',
     )
@@ -360,3 +361,33 @@ def test_a_batch_a_delete_guard_stopped_is_explained_and_approved_whole(
     assert [r["Email"] for r in read_csv(folder / "g-a" / "customers.csv")] == [rows[0]["Email"]]
     actions = [(e.actor, e.action) for e in api.list_audit(cfg)]
     assert ("anna", "delete.approve_guarded") in actions
+
+
+def test_a_large_preview_is_paged_and_filtered(console: Console, anna: httpx.Client) -> None:
+    import re
+
+    folder = console.config.parent
+    people = [customer(f"P{i:03d}", "Big", f"p{i:03d}@example.com") for i in range(120)]
+    (folder / "big-a").mkdir(exist_ok=True)
+    write_csv(folder / "big-a" / "customers.csv", people, CSV_HEADER)
+    token = csrf_of(anna.get("/preview").text)
+    started = anna.post("/preview", data={"csrf": token, "pipeline": "big"})
+    assert started.status_code == 303
+    where = started.headers["location"]
+    first = anna.get(where).text
+    # summary first: 120 creates on big-b, 120 links on big-a
+    assert first.index("What big would do") < first.index("change(s)")
+    assert "480 change(s), page 1 of 5" in first  # 120 links + 120 creates x 3 fields
+    assert first.count('<tr class="op-') == 100
+    last = anna.get(where, params={"page": "5"}).text
+    assert last.count('<tr class="op-') == 80 and 'rel="prev"' in last and 'rel="next"' not in last
+    links = anna.get(where, params={"op": "link", "member": "big-a"}).text
+    assert "120 change(s), page 1 of 2" in links
+    assert set(re.findall(r'<tr class="op-(\w+)"', links)) == {"link"}
+    assert (
+        anna.get(where, params={"entity": "customers", "op": "delete"}).text.count(
+            "No change matches this filter."
+        )
+        == 1
+    )
+    assert not (folder / "big-b" / "customers.csv").exists()  # a preview writes nothing
