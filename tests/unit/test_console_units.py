@@ -185,3 +185,35 @@ def test_a_typed_value_is_read_as_its_fields_type(tmp_path: Path) -> None:
     assert parse_typed(cfg, conflict.id, "  ") is None
     with pytest.raises(UsageError, match="no open conflict"):
         parse_typed(cfg, conflict.id + 100, "x")
+
+
+def test_the_reconcile_page_lists_the_disagreements_first(tmp_path: Path) -> None:
+    from syncengine import api
+    from syncengine.connectors.memory import MemoryConnector
+    from syncengine.console.views import reconcile
+    from tests.helpers import hcp_books_config
+
+    config = hcp_books_config(tmp_path)
+    hcp, books = MemoryConnector.get_dataset("hcp"), MemoryConnector.get_dataset("books")
+    hcp.put("customers", "c1", {"first_name": "Ann", "email": "ann@example.com"})
+    for number in ("1001", "1002", "1003"):
+        hcp.put(
+            "invoices",
+            f"i{number}",
+            {
+                "customer": "c1",
+                "status": "sent",
+                "invoice_number": number,
+                "amount": 5_000,
+                "balance": 5_000,
+            },
+        )
+    api.sync(config)
+    # the books change 1003's balance behind the sync's back: the members disagree on it
+    (key,) = [k for k, v in books.table("invoices").items() if v["invoice_number"] == "1003"]
+    books.table("invoices")[key]["balance"] = 1_000
+    (report,) = reconcile(config)
+    assert not report["clean"] and report["bad"] == 1
+    assert [i["invoice"] for i in report["invoices"]] == ["1003", "1001", "1002"]
+    assert report["invoices"][0]["problems"] and not report["invoices"][1]["problems"]
+    assert report["invoices"][1]["cells"] == ["$50.00 / $0.00 / $50.00"] * 2
