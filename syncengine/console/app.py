@@ -176,6 +176,18 @@ class _Console:
         return pid
 
 
+def safe_next(wanted: str) -> str:
+    """Where to go after signing in: a path of the console, never another site (``//host``,
+    ``/\\host``, a scheme, control characters all give ``/``)."""
+    ok = (
+        wanted.startswith("/")
+        and not wanted.startswith(("//", "/\\"))
+        and "\\" not in wanted
+        and all(c.isprintable() for c in wanted)
+    )
+    return wanted if ok else "/"
+
+
 class _SignInRequired:
     """ASGI middleware: no anonymous access but to ``/login`` and ``/static``. A GET is sent
     to the sign-in page; anything else is answered 401. A session whose user is no longer
@@ -309,7 +321,7 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
             user=name, csrf=secrets.token_urlsafe(32), since=dt.datetime.now(dt.UTC).isoformat()
         )
         audit(name, "console.sign_in", "console", None, {"client": client})
-        target = wanted if wanted.startswith("/") and not wanted.startswith("//") else "/"
+        target = safe_next(wanted)
         root = request.scope.get("root_path", "")
         return RedirectResponse(root + target, status_code=303)
 

@@ -217,3 +217,12 @@ def test_the_reconcile_page_lists_the_disagreements_first(tmp_path: Path) -> Non
     assert [i["invoice"] for i in report["invoices"]] == ["1003", "1001", "1002"]
     assert report["invoices"][0]["problems"] and not report["invoices"][1]["problems"]
     assert report["invoices"][1]["cells"] == ["$50.00 / $0.00 / $50.00"] * 2
+
+
+def test_after_sign_in_only_a_console_path_is_followed() -> None:
+    from syncengine.console.app import safe_next
+
+    assert safe_next("/runs?pipeline=p") == "/runs?pipeline=p"
+    for elsewhere in ("", "runs", "//evil.example", "/\\evil.example", "https://evil.example",
+                      "/a\\b", "/\r\nSet-Cookie: x"):  # fmt: skip
+        assert safe_next(elsewhere) == "/", elsewhere
