@@ -1421,9 +1421,19 @@ def console_add_user(
             again = typer.prompt("Password again", hide_input=True)
             if password != again:
                 raise UsageError("the two passwords differ; nothing was written")
-        from syncengine.console.auth import add_user
+        from syncengine.console.auth import add_user, load_users, users_path
 
+        existed = name in load_users(users_path(cfg)).users
         path = add_user(cfg, name, password)
+        # the password is never recorded; only that it was set, and by whom
+        _audit_cli(
+            cfg,
+            "console.add_user",
+            f"console user {name}",
+            {"existed": existed},
+            {"users_file": str(path)},
+            None,
+        )
         if as_json:
             out.print_json(json.dumps({"user": name, "users_file": str(path)}))
         else:

@@ -4,6 +4,7 @@ the daemon). Real processes on loopback ports, real HTTP."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -107,3 +108,31 @@ def test_the_daemon_serves_the_console_beside_healthz_and_runs_now(tmp_path: Pat
         entries = api.list_audit(cfg)
         assert any(e.action == "pipeline.run_now" and e.actor == "anna" for e in entries)
         client.close()
+
+
+def test_console_add_user_writes_a_hash_and_audits_it(tmp_path: Path) -> None:
+    import subprocess
+
+    path = console_config(tmp_path, {"p": {}})
+    command = [str(SYNCENGINE), "console", "add-user", "office.manager", "-c", str(path)]
+    done = subprocess.run(
+        [*command, "--password-stdin", "--json"],
+        input="a sturdy passphrase\n",
+        capture_output=True,
+        text=True,
+        env=cli_env(None),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    users = tmp_path / "console-users.toml"
+    assert json.loads(done.stdout) == {"user": "office.manager", "users_file": str(users)}
+    assert "a sturdy passphrase" not in users.read_text() + done.stdout + done.stderr
+    (entry,) = api.list_audit(load_config(path))
+    assert (entry.action, entry.target) == ("console.add_user", "console user office.manager")
+    short = subprocess.run(
+        [*command, "--password-stdin"], input="short\n", capture_output=True, text=True,
+        env=cli_env(None), timeout=120, check=False,
+    )  # fmt: skip
+    assert short.returncode == 2 and "at least 10" in short.stderr
+    assert "Traceback" not in short.stderr
