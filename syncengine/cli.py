@@ -649,7 +649,8 @@ def validate(
                         "entities": list(p.entities),
                         # member -> the first open day (only where a period is closed)
                         **_locks_json(p),
-                        "deletes_approve": p.section.deletes.approve,
+                        # only where deletes wait for a person's approval
+                        **({"deletes_approve": True} if p.section.deletes.approve else {}),
                     }
                     for p in cfg.pipelines.values()
                 ],
@@ -1443,15 +1444,13 @@ def console_add_user(
 # -- the review queue, held deletes and the audit log (issue 15) ---------------------------
 
 review_app = typer.Typer(
-    help="The review queue: records left alone because they match several records, or look "
-    "like a copy of another. Link each to its record, or keep it separate.",
+    help="Records left alone for a person: link or keep separate.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
 app.add_typer(review_app, name="review")
 deletes_app = typer.Typer(
-    help="Deletes awaiting approval ([pipelines.deletes] approve = true, or a batch a delete "
-    "guard stopped): approve or restore them.",
+    help="Deletes awaiting approval: approve or restore them.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -1612,10 +1611,29 @@ def deletes_list(
         )
 
 
-@deletes_app.command("approve", short_help="Approve held deletes (or a guard's batch).")
+_MORE_IDS = {"allow_extra_args": True}
+"""``deletes approve|restore ID...``: the first id is the argument, the others come as extra
+arguments (a list argument would show a type placeholder in the help)."""
+
+
+def _ids(first: int | None, ctx: typer.Context) -> list[int]:
+    """The ids given: ``first`` and the extra arguments (each a number)."""
+    out = [] if first is None else [first]
+    for extra in ctx.args:
+        if not extra.isdigit():
+            raise UsageError(f"{extra!r} is not the number of a held delete")
+        out.append(int(extra))
+    return out
+
+
+@deletes_app.command(
+    "approve", short_help="Approve held deletes (or a guard's batch).", context_settings=_MORE_IDS
+)
 def deletes_approve(
-    ids: Annotated[
-        list[int] | None, typer.Argument(metavar="ID...", help="The held deletes' numbers.")
+    ctx: typer.Context,
+    first: Annotated[
+        int | None,
+        typer.Argument(metavar="ID...", help="The held deletes' numbers.", show_default=False),
     ] = None,
     guarded: Annotated[
         tuple[str, str] | None,
@@ -1635,12 +1653,13 @@ def deletes_approve(
     with handled("deletes approve"):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
+        ids = _ids(first, ctx)
         if bool(ids) == (guarded is not None):
             raise UsageError("give the ids of held deletes, or --guarded PIPELINE ENTITY")
         if guarded is not None:
             done = api.approve_guarded(cfg, guarded[0], guarded[1], os_user())
         else:
-            done = api.approve_delete(cfg, ids or [], os_user())
+            done = api.approve_delete(cfg, ids, os_user())
         if as_json:
             out.print_json(json.dumps([h.to_json() for h in done]))
             return
@@ -1648,9 +1667,12 @@ def deletes_approve(
             out.print(escape(f"#{h.id} {h.label}: approved; the next sync deletes it"))
 
 
-@deletes_app.command("restore", short_help="Give held deletes back to the member.")
+@deletes_app.command(
+    "restore", short_help="Give held deletes back to the member.", context_settings=_MORE_IDS
+)
 def deletes_restore(
-    ids: Annotated[list[int], typer.Argument(metavar="ID...", help="The held deletes' numbers.")],
+    ctx: typer.Context,
+    first: Annotated[int, typer.Argument(metavar="ID...", help="The held deletes' numbers.")],
     config: ConfigOpt = Path("config.toml"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the restored).")] = False,
     log_level: LogLevelOpt = None,
@@ -1660,7 +1682,7 @@ def deletes_restore(
     with handled("deletes restore"):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
-        done = api.restore_delete(cfg, ids, os_user())
+        done = api.restore_delete(cfg, _ids(first, ctx), os_user())
         if as_json:
             out.print_json(json.dumps([h.to_json() for h in done]))
             return

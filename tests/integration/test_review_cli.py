@@ -119,11 +119,11 @@ def test_held_deletes_are_approved_or_restored_from_the_cli(
     by_key = {h["hub_key"]: h for h in listed}
     assert set(by_key) == {gone_a["Sync ID"], gone_b["Sync ID"]}
     assert all(h["member"] == "books" and h["reach"] == ["hcp"] for h in listed)
-    unknown = cli("deletes", "approve", "999", "--config", config)
+    a, b = by_key[gone_a["Sync ID"]]["id"], by_key[gone_b["Sync ID"]]["id"]
+    unknown = cli("deletes", "approve", str(a), "999", "--config", config)
     assert_clean_exit(unknown, 2)
     assert "no held delete with id 999" in unknown.stderr
-
-    a, b = by_key[gone_a["Sync ID"]]["id"], by_key[gone_b["Sync ID"]]["id"]
+    assert len(_json(cli("deletes", "list", "--config", config, "--json"))) == 2  # all or nothing
     assert_clean_exit(cli("deletes", "approve", str(a), "--config", config), 0)
     assert_clean_exit(cli("deletes", "restore", str(b), "--config", config), 0)
     assert_clean_exit(cli("sync", "--config", config), 0)
