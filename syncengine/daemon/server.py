@@ -8,11 +8,12 @@ Routes::
     POST /webhooks/hcp/{connector}   the webhook receiver (``webhooks.py``)
     /...                             the web console, when one is given (``console.py``)
 
-The receiver's decision (``WebhookReceiver.receive``) and its store work run on a worker
-thread, never on the event loop. The body is read here, at most ``MAX_BODY`` bytes of it: a
-larger declared length, or a chunked body, is refused unread and the connection closed. A
-request uvicorn's HTTP parser cannot take (a doubled or non-numeric Content-Length, say) is
-answered 400 by uvicorn itself, before any route sees it.
+The receiver's decision (``WebhookReceiver.receive``) and its store work run on worker
+threads, ``RECEIVERS`` at most at once, never on the event loop. The body is read here, at
+most ``MAX_BODY`` bytes of it: a larger declared length, or a chunked body, is refused unread
+and the connection closed. A request uvicorn's HTTP parser cannot take (a doubled or
+non-numeric Content-Length, say) is answered 400 by uvicorn itself, before any route sees
+it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import anyio
 import structlog
 import uvicorn
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -59,6 +59,10 @@ START_TIMEOUT_S = 30.0
 """How long ``start()`` waits for uvicorn to serve."""
 KEEP_ALIVE_S = 30
 """How long an idle kept-alive connection stays open (a sender's deliveries share one)."""
+RECEIVERS = 4
+"""How many deliveries are checked and stored at once, each on a worker thread: fewer than
+the state store's pooled connections (5), and few enough that the event loop's thread, which
+reads and answers every request, is not left waiting for the interpreter behind them."""
 ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 """The webhook path answers every method itself (anything but POST: 404, no such path)."""
 GRACE_S = 5
@@ -159,6 +163,7 @@ def _routes(
     console: ASGIApp | None,
 ) -> list[BaseRoute]:
     """The server's routes; the console, when given, takes every path the others do not."""
+    receiving = anyio.CapacityLimiter(RECEIVERS)
 
     def healthz(request: Request) -> Response:  # sync: Starlette runs it on a worker thread
         ok, body = health()
@@ -186,7 +191,9 @@ def _routes(
             return _error(400, "the body ended early", close=True)
         headers = dict(request.headers.items())
         try:
-            answer = await run_in_threadpool(webhooks.receive, name, headers, body)
+            answer = await anyio.to_thread.run_sync(
+                webhooks.receive, name, headers, body, limiter=receiving
+            )
         except Exception as exc:  # a bug: the sender retries, the daemon goes on
             log.error("webhook delivery failed", error=type(exc).__name__)
             return _error(500, "internal error")
