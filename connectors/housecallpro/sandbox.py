@@ -373,13 +373,16 @@ Write = Callable[[dict[str, str], dict[str, Any]], Any]
 """(path parameters, JSON body) -> the record written, or None when the target is missing."""
 
 
-def _writer(write: Write, *, status: int = 200, missing: str = "") -> Endpoint:
+def _writer(
+    write: Write, *, status: int = 200, missing: str = "", empty_ok: bool = False
+) -> Endpoint:
     """An endpoint that hands the path parameters and the JSON body to ``write``: 422 on a
-    body that is not a JSON object or on ``ValidationFailed``, 404 ``missing`` when
-    ``write`` returns None."""
+    body that is not a JSON object (with ``empty_ok``, no body at all is ``{}``) or on
+    ``ValidationFailed``, 404 ``missing`` when ``write`` returns None."""
 
     async def endpoint(request: Request) -> Response:
-        body = await _json_object(request)
+        empty = empty_ok and not (await request.body()).strip()
+        body = {} if empty else await _json_object(request)
         if body is None:
             return _invalid({"body": ["must be a JSON object"]})
         try:
@@ -600,7 +603,7 @@ def _sandbox_routes(state: SandboxState, sender: WebhookSender | None) -> list[R
         ),
         Route(
             "/_sandbox/payments/{payment_id}/refund",
-            _writer(refund, missing="payment not found"),
+            _writer(refund, missing="payment not found", empty_ok=True),  # all that is left
             methods=["POST"],
         ),
     ]

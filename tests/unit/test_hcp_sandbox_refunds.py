@@ -162,6 +162,19 @@ def test_a_partial_refund_changes_the_payment_and_reopens_its_invoice(
     assert not [p for p in logged if p.startswith("/_sandbox/")], "admin routes are not logged"
 
 
+def test_a_refund_posted_without_a_body_gives_back_all_that_is_left(
+    app: Any, client: httpx.Client
+) -> None:
+    invoice = paid_invoice(client, app)
+    payment = invoice["payments"][0]
+    whole = client.post(f"/_sandbox/payments/{payment['id']}/refund")  # as `curl -X POST`
+    assert whole.status_code == 200, whole.text
+    assert (whole.json()["refunded_amount"], whole.json()["status"]) == (6_000, "refunded")
+    not_json = client.post(f"/_sandbox/payments/{payment['id']}/refund", content=b"amount=5")
+    assert not_json.status_code == 422
+    assert not_json.json() == {"errors": {"body": ["must be a JSON object"]}}
+
+
 def test_a_payment_after_a_refund_settles_the_invoice_again(app: Any, client: httpx.Client) -> None:
     invoice = paid_invoice(client, app)
     refund(client, invoice["payments"][1]["id"], {"amount": 1_000})
