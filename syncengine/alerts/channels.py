@@ -108,8 +108,14 @@ class EmailChannel:
                 if s.username is not None and s.password is not None:
                     smtp.login(s.username, s.password.get_secret_value())
                 smtp.send_message(self.message(alert))
-        except (smtplib.SMTPAuthenticationError, smtplib.SMTPRecipientsRefused) as exc:
-            return Attempt(False, self._say(f"{type(exc).__name__}: {exc}"), retry=False)
+        # a server's own words are never repeated: one that echoes the AUTH line would show
+        # the password in base64, which no masking of the password itself catches
+        except smtplib.SMTPAuthenticationError as exc:
+            why = f"SMTP {exc.smtp_code}: the server refused the login (check username, password)"
+            return Attempt(False, self._say(why), retry=False)
+        except smtplib.SMTPRecipientsRefused as exc:
+            refused = ", ".join(f"{to} ({code})" for to, (code, _text) in exc.recipients.items())
+            return Attempt(False, self._say(f"the server refused the recipients {refused}"))
         except smtplib.SMTPResponseException as exc:
             return Attempt(False, self._say(f"SMTP {exc.smtp_code}"), retry=exc.smtp_code < 500)
         except (OSError, smtplib.SMTPException) as exc:
