@@ -205,7 +205,7 @@ class EmailSection(_Strict):
     """Connect with TLS from the start (port 465) instead of STARTTLS."""
     username: str | None = None
     password: SecretStr | None = None
-    from_: str = Field(alias="from", min_length=3)
+    from_: str = Field(alias="from")
     to: list[str] = Field(min_length=1)
     timeout: Float = Field(default=10.0, gt=0, le=120)
 

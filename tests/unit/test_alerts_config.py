@@ -84,3 +84,11 @@ def test_a_table_without_a_channel_or_with_half_a_login_is_refused(tmp_path: Pat
     )
     assert "give both username and password, or neither" in half
     assert "unknown key 'webhook'" in problems(tmp_path, '[alerts]\nwebhook = "x"\n')
+
+
+def test_a_short_from_is_named_as_not_an_address(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        '[alerts.email]\nhost = "smtp.example.test"\nfrom = "x"\nto = ["o@example.test"]\n',
+    )
+    assert "'x' is not an e-mail address" in found and "at least" not in found, found
