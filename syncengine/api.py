@@ -863,9 +863,7 @@ def _open_item(store: StateStore, item_id: int) -> queues.ReviewRow:
     if not rows:
         raise UsageError(f"no review item with id {item_id} (see `syncengine review list`)")
     if rows[0].status != "open":
-        raise UsageError(
-            f"review item {item_id} is {rows[0].status}, not open: there is nothing to decide"
-        )
+        raise queues.AlreadyDecided(f"{queues.decided_text(rows[0])}; there is nothing to decide")
     return rows[0]
 
 
@@ -971,13 +969,18 @@ def list_held_deletes(config: Config, pipeline: str | None = None) -> list[HeldD
 def _held_by_ids(store: StateStore, ids: Sequence[int], verb: str) -> list[queues.HeldRow]:
     if not ids:
         raise UsageError(f"deletes {verb}: give the id of at least one held delete")
-    rows = store.query(partial(queues.held_rows, status="held", ids=ids))
-    unknown = sorted(set(ids) - {r.id for r in rows})
+    found = store.query(partial(queues.held_rows, status=None, ids=ids))
+    rows = [r for r in found if r.status == "held"]
+    unknown = sorted(set(ids) - {r.id for r in found})
     if unknown:
         raise UsageError(
             f"no held delete with id {', '.join(map(str, unknown))} "
             "(see `syncengine deletes list`); nothing was changed"
         )
+    decided = [r for r in found if r.status != "held"]
+    if decided:
+        lines = "; ".join(queues.decided_text(r) for r in decided)
+        raise queues.AlreadyDecided(f"{lines}; nothing was changed")
     guarded = [r for r in rows if r.guard is not None]
     if guarded:
         r = guarded[0]
@@ -998,6 +1001,10 @@ def approve_delete(config: Config, ids: Sequence[int], actor: str) -> list[HeldD
     try:
         rows = _held_by_ids(store, ids, "approve")
         with store.transaction() as tx:
+            # first, and only from held: a decision that came first refuses this one whole
+            tx.run(
+                partial(queues.set_held, ids=[r.id for r in rows], status="approved", actor=actor)
+            )
             for r in rows:
                 rs = store.load_records(r.pipeline, r.entity, [r.key]).get(r.key)
                 if rs is not None:
@@ -1007,9 +1014,6 @@ def approve_delete(config: Config, ids: Sequence[int], actor: str) -> list[HeldD
                     if ln is not None and ln.tombstone:
                         tx.delete_link(r.pipeline, r.entity, r.key, r.member)
                     tx.set_dirty(r.pipeline, r.entity, r.key)
-            tx.run(
-                partial(queues.set_held, ids=[r.id for r in rows], status="approved", actor=actor)
-            )
             for r in rows:
                 tx.run(
                     partial(queues.add_audit, **_held_audit(actor, "delete.approve", r, "approved"))
@@ -1029,6 +1033,10 @@ def restore_delete(config: Config, ids: Sequence[int], actor: str) -> list[HeldD
     try:
         rows = _held_by_ids(store, ids, "restore")
         with store.transaction() as tx:
+            # first, and only from held: a decision that came first refuses this one whole
+            tx.run(
+                partial(queues.set_held, ids=[r.id for r in rows], status="restored", actor=actor)
+            )
             for r in rows:
                 rs = store.load_records(r.pipeline, r.entity, [r.key]).get(r.key)
                 if rs is not None:
@@ -1036,9 +1044,6 @@ def restore_delete(config: Config, ids: Sequence[int], actor: str) -> list[HeldD
                     if ln is not None and ln.tombstone:
                         tx.delete_link(r.pipeline, r.entity, r.key, r.member)
                     tx.set_dirty(r.pipeline, r.entity, r.key)
-            tx.run(
-                partial(queues.set_held, ids=[r.id for r in rows], status="restored", actor=actor)
-            )
             for r in rows:
                 tx.run(
                     partial(queues.add_audit, **_held_audit(actor, "delete.restore", r, "restored"))

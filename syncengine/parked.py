@@ -209,7 +209,15 @@ def settle_held(store: StateStore, pipeline: str, entity: str) -> int:
             back.append(r.id)
     if back:
         with store.transaction() as tx:
-            tx.run(partial(queues.set_held, ids=back, status="cleared", actor="syncengine"))
+            tx.run(
+                partial(
+                    queues.set_held,
+                    ids=back,
+                    status="cleared",
+                    actor="syncengine",
+                    all_or_nothing=False,  # one a person decided meanwhile stays decided
+                )
+            )
     return len(back)
 
 

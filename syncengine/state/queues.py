@@ -22,9 +22,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from syncengine.errors import UsageError
 from syncengine.state.schema import audit, held_deletes, review_items
 
 __all__ = [
+    "AlreadyDecided",
     "AuditRow",
     "HeldRow",
     "ReviewRow",
@@ -34,6 +36,7 @@ __all__ = [
     "clear_guarded",
     "close_review",
     "decide_review",
+    "decided_text",
     "finish_approved",
     "held_counts",
     "held_rows",
@@ -97,6 +100,31 @@ class AuditRow:
     pipeline: str | None
     before: Any
     after: Any
+
+
+class AlreadyDecided(UsageError):
+    """A person decided on a review item or held delete that is no longer open or held
+    (another decision came first): nothing was changed."""
+
+
+def decided_text(row: ReviewRow | HeldRow) -> str:
+    """What became of an item or held delete no longer waiting for a decision: "was
+    already approved by ann at ...", "was already linked to K by ann at ..."."""
+    what = f"review item {row.id}" if isinstance(row, ReviewRow) else f"held delete {row.id}"
+    by = f" by {row.decided_by}" if row.decided_by else ""
+    at = f" at {row.decided_at.isoformat(timespec='seconds')}" if row.decided_at else ""
+    if row.status == "linked" and isinstance(row, ReviewRow):
+        return f"{what} was already linked to {row.hub_key}{by}{at}"
+    if row.status in ("approved", "restored", "separate"):
+        kept = "kept separate" if row.status == "separate" else row.status
+        return f"{what} was already {kept}{by}{at}"
+    if row.status == "done":
+        return f"{what} was already approved{by}{at} and the delete carried out"
+    if row.status == "cleared":
+        return f"{what} is no longer held: the record is back, or its guard's batch cleared"
+    if row.status == "closed":
+        return f"{what} is closed: its record is gone or no longer ambiguous"
+    return f"{what} is {row.status}"
 
 
 def _review(row: sa.Row[Any]) -> ReviewRow:
@@ -221,12 +249,19 @@ def review_rows(
 def decide_review(
     conn: sa.Connection, item_id: int, status: str, hub_key: str | None, actor: str
 ) -> None:
-    """Record a person's decision on an item: ``linked`` (to ``hub_key``) or ``separate``."""
-    conn.execute(
+    """Record a person's decision on an item: ``linked`` (to ``hub_key``) or ``separate``.
+    Only an open item is decided (one conditional update): an item another decision came
+    first to raises `AlreadyDecided` saying what became of it."""
+    done = conn.execute(
         review_items.update()
-        .where(review_items.c.id == item_id)
+        .where(review_items.c.id == item_id, review_items.c.status == "open")
         .values(status=status, hub_key=hub_key, decided_by=actor, decided_at=_now())
-    )
+    ).rowcount
+    if not done:
+        rows = review_rows(conn, status=None, ids=[item_id])
+        if not rows:
+            raise AlreadyDecided(f"no review item with id {item_id}; nothing was changed")
+        raise AlreadyDecided(f"{decided_text(rows[0])}; nothing was changed")
 
 
 def review_counts(conn: sa.Connection) -> dict[str, int]:
@@ -308,14 +343,37 @@ def held_rows(
     return [_held(r) for r in conn.execute(query)]
 
 
-def set_held(conn: sa.Connection, ids: Collection[int], status: str, actor: str) -> None:
-    """Record a person's decision on held deletes: ``approved`` or ``restored``."""
-    if ids:
-        conn.execute(
-            held_deletes.update()
-            .where(held_deletes.c.id.in_(sorted(ids)))
-            .values(status=status, decided_by=actor, decided_at=_now())
-        )
+def set_held(
+    conn: sa.Connection,
+    ids: Collection[int],
+    status: str,
+    actor: str,
+    all_or_nothing: bool = True,
+) -> list[int]:
+    """Record a decision on held deletes: ``approved`` or ``restored`` (a person's), or
+    ``cleared``. Only a delete still held is decided (one conditional update): when one of
+    ``ids`` is no longer held (another decision came first), ``all_or_nothing`` raises
+    `AlreadyDecided` saying what became of it (the caller's transaction rolls back);
+    otherwise the others are decided. The ids decided."""
+    if not ids:
+        return []
+    wanted = sorted(set(ids))
+    done = conn.execute(
+        held_deletes.update()
+        .where(held_deletes.c.id.in_(wanted), held_deletes.c.status == "held")
+        .values(status=status, decided_by=actor, decided_at=_now())
+        .returning(held_deletes.c.id)
+    ).scalars()
+    decided = sorted(int(i) for i in done)
+    if all_or_nothing and decided != wanted:
+        others = held_rows(conn, status=None, ids=set(wanted) - set(decided))
+        found = {r.id for r in others}
+        lines = [decided_text(r) for r in others]
+        lines += [
+            f"no held delete with id {i}" for i in wanted if i not in found and i not in decided
+        ]
+        raise AlreadyDecided(f"{'; '.join(lines)}; nothing was changed")
+    return decided
 
 
 def approved_keys(conn: sa.Connection, pipeline: str, entity: str) -> set[str]:

@@ -95,7 +95,7 @@ def test_a_copied_row_linked_to_its_original_is_left_alone_quietly(
     assert _json(cli("review", "list", "--config", config, "--json")) == []
     twice = cli("review", "link", str(item["id"]), "--to", original["Sync ID"], "--config", config)
     assert_clean_exit(twice, 2)
-    assert "not open" in twice.stderr
+    assert "was already linked to" in twice.stderr
 
 
 def test_held_deletes_are_approved_or_restored_from_the_cli(

@@ -139,3 +139,33 @@ def test_a_store_at_0006_is_upgraded_to_the_queue_tables_with_its_data(url: str)
         assert store.load_records("p", "customers", ["k1"])["k1"].base == {"email": "a@x.com"}
         assert _differences(store) == []
         assert store.query(queues.review_counts) == {}
+
+
+def test_a_second_decision_on_the_same_id_is_refused_and_changes_nothing(url: str) -> None:
+    """Deciding is a conditional update (only from held, only from open), all or nothing
+    across the ids: of two decisions sent at once, the one that comes second is told what
+    the first did, by whom."""
+    with StateStore.open(url) as store:
+        hold = partial(queues.hold_delete, pipeline="p", entity="customers", member="books")
+        with store.transaction() as tx:
+            a = tx.run(partial(hold, key="k1", reach=["hcp"], label="Ann"))
+            b = tx.run(partial(hold, key="k2", reach=["hcp"], label="Bob"))
+        with store.transaction() as tx:
+            tx.run(partial(queues.set_held, ids=[a], status="approved", actor="ann"))
+        with pytest.raises(
+            queues.AlreadyDecided, match=f"held delete {a} was already approved by ann"
+        ):
+            with store.transaction() as tx:
+                tx.run(partial(queues.set_held, ids=[b, a], status="restored", actor="bob"))
+        rows = {r.id: r for r in store.query(partial(queues.held_rows, status=None))}
+        assert (rows[a].status, rows[a].decided_by) == ("approved", "ann")
+        assert rows[b].status == "held"  # all or nothing: b was not restored either
+        item = _review(store, "r1", "matches 2 records")
+        decide = partial(queues.decide_review, item_id=item)
+        with store.transaction() as tx:
+            tx.run(partial(decide, status="linked", hub_key="k1", actor="ann"))
+        with pytest.raises(queues.AlreadyDecided, match="already linked to k1 by ann"):
+            with store.transaction() as tx:
+                tx.run(partial(decide, status="separate", hub_key=None, actor="bob"))
+        [row] = store.query(partial(queues.review_rows, status=None, ids=[item]))
+        assert (row.status, row.hub_key, row.decided_by) == ("linked", "k1", "ann")

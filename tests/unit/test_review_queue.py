@@ -287,5 +287,5 @@ def test_a_held_delete_is_cleared_when_its_member_holds_the_record_again(held: C
     assert run(held).plan.actions == []
     assert sorted(r["first_name"] for r in ds("b").table(C).values()) == ["Ann", "Bob", "Cy"]
     assert keys["Bob"] in _hub(held)
-    with pytest.raises(UsageError, match=f"no held delete with id {hd.id}"):
+    with pytest.raises(UsageError, match=f"held delete {hd.id} is no longer held"):
         api.approve_delete(held, [hd.id], "tester")
