@@ -1377,6 +1377,11 @@ def console(
             address = parse_http_address(http)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        from syncengine.console.auth import console_problems
+
+        problems = console_problems(cfg)  # what `validate` refuses, the console refuses
+        if problems:
+            raise ConfigError(problems)
         users = users_path(cfg)
         if not load_users(users).users:
             err.print(
@@ -1405,7 +1410,8 @@ def console_add_user(
         typer.Option("--password-stdin", help="Read the password from the first line of stdin."),
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help='Print {"user": NAME, "users_file": PATH}.')
+        bool,
+        typer.Option("--json", help='Print {"user": NAME, "users_file": PATH, "replaced": BOOL}.'),
     ] = False,
     log_level: LogLevelOpt = None,
 ) -> None:
@@ -1422,8 +1428,9 @@ def console_add_user(
             again = typer.prompt("Password again", hide_input=True)
             if password != again:
                 raise UsageError("the two passwords differ; nothing was written")
-        from syncengine.console.auth import add_user, load_users, users_path
+        from syncengine.console.auth import add_user, check_users_file, load_users, users_path
 
+        check_users_file(cfg)  # never the config itself, nor another file: nothing written
         existed = name in load_users(users_path(cfg)).users
         path = add_user(cfg, name, password)
         # the password is never recorded; only that it was set, and by whom
@@ -1436,7 +1443,9 @@ def console_add_user(
             None,
         )
         if as_json:
-            out.print_json(json.dumps({"user": name, "users_file": str(path)}))
+            out.print_json(json.dumps({"user": name, "users_file": str(path), "replaced": existed}))
+        elif existed:
+            out.print(escape(f"{name}'s password was replaced ({path})"))
         else:
             out.print(escape(f"{name} can sign in to the console ({path})"))
 
@@ -1713,9 +1722,18 @@ def audit(
             out.print("Nothing audited yet.")
             return
         for e in entries:
-            where = f" ({e.pipeline})" if e.pipeline else ""
-            out.print(escape(f"{local_time(e.at)} {e.actor}: {e.action} {e.target}{where}"))
+            # what was recorded is shown, never obeyed: control characters (a terminal's
+            # escape codes, a line break forging an entry) are printed escaped
+            where = f" ({_shown(e.pipeline)})" if e.pipeline else ""
+            line = f"{local_time(e.at)} {_shown(e.actor)}: {_shown(e.action)} {_shown(e.target)}"
+            out.print(escape(line + where))
             out.print(escape(f"    before {json.dumps(e.before)} → after {json.dumps(e.after)}"))
+
+
+def _shown(text: str) -> str:
+    """``text`` with every character that is not printable written as its escape
+    (``\\x1b``, ``\\n``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def main() -> None:

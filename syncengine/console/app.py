@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
+import jinja2
 import structlog
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -47,7 +48,7 @@ from syncengine.console.security import (
     route_path,
     signed_in,
 )
-from syncengine.errors import SyncEngineError, UsageError
+from syncengine.errors import ConfigError, SyncEngineError, UsageError
 from syncengine.redact import Redactor
 
 __all__ = ["ConsoleRunner", "ThreadRunner", "create_app", "serve"]
@@ -56,6 +57,8 @@ log = structlog.get_logger("syncengine.console")
 HERE = Path(__file__).parent
 COOKIE = "syncengine_console"
 PREVIEWS_KEPT = 8
+MAX_REASON = 500
+"""Characters a pause reason may have at most."""
 
 
 class ConsoleRunner(Protocol):
@@ -150,8 +153,9 @@ class _Console:
                 self._mtime = mtime
             return self._config
 
-    def known_user(self, name: str) -> bool:
-        """Whether ``name`` is (still) in the users file (read again when it changed)."""
+    def known_user(self, name: str, sid: str | None = None) -> bool:
+        """Whether ``name`` is (still) in the users file (read again when it changed) and
+        the session ``sid`` was not signed out."""
         path = auth.users_path(self.config())
         try:
             found = path.stat()
@@ -162,6 +166,8 @@ class _Console:
             if self._users is None or self._users_mtime != mtime:
                 self._users = auth.load_users(path)
                 self._users_mtime = mtime
+            if sid is not None and sid in self._users.revoked:
+                return False
             return name in self._users.users
 
     def redactor(self) -> Redactor:
@@ -188,12 +194,19 @@ def safe_next(wanted: str) -> str:
     return wanted if ok else "/"
 
 
+def path_for(request: Request, name: str, /, **params: Any) -> str:
+    """The path of the console's route ``name`` (with the prefix it is mounted at): never a
+    URL with the request's Host header in it."""
+    root: str = request.scope.get("root_path", "")
+    return root + str(request.app.router.url_path_for(name, **params))
+
+
 class _SignInRequired:
     """ASGI middleware: no anonymous access but to ``/login`` and ``/static``. A GET is sent
     to the sign-in page; anything else is answered 401. A session whose user is no longer
     in the users file has ended."""
 
-    def __init__(self, app: ASGIApp, *, known: Callable[[str], bool]) -> None:
+    def __init__(self, app: ASGIApp, *, known: Callable[[str, str | None], bool]) -> None:
         self.app = app
         self.known = known
 
@@ -203,13 +216,16 @@ class _SignInRequired:
             return
         request = Request(scope, receive)
         user = signed_in(request)
-        if user is not None and not await run_in_threadpool(self.known, user):
-            request.session.clear()
+        sid = request.session.get("sid")
+        if user is not None and (
+            not isinstance(sid, str) or not await run_in_threadpool(self.known, user, sid)
+        ):
+            request.session.clear()  # signed out, or a user no longer in the users file
             user = None
         if user is None:
             response: Response
             if request.method in ("GET", "HEAD"):
-                login = str(request.url_for("login"))
+                login = path_for(request, "login")
                 wanted = route_path(scope)
                 query = "?" + urlencode({"next": wanted}) if wanted != "/" else ""
                 response = RedirectResponse(login + query, status_code=303)
@@ -228,8 +244,17 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
     now" (the daemon's scheduler); None runs it in a thread of this process."""
     console = _Console(Path(config_path), runner)
     config = console.config()
+    problems = auth.console_problems(config)  # what `validate` refuses, the console does
+    if problems:
+        raise ConfigError(problems)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["csrf"] = csrf_token
+
+    @jinja2.pass_context
+    def url_for(context: dict[str, Any], name: str, /, **params: Any) -> str:
+        return path_for(context["request"], name, **params)
+
+    templates.env.globals["url_for"] = url_for
     templates.env.filters["when"] = views.when
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
@@ -248,8 +273,7 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         request.session.setdefault("flash", []).append({"text": text, "kind": kind})
 
     def back(request: Request, name: str, **params: str) -> Response:
-        url = str(request.url_for(name, **params))
-        return RedirectResponse(url, status_code=303)
+        return RedirectResponse(path_for(request, name, **params), status_code=303)
 
     def audit(
         user: str,
@@ -285,10 +309,13 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         wanted = str(form.get("next", ""))
         client = request.client.host if request.client else "?"
         keys = [f"user:{name.lower()}", f"client:{client}"]
+        # a name typed at sign-in is recorded as add-user allows them, else a placeholder
+        # with a short repr: no control character or forged line reaches the audit log
+        shown = name if auth.valid_name(name) else f"(not a user name: {name[:40]!r})"
         wait = console.limiter.wait(keys, time.monotonic())
         if wait > 0:
             audit(
-                name or "?",
+                shown,
                 "console.sign_in_refused",
                 "console",
                 None,
@@ -306,7 +333,7 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         ok = await run_in_threadpool(auth.check_password, users, name, password)
         if not ok:
             console.limiter.failed(keys, time.monotonic())
-            audit(name or "?", "console.sign_in_failed", "console", None, {"client": client})
+            audit(shown, "console.sign_in_failed", "console", None, {"client": client})
             return page(
                 request,
                 "login",
@@ -318,7 +345,10 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         console.limiter.succeeded(keys)
         request.session.clear()  # a new session: nothing of the anonymous one is kept
         request.session.update(
-            user=name, csrf=secrets.token_urlsafe(32), since=dt.datetime.now(dt.UTC).isoformat()
+            user=name,
+            sid=secrets.token_urlsafe(24),
+            csrf=secrets.token_urlsafe(32),
+            since=dt.datetime.now(dt.UTC).isoformat(),
         )
         audit(name, "console.sign_in", "console", None, {"client": client})
         target = safe_next(wanted)
@@ -330,6 +360,12 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         if isinstance(form, Response):
             return form
         user = signed_in(request) or "?"
+        sid = request.session.get("sid")
+        if isinstance(sid, str):  # ended for good: the cookie, if kept, is refused
+            cfg = console.config()
+            now = time.time()
+            until = now + cfg.console.session_hours * 3600 + 60
+            await run_in_threadpool(auth.revoke_session, cfg, sid, until, now)
         request.session.clear()
         audit(user, "console.sign_out", "console")
         return back(request, "login")
@@ -351,6 +387,14 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
             return page(request, "error", 404, message=f"There is no pipeline {name}.")
         if action == "pause":
             reason = str(form.get("reason", "")).strip() or f"paused in the console by {user}"
+            if len(reason) > MAX_REASON:
+                flash(
+                    request,
+                    f"The reason has {len(reason)} characters; keep it under {MAX_REASON}. "
+                    f"{name} was not paused.",
+                    "error",
+                )
+                return back(request, "overview")
             await run_in_threadpool(api.pause, cfg, name, reason)
             audit(user, "pipeline.pause", f"pipeline {name}", None, {"reason": reason}, name)
             flash(request, f"{name} is paused: no scheduled run starts until it is resumed.")
@@ -370,7 +414,7 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         cfg = console.config()
         chosen = request.query_params.get("pipeline") or None
         if chosen is not None and chosen not in cfg.pipelines:
-            chosen = None
+            return page(request, "error", 404, message=f"There is no pipeline {chosen}.")
         history = await run_in_threadpool(views.runs, cfg, chosen)
         return page(request, "runs", runs=history, pipelines=list(cfg.pipelines), chosen=chosen)
 
@@ -473,6 +517,10 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         user = signed_in(request) or "?"
         take = str(form.get("take", ""))
         typed = form.get("value")
+        if take == "typed" and typed is None:  # an empty field clears; no field is an error
+            return page(
+                request, "error", 400, message="The form sent no value to take; nothing changed."
+            )
         try:
             row, value = await run_in_threadpool(
                 views.resolve, console.config(), cid, take, typed if take == "typed" else None

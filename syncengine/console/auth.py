@@ -30,14 +30,19 @@ __all__ = [
     "UsersFile",
     "add_user",
     "check_password",
+    "check_users_file",
     "hash_password",
     "load_users",
+    "revoke_session",
     "secret_key",
+    "users_file_problem",
     "users_path",
+    "valid_name",
 ]
 
 _HASHER = PasswordHasher()
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+_SID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MIN_PASSWORD = 10
 """Characters a console password must have at least."""
 _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
@@ -52,6 +57,8 @@ class UsersFile:
     path: Path
     users: dict[str, str] = field(default_factory=dict)
     secret_key: str = ""
+    revoked: dict[str, float] = field(default_factory=dict)
+    """Signed-out sessions' ids -> when their cookie would have expired (Unix time)."""
 
 
 def users_path(config: Config) -> Path:
@@ -59,6 +66,60 @@ def users_path(config: Config) -> Path:
     folder."""
     path = Path(config.console.users_file).expanduser()
     return path if path.is_absolute() else config.base_dir / path
+
+
+_USERS_KEYS = frozenset({"secret_key", "users", "revoked"})
+"""The only top-level keys a users file holds."""
+
+
+def users_file_problem(config: Config) -> Problem | None:
+    """Why the users file of ``config`` must not be written (or read as one), or None: it
+    is the config file itself, its folder does not exist, or it is an existing file that
+    holds something else than a users file's keys (another file would be overwritten)."""
+    path = users_path(config)
+    fix = (
+        "set [console] users_file to a file of its own (default console-users.toml beside "
+        "the config)"
+    )
+    try:
+        same = path.resolve() == Path(config.path).resolve()
+    except OSError:
+        same = False
+    if same:
+        return Problem(
+            f"[console] users_file = {str(path)!r}",
+            "is the config file itself: adding a user would overwrite the config",
+            fix,
+        )
+    if not path.parent.is_dir():
+        return Problem(
+            f"[console] users_file = {str(path)!r}",
+            f"its folder {path.parent} does not exist",
+            f"create the folder, or {fix}",
+        )
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return None  # load_users names what is wrong with it
+        other = sorted(set(data) - _USERS_KEYS)
+        if other:
+            return Problem(
+                f"[console] users_file = {str(path)!r}",
+                f"is not a console users file (it holds {', '.join(other)}): adding a user "
+                "would overwrite it",
+                fix,
+            )
+    elif path.exists():
+        return Problem(f"[console] users_file = {str(path)!r}", "is not a file", fix)
+    return None
+
+
+def check_users_file(config: Config) -> None:
+    """Raise the ConfigError of ``users_file_problem`` when there is one."""
+    problem = users_file_problem(config)
+    if problem is not None:
+        raise ConfigError([problem])
 
 
 def load_users(path: Path) -> UsersFile:
@@ -86,7 +147,13 @@ def load_users(path: Path) -> UsersFile:
             if isinstance(entry, dict) and isinstance(entry.get("hash"), str):
                 users[str(name)] = entry["hash"]
     key = data.get("secret_key")
-    return UsersFile(path, users, key if isinstance(key, str) else "")
+    revoked: dict[str, float] = {}
+    ended = data.get("revoked", {})
+    if isinstance(ended, dict):
+        for sid, until in ended.items():
+            if isinstance(until, int | float) and not isinstance(until, bool):
+                revoked[str(sid)] = float(until)
+    return UsersFile(path, users, key if isinstance(key, str) else "", revoked)
 
 
 def save_users(users: UsersFile) -> None:
@@ -97,6 +164,9 @@ def save_users(users: UsersFile) -> None:
         lines.append(f'secret_key = "{users.secret_key}"')
     for name, digest in sorted(users.users.items()):
         lines += ["", f'[users."{name}"]', f'hash = "{digest}"']
+    if users.revoked:
+        lines += ["", "[revoked]  # signed-out sessions: id = when the cookie expires"]
+        lines += [f'"{sid}" = {until:.0f}' for sid, until in sorted(users.revoked.items())]
     tmp = users.path.with_name(users.path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -104,6 +174,11 @@ def save_users(users: UsersFile) -> None:
         out.write("\n".join(lines) + "\n")
     os.chmod(tmp, 0o600)
     os.replace(tmp, users.path)
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` is one ``add_user`` takes (letters, digits and . _ @ -)."""
+    return bool(_NAME.fullmatch(name))
 
 
 def hash_password(password: str) -> str:
@@ -118,11 +193,12 @@ def hash_password(password: str) -> str:
 
 def add_user(config: Config, name: str, password: str) -> Path:
     """Add ``name`` (or change its password) in the users file; the file's path."""
-    if not _NAME.match(name):
+    if not valid_name(name):
         raise UsageError(
             f"user name {name!r}: use letters, digits and . _ @ - (up to 64 characters)"
         )
     digest = hash_password(password)
+    check_users_file(config)
     path = users_path(config)
     users = load_users(path)
     users.users[name] = digest
@@ -139,11 +215,25 @@ def secret_key(config: Config) -> str:
     configured = config.console.secret_key
     if configured and not configured.startswith("${"):
         return configured
+    check_users_file(config)
     users = load_users(users_path(config))
     if not users.secret_key:
         users.secret_key = secrets.token_urlsafe(48)
         save_users(users)
     return users.secret_key
+
+
+def revoke_session(config: Config, sid: str, until: float, now: float) -> None:
+    """Record that the session ``sid`` was signed out (kept in the users file until
+    ``until``, when its cookie expires anyway; ids already expired at ``now`` are
+    dropped). Every process serving the console reads it, and a restart keeps it."""
+    if not _SID.fullmatch(sid):
+        return
+    check_users_file(config)
+    users = load_users(users_path(config))
+    users.revoked = {s: u for s, u in users.revoked.items() if u > now}
+    users.revoked[sid] = until
+    save_users(users)
 
 
 def check_password(users: UsersFile, name: str, password: str) -> bool:
@@ -213,6 +303,9 @@ def console_problems(config: Config) -> list[Problem]:
     """What ``validate`` reports about ``[console]``: a users file that cannot be read, has
     entries that are not argon2 hashes, or can be read by other users of the machine."""
     path = users_path(config)
+    wrong = users_file_problem(config)
+    if wrong is not None:
+        return [wrong]
     if not path.exists():
         return []
     try:

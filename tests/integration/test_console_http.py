@@ -122,7 +122,7 @@ def test_without_a_session_pages_lead_to_sign_in_and_actions_are_refused(
         for path in PAGES:
             response = anonymous.get(path)
             assert response.status_code == 303, path
-            assert response.headers["location"].startswith(console.url + "/login"), path
+            assert response.headers["location"].startswith("/login"), path
         for path in POSTS:
             response = anonymous.post(path, data={"csrf": "x", "take": "a"})
             assert response.status_code == 401, path
@@ -391,3 +391,72 @@ def test_a_large_preview_is_paged_and_filtered(console: Console, anna: httpx.Cli
         == 1
     )
     assert not (folder / "big-b" / "customers.csv").exists()  # a preview writes nothing
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+def test_a_forged_user_name_is_recorded_cleaned(console: Console) -> None:
+    forged = "root\x1b[31mRED\x1b[0m\nfake line: admin approved all"
+    with httpx.Client(base_url=console.url) as client:
+        token = csrf_of(client.get("/login").text)
+        response = client.post(
+            "/login", data={"csrf": token, "username": forged, "password": "guess-guess"}
+        )
+        assert response.status_code == 401
+    failed = [
+        e for e in api.list_audit(load_config(console.config), limit=500)
+        if e.action == "console.sign_in_failed" and "RED" in e.actor
+    ]  # fmt: skip
+    assert failed, "the failed sign-in is audited"
+    for entry in failed:
+        assert "\x1b" not in entry.actor and "\n" not in entry.actor
+        assert entry.actor.startswith("(not a user name: ") and "\\x1b" in entry.actor
+
+
+def test_a_typed_conflict_answer_without_a_value_field_is_refused(
+    console: Console, anna: httpx.Client
+) -> None:
+    token = csrf_of(anna.get("/").text)
+    response = anna.post("/conflicts/1/resolve", data={"csrf": token, "take": "typed"})
+    assert response.status_code == 400 and "no value" in response.text
+
+
+def test_signing_out_ends_the_session_for_a_saved_cookie(console: Console) -> None:
+    client = signed_in_client(console.url, "anna")
+    saved = dict(client.cookies)
+    token = csrf_of(client.get("/").text)
+    assert client.post("/logout", data={"csrf": token}).status_code == 303
+    client.close()
+    with httpx.Client(base_url=console.url, cookies=saved) as replay:
+        response = replay.get("/")
+        assert response.status_code == 303 and response.headers["location"].startswith("/login")
+    again = signed_in_client(console.url, "anna")  # a new sign-in is a new session
+    assert again.get("/").status_code == 200
+    again.close()
+
+
+def test_links_never_carry_the_requests_host(console: Console, anna: httpx.Client) -> None:
+    with httpx.Client(base_url=console.url, headers={"Host": "evil.example"}) as client:
+        page = client.get("/login").text
+        assert "evil.example" not in page
+        assert 'action="/login"' in page and 'href="/static/console.css"' in page
+        assert client.get("/runs").headers["location"] == "/login?next=%2Fruns"
+    anna.headers["Host"] = "evil.example"
+    for path in PAGES:
+        assert "evil.example" not in anna.get(path).text, path
+    token = csrf_of(anna.get("/").text)
+    response = anna.post("/pipelines/p/resume", data={"csrf": token})
+    assert response.headers["location"] == "/"
+
+
+def test_an_unknown_pipeline_and_an_overlong_pause_reason_are_said(
+    console: Console, anna: httpx.Client
+) -> None:
+    response = anna.get("/runs", params={"pipeline": "nosuch"})
+    assert response.status_code == 404 and "There is no pipeline nosuch" in response.text
+    token = csrf_of(anna.get("/").text)
+    response = anna.post("/pipelines/p/pause", data={"csrf": token, "reason": "x" * 501})
+    assert response.status_code == 303
+    assert "keep it under 500" in anna.get("/").text
+    assert api.status(load_config(console.config), "p")[0].paused is None

@@ -126,7 +126,11 @@ def test_console_add_user_writes_a_hash_and_audits_it(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     users = tmp_path / "console-users.toml"
-    assert json.loads(done.stdout) == {"user": "office.manager", "users_file": str(users)}
+    assert json.loads(done.stdout) == {
+        "user": "office.manager",
+        "users_file": str(users),
+        "replaced": False,
+    }
     assert "a sturdy passphrase" not in users.read_text() + done.stdout + done.stderr
     (entry,) = api.list_audit(load_config(path))
     assert (entry.action, entry.target) == ("console.add_user", "console user office.manager")

@@ -226,3 +226,98 @@ def test_after_sign_in_only_a_console_path_is_followed() -> None:
     for elsewhere in ("", "runs", "//evil.example", "/\\evil.example", "https://evil.example",
                       "/a\\b", "/\r\nSet-Cookie: x"):  # fmt: skip
         assert safe_next(elsewhere) == "/", elsewhere
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+def _cli(*args: str, stdin: str = "") -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from syncengine.cli import app
+
+    done = CliRunner().invoke(app, list(args), input=stdin)
+    assert not isinstance(done.exception, Exception) or isinstance(done.exception, SystemExit), (
+        done.exception
+    )
+    return done.exit_code, done.output
+
+
+def test_add_user_never_overwrites_the_config_or_another_file(tmp_path: Path) -> None:
+    own = CONFIG.format(console='users_file = "c_self.toml"')
+    config = tmp_path / "c_self.toml"
+    config.write_text(own)
+    code, said = _cli("console", "add-user", "zed", "-c", str(config), "--password-stdin",
+                      stdin="correcthorse1\n")  # fmt: skip
+    assert code == 2 and "config file itself" in said and "users_file" in said, said
+    assert config.read_text() == own  # nothing written
+    code, said = _cli("validate", "-c", str(config))
+    assert code == 2 and "config file itself" in said
+    other = tmp_path / "notes.toml"
+    other.write_text('title = "keep me"\n')
+    path = write_config(tmp_path, CONFIG.format(console=f'users_file = "{other}"'))
+    code, said = _cli("console", "add-user", "zed", "-c", str(path), "--password-stdin",
+                      stdin="correcthorse1\n")  # fmt: skip
+    assert code == 2 and "not a console users file" in said and "title" in said, said
+    assert other.read_text() == 'title = "keep me"\n'
+    with pytest.raises(ConfigError, match="not a console users file"):
+        auth.secret_key(load_config(path))  # the console does not write it either
+    assert other.read_text() == 'title = "keep me"\n'
+
+
+def test_add_user_to_a_folder_that_does_not_exist_is_a_clean_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path, CONFIG.format(console='users_file = "/nonexistent/dir/u.toml"'))
+    code, said = _cli("console", "add-user", "zed", "-c", str(path), "--password-stdin",
+                      stdin="correcthorse1\n")  # fmt: skip
+    assert code == 2 and "/nonexistent/dir" in said and "does not exist" in said, said
+    assert "Traceback" not in said
+    code, said = _cli("validate", "-c", str(path))
+    assert code == 2 and "does not exist" in said
+
+
+def test_add_user_says_when_a_password_was_replaced(tmp_path: Path) -> None:
+    path = write_config(tmp_path, CONFIG.format(console=""))
+    args = ("console", "add-user", "zed", "-c", str(path), "--password-stdin")
+    code, said = _cli(*args, stdin="correcthorse1\n")
+    assert code == 0 and "can sign in" in said
+    code, said = _cli(*args, stdin="correcthorse2\n")
+    assert code == 0 and "password was replaced" in said, said
+
+
+def test_the_console_refuses_to_start_on_a_users_file_others_can_read(tmp_path: Path) -> None:
+    from syncengine.console.app import create_app
+
+    path = write_config(tmp_path, CONFIG.format(console=""))
+    users = auth.add_user(load_config(path), "zed", "correcthorse1")
+    users.chmod(0o644)
+    with pytest.raises(ConfigError, match="can be read by other users"):
+        create_app(path)
+    code, said = _cli("console", "-c", str(path), "--http", "127.0.0.1:0")
+    assert code == 2 and "can be read by other users" in said, said
+
+
+def test_audit_prints_control_characters_escaped(tmp_path: Path) -> None:
+    from syncengine import api
+
+    path = write_config(tmp_path, CONFIG.format(console=""))
+    forged = "root\x1b[31mRED\x1b[0m\nfake line: admin approved all"
+    cfg = load_config(path)
+    api.record_audit(cfg, forged, "console.sign_in_failed", "[b]console[/b]", None, None)
+    code, said = _cli("audit", "-c", str(path))
+    assert code == 0, said
+    assert "\x1b" not in said and "\nfake line" not in said
+    assert "\\x1b[31mRED" in said and "\\nfake line" in said and "[b]console[/b]" in said
+
+
+def test_a_signed_out_session_is_revoked_in_the_users_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path, CONFIG.format(console=""))
+    cfg = load_config(path)
+    users_file = auth.add_user(cfg, "zed", "correcthorse1")
+    auth.revoke_session(cfg, "old-session-id-0123", 50.0, now=10.0)
+    auth.revoke_session(cfg, "new-session-id-0123", 500.0, now=100.0)  # the old one expired
+    auth.revoke_session(cfg, "bad id\n[users.x]", 500.0, now=100.0)  # not an id: ignored
+    users = auth.load_users(users_file)
+    assert users.revoked == {"new-session-id-0123": 500.0} and set(users.users) == {"zed"}
+    auth.add_user(cfg, "amy", "correcthorse1")  # adding a user keeps the revoked ids
+    assert auth.load_users(users_file).revoked == {"new-session-id-0123": 500.0}
+    assert auth.console_problems(cfg) == []
