@@ -867,20 +867,35 @@ def _open_item(store: StateStore, item_id: int) -> queues.ReviewRow:
     return rows[0]
 
 
+def _choices(store: StateStore, row: queues.ReviewRow) -> str:
+    """An item's candidates, for a message: "KEY (label), ..." or "none"."""
+    shown = [
+        f"{c.hub_key} ({c.label})" if c.exists else f"{c.hub_key} (deleted since)"
+        for c in _candidates(store, row.pipeline, row.entity, row.candidates)
+    ]
+    return ", ".join(shown) or "none"
+
+
 def review_link(config: Config, item_id: int, hub_key: str, actor: str) -> ReviewItem:
     """Decide that the item's record is the hub record ``hub_key``: the next sync links it
     there and syncs it as that record (where its member already holds that record, the row
-    is a copy: it is left alone and not asked about again). The key must be a live record
-    of the item's entity; the decision is audited."""
+    is a copy: it is left alone and not asked about again). The key must be one of the
+    item's candidates, still there; the decision is audited."""
     store = open_store(config, create=False)
     try:
         row = _open_item(store, item_id)
+        choices = _choices(store, row)
+        if hub_key not in row.candidates:
+            raise UsageError(
+                f"review item {item_id}: {hub_key!r} is not one of its candidates, the records "
+                f"it may be ({choices}); link it to one of those, or keep it separate with "
+                f"`syncengine review separate {item_id}`"
+            )
         found = store.load_records(row.pipeline, row.entity, [hub_key]).get(hub_key)
         if found is None or found.base.get("_deleted"):
-            choices = ", ".join(row.candidates) or "none"
             raise UsageError(
                 f"review item {item_id}: no {row.entity} record {hub_key!r} in pipeline "
-                f"{row.pipeline} (its candidates: {choices})"
+                f"{row.pipeline}: deleted since (its candidates: {choices})"
             )
         with store.transaction() as tx:
             tx.run(

@@ -892,6 +892,9 @@ class Engine:
             found = decisions.of(obs)
             if found is None:
                 return None
+            refused = found.refused()
+            if refused is not None:
+                return ("refuse", refused)
             return ("link" if found.kind == "linked" else "separate", found.hub_key)
 
         result = match(
@@ -909,7 +912,9 @@ class Engine:
             if parked is not None:
                 if decisions.changed(obs):
                     why = f"it changed since it was decided on, so it is asked again: {why}"
-                parked.add(obs, why, result.candidates.get(id(obs), []))
+                found = decisions.of(obs)
+                kept = list(found.candidates) if found is not None else []
+                parked.add(obs, why, result.candidates.get(id(obs), kept))
         return result
 
     def _candidates(

@@ -162,7 +162,8 @@ def match(
     record they would match is reported, not synced, so that it is not created again there.
     ``decided`` gives a person's decision on a record (``("separate", None)``: a new hub
     record of its own; ``("link", key)``: that hub record's, which must be among
-    ``existing``); a link to a record that is gone is reported as ambiguous again.
+    ``existing``; ``("refuse", why)``: a decision that cannot be carried out); a link to a
+    record that is gone, or a refused decision, is reported as ambiguous again.
     """
     result = MatchResult()
     index: dict[tuple[str, Any], list[str]] = {}
@@ -221,6 +222,9 @@ def match(
             decision = decided(obs) if decided is not None else None
             if decision is not None:
                 kind, linked_to = decision
+                if kind == "refuse":  # a decision that cannot be carried out: asked again
+                    result.ambiguous.append((obs, linked_to or "its decision cannot apply"))
+                    continue
                 if kind == "link" and (linked_to not in holders or linked_to in deleted):
                     result.candidates[id(obs)] = [linked_to] if linked_to else []
                     result.ambiguous.append(

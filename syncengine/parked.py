@@ -50,6 +50,19 @@ class Decision:
     kind: str
     hub_key: str | None
     item_id: int
+    candidates: tuple[str, ...] = ()
+    """The records the item's record may be, as they were when it was decided."""
+
+    def refused(self) -> str | None:
+        """Why the engine cannot carry this decision out (the item is opened again with
+        it), or None: a link to a record that is not one of the item's candidates (decided
+        before that was refused, or written to the store by hand)."""
+        if self.kind == "linked" and self.hub_key not in self.candidates:
+            return (
+                f"it was linked by hand to {self.hub_key}, which is not one of the records "
+                "it may be; choose again"
+            )
+        return None
 
 
 class Decisions:
@@ -63,7 +76,7 @@ class Decisions:
         self._by_hash: dict[tuple[str, str], Decision] = {}
         self._rows: dict[int, queues.ReviewRow] = {}
         for row in rows:
-            decision = Decision(row.status, row.hub_key, row.id)
+            decision = Decision(row.status, row.hub_key, row.id, tuple(row.candidates))
             self._rows[row.id] = row
             if row.provisional:
                 if row.native_hash:

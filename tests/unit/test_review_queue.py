@@ -130,7 +130,7 @@ def test_unknown_ids_and_keys_are_usage_errors(two: Config) -> None:
     ds("b").put(C, "b-new", {"first_name": "Ann again", "email": "ann@x.com"})
     run(two)
     [item] = api.list_review(two)
-    with pytest.raises(UsageError, match="no customers record 'nope'"):
+    with pytest.raises(UsageError, match="'nope' is not one of its candidates"):
         api.review_link(two, item.id, "nope", "tester")
     assert api.list_audit(two) == []  # refused: nothing recorded
 
@@ -289,3 +289,42 @@ def test_a_held_delete_is_cleared_when_its_member_holds_the_record_again(held: C
     assert keys["Bob"] in _hub(held)
     with pytest.raises(UsageError, match=f"held delete {hd.id} is no longer held"):
         api.approve_delete(held, [hd.id], "tester")
+
+
+def test_a_link_to_a_record_that_is_not_a_candidate_is_refused_or_asked_again(
+    two: Config,
+) -> None:
+    """Linking to a hub key that is not one of the item's candidates is refused, listing
+    them; a decision like it already stored is not carried out silently (the row left
+    alone as a "copy", the item gone from the list): the next run opens it again, says
+    why, and keeps its candidates."""
+    from functools import partial
+
+    from syncengine.state import queues
+
+    ann = _ann(two)
+    ds("a").put(C, "a2", {"first_name": "Bob", "email": "bob@x.com"})
+    run(two)
+    bob = next(k for k, v in _hub(two).items() if v["first_name"] == "Bob")
+    ds("b").put(C, "b-new", {"first_name": "Ann again", "email": "ann@x.com"})
+    run(two)
+    [item] = api.list_review(two)
+    with pytest.raises(UsageError, match=f"{bob!r} is not one of its candidates.*{ann} \\(Ann"):
+        api.review_link(two, item.id, bob, "tester")
+    assert api.list_review(two)[0].status == "open"
+    store = api.open_store(two)
+    try:
+        with store.transaction() as tx:
+            tx.run(
+                partial(
+                    queues.decide_review, item_id=item.id, status="linked", hub_key=bob, actor="x"
+                )
+            )
+    finally:
+        store.close()
+    result = run(two)
+    assert result.plan.actions == []
+    [again] = api.list_review(two)
+    assert (again.id, again.status, again.hub_key) == (item.id, "open", None)
+    assert f"linked by hand to {bob}, which is not one of the records it may be" in again.reason
+    assert [c.hub_key for c in again.candidates] == [ann]
