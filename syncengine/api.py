@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -712,6 +712,9 @@ class HeldDelete:
     held_at: str
     guard: str | None
     status: str
+    warning: str | None = None
+    """On an approval: why the next sync may not carry it out (the record is still
+    referred to by other records: it will be given back unless those are deleted too)."""
 
     def to_json(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -1008,13 +1011,51 @@ def _held_by_ids(store: StateStore, ids: Sequence[int], verb: str) -> list[queue
     return rows
 
 
+def _referred_by(config: Config, store: StateStore, row: queues.HeldRow) -> str | None:
+    """The warning for approving ``row``'s delete when records of other entities still
+    refer to the record (a customer's invoices, in the hub or on a member): the sync does
+    not delete it but gives it back, unless those are deleted too. None when none does."""
+    pipeline = config.pipelines.get(row.pipeline)
+    if pipeline is None:
+        return None
+    counts: list[str] = []
+    total = 0
+    for other in pipeline.entities:
+        names = [n for n, target in ENTITIES[other].refs.items() if target == row.entity]
+        if not names or other == row.entity:
+            continue
+        n = 0
+        for rs in store.iter_records(row.pipeline, other):
+            held = [
+                ln.last_seen
+                for ln in rs.links.values()
+                if ln.native_id and not ln.tombstone and ln.last_seen
+            ]
+            if rs.base.get("_deleted") and not held:
+                continue
+            if any(r.get(name) == row.key for r in (rs.base, *held) for name in names):
+                n += 1
+        if n:
+            counts.append(f"{n} {other.removesuffix('s') if n == 1 else other}")
+            total += n
+    if not counts:
+        return None
+    those = "that is" if total == 1 else "those are"
+    return (
+        f"referred to by {' and '.join(counts)}: it will be given back unless {those} deleted too"
+    )
+
+
 def approve_delete(config: Config, ids: Sequence[int], actor: str) -> list[HeldDelete]:
     """Approve held deletes: the next sync deletes each record on the members it would have
     reached (a record changed on one of them meanwhile is kept: the data wins, as for any
-    delete). All or nothing: an unknown id changes nothing. Audited."""
+    delete). All or nothing: an unknown id changes nothing. Audited. Each answer's
+    ``warning`` says when the record is still referred to by other records (then the sync
+    gives it back instead, unless those are deleted too)."""
     store = open_store(config, create=False)
     try:
         rows = _held_by_ids(store, ids, "approve")
+        warnings = {r.id: _referred_by(config, store, r) for r in rows}
         with store.transaction() as tx:
             # first, and only from held: a decision that came first refuses this one whole
             tx.run(
@@ -1034,7 +1075,8 @@ def approve_delete(config: Config, ids: Sequence[int], actor: str) -> list[HeldD
                     partial(queues.add_audit, **_held_audit(actor, "delete.approve", r, "approved"))
                 )
         return [
-            _held_delete(r) for r in store.query(partial(queues.held_rows, status=None, ids=ids))
+            replace(_held_delete(r), warning=warnings.get(r.id))
+            for r in store.query(partial(queues.held_rows, status=None, ids=ids))
         ]
     finally:
         store.close()

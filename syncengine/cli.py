@@ -1673,7 +1673,10 @@ def deletes_approve(
             out.print_json(json.dumps([h.to_json() for h in done]))
             return
         for h in done:
-            out.print(escape(f"#{h.id} {h.label}: approved; the next sync deletes it"))
+            if h.warning:
+                out.print(escape(f"#{h.id} {h.label}: approved, but {h.warning}"))
+            else:
+                out.print(escape(f"#{h.id} {h.label}: approved; the next sync deletes it"))
 
 
 @deletes_app.command(

@@ -596,6 +596,18 @@ class Engine:
             kp = reconcile(ctx, h.key, h.state.base, h.views)
             if kp.changes_state:
                 decided.keys.append(kp)
+            n = users.get(h.key, 0)
+            if (
+                n
+                and h.key in run.planned.approved
+                and not any(isinstance(a, Delete) for a in kp.actions)
+            ):
+                # a person approved it, but records still refer to it: given back, and said
+                ent.notes.append(
+                    f"the approved delete of {ent.entity} {kp.label or h.key} was not carried "
+                    f"out: {n} record{'s' if n != 1 else ''} of other entities still refer to "
+                    "it, so it is given back (delete those too, then delete it again)"
+                )
         ent.keys.extend(decided.keys)
         if self.dry_run or not decided.keys:
             return

@@ -328,3 +328,45 @@ def test_a_link_to_a_record_that_is_not_a_candidate_is_refused_or_asked_again(
     assert (again.id, again.status, again.hub_key) == (item.id, "open", None)
     assert f"linked by hand to {bob}, which is not one of the records it may be" in again.reason
     assert [c.hub_key for c in again.candidates] == [ann]
+
+
+def test_an_approved_delete_of_a_record_still_referred_to_warns_and_the_run_says_so(
+    tmp_path: Path,
+) -> None:
+    """A customer with invoices, deleted on a and approved: the approval warns that it will
+    be given back unless the invoices go too, and the run that gives it back says which
+    approved delete it did not carry out, and why."""
+    cfg = memory_config(
+        tmp_path,
+        {
+            "a": {"entities": [C, "invoices"]},
+            "b": {"assigns_ids": True, "entities": [C, "invoices"]},
+        },
+        deletes={"approve": True, "max_fraction": 1.0},
+        entities=(C, "invoices"),
+    )
+    ds("a").put(C, "c1", {"first_name": "Ann", "email": "ann@x.com"})
+    ds("a").put(C, "c2", {"first_name": "Bob", "email": "bob@x.com"})
+    ds("a").put(C, "c3", {"first_name": "Cy", "email": "cy@x.com"})
+    for n in (1, 2):
+        ds("a").put(
+            "invoices",
+            f"i{n}",
+            {"invoice_number": f"100{n}", "customer": "c1", "amount": 100, "status": "sent"},
+        )
+    run(cfg)
+    ds("a").table(C).pop("c1")
+    ds("a").table(C).pop("c2")
+    run(cfg)
+    held = {h.label.split()[0]: h for h in api.list_held_deletes(cfg)}
+    [ann] = api.approve_delete(cfg, [held["Ann"].id], "tester")
+    assert ann.warning == (
+        "referred to by 2 invoices: it will be given back unless those are deleted too"
+    )
+    [bob] = api.approve_delete(cfg, [held["Bob"].id], "tester")
+    assert bob.warning is None
+    result = run(cfg)
+    notes = result.to_json()["entities"]["customers"]["notes"]
+    [note] = [n for n in notes if "approved delete" in n]
+    assert "Ann" in note and "given back" in note and "2 records" in note
+    assert "Bob" not in note
