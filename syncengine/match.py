@@ -281,8 +281,9 @@ def match(
                     ambiguous = (
                         f"{name} {value!r} is already used by another record on "
                         f"{member} that is linked to the other members: a possible "
-                        "duplicate, not synced (merge the two, or give this one a "
-                        "distinct value)"
+                        "duplicate, not synced (delete one of the two, give this one a "
+                        "distinct value, or decide with `syncengine review link` or "
+                        "`separate`)"
                     )
                     break
             if (

@@ -57,14 +57,21 @@ def nothing_to_do(result: SyncResult) -> str:
     """The line of a run with nothing to write, saying what still differs: writes a member
     cannot take (skipped) and conflicts that wait for a person."""
     skipped = sum(ep.counts()["skipped"] for ep in result.plan.entities)
+    held = sum(ep.counts().get("held_deletes", 0) for ep in result.plan.entities)
+    waits = plural(held, "delete") + (" waits" if held == 1 else " wait")
     but = [
         *([plural(skipped, "write") + " a member cannot take (skipped)"] if skipped else []),
         *(["the conflicts below"] if result.open_conflicts else []),
     ]
     if not but:
+        if held:  # the deletes held for a person are not "agreed"
+            return f"Nothing else to do: {waits} for approval (`syncengine deletes list`)."
         return "Nothing to do: every member agrees."
     start = "Nothing to write" if skipped else "Nothing to do"
-    return f"{start}: every member agrees but for {' and '.join(but)}."
+    line = f"{start}: every member agrees but for {' and '.join(but)}."
+    if held:
+        line += f" {waits} for approval (`syncengine deletes list`)."
+    return line
 
 
 def render_entity_plan(console: Console, ep: EntityPlan) -> None:

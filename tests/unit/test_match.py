@@ -38,8 +38,8 @@ ALIKE = (
 )
 DUPLICATE_ON_SHEET = (
     "email 'ann@example.com' is already used by another record on sheet that is linked to "
-    "the other members: a possible duplicate, not synced (merge the two, or give this one a "
-    "distinct value)"
+    "the other members: a possible duplicate, not synced (delete one of the two, give this "
+    "one a distinct value, or decide with `syncengine review link` or `separate`)"
 )
 HELD_BACK = "held back: another record matches it ambiguously (see the other error for this value)"
 

@@ -152,11 +152,11 @@ def test_a_second_decision_on_the_same_id_is_refused_and_changes_nothing(url: st
             b = tx.run(partial(hold, key="k2", reach=["hcp"], label="Bob"))
         with store.transaction() as tx:
             tx.run(partial(queues.set_held, ids=[a], status="approved", actor="ann"))
-        with pytest.raises(
+        refused = pytest.raises(
             queues.AlreadyDecided, match=f"held delete {a} was already approved by ann"
-        ):
-            with store.transaction() as tx:
-                tx.run(partial(queues.set_held, ids=[b, a], status="restored", actor="bob"))
+        )
+        with refused, store.transaction() as tx:
+            tx.run(partial(queues.set_held, ids=[b, a], status="restored", actor="bob"))
         rows = {r.id: r for r in store.query(partial(queues.held_rows, status=None))}
         assert (rows[a].status, rows[a].decided_by) == ("approved", "ann")
         assert rows[b].status == "held"  # all or nothing: b was not restored either
@@ -164,8 +164,8 @@ def test_a_second_decision_on_the_same_id_is_refused_and_changes_nothing(url: st
         decide = partial(queues.decide_review, item_id=item)
         with store.transaction() as tx:
             tx.run(partial(decide, status="linked", hub_key="k1", actor="ann"))
-        with pytest.raises(queues.AlreadyDecided, match="already linked to k1 by ann"):
-            with store.transaction() as tx:
-                tx.run(partial(decide, status="separate", hub_key=None, actor="bob"))
+        refused = pytest.raises(queues.AlreadyDecided, match="already linked to k1 by ann")
+        with refused, store.transaction() as tx:
+            tx.run(partial(decide, status="separate", hub_key=None, actor="bob"))
         [row] = store.query(partial(queues.review_rows, status=None, ids=[item]))
         assert (row.status, row.hub_key, row.decided_by) == ("linked", "k1", "ann")

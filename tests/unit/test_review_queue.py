@@ -11,6 +11,7 @@ import pytest
 from syncengine import api
 from syncengine.config import Config
 from syncengine.errors import UsageError
+from syncengine.render import nothing_to_do
 from tests.helpers import ds, memory_config, ops, run
 
 C = "customers"
@@ -163,6 +164,9 @@ def test_a_held_delete_waits_then_approve_deletes_it_everywhere(held: Config) ->
     result = run(held)
     assert result.plan.actions == []
     assert result.to_json()["entities"]["customers"]["held_deletes"] == 1
+    assert nothing_to_do(result) == (
+        "Nothing else to do: 1 delete waits for approval (`syncengine deletes list`)."
+    )
     assert len(ds("b").table(C)) == 3
     [hd] = api.list_held_deletes(held)
     assert (hd.hub_key, hd.member, hd.reach, hd.guard) == (keys["Bob"], "a", ["b"], None)
@@ -171,6 +175,9 @@ def test_a_held_delete_waits_then_approve_deletes_it_everywhere(held: Config) ->
     assert [h.id for h in api.list_held_deletes(held)] == [hd.id]
     api.approve_delete(held, [hd.id], "tester")
     assert api.list_held_deletes(held) == []
+    for again in (api.approve_delete, api.restore_delete):  # not "no held delete with id"
+        with pytest.raises(UsageError, match=f"held delete {hd.id} was already approved by tester"):
+            again(held, [hd.id], "someone")
     result = run(held)
     assert ops(result) == [("delete", "b")]
     assert sorted(r["first_name"] for r in ds("b").table(C).values()) == ["Ann", "Cy"]
