@@ -4,6 +4,8 @@ the person's decision."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from syncengine import api
 from syncengine.config import Config
 from syncengine.errors import UsageError
 from syncengine.render import nothing_to_do
+from syncengine.state import StateStore, queues
 from tests.helpers import ds, memory_config, ops, run
 
 C = "customers"
@@ -305,10 +308,6 @@ def test_a_link_to_a_record_that_is_not_a_candidate_is_refused_or_asked_again(
     them; a decision like it already stored is not carried out silently (the row left
     alone as a "copy", the item gone from the list): the next run opens it again, says
     why, and keeps its candidates."""
-    from functools import partial
-
-    from syncengine.state import queues
-
     ann = _ann(two)
     ds("a").put(C, "a2", {"first_name": "Bob", "email": "bob@x.com"})
     run(two)
@@ -377,3 +376,34 @@ def test_an_approved_delete_of_a_record_still_referred_to_warns_and_the_run_says
     [note] = [n for n in notes if "approved delete" in n]
     assert "Ann" in note and "given back" in note and "2 records" in note
     assert "Bob" not in note
+
+
+def test_the_decision_that_loses_a_race_is_refused_whole_and_changes_nothing(
+    held: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Approve and restore sent at once: both find the delete held, the restore writes
+    first; the approval's conditional update finds it decided and is refused (who restored
+    it), leaving the hub record and the audit log as the restore left them."""
+    keys = _three(held)
+    ds("a").table(C).pop("a1")
+    run(held)
+    [hd] = api.list_held_deletes(held)
+    real = api._held_by_ids
+    raced: list[int] = []
+
+    def checked_then_raced(
+        store: StateStore, ids: Sequence[int], verb: str
+    ) -> list[queues.HeldRow]:
+        rows = real(store, ids, verb)
+        if not raced:  # the other person's restore lands between the check and the write
+            raced.append(1)
+            api.restore_delete(held, ids, "first")
+        return rows
+
+    monkeypatch.setattr(api, "_held_by_ids", checked_then_raced)
+    with pytest.raises(UsageError, match=f"held delete {hd.id} was already restored by first"):
+        api.approve_delete(held, [hd.id], "second")
+    [row] = [h for h in api.list_audit(held) if h.action.startswith("delete.")]
+    assert (row.actor, row.action) == ("first", "delete.restore")
+    assert "_deleted" not in _hub(held)[keys["Bob"]]
+    assert ops(run(held)) == [("create", "a")]  # restored, as the one told so was told
