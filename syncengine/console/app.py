@@ -590,7 +590,10 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         try:
             if choice == "approve":
                 done = await run_in_threadpool(api.approve_delete, cfg, [did], user)
-                flash(request, f"Approved: the next sync deletes {done[0].label}.")
+                if done[0].warning:  # still referred to: it will be given back
+                    flash(request, f"Approved {done[0].label}, but {done[0].warning}.", "error")
+                else:
+                    flash(request, f"Approved: the next sync deletes {done[0].label}.")
             elif choice == "restore":
                 done = await run_in_threadpool(api.restore_delete, cfg, [did], user)
                 flash(
