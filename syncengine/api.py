@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from syncengine.alerts import Alerter, Delivery
 from syncengine.alerts import send_test as _send_test
@@ -1052,61 +1052,46 @@ def approve_delete(config: Config, ids: Sequence[int], actor: str) -> list[HeldD
     delete). All or nothing: an unknown id changes nothing. Audited. Each answer's
     ``warning`` says when the record is still referred to by other records (then the sync
     gives it back instead, unless those are deleted too)."""
-    store = open_store(config, create=False)
-    try:
-        rows = _held_by_ids(store, ids, "approve")
-        warnings = {r.id: _referred_by(config, store, r) for r in rows}
-        with store.transaction() as tx:
-            # first, and only from held: a decision that came first refuses this one whole
-            tx.run(
-                partial(queues.set_held, ids=[r.id for r in rows], status="approved", actor=actor)
-            )
-            for r in rows:
-                rs = store.load_records(r.pipeline, r.entity, [r.key]).get(r.key)
-                if rs is not None:
-                    # the hub decides the delete; the member that deleted it is no longer held
-                    tx.put_record(r.pipeline, r.entity, r.key, {**rs.base, "_deleted": True})
-                    ln = rs.links.get(r.member)
-                    if ln is not None and ln.tombstone:
-                        tx.delete_link(r.pipeline, r.entity, r.key, r.member)
-                    tx.set_dirty(r.pipeline, r.entity, r.key)
-            for r in rows:
-                tx.run(
-                    partial(queues.add_audit, **_held_audit(actor, "delete.approve", r, "approved"))
-                )
-        return [
-            replace(_held_delete(r), warning=warnings.get(r.id))
-            for r in store.query(partial(queues.held_rows, status=None, ids=ids))
-        ]
-    finally:
-        store.close()
+    return _decide_held(config, ids, actor, "approve")
 
 
 def restore_delete(config: Config, ids: Sequence[int], actor: str) -> list[HeldDelete]:
     """Restore held deletes: the next sync gives each record back to the member that deleted
     it (created there from the hub's values, and linked again); nothing is deleted anywhere.
     All or nothing: an unknown id changes nothing. Audited."""
+    return _decide_held(config, ids, actor, "restore")
+
+
+def _decide_held(
+    config: Config, ids: Sequence[int], actor: str, verb: Literal["approve", "restore"]
+) -> list[HeldDelete]:
+    """Decide held deletes in one transaction: their status first (only from held, so that a
+    decision that came first refuses this one whole), then the hub: the deleting member's
+    tombstone link goes and the record is looked at by the next sync; an approval also marks
+    the hub record deleted (the hub decides the delete). Audited."""
+    status = "approved" if verb == "approve" else "restored"
     store = open_store(config, create=False)
     try:
-        rows = _held_by_ids(store, ids, "restore")
+        rows = _held_by_ids(store, ids, verb)
+        warnings = {r.id: _referred_by(config, store, r) for r in rows} if verb == "approve" else {}
         with store.transaction() as tx:
-            # first, and only from held: a decision that came first refuses this one whole
-            tx.run(
-                partial(queues.set_held, ids=[r.id for r in rows], status="restored", actor=actor)
-            )
+            tx.run(partial(queues.set_held, ids=[r.id for r in rows], status=status, actor=actor))
             for r in rows:
                 rs = store.load_records(r.pipeline, r.entity, [r.key]).get(r.key)
-                if rs is not None:
-                    ln = rs.links.get(r.member)
-                    if ln is not None and ln.tombstone:
-                        tx.delete_link(r.pipeline, r.entity, r.key, r.member)
-                    tx.set_dirty(r.pipeline, r.entity, r.key)
+                if rs is None:
+                    continue
+                if verb == "approve":
+                    tx.put_record(r.pipeline, r.entity, r.key, {**rs.base, "_deleted": True})
+                ln = rs.links.get(r.member)
+                if ln is not None and ln.tombstone:
+                    tx.delete_link(r.pipeline, r.entity, r.key, r.member)
+                tx.set_dirty(r.pipeline, r.entity, r.key)
             for r in rows:
-                tx.run(
-                    partial(queues.add_audit, **_held_audit(actor, "delete.restore", r, "restored"))
-                )
+                audit = _held_audit(actor, f"delete.{verb}", r, status)
+                tx.run(partial(queues.add_audit, **audit))
         return [
-            _held_delete(r) for r in store.query(partial(queues.held_rows, status=None, ids=ids))
+            replace(_held_delete(r), warning=warnings.get(r.id))
+            for r in store.query(partial(queues.held_rows, status=None, ids=ids))
         ]
     finally:
         store.close()
