@@ -185,8 +185,8 @@ class PlannedEntity:
     reread: set[str] = field(default_factory=set)
     """Members whose mark is dropped once the entity is committed (``MemberRead.reread``)."""
     mappings: dict[str, str] = field(default_factory=dict)
-    """member -> the fingerprint of the mapping its complete read was made with, to store
-    once the entity is committed (``MemberRead.remapped``)."""
+    """member -> the fingerprint of the mapping its complete read was made with, where it is
+    not the one stored already, to store once the entity is committed (``MemberRead``)."""
     held: list[HeldDelete] = field(default_factory=list)
     """Deletes of records other entities may refer to, decided after every entity of the
     run is planned (``Engine._decide_held_deletes``)."""
@@ -748,7 +748,11 @@ class Engine:
         planned.marks = marks_to_keep(reads, ent, untaken)
         planned.reread = {name for name, r in reads.items() if r.reread}
         # only a complete read looked at every record with the mapping in force
-        planned.mappings = {name: r.fingerprint for name, r in reads.items() if r.complete}
+        planned.mappings = {
+            name: r.fingerprint
+            for name, r in reads.items()
+            if r.complete and r.fingerprint != r.stored_fingerprint
+        }
         fill_notes(ent, reads, dry_run=self.dry_run)
         if not self.allow_mass_delete:
             ent.guard = mass_delete_guard(pipeline, ent, reads, planned.approved)

@@ -52,16 +52,12 @@ def store_marks(
     """After the entity was applied and committed: store the read marks of the members
     no write failed on (see ``marks_to_keep``), and drop those of the members a partial read
     of which missed a record that is gone (``reread``). ``mappings``: member -> the
-    fingerprint of the mapping its complete read was made with, stored the same way (a
-    member a write failed on reads every record again next time)."""
+    fingerprint of the mapping its complete read was made with, where it changed, stored the
+    same way (a member a write failed on reads every record again next time)."""
     failed = {f.member for f in failures}
     keep = {name: token for name, token in marks.items() if name not in failed}
     dropped = sorted(reread)
-    fingerprints = {
-        name: fp
-        for name, fp in (mappings or {}).items()
-        if name not in failed and store.mapping_mark(pipeline, entity, name) != fp
-    }
+    fingerprints = {name: fp for name, fp in (mappings or {}).items() if name not in failed}
     if not keep and not dropped and not fingerprints:
         return
     with store.transaction() as tx:

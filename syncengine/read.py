@@ -98,6 +98,8 @@ class MemberRead:
     unchanged ones too, so that the base fills them."""
     fingerprint: str = ""
     """The fingerprint of the mapping this read was made with (``EntityMapping.fingerprint``)."""
+    stored_fingerprint: str | None = None
+    """The fingerprint stored for the member's last complete, committed read (None: none)."""
     remapped: bool = False
     """The member's mapping changed since its last complete read: every linked record it
     listed was mapped again, not taken as unchanged on its native hash."""
@@ -249,10 +251,13 @@ def read_member(
     else:
         mark = store.read_mark(pipeline, entity, member.name)
         rp, records = open_read(member.connector, entity, mark, named)
-    out = MemberRead(linked=len(index), read_pass=rp, fingerprint=member.mapping.fingerprint())
-    out.remapped = bool(index) and out.fingerprint != store.mapping_mark(
-        pipeline, entity, member.name
+    out = MemberRead(
+        linked=len(index),
+        read_pass=rp,
+        fingerprint=member.mapping.fingerprint(),
+        stored_fingerprint=store.mapping_mark(pipeline, entity, member.name),
     )
+    out.remapped = bool(index) and out.fingerprint != out.stored_fingerprint
     remap = out.remapped
     seen: set[str] = set()
     step = Step(progress, f"reading {member.name} {entity}")
