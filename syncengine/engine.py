@@ -192,7 +192,8 @@ class PlannedEntity:
     run is planned (``Engine._decide_held_deletes``)."""
     parked: Parked = field(default_factory=Parked)
     """The records left for a person's review (recorded once the entity is applied)."""
-    matched: MatchResult | None = None
+    matched: bool = False
+    """Whether the entity's new records were matched (its review items are recorded then)."""
     approved: set[str] = field(default_factory=set)
     """Keys whose delete a person approved: the delete guards let them through."""
     stopped: dict[str, tuple[str, set[str]]] = field(default_factory=dict)
@@ -479,8 +480,8 @@ class Engine:
                 planned.mappings,
             )
         if not self.dry_run:
-            if planned.matched is not None:
-                record_review(self.store, pipeline.name, entity, planned.parked, planned.matched)
+            if planned.matched:
+                record_review(self.store, pipeline.name, entity, planned.parked)
             hold_guarded(self.store, pipeline.name, ent, planned.stopped)
             if pipeline.section.deletes.approve:
                 settle_held(self.store, pipeline.name, entity)
@@ -724,9 +725,10 @@ class Engine:
         matched = self._match_new(
             pipeline, entity, members, reads, recovery, ent, relinked, decisions, planned.parked
         )
-        planned.matched = matched
+        planned.matched = True
         if named is not None:
             named.keep_named(matched, reads)
+        planned.parked.name_candidates(matched)
         touched.update(k for k in matched.groups if k not in matched.new_keys)
         states = self.store.load_records(pipeline.name, entity, touched) if touched else {}
         self._fetch_referring_unseen(entity, members, reads, ent, touched, states)

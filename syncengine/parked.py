@@ -134,25 +134,33 @@ class Parked:
     def add(self, obs: Observed, why: str, candidates: Sequence[str | Observed] = ()) -> None:
         self.items.append((obs, why, list(candidates)))
 
+    def name_candidates(self, matched: MatchResult) -> None:
+        """Once the entity is matched: each candidate that is a record new in this run
+        becomes the hub key it was matched to (dropped if it was matched to none), so that
+        the entity's new records need not be kept through apply to record the items."""
+        key_of = {id(obs): key for key, group in matched.groups.items() for obs in group.values()}
+        for i, (obs, why, candidates) in enumerate(self.items):
+            keys: list[str | Observed] = []
+            for c in candidates:
+                key = c if isinstance(c, str) else key_of.get(id(c))
+                if key and key not in keys:
+                    keys.append(key)
+            self.items[i] = (obs, why, keys)
+
 
 def record_review(
     store: StateStore,
     pipeline: str,
     entity: str,
     parked: Parked,
-    matched: MatchResult,
 ) -> None:
-    """Open or refresh the review items of this run, and close the open items of the
-    members read whole that it did not find again."""
-    key_of = {id(obs): key for key, group in matched.groups.items() for obs in group.values()}
+    """Open or refresh the review items of this run (their candidates named by
+    ``Parked.name_candidates``), and close the open items of the members read whole that it
+    did not find again."""
     with store.transaction() as tx:
         seen: list[int] = []
         for obs, why, candidates in parked.items:
-            keys: list[str] = []
-            for c in candidates:
-                key = c if isinstance(c, str) else key_of.get(id(c))
-                if key and key not in keys:
-                    keys.append(key)
+            keys = [c for c in candidates if isinstance(c, str)]
             fields = {k: v for k, v in obs.canonical.items() if not k.startswith("_")}
             seen.append(
                 tx.run(
