@@ -8,11 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from syncengine.alerts import Alerter, Delivery
-from syncengine.alerts import send_test as _send_test
-from syncengine.alerts.sender import FLUSH_S
 from syncengine.config import Config, Pipeline, load_config
 from syncengine.connector import Structure
 from syncengine.display import label_of
@@ -40,6 +37,9 @@ from syncengine.state import ConflictRow, Lease, PipelineState, RunRow, StateSto
 from syncengine.tax_report import TaxReport, check_range
 from syncengine.tax_report import tax_report as build_tax_report
 from syncengine.unbilled import UnbilledReport, unbilled_jobs
+
+if TYPE_CHECKING:
+    from syncengine.alerts import Alerter, Delivery
 
 
 def open_store(config: Config, *, create: bool = True) -> StateStore:
@@ -93,7 +93,12 @@ def sync(
             )
             return [engine.sync(p, entities) for p in pipelines]
         ttl = config.daemon.lease_ttl
-        alerts = Alerter(store) if config.alerts is not None else None
+        alerts: Alerter | None = None
+        if config.alerts is not None:
+            # imported here: only a config with [alerts] needs the senders (smtplib, metrics)
+            from syncengine.alerts import Alerter
+
+            alerts = Alerter(store)
         with (
             _alerts_sent(alerts),  # sent after the leases are released, not holding them
             hold_pipelines(store, names, ttl=ttl, wait=wait, waiting=waiting) as held,
@@ -134,6 +139,8 @@ def _alerts_sent(alerts: Alerter | None) -> Iterator[None]:
         yield
     finally:
         if alerts is not None:
+            from syncengine.alerts.sender import FLUSH_S
+
             alerts.close(FLUSH_S)
 
 
@@ -145,7 +152,9 @@ def alerts_test(config: Config) -> list[Delivery]:
             f"{config.path} has no [alerts] table: there is no channel to test (add "
             'webhook_url = "${ALERT_WEBHOOK_URL}" or email = {...} under [alerts])'
         )
-    return _send_test(config)
+    from syncengine.alerts import send_test
+
+    return send_test(config)
 
 
 @dataclass(frozen=True)

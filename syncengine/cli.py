@@ -20,9 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from syncengine import __version__, api
-from syncengine.bars import progress_bars
-from syncengine.config import MIN_SECRET_LENGTH, Config, Pipeline
+from syncengine import __version__
 from syncengine.display import entity_changes, local_time
 from syncengine.errors import (
     AuthError,
@@ -37,11 +35,15 @@ from syncengine.errors import (
     UsageError,
 )
 from syncengine.exit_codes import ExitCode
-from syncengine.leasing import sigterm_interrupts
 from syncengine.logging import REDACTOR, configure, redact_text
 from syncengine.progress import ProgressFn
 
+# The commands import syncengine.api (and with it SQLAlchemy, pydantic, the engine) and what
+# else only they need inside their bodies: `--help`, `--version`, `sandbox` and a command's
+# own usage errors start without them. tests/test_startup.py keeps it so.
 if TYPE_CHECKING:
+    from syncengine import api
+    from syncengine.config import Config, Pipeline
     from syncengine.connectors.housecallpro.sandbox_webhooks import Webhooks
     from syncengine.daemon import OnceReport
 
@@ -279,6 +281,8 @@ def _setup(
 def _progress(*, quiet: bool) -> AbstractContextManager[ProgressFn | None]:
     """The progress bar on stderr (``syncengine.bars``): only on a terminal, and not with
     ``--quiet`` (or ``--json``: a script is reading)."""
+    from syncengine.bars import progress_bars
+
     return progress_bars(err, sys.stderr.isatty() and not quiet)
 
 
@@ -354,6 +358,9 @@ def sync(
     One run per pipeline: a sync holds each pipeline's lease while it runs (a dry run only
     checks that no other run holds it).
     """
+    from syncengine import api
+    from syncengine.leasing import sigterm_interrupts
+
     # a dry run only reads: when it cannot, it says so, never "sync failed" or writes made
     command = ("sync --dry-run", True) if dry_run else ("sync", False)
     with handled(command[0], reads_only=command[1]), sigterm_interrupts():
@@ -433,6 +440,8 @@ def probe(
     Reads only (the first page of each entity); writes nothing. Exit 1 when a record cannot
     be read or mapped, 2 when a sheet's structure is wrong, 4 when the member cannot be
     read now (unreachable, refusing the credentials)."""
+    from syncengine import api
+
     with handled("probe", reads_only=True):
         _setup(log_level)
         if not connector:
@@ -520,6 +529,8 @@ def reconcile_report(
 
     --tax gives the sales tax view instead (--from and --to narrow it), --unbilled the
     complete jobs without an invoice (it needs a member holding jobs; both may be given)."""
+    from syncengine import api
+
     with handled("reconcile-report", reads_only=True):
         _setup(log_level)
         if (start or end) and not tax:
@@ -558,6 +569,7 @@ def _books_views(
     """``reconcile-report --tax`` and/or ``--unbilled``: print the views and exit with the
     worst of their codes. In JSON, one view's object per pipeline, or both under "tax" and
     "unbilled"."""
+    from syncengine import api
     from syncengine.render import render_tax, render_unbilled
 
     taxes = api.tax_report(cfg, pipeline, *span) if tax else []
@@ -602,6 +614,8 @@ def validate(
     """Check the config and every mapping it uses, and the headers of the sheets that exist
     (a duplicated column the sync uses; an id column gone while the state store holds
     records linked to it); report all problems at once. Writes nothing."""
+    from syncengine import api
+
     with handled("validate", reads_only=True):
         _setup(log_level)
         try:
@@ -717,6 +731,8 @@ def status(
 ) -> None:
     """Show each pipeline's last run, open conflicts, interrupted writes and the writes a
     member could not take (skipped: e.g. Housecall Pro cannot update invoices)."""
+    from syncengine import api
+
     with handled("status", reads_only=True):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
@@ -842,6 +858,8 @@ def daemon(
     SIGTERM: one runner per pipeline across daemons sharing the state store, backoff after
     failures, a pause when credentials are refused, reload on SIGHUP or a changed config.
     SIGTERM/SIGINT let running syncs commit and exit 0; a second signal exits at once."""
+    from syncengine import api
+
     with handled("daemon"):
         if log_format not in ("json", "console"):
             raise UsageError(f"--log-format {log_format!r}: use json or console")
@@ -909,6 +927,8 @@ def runs(
     log_level: LogLevelOpt = None,
 ) -> None:
     """List the run history, newest first: start, duration, outcome, changes, errors."""
+    from syncengine import api
+
     with handled("runs", reads_only=True):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
@@ -953,6 +973,8 @@ def pause(
 ) -> None:
     """Stop daemons from running a pipeline (or every pipeline) until `syncengine resume`
     (a run in flight finishes)."""
+    from syncengine import api
+
     with handled("pause"):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
@@ -986,6 +1008,8 @@ def resume(
 ) -> None:
     """Lift a pause (after refused credentials, or `syncengine pause`) and any failure
     backoff: daemons run the pipeline again at its next scheduled time."""
+    from syncengine import api
+
     with handled("resume"):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
@@ -1027,6 +1051,8 @@ def conflicts_list(
     log_level: LogLevelOpt = None,
 ) -> None:
     """List conflicts waiting for a person, with each member's value."""
+    from syncengine import api
+
     with handled("conflicts list", reads_only=True):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
@@ -1099,6 +1125,8 @@ def conflicts_resolve(
     log_level: LogLevelOpt = None,
 ) -> None:
     """Settle a parked conflict with one member's value; the next sync writes it everywhere."""
+    from syncengine import api
+
     with handled("conflicts resolve"):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
@@ -1144,6 +1172,8 @@ def alerts_test(
     """Send a test alert through every channel of [alerts] (the webhook, the e-mail) and
     say how each went. Exit 0 when every channel took it, 4 when one did not (the reason
     is printed), 2 when the config has no [alerts] or is invalid."""
+    from syncengine import api
+
     with handled("alerts test"):
         _setup(log_level)
         cfg = api.require_config(config)
@@ -1260,6 +1290,8 @@ def sandbox(
 ) -> None:
     """Run the Housecall Pro sandbox: a stateful local emulator of the HCP API. Exit 4 when
     the port is taken."""
+    from syncengine.config import MIN_SECRET_LENGTH
+
     with handled("sandbox", reads_only=True):
         _setup(log_level, (webhook_secret,) if webhook_secret else ())
         if not 0 <= error_rate <= 1:
@@ -1363,6 +1395,8 @@ def console(
 ) -> None:
     """Serve the web console (no scheduling: `syncengine daemon --http` serves it beside its
     runs). Sign in with a user added by `syncengine console add-user`."""
+    from syncengine import api
+
     if ctx.invoked_subcommand is not None:
         return
     with handled("console", reads_only=True):
@@ -1418,6 +1452,8 @@ def console_add_user(
     """Add NAME to the console's users file ([console] users_file, default
     console-users.toml beside the config, mode 0600) with the argon2 hash of a password
     asked twice (or read from stdin). Only the hash is written."""
+    from syncengine import api
+
     with handled("console add-user", reads_only=True):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
@@ -1487,6 +1523,8 @@ def _audit_cli(
     cfg: Config, action: str, target: str, before: object, after: object, pipeline: str | None
 ) -> None:
     """Record a CLI action in the audit log, as the OS user."""
+    from syncengine import api
+
     api.record_audit(cfg, os_user(), action, target, before, after, pipeline)
 
 
@@ -1511,6 +1549,8 @@ def review_list(
 ) -> None:
     """List the review queue: each record the sync left alone, why, and the records it may
     be (its candidates), field by field."""
+    from syncengine import api
+
     with handled("review list", reads_only=True):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
@@ -1555,6 +1595,8 @@ def review_link(
 ) -> None:
     """Link the item's record to the hub record HUBKEY: the next sync syncs it as that
     record. Audited as the OS user."""
+    from syncengine import api
+
     with handled("review link"):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
@@ -1574,6 +1616,8 @@ def review_separate(
 ) -> None:
     """Keep the item's record separate: the next sync creates it on the other members like
     any new record, and it is never asked about again. Audited as the OS user."""
+    from syncengine import api
+
     with handled("review separate"):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
@@ -1593,6 +1637,8 @@ def deletes_list(
 ) -> None:
     """List the deletes awaiting approval: the record, the member that deleted it, the
     members the delete would reach and, for a batch a guard stopped, why."""
+    from syncengine import api
+
     with handled("deletes list", reads_only=True):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
@@ -1659,6 +1705,8 @@ def deletes_approve(
     """Approve held deletes: the next sync deletes each record on the members it would have
     reached. With --guarded, approve exactly the records a delete guard stopped (as one
     --allow-mass-delete run for them). Audited as the OS user."""
+    from syncengine import api
+
     with handled("deletes approve"):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
@@ -1691,6 +1739,8 @@ def deletes_restore(
 ) -> None:
     """Restore held deletes: the next sync gives each record back to the member that
     deleted it, and deletes nothing. Audited as the OS user."""
+    from syncengine import api
+
     with handled("deletes restore"):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
@@ -1714,6 +1764,8 @@ def audit(
 ) -> None:
     """The audit log: every action taken on the console or with the CLI (who, what, when,
     before and after), newest first."""
+    from syncengine import api
+
     with handled("audit", reads_only=True):
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)

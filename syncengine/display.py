@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from syncengine.model import Record
+if TYPE_CHECKING:
+    from syncengine.model import Record
 
 
 def format_cents(cents: int, symbol: str = "$") -> str:

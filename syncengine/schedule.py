@@ -23,9 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
-from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
-
 __all__ = ["EXAMPLES", "Schedule", "parse_schedule", "parse_timezone"]
 
 EXAMPLES = '"every 15m", "every 30s", "every 2h" or a cron expression such as "*/10 * * * *"'
@@ -56,6 +53,10 @@ class Schedule:
     def trigger(self, timezone: dt.tzinfo) -> Any:
         """The APScheduler trigger (interval or cron) for this schedule."""
         if self.interval_s is not None:
+            # imported here (and in _cron_trigger): only a config with a schedule needs
+            # APScheduler, not every command that loads a config
+            from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
+
             return IntervalTrigger(seconds=self.interval_s, timezone=timezone)
         return _cron_trigger(self.cron, timezone)
 
@@ -159,6 +160,8 @@ def _cron_trigger(cron: tuple[str, str, str, str, str] | None, timezone: dt.tzin
     if cron is None:  # pragma: no cover - a Schedule has one or the other
         raise ValueError("not a cron schedule")
     minute, hour, day, month, weekday = cron
+    from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
+
     return CronTrigger(
         minute=minute, hour=hour, day=day, month=month, day_of_week=weekday, timezone=timezone
     )

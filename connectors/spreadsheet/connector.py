@@ -52,7 +52,7 @@ import re
 import zoneinfo
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -76,7 +76,9 @@ from syncengine.mapping import EntityMapping, load_mapping
 from .columns import ColumnKind, column_kinds, new_columns
 from .csvtable import CsvTable
 from .table import CellValue, Row, Sheet, Table, is_blank
-from .xlsxtable import Workbook, XlsxTable
+
+if TYPE_CHECKING:
+    from .xlsxtable import Workbook
 
 ENTITIES = ("customers", "invoices", "payments", "line_items")
 """What the spreadsheet holds, in the order a new workbook gets its sheets."""
@@ -263,6 +265,9 @@ class SpreadsheetConnector(Connector):
         path = path if path.is_absolute() else Path(context.base_dir) / path
         self.workbook: Workbook | None = None
         if is_workbook(options.path):
+            # imported here (and in _table): only a workbook needs openpyxl, not CSV files
+            from .xlsxtable import Workbook
+
             self.folder = path.parent
             self.workbook = Workbook(
                 path,
@@ -293,9 +298,12 @@ class SpreadsheetConnector(Connector):
         work = self._work.get(entity)
         if work is not None:
             work.group_by = self._group_column(entity)
-        if work is not None and isinstance(work.table, XlsxTable):
-            work.table.kinds = self._kinds(entity)
-            work.table.mapped = self._read_columns(entity)
+        if work is not None and self.workbook is not None:
+            from .xlsxtable import XlsxTable  # loaded already, with the workbook
+
+            if isinstance(work.table, XlsxTable):
+                work.table.kinds = self._kinds(entity)
+                work.table.mapped = self._read_columns(entity)
 
     def mapping(self, entity: str) -> EntityMapping:
         """The mapping in force for ``entity``: the one given to ``prepare``, else the default."""
@@ -384,7 +392,7 @@ class SpreadsheetConnector(Connector):
         """Drop the working copy of a CSV file once it is written (a workbook's sheets live
         in one workbook, kept until ``close``)."""
         work = self._work.get(entity)
-        if work is not None and not work.pending and not isinstance(work.table, XlsxTable):
+        if work is not None and not work.pending and self.workbook is None:
             del self._work[entity]
 
     def close(self) -> None:
@@ -438,6 +446,8 @@ class SpreadsheetConnector(Connector):
 
     def _table(self, entity: str) -> Table:
         if self.workbook is not None:
+            from .xlsxtable import XlsxTable
+
             return XlsxTable(
                 self.workbook,
                 self.sheet_title(entity),
