@@ -446,10 +446,16 @@ def norm_tags(value: Any) -> list[str] | None:
     return tags or None
 
 
+_CANONICAL_DATETIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
+"""The canonical text of a date-time (``2026-01-02T03:04:05Z``), as far as its shape goes."""
+
+
 def parse_datetime(value: Any) -> dt.datetime | None:
     """A timezone-aware datetime from a datetime, a date or ISO 8601 text (naive = UTC)."""
     if value is None:
         return None
+    if type(value) is str and _CANONICAL_DATETIME.fullmatch(value):
+        return _from_canonical(value)  # the common case, without the strip and rewrite below
     if isinstance(value, dt.datetime):
         moment = value
     elif isinstance(value, dt.date):
@@ -465,11 +471,38 @@ def parse_datetime(value: Any) -> dt.datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
+def _from_canonical(text: str) -> dt.datetime:
+    """The UTC datetime of text shaped as ``_CANONICAL_DATETIME`` (Python 3.11 reads its Z as
+    UTC); ValueError when no such date-time exists, worded as ``parse_datetime`` words it."""
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO 8601 date-time") from None
+
+
 def norm_datetime(value: Any) -> str | None:
+    """The canonical text of a date-time (``2026-01-02T03:04:05Z``: UTC, whole seconds) from
+    what ``parse_datetime`` reads. Text already in that form is returned as it is once it is
+    known to be a real date-time (most values are: every member sends them so)."""
+    if type(value) is str and _CANONICAL_DATETIME.fullmatch(value) and value[0] != "0":
+        _from_canonical(value)  # raises on a date-time that does not exist (2026-02-30)
+        return value
     moment = parse_datetime(value)
     if moment is None:
         return None
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _canonical_datetime(moment.astimezone(dt.UTC))
+
+
+def _canonical_datetime(moment: dt.datetime) -> str:
+    """``moment``'s fields as ``YYYY-MM-DDTHH:MM:SSZ`` (its zone is not looked at), exactly
+    as ``strftime("%Y-%m-%dT%H:%M:%SZ")`` writes them, without its cost; years before 1000
+    go through strftime, which writes them unpadded on some platforms."""
+    if moment.year < 1000:
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (
+        f"{moment.year}-{moment.month:02d}-{moment.day:02d}"
+        f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z"
+    )
 
 
 def norm_int(value: Any) -> int | None:

@@ -407,12 +407,14 @@ class PhoneTransform(_Base):
         known = self._memo.get(text)
         if known is not None:
             return known
-        parsed = self._parse(text)
-        read = (
-            text
-            if parsed is None
-            else phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-        )
+        read = _read_us(text) if self.region == "US" else None
+        if read is None:
+            parsed = self._parse(text)
+            read = (
+                text
+                if parsed is None
+                else phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+            )
         _remember(self._memo, text, read)
         return read
 
@@ -423,6 +425,8 @@ class PhoneTransform(_Base):
         e164 = _looks_e164(text)
         if e164 and self.format == "e164":
             return text
+        if e164 and (written := self._write_nanp(text)) is not None:
+            return written
         parsed = self._parse(text)
         if parsed is None:
             return text
@@ -441,6 +445,26 @@ class PhoneTransform(_Base):
                 return formatted
         return canonical
 
+    def _write_nanp(self, e164: str) -> str | None:
+        """What ``_write`` gives the E.164 text of a ten-digit +1 number whose area code
+        starts with 2-9 (``+15551234567``), without parsing it; None for any other number.
+        ``national`` in region US: ``(555) 123-4567``; ``international``, or ``national`` in
+        a region outside +1: ``+1 555-123-4567``; ``national`` in another +1 region
+        (Canada, the Caribbean) is left to phonenumbers. These are phonenumbers' own US
+        patterns (``($1) $2-$3``, ``$1-$2-$3`` for ten digits led by 2-9), each of which
+        reads back as the same number; the property tests compare the two paths."""
+        if len(e164) != 12 or e164[1] != "1" or e164[2] in "01":
+            return None
+        area, exchange, line = e164[2:5], e164[5:8], e164[8:]
+        if self.format == "national" and self.region == "US":
+            written = f"({area}) {exchange}-{line}"
+        elif self.format == "international" or self._country_code != 1:
+            written = f"+1 {area}-{exchange}-{line}"
+        else:
+            return None
+        _remember(self._memo, written, e164)  # reading it back, as the parsing path memoises
+        return written
+
 
 _UNKNOWN = object()
 _PARSED: dict[tuple[str, str], Any] = {}
@@ -450,6 +474,22 @@ _PARSED: dict[tuple[str, str], Any] = {}
 def _looks_e164(text: str) -> bool:
     digits = text[1:]
     return text[:1] == "+" and 7 <= len(digits) <= 15 and digits.isascii() and digits.isdigit()
+
+
+_US_NATIONAL = re.compile(
+    r"\(([2-9][0-9]{2})\) ([0-9]{3})-([0-9]{4})|([2-9][0-9]{2})-([0-9]{3})-([0-9]{4})"
+)
+"""The two ways a US number is mostly typed: ``(555) 123-4567`` and ``555-123-4567``."""
+
+
+def _read_us(text: str) -> str | None:
+    """The E.164 text phonenumbers reads in region US from ``text`` written as
+    ``_US_NATIONAL`` (ten digits, the first 2-9: never a national prefix, always a possible
+    number), without parsing it; None for any other text."""
+    found = _US_NATIONAL.fullmatch(text)
+    if found is None:
+        return None
+    return "+1" + "".join(group for group in found.groups() if group is not None)
 
 
 def _phone(params: Params) -> Transform:

@@ -614,11 +614,13 @@ class _Working:
             error = self.table.oversized(row, self.columns)
         data: NativeData = {}
         if not ragged:  # its cells do not line up with the columns: no data rather than wrong data
-            decode = self.table.decode_cell
+            decode, id_index = self.table.decode_cell, self.id_index
+            cells = row.cells
+            width = len(cells)
             data = {
-                name: decode(row.get(index), name)
+                name: decode(cells[index] if index < width else "", name)  # row.get, inlined
                 for name, index in self.columns.items()
-                if index != self.id_index
+                if index != id_index
             }
         return NativeRecord(
             id=sync_id or f"{PROVISIONAL}{row.line}",
@@ -694,11 +696,12 @@ class _Working:
     def _stage(self, values: Mapping[str, Any]) -> list[tuple[str, CellValue]]:
         """(column, cell) for every value to write; raises before anything changes."""
         staged = []
+        encode, id_column = self.table.encode_cell, self.id_column
         for name, value in values.items():
             column = name.strip()
-            if not column or column == self.id_column:
+            if not column or column == id_column:
                 continue
-            staged.append((column, self.table.encode_cell(_text(value), column)))
+            staged.append((column, encode(value if type(value) is str else _text(value), column)))
         new = [name for name, _ in staged if name not in self.columns]
         if new:
             width = len(self.header.cells)

@@ -13,11 +13,13 @@ import codecs
 import csv
 import io
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 from syncengine.errors import RecordError
 
-from .formulas import neutralise
+from .formulas import TRIGGERS, neutralise
 from .table import MAX_CELL_CHARS, CellValue, FileTable, Row, Sheet
 
 # The csv module refuses a cell over 128 KiB with an error that would stop the whole read.
@@ -30,6 +32,8 @@ csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 _QUOTE = '"'
+_NEUTRALISED = TRIGGERS | {"'"}
+"""The first characters of the text ``neutralise`` may change (any other text it keeps)."""
 
 
 class CsvTable(FileTable):
@@ -111,7 +115,8 @@ class CsvTable(FileTable):
 
     # -- writing
     def encode_cell(self, value: str, column: str = "") -> CellValue:
-        cell = neutralise(value)
+        # text that starts with neither a formula trigger nor a quote is its own cell
+        cell = neutralise(value) if value[:1] in _NEUTRALISED else value
         if len(cell) > MAX_CELL_CHARS:
             raise RecordError(
                 f"the {column or 'new'} value holds {len(cell):,} characters, more than the "
@@ -120,7 +125,8 @@ class CsvTable(FileTable):
                 location=self.display,
             )
         try:
-            cell.encode(self._codec)
+            if not (self._utf8 and cell.isascii()):  # ASCII text is always UTF-8
+                cell.encode(self._codec)
         except UnicodeEncodeError as exc:
             raise RecordError(
                 f"{value[exc.start : exc.end]!r} cannot be stored in {self.display}, which is "
@@ -128,6 +134,17 @@ class CsvTable(FileTable):
                 location=self.display,
             ) from None
         return cell
+
+    def oversized(self, row: Row, columns: Mapping[str, int]) -> str:
+        """``Table.oversized``, answered at once for the usual row, none of whose cells (all
+        text in a CSV file) is anywhere near the limit."""
+        texts = cast("list[str]", row.cells)  # as a CSV file's cells are; if one is not,
+        try:
+            if max(map(len, texts), default=0) <= MAX_CELL_CHARS:
+                return ""
+        except TypeError:  # ... len() refuses it: look at each mapped cell
+            pass
+        return super().oversized(row, columns)
 
     def serialize(self, sheet: Sheet) -> bytes:
         buffer = io.StringIO()

@@ -64,12 +64,13 @@ class Row:
         return self.cells[index] if index < len(self.cells) else ""
 
     def set(self, index: int, value: CellValue) -> None:
-        current = self.get(index)
+        cells = self.cells
+        current = cells[index] if index < len(cells) else ""  # self.get, inlined: per cell
         if current is value or (type(current) is type(value) and current == value):
             return
-        if index >= len(self.cells):
-            self.cells.extend([""] * (index + 1 - len(self.cells)))
-        self.cells[index] = value
+        if index >= len(cells):
+            cells.extend([""] * (index + 1 - len(cells)))
+        cells[index] = value
         self.original = None
 
     def insert(self, index: int, value: CellValue) -> None:
@@ -145,6 +146,8 @@ class Table(ABC):
 
     def decode_cell(self, cell: CellValue, column: str = "") -> str:
         """The text a cell of ``column`` holds: the inverse of :meth:`encode_cell`."""
+        if type(cell) is str and cell[:1] != "'":
+            return cell  # what restore(plain_text(cell)) gives text without a leading quote
         return restore(plain_text(cell))
 
     def header_text(self, cell: CellValue) -> str:
