@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, lru_cache
+from operator import itemgetter
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -1017,6 +1018,77 @@ _FINISH_INTENT = (
     )
 )
 
+_INSERT_INTENT = sa.insert(journal)
+
+
+@dataclass(frozen=True)
+class _DriverStatement:
+    """A statement compiled for one dialect, and how a row of it becomes driver parameters."""
+
+    sql: str
+    params: tuple[tuple[str, str, Callable[[Any], Any] | None], ...]
+    """Per parameter, in the SQL's order: the name the SQL gives it, the row key its value
+    comes from and the column type's bind processor (None: the value goes as it is)."""
+    positional: bool
+    """Whether the driver takes a row as a tuple (``?``), not as a dict (``%(name)s``)."""
+
+    def driver_rows(
+        self, rows: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[Any, ...]] | list[dict[str, Any]]:
+        """``rows`` in the form the driver takes, each value converted by its processor
+        (column by column: only the processors run as Python code per value)."""
+        columns: list[Iterator[Any]] = []
+        for _, key, fn in self.params:
+            values = map(itemgetter(key), rows)
+            columns.append(values if fn is None else map(fn, values))
+        if self.positional:
+            return list(zip(*columns, strict=True))
+        names = [name for name, _, _ in self.params]
+        return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+@lru_cache(maxsize=64)
+def _driver_statement(
+    stmt: sa.Insert | sa.Update, dialect: sa.Dialect, keys: tuple[str, ...]
+) -> _DriverStatement:
+    """``stmt`` compiled for ``dialect`` as an executemany of rows with ``keys``, with the
+    bind processor SQLAlchemy would apply to each parameter (its column type's)."""
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys), for_executemany=True)
+    binds = {name: bind for bind, name in compiled.bind_names.items()}
+    order = compiled.positiontup if compiled.positional else list(binds)
+    escaped = compiled.escaped_bind_names
+    params = []
+    for name in order or ():
+        bind = binds[name]
+        if bind.key not in keys:
+            raise KeyError(bind.key)
+        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        params.append((escaped.get(name, name), bind.key, processor))
+    return _DriverStatement(compiled.string, tuple(params), compiled.positional)
+
+
+def _bulk(
+    conn: sa.Connection, stmt: sa.Insert | sa.Update, rows: Sequence[Mapping[str, Any]]
+) -> sa.CursorResult[Any]:
+    """Run ``stmt`` for every row (dicts with the same keys) as one driver ``executemany``.
+
+    The same statement and the same parameters as ``conn.execute(stmt, rows)``, without its
+    cost: SQLAlchemy builds and converts each row's parameters through its compiled
+    statement machinery, which took more time than the database's own work in a first sync
+    of many records. Here the statement is compiled once per dialect and kept, and each
+    value goes through the same bind processor SQLAlchemy applies (JSON text by
+    ``jsoncodec``, booleans, `UTCDateTime`), so what is stored is the same, byte for byte.
+
+    Errors stay SQLAlchemy's: the driver's are raised as ``conn.execute`` raises them, and
+    rows it would refuse before sending (a value its column cannot take, a missing key) are
+    handed to ``conn.execute`` itself, which refuses them with the error it always gave."""
+    try:
+        compiled = _driver_statement(stmt, conn.dialect, tuple(rows[0]))
+        params = compiled.driver_rows(rows)
+    except Exception:  # SQLAlchemy's own path raises what it always raised
+        return conn.execute(stmt, rows)
+    return conn.exec_driver_sql(compiled.sql, params)
+
 
 class Tx:
     """The write methods, all inside one database transaction (see `StateStore.transaction`).
@@ -1054,7 +1126,7 @@ class Tx:
         }
         if unique:
             stmt = _upsert(self._dialect, records, ("pipeline", "entity", "key"))
-            self._conn.execute(stmt, list(unique.values()))
+            _bulk(self._conn, stmt, list(unique.values()))
 
     def delete_record(self, pipeline: str, entity: str, key: str) -> None:
         """Delete a record with its links and its open conflicts (resolved ones are history)."""
@@ -1170,7 +1242,7 @@ class Tx:
         }
         if unique:
             stmt = _upsert(self._dialect, links, ("pipeline", "entity", "key", "member"))
-            self._conn.execute(stmt, list(unique.values()))
+            _bulk(self._conn, stmt, list(unique.values()))
 
     def delete_link(self, pipeline: str, entity: str, key: str, member: str) -> None:
         self._conn.execute(
@@ -1291,7 +1363,7 @@ class Tx:
         for value, intent_id in zip(values, ids, strict=True):
             value["id"] = intent_id
         # a plain executemany: returning the ids row by row costs ten times the insert
-        self._conn.execute(sa.insert(journal), values)
+        _bulk(self._conn, _INSERT_INTENT, values)
         return ids
 
     def _reserve_intent_ids(self, n: int) -> list[int]:
@@ -1353,7 +1425,7 @@ class Tx:
             )
         if not params:
             return
-        result = self._conn.execute(_FINISH_INTENT, params)
+        result = _bulk(self._conn, _FINISH_INTENT, params)
         expected = len({p["b_id"] for p in params})
         if self._conn.dialect.supports_sane_multi_rowcount and result.rowcount < expected:
             raise StateError(f"cannot finish intents: {expected - result.rowcount} unknown id(s)")

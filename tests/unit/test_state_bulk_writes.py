@@ -1,0 +1,231 @@
+"""The state store's bulk writes (records, links, intents and their outcomes) go to the driver
+directly: what they store must be, byte for byte, what SQLAlchemy's own executemany stores
+for the same values, and must read back as written, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from syncengine.errors import StateError
+from syncengine.state import StateStore
+from syncengine.state.schema import journal, links, records
+
+E = "customers"
+BULK, REFERENCE = "bulk", "reference"
+"""The pipeline the store's bulk methods write, and the one SQLAlchemy writes the same to."""
+
+
+def bases(backend: str) -> dict[str, Any]:
+    """key -> a base holding the values whose JSON text could come out differently."""
+    values: dict[str, Any] = {
+        "k1": {"name": 'Zoë ✓ "quoted" \\ back', "tags": ["a", "é", ""], "none": None},
+        "k2": {"nested": {"list": [1, 2.5, -0.1, 1e-7, 12345678901234567890], "ok": True}},
+        "k3": {"big": 2**70, "neg": -(2**65), "false": False, "zero": 0.0},
+        "k4": {},
+        "k5": {"1": "digits as key", "emoji": "\U0001f600", "nl": "a\nb\tc"},
+    }
+    if backend == "sqlite":  # PostgreSQL's json refuses these whichever way they are sent
+        values["k6"] = {"inf": float("inf"), "minus_inf": float("-inf")}
+    return values
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    backend = request.param
+    url = (
+        f"sqlite:///{tmp_path / 'state.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("pg_url")
+    )
+    with StateStore.open(url) as opened:
+        yield opened
+
+
+def backend_of(store: StateStore) -> str:
+    return store.engine.dialect.name
+
+
+def link_rows(pipeline: str, values: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for i, (key, base) in enumerate(values.items()):
+        for member in ("hcp", "sheet"):
+            rows.append(
+                {
+                    "pipeline": pipeline,
+                    "entity": E,
+                    "key": key,
+                    "member": member,
+                    "native_id": f"{member}-{key}",
+                    "native_hash": None if i % 2 else f"hash-{key}",
+                    "last_seen": None if member == "hcp" and i % 2 else base,
+                    "dirty": i % 2 == 0,
+                    "tombstone": member == "sheet" and i % 3 == 0,
+                }
+            )
+    return rows
+
+
+def write_bulk(store: StateStore, values: dict[str, Any]) -> list[int]:
+    """Write every kind of bulk row through the store; returns the intent ids."""
+    with store.transaction() as tx:
+        tx.put_records(
+            [{"pipeline": BULK, "entity": E, "key": k, "base": v} for k, v in values.items()]
+        )
+        tx.put_links(link_rows(BULK, values))
+        ids = tx.add_intents(
+            [
+                {
+                    "run_id": "run-1",
+                    "pipeline": BULK,
+                    "entity": E,
+                    "key": key,
+                    "member": "sheet",
+                    "op": "update" if i % 2 else "create",
+                    "payload": base,
+                    "holder": None if i % 2 else "holder-1",
+                }
+                for i, (key, base) in enumerate(values.items())
+            ]
+        )
+    with store.transaction() as tx:  # the first two stay pending
+        tx.finish_intents(
+            [{"id": ids[2], "state": "done", "native_id": "n-2"}]
+            + [{"id": i, "state": "failed", "error": "refused: ünïcode"} for i in ids[3:]]
+        )
+    return ids
+
+
+def write_reference(store: StateStore, ids: list[int]) -> dict[int, int]:
+    """Write what `write_bulk` wrote again, under the reference pipeline, through SQLAlchemy's
+    own executemany (its timestamps as SQLAlchemy reads the bulk ones back); returns bulk
+    intent id -> its reference copy's id."""
+    with store.engine.begin() as conn:
+        stored = [dict(r._mapping) for r in conn.execute(sa.select(records))]
+        conn.execute(sa.insert(records), [{**r, "pipeline": REFERENCE} for r in stored])
+        stored = [dict(r._mapping) for r in conn.execute(sa.select(links))]
+        conn.execute(sa.insert(links), [{**r, "pipeline": REFERENCE} for r in stored])
+        stored = [dict(r._mapping) for r in conn.execute(sa.select(journal))]
+        copies = {i: max(ids) + n + 1 for n, i in enumerate(ids)}
+        conn.execute(
+            sa.insert(journal),
+            [{**r, "pipeline": REFERENCE, "id": copies[r["id"]]} for r in stored],
+        )
+    return copies
+
+
+def raw(store: StateStore, table: sa.Table, order: str) -> list[tuple[Any, ...]]:
+    """Every row of ``table`` but its pipeline, as the database holds it: on SQLite each
+    value with its storage class, on PostgreSQL each value's text."""
+    columns = [c.name for c in table.columns if c.name not in ("pipeline", "id")]
+    if backend_of(store) == "sqlite":
+        select = ", ".join(f'typeof("{c}"), "{c}"' for c in columns)
+    else:
+        select = ", ".join(f'"{c}"::text' for c in columns)
+    sql = f"SELECT pipeline, {select} FROM {table.name} ORDER BY {order}"
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql(sql).all()
+    return [tuple(row) for row in rows]
+
+
+def by_pipeline(rows: list[tuple[Any, ...]]) -> dict[str, list[tuple[Any, ...]]]:
+    split: dict[str, list[tuple[Any, ...]]] = {BULK: [], REFERENCE: []}
+    for pipeline, *values in rows:
+        split[pipeline].append(tuple(values))
+    return split
+
+
+def test_bulk_writes_store_the_bytes_sqlalchemy_stores(store: StateStore) -> None:
+    values = bases(backend_of(store))
+    ids = write_bulk(store, values)
+    write_reference(store, ids)
+
+    for table, order in (
+        (records, '"key"'),
+        (links, '"key", member'),
+        (journal, '"key", run_id'),
+    ):
+        split = by_pipeline(raw(store, table, order))
+        assert len(split[BULK]) >= len(values)
+        assert split[BULK] == split[REFERENCE], table.name
+
+
+def test_bulk_writes_read_back_as_written(store: StateStore) -> None:
+    values = bases(backend_of(store))
+    ids = write_bulk(store, values)
+
+    loaded = store.load_records(BULK, E, list(values))
+    assert {k: r.base for k, r in loaded.items()} == values
+    for row in link_rows(BULK, values):
+        link = loaded[row["key"]].links[row["member"]]
+        assert (
+            link.native_id,
+            link.native_hash,
+            link.last_seen,
+            link.dirty,
+            link.tombstone,
+        ) == (
+            row["native_id"],
+            row["native_hash"],
+            row["last_seen"],
+            row["dirty"],
+            row["tombstone"],
+        )
+    pending = store.pending_intents(BULK)
+    assert [(i.id, i.key, i.payload, i.holder) for i in pending] == [
+        (ids[0], "k1", values["k1"], "holder-1"),
+        (ids[1], "k2", values["k2"], None),
+    ]
+    with store.engine.connect() as conn:
+        finished = conn.execute(
+            sa.select(journal.c.id, journal.c.state, journal.c.native_id, journal.c.error).where(
+                journal.c.id.in_(ids[2:])
+            )
+        ).all()
+        stamps = conn.execute(
+            sa.select(journal.c.created_at, journal.c.finished_at).where(journal.c.id == ids[2])
+        ).one()
+    assert sorted(tuple(r) for r in finished) == [(ids[2], "done", "n-2", None)] + [
+        (i, "failed", None, "refused: ünïcode") for i in ids[3:]
+    ]
+    assert stamps.created_at.utcoffset() is not None
+    assert stamps.finished_at >= stamps.created_at
+
+
+def test_bulk_writes_go_to_the_driver_without_sqlalchemys_statement(store: StateStore) -> None:
+    compiled: dict[str, bool] = {}
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: Any) -> None:
+        verb = statement.split(None, 1)[0].upper()
+        if verb in ("INSERT", "UPDATE"):
+            table = statement.split()[2 if verb == "INSERT" else 1]
+            compiled[table] = compiled.get(table, False) or context.compiled is not None
+
+    sa.event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        write_bulk(store, bases(backend_of(store)))
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", seen)
+    assert compiled == {"records": False, "links": False, "journal": False}
+
+
+def test_a_value_json_cannot_hold_is_refused_as_sqlalchemy_refused_it(store: StateStore) -> None:
+    """SQLite: refused before sending, as a `StateError` caused by SQLAlchemy's
+    ``StatementError``. PostgreSQL: psycopg serializes the JSON itself while sending, and its
+    ``TypeError`` comes through as it did before the bulk writes went to the driver."""
+    row = {"pipeline": BULK, "entity": E, "key": "k1", "base": {"price": Decimal("1.50")}}
+    refused = StateError if backend_of(store) == "sqlite" else TypeError
+    with (
+        pytest.raises(refused, match=r"Object of type Decimal is not JSON serializable") as e,
+        store.transaction() as tx,
+    ):
+        tx.put_records([row])
+    if refused is StateError:
+        assert "write failed" in str(e.value)
+        assert isinstance(e.value.__cause__, sa.exc.StatementError)
+    assert store.load_records(BULK, E, ["k1"]) == {}
