@@ -105,3 +105,27 @@ def test_a_csv_sync_imports_neither_servers_nor_openpyxl(tmp_path: Path) -> None
     assert {"syncengine.engine", "syncengine.state.store"} <= modules
     assert "syncengine.connectors.spreadsheet.csvtable" in modules
     assert _loaded(modules, NEVER_AT_START) == []
+
+
+def test_importing_the_console_users_module_computes_no_password_hash(tmp_path: Path) -> None:
+    # `validate` imports it for [console]'s checks; an argon2 hash costs tens of milliseconds
+    code = textwrap.dedent(
+        """\
+        import argon2
+
+        hashed = []
+        original = argon2.PasswordHasher.hash
+
+        def counted(self, *args, **kwargs):
+            hashed.append(1)
+            return original(self, *args, **kwargs)
+
+        argon2.PasswordHasher.hash = counted
+        import syncengine.console.auth
+
+        assert not hashed, "a password hash was computed on import"
+        syncengine.console.auth.unknown_user_hash()
+        assert hashed, "the hash check would not have seen a hash being made"
+        """
+    )
+    assert "syncengine.console.auth" in _modules_after(code, tmp_path)

@@ -247,6 +247,7 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
     problems = auth.console_problems(config)  # what `validate` refuses, the console does
     if problems:
         raise ConfigError(problems)
+    auth.unknown_user_hash()  # made now: the first sign-in of an unknown name is not faster
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["csrf"] = csrf_token
 

@@ -17,6 +17,7 @@ import re
 import secrets
 import tomllib
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 from argon2 import PasswordHasher
@@ -35,6 +36,7 @@ __all__ = [
     "load_users",
     "revoke_session",
     "secret_key",
+    "unknown_user_hash",
     "users_file_problem",
     "users_path",
     "valid_name",
@@ -45,9 +47,14 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _SID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 MIN_PASSWORD = 10
 """Characters a console password must have at least."""
-_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
-"""Checked against when the user is unknown, so that a wrong name takes as long as a wrong
-password (the answer never tells which one was wrong)."""
+
+
+@cache
+def unknown_user_hash() -> str:
+    """Checked against when the user is unknown, so that a wrong name takes as long as a wrong
+    password (the answer never tells which one was wrong). Made once, when the console starts
+    (``create_app``), not on import: ``validate`` imports this module and needs no hash."""
+    return _HASHER.hash(secrets.token_urlsafe(16))
 
 
 @dataclass
@@ -240,7 +247,7 @@ def check_password(users: UsersFile, name: str, password: str) -> bool:
     """Whether ``password`` is ``name``'s. An unknown user costs one hash check too."""
     digest = users.users.get(name)
     try:
-        _HASHER.verify(digest or _DUMMY_HASH, password)
+        _HASHER.verify(digest or unknown_user_hash(), password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
     return digest is not None
