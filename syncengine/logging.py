@@ -13,8 +13,6 @@ import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
-import structlog
-
 from syncengine.redact import MASK, Redactor, redact_text
 
 __all__ = ["MASK", "REDACTOR", "Redactor", "configure", "redact_text"]
@@ -40,6 +38,8 @@ class _StdlibBridge(logging.Handler):
     so that they come out in the same format (one JSON object per line for the daemon)."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        import structlog
+
         try:
             extra: dict[str, Any] = {"logger": record.name}
             if record.exc_info:
@@ -68,6 +68,10 @@ def configure(
     secrets: Iterable[str] = (),
 ) -> None:
     """Configure structlog for a command-line entry point."""
+    # imported here (and in _StdlibBridge): the CLI imports this module for REDACTOR, and
+    # `--help` needs no structlog (nor the rich tracebacks and asyncio it loads)
+    import structlog
+
     REDACTOR.add(secrets)
     renderer: Any = (
         structlog.processors.JSONRenderer()
