@@ -27,6 +27,7 @@ the subprocess and prints one JSON line.
 from __future__ import annotations
 
 import argparse
+import compileall
 import csv
 import hashlib
 import io
@@ -313,6 +314,10 @@ class Sandbox:
 def child_env(folder: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("SYNCENGINE_CONFIG", None)
+    # both tools run from compiled bytecode, as installed packages do: dlt's is compiled in
+    # site-packages, and an editable syncengine would otherwise compile every module again
+    # in every run (0.15-0.2 s) when the environment says not to write bytecode
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     # dlt: no telemetry, and its global folder (~/.dlt) inside the temporary directory.
     env["RUNTIME__DLTHUB_TELEMETRY"] = "false"
     env["DLT_DATA_DIR"] = str(folder / "dlt-data")
@@ -910,6 +915,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         role_dlt_check(args.workdir)
         return 0
     sizes: list[int] = args.customers or [10000]
+    repo = Path(__file__).resolve().parent.parent
+    for package in ("syncengine", "connectors"):  # see child_env: bytecode written once
+        compileall.compile_dir(repo / package, quiet=1)
     meta: dict[str, Any] = {
         "git": git_describe(),
         "working_tree": working_tree(),
