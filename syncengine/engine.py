@@ -222,7 +222,7 @@ class HeldDelete:
             new_key=False,
             base_before=self.state.base,
             base_after=self.state.base,
-            waiting={m for m, v in self.views.items() if v.status == "gone"},
+            waiting=frozenset(m for m, v in self.views.items() if v.status == "gone"),
         )
 
 

@@ -20,7 +20,7 @@ from syncengine.model import Record
 Value = Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Create:
     entity: str
     member: str
@@ -35,7 +35,7 @@ class Create:
         return f"create on {self.member}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Update:
     entity: str
     member: str
@@ -65,7 +65,7 @@ class Update:
         return f"update on {self.member}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delete:
     entity: str
     member: str
@@ -81,7 +81,7 @@ class Delete:
 Action = Create | Update | Delete
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Conflict:
     entity: str
     key: str
@@ -95,7 +95,7 @@ class Conflict:
     label: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Skip:
     """A write left out: the member cannot take it (``unsupported``: it is reported, and not
     tried again until the record changes), or it must wait (``deferred``: a reference that is
@@ -113,7 +113,7 @@ class Skip:
     the plan (a period closed on a member: see ``syncengine.locks``)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Issue:
     """A record-level error: reported, the record left alone, the run goes on."""
 
@@ -129,7 +129,7 @@ class Issue:
         return f"{self.member} {self.location}: {self.message}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LinkPlan:
     """How a member's link should look after the key's actions succeed."""
 
@@ -142,7 +142,7 @@ class LinkPlan:
     dirty: bool = False
 
 
-@dataclass
+@dataclass(slots=True, weakref_slot=True)  # weakly referable: tests check plans are freed
 class KeyPlan:
     entity: str
     key: str
@@ -157,11 +157,11 @@ class KeyPlan:
     skips: list[Skip] = field(default_factory=list)
     purge: bool = False
     """Drop the hub record once every planned delete succeeded (nobody else holds it)."""
-    waiting: set[str] = field(default_factory=set)
+    waiting: frozenset[str] = frozenset()
     """Members that deleted this record while records of other entities still refer to it:
     the delete waits (see ``Engine._settle_waiting_deletes``), and until then nothing may be
     written on them referring to it."""
-    held: set[str] = field(default_factory=set)
+    held: frozenset[str] = frozenset()
     """Members whose delete of this record is held for a person's approval
     (``[pipelines.deletes] approve``): the others keep it until it is approved."""
     prior: dict[str, LinkPlan] = field(default_factory=dict)

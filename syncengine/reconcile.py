@@ -309,7 +309,7 @@ def _plan_deletes(
         # deleted it (approving it deletes it everywhere; restoring gives it back to them)
         for member in gone:
             plan.links[member] = LinkPlan(member, None, None, None, tombstone=True)
-        plan.held = set(gone)
+        plan.held = frozenset(gone)
         return None
     if gone and not deleted and not modified and ctx.users is not None:
         users = ctx.users.get(plan.key, 0)
@@ -329,7 +329,7 @@ def _plan_deletes(
                         kind="deferred",
                     )
                 )
-            plan.waiting = set(gone)
+            plan.waiting = frozenset(gone)
             return None
     if deleted and not modified and present and ctx.users and ctx.users.get(plan.key):
         # a live record refers to a record the hub deleted but some member still holds (a
@@ -537,6 +537,8 @@ def _plan_create(
     values = {n: v for n, v in new_base.items() if n in mapping.writable and n not in parked_now}
     if not values:
         return
+    if len(values) == len(new_base):
+        values = new_base  # every field written: one dict for the base and the create
     if not caps.create:
         if others_new:
             # reported once, when the record first appears; not retried every run

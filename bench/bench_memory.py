@@ -1,0 +1,168 @@
+"""The engine's memory at scale: peak RSS of ``syncengine sync`` with the sandbox in another
+process (issue 12's memory targets), and the bytes a run holds per linked record.
+
+For each size: start ``syncengine sandbox --seed N`` (``peer_dlt.Sandbox``), then run the
+installed CLI twice in fresh processes against an empty CSV folder and a fresh SQLite state:
+the first sync (HCP -> books) and a no-change resync. Each process's peak RSS and CPU come
+from ``os.wait4`` when it is reaped (``peer_dlt.run_child``). Then, in this process, the link
+index a run loads for the largest entity (``StateStore.link_index``: native id -> hub key and
+native hash, the one structure a run holds per linked record of the entity it reads) is
+measured with ``tracemalloc`` and divided by its links.
+
+    python bench/bench_memory.py --customers 100000 --entities all
+    python bench/bench_memory.py --customers 1000000 --entities customers
+
+Measures and prints; asserts nothing about time or memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import textwrap
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import peer_dlt  # (the sandbox process, child runs and their resource usage)
+
+ENTITY_SETS = {"customers": ["customers"], "all": ["customers", "invoices", "payments"]}
+
+
+def write_config(folder: Path, url: str, entities: list[str]) -> tuple[Path, Path]:
+    books = folder / "books"
+    text = textwrap.dedent(
+        f"""\
+        [state]
+        url = "sqlite:///{(folder / "state.db").as_posix()}"
+
+        [connectors.hcp]
+        type = "housecallpro"
+        base_url = "{url}"
+        api_key = "{peer_dlt.API_KEY}"
+        rate_limit = 0
+        page_size = {peer_dlt.PAGE_SIZE}
+
+        [connectors.books]
+        type = "spreadsheet"
+        path = "{books.as_posix()}"
+
+        [[pipelines]]
+        name = "memory"
+        members = ["hcp", "books"]
+        entities = {json.dumps(entities)}
+
+        [pipelines.conflicts]
+        default = ["hcp"]
+        """
+    )
+    path = folder / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path, books
+
+
+def run_sync(folder: Path, config: Path, tag: str) -> dict[str, Any]:
+    argv = [peer_dlt.syncengine_bin(), "sync", "-c", str(config), "--json", "-q"]
+    child = peer_dlt.run_child(argv, folder, tag, peer_dlt.child_env(folder))
+    child.check(f"syncengine sync ({tag})")
+    result = peer_dlt.last_json_object(child.stdout)
+    return {
+        **child.summary(),
+        "engine_s": result.get("duration_s"),
+        "planned": peer_dlt.planned_actions(result),
+    }
+
+
+def link_index_bytes(state: Path, entity: str) -> tuple[int, int]:
+    """(links, bytes traced) of the HCP link index of ``entity`` as a run loads it."""
+    from syncengine.state import StateStore
+
+    store = StateStore.open(f"sqlite:///{state.as_posix()}")
+    try:
+        gc.collect()
+        tracemalloc.start()
+        index = store.link_index("memory", entity, "hcp")
+        traced = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        return len(index), traced
+    finally:
+        store.close()
+
+
+def run_size(customers: int, entity_set: str) -> dict[str, Any]:
+    entities = ENTITY_SETS[entity_set]
+    out: dict[str, Any] = {"customers": customers, "entities": entity_set}
+    with tempfile.TemporaryDirectory(prefix="syncengine-memory-") as tmp:
+        folder = Path(tmp)
+        sandbox = peer_dlt.Sandbox(customers, 0, None)
+        with sandbox.running(folder):
+            out["sandbox_seed_s"] = round(sandbox.seed_s, 1)
+            config, books = write_config(folder, sandbox.url, entities)
+            out["initial"] = run_sync(folder, config, "initial")
+            out["no_change"] = run_sync(folder, config, "no-change")
+            out["sandbox_rss_mib"] = round(sandbox.rss_mib(), 1)
+        rows = {e: peer_dlt.csv_rows(books / f"{e}.csv") for e in entities}
+        out["rows"] = rows
+        out["records"] = sum(rows.values())
+        created = out["initial"]["planned"].get("books.create", 0)
+        out["ok"] = (
+            created == out["records"]
+            and set(out["initial"]["planned"]) == {"books.create"}
+            and not out["no_change"]["planned"]
+        )
+        largest = max(entities, key=lambda e: rows[e])
+        links, traced = link_index_bytes(folder / "state.db", largest)
+        out["link_index"] = {"entity": largest, "links": links, "bytes": traced}
+        out["state_db_bytes"] = (folder / "state.db").stat().st_size
+    return out
+
+
+def print_table(results: list[dict[str, Any]]) -> None:
+    print(
+        f"{'N':>9}  {'entities':9} {'records':>9}  {'initial MiB':>11} {'s':>7} {'CPU s':>7}"
+        f"  {'no-change MiB':>13} {'s':>6}  {'B/record':>8}  {'index B/link':>12}"
+        f"  {'state B/record':>14}  ok"
+    )
+    for r in results:
+        ini, nc, li = r["initial"], r["no_change"], r["link_index"]
+        per_record = ini["peak_rss_mib"] * 2**20 / max(1, r["records"])
+        print(
+            f"{r['customers']:>9,}  {r['entities']:9} {r['records']:>9,}  "
+            f"{ini['peak_rss_mib']:>11,.0f} {ini['wall_s']:>7.1f} {ini['cpu_s']:>7.1f}  "
+            f"{nc['peak_rss_mib']:>13,.0f} {nc['wall_s']:>6.1f}  {per_record:>8,.0f}  "
+            f"{li['bytes'] / max(1, li['links']):>12,.0f}  "
+            f"{r['state_db_bytes'] / max(1, r['records']):>14,.0f}  {'yes' if r['ok'] else 'NO'}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, action="append", help="seeded customers")
+    parser.add_argument("--entities", choices=sorted(ENTITY_SETS), default="all")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    repo = Path(__file__).resolve().parent.parent
+    for package in ("syncengine", "connectors"):  # as peer_dlt: bytecode written once
+        import compileall
+
+        compileall.compile_dir(repo / package, quiet=1)
+    print(f"bench_memory at {peer_dlt.git_describe()}, load {os.getloadavg()[0]:.2f}", flush=True)
+    results = []
+    for n in args.customers or [10_000]:
+        result = run_size(n, args.entities)
+        print(json.dumps(result, default=str), flush=True)
+        results.append(result)
+    print_table(results)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
