@@ -484,7 +484,7 @@ def norm_datetime(value: Any) -> str | None:
     """The canonical text of a date-time (``2026-01-02T03:04:05Z``: UTC, whole seconds) from
     what ``parse_datetime`` reads. Text already in that form is returned as it is once it is
     known to be a real date-time (most values are: every member sends them so)."""
-    if type(value) is str and _CANONICAL_DATETIME.fullmatch(value) and value[0] != "0":
+    if type(value) is str and _CANONICAL_DATETIME.fullmatch(value):
         _from_canonical(value)  # raises on a date-time that does not exist (2026-02-30)
         return value
     moment = parse_datetime(value)
@@ -494,13 +494,11 @@ def norm_datetime(value: Any) -> str | None:
 
 
 def _canonical_datetime(moment: dt.datetime) -> str:
-    """``moment``'s fields as ``YYYY-MM-DDTHH:MM:SSZ`` (its zone is not looked at), exactly
-    as ``strftime("%Y-%m-%dT%H:%M:%SZ")`` writes them, without its cost; years before 1000
-    go through strftime, which writes them unpadded on some platforms."""
-    if moment.year < 1000:
-        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``moment``'s fields as ``YYYY-MM-DDTHH:MM:SSZ`` (its zone is not looked at). The year
+    always has four digits: ``strftime`` wrote year 999 as ``999-…`` on Linux, which no
+    reader takes back."""
     return (
-        f"{moment.year}-{moment.month:02d}-{moment.day:02d}"
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
         f"T{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}Z"
     )
 

@@ -222,11 +222,14 @@ def reference_parse_datetime(value: Any) -> dt.datetime | None:
 
 
 def reference_norm_datetime(value: Any) -> str | None:
-    """``model.norm_datetime`` as it was before its fast path."""
+    """``model.norm_datetime`` as it was before its fast path, but for the years before
+    1000, which it wrote unpadded (``999-01-01T…``, unreadable) and now writes with four
+    digits."""
     moment = reference_parse_datetime(value)
     if moment is None:
         return None
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    utc = moment.astimezone(dt.UTC)
+    return f"{utc.year:04d}" + utc.strftime("-%m-%dT%H:%M:%SZ")
 
 
 def outcome(function: Any, value: Any) -> tuple[str, Any]:
@@ -298,6 +301,19 @@ datetime_values = st.one_of(
 def test_datetime_fast_paths_match_the_old_ones(value: Any) -> None:
     assert outcome(model.norm_datetime, value) == outcome(reference_norm_datetime, value)
     assert outcome(model.parse_datetime, value) == outcome(reference_parse_datetime, value)
+
+
+@MANY
+@given(datetime_values)
+@example("0999-01-02T03:04:05Z")
+@example(dt.date(5, 6, 7))
+def test_a_normalised_date_time_reads_back_as_itself(value: Any) -> None:
+    try:
+        text = model.norm_datetime(value)
+    except ValueError:
+        return
+    if text is not None:
+        assert model.norm_datetime(text) == text
 
 
 # ------------------------------------------------------------------------- CSV cells
