@@ -23,7 +23,6 @@ import json
 import os
 import sys
 import tempfile
-import textwrap
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -33,38 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peer_dlt  # (the sandbox process, child runs and their resource usage)
 
 ENTITY_SETS = {"customers": ["customers"], "all": ["customers", "invoices", "payments"]}
-
-
-def write_config(folder: Path, url: str, entities: list[str]) -> tuple[Path, Path]:
-    books = folder / "books"
-    text = textwrap.dedent(
-        f"""\
-        [state]
-        url = "sqlite:///{(folder / "state.db").as_posix()}"
-
-        [connectors.hcp]
-        type = "housecallpro"
-        base_url = "{url}"
-        api_key = "{peer_dlt.API_KEY}"
-        rate_limit = 0
-        page_size = {peer_dlt.PAGE_SIZE}
-
-        [connectors.books]
-        type = "spreadsheet"
-        path = "{books.as_posix()}"
-
-        [[pipelines]]
-        name = "memory"
-        members = ["hcp", "books"]
-        entities = {json.dumps(entities)}
-
-        [pipelines.conflicts]
-        default = ["hcp"]
-        """
-    )
-    path = folder / "config.toml"
-    path.write_text(text, encoding="utf-8")
-    return path, books
 
 
 def run_sync(folder: Path, config: Path, tag: str) -> dict[str, Any]:
@@ -87,7 +54,7 @@ def link_index_bytes(state: Path, entity: str) -> tuple[int, int]:
     try:
         gc.collect()
         tracemalloc.start()
-        index = store.link_index("memory", entity, "hcp")
+        index = store.link_index("peer", entity, "hcp")
         traced = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
         return len(index), traced
@@ -103,7 +70,7 @@ def run_size(customers: int, entity_set: str) -> dict[str, Any]:
         sandbox = peer_dlt.Sandbox(customers, 0, None)
         with sandbox.running(folder):
             out["sandbox_seed_s"] = round(sandbox.seed_s, 1)
-            config, books = write_config(folder, sandbox.url, entities)
+            config, books = peer_dlt.write_config(folder, sandbox.url, 0, None, entities)
             out["initial"] = run_sync(folder, config, "initial")
             out["no_change"] = run_sync(folder, config, "no-change")
             out["sandbox_rss_mib"] = round(sandbox.rss_mib(), 1)

@@ -393,10 +393,14 @@ def measure_dlt(sandbox: Sandbox, folder: Path) -> dict[str, Any]:
 
 
 def write_config(
-    folder: Path, url: str, rate_limit: float, concurrency: int | None
+    folder: Path,
+    url: str,
+    rate_limit: float,
+    concurrency: int | None,
+    entities: Sequence[str] = ("customers",),
 ) -> tuple[Path, Path]:
-    """A config syncing the sandbox's customers with an empty CSV folder, state in SQLite;
-    returns (config path, books folder)."""
+    """A config syncing the sandbox's ``entities`` (customers) with an empty CSV folder,
+    state in SQLite; returns (config path, books folder)."""
     books = folder / "books"
     extra = f"concurrency = {concurrency}\n" if concurrency else ""
     text = textwrap.dedent(
@@ -422,7 +426,7 @@ def write_config(
         [[pipelines]]
         name = "peer"
         members = ["hcp", "books"]
-        entities = ["customers"]
+        entities = {json.dumps(list(entities))}
 
         [pipelines.conflicts]
         default = ["hcp"]
