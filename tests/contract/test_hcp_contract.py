@@ -215,7 +215,8 @@ def test_read_pages_through_every_customer(
 
     assert [r.id for r in records] == expected
     pages = [e for e in prism_recorder.exchanges if e.method == "GET" and e.path == "/customers"]
-    assert [query_of(e)["page"] for e in pages] == [[str(n)] for n in range(1, len(pages) + 1)]
+    # every page once (pages read ahead may be answered out of order)
+    assert sorted(int(query_of(e)["page"][0]) for e in pages) == list(range(1, len(pages) + 1))
     assert len(pages) == -(-len(expected) // PAGE_SIZE)
     for exchange in pages:
         query = query_of(exchange)
