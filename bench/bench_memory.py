@@ -114,11 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entities", choices=sorted(ENTITY_SETS), default="all")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     args = parser.parse_args(argv)
-    repo = Path(__file__).resolve().parent.parent
-    for package in ("syncengine", "connectors"):  # as peer_dlt: bytecode written once
-        import compileall
-
-        compileall.compile_dir(repo / package, quiet=1)
+    peer_dlt.compile_package()
     print(f"bench_memory at {peer_dlt.git_describe()}, load {os.getloadavg()[0]:.2f}", flush=True)
     results = []
     for n in args.customers or [10_000]:

@@ -140,11 +140,10 @@ class CsvTable(FileTable):
         text in a CSV file) is anywhere near the limit."""
         texts = cast("list[str]", row.cells)  # as a CSV file's cells are; if one is not,
         try:
-            if max(map(len, texts), default=0) <= MAX_CELL_CHARS:
-                return ""
+            longest = max(map(len, texts), default=0)
         except TypeError:  # ... len() refuses it: look at each mapped cell
-            pass
-        return super().oversized(row, columns)
+            longest = MAX_CELL_CHARS + 1
+        return "" if longest <= MAX_CELL_CHARS else super().oversized(row, columns)
 
     def serialize(self, sheet: Sheet) -> bytes:
         buffer = io.StringIO()
