@@ -537,25 +537,43 @@ def test_two_daemons_never_run_one_pipeline_at_once_and_take_over_a_killed_one(
 
         wait_until(ten_runs, 45, "ten runs", lambda: one.text()[-2000:] + two.text()[-2000:])
 
-        # kill whichever daemon holds a lease right now, while its sync runs: the store is
-        # opened once, so that the kill follows the lease's read within a millisecond or so
-        # (a sync can end, and release its lease, in the time opening a store takes)
-        with StateStore.open(state, base_dir=str(tmp_path)) as store:
+        # kill whichever daemon holds a lease right now, while its sync runs. A sync can end
+        # and give its lease up in the instant between reading the lease and the kill; the
+        # lease row read after the kill tells (a dead process writes nothing more): still the
+        # victim's means it was held when it died, and its expiry is final. Otherwise the
+        # killed daemon is replaced and another lease is picked, so the case is always tested.
+        unfinished: dict[int, float] = {}
+        for _attempt in range(5):
+            with StateStore.open(state, base_dir=str(tmp_path)) as store:
+                alive = {one.pid, two.pid}
 
-            def active_lease() -> tuple[str, str, float] | None:
-                now = time.time()
-                for lease in store.leases().values():
-                    if lease.expires_at.timestamp() > now:
-                        return lease.pipeline, lease.holder, lease.expires_at.timestamp()
-                return None
+                def active_lease(alive: set[int] = alive) -> tuple[str, str] | None:
+                    now = time.time()
+                    for lease in store.leases().values():
+                        if (
+                            lease.expires_at.timestamp() > now
+                            and int(lease.holder.split(":")[1]) in alive
+                        ):
+                            return lease.pipeline, lease.holder
+                    return None
 
-            pipeline, holder, expires = wait_until(active_lease, 20, "a held lease")
-            victim, survivor = (one, two) if int(holder.split(":")[1]) == one.pid else (two, one)
-            victim.signal(signal.SIGKILL)
-        assert int(holder.split(":")[1]) == victim.pid
-        killed_at = time.time()
-        victim.wait(10)
-        unfinished = {r.id: killed_at for r in history(tmp_path, state) if r.finished_at is None}
+                pipeline, holder = wait_until(active_lease, 20, "a held lease")
+                victim, survivor = (
+                    (one, two) if int(holder.split(":")[1]) == one.pid else (two, one)
+                )
+                victim.signal(signal.SIGKILL)
+                killed_at = time.time()
+                victim.wait(10)
+                after_kill = store.leases().get(pipeline)
+            for r in history(tmp_path, state):
+                if r.finished_at is None:
+                    unfinished.setdefault(r.id, killed_at)
+            if after_kill is not None and after_kill.holder == holder:
+                expires = after_kill.expires_at.timestamp()
+                break
+            one, two = survivor, daemons(config, http=False)
+        else:
+            raise AssertionError("five kills in a row all came just after a run gave its lease up")
 
         def taken_over() -> bool:
             return any(
