@@ -412,11 +412,13 @@ class EntityApply:
 
 
 def _link_to(w: Write, written: NativeRecord, base: model.Record | None = None) -> LinkPlan:
-    """The member's link after it took a write: what it holds now is what it answered. A
+    """The member's link after it took a write: what it holds now is what it answered (its
+    references are the records the write meant where it shows them as written). A
     field the entity lets a member assign itself (``EntitySpec.assigned``) that it answered
     with another value than the base's is its change, not seen yet: the next read maps the
     record (no native hash) and syncs it."""
-    last_seen = canonical_of(w.member.mapping, written, w.member.refs)
+    meant = base if base is not None else getattr(w.action, "values", None)
+    last_seen = canonical_of(w.member.mapping, written, w.member.refs, meant)
     native_hash: str | None = written.native_hash()
     spec = model.ENTITIES.get(w.action.entity)
     if spec is not None and spec.assigned and base is not None:

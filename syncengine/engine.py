@@ -67,7 +67,7 @@ import gc
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -125,7 +125,7 @@ from syncengine.read import (
 )
 from syncengine.reconcile import Context, FixedFieldChanged, MemberView, reconcile
 from syncengine.recovery import Recovery, recover, settle_creates
-from syncengine.refs import References
+from syncengine.refs import References, referenced
 from syncengine.result import MAX_REPORTED, EntityOutcome, SyncResult
 from syncengine.state import COMPLETED_OUTCOMES, RecordState, StateStore
 
@@ -591,7 +591,12 @@ class Engine:
         users = count_users(self.store, pipeline, ent.entity)
         for key, n in planned_users(result.plan.entities, ent.entity).items():
             users[key] = users.get(key, 0) + n
-        ctx = replace(self._context(pipeline, ent.entity, run.members, {}), users=users)
+        wanted = referenced(
+            ent.entity, (r for h in run.planned.held for r in _records_of(h.state.base, h.views))
+        )
+        ctx = replace(
+            self._context(pipeline, ent.entity, run.members, {}, wanted=wanted), users=users
+        )
         decided = EntityPlan(ent.entity, ent.members)
         for h in run.planned.held:
             kp = reconcile(ctx, h.key, h.state.base, h.views)
@@ -1034,10 +1039,13 @@ class Engine:
         reads: Mapping[str, MemberRead],
         *,
         hold: bool = False,
+        wanted: Mapping[str, Iterable[str]] | None = None,
     ) -> Context:
         """What reconcile needs of the entity, the pipeline and the state, as plain data
         (``hold``: deletes are held, so their users are counted later, not now). Where a
-        member's period is closed, the skipped writes on record come along (``locks``)."""
+        member's period is closed, the skipped writes on record come along (``locks``). A
+        member showing references by value gets how the records ``wanted`` are shown (target
+        entity -> hub keys: those the records planned refer to), not every record's."""
         locks = locks_for(pipeline.locks, entity)
         return Context(
             entity=model.entity_spec(entity),
@@ -1052,7 +1060,7 @@ class Engine:
             if pipeline.section.deletes.approve
             else frozenset(),
             parked=self.store.open_conflict_fields(pipeline.name, entity),
-            refs={m.name: m.refs.snapshot() for m in members if m.refs is not None},
+            refs={m.name: m.refs.snapshot(wanted) for m in members if m.refs is not None},
             users=None if hold else users_if_deleting(self.store, pipeline, entity, reads),
             locks=locks,
             skipped=self._skips_on_record(pipeline, entity) if locks else {},
@@ -1147,7 +1155,10 @@ class Engine:
         untaken: set[str] = set()
         if not ordered:
             return untaken
-        ctx = self._context(pipeline, ent.entity, members, reads, hold=hold)
+        wanted = referenced(
+            ent.entity, _records_read(ordered, states, reads, groups, [m.name for m in members])
+        )
+        ctx = self._context(pipeline, ent.entity, members, reads, hold=hold, wanted=wanted)
         if ctx.locks and dated_through(ent.entity) is not None:
             ctx = replace(
                 ctx, through=self._through(pipeline, ent.entity, ctx, ordered, states, reads, refs)
@@ -1158,6 +1169,11 @@ class Engine:
             views = member_views(key, rs, reads, groups.get(key, {}), members)
             if recovery is not None:
                 recovery.apply_written_hints(ent.entity, key, views)
+            # a record fetched, or a hint, may refer to a record not looked up yet
+            more = referenced(ent.entity, _records_of(rs.base if rs else None, views))
+            for m in members:
+                if m.refs is not None and m.name in ctx.refs:
+                    m.refs.fill(ctx.refs[m.name], more)
             return views
 
         for key in ordered:
@@ -1211,6 +1227,39 @@ class Engine:
                 if hold and planned is not None and rs is not None and _deletes(kp, views):
                     planned.held.append(HeldDelete(key, rs, dict(views), kp))
         return untaken
+
+
+def _records_of(
+    base: Mapping[str, Any] | None, views: Mapping[str, MemberView]
+) -> Iterator[Mapping[str, Any] | None]:
+    """What reconciling a key starts from: its base and each member's current and
+    last-seen record (the references of its new base are among theirs)."""
+    yield base
+    for view in views.values():
+        yield view.current
+        yield view.last_seen
+
+
+def _records_read(
+    keys: Iterable[str],
+    states: Mapping[str, RecordState],
+    reads: Mapping[str, MemberRead],
+    groups: Mapping[str, Mapping[str, Observed]],
+    members: Sequence[str],
+) -> Iterator[Mapping[str, Any] | None]:
+    """``_records_of`` every key, from the state and the reads, before their views are made."""
+    for key in keys:
+        rs = states.get(key)
+        if rs is not None:
+            yield rs.base
+            for link in rs.links.values():
+                yield link.last_seen
+        for obs in groups.get(key, {}).values():
+            yield obs.canonical
+        for name in members:
+            changed = reads[name].changed.get(key)
+            if changed is not None:
+                yield changed.canonical
 
 
 def _deletes(kp: KeyPlan, views: Mapping[str, MemberView]) -> bool:

@@ -8,7 +8,9 @@ the read pass, the read mark to store) lives in the stage that learns it (``read
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from syncengine import model
 from syncengine.config import Pipeline
@@ -61,14 +63,18 @@ def open_member(
 
 
 def canonical_of(
-    mapping: EntityMapping, rec: NativeRecord, refs: MemberRefs | None = None
+    mapping: EntityMapping,
+    rec: NativeRecord,
+    refs: MemberRefs | None = None,
+    meant: Mapping[str, Any] | None = None,
 ) -> model.Record:
     """The canonical record of what a member holds, references resolved (a reference that
-    cannot be resolved is left empty: the next read tells)."""
+    cannot be resolved is left empty: the next read tells; ``meant``: the values the record
+    was just written from, see ``MemberRefs.resolve``)."""
     try:
         record = mapping.to_canonical(rec.data, location=rec.location)
     except RecordError:
         return {}
     if refs is not None:
-        refs.resolve(record)
+        refs.resolve(record, meant)
     return record

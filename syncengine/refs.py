@@ -44,6 +44,16 @@ class RefIndex:
     """native form -> hub key (or AMBIGUOUS)."""
     back: dict[str, Any] = field(default_factory=dict)
     """hub key -> native form."""
+    loaded: set[str] | None = None
+    """None: every record of the entity is indexed, both ways. Otherwise only ``back`` is,
+    and only for these keys (``References.back_index``): what planning a few records needs
+    when a member shows references by value, without reading every record referred to."""
+
+    def shown(self, key: str) -> Any:
+        """How the member shows hub record ``key`` (None: it cannot show it)."""
+        if self.loaded is not None and isinstance(key, str) and key not in self.loaded:
+            raise LookupError(f"reference {key!r} was not loaded before planning (a bug)")
+        return self.back.get(key)
 
     def add(self, native: Any, key: str) -> None:
         if native is None:
@@ -97,6 +107,9 @@ class References:
         self._created: dict[tuple[str, str], set[str]] = {}
         """(entity, member) -> keys already in the hub this run's plan creates on member."""
         self._indexes: dict[tuple[str, str, tuple[str, ...] | None], RefIndex] = {}
+        self._shown: dict[tuple[str, tuple[str, ...]], RefIndex] = {}
+        """(entity, ref_by) -> how the records looked up so far are shown that way
+        (``back_index``), kept for the run like the whole indexes."""
         self._waiting: dict[tuple[str, str], set[str]] = {}
         """(entity, member) -> keys that member deleted while they are still referred to:
         its link still names the deleted record, so nothing may refer to it there."""
@@ -122,6 +135,8 @@ class References:
                         self._created.setdefault((plan.entity, action.member), set()).add(kp.key)
         for cache_key in [k for k in self._indexes if k[0] == plan.entity]:
             del self._indexes[cache_key]
+        for shown_key in [k for k in self._shown if k[0] == plan.entity]:
+            del self._shown[shown_key]
 
     def changed(self, target: str, ref_by: tuple[str, ...]) -> set[str]:
         """Keys of ``target`` whose ``ref_by`` values this run's plan changes (a customer's new
@@ -194,23 +209,17 @@ class References:
             for key in self._waiting.get((target, member), ()):
                 index.back.pop(key, None)
             return index
-        spec = model.ENTITIES[target]
-        shown = [(name, _normaliser(spec, name)) for name in ref_by]
+        shown = _shown_by(target, ref_by)
         deleted: set[str] = set()
         overlay = {kp.key: kp.base_after for kp in plan.keys} if plan is not None else {}
 
         def add(key: str, base: Mapping[str, Any]) -> None:
             # every field indexes the record; the first one it has is how it is shown
-            first = None
-            for name, normalise in shown:
-                value = _safe(normalise, base.get(name))
-                if value is None:
-                    continue
+            values = _values(shown, base)
+            for value in values:
                 index.add(value, key)
-                if first is None:
-                    first = value
-            if first is not None:
-                index.back[key] = first
+            if values:
+                index.back[key] = values[0]
 
         for key, base in self.store.iter_bases(self.pipeline, target):
             if key in overlay:
@@ -229,6 +238,67 @@ class References:
                 if len(live) == 1:
                     index.forward[value] = live[0]
         return index
+
+    def back_index(self, target: str, ref_by: tuple[str, ...], keys: Iterable[str]) -> RefIndex:
+        """How a member showing ``target`` by ``ref_by`` shows the records ``keys``: their
+        ``back`` entries only, the same as the whole index has for them, read from their
+        bases alone and added to the ones this run looked up before. The whole index when
+        this run has built it already (a record read needed it)."""
+        whole = self._indexes.get((target, "", ref_by))
+        if whole is not None:
+            return whole
+        index = self._shown.setdefault((target, ref_by), RefIndex(loaded=set()))
+        assert index.loaded is not None
+        todo = [k for k in dict.fromkeys(keys) if k not in index.loaded]
+        if not todo:
+            return index
+        plan = self.plans.get(target) if self.dry_run else None
+        overlay = {kp.key: kp.base_after for kp in plan.keys} if plan is not None else {}
+        bases: dict[str, Mapping[str, Any] | None] = {k: overlay[k] for k in todo if k in overlay}
+        stored = [k for k in todo if k not in overlay]
+        bases.update(self.store.load_bases(self.pipeline, target, stored))
+        shown = _shown_by(target, ref_by)
+        for key in todo:
+            index.loaded.add(key)
+            base = bases.get(key)
+            values = _values(shown, base) if base is not None else []
+            if values:
+                index.back[key] = values[0]
+        return index
+
+
+def referenced(entity: str, records: Iterable[Mapping[str, Any] | None]) -> dict[str, set[str]]:
+    """Target entity -> the hub keys that ``records`` of ``entity`` refer to: every record
+    planning them may have to show (``References.back_index``)."""
+    spec = model.ENTITIES.get(entity)
+    fields = spec.refs if spec is not None else {}
+    out: dict[str, set[str]] = {}
+    if not fields:
+        return out
+    for record in records:
+        if not record:
+            continue
+        for name, target in fields.items():
+            value = record.get(name)
+            if isinstance(value, str):
+                out.setdefault(target, set()).add(value)
+    return out
+
+
+def _shown_by(target: str, ref_by: tuple[str, ...]) -> list[tuple[str, Callable[[Any], Any]]]:
+    spec = model.ENTITIES[target]
+    return [(name, _normaliser(spec, name)) for name in ref_by]
+
+
+def _values(shown: list[tuple[str, Callable[[Any], Any]]], base: Mapping[str, Any]) -> list[Any]:
+    """The normal forms of the fields a record is shown by, in order (the first is how it is
+    shown; each one finds it)."""
+    out = []
+    for name, normalise in shown:
+        value = _safe(normalise, base.get(name))
+        if value is not None:
+            out.append(value)
+    return out
 
 
 def _normaliser(
@@ -272,9 +342,14 @@ class MemberRefs:
         return self.refs.index(f.target, self.member, f.ref_by)
 
     # ---------------------------------------------------------------------------- reading
-    def resolve(self, record: dict[str, Any]) -> list[str]:
+    def resolve(self, record: dict[str, Any], meant: Mapping[str, Any] | None = None) -> list[str]:
         """Replace the native form of each reference in ``record`` by the hub key, in place.
-        Returns what could not be resolved (the record must then be left alone)."""
+        Returns what could not be resolved (the record must then be left alone).
+
+        ``meant``: the values a record this run wrote was written from. A reference shown by
+        value that shows what was written for the record meant is that record, without
+        looking at every record referred to that way (a value two records share included:
+        the writer meant one of them)."""
         problems: list[str] = []
         for f in self.fields:
             if f.name not in record:
@@ -282,6 +357,12 @@ class MemberRefs:
             raw = record[f.name]
             if raw is None:
                 continue
+            if f.ref_by is not None and meant is not None and isinstance(meant.get(f.name), str):
+                key = meant[f.name]
+                shown = self.refs.back_index(f.target, f.ref_by, [key]).shown(key)
+                if shown is not None and shown in f.candidates(raw):
+                    record[f.name] = key
+                    continue
             forward = self._index(f).forward
             found = [forward[v] for v in f.candidates(raw) if v in forward]
             key = found[0] if len(found) == 1 else AMBIGUOUS if found else None
@@ -308,15 +389,28 @@ class MemberRefs:
                 record[f.name] = key
         return problems
 
-    def snapshot(self) -> RefIndexes:
+    def snapshot(self, wanted: Mapping[str, Iterable[str]] | None = None) -> RefIndexes:
         """Every reference field's index, built now, as plain data for planning (reconcile
-        reads no state)."""
-        return RefIndexes(
-            self.member,
-            self.mapping,
-            tuple(self.fields),
-            {f.name: self._index(f) for f in self.fields},
-        )
+        reads no state). With ``wanted`` (target entity -> hub keys, ``referenced``), a field
+        shown by value gets only how those records are shown: planning a few invoices does
+        not read every customer (``fill`` adds records found later)."""
+        indexes: dict[str, RefIndex] = {}
+        for f in self.fields:
+            if wanted is None or f.ref_by is None:
+                indexes[f.name] = self._index(f)
+            else:
+                keys = wanted.get(f.target, ())
+                indexes[f.name] = self.refs.back_index(f.target, f.ref_by, keys)
+        return RefIndexes(self.member, self.mapping, tuple(self.fields), indexes)
+
+    def fill(self, snapshot: RefIndexes, wanted: Mapping[str, Iterable[str]]) -> None:
+        """Add the records of ``wanted`` that ``snapshot``'s partial indexes lack."""
+        for f in self.fields:
+            index = snapshot.indexes[f.name]
+            if f.ref_by is not None and index.loaded is not None and f.target in wanted:
+                missing = [k for k in wanted[f.target] if k not in index.loaded]
+                if missing:
+                    self.refs.back_index(f.target, f.ref_by, missing)
 
 
 @dataclass(frozen=True)
@@ -342,7 +436,7 @@ class RefIndexes:
             key = values.get(f.name)
             if key is None or f.mapping is None or f.name not in self.mapping.writable:
                 continue
-            want = self.indexes[f.name].back.get(key)
+            want = self.indexes[f.name].shown(key)
             if want is not None and want not in self._shown(f, native):
                 out.add(f.name)
         return out
@@ -372,7 +466,7 @@ class RefIndexes:
             key = out[f.name]
             if key is None:
                 continue
-            native = self.indexes[f.name].back.get(key)
+            native = self.indexes[f.name].shown(key)
             if native is None:
                 if f.ref_by is None:
                     missing.append(f"its {f.name} is not on {self.member} yet")

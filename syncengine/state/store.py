@@ -695,6 +695,19 @@ class StateStore:
                 return
             after = page[-1][0]
 
+    def load_bases(
+        self, pipeline: str, entity: str, keys: Iterable[str]
+    ) -> dict[str, dict[str, Any]]:
+        """key -> base of the records among ``keys`` that exist, without links (one query per
+        batch of `BATCH_SIZE` keys)."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, dict[str, Any]] = {}
+        with self._read() as conn:
+            for chunk in _chunks(wanted, BATCH_SIZE):
+                query = _record_select(pipeline, entity).where(records.c.key.in_(chunk))
+                found.update((key, base) for key, base in conn.execute(query).all())
+        return found
+
     def mapping_mark(self, pipeline: str, entity: str, member: str) -> str | None:
         """The fingerprint of the mapping the member's last complete, committed read of the
         entity was made with (see `Tx.put_mapping_mark`), or None."""
