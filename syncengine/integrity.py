@@ -223,11 +223,7 @@ def stale_references(
                 changed.setdefault(f.name, set()).update(keys)
     if not changed:
         return set()
-    return {
-        key
-        for key, base in store.iter_bases(pipeline.name, entity)
-        if any(base.get(name) in keys for name, keys in changed.items())
-    }
+    return store.keys_holding(pipeline.name, entity, changed)
 
 
 def hold_swapped_identities(

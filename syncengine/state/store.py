@@ -640,6 +640,15 @@ class StateStore:
         """The records whose base holds one of ``values`` (field -> texts) in that field,
         with their links: the candidates a few new records may match, looked for by the
         database in the stored bases instead of loading every record."""
+        return self.load_records(
+            pipeline, entity, sorted(self.keys_holding(pipeline, entity, values))
+        )
+
+    def keys_holding(
+        self, pipeline: str, entity: str, values: Mapping[str, Iterable[str]]
+    ) -> set[str]:
+        """The keys of the records whose base holds one of ``values`` (field -> texts) in that
+        field, found by the database in the stored bases (one query per batch of values)."""
         wanted = [(name, text) for name, texts in values.items() for text in set(texts)]
         keys: set[str] = set()
         with self._read() as conn:
@@ -653,7 +662,7 @@ class StateStore:
                     sa.or_(*(records.c.base[n].as_string().in_(t) for n, t in fields.items())),
                 )
                 keys.update(conn.execute(query).scalars())
-        return self.load_records(pipeline, entity, sorted(keys))
+        return keys
 
     def iter_records(self, pipeline: str, entity: str, batch: int = 1000) -> Iterator[RecordState]:
         """Every record of the entity, in key order, read `batch` records at a time.
