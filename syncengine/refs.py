@@ -48,6 +48,9 @@ class RefIndex:
     """None: every record of the entity is indexed, both ways. Otherwise only ``back`` is,
     and only for these keys (``References.back_index``): what planning a few records needs
     when a member shows references by value, without reading every record referred to."""
+    deleted: set[str] = field(default_factory=set)
+    """Keys indexed whose record is deleted in the hub (a value it shares with a live
+    record means the live one)."""
 
     def shown(self, key: str) -> Any:
         """How the member shows hub record ``key`` (None: it cannot show it)."""
@@ -227,6 +230,7 @@ class References:
             if base.get(model.DELETED):
                 deleted.add(key)
             add(key, base)
+        index.deleted = deleted
         for key, planned in overlay.items():
             if planned is not None:
                 add(key, planned)
@@ -261,7 +265,11 @@ class References:
         for key in todo:
             index.loaded.add(key)
             base = bases.get(key)
-            values = _values(shown, base) if base is not None else []
+            if base is None:
+                continue
+            if key not in overlay and base.get(model.DELETED):
+                index.deleted.add(key)
+            values = _values(shown, base)
             if values:
                 index.back[key] = values[0]
         return index
@@ -348,8 +356,8 @@ class MemberRefs:
 
         ``meant``: the values a record this run wrote was written from. A reference shown by
         value that shows what was written for the record meant is that record, without
-        looking at every record referred to that way (a value two records share included:
-        the writer meant one of them)."""
+        looking at every record referred to that way (a value two live records share
+        included: the writer meant one of them)."""
         problems: list[str] = []
         for f in self.fields:
             if f.name not in record:
@@ -359,8 +367,9 @@ class MemberRefs:
                 continue
             if f.ref_by is not None and meant is not None and isinstance(meant.get(f.name), str):
                 key = meant[f.name]
-                shown = self.refs.back_index(f.target, f.ref_by, [key]).shown(key)
-                if shown is not None and shown in f.candidates(raw):
+                index = self.refs.back_index(f.target, f.ref_by, [key])
+                shown = index.shown(key)
+                if shown is not None and key not in index.deleted and shown in f.candidates(raw):
                     record[f.name] = key
                     continue
             forward = self._index(f).forward
@@ -409,8 +418,13 @@ class MemberRefs:
             index = snapshot.indexes[f.name]
             if f.ref_by is not None and index.loaded is not None and f.target in wanted:
                 missing = [k for k in wanted[f.target] if k not in index.loaded]
-                if missing:
-                    self.refs.back_index(f.target, f.ref_by, missing)
+                if not missing:
+                    continue
+                found = self.refs.back_index(f.target, f.ref_by, missing)
+                if found is not index:  # the whole index, built since the snapshot
+                    index.loaded.update(missing)
+                    index.back.update((k, found.back[k]) for k in missing if k in found.back)
+                    index.deleted.update(k for k in missing if k in found.deleted)
 
 
 @dataclass(frozen=True)
