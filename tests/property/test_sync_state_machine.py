@@ -970,15 +970,20 @@ class ReferenceMachine(RuleBasedStateMachine):
             event("create: not for a deleted invoice (known bugs)")
             return
         amount = data.draw(money, label="amount")
-        if not any(self._links(PAY, m) for m in self.members) and any(
+        unlinked = any(
+            not self._links(PAY, m) and (m == member or self._table(m, PAY)) for m in self.members
+        )
+        if unlinked and any(
             r.get("amount") == amount
             for m in self.members
             if m != member
             for r in self._table(m, PAY).values()
         ):
-            # no payment is linked yet: the first sync takes the members' payments for copies
-            # of each other where invoice and amount pair them, as a first sync of books that
-            # both hold payments must (``model`` relink keys), and parks what differs
+            # a member holds payments none of which is linked (a first sync of it, as of a
+            # member whose payments are all typed there): the sync takes the members'
+            # payments for copies of each other where invoice and amount pair them, as a first
+            # sync of books that both hold payments must (``model`` relink keys), and parks
+            # what differs
             event("create: not a payment a first sync would pair with another member's")
             return
         self.counter[PAY] += 1
