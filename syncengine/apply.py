@@ -417,7 +417,7 @@ def _link_to(w: Write, written: NativeRecord, base: model.Record | None = None) 
     field the entity lets a member assign itself (``EntitySpec.assigned``) that it answered
     with another value than the base's is its change, not seen yet: the next read maps the
     record (no native hash) and syncs it."""
-    meant = base if base is not None else getattr(w.action, "values", None)
+    meant = base if base is not None else w.action.values if isinstance(w.action, Create) else None
     last_seen = canonical_of(w.member.mapping, written, w.member.refs, meant)
     native_hash: str | None = written.native_hash()
     spec = model.ENTITIES.get(w.action.entity)
