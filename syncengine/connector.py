@@ -153,15 +153,23 @@ class ReadPass:
         finish: Callable[[], str | None],
         gone: Callable[[], Collection[str]] = frozenset,
         named: bool = False,
+        exact: bool = False,
+        settle: Callable[[], str | None] | None = None,
     ) -> None:
         self.complete = complete
-        self.named = named
-        """True: only the records webhook events named (``Connector.read_events``)."""
         """True: the whole listing (a linked record missing from it is gone). False: only the
         records changed since the token (a linked record missing from it is unchanged)."""
+        self.named = named
+        """True: only the records webhook events named (``Connector.read_events``)."""
+        self.exact = exact
+        """True: the token names the member's content itself (a file's fingerprint), not a
+        point in time. A pass from such a token lists nothing whenever the content is back
+        to what the token names, even after other versions were synced in between, so a mark
+        that cannot move forward must be dropped, never kept (``syncengine.marks``)."""
         self._gone = gone
         self._records = records
         self._finish = finish
+        self._settle = settle
         self._token: str | None = None
 
     @property
@@ -171,6 +179,13 @@ class ReadPass:
 
     def token(self) -> str | None:
         return self._token
+
+    def settled_token(self) -> str | None:
+        """The token to store once the entity was applied and committed: what ``settle``
+        says the member holds now, the sync's own writes included (a file's fingerprint
+        after it was saved), or None when it cannot vouch for that; without ``settle``, the
+        token of the read."""
+        return self._token if self._settle is None else self._settle()
 
     def gone(self) -> Collection[str]:
         """Once the records are exhausted: native ids a partial pass knows were deleted (an
@@ -243,7 +258,12 @@ class Connector(ABC):
         was committed. A pass that is not ``complete`` lists only the records changed since the
         token, so a record missing from it is unchanged, not deleted; a connector must make a
         complete pass from time to time, since deletes are only seen in complete passes. An
-        absent or unreadable token must give a complete pass."""
+        absent or unreadable token must give a complete pass.
+
+        A member whose token names its content exactly (a file's fingerprint: ``exact``)
+        lists nothing when the content is the token's, and everything otherwise; it needs no
+        complete pass from time to time, and its ``settle`` gives the token of the content
+        the sync's own writes left."""
         return None
 
     def read_events(self, entity: str, events: Sequence[InboxEvent]) -> ReadPass | None:

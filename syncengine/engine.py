@@ -76,7 +76,7 @@ import structlog
 from syncengine import model
 from syncengine.apply import EntityApply
 from syncengine.config import Config, Pipeline
-from syncengine.connector import Connector
+from syncengine.connector import Connector, ReadPass
 from syncengine.errors import RecordError, StateError, StateUnavailableError, SyncStopped
 from syncengine.events import DERIVED, NO_EVENTS, Events, InboxEvent, entities_named
 from syncengine.integrity import (
@@ -94,7 +94,7 @@ from syncengine.integrity import (
 from syncengine.leasing import busy_error, lease_holder
 from syncengine.locks import Through, dated_through, locks_for
 from syncengine.logging import redact_text
-from syncengine.marks import marks_to_keep, store_marks
+from syncengine.marks import drop_exact_marks, marks_to_keep, store_marks
 from syncengine.match import MatchResult, Observed, Relinking, match, relink_vanished
 from syncengine.member import Member, open_member
 from syncengine.parked import (
@@ -180,10 +180,15 @@ class PlannedEntity:
     themselves are freed once planned: memory must not hold them through apply)."""
 
     plan: EntityPlan
-    marks: dict[str, str] = field(default_factory=dict)
-    """member -> the read mark to store once the entity is committed (see ``marks``)."""
+    marks: dict[str, ReadPass] = field(default_factory=dict)
+    """member -> the pass whose read mark to store once the entity is committed (see
+    ``marks``)."""
     reread: set[str] = field(default_factory=set)
-    """Members whose mark is dropped once the entity is committed (``MemberRead.reread``)."""
+    """Members whose mark is dropped once the entity is committed (``MemberRead.reread``,
+    or an exact mark that could not move: ``marks_to_keep``)."""
+    stale_marks: set[str] = field(default_factory=set)
+    """Members whose exact mark is dropped before the entity is applied: their read was
+    complete (``marks.drop_exact_marks``)."""
     mappings: dict[str, str] = field(default_factory=dict)
     """member -> the fingerprint of the mapping its complete read was made with, where it is
     not the one stored already, to store once the entity is committed (``MemberRead``)."""
@@ -461,6 +466,7 @@ class Engine:
         if ent.guard:
             result.guard = ent.guard
         elif not self.dry_run:
+            drop_exact_marks(self.store, pipeline.name, entity, planned.stale_marks)
             applier = EntityApply(self.store, pipeline, members, outcome, run_id, self.progress)
             finished = applier.run(self.stop)
             record_held(self.store, pipeline.name, ent)
@@ -752,8 +758,13 @@ class Engine:
             named,
             refs,
         )
-        planned.marks = marks_to_keep(reads, ent, untaken)
-        planned.reread = {name for name, r in reads.items() if r.reread}
+        planned.marks, unmoved = marks_to_keep(reads, ent, untaken)
+        planned.reread = {name for name, r in reads.items() if r.reread} | unmoved
+        planned.stale_marks = {
+            name
+            for name, r in reads.items()
+            if r.read_pass is not None and r.read_pass.exact and r.complete and r.marked
+        }
         # only a complete read looked at every record with the mapping in force
         planned.mappings = {
             name: r.fingerprint

@@ -84,6 +84,8 @@ class MemberRead:
     """How many records the read listed."""
     read_pass: ReadPass | None = None
     """The incremental pass this entity was read with (None: a plain ``read``)."""
+    marked: bool = False
+    """A read mark was stored for the member when this read started."""
     reread: bool = False
     """A record the partial read did not list turned out to be missing: the read mark is
     dropped once the entity is committed, so that the next read is complete (and sees it
@@ -139,7 +141,7 @@ class ReadAhead:
         self._cancelled = threading.Event()
         self._pass: ReadPass | None = None
         self._started = threading.Event()
-        mark = store.read_mark(pipeline, entity, member.name)
+        self.mark = mark = store.read_mark(pipeline, entity, member.name)
         context = contextvars.copy_context()  # its log lines carry the run's context
         self._thread = threading.Thread(
             target=context.run,
@@ -247,6 +249,7 @@ def read_member(
     """
     index = store.link_index(pipeline, entity, member.name)
     if ahead is not None:  # started while the entity before was applied
+        mark = ahead.mark
         rp, records = ahead.take()
     else:
         mark = store.read_mark(pipeline, entity, member.name)
@@ -254,6 +257,7 @@ def read_member(
     out = MemberRead(
         linked=len(index),
         read_pass=rp,
+        marked=mark is not None,
         fingerprint=member.mapping.fingerprint(),
         stored_fingerprint=store.mapping_mark(pipeline, entity, member.name),
     )
