@@ -30,9 +30,10 @@ The crash point is given per process in the environment (``CRASH_AT``)::
 ``MEMBER:METHOD:ENTITY:N:WHEN``: the process is killed (``os.kill(os.getpid(), SIGKILL)``: no
 cleanup, no ``finally``, no flush) at the ``N``-th call of ``METHOD`` on the member ``MEMBER``
 for ``ENTITY`` (``*``: any entity), ``before`` the call is delegated or ``after`` it returned
-(for ``read``, after its records were all read). ``METHOD`` is one of ``METHODS``. Before it
-dies, the process appends one JSON line saying where to the file named by ``CRASH_LOG`` (with
-the id of the record a create or update returned), so a test knows what the dead run did.
+(for ``read``, after its records were all read, by ``read`` or by ``read_incremental``).
+``METHOD`` is one of ``METHODS``. Before it dies, the process appends one JSON line saying
+where to the file named by ``CRASH_LOG`` (with the id of the record a create or update
+returned), so a test knows what the dead run did.
 
 ``plugin_env(folder)`` registers the plugin for subprocesses: it writes a distribution's
 metadata (a ``.dist-info`` folder with the entry point) into ``folder`` and returns the
@@ -222,16 +223,25 @@ class CrashpointConnector(Connector):
         self._leave(n, entity)
 
     def read_incremental(self, entity: str, token: str | None) -> ReadPass | None:
+        """Counted as a ``read_incremental`` call and, when the member reads that way, as a
+        ``read`` too: a crash point ``read`` means "once the entity's records were read",
+        however the member read them (a CSV file by its mark, a workbook whole)."""
         n = self._enter("read_incremental", entity)
         found = self.inner.read_incremental(entity, token)
         if found is None:
             self._leave(n, entity)
             return None
         inner = found
-        return ReadPass(
-            self._read_then_leave(n, entity, inner.records),
+        m = self._enter("read", entity)
+        records = self._read_then_leave(m, entity, inner.records)
+        return ReadPass(  # the real pass in every respect but where the process dies
+            self._read_then_leave(n, entity, records),
             complete=inner.complete,
             finish=inner.token,
+            gone=inner.gone,
+            named=inner.named,
+            exact=inner.exact,
+            settle=inner.settled_token,
         )
 
     def get(self, entity: str, native_id: str) -> NativeRecord | None:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import json
 import re
 import zoneinfo
 from collections.abc import Iterator, Mapping
@@ -63,6 +64,7 @@ from syncengine.connector import (
     ConnectorOptions,
     NativeData,
     NativeRecord,
+    ReadPass,
     Structure,
 )
 from syncengine.errors import (
@@ -278,6 +280,8 @@ class SpreadsheetConnector(Connector):
         else:
             self.folder = path
         self._work: dict[str, _Working] = {}
+        self._loaded: dict[str, Table] = {}
+        """entity -> the table of its latest working copy (``_settled``)."""
         self._mappings: dict[str, EntityMapping] = {}
 
     # -- description
@@ -359,6 +363,63 @@ class SpreadsheetConnector(Connector):
     def read(self, entity: str) -> Iterator[NativeRecord]:
         yield from self._working(entity, reload=True).records()
 
+    def read_incremental(self, entity: str, token: str | None) -> ReadPass | None:
+        """A pass of a CSV file that lists nothing when the file is exactly as the sync last
+        left it (``token``: its modification time, size and content digest, and how the
+        mapping and the options read it), and every row otherwise. The engine then takes
+        every linked row as last seen, which it is. None for a workbook (read whole, as
+        ``read`` does): its one file holds every entity's sheet.
+
+        The token of a pass is only given once the entity is applied (``ReadPass.settle``,
+        ``_settled``): the file as the sync's own writes left it, or None when the rows
+        cannot be vouched for (the sheet lacks a mapped column or its ids; the file was
+        loaded again since this read)."""
+        if self.workbook is not None:
+            return None
+        work = self._working(entity, reload=True)
+        mark = self._mark(entity, work.table)  # None: no file yet
+        shape = work.structure(self._mapped_columns(entity))
+        whole = not (shape.missing or shape.no_ids)
+        settle = functools.partial(self._settled, entity, work.table, whole)
+        if whole and mark is not None and token == mark:
+            return ReadPass(
+                iter(()), complete=False, finish=lambda: token, exact=True, settle=settle
+            )
+        return ReadPass(
+            work.records(), complete=True, finish=lambda: mark, exact=True, settle=settle
+        )
+
+    def _mark(self, entity: str, table: Table) -> str | None:
+        """The read mark naming the file ``table`` last loaded or saved and how it is read,
+        or None when the table cannot tell what it holds (no file yet)."""
+        seen = table.fingerprint()
+        if seen is None:
+            return None
+        s = self.settings
+        reading = [self.mapping(entity).fingerprint(), s.id_column, s.encoding, s.delimiter]
+        reading += [s.timezone or "", self.file_name(entity)]
+        return json.dumps(
+            {"v": 1, "file": [seen.mtime_ns, seen.size, seen.digest], "reading": reading},
+            separators=(",", ":"),
+        )
+
+    def _settled(self, entity: str, table: Table, whole: bool) -> str | None:
+        """The mark of the file as this run left it, the sync's own writes included: what
+        ``table`` last loaded or saved, while it is the entity's latest working copy (a
+        copy loaded since, by a lookup, may hold what someone else wrote, which no read
+        of this run saw). None when the read could not vouch for every row (``whole``)."""
+        if not whole or self._loaded.get(entity) is not table:
+            return None
+        return self._mark(entity, table)
+
+    def get(self, entity: str, native_id: str) -> NativeRecord | None:
+        """The row with Sync ID ``native_id`` in the working copy (loaded if it is not)."""
+        work = self._work.get(entity)
+        if work is None or work.stale:
+            work = self._working(entity, reload=True)
+        handles = work.by_id.get(native_id, [])
+        return work.record(work.rows[handles[0]]) if handles else None
+
     def find(self, entity: str, data: NativeData) -> list[NativeRecord]:
         work = self._work.get(entity)
         if work is None or work.stale:
@@ -429,6 +490,7 @@ class SpreadsheetConnector(Connector):
                 entity=entity,
             )
         table = self._table(entity)
+        self._loaded[entity] = table
         default = Row(list[CellValue](self.new_header(entity)))
         sheet = table.load()
         if sheet is None:

@@ -139,6 +139,12 @@ class Table(ABC):
         again without loading it anew. The default cannot tell: load again."""
         return False
 
+    def fingerprint(self) -> Fingerprint | None:
+        """What the stored sheet was, exactly, when it was last loaded or saved, for the
+        connector's read marks; None when the storage cannot tell (or nothing was loaded or
+        stored yet): its sheet is then read whole every time."""
+        return None
+
     def encode_cell(self, value: str, column: str = "") -> CellValue:
         """The cell that stores the text ``value`` in ``column``: formula-like text is
         neutralised (CSV)."""
@@ -389,3 +395,6 @@ class FileTable(Table):
 
     def unchanged(self) -> bool:
         return self.file.loaded and self.file.unchanged()
+
+    def fingerprint(self) -> Fingerprint | None:
+        return self.file.seen if self.file.loaded else None
