@@ -856,6 +856,42 @@ def test_second_sheet_edit_after_kill_between_put_and_commit_is_not_lost(
         assert_same_customers(small_sandbox.customers(), rows, h.db)
 
 
+def test_a_sheet_put_back_byte_for_byte_after_a_kill_is_read_whole(
+    tmp_path: Path, small_sandbox: Sandbox
+) -> None:
+    """The books' read mark names the file exactly (``marks.drop_exact_marks``). A run that
+    read an edited sheet and was killed after committing part of it must leave no mark that
+    vouches for the sheet as it was: put back byte for byte, modification time included
+    (a backup restored with its times), it is read whole, and HCP gets the old values back."""
+    h = Harness(tmp_path, small_sandbox, concurrency=1, batch_size=1)
+    with h.explained():
+        run, _ = h.sync()  # every HCP customer becomes a row; the file's mark is stored
+        assert run.returncode == 0 and len(h.sheet_rows()) == 5
+        as_left = h.sheet.read_bytes()
+        times = os.stat(h.sheet)
+        _header, rows, _newline = read_sheet(h.sheet)
+        original = {norm_email(r["Email"]): text(r["Company"]) for r in rows}
+        set_companies(h, "Edited")
+        # batches of one: the first PUT is committed before the second one is sent
+        killed = h.crash("hcp", "update", 2, "before")
+        edited = {
+            norm_email(c.get("email")): text(c.get("company")) for c in small_sandbox.customers()
+        }
+        assert sum(1 for e, v in edited.items() if v != original.get(e)) == 1, edited
+        assert killed.pending_after[("hcp", "update")] == 1, killed.pending_after  # the 2nd
+        h.sheet.write_bytes(as_left)
+        os.utime(h.sheet, ns=(times.st_atime_ns, times.st_mtime_ns))
+        final, _ = h.sync()
+        assert final.returncode == 0
+        hcp = {
+            norm_email(c.get("email")): text(c.get("company")) for c in small_sandbox.customers()
+        }
+        assert hcp == original, f"the sheet put back did not reach HCP: {hcp} != {original}"
+        assert h.sheet.read_bytes() == as_left
+        again, result = h.sync()
+        assert_nothing_to_do(again, result)
+
+
 def test_sheet_edit_after_kill_between_sheet_write_and_commit_is_propagated(
     tmp_path: Path, small_sandbox: Sandbox
 ) -> None:
