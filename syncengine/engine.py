@@ -188,7 +188,7 @@ class PlannedEntity:
     or an exact mark that could not move: ``marks_to_keep``)."""
     stale_marks: set[str] = field(default_factory=set)
     """Members whose exact mark is dropped before the entity is applied: their read was
-    complete (``marks.drop_exact_marks``)."""
+    complete, or the entity has something to apply (``marks.drop_exact_marks``)."""
     mappings: dict[str, str] = field(default_factory=dict)
     """member -> the fingerprint of the mapping its complete read was made with, where it is
     not the one stored already, to store once the entity is committed (``MemberRead``)."""
@@ -760,11 +760,16 @@ class Engine:
         )
         planned.marks, unmoved = marks_to_keep(reads, ent, untaken)
         planned.reread = {name for name, r in reads.items() if r.reread} | unmoved
+        # an exact mark vouches for the state as its content showed it: gone before the
+        # state takes another version (a complete read) or the entity's own writes, which
+        # a run stopped mid-apply commits without storing the mark they leave
+        changes = bool(ent.keys or ent.actions)
         planned.stale_marks = {
             name
             for name, r in reads.items()
-            if r.read_pass is not None and r.read_pass.exact and r.complete and r.marked
-        }
+            if r.read_pass is not None and r.read_pass.exact and r.marked
+            and (r.complete or changes)
+        }  # fmt: skip
         # only a complete read looked at every record with the mapping in force
         planned.mappings = {
             name: r.fingerprint

@@ -9,9 +9,11 @@ the entity's commit, and never in a dry run.
 An *exact* mark (``ReadPass.exact``: a file's fingerprint) names the member's content, not a
 point in time, and the pass from it lists nothing when the content is back to what it names.
 Such a mark is only true while the state holds what that content showed, so it is dropped
-before the state takes anything from another version (``drop_exact_marks``, before the
-entity is applied), and where another mark would be kept (a record left out, a write that
-failed) it is dropped instead: the next pass is then a complete one.
+before the entity is applied whenever the state may take anything else: another version of
+the content, or the entity's own writes, which a run stopped or killed mid-apply commits
+without storing the mark they leave (``drop_exact_marks``). Where another mark would be kept
+(a record left out, a write that failed) it is dropped instead. The next pass is then a
+complete one.
 """
 
 from __future__ import annotations
@@ -56,9 +58,10 @@ def marks_to_keep(
 
 def drop_exact_marks(store: StateStore, pipeline: str, entity: str, stale: Iterable[str]) -> None:
     """Before anything of the entity is applied: drop the exact marks of ``stale``, the
-    members whose read was complete (their content is not the one their mark names). Until
-    the entity is committed and its new marks stored, a crash then leaves no mark that could
-    vouch for content the state no longer reflects."""
+    members whose read was complete (their content is not the one their mark names) or whose
+    state the apply changes. Until the entity is committed and its new marks stored, a run
+    stopped or killed then leaves no mark that could vouch for content the state no longer
+    reflects."""
     names = sorted(stale)
     if not names:
         return

@@ -80,6 +80,7 @@ METHODS = (
     "update",
     "delete",
     "flush",
+    "flushed",
 )
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -296,7 +297,12 @@ class CrashpointConnector(Connector):
         return self.inner.buffers(entity)
 
     def flushed(self, entity: str, answered: NativeRecord) -> NativeRecord:
-        return self.inner.flushed(entity, answered)
+        # asked per buffered write as its key is committed, after the flush: a point between
+        # two of the deferred commits
+        n = self._enter("flushed", entity)
+        found = self.inner.flushed(entity, answered)
+        self._leave(n, entity, found.id)
+        return found
 
     def close(self) -> None:
         self.inner.close()

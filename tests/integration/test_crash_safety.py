@@ -892,6 +892,45 @@ def test_a_sheet_put_back_byte_for_byte_after_a_kill_is_read_whole(
         assert_nothing_to_do(again, result)
 
 
+def test_a_sheet_put_back_after_a_kill_between_its_own_writes_is_read_whole(
+    tmp_path: Path, small_sandbox: Sandbox
+) -> None:
+    """The sheet read by its mark (nothing listed), HCP's edits written to it and committed
+    key by key after the save: a run killed after the first key's commit (or stopped there
+    by the daemon's SIGTERM) must leave no mark naming the sheet as it was before (found by
+    the cold review). Put back byte for byte, modification time included, it is read whole:
+    the rows the killed run had committed read as the bookkeeper's edits (the sheet's values
+    go to HCP), the others get HCP's values, and both sides agree."""
+    h = Harness(tmp_path, small_sandbox, concurrency=1, batch_size=1)
+    with h.explained():
+        run, _ = h.sync()
+        assert run.returncode == 0 and len(h.sheet_rows()) == 5
+        as_left = h.sheet.read_bytes()
+        times = os.stat(h.sheet)
+        edited = {}
+        for i, customer in enumerate(small_sandbox.customers()[:3]):
+            small_sandbox.put(customer["id"], {"company": f"HCP Co {i}"})
+            edited[norm_email(customer.get("email"))] = f"HCP Co {i}"
+        # the sheet saved with the three rows; batches of one: the first row's state is
+        # committed before the second row's is settled
+        killed = h.crash("books", "flushed", 2, "before")
+        written = {norm_email(r["Email"]): text(r["Company"]) for r in h.sheet_rows()}
+        assert all(written.get(e) == v for e, v in edited.items()), written
+        assert killed.pending_after[("books", "update")] == 2, killed.pending_after
+        h.sheet.write_bytes(as_left)
+        os.utime(h.sheet, ns=(times.st_atime_ns, times.st_mtime_ns))
+        final, result = h.sync()
+        assert final.returncode == 0
+        assert result["entities"]["customers"]["read"]["books"] == 5, result  # read whole
+        books = {norm_email(r["Email"]): text(r["Company"]) for r in h.sheet_rows()}
+        hcp = {
+            norm_email(c.get("email")): text(c.get("company")) for c in small_sandbox.customers()
+        }
+        assert books == hcp, f"the sheet put back and HCP disagree: {books} != {hcp}"
+        again, result = h.sync()
+        assert_nothing_to_do(again, result)
+
+
 def test_sheet_edit_after_kill_between_sheet_write_and_commit_is_propagated(
     tmp_path: Path, small_sandbox: Sandbox
 ) -> None:
