@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator, model_validator
 
+import syncengine
 from syncengine.connector import (
     Capabilities,
     Connector,
@@ -116,6 +117,10 @@ _OTHER_WORKBOOKS = (".xls", ".xlsm", ".xlsb", ".ods", ".numbers")
 _SHEET_TITLE_FORBIDDEN = re.compile(r"[\[\]:*?/\\]")
 
 PROVISIONAL = "@line:"
+
+MARK_VERSION = 1
+"""The version of the read marks' form (``_mark``): a mark of another version (or of another
+release of syncengine) never matches, so the file is read whole once."""
 
 
 def is_workbook(path: str) -> bool:
@@ -397,9 +402,11 @@ class SpreadsheetConnector(Connector):
             return None
         s = self.settings
         reading = [self.mapping(entity).fingerprint(), s.id_column, s.encoding, s.delimiter]
-        reading += [s.timezone or "", self.file_name(entity)]
+        reading += [s.timezone or "", self.file_name(entity), *self._mapped_columns(entity)]
+        # a release may read a file otherwise: the first run after an upgrade reads it whole
+        version = f"{MARK_VERSION}/{syncengine.__version__}"
         return json.dumps(
-            {"v": 1, "file": [seen.mtime_ns, seen.size, seen.digest], "reading": reading},
+            {"v": version, "file": [seen.mtime_ns, seen.size, seen.digest], "reading": reading},
             separators=(",", ":"),
         )
 
