@@ -13,6 +13,7 @@ Writing a connector::
         def capabilities(self, entity: str) -> Capabilities: ...
         def read(self, entity: str) -> Iterator[NativeRecord]: ...
         def read_incremental(self, entity, token) -> ReadPass | None: ...  # optional
+        def expect(self, entity, token) -> None: ...                    # optional: the mark first
         def read_events(self, entity, events) -> ReadPass | None: ...      # optional: webhooks
         def create(self, entity, data, *, key) -> NativeRecord: ...
         def update(self, entity, native_id, patch, *, full, new_id=None) -> NativeRecord | None: ...
@@ -265,6 +266,12 @@ class Connector(ABC):
         complete pass from time to time, and its ``settle`` gives the token of the content
         the sync's own writes left."""
         return None
+
+    def expect(self, entity: str, token: str | None) -> None:  # noqa: B027 - optional hook
+        """The read mark the engine holds for ``entity`` (None: none), told before the
+        member's storage of it is first looked at in a run (``structure``). Optional: a
+        member whose marks name its content exactly may then describe the entity and read
+        it by that mark without loading it."""
 
     def read_events(self, entity: str, events: Sequence[InboxEvent]) -> ReadPass | None:
         """A partial pass (``complete=False``) of the records of ``entity`` that ``events``

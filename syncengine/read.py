@@ -324,6 +324,8 @@ def check_structures(
         for name in pipeline.members:
             try:
                 member = open_member(pipeline, connectors[name], entity)
+                if store is not None:
+                    member.connector.expect(entity, store.read_mark(pipeline.name, entity, name))
                 found = member.connector.structure(entity)
             except StructureError as exc:
                 # one workbook holding every entity's sheet is damaged once, not per entity

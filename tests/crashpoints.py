@@ -245,6 +245,9 @@ class CrashpointConnector(Connector):
             settle=inner.settled_token,
         )
 
+    def expect(self, entity: str, token: str | None) -> None:
+        self.inner.expect(entity, token)
+
     def get(self, entity: str, native_id: str) -> NativeRecord | None:
         n = self._enter("get", entity)
         found = self.inner.get(entity, native_id)

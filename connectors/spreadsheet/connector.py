@@ -52,6 +52,7 @@ import json
 import re
 import zoneinfo
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +79,7 @@ from syncengine.mapping import EntityMapping, load_mapping
 
 from .columns import ColumnKind, column_kinds, new_columns
 from .csvtable import CsvTable
-from .table import CellValue, Row, Sheet, Table, is_blank
+from .table import CellValue, Fingerprint, Row, Sheet, Table, is_blank
 
 if TYPE_CHECKING:
     from .xlsxtable import Workbook
@@ -287,6 +288,8 @@ class SpreadsheetConnector(Connector):
         self._work: dict[str, _Working] = {}
         self._loaded: dict[str, Table] = {}
         """entity -> the table of its latest working copy (``_settled``)."""
+        self._by_mark: dict[str, _ByMark] = {}
+        """entity -> its file as the read mark the engine holds names it (``expect``)."""
         self._mappings: dict[str, EntityMapping] = {}
 
     # -- description
@@ -359,10 +362,29 @@ class SpreadsheetConnector(Connector):
         duplicated column the sync uses raises ``StructureError`` (see the module
         docstring)."""
         work = self._work.get(entity)
+        by_mark = self._by_mark.get(entity)
+        if work is None and by_mark is not None and not by_mark.diverged:
+            # as when its mark was stored, which only a whole sheet gets: not loaded
+            return Structure(where=by_mark.table.display)
         if work is None or work.stale:
             work = self._working(entity, reload=True)
             work.fresh = True  # the read that follows may take it as it is
         return work.structure(self._mapped_columns(entity))
+
+    def expect(self, entity: str, token: str | None) -> None:
+        """Take the file of ``entity`` by the read mark the engine holds when the file is
+        still the one the mark names: then it is described (``structure``) and read
+        (``read_incremental``) without being loaded, and loaded only for a write or a
+        lookup, as that file (``_loaded_as_marked``)."""
+        self._by_mark.pop(entity, None)
+        if self.workbook is not None or token is None or entity not in ENTITIES:
+            return
+        if entity in self._work:
+            return
+        table = self._table(entity)
+        seen = table.look()
+        if seen is not None and token == self._mark_of(entity, seen):
+            self._by_mark[entity] = _ByMark(table, seen)
 
     # -- reading
     def read(self, entity: str) -> Iterator[NativeRecord]:
@@ -381,6 +403,20 @@ class SpreadsheetConnector(Connector):
         loaded again since this read)."""
         if self.workbook is not None:
             return None
+        by_mark = self._by_mark.get(entity)
+        if (
+            by_mark is not None
+            and not by_mark.read
+            and entity not in self._work
+            and token == self._mark_of(entity, by_mark.seen)
+            and by_mark.table.look() == by_mark.seen
+        ):  # taken by its mark (``expect``) and still that file: nothing loaded
+            by_mark.read = True
+            settled = functools.partial(self._settled_by_mark, entity, by_mark)
+            return ReadPass(
+                iter(()), complete=False, finish=lambda: token, exact=True, settle=settled
+            )
+        self._by_mark.pop(entity, None)  # read as the file is now
         work = self._working(entity, reload=True)
         mark = self._mark(entity, work.table)  # None: no file yet
         shape = work.structure(self._mapped_columns(entity))
@@ -398,8 +434,10 @@ class SpreadsheetConnector(Connector):
         """The read mark naming the file ``table`` last loaded or saved and how it is read,
         or None when the table cannot tell what it holds (no file yet)."""
         seen = table.fingerprint()
-        if seen is None:
-            return None
+        return None if seen is None else self._mark_of(entity, seen)
+
+    def _mark_of(self, entity: str, seen: Fingerprint) -> str:
+        """The read mark naming the file ``seen`` describes and how the entity is read."""
         s = self.settings
         reading = [self.mapping(entity).fingerprint(), s.id_column, s.encoding, s.delimiter]
         reading += [s.timezone or "", self.file_name(entity), *self._mapped_columns(entity)]
@@ -418,6 +456,30 @@ class SpreadsheetConnector(Connector):
         if not whole or self._loaded.get(entity) is not table:
             return None
         return self._mark(entity, table)
+
+    def _settled_by_mark(self, entity: str, by_mark: _ByMark) -> str | None:
+        """The mark of the file as this run left it when it was read by its mark: the same
+        mark when it was never loaded, else the file as the loaded copy last loaded or saved
+        it (None when the file had changed before it was loaded: ``_loaded_as_marked``)."""
+        if by_mark.diverged:
+            return None
+        if by_mark.loaded is None:
+            return self._mark_of(entity, by_mark.seen)
+        return self._mark(entity, by_mark.loaded)
+
+    def _loaded_as_marked(self, entity: str, work: _Working) -> None:
+        """A file read by its mark and loaded now (for a write or a lookup) must be the
+        file the mark named, or the one this run's last load or save left: otherwise
+        someone changed it since the run read it, and nothing is written to it (the next
+        run reads it whole)."""
+        by_mark = self._by_mark.get(entity)
+        if by_mark is None or not by_mark.read:
+            return
+        expected = by_mark.seen if by_mark.loaded is None else by_mark.loaded.fingerprint()
+        if by_mark.diverged or work.table.fingerprint() != expected:
+            by_mark.diverged = True
+            work.stale = True
+        by_mark.loaded = work.table
 
     def get(self, entity: str, native_id: str) -> NativeRecord | None:
         """The row with Sync ID ``native_id`` in the working copy (loaded if it is not)."""
@@ -465,6 +527,7 @@ class SpreadsheetConnector(Connector):
 
     def close(self) -> None:
         self._work.clear()
+        self._by_mark.clear()
         if self.workbook is not None:
             self.workbook.close()
 
@@ -503,7 +566,9 @@ class SpreadsheetConnector(Connector):
         if sheet is None:
             if not self.settings.create_missing:
                 raise table.structure(table.missing())
-            return _Working(table, Sheet(header=default), self.settings.id_column, create=True)
+            work = _Working(table, Sheet(header=default), self.settings.id_column, create=True)
+            self._loaded_as_marked(entity, work)
+            return work
         if not sheet.header.cells:  # an empty file or sheet
             sheet.header = default
         work = _Working(table, sheet, self.settings.id_column, create=False)
@@ -511,6 +576,7 @@ class SpreadsheetConnector(Connector):
         if problem:
             raise table.structure(problem)
         work.group_by = self._group_column(entity)
+        self._loaded_as_marked(entity, work)
         return work
 
     def _table(self, entity: str) -> Table:
@@ -540,6 +606,22 @@ def _text(value: Any) -> str:
     if value is None:
         return ""
     return value if isinstance(value, str) else str(value)
+
+
+@dataclass
+class _ByMark:
+    """An entity's file that is the one the engine's read mark names (``expect``)."""
+
+    table: Table
+    """The file, not loaded."""
+    seen: Fingerprint
+    """What it was when the mark was checked."""
+    read: bool = False
+    """A pass was read by the mark (nothing listed)."""
+    loaded: Table | None = None
+    """The table of the working copy loaded since that pass (a write, a lookup)."""
+    diverged: bool = False
+    """The file had changed when it was loaded: the run leaves it alone."""
 
 
 class _Working:

@@ -145,6 +145,11 @@ class Table(ABC):
         stored yet): its sheet is then read whole every time."""
         return None
 
+    def look(self) -> Fingerprint | None:
+        """What the stored sheet is now, exactly, without loading it (None: the storage
+        cannot tell, or there is none)."""
+        return None
+
     def encode_cell(self, value: str, column: str = "") -> CellValue:
         """The cell that stores the text ``value`` in ``column``: formula-like text is
         neutralised (CSV)."""
@@ -267,6 +272,17 @@ class StoredFile:
         self.loaded = True
         self.seen = Fingerprint(info.st_mtime_ns, info.st_size, digest(data))
         return data
+
+    def look(self) -> Fingerprint | None:
+        """What the file is now, without taking it as read (None: no file, or unreadable:
+        a load says why)."""
+        try:
+            with open(self.path, "rb") as fh:
+                info = os.fstat(fh.fileno())
+                data = fh.read()
+        except OSError:
+            return None
+        return Fingerprint(info.st_mtime_ns, info.st_size, digest(data))
 
     def replace(self, data: bytes, entity: str = "") -> None:
         """Replace the file with ``data``: temp file beside it, fsync, rename over it."""
@@ -398,3 +414,6 @@ class FileTable(Table):
 
     def fingerprint(self) -> Fingerprint | None:
         return self.file.seen if self.file.loaded else None
+
+    def look(self) -> Fingerprint | None:
+        return self.file.look()

@@ -14,8 +14,11 @@ sides.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +30,18 @@ from syncengine import api
 from syncengine.config import load_config
 from syncengine.connectors.housecallpro.sandbox import SyncASGITransport, create_app
 from syncengine.engine import SyncResult
+from tests.crashpoints import mapping_overrides
 from tests.csvfiles import read_csv_table, write_csv
 from tests.helpers import ops
+from tests.holdpoints import HOLD_AT, HOLD_DIR, plugin_env
+from tests.integration.conftest import (
+    CLI_TIMEOUT,
+    SYNCENGINE,
+    CliResult,
+    assert_clean_exit,
+    cli_env,
+    start_sandbox,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -226,3 +239,100 @@ def test_unchanged_files_of_an_entity_a_payment_changed_are_written_not_read(
         assert skipped == {"customers": 0, "invoices": 0, "payments": 0}
     finally:
         books.client.close()
+
+
+HELD_CONFIG = """\
+[state]
+url = "sqlite:///state.db"
+
+[connectors.hcp]
+type = "housecallpro"
+base_url = "{base}"
+api_key = "${{HCP_API_KEY}}"
+rate_limit = 0
+max_retries = 1
+
+[connectors.books]
+type = "holdpoint"
+wraps = "spreadsheet"
+path = "books"
+
+[[pipelines]]
+name = "hcp-books"
+members = ["hcp", "books"]
+entities = ["customers"]
+
+[pipelines.conflicts]
+default = ["hcp"]
+
+{overrides}"""
+
+
+@pytest.mark.parametrize("held", ["get", "update"])
+def test_a_file_edited_after_the_run_read_it_by_its_mark_is_not_written_over(
+    tmp_path: Path, cli: Callable[..., CliResult], held: str
+) -> None:
+    """The run reads the sheet by its mark (nothing loaded) and is held before it writes
+    HCP's edit into it; the bookkeeper saves another edit meanwhile. The run must not write
+    over a file it never read: the write is refused, and the next run reads the file whole
+    and syncs both edits. Held before the row is looked up (``get``), the file is loaded
+    after the edit and found to be another file than its mark named; held before the write
+    (``update``), it was loaded before the edit and its save is refused."""
+    sandbox = start_sandbox(tmp_path / "sandbox", seed=6)
+    try:
+        folder = tmp_path / "work"
+        folder.mkdir()
+        config = folder / "config.toml"
+        overrides = mapping_overrides({"books": "spreadsheet"}, ["customers"])
+        config.write_text(
+            HELD_CONFIG.format(base=sandbox.base_url, overrides=overrides), encoding="utf-8"
+        )
+        env = {**cli_env(), **plugin_env(tmp_path / "plugin")}
+        for _ in range(2):  # the second run stores the mark of the file the first wrote
+            assert_clean_exit(cli("sync", "--config", config, env=env), 0)
+        sheet = folder / "books" / "customers.csv"
+        rows = read_csv_table(sheet).rows
+        first, other = rows[0]["Email"], rows[4]["Email"]
+        [customer] = [c for c in sandbox.customers() if c.get("email") == first]
+        sandbox._client.put(f"/customers/{customer['id']}", json={"company": "From HCP"})
+
+        hold = folder / "hold"
+        held_env = {**env, HOLD_AT: f"books:{held}:customers:1:before", HOLD_DIR: str(hold)}
+        proc = subprocess.Popen(
+            [str(SYNCENGINE), "sync", "--config", str(config)],
+            env=held_env,
+            cwd=folder,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + CLI_TIMEOUT
+            while not (hold / "held").exists():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.02)
+            table = read_csv_table(sheet)
+            [row] = [r for r in table.rows if r["Email"] == other]
+            row["Company"] = "Typed Meanwhile"
+            write_csv(sheet, table.rows, table.header, newline=table.newline, replace=True)
+            (hold / "release").touch()
+            out, err = proc.communicate(timeout=CLI_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 1 and "Traceback" not in out + err, (out, err)
+        assert "customers.csv" in out + err and "since it was read" in out + err
+        assert {r["Email"]: r["Company"] for r in read_csv_table(sheet).rows}[other] == (
+            "Typed Meanwhile"
+        )
+
+        assert_clean_exit(cli("sync", "--config", config, env=env), 0)
+        books = {r["Email"]: r["Company"] for r in read_csv_table(sheet).rows}
+        hcp = {c.get("email"): c.get("company") or "" for c in sandbox.customers()}
+        assert books[first] == hcp[first] == "From HCP"
+        assert books[other] == hcp[other] == "Typed Meanwhile"
+        quiet = cli("sync", "--config", config, "--json", env=env)
+        assert_clean_exit(quiet, 0)
+        assert json.loads(quiet.stdout)["entities"]["customers"]["read"]["books"] == 0
+    finally:
+        sandbox.stop()
