@@ -269,6 +269,9 @@ class Engine:
         recovery leaves the intents of a run whose lease still holds alone. A run that is
         not a dry run refuses to start while another holder's lease on the pipeline holds."""
         self._ahead: dict[tuple[str, str], ReadAhead] = {}
+        self._exact_marks: dict[str, set[str]] = {}
+        """entity -> members whose exact read marks this run stored: a later apply of the
+        entity in the run (held deletes, records its writes changed) drops them first."""
         """(member, entity) -> the read started ahead of the entity (``ReadAhead``)."""
         self.event_driven = event_driven
         """An event-driven run (``syncengine.events``): it syncs only the entities its webhook
@@ -373,6 +376,7 @@ class Engine:
             for ahead in self._ahead.values():  # a run that ends before it gets there
                 ahead.cancel()
             self._ahead.clear()
+            self._exact_marks.clear()
             result.duration_s = time.monotonic() - started
             self._close(connectors, bound)
             if run_row is not None:
@@ -476,7 +480,7 @@ class Engine:
             if settled:  # the entity's state now reflects them
                 with self.store.transaction() as tx:
                     tx.finish_intents([{"id": i, "state": "abandoned"} for i in settled])
-            store_marks(
+            self._exact_marks[entity] = store_marks(
                 self.store,
                 pipeline.name,
                 entity,
@@ -553,6 +557,7 @@ class Engine:
             self._done_with(ent, members)
             return
         outcome = EntityOutcome(ent)
+        drop_exact_marks(self.store, pipeline.name, entity, self._exact_marks.pop(entity, ()))
         EntityApply(self.store, pipeline, members, outcome, result.run_id, self.progress).run(
             self.stop
         )
@@ -624,6 +629,9 @@ class Engine:
         if self.dry_run or not decided.keys:
             return
         outcome = EntityOutcome(decided)
+        drop_exact_marks(
+            self.store, pipeline.name, ent.entity, self._exact_marks.pop(ent.entity, ())
+        )
         EntityApply(self.store, pipeline, run.members, outcome, run_id, self.progress).run(
             self.stop
         )

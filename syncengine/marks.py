@@ -11,9 +11,10 @@ point in time, and the pass from it lists nothing when the content is back to wh
 Such a mark is only true while the state holds what that content showed, so it is dropped
 before the entity is applied whenever the state may take anything else: another version of
 the content, or the entity's own writes, which a run stopped or killed mid-apply commits
-without storing the mark they leave (``drop_exact_marks``). Where another mark would be kept
-(a record left out, a write that failed) it is dropped instead. The next pass is then a
-complete one.
+without storing the mark they leave (``drop_exact_marks``); an apply of the entity later
+in the run (held deletes decided, records its writes changed synced again) drops the marks
+stored before it. Where another mark would be kept (a record left out, a write that failed)
+it is dropped instead. The next pass is then a complete one.
 """
 
 from __future__ import annotations
@@ -78,14 +79,15 @@ def store_marks(
     dropped: Iterable[str],
     failures: Iterable[Issue],
     mappings: Mapping[str, str] | None = None,
-) -> None:
+) -> set[str]:
     """After the entity was applied and committed: store the read marks of the members
     no write failed on (see ``marks_to_keep``; an exact pass's is its token once settled,
     the sync's own writes included), and drop those of ``dropped`` (a partial read of which
     missed a record that is gone, or an exact mark that could not move) and the exact marks
     of members a write failed on. ``mappings``: member -> the fingerprint of the mapping its
     complete read was made with, where it changed, stored the same way (a member a write
-    failed on reads every record again next time)."""
+    failed on reads every record again next time). Returns the members whose exact marks
+    were stored: an apply of the entity later in the run drops them first."""
     failed = {f.member for f in failures}
     keep: dict[str, str] = {}
     drop = set(dropped)
@@ -97,7 +99,7 @@ def store_marks(
             drop.add(name)
     fingerprints = {name: fp for name, fp in (mappings or {}).items() if name not in failed}
     if not keep and not drop and not fingerprints:
-        return
+        return set()
     with store.transaction() as tx:
         for name, token in keep.items():
             tx.put_read_mark(pipeline, entity, name, token)
@@ -105,3 +107,4 @@ def store_marks(
             tx.delete_read_mark(pipeline, entity, name)
         for name, fp in fingerprints.items():
             tx.put_mapping_mark(pipeline, entity, name, fp)
+    return {name for name in keep if passes[name].exact}

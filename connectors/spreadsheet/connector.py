@@ -478,7 +478,7 @@ class SpreadsheetConnector(Connector):
         expected = by_mark.seen if by_mark.loaded is None else by_mark.loaded.fingerprint()
         if by_mark.diverged or work.table.fingerprint() != expected:
             by_mark.diverged = True
-            work.stale = True
+            work.foreign = True
         by_mark.loaded = work.table
 
     def get(self, entity: str, native_id: str) -> NativeRecord | None:
@@ -547,7 +547,7 @@ class SpreadsheetConnector(Connector):
 
     def _writable(self, entity: str) -> _Working:
         work = self._working(entity)
-        if work.stale:
+        if work.stale or work.foreign:
             raise work.table.conflict_error()
         return work
 
@@ -638,6 +638,9 @@ class _Working:
         self.pending = create  # a missing file is created at the next flush
         self.created = create  # no sheet was there: it gets the whole header
         self.stale = False  # the file changed under us: nothing more is written to it
+        self.foreign = False
+        """Loaded after the run read the file by its mark, and not that file: someone changed
+        it since, so nothing is written to it (``_loaded_as_marked``); lookups may use it."""
         self.fresh = False  # loaded for a look at its structure, not read yet
         self.group_by: str | None = None
         """The column a new row is placed by: below the last row showing its value."""
