@@ -39,11 +39,14 @@ def _setup(tmp_path: Path, daemon: str = "") -> Path:
     return path
 
 
-def _wait_for(done: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Poll ``done`` until it is true; fail saying ``what`` did not happen after ``timeout``."""
+def _wait_for(
+    done: Callable[[], bool], what: str | Callable[[], str], timeout: float = 60.0
+) -> None:
+    """Poll ``done`` until it is true; fail saying ``what`` did not happen after ``timeout``
+    (a callable: what it says then, such as the runs recorded and the server's output)."""
     deadline = time.monotonic() + timeout
     while not done():
-        assert time.monotonic() < deadline, what
+        assert time.monotonic() < deadline, what if isinstance(what, str) else what()
         time.sleep(0.05)
 
 
@@ -63,7 +66,10 @@ def test_syncengine_console_serves_on_loopback_and_runs_now(tmp_path: Path) -> N
         response = client.post("/pipelines/p/run", data={"csrf": token})
         assert response.status_code == 303
         cfg = load_config(path)
-        _wait_for(lambda: [r["outcome"] for r in api.runs(cfg, "p")] == ["ok"], "no run")
+        _wait_for(
+            lambda: [r["outcome"] for r in api.runs(cfg, "p")] == ["ok"],
+            lambda: f"no run: {api.runs(cfg, 'p')}\n{server.output()[-3000:]}",
+        )
         assert [r["Email"] for r in read_csv(tmp_path / "p-b" / "customers.csv")] == [
             "ada@example.com"
         ]
