@@ -579,7 +579,14 @@ def probe(
                     }
                     if not rec.error:
                         try:
-                            row["canonical"] = mapping.to_canonical(rec.data, location=rec.location)
+                            found = mapping.to_canonical(rec.data, location=rec.location)
+                            # every field the mapping reads, an empty one as null: what a
+                            # person checking a mapping wants to see
+                            row["canonical"] = {
+                                f.canonical: found.get(f.canonical)
+                                for f in mapping.fields
+                                if f.canonical in mapping.readable
+                            }
                         except RecordError as exc:
                             row["error"] = str(exc)
                     result.records.append(row)

@@ -443,8 +443,11 @@ class EntityMapping:
         return None
 
     def to_canonical(self, native: Mapping[str, Any], *, location: str = "") -> dict[str, Any]:
-        """The canonical record of a native record: every readable field, in normal form
-        (``None`` where missing). Raises one ``RecordError`` naming every bad field."""
+        """The canonical record of a native record: every readable field that holds a value,
+        in normal form. A field without one is left out (``record.get(name)`` is None), as the
+        base leaves it out: a customer's eighteen empty address parts cost a read nothing,
+        nor the state that keeps the record as last seen. Raises one ``RecordError`` naming
+        every bad field."""
         record: dict[str, Any] = {}
         bad: list[tuple[str, str]] | None = None
         containers = [c.get(native) for c in self._containers]
@@ -459,7 +462,8 @@ class EntityMapping:
                     raw = None
             if raw is None or raw == "":
                 default = reader.default
-                record[reader.canonical] = list(default) if type(default) is list else default
+                if default is not None:
+                    record[reader.canonical] = list(default) if type(default) is list else default
                 continue
             read = reader.read
             try:
@@ -471,8 +475,10 @@ class EntityMapping:
                 bad.append((reader.native, message))
                 record[reader.canonical] = None
                 continue
-            if value is None and reader.default is not None:
+            if value is None:
                 default = reader.default
+                if default is None:
+                    continue
                 value = list(default) if type(default) is list else default
             record[reader.canonical] = value
         if bad:

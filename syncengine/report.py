@@ -186,7 +186,7 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
             line = line_for(key, number)
             line.amount[member] = record.get("amount")
             _note_totals(line, member, record)
-            if "balance" in record:
+            if "balance" in pipeline.mappings[(member, "invoices")].readable:
                 line.balance[member] = record.get("balance")
             if isinstance(record.get("status"), str) and record["status"]:
                 line.status[member] = record["status"]

@@ -35,6 +35,8 @@ def test_probe_shows_native_and_canonical_and_errors(tmp_path: Path) -> None:
     customers, invoices, payments = results
     assert customers.read == 2 and len(customers.records) == 2
     assert customers.records[0]["canonical"]["email"] == "p0@example.com"
+    # every field the mapping reads is shown, an empty one as null (a sync leaves it out)
+    assert customers.records[0]["canonical"]["last_name"] is None
     assert invoices.records == [] and invoices.error == ""
     [bad] = payments.records
     assert "'Bitcoin' is not a known payment method" in bad["error"]

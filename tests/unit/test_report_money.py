@@ -172,3 +172,17 @@ def test_members_that_give_none_of_the_fields_keep_the_report_they_had(tmp_path:
     [line] = report.to_json()["invoices"]
     assert line["members"]["hcp"] == {"amount": 10_000, "paid": 7_500, "balance": 2_500,
                                       "payments": 2}  # fmt: skip
+
+
+def test_a_blank_balance_is_a_balance_left_empty_not_a_member_without_balances(
+    tmp_path: Path,
+) -> None:
+    config = hcp_books_config(tmp_path)
+    _seed(MemoryConnector.get_dataset("hcp"))
+    api.sync(config)
+    books = MemoryConnector.get_dataset("books")
+    books.edit("invoices", _by_number(books, "invoices", "1002"), balance=None)
+    [line] = [line for line in _report(config).invoices if line.invoice_number == "1002"]
+    # the books keep balances: this one is empty, shown "(none)" rather than "n/a"
+    assert "books" in line.balance and line.balance["books"] is None
+    assert line.balance["hcp"] == 10_825

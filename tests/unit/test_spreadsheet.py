@@ -664,7 +664,6 @@ def test_invoices_round_trip_through_the_default_mapping(tmp_path: Path) -> None
         "amount": 123450,
         "balance": 3,
         "due_at": "2024-03-01T06:00:00Z",
-        "created_at": None,
     }
     conn = connector(tmp_path, timezone="America/Chicago")
     conn.prepare("invoices", mapping)
@@ -719,7 +718,7 @@ def test_a_refund_above_its_payment_is_that_rows_problem_naming_the_field(
     with pytest.raises(RecordError, match=r"payments\.csv line 4, field 'Refunded'.*negative"):
         mapping.to_canonical(found["p3"].data, location=found["p3"].location)
     assert mapping.to_canonical(found["p4"].data)["refunded_amount"] == 10000
-    assert mapping.to_canonical(found["p5"].data)["refunded_amount"] is None
+    assert mapping.to_canonical(found["p5"].data).get("refunded_amount") is None
 
 
 def test_a_prepared_mapping_gives_the_header_of_a_new_file(tmp_path: Path) -> None:
