@@ -78,14 +78,16 @@ maybe = st.one_of(st.none(), st.just(""), st.just("   "))
 
 
 @st.composite
-def quantities(draw: st.DrawFn) -> Any:
-    """Quantities of up to 4 decimal places in the forms people and programs write them."""
+def quantities(draw: st.DrawFn, *, grouped: bool = True) -> Any:
+    """Quantities of up to 4 decimal places in the forms people and programs write them
+    (``grouped``: thousands separators too, which a member reading quantities through a
+    transform takes, and one holding them as plain decimals refuses as not a quantity)."""
     scaled = draw(st.integers(-(10**12), 10**12))
     number = Decimal(scaled).scaleb(-4)
     style = draw(st.integers(0, 4))
     if style == 0:
         return format(number, "f")
-    if style == 1:
+    if style == 1 and grouped:
         return f"{number:,f}"
     if style == 2:
         return number
@@ -605,7 +607,7 @@ def _memory_value(spec: model.FieldSpec) -> st.SearchStrategy[Any]:
         ),
         "enum": enum_words(spec.choices),
         "ref": memory_ids,
-        "decimal": quantities(),
+        "decimal": quantities(grouped=False),
         "int": st.one_of(st.integers(-(10**6), 10**6), st.integers(1, 999).map(str)),
     }
     return st.one_of(by_type[spec.type], maybe)
