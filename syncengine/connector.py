@@ -49,7 +49,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -86,6 +86,37 @@ class Capabilities:
         return not (self.create or self.update or self.delete)
 
 
+class _Released(Mapping[str, Any]):
+    """Stands for a native record the engine let go of once it served (a read record once
+    its hub record is planned, ``Observed.release_native``; a create's record once the
+    member took it, ``apply``): any later look at it is a bug, and says so, rather than
+    finding an empty record."""
+
+    def _gone(self) -> NoReturn:
+        raise RuntimeError("a native record was looked at after its hub record was planned")
+
+    def __getitem__(self, key: str) -> Any:
+        self._gone()
+
+    def __iter__(self) -> NoReturn:
+        self._gone()
+
+    def __len__(self) -> int:
+        self._gone()
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return "<native record released once planned>"
+
+
+RELEASED = cast(dict[str, Any], _Released())
+"""The one stand-in for every released native record (typed as the records it stands for)."""
+
+
 @dataclass(frozen=True)
 class NativeRecord:
     """One record as a member gives it.
@@ -108,6 +139,8 @@ class NativeRecord:
     def native_hash(self) -> str:
         if self.digest:
             return self.digest
+        if self.data is RELEASED:
+            raise RuntimeError("a native record was hashed after it was released")
         return raw_hash(self.data)
 
 

@@ -1200,10 +1200,11 @@ class Engine:
                     m.refs.fill(ctx.refs[m.name], more)
             return views
 
-        for key in ordered:
+        def plan_key(key: str) -> None:
+            """Reconcile one hub record into ``ent.keys``, or report why it is left."""
             rs = states.get(key)
             if rs is None and key not in groups:
-                continue
+                return
             views = views_of(key, rs)
             try:
                 kp = reconcile(ctx, key, rs.base if rs else None, views, new_key=rs is None)
@@ -1233,23 +1234,35 @@ class Engine:
                     kp = reconcile(ctx, key, rs.base if rs else None, views, new_key=rs is None)
             except FixedFieldChanged as exc:  # a line moved to another invoice, ...
                 ent.issues.append(Issue(ent.entity, exc.member, exc.where or key, str(exc)))
-                untaken |= _untaken(None, views)
-                continue
+                untaken.update(_untaken(None, views))
+                return
             except RecordError as exc:
                 # a value one member cannot take (a tag holding the list separator, ...):
                 # report this record, leave it as it is everywhere, plan the rest
                 where = next((v.location for v in views.values() if v.location), key)
                 ent.issues.append(Issue(ent.entity, exc.location or "", where, str(exc)))
-                untaken |= _untaken(None, views)
-                continue
+                untaken.update(_untaken(None, views))
+                return
             if named is not None and named.leaves(kp):
-                untaken |= _untaken(None, views)
-                continue
-            untaken |= _untaken(kp, views)
+                untaken.update(_untaken(None, views))
+                return
+            untaken.update(_untaken(kp, views))
             if kp.changes_state:
                 ent.keys.append(kp)
                 if hold and planned is not None and rs is not None and _deletes(kp, views):
                     planned.held.append(HeldDelete(key, rs, dict(views), kp))
+
+        for key in ordered:
+            plan_key(key)
+            # the plan holds what it needs of the records read for this key (a write's own
+            # native record, the canonical record as last seen): the read's native records
+            # need not stay beside the rest of the plan
+            for obs in groups.get(key, {}).values():
+                obs.release_native()
+            for r in reads.values():
+                changed = r.changed.get(key)
+                if changed is not None:
+                    changed.release_native()
         return untaken
 
 

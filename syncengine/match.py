@@ -12,10 +12,10 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from syncengine.connector import NativeRecord
+from syncengine.connector import RELEASED, NativeRecord
 from syncengine.model import Record
 
 
@@ -32,6 +32,14 @@ class Observed:
     relinked: bool = False
     """The record is one this member held under another id until this read (its Sync ID
     blanked or mistyped): it takes its hub record back, with that record's id."""
+
+    def release_native(self) -> None:
+        """Let go of the native record once the hub record it belongs to is planned. The
+        plan keeps what it needs of it (a create's or an update's own native record, the
+        canonical record as last seen); the read's copy would otherwise stay alive beside
+        the growing plan until the whole entity is planned, the largest part of a first
+        sync's peak memory. The id, location and hash stay."""
+        self.record = replace(self.record, data=RELEASED)
 
 
 @dataclass
