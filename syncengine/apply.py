@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from syncengine import model
 from syncengine.config import Pipeline
-from syncengine.connector import NativeRecord, check_allowed
+from syncengine.connector import RELEASED, NativeRecord, check_allowed
 from syncengine.errors import AuthError, ConnectorError, RecordError, SyncEngineError
 from syncengine.leasing import lease_holder
 from syncengine.member import Member, canonical_of
@@ -229,6 +229,7 @@ class EntityApply:
             self._journal(keys)
             applied.expect(keys)
             _execute(keys, applied.written)
+            _release_created(keys)
             deferred += self._commit_batch(keys)
             buffered_used.update(
                 w.action.member for k in keys for w in k.writes if w.member.buffered
@@ -474,6 +475,22 @@ def _execute(keys: list[KeyWrites], written: Callable[[KeyWrites], None]) -> Non
             if w.member.buffered:
                 run(w)
                 written(k)
+
+
+def _release_created(keys: list[KeyWrites]) -> None:
+    """Once a batch is performed, its creates' native records have served: what each member
+    made of one is its answer (``Write.result``), and the plan keeps the canonical values.
+    Letting go of them keeps a large entity's plan from growing beside a buffering member's
+    copy of what was written (a spreadsheet's working copy) until it is flushed."""
+    for k in keys:
+        actions = k.plan.actions
+        for i, w in enumerate(k.writes):
+            a = w.action
+            if isinstance(a, Create) and a.native is not RELEASED:
+                spent = replace(a, native=RELEASED)
+                w.action = spent
+                if i < len(actions) and actions[i] is a:
+                    actions[i] = spent
 
 
 def _settle(w: Write) -> None:

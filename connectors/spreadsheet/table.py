@@ -45,7 +45,7 @@ def is_blank(cell: CellValue) -> bool:
     return cell is None or (isinstance(cell, str) and not cell.strip())
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     """One row of cells.
 
