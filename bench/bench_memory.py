@@ -73,8 +73,9 @@ def child_stages(config: Path) -> None:
     peak = [0]
 
     def note(what: str, entity: str) -> None:
-        marks.append({"at": what, "entity": entity, "rss_mib": rss_mib(), "peak_mib": peak[0]})
-        peak[0] = 0
+        now = rss_mib()
+        marks.append({"at": what, "entity": entity, "rss_mib": now, "peak_mib": max(peak[0], now)})
+        peak[0] = now
 
     def sample() -> None:
         while True:
