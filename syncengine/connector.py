@@ -93,7 +93,7 @@ class _Released(Mapping[str, Any]):
     finding an empty record."""
 
     def _gone(self) -> NoReturn:
-        raise RuntimeError("a native record was looked at after its hub record was planned")
+        raise RuntimeError("a native record was looked at after it was released")
 
     def __getitem__(self, key: str) -> Any:
         self._gone()

@@ -445,7 +445,7 @@ class EntityMapping:
     def to_canonical(self, native: Mapping[str, Any], *, location: str = "") -> dict[str, Any]:
         """The canonical record of a native record: every readable field that holds a value,
         in normal form. A field without one is left out (``record.get(name)`` is None), as the
-        base leaves it out: a customer's eighteen empty address parts cost a read nothing,
+        base leaves it out: a customer's twelve empty address parts cost a read nothing,
         nor the state that keeps the record as last seen. Raises one ``RecordError`` naming
         every bad field."""
         record: dict[str, Any] = {}
