@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -343,6 +345,27 @@ def _prepare_sqlite_file(path: Path, *, create: bool) -> None:
         raise StateUnavailableError(f"cannot open state store file {path}: {reason}") from exc
 
 
+_SQLITE_BUSY_S: Final = 30.0
+"""How long a connection waits for a lock (``busy_timeout``), also while it is set up."""
+
+
+def _pragma(cursor: Any, pragma: str) -> None:
+    """Run one set-up pragma, waiting as ``busy_timeout`` would. Switching a new file to WAL
+    answers "database is locked" at once, without the busy handler, while another connection
+    sets it up too (two syncs started together on a fresh state file)."""
+    deadline = time.monotonic() + _SQLITE_BUSY_S
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute(pragma)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 def _install_sqlite_listeners(engine: sa.Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -352,7 +375,7 @@ def _install_sqlite_listeners(engine: sa.Engine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             for pragma in _SQLITE_PRAGMAS:
-                cursor.execute(pragma)
+                _pragma(cursor, pragma)
         finally:
             cursor.close()
 
