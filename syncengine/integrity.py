@@ -15,18 +15,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import structlog
 
 from syncengine import model
 from syncengine.config import Pipeline
 from syncengine.display import label_of
+from syncengine.errors import StateError, StateUnavailableError
 from syncengine.member import Member
 from syncengine.plan import Delete, EntityPlan, Issue, users_of
 from syncengine.read import MemberRead
 from syncengine.refs import References
-from syncengine.state import StateStore
+from syncengine.state import RecordState, StateStore
 
 log = structlog.get_logger("syncengine.engine")
 
@@ -94,8 +95,7 @@ def revive_referred(store: StateStore, pipeline: Pipeline, plans: Sequence[Entit
         users = planned_users(plans, entity)
         if not users:
             continue
-        states = store.load_records(pipeline.name, entity, set(users))
-        revive = sorted(k for k, rs in states.items() if rs.base.get(model.DELETED))
+        revive, states = _deleted_among(store, pipeline.name, entity, users)
         if not revive:
             continue
         with store.transaction() as tx:
@@ -108,6 +108,25 @@ def revive_referred(store: StateStore, pipeline: Pipeline, plans: Sequence[Entit
             entity=entity,
             records=len(revive),
         )
+
+
+def _deleted_among(
+    store: StateStore, pipeline: str, entity: str, keys: Iterable[str]
+) -> tuple[list[str], dict[str, RecordState]]:
+    """The keys among ``keys`` whose record is marked deleted, sorted, and those records. The
+    database finds them (a first sync refers to every record, and few are ever deleted);
+    where it cannot read a stored base (PostgreSQL and a text holding NUL), every record is
+    loaded and looked at here."""
+    try:
+        flagged = store.keys_flagged(pipeline, entity, keys, model.DELETED)
+    except StateUnavailableError:
+        raise
+    except StateError:
+        states = store.load_records(pipeline, entity, keys)
+        flagged = {k for k, rs in states.items() if rs.base.get(model.DELETED)}
+    else:  # the mark is only ever written as true: what the database found is what is here
+        states = store.load_records(pipeline, entity, flagged) if flagged else {}
+    return sorted(flagged), states
 
 
 def users_if_deleting(

@@ -687,6 +687,22 @@ class StateStore:
                 keys.update(conn.execute(query).scalars())
         return keys
 
+    def keys_flagged(self, pipeline: str, entity: str, keys: Iterable[str], flag: str) -> set[str]:
+        """The keys among ``keys`` whose base holds ``true`` in the field ``flag`` (the deleted
+        mark), found by the database in the stored bases: no base is loaded (one query per
+        batch of `BATCH_SIZE` keys)."""
+        found: set[str] = set()
+        with self._read() as conn:
+            for chunk in _chunks(list(dict.fromkeys(keys)), BATCH_SIZE):
+                query = sa.select(records.c.key).where(
+                    records.c.pipeline == pipeline,
+                    records.c.entity == entity,
+                    records.c.key.in_(chunk),
+                    records.c.base[flag].as_boolean() == sa.true(),
+                )
+                found.update(conn.execute(query).scalars())
+        return found
+
     def iter_records(self, pipeline: str, entity: str, batch: int = 1000) -> Iterator[RecordState]:
         """Every record of the entity, in key order, read `batch` records at a time.
 

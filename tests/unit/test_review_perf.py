@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from syncengine import api
+from syncengine import api, integrity, model
 from syncengine.connectors.memory import MemoryConnector
 from syncengine.state import StateStore
 from tests.helpers import memory_config
@@ -280,3 +280,31 @@ def test_a_stored_nul_character_does_not_stop_matching_on_postgresql(
     second = _sync(config)
     assert second.error == "", second.error
     assert len(MemoryConnector.get_dataset("books").table("customers")) == 2
+
+
+# ------------------------------------------------- deleted records found by the database
+def test_keys_flagged_finds_only_the_bases_marked_true(store: StateStore) -> None:
+    """``revive_referred`` asks the database which of the records a run refers to are marked
+    deleted (a first sync refers to every one of them) instead of loading them all."""
+    with store.transaction() as tx:
+        tx.put_record(P, E, "gone", {"email": "a@x.com", model.DELETED: True})
+        tx.put_record(P, E, "kept", {"email": "b@x.com", model.DELETED: False})
+        tx.put_record(P, E, "live", {"email": "c@x.com"})
+        tx.put_record(P, E, "other", {"email": "e@x.com", model.DELETED: True})
+        tx.put_record(P, "invoices", "gone", {"invoice_number": "1", model.DELETED: True})
+    wanted = ["gone", "kept", "live", "missing"]
+    assert store.keys_flagged(P, E, wanted, model.DELETED) == {"gone"}
+    assert store.keys_flagged(P, E, [], model.DELETED) == set()
+    assert store.keys_flagged(P, E, ["other", "gone"], model.DELETED) == {"gone", "other"}
+
+
+def test_deleted_records_are_found_when_a_base_holds_a_nul(store: StateStore) -> None:
+    """PostgreSQL cannot read a field of a stored base holding ``\\u0000`` anywhere: the
+    records are then loaded and looked at in Python, with the same answer."""
+    with store.transaction() as tx:
+        tx.put_record(P, E, "gone", {"company": "Acme\x00", model.DELETED: True})
+        tx.put_record(P, E, "live", {"company": "Bolt\x00"})
+    revive, states = integrity._deleted_among(store, P, E, ["live", "gone", "missing"])
+    assert revive == ["gone"]
+    assert set(states) >= {"gone"}
+    assert states["gone"].base["company"] == "Acme\x00"
