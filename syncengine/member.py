@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from syncengine import model
@@ -31,10 +32,11 @@ class Member:
     refs: MemberRefs | None = None
     """How its records show references (None: its mapping has no reference field)."""
 
-    @property
+    @cached_property
     def buffered(self) -> bool:
         """Its writes become durable only when the connector flushes (a spreadsheet file,
-        Housecall Pro's line items)."""
+        Housecall Pro's line items). Asked of the connector once: apply asks it of every
+        write several times."""
         return self.connector.buffers(self.mapping.entity.name)
 
 
