@@ -294,7 +294,8 @@ class EntityApply:
                     for lp in kp.prior.values():
                         # dirty until its write is confirmed: if we die first, the next run
                         # still owes this member the merged values
-                        k.stored[lp.member] = replace(lp, dirty=lp.member in writing)
+                        dirty = lp.member in writing
+                        k.stored[lp.member] = lp if lp.dirty == dirty else replace(lp, dirty=dirty)
                         early.put_link(kp.key, k.stored[lp.member])
             early.write(tx)
             ids = tx.add_intents(

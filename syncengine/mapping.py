@@ -606,6 +606,8 @@ _IMMUTABLE = (str, int, float, bool, type(None), Decimal, dt.date, dt.time, tupl
 
 def _copy(value: Any) -> Any:
     """A deep copy of JSON-like data, fast for dicts, lists and scalars."""
+    if type(value) is str or value is None:  # most of what a record holds
+        return value
     if isinstance(value, dict):
         return {k: _copy(v) for k, v in value.items()}
     if isinstance(value, list):
