@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +23,7 @@ from alembic.script import ScriptDirectory
 from syncengine.errors import StateError
 from syncengine.state import StateStore, mask_url
 from syncengine.state.schema import metadata
-from syncengine.state.store import _pragma, alembic_config
+from syncengine.state.store import SCHEMA_HEAD, _pragma, alembic_config
 
 P, E = "main", "customers"
 
@@ -158,6 +160,40 @@ def test_a_set_up_pragma_waits_for_a_lock_as_the_busy_timeout_does(db_path: Path
         released.join()
         waiting.close()
         holder.close()
+
+
+def test_schema_head_is_the_migrations_head() -> None:
+    """``SCHEMA_HEAD`` lets a store already there open without Alembic: it must name the head
+    the packaged migrations end at (add a migration, move it)."""
+    assert ScriptDirectory.from_config(alembic_config()).get_heads() == [SCHEMA_HEAD]
+
+
+def test_a_store_at_the_head_opens_without_alembic_and_an_older_one_is_migrated(
+    db_path: Path,
+) -> None:
+    """Every command opens the store: Alembic (a tenth of a second to import) is loaded only
+    when there is something to migrate."""
+    probe = (
+        "import sys; from syncengine.state import StateStore; "
+        f"StateStore.open({f'sqlite:///{db_path}'!r}).close(); "
+        "print('alembic' in sys.modules)"
+    )
+
+    def opened() -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+        )
+        return done.stdout.strip()
+
+    assert opened() == "True"  # a new file: created by the migrations
+    assert opened() == "False"  # at the head: nothing to migrate
+    engine = sa.create_engine(f"sqlite:///{db_path}")
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "-1")
+    engine.dispose()
+    assert opened() == "True"  # behind the head: migrated
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [(SCHEMA_HEAD,)]
 
 
 def test_concurrent_opens_of_a_new_file_all_succeed(db_path: Path) -> None:
