@@ -15,14 +15,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import structlog
 
 from syncengine import model
 from syncengine.config import Pipeline
 from syncengine.display import label_of
-from syncengine.errors import StateError, StateUnavailableError
 from syncengine.member import Member
 from syncengine.plan import Delete, EntityPlan, Issue, users_of
 from syncengine.read import MemberRead
@@ -111,22 +110,15 @@ def revive_referred(store: StateStore, pipeline: Pipeline, plans: Sequence[Entit
 
 
 def _deleted_among(
-    store: StateStore, pipeline: str, entity: str, keys: Iterable[str]
+    store: StateStore, pipeline: str, entity: str, keys: Collection[str]
 ) -> tuple[list[str], dict[str, RecordState]]:
     """The keys among ``keys`` whose record is marked deleted, sorted, and those records. The
-    database finds them (a first sync refers to every record, and few are ever deleted);
-    where it cannot read a stored base (PostgreSQL and a text holding NUL), every record is
-    loaded and looked at here."""
-    try:
-        flagged = store.keys_flagged(pipeline, entity, keys, model.DELETED)
-    except StateUnavailableError:
-        raise
-    except StateError:
-        states = store.load_records(pipeline, entity, keys)
-        flagged = {k for k, rs in states.items() if rs.base.get(model.DELETED)}
-    else:  # the mark is only ever written as true: what the database found is what is here
-        states = store.load_records(pipeline, entity, flagged) if flagged else {}
-    return sorted(flagged), states
+    database picks the candidates (a first sync refers to every record, and few are ever
+    deleted); only those are loaded, and the mark is confirmed on what was loaded."""
+    candidates = store.keys_flagged(pipeline, entity, keys, model.DELETED)
+    states = store.load_records(pipeline, entity, candidates) if candidates else {}
+    deleted = {k: rs for k, rs in states.items() if rs.base.get(model.DELETED)}
+    return sorted(deleted), deleted
 
 
 def users_if_deleting(

@@ -23,7 +23,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -718,18 +718,30 @@ class StateStore:
                 keys.update(conn.execute(query).scalars())
         return keys
 
-    def keys_flagged(self, pipeline: str, entity: str, keys: Iterable[str], flag: str) -> set[str]:
-        """The keys among ``keys`` whose base holds ``true`` in the field ``flag`` (the deleted
-        mark), found by the database in the stored bases: no base is loaded (one query per
-        batch of `BATCH_SIZE` keys)."""
+    def keys_flagged(
+        self, pipeline: str, entity: str, keys: Collection[str], flag: str
+    ) -> set[str]:
+        """The keys among ``keys`` whose base may hold ``true`` in the field ``flag`` (the
+        deleted mark), found by the database without loading a base (one query per batch of
+        `BATCH_SIZE` keys). It holds every key whose base does; on PostgreSQL also those whose
+        base holds a NUL anywhere (it cannot read a field of those): the caller confirms from
+        the records it loads."""
         found: set[str] = set()
         with self._read() as conn:
+            flagged: sa.ColumnElement[Any]
+            if conn.dialect.name == "postgresql":
+                has_nul = sa.func.strpos(sa.cast(records.c.base, sa.Text), "\\u0000") > 0
+                flagged = sa.case(
+                    (has_nul, sa.true()), else_=records.c.base[flag].as_string() == "true"
+                )
+            else:
+                flagged = sa.func.json_type(records.c.base, f'$."{flag}"') == "true"
             for chunk in _chunks(list(dict.fromkeys(keys)), BATCH_SIZE):
                 query = sa.select(records.c.key).where(
                     records.c.pipeline == pipeline,
                     records.c.entity == entity,
                     records.c.key.in_(chunk),
-                    records.c.base[flag].as_boolean() == sa.true(),
+                    flagged,
                 )
                 found.update(conn.execute(query).scalars())
         return found

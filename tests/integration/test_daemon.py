@@ -491,12 +491,15 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
         events = second.events()
         names = [e["event"] for e in events]
         assert "second signal: exiting at once" in names, names[-10:]
-        # a run the first signal asked to stop may log its end while the leases are released,
-        # but no run starts after the second signal
+        # a run the first signal asked to stop may log its end while the leases are released
+        # (its "run finished" has no run_id: the run ended in SyncStopped, like the daemon's
+        # own lines before), but no run starts after the second signal, and the daemon does
+        # not go on to stop gracefully
         forced = names.index("second signal: exiting at once")
         runs_before = {e.get("run_id") for e in events[:forced]}
         after = events[forced + 1 :]
         assert all(e.get("run_id") in runs_before for e in after), after
+        assert "daemon stopped" not in names[forced:], after
 
         third = daemons(config)
         wait_until(

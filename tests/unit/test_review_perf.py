@@ -299,12 +299,20 @@ def test_keys_flagged_finds_only_the_bases_marked_true(store: StateStore) -> Non
 
 
 def test_deleted_records_are_found_when_a_base_holds_a_nul(store: StateStore) -> None:
-    """PostgreSQL cannot read a field of a stored base holding ``\\u0000`` anywhere: the
-    records are then loaded and looked at in Python, with the same answer."""
+    """PostgreSQL cannot read a field of a stored base holding ``\\u0000`` anywhere: such a
+    record is a candidate, loaded and looked at in Python, with the same answer; the query
+    never fails, so it is safe inside a transaction too (a failed statement would abort it)."""
     with store.transaction() as tx:
         tx.put_record(P, E, "gone", {"company": "Acme\x00", model.DELETED: True})
         tx.put_record(P, E, "live", {"company": "Bolt\x00"})
-    revive, states = integrity._deleted_among(store, P, E, ["live", "gone", "missing"])
+        tx.put_record(P, E, "plain", {"company": "Cord"})
+    keys = ["live", "gone", "plain", "missing"]
+    assert {"gone"} <= store.keys_flagged(P, E, keys, model.DELETED) <= {"gone", "live"}
+    revive, states = integrity._deleted_among(store, P, E, keys)
     assert revive == ["gone"]
-    assert set(states) >= {"gone"}
+    assert set(states) == {"gone"}
     assert states["gone"].base["company"] == "Acme\x00"
+    with store.transaction() as tx:
+        assert integrity._deleted_among(store, P, E, keys)[0] == ["gone"]
+        tx.put_record(P, E, "after", {"company": "Dart"})  # the transaction is still usable
+    assert set(store.load_records(P, E, ["after"])) == {"after"}
