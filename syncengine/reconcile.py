@@ -473,14 +473,20 @@ def _plan_update(
     # a member that cannot update is checked in full, so that a write it could not take is
     # reported again (and stays listed) whenever the record is looked at
     must_check_all = view.dirty or view.status == "new" or view.last_seen is None or not caps.update
-    wanted = {
-        n
-        for n in mapping.writable
-        if n not in parked_now
-        and (must_check_all or n in base_changed or n in view.missing)
-        and new_base.get(n) != current.get(n)
-        and not mapping.equivalent(n, new_base.get(n), current.get(n))
-    }
+    # (the member holding just the new base, as the one that brought a new record does:
+    # nothing differs, and one comparison of the records says so)
+    wanted = (
+        set()
+        if new_base == current
+        else {
+            n
+            for n in mapping.writable
+            if n not in parked_now
+            and (must_check_all or n in base_changed or n in view.missing)
+            and new_base.get(n) != current.get(n)
+            and not mapping.equivalent(n, new_base.get(n), current.get(n))
+        }
+    )
     if member_refs is not None:
         wanted |= member_refs.stale_fields(view.native, new_base) - parked_now
     fields = sorted(wanted)
