@@ -429,6 +429,8 @@ class Named:
     """The members read by their events (a partial pass of the named records)."""
     keys: frozenset[str]
     """The hub records those reads showed (changed, unchanged, gone or blocked)."""
+    unlinked: set[str] = field(default_factory=set)
+    """The other members holding new records this run left unlinked (``keep_named``)."""
 
     def keep_named(self, matched: MatchResult, reads: Mapping[str, MemberRead]) -> None:
         """Of the records new on the members, keep only those linked to a named hub record,
@@ -442,14 +444,20 @@ class Named:
             else:
                 for name in group:
                     reads[name].set_aside = True
+                    self.unlinked.add(name)
         matched.groups = groups
         matched.new_keys &= set(groups)
 
     def leaves(self, kp: KeyPlan) -> bool:
         """Whether the run leaves a record for one that reads everything: it would create
-        it on a member read by its events (a create a failed run left, a record brought back).
-        That member may hold it already, unlinked, among the records no event named."""
-        return any(isinstance(a, Create) and a.member in self.members for a in kp.actions)
+        it on a member read by its events (a create a failed run left, a record brought back),
+        or on one holding new records this run left unlinked. That member may hold it already,
+        unlinked: among the records no event named, or among those left (a person typed the
+        customer a failed create owed it)."""
+        return any(
+            isinstance(a, Create) and (a.member in self.members or a.member in self.unlinked)
+            for a in kp.actions
+        )
 
 
 def narrow_to_named(reads: Mapping[str, MemberRead], by_events: set[str]) -> Named:
