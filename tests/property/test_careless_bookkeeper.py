@@ -382,6 +382,11 @@ class CarelessBookkeeper(RuleBasedStateMachine):
     state store lost twice with a customer's Sync ID mistyped between, then the invoice row's
     Sync ID blanked: the row gets a new Sync ID and HCP a second invoice 1001. No reduced
     test yet; the steps are in the closing note of this stop.
+
+    Open and not avoided (so that CI's fixed examples stay the ones that pass): a column the
+    sync adds back beside rows that share a Sync ID is left blank on them, and read as
+    cleared once they are fixed (``test_a_column_added_back_while_rows_share_a_sync_id_...``).
+    A dev run with random draws may meet it again.
     """
 
     def __init__(self) -> None:
@@ -1806,3 +1811,45 @@ def test_a_lost_state_store_with_the_email_column_renamed_duplicates_no_customer
     api.sync(cfg)
     rows = SheetFile(customers).load()
     assert len(rows) == 3  # was: 5, HCP's two customers added again
+
+
+class _Drawn:
+    """Stands for hypothesis's ``data`` when rules are replayed by hand: each draw gives the
+    next value the machine drew in the failing example."""
+
+    def __init__(self, *values: Any) -> None:
+        self.values = list(values)
+
+    def draw(self, _strategy: Any, label: str | None = None) -> Any:
+        return self.values.pop(0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="open engine bug: a column re-added beside rows in error",
+)
+def test_a_column_added_back_while_rows_share_a_sync_id_is_filled_once_they_are_fixed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found by the machine with random draws (dev profile; CI's fixed examples do not meet
+    it): invoice 1001's row is copied with its Sync ID, and the Customer Email column renamed.
+    The sync adds Customer Email back and fills it on every row but the two sharing a Sync ID
+    (both are errors, not written). Once the bookkeeper deletes the copy, 1001's new cell is
+    blank: the next syncs read that as the customer cleared, and the row is left referring to
+    no customer (``dangles``). Wanted: a cell the sync added and could not fill yet is filled
+    when the row can be written, not read as the bookkeeper's edit (the failing example,
+    replayed)."""
+    monkeypatch.setattr(sys.modules[__name__], "event", lambda *_a, **_k: None)
+    machine = CarelessBookkeeper()
+    try:
+        # two customers (HCP gives them e-mails), two open invoices of the first, no payment
+        customers = [2, *[None] * 12]
+        invoices = [2, "t1", 0, "open", "2026-01-02", "t1", 0, "open", "2026-01-02"]
+        machine.books_in_use(_Drawn(*customers, *invoices, 0))
+        machine.bookkeeper(_Drawn("copy a row with its Sync ID", "invoices", 0, False))
+        machine.bookkeeper(_Drawn("rename a mapped column", "invoices", "Customer Email"))
+        machine.sync()
+        machine.fix_and_converge()  # was: invoices.csv: [... '1001', ...] dangles
+    finally:
+        machine.teardown()
