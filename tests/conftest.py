@@ -26,6 +26,10 @@ settings.register_profile(
     # 200: the six state machines were 10 of CI's 19 minutes at 300; dev runs and
     # ``--hypothesis-seed`` explore further
     max_examples=200,
+    # the same examples on every CI run: a green run stays green and a red one replays.
+    # Random exploration is what dev runs do; what they find is fixed, or kept as a strict
+    # xfail regression test until it is
+    derandomize=True,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
