@@ -101,3 +101,15 @@ def _toml(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_toml(k)} = {_toml(v)}" for k, v in value.items()) + "}"
     return str(value)
+
+
+class Drawn:
+    """Stands for hypothesis's ``data`` when a state machine's rules are replayed by hand
+    (a failing example kept as a regression test): each draw gives the next value the machine
+    drew in that example."""
+
+    def __init__(self, *values: Any) -> None:
+        self.values = list(values)
+
+    def draw(self, _strategy: Any, label: str | None = None) -> Any:
+        return self.values.pop(0)

@@ -89,7 +89,7 @@ from syncengine.errors import PipelineBusyError, RecordError, StructureError
 from syncengine.leasing import hold_pipelines
 from syncengine.mapping import EntityMapping
 from syncengine.state import StateStore
-from tests.helpers import memory_config
+from tests.helpers import Drawn, memory_config
 
 C, INV, PAY = "customers", "invoices", "payments"
 ENTITIES = (C, INV, PAY)
@@ -1813,17 +1813,6 @@ def test_a_lost_state_store_with_the_email_column_renamed_duplicates_no_customer
     assert len(rows) == 3  # was: 5, HCP's two customers added again
 
 
-class _Drawn:
-    """Stands for hypothesis's ``data`` when rules are replayed by hand: each draw gives the
-    next value the machine drew in the failing example."""
-
-    def __init__(self, *values: Any) -> None:
-        self.values = list(values)
-
-    def draw(self, _strategy: Any, label: str | None = None) -> Any:
-        return self.values.pop(0)
-
-
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
@@ -1846,9 +1835,9 @@ def test_a_column_added_back_while_rows_share_a_sync_id_is_filled_once_they_are_
         # two customers (HCP gives them e-mails), two open invoices of the first, no payment
         customers = [2, *[None] * 12]
         invoices = [2, "t1", 0, "open", "2026-01-02", "t1", 0, "open", "2026-01-02"]
-        machine.books_in_use(_Drawn(*customers, *invoices, 0))
-        machine.bookkeeper(_Drawn("copy a row with its Sync ID", "invoices", 0, False))
-        machine.bookkeeper(_Drawn("rename a mapped column", "invoices", "Customer Email"))
+        machine.books_in_use(Drawn(*customers, *invoices, 0))
+        machine.bookkeeper(Drawn("copy a row with its Sync ID", "invoices", 0, False))
+        machine.bookkeeper(Drawn("rename a mapped column", "invoices", "Customer Email"))
         machine.sync()
         machine.fix_and_converge()  # was: invoices.csv: [... '1001', ...] dangles
     finally:

@@ -61,7 +61,7 @@ from syncengine.config import Config
 from syncengine.connectors.memory import MemoryConnector, MemoryDataset
 from syncengine.engine import Engine, SyncResult
 from syncengine.state import StateStore
-from tests.helpers import memory_config
+from tests.helpers import Drawn, memory_config
 
 C = "customers"
 META = ("updated_at", "created_at")
@@ -1509,17 +1509,6 @@ def test_a_retried_delete_does_not_strand_a_payment_recorded_since(tmp_path: Pat
     assert _quiet(last), [s.reason for e in last.plan.entities for s in e.skips]
 
 
-class _Drawn:
-    """Stands for hypothesis's ``data`` when a rule is replayed by hand: each draw gives the
-    next value the machine drew in the failing example."""
-
-    def __init__(self, *values: Any) -> None:
-        self.values = list(values)
-
-    def draw(self, _strategy: Any, label: str | None = None) -> Any:
-        return self.values.pop(0)
-
-
 def test_a_create_a_failed_run_owed_waits_while_a_new_record_there_is_left_unlinked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -1532,15 +1521,15 @@ def test_a_create_a_failed_run_owed_waits_while_a_new_record_there_is_left_unlin
     monkeypatch.setattr(sys.modules[__name__], "event", lambda *_a, **_k: None)
     machine = WebhookMember()
     try:
-        machine.create(_Drawn("a", None, "as is", None, None, None, None, []))
-        machine.delete(_Drawn("a", "t1"))
-        machine.create(_Drawn("a", None, "as is", None, None, None, None, []))
+        machine.create(Drawn("a", None, "as is", None, None, None, None, []))
+        machine.delete(Drawn("a", "t1"))
+        machine.create(Drawn("a", None, "as is", None, None, None, None, []))
         machine.sync_clean()
-        machine.delete(_Drawn("a", "t2"))
-        machine.create(_Drawn("c", None, "as is", None, "Ann", "Lee", "Acme", []))
+        machine.delete(Drawn("a", "t2"))
+        machine.create(Drawn("c", None, "as is", None, "Ann", "Lee", "Acme", []))
         machine.sync_with_failures(seed=22099509, share=0.6)  # Ann's create on b fails
-        machine.create(_Drawn("b", 2, "as is", None, None, None, None, []))  # Ann, typed on b
-        machine.event_driven_sync(_Drawn(["t2"]))  # was: "b: duplicates" (u2@x.com)
+        machine.create(Drawn("b", 2, "as is", None, None, None, None, []))  # Ann, typed on b
+        machine.event_driven_sync(Drawn(["t2"]))  # was: "b: duplicates" (u2@x.com)
         machine.sync_clean()  # the next full run links b's Ann and converges
     finally:
         machine.teardown()
