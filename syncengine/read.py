@@ -429,8 +429,9 @@ class Named:
     """The members read by their events (a partial pass of the named records)."""
     keys: frozenset[str]
     """The hub records those reads showed (changed, unchanged, gone or blocked)."""
-    unlinked: set[str] = field(default_factory=set)
-    """The other members holding new records this run left unlinked (``keep_named``)."""
+    unlinked: set[tuple[str, str]] = field(default_factory=set)
+    """(member, hub key) of the new records this run left unlinked although they match a hub
+    record (``keep_named``)."""
 
     def keep_named(self, matched: MatchResult, reads: Mapping[str, MemberRead]) -> None:
         """Of the records new on the members, keep only those linked to a named hub record,
@@ -444,18 +445,19 @@ class Named:
             else:
                 for name in group:
                     reads[name].set_aside = True
-                    self.unlinked.add(name)
+                    self.unlinked.add((name, key))
         matched.groups = groups
         matched.new_keys &= set(groups)
 
     def leaves(self, kp: KeyPlan) -> bool:
         """Whether the run leaves a record for one that reads everything: it would create
         it on a member read by its events (a create a failed run left, a record brought back),
-        or on one holding new records this run left unlinked. That member may hold it already,
-        unlinked: among the records no event named, or among those left (a person typed the
-        customer a failed create owed it)."""
+        where it may be among the records no event named; or on a member whose new record
+        matching it this run left unlinked (a person typed the customer a failed create owed
+        that member)."""
         return any(
-            isinstance(a, Create) and (a.member in self.members or a.member in self.unlinked)
+            isinstance(a, Create)
+            and (a.member in self.members or (a.member, kp.key) in self.unlinked)
             for a in kp.actions
         )
 
