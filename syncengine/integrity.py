@@ -94,12 +94,12 @@ def revive_referred(store: StateStore, pipeline: Pipeline, plans: Sequence[Entit
         users = planned_users(plans, entity)
         if not users:
             continue
-        revive, states = _deleted_among(store, pipeline.name, entity, users)
+        revive = _deleted_among(store, pipeline.name, entity, users)
         if not revive:
             continue
         with store.transaction() as tx:
-            for key in revive:
-                base = {k: v for k, v in states[key].base.items() if k != model.DELETED}
+            for key, state in sorted(revive.items()):
+                base = {k: v for k, v in state.base.items() if k != model.DELETED}
                 tx.put_record(pipeline.name, entity, key, base)
                 tx.set_dirty(pipeline.name, entity, key)
         log.info(
@@ -111,14 +111,13 @@ def revive_referred(store: StateStore, pipeline: Pipeline, plans: Sequence[Entit
 
 def _deleted_among(
     store: StateStore, pipeline: str, entity: str, keys: Collection[str]
-) -> tuple[list[str], dict[str, RecordState]]:
-    """The keys among ``keys`` whose record is marked deleted, sorted, and those records. The
-    database picks the candidates (a first sync refers to every record, and few are ever
-    deleted); only those are loaded, and the mark is confirmed on what was loaded."""
+) -> dict[str, RecordState]:
+    """The records among ``keys`` that are marked deleted, by key. The database picks the
+    candidates (a first sync refers to every record, and few are ever deleted); only those
+    are loaded, and the mark is confirmed on what was loaded."""
     candidates = store.keys_flagged(pipeline, entity, keys, model.DELETED)
     states = store.load_records(pipeline, entity, candidates) if candidates else {}
-    deleted = {k: rs for k, rs in states.items() if rs.base.get(model.DELETED)}
-    return sorted(deleted), deleted
+    return {k: rs for k, rs in states.items() if rs.base.get(model.DELETED)}
 
 
 def users_if_deleting(
