@@ -77,6 +77,7 @@ from syncengine import model
 from syncengine.apply import EntityApply
 from syncengine.config import Config, Pipeline
 from syncengine.connector import Connector, ReadPass
+from syncengine.display import plural
 from syncengine.errors import RecordError, StateError, StateUnavailableError, SyncStopped
 from syncengine.events import DERIVED, NO_EVENTS, Events, InboxEvent, entities_named
 from syncengine.integrity import (
@@ -95,7 +96,15 @@ from syncengine.leasing import busy_error, lease_holder
 from syncengine.locks import Through, dated_through, locks_for
 from syncengine.logging import redact_text
 from syncengine.marks import drop_exact_marks, marks_to_keep, store_marks
-from syncengine.match import MatchResult, Observed, Relinking, match, relink_vanished
+from syncengine.match import (
+    MatchResult,
+    Observed,
+    Relinking,
+    blind_spots,
+    hold_blind,
+    match,
+    relink_vanished,
+)
 from syncengine.member import Member, open_member
 from syncengine.parked import (
     Decisions,
@@ -954,6 +963,13 @@ class Engine:
             unreadable=unreadable,
             decided=decided if decisions else None,
         )
+        blind = blind_spots(new_records, {n: r.missing for n, r in reads.items()}, keys)
+        if blind:
+            paired = set(hints or {})
+            held = hold_blind(
+                result, blind, keys, lambda obs: (obs.member, obs.native_hash) in paired
+            )
+            _report_blind(entity, members, reads, blind, held, ent)
         for obs, why in result.ambiguous:
             ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
             if parked is not None:
@@ -1297,6 +1313,51 @@ def _records_read(
             changed = reads[name].changed.get(key)
             if changed is not None:
                 yield changed.canonical
+
+
+def _report_blind(
+    entity: str,
+    members: Sequence[Member],
+    reads: Mapping[str, MemberRead],
+    blind: Mapping[str, list[str]],
+    held: Mapping[str, list[Observed]],
+    ent: EntityPlan,
+) -> None:
+    """Say why records new to the hub wait (``match.hold_blind``): on each blind member,
+    which column is missing and what to do; on the others, how many of theirs wait for it."""
+    gone: list[str] = []
+    for m in members:
+        if m.name not in blind:
+            continue
+        structure = reads[m.name].structure
+        columns = [f.native for f in m.mapping.fields if f.canonical in blind[m.name]]
+        gone += [f"{structure.where or m.name}'s {c}" for c in columns]
+        named = " and ".join(columns)
+        waiting = plural(len(held.get(m.name, [])), entity[:-1], entity)
+        ent.issues.append(
+            Issue(
+                entity,
+                m.name,
+                structure.where,
+                f"column {named} is missing, and {entity} are matched by it: {waiting} "
+                f"here not linked yet, and the {entity} new elsewhere that "
+                f"could be one of them, wait until it is back, so that none is added twice "
+                f"(rename the column back to {named}, or add it with its values)",
+            )
+        )
+    for name, records in sorted(held.items()):
+        if name not in blind:
+            count = len(records)
+            ent.issues.append(
+                Issue(
+                    entity,
+                    name,
+                    "",
+                    f"{plural(count, 'new ' + entity[:-1], 'new ' + entity)} "
+                    f"{'waits' if count == 1 else 'wait'} for {' and '.join(gone)} column, "
+                    f"which is missing (see that error): {entity} are matched by it",
+                )
+            )
 
 
 def _deletes(kp: KeyPlan, views: Mapping[str, MemberView]) -> bool:

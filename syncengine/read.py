@@ -666,7 +666,17 @@ def _view(
     dirty = bool(link and link.dirty)
     last_seen = link.last_seen if link else None
     if key in r.blocked:
-        return MemberView(member=name, status="blocked")
+        # left alone, but what its link says is kept in view: a column the member lacks
+        # makes its last-seen values there stale (``reconcile``'s blocked records)
+        return MemberView(
+            member=name,
+            status="blocked",
+            native_id=link.native_id if link else None,
+            last_seen=last_seen,
+            native_hash=link.native_hash if link else None,
+            dirty=dirty,
+            missing=r.missing,
+        )
     if name in group:
         obs = group[name]
         if obs.relinked:  # the record it was: what the member held then is its last-seen

@@ -162,7 +162,9 @@ def _plan_key(
         base_after=base,
     )
     if any(v.status == "blocked" for v in views.values()):
-        return plan  # a malformed record on some member: leave the whole key alone
+        # a malformed record on some member: leave the whole key alone
+        _forget_unheld(plan, views)
+        return plan
 
     present = {m: v for m, v in views.items() if v.present}
     dropped = [m for m, v in views.items() if v.status == "gone"]
@@ -178,6 +180,23 @@ def _plan_key(
     new_base = _merge(ctx, plan, present, base_now, changed)
     _plan_writes(ctx, plan, views, given_back, base_now, new_base, parked)
     return plan
+
+
+def _forget_unheld(plan: KeyPlan, views: Mapping[str, MemberView]) -> None:
+    """For a record left alone where a member cannot read it: where that member's sheet
+    lacks a column its link last saw a value in, the link forgets the value and turns
+    dirty. The sheet holds nothing there now, and the column the sync adds back stays
+    blank on this row (it is not written). Once the row is fixed, that blank is what the
+    sync left, not a person's clearing of the value: the record is checked in full, and
+    the blank filled from the base."""
+    for member, view in views.items():
+        seen = view.last_seen
+        if view.status != "blocked" or not view.native_id or not seen:
+            continue
+        if view.missing.isdisjoint(seen):
+            continue
+        kept = {n: v for n, v in seen.items() if n not in view.missing}
+        plan.links[member] = LinkPlan(member, view.native_id, view.native_hash, kept, dirty=True)
 
 
 class FixedFieldChanged(RecordError):

@@ -10,13 +10,13 @@ from a counter (``new-1``, ``new-2``, ...) so that rows can name them.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import pytest
 
 from syncengine.connector import NativeRecord
-from syncengine.match import MatchResult, Observed, match
+from syncengine.match import MatchResult, Observed, blind_spots, hold_blind, match
 from syncengine.model import Record
 
 CRM, SHEET, SHOP = "crm", "sheet", "shop"
@@ -354,3 +354,55 @@ def test_records_of_members_outside_the_pipeline_are_left_out() -> None:
     result = match((CRM, SHEET), {SHOP: [stray]}, [hub("k1", ANN, CRM)], CUSTOMER_KEYS, hints={})
 
     assert (result.groups, result.new_keys, result.ambiguous) == ({}, set(), [])
+
+
+# ------------------------------------------------- a sheet lacking a match key's column
+
+
+def test_a_member_is_blind_only_where_a_missing_column_can_hide_a_match() -> None:
+    """The sheet lacks Mobile: it is blind when a row of its shows no e-mail (it may hold a
+    mobile there) while a record new elsewhere holds a mobile; not otherwise."""
+    gone = {SHEET: frozenset({"mobile_number"})}
+    by_email = record(SHEET, "s1", {"email": ANN_EMAIL})
+    no_key = record(SHEET, "s2", {"first_name": "Dee"})
+    mobile = record(CRM, "c1", {"first_name": "Eve", "mobile_number": ANN_MOBILE})
+    email_only = record(CRM, "c2", {"email": "bob@example.com"})
+    assert blind_spots({SHEET: [no_key], CRM: [mobile]}, gone, CUSTOMER_KEYS) == {
+        SHEET: ["mobile_number"]
+    }
+    assert blind_spots({SHEET: [by_email], CRM: [mobile]}, gone, CUSTOMER_KEYS) == {}
+    assert blind_spots({SHEET: [no_key], CRM: [email_only]}, gone, CUSTOMER_KEYS) == {}
+    assert blind_spots({SHEET: [no_key], CRM: [mobile]}, {}, CUSTOMER_KEYS) == {}
+    assert blind_spots({CRM: [mobile]}, gone, CUSTOMER_KEYS) == {}
+
+
+def _counter() -> Callable[[], str]:
+    counter = itertools.count(1)
+    return lambda: f"new-{next(counter)}"
+
+
+def test_what_a_blind_member_cannot_vouch_for_waits_and_what_paired_goes_on() -> None:
+    gone = {SHEET: frozenset({"mobile_number"})}
+    ann_sheet = record(SHEET, "s1", {"email": ANN_EMAIL})
+    ann_crm = record(CRM, "c1", {"email": ANN_EMAIL, "mobile_number": ANN_MOBILE})
+    dee = record(SHEET, "s2", {"first_name": "Dee"})
+    eve = record(CRM, "c2", {"first_name": "Eve", "mobile_number": "+15550000002"})
+    bob = record(CRM, "c3", {"first_name": "Bob", "email": "bob@example.com"})
+    cid = record(SHEET, "s3", {"first_name": "Cid", "email": "cid@example.com"})
+    new_records = {SHEET: [ann_sheet, dee, cid], CRM: [ann_crm, eve, bob]}
+    blind = blind_spots(new_records, gone, CUSTOMER_KEYS)
+    result = match(MEMBERS, new_records, [], CUSTOMER_KEYS, make_key=_counter())
+    held = hold_blind(result, blind, CUSTOMER_KEYS, lambda _obs: False)
+    # Dee (no key shown) and Eve (a mobile the sheet cannot show) wait; Ann (paired by
+    # e-mail), Bob (no mobile: the sheet's column hides nothing of his) and Cid go on
+    assert {m: sorted(o.record.id for o in obs) for m, obs in held.items()} == {
+        SHEET: ["s2"],
+        CRM: ["c2"],
+    }
+    kept = sorted(sorted(o.record.id for o in g.values()) for g in result.groups.values())
+    assert kept == [["c1", "s1"], ["c3"], ["s3"]]
+    assert len(result.new_keys) == 3
+    again = match(MEMBERS, new_records, [], CUSTOMER_KEYS, make_key=_counter())
+    assert hold_blind(again, blind, CUSTOMER_KEYS, lambda obs: obs.record.id == "c2") == {
+        SHEET: [dee]
+    }  # a record a run already paired (a hint) goes on

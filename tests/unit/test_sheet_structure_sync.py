@@ -442,3 +442,69 @@ def test_a_workbook_open_elsewhere_counts_each_unwritten_record_once(tmp_path: P
     assert [f.location for f in outcome.failures if not f.location] == [""]  # said once
     assert any("is open in another program" in f.message for f in outcome.failures)
     assert result.exit_code == 1
+
+
+# ------------------------------------- a match key's column missing while rows are unlinked
+
+
+def typed_sheet(tmp_path: Path, rows: list[list[str]]) -> tuple[Config, Sheet]:
+    """A customers sheet typed by hand (no Sync ID, no Mobile column), never synced."""
+    sheet = Sheet(tmp_path, "csv")
+    cfg = memory_config(tmp_path, {"a": {}, "books": {"type": "spreadsheet", "path": sheet.books}})
+    sheet.path.parent.mkdir()
+    sheet.write([["First Name", "Email"], *rows])
+    return cfg, sheet
+
+
+def test_a_first_sync_of_a_sheet_without_a_mobile_column_matches_its_rows_by_e_mail(
+    tmp_path: Path,
+) -> None:
+    """Every row shows an e-mail: the Mobile column it lacks hides nothing matching needs,
+    so nothing waits (the column is added and filled)."""
+    cfg, sheet = typed_sheet(tmp_path, [["Ann", "ann@example.com"], ["Bob", "bob@example.com"]])
+    ds().put(
+        C, "a1", {"first_name": "Ann", "email": "ann@example.com", "mobile_number": "+15550001"}
+    )
+    ds().put(
+        C, "a2", {"first_name": "Bob", "email": "bob@example.com", "mobile_number": "+15550002"}
+    )
+    ds().put(C, "a3", {"first_name": "Cy", "email": "cy@example.com", "mobile_number": "+15550003"})
+    result = run(cfg)
+    assert result.exit_code == 0 and result.plan.entities[0].issues == []
+    assert sheet.column("Email") == ["ann@example.com", "bob@example.com", "cy@example.com"]
+    assert all(sheet.column("Mobile"))
+    assert len(ds().table(C)) == 3
+    assert run(cfg).plan.actions == []
+
+
+def test_a_row_showing_no_match_key_waits_while_the_mobile_column_is_missing(
+    tmp_path: Path,
+) -> None:
+    """Dee's row shows no e-mail, and the sheet has no Mobile column: HCP's Eve, known only
+    by her mobile, may be Dee. Neither is synced, and both are reported, until the sheet
+    has the column (the sync adds it, filling Ann's); then they are two customers, as a
+    blank Mobile cell says. Ann, matched by e-mail, is synced at once."""
+    cfg, sheet = typed_sheet(tmp_path, [["Ann", "ann@example.com"], ["Dee", ""]])
+    ds().put(
+        C, "a1", {"first_name": "Ann", "email": "ann@example.com", "mobile_number": "+15550001"}
+    )
+    ds().put(C, "a2", {"first_name": "Eve", "mobile_number": "+15550002"})
+    result = run(cfg)
+    assert result.exit_code == 1
+    issues = [i.describe() for i in result.plan.entities[0].issues]
+    assert issues == [
+        "books customers.csv: column Mobile is missing, and customers are matched by it: 1 "
+        "customer here not linked yet, and the customers new elsewhere that could be "
+        "one of them, wait until it is back, so that none is added twice (rename the column "
+        "back to Mobile, or add it with its values)",
+        "a: 1 new customer waits for customers.csv's Mobile column, which is missing (see "
+        "that error): customers are matched by it",
+    ]
+    assert sheet.column("First Name") == ["Ann", "Dee"]
+    ann, dee = sheet.column("Mobile")  # added for Ann, blank on the row that waits
+    assert ann != "" and dee == ""
+    assert sorted(r["first_name"] for r in ds().table(C).values()) == ["Ann", "Eve"]
+    assert run(cfg).exit_code == 0
+    assert sorted(sheet.column("First Name")) == ["Ann", "Dee", "Eve"]
+    assert sorted(r["first_name"] for r in ds().table(C).values()) == ["Ann", "Dee", "Eve"]
+    assert run(cfg).plan.actions == []
