@@ -32,7 +32,17 @@ from syncengine.connector import RELEASED, NativeRecord, check_allowed
 from syncengine.errors import AuthError, ConnectorError, RecordError, SyncEngineError
 from syncengine.leasing import lease_holder
 from syncengine.member import Member, canonical_of
-from syncengine.plan import Action, Conflict, Create, Delete, Issue, KeyPlan, LinkPlan, Update
+from syncengine.plan import (
+    AGREED,
+    Action,
+    Conflict,
+    Create,
+    Delete,
+    Issue,
+    KeyPlan,
+    LinkPlan,
+    Update,
+)
 from syncengine.progress import ProgressFn, Step, no_progress
 from syncengine.recovery import intent_payload
 from syncengine.result import EntityOutcome
@@ -118,6 +128,8 @@ class StateWrites:
         self.unlinks: list[tuple[str, str]] = []
         self.dirty: list[tuple[str, set[str]]] = []
         self.conflicts: list[Conflict] = []
+        self.agreed: list[Conflict] = []
+        """Open conflicts whose members hold the same value now: closed."""
         self.deleted: list[str] = []
         self.skips: list[tuple[str, dict[str, str]]] = []
         self.finished: list[dict[str, Any]] = []
@@ -158,6 +170,7 @@ class StateWrites:
                 self.unlinks,
                 self.dirty,
                 self.conflicts,
+                self.agreed,
                 self.deleted,
                 self.skips,
                 self.finished,
@@ -179,6 +192,8 @@ class StateWrites:
             tx.set_dirty(p, e, key, members)
         for c in self.conflicts:
             tx.add_conflict(p, e, c.key, c.field, c.values, c.base_value)
+        for c in self.agreed:
+            tx.close_agreed_conflict(p, e, c.key, c.field, c.values[c.winner or ""])
         for key in self.deleted:
             tx.delete_record(p, e, key)
         for key, reasons in self.skips:
@@ -411,6 +426,7 @@ class EntityApply:
         if kp.skips or kp.key in self.ent.skipped_before:
             tx.skips.append((kp.key, {s.member: s.reason for s in kp.skips}))
         tx.conflicts.extend(c for c in kp.conflicts if c.winner is None)
+        tx.agreed.extend(c for c in kp.conflicts if c.rule == AGREED)
 
 
 def _link_to(w: Write, written: NativeRecord, base: model.Record | None = None) -> LinkPlan:

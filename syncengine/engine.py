@@ -117,7 +117,7 @@ from syncengine.parked import (
     record_review,
     settle_held,
 )
-from syncengine.plan import Delete, EntityPlan, Issue, KeyPlan, Plan, Update
+from syncengine.plan import AGREED, RETOLD, Delete, EntityPlan, Issue, KeyPlan, Plan, Update
 from syncengine.progress import ProgressFn, no_progress
 from syncengine.read import (
     MemberRead,
@@ -661,7 +661,9 @@ class Engine:
         stored = len(self.store.open_conflicts(pipeline.name))
         if not self.dry_run:
             return stored
-        return stored + sum(1 for c in plan.entities for x in c.conflicts if x.winner is None)
+        planned = [x for c in plan.entities for x in c.conflicts]
+        parked = sum(1 for x in planned if x.winner is None and x.rule != RETOLD)
+        return stored + parked - sum(1 for x in planned if x.rule == AGREED)
 
     @staticmethod
     def _close(

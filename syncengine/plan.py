@@ -95,6 +95,14 @@ class Conflict:
     label: str = ""
 
 
+AGREED = "the members agree now"
+"""The rule of an open conflict closed because every member holding the field has come to
+hold the same value (``reconcile._agreed``)."""
+RETOLD = "changed again while open"
+"""The rule of an open conflict told again with a member's newer value
+(``reconcile._refresh_parked``): still parked, not a new one."""
+
+
 @dataclass(frozen=True, slots=True)
 class Skip:
     """A write left out: the member cannot take it (``unsupported``: it is reported, and not

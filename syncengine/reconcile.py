@@ -32,7 +32,18 @@ from syncengine.errors import RecordError
 from syncengine.locks import Lock, Through, refuses
 from syncengine.mapping import EntityMapping
 from syncengine.model import DELETED, EntitySpec, Record
-from syncengine.plan import Action, Conflict, Create, Delete, KeyPlan, LinkPlan, Skip, Update
+from syncengine.plan import (
+    AGREED,
+    RETOLD,
+    Action,
+    Conflict,
+    Create,
+    Delete,
+    KeyPlan,
+    LinkPlan,
+    Skip,
+    Update,
+)
 
 if TYPE_CHECKING:
     from syncengine.refs import RefIndexes
@@ -84,8 +95,9 @@ class Context:
     types: Mapping[str, str] = field(default_factory=dict)
     """member -> connector type, for messages such as 'housecallpro cannot update invoices'."""
     propagate_deletes: bool = True
-    parked: Mapping[str, set[str]] = field(default_factory=dict)
-    """key -> fields with an open (parked) conflict: left alone until a person resolves it."""
+    parked: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    """key -> field with an open (parked) conflict -> member -> the value the conflict
+    shows for it: left alone until a person resolves it (``_refresh_parked``)."""
     refs: Mapping[str, RefIndexes] = field(default_factory=dict)
     """member -> how it shows references (members whose mapping has reference fields)."""
     users: Mapping[str, int] | None = None
@@ -171,8 +183,10 @@ def _plan_key(
     if new_key:
         plan.prior = {m: _keep(v, dirty=False) for m, v in present.items() if not v.provisional}
     base_now: Record = dict(base or {})
-    parked = ctx.parked.get(key, set())
-    changed = _changes(ctx, present, base_now, parked)
+    agreed = _agreed(ctx, plan, present, base_now)
+    parked = set(ctx.parked.get(key, {})) - set(agreed)
+    changed = {**_changes(ctx, present, base_now, parked), **agreed}
+    _refresh_parked(ctx, plan, present, base_now, parked)
     _refuse_fixed(ctx, present, changed)
     given_back = _plan_deletes(ctx, plan, present, dropped, base_now, changed)
     if given_back is None:
@@ -277,6 +291,77 @@ def _changes(
                 continue
             changed.setdefault(name, {})[member] = value
     return changed
+
+
+def _agreed(
+    ctx: Context, plan: KeyPlan, present: Mapping[str, MemberView], base_now: Record
+) -> dict[str, dict[str, Any]]:
+    """The fields of open conflicts that every member holding them now holds alike (a
+    person typed the other side's value): field -> member -> that value, taken as the
+    members' change, so the new base takes it. Each such conflict is closed
+    (``KeyPlan.conflicts``, rule ``AGREED``), and the field is synced again."""
+    agreed: dict[str, dict[str, Any]] = {}
+    for name in ctx.parked.get(plan.key, {}):
+        held = {
+            member: (view.current or {}).get(name)
+            for member, view in present.items()
+            if name in ctx.mappings[member].readable and name not in view.missing
+        }
+        if len(held) < 2 or len({_freeze(v) for v in held.values()}) != 1:
+            continue
+        agreed[name] = held
+        winner = sorted(held)[0]
+        plan.conflicts.append(
+            Conflict(
+                ctx.entity.name,
+                plan.key,
+                name,
+                held,
+                base_now.get(name),
+                winner,
+                AGREED,
+                plan.label,
+            )
+        )
+    return agreed
+
+
+def _refresh_parked(
+    ctx: Context,
+    plan: KeyPlan,
+    present: Mapping[str, MemberView],
+    base_now: Record,
+    parked: set[str],
+) -> None:
+    """A field with an open conflict stays left alone, but the conflict shows what each
+    member holds now: a member that changed the field again since it last saw it (a cell
+    typed over while the conflict waits) has its new value put in the conflict
+    (``KeyPlan.conflicts``, parked again). A person resolving it then takes that value, not
+    the one the member no longer holds."""
+    for name, shown in ctx.parked.get(plan.key, {}).items():
+        if name not in parked:
+            continue
+        edits: dict[str, Any] = {}
+        for member, view in present.items():
+            if view.last_seen is None or name in view.missing:
+                continue
+            value = (view.current or {}).get(name)
+            if value != view.last_seen.get(name) and value != shown.get(member):
+                edits[member] = value
+        if edits:
+            values = {**shown, **edits}
+            plan.conflicts.append(
+                Conflict(
+                    ctx.entity.name,
+                    plan.key,
+                    name,
+                    values,
+                    base_now.get(name),
+                    None,
+                    RETOLD,
+                    plan.label,
+                )
+            )
 
 
 def _coarser(

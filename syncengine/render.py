@@ -11,7 +11,7 @@ from rich.table import Table
 from syncengine import model
 from syncengine.display import TALLIES, format_cents, member_changes, plural
 from syncengine.engine import SyncResult
-from syncengine.plan import Create, Delete, EntityPlan, Update
+from syncengine.plan import AGREED, RETOLD, Create, Delete, EntityPlan, Update
 from syncengine.report import Report
 from syncengine.tax_report import TaxReport
 from syncengine.unbilled import UnbilledReport
@@ -103,15 +103,18 @@ def render_entity_plan(console: Console, ep: EntityPlan) -> None:
                 console.print(f"  [red]- {action.describe()}[/]")
         for c in kp.conflicts:
             values = ", ".join(f"{m}={shown(c.field, v)}" for m, v in c.values.items())
-            if c.winner:
+            if c.rule == AGREED:
+                console.print(f"  [magenta]! conflict on {c.field} closed: {values} agree now[/]")
+            elif c.winner:
                 console.print(
                     f"  [magenta]! conflict on {c.field}: {values} → "
                     f"{c.winner} wins (rule: {c.rule})[/]"
                 )
             else:
+                again = ", changed again while open" if c.rule == RETOLD else ""
                 console.print(
                     f"  [bold magenta]! conflict on {c.field}: {values} → "
-                    "parked for a person (syncengine conflicts list)[/]"
+                    f"parked for a person{again} (syncengine conflicts list)[/]"
                 )
         for s in kp.reported_skips:
             console.print(f"  [dim]· skipped on {s.member}: {escape(s.reason)}[/]")

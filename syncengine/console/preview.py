@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from syncengine import model
-from syncengine.plan import Create, Delete, EntityPlan, Update
+from syncengine.plan import AGREED, RETOLD, Create, Delete, EntityPlan, Update
 from syncengine.render import show_value
 from syncengine.result import SyncResult
 
@@ -98,7 +98,13 @@ def plan_rows(result: SyncResult) -> list[PreviewRow]:
                     rows.append(PreviewRow(**base, member=action.member, op="delete"))
             for c in kp.conflicts:
                 values = ", ".join(f"{m}={_shown(ep, c.field, v)}" for m, v in c.values.items())
-                decided = f"{c.winner} wins (rule: {c.rule})" if c.winner else "parked for a person"
+                if c.rule == AGREED:
+                    decided = "closed: the members agree now"
+                elif c.winner:
+                    decided = f"{c.winner} wins (rule: {c.rule})"
+                else:
+                    again = ", changed again while open" if c.rule == RETOLD else ""
+                    decided = f"parked for a person{again}"
                 rows.append(
                     PreviewRow(
                         **base,

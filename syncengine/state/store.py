@@ -892,17 +892,20 @@ class StateStore:
         with self._read() as conn:
             return [ConflictRow(*row) for row in conn.execute(query)]
 
-    def open_conflict_fields(self, pipeline: str, entity: str) -> dict[str, set[str]]:
-        """key -> the fields of that record with an open conflict."""
-        query = sa.select(conflicts.c.key, conflicts.c.field).where(
+    def open_conflict_fields(
+        self, pipeline: str, entity: str
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        """key -> field with an open conflict -> member -> the value it holds there, as
+        last told (``add_conflict``)."""
+        query = sa.select(conflicts.c.key, conflicts.c.field, conflicts.c["values"]).where(
             conflicts.c.status == "open",
             conflicts.c.pipeline == pipeline,
             conflicts.c.entity == entity,
         )
-        fields: dict[str, set[str]] = {}
+        fields: dict[str, dict[str, dict[str, Any]]] = {}
         with self._read() as conn:
-            for key, field in conn.execute(query):
-                fields.setdefault(key, set()).add(field)
+            for key, field, values in conn.execute(query):
+                fields.setdefault(key, {})[field] = dict(values)
         return fields
 
     def get_conflict(self, conflict_id: int) -> ConflictRow | None:
@@ -1574,6 +1577,25 @@ class Tx:
             "created_at": _now(),
         }
         return int(self._conn.execute(stmt, row).scalar_one())
+
+    def close_agreed_conflict(
+        self, pipeline: str, entity: str, key: str, field: str, value: Any
+    ) -> None:
+        """Close the open conflict on a field whose members all hold ``value`` now (none
+        open: nothing to do)."""
+        self._conn.execute(
+            sa.update(conflicts)
+            .where(
+                conflicts.c.pipeline == pipeline,
+                conflicts.c.entity == entity,
+                conflicts.c.key == key,
+                conflicts.c.field == field,
+                conflicts.c.status == "open",
+            )
+            .values(
+                status="resolved", resolution={"value": value, "agreed": True}, resolved_at=_now()
+            )
+        )
 
     def resolve_conflict(self, conflict_id: int, resolution: dict[str, Any]) -> None:
         """Close an open conflict with the resolution chosen for it."""

@@ -6,10 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from syncengine import api
 from syncengine.config import Config
 from syncengine.plan import Create, Delete, Update
+from syncengine.render import render_result
 from tests.helpers import ds, memory_config, ops, run
 
 C = "customers"
@@ -114,6 +116,104 @@ def test_manual_conflict_is_parked_then_resolved(tmp_path: Path) -> None:
     assert ds("a").table(C)["a1"]["company"] == "From B"
     assert after.exit_code == 0 and api.list_conflicts(cfg) == []
     assert run(cfg).plan.actions == []
+
+
+def _parked_company(tmp_path: Path) -> tuple[Config, str]:
+    """Ann on a and b, her company changed on both: one conflict parked (``manual``)."""
+    cfg = memory_config(
+        tmp_path, {"a": {}, "b": {}}, conflicts={"default": ["a"], "customers.company": ["manual"]}
+    )
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com", "company": "A"})
+    run(cfg)
+    b_id = next(iter(ds("b").table(C)))
+    ds("a").edit(C, "a1", company="From A")
+    ds("b").edit(C, b_id, company="From B")
+    assert run(cfg).open_conflicts == 1
+    return cfg, b_id
+
+
+def test_a_parked_conflict_shows_a_value_typed_over_while_it_waits(tmp_path: Path) -> None:
+    """The bookkeeper corrects the cell while its conflict waits: the conflict shows the
+    correction (once), and taking b's value takes it; before, the conflict kept showing
+    'From B', and taking it wrote 'From B' over the correction everywhere."""
+    cfg, b_id = _parked_company(tmp_path)
+    ds("b").edit(C, b_id, company="From B, corrected")
+    result = run(cfg)
+    assert result.plan.actions == [] and result.exit_code == 1
+    [conflict] = [c for ep in result.plan.entities for c in ep.conflicts]
+    assert conflict.values == {"a": "From A", "b": "From B, corrected"}
+    assert conflict.winner is None and conflict.base_value == "A"
+    again = run(cfg)
+    assert (
+        not any(ep.conflicts for ep in again.plan.entities) and again.open_conflicts == 1
+    )  # told once
+    [row] = api.list_conflicts(cfg)
+    assert row.values == {"a": "From A", "b": "From B, corrected"}
+    api.resolve_conflict(cfg, row.id, "b")
+    assert ops(run(cfg)) == [("update", "a")]
+    assert ds("a").table(C)["a1"]["company"] == "From B, corrected"
+    assert ds("b").table(C)[b_id]["company"] == "From B, corrected"
+    assert run(cfg).plan.actions == [] and api.list_conflicts(cfg) == []
+
+
+def test_a_parked_conflict_resolved_for_the_other_member_after_a_correction(
+    tmp_path: Path,
+) -> None:
+    """As above, but a person takes a's value: b's correction is not taken for a new edit
+    of b's once the conflict is settled, and b gets a's value."""
+    cfg, b_id = _parked_company(tmp_path)
+    ds("b").edit(C, b_id, company="From B, corrected")
+    run(cfg)
+    ds("a").edit(C, "a1", company="From A, corrected")
+    assert [c.values for ep in run(cfg).plan.entities for c in ep.conflicts] == [
+        {"a": "From A, corrected", "b": "From B, corrected"}
+    ]
+    [row] = api.list_conflicts(cfg)
+    api.resolve_conflict(cfg, row.id, "a")
+    assert ops(run(cfg)) == [("update", "b")]
+    assert ds("b").table(C)[b_id]["company"] == "From A, corrected"
+    assert ds("a").table(C)["a1"]["company"] == "From A, corrected"
+
+
+def test_a_parked_conflict_closes_once_the_members_agree(tmp_path: Path) -> None:
+    """The bookkeeper types a's value over b's while the conflict waits: nothing is left to
+    decide. The conflict closes (a dry run counts it closed already), the run exits 0, and
+    the field syncs again."""
+    cfg, b_id = _parked_company(tmp_path)
+    ds("b").edit(C, b_id, company="From A")
+    dry = run(cfg, dry_run=True)
+    assert dry.open_conflicts == 0 and len(api.list_conflicts(cfg)) == 1
+    result = run(cfg)
+    assert result.plan.actions == [] and result.exit_code == 0
+    [closed] = [c for ep in result.plan.entities for c in ep.conflicts]
+    assert (closed.rule, closed.values) == ("the members agree now", {"a": "From A", "b": "From A"})
+    assert result.open_conflicts == 0 and api.list_conflicts(cfg) == []
+    ds("a").edit(C, "a1", company="Later")
+    assert ops(run(cfg)) == [("update", "b")]
+    assert ds("b").table(C)[b_id]["company"] == "Later"
+
+
+def test_the_plan_says_a_conflict_is_told_again_or_closed(tmp_path: Path) -> None:
+    cfg, b_id = _parked_company(tmp_path)
+
+    def shown() -> str:
+        console = Console(width=200, record=True)
+        render_result(console, run(cfg), verbose=True)
+        return console.export_text()
+
+    ds("b").edit(C, b_id, company="From B, corrected")
+    assert (
+        "! conflict on company: a='From A', b='From B, corrected' → parked for a person, "
+        "changed again while open (syncengine conflicts list)"
+    ) in shown()
+    ds("b").edit(C, b_id, company="From A")
+    assert "! conflict on company closed: a='From A', b='From A' agree now" in shown()
+
+
+def test_a_dry_run_counts_a_conflict_told_again_once(tmp_path: Path) -> None:
+    cfg, b_id = _parked_company(tmp_path)
+    ds("b").edit(C, b_id, company="From B, corrected")
+    assert run(cfg, dry_run=True).open_conflicts == 1
 
 
 def test_delete_propagates(two: Config) -> None:

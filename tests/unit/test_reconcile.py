@@ -21,6 +21,7 @@ from syncengine.connector import Capabilities
 from syncengine.mapping import EntityMapping, load_mapping
 from syncengine.model import DELETED, Record, entity_spec
 from syncengine.plan import (
+    RETOLD,
     Action,
     Conflict,
     Create,
@@ -277,7 +278,8 @@ class Row:
     rules: Mapping[str, list[str]] = field(default_factory=dict)
     """field -> its ordered conflict rules (none when not given)."""
     propagate_deletes: bool = True
-    parked: frozenset[str] = frozenset()
+    parked: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """field with an open conflict -> member -> the value the conflict shows for it."""
     users: Mapping[str, int] | None = None
 
 
@@ -290,7 +292,7 @@ def context(row: Row) -> Context:
         rules=lambda name: list(row.rules.get(name, [])),
         types=TYPES,
         propagate_deletes=row.propagate_deletes,
-        parked={KEY: set(row.parked)} if row.parked else {},
+        parked={KEY: row.parked} if row.parked else {},
         refs=INVOICE_REFS if row.entity == "invoices" else {},
         users=row.users,
     )
@@ -650,7 +652,7 @@ MERGE = [
                 unchanged(SHEET, ANN),
                 unchanged(SHOP, ANN),
             ),
-            parked=frozenset({"first_name"}),
+            parked={"first_name": {CRM: "Anne", SHEET: "Annie"}},
             expect=Expect(
                 base_after=ann(last_name="Li"),
                 actions=[
@@ -671,6 +673,45 @@ MERGE = [
             ),
         ),
         id="parked-field-left-alone",
+    ),
+    pytest.param(
+        Row(
+            base=ANN,
+            views=(
+                changed(CRM, ann(first_name="Anna", last_name="Li"), ann(first_name="Anne")),
+                unchanged(SHEET, ANN),
+                unchanged(SHOP, ANN),
+            ),
+            parked={"first_name": {CRM: "Anne", SHEET: "Annie"}},
+            expect=Expect(
+                base_after=ann(last_name="Li"),
+                actions=[
+                    update(
+                        SHEET,
+                        {"last_name": ("Lee", "Li")},
+                        {"Last Name": "Li"},
+                        {**SHEET_ANN, "Last Name": "Li"},
+                    ),
+                    update(
+                        SHOP,
+                        {"last_name": ("Lee", "Li")},
+                        {"last_name": "Li"},
+                        ann(last_name="Li"),
+                    ),
+                ],
+                links={CRM: kept(CRM, ann(first_name="Anna", last_name="Li"))},
+                conflicts=[
+                    conflict(
+                        {CRM: "Anna", SHEET: "Annie"},
+                        "Ann",
+                        None,
+                        RETOLD,
+                        "Anna Li <ann@example.com>",
+                    )
+                ],
+            ),
+        ),
+        id="parked-field-typed-over-shows-in-its-conflict",
     ),
 ]
 

@@ -569,6 +569,35 @@ def test_intent_ids_are_not_reused_after_pruning(store: StateStore) -> None:
 # -- conflicts ------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either_store(request: pytest.FixtureRequest, db_path: Path) -> Iterator[StateStore]:
+    """A state store on SQLite, then on PostgreSQL."""
+    url = f"sqlite:///{db_path}"
+    if request.param == "postgresql":
+        url = str(request.getfixturevalue("pg_url"))
+    s = StateStore.open(url)
+    yield s
+    s.close()
+
+
+def test_a_conflict_whose_members_agree_is_closed_by_its_field(
+    either_store: StateStore,
+) -> None:
+    store = either_store
+    assert store.open_conflict_fields(P, E) == {}
+    with store.transaction() as tx:
+        email = tx.add_conflict(P, E, "k1", "email", {"hcp": "a@x", "sheet": "b@x"}, "o@x")
+        phone = tx.add_conflict(P, E, "k1", "phone", {"hcp": "+1", "sheet": "+2"}, None)
+    with store.transaction() as tx:
+        tx.close_agreed_conflict(P, E, "k1", "email", "a@x")
+        tx.close_agreed_conflict(P, E, "k2", "email", "a@x")  # none open there: nothing
+    closed = store.get_conflict(email)
+    assert closed is not None and closed.status == "resolved"
+    assert closed.resolution == {"value": "a@x", "agreed": True}
+    assert [r.id for r in store.open_conflicts(P, E)] == [phone]
+    assert store.open_conflict_fields(P, E) == {"k1": {"phone": {"hcp": "+1", "sheet": "+2"}}}
+
+
 def test_one_open_conflict_per_field_and_resolve(store: StateStore) -> None:
     with store.transaction() as tx:
         c1 = tx.add_conflict(P, E, "k1", "email", {"hcp": "a@x", "sheet": "b@x"}, "o@x")
@@ -581,7 +610,9 @@ def test_one_open_conflict_per_field_and_resolve(store: StateStore) -> None:
     assert rows[0].values == {"hcp": "a@x", "sheet": "c@x"} and rows[0].base_value == "o@x"
     assert rows[0].created_at.tzinfo is not None and rows[0].status == "open"
     assert len(store.open_conflicts()) == 3
-    assert store.open_conflict_fields(P, E) == {"k1": {"email", "phone"}}
+    assert store.open_conflict_fields(P, E) == {
+        "k1": {"email": {"hcp": "a@x", "sheet": "c@x"}, "phone": {"hcp": None, "sheet": "+1"}}
+    }
 
     with store.transaction() as tx:
         tx.resolve_conflict(c1, {"value": "a@x", "by": "hcp"})
@@ -589,7 +620,7 @@ def test_one_open_conflict_per_field_and_resolve(store: StateStore) -> None:
     assert resolved is not None
     assert resolved.status == "resolved" and resolved.resolution == {"value": "a@x", "by": "hcp"}
     assert resolved.resolved_at is not None and resolved.resolved_at.tzinfo is UTC
-    assert store.open_conflict_fields(P, E) == {"k1": {"phone"}}
+    assert store.open_conflict_fields(P, E) == {"k1": {"phone": {"hcp": None, "sheet": "+1"}}}
     assert store.get_conflict(99999) is None
 
     with store.transaction() as tx:  # the field may conflict again later: a new conflict
