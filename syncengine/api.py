@@ -27,7 +27,7 @@ from syncengine.errors import (
 from syncengine.exit_codes import failed_run_code
 from syncengine.leasing import hold_pipelines, wait_until_free
 from syncengine.mapping import EntityMapping, load_mapping
-from syncengine.model import ENTITIES
+from syncengine.model import ENTITIES, UNSEEN
 from syncengine.read import check_structures
 from syncengine.redact import redact_text
 from syncengine.report import Report
@@ -830,7 +830,7 @@ def _candidates(
             out.append(Candidate(key, key, {}, {}, exists=False))
             continue
         held = {
-            m: dict(ln.last_seen or {})
+            m: {n: v for n, v in (ln.last_seen or {}).items() if n != UNSEEN}
             for m, ln in rs.links.items()
             if ln.native_id and not ln.tombstone
         }

@@ -128,8 +128,8 @@ class StateWrites:
         self.unlinks: list[tuple[str, str]] = []
         self.dirty: list[tuple[str, set[str]]] = []
         self.conflicts: list[Conflict] = []
-        self.agreed: list[Conflict] = []
-        """Open conflicts whose members hold the same value now: closed."""
+        self.agreed: list[tuple[str, str, Any]] = []
+        """(key, field, the value) of open conflicts whose members hold it alike now: closed."""
         self.deleted: list[str] = []
         self.skips: list[tuple[str, dict[str, str]]] = []
         self.finished: list[dict[str, Any]] = []
@@ -192,8 +192,8 @@ class StateWrites:
             tx.set_dirty(p, e, key, members)
         for c in self.conflicts:
             tx.add_conflict(p, e, c.key, c.field, c.values, c.base_value)
-        for c in self.agreed:
-            tx.close_agreed_conflict(p, e, c.key, c.field, c.values[c.winner or ""])
+        for key, name, value in self.agreed:
+            tx.close_agreed_conflict(p, e, key, name, value)
         for key in self.deleted:
             tx.delete_record(p, e, key)
         for key, reasons in self.skips:
@@ -426,7 +426,11 @@ class EntityApply:
         if kp.skips or kp.key in self.ent.skipped_before:
             tx.skips.append((kp.key, {s.member: s.reason for s in kp.skips}))
         tx.conflicts.extend(c for c in kp.conflicts if c.winner is None)
-        tx.agreed.extend(c for c in kp.conflicts if c.rule == AGREED)
+        tx.agreed.extend(
+            (c.key, c.field, next(iter(c.values.values())))
+            for c in kp.conflicts
+            if c.rule == AGREED
+        )
 
 
 def _link_to(w: Write, written: NativeRecord, base: model.Record | None = None) -> LinkPlan:
@@ -450,6 +454,8 @@ def _link_to(w: Write, written: NativeRecord, base: model.Record | None = None) 
         if own:
             last_seen = {**last_seen, **{f: base.get(f) for f in own}}
             native_hash = None
+    if not isinstance(w.action, Delete) and w.action.unseen:
+        last_seen = {**last_seen, model.UNSEEN: list(w.action.unseen)}
     return LinkPlan(w.action.member, written.id, native_hash, last_seen)
 
 

@@ -971,7 +971,10 @@ class Engine:
             held = hold_blind(
                 result, blind, keys, lambda obs: (obs.member, obs.native_hash) in paired
             )
-            _report_blind(entity, members, reads, blind, held, ent)
+            if held:
+                for name, lacking in blind.items():
+                    reads[name].unfilled = frozenset(lacking)
+                _report_blind(entity, members, reads, blind, held, ent)
         for obs, why in result.ambiguous:
             ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
             if parked is not None:
@@ -1102,6 +1105,7 @@ class Engine:
             if pipeline.section.deletes.approve
             else frozenset(),
             parked=self.store.open_conflict_fields(pipeline.name, entity),
+            unfilled={name: r.unfilled for name, r in reads.items() if r.unfilled},
             refs={m.name: m.refs.snapshot(wanted) for m in members if m.refs is not None},
             users=None if hold else users_if_deleting(self.store, pipeline, entity, reads),
             locks=locks,
@@ -1342,9 +1346,10 @@ def _report_blind(
                 m.name,
                 structure.where,
                 f"column {named} is missing, and {entity} are matched by it: {waiting} "
-                f"here not linked yet, and the {entity} new elsewhere that "
-                f"could be one of them, wait until it is back, so that none is added twice "
-                f"(rename the column back to {named}, or add it with its values)",
+                f"here not linked yet, and the {entity} new elsewhere that could be one of "
+                "them, wait until it is back, so that none is added twice. Rename the column "
+                f"back to {named}, or add it (empty, if these rows have no value there); the "
+                "sync does not add it back while they wait",
             )
         )
     for name, records in sorted(held.items()):
@@ -1356,8 +1361,9 @@ def _report_blind(
                     name,
                     "",
                     f"{plural(count, 'new ' + entity[:-1], 'new ' + entity)} "
-                    f"{'waits' if count == 1 else 'wait'} for {' and '.join(gone)} column, "
-                    f"which is missing (see that error): {entity} are matched by it",
+                    f"{'waits' if count == 1 else 'wait'} for {' and '.join(gone)} "
+                    f"{'column' if len(gone) == 1 else 'columns'}, missing (see that error): "
+                    f"{entity} are matched by it",
                 )
             )
 

@@ -192,9 +192,9 @@ def hold_blind(
     member. A new hub record waits when it would be created on the blind member from
     records that hold a value of a key it lacks (it may be one of the member's rows), or
     when it is one of the blind member's rows alone that shows no value of the keys the
-    member holds (it may be a record new elsewhere). Records paired by anything (a match
-    key the member holds, a relink key, a hint) go on; so does what a run paired before
-    (``hinted``)."""
+    member holds (it may be a record new elsewhere). Records paired with one of the blind
+    member's (by a match key it holds, a relink key), new elsewhere without a value of the
+    keys it lacks, or paired by an earlier run (``hinted``) go on."""
     held: dict[str, list[Observed]] = {}
     for key in sorted(result.new_keys):
         group = result.groups.get(key, {})

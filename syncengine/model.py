@@ -66,6 +66,11 @@ Record = dict[str, Any]
 DELETED = "_deleted"
 """Marks a hub record deleted while some member still holds it (see reconcile)."""
 
+UNSEEN = "_unseen"
+"""In a link's last-seen record: the fields whose value on the member the sync does not
+know (a column the sheet lacked while the record could not be written). A value read there
+later is compared with the base, as a never-seen record's would be (see reconcile)."""
+
 
 class FieldProblem(NamedTuple):
     """A canonical field whose value a record's other fields rule out, and why."""

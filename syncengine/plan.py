@@ -30,6 +30,9 @@ class Create:
     native: dict[str, Any]
     """The native record to create (nested)."""
     op: str = "create"
+    unseen: tuple[str, ...] = ()
+    """Fields with a value that the write leaves out, the member's sheet lacking their column
+    (``Context.unfilled``): its link marks them ``model.UNSEEN``."""
 
     def describe(self) -> str:
         return f"create on {self.member}"
@@ -52,6 +55,9 @@ class Update:
     read_hash: str = ""
     """The native hash of the record as read (finds a provisional row again after a crash)."""
     op: str = "update"
+    unseen: tuple[str, ...] = ()
+    """Fields the member's sheet lacks that the write leaves out: its link marks them
+    ``model.UNSEEN``."""
 
     @property
     def link_only(self) -> bool:
@@ -307,8 +313,12 @@ class EntityPlan:
         # store): they are written nothing, yet a person should see that they were matched
         out["matched"] = sum(1 for kp in keys if kp.new_key and len(kp.prior) >= 2)
         conflicts = [c for kp in keys for c in kp.conflicts]
-        out["conflicts"] = sum(1 for c in conflicts if c.winner is None)
-        out["conflicts_settled"] = sum(1 for c in conflicts if c.winner is not None)
+        # a conflict told again is the one parked before, and one closed because its members
+        # agree now was settled by no rule: each is shown in the plan, counted as neither
+        out["conflicts"] = sum(1 for c in conflicts if c.winner is None and c.rule != RETOLD)
+        out["conflicts_settled"] = sum(
+            1 for c in conflicts if c.winner is not None and c.rule != AGREED
+        )
         out["errors"] = len(self.issues) if self.compacted is None else 0
         out["skipped"] = sum(len(kp.reported_skips) for kp in keys)
         held = sum(len(kp.held) for kp in keys)

@@ -98,6 +98,9 @@ class MemberRead:
     fills: bool = False
     """Some of ``missing`` are written to the member: each of its records needs a look,
     unchanged ones too, so that the base fills them."""
+    unfilled: frozenset[str] = frozenset()
+    """Of ``missing``, the fields not written this run: matching is blind without them and
+    holds records back (``match.blind_spots``), so their columns wait for a person."""
     fingerprint: str = ""
     """The fingerprint of the mapping this read was made with (``EntityMapping.fingerprint``)."""
     stored_fingerprint: str | None = None

@@ -31,7 +31,7 @@ from syncengine.display import label_of
 from syncengine.errors import RecordError
 from syncengine.locks import Lock, Through, refuses
 from syncengine.mapping import EntityMapping
-from syncengine.model import DELETED, EntitySpec, Record
+from syncengine.model import DELETED, UNSEEN, EntitySpec, Record
 from syncengine.plan import (
     AGREED,
     RETOLD,
@@ -116,6 +116,9 @@ class Context:
     approval instead of reaching the others (``KeyPlan.held``)."""
     approved: Collection[str] = frozenset()
     """Keys whose delete a person approved already (a guard's batch): not held again."""
+    unfilled: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """member -> fields not written to it this run: the columns its sheet lacks while
+    matching is blind to them (``match.blind_spots``), which only a person may add back."""
 
 
 def decide(
@@ -198,18 +201,20 @@ def _plan_key(
 
 def _forget_unheld(plan: KeyPlan, views: Mapping[str, MemberView]) -> None:
     """For a record left alone where a member cannot read it: where that member's sheet
-    lacks a column its link last saw a value in, the link forgets the value and turns
-    dirty. The sheet holds nothing there now, and the column the sync adds back stays
-    blank on this row (it is not written). Once the row is fixed, that blank is what the
-    sync left, not a person's clearing of the value: the record is checked in full, and
-    the blank filled from the base."""
+    lacks a column its link last saw a value in, the link forgets the value (it is
+    ``UNSEEN``) and turns dirty. The column the sync adds back stays blank on this row
+    (it is not written), and a person may also put the old values back. Once the row is
+    fixed, what is there is compared with the base, not with the forgotten value: a blank
+    is filled from the base, the old value is no edit, and only another value is one."""
     for member, view in views.items():
         seen = view.last_seen
         if view.status != "blocked" or not view.native_id or not seen:
             continue
         if view.missing.isdisjoint(seen):
             continue
+        unseen = sorted(set(seen.get(UNSEEN) or ()) | (view.missing & seen.keys()))
         kept = {n: v for n, v in seen.items() if n not in view.missing}
+        kept[UNSEEN] = unseen
         plan.links[member] = LinkPlan(member, view.native_id, view.native_hash, kept, dirty=True)
 
 
@@ -263,6 +268,7 @@ def _changes(
     for member, view in present.items():
         mapping = ctx.mappings[member]
         current = view.current or {}
+        unseen = view.last_seen.get(UNSEEN) or () if view.last_seen is not None else ()
         if alone and view.last_seen is None:
             # a record new to the hub on one member (a first sync): every value it holds is
             # new, as the general rules below would find field by field
@@ -280,7 +286,7 @@ def _changes(
             if ctx.entity.is_meta(name) or name in parked or name in view.missing:
                 continue
             value = current.get(name)
-            if view.last_seen is not None:
+            if view.last_seen is not None and name not in unseen:
                 if value == view.last_seen.get(name):
                     continue
             elif (
@@ -296,16 +302,19 @@ def _changes(
 def _agreed(
     ctx: Context, plan: KeyPlan, present: Mapping[str, MemberView], base_now: Record
 ) -> dict[str, dict[str, Any]]:
-    """The fields of open conflicts that every member holding them now holds alike (a
-    person typed the other side's value): field -> member -> that value, taken as the
-    members' change, so the new base takes it. Each such conflict is closed
-    (``KeyPlan.conflicts``, rule ``AGREED``), and the field is synced again."""
+    """The fields of open conflicts whose members (those the conflict shows a value of) all
+    hold the same value now (a person typed the other side's): field -> member -> that
+    value, taken as the members' change, so the new base takes it and the members outside
+    the conflict get it. Each such conflict is closed (``KeyPlan.conflicts``, rule
+    ``AGREED``), and the field is synced again."""
     agreed: dict[str, dict[str, Any]] = {}
-    for name in ctx.parked.get(plan.key, {}):
+    for name, shown in ctx.parked.get(plan.key, {}).items():
         held = {
             member: (view.current or {}).get(name)
             for member, view in present.items()
-            if name in ctx.mappings[member].readable and name not in view.missing
+            if member in shown
+            and name in ctx.mappings[member].readable
+            and name not in view.missing
         }
         if len(held) < 2 or len({_freeze(v) for v in held.values()}) != 1:
             continue
@@ -333,11 +342,11 @@ def _refresh_parked(
     base_now: Record,
     parked: set[str],
 ) -> None:
-    """A field with an open conflict stays left alone, but the conflict shows what each
-    member holds now: a member that changed the field again since it last saw it (a cell
-    typed over while the conflict waits) has its new value put in the conflict
-    (``KeyPlan.conflicts``, parked again). A person resolving it then takes that value, not
-    the one the member no longer holds."""
+    """A field with an open conflict stays left alone, but a member that changed it again
+    since it last saw it (a cell typed over while the conflict waits) has its new value put
+    in the conflict (``KeyPlan.conflicts``, rule ``RETOLD``; a member the conflict did not
+    show joins it). A person resolving it then takes that value, not the one the member no
+    longer holds."""
     for name, shown in ctx.parked.get(plan.key, {}).items():
         if name not in parked:
             continue
@@ -579,6 +588,8 @@ def _plan_update(
     must_check_all = view.dirty or view.status == "new" or view.last_seen is None or not caps.update
     # (the member holding just the new base, as the one that brought a new record does:
     # nothing differs, and one comparison of the records says so)
+    unfilled = ctx.unfilled.get(member, frozenset())
+    unknown = set(view.last_seen.get(UNSEEN) or ()) if view.last_seen is not None else set()
     wanted = (
         set()
         if new_base == current
@@ -586,7 +597,8 @@ def _plan_update(
             n
             for n in mapping.writable
             if n not in parked_now
-            and (must_check_all or n in base_changed or n in view.missing)
+            and n not in unfilled
+            and (must_check_all or n in base_changed or n in view.missing or n in unknown)
             and new_base.get(n) != current.get(n)
             and not mapping.equivalent(n, new_base.get(n), current.get(n))
         }
@@ -596,16 +608,17 @@ def _plan_update(
     fields = sorted(wanted)
     relinked = view.relinked and caps.assigns_ids and view.native_id != plan.key
     assign = plan.key if view.provisional or relinked else None
+    unseen = _still_unseen(ctx, view)
     if not fields and not assign:
         if view.status != "unchanged" or view.dirty:
-            plan.links[member] = _keep(view, dirty=False)
+            plan.links[member] = _keep(view, dirty=False, unseen=unseen)
         return
     if not caps.update:
         if fields:
             plan.skips.append(
                 _skip(ctx, plan, member, f"{_type_of(ctx, member)} cannot update {spec.name}")
             )
-        plan.links[member] = _keep(view, dirty=False)
+        plan.links[member] = _keep(view, dirty=False, unseen=unseen)
         return
     values = {n: new_base.get(n) for n in fields}
     if member_refs is not None and fields:
@@ -628,6 +641,7 @@ def _plan_update(
             full,
             assign_id=assign,
             read_hash=view.native_hash or "",
+            unseen=tuple(n for n in unseen if n not in fields),
         )
     )
     # the link is finalised by the executor from what the member returns
@@ -644,7 +658,12 @@ def _plan_create(
     """The create that gives the record to a member lacking it, with each reference as that
     member shows it; or the skip (it cannot create) or wait (a reference not there yet)."""
     spec, caps, mapping = ctx.entity, ctx.caps[member], ctx.mappings[member]
-    values = {n: v for n, v in new_base.items() if n in mapping.writable and n not in parked_now}
+    unfilled = ctx.unfilled.get(member, frozenset())
+    values = {
+        n: v
+        for n, v in new_base.items()
+        if n in mapping.writable and n not in parked_now and n not in unfilled
+    }
     if not values:
         return
     if len(values) == len(new_base):
@@ -664,7 +683,8 @@ def _plan_create(
             plan.skips.append(_waits(ctx, plan, member, missing))
             return
     native = mapping.build_native(mapping.to_native(written))
-    plan.actions.append(Create(spec.name, member, plan.key, values, native))
+    unseen = tuple(sorted(n for n in unfilled if new_base.get(n) is not None))
+    plan.actions.append(Create(spec.name, member, plan.key, values, native, unseen=unseen))
 
 
 def _hold_closed(ctx: Context, plan: KeyPlan, views: Mapping[str, MemberView]) -> None:
@@ -745,9 +765,18 @@ def _waits(ctx: Context, plan: KeyPlan, member: str, missing: list[str]) -> Skip
     return _skip(ctx, plan, member, "waits: " + "; ".join(missing), kind="deferred")
 
 
-def _keep(view: MemberView, *, dirty: bool) -> LinkPlan:
+def _keep(view: MemberView, *, dirty: bool, unseen: tuple[str, ...] = ()) -> LinkPlan:
     native_id = None if view.provisional else view.native_id
-    return LinkPlan(view.member, native_id, view.native_hash, view.current, dirty=dirty)
+    seen = {**(view.current or {}), UNSEEN: list(unseen)} if unseen else view.current
+    return LinkPlan(view.member, native_id, view.native_hash, seen, dirty=dirty)
+
+
+def _still_unseen(ctx: Context, view: MemberView) -> tuple[str, ...]:
+    """The fields whose value on the member stays unknown after this run (``UNSEEN``): those
+    its sheet still lacks, that were unknown already or are not filled this run."""
+    known = set(view.last_seen.get(UNSEEN) or ()) if view.last_seen is not None else set()
+    unfilled = ctx.unfilled.get(view.member, frozenset())
+    return tuple(sorted((known | unfilled) & view.missing))
 
 
 def _type_of(ctx: Context, member: str) -> str:

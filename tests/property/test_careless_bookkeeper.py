@@ -1810,10 +1810,10 @@ def test_a_lost_state_store_with_the_email_column_renamed_duplicates_no_customer
         assert len(issues) == 2, issues
         assert issues[0].startswith("books customers.csv: column Email is missing")
         assert "2 customers here not linked yet" in issues[0]
-        assert "rename the column back to Email" in issues[0]
+        assert "Rename the column back to Email" in issues[0]
         assert issues[1] == (
-            "hcp: 2 new customers wait for customers.csv's Email column, which is missing "
-            "(see that error): customers are matched by it"
+            "hcp: 2 new customers wait for customers.csv's Email column, missing (see that "
+            "error): customers are matched by it"
         )
         assert len(SheetFile(customers).load()) == 3  # was: 5, HCP's two customers added again
         assert len(ds().table(C)) == 2
@@ -1884,3 +1884,93 @@ def test_a_row_in_error_when_its_column_comes_back_gets_the_value_once_fixed(
     header, *rows = SheetFile(invoices).load()
     assert [row[header.index("Customer Email")] for row in rows] == ["ann@x.com"] * 2
     assert [ds().table(INV)[t]["customer"] for t in ("t2", "t3")] == ["t1", "t1"]
+
+
+def test_old_values_put_back_under_a_column_forgotten_on_rows_in_error_are_no_edit(
+    tmp_path: Path,
+) -> None:
+    """Ann's row is copied with its Sync ID (both rows in error) while Company is renamed to
+    Firm; HCP changes her company meanwhile. The bookkeeper deletes the copy and renames
+    Firm back: 'Acme' is what the sheet held before, not an edit, so HCP's 'NewCo' reaches
+    the sheet (a cold review found the first fix taking 'Acme' for the sheet's change: HCP
+    and the sheet then disagreed for good, silently)."""
+    cfg = _books(tmp_path, (C,))
+    ds().put(C, "t1", {"email": "ann@x.com", "first_name": "Ann", "company": "Acme"})
+    assert api.sync(cfg)[0].exit_code == 0
+    customers = tmp_path / "books" / FILES[C]
+    _edit_csv(
+        customers,
+        lambda rows: [["Firm" if c == "Company" else c for c in rows[0]], *rows[1:], rows[1]],
+    )
+    assert api.sync(cfg)[0].exit_code == 1  # the rows sharing a Sync ID
+    ds().edit(C, "t1", company="NewCo")
+    assert api.sync(cfg)[0].exit_code == 1
+
+    def fix(rows: list[list[str]]) -> list[list[str]]:
+        header = ["Company" if c == "Firm" else c for c in rows[0]]
+        ann = list(rows[1])
+        ann[header.index("Last Name")] = "Lee"  # and types her last name while there
+        return [header, ann]
+
+    _edit_csv(customers, fix)
+    result = api.sync(cfg)[0]
+    assert result.exit_code == 0 and result.open_conflicts == 0
+    header, *rows = SheetFile(customers).load()
+    assert [row[header.index("Company")] for row in rows] == ["NewCo"]
+    assert [ds().table(C)["t1"][f] for f in ("company", "last_name")] == ["NewCo", "Lee"]
+    assert api.sync(cfg)[0].plan.actions == []
+
+
+def test_a_renamed_e_mail_column_holds_a_customer_typed_on_both_sides_until_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """No lost state: the bookkeeper renames Email to E-mail and types Dee there; HCP gets
+    Dee too. Both wait, every run (the sync does not add Email back itself: a blank it
+    wrote on Dee's row would later read as 'no e-mail', and Dee would be added twice); once
+    the column is renamed back, Dee is one customer (a cold review found her added twice on
+    the second run)."""
+    cfg = _books(tmp_path, (C,))
+    ds().put(C, "t1", {"email": "ann@x.com", "first_name": "Ann"})
+    assert api.sync(cfg)[0].exit_code == 0
+    customers = tmp_path / "books" / FILES[C]
+
+    def rename_and_type_dee(rows: list[list[str]]) -> list[list[str]]:
+        header = ["E-mail" if c == "Email" else c for c in rows[0]]
+        dee = [""] * len(header)
+        dee[header.index("First Name")] = "Dee"
+        dee[header.index("E-mail")] = "dee@x.com"
+        return [header, *rows[1:], dee]
+
+    _edit_csv(customers, rename_and_type_dee)
+    ds().put(C, "t9", {"email": "dee@x.com", "first_name": "Dee"})
+    for _ in range(2):
+        assert api.sync(cfg)[0].exit_code == 1
+        header, *rows = SheetFile(customers).load()
+        assert "Email" not in header and len(rows) == 2
+        assert len(ds().table(C)) == 2
+    _edit_csv(
+        customers, lambda rows: [["Email" if c == "E-mail" else c for c in rows[0]], *rows[1:]]
+    )
+    assert api.sync(cfg)[0].exit_code == 0
+    header, *rows = SheetFile(customers).load()
+    assert sorted(row[header.index("Email")] for row in rows) == ["ann@x.com", "dee@x.com"]
+    assert sorted(r["email"] for r in ds().table(C).values()) == ["ann@x.com", "dee@x.com"]
+
+
+def test_a_lost_state_store_with_email_renamed_re_links_by_name_and_reports_nothing(
+    tmp_path: Path,
+) -> None:
+    """The customers have names, so a lost state store re-links every row by name even with
+    Email renamed: nothing waits, and nothing is reported (a cold review found an error
+    saying '0 customers ... wait')."""
+    cfg = _books(tmp_path, (C,))
+    ds().put(C, "t1", {"email": "ann@x.com", "first_name": "Ann", "last_name": "Lee"})
+    ds().put(C, "t2", {"email": "bob@x.com", "first_name": "Bob", "last_name": "Ng"})
+    assert api.sync(cfg)[0].exit_code == 0
+    customers = tmp_path / "books" / FILES[C]
+    _edit_csv(customers, lambda rows: [["Mail" if c == "Email" else c for c in rows[0]], *rows[1:]])
+    _lose_state(tmp_path)
+    result = api.sync(cfg)[0]
+    assert result.exit_code == 0
+    assert [i.describe() for ep in result.plan.entities for i in ep.issues] == []
+    assert len(SheetFile(customers).load()) == 3 and len(ds().table(C)) == 2

@@ -210,6 +210,27 @@ def test_the_plan_says_a_conflict_is_told_again_or_closed(tmp_path: Path) -> Non
     assert "! conflict on company closed: a='From A', b='From A' agree now" in shown()
 
 
+def test_a_conflict_of_two_of_three_members_closes_once_those_two_agree(tmp_path: Path) -> None:
+    """c never changed the field: the conflict is a's and b's, and closes once b types a's
+    value; c gets it (a cold review found it left open for good, c's old value counted)."""
+    cfg = memory_config(
+        tmp_path,
+        {"a": {}, "b": {}, "c": {}},
+        conflicts={"default": ["a"], "customers.company": ["manual"]},
+    )
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com", "company": "A"})
+    run(cfg)
+    b_id = next(iter(ds("b").table(C)))
+    ds("a").edit(C, "a1", company="From A")
+    ds("b").edit(C, b_id, company="From B")
+    assert run(cfg).open_conflicts == 1
+    ds("b").edit(C, b_id, company="From A")
+    result = run(cfg)
+    assert result.exit_code == 0 and result.open_conflicts == 0
+    assert ops(result) == [("update", "c")]
+    assert [r["company"] for r in ds("c").table(C).values()] == ["From A"]
+
+
 def test_a_dry_run_counts_a_conflict_told_again_once(tmp_path: Path) -> None:
     cfg, b_id = _parked_company(tmp_path)
     ds("b").edit(C, b_id, company="From B, corrected")
