@@ -454,7 +454,10 @@ def _link_to(w: Write, written: NativeRecord, base: model.Record | None = None) 
         if own:
             last_seen = {**last_seen, **{f: base.get(f) for f in own}}
             native_hash = None
-    if not isinstance(w.action, Delete) and w.action.unseen:
+    if isinstance(w.action, Update) and w.action.unseen:
+        kept = {n: v for n, v in w.action.unseen.items() if v is not None}
+        last_seen = {**last_seen, **kept, model.UNSEEN: sorted(w.action.unseen)}
+    elif isinstance(w.action, Create) and w.action.unseen:
         last_seen = {**last_seen, model.UNSEEN: list(w.action.unseen)}
     return LinkPlan(w.action.member, written.id, native_hash, last_seen)
 

@@ -97,10 +97,10 @@ from syncengine.locks import Through, dated_through, locks_for
 from syncengine.logging import redact_text
 from syncengine.marks import drop_exact_marks, marks_to_keep, store_marks
 from syncengine.match import (
+    Blind,
     MatchResult,
     Observed,
     Relinking,
-    blind_spots,
     hold_blind,
     match,
     relink_vanished,
@@ -965,16 +965,16 @@ class Engine:
             unreadable=unreadable,
             decided=decided if decisions else None,
         )
-        blind = blind_spots(new_records, {n: r.missing for n, r in reads.items()}, keys)
-        if blind:
+        missing = {n: r.missing for n, r in reads.items() if r.missing}
+        if missing and keys:
             paired = set(hints or {})
-            held = hold_blind(
-                result, blind, keys, lambda obs: (obs.member, obs.native_hash) in paired
+            blind = hold_blind(
+                result, missing, keys, lambda obs: (obs.member, obs.native_hash) in paired
             )
-            if held:
-                for name, lacking in blind.items():
+            if blind.held:
+                for name, lacking in blind.lacking.items():
                     reads[name].unfilled = frozenset(lacking)
-                _report_blind(entity, members, reads, blind, held, ent)
+                _report_blind(entity, members, reads, blind, ent)
         for obs, why in result.ambiguous:
             ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
             if parked is not None:
@@ -1325,35 +1325,39 @@ def _report_blind(
     entity: str,
     members: Sequence[Member],
     reads: Mapping[str, MemberRead],
-    blind: Mapping[str, list[str]],
-    held: Mapping[str, list[Observed]],
+    blind: Blind,
     ent: EntityPlan,
 ) -> None:
     """Say why records new to the hub wait (``match.hold_blind``): on each blind member,
-    which column is missing and what to do; on the others, how many of theirs wait for it."""
+    which columns are missing and what to do; on the others, how many of theirs wait."""
     gone: list[str] = []
     for m in members:
-        if m.name not in blind:
+        if m.name not in blind.lacking:
             continue
         structure = reads[m.name].structure
-        columns = [f.native for f in m.mapping.fields if f.canonical in blind[m.name]]
-        gone += [f"{structure.where or m.name}'s {c}" for c in columns]
+        columns = [f.native for f in m.mapping.fields if f.canonical in blind.lacking[m.name]]
+        where = structure.where or m.name
+        gone += [f"{c} of {where}" for c in columns]
         named = " and ".join(columns)
-        waiting = plural(len(held.get(m.name, [])), entity[:-1], entity)
+        one = len(columns) == 1
+        which = f"column {named} is" if one else f"columns {named} are"
+        it, back = ("it", "it is") if one else ("them", "they are")
+        waiting = plural(len(blind.held.get(m.name, [])), entity[:-1], entity)
         ent.issues.append(
             Issue(
                 entity,
                 m.name,
                 structure.where,
-                f"column {named} is missing, and {entity} are matched by it: {waiting} "
-                f"here not linked yet, and the {entity} new elsewhere that could be one of "
-                "them, wait until it is back, so that none is added twice. Rename the column "
-                f"back to {named}, or add it (empty, if these rows have no value there); the "
-                "sync does not add it back while they wait",
+                f"{which} missing, and {entity} are matched by {it}: {waiting} here not "
+                f"linked yet, and the {entity} new elsewhere that could be one of them, wait "
+                f"until {back} back, so that none is added twice. Rename the "
+                f"{'column' if one else 'columns'} back to {named}, or add {it} (empty, if "
+                f"these rows have no value there); the sync does not add {it} back while "
+                "they wait",
             )
         )
-    for name, records in sorted(held.items()):
-        if name not in blind:
+    for name, records in sorted(blind.held.items()):
+        if name not in blind.lacking:
             count = len(records)
             ent.issues.append(
                 Issue(
@@ -1361,11 +1365,15 @@ def _report_blind(
                     name,
                     "",
                     f"{plural(count, 'new ' + entity[:-1], 'new ' + entity)} "
-                    f"{'waits' if count == 1 else 'wait'} for {' and '.join(gone)} "
-                    f"{'column' if len(gone) == 1 else 'columns'}, missing (see that error): "
-                    f"{entity} are matched by it",
+                    f"{'waits' if count == 1 else 'wait'} for the missing "
+                    f"{'column' if len(gone) == 1 else 'columns'} {' and '.join(gone)} "
+                    f"(see that error): {entity} are matched by {_them(gone)}",
                 )
             )
+
+
+def _them(items: Sequence[str]) -> str:
+    return "it" if len(items) == 1 else "them"
 
 
 def _deletes(kp: KeyPlan, views: Mapping[str, MemberView]) -> bool:

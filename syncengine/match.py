@@ -152,66 +152,62 @@ def _shows_any(obs: Observed, keys: Iterable[str]) -> bool:
     return any(obs.canonical.get(k) not in (None, "") for k in keys)
 
 
-def blind_spots(
-    new_records: Mapping[str, Sequence[Observed]],
-    missing: Mapping[str, frozenset[str]],
-    match_keys: Sequence[str],
-) -> dict[str, list[str]]:
-    """member -> the match keys whose column its sheet lacks (renamed or removed), where
-    that can pair wrongly: some of its records new to the hub show no value of the match
-    keys it does hold (they may hold one in the column that is gone), and another member's
-    new records hold values of the keys it lacks (a lost state store, a first sync, a
-    customer typed on both sides). Empty: matching is sound (``hold_blind``)."""
-    blind: dict[str, list[str]] = {}
-    for member, records in new_records.items():
-        gone = missing.get(member, frozenset())
-        lacking = [k for k in match_keys if k in gone]
-        if not lacking:
-            continue
-        held = [k for k in match_keys if k not in gone]
-        if not any(not _shows_any(obs, held) for obs in records):
-            continue
-        if any(
-            _shows_any(obs, lacking)
-            for other, theirs in new_records.items()
-            if other != member
-            for obs in theirs
-        ):
-            blind[member] = lacking
-    return blind
+@dataclass
+class Blind:
+    """What ``hold_blind`` held back, and why."""
+
+    lacking: dict[str, list[str]] = field(default_factory=dict)
+    """member -> the match keys whose column its sheet lacks, where that held records."""
+    held: dict[str, list[Observed]] = field(default_factory=dict)
+    """member -> its records new to the hub that wait."""
 
 
 def hold_blind(
     result: MatchResult,
-    blind: Mapping[str, Sequence[str]],
+    missing: Mapping[str, frozenset[str]],
     match_keys: Sequence[str],
     hinted: Callable[[Observed], bool],
-) -> dict[str, list[Observed]]:
-    """Take out of ``result`` the new hub records that matching could not vouch for while
-    a member is blind to some match keys (``blind_spots``), and return their records by
-    member. A new hub record waits when it would be created on the blind member from
-    records that hold a value of a key it lacks (it may be one of the member's rows), or
-    when it is one of the blind member's rows alone that shows no value of the keys the
-    member holds (it may be a record new elsewhere). Records paired with one of the blind
-    member's (by a match key it holds, a relink key), new elsewhere without a value of the
-    keys it lacks, or paired by an earlier run (``hinted``) go on."""
-    held: dict[str, list[Observed]] = {}
-    for key in sorted(result.new_keys):
+) -> Blind:
+    """Take out of ``result`` the new hub records matching could not vouch for because a
+    member's sheet lacks a match key's column (renamed or removed), and say which.
+
+    A member is blind to a key when, after matching, it has records that paired with
+    nothing (any of them may hold a value in the column that is gone) while records new
+    elsewhere that paired with nothing either hold a value of that key (a lost state store,
+    a first sync, a customer typed on both sides). Matching would have paired some of them
+    had the column been there, so both wait: the member's unpaired records, and those new
+    elsewhere that hold a value of a key it lacks (they would be created on it). Records
+    paired with any other (a match key, a relink key) go on, and so do records an earlier
+    run paired (``hinted``)."""
+    alone: dict[str, list[tuple[str, Observed]]] = {}
+    for key in result.new_keys:
         group = result.groups.get(key, {})
-        waits = False
-        for member, lacking in blind.items():
-            present = [k for k in match_keys if k not in lacking]
-            if member not in group:
-                waits = any(_shows_any(obs, lacking) for obs in group.values())
-            elif len(group) == 1:
-                waits = not _shows_any(group[member], present)
-            if waits:
-                break
-        if waits and not any(hinted(obs) for obs in group.values()):
-            for obs in result.groups.pop(key).values():
-                held.setdefault(obs.member, []).append(obs)
-            result.new_keys.discard(key)
-    return held
+        if len(group) == 1 and not any(hinted(obs) for obs in group.values()):
+            [(member, obs)] = group.items()
+            alone.setdefault(member, []).append((key, obs))
+    out = Blind()
+    waiting: set[str] = set()
+    for member in alone:
+        gone = missing.get(member, frozenset())
+        lacking = [k for k in match_keys if k in gone]
+        if not lacking:
+            continue
+        theirs = [
+            key
+            for other, records in alone.items()
+            if other != member
+            for key, obs in records
+            if _shows_any(obs, lacking)
+        ]
+        if theirs:
+            out.lacking[member] = lacking
+            waiting.update(theirs)
+            waiting.update(key for key, _obs in alone[member])
+    for key in sorted(waiting):
+        for obs in result.groups.pop(key).values():
+            out.held.setdefault(obs.member, []).append(obs)
+        result.new_keys.discard(key)
+    return out
 
 
 def match(

@@ -68,8 +68,9 @@ DELETED = "_deleted"
 
 UNSEEN = "_unseen"
 """In a link's last-seen record: the fields whose value on the member the sync does not
-know (a column the sheet lacked while the record could not be written). A value read there
-later is compared with the base, as a never-seen record's would be (see reconcile)."""
+know (a column the sheet lacked while the record, or that field, could not be written);
+their last-seen values, where known, stay beside. A value read there later is no change of
+the member's when it is empty, the last-seen value or the base's (see reconcile)."""
 
 
 class FieldProblem(NamedTuple):

@@ -55,9 +55,9 @@ class Update:
     read_hash: str = ""
     """The native hash of the record as read (finds a provisional row again after a crash)."""
     op: str = "update"
-    unseen: tuple[str, ...] = ()
-    """Fields the member's sheet lacks that the write leaves out: its link marks them
-    ``model.UNSEEN``."""
+    unseen: dict[str, Value] = field(default_factory=dict)
+    """Fields the member's sheet lacks that the write leaves out -> the value last seen there
+    (None: none): its link keeps that value and marks them ``model.UNSEEN``."""
 
     @property
     def link_only(self) -> bool:

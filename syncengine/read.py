@@ -100,7 +100,7 @@ class MemberRead:
     unchanged ones too, so that the base fills them."""
     unfilled: frozenset[str] = frozenset()
     """Of ``missing``, the fields not written this run: matching is blind without them and
-    holds records back (``match.blind_spots``), so their columns wait for a person."""
+    holds records back (``match.hold_blind``), so their columns wait for a person."""
     fingerprint: str = ""
     """The fingerprint of the mapping this read was made with (``EntityMapping.fingerprint``)."""
     stored_fingerprint: str | None = None

@@ -118,7 +118,7 @@ class Context:
     """Keys whose delete a person approved already (a guard's batch): not held again."""
     unfilled: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """member -> fields not written to it this run: the columns its sheet lacks while
-    matching is blind to them (``match.blind_spots``), which only a person may add back."""
+    matching is blind to them (``match.hold_blind``), which only a person may add back."""
 
 
 def decide(
@@ -201,20 +201,20 @@ def _plan_key(
 
 def _forget_unheld(plan: KeyPlan, views: Mapping[str, MemberView]) -> None:
     """For a record left alone where a member cannot read it: where that member's sheet
-    lacks a column its link last saw a value in, the link forgets the value (it is
-    ``UNSEEN``) and turns dirty. The column the sync adds back stays blank on this row
-    (it is not written), and a person may also put the old values back. Once the row is
-    fixed, what is there is compared with the base, not with the forgotten value: a blank
-    is filled from the base, the old value is no edit, and only another value is one."""
+    lacks a column its link last saw a value in, the link marks the value ``UNSEEN`` and
+    turns dirty. The column the sync adds back stays blank on this row (it is not
+    written), and a person may also put the old values back. Once the row is fixed, what
+    is there is compared with the last-seen value and the base: a blank is filled from the
+    base, the old value or the base's is no edit, and only another value is one."""
     for member, view in views.items():
         seen = view.last_seen
         if view.status != "blocked" or not view.native_id or not seen:
             continue
-        if view.missing.isdisjoint(seen):
+        known = set(seen.get(UNSEEN) or ())
+        new = (view.missing & seen.keys()) - known
+        if not new:
             continue
-        unseen = sorted(set(seen.get(UNSEEN) or ()) | (view.missing & seen.keys()))
-        kept = {n: v for n, v in seen.items() if n not in view.missing}
-        kept[UNSEEN] = unseen
+        kept = {**seen, UNSEEN: sorted(known | new)}
         plan.links[member] = LinkPlan(member, view.native_id, view.native_hash, kept, dirty=True)
 
 
@@ -260,7 +260,8 @@ def _changes(
     ctx: Context, present: Mapping[str, MemberView], base_now: Record, parked: set[str]
 ) -> dict[str, dict[str, Any]]:
     """Phase 1: field -> member -> value, for every field a member changed since it last
-    saw the record. A newly linked record (never seen) only brings values the base lacks
+    saw the record (for a field ``UNSEEN`` there: a value neither empty, nor the last-seen
+    one, nor the base's). A newly linked record (never seen) only brings values the base lacks
     or differs on; parked fields, and fields a member does not hold yet (a column missing
     from its sheet), are left alone."""
     changed: dict[str, dict[str, Any]] = {}
@@ -291,6 +292,7 @@ def _changes(
                     continue
             elif (
                 value is None
+                or (view.last_seen is not None and value == view.last_seen.get(name))
                 or mapping.equivalent(name, value, base_now.get(name))
                 or _coarser(ctx, member, name, value, present)
             ):
@@ -318,6 +320,14 @@ def _agreed(
         }
         if len(held) < 2 or len({_freeze(v) for v in held.values()}) != 1:
             continue
+        value = next(iter(held.values()))
+        if any(
+            member not in shown
+            and view.last_seen is not None
+            and (view.current or {}).get(name) not in (view.last_seen.get(name), value)
+            for member, view in present.items()
+        ):
+            continue  # another member changed it too: told again (``_refresh_parked``)
         agreed[name] = held
         winner = sorted(held)[0]
         plan.conflicts.append(
@@ -641,7 +651,7 @@ def _plan_update(
             full,
             assign_id=assign,
             read_hash=view.native_hash or "",
-            unseen=tuple(n for n in unseen if n not in fields),
+            unseen={n: (view.last_seen or {}).get(n) for n in unseen if n not in fields},
         )
     )
     # the link is finalised by the executor from what the member returns
@@ -767,7 +777,12 @@ def _waits(ctx: Context, plan: KeyPlan, member: str, missing: list[str]) -> Skip
 
 def _keep(view: MemberView, *, dirty: bool, unseen: tuple[str, ...] = ()) -> LinkPlan:
     native_id = None if view.provisional else view.native_id
-    seen = {**(view.current or {}), UNSEEN: list(unseen)} if unseen else view.current
+    last = view.last_seen or {}
+    seen = (
+        {**(view.current or {}), **{n: last[n] for n in unseen if n in last}, UNSEEN: list(unseen)}
+        if unseen
+        else view.current
+    )
     return LinkPlan(view.member, native_id, view.native_hash, seen, dirty=dirty)
 
 

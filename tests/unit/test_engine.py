@@ -231,6 +231,29 @@ def test_a_conflict_of_two_of_three_members_closes_once_those_two_agree(tmp_path
     assert [r["company"] for r in ds("c").table(C).values()] == ["From A"]
 
 
+def test_a_third_member_changing_the_field_too_keeps_the_conflict_open(tmp_path: Path) -> None:
+    """b types a's value while c changes the field too: not agreed; the conflict is told
+    again with c's value (a cold review found c's edit overwritten)."""
+    cfg = memory_config(
+        tmp_path,
+        {"a": {}, "b": {}, "c": {}},
+        conflicts={"default": ["a"], "customers.company": ["manual"]},
+    )
+    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com", "company": "A"})
+    run(cfg)
+    b_id, c_id = next(iter(ds("b").table(C))), next(iter(ds("c").table(C)))
+    ds("a").edit(C, "a1", company="From A")
+    ds("b").edit(C, b_id, company="From B")
+    assert run(cfg).open_conflicts == 1
+    ds("b").edit(C, b_id, company="From A")
+    ds("c").edit(C, c_id, company="From C")
+    result = run(cfg)
+    assert result.exit_code == 1 and result.open_conflicts == 1 and ops(result) == []
+    [row] = api.list_conflicts(cfg)
+    assert row.values == {"a": "From A", "b": "From A", "c": "From C"}
+    assert ds("c").table(C)[c_id]["company"] == "From C"
+
+
 def test_a_dry_run_counts_a_conflict_told_again_once(tmp_path: Path) -> None:
     cfg, b_id = _parked_company(tmp_path)
     ds("b").edit(C, b_id, company="From B, corrected")

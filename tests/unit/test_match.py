@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from syncengine.connector import NativeRecord
-from syncengine.match import MatchResult, Observed, blind_spots, hold_blind, match
+from syncengine.match import MatchResult, Observed, hold_blind, match
 from syncengine.model import Record
 
 CRM, SHEET, SHOP = "crm", "sheet", "shop"
@@ -359,50 +359,65 @@ def test_records_of_members_outside_the_pipeline_are_left_out() -> None:
 # ------------------------------------------------- a sheet lacking a match key's column
 
 
-def test_a_member_is_blind_only_where_a_missing_column_can_hide_a_match() -> None:
-    """The sheet lacks Mobile: it is blind when a row of its shows no e-mail (it may hold a
-    mobile there) while a record new elsewhere holds a mobile; not otherwise."""
-    gone = {SHEET: frozenset({"mobile_number"})}
-    by_email = record(SHEET, "s1", {"email": ANN_EMAIL})
-    no_key = record(SHEET, "s2", {"first_name": "Dee"})
-    mobile = record(CRM, "c1", {"first_name": "Eve", "mobile_number": ANN_MOBILE})
-    email_only = record(CRM, "c2", {"email": "bob@example.com"})
-    assert blind_spots({SHEET: [no_key], CRM: [mobile]}, gone, CUSTOMER_KEYS) == {
-        SHEET: ["mobile_number"]
-    }
-    assert blind_spots({SHEET: [by_email], CRM: [mobile]}, gone, CUSTOMER_KEYS) == {}
-    assert blind_spots({SHEET: [no_key], CRM: [email_only]}, gone, CUSTOMER_KEYS) == {}
-    assert blind_spots({SHEET: [no_key], CRM: [mobile]}, {}, CUSTOMER_KEYS) == {}
-    assert blind_spots({CRM: [mobile]}, gone, CUSTOMER_KEYS) == {}
-
-
 def _counter() -> Callable[[], str]:
     counter = itertools.count(1)
     return lambda: f"new-{next(counter)}"
 
 
-def test_what_a_blind_member_cannot_vouch_for_waits_and_what_paired_goes_on() -> None:
-    gone = {SHEET: frozenset({"mobile_number"})}
+def _held(new_records: Mapping[str, list[Observed]], *hinted: str) -> dict[str, list[str]]:
+    """Match, then hold what the sheet (lacking its Mobile column) cannot vouch for: member
+    -> the native ids that wait; the rest stays in the result."""
+    result = match(MEMBERS, new_records, [], CUSTOMER_KEYS, make_key=_counter())
+    blind = hold_blind(
+        result,
+        {SHEET: frozenset({"mobile_number"})},
+        CUSTOMER_KEYS,
+        lambda obs: obs.record.id in hinted,
+    )
+    assert set(blind.lacking) <= {SHEET}
+    assert bool(blind.held) == bool(blind.lacking)
+    kept = {o.record.id for g in result.groups.values() for o in g.values()}
+    held = {o.record.id for obs in blind.held.values() for o in obs}
+    assert not kept & held
+    return {m: sorted(o.record.id for o in obs) for m, obs in blind.held.items()}
+
+
+def test_what_a_sheet_without_its_mobile_column_cannot_vouch_for_waits() -> None:
+    """Dee's row paired with nothing, and Eve, new in the CRM, holds a mobile: Dee may hold
+    Eve's mobile in the column that is gone. Both wait. Ann (paired by e-mail) and Bob (no
+    mobile, so no pairing through the column) go on."""
     ann_sheet = record(SHEET, "s1", {"email": ANN_EMAIL})
     ann_crm = record(CRM, "c1", {"email": ANN_EMAIL, "mobile_number": ANN_MOBILE})
     dee = record(SHEET, "s2", {"first_name": "Dee"})
     eve = record(CRM, "c2", {"first_name": "Eve", "mobile_number": "+15550000002"})
     bob = record(CRM, "c3", {"first_name": "Bob", "email": "bob@example.com"})
-    cid = record(SHEET, "s3", {"first_name": "Cid", "email": "cid@example.com"})
-    new_records = {SHEET: [ann_sheet, dee, cid], CRM: [ann_crm, eve, bob]}
-    blind = blind_spots(new_records, gone, CUSTOMER_KEYS)
-    result = match(MEMBERS, new_records, [], CUSTOMER_KEYS, make_key=_counter())
-    held = hold_blind(result, blind, CUSTOMER_KEYS, lambda _obs: False)
-    # Dee (no key shown) and Eve (a mobile the sheet cannot show) wait; Ann (paired by
-    # e-mail), Bob (no mobile: the sheet's column hides nothing of his) and Cid go on
-    assert {m: sorted(o.record.id for o in obs) for m, obs in held.items()} == {
+    assert _held({SHEET: [ann_sheet, dee], CRM: [ann_crm, eve, bob]}) == {
         SHEET: ["s2"],
         CRM: ["c2"],
     }
-    kept = sorted(sorted(o.record.id for o in g.values()) for g in result.groups.values())
-    assert kept == [["c1", "s1"], ["c3"], ["s3"]]
-    assert len(result.new_keys) == 3
-    again = match(MEMBERS, new_records, [], CUSTOMER_KEYS, make_key=_counter())
-    assert hold_blind(again, blind, CUSTOMER_KEYS, lambda obs: obs.record.id == "c2") == {
-        SHEET: [dee]
-    }  # a record a run already paired (a hint) goes on
+
+
+def test_a_row_showing_another_key_may_still_pair_through_the_missing_column() -> None:
+    """Dee's row shows an e-mail the CRM's Dee lacks, and the CRM's Dee a mobile: with the
+    column there, the two may have paired by mobile; both wait."""
+    dee_sheet = record(SHEET, "s1", {"first_name": "Dee", "email": "dee@example.com"})
+    dee_crm = record(CRM, "c1", {"first_name": "Dee", "mobile_number": "+15550000002"})
+    assert _held({SHEET: [dee_sheet], CRM: [dee_crm]}) == {SHEET: ["s1"], CRM: ["c1"]}
+
+
+def test_nothing_waits_where_nothing_could_pair_through_the_missing_column() -> None:
+    ann_sheet = record(SHEET, "s1", {"email": ANN_EMAIL})
+    ann_crm = record(CRM, "c1", {"email": ANN_EMAIL, "mobile_number": ANN_MOBILE})
+    dee = record(SHEET, "s2", {"first_name": "Dee"})
+    bob = record(CRM, "c2", {"email": "bob@example.com"})
+    cy = record(CRM, "c3", {"mobile_number": "+15550000003"})
+    assert _held({SHEET: [ann_sheet, dee], CRM: [ann_crm, bob]}) == {}  # no mobile elsewhere
+    assert _held({SHEET: [ann_sheet], CRM: [ann_crm, cy]}) == {}  # every row paired
+    assert _held({CRM: [cy]}) == {}  # nothing new on the sheet
+
+
+def test_a_record_an_earlier_run_paired_goes_on_while_others_wait() -> None:
+    dee = record(SHEET, "s1", {"first_name": "Dee"})
+    eve = record(CRM, "c1", {"mobile_number": "+15550000002"})
+    fay = record(CRM, "c2", {"mobile_number": "+15550000003"})
+    assert _held({SHEET: [dee], CRM: [eve, fay]}, "c1") == {SHEET: ["s1"], CRM: ["c2"]}

@@ -499,8 +499,8 @@ def test_a_row_showing_no_match_key_waits_while_the_mobile_column_is_missing(
             "of them, wait until it is back, so that none is added twice. Rename the column "
             "back to Mobile, or add it (empty, if these rows have no value there); the sync "
             "does not add it back while they wait",
-            "a: 1 new customer waits for customers.csv's Mobile column, missing (see that "
-            "error): customers are matched by it",
+            "a: 1 new customer waits for the missing column Mobile of customers.csv (see "
+            "that error): customers are matched by it",
         ]
         assert "Mobile" not in sheet.rows()[0]
         assert sheet.column("First Name") == ["Ann", "Dee"]
