@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -679,6 +679,13 @@ class Candidate:
     """False when the record is no longer in the hub (deleted since)."""
 
 
+def _held_now(last_seen: Mapping[str, Any]) -> dict[str, Any]:
+    """A member's last-seen values as what it holds: without the fields it is not known to
+    hold any more (``UNSEEN``: a column its sheet lacked), nor the mark."""
+    unseen = set(last_seen.get(UNSEEN) or ())
+    return {n: v for n, v in last_seen.items() if n != UNSEEN and n not in unseen}
+
+
 @dataclass(frozen=True)
 class ReviewItem:
     """A record new on a member that the sync left alone: it matches several hub records,
@@ -830,7 +837,7 @@ def _candidates(
             out.append(Candidate(key, key, {}, {}, exists=False))
             continue
         held = {
-            m: {n: v for n, v in (ln.last_seen or {}).items() if n != UNSEEN}
+            m: _held_now(ln.last_seen or {})
             for m, ln in rs.links.items()
             if ln.native_id and not ln.tombstone
         }

@@ -965,7 +965,7 @@ class Engine:
             unreadable=unreadable,
             decided=decided if decisions else None,
         )
-        missing = {n: r.missing for n, r in reads.items() if r.missing}
+        missing = _blind_candidates(reads)
         if missing and keys:
             paired = set(hints or {})
             blind = hold_blind(
@@ -1319,6 +1319,18 @@ def _records_read(
             changed = reads[name].changed.get(key)
             if changed is not None:
                 yield changed.canonical
+
+
+def _blind_candidates(reads: Mapping[str, MemberRead]) -> dict[str, frozenset[str]]:
+    """member -> the columns its sheet lacks, for sheets the sync wrote before, which had
+    every mapped column then: records linked to it, or rows carrying Sync IDs (a lost or
+    restored state store). A column a sheet typed by hand never had hides no value, so
+    matching is not blind there: it is added and filled as any missing column."""
+    return {
+        name: r.missing
+        for name, r in reads.items()
+        if r.missing and (r.linked or any(not obs.record.provisional for obs in r.new))
+    }
 
 
 def _report_blind(

@@ -172,19 +172,23 @@ def hold_blind(
     member's sheet lacks a match key's column (renamed or removed), and say which.
 
     A member is blind to a key when, after matching, it has records that paired with
-    nothing (any of them may hold a value in the column that is gone) while records new
-    elsewhere that paired with nothing either hold a value of that key (a lost state store,
-    a first sync, a customer typed on both sides). Matching would have paired some of them
-    had the column been there, so both wait: the member's unpaired records, and those new
-    elsewhere that hold a value of a key it lacks (they would be created on it). Records
-    paired with any other (a match key, a relink key) go on, and so do records an earlier
-    run paired (``hinted``)."""
-    alone: dict[str, list[tuple[str, Observed]]] = {}
+    nothing (any of them may hold a value in the column that is gone) while new hub records
+    it is not part of hold a value of that key (a lost state store, a customer typed on
+    both sides; paired between other members or not). Matching would have paired some of
+    them had the column been there, so both wait: the member's unpaired records, and the new
+    hub records it lacks that hold a value of a key it lacks (they would be created on it).
+    Records paired with the member's go on, and so do records an earlier run paired
+    (``hinted``). ``missing`` names only members whose columns were there once (the
+    engine's ``_blind_candidates``): a column a sheet never had hides nothing."""
+    alone: dict[str, list[str]] = {}
+    fresh: list[tuple[str, dict[str, Observed]]] = []
     for key in result.new_keys:
         group = result.groups.get(key, {})
-        if len(group) == 1 and not any(hinted(obs) for obs in group.values()):
-            [(member, obs)] = group.items()
-            alone.setdefault(member, []).append((key, obs))
+        if not group or any(hinted(obs) for obs in group.values()):
+            continue
+        fresh.append((key, group))
+        if len(group) == 1:
+            alone.setdefault(next(iter(group)), []).append(key)
     out = Blind()
     waiting: set[str] = set()
     for member in alone:
@@ -194,15 +198,13 @@ def hold_blind(
             continue
         theirs = [
             key
-            for other, records in alone.items()
-            if other != member
-            for key, obs in records
-            if _shows_any(obs, lacking)
+            for key, group in fresh
+            if member not in group and any(_shows_any(obs, lacking) for obs in group.values())
         ]
         if theirs:
             out.lacking[member] = lacking
             waiting.update(theirs)
-            waiting.update(key for key, _obs in alone[member])
+            waiting.update(alone[member])
     for key in sorted(waiting):
         for obs in result.groups.pop(key).values():
             out.held.setdefault(obs.member, []).append(obs)

@@ -323,8 +323,8 @@ def _agreed(
         value = next(iter(held.values()))
         if any(
             member not in shown
-            and view.last_seen is not None
-            and (view.current or {}).get(name) not in (view.last_seen.get(name), value)
+            and _edited(view, name, base_now)
+            and (view.current or {}).get(name) != value
             for member, view in present.items()
         ):
             continue  # another member changed it too: told again (``_refresh_parked``)
@@ -365,7 +365,7 @@ def _refresh_parked(
             if view.last_seen is None or name in view.missing:
                 continue
             value = (view.current or {}).get(name)
-            if value != view.last_seen.get(name) and value != shown.get(member):
+            if _edited(view, name, base_now) and value != shown.get(member):
                 edits[member] = value
         if edits:
             values = {**shown, **edits}
@@ -381,6 +381,19 @@ def _refresh_parked(
                     plan.label,
                 )
             )
+
+
+def _edited(view: MemberView, name: str, base_now: Record) -> bool:
+    """Whether the member changed ``name`` since it last saw the record, as ``_changes``
+    tells for a member that saw it: never where its sheet lacks the column; for a field
+    ``UNSEEN`` there, only to a value neither empty, nor the last-seen one, nor the base's."""
+    if view.last_seen is None or name in view.missing:
+        return False
+    value = (view.current or {}).get(name)
+    last = view.last_seen.get(name)
+    if name in (view.last_seen.get(UNSEEN) or ()):
+        return value not in (None, last, base_now.get(name))
+    return value != last
 
 
 def _coarser(

@@ -254,6 +254,36 @@ def test_a_third_member_changing_the_field_too_keeps_the_conflict_open(tmp_path:
     assert ds("c").table(C)[c_id]["company"] == "From C"
 
 
+def test_a_blank_where_a_value_is_unseen_does_not_tell_a_conflict_again(tmp_path: Path) -> None:
+    """b's link marks company UNSEEN (its sheet lacked the column while the row was in
+    error; the column came back blank on it): the blank is no edit of b's, and the open
+    conflict keeps b's value (a cold review found it told again with b 'clearing' it, and
+    taking b then cleared the company everywhere)."""
+    cfg, b_id = _parked_company(tmp_path)
+    store = api.open_store(cfg)
+    try:
+        [rs] = store.iter_records("p", C)
+        link = rs.links["b"]
+        with store.transaction() as tx:
+            seen = {**(link.last_seen or {}), "_unseen": ["company"]}
+            tx.put_link(
+                "p",
+                C,
+                rs.key,
+                "b",
+                native_id=link.native_id,
+                native_hash=link.native_hash,
+                last_seen=seen,
+            )
+    finally:
+        store.close()
+    ds("b").edit(C, b_id, company=None, first_name="Annie")
+    result = run(cfg)
+    assert not any(ep.conflicts for ep in result.plan.entities)
+    [row] = api.list_conflicts(cfg)
+    assert row.values == {"a": "From A", "b": "From B"}
+
+
 def test_a_dry_run_counts_a_conflict_told_again_once(tmp_path: Path) -> None:
     cfg, b_id = _parked_company(tmp_path)
     ds("b").edit(C, b_id, company="From B, corrected")

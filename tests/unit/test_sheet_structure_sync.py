@@ -456,38 +456,41 @@ def typed_sheet(tmp_path: Path, rows: list[list[str]]) -> tuple[Config, Sheet]:
     return cfg, sheet
 
 
-def test_a_first_sync_of_a_sheet_without_a_mobile_column_matches_its_rows_by_e_mail(
+def test_a_first_sync_of_a_sheet_typed_without_a_mobile_column_holds_nothing(
     tmp_path: Path,
 ) -> None:
-    """Every row shows an e-mail: the Mobile column it lacks hides nothing matching needs,
-    so nothing waits (the column is added and filled)."""
-    cfg, sheet = typed_sheet(tmp_path, [["Ann", "ann@example.com"], ["Bob", "bob@example.com"]])
-    ds().put(
-        C, "a1", {"first_name": "Ann", "email": "ann@example.com", "mobile_number": "+15550001"}
+    """A sheet typed by hand never had a Mobile column: it hides no mobile, so nothing
+    waits. Rows match by e-mail, the column is added and filled, and Dee (no e-mail) and
+    HCP's Eve (a mobile only) are two customers (a cold review found a first sync of 500
+    such rows holding thousands of records)."""
+    cfg, sheet = typed_sheet(
+        tmp_path, [["Ann", "ann@example.com"], ["Bob", "bob@example.com"], ["Dee", ""]]
     )
-    ds().put(
-        C, "a2", {"first_name": "Bob", "email": "bob@example.com", "mobile_number": "+15550002"}
-    )
-    ds().put(C, "a3", {"first_name": "Cy", "email": "cy@example.com", "mobile_number": "+15550003"})
+    for n, name in enumerate(("Ann", "Bob", "Cy"), start=1):
+        email = f"{name.lower()}@example.com"
+        ds().put(C, f"a{n}", {"first_name": name, "email": email, "mobile_number": f"+1555000{n}"})
+    ds().put(C, "a4", {"first_name": "Eve", "mobile_number": "+15550004"})
     result = run(cfg)
     assert result.exit_code == 0 and result.plan.entities[0].issues == []
-    assert sheet.column("Email") == ["ann@example.com", "bob@example.com", "cy@example.com"]
-    assert all(sheet.column("Mobile"))
-    assert len(ds().table(C)) == 3
+    assert sorted(sheet.column("First Name")) == ["Ann", "Bob", "Cy", "Dee", "Eve"]
+    assert sheet.column("Mobile")[:2] != ["", ""]
+    assert len(ds().table(C)) == 5
     assert run(cfg).plan.actions == []
 
 
-def test_a_row_showing_no_match_key_waits_while_the_mobile_column_is_missing(
+def test_a_row_showing_no_match_key_waits_while_the_mobile_column_is_removed(
     tmp_path: Path,
 ) -> None:
-    """Dee's row shows no e-mail, and the sheet has no Mobile column: HCP's Eve, known only
-    by her mobile, may be Dee. Neither is synced, both are reported, and the sync does not
-    add the Mobile column itself (a blank it wrote would later read as 'no mobile') - every
-    run, until a person adds it. Ann, matched by e-mail, is synced at once. Once the
-    bookkeeper adds an empty Mobile column (Dee has none), they are two customers."""
-    cfg, sheet = typed_sheet(tmp_path, [["Ann", "ann@example.com"], ["Dee", ""]])
+    """After a first sync the bookkeeper deletes the Mobile column and types Dee, with no
+    e-mail; HCP gets Eve, known only by her mobile, who may be Dee. Neither is synced, both
+    are reported, and the sync does not add the Mobile column back (a blank it wrote would
+    later read as 'no mobile'), every run, until a person does. Once the bookkeeper adds it
+    back empty, Dee and Eve are two customers, and Ann's mobile is filled again."""
+    cfg, sheet = typed_sheet(tmp_path, [["Ann", "ann@example.com"]])
     ann = {"first_name": "Ann", "email": "ann@example.com", "mobile_number": "+15550001"}
     ds().put(C, "a1", ann)
+    assert run(cfg).exit_code == 0
+    sheet.edit(lambda rows: [*drop_column(rows, "Mobile"), ["", "Dee"] + [""] * (len(rows[0]) - 3)])
     ds().put(C, "a2", {"first_name": "Eve", "mobile_number": "+15550002"})
     for _ in range(2):
         result = run(cfg)
@@ -509,5 +512,45 @@ def test_a_row_showing_no_match_key_waits_while_the_mobile_column_is_missing(
     assert run(cfg).exit_code == 0
     assert sorted(sheet.column("First Name")) == ["Ann", "Dee", "Eve"]
     assert sorted(r["first_name"] for r in ds().table(C).values()) == ["Ann", "Dee", "Eve"]
-    assert sheet.column("Mobile")[0] != ""  # Ann's, filled from the other member
+    assert sheet.column("Mobile")[0] != ""  # Ann's, filled again from HCP
+    assert ds().table(C)["a1"]["mobile_number"] == "+15550001"
+    assert run(cfg).plan.actions == []
+
+
+def test_a_customer_paired_between_two_other_members_waits_for_the_sheets_email_column(
+    tmp_path: Path,
+) -> None:
+    """Three members: the bookkeeper renames Email and types Dee (her e-mail in the renamed
+    column); the same day Dee is entered in HCP (a) and the CRM, which pair with each other.
+    They may be the sheet's Dee, so all wait; once the column is back, one Dee everywhere (a
+    cold review found two Dees on every member, then a sheet with two Email columns)."""
+    sheet = Sheet(tmp_path, "csv")
+    cfg = memory_config(
+        tmp_path, {"a": {}, "crm": {}, "books": {"type": "spreadsheet", "path": sheet.books}}
+    )
+    ds().put(C, "a1", {"first_name": "Ann", "email": "ann@example.com"})
+    assert run(cfg).exit_code == 0
+
+    def rename_and_type_dee(rows: list[list[str]]) -> list[list[str]]:
+        rows = rename_column(rows, "Email", "E-mail")
+        dee = [""] * len(rows[0])
+        dee[rows[0].index("First Name")] = "Dee"
+        dee[rows[0].index("E-mail")] = "dee@example.com"
+        return [*rows, dee]
+
+    sheet.edit(rename_and_type_dee)
+    ds().put(C, "a2", {"first_name": "Dee", "email": "dee@example.com"})
+    ds("crm").put(C, "c2", {"first_name": "Dee", "email": "dee@example.com"})
+    result = run(cfg)
+    assert result.exit_code == 1 and result.plan.actions == []
+    assert sorted(i.member for i in result.plan.entities[0].issues) == ["a", "books", "crm"]
+    assert "Email" not in sheet.rows()[0]
+    sheet.edit(lambda rows: rename_column(rows, "E-mail", "Email"))
+    assert run(cfg).exit_code == 0
+    assert sheet.column("Email") == ["ann@example.com", "dee@example.com"]
+    for member in ("a", "crm"):
+        assert sorted(r["email"] for r in ds(member).table(C).values()) == [
+            "ann@example.com",
+            "dee@example.com",
+        ]
     assert run(cfg).plan.actions == []
