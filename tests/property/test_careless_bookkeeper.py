@@ -1921,6 +1921,27 @@ def test_old_values_put_back_under_a_column_forgotten_on_rows_in_error_are_no_ed
     assert api.sync(cfg)[0].plan.actions == []
 
 
+def _rename_email_and_type_dee(
+    email: str = "", mobile: str = ""
+) -> Callable[[list[list[str]]], list[list[str]]]:
+    """An edit of the customers sheet: Email renamed to E-mail, and Dee typed in a new row
+    with ``email`` in the renamed column and ``mobile``."""
+
+    def edit(rows: list[list[str]]) -> list[list[str]]:
+        header = ["E-mail" if c == "Email" else c for c in rows[0]]
+        dee = [""] * len(header)
+        dee[header.index("First Name")] = "Dee"
+        dee[header.index("E-mail")] = email
+        dee[header.index("Mobile")] = mobile
+        return [header, *rows[1:], dee]
+
+    return edit
+
+
+def _email_renamed_back(rows: list[list[str]]) -> list[list[str]]:
+    return [["Email" if c == "E-mail" else c for c in rows[0]], *rows[1:]]
+
+
 def test_a_renamed_e_mail_column_holds_a_customer_typed_on_both_sides_until_it_is_back(
     tmp_path: Path,
 ) -> None:
@@ -1934,23 +1955,14 @@ def test_a_renamed_e_mail_column_holds_a_customer_typed_on_both_sides_until_it_i
     assert api.sync(cfg)[0].exit_code == 0
     customers = tmp_path / "books" / FILES[C]
 
-    def rename_and_type_dee(rows: list[list[str]]) -> list[list[str]]:
-        header = ["E-mail" if c == "Email" else c for c in rows[0]]
-        dee = [""] * len(header)
-        dee[header.index("First Name")] = "Dee"
-        dee[header.index("E-mail")] = "dee@x.com"
-        return [header, *rows[1:], dee]
-
-    _edit_csv(customers, rename_and_type_dee)
+    _edit_csv(customers, _rename_email_and_type_dee("dee@x.com"))
     ds().put(C, "t9", {"email": "dee@x.com", "first_name": "Dee"})
     for _ in range(2):
         assert api.sync(cfg)[0].exit_code == 1
         header, *rows = SheetFile(customers).load()
         assert "Email" not in header and len(rows) == 2
         assert len(ds().table(C)) == 2
-    _edit_csv(
-        customers, lambda rows: [["Email" if c == "E-mail" else c for c in rows[0]], *rows[1:]]
-    )
+    _edit_csv(customers, _email_renamed_back)
     assert api.sync(cfg)[0].exit_code == 0
     header, *rows = SheetFile(customers).load()
     assert sorted(row[header.index("Email")] for row in rows) == ["ann@x.com", "dee@x.com"]
@@ -1988,20 +2000,12 @@ def test_an_hcp_edit_while_rows_wait_for_the_email_column_reaches_the_sheet(
     assert api.sync(cfg)[0].exit_code == 0
     customers = tmp_path / "books" / FILES[C]
 
-    def rename_and_type_dee(rows: list[list[str]]) -> list[list[str]]:
-        header = ["E-mail" if c == "Email" else c for c in rows[0]]
-        dee = [""] * len(header)
-        dee[header.index("First Name")] = "Dee"
-        return [header, *rows[1:], dee]
-
-    _edit_csv(customers, rename_and_type_dee)
+    _edit_csv(customers, _rename_email_and_type_dee())
     ds().put(C, "t2", {"email": "eve@x.com", "first_name": "Eve"})
     assert api.sync(cfg)[0].exit_code == 1  # Dee and Eve wait
     ds().edit(C, "t1", email="ann.new@x.com", first_name="Anne")
     assert api.sync(cfg)[0].exit_code == 1
-    _edit_csv(
-        customers, lambda rows: [["Email" if c == "E-mail" else c for c in rows[0]], *rows[1:]]
-    )
+    _edit_csv(customers, _email_renamed_back)
     assert api.sync(cfg)[0].exit_code == 0
     header, *rows = SheetFile(customers).load()
     emails = {row[header.index("First Name")]: row[header.index("Email")] for row in rows}
@@ -2022,21 +2026,11 @@ def test_a_new_row_showing_a_mobile_still_waits_for_its_missing_email_column(
     assert api.sync(cfg)[0].exit_code == 0
     customers = tmp_path / "books" / FILES[C]
 
-    def rename_and_type_dee(rows: list[list[str]]) -> list[list[str]]:
-        header = ["E-mail" if c == "Email" else c for c in rows[0]]
-        dee = [""] * len(header)
-        dee[header.index("First Name")] = "Dee"
-        dee[header.index("E-mail")] = "dee@x.com"
-        dee[header.index("Mobile")] = "555-0102"
-        return [header, *rows[1:], dee]
-
-    _edit_csv(customers, rename_and_type_dee)
+    _edit_csv(customers, _rename_email_and_type_dee("dee@x.com", "555-0102"))
     ds().put(C, "t9", {"email": "dee@x.com", "first_name": "Dee"})
     assert api.sync(cfg)[0].exit_code == 1
     assert len(SheetFile(customers).load()) == 3 and len(ds().table(C)) == 2
-    _edit_csv(
-        customers, lambda rows: [["Email" if c == "E-mail" else c for c in rows[0]], *rows[1:]]
-    )
+    _edit_csv(customers, _email_renamed_back)
     assert api.sync(cfg)[0].exit_code == 0
     assert len(SheetFile(customers).load()) == 3 and len(ds().table(C)) == 2
     assert ds().table(C)["t9"]["mobile_number"] == "+15550102"

@@ -118,25 +118,32 @@ def test_manual_conflict_is_parked_then_resolved(tmp_path: Path) -> None:
     assert run(cfg).plan.actions == []
 
 
-def _parked_company(tmp_path: Path) -> tuple[Config, str]:
-    """Ann on a and b, her company changed on both: one conflict parked (``manual``)."""
+def _parked_company(
+    tmp_path: Path, members: tuple[str, ...] = ("a", "b")
+) -> tuple[Config, str, str]:
+    """Ann on every member, her company changed on a and b: one conflict parked
+    (``manual``). Returns the config and Ann's ids on b and on the third member ("" when
+    there are two)."""
     cfg = memory_config(
-        tmp_path, {"a": {}, "b": {}}, conflicts={"default": ["a"], "customers.company": ["manual"]}
+        tmp_path,
+        {member: {} for member in members},
+        conflicts={"default": ["a"], "customers.company": ["manual"]},
     )
     ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com", "company": "A"})
     run(cfg)
     b_id = next(iter(ds("b").table(C)))
+    c_id = next(iter(ds(members[2]).table(C))) if len(members) > 2 else ""
     ds("a").edit(C, "a1", company="From A")
     ds("b").edit(C, b_id, company="From B")
     assert run(cfg).open_conflicts == 1
-    return cfg, b_id
+    return cfg, b_id, c_id
 
 
 def test_a_parked_conflict_shows_a_value_typed_over_while_it_waits(tmp_path: Path) -> None:
     """The bookkeeper corrects the cell while its conflict waits: the conflict shows the
     correction (once), and taking b's value takes it; before, the conflict kept showing
     'From B', and taking it wrote 'From B' over the correction everywhere."""
-    cfg, b_id = _parked_company(tmp_path)
+    cfg, b_id, _c_id = _parked_company(tmp_path)
     ds("b").edit(C, b_id, company="From B, corrected")
     result = run(cfg)
     assert result.plan.actions == [] and result.exit_code == 1
@@ -161,7 +168,7 @@ def test_a_parked_conflict_resolved_for_the_other_member_after_a_correction(
 ) -> None:
     """As above, but a person takes a's value: b's correction is not taken for a new edit
     of b's once the conflict is settled, and b gets a's value."""
-    cfg, b_id = _parked_company(tmp_path)
+    cfg, b_id, _c_id = _parked_company(tmp_path)
     ds("b").edit(C, b_id, company="From B, corrected")
     run(cfg)
     ds("a").edit(C, "a1", company="From A, corrected")
@@ -179,7 +186,7 @@ def test_a_parked_conflict_closes_once_the_members_agree(tmp_path: Path) -> None
     """The bookkeeper types a's value over b's while the conflict waits: nothing is left to
     decide. The conflict closes (a dry run counts it closed already), the run exits 0, and
     the field syncs again."""
-    cfg, b_id = _parked_company(tmp_path)
+    cfg, b_id, _c_id = _parked_company(tmp_path)
     ds("b").edit(C, b_id, company="From A")
     dry = run(cfg, dry_run=True)
     assert dry.open_conflicts == 0 and len(api.list_conflicts(cfg)) == 1
@@ -194,7 +201,7 @@ def test_a_parked_conflict_closes_once_the_members_agree(tmp_path: Path) -> None
 
 
 def test_the_plan_says_a_conflict_is_told_again_or_closed(tmp_path: Path) -> None:
-    cfg, b_id = _parked_company(tmp_path)
+    cfg, b_id, _c_id = _parked_company(tmp_path)
 
     def shown() -> str:
         console = Console(width=200, record=True)
@@ -213,17 +220,7 @@ def test_the_plan_says_a_conflict_is_told_again_or_closed(tmp_path: Path) -> Non
 def test_a_conflict_of_two_of_three_members_closes_once_those_two_agree(tmp_path: Path) -> None:
     """c never changed the field: the conflict is a's and b's, and closes once b types a's
     value; c gets it (a cold review found it left open for good, c's old value counted)."""
-    cfg = memory_config(
-        tmp_path,
-        {"a": {}, "b": {}, "c": {}},
-        conflicts={"default": ["a"], "customers.company": ["manual"]},
-    )
-    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com", "company": "A"})
-    run(cfg)
-    b_id = next(iter(ds("b").table(C)))
-    ds("a").edit(C, "a1", company="From A")
-    ds("b").edit(C, b_id, company="From B")
-    assert run(cfg).open_conflicts == 1
+    cfg, b_id, _c_id = _parked_company(tmp_path, ("a", "b", "c"))
     ds("b").edit(C, b_id, company="From A")
     result = run(cfg)
     assert result.exit_code == 0 and result.open_conflicts == 0
@@ -234,17 +231,7 @@ def test_a_conflict_of_two_of_three_members_closes_once_those_two_agree(tmp_path
 def test_a_third_member_changing_the_field_too_keeps_the_conflict_open(tmp_path: Path) -> None:
     """b types a's value while c changes the field too: not agreed; the conflict is told
     again with c's value (a cold review found c's edit overwritten)."""
-    cfg = memory_config(
-        tmp_path,
-        {"a": {}, "b": {}, "c": {}},
-        conflicts={"default": ["a"], "customers.company": ["manual"]},
-    )
-    ds("a").put(C, "a1", {"first_name": "Ann", "email": "ann@x.com", "company": "A"})
-    run(cfg)
-    b_id, c_id = next(iter(ds("b").table(C))), next(iter(ds("c").table(C)))
-    ds("a").edit(C, "a1", company="From A")
-    ds("b").edit(C, b_id, company="From B")
-    assert run(cfg).open_conflicts == 1
+    cfg, b_id, c_id = _parked_company(tmp_path, ("a", "b", "c"))
     ds("b").edit(C, b_id, company="From A")
     ds("c").edit(C, c_id, company="From C")
     result = run(cfg)
@@ -259,7 +246,7 @@ def test_a_blank_where_a_value_is_unseen_does_not_tell_a_conflict_again(tmp_path
     error; the column came back blank on it): the blank is no edit of b's, and the open
     conflict keeps b's value (a cold review found it told again with b 'clearing' it, and
     taking b then cleared the company everywhere)."""
-    cfg, b_id = _parked_company(tmp_path)
+    cfg, b_id, _c_id = _parked_company(tmp_path)
     store = api.open_store(cfg)
     try:
         [rs] = store.iter_records("p", C)
@@ -285,7 +272,7 @@ def test_a_blank_where_a_value_is_unseen_does_not_tell_a_conflict_again(tmp_path
 
 
 def test_a_dry_run_counts_a_conflict_told_again_once(tmp_path: Path) -> None:
-    cfg, b_id = _parked_company(tmp_path)
+    cfg, b_id, _c_id = _parked_company(tmp_path)
     ds("b").edit(C, b_id, company="From B, corrected")
     assert run(cfg, dry_run=True).open_conflicts == 1
 
