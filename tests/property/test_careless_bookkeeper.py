@@ -114,8 +114,8 @@ RELINK_COLUMNS = {
 """The columns of the fields a lost state store re-links by (match and relink keys)."""
 MATCH_KEY_COLUMNS = {C: ("Email", "Mobile"), INV: ("Invoice #",), PAY: ()}
 """The columns of the match keys: without them a lost state store cannot re-link the sheet's
-customers or invoices, and nothing new is matched until they are back (``AVOID`` can keep
-them: "lost without a match key column")."""
+customers or invoices, and nothing new is matched until they are back (see ``AVOID``: "lost
+without a match key column")."""
 CUSTOMER_FIELDS = (
     "first_name",
     "last_name",
@@ -364,7 +364,9 @@ _WORKSPACE: list[Workspace] = []
 class CarelessBookkeeper(RuleBasedStateMachine):
     """See the module docstring."""
 
-    AVOID: frozenset[str] = frozenset({"lost with rows in error"})
+    AVOID: frozenset[str] = frozenset(
+        {"lost without a match key column", "lost with rows in error"}
+    )
     """Paths of open engine bugs the machine is kept off, so that it finds new bugs rather
     than these again; each has a strict xfail test at the end of the file while it is open.
     The names it understands: ``lost with rows in error``, ``lost with columns missing``,
@@ -372,12 +374,18 @@ class CarelessBookkeeper(RuleBasedStateMachine):
 
     Fixed, and regression tests at the end of the file now: the four it found first (a lost
     state store with rows in error, with a column re-linking matches by missing, after a
-    payment's method changed, and two new rows alike); ``lost without a match key column``
-    (a lost state store while the customers or invoices file lacks a match key's column:
-    nothing new is matched until it is back, ``test_a_lost_state_store_with_the_email_...``);
-    and, found by random draws and never avoided, a column the sync adds back beside rows
-    that share a Sync ID, left blank on them and read as cleared once they were fixed
+    payment's method changed, and two new rows alike); a lost state store while the
+    customers or invoices file lacks a match key's column (nothing new is matched until it
+    is back, ``test_a_lost_state_store_with_the_email_...``); and, found by random draws and
+    never avoided, a column the sync adds back beside rows that share a Sync ID, left blank
+    on them and read as cleared once they were fixed
     (``test_a_column_added_back_while_rows_share_a_sync_id_...``).
+
+    Still avoided, though no longer an engine bug: ``lost without a match key column``. The
+    sync now holds the records it cannot match and asks a person to put the column back;
+    ``_fix`` does not model that yet (it would rename an alias back, and cannot bring back
+    a removed column's values), so the machine would fail at its own "no issue after the
+    fix" check (found by a random run with the entry removed).
 
     Open again: ``lost with rows in error``. Its first finding is fixed (the regression
     tests below), but a longer path still fails: an invoice row copied with its Sync ID, the
