@@ -27,7 +27,7 @@ from syncengine.errors import (
 from syncengine.exit_codes import failed_run_code
 from syncengine.leasing import hold_pipelines, wait_until_free
 from syncengine.mapping import EntityMapping, load_mapping
-from syncengine.model import ENTITIES, UNSEEN
+from syncengine.model import ENTITIES, UNSEEN, unseen_in
 from syncengine.read import check_structures
 from syncengine.redact import redact_text
 from syncengine.report import Report
@@ -682,7 +682,7 @@ class Candidate:
 def _held_now(last_seen: Mapping[str, Any]) -> dict[str, Any]:
     """A member's last-seen values as what it holds: without the fields it is not known to
     hold any more (``UNSEEN``: a column its sheet lacked), nor the mark."""
-    unseen = set(last_seen.get(UNSEEN) or ())
+    unseen = unseen_in(last_seen)
     return {n: v for n, v in last_seen.items() if n != UNSEEN and n not in unseen}
 
 

@@ -73,6 +73,11 @@ their last-seen values, where known, stay beside. A value read there later is no
 the member's when it is empty, the last-seen value or the base's (see reconcile)."""
 
 
+def unseen_in(last_seen: Mapping[str, Any] | None) -> frozenset[str]:
+    """The fields a link's last-seen record marks ``UNSEEN`` (none without a record)."""
+    return frozenset(last_seen.get(UNSEEN) or ()) if last_seen is not None else frozenset()
+
+
 class FieldProblem(NamedTuple):
     """A canonical field whose value a record's other fields rule out, and why."""
 

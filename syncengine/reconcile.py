@@ -31,7 +31,7 @@ from syncengine.display import label_of
 from syncengine.errors import RecordError
 from syncengine.locks import Lock, Through, refuses
 from syncengine.mapping import EntityMapping
-from syncengine.model import DELETED, UNSEEN, EntitySpec, Record
+from syncengine.model import DELETED, UNSEEN, EntitySpec, Record, unseen_in
 from syncengine.plan import (
     AGREED,
     RETOLD,
@@ -210,7 +210,7 @@ def _forget_unheld(plan: KeyPlan, views: Mapping[str, MemberView]) -> None:
         seen = view.last_seen
         if view.status != "blocked" or not view.native_id or not seen:
             continue
-        known = set(seen.get(UNSEEN) or ())
+        known = unseen_in(seen)
         new = (view.missing & seen.keys()) - known
         if not new:
             continue
@@ -269,7 +269,7 @@ def _changes(
     for member, view in present.items():
         mapping = ctx.mappings[member]
         current = view.current or {}
-        unseen = view.last_seen.get(UNSEEN) or () if view.last_seen is not None else ()
+        unseen = unseen_in(view.last_seen)
         if alone and view.last_seen is None:
             # a record new to the hub on one member (a first sync): every value it holds is
             # new, as the general rules below would find field by field
@@ -391,7 +391,7 @@ def _edited(view: MemberView, name: str, base_now: Record) -> bool:
         return False
     value = (view.current or {}).get(name)
     last = view.last_seen.get(name)
-    if name in (view.last_seen.get(UNSEEN) or ()):
+    if name in unseen_in(view.last_seen):
         return value not in (None, last, base_now.get(name))
     return value != last
 
@@ -612,7 +612,7 @@ def _plan_update(
     # (the member holding just the new base, as the one that brought a new record does:
     # nothing differs, and one comparison of the records says so)
     unfilled = ctx.unfilled.get(member, frozenset())
-    unknown = set(view.last_seen.get(UNSEEN) or ()) if view.last_seen is not None else set()
+    unknown = unseen_in(view.last_seen)
     wanted = (
         set()
         if new_base == current
@@ -802,7 +802,7 @@ def _keep(view: MemberView, *, dirty: bool, unseen: tuple[str, ...] = ()) -> Lin
 def _still_unseen(ctx: Context, view: MemberView) -> tuple[str, ...]:
     """The fields whose value on the member stays unknown after this run (``UNSEEN``): those
     its sheet still lacks, that were unknown already or are not filled this run."""
-    known = set(view.last_seen.get(UNSEEN) or ()) if view.last_seen is not None else set()
+    known = unseen_in(view.last_seen)
     unfilled = ctx.unfilled.get(view.member, frozenset())
     return tuple(sorted((known | unfilled) & view.missing))
 
