@@ -16,6 +16,7 @@ import httpx
 
 from syncengine.alerts.decide import Alert
 from syncengine.config import AlertsSection, EmailSection
+from syncengine.http import shared_tls_context
 from syncengine.redact import redact_text
 
 __all__ = ["Attempt", "Channel", "EmailChannel", "WebhookChannel", "channels_of"]
@@ -50,7 +51,12 @@ class WebhookChannel:
     def send(self, alert: Alert) -> Attempt:
         """One POST; 2xx is ok, 408/429/5xx and network errors may be retried."""
         try:
-            response = httpx.post(self._url, json=alert.payload(), timeout=self._timeout)
+            response = httpx.post(
+                self._url,
+                json=alert.payload(),
+                timeout=self._timeout,
+                verify=shared_tls_context(),
+            )
         except httpx.HTTPError as exc:
             return Attempt(False, self._say(f"{type(exc).__name__}: {exc}"), retry=True)
         if 200 <= response.status_code < 300:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import re
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -31,6 +32,7 @@ from syncengine.http import (
     array_params,
     error_message,
     parse_retry_after,
+    shared_tls_context,
 )
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -590,3 +592,25 @@ def test_connector_errors_carry_the_connector_name() -> None:
     with pytest.raises(ConnectorError) as info:
         client.get_json("/x")
     assert info.value.connector == "books"
+
+
+def test_clients_share_one_tls_context_so_a_daemon_does_not_grow_a_run_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client per run used to build a TLS context per run, and each load of the CA bundle
+    kept about 1 MiB on Linux: an idle daemon syncing every second grew to gigabytes. Every
+    client of the process now uses one context, so the bundle is read at most once."""
+    loads: list[str] = []
+    create = ssl.create_default_context
+
+    def counting_create(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        loads.append("load")
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(ssl, "create_default_context", counting_create)
+    for _ in range(5):
+        HttpClient("https://api.example.test", name="hcp").close()
+    assert len(loads) <= 1, f"the CA bundle was loaded {len(loads)} times for 5 clients"
+    assert shared_tls_context() is shared_tls_context()
+    assert shared_tls_context().verify_mode == ssl.CERT_REQUIRED
+    assert shared_tls_context().check_hostname
