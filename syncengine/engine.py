@@ -974,7 +974,7 @@ class Engine:
             if blind.held:
                 for name, lacking in blind.lacking.items():
                     reads[name].unfilled = frozenset(lacking)
-                _report_blind(entity, members, reads, blind, ent)
+                ent.waiting_for = _report_blind(entity, members, reads, blind, ent)
         for obs, why in result.ambiguous:
             ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
             if parked is not None:
@@ -1339,9 +1339,10 @@ def _report_blind(
     reads: Mapping[str, MemberRead],
     blind: Blind,
     ent: EntityPlan,
-) -> None:
+) -> str:
     """Say why records new to the hub wait (``match.hold_blind``): on each blind member,
-    which columns are missing and what to do; on the others, how many of theirs wait."""
+    which columns are missing and what to do; on the others, how many of theirs wait.
+    Returns what they wait for ("the missing column Email of customers.csv")."""
     gone: list[str] = []
     for m in members:
         if m.name not in blind.lacking:
@@ -1382,6 +1383,7 @@ def _report_blind(
                     f"(see that error): {entity} are matched by {_them(gone)}",
                 )
             )
+    return f"the missing {'column' if len(gone) == 1 else 'columns'} {' and '.join(gone)}"
 
 
 def _them(items: Sequence[str]) -> str:

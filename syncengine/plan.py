@@ -137,9 +137,12 @@ class Issue:
     message: str
 
     def describe(self) -> str:
-        """``member location: message``, without saying the location twice."""
+        """``member location: message``, saying neither the location nor the member twice
+        (a member whose locations start with its own name: "crm customers 77")."""
         if not self.location or self.message.startswith(self.location):
             return f"{self.member}: {self.message}"
+        if self.location.startswith(f"{self.member} "):
+            return f"{self.location}: {self.message}"
         return f"{self.member} {self.location}: {self.message}"
 
 
@@ -219,6 +222,10 @@ class EntityPlan:
     """Keys with skipped writes on record before this run (their rows are refreshed)."""
     ref_labels: dict[str, str] = field(default_factory=dict)
     """Hub keys of referenced records -> their names, for showing references to people."""
+    waiting_for: str = ""
+    """What this run's records new to the hub wait for, in a person's words ("the missing
+    column Email of customers.csv": ``match.hold_blind``); "" when none wait. A reference
+    that finds no record may mean one of them."""
     notes: list[str] = field(default_factory=list)
     """What the run does that a person should know of and that is no problem (a column
     missing from a sheet, added back and filled)."""

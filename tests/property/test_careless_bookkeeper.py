@@ -1833,6 +1833,40 @@ def test_a_lost_state_store_with_the_email_column_renamed_duplicates_no_customer
     assert api.sync(cfg)[0].plan.actions == []  # re-linked: nothing left to do
 
 
+def test_an_invoice_of_a_customer_waiting_for_its_match_column_says_so_and_syncs_after(
+    tmp_path: Path,
+) -> None:
+    """The same hold, with an invoice of the waiting customer on each side. Both invoices
+    were reported as pointing at no customer ("fix the cell", where the cell is right). Now
+    they say that new customers wait for the column and this may be one of them; once the
+    column is back, both sides sync, one invoice each, of the one customer."""
+    cfg = _books(tmp_path, (C, INV))
+    ds().put(C, "t1", {"email": "ann@x.com"})
+    invoice = {"invoice_number": "1001", "customer": "t1", "amount": 0, "status": "open"}
+    ds().put(INV, "t2", invoice)
+    assert api.sync(cfg)[0].exit_code == 0
+    customers = tmp_path / "books" / FILES[C]
+    _edit_csv(customers, lambda rows: [["Mail" if c == "Email" else c for c in rows[0]], *rows[1:]])
+    _lose_state(tmp_path)
+    result = api.sync(cfg)[0]
+    assert result.exit_code == 1
+    waits = (
+        "yet: new customers wait for the missing column Email of customers.csv (see that "
+        "error), and this may be one of them; it syncs once the column is back"
+    )
+    issues = [i.describe() for i in result.plan.entities[1].issues]
+    assert issues == [
+        f"hcp invoices t2: customer 't1': no customer with that id is synced {waits}",
+        "books invoices.csv line 2: Customer Email 'ann@x.com': no customer has email or "
+        f"mobile_number 'ann@x.com' {waits}",
+    ]
+    _edit_csv(customers, lambda rows: [["Email" if c == "Mail" else c for c in rows[0]], *rows[1:]])
+    assert api.sync(cfg)[0].exit_code == 0
+    assert len(ds().table(C)) == 1 and len(ds().table(INV)) == 1
+    assert len(SheetFile(tmp_path / "books" / FILES[INV]).load()) == 2
+    assert api.sync(cfg)[0].plan.actions == []
+
+
 def test_a_column_added_back_while_rows_share_a_sync_id_is_filled_once_they_are_fixed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
