@@ -171,13 +171,22 @@ class _GcThreshold:
         gc.freeze()
 
     def leave(self) -> None:
+        """A sync ends: hand everything back to the collector, and once no sync runs,
+        collect. Without that collection, the cycles a run left behind waited in the oldest
+        generation until the next run's ``settle`` froze them again, and a daemon (or any
+        process syncing again and again) grew by every run's garbage, for ever. It costs one
+        pass over what the process still holds: tens of milliseconds after a first sync of
+        40 000 records, a few after a daemon's quiet run."""
         with self._lock:
             self._active -= 1
             # every sync that ends hands all back to the collector (also what an overlapping
             # sync froze: a daemon whose syncs overlap forever must not keep cycles forever)
             gc.unfreeze()
-            if self._active == 0 and self._saved:
+            idle = self._active == 0
+            if idle and self._saved:
                 gc.set_threshold(*self._saved)
+        if idle:
+            gc.collect()
 
 
 _GC = _GcThreshold()
