@@ -147,14 +147,25 @@ CANDIDATES_LOOKED_UP = 2_000
 than walking every hub record (``Engine._candidates``)."""
 
 
+COLLECT_EVERY_S = 60.0
+COLLECT_EVERY_SYNCS = 50
+"""The end of a sync runs the cycle collector's full pass once this long, or this many
+syncs, after the last one (``_GcThreshold.leave``), whichever comes first."""
+
+
 class _GcThreshold:
     """The young-generation GC threshold raised while any sync of this process runs, and
     what a run holds frozen for the collector (``settle``) until the last sync ends."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, collect_every: float = COLLECT_EVERY_S, syncs: int = COLLECT_EVERY_SYNCS
+    ) -> None:
         self._lock = threading.Lock()
         self._active = 0
         self._saved: tuple[int, ...] = ()
+        self._collect_every = (collect_every, syncs)
+        self._collected = time.monotonic()
+        self._ended = 0
 
     def enter(self) -> None:
         with self._lock:
@@ -172,20 +183,27 @@ class _GcThreshold:
 
     def leave(self) -> None:
         """A sync ends: hand everything back to the collector, and once no sync runs,
-        collect. Without that collection, the cycles a run left behind waited in the oldest
-        generation until the next run's ``settle`` froze them again, and a daemon (or any
-        process syncing again and again) grew by every run's garbage, for ever. It costs one
-        pass over what the process still holds: tens of milliseconds after a first sync of
-        40 000 records, a few after a daemon's quiet run."""
+        collect if ``collect_every`` (seconds, syncs) has come since the last time. Without
+        that, the cycles a run left behind waited in the oldest generation for a full pass
+        that a daemon's next run never let come (its ``settle`` froze them again): a daemon
+        grew by every run's garbage, for ever. A pass costs 20-70 ms (everything the
+        process holds, its modules included), so a daemon syncing every second pays it
+        about once a minute, a loop of quick syncs once in 50, and a short sync alone in
+        its process not at all."""
+        seconds, syncs = self._collect_every
         with self._lock:
             self._active -= 1
+            self._ended += 1
             # every sync that ends hands all back to the collector (also what an overlapping
             # sync froze: a daemon whose syncs overlap forever must not keep cycles forever)
             gc.unfreeze()
             idle = self._active == 0
             if idle and self._saved:
                 gc.set_threshold(*self._saved)
-        if idle:
+            due = idle and (self._ended >= syncs or time.monotonic() - self._collected >= seconds)
+            if due:
+                self._collected, self._ended = time.monotonic(), 0
+        if due:
             gc.collect()
 
 

@@ -191,10 +191,11 @@ def test_cycles_a_sync_leaves_behind_are_collected_when_the_last_sync_ends() -> 
     and hands it back when it ends. Cycles that became garbage meanwhile waited in the
     oldest generation for a full pass, which a daemon's next run never let come: its own
     ``settle`` froze them again. A daemon syncing every second grew by about 40 KB a run.
-    Now the last sync to end collects them; while another sync runs, they wait for it."""
+    Now the last sync to end collects them, at most once a minute (a pass over everything
+    the process holds costs tens of milliseconds); while another sync runs, they wait."""
     from syncengine.engine import _GcThreshold
 
-    gcs = _GcThreshold()
+    gcs = _GcThreshold(collect_every=0.0)
     gcs.enter()
     first = _Cycle()
     gcs.settle()  # the entity starts: ``first`` is frozen with the rest
@@ -205,3 +206,22 @@ def test_cycles_a_sync_leaves_behind_are_collected_when_the_last_sync_ends() -> 
     assert gone() is not None
     gcs.leave()
     assert gone() is None, "a cycle left by the sync outlived it"
+
+    gcs = _GcThreshold(collect_every=3600.0)  # the last pass was less than that ago
+    gcs.enter()
+    second = _Cycle()
+    gcs.settle()
+    gone = weakref.ref(second)
+    del second
+    gcs.leave()
+    assert gone() is not None  # left for the next pass (or the collector's own)
+    gcs = _GcThreshold(collect_every=3600.0, syncs=2)  # ... or a loop of quick syncs
+    for _ in range(2):
+        gcs.enter()
+        cycle = _Cycle()
+        gcs.settle()
+        gone = weakref.ref(cycle)
+        del cycle
+        gcs.leave()
+    assert gone() is None, "the second sync's cycle outlived the pass due every 2 syncs"
+    gc.collect()
