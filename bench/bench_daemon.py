@@ -17,6 +17,15 @@ time of the stretch before it::
 
     python bench/bench_daemon.py                  # 500 runs, 200 customers
     python bench/bench_daemon.py --runs 2000 --customers 1000 --json
+
+``--process SECONDS`` measures the daemon as it is deployed instead: ``syncengine daemon
+--http`` in its own process, its scheduler running the pipeline ``every 1s`` on its worker
+threads (the in-process loop above runs on the main thread, where the collector behaves
+otherwise). Its RSS (``/proc/<pid>/status``) and the runs in its history are sampled every
+``--every`` seconds; printed: each sample, and the growth from the middle sample to the last
+per 1 000 runs (the first minute holds the start-up and the collector's first pass)::
+
+    python bench/bench_daemon.py --process 600    # ten minutes, a sample every 30 s
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ import argparse
 import gc
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -42,7 +53,8 @@ from syncengine import api
 from syncengine.config import load_config
 from syncengine.daemon import Daemon
 from syncengine.logging import configure
-from testbed.sandbox import start_sandbox
+from syncengine.state import StateStore
+from testbed.sandbox import start_sandbox, syncengine_command
 
 API_KEY = "bench-daemon"
 
@@ -191,6 +203,86 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rss_of(pid: int) -> float:
+    """The resident memory of another process, MiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_process(seconds: float, every: float, customers: int) -> dict[str, Any]:
+    """A real ``syncengine daemon`` syncing every second for ``seconds``: its RSS and the
+    runs in its history, sampled every ``every`` seconds."""
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp, sandbox(customers) as url:
+        folder = Path(tmp)
+        config = write_config(folder, url, "sqlite:///state.db")
+        config.write_text(
+            config.read_text(encoding="utf-8").replace(
+                'members = ["hcp", "books"]\n',
+                'members = ["hcp", "books"]\nschedule = "every 1s"\n',
+            ),
+            encoding="utf-8",
+        )
+        command = [
+            *syncengine_command(),
+            "daemon",
+            "--config",
+            str(config),
+            "--http",
+            "127.0.0.1:0",
+        ]
+        log = (folder / "daemon.log").open("wb")
+        daemon = subprocess.Popen(
+            command, cwd=folder, stdout=log, stderr=log, start_new_session=True
+        )
+        samples: list[dict[str, Any]] = []
+        try:
+            started = time.monotonic()
+            while True:
+                time.sleep(every)
+                if daemon.poll() is not None:
+                    raise RuntimeError(f"the daemon exited ({daemon.returncode})")
+                with StateStore.open(f"sqlite:///{folder / 'state.db'}") as store:
+                    runs = store.runs("hcp-books", limit=1_000_000)
+                samples.append(
+                    {
+                        "seconds": round(time.monotonic() - started),
+                        "runs": len(runs),
+                        "failed": sum(r.outcome != "ok" for r in runs),
+                        "rss_mib": round(rss_of(daemon.pid), 1),
+                    }
+                )
+                print(
+                    f"{samples[-1]['seconds']:>7} s  {samples[-1]['runs']:>6} runs  "
+                    f"{samples[-1]['rss_mib']:>7.1f} MiB",
+                    flush=True,
+                )
+                if time.monotonic() - started >= seconds:
+                    break
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(60)
+            log.close()
+    # from the middle sample: the first minute includes the daemon's start-up and its first
+    # collector pass (``engine.COLLECT_EVERY_S``)
+    first, last = samples[len(samples) // 2], samples[-1]
+    runs = last["runs"] - first["runs"]
+    grown = last["rss_mib"] - first["rss_mib"]
+    return {
+        "seconds": seconds,
+        "customers": customers,
+        "samples": samples,
+        "growth": {
+            "runs": runs,
+            "rss_mib": round(grown, 1),
+            "mib_per_1000_runs": round(grown / runs * 1000, 2) if runs else None,
+            "failed_runs": last["failed"],
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=500)
@@ -198,7 +290,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--state", help="state store URL (default: SQLite in a temp folder)")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--process",
+        type=float,
+        metavar="SECONDS",
+        help="measure a real `syncengine daemon` process syncing every second for this long",
+    )
+    parser.add_argument("--every", type=float, default=30.0, help="--process: seconds a sample")
     args = parser.parse_args()
+    if args.process:
+        report = run_process(args.process, args.every, args.customers)
+        g = report["growth"]
+        print(
+            json.dumps(report, indent=2)
+            if args.json
+            else f"growth middle -> last sample: {g['rss_mib']:+.1f} MiB over {g['runs']} runs "
+            f"({g['mib_per_1000_runs']} MiB per 1 000 runs; {g['failed_runs']} runs failed)"
+        )
+        return
     report = run(args.runs, args.customers, args.warmup, args.state)
     print(json.dumps(report, indent=2) if args.json else render(report))
 
