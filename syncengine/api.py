@@ -593,7 +593,8 @@ def probe(
                     if result.read >= limit:
                         break
                 if not result.error:
-                    result.notes = _missing_columns(conn.structure(entity), mapping)
+                    keys = chosen[0].match_keys(entity) if chosen else ()
+                    result.notes = _missing_columns(conn.structure(entity), mapping, keys)
             except SyncEngineError as exc:
                 result.error = str(exc)
                 result.exit_code = failed_run_code(exc)
@@ -603,9 +604,13 @@ def probe(
         conn.close()
 
 
-def _missing_columns(found: Structure, mapping: EntityMapping) -> list[str]:
+def _missing_columns(
+    found: Structure, mapping: EntityMapping, match_keys: Sequence[str] = ()
+) -> list[str]:
     """What a sync does about each mapped column the storage lacks, for ``probe``: one it
-    writes is added and filled from the other members; one it only reads is left alone."""
+    writes is added and filled from the other members; one it only reads is left alone. A
+    column records are matched by is added only while no record waits for it
+    (``match.hold_blind``), which only a sync can tell."""
     notes = []
     for column in found.missing:
         fields = [f for f in mapping.fields if f.native == column]
@@ -615,6 +620,12 @@ def _missing_columns(found: Structure, mapping: EntityMapping) -> list[str]:
                 "a sync adds it at the end of the header and fills it from the other "
                 f"members ({names})"
             )
+            if any(f.canonical in match_keys for f in fields):
+                what += (
+                    f", unless rows here wait for it: {mapping.entity.name} are matched by "
+                    "it, so rows the sync cannot link yet keep it from being added until a "
+                    "person puts it back (`syncengine sync --dry-run` tells)"
+                )
         else:
             what = f"{names} is not read from it until it is back (never as a cleared value)"
         notes.append(f"{found.where}: column {column} is missing; {what}")

@@ -121,7 +121,9 @@ def test_case_3_a_renamed_email_column_is_added_back_and_filled_never_cleared(
     assert_clean_exit(probe, 0)
     assert (
         "customers.csv: column Email is missing; a sync adds it at the end of the header and "
-        "fills it from the other members (email)" in probe.stdout
+        "fills it from the other members (email), unless rows here wait for it: customers "
+        "are matched by it, so rows the sync cannot link yet keep it from being added until "
+        "a person puts it back (`syncengine sync --dry-run` tells)" in probe.stdout
     ), str(probe)
 
     dry = cli("sync", "--config", config, "--dry-run", "--details")

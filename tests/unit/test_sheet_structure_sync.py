@@ -554,3 +554,22 @@ def test_a_customer_paired_between_two_other_members_waits_for_the_sheets_email_
             "dee@example.com",
         ]
     assert run(cfg).plan.actions == []
+
+
+def test_probe_says_a_missing_match_key_column_may_wait_for_a_person(tmp_path: Path) -> None:
+    """``probe`` cannot tell whether rows wait for a missing column (only a sync's matching
+    can), so for a column records are matched by it says when the sync does not add it;
+    for any other column, that it is added and filled."""
+    cfg, sheet = books_with_two(tmp_path, "csv")
+    sheet.edit(lambda rows: drop_column(drop_column(rows, "Email"), "Company"))
+    [probed] = api.probe(cfg, "books")
+    company, email = sorted(probed.notes)
+    assert company == (
+        "customers.csv: column Company is missing; a sync adds it at the end of the header "
+        "and fills it from the other members (company)"
+    )
+    assert email.startswith(
+        "customers.csv: column Email is missing; a sync adds it at the end of the header and "
+        "fills it from the other members (email), unless rows here wait for it: customers are "
+        "matched by it"
+    )
