@@ -263,7 +263,11 @@ def run_process(seconds: float, every: float, customers: int) -> dict[str, Any]:
                     break
         finally:
             daemon.send_signal(signal.SIGTERM)
-            daemon.wait(60)
+            try:
+                daemon.wait(60)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
             log.close()
     # from the middle sample: the first minute includes the daemon's start-up and its first
     # collector pass (``engine.COLLECT_EVERY_S``)
@@ -298,7 +302,19 @@ def main() -> None:
     )
     parser.add_argument("--every", type=float, default=30.0, help="--process: seconds a sample")
     args = parser.parse_args()
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # so that `timeout` or kill stop the daemon and sandbox
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     if args.process:
+        if args.process < 180:
+            print(
+                "note: under 180 s the middle sample falls in the first minute (start-up and "
+                "the collector's first pass): the growth below says little",
+                file=sys.stderr,
+            )
         report = run_process(args.process, args.every, args.customers)
         g = report["growth"]
         print(

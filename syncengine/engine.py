@@ -67,7 +67,7 @@ import gc
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -117,7 +117,17 @@ from syncengine.parked import (
     record_review,
     settle_held,
 )
-from syncengine.plan import AGREED, RETOLD, Delete, EntityPlan, Issue, KeyPlan, Plan, Update
+from syncengine.plan import (
+    AGREED,
+    RETOLD,
+    Delete,
+    EntityPlan,
+    Issue,
+    KeyPlan,
+    Plan,
+    Update,
+    Waiting,
+)
 from syncengine.progress import ProgressFn, no_progress
 from syncengine.read import (
     MemberRead,
@@ -149,8 +159,12 @@ than walking every hub record (``Engine._candidates``)."""
 
 COLLECT_EVERY_S = 60.0
 COLLECT_EVERY_SYNCS = 50
-"""The end of a sync runs the cycle collector's full pass once this long, or this many
-syncs, after the last one (``_GcThreshold.leave``), whichever comes first."""
+"""The end of a sync that leaves no other running runs the cycle collector's full pass once
+this long, or this many syncs, after the last one (``_GcThreshold.leave``)."""
+COLLECT_BUSY_S = 600.0
+"""... and the end of any sync, once this long after the last pass: syncs that always
+overlap (an hours-long first sync beside a pipeline syncing every second) never leave the
+process idle."""
 
 
 class _GcThreshold:
@@ -158,12 +172,16 @@ class _GcThreshold:
     what a run holds frozen for the collector (``settle``) until the last sync ends."""
 
     def __init__(
-        self, collect_every: float = COLLECT_EVERY_S, syncs: int = COLLECT_EVERY_SYNCS
+        self,
+        collect_every: float = COLLECT_EVERY_S,
+        syncs: int = COLLECT_EVERY_SYNCS,
+        busy: float = COLLECT_BUSY_S,
     ) -> None:
-        self._lock = threading.Lock()
+        # re-entrant: a finalizer the collector runs under it may end a sync of its own
+        self._lock = threading.RLock()
         self._active = 0
         self._saved: tuple[int, ...] = ()
-        self._collect_every = (collect_every, syncs)
+        self._collect_every = (collect_every, syncs, busy)
         self._collected = time.monotonic()
         self._ended = 0
 
@@ -179,18 +197,20 @@ class _GcThreshold:
         engine, earlier entities' indexes) is long-lived, so the collector's full passes,
         which walk every object, need not walk it again while the entity's records are made.
         Objects freed meanwhile are freed as always; only cycles wait for ``leave``."""
-        gc.freeze()
+        with self._lock:  # not while ``leave`` collects: what it is about to free would stay
+            gc.freeze()
 
     def leave(self) -> None:
         """A sync ends: hand everything back to the collector, and once no sync runs,
-        collect if ``collect_every`` (seconds, syncs) has come since the last time. Without
-        that, the cycles a run left behind waited in the oldest generation for a full pass
-        that a daemon's next run never let come (its ``settle`` froze them again): a daemon
-        grew by every run's garbage, for ever. A pass costs 20-70 ms (everything the
-        process holds, its modules included), so a daemon syncing every second pays it
-        about once a minute, a loop of quick syncs once in 50, and a short sync alone in
-        its process not at all."""
-        seconds, syncs = self._collect_every
+        collect if ``collect_every`` (seconds, syncs) has come since the last time; while
+        others run, after ``COLLECT_BUSY_S``. Without that, the cycles a run left behind
+        waited in the oldest generation for a full pass that a daemon's next run never let
+        come (its ``settle`` froze them again): a daemon grew by every run's garbage, for
+        ever. A pass costs 20-70 ms (everything the process holds, its modules included), so
+        a daemon syncing every second pays it about once a minute, a loop of quick syncs
+        once in 50, and a short sync alone in its process not at all. A pass while another
+        sync runs also walks that sync's records: rarer still."""
+        seconds, syncs, busy = self._collect_every
         with self._lock:
             self._active -= 1
             self._ended += 1
@@ -200,11 +220,12 @@ class _GcThreshold:
             idle = self._active == 0
             if idle and self._saved:
                 gc.set_threshold(*self._saved)
-            due = idle and (self._ended >= syncs or time.monotonic() - self._collected >= seconds)
-            if due:
+            since = time.monotonic() - self._collected
+            if since >= (seconds if idle else max(seconds, busy)) or (
+                idle and self._ended >= syncs
+            ):
                 self._collected, self._ended = time.monotonic(), 0
-        if due:
-            gc.collect()
+                gc.collect()
 
 
 _GC = _GcThreshold()
@@ -1001,7 +1022,7 @@ class Engine:
             if blind.held:
                 for name, lacking in blind.lacking.items():
                     reads[name].unfilled = frozenset(lacking)
-                ent.waiting_for = _report_blind(entity, members, reads, blind, ent)
+                ent.waiting = _report_blind(entity, members, reads, blind, ent)
         for obs, why in result.ambiguous:
             ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
             if parked is not None:
@@ -1366,10 +1387,10 @@ def _report_blind(
     reads: Mapping[str, MemberRead],
     blind: Blind,
     ent: EntityPlan,
-) -> str:
+) -> Waiting:
     """Say why records new to the hub wait (``match.hold_blind``): on each blind member,
     which columns are missing and what to do; on the others, how many of theirs wait.
-    Returns what they wait for ("the missing column Email of customers.csv")."""
+    Returns what they wait for, and which they are."""
     gone: list[str] = []
     for m in members:
         if m.name not in blind.lacking:
@@ -1410,7 +1431,14 @@ def _report_blind(
                     f"(see that error): {entity} are matched by {_them(gone)}",
                 )
             )
-    return f"the missing {'column' if len(gone) == 1 else 'columns'} {' and '.join(gone)}"
+    held = [obs for records in blind.held.values() for obs in records]
+    return Waiting(
+        f"the missing {'column' if len(gone) == 1 else 'columns'} {' and '.join(gone)}",
+        len(gone),
+        frozenset(blind.lacking),
+        {name: frozenset(o.record.id for o in records) for name, records in blind.held.items()},
+        frozenset(v for o in held for v in o.canonical.values() if isinstance(v, Hashable)),
+    )
 
 
 def _them(items: Sequence[str]) -> str:

@@ -314,7 +314,7 @@ def shared_tls_context() -> ssl.SSLContext:
     (CPython issue 84904): a daemon that opens a client per run grew by about 1 MiB a run,
     to gigabytes in hours. Built once, with httpx's own defaults (its CA bundle, and
     ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set), and only read after that, so threads may
-    share it.
+    share it. A CA bundle changed while a daemon runs is therefore read at its next start.
     """
     return httpx.create_ssl_context()
 

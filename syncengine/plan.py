@@ -138,10 +138,11 @@ class Issue:
 
     def describe(self) -> str:
         """``member location: message``, saying neither the location nor the member twice
-        (a member whose locations start with its own name: "crm customers 77")."""
+        (a member whose locations start with its own name and the entity's: "crm customers
+        77"; a workbook named "books 2026.xlsx" of member books is still named)."""
         if not self.location or self.message.startswith(self.location):
             return f"{self.member}: {self.message}"
-        if self.location.startswith(f"{self.member} "):
+        if self.location.startswith(f"{self.member} {self.entity} "):
             return f"{self.location}: {self.message}"
         return f"{self.member} {self.location}: {self.message}"
 
@@ -208,6 +209,31 @@ DETAILS_KEPT = 1_000
 the counts cover every record."""
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """Records new to the hub that wait this run for a sheet's missing match-key column
+    (``match.hold_blind``): what a reference that finds no record may be pointing at."""
+
+    what: str
+    """In a person's words: "the missing column Email of customers.csv"."""
+    columns: int
+    """How many columns ``what`` names."""
+    blind: frozenset[str]
+    """Members whose sheet lacks the column: any value they show may be a waiting record's."""
+    ids: dict[str, frozenset[str]]
+    """member -> native ids of its waiting records."""
+    values: frozenset[Any]
+    """Every value the waiting records show (canonical, hashable ones)."""
+
+    def may_be(self, member: str, ref_by: tuple[str, ...] | None, shown: list[Any]) -> bool:
+        """Whether a reference of ``member`` that found no record may mean a waiting one:
+        by id, one of the member's waiting records; by value (``shown``: its normal forms),
+        any record of a blind member, or a value a waiting record shows."""
+        if ref_by is None:
+            return any(str(v) in self.ids.get(member, ()) for v in shown)
+        return member in self.blind or any(v in self.values for v in shown)
+
+
 @dataclass
 class EntityPlan:
     entity: str
@@ -222,10 +248,8 @@ class EntityPlan:
     """Keys with skipped writes on record before this run (their rows are refreshed)."""
     ref_labels: dict[str, str] = field(default_factory=dict)
     """Hub keys of referenced records -> their names, for showing references to people."""
-    waiting_for: str = ""
-    """What this run's records new to the hub wait for, in a person's words ("the missing
-    column Email of customers.csv": ``match.hold_blind``); "" when none wait. A reference
-    that finds no record may mean one of them."""
+    waiting: Waiting | None = None
+    """This run's records new to the hub that wait for a missing column, if any."""
     notes: list[str] = field(default_factory=list)
     """What the run does that a person should know of and that is no problem (a column
     missing from a sheet, added back and filled)."""

@@ -26,7 +26,7 @@ from typing import Any
 from syncengine import model
 from syncengine.display import label_of
 from syncengine.mapping import EntityMapping, FieldMapping
-from syncengine.plan import Create, EntityPlan, Update
+from syncengine.plan import Create, EntityPlan, Update, Waiting
 from syncengine.state import StateStore
 
 AMBIGUOUS = object()
@@ -113,22 +113,24 @@ class References:
         self._shown: dict[tuple[str, tuple[str, ...]], RefIndex] = {}
         """(entity, ref_by) -> how the records looked up so far are shown that way
         (``back_index``), kept for the run like the whole indexes."""
-        self._waiting_for: dict[str, str] = {}
-        """entity -> what its records new this run wait for (``EntityPlan.waiting_for``)."""
+        self._held: dict[str, Waiting] = {}
+        """entity -> its records new this run that wait for a missing column
+        (``EntityPlan.waiting``)."""
         self._waiting: dict[tuple[str, str], set[str]] = {}
         """(entity, member) -> keys that member deleted while they are still referred to:
         its link still names the deleted record, so nothing may refer to it there."""
 
-    def waiting_for(self, entity: str) -> str:
-        """What this run's new records of ``entity`` wait for ("" when none wait): a
-        reference that finds none of its records may mean one of them."""
-        return self._waiting_for.get(entity, "")
+    def held(self, entity: str) -> Waiting | None:
+        """This run's new records of ``entity`` that wait for a missing column, if any: a
+        reference that finds no record may mean one of them."""
+        return self._held.get(entity)
 
     def planned(self, plan: EntityPlan) -> None:
         """Tell the indexes about an entity's plan; indexes of it are rebuilt when next used."""
         if self.dry_run:
             self.plans[plan.entity] = plan
-        self._waiting_for[plan.entity] = plan.waiting_for
+        if plan.waiting is not None:  # a later pass of the entity (derived records) holds none
+            self._held[plan.entity] = plan.waiting
         changed = self._changed[plan.entity] = {}
         for entity_member in [k for k in self._created if k[0] == plan.entity]:
             del self._created[entity_member]
@@ -384,15 +386,16 @@ class MemberRefs:
             found = [forward[v] for v in f.candidates(raw) if v in forward]
             key = found[0] if len(found) == 1 else AMBIGUOUS if found else None
             column = f.mapping.native if f.mapping else f.name
-            held = self.refs.waiting_for(f.target) if key is None else ""
-            if held:
+            held = self.refs.held(f.target) if key is None else None
+            shown = f.candidates(raw) if f.ref_by is not None else [raw]
+            if held is not None and held.may_be(self.member, f.ref_by, shown):
                 how = (
                     "with that id is synced" if f.ref_by is None else f"has {f.shown_by()} {raw!r}"
                 )
                 problems.append(
                     f"{column} {raw!r}: no {f.what()} {how} yet: new {f.target} wait for "
-                    f"{held} (see that error), and this may be one of them; it syncs once "
-                    f"{'the columns are' if 'columns ' in held else 'the column is'} back"
+                    f"{held.what} (see that error), and this may be one of them; it syncs once "
+                    f"{'the column is' if held.columns == 1 else 'the columns are'} back"
                 )
                 record[f.name] = None
             elif key is None:

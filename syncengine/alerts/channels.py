@@ -4,6 +4,7 @@ retrying is the sender's (``syncengine.alerts.sender``)."""
 
 from __future__ import annotations
 
+import functools
 import smtplib
 import socket
 import ssl
@@ -36,6 +37,14 @@ class Channel(Protocol):
     name: str
 
     def send(self, alert: Alert) -> Attempt: ...
+
+
+@functools.cache
+def _smtp_tls_context() -> ssl.SSLContext:
+    """The system's verifying TLS context for mail servers, built once per process: each one
+    built loads the CA store again, and not all of that memory comes back
+    (``http.shared_tls_context``)."""
+    return ssl.create_default_context()
 
 
 class WebhookChannel:
@@ -104,13 +113,13 @@ class EmailChannel:
                     s.port,
                     local_hostname=me,
                     timeout=s.timeout,
-                    context=ssl.create_default_context(),
+                    context=_smtp_tls_context(),
                 )
             else:
                 smtp = smtplib.SMTP(s.host, s.port, local_hostname=me, timeout=s.timeout)
             with smtp:
                 if s.starttls:
-                    smtp.starttls(context=ssl.create_default_context())
+                    smtp.starttls(context=_smtp_tls_context())
                 if s.username is not None and s.password is not None:
                     smtp.login(s.username, s.password.get_secret_value())
                 smtp.send_message(self.message(alert))

@@ -224,4 +224,15 @@ def test_cycles_a_sync_leaves_behind_are_collected_when_the_last_sync_ends() -> 
         del cycle
         gcs.leave()
     assert gone() is None, "the second sync's cycle outlived the pass due every 2 syncs"
+    gcs = _GcThreshold(collect_every=0.0, busy=0.0)  # syncs that always overlap
+    gcs.enter()  # a long first sync
+    gcs.settle()
+    gcs.enter()  # a pipeline syncing every second beside it
+    cycle = _Cycle()
+    gcs.settle()
+    gone = weakref.ref(cycle)
+    del cycle
+    gcs.leave()  # the process is never idle, and the busy interval is up: collected anyway
+    assert gone() is None, "a cycle outlived the pass due while other syncs run"
+    gcs.leave()
     gc.collect()

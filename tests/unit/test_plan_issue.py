@@ -17,7 +17,14 @@ from syncengine.plan import Issue
         # a member whose locations carry its own name (the REST connector, the memory member)
         ("crm", "crm customers 77", "Email: bad", "crm customers 77: Email: bad"),
         # a member whose name only starts the location's first word is still named
-        ("hc", "hcp invoices t2", "x", "hc hcp invoices t2: x"),
+        ("hc", "hcp customers t2", "x", "hc hcp customers t2: x"),
+        # ... and a file named after the member
+        (
+            "books",
+            "books 2026.xlsx, sheet Customers, row 3",
+            "x",
+            "books books 2026.xlsx, sheet Customers, row 3: x",
+        ),
     ],
 )
 def test_an_issue_names_its_member_and_location_once(
