@@ -186,53 +186,49 @@ class _Cycle:
         self.me = self
 
 
+def _a_sync_leaving_a_cycle(gcs: Any, *, ends: bool = True) -> weakref.ref[_Cycle]:
+    """One sync through ``gcs`` that makes a cycle, freezes it as an entity starts, and
+    drops it (garbage while frozen); the sync ends unless ``ends`` is False."""
+    gcs.enter()
+    cycle = _Cycle()
+    gcs.settle()
+    gone = weakref.ref(cycle)
+    del cycle
+    if ends:
+        gcs.leave()
+    return gone
+
+
 def test_cycles_a_sync_leaves_behind_are_collected_when_the_last_sync_ends() -> None:
     """A sync freezes what the process holds as each entity starts (``_GcThreshold.settle``)
     and hands it back when it ends. Cycles that became garbage meanwhile waited in the
     oldest generation for a full pass, which a daemon's next run never let come: its own
     ``settle`` froze them again. A daemon syncing every second grew by about 40 KB a run.
-    Now the last sync to end collects them, at most once a minute (a pass over everything
-    the process holds costs tens of milliseconds); while another sync runs, they wait."""
+    Now the last sync to end collects them, at most once a minute or every 50 syncs (a pass
+    over everything the process holds costs tens of milliseconds); while another sync runs,
+    they wait, at most ten minutes."""
     from syncengine.engine import _GcThreshold
 
     gcs = _GcThreshold(collect_every=0.0)
-    gcs.enter()
-    first = _Cycle()
-    gcs.settle()  # the entity starts: ``first`` is frozen with the rest
-    gone = weakref.ref(first)
-    del first  # garbage now, while frozen
+    gone = _a_sync_leaving_a_cycle(gcs, ends=False)
     gcs.enter()  # a second sync (another pipeline) starts
     gcs.leave()  # ... and ends while the first still runs: no full pass over its records
     assert gone() is not None
     gcs.leave()
     assert gone() is None, "a cycle left by the sync outlived it"
 
-    gcs = _GcThreshold(collect_every=3600.0)  # the last pass was less than that ago
-    gcs.enter()
-    second = _Cycle()
-    gcs.settle()
-    gone = weakref.ref(second)
-    del second
-    gcs.leave()
-    assert gone() is not None  # left for the next pass (or the collector's own)
-    gcs = _GcThreshold(collect_every=3600.0, syncs=2)  # ... or a loop of quick syncs
-    for _ in range(2):
-        gcs.enter()
-        cycle = _Cycle()
-        gcs.settle()
-        gone = weakref.ref(cycle)
-        del cycle
-        gcs.leave()
+    # the last pass was less than an hour ago: left for the next pass (or the collector's)
+    assert _a_sync_leaving_a_cycle(_GcThreshold(collect_every=3600.0))() is not None
+
+    gcs = _GcThreshold(collect_every=3600.0, syncs=2)  # ... but a loop of quick syncs
+    _a_sync_leaving_a_cycle(gcs)
+    gone = _a_sync_leaving_a_cycle(gcs)
     assert gone() is None, "the second sync's cycle outlived the pass due every 2 syncs"
+
     gcs = _GcThreshold(collect_every=0.0, busy=0.0)  # syncs that always overlap
     gcs.enter()  # a long first sync
     gcs.settle()
-    gcs.enter()  # a pipeline syncing every second beside it
-    cycle = _Cycle()
-    gcs.settle()
-    gone = weakref.ref(cycle)
-    del cycle
-    gcs.leave()  # the process is never idle, and the busy interval is up: collected anyway
+    gone = _a_sync_leaving_a_cycle(gcs)  # a pipeline syncing every second beside it
     assert gone() is None, "a cycle outlived the pass due while other syncs run"
     gcs.leave()
     gc.collect()
