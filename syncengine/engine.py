@@ -209,7 +209,8 @@ class _GcThreshold:
         ever. A pass costs 20-70 ms (everything the process holds, its modules included), so
         a daemon syncing every second pays it about once a minute, a loop of quick syncs
         once in 50, and a short sync alone in its process not at all. A pass while another
-        sync runs also walks that sync's records: rarer still."""
+        sync runs also walks that sync's records (its next entity waits for it): rarer
+        still."""
         seconds, syncs, busy = self._collect_every
         with self._lock:
             self._active -= 1
@@ -1022,7 +1023,7 @@ class Engine:
             if blind.held:
                 for name, lacking in blind.lacking.items():
                     reads[name].unfilled = frozenset(lacking)
-                ent.waiting = _report_blind(entity, members, reads, blind, ent)
+                ent.waiting = _report_blind(entity, members, reads, blind, ent, keys)
         for obs, why in result.ambiguous:
             ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
             if parked is not None:
@@ -1387,6 +1388,7 @@ def _report_blind(
     reads: Mapping[str, MemberRead],
     blind: Blind,
     ent: EntityPlan,
+    match_keys: Sequence[str],
 ) -> Waiting:
     """Say why records new to the hub wait (``match.hold_blind``): on each blind member,
     which columns are missing and what to do; on the others, how many of theirs wait.
@@ -1436,8 +1438,12 @@ def _report_blind(
         f"the missing {'column' if len(gone) == 1 else 'columns'} {' and '.join(gone)}",
         len(gone),
         frozenset(blind.lacking),
+        frozenset(k for keys in blind.lacking.values() for k in keys),
         {name: frozenset(o.record.id for o in records) for name, records in blind.held.items()},
-        frozenset(v for o in held for v in o.canonical.values() if isinstance(v, Hashable)),
+        {
+            key: frozenset(v for o in held if isinstance(v := o.canonical.get(key), Hashable))
+            for key in match_keys
+        },
     )
 
 

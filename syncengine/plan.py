@@ -220,18 +220,23 @@ class Waiting:
     """How many columns ``what`` names."""
     blind: frozenset[str]
     """Members whose sheet lacks the column: any value they show may be a waiting record's."""
+    hidden: frozenset[str]
+    """The match keys whose column is missing: any value of these may be a waiting row's."""
     ids: dict[str, frozenset[str]]
     """member -> native ids of its waiting records."""
-    values: frozenset[Any]
-    """Every value the waiting records show (canonical, hashable ones)."""
+    values: dict[str, frozenset[Any]]
+    """match key -> the values the waiting records show in it."""
 
     def may_be(self, member: str, ref_by: tuple[str, ...] | None, shown: list[Any]) -> bool:
-        """Whether a reference of ``member`` that found no record may mean a waiting one:
-        by id, one of the member's waiting records; by value (``shown``: its normal forms),
-        any record of a blind member, or a value a waiting record shows."""
+        """Whether a reference of ``member`` that found no record may mean a waiting one
+        (``shown``: the normal forms of its value): by id, one of the member's waiting
+        records; by value, any value of a blind member or of a key whose column is missing,
+        else one a waiting record shows in a field the reference goes by."""
         if ref_by is None:
-            return any(str(v) in self.ids.get(member, ()) for v in shown)
-        return member in self.blind or any(v in self.values for v in shown)
+            return any(v in self.ids.get(member, ()) for v in shown)
+        if member in self.blind or self.hidden.intersection(ref_by):
+            return True
+        return any(v in self.values.get(f, ()) for f in ref_by for v in shown)
 
 
 @dataclass

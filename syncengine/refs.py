@@ -387,8 +387,7 @@ class MemberRefs:
             key = found[0] if len(found) == 1 else AMBIGUOUS if found else None
             column = f.mapping.native if f.mapping else f.name
             held = self.refs.held(f.target) if key is None else None
-            shown = f.candidates(raw) if f.ref_by is not None else [raw]
-            if held is not None and held.may_be(self.member, f.ref_by, shown):
+            if held is not None and held.may_be(self.member, f.ref_by, f.candidates(raw)):
                 how = (
                     "with that id is synced" if f.ref_by is None else f"has {f.shown_by()} {raw!r}"
                 )

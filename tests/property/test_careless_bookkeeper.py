@@ -1871,6 +1871,52 @@ def test_an_invoice_of_a_customer_waiting_for_its_match_column_says_so_and_syncs
     assert api.sync(cfg)[0].plan.actions == []
 
 
+def test_a_third_member_referring_by_a_hidden_value_is_told_it_may_wait(
+    tmp_path: Path,
+) -> None:
+    """Found by review: with a second books folder beside, Bob, typed into the first books'
+    customers after Email was renamed and the state lost, waits; books2's invoice 2002 of
+    bob@x.com was told to fix its cell, though the value can only be in the renamed column.
+    A value of a key whose column is missing may be any waiting row's: it says so, and
+    syncs once the column is back."""
+    members = {
+        **{n: MEMBERS[n] for n in (HCP, BOOKS)},
+        "books2": {"type": "spreadsheet", "path": "books2"},
+    }
+    members[HCP] = {**members[HCP], "entities": [C, INV]}
+    cfg = memory_config(tmp_path, members, entities=(C, INV))
+    ds().put(C, "t1", {"email": "ann@x.com"})
+    ds().put(INV, "t2", {"invoice_number": "1001", "customer": "t1", "amount": 0, "status": "open"})
+    assert api.sync(cfg)[0].exit_code == 0
+    customers = tmp_path / "books" / FILES[C]
+
+    def bob(rows: list[list[str]]) -> list[list[str]]:
+        typed = {"Email": "bob@x.com", "First Name": "Bob"}
+        return [
+            ["Mail" if c == "Email" else c for c in rows[0]],
+            *rows[1:],
+            [typed.get(c, "") for c in rows[0]],
+        ]
+
+    _edit_csv(customers, bob)
+    invoices = tmp_path / "books2" / FILES[INV]
+    typed = {"Invoice #": "2002", "Customer Email": "bob@x.com", "Amount": "5"}
+    _edit_csv(invoices, lambda rows: [*rows, [typed.get(c, "") for c in rows[0]]])
+    _lose_state(tmp_path)
+    result = api.sync(cfg)[0]
+    assert result.exit_code == 1
+    told = [i.describe() for i in result.plan.entities[1].issues if "bob@x.com" in i.message]
+    assert told == [
+        "books2 invoices.csv line 3: Customer Email 'bob@x.com': no customer has email or "
+        "mobile_number 'bob@x.com' yet: new customers wait for the missing column Email of "
+        "customers.csv (see that error), and this may be one of them; it syncs once the "
+        "column is back"
+    ]
+    _edit_csv(customers, lambda rows: [["Email" if c == "Mail" else c for c in rows[0]], *rows[1:]])
+    assert api.sync(cfg)[0].exit_code == 0
+    assert sorted(i["invoice_number"] for i in ds().table(INV).values()) == ["1001", "2002"]
+
+
 def test_a_column_added_back_while_rows_share_a_sync_id_is_filled_once_they_are_fixed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
