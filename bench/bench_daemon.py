@@ -69,8 +69,9 @@ class Sample:
     mean_run_ms: float
 
 
-def rss_mib() -> float:
-    with open("/proc/self/status", encoding="ascii") as fh:
+def rss_mib(pid: int | str = "self") -> float:
+    """The resident memory of this process (or of ``pid``), MiB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
         for line in fh:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
@@ -203,15 +204,6 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def rss_of(pid: int) -> float:
-    """The resident memory of another process, MiB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def run_process(seconds: float, every: float, customers: int) -> dict[str, Any]:
     """A real ``syncengine daemon`` syncing every second for ``seconds``: its RSS and the
     runs in its history, sampled every ``every`` seconds."""
@@ -251,7 +243,7 @@ def run_process(seconds: float, every: float, customers: int) -> dict[str, Any]:
                         "seconds": round(time.monotonic() - started),
                         "runs": len(runs),
                         "failed": sum(r.outcome != "ok" for r in runs),
-                        "rss_mib": round(rss_of(daemon.pid), 1),
+                        "rss_mib": round(rss_mib(daemon.pid), 1),
                     }
                 )
                 print(

@@ -181,7 +181,7 @@ class _GcThreshold:
         self._lock = threading.RLock()
         self._active = 0
         self._saved: tuple[int, ...] = ()
-        self._collect_every = (collect_every, syncs, busy)
+        self._every_s, self._every_syncs, self._busy_s = collect_every, syncs, busy
         self._collected = time.monotonic()
         self._ended = 0
 
@@ -211,7 +211,6 @@ class _GcThreshold:
         once in 50, and a short sync alone in its process not at all. A pass while another
         sync runs also walks that sync's records (its next entity waits for it): rarer
         still."""
-        seconds, syncs, busy = self._collect_every
         with self._lock:
             self._active -= 1
             self._ended += 1
@@ -222,8 +221,8 @@ class _GcThreshold:
             if idle and self._saved:
                 gc.set_threshold(*self._saved)
             since = time.monotonic() - self._collected
-            if since >= (seconds if idle else max(seconds, busy)) or (
-                idle and self._ended >= syncs
+            if since >= (self._every_s if idle else max(self._every_s, self._busy_s)) or (
+                idle and self._ended >= self._every_syncs
             ):
                 self._collected, self._ended = time.monotonic(), 0
                 gc.collect()

@@ -383,31 +383,12 @@ class MemberRefs:
                     record[f.name] = key
                     continue
             forward = self._index(f).forward
-            found = [forward[v] for v in f.candidates(raw) if v in forward]
+            shown_as = f.candidates(raw)
+            found = [forward[v] for v in shown_as if v in forward]
             key = found[0] if len(found) == 1 else AMBIGUOUS if found else None
             column = f.mapping.native if f.mapping else f.name
-            held = self.refs.held(f.target) if key is None else None
-            if held is not None and held.may_be(self.member, f.ref_by, f.candidates(raw)):
-                how = (
-                    "with that id is synced" if f.ref_by is None else f"has {f.shown_by()} {raw!r}"
-                )
-                problems.append(
-                    f"{column} {raw!r}: no {f.what()} {how} yet: new {f.target} wait for "
-                    f"{held.what} (see that error), and this may be one of them; it syncs once "
-                    f"{'the column is' if held.columns == 1 else 'the columns are'} back"
-                )
-                record[f.name] = None
-            elif key is None:
-                if f.ref_by is None:
-                    problems.append(
-                        f"{column} {raw!r}: no {f.what()} with that id is synced "
-                        f"(the {f.what()} must sync first; see errors above, if any)"
-                    )
-                else:
-                    problems.append(
-                        f"{column} {raw!r}: no {f.what()} has {f.shown_by()} "
-                        f"{raw!r} (fix the cell, or add that {f.what()} first)"
-                    )
+            if key is None:
+                problems.append(f"{column} {raw!r}: {self._none_found(f, raw, shown_as)}")
                 record[f.name] = None
             elif key is AMBIGUOUS:
                 problems.append(
@@ -418,6 +399,21 @@ class MemberRefs:
             else:
                 record[f.name] = key
         return problems
+
+    def _none_found(self, f: RefField, raw: Any, shown_as: list[Any]) -> str:
+        """Why a reference found no record, and what to do: wait, where it may mean a record
+        that waits for a missing column (``References.held``); else sync or fix it."""
+        how = "with that id is synced" if f.ref_by is None else f"has {f.shown_by()} {raw!r}"
+        held = self.refs.held(f.target)
+        if held is not None and held.may_be(self.member, f.ref_by, shown_as):
+            back = "the column is" if held.columns == 1 else "the columns are"
+            return (
+                f"no {f.what()} {how} yet: new {f.target} wait for {held.what} (see that "
+                f"error), and this may be one of them; it syncs once {back} back"
+            )
+        if f.ref_by is None:
+            return f"no {f.what()} {how} (the {f.what()} must sync first; see errors above, if any)"
+        return f"no {f.what()} {how} (fix the cell, or add that {f.what()} first)"
 
     def snapshot(self, wanted: Mapping[str, Iterable[str]] | None = None) -> RefIndexes:
         """Every reference field's index, built now, as plain data for planning (reconcile
