@@ -6,6 +6,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from syncengine import api
 from syncengine.config import Config, load_config
 from syncengine.connectors.memory import MemoryConnector, MemoryDataset
@@ -113,3 +115,19 @@ class Drawn:
 
     def draw(self, _strategy: Any, label: str | None = None) -> Any:
         return self.values.pop(0)
+
+
+def migrate_with_alembic(url: str) -> None:
+    """Build a state store's schema through every migration, from nothing to the head, as a
+    store made by an older syncengine was (``StateStore.open`` creates a new store at the head
+    without them): for the tests of the migrations themselves."""
+    from alembic import command
+
+    from syncengine.state.store import alembic_config
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "head")
+    finally:
+        engine.dispose()

@@ -108,6 +108,8 @@ def test_a_csv_sync_imports_neither_servers_nor_openpyxl(tmp_path: Path) -> None
     assert {"syncengine.engine", "syncengine.state.store"} <= modules
     assert "syncengine.connectors.spreadsheet.csvtable" in modules
     assert _loaded(modules, NEVER_AT_START) == []
+    # a new state store is created at the head, without Alembic
+    assert (tmp_path / "state.db").exists() and _loaded(modules, ("alembic",)) == []
 
 
 def test_importing_the_console_users_module_computes_no_password_hash(tmp_path: Path) -> None:

@@ -18,9 +18,8 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from syncengine.state.schema import alerts
+from syncengine.state.schema import alerts, dialect_insert
 
 __all__ = ["ConditionRow", "claim", "conditions"]
 
@@ -74,14 +73,7 @@ def claim(conn: sa.Connection, row: ConditionRow, seen_version: int | None) -> b
     }
     key = {"pipeline": row.pipeline, "event": row.event, "detail": row.detail}
     if seen_version is None:
-        dialect = conn.dialect.name
-        insert: Any
-        if dialect == "postgresql":
-            insert = postgresql.insert(alerts).on_conflict_do_nothing()
-        elif dialect == "sqlite":
-            insert = sqlite.insert(alerts).on_conflict_do_nothing()
-        else:  # pragma: no cover - the store opens SQLite and PostgreSQL only
-            raise ValueError(f"unsupported database {dialect!r}")
+        insert = dialect_insert(conn.dialect.name)(alerts).on_conflict_do_nothing()
         # RETURNING, not rowcount: psycopg does not count a row ON CONFLICT DO NOTHING kept
         found = conn.execute(insert.returning(alerts.c.version), {**key, **values}).first()
         return found is not None

@@ -19,11 +19,9 @@ from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from syncengine.errors import StateError
 from syncengine.events import InboxEvent
-from syncengine.state.schema import inbox, inbox_done
+from syncengine.state.schema import dialect_insert, inbox, inbox_done
 
 __all__ = ["count", "mark_done", "pending", "pending_count", "prune", "store_event"]
 
@@ -58,13 +56,10 @@ def store_event(
 def _insert_once(dialect: str) -> Any:
     """``INSERT ... ON CONFLICT (connector, digest) DO NOTHING RETURNING id``, built once per
     dialect (with the row as parameters, its compiled form is cached too)."""
-    if dialect == "sqlite":
-        lite = sqlite.insert(inbox).on_conflict_do_nothing(index_elements=["connector", "digest"])
-        return lite.returning(inbox.c.id)
-    if dialect == "postgresql":
-        pg = postgresql.insert(inbox).on_conflict_do_nothing(index_elements=["connector", "digest"])
-        return pg.returning(inbox.c.id)
-    raise StateError(f"unsupported database dialect {dialect!r}")
+    insert = dialect_insert(dialect)(inbox)
+    return insert.on_conflict_do_nothing(index_elements=["connector", "digest"]).returning(
+        inbox.c.id
+    )
 
 
 def pending(
@@ -113,14 +108,7 @@ def mark_done(conn: sa.Connection, pipeline: str, event_ids: Sequence[int], run_
         {"pipeline": pipeline, "event_id": i, "run_id": run_id, "done_at": now}
         for i in sorted(set(event_ids))
     ]
-    dialect = conn.dialect.name
-    stmt: Any
-    if dialect == "sqlite":
-        stmt = sqlite.insert(inbox_done).on_conflict_do_nothing()
-    elif dialect == "postgresql":
-        stmt = postgresql.insert(inbox_done).on_conflict_do_nothing()
-    else:
-        raise StateError(f"unsupported database dialect {dialect!r}")
+    stmt = dialect_insert(conn.dialect.name)(inbox_done).on_conflict_do_nothing()
     conn.execute(stmt, rows)
 
 

@@ -37,10 +37,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from syncengine.errors import StateError
-from syncengine.state.schema import UTCDateTime, leases, pipeline_state
+from syncengine.state.schema import UTCDateTime, dialect_insert, leases, pipeline_state
 
 __all__ = [
     "Lease",
@@ -137,14 +135,6 @@ def db_now(conn: sa.Connection) -> datetime:
     return datetime.now(UTC)
 
 
-def _insert(dialect: str) -> Any:
-    if dialect == "sqlite":
-        return sqlite.insert
-    if dialect == "postgresql":
-        return postgresql.insert
-    raise StateError(f"unsupported database dialect {dialect!r}")
-
-
 # ------------------------------------------------------------------------------------ leases
 
 
@@ -155,7 +145,7 @@ def acquire(
     run of ``kind`` (``sync``, ``daemon``)."""
     now = db_now(conn)
     expires = now + timedelta(seconds=ttl)
-    stmt = _insert(conn.dialect.name)(leases).values(
+    stmt = dialect_insert(conn.dialect.name)(leases).values(
         pipeline=pipeline, holder=holder, expires_at=expires, kind=kind, acquired_at=now
     )
     stmt = stmt.on_conflict_do_update(
@@ -243,7 +233,7 @@ def _upsert_state(conn: sa.Connection, pipeline: str, values: dict[str, Any]) ->
     """Set ``values`` on the pipeline's row, creating it (not paused, no failures) first."""
     now = datetime.now(UTC)
     row = {"pipeline": pipeline, "paused": False, "failures": 0, "updated_at": now, **values}
-    stmt = _insert(conn.dialect.name)(pipeline_state).values(**row)
+    stmt = dialect_insert(conn.dialect.name)(pipeline_state).values(**row)
     conn.execute(
         stmt.on_conflict_do_update(
             index_elements=["pipeline"],

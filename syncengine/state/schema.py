@@ -9,11 +9,15 @@ that the migrated schema and this module agree (`alembic` `compare_metadata`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
+
+from syncengine.errors import StateError
 
 __all__ = [
     "CONFLICT_STATUSES",
@@ -23,6 +27,7 @@ __all__ = [
     "alerts",
     "audit",
     "conflicts",
+    "dialect_insert",
     "held_deletes",
     "inbox",
     "inbox_done",
@@ -75,6 +80,16 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+
+def dialect_insert(dialect: str) -> Callable[[sa.Table], Any]:
+    """The store database's ``INSERT`` with ``ON CONFLICT``: SQLite's or PostgreSQL's, whose
+    upserts are written alike, so that each statement is written once for both."""
+    if dialect == "sqlite":
+        return sqlite.insert
+    if dialect == "postgresql":
+        return postgresql.insert
+    raise StateError(f"unsupported database dialect {dialect!r}")
 
 
 def _in(column: str, allowed: tuple[str, ...]) -> str:
@@ -131,7 +146,6 @@ journal = sa.Table(
     metadata,
     sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
     sa.Column("run_id", sa.String(), nullable=False),
-    sa.Column("holder", sa.String(), nullable=True),
     sa.Column("pipeline", sa.String(), nullable=False),
     sa.Column("entity", sa.String(), nullable=False),
     sa.Column("key", sa.String(), nullable=False),
@@ -143,6 +157,7 @@ journal = sa.Table(
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("holder", sa.String(), nullable=True),  # last: added by migration 0004
     sa.CheckConstraint(_in("op", INTENT_OPS), name="ck_journal_op"),
     sa.CheckConstraint(_in("state", INTENT_STATES), name="ck_journal_state"),
     sa.Index("ix_journal_pipeline_state", "pipeline", "state"),

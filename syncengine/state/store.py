@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
@@ -53,9 +52,11 @@ from syncengine.state.schema import (
     INTENT_STATES,
     UTCDateTime,
     conflicts,
+    dialect_insert,
     journal,
     links,
     mapping_marks,
+    metadata,
     read_marks,
     records,
     runs,
@@ -315,6 +316,33 @@ def _current_revisions(conn: sa.Connection) -> set[str]:
     return set(MigrationContext.configure(conn).get_current_heads())
 
 
+_VERSION_TABLE: Final = sa.Table(
+    "alembic_version",
+    sa.MetaData(),
+    sa.Column("version_num", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+)
+"""Alembic's version table, as Alembic creates it, for a store created at the head."""
+
+
+def _is_new(conn: sa.Connection) -> bool:
+    """Whether the database holds none of the store's tables, nor a version table: a new
+    store. Other tables (a PostgreSQL database shared with another application) do not count."""
+    present = set(sa.inspect(conn).get_table_names())
+    return not present & ({_VERSION_TABLE.name} | set(metadata.tables))
+
+
+def _create_at_head(conn: sa.Connection) -> None:
+    """Create a new store's tables straight from ``schema.metadata`` and stamp them at
+    ``SCHEMA_HEAD``: the schema the migrations build, without importing and running Alembic
+    (about 0.15 s of a first sync's start). Stores already there are still migrated by
+    Alembic; a unit test keeps the created and the migrated schemas identical, column
+    order, constraints, indexes and all, on SQLite and PostgreSQL."""
+    metadata.create_all(conn)
+    _VERSION_TABLE.create(conn)
+    conn.execute(_VERSION_TABLE.insert().values(version_num=SCHEMA_HEAD))
+
+
 def _at_head(conn: sa.Connection) -> bool:
     """Whether the store's schema is at ``SCHEMA_HEAD``, read without Alembic (False for a
     new store, which has no version table yet)."""
@@ -525,6 +553,8 @@ class StateStore:
         return store
 
     def _migrate(self) -> None:
+        """Bring the store's schema to ``SCHEMA_HEAD``: nothing when it is there, the tables
+        created at the head when the store is new, else Alembic's migrations from where it is."""
         where = str(self.path) if self.path is not None else self.url_for_display
         if self.ephemeral:
             where = "in-memory state store"
@@ -534,6 +564,12 @@ class StateStore:
             conn.begin(),
         ):
             if _at_head(conn):
+                return
+        with self._translate(f"cannot open state store {where}"), self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
+            if _is_new(conn):  # checked under the lock: another process may have created it
+                _create_at_head(conn)
                 return
         from alembic import command
 
@@ -1075,17 +1111,10 @@ def _conflict_select() -> sa.Select[
 def _upsert(dialect: str, table: sa.Table, conflict_on: tuple[str, ...]) -> sa.Insert:
     """INSERT ... ON CONFLICT (conflict_on) DO UPDATE SET every other column."""
     update = [c.name for c in table.columns if c.name not in conflict_on]
-    if dialect == "sqlite":
-        lite = sqlite.insert(table)
-        return lite.on_conflict_do_update(
-            index_elements=list(conflict_on), set_={c: lite.excluded[c] for c in update}
-        )
-    if dialect == "postgresql":
-        pg = postgresql.insert(table)
-        return pg.on_conflict_do_update(
-            index_elements=list(conflict_on), set_={c: pg.excluded[c] for c in update}
-        )
-    raise StateError(f"unsupported database dialect {dialect!r}")
+    insert = dialect_insert(dialect)(table)
+    return insert.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=list(conflict_on), set_={c: insert.excluded[c] for c in update}
+    )
 
 
 _OPEN_CONFLICT = sa.text("status = 'open'")
@@ -1094,22 +1123,12 @@ _OPEN_CONFLICT = sa.text("status = 'open'")
 @cache
 def _conflict_upsert(dialect: str) -> sa.Insert:
     """Insert an open conflict, or update the values of the open one for the same field."""
-    target = ["pipeline", "entity", "key", "field"]
-    if dialect == "sqlite":
-        lite = sqlite.insert(conflicts)
-        return lite.on_conflict_do_update(
-            index_elements=target,
-            index_where=_OPEN_CONFLICT,
-            set_={"values": lite.excluded["values"], "base_value": lite.excluded.base_value},
-        )
-    if dialect == "postgresql":
-        pg = postgresql.insert(conflicts)
-        return pg.on_conflict_do_update(
-            index_elements=target,
-            index_where=_OPEN_CONFLICT,
-            set_={"values": pg.excluded["values"], "base_value": pg.excluded.base_value},
-        )
-    raise StateError(f"unsupported database dialect {dialect!r}")
+    insert = dialect_insert(dialect)(conflicts)
+    return insert.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=["pipeline", "entity", "key", "field"],
+        index_where=_OPEN_CONFLICT,
+        set_={"values": insert.excluded["values"], "base_value": insert.excluded.base_value},
+    )
 
 
 _FINISH_INTENT = (

@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from syncengine.state import StateStore
 from syncengine.state.schema import metadata
 from syncengine.state.store import alembic_config
+from tests.helpers import migrate_with_alembic
 
 P, E = "main", "customers"
 
@@ -66,6 +67,7 @@ def test_a_store_at_0002_is_upgraded_with_its_data(tmp_path: Path) -> None:
 
 
 def test_read_marks_on_postgresql(pg_url: str) -> None:
+    migrate_with_alembic(pg_url)
     with StateStore.open(pg_url) as store:
         with store.engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})

@@ -17,6 +17,7 @@ from alembic.runtime.migration import MigrationContext
 from syncengine.state import StateStore, queues
 from syncengine.state.schema import metadata
 from syncengine.state.store import alembic_config
+from tests.helpers import migrate_with_alembic
 
 MINE = {"review_items", "held_deletes", "audit"}
 
@@ -73,6 +74,7 @@ def _review(store: StateStore, native_id: str, reason: str) -> int:
 
 
 def test_queue_tables_migrate_and_keep_one_row_per_record(url: str) -> None:
+    migrate_with_alembic(url)
     with StateStore.open(url) as store:
         assert _differences(store) == []
         first = _review(store, "r1", "matches 2 records")

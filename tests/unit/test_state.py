@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +22,7 @@ from syncengine.errors import StateError
 from syncengine.state import StateStore, mask_url
 from syncengine.state.schema import metadata
 from syncengine.state.store import _SQLITE_PRAGMAS, SCHEMA_HEAD, _pragma, alembic_config
+from tests.helpers import migrate_with_alembic
 
 P, E = "main", "customers"
 
@@ -170,34 +169,6 @@ def test_schema_head_is_the_migrations_head() -> None:
     assert ScriptDirectory.from_config(alembic_config()).get_heads() == [SCHEMA_HEAD]
 
 
-def test_a_store_at_the_head_opens_without_alembic_and_an_older_one_is_migrated(
-    db_path: Path,
-) -> None:
-    """Every command opens the store: Alembic (a tenth of a second to import) is loaded only
-    when there is something to migrate."""
-    probe = (
-        "import sys; from syncengine.state import StateStore; "
-        f"StateStore.open({f'sqlite:///{db_path}'!r}).close(); "
-        "print('alembic' in sys.modules)"
-    )
-
-    def opened() -> str:
-        done = subprocess.run(
-            [sys.executable, "-c", probe], capture_output=True, text=True, check=True
-        )
-        return done.stdout.strip()
-
-    assert opened() == "True"  # a new file: created by the migrations
-    assert opened() == "False"  # at the head: nothing to migrate
-    engine = sa.create_engine(f"sqlite:///{db_path}")
-    with engine.begin() as conn:
-        command.downgrade(alembic_config(conn), "-1")
-    engine.dispose()
-    assert opened() == "True"  # behind the head: migrated
-    with sqlite3.connect(db_path) as raw:
-        assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [(SCHEMA_HEAD,)]
-
-
 def test_six_connections_setting_up_one_new_file_at_once_all_succeed(tmp_path: Path) -> None:
     """The race itself, made likely: six threads released together set up each of 300 fresh
     files with the store's pragmas. Run plainly, the WAL switch answered "database is locked"
@@ -273,8 +244,9 @@ def test_create_false_reads_an_existing_file(db_path: Path) -> None:
         assert store.load_records(P, E, ["k1"])["k1"].base == {"x": 1}
 
 
-def test_migrated_schema_matches_metadata(store: StateStore) -> None:
-    with store.engine.connect() as conn:
+def test_migrated_schema_matches_metadata(db_path: Path) -> None:
+    migrate_with_alembic(f"sqlite:///{db_path}")
+    with StateStore.open(f"sqlite:///{db_path}") as store, store.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(context, metadata) == []
         # and the comparison is not vacuous: a column the database lacks is reported
@@ -668,6 +640,7 @@ def test_runs_history(store: StateStore) -> None:
 
 
 def test_postgresql_runs_the_same_migrations_and_upserts(pg_url: str) -> None:
+    migrate_with_alembic(pg_url)
     with StateStore.open(pg_url) as store:
         assert "pg-secret" not in store.url_for_display and "***" in store.url_for_display
         with store.engine.connect() as conn:
