@@ -165,6 +165,12 @@ COLLECT_BUSY_S = 600.0
 """... and the end of any sync, once this long after the last pass: syncs that always
 overlap (an hours-long first sync beside a pipeline syncing every second) never leave the
 process idle."""
+COLLECT_SHARE = 0.02
+"""... and never before the last pass's own duration divided by this: the passes take at most
+this share of the process's time. A pass walks everything the process holds, so a large
+process (a test runner holding thousands of syncs' worth of modules and data) collects less
+often, with its garbage bounded in proportion to what it holds, as CPython's own rule for
+full passes does."""
 
 
 class _GcThreshold:
@@ -176,13 +182,16 @@ class _GcThreshold:
         collect_every: float = COLLECT_EVERY_S,
         syncs: int = COLLECT_EVERY_SYNCS,
         busy: float = COLLECT_BUSY_S,
+        share: float = COLLECT_SHARE,
     ) -> None:
         # re-entrant: a finalizer the collector runs under it may end a sync of its own
         self._lock = threading.RLock()
         self._active = 0
         self._saved: tuple[int, ...] = ()
         self._every_s, self._every_syncs, self._busy_s = collect_every, syncs, busy
+        self._share = share
         self._collected = time.monotonic()
+        self._pass_s = 0.0  # how long the last pass took
         self._ended = 0
 
     def enter(self) -> None:
@@ -208,7 +217,8 @@ class _GcThreshold:
         come (its ``settle`` froze them again): a daemon grew by every run's garbage, for
         ever. A pass costs 20-70 ms (everything the process holds, its modules included), so
         a daemon syncing every second pays it about once a minute, a loop of quick syncs
-        once in 50, and a short sync alone in its process not at all. A pass while another
+        once in 50 (less often where a pass takes long: ``COLLECT_SHARE``), and a short
+        sync alone in its process not at all. A pass while another
         sync runs also walks that sync's records (its next entity waits for it): rarer
         still."""
         with self._lock:
@@ -221,11 +231,14 @@ class _GcThreshold:
             if idle and self._saved:
                 gc.set_threshold(*self._saved)
             since = time.monotonic() - self._collected
-            if since >= (self._every_s if idle else max(self._every_s, self._busy_s)) or (
+            due = since >= (self._every_s if idle else max(self._every_s, self._busy_s)) or (
                 idle and self._ended >= self._every_syncs
-            ):
-                self._collected, self._ended = time.monotonic(), 0
+            )
+            if due and since >= self._pass_s / self._share:
+                started = time.monotonic()
                 gc.collect()
+                self._collected, self._ended = time.monotonic(), 0
+                self._pass_s = self._collected - started
 
 
 _GC = _GcThreshold()

@@ -205,8 +205,8 @@ def test_cycles_a_sync_leaves_behind_are_collected_when_the_last_sync_ends() -> 
     oldest generation for a full pass, which a daemon's next run never let come: its own
     ``settle`` froze them again. A daemon syncing every second grew by about 40 KB a run.
     Now the last sync to end collects them, at most once a minute or every 50 syncs (a pass
-    over everything the process holds costs tens of milliseconds); while another sync runs,
-    they wait, at most ten minutes."""
+    over everything the process holds costs tens of milliseconds), and never more than 2 %
+    of the time; while another sync runs, they wait, at most ten minutes."""
     from syncengine.engine import _GcThreshold
 
     gcs = _GcThreshold(collect_every=0.0)
@@ -224,6 +224,11 @@ def test_cycles_a_sync_leaves_behind_are_collected_when_the_last_sync_ends() -> 
     _a_sync_leaving_a_cycle(gcs)
     gone = _a_sync_leaving_a_cycle(gcs)
     assert gone() is None, "the second sync's cycle outlived the pass due every 2 syncs"
+
+    # a pass waits at least its last one's duration / COLLECT_SHARE (here a billion times)
+    gcs = _GcThreshold(collect_every=0.0, syncs=1, share=1e-9)
+    assert _a_sync_leaving_a_cycle(gcs)() is None  # the first pass: its cost is not known
+    assert _a_sync_leaving_a_cycle(gcs)() is not None, "a pass came before its share allowed"
 
     gcs = _GcThreshold(collect_every=0.0, busy=0.0)  # syncs that always overlap
     gcs.enter()  # a long first sync
