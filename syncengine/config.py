@@ -300,7 +300,9 @@ class PipelineSection(_Strict):
     """Per entity, the canonical fields that link a new record to an existing one, in order."""
     mappings: dict[str, dict[str, str]] = Field(default_factory=dict)
     """Per member, per entity: a mapping file that replaces the connector's default mapping."""
-    batch_size: Int = Field(default=200, ge=1, le=5000)
+    batch_size: Int | None = Field(default=None, ge=1, le=5000)
+    """Keys per journal batch and state transaction; unset, ``apply.BATCH_SIZE`` (and
+    ``apply.BUFFERED_BATCH_SIZE`` for keys written only to buffered members)."""
     locks: dict[str, LockDay] = Field(default_factory=dict)
     """Per member, the first open day: no write to that member creates, changes or deletes a
     record dated before it (``syncengine.locks``)."""

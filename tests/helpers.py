@@ -44,9 +44,10 @@ def memory_config(
     state: str = "sqlite:///state.db",
     entities: tuple[str, ...] = ("customers",),
     locks: dict[str, str] | None = None,
+    batch_size: int | None = None,
 ) -> Config:
     """A config with one pipeline "p" over memory members (options per member; ``locks``:
-    member -> the first open day of its books)."""
+    member -> the first open day of its books; ``batch_size``: the pipeline's, if set)."""
     lines = [f'[state]\nurl = "{state}"\n']
     for name, options in members.items():
         lines.append(f"[connectors.{name}]\ntype = {_toml(options.get('type', 'memory'))}")
@@ -58,6 +59,8 @@ def memory_config(
     lines.append('[[pipelines]]\nname = "p"')
     lines.append(f"members = {_toml(list(members))}")
     lines.append(f"entities = {_toml(list(entities))}")
+    if batch_size is not None:
+        lines.append(f"batch_size = {batch_size}")
     lines.append("[pipelines.conflicts]")
     for scope, rules in (conflicts or {"default": [next(iter(members))]}).items():
         lines.append(f'"{scope}" = {_toml(rules)}')
