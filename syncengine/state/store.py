@@ -96,6 +96,9 @@ _SQLITE_PRAGMAS: Final = (
     # 16 MiB of page cache per connection (SQLite's default is 2 MiB): a first sync of many
     # records rewrites the same index pages batch after batch, and finds them here
     "PRAGMA cache_size=-16384",
+    # the WAL is copied into the database every 16 MiB written, not SQLite's 4 MiB: those
+    # same index pages are then copied fewer times (a first sync of 100,000 records: ~2 %)
+    "PRAGMA wal_autocheckpoint=4000",
 )
 # Key of the PostgreSQL advisory lock that serialises concurrent migrations ("syncmig").
 _PG_MIGRATION_LOCK: Final = 0x73796E636D6967
