@@ -166,11 +166,11 @@ COLLECT_BUSY_S = 600.0
 overlap (an hours-long first sync beside a pipeline syncing every second) never leave the
 process idle."""
 COLLECT_SHARE = 0.02
-"""... and never before the last pass's own duration divided by this: the passes take at most
-this share of the process's time. A pass walks everything the process holds, so a large
-process (a test runner holding thousands of syncs' worth of modules and data) collects less
-often, with its garbage bounded in proportion to what it holds, as CPython's own rule for
-full passes does."""
+"""... and never before the last pass's own duration divided by this (nor later than
+``COLLECT_BUSY_S``): the passes take at most this share of the process's time. A pass walks
+everything the process holds, so a large process (a test runner holding thousands of syncs'
+worth of modules and data) collects less often, with its garbage bounded in proportion to
+what it holds, as CPython's own rule for full passes does."""
 
 
 class _GcThreshold:
@@ -234,7 +234,7 @@ class _GcThreshold:
             due = since >= (self._every_s if idle else max(self._every_s, self._busy_s)) or (
                 idle and self._ended >= self._every_syncs
             )
-            if due and since >= self._pass_s / self._share:
+            if due and since >= min(self._pass_s / self._share, self._busy_s):
                 started = time.monotonic()
                 gc.collect()
                 self._collected, self._ended = time.monotonic(), 0

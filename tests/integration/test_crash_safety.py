@@ -141,7 +141,9 @@ class Sandbox:
 
 
 def config_text(port: int, *, concurrency: int = 2, batch_size: int = 5) -> str:
-    """Both members wrapped in the ``crashpoint`` plugin (``tests/crashpoints.py``)."""
+    """Both members wrapped in the ``crashpoint`` plugin (``tests/crashpoints.py``);
+    ``batch_size`` 0 leaves it unset (the engine's own batches)."""
+    batches = f"batch_size = {batch_size}" if batch_size else ""
     return crash_config(f"""\
 [state]
 url = "sqlite:///state.db"
@@ -163,7 +165,7 @@ path = "books"
 name = "hcp-books"
 members = ["hcp", "books"]
 entities = ["customers"]
-batch_size = {batch_size}
+{batches}
 
 [pipelines.conflicts]
 default = ["hcp"]
@@ -1038,3 +1040,42 @@ def test_recovery_after_kills_during_a_large_initial_create_costs_one_read_plus_
         assert len(rows_now) == before + rows
         assert_no_duplicates(small_sandbox.customers(), rows_now, emailless)
         assert_same_customers(small_sandbox.customers(), rows_now, h.db)
+
+
+@pytest.fixture
+def large_sandbox() -> Iterator[Sandbox]:
+    server = start_sandbox(seed=2_500)
+    box = Sandbox(server)
+    try:
+        yield box
+    finally:
+        box.close()
+        server.stop()
+
+
+def test_a_first_sync_into_the_books_in_the_engines_own_batches_survives_kills(
+    tmp_path: Path, large_sandbox: Sandbox
+) -> None:
+    """With ``batch_size`` unset, a first sync that only writes to the books goes in batches
+    of 1000 customers (``apply.BUFFERED_BATCH_SIZE``). Killed in its second batch, before
+    the file is written, and then after the file is written but before the state store
+    recorded its rows, the next sync still ends with every HCP customer in the books once."""
+    h = Harness(tmp_path, large_sandbox, batch_size=0)
+    customers = large_sandbox.customers()
+    assert len(customers) > 2_000
+    with h.explained():
+        killed = h.crash("books", "create", 1_500, "after")  # in the second batch of 1000
+        assert not h.sheet.exists(), "the books were written before the last batch"
+        # both batches journaled whole before the kill (in batches of 200: 1600)
+        assert killed.pending_after[("books", "create")] == 2_000, killed.pending_after
+        h.crash("books", "flush", 1, "after")  # the file written, nothing recorded yet
+        assert len(h.sheet_rows()) == len(customers)
+        done, result = h.sync()
+        assert done.returncode == 0, f"the sync after the kills exited {done.returncode}"
+        assert journal_counts(h.db)["pending"] == 0
+        again, result = h.sync()
+        assert_nothing_to_do(again, result)
+        rows = h.sheet_rows()
+        assert len(rows) == len(customers)
+        assert_no_duplicates(large_sandbox.customers(), rows, nameless_signatures(customers))
+        assert_same_customers(large_sandbox.customers(), rows, h.db)

@@ -226,9 +226,12 @@ def test_cycles_a_sync_leaves_behind_are_collected_when_the_last_sync_ends() -> 
     assert gone() is None, "the second sync's cycle outlived the pass due every 2 syncs"
 
     # a pass waits at least its last one's duration / COLLECT_SHARE (here a billion times)
-    gcs = _GcThreshold(collect_every=0.0, syncs=1, share=1e-9)
+    gcs = _GcThreshold(collect_every=0.0, syncs=1, busy=3600.0, share=1e-9)
     assert _a_sync_leaving_a_cycle(gcs)() is None  # the first pass: its cost is not known
     assert _a_sync_leaving_a_cycle(gcs)() is not None, "a pass came before its share allowed"
+    gcs = _GcThreshold(collect_every=0.0, syncs=1, busy=0.0, share=1e-9)  # ... at most busy
+    _a_sync_leaving_a_cycle(gcs)
+    assert _a_sync_leaving_a_cycle(gcs)() is None, "a slow pass put the next off for too long"
 
     gcs = _GcThreshold(collect_every=0.0, busy=0.0)  # syncs that always overlap
     gcs.enter()  # a long first sync

@@ -17,13 +17,24 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
+from syncengine.errors import StateError
 from syncengine.state import StateStore
 from syncengine.state.store import SCHEMA_HEAD, alembic_config
 from tests.helpers import migrate_with_alembic
 
 
 def _created(url: str) -> None:
-    StateStore.open(url).close()
+    """Open a new store, which must be created without Alembic's migrations."""
+    upgrade = command.upgrade
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a new store was migrated by Alembic, not created at the head")
+
+    command.upgrade = refused
+    try:
+        StateStore.open(url).close()
+    finally:
+        command.upgrade = upgrade
 
 
 def _clauses(create_sql: str) -> list[str]:
@@ -145,7 +156,7 @@ def _second_database(pg_url: str, request: pytest.FixtureRequest) -> str:
     return f"{base[0]}/{name}"
 
 
-def test_a_new_store_is_created_without_alembic_and_an_older_one_ismigrate_with_alembic(
+def test_a_new_store_is_created_without_alembic_and_an_older_one_is_migrated(
     tmp_path: Path,
 ) -> None:
     """Alembic (about 0.15 s to import and run) is loaded only when there is something to
@@ -185,3 +196,17 @@ def test_a_database_with_other_tables_still_gets_a_new_store(tmp_path: Path) -> 
     with sqlite3.connect(db_path) as raw:
         assert raw.execute("SELECT note FROM theirs").fetchall() == [("kept",)]
         assert raw.execute("SELECT version_num FROM alembic_version").fetchall() == [(SCHEMA_HEAD,)]
+
+
+def test_a_view_by_the_name_of_a_store_table_is_not_a_new_store(tmp_path: Path) -> None:
+    """Another application's view named ``runs`` is not skipped over: the store refuses to
+    open, naming it, and creates nothing."""
+    db_path = tmp_path / "state.db"
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("CREATE TABLE app_events (id INTEGER PRIMARY KEY, what TEXT)")
+        raw.execute("CREATE VIEW runs AS SELECT id, what FROM app_events")
+    with pytest.raises(StateError, match="runs"):
+        StateStore.open(f"sqlite:///{db_path}")
+    with sqlite3.connect(db_path) as raw:
+        names = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
+    assert names == {"app_events", "runs"}
