@@ -165,12 +165,14 @@ COLLECT_BUSY_S = 600.0
 """... and the end of any sync, once this long after the last pass: syncs that always
 overlap (an hours-long first sync beside a pipeline syncing every second) never leave the
 process idle."""
-COLLECT_SHARE = 0.02
+COLLECT_SHARE = 0.1
 """... and never before the last pass's own duration divided by this (nor later than
 ``COLLECT_BUSY_S``): the passes take at most this share of the process's time. A pass walks
 everything the process holds, so a large process (a test runner holding thousands of syncs'
-worth of modules and data) collects less often, with its garbage bounded in proportion to
-what it holds, as CPython's own rule for full passes does."""
+worth of modules and data, where a pass takes 80 ms) collects less often, with its garbage
+bounded in proportion to what it holds, as CPython's own rule for full passes does. A
+daemon's pass (20-30 ms) is due every 50 syncs before this allows less: at 0.02 a daemon
+syncing back to back held 20-30 MiB more (``bench_daemon.py``)."""
 
 
 class _GcThreshold:

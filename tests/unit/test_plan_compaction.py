@@ -205,7 +205,7 @@ def test_cycles_a_sync_leaves_behind_are_collected_when_the_last_sync_ends() -> 
     oldest generation for a full pass, which a daemon's next run never let come: its own
     ``settle`` froze them again. A daemon syncing every second grew by about 40 KB a run.
     Now the last sync to end collects them, at most once a minute or every 50 syncs (a pass
-    over everything the process holds costs tens of milliseconds), and never more than 2 %
+    over everything the process holds costs tens of milliseconds), and never more than 10 %
     of the time; while another sync runs, they wait, at most ten minutes."""
     from syncengine.engine import _GcThreshold
 
