@@ -478,15 +478,20 @@ def assert_private(db: Path) -> None:
 # ------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    server = start_sandbox()
+def _sandbox_seeded(customers: int) -> Iterator[Sandbox]:
+    """A sandbox seeded with ``customers`` (and their jobs, invoices, payments), stopped after."""
+    server = start_sandbox(seed=customers) if customers else start_sandbox()
     box = Sandbox(server)
     try:
         yield box
     finally:
         box.close()
         server.stop()
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    yield from _sandbox_seeded(0)
 
 
 def seed_sheet(h: Harness, *, overlapping: int, new_rows: int) -> list[dict[str, str]]:
@@ -795,13 +800,7 @@ def test_killed_while_recovering_interrupted_posts_the_next_sync_finishes_the_re
 
 @pytest.fixture
 def small_sandbox() -> Iterator[Sandbox]:
-    server = start_sandbox(seed=5)
-    box = Sandbox(server)
-    try:
-        yield box
-    finally:
-        box.close()
-        server.stop()
+    yield from _sandbox_seeded(5)
 
 
 def set_companies(h: Harness, prefix: str) -> dict[str, str]:
@@ -1044,13 +1043,7 @@ def test_recovery_after_kills_during_a_large_initial_create_costs_one_read_plus_
 
 @pytest.fixture
 def large_sandbox() -> Iterator[Sandbox]:
-    server = start_sandbox(seed=2_500)
-    box = Sandbox(server)
-    try:
-        yield box
-    finally:
-        box.close()
-        server.stop()
+    yield from _sandbox_seeded(2_500)
 
 
 def test_a_first_sync_into_the_books_in_the_engines_own_batches_survives_kills(
