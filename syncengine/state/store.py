@@ -350,6 +350,17 @@ def _create_at_head(conn: sa.Connection) -> None:
     conn.execute(_VERSION_TABLE.insert().values(version_num=SCHEMA_HEAD))
 
 
+def _read_every_table(conn: sa.Connection) -> None:
+    """Read the first rows of every table of a SQLite store as it opens, before any command
+    writes to it: a file whose pages are damaged is then refused before a write (and the
+    checkpoint that carries it into the file) touches it. A few pages, not the file: damage
+    deeper in a table is found where it is read."""
+    names = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")
+    for (name,) in names.all():
+        quoted = str(name).replace('"', '""')
+        conn.exec_driver_sql(f'SELECT * FROM "{quoted}" LIMIT 1').all()
+
+
 def _at_head(conn: sa.Connection) -> bool:
     """Whether the store's schema is at ``SCHEMA_HEAD``, read without Alembic (False for a
     new store, which has no version table yet)."""
@@ -570,6 +581,8 @@ class StateStore:
             self._engine.connect() as conn,
             conn.begin(),
         ):
+            if conn.dialect.name == "sqlite":
+                _read_every_table(conn)
             if _at_head(conn):
                 return
         with self._translate(f"cannot open state store {where}"), self._write() as conn:
