@@ -588,27 +588,25 @@ class StateStore:
         with self._translate(f"cannot open state store {where}"), self._write() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
-            if _is_new(conn):  # checked under the lock: another process may have created it
+            # both checked under the lock: another process may have created or migrated it
+            if _is_new(conn):
                 _create_at_head(conn)
                 return
+            with _alembic_errors(where):
+                self._upgrade(conn)
+
+    @staticmethod
+    def _upgrade(conn: sa.Connection) -> None:
+        """Alembic's migrations from the store's revision to the head (refusing a store newer
+        than this syncengine), in the caller's locked transaction."""
         from alembic import command
 
         script = _script_directory()
-        heads = set(script.get_heads())
         known = {rev.revision for rev in script.walk_revisions()}
-        with self._translate(f"cannot open state store {where}"), _alembic_errors(where):
-            with self._engine.connect() as conn, conn.begin():
-                current = _current_revisions(conn)
-            _check_not_newer(current, known)
-            if current == heads:
-                return
-            with self._write() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_MIGRATION_LOCK)))
-                current = _current_revisions(conn)  # another process may have migrated
-                _check_not_newer(current, known)
-                if current != heads:
-                    command.upgrade(alembic_config(conn), "head")
+        current = _current_revisions(conn)
+        _check_not_newer(current, known)
+        if current != set(script.get_heads()):
+            command.upgrade(alembic_config(conn), "head")
 
     # -- plumbing ------------------------------------------------------------------------
 
