@@ -262,7 +262,7 @@ def run_process(seconds: float, every: float, customers: int) -> dict[str, Any]:
                 daemon.wait()
             log.close()
     # from the middle sample: the first minute includes the daemon's start-up and its first
-    # collector pass (``engine.COLLECT_EVERY_S``)
+    # collector pass (``collector.COLLECT_EVERY_S``)
     first, last = samples[len(samples) // 2], samples[-1]
     runs = last["runs"] - first["runs"]
     grown = last["rss_mib"] - first["rss_mib"]

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from syncengine import model
+from syncengine.collector import COLLECTOR
 from syncengine.config import Pipeline
 from syncengine.connector import RELEASED, NativeRecord, check_allowed
 from syncengine.errors import AuthError, ConnectorError, RecordError, SyncEngineError
@@ -249,6 +250,7 @@ class EntityApply:
             if stop is not None and stop.is_set():
                 stopped = True  # finish like a normal end: flush, commit, then stop
                 break
+            COLLECTOR.settle()  # the plan, and the batches applied: held until the flush
             keys = [
                 KeyWrites(kp, [Write(a, self.by_name[a.member]) for a in kp.actions])
                 for kp in batch

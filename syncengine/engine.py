@@ -63,7 +63,6 @@ intent
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import threading
 import time
 import uuid
@@ -75,6 +74,7 @@ import structlog
 
 from syncengine import model
 from syncengine.apply import EntityApply
+from syncengine.collector import COLLECTOR, SETTLE_EVERY
 from syncengine.config import Config, Pipeline
 from syncengine.connector import Connector, ReadPass
 from syncengine.display import plural
@@ -155,95 +155,6 @@ log = structlog.get_logger("syncengine.engine")
 CANDIDATES_LOOKED_UP = 2_000
 """Up to how many match-key values of new records are looked up in the state store, rather
 than walking every hub record (``Engine._candidates``)."""
-
-
-COLLECT_EVERY_S = 60.0
-COLLECT_EVERY_SYNCS = 50
-"""The end of a sync that leaves no other running runs the cycle collector's full pass once
-this long, or this many syncs, after the last one (``_GcThreshold.leave``)."""
-COLLECT_BUSY_S = 600.0
-"""... and the end of any sync, once this long after the last pass: syncs that always
-overlap (an hours-long first sync beside a pipeline syncing every second) never leave the
-process idle."""
-COLLECT_SHARE = 0.1
-"""... and never before the last pass's own duration divided by this (nor later than
-``COLLECT_BUSY_S``): the passes take at most this share of the process's time. A pass walks
-everything the process holds, so a large process (a test runner holding thousands of syncs'
-worth of modules and data, where a pass takes 80 ms) collects less often, with its garbage
-bounded in proportion to what it holds, as CPython's own rule for full passes does. A
-daemon's pass (20-30 ms) is due every 50 syncs before this allows less: at 0.02 a daemon
-syncing back to back held 20-30 MiB more (``bench_daemon.py``)."""
-
-
-class _GcThreshold:
-    """The young-generation GC threshold raised while any sync of this process runs, and
-    what a run holds frozen for the collector (``settle``) until the last sync ends."""
-
-    def __init__(
-        self,
-        collect_every: float = COLLECT_EVERY_S,
-        syncs: int = COLLECT_EVERY_SYNCS,
-        busy: float = COLLECT_BUSY_S,
-        share: float = COLLECT_SHARE,
-    ) -> None:
-        # re-entrant: a finalizer the collector runs under it may end a sync of its own
-        self._lock = threading.RLock()
-        self._active = 0
-        self._saved: tuple[int, ...] = ()
-        self._every_s, self._every_syncs, self._busy_s = collect_every, syncs, busy
-        self._share = share
-        self._collected = time.monotonic()
-        self._pass_s = 0.0  # how long the last pass took
-        self._ended = 0
-
-    def enter(self) -> None:
-        with self._lock:
-            if self._active == 0:
-                self._saved = gc.get_threshold()
-                gc.set_threshold(max(self._saved[0], 50_000), *self._saved[1:])
-            self._active += 1
-
-    def settle(self) -> None:
-        """An entity is about to be read: what the process holds now (the state store's
-        engine, earlier entities' indexes) is long-lived, so the collector's full passes,
-        which walk every object, need not walk it again while the entity's records are made.
-        Objects freed meanwhile are freed as always; only cycles wait for ``leave``."""
-        with self._lock:  # not while ``leave`` collects: what it is about to free would stay
-            gc.freeze()
-
-    def leave(self) -> None:
-        """A sync ends: hand everything back to the collector, and once no sync runs,
-        collect if ``collect_every`` (seconds, syncs) has come since the last time; while
-        others run, after ``COLLECT_BUSY_S``. Without that, the cycles a run left behind
-        waited in the oldest generation for a full pass that a daemon's next run never let
-        come (its ``settle`` froze them again): a daemon grew by every run's garbage, for
-        ever. A pass costs 20-70 ms (everything the process holds, its modules included), so
-        a daemon syncing every second pays it about once a minute, a loop of quick syncs
-        once in 50 (less often where a pass takes long: ``COLLECT_SHARE``), and a short
-        sync alone in its process not at all. A pass while another
-        sync runs also walks that sync's records (its next entity waits for it): rarer
-        still."""
-        with self._lock:
-            self._active -= 1
-            self._ended += 1
-            # every sync that ends hands all back to the collector (also what an overlapping
-            # sync froze: a daemon whose syncs overlap forever must not keep cycles forever)
-            gc.unfreeze()
-            idle = self._active == 0
-            if idle and self._saved:
-                gc.set_threshold(*self._saved)
-            since = time.monotonic() - self._collected
-            due = since >= (self._every_s if idle else max(self._every_s, self._busy_s)) or (
-                idle and self._ended >= self._every_syncs
-            )
-            if due and since >= min(self._pass_s / self._share, self._busy_s):
-                started = time.monotonic()
-                gc.collect()
-                self._collected, self._ended = time.monotonic(), 0
-                self._pass_s = self._collected - started
-
-
-_GC = _GcThreshold()
 
 
 @dataclass
@@ -359,14 +270,14 @@ class Engine:
         # reference cycles of note: collect the young generation less often while it runs.
         # Several syncs may overlap in one process (the daemon): the first raises the
         # threshold, the last restores it.
-        _GC.enter()
+        COLLECTOR.enter()
         held = lease_holder.set(self.holder)  # apply records it on the run's intents
         try:
             with structlog.contextvars.bound_contextvars(pipeline=pipeline.name, run_id=None):
                 return self._sync(pipeline, entities)
         finally:
             lease_holder.reset(held)
-            _GC.leave()
+            COLLECTOR.leave()
 
     def _check_lease(self, pipeline: Pipeline) -> None:
         """Refuse a run that writes while another run holds the pipeline's lease (nothing has
@@ -514,7 +425,7 @@ class Engine:
         reads cost requests start reading the entity ``then`` (the next one) once this one
         is read, so that their waiting overlaps its planning and applying."""
         members = [open_member(pipeline, connectors[m], entity, refs) for m in pipeline.members]
-        _GC.settle()
+        COLLECTOR.settle()
         planned = self.plan_entity(pipeline, entity, members, recovery, refs, hold_deletes=True)
         if then is not None:
             for name in pipeline.members:
@@ -1337,8 +1248,10 @@ class Engine:
                 if hold and planned is not None and rs is not None and _deletes(kp, views):
                     planned.held.append(HeldDelete(key, rs, dict(views), kp))
 
-        for key in ordered:
+        for i, key in enumerate(ordered, 1):
             plan_key(key)
+            if i % SETTLE_EVERY == 0:
+                COLLECTOR.settle()  # planned so far: held until the entity is applied
             # the plan holds what it needs of the records read for this key (a write's own
             # native record, the canonical record as last seen): the read's native records
             # need not stay beside the rest of the plan

@@ -8,6 +8,7 @@ records are more than it keeps."""
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from syncengine.apply import EntityApply
 from syncengine.connectors.memory import MemoryConnector
 from syncengine.engine import Engine
 from syncengine.render import render_result
-from tests.helpers import ACCOUNTING, hcp_books_config
+from tests.helpers import ACCOUNTING, hcp_books_config, memory_config
 
 ENTITIES = ACCOUNTING
 CUSTOMERS = 12
@@ -200,16 +201,16 @@ def _a_sync_leaving_a_cycle(gcs: Any, *, ends: bool = True) -> weakref.ref[_Cycl
 
 
 def test_cycles_a_sync_leaves_behind_are_collected_when_the_last_sync_ends() -> None:
-    """A sync freezes what the process holds as each entity starts (``_GcThreshold.settle``)
+    """A sync freezes what the process holds as each entity starts (``SyncCollector.settle``)
     and hands it back when it ends. Cycles that became garbage meanwhile waited in the
     oldest generation for a full pass, which a daemon's next run never let come: its own
     ``settle`` froze them again. A daemon syncing every second grew by about 40 KB a run.
     Now the last sync to end collects them, at most once a minute or every 50 syncs (a pass
     over everything the process holds costs tens of milliseconds), and never more than 10 %
     of the time; while another sync runs, they wait, at most ten minutes."""
-    from syncengine.engine import _GcThreshold
+    from syncengine.collector import SyncCollector
 
-    gcs = _GcThreshold(collect_every=0.0)
+    gcs = SyncCollector(collect_every=0.0)
     gone = _a_sync_leaving_a_cycle(gcs, ends=False)
     gcs.enter()  # a second sync (another pipeline) starts
     gcs.leave()  # ... and ends while the first still runs: no full pass over its records
@@ -218,25 +219,61 @@ def test_cycles_a_sync_leaves_behind_are_collected_when_the_last_sync_ends() -> 
     assert gone() is None, "a cycle left by the sync outlived it"
 
     # the last pass was less than an hour ago: left for the next pass (or the collector's)
-    assert _a_sync_leaving_a_cycle(_GcThreshold(collect_every=3600.0))() is not None
+    assert _a_sync_leaving_a_cycle(SyncCollector(collect_every=3600.0))() is not None
 
-    gcs = _GcThreshold(collect_every=3600.0, syncs=2)  # ... but a loop of quick syncs
+    gcs = SyncCollector(collect_every=3600.0, syncs=2)  # ... but a loop of quick syncs
     _a_sync_leaving_a_cycle(gcs)
     gone = _a_sync_leaving_a_cycle(gcs)
     assert gone() is None, "the second sync's cycle outlived the pass due every 2 syncs"
 
     # a pass waits at least its last one's duration / COLLECT_SHARE (here a billion times)
-    gcs = _GcThreshold(collect_every=0.0, syncs=1, busy=3600.0, share=1e-9)
+    gcs = SyncCollector(collect_every=0.0, syncs=1, busy=3600.0, share=1e-9)
     assert _a_sync_leaving_a_cycle(gcs)() is None  # the first pass: its cost is not known
     assert _a_sync_leaving_a_cycle(gcs)() is not None, "a pass came before its share allowed"
-    gcs = _GcThreshold(collect_every=0.0, syncs=1, busy=0.0, share=1e-9)  # ... at most busy
+    gcs = SyncCollector(collect_every=0.0, syncs=1, busy=0.0, share=1e-9)  # ... at most busy
     _a_sync_leaving_a_cycle(gcs)
     assert _a_sync_leaving_a_cycle(gcs)() is None, "a slow pass put the next off for too long"
 
-    gcs = _GcThreshold(collect_every=0.0, busy=0.0)  # syncs that always overlap
+    gcs = SyncCollector(collect_every=0.0, busy=0.0)  # syncs that always overlap
     gcs.enter()  # a long first sync
     gcs.settle()
     gone = _a_sync_leaving_a_cycle(gcs)  # a pipeline syncing every second beside it
     assert gone() is None, "a cycle outlived the pass due while other syncs run"
     gcs.leave()
     gc.collect()
+
+
+def test_a_growing_plan_is_frozen_while_planned_and_applied_and_handed_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector need not walk a plan again and again while it grows: what a sync holds
+    is frozen every ``SETTLE_EVERY`` keys planned and as each batch is applied, and all of
+    it is handed back when the sync ends. Outside a sync nothing is frozen."""
+    from syncengine import collector, engine
+
+    monkeypatch.setattr(engine, "SETTLE_EVERY", 100)
+    monkeypatch.setattr(collector.COLLECTOR, "_every_s", 3600.0)  # no pass at the end
+    frozen: list[tuple[str, int]] = []
+    settle = collector.SyncCollector.settle
+
+    def watched(self: collector.SyncCollector) -> None:
+        settle(self)
+        caller = sys._getframe(1).f_code.co_name
+        frozen.append((caller, gc.get_freeze_count()))
+
+    monkeypatch.setattr(collector.SyncCollector, "settle", watched)
+    crm = MemoryConnector.get_dataset("crm")
+    for n in range(450):
+        crm.put("customers", f"c{n}", {"first_name": f"Ann {n}", "email": f"ann{n}@example.com"})
+    config = memory_config(tmp_path, {"crm": {}, "books": {}}, batch_size=200)
+    assert gc.get_freeze_count() == 0
+    assert _sync(config).exit_code == 0
+    where = [caller for caller, _count in frozen]
+    # as the entity starts; four times while its 450 keys are planned; before each batch
+    assert where == ["_sync_entity"] + ["_plan_keys"] * 4 + ["run"] * 3, where
+    counts = [count for _caller, count in frozen]
+    assert counts[4] > counts[0] + 450, counts  # the plan, frozen as it was planned
+    assert gc.get_freeze_count() == 0, "the sync's end hands everything back"
+
+    collector.SyncCollector().settle()  # no sync runs: no leave() would hand it back
+    assert gc.get_freeze_count() == 0
