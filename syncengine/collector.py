@@ -7,7 +7,8 @@ and then, so the plan was walked while it grew: at 100,000 customers, 2.3 s of a
 While any sync runs, the young generation is larger, and what the sync holds is frozen
 (``gc.freeze``) at the points where it is known to last (``SyncCollector.settle``); the
 sync's end hands it back, and the last sync to end collects now and then
-(``SyncCollector.leave``).
+(``SyncCollector.leave``). What is frozen is not collected before that, so a sync must not
+make cycles that hold much: the HTTP client's responses are freed without the collector.
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ class SyncCollector:
 
     def settle(self) -> None:
         """What the process holds now is long-lived: as an entity is about to be read (the
-        state store's engine, earlier entities' indexes), and as the entity's plan grows
-        (``SETTLE_EVERY`` keys planned, each batch applied: the plan stays until the entity
-        is applied). The collector's passes need not walk it again while more is made.
-        Objects freed meanwhile are freed as always; only cycles wait for ``leave``. Outside
+        state store's engine, earlier entities' indexes), and as the entity's records and
+        plan grow (every ``SETTLE_EVERY`` records read and keys planned, and each batch
+        applied: they stay until the entity is applied). The collector's passes need not
+        walk it again while more is made. Objects freed meanwhile are freed as always; only
+        cycles wait for ``leave`` (an HTTP response is not one: ``http._unbound``). Outside
         a sync, nothing is frozen (no ``leave`` would hand it back)."""
         with self._lock:  # not while ``leave`` collects: what it is about to free would stay
             if self._active:
@@ -106,10 +108,11 @@ class SyncCollector:
 
 
 SETTLE_EVERY = 5_000
-"""Keys planned between two ``settle`` calls while an entity is planned (each batch applied
-settles too). A first sync of 100,000 customers into a CSV folder took 8 % less with both
-(the collector's own time: 2.3 s before, 0.7 s after); freezing costs next to nothing, and
-what it holds back from the collector is only cycles made meanwhile that were still alive."""
+"""Records read, and keys planned, between two ``settle`` calls (each batch applied settles
+too). The collector's own time in a first sync of 100,000 customers into a CSV folder went
+from 2.3 s to 0.2 s, and the sync from 18-19 s to about 16.5 s; freezing costs next to
+nothing, and what it holds back from the collector is only cycles made meanwhile that were
+still alive when it froze them."""
 
 COLLECTOR = SyncCollector()
 """The process's one policy: syncs of several pipelines share the collector."""

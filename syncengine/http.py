@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 import structlog
@@ -319,6 +319,20 @@ def shared_tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+_READ: Final = httpx.ByteStream(b"")
+"""The stream of a response whose body is read (``Response.content``)."""
+
+
+def _unbound(response: httpx.Response) -> httpx.Response:
+    """``response``, read whole, without the stream httpx binds to it. That stream refers
+    back to the response, so a response let go of was freed only by the cycle collector,
+    with its body: a page of a first sync (100 KB and more) stayed until a pass came, or,
+    caught in a sync's frozen objects (``collector``), until the sync ended."""
+    response.read()
+    response.stream = _READ
+    return response
+
+
 def _params_list(params: QueryParams | None) -> list[tuple[str, QueryScalar]]:
     if params is None:
         return []
@@ -432,7 +446,9 @@ class HttpClient:
                     self.stats.add(waited=waited)
             self.stats.add(requests=1)
             try:
-                response = self._client.request(method, path, params=query or None, json=json)
+                response = _unbound(
+                    self._client.request(method, path, params=query or None, json=json)
+                )
             except httpx.UnsupportedProtocol as exc:
                 raise self._fail(FatalConnectorError, method, path, self._exc_text(exc)) from None
             except httpx.TransportError as exc:

@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 
+from syncengine.collector import COLLECTOR, SETTLE_EVERY
 from syncengine.config import Pipeline
 from syncengine.connector import Connector, NativeData, NativeRecord, ReadPass, Structure
 from syncengine.errors import NotFoundError, RecordError, StructureError
@@ -272,6 +273,8 @@ def read_member(
         out.count += 1
         if monotonic() >= step.due:  # inlined Step.tick: one clock reading per record
             step.tick(out.count)
+        if out.count % SETTLE_EVERY == 0:
+            COLLECTOR.settle()  # the records read so far: held until the entity is applied
         linked = None if rec.provisional else index.get(rec.id)
         if linked is not None:
             seen.add(rec.id)

@@ -614,3 +614,28 @@ def test_clients_share_one_tls_context_so_a_daemon_does_not_grow_a_run_at_a_time
     assert shared_tls_context() is shared_tls_context()
     assert shared_tls_context().verify_mode == ssl.CERT_REQUIRED
     assert shared_tls_context().check_hostname
+
+
+def test_a_response_let_go_of_is_freed_at_once_with_its_body() -> None:
+    """httpx binds a stream to each response that refers back to it: a response was freed
+    only by the cycle collector, and a sync that froze what it held (``collector``) kept the
+    pages it caught in flight until it ended. The client's responses are read whole and
+    unbound: freed as soon as they are let go of, their body still there until then."""
+    import gc
+    import weakref
+
+    body = b'{"customers": [' + b",".join(b'{"id": "c%d"}' % i for i in range(2000)) + b"]}"
+    client = make_client(lambda request: httpx.Response(200, content=body))
+    was_enabled = gc.isenabled()
+    gc.disable()  # only reference counting frees anything here
+    try:
+        response = client.request("GET", "/customers")
+        assert response.content == body and response.json()["customers"][-1] == {"id": "c1999"}
+        assert b"".join(response.iter_bytes()) == body
+        gone = weakref.ref(response)
+        del response
+        assert gone() is None, "the response (and its body) waited for the cycle collector"
+    finally:
+        if was_enabled:
+            gc.enable()
+        client.close()

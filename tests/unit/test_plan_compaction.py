@@ -247,11 +247,13 @@ def test_a_growing_plan_is_frozen_while_planned_and_applied_and_handed_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The collector need not walk a plan again and again while it grows: what a sync holds
-    is frozen every ``SETTLE_EVERY`` keys planned and as each batch is applied, and all of
-    it is handed back when the sync ends. Outside a sync nothing is frozen."""
-    from syncengine import collector, engine
+    is frozen every ``SETTLE_EVERY`` records read and keys planned, and as each batch is
+    applied, and all of it is handed back when the sync ends. Outside a sync nothing is
+    frozen."""
+    from syncengine import collector, engine, read
 
     monkeypatch.setattr(engine, "SETTLE_EVERY", 100)
+    monkeypatch.setattr(read, "SETTLE_EVERY", 100)
     monkeypatch.setattr(collector.COLLECTOR, "_every_s", 3600.0)  # no pass at the end
     frozen: list[tuple[str, int]] = []
     settle = collector.SyncCollector.settle
@@ -269,10 +271,11 @@ def test_a_growing_plan_is_frozen_while_planned_and_applied_and_handed_back(
     assert gc.get_freeze_count() == 0
     assert _sync(config).exit_code == 0
     where = [caller for caller, _count in frozen]
-    # as the entity starts; four times while its 450 keys are planned; before each batch
-    assert where == ["_sync_entity"] + ["_plan_keys"] * 4 + ["run"] * 3, where
+    # as the entity starts; four times while its 450 records are read, and again while
+    # they are planned; before each batch is applied
+    assert where == ["_sync_entity"] + ["read_member"] * 4 + ["_plan_keys"] * 4 + ["run"] * 3
     counts = [count for _caller, count in frozen]
-    assert counts[4] > counts[0] + 450, counts  # the plan, frozen as it was planned
+    assert counts[8] > counts[4] + 450, counts  # the plan, frozen as it was planned
     assert gc.get_freeze_count() == 0, "the sync's end hands everything back"
 
     collector.SyncCollector().settle()  # no sync runs: no leave() would hand it back
