@@ -503,7 +503,7 @@ def _execute(keys: list[KeyWrites], written: Callable[[KeyWrites], None]) -> Non
         except AuthError:
             raise
         except (ConnectorError, RecordError) as exc:
-            w.error = exc
+            w.error = _detached(exc)
 
     through = [(k, w) for k in keys for w in k.writes if not w.member.buffered]
     workers = max(
@@ -556,7 +556,19 @@ def _settle(w: Write) -> None:
     try:
         w.result = w.member.connector.flushed(w.action.entity, w.result)
     except (ConnectorError, RecordError) as exc:
-        w.error = exc
+        w.error = _detached(exc)
+
+
+def _detached(exc: Exception) -> Exception:
+    """``exc`` as a write keeps it: what it says, without the frames it was raised through.
+    Those frames (and the exceptions it was raised while handling, with theirs) refer back
+    to the write, a cycle that only the collector frees, and that a sync's frozen objects
+    (``collector``) would keep until the sync ends: every failed write of a run, with the
+    response it failed on."""
+    exc.__traceback__ = None
+    exc.__context__ = None
+    exc.__cause__ = None
+    return exc
 
 
 def _perform(member: Member, action: Action) -> NativeRecord | None:

@@ -72,9 +72,9 @@ from typing import Any
 
 import structlog
 
-from syncengine import model
+from syncengine import collector, model
 from syncengine.apply import EntityApply
-from syncengine.collector import COLLECTOR, SETTLE_EVERY
+from syncengine.collector import COLLECTOR
 from syncengine.config import Config, Pipeline
 from syncengine.connector import Connector, ReadPass
 from syncengine.display import plural
@@ -1250,7 +1250,7 @@ class Engine:
 
         for i, key in enumerate(ordered, 1):
             plan_key(key)
-            if i % SETTLE_EVERY == 0:
+            if i % collector.SETTLE_EVERY == 0:
                 COLLECTOR.settle()  # planned so far: held until the entity is applied
             # the plan holds what it needs of the records read for this key (a write's own
             # native record, the canonical record as last seen): the read's native records

@@ -26,7 +26,8 @@ from typing import Any
 
 import structlog
 
-from syncengine.collector import COLLECTOR, SETTLE_EVERY
+from syncengine import collector
+from syncengine.collector import COLLECTOR
 from syncengine.config import Pipeline
 from syncengine.connector import Connector, NativeData, NativeRecord, ReadPass, Structure
 from syncengine.errors import NotFoundError, RecordError, StructureError
@@ -273,7 +274,7 @@ def read_member(
         out.count += 1
         if monotonic() >= step.due:  # inlined Step.tick: one clock reading per record
             step.tick(out.count)
-        if out.count % SETTLE_EVERY == 0:
+        if out.count % collector.SETTLE_EVERY == 0:
             COLLECTOR.settle()  # the records read so far: held until the entity is applied
         linked = None if rec.provisional else index.get(rec.id)
         if linked is not None:

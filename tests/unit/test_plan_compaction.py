@@ -250,10 +250,9 @@ def test_a_growing_plan_is_frozen_while_planned_and_applied_and_handed_back(
     is frozen every ``SETTLE_EVERY`` records read and keys planned, and as each batch is
     applied, and all of it is handed back when the sync ends. Outside a sync nothing is
     frozen."""
-    from syncengine import collector, engine, read
+    from syncengine import collector
 
-    monkeypatch.setattr(engine, "SETTLE_EVERY", 100)
-    monkeypatch.setattr(read, "SETTLE_EVERY", 100)
+    monkeypatch.setattr(collector, "SETTLE_EVERY", 100)
     monkeypatch.setattr(collector.COLLECTOR, "_every_s", 3600.0)  # no pass at the end
     frozen: list[tuple[str, int]] = []
     settle = collector.SyncCollector.settle
@@ -280,3 +279,35 @@ def test_a_growing_plan_is_frozen_while_planned_and_applied_and_handed_back(
 
     collector.SyncCollector().settle()  # no sync runs: no leave() would hand it back
     assert gc.get_freeze_count() == 0
+
+
+def test_failed_writes_are_not_kept_frozen_until_the_sync_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a sync freezes is not collected before it ends, so it must not freeze garbage:
+    the cycles made since the last freeze are collected first, and a failed write keeps its
+    error without the frames it was raised through (which refer back to the write). Every
+    write of 3,000 records fails here, 200 to a batch: before, each batch's failed writes
+    (about 30 objects each) stayed frozen until the end."""
+    from syncengine import collector
+
+    found: list[int] = []
+    leave = collector.SyncCollector.leave
+
+    def counted(self: collector.SyncCollector) -> None:
+        gc.collect()  # the garbage not frozen: the collector's as always
+        gc.unfreeze()  # what the sync froze, as its end hands it back
+        found.append(gc.collect())
+        leave(self)
+
+    monkeypatch.setattr(collector.SyncCollector, "leave", counted)
+    crm = MemoryConnector.get_dataset("crm")
+    for n in range(3_000):
+        crm.put("customers", f"c{n}", {"first_name": f"Ann {n}", "email": f"ann{n}@example.com"})
+    config = memory_config(tmp_path, {"crm": {}, "books": {}}, batch_size=200)
+    gc.collect()
+    extra = {"books": {"fail_write": lambda op, entity, ref: True}}
+    [result] = api.sync(config, connector_extra=extra)
+    assert result.exit_code != 0
+    assert len(result.outcomes[0].failures) == 3_000
+    assert found and found[0] < 1_000, f"{found[0]} objects of garbage were kept frozen"

@@ -229,3 +229,36 @@ def test_a_value_json_cannot_hold_is_refused_as_sqlalchemy_refused_it(store: Sta
         assert "write failed" in str(e.value)
         assert isinstance(e.value.__cause__, sa.exc.StatementError)
     assert store.load_records(BULK, E, ["k1"]) == {}
+
+
+def test_a_column_converts_each_distinct_value_once_per_run_of_it() -> None:
+    """A bulk statement converts a timestamp or flag column once per run of one value
+    (``_once_per_run``: the rows of a batch share one ``_now()``); rows whose values differ,
+    or equal values that are other objects, still get each its own conversion."""
+    import datetime as dt
+
+    from sqlalchemy.dialects import sqlite
+
+    from syncengine.state.store import _driver_statement
+
+    t1 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    t2 = dt.datetime(2026, 1, 2, 3, 4, 6, tzinfo=dt.UTC)
+    t3 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)  # equal to t1, another object
+    keys = ("pipeline", "entity", "key", "base", "updated_at")
+    rows = [
+        {"pipeline": "p", "entity": E, "key": f"k{i}", "base": {}, "updated_at": t}
+        for i, t in enumerate([t1, t1, t2, t1, t3, t2, t2])
+    ]
+    statement = _driver_statement(sa.insert(records), sqlite.dialect(), keys)
+    converted = statement.driver_rows(rows)
+    column = [name for name, *_rest in statement.params].index("updated_at")
+    stamps = [row[column] for row in converted]  # type: ignore[index]
+    assert stamps == [
+        "2026-01-02 03:04:05.000000",
+        "2026-01-02 03:04:05.000000",
+        "2026-01-02 03:04:06.000000",
+        "2026-01-02 03:04:05.000000",
+        "2026-01-02 03:04:05.000000",
+        "2026-01-02 03:04:06.000000",
+        "2026-01-02 03:04:06.000000",
+    ]
