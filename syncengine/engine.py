@@ -1248,9 +1248,10 @@ class Engine:
                 if hold and planned is not None and rs is not None and _deletes(kp, views):
                     planned.held.append(HeldDelete(key, rs, dict(views), kp))
 
+        settle_every = collector.SETTLE_EVERY
         for i, key in enumerate(ordered, 1):
             plan_key(key)
-            if i % collector.SETTLE_EVERY == 0:
+            if i % settle_every == 0:
                 COLLECTOR.settle()  # planned so far: held until the entity is applied
             # the plan holds what it needs of the records read for this key (a write's own
             # native record, the canonical record as last seen): the read's native records

@@ -270,11 +270,12 @@ def read_member(
     remap = out.remapped
     seen: set[str] = set()
     step = Step(progress, f"reading {member.name} {entity}")
+    settle_every = collector.SETTLE_EVERY
     for rec in records:
         out.count += 1
         if monotonic() >= step.due:  # inlined Step.tick: one clock reading per record
             step.tick(out.count)
-        if out.count % collector.SETTLE_EVERY == 0:
+        if out.count % settle_every == 0:
             COLLECTOR.settle()  # the records read so far: held until the entity is applied
         linked = None if rec.provisional else index.get(rec.id)
         if linked is not None:

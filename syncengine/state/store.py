@@ -1192,7 +1192,9 @@ class _DriverStatement:
         for _, key, fn, repeats in self.params:
             values = map(itemgetter(key), rows)
             if fn is not None:
-                values = map(_once_per_run(fn) if repeats else fn, values)
+                # a repeated value (a batch's one ``_now()``, a flag) converted once a run: a
+                # timestamp costs about 2 µs, three of them a record in a first sync
+                values = map(lru_cache(maxsize=1)(fn) if repeats else fn, values)
             columns.append(values)
         if self.positional:
             return list(zip(*columns, strict=True))
@@ -1219,27 +1221,6 @@ def _driver_statement(
         repeats = isinstance(bind.type, UTCDateTime | sa.Boolean)
         params.append((escaped.get(name, name), bind.key, processor, repeats))
     return _DriverStatement(compiled.string, tuple(params), compiled.positional)
-
-
-_NOTHING: Final = object()
-
-
-def _once_per_run(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``fn``, called again only when its argument is not the very object it was last
-    given: a bulk statement's rows share one timestamp (``_now()`` per call) and two
-    booleans, and converting a timestamp for the driver costs about 2 µs (three of them a
-    record in a first sync)."""
-    last_in: Any = _NOTHING
-    last_out: Any = None
-
-    def convert(value: Any) -> Any:
-        nonlocal last_in, last_out
-        if value is not last_in:
-            last_out = fn(value)
-            last_in = value
-        return last_out
-
-    return convert
 
 
 def _bulk(

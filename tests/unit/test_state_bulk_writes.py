@@ -232,9 +232,9 @@ def test_a_value_json_cannot_hold_is_refused_as_sqlalchemy_refused_it(store: Sta
 
 
 def test_a_column_converts_each_distinct_value_once_per_run_of_it() -> None:
-    """A bulk statement converts a timestamp or flag column once per run of one value
-    (``_once_per_run``: the rows of a batch share one ``_now()``); rows whose values differ,
-    or equal values that are other objects, still get each its own conversion."""
+    """A bulk statement converts a timestamp or flag column once per run of one value (the
+    rows of a batch share one ``_now()``); rows whose values differ still get each its own
+    conversion."""
     import datetime as dt
 
     from sqlalchemy.dialects import sqlite
