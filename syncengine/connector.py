@@ -117,7 +117,7 @@ RELEASED = cast(dict[str, Any], _Released())
 """The one stand-in for every released native record (typed as the records it stands for)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NativeRecord:
     """One record as a member gives it.
 

@@ -19,7 +19,7 @@ from syncengine.connector import RELEASED, NativeRecord
 from syncengine.model import Record
 
 
-@dataclass
+@dataclass(slots=True)
 class Observed:
     """A record as read from a member this run, mapped to canonical form."""
 

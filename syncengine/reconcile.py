@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 Status = Literal["unchanged", "changed", "new", "gone", "absent", "tombstone", "blocked"]
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, slots=True)
 class MemberView:
     """One member's side of one hub record in this run."""
 
@@ -553,6 +553,10 @@ def _merge(
                 new_base[derived.field] = value
     # drop nulls so "missing" and "empty" agree in the base
     new_base = {k: v for k, v in new_base.items() if v is not None}
+    for view in present.values():
+        if view.current == new_base:  # the record as a member holds it (a first sync):
+            new_base = view.current  # one dict for both, not two of the same values
+            break
     plan.base_after = new_base
     return new_base
 
@@ -634,7 +638,8 @@ def _plan_update(
     unseen = _still_unseen(ctx, view)
     if not fields and not assign:
         if view.status != "unchanged" or view.dirty:
-            plan.links[member] = _keep(view, dirty=False, unseen=unseen)
+            kept = plan.prior.get(member) if not unseen else None  # the same link: one object
+            plan.links[member] = kept or _keep(view, dirty=False, unseen=unseen)
         return
     if not caps.update:
         if fields:

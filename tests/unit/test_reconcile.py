@@ -1449,3 +1449,23 @@ def test_reconcile(row: Row) -> None:
 def test_each_row_is_named_once() -> None:
     ids = [p.id for p in (*MERGE, *ECHO, *NEW, *DELETES, *REFERENCES)]
     assert len(ids) == len(set(ids))
+
+
+def test_a_record_new_on_one_member_is_planned_without_copies_of_it() -> None:
+    """A first sync plans every record this way, and its plan is the run's peak memory: the
+    base is the member's record itself, and its link one object for what it held before
+    and after; a record whose members differ still gets a base of its own."""
+    row = Row(None, (new(CRM, ANN), absent(SHEET), absent(SHOP)), Expect(None), new_key=True)
+    views = {v.member: v for v in row.views}
+
+    plan = reconcile(context(row), KEY, None, views, new_key=True)
+
+    assert plan.base_after == ANN and plan.base_after is views[CRM].current
+    assert plan.links[CRM] is plan.prior[CRM]
+    assert [a.member for a in plan.actions] == [SHEET, SHOP]
+
+    both = {CRM: new(CRM, ANN), SHOP: new(SHOP, ann(first_name="Anne")), SHEET: absent(SHEET)}
+    merged = reconcile(context(row), KEY, None, both, new_key=True)
+
+    assert merged.base_after is not None
+    assert all(merged.base_after is not v.current for v in both.values())
