@@ -74,9 +74,6 @@ class Write:
     """What the member answered (None for a delete, or a write it did not echo)."""
     error: Exception | None = None
     finished: bool = False
-    link: LinkPlan | None = None
-    """The member's link, made from its answer as soon as it answered where its flush keeps
-    the answers as they are (``_link_ahead``); the answer then keeps its id, not its data."""
 
     def native_id(self) -> str | None:
         if self.result is not None:
@@ -262,7 +259,6 @@ class EntityApply:
             applied.expect(keys)
             _execute(keys, applied.written)
             _release_created(keys)
-            _link_ahead(keys)
             deferred += self._commit_batch(keys)
             buffered_used.update(
                 w.action.member for k in keys for w in k.writes if w.member.buffered
@@ -434,9 +430,15 @@ class EntityApply:
             if isinstance(a, Delete):
                 links[a.member] = LinkPlan(a.member, None, None, None, remove=True)
                 continue
-            link = w.link or _answered_link(w, kp)
-            if link is not None:
-                links[a.member] = link
+            rec = w.result
+            if isinstance(a, Create):
+                if rec is None:
+                    continue
+                data, native_id = rec.data, rec.id
+            else:
+                data = rec.data if rec else a.full
+                native_id = rec.id if rec else (a.assign_id or a.native_id)
+            links[a.member] = _link_to(w, NativeRecord(native_id, data), kp.base_after)
 
         if kp.base_after is None or (kp.purge and not failed_members):
             tx.deleted.append(kp.key)
@@ -460,44 +462,6 @@ class EntityApply:
         )
 
 
-def _answered_link(w: Write, kp: KeyPlan) -> LinkPlan | None:
-    """The member's link after the create or update ``w`` took effect, from what the member
-    answered (an update it did not echo: the record the update meant to leave). None for a
-    create it did not echo."""
-    a, rec = w.action, w.result
-    if isinstance(a, Create):
-        if rec is None:
-            return None
-        data, native_id = rec.data, rec.id
-    else:
-        assert isinstance(a, Update)
-        data = rec.data if rec else a.full
-        native_id = rec.id if rec else (a.assign_id or a.native_id)
-    return _link_to(w, NativeRecord(native_id, data), kp.base_after)
-
-
-def _link_ahead(keys: list[KeyWrites]) -> None:
-    """Where a buffering member keeps its answers through its flush (``keeps_answers``: a
-    spreadsheet), make each write's link from its answer now, and let the answer go but for
-    its id: the link is still stored only once the flush is done, as before. Until then, a
-    first sync of a large entity held every answer (a record of every row written) beside
-    its plan and the member's own copy of the file: at 100,000 payments, the largest part of
-    the apply's growth. Where the answer equals the values written, the link shares their
-    record."""
-    for k in keys:
-        for w in k.writes:
-            if (
-                w.error is None
-                and w.result is not None
-                and w.link is None
-                and w.member.buffered
-                and isinstance(w.action, Create | Update)
-                and w.member.connector.keeps_answers(w.action.entity)
-            ):
-                w.link = _answered_link(w, k.plan)
-                w.result = replace(w.result, data=RELEASED)
-
-
 def _link_to(w: Write, written: NativeRecord, base: model.Record | None = None) -> LinkPlan:
     """The member's link after it took a write: what it holds now is what it answered (its
     references are the records the write meant where it shows them as written). A
@@ -506,11 +470,6 @@ def _link_to(w: Write, written: NativeRecord, base: model.Record | None = None) 
     record (no native hash) and syncs it."""
     meant = base if base is not None else w.action.values if isinstance(w.action, Create) else None
     last_seen = canonical_of(w.member.mapping, written, w.member.refs, meant)
-    values = w.action.values if isinstance(w.action, Create) else None
-    for same in (base, values):
-        if same is not None and last_seen == same:  # what was written, as it was: one dict
-            last_seen = same
-            break
     native_hash: str | None = written.native_hash()
     spec = model.ENTITIES.get(w.action.entity)
     if spec is not None and spec.assigned and base is not None:

@@ -384,13 +384,6 @@ class Connector(ABC):
         ``ConnectorError`` or ``RecordError`` here, and fails alone."""
         return answered
 
-    def keeps_answers(self, entity: str) -> bool:
-        """Whether ``flushed`` gives back what a buffered write of ``entity`` answered, as it
-        was (the default ``flushed``: a file knows its rows before it is saved). The engine
-        then makes the write's link from the answer at once and lets the answer go, rather
-        than hold it until the flush. A connector that wraps another asks the one it wraps."""
-        return type(self).flushed is Connector.flushed
-
     def changed_by_writes(self, entity: str) -> Mapping[str, frozenset[str]]:
         """After the writes of ``entity`` were flushed: the records of *other* entities that
         those writes changed on this member, as entity -> native ids (default: none), each

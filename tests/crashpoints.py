@@ -299,10 +299,6 @@ class CrashpointConnector(Connector):
     def buffers(self, entity: str) -> bool:
         return self.inner.buffers(entity)
 
-    def keeps_answers(self, entity: str) -> bool:
-        # as the wrapped connector: its crash tests go the way its writes really go
-        return self.inner.keeps_answers(entity)
-
     def flushed(self, entity: str, answered: NativeRecord) -> NativeRecord:
         # asked per buffered write as its key is committed, after the flush: a point between
         # two of the deferred commits
