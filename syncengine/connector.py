@@ -148,8 +148,6 @@ def raw_hash(data: Mapping[str, Any]) -> str:
     """A stable hash of a native record, for the unchanged-record short-circuit: its JSON
     with sorted keys (``jsoncodec``: orjson, several times faster than the standard library
     on every record of every read; a value JSON cannot hold counts as its text)."""
-    if type(data) is not dict:  # a mapping that reads its values when asked (a row written)
-        data = dict(data)
     return hashlib.blake2b(jsoncodec.dumps_sorted(data), digest_size=16).hexdigest()
 
 

@@ -54,7 +54,7 @@ import zoneinfo
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator, model_validator
 
@@ -624,36 +624,6 @@ class _ByMark:
     """The file had changed when it was loaded: the run leaves it alone."""
 
 
-class _RowValues(Mapping[str, Any]):
-    """The values of a row this run wrote, read from the row when asked: column -> the text
-    its cell holds, the Sync ID column left out, as ``_Working.record`` gives them. A
-    create's or update's answer waits with its write until the file is saved, and a copy of
-    every cell of every row written took most of what a large first sync's apply grew by;
-    the working copy holds the row anyway. Columns are looked up as they are when asked (a
-    column added later moves the cells of every row alike)."""
-
-    __slots__ = ("_row", "_work")
-
-    def __init__(self, work: _Working, row: Row) -> None:
-        self._work = work
-        self._row = row
-
-    def __getitem__(self, name: str) -> Any:
-        work = self._work
-        index = work.columns.get(name)
-        if index is None or index == work.id_index:
-            raise KeyError(name)
-        cells = self._row.cells
-        return work.table.decode_cell(cells[index] if index < len(cells) else "", name)
-
-    def __iter__(self) -> Iterator[str]:
-        id_index = self._work.id_index
-        return (name for name, index in self._work.columns.items() if index != id_index)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
 class _Working:
     """The connector's copy of one entity's file: rows as loaded plus the buffered writes."""
 
@@ -775,9 +745,7 @@ class _Working:
             f"give {which} a new (blank) {self.id_column}"
         )
 
-    def record(self, row: Row, *, answer: bool = False) -> NativeRecord:
-        """The row as a record of the member. ``answer``: what a create or update answers,
-        its values read from the row when asked (``_RowValues``) rather than copied."""
+    def record(self, row: Row) -> NativeRecord:
         sync_id = self.row_id(row)
         ragged = self.ragged(row)
         error = ragged or (self.duplicated(sync_id) if sync_id else "")
@@ -799,9 +767,7 @@ class _Working:
         if not error:
             error = self.table.oversized(row, self.columns)
         data: NativeData = {}
-        if not ragged and answer:
-            data = cast(NativeData, _RowValues(self, row))
-        elif not ragged:  # its cells do not line up with the columns: no data, not wrong data
+        if not ragged:  # its cells do not line up with the columns: no data rather than wrong data
             decode, id_index = self.table.decode_cell, self.id_index
             cells = row.cells
             width = len(cells)
@@ -954,7 +920,7 @@ class _Working:
         self._place(handle, row)
         self.by_id[key] = [handle]
         self.pending = True
-        return self.record(row, answer=True)
+        return self.record(row)
 
     def _place(self, handle: int, row: Row) -> None:
         """Add a new row at the end for now; ``_arrange`` moves it below its group's rows
@@ -1029,7 +995,7 @@ class _Working:
             row.set(self.id_index, id_cell)
             self.by_id[new_id] = [handle]
         self.pending = self.pending or row.original is None or self.header.original is None
-        return self.record(row, answer=True)
+        return self.record(row)
 
     def delete(self, native_id: str) -> None:
         try:

@@ -737,29 +737,3 @@ def test_a_prepared_mapping_gives_the_header_of_a_new_file(tmp_path: Path) -> No
     conn.create("invoices", {"Number": "9", "Total": "1.50"}, key="k1")
     conn.flush("invoices")
     assert (tmp_path / "bills.csv").read_text() == "Sync ID,Number,Total\nk1,9,1.50\n"
-
-
-def test_a_write_answers_with_its_row_read_when_asked_not_a_copy(tmp_path: Path) -> None:
-    """A create's or update's answer waits with its write until the file is saved: it reads
-    the row it left when asked (a large first sync held a copy of every cell written), and
-    says what a read of the row says, before the flush and after it."""
-    write(tmp_path, f"{HEADER}\nc1,Ann,,,\n")
-    conn = connector(tmp_path)
-    read(conn)
-    made = conn.create("customers", {"First Name": "Bob", "Email": "bob@example.com"}, key="k2")
-    changed = conn.update("customers", "c1", {"First Name": "Anne"}, full={})
-    assert changed is not None
-    assert not isinstance(made.data, dict) and not isinstance(changed.data, dict)
-    for when in ("before the flush", "after it"):
-        rows = by_id(conn)
-        assert made.data == rows["k2"].data, when
-        assert changed.data == rows["c1"].data, when
-        assert made.native_hash() == rows["k2"].native_hash(), when
-        conn.flush("customers")
-    assert dict(made.data) == {
-        "First Name": "Bob",
-        "Last Name": "",
-        "Email": "bob@example.com",
-        "Notes": "",
-    }
-    assert made.data.get("Sync ID") is None and "Sync ID" not in made.data
