@@ -8,6 +8,7 @@ Writing a connector::
     class MyConnector(Connector):
         type_name = "mine"
         Options = MyOptions                     # a pydantic model of its [connectors.X] table
+        reads_json = True                       # optional: its records hold JSON values only
 
         def entities(self) -> tuple[str, ...]: ...
         def capabilities(self, entity: str) -> Capabilities: ...
@@ -148,7 +149,15 @@ def raw_hash(data: Mapping[str, Any]) -> str:
     """A stable hash of a native record, for the unchanged-record short-circuit: its JSON
     with sorted keys (``jsoncodec``: orjson, several times faster than the standard library
     on every record of every read; a value JSON cannot hold counts as its text)."""
-    return hashlib.blake2b(jsoncodec.dumps_sorted(data), digest_size=16).hexdigest()
+    return json_and_hash(data)[1]
+
+
+def json_and_hash(data: Mapping[str, Any]) -> tuple[bytes, str]:
+    """The JSON text ``raw_hash`` hashes, and the hash. For a record of JSON values only
+    (``Connector.reads_json``) the text is the record exactly: ``jsoncodec.loads`` gives it
+    back, with its keys sorted."""
+    blob = jsoncodec.dumps_sorted(data)
+    return blob, hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -259,6 +268,13 @@ class Connector(ABC):
     """True when writes are held until ``flush`` (a file rewritten at once). The engine then
     commits the state of those writes only after the flush succeeded. A connector that holds
     the writes of some entities only says so with ``buffers``."""
+    reads_json: ClassVar[bool] = False
+    """True when every record it reads holds only what JSON holds (objects with text keys,
+    arrays, text, numbers, booleans, null): an API's answers as they decode, a sheet's cells
+    as text. The engine then keeps a record it reads unchanged as the JSON text its native
+    hash is made of, not as objects (several times the size), and decodes it again only if
+    the record is written (``read.Unchanged``). A record holding anything else (a date, a
+    tuple, a decimal) would come back changed: leave it False then."""
     reads_ahead: ClassVar[bool] = False
     """True when reads cost requests (an API behind a rate limit): the engine starts reading
     the pipeline's next entity while it still applies the one before (``read.ReadAhead``),

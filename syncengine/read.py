@@ -29,7 +29,14 @@ import structlog
 from syncengine import collector
 from syncengine.collector import COLLECTOR
 from syncengine.config import Pipeline
-from syncengine.connector import Connector, NativeData, NativeRecord, ReadPass, Structure
+from syncengine.connector import (
+    Connector,
+    NativeData,
+    NativeRecord,
+    ReadPass,
+    Structure,
+    json_and_hash,
+)
 from syncengine.errors import NotFoundError, RecordError, StructureError
 from syncengine.events import InboxEvent
 from syncengine.match import MatchResult, Observed
@@ -47,7 +54,10 @@ class Unchanged:
     """A linked record read with the native hash last seen: no need to map it again."""
 
     native_id: str
-    native: NativeData
+    native: NativeData | bytes
+    """The native record; for a member that reads JSON (``Connector.reads_json``), its JSON
+    text (``MemberView.native_record`` decodes it): most unchanged records are never looked
+    at again, and a large entity's would otherwise be held as objects until it is planned."""
     native_hash: str
 
 
@@ -573,9 +583,16 @@ def observe(
         if key is None and rec.data:
             _shadow(member, out, rec)
         return
-    digest = rec.native_hash()
+    text: bytes | None = None
+    if member.connector.reads_json and not rec.digest:
+        text, digest = json_and_hash(rec.data)
+    else:
+        digest = rec.native_hash()
     if key is not None and known_hash == digest:
-        out.unchanged[key] = Unchanged(rec.id, rec.data, digest)
+        # a record of JSON values is kept as its text, copied: the encoder's buffer is
+        # several KB whatever the text's length
+        native = rec.data if text is None else bytes(memoryview(text))
+        out.unchanged[key] = Unchanged(rec.id, native, digest)
         return
     try:
         canonical = member.mapping.to_canonical(rec.data, location=rec.location)

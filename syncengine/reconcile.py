@@ -26,6 +26,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from syncengine import jsoncodec
 from syncengine.connector import Capabilities
 from syncengine.display import label_of
 from syncengine.errors import RecordError
@@ -62,8 +63,9 @@ class MemberView:
     """The canonical record the member holds now (None when it holds none)."""
     last_seen: Record | None = None
     """What the member held when last seen, in its own normal form (None: never seen)."""
-    native: dict[str, Any] | None = None
-    """The member's native record (None: not read this run, e.g. unseen by a partial read)."""
+    native: dict[str, Any] | bytes | None = None
+    """The member's native record (None: not read this run, e.g. unseen by a partial read);
+    for a member that reads JSON, its JSON text, decoded by ``native_record`` if needed."""
     native_hash: str | None = None
     provisional: bool = False
     """The member's id for it is provisional (it takes the hub key as its id)."""
@@ -80,6 +82,14 @@ class MemberView:
     @property
     def present(self) -> bool:
         return self.status in ("unchanged", "changed", "new")
+
+    def native_record(self) -> dict[str, Any] | None:
+        """The member's native record, decoded (once) if it was kept as JSON text: most
+        records read are planned without it (nothing to write to their member)."""
+        native = self.native
+        if isinstance(native, bytes):
+            native = self.native = jsoncodec.loads(native)
+        return native
 
 
 @dataclass(frozen=True)
@@ -605,10 +615,10 @@ def _plan_update(
         # a field the member does not hold yet holds nothing, whatever was read or last seen
         current = {n: v for n, v in current.items() if n not in view.missing}
     write_only = mapping.writable - mapping.readable
-    if write_only and view.native is not None:
+    native = view.native_record() if write_only else None
+    if native is not None:
         # a write-only field is never read back into ``current``: compare (and show in the
         # diff) what the native record really holds there, not an empty value
-        native = view.native
         current = {**current, **{n: mapping.held(native, n) for n in write_only}}
     # a member that cannot update is checked in full, so that a write it could not take is
     # reported again (and stays listed) whenever the record is looked at
@@ -631,7 +641,7 @@ def _plan_update(
         }
     )
     if member_refs is not None:
-        wanted |= member_refs.stale_fields(view.native, new_base) - parked_now
+        wanted |= member_refs.stale_fields(view.native_record(), new_base) - parked_now
     fields = sorted(wanted)
     relinked = view.relinked and caps.assigns_ids and view.native_id != plan.key
     assign = plan.key if view.provisional or relinked else None
@@ -656,7 +666,7 @@ def _plan_update(
             plan.links[member] = _keep(view, dirty=True)
             return
     patch = mapping.to_native(values, fields) if fields else {}
-    full = mapping.apply_patch(view.native or {}, patch)
+    full = mapping.apply_patch(view.native_record() or {}, patch)
     changes = {n: (current.get(n), new_base.get(n)) for n in fields}
     plan.actions.append(
         Update(
@@ -739,7 +749,7 @@ def _hold_closed(ctx: Context, plan: KeyPlan, views: Mapping[str, MemberView]) -
         refused[action.member] = lock
         if isinstance(action, Update) and action.assign_id and view is not None:
             # the row still gets its Sync ID, and its link from what the member answers
-            native = ctx.mappings[action.member].apply_patch(view.native or {}, {})
+            native = ctx.mappings[action.member].apply_patch(view.native_record() or {}, {})
             kept.append(replace(action, changes={}, patch={}, full=native))
             continue
         if isinstance(action, Delete):

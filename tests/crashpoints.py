@@ -183,6 +183,7 @@ class CrashpointConnector(Connector):
         self.inner = inner_cls(inner_options, context)
         # the engine reads these off the connector: they are the wrapped one's
         self.buffered_writes = inner_cls.buffered_writes  # type: ignore[misc]
+        self.reads_json = inner_cls.reads_json  # type: ignore[misc]
         self.options = inner_options
         spec = os.environ.get(CRASH_AT, "")
         point = CrashPoint.parse(spec) if spec else None

@@ -181,6 +181,7 @@ class HousecallProConnector(Connector):
     type_name: ClassVar[str] = "housecallpro"
     Options: ClassVar[type[ConnectorOptions]] = HousecallProOptions
     reads_ahead: ClassVar[bool] = True  # its HttpClient and rate limit are thread-safe
+    reads_json: ClassVar[bool] = True  # records as the API's JSON decodes, ids and links added
 
     def __init__(self, options: ConnectorOptions, context: ConnectorContext) -> None:
         super().__init__(options, context)

@@ -92,6 +92,7 @@ class RestConnector(Connector):
 
     type_name: ClassVar[str] = "rest"
     Options: ClassVar[type[ConnectorOptions]] = RestOptions
+    reads_json: ClassVar[bool] = True  # records as the API's JSON decodes
 
     def __init__(self, options: ConnectorOptions, context: ConnectorContext) -> None:
         super().__init__(options, context)

@@ -263,6 +263,7 @@ class SpreadsheetConnector(Connector):
     type_name = "spreadsheet"
     Options = SpreadsheetOptions
     buffered_writes = True
+    reads_json = True  # a record is its row's cells as text, column name -> text
 
     def __init__(self, options: ConnectorOptions, context: ConnectorContext) -> None:
         if not isinstance(options, SpreadsheetOptions):

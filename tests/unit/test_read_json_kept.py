@@ -1,0 +1,84 @@
+"""A member that reads JSON (``Connector.reads_json``: Housecall Pro, a REST API) keeps each
+record it reads unchanged as the JSON text its native hash is made of, not as objects; a
+record written after all is decoded back to exactly what was read (``read.Unchanged``)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncengine import read
+from syncengine.connector import NativeRecord, json_and_hash, raw_hash
+from syncengine.connectors.memory import MemoryConnector
+from syncengine.plan import Update
+from syncengine.reconcile import MemberView
+from tests.helpers import ds, memory_config, ops, run
+
+C = "customers"
+
+NATIVE: dict[str, Any] = {
+    "first_name": "Zoë",
+    "email": "zoe@example.com",
+    "tags": ["vip", "net 30"],
+    # fields no mapping reads: an update must send them back as they were
+    "address": {"street": "1 Main St", "unit": None, "geo": [40.7, -74.0]},
+    "balance_cents": 123456789012345678901234567890,  # beyond 64 bits
+    "score": float("nan"),
+    "active": True,
+}
+
+
+def test_the_kept_text_is_the_record_and_its_hash_is_the_one_stored_before() -> None:
+    text, digest = json_and_hash(NATIVE)
+    assert digest == raw_hash(NATIVE) == NativeRecord("c1", NATIVE).native_hash()
+    view = MemberView(member="hcp", status="unchanged", native=bytes(memoryview(text)))
+    back = view.native_record()
+    assert back is not None and back is view.native_record()  # decoded once
+    assert math.isnan(back.pop("score"))
+    assert back == {k: v for k, v in NATIVE.items() if k != "score"}
+    assert type(back["balance_cents"]) is int
+    own = MemberView(member="books", status="unchanged", native=NATIVE)
+    assert own.native_record() is NATIVE  # a member that does not read JSON: its own record
+
+
+@pytest.mark.parametrize("json_member", [True, False])
+def test_a_record_read_unchanged_and_then_written_keeps_what_it_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, json_member: bool
+) -> None:
+    monkeypatch.setattr(MemoryConnector, "reads_json", json_member)
+    kept: list[read.Unchanged] = []
+
+    class Noted(read.Unchanged):
+        __slots__ = ()
+
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            kept.append(self)
+
+    monkeypatch.setattr(read, "Unchanged", Noted)
+    config = memory_config(
+        tmp_path, {"hcp": {"put_updates": True, "stamp_updated_at": False}, "books": {}}
+    )
+    ds("hcp").put(C, "c1", dict(NATIVE))
+    held = {k: v for k, v in ds("hcp").table(C)["c1"].items() if k != "score"}
+    ds("hcp").put(C, "c2", {"first_name": "Al", "email": "al@example.com"})
+    assert ops(run(config)) == [("create", "books"), ("create", "books")]
+    assert run(config).plan.actions == []
+    unchanged = [u for u in kept if u.native_id in ("c1", "c2")]
+    assert len(unchanged) == 2
+    assert all(isinstance(u.native, bytes) is json_member for u in unchanged)
+
+    # the sheet's side changes; HCP's record was read unchanged and is now written in full
+    (books_id,) = [k for k, r in ds("books").table(C).items() if r["first_name"] == "Zoë"]
+    ds("books").edit(C, books_id, first_name="Zoe")
+    result = run(config)
+    assert ops(result) == [("update", "hcp")]
+    (update,) = result.plan.actions
+    assert isinstance(update, Update) and update.changes == {"first_name": ("Zoë", "Zoe")}
+    written = ds("hcp").table(C)["c1"]
+    assert math.isnan(written.pop("score"))
+    assert written == held | {"first_name": "Zoe"}
+    assert run(config).plan.actions == []
