@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from syncengine import jsoncodec
 from syncengine.connector import NativeData, NativeRecord
 from syncengine.connectors.housecallpro.jobs import JobInvoices
 from syncengine.connectors.housecallpro.paging import Item, Pager
@@ -49,13 +50,30 @@ _WINDOW_PER_WORKER = 4
 """Per-invoice payment reads queued ahead of the one being yielded, per worker."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Seen:
     """An invoice of a read: its id, how a person names it, its nested payments if any."""
 
     id: str
     label: str
-    nested: list[Any] | None
+    payments: str | None
+    """Its nested payments as their JSON text (None: the API did not nest them). An invoices
+    read keeps every invoice's until the payments read that follows; decoded, they were
+    several times the size (about 150 MiB at 100,000 invoices, held through the invoices'
+    planning and applying)."""
+
+    @classmethod
+    def of(cls, invoice_id: str, label: str, nested: Any) -> _Seen:
+        """``nested``: what the invoice holds under ``payments`` (a list, or nothing)."""
+        return cls(invoice_id, label, jsoncodec.dumps(nested) if isinstance(nested, list) else None)
+
+    @property
+    def nests(self) -> bool:
+        return self.payments is not None
+
+    def nested(self) -> list[Any]:
+        """The nested payments as the API sent them (none when it did not nest them)."""
+        return jsoncodec.loads(self.payments) if self.payments is not None else []
 
 
 class Billing:
@@ -83,7 +101,7 @@ class Billing:
         seen: list[_Seen] = []
         for item in self._invoice_items() if listed is None else listed:
             record, nested = self.invoice_record(item)
-            seen.append(_Seen(record.id, _label(record.data, record.id), nested))
+            seen.append(_Seen.of(record.id, _label(record.data, record.id), nested))
             yield record
         self._last_read, self.last_read_partial = seen, listed is not None
         if listed is None:
@@ -162,30 +180,29 @@ class Billing:
         if invoices is None:  # no invoice read before: list them (customers not needed)
             invoices = []
             for item in self._invoice_items():
-                invoice_id, nested = str(item["id"]), item.get(PAYMENTS)
-                listed = nested if isinstance(nested, list) else None
-                invoices.append(_Seen(invoice_id, _label(item, invoice_id), listed))
+                invoice_id = str(item["id"])
+                invoices.append(_Seen.of(invoice_id, _label(item, invoice_id), item.get(PAYMENTS)))
         seen: set[str] = set()
-        for invoice, items in self._payment_items(invoices):
+        for invoice, items in self._payment_items(_taken(invoices)):
             where = f"payments of invoice {invoice.label}"
             for index, item in enumerate(items):
                 payment_id = self.pager.item_id(item, PAYMENTS, f"{where}: item {index}")
                 if payment_id in seen:
                     continue
                 seen.add(payment_id)
-                yield payment_record(item, payment_id, invoice)
+                # the items were decoded for this read alone: each becomes its record
+                yield payment_record(item, payment_id, invoice, owned=True)
 
     def payments_of(self, item: Item) -> Iterator[NativeRecord]:
         """The payments of one invoice as the API gave it: those it nests, else read with
         ``GET /invoices/{id}/payments``."""
         invoice_id = str(item["id"])
         nested = item.get(PAYMENTS)
-        seen = _Seen(
-            invoice_id, _label(item, invoice_id), nested if isinstance(nested, list) else None
-        )
-        items = seen.nested if seen.nested is not None else self._fetch_payments(invoice_id)
+        label = _label(item, invoice_id)
+        seen = _Seen(invoice_id, label, None)  # the payments' invoice, for their records
+        items = nested if isinstance(nested, list) else self._fetch_payments(invoice_id)
         for index, payment in enumerate(items):
-            where = f"payments of invoice {seen.label}: item {index}"
+            where = f"payments of invoice {label}: item {index}"
             yield payment_record(payment, self.pager.item_id(payment, PAYMENTS, where), seen)
 
     def _payment_items(self, invoices: Iterable[_Seen]) -> Iterator[tuple[_Seen, list[Any]]]:
@@ -196,11 +213,11 @@ class Billing:
         window = self.concurrency * _WINDOW_PER_WORKER
         try:
             for invoice in invoices:
-                if invoice.nested is not None and not pending:
-                    yield invoice, invoice.nested
+                if invoice.nests and not pending:
+                    yield invoice, invoice.nested()
                     continue
                 future = None
-                if invoice.nested is None:
+                if not invoice.nests:
                     if pool is None:
                         pool = ThreadPoolExecutor(
                             self.concurrency, thread_name_prefix=f"{self.pager.connector}-payments"
@@ -235,10 +252,13 @@ class Billing:
         )
 
 
-def payment_record(item: Item, payment_id: str, invoice: _Seen) -> NativeRecord:
+def payment_record(
+    item: Item, payment_id: str, invoice: _Seen, *, owned: bool = False
+) -> NativeRecord:
     """A payment in one native shape whether it came nested (``paid_at``, no ``invoice_id``)
-    or from ``GET /invoices/{id}/payments``."""
-    data = dict(item)
+    or from ``GET /invoices/{id}/payments`` (``owned``: ``item`` is nobody else's, and is
+    made the record rather than copied)."""
+    data = item if owned else dict(item)
     if not isinstance(data.get("invoice_id"), str):
         data["invoice_id"] = invoice.id
     if "processed_at" not in data and "paid_at" in data:
@@ -257,6 +277,15 @@ def _label(data: Mapping[str, Any], invoice_id: str) -> str:
     return f"{number} ({invoice_id})" if isinstance(number, str) and number else invoice_id
 
 
+def _taken(invoices: list[_Seen]) -> Iterator[_Seen]:
+    """The invoices one by one, each let go of once taken: the payments kept with them are
+    freed as they are read, not all at the end of the read."""
+    queue = deque(invoices)
+    invoices.clear()
+    while queue:
+        yield queue.popleft()
+
+
 def _ready(future: Future[list[Item]] | None) -> bool:
     return future is None or future.done()
 
@@ -266,5 +295,5 @@ def _take(
 ) -> tuple[_Seen, list[Any]]:
     invoice, future = pending.popleft()
     if future is None:
-        return invoice, invoice.nested or []
+        return invoice, invoice.nested()
     return invoice, future.result()

@@ -293,6 +293,33 @@ def test_live_shapes_pass_through_to_the_mapping() -> None:
     assert job.data == {"id": "job_7", "customer_id": "cus_3", "work_status": "complete rated"}
 
 
+def test_kept_nested_payments_wait_as_text_and_come_back_exactly() -> None:
+    nested = [
+        {"id": "pay_1", "amount": 123456789012345678901234567890, "note": "Zoë’s 🧾",
+         "paid_at": "2026-01-05T10:00:00Z", "extra": {"tips": [1.5, None, True]}},
+        {"id": "pay_2", "amount": 0, "note": "", "paid_at": "2026-01-06T10:00:00Z"},
+    ]  # fmt: skip
+    invoices = [
+        {"id": "inv_1", "customer_id": "c", "payments": nested},
+        {"id": "inv_2", "customer_id": "c", "payments": []},
+    ]
+    fake = Fake({"GET /invoices": envelope("invoices", invoices)})
+    conn = hcp(httpx.MockTransport(fake))
+    list(conn.read("invoices"))
+    # between the two reads (an entity's planning and applying) the payments are one text
+    # per invoice, not the objects they decode to
+    kept = conn.billing._last_read
+    assert kept is not None and [type(s.payments) for s in kept] == [str, str]
+    payments = list(conn.read("payments"))
+    assert fake.paths() == ["GET /invoices"]
+    assert [p.data for p in payments] == [
+        {**{k: v for k, v in n.items() if k != "paid_at"}, "invoice_id": "inv_1",
+         "processed_at": n["paid_at"]}
+        for n in nested
+    ]  # fmt: skip
+    assert type(payments[0].data["amount"]) is int
+
+
 def test_an_unknown_job_is_fetched_once_and_a_missing_one_leaves_no_customer() -> None:
     invoices = [
         {"id": "inv_1", "job_id": "job_new", "amount": 1},
