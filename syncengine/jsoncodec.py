@@ -23,9 +23,10 @@ import orjson
 
 __all__ = ["dumps", "dumps_sorted", "loads"]
 
-_LONG_INTEGER = re.compile(r"\d{20}")
-"""Twenty digits in a row: maybe an integer orjson would read as a float (a string holding
-them just takes the slower way)."""
+_LONG_INTEGER = re.compile(r"\d{20}|-\d{19}")
+"""Twenty digits in a row, or a minus and nineteen: maybe an integer outside what orjson reads
+as one (-2**63 to 2**64 - 1), which it would read as a float (a string holding them just
+takes the slower way)."""
 
 
 def dumps(value: Any) -> str:

@@ -294,30 +294,34 @@ def test_live_shapes_pass_through_to_the_mapping() -> None:
 
 
 def test_kept_nested_payments_wait_as_text_and_come_back_exactly() -> None:
-    nested = [
-        {"id": "pay_1", "amount": 123456789012345678901234567890, "note": "Zoë’s 🧾",
-         "paid_at": "2026-01-05T10:00:00Z", "extra": {"tips": [1.5, None, True]}},
-        {"id": "pay_2", "amount": 0, "note": "", "paid_at": "2026-01-06T10:00:00Z"},
-    ]  # fmt: skip
-    invoices = [
-        {"id": "inv_1", "customer_id": "c", "payments": nested},
-        {"id": "inv_2", "customer_id": "c", "payments": []},
-    ]
+    nested = {
+        "inv_1": [
+            {"id": "pay_1", "amount": 123456789012345678901234567890, "note": "Zoë’s 🧾",
+             "paid_at": "2026-01-05T10:00:00Z", "extra": {"tips": [1.5, None, True]}},
+            {"id": "pay_2", "amount": 0, "note": "", "paid_at": "2026-01-06T10:00:00Z"},
+        ],
+        # one below the smallest 64-bit integer, alone in its invoice's text
+        "inv_2": [{"id": "pay_3", "amount": -9223372036854775809,
+                   "paid_at": "2026-01-07T10:00:00Z"}],
+        "inv_3": [],
+    }  # fmt: skip
+    invoices = [{"id": i, "customer_id": "c", "payments": p} for i, p in nested.items()]
     fake = Fake({"GET /invoices": envelope("invoices", invoices)})
     conn = hcp(httpx.MockTransport(fake))
     list(conn.read("invoices"))
     # between the two reads (an entity's planning and applying) the payments are one text
     # per invoice, not the objects they decode to
     kept = conn.billing._last_read
-    assert kept is not None and [type(s.payments) for s in kept] == [str, str]
+    assert kept is not None and [type(s.payments) for s in kept] == [str, str, str]
     payments = list(conn.read("payments"))
     assert fake.paths() == ["GET /invoices"]
     assert [p.data for p in payments] == [
-        {**{k: v for k, v in n.items() if k != "paid_at"}, "invoice_id": "inv_1",
+        {**{k: v for k, v in n.items() if k != "paid_at"}, "invoice_id": invoice,
          "processed_at": n["paid_at"]}
-        for n in nested
+        for invoice, listed in nested.items()
+        for n in listed
     ]  # fmt: skip
-    assert type(payments[0].data["amount"]) is int
+    assert [type(p.data["amount"]) for p in payments] == [int, int, int]
 
 
 def test_an_unknown_job_is_fetched_once_and_a_missing_one_leaves_no_customer() -> None:

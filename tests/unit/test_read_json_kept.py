@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from syncengine import read
+from syncengine import jsoncodec, read
 from syncengine.connector import NativeRecord, json_and_hash, raw_hash
 from syncengine.connectors.memory import MemoryConnector
 from syncengine.plan import Update
@@ -40,8 +40,25 @@ def test_the_kept_text_is_the_record_and_its_hash_is_the_one_stored_before() -> 
     assert math.isnan(back.pop("score"))
     assert back == {k: v for k, v in NATIVE.items() if k != "score"}
     assert type(back["balance_cents"]) is int
+    # one below the smallest 64-bit integer (19 digits), in a text with no longer one
+    low = {"ledger": -9223372036854775809}
+    text, _digest = json_and_hash(low)
+    back = MemberView(member="hcp", status="unchanged", native=text).native_record()
+    assert back == low and type(back["ledger"]) is int
     own = MemberView(member="books", status="unchanged", native=NATIVE)
     assert own.native_record() is NATIVE  # a member that does not read JSON: its own record
+
+
+@pytest.mark.parametrize(
+    "number",
+    [2**63 - 1, 2**63, 2**64 - 1, 2**64, 10**19, -(2**63), -(2**63) - 1, -(10**19) + 1,
+     -(10**19), -(10**30), 10**30],
+)  # fmt: skip
+def test_integers_at_every_edge_of_64_bits_come_back_as_the_same_integers(number: int) -> None:
+    record = {"n": number, "list": [number, -number], "text": f"{number} is text"}
+    for text in (jsoncodec.dumps(record), jsoncodec.dumps_sorted(record)):
+        back = jsoncodec.loads(text)
+        assert back == record and type(back["n"]) is int, text
 
 
 @pytest.mark.parametrize("json_member", [True, False])
