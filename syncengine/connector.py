@@ -272,9 +272,10 @@ class Connector(ABC):
     """True when every record it reads holds only what JSON holds (objects with text keys,
     arrays, text, numbers, booleans, null): an API's answers as they decode, a sheet's cells
     as text. The engine then keeps a record it reads unchanged as the JSON text its native
-    hash is made of, not as objects (several times the size), and decodes it again only if
-    the record is written (``read.Unchanged``). A record holding anything else (a date, a
-    tuple, a decimal) would come back changed: leave it False then."""
+    hash is made of, not as objects (several times the size), and decodes it again only when
+    its hub record is planned and the member's side needs it: a write, a write-only field, a
+    reference to check (``read.Unchanged``). A record holding anything else (a date, a tuple,
+    a decimal) would come back changed: leave it False then."""
     reads_ahead: ClassVar[bool] = False
     """True when reads cost requests (an API behind a rate limit): the engine starts reading
     the pipeline's next entity while it still applies the one before (``read.ReadAhead``),

@@ -56,8 +56,8 @@ class Unchanged:
     native_id: str
     native: NativeData | bytes
     """The native record; for a member that reads JSON (``Connector.reads_json``), its JSON
-    text (``MemberView.native_record`` decodes it): most unchanged records are never looked
-    at again, and a large entity's would otherwise be held as objects until it is planned."""
+    text (``MemberView.native_record`` decodes it): most unchanged records are not planned
+    at all, and a large entity's would otherwise be held as objects until it is planned."""
     native_hash: str
 
 

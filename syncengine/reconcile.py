@@ -84,8 +84,8 @@ class MemberView:
         return self.status in ("unchanged", "changed", "new")
 
     def native_record(self) -> dict[str, Any] | None:
-        """The member's native record, decoded (once) if it was kept as JSON text: most
-        records read are planned without it (nothing to write to their member)."""
+        """The member's native record, decoded (once) if it was kept as JSON text: only a
+        write to the member, a write-only field and a reference it shows look at it."""
         native = self.native
         if isinstance(native, bytes):
             native = self.native = jsoncodec.loads(native)
