@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import re
+import sys
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -883,7 +884,8 @@ class DateTransform(_Base):
         moment = parse_datetime(value)
         if moment is None:
             return None
-        written = moment.astimezone(self._zone).strftime(self.format)
+        # interned: records of one day (a date-only format) share one text, not one each
+        written = sys.intern(moment.astimezone(self._zone).strftime(self.format))
         if isinstance(value, str):
             _remember(self._write_memo, value, written)
         return written

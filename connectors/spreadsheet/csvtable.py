@@ -13,7 +13,8 @@ import codecs
 import csv
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from itertools import chain
 from pathlib import Path
 from typing import cast
 
@@ -32,6 +33,8 @@ csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 _QUOTE = '"'
+_ROWS_PER_PIECE = 2_000
+"""Rows encoded and written together when a file is saved."""
 _NEUTRALISED = TRIGGERS | {"'"}
 """The first characters of the text ``neutralise`` may change (any other text it keeps)."""
 
@@ -145,7 +148,7 @@ class CsvTable(FileTable):
             longest = MAX_CELL_CHARS + 1
         return "" if longest <= MAX_CELL_CHARS else super().oversized(row, columns)
 
-    def serialize(self, sheet: Sheet) -> bytes:
+    def serialize(self, sheet: Sheet) -> Iterator[bytes]:
         buffer = io.StringIO()
         writer = csv.writer(
             buffer,
@@ -156,8 +159,11 @@ class CsvTable(FileTable):
             # the terminator is then swapped for the file's own.
             lineterminator="\r\n",
         )
+        if self._utf8 and self._bom:
+            yield codecs.BOM_UTF8
         pieces: list[str] = []
-        for row in [*sheet.preamble, sheet.header, *sheet.rows]:
+        ended = True  # the text so far ends with a newline (or there is none)
+        for row in chain(sheet.preamble, (sheet.header,), sheet.rows):
             if row.original is not None:
                 text = row.original
             else:
@@ -165,17 +171,23 @@ class CsvTable(FileTable):
                 buffer.truncate()
                 writer.writerow(row.cells)
                 text = buffer.getvalue()[: -len("\r\n")] + self._newline
-            if pieces and not pieces[-1].endswith(("\n", "\r")):
-                pieces[-1] += self._newline
+            if not ended:  # a last line read without its newline, rows after it now
+                text = self._newline + text
+            ended = text.endswith(("\n", "\r"))
             pieces.append(text)
-        body = "".join(pieces)
+            if len(pieces) == _ROWS_PER_PIECE:
+                yield self._encoded("".join(pieces))
+                pieces.clear()
+        if pieces:
+            yield self._encoded("".join(pieces))
+
+    def _encoded(self, text: str) -> bytes:
         try:
-            encoded = body.encode(self._codec)
+            return text.encode(self._codec)
         except UnicodeEncodeError as exc:
             raise self.fatal(
-                f"{self.display} cannot hold {body[exc.start : exc.end]!r} in {self.encoding}"
+                f"{self.display} cannot hold {text[exc.start : exc.end]!r} in {self.encoding}"
             ) from None
-        return (codecs.BOM_UTF8 if self._utf8 and self._bom else b"") + encoded
 
 
 def _ends_inside_quotes(text: str, table: CsvTable) -> bool:

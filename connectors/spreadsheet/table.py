@@ -22,7 +22,7 @@ import os
 import secrets
 import stat
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -117,6 +117,7 @@ class Table(ABC):
         self.display = display
         self.connector = connector
         self.entity = entity
+        self._new_row = ("", "")
 
     @abstractmethod
     def load(self) -> Sheet | None:
@@ -198,7 +199,13 @@ class Table(ABC):
 
     def location(self, line: int) -> str:
         """Where a person finds the row at ``line`` (0: a row the sync added)."""
-        return f"{self.display} {self.line_word} {line}" if line else f"{self.display} (new row)"
+        if line:
+            return f"{self.display} {self.line_word} {line}"
+        # every row the sync added: one text, not one per row (a first sync's answers to its
+        # creates hold it until the file is saved); made again if the sheet's name changed
+        if self._new_row[0] != self.display:
+            self._new_row = (self.display, f"{self.display} (new row)")
+        return self._new_row[1]
 
     def locations(self, lines: list[int]) -> str:
         """Several rows at once: ``customers.csv lines 4 and 9``."""
@@ -227,6 +234,11 @@ class Fingerprint:
 
 def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=20).hexdigest()
+
+
+def _hasher() -> hashlib.blake2b:
+    """``digest``, fed in pieces."""
+    return hashlib.blake2b(digest_size=20)
 
 
 class StoredFile:
@@ -284,8 +296,10 @@ class StoredFile:
             return None
         return Fingerprint(info.st_mtime_ns, info.st_size, digest(data))
 
-    def replace(self, data: bytes, entity: str = "") -> None:
-        """Replace the file with ``data``: temp file beside it, fsync, rename over it."""
+    def replace(self, data: bytes | Iterable[bytes], entity: str = "") -> None:
+        """Replace the file with ``data`` (its bytes, or its bytes in pieces as they are
+        made, so that a large file is never whole in memory): temp file beside it, fsync,
+        rename over it. An error while the pieces are made leaves the file as it was."""
         if not self.loaded:
             raise self.fatal(f"{self.path.name} was saved without being read first", entity)
         folder = self.path.parent
@@ -297,7 +311,7 @@ class StoredFile:
             ) from exc
         tmp = folder / f".{self.path.name}.{secrets.token_hex(6)}.tmp"
         try:
-            self._write_temp(tmp, data, entity)
+            written = self._write_temp(tmp, [data] if isinstance(data, bytes) else data, entity)
             self.check_unchanged(entity)
             os.replace(tmp, self.path)
         except BaseException:
@@ -305,9 +319,12 @@ class StoredFile:
             raise
         _fsync_dir(folder)
         info = os.stat(self.path)
-        self.seen = Fingerprint(info.st_mtime_ns, info.st_size, digest(data))
+        self.seen = Fingerprint(info.st_mtime_ns, info.st_size, written)
 
-    def _write_temp(self, tmp: Path, data: bytes, entity: str) -> None:
+    def _write_temp(self, tmp: Path, pieces: Iterable[bytes], entity: str) -> str:
+        """Write ``pieces`` to the new file ``tmp`` and fsync it; the ``digest`` of what was
+        written."""
+        hashed = _hasher()
         mode: int | None = None
         if self.seen is not None:
             try:
@@ -320,14 +337,17 @@ class StoredFile:
             try:
                 if mode is not None:
                     os.fchmod(fd, mode)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                for piece in pieces:
+                    hashed.update(piece)
+                    view = memoryview(piece)
+                    while view:
+                        view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
             raise self.fatal(f"cannot write {self.path}: {exc.strerror or exc}", entity) from exc
+        return hashed.hexdigest()
 
     def unchanged(self) -> bool:
         """Whether the file is as last read or replaced (``check_unchanged`` without the
@@ -388,8 +408,10 @@ class FileTable(Table):
         """Turn the file's bytes into a sheet; raise FatalConnectorError if they cannot be."""
 
     @abstractmethod
-    def serialize(self, sheet: Sheet) -> bytes:
-        """Turn a sheet into the file's bytes (for a new file when nothing was loaded)."""
+    def serialize(self, sheet: Sheet) -> Iterator[bytes]:
+        """Turn a sheet into the file's bytes, in pieces of a bounded size as they are made
+        (a first sync's sheet of 200,000 rows is written without its text whole in memory:
+        once as rows, once joined, once encoded)."""
 
     def load(self) -> Sheet | None:
         data = self.file.read(self.entity)
