@@ -24,7 +24,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from syncengine import model
@@ -105,17 +105,18 @@ class Write:
         return {"id": self.intent_id, **row}
 
 
-@dataclass
+@dataclass(slots=True)
 class KeyWrites:
-    """One key's plan with the writes of its actions, in the plan's order."""
+    """One key's plan with the writes of its actions, in the plan's order. A first sync
+    into a spreadsheet holds one per record until the file is saved: it is kept small."""
 
     plan: KeyPlan
     writes: list[Write]
     pending: int = 0
     """How many of its writes are not performed yet (for the progress count)."""
-    stored: dict[str, LinkPlan] = field(default_factory=dict)
-    """member -> the link stored with the intents (a record new to the hub): the commit
-    does not write it again when it is unchanged."""
+    stored: tuple[LinkPlan, ...] = ()
+    """The links stored with the intents (a record new to the hub): the commit does not
+    write one again when it is unchanged."""
     stored_base: model.Record | None = None
     """The base stored with the intents, likewise."""
 
@@ -335,12 +336,9 @@ class EntityApply:
                     k.stored_base = kp.base_after or {}
                     early.put_record(kp.key, k.stored_base)
                     writing = {a.member for a in kp.actions}
-                    for lp in kp.prior.values():
-                        # dirty until its write is confirmed: if we die first, the next run
-                        # still owes this member the merged values
-                        dirty = lp.member in writing
-                        k.stored[lp.member] = lp if lp.dirty == dirty else replace(lp, dirty=dirty)
-                        early.put_link(kp.key, k.stored[lp.member])
+                    k.stored = tuple(_while_written(lp, writing) for lp in kp.prior.values())
+                    for lp in k.stored:
+                        early.put_link(kp.key, lp)
             early.write(tx)
             ids = tx.add_intents(
                 [
@@ -448,7 +446,7 @@ class EntityApply:
         for name, lp in links.items():
             if lp.remove:
                 tx.unlinks.append((kp.key, name))
-            elif lp != key.stored.get(name):  # not as stored with the intents already
+            elif lp not in key.stored:  # not as stored with the intents already
                 tx.put_link(kp.key, lp)
         if failed_members:
             tx.dirty.append((kp.key, failed_members))
@@ -460,6 +458,14 @@ class EntityApply:
             for c in kp.conflicts
             if c.rule == AGREED
         )
+
+
+def _while_written(lp: LinkPlan, writing: set[str]) -> LinkPlan:
+    """A new record's link as stored with the intents: dirty until its member's write is
+    confirmed, so that if we die first, the next run still owes that member the merged
+    values."""
+    dirty = lp.member in writing
+    return lp if lp.dirty == dirty else replace(lp, dirty=dirty)
 
 
 def _link_to(w: Write, written: NativeRecord, base: model.Record | None = None) -> LinkPlan:
