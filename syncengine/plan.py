@@ -11,8 +11,9 @@ plans zero actions even when it refreshes state.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn, Self, SupportsIndex
 
 from syncengine import model
 from syncengine.model import Record
@@ -160,6 +161,36 @@ class LinkPlan:
     dirty: bool = False
 
 
+class _Nothing(list[Any]):
+    """The empty list that every finished plan without conflicts (or skips) shares
+    (``KeyPlan.settle``). It refuses items, so that sharing it cannot carry one record's
+    conflict into every other plan: a plan that needs one after it is settled gives itself
+    a list of its own."""
+
+    __slots__ = ()
+
+    def _refuse(self) -> NoReturn:
+        raise TypeError("a settled plan's shared empty list takes no items: give it its own")
+
+    def append(self, item: Any, /) -> None:
+        self._refuse()
+
+    def extend(self, items: Iterable[Any], /) -> None:
+        self._refuse()
+
+    def insert(self, index: SupportsIndex, item: Any, /) -> None:
+        self._refuse()
+
+    def __setitem__(self, index: Any, value: Any, /) -> None:
+        self._refuse()
+
+    def __iadd__(self, items: Any, /) -> Self:  # type: ignore[misc]  # list's own, refusing
+        self._refuse()
+
+
+NOTHING: list[Any] = _Nothing()
+
+
 @dataclass(slots=True, weakref_slot=True)  # weakly referable: tests check plans are freed
 class KeyPlan:
     entity: str
@@ -186,6 +217,19 @@ class KeyPlan:
     """What each member holding the record had before this run's writes. For a new hub
     record it is committed before any write, so that a crash after a write leaves a base
     to merge against (an interrupted write is then recognised, not taken for an edit)."""
+
+    def settle(self) -> None:
+        """The plan is decided: keep it small until it is applied, as a first sync holds one
+        per record read. Without a conflict or a skip it shares the one empty list
+        (``NOTHING``) rather than holding two of its own, and links that are the ones the
+        record had are that same dict. Nothing changes a decided plan (the shared list
+        refuses items)."""
+        if not self.conflicts:
+            self.conflicts = NOTHING
+        if not self.skips:
+            self.skips = NOTHING
+        if self.links == self.prior:
+            self.links = self.prior
 
     @property
     def reported_skips(self) -> list[Skip]:

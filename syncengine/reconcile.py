@@ -166,6 +166,7 @@ def reconcile(
     plan = _plan_key(ctx, key, base, views, new_key=new_key)
     if ctx.locks:
         _hold_closed(ctx, plan, views)
+    plan.settle()
     return plan
 
 

@@ -21,6 +21,7 @@ from syncengine.connector import Capabilities
 from syncengine.mapping import EntityMapping, load_mapping
 from syncengine.model import DELETED, Record, entity_spec
 from syncengine.plan import (
+    NOTHING,
     RETOLD,
     Action,
     Conflict,
@@ -1463,9 +1464,42 @@ def test_a_record_new_on_one_member_is_planned_without_copies_of_it() -> None:
     assert plan.base_after == ANN and plan.base_after is views[CRM].current
     assert plan.links[CRM] is plan.prior[CRM]
     assert [a.member for a in plan.actions] == [SHEET, SHOP]
+    # one dict for the links it had and keeps, and the one shared empty list for the
+    # conflicts and skips it has none of
+    assert plan.links is plan.prior
+    assert plan.conflicts is NOTHING and plan.skips is NOTHING
 
     both = {CRM: new(CRM, ANN), SHOP: new(SHOP, ann(first_name="Anne")), SHEET: absent(SHEET)}
     merged = reconcile(context(row), KEY, None, both, new_key=True)
 
     assert merged.base_after is not None
     assert all(merged.base_after is not v.current for v in both.values())
+
+
+def test_the_shared_empty_list_of_settled_plans_takes_nothing() -> None:
+    """Plans without conflicts or skips share one empty list: it refuses every way of adding
+    to it, so that no plan's conflict or skip can appear in every other plan."""
+    row = Row(None, (new(CRM, ANN), absent(SHEET), absent(SHOP)), Expect(None), new_key=True)
+    views = {v.member: v for v in row.views}
+    first = reconcile(context(row), KEY, None, views, new_key=True)
+    second = reconcile(context(row), "other", None, views, new_key=True)
+    assert first.conflicts is second.conflicts is first.skips is NOTHING
+    adds = [
+        lambda: NOTHING.append(1),
+        lambda: NOTHING.extend([1]),
+        lambda: NOTHING.insert(0, 1),
+        lambda: NOTHING.__setitem__(slice(0, 0), [1]),
+        lambda: NOTHING.__iadd__([1]),
+    ]
+    for add in adds:
+        with pytest.raises(TypeError, match="takes no items"):
+            add()
+    assert NOTHING == [] and second.skips == []
+
+
+def test_a_plan_with_a_conflict_keeps_its_own_list() -> None:
+    row = next(p.values[0] for p in MERGE if p.values[0].expect.conflicts)
+    views = {v.member: v for v in row.views}
+    plan = reconcile(context(row), KEY, row.base, views, new_key=row.new_key)
+    assert plan.conflicts == row.expect.conflicts and plan.conflicts is not NOTHING
+    assert NOTHING == []
