@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import re
-import sys
 import zoneinfo
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -850,6 +849,8 @@ class DateTransform(_Base):
         self._read_memo: dict[str, str] = {}
         self._write_memo: dict[str, str] = {}
         """Texts read and values written (bounded): a sync's dates repeat, day after day."""
+        self._texts: dict[str, str] = {}
+        """Each text written, once (bounded)."""
 
     def _read(self, native: Any) -> Any:
         if isinstance(native, dt.date):
@@ -884,8 +885,14 @@ class DateTransform(_Base):
         moment = parse_datetime(value)
         if moment is None:
             return None
-        # interned: records of one day (a date-only format) share one text, not one each
-        written = sys.intern(moment.astimezone(self._zone).strftime(self.format))
+        written = moment.astimezone(self._zone).strftime(self.format)
+        # records of one day (a date-only format) share one text, not one each: a bounded
+        # memo, not sys.intern (on Python 3.12 an interned text is never freed)
+        shared = self._texts.get(written)
+        if shared is None:
+            _remember(self._texts, written, written)
+        else:
+            written = shared
         if isinstance(value, str):
             _remember(self._write_memo, value, written)
         return written

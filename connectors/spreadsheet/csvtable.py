@@ -161,6 +161,9 @@ class CsvTable(FileTable):
         )
         if self._utf8 and self._bom:
             yield codecs.BOM_UTF8
+        # one encoder for the whole file: a codec that starts with a byte-order mark (UTF-16)
+        # writes it once, and one that keeps a state (ISO-2022-JP) carries it across pieces
+        encoder = codecs.getincrementalencoder(self._codec)()
         pieces: list[str] = []
         ended = True  # the text so far ends with a newline (or there is none)
         for row in chain(sheet.preamble, (sheet.header,), sheet.rows):
@@ -176,14 +179,15 @@ class CsvTable(FileTable):
             ended = text.endswith(("\n", "\r"))
             pieces.append(text)
             if len(pieces) == _ROWS_PER_PIECE:
-                yield self._encoded("".join(pieces))
+                yield self._encoded(encoder, "".join(pieces))
                 pieces.clear()
-        if pieces:
-            yield self._encoded("".join(pieces))
+        yield self._encoded(encoder, "".join(pieces), final=True)
 
-    def _encoded(self, text: str) -> bytes:
+    def _encoded(
+        self, encoder: codecs.IncrementalEncoder, text: str, *, final: bool = False
+    ) -> bytes:
         try:
-            return text.encode(self._codec)
+            return encoder.encode(text, final)
         except UnicodeEncodeError as exc:
             raise self.fatal(
                 f"{self.display} cannot hold {text[exc.start : exc.end]!r} in {self.encoding}"

@@ -311,7 +311,8 @@ class StoredFile:
             ) from exc
         tmp = folder / f".{self.path.name}.{secrets.token_hex(6)}.tmp"
         try:
-            written = self._write_temp(tmp, [data] if isinstance(data, bytes) else data, entity)
+            pieces = [bytes(data)] if isinstance(data, bytes | bytearray | memoryview) else data
+            written = self._write_temp(tmp, pieces, entity)
             self.check_unchanged(entity)
             os.replace(tmp, self.path)
         except BaseException:

@@ -7,6 +7,7 @@ needs a row to fall on the boundary between two pieces."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,33 @@ def test_a_last_line_without_its_newline_gets_one_on_whichever_side_of_a_piece(
     assert path.read_text() == f"{HEADER}\nc1,Ann,,,\nc2,Bob,,,\nc3,Cy,,,\nc4,Di,,,\n"
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32", "iso2022_jp", "cp1252"])
+def test_a_file_in_any_encoding_is_one_text_however_many_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encoding: str
+) -> None:
+    """A codec that starts with a byte-order mark (UTF-16) writes it once, not once a piece,
+    and one that keeps a state between characters (ISO-2022-JP) carries it across pieces:
+    the file is the whole text encoded at once, and reads back row for row."""
+    monkeypatch.setattr(csvtable, "_ROWS_PER_PIECE", 3)
+    name = "\u5c71\u7530" if encoding == "iso2022_jp" else "Zo\u00eb"
+    rows = [f"c{n},{name} {n}\n" for n in range(10)]
+    path = tmp_path / "customers.csv"
+    path.write_bytes(("Sync ID,First Name\n" + "".join(rows)).encode(encoding))
+    opts = SpreadsheetOptions(type="spreadsheet", path=str(tmp_path), encoding=encoding)
+    conn = SpreadsheetConnector(opts, ConnectorContext(name="books", base_dir=str(tmp_path)))
+    list(conn.read("customers"))
+    conn.update("customers", "c4", {"First Name": f"{name} ({encoding})"}, full={})
+    conn.create("customers", {"First Name": name}, key="k1")
+    conn.flush("customers")
+
+    rows[4] = f"c4,{name} ({encoding})\n"
+    expected = ("Sync ID,First Name\n" + "".join(rows) + f"k1,{name}\n").encode(encoding)
+    assert path.read_bytes() == expected
+    again = SpreadsheetConnector(opts, ConnectorContext(name="books", base_dir=str(tmp_path)))
+    ids = [r.id for r in again.read("customers")]
+    assert ids == [f"c{n}" for n in range(10)] + ["k1"]
+
+
 def test_the_pieces_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``serialize`` yields a piece per ``_ROWS_PER_PIECE`` rows: the file's text is never
     whole in memory."""
@@ -108,6 +136,8 @@ def test_an_error_while_the_pieces_are_made_leaves_the_file_as_it_was(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["customers.csv"]  # no temp file
     assert stored.seen == seen
 
+    stored.replace(bytearray(b"Sync ID,First Name\nc1,Bea\n"), "customers")  # whole, as bytes are
+    assert path.read_bytes() == b"Sync ID,First Name\nc1,Bea\n"
     stored.replace(iter([b"Sync ID,First Name\n", b"c1,Anne\n"]), "customers")
     assert path.read_bytes() == b"Sync ID,First Name\nc1,Anne\n"
     assert stored.seen is not None
@@ -130,6 +160,13 @@ def test_records_of_one_day_write_one_date_text() -> None:
     texts = [date.write(f"2025-02-26T{h:02}:{m:02}:00Z") for h in range(24) for m in (5, 40)]
     assert set(texts) == {"02/26/2025"}
     assert len({id(t) for t in texts}) == 1
+    # the texts are remembered in a bounded memo, not interned for good (Python 3.12 never
+    # frees an interned text): a daemon writing times of day does not keep every one
+    stamped = build_transform({"name": "date", "format": "%Y-%m-%d %H:%M:%S"})
+    start = dt.datetime(2025, 2, 26, tzinfo=dt.UTC)
+    for second in range(70_000):
+        stamped.write((start + dt.timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    assert 0 < len(stamped._texts) <= 65_536
 
 
 def test_rows_the_sync_adds_share_one_location_text(tmp_path: Path) -> None:
