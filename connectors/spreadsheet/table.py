@@ -19,8 +19,10 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
+import re
 import secrets
 import stat
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -232,6 +234,12 @@ class Fingerprint:
     digest: str
 
 
+_TEMP_HEX = 12
+"""Hex digits in the name of a save's temp file (``.customers.csv.<hex>.tmp``)."""
+STALE_TEMP_S = 3600.0
+"""A save's temp file this old is one a killed save left (``StoredFile._sweep_stale_temps``)."""
+
+
 def digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=20).hexdigest()
 
@@ -309,7 +317,8 @@ class StoredFile:
             raise self.fatal(
                 f"cannot create folder {folder}: {exc.strerror or exc}", entity
             ) from exc
-        tmp = folder / f".{self.path.name}.{secrets.token_hex(6)}.tmp"
+        self._sweep_stale_temps()
+        tmp = folder / f".{self.path.name}.{secrets.token_hex(_TEMP_HEX // 2)}.tmp"
         try:
             pieces = [bytes(data)] if isinstance(data, bytes | bytearray | memoryview) else data
             written = self._write_temp(tmp, pieces, entity)
@@ -321,6 +330,22 @@ class StoredFile:
         _fsync_dir(folder)
         info = os.stat(self.path)
         self.seen = Fingerprint(info.st_mtime_ns, info.st_size, written)
+
+    def _sweep_stale_temps(self) -> None:
+        """Remove the temp files of this file that a save killed before its rename left
+        behind (SIGKILL, a container stopped): hidden on Linux, but a person sees them in
+        Windows or a synced folder. Only those older than ``STALE_TEMP_S``: a younger one may
+        be another process's save in progress. Nothing here stops the save."""
+        name = re.compile(
+            re.escape(f".{self.path.name}.") + f"[0-9a-f]{{{_TEMP_HEX}}}" + re.escape(".tmp")
+        )
+        cutoff = time.time() - STALE_TEMP_S
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.path.parent):
+                if name.fullmatch(entry.name):
+                    with contextlib.suppress(OSError):
+                        if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(entry.path)
 
     def _write_temp(self, tmp: Path, pieces: Iterable[bytes], entity: str) -> str:
         """Write ``pieces`` to the new file ``tmp`` and fsync it; the ``digest`` of what was

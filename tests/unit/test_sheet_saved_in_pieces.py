@@ -8,6 +8,11 @@ needs a row to fall on the boundary between two pieces."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +20,7 @@ import pytest
 
 from syncengine.connector import ConnectorContext
 from syncengine.connectors.spreadsheet import SpreadsheetConnector, SpreadsheetOptions, csvtable
-from syncengine.connectors.spreadsheet.table import Sheet, StoredFile, digest
+from syncengine.connectors.spreadsheet.table import STALE_TEMP_S, Sheet, StoredFile, digest
 from syncengine.errors import FatalConnectorError
 from syncengine.model import norm_enum
 from syncengine.transforms import build_transform
@@ -176,3 +181,50 @@ def test_rows_the_sync_adds_share_one_location_text(tmp_path: Path) -> None:
     second = conn.create("customers", {"First Name": "Bob"}, key="b")
     assert first.location == second.location == "customers.csv (new row)"
     assert first.location is second.location
+
+
+_KILLED_MID_SAVE = """
+import os, signal, sys
+from pathlib import Path
+from syncengine.connectors.spreadsheet.table import StoredFile
+
+stored = StoredFile(Path(sys.argv[1]), connector="books")
+stored.read()
+
+def pieces():
+    yield b"Sync ID,First Name\\n"
+    os.kill(os.getpid(), signal.SIGKILL)  # the crash point: half the file written
+    yield b"c1,Anne\\n"
+
+stored.replace(pieces(), "customers")
+"""
+
+
+def test_the_temp_file_a_killed_save_left_is_removed_by_a_later_save(tmp_path: Path) -> None:
+    """A save killed in the middle (SIGKILL, at a fixed point: after its first piece) leaves
+    its temp file and the file as it was; a save after it removes that temp file once it is
+    ``STALE_TEMP_S`` old, and leaves a younger one (another process's save in progress),
+    another file's, and anything else."""
+    path = tmp_path / "customers.csv"
+    path.write_bytes(b"Sync ID,First Name\nc1,Ann\n")
+    killed = subprocess.run([sys.executable, "-c", _KILLED_MID_SAVE, str(path)], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert path.read_bytes() == b"Sync ID,First Name\nc1,Ann\n"
+    (left,) = [p for p in tmp_path.iterdir() if p.name != "customers.csv"]
+    assert left.name.startswith(".customers.csv.") and left.read_bytes() == b"Sync ID,First Name\n"
+
+    old = time.time() - STALE_TEMP_S - 60
+    os.utime(left, (old, old))
+    young = tmp_path / ".customers.csv.0123456789ab.tmp"
+    young.write_bytes(b"another save in progress")
+    others = [tmp_path / ".invoices.csv.0123456789ab.tmp", tmp_path / "customers.csv.bak.tmp"]
+    for other in others:
+        other.write_bytes(b"not this save's")
+        os.utime(other, (old, old))
+
+    stored = StoredFile(path, connector="books")
+    stored.read()
+    stored.replace(b"Sync ID,First Name\nc1,Anne\n", "customers")
+    assert path.read_bytes() == b"Sync ID,First Name\nc1,Anne\n"
+    assert not left.exists()
+    assert young.exists() and all(other.exists() for other in others)
