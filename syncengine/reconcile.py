@@ -642,7 +642,7 @@ def _plan_update(
         }
     )
     if member_refs is not None:
-        wanted |= member_refs.stale_fields(view.native_record(), new_base) - parked_now
+        wanted |= member_refs.stale_fields(view.native_record, new_base) - parked_now
     fields = sorted(wanted)
     relinked = view.relinked and caps.assigns_ids and view.native_id != plan.key
     assign = plan.key if view.provisional or relinked else None

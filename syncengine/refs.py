@@ -456,19 +456,28 @@ class RefIndexes:
     indexes: Mapping[str, RefIndex]
     """reference field -> the index of its target as this member shows it."""
 
-    def stale_fields(self, native: Mapping[str, Any] | None, values: Mapping[str, Any]) -> set[str]:
+    def stale_fields(
+        self, native: Callable[[], Mapping[str, Any] | None], values: Mapping[str, Any]
+    ) -> set[str]:
         """The reference fields whose native value differs from what ``values`` would show
         (the customer's e-mail changed since the row was written, or the customer was
-        re-created there under a new id)."""
-        if native is None:
-            return set()
-        out = set()
+        re-created there under a new id). ``native`` gives the member's native record (None:
+        not read); it is asked only once a field is to be compared, since a record kept as
+        JSON text is decoded for it (``MemberView.native_record``)."""
+        out: set[str] = set()
+        held: Mapping[str, Any] | None = None
         for f in self.fields:
             key = values.get(f.name)
             if key is None or f.mapping is None or f.name not in self.mapping.writable:
                 continue
             want = self.indexes[f.name].shown(key)
-            if want is not None and want not in self._shown(f, native):
+            if want is None:
+                continue
+            if held is None:
+                held = native()
+                if held is None:
+                    return set()
+            if want not in self._shown(f, held):
                 out.add(f.name)
         return out
 
