@@ -64,7 +64,7 @@ class SyncCollector:
                 gc.set_threshold(max(self._saved[0], 50_000), *self._saved[1:])
             self._active += 1
 
-    def settle(self) -> None:
+    def settle(self, *, collect: bool = True) -> None:
         """What the process holds now is long-lived: as an entity is about to be read (the
         state store's engine, earlier entities' indexes), and as the entity's records and
         plan grow (every ``SETTLE_EVERY`` records read and keys planned, and each batch
@@ -72,14 +72,22 @@ class SyncCollector:
         walk it again while more is made.
 
         The cycles that are garbage already are collected first (a pass over what is young:
-        the rest is frozen already). Objects freed later by reference counting are freed as
-        always, but a cycle alive now and garbage later waits for ``leave``: what a sync
-        holds for a while must not be one (an HTTP response: ``http._unbound``; a failed
-        write's error: ``apply._detached``). Outside a sync, nothing is frozen (no ``leave``
-        would hand it back)."""
+        the rest is frozen already), unless ``collect`` is False: where what was made since
+        the last freeze is known to be freed by reference counting, the pass finds nothing
+        and only walks what the freeze keeps anyway. Reading and planning are such places
+        (``read_member``, ``Engine._plan_keys``): in a first sync of 100,000 customers their
+        40 passes found nothing and took 0.71 s of the collector's 0.87 s. Applying is not:
+        each key's own state statement (a failed write's ``set_dirty``, a skip, a delete)
+        leaves SQLAlchemy's expression objects as cycles, about ten objects a key.
+
+        Objects freed later by reference counting are freed as always, but a cycle alive now
+        and garbage later waits for ``leave``: what a sync holds for a while must not be one
+        (an HTTP response: ``http._unbound``; a failed write's error: ``apply._detached``).
+        Outside a sync, nothing is frozen (no ``leave`` would hand it back)."""
         with self._lock:  # not while ``leave`` collects: what it is about to free would stay
             if self._active:
-                gc.collect(1)  # garbage already: freed, not frozen
+                if collect:
+                    gc.collect(1)  # garbage already: freed, not frozen
                 gc.freeze()
 
     def leave(self) -> None:

@@ -1252,7 +1252,9 @@ class Engine:
         for i, key in enumerate(ordered, 1):
             plan_key(key)
             if i % settle_every == 0:
-                COLLECTOR.settle()  # planned so far: held until the entity is applied
+                # planned so far, held until the entity is applied (no pass first: planning
+                # makes no cycles, see ``SyncCollector.settle``)
+                COLLECTOR.settle(collect=False)
             # the plan holds what it needs of the records read for this key (a write's own
             # native record, the canonical record as last seen): the read's native records
             # need not stay beside the rest of the plan

@@ -286,7 +286,9 @@ def read_member(
         if monotonic() >= step.due:  # inlined Step.tick: one clock reading per record
             step.tick(out.count)
         if out.count % settle_every == 0:
-            COLLECTOR.settle()  # the records read so far: held until the entity is applied
+            # the records read so far, held until the entity is applied (freed by reference
+            # counting: no pass of the collector first, see ``SyncCollector.settle``)
+            COLLECTOR.settle(collect=False)
         linked = None if rec.provisional else index.get(rec.id)
         if linked is not None:
             seen.add(rec.id)
