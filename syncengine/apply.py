@@ -548,7 +548,7 @@ def _release_created(keys: list[KeyWrites]) -> None:
         for i, w in enumerate(k.writes):
             a = w.action
             if isinstance(a, Create) and a.native is not RELEASED:
-                spent = replace(a, native=RELEASED)
+                spent = a.released()
                 w.action = spent
                 if i < len(actions) and actions[i] is a:
                     actions[i] = spent

@@ -12,10 +12,10 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from syncengine.connector import RELEASED, NativeRecord
+from syncengine.connector import NativeRecord
 from syncengine.model import Record
 
 
@@ -39,7 +39,7 @@ class Observed:
         canonical record as last seen); the read's copy would otherwise stay alive beside
         the growing plan until the whole entity is planned, the largest part of a first
         sync's peak memory. The id, location and hash stay."""
-        self.record = replace(self.record, data=RELEASED)
+        self.record = self.record.released()
 
 
 @dataclass

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, Self, SupportsIndex
 
 from syncengine import model
+from syncengine.connector import RELEASED
 from syncengine.model import Record
 
 Value = Any
@@ -37,6 +38,14 @@ class Create:
 
     def describe(self) -> str:
         return f"create on {self.member}"
+
+    def released(self) -> Create:
+        """The create once performed, without its native record (``connector.RELEASED``):
+        what the member made of it is its answer. Made field by field, as
+        ``NativeRecord.released`` is."""
+        return Create(
+            self.entity, self.member, self.key, self.values, RELEASED, self.op, self.unseen
+        )
 
 
 @dataclass(frozen=True, slots=True)
