@@ -197,18 +197,26 @@ class StateWrites:
         p, e = self.pipeline, self.entity
         if self.records:
             tx.put_records(self.records)
-        for key, member in self.unlinks:
-            tx.delete_link(p, e, key, member)
+        if self.unlinks:
+            tx.delete_links(
+                [{"pipeline": p, "entity": e, "key": k, "member": m} for k, m in self.unlinks]
+            )
         if self.links:
             tx.put_links(self.links)
-        for key, members in self.dirty:
-            tx.set_dirty(p, e, key, members)
+        if self.dirty:
+            tx.set_dirty_links(
+                [
+                    {"pipeline": p, "entity": e, "key": key, "member": m}
+                    for key, members in self.dirty
+                    for m in sorted(members)
+                ]
+            )
         for c in self.conflicts:
             tx.add_conflict(p, e, c.key, c.field, c.values, c.base_value)
         for key, name, value in self.agreed:
             tx.close_agreed_conflict(p, e, key, name, value)
-        for key in self.deleted:
-            tx.delete_record(p, e, key)
+        if self.deleted:
+            tx.delete_records([{"pipeline": p, "entity": e, "key": key} for key in self.deleted])
         for key, reasons in self.skips:
             tx.set_skips(p, e, key, reasons)
         if self.finished:

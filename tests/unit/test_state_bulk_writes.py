@@ -262,3 +262,124 @@ def test_a_column_converts_each_distinct_value_once_per_run_of_it() -> None:
         "2026-01-02 03:04:06.000000",
         "2026-01-02 03:04:06.000000",
     ]
+
+
+def test_bulk_dirty_unlink_and_delete_change_what_row_by_row_statements_change(
+    store: StateStore,
+) -> None:
+    """``set_dirty_links``, ``delete_links`` and ``delete_records`` (one statement for many
+    keys) leave the tables as SQLAlchemy's statements run key by key leave them: the same
+    links dirty, the same links and records gone with their skips and open conflicts, and
+    nothing else touched (another pipeline, another entity, a resolved conflict)."""
+    from syncengine.state.schema import conflicts, skips
+
+    keys = [f"k{n}" for n in range(6)]
+
+    def seed(pipeline: str) -> None:
+        with store.transaction() as tx:
+            for entity in (E, "invoices"):
+                tx.put_records(
+                    [{"pipeline": pipeline, "entity": entity, "key": k, "base": {}} for k in keys]
+                )
+                tx.put_links(
+                    [
+                        {"pipeline": pipeline, "entity": entity, "key": k, "member": m}
+                        for k in keys
+                        for m in ("hcp", "sheet")
+                    ]
+                )
+                for k in keys:
+                    tx.add_conflict(pipeline, entity, k, "email", {"hcp": "a", "sheet": "b"}, None)
+                    tx.set_skips(pipeline, entity, k, {"hcp": "cannot update"})
+            tx.add_conflict(pipeline, E, "k4", "phone", {"hcp": "1", "sheet": "2"}, None)
+        resolved = next(
+            c
+            for c in store.open_conflicts(pipeline)
+            if c.entity == E and c.key == "k4" and c.field == "phone"
+        )
+        with store.transaction() as tx:
+            tx.resolve_conflict(resolved.id, {"value": "1"})
+
+    seed(BULK)
+    seed(REFERENCE)
+    dirty = [("k0", "hcp"), ("k1", "sheet"), ("k1", "hcp")]
+    unlinked = [("k2", "sheet")]
+    deleted = ["k3", "k4"]
+    with store.transaction() as tx:
+        tx.set_dirty_links(
+            [{"pipeline": BULK, "entity": E, "key": k, "member": m} for k, m in dirty]
+        )
+        tx.delete_links(
+            [{"pipeline": BULK, "entity": E, "key": k, "member": m} for k, m in unlinked]
+        )
+        tx.delete_records([{"pipeline": BULK, "entity": E, "key": k} for k in deleted])
+    with store.engine.begin() as conn:  # the reference: SQLAlchemy, one key at a time
+        for k, m in dirty:
+            conn.execute(
+                sa.update(links)
+                .where(
+                    links.c.pipeline == REFERENCE,
+                    links.c.entity == E,
+                    links.c.key == k,
+                    links.c.member == m,
+                )
+                .values(dirty=True)
+            )
+        for k, m in unlinked:
+            conn.execute(
+                sa.delete(links).where(
+                    links.c.pipeline == REFERENCE,
+                    links.c.entity == E,
+                    links.c.key == k,
+                    links.c.member == m,
+                )
+            )
+        for k in deleted:
+            for table in (links, records, skips):
+                conn.execute(
+                    sa.delete(table).where(
+                        table.c.pipeline == REFERENCE, table.c.entity == E, table.c.key == k
+                    )
+                )
+            conn.execute(
+                sa.delete(conflicts).where(
+                    conflicts.c.pipeline == REFERENCE,
+                    conflicts.c.entity == E,
+                    conflicts.c.key == k,
+                    conflicts.c.status == "open",
+                )
+            )
+
+    for table, order in (
+        (records, 'entity, "key"'),
+        (links, 'entity, "key", member'),
+        (skips, 'entity, "key", member'),
+        (conflicts, 'entity, "key", field'),
+    ):
+        split = by_pipeline(raw(store, table, order))
+        assert split[BULK], table.name
+        assert _without_times(table, split[BULK]) == _without_times(table, split[REFERENCE]), (
+            table.name
+        )
+    dirty_links = {
+        (r.key, r.member)
+        for r in store.query(
+            lambda c: c.execute(
+                sa.select(links.c.key, links.c.member).where(
+                    links.c.pipeline == BULK, links.c.entity == E, links.c.dirty.is_(True)
+                )
+            ).all()
+        )
+    }
+    assert dirty_links == set(dirty)
+    left = {r.key for r in store.iter_records(BULK, E)}
+    assert left == set(keys) - set(deleted)
+    assert len(list(store.iter_records(BULK, "invoices"))) == len(keys), "another entity"
+
+
+def _without_times(table: sa.Table, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``raw`` rows without the columns that hold times (and the ids, which differ)."""
+    columns = [c.name for c in table.columns if c.name not in ("pipeline", "id")]
+    width = 2 if rows and len(rows[0]) == 2 * len(columns) else 1
+    keep = [i for i, name in enumerate(columns) if not name.endswith(("_at", "_seen"))]
+    return [tuple(v for i in keep for v in row[i * width : (i + 1) * width]) for row in rows]
