@@ -217,8 +217,8 @@ class StateWrites:
             tx.close_agreed_conflict(p, e, key, name, value)
         if self.deleted:
             tx.delete_records([{"pipeline": p, "entity": e, "key": key} for key in self.deleted])
-        for key, reasons in self.skips:
-            tx.set_skips(p, e, key, reasons)
+        if self.skips:
+            tx.set_skips_of(p, e, dict(self.skips))
         if self.finished:
             tx.finish_intents(self.finished)
 

@@ -1180,6 +1180,17 @@ def _of_key(table: sa.Table, *, member: bool = False) -> list[sa.ColumnElement[b
 
 _DIRTY_LINK = sa.update(links).where(*_of_key(links, member=True)).values(dirty=True)
 _DELETE_LINK = sa.delete(links).where(*_of_key(links, member=True))
+_DELETE_SKIP = sa.delete(skips).where(*_of_key(skips, member=True))
+_UPDATE_SKIP = (
+    sa.update(skips)
+    .where(*_of_key(skips, member=True))
+    .values(
+        reason=sa.bindparam("b_reason", type_=sa.Text()),
+        first_seen=sa.bindparam("b_first_seen", type_=UTCDateTime()),
+        last_seen=sa.bindparam("b_last_seen", type_=UTCDateTime()),
+    )
+)
+_INSERT_SKIP = sa.insert(skips)
 _DELETE_RECORD = (
     sa.delete(links).where(*_of_key(links)),
     sa.delete(conflicts).where(*_of_key(conflicts), conflicts.c.status == "open"),
@@ -1332,41 +1343,67 @@ class Tx:
     def set_skips(self, pipeline: str, entity: str, key: str, reasons: Mapping[str, str]) -> None:
         """The skipped writes of one record are now ``reasons`` (member -> reason): rows for
         other members are dropped, an unchanged reason keeps its first-seen time."""
+        self.set_skips_of(pipeline, entity, {key: reasons})
+
+    def set_skips_of(
+        self, pipeline: str, entity: str, reasons: Mapping[str, Mapping[str, str]]
+    ) -> None:
+        """Bulk `set_skips`: key -> its reasons, for many keys of one entity. What is on
+        record is read in one query per ``BATCH_SIZE`` keys, then the rows dropped, changed
+        and added go as one statement each (two or more statements a key before: a sync
+        with 20,000 writes skipped took 1.8 times one that made them)."""
+        if not reasons:
+            return
         now = _now()
-        where = sa.and_(skips.c.pipeline == pipeline, skips.c.entity == entity, skips.c.key == key)
-        current = {
-            m: (r, first)
-            for m, r, first in self._conn.execute(
-                sa.select(skips.c.member, skips.c.reason, skips.c.first_seen).where(where)
-            )
-        }
-        gone = [m for m in current if m not in reasons]
+        current: dict[tuple[str, str], tuple[str, datetime]] = {}
+        for chunk in _chunks(list(reasons), BATCH_SIZE):
+            query = sa.select(skips.c.key, skips.c.member, skips.c.reason, skips.c.first_seen)
+            for k, m, r, first in self._conn.execute(
+                query.where(
+                    skips.c.pipeline == pipeline, skips.c.entity == entity, skips.c.key.in_(chunk)
+                )
+            ):
+                current[(k, m)] = (r, first)
+        gone = [
+            {"pipeline": pipeline, "entity": entity, "key": k, "member": m}
+            for k, m in current
+            if m not in reasons[k]
+        ]
+        changed: list[dict[str, Any]] = []
+        added: list[dict[str, Any]] = []
+        for key, by_member in reasons.items():
+            for member, reason in by_member.items():
+                held = current.get((key, member))
+                if held is None:
+                    added.append(
+                        {
+                            "pipeline": pipeline,
+                            "entity": entity,
+                            "key": key,
+                            "member": member,
+                            "reason": reason,
+                            "first_seen": now,
+                            "last_seen": now,
+                        }
+                    )
+                    continue
+                old_reason, first = held
+                changed.append(
+                    {
+                        **_link_params(
+                            {"pipeline": pipeline, "entity": entity, "key": key, "member": member}
+                        ),
+                        "b_reason": reason,
+                        "b_first_seen": first if old_reason == reason else now,
+                        "b_last_seen": now,
+                    }
+                )
         if gone:
-            self._conn.execute(sa.delete(skips).where(where, skips.c.member.in_(gone)))
-        for member, reason in reasons.items():
-            if member in current:
-                old_reason, first = current[member]
-                self._conn.execute(
-                    sa.update(skips)
-                    .where(where, skips.c.member == member)
-                    .values(
-                        reason=reason,
-                        last_seen=now,
-                        first_seen=first if old_reason == reason else now,
-                    )
-                )
-            else:
-                self._conn.execute(
-                    sa.insert(skips).values(
-                        pipeline=pipeline,
-                        entity=entity,
-                        key=key,
-                        member=member,
-                        reason=reason,
-                        first_seen=now,
-                        last_seen=now,
-                    )
-                )
+            _bulk(self._conn, _DELETE_SKIP, [_link_params(r) for r in gone])
+        if changed:
+            _bulk(self._conn, _UPDATE_SKIP, changed)
+        if added:
+            _bulk(self._conn, _INSERT_SKIP, added)
 
     def put_link(
         self,

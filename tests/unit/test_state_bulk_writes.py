@@ -383,3 +383,61 @@ def _without_times(table: sa.Table, rows: list[tuple[Any, ...]]) -> list[tuple[A
     width = 2 if rows and len(rows[0]) == 2 * len(columns) else 1
     keep = [i for i, name in enumerate(columns) if not name.endswith(("_at", "_seen"))]
     return [tuple(v for i in keep for v in row[i * width : (i + 1) * width]) for row in rows]
+
+
+def test_skips_set_for_many_keys_keep_first_seen_for_an_unchanged_reason(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``set_skips_of`` (one query and a few statements for many keys) does for each key what
+    ``set_skips`` promises: an unchanged reason keeps its first-seen time, a changed one
+    starts again, a member no longer skipped is dropped, a new one is added; keys not named,
+    and other entities, are left alone."""
+    from datetime import UTC, datetime
+
+    from syncengine.state import store as state_store
+    from syncengine.state.schema import skips
+
+    first, later = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 1, tzinfo=UTC)
+    monkeypatch.setattr(state_store, "_now", lambda: first)
+    many = {f"k{n}": {"hcp": "cannot update", "crm": "waits"} for n in range(1_200)}
+    with store.transaction() as tx:  # more keys than one query's batch
+        tx.set_skips_of(BULK, E, many)
+        tx.set_skips_of(BULK, "invoices", {"k0": {"hcp": "cannot update"}})
+    monkeypatch.setattr(state_store, "_now", lambda: later)
+    with store.transaction() as tx:
+        tx.set_skips_of(
+            BULK,
+            E,
+            {
+                "k0": {"hcp": "cannot update", "crm": "waits"},  # unchanged
+                "k1": {"hcp": "another reason"},  # changed; crm no longer skipped
+                "k2": {"hcp": "cannot update", "crm": "waits", "sheet": "new"},  # one more
+                "k1199": {},  # none left
+            },
+        )
+
+    def rows(entity: str) -> dict[tuple[str, str], tuple[str, datetime, datetime]]:
+        found = store.query(
+            lambda c: c.execute(
+                sa.select(
+                    skips.c.key,
+                    skips.c.member,
+                    skips.c.reason,
+                    skips.c.first_seen,
+                    skips.c.last_seen,
+                ).where(skips.c.pipeline == BULK, skips.c.entity == entity)
+            ).all()
+        )
+        return {(k, m): (r, f, s) for k, m, r, f, s in found}
+
+    held = rows(E)
+    assert held[("k0", "hcp")] == ("cannot update", first, later)
+    assert held[("k0", "crm")] == ("waits", first, later)
+    assert held[("k1", "hcp")] == ("another reason", later, later)
+    assert ("k1", "crm") not in held
+    assert held[("k2", "sheet")] == ("new", later, later)
+    assert held[("k2", "hcp")] == ("cannot update", first, later)
+    assert not any(k == "k1199" for k, _m in held)
+    assert held[("k3", "hcp")] == ("cannot update", first, first), "a key not named"
+    assert len(held) == 2 * 1_200 - 1 - 2 + 1
+    assert rows("invoices") == {("k0", "hcp"): ("cannot update", first, first)}
