@@ -1252,8 +1252,8 @@ class Engine:
         for i, key in enumerate(ordered, 1):
             plan_key(key)
             if i % settle_every == 0:
-                # planned so far, held until the entity is applied (no pass first: planning
-                # makes no cycles, see ``SyncCollector.settle``)
+                # planned so far, held until the entity is applied (no pass first: what
+                # planning makes is freed by reference counting, see ``SyncCollector.settle``)
                 COLLECTOR.settle(collect=False)
             # the plan holds what it needs of the records read for this key (a write's own
             # native record, the canonical record as last seen): the read's native records

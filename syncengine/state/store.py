@@ -1178,7 +1178,9 @@ def _of_key(table: sa.Table, *, member: bool = False) -> list[sa.ColumnElement[b
     return [table.c[n] == sa.bindparam(f"b_{n}", type_=sa.String()) for n in names]
 
 
-_DIRTY_LINK = sa.update(links).where(*_of_key(links, member=True)).values(dirty=True)
+# (no literal value in these: SQLAlchemy would make it a parameter of its own, which
+# ``_driver_statement`` does not fill, and ``_bulk`` would fall back to ``conn.execute``)
+_DIRTY_LINK = sa.update(links).where(*_of_key(links, member=True)).values(dirty=sa.true())
 _DELETE_LINK = sa.delete(links).where(*_of_key(links, member=True))
 _DELETE_SKIP = sa.delete(skips).where(*_of_key(skips, member=True))
 _UPDATE_SKIP = (
@@ -1193,7 +1195,7 @@ _UPDATE_SKIP = (
 _INSERT_SKIP = sa.insert(skips)
 _DELETE_RECORD = (
     sa.delete(links).where(*_of_key(links)),
-    sa.delete(conflicts).where(*_of_key(conflicts), conflicts.c.status == "open"),
+    sa.delete(conflicts).where(*_of_key(conflicts), _OPEN_CONFLICT),
     sa.delete(records).where(*_of_key(records)),
     sa.delete(skips).where(*_of_key(skips)),
 )

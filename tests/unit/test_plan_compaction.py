@@ -314,6 +314,39 @@ def test_failed_writes_are_not_kept_frozen_until_the_sync_ends(
     assert found and found[0] < 1_000, f"{found[0]} objects of garbage were kept frozen"
 
 
+def test_a_freeze_without_a_pass_is_only_for_a_sync_alone_in_its_process() -> None:
+    """``settle(collect=False)`` (reading, planning) skips the pass only while no other sync
+    runs: another sync's garbage made meanwhile (a daemon runs pipelines side by side) is
+    collected first, as before, not frozen until some sync ends."""
+    from syncengine.collector import SyncCollector
+
+    gcs = SyncCollector(collect_every=3600.0)
+    gc.collect()
+    gcs.enter()
+    try:
+        made = _Cycle()
+        gone = weakref.ref(made)
+        del made  # garbage, only the collector frees it
+        gcs.settle(collect=False)  # alone: frozen as it is
+        assert gone() is not None
+    finally:
+        gcs.leave()
+    gc.collect()
+    assert gone() is None, "handed back when the sync ends"
+
+    gcs.enter()
+    gcs.enter()  # a second sync runs beside the first
+    try:
+        made = _Cycle()
+        gone = weakref.ref(made)
+        del made
+        gcs.settle(collect=False)
+        assert gone() is None, "collected first: another sync runs"
+    finally:
+        gcs.leave()
+        gcs.leave()
+
+
 @pytest.mark.parametrize("books", ["books", "books.xlsx"])
 def test_reading_and_planning_leave_no_garbage_to_freeze(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, books: str

@@ -441,3 +441,44 @@ def test_skips_set_for_many_keys_keep_first_seen_for_an_unchanged_reason(
     assert held[("k3", "hcp")] == ("cannot update", first, first), "a key not named"
     assert len(held) == 2 * 1_200 - 1 - 2 + 1
     assert rows("invoices") == {("k0", "hcp"): ("cannot update", first, first)}
+
+
+def test_bulk_dirty_unlink_delete_and_skips_go_to_the_driver_too(store: StateStore) -> None:
+    """The statements for many keys at once are compiled once and sent to the driver, not
+    through SQLAlchemy's per-call compilation (a literal value in one would make it fall back
+    to ``conn.execute``, correct but slower: found by a review)."""
+    keys = [f"k{n}" for n in range(3)]
+    with store.transaction() as tx:
+        tx.put_records([{"pipeline": BULK, "entity": E, "key": k, "base": {}} for k in keys])
+        tx.put_links(
+            [{"pipeline": BULK, "entity": E, "key": k, "member": m} for k in keys for m in "ab"]
+        )
+        tx.set_skips_of(BULK, E, {k: {"a": "cannot update", "b": "waits"} for k in keys})
+    sent: dict[tuple[str, str], bool] = {}
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: Any) -> None:
+        words = statement.split()
+        verb = words[0].upper()
+        if verb in ("INSERT", "UPDATE", "DELETE"):
+            table = words[1] if verb == "UPDATE" else words[2]
+            sent[(verb, table)] = sent.get((verb, table), False) or context.compiled is not None
+
+    sa.event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        with store.transaction() as tx:
+            link = {"pipeline": BULK, "entity": E, "key": "k0"}
+            tx.set_dirty_links([{**link, "member": "a"}])
+            tx.delete_links([{**link, "member": "b"}])
+            tx.set_skips_of(BULK, E, {"k1": {"a": "cannot update", "c": "new"}})
+            tx.delete_records([{"pipeline": BULK, "entity": E, "key": "k2"}])
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", seen)
+    assert sent == {
+        ("UPDATE", "links"): False,
+        ("DELETE", "links"): False,
+        ("DELETE", "skips"): False,
+        ("UPDATE", "skips"): False,
+        ("INSERT", "skips"): False,
+        ("DELETE", "conflicts"): False,
+        ("DELETE", "records"): False,
+    }
