@@ -146,7 +146,7 @@ from syncengine.reconcile import Context, FixedFieldChanged, MemberView, reconci
 from syncengine.recovery import Recovery, recover, settle_creates
 from syncengine.refs import References, referenced
 from syncengine.result import MAX_REPORTED, EntityOutcome, SyncResult
-from syncengine.state import COMPLETED_OUTCOMES, RecordState, StateStore
+from syncengine.state import COMPLETED_OUTCOMES, STATISTICS_AFTER, RecordState, StateStore
 
 __all__ = ["MAX_REPORTED", "Engine", "EntityOutcome", "PlannedEntity", "ProgressFn", "SyncResult"]
 
@@ -457,6 +457,8 @@ class Engine:
             applier = EntityApply(self.store, pipeline, members, outcome, run_id, self.progress)
             finished = applier.run(self.stop)
             record_held(self.store, pipeline.name, ent)
+            if len(ent.keys) >= STATISTICS_AFTER:  # the next entity looks these records up
+                self.store.refresh_statistics()
             if not finished:
                 self._check_stop()
             settled = recovery.updates.pop(entity, [])

@@ -13,6 +13,7 @@ from syncengine.state.leases import Lease, PipelineState
 from syncengine.state.store import (
     BATCH_SIZE,
     COMPLETED_OUTCOMES,
+    STATISTICS_AFTER,
     ConflictRow,
     Intent,
     LinkState,
@@ -27,6 +28,7 @@ from syncengine.state.store import (
 __all__ = [
     "BATCH_SIZE",
     "COMPLETED_OUTCOMES",
+    "STATISTICS_AFTER",
     "ConflictRow",
     "Intent",
     "Lease",

@@ -66,6 +66,7 @@ from syncengine.state.schema import (
 __all__ = [
     "BATCH_SIZE",
     "MIGRATIONS_DIR",
+    "STATISTICS_AFTER",
     "ConflictRow",
     "Intent",
     "LinkState",
@@ -87,6 +88,13 @@ T = TypeVar("T")
 COMPLETED_OUTCOMES: Final = ("ok", "conflicts", "errors")
 """Run outcomes that count as a completed sync (record-level problems are reported, not fatal)."""
 MIGRATIONS_DIR: Final = Path(__file__).resolve().with_name("migrations")
+
+STATISTICS_AFTER: Final = 5_000
+"""An entity whose apply changed the state of at least this many records has the state
+tables' statistics taken again on PostgreSQL (``StateStore.refresh_statistics``)."""
+
+_ANALYZED: Final = ("records", "links", "skips", "journal")
+"""The state tables a first sync fills and every run looks rows up in by key."""
 
 _SQLITE_PRAGMAS: Final = (
     "PRAGMA busy_timeout=30000",
@@ -679,6 +687,23 @@ class StateStore:
                     yield Tx(conn)
                 finally:
                     self._local.conn = None
+
+    def refresh_statistics(self) -> None:
+        """On PostgreSQL, have the planner's statistics of the state tables taken again
+        (``ANALYZE``), after a run changed many of their rows (``STATISTICS_AFTER``).
+
+        Without it, the planner went on with what it knew of the tables before a first sync
+        filled them until autovacuum's own analyze came (a minute or more): a resync of 5,000
+        customers right after their first sync took 4.1 s, not 2.9, its links and records
+        looked up through the wrong index, and marking its 5,000 failed writes dirty took 1 ms
+        a link (5.4 s). The next entity of the same run looks up this one's records too. It
+        holds no lock that writers wait for; where the state's role does not own the tables,
+        PostgreSQL skips them with a warning. SQLite plans these lookups by their keys without
+        statistics: nothing to do there."""
+        if self._engine.dialect.name != "postgresql":
+            return
+        with self.transaction() as tx:
+            tx.run(lambda conn: conn.exec_driver_sql(f"ANALYZE {', '.join(_ANALYZED)}"))
 
     def close(self) -> None:
         self._engine.dispose()
