@@ -458,7 +458,10 @@ class Engine:
             finished = applier.run(self.stop)
             record_held(self.store, pipeline.name, ent)
             if len(ent.keys) >= STATISTICS_AFTER:  # the next entity looks these records up
-                self.store.refresh_statistics()
+                try:
+                    self.store.refresh_statistics()
+                except StateError as exc:  # an aid to the planner: the run goes on without it
+                    log.warning("state statistics not refreshed", entity=entity, error=str(exc))
             if not finished:
                 self._check_stop()
             settled = recovery.updates.pop(entity, [])

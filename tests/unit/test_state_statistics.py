@@ -64,3 +64,21 @@ def test_sqlite_needs_no_statistics(tmp_path: Path) -> None:
                 "SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'"
             ).scalar_one()
     assert made == 0
+
+
+def test_a_failed_analyze_fails_no_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The statistics are an aid to the planner: when taking them fails (a lock timeout, a
+    role that may not), the run goes on and says so in its log."""
+    from syncengine.errors import StateError
+
+    def refused(self: StateStore) -> None:
+        raise StateError("state store: ANALYZE failed: canceling statement due to lock timeout")
+
+    monkeypatch.setattr(StateStore, "refresh_statistics", refused)
+    monkeypatch.setattr(engine, "STATISTICS_AFTER", 5)
+    crm = MemoryConnector.get_dataset("crm")
+    for n in range(5):
+        crm.put("customers", f"c{n}", {"first_name": f"Ann {n}", "email": f"ann{n}@example.com"})
+    [result] = api.sync(memory_config(tmp_path, {"crm": {}, "books": {}}))
+    assert result.exit_code == 0
+    assert len(MemoryConnector.get_dataset("books").table("customers")) == 5
