@@ -457,7 +457,10 @@ class Engine:
             applier = EntityApply(self.store, pipeline, members, outcome, run_id, self.progress)
             finished = applier.run(self.stop)
             record_held(self.store, pipeline.name, ent)
-            if len(ent.keys) >= STATISTICS_AFTER:  # the next entity looks these records up
+            # writes that took effect (failed ones change a dirty flag, and come back every
+            # run while their member refuses them): the next entity looks these records up
+            written = sum(n for ops in outcome.applied.values() for n in ops.values())
+            if finished and written >= STATISTICS_AFTER:
                 try:
                     self.store.refresh_statistics()
                 except StateError as exc:  # an aid to the planner: the run goes on without it

@@ -90,8 +90,11 @@ COMPLETED_OUTCOMES: Final = ("ok", "conflicts", "errors")
 MIGRATIONS_DIR: Final = Path(__file__).resolve().with_name("migrations")
 
 STATISTICS_AFTER: Final = 5_000
-"""An entity whose apply changed the state of at least this many records has the state
-tables' statistics taken again on PostgreSQL (``StateStore.refresh_statistics``)."""
+"""An entity whose apply made at least this many writes has the state tables' statistics
+taken again on PostgreSQL (``StateStore.refresh_statistics``)."""
+
+ANALYZE_WAIT: Final = "5s"
+"""How long ``refresh_statistics`` waits for a lock another ANALYZE or VACUUM holds."""
 
 _ANALYZED: Final = ("records", "links", "skips", "journal")
 """The state tables a first sync fills and every run looks rows up in by key."""
@@ -696,13 +699,17 @@ class StateStore:
         filled them until autovacuum's own analyze came (a minute or more): a resync of 5,000
         customers right after their first sync took 4.1 s, not 2.9, its links and records
         looked up through the wrong index, and marking its 5,000 failed writes dirty took 1 ms
-        a link (5.4 s). The next entity of the same run looks up this one's records too. It
-        holds no lock that writers wait for; where the state's role does not own the tables,
-        PostgreSQL skips them with a warning. SQLite plans these lookups by their keys without
-        statistics: nothing to do there."""
+        a link (5.4 s). The next entity of the same run looks up this one's records too.
+
+        It holds no lock that writers wait for, but waits for another ``ANALYZE`` or a
+        ``VACUUM`` of the same tables: at most ``ANALYZE_WAIT``, then it gives up
+        (``StateError``; autovacuum catches up later). Where the state's role owns neither
+        the tables nor the database, PostgreSQL skips them quietly. SQLite plans these
+        lookups by their keys without statistics: nothing to do there."""
         if self._engine.dialect.name != "postgresql":
             return
         with self.transaction() as tx:
+            tx.run(lambda conn: conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{ANALYZE_WAIT}'"))
             tx.run(lambda conn: conn.exec_driver_sql(f"ANALYZE {', '.join(_ANALYZED)}"))
 
     def close(self) -> None:

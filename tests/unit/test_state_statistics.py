@@ -4,10 +4,12 @@ the next run looked links and records up through the wrong index until autovacuu
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 
 from syncengine import api, engine
 from syncengine.connectors.memory import MemoryConnector
@@ -67,8 +69,8 @@ def test_sqlite_needs_no_statistics(tmp_path: Path) -> None:
 
 
 def test_a_failed_analyze_fails_no_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The statistics are an aid to the planner: when taking them fails (a lock timeout, a
-    role that may not), the run goes on and says so in its log."""
+    """The statistics are an aid to the planner: when taking them fails (a lock held too
+    long, a lost connection), the run goes on and says so in its log."""
     from syncengine.errors import StateError
 
     def refused(self: StateStore) -> None:
@@ -79,6 +81,54 @@ def test_a_failed_analyze_fails_no_sync(tmp_path: Path, monkeypatch: pytest.Monk
     crm = MemoryConnector.get_dataset("crm")
     for n in range(5):
         crm.put("customers", f"c{n}", {"first_name": f"Ann {n}", "email": f"ann{n}@example.com"})
-    [result] = api.sync(memory_config(tmp_path, {"crm": {}, "books": {}}))
+    with capture_logs() as logs:
+        [result] = api.sync(memory_config(tmp_path, {"crm": {}, "books": {}}))
     assert result.exit_code == 0
     assert len(MemoryConnector.get_dataset("books").table("customers")) == 5
+    [told] = [e for e in logs if e["event"] == "state statistics not refreshed"]
+    assert told["log_level"] == "warning" and "lock timeout" in told["error"], told
+
+
+def test_only_writes_that_took_effect_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes a member refuses come back every run while it does (a CRM down): they change a
+    dirty flag, not what the planner should know, and take no ANALYZE each time."""
+    calls: list[str] = []
+    monkeypatch.setattr(StateStore, "refresh_statistics", lambda self: calls.append("analyze"))
+    monkeypatch.setattr(engine, "STATISTICS_AFTER", 5)
+    crm = MemoryConnector.get_dataset("crm")
+    for n in range(5):
+        crm.put("customers", f"c{n}", {"first_name": f"Ann {n}", "email": f"ann{n}@example.com"})
+    config = memory_config(tmp_path, {"crm": {}, "books": {}})
+    refused = {"books": {"fail_write": lambda op, entity, ref: True}}
+    for _ in range(3):
+        [failed] = api.sync(config, connector_extra=refused)
+        assert len(failed.outcomes[0].failures) == 5
+    assert calls == []
+    [result] = api.sync(config)
+    assert result.exit_code == 0
+    assert calls == ["analyze"]
+    [again] = api.sync(config)  # nothing to write
+    assert again.exit_code == 0
+    assert calls == ["analyze"]
+
+
+def test_an_analyze_waits_for_a_held_lock_only_so_long(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another ANALYZE or a VACUUM of the same tables holds a lock ANALYZE waits for: the
+    wait is bounded (``ANALYZE_WAIT``), then it gives up with a ``StateError``."""
+    from syncengine.errors import StateError
+    from syncengine.state import store as state_store
+
+    monkeypatch.setattr(state_store, "ANALYZE_WAIT", "300ms")
+    with StateStore.open(pg_url) as store, store.engine.connect() as other:
+        other.exec_driver_sql("BEGIN")
+        other.exec_driver_sql("LOCK TABLE links IN SHARE UPDATE EXCLUSIVE MODE")
+        started = time.monotonic()
+        with pytest.raises(StateError, match="lock timeout"):
+            store.refresh_statistics()
+        assert time.monotonic() - started < 5
+        other.exec_driver_sql("ROLLBACK")
+        store.refresh_statistics()  # once the lock is gone
