@@ -1311,14 +1311,9 @@ def _bulk(
     return conn.exec_driver_sql(compiled.sql, params)
 
 
-def _link_params(row: Mapping[str, str]) -> dict[str, str]:
-    """A link's pipeline, entity, key and member as the parameters of ``_of_key``."""
-    return {
-        "b_pipeline": row["pipeline"],
-        "b_entity": row["entity"],
-        "b_key": row["key"],
-        "b_member": row["member"],
-    }
+def _bound(row: Mapping[str, Any]) -> dict[str, Any]:
+    """``row``'s values as the bound parameters of the statements above (``b_`` + column)."""
+    return {f"b_{name}": value for name, value in row.items()}
 
 
 class Tx:
@@ -1367,9 +1362,7 @@ class Tx:
         """Bulk `delete_record`: rows with pipeline, entity, key; a few statements for all of
         them (one each, per record, cost about 0.1 ms and left SQLAlchemy's expression
         objects as garbage for the cycle collector)."""
-        params = [
-            {"b_pipeline": r["pipeline"], "b_entity": r["entity"], "b_key": r["key"]} for r in rows
-        ]
+        params = [_bound(r) for r in rows]
         if params:
             for stmt in _DELETE_RECORD:
                 _bulk(self._conn, stmt, params)
@@ -1399,7 +1392,7 @@ class Tx:
             ):
                 current[(k, m)] = (r, first)
         gone = [
-            {"pipeline": pipeline, "entity": entity, "key": k, "member": m}
+            _bound({"pipeline": pipeline, "entity": entity, "key": k, "member": m})
             for k, m in current
             if m not in reasons[k]
         ]
@@ -1407,33 +1400,24 @@ class Tx:
         added: list[dict[str, Any]] = []
         for key, by_member in reasons.items():
             for member, reason in by_member.items():
+                row = {
+                    "pipeline": pipeline,
+                    "entity": entity,
+                    "key": key,
+                    "member": member,
+                    "reason": reason,
+                    "first_seen": now,
+                    "last_seen": now,
+                }
                 held = current.get((key, member))
                 if held is None:
-                    added.append(
-                        {
-                            "pipeline": pipeline,
-                            "entity": entity,
-                            "key": key,
-                            "member": member,
-                            "reason": reason,
-                            "first_seen": now,
-                            "last_seen": now,
-                        }
-                    )
-                    continue
-                old_reason, first = held
-                changed.append(
-                    {
-                        **_link_params(
-                            {"pipeline": pipeline, "entity": entity, "key": key, "member": member}
-                        ),
-                        "b_reason": reason,
-                        "b_first_seen": first if old_reason == reason else now,
-                        "b_last_seen": now,
-                    }
-                )
+                    added.append(row)
+                elif held[0] == reason:  # unchanged: since when it was first seen
+                    changed.append(_bound({**row, "first_seen": held[1]}))
+                else:
+                    changed.append(_bound(row))
         if gone:
-            _bulk(self._conn, _DELETE_SKIP, [_link_params(r) for r in gone])
+            _bulk(self._conn, _DELETE_SKIP, gone)
         if changed:
             _bulk(self._conn, _UPDATE_SKIP, changed)
         if added:
@@ -1496,7 +1480,7 @@ class Tx:
     def delete_links(self, rows: Sequence[Mapping[str, str]]) -> None:
         """Bulk `delete_link`: rows with pipeline, entity, key, member; one statement."""
         if rows:
-            _bulk(self._conn, _DELETE_LINK, [_link_params(r) for r in rows])
+            _bulk(self._conn, _DELETE_LINK, [_bound(r) for r in rows])
 
     def set_dirty(
         self, pipeline: str, entity: str, key: str, members: Iterable[str] | None = None
@@ -1517,7 +1501,7 @@ class Tx:
         """Bulk `set_dirty` of single members' links: rows with pipeline, entity, key, member;
         one statement (a run whose writes all fail marks every key's link)."""
         if rows:
-            _bulk(self._conn, _DIRTY_LINK, [_link_params(r) for r in rows])
+            _bulk(self._conn, _DIRTY_LINK, [_bound(r) for r in rows])
 
     # -- read marks ----------------------------------------------------------------------
 
