@@ -429,6 +429,7 @@ def test_reading_and_planning_leave_no_garbage_to_freeze(
     # statements compiled for other tests' stores would be evicted from the cache during
     # the sync, as garbage (a process that opens one store does not churn it)
     state_store._driver_statement.cache_clear()
+    state_store._driver_select.cache_clear()
     gc.collect()
     [result] = api.sync(config)
     assert result.plan.entities[0].conflicts, "the resync met conflicts"
