@@ -109,6 +109,7 @@ from syncengine.member import Member, open_member
 from syncengine.parked import (
     Decisions,
     Parked,
+    QueueHoldings,
     approved_keys,
     emptied_members,
     guard_stopped,
@@ -261,6 +262,8 @@ class Engine:
         events name, and reads only the records they name on the members that sent them."""
         self._events: Events = NO_EVENTS
         """The webhook events this run took from the inbox."""
+        self._queues = QueueHoldings.unknown()
+        """What the review queue and the held deletes held when this run started."""
 
     # ------------------------------------------------------------------------------ sync
     def sync(self, pipeline: Pipeline, entities: Sequence[str] | None = None) -> SyncResult:
@@ -309,6 +312,7 @@ class Engine:
                 with self.store.transaction() as tx:
                     run_row = tx.start_run(pipeline.name, False, run_id)
                 self._events = self._take_events(pipeline, result)
+            self._queues = QueueHoldings.read(self.store, pipeline.name)
             # a sheet a person must fix stops the whole run before anything is written
             check_structures(self.store, pipeline, entities, connectors)
             refs = References(self.store, pipeline.name, dry_run=self.dry_run)
@@ -360,6 +364,7 @@ class Engine:
                 ahead.cancel()
             self._ahead.clear()
             self._exact_marks.clear()
+            self._queues = QueueHoldings.unknown()
             result.duration_s = time.monotonic() - started
             self._close(connectors, bound)
             if run_row is not None:
@@ -456,7 +461,7 @@ class Engine:
             drop_exact_marks(self.store, pipeline.name, entity, planned.stale_marks)
             applier = EntityApply(self.store, pipeline, members, outcome, run_id, self.progress)
             finished = applier.run(self.stop)
-            record_held(self.store, pipeline.name, ent)
+            self._record_held(pipeline, ent)
             # writes that took effect (failed ones change a dirty flag, and come back every
             # run while their member refuses them): the next entity looks these records up
             written = sum(n for ops in outcome.applied.values() for n in ops.values())
@@ -481,10 +486,13 @@ class Engine:
                 planned.mappings,
             )
         if not self.dry_run:
-            if planned.matched:
+            queues = self._queues
+            if planned.matched and (planned.parked.items or queues.reviews(entity, "open")):
                 record_review(self.store, pipeline.name, entity, planned.parked)
-            hold_guarded(self.store, pipeline.name, ent, planned.stopped)
-            if pipeline.section.deletes.approve:
+                if planned.parked.items:
+                    queues.note_review(entity)
+            hold_guarded(self.store, pipeline.name, ent, planned.stopped, planned.approved, queues)
+            if pipeline.section.deletes.approve and queues.holds(entity, "held", guarded=False):
                 settle_held(self.store, pipeline.name, entity)
         # until decided, a held delete's record is not there for the members that dropped it
         ent.keys.extend(h.placeholder() for h in planned.held)
@@ -492,6 +500,10 @@ class Engine:
         if not planned.held:
             self._done_with(ent, members)
         return EntityRun(members, planned, outcome)
+
+    def _record_held(self, pipeline: Pipeline, ent: EntityPlan) -> None:
+        if record_held(self.store, pipeline.name, ent):
+            self._queues.note_held(ent.entity, guarded=False)
 
     @staticmethod
     def _note_derived(
@@ -552,7 +564,7 @@ class Engine:
         EntityApply(self.store, pipeline, members, outcome, result.run_id, self.progress).run(
             self.stop
         )
-        record_held(self.store, pipeline.name, ent)
+        self._record_held(pipeline, ent)
         first.plan.keys.extend(kp for kp in ent.keys if kp.actions or kp.conflicts or kp.links)
         first.failures.extend(outcome.failures)
         for member, ops in outcome.applied.items():
@@ -705,7 +717,7 @@ class Engine:
                 self._named(member.name, entity),
             )
             ent.seen[member.name] = reads[member.name].count
-        planned.approved = approved_keys(self.store, pipeline.name, entity)
+        planned.approved = self._approved(pipeline, entity)
         if not self.allow_mass_delete:
             ent.guard = empty_member_guard(entity, reads)
             emptied = emptied_members(reads)
@@ -723,7 +735,11 @@ class Engine:
             )
         named = self._narrow_to_events(entity, reads)
         relinked = self._relink_vanished(pipeline, entity, members, reads, ent)
-        decisions = Decisions.load(self.store, pipeline.name, entity)
+        decisions = (
+            Decisions.load(self.store, pipeline.name, entity)
+            if self._queues.reviews(entity, "open", "linked", "separate")
+            else Decisions()
+        )
         planned.parked.complete = {name for name, r in reads.items() if r.complete}
         set_aside_copies(
             entity,
@@ -1083,7 +1099,7 @@ class Engine:
             rules=lambda f: pipeline.conflict_rules(entity, f),
             propagate_deletes=pipeline.section.deletes.propagate,
             hold_deletes=pipeline.section.deletes.approve,
-            approved=approved_keys(self.store, pipeline.name, entity)
+            approved=self._approved(pipeline, entity)
             if pipeline.section.deletes.approve
             else frozenset(),
             parked=self.store.open_conflict_fields(pipeline.name, entity),
@@ -1144,6 +1160,13 @@ class Engine:
                 versions[key] = [base, link.last_seen if link is not None else None]
             out[member] = versions
         return out
+
+    def _approved(self, pipeline: Pipeline, entity: str) -> set[str]:
+        """The keys whose delete a person approved (none where no delete of the entity was
+        held or approved when the run started: there is none to approve)."""
+        if not self._queues.holds(entity, "held", "approved"):
+            return set()
+        return approved_keys(self.store, pipeline.name, entity)
 
     def _skips_on_record(self, pipeline: Pipeline, entity: str) -> dict[str, dict[str, str]]:
         """key -> member -> reason of the entity's skipped writes on record."""

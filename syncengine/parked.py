@@ -33,6 +33,7 @@ from syncengine.state import StateStore, queues
 __all__ = [
     "Decisions",
     "Parked",
+    "QueueHoldings",
     "approved_keys",
     "emptied_members",
     "guard_stopped",
@@ -41,6 +42,61 @@ __all__ = [
     "record_review",
     "settle_held",
 ]
+
+
+class QueueHoldings:
+    """What a pipeline's review queue and held deletes hold, by entity and status, as read
+    when its run starts: which of the per-entity reads and writes below can find anything
+    to do. A quiet run of an installation whose queues are empty then makes none of them
+    (six statements and two transactions per entity).
+
+    That is exact for a run that holds the pipeline's lease: items are opened and deletes
+    held only by runs of the pipeline, and a person only decides what is there (an open
+    item, a held delete), so an entity that had neither when the run started cannot get a
+    decision during it. What the run itself adds is noted as it is added (``note_review``,
+    ``note_held``). ``unknown()`` stands for a run that did not read them: everything may
+    be there."""
+
+    def __init__(
+        self,
+        review: Iterable[tuple[str, str]] = (),
+        held: Iterable[queues.Held] = (),
+        *,
+        everything: bool = False,
+    ) -> None:
+        self._review = set(review)
+        self._held = set(held)
+        self._everything = everything
+
+    @classmethod
+    def read(cls, store: StateStore, pipeline: str) -> QueueHoldings:
+        review, held = store.query(partial(queues.holdings, pipeline=pipeline))
+        return cls(review, held)
+
+    @classmethod
+    def unknown(cls) -> QueueHoldings:
+        return cls(everything=True)
+
+    def reviews(self, entity: str, *statuses: str) -> bool:
+        """Whether the entity had review items of one of ``statuses``."""
+        return self._everything or any((entity, s) in self._review for s in statuses)
+
+    def holds(self, entity: str, *statuses: str, guarded: bool | None = None) -> bool:
+        """Whether the entity had held deletes of one of ``statuses`` (held by a guard or
+        not, if ``guarded`` says)."""
+        return self._everything or any(
+            (entity, s, g) in self._held
+            for s in statuses
+            for g in ((True, False) if guarded is None else (guarded,))
+        )
+
+    def note_review(self, entity: str) -> None:
+        """The run opened (or refreshed) review items of the entity."""
+        self._review.add((entity, "open"))
+
+    def note_held(self, entity: str, *, guarded: bool) -> None:
+        """The run held deletes of the entity (by a guard, or for approval)."""
+        self._held.add((entity, "held", guarded))
 
 
 @dataclass(frozen=True)
@@ -277,16 +333,33 @@ def hold_guarded(
     pipeline: str,
     ent: EntityPlan,
     stopped: Mapping[str, tuple[str, set[str]]],
+    approved: Collection[str],
+    holdings: QueueHoldings,
 ) -> None:
     """After a run (not a dry run) planned an entity: where a guard stopped it, hold each
     delete it ``stopped`` with the guard's explanation and clear what an earlier trip held
-    that this one does not repeat; where no guard stopped it, the approved deletes were
-    carried out (done) and earlier batches no longer stand (cleared)."""
-    with store.transaction() as tx:
-        if not ent.guard:
-            tx.run(partial(queues.finish_approved, pipeline=pipeline, entity=ent.entity))
-            tx.run(partial(queues.clear_guarded, pipeline=pipeline, entity=ent.entity))
+    that this one does not repeat; where no guard stopped it, the deletes its planning saw
+    ``approved`` were carried out (done) and earlier batches no longer stand (cleared).
+    Nothing is sent where ``holdings`` says there is nothing to finish or clear."""
+    if not ent.guard:
+        guarded = holdings.holds(ent.entity, "held", guarded=True)
+        if not approved and not guarded:
             return
+        with store.transaction() as tx:
+            if approved:
+                tx.run(
+                    partial(
+                        queues.finish_approved,
+                        pipeline=pipeline,
+                        entity=ent.entity,
+                        keys=approved,
+                    )
+                )
+            if guarded:
+                tx.run(partial(queues.clear_guarded, pipeline=pipeline, entity=ent.entity))
+        return
+    holdings.note_held(ent.entity, guarded=True)
+    with store.transaction() as tx:
         bases = store.load_records(pipeline, ent.entity, list(stopped))
         for key, (member, reach) in stopped.items():
             base = bases[key].base if key in bases else {}

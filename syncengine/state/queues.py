@@ -41,6 +41,7 @@ __all__ = [
     "held_counts",
     "held_rows",
     "hold_delete",
+    "holdings",
     "review_counts",
     "review_rows",
     "set_held",
@@ -48,8 +49,19 @@ __all__ = [
 ]
 
 
+Held = tuple[str, str, bool]
+"""(entity, status, guarded) of a pipeline's held deletes (``holdings``)."""
+
+CHUNK = 500
+"""Keys per statement where a statement names many (SQLite caps its parameters)."""
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _chunked(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    return (items[i : i + CHUNK] for i in range(0, len(items), CHUNK))
 
 
 @dataclass(frozen=True)
@@ -387,17 +399,47 @@ def approved_keys(conn: sa.Connection, pipeline: str, entity: str) -> set[str]:
     return {str(k) for k in conn.execute(query).scalars()}
 
 
-def finish_approved(conn: sa.Connection, pipeline: str, entity: str) -> None:
-    """A run applied the entity: the approved deletes it carried out are done."""
-    conn.execute(
-        held_deletes.update()
-        .where(
-            held_deletes.c.pipeline == pipeline,
-            held_deletes.c.entity == entity,
-            held_deletes.c.status == "approved",
+def finish_approved(conn: sa.Connection, pipeline: str, entity: str, keys: Collection[str]) -> None:
+    """A run applied the entity: the approved deletes of ``keys`` (those its planning saw
+    approved, and so let through) are done. One a person approved after that stays approved
+    for the next run."""
+    for chunk in _chunked(sorted(keys)):
+        conn.execute(
+            held_deletes.update()
+            .where(
+                held_deletes.c.pipeline == pipeline,
+                held_deletes.c.entity == entity,
+                held_deletes.c.status == "approved",
+                held_deletes.c.key.in_(chunk),
+            )
+            .values(status="done")
         )
-        .values(status="done")
-    )
+
+
+def holdings(conn: sa.Connection, pipeline: str) -> tuple[set[tuple[str, str]], set[Held]]:
+    """What the pipeline's review queue and held deletes hold: the (entity, status) of its
+    review items, and the (entity, status, guarded) of its held deletes."""
+    review = {
+        (str(e), str(s))
+        for e, s in conn.execute(
+            sa.select(review_items.c.entity, review_items.c.status)
+            .where(review_items.c.pipeline == pipeline)
+            .distinct()
+        )
+    }
+    held = {
+        (str(e), str(s), bool(g))
+        for e, s, g in conn.execute(
+            sa.select(
+                held_deletes.c.entity,
+                held_deletes.c.status,
+                held_deletes.c.guard.is_not(None),
+            )
+            .where(held_deletes.c.pipeline == pipeline)
+            .distinct()
+        )
+    }
+    return review, held
 
 
 def clear_guarded(
