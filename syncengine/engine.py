@@ -810,9 +810,7 @@ class Engine:
             ent.keys = [kp for kp in ent.keys if id(kp) not in held]
         if self.dry_run and refs is not None:
             refs.label_targets(ent)
-        ent.skipped_before = {
-            row.key for row in self.store.skipped(pipeline.name) if row.entity == entity
-        }
+        ent.skipped_before = self.store.skipped_keys(pipeline.name, entity)
         return planned
 
     def _touched(

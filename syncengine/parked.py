@@ -70,7 +70,7 @@ class QueueHoldings:
 
     @classmethod
     def read(cls, store: StateStore, pipeline: str) -> QueueHoldings:
-        review, held = store.query(partial(queues.holdings, pipeline=pipeline))
+        review, held = store.queue_holdings(pipeline)
         return cls(review, held)
 
     @classmethod

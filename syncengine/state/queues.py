@@ -41,7 +41,6 @@ __all__ = [
     "held_counts",
     "held_rows",
     "hold_delete",
-    "holdings",
     "review_counts",
     "review_rows",
     "set_held",
@@ -416,30 +415,23 @@ def finish_approved(conn: sa.Connection, pipeline: str, entity: str, keys: Colle
         )
 
 
-def holdings(conn: sa.Connection, pipeline: str) -> tuple[set[tuple[str, str]], set[Held]]:
-    """What the pipeline's review queue and held deletes hold: the (entity, status) of its
-    review items, and the (entity, status, guarded) of its held deletes."""
-    review = {
-        (str(e), str(s))
-        for e, s in conn.execute(
-            sa.select(review_items.c.entity, review_items.c.status)
-            .where(review_items.c.pipeline == pipeline)
-            .distinct()
-        )
-    }
-    held = {
-        (str(e), str(s), bool(g))
-        for e, s, g in conn.execute(
-            sa.select(
-                held_deletes.c.entity,
-                held_deletes.c.status,
-                held_deletes.c.guard.is_not(None),
-            )
-            .where(held_deletes.c.pipeline == pipeline)
-            .distinct()
-        )
-    }
-    return review, held
+REVIEW_HOLDINGS = (
+    sa.select(review_items.c.entity, review_items.c.status)
+    .where(review_items.c.pipeline == sa.bindparam("pipeline"))
+    .distinct()
+)
+"""The (entity, status) of a pipeline's review items (``StateStore.queue_holdings``)."""
+HELD_HOLDINGS = (
+    sa.select(
+        held_deletes.c.entity,
+        held_deletes.c.status,
+        sa.func.count(),
+        sa.func.count(held_deletes.c.guard),
+    )
+    .where(held_deletes.c.pipeline == sa.bindparam("pipeline"))
+    .group_by(held_deletes.c.entity, held_deletes.c.status)
+)
+"""Per entity and status of a pipeline's held deletes: how many, and how many a guard held."""
 
 
 def clear_guarded(

@@ -46,6 +46,7 @@ from syncengine.redact import MASK, redact_text
 from syncengine.state import alert_rows as _alert_rows
 from syncengine.state import inbox as _inbox
 from syncengine.state import leases as _leases
+from syncengine.state import queues
 from syncengine.state.leases import Lease, PipelineState
 from syncengine.state.schema import (
     INTENT_OPS,
@@ -950,6 +951,25 @@ class StateStore:
         with self._read() as conn:
             return [SkipRow(*row) for row in conn.execute(query)]
 
+    def skipped_keys(self, pipeline: str, entity: str) -> set[str]:
+        """The keys of the entity with a skipped write on record."""
+        return {
+            key for (key,) in self._select(_SKIPPED_KEYS, {"pipeline": pipeline, "entity": entity})
+        }
+
+    def queue_holdings(self, pipeline: str) -> tuple[set[tuple[str, str]], set[queues.Held]]:
+        """What the pipeline's review queue and held deletes hold: the (entity, status) of
+        its review items, and the (entity, status, guarded) of its held deletes."""
+        where = {"pipeline": pipeline}
+        review = {(str(e), str(s)) for e, s in self._select(queues.REVIEW_HOLDINGS, where)}
+        held: set[queues.Held] = set()
+        for entity, status, rows, guarded in self._select(queues.HELD_HOLDINGS, where):
+            if guarded:
+                held.add((str(entity), str(status), True))
+            if rows > guarded:
+                held.add((str(entity), str(status), False))
+        return review, held
+
     def skipped_count(self, pipeline: str) -> int:
         query = sa.select(sa.func.count()).select_from(skips).where(skips.c.pipeline == pipeline)
         with self._read() as conn:
@@ -1147,6 +1167,7 @@ _READ_MARK: Final = sa.select(read_marks.c.token).where(
 _MAPPING_MARK: Final = sa.select(mapping_marks.c.fingerprint).where(
     _is(mapping_marks, "pipeline", "entity", "member")
 )
+_SKIPPED_KEYS: Final = sa.select(skips.c.key).where(_is(skips, "pipeline", "entity")).distinct()
 _DIRTY_KEYS: Final = (
     sa.select(links.c.key)
     .where(_is(links, "pipeline", "entity"), links.c.dirty == sa.true())

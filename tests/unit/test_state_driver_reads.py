@@ -7,6 +7,7 @@ read fails, on SQLite and on PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from syncengine.errors import StateError, StateUnavailableError
-from syncengine.state import StateStore
+from syncengine.state import StateStore, queues
 from syncengine.state import store as store_module
 from syncengine.state.schema import journal, links
 
@@ -211,3 +212,59 @@ def test_a_driver_read_that_fails_raises_the_stores_error_and_the_next_read_work
     with store.engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE read_marks_away RENAME TO read_marks")
     assert store.read_mark(P, E, "hcp") == "token: ünïcode"
+
+
+def test_what_the_queues_hold_and_the_keys_with_skips(store: StateStore) -> None:
+    """``queue_holdings`` tells every (entity, status) of the review items and every (entity,
+    status, held by a guard or not) of the held deletes; ``skipped_keys`` the entity's keys
+    with a skipped write. Other pipelines' rows are not counted."""
+    assert store.queue_holdings(P) == (set(), set())
+    with store.transaction() as tx:
+        for pipeline in (P, "other"):
+            for i, (entity, guard) in enumerate(
+                [(E, None), (E, "too many deletes"), ("invoices", "guard"), ("payments", None)]
+            ):
+                tx.run(
+                    partial(
+                        queues.hold_delete,
+                        pipeline=pipeline,
+                        entity=entity,
+                        key=f"k{i}",
+                        member="hcp",
+                        reach=["books"],
+                        label=f"record {i}",
+                        guard=guard,
+                    )
+                )
+            tx.run(
+                partial(
+                    queues.upsert_review,
+                    pipeline=pipeline,
+                    entity=E,
+                    member="books",
+                    native_id="row 3",
+                    native_hash=None,
+                    provisional=True,
+                    location="row 3",
+                    label="Ann",
+                    fields={"first_name": "Ann"},
+                    reason="a copy",
+                    candidates=[],
+                )
+            )
+        tx.set_skips_of(P, E, {"k1": {"hcp": "cannot update"}, "k2": {"books": "closed"}})
+        tx.set_skips_of(P, "invoices", {"k9": {"hcp": "cannot update"}})
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE held_deletes SET status = 'approved' WHERE entity = 'payments'"
+        )
+    review, held = store.queue_holdings(P)
+    assert review == {(E, "open")}
+    assert held == {
+        (E, "held", False),
+        (E, "held", True),
+        ("invoices", "held", True),
+        ("payments", "approved", False),
+    }
+    assert store.skipped_keys(P, E) == {"k1", "k2"}
+    assert store.skipped_keys(P, "payments") == set()
