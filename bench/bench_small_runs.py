@@ -39,6 +39,7 @@ from syncengine.config import Config, load_config
 from syncengine.connectors.memory import MemoryConnector
 from syncengine.engine import Engine
 from syncengine.logging import configure
+from syncengine.state.store import mask_url
 
 MEMBERS = ("crm", "books", "office")
 ENTITIES = ("customers", "invoices", "payments")
@@ -176,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             with sa.create_engine(args.state).begin() as conn:
                 for table in ("links", "records", "journal", "runs", "read_marks"):
                     conn.exec_driver_sql(f"DELETE FROM {table} WHERE pipeline = 'bench'")
+    shown = mask_url(args.state) if args.state else "SQLite"
     print(
         f"runs of {args.records} customers + invoices + payments over {len(MEMBERS)} memory "
-        f"members, state: {args.state or 'SQLite'}; floor {rows[0]['floor_ms']} ms"
+        f"members, state: {shown}; floor {rows[0]['floor_ms']} ms"
     )
     print(f"{'way':<6} {'ms/run':>8} {'x floor':>8} {'statements':>11} {'transactions':>13}")
     for row in rows:

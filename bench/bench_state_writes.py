@@ -33,6 +33,7 @@ from syncengine import api
 from syncengine.config import load_config
 from syncengine.connectors.memory import MemoryConnector
 from syncengine.logging import configure
+from syncengine.state.store import mask_url
 
 WAYS = ("updated", "failed", "skipped", "deleted")
 
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                     for table in ("links", "records", "skips", "conflicts", "journal"):
                         conn.exec_driver_sql(f"DELETE FROM {table}")
     floor = rows[0]["seconds"]
-    print(f"resync of {args.records:,} customers, memory members, state: {args.state or 'SQLite'}")
+    shown = mask_url(args.state) if args.state else "SQLite"
+    print(f"resync of {args.records:,} customers, memory members, state: {shown}")
     print(f"{'way':<9} {'s':>7} {'x updated':>10} {'statements/1k':>14}  outcome")
     for row in rows:
         outcome = (
