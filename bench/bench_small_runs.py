@@ -39,6 +39,7 @@ from syncengine.config import Config, load_config
 from syncengine.connectors.memory import MemoryConnector
 from syncengine.engine import Engine
 from syncengine.logging import configure
+from syncengine.state.schema import metadata
 from syncengine.state.store import mask_url
 
 MEMBERS = ("crm", "books", "office")
@@ -118,6 +119,65 @@ def floor_run(config: Config, state_url: str) -> float:
     return seconds
 
 
+def measure(
+    url: str, folder: Path, records: int, runs: int, counts: Counts
+) -> list[dict[str, Any]]:
+    """A first sync, the floor, then ``runs`` runs of each way: one row per way."""
+    rows = []
+    path = folder / "config.toml"
+    path.write_text(config_text(url), encoding="utf-8")
+    config = load_config(path)
+    MemoryConnector.reset()
+    seed(records)
+    [first] = api.sync(config)
+    if first.exit_code != 0:
+        raise SystemExit(f"the first sync failed: {first.error}")
+    crm = MemoryConnector.get_dataset("crm")
+    store = api.open_store(config)
+    pipeline = config.pipelines["bench"]
+    floors = [floor_run(config, url) for _ in range(20)]
+    floor = sorted(floors)[len(floors) // 2]
+    for way in WAYS:
+        statements, transactions = counts.statements, counts.transactions
+        checkouts = counts.checkouts
+        started = time.perf_counter()
+        for run in range(runs):
+            if way == "one":
+                n = run % records
+                crm.put(
+                    "customers",
+                    f"c{n}",
+                    {"first_name": f"Ann {n} ({run})", "email": f"ann{n}@example.com"},
+                )
+            result = Engine(config, store).sync(pipeline)
+            if result.exit_code != 0:
+                raise SystemExit(f"a {way} run failed: {result.error}")
+        seconds = (time.perf_counter() - started) / runs
+        # checkouts that began no transaction: the reads on a connection's own cursor
+        raw = (counts.checkouts - checkouts) - (counts.transactions - transactions)
+        rows.append(
+            {
+                "way": way,
+                "ms": round(1000 * seconds, 2),
+                "floor_ms": round(1000 * floor, 3),
+                "statements": (counts.statements - statements + raw) / runs,
+                "transactions": (counts.transactions - transactions + raw) / runs,
+            }
+        )
+    store.close()
+    return rows
+
+
+def forget(url: str) -> None:
+    """Delete the bench pipeline's rows from every state table that has them."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        for table in reversed(metadata.sorted_tables):
+            if "pipeline" in table.c:
+                conn.execute(table.delete().where(table.c.pipeline == "bench"))
+    engine.dispose()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=20)
@@ -129,54 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--state takes a PostgreSQL URL (SQLite is the default)")
     configure("error")  # the runs' own log lines are not what is measured
     counts = Counts()
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         url = args.state or f"sqlite:///{Path(tmp, 'state.db').as_posix()}"
-        path = Path(tmp, "config.toml")
-        path.write_text(config_text(url), encoding="utf-8")
-        config = load_config(path)
-        MemoryConnector.reset()
-        seed(args.records)
-        [first] = api.sync(config)
-        if first.exit_code != 0:
-            raise SystemExit(f"the first sync failed: {first.error}")
-        crm = MemoryConnector.get_dataset("crm")
-        store = api.open_store(config)
-        pipeline = config.pipelines["bench"]
-        floors = [floor_run(config, url) for _ in range(20)]
-        floor = sorted(floors)[len(floors) // 2]
-        for way in WAYS:
-            statements, transactions = counts.statements, counts.transactions
-            checkouts = counts.checkouts
-            started = time.perf_counter()
-            for run in range(args.runs):
-                if way == "one":
-                    n = run % args.records
-                    crm.put(
-                        "customers",
-                        f"c{n}",
-                        {"first_name": f"Ann {n} ({run})", "email": f"ann{n}@example.com"},
-                    )
-                result = Engine(config, store).sync(pipeline)
-                if result.exit_code != 0:
-                    raise SystemExit(f"a {way} run failed: {result.error}")
-            seconds = (time.perf_counter() - started) / args.runs
-            # checkouts that began no transaction: the reads on a connection's own cursor
-            raw = (counts.checkouts - checkouts) - (counts.transactions - transactions)
-            rows.append(
-                {
-                    "way": way,
-                    "ms": round(1000 * seconds, 2),
-                    "floor_ms": round(1000 * floor, 3),
-                    "statements": (counts.statements - statements + raw) / args.runs,
-                    "transactions": (counts.transactions - transactions + raw) / args.runs,
-                }
-            )
-        store.close()
-        if args.state:  # leave the database as it was found
-            with sa.create_engine(args.state).begin() as conn:
-                for table in ("links", "records", "journal", "runs", "read_marks"):
-                    conn.exec_driver_sql(f"DELETE FROM {table} WHERE pipeline = 'bench'")
+        try:
+            rows = measure(url, Path(tmp), args.records, args.runs, counts)
+        finally:
+            if args.state:  # leave the database as it was found, also when a run failed
+                forget(args.state)
     shown = mask_url(args.state) if args.state else "SQLite"
     print(
         f"runs of {args.records} customers + invoices + payments over {len(MEMBERS)} memory "

@@ -415,12 +415,22 @@ def finish_approved(conn: sa.Connection, pipeline: str, entity: str, keys: Colle
         )
 
 
+def _one_of(column: sa.Column[Any], values: Sequence[str]) -> sa.ColumnElement[bool]:
+    """``column IN (values)`` with the values written into the SQL (no parameters of their
+    own: the statement goes to the driver as it is, ``StateStore._select``)."""
+    return column.in_([sa.literal_column(f"'{v}'") for v in values])
+
+
 REVIEW_HOLDINGS = (
     sa.select(review_items.c.entity, review_items.c.status)
-    .where(review_items.c.pipeline == sa.bindparam("pipeline"))
+    .where(
+        _one_of(review_items.c.status, ("open", "linked", "separate")),
+        review_items.c.pipeline == sa.bindparam("pipeline"),
+    )
     .distinct()
 )
-"""The (entity, status) of a pipeline's review items (``StateStore.queue_holdings``)."""
+"""The (entity, status) of a pipeline's review items that a run acts on or a person may
+still decide (``StateStore.queue_holdings``): closed ones, which pile up, are not read."""
 HELD_HOLDINGS = (
     sa.select(
         held_deletes.c.entity,
@@ -428,10 +438,14 @@ HELD_HOLDINGS = (
         sa.func.count(),
         sa.func.count(held_deletes.c.guard),
     )
-    .where(held_deletes.c.pipeline == sa.bindparam("pipeline"))
+    .where(
+        _one_of(held_deletes.c.status, ("held", "approved")),
+        held_deletes.c.pipeline == sa.bindparam("pipeline"),
+    )
     .group_by(held_deletes.c.entity, held_deletes.c.status)
 )
-"""Per entity and status of a pipeline's held deletes: how many, and how many a guard held."""
+"""Per entity, of a pipeline's deletes held or approved (not those done, cleared or
+restored, which pile up): how many, and how many a guard held."""
 
 
 def clear_guarded(

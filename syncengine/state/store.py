@@ -673,35 +673,39 @@ class StateStore:
         outside SQLAlchemy's connection and transaction: one statement reads one consistent
         snapshot by itself, and SQLAlchemy's begin, execute and commit around it cost about
         ten times the database's work for the small reads every run makes per entity and
-        member (about 140 µs against 17 µs on SQLite). Any other statement, and a read
-        inside `transaction()`, goes through `_read` as every other read does. Errors are
-        SQLAlchemy's, translated as in `_read`."""
+        member (about 140 µs against 17 µs on SQLite). Any other statement, a read inside
+        `transaction()` (it must see the transaction's writes) and any read of an in-memory
+        store (its one connection is shared by the threads of the process, which SQLAlchemy's
+        transactions keep apart) go through `_read` as every other read does. Errors are
+        SQLAlchemy's, translated as in `_read`; the failed read's connection goes back to
+        the pool, which rolls it back (one the server closed is replaced at the next
+        checkout, ``pool_pre_ping``)."""
         active: sa.Connection | None = getattr(self._local, "conn", None)
-        compiled = None if active is not None else _driver_select(stmt, self._engine.dialect)
+        compiled = (
+            None
+            if active is not None or isinstance(self._engine.pool, StaticPool)
+            else _driver_select(stmt, self._engine.dialect)
+        )
         if compiled is None:
             with self._read() as conn:
                 return [tuple(row) for row in conn.execute(stmt, params)]
         with self._translate(f"state store {self.url_for_display}: read failed"):
             dbapi = self._engine.dialect.loaded_dbapi
-            raw = None
             try:
                 raw = self._engine.raw_connection()
-                cursor = raw.cursor()
                 try:
-                    cursor.execute(compiled.sql, compiled.driver_params(params))
-                    rows = cursor.fetchall()
+                    cursor = raw.cursor()
+                    try:
+                        cursor.execute(compiled.sql, compiled.driver_params(params))
+                        rows = cursor.fetchall()
+                    finally:
+                        cursor.close()
                 finally:
-                    cursor.close()
+                    raw.close()  # back to the pool, which ends its read transaction
             except dbapi.Error as exc:
-                if raw is not None:
-                    raw.invalidate()  # as SQLAlchemy would a connection whose work failed
-                    raw = None
                 raise sa_exc.DBAPIError.instance(
                     compiled.sql, dict(params), exc, dbapi.Error
                 ) from exc
-            finally:
-                if raw is not None:
-                    raw.close()  # back to the pool, which ends its read transaction
             return list(rows)
 
     @contextmanager

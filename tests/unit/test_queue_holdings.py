@@ -152,3 +152,21 @@ def test_an_open_review_item_is_closed_when_its_record_is_gone(tmp_path: Path) -
         run(cfg)
     assert any(s.startswith("UPDATE review_items") for s in seen), seen
     assert [i for i in api.list_review(cfg) if i.member == "b"] == []
+
+
+def test_queue_holdings_answer_for_what_was_read_and_what_the_run_noted() -> None:
+    from syncengine.parked import QueueHoldings
+
+    unknown = QueueHoldings.unknown()
+    assert unknown.reviews(C, "open") and unknown.holds(C, "approved", guarded=True)
+    read = QueueHoldings([(C, "linked")], [("invoices", "held", True)])
+    assert read.reviews(C, "open", "linked") and not read.reviews(C, "open")
+    assert not read.reviews("invoices", "open", "linked", "separate")
+    assert read.holds("invoices", "held") and read.holds("invoices", "held", guarded=True)
+    assert not read.holds("invoices", "held", guarded=False)
+    assert not read.holds(C, "held", "approved")
+    read.note_review("invoices")
+    assert read.reviews("invoices", "open") and not read.reviews("invoices", "linked")
+    read.note_held(C, guarded=False)
+    assert read.holds(C, "held") and read.holds(C, "held", "approved", guarded=False)
+    assert not read.holds(C, "held", guarded=True) and not read.holds(C, "approved")

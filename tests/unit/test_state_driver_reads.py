@@ -258,6 +258,31 @@ def test_what_the_queues_hold_and_the_keys_with_skips(store: StateStore) -> None
         conn.exec_driver_sql(
             "UPDATE held_deletes SET status = 'approved' WHERE entity = 'payments'"
         )
+    with store.transaction() as tx:  # rows a run or a person is done with are not counted
+        for i in range(3):
+            tx.run(
+                partial(
+                    queues.hold_delete,
+                    pipeline=P,
+                    entity="jobs",
+                    key=f"j{i}",
+                    member="hcp",
+                    reach=["books"],
+                    label=f"job {i}",
+                )
+            )
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE held_deletes SET status = CASE key WHEN 'j0' THEN 'done' "
+            "WHEN 'j1' THEN 'cleared' ELSE 'restored' END WHERE entity = 'jobs'"
+        )
+        conn.exec_driver_sql("UPDATE review_items SET status = 'closed' WHERE pipeline = 'other'")
+        conn.exec_driver_sql(
+            "INSERT INTO review_items (pipeline, entity, member, native_id, provisional, label, "
+            "fields, reason, candidates, status, first_seen, last_seen) SELECT pipeline, "
+            "'jobs', member, native_id, provisional, label, fields, reason, candidates, "
+            "'closed', first_seen, last_seen FROM review_items WHERE pipeline = 'p'"
+        )
     review, held = store.queue_holdings(P)
     assert review == {(E, "open")}
     assert held == {
@@ -268,3 +293,23 @@ def test_what_the_queues_hold_and_the_keys_with_skips(store: StateStore) -> None
     }
     assert store.skipped_keys(P, E) == {"k1", "k2"}
     assert store.skipped_keys(P, "payments") == set()
+
+
+def test_an_in_memory_store_reads_through_sqlalchemy_and_a_failed_read_loses_nothing() -> None:
+    """Its one connection is the database, shared by the process's threads: its reads take
+    SQLAlchemy's way (transactions keep the threads apart), and a read that fails leaves
+    the store as it was."""
+    with StateStore.open("sqlite://") as store:
+        fill(store)
+        seen: list[str] = []
+        sa.event.listen(store.engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+        assert store.read_mark(P, E, "hcp") == "token: ünïcode"
+        assert any("read_marks" in sql for sql in seen)
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE links RENAME TO links_away")
+        with pytest.raises(StateError, match="read failed"):
+            store.link_index(P, E, "hcp")
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE links_away RENAME TO links")
+        assert len(store.link_index(P, E, "hcp")) == 19
+        assert store.read_mark(P, E, "hcp") == "token: ünïcode"
