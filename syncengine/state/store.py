@@ -1334,18 +1334,23 @@ def _driver_statement(
     """``stmt`` compiled for ``dialect`` as an executemany of rows with ``keys``, with the
     bind processor SQLAlchemy would apply to each parameter (its column type's)."""
     compiled = stmt.compile(dialect=dialect, column_keys=list(keys), for_executemany=True)
-    binds = {name: bind for bind, name in compiled.bind_names.items()}
-    order = compiled.positiontup if compiled.positional else list(binds)
-    escaped = compiled.escaped_bind_names
     params = []
-    for name in order or ():
-        bind = binds[name]
+    for name, bind in _binds_in_order(compiled):
         if bind.key not in keys:
             raise KeyError(bind.key)
         processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
         repeats = isinstance(bind.type, UTCDateTime | sa.Boolean)
-        params.append((escaped.get(name, name), bind.key, processor, repeats))
+        params.append((name, bind.key, processor, repeats))
     return _DriverStatement(compiled.string, tuple(params), compiled.positional)
+
+
+def _binds_in_order(compiled: sa.engine.Compiled) -> list[tuple[str, sa.BindParameter[Any]]]:
+    """A compiled statement's parameters in the order its driver takes them: the name its
+    SQL gives each, and the parameter."""
+    binds = {name: bind for bind, name in compiled.bind_names.items()}  # type: ignore[attr-defined]
+    order = compiled.positiontup if compiled.positional else list(binds)  # type: ignore[attr-defined]
+    escaped = compiled.escaped_bind_names  # type: ignore[attr-defined]
+    return [(escaped.get(name, name), binds[name]) for name in order or ()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -1373,17 +1378,13 @@ def _driver_select(stmt: sa.Select[Any], dialect: sa.Dialect) -> _DriverSelect |
     for column in stmt.selected_columns:
         if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None:
             return None
-    binds = {name: bind for bind, name in compiled.bind_names.items()}
-    order = compiled.positiontup if compiled.positional else list(binds)
-    escaped = compiled.escaped_bind_names
     params = []
-    for name in order or ():
-        bind = binds[name]
+    for name, bind in _binds_in_order(compiled):
         if bind.value is not None or bind.callable is not None:
             return None
         if bind.type.dialect_impl(dialect).bind_processor(dialect) is not None:
             return None
-        params.append((escaped.get(name, name), bind.key))
+        params.append((name, bind.key))
     return _DriverSelect(compiled.string, tuple(params), compiled.positional)
 
 
