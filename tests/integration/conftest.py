@@ -4,7 +4,7 @@ Everything here is real: the ``syncengine`` console script installed next to the
 interpreter is run as a subprocess, the Housecall Pro sandbox runs as another subprocess
 (``syncengine sandbox --port 0``) on a free loopback port, and the spreadsheet and the state
 store are real files under ``tmp_path``. Each test gets its own sandbox and folders, so the
-tests can run in parallel (``pytest -n 2``).
+tests can run in parallel (``pytest -n 4``).
 """
 
 from __future__ import annotations

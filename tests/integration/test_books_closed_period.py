@@ -107,6 +107,7 @@ def skipped_of(status: CliResult) -> list[tuple[str, str, str, str]]:
     return sorted((s["entity"], s["record"], s["member"], s["reason"]) for s in pipeline["skipped"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["csv", "xlsx"])
 def test_a_closed_period_keeps_the_books_rows_and_lets_the_open_side_sync(
     kind: str, tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli

@@ -206,6 +206,7 @@ class CrashingSyncer(Syncer):
         return run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["csv", "xlsx"])
 def test_payments_recorded_in_hcp_arrive_exactly_once_through_sigkills(
     kind: str, tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli

@@ -633,6 +633,7 @@ def crash_points(pending: Counter[tuple[str, str]], edits: list[str]) -> list[st
     return points
 
 
+@pytest.mark.slow
 def test_syncs_killed_at_crash_points_converge_without_duplicates_or_lost_edits(
     tmp_path: Path, sandbox: Sandbox
 ) -> None:

@@ -1550,7 +1550,7 @@ IN_CI = (
     if hasattr(settings, "get_current_profile_name")
     else os.environ.get("HYPOTHESIS_PROFILE")
 ) == "ci"
-TestCarelessBookkeeper = CarelessBookkeeper.TestCase
+TestCarelessBookkeeper = pytest.mark.slow(CarelessBookkeeper.TestCase)
 TestCarelessBookkeeper.settings = settings(
     max_examples=300 if IN_CI else max(10, _PROFILE.max_examples // 2),
     stateful_step_count=20,

@@ -484,11 +484,11 @@ class WebhookMember(SyncMachine):
         self._check_no_duplicates()
 
 
-TestSyncWithReadOnlyMember = ThreeMembersWithReadOnly.TestCase
+TestSyncWithReadOnlyMember = pytest.mark.slow(ThreeMembersWithReadOnly.TestCase)
 TestSyncWithReadOnlyMember.settings = SETTINGS
-TestSyncThreeWritableMembers = ThreeWritableMembers.TestCase
+TestSyncThreeWritableMembers = pytest.mark.slow(ThreeWritableMembers.TestCase)
 TestSyncThreeWritableMembers.settings = SETTINGS
-TestSyncWithWebhooks = WebhookMember.TestCase
+TestSyncWithWebhooks = pytest.mark.slow(WebhookMember.TestCase)
 TestSyncWithWebhooks.settings = SETTINGS
 
 
@@ -1255,9 +1255,9 @@ assert _PROFILE is not None
 REFERENCE_SETTINGS = settings(
     stateful_step_count=30, max_examples=max(10, _PROFILE.max_examples * 2 // 3)
 )
-TestSyncReferencesWithHousecallPro = BooksWithHousecallPro.TestCase
+TestSyncReferencesWithHousecallPro = pytest.mark.slow(BooksWithHousecallPro.TestCase)
 TestSyncReferencesWithHousecallPro.settings = REFERENCE_SETTINGS
-TestSyncReferencesWithDeletes = BooksWithDeletes.TestCase
+TestSyncReferencesWithDeletes = pytest.mark.slow(BooksWithDeletes.TestCase)
 TestSyncReferencesWithDeletes.settings = REFERENCE_SETTINGS
 
 
