@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 
@@ -62,6 +62,24 @@ def _insert_once(dialect: str) -> Any:
     )
 
 
+_PENDING: Final = (
+    sa.select(inbox)
+    .where(
+        inbox.c.connector.in_(sa.bindparam("connectors", expanding=True)),
+        ~sa.exists(
+            sa.select(inbox_done.c.event_id).where(
+                inbox_done.c.pipeline == sa.bindparam("pipeline"),
+                inbox_done.c.event_id == inbox.c.id,
+            )
+        ),
+    )
+    .order_by(inbox.c.id)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+"""The events of some connectors no run of a pipeline took yet: every run reads them
+(built once: building it cost more than running it on SQLite)."""
+
+
 def pending(
     conn: sa.Connection, pipeline: str, connectors: Iterable[str], limit: int
 ) -> list[InboxEvent]:
@@ -70,16 +88,8 @@ def pending(
     names = sorted(set(connectors))
     if not names:
         return []
-    taken = sa.select(inbox_done.c.event_id).where(
-        inbox_done.c.pipeline == pipeline, inbox_done.c.event_id == inbox.c.id
-    )
-    query = (
-        sa.select(inbox)
-        .where(inbox.c.connector.in_(names), ~sa.exists(taken))
-        .order_by(inbox.c.id)
-        .limit(limit)
-    )
-    return [_event(dict(row)) for row in conn.execute(query).mappings()]
+    where = {"pipeline": pipeline, "connectors": names, "limit": limit}
+    return [_event(dict(row)) for row in conn.execute(_PENDING, where).mappings()]
 
 
 def pending_count(conn: sa.Connection, pipeline: str, connectors: Iterable[str]) -> int:

@@ -34,7 +34,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 
@@ -197,9 +197,14 @@ def read_leases(conn: sa.Connection) -> dict[str, Lease]:
     return {row[0]: Lease(*row) for row in rows}
 
 
+_LEASE_OF: Final = sa.select(*_LEASE_COLUMNS).where(leases.c.pipeline == sa.bindparam("pipeline"))
+"""A pipeline's lease row: every run reads it (built once: building it cost more than
+running it on SQLite)."""
+
+
 def live_lease(conn: sa.Connection, pipeline: str) -> Lease | None:
     """The pipeline's lease while it holds (by the clock leases are measured in), else None."""
-    row = conn.execute(sa.select(*_LEASE_COLUMNS).where(leases.c.pipeline == pipeline)).first()
+    row = conn.execute(_LEASE_OF, {"pipeline": pipeline}).first()
     if row is None:
         return None
     lease = Lease(*row)

@@ -804,10 +804,12 @@ class StateStore:
         found: dict[str, RecordState] = {}
         with self._read() as conn:
             for chunk in _chunks(wanted, BATCH_SIZE):
-                batch = _bases(
-                    conn, _record_select(pipeline, entity).where(records.c.key.in_(chunk))
-                )
-                _attach_links(conn, pipeline, entity, batch, links.c.key.in_(list(batch)))
+                where = {"pipeline": pipeline, "entity": entity, "keys": chunk}
+                batch = {
+                    key: RecordState(key, base, {})
+                    for key, base in conn.execute(_RECORDS_OF_KEYS, where).all()
+                }
+                _attach_links(conn, pipeline, entity, batch)
                 found.update(batch)
         return found
 
@@ -918,8 +920,8 @@ class StateStore:
         found: dict[str, dict[str, Any]] = {}
         with self._read() as conn:
             for chunk in _chunks(wanted, BATCH_SIZE):
-                query = _record_select(pipeline, entity).where(records.c.key.in_(chunk))
-                found.update((key, base) for key, base in conn.execute(query).all())
+                where = {"pipeline": pipeline, "entity": entity, "keys": chunk}
+                found.update((key, base) for key, base in conn.execute(_RECORDS_OF_KEYS, where))
         return found
 
     def mapping_mark(self, pipeline: str, entity: str, member: str) -> str | None:
@@ -992,6 +994,10 @@ class StateStore:
     def open_conflicts(
         self, pipeline: str | None = None, entity: str | None = None
     ) -> list[ConflictRow]:
+        if pipeline is not None and entity is None:  # what every run asks: built once
+            with self._read() as conn:
+                found = conn.execute(_OPEN_CONFLICTS_OF_PIPELINE, {"pipeline": pipeline})
+                return [ConflictRow(*row) for row in found]
         query = _conflict_select().where(conflicts.c.status == "open").order_by(conflicts.c.id)
         if pipeline is not None:
             query = query.where(conflicts.c.pipeline == pipeline)
@@ -1005,14 +1011,10 @@ class StateStore:
     ) -> dict[str, dict[str, dict[str, Any]]]:
         """key -> field with an open conflict -> member -> the value it holds there, as
         last told (``add_conflict``)."""
-        query = sa.select(conflicts.c.key, conflicts.c.field, conflicts.c["values"]).where(
-            conflicts.c.status == "open",
-            conflicts.c.pipeline == pipeline,
-            conflicts.c.entity == entity,
-        )
         fields: dict[str, dict[str, dict[str, Any]]] = {}
         with self._read() as conn:
-            for key, field, values in conn.execute(query):
+            where = {"pipeline": pipeline, "entity": entity}
+            for key, field, values in conn.execute(_OPEN_CONFLICTS, where):
                 fields.setdefault(key, {})[field] = dict(values)
         return fields
 
@@ -1128,21 +1130,17 @@ def _attach_links(
     pipeline: str,
     entity: str,
     found: dict[str, RecordState],
-    link_filter: sa.ColumnElement[bool],
+    link_filter: sa.ColumnElement[bool] | None = None,
 ) -> None:
-    """Fill in the links of `found` with one query (`link_filter` narrows it to their keys)."""
+    """Fill in the links of `found` with one query: the links of their keys, or those
+    `link_filter` picks (a range of keys, say) when it is given."""
     if not found:
         return
-    query = sa.select(
-        links.c.key,
-        links.c.member,
-        links.c.native_id,
-        links.c.native_hash,
-        links.c.last_seen,
-        links.c.dirty,
-        links.c.tombstone,
-    ).where(links.c.pipeline == pipeline, links.c.entity == entity, link_filter)
-    rows = conn.execute(query).all()
+    where: dict[str, Any] = {"pipeline": pipeline, "entity": entity}
+    if link_filter is None:
+        rows = conn.execute(_LINKS_OF_KEYS, {**where, "keys": list(found)}).all()
+    else:
+        rows = conn.execute(_LINK_STATES.where(link_filter), where).all()
     for key, member, native_id, native_hash, last_seen, dirty, tombstone in rows:
         state = found.get(key)
         if state is not None:  # a link's record can only be missing inside a write batch
@@ -1194,6 +1192,40 @@ _PENDING_INTENTS: Final = (
 )
 
 
+_RECORDS_OF_KEYS: Final = sa.select(records.c.key, records.c.base).where(
+    _is(records, "pipeline", "entity"), records.c.key.in_(sa.bindparam("keys", expanding=True))
+)
+_LINK_STATES: Final = sa.select(
+    links.c.key,
+    links.c.member,
+    links.c.native_id,
+    links.c.native_hash,
+    links.c.last_seen,
+    links.c.dirty,
+    links.c.tombstone,
+).where(_is(links, "pipeline", "entity"))
+_LINKS_OF_KEYS: Final = _LINK_STATES.where(links.c.key.in_(sa.bindparam("keys", expanding=True)))
+_OPEN_CONFLICTS: Final = sa.select(conflicts.c.key, conflicts.c.field, conflicts.c["values"]).where(
+    conflicts.c.status == "open", _is(conflicts, "pipeline", "entity")
+)
+_START_RUN: Final = sa.insert(runs).returning(runs.c.id)
+_FINISH_RUN: Final = (
+    sa.update(runs)
+    .where(runs.c.id == sa.bindparam("run"))
+    .values(
+        finished_at=sa.bindparam("finished"),
+        outcome=sa.bindparam("ended_as"),
+        counts=sa.bindparam("run_counts", type_=runs.c.counts.type),
+        errors=sa.bindparam("run_errors", type_=runs.c.errors.type),
+    )
+)
+_PRUNE_JOURNAL: Final = sa.delete(journal).where(
+    _is(journal, "pipeline"),
+    journal.c.state.in_(sorted(_FINAL_INTENT_STATES)),
+    journal.c.finished_at < sa.bindparam("older_than", type_=journal.c.finished_at.type),
+)
+
+
 def _record_select(pipeline: str, entity: str) -> sa.Select[tuple[str, Any]]:
     return sa.select(records.c.key, records.c.base).where(
         records.c.pipeline == pipeline, records.c.entity == entity
@@ -1216,6 +1248,13 @@ def _conflict_select() -> sa.Select[
         conflicts.c.resolution,
         conflicts.c.resolved_at,
     )
+
+
+_OPEN_CONFLICTS_OF_PIPELINE: Final = (
+    _conflict_select()
+    .where(conflicts.c.status == "open", _is(conflicts, "pipeline"))
+    .order_by(conflicts.c.id)
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1772,11 +1811,7 @@ class Tx:
         if older_than.tzinfo is None or older_than.utcoffset() is None:
             raise ValueError(f"older_than must be timezone-aware, got {older_than!r}")
         result = self._conn.execute(
-            sa.delete(journal).where(
-                journal.c.pipeline == pipeline,
-                journal.c.state.in_(sorted(_FINAL_INTENT_STATES)),
-                journal.c.finished_at < older_than,
-            )
+            _PRUNE_JOURNAL, {"pipeline": pipeline, "older_than": older_than}
         )
         return int(result.rowcount)
 
@@ -1846,28 +1881,27 @@ class Tx:
 
     def start_run(self, pipeline: str, dry_run: bool, run_uuid: str) -> int:
         """Record the start of a run; returns its id."""
-        stmt = (
-            sa.insert(runs)
-            .values(
-                run_uuid=run_uuid,
-                pipeline=pipeline,
-                dry_run=dry_run,
-                started_at=_now(),
-                counts={},
-                errors=[],
-            )
-            .returning(runs.c.id)
-        )
-        return int(self._conn.execute(stmt).scalar_one())
+        row = {
+            "run_uuid": run_uuid,
+            "pipeline": pipeline,
+            "dry_run": dry_run,
+            "started_at": _now(),
+            "counts": {},
+            "errors": [],
+        }
+        return int(self._conn.execute(_START_RUN, row).scalar_one())
 
     def finish_run(
         self, run_id: int, outcome: str, counts: dict[str, Any], errors: list[Any]
     ) -> None:
-        result = self._conn.execute(
-            sa.update(runs)
-            .where(runs.c.id == run_id)
-            .values(finished_at=_now(), outcome=outcome, counts=counts, errors=errors)
-        )
+        values = {
+            "run": run_id,
+            "finished": _now(),
+            "ended_as": outcome,
+            "run_counts": counts,
+            "run_errors": errors,
+        }
+        result = self._conn.execute(_FINISH_RUN, values)
         if result.rowcount != 1:
             raise StateError(f"run {run_id} does not exist")
 

@@ -291,6 +291,7 @@ def test_failed_writes_are_not_kept_frozen_until_the_sync_ends(
     write of 3,000 records fails here, 200 to a batch: before, each batch's failed writes
     (about 30 objects each) stayed frozen until the end."""
     from syncengine import collector
+    from syncengine.state import store as state_store
 
     found: list[int] = []
     leave = collector.SyncCollector.leave
@@ -306,6 +307,10 @@ def test_failed_writes_are_not_kept_frozen_until_the_sync_ends(
     for n in range(3_000):
         crm.put("customers", f"c{n}", {"first_name": f"Ann {n}", "email": f"ann{n}@example.com"})
     config = memory_config(tmp_path, {"crm": {}, "books": {}}, batch_size=200)
+    # as below: the statements compiled for the stores of the tests run before this one on
+    # its worker would be evicted during the sync, as garbage
+    state_store._driver_statement.cache_clear()
+    state_store._driver_select.cache_clear()
     gc.collect()
     extra = {"books": {"fail_write": lambda op, entity, ref: True}}
     [result] = api.sync(config, connector_extra=extra)
