@@ -50,18 +50,29 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Compile the package's modules to bytecode once, before any test starts.
+    """Before any test starts: hand the tests to the xdist workers one or two at a time, and
+    compile the package's modules to bytecode once.
 
-    The integration tests start ``syncengine`` as a process well over a thousand times. An
-    editable install is not compiled by pip, and where ``PYTHONDONTWRITEBYTECODE`` is set (this
-    project's Dockerfile sets it, and so do many CI images) no process writes the bytecode it
-    made, so each one compiled every module it imported again: about 0.13 s of CPU a process.
-    Compiling changes nothing a test sees; a module edited later is compiled again by Python
-    as usual. Done once, by the process that starts the xdist workers (or the only one)."""
+    Scheduling: xdist's load scheduler sends each worker a share of the tests up front; with
+    ``maxschedchunk`` at 1 it sends a worker a test as it finishes one (two at the start),
+    so the longest tests, sorted first (``pytest_collection_modifyitems``), start at once on
+    every worker. Set here rather than in ``addopts`` so that ``pytest -p no:xdist`` (or
+    pytest without the plugin) still starts.
+
+    Bytecode: the integration tests start ``syncengine`` as a process well over a thousand
+    times. An editable install is not compiled by pip, and where ``PYTHONDONTWRITEBYTECODE``
+    is set (this project's Dockerfile sets it, and so do many CI images) no process writes
+    the bytecode it made, so each one compiled every module it imported again: about 0.13 s
+    of CPU a process. Compiling changes nothing a test sees; a module edited later is
+    compiled again by Python as usual, and a checkout we may not write to is left as it
+    is. Done once, by the process that starts the xdist workers (or the only one)."""
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("maxschedchunk") is None:
+        config.option.maxschedchunk = 1
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return
     for package in ("syncengine", "connectors", "mappings"):
-        compileall.compile_dir(REPO / package, quiet=1)
+        if os.access(REPO / package, os.W_OK):
+            compileall.compile_dir(REPO / package, quiet=2)
 
 
 def _start_rank(item: pytest.Item) -> tuple[bool, int]:
@@ -75,8 +86,8 @@ def _start_rank(item: pytest.Item) -> tuple[bool, int]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the longest tests first. With ``pytest -n N`` and ``--maxschedchunk=1`` each worker
-    takes the next test as it finishes one, so the long tests start at once, side by side with
+    """Run the longest tests first. With ``pytest -n N`` each worker takes the next test as it
+    finishes one (``pytest_configure``), so the long tests start at once, side by side with
     the short ones, instead of ending the run on one busy worker while the others wait. A
     stable sort: within a rank, collection order (so a module's tests stay together)."""
     items.sort(key=_start_rank)
@@ -88,6 +99,7 @@ def _logging_as_it_was() -> Iterator[None]:
     structlog (``--quiet`` filters out all but errors) and adds the CLI's stdlib handler, and the
     next test on the same xdist worker, whichever it is, must not depend on that."""
     saved = structlog.get_config()
+    saved["processors"] = list(saved["processors"])  # a test may change the list in place
     handlers = list(logging.getLogger().handlers)
     yield
     structlog.configure(**saved)

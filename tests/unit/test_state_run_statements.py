@@ -92,12 +92,16 @@ def test_the_journal_keeps_what_is_pending_new_or_of_another_pipeline(
 
 def test_the_records_and_links_of_some_keys(store: StateStore, sent: list[Any]) -> None:
     with store.transaction() as tx:
-        for entity in (E, "invoices"):
+        # the same keys and members in another entity and another pipeline, with values of
+        # their own: a statement that lost a filter would mix them in
+        for pipeline, entity in ((P, E), (P, "invoices"), ("other", E)):
             for n in range(4):
-                tx.put_record(P, entity, f"k{n}", {"n": n, "entity": entity})
-                tx.put_link(P, entity, f"k{n}", "a", native_id=f"a{n}", native_hash="h",
-                            last_seen={"n": n}, dirty=n == 1)  # fmt: skip
-        tx.put_record("other", E, "k1", {"n": "other"})
+                tx.put_record(pipeline, entity, f"k{n}", {"n": n, "of": f"{pipeline}/{entity}"})
+                tx.put_link(pipeline, entity, f"k{n}", "a", native_id=f"{entity}{n}",
+                            native_hash=pipeline, last_seen={"of": f"{pipeline}/{entity}"},
+                            dirty=(pipeline, entity, n) == (P, E, 1))  # fmt: skip
+            tx.put_link(pipeline, entity, "k3", "c", native_id="c3", native_hash="h",
+                        last_seen=None)  # fmt: skip
         tx.put_link(P, E, "k2", "b", native_id=None, native_hash=None, last_seen=None,
                     tombstone=True)  # fmt: skip
     sent.clear()
@@ -105,20 +109,25 @@ def test_the_records_and_links_of_some_keys(store: StateStore, sent: list[Any]) 
     assert [s for s in sent if s is state_store._RECORDS_OF_KEYS]
     assert [s for s in sent if s is state_store._LINKS_OF_KEYS]
     assert sorted(found) == ["k1", "k2"]
-    assert found["k1"].base == {"n": 1, "entity": E}
+    assert found["k1"].base == {"n": 1, "of": f"{P}/{E}"}
     assert sorted(found["k1"].links) == ["a"] and found["k1"].links["a"].dirty
-    assert found["k1"].links["a"].last_seen == {"n": 1}
+    link = found["k1"].links["a"]
+    assert (link.native_id, link.native_hash, link.last_seen) == (f"{E}1", P, {"of": f"{P}/{E}"})
     assert sorted(found["k2"].links) == ["a", "b"] and found["k2"].links["b"].tombstone
-    assert not found["k2"].links["a"].dirty
+    assert not found["k2"].links["a"].dirty and found["k2"].links["a"].native_id == f"{E}2"
     assert store.load_records(P, E, []) == {}
-    assert store.load_bases(P, "invoices", ["k3", "k9"]) == {"k3": {"n": 3, "entity": "invoices"}}
+    [k3] = store.load_records(P, "invoices", ["k3"]).values()
+    assert {m: x.native_id for m, x in k3.links.items()} == {"a": "invoices3", "c": "c3"}
+    assert store.load_bases(P, "invoices", ["k3", "k9"]) == {"k3": {"n": 3, "of": f"{P}/invoices"}}
 
 
 def test_the_open_conflicts_of_a_pipeline(store: StateStore, sent: list[Any]) -> None:
     with store.transaction() as tx:
         first = tx.add_conflict(P, E, "k1", "email", {"a": "x", "b": "y"}, "z")
         tx.add_conflict(P, "invoices", "k2", "total", {"a": 1, "b": 2}, 0)
-        tx.add_conflict("other", E, "k1", "email", {"a": "x", "b": "y"}, "z")
+        tx.add_conflict("other", E, "k1", "email", {"a": "other", "b": "pipeline"}, "z")
+        tx.add_conflict("other", E, "k9", "phone", {"a": "other", "b": "pipeline"}, "z")
+        tx.add_conflict(P, "invoices", "k1", "email", {"a": "another", "b": "entity"}, "z")
         closed = tx.add_conflict(P, E, "k3", "phone", {"a": "1", "b": "2"}, None)
         tx.resolve_conflict(closed, {"winner": "a"})
     sent.clear()
@@ -127,6 +136,7 @@ def test_the_open_conflicts_of_a_pipeline(store: StateStore, sent: list[Any]) ->
     assert [(r.entity, r.key, r.field) for r in rows] == [
         (E, "k1", "email"),
         ("invoices", "k2", "total"),
+        ("invoices", "k1", "email"),
     ]
     assert rows[0].id == first and rows[0].values == {"a": "x", "b": "y"}
     assert rows == [r for r in store.open_conflicts() if r.pipeline == P]
