@@ -8,12 +8,16 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import structlog
 from hypothesis import HealthCheck, settings
 
 from tests.tools import tool_missing
+
+if TYPE_CHECKING:
+    from syncengine.state import StateStore
 
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=5"
 """Where the PostgreSQL tests connect to create (and drop) their databases."""
@@ -143,3 +147,16 @@ def pg_url() -> Iterator[str]:
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def either_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    """A state store on a SQLite file, then on PostgreSQL (``pg_url``)."""
+    from syncengine.state import StateStore
+
+    url = f"sqlite:///{tmp_path / 'either-state.db'}"
+    if request.param == "postgresql":
+        url = str(request.getfixturevalue("pg_url"))
+    store = StateStore.open(url)
+    yield store
+    store.close()

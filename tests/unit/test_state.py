@@ -541,17 +541,6 @@ def test_intent_ids_are_not_reused_after_pruning(store: StateStore) -> None:
 # -- conflicts ------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def either_store(request: pytest.FixtureRequest, db_path: Path) -> Iterator[StateStore]:
-    """A state store on SQLite, then on PostgreSQL."""
-    url = f"sqlite:///{db_path}"
-    if request.param == "postgresql":
-        url = str(request.getfixturevalue("pg_url"))
-    s = StateStore.open(url)
-    yield s
-    s.close()
-
-
 def test_a_conflict_whose_members_agree_is_closed_by_its_field(
     either_store: StateStore,
 ) -> None:

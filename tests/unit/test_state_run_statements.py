@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,16 +19,6 @@ from syncengine.state import leases as state_leases
 from syncengine.state import store as state_store
 
 P, E = "p", "customers"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    url = f"sqlite:///{tmp_path / 'state.db'}"
-    if request.param == "postgresql":
-        url = str(request.getfixturevalue("pg_url"))
-    s = StateStore.open(url)
-    yield s
-    s.close()
 
 
 @pytest.fixture
@@ -47,8 +36,9 @@ def sent() -> Iterator[list[Any]]:
 
 
 def test_a_runs_row_is_started_and_finished_with_its_values(
-    store: StateStore, sent: list[Any]
+    either_store: StateStore, sent: list[Any]
 ) -> None:
+    store = either_store
     with store.transaction() as tx:
         other = tx.start_run("other", False, "u0")
         run = tx.start_run(P, True, "u1")
@@ -68,8 +58,9 @@ def test_a_runs_row_is_started_and_finished_with_its_values(
 
 
 def test_the_journal_keeps_what_is_pending_new_or_of_another_pipeline(
-    store: StateStore, sent: list[Any]
+    either_store: StateStore, sent: list[Any]
 ) -> None:
+    store = either_store
     rows = [
         {"run_id": "r", "pipeline": p, "entity": E, "key": f"k{n}", "member": "m", "op": "create",
          "payload": {}}
@@ -90,7 +81,8 @@ def test_the_journal_keeps_what_is_pending_new_or_of_another_pipeline(
     assert [i.key for i in store.pending_intents("other")] == ["k1", "k2"]
 
 
-def test_the_records_and_links_of_some_keys(store: StateStore, sent: list[Any]) -> None:
+def test_the_records_and_links_of_some_keys(either_store: StateStore, sent: list[Any]) -> None:
+    store = either_store
     with store.transaction() as tx:
         # the same keys and members in another entity and another pipeline, with values of
         # their own: a statement that lost a filter would mix them in
@@ -121,7 +113,8 @@ def test_the_records_and_links_of_some_keys(store: StateStore, sent: list[Any]) 
     assert store.load_bases(P, "invoices", ["k3", "k9"]) == {"k3": {"n": 3, "of": f"{P}/invoices"}}
 
 
-def test_the_open_conflicts_of_a_pipeline(store: StateStore, sent: list[Any]) -> None:
+def test_the_open_conflicts_of_a_pipeline(either_store: StateStore, sent: list[Any]) -> None:
+    store = either_store
     with store.transaction() as tx:
         first = tx.add_conflict(P, E, "k1", "email", {"a": "x", "b": "y"}, "z")
         tx.add_conflict(P, "invoices", "k2", "total", {"a": 1, "b": 2}, 0)
@@ -146,7 +139,8 @@ def test_the_open_conflicts_of_a_pipeline(store: StateStore, sent: list[Any]) ->
     assert sent == [state_store._OPEN_CONFLICTS]
 
 
-def test_a_pipelines_lease(store: StateStore, sent: list[Any]) -> None:
+def test_a_pipelines_lease(either_store: StateStore, sent: list[Any]) -> None:
+    store = either_store
     assert store.live_lease(P) is None
     with store.transaction() as tx:
         assert tx.acquire_lease(P, "me", 60.0, "sync")
@@ -162,7 +156,10 @@ def test_a_pipelines_lease(store: StateStore, sent: list[Any]) -> None:
     assert other is not None and other.holder == "you"
 
 
-def test_the_webhook_events_no_run_of_a_pipeline_took(store: StateStore, sent: list[Any]) -> None:
+def test_the_webhook_events_no_run_of_a_pipeline_took(
+    either_store: StateStore, sent: list[Any]
+) -> None:
+    store = either_store
     ids = []
     for n, connector in enumerate(["hcp", "crm", "hcp", "hcp", "books"]):
         with store.transaction() as tx:
