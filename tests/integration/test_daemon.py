@@ -483,11 +483,10 @@ def test_daemon_keeps_two_pipelines_in_step_and_stops_cleanly_mid_sync(
         wait_until(lambda: hcp.posts() >= posts_before + 3, 30, "the creates to start", second.text)
         second.signal(signal.SIGTERM)
         second.wait_event("signal received: finishing running syncs, then exiting", 10)
-        signalled = time.monotonic()
         second.signal(signal.SIGTERM)
         assert second.wait(10) == 128 + signal.SIGTERM, second.text()[-4000:]
         forced_at = time.time()
-        assert time.monotonic() - signalled < 5
+        # at once, not after the running syncs: no clock, the log says which way it went
         events = second.events()
         names = [e["event"] for e in events]
         assert "second signal: exiting at once" in names, names[-10:]

@@ -157,10 +157,10 @@ def test_every_command_the_demo_suggests_works_as_printed(tmp_path: Path) -> Non
         assert out[:at].endswith("(needs the sandbox):\n    $ "), (needed, out)
     assert printed[0].endswith(f"--data {folder / 'hcp-data.json'}"), printed[0]
 
-    # Without the sandbox, a command that needs it says so in one line, quickly.
-    started = time.monotonic()
+    # Without the sandbox, a command that needs it says so in one line, quickly: the message
+    # below is the one of a refused connection on this machine, which is tried again only
+    # briefly (its delays: tests/unit/test_http.py), not the one of a backoff given up.
     report = run(printed[kinds.index("reconcile-report")], home, env)
-    assert time.monotonic() - started < 10, "a refused connection on loopback backed off"
     assert_clean_exit(report, 4)  # it could not read; not 1, "the books do not reconcile"
     assert report.stdout == ""
     [line] = report.stderr.splitlines()

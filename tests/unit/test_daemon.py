@@ -361,9 +361,9 @@ def test_shutdown_stops_a_running_sync_and_releases_its_lease(setup: Any) -> Non
     assert entered.wait(10)
     wait_for(lambda: daemon.running == ["p"])  # q's run is quick
     assert store.leases()["p"].holder == "me:1:aaaa"
-    started = time.monotonic()
     assert daemon.shutdown()
-    assert time.monotonic() - started < 3
+    # no clock: a shutdown that did not set the stop event would end the run in slow()'s
+    # failed assertion, counted as failed rather than stopped
     assert daemon.running == [] and "p" not in store.leases()
     assert (
         daemon.metrics.value("syncengine_runs_total", {"pipeline": "p", "outcome": "stopped"}) == 1
