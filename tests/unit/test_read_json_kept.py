@@ -4,11 +4,15 @@ record written after all is decoded back to exactly what was read (``read.Unchan
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from syncengine import jsoncodec, read
 from syncengine.connector import NativeRecord, json_and_hash, raw_hash
@@ -99,3 +103,53 @@ def test_a_record_read_unchanged_and_then_written_keeps_what_it_held(
     assert math.isnan(written.pop("score"))
     assert written == held | {"first_name": "Zoe"}
     assert run(config).plan.actions == []
+
+
+# ------------------------------------------------------------------ jsoncodec.loads's check
+
+
+@given(st.text(alphabet='0123456789-. ,:[]{}"e+x٣', max_size=80))
+def test_the_check_for_a_long_integer_finds_every_run_the_pattern_finds(text: str) -> None:
+    """Every run of twenty ASCII digits, or a minus and nineteen, sends the text the exact
+    way, as the regular expression it replaces did (a digit of another script never is a
+    JSON number's: only that one may now take the fast way)."""
+    wanted = re.search(r"[0-9]{20}|-[0-9]{19}", text) is not None
+    assert jsoncodec._may_hold_long_integer(text) is wanted
+    assert jsoncodec._may_hold_long_integer(text.encode()) is wanted
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats()
+    | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(_JSON)
+def test_loads_gives_back_what_dumps_wrote_from_text_or_bytes(value: Any) -> None:
+    """Integers of any size stay integers, NaN and infinities come back, and UTF-8 bytes
+    read as their text does."""
+    text = jsoncodec.dumps(value)
+    expected = json.loads(json.dumps(value))
+    for given_as in (text, text.encode(), bytearray(text.encode())):
+        back = jsoncodec.loads(given_as)
+        assert _same(back, expected), (given_as, back)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, with NaN equal to NaN and every number of the same type."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
