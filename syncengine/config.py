@@ -66,9 +66,20 @@ class StateSection(_Strict):
     @classmethod
     def _url_ok(cls, value: str) -> str:
         # SQLAlchemy, only when checking
-        from syncengine.state.store import POSTGRES_EXTRA, url_problem
+        from syncengine.state.store import POSTGRES_EXTRA, in_memory, mask_url, url_problem
 
         problem = url_problem(value)
+        if problem is None and in_memory(value):
+            # the links, the journal and the lease would last one command: every run would
+            # start from nothing, and two syncs at once could not see each other (shown as
+            # written unless it holds a password: masking spells ':memory:' as '%3Amemory%3A')
+            shown = mask_url(value) if "@" in value else value
+            problem = (
+                f"state store URL {shown!r} keeps the state in memory, gone when "
+                "the command ends: every run would start without what the last one linked, "
+                "and two syncs at once would not see each other's lease (both could create "
+                "the same new record)"
+            )
         if problem is not None:
             raise _config_problem(
                 problem,

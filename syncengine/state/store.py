@@ -267,6 +267,16 @@ def url_problem(url: str) -> str | None:
     return None
 
 
+def in_memory(url: str) -> bool:
+    """Whether ``url`` names an SQLite database in memory (``sqlite://``,
+    ``sqlite:///:memory:``): a store that lasts as long as the process that opened it."""
+    try:
+        parsed = make_url(url)
+    except (sa_exc.ArgumentError, ValueError):
+        return False
+    return parsed.get_backend_name() == "sqlite" and (parsed.database or "") in ("", ":memory:")
+
+
 POSTGRES_EXTRA = "pip install 'syncengine[postgres]'"
 """What installs the PostgreSQL driver."""
 
@@ -545,12 +555,11 @@ class StateStore:
         ephemeral = False
         try:
             if backend == "sqlite":
-                database = parsed.database or ""
-                if database in ("", ":memory:"):
+                if in_memory(url):
                     engine = _sqlite_engine("sqlite://", memory=True)
                     ephemeral = True
                 else:
-                    path = Path(base_dir, os.path.expanduser(database)).absolute()
+                    path = Path(base_dir, os.path.expanduser(parsed.database or "")).absolute()
                     if not create and not path.exists():
                         engine = _sqlite_engine("sqlite://", memory=True)
                         ephemeral = True

@@ -43,6 +43,7 @@ def _problem_lines(result: CliResult) -> list[str]:
     [
         ("not a url", "state.url: invalid state store URL 'not a url'"),
         ("mysql://sync@db/sync", "state.url: unsupported state store URL 'mysql://sync@db/sync'"),
+        ("sqlite://", "state.url: state store URL 'sqlite://' keeps the state in memory"),
     ],
 )
 def test_validate_reports_all_five_mistakes_in_one_run(

@@ -188,6 +188,20 @@ def test_usable_state_urls_pass(url: str) -> None:
     assert url_problem(url) is None
 
 
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
+def test_a_state_store_in_memory_is_a_problem_of_the_config(tmp_path: Path, url: str) -> None:
+    """The store opens in memory (a dry run on a fresh setup uses one), but a config that
+    names one would have every run start from nothing and two syncs at once not see each
+    other's lease: refused like a URL that is not one, with the same fix."""
+    problem = _one(
+        _problems(_write(tmp_path, state_url=url)), f"{tmp_path / 'config.toml'}: state.url"
+    )
+    assert problem.message.startswith(f"state store URL {url!r} keeps the state in memory"), problem
+    assert "two syncs at once" in problem.message
+    assert problem.fix.startswith('use "sqlite:///PATH"')
+    assert not (tmp_path / "state.db").exists()
+
+
 def test_the_store_refuses_the_urls_validate_refuses(tmp_path: Path) -> None:
     for url in ("not a url", "mysql://db/sync"):
         with pytest.raises(StateError) as info:
