@@ -6,14 +6,27 @@ from __future__ import annotations
 
 import getpass
 import json
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.crashpoints import crash_at, mapping_overrides
 from tests.csvfiles import read_csv, write_csv
-from tests.integration.conftest import CliResult, Sandbox, assert_clean_exit, hcp_books_config
+from tests.holdpoints import HOLD_AT, HOLD_DIR, plugin_env
+from tests.integration.books import assert_nothing_planned
+from tests.integration.conftest import (
+    CLI_TIMEOUT,
+    SYNCENGINE,
+    CliResult,
+    Sandbox,
+    assert_clean_exit,
+    cli_env,
+    hcp_books_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -221,3 +234,79 @@ def test_a_conflict_resolved_from_the_cli_is_audited(
     assert (entry["actor"], entry["action"]) == (getpass.getuser(), "conflicts.resolve")
     assert entry["before"]["values"] == {"hcp": "HCP Side", "books": "Books Side"}
     assert entry["after"] == {"take": "books", "value": "Books Side"}
+
+
+def test_a_delete_approved_while_the_run_that_held_it_goes_on_is_carried_out_once(
+    tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
+) -> None:
+    """A person approves a held delete while the run that held it is still at work on the
+    next entity (held at the books' read of invoices: ``tests/holdpoints.py``). That run
+    ends as it planned, with the record neither deleted in HCP nor given back to the
+    books; the next sync deletes it in HCP, once; the queue is then empty and a sync after
+    it has nothing to do."""
+    box = sandbox_factory(seed=6)
+    entities = ("customers", "invoices")
+    config = hcp_books_config(tmp_path, box.port, deletes="propagate = true\napprove = true")
+    text = config.read_text(encoding="utf-8")
+    text = text.replace('entities = ["customers"]', f"entities = {json.dumps(list(entities))}")
+    text = text.replace(
+        '[connectors.books]\ntype = "spreadsheet"',
+        '[connectors.books]\ntype = "holdpoint"\nwraps = "spreadsheet"',
+    )
+    config.write_text(text + mapping_overrides({"books": "spreadsheet"}, entities), "utf-8")
+    env = {**cli_env(), **plugin_env(tmp_path / "plugin")}
+
+    def run(*args: str, more: dict[str, str] | None = None) -> CliResult:
+        return cli(*args, "--config", config, env={**env, **(more or {})})
+
+    assert_clean_exit(run("sync"), 0)
+    books = tmp_path / "books"
+    billed = {r["Customer Email"].lower() for r in read_csv(books / "invoices.csv")}
+    rows = read_csv(books / "customers.csv")
+    # a customer without invoices: nothing refers to it, so its delete is the person's call
+    gone = next(r for r in rows if r["Email"] and r["Email"].lower() not in billed)
+    write_csv(books / "customers.csv", [r for r in rows if r is not gone])
+    customers = len(box.customers())
+
+    hold = tmp_path / "hold"
+    held_env = {HOLD_AT: crash_at("books", "read", "invoices", n=1, when="before")}
+    held_env[HOLD_DIR] = str(hold)
+    first = subprocess.Popen(
+        [str(SYNCENGINE), "sync", "--config", str(config), "--json"],
+        env={**env, **held_env},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + CLI_TIMEOUT
+        while not (hold / "held").exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.02)
+        # the customers are applied and their delete is held: a person approves it now
+        [item] = _json(run("deletes", "list", "--json"))
+        assert (item["hub_key"], item["member"]) == (gone["Sync ID"], "books"), item
+        assert_clean_exit(run("deletes", "approve", str(item["id"])), 0)
+    finally:
+        (hold / "release").touch()
+    out, err = first.communicate(timeout=CLI_TIMEOUT)
+    assert first.returncode == 0, err
+    assert json.loads(out)["entities"]["customers"]["held_deletes"] == 1
+    assert len(box.customers()) == customers, "the run that held it deleted it after all"
+    ids = [r["Sync ID"] for r in read_csv(books / "customers.csv")]
+    assert gone["Sync ID"] not in ids, "the run that held it gave it back to the books"
+    assert _json(run("deletes", "list", "--json")) == [], "approved: no longer awaiting"
+
+    after = run("sync", "--json")
+    assert_clean_exit(after, 0)
+    assert json.loads(after.stdout)["entities"]["customers"]["hcp"]["delete"] == 1
+    assert len(box.customers()) == customers - 1
+    assert gone["Email"].lower() not in {(c.get("email") or "").lower() for c in box.customers()}
+    assert _json(run("deletes", "list", "--json")) == []
+    quiet = run("sync", "--json")
+    assert_clean_exit(quiet, 0)
+    assert_nothing_planned(json.loads(quiet.stdout))
+    assert len(box.customers()) == customers - 1
+    actions = [e["action"] for e in _json(run("audit", "--json"))]
+    assert actions == ["delete.approve"]
