@@ -339,8 +339,15 @@ def test_reload_keeps_the_old_config_when_the_new_one_is_invalid(
 # ------------------------------------------------------------------ shutdown, health, HTTP
 
 
-def test_shutdown_stops_a_running_sync_and_releases_its_lease(setup: Any) -> None:
+def test_shutdown_stops_a_running_sync_and_releases_its_lease(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config, store, _ = setup
+
+    def exit_now(code: int) -> None:
+        raise AssertionError(f"shutdown gave up on the running sync and exited {code}")
+
+    monkeypatch.setattr("syncengine.daemon._flush_and_exit", exit_now)
     entered = threading.Event()
 
     def slow(

@@ -122,6 +122,8 @@ _JSON = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(min_value=-(10**30), max_value=10**30)
+    # at the edges of what orjson reads as an integer, 19 to 21 digits
+    | st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, -(10**19)])
     | st.floats()
     | st.text(max_size=20),
     lambda inner: (

@@ -122,10 +122,19 @@ def test_an_analyze_waits_for_a_held_lock_only_so_long(
     from syncengine.state import store as state_store
 
     monkeypatch.setattr(state_store, "ANALYZE_WAIT", "300ms")
+    sent: list[str] = []
     with StateStore.open(pg_url) as store, store.engine.connect() as other:
+
+        @sa.event.listens_for(store.engine, "before_cursor_execute")
+        def noted(*args: object) -> None:
+            sent.append(str(args[2]))
+
         other.exec_driver_sql("BEGIN")
         other.exec_driver_sql("LOCK TABLE links IN SHARE UPDATE EXCLUSIVE MODE")
         with pytest.raises(StateError, match="lock timeout"):  # not waited for, for ever
             store.refresh_statistics()
+        # no clock: the wait PostgreSQL was given is the one set
+        assert "SET LOCAL lock_timeout = '300ms'" in sent, sent
+        sa.event.remove(store.engine, "before_cursor_execute", noted)
         other.exec_driver_sql("ROLLBACK")
         store.refresh_statistics()  # once the lock is gone
