@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -113,3 +115,37 @@ def plugin_env(folder: Path) -> dict[str, str]:
         encoding="utf-8",
     )
     return {"PYTHONPATH": os.pathsep.join([str(folder), str(REPO_ROOT)])}
+
+
+def start_held(
+    argv: Sequence[str],
+    *,
+    at: str,
+    hold: Path,
+    env: Mapping[str, str],
+    cwd: Path,
+    timeout: float,
+) -> subprocess.Popen[str]:
+    """Start ``argv`` (a ``syncengine`` command whose config has a ``holdpoint`` member) held
+    at ``at`` (as ``CRASH_AT``), its hold files in ``hold``; return once it waits there.
+    A process that ends first, or does not get there within ``timeout`` seconds, fails the
+    test with what it printed. Let it go on with ``(hold / "release").touch()``."""
+    proc = subprocess.Popen(
+        list(argv),
+        env={**env, HOLD_AT: at, HOLD_DIR: str(hold)},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    while not (hold / "held").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            out, err = proc.communicate(timeout=timeout)
+            raise AssertionError(
+                f"{' '.join(argv)} never reached its hold point {at}:\n{out}\n{err}"
+            )
+        time.sleep(0.02)
+    return proc

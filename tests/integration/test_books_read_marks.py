@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from syncengine.engine import SyncResult
 from tests.crashpoints import mapping_overrides
 from tests.csvfiles import read_csv_table, write_csv
 from tests.helpers import ops
-from tests.holdpoints import HOLD_AT, HOLD_DIR, plugin_env
+from tests.holdpoints import plugin_env, start_held
 from tests.integration.conftest import (
     CLI_TIMEOUT,
     SYNCENGINE,
@@ -297,20 +295,15 @@ def test_a_file_edited_after_the_run_read_it_by_its_mark_is_not_written_over(
         sandbox._client.put(f"/customers/{customer['id']}", json={"company": "From HCP"})
 
         hold = folder / "hold"
-        held_env = {**env, HOLD_AT: f"books:{held}:customers:1:before", HOLD_DIR: str(hold)}
-        proc = subprocess.Popen(
+        proc = start_held(
             [str(SYNCENGINE), "sync", "--config", str(config)],
-            env=held_env,
+            at=f"books:{held}:customers:1:before",
+            hold=hold,
+            env=env,
             cwd=folder,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            timeout=CLI_TIMEOUT,
         )
         try:
-            deadline = time.monotonic() + CLI_TIMEOUT
-            while not (hold / "held").exists():
-                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-                time.sleep(0.02)
             table = read_csv_table(sheet)
             [row] = [r for r in table.rows if r["Email"] == other]
             row["Company"] = "Typed Meanwhile"

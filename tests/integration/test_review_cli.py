@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ import pytest
 
 from tests.crashpoints import crash_at, mapping_overrides
 from tests.csvfiles import read_csv, write_csv
-from tests.holdpoints import HOLD_AT, HOLD_DIR, plugin_env
+from tests.holdpoints import plugin_env, start_held
 from tests.integration.books import assert_nothing_planned
 from tests.integration.conftest import (
     CLI_TIMEOUT,
@@ -269,21 +267,15 @@ def test_a_delete_approved_while_the_run_that_held_it_goes_on_is_carried_out_onc
     customers = len(box.customers())
 
     hold = tmp_path / "hold"
-    held_env = {HOLD_AT: crash_at("books", "read", "invoices", n=1, when="before")}
-    held_env[HOLD_DIR] = str(hold)
-    first = subprocess.Popen(
+    first = start_held(
         [str(SYNCENGINE), "sync", "--config", str(config), "--json"],
-        env={**env, **held_env},
+        at=crash_at("books", "read", "invoices", n=1, when="before"),
+        hold=hold,
+        env=env,
         cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        timeout=CLI_TIMEOUT,
     )
     try:
-        deadline = time.monotonic() + CLI_TIMEOUT
-        while not (hold / "held").exists():
-            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-            time.sleep(0.02)
         # the customers are applied and their delete is held: a person approves it now
         [item] = _json(run("deletes", "list", "--json"))
         assert (item["hub_key"], item["member"]) == (gone["Sync ID"], "books"), item

@@ -19,7 +19,6 @@ import json
 import signal
 import socket
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import pytest
 from syncengine.state import StateStore
 from tests.crashpoints import crash_at, mapping_overrides
 from tests.csvfiles import read_csv_table, write_csv
-from tests.holdpoints import HOLD_AT, HOLD_DIR, plugin_env
+from tests.holdpoints import plugin_env, start_held
 from tests.integration.books import assert_nothing_planned
 from tests.integration.conftest import (
     CLI_TIMEOUT,
@@ -66,29 +65,24 @@ class Setup:
 
     def start_held(self, *args: str, at: str = HOLD) -> subprocess.Popen[str]:
         """``syncengine sync ARGS`` held at ``at``: returns once it waits there."""
-        hold = self.folder / "hold"
-        env = {**self.env, HOLD_AT: at, HOLD_DIR: str(hold)}
-        return self.start(*args, env=env, wait_for=hold / "held")
-
-    def start(
-        self, *args: str, env: dict[str, str] | None = None, wait_for: Path | None = None
-    ) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
+        return start_held(
             [str(SYNCENGINE), "sync", "--config", str(self.config), *args],
-            env=env or self.env,
+            at=at,
+            hold=self.folder / "hold",
+            env=self.env,
+            cwd=self.folder,
+            timeout=CLI_TIMEOUT,
+        )
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [str(SYNCENGINE), "sync", "--config", str(self.config), *args],
+            env=self.env,
             cwd=self.folder,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        if wait_for is not None:
-            deadline = time.monotonic() + CLI_TIMEOUT
-            while not wait_for.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    out, err = proc.communicate(timeout=CLI_TIMEOUT)
-                    pytest.fail(f"the first sync never reached its hold point:\n{out}\n{err}")
-                time.sleep(0.02)
-        return proc
 
     def release(self) -> None:
         (self.folder / "hold" / "release").touch()
