@@ -71,9 +71,9 @@ class StateSection(_Strict):
         problem = url_problem(value)
         if problem is None and in_memory(value):
             # the links, the journal and the lease would last one command: every run would
-            # start from nothing, and two syncs at once could not see each other (shown as
-            # written unless it holds a password: masking spells ':memory:' as '%3Amemory%3A')
-            shown = mask_url(value) if "@" in value else value
+            # start from nothing, and two syncs at once could not see each other (masked,
+            # with the colons of ':memory:' put back)
+            shown = mask_url(value).replace("%3A", ":")
             problem = (
                 f"state store URL {shown!r} keeps the state in memory, gone when "
                 "the command ends: every run would start without what the last one linked, "

@@ -129,7 +129,10 @@ def start_held(
     """Start ``argv`` (a ``syncengine`` command whose config has a ``holdpoint`` member) held
     at ``at`` (as ``CRASH_AT``), its hold files in ``hold``; return once it waits there.
     A process that ends first, or does not get there within ``timeout`` seconds, fails the
-    test with what it printed. Let it go on with ``(hold / "release").touch()``."""
+    test with what it printed. Let it go on with ``(hold / "release").touch()``. ``hold``
+    must not hold the files of an earlier hold (the process would not wait)."""
+    left = [f.name for f in (hold / "held", hold / "release") if f.exists()]
+    assert not left, f"{hold} holds {left} from an earlier hold point: give each its own folder"
     proc = subprocess.Popen(
         list(argv),
         env={**env, HOLD_AT: at, HOLD_DIR: str(hold)},

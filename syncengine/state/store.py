@@ -244,8 +244,11 @@ def mask_url(url: str) -> str:
 def url_problem(url: str) -> str | None:
     """Why `url` cannot name a state store, or None when it can; nothing is connected to.
 
-    Checks the URL's form, its database (SQLite or PostgreSQL) and, for PostgreSQL, that its
-    driver is installed. `StateStore.open` refuses the same URLs with the same words."""
+    Checks the URL's form, its database (SQLite or PostgreSQL), that an SQLite URL names a
+    file by its path (not a URI filename, which the store would take for a path) and, for
+    PostgreSQL, that its driver is installed. `StateStore.open` refuses the same URLs with
+    the same words. (A config also refuses an SQLite database in memory, ``in_memory``; the
+    store opens one where the code asks for it: a dry run on a fresh setup.)"""
     display = mask_url(url)
     try:
         parsed = make_url(url)
@@ -256,6 +259,13 @@ def url_problem(url: str) -> str | None:
         return (
             f"unsupported state store URL {display!r}: only SQLite and PostgreSQL "
             f"are supported ({_URL_EXAMPLES})"
+        )
+    if backend == "sqlite" and any(k.lower() == "uri" for k in parsed.query):
+        # the store resolves the database as a path against the config's folder: a URI
+        # filename (file:...?mode=memory) became a file of that odd name, made 0644
+        return (
+            f"state store URL {display!r} names the database as an SQLite URI (uri=...), "
+            f"which is not supported; give the file's path ({_URL_EXAMPLES})"
         )
     if backend == "postgresql":
         try:

@@ -188,18 +188,51 @@ def test_usable_state_urls_pass(url: str) -> None:
     assert url_problem(url) is None
 
 
-@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:"])
-def test_a_state_store_in_memory_is_a_problem_of_the_config(tmp_path: Path, url: str) -> None:
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("sqlite://", "sqlite://"),
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        ("sqlite+pysqlite://", "sqlite+pysqlite://"),
+        (
+            "sqlite://?password=Sup3rS3cretPw",
+            "sqlite://?password=%2A%2A%2A",
+        ),  # as mask_url shows it
+        ("sqlite://me:Sup3rS3cretPw@/", "sqlite://me:***@/"),
+    ],
+)
+def test_a_state_store_in_memory_is_a_problem_of_the_config(
+    tmp_path: Path, url: str, shown: str
+) -> None:
     """The store opens in memory (a dry run on a fresh setup uses one), but a config that
     names one would have every run start from nothing and two syncs at once not see each
     other's lease: refused like a URL that is not one, with the same fix."""
     problem = _one(
         _problems(_write(tmp_path, state_url=url)), f"{tmp_path / 'config.toml'}: state.url"
     )
-    assert problem.message.startswith(f"state store URL {url!r} keeps the state in memory"), problem
+    assert problem.message.startswith(f"state store URL {shown!r} keeps the state in memory")
     assert "two syncs at once" in problem.message
     assert problem.fix.startswith('use "sqlite:///PATH"')
+    assert "Sup3rS3cretPw" not in str(problem)
     assert not (tmp_path / "state.db").exists()
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///file::memory:?cache=shared&uri=true", "sqlite:///file:m?mode=memory&URI=1"]
+)
+def test_an_sqlite_uri_filename_is_refused_before_anything_is_made(
+    tmp_path: Path, url: str
+) -> None:
+    """The store takes the database for a path beside the config: a URI filename made a file
+    of that odd name (world-readable), beside an empty one the store had tightened."""
+    assert url_problem(url) is not None and "SQLite URI" in (url_problem(url) or "")
+    problem = _one(
+        _problems(_write(tmp_path, state_url=url)), f"{tmp_path / 'config.toml'}: state.url"
+    )
+    assert problem.fix.startswith('use "sqlite:///PATH"')
+    with pytest.raises(StateError, match="SQLite URI"):
+        StateStore.open(url, base_dir=str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml"]
 
 
 def test_the_store_refuses_the_urls_validate_refuses(tmp_path: Path) -> None:
