@@ -13,6 +13,7 @@ nothing is stored or compared differently from before:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -69,10 +70,10 @@ def dumps_sorted(value: Any, default: Callable[[Any], Any] = str) -> bytes:
 def loads(text: str | bytes) -> Any:
     """The value of JSON text written by ``dumps`` (or by the standard library before it)."""
     if not _may_hold_long_integer(text):
-        try:
-            return orjson.loads(text)  # UTF-8 bytes as they are: no text made of them first
-        except orjson.JSONDecodeError:  # NaN or Infinity, as the standard library writes them
-            pass
+        # UTF-8 bytes as they are: no text made of them first; what orjson refuses (NaN or
+        # Infinity, as the standard library writes them) is read below
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(text)
     return json.loads(text.decode() if isinstance(text, bytes | bytearray) else text)
 
 

@@ -284,6 +284,10 @@ def in_memory(url: str) -> bool:
         parsed = make_url(url)
     except (sa_exc.ArgumentError, ValueError):
         return False
+    return _in_memory(parsed)
+
+
+def _in_memory(parsed: URL) -> bool:
     return parsed.get_backend_name() == "sqlite" and (parsed.database or "") in ("", ":memory:")
 
 
@@ -565,7 +569,7 @@ class StateStore:
         ephemeral = False
         try:
             if backend == "sqlite":
-                if in_memory(url):
+                if _in_memory(parsed):
                     engine = _sqlite_engine("sqlite://", memory=True)
                     ephemeral = True
                 else:
