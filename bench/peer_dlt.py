@@ -16,6 +16,10 @@ subprocess whose own peak RSS is taken from ``os.wait4``:
                   an empty CSV folder (the initial sync), then the same sync again
                   (``no-change``, which must plan nothing).
 
+``--rounds K`` then alternates dlt's load and the initial sync K - 1 more times per size, each
+round in fresh folders, and prints every round's ratio and the median: on a shared host one
+busy moment moves a single round's ratio by a tenth.
+
 ``--latency`` runs issue 12's "real latency" case instead: the initial sync against a sandbox
 that waits ``--latency-ms`` (default 100) per request, once at ``rate_limit = 2`` (wall time
 against the bound ``requests / rate``) and once without a rate limit at ``concurrency = 4``.
@@ -581,6 +585,8 @@ def run_size(args: argparse.Namespace, customers: int) -> dict[str, Any]:
             row["sandbox"]["rss_end_mib"] = round(sandbox.rss_mib(), 1)
             if args.profile:
                 row["profile"] = profile_initial(sandbox, folder, rate, args.concurrency)
+            if args.rounds > 1:
+                row["rounds"] = more_rounds(sandbox, folder, args, rate, row)
     floor_s = row["floor"]["seconds"]
     row["ratios"] = {
         "syncengine_dlt": row["initial"]["seconds"] / row["dlt"]["seconds"],
@@ -591,6 +597,54 @@ def run_size(args: argparse.Namespace, customers: int) -> dict[str, Any]:
         "no_change_floor": row["no_change"]["seconds"] / floor_s,
     }
     return row
+
+
+def more_rounds(
+    sandbox: Sandbox, folder: Path, args: argparse.Namespace, rate: float, first: dict[str, Any]
+) -> dict[str, Any]:
+    """Rounds 2 to ``--rounds`` of the side-by-side: dlt's load, then syncengine's initial
+    sync, each round in fresh folders (a new duckdb, a new state store and empty books), so
+    that a busy moment of the host shows as one round's ratio rather than as the result.
+    Round 1 is the one measured above; returns every round's seconds and ratio, and the
+    median ratio."""
+    rounds = [
+        {
+            "dlt_s": first["dlt"]["seconds"],
+            "syncengine_s": first["initial"]["seconds"],
+            "ok": first["initial"]["ok"] and not first["dlt"].get("problem"),
+        }
+    ]
+    for n in range(2, args.rounds + 1):
+        here = folder / f"round-{n}"
+        here.mkdir()
+        dlt = measure_dlt(sandbox, here)
+        se_dir = here / "syncengine"
+        se_dir.mkdir()
+        config, books = write_config(se_dir, sandbox.url, rate, args.concurrency)
+        initial = measure_sync(
+            sandbox, se_dir, config, books, "initial", {"books.create": sandbox.customers}
+        )
+        rounds.append(
+            {
+                "dlt_s": dlt["seconds"],
+                "syncengine_s": initial["seconds"],
+                "ok": initial["ok"] and not dlt.get("problem"),
+            }
+        )
+        print(
+            f"round {n}      dlt {dlt['seconds']:.2f} s, syncengine {initial['seconds']:.2f} s: "
+            f"{initial['seconds'] / dlt['seconds']:.2f}x"
+            + ("" if rounds[-1]["ok"] else "  PROBLEM: a run did not load what it should"),
+            flush=True,
+        )
+    for r in rounds:
+        r["ratio"] = r["syncengine_s"] / r["dlt_s"]
+    ratios = [r["ratio"] for r in rounds]
+    return {
+        "each": rounds,
+        "median_ratio": statistics.median(ratios),
+        "ok": all(r["ok"] for r in rounds),
+    }
 
 
 def run_latency(args: argparse.Namespace, customers: int) -> dict[str, Any]:
@@ -713,6 +767,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['customers']:>7}  {'sandbox':<10} {r['sandbox']['rss_end_mib']:>8.0f}  "
             f"(RSS at the end; seeded in {r['sandbox']['start_s']} s)"
         )
+    rounded = [r for r in rows if "rounds" in r]
+    if rounded:
+        print("\nsyncengine's initial sync / dlt's load, round by round (fresh folders each round)")
+        for r in rounded:
+            each = "  ".join(f"{x['ratio']:.2f}" for x in r["rounds"]["each"])
+            print(
+                f"{r['customers']:>7}  median {r['rounds']['median_ratio']:.2f}  "
+                f"rounds {each}{'' if r['rounds']['ok'] else '  PROBLEM: see above'}"
+            )
     problems = [
         f"{r['customers']} {key}: {r[key]['problem']}"
         for r in rows
@@ -893,6 +956,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=3,
         metavar="K",
         help="passes of the floor loop (one process); the median is used (default 3)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="alternate dlt's load and syncengine's initial sync K times per size (fresh "
+        "folders each round) and report every round's ratio and the median (default 1)",
     )
     parser.add_argument(
         "--latency",
