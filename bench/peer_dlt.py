@@ -17,8 +17,9 @@ subprocess whose own peak RSS is taken from ``os.wait4``:
                   (``no-change``, which must plan nothing).
 
 ``--rounds K`` then alternates dlt's load and the initial sync K - 1 more times per size, each
-round in fresh folders, and prints every round's ratio and the median: on a shared host one
-busy moment moves a single round's ratio by a tenth.
+round in fresh folders, and prints every round's ratio and the median of those without a
+problem (each round's problems are listed at the end): on a shared host one busy moment moves
+a single round's ratio by a tenth. The other tables are round 1's.
 
 ``--latency`` runs issue 12's "real latency" case instead: the initial sync against a sandbox
 that waits ``--latency-ms`` (default 100) per request, once at ``rate_limit = 2`` (wall time
@@ -605,15 +606,9 @@ def more_rounds(
     """Rounds 2 to ``--rounds`` of the side-by-side: dlt's load, then syncengine's initial
     sync, each round in fresh folders (a new duckdb, a new state store and empty books), so
     that a busy moment of the host shows as one round's ratio rather than as the result.
-    Round 1 is the one measured above; returns every round's seconds and ratio, and the
-    median ratio."""
-    rounds = [
-        {
-            "dlt_s": first["dlt"]["seconds"],
-            "syncengine_s": first["initial"]["seconds"],
-            "ok": first["initial"]["ok"] and not first["dlt"].get("problem"),
-        }
-    ]
+    Round 1 is the one measured above. Returns every round's seconds, ratio and problems, and
+    the median ratio of the rounds without a problem (None when every round had one)."""
+    rounds = [_round(1, first["dlt"], first["initial"])]
     for n in range(2, args.rounds + 1):
         here = folder / f"round-{n}"
         here.mkdir()
@@ -624,26 +619,30 @@ def more_rounds(
         initial = measure_sync(
             sandbox, se_dir, config, books, "initial", {"books.create": sandbox.customers}
         )
-        rounds.append(
-            {
-                "dlt_s": dlt["seconds"],
-                "syncengine_s": initial["seconds"],
-                "ok": initial["ok"] and not dlt.get("problem"),
-            }
-        )
+        rounds.append(_round(n, dlt, initial))
         print(
             f"round {n}      dlt {dlt['seconds']:.2f} s, syncengine {initial['seconds']:.2f} s: "
-            f"{initial['seconds'] / dlt['seconds']:.2f}x"
-            + ("" if rounds[-1]["ok"] else "  PROBLEM: a run did not load what it should"),
+            f"{rounds[-1]['ratio']:.2f}x"
+            + "".join(f"  PROBLEM: {p}" for p in rounds[-1]["problems"]),
             flush=True,
         )
-    for r in rounds:
-        r["ratio"] = r["syncengine_s"] / r["dlt_s"]
-    ratios = [r["ratio"] for r in rounds]
+    good = [r["ratio"] for r in rounds if not r["problems"]]
+    return {"each": rounds, "median_ratio": statistics.median(good) if good else None}
+
+
+def _round(n: int, dlt: dict[str, Any], initial: dict[str, Any]) -> dict[str, Any]:
+    """One round of the side-by-side: its seconds, its ratio, and what went wrong in it."""
+    problems = [
+        f"round {n} {name}: {m['problem']}"
+        for name, m in (("dlt", dlt), ("initial", initial))
+        if m.get("problem")
+    ]
     return {
-        "each": rounds,
-        "median_ratio": statistics.median(ratios),
-        "ok": all(r["ok"] for r in rounds),
+        "round": n,
+        "dlt_s": dlt["seconds"],
+        "syncengine_s": initial["seconds"],
+        "ratio": initial["seconds"] / dlt["seconds"],
+        "problems": problems,
     }
 
 
@@ -723,7 +722,7 @@ def routes_text(log: dict[str, Any]) -> str:
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
         "\nTimes (seconds; syncengine and dlt: whole process, spawn to exit; "
-        "in brackets: engine's duration_s / dlt's pipeline.run)"
+        "in brackets: engine's duration_s / dlt's pipeline.run; with --rounds, round 1)"
     )
     head = (
         f"{'N':>7}  {'floor s':>7}  {'dlt s':>15}  {'syncengine s':>15}  {'se/dlt':>6}  "
@@ -769,18 +768,27 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
     rounded = [r for r in rows if "rounds" in r]
     if rounded:
-        print("\nsyncengine's initial sync / dlt's load, round by round (fresh folders each round)")
+        print(
+            "\nsyncengine's initial sync / dlt's load, round by round (fresh folders each round; "
+            "the tables above are round 1's); the median leaves out rounds with a problem"
+        )
         for r in rounded:
-            each = "  ".join(f"{x['ratio']:.2f}" for x in r["rounds"]["each"])
-            print(
-                f"{r['customers']:>7}  median {r['rounds']['median_ratio']:.2f}  "
-                f"rounds {each}{'' if r['rounds']['ok'] else '  PROBLEM: see above'}"
+            each = "  ".join(
+                f"{x['ratio']:.2f}{'!' if x['problems'] else ''}" for x in r["rounds"]["each"]
             )
+            median = r["rounds"]["median_ratio"]
+            shown = "none" if median is None else f"{median:.2f}"
+            print(f"{r['customers']:>7}  median {shown}  rounds {each}")
     problems = [
         f"{r['customers']} {key}: {r[key]['problem']}"
         for r in rows
         for key in ("dlt", "initial", "no_change")
         if r[key].get("problem")
+    ] + [
+        f"{r['customers']} {p}"
+        for r in rounded
+        for x in r["rounds"]["each"][1:]  # round 1's are the runs above
+        for p in x["problems"]
     ]
     for problem in problems:
         print("PROBLEM:", problem)
@@ -982,7 +990,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=1, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds: {args.rounds} is not a number of rounds (1 or more)")
+    if args.rounds > 1 and args.latency:
+        parser.error("--rounds applies to the side-by-side with dlt, not to --latency")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
