@@ -430,9 +430,10 @@ class Engine:
         reads cost requests start reading the entity ``then`` (the next one) once this one
         is read, so that their waiting overlaps its planning and applying."""
         members = [open_member(pipeline, connectors[m], entity, refs) for m in pipeline.members]
-        COLLECTOR.settle()
-        planned = self.plan_entity(pipeline, entity, members, recovery, refs, hold_deletes=True)
-        if then is not None:
+
+        def read_next() -> None:
+            if then is None:
+                return
             for name in pipeline.members:
                 connector = connectors[name]
                 if connector.reads_ahead and (name, then) not in self._ahead:
@@ -440,6 +441,11 @@ class Engine:
                     self._ahead[(name, then)] = ReadAhead(
                         self.store, pipeline.name, then, ahead, self._named(name, then)
                     )
+
+        COLLECTOR.settle()
+        planned = self.plan_entity(
+            pipeline, entity, members, recovery, refs, hold_deletes=True, when_read=read_next
+        )
         ent = planned.plan
         result.plan.entities.append(ent)
         outcome = EntityOutcome(ent)
@@ -693,6 +699,7 @@ class Engine:
         refs: References | None = None,
         *,
         hold_deletes: bool = False,
+        when_read: Callable[[], None] | None = None,
     ) -> PlannedEntity:
         """Plan one entity: read every member, settle the creates an interrupted run left
         from those reads (``recovery.settle_creates``), find the hub records that need a look,
@@ -701,7 +708,10 @@ class Engine:
 
         With ``hold_deletes``, deletes of records other entities of the pipeline may refer
         to are planned (they count towards the mass-delete guard) but held out of the plan
-        (``PlannedEntity.held``), to be decided once those entities are planned."""
+        (``PlannedEntity.held``), to be decided once those entities are planned.
+
+        ``when_read`` is called once every member's read is taken, before anything is planned
+        (``_sync_entity`` starts reading the next entity then)."""
         ent = EntityPlan(entity, tuple(m.name for m in members))
         planned = PlannedEntity(ent)
         reads: dict[str, MemberRead] = {}
@@ -717,6 +727,8 @@ class Engine:
                 self._named(member.name, entity),
             )
             ent.seen[member.name] = reads[member.name].count
+        if when_read is not None:
+            when_read()
         planned.approved = self._approved(pipeline, entity)
         if not self.allow_mass_delete:
             ent.guard = empty_member_guard(entity, reads)
