@@ -6,9 +6,12 @@ table in ``syncengine.exit_codes`` (``ExitCode``), plus 130 for Ctrl-C.
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import json
+import os
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -1795,5 +1798,44 @@ def main() -> None:
     app()
 
 
+def entry() -> NoReturn:
+    """The ``syncengine`` console script: run the command (``main``), then end the process
+    without the interpreter's teardown once everything that should outlive a command is done.
+
+    A one-shot ``sync`` of many records leaves many objects alive; freeing them one by one at
+    exit takes a noticeable part of the run (0.16-0.25 s of a 2-3 s sync), and nothing needs
+    it: the state store is closed by the command itself, the output is flushed here, and the
+    exit handlers (the log files' final flush among them) still run. While a thread that is
+    not a daemon still runs (none does after a command returns, but a plugin could start
+    one), the interpreter ends the usual way, waiting for it."""
+    try:
+        main()
+        status: object = 0
+    except SystemExit as exc:
+        status = exc.code
+    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
+    if any(t.is_alive() and not t.daemon for t in others):
+        raise SystemExit(status)
+    code = _exit_code(status)
+    atexit._run_exitfuncs()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: let the interpreter report it as it does
+        raise SystemExit(status) from None
+    os._exit(code)
+
+
+def _exit_code(status: object) -> int:
+    """The process's exit code for ``SystemExit(status)``, as the interpreter makes it: None
+    is 0, a number is itself, anything else is printed on stderr and is 1."""
+    if status is None:
+        return 0
+    if isinstance(status, int):
+        return status
+    print(status, file=sys.stderr)
+    return 1
+
+
 if __name__ == "__main__":
-    main()
+    entry()
