@@ -286,9 +286,11 @@ class Connector(ABC):
     a decimal) would come back changed: leave it False then."""
     reads_ahead: ClassVar[bool] = False
     """True when reads cost requests (an API behind a rate limit): the engine starts reading
-    the pipeline's next entity while it still applies the one before (``read.ReadAhead``),
-    so that the waiting overlaps its work. Such a connector must take a read from another
-    thread than its writes."""
+    the pipeline's next entity once the one before is read, while it still plans and applies
+    it (``read.ReadAhead``), so that the waiting overlaps its work. Such a connector must take
+    a read from another thread than the engine's own calls: its writes, and what planning
+    asks (``get`` for unseen records, ``find`` when settling an interrupted create,
+    ``prepare``)."""
 
     def __init__(self, options: ConnectorOptions, context: ConnectorContext) -> None:
         self.options = options

@@ -133,7 +133,7 @@ class MemberRead:
 
 class ReadAhead:
     """A member's read of an entity started in a thread before the engine gets to it (while
-    it still applies the entity before), handed over record by record as it comes.
+    it still plans and applies the entity before), handed over record by record as it comes.
 
     At most ``size`` records wait to be taken: memory holds a few pages, not the entity. An
     error of the read is raised where the engine takes the record it stopped at. ``cancel``

@@ -6,6 +6,7 @@ a thread that is not a daemon must still be waited for."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -29,8 +30,16 @@ def _run(body: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         cli.entry()
         """
     ).format(body=textwrap.indent(textwrap.dedent(body), "    "))
+    # stdout to a pipe is block-buffered then (PYTHONUNBUFFERED, which the CLI tests set,
+    # would hide a missing flush)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     return subprocess.run(
-        [sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -38,20 +47,21 @@ def test_output_larger_than_a_pipe_and_the_exit_code_survive(tmp_path: Path) -> 
     done = _run(
         """\
         sys.stdout.write("x" * 1_000_000 + "\\n")
+        sys.stdout.write("then a little, buffered")
         sys.stderr.write("said on stderr\\n")
         sys.exit(3)
         """,
         tmp_path,
     )
     assert done.returncode == 3, done.stderr
-    assert done.stdout == "x" * 1_000_000 + "\n"
+    assert done.stdout == "x" * 1_000_000 + "\nthen a little, buffered"
     assert done.stderr == "said on stderr\n"
     assert (tmp_path / "atexit-ran").read_text() == "yes"
 
 
-def test_a_command_that_returns_exits_0(tmp_path: Path) -> None:
-    done = _run('print("fine")', tmp_path)
-    assert (done.returncode, done.stdout) == (0, "fine\n")
+def test_a_command_that_returns_exits_0_with_its_buffered_output(tmp_path: Path) -> None:
+    done = _run('print("fine")\nsys.stdout.write("no line end")', tmp_path)
+    assert (done.returncode, done.stdout) == (0, "fine\nno line end")
     assert (tmp_path / "atexit-ran").exists()
 
 

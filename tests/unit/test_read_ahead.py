@@ -139,3 +139,40 @@ def test_a_run_that_fails_before_the_next_entity_leaves_no_read_running(
     with pytest.raises(RuntimeError, match="dies"):
         api.sync(_config(tmp_path), connector_extra={"books": {"fail_write": fail}})
     assert not [t for t in threading.enumerate() if t.name.endswith("-read-ahead")]
+
+
+def test_the_next_entity_is_read_while_this_one_is_planned_and_a_failed_plan_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the next entity's read starts once this one's reads are taken, before it is planned:
+    # no request gap while it plans; a plan that fails leaves no read running
+    from syncengine import read as read_stage
+    from syncengine.engine import Engine
+
+    monkeypatch.setattr(read_stage, "READ_AHEAD_RECORDS", 2)  # the read waits for the engine
+    reads = _reads(monkeypatch)
+    started = threading.Event()
+    read = MemoryConnector.read
+
+    def noted(self: MemoryConnector, entity: str) -> Iterator[NativeRecord]:
+        if entity == "invoices":
+            started.set()
+        yield from read(self, entity)
+
+    monkeypatch.setattr(MemoryConnector, "read", noted)
+    plan_keys = Engine._plan_keys
+
+    def planning(self: Engine, pipeline: Any, ent: Any, *args: Any, **kwargs: Any) -> Any:
+        if ent.entity == "customers":
+            assert started.wait(30), "the invoices' read did not start before customers' plan"
+            raise RuntimeError("planning the customers breaks")
+        return plan_keys(self, pipeline, ent, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "_plan_keys", planning)
+    _hcp_reads_ahead(monkeypatch)
+    _seed()
+    with pytest.raises(RuntimeError, match="planning the customers breaks"):
+        api.sync(_config(tmp_path))
+    assert ("hcp", "invoices", "hcp-invoices-read-ahead") in reads
+    assert not [t for t in threading.enumerate() if t.name.endswith("-read-ahead")]
+    assert MemoryConnector.get_dataset("books").table("customers") == {}
