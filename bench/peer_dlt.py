@@ -622,12 +622,22 @@ def more_rounds(
         rounds.append(_round(n, dlt, initial))
         print(
             f"round {n}      dlt {dlt['seconds']:.2f} s, syncengine {initial['seconds']:.2f} s: "
-            f"{rounds[-1]['ratio']:.2f}x"
+            f"{rounds[-1]['ratio']:.2f}x{_cpu_shown(rounds[-1]['cpu_ratio'])}"
             + "".join(f"  PROBLEM: {p}" for p in rounds[-1]["problems"]),
             flush=True,
         )
-    good = [r["ratio"] for r in rounds if not r["problems"]]
-    return {"each": rounds, "median_ratio": statistics.median(good) if good else None}
+    good = [r for r in rounds if not r["problems"]]
+    cpu = [r["cpu_ratio"] for r in good if r["cpu_ratio"] is not None]
+    return {
+        "each": rounds,
+        "median_ratio": statistics.median(r["ratio"] for r in good) if good else None,
+        "median_cpu_ratio": statistics.median(cpu) if cpu else None,
+    }
+
+
+def _cpu_shown(ratio: float | None) -> str:
+    """A round's CPU ratio as printed beside its wall-time ratio."""
+    return "" if ratio is None else f" (CPU {ratio:.2f}x)"
 
 
 def _round(n: int, dlt: dict[str, Any], initial: dict[str, Any]) -> dict[str, Any]:
@@ -637,11 +647,13 @@ def _round(n: int, dlt: dict[str, Any], initial: dict[str, Any]) -> dict[str, An
         for name, m in (("dlt", dlt), ("initial", initial))
         if m.get("problem")
     ]
+    cpu = [m.get("process", {}).get("cpu_s") for m in (initial, dlt)]
     return {
         "round": n,
         "dlt_s": dlt["seconds"],
         "syncengine_s": initial["seconds"],
         "ratio": initial["seconds"] / dlt["seconds"],
+        "cpu_ratio": cpu[0] / cpu[1] if cpu[0] and cpu[1] else None,
         "problems": problems,
     }
 
@@ -770,7 +782,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     if rounded:
         print(
             "\nsyncengine's initial sync / dlt's load, round by round (fresh folders each round; "
-            "the tables above are round 1's); the median leaves out rounds with a problem"
+            "the tables above are round 1's); the median leaves out rounds with a problem; in "
+            "brackets, the same for the processes' CPU seconds"
         )
         for r in rounded:
             each = "  ".join(
@@ -778,7 +791,13 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             )
             median = r["rounds"]["median_ratio"]
             shown = "none" if median is None else f"{median:.2f}"
-            print(f"{r['customers']:>7}  median {shown}  rounds {each}")
+            cpu = r["rounds"].get("median_cpu_ratio")
+            shown += "" if cpu is None else f" (CPU {cpu:.2f})"
+            cpus = "  ".join(
+                "-" if x["cpu_ratio"] is None else f"{x['cpu_ratio']:.2f}"
+                for x in r["rounds"]["each"]
+            )
+            print(f"{r['customers']:>7}  median {shown}  rounds {each}  (CPU {cpus})")
     problems = [
         f"{r['customers']} {key}: {r[key]['problem']}"
         for r in rows
