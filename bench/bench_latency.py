@@ -16,6 +16,10 @@ initial sync through ``api.sync``:
   ``1 + ceil((pages - 1) / concurrency)`` waits of ``L``); and the same sync against a
   second sandbox without latency shows how much of the latency still shows through.
 
+``--timeline`` prints, for each case, the pauses between requests longer than the rate
+limit's spacing and when each progress step (``reading hcp invoices``, ``applying
+payments``) ran: where the waiting is not overlapped, or not there.
+
 ``--sequential`` adds each case once more with read-ahead switched off (every list read one
 page after another, as before read-ahead existed), for a before/after in one run.
 """
@@ -26,6 +30,7 @@ import argparse
 import contextlib
 import functools
 import gc
+import itertools
 import json
 import math
 import sys
@@ -76,9 +81,12 @@ class Watch(httpx.HTTPTransport):
         self.most_in_flight = 0
         self.last_answer = 0.0
         """When the last response came (``time.perf_counter``)."""
+        self.sent: list[tuple[float, str]] = []
+        """(``time.perf_counter``, path) of every request as it was sent."""
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         with self._lock:
+            self.sent.append((time.perf_counter(), request.url.path))
             self.routes[f"{request.method} {request.url.path}"] += 1
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -101,11 +109,18 @@ class ReadClock:
     def __init__(self) -> None:
         self.seconds = 0.0
         self._started: dict[str, float] = {}
+        self.origin = 0.0
+        """When the sync started (``time.perf_counter``)."""
+        self.spans: dict[str, list[float]] = {}
+        """Every progress step (``reading hcp customers``, ``applying invoices``) -> its first
+        and last call (``time.perf_counter``), for ``--timeline``."""
 
     def progress(self, what: str, done: int, total: int | None) -> None:
+        now = time.perf_counter()
+        span = self.spans.setdefault(what, [now, now])
+        span[1] = now
         if not what.startswith("reading hcp "):
             return
-        now = time.perf_counter()
         if done == 0 and total is None:
             self._started[what] = now
         elif total is not None and done == total and what in self._started:
@@ -141,6 +156,10 @@ class Case:
     hcp_read_seconds: float
     after_last_answer: float
     """Seconds from the last response to the sync's end: the work no waiting overlaps."""
+    stages: list[dict[str, Any]]
+    """Each progress step's first and last call, seconds from the sync's start."""
+    gaps: list[dict[str, Any]]
+    """Pauses between two requests longer than the rate limit's (or 0.25 s without one)."""
     requests: int
     sandbox_logged: int
     routes: dict[str, int]
@@ -171,6 +190,19 @@ class Case:
     @property
     def ratio(self) -> float:
         return self.seconds / self.bound if self.bound else float("nan")
+
+
+def request_gaps(sent: list[tuple[float, str]], origin: float, rate: float) -> list[dict[str, Any]]:
+    """Where the requests paused: each pause between two requests' starts longer than the
+    rate limit spaces them (1.2 / rate; 0.25 s without a rate limit), with the path of the
+    request that ended it. A pause there is waiting the rate limit did not need."""
+    longest = 1.2 / rate if rate else 0.25
+    ordered = sorted(sent)
+    return [
+        {"before": path, "at_s": round(at - origin, 2), "seconds": round(at - prev, 2)}
+        for (prev, _), (at, path) in itertools.pairwise(ordered)
+        if at - prev > longest
+    ]
 
 
 def write_config(
@@ -239,6 +271,7 @@ def initial_sync(config: Config, clock: ReadClock, watch: Watch) -> tuple[Any, f
     )
     end = time.perf_counter()
     after = end - watch.last_answer if watch.last_answer else 0.0
+    clock.origin = start
     return result[0], end - start, time.process_time() - cpu, after
 
 
@@ -290,6 +323,11 @@ def run_case(
         cpu_seconds=round(cpu_seconds, 3),
         hcp_read_seconds=round(clock.seconds, 3),
         after_last_answer=round(after, 3),
+        stages=[
+            {"step": what, "from_s": round(a - clock.origin, 2), "to_s": round(b - clock.origin, 2)}
+            for what, (a, b) in sorted(clock.spans.items(), key=lambda kv: kv[1][0])
+        ],
+        gaps=request_gaps(watch.sent, clock.origin, rate),
         requests=watch.requests,
         sandbox_logged=logged,
         routes=dict(watch.routes),
@@ -333,6 +371,16 @@ def render(case: Case) -> str:
             f"{case.after_last_answer:.2f}s",
         ]
     )
+
+
+def render_timeline(case: Case) -> str:
+    """``--timeline``: the pauses between requests, then each progress step's span."""
+    lines = [
+        f"    pause of {g['seconds']:.2f}s before {g['before']} at {g['at_s']:.2f}s"
+        for g in case.gaps
+    ] or ["    no pause between requests beyond the rate limit's"]
+    lines += [f"    {st['from_s']:7.2f} .. {st['to_s']:7.2f}s  {st['step']}" for st in case.stages]
+    return "\n".join(lines)
 
 
 def render_table(cases: list[Case]) -> str:
@@ -397,6 +445,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run every case with read-ahead off (one page after another)",
     )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="also print each case's pauses between requests and its steps' spans",
+    )
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     args = parser.parse_args(argv)
     entity_sets = args.entities or ["customers", "all"]
@@ -450,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         cases.append(case)
                         print(render(case), flush=True)
+                        if args.timeline:
+                            print(render_timeline(case), flush=True)
     print()
     print(render_table(cases))
     if args.out:
