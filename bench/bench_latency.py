@@ -126,6 +126,13 @@ class ReadClock:
         elif total is not None and done == total and what in self._started:
             self.seconds += now - self._started.pop(what)
 
+    def stages(self) -> list[dict[str, Any]]:
+        """Each progress step's first and last call, in seconds from ``origin``, in order."""
+        return [
+            {"step": what, "from_s": round(a - self.origin, 2), "to_s": round(b - self.origin, 2)}
+            for what, (a, b) in sorted(self.spans.items(), key=lambda kv: kv[1][0])
+        ]
+
 
 @contextlib.contextmanager
 def read_ahead(enabled: bool) -> Iterator[None]:
@@ -266,12 +273,12 @@ def initial_sync(config: Config, clock: ReadClock, watch: Watch) -> tuple[Any, f
     response) of one initial sync."""
     gc.collect()
     start, cpu = time.perf_counter(), time.process_time()
+    clock.origin = start
     result = api.sync(
         config, progress=clock.progress, connector_extra={"hcp": {"transport": watch}}
     )
     end = time.perf_counter()
     after = end - watch.last_answer if watch.last_answer else 0.0
-    clock.origin = start
     return result[0], end - start, time.process_time() - cpu, after
 
 
@@ -323,10 +330,7 @@ def run_case(
         cpu_seconds=round(cpu_seconds, 3),
         hcp_read_seconds=round(clock.seconds, 3),
         after_last_answer=round(after, 3),
-        stages=[
-            {"step": what, "from_s": round(a - clock.origin, 2), "to_s": round(b - clock.origin, 2)}
-            for what, (a, b) in sorted(clock.spans.items(), key=lambda kv: kv[1][0])
-        ],
+        stages=clock.stages(),
         gaps=request_gaps(watch.sent, clock.origin, rate),
         requests=watch.requests,
         sandbox_logged=logged,

@@ -1814,8 +1814,8 @@ def entry() -> NoReturn:
         status: object = 0
     except SystemExit as exc:
         status = exc.code
-    others = [t for t in threading.enumerate() if t is not threading.main_thread()]
-    if any(t.is_alive() and not t.daemon for t in others):
+    main_thread = threading.main_thread()
+    if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
         raise SystemExit(status)
     code = _exit_code(status)
     atexit._run_exitfuncs()
