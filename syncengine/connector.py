@@ -45,11 +45,12 @@ columns its sheet lacks, or records without ids although the state has records l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
 
 from pydantic import BaseModel, ConfigDict
@@ -450,7 +451,8 @@ def connector_types() -> dict[str, type[Connector]]:
     that loads (a plugin that fails to import is left out here; asking for it by name says
     why)."""
     found: dict[str, type[Connector]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    _registered.cache_clear()  # listing the types: as installed now
+    for ep in _registered():
         try:
             cls = ep.load()
         except Exception:  # one broken plugin must not hide the others
@@ -460,11 +462,24 @@ def connector_types() -> dict[str, type[Connector]]:
     return found
 
 
+@functools.cache
+def _registered() -> tuple[EntryPoint, ...]:
+    """The ``syncengine.connectors`` entry points, scanned once a process (``cache_clear``
+    scans again). A scan reads every installed distribution's metadata (about 20 ms in a
+    venv with the test extras), and a config names each member's type: the scans were most
+    of loading a config, which every command, the console and a daemon's reload do."""
+    return tuple(entry_points(group=ENTRY_POINT_GROUP))
+
+
 def connector_class(type_name: str, location: str) -> type[Connector]:
-    """The class of one connector type; only that plugin is imported."""
-    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == type_name]
+    """The class of one connector type; only that plugin is imported. A type the last scan
+    did not see is looked for in a new one: a plugin installed while a daemon runs is found."""
+    matches = [ep for ep in _registered() if ep.name == type_name]
     if not matches:
-        known = ", ".join(sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}))
+        _registered.cache_clear()
+        matches = [ep for ep in _registered() if ep.name == type_name]
+    if not matches:
+        known = ", ".join(sorted({ep.name for ep in _registered()}))
         raise ConfigError(
             [
                 Problem(
