@@ -1,10 +1,14 @@
-"""The daemon's signal handlers take no lock: a signal that comes while the main thread holds
-one (the log's, as it writes a line) still stops, and a second one still exits at once.
+"""The daemon's signals are acted on outside the main thread: a signal that comes while that
+thread holds a lock (the log's, as it writes a line) or waits in C (on a locked state store)
+still stops, a second one still exits at once, and a log that cannot be written stops
+nothing.
 
-Each check runs a real process that installs the daemon's ``Signals``, takes the lock and
-sends itself the signals while holding it: the handlers run then, deterministically (a
+Each check runs a real process that installs the daemon's ``Signals`` and sends itself the
+signals. Under the lock the Python handler runs while the lock is held, deterministically (a
 signal sent to the process itself is handled in its main thread before ``os.kill`` returns
-to the next step). When a handler logged itself, it waited for that lock for ever."""
+to the next step): when the handlers logged themselves, they waited for that lock for ever.
+In SQLite's busy wait the main thread runs no Python code until the wait ends (20 s here), so
+a handler could not run before then."""
 
 from __future__ import annotations
 
@@ -55,12 +59,57 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(mode: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    script = tmp_path / "signals_under_lock.py"
-    script.write_text(SCRIPT, encoding="utf-8")
+BUSY_OR_BROKEN = textwrap.dedent(
+    """
+    import os, signal, sqlite3, sys, threading, time
+    from syncengine.daemon.signals import Signals
+    from syncengine.logging import configure
+
+    class Broken:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    configure("info", json_output=True, stream=Broken() if sys.argv[1] == "broken" else None)
+    stopped = threading.Event()
+
+    def exit_now(code):
+        os._exit(code)
+
+    signals = Signals(stop=stopped.set, exit_now=exit_now, wake=lambda: None)
+    signals.install()
+
+    def send(*delays):
+        for delay in delays:
+            time.sleep(delay)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    if sys.argv[1] == "broken":  # the log raises: the stop still comes
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("stopped" if stopped.wait(5) else "not stopped", flush=True)
+        sys.exit(0)
+    holder = sqlite3.connect(sys.argv[2], isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    waiter = sqlite3.connect(sys.argv[2], timeout=20, isolation_level=None, check_same_thread=False)
+    threading.Thread(target=send, args=(0.5, 0.5), daemon=True).start()
+    try:
+        waiter.execute("BEGIN IMMEDIATE")  # the main thread waits in C for 20 s
+    except sqlite3.OperationalError:
+        pass
+    print("the busy wait ended first", flush=True)
+    sys.exit(1)
+    """
+)
+
+
+def _run(mode: str, tmp_path: Path, script_text: str = SCRIPT) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "signals.py"
+    script.write_text(script_text, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, str(script), mode],
+        [sys.executable, str(script), mode, str(tmp_path / "state.db")],
         capture_output=True,
         text=True,
         timeout=30,
@@ -93,3 +142,19 @@ def test_a_second_signal_exits_even_while_the_first_ones_stop_hangs(tmp_path: Pa
     done = _run("stuck", tmp_path)
     assert done.returncode == 128 + 15, (done.returncode, done.stderr)
     assert _events(done.stderr) == ["signal received: finishing running syncs, then exiting"]
+
+
+def test_two_signals_while_the_main_thread_waits_on_a_locked_store_exit_at_once(
+    tmp_path: Path,
+) -> None:
+    done = _run("busy", tmp_path, BUSY_OR_BROKEN)
+    assert "the busy wait ended first" not in done.stdout, done.stderr
+    assert done.returncode == 128 + 15, (done.returncode, done.stdout, done.stderr)
+
+
+def test_a_log_that_cannot_be_written_does_not_keep_a_signal_from_stopping(
+    tmp_path: Path,
+) -> None:
+    done = _run("broken", tmp_path, BUSY_OR_BROKEN)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped"

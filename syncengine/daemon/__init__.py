@@ -304,7 +304,10 @@ class Daemon:
                     last_prune = time.monotonic()
                     self.prune_history()
         finally:
-            finished = self.shutdown()
+            try:
+                finished = self.shutdown()
+            finally:
+                self.signals.uninstall()
         return int(ExitCode.OK if finished else ExitCode.PROBLEMS)
 
     def request_stop(self) -> None:
@@ -340,6 +343,7 @@ class Daemon:
             )
         left = self.leases.wait_idle(time.monotonic() + grace)
         if left:
+            self.signals.hold_if_forced()
             log.error(
                 "shutdown grace period passed with syncs still running; exiting "
                 "anyway (the next run resumes them from the journal)",
@@ -348,6 +352,7 @@ class Daemon:
             self._exit_now(ExitCode.PROBLEMS)
         self.alerts.close(FLUSH_S)  # what the last runs told is sent before exiting
         self.server.stop()
+        self.signals.hold_if_forced()  # a second signal's exit is under way: its code, not 0
         log.info("daemon stopped", holder=self.holder)
         return True
 
@@ -362,6 +367,14 @@ class Daemon:
         whatever its schedule. Pauses, failure backoff and leases still hold: a paused
         pipeline is reported (and makes the exit code 1), never run."""
         self.signals.install()
+        try:
+            report = self._once(force)
+            self.signals.hold_if_forced()
+            return report
+        finally:
+            self.signals.uninstall()
+
+    def _once(self, force: bool) -> OnceReport:
         self._prepare()
         now = dt.datetime.now(dt.UTC)
         names = list(self.config.pipelines)

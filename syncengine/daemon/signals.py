@@ -8,23 +8,29 @@ SIGHUP asks for a reload.
   number); the journal makes the interrupted run safe to resume.
 - SIGHUP: the main thread reloads the config.
 
-A handler runs in the main thread between two of its steps, whatever it holds then: the lock
-of the log it is writing a line to, the leases' lock. So the handlers take no lock: each
-writes its signal's number down a pipe, and a thread of its own (``Signals._act``) does the
-rest. A handler that logged itself hung the daemon for ever when the signal came while the
-main thread wrote a line (the log's lock is not re-entrant), and a second signal could not
-get it out."""
+Nothing is done in a signal handler. A Python handler runs in the main thread between two of
+its steps, whatever that thread holds then (the lock of the log line it is writing, the
+leases' lock), and only once it gets back to Python code (not while it waits on the state
+store). So the handlers do nothing, and the interpreter's own C handler writes each signal's
+number to a pipe as it arrives (``signal.set_wakeup_fd``): a thread reads them
+(``Signals._read``), counts the stop signals, starts the last-resort clock on the second one,
+and hands each signal to another thread that acts on it (``Signals._act``: logs, stops,
+exits), so that a stop that hangs cannot keep the second signal from being counted. A handler
+that logged itself hung the daemon for ever when the signal came while the main thread wrote
+a line (the log's lock is not re-entrant), and a second signal could not get it out."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 import structlog
 
@@ -48,7 +54,8 @@ def flush_and_exit(code: int) -> None:
 
 
 class Signals:
-    """The daemon's signal handlers (installed from the main thread)."""
+    """The daemon's signals: installed from the main thread, acted on by two threads of
+    their own until ``uninstall``."""
 
     def __init__(
         self,
@@ -60,25 +67,39 @@ class Signals:
         self._exit_now = exit_now
         self._wake = wake
         self.received = 0
+        self.forced = threading.Event()
+        """Set once a second stop signal is being acted on: the process is about to exit
+        with its code, and a clean exit must not overtake it (``hold_if_forced``)."""
         self._reload_requested = False
-        self._noted = 0  # by the handlers, in the main thread
         self._pipe: tuple[int, int] | None = None
-        self._last_resort: tuple[int, int] | None = None
+        self._todo: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        self._previous: dict[int, Any] = {}
+        self._previous_fd = -1
 
     def install(self) -> None:
-        """Handle SIGTERM and SIGINT (stop), and SIGHUP (reload) where there is one; the
-        first call starts the thread that acts on them."""
+        """Take SIGTERM and SIGINT (stop), and SIGHUP (reload) where there is one, until
+        ``uninstall``."""
+        if self._pipe is not None:
+            return
+        read, write = os.pipe()
+        os.set_blocking(write, False)  # the interpreter's handler never waits on it
+        self._pipe = (read, write)
+        threading.Thread(target=self._read, name="signals", daemon=True).start()
+        threading.Thread(target=self._act, name="signals-act", daemon=True).start()
+        for signum in _SIGNALS:
+            self._previous[signum] = signal.signal(signum, _noted)
+        self._previous_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+
+    def uninstall(self) -> None:
+        """Give the signals back to the handlers before ``install``, and end the threads."""
         if self._pipe is None:
-            read, write = os.pipe()
-            os.set_blocking(write, False)  # a handler never waits on a full pipe
-            self._pipe = (read, write)
-            self._last_resort = os.pipe()
-            threading.Thread(target=self._act, name="signals", daemon=True).start()
-            threading.Thread(target=self._exit_anyway, name="signals-exit", daemon=True).start()
-        signal.signal(signal.SIGTERM, self._note)
-        signal.signal(signal.SIGINT, self._note)
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, self._note)
+            return
+        signal.set_wakeup_fd(self._previous_fd)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        write = self._pipe[1]
+        self._pipe = None
+        os.close(write)  # ``_read`` reads the end of the pipe, closes it and ends ``_act``
 
     def take_reload_request(self) -> bool:
         """Whether SIGHUP asked for a reload since the last call."""
@@ -87,44 +108,72 @@ class Signals:
         self._reload_requested = False
         return True
 
-    def _note(self, signum: int, _frame: FrameType | None) -> None:
-        """The handler: the signal's number down the pipe, and nothing that takes a lock.
-        The second stop signal also starts ``_exit_anyway``'s clock."""
-        assert self._pipe is not None and self._last_resort is not None
-        # 64 KiB of signals not acted on yet: this one adds nothing
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._pipe[1], bytes([signum]))
-        if signum != getattr(signal, "SIGHUP", None):
-            self._noted += 1
-            if self._noted == 2:
-                os.write(self._last_resort[1], bytes([signum]))
+    def hold_if_forced(self) -> None:
+        """Where the daemon is about to end by itself: if a second signal is ending it
+        already, wait for that (its exit code, its leases released) instead."""
+        if self.forced.is_set():
+            while True:
+                time.sleep(60)
+
+    def _read(self) -> None:
+        """The signals as they come: a stop signal's count, the last-resort clock started on
+        the second, each handed to ``_act`` in order."""
+        assert self._pipe is not None
+        read = self._pipe[0]
+        stops = 0
+        while chunk := os.read(read, 64):
+            for signum in chunk:
+                if signum not in _STOPS:
+                    self._todo.put(signum)
+                    continue
+                stops += 1
+                if stops == 2:
+                    self.forced.set()
+                    threading.Thread(
+                        target=_exit_anyway, args=(128 + signum,), name="signals-exit", daemon=True
+                    ).start()
+                self._todo.put(signum)
+        os.close(read)
+        self._todo.put(None)
 
     def _act(self) -> None:
-        """The signals' thread: each signal noted, in the order they came."""
-        assert self._pipe is not None
-        while True:
-            for signum in os.read(self._pipe[0], 64):
-                if hasattr(signal, "SIGHUP") and signum == signal.SIGHUP:
+        """What each signal asks for, in the order they came; an error in one (a log whose
+        pipe is closed) does not keep the next from being acted on."""
+        while (signum := self._todo.get()) is not None:
+            try:
+                if signum in _STOPS:
+                    self._on_signal(signum)
+                else:
                     self._reload_requested = True
                     self._wake()
-                else:
-                    self._on_signal(signum)
-
-    def _exit_anyway(self) -> None:
-        """The second signal's promise kept whatever the signals' thread is doing: the
-        process ends ``FORCED_RELEASE_S`` + 1 s after it, the leases released or not, the
-        log flushed or not (the next run resumes from the journal)."""
-        assert self._last_resort is not None
-        signum = os.read(self._last_resort[0], 1)[0]
-        time.sleep(FORCED_RELEASE_S + 1.0)
-        os._exit(128 + signum)
+            except Exception:  # nothing to tell it to; the next signal is still acted on
+                continue
 
     def _on_signal(self, signum: int) -> None:
         """The first signal stops gracefully; a second one exits at once (128 + signal)."""
         self.received += 1
         name = signal.Signals(signum).name
         if self.received > 1:
-            log.warning("second signal: exiting at once", signal=name)
+            with contextlib.suppress(Exception):
+                log.warning("second signal: exiting at once", signal=name)
             self._exit_now(128 + signum)
-        log.info("signal received: finishing running syncs, then exiting", signal=name)
+        with contextlib.suppress(Exception):
+            log.info("signal received: finishing running syncs, then exiting", signal=name)
         self._stop()
+
+
+_STOPS = frozenset({int(signal.SIGTERM), int(signal.SIGINT)})
+_SIGNALS = sorted(_STOPS | ({int(signal.SIGHUP)} if hasattr(signal, "SIGHUP") else set()))
+
+
+def _noted(_signum: int, _frame: FrameType | None) -> None:
+    """The Python handler of the daemon's signals: nothing (the interpreter has written the
+    signal down the wakeup pipe already, and ``Signals._read`` takes it from there)."""
+
+
+def _exit_anyway(code: int) -> None:
+    """The second signal's promise kept whatever else the process is doing: it ends
+    ``FORCED_RELEASE_S`` + 1 s after the signal, the leases released or not, the log flushed
+    or not (the next run resumes from the journal)."""
+    time.sleep(FORCED_RELEASE_S + 1.0)
+    os._exit(code)

@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import json
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -291,6 +292,24 @@ def test_once_runs_what_is_due_and_returns_the_worst_exit_code(setup: Any) -> No
     api.pause(config, "q")
     assert make(setup).run_once() == 1  # a paused pipeline makes cron hear about it
     assert sorted(script.calls) == ["p", "q"]
+
+
+def test_once_gives_the_signals_back_and_leaves_no_thread(setup: Any) -> None:
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    fd_before = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(fd_before)
+    for _ in range(3):
+        assert make(setup).run_once() == 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _signal_threads():
+        time.sleep(0.02)
+    assert _signal_threads() == []
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    assert signal.set_wakeup_fd(fd_before) == fd_before
+
+
+def _signal_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("signals")]
 
 
 def test_once_runs_never_run_pipelines(tmp_path: Path) -> None:
