@@ -86,6 +86,18 @@ BUSY_OR_BROKEN = textwrap.dedent(
             time.sleep(delay)
             os.kill(os.getpid(), signal.SIGTERM)
 
+    if sys.argv[1] == "other":  # another signal with a Python handler is not a reload
+        signal.signal(signal.SIGUSR1, lambda *_: None)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.5)
+        other = signals.take_reload_request()
+        os.kill(os.getpid(), signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while not signals.take_reload_request() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        hup = time.monotonic() < deadline
+        print(f"other {other} hup {hup}", flush=True)
+        sys.exit(0)
     if sys.argv[1] == "broken":  # the log raises: the stop still comes
         os.kill(os.getpid(), signal.SIGTERM)
         print("stopped" if stopped.wait(5) else "not stopped", flush=True)
@@ -158,3 +170,9 @@ def test_a_log_that_cannot_be_written_does_not_keep_a_signal_from_stopping(
     done = _run("broken", tmp_path, BUSY_OR_BROKEN)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopped"
+
+
+def test_sighup_asks_for_a_reload_and_another_signal_does_not(tmp_path: Path) -> None:
+    done = _run("other", tmp_path, BUSY_OR_BROKEN)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "other False hup True"

@@ -84,7 +84,7 @@ class Signals:
         read, write = os.pipe()
         os.set_blocking(write, False)  # the interpreter's handler never waits on it
         self._pipe = (read, write)
-        threading.Thread(target=self._read, name="signals", daemon=True).start()
+        threading.Thread(target=self._read, args=(read,), name="signals", daemon=True).start()
         threading.Thread(target=self._act, name="signals-act", daemon=True).start()
         for signum in _SIGNALS:
             self._previous[signum] = signal.signal(signum, _noted)
@@ -115,11 +115,9 @@ class Signals:
             while True:
                 time.sleep(60)
 
-    def _read(self) -> None:
-        """The signals as they come: a stop signal's count, the last-resort clock started on
-        the second, each handed to ``_act`` in order."""
-        assert self._pipe is not None
-        read = self._pipe[0]
+    def _read(self, read: int) -> None:
+        """The signals as they come down the pipe ``read``: a stop signal's count, the
+        last-resort clock started on the second, each handed to ``_act`` in order."""
         stops = 0
         while chunk := os.read(read, 64):
             for signum in chunk:
@@ -143,9 +141,10 @@ class Signals:
             try:
                 if signum in _STOPS:
                     self._on_signal(signum)
-                else:
+                elif signum == _RELOAD:
                     self._reload_requested = True
                     self._wake()
+                # any other signal with a Python handler is written down too: not ours
             except Exception:  # nothing to tell it to; the next signal is still acted on
                 continue
 
@@ -163,7 +162,8 @@ class Signals:
 
 
 _STOPS = frozenset({int(signal.SIGTERM), int(signal.SIGINT)})
-_SIGNALS = sorted(_STOPS | ({int(signal.SIGHUP)} if hasattr(signal, "SIGHUP") else set()))
+_RELOAD = int(signal.SIGHUP) if hasattr(signal, "SIGHUP") else None
+_SIGNALS = sorted(_STOPS | ({_RELOAD} if _RELOAD is not None else set()))
 
 
 def _noted(_signum: int, _frame: FrameType | None) -> None:
