@@ -61,7 +61,7 @@ SCRIPT = textwrap.dedent(
 
 BUSY_OR_BROKEN = textwrap.dedent(
     """
-    import os, signal, sqlite3, sys, threading, time
+    import contextlib, os, signal, sqlite3, sys, threading, time
     from syncengine.daemon.signals import Signals
     from syncengine.logging import configure
 
@@ -106,10 +106,8 @@ BUSY_OR_BROKEN = textwrap.dedent(
     holder.execute("BEGIN EXCLUSIVE")
     waiter = sqlite3.connect(sys.argv[2], timeout=20, isolation_level=None, check_same_thread=False)
     threading.Thread(target=send, args=(0.5, 0.5), daemon=True).start()
-    try:
-        waiter.execute("BEGIN IMMEDIATE")  # the main thread waits in C for 20 s
-    except sqlite3.OperationalError:
-        pass
+    with contextlib.suppress(sqlite3.OperationalError):  # "database is locked", after 20 s
+        waiter.execute("BEGIN IMMEDIATE")  # the main thread waits in C meanwhile
     print("the busy wait ended first", flush=True)
     sys.exit(1)
     """

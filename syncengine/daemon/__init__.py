@@ -375,6 +375,8 @@ class Daemon:
             self.signals.uninstall()
 
     def _once(self, force: bool) -> OnceReport:
+        """``once`` with the signals taken: every due (or, with ``force``, every) pipeline
+        run, and what each did."""
         self._prepare()
         now = dt.datetime.now(dt.UTC)
         names = list(self.config.pipelines)
