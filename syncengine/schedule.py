@@ -6,7 +6,7 @@ fit for a configuration error. A schedule gives the daemon an APScheduler trigge
 when is the next run after the last one (``next_run``, for ``syncengine status``) and is a
 pipeline due now (``is_due``, for ``syncengine daemon --once`` under cron).
 
-Intervals: ``every N`` followed by a unit: ``s``/``sec``/``seconds``, ``m``/``min``/``minutes``,
+Intervals (1 s to 366 days): ``every N`` followed by a unit: ``s``/``sec``/``seconds``, ``m``/``min``/``minutes``,
 ``h``/``hours``, ``d``/``days`` (``every 30s``, ``every 15m``, ``every 2 hours``).
 
 Cron: ``minute hour day-of-month month day-of-week`` with classic crontab meanings, including
@@ -27,6 +27,9 @@ __all__ = ["EXAMPLES", "Schedule", "parse_schedule", "parse_timezone"]
 
 EXAMPLES = '"every 15m", "every 30s", "every 2h" or a cron expression such as "*/10 * * * *"'
 MIN_INTERVAL_S = 1
+MAX_INTERVAL_S = 366 * 86400
+"""The longest interval: a year and a day. Beyond it no date arithmetic is safe (a run
+scheduled a million days out overflows the calendar), and no pipeline means it."""
 _INTERVAL = re.compile(r"every\s+(\d+)\s*([a-z]+)", re.IGNORECASE)
 _UNITS = {
     **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
@@ -114,6 +117,12 @@ def parse_schedule(text: str) -> Schedule:
         seconds = count * _UNITS[unit]
         if seconds < MIN_INTERVAL_S:
             raise ValueError(f"{text!r}: the interval must be at least {MIN_INTERVAL_S}s")
+        if seconds > MAX_INTERVAL_S:
+            raise ValueError(
+                f"{text!r}: the interval must be at most {MAX_INTERVAL_S // 86400}d (a year); "
+                "to stop a pipeline's schedule, pause it (`syncengine pause -p NAME`) or remove it "
+                "from the daemon's config"
+            )
         return Schedule(cleaned, interval_s=seconds)
     fields = cleaned.split(" ")
     if len(fields) != 5:

@@ -39,6 +39,8 @@ def test_intervals(text: str, seconds: int) -> None:
         ("every banana", "cannot read interval"),
         ("every 5y", "unknown unit 'y'"),
         ("every 0s", "at least 1s"),
+        ("every 5000000d", "at most 366d"),
+        ("every 999999999999999999999s", "at most 366d"),
         ("* * *", "5 fields"),
         ("61 * * * *", "invalid cron expression"),
         ("0 25 * * *", "invalid cron expression"),
@@ -50,7 +52,16 @@ def test_intervals(text: str, seconds: int) -> None:
 def test_errors_say_what_is_wrong_and_show_examples(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         parse_schedule(text)
-    assert any(hint in str(info.value) for hint in ("every 15m", "cron", "at least"))
+    assert any(hint in str(info.value) for hint in ("every 15m", "cron", "at least", "pause"))
+
+
+def test_the_longest_interval_still_gives_dates() -> None:
+    """A year and a day is accepted, and the questions asked of it are answered (an interval
+    of a million days overflowed the calendar in ``status`` and the daemon)."""
+    schedule = parse_schedule("every 366d")
+    now = dt.datetime(2026, 12, 7, tzinfo=dt.UTC)
+    assert schedule.next_run(now, now) == now + dt.timedelta(days=366)
+    assert not schedule.is_due(now, now)
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,15 @@ def test_a_pipeline_schedule_that_never_fires_is_a_problem_named_by_pipeline(
     assert len(problems) == 1
 
 
+def test_an_interval_beyond_a_year_is_a_problem_named_by_pipeline(tmp_path: Path) -> None:
+    """It used to pass ``validate`` and then crash ``status`` and the daemon (a date past
+    the calendar's end); a daemon reloading it now keeps its old config."""
+    problems = _problems(_write(tmp_path, pipeline='schedule = "every 5000000d"'))
+    problem = _one(problems, f"{tmp_path / 'config.toml'}: pipelines.hcp-books.schedule")
+    assert "the interval must be at most 366d" in problem.message
+    assert len(problems) == 1
+
+
 def test_a_daemon_default_schedule_that_never_fires_is_a_problem(tmp_path: Path) -> None:
     problems = _problems(_write(tmp_path, daemon=f'schedule = "{NEVER}"'))
     assert [p.location for p in problems] == [f"{tmp_path / 'config.toml'}: daemon.schedule"]
