@@ -29,6 +29,7 @@ from syncengine.errors import (
     AuthError,
     ConfigError,
     ConnectorError,
+    FatalConnectorError,
     StateError,
     StateIntegrityError,
     StateUnavailableError,
@@ -229,9 +230,16 @@ def handled(command: str = "sync", *, reads_only: bool = False) -> Iterator[None
         # One record's failure is reported on the result; one that reaches here stopped
         # the run: the member could not be read or written at all.
         if reads_only:
+            # a member that answers wrongly every time (a base URL without the API) is fixed
+            # by a person, not by waiting
+            again = (
+                "fix that, then run it again"
+                if isinstance(exc, FatalConnectorError)
+                else "run it again later"
+            )
             _fail(
                 ExitCode.UNAVAILABLE,
-                [f"{command} could not read: {exc}; nothing was written, run it again later"],
+                [f"{command} could not read: {exc}; nothing was written, {again}"],
             )
         _fail(
             ExitCode.UNAVAILABLE,

@@ -239,7 +239,9 @@ class Billing:
         path = f"{invoice_path(invoice_id)}/payments"
         try:
             # this pool already runs `concurrency` of these: no read-ahead inside one
-            pages = self.pager.items(path, PAYMENTS, PAYMENTS, guard_shrink=False, ahead=False)
+            pages = self.pager.items(
+                path, PAYMENTS, PAYMENTS, guard_shrink=False, ahead=False, vanishes=True
+            )
             return list(pages)
         except NotFoundError:  # the invoice went away since it was listed
             return []

@@ -327,6 +327,7 @@ class LineItems:
                     guard_shrink=False,
                     ahead=False,
                     id_key=UUID,
+                    vanishes=True,
                 )
             )
         except NotFoundError:  # the job went away since it was listed

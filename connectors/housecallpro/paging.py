@@ -50,7 +50,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncengine.errors import FatalConnectorError, RetriableError
+from syncengine.errors import FatalConnectorError, NotFoundError, RetriableError
 from syncengine.http import HttpClient, QueryParams, QueryScalar
 
 Item = dict[str, Any]
@@ -81,6 +81,7 @@ class Pager:
         more: Callable[[list[Item]], bool] | None = None,
         tally: Tally | None = None,
         id_key: str = "id",
+        vanishes: bool = False,
     ) -> Iterator[Item]:
         """Every item of the list at ``path`` (the array under ``key``), each once, as the
         object the API sent; every item is an object with a non-empty string ``id`` (or
@@ -91,7 +92,11 @@ class Pager:
         (for callers that already run several reads at once). ``more`` is given each non-empty
         page's items, in the order sent, before they are yielded: the list ends after a page
         it returns False for, and only the page after one it returned True for is read.
-        ``tally`` is filled for the caller to look at after the read (``Tally.shrank``)."""
+        ``tally`` is filled for the caller to look at after the read (``Tally.shrank``).
+
+        A list that answers 404 does not exist at this ``base_url``: a setting to fix,
+        ``FatalConnectorError``; except with ``vanishes`` (the list of one record, such as an
+        invoice's payments), where it is that record gone: ``NotFoundError``, for the caller."""
         pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
 
         def get(page: int) -> Any:
@@ -105,7 +110,18 @@ class Pager:
             page = 1
             while True:
                 where = f"GET {path} page {page}"
-                items, envelope = self._page_items(pages.body(page), key, entity, where)
+                try:
+                    body = pages.body(page)
+                except NotFoundError as exc:
+                    if vanishes:
+                        raise
+                    raise self.fail(
+                        f"{where}: {exc} — there is no such list at {self.http.base_url}: "
+                        f"check base_url in [connectors.{self.connector}] (the API's root, "
+                        "such as https://api.housecallpro.com, with no path after it)",
+                        entity,
+                    ) from None
+                items, envelope = self._page_items(body, key, entity, where)
                 tally.note_total(_integer(envelope.get("total_items")))
                 if not items:
                     break

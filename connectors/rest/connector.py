@@ -451,8 +451,7 @@ class RestConnector(Connector):
             if pages > options.max_pages:
                 raise where.fatal(
                     f"GET {route.template}: more than {options.max_pages} pages; stopped "
-                    f"(setting {where.setting('pagination.max_pages', options.max_pages)}). "
-                    "Nothing was written."
+                    f"(setting {where.setting('pagination.max_pages', options.max_pages)})."
                 )
             page = self._fetch(entity, spec, request)
             context = f"GET {route.template} {request.label}"
@@ -462,13 +461,13 @@ class RestConnector(Connector):
                     raise where.fatal(
                         f"{context}: the page repeats the previous page's records; the server "
                         f"seems to ignore {paginator.advance_setting()}, so the listing "
-                        "stopped instead of looping. Nothing was written."
+                        "stopped instead of looping."
                     )
                 if all(i in seen for i in ids):
                     raise where.fatal(
                         f"{context}: the page holds only records of earlier pages; the server "
                         f"seems to ignore {paginator.advance_setting()}, so the listing "
-                        "stopped instead of looping. Nothing was written."
+                        "stopped instead of looping."
                     )
                 for native_id, item in zip(ids, page.records, strict=True):
                     if native_id in seen:

@@ -468,7 +468,7 @@ class CursorPaginator(Paginator):
                 raise self.where.fatal(
                     f"{where}: the response has no {o.cursor_path!r} although more records "
                     f"seem to follow (setting {setting}); the response is "
-                    f"{describe_shape(page.body)}. Nothing was written."
+                    f"{describe_shape(page.body)}."
                 )
             return None
         if cursor is None or cursor == "":
@@ -487,8 +487,7 @@ class CursorPaginator(Paginator):
         if text in self.seen:
             raise self.where.fatal(
                 f"{where}: the server gave the cursor {_short(text)} a second time; "
-                f"following it would loop, so the listing stopped (setting {setting}). "
-                "Nothing was written."
+                f"following it would loop, so the listing stopped (setting {setting})."
             )
         self.seen.add(text)
         params = (*self.base, (o.cursor_param, text), *self._sized())
@@ -551,7 +550,7 @@ class LinkPaginator(Paginator):
             raise self.where.fatal(
                 f"{where}: the next link leads to a page already read ({shown} with the same "
                 "query); following it would loop, so the listing stopped (setting "
-                f"{self._setting('rel', o.rel)}). Nothing was written."
+                f"{self._setting('rel', o.rel)})."
             )
         self.seen.add(key)
         params = tuple((k, v) for k, v in absolute.params.multi_items())
@@ -566,7 +565,7 @@ class LinkPaginator(Paginator):
             raise self.where.fatal(
                 f"{where}: the server pages ({o.page_param}={self.probed} has records) but "
                 f"sends no Link header (setting {self._setting('style', 'link')}); use "
-                "style = 'page' for this API. Nothing was written."
+                "style = 'page' for this API."
             )
         if len(page.records) < self.size or not o.page_param or self.probed:
             return None

@@ -173,14 +173,14 @@ def records_of(body: Any, path: str, where: Where, context: str) -> list[dict[st
             )
         raise where.fatal(
             f"{context}: {what} (setting {where.setting('records_path', path)}){shape}; "
-            f"{hint}. Nothing was written."
+            f"{hint}."
         )
     for index, item in enumerate(found):
         if not isinstance(item, dict):
             raise where.fatal(
                 f"{context}: record {index + 1} at {path or 'the top level'!s} is "
                 f"{describe_shape(item)}, not an object (setting "
-                f"{where.setting('records_path', path)}). Nothing was written."
+                f"{where.setting('records_path', path)})."
             )
     return found
 
@@ -194,13 +194,13 @@ def id_of(record: Mapping[str, Any], steps: tuple[str, ...], where: Where, conte
         raise where.fatal(
             f"{context}: a record has no usable id at {name!r} ({got}; setting "
             f"{where.setting('id_field', name)}); the record is {describe_shape(record)}. "
-            "Set id_field to the key that holds each record's id. Nothing was written."
+            "Set id_field to the key that holds each record's id."
         )
     text = str(value)
     if not text.strip():
         raise where.fatal(
             f"{context}: a record has an empty id at {'.'.join(steps)!r} (setting "
-            f"{where.setting('id_field', '.'.join(steps))}). Nothing was written."
+            f"{where.setting('id_field', '.'.join(steps))})."
         )
     return text
 

@@ -8,8 +8,10 @@ import threading
 from typing import Any
 
 import httpx
+import pytest
 
 from syncengine.connectors.housecallpro.paging import Pager
+from syncengine.errors import FatalConnectorError, NotFoundError
 from syncengine.http import HttpClient
 
 SIZE = 5
@@ -72,3 +74,46 @@ def test_a_server_claiming_fewer_pages_than_it_has_ends_the_read_there() -> None
     fake = Growing(40, claim_pages=2)
     assert read(fake) == [f"t{n:03d}" for n in range(10)]
     assert sorted(fake.pages) == [1, 2]
+
+
+def _not_found(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(404, json={"error": "Page not found"})
+
+
+def test_a_list_that_does_not_exist_is_a_base_url_to_fix() -> None:
+    """A 404 on a list means the base URL points somewhere without the API (``/v1`` added
+    to it, say): the member cannot be read, and the message says which setting to check.
+    It used to pass for a record gone (exit 1, "HTTP 404: Page not found")."""
+    http = HttpClient("http://fake/v1", transport=httpx.MockTransport(_not_found), max_retries=0)
+    try:
+        pager = Pager(http, "hcp", SIZE)
+        with pytest.raises(FatalConnectorError) as info:
+            list(pager.items("/customers", "customers", "customers", guard_shrink=True))
+    finally:
+        http.close()
+    message = str(info.value)
+    assert "GET /customers page 1" in message
+    assert "there is no such list at http://fake/v1" in message
+    assert "check base_url in [connectors.hcp]" in message
+    assert not isinstance(info.value, NotFoundError)
+
+
+def test_the_list_of_a_record_that_vanished_is_still_not_found() -> None:
+    """An invoice's payments or a job's lines answer 404 when that record went away since it
+    was listed: the caller's to skip, not a setting to fix."""
+    http = HttpClient("http://fake", transport=httpx.MockTransport(_not_found), max_retries=0)
+    try:
+        pager = Pager(http, "hcp", SIZE)
+        with pytest.raises(NotFoundError):
+            list(
+                pager.items(
+                    "/invoices/i1/payments",
+                    "payments",
+                    "payments",
+                    guard_shrink=False,
+                    ahead=False,
+                    vanishes=True,
+                )
+            )
+    finally:
+        http.close()

@@ -165,7 +165,8 @@ def test_a_wrong_records_path_names_the_setting_and_the_keys_there_are() -> None
     )
     assert "an object with keys: contacts, count" in message
     assert "(here: 'contacts')" in message
-    assert "Nothing was written" in message
+    # what was written is the command's to say (a sync may have synced entities before)
+    assert "Nothing was written" not in message
 
 
 def test_an_envelope_where_a_bare_list_was_described_suggests_the_key() -> None:
