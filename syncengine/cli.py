@@ -204,7 +204,7 @@ def handled(command: str = "sync", *, reads_only: bool = False) -> Iterator[None
             ExitCode.CONFIG,
             [
                 f"structure error: {exc}",
-                "nothing was read into a plan and nothing was written; fix the file "
+                "nothing was read into a plan and nothing was written; fix what it names "
                 "and run the command again",
             ],
         )

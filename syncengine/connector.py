@@ -189,6 +189,12 @@ class Structure:
     """Why none of the records the storage holds shows its id (``the Sync ID column is
     missing``), else "". With records linked to the member that is a structure error: each
     linked record would look deleted and each row new."""
+    misread: str = ""
+    """Why the storage may be read wrongly, with the fix, else "": a CSV header whose names
+    run together in one column (the file has another delimiter than the option says) or are
+    not text at all (another encoding). A person's records are then not what was read: the
+    messages of a missing id column and of an empty member give this instead of their own
+    advice."""
 
 
 class ReadPass:

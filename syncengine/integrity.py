@@ -172,6 +172,12 @@ def empty_member_guard(entity: str, reads: Mapping[str, MemberRead]) -> str | No
                 "a backup) and sync again; only if every one of them is to be deleted "
                 "everywhere, run `syncengine sync --allow-mass-delete`"
             )
+        if r.count == 0 and r.linked > 0 and r.complete and r.structure.misread:
+            return (
+                f"{name} returned no {entity} but {r.linked} are linked to it; refusing to "
+                f"treat that as deleting them all: {r.structure.where}: "
+                f"{r.structure.misread}, and sync again"
+            )
         if r.count == 0 and r.linked > 0 and r.complete:
             return (
                 f"{name} returned no {entity} but {r.linked} are linked to "

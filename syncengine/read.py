@@ -375,10 +375,8 @@ def structure_problem(found: Structure, linked: int, entity: str) -> str:
         return ""
     records = f"{linked} {entity} are" if linked != 1 else f"1 record of {entity} is"
     where = f"{found.where}: " if found.where else ""
-    return (
-        f"{where}{found.no_ids}, but {records} linked to it; restore the column (undo the "
-        "change, or copy it back from a backup) and sync again"
-    )
+    fix = found.misread or "restore the column (undo the change, or copy it back from a backup)"
+    return f"{where}{found.no_ids}, but {records} linked to it; {fix} and sync again"
 
 
 def fill_notes(ent: EntityPlan, reads: Mapping[str, MemberRead], *, dry_run: bool) -> None:

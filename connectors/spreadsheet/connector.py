@@ -693,14 +693,16 @@ class _Working:
         if self.created:
             return Structure(where=where, absent=True)
         missing = tuple(name for name in mapped if name not in self.columns)
+        misread = self._misread_header() if self.id_index is None else ""
         no_ids = ""
         if not self.by_id and any(not row.blank for row in self.rows.values()):
             no_ids = (
-                f"the {self.id_column} column is missing{self._looks_like_id_column()}"
+                f"the {self.id_column} column is missing"
+                f"{'' if misread else self._looks_like_id_column()}"
                 if self.id_index is None
                 else f"every {self.id_column} cell is empty"
             )
-        return Structure(where=where, missing=missing, no_ids=no_ids)
+        return Structure(where=where, missing=missing, no_ids=no_ids, misread=misread)
 
     def _looks_like_id_column(self) -> str:
         """`` (column B is named 'sync id': name it Sync ID)`` when a column's name differs
@@ -713,6 +715,39 @@ class _Working:
             if folded(name) == folded(self.id_column):
                 ref = self.table.column_ref(index)
                 return f" (column {ref} is named {name!r}: name it {self.id_column})"
+        return ""
+
+    def _misread_header(self) -> str:
+        """Why a CSV header may show no id column although the file has one: its names run
+        together in one column, separated by another character than the ``delimiter``
+        option; or none of them is text a person typed (the ``encoding`` option is not the
+        file's). "" when neither is the case: the column is really missing."""
+
+        def folded(name: str) -> str:
+            return "".join(ch for ch in name.casefold() if ch.isalnum())
+
+        delimiter = getattr(self.table, "delimiter", None)
+        encoding = getattr(self.table, "encoding", None)
+        if delimiter is None or encoding is None or not self.columns:
+            return ""
+        wanted = folded(self.id_column)
+        for name in self.columns:
+            for other in (",", ";", "\t", "|"):
+                parts = name.split(other)
+                if other != delimiter and len(parts) > 1 and wanted in map(folded, parts):
+                    return (
+                        f"the header reads as one column ({_shortened(name)!r}), its names "
+                        f"separated by {other!r}, and the connector's delimiter option is "
+                        f"{delimiter!r}: set delimiter = {other!r} in the config"
+                    )
+        if wanted.isascii() and not any(
+            ch.isascii() and ch.isalpha() for name in self.columns for ch in name
+        ):
+            return (
+                f"no column name in the header reads as {encoding} text, so the connector's "
+                "encoding option is not the file's: set encoding to the one the file was "
+                'saved in (such as "utf-8" or "cp1252") in the config'
+            )
         return ""
 
     # -- describing rows
@@ -1022,3 +1057,8 @@ class _Working:
             self.stale = True
             raise
         self.pending = False
+
+
+def _shortened(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters for a message, marked with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -218,6 +218,51 @@ def test_the_sync_id_column_gone_while_records_are_linked_stops_the_run(
         untouched.check()
 
 
+def test_a_delimiter_option_the_file_does_not_use_is_named_as_the_fix(tmp_path: Path) -> None:
+    """``delimiter = ";"`` on comma-separated books: every header reads as one column, so
+    the Sync ID column looks missing. The message says to set the option, not to restore a
+    column from a backup (a careless integrator's edit, found by a cold trial)."""
+    cfg, sheet = books_with_two(tmp_path, "csv")
+    semicolons = memory_config(
+        tmp_path, {"a": {}, "books": {"type": "spreadsheet", "path": "books", "delimiter": ";"}}
+    )
+    untouched = Untouched(tmp_path, sheet.path)
+    with pytest.raises(StructureError) as caught:
+        run(semicolons)
+    message = str(caught.value)
+    assert "customers.csv: the Sync ID column is missing, but 2 customers are linked to it; " in (
+        message
+    )
+    assert "the header reads as one column ('Sync ID," in message
+    assert "its names separated by ',', and the connector's delimiter option is ';': set " in (
+        message
+    )
+    assert "set delimiter = ',' in the config and sync again" in message
+    assert "restore the column" not in message
+    untouched.check()
+    assert run(cfg).exit_code == 0  # the right option reads the same file
+
+
+def test_an_encoding_option_the_file_does_not_use_is_named_as_the_fix(tmp_path: Path) -> None:
+    """``encoding = "utf-16"`` on UTF-8 books whose header happens to decode (as characters
+    no one typed) and whose rows run into it: no record reads, and the empty-member guard
+    names the encoding option instead of the path or the credentials."""
+    cfg, sheet = books_with_two(tmp_path, "csv")
+    text = sheet.path.read_bytes().replace(b"\n", b"")  # one line: valid utf-16 (even length)
+    sheet.path.write_bytes(text if len(text) % 2 == 0 else text + b" ")
+    wrong = memory_config(
+        tmp_path,
+        {"a": {}, "books": {"type": "spreadsheet", "path": "books", "encoding": "utf-16"}},
+    )
+    result = run(wrong, dry_run=True)
+    assert result.exit_code == 3
+    assert result.guard is not None
+    assert "books returned no customers but 2 are linked to it" in result.guard
+    assert "customers.csv: no column name in the header reads as utf-16 text" in result.guard
+    assert 'set encoding to the one the file was saved in (such as "utf-8"' in result.guard
+    assert "path/credentials" not in result.guard
+
+
 @FORMATS
 def test_a_new_sheet_typed_without_a_sync_id_column_still_syncs(tmp_path: Path, fmt: str) -> None:
     sheet = Sheet(tmp_path, fmt)
