@@ -12,6 +12,7 @@ import difflib
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -531,15 +532,31 @@ def _broken_refs(value: str, is_secret: bool) -> list[tuple[str, str]]:
 
 
 def _pydantic_problems(
-    err: ValidationError, prefix: str, model_cls: type[BaseModel]
+    err: ValidationError,
+    prefix: str,
+    model_cls: type[BaseModel],
+    table: str = "",
+    *,
+    array: bool = False,
 ) -> list[Problem]:
+    """One problem per validation error of ``model_cls``, read from the TOML table ``table``
+    ("": the top level; ``array``: an array of tables such as ``[[pipelines]]``), each named
+    ``prefix.field`` with its fix."""
     problems = []
     for item in err.errors():
         loc = ".".join(str(p) for p in item["loc"])
         where = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
         kind = item["type"]
         fix = ""
-        if kind == "extra_forbidden":
+        home = _written_below(model_cls, item["loc"], table, array=array)
+        if home:
+            msg = (
+                f"unknown key {item['loc'][-1]!r}"
+                if kind == "extra_forbidden"
+                else item["msg"].removeprefix("Value error, ")
+            )
+            fix = home
+        elif kind == "extra_forbidden":
             known = _known_keys(model_cls, item["loc"][:-1])
             close = difflib.get_close_matches(str(item["loc"][-1]), known, n=1)
             msg = f"unknown key {item['loc'][-1]!r}"
@@ -575,18 +592,72 @@ def _pydantic_problems(
     return problems
 
 
+def _written_below(
+    model_cls: type[BaseModel], loc: tuple[Any, ...], table: str, *, array: bool
+) -> str:
+    """The fix when the key at ``loc`` belongs to a table above the one it landed in, else
+    "": in TOML every key after a ``[table]`` header belongs to that table, so a pipeline's
+    ``batch_size`` typed below its ``[pipelines.deletes]`` is read as a delete setting (and
+    ``entities`` below ``[pipelines.mappings]`` as a mapping). ``table``, ``array``: where
+    ``model_cls`` itself is read from (see ``_pydantic_problems``)."""
+    if len(loc) < 2 or not isinstance(loc[-1], str):
+        return ""
+    key, parent = loc[-1], loc[:-1]
+    if key in _known_keys(model_cls, parent):
+        return ""
+
+    def path(parts: tuple[Any, ...]) -> str:
+        return ".".join(
+            [*([table] if table else []), *(str(p) for p in parts if not isinstance(p, int))]
+        )
+
+    for end in range(len(parent) - 1, -1, -1):
+        owner = parent[:end]
+        if key not in _known_keys(model_cls, owner):
+            continue
+        if not path(owner):
+            above = "the top of the file, before any [table]"
+        elif (owner and isinstance(owner[-1], int)) or (not owner and array):
+            above = f"its [[{path(owner)}]] entry"
+        else:
+            above = f"[{path(owner)}]"
+        return _below_header_fix(key, above, f"[{path(parent)}]")
+    return ""
+
+
+def _below_header_fix(key: str, above: str, header: str) -> str:
+    return (
+        f"{key!r} belongs to {above}, but it is written below the {header} header, and TOML "
+        f"reads every key after a header as part of that table: move {key} above {header}"
+    )
+
+
 def _known_keys(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys the table at ``loc`` takes, or [] when that is not known. A table of named
+    tables (``[connectors.crm.entities.customers]``) is stepped through by its names."""
     current: Any = model_cls
+    named = False  # the next part names an entry of a table of tables
     for part in loc:
         if isinstance(part, int):
+            continue
+        if named:
+            named = False
             continue
         fields = getattr(current, "model_fields", None)
         if not fields or part not in fields:
             return []
         annotation = fields[part].annotation
+        named = _is_table_of_tables(annotation)
         current = _unwrap_model(annotation)
     fields = getattr(current, "model_fields", None)
-    return sorted(fields) if fields else []
+    return sorted(fields) if fields and not named else []
+
+
+def _is_table_of_tables(annotation: Any) -> bool:
+    """Whether ``annotation`` is a mapping of names to models (optional or not)."""
+    if typing.get_origin(annotation) in (dict, Mapping):
+        return _unwrap_model(annotation) is not None
+    return any(_is_table_of_tables(arg) for arg in typing.get_args(annotation))
 
 
 def _unwrap_model(annotation: Any) -> Any:
@@ -658,7 +729,12 @@ def load_config(
                 name = raw.get("name") if isinstance(raw, dict) else None
                 label = name if isinstance(name, str) and name.strip() else str(index)
                 problems.extend(
-                    _prefixed(_pydantic_problems(err, f"pipelines.{label}", PipelineSection), shown)
+                    _prefixed(
+                        _pydantic_problems(
+                            err, f"pipelines.{label}", PipelineSection, "pipelines", array=True
+                        ),
+                        shown,
+                    )
                 )
 
     connectors: dict[str, ConnectorConfig] = {}
@@ -685,7 +761,7 @@ def load_config(
         try:
             options = cls.Options.model_validate(table)
         except ValidationError as err:
-            problems.extend(_prefixed(_pydantic_problems(err, where, cls.Options), shown))
+            problems.extend(_prefixed(_pydantic_problems(err, where, cls.Options, where), shown))
             continue
         problems.extend(_short_secrets(options, written.get(name), f"{shown}: {where}"))
         connectors[name] = ConnectorConfig(name, type_name, cls, options)
@@ -833,6 +909,18 @@ def _check_pipeline(
     default region of the mappings' phone numbers."""
     problems: list[Problem] = []
     mappings: dict[tuple[str, str], EntityMapping] = {}
+    for table in ("conflicts", "mappings", "locks", "match"):
+        entries = getattr(section, table)
+        for name in [n for n in entries if n in PipelineSection.model_fields]:
+            # a pipeline's own key typed below this sub-table's header: not an entry of it
+            del entries[name]
+            problems.append(
+                Problem(
+                    f"{where}.{table}.{name}",
+                    f"{name!r} is not a {table} entry",
+                    _below_header_fix(name, "its [[pipelines]] entry", f"[pipelines.{table}]"),
+                )
+            )
     for i, member in enumerate(section.members):
         if member not in known_connectors:
             close = difflib.get_close_matches(member, known_connectors, n=1)

@@ -6,8 +6,9 @@ fit for a configuration error. A schedule gives the daemon an APScheduler trigge
 when is the next run after the last one (``next_run``, for ``syncengine status``) and is a
 pipeline due now (``is_due``, for ``syncengine daemon --once`` under cron).
 
-Intervals (1 s to 366 days): ``every N`` followed by a unit: ``s``/``sec``/``seconds``, ``m``/``min``/``minutes``,
-``h``/``hours``, ``d``/``days`` (``every 30s``, ``every 15m``, ``every 2 hours``).
+Intervals, from 1 s to 366 days: ``every N`` followed by a unit: ``s``/``sec``/``seconds``,
+``m``/``min``/``minutes``, ``h``/``hours``, ``d``/``days`` (``every 30s``, ``every 15m``,
+``every 2 hours``).
 
 Cron: ``minute hour day-of-month month day-of-week`` with classic crontab meanings, including
 day-of-week numbers (0 and 7 are Sunday) and names (``mon-fri``). Unlike classic cron, which

@@ -172,8 +172,7 @@ def records_of(body: Any, path: str, where: Where, context: str) -> list[dict[st
                 "(empty when the body itself is the list)"
             )
         raise where.fatal(
-            f"{context}: {what} (setting {where.setting('records_path', path)}){shape}; "
-            f"{hint}."
+            f"{context}: {what} (setting {where.setting('records_path', path)}){shape}; {hint}."
         )
     for index, item in enumerate(found):
         if not isinstance(item, dict):

@@ -247,7 +247,7 @@ def test_an_encoding_option_the_file_does_not_use_is_named_as_the_fix(tmp_path: 
     """``encoding = "utf-16"`` on UTF-8 books whose header happens to decode (as characters
     no one typed) and whose rows run into it: no record reads, and the empty-member guard
     names the encoding option instead of the path or the credentials."""
-    cfg, sheet = books_with_two(tmp_path, "csv")
+    _cfg, sheet = books_with_two(tmp_path, "csv")
     text = sheet.path.read_bytes().replace(b"\n", b"")  # one line: valid utf-16 (even length)
     sheet.path.write_bytes(text if len(text) % 2 == 0 else text + b" ")
     wrong = memory_config(

@@ -348,3 +348,77 @@ def test_an_empty_secret_says_so_without_a_masked_value(tmp_path: Path) -> None:
         f"{tmp_path / 'config.toml'}: connectors.hcp.api_key",
     )
     assert problem.message == "is empty (is the environment variable it refers to set?)"
+
+
+# ----------------------------------------------------------- keys typed below a sub-table
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "location", "message", "above", "header"),
+    [
+        (
+            "pipeline",
+            "[pipelines.deletes]\npropagate = true\nbatch_size = 100",
+            "pipelines.hcp-books.deletes.batch_size",
+            "unknown key 'batch_size'",
+            "its [[pipelines]] entry",
+            "[pipelines.deletes]",
+        ),
+        (
+            "pipeline",
+            '[pipelines.mappings]\nentities = ["customers"]',
+            "pipelines.hcp-books.mappings.entities",
+            "Input should be a valid dictionary",
+            "its [[pipelines]] entry",
+            "[pipelines.mappings]",
+        ),
+        (
+            "pipeline",
+            '[pipelines.conflicts]\ndefault = ["hcp"]\nentities = ["customers"]',
+            "pipelines[0].conflicts.entities",
+            "'entities' is not a conflicts entry",
+            "its [[pipelines]] entry",
+            "[pipelines.conflicts]",
+        ),
+        (
+            "state",
+            'region = "US"',
+            "state.region",
+            "unknown key 'region'",
+            "the top of the file, before any [table]",
+            "[state]",
+        ),
+        (
+            "hcp",
+            "max_retries = 1\n[connectors.hcp.extra]\npage_size = 50",
+            "connectors.hcp.extra",
+            "unknown key 'extra'",
+            "",
+            "",
+        ),
+    ],
+)
+def test_a_key_typed_below_a_sub_table_says_where_it_belongs(
+    tmp_path: Path, where: str, text: str, location: str, message: str, above: str, header: str
+) -> None:
+    """TOML gives every key after a ``[table]`` header to that table: a pipeline's
+    ``batch_size`` typed at the end of the file is read as a delete setting. The problem names
+    the table the key belongs to and the header to move it above (a cold trial's slip); a key
+    no table above knows keeps the plain unknown-key fix."""
+    if where == "pipeline":
+        path = _write(tmp_path, pipeline=text)
+    elif where == "state":
+        path = _write(tmp_path, top="", state_url=f'sqlite:///state.db"\n{text}\n#"')
+    else:
+        path = _write(tmp_path, hcp=f'api_key = "${{HCP_API_KEY}}"\n{text}')
+    problem = _one(_problems(path), f"{tmp_path / 'config.toml'}: {location}")
+    assert problem.message.startswith(message)
+    if above:
+        key = location.rsplit(".", 1)[1]
+        assert problem.fix == (
+            f"{key!r} belongs to {above}, but it is written below the {header} header, and "
+            f"TOML reads every key after a header as part of that table: move {key} above "
+            f"{header}"
+        )
+    else:
+        assert "belongs to" not in problem.fix
