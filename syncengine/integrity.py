@@ -261,12 +261,15 @@ def hold_swapped_identities(
         return
     states = store.load_records(pipeline.name, entity, {key for _n, key in changed})
     suspects: dict[tuple[str, object], list[tuple[str, str]]] = {}
+    left: dict[str, dict[tuple[str, object], list[str]]] = {}
     for (name, key), obs in changed.items():
         base = states[key].base if key in states else {}
         for field_name in keys:
             new, old = obs.canonical.get(field_name), base.get(field_name)
             if new not in (None, "") and old not in (None, "") and new != old:
                 suspects.setdefault((field_name, new), []).append((name, key))
+                left.setdefault(name, {}).setdefault((field_name, old), []).append(key)
+    _hold_moved_sync_ids(entity, reads, ent, states, left)
     if not suspects:
         return
     owners: dict[tuple[str, object], tuple[str, model.Record]] = {}
@@ -306,3 +309,62 @@ def hold_swapped_identities(
                 )
             )
             log.warning("identity swap held", entity=entity, member=name, key=key, other=other)
+
+
+def _hold_moved_sync_ids(
+    entity: str,
+    reads: Mapping[str, MemberRead],
+    ent: EntityPlan,
+    states: Mapping[str, RecordState],
+    left: Mapping[str, Mapping[tuple[str, object], list[str]]],
+) -> None:
+    """Hold each linked record a member changed so that a match key left a value (``left``:
+    member -> (field, old value) -> keys) which a record new on that member now holds: a row
+    copied and changed into another customer, whose Sync ID was then blanked on the original
+    row instead of on the copy. Syncing would write the new customer over the old one on
+    every member, and then create the old one again without its history. Both rows are held
+    and reported until the Sync ID is back on the row that holds the record."""
+    for name, moved in left.items():
+        r = reads[name]
+        if not r.new:
+            continue
+        held: set[int] = set()
+        for obs in r.new:
+            for (field_name, value), keys in moved.items():
+                if obs.canonical.get(field_name) != value:
+                    continue
+                for key in keys:
+                    linked = r.changed.pop(key, None)
+                    if linked is None:
+                        continue
+                    r.blocked.add(key)
+                    held.add(id(obs))
+                    was = label_of(states[key].base if key in states else None, key)
+                    now = linked.canonical.get(field_name)
+                    ent.issues.append(
+                        Issue(
+                            entity,
+                            name,
+                            linked.record.location,
+                            f"its Sync ID is {was}'s, but it now holds {field_name} {now!r}, "
+                            f"while {obs.record.location or 'a record'}, which has no Sync ID, "
+                            f"holds {was}'s {field_name} {value!r}: was the Sync ID blanked on "
+                            "the original row instead of on the copy? Neither row is synced "
+                            f"until {was}'s Sync ID is back on the row that holds {was} (undo "
+                            "the change) and the copy's Sync ID is blank",
+                        )
+                    )
+                    log.warning("moved sync id held", entity=entity, member=name, key=key)
+        if held:
+            for obs in r.new:
+                if id(obs) in held:
+                    ent.issues.append(
+                        Issue(
+                            entity,
+                            name,
+                            obs.record.location,
+                            "not synced: it may be the record whose Sync ID another row now "
+                            "holds (see that row's error)",
+                        )
+                    )
+            r.new = [obs for obs in r.new if id(obs) not in held]

@@ -230,3 +230,59 @@ def test_blanking_the_wrong_one_of_two_rows_sharing_a_sync_id_overwrites_nobody(
     ), str(done)
     assert box.writes() == []
     assert _hcp_people(box) == people
+
+
+def test_a_copy_made_into_another_customer_then_the_original_blanked_overwrites_nobody(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
+    """A row copied to the end and changed into a new customer (name, e-mail, mobile); told
+    that two rows share a Sync ID, the bookkeeper blanks the original's instead of the
+    copy's. The copy then holds the customer's Sync ID with someone else's identity, and the
+    original, without one, holds the customer: both are held and reported. Before, the sync
+    renamed the real customer in HCP (her invoices with her) and created her again as a new
+    customer the run after (a cold trial found it)."""
+    box, config = _setup(tmp_path, sandbox_factory, cli)
+    people = _hcp_people(box)
+    table = read_csv_table(_sheet(config))
+    original = dict(table.rows[4])
+    copy = {
+        **original,
+        "First Name": "Tom",
+        "Last Name": "Baker",
+        "Email": "tom.baker@example.com",
+        "Mobile": "(555) 222-3333",
+    }
+    write_csv(_sheet(config), [*table.rows, copy], table.header, newline=table.newline)
+    assert_clean_exit(cli("sync", "--config", config), 1)  # 'share Sync ID'
+
+    def blank_the_original(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows[4]["Sync ID"] = ""
+        return rows
+
+    _edit_rows(config, blank_the_original)
+    box.clear_requests()
+    for _run in range(2):
+        done = cli("sync", "--config", config)
+        assert_clean_exit(done, 1)
+        assert "was the Sync ID blanked on the original row instead of on the copy?" in (
+            done.output
+        ), str(done)
+        assert box.writes() == []
+        assert _hcp_people(box) == people
+    rows = read_csv_table(_sheet(config)).rows
+    assert sum(r["Email"] == original["Email"] for r in rows) == 1
+    assert rows[-1]["Sync ID"] == original["Sync ID"]  # nothing rewritten in the sheet
+
+    def put_it_back(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows[4]["Sync ID"], rows[-1]["Sync ID"] = original["Sync ID"], ""
+        return rows
+
+    _edit_rows(config, put_it_back)  # the fix the message gives
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    after = _hcp_people(box)
+    assert (
+        after[next(k for k, v in people.items() if v[2] == original["Email"])]
+        == people[next(k for k, v in people.items() if v[2] == original["Email"])]
+    )
+    assert ("Tom", "Baker", "tom.baker@example.com") in after.values()
+    assert len(after) == len(people) + 1
