@@ -540,7 +540,10 @@ class CentsTransform(_Base):
             raise ValueError(f"{native!r} is not an amount")
         scaled = amount.scaleb(self.places)
         if scaled != scaled.to_integral_value():
-            raise ValueError(f"{native!r} has more than {self.places} decimal places")
+            raise ValueError(
+                f"{native!r} has more than {self.places} decimal places: round it to "
+                f"{self.places} (in a workbook formula, =ROUND(…, {self.places}))"
+            )
         return int(scaled)
 
     def _parse(self, text: str) -> Decimal | None:
