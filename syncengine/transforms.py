@@ -505,6 +505,11 @@ def _phone(params: Params) -> Transform:
     return PhoneTransform(fmt, region.upper())
 
 
+_MONEY_COMMA = re.compile(
+    r"(?P<sign>[+-]?\s*\$?\s*)(?P<units>\d{1,3}(?:\.\d{3})+|\d+),(?P<cents>\d{1,2})", re.ASCII
+)
+"""``194,04`` or ``1.234,50``: an amount typed with a decimal comma (as much of Europe writes
+it), told apart from ``1,234`` (thousands): one or two digits after the comma."""
 _AMOUNT = re.compile(
     r"(?P<sign>[+-])?\s*\$?\s*(?P<sign2>[+-])?\s*"
     r"(?P<number>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)",
@@ -553,6 +558,13 @@ class CentsTransform(_Base):
         parenthesised = body[0] == "(" and body[-1] == ")"
         match = _AMOUNT.fullmatch(body[1:-1].strip() if parenthesised else body)
         if match is None or (match["sign"] and match["sign2"]):
+            comma = _MONEY_COMMA.fullmatch(body)
+            if comma is not None:
+                dotted = f"{comma['sign']}{comma['units'].replace('.', ',')}.{comma['cents']}"
+                raise ValueError(
+                    f"{text!r} is not an amount: a comma groups thousands here; write "
+                    f"{dotted!r} for the cents"
+                )
             raise ValueError(f"{text!r} is not an amount")
         sign = match["sign"] or match["sign2"]
         if parenthesised and sign:
@@ -839,6 +851,18 @@ def _map(params: Params) -> Transform:
     return MapTransform(values, unknown)
 
 
+_SPELT = {
+    "%Y": "YYYY", "%y": "YY", "%m": "MM", "%d": "DD", "%H": "hh", "%I": "hh", "%M": "mm",
+    "%S": "ss", "%p": "AM/PM", "%b": "Mon", "%B": "Month", "%a": "Day", "%A": "Weekday",
+    "%z": "+hhmm", "%Z": "zone", "%%": "%",
+}  # fmt: skip
+
+
+def _spelt(fmt: str) -> str:
+    """A strftime format as a bookkeeper reads it: ``%m/%d/%Y`` is ``MM/DD/YYYY``."""
+    return re.sub(r"%.", lambda m: _SPELT.get(m.group(0), m.group(0)), fmt)
+
+
 class DateTransform(_Base):
     """Canonical ISO 8601 UTC (``2024-03-01T14:00:00Z``) <-> text in ``format`` (strftime) in
     ``timezone``. A date-only format reads as local midnight; native ``datetime``/``date``
@@ -873,7 +897,11 @@ class DateTransform(_Base):
         try:
             moment = dt.datetime.strptime(text, self.format)
         except ValueError:
-            raise ValueError(f"{native!r} is not a date in the format {self.format!r}") from None
+            example = dt.datetime(2025, 1, 31, 14, 5, 9).strftime(self.format)
+            raise ValueError(
+                f"{native!r} is not a date written as {_spelt(self.format)}, such as "
+                f"{example} (the mapping's format {self.format!r})"
+            ) from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=self._zone)
         read = moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -272,11 +272,29 @@ def test_cents_reads(native: Any, cents: int) -> None:
     assert build_transform("cents", "x").read(native) == cents
 
 
-@pytest.mark.parametrize("native", ["12,3x", "12,3", "1,23.00", "abc", "$", "1.2.3", "--1", "nan"])
+@pytest.mark.parametrize(
+    "native", ["12,3x", "1,23.00", "abc", "$", "1.2.3", "--1", "nan", "12,345,6"]
+)
 def test_cents_rejects_what_is_not_an_amount(native: str) -> None:
     with pytest.raises(ValueError) as info:
         build_transform("cents", "x").read(native)
     assert str(info.value) == f"{native!r} is not an amount"
+
+
+@pytest.mark.parametrize(
+    ("native", "dotted"),
+    [("194,04", "194.04"), ("12,3", "12.3"), ("1.234,50", "1,234.50"), ("-$12,50", "-$12.50")],
+)
+def test_cents_names_the_fix_for_a_decimal_comma(native: str, dotted: str) -> None:
+    """``194,04`` typed as much of Europe writes it is refused, never read as 19 404, and the
+    message says how to write it; ``1,234`` (three digits after the comma) is thousands."""
+    with pytest.raises(ValueError) as info:
+        build_transform("cents", "x").read(native)
+    assert str(info.value) == (
+        f"{native!r} is not an amount: a comma groups thousands here; write {dotted!r} for "
+        "the cents"
+    )
+    assert build_transform("cents", "x").read("1,234") == 123400
 
 
 def test_cents_rejects_more_precision_than_its_places_and_booleans() -> None:
@@ -463,8 +481,14 @@ def test_date_with_utc_offset_format() -> None:
 
 def test_date_errors() -> None:
     day = build_transform("date", "x")
-    with pytest.raises(ValueError, match="'03/01/2024' is not a date in the format '%Y-%m-%d'"):
+    with pytest.raises(ValueError) as info:
         day.read("03/01/2024")
+    assert str(info.value) == (
+        "'03/01/2024' is not a date written as YYYY-MM-DD, such as 2025-01-31 (the mapping's "
+        "format '%Y-%m-%d')"
+    )
+    with pytest.raises(ValueError, match=r"written as MM/DD/YYYY hh:mm AM/PM, such as 01/31/2025"):
+        build_transform({"name": "date", "format": "%m/%d/%Y %I:%M %p"}, "x").read("yesterday")
     with pytest.raises(ValueError, match="'soon' is not an ISO 8601 date-time"):
         day.write("soon")
     found = problems({"name": "date", "format": "abc", "timezone": "Mars/Base"})
