@@ -573,6 +573,12 @@ def _pydantic_problems(
         elif kind == _CONFIG_PROBLEM:
             msg = item["msg"]
             fix = str((item.get("ctx") or {}).get("fix", ""))
+        elif kind == "list_type" and isinstance(item.get("input"), str):
+            msg = item["msg"] + f" (got {item['input']!r})"
+            fix = f"write it as a list: {item['loc'][-1]} = [{_toml_string(item['input'])}]"
+        elif kind == "too_short" and item["loc"] and item["loc"][-1] == "members":
+            msg = "a pipeline needs at least two members"
+            fix = 'list the connectors it keeps in step, such as members = ["hcp", "books"]'
         elif kind == BOOL_NOT_NUMBER:
             msg = item["msg"]
             fix = "write a number without quotes (true and false are not numbers)"
@@ -623,6 +629,17 @@ def _written_below(
             above = f"[{path(owner)}]"
         return _below_header_fix(key, above, f"[{path(parent)}]")
     return ""
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its indefinite article: an invoice, a payment."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
+def _toml_string(text: str) -> str:
+    """``text`` as a TOML basic string."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
 
 
 def _below_header_fix(key: str, above: str, header: str) -> str:
@@ -958,7 +975,7 @@ def _check_pipeline(
                         f"{where}.entities",
                         f"{entity} refer to {target} (their {name!r}), which this pipeline does "
                         "not sync",
-                        f"add {target!r} to entities: a {entity[:-1]} cannot be written anywhere "
+                        f"add {target!r} to entities: {_a(entity[:-1])} cannot be written anywhere "
                         f"without its {name}",
                     )
                 )

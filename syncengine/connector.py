@@ -52,7 +52,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -153,6 +153,13 @@ class NativeRecord:
         if self.data is RELEASED:
             raise RuntimeError("a native record was hashed after it was released")
         return raw_hash(self.data)
+
+
+EMPTY_SECRET: Final = (
+    "is empty: write the key there, or, where it names an environment variable (${NAME}), "
+    "give that variable a value"
+)
+"""The problem of a key, token or password left empty (a connector's options say it)."""
 
 
 def raw_hash(data: Mapping[str, Any]) -> str:

@@ -69,6 +69,7 @@ from urllib.parse import quote
 from pydantic import Field, SecretStr, field_validator
 
 from syncengine.connector import (
+    EMPTY_SECRET,
     Capabilities,
     Connector,
     ConnectorContext,
@@ -171,7 +172,7 @@ class HousecallProOptions(ConnectorOptions):
     @classmethod
     def _non_empty_key(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
-            raise ValueError("is empty (is the environment variable it refers to set?)")
+            raise ValueError(EMPTY_SECRET)
         return value
 
 

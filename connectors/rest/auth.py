@@ -28,6 +28,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, SecretStr, field_validator
 
+from syncengine.connector import EMPTY_SECRET
 from syncengine.registry import Registry
 
 __all__ = [
@@ -48,7 +49,7 @@ _TOKEN_CHARS = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 def _non_empty(value: SecretStr) -> SecretStr:
     if not value.get_secret_value().strip():
-        raise ValueError("is empty (is the environment variable it refers to set?)")
+        raise ValueError(EMPTY_SECRET)
     return value
 
 

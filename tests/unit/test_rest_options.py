@@ -545,7 +545,9 @@ def test_an_empty_secret_says_which_variable_may_be_unset(tmp_path: Path) -> Non
         )
     )
     assert "connectors.crm.auth" in problem
-    assert "is the environment variable it refers to set?" in problem
+    assert "where it names an environment variable (${NAME}), give that variable a value" in (
+        problem
+    )
 
 
 # ---------------------------------------------------------------------------------- routes

@@ -347,7 +347,10 @@ def test_an_empty_secret_says_so_without_a_masked_value(tmp_path: Path) -> None:
         _problems(path, env={**ENV, "HCP_API_KEY": ""}),
         f"{tmp_path / 'config.toml'}: connectors.hcp.api_key",
     )
-    assert problem.message == "is empty (is the environment variable it refers to set?)"
+    assert problem.message == (
+        "is empty: write the key there, or, where it names an environment variable "
+        "(${NAME}), give that variable a value"
+    )
 
 
 # ----------------------------------------------------------- keys typed below a sub-table
@@ -422,3 +425,32 @@ def test_a_key_typed_below_a_sub_table_says_where_it_belongs(
         )
     else:
         assert "belongs to" not in problem.fix
+
+
+def test_a_pipeline_of_one_member_and_a_rule_not_in_a_list_say_how_to_write_them(
+    tmp_path: Path,
+) -> None:
+    path = _write(tmp_path)
+    text = path.read_text().replace('members = ["hcp", "books"]', 'members = ["hcp"]')
+    text += '\n[pipelines.conflicts]\ndefault = "hcp"\n'
+    path.write_text(text)
+    problems = _problems(path)
+    shown = f"{tmp_path / 'config.toml'}: pipelines.hcp-books"
+    one = _one(problems, f"{shown}.members")
+    assert one.message == "a pipeline needs at least two members"
+    assert one.fix == 'list the connectors it keeps in step, such as members = ["hcp", "books"]'
+    rule = _one(problems, f"{shown}.conflicts.default")
+    assert rule.message == "Input should be a valid list (got 'hcp')"
+    assert rule.fix == 'write it as a list: default = ["hcp"]'
+
+
+def test_a_missing_entity_a_record_needs_is_named_with_its_article(tmp_path: Path) -> None:
+    problems = _problems(_write(tmp_path, pipeline='entities = ["payments"]'))
+    found = [p for p in problems if "without its invoice" in p.fix]
+    assert [p.fix for p in found] == [
+        "add 'invoices' to entities: a payment cannot be written anywhere without its invoice"
+    ]
+    problems = _problems(_write(tmp_path, pipeline='entities = ["invoices"]'))
+    assert any(
+        "an invoice cannot be written anywhere without its customer" in p.fix for p in problems
+    )
