@@ -18,6 +18,8 @@ writer waits for the lock up front instead of failing half way when another proc
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import sqlite3
@@ -437,10 +439,21 @@ def _check_not_newer(current: set[str], known: set[str]) -> None:
 
 
 def _prepare_sqlite_file(path: Path, *, create: bool) -> None:
-    """Create the database file 0600 before SQLite touches it; tighten an existing one."""
+    """Create the database file 0600 before SQLite touches it; tighten an existing one.
+
+    An existing file is never opened here: closing any descriptor of a file drops every
+    POSIX lock this process holds on it, the locks of SQLite's own connections included
+    (a console request opening the store inside the daemon). Another process then takes
+    itself for the file's last user, checkpoints and deletes the write-ahead log the daemon
+    still writes into, and the database is damaged."""
     try:
-        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
-        os.close(fd)
+        if create:  # only a file that did not exist, which no connection can hold yet
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        if not os.access(path, os.R_OK | os.W_OK):
+            if not path.exists():
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
             if candidate.exists() and (candidate.stat().st_mode & 0o777) != 0o600:
                 os.chmod(candidate, 0o600)
@@ -546,6 +559,9 @@ class StateStore:
         """The SQLite database file, or None (PostgreSQL, in-memory)."""
         self.ephemeral = ephemeral
         """True when backed by an in-memory database: nothing written survives `close()`."""
+        self._file_id: tuple[int, int] | None = None
+        """The SQLite file's (device, inode) once opened: a file deleted or replaced under
+        this process is never written again (``_same_file``)."""
 
     # -- opening -------------------------------------------------------------------------
 
@@ -600,6 +616,9 @@ class StateStore:
         )
         try:
             store._migrate()
+            if path is not None and not ephemeral:
+                found = path.stat()
+                store._file_id = (found.st_dev, found.st_ino)
         except BaseException:
             engine.dispose()
             raise
@@ -736,7 +755,30 @@ class StateStore:
         with self._engine.connect() as conn:
             conn.execution_options(syncengine_write=True)
             with conn.begin():
+                self._same_file()
                 yield conn
+
+    def _same_file(self) -> None:
+        """Refuse to write (``StateUnavailableError``) once the SQLite file this store opened
+        was deleted or replaced: its connections would go on writing into the old file, which
+        no other process sees. A sync started meanwhile finds no lease in the new file and
+        runs beside this one, both creating the same records. Checked as each write
+        transaction begins, before a batch's intents, so no member is written after it."""
+        if self._file_id is None or self.path is None:
+            return
+        try:
+            found = self.path.stat()
+            now: tuple[int, int] | None = (found.st_dev, found.st_ino)
+        except FileNotFoundError:
+            now = None
+        if now != self._file_id:
+            what = "deleted" if now is None else "replaced by another file"
+            raise StateUnavailableError(
+                f"the state store file {self.path} was {what} while this process used it; "
+                "nothing more is written to the old one. Stop this process and start it "
+                "again: it then opens the file there now (a lost state file is re-linked as "
+                "after a restore, nothing is created twice)"
+            )
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
