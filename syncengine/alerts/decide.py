@@ -2,7 +2,8 @@
 
 A **condition** is one thing a person may have to act on, keyed by ``(pipeline, event,
 detail)``: ``run_failed`` and ``paused`` (detail ""), ``guard_tripped`` (detail: the entity),
-``conflicts_parked``, ``skipped_writes``, ``books_disagree``, ``needs_review`` (detail "").
+``conflicts_parked``, ``skipped_writes``, ``writes_failed``, ``books_disagree``,
+``needs_review`` (detail "").
 
 After each attempt at a pipeline the daemon knows some **facts** (``RunFacts``): how the run
 ended and, for a run that reached the members, the open conflicts, skipped writes and book
@@ -59,10 +60,13 @@ EVENTS = (
     "conflicts_parked",
     "needs_review",
     "skipped_writes",
+    "writes_failed",
     "books_disagree",
 )
 """Every event an alert can carry (``test`` is the one ``syncengine alerts test`` sends)."""
-LOUD_CLEARS = frozenset({"run_failed", "paused", "guard_tripped", "books_disagree"})
+LOUD_CLEARS = frozenset(
+    {"run_failed", "paused", "guard_tripped", "books_disagree", "writes_failed"}
+)
 """Conditions whose clearing is told ("recovered"); the others close silently."""
 SEVERITY = {
     "run_failed": "error",
@@ -70,6 +74,7 @@ SEVERITY = {
     "guard_tripped": "warning",
     "conflicts_parked": "warning",
     "skipped_writes": "warning",
+    "writes_failed": "error",
     "books_disagree": "warning",
     "needs_review": "info",
     "recovered": "info",
@@ -103,8 +108,10 @@ class RunFacts:
     entities_ran: Sequence[str] = ()
     """The entities the run planned (a guard stops the run at its entity)."""
     items: Mapping[str, Items] = field(default_factory=dict)
-    """condition event (conflicts_parked, skipped_writes, books_disagree, needs_review) ->
-    the open items after the run."""
+    """condition event (conflicts_parked, skipped_writes, writes_failed, books_disagree,
+    needs_review) -> the open items after the run."""
+    failure: str = ""
+    """The first of the run's failed writes, for ``writes_failed`` (already redacted)."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +192,8 @@ def observe(facts: RunFacts) -> list[Observed]:
             guard = facts.guards.get(entity)
             out.append(Observed("guard_tripped", entity, guard is not None, text=guard or ""))
     for event, items in sorted(facts.items.items()):
-        out.append(Observed(event, "", items.count > 0, items=items))
+        text = facts.failure if event == "writes_failed" else ""
+        out.append(Observed(event, "", items.count > 0, items=items, text=text))
     return out
 
 
@@ -370,6 +378,14 @@ def _alert(t: Transition, config_path: str) -> Alert:
         what = (
             f"Pipeline {p}: {n('write')} a member cannot take{by}. See which and why: `{command}`"
         )
+    elif event == "writes_failed":
+        command = _cmd("runs", config_path, p)
+        first = f": {obs.text}" if obs.text else ""
+        what = (
+            f"Pipeline {p}: {n('write')} failed in the last run{by}{first}. The run went "
+            "on, and every run tries them again; you hear again when a run writes them all. "
+            f"See the errors: `{command}`"
+        )
     elif event == "books_disagree":
         command = _cmd("reconcile-report", config_path, p)
         what = f"Pipeline {p}: the books disagree: {n('difference')}{by}. See them: `{command}`"
@@ -407,6 +423,7 @@ def _recovered(cleared: Sequence[Transition], config_path: str) -> Alert:
         "run_failed": "failing runs",
         "paused": "the pause after refused credentials",
         "books_disagree": "the books' disagreements",
+        "writes_failed": "the failing writes",
     }
     parts = [
         f"the guard on {t.row.detail}" if t.row.event == "guard_tripped" else words[t.row.event]

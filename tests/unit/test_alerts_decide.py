@@ -215,3 +215,38 @@ def test_a_condition_is_told_as_the_rules_say(steps: list[tuple[bool, int, int]]
             model_open = True
         if expected == "clear":
             model_open = False
+
+
+def test_writes_that_fail_every_run_are_told_once_and_their_end_is_recovered() -> None:
+    """A sheet that cannot be saved (a read-only folder) fails every write of every run
+    while the runs themselves complete: told once when it starts, with the first error and
+    the counts, reminded daily, and told as recovered when a run writes them all (a cold
+    operator trial found no alert at all)."""
+    facts = RunFacts(
+        "p",
+        "completed",
+        entities_ran=("customers",),
+        items={"writes_failed": Items(15, None, {"books customers": 15})},
+        failure="books customers.csv: nothing written: cannot write customers.csv",
+    )
+    (failing,) = [o for o in observe(facts) if o.event == "writes_failed"]
+    assert failing.open and failing.text.endswith("cannot write customers.csv")
+    kinds, stored, told = [], None, []
+    for minutes in range(0, 60 * 30, 10):
+        change, stored = step(failing, stored, T0 + dt.timedelta(minutes=minutes))
+        if change is not None:
+            kinds.append((change.kind, minutes))
+            told += compose([change], config_path="/etc/s.toml")
+    assert kinds == [("open", 0), ("remind", 24 * 60)]
+    assert told[0].event == "writes_failed" and told[0].severity == "error"
+    assert told[0].text.startswith(
+        "Pipeline p: 15 writes failed in the last run (books customers: 15): books "
+        "customers.csv: nothing written: cannot write customers.csv."
+    )
+    assert "syncengine runs -c /etc/s.toml --pipeline p" in told[0].text
+    done = RunFacts("p", "completed", items={"writes_failed": Items(0)})
+    (fixed,) = [o for o in observe(done) if o.event == "writes_failed"]
+    change, stored = step(fixed, stored, T0 + dt.timedelta(hours=31))
+    assert change is not None and change.kind == "clear"
+    (recovered,) = compose([change], config_path="/etc/s.toml")
+    assert recovered.event == "recovered" and "the failing writes" in recovered.text
