@@ -309,6 +309,8 @@ def pause(config: Config, pipeline: str | None = None, reason: str = "") -> list
     """Pause a pipeline (or all) for every daemon on the store until ``resume``; the names
     paused."""
     names = [p.name for p in config.pipeline(pipeline)]
+    # a reason is typed by a person, and shown to others: never a secret it was typed with
+    reason = redact_text(reason, config.secrets)
     store = open_store(config)
     try:
         with store.transaction() as tx:

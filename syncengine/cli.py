@@ -804,7 +804,7 @@ def _print_schedule(r: api.PipelineStatus) -> None:
     if r.paused:
         out.print(
             f"  [red]PAUSED[/] since {local_time(r.paused['since'])}: "
-            f"{escape(str(r.paused['reason']))}"
+            f"{escape(_shown(str(r.paused['reason'])))}"
         )
         out.print(f"    resume with: syncengine resume -p {r.name}")
     else:
@@ -990,6 +990,7 @@ def pause(
         _setup(log_level)
         cfg = api.require_config(config, strict_env=False)
         paused = api.pause(cfg, pipeline, reason)
+        reason = redact_text(reason, cfg.secrets)  # as the pause keeps it
         _audit_cli(
             cfg, "pause", ", ".join(paused), None, {"paused": True, "reason": reason}, pipeline
         )

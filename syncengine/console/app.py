@@ -49,7 +49,7 @@ from syncengine.console.security import (
     signed_in,
 )
 from syncengine.errors import ConfigError, SyncEngineError, UsageError
-from syncengine.redact import Redactor
+from syncengine.redact import Redactor, redact_text
 
 __all__ = ["ConsoleRunner", "ThreadRunner", "create_app", "serve"]
 
@@ -396,6 +396,7 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
                     "error",
                 )
                 return back(request, "overview")
+            reason = redact_text(reason, cfg.secrets)  # as the pause keeps it
             await run_in_threadpool(api.pause, cfg, name, reason)
             audit(user, "pipeline.pause", f"pipeline {name}", None, {"reason": reason}, name)
             flash(request, f"{name} is paused: no scheduled run starts until it is resumed.")
