@@ -98,6 +98,13 @@ def render_entity_plan(console: Console, ep: EntityPlan) -> None:
                 also = " (and write Sync ID)" if action.assign_id else ""
                 console.print(f"  [yellow]~ {action.describe()}{also}[/]")
                 for name, (old, new) in sorted(action.changes.items()):
+                    if name in refs and old == new:
+                        # the same record, shown by what it holds now (a changed e-mail)
+                        console.print(
+                            f"      {name}: {shown(name, new)} (the same {refs[name][:-1]}, "
+                            "written as it is shown now)"
+                        )
+                        continue
                     console.print(f"      {name}: {shown(name, old)} → {shown(name, new)}")
             elif isinstance(action, Delete):
                 console.print(f"  [red]- {action.describe()}[/]")
