@@ -450,6 +450,8 @@ def _prepare_sqlite_file(path: Path, *, create: bool) -> None:
         if create:  # only a file that did not exist, which no connection can hold yet
             with contextlib.suppress(FileExistsError):
                 os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         if not os.access(path, os.R_OK | os.W_OK):
             if not path.exists():
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
