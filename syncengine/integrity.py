@@ -269,9 +269,25 @@ def hold_swapped_identities(
             if new not in (None, "") and old not in (None, "") and new != old:
                 suspects.setdefault((field_name, new), []).append((name, key))
                 left.setdefault(name, {}).setdefault((field_name, old), []).append(key)
+    if suspects:
+        _hold_swaps(store, pipeline, entity, reads, ent, states, suspects)
+    # after the swaps: a row holding another live record's identity is held with that
+    # record (whose delete would otherwise lose it), whatever row holds its own old one
     _hold_moved_sync_ids(entity, reads, ent, states, left)
-    if not suspects:
-        return
+
+
+def _hold_swaps(
+    store: StateStore,
+    pipeline: Pipeline,
+    entity: str,
+    reads: Mapping[str, MemberRead],
+    ent: EntityPlan,
+    states: Mapping[str, RecordState],
+    suspects: Mapping[tuple[str, object], list[tuple[str, str]]],
+) -> None:
+    """``hold_swapped_identities``' holds: ``suspects`` is (field, new value) -> the linked
+    records (member, key) a member changed to that value."""
+    keys = pipeline.match_keys(entity)
     owners: dict[tuple[str, object], tuple[str, model.Record]] = {}
     for rs in store.iter_records(pipeline.name, entity):
         if rs.base.get(model.DELETED):

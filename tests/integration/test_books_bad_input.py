@@ -155,11 +155,11 @@ def test_bad_rows_are_reported_by_row_and_block_nothing_else(
         books.where("invoices", broken["Status"]): "field 'Status': 'bogus' is not a known "
         "invoice status (use one of:",
         books.where("invoices", broken["Due Date"]): "field 'Due Date': '13/45/2025' is not a "
-        "date in the format '%Y-%m-%d'",
+        "date written as YYYY-MM-DD, such as 2025-01-31 (the mapping's format '%Y-%m-%d')",
         books.new_row_where("payments", 2): "Invoice # '9999': no invoice has invoice_number "
         "'9999'",
-        books.new_row_where("payments", 1): "field 'Date': '06/02/2025' is not a date in the "
-        "format '%Y-%m-%d'",
+        books.new_row_where("payments", 1): "field 'Date': '06/02/2025' is not a date written "
+        "as YYYY-MM-DD",
     }
     # meanwhile in HCP: payments on the invoice with the bad amount and on a healthy one
     on_broken = owing[0]
