@@ -311,6 +311,21 @@ def _hold_swaps(
             r.blocked.add(key)
             if r.gone.pop(other, None) is not None or other in r.withheld:
                 r.blocked.add(other)
+            moved_away = r.changed.pop(other, None)
+            if moved_away is not None:
+                # the owner's own row changed too (rows sorted, a new row among them): its
+                # values are another record's as much as this row's are
+                r.blocked.add(other)
+                ent.issues.append(
+                    Issue(
+                        entity,
+                        name,
+                        moved_away.record.location,
+                        f"not synced: {obs.record.location or 'another row'} holds this "
+                        f"record's {field_name} {value!r}, so this row's values may be "
+                        "another record's too (see that row's error)",
+                    )
+                )
             was = label_of(states[key].base if key in states else None, key)
             ent.issues.append(
                 Issue(
@@ -335,9 +350,11 @@ def _hold_moved_sync_ids(
     left: Mapping[str, Mapping[tuple[str, object], list[str]]],
 ) -> None:
     """Hold each linked record a member changed so that a match key left a value (``left``:
-    member -> (field, old value) -> keys) which a record new on that member now holds: a row
-    copied and changed into another customer, whose Sync ID was then blanked on the original
-    row instead of on the copy. Syncing would write the new customer over the old one on
+    member -> (field, old value) -> keys) which a row new on that member, without an id of
+    its own (a blank Sync ID), now holds: a row copied and changed into another customer,
+    whose Sync ID was then blanked on the original row instead of on the copy; or rows sorted
+    with a new one among them (the record already held by the swap rule: the row waits with
+    it). Syncing would write the new customer over the old one on
     every member, and then create the old one again without its history. Both rows are held
     and reported until the Sync ID is back on the row that holds the record."""
     for name, moved in left.items():
@@ -346,12 +363,16 @@ def _hold_moved_sync_ids(
             continue
         held: set[int] = set()
         for obs in r.new:
+            if not obs.record.provisional:
+                continue  # a record with an id of its own (a customer new in HCP) is new
             for (field_name, value), keys in moved.items():
                 if obs.canonical.get(field_name) != value:
                     continue
                 for key in keys:
                     linked = r.changed.pop(key, None)
                     if linked is None:
+                        if key in r.blocked:  # held already (a swap): this row waits too
+                            held.add(id(obs))
                         continue
                     r.blocked.add(key)
                     held.add(id(obs))

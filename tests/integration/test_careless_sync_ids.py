@@ -286,3 +286,33 @@ def test_a_copy_made_into_another_customer_then_the_original_blanked_overwrites_
     )
     assert ("Tom", "Baker", "tom.baker@example.com") in after.values()
     assert len(after) == len(people) + 1
+
+
+def test_rows_sorted_with_a_new_row_among_them_write_nobody_over_anybody(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
+    """A new customer typed at the end, then the data columns sorted without the Sync ID
+    column: the first row takes the new customer's values, the second the first's, the new
+    row the second's. Every row in that chain is held and reported; nobody is renamed in HCP
+    and nobody is created (a cold reviewer found the first row's customer renamed)."""
+    box, config = _setup(tmp_path, sandbox_factory, cli)
+    people = _hcp_people(box)
+    table = read_csv_table(_sheet(config))
+    rows = [dict(r) for r in table.rows]
+    new = dict.fromkeys(table.header, "")
+    new.update({"First Name": "Nina", "Last Name": "Newman", "Email": "nina@example.com"})
+    rows.append(new)
+    first, second, typed = dict(rows[0]), dict(rows[1]), dict(rows[-1])
+    for column in (c for c in table.header if c != "Sync ID"):
+        rows[0][column], rows[1][column], rows[-1][column] = (
+            typed[column],
+            first[column],
+            second[column],
+        )
+    write_csv(_sheet(config), rows, table.header, newline=table.newline)
+    box.clear_requests()
+    done = cli("sync", "--config", config)
+    assert_clean_exit(done, 1)
+    assert "were the rows sorted without their Sync ID column" in done.output, str(done)
+    assert box.writes() == []
+    assert _hcp_people(box) == people
