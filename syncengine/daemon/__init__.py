@@ -61,6 +61,7 @@ from syncengine.daemon.server import (
 from syncengine.daemon.signals import FORCED_RELEASE_S, Signals
 from syncengine.daemon.signals import flush_and_exit as _flush_and_exit
 from syncengine.daemon.webhooks import WebhookReceiver
+from syncengine.errors import StateError
 from syncengine.exit_codes import ExitCode
 from syncengine.leasing import LeaseKeeper
 from syncengine.logging import REDACTOR
@@ -287,12 +288,16 @@ class Daemon:
         self.signals.install()
         self.start()
         last_prune = time.monotonic()
+        code = ExitCode.OK
         try:
             while not self._stopping.is_set():
                 poll = self.config.daemon.reload_poll
                 self._wake.wait(poll if poll > 0 else 60.0)
                 self._wake.clear()
                 if self._stopping.is_set():
+                    break
+                if self._state_file_gone():
+                    code = ExitCode.UNAVAILABLE
                     break
                 if self.signals.take_reload_request():
                     log.info("SIGHUP: reloading the config")
@@ -308,7 +313,24 @@ class Daemon:
                 finished = self.shutdown()
             finally:
                 self.signals.uninstall()
-        return int(ExitCode.OK if finished else ExitCode.PROBLEMS)
+        return int(code if finished else ExitCode.PROBLEMS)
+
+    def _state_file_gone(self) -> bool:
+        """Whether the daemon must stop because its SQLite state file was deleted or replaced
+        (said in the log): it would write nothing more (``StateStore._same_file``), and its
+        service manager starting it again opens the file there now."""
+        try:
+            what = self.store.file_replaced()
+        except StateError as exc:
+            log.warning("the state store file cannot be checked", error=str(exc))
+            return False
+        if what:
+            log.error(
+                "the state store file was "
+                f"{what}: the daemon stops (exit 4); start it again to use the file there now",
+                path=str(self.store.path),
+            )
+        return bool(what)
 
     def request_stop(self) -> None:
         """Stop starting runs, and wake the main thread to shut down."""
@@ -419,9 +441,13 @@ class Daemon:
         """(healthy, body) for ``/healthz``: healthy while the scheduler runs."""
         alive = self.schedules.running and not self._stopping.is_set()
         running = set(self.running)
+        try:  # as the store says now: a pause made by `syncengine pause` shows at once
+            states = {**self.policy.states, **self.store.pipeline_states()}
+        except StateError:
+            states = dict(self.policy.states)  # as last seen
         pipelines = {}
         for name in self.config.pipelines:
-            state = self.policy.states.get(name)
+            state = states.get(name)
             pipelines[name] = PipelineHealth(
                 last_success=self.policy.last_success.get(name),
                 running=name in running,

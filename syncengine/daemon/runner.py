@@ -28,7 +28,7 @@ from syncengine.connector import Connector
 from syncengine.daemon.policy import RunOutcome, RunPolicy
 from syncengine.daemon.redaction import describe_error, redacted_traceback
 from syncengine.engine import Engine, SyncResult
-from syncengine.errors import AuthError, SyncEngineError, SyncStopped
+from syncengine.errors import AuthError, StateError, SyncEngineError, SyncStopped
 from syncengine.exit_codes import ExitCode, failed_run_code
 from syncengine.leasing import LeasedRun, LeaseKeeper, lease_holder
 from syncengine.metrics import Metrics, http_stats
@@ -125,10 +125,17 @@ class PipelineRunner:
         ):
             if self._stopping.is_set():
                 return RunOutcome(name, "skipped:stopping")
-            skip = self.policy.why_not_now(name)
-            if skip is not None:
-                return skip
-            run = self.leases.acquire(name, config.daemon.lease_ttl)
+            try:
+                skip = self.policy.why_not_now(name)
+                if skip is not None:
+                    return skip
+                run = self.leases.acquire(name, config.daemon.lease_ttl)
+            except StateError as exc:
+                # the store cannot be used (down, locked, its file deleted): a failed run
+                # that says why, not a crash with a traceback
+                error = describe_error(exc, config.secrets)
+                log.error("run failed: the state store cannot be used", error=error)
+                return RunOutcome(name, "failed", failed_run_code(exc), error=error)
             if run is None:
                 self.metrics.skipped.labels(name, "lease_held").inc()
                 holder = self.store.live_lease(name)

@@ -464,6 +464,16 @@ def _prepare_sqlite_file(path: Path, *, create: bool) -> None:
         raise StateUnavailableError(f"cannot open state store file {path}: {reason}") from exc
 
 
+def _file_id(path: Path) -> tuple[int, int]:
+    """The (device, inode) of the SQLite file: ``StateStore._same_file`` compares it."""
+    try:
+        found = path.stat()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise StateUnavailableError(f"cannot open state store file {path}: {reason}") from exc
+    return (found.st_dev, found.st_ino)
+
+
 _SQLITE_BUSY_S: Final = 30.0
 """How long a connection waits for a lock (``busy_timeout``), also while it is set up."""
 
@@ -585,6 +595,7 @@ class StateStore:
         backend = parsed.get_backend_name()
         path: Path | None = None
         ephemeral = False
+        file_id: tuple[int, int] | None = None
         try:
             if backend == "sqlite":
                 if _in_memory(parsed):
@@ -599,6 +610,7 @@ class StateStore:
                         if create:
                             _mkdir_parent(path)
                         _prepare_sqlite_file(path, create=create)
+                        file_id = _file_id(path)  # before SQLite opens it
                         engine = _sqlite_engine(parsed.set(database=str(path)), memory=False)
             elif backend == "postgresql":
                 engine = _postgresql_engine(parsed)
@@ -616,11 +628,9 @@ class StateStore:
         store = cls(
             engine, url_for_display=display, secrets=secrets, path=path, ephemeral=ephemeral
         )
+        store._file_id = file_id
         try:
             store._migrate()
-            if path is not None and not ephemeral:
-                found = path.stat()
-                store._file_id = (found.st_dev, found.st_ino)
         except BaseException:
             engine.dispose()
             raise
@@ -760,21 +770,31 @@ class StateStore:
                 self._same_file()
                 yield conn
 
+    def file_replaced(self) -> str:
+        """ "" while the SQLite file this store opened is still the file at its path (always,
+        for PostgreSQL and in-memory stores); else what became of it: "deleted", "replaced
+        by another file". ``StateUnavailableError`` when that cannot be told."""
+        if self._file_id is None or self.path is None:
+            return ""
+        try:
+            found = self.path.stat()
+        except FileNotFoundError:
+            return "deleted"
+        except OSError as exc:  # the folder made unreadable, a stale network handle
+            raise StateUnavailableError(
+                f"cannot check the state store file {self.path}: {exc.strerror or exc}; "
+                "nothing was written"
+            ) from exc
+        return "" if (found.st_dev, found.st_ino) == self._file_id else "replaced by another file"
+
     def _same_file(self) -> None:
         """Refuse to write (``StateUnavailableError``) once the SQLite file this store opened
         was deleted or replaced: its connections would go on writing into the old file, which
         no other process sees. A sync started meanwhile finds no lease in the new file and
         runs beside this one, both creating the same records. Checked as each write
         transaction begins, before a batch's intents, so no member is written after it."""
-        if self._file_id is None or self.path is None:
-            return
-        try:
-            found = self.path.stat()
-            now: tuple[int, int] | None = (found.st_dev, found.st_ino)
-        except FileNotFoundError:
-            now = None
-        if now != self._file_id:
-            what = "deleted" if now is None else "replaced by another file"
+        what = self.file_replaced()
+        if what:
             raise StateUnavailableError(
                 f"the state store file {self.path} was {what} while this process used it; "
                 "nothing more is written to the old one. Stop this process and start it "

@@ -534,3 +534,59 @@ def test_logs_are_one_json_object_per_line_with_the_pipeline_and_run(
     for line in run_lines:
         assert line["pipeline"] == "p" and line["run_id"] == out.result.run_id
         assert line["level"] and line["timestamp"]
+
+
+def test_health_shows_a_pause_made_elsewhere_at_once(setup: Any) -> None:
+    """``syncengine pause`` from another process is in ``/healthz`` before the daemon's next
+    attempt at the pipeline (it showed ``paused: false`` until then)."""
+    config, _store, _ = setup
+    daemon = make(setup)
+    assert daemon.health()[1]["pipelines"]["q"]["paused"] is False
+    api.pause(config, "q", "maintenance")
+    assert daemon.health()[1]["pipelines"]["q"]["paused"] is True
+
+
+def test_a_state_file_deleted_under_the_daemon_fails_its_runs_by_name(
+    setup: Any, tmp_path: Path
+) -> None:
+    """Its runs fail (exit 4) saying the file is gone and to restart, with no traceback, and
+    nothing is synced: before, the lease taken in the deleted file let a ``sync`` using the
+    new one run beside it."""
+    _, store, script = setup
+    daemon = make(setup)
+    assert store.path is not None
+    for part in ("", "-wal", "-shm"):
+        Path(f"{store.path}{part}").unlink(missing_ok=True)
+    out = daemon.run_pipeline("p")
+    assert out.outcome == "failed" and out.exit_code == 4
+    assert "was deleted while this process used it" in out.error
+    assert script.calls == []
+
+
+def test_a_daemon_whose_state_file_is_deleted_stops_with_exit_4(tmp_path: Path) -> None:
+    """It would write nothing more into the deleted file, and fail every run: it stops so
+    that its service manager starts it again on the file there now. The file is deleted by
+    the first run, as a person would meanwhile."""
+    config = load_config(write_config(tmp_path, daemon="reload_poll = 0.1"))
+    store = api.open_store(config)
+    assert store.path is not None
+    path = store.path
+
+    def deleting(
+        config: Config,
+        store: StateStore,
+        pipeline: Pipeline,
+        stop: threading.Event,
+        connectors: list[Connector],
+    ) -> SyncResult:
+        result = engine_sync(config, store, pipeline, stop, connectors)
+        for part in ("", "-wal", "-shm"):
+            Path(f"{path}{part}").unlink(missing_ok=True)
+        return result
+
+    try:
+        code = Daemon(config, store, sync=deleting, holder="me:1:aaaa").serve()
+    finally:
+        store.close()
+    assert code == 4
+    assert not path.exists()  # nothing wrote the file again
