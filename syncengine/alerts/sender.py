@@ -339,14 +339,19 @@ def gather_facts(
         len(skips), int(newest.timestamp() * 1_000_000) if newest else None, by
     )
     items["needs_review"] = _review_items(store, pipeline)
-    failed = [f for o in result.outcomes for f in o.failures]
-    by = {}
-    for f in failed:
-        label = f"{f.member} {f.entity}"
-        by[label] = by.get(label, 0) + 1
-    items["writes_failed"] = Items(len(failed), None, by)
-    # the first one as the run reported it: a record's label and the error, never its data
-    failure = redact_text(failed[0].describe(), config.secrets)[:300] if failed else ""
+    failure = ""
+    if ending == "completed" and not result.event_driven:
+        # only a run that looked at every record can say none fails any more: a run a guard
+        # stopped, or one that read what webhook events named, neither opens nor clears it
+        failed = [f for o in result.outcomes for f in o.failures]
+        by = {}
+        for f in failed:
+            label = f"{f.member} {f.entity}"
+            by[label] = by.get(label, 0) + 1
+        items["writes_failed"] = Items(len(failed), None, by)
+        # the first one as the run reported it: a record's label and the error, never its
+        # data
+        failure = redact_text(failed[0].describe(), config.secrets)[:300] if failed else ""
     spec = config.pipelines.get(pipeline)
     section = config.alerts
     if (
