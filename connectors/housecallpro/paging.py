@@ -115,6 +115,13 @@ class Pager:
                 except NotFoundError as exc:
                     if vanishes:
                         raise
+                    if page > 1:  # the list was there a page ago: it shrank while read
+                        raise RetriableError(
+                            f"{where}: {exc}; the list had fewer pages than it said while "
+                            "it was read; read it again",
+                            connector=self.connector,
+                            entity=entity,
+                        ) from None
                     raise self.fail(
                         f"{where}: {exc} — there is no such list at {self.http.base_url}: "
                         f"check base_url in [connectors.{self.connector}] (the API's root, "

@@ -693,7 +693,10 @@ class _Working:
         if self.created:
             return Structure(where=where, absent=True)
         missing = tuple(name for name in mapped if name not in self.columns)
-        misread = self._misread_header() if self.id_index is None else ""
+        # only a header that shows none of the mapped columns can be misread as a whole: one
+        # that shows some of them lost the id column for real
+        found = any(name in self.columns for name in mapped if name != self.id_column)
+        misread = self._misread_header() if self.id_index is None and not found else ""
         no_ids = ""
         if not self.by_id and any(not row.blank for row in self.rows.values()):
             no_ids = (

@@ -39,10 +39,10 @@ _EPOCH_YEAR = 1900
 
 
 def number_text(value: int | float | Decimal) -> str:
-    """A number as the shortest text that reads back as it: ``1234.5``, ``3``, ``-0.25``. A
-    binary float is read to the ``EXACT_DIGITS`` significant digits a workbook holds and
-    shows: a formula's ``=0.1*485.8`` is ``48.58``, as the spreadsheet displays it, not the
-    ``48.580000000000005`` of its last bits."""
+    """A number as short text: ``1234.5``, ``3``, ``-0.25``. An int or a ``Decimal`` is
+    written exactly; a binary float to the ``EXACT_DIGITS`` significant digits a workbook
+    holds and shows: a formula's ``=0.1*485.8`` is ``48.58``, as the spreadsheet displays it,
+    not the ``48.580000000000005`` of its last bits."""
     if isinstance(value, int):
         return str(value)
     amount = Decimal(format(value, f".{EXACT_DIGITS}g")) if isinstance(value, float) else value

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from syncengine.connectors.housecallpro.paging import Pager
-from syncengine.errors import FatalConnectorError, NotFoundError
+from syncengine.errors import FatalConnectorError, NotFoundError, RetriableError
 from syncengine.http import HttpClient
 
 SIZE = 5
@@ -117,3 +117,22 @@ def test_the_list_of_a_record_that_vanished_is_still_not_found() -> None:
             )
     finally:
         http.close()
+
+
+def test_a_later_page_that_answers_404_is_a_list_that_shrank_not_a_base_url() -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.params["page"] == "1":
+            body = {"customers": [{"id": f"c{n}"} for n in range(SIZE)], "total_pages": 2}
+            return httpx.Response(200, json=body)
+        return httpx.Response(404, json={"error": "Page not found"})
+
+    http = HttpClient("http://fake", transport=httpx.MockTransport(handle), max_retries=0)
+    try:
+        pager = Pager(http, "hcp", SIZE, concurrency=1)
+        with pytest.raises(RetriableError) as info:
+            list(pager.items("/customers", "customers", "customers", guard_shrink=True))
+    finally:
+        http.close()
+    assert "GET /customers page 2" in str(info.value)
+    assert "fewer pages than it said" in str(info.value)
+    assert "base_url" not in str(info.value)
