@@ -41,6 +41,14 @@ def _edit_rows(config: Path, edit: Callable[[list[dict[str, Any]]], list[dict[st
     write_csv(_sheet(config), edit(table.rows), table.header, newline=table.newline)
 
 
+def _blank_sync_id(config: Path, index: int) -> None:
+    def blank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows[index]["Sync ID"] = ""
+        return rows
+
+    _edit_rows(config, blank)
+
+
 def _planned(cli: Cli, config: Path) -> dict[str, Any]:
     done = cli("sync", "--config", config, "--dry-run", "--json")
     assert done.returncode in (0, 1), str(done)
@@ -217,11 +225,7 @@ def test_blanking_the_wrong_one_of_two_rows_sharing_a_sync_id_overwrites_nobody(
     _edit_rows(config, paste)
     assert_clean_exit(cli("sync", "--config", config), 1)  # 'share Sync ID'
 
-    def blank_the_owner(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        rows[4]["Sync ID"] = ""
-        return rows
-
-    _edit_rows(config, blank_the_owner)
+    _blank_sync_id(config, 4)  # the owner's, not the pasted one
     box.clear_requests()
     done = cli("sync", "--config", config)
     assert_clean_exit(done, 1)
@@ -255,11 +259,7 @@ def test_a_copy_made_into_another_customer_then_the_original_blanked_overwrites_
     write_csv(_sheet(config), [*table.rows, copy], table.header, newline=table.newline)
     assert_clean_exit(cli("sync", "--config", config), 1)  # 'share Sync ID'
 
-    def blank_the_original(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        rows[4]["Sync ID"] = ""
-        return rows
-
-    _edit_rows(config, blank_the_original)
+    _blank_sync_id(config, 4)  # the original's, not the copy's
     box.clear_requests()
     for _run in range(2):
         done = cli("sync", "--config", config)
