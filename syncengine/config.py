@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -575,7 +576,7 @@ def _pydantic_problems(
             fix = str((item.get("ctx") or {}).get("fix", ""))
         elif kind == "list_type" and isinstance(item.get("input"), str):
             msg = item["msg"] + f" (got {item['input']!r})"
-            fix = f"write it as a list: {item['loc'][-1]} = [{_toml_string(item['input'])}]"
+            fix = f"write it as a list: {item['loc'][-1]} = [{json.dumps(item['input'])}]"
         elif kind == "too_short" and item["loc"] and item["loc"][-1] == "members":
             msg = "a pipeline needs at least two members"
             fix = 'list the connectors it keeps in step, such as members = ["hcp", "books"]'
@@ -634,12 +635,6 @@ def _written_below(
 def _a(noun: str) -> str:
     """``noun`` with its indefinite article: an invoice, a payment."""
     return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
-
-
-def _toml_string(text: str) -> str:
-    """``text`` as a TOML basic string."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'
 
 
 def _below_header_fix(key: str, above: str, header: str) -> str:

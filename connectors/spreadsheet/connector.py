@@ -711,11 +711,8 @@ class _Working:
         """`` (column B is named 'sync id': name it Sync ID)`` when a column's name differs
         from the id column's only in case, spaces or punctuation, else ""."""
 
-        def folded(name: str) -> str:
-            return "".join(ch for ch in name.casefold() if ch.isalnum())
-
         for name, index in self.columns.items():
-            if folded(name) == folded(self.id_column):
+            if _folded(name) == _folded(self.id_column):
                 ref = self.table.column_ref(index)
                 return f" (column {ref} is named {name!r}: name it {self.id_column})"
         return ""
@@ -726,18 +723,15 @@ class _Working:
         option; or none of them is text a person typed (the ``encoding`` option is not the
         file's). "" when neither is the case: the column is really missing."""
 
-        def folded(name: str) -> str:
-            return "".join(ch for ch in name.casefold() if ch.isalnum())
-
         delimiter = getattr(self.table, "delimiter", None)
         encoding = getattr(self.table, "encoding", None)
         if delimiter is None or encoding is None or not self.columns:
             return ""
-        wanted = folded(self.id_column)
+        wanted = _folded(self.id_column)
         for name in self.columns:
             for other in (",", ";", "\t", "|"):
                 parts = name.split(other)
-                if other != delimiter and len(parts) > 1 and wanted in map(folded, parts):
+                if other != delimiter and len(parts) > 1 and wanted in map(_folded, parts):
                     return (
                         f"the header reads as one column ({_shortened(name)!r}), its names "
                         f"separated by {other!r}, and the connector's delimiter option is "
@@ -1065,3 +1059,8 @@ class _Working:
 def _shortened(text: str, limit: int = 40) -> str:
     """``text`` cut to ``limit`` characters for a message, marked with an ellipsis."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _folded(name: str) -> str:
+    """A column name as compared loosely: case, spaces and punctuation left out."""
+    return "".join(ch for ch in name.casefold() if ch.isalnum())

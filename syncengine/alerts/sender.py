@@ -10,6 +10,7 @@ import datetime as dt
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -344,11 +345,8 @@ def gather_facts(
         # only a run that looked at every record can say none fails any more: a run a guard
         # stopped, or one that read what webhook events named, neither opens nor clears it
         failed = [f for o in result.outcomes for f in o.failures]
-        by = {}
-        for f in failed:
-            label = f"{f.member} {f.entity}"
-            by[label] = by.get(label, 0) + 1
-        items["writes_failed"] = Items(len(failed), None, by)
+        failing = Counter(f"{f.member} {f.entity}" for f in failed)
+        items["writes_failed"] = Items(len(failed), None, dict(failing))
         # the first one as the run reported it: a record's label and the error, never its
         # data
         failure = redact_text(failed[0].describe(), config.secrets)[:300] if failed else ""
