@@ -23,6 +23,7 @@ from syncengine.errors import (
     SyncEngineError,
     SyncStopped,
     UsageError,
+    describe,
 )
 from syncengine.exit_codes import failed_run_code
 from syncengine.leasing import hold_pipelines, wait_until_free
@@ -120,7 +121,7 @@ def sync(
                     raise
                 except Exception as exc:
                     if alerts is not None:
-                        error = redact_text(f"{type(exc).__name__}: {exc}", config.secrets)
+                        error = redact_text(describe(exc), config.secrets)
                         alerts.notify(config, p.name, "failed", error=error)
                     raise
                 if alerts is not None:

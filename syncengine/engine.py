@@ -78,7 +78,13 @@ from syncengine.collector import COLLECTOR
 from syncengine.config import Config, Pipeline
 from syncengine.connector import Connector, ReadPass
 from syncengine.display import plural
-from syncengine.errors import RecordError, StateError, StateUnavailableError, SyncStopped
+from syncengine.errors import (
+    RecordError,
+    StateError,
+    StateUnavailableError,
+    SyncStopped,
+    describe,
+)
 from syncengine.events import DERIVED, NO_EVENTS, Events, InboxEvent, entities_named
 from syncengine.integrity import (
     count_users,
@@ -356,7 +362,7 @@ class Engine:
             result.open_conflicts = self._open_conflicts(pipeline, result.plan)
             return result
         except BaseException as exc:
-            result.error = redact_text(f"{type(exc).__name__}: {exc}", self.config.secrets)
+            result.error = redact_text(describe(exc), self.config.secrets)
             result.stopped = isinstance(exc, SyncStopped)
             raise
         finally:
@@ -369,7 +375,9 @@ class Engine:
             self._close(connectors, bound)
             if run_row is not None:
                 self._finish_run(pipeline, run_row, result)
-            if result.error:
+            if result.stopped:  # asked for (a daemon shutting down): not a failure
+                bound.info("stopped", reason=result.error, seconds=round(result.duration_s, 3))
+            elif result.error:
                 bound.error("failed", error=result.error, seconds=round(result.duration_s, 3))
             else:
                 bound.info(

@@ -54,6 +54,17 @@ class SyncEngineError(Exception):
     """Root of every error syncengine raises on purpose."""
 
 
+def describe(exc: BaseException) -> str:
+    """What a person is shown of a failure (``status``, the run history, alerts): our own
+    errors are written to be read as they are, so their class name (``RetriableError``)
+    would only be jargon; anything else (a bug, a library's error) keeps its type's name,
+    which is what says what went wrong."""
+    if isinstance(exc, SyncEngineError) and str(exc).strip():
+        return str(exc)
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class ConfigError(SyncEngineError):
     """The configuration or a mapping is wrong. Carries every problem found, not just the first."""
 

@@ -7,15 +7,17 @@ from __future__ import annotations
 import traceback
 from collections.abc import Iterable
 
+from syncengine.errors import describe
 from syncengine.logging import REDACTOR, redact_text
 
 __all__ = ["describe_error", "redacted_traceback"]
 
 
 def describe_error(exc: BaseException, secrets: Iterable[str]) -> str:
-    """``Type: message`` of a failure, with ``secrets`` (the config's) and every secret the
-    logger knows masked: what a run outcome, the run history and the log may show."""
-    return redact_text(f"{type(exc).__name__}: {exc}", (*secrets, *REDACTOR.secrets))
+    """A failure as a person is shown it (``syncengine.errors.describe``), with ``secrets``
+    (the config's) and every secret the logger knows masked: what a run outcome, the run
+    history and the log may show."""
+    return redact_text(describe(exc), (*secrets, *REDACTOR.secrets))
 
 
 def redacted_traceback() -> str:
