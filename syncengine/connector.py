@@ -279,7 +279,8 @@ class ConnectorContext:
     secrets: tuple[str, ...] = ()
     """Secret values to redact from anything this connector logs or raises."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Test hooks, e.g. an httpx transport for an in-process sandbox."""
+    """Test hooks, e.g. an httpx transport for an in-process sandbox; and ``stop``, the run's
+    stop event (``Engine.stop``), which ends an HTTP client's waits when it is set."""
 
 
 class Connector(ABC):

@@ -259,10 +259,10 @@ class Engine:
         recovery leaves the intents of a run whose lease still holds alone. A run that is
         not a dry run refuses to start while another holder's lease on the pipeline holds."""
         self._ahead: dict[tuple[str, str], ReadAhead] = {}
+        """(member, entity) -> the read started ahead of the entity (``ReadAhead``)."""
         self._exact_marks: dict[str, set[str]] = {}
         """entity -> members whose exact read marks this run stored: a later apply of the
         entity in the run (held deletes, records its writes changed) drops them first."""
-        """(member, entity) -> the read started ahead of the entity (``ReadAhead``)."""
         self.event_driven = event_driven
         """An event-driven run (``syncengine.events``): it syncs only the entities its webhook
         events name, and reads only the records they name on the members that sent them."""
@@ -309,9 +309,7 @@ class Engine:
         structlog.contextvars.bind_contextvars(run_id=run_id)  # every line of this run
         result = SyncResult(pipeline.name, self.dry_run, run_id, Plan(pipeline.name, self.dry_run))
         bound = log.bind(pipeline=pipeline.name, run_id=run_id, dry_run=self.dry_run)
-        connectors = {
-            m: self.config.make_connector(m, self.connector_extra.get(m)) for m in pipeline.members
-        }
+        connectors = {m: self.config.make_connector(m, self._extra(m)) for m in pipeline.members}
         run_row: int | None = None
         try:
             if not self.dry_run:
@@ -383,6 +381,14 @@ class Engine:
                 bound.info(
                     "finished", exit_code=result.exit_code, seconds=round(result.duration_s, 3)
                 )
+
+    def _extra(self, member: str) -> dict[str, object]:
+        """What the member's connector is given beyond its options: the caller's test hooks,
+        and this run's stop event, which ends an HTTP client's waits (``syncengine.http``)."""
+        extra = dict(self.connector_extra.get(member) or {})
+        if self.stop is not None:
+            extra.setdefault("stop", self.stop)
+        return extra
 
     def _take_events(self, pipeline: Pipeline, result: SyncResult) -> Events:
         """The webhook events of the pipeline's members that no run of it took yet: an

@@ -781,6 +781,37 @@ def test_a_failing_api_backs_off_and_recovers_and_a_401_pauses_until_resume(
         box.stop()
 
 
+def test_sigterm_stops_a_run_waiting_to_retry_a_failing_api_at_once(
+    tmp_path: Path, daemons: Callable[..., DaemonProcess]
+) -> None:
+    # every request fails, and the connector would retry for minutes (10 retries, backoff up
+    # to 30 s): a SIGTERM ends the wait and the run, rather than the grace period (60 s)
+    box = start_sandbox(seed=4)
+    try:
+        httpx.put(f"{box.url}/_sandbox/faults", json={"error_rate": 1}).raise_for_status()
+        config = tmp_path / "config.toml"
+        text = config_text(state="sqlite:///state.db", hcp=box.url, daemon={"shutdown_grace": 60})
+        config.write_text(text.replace("max_retries = 1\n", "max_retries = 10\n"), "utf-8")
+        daemon = daemons(config)
+        daemon.wait_event("http.retry", attempt=2)
+        daemon.signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0, daemon.text()[-4000:]
+        events = daemon.events()
+        finished = [e for e in events if e.get("event") == "run finished"]
+        assert finished and {e["outcome"] for e in finished} == {"stopped"}, finished
+        assert not [e for e in events if e.get("event") == "http.gave_up"]
+        assert not [e for e in events if e.get("level") == "error"], daemon.text()[-4000:]
+        runs = history(tmp_path, "sqlite:///state.db")
+        assert runs and {r.outcome for r in runs} == {"stopped"}, runs
+        # nothing was lost: the next run, against a working API, syncs everything
+        httpx.put(f"{box.url}/_sandbox/faults", json={"error_rate": 0}).raise_for_status()
+        again = _cli(tmp_path, "sync", "-p", "a")
+        assert again.returncode == 0, again.stderr[-4000:]
+        assert len(sheet(tmp_path, "books_a")) == len(Hcp(box.url).customers())
+    finally:
+        box.stop()
+
+
 # ------------------------------------------------------------------ reload, --once
 
 

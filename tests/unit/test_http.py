@@ -17,6 +17,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from syncengine.connector import ConnectorContext
 from syncengine.errors import (
     AuthError,
     ConnectorError,
@@ -25,11 +26,13 @@ from syncengine.errors import (
     RecordError,
     RetriableError,
     SyncEngineError,
+    SyncStopped,
 )
 from syncengine.http import (
     HttpClient,
     RateLimiter,
     array_params,
+    connector_client,
     error_message,
     parse_retry_after,
     shared_tls_context,
@@ -97,6 +100,42 @@ def test_429_honours_retry_after_seconds_then_succeeds() -> None:
     assert client.stats.requests == 2
     assert client.stats.retries == 1
     assert client.stats.throttled == 1
+
+
+def _run_client(handler: Handler, stop: threading.Event, **kwargs: Any) -> HttpClient:
+    """A connector's client as a run builds it: with the run's stop event in the context."""
+    context = ConnectorContext(
+        "hcp", extra={"transport": httpx.MockTransport(handler), "stop": stop}
+    )
+    return connector_client(
+        context, "https://api.example.test", headers={}, timeout=5, max_retries=1, **kwargs
+    )
+
+
+def test_a_stop_ends_a_wait_to_retry_at_once() -> None:
+    # the server fails, and the stop comes while the client would wait half a minute to retry
+    stop = threading.Event()
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        stop.set()  # a daemon shutting down, while this request was on its way
+        return httpx.Response(503)
+
+    client = _run_client(handler, stop, rate_limit=0)
+    client.backoff_base = client.backoff_max = 30.0
+    with pytest.raises(SyncStopped, match="stop was requested"):
+        client.get_json("/customers")  # (without the stop: 30 s, a second 503, RetriableError)
+    assert len(seen) == 1  # not sent again
+
+
+def test_a_stop_ends_a_wait_for_the_rate_limit() -> None:
+    stop = threading.Event()
+    client = _run_client(lambda _r: httpx.Response(200, json={}), stop, rate_limit=0.01)
+    client.get_json("/customers")  # the first request takes the only slot of 100 s
+    stop.set()
+    with pytest.raises(SyncStopped):
+        client.get_json("/customers")
 
 
 def test_429_honours_retry_after_http_date() -> None:
