@@ -51,7 +51,7 @@ from typing import Any, Literal, cast, get_args
 
 from syncengine import model
 from syncengine.errors import ConfigError, Problem, RecordError
-from syncengine.transforms import Transform, build_transform, describe_value
+from syncengine.transforms import Transform, build_transform, canonical_values, describe_value
 
 __all__ = [
     "Direction",
@@ -891,6 +891,28 @@ def _parse_field(
             for p in exc.problems:
                 problem(p.location, p.message, p.fix)
             ok = False
+        if transform is not None and spec.field_spec(canonical) is not None:
+            normalise = _normaliser(spec, canonical, region)
+            for mapped in canonical_values(transform):
+                try:
+                    normal = normalise(mapped)
+                except (ValueError, TypeError) as exc:
+                    problem(
+                        f"{where}.transform",
+                        f"maps to {mapped!r}, which is not a valid {canonical}: {exc}",
+                        f"map each native value to a value {canonical} takes",
+                    )
+                    ok = False
+                    continue
+                if normal != mapped:  # written back, the normal form would find no native
+                    scalar = isinstance(normal, str | int | bool)
+                    problem(
+                        f"{where}.transform",
+                        f"maps to {mapped!r}, which {canonical} holds as {normal!r}"
+                        + ("" if scalar else ": a map gives one value, never a list"),
+                        f"write it as {normal!r}" if scalar else "drop the map from this field",
+                    )
+                    ok = False
 
     default = value.get("default")
     if default is not None:

@@ -814,6 +814,16 @@ class MapTransform(_Base):
             ) from None
 
 
+def canonical_values(transform: Transform) -> list[Any]:
+    """The canonical values a transform can read, when it lists them: those of a ``map``
+    that refuses unknown values, as the last step (so that what it gives is the field's
+    value). Empty for any other transform."""
+    last = transform.parts[-1] if isinstance(transform, Chain) else transform
+    if isinstance(last, MapTransform) and last.unknown == "error":
+        return list(last.values.values())
+    return []
+
+
 def _hashable(value: Any) -> Any:
     # True == 1 in a dict; keep them apart so that {"Y" = true, "1" = 1} stays one-to-one
     return (type(value) is bool, value)

@@ -105,6 +105,52 @@ def test_every_problem_of_a_file_at_once_with_file_and_key() -> None:
     assert len(found) == len(expected), found
 
 
+def test_a_map_to_a_value_the_field_does_not_take_is_refused_when_the_mapping_loads() -> None:
+    # found only by the first record with that value otherwise, or by the first write back
+    found = problems(
+        """
+        [fields]
+        email = "Email"
+        notifications_enabled = { native = "Notify", transform = { name = "map", values = { "Y" = true, "N" = "maybe" } } }
+        lead_source = { native = "Source", transform = ["strip", { name = "map", values = { "Web" = "web" } }] }
+        tags = { native = "Tags", transform = { name = "map", values = { "VIP" = "vip" } } }
+        """  # noqa: E501
+    )
+    assert found == [
+        "m.toml: fields.notifications_enabled.transform: maps to 'maybe', which is not a valid "
+        "notifications_enabled: 'maybe' is not a yes/no value (use one of: yes, no, true, false, "
+        "1, 0) (fix: map each native value to a value notifications_enabled takes)",
+        "m.toml: fields.tags.transform: maps to 'vip', which tags holds as ['vip']: a map gives "
+        "one value, never a list (fix: drop the map from this field)",
+    ]
+    invoices = """
+        [fields]
+        invoice_number = "Number"
+        status = { native = "Status", transform = { name = "map", values = { "Open" = "OPEN", "Paid" = "paid", "Gone" = "void" } } }
+        """  # noqa: E501
+    with pytest.raises(ConfigError) as info:
+        parse_mapping(tomllib.loads(invoices), entity="invoices", source="i.toml")
+    assert [str(p) for p in info.value.problems] == [
+        "i.toml: fields.status.transform: maps to 'OPEN', which status holds as 'open' "
+        "(fix: write it as 'open')",
+        "i.toml: fields.status.transform: maps to 'void', which is not a valid status: 'void' "
+        "is not a known invoice status (use one of: draft, open, sent, paid, voided, canceled) "
+        "(fix: map each native value to a value status takes)",
+    ]
+    # written as status holds them, the same map loads, and reads and writes both ways
+    kept = parse_mapping(
+        tomllib.loads(
+            invoices.replace('"Open" = "OPEN"', '"Open" = "open"').replace(
+                '"Gone" = "void"', '"Gone" = "voided"'
+            )
+        ),
+        entity="invoices",
+        source="i.toml",
+    )
+    assert kept.to_canonical({"Number": "1", "Status": "Gone"})["status"] == "voided"
+    assert kept.to_native({"invoice_number": "1", "status": "open"})["Status"] == "Open"
+
+
 def test_a_typo_inside_a_field_table_is_named_as_a_key_of_that_field() -> None:
     # Not "unknown canonical field 'company.nativ'": the table is company's mapping.
     assert problems('[fields]\ncompany = { nativ = "Business Name" }') == [
