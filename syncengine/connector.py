@@ -189,6 +189,10 @@ class Structure:
     """Native names the mapping in force reads or writes that the storage has no place for:
     a column renamed or removed from an existing sheet. The member does not hold those fields
     yet; the engine never reads them as cleared values and writes them from the others."""
+    listed: int = 0
+    """For an API's records rather than a file's header: how many records the complete
+    listing that found ``missing`` showed, none of which had those fields (a mapping naming
+    a field the API does not have, or one it dropped). 0 for a file."""
     absent: bool = False
     """The storage does not exist (a file or sheet deleted, moved or renamed): the member
     lists nothing, and creates it at the first write."""

@@ -1359,11 +1359,16 @@ def _blind_candidates(reads: Mapping[str, MemberRead]) -> dict[str, frozenset[st
     """member -> the columns its sheet lacks, for sheets the sync wrote before, which had
     every mapped column then: records linked to it, or rows carrying Sync IDs (a lost or
     restored state store). A column a sheet typed by hand never had hides no value, so
-    matching is not blind there: it is added and filled as any missing column."""
+    matching is not blind there: it is added and filled as any missing column. Nor is it
+    for a field none of an API's records showed (``Structure.listed``): an API leaves out
+    the fields a record has empty, so holding its records back for a person would stop
+    every CRM whose contacts all lack, say, a phone."""
     return {
         name: r.missing
         for name, r in reads.items()
-        if r.missing and (r.linked or any(not obs.record.provisional for obs in r.new))
+        if r.missing
+        and not r.structure.listed
+        and (r.linked or any(not obs.record.provisional for obs in r.new))
     }
 
 

@@ -128,6 +128,22 @@ class NativePath:
                 current = _select(current, selection)
         return current
 
+    def holds(self, doc: Mapping[str, Any]) -> bool:
+        """Whether ``doc`` has this path at all: every step there, the last one's value
+        whatever it is (``null`` included: the record has the field, empty)."""
+        if self.key is not None:
+            return self.key in doc
+        current: Any = doc
+        for key, selection in self.steps:
+            if not isinstance(current, Mapping) or key not in current:
+                return False
+            current = current[key]
+            if selection is not None:
+                current = _select(current, selection)
+                if current is None:
+                    return False
+        return True
+
     def set(self, doc: dict[str, Any], value: Any) -> None:
         """Set the value at this path in ``doc``, in place, creating tables and selected list
         elements on the way. Setting ``None`` where the way does not exist does nothing."""

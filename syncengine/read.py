@@ -382,7 +382,8 @@ def structure_problem(found: Structure, linked: int, entity: str) -> str:
 def fill_notes(ent: EntityPlan, reads: Mapping[str, MemberRead], *, dry_run: bool) -> None:
     """Say in ``ent.notes`` which missing columns the plan fills: per member and column its
     sheet lacks, how many of the planned updates write it (a column nothing is written to
-    is not added, and not mentioned)."""
+    is not added, and not mentioned). A field none of an API's records showed is said
+    likewise, with the hint that the mapping may name it wrongly."""
     for name, r in reads.items():
         if not r.structure.missing:
             continue
@@ -392,6 +393,16 @@ def fill_notes(ent: EntityPlan, reads: Mapping[str, MemberRead], *, dry_run: boo
                 for column in filled.keys() & action.patch.keys():
                     filled[column] += 1
         verb = "would be" if dry_run else "is"
+        if r.structure.listed:  # fields no record of an API showed, not a sheet's columns
+            for name, rows in filled.items():
+                if rows:
+                    ent.notes.append(
+                        f"{r.structure.where}: field {name} is in none of the "
+                        f"{r.structure.listed} records listed; it is not read as cleared, and "
+                        f"{verb} written from the other members ({rows}). If the mapping "
+                        "names the wrong field, correct it"
+                    )
+            continue
         for column, rows in filled.items():
             if rows:
                 ent.notes.append(

@@ -52,9 +52,11 @@ from syncengine.connector import (
     NativeData,
     NativeRecord,
     ReadPass,
+    Structure,
 )
 from syncengine.connectors.rest.options import EntityOptions, RestOptions, Route
 from syncengine.connectors.rest.paging import PAGINATORS, Page, PageRequest, origin_of
+from syncengine.connectors.rest.presence import Presence, readable_paths
 from syncengine.connectors.rest.shape import (
     MISSING,
     Where,
@@ -82,7 +84,7 @@ from syncengine.incremental import (
     full_pass_due,
     mark_param,
 )
-from syncengine.mapping import parse_path
+from syncengine.mapping import EntityMapping, NativePath, parse_path
 
 Pairs = list[tuple[str, QueryScalar]]
 
@@ -111,6 +113,10 @@ class RestConnector(Connector):
             secrets=options.auth.secrets(),
         )
         self.origin = origin_of(options.base_url)
+        self._paths: dict[str, dict[str, NativePath]] = {}
+        """entity -> the native paths the mapping in force reads (``prepare``)."""
+        self._presence: dict[str, Presence] = {}
+        """entity -> what its last complete listing showed of them (``structure``)."""
 
     # ---------------------------------------------------------------------------- description
     def entities(self) -> tuple[str, ...]:
@@ -127,11 +133,33 @@ class RestConnector(Connector):
         )
 
     # -------------------------------------------------------------------------------- reading
+    def prepare(self, entity: str, mapping: EntityMapping) -> None:
+        self._paths[entity] = readable_paths(mapping)
+
+    def structure(self, entity: str) -> Structure:
+        """The mapped fields that no record of the last complete listing had (see
+        ``connectors.rest.presence``); nothing before a listing, or after a partial one."""
+        presence = self._presence.get(entity)
+        missing = presence.missing() if presence is not None else ()
+        if not missing or presence is None:
+            return Structure()
+        return Structure(where=f"{self.name} {entity}", missing=missing, listed=presence.records)
+
     def read(self, entity: str) -> Iterator[NativeRecord]:
         """Every record of ``entity``: always the complete listing (see ``read_incremental``
         for reading only what changed)."""
         spec = self._spec(entity)
-        yield from self._listing(entity, spec, [])
+        yield from self._complete(entity, self._listing(entity, spec, []))
+
+    def _complete(self, entity: str, records: Iterator[NativeRecord]) -> Iterator[NativeRecord]:
+        """``records``, a complete listing, noting which mapped fields they show: known to
+        ``structure`` once the listing ended."""
+        self._presence.pop(entity, None)
+        presence = Presence(self._paths.get(entity, {}))
+        for record in records:
+            presence.see(record.data)
+            yield record
+        self._presence[entity] = presence
 
     def read_incremental(self, entity: str, token: str | None) -> ReadPass | None:
         """Only the records updated since the mark in ``token`` (or everything, when a full
@@ -152,7 +180,12 @@ class RestConnector(Connector):
         updated = spec.steps("updated_field")
 
         def records() -> Iterator[NativeRecord]:
-            for record in self._listing(entity, spec, extra):
+            listing = self._listing(entity, spec, extra)
+            if full:
+                listing = self._complete(entity, listing)
+            else:  # a partial pass shows only what changed: nothing to go by
+                self._presence.pop(entity, None)
+            for record in listing:
                 water.see(dig(record.data, updated))
                 yield record
 

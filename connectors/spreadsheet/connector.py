@@ -798,6 +798,15 @@ class _Working:
                     "again"
                 )
         if not error:
+            errors = self.table.error_cells(row, self.columns)
+            if errors:
+                shown = ", ".join(f"{name} holds {value}" for name, value in errors)
+                error = (
+                    f"{self.location(row)}: {shown}, a spreadsheet error, not a value; correct "
+                    f"the {'cell' if len(errors) == 1 else 'cells'} (or the formula behind "
+                    f"{'it' if len(errors) == 1 else 'them'}) and sync again"
+                )
+        if not error:
             error = self.table.oversized(row, self.columns)
         data: NativeData = {}
         if not ragged:  # its cells do not line up with the columns: no data rather than wrong data

@@ -173,6 +173,12 @@ class Table(ABC):
         known: formulas a workbook holds without their calculated value."""
         return []
 
+    def error_cells(self, row: Row, columns: Mapping[str, int]) -> list[tuple[str, str]]:
+        """The mapped columns (of ``columns``: name -> index) whose cell in ``row`` holds a
+        spreadsheet error (``#N/A``, a formula's or one typed as such), with the error: read
+        as text it would be synced as a value."""
+        return []
+
     def oversized(self, row: Row, columns: Mapping[str, int]) -> str:
         """Why ``row`` is not read: a cell of a named column (of ``columns``: name -> index)
         holding more than ``MAX_CELL_CHARS`` characters; "" when none does. Such a row is a

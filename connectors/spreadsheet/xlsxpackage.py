@@ -29,6 +29,7 @@ FormulaValues = dict[str, dict[str, tuple[str, str]]]
 _OFFICE_DOCUMENT = "/officeDocument"
 _WORKSHEET = "/worksheet"
 _HAS_FORMULA = re.compile(rb"<(?:\w+:)?f[\s>/]")
+_HAS_ERROR = re.compile(rb"""<(?:\w+:)?c\s[^>]*\bt=["']e["']""")
 _NEW_FORMULA_CELL = re.compile(
     rb'<c r="(?P<ref>[A-Z]+[0-9]+)"(?P<attrs>[^>]*)>'
     rb"(?P<f><f(?:\s[^>]*)?/>|<f(?:\s[^>]*)?>[^<]*</f>)"
@@ -168,10 +169,12 @@ def _sheet_formula_values(xml: bytes) -> dict[str, tuple[str, str]]:
     return values
 
 
-def uncalculated_formulas(data: bytes, title: str) -> set[tuple[int, int]]:
-    """(row, column), both from 1, of the formula cells of sheet ``title`` that hold no
-    calculated value (a workbook saved by a program that does not calculate formulas)."""
-    found: set[tuple[int, int]] = set()
+def unusable_cells(data: bytes, title: str) -> dict[tuple[int, int], str]:
+    """The cells of sheet ``title`` whose value cannot be used, by (row, column), both from
+    1: "" for a formula holding no calculated value (a workbook saved by a program that does
+    not calculate formulas), else the spreadsheet error the cell holds (``#N/A``, ``#REF!``:
+    openpyxl reads those as if they were text)."""
+    found: dict[tuple[int, int], str] = {}
     with zipfile.ZipFile(io.BytesIO(data)) as package:
         part = sheet_parts(package).get(title)
         if part is None:
@@ -180,7 +183,7 @@ def uncalculated_formulas(data: bytes, title: str) -> set[tuple[int, int]]:
             xml = package.read(part)
         except KeyError:
             return found
-    if not _HAS_FORMULA.search(xml):
+    if not _HAS_FORMULA.search(xml) and not _HAS_ERROR.search(xml):
         return found
     for _event, element in ElementTree.iterparse(io.BytesIO(xml), events=("end",)):
         if _local(element.tag) != "c":
@@ -194,8 +197,10 @@ def uncalculated_formulas(data: bytes, title: str) -> set[tuple[int, int]]:
             elif name == "v":
                 value = child.text or ""
         where = _CELL_REF.fullmatch(element.get("r") or "")
-        if formula and not value and where:
-            found.add((int(where[2]), column_number(where[1])))
+        if where and element.get("t") == "e":
+            found[int(where[2]), column_number(where[1])] = value or "#VALUE!"
+        elif where and formula and not value:
+            found[int(where[2]), column_number(where[1])] = ""
         element.clear()
     return found
 

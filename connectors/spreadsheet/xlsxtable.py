@@ -61,7 +61,7 @@ from .xlsxpackage import (
     formula_values,
     lost_parts,
     restore_formula_values,
-    uncalculated_formulas,
+    unusable_cells,
 )
 
 Values = tuple[CellValue, ...]
@@ -112,7 +112,7 @@ class Workbook:
         self._data: bytes | None = None
         self._reader: Any = None
         self._rows: dict[str, list[Values]] = {}
-        self._uncalculated: dict[str, set[tuple[int, int]]] = {}
+        self._unusable: dict[str, dict[tuple[int, int], str]] = {}
         self._editable: tuple[str, Any] | None = None
 
     # -- reading
@@ -134,7 +134,7 @@ class Workbook:
         self._close_reader()
         self._data, self._version = data, version
         self._rows = {}
-        self._uncalculated = {}
+        self._unusable = {}
         if self._editable is not None and self._editable[0] != version:
             self._editable = None
 
@@ -204,20 +204,20 @@ class Workbook:
         self._rows[title] = rows
         return rows
 
-    def uncalculated(self, title: str) -> set[tuple[int, int]]:
-        """(row, column) of the formula cells of sheet ``title`` without a calculated value."""
-        found = self._uncalculated.get(title)
+    def unusable(self, title: str) -> dict[tuple[int, int], str]:
+        """The cells of sheet ``title`` whose value cannot be used (``unusable_cells``)."""
+        found = self._unusable.get(title)
         if found is None:
             assert self._data is not None
             try:
-                found = uncalculated_formulas(self._data, title)
+                found = unusable_cells(self._data, title)
             except (*PACKAGE_ERRORS, ElementTree.ParseError) as exc:
                 raise self.file.structure(
                     f"{self.path}, sheet {title} cannot be read ({_describe(exc)}); nothing was "
                     "read or written. Open the workbook in a spreadsheet program and save it as "
                     "an Excel workbook (.xlsx)"
                 ) from exc
-            self._uncalculated[title] = found
+            self._unusable[title] = found
         return found
 
     # -- writing
@@ -370,6 +370,8 @@ class XlsxTable(Table):
         self.mapped = mapped
         """The columns the mapping reads (where a formula without a value is an error)."""
         self._unknown: dict[int, set[int]] = {}
+        self._errors: dict[int, dict[int, str]] = {}
+        """line -> column index -> the spreadsheet error that cell holds (``#N/A``)."""
         self.generation = -1
         self._header_line = 0
         self._loaded: dict[int, Values] = {}
@@ -394,6 +396,16 @@ class XlsxTable(Table):
             if index in unknown and name in self.mapped and is_blank(row.get(index))
         ]
 
+    def error_cells(self, row: Row, columns: Mapping[str, int]) -> list[tuple[str, str]]:
+        errors = self._errors.get(row.line)
+        if not errors:
+            return []
+        return [
+            (name, errors[index])
+            for name, index in columns.items()
+            if index in errors and name in self.mapped
+        ]
+
     def column_ref(self, index: int) -> str:
         return str(get_column_letter(index + 1))
 
@@ -412,6 +424,7 @@ class XlsxTable(Table):
         self._header_line = 0
         self._loaded = {}
         self._unknown = {}
+        self._errors = {}
         if not wb.exists():
             return None
         title = wb.title_of(self.title)
@@ -419,8 +432,11 @@ class XlsxTable(Table):
             return None
         self.title = title
         self.display = f"{wb.display}, sheet {title}"
-        for line, column in wb.uncalculated(title):
-            self._unknown.setdefault(line, set()).add(column - 1)
+        for (line, column), error in wb.unusable(title).items():
+            if error:
+                self._errors.setdefault(line, {})[column - 1] = error
+            else:
+                self._unknown.setdefault(line, set()).add(column - 1)
         preamble: list[Row] = []
         header: Row | None = None
         rows: list[Row] = []

@@ -344,3 +344,47 @@ def test_conflicts_among_three_follow_the_rules(
     assert box.customer_by_email(email)["first_name"] == "Cory"
     assert crm.by_email(email)["firstName"] == "Cory"
     assert_quiet_second_sync(cli, config, box, csv_path, crm)
+
+
+def test_a_mapped_field_no_crm_record_has_is_never_read_as_cleared(
+    tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory, crm: JsonServer
+) -> None:
+    # An integrator renames the CRM's company field in the mapping to one the CRM does not
+    # have. Read as empty on every record, it would clear every company on HCP and the books.
+    box = sandbox_factory(seed=4)
+    csv_path = tmp_path / "books" / "customers.csv"
+    write_csv(csv_path, BOOKS_PEOPLE, CSV_HEADER)
+    config = three_way_config(tmp_path, box.port, crm.url)
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    companies = {c["email"]: c["company"] for c in box.customers() if c.get("company")}
+    assert len(companies) >= 3
+    sheet = {r["Email"]: r["Company"] for r in read_csv(csv_path)}
+
+    default = Path(__file__).resolve().parents[2] / "mappings" / "rest" / "customers.toml"
+    mine = tmp_path / "crm-customers.toml"
+    text = default.read_text(encoding="utf-8")
+    assert '\ncompany = "company"\n' in text
+    mine.write_text(text.replace('\ncompany = "company"\n', '\ncompany = "companyName"\n'))
+    with config.open("a", encoding="utf-8") as out:
+        out.write('\n[pipelines.mappings.crm]\ncustomers = "crm-customers.toml"\n')
+
+    dry = cli("sync", "--config", config, "--dry-run")
+    assert_clean_exit(dry, 0)
+    assert "→ (empty)" not in dry.stdout, dry.stdout
+    assert (
+        f"crm customers: field companyName is in none of the {len(crm.records())} records "
+        "listed; it is not read as cleared, and would be written from the other members (3)"
+    ) in dry.stdout, dry.stdout
+    assert "updatedAt" not in dry.stdout  # metadata, read for the newest rule only
+    assert "If the mapping names the wrong field, correct it" in dry.stdout
+    box.clear_requests()
+    db = crm.db_bytes()
+    run = cli("sync", "--config", config)
+    assert run.returncode in (0, 1), run.stderr
+    assert {c["email"]: c["company"] for c in box.customers() if c.get("company")} == companies
+    assert {r["Email"]: r["Company"] for r in read_csv(csv_path)} == sheet
+    assert [w for w in box.writes() if w["method"] != "GET"] == []
+    # the CRM's own company values are where they were
+    assert [r.get("company") for r in json.loads(db)["customers"]] == [
+        r.get("company") for r in crm.records()
+    ]

@@ -287,6 +287,18 @@ def test_native_and_native_key_together_is_a_problem() -> None:
     assert "has both native and native_key" in text
 
 
+def test_a_path_is_held_by_a_record_that_has_it_even_empty() -> None:
+    # (connectors.rest.presence: a field no record of a listing has is not read as cleared)
+    city = parse_path("addresses[type=service].city")
+    assert city.holds({"addresses": [{"type": "service", "city": None}]})
+    assert not city.holds({"addresses": [{"type": "billing", "city": "Austin"}]})
+    assert not city.holds({"addresses": None}) and not city.holds({})
+    assert parse_path("company").holds({"company": None})
+    assert not parse_path("company").holds({"companyName": "Acme"})
+    assert NativePath.single_key("a.b").holds({"a.b": ""})
+    assert not parse_path("a.b").holds({"a": "text, not a table"})
+
+
 def test_malformed_paths_are_problems() -> None:
     found = problems(
         """

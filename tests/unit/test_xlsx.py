@@ -730,6 +730,40 @@ def test_a_formula_never_calculated_in_a_mapped_column_is_a_row_error(tmp_path: 
     assert not found["k2"].error and found["k2"].data["Balance"] == "190"
 
 
+def test_a_spreadsheet_error_in_a_mapped_column_is_a_row_error_never_a_value(
+    tmp_path: Path,
+) -> None:
+    # openpyxl reads an error cell as if it held the text "#N/A": synced, HCP got that zip
+    path = invoices(
+        tmp_path / "books.xlsx",
+        [*row("INV-1", 100, sync_id="k1"), "x"],
+        row("INV-2", 200, sync_id="k2"),
+        row("INV-3", 300, sync_id="k3"),
+        row("INV-4", 400, sync_id="k4"),
+    )
+    book = openpyxl.load_workbook(path)
+    sheet = book["Invoices"]
+    sheet["I1"] = "Note"
+    for ref, error in (("I2", "#REF!"), ("C3", "#N/A"), ("F4", "#DIV/0!"), ("E4", "#VALUE!")):
+        sheet[ref] = error
+        sheet[ref].data_type = "e"  # as Excel saves a formula's error, or one typed as such
+    sheet["C5"] = "#N/A"
+    sheet["C5"].data_type = "s"  # text that only looks like an error: a value like any other
+    book.save(path)
+    found = records(connector(path))
+    assert not found["k1"].error  # column I is not mapped
+    assert found["k2"].error == (
+        "books.xlsx, sheet Invoices, row 3: Customer Email holds #N/A, a spreadsheet error, "
+        "not a value; correct the cell (or the formula behind it) and sync again"
+    )
+    assert found["k3"].error == (
+        "books.xlsx, sheet Invoices, row 4: Amount holds #VALUE!, Balance holds #DIV/0!, a "
+        "spreadsheet error, not a value; correct the cells (or the formula behind them) and "
+        "sync again"
+    )
+    assert not found["k4"].error and found["k4"].data["Customer Email"] == "#N/A"
+
+
 def test_new_columns_go_right_of_data_in_columns_nobody_named(tmp_path: Path) -> None:
     path = workbook(
         tmp_path / "books.xlsx",
