@@ -28,6 +28,7 @@ import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 __all__ = ["MASK", "Redactor", "redact_text", "redact_value"]
 
@@ -43,13 +44,28 @@ def _whole(secret: str) -> re.Pattern[str]:
     return re.compile(before + re.escape(secret) + after)
 
 
+@lru_cache(maxsize=256)
+def _forms(secret: str) -> tuple[str, ...]:
+    """``secret`` as it may stand in a text: as it is, and as a URL carries it in a query
+    string or a path (``s3cr3t+t0ken/x=`` is sent as ``s3cr3t%2Bt0ken%2Fx%3D``), which a
+    server echoing the request URL in its error puts back in front of us."""
+    forms = [secret]
+    for encoded in (quote(secret, safe=""), quote(secret), quote_plus(secret)):
+        if encoded not in forms:
+            forms.append(encoded)
+    return tuple(forms)
+
+
 def redact_text(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every non-empty value of ``secrets`` replaced by ``MASK`` where it
-    stands as a whole token (see the module's docstring), in the order given (pass the
-    longest first when one secret may contain another)."""
+    stands as a whole token (see the module's docstring), URL-encoded too, in the order
+    given (pass the longest first when one secret may contain another)."""
     for secret in secrets:
-        if secret and secret in text:
-            text = _whole(secret).sub(MASK, text)
+        if not secret:
+            continue
+        for form in _forms(secret):
+            if form in text:
+                text = _whole(form).sub(MASK, text)
     return text
 
 

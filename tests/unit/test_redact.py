@@ -36,6 +36,21 @@ def test_a_secret_is_masked_only_as_a_whole_token(text: str, expected: str) -> N
     assert redact_text(text, [KEY]) == expected
 
 
+def test_a_secret_is_masked_as_a_url_carries_it() -> None:
+    # a query-string token echoed back by the server in its 404, URL-encoded
+    token = "s3cr3t+t0ken/with=chars and space"
+    echoed = (
+        "HTTP 404: Cannot GET /contacts?_page=1&key=s3cr3t%2Bt0ken%2Fwith%3Dchars%20and%20space"
+        " (as a form: key=s3cr3t%2Bt0ken%2Fwith%3Dchars+and+space; in a path: "
+        "/c/s3cr3t%2Bt0ken/with%3Dchars%20and%20space/x)"
+    )
+    assert redact_text(echoed, [token]) == (
+        "HTTP 404: Cannot GET /contacts?_page=1&key=***"
+        " (as a form: key=***; in a path: /c/***/x)"
+    )
+    assert Redactor([token])(f"raw {token}.") == "raw ***."
+
+
 def test_a_secret_in_a_json_string_is_masked_and_the_json_stays_valid() -> None:
     body = json.dumps({"error": {"message": "bad key", "key": KEY, "hint": f"key {KEY}"}})
     masked = redact_text(body, [KEY])
