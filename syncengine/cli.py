@@ -214,16 +214,17 @@ def handled(command: str = "sync", *, reads_only: bool = False) -> Iterator[None
                 ExitCode.UNAVAILABLE,
                 [
                     f"{command} could not read: {exc}; the member refused the "
-                    "credentials: check its api_key in the config (and the environment "
-                    "variable it names)"
+                    "credentials: check them in the config (api_key, or the auth table of a "
+                    "rest connector) and the environment variable they name"
                 ],
             )
         _fail(
             ExitCode.UNAVAILABLE,
             [
                 f"{command} failed: {exc}",
-                "the member refused the credentials: check its api_key in the "
-                "config (and the environment variable it names); nothing further was written",
+                "the member refused the credentials: check them in the config (api_key, or "
+                "the auth table of a rest connector) and the environment variable they name; "
+                "nothing further was written",
             ],
         )
     except ConnectorError as exc:

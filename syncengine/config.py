@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -1020,8 +1020,15 @@ def _check_pipeline(
                         "check the path (relative to the config file)",
                     )
                 )
-    for unknown in set(section.mappings) - set(section.members):
-        problems.append(Problem(f"{where}.mappings.{unknown}", "not a member of this pipeline"))
+    for unknown in sorted(set(section.mappings) - set(section.members)):
+        problems.append(
+            Problem(
+                f"{where}.mappings.{unknown}",
+                "not a member of this pipeline",
+                f"{_one_of(unknown, section.members, 'name one of its members')} If that "
+                f"member left the pipeline, drop [pipelines.mappings.{unknown}]",
+            )
+        )
     for unknown in sorted(set(section.locks) - set(section.members)):
         close = difflib.get_close_matches(unknown, section.members, n=1)
         problems.append(
@@ -1050,7 +1057,9 @@ def _check_pipeline(
             if model.entity_spec(entity_part).field_spec(field_name) is None:
                 problems.append(
                     Problem(
-                        f"{where}.conflicts.{scope}", f"{entity_part} has no field {field_name!r}"
+                        f"{where}.conflicts.{scope}",
+                        f"{entity_part} has no field {field_name!r}",
+                        _one_of(field_name, _field_names(entity_part), "use one of its fields"),
                     )
                 )
         for rule in rules:
@@ -1069,5 +1078,22 @@ def _check_pipeline(
         spec = model.entity_spec(entity)
         for k in keys:
             if spec.field_spec(k) is None:
-                problems.append(Problem(f"{where}.match.{entity}", f"no field {k!r}"))
+                problems.append(
+                    Problem(
+                        f"{where}.match.{entity}",
+                        f"no field {k!r}",
+                        _one_of(k, _field_names(entity), "use one of its fields"),
+                    )
+                )
     return problems, mappings
+
+
+def _field_names(entity: str) -> list[str]:
+    return [f.name for f in model.entity_spec(entity).fields]
+
+
+def _one_of(word: str, known: Sequence[str], otherwise: str) -> str:
+    """``did you mean 'email'?`` for a typo of one of ``known``, else ``otherwise`` with
+    them listed."""
+    close = difflib.get_close_matches(word, known, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"{otherwise}: {', '.join(known)}."

@@ -133,6 +133,21 @@ BAD_CONFIGS = {
             "did you mean 'books'",
         ],
     ),
+    "typos-in-field-names-and-a-member-that-left": BadConfig(
+        text=lambda t: (
+            t.replace('default = ["hcp"]', 'default = ["hcp"]\n"customers.emial" = ["hcp"]')
+            + '\n[pipelines.match]\ncustomers = ["emial", "colour"]\n'
+            + '\n[pipelines.mappings.bookz]\ncustomers = "books-customers.toml"\n'
+        ),
+        expected=lambda text, folder: [
+            "conflicts.customers.emial: customers has no field 'emial' "
+            "(fix: did you mean 'email'?)",
+            "match.customers: no field 'emial' (fix: did you mean 'email'?)",
+            "match.customers: no field 'colour' (fix: use one of its fields: first_name, ",
+            "mappings.bookz: not a member of this pipeline (fix: did you mean 'books'? If "
+            "that member left the pipeline, drop [pipelines.mappings.bookz])",
+        ],
+    ),
     "several-problems-at-once": BadConfig(
         text=lambda t: (
             t.replace("${HCP_API_KEY}", "${HCP_TOKEN_NOT_SET}")
