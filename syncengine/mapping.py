@@ -499,11 +499,37 @@ class EntityMapping:
             record[reader.canonical] = value
         if bad:
             raise _record_error(bad, location)
+        if self.entity.belongs_to and record.get(self.entity.belongs_to) is None:
+            self._belongs(native, location)
         if self.entity.required:
             self._require(record, location)
         if self.entity.checks:
             self._check(record, location)
         return record
+
+    def _belongs(self, native: Mapping[str, Any], location: str) -> None:
+        """Refuse a record that leaves blank the reference its entity belongs by
+        (``EntitySpec.belongs_to``: a payment's invoice) where the member shows that field:
+        a totals or note row typed under the payments is no payment. A member whose records
+        lack the field altogether (a column missing from its sheet) is not refused here."""
+        name = self.entity.belongs_to
+        field = next((f for f in self.fields if f.canonical == name), None)
+        if field is None or field.direction == "write" or not field.path().holds(native):
+            return
+        target, ref_by = self.refs.get(name, (name + "s", None))
+        shown = " or ".join(r.replace("_", " ") for r in ref_by) if ref_by else "id"
+        owner = target.removesuffix("s")
+        raise _record_error(
+            [
+                (
+                    field.native,
+                    f"is empty: every {self.entity.name.removesuffix('s')} belongs to "
+                    f"{'an' if owner[0] in 'aeiou' else 'a'} {owner}; type the {owner}'s "
+                    f"{shown} (a totals or note row belongs outside the table)",
+                )
+            ],
+            location,
+        )
 
     def _require(self, record: dict[str, Any], location: str) -> None:
         """Refuse a record that leaves a field the entity requires blank (``required``)

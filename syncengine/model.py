@@ -148,6 +148,10 @@ class EntitySpec:
     required: tuple[str, ...] = ()
     """Fields a record must hold wherever a member's mapping reads them: a blank one is that
     record's problem (a line without a quantity or a price), never a value to clear."""
+    belongs_to: str = ""
+    """The reference every record of the entity is part of (a payment's invoice): a record
+    a member gives without it, where the member's mapping reads it, is that record's problem
+    (a totals row typed under the payments), never a record of its own."""
     assigned: tuple[str, ...] = ()
     """Fields a member that owns them (reads, never takes) may set itself when it takes a
     write (a line's place on its job): what it answers there is its own change, synced to
@@ -319,6 +323,7 @@ PAYMENT = EntitySpec(
         ("invoice", "amount"),
     ),
     depends_on=("invoices",),
+    belongs_to="invoice",
     checks=(check_refund,),
 )
 

@@ -44,6 +44,7 @@ BAD = {"Amount": "12,34x", "Status": "bogus", "Due Date": "13/45/2025"}
 NEW_PAYMENTS = [  # rows the bookkeeper adds: (invoice number or None for a real one, date)
     ("9999", "2025-06-02"),
     (None, "06/02/2025"),
+    ("", "2025-06-02"),  # a totals row: no invoice
 ]
 
 
@@ -138,7 +139,7 @@ def test_bad_rows_are_reported_by_row_and_block_nothing_else(
     payment_rows = [
         {
             "Sync ID": None,
-            "Invoice #": number or healthy["invoice_number"],
+            "Invoice #": healthy["invoice_number"] if number is None else number,
             "Amount": "5.00",
             "Method": "cash",
             "Status": "succeeded",
@@ -156,10 +157,13 @@ def test_bad_rows_are_reported_by_row_and_block_nothing_else(
         "invoice status (use one of:",
         books.where("invoices", broken["Due Date"]): "field 'Due Date': '13/45/2025' is not a "
         "date written as YYYY-MM-DD, such as 2025-01-31 (the mapping's format '%Y-%m-%d')",
-        books.new_row_where("payments", 2): "Invoice # '9999': no invoice has invoice_number "
+        books.new_row_where("payments", 3): "Invoice # '9999': no invoice has invoice_number "
         "'9999'",
-        books.new_row_where("payments", 1): "field 'Date': '06/02/2025' is not a date written "
+        books.new_row_where("payments", 2): "field 'Date': '06/02/2025' is not a date written "
         "as YYYY-MM-DD",
+        books.new_row_where("payments", 1): "field 'Invoice #': is empty: every payment "
+        "belongs to an invoice; type the invoice's invoice number (a totals or note row belongs "
+        "outside the table)",
     }
     # meanwhile in HCP: payments on the invoice with the bad amount and on a healthy one
     on_broken = owing[0]
@@ -205,7 +209,7 @@ def test_bad_rows_are_reported_by_row_and_block_nothing_else(
     ), healthy_row
     # nothing lost: the bad rows stay exactly as the bookkeeper left them
     assert books.snapshot("invoices", set(broken.values())) == bad_before
-    assert [(r["Invoice #"], r["Date"]) for r in books.unlinked("payments")] == [
+    assert [(r["Invoice #"] or "", r["Date"]) for r in books.unlinked("payments")] == [
         (r["Invoice #"], r["Date"]) for r in payment_rows
     ]
 
@@ -224,7 +228,7 @@ def test_bad_rows_are_reported_by_row_and_block_nothing_else(
     }
     assert not writes, writes
 
-    # fixed: the bad cells back to what they were, the two payment rows removed
+    # fixed: the bad cells back to what they were, the payment rows removed
     books.edit("invoices", {sid: {c: before[sid][c]} for c, sid in broken.items()})
     if kind == "csv":
         sheet = read_csv_rows(path / "payments.csv")
@@ -239,7 +243,7 @@ def test_bad_rows_are_reported_by_row_and_block_nothing_else(
             for row in ws.iter_rows(min_row=2)
             if not row[id_col].value and any(c.value not in (None, "") for c in row)
         ]
-        assert len(added) == 2, added  # the two rows typed above, wherever they landed
+        assert len(added) == 3, added  # the rows typed above, wherever they landed
         for number in sorted(added, reverse=True):
             ws.delete_rows(number)
         wb.save(path)
