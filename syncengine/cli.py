@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import IO, TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.file_proxy import FileProxy
 from rich.markup import escape
 
 from syncengine import __version__
@@ -88,8 +89,43 @@ alerts_app = typer.Typer(
 )
 app.add_typer(alerts_app, name="alerts")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class _Masked:
+    """``sys.stdout`` or ``sys.stderr`` (looked up at each write, as tests swap them) with
+    every secret of the loaded config masked (``REDACTOR``): a record's data may hold one
+    (an API key pasted into a customer's company), and the plan, ``--json`` and ``probe``
+    print records' data."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def _target(self) -> IO[str]:
+        stream: IO[str] = getattr(sys, self._name)
+        while isinstance(stream, FileProxy):  # a progress bar's: it writes to this console
+            stream = stream.rich_proxied_file
+        return stream
+
+    def write(self, text: str) -> int:
+        if REDACTOR.secrets:
+            text = redact_text(text, REDACTOR.secrets)
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def isatty(self) -> bool:
+        return self._target().isatty()
+
+    def fileno(self) -> int:
+        return self._target().fileno()
+
+    @property
+    def encoding(self) -> str:
+        return str(getattr(self._target(), "encoding", None) or "utf-8")
+
+
+out = Console(file=_Masked("stdout"), highlight=False, soft_wrap=True)  # type: ignore[arg-type]
+err = Console(file=_Masked("stderr"), highlight=False, soft_wrap=True)  # type: ignore[arg-type]
 
 ConfigOpt = Annotated[
     Path,

@@ -93,6 +93,33 @@ def test_api_key_is_never_printed_or_stored_on_a_working_setup(
     assert b"hcp-books" in (project / "state.db").read_bytes()
 
 
+def test_a_secret_in_a_records_data_is_masked_in_every_printed_plan_and_probe(
+    tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
+) -> None:
+    # someone pasted the API key into a customer's company: the plan prints records' values
+    box = sandbox_factory(api_key=CANARY, seed=5)
+    project = tmp_path / "project"
+    config = hcp_books_config(project, box.port)
+    csv_path = project / "books" / "customers.csv"
+    assert_clean_exit(cli("sync", "--config", config, api_key=CANARY), 0)
+    rows = read_csv(csv_path)
+    rows[0]["Company"] = f"key={CANARY}"
+    write_csv(csv_path, rows)
+    results = [
+        cli(*args, "--config", config, api_key=CANARY)
+        for args in (
+            ("sync", "--dry-run", "--details"),
+            ("sync", "--dry-run", "--json"),
+            ("probe", "--connector", "books"),
+        )
+    ]
+    for result in results:
+        assert_clean_exit(result, 0)
+    assert "key=***" in results[0].stdout, results[0].stdout
+    assert "key=***" in results[1].stdout and "key=***" in results[2].stdout
+    assert_no_canary_in_output(results)
+
+
 def test_api_key_is_never_printed_or_stored_when_refused_or_unreachable(
     tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory, closed_port: int
 ) -> None:
