@@ -345,11 +345,19 @@ def gather_facts(
         # only a run that looked at every record can say none fails any more: a run a guard
         # stopped, or one that read what webhook events named, neither opens nor clears it
         failed = [f for o in result.outcomes for f in o.failures]
-        failing = Counter(f"{f.member} {f.entity}" for f in failed)
-        items["writes_failed"] = Items(len(failed), None, dict(failing))
-        # the first one as the run reported it: a record's label and the error, never its
-        # data
-        failure = redact_text(failed[0].describe(), config.secrets)[:300] if failed else ""
+        # the writes that failed, as ``status`` counts them: a file that could not be saved
+        # is said once beside its writes (``nothing written: ...``), and is their cause
+        writes = [f for f in failed if f.location] or failed
+        failing = Counter(f"{f.member} {f.entity}" for f in writes)
+        items["writes_failed"] = Items(len(writes), None, dict(failing))
+        # the cause: the first failure's member, entity and error, never the record (an alert
+        # names no customer, not even by the label a run report gives it)
+        first = next((f for f in failed if not f.location), failed[0]) if failed else None
+        failure = (
+            redact_text(f"{first.member} {first.entity}: {first.message}", config.secrets)[:300]
+            if first is not None
+            else ""
+        )
     spec = config.pipelines.get(pipeline)
     section = config.alerts
     if (
