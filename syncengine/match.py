@@ -277,6 +277,11 @@ def match(
             )
 
     hints = hints or {}
+    weak: dict[tuple[str, str], tuple[Observed, list[tuple[str, Any]]]] = {}
+    """(key, member) -> a record linked to that key by a relink key only (a full name), and
+    the index entries its values added: a record of the same member that matches the key
+    by a match key (its e-mail) takes the place instead (``displaced``)."""
+    displaced: list[Observed] = []
     contested: set[str] = set()
     settled: set[str] = set()
     """Keys a person's decision gave a record: never held back for another's ambiguity."""
@@ -317,7 +322,11 @@ def match(
                 if value in (None, ""):
                     continue
                 same_value = index.get((name, value), [])
-                candidates = [k for k in same_value if member not in holders.get(k, set())]
+                candidates = [
+                    k
+                    for k in same_value
+                    if member not in holders.get(k, set()) or (k, member) in weak
+                ]
                 if len(candidates) == 1:
                     chosen = candidates[0]
                     break
@@ -369,6 +378,8 @@ def match(
                 contested.update(k for k in unsure if k in result.new_keys)
                 if ambiguous:
                     result.candidates[id(obs)] = [k for k in unsure if k not in shadows]
+                elif chosen is not None and chosen not in shadows:
+                    weak[(chosen, member)] = (obs, [])
             if chosen in shadows:
                 ambiguous = shadows[chosen]
             if ambiguous:
@@ -382,6 +393,20 @@ def match(
                     combos.add(chosen, obs.canonical)
             if decision is not None and chosen is not None:
                 settled.add(chosen)
+            if (
+                chosen is not None
+                and (chosen, member) in weak
+                and weak[chosen, member][0] is not obs
+            ):
+                # this record shows the key's e-mail (or mobile): the one that took the key by
+                # name alone gives it up, and is a record of its own
+                loser, entries = weak.pop((chosen, member))
+                result.groups[chosen].pop(member, None)
+                holders[chosen].discard(member)
+                for entry in entries:
+                    if chosen in index.get(entry, []):
+                        index[entry].remove(chosen)
+                displaced.append(loser)
             if chosen is None:
                 chosen = (make_key or new_key)()
                 result.new_keys.add(chosen)
@@ -397,6 +422,13 @@ def match(
                     keys = index.setdefault((name, value), [])
                     if chosen not in keys:
                         keys.append(chosen)
+                        if (chosen, member) in weak:
+                            weak[chosen, member][1].append((name, value))
+    for obs in displaced:  # not guessed again by name: a new hub record
+        chosen = (make_key or new_key)()
+        result.new_keys.add(chosen)
+        holders[chosen] = set()
+        _attach(result, holders, chosen, obs)
     # new hub records that an ambiguous record might also belong to are held back too:
     # creating them elsewhere could duplicate what a person has to sort out first
     for key in contested - settled:

@@ -16,7 +16,7 @@ from typing import Any
 
 from syncengine.connector import NativeRecord
 from syncengine.match import Observed, Relinking, match, relink_vanished
-from syncengine.model import PAYMENT, Record
+from syncengine.model import CUSTOMER, PAYMENT, Record
 
 KEYS = ("email", "mobile_number")
 
@@ -243,3 +243,22 @@ def test_an_id_already_used_by_the_hub_is_not_taken_as_a_key() -> None:
         ["hcp", "books"], {"books": books}, existing, (), relink=relink, make_key=_counter()
     )
     assert sorted(result.groups) == ["new-1"]
+
+
+def test_a_record_matched_by_its_email_wins_over_one_matched_by_name_alone() -> None:
+    # the state was lost: HCP holds Ann Lee with her e-mail; the sheet holds a phone-only Ann
+    # Lee (another customer of that name) before the row with Ann's e-mail. The name must not
+    # take Ann's record first, leaving her own row a "possible duplicate" and writing her
+    # e-mail into the other row (a property test found both members then holding it twice)
+    hcp = [obs("hcp", "h1", {"first_name": "Ann", "last_name": "Lee", "email": "ann@x.com"})]
+    books = [
+        obs("books", "r1", {"first_name": "Ann", "last_name": "Lee", "mobile_number": "+15551"}),
+        obs("books", "r2", {"email": "ann@x.com"}),
+    ]
+    relink = Relinking(CUSTOMER.relink_keys, lambda _n, a, b: bool(a == b), {}, {}, KEYS)
+    result = match(
+        ["hcp", "books"], {"hcp": hcp, "books": books}, [], KEYS, relink=relink, make_key=_counter()
+    )
+    groups = sorted(sorted((m, o.record.id) for m, o in g.items()) for g in result.groups.values())
+    assert groups == [[("books", "r1")], [("books", "r2"), ("hcp", "h1")]]
+    assert result.ambiguous == []
