@@ -393,7 +393,11 @@ class PhoneTransform(_Base):
         if len(_PARSED) >= PhoneTransform.MEMO_SIZE:
             _PARSED.clear()
         _PARSED[(self.region, text)] = parsed
-        if parsed is not None and not parsed.extension:  # E.164 holds no extension
+        if (
+            parsed is not None
+            and not parsed.extension  # E.164 holds no extension
+            and (parsed.number_of_leading_zeros or 1) == 1
+        ):  # (a run of leading zeros does not parse back to itself: 00000… is junk anyway)
             e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
             _PARSED.setdefault((self.region, e164), parsed)
         return parsed
