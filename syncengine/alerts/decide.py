@@ -331,6 +331,10 @@ def _by(items: Items) -> str:
     return " (" + ", ".join(f"{label}: {n}" for label, n in sorted(items.by.items())) + ")"
 
 
+_PLURAL = ("failing", "the failing", "the books' disagreements")
+"""How the words of a cleared condition start when they name several things."""
+
+
 def _when(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -432,7 +436,8 @@ def _recovered(cleared: Sequence[Transition], config_path: str) -> Alert:
     command = _cmd("status", config_path)
     text = (
         f"Pipeline {p} recovered: {', '.join(parts)} (since {_when(since)}) "
-        f"{'is' if len(parts) == 1 else 'are'} over; a run completed. Status: `{command}`"
+        f"{'are' if len(parts) > 1 or parts[0].startswith(_PLURAL) else 'is'} over; a run "
+        f"completed. Status: `{command}`"
     )
     details: dict[str, object] = {
         "command": command,

@@ -250,3 +250,4 @@ def test_writes_that_fail_every_run_are_told_once_and_their_end_is_recovered() -
     assert change is not None and change.kind == "clear"
     (recovered,) = compose([change], config_path="/etc/s.toml")
     assert recovered.event == "recovered" and "the failing writes" in recovered.text
+    assert ") are over; a run completed" in recovered.text, recovered.text
