@@ -260,11 +260,15 @@ def _refuse_fixed(
 
 
 def _label(key: str, base: Record | None, views: Mapping[str, MemberView]) -> str:
-    shown = label_of(base, key)
+    """The record's name in messages: as the first member holding it shows it, else as the
+    base does, else its key (never one label inside another: ``$1 on 2025-02-18 ($1 on …)``)."""
     for view in views.values():
         if view.present and view.current:
-            return label_of(view.current, shown)
-    return shown
+            own = label_of(view.current, key)
+            if own != key:
+                return own
+            break
+    return label_of(base, key)
 
 
 def _changes(
