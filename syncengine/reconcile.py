@@ -313,35 +313,7 @@ def _changes(
             ):
                 continue
             changed.setdefault(name, {})[member] = value
-    if not alone:
-        _contest_newcomers(ctx, present, base_now, changed)
     return changed
-
-
-def _contest_newcomers(
-    ctx: Context,
-    present: Mapping[str, MemberView],
-    base_now: Record,
-    changed: dict[str, dict[str, Any]],
-) -> None:
-    """A field only newly linked members changed (a member added to a pipeline, a row typed
-    again), where the base holds another value that the linked members still hold: that is
-    a disagreement between them, not an edit, so the linked members' value is put beside the
-    newcomers' and the field's conflict rules decide (a new member's old or differing data
-    never overwrites the others unasked)."""
-    for name, by_member in changed.items():
-        if base_now.get(name) is None:
-            continue
-        if any(present[m].last_seen is not None for m in by_member):
-            continue  # a linked member changed it: an edit, weighed as any other
-        for member, view in present.items():
-            if (
-                view.last_seen is not None
-                and name in ctx.mappings[member].readable
-                and name not in view.missing
-                and (view.current or {}).get(name) == base_now.get(name)
-            ):
-                by_member[member] = base_now[name]
 
 
 def _agreed(

@@ -934,45 +934,26 @@ NEW = [
             base=ANN,
             views=(unchanged(CRM, ANN), new(SHEET, ann(first_name="Annie")), unchanged(SHOP, ANN)),
             expect=Expect(
-                base_after=ANN,
-                links={SHEET: kept(SHEET, ann(first_name="Annie"))},
-                conflicts=[
-                    conflict(
-                        {CRM: "Ann", SHEET: "Annie", SHOP: "Ann"},
-                        "Ann",
-                        None,
-                        "no rule decided",
-                        ANN_LABEL,
-                    )
-                ],
-            ),
-        ),
-        # a member newly linked (added to the pipeline, a row typed again) differs from what
-        # the others hold: a disagreement, not an edit; without a rule it waits for a person
-        id="newly-linked-record-differing-from-the-base-is-a-conflict",
-    ),
-    pytest.param(
-        Row(
-            base=ANN,
-            views=(unchanged(CRM, ANN), new(SHEET, ann(first_name="Annie")), unchanged(SHOP, ANN)),
-            rules={"first_name": [CRM]},
-            expect=Expect(
-                base_after=ANN,
+                base_after=ann(first_name="Annie"),
                 actions=[
                     update(
-                        SHEET,
-                        {"first_name": ("Annie", "Ann")},
-                        {"First Name": "Ann"},
-                        SHEET_ANN,
-                    )
+                        CRM,
+                        {"first_name": ("Ann", "Annie")},
+                        {"first_name": "Annie"},
+                        ann(first_name="Annie"),
+                    ),
+                    update(
+                        SHOP,
+                        {"first_name": ("Ann", "Annie")},
+                        {"first_name": "Annie"},
+                        ann(first_name="Annie"),
+                    ),
                 ],
-                conflicts=[
-                    conflict({CRM: "Ann", SHEET: "Annie", SHOP: "Ann"}, "Ann", CRM, CRM, ANN_LABEL)
-                ],
+                links={SHEET: kept(SHEET, ann(first_name="Annie"))},
             ),
         ),
-        # the rules decide it, as for two members' edits: here the linked members' value stays
-        id="newly-linked-record-differing-from-the-base-follows-the-rules",
+        # today a newly linked record's differing value counts as a change and wins
+        id="newly-linked-record-differing-value-overrides-the-base",
     ),
     pytest.param(
         Row(
