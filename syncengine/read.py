@@ -393,23 +393,22 @@ def fill_notes(ent: EntityPlan, reads: Mapping[str, MemberRead], *, dry_run: boo
                 for column in filled.keys() & action.patch.keys():
                     filled[column] += 1
         verb = "would be" if dry_run else "is"
-        if r.structure.listed:  # fields no record of an API showed, not a sheet's columns
-            for name, rows in filled.items():
-                if rows:
-                    ent.notes.append(
-                        f"{r.structure.where}: field {name} is in none of the "
-                        f"{r.structure.listed} records listed; it is not read as cleared, and "
-                        f"{verb} written from the other members ({rows}). If the mapping "
-                        "names the wrong field, correct it"
-                    )
-            continue
         for column, rows in filled.items():
-            if rows:
-                ent.notes.append(
-                    f"{r.structure.where}: column {column} is missing; it {verb} added at the "
-                    f"end of the header and filled from the other members ({rows} "
-                    f"{'row' if rows == 1 else 'rows'}); what was there is not read as cleared"
+            if not rows:
+                continue
+            if r.structure.listed:  # a field no record of an API showed, not a sheet's column
+                note = (
+                    f"field {column} is in none of the {r.structure.listed} records listed; "
+                    f"it is not read as cleared, and {verb} written from the other members "
+                    f"({rows}). If the mapping names the wrong field, correct it"
                 )
+            else:
+                note = (
+                    f"column {column} is missing; it {verb} added at the end of the header and "
+                    f"filled from the other members ({rows} {'row' if rows == 1 else 'rows'}); "
+                    "what was there is not read as cleared"
+                )
+            ent.notes.append(f"{r.structure.where}: {note}")
 
 
 def _unlisted(
