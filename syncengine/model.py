@@ -265,6 +265,9 @@ INVOICE = EntitySpec(
     ),
     match_keys=("invoice_number",),
     depends_on=("customers",),  # and jobs, where the pipeline syncs them
+    # HCP dates an invoice created elsewhere and computes its balance: what it answers is
+    # what every member shows next (a date typed into the books cannot be kept in HCP)
+    assigned=("balance", "created_at"),
 )
 
 
