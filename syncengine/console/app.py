@@ -48,7 +48,7 @@ from syncengine.console.security import (
     route_path,
     signed_in,
 )
-from syncengine.errors import ConfigError, SyncEngineError, UsageError
+from syncengine.errors import ConfigError, StateError, SyncEngineError, UsageError
 from syncengine.redact import Redactor, redact_text
 
 __all__ = ["ConsoleRunner", "ThreadRunner", "create_app", "serve"]
@@ -688,7 +688,25 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
             grace = console.config().daemon.shutdown_grace
             await run_in_threadpool(console.runner.join, grace)
 
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    async def store_unusable(request: Request, exc: Exception) -> Response:
+        """A page that needs the state store while it cannot be reached (a database down, a
+        file deleted): said as such, never a 500 with a traceback."""
+        message = console.redactor()(str(exc))
+        log.warning("console: the state store cannot be used", path=request.url.path, error=message)
+        return page(
+            request,
+            "error",
+            503,
+            title="The state store cannot be used",
+            message=f"{message}. Nothing was changed; try again once it is back.",
+        )
+
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={StateError: store_unusable},
+    )
     app.state.console = console
     return app
 

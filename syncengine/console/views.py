@@ -11,7 +11,7 @@ from typing import Any
 from syncengine import api, model
 from syncengine.config import Config
 from syncengine.display import entity_changes, format_cents, local_time
-from syncengine.errors import StateError, UsageError
+from syncengine.errors import StateError, StateUnavailableError, UsageError
 from syncengine.render import show_value
 from syncengine.state import ConflictRow
 
@@ -88,6 +88,8 @@ def _open_store_safely(config: Config) -> bool:
     pages, not an error)."""
     try:
         api.open_store(config, create=False).close()
+    except StateUnavailableError:
+        raise  # there, but it cannot be reached: the page says so (``create_app``)
     except StateError:
         return False
     return True

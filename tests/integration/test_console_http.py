@@ -460,3 +460,28 @@ def test_an_unknown_pipeline_and_an_overlong_pause_reason_are_said(
     assert response.status_code == 303
     assert "keep it under 500" in anna.get("/").text
     assert api.status(load_config(console.config), "p")[0].paused is None
+
+
+def test_a_state_store_that_cannot_be_reached_is_said_on_every_page(tmp_path: Path) -> None:
+    """PostgreSQL down while the console serves: sign-in, the pages and the actions answer
+    503 naming the state store, never a 500 with a traceback, nor "never synced"."""
+    path = console_config(tmp_path, {"p": {}})
+    text = path.read_text(encoding="utf-8")
+    down = "postgresql+psycopg://syncengine:pw@127.0.0.1:1/state"  # nothing listens there
+    path.write_text(text.replace('url = "sqlite:///state.db"', f'url = "{down}"'), "utf-8")
+    add_users(path, "anna")
+    server = serve(path)
+    try:
+        client = httpx.Client(base_url=server.url, timeout=30.0)
+        token = csrf_of(client.get("/login").text)
+        signed = client.post(
+            "/login", data={"csrf": token, "username": "anna", "password": PASSWORD}
+        )
+        page = signed  # a sign-in is audited: it needs the store
+        assert page.status_code == 503, page.text
+        assert "The state store cannot be used" in page.text
+        assert "never synced" not in page.text and "Traceback" not in page.text
+        assert "pw@" not in page.text  # the database URL's password stays masked
+        client.close()
+    finally:
+        server.stop()
