@@ -723,6 +723,9 @@ class _Working:
         option; or none of them is text a person typed (the ``encoding`` option is not the
         file's). "" when neither is the case: the column is really missing."""
 
+        above = self._title_above_header()
+        if above:
+            return above
         delimiter = getattr(self.table, "delimiter", None)
         encoding = getattr(self.table, "encoding", None)
         if delimiter is None or encoding is None or not self.columns:
@@ -746,6 +749,25 @@ class _Working:
                 'saved in (such as "utf-8" or "cp1252") in the config'
             )
         return ""
+
+    def _title_above_header(self) -> str:
+        """Why the header shows no id column when a title or a note was typed above it: the
+        row after it names the id column. "" otherwise."""
+        first = self.rows.get(0)
+        if first is None or not self.header.cells:
+            return ""
+        names = {_folded(self.table.header_text(cell)) for cell in first.cells}
+        if _folded(self.id_column) not in names:
+            return ""
+        shown = next(
+            (text for c in self.header.cells if (text := self.table.header_text(c).strip())), ""
+        )
+        return (
+            f"{self.table.line_word} {self.header.line} ({_shortened(shown)!r}) stands above the "
+            f"header, which names the {self.id_column} column in the row below: the header "
+            "must be the first row that is not blank, so delete that row or move it out of "
+            "the table"
+        )
 
     # -- describing rows
     def row_id(self, row: Row) -> str:

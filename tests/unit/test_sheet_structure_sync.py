@@ -218,6 +218,31 @@ def test_the_sync_id_column_gone_while_records_are_linked_stops_the_run(
         untouched.check()
 
 
+@FORMATS
+def test_a_title_typed_above_the_header_is_named_as_what_hides_the_sync_id_column(
+    tmp_path: Path, fmt: str
+) -> None:
+    """A title row inserted above the header makes it the header: the Sync ID column looks
+    missing. The message names the title's row and the fix, not a restore from a backup (a
+    careless bookkeeper's edit, found by a cold trial)."""
+    cfg, sheet = books_with_two(tmp_path, fmt)
+    good = sheet.path.read_bytes()
+    sheet.edit(lambda rows: [["Customers 2025", *[""] * (len(rows[0]) - 1)], *rows])
+    untouched = Untouched(tmp_path, sheet.path)
+    with pytest.raises(StructureError) as caught:
+        run(cfg)
+    word = "line" if fmt == "csv" else "row"
+    assert str(caught.value).endswith(
+        f"{sheet.where}: the Sync ID column is missing, but 2 customers are linked to it; "
+        f"{word} 1 ('Customers 2025') stands above the header, which names the Sync ID column "
+        "in the row below: the header must be the first row that is not blank, so delete that "
+        "row or move it out of the table and sync again"
+    ), str(caught.value)
+    untouched.check()
+    sheet.path.write_bytes(good)
+    assert run(cfg).exit_code == 0
+
+
 def test_a_delimiter_option_the_file_does_not_use_is_named_as_the_fix(tmp_path: Path) -> None:
     """``delimiter = ";"`` on comma-separated books: every header reads as one column, so
     the Sync ID column looks missing. The message says to set the option, not to restore a
