@@ -135,6 +135,9 @@ class Skip:
     """On record already from an earlier run, for the same reason: it is kept (``syncengine
     status`` lists it) but not reported again, and alone it does not make the record part of
     the plan (a period closed on a member: see ``syncengine.locks``)."""
+    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict, compare=False)
+    """field -> (what the member holds, what it would have been given): the update it cannot
+    take, shown by the dry run so that a person sees what stays different."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -658,9 +658,9 @@ def _plan_update(
         return
     if not caps.update:
         if fields:
-            plan.skips.append(
-                _skip(ctx, plan, member, f"{_type_of(ctx, member)} cannot update {spec.name}")
-            )
+            skipped = _skip(ctx, plan, member, f"{_type_of(ctx, member)} cannot update {spec.name}")
+            skipped.changes.update({n: (current.get(n), new_base.get(n)) for n in fields})
+            plan.skips.append(skipped)
         plan.links[member] = _keep(view, dirty=False, unseen=unseen)
         return
     values = {n: new_base.get(n) for n in fields}

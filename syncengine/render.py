@@ -125,6 +125,8 @@ def render_entity_plan(console: Console, ep: EntityPlan) -> None:
                 )
         for s in kp.reported_skips:
             console.print(f"  [dim]· skipped on {s.member}: {escape(s.reason)}[/]")
+            for name, (old, new) in sorted(s.changes.items()):  # what stays different there
+                console.print(f"[dim]      {name}: {shown(name, old)} → {shown(name, new)}[/]")
     if ep.compacted is not None and ep.compacted.dropped:
         listed = ep.compacted.changed - ep.compacted.dropped
         console.print(

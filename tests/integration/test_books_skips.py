@@ -91,6 +91,10 @@ def test_writes_hcp_cannot_take_are_skipped_listed_and_not_replanned(
     blocks = dry_run_blocks(dry.stdout)
     invoice_block = blocks[f"invoices · invoice {edited['invoice_number']}"]
     assert "· skipped on hcp: housecallpro cannot update invoices" in invoice_block, dry.stdout
+    # ... and what stays different there, as a person reads it
+    assert f"amount: {currency(edited['amount'])} → {currency(new_amount)}" in "\n".join(
+        invoice_block
+    ), invoice_block
     payment_blocks = {
         h: lines
         for h, lines in blocks.items()
