@@ -569,6 +569,14 @@ class CentsTransform(_Base):
                     f"{text!r} is not an amount: a comma groups thousands here; write "
                     f"{dotted!r} for the cents"
                 )
+            number = _NUMBER.search(body)
+            if number is not None:
+                rest = (body[: number.start()] + body[number.end() :]).strip(" $€£")
+                if rest.isalpha():  # a currency code or a word beside it: 89.78 USD
+                    alone = number.group(0).replace(" ", "")
+                    raise ValueError(
+                        f"{text!r} is not an amount: write the number alone, such as {alone!r}"
+                    )
             raise ValueError(f"{text!r} is not an amount")
         sign = match["sign"] or match["sign2"]
         if parenthesised and sign:

@@ -297,6 +297,23 @@ def test_cents_names_the_fix_for_a_decimal_comma(native: str, dotted: str) -> No
     assert build_transform("cents", "x").read("1,234") == 123400
 
 
+@pytest.mark.parametrize(
+    ("native", "alone"),
+    [
+        ("89.78 USD", "89.78"),
+        ("USD 89.78", "89.78"),
+        ("12 dollars", "12"),
+        ("1,234.50 EUR", "1,234.50"),
+    ],
+)
+def test_cents_names_the_fix_for_a_currency_word_beside_the_number(native: str, alone: str) -> None:
+    with pytest.raises(ValueError) as info:
+        build_transform("cents", "x").read(native)
+    assert (
+        str(info.value) == f"{native!r} is not an amount: write the number alone, such as {alone!r}"
+    )
+
+
 def test_cents_rejects_more_precision_than_its_places_and_booleans() -> None:
     cents = build_transform("cents", "x")
     with pytest.raises(ValueError, match=r"'1.005' has more than 2 decimal places"):
