@@ -377,10 +377,19 @@ class HttpClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[], float] = random.random,
+        stop: threading.Event | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
         self.name = name
+        self.stop = stop
+        """The run's stop event (a daemon shutting down): once it is set, no wait (backoff,
+        rate limit) holds the run. A read waiting to be sent or retried raises
+        ``SyncStopped`` (it is read again next run); a write is sent or retried without the
+        wait, so that its batch ends, is committed and flushed, and the run stops at the
+        batch's end as ``Engine.stop`` promises."""
+        if stop is not None:
+            sleep = _until(stop, sleep)
         self.base_url = base_url
         self.max_retries = max_retries
         self.backoff_base = backoff_base
@@ -445,6 +454,8 @@ class HttpClient:
                 waited = self.limiter.acquire()
                 if waited:
                     self.stats.add(waited=waited)
+            if self.stop is not None and self.stop.is_set() and method in _READS:
+                raise SyncStopped("a stop was requested while a read waited its turn to be sent")
             self.stats.add(requests=1)
             try:
                 response = _unbound(
@@ -665,18 +676,20 @@ class HttpClient:
 # ------------------------------------------------------------------------------ connectors
 
 
-def _sleep_unless_stopped(stop: threading.Event) -> Callable[[float], None]:
-    """A sleep that ends as soon as ``stop`` is set (a daemon shutting down, a lease lost),
-    raising ``SyncStopped``: a run waiting to retry a server that does not answer stops at
-    once, instead of holding the shutdown for its whole grace period. Nothing is lost by
-    it: a read is read again by the next run, and a write whose retry is given up stays
-    pending in the journal, for the next run's recovery to settle, as after a crash."""
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-    def sleep(seconds: float) -> None:
-        if stop.wait(seconds):
-            raise SyncStopped("a stop was requested while a request waited its turn to be sent")
 
-    return sleep
+def _until(stop: threading.Event, sleep: Callable[[float], None]) -> Callable[[float], None]:
+    """``sleep``, ended as soon as ``stop`` is set (returns early, raises nothing: the
+    request decides what a stop means for it, see ``HttpClient.stop``)."""
+
+    def wait(seconds: float) -> None:
+        if sleep is time.sleep:
+            stop.wait(seconds)
+        elif not stop.is_set():
+            sleep(seconds)
+
+    return wait
 
 
 def connector_client(
@@ -697,8 +710,7 @@ def connector_client(
     context's test hooks are honoured: ``extra["transport"]`` (an ``httpx.BaseTransport``,
     e.g. ``httpx.MockTransport`` or an in-process sandbox; anything else is a
     ``FatalConnectorError``) and ``extra["sleep"]`` (replaces ``time.sleep``). So is the
-    run's ``extra["stop"]`` (a ``threading.Event``, ``Engine.stop``): the client's waits
-    (backoff, rate limit) end when it is set (``_sleep_unless_stopped``).
+    run's ``extra["stop"]`` (a ``threading.Event``, ``Engine.stop``: see ``HttpClient``).
     """
     transport = context.extra.get("transport")
     if transport is not None and not isinstance(transport, httpx.BaseTransport):
@@ -706,9 +718,7 @@ def connector_client(
             "context.extra['transport'] must be an httpx.BaseTransport", connector=context.name
         )
     stop = context.extra.get("stop")
-    sleep: Callable[[float], None] = context.extra.get("sleep") or (
-        _sleep_unless_stopped(stop) if isinstance(stop, threading.Event) else time.sleep
-    )
+    sleep: Callable[[float], None] = context.extra.get("sleep", time.sleep)
     return HttpClient(
         base_url,
         headers={
@@ -723,4 +733,5 @@ def connector_client(
         secrets=(*secrets, *context.secrets),
         name=context.name,
         sleep=sleep,
+        stop=stop if isinstance(stop, threading.Event) else None,
     )

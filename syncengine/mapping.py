@@ -947,7 +947,7 @@ def _parse_field(
                     ok = False
                     continue
                 if normal != mapped:  # written back, the normal form would find no native
-                    scalar = isinstance(normal, str | int | bool)
+                    scalar = not isinstance(normal, list | tuple | set | frozenset)
                     problem(
                         f"{where}.transform",
                         f"maps to {mapped!r}, which {canonical} holds as {normal!r}"

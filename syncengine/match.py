@@ -280,8 +280,7 @@ def match(
     weak: dict[tuple[str, str], tuple[Observed, list[tuple[str, Any]]]] = {}
     """(key, member) -> a record linked to that key by a relink key only (a full name), and
     the index entries its values added: a record of the same member that matches the key
-    by a match key (its e-mail) takes the place instead (``displaced``)."""
-    displaced: list[Observed] = []
+    by a match key (its e-mail) takes the place instead, and it becomes a record of its own."""
     contested: set[str] = set()
     settled: set[str] = set()
     """Keys a person's decision gave a record: never held back for another's ambiguity."""
@@ -325,7 +324,9 @@ def match(
                 candidates = [
                     k
                     for k in same_value
-                    if member not in holders.get(k, set()) or (k, member) in weak
+                    if member not in holders.get(k, set())
+                    # held by name alone, and shown here by a value not of that record's own
+                    or ((k, member) in weak and (name, value) not in weak[k, member][1])
                 ]
                 if len(candidates) == 1:
                     chosen = candidates[0]
@@ -403,10 +404,17 @@ def match(
                 loser, entries = weak.pop((chosen, member))
                 result.groups[chosen].pop(member, None)
                 holders[chosen].discard(member)
+                # a hub record of its own, found by its values from here on
+                own = (make_key or new_key)()
+                result.new_keys.add(own)
+                holders[own] = set()
+                _attach(result, holders, own, loser)
                 for entry in entries:
                     if chosen in index.get(entry, []):
                         index[entry].remove(chosen)
-                displaced.append(loser)
+                    index.setdefault(entry, []).append(own)
+                if combos is not None:
+                    combos.add(own, loser.canonical)
             if chosen is None:
                 chosen = (make_key or new_key)()
                 result.new_keys.add(chosen)
@@ -424,11 +432,6 @@ def match(
                         keys.append(chosen)
                         if (chosen, member) in weak:
                             weak[chosen, member][1].append((name, value))
-    for obs in displaced:  # not guessed again by name: a new hub record
-        chosen = (make_key or new_key)()
-        result.new_keys.add(chosen)
-        holders[chosen] = set()
-        _attach(result, holders, chosen, obs)
     # new hub records that an ambiguous record might also belong to are held back too:
     # creating them elsewhere could duplicate what a person has to sort out first
     for key in contested - settled:

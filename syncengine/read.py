@@ -304,7 +304,12 @@ def read_member(
     if out.structure.missing:
         columns = set(out.structure.missing)
         out.missing = frozenset(f.canonical for f in member.mapping.fields if f.native in columns)
-        out.fills = bool(out.missing & member.mapping.writable)
+        if out.structure.listed:
+            # an API's field that none of its records has: never read as cleared, and not
+            # written either (the API may not take it, or the mapping names it wrongly)
+            out.unfilled = out.missing
+        else:
+            out.fills = bool(out.missing & member.mapping.writable)
     if remap:
         log.info(
             "mapping changed since the last read: every record read again",
@@ -382,8 +387,9 @@ def structure_problem(found: Structure, linked: int, entity: str) -> str:
 def fill_notes(ent: EntityPlan, reads: Mapping[str, MemberRead], *, dry_run: bool) -> None:
     """Say in ``ent.notes`` which missing columns the plan fills: per member and column its
     sheet lacks, how many of the planned updates write it (a column nothing is written to
-    is not added, and not mentioned). A field none of an API's records showed is said
-    likewise, with the hint that the mapping may name it wrongly."""
+    is not added, and not mentioned). A field none of an API's records showed (neither read
+    nor written) is said once the API was synced before, with the hint that the mapping may
+    name it wrongly."""
     for name, r in reads.items():
         if not r.structure.missing:
             continue
@@ -393,22 +399,22 @@ def fill_notes(ent: EntityPlan, reads: Mapping[str, MemberRead], *, dry_run: boo
                 for column in filled.keys() & action.patch.keys():
                     filled[column] += 1
         verb = "would be" if dry_run else "is"
+        if r.structure.listed:  # fields no record of an API showed, not a sheet's columns
+            if r.linked:  # (a first sync of an API that leaves empty fields out says nothing)
+                for column in r.structure.missing:
+                    ent.notes.append(
+                        f"{r.structure.where}: field {column} is in none of the "
+                        f"{r.structure.listed} records listed; it is neither read as cleared "
+                        f"nor written to {name}. If the mapping names the wrong field, correct it"
+                    )
+            continue
         for column, rows in filled.items():
-            if not rows:
-                continue
-            if r.structure.listed:  # a field no record of an API showed, not a sheet's column
-                note = (
-                    f"field {column} is in none of the {r.structure.listed} records listed; "
-                    f"it is not read as cleared, and {verb} written from the other members "
-                    f"({rows}). If the mapping names the wrong field, correct it"
+            if rows:
+                ent.notes.append(
+                    f"{r.structure.where}: column {column} is missing; it {verb} added at the "
+                    f"end of the header and filled from the other members ({rows} "
+                    f"{'row' if rows == 1 else 'rows'}); what was there is not read as cleared"
                 )
-            else:
-                note = (
-                    f"column {column} is missing; it {verb} added at the end of the header and "
-                    f"filled from the other members ({rows} {'row' if rows == 1 else 'rows'}); "
-                    "what was there is not read as cleared"
-                )
-            ent.notes.append(f"{r.structure.where}: {note}")
 
 
 def _unlisted(

@@ -37,7 +37,7 @@ import structlog
 from syncengine import model
 from syncengine.config import Pipeline
 from syncengine.connector import Connector, NativeRecord
-from syncengine.errors import NotFoundError, SyncEngineError
+from syncengine.errors import NotFoundError, SyncEngineError, SyncStopped
 from syncengine.mapping import EntityMapping
 from syncengine.match import Observed
 from syncengine.member import Member, canonical_of
@@ -273,6 +273,8 @@ def _look_up(
         return conn.find(entity, payload.native), None
     except NotFoundError:
         return [], None
+    except SyncStopped:
+        raise  # the run stops: the intent is looked up by the next one
     except SyncEngineError as exc:
         return [], f"recovery lookup failed: {exc}"
 

@@ -48,7 +48,7 @@ from syncengine.console.security import (
     route_path,
     signed_in,
 )
-from syncengine.errors import ConfigError, StateError, SyncEngineError, UsageError
+from syncengine.errors import ConfigError, StateUnavailableError, SyncEngineError, UsageError
 from syncengine.redact import Redactor, redact_text
 
 __all__ = ["ConsoleRunner", "ThreadRunner", "create_app", "serve"]
@@ -705,7 +705,7 @@ def create_app(config_path: Path, *, runner: ConsoleRunner | None = None) -> Sta
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
-        exception_handlers={StateError: store_unusable},
+        exception_handlers={StateUnavailableError: store_unusable},
     )
     app.state.console = console
     return app

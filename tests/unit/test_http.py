@@ -129,6 +129,24 @@ def test_a_stop_ends_a_wait_to_retry_at_once() -> None:
     assert len(seen) == 1  # not sent again
 
 
+def test_a_stop_lets_a_write_end_without_waiting_so_that_its_batch_is_committed() -> None:
+    # a write is not abandoned half-way (its batch would be lost until recovery): it is sent
+    # again at once, and fails as a write the next run makes again
+    stop = threading.Event()
+    stop.set()
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(503)
+
+    client = _run_client(handler, stop, rate_limit=0)
+    client.backoff_base = client.backoff_max = 30.0
+    with pytest.raises(RetriableError):
+        client.request("PUT", "/customers/1", json={"a": 1})
+    assert len(seen) == 2  # sent, and retried once (max_retries = 1) without the 30 s wait
+
+
 def test_a_stop_ends_a_wait_for_the_rate_limit() -> None:
     stop = threading.Event()
     client = _run_client(lambda _r: httpx.Response(200, json={}), stop, rate_limit=0.01)

@@ -262,3 +262,39 @@ def test_a_record_matched_by_its_email_wins_over_one_matched_by_name_alone() -> 
     groups = sorted(sorted((m, o.record.id) for m, o in g.items()) for g in result.groups.values())
     assert groups == [[("books", "r1")], [("books", "r2"), ("hcp", "h1")]]
     assert result.ambiguous == []
+
+
+def test_a_copy_of_a_row_matched_by_name_does_not_take_the_record_through_its_values() -> None:
+    # (a cold review's case) the copy shares only the first row's own mobile: it is that row's
+    # copy, not the HCP customer's, and must not push the first row out of Ann's record
+    hcp = [obs("hcp", "h1", {"first_name": "Ann", "last_name": "Lee", "email": "ann@x.com"})]
+    row = {"first_name": "Ann", "last_name": "Lee", "mobile_number": "+15551"}
+    books = [obs("books", "r1", dict(row)), obs("books", "r2", dict(row))]
+    relink = Relinking(CUSTOMER.relink_keys, lambda _n, a, b: bool(a == b), {}, {}, KEYS)
+    result = match(
+        ["hcp", "books"], {"hcp": hcp, "books": books}, [], KEYS, relink=relink, make_key=_counter()
+    )
+    assert all(g.get("books") is not books[1] or "hcp" not in g for g in result.groups.values())
+    assert books[1] in [o for o, _why in result.ambiguous]
+
+
+def test_a_record_pushed_out_of_a_name_match_is_still_found_by_its_values() -> None:
+    # r1 took Ann's record by name; r2 (her e-mail) takes it back. The CRM's record with r1's
+    # mobile must still find r1, not become a third customer
+    hcp = [obs("hcp", "h1", {"first_name": "Ann", "last_name": "Lee", "email": "ann@x.com"})]
+    books = [
+        obs("books", "r1", {"first_name": "Ann", "last_name": "Lee", "mobile_number": "+15551"}),
+        obs("books", "r2", {"email": "ann@x.com"}),
+    ]
+    crm = [obs("crm", "c1", {"mobile_number": "+15551"})]
+    relink = Relinking(CUSTOMER.relink_keys, lambda _n, a, b: bool(a == b), {}, {}, KEYS)
+    result = match(
+        ["hcp", "books", "crm"],
+        {"hcp": hcp, "books": books, "crm": crm},
+        [],
+        KEYS,
+        relink=relink,
+        make_key=_counter(),
+    )
+    groups = sorted(sorted((m, o.record.id) for m, o in g.items()) for g in result.groups.values())
+    assert groups == [[("books", "r1"), ("crm", "c1")], [("books", "r2"), ("hcp", "h1")]]
