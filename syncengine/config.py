@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from syncengine import model
 from syncengine.connector import Connector, ConnectorContext, ConnectorOptions, connector_class
+from syncengine.display import with_article
 from syncengine.errors import ConfigError, Problem
 from syncengine.locks import Lock
 from syncengine.mapping import EntityMapping, load_mapping
@@ -632,11 +633,6 @@ def _written_below(
     return ""
 
 
-def _a(noun: str) -> str:
-    """``noun`` with its indefinite article: an invoice, a payment."""
-    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
-
-
 def _below_header_fix(key: str, above: str, header: str) -> str:
     return (
         f"{key!r} belongs to {above}, but it is written below the {header} header, and TOML "
@@ -970,8 +966,8 @@ def _check_pipeline(
                         f"{where}.entities",
                         f"{entity} refer to {target} (their {name!r}), which this pipeline does "
                         "not sync",
-                        f"add {target!r} to entities: {_a(entity[:-1])} cannot be written anywhere "
-                        f"without its {name}",
+                        f"add {target!r} to entities: {with_article(entity[:-1])} cannot be "
+                        f"written anywhere without its {name}",
                     )
                 )
     for member in section.members:
@@ -1021,23 +1017,21 @@ def _check_pipeline(
                     )
                 )
     for unknown in sorted(set(section.mappings) - set(section.members)):
+        hint = _one_of(unknown, section.members, "name one of its members")
         problems.append(
             Problem(
                 f"{where}.mappings.{unknown}",
                 "not a member of this pipeline",
-                f"{_one_of(unknown, section.members, 'name one of its members')} If that "
-                f"member left the pipeline, drop [pipelines.mappings.{unknown}]",
+                f"{hint}{' ' if hint.endswith('?') else '. '}If that member left the pipeline, "
+                f"drop [pipelines.mappings.{unknown}]",
             )
         )
     for unknown in sorted(set(section.locks) - set(section.members)):
-        close = difflib.get_close_matches(unknown, section.members, n=1)
         problems.append(
             Problem(
                 f"{where}.locks.{unknown}",
                 "not a member of this pipeline: there is nothing to lock",
-                f"did you mean {close[0]!r}?"
-                if close
-                else f"name one of its members: {', '.join(section.members)}",
+                _one_of(unknown, section.members, "name one of its members"),
             )
         )
 
@@ -1096,4 +1090,4 @@ def _one_of(word: str, known: Sequence[str], otherwise: str) -> str:
     """``did you mean 'email'?`` for a typo of one of ``known``, else ``otherwise`` with
     them listed."""
     close = difflib.get_close_matches(word, known, n=1)
-    return f"did you mean {close[0]!r}?" if close else f"{otherwise}: {', '.join(known)}."
+    return f"did you mean {close[0]!r}?" if close else f"{otherwise}: {', '.join(known)}"

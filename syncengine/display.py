@@ -51,6 +51,11 @@ def _line_label(record: Record, fallback: str) -> str:
     return shown
 
 
+def with_article(noun: str) -> str:
+    """``noun`` with its indefinite article: an invoice, a payment."""
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
 def plural(count: int, singular: str, plural_form: str | None = None) -> str:
     """``1 conflict``, ``2 conflicts``; ``plural_form`` for irregular words."""
     word = singular if count == 1 else (plural_form or singular + "s")

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
 from syncengine import model
+from syncengine.display import with_article
 from syncengine.errors import ConfigError, Problem, RecordError
 from syncengine.transforms import Transform, build_transform, canonical_values, describe_value
 
@@ -524,8 +525,8 @@ class EntityMapping:
                 (
                     field.native,
                     f"is empty: every {self.entity.name.removesuffix('s')} belongs to "
-                    f"{'an' if owner[0] in 'aeiou' else 'a'} {owner}; type the {owner}'s "
-                    f"{shown} (a totals or note row belongs outside the table)",
+                    f"{with_article(owner)}; type the {owner}'s {shown} (a totals or note row "
+                    "belongs outside the table)",
                 )
             ],
             location,

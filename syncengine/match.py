@@ -276,6 +276,15 @@ def match(
                 "not be read (see that error): not synced until that is fixed",
             )
 
+    def fresh_key(obs: Observed) -> str:
+        """A new hub record's key for ``obs``, known to the relink combinations."""
+        key = (make_key or new_key)()
+        result.new_keys.add(key)
+        holders[key] = set()
+        if combos is not None:
+            combos.add(key, obs.canonical)
+        return key
+
     hints = hints or {}
     weak: dict[tuple[str, str], tuple[Observed, list[tuple[str, Any]]]] = {}
     """(key, member) -> a record linked to that key by a relink key only (a full name), and
@@ -387,11 +396,7 @@ def match(
                 result.ambiguous.append((obs, ambiguous))
                 continue
             if decision is not None and chosen is None:
-                chosen = (make_key or new_key)()
-                result.new_keys.add(chosen)
-                holders[chosen] = set()
-                if combos is not None:
-                    combos.add(chosen, obs.canonical)
+                chosen = fresh_key(obs)
             if decision is not None and chosen is not None:
                 settled.add(chosen)
             if (
@@ -405,22 +410,14 @@ def match(
                 result.groups[chosen].pop(member, None)
                 holders[chosen].discard(member)
                 # a hub record of its own, found by its values from here on
-                own = (make_key or new_key)()
-                result.new_keys.add(own)
-                holders[own] = set()
+                own = fresh_key(loser)
                 _attach(result, holders, own, loser)
                 for entry in entries:
                     if chosen in index.get(entry, []):
                         index[entry].remove(chosen)
                     index.setdefault(entry, []).append(own)
-                if combos is not None:
-                    combos.add(own, loser.canonical)
             if chosen is None:
-                chosen = (make_key or new_key)()
-                result.new_keys.add(chosen)
-                holders[chosen] = set()
-                if combos is not None:
-                    combos.add(chosen, obs.canonical)
+                chosen = fresh_key(obs)
             _attach(result, holders, chosen, obs)
             # the record's own values now lead to its key too: a third member's record that
             # shares only the email with it (not the phone it was matched by) finds it

@@ -83,6 +83,9 @@ def render_entity_plan(console: Console, ep: EntityPlan) -> None:
             value = ep.ref_labels.get(value, value)
         return escape(show_value(value, ep.entity, name))
 
+    def change(name: str, old: Any, new: Any) -> str:
+        return f"{name}: {shown(name, old)} → {shown(name, new)}"
+
     for kp in ep.keys:
         if not (kp.actions or kp.conflicts or kp.reported_skips):
             continue
@@ -105,7 +108,7 @@ def render_entity_plan(console: Console, ep: EntityPlan) -> None:
                             "written as it is shown now)"
                         )
                         continue
-                    console.print(f"      {name}: {shown(name, old)} → {shown(name, new)}")
+                    console.print(f"      {change(name, old, new)}")
             elif isinstance(action, Delete):
                 console.print(f"  [red]- {action.describe()}[/]")
         for c in kp.conflicts:
@@ -126,7 +129,7 @@ def render_entity_plan(console: Console, ep: EntityPlan) -> None:
         for s in kp.reported_skips:
             console.print(f"  [dim]· skipped on {s.member}: {escape(s.reason)}[/]")
             for name, (old, new) in sorted(s.changes.items()):  # what stays different there
-                console.print(f"[dim]      {name}: {shown(name, old)} → {shown(name, new)}[/]")
+                console.print(f"[dim]      {change(name, old, new)}[/]")
     if ep.compacted is not None and ep.compacted.dropped:
         listed = ep.compacted.changed - ep.compacted.dropped
         console.print(

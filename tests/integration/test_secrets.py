@@ -42,6 +42,15 @@ def assert_no_canary_in_files(folder: Path) -> list[Path]:
     return files
 
 
+def _project(tmp_path: Path, sandbox_factory: SandboxFactory) -> tuple[Sandbox, Path, Path, Path]:
+    """A sandbox whose API key is the canary, and a project syncing it with a CSV folder:
+    (sandbox, project folder, config, customers.csv)."""
+    box = sandbox_factory(api_key=CANARY, seed=5)
+    project = tmp_path / "project"
+    config = hcp_books_config(project, box.port)
+    return box, project, config, project / "books" / "customers.csv"
+
+
 @pytest.fixture
 def closed_port() -> Iterator[int]:
     """A loopback port bound but not listening: connecting to it is refused, and no other
@@ -54,10 +63,7 @@ def closed_port() -> Iterator[int]:
 def test_api_key_is_never_printed_or_stored_on_a_working_setup(
     tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
 ) -> None:
-    box = sandbox_factory(api_key=CANARY, seed=5)
-    project = tmp_path / "project"
-    config = hcp_books_config(project, box.port)
-    csv_path = project / "books" / "customers.csv"
+    box, project, config, csv_path = _project(tmp_path, sandbox_factory)
     results = []
 
     def run(*args: str, code: int = 0) -> CliResult:
@@ -97,10 +103,7 @@ def test_a_secret_in_a_records_data_is_masked_in_every_printed_plan_and_probe(
     tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
 ) -> None:
     # someone pasted the API key into a customer's company: the plan prints records' values
-    box = sandbox_factory(api_key=CANARY, seed=5)
-    project = tmp_path / "project"
-    config = hcp_books_config(project, box.port)
-    csv_path = project / "books" / "customers.csv"
+    _box, _project_dir, config, csv_path = _project(tmp_path, sandbox_factory)
     assert_clean_exit(cli("sync", "--config", config, api_key=CANARY), 0)
     rows = read_csv(csv_path)
     rows[0]["Company"] = f"key={CANARY}"
