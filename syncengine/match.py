@@ -32,6 +32,11 @@ class Observed:
     relinked: bool = False
     """The record is one this member held under another id until this read (its Sync ID
     blanked or mistyped): it takes its hub record back, with that record's id."""
+    joined: bool = False
+    """Matched by its values (a match key, a relink combination) to a hub record the other
+    members already hold: a record of a member joining the pipeline, or one typed again.
+    Where it differs from what they hold, that is a disagreement for the rules, not an edit
+    (``reconcile``)."""
 
     def release_native(self) -> None:
         """Let go of the native record once the hub record it belongs to is planned. The
@@ -411,6 +416,7 @@ def match(
                 holders[chosen].discard(member)
                 # a hub record of its own, found by its values from here on
                 own = fresh_key(loser)
+                loser.joined = False
                 _attach(result, holders, own, loser)
                 for entry in entries:
                     if chosen in index.get(entry, []):
@@ -418,6 +424,8 @@ def match(
                     index.setdefault(entry, []).append(own)
             if chosen is None:
                 chosen = fresh_key(obs)
+            elif decision is None and chosen not in result.new_keys:
+                obs.joined = True
             _attach(result, holders, chosen, obs)
             # the record's own values now lead to its key too: a third member's record that
             # shares only the email with it (not the phone it was matched by) finds it

@@ -724,7 +724,11 @@ def _view(
             view = _observed_view(obs, "new", last_seen, dirty, r.missing)
             view.relinked = True
             return view
-        return _observed_view(obs, "new", None, dirty, r.missing)
+        view = _observed_view(obs, "new", None, dirty, r.missing)
+        # a record whose member has a link to this hub record (a row not given its Sync ID
+        # yet) is the record that link stands for, not one joining
+        view.joined = obs.joined and link is None
+        return view
     if key in r.changed:
         return _observed_view(r.changed[key], "changed", last_seen, dirty, r.missing)
     if key in r.unchanged:

@@ -69,6 +69,9 @@ class MemberView:
     native_hash: str | None = None
     provisional: bool = False
     """The member's id for it is provisional (it takes the hub key as its id)."""
+    joined: bool = False
+    """A record new on the member, matched by its values to a hub record the others hold
+    (``Observed.joined``)."""
     relinked: bool = False
     """A record the member dropped and holds again under another id in the same read (a
     Sync ID blanked or mistyped): a member that takes the hub key as its id gets it back."""
@@ -313,7 +316,36 @@ def _changes(
             ):
                 continue
             changed.setdefault(name, {})[member] = value
+    if changed and any(view.joined for view in present.values()):
+        _contest_newcomers(ctx, present, base_now, changed)
     return changed
+
+
+def _contest_newcomers(
+    ctx: Context,
+    present: Mapping[str, MemberView],
+    base_now: Record,
+    changed: dict[str, dict[str, Any]],
+) -> None:
+    """A field only records joining the hub record changed (``MemberView.joined``: found by
+    their values, a member added to a pipeline, a customer typed in again), where the base
+    holds another value that the linked members still hold: that is a disagreement between
+    them, not an edit, so the linked members' value is put beside the newcomers' and the
+    field's conflict rules decide (a new member's older data never overwrites the others
+    unasked)."""
+    for name, by_member in changed.items():
+        if base_now.get(name) is None:
+            continue
+        if not all(present[m].joined for m in by_member):
+            continue  # a linked member changed it: an edit, weighed as any other
+        for member, view in present.items():
+            if (
+                view.last_seen is not None
+                and name in ctx.mappings[member].readable
+                and name not in view.missing
+                and (view.current or {}).get(name) == base_now.get(name)
+            ):
+                by_member[member] = base_now[name]
 
 
 def _agreed(

@@ -150,10 +150,17 @@ class Recovery:
     is read (``settle_creates``)."""
     pending: int = 0
     """How many intents were pending when the run started."""
+    writing: set[tuple[str, str, str]] = field(default_factory=set)
+    """(entity, key, member) of every pending intent: a record of that member found by its
+    values is one an interrupted run was writing, not a member's own record joining."""
 
     def apply_written_hints(self, entity: str, key: str, views: Mapping[str, MemberView]) -> None:
         """Where a member holds exactly what an interrupted update wrote, count it as seen:
-        our own write, not an edit of the member's."""
+        our own write, not an edit of the member's. A record an interrupted run was writing
+        to is not one joining the hub record (``MemberView.joined``)."""
+        for member, view in views.items():
+            if view.joined and (entity, key, member) in self.writing:
+                view.joined = False
         if not self.written:
             return
         for member, view in views.items():
@@ -207,6 +214,7 @@ def recover(
     planned = set(pipeline.entities if entities is None else entities)
     settle: list[Intent] = []
     for intent in intents:
+        recovery.writing.add((intent.entity, intent.key, intent.member))
         if intent.op == "update":
             payload = UpdatePayload.from_json(intent.payload)
             if payload.assign_id and payload.native_hash:

@@ -389,3 +389,53 @@ def test_a_mapped_field_no_crm_record_has_is_never_read_as_cleared(
         r.get("company") for r in crm.records()
     ]
     assert not [r for r in crm.records() if "companyName" in r]
+
+
+@pytest.mark.parametrize("rule", ['default = ["hcp"]', 'default = ["manual"]'])
+def test_a_member_added_to_a_synced_pipeline_does_not_overwrite_the_others(
+    tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory, crm: JsonServer, rule: str
+) -> None:
+    # HCP and the books have synced for a while; the integrator then adds a CRM whose contact
+    # for one of the same customers holds older data. Its company and tags differ from what
+    # both linked members hold: a disagreement the conflict rules decide, never an edit that
+    # overwrites HCP and the books unasked.
+    box = sandbox_factory(seed=4)
+    csv_path = tmp_path / "books" / "customers.csv"
+    config = three_way_config(tmp_path, box.port, crm.url, conflicts=rule)
+    three = config.read_text(encoding="utf-8")
+    config.write_text(three.replace('["hcp", "books", "crm"]', '["hcp", "books"]'), "utf-8")
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    known = next(c for c in box.customers() if c.get("company"))
+    email, company = known["email"], known["company"]
+    crm.post(
+        {
+            "firstName": known["first_name"],
+            "lastName": known["last_name"],
+            "email": email,
+            "company": "Stale Crm Co",
+            "tags": ["stale"],
+        }
+    )
+    config.write_text(three, "utf-8")
+
+    joined = cli("sync", "--config", config)
+
+    row = next(r for r in read_csv(csv_path) if r["Email"] == email)
+    assert box.customer_by_email(email)["company"] == company
+    assert row["Company"] == company
+    assert box.customer_by_email(email)["tags"] != ["stale"]
+    assert "stale" not in row["Tags"]
+    contact = crm.by_email(email)
+    if rule == 'default = ["hcp"]':
+        assert_clean_exit(joined, 0)
+        assert contact["company"] == company  # the rule: HCP's value, taken by the CRM
+        assert "stale" not in contact["tags"]
+        assert_quiet_second_sync(cli, config, box, csv_path, crm)
+    else:
+        assert_clean_exit(joined, 1)  # a person decides
+        assert contact["company"] == "Stale Crm Co"
+        listed = cli("conflicts", "list", "--config", config, "--json")
+        assert_clean_exit(listed, 0)
+        fields = {c["field"]: c["values"] for c in json.loads(listed.stdout)}
+        assert fields["company"] == {"hcp": company, "books": company, "crm": "Stale Crm Co"}
+    assert len(crm.records()) == len(box.customers()) == len(read_csv(csv_path))

@@ -356,6 +356,39 @@ def test_records_of_members_outside_the_pipeline_are_left_out() -> None:
     assert (result.groups, result.new_keys, result.ambiguous) == ({}, set(), [])
 
 
+def test_a_record_matched_by_its_values_to_a_hub_record_joins_it() -> None:
+    """Found by its e-mail among hub records the other members hold: joining (its differing
+    values are a disagreement for the rules, ``reconcile``). Grouped with another new record,
+    given by a recovery hint or by a person's decision: not joining."""
+    joining = record(SHEET, "s1", {"email": ANN_EMAIL})
+    founding = record(CRM, "c2", {"email": "bob@example.com"})
+    paired = record(SHEET, "s2", {"email": "bob@example.com"})
+    hinted = record(SHEET, "s3", {"email": "cy@example.com"})
+    decided = record(SHEET, "s4", {"email": "dee@example.com"})
+
+    result = match(
+        (CRM, SHEET),
+        {CRM: [founding], SHEET: [joining, paired, hinted, decided]},
+        [hub("k1", ANN, CRM), hub("k3", {"email": "cy@example.com"}, CRM), hub("k4", {}, CRM)],
+        CUSTOMER_KEYS,
+        hints={(SHEET, "h-s3"): "k3"},
+        make_key=lambda: "new-1",
+        decided=lambda obs: ("link", "k4") if obs is decided else None,
+    )
+
+    assert result.groups["k1"] == {SHEET: joining}
+    assert result.groups["new-1"] == {CRM: founding, SHEET: paired}
+    assert result.groups["k3"] == {SHEET: hinted}
+    assert result.groups["k4"] == {SHEET: decided}
+    assert [o.joined for o in (joining, founding, paired, hinted, decided)] == [
+        True,
+        False,
+        False,
+        False,
+        False,
+    ]
+
+
 # ------------------------------------------------- a sheet lacking a match key's column
 
 

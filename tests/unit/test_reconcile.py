@@ -155,6 +155,7 @@ def view(
     native_id: str | None = None,
     dirty: bool = False,
     provisional: bool = False,
+    joined: bool = False,
 ) -> MemberView:
     return MemberView(
         member=member,
@@ -165,6 +166,7 @@ def view(
         native=native if native is not None else _native(entity, member, current),
         native_hash=f"h-{member}",
         provisional=provisional,
+        joined=joined,
         dirty=dirty,
     )
 
@@ -952,8 +954,62 @@ NEW = [
                 links={SHEET: kept(SHEET, ann(first_name="Annie"))},
             ),
         ),
-        # today a newly linked record's differing value counts as a change and wins
-        id="newly-linked-record-differing-value-overrides-the-base",
+        # newly linked but not joining (a record an interrupted run was writing to, found by
+        # its values after a person edited it): its differing value is that person's edit
+        id="newly-linked-record-not-joining-brings-its-edit",
+    ),
+    pytest.param(
+        Row(
+            base=ANN,
+            views=(
+                unchanged(CRM, ANN),
+                new(SHEET, ann(first_name="Annie"), joined=True),
+                unchanged(SHOP, ANN),
+            ),
+            expect=Expect(
+                base_after=ANN,
+                links={SHEET: kept(SHEET, ann(first_name="Annie"))},
+                conflicts=[
+                    conflict(
+                        {CRM: "Ann", SHEET: "Annie", SHOP: "Ann"},
+                        "Ann",
+                        None,
+                        "no rule decided",
+                        ANN_LABEL,
+                    )
+                ],
+            ),
+        ),
+        # a member newly linked (added to the pipeline, a row typed again) differs from what
+        # the others hold: a disagreement, not an edit; without a rule it waits for a person
+        id="newly-linked-record-differing-from-the-base-is-a-conflict",
+    ),
+    pytest.param(
+        Row(
+            base=ANN,
+            views=(
+                unchanged(CRM, ANN),
+                new(SHEET, ann(first_name="Annie"), joined=True),
+                unchanged(SHOP, ANN),
+            ),
+            rules={"first_name": [CRM]},
+            expect=Expect(
+                base_after=ANN,
+                actions=[
+                    update(
+                        SHEET,
+                        {"first_name": ("Annie", "Ann")},
+                        {"First Name": "Ann"},
+                        SHEET_ANN,
+                    )
+                ],
+                conflicts=[
+                    conflict({CRM: "Ann", SHEET: "Annie", SHOP: "Ann"}, "Ann", CRM, CRM, ANN_LABEL)
+                ],
+            ),
+        ),
+        # the rules decide it, as for two members' edits: here the linked members' value stays
+        id="newly-linked-record-differing-from-the-base-follows-the-rules",
     ),
     pytest.param(
         Row(
