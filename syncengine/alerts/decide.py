@@ -5,6 +5,10 @@ detail)``: ``run_failed`` and ``paused`` (detail ""), ``guard_tripped`` (detail:
 ``conflicts_parked``, ``skipped_writes``, ``writes_failed``, ``books_disagree``,
 ``needs_review`` (detail "").
 
+One condition is not a pipeline's and cannot be kept in the store: ``store_unavailable``,
+the state store itself down (``StoreOutage``). Each daemon keeps it in memory and tells it
+once, reminds of it, and tells ``recovered`` when the store answers again.
+
 After each attempt at a pipeline the daemon knows some **facts** (``RunFacts``): how the run
 ended and, for a run that reached the members, the open conflicts, skipped writes and book
 disagreements as counts and a high-water ``mark`` (the newest item's id or time). ``observe``
@@ -44,6 +48,7 @@ __all__ = [
     "Items",
     "Observed",
     "RunFacts",
+    "StoreOutage",
     "Transition",
     "compose",
     "decide",
@@ -62,6 +67,7 @@ EVENTS = (
     "skipped_writes",
     "writes_failed",
     "books_disagree",
+    "store_unavailable",
 )
 """Every event an alert can carry (``test`` is the one ``syncengine alerts test`` sends)."""
 LOUD_CLEARS = frozenset(
@@ -75,6 +81,7 @@ SEVERITY = {
     "conflicts_parked": "warning",
     "skipped_writes": "warning",
     "writes_failed": "error",
+    "store_unavailable": "error",
     "books_disagree": "warning",
     "needs_review": "info",
     "recovered": "info",
@@ -449,3 +456,69 @@ def _recovered(cleared: Sequence[Transition], config_path: str) -> Alert:
         "opened_at": since.isoformat(),
     }
     return Alert("recovered", p, "info", text, details)
+
+
+@dataclass
+class StoreOutage:
+    """The state store that cannot be used, as one daemon saw it (``store_unavailable``).
+
+    The store keeps every other condition, so while it is down there is nowhere to keep this
+    one, nor to claim it among daemons: each daemon keeps it in memory and tells it itself
+    (two daemons on one PostgreSQL store both tell it). ``observe`` decides what one look at
+    the store means: the alert to send, if any."""
+
+    remind: dt.timedelta
+    since: dt.datetime | None = None
+    """When this daemon first found the store down (None: it answers)."""
+    told: dt.datetime | None = None
+    """When this outage was last told."""
+
+    def observe(self, *, now: dt.datetime, error: str | None, config_path: str) -> Alert | None:
+        """``error``: why the store could not be used just now (None: it answered). The
+        alert this says: ``store_unavailable`` when it first fails and every ``remind``
+        while it stays down, ``recovered`` once when it answers again; else None."""
+        if error is None:
+            if self.since is None:
+                return None
+            since, self.since, self.told = self.since, None, None
+            return _store_back(since, now, config_path)
+        if self.since is None:
+            self.since = now
+        elif self.told is not None and now - self.told < self.remind:
+            return None
+        reminder = self.told is not None
+        self.told = now
+        return _store_down(self.since, error, config_path, reminder=reminder)
+
+
+def _store_down(since: dt.datetime, error: str, config_path: str, *, reminder: bool) -> Alert:
+    command = _cmd("status", config_path)
+    text = (
+        f"The state store cannot be used: {error}. No pipeline can run until it can: runs "
+        "are tried on their schedules, and you hear again when one reaches it. Check the "
+        f"database named by [state] url in {config_path}, then `{command}`"
+    )
+    if reminder:
+        text = f"Reminder: still down since {_when(since)}. {text}"
+    details: dict[str, object] = {
+        "command": command,
+        "config": config_path,
+        "kind": "remind" if reminder else "open",
+        "opened_at": since.isoformat(),
+    }
+    return Alert("store_unavailable", "", SEVERITY["store_unavailable"], text, details)
+
+
+def _store_back(since: dt.datetime, now: dt.datetime, config_path: str) -> Alert:
+    command = _cmd("status", config_path)
+    text = (
+        f"The state store can be used again (it could not from {_when(since)} to "
+        f"{_when(now)}); the pipelines run on their schedules. Status: `{command}`"
+    )
+    details: dict[str, object] = {
+        "command": command,
+        "config": config_path,
+        "cleared": [{"event": "store_unavailable"}],
+        "opened_at": since.isoformat(),
+    }
+    return Alert("recovered", "", "info", text, details)

@@ -22,6 +22,7 @@ from syncengine.alerts.decide import (
     Ending,
     Items,
     RunFacts,
+    StoreOutage,
     Transition,
     compose,
     decide_all,
@@ -30,6 +31,8 @@ from syncengine.alerts.decide import (
 )
 from syncengine.config import AlertsSection, Config, Pipeline
 from syncengine.engine import SyncResult
+from syncengine.errors import StateError, describe
+from syncengine.logging import REDACTOR
 from syncengine.metrics import Metrics
 from syncengine.redact import redact_text, redact_value
 from syncengine.state import COMPLETED_OUTCOMES, StateStore
@@ -114,6 +117,8 @@ class Alerter:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._outage = StoreOutage(remind=dt.timedelta(hours=24))
+        """The state store down, as this daemon saw it (only the alerts thread touches it)."""
 
     def notify(
         self,
@@ -179,7 +184,9 @@ class Alerter:
                 return
             try:
                 self.handle(job.config, job.pipeline, job.ending, job.result, job.error)
-            except Exception as exc:  # a bug or the store gone: the daemon goes on
+            except StateError as exc:  # the store gone: that is the alert
+                self.store_seen(job.config, exc)
+            except Exception as exc:  # a bug: the daemon goes on
                 log.error(
                     "alerts: handling an outcome failed",
                     pipeline=job.pipeline,
@@ -192,6 +199,8 @@ class Alerter:
             return
         try:
             self.remind(config)
+        except StateError as exc:
+            self.store_seen(config, exc)
         except Exception as exc:
             log.error(
                 "alerts: reminders failed",
@@ -208,6 +217,7 @@ class Alerter:
         states = self.store.pipeline_states()
         with self.store.transaction() as tx:
             rows = [r for r in tx.alert_conditions() if r.pipeline in config.pipelines]
+        self.store_seen(config, None)
         changes = due_reminders(
             rows,
             states,
@@ -233,6 +243,7 @@ class Alerter:
         now = self._clock()
         with self.store.transaction() as tx:
             stored = {(r.event, r.detail): r for r in tx.alert_conditions(pipeline)}
+        self.store_seen(config, None)
         changes = decide_all(
             observe(facts),
             stored,
@@ -241,6 +252,26 @@ class Alerter:
             remind=dt.timedelta(hours=section.remind_hours),
         )
         return self._send_won(config, section, changes)
+
+    def store_seen(self, config: Config, exc: StateError | None) -> Alert | None:
+        """One look at the state store: ``exc`` is why it could not be used (None: it
+        answered). Sends what that says (``StoreOutage``): the alert sent, if any."""
+        section = config.alerts
+        if section is None:
+            return None
+        self._outage.remind = dt.timedelta(hours=section.remind_hours)
+        error = None
+        if exc is not None:
+            error = redact_text(describe(exc), (*config.secrets, *REDACTOR.secrets))
+            log.error("alerts: the state store cannot be used", error=error)
+        alert = self._outage.observe(
+            now=self._clock(), error=error, config_path=str(config.path.absolute())
+        )
+        if alert is not None:
+            clean = _redacted(alert, config.secrets)
+            for channel in channels_of(section, config.secrets):
+                self.deliver(channel, clean, retries=section.retries, first=section.retry_initial)
+        return alert
 
     def _send_won(
         self, config: Config, section: AlertsSection, changes: list[Transition]

@@ -46,6 +46,7 @@ from syncengine.daemon.policy import (
     credentials_fingerprint,
     persist,
 )
+from syncengine.daemon.redaction import describe_error
 from syncengine.daemon.reload import ConfigWatch, load_again
 from syncengine.daemon.runner import PipelineRunner, SyncFn, engine_sync
 from syncengine.daemon.scheduling import Schedules, is_due
@@ -438,13 +439,16 @@ class Daemon:
     # ------------------------------------------------------------------- health, HTTP
 
     def health(self) -> Health:
-        """(healthy, body) for ``/healthz``: healthy while the scheduler runs."""
+        """(healthy, body) for ``/healthz``: healthy while the scheduler runs and the state
+        store can be used."""
         alive = self.schedules.running and not self._stopping.is_set()
         running = set(self.running)
+        store_error: str | None = None
         try:  # as the store says now: a pause made by `syncengine pause` shows at once
             states = {**self.policy.states, **self.store.pipeline_states()}
-        except StateError:
+        except StateError as exc:
             states = dict(self.policy.states)  # as last seen
+            store_error = describe_error(exc, self.config.secrets)
         pipelines = {}
         for name in self.config.pipelines:
             state = states.get(name)
@@ -455,7 +459,7 @@ class Daemon:
                 paused=bool(state and state.paused),
                 failures=state.failures if state else 0,
             )
-        return health_report(alive, self.holder, pipelines)
+        return health_report(alive, self.holder, pipelines, store_error)
 
     @property
     def http_address(self) -> HttpAddress | None:

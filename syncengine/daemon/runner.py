@@ -135,6 +135,8 @@ class PipelineRunner:
                 # that says why, not a crash with a traceback
                 error = describe_error(exc, config.secrets)
                 log.error("run failed: the state store cannot be used", error=error)
+                if self.alerts is not None:  # which finds the store down: store_unavailable
+                    self.alerts.notify(config, name, "failed", error=error)
                 return RunOutcome(name, "failed", failed_run_code(exc), error=error)
             if run is None:
                 self.metrics.skipped.labels(name, "lease_held").inc()

@@ -114,15 +114,26 @@ class Health(NamedTuple):
     body: dict[str, Any]
 
 
-def health_report(alive: bool, holder: str, pipelines: Mapping[str, PipelineHealth]) -> Health:
-    """Healthy while the scheduler runs (``alive``), whatever the pipelines' standing."""
-    body = {
-        "status": "ok" if alive else "unavailable",
+def health_report(
+    alive: bool,
+    holder: str,
+    pipelines: Mapping[str, PipelineHealth],
+    store_error: str | None = None,
+) -> Health:
+    """Healthy while the scheduler runs (``alive``) and the state store can be used
+    (``store_error``: why it cannot, already redacted), whatever the pipelines' standing: a
+    store that is down stops every pipeline, a member that is down only its own."""
+    healthy = alive and store_error is None
+    body: dict[str, Any] = {
+        "status": "ok" if healthy else "unavailable",
         "scheduler": "running" if alive else "stopped",
+        "state_store": "ok" if store_error is None else "unavailable",
         "holder": holder,
         "pipelines": {name: p.as_json() for name, p in pipelines.items()},
     }
-    return Health(alive, body)
+    if store_error is not None:
+        body["state_store_error"] = store_error
+    return Health(healthy, body)
 
 
 # ------------------------------------------------------------------------------ routes

@@ -38,6 +38,7 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from syncengine.state import RunRow
+from tests.conftest import PG_ADMIN, PG_PASSWORD
 from tests.integration.conftest import cli_env
 from tests.integration.test_daemon import (
     API_KEY,
@@ -589,4 +590,67 @@ def test_an_outage_that_lasts_is_reminded_and_told_again_once_over(
         assert all(b["details"]["opened_at"] == first["details"]["opened_at"] for b in reminders())
         stop(daemon)
     finally:
+        box.stop()
+
+
+def _connections(db: str, *, allowed: bool) -> None:
+    """The database refuses new connections and drops those it has (a PostgreSQL down for
+    this daemon), or takes them again."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS {"true" if allowed else "false"}')
+        if not allowed:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (db,),
+            )
+
+
+def test_a_state_store_that_goes_down_is_told_once_and_its_return_once(
+    tmp_path: Path,
+    daemons: Callable[..., DaemonProcess],
+    webhook: WebhookReceiver,
+    pg_url: str,
+) -> None:
+    """The store keeps every condition, so one that is down could tell nobody: the daemon
+    tells it itself, once (however many runs fail), shows it in ``/healthz`` (503) and tells
+    its return once; the database's password is in neither."""
+    box = start_sandbox(seed=3)
+    db = pg_url.rsplit("/", 1)[1]
+    config = write_config(
+        tmp_path, hcp=box.url, alerts=alerts_table(webhook.url, None), state=pg_url
+    )
+    try:
+        daemon = daemons(config)
+        wait_until(lambda: runs_of(tmp_path, "ok", pg_url), 45, "a first run", daemon.text)
+        up = httpx.get(f"{daemon.url}/healthz", timeout=30)
+        assert (up.status_code, up.json()["state_store"]) == (200, "ok")
+
+        _connections(db, allowed=False)
+        wait_until(lambda: webhook.events("store_unavailable"), 45, "the alert", daemon.text)
+        down = httpx.get(f"{daemon.url}/healthz", timeout=30)
+        assert down.status_code == 503, down.text
+        assert down.json()["status"] == "unavailable"
+        assert down.json()["state_store"] == "unavailable"
+        assert db in down.json()["state_store_error"]
+        failing = "run failed: the state store cannot be used"
+        wait_until(lambda: daemon.text().count(failing) >= 3, 45, "more runs", daemon.text)
+        assert webhook.events() == ["store_unavailable"]  # once, not once per run
+        alert = webhook.bodies[0]
+        assert alert["severity"] == "error" and alert["pipeline"] == ""
+        assert alert["text"].startswith("The state store cannot be used: ")
+        assert f"`syncengine status -c {config}`" in alert["text"]
+
+        _connections(db, allowed=True)
+        wait_until(lambda: webhook.events("recovered"), 45, "the return", daemon.text)
+        assert webhook.events() == ["store_unavailable", "recovered"]
+        done = len(runs_of(tmp_path, "ok", pg_url))
+        wait_until(lambda: len(runs_of(tmp_path, "ok", pg_url)) > done, 45, "a run after it")
+        assert httpx.get(f"{daemon.url}/healthz", timeout=30).status_code == 200
+        sent = json.dumps(webhook.bodies) + httpx.get(f"{daemon.url}/healthz").text
+        assert PG_PASSWORD not in sent and PG_PASSWORD not in daemon.text()
+        stop(daemon)
+    finally:
+        _connections(db, allowed=True)
         box.stop()

@@ -13,9 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from syncengine.alerts.decide import (
+    Alert,
     Items,
     Observed,
     RunFacts,
+    StoreOutage,
     Transition,
     compose,
     decide,
@@ -251,3 +253,34 @@ def test_writes_that_fail_every_run_are_told_once_and_their_end_is_recovered() -
     (recovered,) = compose([change], config_path="/etc/s.toml")
     assert recovered.event == "recovered" and "the failing writes" in recovered.text
     assert ") are over; a run completed" in recovered.text, recovered.text
+
+
+# ------------------------------------------------------------------ the store that is down
+
+
+def test_a_store_outage_is_told_once_reminded_and_its_end_told_once() -> None:
+    outage = StoreOutage(remind=dt.timedelta(hours=4))
+    start = dt.datetime(2026, 3, 2, 9, 0, tzinfo=dt.UTC)
+
+    def look(minutes: int, error: str | None) -> Alert | None:
+        return outage.observe(
+            now=start + dt.timedelta(minutes=minutes), error=error, config_path="/etc/s.toml"
+        )
+
+    assert look(0, None) is None  # up, and never down: nothing to say
+    down = look(1, "connection refused")
+    assert down is not None and down.event == "store_unavailable" and down.severity == "error"
+    assert down.pipeline == "" and down.details["kind"] == "open"
+    assert down.text.startswith("The state store cannot be used: connection refused.")
+    assert "`syncengine status -c /etc/s.toml`" in down.text
+    assert [look(m, "connection refused") for m in (2, 60, 240)] == [None, None, None]
+    reminder = look(241, "timeout")  # four hours after it was told
+    assert reminder is not None and reminder.details["kind"] == "remind"
+    assert reminder.text.startswith("Reminder: still down since 2026-03-02 09:01 UTC.")
+    assert look(300, "timeout") is None
+    back = look(301, None)
+    assert back is not None and (back.event, back.severity) == ("recovered", "info")
+    assert "from 2026-03-02 09:01 UTC to 2026-03-02 14:01 UTC" in back.text
+    assert look(302, None) is None  # told once
+    again = look(303, "refused")  # a new outage is a new alert
+    assert again is not None and again.details["kind"] == "open"
