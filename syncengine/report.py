@@ -11,6 +11,8 @@ disagreement:
 - ``totals``: a member's subtotal plus its tax is not its amount (where it gives both);
 - ``amount``: members disagree on the amount (or on the succeeded payments' sum);
 - ``refund``: members disagree on what was refunded (among those that give refunds);
+- ``customer``: members disagree on whose invoice it is (a row retyped with another
+  customer's e-mail, an invoice moved to another customer on one member only);
 - ``lines``: a member's lines of the invoice do not add up to its subtotal (``_check_lines_sum``);
 - ``line_amount``: a line's amount is not its quantity × unit price, rounded half to even
   (``_check_line_amounts``);
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncengine.config import Config, Pipeline
-from syncengine.display import format_cents
+from syncengine.display import format_cents, label_of
 from syncengine.errors import RecordError, UsageError
 from syncengine.exit_codes import ExitCode
 from syncengine.locks import Lock
@@ -73,6 +75,8 @@ class InvoiceLine:
     balance: dict[str, int | None] = field(default_factory=dict)
     status: dict[str, str] = field(default_factory=dict)
     """member -> the invoice's status (members that give it)."""
+    customer: dict[str, str] = field(default_factory=dict)
+    """member -> the hub key of the invoice's customer (members that give it)."""
     payments: dict[str, set[str]] = field(default_factory=dict)
     """member -> payment keys."""
     items: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
@@ -164,6 +168,7 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
             'to reconcile (add "invoices" and "payments" to its entities)'
         )
     report = Report(pipeline.name, pipeline.members, [])
+    cache: dict[str, dict[str, str]] = {}
     read = read_books(config, store, pipeline, ("invoices", "payments", "line_items"), report)
     invoices, payments, items = read["invoices"], read["payments"], read["line_items"]
 
@@ -190,6 +195,8 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
                 line.balance[member] = record.get("balance")
             if isinstance(record.get("status"), str) and record["status"]:
                 line.status[member] = record["status"]
+            if isinstance(record.get("customer"), str) and record["customer"]:
+                line.customer[member] = record["customer"]
             line.paid.setdefault(member, 0)
             line.payments.setdefault(member, set())
             if number:
@@ -287,6 +294,14 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
             _check_lines_sum(line, member)
             _check_line_amounts(line, member)
         _check_lines_agree(line, holders, _line_fields(pipeline))
+        if len(set(line.customer.values())) > 1:
+            named = _customer_labels(store, pipeline.name, set(line.customer.values()), cache)
+            shown = ", ".join(
+                f"{m} {named.get(line.customer[m], line.customer[m])}"
+                for m in holders
+                if m in line.customer
+            )
+            line.problems.append(Disagreement("customer", f"customers differ: {shown}"))
         if len(set(line.status.values())) > 1:  # a voided invoice is not voided everywhere
             shown = ", ".join(f"{m} {line.status[m]}" for m in holders if m in line.status)
             line.problems.append(Disagreement("status", f"statuses differ: {shown}"))
@@ -632,6 +647,18 @@ def _read(
     return out
 
 
+def _customer_labels(
+    store: StateStore, pipeline: str, keys: set[str], cache: dict[str, dict[str, str]]
+) -> dict[str, str]:
+    """hub key -> how a person calls the customer (name and e-mail, as last agreed)."""
+    known = cache.setdefault("customers", {})
+    wanted = keys - set(known)
+    if wanted:
+        for key, state in store.load_records(pipeline, "customers", wanted).items():
+            known[key] = label_of(state.base, key)
+    return known
+
+
 def _numbers(store: StateStore, pipeline: str, cache: dict[str, dict[str, str]]) -> dict[str, str]:
     """invoice number -> hub key, read from the store once per report."""
     if "numbers" not in cache:
@@ -661,7 +688,8 @@ def _explain_closed(
     - ``missing``: the invoice, or every payment, a member lacks is closed on that member
       (it was not created there), or on every member holding it (not deleted there);
     - ``balance``: on a member where the invoice is closed (its row stays as it was closed);
-    - ``status`` (an invoice voided after the close): the members where it is open agree;
+    - ``status`` (an invoice voided after the close) and ``customer`` (an invoice moved to
+      another customer after it): the members where it is open agree;
     - ``amount`` and ``refund``: the members agree once the closed copies are left out (the
       amounts of the members where the invoice is open; the payments and refunds that are
       open everywhere);
@@ -701,6 +729,10 @@ def _explain_closed(
         if problem.kind == "status":
             return bool(closed_invoice) and (
                 len({s for m, s in line.status.items() if m not in closed_invoice}) <= 1
+            )
+        if problem.kind == "customer":
+            return bool(closed_invoice) and (
+                len({c for m, c in line.customer.items() if m not in closed_invoice}) <= 1
             )
         if problem.kind in ("lines", "line") and member:
             return member in closed_invoice

@@ -586,6 +586,8 @@ def test_the_report_shows_a_difference_after_the_close_not_a_disagreement(tmp_pa
         payment = {"invoice": "i0", "amount": 100, "method": "check", "status": "succeeded"}
         hcp.put("payments", f"p{n}", {**payment, "paid_at": day})
     hcp.edit("invoices", "i0", amount=11111, balance=11111 - 5200, status="paid")
+    hcp.put("customers", "c9", {"first_name": "Cy", "email": "cy@example.com"})
+    hcp.edit("invoices", "i0", customer="c9")  # moved to another customer after the close
     run(config)
     assert sorted(v["paid_at"] for v in ds("books").table("payments").values()) == [
         BEFORE,
@@ -599,6 +601,7 @@ def test_the_report_shows_a_difference_after_the_close_not_a_disagreement(tmp_pa
     explained = sorted((d.member, d.message.split(":")[0]) for d in line.after_close)
     assert explained == [
         ("", "amounts differ"),
+        ("", "customers differ"),
         ("", "statuses differ"),  # paid in HCP, still sent in the closed books
         ("", "succeeded payments differ"),
         ("books", "1 payment(s) held elsewhere are not on books (after the close"),
@@ -611,7 +614,7 @@ def test_the_report_shows_a_difference_after_the_close_not_a_disagreement(tmp_pa
     assert all(d.kind == "after_close" for d in line.after_close)
     assert all("books closed before 2026-10-01" in d.message for d in line.after_close)
     body = report.to_json()
-    assert body["clean"] is True and body["after_close"] == 5 and body["disagreements"] == 0
+    assert body["clean"] is True and body["after_close"] == 6 and body["disagreements"] == 0
     # an open invoice that disagrees is still a disagreement: voided in HCP, not in the books
     key, _row = _books("1001")
     ds("books").edit("invoices", key, amount=1)

@@ -186,3 +186,21 @@ def test_a_blank_balance_is_a_balance_left_empty_not_a_member_without_balances(
     # the books keep balances: this one is empty, shown "(none)" rather than "n/a"
     assert "books" in line.balance and line.balance["books"] is None
     assert line.balance["hcp"] == 10_825
+
+
+def test_an_invoice_moved_to_another_customer_on_one_member_is_named(tmp_path: Path) -> None:
+    config = hcp_books_config(tmp_path)
+    hcp = MemoryConnector.get_dataset("hcp")
+    _seed(hcp)
+    hcp.put("customers", "c2", {"first_name": "Bob", "email": "bob@example.com"})
+    api.sync(config)
+    assert _report(config).clean
+    books = MemoryConnector.get_dataset("books")
+    [bob] = [k for k, v in books.table("customers").items() if v["email"] == "bob@example.com"]
+    # the bookkeeper retypes the invoice's customer cell with another customer's e-mail
+    books.edit("invoices", _by_number(books, "invoices", "1002"), customer=bob)
+    report = _report(config)
+    assert report.exit_code == 1
+    assert _problems(report) == {("1002", "customer", "")}
+    [message] = [p.message for line in report.invoices for p in line.problems]
+    assert message == "customers differ: hcp Ann <ann@example.com>, books Bob <bob@example.com>"
