@@ -33,10 +33,11 @@ class Observed:
     """The record is one this member held under another id until this read (its Sync ID
     blanked or mistyped): it takes its hub record back, with that record's id."""
     joined: bool = False
-    """Matched by its values (a match key, a relink combination) to a hub record the other
-    members already hold: a record of a member joining the pipeline, or one typed again.
-    Where it differs from what they hold, that is a disagreement for the rules, not an edit
-    (``reconcile``)."""
+    """Matched by its values (a match key, a relink combination), or linked by a person's
+    review decision, to a hub record the other members already hold: a record of a member
+    joining the pipeline, or one typed again. Where it differs from what they hold, that is
+    a disagreement for the rules, not an edit (``reconcile``): a person who links two
+    records says they are one, not whose values are right."""
 
     def release_native(self) -> None:
         """Let go of the native record once the hub record it belongs to is planned. The
@@ -424,8 +425,8 @@ def match(
                     index.setdefault(entry, []).append(own)
             if chosen is None:
                 chosen = fresh_key(obs)
-            elif decision is None and chosen not in result.new_keys:
-                obs.joined = True
+            elif chosen not in result.new_keys:
+                obs.joined = True  # by its values, or by a person who said it is the same
             _attach(result, holders, chosen, obs)
             # the record's own values now lead to its key too: a third member's record that
             # shares only the email with it (not the phone it was matched by) finds it

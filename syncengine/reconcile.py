@@ -343,7 +343,9 @@ def _contest_newcomers(
                 view.last_seen is not None
                 and name in ctx.mappings[member].readable
                 and name not in view.missing
-                and (view.current or {}).get(name) == base_now.get(name)
+                and ctx.mappings[member].equivalent(
+                    name, (view.current or {}).get(name), base_now.get(name)
+                )
             ):
                 by_member[member] = base_now[name]
 

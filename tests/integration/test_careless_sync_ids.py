@@ -318,3 +318,41 @@ def test_rows_sorted_with_a_new_row_among_them_write_nobody_over_anybody(
         )
     write_csv(_sheet(config), rows, table.header, newline=table.newline)
     _assert_held_as_sorted(cli, config, box, people)
+
+
+def test_a_row_deleted_and_typed_again_with_some_cells_clears_nothing(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
+    # The bookkeeper deletes a customer's row and types it again at the end, without its
+    # Sync ID and with only some of its cells, one of them corrected. It is the same
+    # customer: the corrected company is an edit, the cells left blank are not clears, and
+    # they are filled back in from HCP.
+    box, config = _setup(tmp_path, sandbox_factory, cli)
+    rows = read_csv_table(_sheet(config)).rows
+    target = next(r for r in rows if r["Email"] and r["Company"] and r["Street"])
+    kept = ("First Name", "Last Name", "Email")
+    before = box.customer_by_email(target["Email"])
+
+    def retype(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows = [r for r in rows if r["Sync ID"] != target["Sync ID"]]
+        typed = {name: "" for name in target}
+        typed.update({name: target[name] for name in kept}, Company="Retyped Co")
+        return [*rows, typed]
+
+    _edit_rows(config, retype)
+    box.clear_requests()
+    done = cli("sync", "--config", config)
+    assert_clean_exit(done, 0)
+
+    after = box.customer_by_email(target["Email"])
+    assert after["id"] == before["id"]  # the same customer, neither deleted nor created
+    assert after["company"] == "Retyped Co"
+    assert after["addresses"] == before["addresses"]
+    assert after["mobile_number"] == before["mobile_number"]
+    assert after["tags"] == before["tags"]
+    [row] = [r for r in read_csv_table(_sheet(config)).rows if r["Email"] == target["Email"]]
+    assert row["Sync ID"] == target["Sync ID"]
+    assert {n: row[n] for n in target if n != "Company"} == {
+        n: target[n] for n in target if n != "Company"
+    }
+    assert box.writes() and {w["method"] for w in box.writes()} <= {"PUT", "PATCH"}

@@ -357,9 +357,10 @@ def test_records_of_members_outside_the_pipeline_are_left_out() -> None:
 
 
 def test_a_record_matched_by_its_values_to_a_hub_record_joins_it() -> None:
-    """Found by its e-mail among hub records the other members hold: joining (its differing
-    values are a disagreement for the rules, ``reconcile``). Grouped with another new record,
-    given by a recovery hint or by a person's decision: not joining."""
+    """Found by its e-mail among hub records the other members hold, or linked to one by a
+    person's decision: joining (its differing values are a disagreement for the rules,
+    ``reconcile``: the person said the two are one, not whose values are right). Grouped
+    with another new record, or given by a recovery hint: not joining."""
     joining = record(SHEET, "s1", {"email": ANN_EMAIL})
     founding = record(CRM, "c2", {"email": "bob@example.com"})
     paired = record(SHEET, "s2", {"email": "bob@example.com"})
@@ -385,7 +386,7 @@ def test_a_record_matched_by_its_values_to_a_hub_record_joins_it() -> None:
         False,
         False,
         False,
-        False,
+        True,
     ]
 
 
