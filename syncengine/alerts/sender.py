@@ -31,7 +31,7 @@ from syncengine.alerts.decide import (
 )
 from syncengine.config import AlertsSection, Config, Pipeline
 from syncengine.engine import SyncResult
-from syncengine.errors import StateError, describe
+from syncengine.errors import StateUnavailableError, describe
 from syncengine.logging import REDACTOR
 from syncengine.metrics import Metrics
 from syncengine.redact import redact_text, redact_value
@@ -93,6 +93,8 @@ class _Job:
     ending: Ending
     result: SyncResult | None
     error: str
+    store: bool = False
+    """Only look at the state store (``Alerter.store_failed``)."""
 
 
 class Alerter:
@@ -107,6 +109,7 @@ class Alerter:
         config: Callable[[], Config] | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         tick: float = TICK_S,
+        watch_store: bool = False,
     ) -> None:
         self.store = store
         self._config = config
@@ -117,6 +120,10 @@ class Alerter:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._watch_store = watch_store
+        """A daemon's: tell a state store that cannot be reached (``store_seen``). A one-shot
+        command's is not: nothing remembers the outage from one run to the next, so every
+        run would tell it again, and none would tell its end."""
         self._outage = StoreOutage(remind=dt.timedelta(hours=24))
         """The state store down, as this daemon saw it (only the alerts thread touches it)."""
 
@@ -139,6 +146,15 @@ class Alerter:
             return
         self._ensure_thread()
         self._queue.put(_Job(config, pipeline, ending, result, error))
+
+    def store_failed(self, config: Config) -> None:
+        """A run could not start because the state store could not be reached: the alerts
+        thread looks at the store itself when it comes to it (the store may answer again by
+        then) and tells what it finds (``store_seen``), never a failed run of its own."""
+        if config.alerts is None or self._closing.is_set() or not self._watch_store:
+            return
+        self._ensure_thread()
+        self._queue.put(_Job(config, "", "failed", None, "", store=True))
 
     def start(self) -> None:
         """Start the thread now (a daemon: it also sends the reminders of open conditions
@@ -183,8 +199,11 @@ class Alerter:
             if job is None:
                 return
             try:
-                self.handle(job.config, job.pipeline, job.ending, job.result, job.error)
-            except StateError as exc:  # the store gone: that is the alert
+                if job.store:
+                    self.look_at_store(job.config)
+                else:
+                    self.handle(job.config, job.pipeline, job.ending, job.result, job.error)
+            except StateUnavailableError as exc:  # the store gone: that is the alert
                 self.store_seen(job.config, exc)
             except Exception as exc:  # a bug: the daemon goes on
                 log.error(
@@ -199,7 +218,7 @@ class Alerter:
             return
         try:
             self.remind(config)
-        except StateError as exc:
+        except StateUnavailableError as exc:
             self.store_seen(config, exc)
         except Exception as exc:
             log.error(
@@ -253,11 +272,20 @@ class Alerter:
         )
         return self._send_won(config, section, changes)
 
-    def store_seen(self, config: Config, exc: StateError | None) -> Alert | None:
-        """One look at the state store: ``exc`` is why it could not be used (None: it
+    def look_at_store(self, config: Config) -> Alert | None:
+        """Ask the state store something small, and tell what its answer says."""
+        try:
+            self.store.pipeline_states()
+        except StateUnavailableError as exc:
+            return self.store_seen(config, exc)
+        return self.store_seen(config, None)
+
+    def store_seen(self, config: Config, exc: StateUnavailableError | None) -> Alert | None:
+        """One look at the state store: ``exc`` is why it could not be reached (None: it
         answered). Sends what that says (``StoreOutage``): the alert sent, if any."""
         section = config.alerts
-        if section is None:
+        if section is None or not self._watch_store:
+            self._outage.since = self._outage.told = None  # [alerts] gone: start afresh
             return None
         self._outage.remind = dt.timedelta(hours=section.remind_hours)
         error = None

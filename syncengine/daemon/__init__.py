@@ -62,7 +62,7 @@ from syncengine.daemon.server import (
 from syncengine.daemon.signals import FORCED_RELEASE_S, Signals
 from syncengine.daemon.signals import flush_and_exit as _flush_and_exit
 from syncengine.daemon.webhooks import WebhookReceiver
-from syncengine.errors import StateError
+from syncengine.errors import StateError, StateUnavailableError
 from syncengine.exit_codes import ExitCode
 from syncengine.leasing import LeaseKeeper
 from syncengine.logging import REDACTOR
@@ -139,7 +139,7 @@ class Daemon:
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self.policy = RunPolicy(store, self.metrics)
-        self.alerts = Alerter(store, self.metrics, config=lambda: self.config)
+        self.alerts = Alerter(store, self.metrics, config=lambda: self.config, watch_store=True)
         self.leases = LeaseKeeper(store, self.holder, lambda: self.config.daemon.lease_ttl)
         self.runner = PipelineRunner(
             config=lambda: self.config,
@@ -448,7 +448,8 @@ class Daemon:
             states = {**self.policy.states, **self.store.pipeline_states()}
         except StateError as exc:
             states = dict(self.policy.states)  # as last seen
-            store_error = describe_error(exc, self.config.secrets)
+            if isinstance(exc, StateUnavailableError):
+                store_error = describe_error(exc, self.config.secrets)
         pipelines = {}
         for name in self.config.pipelines:
             state = states.get(name)

@@ -28,7 +28,13 @@ from syncengine.connector import Connector
 from syncengine.daemon.policy import RunOutcome, RunPolicy
 from syncengine.daemon.redaction import describe_error, redacted_traceback
 from syncengine.engine import Engine, SyncResult
-from syncengine.errors import AuthError, StateError, SyncEngineError, SyncStopped
+from syncengine.errors import (
+    AuthError,
+    StateError,
+    StateUnavailableError,
+    SyncEngineError,
+    SyncStopped,
+)
 from syncengine.exit_codes import ExitCode, failed_run_code
 from syncengine.leasing import LeasedRun, LeaseKeeper, lease_holder
 from syncengine.metrics import Metrics, http_stats
@@ -135,8 +141,8 @@ class PipelineRunner:
                 # that says why, not a crash with a traceback
                 error = describe_error(exc, config.secrets)
                 log.error("run failed: the state store cannot be used", error=error)
-                if self.alerts is not None:  # which finds the store down: store_unavailable
-                    self.alerts.notify(config, name, "failed", error=error)
+                if self.alerts is not None and isinstance(exc, StateUnavailableError):
+                    self.alerts.store_failed(config)  # store_unavailable, if it still is
                 return RunOutcome(name, "failed", failed_run_code(exc), error=error)
             if run is None:
                 self.metrics.skipped.labels(name, "lease_held").inc()
