@@ -1175,7 +1175,11 @@ def load_mapping(
                     source,
                     f"there is no default mapping of {entity} for connector type "
                     f"{connector_type!r}",
-                    "write a mapping file for it and give its path in the configuration",
+                    "a member syncs every entity of its pipeline: write a mapping file of "
+                    f"{entity} for it and name it in the pipeline's [pipelines.mappings.MEMBER] "
+                    f'table ({entity} = "FILE"); or, if the member holds no {entity} (a CRM '
+                    "of customers only), sync it in a pipeline of its own that lists only "
+                    'what it holds (entities = ["customers"])',
                 )
             ]
         )

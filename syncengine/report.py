@@ -640,7 +640,11 @@ def _read(
                 key = f"unlinked:{member}:{rec.id}"
                 report.general.append(
                     Disagreement(
-                        "unlinked", f"{rec.location}: not synced yet (run syncengine sync)", member
+                        "unlinked",
+                        f"{rec.location}: not synced (run syncengine sync; if it stays so, "
+                        "the sync's output says why: an error in it, or a possible duplicate "
+                        "waiting in `syncengine review list`)",
+                        member,
                     )
                 )
         out[key].append(_Seen(key, record, rec.location or f"{member} {rec.id}"))
