@@ -12,12 +12,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from syncengine.connector import NativeRecord
 from syncengine.match import MatchResult, Observed, hold_blind, match
+from syncengine.member import Member
 from syncengine.model import Record
+from syncengine.read import MemberRead, member_views
+from syncengine.state.store import LinkState, RecordState
 
 CRM, SHEET, SHOP = "crm", "sheet", "shop"
 MEMBERS = (CRM, SHEET, SHOP)
@@ -455,3 +460,33 @@ def test_a_record_an_earlier_run_paired_goes_on_while_others_wait() -> None:
     eve = record(CRM, "c1", {"mobile_number": "+15550000002"})
     fay = record(CRM, "c2", {"mobile_number": "+15550000003"})
     assert _held({SHEET: [dee], CRM: [eve, fay]}, "c1") == {SHEET: ["s1"], CRM: ["c2"]}
+
+
+@pytest.mark.parametrize(
+    ("link", "joining"),
+    [
+        (None, True),
+        (LinkState(SHEET, "row-1", "h-row-1", ANN, dirty=False, tombstone=True), True),
+        (LinkState(SHEET, None, None, None, dirty=True, tombstone=False), False),
+    ],
+    ids=["no-link", "deleted-there", "a-link-waiting-for-its-id"],
+)
+def test_a_joining_record_is_one_its_member_holds_no_live_link_for(
+    link: LinkState | None, joining: bool
+) -> None:
+    """A record matched by its values joins the hub record unless its member still has a
+    live link for it (a row not given its Sync ID yet: the record that link stands for); one
+    typed in again after its record there was deleted (a tombstone) joins."""
+    obs = record(SHEET, "row-2", ANN)
+    obs.joined = True
+    links = {CRM: LinkState(CRM, "c1", "h-c1", ANN, dirty=False, tombstone=False)}
+    if link is not None:
+        links[SHEET] = link
+    state = RecordState("k1", dict(ANN), links)
+    reads = {CRM: MemberRead(), SHEET: MemberRead()}
+    members = cast(list[Member], [SimpleNamespace(name=CRM), SimpleNamespace(name=SHEET)])
+
+    views = member_views("k1", state, reads, {SHEET: obs}, members)
+
+    assert views[SHEET].status == "new"
+    assert views[SHEET].joined is joining

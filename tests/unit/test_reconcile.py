@@ -1013,6 +1013,48 @@ NEW = [
     ),
     pytest.param(
         Row(
+            entity="invoices",
+            base=INV,
+            views=(
+                new(
+                    CRM,
+                    {**INV, "due_at": "2024-05-02T09:00:00Z"},
+                    entity="invoices",
+                    native={**INV_CRM_NATIVE, "due_at": "2024-05-02T09:00:00Z"},
+                    joined=True,
+                ),
+                unchanged(SHEET, INV_SHEET, entity="invoices", native=INV_SHEET_NATIVE),
+                unchanged(SHOP, INV, entity="invoices", native=INV_SHOP_NATIVE),
+            ),
+            expect=Expect(
+                base_after=INV,
+                links={
+                    CRM: kept(CRM, {**INV, "due_at": "2024-05-02T09:00:00Z"}),
+                },
+                conflicts=[
+                    Conflict(
+                        "invoices",
+                        KEY,
+                        "due_at",
+                        {
+                            CRM: "2024-05-02T09:00:00Z",
+                            SHEET: "2024-05-01T09:00:00Z",
+                            SHOP: "2024-05-01T09:00:00Z",
+                        },
+                        "2024-05-01T09:00:00Z",
+                        None,
+                        "no rule decided",
+                        "invoice 1001",
+                    )
+                ],
+            ),
+        ),
+        # the sheet shows the base's due date as a date (midnight): it holds the base's value
+        # all the same, and is weighed beside the others against the newcomer's
+        id="newly-linked-record-contested-by-a-member-holding-the-base-coarser",
+    ),
+    pytest.param(
+        Row(
             base=ANN,
             views=(
                 unchanged(CRM, ANN),
