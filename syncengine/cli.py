@@ -1137,7 +1137,9 @@ def conflicts_list(
             out.print(f"  field [bold]{c.field}[/], parked {local_time(c.created_at)}")
             for member, value in c.values.items():
                 out.print(f"    {member + ':':<{width}} {_conflict_value(oc, value)}")
-            out.print(f"    {'last synced:':<{width}} {_conflict_value(oc, c.base_value)}")
+            # no base value: never agreed, or agreed empty; not a clear someone made
+            base = "(no value)" if c.base_value is None else _conflict_value(oc, c.base_value)
+            out.print(f"    {'last synced:':<{width}} {base}")
         out.print("Settle one with: syncengine conflicts resolve ID --take MEMBER")
 
 

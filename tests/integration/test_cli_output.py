@@ -278,6 +278,6 @@ def test_status_runs_and_conflicts_speak_plainly(tmp_path: Path, cli: Cli) -> No
     assert out[2:5] == [
         "    a:           'Engines A'",
         "    b:           'Engines B'",
-        "    last synced: (empty)",
+        "    last synced: (no value)",
     ]
     assert "None" not in listed.stdout
