@@ -720,19 +720,17 @@ def _view(
         )
     if name in group:
         obs = group[name]
-        if obs.relinked:
-            # the record it was, typed again or its Sync ID blanked: what it holds that
-            # differs is an edit, but a cell left blank is not read as a clear (a row retyped
-            # with only some of its cells would clear the rest everywhere); the blanks are
-            # filled from the others
-            view = _observed_view(obs, "new", None, dirty, r.missing)
-            view.relinked = True
-            return view
+        # never seen as it is: what it holds that differs is a change, a blank is no clear
         view = _observed_view(obs, "new", None, dirty, r.missing)
-        # a record whose member has a live link to this hub record (a row not given its
-        # Sync ID yet) is the record that link stands for, not one joining; one whose record
-        # there was deleted (a tombstone) and is typed in again is joining
-        view.joined = obs.joined and (link is None or link.tombstone)
+        if obs.relinked:
+            # the record it was, typed again or its Sync ID blanked: a row retyped with only
+            # some of its cells does not clear the rest everywhere; they are filled back in
+            view.relinked = True
+        else:
+            # a record whose member has a live link to this hub record (a row not given its
+            # Sync ID yet) is the record that link stands for, not one joining; one whose
+            # record there was deleted (a tombstone) and is typed in again is joining
+            view.joined = obs.joined and (link is None or link.tombstone)
         return view
     if key in r.changed:
         return _observed_view(r.changed[key], "changed", last_seen, dirty, r.missing)

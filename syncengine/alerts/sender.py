@@ -93,8 +93,13 @@ class _Job:
     ending: Ending
     result: SyncResult | None
     error: str
-    store: bool = False
-    """Only look at the state store (``Alerter.store_failed``)."""
+
+
+@dataclass(frozen=True)
+class _StoreLook:
+    """A run could not reach the state store: look at it (``Alerter.store_failed``)."""
+
+    config: Config
 
 
 class Alerter:
@@ -116,7 +121,7 @@ class Alerter:
         self._tick = tick
         self._counters = _Counters(metrics)
         self._clock = clock
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._queue: queue.Queue[_Job | _StoreLook | None] = queue.Queue()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -154,7 +159,7 @@ class Alerter:
         if config.alerts is None or self._closing.is_set() or not self._watch_store:
             return
         self._ensure_thread()
-        self._queue.put(_Job(config, "", "failed", None, "", store=True))
+        self._queue.put(_StoreLook(config))
 
     def start(self) -> None:
         """Start the thread now (a daemon: it also sends the reminders of open conditions
@@ -199,7 +204,7 @@ class Alerter:
             if job is None:
                 return
             try:
-                if job.store:
+                if isinstance(job, _StoreLook):
                     self.look_at_store(job.config)
                 else:
                     self.handle(job.config, job.pipeline, job.ending, job.result, job.error)
@@ -208,7 +213,7 @@ class Alerter:
             except Exception as exc:  # a bug: the daemon goes on
                 log.error(
                     "alerts: handling an outcome failed",
-                    pipeline=job.pipeline,
+                    pipeline=job.pipeline if isinstance(job, _Job) else "",
                     error=redact_text(f"{type(exc).__name__}: {exc}", job.config.secrets),
                 )
 
