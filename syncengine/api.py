@@ -554,7 +554,11 @@ def probe(
         wanted = (
             list(entities)
             if entities
-            else ([e for e in chosen[0].entities if e in held] if chosen else list(held))
+            else (
+                [e for e in chosen[0].entities if e in held and chosen[0].syncs(connector, e)]
+                if chosen
+                else list(held)
+            )
         )
         unknown = [e for e in wanted if e not in held]
         if unknown:

@@ -709,6 +709,8 @@ def validate(
                         "name": p.name,
                         "members": list(p.members),
                         "entities": list(p.entities),
+                        # member -> the entities it syncs (only where it syncs some of them)
+                        **_member_entities_json(p),
                         # member -> the first open day (only where a period is closed)
                         **_locks_json(p),
                         # only where deletes wait for a person's approval
@@ -722,7 +724,7 @@ def validate(
             out.print_json(json.dumps(summary))
             return
         pipes = ", ".join(
-            f"{p.name} ({' + '.join(p.members)}: {', '.join(p.entities)})"
+            f"{p.name} ({' + '.join(p.members)}: {', '.join(p.entities)}{_limits_text(p)})"
             for p in cfg.pipelines.values()
         )
         out.print(escape(f"{config}: ok — {len(cfg.connectors)} connectors, pipelines: {pipes}"))
@@ -757,6 +759,23 @@ def _alerts_json(cfg: Config) -> dict[str, object] | None:
         "remind_hours": a.remind_hours,
         "reconcile_after_sync": a.reconcile_after_sync,
     }
+
+
+def _member_entities_json(p: Pipeline) -> dict[str, dict[str, list[str]]]:
+    """``{"member_entities": {member: [entities]}}`` for the members limited to some of the
+    pipeline's entities; nothing where every member syncs every entity."""
+    limited = {
+        m: [e for e in p.entities if p.syncs(m, e)]
+        for m in p.members
+        if any(not p.syncs(m, e) for e in p.entities)
+    }
+    return {"member_entities": limited} if limited else {}
+
+
+def _limits_text(p: Pipeline) -> str:
+    """ "; crm: customers only" for the members limited to some of the entities."""
+    limited = _member_entities_json(p).get("member_entities", {})
+    return "".join(f"; {m}: {', '.join(es)} only" for m, es in limited.items())
 
 
 def _locks_json(pipeline: Pipeline) -> dict[str, dict[str, str]]:

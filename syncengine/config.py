@@ -320,6 +320,9 @@ class PipelineSection(_Strict):
     locks: dict[str, LockDay] = Field(default_factory=dict)
     """Per member, the first open day: no write to that member creates, changes or deletes a
     record dated before it (``syncengine.locks``)."""
+    member_entities: dict[str, list[str]] = Field(default_factory=dict)
+    """Per member, the entities of the pipeline it syncs (a CRM of customers beside HCP and
+    the books); a member not named syncs every entity of the pipeline."""
 
     @field_validator("name")
     @classmethod
@@ -385,6 +388,18 @@ class Pipeline:
     """(member, entity) -> mapping in force for this pipeline."""
     locks: dict[str, Lock] = field(default_factory=dict)
     """member -> its closed period (``[pipelines.locks]``)."""
+    by_entity: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """entity -> the members that sync it (``member_entities``), in the members' order."""
+
+    def members_of(self, entity: str) -> tuple[str, ...]:
+        """The members that sync ``entity``: every member, unless ``member_entities`` limits
+        some of them to other entities (a CRM that holds customers only). Everything about
+        one entity (its reads, plans, state, reports) involves these members alone."""
+        return self.by_entity.get(entity, self.members)
+
+    def syncs(self, member: str, entity: str) -> bool:
+        """Whether ``member`` syncs ``entity`` in this pipeline."""
+        return member in self.members_of(entity)
 
     def conflict_rules(self, entity: str, field_name: str) -> list[str]:
         rules = self.section.conflicts
@@ -798,6 +813,7 @@ def load_config(
             section=section,
             mappings=pipelines_problems[1],
             locks=_locks(section, connectors),
+            by_entity=_members_by_entity(section),
         )
 
     if problems:
@@ -905,6 +921,85 @@ def _locks(section: PipelineSection, connectors: Mapping[str, ConnectorConfig]) 
     return out
 
 
+def _members_by_entity(section: PipelineSection) -> dict[str, tuple[str, ...]]:
+    """entity -> the members that sync it: those ``member_entities`` does not limit, and
+    those it lists the entity for."""
+    limited = section.member_entities
+    return {
+        entity: tuple(m for m in section.members if m not in limited or entity in limited[m])
+        for entity in section.entities
+    }
+
+
+def _check_member_entities(section: PipelineSection, valid: list[str], where: str) -> list[Problem]:
+    """Decides what is wrong with ``[pipelines.member_entities]``: a name that is not a
+    member, an entity the pipeline does not sync, an empty list, an entity left with fewer
+    than two members, and a member that syncs records referring to an entity it does not
+    sync (an invoice cannot be written where its customer is not)."""
+    problems: list[Problem] = []
+    limited = section.member_entities
+    for member in sorted(set(limited) - set(section.members)):
+        problems.append(
+            Problem(
+                f"{where}.member_entities.{member}",
+                "not a member of this pipeline",
+                _one_of(member, section.members, "name one of its members"),
+            )
+        )
+    for member, entities in limited.items():
+        if member not in section.members:
+            continue
+        if not entities:
+            problems.append(
+                Problem(
+                    f"{where}.member_entities.{member}",
+                    "lists no entity",
+                    f'list what {member} syncs (e.g. ["customers"]), or take {member} out of '
+                    "the pipeline's members",
+                )
+            )
+        for entity in entities:
+            if entity not in valid:
+                problems.append(
+                    Problem(
+                        f"{where}.member_entities.{member}",
+                        f"{entity!r} is not an entity of this pipeline",
+                        _one_of(entity, valid, "use one of its entities"),
+                    )
+                )
+    if problems:
+        return problems
+    by_entity = _members_by_entity(section)
+    for entity in valid:
+        holders = by_entity.get(entity, ())
+        if len(holders) < 2:
+            alone = f"by {holders[0]} alone" if holders else "by no member"
+            problems.append(
+                Problem(
+                    f"{where}.member_entities",
+                    f"{entity} would be synced {alone}",
+                    f"add {entity!r} to another member's list in [pipelines.member_entities], or "
+                    "take it out of the pipeline's entities",
+                )
+            )
+        spec = model.ENTITIES[entity]
+        for name, target in spec.refs.items():
+            if target not in spec.depends_on or target not in valid:
+                continue
+            for member in holders:
+                if member not in by_entity.get(target, ()):
+                    problems.append(
+                        Problem(
+                            f"{where}.member_entities.{member}",
+                            f"{member} syncs {entity} but not {target}, which they refer to "
+                            f"(their {name!r})",
+                            f"add {target!r} to {member}'s list: {with_article(entity[:-1])} "
+                            f"cannot be written where its {name} is not",
+                        )
+                    )
+    return problems
+
+
 def _check_pipeline(
     section: PipelineSection,
     known_connectors: list[str],
@@ -917,7 +1012,7 @@ def _check_pipeline(
     default region of the mappings' phone numbers."""
     problems: list[Problem] = []
     mappings: dict[tuple[str, str], EntityMapping] = {}
-    for table in ("conflicts", "mappings", "locks", "match"):
+    for table in ("conflicts", "mappings", "locks", "match", "member_entities"):
         entries = getattr(section, table)
         for name in [n for n in entries if n in PipelineSection.model_fields]:
             # a pipeline's own key typed below this sub-table's header: not an entry of it
@@ -957,6 +1052,8 @@ def _check_pipeline(
             )
 
     valid_entities = [e for e in section.entities if e in model.ENTITIES]
+    limits = _check_member_entities(section, valid_entities, where)
+    problems.extend(limits)
     for entity in valid_entities:
         spec = model.ENTITIES[entity]
         for name, target in spec.refs.items():
@@ -975,6 +1072,11 @@ def _check_pipeline(
         if cc is None:
             continue
         overrides = section.mappings.get(member, {})
+        own = (
+            [e for e in valid_entities if e in section.member_entities[member]]
+            if member in section.member_entities
+            else valid_entities
+        )
         for entity in overrides:
             if entity not in valid_entities:
                 problems.append(
@@ -984,7 +1086,16 @@ def _check_pipeline(
                         f"use one of: {', '.join(valid_entities)}",
                     )
                 )
-        for entity in valid_entities:
+            elif entity not in own:
+                problems.append(
+                    Problem(
+                        f"{where}.mappings.{member}.{entity}",
+                        f"{member} does not sync {entity} ([pipelines.member_entities])",
+                        f"drop this mapping, or add {entity!r} to {member}'s list in "
+                        "[pipelines.member_entities]",
+                    )
+                )
+        for entity in own:
             override = overrides.get(entity)
             override_path = None
             if override is not None:
@@ -1036,6 +1147,7 @@ def _check_pipeline(
         )
 
     members = set(section.members)
+    by_entity = _members_by_entity(section)
     for scope, rules in section.conflicts.items():
         entity_part = scope.split(".", 1)[0]
         if scope != "default" and entity_part not in valid_entities:
@@ -1056,6 +1168,7 @@ def _check_pipeline(
                         _one_of(field_name, _field_names(entity_part), "use one of its fields"),
                     )
                 )
+        holders = by_entity.get(entity_part, ()) if scope != "default" else ()
         for rule in rules:
             if rule not in members and rule not in CONFLICT_RULE_WORDS:
                 problems.append(
@@ -1063,6 +1176,15 @@ def _check_pipeline(
                         f"{where}.conflicts.{scope}",
                         f"unknown rule {rule!r}",
                         f"use a member name ({', '.join(section.members)}), 'newest' or 'manual'",
+                    )
+                )
+            elif rule in members and holders and rule not in holders and not limits:
+                problems.append(
+                    Problem(
+                        f"{where}.conflicts.{scope}",
+                        f"{rule} does not sync {entity_part} ([pipelines.member_entities]), so "
+                        "it can never win this rule",
+                        f"use a member that syncs it ({', '.join(holders)}), 'newest' or 'manual'",
                     )
                 )
     for entity, keys in section.match.items():

@@ -344,7 +344,7 @@ class Engine:
                     )
                 )
                 if not self.dry_run:
-                    self._note_derived(entity, chosen, connectors, derived)
+                    self._note_derived(pipeline, entity, chosen, connectors, derived)
             # deletes other entities may depend on, decided once every entity is planned (and
             # applied): those referring first, so that a customer's delete sees its invoices'
             for run in reversed(runs):
@@ -443,12 +443,14 @@ class Engine:
         other entities may depend on are held for ``_decide_held_deletes``. Members whose
         reads cost requests start reading the entity ``then`` (the next one) once this one
         is read, so that their waiting overlaps its planning and applying."""
-        members = [open_member(pipeline, connectors[m], entity, refs) for m in pipeline.members]
+        members = [
+            open_member(pipeline, connectors[m], entity, refs) for m in pipeline.members_of(entity)
+        ]
 
         def read_next() -> None:
             if then is None:
                 return
-            for name in pipeline.members:
+            for name in pipeline.members_of(then):
                 connector = connectors[name]
                 if connector.reads_ahead and (name, then) not in self._ahead:
                     ahead = open_member(pipeline, connector, then, refs)
@@ -527,6 +529,7 @@ class Engine:
 
     @staticmethod
     def _note_derived(
+        pipeline: Pipeline,
         entity: str,
         chosen: Sequence[str],
         connectors: Mapping[str, Connector],
@@ -539,7 +542,7 @@ class Engine:
         done = chosen[: chosen.index(entity)]
         for name, connector in connectors.items():
             for other, ids in connector.changed_by_writes(entity).items():
-                if other in done and ids:
+                if other in done and ids and pipeline.syncs(name, other):
                     derived.setdefault(other, {}).setdefault(name, set()).update(ids)
 
     def _resync_derived(
@@ -568,7 +571,10 @@ class Engine:
         saved = self._events, self.event_driven
         self._events, self.event_driven = stand_ins, True
         try:
-            members = [open_member(pipeline, connectors[m], entity, refs) for m in pipeline.members]
+            members = [
+                open_member(pipeline, connectors[m], entity, refs)
+                for m in pipeline.members_of(entity)
+            ]
             planned = self.plan_entity(pipeline, entity, members, None, refs)
         finally:
             self._events, self.event_driven = saved

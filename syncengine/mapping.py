@@ -1175,11 +1175,12 @@ def load_mapping(
                     source,
                     f"there is no default mapping of {entity} for connector type "
                     f"{connector_type!r}",
-                    "a member syncs every entity of its pipeline: write a mapping file of "
+                    "a member syncs every entity of its pipeline unless "
+                    "[pipelines.member_entities] says otherwise: if the member holds no "
+                    f"{entity} (a CRM of customers only), list what it syncs there "
+                    '(crm = ["customers"]); or write a mapping file of '
                     f"{entity} for it and name it in the pipeline's [pipelines.mappings.MEMBER] "
-                    f'table ({entity} = "FILE"); or, if the member holds no {entity} (a CRM '
-                    "of customers only), sync it in a pipeline of its own that lists only "
-                    'what it holds (entities = ["customers"])',
+                    f'table ({entity} = "FILE")',
                 )
             ]
         )

@@ -346,7 +346,7 @@ def check_structures(
     for entity in pipeline.entities:
         if entities is not None and entity not in entities:
             continue
-        for name in pipeline.members:
+        for name in pipeline.members_of(entity):
             try:
                 member = open_member(pipeline, connectors[name], entity)
                 if store is not None:

@@ -229,6 +229,7 @@ def recover(
             and intent.entity in planned
             and intent.entity in pipeline.entities
             and intent.member in connectors
+            and pipeline.syncs(intent.member, intent.entity)
         ):
             recovery.creates.setdefault(intent.entity, []).append(intent)
         else:
@@ -242,6 +243,7 @@ def recover(
             intent.op == "create"
             and conn is not None
             and intent.entity in pipeline.entities
+            and pipeline.syncs(intent.member, intent.entity)
             and _recover_create(store, pipeline, conn, intent, connectors, refs)
         ):
             with store.transaction() as tx:

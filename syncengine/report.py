@@ -167,7 +167,7 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
             f"pipeline {pipeline.name} does not sync invoices: there are no books "
             'to reconcile (add "invoices" and "payments" to its entities)'
         )
-    report = Report(pipeline.name, pipeline.members, [])
+    report = Report(pipeline.name, pipeline.members_of("invoices"), [])
     cache: dict[str, dict[str, str]] = {}
     read = read_books(config, store, pipeline, ("invoices", "payments", "line_items"), report)
     invoices, payments, items = read["invoices"], read["payments"], read["line_items"]
@@ -261,7 +261,7 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
                     )
                 )
 
-    members = pipeline.members
+    members = pipeline.members_of("invoices")
     for line in lines.values():
         holders = [m for m in members if m in line.amount]
         for member in members:
@@ -349,10 +349,12 @@ def read_books(
     cache: dict[str, dict[str, str]] = {}
     out: Books = {entity: {} for entity in entities}
     for member in pipeline.members:
+        if not any(pipeline.syncs(member, entity) for entity in entities):
+            continue  # a CRM of customers: none of these books are its
         connector = config.make_connector(member)
         try:
             for entity in entities:
-                if entity in pipeline.entities:
+                if entity in pipeline.entities and pipeline.syncs(member, entity):
                     out[entity][member] = _read(
                         store, pipeline, refs, connector, member, entity, report, cache
                     )
@@ -421,7 +423,7 @@ COMPARED_LINE_FIELDS = ("quantity", "unit_price", "amount", "taxable")
 def _line_fields(pipeline: Pipeline) -> dict[str, frozenset[str]]:
     """member -> the compared line fields its line mapping reads (none without line items)."""
     out: dict[str, frozenset[str]] = {}
-    for member in pipeline.members:
+    for member in pipeline.members_of("invoices"):
         mapping = pipeline.mappings.get((member, "line_items"))
         out[member] = frozenset(COMPARED_LINE_FIELDS) & mapping.readable if mapping else frozenset()
     return out

@@ -142,7 +142,7 @@ def zone_of(config: Config, pipeline: Pipeline) -> str:
     for lock in pipeline.locks.values():
         if lock.zone != "UTC":
             return lock.zone
-    for member in pipeline.members:
+    for member in pipeline.members_of("invoices"):
         cc = config.connectors.get(member)
         zone = getattr(cc.options, "timezone", None) if cc is not None else None
         if isinstance(zone, str) and zone and zone != "UTC":
@@ -161,11 +161,12 @@ def tax_report(
     if "invoices" not in pipeline.entities:
         raise UsageError(f"pipeline {pipeline.name} does not sync invoices: there is no tax")
     check_range(start, end)
-    sink = Report(pipeline.name, pipeline.members, [])
+    members = pipeline.members_of("invoices")
+    sink = Report(pipeline.name, members, [])
     books = read_books(config, store, pipeline, ("invoices", "line_items"), sink)
     zone = zone_of(config, pipeline)
-    report = TaxReport(pipeline.name, pipeline.members, zone, start, end, general=sink.general)
-    report.months, report.undated = sales_by_month(books, pipeline.members, zone, start, end)
+    report = TaxReport(pipeline.name, members, zone, start, end, general=sink.general)
+    report.months, report.undated = sales_by_month(books, members, zone, start, end)
     set_apart_closed(report.months, pipeline.locks)
     return report
 

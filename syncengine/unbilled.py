@@ -80,7 +80,7 @@ def unbilled_jobs(config: Config, pipeline: Pipeline) -> UnbilledReport:
     """The complete jobs without an invoice on each member of the pipeline that holds jobs;
     a ``UsageError`` (exit 2) when no member does."""
     found: list[tuple[str, EntityMapping, EntityMapping]] = []
-    for member in pipeline.members:
+    for member in pipeline.members_of("invoices"):
         mappings = _mappings(config, pipeline, member)
         if mappings is not None:
             found.append((member, *mappings))

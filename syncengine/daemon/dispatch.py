@@ -81,7 +81,10 @@ class EventDispatch:
         """An event was stored: the pipelines it concerns are due a debounce from now
         (unless they already are)."""
         config = self._config()
-        shapes = {n: (p.members, p.entities) for n, p in config.pipelines.items()}
+        shapes = {
+            n: (p.members, [e for e in p.entities if p.syncs(event.connector, e)])
+            for n, p in config.pipelines.items()
+        }
         names = pipelines_of(event.connector, event.entities, shapes)
         if names:
             self._make_due(names, config.daemon.webhook_debounce)
