@@ -932,7 +932,80 @@ class Engine:
             if r.unreadable_count:
                 say_withheld(entity, name, ent, r)
             log.info("records re-linked", member=name, entity=entity, records=len(hints))
+        hints.update(self._rejoin_kept(pipeline, entity, members, reads, hints))
         return hints
+
+    def _rejoin_kept(
+        self,
+        pipeline: Pipeline,
+        entity: str,
+        members: Sequence[Member],
+        reads: Mapping[str, MemberRead],
+        paired: Mapping[tuple[str, str], str],
+    ) -> dict[tuple[str, str], str]:
+        """Rows typed in again (without a Sync ID, on a member that takes its ids from us: a
+        sheet) for records deleted there in an earlier run that a member which cannot delete
+        them still holds (HCP keeps payments): each takes that hub record back, one to one by
+        the first match key or relink combination naming it, instead of becoming a second
+        record of the same money, which HCP's next change to the first would bring back
+        beside it. A row naming several such records, or named with another row, is left
+        new, as before. Returns the pairs as match hints: (member, native hash) -> hub key."""
+        keys = pipeline.match_keys(entity)
+        combos = model.entity_spec(entity).relink_keys
+        hints: dict[tuple[str, str], str] = {}
+        if not (keys or combos):
+            return hints
+        for member in members:
+            typed = [
+                obs
+                for obs in reads[member.name].new
+                if obs.record.provisional
+                and not obs.relinked
+                and (member.name, obs.native_hash) not in paired
+            ]
+            if not (typed and member.caps.assigns_ids):
+                continue
+            kept = self._deleted_kept(pipeline, entity, member.name)
+            if not kept:
+                continue
+            relink = Relinking(
+                combos,
+                _same_on_some(members),
+                missing={member.name: reads[member.name].missing},
+                match_keys=keys,
+            )
+            found = relink_vanished(member.name, typed, kept, keys, relink)
+            for obs in typed:
+                key = found.keys.get(id(obs))
+                if key is not None:
+                    obs.relinked = True
+                    hints[(member.name, obs.native_hash)] = key
+            if hints:
+                log.info(
+                    "rows typed again took back their deleted records",
+                    member=member.name,
+                    entity=entity,
+                    records=len(hints),
+                )
+        return hints
+
+    def _deleted_kept(
+        self, pipeline: Pipeline, entity: str, member: str
+    ) -> dict[str, model.Record]:
+        """key -> base (without the deleted mark) of the records the hub holds deleted that
+        ``member`` no longer holds and another member still does (one that cannot delete
+        them): the records a row typed in again on ``member`` may be."""
+        flagged = self.store.keys_flagged(pipeline.name, entity, None, model.DELETED)
+        out: dict[str, model.Record] = {}
+        if not flagged:
+            return out
+        for key, rs in self.store.load_records(pipeline.name, entity, flagged).items():
+            own = rs.links.get(member)
+            if not rs.base.get(model.DELETED) or (own and own.native_id and not own.tombstone):
+                continue
+            if any(ln.native_id and not ln.tombstone for m, ln in rs.links.items() if m != member):
+                out[key] = {k: v for k, v in rs.base.items() if k != model.DELETED}
+        return out
 
     def _match_new(
         self,

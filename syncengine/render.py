@@ -58,9 +58,19 @@ def nothing_to_do(result: SyncResult) -> str:
     cannot take (skipped) and conflicts that wait for a person."""
     skipped = sum(ep.counts()["skipped"] for ep in result.plan.entities)
     held = sum(ep.counts().get("held_deletes", 0) for ep in result.plan.entities)
+    # skipped writes on record that this run did not plan again (a payment row deleted in
+    # the books, which HCP keeps): the members still differ there
+    earlier = sum(
+        len(ep.skipped_before - {kp.key for kp in ep.keys}) for ep in result.plan.entities
+    )
     waits = plural(held, "delete") + (" waits" if held == 1 else " wait")
     but = [
         *([plural(skipped, "write") + " a member cannot take (skipped)"] if skipped else []),
+        *(
+            [f"{plural(earlier, 'record')} skipped before (`syncengine status` lists why)"]
+            if earlier
+            else []
+        ),
         *(["the conflicts below"] if result.open_conflicts else []),
     ]
     if not but:

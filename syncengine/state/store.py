@@ -931,13 +931,13 @@ class StateStore:
         return keys
 
     def keys_flagged(
-        self, pipeline: str, entity: str, keys: Collection[str], flag: str
+        self, pipeline: str, entity: str, keys: Collection[str] | None, flag: str
     ) -> set[str]:
         """The keys among ``keys`` whose base may hold ``true`` in the field ``flag`` (the
         deleted mark), found by the database without loading a base (one query per batch of
-        `BATCH_SIZE` keys). It holds every key whose base does; on PostgreSQL also those whose
-        base holds a NUL anywhere (it cannot read a field of those): the caller confirms from
-        the records it loads."""
+        `BATCH_SIZE` keys; ``keys`` None: every record of the entity, in one query). It holds
+        every key whose base does; on PostgreSQL also those whose base holds a NUL anywhere (it
+        cannot read a field of those): the caller confirms from the records it loads."""
         found: set[str] = set()
         with self._read() as conn:
             flagged: sa.ColumnElement[Any]
@@ -948,14 +948,13 @@ class StateStore:
                 )
             else:
                 flagged = sa.func.json_type(records.c.base, f'$."{flag}"') == "true"
-            for chunk in _chunks(list(dict.fromkeys(keys)), BATCH_SIZE):
-                query = sa.select(records.c.key).where(
-                    records.c.pipeline == pipeline,
-                    records.c.entity == entity,
-                    records.c.key.in_(chunk),
-                    flagged,
-                )
-                found.update(conn.execute(query).scalars())
+            of_entity = sa.select(records.c.key).where(
+                records.c.pipeline == pipeline, records.c.entity == entity, flagged
+            )
+            if keys is None:
+                found.update(conn.execute(of_entity).scalars())
+            for chunk in _chunks(list(dict.fromkeys(keys or ())), BATCH_SIZE):
+                found.update(conn.execute(of_entity.where(records.c.key.in_(chunk))).scalars())
         return found
 
     def iter_records(self, pipeline: str, entity: str, batch: int = 1000) -> Iterator[RecordState]:
