@@ -188,6 +188,9 @@ class PipelineStatus:
     held_deletes: int = 0
     """Deletes awaiting approval (held by ``[pipelines.deletes] approve``, or stopped by a
     delete guard)."""
+    member_entities: dict[str, list[str]] = field(default_factory=dict)
+    """member -> the entities it syncs, for the members ``[pipelines.member_entities]``
+    limits to some of them."""
 
 
 SKIPS_SHOWN = 50
@@ -228,6 +231,7 @@ def status(config: Config, pipeline: str | None = None) -> list[PipelineStatus]:
                     waiting_events=store.pending_event_count(p.name, p.members),
                     open_review=reviews.get(p.name, 0),
                     held_deletes=held.get(p.name, 0),
+                    member_entities=p.limited(),
                 )
             )
         return out

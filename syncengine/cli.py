@@ -724,7 +724,7 @@ def validate(
             out.print_json(json.dumps(summary))
             return
         pipes = ", ".join(
-            f"{p.name} ({' + '.join(p.members)}: {', '.join(p.entities)}{_limits_text(p)})"
+            f"{p.name} ({' + '.join(p.members)}: {', '.join(p.entities)}{_only_text(p.limited())})"
             for p in cfg.pipelines.values()
         )
         out.print(escape(f"{config}: ok — {len(cfg.connectors)} connectors, pipelines: {pipes}"))
@@ -764,17 +764,13 @@ def _alerts_json(cfg: Config) -> dict[str, object] | None:
 def _member_entities_json(p: Pipeline) -> dict[str, dict[str, list[str]]]:
     """``{"member_entities": {member: [entities]}}`` for the members limited to some of the
     pipeline's entities; nothing where every member syncs every entity."""
-    limited = {
-        m: [e for e in p.entities if p.syncs(m, e)]
-        for m in p.members
-        if any(not p.syncs(m, e) for e in p.entities)
-    }
+    limited = p.limited()
     return {"member_entities": limited} if limited else {}
 
 
-def _limits_text(p: Pipeline) -> str:
-    """ "; crm: customers only" for the members limited to some of the entities."""
-    limited = _member_entities_json(p).get("member_entities", {})
+def _only_text(limited: dict[str, list[str]]) -> str:
+    """What follows a pipeline's entities for each member limited to some of them: "; crm:
+    customers only"."""
     return "".join(f"; {m}: {', '.join(es)} only" for m, es in limited.items())
 
 
@@ -808,7 +804,8 @@ def status(
             out.print_json(json.dumps([r.__dict__ for r in rows], default=str))
             return
         for r in rows:
-            out.print(f"[bold]{r.name}[/] ({' + '.join(r.members)}; {', '.join(r.entities)})")
+            only = _only_text(r.member_entities)
+            out.print(f"[bold]{r.name}[/] ({' + '.join(r.members)}; {', '.join(r.entities)}{only})")
             if r.last_run is None:
                 out.print("  never run")
             else:
@@ -1645,6 +1642,8 @@ def review_list(
             for c in item.candidates:
                 gone = "" if c.exists else " (no longer there)"
                 out.print(f"  candidate [bold]{c.hub_key}[/]: {escape(c.label)}{gone}")
+                if shown:
+                    out.print(f"      [dim]field: this record on {item.member} | the candidate[/]")
                 for name in shown:
                     mine = _show_value(item.fields.get(name))
                     theirs = _show_value(c.base.get(name))

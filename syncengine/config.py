@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -37,7 +37,7 @@ from syncengine.connector import Connector, ConnectorContext, ConnectorOptions, 
 from syncengine.display import with_article
 from syncengine.errors import ConfigError, Problem
 from syncengine.locks import Lock
-from syncengine.mapping import EntityMapping, load_mapping
+from syncengine.mapping import EntityMapping, default_mapping_path, load_mapping
 from syncengine.numbers import BOOL_NOT_NUMBER, Float, Int
 from syncengine.redact import MASK
 from syncengine.schedule import Schedule, parse_schedule, parse_timezone
@@ -400,6 +400,14 @@ class Pipeline:
     def syncs(self, member: str, entity: str) -> bool:
         """Whether ``member`` syncs ``entity`` in this pipeline."""
         return member in self.members_of(entity)
+
+    def limited(self) -> dict[str, list[str]]:
+        """member -> the entities it syncs, for the members limited to some of them."""
+        return {
+            m: [e for e in self.entities if self.syncs(m, e)]
+            for m in self.members
+            if any(not self.syncs(m, e) for e in self.entities)
+        }
 
     def conflict_rules(self, entity: str, field_name: str) -> list[str]:
         rules = self.section.conflicts
@@ -931,7 +939,9 @@ def _members_by_entity(section: PipelineSection) -> dict[str, tuple[str, ...]]:
     }
 
 
-def _check_member_entities(section: PipelineSection, valid: list[str], where: str) -> list[Problem]:
+def _check_member_entities(
+    section: PipelineSection, valid: list[str], where: str, connectors: Collection[str] = ()
+) -> list[Problem]:
     """Decides what is wrong with ``[pipelines.member_entities]``: a name that is not a
     member, an entity the pipeline does not sync, an empty list, an entity left with fewer
     than two members, and a member that syncs records referring to an entity it does not
@@ -939,16 +949,33 @@ def _check_member_entities(section: PipelineSection, valid: list[str], where: st
     problems: list[Problem] = []
     limited = section.member_entities
     for member in sorted(set(limited) - set(section.members)):
-        problems.append(
-            Problem(
-                f"{where}.member_entities.{member}",
-                "not a member of this pipeline",
-                _one_of(member, section.members, "name one of its members"),
+        close = _one_of(member, section.members, "")
+        if member in connectors:
+            fix = (
+                f"add {member!r} to the pipeline's members, or drop this line if it left the "
+                "pipeline"
             )
+        elif close.startswith("did you mean"):
+            fix = close
+        else:
+            fix = (
+                f"name one of its members ({', '.join(section.members)}), or drop this line if "
+                "that member left the pipeline"
+            )
+        problems.append(
+            Problem(f"{where}.member_entities.{member}", "not a member of this pipeline", fix)
         )
     for member, entities in limited.items():
         if member not in section.members:
             continue
+        for entity in sorted({e for e in entities if entities.count(e) > 1}):
+            problems.append(
+                Problem(
+                    f"{where}.member_entities.{member}",
+                    f"lists {entity!r} twice",
+                    "list each entity once",
+                )
+            )
         if not entities:
             problems.append(
                 Problem(
@@ -993,11 +1020,41 @@ def _check_member_entities(section: PipelineSection, valid: list[str], where: st
                             f"{where}.member_entities.{member}",
                             f"{member} syncs {entity} but not {target}, which they refer to "
                             f"(their {name!r})",
-                            f"add {target!r} to {member}'s list: {with_article(entity[:-1])} "
-                            f"cannot be written where its {name} is not",
+                            f"add {target!r} to the list of {member}: "
+                            f"{with_article(entity[:-1].replace('_', ' '))} cannot be written "
+                            f"where its {name} is not",
                         )
                     )
     return problems
+
+
+def _has_default_mapping(connector_type: str, entity: str) -> bool:
+    try:
+        return default_mapping_path(connector_type, entity).is_file()
+    except ConfigError:
+        return True  # a name that is not one: ``load_mapping`` says so
+
+
+def _no_mapping(
+    section: PipelineSection, member: str, connector_type: str, entity: str, where: str
+) -> Problem:
+    """A member asked to sync an entity its connector type has no default mapping of (a CRM
+    of customers in a pipeline that syncs invoices): the ways out, named for this member."""
+    others = [
+        e
+        for e in section.entities
+        if e != entity and e in model.ENTITIES and _has_default_mapping(connector_type, e)
+    ]
+    holds = f" ({member} = {json.dumps(others)})" if others else ""
+    return Problem(
+        f"{where}.members",
+        f"{member} ({connector_type}) has no default mapping of {entity}, and a member syncs "
+        "every entity of its pipeline unless [pipelines.member_entities] says otherwise",
+        f"if {member} holds no {entity}, list what it syncs in [pipelines.member_entities]"
+        f"{holds}; or write a mapping file of {entity} for it and name it in "
+        f'[pipelines.mappings.{member}] ({entity} = "FILE"); or take {entity} out of the '
+        "pipeline's entities",
+    )
 
 
 def _check_pipeline(
@@ -1052,7 +1109,7 @@ def _check_pipeline(
             )
 
     valid_entities = [e for e in section.entities if e in model.ENTITIES]
-    limits = _check_member_entities(section, valid_entities, where)
+    limits = _check_member_entities(section, valid_entities, where, known_connectors)
     problems.extend(limits)
     for entity in valid_entities:
         spec = model.ENTITIES[entity]
@@ -1097,6 +1154,9 @@ def _check_pipeline(
                 )
         for entity in own:
             override = overrides.get(entity)
+            if override is None and not _has_default_mapping(cc.type_name, entity):
+                problems.append(_no_mapping(section, member, cc.type_name, entity, where))
+                continue
             override_path = None
             if override is not None:
                 override_path = Path(override)
@@ -1148,6 +1208,18 @@ def _check_pipeline(
 
     members = set(section.members)
     by_entity = _members_by_entity(section)
+    dated = [e for e in ("invoices", "payments", "line_items") if e in valid_entities]
+    for member in sorted(set(section.locks) & set(section.member_entities)):
+        if dated and not any(member in by_entity.get(e, ()) for e in dated) and not limits:
+            problems.append(
+                Problem(
+                    f"{where}.locks.{member}",
+                    f"{member} syncs none of what a closed period applies to "
+                    f"({', '.join(dated)}), so there is nothing to lock",
+                    f"drop this line, or add those entities to the list of {member} in "
+                    "[pipelines.member_entities]",
+                )
+            )
     for scope, rules in section.conflicts.items():
         entity_part = scope.split(".", 1)[0]
         if scope != "default" and entity_part not in valid_entities:
@@ -1211,5 +1283,6 @@ def _field_names(entity: str) -> list[str]:
 def _one_of(word: str, known: Sequence[str], otherwise: str) -> str:
     """``did you mean 'email'?`` for a typo of one of ``known``, else ``otherwise`` with
     them listed."""
-    close = difflib.get_close_matches(word, known, n=1)
+    same_letters = [k for k in known if k.lower() == word.lower()]  # "CRM" for "crm"
+    close = same_letters or difflib.get_close_matches(word, known, n=1)
     return f"did you mean {close[0]!r}?" if close else f"{otherwise}: {', '.join(known)}"

@@ -82,6 +82,7 @@ from syncengine.errors import (
     RecordError,
     StateError,
     StateUnavailableError,
+    SyncEngineError,
     SyncStopped,
     describe,
 )
@@ -779,6 +780,7 @@ class Engine:
             ent,
             lambda obs: decisions.of(obs) is not None,
             planned.parked.add,
+            lambda name, native_id: _location_of(members, entity, name, native_id),
         )
         hold_swapped_identities(self.store, pipeline, entity, reads, ent)
         touched = self._touched(pipeline, entity, members, reads, refs)
@@ -1399,6 +1401,20 @@ class Engine:
                 if changed is not None:
                     changed.release_native()
         return untaken
+
+
+def _location_of(members: Sequence[Member], entity: str, name: str, native_id: str) -> str | None:
+    """Where member ``name`` holds the record ``native_id`` (a sheet's row), for a message
+    about it; None where the member does not give ids of its own (a lookup there costs a
+    request) or cannot find it."""
+    member = next((m for m in members if m.name == name), None)
+    if member is None or not member.caps.assigns_ids:
+        return None
+    try:
+        found = member.connector.get(entity, native_id)
+    except SyncEngineError:
+        return None
+    return found.location if found is not None and found.location else None
 
 
 def _records_of(

@@ -526,20 +526,26 @@ def set_aside_copies(
     ent: EntityPlan,
     decided: Callable[[Observed], bool] | None = None,
     parked: Callable[[Observed, str, list[str | Observed]], None] | None = None,
+    locate: Callable[[str, str], str | None] | None = None,
 ) -> None:
     """Report and set aside each record new on a member that holds exactly what another
     record read from it holds (a row copied without its Sync ID, a customer or payment typed
     twice): syncing it would count that record twice. Records with an id the member gave
     them, and linked ones, are the originals; a blank-id copy is the one set aside. A record
     a person decided on (``decided``) is left to ``match``; each one set aside is told to
-    ``parked`` with the original (its hub key, or the new record it copies)."""
+    ``parked`` with the original (its hub key, or the new record it copies). ``locate``
+    (member, native id) names where an unchanged original is (its row), which its read kept
+    no note of."""
     for name, r in reads.items():
         if not r.new:
             continue
         first: dict[str, str] = {obs.native_hash: obs.record.location for obs in r.changed.values()}
         origin: dict[str, str | Observed] = {o.native_hash: k for k, o in r.changed.items()}
+        unchanged: dict[str, str] = {}
         for key, u in r.unchanged.items():
-            first.setdefault(u.native_hash, f"the record {u.native_id}")
+            if u.native_hash not in first:
+                first[u.native_hash] = f"the record {u.native_id}"
+                unchanged[u.native_hash] = u.native_id
             origin.setdefault(u.native_hash, key)
         copies: set[int] = set()
         for obs in sorted(r.new, key=lambda o: o.record.provisional):  # ids first
@@ -548,6 +554,10 @@ def set_aside_copies(
             seen = first.setdefault(obs.native_hash, obs.record.location or obs.record.id)
             original = origin.setdefault(obs.native_hash, obs)
             if seen != (obs.record.location or obs.record.id):
+                native_id = unchanged.pop(obs.native_hash, None)
+                where = locate(name, native_id) if native_id and locate else None
+                if where:
+                    seen = first[obs.native_hash] = f"{where} (Sync ID {native_id})"
                 copies.add(id(obs))
                 why = (
                     f"holds exactly what {seen} holds (a copied row, or one typed twice?): "

@@ -262,8 +262,14 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
                 )
 
     members = pipeline.members_of("invoices")
+    # the members whose payments count: those that sync them ([pipelines.member_entities]
+    # may leave a member with invoices but no payments: its paid sums are not known)
+    payers = (
+        set(pipeline.members_of("payments")) if "payments" in pipeline.entities else set(members)
+    )
     for line in lines.values():
         holders = [m for m in members if m in line.amount]
+        paying = [m for m in holders if m in payers]
         for member in members:
             if member not in line.amount:
                 line.problems.append(
@@ -275,7 +281,7 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
                 )
         for member in holders:
             amount, balance = line.amount[member], line.balance.get(member)
-            if isinstance(amount, int) and isinstance(balance, int):
+            if isinstance(amount, int) and isinstance(balance, int) and member in payers:
                 refunded = line.refunded.get(member, 0)
                 expected = amount - line.paid.get(member, 0) + refunded
                 if balance != expected:
@@ -309,13 +315,13 @@ def reconcile_report(config: Config, store: StateStore, pipeline: Pipeline) -> R
         if len(amounts) > 1:
             shown = ", ".join(f"{m} {_money(line.amount[m])}" for m in holders)
             line.problems.append(Disagreement("amount", f"amounts differ: {shown}"))
-        paid = {line.paid.get(m, 0) for m in holders}
+        paid = {line.paid.get(m, 0) for m in paying}
         if len(paid) > 1:
-            shown = ", ".join(f"{m} {format_cents(line.paid.get(m, 0))}" for m in holders)
+            shown = ", ".join(f"{m} {format_cents(line.paid.get(m, 0))}" for m in paying)
             line.problems.append(Disagreement("amount", f"succeeded payments differ: {shown}"))
-        _check_refunds_agree(line, holders)
-        every = set().union(*(line.payments.get(m, set()) for m in holders)) if holders else set()
-        for member in holders:
+        _check_refunds_agree(line, paying)
+        every = set().union(*(line.payments.get(m, set()) for m in paying)) if paying else set()
+        for member in paying:
             if "payments" not in pipeline.entities:
                 break
             lacking = every - line.payments.get(member, set())

@@ -45,9 +45,11 @@ def memory_config(
     entities: tuple[str, ...] = ("customers",),
     locks: dict[str, str] | None = None,
     batch_size: int | None = None,
+    member_entities: dict[str, list[str]] | None = None,
 ) -> Config:
     """A config with one pipeline "p" over memory members (options per member; ``locks``:
-    member -> the first open day of its books; ``batch_size``: the pipeline's, if set)."""
+    member -> the first open day of its books; ``batch_size``: the pipeline's, if set;
+    ``member_entities``: its ``[pipelines.member_entities]``)."""
     lines = [f'[state]\nurl = "{state}"\n']
     for name, options in members.items():
         lines.append(f"[connectors.{name}]\ntype = {_toml(options.get('type', 'memory'))}")
@@ -72,6 +74,10 @@ def memory_config(
         lines.append("[pipelines.locks]")
         for member, day in locks.items():
             lines.append(f"{member} = {_toml(day)}")
+    if member_entities:
+        lines.append("[pipelines.member_entities]")
+        for member, names in member_entities.items():
+            lines.append(f"{member} = {_toml(names)}")
     path = write_config(tmp_path, "\n".join(lines) + "\n")
     return load_config(path)
 

@@ -129,6 +129,9 @@ def test_a_crm_of_customers_and_the_books_sync_in_one_pipeline(
     assert emails_of(sheet.rows, "Email") == crm_emails
     assert len(sheet.rows) == hcp_count
 
+    status = cli("status", "--config", config)
+    assert_clean_exit(status, 0)
+    assert "crm: customers only" in status.stdout, status.stdout
     report = cli("reconcile-report", "--config", config)
     assert_clean_exit(report, 0)
     assert "crm" not in report.stdout, report.stdout

@@ -73,6 +73,8 @@ def test_a_copied_row_kept_separate_is_created_once_and_never_asked_again(
     shown = cli("review", "list", "--config", config)
     assert_clean_exit(shown, 0)
     assert f"#{item['id']}" in shown.stdout and original["Sync ID"] in shown.stdout
+    # the two columns of values are named: which side is the record, which the candidate
+    assert "field: this record on books | the candidate" in shown.stdout, shown.stdout
 
     decided = _json(cli("review", "separate", str(item["id"]), "--config", config, "--json"))
     assert decided["status"] == "separate"

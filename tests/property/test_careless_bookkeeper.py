@@ -1770,7 +1770,8 @@ def test_a_payment_row_copied_without_its_sync_id_is_not_a_second_payment(
         result = api.sync(cfg)[0]
         assert result.exit_code == 1
         [issue] = [i for ep in result.plan.entities for i in ep.issues]
-        assert "holds exactly what the record" in issue.message
+        # the original is named by its row, not by its Sync ID alone
+        assert f"holds exactly what {FILES[PAY]} line 2 (Sync ID " in issue.message, issue
         assert "a possible duplicate, not synced" in issue.message
     rows = SheetFile(payments).load()
     assert [r[0] != "" for r in rows[1:]] == [True, False]  # the copy got no Sync ID

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from syncengine import api
 from syncengine.config import load_config
+from syncengine.connectors.memory import MemoryConnector
 from syncengine.errors import ConfigError, Problem
+from tests.helpers import ACCOUNTING, memory_config
 
 ENV = {"HCP_API_KEY": "hcp-key-0123456789"}
 
@@ -74,12 +77,11 @@ def test_without_the_table_every_member_syncs_every_entity_and_the_crm_is_told_h
     tmp_path: Path,
 ) -> None:
     problems = _problems(_write(tmp_path, ""))
-    texts = [f"{p.message} {p.fix}" for p in problems]
-    assert any(
-        "no default mapping of invoices" in t and "[pipelines.member_entities]" in t
-        and 'crm = ["customers"]' in t
-        for t in texts
-    ), texts  # fmt: skip
+    found = [p for p in problems if "crm (rest) has no default mapping of invoices" in p.message]
+    assert len(found) == 1, problems
+    assert found[0].location.endswith("pipelines[0].members")
+    assert '[pipelines.member_entities] (crm = ["customers"])' in (found[0].fix or "")
+    assert "[pipelines.mappings.crm]" in (found[0].fix or "")
 
 
 @pytest.mark.parametrize(
@@ -108,7 +110,7 @@ def test_without_the_table_every_member_syncs_every_entity_and_the_crm_is_told_h
             'crm = ["customers"]\nbooks = ["customers", "payments"]',
             "member_entities.books",
             "books syncs payments but not invoices, which they refer to (their 'invoice')",
-            "add 'invoices' to books's list",
+            "add 'invoices' to the list of books",
         ),
     ],
 )
@@ -151,3 +153,63 @@ def test_a_table_typed_below_the_header_is_caught(tmp_path: Path) -> None:
         and "move schedule above [pipelines.member_entities]" in (p.fix or "")
         for p in problems
     ), problems
+
+
+def test_the_money_report_weighs_payments_only_where_a_member_syncs_them(tmp_path: Path) -> None:
+    # a CRM that takes invoices but not payments: its paid sums are unknown, not $0.00
+    config = memory_config(
+        tmp_path,
+        {
+            "hcp": {"entities": list(ACCOUNTING), "only": {"invoices": ["create"], "payments": []}},
+            "books": {"entities": list(ACCOUNTING)},
+            "crm": {"entities": ["customers", "invoices"]},
+        },
+        entities=ACCOUNTING,
+        member_entities={"crm": ["customers", "invoices"]},
+    )
+    hcp = MemoryConnector.get_dataset("hcp")
+    hcp.put("customers", "c1", {"first_name": "Ann", "email": "ann@example.com"})
+    hcp.put(
+        "invoices",
+        "i1",
+        {"customer": "c1", "invoice_number": "1001", "status": "sent", "amount": 10_000,
+         "balance": 4_000},
+    )  # fmt: skip
+    hcp.put(
+        "payments",
+        "p1",
+        {"invoice": "i1", "method": "cash", "status": "succeeded", "amount": 6_000,
+         "refunded_amount": 0},
+    )  # fmt: skip
+    [result] = api.sync(config)
+    assert result.exit_code == 0, result.to_json()
+    crm = MemoryConnector.get_dataset("crm")
+    assert len(crm.table("invoices")) == 1 and len(crm.table("customers")) == 1
+    assert not crm.table("payments")
+    [report] = api.reconcile_report(config)
+    assert report.clean, report.to_json()
+    assert report.members == ("hcp", "books", "crm")
+
+
+def test_a_closed_period_for_a_member_that_syncs_nothing_dated_is_refused(tmp_path: Path) -> None:
+    problems = _problems(
+        _write(
+            tmp_path,
+            '[pipelines.member_entities]\ncrm = ["customers"]\n'
+            '[pipelines.locks]\ncrm = "2026-10-01"\n',
+        )
+    )
+    [lock] = [p for p in problems if p.location.endswith("locks.crm")]
+    assert "crm syncs none of what a closed period applies to" in lock.message
+    assert "drop this line" in (lock.fix or "")
+
+
+def test_a_member_named_in_other_letters_or_not_in_the_pipeline_is_told_the_way_out(
+    tmp_path: Path,
+) -> None:
+    problems = _problems(_write(tmp_path, '[pipelines.member_entities]\nCRM = ["customers"]'))
+    [named] = [p for p in problems if p.location.endswith("member_entities.CRM")]
+    assert named.fix == "did you mean 'crm'?"
+    path = _write(tmp_path, '[pipelines.member_entities]\ncrm = ["customers", "customers"]')
+    [twice] = [p for p in _problems(path) if "twice" in p.message]
+    assert twice.message == "lists 'customers' twice"
