@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from syncengine.config import Config, Pipeline, load_config
 from syncengine.connector import Structure
-from syncengine.display import label_of
+from syncengine.display import days_in, label_of
 from syncengine.engine import Engine, ProgressFn, SyncResult
 from syncengine.errors import (
     ConfigError,
@@ -217,6 +217,8 @@ def status(config: Config, pipeline: str | None = None) -> list[PipelineStatus]:
                     "counts": r.counts,
                     "errors": r.errors[:10],
                 }
+            with _days(config, p.name):
+                skipped = _skipped(store, p.name)
             out.append(
                 PipelineStatus(
                     p.name,
@@ -225,7 +227,7 @@ def status(config: Config, pipeline: str | None = None) -> list[PipelineStatus]:
                     last,
                     len(store.open_conflicts(p.name)),
                     len(store.pending_intents(p.name)),
-                    _skipped(store, p.name),
+                    skipped,
                     store.skipped_count(p.name),
                     **_daemon_status(config, store, p.name, runs, now, leases, states),
                     waiting_events=store.pending_event_count(p.name, p.members),
@@ -396,8 +398,9 @@ def open_conflicts(config: Config, pipeline: str | None = None) -> list[OpenConf
                 wanted.setdefault((row.pipeline, target), set()).update(keys)
         labels: dict[tuple[str, str, str], str] = {}
         for (name, entity), keys in wanted.items():
-            for key, state in store.load_records(name, entity, sorted(keys)).items():
-                labels[(name, entity, key)] = label_of(state.base, key)
+            with _days(config, name):
+                for key, state in store.load_records(name, entity, sorted(keys)).items():
+                    labels[(name, entity, key)] = label_of(state.base, key)
         out = []
         for row in rows:
             spec = ENTITIES.get(row.entity)
@@ -868,6 +871,17 @@ def _candidates(
     return out
 
 
+def _days(config: Config, pipeline: str) -> AbstractContextManager[None]:
+    """Labels made inside show their days as ``pipeline``'s books do (``Config.day_zone``)."""
+    found = config.pipelines.get(pipeline)
+    return days_in(config.day_zone(found)) if found is not None else nullcontext()
+
+
+def _item_in(config: Config, store: StateStore, row: queues.ReviewRow) -> ReviewItem:
+    with _days(config, row.pipeline):
+        return _item(store, row)
+
+
 def _item(store: StateStore, row: queues.ReviewRow) -> ReviewItem:
     return ReviewItem(
         id=row.id,
@@ -901,7 +915,7 @@ def list_review(
     store = open_store(config, create=False)
     try:
         rows = store.query(partial(queues.review_rows, pipeline=pipeline, status=status))
-        return [_item(store, r) for r in rows]
+        return [_item_in(config, store, r) for r in rows]
     finally:
         store.close()
 
@@ -966,7 +980,8 @@ def review_link(config: Config, item_id: int, hub_key: str, actor: str) -> Revie
                     after={"status": "linked", "hub_key": hub_key},
                 )
             )
-        return _item(store, store.query(partial(queues.review_rows, status=None, ids=[item_id]))[0])
+        decided = store.query(partial(queues.review_rows, status=None, ids=[item_id]))[0]
+        return _item_in(config, store, decided)
     finally:
         store.close()
 
@@ -998,7 +1013,8 @@ def review_separate(config: Config, item_id: int, actor: str) -> ReviewItem:
                     after={"status": "separate"},
                 )
             )
-        return _item(store, store.query(partial(queues.review_rows, status=None, ids=[item_id]))[0])
+        decided = store.query(partial(queues.review_rows, status=None, ids=[item_id]))[0]
+        return _item_in(config, store, decided)
     finally:
         store.close()
 

@@ -455,6 +455,20 @@ class Config:
             )
         return [self.pipelines[name]]
 
+    def day_zone(self, pipeline: Pipeline) -> str:
+        """The time zone a pipeline's dates are shown as days in (a payment's day in its label,
+        the tax view's months): a locked member's (the days its closed period goes by), else
+        the first member's syncing invoices that shows days in one, else UTC."""
+        for lock in pipeline.locks.values():
+            if lock.zone != "UTC":
+                return lock.zone
+        for member in pipeline.members_of("invoices"):
+            cc = self.connectors.get(member)
+            zone = getattr(cc.options, "timezone", None) if cc is not None else None
+            if isinstance(zone, str) and zone and zone != "UTC":
+                return zone
+        return "UTC"
+
     def make_connector(self, name: str, extra: Mapping[str, Any] | None = None) -> Connector:
         cc = self.connectors[name]
         context = ConnectorContext(

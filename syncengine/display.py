@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
     from syncengine.model import Record
@@ -15,6 +18,41 @@ def format_cents(cents: int, symbol: str = "$") -> str:
     sign = "-" if cents < 0 else ""
     units, fraction = divmod(abs(cents), 100)
     return f"{sign}{symbol}{units:,}.{fraction:02d}"
+
+
+DAY_ZONE: ContextVar[str] = ContextVar("day_zone", default="UTC")
+"""The time zone the days in labels are shown in: the pipeline's (``Config.day_zone``), so
+that a payment made at 9 pm in Chicago is "on" the day its row in the books shows."""
+
+
+@contextmanager
+def days_in(zone: str) -> Iterator[None]:
+    """Show the days of labels made inside in ``zone``."""
+    token = DAY_ZONE.set(zone)
+    try:
+        yield
+    finally:
+        DAY_ZONE.reset(token)
+
+
+def day_of(value: Any) -> str:
+    """The day of a stored date or time, as a person of the pipeline reads it: an instant
+    (``2025-02-06T03:00:00Z``) in ``DAY_ZONE``, a plain date as it is."""
+    if isinstance(value, dt.datetime):
+        moment = value
+    elif isinstance(value, str) and "T" in value:
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return value[:10]
+    else:
+        return str(value or "")[:10]
+    if moment.tzinfo is None:
+        return moment.date().isoformat()
+    zone = DAY_ZONE.get()
+    if zone != "UTC":
+        moment = moment.astimezone(ZoneInfo(zone))
+    return moment.date().isoformat()
 
 
 def label_of(record: Record | None, fallback: str) -> str:
@@ -28,7 +66,7 @@ def label_of(record: Record | None, fallback: str) -> str:
     if "amount" in record and "first_name" not in record:
         amount = record.get("amount")
         money = format_cents(amount) if isinstance(amount, int) else "?"
-        when = str(record.get("paid_at") or record.get("scheduled_start") or "")[:10]
+        when = day_of(record.get("paid_at") or record.get("scheduled_start"))
         return f"{money}{' on ' + when if when else ''} ({fallback})"
     name = " ".join(str(record[k]) for k in ("first_name", "last_name") if record.get(k))
     name = name or str(record.get("company") or "")

@@ -77,7 +77,7 @@ from syncengine.apply import EntityApply
 from syncengine.collector import COLLECTOR
 from syncengine.config import Config, Pipeline
 from syncengine.connector import Connector, ReadPass
-from syncengine.display import plural
+from syncengine.display import days_in, plural
 from syncengine.errors import (
     RecordError,
     StateError,
@@ -283,7 +283,10 @@ class Engine:
         COLLECTOR.enter()
         held = lease_holder.set(self.holder)  # apply records it on the run's intents
         try:
-            with structlog.contextvars.bound_contextvars(pipeline=pipeline.name, run_id=None):
+            with (
+                structlog.contextvars.bound_contextvars(pipeline=pipeline.name, run_id=None),
+                days_in(self.config.day_zone(pipeline)),  # a payment's day, as its books show it
+            ):
                 return self._sync(pipeline, entities)
         finally:
             lease_holder.reset(held)

@@ -2,9 +2,9 @@
 taxable sales, the non-taxable sales and the tax, and whether the members agree.
 
 An invoice belongs to the month of its date, ``created_at``: the date the closed periods go
-by (``syncengine.locks``), turned into a day in one time zone for every member (``zone_of``),
-so that one invoice falls in one month on all of them. Drafts, voided and canceled invoices
-are not sales and are left out. On a member:
+by (``syncengine.locks``), turned into a day in one time zone for every member
+(``Config.day_zone``), so that one invoice falls in one month on all of them. Drafts, voided
+and canceled invoices are not sales and are left out. On a member:
 
 - **taxable** and **non-taxable** sales are the amounts of the invoice's lines whose
   ``taxable`` is yes, and of the others (a discount line lowers them: its amount is negative);
@@ -136,20 +136,6 @@ def check_range(start: dt.date | None, end: dt.date | None) -> None:
         )
 
 
-def zone_of(config: Config, pipeline: Pipeline) -> str:
-    """The time zone the view turns invoice dates into days in: a locked member's (the days
-    its closed period goes by), else the first member's that shows days in one, else UTC."""
-    for lock in pipeline.locks.values():
-        if lock.zone != "UTC":
-            return lock.zone
-    for member in pipeline.members_of("invoices"):
-        cc = config.connectors.get(member)
-        zone = getattr(cc.options, "timezone", None) if cc is not None else None
-        if isinstance(zone, str) and zone and zone != "UTC":
-            return zone
-    return "UTC"
-
-
 def tax_report(
     config: Config,
     store: StateStore,
@@ -164,7 +150,7 @@ def tax_report(
     members = pipeline.members_of("invoices")
     sink = Report(pipeline.name, members, [])
     books = read_books(config, store, pipeline, ("invoices", "line_items"), sink)
-    zone = zone_of(config, pipeline)
+    zone = config.day_zone(pipeline)
     report = TaxReport(pipeline.name, members, zone, start, end, general=sink.general)
     report.months, report.undated = sales_by_month(books, members, zone, start, end)
     set_apart_closed(report.months, pipeline.locks)

@@ -2146,3 +2146,22 @@ def test_rows_a_lost_state_store_re_links_by_name_do_not_make_the_sheet_blind(
     assert result.exit_code == 0
     assert [i.describe() for ep in result.plan.entities for i in ep.issues] == []
     assert len(SheetFile(customers).load()) == 3 and len(ds().table(C)) == 2
+
+
+def test_a_payment_is_named_by_the_day_its_row_in_the_books_shows(tmp_path: Path) -> None:
+    # the books keep Chicago's days: a payment made at 9 pm there on New Year's Day is "on
+    # 2026-01-01" in its messages too, as in its row, not on UTC's 2026-01-02
+    cfg = memory_config(
+        tmp_path,
+        {
+            HCP: {**MEMBERS[HCP], "entities": list(ENTITIES)},
+            BOOKS: {**MEMBERS[BOOKS], "timezone": "America/Chicago"},
+        },
+        entities=ENTITIES,
+    )
+    _paid_invoice(15_732)
+    ds().edit(PAY, "t3", paid_at="2026-01-02T03:00:00Z")
+    [result] = api.sync(cfg, dry_run=True)
+    [payments] = [ep for ep in result.plan.entities if ep.entity == PAY]
+    [label] = [kp.label for kp in payments.keys]
+    assert label.startswith("$157.32 on 2026-01-01 ("), label

@@ -8,7 +8,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from syncengine.display import ago, entity_changes, label_of, local_time, member_changes, plural
+from syncengine.display import (
+    ago,
+    days_in,
+    entity_changes,
+    label_of,
+    local_time,
+    member_changes,
+    plural,
+)
 
 NOW = dt.datetime(2026, 12, 3, 20, 8, 30, tzinfo=dt.UTC)
 CHICAGO = ZoneInfo("America/Chicago")
@@ -92,3 +100,27 @@ def test_a_line_is_named_by_what_it_sold_not_by_its_hub_key() -> None:
     }
     assert label_of(line, "key-9") == 'line "Labor" x 1.5, $150.00'
     assert label_of({"quantity": "2", "unit_price": 5}, "key-9") == "line key-9 x 2"
+
+
+@pytest.mark.parametrize(
+    ("paid_at", "zone", "day"),
+    [
+        ("2025-02-06T03:00:00Z", "UTC", "2025-02-06"),
+        # 9 pm in Chicago the evening before: the day the books show
+        ("2025-02-06T03:00:00Z", "America/Chicago", "2025-02-05"),
+        ("2025-02-06T03:00:00+00:00", "America/Chicago", "2025-02-05"),
+        (dt.datetime(2025, 2, 6, 3, tzinfo=dt.UTC), "America/Chicago", "2025-02-05"),
+        ("2025-02-06", "America/Chicago", "2025-02-06"),  # a day is a day everywhere
+        ("2025-02-06T03:00:00", "America/Chicago", "2025-02-06"),  # no zone: as written
+        ("not a time Tx", "America/Chicago", "not a time"),
+    ],
+)
+def test_a_payment_label_shows_the_day_in_the_pipeline_s_zone(
+    paid_at: object, zone: str, day: str
+) -> None:
+    with days_in(zone):
+        shown = label_of({"amount": 15_732, "paid_at": paid_at}, "k1")
+    assert shown == f"$157.32 on {day} (k1)"
+    assert label_of({"amount": 15_732, "paid_at": "2025-02-06T03:00:00Z"}, "k1").endswith(
+        "on 2025-02-06 (k1)"
+    )  # outside, UTC
