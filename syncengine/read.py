@@ -388,8 +388,7 @@ def fill_notes(ent: EntityPlan, reads: Mapping[str, MemberRead], *, dry_run: boo
     """Say in ``ent.notes`` which missing columns the plan fills: per member and column its
     sheet lacks, how many of the planned updates write it (a column nothing is written to
     is not added, and not mentioned). A field none of an API's records showed (neither read
-    nor written) is said once the API was synced before, with the hint that the mapping may
-    name it wrongly."""
+    nor written) is said, with the hint that the mapping may name it wrongly."""
     for name, r in reads.items():
         if not r.structure.missing:
             continue
@@ -400,13 +399,14 @@ def fill_notes(ent: EntityPlan, reads: Mapping[str, MemberRead], *, dry_run: boo
                     filled[column] += 1
         verb = "would be" if dry_run else "is"
         if r.structure.listed:  # fields no record of an API showed, not a sheet's columns
-            if r.linked:  # (a first sync of an API that leaves empty fields out says nothing)
-                for column in r.structure.missing:
-                    ent.notes.append(
-                        f"{r.structure.where}: field {column} is in none of the "
-                        f"{r.structure.listed} records listed; it is neither read as cleared "
-                        f"nor written to {name}. If the mapping names the wrong field, correct it"
-                    )
+            # said on a first sync too: the records it creates there go without the field
+            for column in r.structure.missing:
+                ent.notes.append(
+                    f"{r.structure.where}: field {column} is in none of the "
+                    f"{r.structure.listed} records listed; it is neither read as cleared "
+                    f"nor written to {name} until one of its records has it. If the mapping "
+                    "names the wrong field, correct it"
+                )
             continue
         for column, rows in filled.items():
             if rows:

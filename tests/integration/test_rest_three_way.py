@@ -373,8 +373,8 @@ def test_a_mapped_field_no_crm_record_has_is_never_read_as_cleared(
     assert "→ (empty)" not in dry.stdout, dry.stdout
     assert (
         f"crm customers: field companyName is in none of the {len(crm.records())} records "
-        "listed; it is neither read as cleared nor written to crm. If the mapping names the "
-        "wrong field, correct it"
+        "listed; it is neither read as cleared nor written to crm until one of its records has "
+        "it. If the mapping names the wrong field, correct it"
     ) in dry.stdout, dry.stdout
     assert "updatedAt" not in dry.stdout  # metadata, read for the newest rule only
     box.clear_requests()
@@ -439,3 +439,20 @@ def test_a_member_added_to_a_synced_pipeline_does_not_overwrite_the_others(
         fields = {c["field"]: c["values"] for c in json.loads(listed.stdout)}
         assert fields["company"] == {"hcp": company, "books": company, "crm": "Stale Crm Co"}
     assert len(crm.records()) == len(box.customers()) == len(read_csv(csv_path))
+
+
+def test_a_crm_whose_contacts_lack_a_field_is_told_so_on_the_first_sync(
+    tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
+) -> None:
+    # A CRM of a few sparse contacts: none has a company yet. The first sync creates HCP's
+    # customers there without it (the field may not exist there), and says so at once.
+    box = sandbox_factory(seed=4)
+    sparse = [{k: v for k, v in CRM_PEOPLE[1].items() if k != "tags"}]
+    with JsonServer(ensure_json_server(), tmp_path / "crm", {"customers": sparse}) as crm:
+        config = three_way_config(tmp_path, box.port, crm.url)
+        first = cli("sync", "--config", config)
+        assert_clean_exit(first, 0)
+        assert "field company is in none of the 1 records listed" in first.stdout, first.stdout
+        assert "until one of its records has it" in first.stdout
+        assert [c for c in box.customers() if c.get("company")]
+        assert not [r for r in crm.records() if "company" in r]
