@@ -770,11 +770,13 @@ class Engine:
                 self.store, pipeline, entity, members, reads, ent, recovery, dry_run=self.dry_run
             )
         named = self._narrow_to_events(entity, reads)
-        relinked = self._relink_vanished(pipeline, entity, members, reads, ent)
         decisions = (
             Decisions.load(self.store, pipeline.name, entity)
             if self._queues.reviews(entity, "open", "linked", "separate")
             else Decisions()
+        )
+        relinked = self._relink_vanished(
+            pipeline, entity, members, reads, ent, lambda obs: decisions.of(obs) is not None
         )
         planned.parked.complete = {name for name, r in reads.items() if r.complete}
         set_aside_copies(
@@ -897,12 +899,14 @@ class Engine:
         members: Sequence[Member],
         reads: Mapping[str, MemberRead],
         ent: EntityPlan,
+        decided: Callable[[Observed], bool] = lambda _obs: False,
     ) -> dict[tuple[str, str], str]:
         """Records new on a member that are linked records vanished from it in the same read
         (a Sync ID blanked or mistyped): each takes its hub record back instead of being
         deleted and created again. Ambiguous ones are reported, not synced, and the vanished
-        records they name are held (blocked) for this run. Returns the pairs as match hints:
-        (member, native hash) -> hub key."""
+        records they name are held (blocked) for this run. Then rows typed in again for
+        records deleted there earlier (``_rejoin_kept``; not those a person ``decided`` on).
+        Returns the pairs as match hints: (member, native hash) -> hub key."""
         hints: dict[tuple[str, str], str] = {}
         keys = pipeline.match_keys(entity)
         combos = model.entity_spec(entity).relink_keys
@@ -937,7 +941,7 @@ class Engine:
             if r.unreadable_count:
                 say_withheld(entity, name, ent, r)
             log.info("records re-linked", member=name, entity=entity, records=len(hints))
-        hints.update(self._rejoin_kept(pipeline, entity, members, reads, hints))
+        hints.update(self._rejoin_kept(pipeline, entity, members, reads, hints, decided))
         return hints
 
     def _rejoin_kept(
@@ -947,19 +951,24 @@ class Engine:
         members: Sequence[Member],
         reads: Mapping[str, MemberRead],
         paired: Mapping[tuple[str, str], str],
+        decided: Callable[[Observed], bool],
     ) -> dict[tuple[str, str], str]:
         """Rows typed in again (without a Sync ID, on a member that takes its ids from us: a
         sheet) for records deleted there in an earlier run that a member which cannot delete
-        them still holds (HCP keeps payments): each takes that hub record back, one to one by
-        the first match key or relink combination naming it, instead of becoming a second
-        record of the same money, which HCP's next change to the first would bring back
-        beside it. A row naming several such records, or named with another row, is left
-        new, as before. Returns the pairs as match hints: (member, native hash) -> hub key."""
+        them still holds (HCP keeps payments): each takes that hub record back, one to one,
+        instead of becoming a second record of the same money, which HCP's next change to the
+        first would bring back beside it. Only what names one record alone counts: a match
+        key (an e-mail), or all of the entity's strictest relink combination (a payment's
+        invoice, amount, day and method), never a looser one: a new payment of the same
+        amount on another day is new money. A row naming several such records, or named
+        with another row, or one a person decided on (``decided``), is left new, as before.
+        Returns the pairs as match hints: (member, native hash) -> hub key."""
         keys = pipeline.match_keys(entity)
-        combos = model.entity_spec(entity).relink_keys
+        strictest = model.entity_spec(entity).relink_keys[:1]
         hints: dict[tuple[str, str], str] = {}
-        if not (keys or combos):
+        if not (keys or strictest):
             return hints
+        kept: dict[str, tuple[model.Record, frozenset[str]]] | None = None
         for member in members:
             typed = [
                 obs
@@ -967,49 +976,62 @@ class Engine:
                 if obs.record.provisional
                 and not obs.relinked
                 and (member.name, obs.native_hash) not in paired
+                and not decided(obs)
             ]
             if not (typed and member.caps.assigns_ids):
                 continue
-            kept = self._deleted_kept(pipeline, entity, member.name)
-            if not kept:
+            if kept is None:
+                kept = self._deleted_kept(pipeline, entity, members)
+            kept_here = {
+                k: base for k, (base, holders) in kept.items() if member.name not in holders
+            }
+            if not kept_here:
                 continue
             relink = Relinking(
-                combos,
+                strictest,
                 _same_on_some(members),
                 missing={member.name: reads[member.name].missing},
                 match_keys=keys,
             )
-            found = relink_vanished(member.name, typed, kept, keys, relink)
+            found = relink_vanished(member.name, typed, kept_here, keys, relink)
+            taken = 0
             for obs in typed:
                 key = found.keys.get(id(obs))
                 if key is not None:
                     obs.relinked = True
                     hints[(member.name, obs.native_hash)] = key
-            if hints:
+                    taken += 1
+            if taken:
                 log.info(
                     "rows typed again took back their deleted records",
                     member=member.name,
                     entity=entity,
-                    records=len(hints),
+                    records=taken,
                 )
         return hints
 
     def _deleted_kept(
-        self, pipeline: Pipeline, entity: str, member: str
-    ) -> dict[str, model.Record]:
-        """key -> base (without the deleted mark) of the records the hub holds deleted that
-        ``member`` no longer holds and another member still does (one that cannot delete
-        them): the records a row typed in again on ``member`` may be."""
-        flagged = self.store.keys_flagged(pipeline.name, entity, None, model.DELETED)
-        out: dict[str, model.Record] = {}
-        if not flagged:
-            return out
+        self, pipeline: Pipeline, entity: str, members: Sequence[Member]
+    ) -> dict[str, tuple[model.Record, frozenset[str]]]:
+        """key -> (base without the deleted mark, the members holding it) of the records the
+        hub holds deleted that some member of the entity still holds (one that cannot delete
+        them): what a row typed in again elsewhere may be. Looked for among the records with
+        a skipped write on record (such a delete leaves one: "cannot delete payments"), not
+        among every record of the entity."""
+        skipped = self.store.skipped_keys(pipeline.name, entity)
+        flagged = (
+            self.store.keys_flagged(pipeline.name, entity, skipped, model.DELETED)
+            if skipped
+            else set()
+        )
+        out: dict[str, tuple[model.Record, frozenset[str]]] = {}
+        names = {m.name for m in members}
         for key, rs in self.store.load_records(pipeline.name, entity, flagged).items():
-            own = rs.links.get(member)
-            if not rs.base.get(model.DELETED) or (own and own.native_id and not own.tombstone):
-                continue
-            if any(ln.native_id and not ln.tombstone for m, ln in rs.links.items() if m != member):
-                out[key] = {k: v for k, v in rs.base.items() if k != model.DELETED}
+            holders = frozenset(
+                m for m, ln in rs.links.items() if m in names and ln.native_id and not ln.tombstone
+            )
+            if rs.base.get(model.DELETED) and holders:
+                out[key] = ({k: v for k, v in rs.base.items() if k != model.DELETED}, holders)
         return out
 
     def _match_new(

@@ -93,3 +93,39 @@ def test_a_payment_row_deleted_then_typed_again_takes_its_payment_back(
     assert_books_match_hcp(hcp.books(), books)
     assert_clean_exit(cli("reconcile-report", "--config", config), 0)
     hcp.close()
+
+
+def test_a_new_payment_of_the_same_amount_on_another_day_is_new_money(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
+    # the bookkeeper deleted a payment row (HCP keeps it); weeks later the customer pays the
+    # same amount on the same invoice again: that row is a payment of its own, never the
+    # deleted one taken back (its Sync ID and day would overwrite the old payment's)
+    box = sandbox_factory(seed=SEED)
+    folder = tmp_path / "work"
+    books = folder / "books"
+    config = books_config(folder, box.port)
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    sheet = read_csv_rows(books / "payments.csv")
+    row = next(
+        r for r in sheet.rows if r["Status"] == "succeeded" and r["Refunded"] in ("", "0.00")
+    )
+    kept = [r for r in sheet.rows if r["Sync ID"] != row["Sync ID"]]
+    write_csv_rows(books / "payments.csv", sheet.header, kept)
+    assert_clean_exit(cli("sync", "--config", config), 0)
+
+    again = read_csv_rows(books / "payments.csv")
+    later = {**row, "Sync ID": "", "Date": "2026-11-30"}
+    write_csv_rows(books / "payments.csv", again.header, [*again.rows, later])
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    rows = read_csv_rows(books / "payments.csv").rows
+    assert row["Sync ID"] not in [r["Sync ID"] for r in rows], "the new payment took the old id"
+    (new,) = [r for r in rows if r["Date"] == "2026-11-30"]
+    assert new["Sync ID"] and new["Amount"] == row["Amount"]
+    status = json.loads(cli("status", "--config", config, "--json").stdout)[0]
+    reasons = sorted(s["reason"] for s in status["skipped"] if s["entity"] == "payments")
+    # both still wait on HCP: the deleted one it keeps, the new one it cannot take
+    assert reasons == [
+        "housecallpro cannot create payments",
+        "housecallpro cannot delete payments; it keeps this record",
+    ], status["skipped"]
