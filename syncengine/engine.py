@@ -400,6 +400,11 @@ class Engine:
         pending = self.store.pending_events(pipeline.name, pipeline.members)
         by_member: dict[str, list[InboxEvent]] = {}
         for event in pending:
+            # only what its member syncs here (``[pipelines.member_entities]``): a CRM's event
+            # about an invoice makes no run read the invoices; it is done with the run
+            mine = tuple(e for e in event.entities if pipeline.syncs(event.connector, e))
+            if mine != event.entities:
+                event = replace(event, entities=mine)
             by_member.setdefault(event.connector, []).append(event)
         result.events = len(pending)
         result.event_driven = self.event_driven
@@ -450,6 +455,7 @@ class Engine:
         members = [
             open_member(pipeline, connectors[m], entity, refs) for m in pipeline.members_of(entity)
         ]
+        forgotten = {} if self.dry_run else self._forget_unsynced(pipeline, entity)
 
         def read_next() -> None:
             if then is None:
@@ -467,6 +473,12 @@ class Engine:
             pipeline, entity, members, recovery, refs, hold_deletes=True, when_read=read_next
         )
         ent = planned.plan
+        for member, n in forgotten.items():
+            ent.notes.append(
+                f"{member} no longer syncs {entity} ([pipelines.member_entities]): the "
+                f"{plural(n, 'link')} the state kept of its {entity} were dropped; if it syncs "
+                "them again, its records are matched anew, as a new member's are"
+            )
         result.plan.entities.append(ent)
         outcome = EntityOutcome(ent)
         result.outcomes.append(outcome)
@@ -526,6 +538,28 @@ class Engine:
         if not planned.held:
             self._done_with(ent, members)
         return EntityRun(members, planned, outcome)
+
+    def _forget_unsynced(self, pipeline: Pipeline, entity: str) -> dict[str, int]:
+        """Drop what the state keeps of ``entity`` for the pipeline's members that no longer
+        sync it (``[pipelines.member_entities]`` changed): their links and skipped writes.
+        Kept, they would read as that member's deletes if it synced the entity again (every
+        record it lost or changed meanwhile deleted everywhere), and still count as a member
+        holding a record. Returns member -> links dropped."""
+        dropped: dict[str, int] = {}
+        for member in pipeline.members:
+            if pipeline.syncs(member, entity):
+                continue
+            if not self.store.holds_any(pipeline.name, entity, member):
+                continue
+            with self.store.transaction() as tx:
+                dropped[member] = tx.forget_member(pipeline.name, entity, member)
+            log.warning(
+                "links of a member that no longer syncs the entity dropped",
+                member=member,
+                entity=entity,
+                links=dropped[member],
+            )
+        return dropped
 
     def _record_held(self, pipeline: Pipeline, ent: EntityPlan) -> None:
         if record_held(self.store, pipeline.name, ent):

@@ -881,6 +881,18 @@ class StateStore:
         with self._read() as conn:
             return int(conn.execute(query).scalar_one())
 
+    def holds_any(self, pipeline: str, entity: str, member: str) -> bool:
+        """Whether the state holds any link (tombstones too) or skipped write of ``member``
+        for the pipeline's ``entity``."""
+        checks = [
+            sa.select(table.c.key)
+            .where(table.c.pipeline == pipeline, table.c.entity == entity, table.c.member == member)
+            .limit(1)
+            for table in (links, skips)
+        ]
+        with self._read() as conn:
+            return any(conn.execute(query).first() is not None for query in checks)
+
     def load_records(
         self, pipeline: str, entity: str, keys: Iterable[str]
     ) -> dict[str, RecordState]:
@@ -1698,6 +1710,22 @@ class Tx:
         if unique:
             stmt = _upsert(self._dialect, links, ("pipeline", "entity", "key", "member"))
             _bulk(self._conn, stmt, list(unique.values()))
+
+    def forget_member(self, pipeline: str, entity: str, member: str) -> int:
+        """Drop every link (live, tombstone or dirty) and skipped write of ``member`` for the
+        pipeline's ``entity``: the member no longer syncs it. Returns how many links went."""
+        where = (pipeline, entity, member)
+        dropped = self._conn.execute(
+            sa.delete(links).where(
+                links.c.pipeline == where[0], links.c.entity == where[1], links.c.member == where[2]
+            )
+        ).rowcount
+        self._conn.execute(
+            sa.delete(skips).where(
+                skips.c.pipeline == where[0], skips.c.entity == where[1], skips.c.member == where[2]
+            )
+        )
+        return int(dropped or 0)
 
     def delete_link(self, pipeline: str, entity: str, key: str, member: str) -> None:
         self.delete_links([{"pipeline": pipeline, "entity": entity, "key": key, "member": member}])

@@ -230,3 +230,42 @@ def test_a_row_typed_on_another_member_does_not_hold_back_a_named_create(
     ]  # u2 waits for a full run
     assert run(config).exit_code == 0
     assert len(ds("a").table("customers")) == 3
+
+
+def test_an_event_about_an_entity_its_member_does_not_sync_reads_nothing(tmp_path: Path) -> None:
+    # a CRM limited to customers ([pipelines.member_entities]) sends an event naming an
+    # invoice: no event-driven run reads the invoices for it, and the event is done with it
+    entities = ("customers", "invoices")
+    config = memory_config(
+        tmp_path,
+        {m: {"entities": list(entities)} for m in ("hcp", "books", "crm")},
+        entities=entities,
+        conflicts={"default": ["hcp"]},
+        member_entities={"crm": ["customers"]},
+    )
+    ds("hcp").put("customers", "h1", customer(1))
+    assert run(config).exit_code == 0
+    body = {"event": "invoice.updated", "invoice": {"id": "x1"}}
+    store = open_store(config)
+    try:
+        with store.transaction() as tx:
+            tx.store_event(
+                connector="crm",
+                digest=hashlib.sha256(json.dumps(body).encode()).hexdigest(),
+                event="invoice.updated",
+                entities=["invoices"],
+                record_id="x1",
+                payload=body,
+                occurred_at=None,
+            )
+    finally:
+        store.close()
+    result = event_run(config)
+    assert result.exit_code == 0
+    assert result.events == 1
+    assert [o.plan.entity for o in result.outcomes] == []
+    store = open_store(config)
+    try:
+        assert store.pending_events("p", ("hcp", "books", "crm")) == []
+    finally:
+        store.close()

@@ -5,6 +5,7 @@ the config is checked against it, and what each mistake in it says."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -213,3 +214,46 @@ def test_a_member_named_in_other_letters_or_not_in_the_pipeline_is_told_the_way_
     path = _write(tmp_path, '[pipelines.member_entities]\ncrm = ["customers", "customers"]')
     [twice] = [p for p in _problems(path) if "twice" in p.message]
     assert twice.message == "lists 'customers' twice"
+
+
+def test_a_member_limited_then_given_an_entity_back_deletes_nothing_it_lost_meanwhile(
+    tmp_path: Path,
+) -> None:
+    # c synced invoices, then was limited to customers, and lost an invoice meanwhile (its
+    # admin cleared it out). Given invoices back, its records are matched anew: the invoice
+    # it lacks is created on it again, never taken for its delete of that invoice everywhere.
+    entities = ("customers", "invoices")
+
+    def config(limited: bool) -> Any:
+        return memory_config(
+            tmp_path,
+            {m: {"entities": list(entities)} for m in ("a", "b", "c")},
+            entities=entities,
+            member_entities={"c": ["customers"]} if limited else None,
+        )
+
+    a, c = MemoryConnector.get_dataset("a"), MemoryConnector.get_dataset("c")
+    a.put("customers", "c1", {"first_name": "Ann", "email": "ann@example.com"})
+    for n in range(1, 6):
+        a.put(
+            "invoices",
+            f"i{n}",
+            {"customer": "c1", "invoice_number": f"100{n}", "status": "sent", "amount": 10_000},
+        )
+    assert api.sync(config(False))[0].exit_code == 0
+    assert len(c.table("invoices")) == 5
+
+    [limited] = api.sync(config(True))
+    assert limited.exit_code == 0
+    [invoices] = [ep for ep in limited.plan.entities if ep.entity == "invoices"]
+    assert any("c no longer syncs invoices" in n and "5 links" in n for n in invoices.notes)
+    c.remove("invoices", next(iter(c.table("invoices"))))
+    assert api.sync(config(True))[0].exit_code == 0
+
+    [back] = api.sync(config(False))
+    assert back.exit_code == 0, back.to_json()
+    assert len(a.table("invoices")) == 5
+    assert len(MemoryConnector.get_dataset("b").table("invoices")) == 5
+    assert len(c.table("invoices")) == 5  # the one it lost is given again, once
+    assert api.sync(config(False))[0].exit_code == 0
+    assert len(c.table("invoices")) == 5
