@@ -946,7 +946,8 @@ def review_link(config: Config, item_id: int, hub_key: str, actor: str) -> Revie
     store = open_store(config, create=False)
     try:
         row = _open_item(store, item_id)
-        choices = _choices(store, row)
+        with _days(config, row.pipeline):
+            choices = _choices(store, row)
         if hub_key not in row.candidates:
             raise UsageError(
                 f"review item {item_id}: {hub_key!r} is not one of its candidates, the records "

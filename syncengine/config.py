@@ -1273,6 +1273,23 @@ def _check_pipeline(
                         f"use a member that syncs it ({', '.join(holders)}), 'newest' or 'manual'",
                     )
                 )
+    for entity in [] if limits or not section.member_entities else valid_entities:
+        scope = entity if entity in section.conflicts else "default"
+        rules = section.conflicts.get(scope, ["manual"])
+        named = [r for r in rules if r in members]
+        holders = by_entity.get(entity, ())
+        if named and len(named) == len(rules) and not set(named) & set(holders):
+            problems.append(
+                Problem(
+                    f"{where}.conflicts.{scope}",
+                    f"names only {', '.join(named)} for {entity}, which "
+                    f"{'does' if len(named) == 1 else 'do'} not sync them "
+                    "([pipelines.member_entities]): every conflict of theirs would wait for a "
+                    "person",
+                    f"add a member that syncs {entity} after it ({', '.join(holders)}), or give "
+                    f"{entity} a rule of its own ({entity} = [...])",
+                )
+            )
     for entity, keys in section.match.items():
         if entity not in valid_entities:
             problems.append(Problem(f"{where}.match.{entity}", "not an entity of this pipeline"))

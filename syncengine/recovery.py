@@ -239,6 +239,19 @@ def recover(
     step = Step(progress if settle else no_progress, "recovering interrupted writes", len(settle))
     for done, intent in enumerate(settle, 1):
         conn = connectors.get(intent.member)
+        if (
+            intent.op == "create"
+            and intent.entity in pipeline.entities
+            and not pipeline.syncs(intent.member, intent.entity)
+        ):
+            # its member no longer syncs the entity: what it may have created there stays
+            # unlinked, and is matched anew if it syncs the entity again
+            log.warning(
+                "interrupted create abandoned: its member no longer syncs the entity",
+                member=intent.member,
+                entity=intent.entity,
+                key=intent.key,
+            )
         if not (
             intent.op == "create"
             and conn is not None

@@ -257,3 +257,20 @@ def test_a_member_limited_then_given_an_entity_back_deletes_nothing_it_lost_mean
     assert len(c.table("invoices")) == 5  # the one it lost is given again, once
     assert api.sync(config(False))[0].exit_code == 0
     assert len(c.table("invoices")) == 5
+
+
+def test_a_default_rule_naming_only_a_member_that_does_not_sync_an_entity_is_refused(
+    tmp_path: Path,
+) -> None:
+    problems = _problems(
+        _write(
+            tmp_path,
+            '[pipelines.member_entities]\ncrm = ["customers"]\n'
+            '[pipelines.conflicts]\ndefault = ["crm"]\npayments = ["hcp"]\n',
+        )
+    )
+    [rule] = [p for p in problems if p.location.endswith("conflicts.default")]
+    assert "names only crm for invoices" in rule.message, rule
+    assert "add a member that syncs invoices after it (hcp, books)" in (rule.fix or "")
+    # payments have a rule of their own: nothing said of them
+    assert not [p for p in problems if "for payments" in p.message]
