@@ -308,6 +308,17 @@ def _changes(
             if view.last_seen is not None and name not in unseen:
                 if value == view.last_seen.get(name):
                     continue
+                if value is not None and mapping.equivalent(name, value, base_now.get(name)):
+                    # changed back to what the hub holds, as the member shows it (a sort
+                    # undone: the day of HCP's payment time): nothing to write anywhere
+                    continue
+                finer = _finer(ctx, member, name, value, present) if value is not None else None
+                if finer is not None:
+                    # changed to its own form of what another member holds (a date typed
+                    # back to the day of HCP's payment time): that member's finer value
+                    # is the change, so that the hub takes it and nothing is written there
+                    changed.setdefault(name, {})[member] = finer
+                    continue
             elif (
                 value is None
                 or (view.last_seen is not None and value == view.last_seen.get(name))
@@ -451,6 +462,14 @@ def _coarser(
     """Whether a never-seen record's ``value`` is only this member's coarser form of what
     another member holds (a sheet's date of HCP's timestamp): the same value to this member,
     not to the other. Then it is no change of its own, and no conflict with the other."""
+    return _finer(ctx, member, name, value, present) is not None
+
+
+def _finer(
+    ctx: Context, member: str, name: str, value: Any, present: Mapping[str, MemberView]
+) -> Any:
+    """What another member holds of which ``value`` is only this member's coarser form (HCP's
+    payment time, of which a sheet's date is the day), or None."""
     mapping = ctx.mappings[member]
     for other, view in present.items():
         theirs = (view.current or {}).get(name)
@@ -459,8 +478,8 @@ def _coarser(
         if mapping.equivalent(name, value, theirs) and not ctx.mappings[other].equivalent(
             name, theirs, value
         ):
-            return True
-    return False
+            return theirs
+    return None
 
 
 def _plan_deletes(

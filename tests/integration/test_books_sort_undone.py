@@ -1,0 +1,55 @@
+"""A payments sheet sorted without its Sync ID column, synced, then put back as it was.
+
+The bookkeeper sorts the Payments rows by amount but leaves the Sync ID column where it was,
+so every payment's id now sits beside another payment's values; a sync takes those as edits
+HCP cannot take (skipped). The bookkeeper notices and puts the sheet back. The books' dates
+are days in Chicago, HCP's are times: a row back as it was shows HCP's payment time as its
+day, which is what the hub holds, not an edit of it. Before, each such row left a skipped
+update of ``paid_at`` (HCP's time → that day's midnight) on record for good, and every run
+said the members differed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.integration.books import books_config, read_csv_rows, write_csv_rows
+from tests.integration.conftest import CliResult, Sandbox, assert_clean_exit
+
+pytestmark = pytest.mark.integration
+
+Cli = Callable[..., CliResult]
+SandboxFactory = Callable[..., Sandbox]
+
+
+def test_a_sort_undone_leaves_no_skipped_write_behind(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
+    box = sandbox_factory(seed=20)
+    folder = tmp_path / "work"
+    sheet = folder / "books" / "payments.csv"
+    config = books_config(folder, box.port, timezone="America/Chicago")
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    as_synced = sheet.read_bytes()
+
+    table = read_csv_rows(sheet)
+    ids = [r["Sync ID"] for r in table.rows]
+    by_amount = sorted(table.rows, key=lambda r: float(r["Amount"] or 0))
+    write_csv_rows(
+        sheet, table.header, [{**r, "Sync ID": i} for r, i in zip(by_amount, ids, strict=True)]
+    )
+    assert_clean_exit(cli("sync", "--config", config), 0)
+
+    sheet.write_bytes(as_synced)  # put back as it was
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    status = json.loads(cli("status", "--config", config, "--json").stdout)[0]
+    left = [s for s in status["skipped"] if s["entity"] == "payments"]
+    assert left == [], json.dumps(left[:2], indent=1)
+    last = cli("sync", "--config", config)
+    assert_clean_exit(last, 0)
+    assert "Nothing to do: every member agrees." in last.stdout, last.stdout
+    assert_clean_exit(cli("reconcile-report", "--config", config), 0)
