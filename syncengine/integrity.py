@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import structlog
 
@@ -242,6 +243,38 @@ def stale_references(
     return store.keys_holding(pipeline.name, entity, changed)
 
 
+PAIRED = " and "
+"""Joins the fields of an identity that takes several (``identity_fields``)."""
+
+
+def identity_fields(pipeline: Pipeline, entity: str) -> tuple[str, ...]:
+    """What names one record of ``entity`` on its own, for telling a row that took another
+    record's values: each match key (an e-mail, an invoice number), or, for an entity
+    without one, the last (loosest) of its relink combinations as one identity ("invoice and
+    amount": a payment's row sorted onto another payment's Sync ID holds that payment's
+    invoice and amount)."""
+    keys = pipeline.match_keys(entity)
+    if keys:
+        return keys
+    combos = model.entity_spec(entity).relink_keys
+    return (PAIRED.join(combos[-1]),) if combos else ()
+
+
+def identity(record: Mapping[str, Any], field_name: str) -> Any:
+    """``record``'s value of an identity field (``identity_fields``): of a paired one, the
+    tuple of its fields' values, or None when one of them is empty."""
+    if PAIRED not in field_name:
+        return record.get(field_name)
+    values = tuple(record.get(name) for name in field_name.split(PAIRED))
+    return None if any(v in (None, "") for v in values) else values
+
+
+def shown(field_name: str, value: Any) -> str:
+    """An identity field's value in a message: ``email 'ann@x.com'``; a paired one is only
+    named, ``invoice and amount`` (its values are hub keys and cents)."""
+    return field_name if PAIRED in field_name else f"{field_name} {value!r}"
+
+
 def hold_swapped_identities(
     store: StateStore,
     pipeline: Pipeline,
@@ -254,8 +287,10 @@ def hold_swapped_identities(
     its e-mail is another's. That is rows sorted without their Sync ID column, or a Sync ID
     pasted onto another row, far more often than a person giving one customer another's
     e-mail; syncing it would write one customer over another on every member. The other
-    record is held too (its delete, when its row vanished, would lose it)."""
-    keys = pipeline.match_keys(entity)
+    record is held too (its delete, when its row vanished, would lose it). An entity without
+    a match key is told apart by what names one of its records (``identity_fields``: a
+    payment's invoice and amount)."""
+    keys = identity_fields(pipeline, entity)
     changed = {(name, key): obs for name, r in reads.items() for key, obs in r.changed.items()}
     if not keys or not changed:
         return
@@ -265,7 +300,7 @@ def hold_swapped_identities(
     for (name, key), obs in changed.items():
         base = states[key].base if key in states else {}
         for field_name in keys:
-            new, old = obs.canonical.get(field_name), base.get(field_name)
+            new, old = identity(obs.canonical, field_name), identity(base, field_name)
             if new not in (None, "") and old not in (None, "") and new != old:
                 suspects.setdefault((field_name, new), []).append((name, key))
                 left.setdefault(name, {}).setdefault((field_name, old), []).append(key)
@@ -287,13 +322,13 @@ def _hold_swaps(
 ) -> None:
     """``hold_swapped_identities``' holds: ``suspects`` is (field, new value) -> the linked
     records (member, key) a member changed to that value."""
-    keys = pipeline.match_keys(entity)
+    keys = identity_fields(pipeline, entity)
     owners: dict[tuple[str, object], tuple[str, model.Record]] = {}
     for rs in store.iter_records(pipeline.name, entity):
         if rs.base.get(model.DELETED):
             continue
         for field_name in keys:
-            value = rs.base.get(field_name)
+            value = identity(rs.base, field_name)
             if (field_name, value) in suspects:
                 owners.setdefault((field_name, value), (rs.key, rs.base))
     for (field_name, value), holders in suspects.items():
@@ -322,7 +357,7 @@ def _hold_swaps(
                         name,
                         moved_away.record.location,
                         f"not synced: {obs.record.location or 'another row'} holds this "
-                        f"record's {field_name} {value!r}, so this row's values may be "
+                        f"record's {shown(field_name, value)}, so this row's values may be "
                         "another record's too (see that row's error)",
                     )
                 )
@@ -332,8 +367,13 @@ def _hold_swaps(
                     entity,
                     name,
                     obs.record.location,
-                    f"its Sync ID is {was}'s, but it holds {field_name} {value!r}, which is "
-                    f"{label_of(other_base, other)}'s: were the rows sorted without their "
+                    f"its Sync ID is {was}'s, but it holds "
+                    + (
+                        f"the {field_name} of {label_of(other_base, other)}"
+                        if PAIRED in field_name
+                        else f"{field_name} {value!r}, which is {label_of(other_base, other)}'s"
+                    )
+                    + ": were the rows sorted without their "
                     "Sync ID column, or a Sync ID pasted onto another row? Neither record is "
                     "synced until each row has its own Sync ID again (undo the change, or "
                     "copy the Sync IDs back from a backup)",
@@ -366,7 +406,7 @@ def _hold_moved_sync_ids(
             if not obs.record.provisional:
                 continue  # a record with an id of its own (a customer new in HCP) is new
             for (field_name, value), keys in moved.items():
-                if obs.canonical.get(field_name) != value:
+                if identity(obs.canonical, field_name) != value:
                     continue
                 for key in keys:
                     linked = r.changed.pop(key, None)
@@ -377,15 +417,15 @@ def _hold_moved_sync_ids(
                     r.blocked.add(key)
                     held.add(id(obs))
                     was = label_of(states[key].base if key in states else None, key)
-                    now = linked.canonical.get(field_name)
+                    now = identity(linked.canonical, field_name)
                     ent.issues.append(
                         Issue(
                             entity,
                             name,
                             linked.record.location,
-                            f"its Sync ID is {was}'s, but it now holds {field_name} {now!r}, "
+                            f"its Sync ID is {was}'s, but it now holds {shown(field_name, now)}, "
                             f"while {obs.record.location or 'a record'}, which has no Sync ID, "
-                            f"holds {was}'s {field_name} {value!r}: was the Sync ID blanked on "
+                            f"holds {was}'s {shown(field_name, value)}: was the Sync ID blanked on "
                             "the original row instead of on the copy? Neither row is synced "
                             f"until {was}'s Sync ID is back on the row that holds {was} (undo "
                             "the change) and the copy's Sync ID is blank",

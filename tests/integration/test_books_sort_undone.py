@@ -1,8 +1,10 @@
 """A payments sheet sorted without its Sync ID column, synced, then put back as it was.
 
 The bookkeeper sorts the Payments rows by amount but leaves the Sync ID column where it was,
-so every payment's id now sits beside another payment's values; a sync takes those as edits
-HCP cannot take (skipped). The bookkeeper notices and puts the sheet back. The books' dates
+so every payment's id now sits beside another payment's values. The sync holds those rows
+and asks whether the rows were sorted without their Sync ID column, as it does for customers
+and invoices (before, it took them as edits HCP cannot take: 41 skipped writes, exit 0).
+The bookkeeper puts the sheet back. The books' dates
 are days in Chicago, HCP's are times: a row back as it was shows HCP's payment time as its
 day, which is what the hub holds, not an edit of it. Before, each such row left a skipped
 update of ``paid_at`` (HCP's time → that day's midnight) on record for good, and every run
@@ -42,7 +44,13 @@ def test_a_sort_undone_leaves_no_skipped_write_behind(
     write_csv_rows(
         sheet, table.header, [{**r, "Sync ID": i} for r, i in zip(by_amount, ids, strict=True)]
     )
-    assert_clean_exit(cli("sync", "--config", config), 0)
+    sorted_run = cli("sync", "--config", config)
+    # told, and held: no payment's values are written over another's anywhere
+    assert_clean_exit(sorted_run, 1)
+    flat = " ".join(sorted_run.stdout.split())
+    assert "were the rows sorted without their Sync ID column" in flat, sorted_run.stdout
+    assert "but it holds the invoice and amount of $" in flat
+    assert "holds this record's invoice and amount, so this row's values may be" in flat
 
     sheet.write_bytes(as_synced)  # put back as it was
     assert_clean_exit(cli("sync", "--config", config), 0)
