@@ -715,6 +715,19 @@ class _Working:
             if _folded(name) == _folded(self.id_column):
                 ref = self.table.column_ref(index)
                 return f" (column {ref} is named {name!r}: name it {self.id_column})"
+        named = set(self.columns.values())
+        for index, cell in enumerate(self.header.cells):
+            if index in named or self.table.header_text(cell).strip():
+                continue
+            values = (row.get(index) for row in self.rows.values())
+            held = next((v for v in values if v not in ("", None)), None)
+            if held is not None:
+                ref = self.table.column_ref(index)
+                return (
+                    f" (column {ref} has no name in the header but holds values such as "
+                    f"{_shortened(str(held))!r}: if those are the Sync IDs, type "
+                    f"{self.id_column} in its header cell)"
+                )
         return ""
 
     def _misread_header(self) -> str:

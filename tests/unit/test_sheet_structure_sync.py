@@ -191,7 +191,7 @@ def test_a_structure_error_in_a_later_entity_stops_the_earlier_ones_too(tmp_path
 
 
 @FORMATS
-@pytest.mark.parametrize("how", ["removed", "emptied", "renamed"])
+@pytest.mark.parametrize("how", ["removed", "emptied", "renamed", "unnamed"])
 def test_the_sync_id_column_gone_while_records_are_linked_stops_the_run(
     tmp_path: Path, fmt: str, how: str
 ) -> None:
@@ -204,6 +204,10 @@ def test_the_sync_id_column_gone_while_records_are_linked_stops_the_run(
         sheet.edit(lambda rows: rename_column(rows, "Sync ID", "sync id"))
         said = f"the Sync ID column is missing (column {'1' if fmt == 'csv' else 'A'} is named "
         said += "'sync id': name it Sync ID)"
+    elif how == "unnamed":  # its header cell cleared: the ids are all there
+        sheet.edit(lambda rows: [["", *rows[0][1:]], *rows[1:]])
+        said = f"the Sync ID column is missing (column {'1' if fmt == 'csv' else 'A'} has no "
+        said += "name in the header but holds values such as '"
     else:
         sheet.edit(lambda rows: [rows[0], *(["", *r[1:]] for r in rows[1:])])
         said = "every Sync ID cell is empty"
@@ -212,9 +216,11 @@ def test_the_sync_id_column_gone_while_records_are_linked_stops_the_run(
     for dry_run in (True, False):
         with pytest.raises(StructureError) as caught:
             run(cfg, dry_run=dry_run)
-        assert f"{sheet.where}: {said}, but 2 customers are linked to it; restore the " in str(
-            caught.value
-        )
+        text = str(caught.value)
+        assert f"{sheet.where}: {said}" in text, text
+        assert "but 2 customers are linked to it; restore the " in text
+        if how == "unnamed":
+            assert "if those are the Sync IDs, type Sync ID in its header cell)" in text
         untouched.check()
 
 
