@@ -166,6 +166,11 @@ def empty_member_guard(entity: str, reads: Mapping[str, MemberRead]) -> str | No
     for name, r in reads.items():
         if r.count == 0 and r.linked > 0 and r.complete and r.structure.absent:
             where = r.structure.where or f"{name}'s {entity}"
+            if r.structure.misread:  # the sheet renamed: its new name is known
+                return (
+                    f"{where} is missing but {r.linked} {entity} are linked to it; nothing "
+                    f"of {entity} was written. {r.structure.misread}; then sync again"
+                )
             return (
                 f"{where} is missing (deleted, moved or renamed?) but {r.linked} {entity} "
                 f"are linked to it; nothing of {entity} was written. Put it back (undo, the "

@@ -691,7 +691,7 @@ class _Working:
         nothing: it gets the whole header."""
         where = self.table.display
         if self.created:
-            return Structure(where=where, absent=True)
+            return Structure(where=where, absent=True, misread=self._renamed(mapped))
         missing = tuple(name for name in mapped if name not in self.columns)
         # only a header that shows none of the mapped columns can be misread as a whole: one
         # that shows some of them lost the id column for real
@@ -706,6 +706,23 @@ class _Working:
                 else f"every {self.id_column} cell is empty"
             )
         return Structure(where=where, missing=missing, no_ids=no_ids, misread=misread)
+
+    def _renamed(self, mapped: tuple[str, ...]) -> str:
+        """Where a missing sheet may have gone: another sheet of the workbook whose header
+        holds the Sync ID column and every mapped column (the sheet renamed), with the two
+        fixes; "" when there is none (or the member is a folder of CSV files)."""
+        workbook = getattr(self.table, "workbook", None)
+        title = getattr(self.table, "title", None)
+        if workbook is None or title is None:
+            return ""
+        other = workbook.sheet_holding({self.id_column, *mapped}, besides=title)
+        if other is None:
+            return ""
+        entity = self.table.entity
+        return (
+            f"sheet {other!r} has its header: was it renamed? Name it {title} again, or name "
+            f'it in the connector\'s sheets option: sheets = {{ {entity} = "{other}" }}'
+        )
 
     def _looks_like_id_column(self) -> str:
         """`` (column B is named 'sync id': name it Sync ID)`` when a column's name differs

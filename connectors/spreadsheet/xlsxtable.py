@@ -38,7 +38,7 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from copy import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +153,20 @@ class Workbook:
         if title in names:
             return title
         return next((n for n in names if n.casefold() == title.casefold()), None)
+
+    def sheet_holding(self, columns: Collection[str], besides: str) -> str | None:
+        """The title of a sheet other than ``besides`` whose header (its first row that is
+        not blank) names every one of ``columns``: the sheet renamed. None when there is none,
+        or more than one."""
+        found = []
+        for name in self._sheet_names():
+            if name.casefold() == besides.casefold():
+                continue
+            first = next((r for r in self.rows(name) if any(v not in (None, "") for v in r)), ())
+            header = {str(v).strip() for v in first if v not in (None, "")}
+            if columns and set(columns) <= header:
+                found.append(name)
+        return found[0] if len(found) == 1 else None
 
     def _sheet_names(self) -> list[str]:
         if self._data is None:

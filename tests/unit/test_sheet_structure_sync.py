@@ -505,6 +505,25 @@ def test_a_deleted_file_or_sheet_stops_its_entity_naming_it_and_is_synced_once_r
     assert sheet.column("First Name") == ["Anne", "Bob"]
 
 
+def test_a_renamed_sheet_is_named_with_both_fixes(tmp_path: Path) -> None:
+    """The bookkeeper renamed the Customers sheet: the guard stops the entity as for a
+    deleted sheet, and names the sheet that holds its header and the two ways back (a cold
+    trial: it said only "missing (deleted, moved or renamed?)")."""
+    cfg, sheet = books_with_two(tmp_path, "xlsx")
+    book = openpyxl.load_workbook(sheet.path)
+    book["Customers"].title = "Customers 2025"
+    book.save(sheet.path)
+    untouched = Untouched(tmp_path)
+
+    result = run(cfg)
+    assert result.exit_code == 3 and result.guard is not None
+    assert "sheet 'Customers 2025' has its header: was it renamed? Name it Customers again" in (
+        result.guard
+    )
+    assert 'sheets = { customers = "Customers 2025" }' in result.guard
+    untouched.check()
+
+
 def test_a_workbook_open_elsewhere_counts_each_unwritten_record_once(tmp_path: Path) -> None:
     """A spreadsheet program holds the workbook: the flush fails, every write it held
     failed, and the count is those writes (the workbook's own message is not one more)."""
