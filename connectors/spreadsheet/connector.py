@@ -819,21 +819,27 @@ class _Working:
             "(is there an unquoted comma?)"
         )
 
-    def duplicated(self, sync_id: str) -> str:
+    def duplicated(self, sync_id: str, *, within: bool = False) -> str:
+        """Why rows sharing ``sync_id`` cannot be read, or "". ``within``: the message goes
+        beside one of those rows' location, so the file and sheet are not named again."""
         handles = self.by_id.get(sync_id, [])
         if len(handles) < 2:
             return ""
-        lines = [self.rows[h].line for h in handles]
+        lines = sorted(self.rows[h].line for h in handles)
         which = "one of them" if len(lines) == 2 else "all but one of them"
+        where = (
+            f"{self.table.line_word}s {', '.join(map(str, lines[:-1]))} and {lines[-1]}"
+            if within
+            else self.table.locations(lines)
+        )
         return (
-            f"{self.table.locations(lines)} share {self.id_column} {sync_id}; "
-            f"give {which} a new (blank) {self.id_column}"
+            f"{where} share {self.id_column} {sync_id}; give {which} a new (blank) {self.id_column}"
         )
 
     def record(self, row: Row) -> NativeRecord:
         sync_id = self.row_id(row)
         ragged = self.ragged(row)
-        error = ragged or (self.duplicated(sync_id) if sync_id else "")
+        error = ragged or (self.duplicated(sync_id, within=True) if sync_id else "")
         if not error and sync_id.startswith(PROVISIONAL):
             error = (
                 f"{self.location(row)}: {self.id_column} {sync_id} looks like the sync's "

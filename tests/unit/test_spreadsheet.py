@@ -602,9 +602,7 @@ def test_duplicate_sync_ids_are_reported_on_both_rows(tmp_path: Path) -> None:
     conn = connector(tmp_path)
     dupes = [r for r in read(conn) if r.id == "abc"]
     assert [r.location for r in dupes] == ["customers.csv line 4", "customers.csv line 9"]
-    message = (
-        "customers.csv lines 4 and 9 share Sync ID abc; give one of them a new (blank) Sync ID"
-    )
+    message = "lines 4 and 9 share Sync ID abc; give one of them a new (blank) Sync ID"
     assert [r.error for r in dupes] == [message, message]
     assert dupes[1].data["First Name"] == "Hal"
     with pytest.raises(RecordError, match="lines 4 and 9 share Sync ID abc"):
