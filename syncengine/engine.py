@@ -536,7 +536,7 @@ class Engine:
         ent.keys.extend(h.placeholder() for h in planned.held)
         refs.planned(ent)  # entities referring to this one see its new state
         if not planned.held:
-            self._done_with(ent, members)
+            self._done_with(ent, members, refs)
         return EntityRun(members, planned, outcome)
 
     def _forget_unsynced(self, pipeline: Pipeline, entity: str) -> dict[str, int]:
@@ -636,7 +636,7 @@ class Engine:
             for op, n in ops.items():
                 into[op] = into.get(op, 0) + n
         refs.planned(ent)
-        self._done_with(ent, members)
+        self._done_with(ent, members, refs)
 
     def _decide_held_deletes(
         self, pipeline: Pipeline, run: EntityRun, result: SyncResult, run_id: str
@@ -652,11 +652,17 @@ class Engine:
         finally:
             self._done_with(ent, run.members)  # kept whole until now: its placeholders are gone
 
-    def _done_with(self, ent: EntityPlan, members: Sequence[Member]) -> None:
+    def _done_with(
+        self, ent: EntityPlan, members: Sequence[Member], refs: References | None = None
+    ) -> None:
         """The run is done with an entity: its applied plan is compacted and its members
-        drop what they hold of it, so that the next entity does not run beside them."""
+        drop what they hold of it, so that the next entity does not run beside them. The
+        records the kept details refer to are named (``refs``: a payment's invoice by its
+        number in ``--details``, as a dry run names it), once the plan is that small."""
         if not self.dry_run:
             ent.compact()
+            if refs is not None:
+                refs.label_targets(ent)
         for member in members:
             member.connector.release(ent.entity)
 

@@ -163,13 +163,21 @@ class References:
         return set(self._created.get((target, member), set()))
 
     def label_targets(self, ent: EntityPlan) -> None:
-        """Name the records the planned actions of ``ent`` refer to (``ent.ref_labels``), for
-        the dry run to show: from this run's plan of the target where it has one, else from
-        the state."""
+        """Name the records the planned actions of ``ent`` and its reported skipped writes
+        refer to (``ent.ref_labels``), for the plan's details to show: from this run's plan of
+        the target where it has one (a dry run), else from the state."""
         fields = model.ENTITIES[ent.entity].refs
         wanted: dict[str, set[str]] = {}
-        for action in ent.actions:
-            if isinstance(action, Create):
+        shown: list[tuple[Any, dict[str, tuple[Any, Any]] | None]] = [
+            (action, None) for action in ent.actions
+        ]
+        # what skipped writes leave different is shown too ("invoice: 1017 → 1018")
+        shown += [(None, s.changes) for kp in ent.keys for s in kp.reported_skips if s.changes]
+        for action, skipped in shown:
+            if skipped is not None:
+                values = [{n: v for n, (v, _new) in skipped.items()}]
+                values.append({n: v for n, (_old, v) in skipped.items()})
+            elif isinstance(action, Create):
                 values = [action.values]
             elif isinstance(action, Update):
                 values = [

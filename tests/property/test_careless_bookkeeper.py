@@ -2165,3 +2165,26 @@ def test_a_payment_is_named_by_the_day_its_row_in_the_books_shows(tmp_path: Path
     [payments] = [ep for ep in result.plan.entities if ep.entity == PAY]
     [label] = [kp.label for kp in payments.keys]
     assert label.startswith("$157.32 on 2026-01-01 ("), label
+
+
+def test_a_payment_moved_to_another_invoice_names_both_invoices_in_its_details(
+    tmp_path: Path,
+) -> None:
+    # HCP cannot take the move (skipped): what stays different is shown with the invoices'
+    # numbers in a real run's details too, as a dry run shows them, never as hub keys
+    cfg = _books(tmp_path)
+    _paid_invoice(10001)
+    ds().put(INV, "t9", {"invoice_number": "1002", "customer": "t1", "amount": 0, "status": "open"})
+    assert api.sync(cfg)[0].exit_code == 0
+    payments = tmp_path / "books" / FILES[PAY]
+
+    def move(rows: list[list[str]]) -> list[list[str]]:
+        column = rows[0].index(REF_COLUMN[PAY])
+        return [rows[0], *([*r[:column], "1002", *r[column + 1 :]] for r in rows[1:])]
+
+    _edit_csv(payments, move)
+    [result] = api.sync(cfg)
+    [ep] = [ep for ep in result.plan.entities if ep.entity == PAY]
+    [skip] = [s for kp in ep.keys for s in kp.reported_skips]
+    old, new = skip.changes["invoice"]
+    assert (ep.ref_labels[old], ep.ref_labels[new]) == ("invoice 1001", "invoice 1002")
