@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.integration.books import (
+    BookRows,
     Hcp,
     assert_books_match_hcp,
     books_config,
@@ -32,23 +34,31 @@ SandboxFactory = Callable[..., Sandbox]
 SEED = 20
 
 
+def synced_with_a_row_deleted(
+    tmp_path: Path, box: Sandbox, cli: Cli
+) -> tuple[Path, Path, BookRows, dict[str, Any]]:
+    """The books after a first sync, less the row of a succeeded payment never refunded:
+    (the books' folder, the config, the sheet as synced, the row deleted)."""
+    folder = tmp_path / "work"
+    books = folder / "books"
+    config = books_config(folder, box.port)
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    sheet = read_csv_rows(books / "payments.csv")
+    row = next(
+        r for r in sheet.rows if r["Status"] == "succeeded" and r["Refunded"] in ("", "0.00")
+    )
+    kept = [r for r in sheet.rows if r["Sync ID"] != row["Sync ID"]]
+    write_csv_rows(books / "payments.csv", sheet.header, kept)
+    return books, config, sheet, row
+
+
 def test_a_payment_row_deleted_then_typed_again_takes_its_payment_back(
     tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
 ) -> None:
     box = sandbox_factory(seed=SEED)
     hcp = Hcp(box)
-    folder = tmp_path / "work"
-    books = folder / "books"
-    config = books_config(folder, box.port)
-    assert_clean_exit(cli("sync", "--config", config), 0)
-
-    sheet = read_csv_rows(books / "payments.csv")
-    row = next(
-        r for r in sheet.rows if r["Status"] == "succeeded" and r["Refunded"] in ("", "0.00")
-    )
+    books, config, sheet, row = synced_with_a_row_deleted(tmp_path, box, cli)
     sync_id = row["Sync ID"]
-    kept = [r for r in sheet.rows if r["Sync ID"] != sync_id]
-    write_csv_rows(books / "payments.csv", sheet.header, kept)
     deleted = cli("sync", "--config", config)
     assert_clean_exit(deleted, 0)
     assert "payments: 1 write skipped" in deleted.stdout, deleted.stdout
@@ -101,17 +111,9 @@ def test_a_new_payment_of_the_same_amount_on_another_day_is_new_money(
     # the bookkeeper deleted a payment row (HCP keeps it); weeks later the customer pays the
     # same amount on the same invoice again: that row is a payment of its own, never the
     # deleted one taken back (its Sync ID and day would overwrite the old payment's)
-    box = sandbox_factory(seed=SEED)
-    folder = tmp_path / "work"
-    books = folder / "books"
-    config = books_config(folder, box.port)
-    assert_clean_exit(cli("sync", "--config", config), 0)
-    sheet = read_csv_rows(books / "payments.csv")
-    row = next(
-        r for r in sheet.rows if r["Status"] == "succeeded" and r["Refunded"] in ("", "0.00")
+    books, config, _sheet, row = synced_with_a_row_deleted(
+        tmp_path, sandbox_factory(seed=SEED), cli
     )
-    kept = [r for r in sheet.rows if r["Sync ID"] != row["Sync ID"]]
-    write_csv_rows(books / "payments.csv", sheet.header, kept)
     assert_clean_exit(cli("sync", "--config", config), 0)
 
     again = read_csv_rows(books / "payments.csv")
