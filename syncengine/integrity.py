@@ -169,7 +169,9 @@ def empty_member_guard(entity: str, reads: Mapping[str, MemberRead]) -> str | No
             if r.structure.misread:  # the sheet renamed: its new name is known
                 return (
                     f"{where} is missing but {r.linked} {entity} are linked to it; nothing "
-                    f"of {entity} was written. {r.structure.misread}; then sync again"
+                    f"of {entity} was written. {r.structure.misread}; then sync again (only "
+                    f"if every one of them is to be deleted everywhere, run `syncengine sync "
+                    "--allow-mass-delete`)"
                 )
             return (
                 f"{where} is missing (deleted, moved or renamed?) but {r.linked} {entity} "
@@ -255,14 +257,14 @@ PAIRED = " and "
 def identity_fields(pipeline: Pipeline, entity: str) -> tuple[str, ...]:
     """What names one record of ``entity`` on its own, for telling a row that took another
     record's values: each match key (an e-mail, an invoice number), or, for an entity
-    without one, the last (loosest) of its relink combinations as one identity ("invoice and
-    amount": a payment's row sorted onto another payment's Sync ID holds that payment's
-    invoice and amount)."""
+    without one, its ``EntitySpec.sorted_by`` fields as one identity ("invoice and amount":
+    a payment's row sorted onto another payment's Sync ID holds that payment's invoice and
+    amount, while that payment's own row changed too)."""
     keys = pipeline.match_keys(entity)
     if keys:
         return keys
-    combos = model.entity_spec(entity).relink_keys
-    return (PAIRED.join(combos[-1]),) if combos else ()
+    paired = model.entity_spec(entity).sorted_by
+    return (PAIRED.join(paired),) if paired else ()
 
 
 def identity(record: Mapping[str, Any], field_name: str) -> Any:
@@ -308,7 +310,8 @@ def hold_swapped_identities(
             new, old = identity(obs.canonical, field_name), identity(base, field_name)
             if new not in (None, "") and old not in (None, "") and new != old:
                 suspects.setdefault((field_name, new), []).append((name, key))
-                left.setdefault(name, {}).setdefault((field_name, old), []).append(key)
+                if PAIRED not in field_name:  # a new row holding a payment's old pair is new
+                    left.setdefault(name, {}).setdefault((field_name, old), []).append(key)
     if suspects:
         _hold_swaps(store, pipeline, entity, reads, ent, states, suspects)
     # after the swaps: a row holding another live record's identity is held with that
@@ -346,6 +349,10 @@ def _hold_swaps(
                 continue
             r = reads[name]
             if key not in r.changed:
+                continue
+            if PAIRED in field_name and other not in r.changed and other not in r.blocked:
+                # one payment corrected to another's amount (installments): an edit; a sort
+                # changes the other payment's row as well
                 continue
             obs = r.changed.pop(key)
             r.blocked.add(key)

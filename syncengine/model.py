@@ -138,6 +138,10 @@ class EntitySpec:
     """Field combinations that also link a new record when the state knows nothing of a
     member's records (a lost or restored state store, a member joining): every field holds a
     value and they agree, and only one record on each side has them (``match``)."""
+    sorted_by: tuple[str, ...] = ()
+    """For an entity without a match key: fields that together tell that rows were sorted
+    without their id column (a row took another record's values while that record's own row
+    changed too: ``integrity.hold_swapped_identities``)."""
     depends_on: tuple[str, ...] = ()
     """Entities a pipeline must sync with this one (its required references)."""
     checks: tuple[RecordCheck, ...] = ()
@@ -325,6 +329,7 @@ PAYMENT = EntitySpec(
         # a date corrected too (a mistyped Sync ID and a date fixed in the same edit)
         ("invoice", "amount"),
     ),
+    sorted_by=("invoice", "amount"),
     depends_on=("invoices",),
     belongs_to="invoice",
     checks=(check_refund,),

@@ -383,7 +383,7 @@ def _agreed(
         value = next(iter(held.values()))
         if any(
             member not in shown
-            and _edited(view, name, base_now)
+            and _edited(view, name, base_now, ctx.mappings[member])
             and (view.current or {}).get(name) != value
             for member, view in present.items()
         ):
@@ -425,7 +425,7 @@ def _refresh_parked(
             if view.last_seen is None or name in view.missing:
                 continue
             value = (view.current or {}).get(name)
-            if _edited(view, name, base_now) and value != shown.get(member):
+            if _edited(view, name, base_now, ctx.mappings[member]) and value != shown.get(member):
                 edits[member] = value
         if edits:
             values = {**shown, **edits}
@@ -443,16 +443,21 @@ def _refresh_parked(
             )
 
 
-def _edited(view: MemberView, name: str, base_now: Record) -> bool:
+def _edited(
+    view: MemberView, name: str, base_now: Record, mapping: EntityMapping | None = None
+) -> bool:
     """Whether the member changed ``name`` since it last saw the record, as ``_changes``
     tells for a member that saw it: never where its sheet lacks the column; for a field
-    ``UNSEEN`` there, only to a value neither empty, nor the last-seen one, nor the base's."""
+    ``UNSEEN`` there, only to a value neither empty, nor the last-seen one, nor the base's;
+    never back to the base's value as the member shows it (``mapping``)."""
     if view.last_seen is None or name in view.missing:
         return False
     value = (view.current or {}).get(name)
     last = view.last_seen.get(name)
     if name in unseen_in(view.last_seen):
         return value not in (None, last, base_now.get(name))
+    if value != last and value is not None and mapping is not None:
+        return not mapping.equivalent(name, value, base_now.get(name))
     return value != last
 
 
@@ -469,17 +474,19 @@ def _finer(
     ctx: Context, member: str, name: str, value: Any, present: Mapping[str, MemberView]
 ) -> Any:
     """What another member holds of which ``value`` is only this member's coarser form (HCP's
-    payment time, of which a sheet's date is the day), or None."""
+    payment time, of which a sheet's date is the day), or None; None too when two members
+    hold different such values (which one this member means cannot be told)."""
     mapping = ctx.mappings[member]
+    found: list[Any] = []
     for other, view in present.items():
         theirs = (view.current or {}).get(name)
-        if other == member or theirs is None or theirs == value:
+        if other == member or theirs is None or theirs == value or name in view.missing:
             continue
         if mapping.equivalent(name, value, theirs) and not ctx.mappings[other].equivalent(
             name, theirs, value
         ):
-            return theirs
-    return None
+            found.append(theirs)
+    return found[0] if found and all(v == found[0] for v in found) else None
 
 
 def _plan_deletes(

@@ -603,6 +603,11 @@ class SpreadsheetConnector(Connector):
         )
 
 
+_KEY_LIKE = re.compile(r"[0-9a-fA-F]{16,64}")
+"""What a Sync ID the sync gave looks like (hex): a column of such values under a blank
+header is the Sync ID column, not a note."""
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -721,7 +726,7 @@ class _Working:
         entity = self.table.entity
         return (
             f"sheet {other!r} has its header: was it renamed? Name it {title} again, or name "
-            f'it in the connector\'s sheets option: sheets = {{ {entity} = "{other}" }}'
+            f"it in the connector's sheets option: sheets = {{ {entity} = {json.dumps(other)} }}"
         )
 
     def _looks_like_id_column(self) -> str:
@@ -738,7 +743,7 @@ class _Working:
                 continue
             values = (row.get(index) for row in self.rows.values())
             held = next((v for v in values if v not in ("", None)), None)
-            if held is not None:
+            if held is not None and _KEY_LIKE.fullmatch(str(held).strip()):
                 ref = self.table.column_ref(index)
                 return (
                     f" (column {ref} has no name in the header but holds values such as "

@@ -14,6 +14,7 @@ said the members differed.
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import pytest
 
 from tests.integration.books import books_config, read_csv_rows, write_csv_rows
 from tests.integration.conftest import CliResult, Sandbox, assert_clean_exit
+from tests.integration.test_books_line_items import ENTITIES as LINE_ENTITIES
+from tests.integration.test_books_line_items import SEED as LINES_SEED
 
 pytestmark = pytest.mark.integration
 
@@ -61,3 +64,66 @@ def test_a_sort_undone_leaves_no_skipped_write_behind(
     assert_clean_exit(last, 0)
     assert "Nothing to do: every member agrees." in last.stdout, last.stdout
     assert_clean_exit(cli("reconcile-report", "--config", config), 0)
+
+
+def test_one_payment_corrected_to_another_s_amount_is_an_edit_not_a_sort(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
+    # installments: the bookkeeper corrects a payment's amount to equal the other payment of
+    # its invoice. Only that row changed: an edit (HCP cannot take it: skipped), not rows
+    # sorted without their Sync ID column (a cold review found it held as one)
+    box = sandbox_factory(seed=20)
+    folder = tmp_path / "work"
+    sheet = folder / "books" / "payments.csv"
+    config = books_config(folder, box.port, timezone="America/Chicago")
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    table = read_csv_rows(sheet)
+    by_invoice: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(table.rows):
+        by_invoice[row["Invoice #"]].append(i)
+    first, second = next(
+        (a, b)
+        for a, b, *_ in (v for v in by_invoice.values() if len(v) >= 2)
+        if table.rows[a]["Amount"] != table.rows[b]["Amount"]
+    )
+    rows = [dict(r) for r in table.rows]
+    rows[first]["Amount"] = rows[second]["Amount"]
+    write_csv_rows(sheet, table.header, rows)
+    run = cli("sync", "--config", config)
+    assert_clean_exit(run, 0)
+    assert "were the rows sorted" not in " ".join(run.stdout.split()), run.stdout
+    assert "payments: 1 write skipped" in run.stdout, run.stdout
+
+
+def test_a_line_renamed_as_its_invoice_s_other_line_is_an_edit_not_a_sort(
+    tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
+) -> None:
+    # line items have no identity of their own to tell a sort by: a line renamed to its
+    # invoice's other line's name ("Labour" fixed to "Labor") is synced as any edit
+    box = sandbox_factory(seed=LINES_SEED)
+    folder = tmp_path / "work"
+    config = books_config(folder, box.port)
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        text.replace(
+            'entities = ["customers", "invoices", "payments"]', f"entities = {LINE_ENTITIES}"
+        ),
+        encoding="utf-8",
+    )
+    assert_clean_exit(cli("sync", "--config", config), 0)
+    sheet = folder / "books" / "line_items.csv"
+    table = read_csv_rows(sheet)
+    by_invoice: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(table.rows):
+        by_invoice[row["Invoice #"]].append(i)
+    first, second = next(
+        (a, b)
+        for a, b, *_ in (v for v in by_invoice.values() if len(v) >= 2)
+        if table.rows[a]["Item"] != table.rows[b]["Item"]
+    )
+    rows = [dict(r) for r in table.rows]
+    rows[first]["Item"] = rows[second]["Item"]
+    write_csv_rows(sheet, table.header, rows)
+    run = cli("sync", "--config", config)
+    assert "were the rows sorted" not in " ".join(run.stdout.split()), run.stdout
+    assert_clean_exit(run, 0)

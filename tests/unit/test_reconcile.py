@@ -1601,3 +1601,63 @@ def test_a_plan_with_a_conflict_keeps_its_own_list() -> None:
     plan = reconcile(context(row), KEY, row.base, views, new_key=row.new_key)
     assert plan.conflicts == row.expect.conflicts and plan.conflicts is not NOTHING
     assert NOTHING == []
+
+
+# ------------------------------------------------------- a sheet's date, back to the hub's
+
+
+def test_a_date_typed_back_to_the_hubs_day_is_no_change() -> None:
+    # the sheet last saw another day (a sort); its row is back to the invoice's day, which is
+    # the hub's time as the sheet shows it: nothing changed anywhere, nothing is written
+    elsewhere = {**INV_SHEET, "due_at": "2024-05-09T00:00:00Z"}
+    views = {
+        CRM: unchanged(CRM, INV, entity="invoices"),
+        SHEET: changed(SHEET, INV_SHEET, elsewhere, entity="invoices"),
+        SHOP: unchanged(SHOP, INV, entity="invoices"),
+    }
+    plan = reconcile(context(Row(INV, (), Expect(None), entity="invoices")), KEY, INV, views)
+    assert plan.base_after == INV
+    assert not [a for a in plan.actions if "due_at" in getattr(a, "changes", {})]
+    assert not plan.conflicts
+
+
+def test_a_date_typed_to_the_day_another_member_holds_takes_that_members_time() -> None:
+    # the hub holds the 1st; the shop moved it to the 3rd at 15:00 and the sheet's row says
+    # the 3rd: the sheet's change is the shop's time, so the hub takes 15:00 and nothing is
+    # written back to the shop
+    base = INV
+    shop_now = {**INV, "due_at": "2024-05-03T15:00:00Z"}
+    views = {
+        CRM: unchanged(CRM, INV, entity="invoices"),
+        SHEET: changed(
+            SHEET, {**INV_SHEET, "due_at": "2024-05-03T00:00:00Z"}, INV_SHEET, entity="invoices"
+        ),
+        SHOP: changed(SHOP, shop_now, INV, entity="invoices"),
+    }
+    plan = reconcile(context(Row(base, (), Expect(None), entity="invoices")), KEY, base, views)
+    assert plan.base_after is not None
+    assert plan.base_after["due_at"] == "2024-05-03T15:00:00Z"
+    # the crm gets the shop's time; nothing of it is written back to the shop
+    written = {a.member for a in plan.actions if "due_at" in getattr(a, "changes", {})}
+    assert written == {CRM}
+    assert not plan.conflicts
+
+
+def test_the_sheets_day_does_not_take_a_time_that_depends_on_the_order_of_the_members() -> None:
+    # two members hold two times of the sheet's day: which one the sheet means cannot be told,
+    # so its own value is its change, whatever order the members come in (a cold review)
+    def plan(order: tuple[str, ...]) -> Any:
+        views = {
+            CRM: changed(CRM, {**INV, "due_at": "2024-05-03T09:00:00Z"}, INV, entity="invoices"),
+            SHOP: changed(SHOP, {**INV, "due_at": "2024-05-03T15:00:00Z"}, INV, entity="invoices"),
+            SHEET: changed(
+                SHEET, {**INV_SHEET, "due_at": "2024-05-03T00:00:00Z"}, INV_SHEET, entity="invoices"
+            ),
+        }
+        row = Row(INV, (), Expect(None), entity="invoices", rules={"due_at": [SHEET]})
+        return reconcile(context(row), KEY, INV, {m: views[m] for m in order})
+
+    first, second = plan((CRM, SHOP, SHEET)), plan((SHOP, CRM, SHEET))
+    assert first.base_after == second.base_after
+    assert first.base_after is not None
+    assert first.base_after["due_at"] == "2024-05-03T00:00:00Z"
