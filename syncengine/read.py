@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from syncengine import collector
+from syncengine import collector, jsoncodec
 from syncengine.collector import COLLECTOR
 from syncengine.config import Pipeline
 from syncengine.connector import (
@@ -276,7 +276,8 @@ def read_member(
         fingerprint=member.mapping.fingerprint(),
         stored_fingerprint=store.mapping_mark(pipeline, entity, member.name),
     )
-    out.remapped = bool(index) and out.fingerprint != out.stored_fingerprint
+    mapped_with, unlisted_before = _mark_parts(out.stored_fingerprint)
+    out.remapped = bool(index) and out.fingerprint != mapped_with
     remap = out.remapped
     seen: set[str] = set()
     step = Step(progress, f"reading {member.name} {entity}")
@@ -310,6 +311,12 @@ def read_member(
             out.unfilled = out.missing
         else:
             out.fills = bool(out.missing & member.mapping.writable)
+    if out.complete:
+        unlisted = frozenset(out.structure.missing) if out.structure.listed else frozenset()
+        if unlisted:  # kept with the mapping's mark: the next read tells a field listed since
+            out.fingerprint += UNLISTED + ",".join(sorted(unlisted))
+        if unlisted_before - unlisted and not remap:
+            _read_again(entity, member, ent, out, unlisted_before - unlisted)
     if remap:
         log.info(
             "mapping changed since the last read: every record read again",
@@ -329,6 +336,39 @@ def read_member(
         )
     step.end(out.count)
     return out
+
+
+UNLISTED = "|unlisted="
+"""Joins a member's mapping fingerprint and the fields none of its records listed (an API's),
+in the mapping mark its complete read leaves."""
+
+
+def _mark_parts(mark: str | None) -> tuple[str | None, frozenset[str]]:
+    """(the mapping's fingerprint, the fields an API listed in none of its records) of a
+    stored mapping mark."""
+    if mark is None:
+        return None, frozenset()
+    fingerprint, joined, fields = mark.partition(UNLISTED)
+    return fingerprint, frozenset(f for f in fields.split(",") if f) if joined else frozenset()
+
+
+def _read_again(
+    entity: str, member: Member, ent: EntityPlan, out: MemberRead, listed: frozenset[str]
+) -> None:
+    """Fields none of an API's records had before are listed now (a person gave one contact
+    a company): every record read as unchanged is looked at again, so that the records
+    created there without those fields get them (their links say they never held them)."""
+    for key, seen in list(out.unchanged.items()):
+        native = seen.native
+        data = jsoncodec.loads(native) if isinstance(native, bytes) else native
+        del out.unchanged[key]
+        observe(entity, member, ent, out, NativeRecord(seen.native_id, data), key, None)
+    log.info(
+        "fields listed since the last read: every record looked at again",
+        member=member.name,
+        entity=entity,
+        fields=sorted(listed),
+    )
 
 
 def check_structures(

@@ -441,7 +441,7 @@ def test_a_member_added_to_a_synced_pipeline_does_not_overwrite_the_others(
     assert len(crm.records()) == len(box.customers()) == len(read_csv(csv_path))
 
 
-def test_a_crm_whose_contacts_lack_a_field_is_told_so_on_the_first_sync(
+def test_a_crm_whose_contacts_lack_a_field_is_told_so_and_filled_once_it_is_listed(
     tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory
 ) -> None:
     # A CRM of a few sparse contacts: none has a company yet. The first sync creates HCP's
@@ -454,5 +454,16 @@ def test_a_crm_whose_contacts_lack_a_field_is_told_so_on_the_first_sync(
         assert_clean_exit(first, 0)
         assert "field company is in none of the 1 records listed" in first.stdout, first.stdout
         assert "until one of its records has it" in first.stdout
-        assert [c for c in box.customers() if c.get("company")]
-        assert not [r for r in crm.records() if "company" in r]
+        companies = {c["email"]: c["company"] for c in box.customers() if c.get("company")}
+        assert companies and not [r for r in crm.records() if "company" in r]
+
+        # a person gives one contact a company: the field is listed now, and the next sync
+        # writes every customer's company to the contacts it created without it
+        cal = crm.by_email("cal.crm@example.org")
+        crm.patch(cal["id"], {"company": "Cal's Carpets"})
+        assert_clean_exit(cli("sync", "--config", config), 0)
+        held = {r["email"]: r.get("company") for r in crm.records()}
+        for email, company in companies.items():
+            assert held[email] == company, (email, held)
+        assert box.customer_by_email("cal.crm@example.org")["company"] == "Cal's Carpets"
+        assert_quiet_second_sync(cli, config, box, tmp_path / "books" / "customers.csv", crm)
