@@ -24,7 +24,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,7 +152,12 @@ def tax_report(
     books = read_books(config, store, pipeline, ("invoices", "line_items"), sink)
     zone = config.day_zone(pipeline)
     report = TaxReport(pipeline.name, members, zone, start, end, general=sink.general)
-    report.months, report.undated = sales_by_month(books, members, zone, start, end)
+    # a member whose invoices give no tax (a CRM's) is not compared on tax, nor on what the
+    # tax is taken out of
+    taxless = {
+        m for m in members if "tax_amount" not in pipeline.mappings[(m, "invoices")].readable
+    }
+    report.months, report.undated = sales_by_month(books, members, zone, start, end, taxless)
     set_apart_closed(report.months, pipeline.locks)
     return report
 
@@ -181,10 +186,11 @@ def sales_by_month(
     zone: str = "UTC",
     start: dt.date | None = None,
     end: dt.date | None = None,
+    taxless: Collection[str] = (),
 ) -> tuple[list[MonthSales], dict[str, int]]:
     """Decide each member's sales and tax per month (see the module docstring) and where
     the members differ: the months in order, and per member how many sales invoices have no
-    date."""
+    date. ``taxless``: members whose invoices give no tax, compared on their count only."""
     invoices, items = books.get("invoices", {}), books.get("line_items", {})
     keeping = {m for m in members if items.get(m)}
     lines_of: dict[str, dict[str, list[dict[str, Any]]]] = {m: defaultdict(list) for m in members}
@@ -216,7 +222,7 @@ def sales_by_month(
             if member not in keeping:
                 counted["taxable"] = counted["non_taxable"] = None
             entry.members[member] = counted
-        entry.differences = _differences(entry, members, keeping)
+        entry.differences = _differences(entry, members, keeping, taxless)
         months.append(entry)
     return months, undated
 
@@ -242,11 +248,18 @@ def _add_invoice(
         month["unitemized"] += amount - (tax if isinstance(tax, int) else 0)
 
 
-def _differences(entry: MonthSales, members: tuple[str, ...], keeping: set[str]) -> list[str]:
-    """What the members of one month do not agree on, one sentence per sum."""
+def _differences(
+    entry: MonthSales, members: tuple[str, ...], keeping: set[str], taxless: Collection[str] = ()
+) -> list[str]:
+    """What the members of one month do not agree on, one sentence per sum (``taxless``
+    members on their count of invoices only)."""
     out = []
     for name in COUNTED:
-        compared = [m for m in members if name not in BY_LINES or m in keeping]
+        compared = [
+            m
+            for m in members
+            if (name not in BY_LINES or m in keeping) and (name == "invoices" or m not in taxless)
+        ]
         values = {m: entry.members[m][name] for m in compared}
         if len(set(values.values())) > 1:
             shown = ", ".join(

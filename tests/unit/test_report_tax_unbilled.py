@@ -192,3 +192,22 @@ def test_unbilled_needs_a_member_holding_jobs(tmp_path: Path) -> None:
     )
     with pytest.raises(UsageError, match="no member that holds jobs"):
         api.unbilled_report(config, "p")
+
+
+def test_a_member_whose_invoices_give_no_tax_is_compared_on_their_count_only() -> None:
+    # a CRM that takes invoices without their tax ([pipelines.member_entities]): its months
+    # are not "tax differs: crm $0.00", nor unitemized sales with the tax still in them
+    from syncengine.report import _Seen
+    from syncengine.tax_report import sales_by_month
+
+    invoice = {"created_at": "2025-02-03T15:00:00Z", "status": "open", "amount": 10_825}
+    books = {
+        "invoices": {
+            "hcp": {"k1": [_Seen("k1", {**invoice, "subtotal": 10_000, "tax_amount": 825}, "")]},
+            "crm": {"k1": [_Seen("k1", dict(invoice), "")]},
+        }
+    }
+    [month], _ = sales_by_month(books, ("hcp", "crm"), taxless={"crm"})
+    assert month.differences == []
+    [month], _ = sales_by_month(books, ("hcp", "crm"))
+    assert month.differences  # compared as before: they differ on tax
