@@ -866,11 +866,13 @@ class Engine:
             if r.read_pass is not None and r.read_pass.exact and r.marked
             and (r.complete or changes)
         }  # fmt: skip
-        # only a complete read looked at every record with the mapping in force
+        # only a complete read looked at every record with the mapping in force; one an
+        # event-driven run narrowed set records aside unplanned: their look waits (a mapping
+        # changed, a field listed since), so the mark stays where it was
         planned.mappings = {
             name: r.fingerprint
             for name, r in reads.items()
-            if r.complete and r.fingerprint != r.stored_fingerprint
+            if r.complete and not r.set_aside and r.fingerprint != r.stored_fingerprint
         }
         fill_notes(ent, reads, dry_run=self.dry_run)
         if not self.allow_mass_delete:

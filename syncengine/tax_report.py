@@ -221,6 +221,9 @@ def sales_by_month(
             counted: dict[str, int | None] = dict(sums[name].get(member, dict.fromkeys(COUNTED, 0)))
             if member not in keeping:
                 counted["taxable"] = counted["non_taxable"] = None
+            if member in taxless:  # shown as n/a, not as $0.00 of tax
+                counted["taxable"] = counted["non_taxable"] = None
+                counted["unitemized"] = counted["tax"] = None
             entry.members[member] = counted
         entry.differences = _differences(entry, members, keeping, taxless)
         months.append(entry)

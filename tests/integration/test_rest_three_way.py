@@ -467,3 +467,39 @@ def test_a_crm_whose_contacts_lack_a_field_is_told_so_and_filled_once_it_is_list
             assert held[email] == company, (email, held)
         assert box.customer_by_email("cal.crm@example.org")["company"] == "Cal's Carpets"
         assert_quiet_second_sync(cli, config, box, tmp_path / "books" / "customers.csv", crm)
+
+
+def test_a_field_listed_since_is_filled_even_after_an_event_run_came_first(
+    tmp_path: Path, cli: Cli, sandbox_factory: SandboxFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an HCP webhook's event-driven run comes before the next full sync: it sets aside what
+    # its events did not name, so it must not store the mark that says the CRM's records
+    # were looked at again (a cold review: the fill was lost for good)
+    from syncengine.api import open_store
+    from syncengine.config import load_config
+    from syncengine.engine import Engine
+    from tests.integration.test_event_runs import deliver
+
+    box = sandbox_factory(seed=4)
+    sparse = [{k: v for k, v in CRM_PEOPLE[1].items() if k != "tags"}]
+    with JsonServer(ensure_json_server(), tmp_path / "crm", {"customers": sparse}) as crm:
+        config = three_way_config(tmp_path, box.port, crm.url)
+        assert_clean_exit(cli("sync", "--config", config), 0)
+        companies = {c["email"]: c["company"] for c in box.customers() if c.get("company")}
+        crm.patch(crm.by_email("cal.crm@example.org")["id"], {"company": "Cal's Carpets"})
+
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("HCP_API_KEY", box.api_key)
+        cfg = load_config(config)
+        store = open_store(cfg)
+        try:
+            named = next(c for c in box.customers() if not c.get("company"))
+            deliver(store, "customer.updated", named)
+            event_run = Engine(cfg, store, event_driven=True).sync(cfg.pipelines["three"])
+            assert event_run.event_driven and event_run.exit_code == 0
+        finally:
+            store.close()
+
+        assert_clean_exit(cli("sync", "--config", config), 0)
+        held = {r["email"]: r.get("company") for r in crm.records()}
+        assert {e: c for e, c in companies.items() if held.get(e) != c} == {}

@@ -209,5 +209,7 @@ def test_a_member_whose_invoices_give_no_tax_is_compared_on_their_count_only() -
     }
     [month], _ = sales_by_month(books, ("hcp", "crm"), taxless={"crm"})
     assert month.differences == []
+    assert month.members["crm"]["tax"] is None  # shown as n/a, not $0.00
+    assert month.members["crm"]["invoices"] == 1
     [month], _ = sales_by_month(books, ("hcp", "crm"))
     assert month.differences  # compared as before: they differ on tax
