@@ -1061,11 +1061,7 @@ class Engine:
         a skipped write on record (such a delete leaves one: "cannot delete payments"), not
         among every record of the entity."""
         skipped = self.store.skipped_keys(pipeline.name, entity)
-        flagged = (
-            self.store.keys_flagged(pipeline.name, entity, skipped, model.DELETED)
-            if skipped
-            else set()
-        )
+        flagged = self.store.keys_flagged(pipeline.name, entity, skipped, model.DELETED)
         out: dict[str, tuple[model.Record, frozenset[str]]] = {}
         names = {m.name for m in members}
         for key, rs in self.store.load_records(pipeline.name, entity, flagged).items():

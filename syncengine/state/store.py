@@ -943,13 +943,13 @@ class StateStore:
         return keys
 
     def keys_flagged(
-        self, pipeline: str, entity: str, keys: Collection[str] | None, flag: str
+        self, pipeline: str, entity: str, keys: Collection[str], flag: str
     ) -> set[str]:
         """The keys among ``keys`` whose base may hold ``true`` in the field ``flag`` (the
         deleted mark), found by the database without loading a base (one query per batch of
-        `BATCH_SIZE` keys; ``keys`` None: every record of the entity, in one query). It holds
-        every key whose base does; on PostgreSQL also those whose base holds a NUL anywhere (it
-        cannot read a field of those): the caller confirms from the records it loads."""
+        `BATCH_SIZE` keys). It holds every key whose base does; on PostgreSQL also those whose
+        base holds a NUL anywhere (it cannot read a field of those): the caller confirms from
+        the records it loads."""
         found: set[str] = set()
         with self._read() as conn:
             flagged: sa.ColumnElement[Any]
@@ -960,13 +960,14 @@ class StateStore:
                 )
             else:
                 flagged = sa.func.json_type(records.c.base, f'$."{flag}"') == "true"
-            of_entity = sa.select(records.c.key).where(
-                records.c.pipeline == pipeline, records.c.entity == entity, flagged
-            )
-            if keys is None:
-                found.update(conn.execute(of_entity).scalars())
-            for chunk in _chunks(list(dict.fromkeys(keys or ())), BATCH_SIZE):
-                found.update(conn.execute(of_entity.where(records.c.key.in_(chunk))).scalars())
+            for chunk in _chunks(list(dict.fromkeys(keys)), BATCH_SIZE):
+                query = sa.select(records.c.key).where(
+                    records.c.pipeline == pipeline,
+                    records.c.entity == entity,
+                    records.c.key.in_(chunk),
+                    flagged,
+                )
+                found.update(conn.execute(query).scalars())
         return found
 
     def iter_records(self, pipeline: str, entity: str, batch: int = 1000) -> Iterator[RecordState]:
@@ -1714,17 +1715,12 @@ class Tx:
     def forget_member(self, pipeline: str, entity: str, member: str) -> int:
         """Drop every link (live, tombstone or dirty) and skipped write of ``member`` for the
         pipeline's ``entity``: the member no longer syncs it. Returns how many links went."""
-        where = (pipeline, entity, member)
-        dropped = self._conn.execute(
-            sa.delete(links).where(
-                links.c.pipeline == where[0], links.c.entity == where[1], links.c.member == where[2]
-            )
-        ).rowcount
-        self._conn.execute(
-            sa.delete(skips).where(
-                skips.c.pipeline == where[0], skips.c.entity == where[1], skips.c.member == where[2]
-            )
-        )
+
+        def of_member(table: sa.Table) -> tuple[sa.ColumnElement[bool], ...]:
+            return table.c.pipeline == pipeline, table.c.entity == entity, table.c.member == member
+
+        dropped = self._conn.execute(sa.delete(links).where(*of_member(links))).rowcount
+        self._conn.execute(sa.delete(skips).where(*of_member(skips)))
         return int(dropped or 0)
 
     def delete_link(self, pipeline: str, entity: str, key: str, member: str) -> None:

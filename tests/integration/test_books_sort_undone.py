@@ -66,6 +66,23 @@ def test_a_sort_undone_leaves_no_skipped_write_behind(
     assert_clean_exit(cli("reconcile-report", "--config", config), 0)
 
 
+def given_another_rows_value(sheet: Path, column: str) -> None:
+    """Give one row of an invoice that has two rows differing in ``column`` the other's value
+    there, as a bookkeeper's correction (the rest of the sheet as it was)."""
+    table = read_csv_rows(sheet)
+    by_invoice: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(table.rows):
+        by_invoice[row["Invoice #"]].append(i)
+    first, second = next(
+        (a, b)
+        for a, b, *_ in (v for v in by_invoice.values() if len(v) >= 2)
+        if table.rows[a][column] != table.rows[b][column]
+    )
+    rows = [dict(r) for r in table.rows]
+    rows[first][column] = rows[second][column]
+    write_csv_rows(sheet, table.header, rows)
+
+
 def test_one_payment_corrected_to_another_s_amount_is_an_edit_not_a_sort(
     tmp_path: Path, sandbox_factory: SandboxFactory, cli: Cli
 ) -> None:
@@ -77,18 +94,7 @@ def test_one_payment_corrected_to_another_s_amount_is_an_edit_not_a_sort(
     sheet = folder / "books" / "payments.csv"
     config = books_config(folder, box.port, timezone="America/Chicago")
     assert_clean_exit(cli("sync", "--config", config), 0)
-    table = read_csv_rows(sheet)
-    by_invoice: dict[str, list[int]] = defaultdict(list)
-    for i, row in enumerate(table.rows):
-        by_invoice[row["Invoice #"]].append(i)
-    first, second = next(
-        (a, b)
-        for a, b, *_ in (v for v in by_invoice.values() if len(v) >= 2)
-        if table.rows[a]["Amount"] != table.rows[b]["Amount"]
-    )
-    rows = [dict(r) for r in table.rows]
-    rows[first]["Amount"] = rows[second]["Amount"]
-    write_csv_rows(sheet, table.header, rows)
+    given_another_rows_value(sheet, "Amount")
     run = cli("sync", "--config", config)
     assert_clean_exit(run, 0)
     assert "were the rows sorted" not in " ".join(run.stdout.split()), run.stdout
@@ -112,18 +118,7 @@ def test_a_line_renamed_as_its_invoice_s_other_line_is_an_edit_not_a_sort(
     )
     assert_clean_exit(cli("sync", "--config", config), 0)
     sheet = folder / "books" / "line_items.csv"
-    table = read_csv_rows(sheet)
-    by_invoice: dict[str, list[int]] = defaultdict(list)
-    for i, row in enumerate(table.rows):
-        by_invoice[row["Invoice #"]].append(i)
-    first, second = next(
-        (a, b)
-        for a, b, *_ in (v for v in by_invoice.values() if len(v) >= 2)
-        if table.rows[a]["Item"] != table.rows[b]["Item"]
-    )
-    rows = [dict(r) for r in table.rows]
-    rows[first]["Item"] = rows[second]["Item"]
-    write_csv_rows(sheet, table.header, rows)
+    given_another_rows_value(sheet, "Item")
     run = cli("sync", "--config", config)
     assert "were the rows sorted" not in " ".join(run.stdout.split()), run.stdout
     assert_clean_exit(run, 0)
