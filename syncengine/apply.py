@@ -234,14 +234,23 @@ class EntityApply:
         outcome: EntityOutcome,
         run_id: str,
         progress: ProgressFn,
+        *,
+        before: int = 0,
+        total: int | None = None,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
         self.by_name = {m.name: m for m in members}
         self.outcome = outcome
         self.ent = outcome.plan
+        self.keys = self.ent.after_compaction()
+        """What is left to apply: the plan's keys, or a first sync's slice of them (the slices
+        before it were applied and compacted)."""
         self.run_id = run_id
         self.progress = progress
+        self.before = before
+        """Records of the entity applied before this slice (the progress bar goes on)."""
+        self.total = len(self.keys) if total is None else total
 
     def run(self, stop: threading.Event | None = None) -> bool:
         """Apply every batch (until ``stop`` is set: the batches applied so far are flushed
@@ -250,11 +259,11 @@ class EntityApply:
         batch_size = chosen or BATCH_SIZE
         deferred: list[KeyWrites] = []
         buffered_used: Counter[str] = Counter()
-        done = 0
+        done = self.before
         stopped = False
         # nothing to apply: no bar
-        progress = self.progress if self.ent.keys else no_progress
-        applied = _Applied(Step(progress, f"applying {self.ent.entity}", len(self.ent.keys)))
+        progress = self.progress if self.keys else no_progress
+        applied = _Applied(Step(progress, f"applying {self.ent.entity}", self.total, done), done)
         for batch in self._batches(batch_size, chosen or BUFFERED_BATCH_SIZE):
             if stop is not None and stop.is_set():
                 stopped = True  # finish like a normal end: flush, commit, then stop
@@ -305,7 +314,7 @@ class EntityApply:
         member that writes through, else of ``buffered_size``."""
         batch: list[KeyPlan] = []
         limit = buffered_size
-        for kp in self.ent.keys:
+        for kp in self.keys:
             if any(not self.by_name[a.member].buffered for a in kp.actions):
                 limit = size
             batch.append(kp)
@@ -607,9 +616,9 @@ class _Applied:
     (or at once when it has none), counted as the writes end, so that the bar moves during a
     batch of slow writes too; exact at the end of each batch."""
 
-    def __init__(self, step: Step) -> None:
+    def __init__(self, step: Step, done: int = 0) -> None:
         self.step = step
-        self.done = 0
+        self.done = done
 
     def expect(self, keys: list[KeyWrites]) -> None:
         """A batch is about to be written: its records without writes are done already."""

@@ -23,6 +23,7 @@ Writing a connector::
         def flush(self, entity) -> None: ...                        # optional, for batching members
         def buffers(self, entity) -> bool: ...                      # optional: which entities batch
         def flushed(self, entity, answered) -> NativeRecord: ...    # optional: ids known at flush
+        def flushes_alone(self, entity) -> bool: ...                # optional: a cheap flush
         def changed_by_writes(self, entity) -> Mapping: ...         # optional: derived records
         def prepare(self, entity, mapping) -> None: ...             # optional: learn the mapping
         def structure(self, entity) -> Structure: ...               # optional: a file's header
@@ -421,6 +422,15 @@ class Connector(ABC):
 
     def flush(self, entity: str) -> None:  # noqa: B027 - optional hook, no-op by default
         """Make buffered writes durable. Members that write through immediately do nothing."""
+
+    def flushes_alone(self, entity: str) -> bool:
+        """Whether a ``flush(entity)`` writes only that entity's storage (a CSV file), so
+        that flushing it several times in a run costs about its own records each time. The
+        engine then applies a first sync of a large entity in slices, each flushed and
+        committed before the next is planned, so that memory does not hold the entity's
+        whole plan (``syncengine.slices``). False where a flush writes a whole store (a
+        workbook's every sheet): the entity is then applied and flushed once. Default True."""
+        return True
 
     def flushed(self, entity: str, answered: NativeRecord) -> NativeRecord:
         """After ``flush(entity)`` returned: the record as the member now holds it, for what a

@@ -154,6 +154,7 @@ from syncengine.reconcile import Context, FixedFieldChanged, MemberView, reconci
 from syncengine.recovery import Recovery, recover, settle_creates
 from syncengine.refs import References, referenced
 from syncengine.result import MAX_REPORTED, EntityOutcome, SyncResult
+from syncengine.slices import Slices
 from syncengine.state import COMPLETED_OUTCOMES, STATISTICS_AFTER, RecordState, StateStore
 
 __all__ = ["MAX_REPORTED", "Engine", "EntityOutcome", "PlannedEntity", "ProgressFn", "SyncResult"]
@@ -341,7 +342,7 @@ class Engine:
                 chosen = entities_named(self._events, chosen)
             derived: dict[str, dict[str, set[str]]] = {}
             for entity, then in zip(chosen, [*chosen[1:], None][: len(chosen)], strict=True):
-                self._check_stop()
+                self.check_stop()
                 runs.append(
                     self._sync_entity(
                         pipeline, entity, connectors, recovery, refs, result, run_id, then
@@ -353,10 +354,10 @@ class Engine:
             # applied): those referring first, so that a customer's delete sees its invoices'
             for run in reversed(runs):
                 if run.planned.held:
-                    self._check_stop()
+                    self.check_stop()
                     self._decide_held_deletes(pipeline, run, result, run_id)
             for entity in (e for e in chosen if e in derived):
-                self._check_stop()
+                self.check_stop()
                 self._resync_derived(pipeline, entity, derived[entity], connectors, refs, result)
             if not self.dry_run:
                 settle_waiting_deletes(self.store, pipeline, result.plan.entities)
@@ -469,8 +470,16 @@ class Engine:
                     )
 
         COLLECTOR.settle()
+        slices = Slices(self, pipeline, members, run_id, result)
         planned = self.plan_entity(
-            pipeline, entity, members, recovery, refs, hold_deletes=True, when_read=read_next
+            pipeline,
+            entity,
+            members,
+            recovery,
+            refs,
+            hold_deletes=True,
+            when_read=read_next,
+            slices=slices if slices.possible() else None,
         )
         ent = planned.plan
         for member, n in forgotten.items():
@@ -479,25 +488,40 @@ class Engine:
                 f"{plural(n, 'link')} the state kept of its {entity} were dropped; if it syncs "
                 "them again, its records are matched anew, as a new member's are"
             )
-        result.plan.entities.append(ent)
-        outcome = EntityOutcome(ent)
-        result.outcomes.append(outcome)
+        outcome = slices.outcome  # a first sync applied in slices is in the result already
+        if outcome is None:
+            result.plan.entities.append(ent)
+            outcome = EntityOutcome(ent)
+            result.outcomes.append(outcome)
+        counts = ent.counts()
         log.info(
             "planned",
             pipeline=pipeline.name,
             run_id=run_id,
             dry_run=self.dry_run,
             entity=entity,
-            actions=len(ent.actions),
-            conflicts=len(ent.conflicts),
+            actions=sum(
+                counts[m][op] for m in ent.members for op in ("create", "update", "delete")
+            ),
+            conflicts=counts["conflicts"] + counts["conflicts_settled"],
             issues=len(ent.issues),
             guard=ent.guard,
+            applied_slices=slices.applied,
         )
         if ent.guard:
             result.guard = ent.guard
         elif not self.dry_run:
             drop_exact_marks(self.store, pipeline.name, entity, planned.stale_marks)
-            applier = EntityApply(self.store, pipeline, members, outcome, run_id, self.progress)
+            applier = EntityApply(
+                self.store,
+                pipeline,
+                members,
+                outcome,
+                run_id,
+                self.progress,
+                before=slices.records,
+                total=slices.records + len(ent.after_compaction()),
+            )
             finished = applier.run(self.stop)
             self._record_held(pipeline, ent)
             # writes that took effect (failed ones change a dirty flag, and come back every
@@ -509,7 +533,7 @@ class Engine:
                 except StateError as exc:  # an aid to the planner: the run goes on without it
                     log.warning("state statistics not refreshed", entity=entity, error=str(exc))
             if not finished:
-                self._check_stop()
+                self.check_stop()
             settled = recovery.updates.pop(entity, [])
             if settled:  # the entity's state now reflects them
                 with self.store.transaction() as tx:
@@ -714,7 +738,7 @@ class Engine:
             for op, n in ops.items():
                 into[op] = into.get(op, 0) + n
 
-    def _check_stop(self) -> None:
+    def check_stop(self) -> None:
         if self.stop is not None and self.stop.is_set():
             raise SyncStopped(
                 "stopped on request; what was applied is committed, the next run goes on from there"
@@ -764,6 +788,7 @@ class Engine:
         *,
         hold_deletes: bool = False,
         when_read: Callable[[], None] | None = None,
+        slices: Slices | None = None,
     ) -> PlannedEntity:
         """Plan one entity: read every member, settle the creates an interrupted run left
         from those reads (``recovery.settle_creates``), find the hub records that need a look,
@@ -775,7 +800,11 @@ class Engine:
         (``PlannedEntity.held``), to be decided once those entities are planned.
 
         ``when_read`` is called once every member's read is taken, before anything is planned
-        (``_sync_entity`` starts reading the next entity then)."""
+        (``_sync_entity`` starts reading the next entity then).
+
+        With ``slices``, a first sync of the entity (``may_slice``) is applied as it is
+        planned, a slice of records at a time (``Slices``): this is the one case where
+        planning writes."""
         ent = EntityPlan(entity, tuple(m.name for m in members))
         planned = PlannedEntity(ent)
         reads: dict[str, MemberRead] = {}
@@ -840,6 +869,18 @@ class Engine:
         states = self.store.load_records(pipeline.name, entity, touched) if touched else {}
         self._fetch_referring_unseen(entity, members, reads, ent, touched, states)
         hold = hold_deletes and pipeline.section.deletes.propagate and referred_to(pipeline, entity)
+        if slices is not None and not self.may_slice(
+            pipeline, entity, reads, states, recovery, named
+        ):
+            slices = None
+        if slices is not None:
+            # the state changes as slices are applied: what the plan says of it before, now
+            ent.skipped_before = self.store.skipped_keys(pipeline.name, entity)
+            slices.stale = {
+                name
+                for name, r in reads.items()
+                if r.read_pass is not None and r.read_pass.exact and r.marked
+            }
         untaken = self._plan_keys(
             pipeline,
             ent,
@@ -853,6 +894,7 @@ class Engine:
             hold,
             named,
             refs,
+            slices,
         )
         planned.marks, unmoved = marks_to_keep(reads, ent, untaken)
         planned.reread = {name for name, r in reads.items() if r.reread} | unmoved
@@ -891,8 +933,36 @@ class Engine:
             ent.keys = [kp for kp in ent.keys if id(kp) not in held]
         if self.dry_run and refs is not None:
             refs.label_targets(ent)
-        ent.skipped_before = self.store.skipped_keys(pipeline.name, entity)
+        if slices is None:
+            ent.skipped_before = self.store.skipped_keys(pipeline.name, entity)
         return planned
+
+    def may_slice(
+        self,
+        pipeline: Pipeline,
+        entity: str,
+        reads: Mapping[str, MemberRead],
+        states: Mapping[str, RecordState],
+        recovery: Recovery | None,
+        named: Named | None,
+    ) -> bool:
+        """Whether the entity's plan may be applied in slices as it is planned: a first sync
+        of it (the hub holds none of its records: nothing can be deleted, so no guard can
+        stop it once a slice is written, and no delete waits for other entities), in a real,
+        complete run (not event-driven), with no interrupted write to recover and no column
+        missing on any member (their notes count the whole plan's writes). Every decision
+        that compares a record with others (copies, matching, duplicates) is made over the
+        whole read before the first slice, as in any run; a slice only reconciles and writes
+        records new to the hub, each on its own."""
+        return (
+            not self.dry_run
+            and not self.event_driven
+            and named is None
+            and not states
+            and not any(r.linked or not r.complete or r.structure.missing for r in reads.values())
+            and (recovery is None or not recovery.pending)
+            and not self.store.holds_records(pipeline.name, entity)
+        )
 
     def _touched(
         self,
@@ -1358,12 +1428,15 @@ class Engine:
         hold: bool = False,
         named: Named | None = None,
         refs: References | None = None,
+        slices: Slices | None = None,
     ) -> set[str]:
         """Reconcile every hub record that needs a look into ``ent.keys``. Returns the
         members whose change of some record the plan leaves out (see ``_untaken``). With
         ``hold``, the plans deleting a record some member dropped are also kept, with what
         deciding them again needs, in ``planned.held``. In an event-driven run (``named``),
-        a record it would create on a member read by its events is left as it is."""
+        a record it would create on a member read by its events is left as it is. With
+        ``slices`` (a first sync), the keys are applied as they are planned, a slice at a
+        time, and the records read for them let go of once applied."""
         groups = matched.groups
         # new records keep the order their member listed them in (a sheet gets HCP's order)
         position: dict[str, int] = {}
@@ -1383,6 +1456,12 @@ class Engine:
                 ctx, through=self._through(pipeline, ent.entity, ctx, ordered, states, reads, refs)
             )
         by_name = {m.name: m for m in members}
+        if slices is not None:
+            # each record read is held by its key's group alone from here: once its slice is
+            # applied, nothing refers to it
+            for r in reads.values():
+                r.new = []
+            slices.total = len(ordered)
 
         def views_of(key: str, rs: RecordState | None) -> dict[str, MemberView]:
             views = member_views(key, rs, reads, groups.get(key, {}), members)
@@ -1463,6 +1542,12 @@ class Engine:
                 changed = r.changed.get(key)
                 if changed is not None:
                     changed.release_native()
+            if slices is not None:
+                groups.pop(key, None)
+                if slices.due(ent):
+                    slices.apply(ent)
+        if slices is not None and slices.applied and ent.after_compaction():
+            slices.apply(ent)  # the last slice (a smaller entity is applied whole, as planned)
         return untaken
 
 

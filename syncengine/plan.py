@@ -329,46 +329,52 @@ class EntityPlan:
     def skips(self) -> list[Skip]:
         return [s for kp in self.keys for s in kp.skips]
 
-    def compact(self, details: int | None = None) -> None:
-        """The entity is applied: keep only what the rest of the run and its report read, so
-        that its plan does not stay in memory beside the next entity's.
+    def compact(self, details: int | None = None, *, slice_applied: bool = False) -> None:
+        """The entity is applied (or, in a first sync applied in slices, the keys planned
+        since the last call are): keep only what the rest of the run and its report read, so
+        that its plan does not stay in memory beside the next entity's (or the next slice's).
 
         Kept: every record whose delete waits (``waiting``), and the first ``details``
         records with a write, a conflict or a skip (``DETAILS_KEPT``), field by field for
-        ``--verbose``. The
-        counts, how many records changed, and how many records of this entity refer to
-        each record of another (``planned_users``) are taken first, over every record."""
+        ``--verbose``. The counts, how many records changed, and how many records of this
+        entity refer to each record of another (``planned_users``) are taken first, over
+        every record, and added to what earlier calls took. A plan no larger than ``details``
+        is left whole, unless ``slice_applied``: the keys since the last call are a slice just
+        applied, which must not be applied again (``after_compaction``)."""
         details = DETAILS_KEPT if details is None else details
-        if self.compacted is not None or len(self.keys) <= details:
+        before = self.compacted
+        fresh = self.after_compaction()
+        if not fresh or (before is None and len(self.keys) <= details and not slice_applied):
             return
         refs = model.ENTITIES[self.entity].refs if self.entity in model.ENTITIES else {}
         users = {target: users_of(self, target) for target in set(refs.values())}
-        kept: list[KeyPlan] = []
-        shown = 0
-        changed = 0
-        for kp in self.keys:
+        counts = self.counts()
+        kept = self.keys[: before.kept] if before else []
+        changed = before.changed if before else 0
+        shown = changed - before.dropped if before else 0
+        for kp in fresh:
             detail = bool(kp.actions or kp.conflicts or kp.reported_skips)
             changed += detail
             if kp.waiting or kp.held or (detail and shown < details):
                 kept.append(kp)
                 shown += detail
-        self.compacted = Compacted(self.counts(), changed, changed - shown, users, len(kept))
+        self.compacted = Compacted(counts, changed, changed - shown, users, len(kept))
         self.keys = kept
 
     def changed_records(self) -> int:
         """How many records the plan does something for: a write, a conflict or a skip."""
         later = sum(
-            1 for kp in self._after_compaction() if kp.actions or kp.conflicts or kp.reported_skips
+            1 for kp in self.after_compaction() if kp.actions or kp.conflicts or kp.reported_skips
         )
         return later + (self.compacted.changed if self.compacted else 0)
 
-    def _after_compaction(self) -> list[KeyPlan]:
-        """The records added since the plan was compacted (deletes decided at the run's end),
-        or all of them."""
+    def after_compaction(self) -> list[KeyPlan]:
+        """The records added since the plan was last compacted (a first sync's next slice,
+        deletes decided at the run's end), or all of them: what is left to apply."""
         return self.keys[self.compacted.kept :] if self.compacted else self.keys
 
     def counts(self) -> dict[str, Any]:
-        own = self._count(self._after_compaction())
+        own = self._count(self.after_compaction())
         if self.compacted is None:
             return own
         before = self.compacted.counts
@@ -382,6 +388,7 @@ class EntityPlan:
                 out[name] = value
         for name, value in own.items():
             out.setdefault(name, value)
+        out["errors"] = len(self.issues)
         return out
 
     def _count(self, keys: list[KeyPlan]) -> dict[str, Any]:
@@ -411,7 +418,7 @@ class EntityPlan:
         out["conflicts_settled"] = sum(
             1 for c in conflicts if c.winner is not None and c.rule != AGREED
         )
-        out["errors"] = len(self.issues) if self.compacted is None else 0
+        out["errors"] = len(self.issues)
         out["skipped"] = sum(len(kp.reported_skips) for kp in keys)
         held = sum(len(kp.held) for kp in keys)
         if held:  # deletes waiting for a person's approval ([pipelines.deletes] approve)
@@ -441,7 +448,7 @@ def users_of(ent: EntityPlan, target: str) -> dict[str, int]:
     do not count)."""
     if ent.compacted is not None:
         counted = dict(ent.compacted.users.get(target, {}))
-        keys = ent._after_compaction()
+        keys = ent.after_compaction()
     else:
         counted, keys = {}, ent.keys
     spec = model.ENTITIES.get(ent.entity)

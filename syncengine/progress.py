@@ -34,11 +34,15 @@ class Step:
 
     __slots__ = ("due", "progress", "total", "what")
 
-    def __init__(self, progress: ProgressFn, what: str, total: int | None = None) -> None:
+    def __init__(
+        self, progress: ProgressFn, what: str, total: int | None = None, done: int = 0
+    ) -> None:
+        """``done``: how much of ``total`` was done before (a first sync's slices before
+        this one: the bar goes on from there)."""
         self.progress = progress
         self.what = what
         self.total = total
-        progress(what, 0, total)
+        progress(what, done, total)
         self.due = monotonic() + REPORT_EVERY
 
     def tick(self, done: int) -> None:

@@ -113,6 +113,18 @@ def _logging_as_it_was() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _first_sync_slices(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SYNCENGINE_TEST_FIRST_SLICE=N`` applies every first sync of at least N records of
+    an entity in slices (``syncengine.slices``) in the tests' own process: the suite then
+    checks that slicing decides and writes what a whole plan does. Tests marked
+    ``whole_first_sync`` look at how a whole plan is batched, journalled, interrupted or
+    compacted (the records a stop leaves, the intents a kill leaves): they keep it whole."""
+    size = os.environ.get("SYNCENGINE_TEST_FIRST_SLICE")
+    if size and request.node.get_closest_marker("whole_first_sync") is None:
+        monkeypatch.setattr("syncengine.slices.FIRST_SLICE", int(size))
+
+
+@pytest.fixture(autouse=True)
 def _fresh_memory_datasets() -> Iterator[None]:
     """Each test starts with empty in-memory members."""
     from syncengine.connectors.memory import MemoryConnector

@@ -71,9 +71,12 @@ from syncengine.connector import (
 )
 from syncengine.errors import (
     ConflictingWriteError,
+    ConnectorError,
     FatalConnectorError,
     NotFoundError,
     RecordError,
+    RetriableError,
+    SyncEngineError,
 )
 from syncengine.mapping import EntityMapping, load_mapping
 
@@ -519,6 +522,10 @@ class SpreadsheetConnector(Connector):
         if work is not None:
             work.flush()
 
+    def flushes_alone(self, entity: str) -> bool:
+        """A CSV file is written alone; a workbook is saved whole, every sheet each time."""
+        return self.workbook is None
+
     def release(self, entity: str) -> None:
         """Drop the working copy of a CSV file once it is written (a workbook's sheets live
         in one workbook, kept until ``close``)."""
@@ -541,7 +548,7 @@ class SpreadsheetConnector(Connector):
             work.fresh = False
             if not work.stale and not work.pending and work.table.unchanged():
                 return work
-        if work is None or (reload and (work.stale or not work.pending)):
+        if work is None or (reload and (work.stale or work.unsaved or not work.pending)):
             work = self._load(entity)
             self._work[entity] = work
         return work
@@ -550,6 +557,8 @@ class SpreadsheetConnector(Connector):
         work = self._working(entity)
         if work.stale or work.foreign:
             raise work.table.conflict_error()
+        if work.unsaved is not None:
+            raise work.not_saved()
         return work
 
     def _load(self, entity: str) -> _Working:
@@ -644,6 +653,10 @@ class _Working:
         self.pending = create  # a missing file is created at the next flush
         self.created = create  # no sheet was there: it gets the whole header
         self.stale = False  # the file changed under us: nothing more is written to it
+        self.unsaved: SyncEngineError | None = None
+        """Why a save of the working copy failed for good (not a file open in another
+        program, which a later save may find closed): nothing more is written to it this
+        run, or a first sync's later slices would save the rows whose writes failed."""
         self.foreign = False
         """Loaded after the run read the file by its mark, and not that file: someone changed
         it since, so nothing is written to it (``_loaded_as_marked``); lookups may use it."""
@@ -1116,6 +1129,8 @@ class _Working:
     def flush(self) -> None:
         if self.stale:
             raise self.table.conflict_error()
+        if self.unsaved is not None:
+            raise self.not_saved()
         if not self.pending:
             return
         self._arrange()
@@ -1125,7 +1140,16 @@ class _Working:
         except ConflictingWriteError:
             self.stale = True
             raise
+        except RetriableError:
+            raise  # the file open in another program: saved once it is closed
+        except SyncEngineError as exc:
+            self.unsaved = exc
+            raise
         self.pending = False
+
+    def not_saved(self) -> ConnectorError:
+        """The error of a write after a save of this working copy failed."""
+        return ConnectorError(f"not written: an earlier save failed ({self.unsaved})")
 
 
 def _shortened(text: str, limit: int = 40) -> str:

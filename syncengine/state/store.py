@@ -893,6 +893,17 @@ class StateStore:
         with self._read() as conn:
             return any(conn.execute(query).first() is not None for query in checks)
 
+    def holds_records(self, pipeline: str, entity: str) -> bool:
+        """Whether the hub holds any record of the pipeline's ``entity`` (a first sync's
+        entity holds none)."""
+        query = (
+            sa.select(records.c.key)
+            .where(records.c.pipeline == pipeline, records.c.entity == entity)
+            .limit(1)
+        )
+        with self._read() as conn:
+            return conn.execute(query).first() is not None
+
     def load_records(
         self, pipeline: str, entity: str, keys: Iterable[str]
     ) -> dict[str, RecordState]:

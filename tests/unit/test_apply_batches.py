@@ -54,6 +54,7 @@ def _first_batch(config: Config, written: Any) -> int:
 
 
 @pytest.mark.parametrize("batch_size", [None, 300])
+@pytest.mark.whole_first_sync
 def test_a_batch_of_writes_to_a_spreadsheet_only_holds_1000_keys(
     tmp_path: Path, batch_size: int | None
 ) -> None:

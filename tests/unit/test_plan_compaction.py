@@ -66,6 +66,7 @@ def _first_sync(tmp_path: Path, kept: int, monkeypatch: pytest.MonkeyPatch) -> A
     return _sync(config)
 
 
+@pytest.mark.whole_first_sync
 def test_a_compacted_run_counts_and_reports_every_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -89,6 +90,7 @@ def test_a_compacted_run_counts_and_reports_every_record(
     assert {e: len(books.table(e)) for e in ENTITIES} == dict.fromkeys(ENTITIES, CUSTOMERS)
 
 
+@pytest.mark.whole_first_sync
 def test_the_customers_plan_is_gone_while_invoices_are_planned(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -244,6 +246,7 @@ def test_cycles_a_sync_leaves_behind_are_collected_when_the_last_sync_ends() -> 
     gc.collect()
 
 
+@pytest.mark.whole_first_sync
 def test_a_growing_plan_is_frozen_while_planned_and_applied_and_handed_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

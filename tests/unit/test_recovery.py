@@ -105,6 +105,7 @@ def customers(n: int, **extra: Any) -> None:
         ds("a").put(C, f"a{i}", {"first_name": f"N{i}", "email": f"n{i}@x.com", **extra})
 
 
+@pytest.mark.whole_first_sync
 def test_interrupted_creates_are_told_from_the_read_with_no_lookup(
     tmp_path: Path, crash_after: Any, lookups: list[tuple[str, str]]
 ) -> None:
@@ -207,6 +208,7 @@ def test_a_partial_read_falls_back_to_a_lookup_per_create(
     assert run(cfg).plan.actions == []
 
 
+@pytest.mark.whole_first_sync
 def test_a_dry_run_settles_nothing_and_plans_no_create_twice(
     tmp_path: Path, crash_after: Any, lookups: list[tuple[str, str]]
 ) -> None:
@@ -245,6 +247,7 @@ def test_a_guarded_entity_leaves_its_interrupted_creates_pending(
     assert len(ds("b").table(C)) == 8 and pending_creates(cfg) == 0
 
 
+@pytest.mark.whole_first_sync
 def test_creates_of_an_entity_the_run_does_not_read_are_looked_up_at_its_start(
     tmp_path: Path, crash_after: Any, lookups: list[tuple[str, str]]
 ) -> None:

@@ -261,6 +261,7 @@ def test_reconcile_report_is_clean_after_a_sync_and_names_disagreements(tmp_path
     assert [p.kind for p in report.general] == ["unlinked"]
 
 
+@pytest.mark.whole_first_sync
 def test_a_stop_request_finishes_the_batch_commits_and_the_next_run_goes_on(tmp_path: Path) -> None:
     import threading
 

@@ -129,6 +129,7 @@ def assert_converged(config: Config) -> None:
     assert again.exit_code == 0 and again.plan.actions == [], again.to_json()
 
 
+@pytest.mark.whole_first_sync
 def test_a_sync_holding_the_lease_makes_a_second_refuse_naming_it(
     config: Config, store: StateStore
 ) -> None:
@@ -220,6 +221,7 @@ def test_a_lease_left_by_a_killed_process_of_this_host_says_so(
     assert shown.lease is not None and shown.lease["gone"] is True
 
 
+@pytest.mark.whole_first_sync
 def test_the_intents_of_a_live_run_are_not_recovered_by_another(
     config: Config, store: StateStore
 ) -> None:
@@ -250,6 +252,7 @@ class Crash(BaseException):
 
 
 @pytest.mark.parametrize("gone", ["expired", "released"])
+@pytest.mark.whole_first_sync
 def test_the_intents_of_a_dead_run_are_recovered_once_its_lease_is_gone(
     config: Config, store: StateStore, gone: str
 ) -> None:
@@ -294,6 +297,7 @@ def test_the_intents_of_a_dead_run_are_recovered_once_its_lease_is_gone(
     assert_converged(config)
 
 
+@pytest.mark.whole_first_sync
 def test_the_lease_is_released_when_a_sync_fails_or_is_interrupted(
     config: Config, store: StateStore
 ) -> None:
@@ -323,6 +327,7 @@ def test_a_manual_sync_keeps_its_lease_renewed(store: StateStore) -> None:
     assert "p" not in store.leases()
 
 
+@pytest.mark.whole_first_sync
 def test_a_lost_lease_stops_a_manual_sync_as_unavailable(tmp_path: Path, state_url: str) -> None:
     seed_hcp()
     both = ["customers", "invoices"]
