@@ -162,6 +162,13 @@ def _customers(n: int) -> None:
         hcp.put("customers", f"c{i}", {"first_name": f"N{i}", "email": f"n{i}@example.com"})
 
 
+def _csv_books(tmp_path: Path, customers: int) -> Config:
+    """HCP's first ``customers`` customers, and a folder of CSV files yet to be written."""
+    _customers(customers)
+    (tmp_path / "books").mkdir()
+    return _config(tmp_path)
+
+
 @pytest.fixture
 def applied(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """The size of each slice applied, as the engine applies them."""
@@ -180,9 +187,7 @@ def applied(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
 def test_a_large_first_sync_is_written_slice_by_slice_with_one_progress_bar(
     tmp_path: Path, applied: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _customers(30)
-    (tmp_path / "books").mkdir()
-    config = _config(tmp_path)
+    config = _csv_books(tmp_path, 30)
     flushed: list[int] = []  # the rows of customers.csv after each of its flushes
     save = SpreadsheetConnector.flush
 
@@ -221,9 +226,7 @@ def test_a_large_first_sync_is_written_slice_by_slice_with_one_progress_bar(
 def test_no_slices_where_a_slice_could_not_be_taken_back_or_weighed(
     tmp_path: Path, applied: list[int]
 ) -> None:
-    _customers(30)
-    (tmp_path / "books").mkdir()
-    config = _config(tmp_path)
+    config = _csv_books(tmp_path, 30)
     [dry] = api.sync(config, dry_run=True)
     assert dry.exit_code == 0 and applied == []  # a dry run writes nothing
     [first] = api.sync(config)
@@ -246,9 +249,7 @@ def test_a_workbook_saved_whole_is_flushed_once(tmp_path: Path, applied: list[in
 def test_a_stop_between_slices_commits_what_was_applied_and_the_next_run_ends_it(
     tmp_path: Path, applied: list[int]
 ) -> None:
-    _customers(30)
-    (tmp_path / "books").mkdir()
-    config = _config(tmp_path)
+    config = _csv_books(tmp_path, 30)
     stop = threading.Event()
 
     def progress(what: str, done: int, total: int | None) -> None:
@@ -282,9 +283,7 @@ def test_a_save_failing_in_one_slice_writes_none_of_the_later_ones(
     entity that waits for it, as it does for a whole plan: the later slices are not written
     either, so the file never holds rows the state records as failed (the next run writes
     them)."""
-    _customers(12)
-    (tmp_path / "books").mkdir()
-    config = _config(tmp_path)
+    config = _csv_books(tmp_path, 12)
     save = CsvTable.save
     failures = iter([FatalConnectorError("disk full", connector="books")])
 
