@@ -424,13 +424,15 @@ class Connector(ABC):
         """Make buffered writes durable. Members that write through immediately do nothing."""
 
     def flushes_alone(self, entity: str) -> bool:
-        """Whether a ``flush(entity)`` writes only that entity's storage (a CSV file), so
-        that flushing it several times in a run costs about its own records each time. The
-        engine then applies a first sync of a large entity in slices, each flushed and
-        committed before the next is planned, so that memory does not hold the entity's
-        whole plan (``syncengine.slices``). False where a flush writes a whole store (a
-        workbook's every sheet): the entity is then applied and flushed once. Default True."""
-        return True
+        """Whether the engine may flush ``entity`` several times in a run: a flush writes only
+        that entity's storage (a CSV file, not a workbook's every sheet), so each costs about
+        its own records, and a flush that fails drops or refuses what it held rather than
+        writing it at the next flush (the state records those writes as failed). The engine
+        then applies a first sync of a large entity in slices, each flushed and committed
+        before the next is planned, so that memory does not hold the entity's whole plan
+        (``syncengine.slices``); otherwise the entity is applied and flushed once. Default
+        False: a connector that buffers says so."""
+        return False
 
     def flushed(self, entity: str, answered: NativeRecord) -> NativeRecord:
         """After ``flush(entity)`` returned: the record as the member now holds it, for what a

@@ -82,10 +82,12 @@ class Slices:
         )
 
     def due(self, ent: EntityPlan) -> bool:
-        """Whether enough records are planned since the last slice to apply them now (asked
-        after every record: counted, not listed)."""
+        """Whether enough records are planned since the last slice to apply them now, or a
+        stop was requested (asked after every record: counted, not listed). Stopped, the
+        slice writes nothing more and the run ends, with what earlier slices wrote."""
+        stop = self.engine.stop
         kept = ent.compacted.kept if ent.compacted is not None else 0
-        return len(ent.keys) - kept >= self.next
+        return len(ent.keys) - kept >= self.next or (stop is not None and stop.is_set())
 
     def apply(self, ent: EntityPlan) -> None:
         """Apply the records planned since the last slice (journal, write, flush, commit),
@@ -109,10 +111,10 @@ class Slices:
             total=max(self.total, self.records + keys),
         )
         finished = applier.run(engine.stop)
+        if not finished:
+            engine.check_stop()  # what the slice did not write stays out of the counts too
         self.records += keys
         self.applied += 1
         self.next = max(FIRST_SLICE, self.records // 2)
         ent.compact(slice_applied=True)
         COLLECTOR.settle()
-        if not finished:
-            engine.check_stop()

@@ -488,14 +488,14 @@ class SpreadsheetConnector(Connector):
     def get(self, entity: str, native_id: str) -> NativeRecord | None:
         """The row with Sync ID ``native_id`` in the working copy (loaded if it is not)."""
         work = self._work.get(entity)
-        if work is None or work.stale:
+        if work is None or work.stale or work.unsaved:
             work = self._working(entity, reload=True)
         handles = work.by_id.get(native_id, [])
         return work.record(work.rows[handles[0]]) if handles else None
 
     def find(self, entity: str, data: NativeData) -> list[NativeRecord]:
         work = self._work.get(entity)
-        if work is None or work.stale:
+        if work is None or work.stale or work.unsaved:
             work = self._working(entity, reload=True)
         return work.find(data)
 
@@ -523,7 +523,8 @@ class SpreadsheetConnector(Connector):
             work.flush()
 
     def flushes_alone(self, entity: str) -> bool:
-        """A CSV file is written alone; a workbook is saved whole, every sheet each time."""
+        """A CSV file is written alone, and a save that failed for good takes no more writes
+        (``_Working.unsaved``); a workbook is saved whole, every sheet each time."""
         return self.workbook is None
 
     def release(self, entity: str) -> None:
@@ -655,8 +656,9 @@ class _Working:
         self.stale = False  # the file changed under us: nothing more is written to it
         self.unsaved: SyncEngineError | None = None
         """Why a save of the working copy failed for good (not a file open in another
-        program, which a later save may find closed): nothing more is written to it this
-        run, or a first sync's later slices would save the rows whose writes failed."""
+        program, which a later save may find closed): it takes no more writes, and a read
+        loads the file anew, so that a first sync's later slices cannot save the rows whose
+        writes failed, nor a lookup find them."""
         self.foreign = False
         """Loaded after the run read the file by its mark, and not that file: someone changed
         it since, so nothing is written to it (``_loaded_as_marked``); lookups may use it."""
