@@ -804,10 +804,34 @@ class Engine:
 
         With ``slices``, a first sync of the entity (``may_slice``) is applied as it is
         planned, a slice of records at a time (``Slices``): this is the one case where
-        planning writes."""
+        planning writes.
+
+        The native records the reads spilled to disk until planned (``spill``) are let go of
+        with their files once the entity is planned."""
+        reads: dict[str, MemberRead] = {}
+        try:
+            return self._plan_read(
+                pipeline, entity, members, reads, recovery, refs, hold_deletes, when_read, slices
+            )
+        finally:
+            for r in reads.values():
+                r.spill.close()
+
+    def _plan_read(
+        self,
+        pipeline: Pipeline,
+        entity: str,
+        members: list[Member],
+        reads: dict[str, MemberRead],
+        recovery: Recovery | None,
+        refs: References | None,
+        hold_deletes: bool,
+        when_read: Callable[[], None] | None,
+        slices: Slices | None,
+    ) -> PlannedEntity:
+        """``plan_entity``, with the members' reads kept in ``reads``."""
         ent = EntityPlan(entity, tuple(m.name for m in members))
         planned = PlannedEntity(ent)
-        reads: dict[str, MemberRead] = {}
         for member in members:
             reads[member.name] = read_member(
                 self.store,

@@ -38,6 +38,10 @@ class Observed:
     joining the pipeline, or one typed again. Where it differs from what they hold, that is
     a disagreement for the rules, not an edit (``reconcile``): a person who links two
     records says they are one, not whose values are right."""
+    spilled: int = -1
+    """Where the member's read keeps the native record on disk until it is planned
+    (``spill.Spill``; -1: in ``record``): ``record`` is then released, its data taken back by
+    ``MemberRead.unspill`` when its hub record is planned."""
 
     def release_native(self) -> None:
         """Let go of the native record once the hub record it belongs to is planned. The

@@ -30,6 +30,7 @@ from syncengine import collector, jsoncodec
 from syncengine.collector import COLLECTOR
 from syncengine.config import Pipeline
 from syncengine.connector import (
+    RELEASED,
     Connector,
     NativeData,
     NativeRecord,
@@ -44,6 +45,7 @@ from syncengine.member import Member, open_member
 from syncengine.plan import Create, EntityPlan, Issue, KeyPlan, Update
 from syncengine.progress import ProgressFn, Step
 from syncengine.reconcile import MemberView
+from syncengine.spill import Spill
 from syncengine.state import RecordState, StateStore
 
 log = structlog.get_logger("syncengine.engine")
@@ -124,11 +126,26 @@ class MemberRead:
     """An event-driven run left some of what this read showed for a later run
     (``narrow_to_named``): its read mark stays where it was, so that the next incremental
     pass lists those records again."""
+    spill: Spill = field(default_factory=Spill)
+    """The native records of ``new`` and ``changed``, on disk until they are planned, where
+    the member reads JSON (``Observed.spilled``); closed once the entity is planned."""
 
     @property
     def complete(self) -> bool:
         """False for an incremental pass that listed only what changed since the read mark."""
         return self.read_pass is None or self.read_pass.complete
+
+    def unspill(self, obs: Observed) -> Observed:
+        """``obs`` with its native record taken back from the spill (``Observed.spilled``),
+        as its hub record is planned: once planned, ``Engine._plan_keys`` lets go of it
+        again (``Observed.release_native``), and a later look takes it back once more."""
+        rec = obs.record
+        if obs.spilled >= 0 and rec.data is RELEASED:
+            data = self.spill.get(obs.spilled)
+            obs.record = NativeRecord(
+                rec.id, data, rec.provisional, rec.location, rec.error, obs.native_hash
+            )
+        return obs
 
 
 class ReadAhead:
@@ -671,6 +688,11 @@ def observe(
             _block(entity, member, ent, out, rec, key, "; ".join(unresolved))
             return
     obs = Observed(member.name, rec, canonical, digest, out.count)
+    if text is not None:
+        # the native record waits on disk until its hub record is planned: matching and
+        # everything before planning look at the canonical record, its id and its location
+        obs.spilled = out.spill.put(text)
+        obs.record = rec.released()
     if key is None:
         out.new.append(obs)
     else:
@@ -769,7 +791,7 @@ def _view(
             missing=r.missing,
         )
     if name in group:
-        obs = group[name]
+        obs = r.unspill(group[name])
         # never seen as it is: what it holds that differs is a change, a blank is no clear
         view = _observed_view(obs, "new", None, dirty, r.missing)
         if obs.relinked:
@@ -783,7 +805,7 @@ def _view(
             view.joined = obs.joined and (link is None or link.tombstone)
         return view
     if key in r.changed:
-        return _observed_view(r.changed[key], "changed", last_seen, dirty, r.missing)
+        return _observed_view(r.unspill(r.changed[key]), "changed", last_seen, dirty, r.missing)
     if key in r.unchanged:
         same = r.unchanged[key]
         return MemberView(

@@ -1,0 +1,224 @@
+"""A read keeps the native records it observed on disk until their hub record is planned
+(``syncengine.spill``): between the read and planning, only the canonical record, the id,
+the location and the hash are in memory; planning takes the native record back exactly as
+read, and lets go of it again. A temporary directory that cannot take the read stops the sync
+with the fix, before anything is written."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from syncengine import jsoncodec, read
+from syncengine.cli import app
+from syncengine.connector import RELEASED, NativeRecord
+from syncengine.connectors.memory import MemoryConnector
+from syncengine.engine import Engine
+from syncengine.errors import UnavailableError
+from syncengine.exit_codes import ExitCode
+from syncengine.match import Observed
+from syncengine.plan import Update
+from syncengine.spill import Spill
+from tests.csvfiles import read_csv, write_csv
+from tests.helpers import ds, memory_config, ops, run
+
+C = "customers"
+
+_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=8,
+)
+
+
+@given(
+    st.lists(st.dictionaries(st.text(max_size=8), _VALUES, max_size=5), max_size=12),
+    st.randoms(use_true_random=False),
+)
+def test_a_spill_gives_back_each_record_it_was_given_in_any_order(
+    records: list[dict[str, Any]], rnd: Any
+) -> None:
+    kept = Spill()
+    slots: list[int] = []
+    for i, record in enumerate(records):
+        slots.append(kept.put(jsoncodec.dumps_sorted(record)))
+        # taken back while more are still written: what is written since is found too
+        j = rnd.randrange(i + 1)
+        assert kept.get(slots[j]) == records[j]
+    order = list(range(len(records)))
+    rnd.shuffle(order)
+    for j in order:
+        back = kept.get(slots[j])
+        assert back == records[j] and back is not kept.get(slots[j])  # a fresh copy each time
+    assert len(kept) == len(records)
+    kept.close()
+    assert len(kept) == 0
+
+
+def test_a_spill_file_leaves_no_name_behind_and_is_let_go_of_on_close(tmp_path: Path) -> None:
+    before = set(os.listdir(tempfile.gettempdir()))
+    kept = Spill()
+    kept.put(b'{"a":1}')
+    assert set(os.listdir(tempfile.gettempdir())) == before  # unnamed: nothing after a crash
+    kept.close()
+    with pytest.raises(RuntimeError, match="holds none"):
+        kept.get(0)
+
+
+def _spills(monkeypatch: pytest.MonkeyPatch) -> list[Spill]:
+    made: list[Spill] = []
+    init = Spill.__init__
+
+    def noted(self: Spill) -> None:
+        init(self)
+        made.append(self)
+
+    monkeypatch.setattr(Spill, "__init__", noted)
+    return made
+
+
+NATIVE: dict[str, Any] = {
+    "first_name": "Zoë",
+    "email": "zoe@example.com",
+    # fields no mapping reads: an update sends them back as they were read
+    "address": {"street": "1 Main St", "unit": None, "geo": [40.7, -74.0]},
+    "balance_cents": 123456789012345678901234567890,  # beyond 64 bits
+    "score": float("nan"),
+}
+
+
+def test_a_first_sync_holds_no_native_record_from_its_read_until_it_is_planned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(MemoryConnector, "reads_json", True)
+    made = _spills(monkeypatch)
+    looked: list[tuple[str, int, bool]] = []
+    match_new = Engine._match_new
+
+    def after_the_read(self: Engine, pipeline: Any, entity: str, members: Any, reads: Any,
+                       *args: Any, **kwargs: Any) -> Any:  # fmt: skip
+        for name, r in reads.items():
+            for obs in r.new:
+                looked.append((name, obs.spilled, obs.record.data is RELEASED))
+        return match_new(self, pipeline, entity, members, reads, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "_match_new", after_the_read)
+    books = tmp_path / "books"
+    books.mkdir()
+    write_csv(
+        books / "customers.csv",
+        [{"Sync ID": "", "First Name": "Bo", "Last Name": "Ray", "Email": "bo@example.com"}],
+        ["Sync ID", "First Name", "Last Name", "Email"],
+    )
+    config = memory_config(
+        tmp_path,
+        {
+            "hcp": {"put_updates": True, "stamp_updated_at": False},
+            "books": {"type": "spreadsheet", "path": str(books)},
+        },
+    )
+    ds("hcp").put(C, "c1", dict(NATIVE))
+    held = {k: v for k, v in ds("hcp").table(C)["c1"].items() if k not in ("score", "updated_at")}
+    ds("hcp").put(C, "c2", {"first_name": "Al", "email": "al@example.com"})
+
+    # (the bookkeeper's row gets its Sync ID: an update of the books)
+    assert ops(run(config)) == [
+        ("create", "books"),
+        ("create", "books"),
+        ("create", "hcp"),
+        ("update", "books"),
+    ]
+    # every record new on either member was on disk, not in memory, while it was matched
+    assert sorted(looked) == [("books", 0, True), ("hcp", 0, True), ("hcp", 1, True)]
+    assert made and all(s._file is None for s in made)  # closed once the entity was planned
+    rows = {r["Email"]: r for r in read_csv(books / "customers.csv")}
+    assert rows["zoe@example.com"]["First Name"] == "Zoë"
+    assert rows["al@example.com"]["First Name"] == "Al"
+    (bo,) = [r for r in ds("hcp").table(C).values() if r.get("email") == "bo@example.com"]
+    assert bo["first_name"] == "Bo" and bo["last_name"] == "Ray"
+    assert run(config).plan.actions == []
+
+    # a record changed in HCP is spilled as well, and written back whole where it changed
+    ds("hcp").edit(C, "c1", email="zoe@new.example.com")
+    looked.clear()
+    assert ops(run(config)) == [("update", "books")]
+    assert rows_of(books)["zoe@new.example.com"]["First Name"] == "Zoë"
+    # the books' side changes; HCP's record is sent back whole: the spilled text was exact
+    edited = [
+        {**r, "First Name": "Zoe"} if r["Email"] == "zoe@new.example.com" else r
+        for r in read_csv(books / "customers.csv")
+    ]
+    write_csv(books / "customers.csv", edited, list(edited[0]))
+    result = run(config)
+    assert ops(result) == [("update", "hcp")]
+    (update,) = result.plan.actions
+    assert isinstance(update, Update) and update.changes == {"first_name": ("Zoë", "Zoe")}
+    written = dict(ds("hcp").table(C)["c1"])
+    assert math.isnan(written.pop("score"))
+    written.pop("updated_at")  # HCP's own, at each edit
+    assert written == held | {"first_name": "Zoe", "email": "zoe@new.example.com"}
+    assert type(written["balance_cents"]) is int
+    assert run(config).plan.actions == []
+
+
+def rows_of(books: Path) -> dict[str, dict[str, str]]:
+    return {r["Email"]: r for r in read_csv(books / "customers.csv")}
+
+
+def test_a_record_planned_twice_is_taken_back_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planning lets go of a native record once planned; a second look (an update planned
+    again after a fetch) takes it back again rather than meeting a released record."""
+    r = read.MemberRead()
+    text = jsoncodec.dumps_sorted({"a": 1, "b": ["x"]})
+    obs = Observed("hcp", NativeRecord("c1", RELEASED, location="c1"), {"a": 1}, "h1", 1)
+    obs.spilled = r.spill.put(text)
+    assert r.unspill(obs).record.data == {"a": 1, "b": ["x"]}
+    assert obs.record.native_hash() == "h1" and obs.record.location == "c1"
+    obs.release_native()
+    assert obs.record.data is RELEASED
+    assert r.unspill(obs).record.data == {"a": 1, "b": ["x"]}
+    unspilled = Observed("hcp", NativeRecord("c2", {"a": 2}), {"a": 2}, "h2", 2)
+    assert r.unspill(unspilled) is unspilled and unspilled.record.data == {"a": 2}
+    r.spill.close()
+
+
+def test_a_temporary_directory_that_cannot_take_the_read_stops_the_sync_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No traceback, exit 4, the directory and the fix named, and nothing written: the books
+    are as they were, and the state holds no record. The next sync with room does it all."""
+    monkeypatch.setattr(MemoryConnector, "reads_json", True)
+    books = tmp_path / "books"
+    books.mkdir()
+    config = memory_config(
+        tmp_path, {"hcp": {}, "books": {"type": "spreadsheet", "path": str(books)}}
+    )
+    ds("hcp").put(C, "c1", {"first_name": "Al", "email": "al@example.com"})
+    gone = tmp_path / "no-such-dir"
+    monkeypatch.setattr(tempfile, "tempdir", str(gone))
+    with pytest.raises(UnavailableError) as caught:
+        run(config)
+    message = str(caught.value)
+    assert str(gone) in message and "TMPDIR" in message and "sync again" in message
+    assert not (books / "customers.csv").exists()
+
+    done = CliRunner().invoke(app, ["sync", "-c", str(tmp_path / "config.toml")])
+    assert done.exit_code == ExitCode.UNAVAILABLE, done.output
+    assert "Traceback" not in done.output and str(gone) in done.output.replace("\n", "")
+    assert not (books / "customers.csv").exists()
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert ops(run(config)) == [("create", "books")]
+    assert rows_of(books)["al@example.com"]["First Name"] == "Al"
