@@ -56,10 +56,11 @@ class Unchanged:
     """A linked record read with the native hash last seen: no need to map it again."""
 
     native_id: str
-    native: NativeData | bytes
-    """The native record; for a member that reads JSON (``Connector.reads_json``), its JSON
-    text (``MemberView.native_record`` decodes it): most unchanged records are not planned
-    at all, and a large entity's would otherwise be held as objects until it is planned."""
+    native: NativeData | int
+    """The native record; for a member that reads JSON (``Connector.reads_json``), the slot
+    of its JSON text in the read's spill (``MemberRead.unchanged_native``): most unchanged
+    records are not planned at all, and a large entity's would otherwise be held in memory
+    until it is planned, as objects or as text."""
     native_hash: str
 
 
@@ -127,8 +128,9 @@ class MemberRead:
     (``narrow_to_named``): its read mark stays where it was, so that the next incremental
     pass lists those records again."""
     spill: Spill = field(default_factory=Spill)
-    """The native records of ``new`` and ``changed``, on disk until they are planned, where
-    the member reads JSON (``Observed.spilled``); closed once the entity is planned."""
+    """The native records of ``new``, ``changed`` and ``unchanged``, on disk until they are
+    planned, where the member reads JSON (``Observed.spilled``, ``Unchanged.native``); closed
+    once the entity is planned."""
 
     @property
     def complete(self) -> bool:
@@ -146,6 +148,12 @@ class MemberRead:
                 rec.id, data, rec.provisional, rec.location, rec.error, obs.native_hash
             )
         return obs
+
+    def unchanged_native(self, same: Unchanged) -> NativeData | bytes:
+        """The native record of a record read unchanged: for a member that reads JSON, its
+        text as read (``MemberView.native_record`` decodes it if a write needs it)."""
+        native = same.native
+        return self.spill.text(native) if isinstance(native, int) else native
 
 
 class ReadAhead:
@@ -376,7 +384,7 @@ def _read_again(
     a company): every record read as unchanged is looked at again, so that the records
     created there without those fields get them (their links say they never held them)."""
     for key, seen in list(out.unchanged.items()):
-        native = seen.native
+        native = out.unchanged_native(seen)
         data = jsoncodec.loads(native) if isinstance(native, bytes) else native
         del out.unchanged[key]
         observe(entity, member, ent, out, NativeRecord(seen.native_id, data), key, None)
@@ -672,9 +680,8 @@ def observe(
     else:
         digest = rec.native_hash()
     if key is not None and known_hash == digest:
-        # a record of JSON values is kept as its text, copied: the encoder's buffer is
-        # several KB whatever the text's length
-        native = rec.data if text is None else bytes(memoryview(text))
+        # a record of JSON values waits on disk, as its text, in case its hub record is planned
+        native = rec.data if text is None else out.spill.put(text)
         out.unchanged[key] = Unchanged(rec.id, native, digest)
         return
     try:
@@ -814,7 +821,7 @@ def _view(
             native_id=same.native_id,
             current=last_seen,
             last_seen=last_seen,
-            native=same.native,
+            native=r.unchanged_native(same),
             native_hash=same.native_hash,
             dirty=dirty,
             missing=r.missing,

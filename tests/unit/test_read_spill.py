@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from syncengine import jsoncodec, read
+from syncengine import jsoncodec, read, spill
 from syncengine.cli import app
 from syncengine.connector import RELEASED, NativeRecord
 from syncengine.connectors.memory import MemoryConnector
@@ -45,35 +47,47 @@ _VALUES = st.recursive(
 
 @given(
     st.lists(st.dictionaries(st.text(max_size=8), _VALUES, max_size=5), max_size=12),
+    st.integers(1, 200),
     st.randoms(use_true_random=False),
 )
 def test_a_spill_gives_back_each_record_it_was_given_in_any_order(
-    records: list[dict[str, Any]], rnd: Any
+    records: list[dict[str, Any]], buffer: int, rnd: Any
 ) -> None:
-    kept = Spill()
-    slots: list[int] = []
-    for i, record in enumerate(records):
-        slots.append(kept.put(jsoncodec.dumps_sorted(record)))
-        # taken back while more are still written: what is written since is found too
-        j = rnd.randrange(i + 1)
-        assert kept.get(slots[j]) == records[j]
-    order = list(range(len(records)))
-    rnd.shuffle(order)
-    for j in order:
-        back = kept.get(slots[j])
-        assert back == records[j] and back is not kept.get(slots[j])  # a fresh copy each time
-    assert len(kept) == len(records)
-    kept.close()
-    assert len(kept) == 0
+    """Whether a record's text is in the file already or still gathered (a buffer of 1 to
+    200 bytes here, a megabyte in a sync), it comes back as it was."""
+    with mock.patch.object(spill, "_BUFFER", buffer):
+        kept = Spill()
+        slots: list[int] = []
+        for i, record in enumerate(records):
+            slots.append(kept.put(jsoncodec.dumps_sorted(record)))
+            # taken back while more are still written: what is written since is found too
+            j = rnd.randrange(i + 1)
+            assert kept.get(slots[j]) == records[j]
+        order = list(range(len(records)))
+        rnd.shuffle(order)
+        for j in order:
+            back = kept.get(slots[j])
+            assert back == records[j] and back is not kept.get(slots[j])  # a fresh copy
+        assert len(kept) == len(records)
+        kept.close()
+        assert len(kept) == 0
 
 
-def test_a_spill_file_leaves_no_name_behind_and_is_let_go_of_on_close(tmp_path: Path) -> None:
-    before = set(os.listdir(tempfile.gettempdir()))
+def test_a_spill_file_has_no_name_and_is_let_go_of_on_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing is left in the temporary directory after a crash: the file is unnamed from
+    the start (Linux shows it as deleted while it is open)."""
+    monkeypatch.setattr(spill, "_BUFFER", 4)
     kept = Spill()
+    assert kept._file is None  # a small read never makes its file
     kept.put(b'{"a":1}')
-    assert set(os.listdir(tempfile.gettempdir())) == before  # unnamed: nothing after a crash
+    assert kept._file is not None
+    fd = kept._file.fileno()
+    assert os.readlink(f"/proc/self/fd/{fd}").endswith("(deleted)")
     kept.close()
-    with pytest.raises(RuntimeError, match="holds none"):
+    assert kept._file is None
+    with pytest.raises(RuntimeError, match="without slot 0"):
         kept.get(0)
 
 
@@ -177,9 +191,10 @@ def rows_of(books: Path) -> dict[str, dict[str, str]]:
     return {r["Email"]: r for r in read_csv(books / "customers.csv")}
 
 
-def test_a_record_planned_twice_is_taken_back_twice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Planning lets go of a native record once planned; a second look (an update planned
-    again after a fetch) takes it back again rather than meeting a released record."""
+def test_a_record_let_go_of_is_taken_back_again() -> None:
+    """``unspill`` takes a spilled record back each time it finds it released (planning lets
+    go of it once planned), keeps its id, location and hash, and leaves a record that was
+    never spilled as it is."""
     r = read.MemberRead()
     text = jsoncodec.dumps_sorted({"a": 1, "b": ["x"]})
     obs = Observed("hcp", NativeRecord("c1", RELEASED, location="c1"), {"a": 1}, "h1", 1)
@@ -194,31 +209,86 @@ def test_a_record_planned_twice_is_taken_back_twice(monkeypatch: pytest.MonkeyPa
     r.spill.close()
 
 
-def test_a_temporary_directory_that_cannot_take_the_read_stops_the_sync_with_the_fix(
+def test_a_record_changed_on_both_sides_is_merged_from_its_spilled_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No traceback, exit 4, the directory and the fix named, and nothing written: the books
-    are as they were, and the state holds no record. The next sync with room does it all."""
+    """One sync where HCP changed a customer's e-mail and the books its last name: HCP's
+    record, read changed and spilled, is taken back to send it whole with the books' edit."""
+    monkeypatch.setattr(MemoryConnector, "reads_json", True)
+    books = tmp_path / "books"
+    books.mkdir()
+    config = memory_config(
+        tmp_path,
+        {
+            "hcp": {"put_updates": True, "stamp_updated_at": False},
+            "books": {"type": "spreadsheet", "path": str(books)},
+        },
+    )
+    ds("hcp").put(C, "c1", dict(NATIVE, last_name="Lee"))
+    held = {k: v for k, v in ds("hcp").table(C)["c1"].items() if k not in ("score", "updated_at")}
+    assert ops(run(config)) == [("create", "books")]
+    ds("hcp").edit(C, "c1", email="zoe@new.example.com")
+    (row,) = read_csv(books / "customers.csv")
+    write_csv(books / "customers.csv", [{**row, "Last Name": "Lim"}], list(row))
+
+    result = run(config)
+    assert ops(result) == [("update", "books"), ("update", "hcp")]
+    assert rows_of(books)["zoe@new.example.com"]["Last Name"] == "Lim"
+    written = dict(ds("hcp").table(C)["c1"])
+    assert math.isnan(written.pop("score"))
+    written.pop("updated_at")
+    assert written == held | {"email": "zoe@new.example.com", "last_name": "Lim"}
+    assert run(config).plan.actions == []
+
+
+def _full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read's temporary file is ``/dev/full``: every write to it fails as on a full disk
+    (ENOSPC, from the system), after a few records are gathered."""
+    monkeypatch.setattr(spill, "_BUFFER", 64)
+    monkeypatch.setattr(
+        spill.tempfile,
+        "TemporaryFile",
+        lambda **_kw: open("/dev/full", "r+b", buffering=0),  # noqa: SIM115
+    )
+
+
+@pytest.mark.parametrize("where", ["full", "gone"])
+def test_a_temporary_directory_that_cannot_take_the_read_stops_the_sync_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A full disk, or a temporary directory removed under a long-running process: no
+    traceback, exit 4, the directory and the fix named, and nothing written (the books as
+    they were, no record in the state). The next sync with room does it all, once."""
     monkeypatch.setattr(MemoryConnector, "reads_json", True)
     books = tmp_path / "books"
     books.mkdir()
     config = memory_config(
         tmp_path, {"hcp": {}, "books": {"type": "spreadsheet", "path": str(books)}}
     )
-    ds("hcp").put(C, "c1", {"first_name": "Al", "email": "al@example.com"})
-    gone = tmp_path / "no-such-dir"
-    monkeypatch.setattr(tempfile, "tempdir", str(gone))
+    for i in range(20):
+        ds("hcp").put(C, f"c{i}", {"first_name": f"Al {i}", "email": f"al{i}@example.com"})
+    if where == "full":
+        _full_disk(monkeypatch)
+        expected = "No space left on device"
+    else:
+        monkeypatch.setattr(spill, "_BUFFER", 64)
+        expected = str(tmp_path / "no-such-dir")
+        monkeypatch.setattr(tempfile, "tempdir", expected)
     with pytest.raises(UnavailableError) as caught:
         run(config)
     message = str(caught.value)
-    assert str(gone) in message and "TMPDIR" in message and "sync again" in message
-    assert not (books / "customers.csv").exists()
+    assert expected in message and "TMPDIR" in message and "sync again" in message
 
     done = CliRunner().invoke(app, ["sync", "-c", str(tmp_path / "config.toml")])
     assert done.exit_code == ExitCode.UNAVAILABLE, done.output
-    assert "Traceback" not in done.output and str(gone) in done.output.replace("\n", "")
+    assert "Traceback" not in done.output and expected in done.output.replace("\n", "")
     assert not (books / "customers.csv").exists()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        assert db.execute("SELECT count(*) FROM records").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM links").fetchone() == (0,)
 
-    monkeypatch.setattr(tempfile, "tempdir", None)
-    assert ops(run(config)) == [("create", "books")]
-    assert rows_of(books)["al@example.com"]["First Name"] == "Al"
+    monkeypatch.undo()
+    monkeypatch.setattr(MemoryConnector, "reads_json", True)
+    assert ops(run(config)) == [("create", "books")] * 20
+    assert len(read_csv(books / "customers.csv")) == 20
+    assert run(config).plan.actions == []
