@@ -784,7 +784,9 @@ def _into_read(
             r.changed[key] = listed
         elif rec.id in faulty or rec.error:
             r.blocked.add(key)  # already reported by the read
-        else:  # found by a lookup, not listed by the read
+        else:  # found by a lookup, or listed twice by the read (one copy is linked)
+            if obs is not None:
+                rec = r.unspill(obs).record  # the read's copy waits on disk
             observe(entity, member, ent, r, rec, key, None)
         dropped.add(rec.id)
     r.new = [o for o in r.new if o.record.provisional or o.record.id not in dropped]

@@ -56,12 +56,15 @@ class Spill:
         self._end = 0
         self._written = 0
         """How much of it is in the file; a slot is wholly there or wholly pending."""
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._starts)
 
     def put(self, text: bytes) -> int:
         """Keep one record's JSON text; returns its slot."""
+        if self._closed:
+            raise RuntimeError("a record was spilled after its read was planned")
         slot = len(self._starts)
         self._starts.append(self._end)
         self._end += len(text)
@@ -96,7 +99,7 @@ class Spill:
 
     def text(self, slot: int) -> bytes:
         """The JSON text kept in ``slot``."""
-        if not 0 <= slot < len(self._starts):
+        if self._closed or not 0 <= slot < len(self._starts):
             raise RuntimeError(f"a native record was taken back from a spill without slot {slot}")
         start = self._starts[slot]
         end = self._starts[slot + 1] if slot + 1 < len(self._starts) else self._end
@@ -121,6 +124,7 @@ class Spill:
         self._pending = bytearray()
         self._starts = array("q")
         self._end = self._written = 0
+        self._closed = True  # a slot kept elsewhere must not find another record's text
 
 
 def _unavailable(exc: OSError) -> UnavailableError:

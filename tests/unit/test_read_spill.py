@@ -66,8 +66,7 @@ def test_a_spill_gives_back_each_record_it_was_given_in_any_order(
         order = list(range(len(records)))
         rnd.shuffle(order)
         for j in order:
-            back = kept.get(slots[j])
-            assert back == records[j] and back is not kept.get(slots[j])  # a fresh copy
+            assert kept.get(slots[j]) == records[j]
         assert len(kept) == len(records)
         kept.close()
         assert len(kept) == 0
@@ -91,16 +90,25 @@ def test_a_spill_file_has_no_name_and_is_let_go_of_on_close(
         kept.get(0)
 
 
-def _spills(monkeypatch: pytest.MonkeyPatch) -> list[Spill]:
+def _spills(monkeypatch: pytest.MonkeyPatch) -> tuple[list[Spill], list[tuple[int, bool]]]:
+    """The spills made, and for each close, how many records the spill held and whether it
+    had made its file (records are written to the file every 64 bytes here)."""
+    monkeypatch.setattr(spill, "_BUFFER", 64)
     made: list[Spill] = []
-    init = Spill.__init__
+    closed: list[tuple[int, bool]] = []
+    init, close = Spill.__init__, Spill.close
 
     def noted(self: Spill) -> None:
         init(self)
         made.append(self)
 
+    def closing(self: Spill) -> None:
+        closed.append((len(self), self._file is not None))
+        close(self)
+
     monkeypatch.setattr(Spill, "__init__", noted)
-    return made
+    monkeypatch.setattr(Spill, "close", closing)
+    return made, closed
 
 
 NATIVE: dict[str, Any] = {
@@ -117,7 +125,7 @@ def test_a_first_sync_holds_no_native_record_from_its_read_until_it_is_planned(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(MemoryConnector, "reads_json", True)
-    made = _spills(monkeypatch)
+    made, closed = _spills(monkeypatch)
     looked: list[tuple[str, int, bool]] = []
     match_new = Engine._match_new
 
@@ -156,7 +164,9 @@ def test_a_first_sync_holds_no_native_record_from_its_read_until_it_is_planned(
     ]
     # every record new on either member was on disk, not in memory, while it was matched
     assert sorted(looked) == [("books", 0, True), ("hcp", 0, True), ("hcp", 1, True)]
-    assert made and all(s._file is None for s in made)  # closed once the entity was planned
+    # closed once the entity was planned, HCP's with its file (records taken back from it)
+    assert len(closed) == len(made) and all(s._closed for s in made)
+    assert (2, True) in closed
     rows = {r["Email"]: r for r in read_csv(books / "customers.csv")}
     assert rows["zoe@example.com"]["First Name"] == "Zoë"
     assert rows["al@example.com"]["First Name"] == "Al"
@@ -191,10 +201,12 @@ def rows_of(books: Path) -> dict[str, dict[str, str]]:
     return {r["Email"]: r for r in read_csv(books / "customers.csv")}
 
 
-def test_a_record_let_go_of_is_taken_back_again() -> None:
+def test_a_record_let_go_of_is_taken_back_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """``unspill`` takes a spilled record back each time it finds it released (planning lets
     go of it once planned), keeps its id, location and hash, and leaves a record that was
-    never spilled as it is."""
+    never spilled as it is. Once the read is planned and its spill closed, a slot kept
+    anywhere finds nothing, rather than another record's text."""
+    monkeypatch.setattr(spill, "_BUFFER", 4)  # taken back from the file
     r = read.MemberRead()
     text = jsoncodec.dumps_sorted({"a": 1, "b": ["x"]})
     obs = Observed("hcp", NativeRecord("c1", RELEASED, location="c1"), {"a": 1}, "h1", 1)
@@ -207,6 +219,11 @@ def test_a_record_let_go_of_is_taken_back_again() -> None:
     unspilled = Observed("hcp", NativeRecord("c2", {"a": 2}), {"a": 2}, "h2", 2)
     assert r.unspill(unspilled) is unspilled and unspilled.record.data == {"a": 2}
     r.spill.close()
+    obs.release_native()
+    with pytest.raises(RuntimeError, match="without slot"):
+        r.unspill(obs)
+    with pytest.raises(RuntimeError, match="after its read was planned"):
+        r.spill.put(text)
 
 
 def test_a_record_changed_on_both_sides_is_merged_from_its_spilled_record(
@@ -269,6 +286,8 @@ def test_a_temporary_directory_that_cannot_take_the_read_stops_the_sync_with_the
         ds("hcp").put(C, f"c{i}", {"first_name": f"Al {i}", "email": f"al{i}@example.com"})
     if where == "full":
         _full_disk(monkeypatch)
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+        assert str(tmp_path) in str(spill._unavailable(OSError(28, "No space left on device")))
         expected = "No space left on device"
     else:
         monkeypatch.setattr(spill, "_BUFFER", 64)

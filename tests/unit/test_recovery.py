@@ -282,3 +282,35 @@ def test_pairing_interrupted_creates_with_the_records_they_may_have_made(
     options: dict[int, list[int]], paired: dict[int, int], left: dict[int, list[int]]
 ) -> None:
     assert _pair(options) == (paired, left)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_a_record_listed_twice_after_a_crash_is_linked_once(
+    tmp_path: Path, crash_after: Any, monkeypatch: pytest.MonkeyPatch, first: bool
+) -> None:
+    """A member that reads JSON (its records wait on disk until planned) lists a record the
+    interrupted run created twice, before or after the rest (an API repeating a page): each
+    record created is linked once, and nothing is created again."""
+    monkeypatch.setattr(MemoryConnector, "reads_json", True)
+    cfg = memory_config(tmp_path, {"a": {}, "b": {}})
+    customers(4)
+    crash_after(2)
+    killed(cfg)
+    made = sorted(ds("b").table(C))
+    read = MemoryConnector.read
+
+    def repeating(self: MemoryConnector, entity: str) -> Iterator[NativeRecord]:
+        records = list(read(self, entity))
+        if self.name == "b":  # the copy first or last: one of them is the one linked
+            yield from (r for r in records if r.id == made[0] and first)
+        yield from records
+        if self.name == "b":
+            yield from (r for r in records if r.id == made[0] and not first)
+
+    monkeypatch.setattr(MemoryConnector, "read", repeating)
+    result = run(cfg)
+    assert ops(result) == [("create", "b")] * 2
+    assert len(ds("b").table(C)) == 4 and linked_on(cfg, "b") == set(ds("b").table(C))
+    assert pending_creates(cfg) == 0
+    monkeypatch.setattr(MemoryConnector, "read", read)
+    assert run(cfg).plan.actions == []
