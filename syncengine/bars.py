@@ -9,12 +9,14 @@ total is known, the time left::
     applying customers      ━━━━━━━━━━╸━━━━━━━  5,200/9,781  1,630/s  0:00:03  0:00:03 left
 
 A step's bar is made when the step starts, so its clock is real; the step before it is
-taken off the screen, and the whole bar goes when the sync ends (``transient``).
+taken off the screen, and the whole bar goes when the sync ends (``transient``). A step that
+goes on where it stopped (a first sync applied in slices: each slice's writing and committing
+come between) gets its bar back with its clock: the time and the rate are the whole step's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
@@ -75,7 +77,7 @@ class TimeLeftColumn(ProgressColumn):
 class Bars:
     """A ``ProgressFn`` drawing the steps it is told of on ``console``."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, get_time: Callable[[], float] | None = None) -> None:
         self.progress = Progress(
             TextColumn("{task.description}", markup=False),
             BarColumn(),
@@ -85,9 +87,12 @@ class Bars:
             TimeLeftColumn(),
             console=console,
             transient=True,
+            get_time=get_time,
         )
         self.current: tuple[str, TaskID] | None = None
         """The step under way and its bar, the only one in ``progress``."""
+        self.started: dict[str, float] = {}
+        """When each step's bar was first made, for a step that goes on where it stopped."""
 
     def __call__(self, what: str, done: int, total: int | None) -> None:
         if self.current is not None and self.current[0] == what and done:
@@ -99,6 +104,11 @@ class Bars:
             self.progress.remove_task(self.current[1])
         task = self.progress.add_task(what, total=total, completed=done)
         self.current = (what, task)
+        (shown,) = self.progress.tasks
+        if done and what in self.started:  # goes on where it stopped: its clock goes on
+            shown.start_time = self.started[what]
+        elif shown.start_time is not None:
+            self.started[what] = shown.start_time
 
 
 @contextmanager
