@@ -1571,7 +1571,8 @@ class Engine:
                 if slices.due(ent):
                     slices.apply(ent)
         if slices is not None and slices.applied and ent.after_compaction():
-            slices.apply(ent)  # the last slice (a smaller entity is applied whole, as planned)
+            # the last slice (a smaller entity is applied whole, as planned)
+            slices.apply(ent, last=True)
         return untaken
 
 

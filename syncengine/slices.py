@@ -89,10 +89,12 @@ class Slices:
         kept = ent.compacted.kept if ent.compacted is not None else 0
         return len(ent.keys) - kept >= self.next or (stop is not None and stop.is_set())
 
-    def apply(self, ent: EntityPlan) -> None:
+    def apply(self, ent: EntityPlan, *, last: bool = False) -> None:
         """Apply the records planned since the last slice (journal, write, flush, commit),
         then compact them. A stop request is honoured here, between slices: what was applied
-        is committed, and the run ends as a stopped one."""
+        is committed, and the run ends as a stopped one. The ``last`` slice knows the
+        entity's writes exactly: the progress bar ends at its total, not short of the records
+        planned that needed no write."""
         engine = self.engine
         if self.outcome is None:
             drop_exact_marks(engine.store, self.pipeline.name, ent.entity, self.stale)
@@ -100,6 +102,8 @@ class Slices:
             self.result.plan.entities.append(ent)
             self.result.outcomes.append(self.outcome)
         keys = len(ent.after_compaction())
+        if last:
+            self.total = self.records + keys
         applier = EntityApply(
             engine.store,
             self.pipeline,

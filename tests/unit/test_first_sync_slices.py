@@ -175,9 +175,9 @@ def applied(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     sizes: list[int] = []
     apply = slices.Slices.apply
 
-    def counting(self: slices.Slices, ent: Any) -> None:
+    def counting(self: slices.Slices, ent: Any, **kwargs: Any) -> None:
         sizes.append(len(ent.after_compaction()))
-        apply(self, ent)
+        apply(self, ent, **kwargs)
 
     monkeypatch.setattr(slices.Slices, "apply", counting)
     monkeypatch.setattr(slices, "FIRST_SLICE", 4)
@@ -221,6 +221,37 @@ def test_a_large_first_sync_is_written_slice_by_slice_with_one_progress_bar(
     assert sorted(r["Email"] for r in rows) == sorted(f"n{i}@example.com" for i in range(30))
     [again] = api.sync(config)
     assert again.exit_code == 0 and again.plan.actions == []
+
+
+def test_the_bar_of_a_sliced_first_sync_ends_at_what_it_wrote(
+    tmp_path: Path, applied: list[int]
+) -> None:
+    """Records planned that need no write (a tag holding the books' list separator: reported,
+    left alone) are in the bar's total until the last slice, which knows what was written:
+    the bar ends full, not short of them."""
+    config = _csv_books(tmp_path, 28)
+    hcp = MemoryConnector.get_dataset("hcp")
+    for i in (28, 29):
+        hcp.put(
+            "customers", f"c{i}", {"first_name": f"N{i}", "email": f"n{i}@x.com", "tags": ["a,b"]}
+        )
+    bar: list[tuple[int, int | None]] = []
+
+    def progress(what: str, done: int, total: int | None) -> None:
+        if what == "applying customers":
+            bar.append((done, total))
+
+    [pipeline] = config.pipeline(None)
+    store = api.open_store(config)
+    try:
+        result = Engine(config, store, progress=progress).sync(pipeline)
+    finally:
+        store.close()
+    assert len(applied) > 2 and sum(applied) == 28
+    issues = [i for ep in result.plan.entities for i in ep.issues]
+    assert len(issues) == 2 and all("separator" in i.message for i in issues)
+    assert bar[0] == (0, 30) and bar[-1] == (28, 28)
+    assert len(read_csv(tmp_path / "books" / "customers.csv")) == 28
 
 
 def test_no_slices_where_a_slice_could_not_be_taken_back_or_weighed(
