@@ -34,7 +34,7 @@ from syncengine.config import Config
 from syncengine.connectors.memory import MemoryConnector, MemoryDataset
 from syncengine.connectors.spreadsheet.connector import SpreadsheetConnector
 from syncengine.connectors.spreadsheet.csvtable import CsvTable
-from syncengine.engine import Engine
+from syncengine.engine import Engine, SyncResult
 from syncengine.errors import FatalConnectorError, SyncStopped
 from tests.csvfiles import read_csv, write_csv
 from tests.helpers import ACCOUNTING, memory_config
@@ -169,6 +169,23 @@ def _csv_books(tmp_path: Path, customers: int) -> Config:
     return _config(tmp_path)
 
 
+def _sync_with_bar(config: Config) -> tuple[SyncResult, list[tuple[int, int | None]]]:
+    """One sync of the config's pipeline, and (done, total) of each report of the step
+    "applying customers"."""
+    bar: list[tuple[int, int | None]] = []
+
+    def progress(what: str, done: int, total: int | None) -> None:
+        if what == "applying customers":
+            bar.append((done, total))
+
+    [pipeline] = config.pipeline(None)
+    store = api.open_store(config)
+    try:
+        return Engine(config, store, progress=progress).sync(pipeline), bar
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def applied(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """The size of each slice applied, as the engine applies them."""
@@ -197,18 +214,7 @@ def test_a_large_first_sync_is_written_slice_by_slice_with_one_progress_bar(
             flushed.append(len(read_csv(tmp_path / "books" / "customers.csv")))
 
     monkeypatch.setattr(SpreadsheetConnector, "flush", counting)
-    bar: list[tuple[int, int | None]] = []
-
-    def progress(what: str, done: int, total: int | None) -> None:
-        if what == "applying customers":
-            bar.append((done, total))
-
-    [pipeline] = config.pipeline(None)
-    store = api.open_store(config)
-    try:
-        result = Engine(config, store, progress=progress).sync(pipeline)
-    finally:
-        store.close()
+    result, bar = _sync_with_bar(config)
     assert result.exit_code == 0
     # slices of 4, then half of what is applied: 4, 4, 4, 6, 9, and the 3 left
     assert applied == [4, 4, 4, 6, 9, 3]
@@ -235,18 +241,7 @@ def test_the_bar_of_a_sliced_first_sync_ends_at_what_it_wrote(
         hcp.put(
             "customers", f"c{i}", {"first_name": f"N{i}", "email": f"n{i}@x.com", "tags": ["a,b"]}
         )
-    bar: list[tuple[int, int | None]] = []
-
-    def progress(what: str, done: int, total: int | None) -> None:
-        if what == "applying customers":
-            bar.append((done, total))
-
-    [pipeline] = config.pipeline(None)
-    store = api.open_store(config)
-    try:
-        result = Engine(config, store, progress=progress).sync(pipeline)
-    finally:
-        store.close()
+    result, bar = _sync_with_bar(config)
     assert len(applied) > 2 and sum(applied) == 28
     issues = [i for ep in result.plan.entities for i in ep.issues]
     assert len(issues) == 2 and all("separator" in i.message for i in issues)
