@@ -144,6 +144,7 @@ from syncengine.read import (
     check_structures,
     fetch_unseen,
     fill_notes,
+    kept_fields,
     member_views,
     narrow_to_named,
     read_member,
@@ -842,6 +843,7 @@ class Engine:
                 self.progress,
                 self._ahead.pop((member.name, entity), None),
                 self._named(member.name, entity),
+                kept_fields(pipeline, entity),
             )
             ent.seen[member.name] = reads[member.name].count
         if when_read is not None:

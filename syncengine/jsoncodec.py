@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["dumps", "dumps_sorted", "loads"]
+__all__ = ["dumpb", "dumps", "dumps_sorted", "loads"]
 
 _AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _TWENTY, _MINUS_NINETEEN = b"0" * 20, b"-" + b"0" * 19
@@ -44,13 +44,26 @@ def _may_hold_long_integer(text: str | bytes | bytearray) -> bool:
 def dumps(value: Any) -> str:
     """Compact UTF-8 JSON of ``value`` (the state store's columns)."""
     try:
-        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+        return dumpb(value).decode()
+    except UnicodeEncodeError:  # a lone surrogate: text, which UTF-8 cannot hold
+        return _standard(value)
+
+
+def dumpb(value: Any) -> bytes:
+    """``dumps``, as UTF-8 bytes (a text holding a lone surrogate, which UTF-8 cannot hold,
+    raises ``UnicodeEncodeError``)."""
+    try:
+        blob = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:  # an integer beyond 64 bits
-        text = ""
+        blob = b""
     # orjson writes NaN and infinities as null: only a text holding null needs a look
-    if not text or ("null" in text and not _finite(value)):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return text
+    if not blob or (b"null" in blob and not _finite(value)):
+        return _standard(value).encode()
+    return blob
+
+
+def _standard(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def dumps_sorted(value: Any, default: Callable[[Any], Any] = str) -> bytes:

@@ -28,6 +28,7 @@ from syncengine.display import label_of
 from syncengine.match import MatchResult, Observed
 from syncengine.plan import Delete, EntityPlan
 from syncengine.read import MemberRead
+from syncengine.spill import whole
 from syncengine.state import StateStore, queues
 
 __all__ = [
@@ -188,6 +189,8 @@ class Parked:
     """Members whose read was complete: their open items not found again are closed."""
 
     def add(self, obs: Observed, why: str, candidates: Sequence[str | Observed] = ()) -> None:
+        # a person reviews the whole record, after its read's spill is closed
+        obs.canonical = whole(obs.canonical)
         self.items.append((obs, why, list(candidates)))
 
     def name_candidates(self, matched: MatchResult) -> None:

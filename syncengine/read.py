@@ -42,10 +42,11 @@ from syncengine.errors import NotFoundError, RecordError, StructureError
 from syncengine.events import InboxEvent
 from syncengine.match import MatchResult, Observed
 from syncengine.member import Member, open_member
+from syncengine.model import Record, entity_spec
 from syncengine.plan import Create, EntityPlan, Issue, KeyPlan, Update
 from syncengine.progress import ProgressFn, Step
 from syncengine.reconcile import MemberView
-from syncengine.spill import Spill
+from syncengine.spill import Projected, Spill, json_exact
 from syncengine.state import RecordState, StateStore
 
 log = structlog.get_logger("syncengine.engine")
@@ -131,6 +132,10 @@ class MemberRead:
     """The native records of ``new``, ``changed`` and ``unchanged``, on disk until they are
     planned, where the member reads JSON (``Observed.spilled``, ``Unchanged.native``); closed
     once the entity is planned."""
+    keeps: frozenset[str] | None = None
+    """The canonical fields a new or changed record keeps in memory until it is planned
+    (``kept_fields``; the rest waits in ``spill``, see ``spill.Projected``). None: the whole
+    record stays in memory."""
 
     @property
     def complete(self) -> bool:
@@ -138,12 +143,20 @@ class MemberRead:
         return self.read_pass is None or self.read_pass.complete
 
     def unspill(self, obs: Observed) -> Observed:
-        """``obs`` with its native record taken back from the spill (``Observed.spilled``),
-        as its hub record is planned: once planned, ``Engine._plan_keys`` lets go of it
-        again (``Observed.release_native``), and a later look takes it back once more."""
+        """``obs`` with its native record and its whole canonical record taken back from the
+        spill (``Observed.spilled``), as its hub record is planned: once planned,
+        ``Engine._plan_keys`` lets go of the native record again
+        (``Observed.release_native``), and a later look takes it back once more."""
         rec = obs.record
-        if obs.spilled >= 0 and rec.data is RELEASED:
+        if obs.spilled < 0:
+            return obs
+        if type(obs.canonical) is Projected:
+            data, obs.canonical = self.spill.both(obs.spilled)
+        elif rec.data is RELEASED:
             data = self.spill.get(obs.spilled)
+        else:
+            return obs
+        if rec.data is RELEASED:
             obs.record = NativeRecord(
                 rec.id, data, rec.provisional, rec.location, rec.error, obs.native_hash
             )
@@ -277,9 +290,12 @@ def read_member(
     progress: ProgressFn,
     ahead: ReadAhead | None = None,
     named: Sequence[InboxEvent] | None = None,
+    keeps: frozenset[str] | None = None,
 ) -> MemberRead:
     """Read the member's records of ``entity`` and sort them by what changed since the
-    member was last seen. Record-level problems are added to ``ent.issues``.
+    member was last seen. Record-level problems are added to ``ent.issues``. A new or
+    changed record of a member that reads JSON keeps only the canonical fields ``keeps`` in
+    memory until it is planned (``MemberRead.keeps``).
 
     The read is an incremental pass where the member offers one (a dry run may read that
     way too; only a committed sync stores the mark the next pass starts from), or, in an
@@ -300,6 +316,7 @@ def read_member(
         marked=mark is not None,
         fingerprint=member.mapping.fingerprint(),
         stored_fingerprint=store.mapping_mark(pipeline, entity, member.name),
+        keeps=keeps,
     )
     mapped_with, unlisted_before = _mark_parts(out.stored_fingerprint)
     out.remapped = bool(index) and out.fingerprint != mapped_with
@@ -697,13 +714,43 @@ def observe(
     obs = Observed(member.name, rec, canonical, digest, out.count)
     if text is not None:
         # the native record waits on disk until its hub record is planned: matching and
-        # everything before planning look at the canonical record, its id and its location
-        obs.spilled = out.spill.put(text)
+        # everything before planning look at the canonical record, its id and its location;
+        # of the canonical record, only at the fields ``out.keeps``
+        kept = _canonical_text(canonical) if out.keeps is not None and canonical else b""
+        obs.spilled = out.spill.put(text, kept)
         obs.record = rec.released()
+        if kept and out.keeps is not None:
+            obs.canonical = Projected(canonical, out.keeps, out.spill, obs.spilled)
     if key is None:
         out.new.append(obs)
     else:
         out.changed[key] = obs
+
+
+def _canonical_text(canonical: Record) -> bytes:
+    """The JSON text a canonical record is kept on disk as, or b"" where it would not come
+    back exactly as it is (``spill.json_exact``): that record stays whole in memory."""
+    if not json_exact(canonical):
+        return b""
+    try:
+        return jsoncodec.dumpb(canonical)
+    except UnicodeEncodeError:  # a lone surrogate
+        return b""
+
+
+def kept_fields(pipeline: Pipeline, entity: str) -> frozenset[str]:
+    """The canonical fields that the decisions made before a record is planned compare, and
+    so the fields a record read keeps in memory until then (``spill.Projected``): the match
+    keys, every relink key's fields (``match``, ``Engine._relink_vanished``), the fields a
+    sorted sheet is told by (``integrity``), and the references (the records a plan needs
+    looked up first, ``refs.referenced``)."""
+    spec = entity_spec(entity)
+    names = set(pipeline.match_keys(entity))
+    for combination in spec.relink_keys:
+        names.update(combination)
+    names.update(spec.sorted_by)
+    names.update(f.name for f in spec.fields if f.type == "ref")
+    return frozenset(names)
 
 
 def _shadow(member: Member, out: MemberRead, rec: NativeRecord) -> None:

@@ -46,6 +46,7 @@ from syncengine.progress import ProgressFn, Step, no_progress
 from syncengine.read import MemberRead, observe
 from syncengine.reconcile import MemberView
 from syncengine.refs import References
+from syncengine.spill import whole
 from syncengine.state import Intent, StateStore
 
 log = structlog.get_logger("syncengine.engine")
@@ -510,6 +511,9 @@ def _match_written(
     more candidates than creates, which is which cannot be told, and none is taken."""
     spec = model.entity_spec(entity)
     mapping = member.mapping
+    for obs in candidates:
+        # compared on whatever the create wrote: the whole record, not what the read keeps
+        obs.canonical = whole(obs.canonical)
     wrote: dict[int, dict[str, Any]] = {}
     for s in settled:
         written = canonical_of(mapping, NativeRecord("", s.payload.native), member.refs)

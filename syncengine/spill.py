@@ -23,6 +23,11 @@ crash) and lives in the system's temporary directory (``TMPDIR``): a sync needs 
 size of its largest entity there (80 MB for 100 000 HCP customers). It is closed once the
 entity is planned; a file closed within seconds is mostly never written to the disk itself
 (the system drops the pages of a removed file that it has not written back yet).
+
+A new or changed record's canonical form waits there too, after its native text. What stays
+in memory until it is planned is a ``Projected`` record: the fields that the decisions made
+before planning compare (match and relink keys, references, the fields a sorted sheet is
+told by: ``read.kept_fields``). For a customer that is six fields of twenty or more.
 """
 
 from __future__ import annotations
@@ -32,11 +37,13 @@ import errno
 import os
 import tempfile
 from array import array
-from typing import IO
+from collections.abc import Iterator, Mapping
+from typing import IO, Any
 
 from syncengine import jsoncodec
 from syncengine.connector import NativeData
 from syncengine.errors import UnavailableError
+from syncengine.model import Record
 
 _BUFFER = 1 << 20
 """Bytes gathered before they are written at once: one system call per about a thousand
@@ -61,14 +68,19 @@ class Spill:
     def __len__(self) -> int:
         return len(self._starts)
 
-    def put(self, text: bytes) -> int:
-        """Keep one record's JSON text; returns its slot."""
+    def put(self, text: bytes, canonical: bytes = b"") -> int:
+        """Keep one record's JSON text, and the JSON text of its canonical form if given (a
+        line after it); returns its slot."""
         if self._closed:
             raise RuntimeError("a record was spilled after its read was planned")
         slot = len(self._starts)
         self._starts.append(self._end)
-        self._end += len(text)
         self._pending += text
+        if canonical:
+            # compact JSON holds no line break: the first one ends the native text
+            self._pending += b"\n"
+            self._pending += canonical
+        self._end += len(text) + (len(canonical) + 1 if canonical else 0)
         if len(self._pending) >= _BUFFER:
             self._write()
         return slot
@@ -94,8 +106,15 @@ class Spill:
 
     def get(self, slot: int) -> NativeData:
         """The native record kept in ``slot``, decoded."""
-        data: NativeData = jsoncodec.loads(self.text(slot))
+        data: NativeData = jsoncodec.loads(self.text(slot).partition(b"\n")[0])
         return data
+
+    def both(self, slot: int) -> tuple[NativeData, Record]:
+        """The native record and the canonical record kept in ``slot``, decoded."""
+        native, _, canonical = self.text(slot).partition(b"\n")
+        if not canonical:
+            raise RuntimeError(f"slot {slot} of a spill holds no canonical record")
+        return jsoncodec.loads(native), jsoncodec.loads(canonical)
 
     def text(self, slot: int) -> bytes:
         """The JSON text kept in ``slot``."""
@@ -125,6 +144,175 @@ class Spill:
         self._starts = array("q")
         self._end = self._written = 0
         self._closed = True  # a slot kept elsewhere must not find another record's text
+
+
+STRICT = os.environ.get("SYNCENGINE_TEST_STRICT_PROJECTION") == "1"
+"""Set by the test suite: a ``Projected`` record asked for a field it does not keep raises,
+instead of reading the rest of the record back from the spill. The suite runs so, which
+proves that nothing before planning looks at more than ``read.kept_fields``."""
+
+_JSON_EXACT = frozenset({str, int, bool, float, type(None)})
+
+
+def json_exact(record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` comes back from JSON as it is (its values text, numbers, booleans,
+    nulls and lists of text): only such a record is kept on disk (a tuple would come back
+    as a list)."""
+    for value in record.values():
+        kind = type(value)
+        if kind in _JSON_EXACT or (kind is list and all(type(v) is str for v in value)):
+            continue
+        return False
+    return True
+
+
+class Projected(dict[str, Any]):
+    """A canonical record of a read, in memory only as the fields it ``keeps`` until its hub
+    record is planned; the whole record waits in ``spill`` (after the native text of slot
+    ``slot``), and ``MemberRead.unspill`` takes it back.
+
+    Asked for any other field, or for all of them (iterated, compared, copied), it reads the
+    rest back first (``whole``), so that no decision is ever made on a part of a record; the
+    test suite makes that an error (``STRICT``). ``complete`` is the explicit way, for what
+    needs a whole record before planning (a record parked for a person's review)."""
+
+    __slots__ = ("_keeps", "_slot", "_spill")
+
+    def __init__(
+        self, record: Mapping[str, Any], keeps: frozenset[str], spill: Spill, slot: int
+    ) -> None:
+        super().__init__({k: v for k, v in record.items() if k in keeps})
+        self._keeps: frozenset[str] | None = keeps
+        self._spill = spill
+        self._slot = slot
+
+    def complete(self) -> Record:
+        """The whole record, read back from the spill: a plain dict."""
+        if self._keeps is None:
+            return dict(super().items())
+        return self._spill.both(self._slot)[1]
+
+    def _whole(self, wanted: object) -> None:
+        """Hold the whole record from now on (``wanted``: what was asked for)."""
+        if self._keeps is None:
+            return
+        if STRICT:
+            raise RuntimeError(
+                f"a record read was looked at for {wanted!r} before its hub record was planned, "
+                f"where only {sorted(self._keeps)} are kept in memory (read.kept_fields)"
+            )
+        whole = self.complete()
+        super().clear()
+        super().update(whole)
+        self._keeps = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if self._keeps is not None and key not in self._keeps:
+            self._whole(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        if self._keeps is not None and key not in self._keeps:
+            self._whole(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        if self._keeps is not None and key not in self._keeps:
+            self._whole(key)
+        return super().__contains__(key)
+
+    def __iter__(self) -> Iterator[str]:
+        self._whole("every field")
+        return super().__iter__()
+
+    def __len__(self) -> int:
+        self._whole("every field")
+        return super().__len__()
+
+    def __bool__(self) -> bool:
+        return True  # made of a record with fields (``read.observe`` keeps an empty one whole)
+
+    def keys(self) -> Any:
+        self._whole("every field")
+        return super().keys()
+
+    def values(self) -> Any:
+        self._whole("every field")
+        return super().values()
+
+    def items(self) -> Any:
+        self._whole("every field")
+        return super().items()
+
+    def copy(self) -> dict[str, Any]:
+        self._whole("a copy")
+        return dict(super().items())
+
+    def __eq__(self, other: object) -> bool:
+        self._whole("a comparison")
+        return super().__eq__(other)
+
+    def __ne__(self, other: object) -> bool:
+        self._whole("a comparison")
+        return super().__ne__(other)
+
+    __hash__ = None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._whole(key)
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._whole(key)
+        super().__delitem__(key)
+
+    def pop(self, key: str, *default: Any) -> Any:
+        self._whole(key)
+        return super().pop(key, *default)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        self._whole(key)
+        return super().setdefault(key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._whole("an update")
+        super().update(*args, **kwargs)
+
+    def popitem(self) -> tuple[str, Any]:
+        self._whole("every field")
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._whole("every field")
+        super().clear()
+
+    def __reversed__(self) -> Iterator[str]:
+        self._whole("every field")
+        return super().__reversed__()
+
+    def __or__(self, other: Any) -> Any:
+        self._whole("every field")
+        return dict(super().items()) | other
+
+    def __ror__(self, other: Any) -> Any:
+        self._whole("every field")
+        return other | dict(super().items())
+
+    def __ior__(self, other: Any) -> Any:
+        self._whole("an update")
+        return super().__ior__(other)
+
+    def __repr__(self) -> str:
+        return f"Projected({dict(super().items())!r}, keeps={sorted(self._keeps or ())})"
+
+    def __reduce__(self) -> Any:
+        self._whole("a copy")
+        return (dict, (dict(super().items()),))
+
+
+def whole(record: Record) -> Record:
+    """``record`` as a plain dict of all its fields (a ``Projected`` one read back)."""
+    return record.complete() if type(record) is Projected else record
 
 
 def _unavailable(exc: OSError) -> UnavailableError:

@@ -52,6 +52,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 REPO = Path(__file__).resolve().parent.parent
 
+# a record read keeps only some canonical fields in memory until it is planned; the suite
+# makes a look at any other field an error (``syncengine.spill.STRICT``), in its own process
+# and in every process it starts
+os.environ["SYNCENGINE_TEST_STRICT_PROJECTION"] = "1"
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Before any test starts: hand the tests to the xdist workers one or two at a time, and
