@@ -101,6 +101,15 @@ def test_only_a_record_json_gives_back_as_it_is_waits_on_disk(
         assert jsoncodec.loads(jsoncodec.dumpb(record)) == record
 
 
+def test_a_record_is_kept_in_part_only_where_that_leaves_out_half_of_it() -> None:
+    payment = {"invoice": "k1", "amount": 100, "paid_at": "2026-01-02T00:00:00Z",
+               "method": "cash", "status": "paid", "refunded_amount": 0}  # fmt: skip
+    keeps = frozenset({"invoice", "amount", "paid_at", "method"})
+    assert not read._worth(payment, keeps)
+    assert read._worth(WHOLE, KEEPS)  # three of six
+    assert not read._worth({}, KEEPS)
+
+
 def test_a_record_holding_a_lone_surrogate_stays_whole_in_memory() -> None:
     record = {"first_name": "bad \ud800 text"}
     assert json_exact(record)
