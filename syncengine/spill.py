@@ -20,7 +20,8 @@ that plans it (another member changed it) takes its text back (``MemberRead.unch
 
 The file is unnamed (removed from the directory as it is made: nothing is left behind after a
 crash) and lives in the system's temporary directory (``TMPDIR``): a sync needs about the JSON
-size of its largest entity there (80 MB for 100 000 HCP customers). It is closed once the
+size of its largest entity there, with the mapped records kept below (95 MB for 100 000 HCP
+customers, half of it their mapped records). It is closed once the
 entity is planned; a file closed within seconds is mostly never written to the disk itself
 (the system drops the pages of a removed file that it has not written back yet).
 

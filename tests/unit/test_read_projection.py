@@ -82,6 +82,21 @@ def test_outside_the_suite_a_look_at_another_field_reads_the_whole_record_back(
     assert copy.deepcopy(third) == WHOLE
 
 
+def test_after_its_read_is_planned_a_record_refuses_rather_than_answer_in_part(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A look past the kept fields once the spill is closed (the entity planned) is an error
+    of the engine, never the answer of a part of the record taken for the whole."""
+    monkeypatch.setattr(spill, "STRICT", False)
+    rec, kept = _projected(WHOLE)
+    kept.close()
+    assert rec.get("email") == "zoe@example.com"  # what it keeps, it still tells
+    with pytest.raises(RuntimeError, match="without slot"):
+        rec.get("company")
+    with pytest.raises(RuntimeError, match="without slot"):
+        dict(rec)
+
+
 @pytest.mark.parametrize(
     ("record", "exact"),
     [

@@ -124,6 +124,29 @@ def test_interrupted_creates_are_told_from_the_read_with_no_lookup(
     assert run(cfg).plan.actions == []
 
 
+@pytest.mark.whole_first_sync
+def test_interrupted_creates_on_a_member_reading_json_are_told_by_every_value_written(
+    tmp_path: Path,
+    crash_after: Any,
+    lookups: list[tuple[str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The read keeps only the fields matching compares of each record in memory
+    (``spill.Projected``); recovery compares every value a create wrote, so it takes the
+    records it compares back whole."""
+    monkeypatch.setattr(MemoryConnector, "reads_json", True)
+    quiet = {"stamp_updated_at": False}
+    cfg = memory_config(tmp_path, {"a": quiet, "b": quiet})
+    customers(6, company="Co", tags=["x"], notifications_enabled=True)
+    crash_after(4)
+    killed(cfg)
+    result = run(cfg)
+    assert lookups == [] and result.pending_recovery == 6
+    assert ops(result) == [("create", "b")] * 2
+    assert len(ds("b").table(C)) == 6 and linked_on(cfg, "b") == set(ds("b").table(C))
+    assert run(cfg).plan.actions == []
+
+
 def test_on_a_member_taking_the_engines_ids_the_key_tells_the_record(
     tmp_path: Path, crash_after: Any, lookups: list[tuple[str, str]]
 ) -> None:
