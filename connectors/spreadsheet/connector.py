@@ -490,7 +490,7 @@ class SpreadsheetConnector(Connector):
         work = self._work.get(entity)
         if work is None or work.stale or work.unsaved:
             work = self._working(entity, reload=True)
-        handles = work.by_id.get(native_id, [])
+        handles = work.by_id.get(native_id)
         return work.record(work.rows[handles[0]]) if handles else None
 
     def find(self, entity: str, data: NativeData) -> list[NativeRecord]:
@@ -640,6 +640,45 @@ class _ByMark:
     """The file had changed when it was loaded: the run leaves it alone."""
 
 
+class _RowsById:
+    """Which rows of a working copy hold each Sync ID: the row's handle as it is where one row
+    holds it (every row but a copied one: a list each cost a first sync of a million rows
+    about 70 MB), a list of handles where copied rows share it."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self) -> None:
+        self._rows: dict[str, int | list[int]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._rows)
+
+    def get(self, sync_id: str) -> list[int]:
+        """The handles of the rows holding ``sync_id`` (none: an empty list)."""
+        found = self._rows.get(sync_id)
+        if found is None:
+            return []
+        return [found] if isinstance(found, int) else found
+
+    def add(self, sync_id: str, handle: int) -> None:
+        """One more row holds ``sync_id``."""
+        found = self._rows.get(sync_id)
+        if found is None:
+            self._rows[sync_id] = handle
+        elif isinstance(found, int):
+            self._rows[sync_id] = [found, handle]
+        else:
+            found.append(handle)
+
+    def put(self, sync_id: str, handle: int) -> None:
+        """Row ``handle`` alone holds ``sync_id``."""
+        self._rows[sync_id] = handle
+
+    def pop(self, sync_id: str) -> None:
+        """No row holds ``sync_id`` any more."""
+        self._rows.pop(sync_id, None)
+
+
 class _Working:
     """The connector's copy of one entity's file: rows as loaded plus the buffered writes."""
 
@@ -668,10 +707,10 @@ class _Working:
         self._unplaced: list[int] = []
         """Rows added since the last save, to be placed by ``group_by`` (``_arrange``)."""
         self._index_columns()
-        self.by_id: dict[str, list[int]] = {}
+        self.by_id = _RowsById()
         for handle, row in self.rows.items():
             if (sync_id := self.row_id(row)) and not row.blank:
-                self.by_id.setdefault(sync_id, []).append(handle)
+                self.by_id.add(sync_id, handle)
 
     def _index_columns(self) -> None:
         self.columns: dict[str, int] = {}
@@ -842,7 +881,7 @@ class _Working:
     def duplicated(self, sync_id: str, *, within: bool = False) -> str:
         """Why rows sharing ``sync_id`` cannot be read, or "". ``within``: the message goes
         beside one of those rows' location, so the file and sheet are not named again."""
-        handles = self.by_id.get(sync_id, [])
+        handles = self.by_id.get(sync_id)
         if len(handles) < 2:
             return ""
         lines = sorted(self.rows[h].line for h in handles)
@@ -913,7 +952,7 @@ class _Working:
     def find(self, data: Mapping[str, Any]) -> list[NativeRecord]:
         sync_id = _text(data.get(self.id_column)).strip()
         if sync_id:
-            return [self.record(self.rows[h]) for h in self.by_id.get(sync_id, [])]
+            return [self.record(self.rows[h]) for h in self.by_id.get(sync_id)]
         # the text a cell would hold once written (a workbook shows 1234.50 as 1234.5)
         wanted = {
             name: self.table.decode_cell(self.table.encode_cell(_text(v), name), name)
@@ -944,7 +983,7 @@ class _Working:
                     f"the row already has {self.id_column} {current}", location=self.location(row)
                 )
         else:
-            handles = self.by_id.get(native_id, [])
+            handles = self.by_id.get(native_id)
             if not handles:
                 raise NotFoundError(f"no row has {self.id_column} {native_id}", location=display)
             if len(handles) > 1:
@@ -960,7 +999,7 @@ class _Working:
             raise RecordError(
                 f"{sync_id!r} cannot be a {self.id_column}", location=self.table.display
             )
-        others = [h for h in self.by_id.get(sync_id, []) if h != handle]
+        others = [h for h in self.by_id.get(sync_id) if h != handle]
         if others:
             raise RecordError(
                 f"{self.id_column} {sync_id} is already used",
@@ -1038,7 +1077,7 @@ class _Working:
         self._apply(row, staged, fresh=True)
         handle, self._next = self._next, self._next + 1
         self._place(handle, row)
-        self.by_id[key] = [handle]
+        self.by_id.put(key, handle)
         self.pending = True
         return self.record(row)
 
@@ -1111,9 +1150,9 @@ class _Working:
         if new_id is not None and self.row_id(row) != new_id:
             old = self.row_id(row)
             if old:
-                self.by_id.pop(old, None)
+                self.by_id.pop(old)
             row.set(self.id_index, id_cell)
-            self.by_id[new_id] = [handle]
+            self.by_id.put(new_id, handle)
         self.pending = self.pending or row.original is None or self.header.original is None
         return self.record(row)
 
@@ -1124,7 +1163,7 @@ class _Working:
             return  # already gone: the outcome a delete wants
         sync_id = self.row_id(row)
         if sync_id:
-            self.by_id.pop(sync_id, None)
+            self.by_id.pop(sync_id)
         del self.rows[handle]
         self.pending = True
 
