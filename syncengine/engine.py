@@ -892,6 +892,7 @@ class Engine:
             named.keep_named(matched, reads)
         planned.parked.name_candidates(matched)
         touched.update(k for k in matched.groups if k not in matched.new_keys)
+        matched.new_keys = set()  # not looked at again: no set of every new key while planning
         states = self.store.load_records(pipeline.name, entity, touched) if touched else {}
         self._fetch_referring_unseen(entity, members, reads, ent, touched, states)
         hold = hold_deletes and pipeline.section.deletes.propagate and referred_to(pipeline, entity)
@@ -1464,12 +1465,7 @@ class Engine:
         ``slices`` (a first sync), the keys are applied as they are planned, a slice at a
         time, and the records read for them let go of once applied."""
         groups = matched.groups
-        # new records keep the order their member listed them in (a sheet gets HCP's order)
-        position: dict[str, int] = {}
-        for key, group in groups.items():
-            for obs in group.values():
-                position[key] = min(position.get(key, obs.order), obs.order)
-        ordered = sorted(touched | set(groups), key=lambda k: (position.get(k, -1), k))
+        ordered = _in_read_order(touched, groups)
         untaken: set[str] = set()
         if not ordered:
             return untaken
@@ -1576,6 +1572,17 @@ class Engine:
             # the last slice (a smaller entity is applied whole, as planned)
             slices.apply(ent, last=True)
         return untaken
+
+
+def _in_read_order(touched: set[str], groups: Mapping[str, Mapping[str, Observed]]) -> list[str]:
+    """The keys to plan: those ``touched``, then the new records' keys in the order their
+    member listed them (a sheet gets HCP's order). The positions are let go of once sorted:
+    a dict of every key, held through a first sync's slices, is no part of the plan."""
+    position: dict[str, int] = {}
+    for key, group in groups.items():
+        for obs in group.values():
+            position[key] = min(position.get(key, obs.order), obs.order)
+    return sorted(touched | set(groups), key=lambda k: (position.get(k, -1), k))
 
 
 def _location_of(members: Sequence[Member], entity: str, name: str, native_id: str) -> str | None:
