@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,8 +54,9 @@ class Observed:
 
 @dataclass
 class MatchResult:
-    groups: dict[str, dict[str, Observed]] = field(default_factory=dict)
-    """key -> member -> the new record linked to it."""
+    groups: dict[str, Mapping[str, Observed]] = field(default_factory=dict)
+    """key -> member -> the new record linked to it (a group of one record, most of a first
+    sync's, is an ``_Alone``)."""
     new_keys: set[str] = field(default_factory=set)
     ambiguous: list[tuple[Observed, str]] = field(default_factory=list)
     """(record, explanation) for records that matched several hub records."""
@@ -191,7 +192,7 @@ def hold_blind(
     (``hinted``). ``missing`` names only members whose columns were there once (the
     engine's ``_blind_candidates``): a column a sheet never had hides nothing."""
     alone: dict[str, list[str]] = {}
-    fresh: list[tuple[str, dict[str, Observed]]] = []
+    fresh: list[tuple[str, Mapping[str, Observed]]] = []
     for key in result.new_keys:
         group = result.groups.get(key, {})
         if not group or any(hinted(obs) for obs in group.values()):
@@ -417,7 +418,9 @@ def match(
                 # this record shows the key's e-mail (or mobile): the one that took the key by
                 # name alone gives it up, and is a record of its own
                 loser, entries = weak.pop((chosen, member))
-                result.groups[chosen].pop(member, None)
+                result.groups[chosen] = {
+                    m: o for m, o in result.groups[chosen].items() if m != member
+                }
                 holders[chosen].discard(member)
                 # a hub record of its own, found by its values from here on
                 own = fresh_key(loser)
@@ -637,6 +640,33 @@ def _adopt_ids(result: MatchResult, relink: Relinking, holders: Mapping[str, set
         result.new_keys.add(wanted)
 
 
+class _Alone(Mapping[str, Observed]):
+    """A group of one record (one member's), in a fifth of the memory of a dict of one: a
+    first sync holds one for every record it read until its slice is planned."""
+
+    __slots__ = ("obs",)
+
+    def __init__(self, obs: Observed) -> None:
+        self.obs = obs
+
+    def __getitem__(self, member: str) -> Observed:
+        if member != self.obs.member:
+            raise KeyError(member)
+        return self.obs
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.obs.member,))
+
+    def __len__(self) -> int:
+        return 1
+
+
 def _attach(result: MatchResult, holders: dict[str, set[str]], key: str, obs: Observed) -> None:
-    result.groups.setdefault(key, {})[obs.member] = obs
+    group = result.groups.get(key)
+    if not group:
+        result.groups[key] = _Alone(obs)
+    elif isinstance(group, dict):
+        group[obs.member] = obs
+    else:
+        result.groups[key] = {**group, obs.member: obs}
     holders.setdefault(key, set()).add(obs.member)

@@ -554,7 +554,7 @@ class Named:
         or grouped with a record new on a member read by its events. Any other (a row typed
         into a sheet) is left for a run that reads everything: the records a few events
         name cannot tell whether it is already on those members, unlinked."""
-        groups: dict[str, dict[str, Observed]] = {}
+        groups: dict[str, Mapping[str, Observed]] = {}
         for key, group in matched.groups.items():
             if key in self.keys or set(group) & self.members:
                 groups[key] = group

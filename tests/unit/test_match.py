@@ -490,3 +490,23 @@ def test_a_joining_record_is_one_its_member_holds_no_live_link_for(
 
     assert views[SHEET].status == "new"
     assert views[SHEET].joined is joining
+
+
+def test_a_group_of_one_reads_as_a_dict_and_becomes_one_when_a_second_record_joins() -> None:
+    """A first sync's groups are mostly of one record: kept as an ``_Alone``, not a dict."""
+    from syncengine.match import _Alone, _attach
+
+    result = MatchResult()
+    holders: dict[str, set[str]] = {}
+    a = Observed("hcp", NativeRecord("1", {}), {"email": "x@y.com"}, "h1")
+    b = Observed("books", NativeRecord("2", {}), {"email": "x@y.com"}, "h2")
+    _attach(result, holders, "k", a)
+    group = result.groups["k"]
+    assert isinstance(group, _Alone) and len(group) == 1
+    assert group == {"hcp": a} and dict(group) == {"hcp": a} and list(group.values()) == [a]
+    assert "books" not in group and group.get("books") is None
+    with pytest.raises(KeyError):
+        group["books"]
+    _attach(result, holders, "k", b)
+    assert type(result.groups["k"]) is dict and result.groups["k"] == {"hcp": a, "books": b}
+    assert holders == {"k": {"hcp", "books"}}
