@@ -26,6 +26,7 @@ Writing a connector::
         def flushes_alone(self, entity) -> bool: ...                # optional: a cheap flush
         def changed_by_writes(self, entity) -> Mapping: ...         # optional: derived records
         def prepare(self, entity, mapping) -> None: ...             # optional: learn the mapping
+        def will_sync(self, entities) -> None: ...                  # optional: a run's entities
         def structure(self, entity) -> Structure: ...               # optional: a file's header
 
 and register it in ``pyproject.toml``::
@@ -408,6 +409,12 @@ class Connector(ABC):
         """Called before the entity is read with the mapping in force for this member: a
         file-backed member can take the columns of a new file from it, or the kinds of values
         (money, dates) its cells hold. A connector must work without it too."""
+
+    def will_sync(self, entities: Collection[str]) -> None:  # noqa: B027 - optional hook
+        """Called once at the start of a sync run, before anything is read, with every entity
+        that run syncs on this member. A connector may then leave out what it would keep only
+        for the other entities (Housecall Pro: which invoice bills each job, for line items).
+        Without the call it keeps everything, as a report or a one-off read needs."""
 
     def structure(self, entity: str) -> Structure:
         """What the storage of ``entity`` looks like under the mapping given to ``prepare``

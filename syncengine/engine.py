@@ -153,7 +153,7 @@ from syncengine.read import (
 )
 from syncengine.reconcile import Context, FixedFieldChanged, MemberView, reconcile
 from syncengine.recovery import Recovery, recover, settle_creates
-from syncengine.refs import References, referenced
+from syncengine.refs import References, referenced, targets_of
 from syncengine.result import MAX_REPORTED, EntityOutcome, SyncResult
 from syncengine.slices import Slices
 from syncengine.state import COMPLETED_OUTCOMES, STATISTICS_AFTER, RecordState, StateStore
@@ -323,6 +323,9 @@ class Engine:
                     run_row = tx.start_run(pipeline.name, False, run_id)
                 self._events = self._take_events(pipeline, result)
             self._queues = QueueHoldings.read(self.store, pipeline.name)
+            scope = [e for e in pipeline.entities if entities is None or e in entities]
+            for name, connector in connectors.items():
+                connector.will_sync([e for e in scope if name in pipeline.members_of(e)])
             # a sheet a person must fix stops the whole run before anything is written
             check_structures(self.store, pipeline, entities, connectors)
             refs = References(self.store, pipeline.name, dry_run=self.dry_run)
@@ -333,17 +336,20 @@ class Engine:
                 refs,
                 dry_run=self.dry_run,
                 holder=self.holder,
-                entities=[e for e in pipeline.entities if entities is None or e in entities],
+                entities=scope,
                 progress=self.progress,
             )
             result.pending_recovery = recovery.pending
             runs: list[EntityRun] = []
-            chosen = [e for e in pipeline.entities if entities is None or e in entities]
+            chosen = scope
             if self.event_driven:
                 chosen = entities_named(self._events, chosen)
             derived: dict[str, dict[str, set[str]]] = {}
-            for entity, then in zip(chosen, [*chosen[1:], None][: len(chosen)], strict=True):
+            for at, (entity, then) in enumerate(
+                zip(chosen, [*chosen[1:], None][: len(chosen)], strict=True)
+            ):
                 self.check_stop()
+                refs.keep_only(targets_of(chosen[at:]))
                 runs.append(
                     self._sync_entity(
                         pipeline, entity, connectors, recovery, refs, result, run_id, then

@@ -110,6 +110,7 @@ class Billing:
     def know_every_invoice(self) -> None:
         """List every invoice for ``job_invoices`` only (no customers, no payments kept): a
         line items read that no complete invoices read of this instance came before."""
+        self.job_invoices.wanted = True
         for item in self._invoice_items():
             self.job_invoices.learn(item)
         self.job_invoices.complete = True

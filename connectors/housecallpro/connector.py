@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
@@ -226,6 +226,10 @@ class HousecallProConnector(Connector):
         if entity == LINE_ITEMS:
             return Capabilities(delete=False, fixed={"invoice": MOVED_LINE})
         return Capabilities(create=False, update=False, delete=False)
+
+    def will_sync(self, entities: Collection[str]) -> None:
+        """A run without line items keeps no job -> invoice index (``JobInvoices``)."""
+        self.billing.job_invoices.wanted = LINE_ITEMS in entities
 
     def buffers(self, entity: str) -> bool:
         """Line items are held until ``flush``: one ``bulk_update`` per job."""

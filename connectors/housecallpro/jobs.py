@@ -203,15 +203,34 @@ class JobInvoices:
     HCP keeps lines on jobs, not invoices; a job's lines are billed by its first invoice (the
     oldest; ties by id), as a job billed once has just that one. ``complete`` is True once
     every invoice was listed (a complete invoices read, or ``Billing.know_every_invoice``):
-    a job then unknown has no invoice."""
+    a job then unknown has no invoice.
+
+    A run that syncs no line items on this connector learns nothing (``wanted`` False, set by
+    ``will_sync``): kept for every invoice, the ids and dates were about 350 bytes an invoice,
+    held to the run's end. Whatever asks for them later (``LineItems``) wants them again, and
+    finds them incomplete: its invoices are then listed or fetched, as for a connector that
+    read none."""
 
     def __init__(self) -> None:
         self._first: dict[str, tuple[str, str]] = {}
         """job id -> (created_at, invoice id) of its first invoice."""
         self._job_of: dict[str, str] = {}
-        self.complete = False
+        self._complete = False
+        self.wanted = True
+        """Whether the invoices read are learnt from."""
+
+    @property
+    def complete(self) -> bool:
+        return self._complete
+
+    @complete.setter
+    def complete(self, value: bool) -> None:
+        # every invoice listed tells every job's only when each one was learnt
+        self._complete = value and self.wanted
 
     def learn(self, invoice: Mapping[str, Any]) -> None:
+        if not self.wanted:
+            return
         job_id, invoice_id = invoice.get("job_id"), invoice.get("id")
         if not (isinstance(job_id, str) and job_id and isinstance(invoice_id, str)):
             return

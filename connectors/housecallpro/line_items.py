@@ -66,7 +66,7 @@ from urllib.parse import quote
 
 from syncengine.connector import NativeData, NativeRecord, ReadPass
 from syncengine.connectors.housecallpro.incremental import NewestFirst
-from syncengine.connectors.housecallpro.jobs import JOBS
+from syncengine.connectors.housecallpro.jobs import JOBS, JobInvoices
 from syncengine.connectors.housecallpro.paging import Item
 from syncengine.errors import (
     AuthError,
@@ -218,6 +218,14 @@ class LineItems:
         """The jobs whose ``bulk_update`` was sent since ``invoices_changed`` last asked: HCP
         totals their invoices again."""
 
+    @property
+    def _job_invoices(self) -> JobInvoices:
+        """Which invoice bills each job, learnt from here on (a run told it syncs no line
+        items learnt none; what it lacks is listed or fetched where asked)."""
+        known = self.billing.job_invoices
+        known.wanted = True
+        return known
+
     # -- reads
 
     def read(self, token: str | None) -> ReadPass:
@@ -305,7 +313,7 @@ class LineItems:
         """Every invoiced job with its first invoice; the invoices are listed first when no
         complete invoices read of this instance knows them all and a job asked for is
         unknown (or, without ``wanted``, always)."""
-        known = self.billing.job_invoices
+        known = self._job_invoices
         asked = list(wanted)
         if not known.complete and (not asked or any(known.invoice_of(j) is None for j in asked)):
             self.billing.know_every_invoice()
@@ -336,7 +344,7 @@ class LineItems:
     def find(self, data: NativeData) -> list[NativeRecord]:
         """The lines of ``data``'s job that hold its values (an interrupted create)."""
         job_id = self.job_of(data)
-        invoice_id = self.billing.job_invoices.invoice_of(job_id)
+        invoice_id = self._job_invoices.invoice_of(job_id)
         wanted = {k: data[k] for k in WRITABLE if data.get(k) not in (None, "")}
         found = []
         for position, item in enumerate(self._fetch((job_id, "")), start=1):
@@ -379,10 +387,10 @@ class LineItems:
         invoice_id = data.get(INVOICE_ID)
         if not isinstance(invoice_id, str) or not invoice_id:
             raise RecordError("a line needs its invoice (Housecall Pro keeps lines on jobs)")
-        known = self.billing.job_invoices.job_of(invoice_id)
+        known = self._job_invoices.job_of(invoice_id)
         if known is None:
             self.billing.get_invoice(invoice_id)  # learns its job
-            known = self.billing.job_invoices.job_of(invoice_id)
+            known = self._job_invoices.job_of(invoice_id)
         if known is None:
             raise RecordError(
                 f"invoice {invoice_id} has no job, and Housecall Pro keeps lines on jobs"
@@ -414,7 +422,7 @@ class LineItems:
         """The invoices of the jobs whose lines the flushes since the last call wrote: HCP
         derived their subtotal, tax and amount from those lines, so they changed too."""
         sent, self._sent = self._sent, set()
-        return self.billing.job_invoices.invoices_of(sent) if sent else frozenset()
+        return self._job_invoices.invoices_of(sent) if sent else frozenset()
 
     def flushed(self, answered: NativeRecord) -> NativeRecord:
         """What the flush made of one held write: the line with its ``uuid`` (a create), as
@@ -468,7 +476,7 @@ class LineItems:
         With ``unknown`` (the request's outcome was not known), only what the lines show was
         written counts; the rest fails (RetriableError)."""
         job_id = writes.job_id
-        invoice_id = self.billing.job_invoices.invoice_of(job_id)
+        invoice_id = self._job_invoices.invoice_of(job_id)
         where = f"PUT {lines_path(job_id)}/bulk_update"
         records = {
             str(item[UUID]): line_record(item, job_id, invoice_id, position)
