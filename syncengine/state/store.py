@@ -867,7 +867,11 @@ class StateStore:
     ) -> dict[str, tuple[str, str | None]]:
         """native_id -> (key, native_hash) for the member's live links (not tombstoned)."""
         where = {"pipeline": pipeline, "entity": entity, "member": member}
-        return {nid: (key, nhash) for nid, key, nhash in self._select(_LINK_INDEX, where)}
+        # a member whose ids are our keys (a sheet's Sync ID) holds one text for both
+        return {
+            nid: (nid if key == nid else key, nhash)
+            for nid, key, nhash in self._select(_LINK_INDEX, where)
+        }
 
     def linked_count(self, pipeline: str, entity: str, member: str) -> int:
         """How many records the member has a live link for (as counted by `link_index`)."""
