@@ -81,6 +81,20 @@ def test_each_read_returns_what_sqlalchemy_returns(store: StateStore) -> None:
     assert store.link_index("nobody", E, "hcp") == {}
 
 
+def test_a_link_whose_native_id_is_its_key_holds_one_text_for_both(store: StateStore) -> None:
+    """A sheet's rows carry our keys as their Sync IDs: its link index, read by every run
+    that reads the sheet, keeps one string per link, not two equal ones."""
+    key = "0191f5a3c2b04e7d9a1b2c3d4e5f6a7b"
+    with store.transaction() as tx:
+        tx.put_records([{"pipeline": P, "entity": E, "key": k, "base": {}} for k in (key, "k2")])
+        for k, nid in ((key, key), ("k2", "row-7")):
+            tx.put_link(P, E, k, "books", native_id=nid, native_hash=None, last_seen=None)
+    index = store.link_index(P, E, "books")
+    assert index == {key: (key, None), "row-7": ("k2", None)}
+    ((nid, (same, _)),) = [(n, v) for n, v in index.items() if n == key]
+    assert same is nid
+
+
 def test_the_reads_go_to_the_driver_and_each_is_compiled_once(store: StateStore) -> None:
     """Every run makes them: none goes through SQLAlchemy's execution, and what is compiled
     is kept (a statement SQLAlchemy would see would count here)."""
