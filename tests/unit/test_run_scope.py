@@ -162,7 +162,11 @@ def test_the_engine_tells_each_member_the_entities_the_run_syncs_on_it(
     ]
     told.clear()
     api.sync(cfg, connector_extra=extra, entities=["customers"])
-    assert sorted(told) == [("books", ["customers"]), ("crm", ["customers"]), ("hcp", ["customers"])]
+    assert sorted(told) == [
+        ("books", ["customers"]),
+        ("crm", ["customers"]),
+        ("hcp", ["customers"]),
+    ]
 
 
 def test_an_index_let_go_of_is_rebuilt_the_same_when_asked_again(tmp_path: Path) -> None:
