@@ -7,7 +7,6 @@ needs goes with it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,6 @@ from tests.helpers import write_config
 
 KEY = "hcp_test_key_0123456789"
 LINES = "line_items"
-
-
-@pytest.fixture(autouse=True)
-def fresh_memory() -> Iterator[None]:
-    MemoryConnector.reset()
-    yield
-    MemoryConnector.reset()
 
 
 @pytest.fixture
