@@ -216,8 +216,19 @@ class JobInvoices:
         """job id -> (created_at, invoice id) of its first invoice."""
         self._job_of: dict[str, str] = {}
         self._complete = False
-        self.wanted = True
+        self._wanted = True
+
+    @property
+    def wanted(self) -> bool:
         """Whether the invoices read are learnt from."""
+        return self._wanted
+
+    @wanted.setter
+    def wanted(self, value: bool) -> None:
+        if not value:
+            # the invoices read from now on are not learnt: what was complete is no longer
+            self._complete = False
+        self._wanted = value
 
     @property
     def complete(self) -> bool:

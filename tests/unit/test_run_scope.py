@@ -70,6 +70,22 @@ def test_a_run_without_line_items_learns_no_job_invoices(app: Any) -> None:
     conn.close()
 
 
+def test_an_index_not_learnt_from_is_never_taken_as_complete(app: Any) -> None:
+    """An instance that learnt every invoice and is then told a run without line items
+    (none does that today: a run makes its connectors) no longer calls its index complete,
+    so a line of an invoice read after that is not taken for a line of no invoice."""
+    conn = hcp(app)
+    list(conn.read("invoices"))
+    known = conn.billing.job_invoices
+    assert known.complete
+    conn.will_sync(["customers", "invoices"])
+    assert not known.complete
+    known.learn({"id": "inv_new", "job_id": "job_new", "created_at": "2026-12-07T10:00:00Z"})
+    known.wanted = True  # line items asked for it again: still not complete
+    assert not known.complete and known.invoice_of("job_new") is None
+    conn.close()
+
+
 def test_line_items_read_after_all_are_right_and_list_the_invoices_once_more(app: Any) -> None:
     state = sandbox(app)
     told = hcp(app)
