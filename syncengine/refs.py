@@ -146,21 +146,22 @@ class References:
                 for action in kp.actions:
                     if isinstance(action, Create):
                         self._created.setdefault((plan.entity, action.member), set()).add(kp.key)
-        for cache_key in [k for k in self._indexes if k[0] == plan.entity]:
-            del self._indexes[cache_key]
-        for shown_key in [k for k in self._shown if k[0] == plan.entity]:
-            del self._shown[shown_key]
+        self._drop_indexes(lambda target: target == plan.entity)
 
     def keep_only(self, targets: Collection[str]) -> None:
         """Let go of the indexes of every entity not in ``targets``, the ones the entities
         still to plan refer to: a customers index held through the payments, which refer to
         invoices alone, was about 160 bytes a customer. One asked for again is rebuilt, as
         after ``planned``."""
+        self._drop_indexes(lambda target: target not in targets)
+
+    def _drop_indexes(self, of: Callable[[str], bool]) -> None:
+        """Let go of every index of a target entity ``of`` picks: rebuilt when next used."""
         for cache_key in list(self._indexes):
-            if cache_key[0] not in targets:
+            if of(cache_key[0]):
                 del self._indexes[cache_key]
         for shown_key in list(self._shown):
-            if shown_key[0] not in targets:
+            if of(shown_key[0]):
                 del self._shown[shown_key]
 
     def changed(self, target: str, ref_by: tuple[str, ...]) -> set[str]:

@@ -237,10 +237,10 @@ class JobInvoices:
     @complete.setter
     def complete(self, value: bool) -> None:
         # every invoice listed tells every job's only when each one was learnt
-        self._complete = value and self.wanted
+        self._complete = value and self._wanted
 
     def learn(self, invoice: Mapping[str, Any]) -> None:
-        if not self.wanted:
+        if not self._wanted:
             return
         job_id, invoice_id = invoice.get("job_id"), invoice.get("id")
         if not (isinstance(job_id, str) and job_id and isinstance(invoice_id, str)):
