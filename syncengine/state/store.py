@@ -11,7 +11,7 @@ key. Writes take lists of rows and run them as one `executemany`.
 
 SQLite specifics (all behind a dialect check): the file is created `0600` before SQLite
 opens it; every connection runs in WAL mode with `synchronous=NORMAL`, foreign keys on, a
-30 s busy timeout and a 16 MiB page cache; the driver's implicit transaction handling is
+30 s busy timeout and a 4 MiB page cache; the driver's implicit transaction handling is
 switched off and the store issues `BEGIN` itself, `BEGIN IMMEDIATE` for writes, so that a
 writer waits for the lock up front instead of failing half way when another process writes.
 """
@@ -107,9 +107,11 @@ _SQLITE_PRAGMAS: Final = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
-    # 16 MiB of page cache per connection (SQLite's default is 2 MiB): a first sync of many
-    # records rewrites the same index pages batch after batch, and finds them here
-    "PRAGMA cache_size=-16384",
+    # 4 MiB of page cache per connection (SQLite's default is 2 MiB): a first sync of many
+    # records rewrites the same index pages batch after batch, and finds them here. 16 MiB
+    # was tried: no faster (10 000 customers + invoices + payments, alternated), and about
+    # 20 MiB more at the peak of 100 000 (bench README, twenty-eighth pass)
+    "PRAGMA cache_size=-4096",
     # the WAL is copied into the database every 16 MiB written, not SQLite's 4 MiB: those
     # same index pages are then copied fewer times (a first sync of 100,000 records: ~2 %)
     "PRAGMA wal_autocheckpoint=4000",
