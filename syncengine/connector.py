@@ -141,13 +141,13 @@ class NativeRecord:
     (a malformed row): the engine reports it and leaves the record alone."""
     digest: str = field(default="", compare=False)
 
-    def released(self) -> NativeRecord:
-        """The record without its data (``RELEASED``): its id, location, error and hash stay.
-        Made field by field: ``dataclasses.replace`` costs three times as much, and a first
-        sync lets go of every record it reads (``Observed.release_native``)."""
-        return NativeRecord(
-            self.id, RELEASED, self.provisional, self.location, self.error, self.digest
-        )
+    def released(self, location: str | None = None) -> NativeRecord:
+        """The record without its data (``RELEASED``): its id, location (or ``location``, where
+        given: "" where it is kept elsewhere), error and hash stay. Made field by field:
+        ``dataclasses.replace`` costs three times as much, and a first sync lets go of every
+        record it reads (``Observed.release_native``)."""
+        where = self.location if location is None else location
+        return NativeRecord(self.id, RELEASED, self.provisional, where, self.error, self.digest)
 
     def native_hash(self) -> str:
         if self.digest:

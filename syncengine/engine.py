@@ -1070,7 +1070,7 @@ class Engine:
                 continue
             unsynced = {id(obs) for obs, _why in found.ambiguous}
             for obs, why in found.ambiguous:
-                ent.issues.append(Issue(entity, name, obs.record.location, why))
+                ent.issues.append(Issue(entity, name, obs.location, why))
             for key in found.held:
                 r.gone.pop(key, None)
                 r.blocked.add(key)
@@ -1245,7 +1245,7 @@ class Engine:
                     reads[name].unfilled = frozenset(lacking)
                 ent.waiting = _report_blind(entity, members, reads, blind, ent, keys)
         for obs, why in result.ambiguous:
-            ent.issues.append(Issue(entity, obs.member, obs.record.location, why))
+            ent.issues.append(Issue(entity, obs.member, obs.location, why))
             if parked is not None:
                 if decisions.changed(obs):
                     why = f"it changed since it was decided on, so it is asked again: {why}"

@@ -367,8 +367,8 @@ def _hold_swaps(
                     Issue(
                         entity,
                         name,
-                        moved_away.record.location,
-                        f"not synced: {obs.record.location or 'another row'} holds this "
+                        moved_away.location,
+                        f"not synced: {obs.location or 'another row'} holds this "
                         f"record's {shown(field_name, value)}, so this row's values may be "
                         "another record's too (see that row's error)",
                     )
@@ -378,7 +378,7 @@ def _hold_swaps(
                 Issue(
                     entity,
                     name,
-                    obs.record.location,
+                    obs.location,
                     f"its Sync ID is {was}'s, but it holds "
                     + (
                         f"the {field_name} of {label_of(other_base, other)}"
@@ -435,9 +435,9 @@ def _hold_moved_sync_ids(
                         Issue(
                             entity,
                             name,
-                            linked.record.location,
+                            linked.location,
                             f"its Sync ID is {was}'s, but it now holds {shown(field_name, now)}, "
-                            f"while {obs.record.location or 'a record'}, which has no Sync ID, "
+                            f"while {obs.location or 'a record'}, which has no Sync ID, "
                             f"holds {was}'s {shown(field_name, value)}: was the Sync ID blanked on "
                             "the original row instead of on the copy? Neither row is synced "
                             f"until {was}'s Sync ID is back on the row that holds {was} (undo "
@@ -452,7 +452,7 @@ def _hold_moved_sync_ids(
                         Issue(
                             entity,
                             name,
-                            obs.record.location,
+                            obs.location,
                             "not synced: it may be the record whose Sync ID another row now "
                             "holds (see that row's error)",
                         )

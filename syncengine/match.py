@@ -12,11 +12,14 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from syncengine.connector import NativeRecord
 from syncengine.model import Record
+
+if TYPE_CHECKING:
+    from syncengine.spill import Spill
 
 
 @dataclass(slots=True)
@@ -42,6 +45,26 @@ class Observed:
     """Where the member's read keeps the native record on disk until it is planned
     (``spill.Spill``; -1: in ``record``): ``record`` is then released, its data taken back by
     ``MemberRead.unspill`` when its hub record is planned."""
+    spill: Spill | None = field(default=None, repr=False, compare=False)
+    """The spill that keeps the record's location too, where ``record`` was released without
+    it (``location``)."""
+
+    @property
+    def location(self) -> str:
+        """Where a person finds the record (``NativeRecord.location``): in memory, or, while
+        its native record waits on disk, read back from there (``read.observe`` keeps it
+        there, about 100 bytes a record; only a message asks for it before planning)."""
+        where = self.record.location
+        if where or self.spill is None:
+            return where
+        return self.spill.location(self.spilled)
+
+    def hold_location(self) -> None:
+        """Keep the location in memory from now on: for what looks at the record after its
+        read's spill is closed (a review item, recorded once the entity is applied)."""
+        if self.spill is not None and not self.record.location:
+            self.record = replace(self.record, location=self.spill.location(self.spilled))
+        self.spill = None
 
     def release_native(self) -> None:
         """Let go of the native record once the hub record it belongs to is planned. The
@@ -283,7 +306,7 @@ def match(
         for obs in records:
             shadow(
                 obs,
-                f"it may be {obs.record.location or 'a record'} on {obs.member}, which could "
+                f"it may be {obs.location or 'a record'} on {obs.member}, which could "
                 "not be read (see that error): not synced until that is fixed",
             )
 

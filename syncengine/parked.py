@@ -191,6 +191,7 @@ class Parked:
     def add(self, obs: Observed, why: str, candidates: Sequence[str | Observed] = ()) -> None:
         # a person reviews the whole record, after its read's spill is closed
         obs.canonical = whole(obs.canonical)
+        obs.hold_location()
         self.items.append((obs, why, list(candidates)))
 
     def name_candidates(self, matched: MatchResult) -> None:
@@ -231,8 +232,8 @@ def record_review(
                         native_id=obs.record.id,
                         native_hash=obs.native_hash,
                         provisional=obs.record.provisional,
-                        location=obs.record.location,
-                        label=label_of(fields, obs.record.location or obs.record.id),
+                        location=obs.location,
+                        label=label_of(fields, obs.location or obs.record.id),
                         fields=fields,
                         reason=why,
                         candidates=keys,

@@ -46,7 +46,7 @@ from syncengine.model import Record, entity_spec
 from syncengine.plan import Create, EntityPlan, Issue, KeyPlan, Update
 from syncengine.progress import ProgressFn, Step
 from syncengine.reconcile import MemberView
-from syncengine.spill import Projected, Spill, json_exact
+from syncengine.spill import Projected, Spill, json_exact, location_text
 from syncengine.state import RecordState, StateStore
 
 log = structlog.get_logger("syncengine.engine")
@@ -150,15 +150,17 @@ class MemberRead:
         rec = obs.record
         if obs.spilled < 0:
             return obs
-        if type(obs.canonical) is Projected:
-            data, obs.canonical = self.spill.both(obs.spilled)
-        elif rec.data is RELEASED:
-            data = self.spill.get(obs.spilled)
-        else:
+        projected = type(obs.canonical) is Projected
+        if not projected and rec.data is not RELEASED:
             return obs
+        data, canonical, where = self.spill.whole(obs.spilled)
+        if projected:
+            if canonical is None:
+                raise RuntimeError(f"slot {obs.spilled} of a spill holds no canonical record")
+            obs.canonical = canonical
         if rec.data is RELEASED:
             obs.record = NativeRecord(
-                rec.id, data, rec.provisional, rec.location, rec.error, obs.native_hash
+                rec.id, data, rec.provisional, rec.location or where, rec.error, obs.native_hash
             )
         return obs
 
@@ -621,7 +623,9 @@ def set_aside_copies(
     for name, r in reads.items():
         if not r.new:
             continue
-        first: dict[str, str] = {obs.native_hash: obs.record.location for obs in r.changed.values()}
+        # the first record of each hash, or where it is: a location is asked for only where
+        # a hash comes twice (it may wait on disk, ``Observed.location``)
+        first: dict[str, str | Observed] = {obs.native_hash: obs for obs in r.changed.values()}
         origin: dict[str, str | Observed] = {o.native_hash: k for k, o in r.changed.items()}
         unchanged: dict[str, str] = {}
         for key, u in r.unchanged.items():
@@ -633,9 +637,12 @@ def set_aside_copies(
         for obs in sorted(r.new, key=lambda o: o.record.provisional):  # ids first
             if decided is not None and decided(obs):
                 continue
-            seen = first.setdefault(obs.native_hash, obs.record.location or obs.record.id)
+            was = first.setdefault(obs.native_hash, obs)
             original = origin.setdefault(obs.native_hash, obs)
-            if seen != (obs.record.location or obs.record.id):
+            if was is obs:
+                continue
+            seen = was if isinstance(was, str) else was.location or was.record.id
+            if seen != (obs.location or obs.record.id):
                 native_id = unchanged.pop(obs.native_hash, None)
                 where = locate(name, native_id) if native_id and locate else None
                 if where:
@@ -646,7 +653,7 @@ def set_aside_copies(
                     "a possible duplicate, not synced; delete it, or change it if it is "
                     "another record"
                 )
-                ent.issues.append(Issue(entity, name, obs.record.location, why))
+                ent.issues.append(Issue(entity, name, obs.location, why))
                 if parked is not None:
                     parked(obs, why, [original])
         if copies:
@@ -719,8 +726,14 @@ def observe(
         keeps = out.keeps
         worth = keeps is not None and _worth(canonical, keeps)
         kept = _canonical_text(canonical) if worth else b""
-        obs.spilled = out.spill.put(text, kept)
-        obs.record = rec.released()
+        # and so does its location, which only a message looks at before then
+        where = location_text(rec.location)
+        obs.spilled = out.spill.put(text, kept, where)
+        if where:
+            obs.record = rec.released("")
+            obs.spill = out.spill
+        else:
+            obs.record = rec.released()
         if kept and keeps is not None:
             obs.canonical = Projected(canonical, keeps, out.spill, obs.spilled)
     if key is None:

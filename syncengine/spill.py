@@ -29,6 +29,12 @@ A new or changed record's canonical form waits there too, after its native text.
 in memory until it is planned is a ``Projected`` record: the fields that the decisions made
 before planning compare (match and relink keys, references, the fields a sorted sheet is
 told by: ``read.kept_fields``). For a customer that is six fields of twenty or more.
+
+So does the record's location (``customer cus_…``, ``payment … of invoice …``: about 100
+bytes a record, which only a message asks for before planning): ``Observed.location`` reads it
+back, and ``MemberRead.unspill`` gives it back to the record with its native record. Whatever
+keeps a record past its read (a review item) takes its location first
+(``Observed.hold_location``).
 """
 
 from __future__ import annotations
@@ -69,19 +75,24 @@ class Spill:
     def __len__(self) -> int:
         return len(self._starts)
 
-    def put(self, text: bytes, canonical: bytes = b"") -> int:
-        """Keep one record's JSON text, and the JSON text of its canonical form if given (a
-        line after it); returns its slot."""
+    def put(self, text: bytes, canonical: bytes = b"", location: bytes = b"") -> int:
+        """Keep one record's JSON text, and the JSON texts of its canonical form and of its
+        location if given (each on a line after it, ``location_text``); returns its slot."""
         if self._closed:
             raise RuntimeError("a record was spilled after its read was planned")
         slot = len(self._starts)
         self._starts.append(self._end)
+        start = len(self._pending)
         self._pending += text
-        if canonical:
-            # compact JSON holds no line break: the first one ends the native text
+        # compact JSON holds no line break: the first one ends the native text, the second
+        # the canonical text (empty where none is kept)
+        if canonical or location:
             self._pending += b"\n"
             self._pending += canonical
-        self._end += len(text) + (len(canonical) + 1 if canonical else 0)
+        if location:
+            self._pending += b"\n"
+            self._pending += location
+        self._end += len(self._pending) - start
         if len(self._pending) >= _BUFFER:
             self._write()
         return slot
@@ -112,10 +123,30 @@ class Spill:
 
     def both(self, slot: int) -> tuple[NativeData, Record]:
         """The native record and the canonical record kept in ``slot``, decoded."""
-        native, _, canonical = self.text(slot).partition(b"\n")
+        native, _, rest = self.text(slot).partition(b"\n")
+        canonical = rest.partition(b"\n")[0]
         if not canonical:
             raise RuntimeError(f"slot {slot} of a spill holds no canonical record")
         return jsoncodec.loads(native), jsoncodec.loads(canonical)
+
+    def location(self, slot: int) -> str:
+        """The location kept in ``slot`` ("" where none was given). A spill closed (its
+        entity planned) answers "": a message then names the record without it, rather than
+        a run failing over a message; the test suite makes that an error (``STRICT``), so
+        that what keeps a record past planning takes its location first
+        (``Observed.hold_location``)."""
+        if self._closed:
+            if STRICT:
+                raise RuntimeError(f"the location of slot {slot} was asked after its read closed")
+            return ""
+        return _location(self.text(slot).split(b"\n", 2))
+
+    def whole(self, slot: int) -> tuple[NativeData, Record | None, str]:
+        """All that ``slot`` keeps, from one read of it: the native record, the canonical
+        record (None where none was kept) and the location ("" where none was)."""
+        parts = self.text(slot).split(b"\n", 2)
+        canonical = jsoncodec.loads(parts[1]) if len(parts) > 1 and parts[1] else None
+        return jsoncodec.loads(parts[0]), canonical, _location(parts)
 
     def text(self, slot: int) -> bytes:
         """The JSON text kept in ``slot``."""
@@ -145,6 +176,25 @@ class Spill:
         self._starts = array("q")
         self._end = self._written = 0
         self._closed = True  # a slot kept elsewhere must not find another record's text
+
+
+def _location(parts: list[bytes]) -> str:
+    """The location in a slot's text split at its line breaks ("" where none was kept)."""
+    if len(parts) < 3:
+        return ""
+    where = jsoncodec.loads(parts[2])
+    return where if isinstance(where, str) else ""
+
+
+def location_text(where: str) -> bytes:
+    """The JSON text a record's location is kept on disk as (``Spill.put``), or b"" where it
+    cannot be (empty, or a lone surrogate from a file name): it then stays in memory."""
+    if not where:
+        return b""
+    try:
+        return jsoncodec.dumpb(where)
+    except UnicodeEncodeError:
+        return b""
 
 
 STRICT = os.environ.get("SYNCENGINE_TEST_STRICT_PROJECTION") == "1"
