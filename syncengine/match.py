@@ -53,7 +53,8 @@ class Observed:
     def location(self) -> str:
         """Where a person finds the record (``NativeRecord.location``): in memory, or, while
         its native record waits on disk, read back from there (``read.observe`` keeps it
-        there, about 100 bytes a record; only a message asks for it before planning)."""
+        there, about 100 bytes a record; before planning, only messages ask for it, and
+        ``read.set_aside_copies`` for two records of one hash)."""
         where = self.record.location
         if where or self.spill is None:
             return where

@@ -130,8 +130,9 @@ class MemberRead:
     pass lists those records again."""
     spill: Spill = field(default_factory=Spill)
     """The native records of ``new``, ``changed`` and ``unchanged``, on disk until they are
-    planned, where the member reads JSON (``Observed.spilled``, ``Unchanged.native``); closed
-    once the entity is planned."""
+    planned, where the member reads JSON (``Observed.spilled``, ``Unchanged.native``), with
+    the locations of the new and changed ones (``Observed.location``); closed once the entity
+    is planned."""
     keeps: frozenset[str] | None = None
     """The canonical fields a new or changed record keeps in memory until it is planned
     (``kept_fields``; the rest waits in ``spill``, see ``spill.Projected``). None: the whole
@@ -726,7 +727,8 @@ def observe(
         keeps = out.keeps
         worth = keeps is not None and _worth(canonical, keeps)
         kept = _canonical_text(canonical) if worth else b""
-        # and so does its location, which only a message looks at before then
+        # and so does its location: before then, only messages look at it (and
+        # set_aside_copies, for two records of one hash)
         where = location_text(rec.location)
         obs.spilled = out.spill.put(text, kept, where)
         if where:

@@ -31,10 +31,10 @@ before planning compare (match and relink keys, references, the fields a sorted 
 told by: ``read.kept_fields``). For a customer that is six fields of twenty or more.
 
 So does the record's location (``customer cus_…``, ``payment … of invoice …``: about 100
-bytes a record, which only a message asks for before planning): ``Observed.location`` reads it
-back, and ``MemberRead.unspill`` gives it back to the record with its native record. Whatever
-keeps a record past its read (a review item) takes its location first
-(``Observed.hold_location``).
+bytes a record, which before planning only messages ask for, and ``read.set_aside_copies``
+for two records of one hash): ``Observed.location`` reads it back, and
+``MemberRead.unspill`` gives it back to the record with its native record. Whatever keeps a
+record past its read (a review item) takes its location first (``Observed.hold_location``).
 """
 
 from __future__ import annotations
@@ -199,8 +199,10 @@ def location_text(where: str) -> bytes:
 
 STRICT = os.environ.get("SYNCENGINE_TEST_STRICT_PROJECTION") == "1"
 """Set by the test suite: a ``Projected`` record asked for a field it does not keep raises,
-instead of reading the rest of the record back from the spill. The suite runs so, which
-proves that nothing before planning looks at more than ``read.kept_fields``."""
+instead of reading the rest of the record back from the spill, and so does a location asked
+for after its read was closed (``Spill.location``), instead of answering "". The suite runs
+so, which proves that nothing before planning looks at more than ``read.kept_fields``, and
+that nothing looks for a location on disk once it is gone."""
 
 _JSON_EXACT = frozenset({str, int, bool, float, type(None)})
 

@@ -207,6 +207,8 @@ def test_a_record_parked_for_review_is_shown_whole(
     assert ops(run(config)) == [("create", "crm")]
     items = {i.native_id: i for i in api.list_review(config)}
     assert "possible duplicate" in items["c2"].reason
+    # its location too, kept on disk with the record until then (``Observed.hold_location``)
+    assert items["c2"].location == "hcp customers c2"
     assert items["c2"].fields["company"] == "Another"
     assert items["c2"].fields["tags"] == ["vip", "weekly"]
 

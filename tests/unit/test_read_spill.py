@@ -10,12 +10,13 @@ import math
 import os
 import sqlite3
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -77,12 +78,14 @@ def test_a_spill_gives_back_each_record_it_was_given_in_any_order(
         st.tuples(
             st.dictionaries(st.text(max_size=8), _VALUES, max_size=4),
             st.none() | st.dictionaries(st.text(max_size=6), st.text(max_size=6), max_size=3),
-            st.text(max_size=12),  # line breaks, quotes and lone surrogates among them
+            # line breaks, quotes and (rarely: the example below has one) lone surrogates
+            st.text(st.characters(exclude_categories=()), max_size=12),
         ),
         max_size=10,
     ),
     st.integers(1, 200),
 )
+@example([({"a": 1}, {"b": "c"}, "sheet \udc80 line 2"), ({}, None, 'a "b"\nline 3')], 1)
 def test_a_spill_gives_back_each_records_canonical_record_and_location(
     records: list[tuple[dict[str, Any], dict[str, Any] | None, str]], buffer: int
 ) -> None:
@@ -322,6 +325,41 @@ def test_a_record_waiting_on_disk_keeps_its_location_there_and_messages_still_na
     items = {i.native_id: i for i in api.list_review(config)}
     assert items["c2"].location == "hcp customers c2"
     assert sorted(planned) == ["hcp customers c1", "hcp customers c3"]
+
+
+def test_a_location_that_json_cannot_hold_stays_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A location holding a lone surrogate (a file name the system could not decode) cannot be
+    written to the spill exactly: the record keeps it in memory, and it is not lost."""
+    monkeypatch.setattr(MemoryConnector, "reads_json", True)
+    odd = "hcp customers c1 \udc80"
+    read_records = MemoryConnector.read
+
+    def oddly_located(self: MemoryConnector, entity: str) -> Any:
+        for rec in read_records(self, entity):
+            yield replace(rec, location=odd) if rec.id == "c1" else rec
+
+    looked: list[tuple[str, str, bool]] = []
+    match_new = Engine._match_new
+
+    def after_the_read(self: Engine, pipeline: Any, entity: str, members: Any, reads: Any,
+                       *args: Any, **kwargs: Any) -> Any:  # fmt: skip
+        for r in reads.values():
+            for obs in r.new:
+                looked.append((obs.record.location, obs.location, obs.spill is None))
+        return match_new(self, pipeline, entity, members, reads, *args, **kwargs)
+
+    monkeypatch.setattr(MemoryConnector, "read", oddly_located)
+    monkeypatch.setattr(Engine, "_match_new", after_the_read)
+    config = memory_config(tmp_path, {"hcp": {"stamp_updated_at": False}, "crm": {}})
+    ds("hcp").put(C, "c1", {"first_name": "Al", "email": "al@example.com"})
+    ds("hcp").put(C, "c2", {"first_name": "Bo", "email": "bo@example.com"})
+    assert ops(run(config)) == [("create", "crm"), ("create", "crm")]
+    assert sorted(looked) == [
+        ("", "hcp customers c2", False),
+        (odd, odd, True),
+    ]
 
 
 def test_a_record_changed_on_both_sides_is_merged_from_its_spilled_record(
