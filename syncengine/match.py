@@ -379,8 +379,8 @@ def match(
                     result.candidates[id(obs)] = list(candidates)
                     ambiguous = (
                         f"{name} {value!r} matches {len(candidates)} records "
-                        "already linked elsewhere; give them distinct values or link "
-                        "by hand"
+                        f"{_kinds(candidates, result.new_keys, shadows)}; give them distinct "
+                        "values or link by hand"
                     )
                     contested.update(k for k in candidates if k in result.new_keys)
                     break
@@ -481,9 +481,35 @@ def match(
                 )
             )
         result.new_keys.discard(key)
+    # a person links a record to a hub record: neither the stand-in of a record that could
+    # not be read nor a new record held back here is one (nor becomes one in this run)
+    unlinkable = shadows.keys() | (contested - settled)
+    if unlinkable:
+        for ident, keys in result.candidates.items():
+            result.candidates[ident] = [k for k in keys if k not in unlinkable]
     if relink is not None:
         _adopt_ids(result, relink, holders)
     return result
+
+
+def _kinds(candidates: Sequence[str], new_keys: set[str], shadows: Mapping[str, str]) -> str:
+    """What the records a value matches are, for the message: "already linked elsewhere"
+    where they all are, else how many of each kind (new ones, unreadable ones)."""
+    unreadable = sum(1 for k in candidates if k in shadows)
+    new = sum(1 for k in candidates if k in new_keys)
+    linked = len(candidates) - unreadable - new
+    if not unreadable and not new:
+        return "already linked elsewhere"
+    parts = [
+        f"{n} {kind}"
+        for n, kind in (
+            (linked, "already linked elsewhere"),
+            (new, "new in this read"),
+            (unreadable, "that could not be read"),
+        )
+        if n
+    ]
+    return "on other members (" + ", ".join(parts) + ")"
 
 
 @dataclass

@@ -36,6 +36,10 @@ SEVERAL = (
     "email 'ann@example.com' matches 2 records already linked elsewhere; give them distinct "
     "values or link by hand"
 )
+SEVERAL_ONE_NEW = (
+    "email 'ann@example.com' matches 2 records on other members (1 already linked elsewhere, 1 "
+    "new in this read); give them distinct values or link by hand"
+)
 ALIKE = (
     "email 'bob@example.com' is also on a record new on crm before it in this read (a copied "
     "row, or one typed twice?): a possible duplicate, not synced (delete the copy, or give "
@@ -273,7 +277,7 @@ ROWS = [
                 record(CRM, "c1", {"email": ANN_EMAIL}),
                 record(SHEET, "s1", {"email": ANN_EMAIL}),
             ),
-            expect=Expect(ambiguous=[(SHEET, "s1", SEVERAL), (CRM, "c1", HELD_BACK)]),
+            expect=Expect(ambiguous=[(SHEET, "s1", SEVERAL_ONE_NEW), (CRM, "c1", HELD_BACK)]),
         ),
         # c1 is crm's second Ann (a new key); s1 could be either: neither is synced
         id="new-key-contested-by-an-ambiguous-record-held-back",

@@ -5,13 +5,16 @@ the person's decision."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from syncengine import api
 from syncengine.config import Config
+from syncengine.connectors.memory import MemoryConnector
 from syncengine.errors import UsageError
 from syncengine.render import nothing_to_do
 from syncengine.state import StateStore, queues
@@ -57,6 +60,36 @@ def test_a_possible_duplicate_becomes_a_review_item_with_its_candidate(two: Conf
     assert api.status(two)[0].open_review == 1
     run(two)  # found again: refreshed, not doubled
     assert [i.id for i in api.list_review(two)] == [item.id]
+
+
+def test_a_record_matching_an_unreadable_one_and_a_new_one_names_neither_as_a_candidate(
+    two: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One e-mail on three records: one on ``a`` that could not be read, one new on ``a`` and
+    one new on ``b``. ``b``'s is left for a person with a message that says what it matches;
+    its review item offers no hub record, since neither of those is one (an unreadable
+    record's stand-in once showed as a candidate named by a NUL byte, "no longer there")."""
+    read_records = MemoryConnector.read
+
+    def unreadable_a1(self: MemoryConnector, entity: str) -> Any:
+        for rec in read_records(self, entity):
+            yield replace(rec, error="a1: cannot be read") if rec.id == "a1" else rec
+
+    monkeypatch.setattr(MemoryConnector, "read", unreadable_a1)
+    ds("a").put(C, "a1", {"first_name": "Zed", "email": "zed@x.com"})
+    ds("a").put(C, "a2", {"first_name": "Zed Zo", "email": "zed@x.com"})
+    ds("b").put(C, "b1", {"first_name": "Zed B", "email": "zed@x.com"})
+    result = run(two)
+    assert result.plan.actions == []
+    [b1] = [i for e in result.plan.entities for i in e.issues if i.member == "b"]
+    assert b1.message == (
+        "email 'zed@x.com' matches 2 records on other members (1 new in this read, 1 that "
+        "could not be read); give them distinct values or link by hand"
+    )
+    items = {i.native_id: i for i in api.list_review(two)}
+    assert set(items) == {"a2", "b1"}
+    assert items["b1"].candidates == [] and items["a2"].candidates == []
+    assert "\0" not in repr(items["b1"])
 
 
 def test_a_dry_run_records_no_review_item(two: Config) -> None:
