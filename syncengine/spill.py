@@ -122,12 +122,12 @@ class Spill:
         return data
 
     def both(self, slot: int) -> tuple[NativeData, Record]:
-        """The native record and the canonical record kept in ``slot``, decoded."""
-        native, _, rest = self.text(slot).partition(b"\n")
-        canonical = rest.partition(b"\n")[0]
-        if not canonical:
+        """The native record and the canonical record kept in ``slot``, decoded (``whole``,
+        where the canonical record must be there)."""
+        native, canonical, _where = self.whole(slot)
+        if canonical is None:
             raise RuntimeError(f"slot {slot} of a spill holds no canonical record")
-        return jsoncodec.loads(native), jsoncodec.loads(canonical)
+        return native, canonical
 
     def location(self, slot: int) -> str:
         """The location kept in ``slot`` ("" where none was given). A spill closed (its
