@@ -82,6 +82,7 @@ from syncengine.mapping import EntityMapping, load_mapping
 
 from .columns import ColumnKind, column_kinds, new_columns
 from .csvtable import CsvTable
+from .rows import SheetRows
 from .table import CellValue, Fingerprint, Row, Sheet, Table, is_blank
 
 if TYPE_CHECKING:
@@ -533,8 +534,11 @@ class SpreadsheetConnector(Connector):
         work = self._work.get(entity)
         if work is not None and not work.pending and self.workbook is None:
             del self._work[entity]
+            work.rows.close()
 
     def close(self) -> None:
+        for work in self._work.values():
+            work.rows.close()
         self._work.clear()
         self._by_mark.clear()
         if self.workbook is not None:
@@ -687,7 +691,8 @@ class _Working:
         self.id_column = id_column
         self.header = sheet.header
         self.preamble = sheet.preamble
-        self.rows: dict[int, Row] = dict(enumerate(sheet.rows))
+        self.rows = SheetRows(enumerate(sheet.rows), table.row_parser())
+        """The rows by handle, in order; those the sync added wait on disk once saved."""
         self._next = len(self.rows)
         self.by_line = {row.line: handle for handle, row in self.rows.items()}
         self.pending = create  # a missing file is created at the next flush
@@ -1122,20 +1127,20 @@ class _Working:
         below: dict[int, list[int]] = {}
         for value, handle in last.items():
             below[handle] = groups[value]
-        placed: dict[int, Row] = {}
-        for handle, row in self.rows.items():
+        placed: dict[int, None] = {}  # the handles in their new order
+        for handle in self.rows:
             if handle in new:
                 continue
-            placed[handle] = row
+            placed[handle] = None
             for moved in below.get(handle, ()):
-                placed[moved] = self.rows[moved]
+                placed[moved] = None
         for item in tail:
             if isinstance(item, int):
-                placed[item] = self.rows[item]
+                placed[item] = None
             elif item not in last:
                 for moved in groups[item]:
-                    placed[moved] = self.rows[moved]
-        self.rows = placed
+                    placed[moved] = None
+        self.rows.reorder(placed)
 
     def update(self, native_id: str, patch: Mapping[str, Any], new_id: str | None) -> NativeRecord:
         handle, row = self._locate(native_id, new_id)
@@ -1175,7 +1180,7 @@ class _Working:
         if not self.pending:
             return
         self._arrange()
-        sheet = Sheet(header=self.header, rows=list(self.rows.values()), preamble=self.preamble)
+        sheet = Sheet(header=self.header, rows=self.rows.in_order(), preamble=self.preamble)
         try:
             self.table.save(sheet)
         except ConflictingWriteError:
@@ -1187,6 +1192,8 @@ class _Working:
             self.unsaved = exc
             raise
         self.pending = False
+        if self.group_by is None:  # (placing rows by a group compares every row's cell)
+            self.rows.park()
 
     def not_saved(self) -> ConnectorError:
         """The error of a write after a save of this working copy failed."""

@@ -13,7 +13,7 @@ import codecs
 import csv
 import io
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from itertools import chain
 from pathlib import Path
 from typing import cast
@@ -116,6 +116,17 @@ class CsvTable(FileTable):
             f'(for example encoding = "cp1252" for a file saved by Excel on Windows)'
         )
 
+    def row_parser(self) -> Callable[[str], list[CellValue]]:
+        return self._parse_row
+
+    def _parse_row(self, text: str) -> list[CellValue]:
+        """The cells of one row's text as ``serialize`` wrote it (a quoted cell may hold
+        line breaks)."""
+        reader = csv.reader(
+            iter(_LINE.findall(text)), delimiter=self.delimiter, quotechar=_QUOTE, strict=False
+        )
+        return [*next(reader, [])]
+
     # -- writing
     def encode_cell(self, value: str, column: str = "") -> CellValue:
         # text that starts with neither a formula trigger nor a quote is its own cell
@@ -174,6 +185,9 @@ class CsvTable(FileTable):
                 buffer.truncate()
                 writer.writerow(row.cells)
                 text = buffer.getvalue()[: -len("\r\n")] + self._newline
+                # the row as the file now holds it: the next save copies it, and the
+                # working copy may keep it on disk as this text alone (``rows.SheetRows``)
+                row.original = text
             if not ended:  # a last line read without its newline, rows after it now
                 text = self._newline + text
             ended = text.endswith(("\n", "\r"))

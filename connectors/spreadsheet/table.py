@@ -24,7 +24,7 @@ import secrets
 import stat
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -89,7 +89,10 @@ class Sheet:
     """A header row, the data rows below it, and any blank rows above the header."""
 
     header: Row
-    rows: list[Row] = field(default_factory=list)
+    rows: Iterable[Row] = field(default_factory=list)
+    """The data rows: a list as loaded; as saved, whatever gives them in order (a working
+    copy's rows on disk are read back one at a time, ``rows.SheetRows.in_order``), which a
+    CSV table iterates once."""
     preamble: list[Row] = field(default_factory=list)
 
 
@@ -151,6 +154,11 @@ class Table(ABC):
     def look(self) -> Fingerprint | None:
         """What the stored sheet is now, exactly, without loading it (None: the storage
         cannot tell, or there is none)."""
+        return None
+
+    def row_parser(self) -> Callable[[str], list[CellValue]] | None:
+        """How the text a save wrote for one row reads back as its cells, for a table whose
+        saved rows may wait on disk (``rows.SheetRows``); None: they stay in memory."""
         return None
 
     def encode_cell(self, value: str, column: str = "") -> CellValue:

@@ -485,6 +485,7 @@ class XlsxTable(Table):
     def save(self, sheet: Sheet) -> None:
         if self.generation != self.workbook.generation:
             raise self.conflict_error("was modified")
+        sheet = Sheet(sheet.header, list(sheet.rows), sheet.preamble)  # gone through 3 times
         edit = self._edit(sheet)
         self.workbook.save(self.entity, lambda book: self._write(book, sheet, edit))
         self._settle(sheet, edit)

@@ -206,12 +206,14 @@ def test_a_large_first_sync_is_written_slice_by_slice_with_one_progress_bar(
 ) -> None:
     config = _csv_books(tmp_path, 30)
     flushed: list[int] = []  # the rows of customers.csv after each of its flushes
+    parked: list[int] = []  # and the rows of its working copy waiting on disk then
     save = SpreadsheetConnector.flush
 
     def counting(self: Any, entity: str) -> None:
         save(self, entity)
         if entity == "customers":
             flushed.append(len(read_csv(tmp_path / "books" / "customers.csv")))
+            parked.append(self._work["customers"].rows.parked)
 
     monkeypatch.setattr(SpreadsheetConnector, "flush", counting)
     result, bar = _sync_with_bar(config)
@@ -219,6 +221,8 @@ def test_a_large_first_sync_is_written_slice_by_slice_with_one_progress_bar(
     # slices of 4, then half of what is applied: 4, 4, 4, 6, 9, and the 3 left
     assert applied == [4, 4, 4, 6, 9, 3]
     assert flushed == [4, 8, 12, 18, 27, 30]
+    # every row saved waits on disk, not in memory, while the next slices are planned
+    assert parked == flushed
     assert {total for _done, total in bar} == {30}
     assert [done for done, _total in bar] == sorted(done for done, _total in bar)
     assert bar[-1] == (30, 30)
