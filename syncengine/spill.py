@@ -165,6 +165,12 @@ class Spill:
             raise RuntimeError(f"a spilled native record came back short ({len(text)} bytes)")
         return text
 
+    def __del__(self) -> None:
+        # a spill let go of without ``close`` (a CSV working copy's rows, ``SheetRows``, go
+        # with the working copy, which a read still being iterated may outlive): its file too
+        if not self._closed:
+            self.close()
+
     def close(self) -> None:
         """Let go of the file (and its disk space), of what is pending and of the slots. Never
         fails: nothing is written on closing, and the records are no longer wanted."""

@@ -534,11 +534,8 @@ class SpreadsheetConnector(Connector):
         work = self._work.get(entity)
         if work is not None and not work.pending and self.workbook is None:
             del self._work[entity]
-            work.rows.close()
 
     def close(self) -> None:
-        for work in self._work.values():
-            work.rows.close()
         self._work.clear()
         self._by_mark.clear()
         if self.workbook is not None:
@@ -1192,8 +1189,8 @@ class _Working:
             self.unsaved = exc
             raise
         self.pending = False
-        if self.group_by is None:  # (placing rows by a group compares every row's cell)
-            self.rows.park()
+        # (placing new rows by a group compares every row's cell at each save)
+        self.rows.park(allowed=self.group_by is None)
 
     def not_saved(self) -> ConnectorError:
         """The error of a write after a save of this working copy failed."""

@@ -15,6 +15,9 @@ on, so whatever changes it is written at the next save.
 Only rows the sync added are kept so (a loaded row keeps its line in the file, which messages
 name), and only in a CSV file whose new rows go at the end (not a sheet whose new rows are
 placed by a group column, which compares every row's cell at each save).
+
+The temporary file is unnamed and goes with the working copy: once the connector lets go of
+it, and a read of it that is still being iterated is done.
 """
 
 from __future__ import annotations
@@ -93,12 +96,14 @@ class SheetRows(MutableMapping[int, Row]):
         self[handle] = row
         return row
 
-    def park(self) -> None:
+    def park(self, *, allowed: bool = True) -> None:
         """Put on disk the rows added (or taken back) since the last call that a save has just
         written unchanged (``Row.original`` is the text it wrote: a CSV table's ``serialize``
-        sets it). Called after a save succeeded: what waits on disk is what the file holds."""
+        sets it). Called after a save succeeded: what waits on disk is what the file holds.
+        Not ``allowed`` (the rows must stay in memory), it only forgets which rows those
+        were."""
         added, self._added = self._added, []
-        if not self._parks:
+        if not (self._parks and allowed):
             return
         rows = self._rows
         for handle in added:
@@ -128,10 +133,3 @@ class SheetRows(MutableMapping[int, Row]):
             else:
                 assert spill is not None  # a slot is only ever made by ``park``
                 yield Row([], 0, spill.text(value).decode(_CODEC, _ERRORS))
-
-    def close(self) -> None:
-        """Let go of the temporary file. Whatever is still parked is lost: call it only when
-        the working copy itself is dropped."""
-        if self._spill is not None:
-            self._spill.close()
-            self._spill = None

@@ -103,7 +103,7 @@ def test_rows_waiting_on_disk_change_nothing_that_is_saved_or_answered(
     )
     base = tmp_path_factory.mktemp("rows")
     parked_run, parked = _play(base / "parked", loaded, ops)
-    with mock.patch.object(SheetRows, "park", lambda self: None):
+    with mock.patch.object(SheetRows, "park", lambda self, allowed=True: None):
         in_memory, _ = _play(base / "in-memory", loaded, ops)
     assert parked_run == in_memory
     # and the rows were parked: after a save, every row the sync added that is still there
@@ -150,8 +150,29 @@ def test_a_parked_row_is_found_changed_and_saved_again(tmp_path: Path) -> None:
     assert path.read_bytes() == (
         b'Sync ID,First Name,Notes\r\nc1,Ann,\r\nk1,Bo,"one\r\ntwo ""2"""\r\n'
     )
+    spill = rows._spill
+    # k1 and k2 saved, then again once taken back (k1 changed, k2 looked up)
+    assert spill is not None and len(spill) == 4
+    closed = mock.Mock()
+    spill.close = closed  # type: ignore[method-assign]
+    del rows, spill
     conn.release("customers")
-    assert rows._spill is None  # the temporary file is let go of with the working copy
+    closed.assert_called_once_with()  # the temporary file goes with the working copy
+
+
+def test_a_read_being_iterated_outlives_the_working_copy_it_reads(tmp_path: Path) -> None:
+    """A pass over the rows, begun before a save and a release, still gives every row."""
+    (tmp_path / "customers.csv").write_text("Sync ID,First Name\nc1,Ann\n")
+    conn = _connector(tmp_path)
+    list(conn.read("customers"))
+    conn.create("customers", {"First Name": "Bo"}, key="k1")
+    conn.flush("customers")  # k1 waits on disk
+    conn.create("customers", {"First Name": "Cy"}, key="k2")  # pending: not loaded again
+    rows = iter(conn.read("customers"))
+    assert next(rows).id == "c1"
+    conn.flush("customers")
+    conn.release("customers")
+    assert [r.id for r in rows] == ["k1", "k2"]
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "cp1252", "iso2022_jp"])
