@@ -839,7 +839,16 @@ class Engine:
         """``plan_entity``, with the members' reads kept in ``reads``."""
         ent = EntityPlan(entity, tuple(m.name for m in members))
         planned = PlannedEntity(ent)
-        for member in members:
+        first = not self.store.holds_records(pipeline.name, entity)
+        for member in _read_order(members, first=first):
+            # the last member read of a first sync whose others, read whole, hold nothing of
+            # the entity: its records can be paired with none (their relink fields are
+            # never compared)
+            alone = (
+                first
+                and 0 < len(reads) == len(members) - 1
+                and all(r.complete and not r.count for r in reads.values())
+            )
             reads[member.name] = read_member(
                 self.store,
                 pipeline.name,
@@ -849,9 +858,13 @@ class Engine:
                 self.progress,
                 self._ahead.pop((member.name, entity), None),
                 self._named(member.name, entity),
-                kept_fields(pipeline, entity),
+                kept_fields(pipeline, entity, alone=alone),
             )
-            ent.seen[member.name] = reads[member.name].count
+        in_order = {m.name: reads[m.name] for m in members}  # the pipeline's order from here
+        reads.clear()
+        reads.update(in_order)
+        for name, r in reads.items():
+            ent.seen[name] = r.count
         if when_read is not None:
             when_read()
         planned.approved = self._approved(pipeline, entity)
@@ -1578,6 +1591,17 @@ class Engine:
             # the last slice (a smaller entity is applied whole, as planned)
             slices.apply(ent, last=True)
         return untaken
+
+
+def _read_order(members: Sequence[Member], *, first: bool) -> list[Member]:
+    """The order the members of an entity are read in: the pipeline's, but in a first sync of
+    the entity (the hub holds none of its records) the members whose reads cost requests (they
+    read ahead, as HCP does) come last. A spreadsheet or a CRM read first and found empty of
+    the entity tells that the records of the large read cannot be paired with any: they keep
+    only the fields matching compares among themselves (``read.kept_fields``)."""
+    if not first:
+        return list(members)
+    return sorted(members, key=lambda m: m.connector.reads_ahead)
 
 
 def _in_read_order(touched: set[str], groups: Mapping[str, Mapping[str, Observed]]) -> list[str]:

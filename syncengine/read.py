@@ -763,15 +763,22 @@ def _canonical_text(canonical: Record) -> bytes:
         return b""
 
 
-def kept_fields(pipeline: Pipeline, entity: str) -> frozenset[str]:
+def kept_fields(pipeline: Pipeline, entity: str, *, alone: bool = False) -> frozenset[str]:
     """The canonical fields that the decisions made before a record is planned compare, and
     so the fields a record read keeps in memory until then (``spill.Projected``): the match
     keys, every relink key's fields (``match``, ``Engine._relink_vanished``), the fields a
     sorted sheet is told by (``integrity``), and the references (the records a plan needs
-    looked up first, ``refs.referenced``)."""
+    looked up first, ``refs.referenced``).
+
+    ``alone``: the records are a first sync's whose other members hold none of the entity
+    (``engine._read_order``). Nothing can be paired with them by a relink key (``match``
+    looks for none where no record of another member or of the hub could pair), and none is
+    linked yet (no vanished record to pair, no changed one to compare): their relink keys'
+    fields are left out. A customer then keeps its e-mail and mobile number alone, a payment
+    its invoice and amount."""
     spec = entity_spec(entity)
     names = set(pipeline.match_keys(entity))
-    for combination in spec.relink_keys:
+    for combination in () if alone else spec.relink_keys:
         names.update(combination)
     names.update(spec.sorted_by)
     names.update(f.name for f in spec.fields if f.type == "ref")

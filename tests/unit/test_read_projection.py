@@ -19,7 +19,7 @@ from syncengine.connectors.memory import MemoryConnector
 from syncengine.engine import Engine
 from syncengine.match import Observed
 from syncengine.spill import Projected, Spill, json_exact
-from tests.csvfiles import read_csv
+from tests.csvfiles import read_csv, write_csv
 from tests.helpers import ds, memory_config, ops, run
 
 C = "customers"
@@ -222,3 +222,81 @@ def test_the_kept_fields_follow_the_pipelines_own_match_keys(tmp_path: Path) -> 
     pipeline = load_config(config.path).pipeline("p")[0]
     assert "company" in read.kept_fields(pipeline, C)
     assert "invoice" in read.kept_fields(pipeline, "payments")  # a reference
+
+
+def _books(tmp_path: Path, rows: list[dict[str, str]]) -> Path:
+    books = tmp_path / "books"
+    books.mkdir()
+    header = ["Sync ID", "First Name", "Last Name", "Email", "Company"]
+    write_csv(books / "customers.csv", rows, header)
+    return books
+
+
+def test_a_first_sync_into_an_empty_sheet_keeps_only_the_match_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HCP's records (a member that reads ahead) are read last in a first sync; the sheet,
+    read first, holds no customer, so nothing can be paired with them by name: while matched
+    they hold their e-mail alone, and every field is written all the same."""
+    monkeypatch.setattr(MemoryConnector, "reads_json", True)
+    monkeypatch.setattr(MemoryConnector, "reads_ahead", True)
+    seen = _seen_at_matching(monkeypatch)
+    held: list[dict[str, Any]] = []
+    match_new = Engine._match_new
+
+    def noted(self: Engine, pipeline: Any, entity: str, members: Any, reads: Any,
+              *args: Any, **kwargs: Any) -> Any:  # fmt: skip
+        assert list(reads) == ["hcp", "books"]  # the pipeline's order, whatever the read's
+        held.extend(dict(dict.items(obs.canonical)) for obs in reads["hcp"].new)
+        return match_new(self, pipeline, entity, members, reads, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "_match_new", noted)
+    books = _books(tmp_path, [])
+    config = memory_config(
+        tmp_path,
+        {"hcp": {"stamp_updated_at": False}, "books": {"type": "spreadsheet", "path": str(books)}},
+    )
+    ds("hcp").put(C, "c1", dict(WHOLE))
+    ds("hcp").put(C, "c2", {"first_name": "Al", "email": "al@example.com", "company": "Al's"})
+    result = run(config)
+    assert ops(result) == [("create", "books"), ("create", "books")]
+    assert held == [{"email": "zoe@example.com"}, {"email": "al@example.com"}]
+    assert len(seen) == 2
+    assert list(result.plan.entities[0].seen) == ["hcp", "books"]
+    rows = {r["Email"]: r for r in read_csv(books / "customers.csv")}
+    assert rows["zoe@example.com"]["First Name"] == "Zoë"
+    assert rows["zoe@example.com"]["Company"] == "Lee & Daughters"
+    assert rows["al@example.com"]["First Name"] == "Al"
+    # a second sync reads in the pipeline's order, and finds nothing to do
+    assert run(config).plan.actions == []
+
+
+def test_a_first_sync_into_a_sheet_holding_customers_keeps_the_relink_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sheet holds a customer typed by hand, without an e-mail: HCP's customer of that
+    full name is the same one, paired by name (a relink key), so HCP's records keep their
+    names while matched, and the row is linked, not written twice."""
+    monkeypatch.setattr(MemoryConnector, "reads_json", True)
+    monkeypatch.setattr(MemoryConnector, "reads_ahead", True)
+    held: list[dict[str, Any]] = []
+    match_new = Engine._match_new
+
+    def noted(self: Engine, pipeline: Any, entity: str, members: Any, reads: Any,
+              *args: Any, **kwargs: Any) -> Any:  # fmt: skip
+        held.extend(dict(dict.items(obs.canonical)) for obs in reads["hcp"].new)
+        return match_new(self, pipeline, entity, members, reads, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "_match_new", noted)
+    row = {"Sync ID": "", "First Name": "Zoë", "Last Name": "Lee", "Email": "", "Company": ""}
+    books = _books(tmp_path, [row])
+    config = memory_config(
+        tmp_path,
+        {"hcp": {"stamp_updated_at": False}, "books": {"type": "spreadsheet", "path": str(books)}},
+    )
+    ds("hcp").put(C, "c1", dict(WHOLE))
+    result = run(config)
+    assert held == [{"first_name": "Zoë", "last_name": "Lee", "email": "zoe@example.com"}]
+    assert ("create", "books") not in ops(result)
+    (only,) = read_csv(books / "customers.csv")
+    assert only["Email"] == "zoe@example.com" and only["Sync ID"]
