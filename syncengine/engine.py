@@ -839,7 +839,10 @@ class Engine:
         """``plan_entity``, with the members' reads kept in ``reads``."""
         ent = EntityPlan(entity, tuple(m.name for m in members))
         planned = PlannedEntity(ent)
-        first = not self.store.holds_records(pipeline.name, entity)
+        # (an interrupted create settled from the reads commits a hub record before matching)
+        first = not self.store.holds_records(pipeline.name, entity) and not (
+            recovery is not None and recovery.creates.get(entity)
+        )
         for member in _read_order(members, first=first):
             # the last member read of a first sync whose others, read whole, hold nothing of
             # the entity: its records can be paired with none (their relink fields are
@@ -1595,7 +1598,8 @@ class Engine:
 
 def _read_order(members: Sequence[Member], *, first: bool) -> list[Member]:
     """The order the members of an entity are read in: the pipeline's, but in a first sync of
-    the entity (the hub holds none of its records) the members whose reads cost requests (they
+    the entity (the hub holds none of its records, and no interrupted create of it waits to be
+    settled from the reads) the members whose reads cost requests (they
     read ahead, as HCP does) come last. A spreadsheet or a CRM read first and found empty of
     the entity tells that the records of the large read cannot be paired with any: they keep
     only the fields matching compares among themselves (``read.kept_fields``)."""
