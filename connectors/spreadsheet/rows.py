@@ -9,7 +9,7 @@ customers: about a gigabyte).
 So once a save has put a row the sync added into the file, the row waits in a temporary file
 (``syncengine.spill.Spill``) as the text it was saved as, and only its place there stays in
 memory. A save copies that text as it is; a lookup of the row (an update, a delete, a read)
-takes it back, parsed from that text (``Table.parse_row``), and it stays in memory from then
+takes it back, parsed from that text (``Table.row_parser``), and it stays in memory from then
 on, so whatever changes it is written at the next save.
 
 Only rows the sync added are kept so (a loaded row keeps its line in the file, which messages
