@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -122,12 +123,12 @@ def relink_vanished(
     out = Relinks()
     if not vanished or not new:
         return out
-    index: dict[tuple[str, Any], list[str]] = {}
+    index = _KeysByValue()
     for key, base in vanished.items():
         for name in match_keys:
             value = base.get(name)
             if value not in (None, ""):
-                index.setdefault((name, value), []).append(key)
+                index.add(name, value, key)
     claims: dict[str, list[Observed]] = {}
     for obs in new:
         found: list[str] = []
@@ -136,7 +137,7 @@ def relink_vanished(
             value = obs.canonical.get(name)
             if value in (None, ""):
                 continue
-            found = index.get((name, value), [])
+            found = index.get(name, value)
             what = f"{name} {value!r}"
             if found:
                 break
@@ -169,6 +170,88 @@ def relink_vanished(
                 )
             )
     return out
+
+
+class _KeysByValue:
+    """Match key value -> the hub keys whose records show it, in the order they came.
+
+    A first sync holds an entry for every value of every record it read while it matches
+    them, and nearly every value names one record: that one key is held as itself (no list,
+    no ``(name, value)`` tuple per entry), a list only where several records share a value.
+    """
+
+    __slots__ = ("_by_name",)
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, dict[Any, str | list[str]]] = {}
+
+    def get(self, name: str, value: Any) -> list[str]:
+        """The keys showing ``value`` in field ``name`` (a new list: changing it changes
+        nothing here)."""
+        found = self._by_name.get(name, {}).get(value)
+        if found is None:
+            return []
+        return [found] if isinstance(found, str) else list(found)
+
+    def add(self, name: str, value: Any, key: str) -> bool:
+        """Add ``key`` to the keys showing ``value``; False where it is among them already."""
+        values = self._by_name.setdefault(name, {})
+        found = values.get(value)
+        if found is None:
+            values[value] = key
+        elif isinstance(found, str):
+            if found == key:
+                return False
+            values[value] = [found, key]
+        elif key in found:
+            return False
+        else:
+            found.append(key)
+        return True
+
+    def remove(self, name: str, value: Any, key: str) -> None:
+        """Take ``key`` out of the keys showing ``value``, where it is among them."""
+        values = self._by_name.get(name, {})
+        found = values.get(value)
+        if found == key:
+            del values[value]
+        elif isinstance(found, list) and key in found:
+            found.remove(key)
+            if not found:
+                del values[value]
+
+
+class _Holders:
+    """Hub key -> the members that hold its record (linked, or attached in this match).
+
+    A first sync holds an entry for every record it read while it matches them, and nearly
+    all of them are held by the same member or two: each distinct set of members is one
+    shared frozenset, not a set of its own per record."""
+
+    __slots__ = ("_shared", "of")
+
+    def __init__(self) -> None:
+        self.of: dict[str, frozenset[str]] = {}
+        """The members holding each key's record (read only: change it through ``hold``,
+        ``add`` and ``discard``)."""
+        self._shared: dict[frozenset[str], frozenset[str]] = {}
+
+    def hold(self, key: str, members: Iterable[str]) -> None:
+        """The record of ``key`` is held by ``members`` (and no other, so far)."""
+        held = frozenset(members)
+        self.of[key] = self._shared.setdefault(held, held)
+
+    def add(self, key: str, member: str) -> None:
+        self.hold(key, self.of.get(key, frozenset()) | {member})
+
+    def discard(self, key: str, member: str) -> None:
+        self.hold(key, self.of[key] - {member})
+
+    def get(self, key: str, default: AbstractSet[str] = frozenset()) -> AbstractSet[str]:
+        return self.of.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.of
 
 
 _SHADOW = "\0unreadable:"
@@ -273,18 +356,18 @@ def match(
     record that is gone, or a refused decision, is reported as ambiguous again.
     """
     result = MatchResult()
-    index: dict[tuple[str, Any], list[str]] = {}
-    holders: dict[str, set[str]] = {}
+    index = _KeysByValue()
+    holders = _Holders()
     deleted: set[str] = set()
     combos = _Combos(relink, new_records) if relink is not None else None
     for key, base, linked in existing:
-        holders[key] = set(linked)
+        holders.hold(key, linked)
         if base.get("_deleted"):
             deleted.add(key)
         for name in match_keys:
             value = base.get(name)
             if value not in (None, ""):
-                index.setdefault((name, value), []).append(key)
+                index.add(name, value, key)
         if combos is not None:
             combos.add(key, base)
 
@@ -295,11 +378,11 @@ def match(
     def shadow(obs: Observed, why: str) -> None:
         key = f"{_SHADOW}{len(shadows)}"
         shadows[key] = why
-        holders[key] = {obs.member}
+        holders.hold(key, (obs.member,))
         for name in match_keys:
             value = obs.canonical.get(name)
             if value not in (None, ""):
-                index.setdefault((name, value), []).append(key)
+                index.add(name, value, key)
         if combos is not None:
             combos.add(key, obs.canonical)
 
@@ -315,7 +398,7 @@ def match(
         """A new hub record's key for ``obs``, known to the relink combinations."""
         key = (make_key or new_key)()
         result.new_keys.add(key)
-        holders[key] = set()
+        holders.hold(key, ())
         if combos is not None:
             combos.add(key, obs.canonical)
         return key
@@ -331,7 +414,7 @@ def match(
     for member in members:
         # a relink key pairs a record only with one its member does not hold yet: where there
         # is none (the first sync into an empty member), it is not looked for record by record
-        pairs = combos is not None and _could_pair(member, holders, new_records)
+        pairs = combos is not None and _could_pair(member, holders.of, new_records)
         for obs in new_records.get(member, []):
             hinted = hints.get((member, obs.native_hash))
             if hinted is not None and member not in holders.get(hinted, {member}):
@@ -356,7 +439,7 @@ def match(
                     )
                     continue
                 if kind == "link" and linked_to is not None:
-                    if member in holders[linked_to]:
+                    if member in holders.get(linked_to):
                         result.copies.append(obs)  # a copy of a record its member holds
                         continue
                     chosen = linked_to
@@ -364,11 +447,11 @@ def match(
                 value = obs.canonical.get(name)
                 if value in (None, ""):
                     continue
-                same_value = index.get((name, value), [])
+                same_value = index.get(name, value)
                 candidates = [
                     k
                     for k in same_value
-                    if member not in holders.get(k, set())
+                    if member not in holders.get(k)
                     # held by name alone, and shown here by a value not of that record's own
                     or ((k, member) in weak and (name, value) not in weak[k, member][1])
                 ]
@@ -384,7 +467,7 @@ def match(
                     )
                     contested.update(k for k in candidates if k in result.new_keys)
                     break
-                twins = [k for k in same_value if holders.get(k, set()) - {member}]
+                twins = [k for k in same_value if holders.get(k) - {member}]
                 alike = [k for k in same_value if k in result.new_keys and k not in twins]
                 if alike:
                     result.candidates[id(obs)] = list(alike)
@@ -419,7 +502,7 @@ def match(
                 and combos is not None
                 and pairs
             ):
-                chosen, ambiguous, unsure = combos.find(obs, holders)
+                chosen, ambiguous, unsure = combos.find(obs, holders.of)
                 contested.update(k for k in unsure if k in result.new_keys)
                 if ambiguous:
                     result.candidates[id(obs)] = [k for k in unsure if k not in shadows]
@@ -445,15 +528,14 @@ def match(
                 result.groups[chosen] = {
                     m: o for m, o in result.groups[chosen].items() if m != member
                 }
-                holders[chosen].discard(member)
+                holders.discard(chosen, member)
                 # a hub record of its own, found by its values from here on
                 own = fresh_key(loser)
                 loser.joined = False
                 _attach(result, holders, own, loser)
-                for entry in entries:
-                    if chosen in index.get(entry, []):
-                        index[entry].remove(chosen)
-                    index.setdefault(entry, []).append(own)
+                for name, value in entries:
+                    index.remove(name, value, chosen)
+                    index.add(name, value, own)
             if chosen is None:
                 chosen = fresh_key(obs)
             elif chosen not in result.new_keys:
@@ -463,12 +545,10 @@ def match(
             # shares only the email with it (not the phone it was matched by) finds it
             for name in match_keys:
                 value = obs.canonical.get(name)
-                if value not in (None, ""):
-                    keys = index.setdefault((name, value), [])
-                    if chosen not in keys:
-                        keys.append(chosen)
-                        if (chosen, member) in weak:
-                            weak[chosen, member][1].append((name, value))
+                if value in (None, ""):
+                    continue
+                if index.add(name, value, chosen) and (chosen, member) in weak:
+                    weak[chosen, member][1].append((name, value))
     # new hub records that an ambiguous record might also belong to are held back too:
     # creating them elsewhere could duplicate what a person has to sort out first
     for key in contested - settled:
@@ -488,7 +568,7 @@ def match(
         for ident, keys in result.candidates.items():
             result.candidates[ident] = [k for k in keys if k not in unlinkable]
     if relink is not None:
-        _adopt_ids(result, relink, holders)
+        _adopt_ids(result, relink, holders.of)
     return result
 
 
@@ -611,7 +691,7 @@ class _Combos:
                 self.index.setdefault((i, _hashable(record[names[0]])), []).append((key, record))
 
     def find(
-        self, obs: Observed, holders: Mapping[str, set[str]]
+        self, obs: Observed, holders: Mapping[str, AbstractSet[str]]
     ) -> tuple[str | None, str, set[str]]:
         """(the one hub key whose record agrees with ``obs`` on a relink key, or None;
         why that is ambiguous, or ""; the keys it might belong to when ambiguous)."""
@@ -632,7 +712,7 @@ class _Combos:
             found = {
                 key
                 for key, record in candidates
-                if obs.member not in holders.get(key, set())
+                if obs.member not in holders.get(key, frozenset())
                 and not self.relink.apart(obs.canonical, record)
                 and all(
                     record.get(n) not in (None, "") and same(n, v, record.get(n))
@@ -655,7 +735,7 @@ class _Combos:
 
 
 def _could_pair(
-    member: str, holders: Mapping[str, set[str]], new_records: Mapping[str, list[Observed]]
+    member: str, holders: Mapping[str, AbstractSet[str]], new_records: Mapping[str, list[Observed]]
 ) -> bool:
     """Whether any record could be paired with a record new on ``member``: a hub record (or an
     unreadable record's stand-in) it does not hold, or a record new on another member."""
@@ -672,7 +752,9 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _adopt_ids(result: MatchResult, relink: Relinking, holders: Mapping[str, set[str]]) -> None:
+def _adopt_ids(
+    result: MatchResult, relink: Relinking, holders: Mapping[str, AbstractSet[str]]
+) -> None:
     """A new hub record takes the id a member already gave one of its records (a sheet's
     Sync ID), so that the member keeps its ids and agrees with any old backup."""
     taken = set(holders) | set(result.groups)
@@ -711,7 +793,7 @@ class _Alone(Mapping[str, Observed]):
         return 1
 
 
-def _attach(result: MatchResult, holders: dict[str, set[str]], key: str, obs: Observed) -> None:
+def _attach(result: MatchResult, holders: _Holders, key: str, obs: Observed) -> None:
     group = result.groups.get(key)
     if not group:
         result.groups[key] = _Alone(obs)
@@ -719,4 +801,4 @@ def _attach(result: MatchResult, holders: dict[str, set[str]], key: str, obs: Ob
         group[obs.member] = obs
     else:
         result.groups[key] = {**group, obs.member: obs}
-    holders.setdefault(key, set()).add(obs.member)
+    holders.add(key, obs.member)

@@ -16,6 +16,8 @@ from types import SimpleNamespace
 from typing import cast
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from syncengine.connector import NativeRecord
 from syncengine.match import MatchResult, Observed, hold_blind, match
@@ -498,10 +500,10 @@ def test_a_joining_record_is_one_its_member_holds_no_live_link_for(
 
 def test_a_group_of_one_reads_as_a_dict_and_becomes_one_when_a_second_record_joins() -> None:
     """A first sync's groups are mostly of one record: kept as an ``_Alone``, not a dict."""
-    from syncengine.match import _Alone, _attach
+    from syncengine.match import _Alone, _attach, _Holders
 
     result = MatchResult()
-    holders: dict[str, set[str]] = {}
+    holders = _Holders()
     a = Observed("hcp", NativeRecord("1", {}), {"email": "x@y.com"}, "h1")
     b = Observed("books", NativeRecord("2", {}), {"email": "x@y.com"}, "h2")
     _attach(result, holders, "k", a)
@@ -513,4 +515,59 @@ def test_a_group_of_one_reads_as_a_dict_and_becomes_one_when_a_second_record_joi
         group["books"]
     _attach(result, holders, "k", b)
     assert type(result.groups["k"]) is dict and result.groups["k"] == {"hcp": a, "books": b}
-    assert holders == {"k": {"hcp", "books"}}
+    assert holders.of == {"k": frozenset({"hcp", "books"})}
+
+
+def test_records_held_by_the_same_members_share_one_set_of_them() -> None:
+    """A first sync attaches every record it read to a key of its own: the members holding
+    each key are one shared set per distinct combination, not a set per key."""
+    from syncengine.match import _attach, _Holders
+
+    result = MatchResult()
+    holders = _Holders()
+    for i in range(50):
+        _attach(result, holders, f"k{i}", Observed("hcp", NativeRecord(str(i), {}), {}, f"h{i}"))
+    holders.hold("both", ("hcp", "books"))
+    holders.add("k0", "books")
+    assert holders.of["k0"] == {"hcp", "books"} and holders.of["k0"] is holders.of["both"]
+    assert len({id(held) for key, held in holders.of.items() if key not in ("k0", "both")}) == 1
+    holders.discard("k0", "books")
+    assert holders.of["k0"] is holders.of["k1"] and holders.get("k0") == {"hcp"}
+    assert holders.get("nowhere") == frozenset() and "nowhere" not in holders
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "remove", "get"]),
+            st.sampled_from(["email", "mobile_number"]),
+            st.sampled_from(["a@x.com", "b@x.com", "+15550100", 7]),
+            st.sampled_from(["k1", "k2", "k3"]),
+        ),
+        max_size=40,
+    )
+)
+def test_keys_by_value_answers_as_a_dict_of_lists_would(
+    steps: list[tuple[str, str, object, str]],
+) -> None:
+    """``_KeysByValue`` keeps one key as itself and several as a list: what it answers, and
+    whether an add was new, are what a plain dict of ``(name, value)`` -> list of keys gives,
+    over any sequence of adds, removals and lookups."""
+    from syncengine.match import _KeysByValue
+
+    index = _KeysByValue()
+    model: dict[tuple[str, object], list[str]] = {}
+    for op, name, value, key in steps:
+        keys = model.setdefault((name, value), [])
+        if op == "add":
+            assert index.add(name, value, key) == (key not in keys)
+            if key not in keys:
+                keys.append(key)
+        elif op == "remove":
+            index.remove(name, value, key)
+            if key in keys:
+                keys.remove(key)
+        got = index.get(name, value)
+        assert got == keys
+        got.append("changed by the caller")  # a copy: the index does not change
+        assert index.get(name, value) == keys
