@@ -35,6 +35,10 @@ AMBIGUOUS = object()
 PENDING = "(created by this sync)"
 """A dry run's stand-in for the native id a planned create would get."""
 
+BASES_AT_ONCE = 2_000
+"""How many records' bases ``References.back_index`` holds at once, to learn how a member
+shows them: a few megabytes of bases, where a whole entity's would be a hundred."""
+
 
 @dataclass
 class RefIndex:
@@ -289,20 +293,28 @@ class References:
             return index
         plan = self.plans.get(target) if self.dry_run else None
         overlay = {kp.key: kp.base_after for kp in plan.keys} if plan is not None else {}
-        bases: dict[str, Mapping[str, Any] | None] = {k: overlay[k] for k in todo if k in overlay}
-        stored = [k for k in todo if k not in overlay]
-        bases.update(self.store.load_bases(self.pipeline, target, stored))
         shown = _shown_by(target, ref_by)
-        for key in todo:
-            index.loaded.add(key)
-            base = bases.get(key)
+
+        def show(key: str, base: Mapping[str, Any] | None, *, stored: bool) -> None:
             if base is None:
-                continue
-            if key not in overlay and base.get(model.DELETED):
+                return
+            if stored and base.get(model.DELETED):
                 index.deleted.add(key)
             values = _values(shown, base)
             if values:
                 index.back[key] = values[0]
+
+        index.loaded.update(todo)
+        for key in todo:
+            if key in overlay:
+                show(key, overlay[key], stored=False)
+        stored = [k for k in todo if k not in overlay]
+        # a batch of bases at a time: a first sync's payments refer to every invoice, and
+        # their bases, each a record of a dozen fields, are not all held at once for a number
+        for start in range(0, len(stored), BASES_AT_ONCE):
+            batch = stored[start : start + BASES_AT_ONCE]
+            for key, base in self.store.load_bases(self.pipeline, target, batch).items():
+                show(key, base, stored=True)
         return index
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from syncengine import refs as refs_module
 from syncengine.config import Config, load_config
 from syncengine.refs import References
 from syncengine.state import StateStore
@@ -119,9 +120,14 @@ def test_a_few_invoices_are_planned_from_their_own_customers(
     assert run(cfg).plan.actions == []
 
 
-def test_a_looked_up_record_is_shown_as_the_whole_index_shows_it(cfg: Config) -> None:
+@pytest.mark.parametrize("at_once", [1, 2, refs_module.BASES_AT_ONCE])
+def test_a_looked_up_record_is_shown_as_the_whole_index_shows_it(
+    cfg: Config, monkeypatch: pytest.MonkeyPatch, at_once: int
+) -> None:
     """Every kind of customer: one shown by e-mail, one with only a mobile number, one with
-    neither, one deleted, and a key the store does not hold."""
+    neither, one deleted, and a key the store does not hold; the bases looked up a batch of
+    ``at_once`` at a time, never more."""
+    monkeypatch.setattr(refs_module, "BASES_AT_ONCE", at_once)
     b = ds("b")
     b.put(C, "c1", {"first_name": "Ann", "email": "Ann@X.com"})
     b.put(C, "c2", {"first_name": "Bob", "mobile_number": "(555) 201-3344"})
@@ -134,7 +140,18 @@ def test_a_looked_up_record_is_shown_as_the_whole_index_shows_it(cfg: Config) ->
     with StateStore.open(cfg.state_url, base_dir=str(cfg.path.parent)) as store:
         keys = [k for k, _base in store.iter_bases("p", C)]
         whole = References(store, "p").index(C, "a", ("email", "mobile_number"))
+        reads = BaseReads(monkeypatch)
+        batches: list[int] = []
+        load_bases = StateStore.load_bases
+
+        def batch(store: StateStore, pipeline: str, entity: str, keys: Any) -> Any:
+            batches.append(len(list(keys)))
+            return load_bases(store, pipeline, entity, keys)
+
+        monkeypatch.setattr(StateStore, "load_bases", batch)
         partial = References(store, "p").back_index(C, ("email", "mobile_number"), [*keys, "nope"])
+        assert sorted(reads.keys[C]) == sorted([*keys, "nope"])
+        assert batches and max(batches) <= at_once and sum(batches) == len(keys) + 1
         assert partial.loaded == {*keys, "nope"}
         assert partial.back == whole.back and len(whole.back) == 3
         assert [partial.shown(k) for k in keys] == [whole.back.get(k) for k in keys]
