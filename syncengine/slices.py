@@ -7,8 +7,8 @@ hands each slice of planned records to ``Slices.apply`` once it is large enough.
 journalled, written, flushed and committed as a whole entity's plan is (``EntityApply``), then
 compacted to its counts and first details (``EntityPlan.compact``), and the records read for
 it are let go of, before the next record is planned. The records read stay whole until their
-slice (matching needs them all), and the largest slice is about a third of the entity: the
-plan held at once is that third, not the whole.
+slice (matching needs them all), and the largest slice is about a fifth of the entity: the
+plan held at once is that fifth, not the whole.
 
 Only a first sync is applied so (``Engine.may_slice``):
 
@@ -20,8 +20,9 @@ Only a first sync is applied so (``Engine.may_slice``):
 
 A member whose flush writes more than the entity (a workbook saves every sheet) is flushed
 once: the entity is then applied whole, as before (``Connector.flushes_alone``). Slices grow
-with what is applied (half of it, and at least ``FIRST_SLICE`` records), so that a member that
-rewrites its file at each flush writes each record about three times in all, not once a slice.
+with what is applied (a quarter of it, and at least ``FIRST_SLICE`` records, ``GROWTH``), so
+that a member that rewrites its file at each flush writes each record about five times in all,
+not once a slice.
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ if TYPE_CHECKING:
 
 FIRST_SLICE = 5_000
 """Records planned before the first slice is applied; an entity with fewer is applied whole."""
+
+GROWTH = 4
+"""A slice after the first is a ``1/GROWTH`` of the records applied before it: the largest
+is about a fifth of the entity (its plan is what a first sync holds at the end), and a member
+that rewrites its file at each flush writes each record about five times in all."""
 
 
 class Slices:
@@ -119,6 +125,6 @@ class Slices:
             engine.check_stop()  # what the slice did not write stays out of the counts too
         self.records += keys
         self.applied += 1
-        self.next = max(FIRST_SLICE, self.records // 2)
+        self.next = max(FIRST_SLICE, self.records // GROWTH)
         ent.compact(slice_applied=True)
         COLLECTOR.settle()

@@ -218,9 +218,9 @@ def test_a_large_first_sync_is_written_slice_by_slice_with_one_progress_bar(
     monkeypatch.setattr(SpreadsheetConnector, "flush", counting)
     result, bar = _sync_with_bar(config)
     assert result.exit_code == 0
-    # slices of 4, then half of what is applied: 4, 4, 4, 6, 9, and the 3 left
-    assert applied == [4, 4, 4, 6, 9, 3]
-    assert flushed == [4, 8, 12, 18, 27, 30]
+    # slices of 4, then a quarter of what is applied: 4, 4, 4, 4, 4, 5, and the 5 left
+    assert applied == [4, 4, 4, 4, 4, 5, 5]
+    assert flushed == [4, 8, 12, 16, 20, 25, 30]
     # every row saved waits on disk, not in memory, while the next slices are planned
     assert parked == flushed
     assert {total for _done, total in bar} == {30}
