@@ -304,17 +304,19 @@ class References:
             if values:
                 index.back[key] = values[0]
 
-        index.loaded.update(todo)
-        for key in todo:
-            if key in overlay:
-                show(key, overlay[key], stored=False)
+        planned = [k for k in todo if k in overlay]
+        for key in planned:
+            show(key, overlay[key], stored=False)
+        index.loaded.update(planned)
         stored = [k for k in todo if k not in overlay]
         # a batch of bases at a time: a first sync's payments refer to every invoice, and
-        # their bases, each a record of a dozen fields, are not all held at once for a number
+        # their bases, each a record of a dozen fields, are not all held at once for a number.
+        # A key counts as loaded once its batch is (a failed read loads it again next time)
         for start in range(0, len(stored), BASES_AT_ONCE):
             batch = stored[start : start + BASES_AT_ONCE]
             for key, base in self.store.load_bases(self.pipeline, target, batch).items():
                 show(key, base, stored=True)
+            index.loaded.update(batch)
         return index
 
 

@@ -165,3 +165,33 @@ def _key(cfg: Config, native_id: str) -> str:
     with StateStore.open(cfg.state_url, base_dir=str(cfg.path.parent)) as store:
         index = store.link_index("p", C, "b")
     return index[native_id][0]
+
+
+def test_a_batch_that_failed_to_load_is_loaded_again_next_time(
+    cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of bases that fails (a locked database) leaves its keys unlearnt: the next
+    lookup loads them, instead of taking them for records the member cannot show."""
+    b = ds("b")
+    b.put(C, "c1", {"first_name": "Ann", "email": "ann@x.com"})
+    b.put(C, "c2", {"first_name": "Bob", "email": "bob@x.com"})
+    run(cfg)
+    monkeypatch.setattr(refs_module, "BASES_AT_ONCE", 1)
+    load_bases = StateStore.load_bases
+    calls = [0]
+
+    def second_fails(store: StateStore, pipeline: str, entity: str, keys: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError("database is locked")
+        return load_bases(store, pipeline, entity, keys)
+
+    monkeypatch.setattr(StateStore, "load_bases", second_fails)
+    with StateStore.open(cfg.state_url, base_dir=str(cfg.path.parent)) as store:
+        keys = [k for k, _base in store.iter_bases("p", C)]
+        refs = References(store, "p")
+        with pytest.raises(OSError, match="locked"):
+            refs.back_index(C, ("email", "mobile_number"), keys)
+        index = refs.back_index(C, ("email", "mobile_number"), keys)
+        assert index.loaded == set(keys)
+        assert sorted(index.shown(k) for k in keys) == ["ann@x.com", "bob@x.com"]
