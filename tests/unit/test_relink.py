@@ -245,6 +245,40 @@ def test_an_id_already_used_by_the_hub_is_not_taken_as_a_key() -> None:
     assert sorted(result.groups) == ["new-1"]
 
 
+def test_two_records_giving_one_id_let_only_the_first_new_key_take_it() -> None:
+    # two rows showing one Sync ID (a row copied and then edited): one hub record takes the
+    # id, the other keeps the key it was given
+    books = [
+        obs("books", "S1", _payment(5, "2025-01-02T00:00:00Z")),
+        obs("books", "S1", _payment(7, "2025-01-03T00:00:00Z")),
+    ]
+    relink = Relinking(PAY_KEYS, _same_day, {id(o): o.record.id for o in books})
+    result = match(["hcp", "books"], {"books": books}, [], (), relink=relink, make_key=_counter())
+    assert {k: g["books"].canonical["amount"] for k, g in result.groups.items()} == {
+        "S1": 5,
+        "new-2": 7,
+    }
+    assert result.new_keys == {"S1", "new-2"}
+
+
+def test_without_ids_to_take_every_new_record_keeps_its_new_key() -> None:
+    hcp = [obs("hcp", f"p{i}", _payment(i, "2025-01-02T00:00:00Z")) for i in range(3)]
+    result = match(
+        ["hcp", "books"],
+        {"hcp": hcp},
+        [],
+        (),
+        relink=Relinking(PAY_KEYS, _same_day),
+        make_key=_counter(),
+    )
+    assert {k: g["hcp"].record.id for k, g in result.groups.items()} == {
+        "new-1": "p0",
+        "new-2": "p1",
+        "new-3": "p2",
+    }
+    assert result.new_keys == {"new-1", "new-2", "new-3"}
+
+
 def test_a_record_matched_by_its_email_wins_over_one_matched_by_name_alone() -> None:
     # the state was lost: HCP holds Ann Lee with her e-mail; the sheet holds a phone-only Ann
     # Lee (another customer of that name) before the row with Ann's e-mail. The name must not
