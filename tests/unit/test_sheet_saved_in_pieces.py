@@ -23,7 +23,7 @@ from syncengine.connectors.spreadsheet import SpreadsheetConnector, SpreadsheetO
 from syncengine.connectors.spreadsheet.table import STALE_TEMP_S, Sheet, StoredFile, digest
 from syncengine.errors import FatalConnectorError
 from syncengine.model import norm_enum
-from syncengine.transforms import build_transform
+from syncengine.transforms import MEMO_SIZE, build_transform
 
 HEADER = "Sync ID,First Name,Last Name,Email,Notes"
 
@@ -171,7 +171,7 @@ def test_records_of_one_day_write_one_date_text() -> None:
     start = dt.datetime(2025, 2, 26, tzinfo=dt.UTC)
     for second in range(70_000):
         stamped.write((start + dt.timedelta(seconds=second)).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    assert 0 < len(stamped._texts) <= 65_536
+    assert 0 < len(stamped._texts) <= MEMO_SIZE
 
 
 def test_rows_the_sync_adds_share_one_location_text(tmp_path: Path) -> None:
