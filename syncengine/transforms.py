@@ -22,7 +22,7 @@ import datetime as dt
 import difflib
 import re
 import zoneinfo
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol, runtime_checkable
 
@@ -387,9 +387,7 @@ class PhoneTransform(_Base):
             parsed = None
         if parsed is not None and not phonenumbers.is_possible_number(parsed):
             parsed = None
-        if len(_PARSED) >= MEMO_SIZE:
-            _PARSED.clear()
-        _PARSED[(self.region, text)] = parsed
+        _remember(_PARSED, (self.region, text), parsed)
         if (
             parsed is not None
             and not parsed.extension  # E.164 holds no extension
@@ -957,7 +955,7 @@ at 65 536 entries each, a first sync of 100 000 customers + invoices + payments 
 40 MiB in them at its peak, nearly all of it timestamps and numbers never asked for again."""
 
 
-def _remember(memo: dict[str, Any], key: str, value: Any, size: int = MEMO_SIZE) -> None:
+def _remember(memo: dict[Any, Any], key: Hashable, value: Any, size: int = MEMO_SIZE) -> None:
     """``memo[key] = value``, the memo cleared first once it holds ``size`` entries (bounded:
     it starts again rather than grow with the data)."""
     if len(memo) >= size:
